@@ -1,0 +1,3 @@
+//! Weft's domain model. Pure logic with no I/O: every other Weft crate depends on it.
+
+pub mod names;
