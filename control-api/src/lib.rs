@@ -1,1 +1,15 @@
-//! Weft control plane library: everything but process start-up lives here so tests reuse it.
+//! Weft control plane library: everything but process start-up lives here so tests and
+//! tools reuse it.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod etag;
+pub mod extract;
+pub mod metrics;
+pub mod pagination;
+pub mod state;
+pub mod telemetry;

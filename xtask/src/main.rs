@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask <command>`: Weft's developer and CI entry points.
+
+mod demo;
+mod http;
+mod pg;
+mod sh;
+mod test;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  demo [--detach]   run the whole system (Postgres, control-api, sample tenants);
+                    --detach returns once it is ready and writes .weft/demo.env
+  down              stop everything `demo` started
+  test [--no-lint] [nextest args...]
+                    fmt + clippy + every test, against a private Postgres
+  openapi           regenerate openapi/openapi.json from the code";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some(cmd) = args.first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "demo" => demo::demo(rest.iter().any(|a| a == "--detach")),
+        "down" => demo::down(),
+        "test" => test::test(rest),
+        "openapi" => openapi(),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn openapi() -> Result<()> {
+    let out = sh::output(Command::new(env!("CARGO")).args([
+        "run",
+        "-q",
+        "-p",
+        "control-api",
+        "--",
+        "openapi",
+    ]))?;
+    let path = sh::root().join("openapi/openapi.json");
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! `/v1/tenants/{tenant}/clusters`: the tenant's clusters, each a set of nodes.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{FromRow, QueryBuilder};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weft_model::labels::Labels;
+
+use super::common::{self, ReadErrors, Scope, WriteErrors};
+use crate::auth::{Principal, Role};
+use crate::db::{self, Op};
+use crate::error::Result;
+use crate::extract::{IfMatch, Json};
+use crate::pagination::{ListParams, Page, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_clusters, create_cluster))
+        .routes(routes!(
+            get_cluster,
+            put_cluster,
+            patch_cluster,
+            delete_cluster
+        ))
+}
+
+/// The writable part of a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterInput {
+    /// Unique in the tenant; a DNS label.
+    #[schema(example = "prod-eu")]
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl ClusterInput {
+    fn validate(&self) -> Result<()> {
+        let mut errs = Vec::new();
+        common::check_common(&mut errs, &self.name, &self.labels, &self.description);
+        common::finish(errs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, FromRow)]
+pub struct Cluster {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    #[sqlx(json)]
+    pub labels: Labels,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Revision of the last change; also the ETag.
+    pub revision: i64,
+}
+
+impl From<Cluster> for ClusterInput {
+    fn from(c: Cluster) -> Self {
+        ClusterInput {
+            name: c.name,
+            labels: c.labels,
+            description: c.description,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, name, description, labels, created_at, updated_at, revision";
+
+/// List clusters.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
+    responses((status = 200, body = Page<Cluster>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_clusters(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Page<Cluster>>> {
+    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
+    let list = params.resolve()?;
+    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM clusters WHERE tenant_id = "));
+    qb.push_bind(t.id);
+    list.push_tail(&mut qb, "clusters");
+    let rows: Vec<Cluster> = qb.build_query_as().fetch_all(&st.pool).await?;
+    Ok(axum::Json(list.page(rows, |c| c.id)))
+}
+
+async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Cluster> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM clusters WHERE id = $1"))
+            .bind(id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Get a cluster by id or name.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name")),
+    responses((status = 200, body = Cluster, headers(("ETag" = String))), ReadErrors),
+    security(("bearer" = [])))]
+async fn get_cluster(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, cluster)): Path<(String, String)>,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
+    let mut conn = st.pool.acquire().await?;
+    let id = common::require_id(
+        &mut conn,
+        "clusters",
+        "cluster",
+        Scope::tenant(t.id),
+        &cluster,
+    )
+    .await?;
+    let c = load(&mut conn, id).await?;
+    Ok(common::ok(c.revision, c))
+}
+
+/// Create a cluster (editor).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/clusters", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body = ClusterInput,
+    responses((status = 201, body = Cluster, headers(("ETag" = String), ("Location" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn create_cluster(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    Json(input): Json<ClusterInput>,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Editor).await?;
+    input.validate()?;
+    let mut tx = st.pool.begin().await?;
+    let id = Uuid::now_v7();
+    let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
+    let c: Cluster = sqlx::query_as(&format!(
+        "INSERT INTO clusters (id, tenant_id, name, description, labels, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(t.id)
+    .bind(&input.name)
+    .bind(&input.description)
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(rev)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %t.name, cluster = %c.name, revision = rev, "cluster created");
+    let location = format!("/v1/tenants/{}/clusters/{}", t.id, c.id);
+    Ok(common::created(rev, location, c))
+}
+
+async fn update(
+    st: &AppState,
+    who: &Principal,
+    tenant: &str,
+    key: &str,
+    expected: Option<i64>,
+    change: impl FnOnce(ClusterInput) -> Result<ClusterInput>,
+) -> Result<Response> {
+    let t = who.tenant(st, tenant, Role::Editor).await?;
+    let mut tx = st.pool.begin().await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "clusters",
+        "cluster",
+        Scope::tenant(t.id),
+        key,
+        expected,
+    )
+    .await?;
+    let input = change(load(&mut tx, id).await?.into())?;
+    input.validate()?;
+    let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
+    let c: Cluster = sqlx::query_as(&format!(
+        "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
+         updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&input.name)
+    .bind(&input.description)
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(rev)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(common::ok(rev, c))
+}
+
+/// Replace a cluster (editor). `If-Match` guards against lost updates.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body = ClusterInput,
+    responses((status = 200, body = Cluster, headers(("ETag" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn put_cluster(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, cluster)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    Json(input): Json<ClusterInput>,
+) -> Result<Response> {
+    update(&st, &who, &tenant, &cluster, expected, |_| Ok(input)).await
+}
+
+/// Change some fields of a cluster with a JSON merge patch (editor).
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Cluster, headers(("ETag" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn patch_cluster(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, cluster)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    Json(patch): Json<Value>,
+) -> Result<Response> {
+    update(&st, &who, &tenant, &cluster, expected, |cur| {
+        common::patched(&cur, &patch)
+    })
+    .await
+}
+
+/// Delete a cluster and everything in it: nodes, endpoints, services (editor).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    responses((status = 204, description = "Deleted"), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_cluster(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, cluster)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Editor).await?;
+    let mut tx = st.pool.begin().await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "clusters",
+        "cluster",
+        Scope::tenant(t.id),
+        &cluster,
+        expected,
+    )
+    .await?;
+    db::bump_revision(&mut tx, t.id, "cluster", id, Op::Delete).await?;
+    sqlx::query("DELETE FROM clusters WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(common::no_content())
+}

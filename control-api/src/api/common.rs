@@ -1,0 +1,243 @@
+//! Pieces every resource module shares: lookups by id-or-name, guarded writes,
+//! merge-patch, responses and the documented error sets.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+use utoipa::IntoResponses;
+use uuid::Uuid;
+use weft_model::error::FieldError;
+use weft_model::labels::{validate_labels, Labels};
+use weft_model::names::validate_name;
+
+use crate::error::{ApiError, Problem, Result};
+use crate::etag;
+
+/// Longest free-text description a resource may carry.
+pub const MAX_DESCRIPTION: usize = 1024;
+
+/// Where a child resource lives: always a tenant, sometimes also a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    pub tenant: Uuid,
+    pub cluster: Option<Uuid>,
+}
+
+impl Scope {
+    pub fn tenant(tenant: Uuid) -> Self {
+        Scope {
+            tenant,
+            cluster: None,
+        }
+    }
+    pub fn cluster(tenant: Uuid, cluster: Uuid) -> Self {
+        Scope {
+            tenant,
+            cluster: Some(cluster),
+        }
+    }
+}
+
+/// Finds a resource's id from its id or name within a scope. `table` is always a literal
+/// from our code, never input.
+pub async fn find_id(
+    conn: &mut PgConnection,
+    table: &'static str,
+    scope: Scope,
+    key: &str,
+) -> Result<Option<Uuid>> {
+    let by_id = Uuid::parse_str(key).ok();
+    let in_cluster = if scope.cluster.is_some() {
+        "AND cluster_id = $4"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT id FROM {table} WHERE tenant_id = $1 AND (id = $2 OR name = $3) {in_cluster}"
+    );
+    let mut q = sqlx::query_scalar(&sql)
+        .bind(scope.tenant)
+        .bind(by_id)
+        .bind(key);
+    if let Some(c) = scope.cluster {
+        q = q.bind(c);
+    }
+    Ok(q.fetch_optional(&mut *conn).await?)
+}
+
+/// Like `find_id` but a missing resource is a 404 naming it.
+pub async fn require_id(
+    conn: &mut PgConnection,
+    table: &'static str,
+    what: &str,
+    scope: Scope,
+    key: &str,
+) -> Result<Uuid> {
+    find_id(conn, table, scope, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(what, key))
+}
+
+/// Locks a row for the rest of the transaction and checks `If-Match` against it.
+pub async fn lock_for_write(
+    conn: &mut PgConnection,
+    table: &'static str,
+    what: &str,
+    scope: Scope,
+    key: &str,
+    expected: Option<i64>,
+) -> Result<Uuid> {
+    let id = require_id(conn, table, what, scope, key).await?;
+    let sql = format!("SELECT revision FROM {table} WHERE id = $1 FOR UPDATE");
+    let current: i64 = sqlx::query_scalar(&sql)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    check_precondition(expected, current)?;
+    Ok(id)
+}
+
+pub fn check_precondition(expected: Option<i64>, current: i64) -> Result<()> {
+    match expected {
+        Some(e) if e != current => Err(ApiError::PreconditionFailed(format!(
+            "If-Match {} is stale: the resource is now at revision {current}",
+            etag::format(e)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// RFC 7396 JSON merge patch: objects merge, `null` removes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// Applies a merge patch to a resource's writable document and parses the result,
+/// so a PATCH is validated exactly like a PUT.
+pub fn patched<T: Serialize + serde::de::DeserializeOwned>(
+    current: &T,
+    patch: &Value,
+) -> Result<T> {
+    let mut doc = serde_json::to_value(current).map_err(anyhow::Error::from)?;
+    merge_patch(&mut doc, patch);
+    crate::extract::parse_json(&serde_json::to_vec(&doc).map_err(anyhow::Error::from)?)
+}
+
+/// Checks the fields every resource has. Collects into `errs` so one answer lists all.
+pub fn check_common(errs: &mut Vec<FieldError>, name: &str, labels: &Labels, description: &str) {
+    if let Err(e) = validate_name(name) {
+        errs.push(FieldError::new("name", e.to_string()));
+    }
+    if let Err(mut e) = validate_labels(labels) {
+        errs.append(&mut e);
+    }
+    if description.len() > MAX_DESCRIPTION {
+        errs.push(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} bytes"),
+        ));
+    }
+}
+
+pub fn finish(errs: Vec<FieldError>) -> Result<()> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errs))
+    }
+}
+
+/// 200 with the resource and its ETag.
+pub fn ok<T: Serialize>(revision: i64, body: T) -> Response {
+    etag::tagged(revision, axum::Json(body))
+}
+
+/// 201 with the resource, its ETag and its Location.
+pub fn created<T: Serialize>(revision: i64, location: String, body: T) -> Response {
+    let mut resp = etag::tagged(revision, (StatusCode::CREATED, axum::Json(body)));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Errors any read may answer.
+#[allow(dead_code)] // only read by the OpenAPI generator
+#[derive(IntoResponses)]
+pub enum ReadErrors {
+    /// A query parameter is invalid.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Missing, invalid, expired or revoked credentials.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// No such resource in a tenant the caller can see.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+}
+
+/// Errors any write may answer.
+#[allow(dead_code)] // only read by the OpenAPI generator
+#[derive(IntoResponses)]
+pub enum WriteErrors {
+    /// Invalid body or field; `errors` names each field.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Missing, invalid, expired or revoked credentials.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// The caller's role in the tenant is too small.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// No such resource in a tenant the caller can see.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The name (or VIP) is already taken.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// `If-Match` names a revision that is no longer current.
+    #[response(status = 412, content_type = "application/problem+json")]
+    PreconditionFailed(Problem),
+    /// The body is over 1 MiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Problem),
+    /// The body is not JSON (or YAML where accepted).
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut doc,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! `/v1/tenants`: organisations. Everything else a tenant owns hangs below its path.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{FromRow, QueryBuilder};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weft_model::labels::Labels;
+
+use super::common::{self, ReadErrors, WriteErrors};
+use crate::auth::{Principal, Role};
+use crate::db::{self, Op};
+use crate::error::{ApiError, Result};
+use crate::extract::{IfMatch, Json};
+use crate::pagination::{ListParams, Page, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(get_tenant, put_tenant, patch_tenant, delete_tenant))
+}
+
+/// Longest display name.
+const MAX_DISPLAY_NAME: usize = 200;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantInput {
+    /// Unique across Weft; a DNS label. Usable in paths instead of the id.
+    #[schema(example = "acme")]
+    pub name: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+impl TenantInput {
+    fn validate(&self) -> Result<()> {
+        let mut errs = Vec::new();
+        common::check_common(&mut errs, &self.name, &self.labels, "");
+        if self.display_name.chars().count() > MAX_DISPLAY_NAME {
+            errs.push(weft_model::error::FieldError::new(
+                "display_name",
+                format!("must be at most {MAX_DISPLAY_NAME} characters"),
+            ));
+        }
+        common::finish(errs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, FromRow)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    #[sqlx(json)]
+    pub labels: Labels,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub revision: i64,
+}
+
+impl From<Tenant> for TenantInput {
+    fn from(t: Tenant) -> Self {
+        TenantInput {
+            name: t.name,
+            display_name: t.display_name,
+            labels: t.labels,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, name, display_name, labels, created_at, updated_at, revision";
+
+async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Tenant> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE id = $1"))
+            .bind(id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// List the tenants the caller can see (the operator sees all).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(ListParams),
+    responses((status = 200, body = Page<Tenant>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_tenants(
+    State(st): State<AppState>,
+    who: Principal,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Page<Tenant>>> {
+    let list = params.resolve()?;
+    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM tenants WHERE true"));
+    if let Principal::ApiToken { tenant_id, .. } = &who {
+        qb.push(" AND id = ").push_bind(*tenant_id);
+    }
+    list.push_tail(&mut qb, "tenants");
+    let rows: Vec<Tenant> = qb.build_query_as().fetch_all(&st.pool).await?;
+    Ok(axum::Json(list.page(rows, |t| t.id)))
+}
+
+/// Get a tenant by id or name.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    responses((status = 200, body = Tenant, headers(("ETag" = String))), ReadErrors),
+    security(("bearer" = [])))]
+async fn get_tenant(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
+    let mut conn = st.pool.acquire().await?;
+    let row = load(&mut conn, t.id).await?;
+    Ok(common::ok(row.revision, row))
+}
+
+/// Create a tenant (operator only).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantInput,
+    responses((status = 201, body = Tenant, headers(("ETag" = String), ("Location" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn create_tenant(
+    State(st): State<AppState>,
+    who: Principal,
+    Json(input): Json<TenantInput>,
+) -> Result<Response> {
+    if !matches!(who, Principal::Operator) {
+        return Err(ApiError::Forbidden(
+            "only the operator can create tenants".into(),
+        ));
+    }
+    input.validate()?;
+    let mut tx = st.pool.begin().await?;
+    let id = Uuid::now_v7();
+    let rev = db::next_revision(&mut tx).await?;
+    let t: Tenant = sqlx::query_as(&format!(
+        "INSERT INTO tenants (id, name, display_name, labels, revision) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&input.name)
+    .bind(&input.display_name)
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(rev)
+    .fetch_one(&mut *tx)
+    .await?;
+    db::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %t.name, "tenant created");
+    let location = format!("/v1/tenants/{}", t.id);
+    Ok(common::created(rev, location, t))
+}
+
+async fn update(
+    st: &AppState,
+    who: &Principal,
+    tenant: &str,
+    expected: Option<i64>,
+    change: impl FnOnce(TenantInput) -> Result<TenantInput>,
+) -> Result<Response> {
+    let t = who.tenant(st, tenant, Role::Admin).await?;
+    let mut tx = st.pool.begin().await?;
+    let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(t.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    common::check_precondition(expected, current)?;
+    let input = change(load(&mut tx, t.id).await?.into())?;
+    input.validate()?;
+    let rev = db::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
+    let row: Tenant = sqlx::query_as(&format!(
+        "UPDATE tenants SET name = $2, display_name = $3, labels = $4, revision = $5, \
+         updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(t.id)
+    .bind(&input.name)
+    .bind(&input.display_name)
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(rev)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(common::ok(rev, row))
+}
+
+/// Replace a tenant's name, display name and labels (admin).
+#[utoipa::path(put, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body = TenantInput,
+    responses((status = 200, body = Tenant, headers(("ETag" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn put_tenant(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    IfMatch(expected): IfMatch,
+    Json(input): Json<TenantInput>,
+) -> Result<Response> {
+    update(&st, &who, &tenant, expected, |_| Ok(input)).await
+}
+
+/// Change some fields of a tenant with a JSON merge patch (admin).
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Tenant, headers(("ETag" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn patch_tenant(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    IfMatch(expected): IfMatch,
+    Json(patch): Json<Value>,
+) -> Result<Response> {
+    update(&st, &who, &tenant, expected, |cur| {
+        common::patched(&cur, &patch)
+    })
+    .await
+}
+
+/// Delete a tenant and everything it owns (owner).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    responses((status = 204, description = "Deleted"), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_tenant(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    IfMatch(expected): IfMatch,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Owner).await?;
+    let mut tx = st.pool.begin().await?;
+    let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(t.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    common::check_precondition(expected, current)?;
+    // The change log rows of the tenant go with it (cascade); bumping the revision still
+    // tells agents that something changed.
+    db::next_revision(&mut tx).await?;
+    sqlx::query("DELETE FROM tenants WHERE id = $1")
+        .bind(t.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %t.name, "tenant deleted");
+    Ok(common::no_content())
+}

@@ -1,0 +1,114 @@
+//! Assembles the HTTP application and serves it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::{middleware, Router};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
+use crate::error::ApiError;
+use crate::extract::BODY_LIMIT;
+use crate::metrics::{self, Metrics};
+use crate::state::AppState;
+use crate::{api, auth, db};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application. Tests drive it with `oneshot`, no socket needed.
+pub fn app(state: AppState) -> Router {
+    let (router, spec) = api::routes().split_for_parts();
+    router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("this route does not accept that method".into())
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Connects, migrates and builds the shared state.
+pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
+    let url = cfg
+        .database_url
+        .as_deref()
+        .context("no database: pass --database-url or set DATABASE_URL")?;
+    let operator_token_hash = match cfg.operator_token.as_deref() {
+        Some(t) if t.len() < MIN_OPERATOR_TOKEN_LEN => {
+            anyhow::bail!("the operator token must be at least {MIN_OPERATOR_TOKEN_LEN} characters")
+        }
+        Some(t) => Some(auth::hash_token(t)),
+        None => None,
+    };
+    let pool = db::connect(url, cfg.db_max_connections).await?;
+    db::migrate(&pool).await?;
+    Ok(AppState {
+        pool,
+        operator_token_hash,
+        metrics: Arc::new(Metrics::new()),
+    })
+}
+
+/// Serves until SIGTERM or Ctrl-C, then lets requests in flight finish.
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let state = state(&cfg).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, "control-api serving");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("control-api stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,158 @@
+//! Postgres: pool, embedded migrations, and the desired-state revision.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_core::future::BoxFuture;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The schema, in order. Embedded so the binary carries its own schema; a test checks this
+/// list against `db/migrations/` so a new file cannot be forgotten.
+pub const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../../db/migrations/0001_init.sql"))];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, desc, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*desc),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+pub async fn migrator() -> anyhow::Result<Migrator> {
+    Migrator::new(Embedded)
+        .await
+        .context("loading embedded migrations")
+}
+
+/// Connects a pool; fails fast (5 s) when Postgres is not there.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let opts: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .context("connecting to Postgres")
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    migrator()
+        .await?
+        .run(pool)
+        .await
+        .context("applying database migrations")
+}
+
+/// What happened to a resource, as recorded in the change log.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// Channel on which every committed desired-state change is announced.
+pub const CHANGES_CHANNEL: &str = "weft_desired_state";
+
+/// Bumps the global revision inside the caller's transaction, logs the change and
+/// queues a NOTIFY that Postgres delivers only if the transaction commits.
+pub async fn bump_revision(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+    kind: &str,
+    resource_id: Uuid,
+    op: Op,
+) -> sqlx::Result<i64> {
+    let revision = next_revision(tx).await?;
+    record_change(tx, revision, tenant_id, kind, resource_id, op).await?;
+    Ok(revision)
+}
+
+/// Takes the next global revision. The row lock it takes is held to commit, so
+/// revisions become visible in order.
+pub async fn next_revision(tx: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("UPDATE desired_state SET revision = revision + 1 RETURNING revision")
+        .fetch_one(&mut *tx)
+        .await
+}
+
+/// Logs a change at `revision` and queues its NOTIFY (delivered on commit only).
+pub async fn record_change(
+    tx: &mut PgConnection,
+    revision: i64,
+    tenant_id: Uuid,
+    kind: &str,
+    resource_id: Uuid,
+    op: Op,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO desired_state_changes (revision, tenant_id, kind, resource_id, op) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(revision)
+    .bind(tenant_id)
+    .bind(kind)
+    .bind(resource_id)
+    .bind(op.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGES_CHANNEL)
+        .bind(format!(
+            "{revision}:{tenant_id}:{kind}:{resource_id}:{}",
+            op.as_str()
+        ))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn embedded_migrations_match_the_directory() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../db/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("db/migrations exists")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = super::MIGRATIONS
+            .iter()
+            .map(|(v, d, _)| format!("{v:04}_{d}.sql"))
+            .collect();
+        assert_eq!(files, embedded, "add new migration files to db::MIGRATIONS");
+    }
+}

@@ -1,0 +1,35 @@
+//! ETags are a resource's revision: the global desired-state revision of its last change.
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+pub fn format(revision: i64) -> String {
+    format!("\"{revision}\"")
+}
+
+/// Parses a strong ETag we issued (`"42"`); weak ones (`W/"42"`) are accepted too since
+/// the revision identifies the representation exactly.
+pub fn parse(text: &str) -> Option<i64> {
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    text.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+/// Adds the `ETag` header to a response.
+pub fn tagged(revision: i64, resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format(revision)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trip() {
+        assert_eq!(super::parse(&super::format(42)), Some(42));
+        assert_eq!(super::parse("W/\"7\""), Some(7));
+        assert_eq!(super::parse("42"), None);
+        assert_eq!(super::parse("\"x\""), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! Request extractors that answer every kind of bad input with its own problem document.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest request body we read (1 MiB).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// A JSON body: requires a JSON content type, names the field that failed to parse,
+/// and rejects unknown fields (the types use `deny_unknown_fields`).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        require_content_type(
+            req.headers(),
+            &["application/json", "application/merge-patch+json"],
+        )?;
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// A raw body of one of the YAML (or JSON, which is YAML) media types.
+pub struct YamlBody(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for YamlBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        require_content_type(
+            req.headers(),
+            &[
+                "application/yaml",
+                "application/x-yaml",
+                "text/yaml",
+                "application/json",
+            ],
+        )?;
+        let bytes = body_bytes(req, state).await?;
+        String::from_utf8(bytes.to_vec())
+            .map(YamlBody)
+            .map_err(|e| ApiError::BadBody(format!("body is not UTF-8: {e}")))
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if is_length_limit(&e) => {
+            ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+        }
+        other => ApiError::BadBody(other.body_text()),
+    })
+}
+
+fn is_length_limit(e: &BytesRejection) -> bool {
+    e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
+}
+
+fn require_content_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "missing Content-Type; expected {}",
+            accepted.join(" or ")
+        )));
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if accepted.contains(&mime.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {mime:?} is not accepted here; expected {}",
+            accepted.join(" or ")
+        )))
+    }
+}
+
+/// Parses JSON into `T`; syntax errors carry line and column, type errors the field path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadBody(format!("invalid JSON: {inner}"))
+        } else {
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            ApiError::invalid_field(field, strip_position(&inner.to_string()))
+        }
+    })
+}
+
+/// serde_json appends " at line 1 column 42" to data errors; the field path says more.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The optional `If-Match` precondition: `None` when absent or `*`.
+pub struct IfMatch(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("If-Match is not valid ASCII".into()))?
+            .trim();
+        if text == "*" {
+            return Ok(IfMatch(None));
+        }
+        crate::etag::parse(text).map(|r| IfMatch(Some(r))).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "If-Match {text:?} is not an ETag this API issued (expected a value like \"\\\"42\\\"\")"
+            ))
+        })
+    }
+}

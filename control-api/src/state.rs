@@ -1,0 +1,15 @@
+//! What every handler shares. Everything durable is in Postgres; this is only handles.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// SHA-256 of the operator's bootstrap token, if one is configured.
+    pub operator_token_hash: Option<Vec<u8>>,
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,201 @@
+//! Credentials, roles and tenant isolation.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{TestApp, OPERATOR};
+use serde_json::json;
+
+#[tokio::test]
+async fn tokens_are_shown_once_hashed_and_revocable() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/api-tokens",
+            Some(&owner),
+            Some(json!({"name": "ci", "role": "editor"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let secret = r.body["token"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("weft_"));
+    // The secret is not stored, only its SHA-256.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+        .fetch_all(&t.pool)
+        .await
+        .unwrap();
+    assert!(stored
+        .iter()
+        .all(|h| h.len() == 32 && h.as_slice() != secret.as_bytes()));
+    assert!(stored.contains(&control_api::auth::hash_token(&secret)));
+    // Listing never shows secrets.
+    let list = t
+        .call("GET", "/v1/tenants/acme/api-tokens", Some(&owner), None)
+        .await;
+    assert!(!list.body.to_string().contains(&secret));
+    assert!(list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i.get("token").is_none()));
+    // It works, then is revoked, then fails with 401.
+    assert_eq!(
+        t.call("GET", "/v1/tenants/acme/clusters", Some(&secret), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = t
+        .call(
+            "DELETE",
+            "/v1/tenants/acme/api-tokens/ci",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = t
+        .call("GET", "/v1/tenants/acme/clusters", Some(&secret), None)
+        .await;
+    assert!(r.is_problem(401, "unauthenticated"));
+    assert!(
+        !r.body.to_string().contains(&secret),
+        "errors never echo the token"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_required_and_checked() {
+    let t = TestApp::new().await;
+    t.tenant("acme").await;
+    for token in [None, Some("weft_forged"), Some("not-a-token")] {
+        let r = t
+            .call("GET", "/v1/tenants/acme/clusters", token, None)
+            .await;
+        assert!(
+            r.is_problem(401, "unauthenticated"),
+            "{token:?}: {}",
+            r.body
+        );
+        assert_eq!(r.headers.get("www-authenticate").unwrap(), "Bearer");
+    }
+}
+
+#[tokio::test]
+async fn roles_limit_what_a_token_may_do() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    let viewer = t.token("acme", "viewer", &owner).await;
+    let editor = t.token("acme", "editor", &owner).await;
+    let admin = t.token("acme", "admin", &owner).await;
+    let cluster = json!({"name": "prod"});
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&viewer),
+            Some(cluster.clone()),
+        )
+        .await;
+    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
+    assert_eq!(
+        t.count("clusters").await,
+        0,
+        "a refused write writes nothing"
+    );
+    assert_eq!(
+        t.call("GET", "/v1/tenants/acme/clusters", Some(&viewer), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&editor),
+            Some(cluster),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Editors cannot manage tokens; admins cannot mint owners; nobody below owner deletes the tenant.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/api-tokens",
+            Some(&editor),
+            Some(json!({"name": "x", "role": "viewer"})),
+        )
+        .await;
+    assert!(r.is_problem(403, "forbidden"));
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/api-tokens",
+            Some(&admin),
+            Some(json!({"name": "y", "role": "owner"})),
+        )
+        .await;
+    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
+    let r = t
+        .call("DELETE", "/v1/tenants/acme", Some(&admin), None)
+        .await;
+    assert!(r.is_problem(403, "forbidden"));
+    assert_eq!(t.count("tenants").await, 1);
+}
+
+#[tokio::test]
+async fn another_tenant_is_invisible() {
+    let t = TestApp::new().await;
+    let acme = t.tenant("acme").await;
+    let globex = t.tenant("globex").await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&acme),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    let cluster_id = r.body["id"].as_str().unwrap().to_string();
+    let acme_id = t
+        .call("GET", "/v1/tenants/acme", Some(&acme), None)
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Every read and write of acme by globex's owner looks exactly like a missing tenant.
+    for (method, path) in [
+        ("GET", format!("/v1/tenants/{acme_id}")),
+        ("GET", "/v1/tenants/acme/clusters".to_string()),
+        ("GET", format!("/v1/tenants/acme/clusters/{cluster_id}")),
+        ("DELETE", "/v1/tenants/acme/clusters/prod".to_string()),
+        ("PATCH", "/v1/tenants/acme".to_string()),
+    ] {
+        let body = (method == "PATCH").then(|| json!({"display_name": "pwned"}));
+        let r = t.call(method, &path, Some(&globex), body).await;
+        assert!(
+            r.is_problem(404, "not-found"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    // Not even by addressing acme's cluster id under globex's own tenant.
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/tenants/globex/clusters/{cluster_id}"),
+            Some(&globex),
+            None,
+        )
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+    assert_eq!(t.count("clusters").await, 1);
+    let r = t
+        .call("GET", "/v1/tenants/acme", Some(OPERATOR), None)
+        .await;
+    assert_eq!(r.body["display_name"], "");
+}

@@ -1,0 +1,187 @@
+//! Test harness: a fresh database per test on the private Postgres that
+//! `cargo xtask test` starts, and the real application driven without a socket.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use control_api::metrics::Metrics;
+use control_api::state::AppState;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
+
+pub struct TestApp {
+    pub app: Router,
+    pub pool: PgPool,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn etag(&self) -> String {
+        self.headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The `field`s of a problem document's `errors`.
+    pub fn fields(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["field"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn is_problem(&self, status: u16, kind: &str) -> bool {
+        self.status.as_u16() == status
+            && self
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                == Some("application/problem+json")
+            && self.body["type"] == format!("urn:weft:problem:{kind}")
+            && self.body["status"] == status
+            && self.body["detail"].as_str().is_some_and(|d| !d.is_empty())
+    }
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn,control_api=debug")
+            .with_test_writer()
+            .try_init();
+        let url = std::env::var("WEFT_TEST_DATABASE_URL").expect(
+            "WEFT_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`, \
+             which starts a private PostgreSQL",
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect to the test PostgreSQL");
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let db_url = match url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("unexpected database URL shape"),
+        };
+        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        control_api::db::migrate(&pool).await.expect("migrate");
+        let state = AppState {
+            pool: pool.clone(),
+            operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
+            metrics: Arc::new(Metrics::new()),
+        };
+        TestApp {
+            app: control_api::app::app(state),
+            pool,
+        }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).expect("request")).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.app.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Creates a tenant as the operator and returns an owner token for it.
+    pub async fn tenant(&self, name: &str) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/v1/tenants",
+                Some(OPERATOR),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        self.token(name, "owner", OPERATOR).await
+    }
+
+    /// Creates an API token with `role` in `tenant`, as `by`.
+    pub async fn token(&self, tenant: &str, role: &str, by: &str) -> String {
+        let name = format!("{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let r = self
+            .call(
+                "POST",
+                &format!("/v1/tenants/{tenant}/api-tokens"),
+                Some(by),
+                Some(json!({"name": name, "role": role})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn revision(&self) -> i64 {
+        sqlx::query_scalar("SELECT revision FROM desired_state")
+            .fetch_one(&self.pool)
+            .await
+            .expect("revision")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}

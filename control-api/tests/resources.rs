@@ -1,0 +1,639 @@
+//! REST behaviour of tenants, clusters and services against a real PostgreSQL.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use common::{TestApp, OPERATOR};
+use serde_json::json;
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let t = TestApp::new().await;
+    assert_eq!(
+        t.call("GET", "/healthz", None, None).await.body["status"],
+        "ok"
+    );
+    assert_eq!(
+        t.call("GET", "/readyz", None, None).await.body["status"],
+        "ready"
+    );
+    let m = t.call("GET", "/metrics", None, None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = m.body.as_str().expect("metrics are text");
+    assert!(
+        text.contains(
+            "weft_api_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn tenant_lifecycle_and_rules() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    // Duplicate name: 409 naming the field, nothing written.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants",
+            Some(OPERATOR),
+            Some(json!({"name": "acme"})),
+        )
+        .await;
+    assert!(r.is_problem(409, "conflict"), "{}", r.body);
+    assert_eq!(r.fields(), ["name"]);
+    assert_eq!(t.count("tenants").await, 1);
+    // Bad name.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants",
+            Some(OPERATOR),
+            Some(json!({"name": "Acme Corp"})),
+        )
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), ["name"]);
+    // Only the operator creates tenants.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants",
+            Some(&owner),
+            Some(json!({"name": "other"})),
+        )
+        .await;
+    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
+    // A token sees only its tenant.
+    t.tenant("globex").await;
+    let r = t.call("GET", "/v1/tenants", Some(&owner), None).await;
+    let names: Vec<_> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("acme")]);
+    let r = t.call("GET", "/v1/tenants", Some(OPERATOR), None).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+    // Get by id and by name give the same tenant.
+    let by_name = t.call("GET", "/v1/tenants/acme", Some(&owner), None).await;
+    let id = by_name.body["id"].as_str().unwrap().to_string();
+    let by_id = t
+        .call("GET", &format!("/v1/tenants/{id}"), Some(&owner), None)
+        .await;
+    assert_eq!(by_name.body, by_id.body);
+    // Patch the display name; delete as owner.
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme",
+            Some(&owner),
+            Some(json!({"display_name": "Acme Corp"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["display_name"], "Acme Corp");
+    assert_eq!(r.body["name"], "acme");
+    let r = t
+        .call("DELETE", "/v1/tenants/acme", Some(&owner), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = t
+        .call("GET", "/v1/tenants/acme", Some(OPERATOR), None)
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+}
+
+#[tokio::test]
+async fn cluster_crud_with_etags() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let rev0 = t.revision().await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&tok),
+            Some(json!({"name": "prod", "labels": {"env": "prod"}, "description": "main"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.etag(), format!("\"{}\"", r.body["revision"]));
+    assert_eq!(
+        r.body["revision"],
+        rev0 + 1,
+        "a write bumps the global revision"
+    );
+    let loc = r
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(loc.ends_with(&id), "{loc}");
+    let etag = r.etag();
+
+    let got = t
+        .call("GET", "/v1/tenants/acme/clusters/prod", Some(&tok), None)
+        .await;
+    assert_eq!(got.etag(), etag);
+    assert_eq!(got.body["labels"]["env"], "prod");
+
+    // Stale If-Match: 412, nothing changes.
+    let stale = Request::builder()
+        .method("PUT")
+        .uri("/v1/tenants/acme/clusters/prod")
+        .header(header::AUTHORIZATION, format!("Bearer {tok}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "\"1\"")
+        .body(Body::from(
+            json!({"name": "prod", "labels": {}}).to_string(),
+        ))
+        .unwrap();
+    let r = t.send(stale).await;
+    assert!(r.is_problem(412, "precondition-failed"), "{}", r.body);
+    assert_eq!(
+        t.call(
+            "GET",
+            &format!("/v1/tenants/acme/clusters/{id}"),
+            Some(&tok),
+            None
+        )
+        .await
+        .etag(),
+        etag
+    );
+
+    // Current If-Match: replaced.
+    let ok = Request::builder()
+        .method("PUT")
+        .uri("/v1/tenants/acme/clusters/prod")
+        .header(header::AUTHORIZATION, format!("Bearer {tok}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, etag.as_str())
+        .body(Body::from(
+            json!({"name": "production", "labels": {"env": "prod", "tier": "1"}}).to_string(),
+        ))
+        .unwrap();
+    let r = t.send(ok).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["name"], "production");
+    assert_eq!(
+        r.body["description"], "",
+        "PUT replaces: omitted fields reset"
+    );
+    assert_ne!(r.etag(), etag);
+
+    // Merge patch: remove one label, keep the rest.
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/production",
+            Some(&tok),
+            Some(json!({"labels": {"tier": null}, "description": "patched"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["labels"], json!({"env": "prod"}));
+    assert_eq!(r.body["description"], "patched");
+    // A patch that makes the resource invalid is refused like a PUT would be.
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/production",
+            Some(&tok),
+            Some(json!({"name": "Bad_Name"})),
+        )
+        .await;
+    assert!(r.is_problem(400, "validation"));
+    assert_eq!(r.fields(), ["name"]);
+
+    let r = t
+        .call(
+            "DELETE",
+            "/v1/tenants/acme/clusters/production",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/clusters/{id}"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+    assert_eq!(t.count("clusters").await, 0);
+}
+
+#[tokio::test]
+async fn pagination_and_label_filters() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    for (i, env) in ["prod", "prod", "staging", "dev", "prod"]
+        .iter()
+        .enumerate()
+    {
+        let r = t
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters",
+                Some(&tok),
+                Some(json!({"name": format!("c{i}"), "labels": {"env": env}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/tenants/acme/clusters?limit=2".to_string();
+    let mut pages = 0;
+    loop {
+        let r = t.call("GET", &path, Some(&tok), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        pages += 1;
+        for i in r.body["items"].as_array().unwrap() {
+            seen.push(i["name"].as_str().unwrap().to_string());
+        }
+        match r.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/tenants/acme/clusters?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ["c0", "c1", "c2", "c3", "c4"]);
+
+    let names = |r: &common::Reply| -> Vec<String> {
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let cases = [
+        ("env%3Dprod", vec!["c0", "c1", "c4"]),
+        ("env%20in%20(staging%2Cdev)", vec!["c2", "c3"]),
+        ("env!%3Dprod", vec!["c2", "c3"]),
+        ("!env", vec![]),
+        ("env", vec!["c0", "c1", "c2", "c3", "c4"]),
+    ];
+    for (q, want) in cases {
+        let r = t
+            .call(
+                "GET",
+                &format!("/v1/tenants/acme/clusters?labels={q}"),
+                Some(&tok),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
+        assert_eq!(names(&r), want, "selector {q}");
+    }
+    for bad in ["limit=0", "limit=5000", "cursor=nope", "colour=blue"] {
+        let r = t
+            .call(
+                "GET",
+                &format!("/v1/tenants/acme/clusters?{bad}"),
+                Some(&tok),
+                None,
+            )
+            .await;
+        assert!(r.is_problem(400, "validation"), "{bad}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_own_answer_and_writes_nothing() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let rev = t.revision().await;
+    let post = |ctype: Option<&str>, body: Vec<u8>| {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/v1/tenants/acme/clusters")
+            .header(header::AUTHORIZATION, format!("Bearer {tok}"));
+        if let Some(c) = ctype {
+            b = b.header(header::CONTENT_TYPE, c);
+        }
+        b.body(Body::from(body)).unwrap()
+    };
+    let big = format!(
+        "{{\"name\": \"x\", \"description\": \"{}\"}}",
+        "a".repeat(1024 * 1024 + 10)
+    );
+    let r = t
+        .send(post(Some("application/json"), big.into_bytes()))
+        .await;
+    assert!(r.is_problem(413, "payload-too-large"), "{}", r.body);
+    let r = t
+        .send(post(Some("text/plain"), b"{\"name\":\"x\"}".to_vec()))
+        .await;
+    assert!(r.is_problem(415, "unsupported-media-type"), "{}", r.body);
+    let r = t.send(post(None, b"{\"name\":\"x\"}".to_vec())).await;
+    assert!(r.is_problem(415, "unsupported-media-type"), "{}", r.body);
+    let r = t
+        .send(post(Some("application/json"), b"{\"name\": ".to_vec()))
+        .await;
+    assert!(r.is_problem(400, "malformed-body"), "{}", r.body);
+    let r = t
+        .send(post(
+            Some("application/json"),
+            b"{\"name\": \"x\", \"colour\": 1}".to_vec(),
+        ))
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{}",
+        r.body
+    );
+    let r = t
+        .send(post(Some("application/json"), b"{\"name\": 7}".to_vec()))
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), ["name"]);
+    let r = t
+        .call("GET", "/v1/tenants/acme/clusters/nope", Some(&tok), None)
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+    let r = t.call("GET", "/v1/nothing-here", Some(&tok), None).await;
+    assert!(r.is_problem(404, "not-found"));
+    let r = t
+        .call(
+            "PUT",
+            "/v1/tenants/acme/clusters",
+            Some(&tok),
+            Some(json!({})),
+        )
+        .await;
+    assert!(r.is_problem(405, "method-not-allowed"), "{}", r.body);
+    assert_eq!(t.count("clusters").await, 0);
+    assert_eq!(t.revision().await, rev, "refused requests bump no revision");
+}
+
+#[tokio::test]
+async fn services_with_frontends_and_backends() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters",
+        Some(&tok),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    let svc = json!({
+        "name": "web",
+        "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
+        "backends": [{"address": "10.0.1.5", "port": 8080}, {"address": "10.0.1.6", "port": 8080, "weight": 3}],
+        "algorithm": "maglev",
+        "session_affinity": {"timeout_seconds": 60}
+    });
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/services",
+            Some(&tok),
+            Some(svc),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body["backends"][1],
+        json!({"address": "10.0.1.6", "port": 8080, "weight": 3, "state": "active"})
+    );
+    assert_eq!(r.body["algorithm"], "maglev");
+    assert_eq!(r.body["session_affinity"]["timeout_seconds"], 60);
+
+    // The same VIP:port/proto in another service of the cluster conflicts.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/services",
+            Some(&tok),
+            Some(json!({"name": "web2", "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}]})),
+        )
+        .await;
+    assert!(r.is_problem(409, "conflict"), "{}", r.body);
+    assert_eq!(r.fields(), ["frontends"]);
+    assert_eq!(
+        t.count("services").await,
+        1,
+        "the conflicting service was not half-written"
+    );
+
+    // Validation names the exact field.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/services",
+            Some(&tok),
+            Some(json!({"name": "web3", "frontends": [{"vip": "10.96.0.11", "port": 80, "protocol": "TCP"}],
+                        "backends": [{"address": "not-an-ip", "port": 80}]})),
+        )
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), ["backends[0].address"]);
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/services",
+            Some(&tok),
+            Some(json!({"name": "web3", "frontends": [{"vip": "10.96.0.11", "port": 80, "protocol": "SCTP"}]})),
+        )
+        .await;
+    assert_eq!(r.fields(), ["frontends[0].protocol"], "{}", r.body);
+
+    // Patch: drain one backend, mark it terminating.
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/prod/services/web",
+            Some(&tok),
+            Some(json!({"backends": [{"address": "10.0.1.5", "port": 8080, "state": "terminating"}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["backends"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["backends"][0]["state"], "terminating");
+    assert_eq!(
+        r.body["frontends"][0]["vip"], "10.96.0.10",
+        "untouched fields stay"
+    );
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/services?labels=app",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
+
+    // Deleting the cluster removes its services.
+    let r = t
+        .call("DELETE", "/v1/tenants/acme/clusters/prod", Some(&tok), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.count("services").await, 0);
+    assert_eq!(t.count("service_backends").await, 0);
+}
+
+#[tokio::test]
+async fn inventory_lists_nodes_endpoints_and_identities() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let other = t.tenant("globex").await;
+    let c = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&tok),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    let cluster: uuid::Uuid = c.body["id"].as_str().unwrap().parse().unwrap();
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    // Agents will write these rows (a later issue); here the test plays the agent.
+    let node = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO nodes (id, tenant_id, cluster_id, name, addresses, pod_cidrs, agent_version, last_seen, applied_revision, revision) \
+         VALUES ($1, $2, $3, 'node-1', '{192.0.2.10}', '{10.0.1.0/24}', '0.1.0', now(), 7, 1)",
+    )
+    .bind(node)
+    .bind(tenant)
+    .bind(cluster)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO identities (tenant_id, number, labels) VALUES ($1, 256, '{\"app\":\"web\"}'), ($1, 257, '{\"app\":\"db\"}')")
+        .bind(tenant)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO endpoints (id, tenant_id, cluster_id, node_id, name, labels, ipv4, identity, revision) \
+         VALUES ($1, $2, $3, $4, 'web-1', '{\"app\":\"web\"}', '10.0.1.5', 256, 1)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(tenant)
+    .bind(cluster)
+    .bind(node)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/nodes",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let n = &r.body["items"][0];
+    assert_eq!(n["name"], "node-1");
+    assert_eq!(n["addresses"], json!(["192.0.2.10"]));
+    assert_eq!(n["pod_cidrs"], json!(["10.0.1.0/24"]));
+    assert_eq!(n["status"]["connected"], true);
+    assert_eq!(n["status"]["applied_revision"], 7);
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/nodes/node-1",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/endpoints?cluster=prod&identity=256",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["items"][0]["ipv4"], "10.0.1.5");
+    let id = r.body["items"][0]["id"].as_str().unwrap().to_string();
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/endpoints/{id}"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["name"], "web-1");
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/endpoints?identity=257",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
+
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/identities?limit=1",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"][0]["number"], 256);
+    let cursor = r.body["next_cursor"].as_str().unwrap().to_string();
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/identities?limit=1&cursor={cursor}"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"][0]["number"], 257);
+    assert!(r.body["next_cursor"].is_null());
+
+    // None of it is visible to another tenant.
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/endpoints/{id}"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+    let r = t
+        .call("GET", "/v1/tenants/globex/identities", Some(&other), None)
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
+    let r = t
+        .call(
+            "GET",
+            &format!("/v1/tenants/globex/endpoints/{id}"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+}

@@ -1,0 +1,333 @@
+//! `cargo xtask demo [--detach]` and `cargo xtask down`: the whole system on this machine,
+//! with state under `.weft/` (git-ignored).
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::{http, pg, sh};
+
+fn state_dir() -> PathBuf {
+    sh::root().join(".weft")
+}
+
+fn pids_file() -> PathBuf {
+    state_dir().join("pids")
+}
+
+/// Builds the binaries the demo runs and returns the control-api path.
+fn build() -> Result<PathBuf> {
+    sh::run(Command::new(env!("CARGO")).args(["build", "-q", "-p", "control-api"]))?;
+    Ok(sh::target_dir().join("debug/control-api"))
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Opens the demo's Postgres cluster (creating it the first time) and starts it.
+pub fn postgres(dir: &Path) -> Result<pg::Cluster> {
+    let cluster = if dir.join("weft-cluster").is_file() {
+        pg::Cluster::open(dir)?
+    } else {
+        if dir.exists() {
+            fs::remove_dir_all(dir)?;
+        }
+        pg::Cluster::init(dir, pg::free_port()?)?
+    };
+    if !cluster.is_running() {
+        cluster.start()?;
+    }
+    Ok(cluster)
+}
+
+pub fn demo(detach: bool) -> Result<()> {
+    let pids = pids_file();
+    if let Some(pid) = read_pid(&pids, "control-api") {
+        if sh::alive(pid) {
+            bail!("a demo is already running (control-api pid {pid}); stop it with `cargo xtask down`");
+        }
+    }
+    let api_bin = build()?;
+    let dir = state_dir();
+    fs::create_dir_all(&dir)?;
+    let cluster = postgres(&dir.join("pg"))?;
+    // Every demo starts from a fresh database with the sample data.
+    cluster.psql("DROP DATABASE IF EXISTS weft WITH (FORCE)")?;
+    cluster.psql("CREATE DATABASE weft")?;
+    let database_url = cluster.url("weft");
+    let api_port = pg::free_port()?;
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    let operator_token = random_hex(32)?;
+
+    let mut cmd = Command::new(&api_bin);
+    cmd.env("DATABASE_URL", &database_url)
+        .env("WEFT_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("WEFT_OPERATOR_TOKEN", &operator_token)
+        .stdin(Stdio::null());
+    if detach {
+        let log = fs::File::create(dir.join("control-api.log"))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        // Own session: the API outlives this terminal until `cargo xtask down`.
+        // SAFETY: setsid is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", api_bin.display()))?;
+    fs::write(&pids, format!("control-api {}\n", child.id()))?;
+    if let Err(e) = wait_ready(&api_url, &mut child) {
+        let _ = down();
+        return Err(e);
+    }
+    let seeded = match seed(&api_url, &operator_token) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = down();
+            return Err(e.context("seeding the demo tenants"));
+        }
+    };
+    let env = format!(
+        "WEFT_API_URL={api_url}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\n",
+        seeded.tenant, seeded.token, seeded.other_tenant, seeded.other_token
+    );
+    let env_file = dir.join("demo.env");
+    fs::write(&env_file, env)?;
+    fs::set_permissions(
+        &env_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    println!(
+        "\nWeft is running.\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n",
+        seeded.tenant,
+        env_file.display(),
+        env_file.display()
+    );
+    if detach {
+        println!("Stop it with `cargo xtask down`.");
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop.");
+    // The terminal's Ctrl-C reaches the API (same process group), which shuts down
+    // gracefully; we ignore it ourselves so we can clean up after.
+    // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let status = child.wait()?;
+    eprintln!("control-api exited ({status}); stopping the demo");
+    down()
+}
+
+fn wait_ready(api_url: &str, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("control-api exited during start-up ({status}); see .weft/control-api.log");
+        }
+        if http::request(api_url, "GET", "/readyz", None, None).is_ok_and(|r| r.status == 200) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("control-api did not become ready within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Seeded {
+    tenant: String,
+    token: String,
+    other_tenant: String,
+    other_token: String,
+}
+
+/// Creates the sample data through the public API, as a user would.
+fn seed(api: &str, operator: &str) -> Result<Seeded> {
+    let (tenant, token) = tenant_with_owner(api, operator, "acme", "Acme Corp")?;
+    let base = "/v1/tenants/acme";
+    for (name, labels) in [
+        ("prod-eu", json!({"env": "prod", "region": "eu"})),
+        ("staging", json!({"env": "staging"})),
+    ] {
+        http::json(
+            api,
+            "POST",
+            &format!("{base}/clusters"),
+            &token,
+            &json!({"name": name, "labels": labels}),
+            201,
+        )?;
+    }
+    http::json(
+        api,
+        "POST",
+        &format!("{base}/clusters/prod-eu/services"),
+        &token,
+        &json!({
+            "name": "web", "labels": {"app": "web"},
+            "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
+            "backends": [
+                {"address": "10.0.1.10", "port": 8080},
+                {"address": "10.0.1.11", "port": 8080},
+                {"address": "10.0.2.10", "port": 8080, "weight": 2}
+            ],
+            "algorithm": "maglev",
+            "session_affinity": {"timeout_seconds": 300}
+        }),
+        201,
+    )?;
+    http::json(
+        api,
+        "POST",
+        &format!("{base}/clusters/prod-eu/services"),
+        &token,
+        &json!({
+            "name": "dns", "labels": {"app": "coredns"},
+            "frontends": [{"vip": "10.96.0.53", "port": 53, "protocol": "UDP"}],
+            "backends": [{"address": "10.0.1.53", "port": 53}, {"address": "10.0.2.53", "port": 53}]
+        }),
+        201,
+    )?;
+    http::json(
+        api,
+        "POST",
+        &format!("{base}/policies"),
+        &token,
+        &json!({
+            "name": "web-from-frontend",
+            "labels": {"team": "web"},
+            "description": "Only the frontend reaches the web tier, on 8080/TCP",
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{
+                    "fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                    "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]
+                }]
+            }
+        }),
+        201,
+    )?;
+    http::json(
+        api,
+        "POST",
+        &format!("{base}/policies"),
+        &token,
+        &json!({
+            "name": "db-no-world",
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "db"}},
+                "ingressDeny": [{"fromEntities": ["world"]}],
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web"}}],
+                             "toPorts": [{"ports": [{"port": "5432", "protocol": "TCP"}]}]}]
+            }
+        }),
+        201,
+    )?;
+    let (other_tenant, other_token) = tenant_with_owner(api, operator, "globex", "Globex Inc")?;
+    http::json(
+        api,
+        "POST",
+        "/v1/tenants/globex/clusters",
+        &other_token,
+        &json!({"name": "prod-us", "labels": {"env": "prod"}}),
+        201,
+    )?;
+    Ok(Seeded {
+        tenant,
+        token,
+        other_tenant,
+        other_token,
+    })
+}
+
+fn tenant_with_owner(
+    api: &str,
+    operator: &str,
+    name: &str,
+    display: &str,
+) -> Result<(String, String)> {
+    let t = http::json(
+        api,
+        "POST",
+        "/v1/tenants",
+        operator,
+        &json!({"name": name, "display_name": display}),
+        201,
+    )?;
+    let id = t["id"].as_str().context("tenant has no id")?.to_string();
+    let tok = http::json(
+        api,
+        "POST",
+        &format!("/v1/tenants/{name}/api-tokens"),
+        operator,
+        &json!({"name": "demo-owner", "role": "owner"}),
+        201,
+    )?;
+    let token = tok["token"]
+        .as_str()
+        .context("token response has no token")?
+        .to_string();
+    Ok((id, token))
+}
+
+fn read_pid(file: &Path, name: &str) -> Option<i32> {
+    fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let (n, pid) = l.split_once(' ')?;
+        (n == name).then(|| pid.trim().parse().ok()).flatten()
+    })
+}
+
+/// Stops everything the demo started and leaves no process behind.
+pub fn down() -> Result<()> {
+    let pids = pids_file();
+    if let Some(pid) = read_pid(&pids, "control-api") {
+        stop_process(pid, "control-api");
+    }
+    let _ = fs::remove_file(&pids);
+    let _ = fs::remove_file(state_dir().join("demo.env"));
+    let pg_dir = state_dir().join("pg");
+    if pg_dir.join("weft-cluster").is_file() {
+        let cluster = pg::Cluster::open(&pg_dir)?;
+        if cluster.is_running() {
+            cluster.stop()?;
+        }
+    }
+    println!("Weft demo stopped.");
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+pub fn stop_process(pid: i32, name: &str) {
+    if !sh::alive(pid) {
+        return;
+    }
+    sh::kill(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sh::alive(pid) && Instant::now() < deadline {
+        // Reap it if it is our child; otherwise just wait for it to go.
+        // SAFETY: waitpid with WNOHANG on a pid has no memory-safety preconditions.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if sh::alive(pid) {
+        eprintln!("{name} (pid {pid}) ignored SIGTERM; killing it");
+        sh::kill(pid, libc::SIGKILL);
+    }
+}

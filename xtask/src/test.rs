@@ -1,0 +1,97 @@
+//! `cargo xtask test`: every check and test of the project, with the services they need
+//! started here and removed afterwards, even on failure.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{pg, sh};
+
+/// A throw-away Postgres cluster for one test run.
+struct TestPostgres {
+    cluster: Option<pg::Cluster>,
+    dir: PathBuf,
+}
+
+impl TestPostgres {
+    fn start() -> Result<Self> {
+        // Under /tmp, not the checkout: the postgres user must reach the folder, and a
+        // clone may live somewhere it cannot (a home directory with mode 0700).
+        let dir = std::env::temp_dir().join(format!("weft-test-pg-{}", std::process::id()));
+        let mut guard = TestPostgres {
+            cluster: None,
+            dir: dir.clone(),
+        };
+        let cluster = pg::Cluster::init(&dir.join("data"), pg::free_port()?)?;
+        cluster.start()?;
+        guard.cluster = Some(cluster);
+        Ok(guard)
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cluster {
+            if let Err(e) = c.stop() {
+                eprintln!("xtask: stopping the test PostgreSQL: {e:#}");
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(env!("CARGO"))
+}
+
+pub fn ensure_nextest() -> Result<()> {
+    let ok = cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("xtask: installing cargo-nextest");
+        sh::run(cargo().args(["install", "--locked", "cargo-nextest"]))?;
+    }
+    Ok(())
+}
+
+pub fn test(args: &[String]) -> Result<()> {
+    let root = sh::root();
+    ensure_nextest()?;
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    if lint {
+        eprintln!("xtask: cargo fmt --check");
+        sh::run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+        eprintln!("xtask: cargo clippy");
+        sh::run(cargo().current_dir(&root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    let pg = TestPostgres::start()?;
+    let url = pg
+        .cluster
+        .as_ref()
+        .map(|c| c.url("postgres"))
+        .unwrap_or_default();
+    eprintln!("xtask: cargo nextest run --workspace");
+    let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
+    sh::run(
+        cargo()
+            .current_dir(&root)
+            .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .args(passthrough)
+            .env("WEFT_TEST_DATABASE_URL", url),
+    )?;
+    drop(pg);
+    Ok(())
+}
