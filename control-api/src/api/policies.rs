@@ -1,0 +1,482 @@
+//! `/v1/tenants/{tenant}/policies`: network policies, tenant-wide unless scoped to
+//! clusters. The spec is CiliumNetworkPolicy's, so existing policies import as they are.
+
+use std::collections::HashSet;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{FromRow, PgConnection, QueryBuilder};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weft_model::cnp;
+use weft_model::error::FieldError;
+use weft_model::labels::Labels;
+use weft_model::policy::PolicySpec;
+
+use super::common::{self, ReadErrors, Scope, WriteErrors};
+use crate::auth::{Principal, Role};
+use crate::db::{self, Op};
+use crate::error::{ApiError, Result};
+use crate::extract::{IfMatch, Json, YamlBody};
+use crate::pagination::{ListParams, Page, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies, create_policy))
+        .routes(routes!(get_policy, put_policy, patch_policy, delete_policy))
+        .routes(routes!(import_policies))
+}
+
+/// Most rules (specs) one policy may hold.
+const MAX_SPECS: usize = 64;
+
+/// The writable part of a policy. Give either `spec` (one rule) or `specs` (several),
+/// as in CiliumNetworkPolicy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInput {
+    #[schema(example = "web-from-frontend")]
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PolicySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specs: Option<Vec<PolicySpec>>,
+    /// Clusters (names or ids) the policy applies to; absent: every cluster of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<String>>,
+}
+
+impl PolicyInput {
+    /// The rules, checked: exactly one of `spec` / `specs`, each valid.
+    fn rules(&self) -> Result<Vec<PolicySpec>> {
+        let mut errs = Vec::new();
+        common::check_common(&mut errs, &self.name, &self.labels, &self.description);
+        let specs: Vec<(String, &PolicySpec)> = match (&self.spec, &self.specs) {
+            (Some(s), None) => vec![("spec".to_string(), s)],
+            (None, Some(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("specs[{i}]"), s))
+                .collect(),
+            (Some(_), Some(_)) => {
+                errs.push(FieldError::new("spec", "give either spec or specs, not both"));
+                vec![]
+            }
+            (None, None) => {
+                errs.push(FieldError::new("spec", "a policy needs a spec (or specs)"));
+                vec![]
+            }
+        };
+        if self.specs.as_ref().is_some_and(|s| s.is_empty()) {
+            errs.push(FieldError::new("specs", "must hold at least one rule"));
+        }
+        if specs.len() > MAX_SPECS {
+            errs.push(FieldError::new("specs", format!("at most {MAX_SPECS} rules")));
+        }
+        for (path, spec) in &specs {
+            errs.extend(spec.validate_at(path));
+        }
+        common::finish(errs)?;
+        Ok(specs.into_iter().map(|(_, s)| s.clone()).collect())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Policy {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: Labels,
+    pub description: String,
+    /// The policy's rules (a policy created with `spec` has one).
+    pub specs: Vec<PolicySpec>,
+    /// Names of the clusters it is limited to; absent: all clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub revision: i64,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    #[sqlx(json)]
+    labels: Labels,
+    description: String,
+    #[sqlx(json)]
+    specs: Vec<PolicySpec>,
+    clusters: Option<Vec<String>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    revision: i64,
+}
+
+impl From<Row> for Policy {
+    fn from(r: Row) -> Self {
+        Policy {
+            id: r.id,
+            name: r.name,
+            labels: r.labels,
+            description: r.description,
+            specs: r.specs,
+            clusters: r.clusters,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            revision: r.revision,
+        }
+    }
+}
+
+impl From<Policy> for PolicyInput {
+    /// One rule reads back as `spec`, several as `specs`, so a merge patch of either
+    /// shape applies to what the client last saw.
+    fn from(p: Policy) -> Self {
+        let (spec, specs) = match <[PolicySpec; 1]>::try_from(p.specs) {
+            Ok([one]) => (Some(one), None),
+            Err(many) => (None, Some(many)),
+        };
+        PolicyInput {
+            name: p.name,
+            labels: p.labels,
+            description: p.description,
+            spec,
+            specs,
+            clusters: p.clusters,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT p.id, p.name, p.labels, p.description, p.specs, \
+    CASE WHEN p.cluster_ids IS NULL THEN NULL ELSE \
+      array(SELECT c.name FROM clusters c WHERE c.id = ANY(p.cluster_ids) ORDER BY c.name) END AS clusters, \
+    p.created_at, p.updated_at, p.revision FROM policies p";
+
+async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Policy> {
+    let row: Row = sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok(row.into())
+}
+
+/// Resolves the `clusters` scope to ids; an unknown cluster is a field error.
+async fn cluster_ids(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    clusters: &Option<Vec<String>>,
+) -> Result<Option<Vec<Uuid>>> {
+    let Some(keys) = clusters else {
+        return Ok(None);
+    };
+    let mut ids = Vec::with_capacity(keys.len());
+    let mut errs = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        match common::find_id(conn, "clusters", Scope::tenant(tenant), key).await? {
+            Some(id) => ids.push(id),
+            None => errs.push(FieldError::new(
+                format!("clusters[{i}]"),
+                format!("no cluster {key:?} in this tenant"),
+            )),
+        }
+    }
+    common::finish(errs)?;
+    Ok(Some(ids))
+}
+
+/// List policies.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
+    responses((status = 200, body = Page<Policy>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_policies(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Page<Policy>>> {
+    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
+    let list = params.resolve()?;
+    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
+    qb.push_bind(t.id);
+    list.push_tail(&mut qb, "p");
+    let rows: Vec<Row> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let rows = rows.into_iter().map(Policy::from).collect();
+    Ok(axum::Json(list.page(rows, |p: &Policy| p.id)))
+}
+
+/// Get a policy by id or name.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("policy" = String, Path, description = "Policy id or name")),
+    responses((status = 200, body = Policy, headers(("ETag" = String))), ReadErrors),
+    security(("bearer" = [])))]
+async fn get_policy(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, policy)): Path<(String, String)>,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
+    let mut conn = st.pool.acquire().await?;
+    let id = common::require_id(&mut conn, "policies", "policy", Scope::tenant(t.id), &policy).await?;
+    let p = load(&mut conn, id).await?;
+    Ok(common::ok(p.revision, p))
+}
+
+/// Inserts a new policy inside the caller's transaction.
+async fn insert(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    input: &PolicyInput,
+    specs: &[PolicySpec],
+    clusters: Option<Vec<Uuid>>,
+) -> Result<(i64, Uuid)> {
+    let id = Uuid::now_v7();
+    let rev = db::bump_revision(tx, tenant, "policy", id, Op::Create).await?;
+    sqlx::query(
+        "INSERT INTO policies (id, tenant_id, name, labels, description, specs, cluster_ids, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(&input.name)
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(&input.description)
+    .bind(sqlx::types::Json(specs))
+    .bind(clusters)
+    .bind(rev)
+    .execute(&mut *tx)
+    .await?;
+    Ok((rev, id))
+}
+
+/// Rewrites an existing policy inside the caller's transaction (row already locked).
+async fn rewrite(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    id: Uuid,
+    input: &PolicyInput,
+    specs: &[PolicySpec],
+    clusters: Option<Vec<Uuid>>,
+) -> Result<i64> {
+    let rev = db::bump_revision(tx, tenant, "policy", id, Op::Update).await?;
+    sqlx::query(
+        "UPDATE policies SET name = $2, labels = $3, description = $4, specs = $5, \
+         cluster_ids = $6, revision = $7, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&input.name)
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(&input.description)
+    .bind(sqlx::types::Json(specs))
+    .bind(clusters)
+    .bind(rev)
+    .execute(&mut *tx)
+    .await?;
+    Ok(rev)
+}
+
+/// Create a policy (editor).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body = PolicyInput,
+    responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn create_policy(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    Json(input): Json<PolicyInput>,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Editor).await?;
+    let specs = input.rules()?;
+    let mut tx = st.pool.begin().await?;
+    let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
+    let (rev, id) = insert(&mut tx, t.id, &input, &specs, clusters).await?;
+    let p = load(&mut tx, id).await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %t.name, policy = %p.name, revision = rev, "policy created");
+    let location = format!("/v1/tenants/{}/policies/{}", t.id, p.id);
+    Ok(common::created(rev, location, p))
+}
+
+async fn update(
+    st: &AppState,
+    who: &Principal,
+    tenant: &str,
+    key: &str,
+    expected: Option<i64>,
+    change: impl FnOnce(PolicyInput) -> Result<PolicyInput>,
+) -> Result<Response> {
+    let t = who.tenant(st, tenant, Role::Editor).await?;
+    let mut tx = st.pool.begin().await?;
+    let id = common::lock_for_write(&mut tx, "policies", "policy", Scope::tenant(t.id), key, expected).await?;
+    let input = change(load(&mut tx, id).await?.into())?;
+    let specs = input.rules()?;
+    let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
+    let rev = rewrite(&mut tx, t.id, id, &input, &specs, clusters).await?;
+    let p = load(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(common::ok(rev, p))
+}
+
+/// Replace a policy (editor).
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("policy" = String, Path, description = "Policy id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body = PolicyInput,
+    responses((status = 200, body = Policy, headers(("ETag" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn put_policy(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, policy)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    Json(input): Json<PolicyInput>,
+) -> Result<Response> {
+    update(&st, &who, &tenant, &policy, expected, |_| Ok(input)).await
+}
+
+/// Change some fields of a policy with a JSON merge patch (editor).
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("policy" = String, Path, description = "Policy id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Policy, headers(("ETag" = String))), WriteErrors),
+    security(("bearer" = [])))]
+async fn patch_policy(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, policy)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    Json(patch): Json<Value>,
+) -> Result<Response> {
+    update(&st, &who, &tenant, &policy, expected, |cur| common::patched(&cur, &patch)).await
+}
+
+/// Delete a policy (editor).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("policy" = String, Path, description = "Policy id or name"),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+    responses((status = 204, description = "Deleted"), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_policy(
+    State(st): State<AppState>,
+    who: Principal,
+    Path((tenant, policy)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+) -> Result<Response> {
+    let t = who.tenant(&st, &tenant, Role::Editor).await?;
+    let mut tx = st.pool.begin().await?;
+    let id = common::lock_for_write(&mut tx, "policies", "policy", Scope::tenant(t.id), &policy, expected).await?;
+    db::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
+    sqlx::query("DELETE FROM policies WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(common::no_content())
+}
+
+/// What an import did, per policy name.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportResult {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub policies: Vec<Policy>,
+}
+
+/// Import CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy YAML (editor): one or many
+/// `---` documents, `spec` or `specs`. Policies are created or replaced by name, all or
+/// nothing: one bad document fails the import and each bad document's errors are listed
+/// with field paths like `documents[2].spec.ingress[0].fromCIDR[0]`.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/import", tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body(content = String, content_type = "application/yaml",
+        description = "CiliumNetworkPolicy YAML, one or more documents"),
+    responses((status = 200, body = ImportResult), WriteErrors),
+    security(("bearer" = [])))]
+async fn import_policies(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(tenant): Path<String>,
+    YamlBody(yaml): YamlBody,
+) -> Result<axum::Json<ImportResult>> {
+    let t = who.tenant(&st, &tenant, Role::Editor).await?;
+    let imported = cnp::parse_cnp_documents(&yaml).map_err(|docs| {
+        ApiError::validation(
+            docs.into_iter()
+                .flat_map(|d| {
+                    let doc = d.document;
+                    d.errors.into_iter().map(move |e| {
+                        FieldError::new(format!("documents[{doc}].{}", e.field), e.message)
+                    })
+                })
+                .collect(),
+        )
+    })?;
+    let mut seen = HashSet::new();
+    let dups: Vec<FieldError> = imported
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !seen.insert(p.name.clone()))
+        .map(|(i, p)| {
+            FieldError::new(
+                format!("documents[{i}].metadata.name"),
+                format!("policy {:?} appears more than once in this import", p.name),
+            )
+        })
+        .collect();
+    common::finish(dups)?;
+
+    let mut tx = st.pool.begin().await?;
+    let mut result = ImportResult {
+        created: vec![],
+        updated: vec![],
+        policies: vec![],
+    };
+    for p in imported {
+        let input = PolicyInput {
+            name: p.name.clone(),
+            labels: p.labels,
+            description: String::new(),
+            spec: None,
+            specs: Some(p.specs),
+            clusters: None,
+        };
+        let specs = input.rules()?;
+        let existing = common::find_id(&mut tx, "policies", Scope::tenant(t.id), &p.name).await?;
+        let id = match existing {
+            Some(id) => {
+                sqlx::query("SELECT 1 FROM policies WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                rewrite(&mut tx, t.id, id, &input, &specs, None).await?;
+                result.updated.push(p.name);
+                id
+            }
+            None => {
+                let (_, id) = insert(&mut tx, t.id, &input, &specs, None).await?;
+                result.created.push(p.name);
+                id
+            }
+        };
+        result.policies.push(load(&mut tx, id).await?);
+    }
+    tx.commit().await?;
+    tracing::info!(tenant = %t.name, created = result.created.len(), updated = result.updated.len(), "policies imported");
+    Ok(axum::Json(result))
+}
