@@ -3,4 +3,5 @@
 pub mod error;
 pub mod labels;
 pub mod names;
+pub mod policy;
 pub mod selector;
