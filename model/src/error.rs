@@ -1,9 +1,13 @@
-//! A validation failure tied to the field that caused it.
+//! The one error shape every validator in the model returns, so the REST edge can turn any of
+//! them into `errors: [{field, message}]` without knowing where they came from.
 
 use serde::{Deserialize, Serialize};
 
-/// One invalid field: `field` is a path like `spec.ingress[0].fromCIDR[1]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A problem with one field of the input. `field` is a path such as `spec.ingress[0].fromCIDR[1]`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, thiserror::Error,
+)]
+#[error("{field}: {message}")]
 pub struct FieldError {
     pub field: String,
     pub message: String,

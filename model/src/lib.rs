@@ -3,5 +3,6 @@
 pub mod error;
 pub mod labels;
 pub mod names;
+pub mod policy;
 pub mod selector;
 pub mod service;

@@ -1,0 +1,918 @@
+//! Table tests of the policy spec: parsing, validation and semantics.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::labels::Labels;
+
+fn spec(yaml: &str) -> PolicySpec {
+    match serde_yaml::from_str(yaml) {
+        Ok(spec) => spec,
+        Err(err) => panic!("test spec does not parse: {err}\n{yaml}"),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+/// A realistic CNP spec using L3, L4, L7, CIDR sets with except, entities, FQDNs and denies.
+pub(crate) const REALISTIC: &str = r#"
+endpointSelector:
+  matchLabels:
+    app: web
+    k8s:io.kubernetes.pod.namespace: prod
+description: web tier
+labels: ["io.cilium.k8s.policy.name=web"]
+ingress:
+  - fromEndpoints:
+      - matchLabels: {app: frontend}
+      - matchExpressions:
+          - {key: tier, operator: In, values: [edge, api]}
+    toPorts:
+      - ports:
+          - port: "80"
+            protocol: TCP
+          - port: 8443
+            endPort: 8450
+            protocol: TCP
+        rules:
+          http:
+            - method: GET
+              path: "/api/v[0-9]+/.*"
+              headers: ["X-Request-Id"]
+            - method: "POST|PUT"
+              path: /upload
+              host: '^web\.example\.com$'
+  - fromCIDRSet:
+      - cidr: 10.0.0.0/8
+        except: [10.96.0.0/12]
+    fromCIDR: [192.168.1.1/24]
+    fromEntities: [remote-node, health]
+    icmps:
+      - fields:
+          - {type: 8, family: IPv4}
+          - {type: EchoRequest, family: IPv6}
+egress:
+  - toEndpoints:
+      - matchLabels:
+          k8s:io.kubernetes.pod.namespace: kube-system
+          k8s:k8s-app: kube-dns
+    toPorts:
+      - ports: [{port: "53", protocol: ANY}]
+        rules:
+          dns:
+            - matchPattern: "*"
+  - toFQDNs:
+      - matchName: api.github.com
+      - matchPattern: "*.s3.amazonaws.com"
+    toPorts:
+      - ports: [{port: "443", protocol: TCP}]
+  - toCIDR: [192.0.2.0/24, "2001:db8::/32"]
+  - toEntities: [kube-apiserver]
+    toPorts:
+      - ports: [{port: https}]
+ingressDeny:
+  - fromEntities: [world]
+    toPorts:
+      - ports: [{port: "22"}]
+egressDeny:
+  - toCIDRSet:
+      - cidr: 169.254.169.254/32
+enableDefaultDeny:
+  egress: true
+"#;
+
+#[test]
+fn realistic_spec_validates_and_round_trips() {
+    let s = spec(REALISTIC);
+    assert_eq!(s.validate(), Ok(()));
+    // The number 8443 is kept as Cilium's string form.
+    assert_eq!(
+        s.ingress[0].to_ports[0].ports[1].port,
+        Some(Port::new("8443"))
+    );
+    let json = serde_json::to_string(&s).expect("serialize");
+    let back: PolicySpec = serde_json::from_str(&json).expect("parse back");
+    assert_eq!(back, s);
+    let yaml = serde_yaml::to_string(&s).expect("serialize yaml");
+    assert_eq!(
+        serde_yaml::from_str::<PolicySpec>(&yaml).expect("parse back yaml"),
+        s
+    );
+}
+
+#[test]
+fn serde_shape() {
+    let s = spec("endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80}]}]}]");
+    let json = serde_json::to_string(&s).expect("serialize");
+    // Empty fields omitted, Cilium spellings, port as a string, protocol ANY omitted.
+    assert_eq!(
+        json,
+        r#"{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"80"}]}]}]}"#
+    );
+    let s = spec("endpointSelector: {}\negress: [{toCIDRSet: [{cidr: 10.0.0.0/8}], toFQDNs: [{matchName: a.io}]}]");
+    let json = serde_json::to_string(&s).expect("serialize");
+    assert!(
+        json.contains(r#""toCIDRSet":[{"cidr":"10.0.0.0/8"}]"#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#""toFQDNs":[{"matchName":"a.io"}]"#),
+        "{json}"
+    );
+
+    let rejected = [
+        "endpointSelector: {}\ningres: []",
+        "endpointSelector: {}\ningress: [{fromCidr: [10.0.0.0/8]}]",
+        "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80, protocol: FOO}]}]}]",
+        "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: [80]}]}]}]",
+    ];
+    for yaml in rejected {
+        assert!(serde_yaml::from_str::<PolicySpec>(yaml).is_err(), "{yaml}");
+    }
+
+    // Cilium rule labels may be objects; they become the string form.
+    let s =
+        spec("endpointSelector: {}\nlabels: [{key: a, value: b, source: k8s}, {key: c}, plain]");
+    assert_eq!(s.labels, ["k8s:a=b", "c", "plain"]);
+}
+
+#[test]
+fn validation_table() {
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "endpointSelector: {}\ningress: [{fromCIDR: [10.0.0.0/8, 10.0.0.0/33]}]",
+            &[("spec.ingress[0].fromCIDR[1]", "invalid CIDR \"10.0.0.0/33\": ")],
+        ),
+        ("endpointSelector: {}\negress: [{toCIDR: [not-an-ip]}]", &[("spec.egress[0].toCIDR[0]", "invalid CIDR \"not-an-ip\"")]),
+        // Host bits are accepted, as Cilium does; a bare address is a host.
+        ("endpointSelector: {}\ningress: [{fromCIDR: [10.0.0.1/8, 10.1.2.3, \"::1\"]}]", &[]),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 70000}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].port", "port 70000 out of range 0..65535")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: \"-1\"}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].port", "port -1 out of range 0..65535")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: HTTP_1}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].port", "invalid port \"HTTP_1\"")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 8080, endPort: 8000}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].endPort", "endPort 8000 is lower than port 8080")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{endPort: 8000}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].endPort", "endPort requires a non-zero numeric port")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: http, endPort: 8000}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].endPort", "endPort cannot be used with named port \"http\"")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80, endPort: 70000}]}]}]",
+            &[("spec.ingress[0].toPorts[0].ports[0].endPort", "endPort 70000 out of range")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toEntities: [world, internet]}]",
+            &[("spec.egress[0].toEntities[1]", "unknown entity \"internet\"")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{path: \"/api/(\"}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.http[0].path", "invalid regular expression \"/api/(\"")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{method: \"GET[\"}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.http[0].method", "invalid regular expression")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 53, protocol: UDP}], rules: {http: [{path: /}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.http", "HTTP rules need TCP ports")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80}], rules: {http: [{headers: [\": x\"]}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.http[0].headers[0]", "invalid header")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toFQDNs: [{matchPattern: \"exa mple.com\"}]}]",
+            &[("spec.egress[0].toFQDNs[0].matchPattern", "invalid DNS pattern \"exa mple.com\"")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toFQDNs: [{matchName: \"*.example.com\"}]}]",
+            &[("spec.egress[0].toFQDNs[0].matchName", "invalid DNS name")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toFQDNs: [{matchName: a.com, matchPattern: \"*.a.com\"}]}]",
+            &[("spec.egress[0].toFQDNs[0]", "set either matchName or matchPattern, not both")],
+        ),
+        ("endpointSelector: {}\negress: [{toFQDNs: [{}]}]", &[("spec.egress[0].toFQDNs[0]", "one of matchName or matchPattern")]),
+        (
+            "endpointSelector: {}\ningress: [{fromCIDRSet: [{cidr: 10.0.0.0/16, except: [10.0.1.0/24, 10.1.0.0/24, \"::/0\"]}]}]",
+            &[
+                ("spec.ingress[0].fromCIDRSet[0].except[1]", "except \"10.1.0.0/24\" is not inside cidr \"10.0.0.0/16\""),
+                ("spec.ingress[0].fromCIDRSet[0].except[2]", "is not inside cidr"),
+            ],
+        ),
+        ("endpointSelector: {}\ningress: [{fromCIDRSet: [{except: [10.0.0.0/8]}]}]", &[("spec.ingress[0].fromCIDRSet[0].cidr", "cidr is required")]),
+        (
+            "endpointSelector: {}\ningressDeny: [{toPorts: [{ports: [{port: 80}], rules: {http: [{path: /}]}}]}]",
+            &[("spec.ingressDeny[0].toPorts[0].rules", "L7 rules are not allowed on deny rules")],
+        ),
+        (
+            "endpointSelector: {}\negressDeny: [{toFQDNs: [{matchName: a.com}]}]",
+            &[("spec.egressDeny[0].toFQDNs", "toFQDNs is not allowed on deny rules")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{icmps: [{fields: [{type: 300}]}]}]",
+            &[("spec.ingress[0].icmps[0].fields[0].type", "ICMP type 300 out of range 0..255")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{icmps: [{fields: [{type: PacketTooBig}]}]}]",
+            &[("spec.ingress[0].icmps[0].fields[0].type", "unknown IPv4 ICMP type name \"PacketTooBig\"")],
+        ),
+        ("endpointSelector: {}\nnodeSelector: {}", &[("spec.nodeSelector", "endpointSelector and nodeSelector are mutually exclusive")]),
+        ("ingress: [{}]", &[("spec.endpointSelector", "one of endpointSelector or nodeSelector is required")]),
+        ("nodeSelector: {matchLabels: {role: edge}}\ningress: [{fromEntities: [world]}]", &[]),
+        (
+            "endpointSelector: {matchExpressions: [{key: app, operator: In}]}",
+            &[("spec.endpointSelector.matchExpressions[0].values", "operator In needs at least one value")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{fromEndpoints: [{matchLabels: {\"reserved:host\": \"\"}}]}]",
+            &[("spec.ingress[0].fromEndpoints[0].matchLabels.reserved:host", "not supported by Weft")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{fromRequires: [{matchLabels: {a: b}}], fromNodes: [{}], fromGroups: [{aws: {}}]}]",
+            &[
+                ("spec.ingress[0].fromRequires", "fromRequires is not supported by Weft"),
+                ("spec.ingress[0].fromNodes", "fromNodes is not supported by Weft"),
+                ("spec.ingress[0].fromGroups", "fromGroups is not supported by Weft"),
+            ],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toServices: [{k8sService: {serviceName: a}}], toGroups: [{}], toRequires: [{}], toNodes: [{}]}]",
+            &[
+                ("spec.egress[0].toServices", "toServices is not supported by Weft"),
+                ("spec.egress[0].toGroups", "toGroups is not supported by Weft"),
+                ("spec.egress[0].toRequires", "toRequires is not supported by Weft"),
+                ("spec.egress[0].toNodes", "toNodes is not supported by Weft"),
+            ],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 9092}], rules: {kafka: [{topic: a}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.kafka", "kafka is not supported by Weft")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80}], rules: {http: [{headerMatches: [{name: a}]}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.http[0].headerMatches", "headerMatches is not supported by Weft")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toCIDRSet: [{cidrGroupRef: corp}]}]",
+            &[("spec.egress[0].toCIDRSet[0].cidrGroupRef", "cidrGroupRef is not supported by Weft")],
+        ),
+        // Every error is collected, in document order.
+        (
+            "endpointSelector: {}\ningress: [{fromCIDR: [1.2.3.4/40]}, {fromEntities: [nope]}]\negress: [{toPorts: [{ports: [{port: 99999}]}]}]",
+            &[
+                ("spec.ingress[0].fromCIDR[0]", "invalid CIDR"),
+                ("spec.ingress[1].fromEntities[0]", "unknown entity"),
+                ("spec.egress[0].toPorts[0].ports[0].port", "out of range"),
+            ],
+        ),
+    ];
+    for (yaml, want) in cases {
+        let got = spec(yaml).validate_at("spec");
+        assert_eq!(got.len(), want.len(), "spec:\n{yaml}\ngot: {got:#?}");
+        for (err, (field, message)) in got.iter().zip(want.iter()) {
+            assert_eq!(&err.field, field, "spec:\n{yaml}");
+            assert!(
+                err.message.contains(message),
+                "spec:\n{yaml}\n{:?} does not contain {message:?}",
+                err.message
+            );
+        }
+        assert_eq!(spec(yaml).validate().is_ok(), want.is_empty());
+    }
+}
+
+#[test]
+fn specs_from_table() {
+    let good = spec("endpointSelector: {}");
+    let bad = spec("endpointSelector: {}\ningress: [{fromCIDR: [x]}]");
+    assert_eq!(specs_from(Some(good.clone()), None), Ok(vec![good.clone()]));
+    assert_eq!(
+        specs_from(None, Some(vec![good.clone(), good.clone()])).map(|v| v.len()),
+        Ok(2)
+    );
+    let field = |r: Result<Vec<PolicySpec>, Vec<FieldError>>| r.unwrap_err()[0].field.clone();
+    assert_eq!(field(specs_from(None, None)), "spec");
+    assert_eq!(field(specs_from(Some(good.clone()), Some(vec![]))), "spec");
+    assert_eq!(field(specs_from(None, Some(vec![]))), "specs");
+    assert_eq!(
+        field(specs_from(Some(bad.clone()), None)),
+        "spec.ingress[0].fromCIDR[0]"
+    );
+    assert_eq!(
+        field(specs_from(None, Some(vec![good, bad]))),
+        "specs[1].ingress[0].fromCIDR[0]"
+    );
+}
+
+// ---- semantics ----
+
+fn web() -> Subject {
+    Subject::endpoint(labels(&[("app", "web")]))
+}
+
+fn pod(app: &str) -> Peer {
+    Peer::endpoint(labels(&[("app", app)]))
+}
+
+use FlowProtocol::{Icmp, IcmpV6, Tcp, Udp};
+use Verdict::{Allowed, DefaultAllowed, Denied};
+
+/// Runs a table against one policy set.
+fn check(policies: &[&str], cases: Vec<(&str, Subject, Traffic, Verdict)>) {
+    let policies: Vec<PolicySpec> = policies.iter().map(|y| spec(y)).collect();
+    for p in &policies {
+        assert_eq!(p.validate(), Ok(()), "test policy must be valid: {p:?}");
+    }
+    for (name, subject, traffic, want) in cases {
+        let got = evaluate(&policies, &subject, &traffic);
+        assert_eq!(got.verdict, want, "{name}: {got:?}");
+    }
+}
+
+#[test]
+fn no_policy_allows_everything() {
+    check(
+        &[],
+        vec![
+            (
+                "ingress",
+                web(),
+                Traffic::ingress(pod("x"), Tcp, 80),
+                DefaultAllowed,
+            ),
+            (
+                "egress",
+                web(),
+                Traffic::egress(Peer::world(ip("1.1.1.1")), Udp, 53),
+                DefaultAllowed,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn default_allow_until_selected_per_direction() {
+    let allow_api_80 = r#"
+endpointSelector: {matchLabels: {app: web}}
+ingress:
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+    check(
+        &[allow_api_80],
+        vec![
+            (
+                "selected, allowed peer and port",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 80),
+                Allowed,
+            ),
+            (
+                "selected, other port",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 81),
+                Denied,
+            ),
+            (
+                "selected, other protocol",
+                web(),
+                Traffic::ingress(pod("api"), Udp, 80),
+                Denied,
+            ),
+            (
+                "selected, other peer",
+                web(),
+                Traffic::ingress(pod("db"), Tcp, 80),
+                Denied,
+            ),
+            (
+                "selected, world",
+                web(),
+                Traffic::ingress(Peer::world(ip("8.8.8.8")), Tcp, 80),
+                Denied,
+            ),
+            (
+                "egress untouched",
+                web(),
+                Traffic::egress(pod("db"), Tcp, 5432),
+                DefaultAllowed,
+            ),
+            (
+                "not selected",
+                Subject::endpoint(labels(&[("app", "db")])),
+                Traffic::ingress(pod("x"), Tcp, 1),
+                DefaultAllowed,
+            ),
+            (
+                "node not selected by endpointSelector",
+                Subject::node(labels(&[("app", "web")])),
+                Traffic::ingress(pod("x"), Tcp, 1),
+                DefaultAllowed,
+            ),
+        ],
+    );
+    let egress_only = "endpointSelector: {}\negress: [{toEntities: [cluster]}]";
+    check(
+        &[egress_only],
+        vec![
+            (
+                "egress in cluster",
+                web(),
+                Traffic::egress(pod("db"), Tcp, 5432),
+                Allowed,
+            ),
+            (
+                "egress to world",
+                web(),
+                Traffic::egress(Peer::world(ip("1.1.1.1")), Tcp, 443),
+                Denied,
+            ),
+            (
+                "ingress untouched",
+                web(),
+                Traffic::ingress(Peer::world(ip("1.1.1.1")), Tcp, 443),
+                DefaultAllowed,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn default_deny_switches() {
+    check(
+        &["endpointSelector: {}\ningress: [{}]"],
+        vec![
+            (
+                "empty rule denies all ingress",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 80),
+                Denied,
+            ),
+            (
+                "egress unaffected",
+                web(),
+                Traffic::egress(pod("api"), Tcp, 80),
+                DefaultAllowed,
+            ),
+        ],
+    );
+    check(
+        &["endpointSelector: {}\nenableDefaultDeny: {egress: true}"],
+        vec![
+            (
+                "explicit egress default deny",
+                web(),
+                Traffic::egress(pod("api"), Tcp, 80),
+                Denied,
+            ),
+            (
+                "ingress has no rules",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 80),
+                DefaultAllowed,
+            ),
+        ],
+    );
+    check(
+        &["endpointSelector: {}\nenableDefaultDeny: {ingress: false}\ningress: [{fromEndpoints: [{matchLabels: {app: api}}]}]"],
+        vec![
+            ("allow rule still allows", web(), Traffic::ingress(pod("api"), Tcp, 80), Allowed),
+            ("no default deny", web(), Traffic::ingress(pod("db"), Tcp, 80), DefaultAllowed),
+        ],
+    );
+    // A deny-only policy also puts the subject in default deny, as in Cilium.
+    check(
+        &["endpointSelector: {}\ningressDeny: [{fromEntities: [world]}]"],
+        vec![
+            (
+                "denied peer",
+                web(),
+                Traffic::ingress(Peer::world(ip("1.2.3.4")), Tcp, 80),
+                Denied,
+            ),
+            (
+                "others default-denied",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 80),
+                Denied,
+            ),
+        ],
+    );
+    check(
+        &["endpointSelector: {}\nenableDefaultDeny: {ingress: false}\ningressDeny: [{fromEntities: [world]}]"],
+        vec![
+            ("denied peer", web(), Traffic::ingress(Peer::world(ip("1.2.3.4")), Tcp, 80), Denied),
+            ("others allowed", web(), Traffic::ingress(pod("api"), Tcp, 80), DefaultAllowed),
+        ],
+    );
+}
+
+#[test]
+fn allow_rules_add_up_and_deny_wins() {
+    let a = "endpointSelector: {matchLabels: {app: web}}\ningress: [{fromEndpoints: [{matchLabels: {app: api}}], toPorts: [{ports: [{port: 80, protocol: TCP}]}]}]";
+    let b = "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 443, protocol: TCP}]}]}]";
+    let c = "endpointSelector: {matchLabels: {app: web}}\ningress: [{fromEndpoints: [{matchLabels: {app: db}}]}]";
+    check(
+        &[a, b, c],
+        vec![
+            (
+                "first policy",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 80),
+                Allowed,
+            ),
+            (
+                "second policy, any peer",
+                web(),
+                Traffic::ingress(Peer::world(ip("9.9.9.9")), Tcp, 443),
+                Allowed,
+            ),
+            (
+                "third policy, any port",
+                web(),
+                Traffic::ingress(pod("db"), Udp, 9999),
+                Allowed,
+            ),
+            ("none", web(), Traffic::ingress(pod("api"), Tcp, 81), Denied),
+        ],
+    );
+    let allow_all =
+        "endpointSelector: {}\ningress: [{fromEntities: [all]}]\negress: [{toEntities: [all]}]";
+    let deny = r#"
+endpointSelector: {matchLabels: {app: web}}
+ingressDeny:
+  - fromEntities: [world]
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: 22}]}]
+egressDeny:
+  - toCIDRSet: [{cidr: 169.254.0.0/16}]
+"#;
+    check(
+        &[allow_all, deny],
+        vec![
+            (
+                "world denied despite allow all",
+                web(),
+                Traffic::ingress(Peer::world(ip("8.8.8.8")), Tcp, 80),
+                Denied,
+            ),
+            (
+                "api port 22 denied",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 22),
+                Denied,
+            ),
+            (
+                "api port 80 allowed",
+                web(),
+                Traffic::ingress(pod("api"), Tcp, 80),
+                Allowed,
+            ),
+            (
+                "metadata denied",
+                web(),
+                Traffic::egress(Peer::world(ip("169.254.169.254")), Tcp, 80),
+                Denied,
+            ),
+            (
+                "other egress allowed",
+                web(),
+                Traffic::egress(Peer::world(ip("1.1.1.1")), Tcp, 80),
+                Allowed,
+            ),
+            (
+                "deny only applies to its subjects",
+                Subject::endpoint(labels(&[("app", "db")])),
+                Traffic::ingress(Peer::world(ip("8.8.8.8")), Tcp, 80),
+                Allowed,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn ports_and_protocols() {
+    let p = r#"
+endpointSelector: {}
+ingress:
+  - toPorts:
+      - ports:
+          - {port: 8000, endPort: 8080, protocol: TCP}
+          - {port: "53"}
+          - {port: http, protocol: TCP}
+  - fromEndpoints: [{matchLabels: {app: any-port}}]
+    toPorts: [{ports: [{port: 0, protocol: UDP}]}]
+  - fromEndpoints: [{matchLabels: {app: all-ports}}]
+    toPorts: [{ports: []}]
+  - fromEndpoints: [{matchLabels: {app: pinger}}]
+    icmps: [{fields: [{type: 8}, {type: EchoRequest, family: IPv6}]}]
+  - fromEndpoints: [{matchLabels: {app: sctp}}]
+    toPorts: [{ports: [{port: 9000, protocol: SCTP}]}]
+"#;
+    let from = |app: &str, proto, port| Traffic::ingress(pod(app), proto, port);
+    check(
+        &[p],
+        vec![
+            ("range start", web(), from("x", Tcp, 8000), Allowed),
+            ("range end", web(), from("x", Tcp, 8080), Allowed),
+            ("past range", web(), from("x", Tcp, 8081), Denied),
+            ("before range", web(), from("x", Tcp, 7999), Denied),
+            ("range is TCP only", web(), from("x", Udp, 8000), Denied),
+            ("ANY covers UDP", web(), from("x", Udp, 53), Allowed),
+            ("ANY covers TCP", web(), from("x", Tcp, 53), Allowed),
+            (
+                "ANY covers SCTP",
+                web(),
+                from("x", FlowProtocol::Sctp, 53),
+                Allowed,
+            ),
+            ("ANY is not ICMP", web(), from("x", Icmp, 53), Denied),
+            (
+                "named port resolved",
+                web(),
+                from("x", Tcp, 8888).with_named_port("http", 8888),
+                Allowed,
+            ),
+            (
+                "named port other number",
+                web(),
+                from("x", Tcp, 8889).with_named_port("http", 8888),
+                Denied,
+            ),
+            ("named port unknown", web(), from("x", Tcp, 8888), Denied),
+            (
+                "port 0 any UDP port",
+                web(),
+                from("any-port", Udp, 12345),
+                Allowed,
+            ),
+            (
+                "port 0 still UDP only",
+                web(),
+                from("any-port", Tcp, 12345),
+                Denied,
+            ),
+            (
+                "empty ports: all ports and protocols",
+                web(),
+                from("all-ports", Icmp, 0),
+                Allowed,
+            ),
+            ("icmp echo v4", web(), from("pinger", Icmp, 8), Allowed),
+            ("icmp other type", web(), from("pinger", Icmp, 0), Denied),
+            ("icmpv6 echo", web(), from("pinger", IcmpV6, 128), Allowed),
+            (
+                "icmp rule is not TCP",
+                web(),
+                from("pinger", Tcp, 8),
+                Denied,
+            ),
+            (
+                "sctp",
+                web(),
+                from("sctp", FlowProtocol::Sctp, 9000),
+                Allowed,
+            ),
+            ("sctp rule not TCP", web(), from("sctp", Tcp, 9000), Denied),
+        ],
+    );
+}
+
+#[test]
+fn cidrs_entities_and_fqdns() {
+    let p = r#"
+endpointSelector: {}
+egress:
+  - toCIDRSet:
+      - cidr: 10.0.0.0/8
+        except: [10.1.0.0/16]
+  - toCIDR: [192.0.2.1/24, "2001:db8::/32"]
+    toPorts: [{ports: [{port: 443, protocol: TCP}]}]
+  - toFQDNs:
+      - matchName: api.github.com
+      - matchPattern: "*.s3.amazonaws.com"
+ingress:
+  - fromEntities: [host, remote-node]
+  - fromEntities: [world-ipv6]
+    toPorts: [{ports: [{port: 80}]}]
+"#;
+    let world = |s: &str| Peer::world(ip(s));
+    let out = |peer, port| Traffic::egress(peer, Tcp, port);
+    let inn = |peer, port| Traffic::ingress(peer, Tcp, port);
+    check(
+        &[p],
+        vec![
+            ("in cidr", web(), out(world("10.2.3.4"), 1), Allowed),
+            ("in except", web(), out(world("10.1.2.3"), 1), Denied),
+            ("outside cidr", web(), out(world("11.0.0.1"), 1), Denied),
+            (
+                "pod IP never matches CIDR",
+                web(),
+                out(pod("db").with_ip(ip("10.2.3.4")), 1),
+                Denied,
+            ),
+            (
+                "host bits ignored",
+                web(),
+                out(world("192.0.2.200"), 443),
+                Allowed,
+            ),
+            (
+                "cidr rule port",
+                web(),
+                out(world("192.0.2.200"), 80),
+                Denied,
+            ),
+            ("ipv6 cidr", web(), out(world("2001:db8::1"), 443), Allowed),
+            (
+                "fqdn exact",
+                web(),
+                out(world("140.82.1.1").with_dns_name("API.github.com."), 443),
+                Allowed,
+            ),
+            (
+                "fqdn other",
+                web(),
+                out(world("140.82.1.1").with_dns_name("github.com"), 443),
+                Denied,
+            ),
+            (
+                "fqdn pattern one label",
+                web(),
+                out(
+                    world("52.1.1.1").with_dns_name("bucket.s3.amazonaws.com"),
+                    443,
+                ),
+                Allowed,
+            ),
+            (
+                "fqdn pattern not two labels",
+                web(),
+                out(world("52.1.1.1").with_dns_name("a.b.s3.amazonaws.com"), 443),
+                Denied,
+            ),
+            (
+                "fqdn pattern not bare",
+                web(),
+                out(world("52.1.1.1").with_dns_name("s3.amazonaws.com"), 443),
+                Denied,
+            ),
+            ("host", web(), inn(Peer::entity(Entity::Host), 1), Allowed),
+            (
+                "remote node",
+                web(),
+                inn(Peer::entity(Entity::RemoteNode), 1),
+                Allowed,
+            ),
+            (
+                "health not listed",
+                web(),
+                inn(Peer::entity(Entity::Health), 1),
+                Denied,
+            ),
+            ("pod not an entity here", web(), inn(pod("api"), 1), Denied),
+            (
+                "world-ipv6 v6",
+                web(),
+                inn(world("2001:db8::9"), 80),
+                Allowed,
+            ),
+            (
+                "world-ipv6 not v4",
+                web(),
+                inn(world("8.8.8.8"), 80),
+                Denied,
+            ),
+        ],
+    );
+    let entities = |e: &str, dir_in: bool| {
+        if dir_in {
+            format!("endpointSelector: {{}}\ningress: [{{fromEntities: [{e}]}}]")
+        } else {
+            format!("endpointSelector: {{}}\negress: [{{toEntities: [{e}]}}]")
+        }
+    };
+    let peers: Vec<(&str, Peer)> = vec![
+        ("pod", pod("db")),
+        ("host", Peer::entity(Entity::Host)),
+        ("remote-node", Peer::entity(Entity::RemoteNode)),
+        ("world", Peer::world(ip("1.1.1.1"))),
+        (
+            "bare ip",
+            Peer {
+                ip: Some(ip("1.1.1.1")),
+                ..Default::default()
+            },
+        ),
+        ("kube-apiserver", Peer::entity(Entity::KubeApiserver)),
+    ];
+    // Expected verdict per (entity, peer): true = allowed.
+    let table: &[(&str, [bool; 6])] = &[
+        ("all", [true, true, true, true, true, true]),
+        ("cluster", [true, true, true, false, false, true]),
+        ("world", [false, false, false, true, true, false]),
+        ("host", [false, true, false, false, false, false]),
+        ("remote-node", [false, false, true, false, false, false]),
+        ("kube-apiserver", [false, false, false, false, false, true]),
+    ];
+    for (entity, want) in table {
+        for dir_in in [true, false] {
+            let policy = spec(&entities(entity, dir_in));
+            for ((peer_name, peer), allowed) in peers.iter().zip(want) {
+                let traffic = if dir_in {
+                    Traffic::ingress(peer.clone(), Tcp, 80)
+                } else {
+                    Traffic::egress(peer.clone(), Tcp, 80)
+                };
+                let got = evaluate(std::slice::from_ref(&policy), &web(), &traffic).verdict;
+                let want = if *allowed { Allowed } else { Denied };
+                assert_eq!(
+                    got, want,
+                    "entity {entity} peer {peer_name} ingress={dir_in}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn node_selector_and_reasons() {
+    let node_policy =
+        "nodeSelector: {matchLabels: {role: edge}}\ningress: [{fromEntities: [cluster]}]";
+    let l7 = "endpointSelector: {matchLabels: {app: web}}\ningress: [{toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{path: /}]}}]}]";
+    let policies = vec![spec(node_policy), spec(l7)];
+    let edge = Subject::node(labels(&[("role", "edge")]));
+    assert_eq!(
+        evaluate(&policies, &edge, &Traffic::ingress(pod("a"), Tcp, 1)).verdict,
+        Allowed
+    );
+    assert_eq!(
+        evaluate(
+            &policies,
+            &edge,
+            &Traffic::ingress(Peer::world(ip("1.1.1.1")), Tcp, 1)
+        )
+        .verdict,
+        Denied
+    );
+    let endpoint_edge = Subject::endpoint(labels(&[("role", "edge")]));
+    assert_eq!(
+        evaluate(
+            &policies,
+            &endpoint_edge,
+            &Traffic::ingress(Peer::world(ip("1.1.1.1")), Tcp, 1)
+        )
+        .verdict,
+        DefaultAllowed
+    );
+
+    let d = evaluate(&policies, &web(), &Traffic::ingress(pod("a"), Tcp, 80));
+    assert_eq!(
+        d.reason,
+        Reason::AllowedBy {
+            rules: vec![RuleRef { policy: 1, rule: 0 }],
+            l7: true
+        }
+    );
+    let d = evaluate(&policies, &web(), &Traffic::ingress(pod("a"), Tcp, 81));
+    assert_eq!(d.reason, Reason::DefaultDeny);
+    let deny = spec(
+        "endpointSelector: {}\ningressDeny: [{fromCIDR: [10.0.0.0/8]}, {fromEntities: [world]}]",
+    );
+    let d = evaluate(
+        &[spec(l7), deny],
+        &web(),
+        &Traffic::ingress(Peer::world(ip("1.1.1.1")), Tcp, 80),
+    );
+    assert_eq!(
+        d,
+        Decision {
+            verdict: Denied,
+            reason: Reason::DeniedBy(RuleRef { policy: 1, rule: 1 })
+        }
+    );
+}
