@@ -20,6 +20,8 @@ pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
 pub struct TestApp {
     pub app: Router,
     pub pool: PgPool,
+    /// URL of this test's own database.
+    pub url: String,
 }
 
 pub struct Reply {
@@ -97,6 +99,7 @@ impl TestApp {
         TestApp {
             app: control_api::app::app(state),
             pool,
+            url: db_url,
         }
     }
 

@@ -1,0 +1,123 @@
+//! The real binary: configuration, migrations on start, serving on a socket, and a
+//! graceful exit on SIGTERM.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn serves_migrates_and_stops_on_sigterm() {
+    // A fresh, empty database: the binary must create the schema itself.
+    let t = common::TestApp::new().await;
+    let url = t.url.clone();
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .execute(&t.pool)
+        .await
+        .expect("empty the database");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
+        .env("DATABASE_URL", &url)
+        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WEFT_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start control-api");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        if let Some((200, body)) = get(port, "/readyz") {
+            break body;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "control-api exited early"
+        );
+        assert!(Instant::now() < deadline, "control-api not ready in 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ready.contains("ready"), "{ready}");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'policies'",
+    )
+    .fetch_one(&t.pool)
+    .await
+    .expect("count");
+    assert_eq!(tables, 1, "migrations ran on start");
+    let (status, body) = get(port, "/v1/tenants").expect("answer");
+    assert_eq!(status, 401);
+    assert!(body.contains("urn:weft:problem:unauthenticated"), "{body}");
+
+    let pid = child.id().to_string();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "control-api ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "graceful exit, got {status}");
+    let mut logs = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with('{') && l.contains("control-api stopped")),
+        "{logs}"
+    );
+}
+
+#[test]
+fn refuses_to_start_without_a_database_or_with_a_weak_operator_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_control-api"))
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+    let out = Command::new(env!("CARGO_BIN_EXE_control-api"))
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x")
+        .env("WEFT_OPERATOR_TOKEN", "short")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 32 characters"), "{err}");
+    assert!(
+        !err.contains("short\""),
+        "the token itself is not echoed: {err}"
+    );
+}
