@@ -28,7 +28,10 @@ fn every_operation_documents_auth_and_errors() {
             let public = ["/healthz", "/readyz", "/metrics"].contains(&path.as_str());
             let responses = op["responses"].as_object().expect("responses");
             if !public {
-                assert!(op.get("security").is_some(), "{method} {path} has no security");
+                assert!(
+                    op.get("security").is_some(),
+                    "{method} {path} has no security"
+                );
                 assert!(responses.contains_key("401"), "{method} {path} lacks 401");
                 assert!(responses.contains_key("404"), "{method} {path} lacks 404");
             }
@@ -55,5 +58,9 @@ async fn served_spec_and_docs() {
     );
     let r = t.call("GET", "/docs/", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body.as_str().is_some_and(|html| html.contains("swagger")), "{}", r.body);
+    assert!(
+        r.body.as_str().is_some_and(|html| html.contains("swagger")),
+        "{}",
+        r.body
+    );
 }
