@@ -16,6 +16,7 @@ use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
 use crate::metrics::{self, Metrics};
+use crate::oidc::Oidc;
 use crate::state::AppState;
 use crate::{api, auth, db};
 
@@ -64,12 +65,14 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         Some(t) => Some(auth::hash_token(t)),
         None => None,
     };
+    let oidc = Oidc::from_config(&cfg.oidc)?.map(Arc::new);
     let pool = db::connect(url, cfg.db_max_connections).await?;
     db::migrate(&pool).await?;
     Ok(AppState {
         pool,
         operator_token_hash,
         metrics: Arc::new(Metrics::new()),
+        oidc,
     })
 }
 

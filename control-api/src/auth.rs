@@ -1,8 +1,9 @@
-//! Who is calling: the operator (bootstrap credential) or a tenant API token, and what
-//! each may do in a tenant.
+//! Who is calling: the operator (bootstrap credential), a tenant API token, or a person
+//! (console session cookie, or an access token from the OIDC issuer), and what each may
+//! do in a tenant.
 
 use axum::extract::FromRequestParts;
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, Method};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::session;
 use crate::state::AppState;
 
 /// Prefix of Weft API tokens; lets secret scanners recognise a leaked one.
@@ -57,15 +59,31 @@ pub enum Principal {
         tenant_id: Uuid,
         role: Role,
     },
+    /// A person; their role in each tenant comes from `memberships`.
+    User { user_id: Uuid, via: UserAuth },
+}
+
+/// How a person proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAuth {
+    /// The console's session cookie (writes carry the CSRF token).
+    Session,
+    /// `Authorization: Bearer <JWT access token from the OIDC issuer>`.
+    AccessToken,
 }
 
 /// A new random secret: `weft_` + 256 bits, and the hash we store.
 pub fn new_token() -> (String, Vec<u8>) {
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+    let token = random_secret(TOKEN_PREFIX);
     let hash = hash_token(&token);
     (token, hash)
+}
+
+/// `prefix` + 256 random bits, base64url.
+pub fn random_secret(prefix: &str) -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw))
 }
 
 /// Tokens carry 256 bits of entropy, so a plain SHA-256 is a safe at-rest hash
@@ -74,7 +92,7 @@ pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -83,9 +101,7 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::Unauthenticated(
-                "missing credentials: send Authorization: Bearer <token>".into(),
-            ));
+            return session_principal(parts, state).await;
         };
         let presented = value
             .to_str()
@@ -131,11 +147,52 @@ impl FromRequestParts<AppState> for Principal {
                     role,
                 });
             }
+        } else if let (Some(oidc), 2) = (&state.oidc, presented.matches('.').count()) {
+            // A JWT: an access token from our issuer, or nothing.
+            let subject = oidc.verify_access_token(presented).await?;
+            let user_id = crate::users::for_token(&state.pool, &subject).await?;
+            return Ok(Principal::User {
+                user_id,
+                via: UserAuth::AccessToken,
+            });
         }
         Err(ApiError::Unauthenticated(
             "invalid, expired or revoked token".into(),
         ))
     }
+}
+
+/// No `Authorization` header: the console's session cookie, or nothing. A write made
+/// with the cookie must carry the session's CSRF token in `X-CSRF-Token`.
+async fn session_principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let Some(id) = session::cookie(&parts.headers, session::SESSION_COOKIE) else {
+        return Err(ApiError::Unauthenticated(
+            "missing credentials: send Authorization: Bearer <token>, or sign in at /auth/login"
+                .into(),
+        ));
+    };
+    let live = session::lookup(&state.pool, id).await?.ok_or_else(|| {
+        ApiError::Unauthenticated("the session has expired or ended: sign in again".into())
+    })?;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let sent = parts
+            .headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if sent.is_empty() || !constant_time_eq(&hash_token(sent), &live.csrf_hash) {
+            return Err(ApiError::Forbidden(
+                "a write with the session cookie must send the session's CSRF token \
+                 (cookie weft_csrf) in the X-CSRF-Token header"
+                    .into(),
+            ));
+        }
+    }
+    Ok(Principal::User {
+        user_id: live.user_id,
+        via: UserAuth::Session,
+    })
 }
 
 /// The tenant a request acts on, after authorization.
@@ -171,6 +228,18 @@ impl Principal {
                 tenant_id, role, ..
             } if *tenant_id == id => *role,
             Principal::ApiToken { .. } => return Err(not_found()),
+            Principal::User { user_id, .. } => {
+                let role: Option<String> = sqlx::query_scalar(
+                    "SELECT role FROM memberships WHERE tenant_id = $1 AND user_id = $2",
+                )
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&state.pool)
+                .await?;
+                role.as_deref()
+                    .and_then(Role::parse)
+                    .ok_or_else(not_found)?
+            }
         };
         if role < need {
             return Err(ApiError::Forbidden(format!(

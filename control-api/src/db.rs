@@ -13,8 +13,14 @@ use uuid::Uuid;
 
 /// The schema, in order. Embedded so the binary carries its own schema; a test checks this
 /// list against `db/migrations/` so a new file cannot be forgotten.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../db/migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../db/migrations/0001_init.sql")),
+    (
+        3,
+        "users_sessions",
+        include_str!("../../db/migrations/0003_users_sessions.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::metrics::Metrics;
+use crate::oidc::Oidc;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -12,4 +13,6 @@ pub struct AppState {
     /// SHA-256 of the operator's bootstrap token, if one is configured.
     pub operator_token_hash: Option<Vec<u8>>,
     pub metrics: Arc<Metrics>,
+    /// OpenID Connect (console sign-in, bearer JWTs); `None` when no issuer is configured.
+    pub oidc: Option<Arc<Oidc>>,
 }

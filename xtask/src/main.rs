@@ -2,6 +2,7 @@
 
 mod demo;
 mod http;
+mod oidc;
 mod pg;
 mod sh;
 mod test;

@@ -98,8 +98,16 @@ async fn list_tenants(
 ) -> Result<axum::Json<Page<Tenant>>> {
     let list = params.resolve()?;
     let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM tenants WHERE true"));
-    if let Principal::ApiToken { tenant_id, .. } = &who {
-        qb.push(" AND id = ").push_bind(*tenant_id);
+    match &who {
+        Principal::Operator => {}
+        Principal::ApiToken { tenant_id, .. } => {
+            qb.push(" AND id = ").push_bind(*tenant_id);
+        }
+        Principal::User { user_id, .. } => {
+            qb.push(" AND id IN (SELECT tenant_id FROM memberships WHERE user_id = ")
+                .push_bind(*user_id)
+                .push(")");
+        }
     }
     list.push_tail(&mut qb, "tenants");
     let rows: Vec<Tenant> = qb.build_query_as().fetch_all(&st.pool).await?;
@@ -122,7 +130,7 @@ async fn get_tenant(
     Ok(common::ok(row.revision, row))
 }
 
-/// Create a tenant (operator only).
+/// Create a tenant: the operator, or a signed-in person, who becomes its owner.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantInput,
     responses((status = 201, body = Tenant, headers(("ETag" = String), ("Location" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -131,11 +139,15 @@ async fn create_tenant(
     who: Principal,
     Json(input): Json<TenantInput>,
 ) -> Result<Response> {
-    if !matches!(who, Principal::Operator) {
-        return Err(ApiError::Forbidden(
-            "only the operator can create tenants".into(),
-        ));
-    }
+    let owner = match who {
+        Principal::Operator => None,
+        Principal::User { user_id, .. } => Some(user_id),
+        Principal::ApiToken { .. } => {
+            return Err(ApiError::Forbidden(
+                "API tokens cannot create tenants: sign in, or use the operator token".into(),
+            ))
+        }
+    };
     input.validate()?;
     let mut tx = st.pool.begin().await?;
     let id = Uuid::now_v7();
@@ -151,6 +163,16 @@ async fn create_tenant(
     .bind(rev)
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(user_id) = owner {
+        sqlx::query(
+            "INSERT INTO memberships (id, tenant_id, user_id, role) VALUES ($1, $2, $3, 'owner')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     db::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, "tenant created");

@@ -2,6 +2,8 @@
 //! `cargo xtask test` starts, and the real application driven without a socket.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod oidc;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -66,6 +68,11 @@ impl Reply {
 
 impl TestApp {
     pub async fn new() -> TestApp {
+        Self::with_state(None).await
+    }
+
+    /// A fresh database, and the application with OIDC configured as given.
+    pub async fn with_state(oidc: Option<Arc<control_api::oidc::Oidc>>) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn,control_api=debug")
             .with_test_writer()
@@ -95,6 +102,7 @@ impl TestApp {
             pool: pool.clone(),
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
+            oidc,
         };
         TestApp {
             app: control_api::app::app(state),
