@@ -400,3 +400,62 @@ impl Oidc {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> OidcConfig {
+        OidcConfig {
+            oidc_issuer: Some("http://127.0.0.1:1/".into()),
+            oidc_client_id: Some("console".into()),
+            oidc_client_secret: None,
+            oidc_redirect_url: Some("http://127.0.0.1:2/auth/callback".into()),
+            oidc_audience: None,
+            session_ttl_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        let none = OidcConfig {
+            oidc_issuer: None,
+            ..cfg()
+        };
+        assert!(Oidc::from_config(&none).unwrap().is_none());
+        let oidc = Oidc::from_config(&cfg()).unwrap().unwrap();
+        assert_eq!(oidc.issuer(), "http://127.0.0.1:1");
+        // The audience defaults to the client id.
+        assert_eq!(oidc.audience.as_deref(), Some("console"));
+        let half = OidcConfig {
+            oidc_redirect_url: None,
+            ..cfg()
+        };
+        assert!(Oidc::from_config(&half).is_err());
+        let bad = OidcConfig {
+            oidc_issuer: Some("not a url".into()),
+            ..cfg()
+        };
+        assert!(Oidc::from_config(&bad).is_err());
+    }
+
+    #[test]
+    fn audiences_may_be_one_or_many() {
+        let one: Audiences = serde_json::from_str("\"a\"").unwrap();
+        let many: Audiences = serde_json::from_str("[\"b\", \"a\"]").unwrap();
+        assert!(one.contains("a") && many.contains("a"));
+        assert!(!one.contains("b"));
+        assert!(!many.contains("c"));
+    }
+
+    #[tokio::test]
+    async fn malformed_tokens_are_refused_before_any_network() {
+        let oidc = Oidc::from_config(&cfg()).unwrap().unwrap();
+        for t in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
+            assert!(matches!(
+                oidc.verify_access_token(t).await,
+                Err(OidcError::InvalidToken(_))
+            ));
+        }
+    }
+}

@@ -131,6 +131,24 @@ async fn logout_ends_the_session() {
 }
 
 #[tokio::test]
+async fn expired_sessions_are_refused() {
+    let t = TestApp::with_oidc().await;
+    let s = t.sign_in(&user("carol")).await;
+    let r = t.call_cookie("GET", "/v1/me", &s.id, None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let r = t.call_cookie("GET", "/v1/me", &s.id, None, None).await;
+    assert!(r.is_problem(401, "unauthenticated"), "{}", r.body);
+    let r = t
+        .call_cookie("GET", "/v1/me", "ws_forged", None, None)
+        .await;
+    assert!(r.is_problem(401, "unauthenticated"), "{}", r.body);
+}
+
+#[tokio::test]
 async fn the_provider_checks_the_password() {
     let t = TestApp::with_oidc().await;
     let refused = t.authorize(&user("alice"), "not-the-password").await;

@@ -350,6 +350,7 @@ pub fn down() -> Result<()> {
     }
     let _ = fs::remove_file(&pids);
     let _ = fs::remove_file(state_dir().join("demo.env"));
+    let _ = fs::remove_file(state_dir().join("oidc-provider.json"));
     let pg_dir = state_dir().join("pg");
     if pg_dir.join("weft-cluster").is_file() {
         let cluster = pg::Cluster::open(&pg_dir)?;
