@@ -704,4 +704,4 @@ pub fn specs_from(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
