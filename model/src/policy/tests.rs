@@ -916,3 +916,65 @@ fn node_selector_and_reasons() {
         }
     );
 }
+
+#[test]
+fn json_input_accepts_port_numbers_and_names() {
+    let json = r#"{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":80,"protocol":"TCP"},{"port":"http"},{"port":"8080","endPort":8090}]}]}]}"#;
+    let s: PolicySpec = serde_json::from_str(json).expect("parse");
+    let ports: Vec<Result<PortValue, String>> = s.ingress[0].to_ports[0]
+        .ports
+        .iter()
+        .map(|p| p.port.as_ref().map_or(Ok(PortValue::Any), Port::value))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            Ok(PortValue::Number(80)),
+            Ok(PortValue::Named("http".into())),
+            Ok(PortValue::Number(8080))
+        ]
+    );
+    assert!(serde_json::from_str::<PolicySpec>(
+        r#"{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":80.5}]}]}]}"#
+    )
+    .is_err());
+    assert_eq!(Port::new("0").value(), Ok(PortValue::Any));
+    assert_eq!(Port::new("65535").value(), Ok(PortValue::Number(65535)));
+    assert!(Port::new("65536").value().is_err());
+    assert!(Port::new("99999999999999999999").value().is_err());
+    assert!(Port::new("").value().is_err());
+    assert!(Port::new("a--b").value().is_err());
+    assert!(Port::new("sixteen-chars-xx").value().is_err());
+}
+
+#[test]
+fn openapi_schema_lists_supported_fields_only() {
+    use utoipa::PartialSchema;
+    let ingress = serde_json::to_string(&IngressRule::schema()).expect("schema json");
+    for field in [
+        "fromEndpoints",
+        "fromCIDR",
+        "fromCIDRSet",
+        "fromEntities",
+        "toPorts",
+        "icmps",
+    ] {
+        assert!(
+            ingress.contains(&format!("\"{field}\"")),
+            "{field} missing from {ingress}"
+        );
+    }
+    for field in ["fromRequires", "fromNodes", "fromGroups", "authentication"] {
+        assert!(
+            !ingress.contains(field),
+            "{field} should not be in {ingress}"
+        );
+    }
+    let port = serde_json::to_string(&PortProtocol::schema()).expect("schema json");
+    assert!(port.contains("\"endPort\""), "{port}");
+    let entity = serde_json::to_string(&Entity::schema()).expect("schema json");
+    assert!(
+        entity.contains("\"remote-node\"") && entity.contains("\"kube-apiserver\""),
+        "{entity}"
+    );
+}
