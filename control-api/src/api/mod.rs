@@ -5,6 +5,7 @@ pub mod clusters;
 pub mod common;
 pub mod health;
 pub mod inventory;
+pub mod policies;
 pub mod services;
 pub mod tenants;
 
@@ -63,6 +64,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(api_tokens::router())
         .merge(clusters::router())
         .merge(services::router())
+        .merge(policies::router())
         .merge(inventory::router())
 }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use weft_model::cnp;
 use weft_model::error::FieldError;
 use weft_model::labels::Labels;
-use weft_model::policy::PolicySpec;
+use weft_model::policy::{self, PolicySpec};
 
 use super::common::{self, ReadErrors, Scope, WriteErrors};
 use crate::auth::{Principal, Role};
@@ -60,33 +60,22 @@ impl PolicyInput {
     fn rules(&self) -> Result<Vec<PolicySpec>> {
         let mut errs = Vec::new();
         common::check_common(&mut errs, &self.name, &self.labels, &self.description);
-        let specs: Vec<(String, &PolicySpec)> = match (&self.spec, &self.specs) {
-            (Some(s), None) => vec![("spec".to_string(), s)],
-            (None, Some(list)) => list
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("specs[{i}]"), s))
-                .collect(),
-            (Some(_), Some(_)) => {
-                errs.push(FieldError::new("spec", "give either spec or specs, not both"));
-                vec![]
+        let specs = match policy::specs_from(self.spec.clone(), self.specs.clone()) {
+            Ok(specs) if specs.len() > MAX_SPECS => {
+                errs.push(FieldError::new(
+                    "specs",
+                    format!("at most {MAX_SPECS} rules"),
+                ));
+                Vec::new()
             }
-            (None, None) => {
-                errs.push(FieldError::new("spec", "a policy needs a spec (or specs)"));
-                vec![]
+            Ok(specs) => specs,
+            Err(mut e) => {
+                errs.append(&mut e);
+                Vec::new()
             }
         };
-        if self.specs.as_ref().is_some_and(|s| s.is_empty()) {
-            errs.push(FieldError::new("specs", "must hold at least one rule"));
-        }
-        if specs.len() > MAX_SPECS {
-            errs.push(FieldError::new("specs", format!("at most {MAX_SPECS} rules")));
-        }
-        for (path, spec) in &specs {
-            errs.extend(spec.validate_at(path));
-        }
         common::finish(errs)?;
-        Ok(specs.into_iter().map(|(_, s)| s.clone()).collect())
+        Ok(specs)
     }
 }
 
@@ -227,7 +216,14 @@ async fn get_policy(
 ) -> Result<Response> {
     let t = who.tenant(&st, &tenant, Role::Viewer).await?;
     let mut conn = st.pool.acquire().await?;
-    let id = common::require_id(&mut conn, "policies", "policy", Scope::tenant(t.id), &policy).await?;
+    let id = common::require_id(
+        &mut conn,
+        "policies",
+        "policy",
+        Scope::tenant(t.id),
+        &policy,
+    )
+    .await?;
     let p = load(&mut conn, id).await?;
     Ok(common::ok(p.revision, p))
 }
@@ -319,7 +315,15 @@ async fn update(
 ) -> Result<Response> {
     let t = who.tenant(st, tenant, Role::Editor).await?;
     let mut tx = st.pool.begin().await?;
-    let id = common::lock_for_write(&mut tx, "policies", "policy", Scope::tenant(t.id), key, expected).await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "policies",
+        "policy",
+        Scope::tenant(t.id),
+        key,
+        expected,
+    )
+    .await?;
     let input = change(load(&mut tx, id).await?.into())?;
     let specs = input.rules()?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
@@ -362,7 +366,10 @@ async fn patch_policy(
     IfMatch(expected): IfMatch,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, &policy, expected, |cur| common::patched(&cur, &patch)).await
+    update(&st, &who, &tenant, &policy, expected, |cur| {
+        common::patched(&cur, &patch)
+    })
+    .await
 }
 
 /// Delete a policy (editor).
@@ -380,7 +387,15 @@ async fn delete_policy(
 ) -> Result<Response> {
     let t = who.tenant(&st, &tenant, Role::Editor).await?;
     let mut tx = st.pool.begin().await?;
-    let id = common::lock_for_write(&mut tx, "policies", "policy", Scope::tenant(t.id), &policy, expected).await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "policies",
+        "policy",
+        Scope::tenant(t.id),
+        &policy,
+        expected,
+    )
+    .await?;
     db::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
     sqlx::query("DELETE FROM policies WHERE id = $1")
         .bind(id)
