@@ -978,3 +978,30 @@ fn openapi_schema_lists_supported_fields_only() {
         "{entity}"
     );
 }
+
+#[test]
+fn fqdn_pattern_table() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("*", "anything.example.com", true),
+        ("*.example.com", "a.example.com", true),
+        ("*.example.com", "A.Example.COM.", true),
+        ("*.example.com", "example.com", false),
+        ("*.example.com", "a.b.example.com", false),
+        ("api-*.example.com", "api-eu.example.com", true),
+        ("api-*.example.com", "api-.example.com", true),
+        ("api-*.example.com", "web-eu.example.com", false),
+        ("*.*.example.com", "a.b.example.com", true),
+        (
+            "a*b*c*d*e*f*g*h*i*j*k*l*m*n*o*p",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaq",
+            false,
+        ),
+    ];
+    for (pattern, name, want) in cases {
+        let sel = FqdnSelector {
+            match_pattern: Some(pattern.to_string()),
+            match_name: None,
+        };
+        assert_eq!(eval::fqdn_matches(&sel, name), *want, "{pattern} vs {name}");
+    }
+}
