@@ -54,8 +54,9 @@ ingress:
   - fromCIDRSet:
       - cidr: 10.0.0.0/8
         except: [10.96.0.0/12]
-    fromCIDR: [192.168.1.1/24]
-    fromEntities: [remote-node, health]
+  - fromCIDR: [192.168.1.1/24]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - fromEntities: [remote-node, health]
     icmps:
       - fields:
           - {type: 8, family: IPv4}
@@ -279,6 +280,26 @@ fn validation_table() {
         (
             "endpointSelector: {}\negress: [{toCIDRSet: [{cidrGroupRef: corp}]}]",
             &[("spec.egress[0].toCIDRSet[0].cidrGroupRef", "cidrGroupRef is not supported by Weft")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{fromEndpoints: [{}], fromCIDR: [10.0.0.0/8]}]",
+            &[("spec.ingress[0]", "combining fromEndpoints and fromCIDR in one rule is not supported")],
+        ),
+        (
+            "endpointSelector: {}\negressDeny: [{toEntities: [world], toCIDRSet: [{cidr: 10.0.0.0/8}]}]",
+            &[("spec.egressDeny[0]", "combining toCIDRSet and toEntities in one rule is not supported")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toEndpoints: [{}], toFQDNs: [{matchName: a.com}]}]",
+            &[("spec.egress[0]", "combining toEndpoints and toFQDNs")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80}]}], icmps: [{fields: [{type: 8}]}]}]",
+            &[("spec.ingress[0].icmps", "icmps and toPorts cannot be in the same rule")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 53}], rules: {dns: [{matchPattern: \"*\"}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.dns", "DNS rules are only allowed on egress")],
         ),
         // Every error is collected, in document order.
         (
