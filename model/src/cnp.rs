@@ -73,13 +73,13 @@ pub struct DocumentError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawDocument {
+struct CiliumPolicy {
     #[serde(default)]
     api_version: Option<String>,
     #[serde(default)]
     kind: Option<String>,
     #[serde(default)]
-    metadata: Option<RawMetadata>,
+    metadata: Option<ObjectMeta>,
     #[serde(default)]
     spec: Option<PolicySpec>,
     #[serde(default)]
@@ -92,7 +92,7 @@ struct RawDocument {
 /// Not `deny_unknown_fields`: exported objects carry uid, resourceVersion, annotations...
 /// which mean nothing to Weft.
 #[derive(Deserialize)]
-struct RawMetadata {
+struct ObjectMeta {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -146,7 +146,7 @@ pub fn parse_cnp_documents(yaml: &str) -> Result<Vec<ImportedPolicy>, Vec<Docume
             .and_then(|m| m.get("name"))
             .and_then(|n| n.as_str())
             .map(str::to_string);
-        let result = RawDocument::deserialize(doc)
+        let result = CiliumPolicy::deserialize(doc)
             .map_err(|e| vec![yaml_error(&e)])
             .and_then(import_document);
         match result {
@@ -180,7 +180,7 @@ pub fn parse_cnp_documents(yaml: &str) -> Result<Vec<ImportedPolicy>, Vec<Docume
     }
 }
 
-fn import_document(doc: RawDocument) -> Result<ImportedPolicy, Vec<FieldError>> {
+fn import_document(doc: CiliumPolicy) -> Result<ImportedPolicy, Vec<FieldError>> {
     let mut errors = Vec::new();
     match doc.api_version.as_deref() {
         Some(API_VERSION) => {}
@@ -519,6 +519,7 @@ spec: {endpointSelector: {}}
         let cases: Vec<(String, &str, &str)> = vec![
             ("".into(), DOCUMENT_FIELD, "no policy documents"),
             ("# only a comment\n---\n".into(), DOCUMENT_FIELD, "no policy documents"),
+            ("just text\n".into(), DOCUMENT_FIELD, "invalid type: string \"just text\", expected struct CiliumPolicy"),
             (format!("{head}metadata: {{name: a}}\nspec: [\n"), DOCUMENT_FIELD, "at line 5 column 1"),
             (format!("{head}metadata: {{name: a}}\nspec:\n  endpointSelector: {{}}\n    ingress: []\n"), DOCUMENT_FIELD, "line"),
             ("kind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec: {endpointSelector: {}}\n".into(), "apiVersion", "apiVersion is required"),
