@@ -10,13 +10,16 @@
 //!   namespace condition in its matchLabels: a CNP can only select pods of its namespace);
 //! - every `fromEndpoints` / `toEndpoints` selector (allow and deny) that does not mention the
 //!   namespace label gets the same condition, so `fromEndpoints: [{}]` means "pods of this
-//!   namespace", as in Cilium; selectors that name a namespace keep it (cross-namespace rules);
+//!   namespace", as in Cilium; selectors that name a namespace, or select by namespace labels
+//!   (`io.cilium.k8s.namespace.labels.*`), are left alone (cross-namespace rules);
 //! - `nodeSelector` is refused in a namespaced policy, as Cilium does.
 //!
 //! A CiliumNetworkPolicy without `metadata.namespace` is left unscoped: kubectl would use the
 //! current context's namespace, which Weft cannot know, and Weft also protects workloads that
 //! have no namespace (VMs, bare metal). A CiliumClusterwideNetworkPolicy is never scoped and
-//! must not have a namespace.
+//! must not have a namespace. One deliberate difference: Cilium narrows a clusterwide
+//! policy's peer selectors without a namespace condition to Kubernetes pods (namespace label
+//! exists); Weft does not, because its endpoints also include VMs and bare-metal workloads.
 //!
 //! Weft policy names are unique per tenant, so two documents with the same `metadata.name`
 //! (even in different namespaces) are refused.
@@ -37,6 +40,8 @@ pub const API_VERSION: &str = "cilium.io/v2";
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// The key the import writes, spelled as Cilium does.
 pub const NAMESPACE_SELECTOR_KEY: &str = "k8s:io.kubernetes.pod.namespace";
+/// Prefix of the labels Cilium copies from a pod's namespace onto the pod.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 /// Field name of errors that concern a whole document.
 pub const DOCUMENT_FIELD: &str = "document";
 
@@ -68,13 +73,13 @@ pub struct DocumentError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawDocument {
+struct CiliumPolicy {
     #[serde(default)]
     api_version: Option<String>,
     #[serde(default)]
     kind: Option<String>,
     #[serde(default)]
-    metadata: Option<RawMetadata>,
+    metadata: Option<ObjectMeta>,
     #[serde(default)]
     spec: Option<PolicySpec>,
     #[serde(default)]
@@ -87,7 +92,7 @@ struct RawDocument {
 /// Not `deny_unknown_fields`: exported objects carry uid, resourceVersion, annotations...
 /// which mean nothing to Weft.
 #[derive(Deserialize)]
-struct RawMetadata {
+struct ObjectMeta {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -141,7 +146,7 @@ pub fn parse_cnp_documents(yaml: &str) -> Result<Vec<ImportedPolicy>, Vec<Docume
             .and_then(|m| m.get("name"))
             .and_then(|n| n.as_str())
             .map(str::to_string);
-        let result = RawDocument::deserialize(doc)
+        let result = CiliumPolicy::deserialize(doc)
             .map_err(|e| vec![yaml_error(&e)])
             .and_then(import_document);
         match result {
@@ -175,7 +180,7 @@ pub fn parse_cnp_documents(yaml: &str) -> Result<Vec<ImportedPolicy>, Vec<Docume
     }
 }
 
-fn import_document(doc: RawDocument) -> Result<ImportedPolicy, Vec<FieldError>> {
+fn import_document(doc: CiliumPolicy) -> Result<ImportedPolicy, Vec<FieldError>> {
     let mut errors = Vec::new();
     match doc.api_version.as_deref() {
         Some(API_VERSION) => {}
@@ -310,14 +315,15 @@ pub fn scope_to_namespace(mut spec: PolicySpec, namespace: &str) -> PolicySpec {
     spec
 }
 
+/// True when the selector already says which namespace(s) it means: by name, or by namespace
+/// labels (`io.cilium.k8s.namespace.labels.<key>`), which Cilium also leaves unscoped.
 fn mentions_namespace(sel: &LabelSelector) -> bool {
-    sel.match_labels
-        .keys()
-        .any(|k| normalize_selector_key(k) == NAMESPACE_LABEL)
-        || sel
-            .match_expressions
-            .iter()
-            .any(|r| normalize_selector_key(&r.key) == NAMESPACE_LABEL)
+    let is_ns_key = |k: &str| {
+        let k = normalize_selector_key(k);
+        k == NAMESPACE_LABEL || k.starts_with(NAMESPACE_LABELS_PREFIX)
+    };
+    sel.match_labels.keys().any(|k| is_ns_key(k))
+        || sel.match_expressions.iter().any(|r| is_ns_key(&r.key))
 }
 
 /// A serde_yaml error as a field error: its message starts with the path when there is one.
@@ -367,6 +373,7 @@ spec:
     - fromEndpoints:
         - matchExpressions:
             - {key: io.kubernetes.pod.namespace, operator: In, values: [a, b]}
+        - matchLabels: {"k8s:io.cilium.k8s.namespace.labels.team": ops}
   egressDeny:
     - toEndpoints: [{matchLabels: {app: db}}]
 status:
@@ -413,6 +420,7 @@ specs:
             Some("observability")
         );
         assert!(spec.ingress[1].from_endpoints[0].match_labels.is_empty());
+        assert_eq!(spec.ingress[1].from_endpoints[1].match_labels.len(), 1);
         assert_eq!(
             ns(&spec.egress_deny[0].to_endpoints[0]).as_deref(),
             Some("prod")
@@ -511,6 +519,7 @@ spec: {endpointSelector: {}}
         let cases: Vec<(String, &str, &str)> = vec![
             ("".into(), DOCUMENT_FIELD, "no policy documents"),
             ("# only a comment\n---\n".into(), DOCUMENT_FIELD, "no policy documents"),
+            ("just text\n".into(), DOCUMENT_FIELD, "invalid type: string \"just text\", expected struct CiliumPolicy"),
             (format!("{head}metadata: {{name: a}}\nspec: [\n"), DOCUMENT_FIELD, "at line 5 column 1"),
             (format!("{head}metadata: {{name: a}}\nspec:\n  endpointSelector: {{}}\n    ingress: []\n"), DOCUMENT_FIELD, "line"),
             ("kind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec: {endpointSelector: {}}\n".into(), "apiVersion", "apiVersion is required"),

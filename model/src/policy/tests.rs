@@ -54,8 +54,9 @@ ingress:
   - fromCIDRSet:
       - cidr: 10.0.0.0/8
         except: [10.96.0.0/12]
-    fromCIDR: [192.168.1.1/24]
-    fromEntities: [remote-node, health]
+  - fromCIDR: [192.168.1.1/24]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - fromEntities: [remote-node, health]
     icmps:
       - fields:
           - {type: 8, family: IPv4}
@@ -279,6 +280,26 @@ fn validation_table() {
         (
             "endpointSelector: {}\negress: [{toCIDRSet: [{cidrGroupRef: corp}]}]",
             &[("spec.egress[0].toCIDRSet[0].cidrGroupRef", "cidrGroupRef is not supported by Weft")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{fromEndpoints: [{}], fromCIDR: [10.0.0.0/8]}]",
+            &[("spec.ingress[0]", "combining fromEndpoints and fromCIDR in one rule is not supported")],
+        ),
+        (
+            "endpointSelector: {}\negressDeny: [{toEntities: [world], toCIDRSet: [{cidr: 10.0.0.0/8}]}]",
+            &[("spec.egressDeny[0]", "combining toCIDRSet and toEntities in one rule is not supported")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toEndpoints: [{}], toFQDNs: [{matchName: a.com}]}]",
+            &[("spec.egress[0]", "combining toEndpoints and toFQDNs")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80}]}], icmps: [{fields: [{type: 8}]}]}]",
+            &[("spec.ingress[0].icmps", "icmps and toPorts cannot be in the same rule")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 53}], rules: {dns: [{matchPattern: \"*\"}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.dns", "DNS rules are only allowed on egress")],
         ),
         // Every error is collected, in document order.
         (
@@ -977,4 +998,31 @@ fn openapi_schema_lists_supported_fields_only() {
         entity.contains("\"remote-node\"") && entity.contains("\"kube-apiserver\""),
         "{entity}"
     );
+}
+
+#[test]
+fn fqdn_pattern_table() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("*", "anything.example.com", true),
+        ("*.example.com", "a.example.com", true),
+        ("*.example.com", "A.Example.COM.", true),
+        ("*.example.com", "example.com", false),
+        ("*.example.com", "a.b.example.com", false),
+        ("api-*.example.com", "api-eu.example.com", true),
+        ("api-*.example.com", "api-.example.com", true),
+        ("api-*.example.com", "web-eu.example.com", false),
+        ("*.*.example.com", "a.b.example.com", true),
+        (
+            "a*b*c*d*e*f*g*h*i*j*k*l*m*n*o*p",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaq",
+            false,
+        ),
+    ];
+    for (pattern, name, want) in cases {
+        let sel = FqdnSelector {
+            match_pattern: Some(pattern.to_string()),
+            match_name: None,
+        };
+        assert_eq!(eval::fqdn_matches(&sel, name), *want, "{pattern} vs {name}");
+    }
 }
