@@ -64,8 +64,8 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         Some(t) => Some(auth::hash_token(t)),
         None => None,
     };
+    db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
-    db::migrate(&pool).await?;
     Ok(AppState {
         pool,
         operator_token_hash,

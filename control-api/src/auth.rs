@@ -1,12 +1,16 @@
 //! Who is calling: the operator (bootstrap credential) or a tenant API token, and what
 //! each may do in a tenant.
 
-use axum::extract::FromRequestParts;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequestParts, Path};
 use axum::http::{header, request::Parts};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -55,8 +59,17 @@ pub enum Principal {
     ApiToken {
         token_id: Uuid,
         tenant_id: Uuid,
+        name: String,
         role: Role,
     },
+}
+
+/// Who did something, as the audit log records it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub kind: &'static str,
+    pub id: Option<Uuid>,
+    pub name: String,
 }
 
 /// A new random secret: `weft_` + 256 bits, and the hash we store.
@@ -105,20 +118,18 @@ impl FromRequestParts<AppState> for Principal {
             }
         }
         if presented.starts_with(TOKEN_PREFIX) {
-            let row: Option<(Uuid, Uuid, String, bool)> = sqlx::query_as(
-                "SELECT id, tenant_id, role, \
-                        (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') \
-                 FROM api_tokens \
-                 WHERE token_hash = $1 AND revoked_at IS NULL \
-                   AND (expires_at IS NULL OR expires_at > now())",
+            // Runs before any tenant is known, so through the one narrow function that
+            // may look across tenants (see migration 0002).
+            let row: Option<(Uuid, Uuid, String, String, bool)> = sqlx::query_as(
+                "SELECT id, tenant_id, name, role, stale FROM weft_find_api_token($1)",
             )
             .bind(&hash)
             .fetch_optional(&state.pool)
             .await?;
-            if let Some((token_id, tenant_id, role, stale)) = row {
+            if let Some((token_id, tenant_id, name, role, stale)) = row {
                 if stale {
                     // Recorded at most once a minute: keeps reads from turning into writes.
-                    sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
+                    sqlx::query("SELECT weft_touch_api_token($1)")
                         .bind(token_id)
                         .execute(&state.pool)
                         .await?;
@@ -128,6 +139,7 @@ impl FromRequestParts<AppState> for Principal {
                 return Ok(Principal::ApiToken {
                     token_id,
                     tenant_id,
+                    name,
                     role,
                 });
             }
@@ -144,9 +156,46 @@ pub struct TenantCtx {
     pub id: Uuid,
     pub name: String,
     pub role: Role,
+    pub actor: Actor,
+    /// The request's `x-request-id`, for the audit log.
+    pub request_id: String,
+}
+
+impl TenantCtx {
+    /// Opens a transaction confined to this tenant: row-level security shows and accepts
+    /// only this tenant's rows in it, whatever a query forgets to filter.
+    pub async fn begin(&self, pool: &PgPool) -> Result<Transaction<'static, Postgres>, ApiError> {
+        let mut tx = pool.begin().await?;
+        set_tenant(&mut tx, self.id).await?;
+        Ok(tx)
+    }
+}
+
+/// Confines the rest of a transaction to one tenant's rows.
+pub async fn set_tenant(tx: &mut PgConnection, tenant: Uuid) -> Result<(), ApiError> {
+    sqlx::query("SELECT set_config('weft.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 impl Principal {
+    pub fn actor(&self) -> Actor {
+        match self {
+            Principal::Operator => Actor {
+                kind: "operator",
+                id: None,
+                name: "operator".into(),
+            },
+            Principal::ApiToken { token_id, name, .. } => Actor {
+                kind: "api_token",
+                id: Some(*token_id),
+                name: name.clone(),
+            },
+        }
+    }
+
     /// Resolves `{tenant}` (id or name) and checks the caller holds at least `need` in it.
     /// A tenant the caller does not belong to answers 404, exactly like one that does not
     /// exist, so existence never leaks.
@@ -156,10 +205,8 @@ impl Principal {
         key: &str,
         need: Role,
     ) -> Result<TenantCtx, ApiError> {
-        let by_id = Uuid::parse_str(key).ok();
         let row: Option<(Uuid, String)> =
-            sqlx::query_as("SELECT id, name FROM tenants WHERE id = $1 OR name = $2")
-                .bind(by_id)
+            sqlx::query_as("SELECT id, name FROM weft_resolve_tenant($1)")
                 .bind(key)
                 .fetch_optional(&state.pool)
                 .await?;
@@ -179,7 +226,68 @@ impl Principal {
                 role.as_str()
             )));
         }
-        Ok(TenantCtx { id, name, role })
+        Ok(TenantCtx {
+            id,
+            name,
+            role,
+            actor: self.actor(),
+            request_id: String::new(),
+        })
+    }
+}
+
+/// The least role a route needs, as a type, so a handler's signature says it.
+pub trait NeedRole {
+    const ROLE: Role;
+}
+
+/// Role markers for [`Tenant`].
+pub mod need {
+    use super::{NeedRole, Role};
+
+    pub struct Viewer;
+    pub struct Editor;
+    pub struct Admin;
+    pub struct Owner;
+
+    impl NeedRole for Viewer {
+        const ROLE: Role = Role::Viewer;
+    }
+    impl NeedRole for Editor {
+        const ROLE: Role = Role::Editor;
+    }
+    impl NeedRole for Admin {
+        const ROLE: Role = Role::Admin;
+    }
+    impl NeedRole for Owner {
+        const ROLE: Role = Role::Owner;
+    }
+}
+
+/// The `{tenant}` of the path, authorized for at least `R`. As an extractor it runs
+/// before the body is read, so a caller without the role gets 403 (or 404) whatever it
+/// sent, and nothing of the body is looked at.
+pub struct Tenant<R>(pub TenantCtx, pub PhantomData<R>);
+
+impl<R: NeedRole + Send + Sync> FromRequestParts<AppState> for Tenant<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let key = params
+            .get("tenant")
+            .ok_or_else(|| anyhow::anyhow!("route has no {{tenant}} parameter"))?;
+        let mut ctx = principal.tenant(state, key, R::ROLE).await?;
+        ctx.request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        Ok(Tenant(ctx, PhantomData))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The REST API: one module per resource, merged into one router and one OpenAPI document.
 
 pub mod api_tokens;
+pub mod audit_log;
 pub mod clusters;
 pub mod common;
 pub mod health;
@@ -33,6 +34,7 @@ use crate::state::AppState;
         (name = "services", description = "Load-balanced services of a cluster"),
         (name = "policies", description = "Network policies (CiliumNetworkPolicy-compatible)"),
         (name = "inventory", description = "Read-only: nodes, endpoints, identities"),
+        (name = "audit", description = "Who changed what, when"),
     )
 )]
 struct ApiDoc;
@@ -66,6 +68,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(services::router())
         .merge(policies::router())
         .merge(inventory::router())
+        .merge(audit_log::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at `openapi/openapi.json`.

@@ -89,10 +89,17 @@ impl TestApp {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("unexpected database URL shape"),
         };
-        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
-        control_api::db::migrate(&pool).await.expect("migrate");
+        control_api::db::migrate(&db_url).await.expect("migrate");
+        // The app runs as the restricted role; the test's own pool is the schema owner,
+        // so fixtures and checks see every tenant's rows.
+        let app_pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db_url)
+            .await
+            .expect("owner pool");
         let state = AppState {
-            pool: pool.clone(),
+            pool: app_pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
         };
