@@ -16,6 +16,7 @@ use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
 use crate::metrics::{self, Metrics};
+use crate::ratelimit::FailureLimiter;
 use crate::state::AppState;
 use crate::{api, auth, db};
 
@@ -70,6 +71,7 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         pool,
         operator_token_hash,
         metrics: Arc::new(Metrics::new()),
+        auth_failures: Arc::new(FailureLimiter::default()),
     })
 }
 
@@ -80,7 +82,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, "control-api serving");
-    axum::serve(listener, app(state))
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use axum::extract::{FromRequestParts, Path};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::{header, request::Parts};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
@@ -95,59 +98,85 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::Unauthenticated(
-                "missing credentials: send Authorization: Bearer <token>".into(),
-            ));
-        };
-        let presented = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "malformed Authorization header: expected Bearer <token>".into(),
-                )
-            })?;
-        let hash = hash_token(presented);
-        if let Some(op) = &state.operator_token_hash {
-            if constant_time_eq(&hash, op) {
-                return Ok(Principal::Operator);
-            }
+        let source = source_address(parts);
+        let now = Instant::now();
+        if let Err(wait) = state.auth_failures.check(source, now) {
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs().max(1),
+            });
         }
-        if presented.starts_with(TOKEN_PREFIX) {
-            // Runs before any tenant is known, so through the one narrow function that
-            // may look across tenants (see migration 0002).
-            let row: Option<(Uuid, Uuid, String, String, bool)> = sqlx::query_as(
-                "SELECT id, tenant_id, name, role, stale FROM weft_find_api_token($1)",
-            )
-            .bind(&hash)
-            .fetch_optional(&state.pool)
-            .await?;
-            if let Some((token_id, tenant_id, name, role, stale)) = row {
-                if stale {
-                    // Recorded at most once a minute: keeps reads from turning into writes.
-                    sqlx::query("SELECT weft_touch_api_token($1)")
-                        .bind(token_id)
-                        .execute(&state.pool)
-                        .await?;
-                }
-                let role = Role::parse(&role)
-                    .ok_or_else(|| anyhow::anyhow!("token {token_id} has unknown role {role:?}"))?;
-                return Ok(Principal::ApiToken {
-                    token_id,
-                    tenant_id,
-                    name,
-                    role,
-                });
-            }
+        let result = authenticate(parts, state).await;
+        // A wrong credential counts; no credential at all is not a guess.
+        let presented = parts.headers.contains_key(header::AUTHORIZATION);
+        if presented && matches!(result, Err(ApiError::Unauthenticated(_))) {
+            state.auth_failures.record_failure(source, now);
+            tracing::info!(%source, "failed authentication");
         }
-        Err(ApiError::Unauthenticated(
-            "invalid, expired or revoked token".into(),
-        ))
+        result
     }
+}
+
+/// Where the request came from: the peer address (no proxy headers are trusted).
+fn source_address(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthenticated(
+            "missing credentials: send Authorization: Bearer <token>".into(),
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthenticated(
+                "malformed Authorization header: expected Bearer <token>".into(),
+            )
+        })?;
+    let hash = hash_token(presented);
+    if let Some(op) = &state.operator_token_hash {
+        if constant_time_eq(&hash, op) {
+            return Ok(Principal::Operator);
+        }
+    }
+    if presented.starts_with(TOKEN_PREFIX) {
+        // Runs before any tenant is known, so through the one narrow function that
+        // may look across tenants (see migration 0002).
+        let row: Option<(Uuid, Uuid, String, String, bool)> =
+            sqlx::query_as("SELECT id, tenant_id, name, role, stale FROM weft_find_api_token($1)")
+                .bind(&hash)
+                .fetch_optional(&state.pool)
+                .await?;
+        if let Some((token_id, tenant_id, name, role, stale)) = row {
+            if stale {
+                // Recorded at most once a minute: keeps reads from turning into writes.
+                sqlx::query("SELECT weft_touch_api_token($1)")
+                    .bind(token_id)
+                    .execute(&state.pool)
+                    .await?;
+            }
+            let role = Role::parse(&role)
+                .ok_or_else(|| anyhow::anyhow!("token {token_id} has unknown role {role:?}"))?;
+            return Ok(Principal::ApiToken {
+                token_id,
+                tenant_id,
+                name,
+                role,
+            });
+        }
+    }
+    Err(ApiError::Unauthenticated(
+        "invalid, expired or revoked token".into(),
+    ))
 }
 
 /// The tenant a request acts on, after authorization.

@@ -12,5 +12,6 @@ pub mod etag;
 pub mod extract;
 pub mod metrics;
 pub mod pagination;
+pub mod ratelimit;
 pub mod state;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::metrics::Metrics;
+use crate::ratelimit::FailureLimiter;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -12,4 +13,6 @@ pub struct AppState {
     /// SHA-256 of the operator's bootstrap token, if one is configured.
     pub operator_token_hash: Option<Vec<u8>>,
     pub metrics: Arc<Metrics>,
+    /// Failed credential attempts per source address.
+    pub auth_failures: Arc<FailureLimiter>,
 }

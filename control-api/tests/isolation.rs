@@ -139,7 +139,10 @@ fn admin_only(path: &str) -> bool {
 
 #[tokio::test]
 async fn isolation_matrix_from_the_route_table() {
-    let t = TestApp::new().await;
+    // Many revoked-token attempts on purpose: lift the failed-attempt limit.
+    let limiter =
+        control_api::ratelimit::FailureLimiter::new(u32::MAX, std::time::Duration::from_secs(60));
+    let t = TestApp::with_limiter(limiter).await;
     let f = fixture(&t).await;
     let spec = serde_json::to_value(control_api::api::openapi()).unwrap();
     let mut checked = 0;

@@ -66,6 +66,11 @@ impl Reply {
 
 impl TestApp {
     pub async fn new() -> TestApp {
+        Self::with_limiter(control_api::ratelimit::FailureLimiter::default()).await
+    }
+
+    /// For tests that make many failed attempts on purpose.
+    pub async fn with_limiter(limiter: control_api::ratelimit::FailureLimiter) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn,control_api=debug")
             .with_test_writer()
@@ -102,6 +107,7 @@ impl TestApp {
             pool: app_pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
+            auth_failures: Arc::new(limiter),
         };
         TestApp {
             app: control_api::app::app(state),
