@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
 use crate::metrics::{self, Metrics};
 use crate::oidc::Oidc;
+use crate::ratelimit::FailureLimiter;
 use crate::state::AppState;
 use crate::{api, auth, db};
 
@@ -66,13 +67,14 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         None => None,
     };
     let oidc = Oidc::from_config(&cfg.oidc)?.map(Arc::new);
+    db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
-    db::migrate(&pool).await?;
     Ok(AppState {
         pool,
         operator_token_hash,
         metrics: Arc::new(Metrics::new()),
         oidc,
+        auth_failures: Arc::new(FailureLimiter::default()),
     })
 }
 
@@ -83,7 +85,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, "control-api serving");
-    axum::serve(listener, app(state))
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;

@@ -8,13 +8,18 @@ use futures_core::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The schema, in order. Embedded so the binary carries its own schema; a test checks this
 /// list against `db/migrations/` so a new file cannot be forgotten.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../db/migrations/0001_init.sql")),
+    (
+        2,
+        "rls_audit",
+        include_str!("../../db/migrations/0002_rls_audit.sql"),
+    ),
     (
         3,
         "users_sessions",
@@ -50,23 +55,45 @@ pub async fn migrator() -> anyhow::Result<Migrator> {
         .context("loading embedded migrations")
 }
 
-/// Connects a pool; fails fast (5 s) when Postgres is not there.
+/// The role requests run as: it cannot bypass row-level security (migration 0002).
+pub const APP_ROLE: &str = "weft_app";
+
+/// Applies the migrations over one connection as the URL's own user (the schema owner).
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let opts: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts))
+        .await
+        .context("connecting to Postgres: timed out after 5 s")?
+        .context("connecting to Postgres")?;
+    migrator()
+        .await?
+        .run(&mut conn)
+        .await
+        .context("applying database migrations")?;
+    conn.close()
+        .await
+        .context("closing the migration connection")?;
+    Ok(())
+}
+
+/// Connects the request pool. Every connection switches to [`APP_ROLE`], so row-level
+/// security applies to every query the API makes. Fails fast (5 s) when Postgres is not
+/// there.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let opts: PgConnectOptions = url.parse().context("parsing the database URL")?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(format!("SET ROLE {APP_ROLE}").as_str())
+                    .await?;
+                Ok(())
+            })
+        })
         .connect_with(opts)
         .await
         .context("connecting to Postgres")
-}
-
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    migrator()
-        .await?
-        .run(pool)
-        .await
-        .context("applying database migrations")
 }
 
 /// What happened to a resource, as recorded in the change log.

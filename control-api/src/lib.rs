@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -12,6 +13,7 @@ pub mod extract;
 pub mod metrics;
 pub mod oidc;
 pub mod pagination;
+pub mod ratelimit;
 pub mod session;
 pub mod state;
 pub mod telemetry;

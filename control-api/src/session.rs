@@ -80,20 +80,27 @@ pub async fn create(pool: &PgPool, user_id: Uuid, ttl: Duration) -> sqlx::Result
     Ok(NewSession { id, csrf })
 }
 
-/// A live session: its person and the hash of its CSRF token.
+/// A live session: its person (id and e-mail or subject) and the hash of its CSRF token.
 pub struct Live {
     pub user_id: Uuid,
+    pub name: String,
     pub csrf_hash: Vec<u8>,
 }
 
 pub async fn lookup(pool: &PgPool, id: &str) -> sqlx::Result<Option<Live>> {
-    let row: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT user_id, csrf_hash FROM sessions WHERE id_hash = $1 AND expires_at > now()",
+    let row: Option<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT s.user_id, coalesce(u.email, u.subject), s.csrf_hash \
+         FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.id_hash = $1 AND s.expires_at > now()",
     )
     .bind(hash_token(id))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(user_id, csrf_hash)| Live { user_id, csrf_hash }))
+    Ok(row.map(|(user_id, name, csrf_hash)| Live {
+        user_id,
+        name,
+        csrf_hash,
+    }))
 }
 
 pub async fn delete(pool: &PgPool, id: &str) -> sqlx::Result<bool> {

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
+use crate::ratelimit::FailureLimiter;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,4 +16,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// OpenID Connect (console sign-in, bearer JWTs); `None` when no issuer is configured.
     pub oidc: Option<Arc<Oidc>>,
+    /// Failed credential attempts per source address.
+    pub auth_failures: Arc<FailureLimiter>,
 }

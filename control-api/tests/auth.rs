@@ -199,3 +199,38 @@ async fn another_tenant_is_invisible() {
         .await;
     assert_eq!(r.body["display_name"], "");
 }
+
+#[tokio::test]
+async fn failed_attempts_are_rate_limited_per_source() {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{header, Request};
+    use std::net::SocketAddr;
+
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    let from = |addr: &str, token: &str| {
+        let mut req = Request::builder()
+            .uri("/v1/tenants/acme/clusters")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(addr.parse::<SocketAddr>().unwrap()));
+        req
+    };
+    let limit = control_api::ratelimit::MAX_FAILURES;
+    for i in 0..limit {
+        let r = t
+            .send(from("192.0.2.7:4000", &format!("weft_guess{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // Now even a valid token from that source is refused until the window passes...
+    let r = t.send(from("192.0.2.7:4001", &owner)).await;
+    assert!(r.is_problem(429, "too-many-requests"), "{}", r.body);
+    assert!(r.headers.get("retry-after").is_some());
+    // ...while other sources are unaffected.
+    let r = t.send(from("192.0.2.8:4000", &owner)).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -1,7 +1,7 @@
 -- People who sign in with OpenID Connect, their tenant memberships and pending invites,
 -- browser sessions, and in-flight sign-ins.
--- memberships and invitations are tenant-owned (tenant_id); users, sessions and
--- oidc_logins belong to a person or a browser, not to a tenant.
+-- memberships and invitations are tenant-owned (tenant_id, row-level security as in
+-- 0002); users, sessions and oidc_logins belong to a person or a browser, not to a tenant.
 
 -- A person, as known to an issuer: (issuer, subject) is the identity; the e-mail is what
 -- the issuer last said, and only a verified one binds invites.
@@ -63,3 +63,59 @@ CREATE TABLE oidc_logins (
     expires_at    timestamptz NOT NULL
 );
 CREATE INDEX oidc_logins_expires ON oidc_logins (expires_at);
+
+-- The person a transaction acts for, set by the API with
+-- set_config('weft.user_id', <id>, true): it may see its own memberships in every tenant
+-- (for /v1/me and the tenant list), and those tenants, and nothing else across tenants.
+CREATE FUNCTION weft_user() RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$ SELECT nullif(current_setting('weft.user_id', true), '')::uuid $$;
+
+ALTER TABLE memberships ENABLE ROW LEVEL SECURITY;
+ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON memberships
+    USING (tenant_id = weft_tenant() OR user_id = weft_user())
+    WITH CHECK (tenant_id = weft_tenant());
+
+ALTER TABLE invitations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE invitations FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON invitations
+    USING (tenant_id = weft_tenant())
+    WITH CHECK (tenant_id = weft_tenant());
+
+-- A person sees the tenants they belong to (read only; permissive policies add up).
+CREATE POLICY member_tenants ON tenants FOR SELECT
+    USING (id IN (SELECT m.tenant_id FROM memberships m WHERE m.user_id = weft_user()));
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON memberships, invitations, users, sessions, oidc_logins
+    TO weft_app;
+
+-- Sign-in turns the invites for a verified e-mail, in whatever tenants they are, into
+-- memberships, and records each in that tenant's audit log. The only way across tenants
+-- for invites; called after the ID token is verified.
+CREATE FUNCTION weft_accept_invites(person uuid, address text, request text) RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public
+    AS $$
+        WITH invited AS (
+            DELETE FROM invitations WHERE email = lower(address) RETURNING tenant_id, role
+        ), bound AS (
+            INSERT INTO memberships (id, tenant_id, user_id, role)
+            SELECT gen_random_uuid(), tenant_id, person, role FROM invited
+            ON CONFLICT ON CONSTRAINT memberships_tenant_user_key DO NOTHING
+            RETURNING id, tenant_id, role
+        ), audited AS (
+            INSERT INTO audit_log (id, tenant_id, actor_kind, actor_id, actor_name, action,
+                                   resource_kind, resource_id, resource_name, request_id,
+                                   before, after)
+            SELECT gen_random_uuid(), b.tenant_id, 'user', person, lower(address),
+                   'accept-invite', 'member', b.id, lower(address), request, NULL,
+                   jsonb_build_object('id', b.id, 'status', 'active', 'email', lower(address),
+                                      'user_id', person, 'role', b.role)
+            FROM bound b
+            RETURNING 1
+        )
+        SELECT count(*) FROM audited
+    $$;
+
+REVOKE ALL ON FUNCTION weft_accept_invites(uuid, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION weft_accept_invites(uuid, text, text), weft_user() TO weft_app;

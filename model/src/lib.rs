@@ -1,5 +1,13 @@
 //! Weft's domain model. Pure logic with no I/O: every other Weft crate depends on it.
+//!
+//! - [`labels`], [`selector`]: labels and Kubernetes-style label selectors (structured and
+//!   query syntax).
+//! - [`policy`]: the native policy spec (Cilium `Rule` field names), its validation and the
+//!   reference evaluator ([`policy::evaluate`]) the compiler and datapath are checked against.
+//! - [`cnp`]: import of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy YAML.
+//! - [`error::FieldError`]: the `{field, message}` every validator returns.
 
+pub mod cnp;
 pub mod error;
 pub mod labels;
 pub mod names;

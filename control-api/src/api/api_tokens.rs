@@ -11,7 +11,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::common::{self, ReadErrors, WriteErrors};
-use crate::auth::{self, Principal, Role};
+use crate::audit::{self, Subject};
+use crate::auth::{self, need, Role, Tenant};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
 use crate::pagination::{ListParams, Page, Query};
@@ -66,11 +67,9 @@ const COLUMNS: &str = "id, name, role, created_at, expires_at, last_used_at, rev
     security(("bearer" = [])))]
 async fn list_tokens(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Admin>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<ApiToken>>> {
-    let t = who.tenant(&st, &tenant, Role::Admin).await?;
     let list = params.resolve()?;
     if list.selector.is_some() {
         return Err(ApiError::invalid_field(
@@ -83,7 +82,8 @@ async fn list_tokens(
     ));
     qb.push_bind(t.id);
     list.push_tail(&mut qb, "api_tokens");
-    let rows: Vec<ApiToken> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let rows: Vec<ApiToken> = qb.build_query_as().fetch_all(&mut *tx).await?;
     Ok(axum::Json(list.page(rows, |t| t.id)))
 }
 
@@ -96,11 +96,9 @@ async fn list_tokens(
     security(("bearer" = [])))]
 async fn create_token(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Admin>,
     Json(input): Json<TokenInput>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Admin).await?;
     let mut errs = Vec::new();
     common::check_common(&mut errs, &input.name, &Default::default(), "");
     if let Some(ttl) = input.expires_in_seconds {
@@ -120,6 +118,7 @@ async fn create_token(
         )));
     }
     let (secret, hash) = auth::new_token();
+    let mut tx = t.begin(&st.pool).await?;
     let ttl = input.expires_in_seconds.map(|s| s as f64);
     let meta: ApiToken = sqlx::query_as(&format!(
         "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, expires_at) \
@@ -131,8 +130,15 @@ async fn create_token(
     .bind(input.role.as_str())
     .bind(&hash)
     .bind(ttl)
-    .fetch_one(&st.pool)
+    .fetch_one(&mut *tx)
     .await?;
+    let subject = Subject {
+        kind: "api_token",
+        id: meta.id,
+        name: &meta.name,
+    };
+    audit::record(&mut tx, &t, "create", subject, None, audit::snapshot(&meta)).await?;
+    tx.commit().await?;
     tracing::info!(tenant = %t.name, token = %meta.name, role = %meta.role, "API token created");
     Ok((
         StatusCode::CREATED,
@@ -152,30 +158,48 @@ async fn create_token(
     security(("bearer" = [])))]
 async fn revoke_token(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, token)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Admin>,
+    Path((_tenant, token)): Path<(String, String)>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Admin).await?;
     let by_id = Uuid::parse_str(&token).ok();
-    let row: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, role FROM api_tokens WHERE tenant_id = $1 AND (id = $2 OR name = $3)",
-    )
+    let mut tx = t.begin(&st.pool).await?;
+    let row: Option<ApiToken> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_tokens WHERE tenant_id = $1 AND (id = $2 OR name = $3) FOR UPDATE"
+    ))
     .bind(t.id)
     .bind(by_id)
     .bind(&token)
-    .fetch_optional(&st.pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    let (id, role) = row.ok_or_else(|| ApiError::not_found("API token", &token))?;
-    if Role::parse(&role).is_some_and(|r| r > t.role) {
+    let before = row.ok_or_else(|| ApiError::not_found("API token", &token))?;
+    if Role::parse(&before.role).is_some_and(|r| r > t.role) {
         return Err(ApiError::Forbidden(format!(
-            "a {} cannot revoke a {role} token",
-            t.role.as_str()
+            "a {} cannot revoke a {} token",
+            t.role.as_str(),
+            before.role
         )));
     }
-    sqlx::query("UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
-        .bind(id)
-        .execute(&st.pool)
-        .await?;
-    tracing::info!(tenant = %t.name, token = %id, "API token revoked");
+    let after: ApiToken = sqlx::query_as(&format!(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(before.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let subject = Subject {
+        kind: "api_token",
+        id: after.id,
+        name: &after.name,
+    };
+    audit::record(
+        &mut tx,
+        &t,
+        "revoke",
+        subject,
+        audit::snapshot(&before),
+        audit::snapshot(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %t.name, token = %after.id, "API token revoked");
     Ok(common::no_content())
 }

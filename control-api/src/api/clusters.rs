@@ -12,7 +12,8 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 
 use super::common::{self, ReadErrors, Scope, WriteErrors};
-use crate::auth::{Principal, Role};
+use crate::audit::{self, Subject};
+use crate::auth::{need, Tenant, TenantCtx};
 use crate::db::{self, Op};
 use crate::error::Result;
 use crate::extract::{IfMatch, Json};
@@ -76,6 +77,14 @@ impl From<Cluster> for ClusterInput {
 
 const COLUMNS: &str = "id, name, description, labels, created_at, updated_at, revision";
 
+fn subject(c: &Cluster) -> Subject<'_> {
+    Subject {
+        kind: "cluster",
+        id: c.id,
+        name: &c.name,
+    }
+}
+
 /// List clusters.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
@@ -83,16 +92,15 @@ const COLUMNS: &str = "id, name, description, labels, created_at, updated_at, re
     security(("bearer" = [])))]
 async fn list_clusters(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Viewer>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Cluster>>> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
     let list = params.resolve()?;
+    let mut tx = t.begin(&st.pool).await?;
     let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM clusters WHERE tenant_id = "));
     qb.push_bind(t.id);
     list.push_tail(&mut qb, "clusters");
-    let rows: Vec<Cluster> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let rows: Vec<Cluster> = qb.build_query_as().fetch_all(&mut *tx).await?;
     Ok(axum::Json(list.page(rows, |c| c.id)))
 }
 
@@ -113,20 +121,19 @@ async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Cluster> {
     security(("bearer" = [])))]
 async fn get_cluster(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster)): Path<(String, String)>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut conn = st.pool.acquire().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let id = common::require_id(
-        &mut conn,
+        &mut tx,
         "clusters",
         "cluster",
         Scope::tenant(t.id),
         &cluster,
     )
     .await?;
-    let c = load(&mut conn, id).await?;
+    let c = load(&mut tx, id).await?;
     Ok(common::ok(c.revision, c))
 }
 
@@ -138,13 +145,11 @@ async fn get_cluster(
     security(("bearer" = [])))]
 async fn create_cluster(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Editor>,
     Json(input): Json<ClusterInput>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Editor).await?;
     input.validate()?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let id = Uuid::now_v7();
     let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
     let c: Cluster = sqlx::query_as(&format!(
@@ -159,6 +164,15 @@ async fn create_cluster(
     .bind(rev)
     .fetch_one(&mut *tx)
     .await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "create",
+        subject(&c),
+        None,
+        audit::snapshot(&c),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, cluster = %c.name, revision = rev, "cluster created");
     let location = format!("/v1/tenants/{}/clusters/{}", t.id, c.id);
@@ -167,14 +181,12 @@ async fn create_cluster(
 
 async fn update(
     st: &AppState,
-    who: &Principal,
-    tenant: &str,
+    t: &TenantCtx,
     key: &str,
     expected: Option<i64>,
     change: impl FnOnce(ClusterInput) -> Result<ClusterInput>,
 ) -> Result<Response> {
-    let t = who.tenant(st, tenant, Role::Editor).await?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let id = common::lock_for_write(
         &mut tx,
         "clusters",
@@ -184,7 +196,8 @@ async fn update(
         expected,
     )
     .await?;
-    let input = change(load(&mut tx, id).await?.into())?;
+    let before = load(&mut tx, id).await?;
+    let input = change(before.clone().into())?;
     input.validate()?;
     let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
     let c: Cluster = sqlx::query_as(&format!(
@@ -197,6 +210,15 @@ async fn update(
     .bind(sqlx::types::Json(&input.labels))
     .bind(rev)
     .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        t,
+        "update",
+        subject(&c),
+        audit::snapshot(&before),
+        audit::snapshot(&c),
+    )
     .await?;
     tx.commit().await?;
     Ok(common::ok(rev, c))
@@ -212,12 +234,12 @@ async fn update(
     security(("bearer" = [])))]
 async fn put_cluster(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     Json(input): Json<ClusterInput>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, &cluster, expected, |_| Ok(input)).await
+    update(&st, &t, &cluster, expected, |_| Ok(input)).await
 }
 
 /// Change some fields of a cluster with a JSON merge patch (editor).
@@ -230,12 +252,12 @@ async fn put_cluster(
     security(("bearer" = [])))]
 async fn patch_cluster(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, &cluster, expected, |cur| {
+    update(&st, &t, &cluster, expected, |cur| {
         common::patched(&cur, &patch)
     })
     .await
@@ -250,12 +272,11 @@ async fn patch_cluster(
     security(("bearer" = [])))]
 async fn delete_cluster(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Editor).await?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let id = common::lock_for_write(
         &mut tx,
         "clusters",
@@ -265,11 +286,21 @@ async fn delete_cluster(
         expected,
     )
     .await?;
+    let before = load(&mut tx, id).await?;
     db::bump_revision(&mut tx, t.id, "cluster", id, Op::Delete).await?;
     sqlx::query("DELETE FROM clusters WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "delete",
+        subject(&before),
+        audit::snapshot(&before),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(common::no_content())
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 
 use super::common::{self, ReadErrors, Scope};
-use crate::auth::{Principal, Role};
+use crate::auth::{need, Tenant};
 use crate::error::{ApiError, Result};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
@@ -122,12 +122,11 @@ fn node_select() -> String {
     security(("bearer" = [])))]
 async fn list_nodes(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster)): Path<(String, String)>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Node>>> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut conn = st.pool.acquire().await?;
+    let mut conn = t.begin(&st.pool).await?;
     let c = common::require_id(
         &mut conn,
         "clusters",
@@ -154,11 +153,10 @@ async fn list_nodes(
     security(("bearer" = [])))]
 async fn get_node(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster, node)): Path<(String, String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster, node)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut conn = st.pool.acquire().await?;
+    let mut conn = t.begin(&st.pool).await?;
     let c = common::require_id(
         &mut conn,
         "clusters",
@@ -220,12 +218,10 @@ pub struct EndpointParams {
     security(("bearer" = [])))]
 async fn list_endpoints(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Viewer>,
     Query(p): Query<EndpointParams>,
 ) -> Result<axum::Json<Page<Endpoint>>> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut conn = st.pool.acquire().await?;
+    let mut conn = t.begin(&st.pool).await?;
     let list = ListParams {
         limit: p.limit,
         cursor: p.cursor,
@@ -261,17 +257,16 @@ async fn list_endpoints(
     security(("bearer" = [])))]
 async fn get_endpoint(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, endpoint)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, endpoint)): Path<(String, String)>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
     let id = Uuid::parse_str(&endpoint).map_err(|_| ApiError::not_found("endpoint", &endpoint))?;
     let e: Endpoint = sqlx::query_as(&format!(
         "{ENDPOINT_SELECT} WHERE e.tenant_id = $1 AND e.id = $2"
     ))
     .bind(t.id)
     .bind(id)
-    .fetch_optional(&st.pool)
+    .fetch_optional(&mut *t.begin(&st.pool).await?)
     .await?
     .ok_or_else(|| ApiError::not_found("endpoint", &endpoint))?;
     Ok(common::ok(e.revision, e))
@@ -307,11 +302,9 @@ pub struct IdentityParams {
     security(("bearer" = [])))]
 async fn list_identities(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Viewer>,
     Query(p): Query<IdentityParams>,
 ) -> Result<axum::Json<Page<Identity>>> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
     let list = ListParams {
         limit: p.limit,
         cursor: None,
@@ -334,7 +327,8 @@ async fn list_identities(
     }
     qb.push(" ORDER BY number LIMIT ")
         .push_bind(i64::from(list.limit) + 1);
-    let mut items: Vec<Identity> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let mut items: Vec<Identity> = qb.build_query_as().fetch_all(&mut *tx).await?;
     let next_cursor = if items.len() > list.limit as usize {
         items.truncate(list.limit as usize);
         items.last().map(|i| i.number.to_string())

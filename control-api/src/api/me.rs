@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::common::ReadErrors;
-use crate::auth::{Principal, Role, UserAuth};
+use crate::auth::{self, Principal, Role, UserAuth};
 use crate::error::Result;
 use crate::state::AppState;
 
@@ -77,14 +77,18 @@ async fn me(State(st): State<AppState>, who: Principal) -> Result<axum::Json<Me>
             token_id,
             tenant_id,
             role,
+            ..
         } => {
+            let mut tx = st.pool.begin().await?;
+            auth::set_tenant(&mut tx, tenant_id).await?;
             let tenants: Vec<MyTenant> = sqlx::query_as(
                 "SELECT id, name, display_name, $2 AS role FROM tenants WHERE id = $1",
             )
             .bind(tenant_id)
             .bind(role.as_str())
-            .fetch_all(&st.pool)
+            .fetch_all(&mut *tx)
             .await?;
+            tx.commit().await?;
             Me {
                 kind: CallerKind::ApiToken,
                 user: None,
@@ -92,13 +96,15 @@ async fn me(State(st): State<AppState>, who: Principal) -> Result<axum::Json<Me>
                 tenants,
             }
         }
-        Principal::User { user_id, via } => {
+        Principal::User { user_id, via, .. } => {
+            let mut tx = st.pool.begin().await?;
+            auth::set_user(&mut tx, user_id).await?;
             let user: UserInfo = sqlx::query_as(
                 "SELECT id, email, email_verified, name, created_at, last_login_at \
                  FROM users WHERE id = $1",
             )
             .bind(user_id)
-            .fetch_one(&st.pool)
+            .fetch_one(&mut *tx)
             .await?;
             let tenants: Vec<MyTenant> = sqlx::query_as(
                 "SELECT t.id, t.name, t.display_name, m.role \
@@ -106,8 +112,9 @@ async fn me(State(st): State<AppState>, who: Principal) -> Result<axum::Json<Me>
                  WHERE m.user_id = $1 ORDER BY t.name",
             )
             .bind(user_id)
-            .fetch_all(&st.pool)
+            .fetch_all(&mut *tx)
             .await?;
+            tx.commit().await?;
             Me {
                 kind: match via {
                     UserAuth::Session => CallerKind::Session,

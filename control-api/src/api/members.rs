@@ -16,7 +16,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::common::{self, ReadErrors, WriteErrors};
-use crate::auth::{Principal, Role, TenantCtx};
+use crate::audit::{self, Subject};
+use crate::auth::{need, Principal, Role, Tenant as Authorized, TenantCtx};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
 use crate::pagination::{ListParams, Page, Query};
@@ -169,6 +170,14 @@ fn role_of(m: &Member) -> Result<Role> {
         .ok_or_else(|| anyhow::anyhow!("member {} has unknown role {:?}", m.id, m.role).into())
 }
 
+fn subject(m: &Member) -> Subject<'_> {
+    Subject {
+        kind: "member",
+        id: m.id,
+        name: m.email.as_deref().unwrap_or("-"),
+    }
+}
+
 fn last_owner() -> ApiError {
     ApiError::Conflict {
         detail: "the tenant must keep at least one owner".into(),
@@ -183,11 +192,9 @@ fn last_owner() -> ApiError {
     security(("bearer" = []), ("session" = [])))]
 async fn list_members(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Authorized(t, _): Authorized<need::Viewer>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Member>>> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
     let list = params.resolve()?;
     if list.selector.is_some() {
         return Err(ApiError::invalid_field("labels", "members have no labels"));
@@ -197,7 +204,8 @@ async fn list_members(
     ));
     qb.push_bind(t.id);
     list.push_tail(&mut qb, "members");
-    let rows: Vec<Member> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let rows: Vec<Member> = qb.build_query_as().fetch_all(&mut *tx).await?;
     Ok(axum::Json(list.page(rows, |m| m.id)))
 }
 
@@ -210,14 +218,12 @@ async fn list_members(
     security(("bearer" = []), ("session" = [])))]
 async fn invite_member(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Authorized(t, _): Authorized<need::Admin>,
     Json(input): Json<InviteInput>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Admin).await?;
     let email = validate_email(&input.email)?;
     check_grant(&t, input.role, "invite")?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let member: Option<Uuid> = sqlx::query_scalar(
         "SELECT m.id FROM memberships m JOIN users u ON u.id = m.user_id \
          WHERE m.tenant_id = $1 AND lower(u.email) = $2",
@@ -241,6 +247,15 @@ async fn invite_member(
         .execute(&mut *tx)
         .await?;
     let row = load(&mut tx, t.id, id).await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "invite",
+        subject(&row),
+        None,
+        audit::snapshot(&row),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, invite = %id, role = input.role.as_str(), "member invited");
     let location = format!("/v1/tenants/{}/members/{id}", t.id);
@@ -262,13 +277,12 @@ async fn invite_member(
     security(("bearer" = []), ("session" = [])))]
 async fn update_member(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, key)): Path<(String, String)>,
+    Authorized(t, _): Authorized<need::Admin>,
+    Path((_tenant, key)): Path<(String, String)>,
     Json(input): Json<MemberUpdate>,
 ) -> Result<axum::Json<Member>> {
-    let t = who.tenant(&st, &tenant, Role::Admin).await?;
     check_grant(&t, input.role, "grant the role of")?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let owners = lock_owners(&mut tx, t.id).await?;
     let m = locate(&mut tx, t.id, &key).await?;
     let current = role_of(&m)?;
@@ -289,6 +303,15 @@ async fn update_member(
     .execute(&mut *tx)
     .await?;
     let row = load(&mut tx, t.id, m.id).await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "update",
+        subject(&row),
+        audit::snapshot(&m),
+        audit::snapshot(&row),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, member = %m.id, role = input.role.as_str(), "member role changed");
     Ok(axum::Json(row))
@@ -303,10 +326,10 @@ async fn update_member(
 async fn remove_member(
     State(st): State<AppState>,
     who: Principal,
-    Path((tenant, key)): Path<(String, String)>,
+    Authorized(t, _): Authorized<need::Viewer>,
+    Path((_tenant, key)): Path<(String, String)>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let owners = lock_owners(&mut tx, t.id).await?;
     let m = locate(&mut tx, t.id, &key).await?;
     let current = role_of(&m)?;
@@ -327,6 +350,15 @@ async fn remove_member(
         .bind(m.id)
         .execute(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "delete",
+        subject(&m),
+        audit::snapshot(&m),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, member = %m.id, "member removed");
     Ok(common::no_content())

@@ -1,12 +1,14 @@
 //! The REST API: one module per resource, merged into one router and one OpenAPI document.
 
 pub mod api_tokens;
+pub mod audit_log;
 pub mod clusters;
 pub mod common;
 pub mod health;
 pub mod inventory;
 pub mod me;
 pub mod members;
+pub mod policies;
 pub mod services;
 pub mod session;
 pub mod tenants;
@@ -40,6 +42,7 @@ use crate::state::AppState;
         (name = "services", description = "Load-balanced services of a cluster"),
         (name = "policies", description = "Network policies (CiliumNetworkPolicy-compatible)"),
         (name = "inventory", description = "Read-only: nodes, endpoints, identities"),
+        (name = "audit", description = "Who changed what, when"),
     )
 )]
 struct ApiDoc;
@@ -110,7 +113,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(api_tokens::router())
         .merge(clusters::router())
         .merge(services::router())
-        .merge(inventory::router());
+        .merge(policies::router())
+        .merge(inventory::router())
+        .merge(audit_log::router());
     sessions_accepted_wherever_bearer_is(router.get_openapi_mut());
     router
 }

@@ -15,10 +15,11 @@ use uuid::Uuid;
 use weft_model::cnp;
 use weft_model::error::FieldError;
 use weft_model::labels::Labels;
-use weft_model::policy::PolicySpec;
+use weft_model::policy::{self, PolicySpec};
 
 use super::common::{self, ReadErrors, Scope, WriteErrors};
-use crate::auth::{Principal, Role};
+use crate::audit::{self, Subject};
+use crate::auth::{need, Tenant, TenantCtx};
 use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::extract::{IfMatch, Json, YamlBody};
@@ -60,33 +61,22 @@ impl PolicyInput {
     fn rules(&self) -> Result<Vec<PolicySpec>> {
         let mut errs = Vec::new();
         common::check_common(&mut errs, &self.name, &self.labels, &self.description);
-        let specs: Vec<(String, &PolicySpec)> = match (&self.spec, &self.specs) {
-            (Some(s), None) => vec![("spec".to_string(), s)],
-            (None, Some(list)) => list
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("specs[{i}]"), s))
-                .collect(),
-            (Some(_), Some(_)) => {
-                errs.push(FieldError::new("spec", "give either spec or specs, not both"));
-                vec![]
+        let specs = match policy::specs_from(self.spec.clone(), self.specs.clone()) {
+            Ok(specs) if specs.len() > MAX_SPECS => {
+                errs.push(FieldError::new(
+                    "specs",
+                    format!("at most {MAX_SPECS} rules"),
+                ));
+                Vec::new()
             }
-            (None, None) => {
-                errs.push(FieldError::new("spec", "a policy needs a spec (or specs)"));
-                vec![]
+            Ok(specs) => specs,
+            Err(mut e) => {
+                errs.append(&mut e);
+                Vec::new()
             }
         };
-        if self.specs.as_ref().is_some_and(|s| s.is_empty()) {
-            errs.push(FieldError::new("specs", "must hold at least one rule"));
-        }
-        if specs.len() > MAX_SPECS {
-            errs.push(FieldError::new("specs", format!("at most {MAX_SPECS} rules")));
-        }
-        for (path, spec) in &specs {
-            errs.extend(spec.validate_at(path));
-        }
         common::finish(errs)?;
-        Ok(specs.into_iter().map(|(_, s)| s.clone()).collect())
+        Ok(specs)
     }
 }
 
@@ -200,16 +190,15 @@ async fn cluster_ids(
     security(("bearer" = [])))]
 async fn list_policies(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Viewer>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Policy>>> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
     let list = params.resolve()?;
+    let mut tx = t.begin(&st.pool).await?;
     let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
     qb.push_bind(t.id);
     list.push_tail(&mut qb, "p");
-    let rows: Vec<Row> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *tx).await?;
     let rows = rows.into_iter().map(Policy::from).collect();
     Ok(axum::Json(list.page(rows, |p: &Policy| p.id)))
 }
@@ -222,12 +211,18 @@ async fn list_policies(
     security(("bearer" = [])))]
 async fn get_policy(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, policy)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, policy)): Path<(String, String)>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut conn = st.pool.acquire().await?;
-    let id = common::require_id(&mut conn, "policies", "policy", Scope::tenant(t.id), &policy).await?;
+    let mut conn = t.begin(&st.pool).await?;
+    let id = common::require_id(
+        &mut conn,
+        "policies",
+        "policy",
+        Scope::tenant(t.id),
+        &policy,
+    )
+    .await?;
     let p = load(&mut conn, id).await?;
     Ok(common::ok(p.revision, p))
 }
@@ -293,38 +288,69 @@ async fn rewrite(
     security(("bearer" = [])))]
 async fn create_policy(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Editor>,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Editor).await?;
     let specs = input.rules()?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let (rev, id) = insert(&mut tx, t.id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "create",
+        subject(&p),
+        None,
+        audit::snapshot(&p),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, policy = %p.name, revision = rev, "policy created");
     let location = format!("/v1/tenants/{}/policies/{}", t.id, p.id);
     Ok(common::created(rev, location, p))
 }
 
+fn subject(p: &Policy) -> Subject<'_> {
+    Subject {
+        kind: "policy",
+        id: p.id,
+        name: &p.name,
+    }
+}
+
 async fn update(
     st: &AppState,
-    who: &Principal,
-    tenant: &str,
+    t: &TenantCtx,
     key: &str,
     expected: Option<i64>,
     change: impl FnOnce(PolicyInput) -> Result<PolicyInput>,
 ) -> Result<Response> {
-    let t = who.tenant(st, tenant, Role::Editor).await?;
-    let mut tx = st.pool.begin().await?;
-    let id = common::lock_for_write(&mut tx, "policies", "policy", Scope::tenant(t.id), key, expected).await?;
-    let input = change(load(&mut tx, id).await?.into())?;
+    let mut tx = t.begin(&st.pool).await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "policies",
+        "policy",
+        Scope::tenant(t.id),
+        key,
+        expected,
+    )
+    .await?;
+    let before = load(&mut tx, id).await?;
+    let input = change(before.clone().into())?;
     let specs = input.rules()?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let rev = rewrite(&mut tx, t.id, id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        t,
+        "update",
+        subject(&p),
+        audit::snapshot(&before),
+        audit::snapshot(&p),
+    )
+    .await?;
     tx.commit().await?;
     Ok(common::ok(rev, p))
 }
@@ -339,12 +365,12 @@ async fn update(
     security(("bearer" = [])))]
 async fn put_policy(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, policy)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, &policy, expected, |_| Ok(input)).await
+    update(&st, &t, &policy, expected, |_| Ok(input)).await
 }
 
 /// Change some fields of a policy with a JSON merge patch (editor).
@@ -357,12 +383,15 @@ async fn put_policy(
     security(("bearer" = [])))]
 async fn patch_policy(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, policy)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, &policy, expected, |cur| common::patched(&cur, &patch)).await
+    update(&st, &t, &policy, expected, |cur| {
+        common::patched(&cur, &patch)
+    })
+    .await
 }
 
 /// Delete a policy (editor).
@@ -374,18 +403,35 @@ async fn patch_policy(
     security(("bearer" = [])))]
 async fn delete_policy(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, policy)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Editor).await?;
-    let mut tx = st.pool.begin().await?;
-    let id = common::lock_for_write(&mut tx, "policies", "policy", Scope::tenant(t.id), &policy, expected).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "policies",
+        "policy",
+        Scope::tenant(t.id),
+        &policy,
+        expected,
+    )
+    .await?;
+    let before = load(&mut tx, id).await?;
     db::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
     sqlx::query("DELETE FROM policies WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "delete",
+        subject(&before),
+        audit::snapshot(&before),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(common::no_content())
 }
@@ -410,11 +456,9 @@ pub struct ImportResult {
     security(("bearer" = [])))]
 async fn import_policies(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Tenant(t, _): Tenant<need::Editor>,
     YamlBody(yaml): YamlBody,
 ) -> Result<axum::Json<ImportResult>> {
-    let t = who.tenant(&st, &tenant, Role::Editor).await?;
     let imported = cnp::parse_cnp_documents(&yaml).map_err(|docs| {
         ApiError::validation(
             docs.into_iter()
@@ -441,7 +485,7 @@ async fn import_policies(
         .collect();
     common::finish(dups)?;
 
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let mut result = ImportResult {
         created: vec![],
         updated: vec![],
@@ -458,12 +502,18 @@ async fn import_policies(
         };
         let specs = input.rules()?;
         let existing = common::find_id(&mut tx, "policies", Scope::tenant(t.id), &p.name).await?;
-        let id = match existing {
+        let before = match existing {
             Some(id) => {
                 sqlx::query("SELECT 1 FROM policies WHERE id = $1 FOR UPDATE")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                Some(load(&mut tx, id).await?)
+            }
+            None => None,
+        };
+        let id = match existing {
+            Some(id) => {
                 rewrite(&mut tx, t.id, id, &input, &specs, None).await?;
                 result.updated.push(p.name);
                 id
@@ -474,7 +524,23 @@ async fn import_policies(
                 id
             }
         };
-        result.policies.push(load(&mut tx, id).await?);
+        let after = load(&mut tx, id).await?;
+        let action = if before.is_some() {
+            "import-update"
+        } else {
+            "import-create"
+        };
+        let before = before.as_ref().and_then(audit::snapshot);
+        audit::record(
+            &mut tx,
+            &t,
+            action,
+            subject(&after),
+            before,
+            audit::snapshot(&after),
+        )
+        .await?;
+        result.policies.push(after);
     }
     tx.commit().await?;
     tracing::info!(tenant = %t.name, created = result.created.len(), updated = result.updated.len(), "policies imported");

@@ -13,7 +13,8 @@ use weft_model::labels::Labels;
 use weft_model::service::{Algorithm, Backend, Frontend, ServiceSpec, SessionAffinity};
 
 use super::common::{self, ReadErrors, Scope, WriteErrors};
-use crate::auth::{Principal, Role};
+use crate::audit::{self, Subject};
+use crate::auth::{need, Tenant, TenantCtx};
 use crate::db::{self, Op};
 use crate::error::Result;
 use crate::extract::{IfMatch, Json};
@@ -159,16 +160,8 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Service> {
     Ok(row.into())
 }
 
-/// Resolves tenant and cluster for a request needing `need`.
-async fn scope(
-    st: &AppState,
-    who: &Principal,
-    tenant: &str,
-    cluster: &str,
-    need: Role,
-    conn: &mut PgConnection,
-) -> Result<Scope> {
-    let t = who.tenant(st, tenant, need).await?;
+/// Resolves the `{cluster}` within the authorized tenant.
+async fn scope(t: &TenantCtx, cluster: &str, conn: &mut PgConnection) -> Result<Scope> {
     let c = common::require_id(conn, "clusters", "cluster", Scope::tenant(t.id), cluster).await?;
     Ok(Scope::cluster(t.id, c))
 }
@@ -247,12 +240,12 @@ fn affinity(input: &ServiceInput) -> Option<i32> {
     security(("bearer" = [])))]
 async fn list_services(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster)): Path<(String, String)>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Service>>> {
-    let mut conn = st.pool.acquire().await?;
-    let sc = scope(&st, &who, &tenant, &cluster, Role::Viewer, &mut conn).await?;
+    let mut conn = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut conn).await?;
     let list = params.resolve()?;
     let mut qb = QueryBuilder::new(format!("{SELECT} WHERE s.tenant_id = "));
     qb.push_bind(sc.tenant)
@@ -273,11 +266,11 @@ async fn list_services(
     security(("bearer" = [])))]
 async fn get_service(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster, service)): Path<(String, String, String)>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster, service)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    let mut conn = st.pool.acquire().await?;
-    let sc = scope(&st, &who, &tenant, &cluster, Role::Viewer, &mut conn).await?;
+    let mut conn = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut conn).await?;
     let id = common::require_id(&mut conn, "services", "service", sc, &service).await?;
     let s = load(&mut conn, id).await?;
     Ok(common::ok(s.revision, s))
@@ -292,12 +285,12 @@ async fn get_service(
     security(("bearer" = [])))]
 async fn create_service(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster)): Path<(String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
     Json(input): Json<ServiceInput>,
 ) -> Result<Response> {
-    let mut tx = st.pool.begin().await?;
-    let sc = scope(&st, &who, &tenant, &cluster, Role::Editor, &mut tx).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
     input.validate()?;
     let id = Uuid::now_v7();
     let rev = db::bump_revision(&mut tx, sc.tenant, "service", id, Op::Create).await?;
@@ -317,6 +310,15 @@ async fn create_service(
     .await?;
     write_children(&mut tx, sc, id, &input).await?;
     let s = load(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "create",
+        subject(&s),
+        None,
+        audit::snapshot(&s),
+    )
+    .await?;
     tx.commit().await?;
     let location = format!(
         "/v1/tenants/{}/clusters/{}/services/{}",
@@ -325,17 +327,26 @@ async fn create_service(
     Ok(common::created(rev, location, s))
 }
 
+fn subject(s: &Service) -> Subject<'_> {
+    Subject {
+        kind: "service",
+        id: s.id,
+        name: &s.name,
+    }
+}
+
 async fn update(
     st: &AppState,
-    who: &Principal,
-    (tenant, cluster, service): (String, String, String),
+    t: &TenantCtx,
+    (_tenant, cluster, service): (String, String, String),
     expected: Option<i64>,
     change: impl FnOnce(ServiceInput) -> Result<ServiceInput>,
 ) -> Result<Response> {
-    let mut tx = st.pool.begin().await?;
-    let sc = scope(st, who, &tenant, &cluster, Role::Editor, &mut tx).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(t, &cluster, &mut tx).await?;
     let id = common::lock_for_write(&mut tx, "services", "service", sc, &service, expected).await?;
-    let input = change(load(&mut tx, id).await?.into())?;
+    let before = load(&mut tx, id).await?;
+    let input = change(before.clone().into())?;
     input.validate()?;
     let rev = db::bump_revision(&mut tx, sc.tenant, "service", id, Op::Update).await?;
     sqlx::query(
@@ -352,6 +363,15 @@ async fn update(
     .await?;
     write_children(&mut tx, sc, id, &input).await?;
     let s = load(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        t,
+        "update",
+        subject(&s),
+        audit::snapshot(&before),
+        audit::snapshot(&s),
+    )
+    .await?;
     tx.commit().await?;
     Ok(common::ok(rev, s))
 }
@@ -367,12 +387,12 @@ async fn update(
     security(("bearer" = [])))]
 async fn put_service(
     State(st): State<AppState>,
-    who: Principal,
+    Tenant(t, _): Tenant<need::Editor>,
     Path(path): Path<(String, String, String)>,
     IfMatch(expected): IfMatch,
     Json(input): Json<ServiceInput>,
 ) -> Result<Response> {
-    update(&st, &who, path, expected, |_| Ok(input)).await
+    update(&st, &t, path, expected, |_| Ok(input)).await
 }
 
 /// Change some fields of a service with a JSON merge patch (editor). Lists such as
@@ -387,15 +407,12 @@ async fn put_service(
     security(("bearer" = [])))]
 async fn patch_service(
     State(st): State<AppState>,
-    who: Principal,
+    Tenant(t, _): Tenant<need::Editor>,
     Path(path): Path<(String, String, String)>,
     IfMatch(expected): IfMatch,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &who, path, expected, |cur| {
-        common::patched(&cur, &patch)
-    })
-    .await
+    update(&st, &t, path, expected, |cur| common::patched(&cur, &patch)).await
 }
 
 /// Delete a service (editor).
@@ -408,18 +425,28 @@ async fn patch_service(
     security(("bearer" = [])))]
 async fn delete_service(
     State(st): State<AppState>,
-    who: Principal,
-    Path((tenant, cluster, service)): Path<(String, String, String)>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster, service)): Path<(String, String, String)>,
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
-    let mut tx = st.pool.begin().await?;
-    let sc = scope(&st, &who, &tenant, &cluster, Role::Editor, &mut tx).await?;
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
     let id = common::lock_for_write(&mut tx, "services", "service", sc, &service, expected).await?;
+    let before = load(&mut tx, id).await?;
     db::bump_revision(&mut tx, sc.tenant, "service", id, Op::Delete).await?;
     sqlx::query("DELETE FROM services WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "delete",
+        subject(&before),
+        audit::snapshot(&before),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(common::no_content())
 }

@@ -198,7 +198,11 @@ async fn callback(
         ));
     };
     let identity = oidc.finish_login(&code, verifier, nonce).await?;
-    let user_id = users::signed_in(&st.pool, &identity).await?;
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let user_id = users::signed_in(&st.pool, &identity, request_id).await?;
     let new = session::create(&st.pool, user_id, oidc.session_ttl).await?;
     tracing::info!(user = %user_id, "signed in");
     let mut resp = redirect(&return_to)?;
@@ -230,6 +234,7 @@ async fn logout(
         Principal::User {
             via: UserAuth::Session,
             user_id,
+            ..
         },
         Some(id),
     ) = (who, session::cookie(&headers, SESSION_COOKIE))

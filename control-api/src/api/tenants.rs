@@ -1,6 +1,7 @@
 //! `/v1/tenants`: organisations. Everything else a tenant owns hangs below its path.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,8 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 
 use super::common::{self, ReadErrors, WriteErrors};
-use crate::auth::{Principal, Role};
+use crate::audit::{self, Subject};
+use crate::auth::{self as authz, need, Principal, Tenant as Authorized, TenantCtx};
 use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::extract::{IfMatch, Json};
@@ -97,20 +99,28 @@ async fn list_tenants(
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Tenant>>> {
     let list = params.resolve()?;
+    let mut tx = st.pool.begin().await?;
     let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM tenants WHERE true"));
     match &who {
-        Principal::Operator => {}
         Principal::ApiToken { tenant_id, .. } => {
+            authz::set_tenant(&mut tx, *tenant_id).await?;
             qb.push(" AND id = ").push_bind(*tenant_id);
         }
+        // The one cross-tenant read: the operator's list of every tenant.
+        Principal::Operator => {
+            sqlx::query("SELECT set_config('weft.all_tenants', 'on', true)")
+                .execute(&mut *tx)
+                .await?;
+        }
         Principal::User { user_id, .. } => {
+            authz::set_user(&mut tx, *user_id).await?;
             qb.push(" AND id IN (SELECT tenant_id FROM memberships WHERE user_id = ")
                 .push_bind(*user_id)
                 .push(")");
         }
     }
     list.push_tail(&mut qb, "tenants");
-    let rows: Vec<Tenant> = qb.build_query_as().fetch_all(&st.pool).await?;
+    let rows: Vec<Tenant> = qb.build_query_as().fetch_all(&mut *tx).await?;
     Ok(axum::Json(list.page(rows, |t| t.id)))
 }
 
@@ -121,11 +131,9 @@ async fn list_tenants(
     security(("bearer" = [])))]
 async fn get_tenant(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Authorized(t, _): Authorized<need::Viewer>,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Viewer).await?;
-    let mut conn = st.pool.acquire().await?;
+    let mut conn = t.begin(&st.pool).await?;
     let row = load(&mut conn, t.id).await?;
     Ok(common::ok(row.revision, row))
 }
@@ -137,11 +145,12 @@ async fn get_tenant(
 async fn create_tenant(
     State(st): State<AppState>,
     who: Principal,
+    headers: HeaderMap,
     Json(input): Json<TenantInput>,
 ) -> Result<Response> {
-    let owner = match who {
+    let owner = match &who {
         Principal::Operator => None,
-        Principal::User { user_id, .. } => Some(user_id),
+        Principal::User { user_id, .. } => Some(*user_id),
         Principal::ApiToken { .. } => {
             return Err(ApiError::Forbidden(
                 "API tokens cannot create tenants: sign in, or use the operator token".into(),
@@ -151,6 +160,8 @@ async fn create_tenant(
     input.validate()?;
     let mut tx = st.pool.begin().await?;
     let id = Uuid::now_v7();
+    // The new tenant's own transaction: RLS accepts the row only for this id.
+    authz::set_tenant(&mut tx, id).await?;
     let rev = db::next_revision(&mut tx).await?;
     let t: Tenant = sqlx::query_as(&format!(
         "INSERT INTO tenants (id, name, display_name, labels, revision) \
@@ -174,27 +185,58 @@ async fn create_tenant(
         .await?;
     }
     db::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
+    let ctx = TenantCtx {
+        id,
+        name: t.name.clone(),
+        role: authz::Role::Owner,
+        actor: who.actor(),
+        request_id: request_id(&headers),
+    };
+    audit::record(
+        &mut tx,
+        &ctx,
+        "create",
+        subject(&t),
+        None,
+        audit::snapshot(&t),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, "tenant created");
     let location = format!("/v1/tenants/{}", t.id);
     Ok(common::created(rev, location, t))
 }
 
+fn subject(t: &Tenant) -> Subject<'_> {
+    Subject {
+        kind: "tenant",
+        id: t.id,
+        name: &t.name,
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
 async fn update(
     st: &AppState,
-    who: &Principal,
-    tenant: &str,
+    t: &TenantCtx,
     expected: Option<i64>,
     change: impl FnOnce(TenantInput) -> Result<TenantInput>,
 ) -> Result<Response> {
-    let t = who.tenant(st, tenant, Role::Admin).await?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)
         .await?;
     common::check_precondition(expected, current)?;
-    let input = change(load(&mut tx, t.id).await?.into())?;
+    let before = load(&mut tx, t.id).await?;
+    let input = change(before.clone().into())?;
     input.validate()?;
     let rev = db::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
     let row: Tenant = sqlx::query_as(&format!(
@@ -207,6 +249,15 @@ async fn update(
     .bind(sqlx::types::Json(&input.labels))
     .bind(rev)
     .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        t,
+        "update",
+        subject(&row),
+        audit::snapshot(&before),
+        audit::snapshot(&row),
+    )
     .await?;
     tx.commit().await?;
     Ok(common::ok(rev, row))
@@ -221,12 +272,11 @@ async fn update(
     security(("bearer" = [])))]
 async fn put_tenant(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Authorized(t, _): Authorized<need::Admin>,
     IfMatch(expected): IfMatch,
     Json(input): Json<TenantInput>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, expected, |_| Ok(input)).await
+    update(&st, &t, expected, |_| Ok(input)).await
 }
 
 /// Change some fields of a tenant with a JSON merge patch (admin).
@@ -238,15 +288,11 @@ async fn put_tenant(
     security(("bearer" = [])))]
 async fn patch_tenant(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Authorized(t, _): Authorized<need::Admin>,
     IfMatch(expected): IfMatch,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &who, &tenant, expected, |cur| {
-        common::patched(&cur, &patch)
-    })
-    .await
+    update(&st, &t, expected, |cur| common::patched(&cur, &patch)).await
 }
 
 /// Delete a tenant and everything it owns (owner).
@@ -257,12 +303,10 @@ async fn patch_tenant(
     security(("bearer" = [])))]
 async fn delete_tenant(
     State(st): State<AppState>,
-    who: Principal,
-    Path(tenant): Path<String>,
+    Authorized(t, _): Authorized<need::Owner>,
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
-    let t = who.tenant(&st, &tenant, Role::Owner).await?;
-    let mut tx = st.pool.begin().await?;
+    let mut tx = t.begin(&st.pool).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)

@@ -68,11 +68,19 @@ impl Reply {
 
 impl TestApp {
     pub async fn new() -> TestApp {
-        Self::with_state(None).await
+        Self::with_state(None, control_api::ratelimit::FailureLimiter::default()).await
     }
 
-    /// A fresh database, and the application with OIDC configured as given.
-    pub async fn with_state(oidc: Option<Arc<control_api::oidc::Oidc>>) -> TestApp {
+    /// For tests that make many failed attempts on purpose.
+    pub async fn with_limiter(limiter: control_api::ratelimit::FailureLimiter) -> TestApp {
+        Self::with_state(None, limiter).await
+    }
+
+    /// A fresh database, and the application with OIDC and the failure limiter as given.
+    pub async fn with_state(
+        oidc: Option<Arc<control_api::oidc::Oidc>>,
+        limiter: control_api::ratelimit::FailureLimiter,
+    ) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn,control_api=debug")
             .with_test_writer()
@@ -96,13 +104,21 @@ impl TestApp {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("unexpected database URL shape"),
         };
-        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
-        control_api::db::migrate(&pool).await.expect("migrate");
+        control_api::db::migrate(&db_url).await.expect("migrate");
+        // The app runs as the restricted role; the test's own pool is the schema owner,
+        // so fixtures and checks see every tenant's rows.
+        let app_pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db_url)
+            .await
+            .expect("owner pool");
         let state = AppState {
-            pool: pool.clone(),
+            pool: app_pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
             oidc,
+            auth_failures: Arc::new(limiter),
         };
         TestApp {
             app: control_api::app::app(state),

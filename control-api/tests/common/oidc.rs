@@ -82,7 +82,11 @@ impl TestApp {
         let oidc = Oidc::from_config(&cfg)
             .expect("OIDC config")
             .expect("issuer");
-        TestApp::with_state(Some(Arc::new(oidc))).await
+        TestApp::with_state(
+            Some(Arc::new(oidc)),
+            control_api::ratelimit::FailureLimiter::default(),
+        )
+        .await
     }
 
     /// Begins a sign-in at `/auth/login` and plays the browser at the provider with these

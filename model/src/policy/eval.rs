@@ -463,7 +463,7 @@ fn port_matches(pp: &PortProtocol, t: &Traffic) -> bool {
 
 /// Names compare case-insensitively, ignoring a final dot. In patterns `*` matches any run of
 /// name characters within one label; a lone `*` matches every name.
-fn fqdn_matches(sel: &FqdnSelector, name: &str) -> bool {
+pub(crate) fn fqdn_matches(sel: &FqdnSelector, name: &str) -> bool {
     let norm = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
     let name = norm(name);
     if let Some(exact) = &sel.match_name {
@@ -476,17 +476,22 @@ fn fqdn_matches(sel: &FqdnSelector, name: &str) -> bool {
     }
 }
 
+/// Wildcard match where `*` covers any run without '.'; dynamic programming keeps it
+/// O(pattern × name) whatever the number of stars.
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => {
-            // Try every length of the run `*` covers, stopping at a label boundary.
-            (0..=name.len())
-                .take_while(|&i| i == 0 || name[i - 1] != b'.')
-                .any(|i| glob(rest, &name[i..]))
+    // matched[j]: the pattern read so far matches name[..j].
+    let mut matched = vec![false; name.len() + 1];
+    matched[0] = true;
+    for &pc in pattern {
+        let mut next = vec![false; name.len() + 1];
+        for j in 0..=name.len() {
+            next[j] = if pc == b'*' {
+                matched[j] || (j > 0 && next[j - 1] && name[j - 1] != b'.')
+            } else {
+                j > 0 && matched[j - 1] && name[j - 1] == pc
+            };
         }
-        Some((c, rest)) => name
-            .split_first()
-            .is_some_and(|(n, name_rest)| n == c && glob(rest, name_rest)),
+        matched = next;
     }
+    matched[name.len()]
 }

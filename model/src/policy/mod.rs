@@ -106,6 +106,10 @@ pub struct IngressRule {
     pub authentication: Unsupported,
 }
 
+/// Deny rules have the shape of allow rules (see [`IngressRule`] and [`EgressRule`]).
+pub type IngressDenyRule = IngressRule;
+pub type EgressDenyRule = EgressRule;
+
 /// An egress rule; also used for `egressDeny`, where L7 rules and `toFQDNs` are refused by
 /// validation (Cilium has neither on deny rules).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -704,4 +708,4 @@ pub fn specs_from(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

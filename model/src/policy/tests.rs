@@ -54,8 +54,9 @@ ingress:
   - fromCIDRSet:
       - cidr: 10.0.0.0/8
         except: [10.96.0.0/12]
-    fromCIDR: [192.168.1.1/24]
-    fromEntities: [remote-node, health]
+  - fromCIDR: [192.168.1.1/24]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - fromEntities: [remote-node, health]
     icmps:
       - fields:
           - {type: 8, family: IPv4}
@@ -279,6 +280,26 @@ fn validation_table() {
         (
             "endpointSelector: {}\negress: [{toCIDRSet: [{cidrGroupRef: corp}]}]",
             &[("spec.egress[0].toCIDRSet[0].cidrGroupRef", "cidrGroupRef is not supported by Weft")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{fromEndpoints: [{}], fromCIDR: [10.0.0.0/8]}]",
+            &[("spec.ingress[0]", "combining fromEndpoints and fromCIDR in one rule is not supported")],
+        ),
+        (
+            "endpointSelector: {}\negressDeny: [{toEntities: [world], toCIDRSet: [{cidr: 10.0.0.0/8}]}]",
+            &[("spec.egressDeny[0]", "combining toCIDRSet and toEntities in one rule is not supported")],
+        ),
+        (
+            "endpointSelector: {}\negress: [{toEndpoints: [{}], toFQDNs: [{matchName: a.com}]}]",
+            &[("spec.egress[0]", "combining toEndpoints and toFQDNs")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 80}]}], icmps: [{fields: [{type: 8}]}]}]",
+            &[("spec.ingress[0].icmps", "icmps and toPorts cannot be in the same rule")],
+        ),
+        (
+            "endpointSelector: {}\ningress: [{toPorts: [{ports: [{port: 53}], rules: {dns: [{matchPattern: \"*\"}]}}]}]",
+            &[("spec.ingress[0].toPorts[0].rules.dns", "DNS rules are only allowed on egress")],
         ),
         // Every error is collected, in document order.
         (
@@ -915,4 +936,93 @@ fn node_selector_and_reasons() {
             reason: Reason::DeniedBy(RuleRef { policy: 1, rule: 1 })
         }
     );
+}
+
+#[test]
+fn json_input_accepts_port_numbers_and_names() {
+    let json = r#"{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":80,"protocol":"TCP"},{"port":"http"},{"port":"8080","endPort":8090}]}]}]}"#;
+    let s: PolicySpec = serde_json::from_str(json).expect("parse");
+    let ports: Vec<Result<PortValue, String>> = s.ingress[0].to_ports[0]
+        .ports
+        .iter()
+        .map(|p| p.port.as_ref().map_or(Ok(PortValue::Any), Port::value))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            Ok(PortValue::Number(80)),
+            Ok(PortValue::Named("http".into())),
+            Ok(PortValue::Number(8080))
+        ]
+    );
+    assert!(serde_json::from_str::<PolicySpec>(
+        r#"{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":80.5}]}]}]}"#
+    )
+    .is_err());
+    assert_eq!(Port::new("0").value(), Ok(PortValue::Any));
+    assert_eq!(Port::new("65535").value(), Ok(PortValue::Number(65535)));
+    assert!(Port::new("65536").value().is_err());
+    assert!(Port::new("99999999999999999999").value().is_err());
+    assert!(Port::new("").value().is_err());
+    assert!(Port::new("a--b").value().is_err());
+    assert!(Port::new("sixteen-chars-xx").value().is_err());
+}
+
+#[test]
+fn openapi_schema_lists_supported_fields_only() {
+    use utoipa::PartialSchema;
+    let ingress = serde_json::to_string(&IngressRule::schema()).expect("schema json");
+    for field in [
+        "fromEndpoints",
+        "fromCIDR",
+        "fromCIDRSet",
+        "fromEntities",
+        "toPorts",
+        "icmps",
+    ] {
+        assert!(
+            ingress.contains(&format!("\"{field}\"")),
+            "{field} missing from {ingress}"
+        );
+    }
+    for field in ["fromRequires", "fromNodes", "fromGroups", "authentication"] {
+        assert!(
+            !ingress.contains(field),
+            "{field} should not be in {ingress}"
+        );
+    }
+    let port = serde_json::to_string(&PortProtocol::schema()).expect("schema json");
+    assert!(port.contains("\"endPort\""), "{port}");
+    let entity = serde_json::to_string(&Entity::schema()).expect("schema json");
+    assert!(
+        entity.contains("\"remote-node\"") && entity.contains("\"kube-apiserver\""),
+        "{entity}"
+    );
+}
+
+#[test]
+fn fqdn_pattern_table() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("*", "anything.example.com", true),
+        ("*.example.com", "a.example.com", true),
+        ("*.example.com", "A.Example.COM.", true),
+        ("*.example.com", "example.com", false),
+        ("*.example.com", "a.b.example.com", false),
+        ("api-*.example.com", "api-eu.example.com", true),
+        ("api-*.example.com", "api-.example.com", true),
+        ("api-*.example.com", "web-eu.example.com", false),
+        ("*.*.example.com", "a.b.example.com", true),
+        (
+            "a*b*c*d*e*f*g*h*i*j*k*l*m*n*o*p",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaq",
+            false,
+        ),
+    ];
+    for (pattern, name, want) in cases {
+        let sel = FqdnSelector {
+            match_pattern: Some(pattern.to_string()),
+            match_name: None,
+        };
+        assert_eq!(eval::fqdn_matches(&sel, name), *want, "{pattern} vs {name}");
+    }
 }

@@ -80,6 +80,24 @@ pub(super) fn validate_spec(spec: &PolicySpec, path: &str) -> Vec<FieldError> {
 }
 
 fn ingress(e: &mut Errors, rule: &IngressRule, path: &str, deny: bool) {
+    one_peer_kind(
+        e,
+        path,
+        &[
+            ("fromEndpoints", !rule.from_endpoints.is_empty()),
+            ("fromCIDR", !rule.from_cidr.is_empty()),
+            ("fromCIDRSet", !rule.from_cidr_set.is_empty()),
+            ("fromEntities", !rule.from_entities.is_empty()),
+        ],
+    );
+    for (i, pr) in rule.to_ports.iter().enumerate() {
+        if pr.rules.as_ref().is_some_and(|r| !r.dns.is_empty()) {
+            e.push(
+                format!("{path}.toPorts[{i}].rules.dns"),
+                "DNS rules are only allowed on egress (as in Cilium)",
+            );
+        }
+    }
     peers(
         e,
         path,
@@ -109,6 +127,17 @@ fn ingress(e: &mut Errors, rule: &IngressRule, path: &str, deny: bool) {
 }
 
 fn egress(e: &mut Errors, rule: &EgressRule, path: &str, deny: bool) {
+    one_peer_kind(
+        e,
+        path,
+        &[
+            ("toEndpoints", !rule.to_endpoints.is_empty()),
+            ("toCIDR", !rule.to_cidr.is_empty()),
+            ("toCIDRSet", !rule.to_cidr_set.is_empty()),
+            ("toEntities", !rule.to_entities.is_empty()),
+            ("toFQDNs", !rule.to_fqdns.is_empty()),
+        ],
+    );
     peers(
         e,
         path,
@@ -149,6 +178,22 @@ fn egress(e: &mut Errors, rule: &EgressRule, path: &str, deny: bool) {
         "; use toEntities: [host, remote-node]",
     );
     e.unsupported(&rule.authentication, format!("{path}.authentication"), "");
+}
+
+/// Cilium refuses a rule that mixes kinds of peers; Weft does too, so that every Weft spec is
+/// also a valid Cilium rule (the evaluator would simply take the union).
+fn one_peer_kind(e: &mut Errors, path: &str, kinds: &[(&str, bool)]) {
+    let present: Vec<&str> = kinds
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+    if let [first, second, ..] = present[..] {
+        e.push(
+            path,
+            format!("combining {first} and {second} in one rule is not supported (as in Cilium); write one rule per kind of peer"),
+        );
+    }
 }
 
 fn peers(
@@ -213,6 +258,12 @@ fn peers(
 }
 
 fn ports(e: &mut Errors, path: &str, rules: &[PortRule], icmps: &[IcmpRule], deny: bool) {
+    if !rules.is_empty() && !icmps.is_empty() {
+        e.push(
+            format!("{path}.icmps"),
+            "icmps and toPorts cannot be in the same rule (as in Cilium); write a separate rule",
+        );
+    }
     for (i, rule) in rules.iter().enumerate() {
         let base = format!("{path}.toPorts[{i}]");
         for (j, pp) in rule.ports.iter().enumerate() {

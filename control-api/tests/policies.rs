@@ -1,0 +1,299 @@
+//! Policies: the CiliumNetworkPolicy-compatible spec, validation by field, scoping and
+//! CNP YAML import.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use common::TestApp;
+use serde_json::json;
+
+fn web_policy() -> serde_json::Value {
+    json!({
+        "name": "web-from-frontend",
+        "labels": {"team": "web"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{
+                "fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]
+            }],
+            "egressDeny": [{"toCIDRSet": [{"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}]}]
+        }
+    })
+}
+
+#[tokio::test]
+async fn policy_crud_keeps_the_cilium_spec() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let rev = t.revision().await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&tok),
+            Some(web_policy()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["revision"], rev + 1);
+    assert_eq!(r.body["specs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        r.body["specs"][0]["ingress"][0]["toPorts"][0]["ports"][0]["port"],
+        "8080"
+    );
+    assert_eq!(
+        r.body["specs"][0]["egressDeny"][0]["toCIDRSet"][0]["except"][0],
+        "10.0.0.0/8"
+    );
+    assert!(
+        r.body.get("clusters").is_none(),
+        "unscoped policies apply everywhere"
+    );
+
+    // Patch the rule's ports through `spec`, as read back.
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/policies/web-from-frontend",
+            Some(&tok),
+            Some(json!({"spec": {"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                                             "toPorts": [{"ports": [{"port": "9090", "protocol": "TCP"}]}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["specs"][0]["ingress"][0]["toPorts"][0]["ports"][0]["port"],
+        "9090"
+    );
+    assert_eq!(
+        r.body["specs"][0]["endpointSelector"]["matchLabels"]["app"], "web",
+        "merge keeps the rest"
+    );
+
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies?labels=team%3Dweb",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    let r = t
+        .call(
+            "DELETE",
+            "/v1/tenants/acme/policies/web-from-frontend",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.count("policies").await, 0);
+}
+
+#[tokio::test]
+async fn invalid_policies_name_the_field_and_write_nothing() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let rev = t.revision().await;
+    let cases = [
+        (
+            json!({"name": "p", "spec": {"endpointSelector": {}, "ingress": [{"fromCIDR": ["10.0.0.0/33"]}]}}),
+            "spec.ingress[0].fromCIDR[0]",
+        ),
+        (
+            json!({"name": "p", "specs": [
+                {"endpointSelector": {}},
+                {"endpointSelector": {}, "egress": [{"toPorts": [{"ports": [{"port": "80", "endPort": 70}]}]}]}
+            ]}),
+            "specs[1].egress[0].toPorts[0].ports[0].endPort",
+        ),
+        (
+            json!({"name": "p", "spec": {"endpointSelector": {}, "ingress": [{"fromEntities": ["moon"]}]}}),
+            "spec.ingress[0].fromEntities[0]",
+        ),
+        (json!({"name": "p"}), "spec"),
+        (
+            json!({"name": "p", "spec": {"endpointSelector": {}}, "clusters": ["nope"]}),
+            "clusters[0]",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = t
+            .call(
+                "POST",
+                "/v1/tenants/acme/policies",
+                Some(&tok),
+                Some(body.clone()),
+            )
+            .await;
+        assert!(r.is_problem(400, "validation"), "{body}: {}", r.body);
+        assert!(
+            r.fields().iter().any(|f| f == field),
+            "{body}: want {field}, got {:?}",
+            r.fields()
+        );
+    }
+    // An unknown field inside the spec is rejected with its path, not ignored.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&tok),
+            Some(json!({"name": "p", "spec": {"endpointSelector": {}, "ingres": []}})),
+        )
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ingres"),
+        "{}",
+        r.body
+    );
+    assert_eq!(t.count("policies").await, 0);
+    assert_eq!(t.revision().await, rev);
+}
+
+#[tokio::test]
+async fn policies_can_be_scoped_to_clusters() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    for c in ["prod", "staging"] {
+        t.call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&tok),
+            Some(json!({"name": c})),
+        )
+        .await;
+    }
+    let mut p = web_policy();
+    p["clusters"] = json!(["staging", "prod"]);
+    let r = t
+        .call("POST", "/v1/tenants/acme/policies", Some(&tok), Some(p))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["clusters"], json!(["prod", "staging"]));
+}
+
+const CNP_YAML: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-frontend
+  labels:
+    team: web
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: frontend
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      rules:
+        http:
+        - method: GET
+          path: "/api/.*"
+---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: no-metadata-service
+specs:
+- endpointSelector: {}
+  egressDeny:
+  - toCIDR:
+    - 169.254.169.254/32
+- endpointSelector:
+    matchLabels:
+      app: db
+  ingressDeny:
+  - fromEntities:
+    - world
+"#;
+
+fn yaml(tok: &str, body: &str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/policies/import")
+        .header(header::AUTHORIZATION, format!("Bearer {tok}"))
+        .header(header::CONTENT_TYPE, "application/yaml")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cnp_yaml_imports_all_or_nothing() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let r = t.send(yaml(&tok, CNP_YAML)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["created"],
+        json!(["allow-frontend", "no-metadata-service"])
+    );
+    assert_eq!(r.body["policies"][1]["specs"].as_array().unwrap().len(), 2);
+    let p = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/allow-frontend",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(
+        p.body["specs"][0]["ingress"][0]["toPorts"][0]["rules"]["http"][0]["path"],
+        "/api/.*"
+    );
+
+    // Importing again updates in place.
+    let r = t.send(yaml(&tok, CNP_YAML)).await;
+    assert_eq!(
+        r.body["updated"],
+        json!(["allow-frontend", "no-metadata-service"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(t.count("policies").await, 2);
+
+    // One bad document: nothing from the import is written, the bad one is named.
+    let bad = CNP_YAML
+        .replace("169.254.169.254/32", "169.254.169.254/40")
+        .replace("allow-frontend", "fresh");
+    let rev = t.revision().await;
+    let r = t.send(yaml(&tok, &bad)).await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert!(
+        r.fields()
+            .iter()
+            .any(|f| f.starts_with("documents[1].") && f.contains("toCIDR[0]")),
+        "{:?}",
+        r.fields()
+    );
+    assert_eq!(t.count("policies").await, 2);
+    assert_eq!(t.revision().await, rev);
+    let r = t
+        .call("GET", "/v1/tenants/acme/policies/fresh", Some(&tok), None)
+        .await;
+    assert!(r.is_problem(404, "not-found"));
+
+    // Not YAML at all, or not a Cilium policy.
+    let r = t.send(yaml(&tok, "kind: [unclosed")).await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    let r = t
+        .send(yaml(
+            &tok,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        ))
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+}
