@@ -240,3 +240,132 @@ async fn role_rules_for_members() {
         .await;
     assert!(r.is_problem(404, "not-found"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn member_changes_are_audited_with_the_person() {
+    let t = TestApp::with_oidc().await;
+    let alice = t.sign_in(&user("alice")).await;
+    t.as_user(&alice, "POST", "/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    let r = t
+        .as_user(
+            &alice,
+            "POST",
+            "/v1/tenants/acme/members",
+            Some(json!({"email": user("bob"), "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.sign_in(&user("bob")).await;
+    let r = t
+        .as_user(
+            &alice,
+            "PATCH",
+            &format!("/v1/tenants/acme/members/{}", user("bob")),
+            Some(json!({"role": "editor"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let log = t
+        .as_user(
+            &alice,
+            "GET",
+            "/v1/tenants/acme/audit-log?resource_kind=member",
+            None,
+        )
+        .await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.body);
+    let items = log.body["items"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = items
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor_name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let alice_email = user("alice");
+    let bob_email = user("bob");
+    assert_eq!(
+        seen,
+        [
+            ("invite", alice_email.as_str()),
+            ("accept-invite", bob_email.as_str()),
+            ("update", alice_email.as_str())
+        ]
+    );
+    assert!(items.iter().all(|e| e["actor_kind"] == "user"));
+    // Written by SQL at sign-in, yet time-ordered like the API's own ids.
+    let accepted: uuid::Uuid = items[1]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(accepted.get_version_num(), 7);
+    assert_eq!(items[2]["before"]["role"], "viewer");
+    assert_eq!(items[2]["after"]["role"], "editor");
+}
+
+#[tokio::test]
+async fn memberships_are_behind_row_level_security() {
+    let t = TestApp::with_oidc().await;
+    let alice = t.sign_in(&user("alice")).await;
+    let bob = t.sign_in(&user("bob")).await;
+    for (who, tenant) in [(&alice, "acme"), (&bob, "globex")] {
+        let r = t
+            .as_user(who, "POST", "/v1/tenants", Some(json!({"name": tenant})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let id = |email: String| {
+        let pool = t.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM users WHERE email = $1")
+                .bind(email)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let alice_id = id(user("alice")).await;
+    // As the API runs: no tenant and no person set, no memberships, whatever the query.
+    let app = control_api::db::connect(&t.url, 1).await.unwrap();
+    let mut tx = app.begin().await.unwrap();
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(all, 0);
+    // A person sees their own memberships and tenants, not another's.
+    control_api::auth::set_user(&mut tx, alice_id)
+        .await
+        .unwrap();
+    let users: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT user_id FROM memberships")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(users, vec![alice_id]);
+    let tenants: Vec<String> = sqlx::query_scalar("SELECT name FROM tenants")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(tenants, vec!["acme".to_string()]);
+    // ... and cannot write themselves into another tenant.
+    let globex: uuid::Uuid = sqlx::query_scalar("SELECT id FROM weft_resolve_tenant('globex')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let sneak = sqlx::query(
+        "INSERT INTO memberships (id, tenant_id, user_id, role) VALUES (gen_random_uuid(), $1, $2, 'owner')",
+    )
+    .bind(globex)
+    .bind(alice_id)
+    .execute(&mut *tx)
+    .await;
+    assert!(
+        sneak.is_err(),
+        "RLS refuses a membership outside the transaction's tenant"
+    );
+    tx.rollback().await.unwrap();
+    let r = t
+        .as_user(&alice, "GET", "/v1/tenants/globex/members", None)
+        .await;
+    assert!(r.is_problem(404, "not-found"), "{}", r.body);
+}
