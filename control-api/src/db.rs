@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rls_audit",
         include_str!("../../db/migrations/0002_rls_audit.sql"),
     ),
+    (
+        4,
+        "agents",
+        include_str!("../../db/migrations/0004_agents.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -66,12 +66,14 @@ pub fn demo(detach: bool) -> Result<()> {
     cluster.psql("CREATE DATABASE weft")?;
     let database_url = cluster.url("weft");
     let api_port = pg::free_port()?;
+    let agent_port = pg::free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let operator_token = random_hex(32)?;
 
     let mut cmd = Command::new(&api_bin);
     cmd.env("DATABASE_URL", &database_url)
         .env("WEFT_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))
         .env("WEFT_OPERATOR_TOKEN", &operator_token)
         .stdin(Stdio::null());
     if detach {
@@ -102,7 +104,7 @@ pub fn demo(detach: bool) -> Result<()> {
         }
     };
     let env = format!(
-        "WEFT_API_URL={api_url}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\n",
+        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=http://127.0.0.1:{agent_port}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\n",
         seeded.tenant, seeded.token, seeded.other_tenant, seeded.other_token
     );
     let env_file = dir.join("demo.env");

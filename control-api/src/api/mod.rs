@@ -6,6 +6,7 @@ pub mod clusters;
 pub mod common;
 pub mod health;
 pub mod inventory;
+pub mod join_tokens;
 pub mod policies;
 pub mod services;
 pub mod tenants;
@@ -69,6 +70,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(policies::router())
         .merge(inventory::router())
         .merge(audit_log::router())
+        .merge(join_tokens::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at `openapi/openapi.json`.
