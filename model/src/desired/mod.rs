@@ -207,6 +207,8 @@ pub enum CompileError {
         first: String,
         second: String,
     },
+    #[error("endpoint id {0:?} is reserved for the host endpoint")]
+    ReservedEndpointId(String),
     #[error("duplicate {kind} id {id:?}")]
     DuplicateId { kind: &'static str, id: String },
     #[error(
@@ -343,10 +345,7 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
     )];
     for e in cluster_endpoints.iter().filter(|e| e.node_id == node.id) {
         if e.id == HOST_ENDPOINT_ID {
-            return Err(CompileError::DuplicateId {
-                kind: "endpoint (reserved for the host)",
-                id: e.id.clone(),
-            });
+            return Err(CompileError::ReservedEndpointId(e.id.clone()));
         }
         subjects.push((
             DesiredEndpoint {

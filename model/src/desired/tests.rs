@@ -553,6 +553,66 @@ fn unsupported_parts_are_reported_and_never_widen() {
 }
 
 #[test]
+fn invalid_parts_match_nothing_on_allow_and_fail_closed_on_deny() {
+    // Validation refuses all of these; the compiler must still never widen what is allowed.
+    let view = with_policies(vec![policy(
+        "p",
+        &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+        "egress": [
+           {"toEntities": ["nowhere"]},
+           {"toCIDR": ["not-a-cidr"]},
+           {"toCIDRSet": [{"cidr": "192.0.2.0/24", "except": ["bogus"]}]},
+           {"toEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "99999", "protocol": "TCP"}]}]}
+        ],
+        "egressDeny": [
+           {"toCIDRSet": [{"cidr": "198.51.100.0/24", "except": ["bogus"]}]}
+        ]})],
+        None,
+    )]);
+    let s = compile_ok(&view, "n1");
+    let cidr = |p: &str| {
+        s.ipcache
+            .iter()
+            .find(|e| e.prefix == net(p))
+            .map(|e| e.identity)
+            .expect("CIDR in ipcache")
+    };
+    // Only the deny survives, over its whole CIDR (the unparsable except is ignored, as the
+    // evaluator does).
+    assert_eq!(
+        bare(&s, "web-1"),
+        vec![(
+            Egress,
+            Some(cidr("198.51.100.0/24")),
+            None,
+            None,
+            Deny,
+            false
+        )]
+    );
+    let paths: Vec<&str> = s
+        .unsupported
+        .iter()
+        .map(|u| u.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "p specs[0].egressDeny[0].toCIDRSet[0].except[0]",
+            "p specs[0].egress[0].toEntities[0]",
+            "p specs[0].egress[1].toCIDR[0]",
+            "p specs[0].egress[2].toCIDRSet[0].except[0]",
+            "p specs[0].egress[3].toPorts[0].ports[0]",
+        ]
+    );
+    assert!(
+        s.unsupported[3].ends_with("the set allows nothing"),
+        "{:?}",
+        s.unsupported
+    );
+}
+
+#[test]
 fn host_endpoint_takes_node_selector_policies() {
     let view = with_policies(vec![policy(
         "hosts",
@@ -705,7 +765,7 @@ fn inconsistent_input_is_refused() {
         ),
         (
             Box::new(|v| v.endpoints[0].id = HOST_ENDPOINT_ID.into()),
-            "DuplicateId",
+            "ReservedEndpointId",
         ),
         (
             Box::new(|v| v.endpoints[0].cluster_id = "c2".into()),
