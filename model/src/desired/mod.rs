@@ -157,7 +157,8 @@ pub struct PolicyRule {
     pub action: Action,
     /// Allowed only subject to L7 rules (the proxy decides per request).
     pub l7: bool,
-    /// Policy name and rule path, for debugging.
+    /// Policy name and rule path, for debugging (`web specs[0].ingress[1]`); several, joined
+    /// by ", ", when rules compile to the same entry.
     pub origin: String,
 }
 
@@ -376,9 +377,8 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
             rules.extend(c.rules.iter().cloned());
             unsupported.extend(c.unsupported.iter().cloned());
         }
+        let rules = normalize(rules);
         if !rules.is_empty() {
-            rules.sort_by(rule_order);
-            rules.dedup();
             out.policy.insert(ep.id.clone(), rules);
         }
         out.endpoints.push(ep);
@@ -447,18 +447,68 @@ fn sorted(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
     set.into_iter().collect()
 }
 
-fn rule_order(a: &PolicyRule, b: &PolicyRule) -> std::cmp::Ordering {
-    let key = |r: &PolicyRule| {
-        (
-            r.direction == Direction::Egress,
-            r.action,
-            r.peer_identity,
-            r.proto,
-            r.ports,
-            r.l7,
-        )
-    };
-    key(a).cmp(&key(b)).then_with(|| a.origin.cmp(&b.origin))
+type RuleKey = (
+    bool,
+    Action,
+    Option<u32>,
+    Option<u8>,
+    Option<(u16, u16)>,
+    bool,
+);
+
+/// Everything of a rule but its origin; sorts ingress first, then allows before denies.
+fn rule_key(r: &PolicyRule) -> RuleKey {
+    (
+        r.direction == Direction::Egress,
+        r.action,
+        r.peer_identity,
+        r.proto,
+        r.ports,
+        r.l7,
+    )
+}
+
+/// Whether `wide` matches every flow `narrow` matches.
+fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
+    wide.direction == narrow.direction
+        && (wide.peer_identity.is_none() || wide.peer_identity == narrow.peer_identity)
+        && (wide.proto.is_none() || wide.proto == narrow.proto)
+        && match (wide.ports, narrow.ports) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((lo, hi)), Some((nlo, nhi))) => lo <= nlo && nhi <= hi,
+        }
+}
+
+/// One endpoint's rules in canonical form: sorted, one rule per key (origins of rules that
+/// compile to the same entry are joined), and no L7 allow that a plain allow covers (the
+/// evaluator allows such flows without L7, and the datapath would otherwise pick the more
+/// specific redirect).
+fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    let plain: Vec<PolicyRule> = rules
+        .iter()
+        .filter(|r| r.action == Action::Allow && !r.l7)
+        .cloned()
+        .collect();
+    rules.retain(|r| !(r.l7 && plain.iter().any(|p| covers(p, r))));
+    rules.sort_by(|a, b| {
+        rule_key(a)
+            .cmp(&rule_key(b))
+            .then_with(|| a.origin.cmp(&b.origin))
+    });
+    let mut out: Vec<PolicyRule> = Vec::with_capacity(rules.len());
+    for r in rules {
+        match out.last_mut() {
+            Some(last) if rule_key(last) == rule_key(&r) => {
+                if !last.origin.split(", ").any(|o| o == r.origin) {
+                    last.origin.push_str(", ");
+                    last.origin.push_str(&r.origin);
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// Every CIDR (and except) the spec names, plus the catch-all prefix of a family whose

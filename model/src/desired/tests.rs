@@ -443,6 +443,54 @@ fn deny_rules_and_l7() {
 }
 
 #[test]
+fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
+    let view = with_policies(vec![
+        policy(
+            "a",
+            &[
+                json!({"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [
+                    {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]},
+                    {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
+                                                                                 "rules": {"http": [{"path": "/x"}]}}]},
+                    {"toPorts": [{"ports": [{"port": "9000", "protocol": "TCP"}], "rules": {"http": [{"path": "/y"}]}}]}
+                ]}),
+            ],
+            None,
+        ),
+        policy(
+            "b",
+            &[
+                json!({"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [
+                    {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]},
+                    {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "8000", "endPort": 8100, "protocol": "TCP"}]}]}
+                ]}),
+            ],
+            None,
+        ),
+    ]);
+    let s = compile_ok(&view, "n1");
+    let rules: Vec<(Option<u32>, Option<(u16, u16)>, bool, &str)> = s.policy["web-1"]
+        .iter()
+        .map(|r| (r.peer_identity, r.ports, r.l7, r.origin.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            // Any peer on 9000 stays L7: no plain allow covers it.
+            (None, Some((9000, 9000)), true, "a specs[0].ingress[2]"),
+            (
+                Some(DB),
+                Some((80, 80)),
+                false,
+                "a specs[0].ingress[0], b specs[0].ingress[0]"
+            ),
+            // The L7 rule on 8080 is gone: b allows db on 8000-8100 without L7.
+            (Some(DB), Some((8000, 8100)), false, "b specs[0].ingress[1]"),
+        ]
+    );
+}
+
+#[test]
 fn empty_rule_matches_nothing_and_only_ports_match_any_peer() {
     let view = with_policies(vec![policy(
         "p",
