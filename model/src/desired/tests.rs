@@ -452,7 +452,9 @@ fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
                     {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]},
                     {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
                                                                                  "rules": {"http": [{"path": "/x"}]}}]},
-                    {"toPorts": [{"ports": [{"port": "9000", "protocol": "TCP"}], "rules": {"http": [{"path": "/y"}]}}]}
+                    {"toPorts": [{"ports": [{"port": "9000", "protocol": "TCP"}], "rules": {"http": [{"path": "/y"}]}}]},
+                    {"fromEndpoints": [{"matchLabels": {"app": "db"}}], "toPorts": [{"ports": [{"port": "8050", "endPort": 8200, "protocol": "TCP"}],
+                                                                                 "rules": {"http": [{"path": "/z"}]}}]}
                 ]}),
             ],
             None,
@@ -469,7 +471,8 @@ fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
         ),
     ]);
     let s = compile_ok(&view, "n1");
-    let rules: Vec<(Option<u32>, Option<(u16, u16)>, bool, &str)> = s.policy["web-1"]
+    type Row<'a> = (Option<u32>, Option<(u16, u16)>, bool, &'a str);
+    let rules: Vec<Row> = s.policy["web-1"]
         .iter()
         .map(|r| (r.peer_identity, r.ports, r.l7, r.origin.as_str()))
         .collect();
@@ -486,6 +489,9 @@ fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
             ),
             // The L7 rule on 8080 is gone: b allows db on 8000-8100 without L7.
             (Some(DB), Some((8000, 8100)), false, "b specs[0].ingress[1]"),
+            // Only partly covered: kept (for 8050-8100 the datapath's most-specific choice may
+            // then differ from the evaluator; splitting ranges is left to the L7 proxy work).
+            (Some(DB), Some((8050, 8200)), true, "a specs[0].ingress[3]"),
         ]
     );
 }
