@@ -78,18 +78,31 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     })
 }
 
-/// Serves until SIGTERM or Ctrl-C, then lets requests in flight finish.
+/// Serves REST and the agent service until SIGTERM or Ctrl-C, then lets requests in
+/// flight finish.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let state = state(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, "control-api serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let agent = crate::agent::serve(state.clone(), cfg.agent_listen, stopped(stop_rx.clone()));
     let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let rest = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop_rx))
+            .await
+            .context("serving HTTP")
+    };
+    tokio::try_join!(rest, agent)?;
     tracing::info!("control-api stopped");
     Ok(())
 }

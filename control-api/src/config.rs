@@ -38,6 +38,14 @@ pub struct ServeConfig {
         global = true
     )]
     pub listen: SocketAddr,
+    /// Address the agent gRPC service listens on.
+    #[arg(
+        long,
+        env = "WEFT_AGENT_LISTEN",
+        default_value = "127.0.0.1:8081",
+        global = true
+    )]
+    pub agent_listen: SocketAddr,
     /// Operator bootstrap token (at least 32 characters): may create tenants and act as
     /// owner in every tenant. Unset: no operator access.
     #[arg(

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "users_sessions",
         include_str!("../../db/migrations/0003_users_sessions.sql"),
     ),
+    (
+        4,
+        "agents",
+        include_str!("../../db/migrations/0004_agents.sql"),
+    ),
 ];
 
 #[derive(Debug)]

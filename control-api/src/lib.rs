@@ -1,6 +1,7 @@
 //! Weft control plane library: everything but process start-up lives here so tests and
 //! tools reuse it.
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod audit;

@@ -42,6 +42,7 @@ async fn serves_migrates_and_stops_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
         .env("DATABASE_URL", &url)
         .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("WEFT_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -29,7 +29,7 @@ CREATE TABLE audit_log (
     id            uuid PRIMARY KEY,
     tenant_id     uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     at            timestamptz NOT NULL DEFAULT now(),
-    actor_kind    text NOT NULL CHECK (actor_kind IN ('operator', 'api_token', 'user')),
+    actor_kind    text NOT NULL CHECK (actor_kind IN ('operator', 'api_token', 'user', 'join_token', 'node')),
     actor_id      uuid,
     actor_name    text NOT NULL,
     action        text NOT NULL,

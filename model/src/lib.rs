@@ -5,10 +5,15 @@
 //! - [`policy`]: the native policy spec (Cilium `Rule` field names), its validation and the
 //!   reference evaluator ([`policy::evaluate`]) the compiler and datapath are checked against.
 //! - [`cnp`]: import of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy YAML.
+//! - [`desired`]: the desired-state compiler (tenant state → one node's programmable state)
+//!   and the deltas between consecutive states.
+//! - [`identity`]: reserved, allocated and CIDR security identities.
 //! - [`error::FieldError`]: the `{field, message}` every validator returns.
 
 pub mod cnp;
+pub mod desired;
 pub mod error;
+pub mod identity;
 pub mod labels;
 pub mod names;
 pub mod policy;

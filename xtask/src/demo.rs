@@ -69,6 +69,7 @@ pub fn demo(detach: bool) -> Result<()> {
     cluster.psql("CREATE DATABASE weft")?;
     let database_url = cluster.url("weft");
     let api_port = pg::free_port()?;
+    let agent_port = pg::free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let operator_token = random_hex(32)?;
     let demo_password = random_hex(12)?;
@@ -93,6 +94,7 @@ pub fn demo(detach: bool) -> Result<()> {
     let mut cmd = Command::new(&api_bin);
     cmd.env("DATABASE_URL", &database_url)
         .env("WEFT_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))
         .env("WEFT_OPERATOR_TOKEN", &operator_token)
         .env("WEFT_OIDC_ISSUER", &provider.issuer)
         .env("WEFT_OIDC_CLIENT_ID", "weft-console")
@@ -150,7 +152,7 @@ pub fn demo(detach: bool) -> Result<()> {
         return Err(e.context("inviting the demo user"));
     }
     let env = format!(
-        "WEFT_API_URL={api_url}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
+        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=http://127.0.0.1:{agent_port}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
         seeded.tenant, seeded.token, seeded.other_tenant, seeded.other_token
     );
     let env_file = dir.join("demo.env");

@@ -19,7 +19,8 @@ commands:
   down              stop everything `demo` started
   test [--no-lint] [nextest args...]
                     fmt + clippy + every test, against a private Postgres
-  openapi           regenerate openapi/openapi.json from the code";
+  openapi           regenerate openapi/openapi.json from the code
+  proto             regenerate proto/src/gen from proto/*.proto (needs protoc)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +41,7 @@ fn run(args: &[String]) -> Result<()> {
         "down" => demo::down(),
         "test" => test::test(rest),
         "openapi" => openapi(),
+        "proto" => proto(),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -60,5 +62,17 @@ fn openapi() -> Result<()> {
     let path = sh::root().join("openapi/openapi.json");
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn proto() -> Result<()> {
+    test::ensure_protoc()?;
+    sh::run(
+        Command::new(env!("CARGO"))
+            .current_dir(sh::root())
+            .args(["test", "-q", "-p", "weft-proto", "--test", "generated"])
+            .env("WEFT_REGENERATE_PROTO", "1"),
+    )?;
+    println!("regenerated proto/src/gen");
     Ok(())
 }

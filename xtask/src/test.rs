@@ -60,9 +60,22 @@ pub fn ensure_nextest() -> Result<()> {
     Ok(())
 }
 
+/// protoc checks that the checked-in gRPC code matches the contract.
+pub fn ensure_protoc() -> Result<()> {
+    if Command::new("protoc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    sh::apt_install(&["protobuf-compiler"])
+}
+
 pub fn test(args: &[String]) -> Result<()> {
     let root = sh::root();
     ensure_nextest()?;
+    ensure_protoc()?;
     let lint = !args.iter().any(|a| a == "--no-lint");
     if lint {
         eprintln!("xtask: cargo fmt --check");

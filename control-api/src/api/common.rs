@@ -191,6 +191,9 @@ pub enum ReadErrors {
     /// No such resource in a tenant the caller can see.
     #[response(status = 404, content_type = "application/problem+json")]
     NotFound(Problem),
+    /// Too many failed credential attempts from this address; see `Retry-After`.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
 }
 
 /// Errors any write may answer.
@@ -221,6 +224,9 @@ pub enum WriteErrors {
     /// The body is not JSON (or YAML where accepted).
     #[response(status = 415, content_type = "application/problem+json")]
     UnsupportedMediaType(Problem),
+    /// Too many failed credential attempts from this address; see `Retry-After`.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod clusters;
 pub mod common;
 pub mod health;
 pub mod inventory;
+pub mod join_tokens;
 pub mod me;
 pub mod members;
 pub mod policies;
@@ -115,7 +116,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(services::router())
         .merge(policies::router())
         .merge(inventory::router())
-        .merge(audit_log::router());
+        .merge(audit_log::router())
+        .merge(join_tokens::router());
     sessions_accepted_wherever_bearer_is(router.get_openapi_mut());
     router
 }

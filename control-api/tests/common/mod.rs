@@ -21,6 +21,8 @@ pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
 
 pub struct TestApp {
     pub app: Router,
+    /// The application's state, for serving the agent service in tests.
+    pub state: AppState,
     pub pool: PgPool,
     /// URL of this test's own database.
     pub url: String,
@@ -121,7 +123,8 @@ impl TestApp {
             auth_failures: Arc::new(limiter),
         };
         TestApp {
-            app: control_api::app::app(state),
+            app: control_api::app::app(state.clone()),
+            state,
             pool,
             url: db_url,
         }

@@ -1,0 +1,173 @@
+//! `Register`: a join token buys a node identity and a node credential.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use weft_model::error::FieldError;
+use weft_model::labels::{validate_labels, Labels};
+use weft_model::names::validate_name;
+use weft_proto::v1::{RegisterRequest, RegisterResponse};
+
+use crate::audit::{self, Subject};
+use crate::auth::{self, Actor, Role, TenantCtx};
+use crate::db::{self, Op};
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+
+struct Checked {
+    labels: Labels,
+    addresses: Vec<IpAddr>,
+    pod_cidrs: Vec<IpNet>,
+}
+
+fn check(req: &RegisterRequest) -> Result<Checked> {
+    let mut errs = Vec::new();
+    if let Err(e) = validate_name(&req.node_name) {
+        errs.push(FieldError::new("node_name", e.to_string()));
+    }
+    let labels: Labels = req
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Err(mut e) = validate_labels(&labels) {
+        errs.append(&mut e);
+    }
+    let mut addresses = Vec::new();
+    for (i, a) in req.addresses.iter().enumerate() {
+        match a.parse() {
+            Ok(ip) => addresses.push(ip),
+            Err(_) => errs.push(FieldError::new(
+                format!("addresses[{i}]"),
+                format!("{a:?} is not an IP address"),
+            )),
+        }
+    }
+    let mut pod_cidrs = Vec::new();
+    for (i, c) in req.pod_cidrs.iter().enumerate() {
+        match c.parse::<IpNet>() {
+            Ok(net) => pod_cidrs.push(net.trunc()),
+            Err(_) => errs.push(FieldError::new(
+                format!("pod_cidrs[{i}]"),
+                format!("{c:?} is not a CIDR"),
+            )),
+        }
+    }
+    if errs.is_empty() {
+        Ok(Checked {
+            labels,
+            addresses,
+            pod_cidrs,
+        })
+    } else {
+        Err(ApiError::validation(errs))
+    }
+}
+
+pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterResponse> {
+    let checked = check(&req)?;
+    let token_hash = Sha256::digest(req.join_token.as_bytes()).to_vec();
+    let found: Option<(Uuid, Uuid, Uuid)> =
+        sqlx::query_as("SELECT id, tenant_id, cluster_id FROM weft_find_join_token($1)")
+            .bind(&token_hash)
+            .fetch_optional(&st.pool)
+            .await?;
+    let (token_id, tenant_id, cluster_id) = found.ok_or_else(|| {
+        ApiError::Unauthenticated("invalid, expired, used-up or revoked join token".into())
+    })?;
+    let mut tx = st.pool.begin().await?;
+    auth::set_tenant(&mut tx, tenant_id).await?;
+    // Count the use under the row lock, so two nodes cannot share a single-use token.
+    let token_name: Option<String> = sqlx::query_scalar(
+        "UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
+         AND expires_at > now() AND (max_uses IS NULL OR uses < max_uses) RETURNING name",
+    )
+    .bind(token_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let token_name = token_name.ok_or_else(|| {
+        ApiError::Unauthenticated("invalid, expired, used-up or revoked join token".into())
+    })?;
+    let (credential, credential_hash) = auth::new_token();
+    let existing: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM nodes WHERE cluster_id = $1 AND name = $2 FOR UPDATE")
+            .bind(cluster_id)
+            .bind(&req.node_name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let addresses: Vec<String> = checked.addresses.iter().map(ToString::to_string).collect();
+    let pod_cidrs: Vec<String> = checked.pod_cidrs.iter().map(ToString::to_string).collect();
+    let (id, op) = match existing {
+        Some(_) if !req.replace => {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "node {:?} is already registered in this cluster; register with replace to take its place",
+                    req.node_name
+                ),
+                field: Some("node_name".into()),
+            })
+        }
+        Some(id) => (id, Op::Update),
+        None => (Uuid::now_v7(), Op::Create),
+    };
+    let rev = db::bump_revision(&mut tx, tenant_id, "node", id, op).await?;
+    // Replacing a node issues a new credential: the old one stops working at once.
+    sqlx::query(
+        "INSERT INTO nodes (id, tenant_id, cluster_id, name, labels, addresses, pod_cidrs, \
+           credential_hash, agent_version, kernel_version, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6::text[]::inet[], $7::text[]::cidr[], $8, $9, $10, $11) \
+         ON CONFLICT (id) DO UPDATE SET labels = $5, addresses = $6::text[]::inet[], \
+           pod_cidrs = $7::text[]::cidr[], credential_hash = $8, agent_version = $9, \
+           kernel_version = $10, revision = $11, applied_revision = 0, updated_at = now()",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(cluster_id)
+    .bind(&req.node_name)
+    .bind(sqlx::types::Json(&checked.labels))
+    .bind(&addresses)
+    .bind(&pod_cidrs)
+    .bind(&credential_hash)
+    .bind(&req.agent_version)
+    .bind(&req.kernel_version)
+    .bind(rev)
+    .execute(&mut *tx)
+    .await?;
+    let ctx = TenantCtx {
+        id: tenant_id,
+        name: String::new(),
+        role: Role::Editor,
+        actor: Actor {
+            kind: "join_token",
+            id: Some(token_id),
+            name: token_name,
+        },
+        request_id: "-".into(),
+    };
+    let after = serde_json::json!({
+        "id": id, "cluster_id": cluster_id, "name": req.node_name,
+        "addresses": addresses, "pod_cidrs": pod_cidrs, "labels": checked.labels,
+    });
+    let subject = Subject {
+        kind: "node",
+        id,
+        name: &req.node_name,
+    };
+    let action = if matches!(op, Op::Create) {
+        "register"
+    } else {
+        "re-register"
+    };
+    audit::record(&mut tx, &ctx, action, subject, None, Some(after)).await?;
+    tx.commit().await?;
+    tracing::info!(node = %req.node_name, %cluster_id, revision = rev, "node registered");
+    Ok(RegisterResponse {
+        node_id: id.to_string(),
+        node_credential: credential,
+        cluster_id: cluster_id.to_string(),
+        tenant_id: tenant_id.to_string(),
+        capability_version: req.capability_version.min(weft_proto::CAPABILITY_VERSION),
+    })
+}

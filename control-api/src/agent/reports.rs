@@ -1,0 +1,223 @@
+//! What agents report: applied revisions, health, and the endpoints they run.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use uuid::Uuid;
+use weft_model::error::FieldError;
+use weft_model::labels::{validate_labels, Labels};
+use weft_model::names::validate_name;
+use weft_proto::v1::{AckRequest, EndpointReport, HealthReport};
+
+use super::NodeCtx;
+use crate::auth;
+use crate::db::{self, Op};
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+
+pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
+    let revision = i64::try_from(req.revision)
+        .map_err(|_| ApiError::invalid_field("revision", "out of range"))?;
+    let errors: Vec<_> = req
+        .errors
+        .iter()
+        .map(|e| serde_json::json!({"item": e.item, "message": e.message}))
+        .collect();
+    let mut tx = st.pool.begin().await?;
+    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    sqlx::query(
+        "UPDATE nodes SET applied_revision = greatest(applied_revision, $2), last_seen = now(), \
+         health = jsonb_set(health, '{apply_errors}', $3) WHERE id = $1",
+    )
+    .bind(node.id)
+    .bind(revision)
+    .bind(serde_json::Value::Array(errors))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<()> {
+    let health = serde_json::json!({
+        "datapath_status": req.datapath_status,
+        "map_fill": req.map_fill.iter().collect::<BTreeMap<_, _>>(),
+        "lost_events": req.lost_events,
+        "last_error": req.last_error,
+    });
+    let mut tx = st.pool.begin().await?;
+    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    sqlx::query(
+        "UPDATE nodes SET agent_version = $2, kernel_version = $3, last_seen = now(), \
+         health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb)) \
+         WHERE id = $1",
+    )
+    .bind(node.id)
+    .bind(&req.agent_version)
+    .bind(&req.kernel_version)
+    .bind(health)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// An endpoint row as stored: id, name, labels, IPv4, IPv6.
+type StoredEndpoint = (
+    Uuid,
+    String,
+    sqlx::types::Json<Labels>,
+    Option<String>,
+    Option<String>,
+);
+
+struct Reported {
+    name: String,
+    labels: Labels,
+    ipv4: Option<IpAddr>,
+    ipv6: Option<IpAddr>,
+}
+
+fn check(report: &EndpointReport) -> Result<Vec<Reported>> {
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    for (i, e) in report.endpoints.iter().enumerate() {
+        if let Err(err) = validate_name(&e.name) {
+            errs.push(FieldError::new(
+                format!("endpoints[{i}].name"),
+                err.to_string(),
+            ));
+        }
+        let labels: Labels = e
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Err(mut le) = validate_labels(&labels) {
+            errs.append(&mut le);
+        }
+        let (mut ipv4, mut ipv6) = (None, None);
+        for ip in &e.ips {
+            match ip.parse::<IpAddr>() {
+                Ok(ip @ IpAddr::V4(_)) => ipv4 = Some(ip),
+                Ok(ip @ IpAddr::V6(_)) => ipv6 = Some(ip),
+                Err(_) => errs.push(FieldError::new(
+                    format!("endpoints[{i}].ips"),
+                    format!("{ip:?} is not an IP address"),
+                )),
+            }
+        }
+        out.push(Reported {
+            name: e.name.clone(),
+            labels,
+            ipv4,
+            ipv6,
+        });
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::validation(errs))
+    }
+}
+
+/// Same label set, same number, across every cluster of the tenant. Numbers start at
+/// 256 (below are reserved); allocation is serialised per tenant by an advisory lock.
+pub async fn identity_for(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    labels: &Labels,
+) -> Result<i64> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 42))")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let number: i64 = sqlx::query_scalar(
+        "INSERT INTO identities (tenant_id, number, labels) \
+         SELECT $1, coalesce(max(number), 255) + 1, $2 FROM identities WHERE tenant_id = $1 \
+         ON CONFLICT (tenant_id, labels) DO UPDATE SET last_used_at = now() RETURNING number",
+    )
+    .bind(tenant)
+    .bind(sqlx::types::Json(labels))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(number)
+}
+
+/// The node's complete set of endpoints: new ones are added (with identities), changed
+/// ones updated, absent ones removed. One revision bump when anything changed.
+pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) -> Result<()> {
+    let reported = check(&report)?;
+    let mut tx = st.pool.begin().await?;
+    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    let current: Vec<StoredEndpoint> =
+        sqlx::query_as(
+            "SELECT id, name, labels, host(ipv4), host(ipv6) FROM endpoints WHERE node_id = $1 FOR UPDATE",
+        )
+        .bind(node.id)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut changed = false;
+    for r in &reported {
+        let same = current.iter().any(|(_, name, labels, v4, v6)| {
+            *name == r.name
+                && labels.0 == r.labels
+                && v4.as_deref() == r.ipv4.map(|i| i.to_string()).as_deref()
+                && v6.as_deref() == r.ipv6.map(|i| i.to_string()).as_deref()
+        });
+        if same {
+            continue;
+        }
+        changed = true;
+        let identity = identity_for(&mut tx, node.tenant_id, &r.labels).await?;
+        let id = current
+            .iter()
+            .find(|(_, name, ..)| *name == r.name)
+            .map(|(id, ..)| *id)
+            .unwrap_or_else(Uuid::now_v7);
+        let op = if current.iter().any(|(cid, ..)| *cid == id) {
+            Op::Update
+        } else {
+            Op::Create
+        };
+        let rev = db::bump_revision(&mut tx, node.tenant_id, "endpoint", id, op).await?;
+        sqlx::query(
+            "INSERT INTO endpoints (id, tenant_id, cluster_id, node_id, name, labels, ipv4, ipv6, identity, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8::inet, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET labels = $6, ipv4 = $7::inet, ipv6 = $8::inet, \
+               identity = $9, revision = $10, updated_at = now()",
+        )
+        .bind(id)
+        .bind(node.tenant_id)
+        .bind(node.cluster_id)
+        .bind(node.id)
+        .bind(&r.name)
+        .bind(sqlx::types::Json(&r.labels))
+        .bind(r.ipv4.map(|i| i.to_string()))
+        .bind(r.ipv6.map(|i| i.to_string()))
+        .bind(identity)
+        .bind(rev)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (id, name, ..) in &current {
+        if reported.iter().any(|r| r.name == *name) {
+            continue;
+        }
+        changed = true;
+        db::bump_revision(&mut tx, node.tenant_id, "endpoint", *id, Op::Delete).await?;
+        sqlx::query("DELETE FROM endpoints WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE nodes SET last_seen = now() WHERE id = $1")
+        .bind(node.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if changed {
+        tracing::info!(node = %node.name, endpoints = reported.len(), "endpoints reported");
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! `/v1/tenants/{tenant}/clusters/{cluster}/join-tokens`: what a node agent presents once
+//! to register. Shown once, stored hashed, expiring, single- or multi-use.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, QueryBuilder};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weft_model::error::FieldError;
+
+use super::common::{self, ReadErrors, Scope, WriteErrors};
+use crate::audit::{self, Subject};
+use crate::auth::{self, need, Tenant};
+use crate::error::{ApiError, Result};
+use crate::extract::Json;
+use crate::pagination::{ListParams, Page, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_join_tokens, create_join_token))
+        .routes(routes!(revoke_join_token))
+}
+
+/// Default and longest lifetime of a join token.
+const DEFAULT_TTL_SECONDS: u64 = 3600;
+const MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenInput {
+    #[schema(example = "rack-12")]
+    pub name: String,
+    /// Lifetime in seconds (default 3600, at most 30 days).
+    pub expires_in_seconds: Option<u64>,
+    /// How many nodes may register with it (default 1); `0` for no limit.
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
+pub struct JoinToken {
+    pub id: Uuid,
+    pub cluster_id: Uuid,
+    pub name: String,
+    pub max_uses: Option<i32>,
+    pub uses: i32,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedJoinToken {
+    #[serde(flatten)]
+    pub meta: JoinToken,
+    /// The secret for `node-agent run --join-token`. Shown only now.
+    pub token: String,
+}
+
+const COLUMNS: &str = "id, cluster_id, name, max_uses, uses, expires_at, revoked_at, created_at";
+
+/// List a cluster's join tokens (admin). Secrets are never returned.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"), ListParams),
+    responses((status = 200, body = Page<JoinToken>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_join_tokens(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Admin>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Page<JoinToken>>> {
+    let list = params.resolve()?;
+    if list.selector.is_some() {
+        return Err(ApiError::invalid_field(
+            "labels",
+            "join tokens have no labels",
+        ));
+    }
+    let mut tx = t.begin(&st.pool).await?;
+    let c = common::require_id(
+        &mut tx,
+        "clusters",
+        "cluster",
+        Scope::tenant(t.id),
+        &cluster,
+    )
+    .await?;
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM join_tokens WHERE tenant_id = "
+    ));
+    qb.push_bind(t.id).push(" AND cluster_id = ").push_bind(c);
+    list.push_tail(&mut qb, "join_tokens");
+    let rows: Vec<JoinToken> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    Ok(axum::Json(list.page(rows, |j| j.id)))
+}
+
+/// Create a join token for a cluster (admin). The secret is in the answer only.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name")),
+    request_body = JoinTokenInput,
+    responses((status = 201, body = CreatedJoinToken), WriteErrors),
+    security(("bearer" = [])))]
+async fn create_join_token(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Admin>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Json(input): Json<JoinTokenInput>,
+) -> Result<Response> {
+    let mut errs = Vec::new();
+    common::check_common(&mut errs, &input.name, &Default::default(), "");
+    let ttl = input.expires_in_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+    if ttl == 0 || ttl > MAX_TTL_SECONDS {
+        errs.push(FieldError::new(
+            "expires_in_seconds",
+            format!("must be between 1 and {MAX_TTL_SECONDS}"),
+        ));
+    }
+    let max_uses = match input.max_uses.unwrap_or(1) {
+        0 => None,
+        n => match i32::try_from(n) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                errs.push(FieldError::new("max_uses", "too large"));
+                None
+            }
+        },
+    };
+    common::finish(errs)?;
+    let mut tx = t.begin(&st.pool).await?;
+    let c = common::require_id(
+        &mut tx,
+        "clusters",
+        "cluster",
+        Scope::tenant(t.id),
+        &cluster,
+    )
+    .await?;
+    let (secret, hash) = auth::new_token();
+    let meta: JoinToken = sqlx::query_as(&format!(
+        "INSERT INTO join_tokens (id, tenant_id, cluster_id, name, token_hash, max_uses, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7)) RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(t.id)
+    .bind(c)
+    .bind(&input.name)
+    .bind(&hash)
+    .bind(max_uses)
+    .bind(ttl as f64)
+    .fetch_one(&mut *tx)
+    .await?;
+    let subject = Subject {
+        kind: "join_token",
+        id: meta.id,
+        name: &meta.name,
+    };
+    audit::record(&mut tx, &t, "create", subject, None, audit::snapshot(&meta)).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedJoinToken {
+            meta,
+            token: secret,
+        }),
+    )
+        .into_response())
+}
+
+/// Revoke a join token (admin). Nodes already registered keep their credentials.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens/{token}", tag = "clusters",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("token" = String, Path, description = "Join token id or name")),
+    responses((status = 204, description = "Revoked"), WriteErrors),
+    security(("bearer" = [])))]
+async fn revoke_join_token(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Admin>,
+    Path((_tenant, cluster, token)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let mut tx = t.begin(&st.pool).await?;
+    let c = common::require_id(
+        &mut tx,
+        "clusters",
+        "cluster",
+        Scope::tenant(t.id),
+        &cluster,
+    )
+    .await?;
+    let id = common::require_id(
+        &mut tx,
+        "join_tokens",
+        "join token",
+        Scope::cluster(t.id, c),
+        &token,
+    )
+    .await?;
+    let after: JoinToken = sqlx::query_as(&format!(
+        "UPDATE join_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let subject = Subject {
+        kind: "join_token",
+        id,
+        name: &after.name,
+    };
+    audit::record(
+        &mut tx,
+        &t,
+        "revoke",
+        subject,
+        None,
+        audit::snapshot(&after),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(common::no_content())
+}

@@ -1,0 +1,1041 @@
+//! The desired-state compiler: "compile centrally, program locally".
+//!
+//! [`compile`] turns one tenant's declared state ([`TenantView`]) into what one node's agent
+//! programs ([`NodeDesiredState`]): its endpoints with identities and enforcement flags, the
+//! ipcache (prefix → identity), per-endpoint rules resolved to peer identities, and services.
+//! [`diff`] and [`apply`] turn consecutive outputs into the deltas streamed to the agent.
+//!
+//! The rules reproduce [`crate::policy::evaluate`] exactly for every peer the ipcache can
+//! name (the tests check it flow by flow). How the peers map onto identities:
+//! - endpoint selectors: the identities of the tenant's endpoints in the node's cluster whose
+//!   labels match (identities of other clusters are not in this node's ipcache: they are
+//!   outside peers here);
+//! - entities: their reserved identity; `cluster` = every endpoint identity of the cluster and
+//!   every reserved in-cluster identity; `world` = `world` and every CIDR identity;
+//!   `world-ipv4`/`-ipv6` = the CIDR identities of that family (the compiler then adds
+//!   `0.0.0.0/0` / `::/0` to the CIDRs so every outside address of the family has one);
+//!   `all` = any peer;
+//! - CIDRs: a CIDR rule allows the identities of every CIDR prefix in the ipcache that lies
+//!   inside it and inside none of its `except`s. The datapath resolves an address to its
+//!   longest prefix, so this is exactly "inside the CIDR and outside the excepts". In-cluster
+//!   addresses have /32 (/128) entries and so never take a CIDR identity: CIDR rules match
+//!   only outside peers, as in the evaluator.
+//!
+//! Not compiled yet, listed in [`NodeDesiredState::unsupported`] instead of being dropped
+//! silently: named ports and `toFQDNs`. On allow rules they allow nothing (never wider than
+//! declared); on deny rules, which validation normally refuses for FQDNs, they deny more
+//! (the named port's protocol on every port; every outside peer) so that nothing leaks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::identity;
+use crate::labels::Labels;
+use crate::policy::{
+    parse_cidr, CidrRule, Direction, EgressRule, Entity, FqdnSelector, IcmpFamily, IcmpRule,
+    IngressRule, PolicySpec, PortRule, PortValue, Protocol, SubjectKind,
+};
+use crate::selector::LabelSelector;
+use crate::service::{Algorithm, BackendState, Frontend, L4Protocol, ServiceSpec};
+
+/// Endpoint id of the node's host endpoint in [`NodeDesiredState`] (its policy comes from
+/// `nodeSelector` policies). Endpoint ids in a [`TenantView`] must not use it.
+pub const HOST_ENDPOINT_ID: &str = "host";
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+// ---------------------------------------------------------------------------------------
+// Input
+
+/// One tenant's declared state, as read from Postgres. Order does not matter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub nodes: Vec<NodeView>,
+    pub endpoints: Vec<EndpointView>,
+    pub policies: Vec<PolicyView>,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub id: String,
+    pub cluster_id: String,
+    pub node_id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    /// Allocated by the control plane from the label set (≥ [`identity::FIRST_ALLOCATED`]).
+    pub identity: u32,
+}
+
+/// `PolicySpec` is not `Eq` (it keeps raw JSON of refused fields), hence only `PartialEq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub id: String,
+    pub name: String,
+    pub specs: Vec<PolicySpec>,
+    /// Cluster ids the policy applies in; `None`: every cluster.
+    pub clusters: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub spec: ServiceSpec,
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+/// What one node's agent must program. Every list is sorted and free of duplicates, so the
+/// same input always gives byte-identical output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDesiredState {
+    /// The node's endpoints, by id; the host endpoint ([`HOST_ENDPOINT_ID`]) included.
+    pub endpoints: Vec<DesiredEndpoint>,
+    /// By prefix; one identity per prefix.
+    pub ipcache: Vec<IpcacheEntry>,
+    /// Rules per endpoint id; endpoints without rules are absent.
+    pub policy: BTreeMap<String, Vec<PolicyRule>>,
+    /// The services of the node's cluster, by id.
+    pub services: Vec<DesiredService>,
+    /// Parts of policies applying on this node that could not be compiled, as
+    /// `policy-name specs[i].egress[j]...: why`.
+    pub unsupported: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredEndpoint {
+    pub id: String,
+    pub ips: Vec<IpAddr>,
+    pub identity: u32,
+    pub enforce_ingress: bool,
+    pub enforce_egress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpcacheEntry {
+    pub prefix: IpNet,
+    pub identity: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// One datapath policy entry of an endpoint (maps 1:1 onto the agent's `PolicyEntry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRule {
+    pub direction: Direction,
+    /// `None`: any peer.
+    pub peer_identity: Option<u32>,
+    /// IP protocol number; `None`: any protocol.
+    pub proto: Option<u8>,
+    /// Inclusive port range (the ICMP type for ICMP); `None`: any port.
+    pub ports: Option<(u16, u16)>,
+    pub action: Action,
+    /// Allowed only subject to L7 rules (the proxy decides per request).
+    pub l7: bool,
+    /// Policy name and rule path, for debugging (`web specs[0].ingress[1]`); several, joined
+    /// by ", ", when rules compile to the same entry.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredService {
+    pub id: String,
+    pub name: String,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<DesiredBackend>,
+    pub algorithm: Algorithm,
+    /// Client-IP affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+}
+
+/// A backend. All of the service's backends are kept so that established connections
+/// survive; only `active` ones take new connections (state active and weight > 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredBackend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub active: bool,
+}
+
+/// Why a node's state cannot be compiled: inconsistent input that no choice would make right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("node {0:?} is not in the tenant view")]
+    UnknownNode(String),
+    #[error(
+        "endpoint {endpoint:?} has identity {identity}, outside the allocated range {}..{}",
+        identity::FIRST_ALLOCATED,
+        identity::CIDR_BASE
+    )]
+    IdentityOutOfRange { endpoint: String, identity: u32 },
+    #[error(
+        "endpoints {first:?} and {second:?} share identity {identity} but have different labels"
+    )]
+    IdentityLabelsMismatch {
+        identity: u32,
+        first: String,
+        second: String,
+    },
+    #[error("address {prefix} is claimed by {first} and {second} with different identities")]
+    AddressConflict {
+        prefix: IpNet,
+        first: String,
+        second: String,
+    },
+    #[error("endpoint id {0:?} is reserved for the host endpoint")]
+    ReservedEndpointId(String),
+    #[error("duplicate {kind} id {id:?}")]
+    DuplicateId { kind: &'static str, id: String },
+    #[error(
+        "endpoint {endpoint:?} is on node {node:?} but in cluster {cluster:?}, not the node's"
+    )]
+    EndpointClusterMismatch {
+        endpoint: String,
+        node: String,
+        cluster: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// Compiler
+
+/// Compiles the desired state of node `node_id` (see the module documentation).
+pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, CompileError> {
+    let node = view
+        .nodes
+        .iter()
+        .find(|n| n.id == node_id)
+        .ok_or_else(|| CompileError::UnknownNode(node_id.to_string()))?;
+    let cluster = node.cluster_id.as_str();
+    check_unique("endpoint", view.endpoints.iter().map(|e| &e.id))?;
+    check_unique("service", view.services.iter().map(|s| &s.id))?;
+
+    let cluster_endpoints: Vec<&EndpointView> = view
+        .endpoints
+        .iter()
+        .filter(|e| e.cluster_id == cluster)
+        .collect();
+    if let Some(e) = view
+        .endpoints
+        .iter()
+        .find(|e| e.node_id == node.id && e.cluster_id != cluster)
+    {
+        return Err(CompileError::EndpointClusterMismatch {
+            endpoint: e.id.clone(),
+            node: node.id.clone(),
+            cluster: e.cluster_id.clone(),
+        });
+    }
+    let labels_by_identity = identity_labels(&cluster_endpoints)?;
+
+    // In-scope specs, in a canonical order so the output does not depend on input order.
+    let mut policies: Vec<&PolicyView> = view
+        .policies
+        .iter()
+        .filter(|p| {
+            p.clusters
+                .as_ref()
+                .is_none_or(|cs| cs.iter().any(|c| c == cluster))
+        })
+        .collect();
+    policies.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    let specs: Vec<(String, &PolicySpec)> = policies
+        .iter()
+        .flat_map(|p| {
+            p.specs
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (format!("{} specs[{i}]", p.name), s))
+        })
+        .collect();
+
+    // ipcache: in-cluster addresses first; they win over CIDRs of the same prefix.
+    let mut in_cluster: BTreeMap<IpNet, (u32, String)> = BTreeMap::new();
+    let mut claim = |ip: IpAddr, id: u32, owner: String| -> Result<(), CompileError> {
+        let prefix = IpNet::from(ip);
+        match in_cluster.get(&prefix) {
+            Some((other, _)) if *other == id => Ok(()),
+            Some((_, first)) => Err(CompileError::AddressConflict {
+                prefix,
+                first: first.clone(),
+                second: owner,
+            }),
+            None => {
+                in_cluster.insert(prefix, (id, owner));
+                Ok(())
+            }
+        }
+    };
+    for e in &cluster_endpoints {
+        for ip in &e.ips {
+            claim(*ip, e.identity, format!("endpoint {:?}", e.id))?;
+        }
+    }
+    for n in view.nodes.iter().filter(|n| n.cluster_id == cluster) {
+        let id = if n.id == node.id {
+            identity::HOST
+        } else {
+            identity::REMOTE_NODE
+        };
+        for ip in &n.addresses {
+            claim(*ip, id, format!("node {:?}", n.id))?;
+        }
+    }
+
+    let mut cidrs = BTreeSet::new();
+    for (_, spec) in &specs {
+        collect_cidrs(spec, &mut cidrs);
+    }
+    cidrs.retain(|c| !in_cluster.contains_key(c));
+    let cidr_ids = identity::cidr_identities(cidrs);
+
+    let mut ipcache: Vec<IpcacheEntry> = in_cluster
+        .iter()
+        .map(|(p, (id, _))| (*p, *id))
+        .chain(cidr_ids.iter().map(|(p, id)| (*p, *id)))
+        .map(|(prefix, identity)| IpcacheEntry { prefix, identity })
+        .collect();
+    ipcache.sort_by_key(|e| e.prefix);
+
+    let universe = Universe {
+        labels_by_identity: &labels_by_identity,
+        cidr_ids: &cidr_ids,
+    };
+    let compiled: Vec<CompiledSpec> = specs
+        .iter()
+        .map(|(origin, spec)| compile_spec(spec, origin, &universe))
+        .collect();
+
+    // Subjects: the host endpoint and the node's workload endpoints.
+    let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels)> = vec![(
+        DesiredEndpoint {
+            id: HOST_ENDPOINT_ID.to_string(),
+            ips: sorted(node.addresses.iter().copied()),
+            identity: identity::HOST,
+            enforce_ingress: false,
+            enforce_egress: false,
+        },
+        SubjectKind::Node,
+        &node.labels,
+    )];
+    for e in cluster_endpoints.iter().filter(|e| e.node_id == node.id) {
+        if e.id == HOST_ENDPOINT_ID {
+            return Err(CompileError::ReservedEndpointId(e.id.clone()));
+        }
+        subjects.push((
+            DesiredEndpoint {
+                id: e.id.clone(),
+                ips: sorted(e.ips.iter().copied()),
+                identity: e.identity,
+                enforce_ingress: false,
+                enforce_egress: false,
+            },
+            SubjectKind::Endpoint,
+            &e.labels,
+        ));
+    }
+
+    let mut out = NodeDesiredState::default();
+    let mut unsupported = BTreeSet::new();
+    for (mut ep, kind, labels) in subjects {
+        let mut rules = Vec::new();
+        for ((_, spec), c) in specs.iter().zip(&compiled) {
+            let applies = spec
+                .subject_selector()
+                .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
+            if !applies {
+                continue;
+            }
+            ep.enforce_ingress |= crate::policy::enforces_default_deny(spec, Direction::Ingress);
+            ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
+            rules.extend(c.rules.iter().cloned());
+            unsupported.extend(c.unsupported.iter().cloned());
+        }
+        let rules = normalize(rules);
+        if !rules.is_empty() {
+            out.policy.insert(ep.id.clone(), rules);
+        }
+        out.endpoints.push(ep);
+    }
+    out.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    out.ipcache = ipcache;
+    out.services = view
+        .services
+        .iter()
+        .filter(|s| s.cluster_id == cluster)
+        .map(compile_service)
+        .collect();
+    out.services.sort_by(|a, b| a.id.cmp(&b.id));
+    out.unsupported = unsupported.into_iter().collect();
+    Ok(out)
+}
+
+fn check_unique<'a>(
+    kind: &'static str,
+    ids: impl Iterator<Item = &'a String>,
+) -> Result<(), CompileError> {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(CompileError::DuplicateId {
+                kind,
+                id: id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The labels of each endpoint identity of the cluster. Selectors are resolved per
+/// identity, so two label sets behind one identity would make the result ambiguous.
+fn identity_labels<'a>(
+    endpoints: &[&'a EndpointView],
+) -> Result<BTreeMap<u32, (&'a Labels, &'a str)>, CompileError> {
+    let mut out: BTreeMap<u32, (&Labels, &str)> = BTreeMap::new();
+    for e in endpoints {
+        if !identity::is_allocated(e.identity) {
+            return Err(CompileError::IdentityOutOfRange {
+                endpoint: e.id.clone(),
+                identity: e.identity,
+            });
+        }
+        match out.get(&e.identity) {
+            Some((labels, first)) if *labels != &e.labels => {
+                return Err(CompileError::IdentityLabelsMismatch {
+                    identity: e.identity,
+                    first: first.to_string(),
+                    second: e.id.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                out.insert(e.identity, (&e.labels, &e.id));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn sorted(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let set: BTreeSet<IpAddr> = ips.collect();
+    set.into_iter().collect()
+}
+
+type RuleKey = (
+    bool,
+    Action,
+    Option<u32>,
+    Option<u8>,
+    Option<(u16, u16)>,
+    bool,
+);
+
+/// Everything of a rule but its origin; sorts ingress first, then allows before denies.
+fn rule_key(r: &PolicyRule) -> RuleKey {
+    (
+        r.direction == Direction::Egress,
+        r.action,
+        r.peer_identity,
+        r.proto,
+        r.ports,
+        r.l7,
+    )
+}
+
+/// Whether `wide` matches every flow `narrow` matches.
+fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
+    wide.direction == narrow.direction
+        && (wide.peer_identity.is_none() || wide.peer_identity == narrow.peer_identity)
+        && (wide.proto.is_none() || wide.proto == narrow.proto)
+        && match (wide.ports, narrow.ports) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((lo, hi)), Some((nlo, nhi))) => lo <= nlo && nhi <= hi,
+        }
+}
+
+/// One endpoint's rules in canonical form: sorted, one rule per key (origins of rules that
+/// compile to the same entry are joined), and no L7 allow that a plain allow covers (the
+/// evaluator allows such flows without L7, and the datapath would otherwise pick the more
+/// specific redirect).
+fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    let plain: Vec<PolicyRule> = rules
+        .iter()
+        .filter(|r| r.action == Action::Allow && !r.l7)
+        .cloned()
+        .collect();
+    rules.retain(|r| !(r.l7 && plain.iter().any(|p| covers(p, r))));
+    rules.sort_by(|a, b| {
+        rule_key(a)
+            .cmp(&rule_key(b))
+            .then_with(|| a.origin.cmp(&b.origin))
+    });
+    let mut out: Vec<PolicyRule> = Vec::with_capacity(rules.len());
+    for r in rules {
+        match out.last_mut() {
+            Some(last) if rule_key(last) == rule_key(&r) => {
+                if !last.origin.split(", ").any(|o| o == r.origin) {
+                    last.origin.push_str(", ");
+                    last.origin.push_str(&r.origin);
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Every CIDR (and except) the spec names, plus the catch-all prefix of a family whose
+/// `world-ipv4`/`world-ipv6` entity it uses.
+fn collect_cidrs(spec: &PolicySpec, out: &mut BTreeSet<IpNet>) {
+    let peers = spec
+        .ingress
+        .iter()
+        .chain(&spec.ingress_deny)
+        .map(Peers::ingress)
+        .chain(
+            spec.egress
+                .iter()
+                .chain(&spec.egress_deny)
+                .map(Peers::egress),
+        );
+    for p in peers {
+        let sets = p.cidr_sets.iter().flat_map(|s| {
+            std::iter::once(&s.cidr)
+                .chain(&s.except)
+                .filter(|c| !c.is_empty())
+        });
+        out.extend(
+            p.cidrs
+                .iter()
+                .chain(sets)
+                .filter_map(|c| parse_cidr(c).ok()),
+        );
+        for e in p.entities.iter().filter_map(|e| e.parse::<Entity>().ok()) {
+            match e {
+                Entity::WorldIpv4 => out.insert(IpNet::V4(Default::default())),
+                Entity::WorldIpv6 => out.insert(IpNet::V6(Default::default())),
+                _ => false,
+            };
+        }
+    }
+}
+
+/// The L3 part of a rule, whatever its direction.
+struct Peers<'a> {
+    endpoints: &'a [LabelSelector],
+    cidrs: &'a [String],
+    cidr_sets: &'a [CidrRule],
+    entities: &'a [String],
+    fqdns: &'a [FqdnSelector],
+    to_ports: &'a [PortRule],
+    icmps: &'a [IcmpRule],
+    /// Field names of `cidrs`, `cidr_sets` and `entities`, for messages.
+    names: [&'static str; 3],
+}
+
+impl<'a> Peers<'a> {
+    fn ingress(r: &'a IngressRule) -> Self {
+        Peers {
+            endpoints: &r.from_endpoints,
+            cidrs: &r.from_cidr,
+            cidr_sets: &r.from_cidr_set,
+            entities: &r.from_entities,
+            fqdns: &[],
+            to_ports: &r.to_ports,
+            icmps: &r.icmps,
+            names: ["fromCIDR", "fromCIDRSet", "fromEntities"],
+        }
+    }
+    fn egress(r: &'a EgressRule) -> Self {
+        Peers {
+            endpoints: &r.to_endpoints,
+            cidrs: &r.to_cidr,
+            cidr_sets: &r.to_cidr_set,
+            entities: &r.to_entities,
+            fqdns: &r.to_fqdns,
+            to_ports: &r.to_ports,
+            icmps: &r.icmps,
+            names: ["toCIDR", "toCIDRSet", "toEntities"],
+        }
+    }
+    fn has_peers(&self) -> bool {
+        !(self.endpoints.is_empty()
+            && self.cidrs.is_empty()
+            && self.cidr_sets.is_empty()
+            && self.entities.is_empty()
+            && self.fqdns.is_empty())
+    }
+}
+
+/// What peer fields resolve against.
+struct Universe<'a> {
+    labels_by_identity: &'a BTreeMap<u32, (&'a Labels, &'a str)>,
+    cidr_ids: &'a BTreeMap<IpNet, u32>,
+}
+
+impl Universe<'_> {
+    fn cluster(&self) -> impl Iterator<Item = u32> + '_ {
+        identity::RESERVED_IN_CLUSTER
+            .into_iter()
+            .chain(self.labels_by_identity.keys().copied())
+    }
+    fn world(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(identity::WORLD).chain(self.cidr_ids.values().copied())
+    }
+    /// Identities of the ipcache prefixes inside `net` and outside every `except`.
+    fn cidr(&self, net: IpNet, except: &[IpNet]) -> impl Iterator<Item = u32> + '_ {
+        let except = except.to_vec();
+        self.cidr_ids
+            .iter()
+            .filter(move |(p, _)| net.contains(*p) && !except.iter().any(|e| e.contains(*p)))
+            .map(|(_, id)| *id)
+    }
+}
+
+/// Resolved peers of a rule.
+enum PeerSet {
+    Any,
+    Ids(BTreeSet<u32>),
+}
+
+struct CompiledSpec {
+    rules: Vec<PolicyRule>,
+    unsupported: Vec<String>,
+}
+
+/// Compiles a spec's rules once; they do not depend on the subject.
+fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) -> CompiledSpec {
+    let mut c = CompiledSpec {
+        rules: Vec::new(),
+        unsupported: Vec::new(),
+    };
+    let sections: [(&str, Direction, Action, Vec<Peers<'_>>); 4] = [
+        (
+            "ingress",
+            Direction::Ingress,
+            Action::Allow,
+            spec.ingress.iter().map(Peers::ingress).collect(),
+        ),
+        (
+            "ingressDeny",
+            Direction::Ingress,
+            Action::Deny,
+            spec.ingress_deny.iter().map(Peers::ingress).collect(),
+        ),
+        (
+            "egress",
+            Direction::Egress,
+            Action::Allow,
+            spec.egress.iter().map(Peers::egress).collect(),
+        ),
+        (
+            "egressDeny",
+            Direction::Egress,
+            Action::Deny,
+            spec.egress_deny.iter().map(Peers::egress).collect(),
+        ),
+    ];
+    for (section, direction, action, rules) in sections {
+        for (i, rule) in rules.iter().enumerate() {
+            let path = format!("{origin}.{section}[{i}]");
+            let peers = resolve_peers(rule, action, &path, u, &mut c.unsupported);
+            let l4 = resolve_l4(rule, action, &path, &mut c.unsupported);
+            let peer_list: Vec<Option<u32>> = match peers {
+                PeerSet::Any => vec![None],
+                PeerSet::Ids(ids) => ids.into_iter().map(Some).collect(),
+            };
+            for peer in &peer_list {
+                for &(proto, ports, l7) in &l4 {
+                    c.rules.push(PolicyRule {
+                        direction,
+                        peer_identity: *peer,
+                        proto,
+                        ports,
+                        action,
+                        // Deny rules decide at L4 whatever L7 rules they carry.
+                        l7: l7 && action == Action::Allow,
+                        origin: path.clone(),
+                    });
+                }
+            }
+        }
+    }
+    c
+}
+
+fn resolve_peers(
+    rule: &Peers<'_>,
+    action: Action,
+    path: &str,
+    u: &Universe<'_>,
+    unsupported: &mut Vec<String>,
+) -> PeerSet {
+    let has_l4 = !rule.to_ports.is_empty() || !rule.icmps.is_empty();
+    if !rule.has_peers() {
+        // Only ports: any peer. Nothing at all (`{}`): matches nothing.
+        return if has_l4 {
+            PeerSet::Any
+        } else {
+            PeerSet::Ids(BTreeSet::new())
+        };
+    }
+    let [cidr_field, set_field, entity_field] = rule.names;
+    let mut ids = BTreeSet::new();
+    for sel in rule.endpoints {
+        ids.extend(
+            u.labels_by_identity
+                .iter()
+                .filter(|(_, (labels, _))| sel.matches(labels))
+                .map(|(id, _)| *id),
+        );
+    }
+    for (j, name) in rule.entities.iter().enumerate() {
+        let Ok(entity) = name.parse::<Entity>() else {
+            unsupported.push(format!(
+                "{path}.{entity_field}[{j}]: unknown entity {name:?}, matches nothing"
+            ));
+            continue;
+        };
+        match entity {
+            Entity::All => return PeerSet::Any,
+            Entity::Cluster => ids.extend(u.cluster()),
+            Entity::World => ids.extend(u.world()),
+            Entity::WorldIpv4 => {
+                ids.extend(u.cidr(IpNet::V4(Default::default()), &[]));
+            }
+            Entity::WorldIpv6 => {
+                ids.extend(u.cidr(IpNet::V6(Default::default()), &[]));
+            }
+            other => ids.extend(identity::reserved(other)),
+        }
+    }
+    for (j, cidr) in rule.cidrs.iter().enumerate() {
+        match parse_cidr(cidr) {
+            Ok(net) => ids.extend(u.cidr(net, &[])),
+            Err(why) => {
+                unsupported.push(format!("{path}.{cidr_field}[{j}]: {why}, matches nothing"))
+            }
+        }
+    }
+    for (j, set) in rule.cidr_sets.iter().enumerate() {
+        let at = format!("{path}.{set_field}[{j}]");
+        let net = match parse_cidr(&set.cidr) {
+            Ok(net) => net,
+            Err(why) => {
+                unsupported.push(format!("{at}.cidr: {why}, matches nothing"));
+                continue;
+            }
+        };
+        let mut except = Vec::new();
+        let mut bad_except = false;
+        for (k, e) in set.except.iter().enumerate() {
+            match parse_cidr(e) {
+                Ok(e) => except.push(e),
+                Err(why) => {
+                    bad_except = true;
+                    // Ignoring it (as the evaluator) would widen an allow rule.
+                    let effect = match action {
+                        Action::Allow => "the set allows nothing",
+                        Action::Deny => "ignored",
+                    };
+                    unsupported.push(format!("{at}.except[{k}]: {why}, {effect}"));
+                }
+            }
+        }
+        if !(bad_except && action == Action::Allow) {
+            ids.extend(u.cidr(net, &except));
+        }
+    }
+    for (j, _) in rule.fqdns.iter().enumerate() {
+        let at = format!("{path}.toFQDNs[{j}]");
+        match action {
+            Action::Allow => {
+                unsupported.push(format!("{at}: toFQDNs is not compiled yet; allows nothing"))
+            }
+            Action::Deny => {
+                unsupported.push(format!(
+                    "{at}: toFQDNs is not compiled yet; denies every outside peer"
+                ));
+                ids.extend(u.world());
+            }
+        }
+    }
+    PeerSet::Ids(ids)
+}
+
+type L4 = (Option<u8>, Option<(u16, u16)>, bool);
+
+/// The protocol/port entries of a rule; a rule without `toPorts` and `icmps` is any.
+fn resolve_l4(
+    rule: &Peers<'_>,
+    action: Action,
+    path: &str,
+    unsupported: &mut Vec<String>,
+) -> Vec<L4> {
+    if rule.to_ports.is_empty() && rule.icmps.is_empty() {
+        return vec![(None, None, false)];
+    }
+    let mut out = Vec::new();
+    for (k, pr) in rule.to_ports.iter().enumerate() {
+        let l7 = pr
+            .rules
+            .as_ref()
+            .is_some_and(|r| !r.http.is_empty() || !r.dns.is_empty());
+        if pr.ports.is_empty() {
+            out.push((None, None, l7));
+            continue;
+        }
+        for (m, pp) in pr.ports.iter().enumerate() {
+            let at = format!("{path}.toPorts[{k}].ports[{m}]");
+            let protos = protocols(pp.protocol);
+            let value = match &pp.port {
+                None => Ok(PortValue::Any),
+                Some(p) => p.value(),
+            };
+            let ports = match value {
+                Ok(PortValue::Any) => None,
+                Ok(PortValue::Number(start)) => {
+                    // As the evaluator: an unusable endPort means the single port.
+                    let end = pp
+                        .end_port
+                        .and_then(|e| u16::try_from(e).ok())
+                        .filter(|e| *e >= start)
+                        .unwrap_or(start);
+                    Some((start, end))
+                }
+                Ok(PortValue::Named(name)) => match action {
+                    Action::Allow => {
+                        unsupported.push(format!(
+                            "{at}: named port {name:?} is not compiled yet; allows nothing"
+                        ));
+                        continue;
+                    }
+                    Action::Deny => {
+                        unsupported.push(format!(
+                            "{at}: named port {name:?} is not compiled yet; denies every port"
+                        ));
+                        None
+                    }
+                },
+                Err(why) => {
+                    unsupported.push(format!("{at}: {why}, matches nothing"));
+                    continue;
+                }
+            };
+            out.extend(protos.iter().map(|p| (Some(*p), ports, l7)));
+        }
+    }
+    for (k, icmp) in rule.icmps.iter().enumerate() {
+        for (m, field) in icmp.fields.iter().enumerate() {
+            match field.resolve() {
+                Ok((family, ty)) => {
+                    let proto = match family {
+                        IcmpFamily::IPv4 => PROTO_ICMP,
+                        IcmpFamily::IPv6 => PROTO_ICMPV6,
+                    };
+                    out.push((Some(proto), Some((u16::from(ty), u16::from(ty))), false));
+                }
+                Err(why) => unsupported.push(format!(
+                    "{path}.icmps[{k}].fields[{m}]: {why}, matches nothing"
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// `ANY` is TCP, UDP and SCTP (not ICMP), as in the evaluator and Cilium.
+fn protocols(p: Protocol) -> &'static [u8] {
+    match p {
+        Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_SCTP],
+        Protocol::Tcp => &[PROTO_TCP],
+        Protocol::Udp => &[PROTO_UDP],
+        Protocol::Sctp => &[PROTO_SCTP],
+        Protocol::Icmp => &[PROTO_ICMP],
+        Protocol::IcmpV6 => &[PROTO_ICMPV6],
+    }
+}
+
+fn compile_service(s: &ServiceView) -> DesiredService {
+    let mut frontends = s.spec.frontends.clone();
+    frontends.sort_by_key(|f| (f.vip, f.port, f.protocol == L4Protocol::Udp));
+    frontends.dedup();
+    let mut backends: Vec<DesiredBackend> = s
+        .spec
+        .backends
+        .iter()
+        .map(|b| DesiredBackend {
+            address: b.address,
+            port: b.port,
+            weight: b.weight,
+            active: b.state == BackendState::Active && b.weight > 0,
+        })
+        .collect();
+    backends.sort_by_key(|b| (b.address, b.port, b.weight, b.active));
+    backends.dedup();
+    DesiredService {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        frontends,
+        backends,
+        algorithm: s.spec.algorithm,
+        affinity_timeout: s.spec.session_affinity.as_ref().map(|a| a.timeout_seconds),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deltas
+
+/// What changes between two states of one node. Keyed sections are replaced item by item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub endpoints_upsert: Vec<DesiredEndpoint>,
+    pub endpoints_remove: Vec<String>,
+    pub ipcache_upsert: Vec<IpcacheEntry>,
+    pub ipcache_remove: Vec<IpNet>,
+    /// Whole rule lists, replacing the endpoint's previous list.
+    pub policy_upsert: BTreeMap<String, Vec<PolicyRule>>,
+    pub policy_remove: Vec<String>,
+    pub services_upsert: Vec<DesiredService>,
+    pub services_remove: Vec<String>,
+    /// The new list when it changed.
+    pub unsupported: Option<Vec<String>>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        *self == Delta::default()
+    }
+}
+
+/// The delta that turns `old` into `new` (see [`apply`]).
+pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
+    let (endpoints_upsert, endpoints_remove) =
+        diff_keyed(&old.endpoints, &new.endpoints, |e| e.id.clone());
+    let (ipcache_upsert, ipcache_remove) = diff_keyed(&old.ipcache, &new.ipcache, |e| e.prefix);
+    let (services_upsert, services_remove) =
+        diff_keyed(&old.services, &new.services, |s| s.id.clone());
+    let policy_upsert = new
+        .policy
+        .iter()
+        .filter(|(id, rules)| old.policy.get(*id) != Some(*rules))
+        .map(|(id, rules)| (id.clone(), rules.clone()))
+        .collect();
+    let policy_remove = old
+        .policy
+        .keys()
+        .filter(|id| !new.policy.contains_key(*id))
+        .cloned()
+        .collect();
+    Delta {
+        endpoints_upsert,
+        endpoints_remove,
+        ipcache_upsert,
+        ipcache_remove,
+        policy_upsert,
+        policy_remove,
+        services_upsert,
+        services_remove,
+        unsupported: (old.unsupported != new.unsupported).then(|| new.unsupported.clone()),
+    }
+}
+
+/// `state` with `delta` applied: `apply(old, &diff(old, new)) == new`.
+pub fn apply(state: &NodeDesiredState, delta: &Delta) -> NodeDesiredState {
+    let mut policy = state.policy.clone();
+    for id in &delta.policy_remove {
+        policy.remove(id);
+    }
+    policy.extend(delta.policy_upsert.clone());
+    NodeDesiredState {
+        endpoints: apply_keyed(
+            &state.endpoints,
+            &delta.endpoints_upsert,
+            &delta.endpoints_remove,
+            |e| e.id.clone(),
+        ),
+        ipcache: apply_keyed(
+            &state.ipcache,
+            &delta.ipcache_upsert,
+            &delta.ipcache_remove,
+            |e| e.prefix,
+        ),
+        policy,
+        services: apply_keyed(
+            &state.services,
+            &delta.services_upsert,
+            &delta.services_remove,
+            |s| s.id.clone(),
+        ),
+        unsupported: delta
+            .unsupported
+            .clone()
+            .unwrap_or_else(|| state.unsupported.clone()),
+    }
+}
+
+/// Upserts (new or changed items) and removed keys between two lists sorted by `key`.
+fn diff_keyed<T: Clone + PartialEq, K: Ord + Clone>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Vec<K>) {
+    let old_by: BTreeMap<K, &T> = old.iter().map(|t| (key(t), t)).collect();
+    let new_keys: BTreeSet<K> = new.iter().map(&key).collect();
+    let upsert = new
+        .iter()
+        .filter(|t| old_by.get(&key(t)) != Some(t))
+        .cloned()
+        .collect();
+    let remove = old_by
+        .keys()
+        .filter(|k| !new_keys.contains(*k))
+        .cloned()
+        .collect();
+    (upsert, remove)
+}
+
+/// The list sorted by key, with `remove` taken out and `upsert` put in.
+fn apply_keyed<T: Clone, K: Ord + Clone>(
+    items: &[T],
+    upsert: &[T],
+    remove: &[K],
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut by: BTreeMap<K, T> = items.iter().map(|t| (key(t), t.clone())).collect();
+    for k in remove {
+        by.remove(k);
+    }
+    by.extend(upsert.iter().map(|t| (key(t), t.clone())));
+    by.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! The agent <-> control-plane gRPC contract.
+//!
+//! The Rust code under `src/gen/` is generated from `proto/` by `cargo xtask proto` and
+//! checked in, so building needs no `protoc`; a test fails when it is stale.
+
+/// Capability version this build speaks. Agents send theirs; the control plane answers
+/// within the lower of the two.
+pub const CAPABILITY_VERSION: u32 = 1;
+
+/// `weft.agent.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    include!("gen/weft.agent.v1.rs");
+}
+
+/// Regenerates the Rust code from the `.proto` files into `out_dir`. Used by
+/// `cargo xtask proto` (through the test below) and by the staleness test.
+pub fn proto_files() -> (&'static str, &'static str) {
+    (
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proto/weft/agent/v1/agent.proto"
+        ),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+    )
+}
