@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::changes::Change;
 use crate::metrics::Metrics;
 use crate::ratelimit::FailureLimiter;
 
@@ -15,4 +16,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Failed credential attempts per source address.
     pub auth_failures: Arc<FailureLimiter>,
+    /// Committed desired-state changes, from this replica's LISTEN.
+    pub changes: tokio::sync::broadcast::Sender<Change>,
 }

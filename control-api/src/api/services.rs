@@ -152,6 +152,15 @@ const SELECT: &str = "SELECT s.id, s.cluster_id, s.name, s.labels, s.algorithm, 
         FROM service_backends b WHERE b.service_id = s.id), '[]'::json) AS backends \
     FROM services s";
 
+/// Every service of a tenant, for the desired-state compiler.
+pub async fn all_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<Vec<Service>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} WHERE s.tenant_id = $1 ORDER BY s.id"))
+        .bind(tenant)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(Service::from).collect())
+}
+
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Service> {
     let row: Row = sqlx::query_as(&format!("{SELECT} WHERE s.id = $1"))
         .bind(id)
