@@ -528,6 +528,59 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
             && d.upsert_services.is_empty()
     );
 
+    // Acks make realization visible: node-1 applied it, node-2 has not.
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/web-from-fe",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 0, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+    b.ack(authed(
+        AckRequest {
+            revision: current,
+            errors: vec![],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .unwrap();
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/web-from-fe",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 1, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/services/web",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 1, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+
     // Without a credential there is no stream.
     let e = b.sync(SyncRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
