@@ -70,11 +70,12 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
     Ok(AppState {
-        pool,
         operator_token_hash,
         metrics: Arc::new(Metrics::new()),
         oidc,
         auth_failures: Arc::new(FailureLimiter::default()),
+        changes: crate::changes::spawn_listener(pool.clone()),
+        pool,
     })
 }
 

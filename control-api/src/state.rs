@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::changes::Change;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
@@ -18,4 +19,6 @@ pub struct AppState {
     pub oidc: Option<Arc<Oidc>>,
     /// Failed credential attempts per source address.
     pub auth_failures: Arc<FailureLimiter>,
+    /// Committed desired-state changes, from this replica's LISTEN.
+    pub changes: tokio::sync::broadcast::Sender<Change>,
 }

@@ -9,17 +9,23 @@ use serde_json::json;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::sync_response::Kind;
 use weft_proto::v1::{
     AckRequest, EndpointReport, HealthReport, ItemError, RegisterRequest, ReportedEndpoint,
+    SyncRequest, SyncResponse,
 };
 
 /// Serves the agent service on a free loopback port and connects a client to it.
 async fn agent(t: &TestApp) -> AgentClient<Channel> {
+    agent_on(t.state.clone()).await
+}
+
+async fn agent_on(state: control_api::state::AppState) -> AgentClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let svc = control_api::agent::AgentService::new(t.state.clone());
+    let svc = control_api::agent::AgentService::new(state);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
@@ -325,5 +331,257 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .report_health(authed(HealthReport::default(), "weft_forged"))
         .await
         .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+async fn next(stream: &mut tonic::Streaming<SyncResponse>) -> SyncResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("a sync message within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters",
+        Some(&owner),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    let mut a = agent(&t).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
+    let n1 = a
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r2 = register(&tok, "node-2", false);
+    r2.addresses = vec!["192.0.2.11".into()];
+    let n2 = a.register(r2).await.unwrap().into_inner();
+    let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![ip.into()],
+    };
+    a.report_endpoints(authed(
+        EndpointReport {
+            endpoints: vec![ep("web-1", "web", "10.0.1.5")],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .unwrap();
+    a.report_endpoints(authed(
+        EndpointReport {
+            endpoints: vec![ep("fe-1", "frontend", "10.0.2.5")],
+        },
+        &n2.node_credential,
+    ))
+    .await
+    .unwrap();
+    let idents = t
+        .call("GET", "/v1/tenants/acme/endpoints", Some(&owner), None)
+        .await;
+    let identity = |name: &str| {
+        idents.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["identity"]
+            .as_u64()
+            .unwrap() as u32
+    };
+    let (web, fe) = (identity("web-1"), identity("fe-1"));
+
+    // The agent of node-1 syncs through a second replica.
+    let mut b = agent_on(t.replica().await).await;
+    let mut stream = b
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    let first = next(&mut stream).await;
+    let r0 = first.revision;
+    assert_eq!(r0, t.revision().await as u64);
+    let Some(Kind::Snapshot(snap)) = first.kind else {
+        panic!("first message is a snapshot")
+    };
+    let local: Vec<_> = snap
+        .endpoints
+        .iter()
+        .map(|e| (e.ips.clone(), e.identity))
+        .collect();
+    assert!(
+        local.contains(&(vec!["10.0.1.5".to_string()], web)),
+        "{local:?}"
+    );
+    assert!(
+        snap.ipcache
+            .iter()
+            .any(|e| e.prefix == "10.0.2.5/32" && e.identity == fe),
+        "remote endpoint in ipcache"
+    );
+    assert!(
+        snap.ipcache.iter().any(|e| e.prefix == "192.0.2.11/32"),
+        "the other node in ipcache"
+    );
+    assert!(snap.policies.iter().all(|p| p.rules.is_empty()) || snap.policies.is_empty());
+
+    // A policy made through replica A reaches the agent on replica B as a delta.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "web-from-fe", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let msg = next(&mut stream).await;
+    assert!(msg.revision > r0);
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("then deltas")
+    };
+    let web_ep = d
+        .upsert_endpoints
+        .iter()
+        .find(|e| e.identity == web)
+        .expect("web endpoint updated");
+    assert!(web_ep.enforce_ingress && !web_ep.enforce_egress);
+    let rules = &d
+        .upsert_policies
+        .iter()
+        .find(|p| p.endpoint_id == web_ep.id)
+        .expect("web rules")
+        .rules;
+    assert!(
+        rules.iter().any(|r| r.peer_identity == Some(fe)
+            && r.proto == Some(6)
+            && r.ports
+                .as_ref()
+                .is_some_and(|p| p.first == 8080 && p.last == 8080)
+            && r.action == weft_proto::v1::Action::Allow as i32),
+        "{rules:?}"
+    );
+    assert!(
+        d.upsert_ipcache.is_empty() && d.upsert_services.is_empty(),
+        "only what changed"
+    );
+
+    // A service of the cluster.
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters/prod/services",
+        Some(&owner),
+        Some(json!({"name": "web", "algorithm": "maglev",
+                    "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
+                    "backends": [{"address": "10.0.1.5", "port": 8080}]})),
+    )
+    .await;
+    let msg = next(&mut stream).await;
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("delta")
+    };
+    assert_eq!(d.upsert_services.len(), 1);
+    assert_eq!(
+        d.upsert_services[0].algorithm,
+        weft_proto::v1::Algorithm::Maglev as i32
+    );
+    let current = msg.revision;
+
+    // Reconnecting at the current revision: told it is current, no snapshot.
+    drop(stream);
+    let mut again = b
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: current,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = next(&mut again).await;
+    assert_eq!(msg.revision, current);
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("an empty delta")
+    };
+    assert!(
+        d.upsert_endpoints.is_empty()
+            && d.upsert_policies.is_empty()
+            && d.upsert_services.is_empty()
+    );
+
+    // Acks make realization visible: node-1 applied it, node-2 has not.
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/web-from-fe",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 0, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+    b.ack(authed(
+        AckRequest {
+            revision: current,
+            errors: vec![],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .unwrap();
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/web-from-fe",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 1, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/services/web",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 1, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+
+    // Without a credential there is no stream.
+    let e = b.sync(SyncRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }

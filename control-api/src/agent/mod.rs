@@ -2,8 +2,10 @@
 //! It runs beside the REST API on its own port and shares its Postgres pool; node
 //! credentials are checked on every call.
 
+pub mod desired;
 mod register;
 mod reports;
+mod sync;
 
 use std::net::SocketAddr;
 
@@ -13,7 +15,7 @@ use uuid::Uuid;
 use weft_proto::v1::agent_server::{Agent, AgentServer};
 use weft_proto::v1::{
     AckRequest, AckResponse, EndpointReport, FlowBatch, HealthReport, RegisterRequest,
-    RegisterResponse, ReportResponse, SyncRequest, SyncResponse,
+    RegisterResponse, ReportResponse, SyncRequest,
 };
 
 use crate::error::ApiError;
@@ -113,11 +115,16 @@ impl Agent for AgentService {
             .map_err(status)
     }
 
-    type SyncStream = tokio_stream::wrappers::ReceiverStream<Result<SyncResponse, Status>>;
+    type SyncStream = sync::Stream;
 
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        let _node = self.node(&req).await?;
-        Err(Status::unimplemented("desired-state sync is not built yet"))
+        let node = self.node(&req).await?;
+        let resume_from = req.get_ref().resume_from_revision;
+        Ok(Response::new(sync::start(
+            self.st.clone(),
+            node,
+            resume_from,
+        )))
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {

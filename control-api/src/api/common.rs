@@ -178,6 +178,15 @@ pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// How far a resource's current revision has reached the nodes it applies to.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Realization {
+    /// Nodes whose agent has applied this revision (or a later one).
+    pub realized_nodes: i64,
+    /// Nodes the resource applies to.
+    pub total_nodes: i64,
+}
+
 /// Errors any read may answer.
 #[allow(dead_code)] // only read by the OpenAPI generator
 #[derive(IntoResponses)]

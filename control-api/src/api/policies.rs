@@ -94,6 +94,8 @@ pub struct Policy {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revision: i64,
+    /// "Realized on 41 of 42 nodes".
+    pub status: common::Realization,
 }
 
 #[derive(FromRow)]
@@ -109,6 +111,8 @@ struct Row {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     revision: i64,
+    realized_nodes: i64,
+    total_nodes: i64,
 }
 
 impl From<Row> for Policy {
@@ -123,6 +127,10 @@ impl From<Row> for Policy {
             created_at: r.created_at,
             updated_at: r.updated_at,
             revision: r.revision,
+            status: common::Realization {
+                realized_nodes: r.realized_nodes,
+                total_nodes: r.total_nodes,
+            },
         }
     }
 }
@@ -149,7 +157,10 @@ impl From<Policy> for PolicyInput {
 const SELECT: &str = "SELECT p.id, p.name, p.labels, p.description, p.specs, \
     CASE WHEN p.cluster_ids IS NULL THEN NULL ELSE \
       array(SELECT c.name FROM clusters c WHERE c.id = ANY(p.cluster_ids) ORDER BY c.name) END AS clusters, \
-    p.created_at, p.updated_at, p.revision FROM policies p";
+    p.created_at, p.updated_at, p.revision, \
+    (SELECT count(*) FROM nodes n WHERE n.tenant_id = p.tenant_id AND (p.cluster_ids IS NULL OR n.cluster_id = ANY(p.cluster_ids))) AS total_nodes, \
+    (SELECT count(*) FROM nodes n WHERE n.tenant_id = p.tenant_id AND (p.cluster_ids IS NULL OR n.cluster_id = ANY(p.cluster_ids)) AND n.applied_revision >= p.revision) AS realized_nodes \
+    FROM policies p";
 
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Policy> {
     let row: Row = sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))

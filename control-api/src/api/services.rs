@@ -83,6 +83,8 @@ pub struct Service {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revision: i64,
+    /// "Realized on 41 of 42 nodes".
+    pub status: common::Realization,
 }
 
 #[derive(FromRow)]
@@ -101,6 +103,8 @@ struct Row {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     revision: i64,
+    realized_nodes: i64,
+    total_nodes: i64,
 }
 
 impl From<Row> for Service {
@@ -124,6 +128,10 @@ impl From<Row> for Service {
             created_at: r.created_at,
             updated_at: r.updated_at,
             revision: r.revision,
+            status: common::Realization {
+                realized_nodes: r.realized_nodes,
+                total_nodes: r.total_nodes,
+            },
         }
     }
 }
@@ -144,6 +152,8 @@ impl From<Service> for ServiceInput {
 /// A service with its frontends and backends in one round trip, in their given order.
 const SELECT: &str = "SELECT s.id, s.cluster_id, s.name, s.labels, s.algorithm, \
     s.affinity_timeout, s.created_at, s.updated_at, s.revision, \
+    (SELECT count(*) FROM nodes n WHERE n.tenant_id = s.tenant_id AND n.cluster_id = s.cluster_id) AS total_nodes, \
+    (SELECT count(*) FROM nodes n WHERE n.tenant_id = s.tenant_id AND n.cluster_id = s.cluster_id AND n.applied_revision >= s.revision) AS realized_nodes, \
     coalesce((SELECT json_agg(json_build_object('vip', host(f.vip), 'port', f.port, \
         'protocol', f.protocol) ORDER BY f.position) \
         FROM service_frontends f WHERE f.service_id = s.id), '[]'::json) AS frontends, \
@@ -151,6 +161,15 @@ const SELECT: &str = "SELECT s.id, s.cluster_id, s.name, s.labels, s.algorithm, 
         'weight', b.weight, 'state', b.state) ORDER BY b.position) \
         FROM service_backends b WHERE b.service_id = s.id), '[]'::json) AS backends \
     FROM services s";
+
+/// Every service of a tenant, for the desired-state compiler.
+pub async fn all_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<Vec<Service>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} WHERE s.tenant_id = $1 ORDER BY s.id"))
+        .bind(tenant)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(Service::from).collect())
+}
 
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Service> {
     let row: Row = sqlx::query_as(&format!("{SELECT} WHERE s.id = $1"))

@@ -116,6 +116,7 @@ impl TestApp {
             .await
             .expect("owner pool");
         let state = AppState {
+            changes: control_api::changes::spawn_listener(app_pool.clone()),
             pool: app_pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
@@ -127,6 +128,20 @@ impl TestApp {
             state,
             pool,
             url: db_url,
+        }
+    }
+
+    /// Another control-api replica on the same database: its own pool and listener.
+    pub async fn replica(&self) -> AppState {
+        let pool = control_api::db::connect(&self.url, 8)
+            .await
+            .expect("connect");
+        AppState {
+            changes: control_api::changes::spawn_listener(pool.clone()),
+            pool,
+            operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
+            metrics: Arc::new(Metrics::new()),
+            auth_failures: Arc::new(control_api::ratelimit::FailureLimiter::default()),
         }
     }
 

@@ -1,0 +1,246 @@
+//! A node's desired state: the tenant's view read from Postgres in one consistent
+//! snapshot, compiled by the model, and encoded for the wire.
+
+use std::net::IpAddr;
+
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+use weft_model::desired::{
+    self, Action, Delta, DesiredEndpoint, DesiredService, EndpointView, IpcacheEntry,
+    NodeDesiredState, NodeView, PolicyRule, PolicyView, ServiceView, TenantView,
+};
+use weft_model::labels::Labels;
+use weft_model::policy::eval::Direction;
+use weft_model::policy::PolicySpec;
+use weft_model::service::{Algorithm, ServiceSpec};
+use weft_proto::v1 as pb;
+
+use super::NodeCtx;
+use crate::api::services;
+use crate::auth;
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+
+type NodeRow = (Uuid, Uuid, String, Vec<String>, Json<Labels>);
+type EndpointRow = (
+    Uuid,
+    Uuid,
+    Uuid,
+    String,
+    Json<Labels>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+type PolicyRow = (Uuid, String, Json<Vec<PolicySpec>>, Option<Vec<Uuid>>);
+
+/// Reads the tenant's view inside the caller's transaction.
+pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantView> {
+    let nodes: Vec<NodeRow> = sqlx::query_as(
+        "SELECT id, cluster_id, name, array(SELECT host(a) FROM unnest(addresses) a), labels \
+         FROM nodes WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let endpoints: Vec<EndpointRow> = sqlx::query_as(
+        "SELECT id, cluster_id, node_id, name, labels, host(ipv4), host(ipv6), identity \
+         FROM endpoints WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let policies: Vec<PolicyRow> =
+        sqlx::query_as("SELECT id, name, specs, cluster_ids FROM policies WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await?;
+    let services = services::all_of_tenant(conn, tenant).await?;
+    let ip = |s: &str| s.parse::<IpAddr>().ok();
+    Ok(TenantView {
+        nodes: nodes
+            .into_iter()
+            .map(|(id, cluster, name, addrs, labels)| NodeView {
+                id: id.to_string(),
+                cluster_id: cluster.to_string(),
+                name,
+                addresses: addrs.iter().filter_map(|a| ip(a)).collect(),
+                labels: labels.0,
+            })
+            .collect(),
+        endpoints: endpoints
+            .into_iter()
+            // An endpoint without an identity yet is not programmed anywhere.
+            .filter_map(|(id, cluster, node, name, labels, v4, v6, identity)| {
+                Some(EndpointView {
+                    id: id.to_string(),
+                    cluster_id: cluster.to_string(),
+                    node_id: node.to_string(),
+                    name,
+                    labels: labels.0,
+                    ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
+                    identity: u32::try_from(identity?).ok()?,
+                })
+            })
+            .collect(),
+        policies: policies
+            .into_iter()
+            .map(|(id, name, specs, clusters)| PolicyView {
+                id: id.to_string(),
+                name,
+                specs: specs.0,
+                clusters: clusters.map(|c| c.iter().map(Uuid::to_string).collect()),
+            })
+            .collect(),
+        services: services
+            .into_iter()
+            .map(|s| ServiceView {
+                id: s.id.to_string(),
+                cluster_id: s.cluster_id.to_string(),
+                name: s.name,
+                spec: ServiceSpec {
+                    frontends: s.frontends,
+                    backends: s.backends,
+                    algorithm: s.algorithm,
+                    session_affinity: s.session_affinity,
+                },
+            })
+            .collect(),
+    })
+}
+
+/// The node's desired state and the revision it reflects, from one snapshot: every
+/// change up to that revision is in it, none after.
+pub async fn compute(st: &AppState, node: &NodeCtx) -> Result<(i64, NodeDesiredState)> {
+    let mut tx = st.pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    let revision: i64 = sqlx::query_scalar("SELECT revision FROM desired_state")
+        .fetch_one(&mut *tx)
+        .await?;
+    let view = load_view(&mut tx, node.tenant_id).await?;
+    tx.commit().await?;
+    let state = desired::compile(&view, &node.id.to_string())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("compiling node {}: {e}", node.name)))?;
+    Ok((revision, state))
+}
+
+// Wire encoding: the domain never sees protobuf types beyond this point.
+
+fn endpoint(e: &DesiredEndpoint) -> pb::Endpoint {
+    pb::Endpoint {
+        id: e.id.clone(),
+        ips: e.ips.iter().map(ToString::to_string).collect(),
+        identity: e.identity,
+        enforce_ingress: e.enforce_ingress,
+        enforce_egress: e.enforce_egress,
+    }
+}
+
+fn ipcache(e: &IpcacheEntry) -> pb::IpcacheEntry {
+    pb::IpcacheEntry {
+        prefix: e.prefix.to_string(),
+        identity: e.identity,
+    }
+}
+
+fn rule(r: &PolicyRule) -> pb::PolicyRule {
+    pb::PolicyRule {
+        direction: match r.direction {
+            Direction::Ingress => pb::Direction::Ingress,
+            Direction::Egress => pb::Direction::Egress,
+        } as i32,
+        peer_identity: r.peer_identity,
+        proto: r.proto.map(u32::from),
+        ports: r.ports.map(|(first, last)| pb::PortRange {
+            first: u32::from(first),
+            last: u32::from(last),
+        }),
+        action: match r.action {
+            Action::Allow => pb::Action::Allow,
+            Action::Deny => pb::Action::Deny,
+        } as i32,
+        l7: r.l7,
+        origin: r.origin.clone(),
+    }
+}
+
+fn policy(endpoint_id: &str, rules: &[PolicyRule]) -> pb::EndpointPolicy {
+    pb::EndpointPolicy {
+        endpoint_id: endpoint_id.to_string(),
+        rules: rules.iter().map(rule).collect(),
+    }
+}
+
+fn service(s: &DesiredService) -> pb::Service {
+    pb::Service {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        frontends: s
+            .frontends
+            .iter()
+            .map(|f| pb::Frontend {
+                vip: f.vip.to_string(),
+                port: u32::from(f.port),
+                proto: match f.protocol {
+                    weft_model::service::L4Protocol::Tcp => 6,
+                    weft_model::service::L4Protocol::Udp => 17,
+                },
+            })
+            .collect(),
+        backends: s
+            .backends
+            .iter()
+            .map(|b| pb::Backend {
+                address: b.address.to_string(),
+                port: u32::from(b.port),
+                weight: b.weight,
+                state: if b.active {
+                    pb::BackendState::Active
+                } else {
+                    pb::BackendState::Terminating
+                } as i32,
+            })
+            .collect(),
+        algorithm: match s.algorithm {
+            Algorithm::Random => pb::Algorithm::Random,
+            Algorithm::Maglev => pb::Algorithm::Maglev,
+        } as i32,
+        affinity_timeout_seconds: s.affinity_timeout.unwrap_or(0),
+    }
+}
+
+pub fn snapshot(revision: i64, s: &NodeDesiredState) -> pb::SyncResponse {
+    pb::SyncResponse {
+        revision: revision.unsigned_abs(),
+        kind: Some(pb::sync_response::Kind::Snapshot(pb::Snapshot {
+            endpoints: s.endpoints.iter().map(endpoint).collect(),
+            ipcache: s.ipcache.iter().map(ipcache).collect(),
+            policies: s.policy.iter().map(|(id, r)| policy(id, r)).collect(),
+            services: s.services.iter().map(service).collect(),
+        })),
+    }
+}
+
+pub fn delta(revision: i64, d: &Delta) -> pb::SyncResponse {
+    pb::SyncResponse {
+        revision: revision.unsigned_abs(),
+        kind: Some(pb::sync_response::Kind::Delta(pb::Delta {
+            upsert_endpoints: d.endpoints_upsert.iter().map(endpoint).collect(),
+            remove_endpoints: d.endpoints_remove.clone(),
+            upsert_ipcache: d.ipcache_upsert.iter().map(ipcache).collect(),
+            remove_ipcache: d.ipcache_remove.iter().map(ToString::to_string).collect(),
+            upsert_policies: d
+                .policy_upsert
+                .iter()
+                .map(|(id, r)| policy(id, r))
+                .collect(),
+            remove_policies: d.policy_remove.clone(),
+            upsert_services: d.services_upsert.iter().map(service).collect(),
+            remove_services: d.services_remove.clone(),
+        })),
+    }
+}
