@@ -26,6 +26,13 @@ impl TestPostgres {
         };
         let cluster = pg::Cluster::init(&dir.join("data"), pg::free_port()?)?;
         cluster.start()?;
+        // Roles are per cluster, not per database: migration 0002's check-then-create of
+        // the API's role races when many test databases migrate at once. Create it once
+        // here, so every migration finds it.
+        cluster.psql(
+            "CREATE ROLE weft_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; \
+             GRANT weft_app TO CURRENT_USER",
+        )?;
         guard.cluster = Some(cluster);
         Ok(guard)
     }

@@ -141,6 +141,7 @@ impl TestApp {
             pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
+            oidc: self.state.oidc.clone(),
             auth_failures: Arc::new(control_api::ratelimit::FailureLimiter::default()),
         }
     }
