@@ -21,6 +21,55 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
+/// The pid embedded in a name made by [`unique`], if that process is gone.
+fn dead_owner(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("wf") else {
+        return false;
+    };
+    let digits: String = rest
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    match digits.parse::<u32>() {
+        Ok(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
+}
+
+/// Removes namespaces, pin directories and cgroups left by runs of ours that died without
+/// running their `Drop` guards (e.g. aborted). Only names made by [`unique`] whose process is
+/// gone are touched.
+pub fn sweep_stale() {
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead_owner(&name) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix("weft-").is_some_and(dead_owner) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if let Ok(root) = cgroup2_root() {
+        if let Ok(dir) = std::fs::read_dir(&root) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if dead_owner(&name) {
+                    let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+}
+
 fn run(cmd: &mut Command) -> io::Result<String> {
     let out = cmd.output()?;
     if !out.status.success() {
@@ -215,6 +264,7 @@ pub struct PinDir {
 impl PinDir {
     pub fn create(tag: &str) -> io::Result<Self> {
         ensure_bpffs()?;
+        sweep_stale();
         let path = PathBuf::from("/sys/fs/bpf").join(format!("weft-{}", unique(tag)));
         std::fs::create_dir_all(&path)?;
         Ok(PinDir { path })
@@ -263,6 +313,7 @@ const GATEWAY: &str = "169.254.1.1";
 impl Topology {
     /// Creates a node namespace and `n` pods with addresses `10.0.1.1..=10.0.1.n`.
     pub fn new(n: usize) -> io::Result<Self> {
+        sweep_stale();
         let node = NetNs::create("n")?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
         let mut topo = Topology {
@@ -329,5 +380,17 @@ impl Topology {
             host_if,
         });
         Ok(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_names_of_dead_processes_are_stale() {
+        let me = super::unique("t");
+        assert!(!super::dead_owner(&me), "{me} belongs to a live process");
+        assert!(super::dead_owner("wfp4000000000x1"));
+        assert!(!super::dead_owner("cni-1234"));
+        assert!(!super::dead_owner("wfnotapid"));
     }
 }

@@ -54,12 +54,16 @@ impl Server {
                     continue;
                 }
                 let Ok((mut s, _)) = l.accept() else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 64];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(name.as_bytes());
-                // Let the client close first (it resets: no TIME_WAIT on either side).
-                let _ = s.read(&mut buf);
+                let name = name.clone();
+                // One thread per connection: a held connection must not block others.
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(name.as_bytes());
+                    // Let the client close first (it resets: no TIME_WAIT on either side).
+                    let _ = s.read(&mut buf);
+                });
             }
             Ok(())
         });

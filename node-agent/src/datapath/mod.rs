@@ -235,7 +235,8 @@ pub struct Maps {
     pub services: HashMap<MapData, c::ServiceKey, c::ServiceValue>,
     pub backend_slots: HashMap<MapData, c::BackendSlotKey, u32>,
     pub backends: HashMap<MapData, u32, c::BackendValue>,
-    pub maglev: HashMap<MapData, u32, c::MaglevTable>,
+    /// Raw: its values (`MaglevTable`, 256 KiB) are moved through heap buffers only.
+    pub maglev: MapData,
     pub affinity: HashMap<MapData, c::AffinityKey, c::AffinityValue>,
     pub sock_revnat: HashMap<MapData, c::SockRevNatKey, c::SockRevNatValue>,
     /// Taken by [`Datapath::flow_events`].
@@ -262,7 +263,10 @@ impl Maps {
             services: typed(m::SERVICES, get(m::SERVICES)?)?,
             backend_slots: typed(m::BACKEND_SLOTS, get(m::BACKEND_SLOTS)?)?,
             backends: typed(m::BACKENDS, get(m::BACKENDS)?)?,
-            maglev: typed(m::MAGLEV, get(m::MAGLEV)?)?,
+            maglev: match get(m::MAGLEV)? {
+                Map::HashMap(data) => data,
+                _ => return Err(DatapathError::MissingMap(m::MAGLEV)),
+            },
             affinity: typed(m::AFFINITY, get(m::AFFINITY)?)?,
             sock_revnat: typed(m::SOCK_REVNAT, get(m::SOCK_REVNAT)?)?,
             events: Some(typed(m::EVENTS, get(m::EVENTS)?)?),
@@ -369,8 +373,35 @@ impl Maps {
 
     /// The first `m` entries of a service's Maglev table (backend ids).
     pub fn maglev_table(&self, svc_id: u32, m_size: u32) -> Result<Vec<u32>> {
-        let t = self.maglev.get(&svc_id, 0).map_err(map_err(m::MAGLEV))?;
-        Ok(t.backends[..(m_size as usize).min(c::MAGLEV_MAX_M)].to_vec())
+        let mut buf = vec![0u8; 4 * c::MAGLEV_MAX_M];
+        let found = sys::map_lookup(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes(), &mut buf)
+            .map_err(io_err(format!(
+                "reading the Maglev table of service {svc_id}"
+            )))?;
+        if !found {
+            return Ok(Vec::new());
+        }
+        Ok(buf
+            .chunks_exact(4)
+            .take((m_size as usize).min(c::MAGLEV_MAX_M))
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn maglev_write(&self, svc_id: u32, table: &[u32]) -> Result<()> {
+        let mut buf = vec![0u8; 4 * c::MAGLEV_MAX_M];
+        for (slot, id) in table.iter().take(c::MAGLEV_MAX_M).enumerate() {
+            buf[4 * slot..4 * slot + 4].copy_from_slice(&id.to_ne_bytes());
+        }
+        sys::map_update(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes(), &buf).map_err(io_err(
+            format!("writing the Maglev table of service {svc_id}"),
+        ))
+    }
+
+    fn maglev_remove(&self, svc_id: u32) -> Result<()> {
+        sys::map_delete(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes()).map_err(io_err(format!(
+            "removing the Maglev table of service {svc_id}"
+        )))
     }
 
     pub fn list_ct(&self) -> Result<Vec<(c::CtKey, c::CtValue)>> {
@@ -922,16 +953,8 @@ impl Datapath {
                 let table = weft_model::maglev::build_table(&list, m_size, self.cfg.maglev_seed)
                     .map_err(|e| svc_err(e.to_string()))?;
                 if !table.is_empty() {
-                    let mut value = Box::new(c::MaglevTable {
-                        backends: [0; c::MAGLEV_MAX_M],
-                    });
-                    for (slot, idx) in table.iter().enumerate() {
-                        value.backends[slot] = active[*idx as usize].id;
-                    }
-                    self.maps
-                        .maglev
-                        .insert(svc.id, value, 0)
-                        .map_err(map_err(m::MAGLEV))?;
+                    let ids: Vec<u32> = table.iter().map(|idx| active[*idx as usize].id).collect();
+                    self.maps.maglev_write(svc.id, &ids)?;
                 }
                 (c::SVC_F_MAGLEV, m_size)
             }
@@ -975,7 +998,7 @@ impl Datapath {
             }
         }
         if flags_lb == 0 || active.is_empty() {
-            ignore_missing(self.maps.maglev.remove(&svc.id)).map_err(map_err(m::MAGLEV))?;
+            self.maps.maglev_remove(svc.id)?;
         }
         self.cache
             .services
@@ -996,7 +1019,7 @@ impl Datapath {
             )
             .map_err(map_err(m::BACKEND_SLOTS))?;
         }
-        ignore_missing(self.maps.maglev.remove(&svc_id)).map_err(map_err(m::MAGLEV))?;
+        self.maps.maglev_remove(svc_id)?;
         for id in ids {
             ignore_missing(self.maps.backends.remove(&id)).map_err(map_err(m::BACKENDS))?;
         }

@@ -145,3 +145,40 @@ pub fn prog_test_run_skb(prog: BorrowedFd<'_>, packet: &[u8], repeat: u32) -> io
         ctx_out,
     })
 }
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// `BPF_MAP_UPDATE_ELEM` with raw key/value buffers (for values too large for the stack).
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, value.as_ptr() as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` into a caller-sized buffer; `Ok(false)` when the key is absent.
+pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, value.as_mut_ptr() as u64);
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_MAP_DELETE_ELEM`; absent keys are not an error.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, map.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}

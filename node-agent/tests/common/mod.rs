@@ -106,3 +106,49 @@ fn checksum(b: &[u8]) -> u16 {
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+
+use node_agent::datapath::{Endpoint, PolicyEntry};
+use node_agent::netns::Topology;
+
+/// Loads the datapath and attaches the policy programs to every pod's host-side veth (from
+/// inside the node namespace, where the interfaces live).
+pub fn attach_all(dp: &Datapath, topo: &Topology) {
+    let _in_node = topo.node.enter().expect("enter node namespace");
+    for pod in &topo.pods {
+        dp.attach_endpoint_interface(&pod.host_if)
+            .expect("attach tc");
+    }
+}
+
+pub fn endpoint(
+    id: u32,
+    topo: &Topology,
+    identity: u32,
+    enforce_ingress: bool,
+    enforce_egress: bool,
+) -> Endpoint {
+    Endpoint {
+        id,
+        ip: topo.pods[id as usize - 1].ip,
+        identity,
+        ifindex: 0,
+        enforce_ingress,
+        enforce_egress,
+    }
+}
+
+pub fn rule(
+    direction: node_agent::datapath::Direction,
+    peer: Option<u32>,
+    proto: u8,
+    port: u16,
+) -> PolicyEntry {
+    PolicyEntry {
+        direction,
+        peer_identity: peer,
+        proto: Some(proto),
+        ports: Some((port, port)),
+        action: node_agent::datapath::Action::Allow,
+        rule_id: 1,
+    }
+}
