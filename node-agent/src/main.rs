@@ -45,6 +45,15 @@ enum Cmd {
         #[arg(long)]
         cgroup: Option<PathBuf>,
     },
+    /// (benchmark) `cargo xtask bench datapath` runs this; writes the JSON report.
+    #[command(hide = true)]
+    BenchDatapath {
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller sizes and shorter windows (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// (test helper) TCP/UDP client running inside a cgroup and network namespace.
     #[command(hide = true)]
     DebugClient {
@@ -163,6 +172,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("attaching to cgroup {}", cg.display()))?;
             }
         }
+        Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
         Cmd::DebugClient {
             cgroup,
             netns,
@@ -186,4 +196,95 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    use node_agent::bench;
+    let opts = bench::BenchOptions {
+        repeat: if quick { 100_000 } else { 1_000_000 },
+        policy_sizes: vec![10, 10_000, 100_000],
+        lb_sizes: vec![10, 1_000, 10_000],
+        crr_sizes: if quick {
+            vec![10, 1_000]
+        } else {
+            vec![10, 1_000, 5_000]
+        },
+        crr_window: Duration::from_millis(if quick { 300 } else { 1_500 }),
+        crr_rounds: if quick { 1 } else { 3 },
+        exe: std::env::current_exe().context("locating node-agent")?,
+    };
+    let r = bench::run(&opts)?;
+    let map = |m: &std::collections::BTreeMap<u32, f64>| {
+        serde_json::Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!((v * 10.0).round() / 10.0)))
+                .collect(),
+        )
+    };
+    let ratio = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
+        (Some(a), Some(b)) if *b > 0.0 => serde_json::json!((a / b * 1000.0).round() / 1000.0),
+        _ => serde_json::Value::Null,
+    };
+    let largest = |m: &std::collections::BTreeMap<u32, f64>| m.iter().next_back().map(|(_, v)| *v);
+    let smallest = |m: &std::collections::BTreeMap<u32, f64>| m.iter().next().map(|(_, v)| *v);
+    let json = serde_json::json!({
+        "policy_ns": map(&r.policy_ns),
+        "policy_established_ns": map(&r.policy_established_ns),
+        "lb_ns": map(&r.lb_ns),
+        "passthrough_ns": r.passthrough_ns,
+        "crr_per_s": {
+            "weft": map(&r.crr_weft),
+            "iptables": map(&r.crr_iptables),
+            "direct": (r.crr_direct * 10.0).round() / 10.0,
+        },
+        "ratios": {
+            "policy_100000_vs_10": ratio(largest(&r.policy_ns).as_ref(), smallest(&r.policy_ns).as_ref()),
+            "lb_10000_vs_10": ratio(largest(&r.lb_ns).as_ref(), smallest(&r.lb_ns).as_ref()),
+            "policy_vs_passthrough": ratio(largest(&r.policy_ns).as_ref(), Some(&r.passthrough_ns)),
+            "crr_weft_vs_iptables_5000": ratio(largest(&r.crr_weft).as_ref(), largest(&r.crr_iptables).as_ref()),
+            "crr_weft_vs_direct_5000": ratio(largest(&r.crr_weft).as_ref(), Some(&r.crr_direct)),
+        },
+        "notes": {
+            "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (conntrack miss, deny+allow LPM lookups for exact and any identity, conntrack insert), events off",
+            "policy_established_ns": "same packet with conntrack hit (no policy lookup)",
+            "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP, median of interleaved rounds; iptables = legacy iptables kube-proxy-shaped chains in the node namespace",
+            "quick": quick,
+        },
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&json)? + "\n")?;
+    let rows: Vec<Vec<String>> = vec![
+        vec!["policy ns/pkt (new conn)".into(), fmt_map(&r.policy_ns)],
+        vec![
+            "policy ns/pkt (established)".into(),
+            fmt_map(&r.policy_established_ns),
+        ],
+        vec!["LB ns/pkt".into(), fmt_map(&r.lb_ns)],
+        vec![
+            "pass-through ns/pkt".into(),
+            format!("{:.1}", r.passthrough_ns),
+        ],
+        vec!["CRR/s weft".into(), fmt_map(&r.crr_weft)],
+        vec!["CRR/s iptables".into(), fmt_map(&r.crr_iptables)],
+        vec![
+            "CRR/s direct (no LB)".into(),
+            format!("{:.0}", r.crr_direct),
+        ],
+    ];
+    print!("{}", debug::table(&["MEASURE", "BY SIZE"], &rows));
+    println!("ratios: {}", json["ratios"]);
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn fmt_map(m: &std::collections::BTreeMap<u32, f64>) -> String {
+    if m.is_empty() {
+        return "not measured".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v:.1}"))
+        .collect::<Vec<_>>()
+        .join("  ")
 }

@@ -1,3 +1,4 @@
+mod bench_datapath;
 mod ebpf;
 
 fn main() -> anyhow::Result<()> {
@@ -9,7 +10,11 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         // `cargo xtask ebpf`: prerequisites + eBPF build; prints the object path.
         Some("ebpf") => println!("{}", ebpf::prepare(&root)?.display()),
-        _ => eprintln!("usage: cargo xtask ebpf"),
+        // `cargo xtask bench datapath [--quick]`
+        Some("bench") if args.get(1).map(String::as_str) == Some("datapath") => {
+            bench_datapath::run(&root, &args[2..])?
+        }
+        _ => eprintln!("usage: cargo xtask ebpf | bench datapath [--quick]"),
     }
     Ok(())
 }
