@@ -44,8 +44,9 @@ pub mod maps {
     pub const MAGLEV: &str = "WEFT_MAGLEV";
     pub const AFFINITY: &str = "WEFT_AFFINITY";
     pub const SOCK_REVNAT: &str = "WEFT_SOCK_REVNAT";
+    pub const LB_CT: &str = "WEFT_LB_CT";
     /// Every map, for pinning/cleanup.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ENDPOINTS,
         IPCACHE,
         POLICY_ALLOW,
@@ -60,6 +61,7 @@ pub mod maps {
         MAGLEV,
         AFFINITY,
         SOCK_REVNAT,
+        LB_CT,
     ];
 }
 
@@ -75,6 +77,10 @@ pub mod progs {
     pub const SENDMSG4: &str = "weft_sendmsg4";
     pub const RECVMSG4: &str = "weft_recvmsg4";
     pub const GETPEERNAME4: &str = "weft_getpeername4";
+    /// tc on the node's uplink, ingress: north-south VIP DNAT to a backend.
+    pub const LB_INGRESS: &str = "weft_lb_ingress";
+    /// tc on the node's uplink, egress: reverse translation of backend replies.
+    pub const LB_EGRESS: &str = "weft_lb_egress";
 }
 
 /// A 16-byte address in network byte order; IPv4 lives in `addr[0..4]`.
@@ -430,6 +436,30 @@ pub struct SockRevNatValue {
     pub svc_id: u32,
 }
 
+/// North-south LB conntrack: forward entries (client -> VIP, `dir` = `LB_CT_FORWARD`) keep a
+/// connection on its backend; reverse entries (backend -> client, `dir` = `LB_CT_REVERSE`) give
+/// the VIP back to replies.
+pub const LB_CT_FORWARD: u8 = 1;
+pub const LB_CT_REVERSE: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbCtValue {
+    pub last_seen_ns: u64,
+    /// Forward: backend address; reverse: the VIP.
+    pub addr: Addr,
+    /// Network byte order (backend port / VIP port).
+    pub port: u16,
+    pub _pad: [u8; 2],
+    pub backend_id: u32,
+    pub svc_id: u32,
+    pub _pad2: u32,
+}
+
+/// Observation point of the uplink programs.
+pub const OBS_UPLINK_INGRESS: u8 = 5;
+pub const OBS_UPLINK_EGRESS: u8 = 6;
+
 /// Mark set on packets redirected to the L7 proxy: `MARK_PROXY | proxy_port << 16`.
 pub const MARK_PROXY: u32 = 0x0a00;
 
@@ -459,7 +489,8 @@ mod pod {
         AffinityKey,
         AffinityValue,
         SockRevNatKey,
-        SockRevNatValue
+        SockRevNatValue,
+        LbCtValue
     );
 }
 
@@ -487,6 +518,7 @@ mod tests {
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<SockRevNatKey>(), 32);
         assert_eq!(size_of::<SockRevNatValue>(), 24);
+        assert_eq!(size_of::<LbCtValue>(), 40);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_MAX_M);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, 8 * size_of::<PolicyKey>());
     }

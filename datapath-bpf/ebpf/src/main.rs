@@ -51,6 +51,8 @@ static WEFT_MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(1024, 1);
 #[map]
 static WEFT_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65536, 0);
 #[map]
+static WEFT_LB_CT: LruHashMap<CtKey, LbCtValue> = LruHashMap::pinned(262144, 0);
+#[map]
 static WEFT_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(262144, 0);
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -107,6 +109,8 @@ struct Pkt {
     proto: u8,
     tcp_flags: u8,
     bytes: u32,
+    /// Offset of the L4 header.
+    l4_off: u32,
 }
 
 enum Parsed {
@@ -115,16 +119,31 @@ enum Parsed {
     NotIp,
 }
 
+/// Reads `N` bytes at `off`: direct packet access when the bytes are in the linear part,
+/// else `bpf_skb_load_bytes`.
+#[inline(always)]
+fn read<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], u8> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + N <= end {
+        // SAFETY: bounds checked against data_end just above (the verifier checks it too).
+        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+    } else {
+        ctx.load::<[u8; N]>(off).map_err(|_| DROP_INVALID_PACKET)
+    }
+}
+
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| DROP_INVALID_PACKET)?);
+    let eth: [u8; 2] = read(ctx, 12)?;
+    let ethertype = u16::from_be_bytes(eth);
     if ethertype == ETH_P_IPV6 {
         return Err(DROP_UNSUPPORTED_L3);
     }
     if ethertype != ETH_P_IP {
         return Ok(Parsed::NotIp);
     }
-    let ip: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| DROP_INVALID_PACKET)?;
+    let ip: [u8; 20] = read(ctx, ETH_HLEN)?;
     if ip[0] >> 4 != 4 {
         return Err(DROP_INVALID_PACKET);
     }
@@ -144,24 +163,26 @@ fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         proto: ip[9],
         tcp_flags: 0,
         bytes: ctx.len(),
+        l4_off: 0,
     };
     let l4 = ETH_HLEN + (ihl & 0x3c);
+    p.l4_off = l4 as u32;
     match p.proto {
         PROTO_TCP => {
-            let t: [u8; 14] = ctx.load(l4).map_err(|_| DROP_INVALID_PACKET)?;
+            let t: [u8; 14] = read(ctx, l4)?;
             p.sport = u16::from_ne_bytes([t[0], t[1]]);
             p.dport = u16::from_ne_bytes([t[2], t[3]]);
             p.policy_port = u16::from_be_bytes([t[2], t[3]]);
             p.tcp_flags = t[13];
         }
         PROTO_UDP => {
-            let u: [u8; 4] = ctx.load(l4).map_err(|_| DROP_INVALID_PACKET)?;
+            let u: [u8; 8] = read(ctx, l4)?;
             p.sport = u16::from_ne_bytes([u[0], u[1]]);
             p.dport = u16::from_ne_bytes([u[2], u[3]]);
             p.policy_port = u16::from_be_bytes([u[2], u[3]]);
         }
         PROTO_ICMP => {
-            let i: [u8; 8] = ctx.load(l4).map_err(|_| DROP_INVALID_PACKET)?;
+            let i: [u8; 8] = read(ctx, l4)?;
             // Echo request/reply: the identifier stands for both ports so replies match.
             if i[0] == 8 || i[0] == 0 {
                 p.sport = u16::from_ne_bytes([i[4], i[5]]);
@@ -336,6 +357,22 @@ fn pass_pkt(ctx: &mut TcContext, p: &Pkt, proxy_port: u16) -> i32 {
     TC_ACT_OK
 }
 
+/// Security identity of a peer address: longest prefix in the ipcache, else world.
+#[inline(always)]
+fn peer_identity_of(addr: &Addr) -> u32 {
+    match WEFT_IPCACHE.get(&Key::new(
+        IPCACHE_PREFIX_HEADER_BITS + 32,
+        IpcacheKey {
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            addr: *addr,
+        },
+    )) {
+        Some(v) => v.identity,
+        None => IDENTITY_WORLD,
+    }
+}
+
 /// Policy + conntrack for one packet seen at an endpoint's interface.
 #[inline(always)]
 fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
@@ -381,24 +418,17 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         }
     };
     info.ep_id = ep.ep_id;
-    let peer_identity = match WEFT_IPCACHE.get(&Key::new(
-        IPCACHE_PREFIX_HEADER_BITS + 32,
-        IpcacheKey {
-            family: FAMILY_IPV4,
-            _pad: [0; 3],
-            addr: peer_addr,
-        },
-    )) {
-        Some(v) => v.identity,
-        None => IDENTITY_WORLD,
+    // Identities for events: the endpoint's own is known; the peer's comes from conntrack
+    // (established) or the ipcache (new connections, re-checks).
+    let set_ids = |info: &mut EventInfo, peer_identity: u32| {
+        if dir == DIR_EGRESS {
+            info.src_identity = ep.identity;
+            info.dst_identity = peer_identity;
+        } else {
+            info.src_identity = peer_identity;
+            info.dst_identity = ep.identity;
+        }
     };
-    if dir == DIR_EGRESS {
-        info.src_identity = ep.identity;
-        info.dst_identity = peer_identity;
-    } else {
-        info.src_identity = peer_identity;
-        info.dst_identity = ep.identity;
-    }
 
     let now = unsafe { bpf_ktime_get_ns() };
     let fwd = CtKey {
@@ -416,7 +446,10 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
             let mut proxy_port = entry.proxy_port;
+            set_ids(&mut info, entry.peer_identity);
             if entry.policy_rev != ep.policy_rev {
+                let peer_identity = peer_identity_of(&peer_addr);
+                set_ids(&mut info, peer_identity);
                 // Policy changed since this connection was admitted: re-check once.
                 let d = decide(&ep, dir, peer_identity, &p);
                 if d.action == ACTION_DENY {
@@ -428,6 +461,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
                 unsafe {
                     (*e).policy_rev = ep.policy_rev;
                     (*e).proxy_port = d.proxy_port;
+                    (*e).peer_identity = peer_identity;
                 }
             }
             let closing = ct_touch(e, &p, now, false);
@@ -463,6 +497,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     if let Some(e) = WEFT_CT.get_ptr_mut(&rev) {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
+            set_ids(&mut info, entry.peer_identity);
             let closing = ct_touch(e, &p, now, true);
             info.verdict = VERDICT_FORWARDED;
             if cfg.event_flags & EVENTS_ALL != 0
@@ -475,6 +510,8 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         let _ = WEFT_CT.remove(&rev);
     }
     // 3. New connection: policy decides.
+    let peer_identity = peer_identity_of(&peer_addr);
+    set_ids(&mut info, peer_identity);
     let d = decide(&ep, dir, peer_identity, &p);
     if d.action == ACTION_DENY {
         info.reason = d.reason;
@@ -579,7 +616,7 @@ fn select_backend(svc: &ServiceValue, client: u64, cfg: &Config, now: u64) -> Op
         }
         table.backends[idx]
     } else {
-        let slot = unsafe { bpf_get_prandom_u32() } % svc.count;
+        let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(svc.count)?;
         *unsafe {
             WEFT_BACKEND_SLOTS.get(&BackendSlotKey {
                 svc_id: svc.svc_id,
@@ -772,4 +809,248 @@ pub fn weft_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
     sock_reverse(&ctx)
+}
+
+// ---- north-south load balancing on the uplink (tc) ----
+
+/// Flow hash of a north-south connection (Maglev slot choice).
+#[inline(always)]
+fn tuple_hash(seed: u32, p: &Pkt) -> u64 {
+    let s = u32::from_ne_bytes([p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]]) as u64;
+    let d = u32::from_ne_bytes([p.daddr[0], p.daddr[1], p.daddr[2], p.daddr[3]]) as u64;
+    let ports = ((p.sport as u64) << 16) | p.dport as u64;
+    mix64((s << 32 | d) ^ mix64(ports << 8 | p.proto as u64 ^ (seed as u64) << 40))
+}
+
+/// Rewrites the destination (ingress) or source (egress) address and port, fixing the IPv4
+/// and L4 checksums.
+#[inline(always)]
+fn rewrite(ctx: &mut TcContext, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> Result<(), u8> {
+    let old_addr = if dst { p.daddr } else { p.saddr };
+    let old = u32::from_ne_bytes([old_addr[0], old_addr[1], old_addr[2], old_addr[3]]);
+    let new = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let old_port = if dst { p.dport } else { p.sport };
+    let l4 = p.l4_off as usize;
+    let (csum_off, pseudo) = match p.proto {
+        PROTO_TCP => (l4 + 16, true),
+        PROTO_UDP => (l4 + 6, true),
+        _ => (0, false),
+    };
+    let addr_off = ETH_HLEN + if dst { 16 } else { 12 };
+    let port_off = l4 + if dst { 2 } else { 0 };
+    // BPF_F_PSEUDO_HDR (0x10) | size 4; BPF_F_MARK_MANGLED_0 (0x20) keeps a zero UDP checksum.
+    let mangled0: u64 = if p.proto == PROTO_UDP { 0x20 } else { 0 };
+    if pseudo {
+        ctx.l4_csum_replace(csum_off, old as u64, new as u64, 0x10 | 4 | mangled0)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+        ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, 2 | mangled0)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+    }
+    ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 4)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    ctx.store(addr_off, &new, 0)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    if pseudo {
+        ctx.store(port_off, &port, 0)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn lb_drop(p: &Pkt, cfg: &Config, reason: u8, obs: u8, svc_id: u32) -> i32 {
+    count(VERDICT_DROPPED, reason, p.bytes as u64);
+    if cfg.event_flags & EVENTS_ON_DROP != 0 {
+        emit(
+            p,
+            &EventInfo {
+                verdict: VERDICT_DROPPED,
+                reason,
+                direction: DIR_INGRESS,
+                obs,
+                ep_id: 0,
+                src_identity: IDENTITY_WORLD,
+                dst_identity: svc_id,
+            },
+        );
+    }
+    TC_ACT_SHOT
+}
+
+/// Client -> VIP: pick (or keep) a backend and DNAT to it; record the reverse entry.
+#[inline(always)]
+fn lb_ingress(ctx: &mut TcContext) -> i32 {
+    let p = match parse(ctx) {
+        Ok(Parsed::Ip(p)) => p,
+        Ok(Parsed::NotIp) | Err(DROP_UNSUPPORTED_L3) => return TC_ACT_OK,
+        Err(reason) => {
+            count(VERDICT_DROPPED, reason, ctx.len() as u64);
+            return TC_ACT_SHOT;
+        }
+    };
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return TC_ACT_OK;
+    }
+    let key = ServiceKey {
+        vip: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+    };
+    let svc = match unsafe { WEFT_SERVICES.get(&key) } {
+        Some(s) => *s,
+        None => return TC_ACT_OK,
+    };
+    let cfg = config();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fwd = CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir: LB_CT_FORWARD,
+        _pad: 0,
+    };
+    // Established: stay on the backend chosen at the first packet while it exists.
+    let mut chosen: Option<(u32, BackendValue)> = None;
+    if let Some(e) = WEFT_LB_CT.get_ptr_mut(&fwd) {
+        let entry = unsafe { *e };
+        let timeout = if p.proto == PROTO_TCP {
+            cfg.ct_tcp_timeout_s
+        } else {
+            cfg.ct_udp_timeout_s
+        } as u64;
+        if now.saturating_sub(entry.last_seen_ns) <= timeout * NS_PER_S {
+            if let Some(b) = unsafe { WEFT_BACKENDS.get(&entry.backend_id) } {
+                unsafe { (*e).last_seen_ns = now };
+                chosen = Some((entry.backend_id, *b));
+            }
+        }
+    }
+    let (backend_id, b) = match chosen {
+        Some(c) => c,
+        None => {
+            if svc.count == 0 {
+                return lb_drop(&p, &cfg, DROP_NO_BACKEND, OBS_UPLINK_INGRESS, svc.svc_id);
+            }
+            let client =
+                u32::from_ne_bytes([p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]]) as u64;
+            let id = if svc.flags & SVC_F_AFFINITY != 0 {
+                select_backend(&svc, client, &cfg, now)
+            } else if svc.flags & SVC_F_MAGLEV != 0 {
+                let m = svc.maglev_m as u64;
+                match unsafe { WEFT_MAGLEV.get(&svc.svc_id) } {
+                    Some(t) if m > 0 => {
+                        let idx = (tuple_hash(cfg.hash_seed, &p) % m) as usize;
+                        if idx < MAGLEV_MAX_M {
+                            Some(t.backends[idx])
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                }
+            } else {
+                select_backend(&svc, client, &cfg, now)
+            };
+            let b = match id {
+                Some(id) => unsafe { WEFT_BACKENDS.get(&id) }.map(|b| (id, *b)),
+                None => None,
+            };
+            let Some((id, b)) = b else {
+                return lb_drop(&p, &cfg, DROP_NO_BACKEND, OBS_UPLINK_INGRESS, svc.svc_id);
+            };
+            let v = LbCtValue {
+                last_seen_ns: now,
+                addr: b.addr,
+                port: b.port,
+                _pad: [0; 2],
+                backend_id: id,
+                svc_id: svc.svc_id,
+                _pad2: 0,
+            };
+            let rev = CtKey {
+                saddr: b.addr,
+                daddr: p.saddr,
+                sport: b.port,
+                dport: p.sport,
+                proto: p.proto,
+                family: FAMILY_IPV4,
+                dir: LB_CT_REVERSE,
+                _pad: 0,
+            };
+            let rv = LbCtValue {
+                addr: p.daddr,
+                port: p.dport,
+                ..v
+            };
+            // Reverse first: a reply can never arrive before it is translatable.
+            if WEFT_LB_CT.insert(&rev, &rv, 0).is_err() || WEFT_LB_CT.insert(&fwd, &v, 0).is_err() {
+                return lb_drop(&p, &cfg, DROP_CT_FULL, OBS_UPLINK_INGRESS, svc.svc_id);
+            }
+            if cfg.event_flags & EVENTS_ON_TRANSLATE != 0 {
+                emit(
+                    &p,
+                    &EventInfo {
+                        verdict: VERDICT_TRANSLATED,
+                        reason: DROP_NONE,
+                        direction: DIR_INGRESS,
+                        obs: OBS_UPLINK_INGRESS,
+                        ep_id: 0,
+                        src_identity: IDENTITY_WORLD,
+                        dst_identity: svc.svc_id,
+                    },
+                );
+            }
+            (id, b)
+        }
+    };
+    let _ = backend_id;
+    if let Err(reason) = rewrite(ctx, &p, true, &b.addr, b.port) {
+        return lb_drop(&p, &cfg, reason, OBS_UPLINK_INGRESS, svc.svc_id);
+    }
+    count(VERDICT_TRANSLATED, DROP_NONE, p.bytes as u64);
+    TC_ACT_OK
+}
+
+/// Backend -> client replies: SNAT back to the VIP.
+#[inline(always)]
+fn lb_egress(ctx: &mut TcContext) -> i32 {
+    let p = match parse(ctx) {
+        Ok(Parsed::Ip(p)) => p,
+        _ => return TC_ACT_OK,
+    };
+    let rev = CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir: LB_CT_REVERSE,
+        _pad: 0,
+    };
+    let Some(e) = WEFT_LB_CT.get_ptr_mut(&rev) else {
+        return TC_ACT_OK;
+    };
+    let v = unsafe { *e };
+    unsafe { (*e).last_seen_ns = bpf_ktime_get_ns() };
+    if rewrite(ctx, &p, false, &v.addr, v.port).is_err() {
+        count(VERDICT_DROPPED, DROP_INVALID_PACKET, p.bytes as u64);
+        return TC_ACT_SHOT;
+    }
+    count(VERDICT_TRANSLATED, DROP_NONE, p.bytes as u64);
+    TC_ACT_OK
+}
+
+#[classifier]
+pub fn weft_lb_ingress(mut ctx: TcContext) -> i32 {
+    lb_ingress(&mut ctx)
+}
+
+#[classifier]
+pub fn weft_lb_egress(mut ctx: TcContext) -> i32 {
+    lb_egress(&mut ctx)
 }

@@ -239,6 +239,8 @@ pub struct Maps {
     pub maglev: MapData,
     pub affinity: HashMap<MapData, c::AffinityKey, c::AffinityValue>,
     pub sock_revnat: HashMap<MapData, c::SockRevNatKey, c::SockRevNatValue>,
+    /// North-south LB conntrack (forward and reverse entries).
+    pub lb_ct: HashMap<MapData, c::CtKey, c::LbCtValue>,
     /// Taken by [`Datapath::flow_events`].
     pub events: Option<RingBuf<MapData>>,
 }
@@ -269,6 +271,7 @@ impl Maps {
             },
             affinity: typed(m::AFFINITY, get(m::AFFINITY)?)?,
             sock_revnat: typed(m::SOCK_REVNAT, get(m::SOCK_REVNAT)?)?,
+            lb_ct: typed(m::LB_CT, get(m::LB_CT)?)?,
             events: Some(typed(m::EVENTS, get(m::EVENTS)?)?),
         })
     }
@@ -279,7 +282,7 @@ impl Maps {
             let data = MapData::from_pin(pin_path.join(name)).map_err(map_err(name))?;
             Ok(match name {
                 m::IPCACHE | m::POLICY_ALLOW | m::POLICY_DENY => Map::LpmTrie(data),
-                m::CT | m::AFFINITY | m::SOCK_REVNAT => Map::LruHashMap(data),
+                m::CT | m::AFFINITY | m::SOCK_REVNAT | m::LB_CT => Map::LruHashMap(data),
                 m::CONFIG => Map::Array(data),
                 m::METRICS => Map::PerCpuArray(data),
                 m::EVENTS => Map::RingBuf(data),
@@ -495,12 +498,15 @@ impl Datapath {
             .set_max_entries(m::BACKENDS, s.backends)
             .set_max_entries(m::MAGLEV, s.maglev_services)
             .set_max_entries(m::SOCK_REVNAT, s.conntrack)
+            .set_max_entries(m::LB_CT, s.conntrack)
             .set_max_entries(m::EVENTS, s.events_bytes)
             .load(object)?;
         for name in [
             c::progs::FROM_ENDPOINT,
             c::progs::TO_ENDPOINT,
             c::progs::PASS,
+            c::progs::LB_INGRESS,
+            c::progs::LB_EGRESS,
         ] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -637,6 +643,25 @@ impl Datapath {
                 attach,
             )?;
         }
+        Ok(ifindex)
+    }
+
+    /// Attaches the north-south load balancer to the node's uplink (tcx ingress: VIP DNAT,
+    /// egress: reverse translation). Resolved in the calling thread's network namespace.
+    pub fn attach_uplink(&self, ifname: &str) -> Result<u32> {
+        let ifindex = ifindex(ifname)?;
+        self.attach_pinned(
+            c::progs::LB_INGRESS,
+            &format!("uplink-{ifindex}-{ifname}-ingress"),
+            ifindex,
+            sys::BPF_TCX_INGRESS,
+        )?;
+        self.attach_pinned(
+            c::progs::LB_EGRESS,
+            &format!("uplink-{ifindex}-{ifname}-egress"),
+            ifindex,
+            sys::BPF_TCX_EGRESS,
+        )?;
         Ok(ifindex)
     }
 

@@ -115,6 +115,8 @@ pub struct TestRun {
     pub duration_ns: u32,
     /// `__sk_buff` after the run (for tc programs; `mark` at offset 8).
     pub ctx_out: Vec<u8>,
+    /// The packet after the run.
+    pub data_out: Vec<u8>,
 }
 
 /// Size of `struct __sk_buff` on current kernels.
@@ -139,10 +141,13 @@ pub fn prog_test_run_skb(prog: BorrowedFd<'_>, packet: &[u8], repeat: u32) -> io
     bpf(BPF_PROG_TEST_RUN, &mut a)?;
     let ctx_len = (a.get_u32(44) as usize).min(SKB_CTX_LEN);
     ctx_out.truncate(ctx_len);
+    let data_len = (a.get_u32(12) as usize).min(data_out.len());
+    data_out.truncate(data_len);
     Ok(TestRun {
         retval: a.get_u32(4),
         duration_ns: a.get_u32(36),
         ctx_out,
+        data_out,
     })
 }
 
