@@ -66,10 +66,36 @@ fn packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
 
 fn sizes_for(max_policy: u32) -> MapSizes {
     MapSizes {
-        policy_allow: (max_policy + 1024).max(MapSizes::default().policy_allow),
+        policy: (max_policy + 1024).max(MapSizes::default().policy),
         ipcache: (max_policy + 1024).max(MapSizes::default().ipcache),
         ..MapSizes::default()
     }
+}
+
+/// Average ns/run over `repeat` runs, as the minimum of 5 trials of `repeat / 5` runs each
+/// (the other trials absorb interference from other processes on the machine).
+fn timed(dp: &Datapath, prog: &'static str, pkt: &[u8], repeat: u32) -> Result<(f64, u32)> {
+    let mut best = f64::MAX;
+    let mut retval = 0;
+    for _ in 0..5 {
+        let r = dp.test_run(prog, pkt, (repeat / 5).max(1))?;
+        best = best.min(r.duration_ns as f64);
+        retval = r.retval;
+    }
+    Ok((best, retval))
+}
+
+/// Median ns of `runs` single runs, each on a fresh copy of `pkt` (for programs that rewrite
+/// the packet, which `BPF_PROG_TEST_RUN` would otherwise reuse across repetitions).
+fn timed_single(dp: &Datapath, prog: &'static str, pkt: &[u8], runs: u32) -> Result<(f64, u32)> {
+    let mut v = Vec::with_capacity(runs as usize);
+    let mut retval = 0;
+    for _ in 0..runs {
+        let r = dp.test_run(prog, pkt, 1)?;
+        v.push(r.duration_ns as f64);
+        retval = r.retval;
+    }
+    Ok((median(v), retval))
 }
 
 /// ns/packet of the policy program for a new allowed connection (conntrack miss, full policy
@@ -126,8 +152,59 @@ fn policy_ns(n: u32, repeat: u32) -> Result<(f64, f64)> {
         event_flags: 0,
         ..c::Config::default()
     })?;
-    let r = dp.test_run(c::progs::FROM_ENDPOINT, &pkt, repeat)?;
-    Ok((new_conn, r.duration_ns as f64))
+    let (established, _) = timed(&dp, c::progs::FROM_ENDPOINT, &pkt, repeat)?;
+    Ok((new_conn, established))
+}
+
+/// ns/packet of the north-south LB program (`weft_lb_ingress`) with `n` services of 3
+/// backends, on a packet to the last service: (new connection, established connection).
+fn lb_ns(n: u32, runs: u32) -> Result<(f64, f64)> {
+    let pins = PinDir::create("b")?;
+    let mut dp = Datapath::load(DatapathConfig {
+        pin_path: pins.path().to_path_buf(),
+        sizes: MapSizes {
+            services: (n + 1024).max(MapSizes::default().services),
+            backends: (4 * n + 1024).max(MapSizes::default().backends),
+            ..MapSizes::default()
+        },
+        ..DatapathConfig::default()
+    })?;
+    for i in 0..n {
+        dp.apply_service(&Service {
+            id: i + 1,
+            vip: vip(i),
+            port: 80,
+            proto: c::PROTO_TCP,
+            algorithm: LbAlgorithm::Random,
+            affinity: None,
+            backends: (0..3)
+                .map(|j| Backend {
+                    id: (i + 1) * 4 + j,
+                    ip: Ipv4Addr::new(10, 0, 1, 2 + j as u8),
+                    port: 8080,
+                    weight: 1,
+                    state: BackendState::Active,
+                })
+                .collect(),
+        })?;
+    }
+    let pkt = packet(Ipv4Addr::new(192, 0, 2, 7), vip(n - 1), 40000, 80);
+    dp.set_runtime_config(c::Config {
+        ct_tcp_timeout_s: 0,
+        ct_syn_timeout_s: 0,
+        event_flags: 0,
+        ..c::Config::default()
+    })?;
+    let (new_conn, retval) = timed_single(&dp, c::progs::LB_INGRESS, &pkt, runs)?;
+    if retval != 0 {
+        bail!("LB program dropped the benchmark packet (retval {retval})");
+    }
+    dp.set_runtime_config(c::Config {
+        event_flags: 0,
+        ..c::Config::default()
+    })?;
+    let (established, _) = timed_single(&dp, c::progs::LB_INGRESS, &pkt, runs)?;
+    Ok((new_conn, established))
 }
 
 fn passthrough_ns(repeat: u32) -> Result<f64> {
@@ -137,7 +214,18 @@ fn passthrough_ns(repeat: u32) -> Result<f64> {
         ..DatapathConfig::default()
     })?;
     let pkt = packet(EP, PEER, 40000, 80);
-    Ok(dp.test_run(c::progs::PASS, &pkt, repeat)?.duration_ns as f64)
+    Ok(timed(&dp, c::progs::PASS, &pkt, repeat)?.0)
+}
+
+/// The pass-through program timed like the LB program (single runs, median).
+fn passthrough_single_ns(runs: u32) -> Result<f64> {
+    let pins = PinDir::create("b")?;
+    let dp = Datapath::load(DatapathConfig {
+        pin_path: pins.path().to_path_buf(),
+        ..DatapathConfig::default()
+    })?;
+    let pkt = packet(EP, PEER, 40000, 80);
+    Ok(timed_single(&dp, c::progs::PASS, &pkt, runs)?.0)
 }
 
 fn vip(i: u32) -> Ipv4Addr {
@@ -254,7 +342,10 @@ pub struct BenchResults {
     pub policy_ns: BTreeMap<u32, f64>,
     pub policy_established_ns: BTreeMap<u32, f64>,
     pub lb_ns: BTreeMap<u32, f64>,
+    pub lb_established_ns: BTreeMap<u32, f64>,
     pub passthrough_ns: f64,
+    /// Pass-through timed with single runs (the floor of the LB figures).
+    pub passthrough_single_ns: f64,
     pub crr_weft: BTreeMap<u32, f64>,
     pub crr_iptables: BTreeMap<u32, f64>,
     pub crr_direct: f64,
@@ -270,6 +361,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
     }
     res.passthrough_ns = passthrough_ns(opts.repeat)?;
     eprintln!("pass-through: {:.1} ns", res.passthrough_ns);
+    for &n in &opts.lb_sizes {
+        let (new_conn, established) = lb_ns(n, opts.repeat)?;
+        eprintln!("LB {n:>6} services: {new_conn:.1} ns (new connection), {established:.1} ns (established)");
+        res.lb_ns.insert(n, new_conn);
+        res.lb_established_ns.insert(n, established);
+    }
+    res.passthrough_single_ns = passthrough_single_ns(opts.repeat)?;
+    eprintln!(
+        "pass-through (single runs): {:.1} ns",
+        res.passthrough_single_ns
+    );
 
     // CRR topology: pod 0 = client, pods 1..=3 = backends.
     let topo = Topology::new(4)?;

@@ -231,7 +231,9 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         "policy_ns": map(&r.policy_ns),
         "policy_established_ns": map(&r.policy_established_ns),
         "lb_ns": map(&r.lb_ns),
+        "lb_established_ns": map(&r.lb_established_ns),
         "passthrough_ns": r.passthrough_ns,
+        "passthrough_single_run_ns": r.passthrough_single_ns,
         "crr_per_s": {
             "weft": map(&r.crr_weft),
             "iptables": map(&r.crr_iptables),
@@ -247,6 +249,9 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         "notes": {
             "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (conntrack miss, deny+allow LPM lookups for exact and any identity, conntrack insert), events off",
             "policy_established_ns": "same packet with conntrack hit (no policy lookup)",
+            "policy_method": "minimum over 5 trials of BPF_PROG_TEST_RUN with repeat/5 runs each (repeat total = 1M)",
+            "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
+            "lb_established_ns": "same with the LB conntrack hit",
             "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP, median of interleaved rounds; iptables = legacy iptables kube-proxy-shaped chains in the node namespace",
             "quick": quick,
         },

@@ -590,3 +590,65 @@ fn flow_events_on_start_drop_and_close_only() {
     );
     assert_eq!(dp.counters().unwrap().lost_events, 0);
 }
+
+#[test]
+fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
+    if !bpf_available("range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let allow = entry(
+        Direction::Egress,
+        Some(2000),
+        Some(6),
+        Some((8080, 8080)),
+        Action::Allow,
+    );
+    let deny_range = entry(
+        Direction::Egress,
+        None,
+        Some(6),
+        Some((8000, 8100)),
+        Action::Deny,
+    );
+    dp.apply_policy(1, &[allow.clone(), deny_range]).unwrap();
+    let flags = |dp: &Datapath| {
+        dp.maps
+            .list_endpoints()
+            .unwrap()
+            .iter()
+            .find(|(_, v)| v.ep_id == 1)
+            .unwrap()
+            .1
+            .flags
+    };
+    assert_ne!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 8080, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
+        1
+    );
+    dp.apply_policy(1, &[allow]).unwrap();
+    assert_eq!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
+    assert_eq!(
+        dp.maps.list_policy(1).unwrap().len(),
+        1,
+        "only the single-port entry is left"
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 8080, TCP_SYN)),
+        TC_ACT_OK
+    );
+    // The debug view shows the entry.
+    let table = node_agent::debug::policy_get(&dp.maps, 1).unwrap();
+    assert!(
+        table.contains("8080") && table.contains("allow") && table.contains("egress"),
+        "{table}"
+    );
+}

@@ -32,6 +32,7 @@ pub const DIR_EGRESS: u8 = 2;
 pub mod maps {
     pub const ENDPOINTS: &str = "WEFT_ENDPOINTS";
     pub const IPCACHE: &str = "WEFT_IPCACHE";
+    pub const POLICY: &str = "WEFT_POLICY";
     pub const POLICY_ALLOW: &str = "WEFT_POLICY_ALLOW";
     pub const POLICY_DENY: &str = "WEFT_POLICY_DENY";
     pub const CT: &str = "WEFT_CT";
@@ -46,9 +47,10 @@ pub mod maps {
     pub const SOCK_REVNAT: &str = "WEFT_SOCK_REVNAT";
     pub const LB_CT: &str = "WEFT_LB_CT";
     /// Every map, for pinning/cleanup.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         ENDPOINTS,
         IPCACHE,
+        POLICY,
         POLICY_ALLOW,
         POLICY_DENY,
         CT,
@@ -104,6 +106,8 @@ pub struct EndpointKey {
 pub const EP_ENFORCE_INGRESS: u32 = 1;
 /// The endpoint enforces egress policy.
 pub const EP_ENFORCE_EGRESS: u32 = 2;
+/// The endpoint has port-range entries (in the LPM range maps): consult them too.
+pub const EP_HAS_PORT_RANGES: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,7 +145,28 @@ pub struct IpcacheValue {
     pub flags: u32,
 }
 
-/// LPM data of the policy maps. Full prefix = 96 bits; `ep_id`, `identity` and `direction`
+/// Key of the policy hash map (single ports and wildcards): one O(1) lookup per candidate, so
+/// the per-packet cost does not depend on the number of entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyHashKey {
+    pub ep_id: u32,
+    /// Peer identity, `IDENTITY_ANY` for the wildcard.
+    pub identity: u32,
+    pub direction: u8,
+    /// 0 with `POLICY_ANY_PROTO`.
+    pub proto: u8,
+    /// Host byte order; 0 with `POLICY_ANY_PORT`. ICMP: the type.
+    pub dport: u16,
+    /// `POLICY_ANY_*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const POLICY_ANY_PORT: u8 = 1;
+pub const POLICY_ANY_PROTO: u8 = 2;
+
+/// LPM data of the port-range policy maps. Full prefix = 96 bits; `ep_id`, `identity` and `direction`
 /// (72 bits) are always matched, then `proto` (8 bits, omitted = any protocol), then `dport`
 /// bits (big-endian, omitted bits = a port range aligned on a power of two).
 #[repr(C)]
@@ -475,6 +500,7 @@ mod pod {
         IpcacheKey,
         IpcacheValue,
         PolicyKey,
+        PolicyHashKey,
         PolicyValue,
         CtKey,
         CtValue,
@@ -506,6 +532,7 @@ mod tests {
         assert_eq!(size_of::<EndpointValue>(), 24);
         assert_eq!(size_of::<IpcacheKey>(), 20);
         assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<PolicyHashKey>(), 16);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<CtKey>(), 40);
         assert_eq!(size_of::<CtValue>(), 48);

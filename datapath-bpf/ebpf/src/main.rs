@@ -28,7 +28,9 @@ static WEFT_ENDPOINTS: HashMap<EndpointKey, EndpointValue> = HashMap::pinned(409
 #[map]
 static WEFT_IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> = LpmTrie::pinned(65536, 0);
 #[map]
-static WEFT_POLICY_ALLOW: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(262144, 0);
+static WEFT_POLICY: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(262144, 0);
+#[map]
+static WEFT_POLICY_ALLOW: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(65536, 0);
 #[map]
 static WEFT_POLICY_DENY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(65536, 0);
 #[map]
@@ -257,7 +259,28 @@ fn policy_key(ep_id: u32, identity: u32, dir: u8, p: &Pkt) -> Key<PolicyKey> {
     )
 }
 
-/// Deny rules win over allow rules; an exact-identity allow wins over a wildcard one.
+#[inline(always)]
+fn hash_key(ep_id: u32, identity: u32, dir: u8, proto: u8, port: u16, flags: u8) -> PolicyHashKey {
+    PolicyHashKey {
+        ep_id,
+        identity,
+        direction: dir,
+        proto,
+        dport: port,
+        flags,
+        _pad: [0; 3],
+    }
+}
+
+const DENIED_BY_RULE: Decision = Decision {
+    action: ACTION_DENY,
+    proxy_port: 0,
+    reason: DROP_DENY_RULE,
+};
+
+/// Deny rules win over allow rules; among allows the most specific wins (exact identity over
+/// any identity, then exact port over any port over any protocol, then port ranges).
+/// Six hash lookups, plus four LPM lookups only for endpoints with port-range entries.
 #[inline(always)]
 fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision {
     let enforce = if dir == DIR_INGRESS {
@@ -272,30 +295,59 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
             reason: DROP_NONE,
         };
     }
-    let exact = policy_key(ep.ep_id, peer_identity, dir, p);
-    let any = policy_key(ep.ep_id, IDENTITY_ANY, dir, p);
-    if WEFT_POLICY_DENY.get(&exact).is_some() || WEFT_POLICY_DENY.get(&any).is_some() {
-        return Decision {
-            action: ACTION_DENY,
-            proxy_port: 0,
-            reason: DROP_DENY_RULE,
-        };
+    let mut allow: Option<PolicyValue> = None;
+    let candidates = [
+        hash_key(ep.ep_id, peer_identity, dir, p.proto, p.policy_port, 0),
+        hash_key(ep.ep_id, peer_identity, dir, p.proto, 0, POLICY_ANY_PORT),
+        hash_key(
+            ep.ep_id,
+            peer_identity,
+            dir,
+            0,
+            0,
+            POLICY_ANY_PORT | POLICY_ANY_PROTO,
+        ),
+        hash_key(ep.ep_id, IDENTITY_ANY, dir, p.proto, p.policy_port, 0),
+        hash_key(ep.ep_id, IDENTITY_ANY, dir, p.proto, 0, POLICY_ANY_PORT),
+        hash_key(
+            ep.ep_id,
+            IDENTITY_ANY,
+            dir,
+            0,
+            0,
+            POLICY_ANY_PORT | POLICY_ANY_PROTO,
+        ),
+    ];
+    for k in candidates.iter() {
+        if let Some(v) = unsafe { WEFT_POLICY.get(k) } {
+            if v.action == ACTION_DENY {
+                return DENIED_BY_RULE;
+            }
+            if allow.is_none() {
+                allow = Some(*v);
+            }
+        }
     }
-    let hit = match WEFT_POLICY_ALLOW.get(&exact) {
-        Some(v) => Some(*v),
-        None => WEFT_POLICY_ALLOW.get(&any).copied(),
-    };
-    match hit {
+    if ep.flags & EP_HAS_PORT_RANGES != 0 {
+        let exact = policy_key(ep.ep_id, peer_identity, dir, p);
+        let any = policy_key(ep.ep_id, IDENTITY_ANY, dir, p);
+        if WEFT_POLICY_DENY.get(&exact).is_some() || WEFT_POLICY_DENY.get(&any).is_some() {
+            return DENIED_BY_RULE;
+        }
+        if allow.is_none() {
+            allow = match WEFT_POLICY_ALLOW.get(&exact) {
+                Some(v) => Some(*v),
+                None => WEFT_POLICY_ALLOW.get(&any).copied(),
+            };
+        }
+    }
+    match allow {
         Some(v) if v.action == ACTION_ALLOW || v.action == ACTION_REDIRECT => Decision {
             action: v.action,
             proxy_port: v.proxy_port,
             reason: DROP_NONE,
         },
-        Some(_) => Decision {
-            action: ACTION_DENY,
-            proxy_port: 0,
-            reason: DROP_DENY_RULE,
-        },
+        Some(_) => DENIED_BY_RULE,
         None => Decision {
             action: ACTION_DENY,
             proxy_port: 0,

@@ -78,8 +78,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathErr
 pub struct MapSizes {
     pub endpoints: u32,
     pub ipcache: u32,
-    pub policy_allow: u32,
-    pub policy_deny: u32,
+    /// Single-port/wildcard policy entries (all endpoints).
+    pub policy: u32,
+    /// Port-range blocks, per range map (allow, deny).
+    pub policy_ranges: u32,
     pub conntrack: u32,
     pub services: u32,
     pub backends: u32,
@@ -92,8 +94,8 @@ impl Default for MapSizes {
         Self {
             endpoints: 4096,
             ipcache: 65536,
-            policy_allow: 262_144,
-            policy_deny: 65536,
+            policy: 262_144,
+            policy_ranges: 65536,
             conntrack: 262_144,
             services: 65536,
             backends: 262_144,
@@ -227,6 +229,9 @@ pub fn drop_reason_name(r: u8) -> &'static str {
 pub struct Maps {
     pub endpoints: HashMap<MapData, c::EndpointKey, c::EndpointValue>,
     pub ipcache: LpmTrie<MapData, c::IpcacheKey, c::IpcacheValue>,
+    /// Single-port and wildcard policy entries.
+    pub policy: HashMap<MapData, c::PolicyHashKey, c::PolicyValue>,
+    /// Port-range policy entries (consulted only for endpoints flagged `EP_HAS_PORT_RANGES`).
     pub policy_allow: LpmTrie<MapData, c::PolicyKey, c::PolicyValue>,
     pub policy_deny: LpmTrie<MapData, c::PolicyKey, c::PolicyValue>,
     pub ct: HashMap<MapData, c::CtKey, c::CtValue>,
@@ -257,6 +262,7 @@ impl Maps {
         Ok(Self {
             endpoints: typed(m::ENDPOINTS, get(m::ENDPOINTS)?)?,
             ipcache: typed(m::IPCACHE, get(m::IPCACHE)?)?,
+            policy: typed(m::POLICY, get(m::POLICY)?)?,
             policy_allow: typed(m::POLICY_ALLOW, get(m::POLICY_ALLOW)?)?,
             policy_deny: typed(m::POLICY_DENY, get(m::POLICY_DENY)?)?,
             ct: typed(m::CT, get(m::CT)?)?,
@@ -326,13 +332,38 @@ impl Maps {
             .map_err(map_err(m::IPCACHE))
     }
 
-    /// (map, prefix, key, value) of the endpoint's policy entries.
+    /// (map, prefix, key, value) of the endpoint's policy entries; hash entries are shown
+    /// with the prefix they are equivalent to (72 any protocol, 80 any port, 96 one port).
     pub fn list_policy(
         &self,
         ep_id: u32,
     ) -> Result<Vec<(&'static str, u32, c::PolicyKey, c::PolicyValue)>> {
         let mut out = Vec::new();
-        for (name, map) in [("deny", &self.policy_deny), ("allow", &self.policy_allow)] {
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(map_err(m::POLICY))?;
+            if k.ep_id != ep_id {
+                continue;
+            }
+            let prefix = if k.flags & c::POLICY_ANY_PROTO != 0 {
+                c::POLICY_PREFIX_FIXED_BITS
+            } else if k.flags & c::POLICY_ANY_PORT != 0 {
+                c::POLICY_PREFIX_PROTO_BITS
+            } else {
+                c::POLICY_PREFIX_FULL_BITS
+            };
+            let key = c::PolicyKey {
+                ep_id,
+                identity: k.identity,
+                direction: k.direction,
+                proto: k.proto,
+                dport: k.dport.to_be_bytes(),
+            };
+            out.push(("hash", prefix, key, v));
+        }
+        for (name, map) in [
+            ("range-deny", &self.policy_deny),
+            ("range-allow", &self.policy_allow),
+        ] {
             for kv in map.iter() {
                 let (k, v) = kv.map_err(map_err(m::POLICY_ALLOW))?;
                 if k.data().ep_id == ep_id {
@@ -340,6 +371,7 @@ impl Maps {
                 }
             }
         }
+        out.sort_by_key(|(name, prefix, k, _)| (k.direction, k.identity, *prefix, *name));
         Ok(out)
     }
 
@@ -418,30 +450,12 @@ impl Maps {
 /// What the agent last wrote, rebuilt from the maps at load (reconcile after restart).
 #[derive(Default)]
 struct Cache {
-    /// ep_id -> keys in each policy map.
-    policy: StdHashMap<u32, BTreeSet<(policy::PolicyMap, u32, [u8; 12])>>,
+    /// ep_id -> policy slots it owns.
+    policy: StdHashMap<u32, BTreeSet<policy::PolicySlot>>,
+    /// ep_id -> its endpoint map key.
+    endpoints: StdHashMap<u32, c::EndpointKey>,
     /// svc_id -> (key, backend ids, slot count).
     services: StdHashMap<u32, (c::ServiceKey, BTreeSet<u32>, u32)>,
-}
-
-fn policy_key_bytes(k: &c::PolicyKey) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[0..4].copy_from_slice(&k.ep_id.to_ne_bytes());
-    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
-    b[8] = k.direction;
-    b[9] = k.proto;
-    b[10..12].copy_from_slice(&k.dport);
-    b
-}
-
-fn policy_key_from_bytes(b: &[u8; 12]) -> c::PolicyKey {
-    c::PolicyKey {
-        ep_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        identity: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        direction: b[8],
-        proto: b[9],
-        dport: [b[10], b[11]],
-    }
 }
 
 /// Where the programs are attached, for link pin names.
@@ -490,8 +504,9 @@ impl Datapath {
             .map_pin_path(&cfg.pin_path)
             .set_max_entries(m::ENDPOINTS, s.endpoints)
             .set_max_entries(m::IPCACHE, s.ipcache)
-            .set_max_entries(m::POLICY_ALLOW, s.policy_allow)
-            .set_max_entries(m::POLICY_DENY, s.policy_deny)
+            .set_max_entries(m::POLICY, s.policy)
+            .set_max_entries(m::POLICY_ALLOW, s.policy_ranges)
+            .set_max_entries(m::POLICY_DENY, s.policy_ranges)
             .set_max_entries(m::CT, s.conntrack)
             .set_max_entries(m::SERVICES, s.services)
             .set_max_entries(m::BACKEND_SLOTS, s.backends)
@@ -555,19 +570,30 @@ impl Datapath {
     /// Rebuilds the caches from pinned map contents (after an agent restart).
     fn reconcile(&mut self) -> Result<()> {
         let mut cache = Cache::default();
-        for (which, map) in [
-            (policy::PolicyMap::Allow, &self.maps.policy_allow),
-            (policy::PolicyMap::Deny, &self.maps.policy_deny),
+        for kv in self.maps.policy.keys() {
+            let k = kv.map_err(map_err(m::POLICY))?;
+            cache
+                .policy
+                .entry(k.ep_id)
+                .or_default()
+                .insert(policy::PolicySlot::Hash(k));
+        }
+        for (deny, map) in [
+            (false, &self.maps.policy_allow),
+            (true, &self.maps.policy_deny),
         ] {
             for k in map.keys() {
                 let k = k.map_err(map_err(m::POLICY_ALLOW))?;
                 let d = k.data();
-                cache.policy.entry(d.ep_id).or_default().insert((
-                    which,
-                    k.prefix_len(),
-                    policy_key_bytes(&d),
-                ));
+                cache
+                    .policy
+                    .entry(d.ep_id)
+                    .or_default()
+                    .insert(policy::range_slot(deny, k.prefix_len(), &d));
             }
+        }
+        for (k, v) in self.maps.list_endpoints()? {
+            cache.endpoints.insert(v.ep_id, k);
         }
         for (key, svc) in self.maps.list_services()? {
             let slots = self.maps.service_slots(&svc).unwrap_or_default();
@@ -738,13 +764,10 @@ impl Datapath {
             _pad: [0; 3],
             addr: ipv4_addr(ep.ip),
         };
-        let rev = self
-            .maps
-            .endpoints
-            .get(&key, 0)
-            .map(|v| v.policy_rev)
-            .unwrap_or(0);
-        let mut flags = 0;
+        let existing = self.maps.endpoints.get(&key, 0).ok();
+        let rev = existing.map_or(0, |v| v.policy_rev);
+        // The port-range flag belongs to the endpoint's policy, not to its description.
+        let mut flags = existing.map_or(0, |v| v.flags & c::EP_HAS_PORT_RANGES);
         if ep.enforce_ingress {
             flags |= c::EP_ENFORCE_INGRESS;
         }
@@ -760,6 +783,7 @@ impl Datapath {
             _pad: 0,
         };
         self.apply_ipcache(ipv4_addr(ep.ip), 32, ep.identity)?;
+        self.cache.endpoints.insert(ep.id, key);
         self.maps
             .endpoints
             .insert(key, value, 0)
@@ -775,7 +799,9 @@ impl Datapath {
         };
         ignore_missing(self.maps.endpoints.remove(&key)).map_err(map_err(m::ENDPOINTS))?;
         self.remove_ipcache(ipv4_addr(ip), 32)?;
-        self.apply_policy(ep_id, &[])
+        self.apply_policy(ep_id, &[])?;
+        self.cache.endpoints.remove(&ep_id);
+        Ok(())
     }
 
     /// Maps a CIDR to an identity (longest prefix wins; a more specific entry is how a
@@ -818,52 +844,58 @@ impl Datapath {
     /// before deny keys. Then the endpoint's policy revision is bumped so established
     /// connections are re-checked once. Idempotent: applying the same set writes nothing.
     pub fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<()> {
-        let mut desired: BTreeMap<(policy::PolicyMap, u32, [u8; 12]), c::PolicyValue> =
-            BTreeMap::new();
+        use policy::PolicySlot;
+        let mut desired: BTreeMap<PolicySlot, c::PolicyValue> = BTreeMap::new();
         for e in entries {
-            let (which, keys, value) = policy::expand(ep_id, e)
+            let (slots, value) = policy::expand(ep_id, e)
                 .map_err(|source| DatapathError::Policy { ep: ep_id, source })?;
-            for k in keys {
-                let id = (which, k.prefix_len, policy_key_bytes(&k.key));
-                // Two allow entries on one key: the more specific action (redirect) wins.
+            for slot in slots {
+                // Two entries on one hash key: deny beats redirect beats allow.
+                let rank = |a: u8| match a {
+                    c::ACTION_DENY => 2,
+                    c::ACTION_REDIRECT => 1,
+                    _ => 0,
+                };
                 let keep = desired
-                    .get(&id)
-                    .is_some_and(|old| old.action == c::ACTION_REDIRECT);
+                    .get(&slot)
+                    .is_some_and(|old| rank(old.action) >= rank(value.action));
                 if !keep {
-                    desired.insert(id, value);
+                    desired.insert(slot, value);
                 }
             }
         }
         let current = self.cache.policy.get(&ep_id).cloned().unwrap_or_default();
+        let is_deny = |slot: &PolicySlot, v: Option<&c::PolicyValue>| match slot {
+            PolicySlot::RangeDeny(..) => true,
+            PolicySlot::RangeAllow(..) => false,
+            PolicySlot::Hash(_) => v.is_some_and(|v| v.action == c::ACTION_DENY),
+        };
+        let has_ranges = desired.keys().any(|s| !matches!(s, PolicySlot::Hash(_)));
         let mut changed = false;
-        // Add/update: deny map first.
-        for which in [policy::PolicyMap::Deny, policy::PolicyMap::Allow] {
-            for (id, value) in desired.iter().filter(|(id, _)| id.0 == which) {
-                let key = Key::new(id.1, policy_key_from_bytes(&id.2));
-                let map = match which {
-                    policy::PolicyMap::Allow => &mut self.maps.policy_allow,
-                    policy::PolicyMap::Deny => &mut self.maps.policy_deny,
-                };
-                if current.contains(id) && map.get(&key, 0).ok().as_ref() == Some(value) {
-                    continue;
-                }
-                map.insert(&key, *value, 0)
-                    .map_err(map_err(m::POLICY_ALLOW))?;
-                changed = true;
+        // Range entries are only consulted with the endpoint flag: set it before adding them.
+        if has_ranges {
+            changed |= self.update_endpoint_policy_meta(ep_id, Some(true), false)?;
+        }
+        // Add/update: denies first, then allows.
+        for deny_pass in [true, false] {
+            for (slot, value) in desired
+                .iter()
+                .filter(|(s, v)| is_deny(s, Some(v)) == deny_pass)
+            {
+                changed |= self.write_policy_slot(slot, value, current.contains(slot))?;
             }
         }
-        // Remove stale: allow map first.
-        for which in [policy::PolicyMap::Allow, policy::PolicyMap::Deny] {
-            for id in current
-                .iter()
-                .filter(|id| id.0 == which && !desired.contains_key(id))
-            {
-                let key = Key::new(id.1, policy_key_from_bytes(&id.2));
-                let map = match which {
-                    policy::PolicyMap::Allow => &mut self.maps.policy_allow,
-                    policy::PolicyMap::Deny => &mut self.maps.policy_deny,
+        // Remove stale: allows first, then denies.
+        for deny_pass in [false, true] {
+            for slot in current.iter().filter(|s| !desired.contains_key(s)) {
+                let v = match slot {
+                    PolicySlot::Hash(k) => self.maps.policy.get(k, 0).ok(),
+                    _ => None,
                 };
-                ignore_missing(map.remove(&key)).map_err(map_err(m::POLICY_ALLOW))?;
+                if is_deny(slot, v.as_ref()) != deny_pass {
+                    continue;
+                }
+                self.remove_policy_slot(slot)?;
                 changed = true;
             }
         }
@@ -874,27 +906,96 @@ impl Datapath {
                 .policy
                 .insert(ep_id, desired.keys().copied().collect());
         }
-        if changed {
-            self.bump_policy_revision(ep_id)?;
+        if changed || !has_ranges {
+            self.update_endpoint_policy_meta(ep_id, Some(has_ranges), changed)?;
         }
         Ok(())
     }
 
-    fn bump_policy_revision(&mut self, ep_id: u32) -> Result<()> {
-        let found = self
-            .maps
-            .endpoints
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .find(|(_, v)| v.ep_id == ep_id);
-        if let Some((k, mut v)) = found {
-            v.policy_rev = v.policy_rev.wrapping_add(1);
-            self.maps
-                .endpoints
-                .insert(k, v, 0)
-                .map_err(map_err(m::ENDPOINTS))?;
+    /// Writes one slot unless it already holds `value`; returns whether it wrote.
+    fn write_policy_slot(
+        &mut self,
+        slot: &policy::PolicySlot,
+        value: &c::PolicyValue,
+        known: bool,
+    ) -> Result<bool> {
+        use policy::PolicySlot;
+        match slot {
+            PolicySlot::Hash(k) => {
+                if known && self.maps.policy.get(k, 0).ok().as_ref() == Some(value) {
+                    return Ok(false);
+                }
+                self.maps
+                    .policy
+                    .insert(k, value, 0)
+                    .map_err(map_err(m::POLICY))?;
+            }
+            PolicySlot::RangeAllow(prefix, b) | PolicySlot::RangeDeny(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                let (map, name) = match slot {
+                    PolicySlot::RangeAllow(..) => (&mut self.maps.policy_allow, m::POLICY_ALLOW),
+                    _ => (&mut self.maps.policy_deny, m::POLICY_DENY),
+                };
+                if known && map.get(&key, 0).ok().as_ref() == Some(value) {
+                    return Ok(false);
+                }
+                map.insert(&key, value, 0).map_err(map_err(name))?;
+            }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn remove_policy_slot(&mut self, slot: &policy::PolicySlot) -> Result<()> {
+        use policy::PolicySlot;
+        match slot {
+            PolicySlot::Hash(k) => {
+                ignore_missing(self.maps.policy.remove(k)).map_err(map_err(m::POLICY))
+            }
+            PolicySlot::RangeAllow(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                ignore_missing(self.maps.policy_allow.remove(&key))
+                    .map_err(map_err(m::POLICY_ALLOW))
+            }
+            PolicySlot::RangeDeny(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                ignore_missing(self.maps.policy_deny.remove(&key)).map_err(map_err(m::POLICY_DENY))
+            }
+        }
+    }
+
+    /// Sets the endpoint's port-range flag and/or bumps its policy revision (one map write,
+    /// only when something changes). Returns whether it wrote.
+    fn update_endpoint_policy_meta(
+        &mut self,
+        ep_id: u32,
+        has_ranges: Option<bool>,
+        bump: bool,
+    ) -> Result<bool> {
+        let Some(key) = self.cache.endpoints.get(&ep_id).copied() else {
+            return Ok(false);
+        };
+        let Ok(mut v) = self.maps.endpoints.get(&key, 0) else {
+            return Ok(false);
+        };
+        let old = v;
+        if let Some(r) = has_ranges {
+            if r {
+                v.flags |= c::EP_HAS_PORT_RANGES;
+            } else {
+                v.flags &= !c::EP_HAS_PORT_RANGES;
+            }
+        }
+        if bump {
+            v.policy_rev = v.policy_rev.wrapping_add(1);
+        }
+        if v == old {
+            return Ok(false);
+        }
+        self.maps
+            .endpoints
+            .insert(key, v, 0)
+            .map_err(map_err(m::ENDPOINTS))?;
+        Ok(true)
     }
 
     // ---- services ----
@@ -1174,17 +1275,5 @@ mod tests {
         assert_eq!(&mask_addr(a, 20)[..4], &[10, 1, 0, 0]);
         assert_eq!(&mask_addr(a, 32)[..4], &[10, 1, 2, 3]);
         assert_eq!(&mask_addr(a, 0)[..4], &[0, 0, 0, 0]);
-    }
-
-    #[test]
-    fn policy_key_bytes_round_trip() {
-        let k = c::PolicyKey {
-            ep_id: 7,
-            identity: 1234,
-            direction: c::DIR_EGRESS,
-            proto: 17,
-            dport: 53u16.to_be_bytes(),
-        };
-        assert_eq!(policy_key_from_bytes(&policy_key_bytes(&k)), k);
     }
 }

@@ -2,8 +2,8 @@
 //! Pure: no I/O, unit-tested.
 
 use weft_datapath_common::{
-    PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, ACTION_REDIRECT, DIR_EGRESS, DIR_INGRESS,
-    IDENTITY_ANY, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS,
+    PolicyHashKey, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, ACTION_REDIRECT, DIR_EGRESS,
+    DIR_INGRESS, IDENTITY_ANY, POLICY_ANY_PORT, POLICY_ANY_PROTO, POLICY_PREFIX_PROTO_BITS,
 };
 
 /// Direction, seen from the endpoint.
@@ -60,18 +60,45 @@ pub enum PolicyEntryError {
     ZeroProxyPort,
 }
 
-/// Which policy map a key goes to.
+/// Where one expanded entry lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PolicyMap {
-    Allow,
-    Deny,
+pub enum PolicySlot {
+    /// Single port, any port or any protocol: the hash map (O(1) per lookup).
+    Hash(PolicyHashKey),
+    /// Port-range block in the LPM allow map (allow and redirect).
+    RangeAllow(u32, [u8; 12]),
+    /// Port-range block in the LPM deny map.
+    RangeDeny(u32, [u8; 12]),
 }
 
-/// A map key as (prefix length, data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LpmPolicyKey {
-    pub prefix_len: u32,
-    pub key: PolicyKey,
+fn lpm_bytes(k: &PolicyKey) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[0..4].copy_from_slice(&k.ep_id.to_ne_bytes());
+    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
+    b[8] = k.direction;
+    b[9] = k.proto;
+    b[10..12].copy_from_slice(&k.dport);
+    b
+}
+
+/// Inverse of the byte form kept in [`PolicySlot`].
+pub fn lpm_key_from_bytes(b: &[u8; 12]) -> PolicyKey {
+    PolicyKey {
+        ep_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        identity: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        direction: b[8],
+        proto: b[9],
+        dport: [b[10], b[11]],
+    }
+}
+
+/// Whether `k` is the key of a port-range block.
+pub fn range_slot(deny: bool, prefix_len: u32, k: &PolicyKey) -> PolicySlot {
+    if deny {
+        PolicySlot::RangeDeny(prefix_len, lpm_bytes(k))
+    } else {
+        PolicySlot::RangeAllow(prefix_len, lpm_bytes(k))
+    }
 }
 
 /// Splits an inclusive port range into maximal aligned power-of-two blocks, as
@@ -96,16 +123,16 @@ pub fn port_range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u32)> {
     out
 }
 
-/// Expands one entry into the keys and value it needs in its map.
+/// Expands one entry into the map slots it needs and their value.
 pub fn expand(
     ep_id: u32,
     e: &PolicyEntry,
-) -> Result<(PolicyMap, Vec<LpmPolicyKey>, PolicyValue), PolicyEntryError> {
-    let (map, action, proxy_port) = match e.action {
-        Action::Allow => (PolicyMap::Allow, ACTION_ALLOW, 0),
-        Action::Deny => (PolicyMap::Deny, ACTION_DENY, 0),
+) -> Result<(Vec<PolicySlot>, PolicyValue), PolicyEntryError> {
+    let (deny, action, proxy_port) = match e.action {
+        Action::Allow => (false, ACTION_ALLOW, 0),
+        Action::Deny => (true, ACTION_DENY, 0),
         Action::Redirect { proxy_port: 0 } => return Err(PolicyEntryError::ZeroProxyPort),
-        Action::Redirect { proxy_port } => (PolicyMap::Allow, ACTION_REDIRECT, proxy_port),
+        Action::Redirect { proxy_port } => (false, ACTION_REDIRECT, proxy_port),
     };
     let value = PolicyValue {
         action,
@@ -113,41 +140,42 @@ pub fn expand(
         proxy_port,
         rule_id: e.rule_id,
     };
-    let base = PolicyKey {
-        ep_id,
-        identity: e.peer_identity.unwrap_or(IDENTITY_ANY),
-        direction: e.direction.raw(),
-        proto: 0,
-        dport: [0; 2],
+    let identity = e.peer_identity.unwrap_or(IDENTITY_ANY);
+    let direction = e.direction.raw();
+    let hash = |proto: u8, dport: u16, flags: u8| {
+        PolicySlot::Hash(PolicyHashKey {
+            ep_id,
+            identity,
+            direction,
+            proto,
+            dport,
+            flags,
+            _pad: [0; 3],
+        })
     };
-    let keys = match (e.proto, e.ports) {
+    let slots = match (e.proto, e.ports) {
         (None, Some(_)) => return Err(PolicyEntryError::PortsWithoutProtocol),
-        (None, None) => vec![LpmPolicyKey {
-            prefix_len: POLICY_PREFIX_FIXED_BITS,
-            key: base,
-        }],
-        (Some(proto), None) => vec![LpmPolicyKey {
-            prefix_len: POLICY_PREFIX_PROTO_BITS,
-            key: PolicyKey { proto, ..base },
-        }],
-        (Some(proto), Some((lo, hi))) => {
-            if lo > hi {
-                return Err(PolicyEntryError::EmptyRange(lo, hi));
-            }
-            port_range_prefixes(lo, hi)
-                .into_iter()
-                .map(|(port, bits)| LpmPolicyKey {
-                    prefix_len: POLICY_PREFIX_PROTO_BITS + bits,
-                    key: PolicyKey {
-                        proto,
-                        dport: port.to_be_bytes(),
-                        ..base
-                    },
-                })
-                .collect()
+        (None, None) => vec![hash(0, 0, POLICY_ANY_PORT | POLICY_ANY_PROTO)],
+        (Some(proto), None) | (Some(proto), Some((0, 65535))) => {
+            vec![hash(proto, 0, POLICY_ANY_PORT)]
         }
+        (Some(_), Some((lo, hi))) if lo > hi => return Err(PolicyEntryError::EmptyRange(lo, hi)),
+        (Some(proto), Some((lo, hi))) if lo == hi => vec![hash(proto, lo, 0)],
+        (Some(proto), Some((lo, hi))) => port_range_prefixes(lo, hi)
+            .into_iter()
+            .map(|(port, bits)| {
+                let key = PolicyKey {
+                    ep_id,
+                    identity,
+                    direction,
+                    proto,
+                    dport: port.to_be_bytes(),
+                };
+                range_slot(deny, POLICY_PREFIX_PROTO_BITS + bits, &key)
+            })
+            .collect(),
     };
-    Ok((map, keys, value))
+    Ok((slots, value))
 }
 
 #[cfg(test)]
@@ -193,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn expansion_sets_prefixes_and_rejects_nonsense() {
+    fn expansion_picks_hash_or_range_slots_and_rejects_nonsense() {
         let e = PolicyEntry {
             direction: Direction::Ingress,
             peer_identity: None,
@@ -202,20 +230,45 @@ mod tests {
             action: Action::Redirect { proxy_port: 15001 },
             rule_id: 7,
         };
-        let (map, keys, v) = expand(3, &e).unwrap();
-        assert_eq!(map, PolicyMap::Allow);
+        let (slots, v) = expand(3, &e).unwrap();
         assert_eq!(v.action, ACTION_REDIRECT);
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].prefix_len, 80 + 15);
-        assert_eq!(keys[0].key.identity, IDENTITY_ANY);
+        assert_eq!(slots.len(), 1);
+        assert!(
+            matches!(slots[0], PolicySlot::RangeAllow(95, _)),
+            "{slots:?}"
+        );
+        let single = PolicyEntry {
+            ports: Some((80, 80)),
+            ..e.clone()
+        };
+        let (slots, _) = expand(3, &single).unwrap();
+        assert!(
+            matches!(slots[0], PolicySlot::Hash(k) if k.dport == 80 && k.flags == 0 && k.identity == IDENTITY_ANY)
+        );
+        let all_ports = PolicyEntry {
+            ports: Some((0, 65535)),
+            ..e.clone()
+        };
+        let (slots, _) = expand(3, &all_ports).unwrap();
+        assert!(matches!(slots[0], PolicySlot::Hash(k) if k.flags == POLICY_ANY_PORT));
         let any = PolicyEntry {
             proto: None,
             ports: None,
             action: Action::Deny,
             ..e.clone()
         };
-        let (map, keys, _) = expand(3, &any).unwrap();
-        assert_eq!((map, keys[0].prefix_len), (PolicyMap::Deny, 72));
+        let (slots, v) = expand(3, &any).unwrap();
+        assert_eq!(v.action, ACTION_DENY);
+        assert!(
+            matches!(slots[0], PolicySlot::Hash(k) if k.flags == POLICY_ANY_PORT | POLICY_ANY_PROTO)
+        );
+        let range_deny = PolicyEntry {
+            ports: Some((1000, 2000)),
+            action: Action::Deny,
+            ..e.clone()
+        };
+        let (slots, _) = expand(3, &range_deny).unwrap();
+        assert!(slots.iter().all(|s| matches!(s, PolicySlot::RangeDeny(..))));
         let bad = PolicyEntry {
             proto: None,
             ..e.clone()
