@@ -72,13 +72,13 @@ fn sizes_for(max_policy: u32) -> MapSizes {
     }
 }
 
-/// Average ns/run over `repeat` runs, as the minimum of 5 trials of `repeat / 5` runs each
+/// Average ns/run over `repeat` runs, as the minimum of 20 trials of `repeat / 20` runs each
 /// (the other trials absorb interference from other processes on the machine).
 fn timed(dp: &Datapath, prog: &'static str, pkt: &[u8], repeat: u32) -> Result<(f64, u32)> {
     let mut best = f64::MAX;
     let mut retval = 0;
-    for _ in 0..5 {
-        let r = dp.test_run(prog, pkt, (repeat / 5).max(1))?;
+    for _ in 0..20 {
+        let r = dp.test_run(prog, pkt, (repeat / 20).max(1))?;
         best = best.min(r.duration_ns as f64);
         retval = r.retval;
     }

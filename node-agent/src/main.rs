@@ -249,7 +249,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         "notes": {
             "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (conntrack miss, deny+allow LPM lookups for exact and any identity, conntrack insert), events off",
             "policy_established_ns": "same packet with conntrack hit (no policy lookup)",
-            "policy_method": "minimum over 5 trials of BPF_PROG_TEST_RUN with repeat/5 runs each (repeat total = 1M)",
+            "policy_method": "minimum over 20 trials of BPF_PROG_TEST_RUN with repeat/20 runs each (1M runs in total)",
             "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
             "lb_established_ns": "same with the LB conntrack hit",
             "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP, median of interleaved rounds; iptables = legacy iptables kube-proxy-shaped chains in the node namespace",
@@ -266,10 +266,18 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "policy ns/pkt (established)".into(),
             fmt_map(&r.policy_established_ns),
         ],
-        vec!["LB ns/pkt".into(), fmt_map(&r.lb_ns)],
+        vec!["LB ns/pkt (new conn)".into(), fmt_map(&r.lb_ns)],
+        vec![
+            "LB ns/pkt (established)".into(),
+            fmt_map(&r.lb_established_ns),
+        ],
         vec![
             "pass-through ns/pkt".into(),
             format!("{:.1}", r.passthrough_ns),
+        ],
+        vec![
+            "pass-through ns/pkt (single runs)".into(),
+            format!("{:.1}", r.passthrough_single_ns),
         ],
         vec!["CRR/s weft".into(), fmt_map(&r.crr_weft)],
         vec!["CRR/s iptables".into(), fmt_map(&r.crr_iptables)],
