@@ -306,12 +306,13 @@ fn iptables_jump(topo: &Topology, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// One CRR window: (connections per second, median latency in µs).
 fn crr(
     opts: &BenchOptions,
     topo: &Topology,
     cgroup: Option<&Path>,
     target: SocketAddrV4,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let r = tools::spawn_client(
         &opts.exe,
         cgroup,
@@ -321,10 +322,17 @@ fn crr(
             udp: false,
             count: u64::MAX,
             duration: Some(opts.crr_window),
-            verbose: false,
+            verbose: true,
         },
     )?;
-    Ok(r.rate)
+    if !r.errors.is_empty() {
+        bail!(
+            "CRR to {target}: {} failed requests ({:?})",
+            r.errors.len(),
+            r.errors.first()
+        );
+    }
+    Ok((r.rate, r.p50_us() as f64))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -349,6 +357,9 @@ pub struct BenchResults {
     pub crr_weft: BTreeMap<u32, f64>,
     pub crr_iptables: BTreeMap<u32, f64>,
     pub crr_direct: f64,
+    pub crr_p50_us_weft: BTreeMap<u32, f64>,
+    pub crr_p50_us_iptables: BTreeMap<u32, f64>,
+    pub crr_p50_us_direct: f64,
 }
 
 pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
@@ -392,7 +403,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
     })?;
     dp.attach_cgroup(cg.path())?;
     let direct_target = SocketAddrV4::new(backends[0], 8080);
-    let mut direct = Vec::new();
+    let (mut direct, mut direct_p50) = (Vec::new(), Vec::new());
     let mut have = 0u32;
     for &n in &opts.crr_sizes {
         for i in have..n {
@@ -420,21 +431,36 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         iptables_restore(&topo, &iptables_rules(n, &backends))?;
         // The last service: the far end of kube-proxy's linear services chain.
         let target = SocketAddrV4::new(vip(n - 1), 80);
-        let (mut w, mut ipt) = (Vec::new(), Vec::new());
+        let (mut w, mut w50, mut ipt, mut ipt50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..opts.crr_rounds {
-            w.push(crr(opts, &topo, Some(cg.path()), target)?);
+            let (r, p) = crr(opts, &topo, Some(cg.path()), target)?;
+            w.push(r);
+            w50.push(p);
             iptables_jump(&topo, true)?;
-            let r = crr(opts, &topo, None, target);
+            let m = crr(opts, &topo, None, target);
             iptables_jump(&topo, false)?;
-            ipt.push(r?);
-            direct.push(crr(opts, &topo, None, direct_target)?);
+            let (r, p) = m?;
+            ipt.push(r);
+            ipt50.push(p);
+            let (r, p) = crr(opts, &topo, None, direct_target)?;
+            direct.push(r);
+            direct_p50.push(p);
         }
         let (w, ipt) = (median(w), median(ipt));
-        eprintln!("CRR {n:>5} services: weft {w:.0}/s, iptables {ipt:.0}/s");
+        let (w50, ipt50) = (median(w50), median(ipt50));
+        eprintln!(
+            "CRR {n:>5} services: weft {w:.0}/s (p50 {w50:.0} us), iptables {ipt:.0}/s (p50 {ipt50:.0} us)"
+        );
         res.crr_weft.insert(n, w);
         res.crr_iptables.insert(n, ipt);
+        res.crr_p50_us_weft.insert(n, w50);
+        res.crr_p50_us_iptables.insert(n, ipt50);
     }
     res.crr_direct = median(direct);
-    eprintln!("CRR direct: {:.0}/s", res.crr_direct);
+    res.crr_p50_us_direct = median(direct_p50);
+    eprintln!(
+        "CRR direct: {:.0}/s (p50 {:.0} us)",
+        res.crr_direct, res.crr_p50_us_direct
+    );
     Ok(res)
 }

@@ -209,8 +209,8 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         } else {
             vec![10, 1_000, 5_000]
         },
-        crr_window: Duration::from_millis(if quick { 300 } else { 1_500 }),
-        crr_rounds: if quick { 1 } else { 3 },
+        crr_window: Duration::from_millis(if quick { 300 } else { 700 }),
+        crr_rounds: if quick { 1 } else { 7 },
         exe: std::env::current_exe().context("locating node-agent")?,
     };
     let r = bench::run(&opts)?;
@@ -239,6 +239,11 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "iptables": map(&r.crr_iptables),
             "direct": (r.crr_direct * 10.0).round() / 10.0,
         },
+        "crr_p50_us": {
+            "weft": map(&r.crr_p50_us_weft),
+            "iptables": map(&r.crr_p50_us_iptables),
+            "direct": r.crr_p50_us_direct,
+        },
         "ratios": {
             "policy_100000_vs_10": ratio(largest(&r.policy_ns).as_ref(), smallest(&r.policy_ns).as_ref()),
             "lb_10000_vs_10": ratio(largest(&r.lb_ns).as_ref(), smallest(&r.lb_ns).as_ref()),
@@ -252,7 +257,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "policy_method": "minimum over 20 trials of BPF_PROG_TEST_RUN with repeat/20 runs each (1M runs in total)",
             "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
             "lb_established_ns": "same with the LB conntrack hit",
-            "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP, median of interleaved rounds; iptables = legacy iptables kube-proxy-shaped chains in the node namespace",
+            "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP; weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) in the node namespace, jump present only during its windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
             "quick": quick,
         },
     });
@@ -281,6 +286,15 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         ],
         vec!["CRR/s weft".into(), fmt_map(&r.crr_weft)],
         vec!["CRR/s iptables".into(), fmt_map(&r.crr_iptables)],
+        vec!["CRR p50 us weft".into(), fmt_map(&r.crr_p50_us_weft)],
+        vec![
+            "CRR p50 us iptables".into(),
+            fmt_map(&r.crr_p50_us_iptables),
+        ],
+        vec![
+            "CRR p50 us direct".into(),
+            format!("{:.0}", r.crr_p50_us_direct),
+        ],
         vec![
             "CRR/s direct (no LB)".into(),
             format!("{:.0}", r.crr_direct),

@@ -213,7 +213,7 @@ pub struct ClientOptions {
 }
 
 /// Runs the client in this process: joins `cgroup` (whole process) and `netns` first.
-/// Prints `cookie <n>`, then per request `ok <answer> <peer>` / `err <error>` when verbose, and
+/// Prints `cookie <n>`, then per request `ok <answer> <peer> <µs>` / `err <error>` when verbose, and
 /// finally `summary ok=<n> err=<n> secs=<f> rate=<f>`.
 pub fn run_client(
     cgroup: Option<&Path>,
@@ -236,6 +236,7 @@ pub fn run_client(
         if opts.duration.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
+        let t0 = Instant::now();
         let r = if opts.udp {
             udp_request(opts.target, Duration::from_millis(500))
         } else {
@@ -245,7 +246,7 @@ pub fn run_client(
             Ok((answer, peer)) => {
                 ok += 1;
                 if opts.verbose {
-                    writeln!(out, "ok {answer} {peer}")?;
+                    writeln!(out, "ok {answer} {peer} {}", t0.elapsed().as_micros())?;
                 }
             }
             Err(e) => {
@@ -273,6 +274,17 @@ pub struct ClientReport {
     pub answers: Vec<(String, String)>,
     pub errors: Vec<String>,
     pub rate: f64,
+    /// Per-request latency in µs (verbose runs).
+    pub latencies_us: Vec<u64>,
+}
+
+impl ClientReport {
+    /// Median request latency in µs (0 without verbose data).
+    pub fn p50_us(&self) -> u64 {
+        let mut v = self.latencies_us.clone();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    }
 }
 
 impl ClientReport {
@@ -285,6 +297,9 @@ impl ClientReport {
                 Some("ok") => {
                     let a = f.next().unwrap_or("").to_string();
                     let p = f.next().unwrap_or("").to_string();
+                    if let Some(us) = f.next().and_then(|v| v.parse().ok()) {
+                        r.latencies_us.push(us);
+                    }
                     r.answers.push((a, p));
                 }
                 Some("err") => r.errors.push(f.collect::<Vec<_>>().join(" ")),

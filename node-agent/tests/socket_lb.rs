@@ -235,3 +235,64 @@ fn maglev_keeps_clients_on_their_backend_when_another_is_removed() {
         "kept {kept} of {others} clients on surviving backends"
     );
 }
+
+#[test]
+fn client_affinity_keeps_a_client_on_one_backend_until_it_terminates() {
+    if !bpf_available("client_affinity_keeps_a_client_on_one_backend_until_it_terminates") {
+        return;
+    }
+    let topo = Topology::new(4).unwrap();
+    let pins = PinDir::create("t").unwrap();
+    let cg = Cgroup::create("cg").unwrap();
+    let mut dp = load(&pins);
+    dp.attach_cgroup(cg.path()).unwrap();
+    let _servers: Vec<Server> = (1..=3)
+        .map(|i| Server::tcp(&topo.pods[i].ns, 8080, &format!("b{i}")).unwrap())
+        .collect();
+    let mut svc = Service {
+        id: 3,
+        vip: VIP,
+        port: 80,
+        proto: c::PROTO_TCP,
+        algorithm: LbAlgorithm::Random,
+        affinity: Some(std::time::Duration::from_secs(60)),
+        backends: (1..=3)
+            .map(|i| backend(&topo, i, 30 + i as u32, 8080))
+            .collect(),
+    };
+    dp.apply_service(&svc).unwrap();
+    let s = spread(&client(
+        &topo,
+        &cg,
+        0,
+        SocketAddrV4::new(VIP, 80),
+        false,
+        20,
+    ));
+    assert_eq!(
+        s.len(),
+        1,
+        "random LB with affinity: one backend for the client: {s:?}"
+    );
+    let (first, _) = s.into_iter().next().unwrap();
+    // Its backend starts terminating: the client moves, and sticks to the new one.
+    for b in svc.backends.iter_mut() {
+        if format!("b{}", b.id - 30) == first {
+            b.state = BackendState::Terminating;
+        }
+    }
+    dp.apply_service(&svc).unwrap();
+    let s = spread(&client(
+        &topo,
+        &cg,
+        0,
+        SocketAddrV4::new(VIP, 80),
+        false,
+        20,
+    ));
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(
+        !s.contains_key(&first),
+        "moved off the terminating backend: {s:?}"
+    );
+}
