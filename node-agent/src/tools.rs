@@ -32,8 +32,11 @@ fn readable(fd: i32, timeout_ms: i32) -> bool {
 
 impl Server {
     /// TCP: per connection, reads the request (up to EOF or the first bytes), answers
-    /// `name\n` and waits for the client to close.
+    /// `name\n` and waits for the client to close. A small pool of worker threads accepts on
+    /// the same listener (a held connection does not block the others; no thread is spawned
+    /// per connection, which would dominate connection-rate measurements).
     pub fn tcp(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
+        const WORKERS: usize = 4;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let name = format!("{name}\n");
@@ -42,28 +45,38 @@ impl Server {
             let l = match TcpListener::bind(("0.0.0.0", port)) {
                 Ok(l) => {
                     let _ = tx.send(Ok(()));
-                    l
+                    Arc::new(l)
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return Ok(());
                 }
             };
-            while !stop2.load(Ordering::Relaxed) {
-                if !readable(l.as_raw_fd(), 50) {
-                    continue;
-                }
-                let Ok((mut s, _)) = l.accept() else { continue };
-                let name = name.clone();
-                // One thread per connection: a held connection must not block others.
-                std::thread::spawn(move || {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut buf = [0u8; 64];
-                    let _ = s.read(&mut buf);
-                    let _ = s.write_all(name.as_bytes());
-                    // Let the client close first (it resets: no TIME_WAIT on either side).
-                    let _ = s.read(&mut buf);
-                });
+            let workers: Vec<_> = (0..WORKERS)
+                .map(|_| {
+                    let (l, stop, name) = (l.clone(), stop2.clone(), name.clone());
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            if !readable(l.as_raw_fd(), 50) {
+                                continue;
+                            }
+                            // Several workers may wake for one connection: don't block.
+                            let _ = l.set_nonblocking(true);
+                            let Ok((mut s, _)) = l.accept() else { continue };
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_nodelay(true);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                            let mut buf = [0u8; 64];
+                            let _ = s.read(&mut buf);
+                            let _ = s.write_all(name.as_bytes());
+                            // Let the client close first (it resets: no TIME_WAIT on either side).
+                            let _ = s.read(&mut buf);
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
             }
             Ok(())
         });
@@ -150,6 +163,7 @@ fn linger_zero(s: &TcpStream) {
 pub fn tcp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<(String, SocketAddr)> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)?;
     linger_zero(&s);
+    s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;
     let peer = s.peer_addr()?;
     s.write_all(b"?")?;

@@ -652,3 +652,35 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
         "{table}"
     );
 }
+
+#[test]
+fn flow_events_stream_asynchronously() {
+    if !bpf_available("flow_events_stream_asynchronously") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let events = dp.flow_events().expect("event reader");
+    assert!(dp.flow_events().is_none(), "one consumer per ring buffer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut stream = node_agent::datapath::FlowEventStream::new(events).unwrap();
+        assert_eq!(
+            run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1234, 22, TCP_SYN)),
+            TC_ACT_SHOT
+        );
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(2), stream.next())
+            .await
+            .expect("an event arrives")
+            .unwrap();
+        assert_eq!(
+            (ev.verdict, ev.drop_reason, ev.dport),
+            (c::VERDICT_DROPPED, c::DROP_POLICY_DENIED, 22)
+        );
+        assert_eq!(ev.src_identity, 1001);
+        assert_eq!(ev.dst_identity, c::IDENTITY_WORLD);
+    });
+}

@@ -636,12 +636,20 @@ impl Datapath {
         let prog_fd = self.program_fd(prog)?;
         let pin = link_pin(&self.cfg.pin_path, pin_name);
         if pin.exists() {
-            let link =
-                sys::obj_get(&pin).map_err(io_err(format!("opening link {}", pin.display())))?;
-            sys::link_update(link.as_fd(), prog_fd.as_fd())
-                .map_err(io_err(format!("updating link {}", pin.display())))?;
-            tracing::info!(link = %pin.display(), "reused pinned link");
-            return Ok(());
+            let reused =
+                sys::obj_get(&pin).and_then(|link| sys::link_update(link.as_fd(), prog_fd.as_fd()));
+            match reused {
+                Ok(()) => {
+                    tracing::info!(link = %pin.display(), "reused pinned link");
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The link's target is gone (interface or cgroup deleted): start afresh.
+                    tracing::warn!(link = %pin.display(), error = %e, "stale pinned link, re-attaching");
+                    std::fs::remove_file(&pin)
+                        .map_err(io_err(format!("removing {}", pin.display())))?;
+                }
+            }
         }
         let link = sys::link_create(prog_fd.as_fd(), target, attach_type)
             .map_err(io_err(format!("attaching {prog} ({pin_name})")))?;
@@ -1210,18 +1218,41 @@ impl FlowEvents {
         }
         out
     }
+}
 
-    /// Streams events as they arrive (tokio).
-    pub async fn next_batch(
-        fd: &mut tokio::io::unix::AsyncFd<FlowEvents>,
-    ) -> std::io::Result<Vec<c::FlowEvent>> {
+/// Async stream of flow events (tokio): waits on the ring buffer's fd.
+pub struct FlowEventStream {
+    fd: tokio::io::unix::AsyncFd<FlowEvents>,
+    pending: std::collections::VecDeque<c::FlowEvent>,
+}
+
+impl FlowEventStream {
+    /// Must be called inside a tokio runtime with I/O enabled.
+    pub fn new(events: FlowEvents) -> std::io::Result<Self> {
+        // SAFETY: `FlowEvents` owns the ring buffer's map fd; it stays open and unchanged for
+        // as long as the `FlowEvents` lives, i.e. for the whole life of the `AsyncFd`.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self {
+            fd,
+            pending: Default::default(),
+        })
+    }
+
+    /// The next event, waiting for one if none is buffered.
+    pub async fn next(&mut self) -> std::io::Result<c::FlowEvent> {
         loop {
-            let mut guard = fd.readable_mut().await?;
-            let batch = guard.get_inner_mut().drain();
-            guard.clear_ready();
-            if !batch.is_empty() {
-                return Ok(batch);
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
             }
+            let mut guard = self.fd.readable_mut().await?;
+            let batch = guard.get_inner_mut().drain();
+            if batch.is_empty() {
+                guard.clear_ready();
+            }
+            self.pending.extend(batch);
         }
     }
 }
