@@ -252,7 +252,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "crr_weft_vs_direct_5000": ratio(largest(&r.crr_weft).as_ref(), Some(&r.crr_direct)),
         },
         "notes": {
-            "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (conntrack miss, deny+allow LPM lookups for exact and any identity, conntrack insert), events off",
+            "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (expired conntrack entry removed, reply lookup, six policy hash lookups: exact/any identity x port/any port/any protocol, ipcache LPM lookup, conntrack insert), events off; N entries = N peer identities allowed on TCP 80",
             "policy_established_ns": "same packet with conntrack hit (no policy lookup)",
             "policy_method": "minimum over 20 trials of BPF_PROG_TEST_RUN with repeat/20 runs each (1M runs in total)",
             "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",

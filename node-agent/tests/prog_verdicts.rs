@@ -684,3 +684,45 @@ fn flow_events_stream_asynchronously() {
         assert_eq!(ev.dst_identity, c::IDENTITY_WORLD);
     });
 }
+
+#[test]
+fn lost_events_are_counted_when_the_ring_buffer_is_full() {
+    if !bpf_available("lost_events_are_counted_when_the_ring_buffer_is_full") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    // The smallest ring buffer (one page) holds ~45 events; nobody reads it.
+    let mut dp = Datapath::load(node_agent::datapath::DatapathConfig {
+        pin_path: pins.path().to_path_buf(),
+        sizes: node_agent::datapath::MapSizes {
+            events_bytes: 4096,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    dp.apply_endpoint(&Endpoint {
+        id: 1,
+        ip: EP1,
+        identity: 1001,
+        ifindex: 0,
+        enforce_ingress: true,
+        enforce_egress: true,
+    })
+    .unwrap();
+    for port in 0..100u16 {
+        assert_eq!(
+            run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1000 + port, port, TCP_SYN)),
+            TC_ACT_SHOT
+        );
+    }
+    let k = dp.counters().unwrap();
+    assert_eq!(k.packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED), 100);
+    assert!(k.lost_events > 0, "overflow is counted, not silent: {k:?}");
+    let delivered = dp.flow_events().unwrap().drain().len() as u64;
+    assert_eq!(
+        delivered + k.lost_events,
+        100,
+        "every event is either delivered or counted as lost"
+    );
+}
