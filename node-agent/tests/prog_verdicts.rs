@@ -726,3 +726,61 @@ fn lost_events_are_counted_when_the_ring_buffer_is_full() {
         "every event is either delivered or counted as lost"
     );
 }
+
+#[test]
+fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
+    if !bpf_available("removing_an_endpoint_removes_its_entries_and_fails_closed") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[
+            entry(
+                Direction::Egress,
+                None,
+                Some(6),
+                Some((80, 80)),
+                Action::Allow,
+            ),
+            entry(
+                Direction::Egress,
+                None,
+                Some(6),
+                Some((1000, 2000)),
+                Action::Allow,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    dp.remove_endpoint(1, EP1).unwrap();
+    assert!(dp.maps.list_policy(1).unwrap().is_empty());
+    assert!(dp
+        .maps
+        .list_endpoints()
+        .unwrap()
+        .iter()
+        .all(|(_, v)| v.ep_id != 1));
+    assert!(dp
+        .maps
+        .list_ipcache()
+        .unwrap()
+        .iter()
+        .all(|(k, _)| k.data().addr[..4] != EP1.octets()));
+    // Its traffic is no longer classified as an endpoint's: dropped.
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 80, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_DROPPED, c::DROP_UNKNOWN_ENDPOINT),
+        1
+    );
+}

@@ -99,8 +99,18 @@ fn vip_spreads_connections_translates_back_and_drops_without_backend() {
     })
     .unwrap();
 
+    let mut events = dp.flow_events().unwrap();
     let r = client(&topo, &cg, 0, SocketAddrV4::new(VIP, 80), false, 60);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let translated: Vec<_> = events
+        .drain()
+        .into_iter()
+        .filter(|e| e.verdict == c::VERDICT_TRANSLATED)
+        .collect();
+    assert_eq!(translated.len(), 60, "one translation event per connect");
+    assert!(translated
+        .iter()
+        .all(|e| e.svc_id == 1 && e.obs_point == c::OBS_SOCK_CONNECT && e.dport == 8080));
     let s = spread(&r);
     assert_eq!(
         s.keys().cloned().collect::<Vec<_>>(),
@@ -211,9 +221,20 @@ fn maglev_keeps_clients_on_their_backend_when_another_is_removed() {
     }
     // Remove the backend used by the first client.
     let removed = before[&4].1.clone();
+    let old_table = dp.maps.maglev_table(7, m).unwrap();
     svc.backends.retain(|b| name_of(b.id) != removed);
     dp.apply_service(&svc).unwrap();
-    let mut kept = 0;
+    let new_table = dp.maps.maglev_table(7, m).unwrap();
+    let moved_slots = old_table
+        .iter()
+        .zip(&new_table)
+        .filter(|(o, n)| name_of(**o) != removed && o != n)
+        .count();
+    assert!(
+        moved_slots * 50 <= m as usize,
+        "Maglev moved {moved_slots} other slots of {m}"
+    );
+    let (mut kept, mut others) = (0, 0);
     for pod in 4..12 {
         let (cookie, old) = &before[&pod];
         let r = client(&topo, &cg, pod, SocketAddrV4::new(VIP, 80), false, 3);
@@ -222,18 +243,15 @@ fn maglev_keeps_clients_on_their_backend_when_another_is_removed() {
         let got = got.into_iter().next().unwrap();
         assert_ne!(got, removed);
         assert_eq!(got, predict(&dp, *cookie));
-        if *old != removed {
-            // Maglev moves ~1.4% of the other entries; for 8 clients that is almost never one.
-            if got == *old {
-                kept += 1;
-            }
+        let slot = node_agent::datapath::maglev_slot(seed, *cookie, 7, m);
+        if *old != removed && old_table[slot] == new_table[slot] {
+            // Its slot still names its backend: it must not move.
+            others += 1;
+            assert_eq!(&got, old, "client {pod} moved although its backend stayed");
+            kept += 1;
         }
     }
-    let others = before.values().filter(|(_, b)| *b != removed).count();
-    assert!(
-        kept + 1 >= others,
-        "kept {kept} of {others} clients on surviving backends"
-    );
+    assert!(others > 0 && kept == others, "kept {kept} of {others}");
 }
 
 #[test]
