@@ -20,12 +20,12 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use weft_datapath_common as c;
 
-use crate::datapath::{
+use node_agent::datapath::{
     Action, Backend, BackendState, Datapath, DatapathConfig, Direction, Endpoint, LbAlgorithm,
     MapSizes, PolicyEntry, Service,
 };
-use crate::netns::{Cgroup, PinDir, Topology};
-use crate::tools::{self, ClientOptions, Server};
+use node_agent::netns::{Cgroup, PinDir, Topology};
+use node_agent::tools::{self, ClientOptions, Server};
 
 /// Benchmark options.
 #[derive(Debug, Clone)]

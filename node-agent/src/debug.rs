@@ -314,6 +314,49 @@ pub fn metrics(maps: &Maps) -> Result<String, DatapathError> {
     Ok(table(&["VERDICT", "REASON", "PACKETS", "BYTES"], &rows))
 }
 
+fn obs_name(o: u8) -> &'static str {
+    match o {
+        c::OBS_FROM_ENDPOINT => "from-endpoint",
+        c::OBS_TO_ENDPOINT => "to-endpoint",
+        c::OBS_SOCK_CONNECT => "sock-connect",
+        c::OBS_SOCK_SENDMSG => "sock-sendmsg",
+        c::OBS_UPLINK_INGRESS => "uplink-ingress",
+        c::OBS_UPLINK_EGRESS => "uplink-egress",
+        _ => "?",
+    }
+}
+
+/// One flow event as a line (like `hubble observe`).
+pub fn format_event(e: &c::FlowEvent) -> String {
+    let reason = drop_reason_name(e.drop_reason);
+    format!(
+        "{:>14.6}s {:<10}{} {} {} {}:{} -> {}:{} ep={} id={}->{} {}flags={:#04x} bytes={}",
+        e.ts_ns as f64 / 1e9,
+        verdict_name(e.verdict),
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason})")
+        },
+        obs_name(e.obs_point),
+        proto_name(e.proto),
+        v4(&e.saddr),
+        e.sport,
+        v4(&e.daddr),
+        e.dport,
+        e.ep_id,
+        e.src_identity,
+        e.dst_identity,
+        if e.svc_id != 0 {
+            format!("svc={} ", e.svc_id)
+        } else {
+            String::new()
+        },
+        e.tcp_flags,
+        e.bytes
+    )
+}
+
 /// CLOCK_MONOTONIC in ns (the clock `bpf_ktime_get_ns` reads).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

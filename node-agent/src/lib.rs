@@ -1,7 +1,6 @@
 //! Weft node agent library: the eBPF datapath API, namespace/cgroup helpers for tests and the
 //! benchmark, and the node-local debug commands.
 
-pub mod bench;
 pub mod datapath;
 pub mod debug;
 pub mod netns;

@@ -8,6 +8,8 @@ use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod bench;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use node_agent::datapath::{Datapath, DatapathConfig, Maps};
@@ -98,6 +100,15 @@ enum BpfCmd {
     },
     /// Packet/byte counters by verdict and drop reason.
     Metrics,
+    /// Print flow events from the ring buffer (only when no agent is consuming them).
+    Events {
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Stop after this many seconds without an event.
+        #[arg(long, default_value_t = 5)]
+        idle_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +166,10 @@ fn main() -> anyhow::Result<()> {
                 } => debug::maglev_get(&maps, service)?,
                 BpfCmd::Ct { cmd: ListCmd::List } => debug::ct_list(&maps)?,
                 BpfCmd::Metrics => debug::metrics(&maps)?,
+                BpfCmd::Events { count, idle_secs } => {
+                    print_events(maps, count, Duration::from_secs(idle_secs))?;
+                    String::new()
+                }
             };
             print!("{out}");
         }
@@ -199,7 +214,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
-    use node_agent::bench;
     let opts = bench::BenchOptions {
         repeat: if quick { 100_000 } else { 1_000_000 },
         policy_sizes: vec![10, 10_000, 100_000],
@@ -314,4 +328,40 @@ fn fmt_map(m: &std::collections::BTreeMap<u32, f64>) -> String {
         .map(|(k, v)| format!("{k}: {v:.1}"))
         .collect::<Vec<_>>()
         .join("  ")
+}
+
+fn print_events(mut maps: Maps, count: usize, idle: Duration) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut ring = maps
+        .events
+        .take()
+        .context("the pinned event ring buffer is missing")?;
+    let mut seen = 0;
+    while seen < count {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, idle.as_millis() as i32) };
+        if ready <= 0 {
+            break;
+        }
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<weft_datapath_common::FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEvent (repr(C)) here; read unaligned.
+            let e = unsafe {
+                std::ptr::read_unaligned(item.as_ptr() as *const weft_datapath_common::FlowEvent)
+            };
+            println!("{}", debug::format_event(&e));
+            seen += 1;
+            if seen >= count {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
