@@ -46,6 +46,9 @@ enum Cmd {
         /// cgroup v2 directory for socket load balancing (never the root cgroup).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// The node's uplink interface for north-south load balancing.
+        #[arg(long)]
+        uplink: Option<String>,
     },
     /// (benchmark) `cargo xtask bench datapath` runs this; writes the JSON report.
     #[command(hide = true)]
@@ -173,7 +176,11 @@ fn main() -> anyhow::Result<()> {
             };
             print!("{out}");
         }
-        Cmd::Datapath { interfaces, cgroup } => {
+        Cmd::Datapath {
+            interfaces,
+            cgroup,
+            uplink,
+        } => {
             let dp = Datapath::load(DatapathConfig {
                 pin_path: cli.pin_path.clone(),
                 ..DatapathConfig::default()
@@ -185,6 +192,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(cg) = cgroup {
                 dp.attach_cgroup(&cg)
                     .with_context(|| format!("attaching to cgroup {}", cg.display()))?;
+            }
+            if let Some(ifname) = uplink {
+                dp.attach_uplink(&ifname)
+                    .with_context(|| format!("attaching to uplink {ifname}"))?;
             }
         }
         Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
