@@ -72,50 +72,53 @@ fn sizes_for(max_policy: u32) -> MapSizes {
     }
 }
 
-/// Average ns/run over `repeat` runs, as the minimum of 20 trials of `repeat / 20` runs each
-/// (the other trials absorb interference from other processes on the machine).
-fn timed(dp: &Datapath, prog: &'static str, pkt: &[u8], repeat: u32) -> Result<(f64, u32)> {
-    let mut best = f64::MAX;
-    let mut retval = 0;
-    for _ in 0..20 {
-        let r = dp.test_run(prog, pkt, (repeat / 20).max(1))?;
-        best = best.min(r.duration_ns as f64);
-        retval = r.retval;
+const TRIALS: u32 = 20;
+
+/// No events (a million start events would only measure ring-buffer overflow); with zero
+/// timeouts every run finds an expired conntrack entry, so every run is a new connection.
+fn bench_config(new_connections: bool) -> c::Config {
+    if new_connections {
+        c::Config {
+            ct_tcp_timeout_s: 0,
+            ct_syn_timeout_s: 0,
+            ct_udp_timeout_s: 0,
+            ct_close_timeout_s: 0,
+            event_flags: 0,
+            ..c::Config::default()
+        }
+    } else {
+        c::Config {
+            event_flags: 0,
+            ..c::Config::default()
+        }
     }
-    Ok((best, retval))
 }
 
-/// Median ns of `runs` single runs, each on a fresh copy of `pkt` (for programs that rewrite
-/// the packet, which `BPF_PROG_TEST_RUN` would otherwise reuse across repetitions).
-fn timed_single(dp: &Datapath, prog: &'static str, pkt: &[u8], runs: u32) -> Result<(f64, u32)> {
-    let mut v = Vec::with_capacity(runs as usize);
-    let mut retval = 0;
-    for _ in 0..runs {
-        let r = dp.test_run(prog, pkt, 1)?;
-        v.push(r.duration_ns as f64);
-        retval = r.retval;
-    }
-    Ok((median(v), retval))
+/// A datapath prepared for one measurement: the program and packet to time.
+struct Subject {
+    dp: Datapath,
+    _pins: PinDir,
+    prog: &'static str,
+    pkt: Vec<u8>,
 }
 
-/// ns/packet of the policy program for a new allowed connection (conntrack miss, full policy
-/// evaluation, conntrack insert) with `n` entries in the endpoint's policy.
-fn policy_ns(n: u32, repeat: u32) -> Result<(f64, f64)> {
+impl Subject {
+    fn dp_config(&self, cfg: c::Config) -> Result<()> {
+        // The config map is an array: writable through a shared handle of the pinned map.
+        let mut maps = node_agent::datapath::Maps::open_pinned(self._pins.path())?;
+        maps.config.set(0, cfg, 0)?;
+        Ok(())
+    }
+}
+
+/// Policy with `n` entries: n distinct peer identities allowed on TCP 80 for one endpoint;
+/// the packet's peer is one of them.
+fn policy_subject(n: u32) -> Result<Subject> {
     let pins = PinDir::create("b")?;
     let mut dp = Datapath::load(DatapathConfig {
         pin_path: pins.path().to_path_buf(),
         sizes: sizes_for(n),
         ..DatapathConfig::default()
-    })?;
-    // Zero timeouts: every run finds an expired entry, so every run is a new connection.
-    // No events (a million start events would only measure ring-buffer overflow).
-    dp.set_runtime_config(c::Config {
-        ct_tcp_timeout_s: 0,
-        ct_syn_timeout_s: 0,
-        ct_udp_timeout_s: 0,
-        ct_close_timeout_s: 0,
-        event_flags: 0,
-        ..c::Config::default()
     })?;
     dp.apply_endpoint(&Endpoint {
         id: 1,
@@ -125,7 +128,6 @@ fn policy_ns(n: u32, repeat: u32) -> Result<(f64, f64)> {
         enforce_ingress: true,
         enforce_egress: true,
     })?;
-    // n entries: n distinct peer identities allowed on TCP 80; the packet's peer is one of them.
     let entries: Vec<PolicyEntry> = (0..n)
         .map(|i| PolicyEntry {
             direction: Direction::Egress,
@@ -138,27 +140,16 @@ fn policy_ns(n: u32, repeat: u32) -> Result<(f64, f64)> {
         .collect();
     dp.apply_policy(1, &entries)?;
     dp.apply_ipcache_v4(PEER, 32, 100_000 + n / 2)?;
-    let pkt = packet(EP, PEER, 40000, 80);
-    let r = dp.test_run(c::progs::FROM_ENDPOINT, &pkt, repeat)?;
-    if r.retval != 0 {
-        bail!(
-            "policy program dropped the benchmark packet (retval {})",
-            r.retval
-        );
-    }
-    let new_conn = r.duration_ns as f64;
-    // Established: conntrack hit, no policy lookup.
-    dp.set_runtime_config(c::Config {
-        event_flags: 0,
-        ..c::Config::default()
-    })?;
-    let (established, _) = timed(&dp, c::progs::FROM_ENDPOINT, &pkt, repeat)?;
-    Ok((new_conn, established))
+    Ok(Subject {
+        _pins: pins,
+        dp,
+        prog: c::progs::FROM_ENDPOINT,
+        pkt: packet(EP, PEER, 40000, 80),
+    })
 }
 
-/// ns/packet of the north-south LB program (`weft_lb_ingress`) with `n` services of 3
-/// backends, on a packet to the last service: (new connection, established connection).
-fn lb_ns(n: u32, runs: u32) -> Result<(f64, f64)> {
+/// North-south LB with `n` services of 3 backends (random); the packet goes to the last one.
+fn lb_subject(n: u32) -> Result<Subject> {
     let pins = PinDir::create("b")?;
     let mut dp = Datapath::load(DatapathConfig {
         pin_path: pins.path().to_path_buf(),
@@ -188,45 +179,77 @@ fn lb_ns(n: u32, runs: u32) -> Result<(f64, f64)> {
                 .collect(),
         })?;
     }
-    let pkt = packet(Ipv4Addr::new(192, 0, 2, 7), vip(n - 1), 40000, 80);
-    dp.set_runtime_config(c::Config {
-        ct_tcp_timeout_s: 0,
-        ct_syn_timeout_s: 0,
-        event_flags: 0,
-        ..c::Config::default()
+    Ok(Subject {
+        _pins: pins,
+        dp,
+        prog: c::progs::LB_INGRESS,
+        pkt: packet(Ipv4Addr::new(192, 0, 2, 7), vip(n - 1), 40000, 80),
+    })
+}
+
+fn pass_subject() -> Result<Subject> {
+    let pins = PinDir::create("b")?;
+    let dp = Datapath::load(DatapathConfig {
+        pin_path: pins.path().to_path_buf(),
+        ..DatapathConfig::default()
     })?;
-    timed_single(&dp, c::progs::LB_INGRESS, &pkt, runs / 10)?;
-    let (new_conn, retval) = timed_single(&dp, c::progs::LB_INGRESS, &pkt, runs)?;
-    if retval != 0 {
-        bail!("LB program dropped the benchmark packet (retval {retval})");
+    Ok(Subject {
+        _pins: pins,
+        dp,
+        prog: c::progs::PASS,
+        pkt: packet(EP, PEER, 40000, 80),
+    })
+}
+
+/// In-kernel average ns/run of each subject over `repeat` runs: `TRIALS` trials of
+/// `repeat / TRIALS` runs, the subjects interleaved trial by trial (so load changes on the
+/// machine hit all sizes alike), keeping each subject's fastest trial. One discarded warm-up
+/// trial each. Fails if a program drops its packet.
+fn averaged(subjects: &[&Subject], repeat: u32) -> Result<Vec<f64>> {
+    let per_trial = (repeat / TRIALS).max(1);
+    let mut best = vec![f64::MAX; subjects.len()];
+    for trial in 0..=TRIALS {
+        for (i, s) in subjects.iter().enumerate() {
+            let r = s.dp.test_run(s.prog, &s.pkt, per_trial)?;
+            if r.retval != 0 {
+                bail!(
+                    "{} dropped the benchmark packet (retval {})",
+                    s.prog,
+                    r.retval
+                );
+            }
+            if trial > 0 {
+                best[i] = best[i].min(r.duration_ns as f64);
+            }
+        }
     }
-    dp.set_runtime_config(c::Config {
-        event_flags: 0,
-        ..c::Config::default()
-    })?;
-    let (established, _) = timed_single(&dp, c::progs::LB_INGRESS, &pkt, runs)?;
-    Ok((new_conn, established))
+    Ok(best)
 }
 
-fn passthrough_ns(repeat: u32) -> Result<f64> {
-    let pins = PinDir::create("b")?;
-    let dp = Datapath::load(DatapathConfig {
-        pin_path: pins.path().to_path_buf(),
-        ..DatapathConfig::default()
-    })?;
-    let pkt = packet(EP, PEER, 40000, 80);
-    Ok(timed(&dp, c::progs::PASS, &pkt, repeat)?.0)
-}
-
-/// The pass-through program timed like the LB program (single runs, median).
-fn passthrough_single_ns(runs: u32) -> Result<f64> {
-    let pins = PinDir::create("b")?;
-    let dp = Datapath::load(DatapathConfig {
-        pin_path: pins.path().to_path_buf(),
-        ..DatapathConfig::default()
-    })?;
-    let pkt = packet(EP, PEER, 40000, 80);
-    Ok(timed_single(&dp, c::progs::PASS, &pkt, runs)?.0)
+/// Median ns of `runs` single runs per subject, each on a fresh copy of its packet (for
+/// programs that rewrite the packet, which `BPF_PROG_TEST_RUN` reuses across repetitions),
+/// subjects interleaved in chunks.
+fn single_runs(subjects: &[&Subject], runs: u32) -> Result<Vec<f64>> {
+    let chunk = (runs / TRIALS).max(1);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(runs as usize); subjects.len()];
+    for trial in 0..=TRIALS {
+        for (i, s) in subjects.iter().enumerate() {
+            for _ in 0..chunk {
+                let r = s.dp.test_run(s.prog, &s.pkt, 1)?;
+                if r.retval != 0 {
+                    bail!(
+                        "{} dropped the benchmark packet (retval {})",
+                        s.prog,
+                        r.retval
+                    );
+                }
+                if trial > 0 {
+                    samples[i].push(r.duration_ns as f64);
+                }
+            }
+        }
+    }
+    Ok(samples.into_iter().map(median).collect())
 }
 
 fn vip(i: u32) -> Ipv4Addr {
@@ -365,25 +388,71 @@ pub struct BenchResults {
 
 pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
     let mut res = BenchResults::default();
+    let pass = pass_subject()?;
+    let policy: Vec<Subject> = opts
+        .policy_sizes
+        .iter()
+        .map(|&n| policy_subject(n))
+        .collect::<Result<_>>()?;
+    for new_conn in [true, false] {
+        for s in &policy {
+            s.dp_config(bench_config(new_conn))?;
+        }
+        let mut all: Vec<&Subject> = policy.iter().collect();
+        all.push(&pass);
+        let ns = averaged(&all, opts.repeat)?;
+        for (i, &n) in opts.policy_sizes.iter().enumerate() {
+            let target = if new_conn {
+                &mut res.policy_ns
+            } else {
+                &mut res.policy_established_ns
+            };
+            target.insert(n, ns[i]);
+        }
+        res.passthrough_ns = ns[ns.len() - 1];
+    }
     for &n in &opts.policy_sizes {
-        let (new_conn, established) = policy_ns(n, opts.repeat)?;
-        eprintln!("policy {n:>7} entries: {new_conn:.1} ns (new connection), {established:.1} ns (established)");
-        res.policy_ns.insert(n, new_conn);
-        res.policy_established_ns.insert(n, established);
+        eprintln!(
+            "policy {n:>7} entries: {:.1} ns (new connection), {:.1} ns (established)",
+            res.policy_ns[&n], res.policy_established_ns[&n]
+        );
     }
-    res.passthrough_ns = passthrough_ns(opts.repeat)?;
     eprintln!("pass-through: {:.1} ns", res.passthrough_ns);
-    for &n in &opts.lb_sizes {
-        let (new_conn, established) = lb_ns(n, opts.repeat)?;
-        eprintln!("LB {n:>6} services: {new_conn:.1} ns (new connection), {established:.1} ns (established)");
-        res.lb_ns.insert(n, new_conn);
-        res.lb_established_ns.insert(n, established);
+    drop(policy);
+
+    let lb: Vec<Subject> = opts
+        .lb_sizes
+        .iter()
+        .map(|&n| lb_subject(n))
+        .collect::<Result<_>>()?;
+    for new_conn in [true, false] {
+        for s in &lb {
+            s.dp_config(bench_config(new_conn))?;
+        }
+        let mut all: Vec<&Subject> = lb.iter().collect();
+        all.push(&pass);
+        let ns = single_runs(&all, opts.repeat)?;
+        for (i, &n) in opts.lb_sizes.iter().enumerate() {
+            let target = if new_conn {
+                &mut res.lb_ns
+            } else {
+                &mut res.lb_established_ns
+            };
+            target.insert(n, ns[i]);
+        }
+        res.passthrough_single_ns = ns[ns.len() - 1];
     }
-    res.passthrough_single_ns = passthrough_single_ns(opts.repeat)?;
+    for &n in &opts.lb_sizes {
+        eprintln!(
+            "LB {n:>6} services: {:.1} ns (new connection), {:.1} ns (established)",
+            res.lb_ns[&n], res.lb_established_ns[&n]
+        );
+    }
     eprintln!(
         "pass-through (single runs): {:.1} ns",
         res.passthrough_single_ns
     );
+    drop(lb);
 
     // CRR topology: pod 0 = client, pods 1..=3 = backends.
     let topo = Topology::new(4)?;
