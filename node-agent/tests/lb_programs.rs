@@ -221,3 +221,50 @@ fn connections_stick_to_their_backend_and_no_backend_drops() {
         1
     );
 }
+
+#[test]
+fn client_affinity_on_the_uplink_keeps_a_client_ip_on_one_backend() {
+    if !bpf_available("client_affinity_on_the_uplink_keeps_a_client_ip_on_one_backend") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    let backends: Vec<(u32, Ipv4Addr)> = (1..=4)
+        .map(|i| (i, Ipv4Addr::new(10, 0, 1, i as u8)))
+        .collect();
+    let mut s = svc(1, 80, c::PROTO_TCP, &backends, LbAlgorithm::Random);
+    s.affinity = Some(std::time::Duration::from_secs(60));
+    dp.apply_service(&s).unwrap();
+    // New connections (different source ports) of one client IP: one backend.
+    let chosen: std::collections::BTreeSet<Ipv4Addr> = (50000..50040u16)
+        .map(|sport| {
+            addrs(
+                &run(
+                    &dp,
+                    c::progs::LB_INGRESS,
+                    &pkt(c::PROTO_TCP, CLIENT, VIP, sport, 80),
+                )
+                .1,
+            )
+            .2
+        })
+        .collect();
+    assert_eq!(chosen.len(), 1, "{chosen:?}");
+    // Without affinity the same connections spread.
+    s.affinity = None;
+    dp.apply_service(&s).unwrap();
+    let spread: std::collections::BTreeSet<Ipv4Addr> = (51000..51040u16)
+        .map(|sport| {
+            addrs(
+                &run(
+                    &dp,
+                    c::progs::LB_INGRESS,
+                    &pkt(c::PROTO_TCP, CLIENT, VIP, sport, 80),
+                )
+                .1,
+            )
+            .2
+        })
+        .collect();
+    assert!(spread.len() > 1, "{spread:?}");
+}

@@ -43,6 +43,16 @@ fn cargo_home_bin() -> PathBuf {
         .join("bin")
 }
 
+fn ensure_nightly() -> Result<()> {
+    let toolchains =
+        output_ok(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        return Ok(());
+    }
+    eprintln!("xtask ebpf: installing the nightly toolchain (minimal profile)");
+    must(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
 fn ensure_rust_src() -> Result<()> {
     let installed = output_ok(Command::new("rustup").args([
         "component",
@@ -131,6 +141,7 @@ pub fn bpf_target_dir(root: &Path) -> PathBuf {
 
 /// Installs missing prerequisites, builds the eBPF object, returns its path.
 pub fn prepare(root: &Path) -> Result<PathBuf> {
+    ensure_nightly()?;
     ensure_rust_src()?;
     ensure_llvm()?;
     ensure_bpf_linker()?;
