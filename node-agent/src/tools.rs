@@ -42,7 +42,10 @@ impl Server {
         let name = format!("{name}\n");
         let stop2 = stop.clone();
         let handle = ns.spawn(move || -> io::Result<()> {
-            let l = match TcpListener::bind(("0.0.0.0", port)) {
+            let l = match TcpListener::bind(("0.0.0.0", port)).and_then(|l| {
+                set_recv_timeout(&l, Duration::from_millis(100))?;
+                Ok(l)
+            }) {
                 Ok(l) => {
                     let _ = tx.send(Ok(()));
                     Arc::new(l)
@@ -57,13 +60,9 @@ impl Server {
                     let (l, stop, name) = (l.clone(), stop2.clone(), name.clone());
                     std::thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
-                            if !readable(l.as_raw_fd(), 50) {
-                                continue;
-                            }
-                            // Several workers may wake for one connection: don't block.
-                            let _ = l.set_nonblocking(true);
+                            // Blocking accept wakes one worker per connection (no thundering
+                            // herd); SO_RCVTIMEO bounds it so the stop flag is seen.
                             let Ok((mut s, _)) = l.accept() else { continue };
-                            let _ = s.set_nonblocking(false);
                             let _ = s.set_nodelay(true);
                             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                             let mut buf = [0u8; 64];
@@ -139,6 +138,28 @@ impl Drop for Server {
             let _ = h.join();
         }
     }
+}
+
+/// SO_RCVTIMEO on a socket (bounds a blocking `accept` on a listener).
+fn set_recv_timeout(l: &TcpListener, d: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid socket fd and option struct.
+    let r = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Closes with RST (SO_LINGER 0) so request loops leave no TIME_WAIT behind.
