@@ -268,3 +268,40 @@ fn client_affinity_on_the_uplink_keeps_a_client_ip_on_one_backend() {
         .collect();
     assert!(spread.len() > 1, "{spread:?}");
 }
+
+#[test]
+fn a_backend_shared_by_two_services_survives_the_removal_of_one() {
+    if !bpf_available("a_backend_shared_by_two_services_survives_the_removal_of_one") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    let b = Ipv4Addr::new(10, 0, 1, 2);
+    dp.apply_service(&svc(1, 80, c::PROTO_TCP, &[(7, b)], LbAlgorithm::Random))
+        .unwrap();
+    dp.apply_service(&svc(2, 81, c::PROTO_TCP, &[(7, b)], LbAlgorithm::Random))
+        .unwrap();
+    dp.remove_service(1).unwrap();
+    let (ret, out) = run(
+        &dp,
+        c::progs::LB_INGRESS,
+        &pkt(c::PROTO_TCP, CLIENT, VIP, 40000, 81),
+    );
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(
+        addrs(&out).2,
+        b,
+        "service 2 still reaches the shared backend"
+    );
+    let (_, out) = run(
+        &dp,
+        c::progs::LB_INGRESS,
+        &pkt(c::PROTO_TCP, CLIENT, VIP, 40000, 80),
+    );
+    assert_eq!(addrs(&out).2, VIP, "service 1 is gone: not translated");
+    dp.remove_service(2).unwrap();
+    assert!(
+        dp.maps.backend(7).is_err(),
+        "last reference gone: backend removed"
+    );
+}

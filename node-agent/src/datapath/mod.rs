@@ -1128,7 +1128,9 @@ impl Datapath {
                 .map_err(map_err(m::BACKEND_SLOTS))?;
             }
             for id in old_ids.difference(&new_ids) {
-                ignore_missing(self.maps.backends.remove(id)).map_err(map_err(m::BACKENDS))?;
+                if !self.backend_used_elsewhere(svc.id, *id) {
+                    ignore_missing(self.maps.backends.remove(id)).map_err(map_err(m::BACKENDS))?;
+                }
             }
         }
         if flags_lb == 0 || active.is_empty() {
@@ -1155,9 +1157,19 @@ impl Datapath {
         }
         self.maps.maglev_remove(svc_id)?;
         for id in ids {
-            ignore_missing(self.maps.backends.remove(&id)).map_err(map_err(m::BACKENDS))?;
+            if !self.backend_used_elsewhere(svc_id, id) {
+                ignore_missing(self.maps.backends.remove(&id)).map_err(map_err(m::BACKENDS))?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether a service other than `svc_id` references backend `id` (backends may be shared).
+    fn backend_used_elsewhere(&self, svc_id: u32, id: u32) -> bool {
+        self.cache
+            .services
+            .iter()
+            .any(|(other, (_, ids, _))| *other != svc_id && ids.contains(&id))
     }
 
     // ---- observation ----
