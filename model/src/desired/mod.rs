@@ -8,8 +8,8 @@
 //! The rules reproduce [`crate::policy::evaluate`] exactly for every peer the ipcache can
 //! name (the tests check it flow by flow). How the peers map onto identities:
 //! - endpoint selectors: the identities of the tenant's endpoints in the node's cluster whose
-//!   labels match (identities of other clusters are not in this node's ipcache: they are
-//!   outside peers here);
+//!   labels match (endpoints of other clusters have no ipcache entry here: from this node
+//!   they are outside peers);
 //! - entities: their reserved identity; `cluster` = every endpoint identity of the cluster and
 //!   every reserved in-cluster identity; `world` = `world` and every CIDR identity;
 //!   `world-ipv4`/`-ipv6` = the CIDR identities of that family (the compiler then adds
@@ -20,6 +20,13 @@
 //!   longest prefix, so this is exactly "inside the CIDR and outside the excepts". In-cluster
 //!   addresses have /32 (/128) entries and so never take a CIDR identity: CIDR rules match
 //!   only outside peers, as in the evaluator.
+//!
+//! L7: allow rules whose port rule carries HTTP or DNS rules compile with `l7: true` (the
+//! future proxy redirect); deny rules decide at L4. An L7 allow wholly covered by a plain allow
+//! is dropped, since the evaluator allows those flows without L7.
+//!
+//! The node's host is an endpoint too ([`HOST_ENDPOINT_ID`], identity `host`): `nodeSelector`
+//! policies that select the node's labels give its rules.
 //!
 //! Not compiled yet, listed in [`NodeDesiredState::unsupported`] instead of being dropped
 //! silently: named ports and `toFQDNs`. On allow rules they allow nothing (never wider than
