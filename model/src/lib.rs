@@ -15,6 +15,7 @@ pub mod desired;
 pub mod error;
 pub mod identity;
 pub mod labels;
+pub mod maglev;
 pub mod names;
 pub mod policy;
 pub mod selector;

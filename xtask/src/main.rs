@@ -1,6 +1,8 @@
 //! `cargo xtask <command>`: Weft's developer and CI entry points.
 
+mod bench_datapath;
 mod demo;
+mod ebpf;
 mod http;
 mod oidc;
 mod pg;
@@ -20,7 +22,11 @@ commands:
   test [--no-lint] [nextest args...]
                     fmt + clippy + every test, against a private Postgres
   openapi           regenerate openapi/openapi.json from the code
-  proto             regenerate proto/src/gen from proto/*.proto (needs protoc)";
+  proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
+  ebpf              install the eBPF toolchain if missing, build the datapath object
+  bench datapath [--quick]
+                    datapath benchmark: policy/LB ns per packet, connect rates vs
+                    iptables and no LB; writes target/bench/datapath.json";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +48,13 @@ fn run(args: &[String]) -> Result<()> {
         "test" => test::test(rest),
         "openapi" => openapi(),
         "proto" => proto(),
+        "ebpf" => {
+            println!("{}", ebpf::prepare(&sh::root())?.display());
+            Ok(())
+        }
+        "bench" if rest.first().map(String::as_str) == Some("datapath") => {
+            bench_datapath::run(&sh::root(), &rest[1..])
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

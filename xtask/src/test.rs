@@ -83,6 +83,11 @@ pub fn test(args: &[String]) -> Result<()> {
     let root = sh::root();
     ensure_nextest()?;
     ensure_protoc()?;
+    // The datapath tests load real eBPF programs: build them first, and make a missing
+    // object or kernel feature a failure rather than a skip.
+    let bpf_obj = crate::ebpf::prepare(&root)?;
+    std::env::set_var("WEFT_BPF_OBJ", &bpf_obj);
+    std::env::set_var("WEFT_REQUIRE_BPF", "1");
     let lint = !args.iter().any(|a| a == "--no-lint");
     if lint {
         eprintln!("xtask: cargo fmt --check");

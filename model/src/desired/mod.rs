@@ -8,8 +8,8 @@
 //! The rules reproduce [`crate::policy::evaluate`] exactly for every peer the ipcache can
 //! name (the tests check it flow by flow). How the peers map onto identities:
 //! - endpoint selectors: the identities of the tenant's endpoints in the node's cluster whose
-//!   labels match (identities of other clusters are not in this node's ipcache: they are
-//!   outside peers here);
+//!   labels match (endpoints of other clusters have no ipcache entry here: from this node
+//!   they are outside peers);
 //! - entities: their reserved identity; `cluster` = every endpoint identity of the cluster and
 //!   every reserved in-cluster identity; `world` = `world` and every CIDR identity;
 //!   `world-ipv4`/`-ipv6` = the CIDR identities of that family (the compiler then adds
@@ -20,6 +20,13 @@
 //!   longest prefix, so this is exactly "inside the CIDR and outside the excepts". In-cluster
 //!   addresses have /32 (/128) entries and so never take a CIDR identity: CIDR rules match
 //!   only outside peers, as in the evaluator.
+//!
+//! L7: allow rules whose port rule carries HTTP or DNS rules compile with `l7: true` (the
+//! future proxy redirect); deny rules decide at L4. An L7 allow wholly covered by a plain allow
+//! is dropped, since the evaluator allows those flows without L7.
+//!
+//! The node's host is an endpoint too ([`HOST_ENDPOINT_ID`], identity `host`): `nodeSelector`
+//! policies that select the node's labels give its rules.
 //!
 //! Not compiled yet, listed in [`NodeDesiredState::unsupported`] instead of being dropped
 //! silently: named ports and `toFQDNs`. On allow rules they allow nothing (never wider than
@@ -327,11 +334,6 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
         labels_by_identity: &labels_by_identity,
         cidr_ids: &cidr_ids,
     };
-    let compiled: Vec<CompiledSpec> = specs
-        .iter()
-        .map(|(origin, spec)| compile_spec(spec, origin, &universe))
-        .collect();
-
     // Subjects: the host endpoint and the node's workload endpoints.
     let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels)> = vec![(
         DesiredEndpoint {
@@ -363,15 +365,18 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
 
     let mut out = NodeDesiredState::default();
     let mut unsupported = BTreeSet::new();
+    // Rules do not depend on the subject: each applying spec is compiled once, on first use.
+    let mut compiled: Vec<Option<CompiledSpec>> = specs.iter().map(|_| None).collect();
     for (mut ep, kind, labels) in subjects {
         let mut rules = Vec::new();
-        for ((_, spec), c) in specs.iter().zip(&compiled) {
+        for ((origin, spec), slot) in specs.iter().zip(&mut compiled) {
             let applies = spec
                 .subject_selector()
                 .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
             if !applies {
                 continue;
             }
+            let c = slot.get_or_insert_with(|| compile_spec(spec, origin, &universe));
             ep.enforce_ingress |= crate::policy::enforces_default_deny(spec, Direction::Ingress);
             ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
             rules.extend(c.rules.iter().cloned());
@@ -485,12 +490,16 @@ fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
 /// evaluator allows such flows without L7, and the datapath would otherwise pick the more
 /// specific redirect).
 fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
-    let plain: Vec<PolicyRule> = rules
+    let covered: Vec<bool> = rules
         .iter()
-        .filter(|r| r.action == Action::Allow && !r.l7)
-        .cloned()
+        .map(|r| {
+            r.l7 && rules
+                .iter()
+                .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
+        })
         .collect();
-    rules.retain(|r| !(r.l7 && plain.iter().any(|p| covers(p, r))));
+    let mut covered = covered.into_iter();
+    rules.retain(|_| !covered.next().unwrap_or(false));
     rules.sort_by(|a, b| {
         rule_key(a)
             .cmp(&rule_key(b))
@@ -630,7 +639,7 @@ struct CompiledSpec {
     unsupported: Vec<String>,
 }
 
-/// Compiles a spec's rules once; they do not depend on the subject.
+/// Compiles a spec's rules, resolved against the node's cluster.
 fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) -> CompiledSpec {
     let mut c = CompiledSpec {
         rules: Vec::new(),

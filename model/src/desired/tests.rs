@@ -1031,12 +1031,31 @@ fn flow_protocol(proto: u8) -> FlowProtocol {
 
 #[test]
 fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
-    let view = realistic();
+    let (cases, verdicts) = assert_equivalent(&realistic(), &["n1", "n2", "n3"]);
+    // The tenant exercises every outcome, so a matcher that always says one thing fails.
+    assert!(cases > 10_000, "{cases} cases");
+    for outcome in [
+        "Allowed/false",
+        "Allowed/true",
+        "Denied/false",
+        "DefaultAllowed/false",
+    ] {
+        assert!(
+            verdicts.get(outcome).is_some_and(|n| *n > 10),
+            "{outcome}: {verdicts:?}"
+        );
+    }
+}
+
+/// Checks every (node of c1, subject, peer, direction, protocol, port) of the view against
+/// the evaluator; returns the number of cases and how many had each outcome.
+fn assert_equivalent(view: &TenantView, nodes: &[&str]) -> (usize, BTreeMap<String, usize>) {
     let flows: Vec<(u8, u16)> = [PROTO_TCP]
         .iter()
         .flat_map(|p| {
             [
-                22, 53, 80, 443, 853, 5432, 8080, 9099, 9100, 9101, 9102, 9103, 9150, 9200, 9201,
+                22, 53, 80, 443, 853, 5432, 8000, 8080, 8100, 8101, 9099, 9100, 9101, 9102, 9103,
+                9150, 9200, 9201,
             ]
             .map(|port| (*p, port))
         })
@@ -1055,6 +1074,7 @@ fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
         ])
         .collect();
     let world_ips = [
+        "198.51.100.1",
         "198.51.100.5",
         "198.51.100.200",
         "203.0.113.10",
@@ -1064,34 +1084,35 @@ fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
         "8.8.8.8",
         "2001:db8::1",
         "2001:db9::1",
-        // Cluster c2's endpoint and node: outside peers from c1.
-        "10.9.1.1",
-        "10.9.0.1",
     ];
     let mut cases = 0usize;
     let mut verdicts = BTreeMap::new();
-    for n in view.nodes.iter().filter(|n| n.cluster_id == "c1") {
-        let state = compile_ok(&view, &n.id);
+    for n in view.nodes.iter().filter(|n| nodes.contains(&n.id.as_str())) {
+        let state = compile_ok(view, &n.id);
         let in_scope: Vec<PolicySpec> = view
             .policies
             .iter()
             .filter(|p| {
                 p.clusters
                     .as_ref()
-                    .is_none_or(|cs| cs.iter().any(|c| c == "c1"))
+                    .is_none_or(|cs| cs.contains(&n.cluster_id))
             })
             .flat_map(|p| p.specs.clone())
             .collect();
 
         // Peers as the evaluator sees them, each with the address the datapath would see.
         let mut peers: Vec<(Peer, u32, String)> = Vec::new();
-        for e in view.endpoints.iter().filter(|e| e.cluster_id == "c1") {
+        for e in view
+            .endpoints
+            .iter()
+            .filter(|e| e.cluster_id == n.cluster_id)
+        {
             for ip in &e.ips {
                 let p = Peer::endpoint(e.labels.clone()).with_ip(*ip);
                 peers.push((p, lookup(&state, *ip), format!("{} {ip}", e.id)));
             }
         }
-        for other in view.nodes.iter().filter(|o| o.cluster_id == "c1") {
+        for other in view.nodes.iter().filter(|o| o.cluster_id == n.cluster_id) {
             let entity = if other.id == n.id {
                 Entity::Host
             } else {
@@ -1102,8 +1123,24 @@ fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
                 peers.push((p, lookup(&state, *ip), format!("node {} {ip}", other.id)));
             }
         }
-        for ip in world_ips {
-            let ip: IpAddr = ip.parse().expect("test IP");
+        // Addresses of other clusters' endpoints and nodes are outside peers here.
+        let elsewhere = view
+            .endpoints
+            .iter()
+            .filter(|e| e.cluster_id != n.cluster_id)
+            .flat_map(|e| e.ips.clone())
+            .chain(
+                view.nodes
+                    .iter()
+                    .filter(|o| o.cluster_id != n.cluster_id)
+                    .flat_map(|o| o.addresses.clone()),
+            );
+        let outside: Vec<IpAddr> = world_ips
+            .iter()
+            .map(|ip| ip.parse().expect("test IP"))
+            .chain(elsewhere)
+            .collect();
+        for ip in outside {
             peers.push((Peer::world(ip), lookup(&state, ip), format!("world {ip}")));
         }
         for e in [
@@ -1159,19 +1196,7 @@ fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
             }
         }
     }
-    // The tenant exercises every outcome, so a matcher that always says one thing fails.
-    assert!(cases > 10_000, "{cases} cases");
-    for outcome in [
-        "Allowed/false",
-        "Allowed/true",
-        "Denied/false",
-        "DefaultAllowed/false",
-    ] {
-        assert!(
-            verdicts.get(outcome).is_some_and(|n| *n > 10),
-            "{outcome}: {verdicts:?}"
-        );
-    }
+    (cases, verdicts)
 }
 
 /// Reverses every list of the view whose order carries no meaning.
@@ -1360,4 +1385,232 @@ fn diff_is_per_item() {
     assert!(d.policy_upsert.is_empty() && d.policy_remove.is_empty());
     assert!(d.services_upsert.is_empty() && d.unsupported.is_none());
     assert!(!d.is_empty());
+}
+
+#[test]
+#[ignore = "timing, run by hand: cargo test -p weft-model --release compile_scale -- --ignored --nocapture"]
+fn compile_scale() {
+    let mut view = TenantView::default();
+    for n in 0..50u32 {
+        view.nodes.push(node(
+            &format!("n{n}"),
+            "c1",
+            &[&format!("10.0.{}.{}", n / 200, n % 200 + 1)],
+            "zone=a",
+        ));
+    }
+    for e in 0..2000u32 {
+        let app = e % 100;
+        view.endpoints.push(ep(
+            &format!("ep-{e:04}"),
+            "c1",
+            &format!("n{}", e % 50),
+            &format!("app=a{app},tier=t{}", app % 5),
+            &[&format!("10.8.{}.{}", e / 250, e % 250 + 1)],
+            300 + app,
+        ));
+    }
+    for p in 0..300u32 {
+        view.policies.push(policy(&format!("p{p:03}"), &[json!({
+            "endpointSelector": {"matchLabels": {"app": format!("a{}", p % 100)}},
+            "ingress": [
+                {"fromEndpoints": [{"matchLabels": {"tier": format!("t{}", p % 5)}}], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}, {"port": "9000", "endPort": 9100}]}]},
+                {"fromEntities": ["cluster"], "toPorts": [{"ports": [{"port": "9100", "protocol": "TCP"}]}]}
+            ],
+            "egress": [
+                {"toCIDRSet": [{"cidr": format!("172.{}.0.0/16", 16 + p % 16), "except": [format!("172.{}.{}.0/24", 16 + p % 16, p % 200)]}]},
+                {"toEntities": ["world"], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}
+            ]
+        })], None));
+    }
+    let start = std::time::Instant::now();
+    let s = compile_ok(&view, "n7");
+    let took = start.elapsed();
+    let rules: usize = s.policy.values().map(Vec::len).sum();
+    println!(
+        "compile: {took:?} for {} local endpoints, {} ipcache entries, {rules} rules",
+        s.endpoints.len(),
+        s.ipcache.len()
+    );
+}
+
+fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
+    &items[rng.below(items.len())]
+}
+
+/// A random rule built from the blocks Cilium rules are made of, mixing freely what
+/// validation would refuse (the compiler must still agree with the evaluator).
+fn random_rule(rng: &mut Rng, ingress: bool, allow: bool) -> serde_json::Value {
+    let dir = if ingress { "from" } else { "to" };
+    let selectors = [
+        json!({}),
+        json!({"matchLabels": {"app": "web"}}),
+        json!({"matchLabels": {"tier": "back"}}),
+        json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]}),
+        json!({"matchLabels": {"k8s:app": "dns"}}),
+        json!({"matchLabels": {"app": "nothing"}}),
+    ];
+    let entities = [
+        "world",
+        "world-ipv4",
+        "world-ipv6",
+        "cluster",
+        "all",
+        "host",
+        "remote-node",
+        "health",
+        "kube-apiserver",
+        "init",
+    ];
+    let cidrs = [
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "203.0.113.0/26",
+        "0.0.0.0/0",
+        "2001:db8::/32",
+        "10.1.0.1/32",
+        "10.0.0.0/8",
+        "::/0",
+    ];
+    let cidr_sets = [
+        json!({"cidr": "203.0.113.0/24", "except": ["203.0.113.64/26"]}),
+        json!({"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "192.0.2.0/24"]}),
+        json!({"cidr": "198.51.100.0/24", "except": ["198.51.100.128/25", "198.51.100.0/30"]}),
+    ];
+    let mut rule = serde_json::Map::new();
+    let peer_kinds = 1 + rng.below(2);
+    for _ in 0..peer_kinds {
+        match rng.below(6) {
+            0 => {}
+            1 => {
+                rule.insert(format!("{dir}Endpoints"), json!([pick(rng, &selectors)]));
+            }
+            2 => {
+                rule.insert(format!("{dir}Entities"), json!([pick(rng, &entities)]));
+            }
+            3 => {
+                rule.insert(format!("{dir}CIDR"), json!([pick(rng, &cidrs)]));
+            }
+            4 => {
+                rule.insert(format!("{dir}CIDRSet"), json!([pick(rng, &cidr_sets)]));
+            }
+            _ => {
+                rule.insert(
+                    format!("{dir}Endpoints"),
+                    json!([pick(rng, &selectors), pick(rng, &selectors)]),
+                );
+            }
+        }
+    }
+    let port = || -> Vec<serde_json::Value> {
+        vec![
+            json!({"port": "80", "protocol": "TCP"}),
+            json!({"port": "53"}),
+            json!({"port": "53", "protocol": "UDP"}),
+            json!({"port": "0", "protocol": "TCP"}),
+            json!({"protocol": "SCTP"}),
+            json!({"port": "8000", "endPort": 8100, "protocol": "TCP"}),
+            json!({"port": "9100", "endPort": 9102}),
+            json!({"port": "8", "protocol": "ICMP"}),
+            json!({"port": "443", "protocol": "ANY"}),
+        ]
+    };
+    let ports = port();
+    let icmps = [
+        json!({"type": 8}),
+        json!({"type": "EchoReply"}),
+        json!({"type": "EchoRequest", "family": "IPv6"}),
+    ];
+    match rng.below(6) {
+        0 => {}
+        1 => {
+            rule.insert("toPorts".into(), json!([{"ports": [pick(rng, &ports)]}]));
+        }
+        2 => {
+            rule.insert("toPorts".into(), json!([{}]));
+        }
+        3 => {
+            rule.insert("icmps".into(), json!([{"fields": [pick(rng, &icmps)]}]));
+        }
+        4 => {
+            let mut pr = json!({"ports": [pick(rng, &ports), pick(rng, &ports)]});
+            if allow && rng.chance(60) {
+                pr["rules"] = json!({"http": [{"method": "GET"}]});
+            }
+            rule.insert("toPorts".into(), json!([pr]));
+        }
+        _ => {
+            let l7 =
+                json!({"ports": [pick(rng, &ports)], "rules": {"dns": [{"matchPattern": "*"}]}});
+            rule.insert(
+                "toPorts".into(),
+                json!([l7, {"ports": [pick(rng, &ports)]}]),
+            );
+            if rng.chance(30) {
+                rule.insert("icmps".into(), json!([{"fields": [pick(rng, &icmps)]}]));
+            }
+        }
+    }
+    serde_json::Value::Object(rule)
+}
+
+fn random_spec(rng: &mut Rng) -> serde_json::Value {
+    let subjects = [
+        json!({"endpointSelector": {}}),
+        json!({"endpointSelector": {"matchLabels": {"app": "web"}}}),
+        json!({"endpointSelector": {"matchLabels": {"tier": "back"}}}),
+        json!({"endpointSelector": {"matchLabels": {"env": "prod"}}}),
+        json!({"endpointSelector": {"matchLabels": {"app": "dns"}}}),
+        json!({"nodeSelector": {"matchLabels": {"zone": "a"}}}),
+    ];
+    let mut spec = pick(rng, &subjects).clone();
+    for (section, ingress, allow) in [
+        ("ingress", true, true),
+        ("ingressDeny", true, false),
+        ("egress", false, true),
+        ("egressDeny", false, false),
+    ] {
+        let odds = if allow { 60 } else { 25 };
+        if rng.chance(odds) {
+            let n = 1 + rng.below(3);
+            spec[section] = (0..n).map(|_| random_rule(rng, ingress, allow)).collect();
+        }
+    }
+    if rng.chance(25) {
+        let mut dd = serde_json::Map::new();
+        for dir in ["ingress", "egress"] {
+            if rng.chance(60) {
+                dd.insert(dir.into(), json!(rng.chance(50)));
+            }
+        }
+        spec["enableDefaultDeny"] = serde_json::Value::Object(dd);
+    }
+    spec
+}
+
+#[test]
+fn random_policies_decide_every_flow_as_the_reference_evaluator() {
+    let mut rng = Rng(0xdead_beef_cafe_f00d);
+    let mut total = 0;
+    for round in 0..40 {
+        let mut view = realistic();
+        view.policies = (0..2 + rng.below(4))
+            .map(|i| {
+                let specs: Vec<serde_json::Value> = (0..1 + rng.below(2))
+                    .map(|_| random_spec(&mut rng))
+                    .collect();
+                let clusters: Option<&[&str]> = if rng.chance(15) { Some(&["c2"]) } else { None };
+                policy(&format!("r{round}-{i}"), &specs, clusters)
+            })
+            .collect();
+        let node = *pick(&mut rng, &["n1", "n2", "n3", "m1"]);
+        // Shown only when the test fails: the policies to reproduce it with.
+        eprintln!(
+            "round {round}, node {node}: {}",
+            serde_json::to_string(&view.policies).unwrap_or_default()
+        );
+        let (cases, _) = assert_equivalent(&view, &[node]);
+        total += cases;
+    }
+    assert!(total > 200_000, "{total}");
 }

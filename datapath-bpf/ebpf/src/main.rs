@@ -1,0 +1,1108 @@
+//! Weft's eBPF datapath.
+//!
+//! - `weft_from_endpoint` / `weft_to_endpoint`: tc programs on an endpoint's host-side veth
+//!   (ingress hook = packets the endpoint sends, egress hook = packets it receives): identity
+//!   policy with conntrack, flow events and per-CPU counters.
+//! - `weft_connect4` / `weft_sendmsg4` / `weft_recvmsg4` / `weft_getpeername4`: socket-level
+//!   east-west load balancing on a cgroup v2 (VIP:port -> backend at connect time).
+//! - `weft_pass`: tc pass-through (benchmark floor).
+//!
+//! Fail closed: any classification error drops the packet and counts the drop.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::{cgroup_sock_addr, classifier, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SockAddrContext, TcContext},
+    EbpfContext,
+};
+use weft_datapath_common::*;
+
+// ---- maps (sizes are defaults; the agent overrides them at load time) ----
+
+#[map]
+static WEFT_ENDPOINTS: HashMap<EndpointKey, EndpointValue> = HashMap::pinned(4096, 0);
+#[map]
+static WEFT_IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> = LpmTrie::pinned(65536, 0);
+#[map]
+static WEFT_POLICY: HashMap<PolicyHashKey, PolicyValue> = HashMap::pinned(262144, 0);
+#[map]
+static WEFT_POLICY_ALLOW: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(65536, 0);
+#[map]
+static WEFT_POLICY_DENY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(65536, 0);
+#[map]
+static WEFT_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+#[map]
+static WEFT_CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map]
+static WEFT_METRICS: PerCpuArray<MetricValue> = PerCpuArray::pinned(METRICS_LEN, 0);
+#[map]
+static WEFT_EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
+#[map]
+static WEFT_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65536, 0);
+#[map]
+static WEFT_BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(262144, 0);
+#[map]
+static WEFT_BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(262144, 0);
+/// Per-service Maglev tables; allocated on insert (BPF_F_NO_PREALLOC = 1).
+#[map]
+static WEFT_MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(1024, 1);
+#[map]
+static WEFT_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65536, 0);
+#[map]
+static WEFT_LB_CT: LruHashMap<CtKey, LbCtValue> = LruHashMap::pinned(262144, 0);
+#[map]
+static WEFT_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(262144, 0);
+
+const NS_PER_S: u64 = 1_000_000_000;
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// ---- helpers ----
+
+#[inline(always)]
+fn config() -> Config {
+    match WEFT_CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}
+
+#[inline(always)]
+fn count(verdict: u8, reason: u8, bytes: u64) {
+    if let Some(m) = WEFT_METRICS.get_ptr_mut(metric_index(verdict, reason)) {
+        // Per-CPU slot: no other writer.
+        unsafe {
+            (*m).packets += 1;
+            (*m).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn lost_event() {
+    if let Some(m) = WEFT_METRICS.get_ptr_mut(METRIC_LOST_EVENTS) {
+        unsafe { (*m).packets += 1 };
+    }
+}
+
+/// A parsed IPv4 packet (addresses and ports as on the wire).
+#[derive(Clone, Copy)]
+struct Pkt {
+    saddr: Addr,
+    daddr: Addr,
+    /// Ports in network byte order.
+    sport: u16,
+    dport: u16,
+    /// Port used for policy (host order): TCP/UDP dport, ICMP type.
+    policy_port: u16,
+    proto: u8,
+    tcp_flags: u8,
+    bytes: u32,
+    /// Offset of the L4 header.
+    l4_off: u32,
+}
+
+enum Parsed {
+    Ip(Pkt),
+    /// Not IP (ARP, ...): not subject to L3/L4 policy.
+    NotIp,
+}
+
+/// Reads `N` bytes at `off`: direct packet access when the bytes are in the linear part,
+/// else `bpf_skb_load_bytes`.
+#[inline(always)]
+fn read<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], u8> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + N <= end {
+        // SAFETY: bounds checked against data_end just above (the verifier checks it too).
+        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+    } else {
+        ctx.load::<[u8; N]>(off).map_err(|_| DROP_INVALID_PACKET)
+    }
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
+    let eth: [u8; 2] = read(ctx, 12)?;
+    let ethertype = u16::from_be_bytes(eth);
+    if ethertype == ETH_P_IPV6 {
+        return Err(DROP_UNSUPPORTED_L3);
+    }
+    if ethertype != ETH_P_IP {
+        return Ok(Parsed::NotIp);
+    }
+    let ip: [u8; 20] = read(ctx, ETH_HLEN)?;
+    if ip[0] >> 4 != 4 {
+        return Err(DROP_INVALID_PACKET);
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(DROP_INVALID_PACKET);
+    }
+    if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
+        return Err(DROP_FRAGMENT);
+    }
+    let mut p = Pkt {
+        saddr: addr_v4([ip[12], ip[13], ip[14], ip[15]]),
+        daddr: addr_v4([ip[16], ip[17], ip[18], ip[19]]),
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        proto: ip[9],
+        tcp_flags: 0,
+        bytes: ctx.len(),
+        l4_off: 0,
+    };
+    let l4 = ETH_HLEN + (ihl & 0x3c);
+    p.l4_off = l4 as u32;
+    match p.proto {
+        PROTO_TCP => {
+            let t: [u8; 14] = read(ctx, l4)?;
+            p.sport = u16::from_ne_bytes([t[0], t[1]]);
+            p.dport = u16::from_ne_bytes([t[2], t[3]]);
+            p.policy_port = u16::from_be_bytes([t[2], t[3]]);
+            p.tcp_flags = t[13];
+        }
+        PROTO_UDP => {
+            let u: [u8; 8] = read(ctx, l4)?;
+            p.sport = u16::from_ne_bytes([u[0], u[1]]);
+            p.dport = u16::from_ne_bytes([u[2], u[3]]);
+            p.policy_port = u16::from_be_bytes([u[2], u[3]]);
+        }
+        PROTO_ICMP => {
+            let i: [u8; 8] = read(ctx, l4)?;
+            // Echo request/reply: the identifier stands for both ports so replies match.
+            if i[0] == 8 || i[0] == 0 {
+                p.sport = u16::from_ne_bytes([i[4], i[5]]);
+                p.dport = p.sport;
+            }
+            p.policy_port = i[0] as u16;
+        }
+        _ => {}
+    }
+    Ok(Parsed::Ip(p))
+}
+
+struct EventInfo {
+    verdict: u8,
+    reason: u8,
+    direction: u8,
+    obs: u8,
+    ep_id: u32,
+    src_identity: u32,
+    dst_identity: u32,
+}
+
+#[inline(always)]
+fn emit(p: &Pkt, info: &EventInfo) {
+    match WEFT_EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent {
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                bytes: p.bytes as u64,
+                saddr: p.saddr,
+                daddr: p.daddr,
+                sport: u16::from_be(p.sport),
+                dport: u16::from_be(p.dport),
+                proto: p.proto,
+                family: FAMILY_IPV4,
+                verdict: info.verdict,
+                drop_reason: info.reason,
+                direction: info.direction,
+                obs_point: info.obs,
+                tcp_flags: p.tcp_flags,
+                _pad: 0,
+                ep_id: info.ep_id,
+                src_identity: info.src_identity,
+                dst_identity: info.dst_identity,
+                svc_id: 0,
+                _pad2: 0,
+            });
+            entry.submit(0);
+        }
+        None => lost_event(),
+    }
+}
+
+/// Result of a policy lookup.
+struct Decision {
+    action: u8,
+    proxy_port: u16,
+    reason: u8,
+}
+
+#[inline(always)]
+fn policy_key(ep_id: u32, identity: u32, dir: u8, p: &Pkt) -> Key<PolicyKey> {
+    Key::new(
+        POLICY_PREFIX_FULL_BITS,
+        PolicyKey {
+            ep_id,
+            identity,
+            direction: dir,
+            proto: p.proto,
+            dport: p.policy_port.to_be_bytes(),
+        },
+    )
+}
+
+#[inline(always)]
+fn hash_key(ep_id: u32, identity: u32, dir: u8, proto: u8, port: u16, flags: u8) -> PolicyHashKey {
+    PolicyHashKey {
+        ep_id,
+        identity,
+        direction: dir,
+        proto,
+        dport: port,
+        flags,
+        _pad: [0; 3],
+    }
+}
+
+const DENIED_BY_RULE: Decision = Decision {
+    action: ACTION_DENY,
+    proxy_port: 0,
+    reason: DROP_DENY_RULE,
+};
+
+/// Deny rules win over allow rules; among allows the most specific wins (exact identity over
+/// any identity, then exact port over any port over any protocol, then port ranges).
+/// Six hash lookups, plus four LPM lookups only for endpoints with port-range entries.
+#[inline(always)]
+fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision {
+    let enforce = if dir == DIR_INGRESS {
+        EP_ENFORCE_INGRESS
+    } else {
+        EP_ENFORCE_EGRESS
+    };
+    if ep.flags & enforce == 0 {
+        return Decision {
+            action: ACTION_ALLOW,
+            proxy_port: 0,
+            reason: DROP_NONE,
+        };
+    }
+    let mut allow: Option<PolicyValue> = None;
+    let candidates = [
+        hash_key(ep.ep_id, peer_identity, dir, p.proto, p.policy_port, 0),
+        hash_key(ep.ep_id, peer_identity, dir, p.proto, 0, POLICY_ANY_PORT),
+        hash_key(
+            ep.ep_id,
+            peer_identity,
+            dir,
+            0,
+            0,
+            POLICY_ANY_PORT | POLICY_ANY_PROTO,
+        ),
+        hash_key(ep.ep_id, IDENTITY_ANY, dir, p.proto, p.policy_port, 0),
+        hash_key(ep.ep_id, IDENTITY_ANY, dir, p.proto, 0, POLICY_ANY_PORT),
+        hash_key(
+            ep.ep_id,
+            IDENTITY_ANY,
+            dir,
+            0,
+            0,
+            POLICY_ANY_PORT | POLICY_ANY_PROTO,
+        ),
+    ];
+    for k in candidates.iter() {
+        if let Some(v) = unsafe { WEFT_POLICY.get(k) } {
+            if v.action == ACTION_DENY {
+                return DENIED_BY_RULE;
+            }
+            if allow.is_none() {
+                allow = Some(*v);
+            }
+        }
+    }
+    if ep.flags & EP_HAS_PORT_RANGES != 0 {
+        let exact = policy_key(ep.ep_id, peer_identity, dir, p);
+        let any = policy_key(ep.ep_id, IDENTITY_ANY, dir, p);
+        if WEFT_POLICY_DENY.get(&exact).is_some() || WEFT_POLICY_DENY.get(&any).is_some() {
+            return DENIED_BY_RULE;
+        }
+        if allow.is_none() {
+            allow = match WEFT_POLICY_ALLOW.get(&exact) {
+                Some(v) => Some(*v),
+                None => WEFT_POLICY_ALLOW.get(&any).copied(),
+            };
+        }
+    }
+    match allow {
+        Some(v) if v.action == ACTION_ALLOW || v.action == ACTION_REDIRECT => Decision {
+            action: v.action,
+            proxy_port: v.proxy_port,
+            reason: DROP_NONE,
+        },
+        Some(_) => DENIED_BY_RULE,
+        None => Decision {
+            action: ACTION_DENY,
+            proxy_port: 0,
+            reason: DROP_POLICY_DENIED,
+        },
+    }
+}
+
+#[inline(always)]
+fn ct_expired(cfg: &Config, e: &CtValue, now: u64) -> bool {
+    let timeout = if e.flags & CT_F_CLOSING != 0 {
+        cfg.ct_close_timeout_s
+    } else if e.tcp_flags & TCP_SYN != 0 && e.flags & CT_F_SEEN_REPLY == 0 {
+        cfg.ct_syn_timeout_s
+    } else if e.tcp_flags != 0 {
+        cfg.ct_tcp_timeout_s
+    } else {
+        cfg.ct_udp_timeout_s
+    };
+    now.saturating_sub(e.last_seen_ns) > timeout as u64 * NS_PER_S
+}
+
+/// Updates a live entry; returns true when FIN/RST appear for the first time.
+#[inline(always)]
+fn ct_touch(e: *mut CtValue, p: &Pkt, now: u64, reply: bool) -> bool {
+    unsafe {
+        (*e).last_seen_ns = now;
+        (*e).packets += 1;
+        (*e).bytes += p.bytes as u64;
+        let new_flags = p.tcp_flags & !(*e).tcp_flags;
+        (*e).tcp_flags |= p.tcp_flags;
+        if reply {
+            (*e).flags |= CT_F_SEEN_REPLY;
+        }
+        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            (*e).flags |= CT_F_CLOSING;
+        }
+        new_flags & (TCP_FIN | TCP_RST) != 0
+    }
+}
+
+#[inline(always)]
+fn drop_pkt(p: &Pkt, cfg: &Config, info: &EventInfo) -> i32 {
+    count(VERDICT_DROPPED, info.reason, p.bytes as u64);
+    if cfg.event_flags & EVENTS_ON_DROP != 0 {
+        emit(p, info);
+    }
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn pass_pkt(ctx: &mut TcContext, p: &Pkt, proxy_port: u16) -> i32 {
+    if proxy_port != 0 {
+        ctx.set_mark(MARK_PROXY | ((proxy_port as u32) << 16));
+        count(VERDICT_REDIRECTED, DROP_NONE, p.bytes as u64);
+    } else {
+        count(VERDICT_FORWARDED, DROP_NONE, p.bytes as u64);
+    }
+    TC_ACT_OK
+}
+
+/// Security identity of a peer address: longest prefix in the ipcache, else world.
+#[inline(always)]
+fn peer_identity_of(addr: &Addr) -> u32 {
+    match WEFT_IPCACHE.get(&Key::new(
+        IPCACHE_PREFIX_HEADER_BITS + 32,
+        IpcacheKey {
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            addr: *addr,
+        },
+    )) {
+        Some(v) => v.identity,
+        None => IDENTITY_WORLD,
+    }
+}
+
+/// Policy + conntrack for one packet seen at an endpoint's interface.
+#[inline(always)]
+fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
+    let cfg = config();
+    let p = match parse(ctx) {
+        Ok(Parsed::Ip(p)) => p,
+        Ok(Parsed::NotIp) => return TC_ACT_OK,
+        Err(reason) => {
+            let len = ctx.len() as u64;
+            count(VERDICT_DROPPED, reason, len);
+            return TC_ACT_SHOT;
+        }
+    };
+    let dir = if obs == OBS_FROM_ENDPOINT {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    };
+    let (ep_addr, peer_addr) = if dir == DIR_EGRESS {
+        (p.saddr, p.daddr)
+    } else {
+        (p.daddr, p.saddr)
+    };
+    let mut info = EventInfo {
+        verdict: VERDICT_DROPPED,
+        reason: DROP_NONE,
+        direction: dir,
+        obs,
+        ep_id: 0,
+        src_identity: IDENTITY_UNKNOWN,
+        dst_identity: IDENTITY_UNKNOWN,
+    };
+    let ep_key = EndpointKey {
+        family: FAMILY_IPV4,
+        _pad: [0; 3],
+        addr: ep_addr,
+    };
+    let ep = match unsafe { WEFT_ENDPOINTS.get(&ep_key) } {
+        Some(ep) => *ep,
+        None => {
+            info.reason = DROP_UNKNOWN_ENDPOINT;
+            return drop_pkt(&p, &cfg, &info);
+        }
+    };
+    info.ep_id = ep.ep_id;
+    // Identities for events: the endpoint's own is known; the peer's comes from conntrack
+    // (established) or the ipcache (new connections, re-checks).
+    let set_ids = |info: &mut EventInfo, peer_identity: u32| {
+        if dir == DIR_EGRESS {
+            info.src_identity = ep.identity;
+            info.dst_identity = peer_identity;
+        } else {
+            info.src_identity = peer_identity;
+            info.dst_identity = ep.identity;
+        }
+    };
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fwd = CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir,
+        _pad: 0,
+    };
+    // 1. Forward packet of a connection this direction's policy already allowed.
+    if let Some(e) = WEFT_CT.get_ptr_mut(&fwd) {
+        let entry = unsafe { *e };
+        if !ct_expired(&cfg, &entry, now) {
+            let mut proxy_port = entry.proxy_port;
+            set_ids(&mut info, entry.peer_identity);
+            if entry.policy_rev != ep.policy_rev {
+                let peer_identity = peer_identity_of(&peer_addr);
+                set_ids(&mut info, peer_identity);
+                // Policy changed since this connection was admitted: re-check once.
+                let d = decide(&ep, dir, peer_identity, &p);
+                if d.action == ACTION_DENY {
+                    let _ = WEFT_CT.remove(&fwd);
+                    info.reason = d.reason;
+                    return drop_pkt(&p, &cfg, &info);
+                }
+                proxy_port = d.proxy_port;
+                unsafe {
+                    (*e).policy_rev = ep.policy_rev;
+                    (*e).proxy_port = d.proxy_port;
+                    (*e).peer_identity = peer_identity;
+                }
+            }
+            let closing = ct_touch(e, &p, now, false);
+            info.verdict = if proxy_port != 0 {
+                VERDICT_REDIRECTED
+            } else {
+                VERDICT_FORWARDED
+            };
+            if cfg.event_flags & EVENTS_ALL != 0
+                || (closing && cfg.event_flags & EVENTS_ON_TCP_FLAGS != 0)
+            {
+                emit(&p, &info);
+            }
+            return pass_pkt(ctx, &p, proxy_port);
+        }
+        let _ = WEFT_CT.remove(&fwd);
+    }
+    // 2. Reply of a connection admitted in the other direction: no policy lookup.
+    let rev = CtKey {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir: if dir == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        },
+        _pad: 0,
+    };
+    if let Some(e) = WEFT_CT.get_ptr_mut(&rev) {
+        let entry = unsafe { *e };
+        if !ct_expired(&cfg, &entry, now) {
+            set_ids(&mut info, entry.peer_identity);
+            let closing = ct_touch(e, &p, now, true);
+            info.verdict = VERDICT_FORWARDED;
+            if cfg.event_flags & EVENTS_ALL != 0
+                || (closing && cfg.event_flags & EVENTS_ON_TCP_FLAGS != 0)
+            {
+                emit(&p, &info);
+            }
+            return pass_pkt(ctx, &p, 0);
+        }
+        let _ = WEFT_CT.remove(&rev);
+    }
+    // 3. New connection: policy decides.
+    let peer_identity = peer_identity_of(&peer_addr);
+    set_ids(&mut info, peer_identity);
+    let d = decide(&ep, dir, peer_identity, &p);
+    if d.action == ACTION_DENY {
+        info.reason = d.reason;
+        return drop_pkt(&p, &cfg, &info);
+    }
+    let entry = CtValue {
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: p.bytes as u64,
+        ep_id: ep.ep_id,
+        policy_rev: ep.policy_rev,
+        tcp_flags: p.tcp_flags,
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            CT_F_CLOSING
+        } else {
+            0
+        },
+        proxy_port: d.proxy_port,
+        peer_identity,
+    };
+    if WEFT_CT.insert(&fwd, &entry, 0).is_err() {
+        info.reason = DROP_CT_FULL;
+        return drop_pkt(&p, &cfg, &info);
+    }
+    info.verdict = if d.proxy_port != 0 {
+        VERDICT_REDIRECTED
+    } else {
+        VERDICT_FORWARDED
+    };
+    if cfg.event_flags & (EVENTS_ON_START | EVENTS_ALL) != 0 {
+        emit(&p, &info);
+    }
+    pass_pkt(ctx, &p, d.proxy_port)
+}
+
+#[classifier]
+pub fn weft_from_endpoint(mut ctx: TcContext) -> i32 {
+    handle(&mut ctx, OBS_FROM_ENDPOINT)
+}
+
+#[classifier]
+pub fn weft_to_endpoint(mut ctx: TcContext) -> i32 {
+    handle(&mut ctx, OBS_TO_ENDPOINT)
+}
+
+#[classifier]
+pub fn weft_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+// ---- socket-level load balancing ----
+
+/// 64-bit finalizer (murmur3 fmix64): spreads the client/service key over the Maglev table.
+#[inline(always)]
+fn mix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
+}
+
+/// Flow hash used for Maglev: must match `node_agent::datapath::maglev_slot`.
+#[inline(always)]
+fn client_hash(seed: u32, client: u64, svc_id: u32) -> u64 {
+    mix64(client ^ ((seed as u64) << 32 | svc_id as u64))
+}
+
+/// Chooses a backend id for a new connection; `None` = no usable backend.
+#[inline(always)]
+fn select_backend(svc: &ServiceValue, client: u64, cfg: &Config, now: u64) -> Option<u32> {
+    let aff_key = AffinityKey {
+        client,
+        svc_id: svc.svc_id,
+        _pad: 0,
+    };
+    if svc.flags & SVC_F_AFFINITY != 0 {
+        if let Some(a) = unsafe { WEFT_AFFINITY.get(&aff_key) } {
+            let fresh =
+                now.saturating_sub(a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS_PER_S;
+            let backend_id = a.backend_id;
+            if fresh {
+                if let Some(b) = unsafe { WEFT_BACKENDS.get(&backend_id) } {
+                    if b.state == BACKEND_ACTIVE {
+                        return Some(backend_id);
+                    }
+                }
+            }
+        }
+    }
+    let id = if svc.flags & SVC_F_MAGLEV != 0 {
+        let m = svc.maglev_m as u64;
+        if m == 0 {
+            return None;
+        }
+        let table = unsafe { WEFT_MAGLEV.get(&svc.svc_id) }?;
+        let idx = (client_hash(cfg.hash_seed, client, svc.svc_id) % m) as usize;
+        if idx >= MAGLEV_MAX_M {
+            return None;
+        }
+        table.backends[idx]
+    } else {
+        let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(svc.count)?;
+        *unsafe {
+            WEFT_BACKEND_SLOTS.get(&BackendSlotKey {
+                svc_id: svc.svc_id,
+                slot,
+            })
+        }?
+    };
+    if svc.flags & SVC_F_AFFINITY != 0 {
+        let _ = WEFT_AFFINITY.insert(
+            &aff_key,
+            &AffinityValue {
+                last_used_ns: now,
+                backend_id: id,
+                _pad: 0,
+            },
+            0,
+        );
+    }
+    Some(id)
+}
+
+#[inline(always)]
+fn sock_event(
+    sa: &aya_ebpf::bindings::bpf_sock_addr,
+    verdict: u8,
+    reason: u8,
+    obs: u8,
+    svc_id: u32,
+    orig: (Addr, u16),
+) {
+    match WEFT_EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let ip = sa.user_ip4.to_ne_bytes();
+            entry.write(FlowEvent {
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                bytes: 0,
+                saddr: [0; 16],
+                daddr: if verdict == VERDICT_TRANSLATED {
+                    addr_v4(ip)
+                } else {
+                    orig.0
+                },
+                sport: 0,
+                dport: if verdict == VERDICT_TRANSLATED {
+                    u16::from_be(sa.user_port as u16)
+                } else {
+                    u16::from_be(orig.1)
+                },
+                proto: sa.protocol as u8,
+                family: FAMILY_IPV4,
+                verdict,
+                drop_reason: reason,
+                direction: DIR_EGRESS,
+                obs_point: obs,
+                tcp_flags: 0,
+                _pad: 0,
+                ep_id: 0,
+                src_identity: 0,
+                dst_identity: 0,
+                svc_id,
+                _pad2: 0,
+            });
+            entry.submit(0);
+        }
+        None => lost_event(),
+    }
+}
+
+/// VIP -> backend translation for connect4/sendmsg4. Returns 1 (continue) or 0 (reject).
+#[inline(always)]
+fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let vip = addr_v4(sa.user_ip4.to_ne_bytes());
+    let vport = sa.user_port as u16;
+    let proto = sa.protocol as u8;
+    let key = ServiceKey {
+        vip,
+        port: vport,
+        proto,
+        family: FAMILY_IPV4,
+    };
+    let svc = match unsafe { WEFT_SERVICES.get(&key) } {
+        Some(s) => *s,
+        None => return 1,
+    };
+    let cfg = config();
+    if svc.count == 0 {
+        count(VERDICT_DROPPED, DROP_NO_BACKEND, 0);
+        if cfg.event_flags & EVENTS_ON_DROP != 0 {
+            sock_event(
+                sa,
+                VERDICT_DROPPED,
+                DROP_NO_BACKEND,
+                obs,
+                svc.svc_id,
+                (vip, vport),
+            );
+        }
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let backend = match select_backend(&svc, client, &cfg, now) {
+        Some(id) => unsafe { WEFT_BACKENDS.get(&id) }.copied(),
+        None => None,
+    };
+    let b = match backend {
+        Some(b) => b,
+        None => {
+            count(VERDICT_DROPPED, DROP_NO_BACKEND, 0);
+            if cfg.event_flags & EVENTS_ON_DROP != 0 {
+                sock_event(
+                    sa,
+                    VERDICT_DROPPED,
+                    DROP_NO_BACKEND,
+                    obs,
+                    svc.svc_id,
+                    (vip, vport),
+                );
+            }
+            return 0;
+        }
+    };
+    sa.user_ip4 = u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
+    sa.user_port = b.port as u32;
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = WEFT_SOCK_REVNAT.insert(
+        &SockRevNatKey {
+            cookie,
+            addr: b.addr,
+            port: b.port,
+            family: FAMILY_IPV4,
+            _pad: [0; 5],
+        },
+        &SockRevNatValue {
+            vip,
+            port: vport,
+            _pad: [0; 2],
+            svc_id: svc.svc_id,
+        },
+        0,
+    );
+    count(VERDICT_TRANSLATED, DROP_NONE, 0);
+    if cfg.event_flags & EVENTS_ON_TRANSLATE != 0 {
+        sock_event(
+            sa,
+            VERDICT_TRANSLATED,
+            DROP_NONE,
+            obs,
+            svc.svc_id,
+            (vip, vport),
+        );
+    }
+    1
+}
+
+/// Backend -> VIP for recvmsg4/getpeername4 of sockets we translated.
+#[inline(always)]
+fn sock_reverse(ctx: &SockAddrContext) -> i32 {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let key = SockRevNatKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: addr_v4(sa.user_ip4.to_ne_bytes()),
+        port: sa.user_port as u16,
+        family: FAMILY_IPV4,
+        _pad: [0; 5],
+    };
+    if let Some(v) = unsafe { WEFT_SOCK_REVNAT.get(&key) } {
+        sa.user_ip4 = u32::from_ne_bytes([v.vip[0], v.vip[1], v.vip[2], v.vip[3]]);
+        sa.user_port = v.port as u32;
+    }
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    sock_translate(&ctx, OBS_SOCK_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn weft_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_translate(&ctx, OBS_SOCK_SENDMSG)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn weft_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_reverse(&ctx)
+}
+
+// ---- north-south load balancing on the uplink (tc) ----
+
+/// Flow hash of a north-south connection (Maglev slot choice).
+#[inline(always)]
+fn tuple_hash(seed: u32, p: &Pkt) -> u64 {
+    let s = u32::from_ne_bytes([p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]]) as u64;
+    let d = u32::from_ne_bytes([p.daddr[0], p.daddr[1], p.daddr[2], p.daddr[3]]) as u64;
+    let ports = ((p.sport as u64) << 16) | p.dport as u64;
+    mix64((s << 32 | d) ^ mix64(ports << 8 | p.proto as u64 ^ (seed as u64) << 40))
+}
+
+/// Rewrites the destination (ingress) or source (egress) address and port, fixing the IPv4
+/// and L4 checksums.
+#[inline(always)]
+fn rewrite(ctx: &mut TcContext, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> Result<(), u8> {
+    let old_addr = if dst { p.daddr } else { p.saddr };
+    let old = u32::from_ne_bytes([old_addr[0], old_addr[1], old_addr[2], old_addr[3]]);
+    let new = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let old_port = if dst { p.dport } else { p.sport };
+    let l4 = p.l4_off as usize;
+    let (csum_off, pseudo) = match p.proto {
+        PROTO_TCP => (l4 + 16, true),
+        PROTO_UDP => (l4 + 6, true),
+        _ => (0, false),
+    };
+    let addr_off = ETH_HLEN + if dst { 16 } else { 12 };
+    let port_off = l4 + if dst { 2 } else { 0 };
+    // BPF_F_PSEUDO_HDR (0x10) | size 4; BPF_F_MARK_MANGLED_0 (0x20) keeps a zero UDP checksum.
+    let mangled0: u64 = if p.proto == PROTO_UDP { 0x20 } else { 0 };
+    if pseudo {
+        ctx.l4_csum_replace(csum_off, old as u64, new as u64, 0x10 | 4 | mangled0)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+        ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, 2 | mangled0)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+    }
+    ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 4)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    ctx.store(addr_off, &new, 0)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    if pseudo {
+        ctx.store(port_off, &port, 0)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn lb_drop(p: &Pkt, cfg: &Config, reason: u8, obs: u8, svc_id: u32) -> i32 {
+    count(VERDICT_DROPPED, reason, p.bytes as u64);
+    if cfg.event_flags & EVENTS_ON_DROP != 0 {
+        emit(
+            p,
+            &EventInfo {
+                verdict: VERDICT_DROPPED,
+                reason,
+                direction: DIR_INGRESS,
+                obs,
+                ep_id: 0,
+                src_identity: IDENTITY_WORLD,
+                dst_identity: svc_id,
+            },
+        );
+    }
+    TC_ACT_SHOT
+}
+
+/// Client -> VIP: pick (or keep) a backend and DNAT to it; record the reverse entry.
+#[inline(always)]
+fn lb_ingress(ctx: &mut TcContext) -> i32 {
+    let p = match parse(ctx) {
+        Ok(Parsed::Ip(p)) => p,
+        Ok(Parsed::NotIp) | Err(DROP_UNSUPPORTED_L3) => return TC_ACT_OK,
+        Err(reason) => {
+            count(VERDICT_DROPPED, reason, ctx.len() as u64);
+            return TC_ACT_SHOT;
+        }
+    };
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return TC_ACT_OK;
+    }
+    let key = ServiceKey {
+        vip: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+    };
+    let svc = match unsafe { WEFT_SERVICES.get(&key) } {
+        Some(s) => *s,
+        None => return TC_ACT_OK,
+    };
+    let cfg = config();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fwd = CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir: LB_CT_FORWARD,
+        _pad: 0,
+    };
+    // Established: stay on the backend chosen at the first packet while it exists.
+    let mut chosen: Option<(u32, BackendValue)> = None;
+    if let Some(e) = WEFT_LB_CT.get_ptr_mut(&fwd) {
+        let entry = unsafe { *e };
+        let timeout = if p.proto == PROTO_TCP {
+            cfg.ct_tcp_timeout_s
+        } else {
+            cfg.ct_udp_timeout_s
+        } as u64;
+        if now.saturating_sub(entry.last_seen_ns) <= timeout * NS_PER_S {
+            if let Some(b) = unsafe { WEFT_BACKENDS.get(&entry.backend_id) } {
+                unsafe { (*e).last_seen_ns = now };
+                chosen = Some((entry.backend_id, *b));
+            }
+        }
+    }
+    let (backend_id, b) = match chosen {
+        Some(c) => c,
+        None => {
+            if svc.count == 0 {
+                return lb_drop(&p, &cfg, DROP_NO_BACKEND, OBS_UPLINK_INGRESS, svc.svc_id);
+            }
+            let client =
+                u32::from_ne_bytes([p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]]) as u64;
+            let id = if svc.flags & SVC_F_AFFINITY != 0 {
+                select_backend(&svc, client, &cfg, now)
+            } else if svc.flags & SVC_F_MAGLEV != 0 {
+                let m = svc.maglev_m as u64;
+                match unsafe { WEFT_MAGLEV.get(&svc.svc_id) } {
+                    Some(t) if m > 0 => {
+                        let idx = (tuple_hash(cfg.hash_seed, &p) % m) as usize;
+                        if idx < MAGLEV_MAX_M {
+                            Some(t.backends[idx])
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                }
+            } else {
+                select_backend(&svc, client, &cfg, now)
+            };
+            let b = match id {
+                Some(id) => unsafe { WEFT_BACKENDS.get(&id) }.map(|b| (id, *b)),
+                None => None,
+            };
+            let Some((id, b)) = b else {
+                return lb_drop(&p, &cfg, DROP_NO_BACKEND, OBS_UPLINK_INGRESS, svc.svc_id);
+            };
+            let v = LbCtValue {
+                last_seen_ns: now,
+                addr: b.addr,
+                port: b.port,
+                _pad: [0; 2],
+                backend_id: id,
+                svc_id: svc.svc_id,
+                _pad2: 0,
+            };
+            let rev = CtKey {
+                saddr: b.addr,
+                daddr: p.saddr,
+                sport: b.port,
+                dport: p.sport,
+                proto: p.proto,
+                family: FAMILY_IPV4,
+                dir: LB_CT_REVERSE,
+                _pad: 0,
+            };
+            let rv = LbCtValue {
+                addr: p.daddr,
+                port: p.dport,
+                ..v
+            };
+            // Reverse first: a reply can never arrive before it is translatable.
+            if WEFT_LB_CT.insert(&rev, &rv, 0).is_err() || WEFT_LB_CT.insert(&fwd, &v, 0).is_err() {
+                return lb_drop(&p, &cfg, DROP_CT_FULL, OBS_UPLINK_INGRESS, svc.svc_id);
+            }
+            if cfg.event_flags & EVENTS_ON_TRANSLATE != 0 {
+                emit(
+                    &p,
+                    &EventInfo {
+                        verdict: VERDICT_TRANSLATED,
+                        reason: DROP_NONE,
+                        direction: DIR_INGRESS,
+                        obs: OBS_UPLINK_INGRESS,
+                        ep_id: 0,
+                        src_identity: IDENTITY_WORLD,
+                        dst_identity: svc.svc_id,
+                    },
+                );
+            }
+            (id, b)
+        }
+    };
+    let _ = backend_id;
+    if let Err(reason) = rewrite(ctx, &p, true, &b.addr, b.port) {
+        return lb_drop(&p, &cfg, reason, OBS_UPLINK_INGRESS, svc.svc_id);
+    }
+    count(VERDICT_TRANSLATED, DROP_NONE, p.bytes as u64);
+    TC_ACT_OK
+}
+
+/// Backend -> client replies: SNAT back to the VIP.
+#[inline(always)]
+fn lb_egress(ctx: &mut TcContext) -> i32 {
+    let p = match parse(ctx) {
+        Ok(Parsed::Ip(p)) => p,
+        _ => return TC_ACT_OK,
+    };
+    let rev = CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir: LB_CT_REVERSE,
+        _pad: 0,
+    };
+    let Some(e) = WEFT_LB_CT.get_ptr_mut(&rev) else {
+        return TC_ACT_OK;
+    };
+    let v = unsafe { *e };
+    unsafe { (*e).last_seen_ns = bpf_ktime_get_ns() };
+    if rewrite(ctx, &p, false, &v.addr, v.port).is_err() {
+        count(VERDICT_DROPPED, DROP_INVALID_PACKET, p.bytes as u64);
+        return TC_ACT_SHOT;
+    }
+    count(VERDICT_TRANSLATED, DROP_NONE, p.bytes as u64);
+    TC_ACT_OK
+}
+
+#[classifier]
+pub fn weft_lb_ingress(mut ctx: TcContext) -> i32 {
+    lb_ingress(&mut ctx)
+}
+
+#[classifier]
+pub fn weft_lb_egress(mut ctx: TcContext) -> i32 {
+    lb_egress(&mut ctx)
+}

@@ -1,0 +1,1322 @@
+//! The datapath library: loads Weft's eBPF programs, pins their maps, attaches them to the
+//! interfaces and cgroup it is given, and programs the maps through a typed, idempotent API.
+//!
+//! Every change is a handful of single-entry map operations ordered so that no intermediate
+//! state allows what both the old and the new state deny. Maps live under a bpffs directory
+//! (`pin_path`); a restarted agent reuses them (traffic keeps flowing) and rebuilds its caches
+//! from their contents.
+
+pub mod policy;
+pub mod sys;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{CgroupSockAddr, ProgramError, SchedClassifier};
+use aya::{Ebpf, EbpfLoader};
+use weft_datapath_common as c;
+use weft_datapath_common::maps as m;
+
+pub use policy::{Action, Direction, PolicyEntry, PolicyEntryError};
+
+/// The eBPF object embedded at build time (empty when built without `WEFT_BPF_OBJ`).
+pub static EMBEDDED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-datapath.bpf.o"));
+
+/// Errors of the datapath library.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("no eBPF object: node-agent was built without WEFT_BPF_OBJ (run `cargo xtask test`, which builds it)")]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("endpoint {0} is unknown")]
+    UnknownEndpoint(u32),
+    #[error("policy entry for endpoint {ep}: {source}")]
+    Policy { ep: u32, source: PolicyEntryError },
+    #[error("service {svc}: {reason}")]
+    Service { svc: u32, reason: String },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Io { what, source }
+}
+
+/// Map sizes (max entries); applied when the maps are created (not to reused pinned maps).
+#[derive(Debug, Clone)]
+pub struct MapSizes {
+    pub endpoints: u32,
+    pub ipcache: u32,
+    /// Single-port/wildcard policy entries (all endpoints).
+    pub policy: u32,
+    /// Port-range blocks, per range map (allow, deny).
+    pub policy_ranges: u32,
+    pub conntrack: u32,
+    pub services: u32,
+    pub backends: u32,
+    pub maglev_services: u32,
+    pub events_bytes: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            endpoints: 4096,
+            ipcache: 65536,
+            policy: 262_144,
+            policy_ranges: 65536,
+            conntrack: 262_144,
+            services: 65536,
+            backends: 262_144,
+            maglev_services: 1024,
+            events_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Datapath configuration.
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    /// bpffs directory for maps and links (default `/sys/fs/bpf/weft`).
+    pub pin_path: PathBuf,
+    pub sizes: MapSizes,
+    /// Conntrack timeouts and event aggregation, written to the config map.
+    pub runtime: c::Config,
+    /// Seed of the Maglev permutations (the same on every node).
+    pub maglev_seed: u64,
+    /// eBPF object to load; `None` = the embedded one.
+    pub object: Option<PathBuf>,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            pin_path: PathBuf::from("/sys/fs/bpf/weft"),
+            sizes: MapSizes::default(),
+            runtime: c::Config::default(),
+            maglev_seed: 0x5745_4654,
+            object: None,
+        }
+    }
+}
+
+/// An endpoint (pod) on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    pub identity: u32,
+    /// Host-side interface index (informational).
+    pub ifindex: u32,
+    /// Some policy selects the endpoint with an ingress section: default deny for ingress.
+    pub enforce_ingress: bool,
+    pub enforce_egress: bool,
+}
+
+/// Backend choice of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbAlgorithm {
+    Random,
+    /// Maglev with a table of `m` entries (prime).
+    Maglev {
+        m: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    Active,
+    /// Keeps existing connections, receives no new ones.
+    Terminating,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Node-wide unique backend id.
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+/// A load-balanced service (VIP:port/proto).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub algorithm: LbAlgorithm,
+    /// Client affinity timeout; `None` = no affinity.
+    pub affinity: Option<Duration>,
+    pub backends: Vec<Backend>,
+}
+
+/// Packet/byte counters by verdict and drop reason, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// (verdict, drop reason) -> (packets, bytes); only non-zero rows.
+    pub rows: BTreeMap<(u8, u8), (u64, u64)>,
+    /// Ring-buffer events that could not be written.
+    pub lost_events: u64,
+}
+
+impl Counters {
+    pub fn packets(&self, verdict: u8, reason: u8) -> u64 {
+        self.rows.get(&(verdict, reason)).map_or(0, |r| r.0)
+    }
+}
+
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        c::VERDICT_FORWARDED => "forwarded",
+        c::VERDICT_DROPPED => "dropped",
+        c::VERDICT_REDIRECTED => "redirected",
+        c::VERDICT_TRANSLATED => "translated",
+        _ => "unknown",
+    }
+}
+
+pub fn drop_reason_name(r: u8) -> &'static str {
+    match r {
+        c::DROP_NONE => "",
+        c::DROP_POLICY_DENIED => "policy denied",
+        c::DROP_DENY_RULE => "deny rule",
+        c::DROP_NO_BACKEND => "no backend",
+        c::DROP_CT_FULL => "CT full",
+        c::DROP_INVALID_PACKET => "invalid packet",
+        c::DROP_FRAGMENT => "fragment",
+        c::DROP_UNSUPPORTED_L3 => "unsupported L3",
+        c::DROP_INTERNAL => "internal error",
+        c::DROP_UNKNOWN_ENDPOINT => "unknown endpoint",
+        _ => "unknown",
+    }
+}
+
+/// Typed handles on every map; built from a loaded object or from pins alone (debug CLI).
+pub struct Maps {
+    pub endpoints: HashMap<MapData, c::EndpointKey, c::EndpointValue>,
+    pub ipcache: LpmTrie<MapData, c::IpcacheKey, c::IpcacheValue>,
+    /// Single-port and wildcard policy entries.
+    pub policy: HashMap<MapData, c::PolicyHashKey, c::PolicyValue>,
+    /// Port-range policy entries (consulted only for endpoints flagged `EP_HAS_PORT_RANGES`).
+    pub policy_allow: LpmTrie<MapData, c::PolicyKey, c::PolicyValue>,
+    pub policy_deny: LpmTrie<MapData, c::PolicyKey, c::PolicyValue>,
+    pub ct: HashMap<MapData, c::CtKey, c::CtValue>,
+    pub config: Array<MapData, c::Config>,
+    pub metrics: PerCpuArray<MapData, c::MetricValue>,
+    pub services: HashMap<MapData, c::ServiceKey, c::ServiceValue>,
+    pub backend_slots: HashMap<MapData, c::BackendSlotKey, u32>,
+    pub backends: HashMap<MapData, u32, c::BackendValue>,
+    /// Raw: its values (`MaglevTable`, 256 KiB) are moved through heap buffers only.
+    pub maglev: MapData,
+    pub affinity: HashMap<MapData, c::AffinityKey, c::AffinityValue>,
+    pub sock_revnat: HashMap<MapData, c::SockRevNatKey, c::SockRevNatValue>,
+    /// North-south LB conntrack (forward and reverse entries).
+    pub lb_ct: HashMap<MapData, c::CtKey, c::LbCtValue>,
+    /// Taken by [`Datapath::flow_events`].
+    pub events: Option<RingBuf<MapData>>,
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl Maps {
+    fn from_source(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        Ok(Self {
+            endpoints: typed(m::ENDPOINTS, get(m::ENDPOINTS)?)?,
+            ipcache: typed(m::IPCACHE, get(m::IPCACHE)?)?,
+            policy: typed(m::POLICY, get(m::POLICY)?)?,
+            policy_allow: typed(m::POLICY_ALLOW, get(m::POLICY_ALLOW)?)?,
+            policy_deny: typed(m::POLICY_DENY, get(m::POLICY_DENY)?)?,
+            ct: typed(m::CT, get(m::CT)?)?,
+            config: typed(m::CONFIG, get(m::CONFIG)?)?,
+            metrics: typed(m::METRICS, get(m::METRICS)?)?,
+            services: typed(m::SERVICES, get(m::SERVICES)?)?,
+            backend_slots: typed(m::BACKEND_SLOTS, get(m::BACKEND_SLOTS)?)?,
+            backends: typed(m::BACKENDS, get(m::BACKENDS)?)?,
+            maglev: match get(m::MAGLEV)? {
+                Map::HashMap(data) => data,
+                _ => return Err(DatapathError::MissingMap(m::MAGLEV)),
+            },
+            affinity: typed(m::AFFINITY, get(m::AFFINITY)?)?,
+            sock_revnat: typed(m::SOCK_REVNAT, get(m::SOCK_REVNAT)?)?,
+            lb_ct: typed(m::LB_CT, get(m::LB_CT)?)?,
+            events: Some(typed(m::EVENTS, get(m::EVENTS)?)?),
+        })
+    }
+
+    /// Opens the maps pinned under `pin_path` without loading any program (debug CLI).
+    pub fn open_pinned(pin_path: &Path) -> Result<Self> {
+        Self::from_source(|name| {
+            let data = MapData::from_pin(pin_path.join(name)).map_err(map_err(name))?;
+            Ok(match name {
+                m::IPCACHE | m::POLICY_ALLOW | m::POLICY_DENY => Map::LpmTrie(data),
+                m::CT | m::AFFINITY | m::SOCK_REVNAT | m::LB_CT => Map::LruHashMap(data),
+                m::CONFIG => Map::Array(data),
+                m::METRICS => Map::PerCpuArray(data),
+                m::EVENTS => Map::RingBuf(data),
+                _ => Map::HashMap(data),
+            })
+        })
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let mut out = Counters::default();
+        for idx in 0..c::METRICS_LEN {
+            let per_cpu = self.metrics.get(&idx, 0).map_err(map_err(m::METRICS))?;
+            let (p, b) = per_cpu
+                .iter()
+                .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
+            if idx == c::METRIC_LOST_EVENTS {
+                out.lost_events = p;
+            } else if p > 0 {
+                let verdict = (idx / c::DROP_REASON_COUNT) as u8;
+                let reason = (idx % c::DROP_REASON_COUNT) as u8;
+                out.rows.insert((verdict, reason), (p, b));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn list_endpoints(&self) -> Result<Vec<(c::EndpointKey, c::EndpointValue)>> {
+        let mut v: Vec<_> = self
+            .endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(m::ENDPOINTS))?;
+        v.sort_by_key(|(_, e)| e.ep_id);
+        Ok(v)
+    }
+
+    pub fn list_ipcache(&self) -> Result<Vec<(Key<c::IpcacheKey>, c::IpcacheValue)>> {
+        self.ipcache
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(m::IPCACHE))
+    }
+
+    /// (map, prefix, key, value) of the endpoint's policy entries; hash entries are shown
+    /// with the prefix they are equivalent to (72 any protocol, 80 any port, 96 one port).
+    pub fn list_policy(
+        &self,
+        ep_id: u32,
+    ) -> Result<Vec<(&'static str, u32, c::PolicyKey, c::PolicyValue)>> {
+        let mut out = Vec::new();
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(map_err(m::POLICY))?;
+            if k.ep_id != ep_id {
+                continue;
+            }
+            let prefix = if k.flags & c::POLICY_ANY_PROTO != 0 {
+                c::POLICY_PREFIX_FIXED_BITS
+            } else if k.flags & c::POLICY_ANY_PORT != 0 {
+                c::POLICY_PREFIX_PROTO_BITS
+            } else {
+                c::POLICY_PREFIX_FULL_BITS
+            };
+            let key = c::PolicyKey {
+                ep_id,
+                identity: k.identity,
+                direction: k.direction,
+                proto: k.proto,
+                dport: k.dport.to_be_bytes(),
+            };
+            out.push(("hash", prefix, key, v));
+        }
+        for (name, map) in [
+            ("range-deny", &self.policy_deny),
+            ("range-allow", &self.policy_allow),
+        ] {
+            for kv in map.iter() {
+                let (k, v) = kv.map_err(map_err(m::POLICY_ALLOW))?;
+                if k.data().ep_id == ep_id {
+                    out.push((name, k.prefix_len(), k.data(), v));
+                }
+            }
+        }
+        out.sort_by_key(|(name, prefix, k, _)| (k.direction, k.identity, *prefix, *name));
+        Ok(out)
+    }
+
+    pub fn list_services(&self) -> Result<Vec<(c::ServiceKey, c::ServiceValue)>> {
+        let mut v: Vec<_> = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(m::SERVICES))?;
+        v.sort_by_key(|(_, s)| s.svc_id);
+        Ok(v)
+    }
+
+    /// Active backend ids of a service, in slot order.
+    pub fn service_slots(&self, svc: &c::ServiceValue) -> Result<Vec<u32>> {
+        (0..svc.count)
+            .map(|slot| {
+                self.backend_slots
+                    .get(
+                        &c::BackendSlotKey {
+                            svc_id: svc.svc_id,
+                            slot,
+                        },
+                        0,
+                    )
+                    .map_err(map_err(m::BACKEND_SLOTS))
+            })
+            .collect()
+    }
+
+    pub fn backend(&self, id: u32) -> Result<c::BackendValue> {
+        self.backends.get(&id, 0).map_err(map_err(m::BACKENDS))
+    }
+
+    /// The first `m` entries of a service's Maglev table (backend ids).
+    pub fn maglev_table(&self, svc_id: u32, m_size: u32) -> Result<Vec<u32>> {
+        let mut buf = vec![0u8; 4 * c::MAGLEV_MAX_M];
+        let found = sys::map_lookup(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes(), &mut buf)
+            .map_err(io_err(format!(
+                "reading the Maglev table of service {svc_id}"
+            )))?;
+        if !found {
+            return Ok(Vec::new());
+        }
+        Ok(buf
+            .chunks_exact(4)
+            .take((m_size as usize).min(c::MAGLEV_MAX_M))
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn maglev_write(&self, svc_id: u32, table: &[u32]) -> Result<()> {
+        let mut buf = vec![0u8; 4 * c::MAGLEV_MAX_M];
+        for (slot, id) in table.iter().take(c::MAGLEV_MAX_M).enumerate() {
+            buf[4 * slot..4 * slot + 4].copy_from_slice(&id.to_ne_bytes());
+        }
+        sys::map_update(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes(), &buf).map_err(io_err(
+            format!("writing the Maglev table of service {svc_id}"),
+        ))
+    }
+
+    fn maglev_remove(&self, svc_id: u32) -> Result<()> {
+        sys::map_delete(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes()).map_err(io_err(format!(
+            "removing the Maglev table of service {svc_id}"
+        )))
+    }
+
+    pub fn list_ct(&self) -> Result<Vec<(c::CtKey, c::CtValue)>> {
+        self.ct
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(m::CT))
+    }
+}
+
+/// What the agent last wrote, rebuilt from the maps at load (reconcile after restart).
+#[derive(Default)]
+struct Cache {
+    /// ep_id -> policy slots it owns.
+    policy: StdHashMap<u32, BTreeSet<policy::PolicySlot>>,
+    /// ep_id -> its endpoint map key.
+    endpoints: StdHashMap<u32, c::EndpointKey>,
+    /// svc_id -> (key, backend ids, slot count).
+    services: StdHashMap<u32, (c::ServiceKey, BTreeSet<u32>, u32)>,
+}
+
+/// Where the programs are attached, for link pin names.
+fn link_pin(pin_path: &Path, name: &str) -> PathBuf {
+    pin_path.join("links").join(name)
+}
+
+/// The loaded datapath.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    cfg: DatapathConfig,
+    cache: Cache,
+}
+
+fn ipv4_addr(ip: Ipv4Addr) -> c::Addr {
+    c::addr_v4(ip.octets())
+}
+
+/// Which link hook a tc program goes on.
+#[derive(Debug, Clone, Copy)]
+enum TcHook {
+    Ingress,
+    Egress,
+}
+
+impl Datapath {
+    /// Loads the programs, creating or reusing the pinned maps under `cfg.pin_path`.
+    pub fn load(cfg: DatapathConfig) -> Result<Self> {
+        let bytes;
+        let object: &[u8] = match &cfg.object {
+            Some(path) => {
+                bytes =
+                    std::fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
+                &bytes
+            }
+            None => EMBEDDED_OBJECT,
+        };
+        if object.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        std::fs::create_dir_all(cfg.pin_path.join("links"))
+            .map_err(io_err(format!("creating {}", cfg.pin_path.display())))?;
+        let s = &cfg.sizes;
+        let mut ebpf = EbpfLoader::new()
+            .map_pin_path(&cfg.pin_path)
+            .set_max_entries(m::ENDPOINTS, s.endpoints)
+            .set_max_entries(m::IPCACHE, s.ipcache)
+            .set_max_entries(m::POLICY, s.policy)
+            .set_max_entries(m::POLICY_ALLOW, s.policy_ranges)
+            .set_max_entries(m::POLICY_DENY, s.policy_ranges)
+            .set_max_entries(m::CT, s.conntrack)
+            .set_max_entries(m::SERVICES, s.services)
+            .set_max_entries(m::BACKEND_SLOTS, s.backends)
+            .set_max_entries(m::BACKENDS, s.backends)
+            .set_max_entries(m::MAGLEV, s.maglev_services)
+            .set_max_entries(m::SOCK_REVNAT, s.conntrack)
+            .set_max_entries(m::LB_CT, s.conntrack)
+            .set_max_entries(m::EVENTS, s.events_bytes)
+            .load(object)?;
+        for name in [
+            c::progs::FROM_ENDPOINT,
+            c::progs::TO_ENDPOINT,
+            c::progs::PASS,
+            c::progs::LB_INGRESS,
+            c::progs::LB_EGRESS,
+        ] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            p.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        for name in [
+            c::progs::CONNECT4,
+            c::progs::SENDMSG4,
+            c::progs::RECVMSG4,
+            c::progs::GETPEERNAME4,
+        ] {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            p.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let maps =
+            Maps::from_source(|name| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name)))?;
+        let mut dp = Datapath {
+            ebpf,
+            maps,
+            cfg,
+            cache: Cache::default(),
+        };
+        let runtime = dp.cfg.runtime;
+        dp.maps
+            .config
+            .set(0, runtime, 0)
+            .map_err(map_err(m::CONFIG))?;
+        dp.reconcile()?;
+        tracing::info!(pin_path = %dp.cfg.pin_path.display(), "datapath loaded");
+        Ok(dp)
+    }
+
+    pub fn config(&self) -> &DatapathConfig {
+        &self.cfg
+    }
+
+    /// Rebuilds the caches from pinned map contents (after an agent restart).
+    fn reconcile(&mut self) -> Result<()> {
+        let mut cache = Cache::default();
+        for kv in self.maps.policy.keys() {
+            let k = kv.map_err(map_err(m::POLICY))?;
+            cache
+                .policy
+                .entry(k.ep_id)
+                .or_default()
+                .insert(policy::PolicySlot::Hash(k));
+        }
+        for (deny, map) in [
+            (false, &self.maps.policy_allow),
+            (true, &self.maps.policy_deny),
+        ] {
+            for k in map.keys() {
+                let k = k.map_err(map_err(m::POLICY_ALLOW))?;
+                let d = k.data();
+                cache
+                    .policy
+                    .entry(d.ep_id)
+                    .or_default()
+                    .insert(policy::range_slot(deny, k.prefix_len(), &d));
+            }
+        }
+        for (k, v) in self.maps.list_endpoints()? {
+            cache.endpoints.insert(v.ep_id, k);
+        }
+        for (key, svc) in self.maps.list_services()? {
+            let slots = self.maps.service_slots(&svc).unwrap_or_default();
+            let mut ids: BTreeSet<u32> = slots.iter().copied().collect();
+            // Terminating backends are not in slots; find them in the Maglev table too.
+            if svc.flags & c::SVC_F_MAGLEV != 0 {
+                if let Ok(t) = self.maps.maglev_table(svc.svc_id, svc.maglev_m) {
+                    ids.extend(t.into_iter().collect::<HashSet<_>>());
+                }
+            }
+            let n_slots = slots.len() as u32;
+            cache.services.insert(svc.svc_id, (key, ids, n_slots));
+        }
+        self.cache = cache;
+        Ok(())
+    }
+
+    fn program_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        let fd = prog
+            .fd()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(format!("dup fd of {name}")))
+    }
+
+    /// Attaches `prog` through a pinned link: reuses (atomically updates) an existing pinned
+    /// link, else creates and pins one. Pinned links outlive the agent process.
+    fn attach_pinned(
+        &self,
+        prog: &'static str,
+        pin_name: &str,
+        target: u32,
+        attach_type: u32,
+    ) -> Result<()> {
+        let prog_fd = self.program_fd(prog)?;
+        let pin = link_pin(&self.cfg.pin_path, pin_name);
+        if pin.exists() {
+            let reused =
+                sys::obj_get(&pin).and_then(|link| sys::link_update(link.as_fd(), prog_fd.as_fd()));
+            match reused {
+                Ok(()) => {
+                    tracing::info!(link = %pin.display(), "reused pinned link");
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The link's target is gone (interface or cgroup deleted): start afresh.
+                    tracing::warn!(link = %pin.display(), error = %e, "stale pinned link, re-attaching");
+                    std::fs::remove_file(&pin)
+                        .map_err(io_err(format!("removing {}", pin.display())))?;
+                }
+            }
+        }
+        let link = sys::link_create(prog_fd.as_fd(), target, attach_type)
+            .map_err(io_err(format!("attaching {prog} ({pin_name})")))?;
+        sys::obj_pin(link.as_fd(), &pin).map_err(io_err(format!("pinning {}", pin.display())))?;
+        tracing::info!(link = %pin.display(), "attached");
+        Ok(())
+    }
+
+    /// Attaches the policy programs to an endpoint's host-side interface (tcx, both
+    /// directions). The interface name is resolved in the calling thread's network namespace.
+    pub fn attach_endpoint_interface(&self, ifname: &str) -> Result<u32> {
+        let ifindex = ifindex(ifname)?;
+        for (prog, hook) in [
+            (c::progs::FROM_ENDPOINT, TcHook::Ingress),
+            (c::progs::TO_ENDPOINT, TcHook::Egress),
+        ] {
+            let (attach, tag) = match hook {
+                TcHook::Ingress => (sys::BPF_TCX_INGRESS, "ingress"),
+                TcHook::Egress => (sys::BPF_TCX_EGRESS, "egress"),
+            };
+            self.attach_pinned(
+                prog,
+                &format!("tc-{ifindex}-{ifname}-{tag}"),
+                ifindex,
+                attach,
+            )?;
+        }
+        Ok(ifindex)
+    }
+
+    /// Attaches the north-south load balancer to the node's uplink (tcx ingress: VIP DNAT,
+    /// egress: reverse translation). Resolved in the calling thread's network namespace.
+    pub fn attach_uplink(&self, ifname: &str) -> Result<u32> {
+        let ifindex = ifindex(ifname)?;
+        self.attach_pinned(
+            c::progs::LB_INGRESS,
+            &format!("uplink-{ifindex}-{ifname}-ingress"),
+            ifindex,
+            sys::BPF_TCX_INGRESS,
+        )?;
+        self.attach_pinned(
+            c::progs::LB_EGRESS,
+            &format!("uplink-{ifindex}-{ifname}-egress"),
+            ifindex,
+            sys::BPF_TCX_EGRESS,
+        )?;
+        Ok(ifindex)
+    }
+
+    /// Detaches the policy programs from an interface (removes the pinned links).
+    pub fn detach_endpoint_interface(&self, ifname: &str) -> Result<()> {
+        let ifindex = ifindex(ifname)?;
+        for tag in ["ingress", "egress"] {
+            let pin = link_pin(&self.cfg.pin_path, &format!("tc-{ifindex}-{ifname}-{tag}"));
+            if pin.exists() {
+                std::fs::remove_file(&pin)
+                    .map_err(io_err(format!("removing {}", pin.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the socket load balancer to a cgroup v2 directory the caller owns.
+    pub fn attach_cgroup(&self, cgroup: &Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup)
+            .map_err(io_err(format!("opening cgroup {}", cgroup.display())))?;
+        let tag: String = cgroup
+            .to_string_lossy()
+            .chars()
+            .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+            .collect();
+        for (prog, attach, hook) in [
+            (
+                c::progs::CONNECT4,
+                sys::BPF_CGROUP_INET4_CONNECT,
+                "connect4",
+            ),
+            (c::progs::SENDMSG4, sys::BPF_CGROUP_UDP4_SENDMSG, "sendmsg4"),
+            (c::progs::RECVMSG4, sys::BPF_CGROUP_UDP4_RECVMSG, "recvmsg4"),
+            (
+                c::progs::GETPEERNAME4,
+                sys::BPF_CGROUP_INET4_GETPEERNAME,
+                "getpeername4",
+            ),
+        ] {
+            self.attach_pinned(
+                prog,
+                &format!("cg-{tag}-{hook}"),
+                dir.as_raw_fd() as u32,
+                attach,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Program fd for `BPF_PROG_TEST_RUN` (tests, benchmark).
+    pub fn test_run(&self, prog: &'static str, packet: &[u8], repeat: u32) -> Result<sys::TestRun> {
+        let fd = self.program_fd(prog)?;
+        sys::prog_test_run_skb(fd.as_fd(), packet, repeat)
+            .map_err(io_err(format!("test run of {prog}")))
+    }
+
+    /// Writes the runtime config (timeouts, event aggregation).
+    pub fn set_runtime_config(&mut self, runtime: c::Config) -> Result<()> {
+        self.maps
+            .config
+            .set(0, runtime, 0)
+            .map_err(map_err(m::CONFIG))?;
+        self.cfg.runtime = runtime;
+        Ok(())
+    }
+
+    // ---- endpoints and ipcache ----
+
+    /// Creates or updates an endpoint (endpoint map + its /32 in the ipcache). Idempotent;
+    /// keeps the endpoint's policy revision.
+    pub fn apply_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        let key = c::EndpointKey {
+            family: c::FAMILY_IPV4,
+            _pad: [0; 3],
+            addr: ipv4_addr(ep.ip),
+        };
+        let existing = self.maps.endpoints.get(&key, 0).ok();
+        let rev = existing.map_or(0, |v| v.policy_rev);
+        // The port-range flag belongs to the endpoint's policy, not to its description.
+        let mut flags = existing.map_or(0, |v| v.flags & c::EP_HAS_PORT_RANGES);
+        if ep.enforce_ingress {
+            flags |= c::EP_ENFORCE_INGRESS;
+        }
+        if ep.enforce_egress {
+            flags |= c::EP_ENFORCE_EGRESS;
+        }
+        let value = c::EndpointValue {
+            ep_id: ep.id,
+            identity: ep.identity,
+            ifindex: ep.ifindex,
+            flags,
+            policy_rev: rev,
+            _pad: 0,
+        };
+        self.apply_ipcache(ipv4_addr(ep.ip), 32, ep.identity)?;
+        self.cache.endpoints.insert(ep.id, key);
+        self.maps
+            .endpoints
+            .insert(key, value, 0)
+            .map_err(map_err(m::ENDPOINTS))
+    }
+
+    /// Removes an endpoint, its ipcache entry and its policy entries.
+    pub fn remove_endpoint(&mut self, ep_id: u32, ip: Ipv4Addr) -> Result<()> {
+        let key = c::EndpointKey {
+            family: c::FAMILY_IPV4,
+            _pad: [0; 3],
+            addr: ipv4_addr(ip),
+        };
+        ignore_missing(self.maps.endpoints.remove(&key)).map_err(map_err(m::ENDPOINTS))?;
+        self.remove_ipcache(ipv4_addr(ip), 32)?;
+        self.apply_policy(ep_id, &[])?;
+        self.cache.endpoints.remove(&ep_id);
+        Ok(())
+    }
+
+    /// Maps a CIDR to an identity (longest prefix wins; a more specific entry is how a
+    /// CIDR "except" is expressed).
+    pub fn apply_ipcache(&mut self, addr: c::Addr, prefix: u8, identity: u32) -> Result<()> {
+        let key = Key::new(
+            c::IPCACHE_PREFIX_HEADER_BITS + prefix as u32,
+            c::IpcacheKey {
+                family: c::FAMILY_IPV4,
+                _pad: [0; 3],
+                addr: mask_addr(addr, prefix),
+            },
+        );
+        self.maps
+            .ipcache
+            .insert(&key, c::IpcacheValue { identity, flags: 0 }, 0)
+            .map_err(map_err(m::IPCACHE))
+    }
+
+    pub fn apply_ipcache_v4(&mut self, ip: Ipv4Addr, prefix: u8, identity: u32) -> Result<()> {
+        self.apply_ipcache(ipv4_addr(ip), prefix, identity)
+    }
+
+    pub fn remove_ipcache(&mut self, addr: c::Addr, prefix: u8) -> Result<()> {
+        let key = Key::new(
+            c::IPCACHE_PREFIX_HEADER_BITS + prefix as u32,
+            c::IpcacheKey {
+                family: c::FAMILY_IPV4,
+                _pad: [0; 3],
+                addr: mask_addr(addr, prefix),
+            },
+        );
+        ignore_missing(self.maps.ipcache.remove(&key)).map_err(map_err(m::IPCACHE))
+    }
+
+    // ---- policy ----
+
+    /// Sets the complete policy of an endpoint. Only differences are written, one map
+    /// operation per key: deny keys are added before allow keys and allow keys are removed
+    /// before deny keys. Then the endpoint's policy revision is bumped so established
+    /// connections are re-checked once. Idempotent: applying the same set writes nothing.
+    pub fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<()> {
+        use policy::PolicySlot;
+        let mut desired: BTreeMap<PolicySlot, c::PolicyValue> = BTreeMap::new();
+        for e in entries {
+            let (slots, value) = policy::expand(ep_id, e)
+                .map_err(|source| DatapathError::Policy { ep: ep_id, source })?;
+            for slot in slots {
+                // Two entries on one hash key: deny beats redirect beats allow.
+                let rank = |a: u8| match a {
+                    c::ACTION_DENY => 2,
+                    c::ACTION_REDIRECT => 1,
+                    _ => 0,
+                };
+                let keep = desired
+                    .get(&slot)
+                    .is_some_and(|old| rank(old.action) >= rank(value.action));
+                if !keep {
+                    desired.insert(slot, value);
+                }
+            }
+        }
+        let current = self.cache.policy.get(&ep_id).cloned().unwrap_or_default();
+        let is_deny = |slot: &PolicySlot, v: Option<&c::PolicyValue>| match slot {
+            PolicySlot::RangeDeny(..) => true,
+            PolicySlot::RangeAllow(..) => false,
+            PolicySlot::Hash(_) => v.is_some_and(|v| v.action == c::ACTION_DENY),
+        };
+        let has_ranges = desired.keys().any(|s| !matches!(s, PolicySlot::Hash(_)));
+        let mut changed = false;
+        // Range entries are only consulted with the endpoint flag: set it before adding them.
+        if has_ranges {
+            changed |= self.update_endpoint_policy_meta(ep_id, Some(true), false)?;
+        }
+        // Add/update: denies first, then allows.
+        for deny_pass in [true, false] {
+            for (slot, value) in desired
+                .iter()
+                .filter(|(s, v)| is_deny(s, Some(v)) == deny_pass)
+            {
+                changed |= self.write_policy_slot(slot, value, current.contains(slot))?;
+            }
+        }
+        // Remove stale: allows first, then denies.
+        for deny_pass in [false, true] {
+            for slot in current.iter().filter(|s| !desired.contains_key(s)) {
+                let v = match slot {
+                    PolicySlot::Hash(k) => self.maps.policy.get(k, 0).ok(),
+                    _ => None,
+                };
+                if is_deny(slot, v.as_ref()) != deny_pass {
+                    continue;
+                }
+                self.remove_policy_slot(slot)?;
+                changed = true;
+            }
+        }
+        if desired.is_empty() {
+            self.cache.policy.remove(&ep_id);
+        } else {
+            self.cache
+                .policy
+                .insert(ep_id, desired.keys().copied().collect());
+        }
+        if changed || !has_ranges {
+            self.update_endpoint_policy_meta(ep_id, Some(has_ranges), changed)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one slot unless it already holds `value`; returns whether it wrote.
+    fn write_policy_slot(
+        &mut self,
+        slot: &policy::PolicySlot,
+        value: &c::PolicyValue,
+        known: bool,
+    ) -> Result<bool> {
+        use policy::PolicySlot;
+        match slot {
+            PolicySlot::Hash(k) => {
+                if known && self.maps.policy.get(k, 0).ok().as_ref() == Some(value) {
+                    return Ok(false);
+                }
+                self.maps
+                    .policy
+                    .insert(k, value, 0)
+                    .map_err(map_err(m::POLICY))?;
+            }
+            PolicySlot::RangeAllow(prefix, b) | PolicySlot::RangeDeny(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                let (map, name) = match slot {
+                    PolicySlot::RangeAllow(..) => (&mut self.maps.policy_allow, m::POLICY_ALLOW),
+                    _ => (&mut self.maps.policy_deny, m::POLICY_DENY),
+                };
+                if known && map.get(&key, 0).ok().as_ref() == Some(value) {
+                    return Ok(false);
+                }
+                map.insert(&key, value, 0).map_err(map_err(name))?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn remove_policy_slot(&mut self, slot: &policy::PolicySlot) -> Result<()> {
+        use policy::PolicySlot;
+        match slot {
+            PolicySlot::Hash(k) => {
+                ignore_missing(self.maps.policy.remove(k)).map_err(map_err(m::POLICY))
+            }
+            PolicySlot::RangeAllow(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                ignore_missing(self.maps.policy_allow.remove(&key))
+                    .map_err(map_err(m::POLICY_ALLOW))
+            }
+            PolicySlot::RangeDeny(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                ignore_missing(self.maps.policy_deny.remove(&key)).map_err(map_err(m::POLICY_DENY))
+            }
+        }
+    }
+
+    /// Sets the endpoint's port-range flag and/or bumps its policy revision (one map write,
+    /// only when something changes). Returns whether it wrote.
+    fn update_endpoint_policy_meta(
+        &mut self,
+        ep_id: u32,
+        has_ranges: Option<bool>,
+        bump: bool,
+    ) -> Result<bool> {
+        let Some(key) = self.cache.endpoints.get(&ep_id).copied() else {
+            return Ok(false);
+        };
+        let Ok(mut v) = self.maps.endpoints.get(&key, 0) else {
+            return Ok(false);
+        };
+        let old = v;
+        if let Some(r) = has_ranges {
+            if r {
+                v.flags |= c::EP_HAS_PORT_RANGES;
+            } else {
+                v.flags &= !c::EP_HAS_PORT_RANGES;
+            }
+        }
+        if bump {
+            v.policy_rev = v.policy_rev.wrapping_add(1);
+        }
+        if v == old {
+            return Ok(false);
+        }
+        self.maps
+            .endpoints
+            .insert(key, v, 0)
+            .map_err(map_err(m::ENDPOINTS))?;
+        Ok(true)
+    }
+
+    // ---- services ----
+
+    /// Creates or updates a service and its backends. New backends are written before the
+    /// tables that reference them, the service entry (active count) switches last when
+    /// growing and first when shrinking, then stale slots/backends are removed.
+    pub fn apply_service(&mut self, svc: &Service) -> Result<()> {
+        let svc_err = |reason: String| DatapathError::Service {
+            svc: svc.id,
+            reason,
+        };
+        let key = c::ServiceKey {
+            vip: ipv4_addr(svc.vip),
+            port: svc.port.to_be(),
+            proto: svc.proto,
+            family: c::FAMILY_IPV4,
+        };
+        let mut ids = HashSet::new();
+        for b in &svc.backends {
+            if !ids.insert(b.id) {
+                return Err(svc_err(format!("duplicate backend id {}", b.id)));
+            }
+        }
+        // 1. Backends.
+        for b in &svc.backends {
+            let v = c::BackendValue {
+                addr: ipv4_addr(b.ip),
+                port: b.port.to_be(),
+                proto: svc.proto,
+                family: c::FAMILY_IPV4,
+                state: match b.state {
+                    BackendState::Active => c::BACKEND_ACTIVE,
+                    BackendState::Terminating => c::BACKEND_TERMINATING,
+                },
+                _pad: [0; 3],
+            };
+            self.maps
+                .backends
+                .insert(b.id, v, 0)
+                .map_err(map_err(m::BACKENDS))?;
+        }
+        let active: Vec<&Backend> = svc
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active && b.weight > 0)
+            .collect();
+        // 2. Slots for random choice: a backend of weight w takes w slots (capped).
+        let mut slots: Vec<u32> = Vec::new();
+        for b in &active {
+            for _ in 0..b.weight.min(64) {
+                slots.push(b.id);
+            }
+        }
+        for (i, id) in slots.iter().enumerate() {
+            self.maps
+                .backend_slots
+                .insert(
+                    c::BackendSlotKey {
+                        svc_id: svc.id,
+                        slot: i as u32,
+                    },
+                    *id,
+                    0,
+                )
+                .map_err(map_err(m::BACKEND_SLOTS))?;
+        }
+        // 3. Maglev table (one map write).
+        let (flags_lb, m_size) = match svc.algorithm {
+            LbAlgorithm::Random => (0, 0),
+            LbAlgorithm::Maglev { m: m_size } => {
+                let list: Vec<weft_model::maglev::MaglevBackend> = active
+                    .iter()
+                    .map(|b| {
+                        weft_model::maglev::MaglevBackend::new(
+                            backend_hash_key(b, svc.proto),
+                            b.weight,
+                        )
+                    })
+                    .collect();
+                let table = weft_model::maglev::build_table(&list, m_size, self.cfg.maglev_seed)
+                    .map_err(|e| svc_err(e.to_string()))?;
+                if !table.is_empty() {
+                    let ids: Vec<u32> = table.iter().map(|idx| active[*idx as usize].id).collect();
+                    self.maps.maglev_write(svc.id, &ids)?;
+                }
+                (c::SVC_F_MAGLEV, m_size)
+            }
+        };
+        // 4. The service entry: the switch.
+        let value = c::ServiceValue {
+            svc_id: svc.id,
+            count: slots.len() as u32,
+            flags: flags_lb
+                | if svc.affinity.is_some() {
+                    c::SVC_F_AFFINITY
+                } else {
+                    0
+                },
+            maglev_m: m_size,
+            affinity_timeout_s: svc
+                .affinity
+                .map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32),
+            _pad: 0,
+        };
+        self.maps
+            .services
+            .insert(key, value, 0)
+            .map_err(map_err(m::SERVICES))?;
+        // 5. Clean up what the old version had and the new one does not.
+        let new_ids: BTreeSet<u32> = svc.backends.iter().map(|b| b.id).collect();
+        if let Some((old_key, old_ids, old_slots)) = self.cache.services.get(&svc.id).cloned() {
+            if old_key != key {
+                ignore_missing(self.maps.services.remove(&old_key))
+                    .map_err(map_err(m::SERVICES))?;
+            }
+            for slot in slots.len() as u32..old_slots {
+                ignore_missing(self.maps.backend_slots.remove(&c::BackendSlotKey {
+                    svc_id: svc.id,
+                    slot,
+                }))
+                .map_err(map_err(m::BACKEND_SLOTS))?;
+            }
+            for id in old_ids.difference(&new_ids) {
+                if !self.backend_used_elsewhere(svc.id, *id) {
+                    ignore_missing(self.maps.backends.remove(id)).map_err(map_err(m::BACKENDS))?;
+                }
+            }
+        }
+        if flags_lb == 0 || active.is_empty() {
+            self.maps.maglev_remove(svc.id)?;
+        }
+        self.cache
+            .services
+            .insert(svc.id, (key, new_ids, slots.len() as u32));
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, svc_id: u32) -> Result<()> {
+        let Some((key, ids, n_slots)) = self.cache.services.remove(&svc_id) else {
+            return Ok(());
+        };
+        ignore_missing(self.maps.services.remove(&key)).map_err(map_err(m::SERVICES))?;
+        for slot in 0..n_slots {
+            ignore_missing(
+                self.maps
+                    .backend_slots
+                    .remove(&c::BackendSlotKey { svc_id, slot }),
+            )
+            .map_err(map_err(m::BACKEND_SLOTS))?;
+        }
+        self.maps.maglev_remove(svc_id)?;
+        for id in ids {
+            if !self.backend_used_elsewhere(svc_id, id) {
+                ignore_missing(self.maps.backends.remove(&id)).map_err(map_err(m::BACKENDS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a service other than `svc_id` references backend `id` (backends may be shared).
+    fn backend_used_elsewhere(&self, svc_id: u32, id: u32) -> bool {
+        self.cache
+            .services
+            .iter()
+            .any(|(other, (_, ids, _))| *other != svc_id && ids.contains(&id))
+    }
+
+    // ---- observation ----
+
+    pub fn counters(&self) -> Result<Counters> {
+        self.maps.counters()
+    }
+
+    /// Takes the flow-event reader (one consumer per ring buffer).
+    pub fn flow_events(&mut self) -> Option<FlowEvents> {
+        self.maps.events.take().map(|ring| FlowEvents { ring })
+    }
+
+    /// Removes every pin (maps and links) under the pin path: detaches everything once the
+    /// last fd is closed. For tests and `node-agent` uninstall; a restart must NOT call it.
+    pub fn unpin_all(pin_path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(pin_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The Maglev permutation key of a backend: the same string on every node.
+pub fn backend_hash_key(b: &Backend, proto: u8) -> String {
+    format!("{}:{}/{}", b.ip, b.port, proto)
+}
+
+/// Flow hash of the socket load balancer (mirror of the eBPF `client_hash`): which Maglev
+/// slot a client (network namespace cookie) uses for a service.
+pub fn maglev_slot(hash_seed: u32, client_cookie: u64, svc_id: u32, m_size: u32) -> usize {
+    fn mix64(mut h: u64) -> u64 {
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        h
+    }
+    (mix64(client_cookie ^ (((hash_seed as u64) << 32) | svc_id as u64)) % m_size as u64) as usize
+}
+
+/// Reads flow events from the ring buffer.
+pub struct FlowEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl FlowEvents {
+    /// Returns the events available now, without waiting.
+    pub fn drain(&mut self) -> Vec<c::FlowEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<c::FlowEvent>() {
+                // SAFETY: the kernel wrote a FlowEvent (repr(C), Pod) at this address; the read
+                // is unaligned-safe.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const c::FlowEvent) });
+            }
+        }
+        out
+    }
+}
+
+/// Async stream of flow events (tokio): waits on the ring buffer's fd.
+pub struct FlowEventStream {
+    fd: tokio::io::unix::AsyncFd<FlowEvents>,
+    pending: std::collections::VecDeque<c::FlowEvent>,
+}
+
+impl FlowEventStream {
+    /// Must be called inside a tokio runtime with I/O enabled.
+    pub fn new(events: FlowEvents) -> std::io::Result<Self> {
+        // SAFETY: `FlowEvents` owns the ring buffer's map fd; it stays open and unchanged for
+        // as long as the `FlowEvents` lives, i.e. for the whole life of the `AsyncFd`.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self {
+            fd,
+            pending: Default::default(),
+        })
+    }
+
+    /// The next event, waiting for one if none is buffered.
+    pub async fn next(&mut self) -> std::io::Result<c::FlowEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            let mut guard = self.fd.readable_mut().await?;
+            let batch = guard.get_inner_mut().drain();
+            if batch.is_empty() {
+                guard.clear_ready();
+            }
+            self.pending.extend(batch);
+        }
+    }
+}
+
+impl AsRawFd for FlowEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn mask_addr(addr: c::Addr, prefix: u8) -> c::Addr {
+    let mut out = [0u8; 16];
+    for (i, byte) in addr.iter().enumerate() {
+        let bits = (prefix as i32 - 8 * i as i32).clamp(0, 8) as u32;
+        let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+        out[i] = byte & mask;
+    }
+    out
+}
+
+/// Interface index in the calling thread's network namespace.
+pub fn ifindex(ifname: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(ifname)
+        .map_err(|_| io_err(ifname.to_string())(std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        return Err(io_err(format!("interface {ifname}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_cidrs() {
+        let a = c::addr_v4([10, 1, 2, 3]);
+        assert_eq!(&mask_addr(a, 8)[..4], &[10, 0, 0, 0]);
+        assert_eq!(&mask_addr(a, 20)[..4], &[10, 1, 0, 0]);
+        assert_eq!(&mask_addr(a, 32)[..4], &[10, 1, 2, 3]);
+        assert_eq!(&mask_addr(a, 0)[..4], &[0, 0, 0, 0]);
+    }
+}

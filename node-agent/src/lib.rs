@@ -1,0 +1,7 @@
+//! Weft node agent library: the eBPF datapath API, namespace/cgroup helpers for tests and the
+//! benchmark, and the node-local debug commands.
+
+pub mod datapath;
+pub mod debug;
+pub mod netns;
+pub mod tools;

@@ -1,0 +1,378 @@
+//! `node-agent`: the Weft node agent.
+//!
+//! Today: node-local debug commands over the pinned datapath maps (`node-agent bpf ...`),
+//! `datapath up` to load/attach the datapath on given interfaces and cgroup, and hidden helpers
+//! for tests and the benchmark.
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod bench;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use node_agent::datapath::{Datapath, DatapathConfig, Maps};
+use node_agent::{debug, tools};
+
+#[derive(Parser)]
+#[command(name = "node-agent", version, about = "Weft node agent")]
+struct Cli {
+    /// bpffs directory holding the pinned datapath maps and links.
+    #[arg(
+        long,
+        env = "WEFT_BPF_PIN_PATH",
+        default_value = "/sys/fs/bpf/weft",
+        global = true
+    )]
+    pin_path: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Inspect the datapath maps (read-only).
+    Bpf {
+        #[command(subcommand)]
+        what: BpfCmd,
+    },
+    /// Load the datapath (reusing pinned maps), attach it to endpoint interfaces and a cgroup,
+    /// then exit; pinned links keep it running.
+    Datapath {
+        /// Host-side endpoint interfaces (in the current network namespace).
+        #[arg(long = "interface")]
+        interfaces: Vec<String>,
+        /// cgroup v2 directory for socket load balancing (never the root cgroup).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// The node's uplink interface for north-south load balancing.
+        #[arg(long)]
+        uplink: Option<String>,
+    },
+    /// (benchmark) `cargo xtask bench datapath` runs this; writes the JSON report.
+    #[command(hide = true)]
+    BenchDatapath {
+        #[arg(long)]
+        out: PathBuf,
+        /// Smaller sizes and shorter windows (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// (test helper) TCP/UDP client running inside a cgroup and network namespace.
+    #[command(hide = true)]
+    DebugClient {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: Option<PathBuf>,
+        #[arg(long)]
+        target: SocketAddrV4,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long)]
+        duration_ms: Option<u64>,
+        #[arg(long)]
+        udp: bool,
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BpfCmd {
+    Endpoint {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    Ipcache {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    Lb {
+        #[command(subcommand)]
+        cmd: LbCmd,
+    },
+    Ct {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Packet/byte counters by verdict and drop reason.
+    Metrics,
+    /// Print flow events from the ring buffer (only when no agent is consuming them).
+    Events {
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Stop after this many seconds without an event.
+        #[arg(long, default_value_t = 5)]
+        idle_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListCmd {
+    List,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Policy entries of one endpoint id.
+    Get { endpoint: u32 },
+}
+
+#[derive(Subcommand)]
+enum LbCmd {
+    List,
+    Maglev {
+        #[command(subcommand)]
+        cmd: MaglevCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MaglevCmd {
+    /// Maglev table of one service id.
+    Get { service: u32 },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "node_agent=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Bpf { what } => {
+            let maps = Maps::open_pinned(&cli.pin_path).with_context(|| {
+                format!("opening the datapath maps under {}", cli.pin_path.display())
+            })?;
+            let out = match what {
+                BpfCmd::Endpoint { cmd: ListCmd::List } => debug::endpoint_list(&maps)?,
+                BpfCmd::Ipcache { cmd: ListCmd::List } => debug::ipcache_list(&maps)?,
+                BpfCmd::Policy {
+                    cmd: PolicyCmd::Get { endpoint },
+                } => debug::policy_get(&maps, endpoint)?,
+                BpfCmd::Lb { cmd: LbCmd::List } => debug::lb_list(&maps)?,
+                BpfCmd::Lb {
+                    cmd:
+                        LbCmd::Maglev {
+                            cmd: MaglevCmd::Get { service },
+                        },
+                } => debug::maglev_get(&maps, service)?,
+                BpfCmd::Ct { cmd: ListCmd::List } => debug::ct_list(&maps)?,
+                BpfCmd::Metrics => debug::metrics(&maps)?,
+                BpfCmd::Events { count, idle_secs } => {
+                    print_events(maps, count, Duration::from_secs(idle_secs))?;
+                    String::new()
+                }
+            };
+            print!("{out}");
+        }
+        Cmd::Datapath {
+            interfaces,
+            cgroup,
+            uplink,
+        } => {
+            let dp = Datapath::load(DatapathConfig {
+                pin_path: cli.pin_path.clone(),
+                ..DatapathConfig::default()
+            })?;
+            for ifname in &interfaces {
+                dp.attach_endpoint_interface(ifname)
+                    .with_context(|| format!("attaching to {ifname}"))?;
+            }
+            if let Some(cg) = cgroup {
+                dp.attach_cgroup(&cg)
+                    .with_context(|| format!("attaching to cgroup {}", cg.display()))?;
+            }
+            if let Some(ifname) = uplink {
+                dp.attach_uplink(&ifname)
+                    .with_context(|| format!("attaching to uplink {ifname}"))?;
+            }
+        }
+        Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
+        Cmd::DebugClient {
+            cgroup,
+            netns,
+            target,
+            count,
+            duration_ms,
+            udp,
+            verbose,
+        } => {
+            tools::run_client(
+                cgroup.as_deref(),
+                netns.as_deref(),
+                &tools::ClientOptions {
+                    target,
+                    udp,
+                    count,
+                    duration: duration_ms.map(Duration::from_millis),
+                    verbose,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    let opts = bench::BenchOptions {
+        repeat: if quick { 100_000 } else { 1_000_000 },
+        policy_sizes: vec![10, 10_000, 100_000],
+        lb_sizes: vec![10, 1_000, 10_000],
+        crr_sizes: if quick {
+            vec![10, 1_000]
+        } else {
+            vec![10, 1_000, 5_000]
+        },
+        crr_window: Duration::from_millis(if quick { 300 } else { 700 }),
+        crr_rounds: if quick { 1 } else { 7 },
+        exe: std::env::current_exe().context("locating node-agent")?,
+    };
+    let r = bench::run(&opts)?;
+    let map = |m: &std::collections::BTreeMap<u32, f64>| {
+        serde_json::Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!((v * 10.0).round() / 10.0)))
+                .collect(),
+        )
+    };
+    let ratio = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
+        (Some(a), Some(b)) if *b > 0.0 => serde_json::json!((a / b * 1000.0).round() / 1000.0),
+        _ => serde_json::Value::Null,
+    };
+    let largest = |m: &std::collections::BTreeMap<u32, f64>| m.iter().next_back().map(|(_, v)| *v);
+    let smallest = |m: &std::collections::BTreeMap<u32, f64>| m.iter().next().map(|(_, v)| *v);
+    let json = serde_json::json!({
+        "policy_ns": map(&r.policy_ns),
+        "policy_established_ns": map(&r.policy_established_ns),
+        "lb_ns": map(&r.lb_ns),
+        "lb_established_ns": map(&r.lb_established_ns),
+        "passthrough_ns": r.passthrough_ns,
+        "passthrough_single_run_ns": r.passthrough_single_ns,
+        "crr_per_s": {
+            "weft": map(&r.crr_weft),
+            "iptables": map(&r.crr_iptables),
+            "direct": (r.crr_direct * 10.0).round() / 10.0,
+        },
+        "crr_p50_us": {
+            "weft": map(&r.crr_p50_us_weft),
+            "iptables": map(&r.crr_p50_us_iptables),
+            "direct": r.crr_p50_us_direct,
+        },
+        "ratios": {
+            "policy_100000_vs_10": ratio(largest(&r.policy_ns).as_ref(), smallest(&r.policy_ns).as_ref()),
+            "lb_10000_vs_10": ratio(largest(&r.lb_ns).as_ref(), smallest(&r.lb_ns).as_ref()),
+            "policy_vs_passthrough": ratio(largest(&r.policy_ns).as_ref(), Some(&r.passthrough_ns)),
+            "crr_weft_vs_iptables_5000": ratio(largest(&r.crr_weft).as_ref(), largest(&r.crr_iptables).as_ref()),
+            "crr_weft_vs_direct_5000": ratio(largest(&r.crr_weft).as_ref(), Some(&r.crr_direct)),
+        },
+        "notes": {
+            "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (expired conntrack entry removed, reply lookup, six policy hash lookups: exact/any identity x port/any port/any protocol, ipcache LPM lookup, conntrack insert), events off; N entries = N peer identities allowed on TCP 80",
+            "policy_established_ns": "same packet with conntrack hit (no policy lookup)",
+            "policy_method": "minimum over 20 trials of BPF_PROG_TEST_RUN with repeat/20 runs each (1M runs in total) after one warm-up trial; the three sizes and the pass-through interleaved trial by trial",
+            "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls, sizes interleaved in chunks (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
+            "lb_established_ns": "same with the LB conntrack hit",
+            "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP; weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) in the node namespace, jump present only during its windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
+            "quick": quick,
+        },
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&json)? + "\n")?;
+    let rows: Vec<Vec<String>> = vec![
+        vec!["policy ns/pkt (new conn)".into(), fmt_map(&r.policy_ns)],
+        vec![
+            "policy ns/pkt (established)".into(),
+            fmt_map(&r.policy_established_ns),
+        ],
+        vec!["LB ns/pkt (new conn)".into(), fmt_map(&r.lb_ns)],
+        vec![
+            "LB ns/pkt (established)".into(),
+            fmt_map(&r.lb_established_ns),
+        ],
+        vec![
+            "pass-through ns/pkt".into(),
+            format!("{:.1}", r.passthrough_ns),
+        ],
+        vec![
+            "pass-through ns/pkt (single runs)".into(),
+            format!("{:.1}", r.passthrough_single_ns),
+        ],
+        vec!["CRR/s weft".into(), fmt_map(&r.crr_weft)],
+        vec!["CRR/s iptables".into(), fmt_map(&r.crr_iptables)],
+        vec!["CRR p50 us weft".into(), fmt_map(&r.crr_p50_us_weft)],
+        vec![
+            "CRR p50 us iptables".into(),
+            fmt_map(&r.crr_p50_us_iptables),
+        ],
+        vec![
+            "CRR p50 us direct".into(),
+            format!("{:.0}", r.crr_p50_us_direct),
+        ],
+        vec![
+            "CRR/s direct (no LB)".into(),
+            format!("{:.0}", r.crr_direct),
+        ],
+    ];
+    print!("{}", debug::table(&["MEASURE", "BY SIZE"], &rows));
+    println!("ratios: {}", json["ratios"]);
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn fmt_map(m: &std::collections::BTreeMap<u32, f64>) -> String {
+    if m.is_empty() {
+        return "not measured".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v:.1}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+fn print_events(mut maps: Maps, count: usize, idle: Duration) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut ring = maps
+        .events
+        .take()
+        .context("the pinned event ring buffer is missing")?;
+    let mut seen = 0;
+    while seen < count {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, idle.as_millis() as i32) };
+        if ready <= 0 {
+            break;
+        }
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<weft_datapath_common::FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEvent (repr(C)) here; read unaligned.
+            let e = unsafe {
+                std::ptr::read_unaligned(item.as_ptr() as *const weft_datapath_common::FlowEvent)
+            };
+            println!("{}", debug::format_event(&e));
+            seen += 1;
+            if seen >= count {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,786 @@
+//! Program-level tests: the tc policy programs run on crafted packets with BPF_PROG_TEST_RUN.
+//! `weft_from_endpoint` sees what an endpoint sends (its egress), `weft_to_endpoint` what it
+//! receives (its ingress).
+
+mod common;
+
+use common::*;
+use node_agent::datapath::{Action, Datapath, Direction, Endpoint, PolicyEntry};
+use node_agent::netns::PinDir;
+use std::net::Ipv4Addr;
+use weft_datapath_common as c;
+
+const EP1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+const EP2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 5);
+const CIDR_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const EXCEPT_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 5, 5);
+const WORLD_HOST: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
+
+const FROM: &str = c::progs::FROM_ENDPOINT;
+const TO: &str = c::progs::TO_ENDPOINT;
+
+/// ep 1 (identity 1001) enforces both directions; ep 2 (identity 1002) enforces nothing.
+/// ipcache: remote pod 10.0.2.5 -> 2000, 192.168.0.0/16 -> 3000 except 192.168.5.0/24 -> 3001.
+fn setup(pins: &PinDir) -> Datapath {
+    let mut dp = load(pins);
+    dp.apply_endpoint(&Endpoint {
+        id: 1,
+        ip: EP1,
+        identity: 1001,
+        ifindex: 0,
+        enforce_ingress: true,
+        enforce_egress: true,
+    })
+    .unwrap();
+    dp.apply_endpoint(&Endpoint {
+        id: 2,
+        ip: EP2,
+        identity: 1002,
+        ifindex: 0,
+        enforce_ingress: false,
+        enforce_egress: false,
+    })
+    .unwrap();
+    dp.apply_ipcache_v4(REMOTE, 32, 2000).unwrap();
+    dp.apply_ipcache_v4(Ipv4Addr::new(192, 168, 0, 0), 16, 3000)
+        .unwrap();
+    dp.apply_ipcache_v4(Ipv4Addr::new(192, 168, 5, 0), 24, 3001)
+        .unwrap();
+    dp
+}
+
+fn entry(
+    direction: Direction,
+    peer: Option<u32>,
+    proto: Option<u8>,
+    ports: Option<(u16, u16)>,
+    action: Action,
+) -> PolicyEntry {
+    PolicyEntry {
+        direction,
+        peer_identity: peer,
+        proto,
+        ports,
+        action,
+        rule_id: 1,
+    }
+}
+
+fn run(dp: &Datapath, prog: &'static str, pkt: &[u8]) -> u32 {
+    dp.test_run(prog, pkt, 1).expect("test run").retval
+}
+
+fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    packet(6, src, dst, sport, dport, flags)
+}
+
+#[test]
+fn pass_through_program_passes() {
+    if !bpf_available("pass_through_program_passes") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let dp = load(&pins);
+    let p = tcp(
+        Ipv4Addr::new(1, 1, 1, 1),
+        Ipv4Addr::new(2, 2, 2, 2),
+        1,
+        2,
+        TCP_SYN,
+    );
+    assert_eq!(run(&dp, c::progs::PASS, &p), TC_ACT_OK);
+}
+
+#[test]
+fn egress_allow_by_identity_and_port_else_policy_denied() {
+    if !bpf_available("egress_allow_by_identity_and_port_else_policy_denied") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            Some(1002),
+            Some(6),
+            Some((80, 80)),
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, EP2, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, EP2, 40001, 81, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    // Right port, wrong peer identity.
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40002, 80, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    let counters = dp.counters().unwrap();
+    assert_eq!(counters.packets(c::VERDICT_FORWARDED, c::DROP_NONE), 1);
+    assert_eq!(
+        counters.packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED),
+        2
+    );
+}
+
+#[test]
+fn deny_rule_wins_over_allow() {
+    if !bpf_available("deny_rule_wins_over_allow") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[
+            entry(Direction::Egress, None, None, None, Action::Allow),
+            entry(
+                Direction::Egress,
+                Some(2000),
+                Some(6),
+                Some((22, 22)),
+                Action::Deny,
+            ),
+            // A more specific allow does not beat a deny either.
+            entry(
+                Direction::Egress,
+                Some(2000),
+                Some(6),
+                Some((22, 22)),
+                Action::Allow,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 22, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 23, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, EP2, 40000, 22, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
+        1
+    );
+}
+
+#[test]
+fn port_ranges_match_exactly_their_range() {
+    if !bpf_available("port_ranges_match_exactly_their_range") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            Some(2000),
+            Some(6),
+            Some((8000, 8100)),
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    for (port, want) in [
+        (7999, TC_ACT_SHOT),
+        (8000, TC_ACT_OK),
+        (8050, TC_ACT_OK),
+        (8100, TC_ACT_OK),
+        (8101, TC_ACT_SHOT),
+    ] {
+        assert_eq!(
+            run(&dp, FROM, &tcp(EP1, REMOTE, 30000 + port, port, TCP_SYN)),
+            want,
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn wildcard_identity_and_protocol() {
+    if !bpf_available("wildcard_identity_and_protocol") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            None,
+            Some(17),
+            None,
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &packet(17, EP1, WORLD_HOST, 5353, 53, 0)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &packet(17, EP1, REMOTE, 5353, 9999, 0)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 5353, 53, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    // ICMP echo (type 8) is its own protocol.
+    assert_eq!(
+        run(&dp, FROM, &packet(1, EP1, WORLD_HOST, 77, 8, 0)),
+        TC_ACT_SHOT
+    );
+}
+
+#[test]
+fn cidr_except_through_longest_prefix_identity() {
+    if !bpf_available("cidr_except_through_longest_prefix_identity") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    // Allow 192.168.0.0/16 (identity 3000) except 192.168.5.0/24 (identity 3001).
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            Some(3000),
+            Some(6),
+            Some((443, 443)),
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, CIDR_HOST, 40000, 443, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, EXCEPT_HOST, 40000, 443, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 40000, 443, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+}
+
+#[test]
+fn directions_without_enforcement_default_allow() {
+    if !bpf_available("directions_without_enforcement_default_allow") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let dp = setup(&pins);
+    // ep 2 enforces nothing: anything in or out passes.
+    assert_eq!(
+        run(&dp, TO, &tcp(WORLD_HOST, EP2, 1234, 5678, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 5678, 1234, TCP_SYN)),
+        TC_ACT_OK
+    );
+    // ep 1 enforces both with no rule: default deny.
+    assert_eq!(
+        run(&dp, TO, &tcp(WORLD_HOST, EP1, 1234, 5678, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 5678, 1234, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+}
+
+#[test]
+fn replies_pass_through_conntrack_without_an_ingress_rule() {
+    if !bpf_available("replies_pass_through_conntrack_without_an_ingress_rule") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            Some(2000),
+            Some(6),
+            Some((80, 80)),
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    // The reply enters ep 1, which enforces ingress with no rule: conntrack lets it in.
+    assert_eq!(
+        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40000, TCP_SYN | TCP_ACK)),
+        TC_ACT_OK
+    );
+    // Same peer, a port pair that is not a reply: denied.
+    assert_eq!(
+        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40001, TCP_SYN | TCP_ACK)),
+        TC_ACT_SHOT
+    );
+    let ct = dp.maps.list_ct().unwrap();
+    assert_eq!(ct.len(), 1, "one entry for the allowed connection: {ct:?}");
+    assert_eq!(ct[0].1.packets, 2);
+    assert_ne!(ct[0].1.flags & c::CT_F_SEEN_REPLY, 0);
+}
+
+#[test]
+fn conntrack_entries_expire() {
+    if !bpf_available("conntrack_entries_expire") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.set_runtime_config(c::Config {
+        ct_udp_timeout_s: 0,
+        ..c::Config::default()
+    })
+    .unwrap();
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            None,
+            Some(17),
+            None,
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &packet(17, EP1, REMOTE, 5000, 53, 0)),
+        TC_ACT_OK
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // With a zero timeout the entry is stale: the "reply" is a new ingress flow, denied.
+    assert_eq!(
+        run(&dp, TO, &packet(17, REMOTE, EP1, 53, 5000, 0)),
+        TC_ACT_SHOT
+    );
+    dp.set_runtime_config(c::Config::default()).unwrap();
+    assert_eq!(
+        run(&dp, FROM, &packet(17, EP1, REMOTE, 5001, 53, 0)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, TO, &packet(17, REMOTE, EP1, 53, 5001, 0)),
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn redirect_marks_packets_for_the_proxy() {
+    if !bpf_available("redirect_marks_packets_for_the_proxy") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Ingress,
+            None,
+            Some(6),
+            Some((80, 80)),
+            Action::Redirect { proxy_port: 15001 },
+        )],
+    )
+    .unwrap();
+    let r = dp
+        .test_run(TO, &tcp(REMOTE, EP1, 40000, 80, TCP_SYN), 1)
+        .unwrap();
+    assert_eq!(r.retval, TC_ACT_OK);
+    let mark = u32::from_ne_bytes([r.ctx_out[8], r.ctx_out[9], r.ctx_out[10], r.ctx_out[11]]);
+    assert_eq!(mark, c::MARK_PROXY | (15001 << 16));
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_REDIRECTED, c::DROP_NONE),
+        1
+    );
+    // The established connection keeps going to the proxy.
+    let r = dp
+        .test_run(TO, &tcp(REMOTE, EP1, 40000, 80, TCP_ACK), 1)
+        .unwrap();
+    let mark = u32::from_ne_bytes([r.ctx_out[8], r.ctx_out[9], r.ctx_out[10], r.ctx_out[11]]);
+    assert_eq!(mark, c::MARK_PROXY | (15001 << 16));
+}
+
+#[test]
+fn policy_change_revokes_or_keeps_established_connections() {
+    if !bpf_available("policy_change_revokes_or_keeps_established_connections") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let allow80 = entry(
+        Direction::Egress,
+        Some(2000),
+        Some(6),
+        Some((80, 80)),
+        Action::Allow,
+    );
+    dp.apply_policy(1, std::slice::from_ref(&allow80)).unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    // A reload that still allows it (an unrelated rule added): the connection survives.
+    let other = entry(
+        Direction::Egress,
+        Some(2000),
+        Some(17),
+        Some((53, 53)),
+        Action::Allow,
+    );
+    dp.apply_policy(1, &[allow80.clone(), other.clone()])
+        .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
+        TC_ACT_OK
+    );
+    // Applying the same set again is a no-op (revision unchanged).
+    let rev = |dp: &Datapath| {
+        dp.maps
+            .list_endpoints()
+            .unwrap()
+            .iter()
+            .find(|(_, v)| v.ep_id == 1)
+            .unwrap()
+            .1
+            .policy_rev
+    };
+    let before = rev(&dp);
+    dp.apply_policy(1, &[allow80, other.clone()]).unwrap();
+    assert_eq!(rev(&dp), before);
+    // A change that no longer allows it: the next packet of the connection is dropped.
+    dp.apply_policy(1, &[other]).unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
+        TC_ACT_SHOT
+    );
+    assert!(
+        dp.maps.list_ct().unwrap().is_empty(),
+        "revoked entry removed"
+    );
+}
+
+#[test]
+fn fails_closed_on_unknown_endpoints_and_bad_packets() {
+    if !bpf_available("fails_closed_on_unknown_endpoints_and_bad_packets") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let dp = setup(&pins);
+    // Source is not an endpoint of this interface (spoofed).
+    assert_eq!(
+        run(&dp, FROM, &tcp(WORLD_HOST, EP1, 1, 2, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    // Truncated TCP header.
+    let p = tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN);
+    assert_eq!(run(&dp, FROM, &p[..40]), TC_ACT_SHOT);
+    // Non-first fragment.
+    let mut frag = p.clone();
+    frag[14 + 6] = 0x00;
+    frag[14 + 7] = 0x10;
+    assert_eq!(run(&dp, FROM, &frag), TC_ACT_SHOT);
+    // IPv6 is not handled yet: dropped, not waved through.
+    let mut v6 = p.clone();
+    v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    assert_eq!(run(&dp, FROM, &v6), TC_ACT_SHOT);
+    // ARP is not IP: passes.
+    let mut arp = p.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(run(&dp, FROM, &arp), TC_ACT_OK);
+    let k = dp.counters().unwrap();
+    for reason in [
+        c::DROP_UNKNOWN_ENDPOINT,
+        c::DROP_INVALID_PACKET,
+        c::DROP_FRAGMENT,
+        c::DROP_UNSUPPORTED_L3,
+    ] {
+        assert_eq!(k.packets(c::VERDICT_DROPPED, reason), 1, "reason {reason}");
+    }
+}
+
+#[test]
+fn flow_events_on_start_drop_and_close_only() {
+    if !bpf_available("flow_events_on_start_drop_and_close_only") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let mut events = dp.flow_events().expect("event reader");
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            Some(2000),
+            Some(6),
+            Some((80, 80)),
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
+            TC_ACT_OK
+        );
+    }
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_FIN | TCP_ACK)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 81, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    let ev = events.drain();
+    assert_eq!(ev.len(), 3, "start, FIN, drop; not every packet: {ev:?}");
+    let start = &ev[0];
+    assert_eq!(
+        (start.verdict, start.drop_reason),
+        (c::VERDICT_FORWARDED, c::DROP_NONE)
+    );
+    assert_eq!((start.sport, start.dport, start.proto), (40000, 80, 6));
+    assert_eq!(
+        (start.ep_id, start.src_identity, start.dst_identity),
+        (1, 1001, 2000)
+    );
+    assert_eq!(
+        (start.direction, start.obs_point),
+        (c::DIR_EGRESS, c::OBS_FROM_ENDPOINT)
+    );
+    assert_eq!(&start.saddr[..4], &EP1.octets());
+    assert!(start.bytes > 0 && start.ts_ns > 0);
+    assert_ne!(ev[1].tcp_flags & TCP_FIN, 0);
+    assert_eq!(
+        (ev[2].verdict, ev[2].drop_reason, ev[2].dport),
+        (c::VERDICT_DROPPED, c::DROP_POLICY_DENIED, 81)
+    );
+    assert_eq!(dp.counters().unwrap().lost_events, 0);
+}
+
+#[test]
+fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
+    if !bpf_available("range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let allow = entry(
+        Direction::Egress,
+        Some(2000),
+        Some(6),
+        Some((8080, 8080)),
+        Action::Allow,
+    );
+    let deny_range = entry(
+        Direction::Egress,
+        None,
+        Some(6),
+        Some((8000, 8100)),
+        Action::Deny,
+    );
+    dp.apply_policy(1, &[allow.clone(), deny_range]).unwrap();
+    let flags = |dp: &Datapath| {
+        dp.maps
+            .list_endpoints()
+            .unwrap()
+            .iter()
+            .find(|(_, v)| v.ep_id == 1)
+            .unwrap()
+            .1
+            .flags
+    };
+    assert_ne!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 8080, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
+        1
+    );
+    dp.apply_policy(1, &[allow]).unwrap();
+    assert_eq!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
+    assert_eq!(
+        dp.maps.list_policy(1).unwrap().len(),
+        1,
+        "only the single-port entry is left"
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 8080, TCP_SYN)),
+        TC_ACT_OK
+    );
+    // The debug view shows the entry.
+    let table = node_agent::debug::policy_get(&dp.maps, 1).unwrap();
+    assert!(
+        table.contains("8080") && table.contains("allow") && table.contains("egress"),
+        "{table}"
+    );
+}
+
+#[test]
+fn flow_events_stream_asynchronously() {
+    if !bpf_available("flow_events_stream_asynchronously") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let events = dp.flow_events().expect("event reader");
+    assert!(dp.flow_events().is_none(), "one consumer per ring buffer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut stream = node_agent::datapath::FlowEventStream::new(events).unwrap();
+        assert_eq!(
+            run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1234, 22, TCP_SYN)),
+            TC_ACT_SHOT
+        );
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(2), stream.next())
+            .await
+            .expect("an event arrives")
+            .unwrap();
+        assert_eq!(
+            (ev.verdict, ev.drop_reason, ev.dport),
+            (c::VERDICT_DROPPED, c::DROP_POLICY_DENIED, 22)
+        );
+        assert_eq!(ev.src_identity, 1001);
+        assert_eq!(ev.dst_identity, c::IDENTITY_WORLD);
+    });
+}
+
+#[test]
+fn lost_events_are_counted_when_the_ring_buffer_is_full() {
+    if !bpf_available("lost_events_are_counted_when_the_ring_buffer_is_full") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    // The smallest ring buffer (one page) holds ~45 events; nobody reads it.
+    let mut dp = Datapath::load(node_agent::datapath::DatapathConfig {
+        pin_path: pins.path().to_path_buf(),
+        sizes: node_agent::datapath::MapSizes {
+            events_bytes: 4096,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    dp.apply_endpoint(&Endpoint {
+        id: 1,
+        ip: EP1,
+        identity: 1001,
+        ifindex: 0,
+        enforce_ingress: true,
+        enforce_egress: true,
+    })
+    .unwrap();
+    for port in 0..100u16 {
+        assert_eq!(
+            run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1000 + port, port, TCP_SYN)),
+            TC_ACT_SHOT
+        );
+    }
+    let k = dp.counters().unwrap();
+    assert_eq!(k.packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED), 100);
+    assert!(k.lost_events > 0, "overflow is counted, not silent: {k:?}");
+    let delivered = dp.flow_events().unwrap().drain().len() as u64;
+    assert_eq!(
+        delivered + k.lost_events,
+        100,
+        "every event is either delivered or counted as lost"
+    );
+}
+
+#[test]
+fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
+    if !bpf_available("removing_an_endpoint_removes_its_entries_and_fails_closed") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    dp.apply_policy(
+        1,
+        &[
+            entry(
+                Direction::Egress,
+                None,
+                Some(6),
+                Some((80, 80)),
+                Action::Allow,
+            ),
+            entry(
+                Direction::Egress,
+                None,
+                Some(6),
+                Some((1000, 2000)),
+                Action::Allow,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    dp.remove_endpoint(1, EP1).unwrap();
+    assert!(dp.maps.list_policy(1).unwrap().is_empty());
+    assert!(dp
+        .maps
+        .list_endpoints()
+        .unwrap()
+        .iter()
+        .all(|(_, v)| v.ep_id != 1));
+    assert!(dp
+        .maps
+        .list_ipcache()
+        .unwrap()
+        .iter()
+        .all(|(k, _)| k.data().addr[..4] != EP1.octets()));
+    // Its traffic is no longer classified as an endpoint's: dropped.
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 80, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_DROPPED, c::DROP_UNKNOWN_ENDPOINT),
+        1
+    );
+}

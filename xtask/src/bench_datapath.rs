@@ -1,0 +1,80 @@
+//! `cargo xtask bench datapath [--quick]`: builds the eBPF object and a release node-agent
+//! embedding it, then runs `node-agent bench-datapath`, which prints the table and writes
+//! `target/bench/datapath.json` (relative to the repository root). Needs root; everything
+//! runs in namespaces/cgroups/pins the benchmark creates and removes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::ebpf;
+
+fn ensure_iptables() -> Result<()> {
+    let present = Command::new("iptables-legacy-restore")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask bench: installing iptables (baseline, used only inside a namespace)");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "iptables"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
+    if !ok {
+        let updated = Command::new("apt-get")
+            .args(["update", "-q"])
+            .status()?
+            .success();
+        let retried = updated
+            && Command::new("apt-get")
+                .args(["install", "-y", "-q", "iptables"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()?
+                .success();
+        if !retried {
+            bail!("apt-get install iptables failed");
+        }
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let obj = ebpf::prepare(root)?;
+    ensure_iptables()?;
+    let ok = Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "-p", "node-agent"])
+        .env("WEFT_BPF_OBJ", &obj)
+        .status()
+        .context("building node-agent")?
+        .success();
+    if !ok {
+        bail!("cargo build --release -p node-agent failed");
+    }
+    let exe = target_dir(root).join("release").join("node-agent");
+    let out = root.join("target").join("bench").join("datapath.json");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("bench-datapath").arg("--out").arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if !cmd
+        .status()
+        .with_context(|| format!("running {}", exe.display()))?
+        .success()
+    {
+        bail!("node-agent bench-datapath failed");
+    }
+    Ok(())
+}
