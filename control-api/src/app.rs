@@ -16,6 +16,7 @@ use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
 use crate::metrics::{self, Metrics};
+use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
 use crate::state::AppState;
 use crate::{api, auth, db};
@@ -65,11 +66,13 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         Some(t) => Some(auth::hash_token(t)),
         None => None,
     };
+    let oidc = Oidc::from_config(&cfg.oidc)?.map(Arc::new);
     db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
     Ok(AppState {
         operator_token_hash,
         metrics: Arc::new(Metrics::new()),
+        oidc,
         auth_failures: Arc::new(FailureLimiter::default()),
         changes: crate::changes::spawn_listener(pool.clone()),
         pool,

@@ -1,5 +1,6 @@
-//! Who is calling: the operator (bootstrap credential) or a tenant API token, and what
-//! each may do in a tenant.
+//! Who is calling: the operator (bootstrap credential), a tenant API token, or a person
+//! (console session cookie, or an access token from the OIDC issuer), and what each may
+//! do in a tenant.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -8,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path};
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, Method};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::session;
 use crate::state::AppState;
 
 /// Prefix of Weft API tokens; lets secret scanners recognise a leaked one.
@@ -65,6 +67,22 @@ pub enum Principal {
         name: String,
         role: Role,
     },
+    /// A person; their role in each tenant comes from `memberships`.
+    User {
+        user_id: Uuid,
+        /// E-mail (or the issuer's subject when there is none), for the audit log.
+        name: String,
+        via: UserAuth,
+    },
+}
+
+/// How a person proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAuth {
+    /// The console's session cookie (writes carry the CSRF token).
+    Session,
+    /// `Authorization: Bearer <JWT access token from the OIDC issuer>`.
+    AccessToken,
 }
 
 /// Who did something, as the audit log records it.
@@ -77,11 +95,16 @@ pub struct Actor {
 
 /// A new random secret: `weft_` + 256 bits, and the hash we store.
 pub fn new_token() -> (String, Vec<u8>) {
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+    let token = random_secret(TOKEN_PREFIX);
     let hash = hash_token(&token);
     (token, hash)
+}
+
+/// `prefix` + 256 random bits, base64url.
+pub fn random_secret(prefix: &str) -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw))
 }
 
 /// Tokens carry 256 bits of entropy, so a plain SHA-256 is a safe at-rest hash
@@ -90,7 +113,7 @@ pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -106,8 +129,9 @@ impl FromRequestParts<AppState> for Principal {
             });
         }
         let result = authenticate(parts, state).await;
-        // A wrong credential counts; no credential at all is not a guess.
-        let presented = parts.headers.contains_key(header::AUTHORIZATION);
+        // A wrong credential (token or session cookie) counts; none at all is not a guess.
+        let presented = parts.headers.contains_key(header::AUTHORIZATION)
+            || session::cookie(&parts.headers, session::SESSION_COOKIE).is_some();
         if presented && matches!(result, Err(ApiError::Unauthenticated(_))) {
             state.auth_failures.record_failure(source, now);
             tracing::info!(%source, "failed authentication");
@@ -127,9 +151,7 @@ fn source_address(parts: &Parts) -> IpAddr {
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::Unauthenticated(
-            "missing credentials: send Authorization: Bearer <token>".into(),
-        ));
+        return session_principal(parts, state).await;
     };
     let presented = value
         .to_str()
@@ -173,10 +195,53 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
                 role,
             });
         }
+    } else if let (Some(oidc), 2) = (&state.oidc, presented.matches('.').count()) {
+        // A JWT: an access token from our issuer, or nothing.
+        let subject = oidc.verify_access_token(presented).await?;
+        let (user_id, name) = crate::users::for_token(&state.pool, &subject).await?;
+        return Ok(Principal::User {
+            user_id,
+            name,
+            via: UserAuth::AccessToken,
+        });
     }
     Err(ApiError::Unauthenticated(
         "invalid, expired or revoked token".into(),
     ))
+}
+
+/// No `Authorization` header: the console's session cookie, or nothing. A write made
+/// with the cookie must carry the session's CSRF token in `X-CSRF-Token`.
+async fn session_principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let Some(id) = session::cookie(&parts.headers, session::SESSION_COOKIE) else {
+        return Err(ApiError::Unauthenticated(
+            "missing credentials: send Authorization: Bearer <token>, or sign in at /auth/login"
+                .into(),
+        ));
+    };
+    let live = session::lookup(&state.pool, id).await?.ok_or_else(|| {
+        ApiError::Unauthenticated("the session has expired or ended: sign in again".into())
+    })?;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let sent = parts
+            .headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if sent.is_empty() || !constant_time_eq(&hash_token(sent), &live.csrf_hash) {
+            return Err(ApiError::Forbidden(
+                "a write with the session cookie must send the session's CSRF token \
+                 (cookie weft_csrf) in the X-CSRF-Token header"
+                    .into(),
+            ));
+        }
+    }
+    Ok(Principal::User {
+        user_id: live.user_id,
+        name: live.name,
+        via: UserAuth::Session,
+    })
 }
 
 /// The tenant a request acts on, after authorization.
@@ -209,6 +274,16 @@ pub async fn set_tenant(tx: &mut PgConnection, tenant: Uuid) -> Result<(), ApiEr
     Ok(())
 }
 
+/// Lets the rest of a transaction see this person's memberships in every tenant (and
+/// those tenants), for `/v1/me`, the tenant list and role checks; nothing else.
+pub async fn set_user(tx: &mut PgConnection, user: Uuid) -> Result<(), ApiError> {
+    sqlx::query("SELECT set_config('weft.user_id', $1, true)")
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
@@ -220,6 +295,11 @@ impl Principal {
             Principal::ApiToken { token_id, name, .. } => Actor {
                 kind: "api_token",
                 id: Some(*token_id),
+                name: name.clone(),
+            },
+            Principal::User { user_id, name, .. } => Actor {
+                kind: "user",
+                id: Some(*user_id),
                 name: name.clone(),
             },
         }
@@ -247,6 +327,21 @@ impl Principal {
                 tenant_id, role, ..
             } if *tenant_id == id => *role,
             Principal::ApiToken { .. } => return Err(not_found()),
+            Principal::User { user_id, .. } => {
+                let mut tx = state.pool.begin().await?;
+                set_tenant(&mut tx, id).await?;
+                let role: Option<String> = sqlx::query_scalar(
+                    "SELECT role FROM memberships WHERE tenant_id = $1 AND user_id = $2",
+                )
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                role.as_deref()
+                    .and_then(Role::parse)
+                    .ok_or_else(not_found)?
+            }
         };
         if role < need {
             return Err(ApiError::Forbidden(format!(

@@ -72,6 +72,44 @@ pub struct ServeConfig {
         global = true
     )]
     pub db_max_connections: u32,
+    #[command(flatten)]
+    pub oidc: OidcConfig,
+}
+
+/// OpenID Connect: console sign-in and bearer access tokens (JWT) from one issuer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OidcConfig {
+    /// Issuer URL (discovery at `<issuer>/.well-known/openid-configuration`). Unset: no
+    /// sign-in (the `/auth/*` routes answer 404) and bearer JWTs are refused.
+    #[arg(long, env = "WEFT_OIDC_ISSUER", global = true)]
+    pub oidc_issuer: Option<String>,
+    /// Client id of this API at the issuer (console sign-in).
+    #[arg(long, env = "WEFT_OIDC_CLIENT_ID", global = true)]
+    pub oidc_client_id: Option<String>,
+    /// Client secret of this API at the issuer.
+    #[arg(
+        long,
+        env = "WEFT_OIDC_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub oidc_client_secret: Option<String>,
+    /// Where the issuer sends the browser back: this API's `/auth/callback` as the browser
+    /// reaches it, e.g. `https://weft.example.com/auth/callback`.
+    #[arg(long, env = "WEFT_OIDC_REDIRECT_URL", global = true)]
+    pub oidc_redirect_url: Option<String>,
+    /// Audience that bearer access tokens must name (this API's resource indicator).
+    /// Unset: the client id.
+    #[arg(long, env = "WEFT_OIDC_AUDIENCE", global = true)]
+    pub oidc_audience: Option<String>,
+    /// Lifetime of a console session, in seconds.
+    #[arg(
+        long,
+        env = "WEFT_SESSION_TTL_SECONDS",
+        default_value_t = 12 * 3600,
+        global = true
+    )]
+    pub session_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../db/migrations/0002_rls_audit.sql"),
     ),
     (
+        3,
+        "users_sessions",
+        include_str!("../../db/migrations/0003_users_sessions.sql"),
+    ),
+    (
         4,
         "agents",
         include_str!("../../db/migrations/0004_agents.sql"),

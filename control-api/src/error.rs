@@ -228,6 +228,8 @@ fn conflict_for_constraint(constraint: &str) -> Option<ApiError> {
         "api_tokens_tenant_name_key" => ("name", "an API token with this name already exists in the tenant"),
         "join_tokens_cluster_name_key" => ("name", "a join token with this name already exists in the cluster"),
         "nodes_cluster_name_key" => ("name", "a node with this name already exists in the cluster"),
+        "invitations_tenant_email_key" => ("email", "this e-mail is already invited to the tenant"),
+        "memberships_tenant_user_key" => ("email", "this person already belongs to the tenant"),
         _ => return None,
     };
     Some(ApiError::Conflict {

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::changes::Change;
 use crate::metrics::Metrics;
+use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
 
 #[derive(Clone)]
@@ -14,6 +15,8 @@ pub struct AppState {
     /// SHA-256 of the operator's bootstrap token, if one is configured.
     pub operator_token_hash: Option<Vec<u8>>,
     pub metrics: Arc<Metrics>,
+    /// OpenID Connect (console sign-in, bearer JWTs); `None` when no issuer is configured.
+    pub oidc: Option<Arc<Oidc>>,
     /// Failed credential attempts per source address.
     pub auth_failures: Arc<FailureLimiter>,
     /// Committed desired-state changes, from this replica's LISTEN.

@@ -23,6 +23,8 @@ async fn fingerprint(t: &TestApp) -> Vec<i64> {
         "service_frontends",
         "service_backends",
         "api_tokens",
+        "memberships",
+        "invitations",
         "audit_log",
         "desired_state_changes",
     ] {
@@ -83,6 +85,15 @@ async fn fixture(t: &TestApp) -> Fixture {
             "/v1/tenants/acme/policies",
             Some(&owner),
             Some(json!({"name": "p", "spec": {"endpointSelector": {}}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/members",
+            Some(&owner),
+            Some(json!({"email": "ada@example.com", "role": "editor"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -157,6 +168,7 @@ async fn isolation_matrix_from_the_route_table() {
             .replace("{policy}", "p")
             .replace("{node}", "node-1")
             .replace("{endpoint}", &f.endpoint)
+            .replace("{member}", "ada@example.com")
             .replace(
                 "{token}",
                 if template.contains("join-tokens") {

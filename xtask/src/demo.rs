@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::{http, pg, sh};
+use crate::{http, oidc, pg, sh};
+
+/// The demo's person: signs in to the console at the demo identity provider.
+const DEMO_USER: &str = "demo@weft.local";
 
 fn state_dir() -> PathBuf {
     sh::root().join(".weft")
@@ -69,12 +72,35 @@ pub fn demo(detach: bool) -> Result<()> {
     let agent_port = pg::free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let operator_token = random_hex(32)?;
+    let demo_password = random_hex(12)?;
+    let console_secret = random_hex(24)?;
+    let provider = oidc::Provider::start(
+        &dir,
+        &[oidc::User {
+            email: DEMO_USER.into(),
+            password: demo_password.clone(),
+            email_verified: true,
+        }],
+        &[oidc::Client {
+            id: "weft-console".into(),
+            secret: console_secret.clone(),
+            redirect_uris: vec![format!("{api_url}/auth/callback")],
+            grant_types: vec!["authorization_code"],
+            access_token_ttl: None,
+        }],
+        detach,
+    )?;
 
     let mut cmd = Command::new(&api_bin);
     cmd.env("DATABASE_URL", &database_url)
         .env("WEFT_LISTEN", format!("127.0.0.1:{api_port}"))
         .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))
         .env("WEFT_OPERATOR_TOKEN", &operator_token)
+        .env("WEFT_OIDC_ISSUER", &provider.issuer)
+        .env("WEFT_OIDC_CLIENT_ID", "weft-console")
+        .env("WEFT_OIDC_CLIENT_SECRET", &console_secret)
+        .env("WEFT_OIDC_REDIRECT_URL", format!("{api_url}/auth/callback"))
+        .env("WEFT_OIDC_AUDIENCE", oidc::AUDIENCE)
         .stdin(Stdio::null());
     if detach {
         let log = fs::File::create(dir.join("control-api.log"))?;
@@ -91,7 +117,17 @@ pub fn demo(detach: bool) -> Result<()> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", api_bin.display()))?;
-    fs::write(&pids, format!("control-api {}\n", child.id()))?;
+    fs::write(
+        &pids,
+        format!(
+            "control-api {}\noidc-provider {}\n",
+            child.id(),
+            provider.pid().unwrap_or_default()
+        ),
+    )?;
+    let issuer = provider.issuer.clone();
+    provider.detach(); // `down` stops it, by the pid just written
+
     if let Err(e) = wait_ready(&api_url, &mut child) {
         let _ = down();
         return Err(e);
@@ -103,8 +139,20 @@ pub fn demo(detach: bool) -> Result<()> {
             return Err(e.context("seeding the demo tenants"));
         }
     };
+    // The demo person owns acme once they sign in (the invite binds then).
+    if let Err(e) = http::json(
+        &api_url,
+        "POST",
+        "/v1/tenants/acme/members",
+        &operator_token,
+        &json!({"email": DEMO_USER, "role": "owner"}),
+        201,
+    ) {
+        let _ = down();
+        return Err(e.context("inviting the demo user"));
+    }
     let env = format!(
-        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=http://127.0.0.1:{agent_port}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\n",
+        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=http://127.0.0.1:{agent_port}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
         seeded.tenant, seeded.token, seeded.other_tenant, seeded.other_token
     );
     let env_file = dir.join("demo.env");
@@ -114,7 +162,7 @@ pub fn demo(detach: bool) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     println!(
-        "\nWeft is running.\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n",
+        "\nWeft is running.\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n  Sign in:  open {api_url}/auth/login?return_to=/v1/me in a browser, as {DEMO_USER}\n            with the password {demo_password} (identity provider: {issuer})\n",
         seeded.tenant,
         env_file.display(),
         env_file.display()
@@ -297,11 +345,14 @@ fn read_pid(file: &Path, name: &str) -> Option<i32> {
 /// Stops everything the demo started and leaves no process behind.
 pub fn down() -> Result<()> {
     let pids = pids_file();
-    if let Some(pid) = read_pid(&pids, "control-api") {
-        stop_process(pid, "control-api");
+    for name in ["control-api", "oidc-provider"] {
+        if let Some(pid) = read_pid(&pids, name) {
+            stop_process(pid, name);
+        }
     }
     let _ = fs::remove_file(&pids);
     let _ = fs::remove_file(state_dir().join("demo.env"));
+    let _ = fs::remove_file(state_dir().join("oidc-provider.json"));
     let pg_dir = state_dir().join("pg");
     if pg_dir.join("weft-cluster").is_file() {
         let cluster = pg::Cluster::open(&pg_dir)?;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{pg, sh};
+use crate::{oidc, pg, sh};
 
 /// A throw-away Postgres cluster for one test run.
 struct TestPostgres {
@@ -101,6 +101,7 @@ pub fn test(args: &[String]) -> Result<()> {
         .as_ref()
         .map(|c| c.url("postgres"))
         .unwrap_or_default();
+    let (provider, oidc_env) = oidc::start_for_tests(&pg.dir.join("oidc"))?;
     eprintln!("xtask: cargo nextest run --workspace");
     let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
     sh::run(
@@ -108,8 +109,10 @@ pub fn test(args: &[String]) -> Result<()> {
             .current_dir(&root)
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .args(passthrough)
-            .env("WEFT_TEST_DATABASE_URL", url),
+            .env("WEFT_TEST_DATABASE_URL", url)
+            .envs(oidc_env),
     )?;
+    drop(provider);
     drop(pg);
     Ok(())
 }

@@ -7,11 +7,16 @@ pub mod common;
 pub mod health;
 pub mod inventory;
 pub mod join_tokens;
+pub mod me;
+pub mod members;
 pub mod policies;
 pub mod services;
+pub mod session;
 pub mod tenants;
 
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::OpenApi as Spec;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -29,7 +34,10 @@ use crate::state::AppState;
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "auth", description = "Console sign-in with OpenID Connect, and sign-out"),
+        (name = "me", description = "Who is calling"),
         (name = "tenants", description = "Tenants (organisations)"),
+        (name = "members", description = "People of a tenant, their roles, and invites"),
         (name = "api-tokens", description = "Tenant API tokens for automation"),
         (name = "clusters", description = "Clusters of nodes"),
         (name = "services", description = "Load-balanced services of a cluster"),
@@ -50,27 +58,68 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("weft_... or JWT")
                     .description(Some(
-                        "A tenant API token (`weft_...`) or the operator's bootstrap token",
+                        "A tenant API token (`weft_...`), the operator's bootstrap token, or an \
+                         access token (JWT, `typ` `at+jwt`) from the configured OpenID Connect \
+                         issuer with this API as its audience",
                     ))
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::session::SESSION_COOKIE,
+                "The console session cookie from signing in at `/auth/login` (HttpOnly, \
+                 Secure, SameSite=Lax). Writes (any method but GET/HEAD/OPTIONS) made with it \
+                 must also send the value of the `weft_csrf` cookie in the `X-CSRF-Token` \
+                 header.",
+            ))),
+        );
+    }
+}
+
+/// Every operation that takes a bearer credential also takes the session cookie (both
+/// resolve to the same `Principal`): say so in the spec, as an alternative requirement.
+fn sessions_accepted_wherever_bearer_is(spec: &mut Spec) {
+    let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+    let session = SecurityRequirement::new("session", Vec::<String>::new());
+    for item in spec.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            if let Some(reqs) = op.security.as_mut() {
+                if reqs.contains(&bearer) && !reqs.contains(&session) {
+                    reqs.push(session.clone());
+                }
+            }
+        }
     }
 }
 
 /// Every API route with its OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
+        .merge(session::router())
+        .merge(me::router())
         .merge(tenants::router())
+        .merge(members::router())
         .merge(api_tokens::router())
         .merge(clusters::router())
         .merge(services::router())
         .merge(policies::router())
         .merge(inventory::router())
         .merge(audit_log::router())
-        .merge(join_tokens::router())
+        .merge(join_tokens::router());
+    sessions_accepted_wherever_bearer_is(router.get_openapi_mut());
+    router
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at `openapi/openapi.json`.

@@ -112,6 +112,12 @@ async fn list_tenants(
                 .execute(&mut *tx)
                 .await?;
         }
+        Principal::User { user_id, .. } => {
+            authz::set_user(&mut tx, *user_id).await?;
+            qb.push(" AND id IN (SELECT tenant_id FROM memberships WHERE user_id = ")
+                .push_bind(*user_id)
+                .push(")");
+        }
     }
     list.push_tail(&mut qb, "tenants");
     let rows: Vec<Tenant> = qb.build_query_as().fetch_all(&mut *tx).await?;
@@ -132,7 +138,7 @@ async fn get_tenant(
     Ok(common::ok(row.revision, row))
 }
 
-/// Create a tenant (operator only).
+/// Create a tenant: the operator, or a signed-in person, who becomes its owner.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantInput,
     responses((status = 201, body = Tenant, headers(("ETag" = String), ("Location" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -142,11 +148,15 @@ async fn create_tenant(
     headers: HeaderMap,
     Json(input): Json<TenantInput>,
 ) -> Result<Response> {
-    if !matches!(who, Principal::Operator) {
-        return Err(ApiError::Forbidden(
-            "only the operator can create tenants".into(),
-        ));
-    }
+    let owner = match &who {
+        Principal::Operator => None,
+        Principal::User { user_id, .. } => Some(*user_id),
+        Principal::ApiToken { .. } => {
+            return Err(ApiError::Forbidden(
+                "API tokens cannot create tenants: sign in, or use the operator token".into(),
+            ))
+        }
+    };
     input.validate()?;
     let mut tx = st.pool.begin().await?;
     let id = Uuid::now_v7();
@@ -164,6 +174,16 @@ async fn create_tenant(
     .bind(rev)
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(user_id) = owner {
+        sqlx::query(
+            "INSERT INTO memberships (id, tenant_id, user_id, role) VALUES ($1, $2, $3, 'owner')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     db::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
     let ctx = TenantCtx {
         id,

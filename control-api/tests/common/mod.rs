@@ -2,6 +2,8 @@
 //! `cargo xtask test` starts, and the real application driven without a socket.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod oidc;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -68,11 +70,19 @@ impl Reply {
 
 impl TestApp {
     pub async fn new() -> TestApp {
-        Self::with_limiter(control_api::ratelimit::FailureLimiter::default()).await
+        Self::with_state(None, control_api::ratelimit::FailureLimiter::default()).await
     }
 
     /// For tests that make many failed attempts on purpose.
     pub async fn with_limiter(limiter: control_api::ratelimit::FailureLimiter) -> TestApp {
+        Self::with_state(None, limiter).await
+    }
+
+    /// A fresh database, and the application with OIDC and the failure limiter as given.
+    pub async fn with_state(
+        oidc: Option<Arc<control_api::oidc::Oidc>>,
+        limiter: control_api::ratelimit::FailureLimiter,
+    ) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn,control_api=debug")
             .with_test_writer()
@@ -110,6 +120,7 @@ impl TestApp {
             pool: app_pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
+            oidc,
             auth_failures: Arc::new(limiter),
         };
         TestApp {
@@ -130,6 +141,7 @@ impl TestApp {
             pool,
             operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
             metrics: Arc::new(Metrics::new()),
+            oidc: self.state.oidc.clone(),
             auth_failures: Arc::new(control_api::ratelimit::FailureLimiter::default()),
         }
     }
