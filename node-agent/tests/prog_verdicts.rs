@@ -784,3 +784,80 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
         1
     );
 }
+
+#[test]
+fn range_rules_applied_before_their_endpoint_still_apply() {
+    if !bpf_available("range_rules_applied_before_their_endpoint_still_apply") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    dp.apply_policy(
+        9,
+        &[
+            entry(Direction::Egress, None, None, None, Action::Allow),
+            entry(
+                Direction::Egress,
+                None,
+                Some(6),
+                Some((6000, 6999)),
+                Action::Deny,
+            ),
+        ],
+    )
+    .unwrap();
+    dp.apply_endpoint(&Endpoint {
+        id: 9,
+        ip: EP1,
+        identity: 1001,
+        ifindex: 0,
+        enforce_ingress: false,
+        enforce_egress: true,
+    })
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 6500, TCP_SYN)),
+        TC_ACT_SHOT,
+        "range deny applies"
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 7000, TCP_SYN)),
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn an_endpoint_that_changes_address_leaves_nothing_behind() {
+    if !bpf_available("an_endpoint_that_changes_address_leaves_nothing_behind") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let moved = Ipv4Addr::new(10, 0, 1, 77);
+    dp.apply_endpoint(&Endpoint {
+        id: 2,
+        ip: moved,
+        identity: 1002,
+        ifindex: 0,
+        enforce_ingress: false,
+        enforce_egress: false,
+    })
+    .unwrap();
+    let eps = dp.maps.list_endpoints().unwrap();
+    assert_eq!(eps.iter().filter(|(_, v)| v.ep_id == 2).count(), 1);
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN)),
+        TC_ACT_SHOT,
+        "old address is no endpoint"
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(moved, WORLD_HOST, 1, 2, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert!(dp
+        .maps
+        .list_ipcache()
+        .unwrap()
+        .iter()
+        .all(|(k, _)| k.data().addr[..4] != EP2.octets()));
+}

@@ -774,8 +774,14 @@ impl Datapath {
         };
         let existing = self.maps.endpoints.get(&key, 0).ok();
         let rev = existing.map_or(0, |v| v.policy_rev);
-        // The port-range flag belongs to the endpoint's policy, not to its description.
-        let mut flags = existing.map_or(0, |v| v.flags & c::EP_HAS_PORT_RANGES);
+        // The port-range flag follows the endpoint's policy (which may have been applied
+        // before the endpoint itself), not its description.
+        let has_ranges = self.cache.policy.get(&ep.id).is_some_and(|slots| {
+            slots
+                .iter()
+                .any(|s| !matches!(s, policy::PolicySlot::Hash(_)))
+        });
+        let mut flags = if has_ranges { c::EP_HAS_PORT_RANGES } else { 0 };
         if ep.enforce_ingress {
             flags |= c::EP_ENFORCE_INGRESS;
         }
@@ -791,11 +797,18 @@ impl Datapath {
             _pad: 0,
         };
         self.apply_ipcache(ipv4_addr(ep.ip), 32, ep.identity)?;
-        self.cache.endpoints.insert(ep.id, key);
         self.maps
             .endpoints
             .insert(key, value, 0)
-            .map_err(map_err(m::ENDPOINTS))
+            .map_err(map_err(m::ENDPOINTS))?;
+        // The endpoint moved to another address: its old entries go.
+        if let Some(old) = self.cache.endpoints.insert(ep.id, key) {
+            if old != key {
+                ignore_missing(self.maps.endpoints.remove(&old)).map_err(map_err(m::ENDPOINTS))?;
+                self.remove_ipcache(old.addr, 32)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes an endpoint, its ipcache entry and its policy entries.
