@@ -57,6 +57,17 @@ static WEFT_LB_CT: LruHashMap<CtKey, LbCtValue> = LruHashMap::pinned(262144, 0);
 #[map]
 static WEFT_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(262144, 0);
 
+/// Per-CPU scratch space for the conntrack keys of the packet being handled (the BPF stack
+/// is 512 bytes; keys live here instead).
+#[repr(C)]
+struct CtScratch {
+    fwd: CtKey,
+    rev: CtKey,
+}
+
+#[map]
+static WEFT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
+
 const NS_PER_S: u64 = 1_000_000_000;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -483,18 +494,24 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     };
 
     let now = unsafe { bpf_ktime_get_ns() };
-    let fwd = CtKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        dir,
-        _pad: 0,
+    let Some(scratch) = WEFT_SCRATCH.get_ptr_mut(0) else {
+        info.reason = DROP_INTERNAL;
+        return drop_pkt(&p, &cfg, &info);
     };
+    // SAFETY: per-CPU map value, only this program invocation uses it (no preemption
+    // within a BPF program on this CPU).
+    let fwd = unsafe { &mut (*scratch).fwd };
+    fwd.saddr = p.saddr;
+    fwd.daddr = p.daddr;
+    fwd.sport = p.sport;
+    fwd.dport = p.dport;
+    fwd.proto = p.proto;
+    fwd.family = FAMILY_IPV4;
+    fwd.dir = dir;
+    fwd._pad = 0;
+    let fwd = &*fwd;
     // 1. Forward packet of a connection this direction's policy already allowed.
-    if let Some(e) = WEFT_CT.get_ptr_mut(&fwd) {
+    if let Some(e) = WEFT_CT.get_ptr_mut(fwd) {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
             let mut proxy_port = entry.proxy_port;
@@ -505,7 +522,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
                 // Policy changed since this connection was admitted: re-check once.
                 let d = decide(&ep, dir, peer_identity, &p);
                 if d.action == ACTION_DENY {
-                    let _ = WEFT_CT.remove(&fwd);
+                    let _ = WEFT_CT.remove(fwd);
                     info.reason = d.reason;
                     return drop_pkt(&p, &cfg, &info);
                 }
@@ -529,24 +546,25 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             }
             return pass_pkt(ctx, &p, proxy_port);
         }
-        let _ = WEFT_CT.remove(&fwd);
+        let _ = WEFT_CT.remove(fwd);
     }
     // 2. Reply of a connection admitted in the other direction: no policy lookup.
-    let rev = CtKey {
-        saddr: p.daddr,
-        daddr: p.saddr,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        dir: if dir == DIR_EGRESS {
-            DIR_INGRESS
-        } else {
-            DIR_EGRESS
-        },
-        _pad: 0,
+    // SAFETY: as for `fwd`.
+    let rev = unsafe { &mut (*scratch).rev };
+    rev.saddr = p.daddr;
+    rev.daddr = p.saddr;
+    rev.sport = p.dport;
+    rev.dport = p.sport;
+    rev.proto = p.proto;
+    rev.family = FAMILY_IPV4;
+    rev.dir = if dir == DIR_EGRESS {
+        DIR_INGRESS
+    } else {
+        DIR_EGRESS
     };
-    if let Some(e) = WEFT_CT.get_ptr_mut(&rev) {
+    rev._pad = 0;
+    let rev = &*rev;
+    if let Some(e) = WEFT_CT.get_ptr_mut(rev) {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
             set_ids(&mut info, entry.peer_identity);
@@ -559,7 +577,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             }
             return pass_pkt(ctx, &p, 0);
         }
-        let _ = WEFT_CT.remove(&rev);
+        let _ = WEFT_CT.remove(rev);
     }
     // 3. New connection: policy decides.
     let peer_identity = peer_identity_of(&peer_addr);
@@ -585,7 +603,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         proxy_port: d.proxy_port,
         peer_identity,
     };
-    if WEFT_CT.insert(&fwd, &entry, 0).is_err() {
+    if WEFT_CT.insert(fwd, &entry, 0).is_err() {
         info.reason = DROP_CT_FULL;
         return drop_pkt(&p, &cfg, &info);
     }
