@@ -123,6 +123,7 @@ fn policy_subject(n: u32) -> Result<Subject> {
     dp.apply_endpoint(&Endpoint {
         id: 1,
         ip: EP,
+        ip6: None,
         identity: 1000,
         ifindex: 0,
         enforce_ingress: true,

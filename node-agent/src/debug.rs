@@ -12,11 +12,30 @@ fn v4(a: &c::Addr) -> Ipv4Addr {
     Ipv4Addr::new(a[0], a[1], a[2], a[3])
 }
 
+/// An address of the given family as text.
+fn addr(family: u8, a: &c::Addr) -> String {
+    if family == c::FAMILY_IPV6 {
+        std::net::Ipv6Addr::from(*a).to_string()
+    } else {
+        v4(a).to_string()
+    }
+}
+
+/// `addr:port`, bracketed for IPv6.
+fn addr_port(family: u8, a: &c::Addr, port: u16) -> String {
+    if family == c::FAMILY_IPV6 {
+        format!("[{}]:{port}", addr(family, a))
+    } else {
+        format!("{}:{port}", addr(family, a))
+    }
+}
+
 fn proto_name(p: u8) -> String {
     match p {
         c::PROTO_TCP => "TCP".into(),
         c::PROTO_UDP => "UDP".into(),
         c::PROTO_ICMP => "ICMP".into(),
+        c::PROTO_ICMPV6 => "ICMPv6".into(),
         0 => "ANY".into(),
         other => other.to_string(),
     }
@@ -69,7 +88,7 @@ pub fn endpoint_list(maps: &Maps) -> Result<String, DatapathError> {
         .map(|(k, v)| {
             vec![
                 v.ep_id.to_string(),
-                v4(&k.addr).to_string(),
+                addr(k.family, &k.addr),
                 v.identity.to_string(),
                 v.ifindex.to_string(),
                 match (
@@ -262,8 +281,8 @@ pub fn ct_list(maps: &Maps) -> Result<String, DatapathError> {
         .map(|(k, v)| {
             vec![
                 proto_name(k.proto),
-                format!("{}:{}", v4(&k.saddr), u16::from_be(k.sport)),
-                format!("{}:{}", v4(&k.daddr), u16::from_be(k.dport)),
+                addr_port(k.family, &k.saddr, u16::from_be(k.sport)),
+                addr_port(k.family, &k.daddr, u16::from_be(k.dport)),
                 dir_name(k.dir).into(),
                 v.ep_id.to_string(),
                 v.peer_identity.to_string(),
@@ -330,7 +349,7 @@ fn obs_name(o: u8) -> &'static str {
 pub fn format_event(e: &c::FlowEvent) -> String {
     let reason = drop_reason_name(e.drop_reason);
     format!(
-        "{:>14.6}s {:<10}{} {} {} {}:{} -> {}:{} ep={} id={}->{} {}flags={:#04x} bytes={}",
+        "{:>14.6}s {:<10}{} {} {} {} -> {} ep={} id={}->{} {}flags={:#04x} bytes={}",
         e.ts_ns as f64 / 1e9,
         verdict_name(e.verdict),
         if reason.is_empty() {
@@ -340,10 +359,8 @@ pub fn format_event(e: &c::FlowEvent) -> String {
         },
         obs_name(e.obs_point),
         proto_name(e.proto),
-        v4(&e.saddr),
-        e.sport,
-        v4(&e.daddr),
-        e.dport,
+        addr_port(e.family, &e.saddr, e.sport),
+        addr_port(e.family, &e.daddr, e.dport),
         e.ep_id,
         e.src_identity,
         e.dst_identity,

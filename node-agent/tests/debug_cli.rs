@@ -38,6 +38,7 @@ fn bpf_subcommands_print_the_maps() {
     dp.apply_endpoint(&Endpoint {
         id: 1,
         ip: ep,
+        ip6: None,
         identity: 1001,
         ifindex: 7,
         enforce_ingress: true,

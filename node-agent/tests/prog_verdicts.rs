@@ -27,6 +27,7 @@ fn setup(pins: &PinDir) -> Datapath {
     dp.apply_endpoint(&Endpoint {
         id: 1,
         ip: EP1,
+        ip6: None,
         identity: 1001,
         ifindex: 0,
         enforce_ingress: true,
@@ -36,6 +37,7 @@ fn setup(pins: &PinDir) -> Datapath {
     dp.apply_endpoint(&Endpoint {
         id: 2,
         ip: EP2,
+        ip6: None,
         identity: 1002,
         ifindex: 0,
         enforce_ingress: false,
@@ -509,22 +511,23 @@ fn fails_closed_on_unknown_endpoints_and_bad_packets() {
     frag[14 + 6] = 0x00;
     frag[14 + 7] = 0x10;
     assert_eq!(run(&dp, FROM, &frag), TC_ACT_SHOT);
-    // IPv6 is not handled yet: dropped, not waved through.
+    // An IPv6 ethertype over a header that is not IPv6: invalid.
     let mut v6 = p.clone();
     v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     assert_eq!(run(&dp, FROM, &v6), TC_ACT_SHOT);
+    // Neither IPv4 nor IPv6 nor ARP-like: an unknown ethertype passes as non-IP (VLAN etc.
+    // never reach a veth's tc hook untagged).
     // ARP is not IP: passes.
     let mut arp = p.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     assert_eq!(run(&dp, FROM, &arp), TC_ACT_OK);
     let k = dp.counters().unwrap();
-    for reason in [
-        c::DROP_UNKNOWN_ENDPOINT,
-        c::DROP_INVALID_PACKET,
-        c::DROP_FRAGMENT,
-        c::DROP_UNSUPPORTED_L3,
+    for (reason, n) in [
+        (c::DROP_UNKNOWN_ENDPOINT, 1),
+        (c::DROP_INVALID_PACKET, 2),
+        (c::DROP_FRAGMENT, 1),
     ] {
-        assert_eq!(k.packets(c::VERDICT_DROPPED, reason), 1, "reason {reason}");
+        assert_eq!(k.packets(c::VERDICT_DROPPED, reason), n, "reason {reason}");
     }
 }
 
@@ -704,6 +707,7 @@ fn lost_events_are_counted_when_the_ring_buffer_is_full() {
     dp.apply_endpoint(&Endpoint {
         id: 1,
         ip: EP1,
+        ip6: None,
         identity: 1001,
         ifindex: 0,
         enforce_ingress: true,
@@ -783,4 +787,180 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
             .packets(c::VERDICT_DROPPED, c::DROP_UNKNOWN_ENDPOINT),
         1
     );
+}
+
+#[test]
+fn range_rules_applied_before_their_endpoint_still_apply() {
+    if !bpf_available("range_rules_applied_before_their_endpoint_still_apply") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    dp.apply_policy(
+        9,
+        &[
+            entry(Direction::Egress, None, None, None, Action::Allow),
+            entry(
+                Direction::Egress,
+                None,
+                Some(6),
+                Some((6000, 6999)),
+                Action::Deny,
+            ),
+        ],
+    )
+    .unwrap();
+    dp.apply_endpoint(&Endpoint {
+        id: 9,
+        ip: EP1,
+        ip6: None,
+        identity: 1001,
+        ifindex: 0,
+        enforce_ingress: false,
+        enforce_egress: true,
+    })
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 6500, TCP_SYN)),
+        TC_ACT_SHOT,
+        "range deny applies"
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 7000, TCP_SYN)),
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn an_endpoint_that_changes_address_leaves_nothing_behind() {
+    if !bpf_available("an_endpoint_that_changes_address_leaves_nothing_behind") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let moved = Ipv4Addr::new(10, 0, 1, 77);
+    dp.apply_endpoint(&Endpoint {
+        id: 2,
+        ip: moved,
+        ip6: None,
+        identity: 1002,
+        ifindex: 0,
+        enforce_ingress: false,
+        enforce_egress: false,
+    })
+    .unwrap();
+    let eps = dp.maps.list_endpoints().unwrap();
+    assert_eq!(eps.iter().filter(|(_, v)| v.ep_id == 2).count(), 1);
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN)),
+        TC_ACT_SHOT,
+        "old address is no endpoint"
+    );
+    assert_eq!(
+        run(&dp, FROM, &tcp(moved, WORLD_HOST, 1, 2, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert!(dp
+        .maps
+        .list_ipcache()
+        .unwrap()
+        .iter()
+        .all(|(k, _)| k.data().addr[..4] != EP2.octets()));
+}
+
+const EP1_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1);
+const PEER_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 5);
+const WORLD_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
+
+#[test]
+fn ipv6_policy_conntrack_and_neighbour_discovery() {
+    if !bpf_available("ipv6_policy_conntrack_and_neighbour_discovery") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    let mut events = dp.flow_events().unwrap();
+    dp.apply_endpoint(&Endpoint {
+        id: 1,
+        ip: EP1,
+        ip6: Some(EP1_V6),
+        identity: 1001,
+        ifindex: 0,
+        enforce_ingress: true,
+        enforce_egress: true,
+    })
+    .unwrap();
+    // fd00:0:0:2::/64 is identity 2000.
+    dp.apply_ipcache_ip(
+        std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 0)),
+        64,
+        2000,
+    )
+    .unwrap();
+    dp.apply_policy(
+        1,
+        &[entry(
+            Direction::Egress,
+            Some(2000),
+            Some(6),
+            Some((80, 80)),
+            Action::Allow,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dp, FROM, &packet6(6, EP1_V6, PEER_V6, 40000, 80, TCP_SYN)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&dp, FROM, &packet6(6, EP1_V6, PEER_V6, 40000, 81, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(&dp, FROM, &packet6(6, EP1_V6, WORLD_V6, 40000, 80, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    // The reply comes in through conntrack; a non-reply does not.
+    assert_eq!(
+        run(
+            &dp,
+            TO,
+            &packet6(6, PEER_V6, EP1_V6, 80, 40000, TCP_SYN | TCP_ACK)
+        ),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(
+            &dp,
+            TO,
+            &packet6(6, PEER_V6, EP1_V6, 80, 40001, TCP_SYN | TCP_ACK)
+        ),
+        TC_ACT_SHOT
+    );
+    // Neighbour solicitation (ICMPv6 135) passes like ARP.
+    assert_eq!(
+        run(&dp, TO, &packet6(58, WORLD_V6, EP1_V6, 0, 135, 0)),
+        TC_ACT_OK
+    );
+    // The IPv4 address of the same endpoint is unaffected by the IPv6 entries.
+    assert_eq!(
+        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1, 80, TCP_SYN)),
+        TC_ACT_SHOT
+    );
+    let ev = events.drain();
+    assert_eq!(ev[0].family, c::FAMILY_IPV6);
+    assert_eq!(ev[0].saddr, EP1_V6.octets());
+    assert_eq!(
+        (ev[0].src_identity, ev[0].dst_identity, ev[0].verdict),
+        (1001, 2000, c::VERDICT_FORWARDED)
+    );
+    let ct = dp.maps.list_ct().unwrap();
+    assert!(ct
+        .iter()
+        .any(|(k, _)| k.family == c::FAMILY_IPV6 && k.saddr == EP1_V6.octets()));
+    let table = node_agent::debug::ct_list(&dp.maps).unwrap();
+    assert!(table.contains("[fd00:0:0:1::1]:40000"), "{table}");
+    // Removing the endpoint removes both addresses.
+    dp.remove_endpoint(1, EP1).unwrap();
+    assert!(dp.maps.list_endpoints().unwrap().is_empty());
 }

@@ -57,6 +57,17 @@ static WEFT_LB_CT: LruHashMap<CtKey, LbCtValue> = LruHashMap::pinned(262144, 0);
 #[map]
 static WEFT_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(262144, 0);
 
+/// Per-CPU scratch space for the conntrack keys of the packet being handled (the BPF stack
+/// is 512 bytes; keys live here instead).
+#[repr(C)]
+struct CtScratch {
+    fwd: CtKey,
+    rev: CtKey,
+}
+
+#[map]
+static WEFT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
+
 const NS_PER_S: u64 = 1_000_000_000;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -98,9 +109,11 @@ fn lost_event() {
     }
 }
 
-/// A parsed IPv4 packet (addresses and ports as on the wire).
-#[derive(Clone, Copy)]
+/// A parsed IPv4 or IPv6 packet (addresses and ports as on the wire).
+#[derive(Clone, Copy, Default)]
 struct Pkt {
+    /// `FAMILY_IPV4` / `FAMILY_IPV6`.
+    family: u8,
     saddr: Addr,
     daddr: Addr,
     /// Ports in network byte order.
@@ -115,9 +128,12 @@ struct Pkt {
     l4_off: u32,
 }
 
+/// What `parse` found.
+#[derive(PartialEq, Eq)]
 enum Parsed {
-    Ip(Pkt),
-    /// Not IP (ARP, ...): not subject to L3/L4 policy.
+    /// IPv4/IPv6: the `Pkt` was filled in.
+    Ip,
+    /// Not IP (ARP, ...) or IPv6 neighbour discovery: not subject to L3/L4 policy.
     NotIp,
 }
 
@@ -135,12 +151,30 @@ fn read<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], u8> {
     }
 }
 
+/// Reads `N` bytes at `off` with direct packet access, first pulling them into the linear
+/// part of the skb when they are not there yet.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
+fn read_linear<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], u8> {
+    if ctx.data() + off + N > ctx.data_end() {
+        ctx.pull_data((off + N) as u32)
+            .map_err(|_| DROP_INVALID_PACKET)?;
+    }
+    let start = ctx.data();
+    if start + off + N > ctx.data_end() {
+        return Err(DROP_INVALID_PACKET);
+    }
+    // SAFETY: bounds checked against data_end just above (the verifier checks it too).
+    Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+}
+
+/// A separate BPF function: its temporaries do not add to the callers' frames (the callers
+/// are close to the 512-byte stack limit).
+#[inline(never)]
+fn parse(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
     let eth: [u8; 2] = read(ctx, 12)?;
     let ethertype = u16::from_be_bytes(eth);
     if ethertype == ETH_P_IPV6 {
-        return Err(DROP_UNSUPPORTED_L3);
+        return parse_v6(ctx, p);
     }
     if ethertype != ETH_P_IP {
         return Ok(Parsed::NotIp);
@@ -156,19 +190,64 @@ fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
     if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
         return Err(DROP_FRAGMENT);
     }
-    let mut p = Pkt {
-        saddr: addr_v4([ip[12], ip[13], ip[14], ip[15]]),
-        daddr: addr_v4([ip[16], ip[17], ip[18], ip[19]]),
-        sport: 0,
-        dport: 0,
-        policy_port: 0,
-        proto: ip[9],
-        tcp_flags: 0,
-        bytes: ctx.len(),
-        l4_off: 0,
-    };
     let l4 = ETH_HLEN + (ihl & 0x3c);
+    p.family = FAMILY_IPV4;
+    p.saddr = addr_v4([ip[12], ip[13], ip[14], ip[15]]);
+    p.daddr = addr_v4([ip[16], ip[17], ip[18], ip[19]]);
+    p.proto = ip[9];
+    p.bytes = ctx.len();
     p.l4_off = l4 as u32;
+    parse_l4(ctx, p, l4)?;
+    Ok(Parsed::Ip)
+}
+
+/// ICMPv6 neighbour discovery (router/neighbour solicitation/advertisement, redirect):
+/// link-local control traffic, passed like ARP.
+const ICMPV6_ND_FIRST: u8 = 133;
+const ICMPV6_ND_LAST: u8 = 137;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+const IPV6_NH_FRAGMENT: u8 = 44;
+
+/// IPv6: fixed header only. A next header other than TCP/UDP/ICMPv6 (extension headers
+/// included) is classified by its number with no ports; fragments are dropped like IPv4's.
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
+    let head: [u8; 8] = read(ctx, ETH_HLEN)?;
+    if head[0] >> 4 != 6 {
+        return Err(DROP_INVALID_PACKET);
+    }
+    let nh = head[6];
+    if nh == IPV6_NH_FRAGMENT {
+        return Err(DROP_FRAGMENT);
+    }
+    let l4 = ETH_HLEN + 40;
+    p.family = FAMILY_IPV6;
+    // Direct access only (pulling the bytes into the linear part if needed): a helper
+    // fallback would double the stack use.
+    p.saddr = read_linear(ctx, ETH_HLEN + 8)?;
+    p.daddr = read_linear(ctx, ETH_HLEN + 24)?;
+    p.proto = nh;
+    p.bytes = ctx.len();
+    p.l4_off = l4 as u32;
+    if nh == PROTO_ICMPV6 {
+        let i: [u8; 8] = read(ctx, l4)?;
+        if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&i[0]) {
+            return Ok(Parsed::NotIp);
+        }
+        if i[0] == ICMPV6_ECHO_REQUEST || i[0] == ICMPV6_ECHO_REPLY {
+            p.sport = u16::from_ne_bytes([i[4], i[5]]);
+            p.dport = p.sport;
+        }
+        p.policy_port = i[0] as u16;
+        return Ok(Parsed::Ip);
+    }
+    parse_l4(ctx, p, l4)?;
+    Ok(Parsed::Ip)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, p: &mut Pkt, l4: usize) -> Result<(), u8> {
     match p.proto {
         PROTO_TCP => {
             let t: [u8; 14] = read(ctx, l4)?;
@@ -194,7 +273,7 @@ fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         }
         _ => {}
     }
-    Ok(Parsed::Ip(p))
+    Ok(())
 }
 
 struct EventInfo {
@@ -207,31 +286,35 @@ struct EventInfo {
     dst_identity: u32,
 }
 
+/// Writes a flow event straight into the ring buffer (no stack copy: stack is scarce).
 #[inline(always)]
 fn emit(p: &Pkt, info: &EventInfo) {
     match WEFT_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
-            entry.write(FlowEvent {
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-                bytes: p.bytes as u64,
-                saddr: p.saddr,
-                daddr: p.daddr,
-                sport: u16::from_be(p.sport),
-                dport: u16::from_be(p.dport),
-                proto: p.proto,
-                family: FAMILY_IPV4,
-                verdict: info.verdict,
-                drop_reason: info.reason,
-                direction: info.direction,
-                obs_point: info.obs,
-                tcp_flags: p.tcp_flags,
-                _pad: 0,
-                ep_id: info.ep_id,
-                src_identity: info.src_identity,
-                dst_identity: info.dst_identity,
-                svc_id: 0,
-                _pad2: 0,
-            });
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` points to reserved ring-buffer memory of FlowEvent size; every
+            // field (all plain integers) is written before submit.
+            unsafe {
+                (*ev).ts_ns = bpf_ktime_get_ns();
+                (*ev).bytes = p.bytes as u64;
+                (*ev).saddr = p.saddr;
+                (*ev).daddr = p.daddr;
+                (*ev).sport = u16::from_be(p.sport);
+                (*ev).dport = u16::from_be(p.dport);
+                (*ev).proto = p.proto;
+                (*ev).family = p.family;
+                (*ev).verdict = info.verdict;
+                (*ev).drop_reason = info.reason;
+                (*ev).direction = info.direction;
+                (*ev).obs_point = info.obs;
+                (*ev).tcp_flags = p.tcp_flags;
+                (*ev)._pad = 0;
+                (*ev).ep_id = info.ep_id;
+                (*ev).src_identity = info.src_identity;
+                (*ev).dst_identity = info.dst_identity;
+                (*ev).svc_id = 0;
+                (*ev)._pad2 = 0;
+            }
             entry.submit(0);
         }
         None => lost_event(),
@@ -296,30 +379,28 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
         };
     }
     let mut allow: Option<PolicyValue> = None;
-    let candidates = [
-        hash_key(ep.ep_id, peer_identity, dir, p.proto, p.policy_port, 0),
-        hash_key(ep.ep_id, peer_identity, dir, p.proto, 0, POLICY_ANY_PORT),
-        hash_key(
-            ep.ep_id,
-            peer_identity,
-            dir,
-            0,
-            0,
-            POLICY_ANY_PORT | POLICY_ANY_PROTO,
-        ),
-        hash_key(ep.ep_id, IDENTITY_ANY, dir, p.proto, p.policy_port, 0),
-        hash_key(ep.ep_id, IDENTITY_ANY, dir, p.proto, 0, POLICY_ANY_PORT),
-        hash_key(
-            ep.ep_id,
-            IDENTITY_ANY,
-            dir,
-            0,
-            0,
-            POLICY_ANY_PORT | POLICY_ANY_PROTO,
-        ),
-    ];
-    for k in candidates.iter() {
-        if let Some(v) = unsafe { WEFT_POLICY.get(k) } {
+    // One key on the stack, rewritten for each of the six candidates (stack is scarce).
+    let mut k = hash_key(ep.ep_id, peer_identity, dir, p.proto, p.policy_port, 0);
+    for i in 0..6u32 {
+        if i == 3 {
+            k.identity = IDENTITY_ANY;
+        }
+        match i % 3 {
+            0 => {
+                k.proto = p.proto;
+                k.dport = p.policy_port;
+                k.flags = 0;
+            }
+            1 => {
+                k.dport = 0;
+                k.flags = POLICY_ANY_PORT;
+            }
+            _ => {
+                k.proto = 0;
+                k.flags = POLICY_ANY_PORT | POLICY_ANY_PROTO;
+            }
+        }
+        if let Some(v) = unsafe { WEFT_POLICY.get(&k) } {
             if v.action == ACTION_DENY {
                 return DENIED_BY_RULE;
             }
@@ -411,11 +492,12 @@ fn pass_pkt(ctx: &mut TcContext, p: &Pkt, proxy_port: u16) -> i32 {
 
 /// Security identity of a peer address: longest prefix in the ipcache, else world.
 #[inline(always)]
-fn peer_identity_of(addr: &Addr) -> u32 {
+fn peer_identity_of(family: u8, addr: &Addr) -> u32 {
+    let bits = if family == FAMILY_IPV6 { 128 } else { 32 };
     match WEFT_IPCACHE.get(&Key::new(
-        IPCACHE_PREFIX_HEADER_BITS + 32,
+        IPCACHE_PREFIX_HEADER_BITS + bits,
         IpcacheKey {
-            family: FAMILY_IPV4,
+            family,
             _pad: [0; 3],
             addr: *addr,
         },
@@ -429,8 +511,9 @@ fn peer_identity_of(addr: &Addr) -> u32 {
 #[inline(always)]
 fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     let cfg = config();
-    let p = match parse(ctx) {
-        Ok(Parsed::Ip(p)) => p,
+    let mut p = Pkt::default();
+    match parse(ctx, &mut p) {
+        Ok(Parsed::Ip) => {}
         Ok(Parsed::NotIp) => return TC_ACT_OK,
         Err(reason) => {
             let len = ctx.len() as u64;
@@ -458,7 +541,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         dst_identity: IDENTITY_UNKNOWN,
     };
     let ep_key = EndpointKey {
-        family: FAMILY_IPV4,
+        family: p.family,
         _pad: [0; 3],
         addr: ep_addr,
     };
@@ -483,29 +566,35 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     };
 
     let now = unsafe { bpf_ktime_get_ns() };
-    let fwd = CtKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        dir,
-        _pad: 0,
+    let Some(scratch) = WEFT_SCRATCH.get_ptr_mut(0) else {
+        info.reason = DROP_INTERNAL;
+        return drop_pkt(&p, &cfg, &info);
     };
+    // SAFETY: per-CPU map value, only this program invocation uses it (no preemption
+    // within a BPF program on this CPU).
+    let fwd = unsafe { &mut (*scratch).fwd };
+    fwd.saddr = p.saddr;
+    fwd.daddr = p.daddr;
+    fwd.sport = p.sport;
+    fwd.dport = p.dport;
+    fwd.proto = p.proto;
+    fwd.family = p.family;
+    fwd.dir = dir;
+    fwd._pad = 0;
+    let fwd = &*fwd;
     // 1. Forward packet of a connection this direction's policy already allowed.
-    if let Some(e) = WEFT_CT.get_ptr_mut(&fwd) {
+    if let Some(e) = WEFT_CT.get_ptr_mut(fwd) {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
             let mut proxy_port = entry.proxy_port;
             set_ids(&mut info, entry.peer_identity);
             if entry.policy_rev != ep.policy_rev {
-                let peer_identity = peer_identity_of(&peer_addr);
+                let peer_identity = peer_identity_of(p.family, &peer_addr);
                 set_ids(&mut info, peer_identity);
                 // Policy changed since this connection was admitted: re-check once.
                 let d = decide(&ep, dir, peer_identity, &p);
                 if d.action == ACTION_DENY {
-                    let _ = WEFT_CT.remove(&fwd);
+                    let _ = WEFT_CT.remove(fwd);
                     info.reason = d.reason;
                     return drop_pkt(&p, &cfg, &info);
                 }
@@ -529,24 +618,25 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             }
             return pass_pkt(ctx, &p, proxy_port);
         }
-        let _ = WEFT_CT.remove(&fwd);
+        let _ = WEFT_CT.remove(fwd);
     }
     // 2. Reply of a connection admitted in the other direction: no policy lookup.
-    let rev = CtKey {
-        saddr: p.daddr,
-        daddr: p.saddr,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        dir: if dir == DIR_EGRESS {
-            DIR_INGRESS
-        } else {
-            DIR_EGRESS
-        },
-        _pad: 0,
+    // SAFETY: as for `fwd`.
+    let rev = unsafe { &mut (*scratch).rev };
+    rev.saddr = p.daddr;
+    rev.daddr = p.saddr;
+    rev.sport = p.dport;
+    rev.dport = p.sport;
+    rev.proto = p.proto;
+    rev.family = p.family;
+    rev.dir = if dir == DIR_EGRESS {
+        DIR_INGRESS
+    } else {
+        DIR_EGRESS
     };
-    if let Some(e) = WEFT_CT.get_ptr_mut(&rev) {
+    rev._pad = 0;
+    let rev = &*rev;
+    if let Some(e) = WEFT_CT.get_ptr_mut(rev) {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
             set_ids(&mut info, entry.peer_identity);
@@ -559,10 +649,10 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             }
             return pass_pkt(ctx, &p, 0);
         }
-        let _ = WEFT_CT.remove(&rev);
+        let _ = WEFT_CT.remove(rev);
     }
     // 3. New connection: policy decides.
-    let peer_identity = peer_identity_of(&peer_addr);
+    let peer_identity = peer_identity_of(p.family, &peer_addr);
     set_ids(&mut info, peer_identity);
     let d = decide(&ep, dir, peer_identity, &p);
     if d.action == ACTION_DENY {
@@ -585,7 +675,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         proxy_port: d.proxy_port,
         peer_identity,
     };
-    if WEFT_CT.insert(&fwd, &entry, 0).is_err() {
+    if WEFT_CT.insert(fwd, &entry, 0).is_err() {
         info.reason = DROP_CT_FULL;
         return drop_pkt(&p, &cfg, &info);
     }
@@ -932,15 +1022,17 @@ fn lb_drop(p: &Pkt, cfg: &Config, reason: u8, obs: u8, svc_id: u32) -> i32 {
 /// Client -> VIP: pick (or keep) a backend and DNAT to it; record the reverse entry.
 #[inline(always)]
 fn lb_ingress(ctx: &mut TcContext) -> i32 {
-    let p = match parse(ctx) {
-        Ok(Parsed::Ip(p)) => p,
-        Ok(Parsed::NotIp) | Err(DROP_UNSUPPORTED_L3) => return TC_ACT_OK,
+    let mut p = Pkt::default();
+    match parse(ctx, &mut p) {
+        Ok(Parsed::Ip) => {}
+        Ok(Parsed::NotIp) => return TC_ACT_OK,
         Err(reason) => {
             count(VERDICT_DROPPED, reason, ctx.len() as u64);
             return TC_ACT_SHOT;
         }
     };
-    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+    // North-south LB is IPv4 only for now.
+    if p.family != FAMILY_IPV4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
         return TC_ACT_OK;
     }
     let key = ServiceKey {
@@ -1070,10 +1162,10 @@ fn lb_ingress(ctx: &mut TcContext) -> i32 {
 /// Backend -> client replies: SNAT back to the VIP.
 #[inline(always)]
 fn lb_egress(ctx: &mut TcContext) -> i32 {
-    let p = match parse(ctx) {
-        Ok(Parsed::Ip(p)) => p,
-        _ => return TC_ACT_OK,
-    };
+    let mut p = Pkt::default();
+    if parse(ctx, &mut p) != Ok(Parsed::Ip) || p.family != FAMILY_IPV4 {
+        return TC_ACT_OK;
+    }
     let rev = CtKey {
         saddr: p.saddr,
         daddr: p.daddr,

@@ -52,6 +52,10 @@ use crate::service::{Algorithm, BackendState, Frontend, L4Protocol, ServiceSpec}
 /// `nodeSelector` policies). Endpoint ids in a [`TenantView`] must not use it.
 pub const HOST_ENDPOINT_ID: &str = "host";
 
+/// Origin of the allow-any rule that keeps a direction default-allow when the endpoint has
+/// deny rules there but no default deny (see `keep_denies_without_default_deny`).
+pub const DEFAULT_ALLOW_ORIGIN: &str = "default allow (deny rules without default deny)";
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -382,6 +386,7 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
             rules.extend(c.rules.iter().cloned());
             unsupported.extend(c.unsupported.iter().cloned());
         }
+        keep_denies_without_default_deny(&mut ep, &mut rules);
         let rules = normalize(rules);
         if !rules.is_empty() {
             out.policy.insert(ep.id.clone(), rules);
@@ -399,6 +404,35 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
     out.services.sort_by(|a, b| a.id.cmp(&b.id));
     out.unsupported = unsupported.into_iter().collect();
     Ok(out)
+}
+
+/// Deny rules in a direction the endpoint does not enforce (`enableDefaultDeny: false`)
+/// must still deny. The datapath skips every lookup in a direction that is not enforced, so
+/// such an endpoint is turned into an enforced one with an explicit allow-any rule: the
+/// same verdicts (default allow, denies win), expressed in a form the datapath evaluates.
+fn keep_denies_without_default_deny(ep: &mut DesiredEndpoint, rules: &mut Vec<PolicyRule>) {
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let enforced = match direction {
+            Direction::Ingress => &mut ep.enforce_ingress,
+            Direction::Egress => &mut ep.enforce_egress,
+        };
+        let has_deny = rules
+            .iter()
+            .any(|r| r.direction == direction && r.action == Action::Deny);
+        if *enforced || !has_deny {
+            continue;
+        }
+        *enforced = true;
+        rules.push(PolicyRule {
+            direction,
+            peer_identity: None,
+            proto: None,
+            ports: None,
+            action: Action::Allow,
+            l7: false,
+            origin: DEFAULT_ALLOW_ORIGIN.to_string(),
+        });
+    }
 }
 
 fn check_unique<'a>(

@@ -548,6 +548,32 @@ fn enforcement_flags_follow_enable_default_deny() {
 }
 
 #[test]
+fn deny_rules_without_default_deny_still_deny_in_the_datapath() {
+    // The datapath skips lookups in a direction it does not enforce, so the compiler
+    // enforces it and adds an explicit allow-any: default allow, and the deny still wins.
+    let spec = json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+                      "ingressDeny": [{"fromEntities": ["host"]}],
+                      "enableDefaultDeny": {"ingress": false}});
+    let view = with_policies(vec![policy("p", &[spec], None)]);
+    let s = compile_ok(&view, "n1");
+    let web = endpoint(&s, "web-1");
+    assert!(web.enforce_ingress && !web.enforce_egress);
+    let rules = &s.policy["web-1"];
+    assert!(rules.iter().any(|r| r.direction == Direction::Ingress
+        && r.action == Action::Allow
+        && r.peer_identity.is_none()
+        && r.proto.is_none()
+        && r.ports.is_none()));
+    assert!(rules
+        .iter()
+        .any(|r| r.action == Action::Deny && r.peer_identity == Some(identity::HOST)));
+    assert!(
+        rules.iter().all(|r| r.direction == Direction::Ingress),
+        "egress untouched"
+    );
+}
+
+#[test]
 fn policies_scoped_to_clusters_apply_only_there() {
     let spec = json!({"endpointSelector": {"matchLabels": {"app": "frontend"}},
                       "egress": [{"toCIDR": ["203.0.113.0/24"]}]});
@@ -1001,8 +1027,16 @@ fn matcher(
     if hits.iter().any(|r| r.action == Deny) {
         return (Verdict::Denied, false);
     }
+    // The compiler's explicit allow-any for deny-only directions is the evaluator's
+    // default allow, not an allow by a rule.
+    let (synthetic, hits): (Vec<&PolicyRule>, Vec<&PolicyRule>) = hits
+        .into_iter()
+        .partition(|r| r.origin == DEFAULT_ALLOW_ORIGIN);
     if !hits.is_empty() {
         return (Verdict::Allowed, hits.iter().all(|r| r.l7));
+    }
+    if !synthetic.is_empty() {
+        return (Verdict::DefaultAllowed, false);
     }
     let enforce = match dir {
         Ingress => ep.enforce_ingress,

@@ -136,6 +136,8 @@ impl Default for DatapathConfig {
 pub struct Endpoint {
     pub id: u32,
     pub ip: Ipv4Addr,
+    /// Optional IPv6 address (dual stack).
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub identity: u32,
     /// Host-side interface index (informational).
     pub ifindex: u32,
@@ -453,7 +455,8 @@ struct Cache {
     /// ep_id -> policy slots it owns.
     policy: StdHashMap<u32, BTreeSet<policy::PolicySlot>>,
     /// ep_id -> its endpoint map key.
-    endpoints: StdHashMap<u32, c::EndpointKey>,
+    /// ep_id -> its endpoint map keys (IPv4 first, then IPv6 if any).
+    endpoints: StdHashMap<u32, Vec<c::EndpointKey>>,
     /// svc_id -> (key, backend ids, slot count).
     services: StdHashMap<u32, (c::ServiceKey, BTreeSet<u32>, u32)>,
 }
@@ -469,6 +472,33 @@ pub struct Datapath {
     pub maps: Maps,
     cfg: DatapathConfig,
     cache: Cache,
+}
+
+fn endpoint_key(family: u8, addr: c::Addr) -> c::EndpointKey {
+    c::EndpointKey {
+        family,
+        _pad: [0; 3],
+        addr,
+    }
+}
+
+fn host_prefix(family: u8) -> u8 {
+    if family == c::FAMILY_IPV6 {
+        128
+    } else {
+        32
+    }
+}
+
+fn ipcache_key(family: u8, addr: c::Addr, prefix: u8) -> Key<c::IpcacheKey> {
+    Key::new(
+        c::IPCACHE_PREFIX_HEADER_BITS + prefix as u32,
+        c::IpcacheKey {
+            family,
+            _pad: [0; 3],
+            addr: mask_addr(addr, prefix),
+        },
+    )
 }
 
 fn ipv4_addr(ip: Ipv4Addr) -> c::Addr {
@@ -593,7 +623,9 @@ impl Datapath {
             }
         }
         for (k, v) in self.maps.list_endpoints()? {
-            cache.endpoints.insert(v.ep_id, k);
+            let keys = cache.endpoints.entry(v.ep_id).or_default();
+            keys.push(k);
+            keys.sort_by_key(|k| k.family);
         }
         for (key, svc) in self.maps.list_services()? {
             let slots = self.maps.service_slots(&svc).unwrap_or_default();
@@ -767,15 +799,20 @@ impl Datapath {
     /// Creates or updates an endpoint (endpoint map + its /32 in the ipcache). Idempotent;
     /// keeps the endpoint's policy revision.
     pub fn apply_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        let key = c::EndpointKey {
-            family: c::FAMILY_IPV4,
-            _pad: [0; 3],
-            addr: ipv4_addr(ep.ip),
-        };
-        let existing = self.maps.endpoints.get(&key, 0).ok();
+        let mut keys = vec![endpoint_key(c::FAMILY_IPV4, ipv4_addr(ep.ip))];
+        if let Some(ip6) = ep.ip6 {
+            keys.push(endpoint_key(c::FAMILY_IPV6, ip6.octets()));
+        }
+        let existing = self.maps.endpoints.get(&keys[0], 0).ok();
         let rev = existing.map_or(0, |v| v.policy_rev);
-        // The port-range flag belongs to the endpoint's policy, not to its description.
-        let mut flags = existing.map_or(0, |v| v.flags & c::EP_HAS_PORT_RANGES);
+        // The port-range flag follows the endpoint's policy (which may have been applied
+        // before the endpoint itself), not its description.
+        let has_ranges = self.cache.policy.get(&ep.id).is_some_and(|slots| {
+            slots
+                .iter()
+                .any(|s| !matches!(s, policy::PolicySlot::Hash(_)))
+        });
+        let mut flags = if has_ranges { c::EP_HAS_PORT_RANGES } else { 0 };
         if ep.enforce_ingress {
             flags |= c::EP_ENFORCE_INGRESS;
         }
@@ -790,58 +827,84 @@ impl Datapath {
             policy_rev: rev,
             _pad: 0,
         };
-        self.apply_ipcache(ipv4_addr(ep.ip), 32, ep.identity)?;
-        self.cache.endpoints.insert(ep.id, key);
-        self.maps
-            .endpoints
-            .insert(key, value, 0)
-            .map_err(map_err(m::ENDPOINTS))
-    }
-
-    /// Removes an endpoint, its ipcache entry and its policy entries.
-    pub fn remove_endpoint(&mut self, ep_id: u32, ip: Ipv4Addr) -> Result<()> {
-        let key = c::EndpointKey {
-            family: c::FAMILY_IPV4,
-            _pad: [0; 3],
-            addr: ipv4_addr(ip),
-        };
-        ignore_missing(self.maps.endpoints.remove(&key)).map_err(map_err(m::ENDPOINTS))?;
-        self.remove_ipcache(ipv4_addr(ip), 32)?;
-        self.apply_policy(ep_id, &[])?;
-        self.cache.endpoints.remove(&ep_id);
+        for key in &keys {
+            self.apply_ipcache_family(key.family, key.addr, host_prefix(key.family), ep.identity)?;
+            self.maps
+                .endpoints
+                .insert(key, value, 0)
+                .map_err(map_err(m::ENDPOINTS))?;
+        }
+        // The endpoint moved to other addresses: its old entries go.
+        if let Some(old) = self.cache.endpoints.insert(ep.id, keys.clone()) {
+            for key in old.iter().filter(|k| !keys.contains(k)) {
+                ignore_missing(self.maps.endpoints.remove(key)).map_err(map_err(m::ENDPOINTS))?;
+                self.remove_ipcache_family(key.family, key.addr, host_prefix(key.family))?;
+            }
+        }
         Ok(())
     }
 
-    /// Maps a CIDR to an identity (longest prefix wins; a more specific entry is how a
+    /// Removes an endpoint (all its addresses), its ipcache entries and its policy entries.
+    pub fn remove_endpoint(&mut self, ep_id: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut keys = self.cache.endpoints.remove(&ep_id).unwrap_or_default();
+        let given = endpoint_key(c::FAMILY_IPV4, ipv4_addr(ip));
+        if !keys.contains(&given) {
+            keys.push(given);
+        }
+        for key in &keys {
+            ignore_missing(self.maps.endpoints.remove(key)).map_err(map_err(m::ENDPOINTS))?;
+            self.remove_ipcache_family(key.family, key.addr, host_prefix(key.family))?;
+        }
+        self.apply_policy(ep_id, &[])
+    }
+
+    /// Maps an IPv4 CIDR to an identity (longest prefix wins; a more specific entry is how a
     /// CIDR "except" is expressed).
     pub fn apply_ipcache(&mut self, addr: c::Addr, prefix: u8, identity: u32) -> Result<()> {
-        let key = Key::new(
-            c::IPCACHE_PREFIX_HEADER_BITS + prefix as u32,
-            c::IpcacheKey {
-                family: c::FAMILY_IPV4,
-                _pad: [0; 3],
-                addr: mask_addr(addr, prefix),
-            },
-        );
-        self.maps
-            .ipcache
-            .insert(&key, c::IpcacheValue { identity, flags: 0 }, 0)
-            .map_err(map_err(m::IPCACHE))
+        self.apply_ipcache_family(c::FAMILY_IPV4, addr, prefix, identity)
     }
 
     pub fn apply_ipcache_v4(&mut self, ip: Ipv4Addr, prefix: u8, identity: u32) -> Result<()> {
         self.apply_ipcache(ipv4_addr(ip), prefix, identity)
     }
 
+    /// Maps an IPv4 or IPv6 CIDR to an identity.
+    pub fn apply_ipcache_ip(
+        &mut self,
+        ip: std::net::IpAddr,
+        prefix: u8,
+        identity: u32,
+    ) -> Result<()> {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                self.apply_ipcache_family(c::FAMILY_IPV4, ipv4_addr(v4), prefix, identity)
+            }
+            std::net::IpAddr::V6(v6) => {
+                self.apply_ipcache_family(c::FAMILY_IPV6, v6.octets(), prefix, identity)
+            }
+        }
+    }
+
+    fn apply_ipcache_family(
+        &mut self,
+        family: u8,
+        addr: c::Addr,
+        prefix: u8,
+        identity: u32,
+    ) -> Result<()> {
+        let key = ipcache_key(family, addr, prefix);
+        self.maps
+            .ipcache
+            .insert(&key, c::IpcacheValue { identity, flags: 0 }, 0)
+            .map_err(map_err(m::IPCACHE))
+    }
+
     pub fn remove_ipcache(&mut self, addr: c::Addr, prefix: u8) -> Result<()> {
-        let key = Key::new(
-            c::IPCACHE_PREFIX_HEADER_BITS + prefix as u32,
-            c::IpcacheKey {
-                family: c::FAMILY_IPV4,
-                _pad: [0; 3],
-                addr: mask_addr(addr, prefix),
-            },
-        );
+        self.remove_ipcache_family(c::FAMILY_IPV4, addr, prefix)
+    }
+
+    fn remove_ipcache_family(&mut self, family: u8, addr: c::Addr, prefix: u8) -> Result<()> {
+        let key = ipcache_key(family, addr, prefix);
         ignore_missing(self.maps.ipcache.remove(&key)).map_err(map_err(m::IPCACHE))
     }
 
@@ -979,31 +1042,34 @@ impl Datapath {
         has_ranges: Option<bool>,
         bump: bool,
     ) -> Result<bool> {
-        let Some(key) = self.cache.endpoints.get(&ep_id).copied() else {
+        let Some(keys) = self.cache.endpoints.get(&ep_id).cloned() else {
             return Ok(false);
         };
-        let Ok(mut v) = self.maps.endpoints.get(&key, 0) else {
-            return Ok(false);
-        };
-        let old = v;
-        if let Some(r) = has_ranges {
-            if r {
-                v.flags |= c::EP_HAS_PORT_RANGES;
-            } else {
-                v.flags &= !c::EP_HAS_PORT_RANGES;
+        let mut wrote = false;
+        for key in keys {
+            let Ok(mut v) = self.maps.endpoints.get(&key, 0) else {
+                continue;
+            };
+            let old = v;
+            if let Some(r) = has_ranges {
+                if r {
+                    v.flags |= c::EP_HAS_PORT_RANGES;
+                } else {
+                    v.flags &= !c::EP_HAS_PORT_RANGES;
+                }
+            }
+            if bump {
+                v.policy_rev = v.policy_rev.wrapping_add(1);
+            }
+            if v != old {
+                self.maps
+                    .endpoints
+                    .insert(key, v, 0)
+                    .map_err(map_err(m::ENDPOINTS))?;
+                wrote = true;
             }
         }
-        if bump {
-            v.policy_rev = v.policy_rev.wrapping_add(1);
-        }
-        if v == old {
-            return Ok(false);
-        }
-        self.maps
-            .endpoints
-            .insert(key, v, 0)
-            .map_err(map_err(m::ENDPOINTS))?;
-        Ok(true)
+        Ok(wrote)
     }
 
     // ---- services ----

@@ -93,6 +93,38 @@ pub fn packet(
     p
 }
 
+/// Builds an Ethernet + IPv6 + TCP/UDP/ICMPv6 frame (ICMPv6: type = dport, echo id = sport).
+pub fn packet6(
+    proto: u8,
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+) -> Vec<u8> {
+    let v4 = packet(
+        if proto == 58 { 1 } else { proto },
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        sport,
+        dport,
+        tcp_flags,
+    );
+    let l4 = &v4[34..];
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+    ip[6] = proto;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(l4);
+    p
+}
+
 fn checksum(b: &[u8]) -> u16 {
     let mut s: u32 = 0;
     for c in b.chunks(2) {
@@ -130,6 +162,7 @@ pub fn endpoint(
     Endpoint {
         id,
         ip: topo.pods[id as usize - 1].ip,
+        ip6: None,
         identity,
         ifindex: 0,
         enforce_ingress,
