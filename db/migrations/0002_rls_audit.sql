@@ -9,6 +9,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'weft_app') THEN
         CREATE ROLE weft_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
     END IF;
+EXCEPTION
+    -- Another database of the same cluster created it meanwhile.
+    WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
 GRANT weft_app TO CURRENT_USER;

@@ -85,7 +85,7 @@ fn subject(c: &Cluster) -> Subject<'_> {
     }
 }
 
-/// List clusters.
+/// List clusters (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
     responses((status = 200, body = Page<Cluster>), ReadErrors),
@@ -113,7 +113,7 @@ async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Cluster> {
     )
 }
 
-/// Get a cluster by id or name.
+/// Get a cluster by id or name (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name")),

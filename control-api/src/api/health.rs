@@ -22,13 +22,13 @@ pub struct Health {
     pub status: &'static str,
 }
 
-/// Liveness: the process answers.
+/// Liveness: the process answers (no credentials).
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
-/// Readiness: Postgres answers too.
+/// Readiness: Postgres answers too (no credentials).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health),
               (status = 503, body = crate::error::Problem, content_type = "application/problem+json")))]
@@ -40,7 +40,7 @@ async fn readyz(State(st): State<AppState>) -> Result<axum::Json<Health>> {
     Ok(axum::Json(Health { status: "ready" }))
 }
 
-/// Prometheus text exposition of the control plane's metrics.
+/// Prometheus text exposition of the control plane's metrics (no credentials).
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {

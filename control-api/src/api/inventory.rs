@@ -114,7 +114,7 @@ fn node_select() -> String {
     )
 }
 
-/// List a cluster's nodes with their agent status.
+/// List a cluster's nodes with their agent status (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/nodes", tag = "inventory",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"), ListParams),
@@ -144,7 +144,7 @@ async fn list_nodes(
     Ok(axum::Json(list.page(rows, |n: &Node| n.id)))
 }
 
-/// Get a node by id or name.
+/// Get a node by id or name (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/nodes/{node}", tag = "inventory",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
@@ -211,7 +211,7 @@ pub struct EndpointParams {
     pub labels: Option<String>,
 }
 
-/// List the tenant's endpoints (workloads), across clusters.
+/// List the tenant's endpoints (workloads), across clusters (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "inventory",
     params(("tenant" = String, Path, description = "Tenant id or name"), EndpointParams),
     responses((status = 200, body = Page<Endpoint>), ReadErrors),
@@ -249,7 +249,7 @@ async fn list_endpoints(
     Ok(axum::Json(list.page(rows, |e| e.id)))
 }
 
-/// Get an endpoint by id.
+/// Get an endpoint by id (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{endpoint}", tag = "inventory",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("endpoint" = Uuid, Path, description = "Endpoint id")),
@@ -295,7 +295,7 @@ pub struct IdentityParams {
     pub labels: Option<String>,
 }
 
-/// List the tenant's security identities, by number.
+/// List the tenant's security identities, by number (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/identities", tag = "inventory",
     params(("tenant" = String, Path, description = "Tenant id or name"), IdentityParams),
     responses((status = 200, body = Page<Identity>), ReadErrors),

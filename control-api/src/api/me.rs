@@ -61,7 +61,7 @@ pub struct Me {
     pub tenants: Vec<MyTenant>,
 }
 
-/// Who I am and my tenants.
+/// Who I am and my tenants (any signed-in caller).
 #[utoipa::path(get, path = "/v1/me", tag = "me",
     responses((status = 200, body = Me), ReadErrors),
     security(("bearer" = []), ("session" = [])))]

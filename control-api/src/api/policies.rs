@@ -194,7 +194,7 @@ async fn cluster_ids(
     Ok(Some(ids))
 }
 
-/// List policies.
+/// List policies (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/policies", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
     responses((status = 200, body = Page<Policy>), ReadErrors),
@@ -214,7 +214,7 @@ async fn list_policies(
     Ok(axum::Json(list.page(rows, |p: &Policy| p.id)))
 }
 
-/// Get a policy by id or name.
+/// Get a policy by id or name (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name")),

@@ -251,7 +251,7 @@ fn affinity(input: &ServiceInput) -> Option<i32> {
         .and_then(|a| i32::try_from(a.timeout_seconds).ok())
 }
 
-/// List a cluster's services.
+/// List a cluster's services (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/services", tag = "services",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"), ListParams),
@@ -276,7 +276,7 @@ async fn list_services(
     Ok(axum::Json(list.page(rows, |s: &Service| s.id)))
 }
 
-/// Get a service by id or name.
+/// Get a service by id or name (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/services/{service}", tag = "services",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),

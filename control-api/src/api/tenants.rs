@@ -89,7 +89,7 @@ async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Tenant> {
     )
 }
 
-/// List the tenants the caller can see (the operator sees all).
+/// List the tenants the caller can see (any caller; the operator sees all).
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(ListParams),
     responses((status = 200, body = Page<Tenant>), ReadErrors),
     security(("bearer" = [])))]
@@ -124,7 +124,7 @@ async fn list_tenants(
     Ok(axum::Json(list.page(rows, |t| t.id)))
 }
 
-/// Get a tenant by id or name.
+/// Get a tenant by id or name (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name")),
     responses((status = 200, body = Tenant, headers(("ETag" = String))), ReadErrors),
