@@ -87,6 +87,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, "control-api serving");
+    crate::identities::spawn_collector(
+        state.pool.clone(),
+        Duration::from_secs(cfg.identity_gc_grace_seconds),
+        Duration::from_secs(60),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

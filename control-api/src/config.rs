@@ -46,6 +46,14 @@ pub struct ServeConfig {
         global = true
     )]
     pub agent_listen: SocketAddr,
+    /// How long an identity no endpoint uses is kept before it is collected.
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_GC_GRACE_SECONDS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub identity_gc_grace_seconds: u64,
     /// Operator bootstrap token (at least 32 characters): may create tenants and act as
     /// owner in every tenant. Unset: no operator access.
     #[arg(

@@ -585,3 +585,68 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     let e = b.sync(SyncRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn unused_identities_are_collected_after_the_grace_period() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters",
+        Some(&owner),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    let mut client = agent(&t).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "p"})).await;
+    let n = client
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![ip.into()],
+    };
+    client
+        .report_endpoints(authed(
+            EndpointReport {
+                endpoints: vec![ep("web-1", "web", "10.0.1.5"), ep("db-1", "db", "10.0.1.6")],
+            },
+            &n.node_credential,
+        ))
+        .await
+        .unwrap();
+    // db-1 goes away; its identity is now unused.
+    client
+        .report_endpoints(authed(
+            EndpointReport {
+                endpoints: vec![ep("web-1", "web", "10.0.1.5")],
+            },
+            &n.node_credential,
+        ))
+        .await
+        .unwrap();
+    let grace = std::time::Duration::from_secs(3600);
+    let gc = || control_api::identities::collect_garbage(&t.state.pool, grace);
+    assert_eq!(
+        gc().await.unwrap(),
+        0,
+        "within the grace period nothing goes"
+    );
+    sqlx::query("UPDATE identities SET last_used_at = now() - interval '2 hours'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(gc().await.unwrap(), 1, "only the unused one goes");
+    let left: Vec<serde_json::Value> = sqlx::query_scalar("SELECT labels FROM identities")
+        .fetch_all(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![json!({"app": "web"})],
+        "the identity in use stays"
+    );
+}

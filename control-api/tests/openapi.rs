@@ -33,6 +33,27 @@ fn every_operation_documents_auth_and_errors() {
                 "/auth/callback",
             ]
             .contains(&path.as_str());
+            let text = format!(
+                "{} {}",
+                op["summary"].as_str().unwrap_or(""),
+                op["description"].as_str().unwrap_or("")
+            );
+            let says_who = [
+                "viewer",
+                "editor",
+                "admin",
+                "owner",
+                "operator",
+                "no credentials",
+                "any caller",
+                "signed-in",
+                "browser",
+                "session",
+            ];
+            assert!(
+                says_who.iter().any(|r| text.contains(r)),
+                "{method} {path} does not say who may call it: {text:?}"
+            );
             let responses = op["responses"].as_object().expect("responses");
             if !public {
                 assert!(

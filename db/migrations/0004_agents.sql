@@ -19,3 +19,21 @@ CREATE FUNCTION weft_find_node(hash bytea)
 
 REVOKE ALL ON FUNCTION weft_find_join_token(bytea), weft_find_node(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION weft_find_join_token(bytea), weft_find_node(bytea) TO weft_app;
+
+-- Identity garbage collection: an identity no endpoint uses, and unused for the grace
+-- period, is deleted. Runs across tenants (from a background task), hence SECURITY DEFINER;
+-- it touches nothing but unreferenced identities.
+CREATE FUNCTION weft_gc_identities(grace interval) RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public
+    AS $$
+        WITH gone AS (
+            DELETE FROM identities i
+            WHERE i.last_used_at < now() - grace
+              AND NOT EXISTS (SELECT 1 FROM endpoints e
+                              WHERE e.tenant_id = i.tenant_id AND e.identity = i.number)
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
+    $$;
+REVOKE ALL ON FUNCTION weft_gc_identities(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION weft_gc_identities(interval) TO weft_app;
