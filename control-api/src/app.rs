@@ -100,7 +100,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let agent = crate::agent::serve(state.clone(), cfg.agent_listen, stopped(stop_rx.clone()));
+    let tls = match (&cfg.agent_tls_cert, &cfg.agent_tls_key) {
+        (Some(cert), Some(key)) => Some(crate::agent::Tls::load(cert, key)?),
+        _ => None,
+    };
+    let agent = crate::agent::serve(
+        state.clone(),
+        cfg.agent_listen,
+        tls,
+        stopped(stop_rx.clone()),
+    );
     let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let rest = async {
         axum::serve(listener, app)

@@ -46,6 +46,23 @@ pub struct ServeConfig {
         global = true
     )]
     pub agent_listen: SocketAddr,
+    /// PEM certificate (chain) of the agent service; with `--agent-tls-key`, agents connect
+    /// over TLS. Unset: plaintext (loopback and tests only).
+    #[arg(
+        long,
+        env = "WEFT_AGENT_TLS_CERT",
+        requires = "agent_tls_key",
+        global = true
+    )]
+    pub agent_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the agent service's certificate.
+    #[arg(
+        long,
+        env = "WEFT_AGENT_TLS_KEY",
+        requires = "agent_tls_cert",
+        global = true
+    )]
+    pub agent_tls_key: Option<std::path::PathBuf>,
     /// How long an identity no endpoint uses is kept before it is collected.
     #[arg(
         long,

@@ -650,3 +650,104 @@ async fn unused_identities_are_collected_after_the_grace_period() {
         "the identity in use stays"
     );
 }
+
+#[tokio::test]
+async fn the_agent_service_speaks_tls() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters",
+        Some(&owner),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "p", "max_uses": 0})).await;
+
+    // A self-signed certificate for 127.0.0.1, as the demo makes one.
+    let dir = std::env::temp_dir().join(format!("weft-tls-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=weft-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            // A leaf, not a CA: rustls refuses a CA certificate as the server's own.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(ok.success());
+    let tls = control_api::agent::Tls::load(&cert, &key).unwrap();
+    let state = t.state.clone();
+    let ca = std::fs::read(&cert).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::spawn(control_api::agent::serve(
+        t.state.clone(),
+        addr,
+        Some(tls),
+        std::future::pending(),
+    ));
+
+    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
+        .unwrap();
+    let mut channel = Err(String::new());
+    for _ in 0..50 {
+        match endpoint.connect().await {
+            Ok(c) => {
+                channel = Ok(c);
+                break;
+            }
+            Err(e) => channel = Err(format!("{e:?}")),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut client = AgentClient::new(channel.expect("TLS connection"));
+    let r = client
+        .register(register(&tok, "node-1", false))
+        .await
+        .expect("register over TLS");
+    assert!(r.into_inner().node_credential.starts_with("weft_"));
+
+    // A plaintext client gets nowhere.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let e = AgentClient::new(channel)
+            .register(register(&tok, "node-2", false))
+            .await;
+        assert!(e.is_err(), "plaintext must not be served");
+    }
+    assert_eq!(t.count("nodes").await, 1);
+}

@@ -70,6 +70,7 @@ pub fn demo(detach: bool) -> Result<()> {
     let database_url = cluster.url("weft");
     let api_port = pg::free_port()?;
     let agent_port = pg::free_port()?;
+    let (agent_cert, agent_key) = dev_certificate(&dir.join("tls"))?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let operator_token = random_hex(32)?;
     let demo_password = random_hex(12)?;
@@ -95,6 +96,8 @@ pub fn demo(detach: bool) -> Result<()> {
     cmd.env("DATABASE_URL", &database_url)
         .env("WEFT_LISTEN", format!("127.0.0.1:{api_port}"))
         .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))
+        .env("WEFT_AGENT_TLS_CERT", &agent_cert)
+        .env("WEFT_AGENT_TLS_KEY", &agent_key)
         .env("WEFT_OPERATOR_TOKEN", &operator_token)
         .env("WEFT_OIDC_ISSUER", &provider.issuer)
         .env("WEFT_OIDC_CLIENT_ID", "weft-console")
@@ -151,8 +154,9 @@ pub fn demo(detach: bool) -> Result<()> {
         let _ = down();
         return Err(e.context("inviting the demo user"));
     }
+    let agent_ca = agent_cert.display();
     let env = format!(
-        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=http://127.0.0.1:{agent_port}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
+        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=https://127.0.0.1:{agent_port}\nWEFT_AGENT_CA={agent_ca}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
         seeded.tenant, seeded.token, seeded.other_tenant, seeded.other_token
     );
     let env_file = dir.join("demo.env");
@@ -181,6 +185,45 @@ pub fn demo(detach: bool) -> Result<()> {
     let status = child.wait()?;
     eprintln!("control-api exited ({status}); stopping the demo");
     down()
+}
+
+/// A self-signed certificate for the agent service on 127.0.0.1 (a leaf, valid 30 days),
+/// made once and reused. Agents trust it through `WEFT_AGENT_CA`.
+fn dev_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key));
+    }
+    if Command::new("openssl").arg("version").output().is_err() {
+        sh::apt_install(&["openssl"])?;
+    }
+    fs::create_dir_all(dir)?;
+    sh::output(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=weft-dev-agent-service",
+            ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok((cert, key))
 }
 
 fn wait_ready(api_url: &str, child: &mut Child) -> Result<()> {

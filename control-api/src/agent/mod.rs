@@ -174,14 +174,38 @@ impl Agent for AgentService {
     }
 }
 
-/// Serves the agent service until `shutdown` resolves.
+/// The agent service's TLS identity (certificate chain and key, PEM).
+pub struct Tls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl Tls {
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Tls> {
+        use anyhow::Context;
+        Ok(Tls {
+            cert_pem: std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+        })
+    }
+}
+
+/// Serves the agent service until `shutdown` resolves; over TLS when `tls` is given.
 pub async fn serve(
     st: AppState,
     listen: SocketAddr,
+    tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!(%listen, "agent service serving");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| anyhow::anyhow!("agent service TLS: {e}"))?;
+    }
+    tracing::info!(%listen, tls = tls.is_some(), "agent service serving");
+    server
         .add_service(AgentService::new(st))
         .serve_with_shutdown(listen, shutdown)
         .await
