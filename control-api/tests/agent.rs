@@ -709,12 +709,12 @@ async fn the_agent_service_speaks_tls() {
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::spawn(control_api::agent::serve(
-        t.state.clone(),
-        addr,
-        Some(tls),
-        std::future::pending(),
-    ));
+    tokio::spawn(async move {
+        let served = control_api::agent::serve(state, addr, Some(tls), std::future::pending());
+        if let Err(e) = served.await {
+            panic!("agent service: {e:#}");
+        }
+    });
 
     let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
