@@ -5,7 +5,7 @@
 //!   snapshot or delta ([`wire::Programmed`]).
 //! - [`run`]: `node-agent run`: register once, sync, apply, ack, report health, reconnect.
 
-// pub mod run;
+pub mod run;
 pub mod wire;
 
 use std::io::Write;
