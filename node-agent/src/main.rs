@@ -23,6 +23,7 @@ struct Cli {
         long,
         env = "WEFT_BPF_PIN_PATH",
         default_value = "/sys/fs/bpf/weft",
+        visible_alias = "bpf-pin-path",
         global = true
     )]
     pin_path: PathBuf,
@@ -32,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Register with the control plane (once), then keep the datapath at its desired state.
+    Run(node_agent::agent::run::RunArgs),
     /// Inspect the datapath maps (read-only).
     Bpf {
         #[command(subcommand)]
@@ -150,6 +153,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Run(mut args) => {
+            args.pin_path = cli.pin_path.clone();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(node_agent::agent::run::run(args, shutdown_signal()))?;
+        }
         Cmd::Bpf { what } => {
             let maps = Maps::open_pinned(&cli.pin_path).with_context(|| {
                 format!("opening the datapath maps under {}", cli.pin_path.display())
@@ -222,6 +233,26 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down; the datapath keeps enforcing");
 }
 
 fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {

@@ -1,0 +1,429 @@
+//! `node-agent run`: register once, then keep the datapath at the control plane's desired
+//! state.
+//!
+//! - Registration trades the join token for a node credential, stored 0600 in the state
+//!   directory (never logged); later starts reuse it and need no token.
+//! - `Sync` resumes from the last applied revision (kept in `state.json` beside the
+//!   credential); each message is applied through [`Programmed`] and acked with per-item
+//!   errors. An invalid message is refused whole and the stream is reopened: the datapath
+//!   keeps the last applied state.
+//! - `ReportHealth` on an interval while connected.
+//! - On any failure: reconnect with capped exponential backoff and jitter. Nothing is ever
+//!   flushed: the pinned maps keep enforcing the last applied state while the control plane
+//!   is away.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use weft_proto::v1 as pb;
+use weft_proto::v1::agent_client::AgentClient;
+
+use super::wire::{Programmed, StateError, SyncMessage, WireError};
+use crate::datapath::{Datapath, DatapathConfig, DatapathError};
+
+/// Options of `node-agent run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The control plane's agent service, e.g. `http://127.0.0.1:7443`.
+    #[arg(long, env = "WEFT_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// Join token for the first start; later starts use the credential in the state dir.
+    #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Directory of the node credential and the applied state (created 0700).
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
+    /// Node name at registration (default: the host name).
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The node's addresses, reported at registration.
+    #[arg(long = "address", env = "WEFT_NODE_ADDRESSES", value_delimiter = ',')]
+    pub addresses: Vec<String>,
+    /// Node labels `key=value`, reported at registration.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Host-side endpoint interfaces to attach the datapath to.
+    #[arg(long = "interface")]
+    pub interfaces: Vec<String>,
+    /// cgroup v2 directory for socket load balancing (never the root cgroup).
+    #[arg(long, env = "WEFT_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// Seconds between health reports.
+    #[arg(long, default_value_t = 10)]
+    pub health_interval_secs: u64,
+    /// bpffs directory of the pinned maps (the global `--pin-path`).
+    #[arg(skip)]
+    pub pin_path: PathBuf,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not key=value")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("datapath: {0}")]
+    Datapath(#[from] DatapathError),
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("invalid control-plane URL {url:?}: {source}")]
+    Url {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("not registered: no credential in {0} and no join token given")]
+    NotRegistered(String),
+    #[error("registration refused: {0}")]
+    Refused(String),
+    #[error("the stored node credential is not a valid header value")]
+    BadCredential,
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("control plane: {0}")]
+    Rpc(#[from] Status),
+    #[error("refused a sync message: {0}")]
+    Wire(#[from] WireError),
+}
+
+/// Node identity as stored in the state dir (the credential is stored apart from it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeInfo {
+    node_id: String,
+    cluster_id: String,
+    tenant_id: String,
+}
+
+const CREDENTIAL: &str = "credential";
+const NODE: &str = "node.json";
+const STATE: &str = "state.json";
+
+/// Capped exponential backoff with jitter: the n-th delay is drawn from
+/// `[d/2, d]` where `d = min(cap, base * 2^n)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
+        let d = self.base.saturating_mul(factor).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = d / 2;
+        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    }
+}
+
+/// `uname -r` and `uname -n`.
+fn uname() -> (String, String) {
+    // SAFETY: `utsname` is plain data; uname fills it and returns 0 on success.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (String::new(), String::new());
+    }
+    let s = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    (s(&u.release), s(&u.nodename))
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// The stored credential, or a new one from `Register`.
+async fn ensure_registered(
+    args: &RunArgs,
+    endpoint: &Endpoint,
+) -> Result<MetadataValue<Ascii>, RunError> {
+    let cred_path = args.state_dir.join(CREDENTIAL);
+    let credential = match std::fs::read_to_string(&cred_path) {
+        Ok(c) => c.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(token) = &args.join_token else {
+                return Err(RunError::NotRegistered(
+                    args.state_dir.display().to_string(),
+                ));
+            };
+            let (kernel, hostname) = uname();
+            let mut client = AgentClient::new(endpoint.connect().await?);
+            let resp = client
+                .register(pb::RegisterRequest {
+                    join_token: token.clone(),
+                    node_name: args.node_name.clone().unwrap_or(hostname),
+                    addresses: args.addresses.clone(),
+                    labels: args.labels.iter().cloned().collect(),
+                    replace: false,
+                    capability_version: weft_proto::CAPABILITY_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                    kernel_version: kernel,
+                    pod_cidrs: Vec::new(),
+                })
+                .await
+                .map_err(|s| match s.code() {
+                    Code::Unavailable | Code::Unknown | Code::Internal => RunError::Rpc(s),
+                    _ => RunError::Refused(s.message().to_string()),
+                })?
+                .into_inner();
+            let info = NodeInfo {
+                node_id: resp.node_id,
+                cluster_id: resp.cluster_id,
+                tenant_id: resp.tenant_id,
+            };
+            let json = serde_json::to_vec_pretty(&info).map_err(|e| RunError::Io {
+                what: "encoding node.json".into(),
+                source: e.into(),
+            })?;
+            super::write_private(&args.state_dir.join(NODE), &json)
+                .map_err(io("writing node.json"))?;
+            super::write_private(&cred_path, resp.node_credential.as_bytes())
+                .map_err(io("writing the node credential"))?;
+            tracing::info!(node_id = %info.node_id, cluster_id = %info.cluster_id, "registered");
+            resp.node_credential
+        }
+        Err(e) => return Err(io(format!("reading {}", cred_path.display()))(e)),
+    };
+    format!("Bearer {credential}")
+        .parse()
+        .map_err(|_| RunError::BadCredential)
+}
+
+/// Runs the agent until `shutdown` completes. Errors only for what retrying cannot fix
+/// (datapath load, state dir, refused registration); the control plane being away is not
+/// one of them.
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    tokio::pin!(shutdown);
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(io(format!("creating {}", args.state_dir.display())))?;
+    std::fs::set_permissions(
+        &args.state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .map_err(io(format!("securing {}", args.state_dir.display())))?;
+    let mut dp = Datapath::load(DatapathConfig {
+        pin_path: args.pin_path.clone(),
+        ..DatapathConfig::default()
+    })?;
+    for ifname in &args.interfaces {
+        dp.attach_endpoint_interface(ifname)?;
+    }
+    if let Some(cg) = &args.cgroup {
+        dp.attach_cgroup(cg)?;
+    }
+    let state_path = args.state_dir.join(STATE);
+    let mut programmed = Programmed::load(&state_path)?.unwrap_or_default();
+    tracing::info!(revision = programmed.revision, "applied state loaded");
+    let endpoint = Endpoint::from_shared(args.control_plane.clone())
+        .map_err(|source| RunError::Url {
+            url: args.control_plane.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let auth = loop {
+        let res = tokio::select! {
+            r = ensure_registered(&args, &endpoint) => r,
+            () = &mut shutdown => return Ok(()),
+        };
+        match res {
+            Ok(a) => break a,
+            Err(e @ (RunError::Rpc(_) | RunError::Connect(_))) => {
+                tracing::warn!(error = %e, "registration failed; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    };
+    backoff.reset();
+    let mut session = Session {
+        dp: &mut dp,
+        programmed: &mut programmed,
+        state_path: &state_path,
+        last_error: String::new(),
+        synced: false,
+        health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
+    };
+    loop {
+        session.synced = false;
+        let res = tokio::select! {
+            r = session.run(&endpoint, &auth) => r,
+            () = &mut shutdown => return Ok(()),
+        };
+        match res {
+            Ok(()) => tracing::info!("sync stream ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "control plane session failed; enforcing the last applied state");
+                session.last_error = e.to_string();
+            }
+        }
+        if session.synced {
+            backoff.reset();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+struct Session<'a> {
+    dp: &'a mut Datapath,
+    programmed: &'a mut Programmed,
+    state_path: &'a Path,
+    last_error: String,
+    /// At least one message was applied in this session (resets the backoff).
+    synced: bool,
+    health_interval: Duration,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        endpoint: &Endpoint,
+        auth: &MetadataValue<Ascii>,
+    ) -> Result<(), RunError> {
+        let channel: Channel = endpoint.connect().await?;
+        let auth = auth.clone();
+        let mut client = AgentClient::with_interceptor(channel, move |mut req: Request<()>| {
+            req.metadata_mut().insert("authorization", auth.clone());
+            Ok(req)
+        });
+        let mut stream = client
+            .sync(pb::SyncRequest {
+                resume_from_revision: self.programmed.revision,
+                capability_version: weft_proto::CAPABILITY_VERSION,
+            })
+            .await?
+            .into_inner();
+        tracing::info!(resume_from = self.programmed.revision, "sync stream open");
+        let mut health = tokio::time::interval(self.health_interval);
+        loop {
+            tokio::select! {
+                msg = stream.message() => {
+                    let Some(msg) = msg? else { return Ok(()) };
+                    let revision = msg.revision;
+                    // Fail closed: an invalid message changes nothing.
+                    let msg = SyncMessage::try_from(msg)?;
+                    let errors = self.programmed.apply(self.dp, msg);
+                    for e in &errors {
+                        tracing::warn!(item = %e.item, error = %e.message, "could not program");
+                    }
+                    if let Err(e) = self.programmed.save(self.state_path) {
+                        // Only costs a replay after a restart: applying is idempotent.
+                        tracing::warn!(error = %e, "could not save the applied state");
+                    }
+                    tracing::info!(revision, errors = errors.len(), "applied");
+                    self.last_error = errors
+                        .first()
+                        .map(|e| format!("{}: {}", e.item, e.message))
+                        .unwrap_or_default();
+                    client
+                        .ack(pb::AckRequest {
+                            revision,
+                            errors: errors.into_iter().map(Into::into).collect(),
+                        })
+                        .await?;
+                    self.synced = true;
+                }
+                _ = health.tick() => {
+                    client.report_health(self.health()).await?;
+                }
+            }
+        }
+    }
+
+    fn health(&self) -> pb::HealthReport {
+        let (kernel, _) = uname();
+        let (status, lost) = match self.dp.counters() {
+            Ok(c) if self.last_error.is_empty() => ("ok", c.lost_events),
+            Ok(c) => ("degraded", c.lost_events),
+            Err(_) => ("error", 0),
+        };
+        pb::HealthReport {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_version: kernel,
+            datapath_status: status.to_string(),
+            map_fill: Default::default(),
+            lost_events: lost,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let d0 = b.next_delay();
+        assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+        let d1 = b.next_delay();
+        assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        for _ in 0..40 {
+            let d = b.next_delay();
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(parse_label("a=b"), Ok(("a".into(), "b".into())));
+        assert!(parse_label("=b").is_err());
+        assert!(parse_label("ab").is_err());
+    }
+
+    #[test]
+    fn uname_has_a_kernel_release() {
+        assert!(!uname().0.is_empty());
+    }
+}

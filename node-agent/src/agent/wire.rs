@@ -1,0 +1,855 @@
+//! From the wire to the datapath.
+//!
+//! [`SyncMessage`] decodes a `SyncResponse` into the model's desired-state types at the edge:
+//! anything the controller sends that does not parse is refused as a whole (fail closed: the
+//! datapath keeps the last applied state). [`Programmed`] remembers what is in the datapath
+//! (the last applied desired state, its revision and the string -> `u32` id allocations) and
+//! turns a snapshot or delta into the minimal datapath calls: a snapshot is diffed against
+//! what is programmed, so whatever is no longer desired is removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_model::desired::{
+    self, Action, Delta, DesiredBackend, DesiredEndpoint, DesiredService, IpcacheEntry,
+    NodeDesiredState, PolicyRule,
+};
+use weft_model::policy::eval::Direction;
+use weft_model::service::{Algorithm, Frontend, L4Protocol};
+use weft_proto::v1 as pb;
+
+use crate::datapath::{self as dp, Datapath, DatapathError, PolicyEntry};
+
+/// Why a message from the control plane was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("sync message {0} carries neither a snapshot nor a delta")]
+    NoKind(u64),
+    #[error("{item}: invalid address {value:?}")]
+    Address { item: String, value: String },
+    #[error("{item}: invalid prefix {value:?}")]
+    Prefix { item: String, value: String },
+    #[error("{item}: {field} {value} is out of range")]
+    Range {
+        item: String,
+        field: &'static str,
+        value: u64,
+    },
+    #[error("{item}: unknown {field} {value}")]
+    Enum {
+        item: String,
+        field: &'static str,
+        value: i32,
+    },
+    #[error("{item}: empty id")]
+    EmptyId { item: &'static str },
+    #[error("{item}: listed twice")]
+    Duplicate { item: String },
+}
+
+/// What a `Sync` message asks of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The complete desired state: everything else is removed.
+    Snapshot(NodeDesiredState),
+    Delta(Delta),
+}
+
+/// A decoded `SyncResponse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncMessage {
+    pub revision: u64,
+    pub update: Update,
+}
+
+impl TryFrom<pb::SyncResponse> for SyncMessage {
+    type Error = WireError;
+
+    fn try_from(m: pb::SyncResponse) -> Result<Self, WireError> {
+        let update = match m.kind {
+            None => return Err(WireError::NoKind(m.revision)),
+            Some(pb::sync_response::Kind::Snapshot(s)) => Update::Snapshot(snapshot(s)?),
+            Some(pb::sync_response::Kind::Delta(d)) => Update::Delta(delta(d)?),
+        };
+        Ok(SyncMessage {
+            revision: m.revision,
+            update,
+        })
+    }
+}
+
+fn addr(item: impl Fn() -> String, s: &str) -> Result<IpAddr, WireError> {
+    s.parse().map_err(|_| WireError::Address {
+        item: item(),
+        value: s.to_string(),
+    })
+}
+
+fn prefix(item: impl Fn() -> String, s: &str) -> Result<IpNet, WireError> {
+    s.parse().map_err(|_| WireError::Prefix {
+        item: item(),
+        value: s.to_string(),
+    })
+}
+
+fn u16_of(item: impl Fn() -> String, field: &'static str, v: u32) -> Result<u16, WireError> {
+    u16::try_from(v).map_err(|_| WireError::Range {
+        item: item(),
+        field,
+        value: u64::from(v),
+    })
+}
+
+fn u8_of(item: impl Fn() -> String, field: &'static str, v: u32) -> Result<u8, WireError> {
+    u8::try_from(v).map_err(|_| WireError::Range {
+        item: item(),
+        field,
+        value: u64::from(v),
+    })
+}
+
+fn endpoint(e: pb::Endpoint) -> Result<DesiredEndpoint, WireError> {
+    if e.id.is_empty() {
+        return Err(WireError::EmptyId { item: "endpoint" });
+    }
+    let item = || format!("endpoint/{}", e.id);
+    let ips = e
+        .ips
+        .iter()
+        .map(|a| addr(item, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DesiredEndpoint {
+        id: e.id,
+        ips,
+        identity: e.identity,
+        enforce_ingress: e.enforce_ingress,
+        enforce_egress: e.enforce_egress,
+    })
+}
+
+fn ipcache(e: pb::IpcacheEntry) -> Result<IpcacheEntry, WireError> {
+    let item = || format!("ipcache/{}", e.prefix);
+    Ok(IpcacheEntry {
+        prefix: prefix(item, &e.prefix)?,
+        identity: e.identity,
+    })
+}
+
+fn rule(endpoint: &str, i: usize, r: pb::PolicyRule) -> Result<PolicyRule, WireError> {
+    let item = || format!("policy/{endpoint}[{i}]");
+    let direction = match pb::Direction::try_from(r.direction) {
+        Ok(pb::Direction::Ingress) => Direction::Ingress,
+        Ok(pb::Direction::Egress) => Direction::Egress,
+        _ => {
+            return Err(WireError::Enum {
+                item: item(),
+                field: "direction",
+                value: r.direction,
+            })
+        }
+    };
+    let action = match pb::Action::try_from(r.action) {
+        Ok(pb::Action::Allow) => Action::Allow,
+        Ok(pb::Action::Deny) => Action::Deny,
+        _ => {
+            return Err(WireError::Enum {
+                item: item(),
+                field: "action",
+                value: r.action,
+            })
+        }
+    };
+    let ports = match r.ports {
+        None => None,
+        Some(p) => Some((
+            u16_of(item, "first port", p.first)?,
+            u16_of(item, "last port", p.last)?,
+        )),
+    };
+    Ok(PolicyRule {
+        direction,
+        peer_identity: r.peer_identity,
+        proto: r.proto.map(|p| u8_of(item, "protocol", p)).transpose()?,
+        ports,
+        action,
+        l7: r.l7,
+        origin: r.origin,
+    })
+}
+
+fn policy(p: pb::EndpointPolicy) -> Result<(String, Vec<PolicyRule>), WireError> {
+    if p.endpoint_id.is_empty() {
+        return Err(WireError::EmptyId { item: "policy" });
+    }
+    let rules = p
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| rule(&p.endpoint_id, i, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((p.endpoint_id, rules))
+}
+
+fn service(s: pb::Service) -> Result<DesiredService, WireError> {
+    if s.id.is_empty() {
+        return Err(WireError::EmptyId { item: "service" });
+    }
+    let item = || format!("service/{}", s.id);
+    let frontends = s
+        .frontends
+        .iter()
+        .map(|f| {
+            let protocol = match f.proto {
+                6 => L4Protocol::Tcp,
+                17 => L4Protocol::Udp,
+                p => {
+                    return Err(WireError::Range {
+                        item: item(),
+                        field: "frontend protocol",
+                        value: u64::from(p),
+                    })
+                }
+            };
+            Ok(Frontend {
+                vip: addr(item, &f.vip)?,
+                port: u16_of(item, "frontend port", f.port)?,
+                protocol,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let backends = s
+        .backends
+        .iter()
+        .map(|b| {
+            let active = match pb::BackendState::try_from(b.state) {
+                Ok(pb::BackendState::Active) => true,
+                Ok(pb::BackendState::Terminating) => false,
+                _ => {
+                    return Err(WireError::Enum {
+                        item: item(),
+                        field: "backend state",
+                        value: b.state,
+                    })
+                }
+            };
+            Ok(DesiredBackend {
+                address: addr(item, &b.address)?,
+                port: u16_of(item, "backend port", b.port)?,
+                weight: b.weight,
+                active,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let algorithm = match pb::Algorithm::try_from(s.algorithm) {
+        Ok(pb::Algorithm::Random) => Algorithm::Random,
+        Ok(pb::Algorithm::Maglev) => Algorithm::Maglev,
+        _ => {
+            return Err(WireError::Enum {
+                item: item(),
+                field: "algorithm",
+                value: s.algorithm,
+            })
+        }
+    };
+    Ok(DesiredService {
+        id: s.id,
+        name: s.name,
+        frontends,
+        backends,
+        algorithm,
+        affinity_timeout: (s.affinity_timeout_seconds > 0).then_some(s.affinity_timeout_seconds),
+    })
+}
+
+/// Decodes a keyed list, refusing duplicate keys.
+fn keyed<P, T, K: Ord + ToString>(
+    items: Vec<P>,
+    decode: impl Fn(P) -> Result<T, WireError>,
+    key: impl Fn(&T) -> K,
+    kind: &str,
+) -> Result<Vec<T>, WireError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for p in items {
+        let t = decode(p)?;
+        let k = key(&t);
+        let name = k.to_string();
+        if !seen.insert(k) {
+            return Err(WireError::Duplicate {
+                item: format!("{kind}/{name}"),
+            });
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn policies(
+    items: Vec<pb::EndpointPolicy>,
+) -> Result<BTreeMap<String, Vec<PolicyRule>>, WireError> {
+    let mut out = BTreeMap::new();
+    for p in items {
+        let (id, rules) = policy(p)?;
+        if out.contains_key(&id) {
+            return Err(WireError::Duplicate {
+                item: format!("policy/{id}"),
+            });
+        }
+        out.insert(id, rules);
+    }
+    Ok(out)
+}
+
+fn snapshot(s: pb::Snapshot) -> Result<NodeDesiredState, WireError> {
+    let mut endpoints = keyed(s.endpoints, endpoint, |e| e.id.clone(), "endpoint")?;
+    let mut ipcache = keyed(s.ipcache, ipcache, |e| e.prefix, "ipcache")?;
+    let mut services = keyed(s.services, service, |s| s.id.clone(), "service")?;
+    // The model keeps its lists sorted by key, so a diff against it is meaningful.
+    endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    ipcache.sort_by_key(|a| a.prefix);
+    services.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(NodeDesiredState {
+        endpoints,
+        ipcache,
+        policy: policies(s.policies)?,
+        services,
+        unsupported: Vec::new(),
+    })
+}
+
+fn delta(d: pb::Delta) -> Result<Delta, WireError> {
+    Ok(Delta {
+        endpoints_upsert: keyed(d.upsert_endpoints, endpoint, |e| e.id.clone(), "endpoint")?,
+        endpoints_remove: d.remove_endpoints,
+        ipcache_upsert: keyed(d.upsert_ipcache, ipcache, |e| e.prefix, "ipcache")?,
+        ipcache_remove: d
+            .remove_ipcache
+            .iter()
+            .map(|p| prefix(|| format!("ipcache/{p}"), p))
+            .collect::<Result<Vec<_>, _>>()?,
+        policy_upsert: policies(d.upsert_policies)?,
+        policy_remove: d.remove_policies,
+        services_upsert: keyed(d.upsert_services, service, |s| s.id.clone(), "service")?,
+        services_remove: d.remove_services,
+        unsupported: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Programming the datapath
+
+/// The datapath calls the agent makes; implemented by [`Datapath`] (and by a recording fake
+/// in the unit tests).
+pub trait DatapathOps {
+    fn apply_endpoint(&mut self, ep: &dp::Endpoint) -> Result<(), DatapathError>;
+    fn remove_endpoint(&mut self, ep_id: u32, ip: Ipv4Addr) -> Result<(), DatapathError>;
+    fn apply_ipcache(
+        &mut self,
+        ip: Ipv4Addr,
+        prefix: u8,
+        identity: u32,
+    ) -> Result<(), DatapathError>;
+    fn remove_ipcache(&mut self, ip: Ipv4Addr, prefix: u8) -> Result<(), DatapathError>;
+    fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError>;
+    fn apply_service(&mut self, svc: &dp::Service) -> Result<(), DatapathError>;
+    fn remove_service(&mut self, svc_id: u32) -> Result<(), DatapathError>;
+}
+
+impl DatapathOps for Datapath {
+    fn apply_endpoint(&mut self, ep: &dp::Endpoint) -> Result<(), DatapathError> {
+        Datapath::apply_endpoint(self, ep)
+    }
+    fn remove_endpoint(&mut self, ep_id: u32, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        Datapath::remove_endpoint(self, ep_id, ip)
+    }
+    fn apply_ipcache(
+        &mut self,
+        ip: Ipv4Addr,
+        prefix: u8,
+        identity: u32,
+    ) -> Result<(), DatapathError> {
+        Datapath::apply_ipcache_v4(self, ip, prefix, identity)
+    }
+    fn remove_ipcache(&mut self, ip: Ipv4Addr, prefix: u8) -> Result<(), DatapathError> {
+        Datapath::remove_ipcache(self, weft_datapath_common::addr_v4(ip.octets()), prefix)
+    }
+    fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError> {
+        Datapath::apply_policy(self, ep_id, entries)
+    }
+    fn apply_service(&mut self, svc: &dp::Service) -> Result<(), DatapathError> {
+        Datapath::apply_service(self, svc)
+    }
+    fn remove_service(&mut self, svc_id: u32) -> Result<(), DatapathError> {
+        Datapath::remove_service(self, svc_id)
+    }
+}
+
+/// Something that could not be programmed, reported in the `Ack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemError {
+    /// e.g. `endpoint/<id>`, `service/<id>`.
+    pub item: String,
+    pub message: String,
+}
+
+impl From<ItemError> for pb::ItemError {
+    fn from(e: ItemError) -> Self {
+        pb::ItemError {
+            item: e.item,
+            message: e.message,
+        }
+    }
+}
+
+/// Stable string -> `u32` ids (the datapath's numbering), never reused within a state file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    next: u32,
+    by_key: BTreeMap<String, u32>,
+}
+
+impl Ids {
+    /// The id of `key`, allocating one (from 1) when it has none.
+    pub fn get_or_alloc(&mut self, key: &str) -> Option<u32> {
+        if let Some(id) = self.by_key.get(key) {
+            return Some(*id);
+        }
+        let id = self.next.max(1);
+        self.next = id.checked_add(1)?;
+        self.by_key.insert(key.to_string(), id);
+        Some(id)
+    }
+
+    pub fn get(&self, key: &str) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn release(&mut self, key: &str) {
+        self.by_key.remove(key);
+    }
+
+    fn release_prefix(&mut self, prefix: &str) {
+        self.by_key.retain(|k, _| !k.starts_with(prefix));
+    }
+}
+
+/// Why the agent's state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+/// What is programmed in the datapath, persisted next to the node credential so that a
+/// restarted agent resumes from its revision with the same ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Programmed {
+    /// Last revision applied (0: none).
+    pub revision: u64,
+    /// The desired state as programmed (items that failed are left out, so the next
+    /// snapshot retries them).
+    pub applied: NodeDesiredState,
+    endpoint_ids: Ids,
+    service_ids: Ids,
+    backend_ids: Ids,
+}
+
+/// Maglev table size for services using Maglev.
+const MAGLEV_M: u32 = weft_model::maglev::DEFAULT_M;
+
+fn v4s(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
+    ips.iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+fn frontend_key(svc: &str, f: &Frontend) -> String {
+    format!("{svc}|{}:{}/{}", f.vip, f.port, f.protocol.as_str())
+}
+
+fn proto_num(p: L4Protocol) -> u8 {
+    match p {
+        L4Protocol::Tcp => desired::PROTO_TCP,
+        L4Protocol::Udp => desired::PROTO_UDP,
+    }
+}
+
+fn err(item: String, e: impl std::fmt::Display) -> ItemError {
+    ItemError {
+        item,
+        message: e.to_string(),
+    }
+}
+
+impl Programmed {
+    pub fn endpoint_id(&self, id: &str) -> Option<u32> {
+        self.endpoint_ids.get(id)
+    }
+
+    /// Reads the state file; `None` when there is none yet.
+    pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
+        let p = || path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Json { path: p(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path: p(), source }),
+        }
+    }
+
+    /// Writes the state file atomically (temporary file, then rename), mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let p = || path.display().to_string();
+        let bytes =
+            serde_json::to_vec(self).map_err(|source| StateError::Json { path: p(), source })?;
+        let tmp = path.with_extension("tmp");
+        super::write_private(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|source| StateError::Io { path: p(), source })
+    }
+
+    /// Applies one sync message: the minimal datapath calls that take the datapath from
+    /// what is programmed to what the message asks. Returns what could not be programmed.
+    pub fn apply(&mut self, dp: &mut impl DatapathOps, msg: SyncMessage) -> Vec<ItemError> {
+        let delta = match msg.update {
+            Update::Snapshot(new) => desired::diff(&self.applied, &new),
+            Update::Delta(d) => d,
+        };
+        let errors = self.apply_delta(dp, &delta);
+        self.revision = msg.revision;
+        errors
+    }
+
+    fn apply_delta(&mut self, dp: &mut impl DatapathOps, d: &Delta) -> Vec<ItemError> {
+        let old = self.applied.clone();
+        let mut next = desired::apply(&old, d);
+        let mut errors = Vec::new();
+        let old_ep: BTreeMap<&str, &DesiredEndpoint> =
+            old.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
+        // Endpoints whose policy must be written again (an address of theirs was removed,
+        // which clears the endpoint's policy entries).
+        let mut policy_dirty: BTreeSet<String> = BTreeSet::new();
+        let mut failed_ep: BTreeSet<String> = BTreeSet::new();
+
+        // 1. ipcache upserts.
+        for e in &d.ipcache_upsert {
+            if let Err(e2) = apply_ipcache(dp, e) {
+                errors.push(err(format!("ipcache/{}", e.prefix), e2));
+                next.ipcache.retain(|x| x.prefix != e.prefix);
+            }
+        }
+        // 2. endpoint upserts.
+        for e in &d.endpoints_upsert {
+            let item = format!("endpoint/{}", e.id);
+            let Some(id) = self.endpoint_ids.get_or_alloc(&e.id) else {
+                errors.push(err(item, "endpoint ids exhausted"));
+                next.endpoints.retain(|x| x.id != e.id);
+                continue;
+            };
+            let new_ips = v4s(&e.ips);
+            let mut res = Ok(());
+            if let Some(o) = old_ep.get(e.id.as_str()) {
+                for ip in v4s(&o.ips).into_iter().filter(|ip| !new_ips.contains(ip)) {
+                    res = res.and(dp.remove_endpoint(id, ip));
+                    policy_dirty.insert(e.id.clone());
+                }
+            }
+            for ip in &new_ips {
+                res = res.and(dp.apply_endpoint(&dp::Endpoint {
+                    id,
+                    ip: *ip,
+                    identity: e.identity,
+                    ifindex: 0,
+                    enforce_ingress: e.enforce_ingress,
+                    enforce_egress: e.enforce_egress,
+                }));
+            }
+            if let Err(e2) = res {
+                errors.push(err(item, e2));
+                next.endpoints.retain(|x| x.id != e.id);
+                failed_ep.insert(e.id.clone());
+            }
+        }
+        // 3. policy upserts (and the policies of endpoints that lost an address).
+        let policy_ids: BTreeSet<&String> = d.policy_upsert.keys().chain(&policy_dirty).collect();
+        for ep in policy_ids {
+            let Some(rules) = next.policy.get(ep).cloned() else {
+                continue;
+            };
+            let item = format!("policy/{ep}");
+            let Some(id) = self.endpoint_ids.get_or_alloc(ep) else {
+                errors.push(err(item, "endpoint ids exhausted"));
+                next.policy.remove(ep);
+                continue;
+            };
+            let (entries, l7) = entries(&rules);
+            let res = dp.apply_policy(id, &entries);
+            if let Err(e2) = res {
+                errors.push(err(item, e2));
+                next.policy.remove(ep);
+            } else if l7 > 0 {
+                // Fail closed: without the L7 proxy such rules allow nothing.
+                errors.push(err(
+                    item,
+                    format!("{l7} L7 rule(s) not programmed: no L7 proxy on this node yet"),
+                ));
+            }
+        }
+        // 4. service upserts.
+        for s in &d.services_upsert {
+            let old_s = old.services.iter().find(|o| o.id == s.id);
+            if let Err(e2) = self.apply_service(dp, s, old_s) {
+                errors.push(e2);
+                next.services.retain(|x| x.id != s.id);
+            }
+        }
+        // 5. policy removals (before their endpoints: an unknown id is skipped).
+        for ep in &d.policy_remove {
+            let Some(id) = self.endpoint_ids.get(ep) else {
+                continue;
+            };
+            if let Err(e2) = dp.apply_policy(id, &[]) {
+                errors.push(err(format!("policy/{ep}"), e2));
+                if let Some(r) = old.policy.get(ep) {
+                    next.policy.insert(ep.clone(), r.clone());
+                }
+            }
+        }
+        // 6. endpoint removals.
+        let mut removed_ips = Vec::new();
+        for ep in &d.endpoints_remove {
+            let Some(o) = old_ep.get(ep.as_str()) else {
+                continue;
+            };
+            let Some(id) = self.endpoint_ids.get(ep) else {
+                continue;
+            };
+            let mut res = Ok(());
+            for ip in v4s(&o.ips) {
+                res = res.and(dp.remove_endpoint(id, ip));
+                removed_ips.push(ip);
+            }
+            match res {
+                Ok(()) => {
+                    if !next.policy.contains_key(ep) {
+                        self.endpoint_ids.release(ep);
+                    }
+                }
+                Err(e2) => {
+                    errors.push(err(format!("endpoint/{ep}"), e2));
+                    next.endpoints.push((*o).clone());
+                    next.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+                }
+            }
+        }
+        // An ipcache entry for a removed endpoint address that is still desired (the
+        // address moved to a remote endpoint) is written again.
+        for e in &next.ipcache {
+            if let IpNet::V4(n) = e.prefix {
+                if n.prefix_len() == 32 && removed_ips.contains(&n.addr()) {
+                    if let Err(e2) = apply_ipcache(dp, e) {
+                        errors.push(err(format!("ipcache/{}", e.prefix), e2));
+                    }
+                }
+            }
+        }
+        // 7. ipcache removals, except the /32 of a local endpoint (its endpoint owns it).
+        let local: BTreeSet<Ipv4Addr> = next.endpoints.iter().flat_map(|e| v4s(&e.ips)).collect();
+        for p in &d.ipcache_remove {
+            let IpNet::V4(n) = p else {
+                continue;
+            };
+            if n.prefix_len() == 32 && local.contains(&n.addr()) {
+                continue;
+            }
+            if let Err(e2) = dp.remove_ipcache(n.network(), n.prefix_len()) {
+                errors.push(err(format!("ipcache/{p}"), e2));
+                if let Some(o) = old.ipcache.iter().find(|o| o.prefix == *p) {
+                    next.ipcache.push(o.clone());
+                    next.ipcache.sort_by_key(|a| a.prefix);
+                }
+            }
+        }
+        // 8. service removals.
+        for s in &d.services_remove {
+            let Some(o) = old.services.iter().find(|o| &o.id == s) else {
+                continue;
+            };
+            let mut res = Ok(());
+            for f in &o.frontends {
+                let key = frontend_key(s, f);
+                if let Some(id) = self.service_ids.get(&key) {
+                    match dp.remove_service(id) {
+                        Ok(()) => {
+                            self.service_ids.release(&key);
+                            self.backend_ids.release_prefix(&format!("{key}|"));
+                        }
+                        Err(e2) => res = Err(e2),
+                    }
+                }
+            }
+            if let Err(e2) = res {
+                errors.push(err(format!("service/{s}"), e2));
+                next.services.push(o.clone());
+                next.services.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+        }
+        // Endpoints whose upsert failed keep no policy claim either: retried together.
+        for ep in &failed_ep {
+            if d.policy_upsert.contains_key(ep) {
+                next.policy.remove(ep);
+            }
+        }
+        self.applied = next;
+        errors
+    }
+
+    fn apply_service(
+        &mut self,
+        dp: &mut impl DatapathOps,
+        s: &DesiredService,
+        old: Option<&DesiredService>,
+    ) -> Result<(), ItemError> {
+        let item = || format!("service/{}", s.id);
+        let mut first_err: Option<String> = None;
+        for f in &s.frontends {
+            let IpAddr::V4(vip) = f.vip else {
+                first_err.get_or_insert_with(|| format!("IPv6 frontend {} not supported", f.vip));
+                continue;
+            };
+            let key = frontend_key(&s.id, f);
+            let Some(id) = self.service_ids.get_or_alloc(&key) else {
+                first_err.get_or_insert_with(|| "service ids exhausted".to_string());
+                continue;
+            };
+            let proto = proto_num(f.protocol);
+            let mut backends = Vec::new();
+            let mut keep = BTreeSet::new();
+            for b in &s.backends {
+                let IpAddr::V4(ip) = b.address else {
+                    first_err
+                        .get_or_insert_with(|| format!("IPv6 backend {} not supported", b.address));
+                    continue;
+                };
+                let bkey = format!("{key}|{ip}:{}", b.port);
+                let Some(bid) = self.backend_ids.get_or_alloc(&bkey) else {
+                    first_err.get_or_insert_with(|| "backend ids exhausted".to_string());
+                    continue;
+                };
+                keep.insert(bkey);
+                backends.push(dp::Backend {
+                    id: bid,
+                    ip,
+                    port: b.port,
+                    weight: b.weight,
+                    state: if b.active {
+                        dp::BackendState::Active
+                    } else {
+                        dp::BackendState::Terminating
+                    },
+                });
+            }
+            let svc = dp::Service {
+                id,
+                vip,
+                port: f.port,
+                proto,
+                algorithm: match s.algorithm {
+                    Algorithm::Random => dp::LbAlgorithm::Random,
+                    Algorithm::Maglev => dp::LbAlgorithm::Maglev { m: MAGLEV_M },
+                },
+                affinity: s
+                    .affinity_timeout
+                    .map(|t| Duration::from_secs(u64::from(t))),
+                backends,
+            };
+            match dp.apply_service(&svc) {
+                Ok(()) => {
+                    let prefix = format!("{key}|");
+                    self.backend_ids
+                        .by_key
+                        .retain(|k, _| !k.starts_with(&prefix) || keep.contains(k));
+                }
+                Err(e) => {
+                    first_err.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        // Frontends that are gone.
+        for f in old.map(|o| o.frontends.as_slice()).unwrap_or_default() {
+            if s.frontends.contains(f) {
+                continue;
+            }
+            let key = frontend_key(&s.id, f);
+            if let Some(id) = self.service_ids.get(&key) {
+                match dp.remove_service(id) {
+                    Ok(()) => {
+                        self.service_ids.release(&key);
+                        self.backend_ids.release_prefix(&format!("{key}|"));
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(m) => Err(err(item(), m)),
+        }
+    }
+}
+
+fn apply_ipcache(dp: &mut impl DatapathOps, e: &IpcacheEntry) -> Result<(), DatapathError> {
+    match e.prefix {
+        IpNet::V4(n) => dp.apply_ipcache(n.network(), n.prefix_len(), e.identity),
+        // The datapath is IPv4 only for now: IPv6 entries are not needed to enforce it.
+        IpNet::V6(_) => Ok(()),
+    }
+}
+
+/// The datapath entries of an endpoint's rules, and how many L7 rules were left out.
+fn entries(rules: &[PolicyRule]) -> (Vec<PolicyEntry>, usize) {
+    let mut out = Vec::with_capacity(rules.len());
+    let mut l7 = 0;
+    for (i, r) in rules.iter().enumerate() {
+        if r.l7 && r.action == Action::Allow {
+            l7 += 1;
+            continue;
+        }
+        out.push(PolicyEntry {
+            direction: match r.direction {
+                Direction::Ingress => dp::Direction::Ingress,
+                Direction::Egress => dp::Direction::Egress,
+            },
+            peer_identity: r.peer_identity,
+            proto: r.proto,
+            ports: r.ports,
+            action: match r.action {
+                Action::Allow => dp::Action::Allow,
+                Action::Deny => dp::Action::Deny,
+            },
+            rule_id: u32::try_from(i).unwrap_or(u32::MAX),
+        });
+    }
+    (out, l7)
+}
+
+#[cfg(test)]
+mod tests;

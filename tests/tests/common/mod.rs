@@ -1,0 +1,151 @@
+//! The minimal control-plane harness: a fresh database on the private Postgres that
+//! `cargo xtask test` starts, the REST app driven without a socket, the agent service on a
+//! loopback port. (Trimmed from control-api's own test harness.)
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use control_api::metrics::Metrics;
+use control_api::state::AppState;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use tower::ServiceExt;
+
+pub const OPERATOR: &str = "operator-token-for-e2e-tests-0123456789abcdef";
+
+pub struct ControlPlane {
+    pub app: Router,
+    pub state: AppState,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl ControlPlane {
+    /// A fresh database and the application on it.
+    pub async fn new() -> ControlPlane {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn,control_api=info,node_agent=info")
+            .with_test_writer()
+            .try_init();
+        let url = std::env::var("WEFT_TEST_DATABASE_URL").expect(
+            "WEFT_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`, \
+             which starts a private PostgreSQL",
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect to the test PostgreSQL");
+        let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let db_url = match url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("unexpected database URL shape"),
+        };
+        control_api::db::migrate(&db_url).await.expect("migrate");
+        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        let state = AppState {
+            changes: control_api::changes::spawn_listener(pool.clone()),
+            pool,
+            operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
+            metrics: Arc::new(Metrics::new()),
+            oidc: None,
+            auth_failures: Arc::new(control_api::ratelimit::FailureLimiter::default()),
+        };
+        ControlPlane {
+            app: control_api::app::app(state.clone()),
+            state,
+        }
+    }
+
+    /// Serves the agent service on a free loopback port; returns its URL.
+    pub async fn serve_agents(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let svc = control_api::agent::AgentService::new(self.state.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        format!("http://{addr}")
+    }
+
+    pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(body).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body }
+    }
+
+    /// Creates a tenant and returns an owner API token for it.
+    pub async fn tenant(&self, name: &str) -> String {
+        let r = self
+            .call("POST", "/v1/tenants", OPERATOR, Some(json!({"name": name})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = self
+            .call(
+                "POST",
+                &format!("/v1/tenants/{name}/api-tokens"),
+                OPERATOR,
+                Some(json!({"name": "e2e-owner", "role": "owner"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["token"].as_str().expect("token").to_string()
+    }
+}
+
+/// Whether this machine can run the datapath; with `WEFT_REQUIRE_BPF=1` (set by
+/// `cargo xtask test`) it must.
+pub fn bpf_available(test: &str) -> bool {
+    let required = std::env::var("WEFT_REQUIRE_BPF").is_ok_and(|v| v == "1");
+    let problem = if node_agent::datapath::EMBEDDED_OBJECT.is_empty() {
+        Some("node-agent was built without WEFT_BPF_OBJ (run `cargo xtask test`)")
+    } else if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else {
+        None
+    };
+    match problem {
+        None => true,
+        Some(p) if required => panic!("{test}: WEFT_REQUIRE_BPF=1 but {p}"),
+        Some(p) => {
+            eprintln!("SKIPPED {test}: {p}");
+            false
+        }
+    }
+}
