@@ -469,6 +469,14 @@ pub struct Programmed {
 /// Maglev table size for services using Maglev.
 const MAGLEV_M: u32 = weft_model::maglev::DEFAULT_M;
 
+/// The endpoint's IPv6 address, if it has one (the datapath keys policy on it too).
+fn first_v6(ips: &[IpAddr]) -> Option<std::net::Ipv6Addr> {
+    ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    })
+}
+
 fn v4s(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
     ips.iter()
         .filter_map(|ip| match ip {
@@ -574,6 +582,7 @@ impl Programmed {
                 res = res.and(dp.apply_endpoint(&dp::Endpoint {
                     id,
                     ip: *ip,
+                    ip6: first_v6(&e.ips),
                     identity: e.identity,
                     ifindex: 0,
                     enforce_ingress: e.enforce_ingress,
