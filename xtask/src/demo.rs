@@ -29,14 +29,6 @@ fn build() -> Result<PathBuf> {
     Ok(sh::target_dir().join("debug/control-api"))
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .context("reading /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Opens the demo's Postgres cluster (creating it the first time) and starts it.
 pub fn postgres(dir: &Path) -> Result<pg::Cluster> {
     let cluster = if dir.join("weft-cluster").is_file() {
@@ -72,9 +64,9 @@ pub fn demo(detach: bool) -> Result<()> {
     let agent_port = pg::free_port()?;
     let (agent_cert, agent_key) = dev_certificate(&dir.join("tls"))?;
     let api_url = format!("http://127.0.0.1:{api_port}");
-    let operator_token = random_hex(32)?;
-    let demo_password = random_hex(12)?;
-    let console_secret = random_hex(24)?;
+    let operator_token = pg::random_hex(32)?;
+    let demo_password = pg::random_hex(12)?;
+    let console_secret = pg::random_hex(24)?;
     let provider = oidc::Provider::start(
         &dir,
         &[oidc::User {

@@ -47,8 +47,9 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn random_password() -> Result<String> {
-    let mut buf = [0u8; 18];
+/// `bytes` random bytes from the kernel, hex-encoded: passwords and tokens for local use.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
         .context("reading /dev/urandom")?;
@@ -82,7 +83,7 @@ impl Cluster {
     /// Creates a new cluster in `dir` (which must not hold one yet).
     pub fn init(dir: &Path, port: u16) -> Result<Cluster> {
         let bin = ensure_binaries()?;
-        let password = random_password()?;
+        let password = random_hex(18)?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         let pwfile = dir.join("..").join(format!(".pw-{port}"));

@@ -9,7 +9,6 @@ mod sync;
 
 use std::net::SocketAddr;
 
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 use weft_proto::v1::agent_server::{Agent, AgentServer};
@@ -59,7 +58,7 @@ impl AgentService {
             .ok_or_else(|| {
                 Status::unauthenticated("missing node credential (authorization: Bearer ...)")
             })?;
-        let hash = Sha256::digest(credential.as_bytes()).to_vec();
+        let hash = crate::auth::hash_token(credential);
         let row: Option<(Uuid, Uuid, Uuid, String)> =
             sqlx::query_as("SELECT id, tenant_id, cluster_id, name FROM weft_find_node($1)")
                 .bind(&hash)

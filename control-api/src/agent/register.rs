@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
@@ -68,7 +67,7 @@ fn check(req: &RegisterRequest) -> Result<Checked> {
 
 pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterResponse> {
     let checked = check(&req)?;
-    let token_hash = Sha256::digest(req.join_token.as_bytes()).to_vec();
+    let token_hash = auth::hash_token(&req.join_token);
     let found: Option<(Uuid, Uuid, Uuid)> =
         sqlx::query_as("SELECT id, tenant_id, cluster_id FROM weft_find_join_token($1)")
             .bind(&token_hash)
