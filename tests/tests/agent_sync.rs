@@ -1,6 +1,7 @@
 //! Postgres + control-api + a node agent (library call) programming a real datapath: a
-//! policy created over REST is enforced on real TCP between two pods within seconds, and
-//! the node reports the revision it applied.
+//! policy created over REST is enforced on real TCP between two pods within seconds, the
+//! node reports the revision it applied, and a restarted agent resumes from it while the
+//! datapath keeps enforcing.
 
 mod common;
 
@@ -10,16 +11,20 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::{bpf_available, ControlPlane};
-use node_agent::agent::run::{run, RunArgs};
+use node_agent::agent::run::{run, RunArgs, RunError};
+use node_agent::agent::wire::Programmed;
 use node_agent::datapath::{Datapath, DatapathConfig};
 use node_agent::netns::{ensure_bpffs, PinDir, Topology};
 use node_agent::tools::{self, Server};
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tonic::Request;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{EndpointReport, ReportedEndpoint};
 
 const CONNECT: Duration = Duration::from_millis(500);
+const WITHIN: Duration = Duration::from_secs(5);
 
 /// TCP from pod `from` to `target`: the server's name, or the error.
 fn tcp(topo: &Topology, from: usize, target: SocketAddrV4) -> std::io::Result<String> {
@@ -30,21 +35,15 @@ fn tcp(topo: &Topology, from: usize, target: SocketAddrV4) -> std::io::Result<St
         .expect("client thread")?
 }
 
-/// Waits (up to `within`) until TCP from `from` to `target` is allowed (`true`) or denied.
-async fn until_tcp(
-    topo: &Topology,
-    from: usize,
-    target: SocketAddrV4,
-    allowed: bool,
-    within: Duration,
-) -> bool {
+/// Waits (up to [`WITHIN`]) until TCP from `from` to `target` is allowed (`true`) or denied.
+async fn until_tcp(topo: &Topology, from: usize, target: SocketAddrV4, allowed: bool) -> bool {
     let start = Instant::now();
     loop {
         // The client blocks its thread briefly: let the runtime move other tasks away.
         if tokio::task::block_in_place(|| tcp(topo, from, target)).is_ok() == allowed {
             return true;
         }
-        if start.elapsed() > within {
+        if start.elapsed() > WITHIN {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -60,201 +59,317 @@ impl Drop for TempDir {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_over_rest_is_enforced_on_real_traffic_and_acked() {
-    if !bpf_available("policy_over_rest_is_enforced_on_real_traffic_and_acked") {
-        return;
+/// A running agent task and the means to stop it.
+struct Agent {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), RunError>>,
+}
+
+impl Agent {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("agent task")
+            .expect("agent stops cleanly");
     }
-    let cp = ControlPlane::new().await;
-    let owner = cp.tenant("acme").await;
-    let r = cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            &owner,
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/join-tokens",
-            &owner,
-            Some(json!({"name": "e2e"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let token = r.body["token"].as_str().expect("token").to_string();
-    let url = cp.serve_agents().await;
+}
 
-    // Two pods (10.0.1.1 client, 10.0.1.2 server) on a node namespace; the datapath's
-    // programs attached to their host-side veths, pinned under this test's pin dir.
-    ensure_bpffs().expect("bpffs");
-    let topo = Topology::new(2).expect("topology");
-    let pins = PinDir::create("e2e").expect("pin dir");
-    {
-        let dp = Datapath::load(DatapathConfig {
-            pin_path: pins.path().to_path_buf(),
-            ..DatapathConfig::default()
-        })
-        .expect("load datapath");
-        let _in_node = topo.node.enter().expect("enter node namespace");
-        for pod in &topo.pods {
-            dp.attach_endpoint_interface(&pod.host_if).expect("attach");
-        }
-        // Dropped: the pinned links keep the programs attached for the agent.
-    }
-    let server = SocketAddrV4::new(topo.pods[1].ip, 8080);
-    let _srv = Server::tcp(&topo.pods[1].ns, 8080, "server").expect("server");
+/// The whole system for one test: a tenant with a cluster and a join token, the agent
+/// service on loopback, and a node namespace with two pods (10.0.1.1 app=client,
+/// 10.0.1.2 app=server with a TCP server on 8080) whose veths carry the datapath.
+/// Field order is drop order: server, pins, pods, state.
+struct Env {
+    cp: ControlPlane,
+    owner: String,
+    url: String,
+    token: String,
+    _srv: Server,
+    pins: PinDir,
+    topo: Topology,
+    state_dir: TempDir,
+    server: SocketAddrV4,
+}
 
-    // The agent: registers with the join token, then syncs.
-    let state_dir = TempDir(std::env::temp_dir().join(format!(
-        "weft-e2e-agent-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    )));
-    let args = RunArgs {
-        control_plane: url.clone(),
-        join_token: Some(token),
-        state_dir: state_dir.0.clone(),
-        node_name: Some("node-1".into()),
-        addresses: vec!["192.0.2.10".into()],
-        labels: Vec::new(),
-        interfaces: Vec::new(),
-        cgroup: None,
-        health_interval_secs: 1,
-        pin_path: pins.path().to_path_buf(),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(args, async {
-        let _ = stop_rx.await;
-    }));
-
-    // The node's endpoints (what `node-agent endpoint add` will report): the control
-    // plane allocates their identities.
-    let cred_path = state_dir.0.join("credential");
-    let start = Instant::now();
-    while !cred_path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "agent registered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let credential = std::fs::read_to_string(&cred_path).expect("credential");
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&cred_path).expect("meta").permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600, "credential is private");
-    let mut client = AgentClient::connect(url).await.expect("connect");
-    let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
-        name: name.into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.into()],
-    };
-    let mut req = Request::new(EndpointReport {
-        endpoints: vec![
-            ep("client", "client", "10.0.1.1"),
-            ep("server", "server", "10.0.1.2"),
-        ],
-    });
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", credential.trim())
-            .parse()
-            .expect("header"),
-    );
-    client
-        .report_endpoints(req)
-        .await
-        .expect("report endpoints");
-
-    // Default allow.
-    assert!(
-        until_tcp(&topo, 0, server, true, Duration::from_secs(5)).await,
-        "client -> server allowed before any policy"
-    );
-
-    // A policy that selects the server and admits only app=other: client denied.
-    let r = cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            &owner,
-            Some(json!({"name": "server-ingress", "spec": {
-                "endpointSelector": {"matchLabels": {"app": "server"}},
-                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "other"}}],
-                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert!(
-        until_tcp(&topo, 0, server, false, Duration::from_secs(5)).await,
-        "client -> server denied once the policy selects the server"
-    );
-    // A second policy admitting app=client: allow rules add up, resolved to the client's
-    // identity by the control plane and programmed by the agent.
-    let r = cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            &owner,
-            Some(json!({"name": "server-from-client", "spec": {
-                "endpointSelector": {"matchLabels": {"app": "server"}},
-                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
-                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert!(
-        until_tcp(&topo, 0, server, true, Duration::from_secs(5)).await,
-        "client -> server allowed by the second policy"
-    );
-    // Deleting the policies restores default allow.
-    for name in ["server-ingress", "server-from-client"] {
+impl Env {
+    async fn new() -> Env {
+        let cp = ControlPlane::new().await;
+        let owner = cp.tenant("acme").await;
         let r = cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters",
+                &owner,
+                Some(json!({"name": "prod"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters/prod/join-tokens",
+                &owner,
+                Some(json!({"name": "e2e"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let token = r.body["token"].as_str().expect("token").to_string();
+        let url = cp.serve_agents().await;
+
+        ensure_bpffs().expect("bpffs");
+        let topo = Topology::new(2).expect("topology");
+        let pins = PinDir::create("e2e").expect("pin dir");
+        {
+            let dp = Datapath::load(DatapathConfig {
+                pin_path: pins.path().to_path_buf(),
+                ..DatapathConfig::default()
+            })
+            .expect("load datapath");
+            let _in_node = topo.node.enter().expect("enter node namespace");
+            for pod in &topo.pods {
+                dp.attach_endpoint_interface(&pod.host_if).expect("attach");
+            }
+            // Dropped: the pinned links keep the programs attached for the agent.
+        }
+        let server = SocketAddrV4::new(topo.pods[1].ip, 8080);
+        let srv = Server::tcp(&topo.pods[1].ns, 8080, "server").expect("server");
+        let state_dir = TempDir(std::env::temp_dir().join(format!(
+            "weft-e2e-agent-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        )));
+        Env {
+            cp,
+            owner,
+            url,
+            token,
+            _srv: srv,
+            pins,
+            topo,
+            state_dir,
+            server,
+        }
+    }
+
+    /// Starts `node-agent run` (as a library call) on this node's state dir and pins.
+    fn start_agent(&self, join_token: Option<String>) -> Agent {
+        let args = RunArgs {
+            control_plane: self.url.clone(),
+            join_token,
+            state_dir: self.state_dir.0.clone(),
+            node_name: Some("node-1".into()),
+            addresses: vec!["192.0.2.10".into()],
+            labels: Vec::new(),
+            interfaces: Vec::new(),
+            cgroup: None,
+            health_interval_secs: 1,
+            pin_path: self.pins.path().to_path_buf(),
+        };
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(args, async {
+            let _ = rx.await;
+        }));
+        Agent { stop, task }
+    }
+
+    /// Waits for the agent's credential, checks it is private, and returns it.
+    async fn credential(&self) -> String {
+        let path = self.state_dir.0.join("credential");
+        let start = Instant::now();
+        while !path.exists() {
+            assert!(start.elapsed() < WITHIN, "agent registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "credential is private");
+        std::fs::read_to_string(&path)
+            .expect("credential")
+            .trim()
+            .to_string()
+    }
+
+    /// Reports the node's two endpoints (what `node-agent endpoint add` will do): the
+    /// control plane allocates their identities.
+    async fn report_endpoints(&self, credential: &str) {
+        let mut client = AgentClient::connect(self.url.clone())
+            .await
+            .expect("connect");
+        let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![ip.into()],
+        };
+        let mut req = Request::new(EndpointReport {
+            endpoints: vec![
+                ep("client", "client", "10.0.1.1"),
+                ep("server", "server", "10.0.1.2"),
+            ],
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().expect("header"),
+        );
+        client
+            .report_endpoints(req)
+            .await
+            .expect("report endpoints");
+    }
+
+    /// Creates a policy on the server's ingress TCP 8080 from endpoints labelled `app=from`.
+    async fn allow_server_from(&self, name: &str, from: &str) {
+        let r = self
+            .cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/policies",
+                &self.owner,
+                Some(json!({"name": name, "spec": {
+                    "endpointSelector": {"matchLabels": {"app": "server"}},
+                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": from}}],
+                                 "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+
+    async fn delete_policy(&self, name: &str) {
+        let r = self
+            .cp
             .call(
                 "DELETE",
                 &format!("/v1/tenants/acme/policies/{name}"),
-                &owner,
+                &self.owner,
                 None,
             )
             .await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     }
-    assert!(
-        until_tcp(&topo, 0, server, true, Duration::from_secs(5)).await,
-        "client -> server allowed again after the policy is deleted"
-    );
 
-    // The node shows the revision it applied.
-    let start = Instant::now();
-    loop {
-        let r = cp
+    async fn node_status(&self) -> Value {
+        let r = self
+            .cp
             .call(
                 "GET",
                 "/v1/tenants/acme/clusters/prod/nodes/node-1",
-                &owner,
+                &self.owner,
                 None,
             )
             .await;
-        let status = &r.body["status"];
-        if status["applied_revision"].as_u64().is_some_and(|v| v > 0) && status["connected"] == true
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "applied_revision on the node: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body["status"].clone()
     }
 
-    let _ = stop_tx.send(());
-    agent
-        .await
-        .expect("agent task")
-        .expect("agent stops cleanly");
+    /// Waits until the node shows it applied at least `revision` and is connected.
+    async fn until_applied(&self, revision: u64) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.node_status().await;
+            if status["applied_revision"]
+                .as_u64()
+                .is_some_and(|v| v >= revision)
+                && status["connected"] == true
+            {
+                return status;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "applied_revision >= {revision} on the node: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn applied_revision_on_disk(&self) -> u64 {
+        Programmed::load(&self.state_dir.0.join("state.json"))
+            .expect("state file")
+            .expect("state file present")
+            .revision
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_over_rest_is_enforced_on_real_traffic_and_acked() {
+    if !bpf_available("policy_over_rest_is_enforced_on_real_traffic_and_acked") {
+        return;
+    }
+    let env = Env::new().await;
+    let agent = env.start_agent(Some(env.token.clone()));
+    let credential = env.credential().await;
+    env.report_endpoints(&credential).await;
+    let (topo, server) = (&env.topo, env.server);
+
+    assert!(
+        until_tcp(topo, 0, server, true).await,
+        "client -> server allowed before any policy"
+    );
+    // A policy that selects the server and admits only app=other: the client is denied.
+    env.allow_server_from("server-ingress", "other").await;
+    assert!(
+        until_tcp(topo, 0, server, false).await,
+        "client -> server denied once a policy selects the server"
+    );
+    // A second policy admitting app=client: allow rules add up, resolved to the client's
+    // identity by the control plane and programmed by the agent.
+    env.allow_server_from("server-from-client", "client").await;
+    assert!(
+        until_tcp(topo, 0, server, true).await,
+        "client -> server allowed by the second policy"
+    );
+    // Deleting the policies restores default allow.
+    env.delete_policy("server-ingress").await;
+    env.delete_policy("server-from-client").await;
+    assert!(
+        until_tcp(topo, 0, server, true).await,
+        "client -> server allowed again after the policies are deleted"
+    );
+    // The node shows the revision it applied.
+    let status = env.until_applied(1).await;
+    assert!(status["agent_version"].is_string(), "{status}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_resumes_from_its_revision_and_enforcement_never_stops() {
+    if !bpf_available("a_restarted_agent_resumes_from_its_revision_and_enforcement_never_stops") {
+        return;
+    }
+    let env = Env::new().await;
+    let agent = env.start_agent(Some(env.token.clone()));
+    let credential = env.credential().await;
+    env.report_endpoints(&credential).await;
+    let (topo, server) = (&env.topo, env.server);
+    env.allow_server_from("server-ingress", "other").await;
+    assert!(
+        until_tcp(topo, 0, server, false).await,
+        "client -> server denied by the policy"
+    );
+    let applied = env.applied_revision_on_disk();
+    assert!(applied > 0);
+    env.until_applied(applied).await;
+
+    // The agent stops: the pinned datapath keeps enforcing the last applied state.
+    agent.stop().await;
+    assert!(
+        tokio::task::block_in_place(|| tcp(topo, 0, server)).is_err(),
+        "still denied while no agent runs"
+    );
+
+    // Restarted without a join token: the stored credential and revision are used (no
+    // second registration), and the next change reaches it.
+    let agent = env.start_agent(None);
+    env.until_applied(applied).await;
+    assert_eq!(env.credential().await, credential, "same credential");
+    assert!(
+        tokio::task::block_in_place(|| tcp(topo, 0, server)).is_err(),
+        "still denied after the restart"
+    );
+    env.delete_policy("server-ingress").await;
+    assert!(
+        until_tcp(topo, 0, server, true).await,
+        "the restarted agent applies the deletion"
+    );
+    assert!(env.applied_revision_on_disk() > applied);
+    agent.stop().await;
 }
