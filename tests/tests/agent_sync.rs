@@ -370,6 +370,9 @@ async fn a_restarted_agent_resumes_from_its_revision_and_enforcement_never_stops
         until_tcp(topo, 0, server, true).await,
         "the restarted agent applies the deletion"
     );
+    // The agent programs the datapath, then saves its state, then acks: traffic may flow
+    // before the file is written, so wait for the ack of the new revision.
+    env.until_applied(applied + 1).await;
     assert!(env.applied_revision_on_disk() > applied);
     agent.stop().await;
 }
