@@ -15,7 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
 use crate::state::AppState;
@@ -69,14 +69,12 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     let oidc = Oidc::from_config(&cfg.oidc)?.map(Arc::new);
     db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
-    Ok(AppState {
-        operator_token_hash,
-        metrics: Arc::new(Metrics::new()),
-        oidc,
-        auth_failures: Arc::new(FailureLimiter::default()),
-        changes: crate::changes::spawn_listener(pool.clone()),
+    Ok(AppState::new(
         pool,
-    })
+        operator_token_hash,
+        oidc,
+        FailureLimiter::default(),
+    ))
 }
 
 /// Serves REST and the agent service until SIGTERM or Ctrl-C, then lets requests in

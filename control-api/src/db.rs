@@ -60,6 +60,28 @@ pub async fn migrator() -> anyhow::Result<Migrator> {
         .context("loading embedded migrations")
 }
 
+/// Creates a new, empty database `name` on the server of `admin_url` and returns its URL
+/// (tests and tools: each test gets its own database).
+pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "database name {name:?} must be lowercase letters, digits and '_'"
+    );
+    let opts: PgConnectOptions = admin_url.parse().context("parsing the database URL")?;
+    let mut conn = PgConnection::connect_with(&opts)
+        .await
+        .context("connecting to Postgres")?;
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .with_context(|| format!("creating database {name}"))?;
+    conn.close().await.context("closing the admin connection")?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .context("the database URL has no database part")?;
+    Ok(format!("{base}/{name}"))
+}
+
 /// The role requests run as: it cannot bypass row-level security (migration 0002).
 pub const APP_ROLE: &str = "weft_app";
 

@@ -22,3 +22,23 @@ pub struct AppState {
     /// Committed desired-state changes, from this replica's LISTEN.
     pub changes: tokio::sync::broadcast::Sender<Change>,
 }
+
+impl AppState {
+    /// The state of one replica over a connected pool: fresh metrics and rate limits, and
+    /// this replica's change listener.
+    pub fn new(
+        pool: PgPool,
+        operator_token_hash: Option<Vec<u8>>,
+        oidc: Option<Arc<crate::oidc::Oidc>>,
+        auth_failures: FailureLimiter,
+    ) -> AppState {
+        AppState {
+            changes: crate::changes::spawn_listener(pool.clone()),
+            pool,
+            operator_token_hash,
+            metrics: Arc::new(Metrics::new()),
+            oidc,
+            auth_failures: Arc::new(auth_failures),
+        }
+    }
+}

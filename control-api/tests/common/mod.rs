@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use control_api::metrics::Metrics;
 use control_api::state::AppState;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -91,21 +90,10 @@ impl TestApp {
             "WEFT_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`, \
              which starts a private PostgreSQL",
         );
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect to the test PostgreSQL");
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
+        let db_url = control_api::db::create_database(&url, &name)
             .await
-            .expect("create test database");
-        admin.close().await;
-        let db_url = match url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("unexpected database URL shape"),
-        };
+            .expect("create the test database");
         control_api::db::migrate(&db_url).await.expect("migrate");
         // The app runs as the restricted role; the test's own pool is the schema owner,
         // so fixtures and checks see every tenant's rows.
@@ -115,14 +103,8 @@ impl TestApp {
             .connect(&db_url)
             .await
             .expect("owner pool");
-        let state = AppState {
-            changes: control_api::changes::spawn_listener(app_pool.clone()),
-            pool: app_pool,
-            operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
-            metrics: Arc::new(Metrics::new()),
-            oidc,
-            auth_failures: Arc::new(limiter),
-        };
+        let operator = Some(control_api::auth::hash_token(OPERATOR));
+        let state = AppState::new(app_pool, operator, oidc, limiter);
         TestApp {
             app: control_api::app::app(state.clone()),
             state,
@@ -136,14 +118,12 @@ impl TestApp {
         let pool = control_api::db::connect(&self.url, 8)
             .await
             .expect("connect");
-        AppState {
-            changes: control_api::changes::spawn_listener(pool.clone()),
+        AppState::new(
             pool,
-            operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
-            metrics: Arc::new(Metrics::new()),
-            oidc: self.state.oidc.clone(),
-            auth_failures: Arc::new(control_api::ratelimit::FailureLimiter::default()),
-        }
+            Some(control_api::auth::hash_token(OPERATOR)),
+            self.state.oidc.clone(),
+            control_api::ratelimit::FailureLimiter::default(),
+        )
     }
 
     /// Sends a request; `body` is sent as JSON when given.

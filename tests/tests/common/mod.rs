@@ -4,16 +4,13 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use control_api::metrics::Metrics;
 use control_api::state::AppState;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
 
 pub const OPERATOR: &str = "operator-token-for-e2e-tests-0123456789abcdef";
@@ -39,31 +36,18 @@ impl ControlPlane {
             "WEFT_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`, \
              which starts a private PostgreSQL",
         );
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect to the test PostgreSQL");
         let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
+        let db_url = control_api::db::create_database(&url, &name)
             .await
-            .expect("create test database");
-        admin.close().await;
-        let db_url = match url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("unexpected database URL shape"),
-        };
+            .expect("create the test database");
         control_api::db::migrate(&db_url).await.expect("migrate");
         let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
-        let state = AppState {
-            changes: control_api::changes::spawn_listener(pool.clone()),
+        let state = AppState::new(
             pool,
-            operator_token_hash: Some(control_api::auth::hash_token(OPERATOR)),
-            metrics: Arc::new(Metrics::new()),
-            oidc: None,
-            auth_failures: Arc::new(control_api::ratelimit::FailureLimiter::default()),
-        };
+            Some(control_api::auth::hash_token(OPERATOR)),
+            None,
+            control_api::ratelimit::FailureLimiter::default(),
+        );
         ControlPlane {
             app: control_api::app::app(state.clone()),
             state,
