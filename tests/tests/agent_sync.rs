@@ -83,6 +83,9 @@ struct Env {
     cp: ControlPlane,
     owner: String,
     url: String,
+    /// The agent service's certificate (agents reach it over TLS, as in production).
+    ca: std::path::PathBuf,
+    _tls_dir: TempDir,
     token: String,
     _srv: Server,
     pins: PinDir,
@@ -114,7 +117,13 @@ impl Env {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         let token = r.body["token"].as_str().expect("token").to_string();
-        let url = cp.serve_agents().await;
+        let tls_dir = TempDir(std::env::temp_dir().join(format!(
+            "weft-e2e-tls-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        )));
+        std::fs::create_dir_all(&tls_dir.0).expect("TLS dir");
+        let (url, ca) = cp.serve_agents(&tls_dir.0).await;
 
         ensure_bpffs().expect("bpffs");
         let topo = Topology::new(2).expect("topology");
@@ -142,6 +151,8 @@ impl Env {
             cp,
             owner,
             url,
+            ca,
+            _tls_dir: tls_dir,
             token,
             _srv: srv,
             pins,
@@ -162,6 +173,7 @@ impl Env {
             labels: Vec::new(),
             interfaces: Vec::new(),
             cgroup: None,
+            ca_cert: Some(self.ca.clone()),
             health_interval_secs: 1,
             pin_path: self.pins.path().to_path_buf(),
         };
@@ -190,12 +202,25 @@ impl Env {
             .to_string()
     }
 
+    /// A client of the agent service over TLS, trusting its certificate (as agents do).
+    async fn agent_client(&self) -> AgentClient<tonic::transport::Channel> {
+        let pem = std::fs::read(&self.ca).expect("certificate");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .tls_config(tls)
+            .expect("TLS config")
+            .connect()
+            .await
+            .expect("connect over TLS");
+        AgentClient::new(channel)
+    }
+
     /// Reports the node's two endpoints (what `node-agent endpoint add` will do): the
     /// control plane allocates their identities.
     async fn report_endpoints(&self, credential: &str) {
-        let mut client = AgentClient::connect(self.url.clone())
-            .await
-            .expect("connect");
+        let mut client = self.agent_client().await;
         let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
             name: name.into(),
             labels: [("app".to_string(), app.to_string())].into(),

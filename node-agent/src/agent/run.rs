@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// cgroup v2 directory for socket load balancing (never the root cgroup).
     #[arg(long, env = "WEFT_CGROUP")]
     pub cgroup: Option<PathBuf>,
+    /// PEM certificate of the control plane's agent service (or its CA), trusted for an
+    /// `https://` control-plane URL.
+    #[arg(long, env = "WEFT_AGENT_CA")]
+    pub ca_cert: Option<PathBuf>,
     /// Seconds between health reports.
     #[arg(long, default_value_t = 10)]
     pub health_interval_secs: u64,
@@ -80,6 +84,8 @@ pub enum RunError {
         what: String,
         source: std::io::Error,
     },
+    #[error("TLS to the control plane: {0}")]
+    Tls(String),
     #[error("invalid control-plane URL {url:?}: {source}")]
     Url {
         url: String,
@@ -256,6 +262,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10));
+    let endpoint = with_tls(endpoint, &args.control_plane, args.ca_cert.as_deref())?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let auth = loop {
         let res = tokio::select! {
@@ -390,8 +397,48 @@ impl Session<'_> {
     }
 }
 
+/// An `https://` control plane is reached over TLS, trusting `--ca-cert`; plain `http://`
+/// is for loopback and tests.
+fn with_tls(endpoint: Endpoint, url: &str, ca_cert: Option<&Path>) -> Result<Endpoint, RunError> {
+    let https = url.starts_with("https://");
+    match (ca_cert, https) {
+        (None, false) => Ok(endpoint),
+        (None, true) => Err(RunError::Tls(
+            "an https:// control plane needs --ca-cert (the agent service's certificate or CA)"
+                .into(),
+        )),
+        (Some(_), false) => Err(RunError::Tls(
+            "--ca-cert given but the control-plane URL is not https://".into(),
+        )),
+        (Some(path), true) => {
+            let pem = std::fs::read(path).map_err(|e| RunError::Io {
+                what: format!("reading {}", path.display()),
+                source: e,
+            })?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| RunError::Tls(e.to_string()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tls_needs_https_and_a_ca_together() {
+        let ep = |u: &str| Endpoint::from_shared(u.to_string()).expect("url");
+        assert!(with_tls(ep("http://127.0.0.1:1"), "http://127.0.0.1:1", None).is_ok());
+        let no_ca = with_tls(ep("https://127.0.0.1:1"), "https://127.0.0.1:1", None);
+        assert!(matches!(no_ca, Err(RunError::Tls(_))));
+        let ca = std::path::Path::new("/nonexistent/ca.pem");
+        let plain_with_ca = with_tls(ep("http://127.0.0.1:1"), "http://127.0.0.1:1", Some(ca));
+        assert!(matches!(plain_with_ca, Err(RunError::Tls(_))));
+        let missing = with_tls(ep("https://127.0.0.1:1"), "https://127.0.0.1:1", Some(ca));
+        assert!(matches!(missing, Err(RunError::Io { .. })));
+    }
     use super::*;
 
     #[test]

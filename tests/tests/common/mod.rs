@@ -55,19 +55,51 @@ impl ControlPlane {
     }
 
     /// Serves the agent service on a free loopback port; returns its URL.
-    pub async fn serve_agents(&self) -> String {
+    /// Serves the agent service over TLS on a free loopback port, with a certificate made
+    /// for 127.0.0.1 in `dir`; returns its URL and the certificate agents must trust.
+    pub async fn serve_agents(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=weft-e2e"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(
+            made.success(),
+            "openssl made the agent service's certificate"
+        );
+        let tls = control_api::agent::Tls::load(&cert, &key).expect("certificate");
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let svc = control_api::agent::AgentService::new(self.state.clone());
+        let server = tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .expect("TLS config");
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            let mut server = server;
+            server
                 .add_service(svc)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
         });
-        format!("http://{addr}")
+        (format!("https://{addr}"), cert)
     }
 
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
