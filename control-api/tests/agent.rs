@@ -64,6 +64,15 @@ fn register(token: &str, name: &str, replace: bool) -> RegisterRequest {
     }
 }
 
+/// An endpoint as an agent reports it: one `app` label, one address.
+fn endpoint(name: &str, app: &str, ip: &str) -> ReportedEndpoint {
+    ReportedEndpoint {
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![ip.into()],
+    }
+}
+
 fn authed<T>(msg: T, credential: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(
@@ -201,16 +210,14 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .unwrap()
         .into_inner();
 
-    let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
-        name: name.into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.into()],
-    };
     let rev0 = t.revision().await;
     client
         .report_endpoints(authed(
             EndpointReport {
-                endpoints: vec![ep("web-1", "web", "10.0.1.5"), ep("db-1", "db", "10.0.1.6")],
+                endpoints: vec![
+                    endpoint("web-1", "web", "10.0.1.5"),
+                    endpoint("db-1", "db", "10.0.1.6"),
+                ],
             },
             &n1.node_credential,
         ))
@@ -219,7 +226,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
     client
         .report_endpoints(authed(
             EndpointReport {
-                endpoints: vec![ep("web-9", "web", "10.0.2.5")],
+                endpoints: vec![endpoint("web-9", "web", "10.0.2.5")],
             },
             &n2.node_credential,
         ))
@@ -250,7 +257,10 @@ async fn reports_show_up_in_node_status_and_inventory() {
     client
         .report_endpoints(authed(
             EndpointReport {
-                endpoints: vec![ep("web-1", "web", "10.0.1.5"), ep("db-1", "db", "10.0.1.6")],
+                endpoints: vec![
+                    endpoint("web-1", "web", "10.0.1.5"),
+                    endpoint("db-1", "db", "10.0.1.6"),
+                ],
             },
             &n1.node_credential,
         ))
@@ -260,7 +270,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
     client
         .report_endpoints(authed(
             EndpointReport {
-                endpoints: vec![ep("web-1", "web", "10.0.1.5")],
+                endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
             },
             &n1.node_credential,
         ))
@@ -363,14 +373,9 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     let mut r2 = register(&tok, "node-2", false);
     r2.addresses = vec!["192.0.2.11".into()];
     let n2 = a.register(r2).await.unwrap().into_inner();
-    let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
-        name: name.into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.into()],
-    };
     a.report_endpoints(authed(
         EndpointReport {
-            endpoints: vec![ep("web-1", "web", "10.0.1.5")],
+            endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
         },
         &n1.node_credential,
     ))
@@ -378,7 +383,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     .unwrap();
     a.report_endpoints(authed(
         EndpointReport {
-            endpoints: vec![ep("fe-1", "frontend", "10.0.2.5")],
+            endpoints: vec![endpoint("fe-1", "frontend", "10.0.2.5")],
         },
         &n2.node_credential,
     ))
@@ -604,15 +609,13 @@ async fn unused_identities_are_collected_after_the_grace_period() {
         .await
         .unwrap()
         .into_inner();
-    let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
-        name: name.into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.into()],
-    };
     client
         .report_endpoints(authed(
             EndpointReport {
-                endpoints: vec![ep("web-1", "web", "10.0.1.5"), ep("db-1", "db", "10.0.1.6")],
+                endpoints: vec![
+                    endpoint("web-1", "web", "10.0.1.5"),
+                    endpoint("db-1", "db", "10.0.1.6"),
+                ],
             },
             &n.node_credential,
         ))
@@ -622,7 +625,7 @@ async fn unused_identities_are_collected_after_the_grace_period() {
     client
         .report_endpoints(authed(
             EndpointReport {
-                endpoints: vec![ep("web-1", "web", "10.0.1.5")],
+                endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
             },
             &n.node_credential,
         ))
