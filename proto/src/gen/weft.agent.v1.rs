@@ -295,6 +295,21 @@ pub struct Flow {
     pub bytes: u64,
     #[prost(uint64, tag = "14")]
     pub packets: u64,
+    /// Desired-state endpoint ids (`Endpoint.id`) when the agent knows them (its own
+    /// endpoints); the control plane resolves the rest from addresses within the tenant.
+    #[prost(string, tag = "15")]
+    pub src_endpoint: ::prost::alloc::string::String,
+    #[prost(string, tag = "16")]
+    pub dst_endpoint: ::prost::alloc::string::String,
+    /// Desired-state service id (`Service.id`) for translated flows.
+    #[prost(string, tag = "17")]
+    pub service: ::prost::alloc::string::String,
+    /// Where the event was seen: "endpoint-ingress", "endpoint-egress", "socket-lb", "uplink".
+    #[prost(string, tag = "18")]
+    pub observation_point: ::prost::alloc::string::String,
+    /// Datapath events this record stands for (aggregation); at least 1.
+    #[prost(uint32, tag = "19")]
+    pub count: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
