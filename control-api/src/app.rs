@@ -12,6 +12,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::api::install::InstallConfig;
 use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
@@ -69,12 +70,26 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     let oidc = Oidc::from_config(&cfg.oidc)?.map(Arc::new);
     db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
-    Ok(AppState::new(
-        pool,
-        operator_token_hash,
-        oidc,
-        FailureLimiter::default(),
-    ))
+    let agent_ca_pem = match &cfg.agent_tls_cert {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let agent_binary = cfg.agent_binary.clone().or_else(|| {
+        let beside = std::env::current_exe().ok()?.with_file_name("node-agent");
+        beside.is_file().then_some(beside)
+    });
+    let install = InstallConfig::new(
+        agent_binary,
+        cfg.public_url.clone(),
+        cfg.public_agent_url.clone(),
+        cfg.agent_listen.port(),
+        cfg.agent_tls_cert.is_some(),
+        agent_ca_pem,
+    );
+    Ok(
+        AppState::new(pool, operator_token_hash, oidc, FailureLimiter::default())
+            .with_install(install),
+    )
 }
 
 /// Serves REST and the agent service until SIGTERM or Ctrl-C, then lets requests in

@@ -97,6 +97,18 @@ pub struct ServeConfig {
         global = true
     )]
     pub db_max_connections: u32,
+    /// The node-agent binary served at `/downloads/node-agent/linux-amd64` for
+    /// `/install.sh`. Default: `node-agent` beside this executable, if there is one.
+    #[arg(long, env = "WEFT_AGENT_BINARY", global = true)]
+    pub agent_binary: Option<std::path::PathBuf>,
+    /// This API's URL as nodes reach it (baked into `/install.sh`). Default: from the
+    /// request's `Host` header.
+    #[arg(long, env = "WEFT_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// The agent service's URL as nodes reach it. Default: the public host with the port
+    /// of `--agent-listen`, https when the agent service has a certificate.
+    #[arg(long, env = "WEFT_PUBLIC_AGENT_URL", global = true)]
+    pub public_agent_url: Option<String>,
     #[command(flatten)]
     pub oidc: OidcConfig,
 }

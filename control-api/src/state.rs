@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::api::install::InstallConfig;
 use crate::changes::Change;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub auth_failures: Arc<FailureLimiter>,
     /// Committed desired-state changes, from this replica's LISTEN.
     pub changes: tokio::sync::broadcast::Sender<Change>,
+    /// What `/install.sh` and `/downloads` serve.
+    pub install: Arc<InstallConfig>,
 }
 
 impl AppState {
@@ -39,6 +42,13 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             oidc,
             auth_failures: Arc::new(auth_failures),
+            install: Arc::default(),
         }
+    }
+
+    /// The same state serving this installer configuration.
+    pub fn with_install(mut self, install: Arc<InstallConfig>) -> AppState {
+        self.install = install;
+        self
     }
 }

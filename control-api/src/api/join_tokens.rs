@@ -59,6 +59,14 @@ pub struct CreatedJoinToken {
     pub meta: JoinToken,
     /// The secret for `node-agent run --join-token`. Shown only now.
     pub token: String,
+    /// The one-line command that installs an agent on a machine and registers it with
+    /// this token; absent when this API's URL is unknown (no `--public-url` and no
+    /// `Host` header).
+    #[schema(
+        example = "curl -fsSL https://api.weft.example/install.sh | sudo sh -s -- --join-token weft_join_…"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub install_command: Option<String>,
 }
 
 const COLUMNS: &str = "id, cluster_id, name, max_uses, uses, expires_at, revoked_at, created_at";
@@ -111,6 +119,7 @@ async fn create_join_token(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Admin>,
     Path((_tenant, cluster)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     Json(input): Json<JoinTokenInput>,
 ) -> Result<Response> {
     let mut errs = Vec::new();
@@ -167,6 +176,7 @@ async fn create_join_token(
         StatusCode::CREATED,
         axum::Json(CreatedJoinToken {
             meta,
+            install_command: st.install.command(&headers, &secret).ok(),
             token: secret,
         }),
     )

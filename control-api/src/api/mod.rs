@@ -5,6 +5,7 @@ pub mod audit_log;
 pub mod clusters;
 pub mod common;
 pub mod health;
+pub mod install;
 pub mod inventory;
 pub mod join_tokens;
 pub mod me;
@@ -44,6 +45,7 @@ use crate::state::AppState;
         (name = "policies", description = "Network policies (CiliumNetworkPolicy-compatible)"),
         (name = "inventory", description = "Read-only: nodes, endpoints, identities"),
         (name = "audit", description = "Who changed what, when"),
+        (name = "install", description = "Installing node agents: the install script and agent downloads"),
     )
 )]
 struct ApiDoc;
@@ -117,7 +119,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(policies::router())
         .merge(inventory::router())
         .merge(audit_log::router())
-        .merge(join_tokens::router());
+        .merge(join_tokens::router())
+        .merge(install::router());
     sessions_accepted_wherever_bearer_is(router.get_openapi_mut());
     router
 }
