@@ -202,7 +202,8 @@ agent_log() {
     if [ "$SYSTEMD" = 1 ]; then
         journalctl -u weft-agent.service -n 20 --no-pager >&2 || true
     else
-        tail -n 20 "$LOG" >&2 || true
+        # The agent's own words, without a backtrace if RUST_BACKTRACE asked for one.
+        grep -v -e '^ *[0-9][0-9]*: ' -e '^ *at ' "$LOG" | tail -n 20 >&2 || true
     fi
 }
 
