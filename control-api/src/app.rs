@@ -47,7 +47,12 @@ pub fn app(state: AppState) -> Router {
                     .get(REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id);
+                // A caller's W3C trace context makes this request part of its trace.
+                if let Some(tp) = req.headers().get(weft_telemetry::TRACEPARENT).and_then(|v| v.to_str().ok()) {
+                    weft_telemetry::TraceParent::adopt_str(tp, &span);
+                }
+                span
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

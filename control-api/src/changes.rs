@@ -7,6 +7,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
+use weft_telemetry::TraceParent;
 
 use crate::db::CHANGES_CHANNEL;
 
@@ -16,16 +17,22 @@ use crate::db::CHANGES_CHANNEL;
 pub struct Change {
     pub revision: i64,
     pub tenant: Option<Uuid>,
+    /// Trace context of the request that made the change, when it was traced: the pushes
+    /// it causes on every replica join that trace.
+    pub trace: Option<TraceParent>,
 }
 
-/// Parses a NOTIFY payload `revision:tenant:kind:id:op` (see `db::record_change`).
+/// Parses a NOTIFY payload `revision:tenant:kind:id:op[:traceparent]` (see
+/// `db::record_change`).
 pub fn parse(payload: &str) -> Option<Change> {
     let mut parts = payload.split(':');
     let revision = parts.next()?.parse().ok()?;
     let tenant = parts.next()?.parse().ok()?;
+    let trace = parts.nth(3).and_then(|t| t.parse().ok());
     Some(Change {
         revision,
         tenant: Some(tenant),
+        trace,
     })
 }
 
@@ -46,6 +53,7 @@ pub fn spawn_listener(pool: PgPool) -> broadcast::Sender<Change> {
                     let _ = tx.send(Change {
                         revision: 0,
                         tenant: None,
+                        trace: None,
                     });
                 }
             }
@@ -83,6 +91,10 @@ mod tests {
         let c = super::parse(&format!("42:{t}:policy:{t}:update")).expect("parses");
         assert_eq!(c.revision, 42);
         assert_eq!(c.tenant, Some(t));
+        assert_eq!(c.trace, None);
         assert_eq!(super::parse("x:y"), None);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let c = super::parse(&format!("42:{t}:policy:{t}:update:{tp}")).expect("parses");
+        assert_eq!(c.trace.map(|t| t.to_string()).as_deref(), Some(tp));
     }
 }

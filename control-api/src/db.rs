@@ -167,6 +167,7 @@ pub async fn next_revision(tx: &mut PgConnection) -> sqlx::Result<i64> {
 }
 
 /// Logs a change at `revision` and queues its NOTIFY (delivered on commit only).
+#[tracing::instrument(name = "db.record_change", skip(tx))]
 pub async fn record_change(
     tx: &mut PgConnection,
     revision: i64,
@@ -188,10 +189,16 @@ pub async fn record_change(
     .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANGES_CHANNEL)
-        .bind(format!(
-            "{revision}:{tenant_id}:{kind}:{resource_id}:{}",
-            op.as_str()
-        ))
+        .bind(match weft_telemetry::TraceParent::current() {
+            Some(tp) => format!(
+                "{revision}:{tenant_id}:{kind}:{resource_id}:{}:{tp}",
+                op.as_str()
+            ),
+            None => format!(
+                "{revision}:{tenant_id}:{kind}:{resource_id}:{}",
+                op.as_str()
+            ),
+        })
         .execute(&mut *tx)
         .await?;
     Ok(())

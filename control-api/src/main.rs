@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            control_api::telemetry::init(cli.serve.log_format);
+            let _traces = control_api::telemetry::init(cli.serve.log_format);
             control_api::app::serve(cli.serve).await
         }
     }

@@ -754,3 +754,164 @@ async fn the_agent_service_speaks_tls() {
     }
     assert_eq!(t.count("nodes").await, 1);
 }
+
+/// An OTLP/gRPC trace receiver: what a collector would get.
+#[derive(Default, Clone)]
+struct Receiver(std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Receiver
+{
+    async fn export(
+        &self,
+        req: Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut got = self.0.lock().expect("lock");
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    got.push((
+                        s.name,
+                        hex::encode(s.trace_id),
+                        hex::encode(s.parent_span_id),
+                    ));
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// One trace from the REST request to the agent's ack: the request's `traceparent` is
+/// joined by the HTTP span, the change's NOTIFY carries it to the replica that pushes the
+/// delta, the delta carries it to the agent, and the agent's ack comes back in it. The
+/// spans reach a real OTLP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let svc = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(receiver.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    // SAFETY: set before any other thread of this test process reads the environment.
+    unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")) };
+    let provider = weft_telemetry::provider("control-api").expect("provider");
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(weft_telemetry::layer(&provider, "control-api"));
+        tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    }
+
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters",
+        Some(&owner),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    let mut a = agent(&t).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "n"})).await;
+    let n1 = a
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    a.report_endpoints(authed(
+        EndpointReport {
+            endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .unwrap();
+    // The agent syncs through another replica.
+    let mut b = agent_on(t.replica().await).await;
+    let mut stream = b
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    next(&mut stream).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/policies")
+        .header("authorization", format!("Bearer {owner}"))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body(axum::body::Body::from(
+            json!({"name": "web-default-deny", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})
+            .to_string(),
+        ))
+        .expect("request");
+    assert_eq!(t.send(req).await.status, StatusCode::CREATED);
+    let msg = next(&mut stream).await;
+    assert!(
+        msg.traceparent.starts_with(&format!("00-{trace_id}-")),
+        "the delta carries the request's trace: {:?}",
+        msg.traceparent
+    );
+    let mut ack = authed(
+        AckRequest {
+            revision: msg.revision,
+            errors: vec![],
+        },
+        &n1.node_credential,
+    );
+    ack.metadata_mut()
+        .insert("traceparent", msg.traceparent.parse().expect("metadata"));
+    b.ack(ack).await.expect("ack");
+
+    let _ = provider.force_flush();
+    let spans = receiver.0.lock().expect("lock").clone();
+    let in_trace: Vec<&str> = spans
+        .iter()
+        .filter(|(_, tid, _)| tid == trace_id)
+        .map(|(name, _, _)| name.as_str())
+        .collect();
+    for want in [
+        "http",
+        "db.record_change",
+        "desired_state.push",
+        "desired_state.compute",
+        "agent.ack",
+    ] {
+        assert!(
+            in_trace.contains(&want),
+            "{want} not in the trace: {in_trace:?} (all: {spans:?})"
+        );
+    }
+    let (_, _, push_parent) = spans
+        .iter()
+        .find(|(n, tid, _)| n == "desired_state.push" && tid == trace_id)
+        .expect("push span");
+    assert!(
+        !push_parent.is_empty(),
+        "the push has a parent in the request's trace"
+    );
+}

@@ -36,6 +36,7 @@ type EndpointRow = (
 type PolicyRow = (Uuid, String, Json<Vec<PolicySpec>>, Option<Vec<Uuid>>);
 
 /// Reads the tenant's view inside the caller's transaction.
+#[tracing::instrument(name = "db.load_view", skip_all, fields(%tenant))]
 pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantView> {
     let nodes: Vec<NodeRow> = sqlx::query_as(
         "SELECT id, cluster_id, name, array(SELECT host(a) FROM unnest(addresses) a), labels \
@@ -112,6 +113,7 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
 
 /// The node's desired state and the revision it reflects, from one snapshot: every
 /// change up to that revision is in it, none after.
+#[tracing::instrument(name = "desired_state.compute", skip_all, fields(node = %node.name))]
 pub async fn compute(st: &AppState, node: &NodeCtx) -> Result<(i64, NodeDesiredState)> {
     let mut tx = st.pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -222,6 +224,7 @@ pub fn snapshot(revision: i64, s: &NodeDesiredState) -> pb::SyncResponse {
             policies: s.policy.iter().map(|(id, r)| policy(id, r)).collect(),
             services: s.services.iter().map(service).collect(),
         })),
+        traceparent: String::new(),
     }
 }
 
@@ -242,5 +245,6 @@ pub fn delta(revision: i64, d: &Delta) -> pb::SyncResponse {
             upsert_services: d.services_upsert.iter().map(service).collect(),
             remove_services: d.services_remove.clone(),
         })),
+        traceparent: String::new(),
     }
 }

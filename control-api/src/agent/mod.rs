@@ -10,6 +10,7 @@ mod sync;
 use std::net::SocketAddr;
 
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use uuid::Uuid;
 use weft_proto::v1::agent_server::{Agent, AgentServer};
 use weft_proto::v1::{
@@ -128,7 +129,17 @@ impl Agent for AgentService {
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let node = self.node(&req).await?;
+        let span =
+            tracing::info_span!("agent.ack", node = %node.name, revision = req.get_ref().revision);
+        if let Some(tp) = req
+            .metadata()
+            .get(weft_telemetry::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            weft_telemetry::TraceParent::adopt_str(tp, &span);
+        }
         reports::ack(&self.st, &node, req.into_inner())
+            .instrument(span)
             .await
             .map(|()| Response::new(AckResponse {}))
             .map_err(status)

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
+use tracing::Instrument;
 use weft_model::desired::{self, NodeDesiredState};
 use weft_proto::v1::SyncResponse;
+use weft_telemetry::TraceParent;
 
 use super::{desired as state, status, NodeCtx};
 use crate::changes::Change;
@@ -52,6 +54,7 @@ async fn produce(
     }
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut trace;
     loop {
         tokio::select! {
             () = tx.closed() => return Ok(()),
@@ -61,19 +64,37 @@ async fn produce(
             }
             msg = changes.recv() => match msg {
                 Ok(Change { tenant: Some(t), .. }) if t != node.tenant_id => continue,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(change) => trace = change.trace,
+                Err(broadcast::error::RecvError::Lagged(_)) => trace = None,
                 Err(broadcast::error::RecvError::Closed) => {
                     return Err(Status::unavailable("control plane shutting down"));
                 }
             },
         }
-        let (revision, next) = state::compute(st, node).await.map_err(status)?;
-        if let Some(msg) = changed(revision, &last, &next) {
-            if tx.send(Ok(msg)).await.is_err() {
-                return Ok(());
-            }
+        // The push joins the trace of the change that caused it (the REST request's).
+        let span = tracing::info_span!("desired_state.push", node = %node.name, revision = tracing::field::Empty);
+        if let Some(tp) = trace {
+            tp.adopt(&span);
         }
-        last = next;
+        let pushed = async {
+            let (revision, next) = state::compute(st, node).await.map_err(status)?;
+            tracing::Span::current().record("revision", revision);
+            if let Some(mut msg) = changed(revision, &last, &next) {
+                if let Some(tp) = TraceParent::current() {
+                    msg.traceparent = tp.to_string();
+                }
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            last = next;
+            Ok::<_, Status>(true)
+        }
+        .instrument(span)
+        .await?;
+        if !pushed {
+            return Ok(());
+        }
     }
 }
 

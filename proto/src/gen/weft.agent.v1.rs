@@ -54,6 +54,10 @@ pub struct SyncRequest {
 pub struct SyncResponse {
     #[prost(uint64, tag = "1")]
     pub revision: u64,
+    /// W3C trace context of the push (when traced): the agent's apply joins the trace of the
+    /// change that caused it. Metadata cannot carry it: it is per stream, not per message.
+    #[prost(string, tag = "4")]
+    pub traceparent: ::prost::alloc::string::String,
     #[prost(oneof = "sync_response::Kind", tags = "2, 3")]
     pub kind: ::core::option::Option<sync_response::Kind>,
 }

@@ -129,6 +129,7 @@ fn snapshot_msg(revision: u64, s: pb::Snapshot) -> SyncMessage {
     SyncMessage::try_from(pb::SyncResponse {
         revision,
         kind: Some(pb::sync_response::Kind::Snapshot(s)),
+        ..Default::default()
     })
     .expect("valid snapshot")
 }
@@ -137,6 +138,7 @@ fn delta_msg(revision: u64, d: pb::Delta) -> SyncMessage {
     SyncMessage::try_from(pb::SyncResponse {
         revision,
         kind: Some(pb::sync_response::Kind::Delta(d)),
+        ..Default::default()
     })
     .expect("valid delta")
 }
@@ -332,6 +334,7 @@ fn invalid_messages_are_refused_whole() {
         SyncMessage::try_from(pb::SyncResponse {
             revision: 3,
             kind: Some(pb::sync_response::Kind::Snapshot(s)),
+            ..Default::default()
         })
     };
     let mut s = base_snapshot();
@@ -358,7 +361,8 @@ fn invalid_messages_are_refused_whole() {
     assert!(matches!(
         SyncMessage::try_from(pb::SyncResponse {
             revision: 1,
-            kind: None
+            kind: None,
+            ..Default::default()
         }),
         Err(WireError::NoKind(1))
     ));
