@@ -39,6 +39,8 @@ pub struct BenchOptions {
     pub crr_window: Duration,
     /// Interleaved rounds per CRR size.
     pub crr_rounds: u32,
+    /// Concurrent connection loops of the CRR client.
+    pub crr_parallel: usize,
     /// The node-agent binary (spawned as the CRR client).
     pub exe: std::path::PathBuf,
 }
@@ -331,12 +333,13 @@ fn iptables_jump(topo: &Topology, on: bool) -> Result<()> {
     Ok(())
 }
 
-/// One CRR window: (connections per second, median latency in µs).
+/// One CRR window of `parallel` loops: (connections per second, median latency in µs).
 fn crr(
     opts: &BenchOptions,
     topo: &Topology,
     cgroup: Option<&Path>,
     target: SocketAddrV4,
+    parallel: usize,
 ) -> Result<(f64, f64)> {
     let r = tools::spawn_client(
         &opts.exe,
@@ -348,6 +351,7 @@ fn crr(
             count: u64::MAX,
             duration: Some(opts.crr_window),
             verbose: true,
+            parallel,
         },
     )?;
     if !r.errors.is_empty() {
@@ -385,6 +389,10 @@ pub struct BenchResults {
     pub crr_p50_us_weft: BTreeMap<u32, f64>,
     pub crr_p50_us_iptables: BTreeMap<u32, f64>,
     pub crr_p50_us_direct: f64,
+    /// One client loop (latency-bound): connections per second.
+    pub crr_serial_weft: BTreeMap<u32, f64>,
+    pub crr_serial_iptables: BTreeMap<u32, f64>,
+    pub crr_serial_direct: f64,
 }
 
 pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
@@ -474,7 +482,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
     })?;
     dp.attach_cgroup(cg.path())?;
     let direct_target = SocketAddrV4::new(backends[0], 8080);
-    let (mut direct, mut direct_p50) = (Vec::new(), Vec::new());
+    let (mut direct, mut direct_p50, mut direct_serial) = (Vec::new(), Vec::new(), Vec::new());
     let mut have = 0u32;
     for &n in &opts.crr_sizes {
         for i in have..n {
@@ -503,35 +511,56 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         // The last service: the far end of kube-proxy's linear services chain.
         let target = SocketAddrV4::new(vip(n - 1), 80);
         let (mut w, mut w50, mut ipt, mut ipt50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ws, mut ipts) = (Vec::new(), Vec::new());
         for _ in 0..opts.crr_rounds {
-            let (r, p) = crr(opts, &topo, Some(cg.path()), target)?;
-            w.push(r);
-            w50.push(p);
-            iptables_jump(&topo, true)?;
-            let m = crr(opts, &topo, None, target);
-            iptables_jump(&topo, false)?;
-            let (r, p) = m?;
-            ipt.push(r);
-            ipt50.push(p);
-            let (r, p) = crr(opts, &topo, None, direct_target)?;
-            direct.push(r);
-            direct_p50.push(p);
+            // Serial windows give the latency; parallel windows the rate the node sustains.
+            for parallel in [1, opts.crr_parallel] {
+                let (r, p) = crr(opts, &topo, Some(cg.path()), target, parallel)?;
+                if parallel == 1 {
+                    ws.push(r);
+                    w50.push(p);
+                } else {
+                    w.push(r);
+                }
+                iptables_jump(&topo, true)?;
+                let m = crr(opts, &topo, None, target, parallel);
+                iptables_jump(&topo, false)?;
+                let (r, p) = m?;
+                if parallel == 1 {
+                    ipts.push(r);
+                    ipt50.push(p);
+                } else {
+                    ipt.push(r);
+                }
+                let (r, p) = crr(opts, &topo, None, direct_target, parallel)?;
+                if parallel == 1 {
+                    direct_serial.push(r);
+                    direct_p50.push(p);
+                } else {
+                    direct.push(r);
+                }
+            }
         }
         let (w, ipt) = (median(w), median(ipt));
         let (w50, ipt50) = (median(w50), median(ipt50));
+        let (ws, ipts) = (median(ws), median(ipts));
         eprintln!(
-            "CRR {n:>5} services: weft {w:.0}/s (p50 {w50:.0} us), iptables {ipt:.0}/s (p50 {ipt50:.0} us)"
+            "CRR {n:>5} services: weft {w:.0}/s, iptables {ipt:.0}/s ({} loops); one loop: weft {ws:.0}/s (p50 {w50:.0} us), iptables {ipts:.0}/s (p50 {ipt50:.0} us)",
+            opts.crr_parallel
         );
         res.crr_weft.insert(n, w);
         res.crr_iptables.insert(n, ipt);
         res.crr_p50_us_weft.insert(n, w50);
         res.crr_p50_us_iptables.insert(n, ipt50);
+        res.crr_serial_weft.insert(n, ws);
+        res.crr_serial_iptables.insert(n, ipts);
     }
     res.crr_direct = median(direct);
     res.crr_p50_us_direct = median(direct_p50);
+    res.crr_serial_direct = median(direct_serial);
     eprintln!(
-        "CRR direct: {:.0}/s (p50 {:.0} us)",
-        res.crr_direct, res.crr_p50_us_direct
+        "CRR direct: {:.0}/s; one loop {:.0}/s (p50 {:.0} us)",
+        res.crr_direct, res.crr_serial_direct, res.crr_p50_us_direct
     );
     Ok(res)
 }

@@ -79,6 +79,9 @@ enum Cmd {
         udp: bool,
         #[arg(long)]
         verbose: bool,
+        /// Concurrent request loops.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
     },
 }
 
@@ -218,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             duration_ms,
             udp,
             verbose,
+            parallel,
         } => {
             tools::run_client(
                 cgroup.as_deref(),
@@ -228,6 +232,7 @@ fn main() -> anyhow::Result<()> {
                     count,
                     duration: duration_ms.map(Duration::from_millis),
                     verbose,
+                    parallel,
                 },
             )?;
         }
@@ -267,6 +272,9 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         },
         crr_window: Duration::from_millis(if quick { 300 } else { 700 }),
         crr_rounds: if quick { 1 } else { 7 },
+        // Enough loops to keep every core busy: the rate is then the node's capacity, not
+        // one client's round-trip time.
+        crr_parallel: std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
         exe: std::env::current_exe().context("locating node-agent")?,
     };
     let r = bench::run(&opts)?;
@@ -295,6 +303,12 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "iptables": map(&r.crr_iptables),
             "direct": (r.crr_direct * 10.0).round() / 10.0,
         },
+        "crr_parallel": opts.crr_parallel,
+        "crr_serial_per_s": {
+            "weft": map(&r.crr_serial_weft),
+            "iptables": map(&r.crr_serial_iptables),
+            "direct": (r.crr_serial_direct * 10.0).round() / 10.0,
+        },
         "crr_p50_us": {
             "weft": map(&r.crr_p50_us_weft),
             "iptables": map(&r.crr_p50_us_iptables),
@@ -306,6 +320,8 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "policy_vs_passthrough": ratio(largest(&r.policy_ns).as_ref(), Some(&r.passthrough_ns)),
             "crr_weft_vs_iptables_5000": ratio(largest(&r.crr_weft).as_ref(), largest(&r.crr_iptables).as_ref()),
             "crr_weft_vs_direct_5000": ratio(largest(&r.crr_weft).as_ref(), Some(&r.crr_direct)),
+            "crr_serial_weft_vs_iptables_5000": ratio(largest(&r.crr_serial_weft).as_ref(), largest(&r.crr_serial_iptables).as_ref()),
+            "crr_p50_iptables_vs_weft_5000": ratio(largest(&r.crr_p50_us_iptables).as_ref(), largest(&r.crr_p50_us_weft).as_ref()),
         },
         "notes": {
             "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (expired conntrack entry removed, reply lookup, six policy hash lookups: exact/any identity x port/any port/any protocol, ipcache LPM lookup, conntrack insert), events off; N entries = N peer identities allowed on TCP 80",
@@ -313,7 +329,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "policy_method": "minimum over 20 trials of BPF_PROG_TEST_RUN with repeat/20 runs each (1M runs in total) after one warm-up trial; the three sizes and the pass-through interleaved trial by trial",
             "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls, sizes interleaved in chunks (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
             "lb_established_ns": "same with the LB conntrack hit",
-            "crr": "sequential TCP connect+request+response+RST from one client pod to the last-created service VIP; weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) in the node namespace, jump present only during its windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
+            "crr": "TCP connect+request+response+RST from one client pod to the last-created service VIP; crr_per_s = crr_parallel concurrent loops (2 per core: the rate the node sustains), crr_serial_per_s = one loop (latency-bound); weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) in the node namespace, jump present only during its windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
             "quick": quick,
         },
     });

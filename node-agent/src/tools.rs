@@ -245,6 +245,9 @@ pub struct ClientOptions {
     pub duration: Option<Duration>,
     /// Print one line per request; otherwise only a summary.
     pub verbose: bool,
+    /// Concurrent request loops (threads), so a rate measures what the node sustains
+    /// rather than one client's round trips. At least 1.
+    pub parallel: usize,
 }
 
 /// Runs the client in this process: joins `cgroup` (whole process) and `netns` first.
@@ -266,22 +269,47 @@ pub fn run_client(
     let mut out = out.lock();
     writeln!(out, "cookie {}", netns_cookie()?)?;
     let start = Instant::now();
+    let parallel = opts.parallel.max(1);
+    // Threads inherit the namespace entered above; lines are printed after the window, so
+    // the measurement carries no per-request write to the pipe.
+    let loops: Vec<_> = (0..parallel)
+        .map(|k| {
+            let opts = opts.clone();
+            let count =
+                opts.count / parallel as u64 + u64::from((k as u64) < opts.count % parallel as u64);
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                for _ in 0..count {
+                    if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let r = if opts.udp {
+                        udp_request(opts.target, Duration::from_millis(500))
+                    } else {
+                        tcp_request(opts.target, Duration::from_millis(1000))
+                    };
+                    results.push((r, t0.elapsed().as_micros()));
+                }
+                results
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for l in loops {
+        results.extend(
+            l.join()
+                .map_err(|_| io::Error::other("a client loop panicked"))?,
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
     let (mut ok, mut err) = (0u64, 0u64);
-    for _ in 0..opts.count {
-        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        let t0 = Instant::now();
-        let r = if opts.udp {
-            udp_request(opts.target, Duration::from_millis(500))
-        } else {
-            tcp_request(opts.target, Duration::from_millis(1000))
-        };
+    for (r, us) in results {
         match r {
             Ok((answer, peer)) => {
                 ok += 1;
                 if opts.verbose {
-                    writeln!(out, "ok {answer} {peer} {}", t0.elapsed().as_micros())?;
+                    writeln!(out, "ok {answer} {peer} {us}")?;
                 }
             }
             Err(e) => {
@@ -292,7 +320,6 @@ pub fn run_client(
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
     writeln!(
         out,
         "summary ok={ok} err={err} secs={secs:.3} rate={:.1}",
@@ -380,6 +407,7 @@ pub fn spawn_client(
     if let Some(d) = opts.duration {
         cmd.arg("--duration-ms").arg(d.as_millis().to_string());
     }
+    cmd.arg("--parallel").arg(opts.parallel.max(1).to_string());
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(

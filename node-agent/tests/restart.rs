@@ -148,6 +148,7 @@ fn restart_drops_no_allowed_connection_and_reuses_state() {
             count: 5,
             duration: None,
             verbose: true,
+            parallel: 1,
         },
     )
     .unwrap();

@@ -46,6 +46,7 @@ fn client(
             count,
             duration: None,
             verbose: true,
+            parallel: 1,
         },
     )
     .expect("client ran")
