@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("../../db/migrations/0004_agents.sql"),
     ),
+    (
+        6,
+        "node_sync_state",
+        include_str!("../../db/migrations/0006_node_sync_state.sql"),
+    ),
 ];
 
 #[derive(Debug)]

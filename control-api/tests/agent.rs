@@ -591,6 +591,88 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
+/// A reconnecting agent that applied revision R gets the difference since R, not a
+/// snapshot, from any replica; an agent at an unknown revision gets a snapshot.
+#[tokio::test]
+async fn a_reconnecting_agent_resumes_by_delta() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters",
+        Some(&owner),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    let mut a = agent(&t).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "n"})).await;
+    let n1 = a
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    a.report_endpoints(authed(
+        EndpointReport {
+            endpoints: vec![
+                endpoint("web-1", "web", "10.0.1.5"),
+                endpoint("db-1", "db", "10.0.1.6"),
+            ],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .unwrap();
+    let sync = |from: u64| {
+        authed(
+            SyncRequest {
+                resume_from_revision: from,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        )
+    };
+    let mut stream = a.sync(sync(0)).await.expect("sync").into_inner();
+    let first = next(&mut stream).await;
+    assert!(matches!(first.kind, Some(Kind::Snapshot(_))));
+    let applied = first.revision;
+    drop(stream);
+
+    // While the agent is away, a policy selects web-1.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "web-deny-all", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let mut b = agent_on(t.replica().await).await;
+    let mut again = b.sync(sync(applied)).await.expect("sync").into_inner();
+    let msg = next(&mut again).await;
+    assert!(msg.revision > applied);
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("resuming from {applied} gives a delta, got {:?}", msg.kind)
+    };
+    assert_eq!(
+        d.upsert_endpoints.len(),
+        1,
+        "only web-1 changed (now enforcing): {d:?}"
+    );
+    assert!(d.upsert_endpoints[0].enforce_ingress);
+    assert!(d.remove_endpoints.is_empty() && d.upsert_services.is_empty());
+    drop(again);
+
+    // An agent that lost its state (or never saw this revision) gets a snapshot.
+    let mut lost = b.sync(sync(applied - 1)).await.expect("sync").into_inner();
+    assert!(matches!(
+        next(&mut lost).await.kind,
+        Some(Kind::Snapshot(_))
+    ));
+}
+
 #[tokio::test]
 async fn unused_identities_are_collected_after_the_grace_period() {
     let t = TestApp::new().await;

@@ -43,15 +43,18 @@ async fn produce(
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
 ) -> Result<(), Status> {
     let (revision, mut last) = state::compute(st, node).await.map_err(status)?;
-    // An agent already at this revision gets an empty delta: "you are current".
-    let first = if resume_from == revision.unsigned_abs() {
-        state::delta(revision, &Default::default())
-    } else {
-        state::snapshot(revision, &last)
+    // An agent resuming from what this node was last sent gets only the difference (empty
+    // if nothing changed: "you are current"); any other revision gets a snapshot.
+    let first = match sent(st, node).await {
+        Some((rev, before)) if rev > 0 && rev.unsigned_abs() == resume_from => {
+            state::delta(revision, &desired::diff(&before, &last))
+        }
+        _ => state::snapshot(revision, &last),
     };
     if tx.send(Ok(first)).await.is_err() {
         return Ok(());
     }
+    remember(st, node, revision, &last).await;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut trace;
@@ -86,6 +89,7 @@ async fn produce(
                 if tx.send(Ok(msg)).await.is_err() {
                     return Ok(false);
                 }
+                remember(st, node, revision, &next).await;
             }
             last = next;
             Ok::<_, Status>(true)
@@ -102,6 +106,53 @@ async fn produce(
 fn changed(revision: i64, old: &NodeDesiredState, new: &NodeDesiredState) -> Option<SyncResponse> {
     let d = desired::diff(old, new);
     (!d.is_empty()).then(|| state::delta(revision, &d))
+}
+
+/// What the node was last sent, and at which revision.
+async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> {
+    let res = async {
+        let mut tx = st.pool.begin().await?;
+        crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+        let row: Option<(i64, sqlx::types::Json<NodeDesiredState>)> =
+            sqlx::query_as("SELECT revision, state FROM node_sync_state WHERE node_id = $1")
+                .bind(node.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::ApiError>(row.map(|(r, s)| (r, s.0)))
+    }
+    .await;
+    res.unwrap_or_else(|e| {
+        // Not fatal: the agent gets a snapshot instead.
+        tracing::warn!(node = %node.name, error = %e, "could not read the last sent state");
+        None
+    })
+}
+
+/// Records what the node was just sent, for its next reconnect.
+async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: &NodeDesiredState) {
+    let res = async {
+        let mut tx = st.pool.begin().await?;
+        crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+        sqlx::query(
+            "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
+             SET revision = excluded.revision, state = excluded.state, updated_at = now()",
+        )
+        .bind(node.id)
+        .bind(node.tenant_id)
+        .bind(revision)
+        .bind(sqlx::types::Json(state))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::ApiError>(())
+    }
+    .await;
+    if let Err(e) = res {
+        // Not fatal: the next reconnect gets a snapshot.
+        tracing::warn!(node = %node.name, error = %e, "could not record the sent state");
+    }
 }
 
 async fn touch(st: &AppState, node: &NodeCtx) {
