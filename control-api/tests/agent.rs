@@ -73,6 +73,40 @@ fn endpoint(name: &str, app: &str, ip: &str) -> ReportedEndpoint {
     }
 }
 
+/// Tenant `acme` with cluster `prod` and node `node-1` registered through a fresh agent
+/// service, reporting `endpoints`; returns the owner token, the client and the node.
+async fn node_with(
+    t: &TestApp,
+    endpoints: Vec<ReportedEndpoint>,
+) -> (
+    String,
+    AgentClient<Channel>,
+    weft_proto::v1::RegisterResponse,
+) {
+    let owner = t.tenant("acme").await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&owner),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut client = agent(t).await;
+    let tok = join_token(t, &owner, "prod", json!({"name": "n"})).await;
+    let node = client
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .report_endpoints(authed(EndpointReport { endpoints }, &node.node_credential))
+        .await
+        .unwrap();
+    (owner, client, node)
+}
+
 fn authed<T>(msg: T, credential: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(
@@ -596,32 +630,11 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
 #[tokio::test]
 async fn a_reconnecting_agent_resumes_by_delta() {
     let t = TestApp::new().await;
-    let owner = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&owner),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
-    let mut a = agent(&t).await;
-    let tok = join_token(&t, &owner, "prod", json!({"name": "n"})).await;
-    let n1 = a
-        .register(register(&tok, "node-1", false))
-        .await
-        .unwrap()
-        .into_inner();
-    a.report_endpoints(authed(
-        EndpointReport {
-            endpoints: vec![
-                endpoint("web-1", "web", "10.0.1.5"),
-                endpoint("db-1", "db", "10.0.1.6"),
-            ],
-        },
-        &n1.node_credential,
-    ))
-    .await
-    .unwrap();
+    let eps = vec![
+        endpoint("web-1", "web", "10.0.1.5"),
+        endpoint("db-1", "db", "10.0.1.6"),
+    ];
+    let (owner, mut a, n1) = node_with(&t, eps).await;
     let sync = |from: u64| {
         authed(
             SyncRequest {
@@ -676,33 +689,11 @@ async fn a_reconnecting_agent_resumes_by_delta() {
 #[tokio::test]
 async fn unused_identities_are_collected_after_the_grace_period() {
     let t = TestApp::new().await;
-    let owner = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&owner),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
-    let mut client = agent(&t).await;
-    let tok = join_token(&t, &owner, "prod", json!({"name": "p"})).await;
-    let n = client
-        .register(register(&tok, "node-1", false))
-        .await
-        .unwrap()
-        .into_inner();
-    client
-        .report_endpoints(authed(
-            EndpointReport {
-                endpoints: vec![
-                    endpoint("web-1", "web", "10.0.1.5"),
-                    endpoint("db-1", "db", "10.0.1.6"),
-                ],
-            },
-            &n.node_credential,
-        ))
-        .await
-        .unwrap();
+    let eps = vec![
+        endpoint("web-1", "web", "10.0.1.5"),
+        endpoint("db-1", "db", "10.0.1.6"),
+    ];
+    let (_owner, mut client, n) = node_with(&t, eps).await;
     // db-1 goes away; its identity is now unused.
     client
         .report_endpoints(authed(
@@ -900,29 +891,7 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
     }
 
     let t = TestApp::new().await;
-    let owner = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&owner),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
-    let mut a = agent(&t).await;
-    let tok = join_token(&t, &owner, "prod", json!({"name": "n"})).await;
-    let n1 = a
-        .register(register(&tok, "node-1", false))
-        .await
-        .unwrap()
-        .into_inner();
-    a.report_endpoints(authed(
-        EndpointReport {
-            endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
-        },
-        &n1.node_credential,
-    ))
-    .await
-    .unwrap();
+    let (owner, _a, n1) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
     // The agent syncs through another replica.
     let mut b = agent_on(t.replica().await).await;
     let mut stream = b

@@ -108,11 +108,20 @@ fn changed(revision: i64, old: &NodeDesiredState, new: &NodeDesiredState) -> Opt
     (!d.is_empty()).then(|| state::delta(revision, &d))
 }
 
+/// A transaction confined to the node's tenant (RLS).
+async fn node_tx(
+    st: &AppState,
+    node: &NodeCtx,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, crate::error::ApiError> {
+    let mut tx = st.pool.begin().await?;
+    crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+    Ok(tx)
+}
+
 /// What the node was last sent, and at which revision.
 async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> {
     let res = async {
-        let mut tx = st.pool.begin().await?;
-        crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+        let mut tx = node_tx(st, node).await?;
         let row: Option<(i64, sqlx::types::Json<NodeDesiredState>)> =
             sqlx::query_as("SELECT revision, state FROM node_sync_state WHERE node_id = $1")
                 .bind(node.id)
@@ -132,8 +141,7 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
 /// Records what the node was just sent, for its next reconnect.
 async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: &NodeDesiredState) {
     let res = async {
-        let mut tx = st.pool.begin().await?;
-        crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+        let mut tx = node_tx(st, node).await?;
         sqlx::query(
             "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
@@ -157,8 +165,7 @@ async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: &NodeDesi
 
 async fn touch(st: &AppState, node: &NodeCtx) {
     let res = async {
-        let mut tx = st.pool.begin().await?;
-        crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+        let mut tx = node_tx(st, node).await?;
         sqlx::query("UPDATE nodes SET last_seen = now() WHERE id = $1")
             .bind(node.id)
             .execute(&mut *tx)
