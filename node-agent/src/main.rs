@@ -484,14 +484,13 @@ fn fmt_map(m: &std::collections::BTreeMap<u32, f64>) -> String {
 
 fn print_events(mut maps: Maps, count: usize, idle: Duration) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let mut ring = maps
-        .events
-        .take()
+    let mut events = maps
+        .flow_events()?
         .context("the pinned event ring buffer is missing")?;
     let mut seen = 0;
     while seen < count {
         let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
+            fd: events.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -500,14 +499,7 @@ fn print_events(mut maps: Maps, count: usize, idle: Duration) -> anyhow::Result<
         if ready <= 0 {
             break;
         }
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<weft_datapath_common::FlowEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a FlowEvent (repr(C)) here; read unaligned.
-            let e = unsafe {
-                std::ptr::read_unaligned(item.as_ptr() as *const weft_datapath_common::FlowEvent)
-            };
+        for e in events.drain() {
             println!("{}", debug::format_event(&e));
             seen += 1;
             if seen >= count {

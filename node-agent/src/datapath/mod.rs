@@ -7,6 +7,7 @@
 //! from their contents.
 
 pub mod policy;
+pub mod ring;
 pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use aya::programs::{CgroupSockAddr, ProgramError, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use weft_datapath_common as c;
@@ -277,8 +278,8 @@ pub struct Maps {
     pub sock_revnat: HashMap<MapData, c::SockRevNatKey, c::SockRevNatValue>,
     /// North-south LB conntrack (forward and reverse entries).
     pub lb_ct: HashMap<MapData, c::CtKey, c::LbCtValue>,
-    /// Taken by [`Datapath::flow_events`].
-    pub events: Option<RingBuf<MapData>>,
+    /// The event ring buffer, taken by [`Datapath::flow_events`] / [`Maps::flow_events`].
+    pub events: Option<MapData>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -309,7 +310,10 @@ impl Maps {
             affinity: typed(m::AFFINITY, get(m::AFFINITY)?)?,
             sock_revnat: typed(m::SOCK_REVNAT, get(m::SOCK_REVNAT)?)?,
             lb_ct: typed(m::LB_CT, get(m::LB_CT)?)?,
-            events: Some(typed(m::EVENTS, get(m::EVENTS)?)?),
+            events: match get(m::EVENTS)? {
+                Map::RingBuf(data) => Some(data),
+                _ => return Err(DatapathError::MissingMap(m::EVENTS)),
+            },
         })
     }
 
@@ -326,6 +330,16 @@ impl Maps {
                 _ => Map::HashMap(data),
             })
         })
+    }
+
+    /// Takes the flow-event reader (one consumer per ring buffer).
+    pub fn flow_events(&mut self) -> Result<Option<FlowEvents>> {
+        match self.events.take() {
+            None => Ok(None),
+            Some(map) => ring::Ring::new(map)
+                .map(|ring| Some(FlowEvents { ring }))
+                .map_err(io_err("mapping the event ring buffer")),
+        }
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -1285,7 +1299,13 @@ impl Datapath {
 
     /// Takes the flow-event reader (one consumer per ring buffer).
     pub fn flow_events(&mut self) -> Option<FlowEvents> {
-        self.maps.events.take().map(|ring| FlowEvents { ring })
+        match self.maps.flow_events() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "no flow events");
+                None
+            }
+        }
     }
 
     /// Removes every pin (maps and links) under the pin path: detaches everything once the
@@ -1319,21 +1339,28 @@ pub fn maglev_slot(hash_seed: u32, client_cookie: u64, svc_id: u32, m_size: u32)
 
 /// Reads flow events from the ring buffer.
 pub struct FlowEvents {
-    ring: RingBuf<MapData>,
+    ring: ring::Ring,
 }
 
+/// Most events one [`FlowEvents::drain`] returns (the rest waits for the next call).
+pub const DRAIN_MAX: usize = 4096;
+
 impl FlowEvents {
-    /// Returns the events available now, without waiting.
+    /// Returns the events available now (at most [`DRAIN_MAX`]), without waiting.
     pub fn drain(&mut self) -> Vec<c::FlowEvent> {
         let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
+        self.ring.consume(DRAIN_MAX, |item| {
             if item.len() >= std::mem::size_of::<c::FlowEvent>() {
-                // SAFETY: the kernel wrote a FlowEvent (repr(C), Pod) at this address; the read
-                // is unaligned-safe.
+                // SAFETY: the kernel wrote a FlowEvent (repr(C), Pod) here; read unaligned.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const c::FlowEvent) });
             }
-        }
+        });
         out
+    }
+
+    /// Records skipped because the ring held something that was not a record.
+    pub fn corrupt(&self) -> u64 {
+        self.ring.corrupt
     }
 }
 
@@ -1366,10 +1393,16 @@ impl FlowEventStream {
             }
             let mut guard = self.fd.readable_mut().await?;
             let batch = guard.get_inner_mut().drain();
+            let full = batch.len() >= DRAIN_MAX;
             if batch.is_empty() {
                 guard.clear_ready();
             }
+            drop(guard);
             self.pending.extend(batch);
+            if full {
+                // A busy ring must not keep this worker thread to itself.
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! loopback port. (Trimmed from control-api's own test harness.)
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::net::SocketAddr;
 
 use axum::body::Body;
@@ -54,10 +56,22 @@ impl ControlPlane {
         }
     }
 
-    /// Serves the agent service on a free loopback port; returns its URL.
     /// Serves the agent service over TLS on a free loopback port, with a certificate made
     /// for 127.0.0.1 in `dir`; returns its URL and the certificate agents must trust.
     pub async fn serve_agents(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        self.serve_agents_on(dir, listener).await
+    }
+
+    /// Serves the agent service over TLS on `listener` (which may have been bound inside a
+    /// test's network namespace), with a certificate for its address; returns its URL and
+    /// the certificate agents must trust.
+    pub async fn serve_agents_on(
+        &self,
+        dir: &std::path::Path,
+        listener: std::net::TcpListener,
+    ) -> (String, std::path::PathBuf) {
+        let addr: SocketAddr = listener.local_addr().expect("addr");
         let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
         let made = std::process::Command::new("openssl")
             .args([
@@ -69,7 +83,7 @@ impl ControlPlane {
                 "ec_paramgen_curve:prime256v1",
             ])
             .args(["-nodes", "-days", "1", "-subj", "/CN=weft-e2e"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", &format!("subjectAltName=IP:{}", addr.ip())])
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)
@@ -84,10 +98,8 @@ impl ControlPlane {
         );
         let tls = control_api::agent::Tls::load(&cert, &key).expect("certificate");
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let svc = control_api::agent::AgentService::new(self.state.clone());
         let server = tonic::transport::Server::builder()
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
