@@ -77,6 +77,17 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// (demo helper) Forwards TCP from a listener inside a network namespace to an address
+    /// reached from this one.
+    #[command(hide = true)]
+    Forward {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// (test helper) TCP/UDP client running inside a cgroup and network namespace.
     #[command(hide = true)]
     DebugClient {
@@ -269,6 +280,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
+        Cmd::Forward { netns, listen, to } => tools::forward(&netns, listen, to)?,
         Cmd::DebugClient {
             cgroup,
             netns,
