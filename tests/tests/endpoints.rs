@@ -316,8 +316,12 @@ async fn endpoints_from_the_cli_get_identities_and_policy_on_both_nodes_and_flow
         loop {
             let s = tokio::task::block_in_place(|| node.status());
             let flows = &s["flows"];
+            // Both outcomes were seen on each node: forwarded connections, and drops of
+            // the policy (node-1 drops client -> web-1, node-2 client -> web-2).
             if flows["flows_acked"].as_u64().unwrap_or(0) > 0
                 && flows["streams_acked"].as_u64().unwrap_or(0) > 0
+                && flows["by_verdict"]["FORWARDED"].as_u64().unwrap_or(0) > 0
+                && flows["by_verdict"]["DROPPED"].as_u64().unwrap_or(0) > 0
             {
                 assert!(
                     flows["events"].as_u64().unwrap_or(0)

@@ -13,7 +13,7 @@
 //! - A stream is closed after [`STREAM_BATCHES`] batches or [`STREAM_TIME`]: the RPC's
 //!   answer is the acknowledgement of everything the stream carried ([`FlowStats`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -269,6 +269,8 @@ pub struct FlowStats {
     /// Lost counts the control plane acknowledged.
     pub lost_reported: AtomicU64,
     pub streams_failed: AtomicU64,
+    /// Events read, by verdict name.
+    pub by_verdict: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A snapshot of [`FlowStats`].
@@ -281,9 +283,16 @@ pub struct FlowStatsView {
     pub streams_acked: u64,
     pub lost_reported: u64,
     pub streams_failed: u64,
+    pub by_verdict: BTreeMap<String, u64>,
 }
 
 impl FlowStats {
+    fn count(&self, verdict: &str) {
+        let mut m = self.by_verdict.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(verdict.to_string()).or_default() += 1;
+        add(&self.events, 1);
+    }
+
     pub fn view(&self) -> FlowStatsView {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         FlowStatsView {
@@ -294,6 +303,11 @@ impl FlowStats {
             streams_acked: r(&self.streams_acked),
             lost_reported: r(&self.lost_reported),
             streams_failed: r(&self.streams_failed),
+            by_verdict: self
+                .by_verdict
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -313,8 +327,8 @@ pub async fn read_events(
         match events.next().await {
             Ok(e) => {
                 let flow = to_flow(&e, monotonic_to_unix_offset(), &names.borrow());
+                stats.count(&flow.verdict);
                 queue.push(flow);
-                add(&stats.events, 1);
             }
             Err(e) => {
                 tracing::error!(error = %e, "reading flow events failed; flow export stops");
