@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 
 use weft_datapath_common as c;
 
-use crate::datapath::{drop_reason_name, verdict_name, DatapathError, Maps};
+use crate::datapath::{
+    drop_reason_name, observation_point_name, verdict_name, DatapathError, Maps,
+};
 
 fn v4(a: &c::Addr) -> Ipv4Addr {
     Ipv4Addr::new(a[0], a[1], a[2], a[3])
@@ -333,18 +335,6 @@ pub fn metrics(maps: &Maps) -> Result<String, DatapathError> {
     Ok(table(&["VERDICT", "REASON", "PACKETS", "BYTES"], &rows))
 }
 
-fn obs_name(o: u8) -> &'static str {
-    match o {
-        c::OBS_FROM_ENDPOINT => "from-endpoint",
-        c::OBS_TO_ENDPOINT => "to-endpoint",
-        c::OBS_SOCK_CONNECT => "sock-connect",
-        c::OBS_SOCK_SENDMSG => "sock-sendmsg",
-        c::OBS_UPLINK_INGRESS => "uplink-ingress",
-        c::OBS_UPLINK_EGRESS => "uplink-egress",
-        _ => "?",
-    }
-}
-
 /// One flow event as a line (like `hubble observe`).
 pub fn format_event(e: &c::FlowEvent) -> String {
     let reason = drop_reason_name(e.drop_reason);
@@ -357,7 +347,7 @@ pub fn format_event(e: &c::FlowEvent) -> String {
         } else {
             format!(" ({reason})")
         },
-        obs_name(e.obs_point),
+        observation_point_name(e.obs_point),
         proto_name(e.proto),
         addr_port(e.family, &e.saddr, e.sport),
         addr_port(e.family, &e.daddr, e.dport),

@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod datapath;
 pub mod debug;
+pub mod endpoint;
 pub mod netns;
 pub mod tools;

@@ -1,8 +1,9 @@
 //! `node-agent`: the Weft node agent.
 //!
-//! Today: node-local debug commands over the pinned datapath maps (`node-agent bpf ...`),
-//! `datapath up` to load/attach the datapath on given interfaces and cgroup, and hidden helpers
-//! for tests and the benchmark.
+//! `run` (the agent), `endpoint add|del|list` and `status` (clients of a running agent's
+//! node-local API), node-local debug commands over the pinned datapath maps
+//! (`node-agent bpf ...`), `datapath` to load/attach the datapath on given interfaces and
+//! cgroup, and hidden helpers for tests and the benchmark.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ mod bench;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use node_agent::datapath::{Datapath, DatapathConfig, Maps};
-use node_agent::{debug, tools};
+use node_agent::endpoint::api as endpoint_api;
+use node_agent::{debug, endpoint, tools};
 
 #[derive(Parser)]
 #[command(name = "node-agent", version, about = "Weft node agent")]
@@ -35,6 +37,19 @@ struct Cli {
 enum Cmd {
     /// Register with the control plane (once), then keep the datapath at its desired state.
     Run(node_agent::agent::run::RunArgs),
+    /// Endpoints on this node (CNI-like), through the running agent's node-local API.
+    Endpoint {
+        /// The agent's API socket (`node-agent run --api-socket`).
+        #[arg(long, env = "WEFT_API_SOCKET", default_value = endpoint_api::DEFAULT_SOCKET)]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// The running agent's status (endpoints, flow export counters) as JSON.
+    Status {
+        #[arg(long, env = "WEFT_API_SOCKET", default_value = endpoint_api::DEFAULT_SOCKET)]
+        api_socket: PathBuf,
+    },
     /// Inspect the datapath maps (read-only).
     Bpf {
         #[command(subcommand)]
@@ -62,6 +77,17 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// (demo helper) Forwards TCP from a listener inside a network namespace to an address
+    /// reached from this one.
+    #[command(hide = true)]
+    Forward {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// (test helper) TCP/UDP client running inside a cgroup and network namespace.
     #[command(hide = true)]
     DebugClient {
@@ -83,6 +109,44 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         parallel: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Create an endpoint: a veth pair into the namespace, its address and routes, the
+    /// datapath on the host side; the control plane learns it and gives it an identity.
+    /// Repeating the same add is harmless.
+    Add {
+        /// Endpoint name (a DNS label, unique on the node).
+        #[arg(long)]
+        name: String,
+        /// Network namespace: a name under /run/netns, or a path.
+        #[arg(long)]
+        netns: String,
+        /// The endpoint's address, A.B.C.D/32.
+        #[arg(long)]
+        ip: String,
+        /// Labels, `key=value,key2=value2`.
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// Remove an endpoint (its veth pair and datapath attachment); nothing to do if absent.
+    Del {
+        /// Endpoint name.
+        name: String,
+    },
+    /// The node's endpoints with their identities and desired-state ids.
+    List {
+        /// `table` or `json`.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +228,12 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(node_agent::agent::run::run(args, shutdown_signal()))?;
         }
+        Cmd::Endpoint { api_socket, cmd } => endpoint_cmd(api_socket, cmd)?,
+        Cmd::Status { api_socket } => {
+            let client = endpoint_api::Client { socket: api_socket };
+            let v = client_runtime()?.block_on(client.status())?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
         Cmd::Bpf { what } => {
             let maps = Maps::open_pinned(&cli.pin_path).with_context(|| {
                 format!("opening the datapath maps under {}", cli.pin_path.display())
@@ -213,6 +283,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
+        Cmd::Forward { netns, listen, to } => tools::forward(&netns, listen, to)?,
         Cmd::DebugClient {
             cgroup,
             netns,
@@ -235,6 +306,57 @@ fn main() -> anyhow::Result<()> {
                     parallel,
                 },
             )?;
+        }
+    }
+    Ok(())
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn endpoint_cmd(socket: PathBuf, cmd: EndpointCmd) -> anyhow::Result<()> {
+    let client = endpoint_api::Client { socket };
+    let rt = client_runtime()?;
+    match cmd {
+        EndpointCmd::Add {
+            name,
+            netns,
+            ip,
+            labels,
+        } => {
+            let spec = endpoint::EndpointSpec {
+                name,
+                netns,
+                ip,
+                labels: endpoint::parse_labels(&labels)?,
+            };
+            let v = rt.block_on(client.add(&spec))?;
+            println!(
+                "endpoint {} added: {} in {} via {} (identity {})",
+                v.name,
+                v.ip,
+                v.netns,
+                v.interface,
+                v.identity.map_or("pending".to_string(), |i| i.to_string())
+            );
+        }
+        EndpointCmd::Del { name } => {
+            if rt.block_on(client.del(&name))? {
+                println!("endpoint {name} deleted");
+            } else {
+                println!("endpoint {name} does not exist: nothing to do");
+            }
+        }
+        EndpointCmd::List { output } => {
+            let list = rt.block_on(client.list())?;
+            match output {
+                OutputFormat::Table => print!("{}", endpoint_api::table(&list)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+            }
         }
     }
     Ok(())
@@ -390,14 +512,13 @@ fn fmt_map(m: &std::collections::BTreeMap<u32, f64>) -> String {
 
 fn print_events(mut maps: Maps, count: usize, idle: Duration) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let mut ring = maps
-        .events
-        .take()
+    let mut events = maps
+        .flow_events()?
         .context("the pinned event ring buffer is missing")?;
     let mut seen = 0;
     while seen < count {
         let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
+            fd: events.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -406,14 +527,7 @@ fn print_events(mut maps: Maps, count: usize, idle: Duration) -> anyhow::Result<
         if ready <= 0 {
             break;
         }
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<weft_datapath_common::FlowEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a FlowEvent (repr(C)) here; read unaligned.
-            let e = unsafe {
-                std::ptr::read_unaligned(item.as_ptr() as *const weft_datapath_common::FlowEvent)
-            };
+        for e in events.drain() {
             println!("{}", debug::format_event(&e));
             seen += 1;
             if seen >= count {

@@ -87,6 +87,16 @@ pub fn ip(args: &[&str]) -> io::Result<String> {
     run(Command::new("ip").args(args))
 }
 
+/// Runs `ip` inside the network namespace at `path` (`nsenter --net`: works for a path as
+/// well as `/run/netns/<name>`, which `ip -n` does not).
+pub fn ip_in(path: &Path, args: &[&str]) -> io::Result<String> {
+    run(Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .arg("--")
+        .arg("ip")
+        .args(args))
+}
+
 /// A network namespace we created (`ip netns add`), deleted on drop.
 #[derive(Debug)]
 pub struct NetNs {

@@ -417,3 +417,43 @@ pub fn spawn_client(
     }
     Ok(ClientReport::parse(&String::from_utf8_lossy(&out.stdout)))
 }
+
+/// Forwards TCP connections accepted on `listen` inside the network namespace at `netns` to
+/// `to`, connected from the caller's namespace (the demo uses it so agents in node
+/// namespaces reach a control plane on the machine's loopback). Runs until killed.
+pub fn forward(netns: &Path, listen: SocketAddr, to: SocketAddr) -> io::Result<()> {
+    let listener = {
+        let _in = crate::netns::enter_netns(netns)?;
+        TcpListener::bind(listen)?
+    };
+    for conn in listener.incoming() {
+        let inbound = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        std::thread::spawn(move || {
+            let outbound = match TcpStream::connect(to) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%to, error = %e, "cannot reach the target");
+                    return;
+                }
+            };
+            let pipe = |mut from: TcpStream, mut into: TcpStream| {
+                let _ = io::copy(&mut from, &mut into);
+                let _ = into.shutdown(std::net::Shutdown::Write);
+            };
+            let (a, b) = match (inbound.try_clone(), outbound.try_clone()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => return,
+            };
+            let t = std::thread::spawn(move || pipe(a, b));
+            pipe(outbound, inbound);
+            let _ = t.join();
+        });
+    }
+    Ok(())
+}

@@ -114,14 +114,14 @@ fn bpf_subcommands_print_the_maps() {
     );
     let out = cli(&pins, &["events", "--count", "1", "--idle-secs", "1"]);
     assert!(
-        out.contains("forwarded")
+        out.contains("FORWARDED")
             && out.contains("10.0.1.1:40000 -> 192.168.3.3:8050")
             && out.contains("id=1001->3000"),
         "{out}"
     );
     let out = cli(&pins, &["metrics"]);
     assert!(
-        out.contains("forwarded") && out.contains("lost events"),
+        out.contains("FORWARDED") && out.contains("lost events"),
         "{out}"
     );
 }

@@ -176,6 +176,8 @@ impl Env {
             ca_cert: Some(self.ca.clone()),
             health_interval_secs: 1,
             pin_path: self.pins.path().to_path_buf(),
+            api_socket: None,
+            flow_buffer: 1000,
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run(args, async {

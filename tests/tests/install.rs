@@ -142,7 +142,8 @@ impl Env {
         let line = format!(
             "curl -fsSL {api}/install.sh | sh -s -- --join-token {token} --no-systemd \
              --node-name installed-1 --address 10.0.1.1 --label rack=r1 --prefix {d}/usr \
-             --config-dir {d}/etc --state-dir {d}/state --pin-path {pins} --wait 30",
+             --config-dir {d}/etc --state-dir {d}/state --pin-path {pins} \
+             --api-socket {d}/agent.sock --wait 30",
             api = self.api,
             pins = pins.path().display(),
         );

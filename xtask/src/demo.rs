@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::{http, oidc, pg, sh};
+use crate::{http, nodes, oidc, pg, sh};
 
 /// The demo's person: signs in to the console at the demo identity provider.
 const DEMO_USER: &str = "demo@weft.local";
@@ -23,10 +23,25 @@ fn pids_file() -> PathBuf {
     state_dir().join("pids")
 }
 
-/// Builds the binaries the demo runs and returns the control-api path.
-fn build() -> Result<PathBuf> {
+/// Builds the binaries the demo runs; returns the control-api path and, when the eBPF
+/// datapath could be built (root, toolchain), the node-agent path.
+fn build() -> Result<(PathBuf, Option<PathBuf>)> {
     sh::run(Command::new(env!("CARGO")).args(["build", "-q", "-p", "control-api"]))?;
-    Ok(sh::target_dir().join("debug/control-api"))
+    let agent = match crate::ebpf::prepare(&sh::root()) {
+        Ok(obj) => {
+            sh::run(
+                Command::new(env!("CARGO"))
+                    .args(["build", "-q", "-p", "node-agent"])
+                    .env("WEFT_BPF_OBJ", obj),
+            )?;
+            Some(sh::target_dir().join("debug/node-agent"))
+        }
+        Err(e) => {
+            eprintln!("xtask: no eBPF datapath ({e:#}); the demo runs without nodes");
+            None
+        }
+    };
+    Ok((sh::target_dir().join("debug/control-api"), agent))
 }
 
 /// Opens the demo's Postgres cluster (creating it the first time) and starts it.
@@ -52,7 +67,7 @@ pub fn demo(detach: bool) -> Result<()> {
             bail!("a demo is already running (control-api pid {pid}); stop it with `cargo xtask down`");
         }
     }
-    let api_bin = build()?;
+    let (api_bin, agent_bin) = build()?;
     let dir = state_dir();
     fs::create_dir_all(&dir)?;
     let cluster = postgres(&dir.join("pg"))?;
@@ -146,6 +161,30 @@ pub fn demo(detach: bool) -> Result<()> {
         let _ = down();
         return Err(e.context("inviting the demo user"));
     }
+    // Two nodes with workloads, enforcing the sample policies.
+    let mut node_hints = String::new();
+    if let Some(agent_bin) = &agent_bin {
+        match nodes::start(
+            &dir,
+            agent_bin,
+            agent_port,
+            &agent_cert,
+            &api_url,
+            &seeded.token,
+        ) {
+            Ok(started) => {
+                let mut f = fs::OpenOptions::new().append(true).open(&pids)?;
+                for (name, pid) in started {
+                    std::io::Write::write_all(&mut f, format!("{name} {pid}\n").as_bytes())?;
+                }
+                node_hints = nodes::hints(&dir);
+            }
+            Err(e) => {
+                let _ = down();
+                return Err(e.context("starting the demo nodes"));
+            }
+        }
+    }
     let agent_ca = agent_cert.display();
     let env = format!(
         "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=https://127.0.0.1:{agent_port}\nWEFT_AGENT_CA={agent_ca}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
@@ -158,7 +197,7 @@ pub fn demo(detach: bool) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     println!(
-        "\nWeft is running.\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n  Sign in:  open {api_url}/auth/login?return_to=/v1/me in a browser, as {DEMO_USER}\n            with the password {demo_password} (identity provider: {issuer})\n",
+        "\nWeft is running.\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n  Sign in:  open {api_url}/auth/login?return_to=/v1/me in a browser, as {DEMO_USER}\n            with the password {demo_password} (identity provider: {issuer})\n{node_hints}",
         seeded.tenant,
         env_file.display(),
         env_file.display()
@@ -182,7 +221,9 @@ pub fn demo(detach: bool) -> Result<()> {
 /// A self-signed certificate for the agent service on 127.0.0.1 (a leaf, valid 30 days),
 /// made once and reused. Agents trust it through `WEFT_AGENT_CA`.
 fn dev_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+    // Named after what it covers: a certificate made before the demo had nodes lacks
+    // their view of the agent service (192.168.100.254).
+    let (cert, key) = (dir.join("agent-nodes.crt"), dir.join("agent-nodes.key"));
     if cert.is_file() && key.is_file() {
         return Ok((cert, key));
     }
@@ -207,7 +248,13 @@ fn dev_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
                 "-subj",
                 "/CN=weft-dev-agent-service",
             ])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args([
+                "-addext",
+                &format!(
+                    "subjectAltName=IP:127.0.0.1,IP:{},DNS:localhost",
+                    nodes::AGENT_SERVICE_IP
+                ),
+            ])
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)
@@ -380,12 +427,19 @@ fn read_pid(file: &Path, name: &str) -> Option<i32> {
 /// Stops everything the demo started and leaves no process behind.
 pub fn down() -> Result<()> {
     let pids = pids_file();
-    for name in ["control-api", "oidc-provider"] {
-        if let Some(pid) = read_pid(&pids, name) {
-            stop_process(pid, name);
+    // Everything the demo started, latest first: servers and agents (whose open streams
+    // would hold up control-api's graceful shutdown), then the identity provider and
+    // control-api.
+    for line in fs::read_to_string(&pids).unwrap_or_default().lines().rev() {
+        if let Some((name, pid)) = line.split_once(' ') {
+            if let Ok(pid) = pid.trim().parse() {
+                stop_process(pid, name);
+            }
         }
     }
     let _ = fs::remove_file(&pids);
+    // Namespaces, veths, pins and agent state, even if the agents died.
+    nodes::cleanup(&state_dir());
     let _ = fs::remove_file(state_dir().join("demo.env"));
     let _ = fs::remove_file(state_dir().join("oidc-provider.json"));
     let pg_dir = state_dir().join("pg");

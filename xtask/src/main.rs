@@ -4,6 +4,7 @@ mod bench_datapath;
 mod demo;
 mod ebpf;
 mod http;
+mod nodes;
 mod oidc;
 mod pg;
 mod sh;

@@ -5,6 +5,7 @@
 //!   snapshot or delta ([`wire::Programmed`]).
 //! - [`run`]: `node-agent run`: register once, sync, apply, ack, report health, reconnect.
 
+pub mod flows;
 pub mod run;
 pub mod wire;
 

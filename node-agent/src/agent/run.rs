@@ -8,12 +8,18 @@
 //!   errors. An invalid message is refused whole and the stream is reopened: the datapath
 //!   keeps the last applied state.
 //! - `ReportHealth` on an interval while connected.
+//! - Endpoints: the node-local API (`--api-socket`) adds and removes them
+//!   ([`crate::endpoint`]); the full set is reported with `ReportEndpoints` on every
+//!   connect and whenever it changes. Recorded endpoints are restored at start, before the
+//!   control plane is reached.
+//! - Flows: ring-buffer events are exported with `ReportFlows` ([`super::flows`]).
 //! - On any failure: reconnect with capped exponential backoff and jitter. Nothing is ever
 //!   flushed: the pinned maps keep enforcing the last applied state while the control plane
 //!   is away.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -24,8 +30,12 @@ use tonic::{Code, Request, Status};
 use weft_proto::v1 as pb;
 use weft_proto::v1::agent_client::AgentClient;
 
-use super::wire::{Programmed, StateError, SyncMessage, WireError};
-use crate::datapath::{Datapath, DatapathConfig, DatapathError};
+use super::flows::{self, FlowQueue, FlowStats};
+use super::wire::{Names, Programmed, StateError, SyncMessage, WireError};
+use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream};
+use crate::endpoint::api::{self as endpoint_api, ApiState};
+use crate::endpoint::manager::{lock, Manager, SharedDatapath};
+use crate::endpoint::EndpointError;
 
 /// Options of `node-agent run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +71,13 @@ pub struct RunArgs {
     /// Seconds between health reports.
     #[arg(long, default_value_t = 10)]
     pub health_interval_secs: u64,
+    /// Unix socket of the node-local API (`node-agent endpoint ...`), mode 0600.
+    #[arg(long, env = "WEFT_API_SOCKET", default_value = endpoint_api::DEFAULT_SOCKET)]
+    pub api_socket: Option<PathBuf>,
+    /// Flows kept while the control plane is unreachable (the newest; the rest are counted
+    /// as lost).
+    #[arg(long, default_value_t = flows::DEFAULT_BUFFER)]
+    pub flow_buffer: usize,
     /// bpffs directory of the pinned maps (the global `--pin-path`).
     #[arg(skip)]
     pub pin_path: PathBuf,
@@ -103,6 +120,30 @@ pub enum RunError {
     Rpc(#[from] Status),
     #[error("refused a sync message: {0}")]
     Wire(#[from] WireError),
+    #[error("endpoints: {0}")]
+    Endpoint(#[from] EndpointError),
+}
+
+/// Adds the node credential to every call.
+#[derive(Clone)]
+pub struct Auth(pub MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Aborts the agent's background tasks when `run` returns.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// Node identity as stored in the state dir (the credential is stored apart from it).
@@ -250,9 +291,46 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if let Some(cg) = &args.cgroup {
         dp.attach_cgroup(cg)?;
     }
+    let events = dp.flow_events();
+    let dp: SharedDatapath = Arc::new(Mutex::new(dp));
     let state_path = args.state_dir.join(STATE);
     let mut programmed = Programmed::load(&state_path)?.unwrap_or_default();
     tracing::info!(revision = programmed.revision, "applied state loaded");
+    let (names_tx, names_rx) = tokio::sync::watch::channel(programmed.names());
+    let mut tasks = Tasks(Vec::new());
+
+    // Flows: read from now on; exported once registered.
+    let queue = FlowQueue::new(args.flow_buffer);
+    let flow_stats = Arc::new(FlowStats::default());
+    match events.map(FlowEventStream::new) {
+        Some(Ok(stream)) => tasks.0.push(tokio::spawn(flows::read_events(
+            stream,
+            queue.clone(),
+            names_rx.clone(),
+            flow_stats.clone(),
+        ))),
+        Some(Err(e)) => tracing::warn!(error = %e, "cannot read flow events; no flow export"),
+        None => tracing::warn!("the flow event ring buffer is taken; no flow export"),
+    }
+
+    // Endpoints: restored before anything else, so the datapath keeps enforcing them.
+    let (manager, endpoints_changed) = Manager::new(&args.state_dir, dp.clone(), names_rx)?;
+    manager.restore().await;
+    let _socket = match &args.api_socket {
+        Some(path) => {
+            let api = ApiState {
+                manager: manager.clone(),
+                flows: flow_stats.clone(),
+            };
+            let task = endpoint_api::serve(path, api).await.map_err(io(format!(
+                "serving the node-local API on {}",
+                path.display()
+            )))?;
+            tasks.0.push(task);
+            Some(SocketFile(path.clone()))
+        }
+        None => None,
+    };
     let endpoint = Endpoint::from_shared(args.control_plane.clone())
         .map_err(|source| RunError::Url {
             url: args.control_plane.clone(),
@@ -282,13 +360,25 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         }
     };
     backoff.reset();
+    let ring_dp = dp.clone();
+    tasks.0.push(tokio::spawn(flows::export(
+        endpoint.clone(),
+        Auth(auth.clone()),
+        queue,
+        Arc::new(move || lock(&ring_dp).counters().ok().map(|c| c.lost_events)),
+        flow_stats,
+    )));
     let mut session = Session {
-        dp: &mut dp,
+        dp,
         programmed: &mut programmed,
         state_path: &state_path,
         last_error: String::new(),
         synced: false,
         health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
+        manager,
+        endpoints_changed,
+        report_pending: false,
+        names: names_tx,
     };
     loop {
         session.synced = false;
@@ -313,15 +403,33 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
 }
 
+/// Removes the API socket when `run` returns.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 struct Session<'a> {
-    dp: &'a mut Datapath,
+    dp: SharedDatapath,
     programmed: &'a mut Programmed,
     state_path: &'a Path,
     last_error: String,
     /// At least one message was applied in this session (resets the backoff).
     synced: bool,
     health_interval: Duration,
+    manager: Arc<Manager>,
+    /// Changes whenever the endpoint set does.
+    endpoints_changed: tokio::sync::watch::Receiver<u64>,
+    /// The last endpoint report failed: retried with the next health report.
+    report_pending: bool,
+    /// Publishes what the datapath numbers mean after every apply.
+    names: tokio::sync::watch::Sender<Names>,
 }
+
+type Client = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
 impl Session<'_> {
     async fn run(
@@ -330,11 +438,7 @@ impl Session<'_> {
         auth: &MetadataValue<Ascii>,
     ) -> Result<(), RunError> {
         let channel: Channel = endpoint.connect().await?;
-        let auth = auth.clone();
-        let mut client = AgentClient::with_interceptor(channel, move |mut req: Request<()>| {
-            req.metadata_mut().insert("authorization", auth.clone());
-            Ok(req)
-        });
+        let mut client: Client = AgentClient::with_interceptor(channel, Auth(auth.clone()));
         let mut stream = client
             .sync(pb::SyncRequest {
                 resume_from_revision: self.programmed.revision,
@@ -343,6 +447,9 @@ impl Session<'_> {
             .await?
             .into_inner();
         tracing::info!(resume_from = self.programmed.revision, "sync stream open");
+        // Every (re)connect reports the complete endpoint set.
+        self.endpoints_changed.borrow_and_update();
+        self.report_endpoints(&mut client).await?;
         let mut health = tokio::time::interval(self.health_interval);
         loop {
             tokio::select! {
@@ -351,7 +458,8 @@ impl Session<'_> {
                     let revision = msg.revision;
                     // Fail closed: an invalid message changes nothing.
                     let msg = SyncMessage::try_from(msg)?;
-                    let errors = self.programmed.apply(self.dp, msg);
+                    let errors = self.programmed.apply(&mut *lock(&self.dp), msg);
+                    self.names.send_replace(self.programmed.names());
                     for e in &errors {
                         tracing::warn!(item = %e.item, error = %e.message, "could not program");
                     }
@@ -372,16 +480,56 @@ impl Session<'_> {
                         .await?;
                     self.synced = true;
                 }
+                changed = self.endpoints_changed.changed() => {
+                    if changed.is_ok() {
+                        self.report_endpoints(&mut client).await?;
+                    }
+                }
                 _ = health.tick() => {
+                    if self.report_pending {
+                        self.report_endpoints(&mut client).await?;
+                    }
                     client.report_health(self.health()).await?;
                 }
             }
         }
     }
 
+    /// Sends the endpoint set. A refusal is kept as the node's last error and retried with
+    /// the next health report (it must not stop the sync); an unreachable control plane
+    /// ends the session as any other call.
+    async fn report_endpoints(&mut self, client: &mut Client) -> Result<(), RunError> {
+        let Some(report) = self.manager.report().await else {
+            return Ok(());
+        };
+        let n = report.endpoints.len();
+        match client.report_endpoints(report).await {
+            Ok(_) => {
+                tracing::info!(endpoints = n, "endpoints reported");
+                self.report_pending = false;
+                Ok(())
+            }
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) =>
+            {
+                self.report_pending = true;
+                Err(s.into())
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "the control plane refused the endpoint report");
+                self.last_error = format!("endpoint report: {}", s.message());
+                self.report_pending = true;
+                Ok(())
+            }
+        }
+    }
+
     fn health(&self) -> pb::HealthReport {
         let (kernel, _) = uname();
-        let (status, lost) = match self.dp.counters() {
+        let (status, lost) = match lock(&self.dp).counters() {
             Ok(c) if self.last_error.is_empty() => ("ok", c.lost_events),
             Ok(c) => ("degraded", c.lost_events),
             Err(_) => ("error", 0),

@@ -504,9 +504,48 @@ fn err(item: String, e: impl std::fmt::Display) -> ItemError {
     }
 }
 
+/// What the datapath's numbers stand for in the desired state: read by the flow exporter
+/// (ep_id / svc_id -> desired-state ids) and `endpoint list` (identities and ids).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// The node's endpoints as applied (the host endpoint included).
+    pub endpoints: Vec<DesiredEndpoint>,
+    /// Datapath endpoint id -> desired-state endpoint id.
+    pub endpoint_ids: BTreeMap<u32, String>,
+    /// Datapath service id (one per frontend) -> desired-state service id.
+    pub service_ids: BTreeMap<u32, String>,
+}
+
+impl Names {
+    /// The applied endpoint that owns `ip`.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&DesiredEndpoint> {
+        self.endpoints.iter().find(|e| e.ips.contains(&ip))
+    }
+}
+
 impl Programmed {
     pub fn endpoint_id(&self, id: &str) -> Option<u32> {
         self.endpoint_ids.get(id)
+    }
+
+    /// The datapath numbering of what is applied.
+    pub fn names(&self) -> Names {
+        Names {
+            endpoints: self.applied.endpoints.clone(),
+            endpoint_ids: self
+                .endpoint_ids
+                .by_key
+                .iter()
+                .map(|(k, v)| (*v, k.clone()))
+                .collect(),
+            // Keys are `<service id>|<frontend>`.
+            service_ids: self
+                .service_ids
+                .by_key
+                .iter()
+                .map(|(k, v)| (*v, k.split('|').next().unwrap_or(k).to_string()))
+                .collect(),
+        }
     }
 
     /// Reads the state file; `None` when there is none yet.

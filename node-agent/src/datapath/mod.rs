@@ -7,6 +7,7 @@
 //! from their contents.
 
 pub mod policy;
+pub mod ring;
 pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use aya::programs::{CgroupSockAddr, ProgramError, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use weft_datapath_common as c;
@@ -201,28 +202,57 @@ impl Counters {
     }
 }
 
+// Stable names of the datapath's enums: the one mapping from the eBPF numbers to the strings
+// flow records carry (`weft_proto::v1::Flow`), the debug CLI prints and control-api stores.
+// Names are never changed or reused; a new number gets a new name.
+//
+// | field | values |
+// |---|---|
+// | verdict | FORWARDED, DROPPED, REDIRECTED, TRANSLATED; ERROR for a number we do not know |
+// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL_ERROR, UNKNOWN_ENDPOINT; UNKNOWN otherwise |
+// | direction (seen from the endpoint) | INGRESS, EGRESS; UNKNOWN otherwise |
+// | observation point | endpoint-egress (tc on the host-side veth, packets from the pod), endpoint-ingress (packets to the pod), socket-lb (connect/sendmsg hooks), uplink (north-south LB); unknown otherwise |
+
 pub fn verdict_name(v: u8) -> &'static str {
     match v {
-        c::VERDICT_FORWARDED => "forwarded",
-        c::VERDICT_DROPPED => "dropped",
-        c::VERDICT_REDIRECTED => "redirected",
-        c::VERDICT_TRANSLATED => "translated",
-        _ => "unknown",
+        c::VERDICT_FORWARDED => "FORWARDED",
+        c::VERDICT_DROPPED => "DROPPED",
+        c::VERDICT_REDIRECTED => "REDIRECTED",
+        c::VERDICT_TRANSLATED => "TRANSLATED",
+        _ => "ERROR",
     }
 }
 
 pub fn drop_reason_name(r: u8) -> &'static str {
     match r {
         c::DROP_NONE => "",
-        c::DROP_POLICY_DENIED => "policy denied",
-        c::DROP_DENY_RULE => "deny rule",
-        c::DROP_NO_BACKEND => "no backend",
-        c::DROP_CT_FULL => "CT full",
-        c::DROP_INVALID_PACKET => "invalid packet",
-        c::DROP_FRAGMENT => "fragment",
-        c::DROP_UNSUPPORTED_L3 => "unsupported L3",
-        c::DROP_INTERNAL => "internal error",
-        c::DROP_UNKNOWN_ENDPOINT => "unknown endpoint",
+        c::DROP_POLICY_DENIED => "POLICY_DENIED",
+        c::DROP_DENY_RULE => "DENY_RULE",
+        c::DROP_NO_BACKEND => "NO_BACKEND",
+        c::DROP_CT_FULL => "CT_FULL",
+        c::DROP_INVALID_PACKET => "INVALID_PACKET",
+        c::DROP_FRAGMENT => "FRAGMENT",
+        c::DROP_UNSUPPORTED_L3 => "UNSUPPORTED_L3",
+        c::DROP_INTERNAL => "INTERNAL_ERROR",
+        c::DROP_UNKNOWN_ENDPOINT => "UNKNOWN_ENDPOINT",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn direction_name(d: u8) -> &'static str {
+    match d {
+        c::DIR_INGRESS => "INGRESS",
+        c::DIR_EGRESS => "EGRESS",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn observation_point_name(o: u8) -> &'static str {
+    match o {
+        c::OBS_FROM_ENDPOINT => "endpoint-egress",
+        c::OBS_TO_ENDPOINT => "endpoint-ingress",
+        c::OBS_SOCK_CONNECT | c::OBS_SOCK_SENDMSG => "socket-lb",
+        c::OBS_UPLINK_INGRESS | c::OBS_UPLINK_EGRESS => "uplink",
         _ => "unknown",
     }
 }
@@ -248,8 +278,8 @@ pub struct Maps {
     pub sock_revnat: HashMap<MapData, c::SockRevNatKey, c::SockRevNatValue>,
     /// North-south LB conntrack (forward and reverse entries).
     pub lb_ct: HashMap<MapData, c::CtKey, c::LbCtValue>,
-    /// Taken by [`Datapath::flow_events`].
-    pub events: Option<RingBuf<MapData>>,
+    /// The event ring buffer, taken by [`Datapath::flow_events`] / [`Maps::flow_events`].
+    pub events: Option<MapData>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -280,7 +310,10 @@ impl Maps {
             affinity: typed(m::AFFINITY, get(m::AFFINITY)?)?,
             sock_revnat: typed(m::SOCK_REVNAT, get(m::SOCK_REVNAT)?)?,
             lb_ct: typed(m::LB_CT, get(m::LB_CT)?)?,
-            events: Some(typed(m::EVENTS, get(m::EVENTS)?)?),
+            events: match get(m::EVENTS)? {
+                Map::RingBuf(data) => Some(data),
+                _ => return Err(DatapathError::MissingMap(m::EVENTS)),
+            },
         })
     }
 
@@ -297,6 +330,16 @@ impl Maps {
                 _ => Map::HashMap(data),
             })
         })
+    }
+
+    /// Takes the flow-event reader (one consumer per ring buffer).
+    pub fn flow_events(&mut self) -> Result<Option<FlowEvents>> {
+        match self.events.take() {
+            None => Ok(None),
+            Some(map) => ring::Ring::new(map)
+                .map(|ring| Some(FlowEvents { ring }))
+                .map_err(io_err("mapping the event ring buffer")),
+        }
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -731,14 +774,24 @@ impl Datapath {
         Ok(ifindex)
     }
 
-    /// Detaches the policy programs from an interface (removes the pinned links).
+    /// Detaches the policy programs from an interface: removes its pinned links, whatever
+    /// ifindex they were made for, also when the interface is already gone.
     pub fn detach_endpoint_interface(&self, ifname: &str) -> Result<()> {
-        let ifindex = ifindex(ifname)?;
-        for tag in ["ingress", "egress"] {
-            let pin = link_pin(&self.cfg.pin_path, &format!("tc-{ifindex}-{ifname}-{tag}"));
-            if pin.exists() {
-                std::fs::remove_file(&pin)
-                    .map_err(io_err(format!("removing {}", pin.display())))?;
+        let dir = self.cfg.pin_path.join("links");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
+        };
+        for e in entries.flatten() {
+            if is_tc_pin_of(&e.file_name().to_string_lossy(), ifname) {
+                let pin = e.path();
+                match std::fs::remove_file(&pin) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err(format!("removing {}", pin.display()))(err))
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -1246,7 +1299,13 @@ impl Datapath {
 
     /// Takes the flow-event reader (one consumer per ring buffer).
     pub fn flow_events(&mut self) -> Option<FlowEvents> {
-        self.maps.events.take().map(|ring| FlowEvents { ring })
+        match self.maps.flow_events() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "no flow events");
+                None
+            }
+        }
     }
 
     /// Removes every pin (maps and links) under the pin path: detaches everything once the
@@ -1280,21 +1339,28 @@ pub fn maglev_slot(hash_seed: u32, client_cookie: u64, svc_id: u32, m_size: u32)
 
 /// Reads flow events from the ring buffer.
 pub struct FlowEvents {
-    ring: RingBuf<MapData>,
+    ring: ring::Ring,
 }
 
+/// Most events one [`FlowEvents::drain`] returns (the rest waits for the next call).
+pub const DRAIN_MAX: usize = 4096;
+
 impl FlowEvents {
-    /// Returns the events available now, without waiting.
+    /// Returns the events available now (at most [`DRAIN_MAX`]), without waiting.
     pub fn drain(&mut self) -> Vec<c::FlowEvent> {
         let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
+        self.ring.consume(DRAIN_MAX, |item| {
             if item.len() >= std::mem::size_of::<c::FlowEvent>() {
-                // SAFETY: the kernel wrote a FlowEvent (repr(C), Pod) at this address; the read
-                // is unaligned-safe.
+                // SAFETY: the kernel wrote a FlowEvent (repr(C), Pod) here; read unaligned.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const c::FlowEvent) });
             }
-        }
+        });
         out
+    }
+
+    /// Records skipped because the ring held something that was not a record.
+    pub fn corrupt(&self) -> u64 {
+        self.ring.corrupt
     }
 }
 
@@ -1327,10 +1393,16 @@ impl FlowEventStream {
             }
             let mut guard = self.fd.readable_mut().await?;
             let batch = guard.get_inner_mut().drain();
+            let full = batch.len() >= DRAIN_MAX;
             if batch.is_empty() {
                 guard.clear_ready();
             }
+            drop(guard);
             self.pending.extend(batch);
+            if full {
+                // A busy ring must not keep this worker thread to itself.
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
@@ -1359,6 +1431,18 @@ fn mask_addr(addr: c::Addr, prefix: u8) -> c::Addr {
     out
 }
 
+/// Whether a link pin name (`tc-<ifindex>-<ifname>-<ingress|egress>`) is one of `ifname`'s.
+fn is_tc_pin_of(pin: &str, ifname: &str) -> bool {
+    let Some((idx, rest)) = pin.strip_prefix("tc-").and_then(|r| r.split_once('-')) else {
+        return false;
+    };
+    !idx.is_empty()
+        && idx.bytes().all(|b| b.is_ascii_digit())
+        && rest
+            .strip_prefix(ifname)
+            .is_some_and(|t| t == "-ingress" || t == "-egress")
+}
+
 /// Interface index in the calling thread's network namespace.
 pub fn ifindex(ifname: &str) -> Result<u32> {
     let name = std::ffi::CString::new(ifname)
@@ -1376,6 +1460,16 @@ pub fn ifindex(ifname: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_pins_are_matched_by_interface_name() {
+        assert!(is_tc_pin_of("tc-12-lxc0-ingress", "lxc0"));
+        assert!(is_tc_pin_of("tc-7-lxc0-egress", "lxc0"));
+        assert!(!is_tc_pin_of("tc-12-lxc01-ingress", "lxc0"));
+        assert!(!is_tc_pin_of("tc-12-xlxc0-ingress", "lxc0"));
+        assert!(!is_tc_pin_of("uplink-12-lxc0-ingress", "lxc0"));
+        assert!(!is_tc_pin_of("tc--lxc0-ingress", "lxc0"));
+    }
 
     #[test]
     fn masks_cidrs() {

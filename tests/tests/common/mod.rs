@@ -3,6 +3,8 @@
 //! loopback port. (Trimmed from control-api's own test harness.)
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::net::SocketAddr;
 
 use axum::body::Body;
@@ -61,8 +63,9 @@ impl ControlPlane {
         self.serve_agents_on(dir, listener).await
     }
 
-    /// Serves the agent service over TLS on `listener` (bound in whichever network
-    /// namespace the caller chose), with a certificate for its address made in `dir`.
+    /// Serves the agent service over TLS on `listener` (which may have been bound inside a
+    /// test's network namespace), with a certificate for its address; returns its URL and
+    /// the certificate agents must trust.
     pub async fn serve_agents_on(
         &self,
         dir: &std::path::Path,
@@ -95,7 +98,7 @@ impl ControlPlane {
         );
         let tls = control_api::agent::Tls::load(&cert, &key).expect("certificate");
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        listener.set_nonblocking(true).expect("non-blocking");
+        listener.set_nonblocking(true).expect("nonblocking");
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let svc = control_api::agent::AgentService::new(self.state.clone());
         let server = tonic::transport::Server::builder()

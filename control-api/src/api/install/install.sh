@@ -16,6 +16,7 @@ PREFIX=/usr/local
 CONFIG_DIR=/etc/weft
 STATE_DIR=/var/lib/weft
 PIN_PATH=''
+API_SOCKET=''
 NODE_NAME=''
 ADDRESSES=''
 CGROUP=''
@@ -40,6 +41,7 @@ Usage: sh install.sh --join-token TOKEN [options]
                          plane's own certificate, fetched from $API_URL)
   --cgroup DIR           cgroup v2 directory for socket load balancing
   --pin-path DIR         bpffs directory for the pinned datapath (default /sys/fs/bpf/weft)
+  --api-socket PATH      the agent's node-local API socket (default /run/weft/agent.sock)
   --prefix DIR           install the binary in DIR/bin (default $PREFIX)
   --config-dir DIR       configuration directory (default $CONFIG_DIR)
   --state-dir DIR        credential and state directory (default $STATE_DIR)
@@ -81,6 +83,7 @@ while [ $# -gt 0 ]; do
         --ca-cert) [ -r "$val" ] || die "--ca-cert $val is not a readable file"; CA_CERT=$val ;;
         --cgroup) plain "$opt" "$val"; CGROUP=$val ;;
         --pin-path) plain "$opt" "$val"; PIN_PATH=$val ;;
+        --api-socket) plain "$opt" "$val"; API_SOCKET=$val ;;
         --prefix) plain "$opt" "$val"; PREFIX=$val ;;
         --config-dir) plain "$opt" "$val"; CONFIG_DIR=$val ;;
         --state-dir) plain "$opt" "$val"; STATE_DIR=$val ;;
@@ -153,6 +156,7 @@ ENV_FILE=$CONFIG_DIR/agent.env
     [ -z "$CA_CERT" ] || echo "WEFT_AGENT_CA=$CA_CERT"
     [ -z "$CGROUP" ] || echo "WEFT_CGROUP=$CGROUP"
     [ -z "$PIN_PATH" ] || echo "WEFT_BPF_PIN_PATH=$PIN_PATH"
+    [ -z "$API_SOCKET" ] || echo "WEFT_API_SOCKET=$API_SOCKET"
 } >"$ENV_FILE.new"
 chmod 0600 "$ENV_FILE.new"
 mv -f "$ENV_FILE.new" "$ENV_FILE"

@@ -1,0 +1,326 @@
+//! Several "nodes" on one machine: a control-plane namespace with a bridge, one network
+//! namespace per node joined to it (direct routing between nodes, each node routes the
+//! others' pod CIDRs through their underlay address), the real `node-agent run` binary
+//! inside each node namespace, and empty pod namespaces for `node-agent endpoint add`.
+//! Everything is created by the test, uniquely named, and removed on drop.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use node_agent::netns::{ensure_bpffs, NetNs, PinDir};
+use node_agent::tools;
+use serde_json::Value;
+
+/// How long a change may take to show.
+pub const WITHIN: Duration = Duration::from_secs(10);
+
+/// The `node-agent` binary of this build (nextest builds it for node-agent's own tests).
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("node-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo xtask test` (it builds every binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "weft-e2e-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The underlay: a namespace with a bridge (`192.168.100.254/24`) the nodes hang off.
+pub struct Underlay {
+    pub ns: NetNs,
+}
+
+pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+
+impl Underlay {
+    pub fn new() -> Underlay {
+        node_agent::netns::sweep_stale();
+        let ns = NetNs::create("u").expect("underlay namespace");
+        ns.ip(&["link", "add", "br0", "type", "bridge"])
+            .expect("bridge");
+        ns.ip(&["addr", "add", &format!("{UNDERLAY_GW}/24"), "dev", "br0"])
+            .expect("bridge address");
+        ns.ip(&["link", "set", "br0", "up"]).expect("bridge up");
+        Underlay { ns }
+    }
+
+    /// A TCP listener on the underlay's address (for the control plane's agent service).
+    pub fn listen(&self) -> std::net::TcpListener {
+        self.ns
+            .spawn(|| std::net::TcpListener::bind((UNDERLAY_GW, 0)))
+            .join()
+            .expect("bind thread")
+            .expect("enter underlay")
+            .expect("bind")
+    }
+}
+
+/// A node: its namespace, pins, state directory, agent process and pod namespaces.
+/// Field order is drop order: the agent stops first, then pods, pins, the node.
+pub struct Node {
+    pub agent: Option<Child>,
+    pub pods: Vec<NetNs>,
+    pub servers: Vec<tools::Server>,
+    pub pins: PinDir,
+    pub ns: NetNs,
+    pub state: TempDir,
+    pub name: String,
+    /// Underlay address.
+    pub address: Ipv4Addr,
+    pub socket: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+pub struct Run<'a> {
+    pub url: &'a str,
+    pub ca: &'a Path,
+}
+
+impl Node {
+    /// Node `index` (1-based): underlay address `192.168.100.<index>`, pod CIDR
+    /// `10.0.<index>.0/24`; routes to the other nodes' pod CIDRs via their addresses.
+    pub fn new(underlay: &Underlay, index: u8, nodes: u8) -> Node {
+        ensure_bpffs().expect("bpffs");
+        let ns = NetNs::create("n").expect("node namespace");
+        let address = Ipv4Addr::new(192, 168, 100, index);
+        let port = format!("ul{index}");
+        underlay
+            .ns
+            .ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ul0",
+                "netns",
+                ns.name(),
+            ])
+            .expect("underlay link");
+        underlay
+            .ns
+            .ip(&["link", "set", &port, "master", "br0", "up"])
+            .expect("bridge port");
+        ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "ul0"])
+            .expect("node address");
+        ns.ip(&["link", "set", "ul0", "up"]).expect("ul0 up");
+        for other in (1..=nodes).filter(|o| *o != index) {
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("10.0.{other}.0/24"),
+                "via",
+                &format!("192.168.100.{other}"),
+            ])
+            .expect("route to the other node's pods");
+        }
+        let state = TempDir::new("node");
+        let socket = state.0.join("agent.sock");
+        Node {
+            agent: None,
+            pods: Vec::new(),
+            servers: Vec::new(),
+            pins: PinDir::create("e2e").expect("pin dir"),
+            ns,
+            state,
+            name: format!("node-{index}"),
+            address,
+            socket,
+        }
+    }
+
+    /// Starts the real `node-agent run` inside the node namespace; waits for its API socket.
+    pub fn start_agent(&mut self, run: &Run, join_token: Option<&str>) {
+        assert!(self.agent.is_none(), "agent already running");
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.0.join("agent.log"))
+            .expect("agent log");
+        let mut cmd = self.ns.command(agent_bin().to_str().expect("path"));
+        cmd.arg("--pin-path")
+            .arg(self.pins.path())
+            .arg("run")
+            .args(["--control-plane", run.url])
+            .arg("--ca-cert")
+            .arg(run.ca)
+            .arg("--state-dir")
+            .arg(&self.state.0)
+            .args(["--node-name", &self.name])
+            .args(["--address", &self.address.to_string()])
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .args(["--health-interval-secs", "1"])
+            .env("RUST_LOG", "node_agent=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(t) = join_token {
+            cmd.args(["--join-token", t]);
+        }
+        self.agent = Some(cmd.spawn().expect("start node-agent"));
+        let start = Instant::now();
+        while !self.socket.exists() {
+            if let Some(Ok(Some(status))) = self.agent.as_mut().map(Child::try_wait) {
+                panic!("{}: agent exited ({status}): {}", self.name, self.log());
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "{}: API socket: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.0.join("agent.log")).unwrap_or_default()
+    }
+
+    /// An empty pod namespace (what a container runtime would make).
+    pub fn pod(&mut self) -> usize {
+        self.pods.push(NetNs::create("p").expect("pod namespace"));
+        self.pods.len() - 1
+    }
+
+    /// `node-agent endpoint <args>` against this node's agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .arg("endpoint")
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run node-agent endpoint")
+    }
+
+    /// `endpoint add`, which must succeed.
+    pub fn add(&self, name: &str, pod: usize, ip: &str, labels: &str) -> String {
+        let out = self.cli(&[
+            "add",
+            "--name",
+            name,
+            "--netns",
+            self.pods[pod].name(),
+            "--ip",
+            ip,
+            "--labels",
+            labels,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "endpoint add {name}: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        stdout
+    }
+
+    /// `endpoint list -o json`.
+    pub fn list(&self) -> Vec<Value> {
+        let out = self.cli(&["list", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("list JSON")
+    }
+
+    /// `node-agent status` (flow export counters).
+    pub fn status(&self) -> Value {
+        let out = Command::new(agent_bin())
+            .arg("status")
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run node-agent status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Whether an interface exists in the node namespace.
+    pub fn has_link(&self, ifname: &str) -> bool {
+        self.ns.ip(&["link", "show", ifname]).is_ok()
+    }
+
+    /// A TCP server answering `name` on port 8080 in a pod.
+    pub fn serve(&mut self, pod: usize, name: &str) {
+        let srv = tools::Server::tcp(&self.pods[pod], 8080, name).expect("server");
+        self.servers.push(srv);
+    }
+}
+
+/// TCP from a pod (its namespace path) to `target`: the server's answer, or the error.
+pub fn tcp(from: &Path, target: SocketAddrV4) -> std::io::Result<String> {
+    let from = from.to_path_buf();
+    std::thread::spawn(move || {
+        let _in = node_agent::netns::enter_netns(&from)?;
+        tools::tcp_request(target, Duration::from_millis(500)).map(|(a, _)| a)
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// Waits (up to [`WITHIN`]) until TCP from `from` to `target` is allowed (`true`) or denied.
+pub async fn until_tcp(from: &Path, target: SocketAddrV4, allowed: bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if tokio::task::block_in_place(|| tcp(from, target)).is_ok() == allowed {
+            return true;
+        }
+        if start.elapsed() > WITHIN {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

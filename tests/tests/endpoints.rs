@@ -1,0 +1,409 @@
+//! Two nodes, each a network namespace running the real `node-agent run`, joined by an
+//! underlay with direct routes; pods made with `node-agent endpoint add`. The control plane
+//! learns the endpoints and gives them identities, a REST policy is enforced on real TCP on
+//! both nodes (same node and across nodes), `endpoint del` undoes an endpoint everywhere, a
+//! killed and restarted agent keeps its endpoints, and flows reach the control plane.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::nodes::{until_tcp, Node, Run, TempDir, Underlay, WITHIN};
+use common::{bpf_available, ControlPlane};
+use serde_json::{json, Value};
+
+struct Env {
+    cp: ControlPlane,
+    owner: String,
+    url: String,
+    _tls: TempDir,
+    ca: std::path::PathBuf,
+    nodes: Vec<Node>,
+    _underlay: Underlay,
+}
+
+impl Env {
+    async fn new(n: u8) -> Env {
+        let cp = ControlPlane::new().await;
+        let owner = cp.tenant("acme").await;
+        let r = cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters",
+                &owner,
+                Some(json!({"name": "prod"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let underlay = Underlay::new();
+        let tls = TempDir::new("tls");
+        let (url, ca) = cp.serve_agents_on(&tls.0, underlay.listen()).await;
+        let nodes = (1..=n).map(|i| Node::new(&underlay, i, n)).collect();
+        Env {
+            cp,
+            owner,
+            url,
+            _tls: tls,
+            ca,
+            nodes,
+            _underlay: underlay,
+        }
+    }
+
+    async fn join_token(&self) -> String {
+        let r = self
+            .cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters/prod/join-tokens",
+                &self.owner,
+                Some(json!({"name": format!("e2e-{}", uuid::Uuid::new_v4().simple())})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["token"].as_str().expect("token").to_string()
+    }
+
+    async fn start(&mut self, node: usize, register: bool) {
+        let token = if register {
+            Some(self.join_token().await)
+        } else {
+            None
+        };
+        let run = Run {
+            url: &self.url,
+            ca: &self.ca,
+        };
+        let n = &mut self.nodes[node];
+        tokio::task::block_in_place(|| n.start_agent(&run, token.as_deref()));
+    }
+
+    /// The tenant's endpoints over REST: name -> (ipv4, identity).
+    async fn rest_endpoints(&self) -> Vec<(String, String, Option<i64>)> {
+        let r = self
+            .cp
+            .call("GET", "/v1/tenants/acme/endpoints", &self.owner, None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let mut out: Vec<_> = r.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_string(),
+                    e["ipv4"].as_str().unwrap_or_default().to_string(),
+                    e["identity"].as_i64(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits until REST lists exactly these endpoint names.
+    async fn until_rest_endpoints(&self, names: &[&str]) {
+        let start = Instant::now();
+        loop {
+            let eps = self.rest_endpoints().await;
+            let got: Vec<&str> = eps.iter().map(|e| e.0.as_str()).collect();
+            if got == names && eps.iter().all(|e| e.2.is_some()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "REST endpoints {got:?}, want {names:?}\nnode-1: {}\nnode-2: {}",
+                self.nodes[0].log(),
+                self.nodes.get(1).map(Node::log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn policy(&self, name: &str, from: &str) {
+        let r = self
+            .cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/policies",
+                &self.owner,
+                Some(json!({"name": name, "spec": {
+                    "endpointSelector": {"matchLabels": {"app": "web"}},
+                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": from}}],
+                                 "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+
+    async fn delete_policy(&self, name: &str) {
+        let r = self
+            .cp
+            .call(
+                "DELETE",
+                &format!("/v1/tenants/acme/policies/{name}"),
+                &self.owner,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+}
+
+/// Waits until `endpoint list` on the node shows an identity and a desired-state id for
+/// every endpoint; returns the list.
+async fn until_assigned(node: &Node, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let list = tokio::task::block_in_place(|| node.list());
+        let pods: Vec<&Value> = list.iter().filter(|e| e["name"] != "host").collect();
+        if pods.len() == n
+            && pods
+                .iter()
+                .all(|e| e["identity"].is_u64() && e["endpoint_id"].is_string())
+        {
+            return list;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "{}: identities assigned: {list:?}\n{}",
+            node.name,
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const WEB1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 8080);
+const WEB2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 1), 8080);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_from_the_cli_get_identities_and_policy_on_both_nodes_and_flows_are_exported() {
+    if !bpf_available(
+        "endpoints_from_the_cli_get_identities_and_policy_on_both_nodes_and_flows_are_exported",
+    ) {
+        return;
+    }
+    let mut env = Env::new(2).await;
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (client, web1) = (env.nodes[0].pod(), env.nodes[0].pod());
+    let web2 = env.nodes[1].pod();
+    let out = env.nodes[0].add("client", client, "10.0.1.1/32", "app=client");
+    assert!(out.contains("endpoint client added: 10.0.1.1/32"), "{out}");
+    env.nodes[0].add("web-1", web1, "10.0.1.2/32", "app=web,tier=front");
+    env.nodes[1].add("web-2", web2, "10.0.2.1/32", "app=web,tier=front");
+    // The same add again changes nothing.
+    env.nodes[0].add("web-1", web1, "10.0.1.2/32", "app=web,tier=front");
+    env.nodes[0].serve(web1, "web-1");
+    env.nodes[1].serve(web2, "web-2");
+
+    // Refusals name what was wrong.
+    let n0 = &env.nodes[0];
+    let err = |out: std::process::Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = err(n0.cli(&[
+        "add",
+        "--name",
+        "ghost",
+        "--netns",
+        "wf-no-such-ns",
+        "--ip",
+        "10.0.1.9",
+    ]));
+    assert!(e.contains("wf-no-such-ns does not exist"), "{e}");
+    let spare = env.nodes[0].pod();
+    let n0 = &env.nodes[0];
+    let e = err(n0.cli(&[
+        "add",
+        "--name",
+        "dup",
+        "--netns",
+        n0.pods[spare].name(),
+        "--ip",
+        "10.0.1.2/32",
+    ]));
+    assert!(
+        e.contains("10.0.1.2 is already used by endpoint \"web-1\""),
+        "{e}"
+    );
+    let e = err(n0.cli(&[
+        "add",
+        "--name",
+        "bad",
+        "--netns",
+        n0.pods[spare].name(),
+        "--ip",
+        "10.0.1.9",
+        "--labels",
+        "app",
+    ]));
+    assert!(e.contains("\"app\" is not key=value"), "{e}");
+    assert!(
+        !n0.has_link(&node_agent::endpoint::host_ifname("dup")),
+        "a refused add leaves nothing behind"
+    );
+
+    // The control plane knows the endpoints, with identities (same labels, same identity
+    // on both nodes), and the agents show them.
+    env.until_rest_endpoints(&["client", "web-1", "web-2"])
+        .await;
+    let rest = env.rest_endpoints().await;
+    assert_eq!(
+        rest[1].2, rest[2].2,
+        "web-1 and web-2 share their identity: {rest:?}"
+    );
+    let list = until_assigned(&env.nodes[0], 2).await;
+    let web1_row = list
+        .iter()
+        .find(|e| e["name"] == "web-1")
+        .expect("web-1 listed");
+    assert_eq!(web1_row["ip"], "10.0.1.2/32");
+    assert_eq!(web1_row["labels"], json!({"app": "web", "tier": "front"}));
+    assert_eq!(
+        web1_row["interface"],
+        node_agent::endpoint::host_ifname("web-1")
+    );
+    assert_eq!(web1_row["identity"].as_i64(), rest[1].2);
+    let host = list
+        .iter()
+        .find(|e| e["name"] == "host")
+        .expect("host endpoint listed");
+    assert_eq!(
+        host["identity"], 1,
+        "the host is an endpoint with the host identity"
+    );
+    assert_eq!(host["ip"], "192.168.100.1");
+    until_assigned(&env.nodes[1], 1).await;
+    let table = String::from_utf8_lossy(&env.nodes[0].cli(&["list"]).stdout).into_owned();
+    assert!(
+        table.starts_with("NAME") && table.contains("app=web,tier=front"),
+        "{table}"
+    );
+
+    // Default allow: on the node and across nodes by direct routing.
+    let client_ns = &env.nodes[0].pods[client].path();
+    assert!(
+        until_tcp(client_ns, WEB1, true).await,
+        "client -> web-1 (same node)"
+    );
+    assert!(
+        until_tcp(client_ns, WEB2, true).await,
+        "client -> web-2 (other node)"
+    );
+
+    // A policy over REST admitting only app=other to app=web: denied on both nodes.
+    env.policy("web-ingress", "other").await;
+    assert!(until_tcp(client_ns, WEB1, false).await, "denied on node-1");
+    assert!(until_tcp(client_ns, WEB2, false).await, "denied on node-2");
+    // Admitting app=client too: allowed on both (identities resolved across nodes).
+    env.policy("web-from-client", "client").await;
+    assert!(until_tcp(client_ns, WEB1, true).await, "allowed on node-1");
+    assert!(until_tcp(client_ns, WEB2, true).await, "allowed on node-2");
+    env.delete_policy("web-from-client").await;
+    assert!(
+        until_tcp(client_ns, WEB2, false).await,
+        "denied again on node-2"
+    );
+
+    // Flows, forwarded and dropped, reach the control plane: streams are answered OK.
+    for node in &env.nodes {
+        let start = Instant::now();
+        loop {
+            let s = tokio::task::block_in_place(|| node.status());
+            let flows = &s["flows"];
+            // Both outcomes were seen on each node: forwarded connections, and drops of
+            // the policy (node-1 drops client -> web-1, node-2 client -> web-2).
+            if flows["flows_acked"].as_u64().unwrap_or(0) > 0
+                && flows["streams_acked"].as_u64().unwrap_or(0) > 0
+                && flows["by_verdict"]["FORWARDED"].as_u64().unwrap_or(0) > 0
+                && flows["by_verdict"]["DROPPED"].as_u64().unwrap_or(0) > 0
+            {
+                assert!(
+                    flows["events"].as_u64().unwrap_or(0)
+                        >= flows["flows_acked"].as_u64().unwrap_or(0)
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "{}: flows acked: {s}\n{}",
+                node.name,
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // `endpoint del` removes the veth and the endpoint leaves the control plane; a second
+    // del is harmless.
+    let out = env.nodes[1].cli(&["del", "web-2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!env.nodes[1].has_link(&node_agent::endpoint::host_ifname("web-2")));
+    env.until_rest_endpoints(&["client", "web-1"]).await;
+    let out = env.nodes[1].cli(&["del", "web-2"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
+    env.delete_policy("web-ingress").await;
+    assert!(
+        until_tcp(client_ns, WEB1, true).await,
+        "policies deleted: allowed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_keeps_its_endpoints_and_enforcement_across_the_restart() {
+    if !bpf_available("a_killed_agent_keeps_its_endpoints_and_enforcement_across_the_restart") {
+        return;
+    }
+    let mut env = Env::new(1).await;
+    env.start(0, true).await;
+    let (client, web1, other) = (env.nodes[0].pod(), env.nodes[0].pod(), env.nodes[0].pod());
+    env.nodes[0].add("client", client, "10.0.1.1", "app=client");
+    env.nodes[0].add("web-1", web1, "10.0.1.2", "app=web");
+    env.nodes[0].serve(web1, "web-1");
+    env.until_rest_endpoints(&["client", "web-1"]).await;
+    until_assigned(&env.nodes[0], 2).await;
+    env.policy("web-from-client", "client").await;
+    let client_ns = &env.nodes[0].pods[client].path();
+    assert!(
+        until_tcp(client_ns, WEB1, true).await,
+        "allowed by the policy"
+    );
+
+    // SIGKILL: the pinned datapath keeps the endpoints working and enforcing.
+    env.nodes[0].kill_agent();
+    assert!(
+        tokio::task::block_in_place(|| common::nodes::tcp(client_ns, WEB1)).is_ok(),
+        "allowed traffic keeps flowing without an agent"
+    );
+    // Restarted without a join token: the endpoints are known from the state dir, nothing
+    // is re-added, the control plane keeps them.
+    env.start(0, false).await;
+    let list = until_assigned(&env.nodes[0], 2).await;
+    assert!(list.iter().any(|e| e["name"] == "web-1"), "{list:?}");
+    env.until_rest_endpoints(&["client", "web-1"]).await;
+    // And new endpoints work after the restart: a third pod, not admitted by the policy.
+    env.nodes[0].add("other", other, "10.0.1.3", "app=other");
+    env.until_rest_endpoints(&["client", "other", "web-1"])
+        .await;
+    // Programmed (its identity is in the applied state) before the denial means anything.
+    until_assigned(&env.nodes[0], 3).await;
+    let other_ns = &env.nodes[0].pods[other].path();
+    assert!(
+        until_tcp(other_ns, WEB1, false).await,
+        "other -> web-1 denied"
+    );
+    assert!(
+        until_tcp(client_ns, WEB1, true).await,
+        "client -> web-1 still allowed"
+    );
+}
