@@ -219,8 +219,9 @@ impl Env {
         AgentClient::new(channel)
     }
 
-    /// Reports the node's two endpoints (what `node-agent endpoint add` will do): the
-    /// control plane allocates their identities.
+    /// Reports the node's two endpoints with the node credential, as an integration that
+    /// manages its own workloads would (`endpoints.rs` covers `node-agent endpoint add`); an
+    /// agent that never created an endpoint leaves such reports alone.
     async fn report_endpoints(&self, credential: &str) {
         let mut client = self.agent_client().await;
         let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {

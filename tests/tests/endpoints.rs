@@ -407,3 +407,69 @@ async fn a_killed_agent_keeps_its_endpoints_and_enforcement_across_the_restart()
         "client -> web-1 still allowed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_seen_while_the_control_plane_is_unreachable_are_kept_newest_first_and_the_rest_counted(
+) {
+    if !bpf_available(
+        "flows_seen_while_the_control_plane_is_unreachable_are_kept_newest_first_and_the_rest_counted",
+    ) {
+        return;
+    }
+    let mut env = Env::new(1).await;
+    env.nodes[0].run_args = vec!["--flow-buffer".into(), "5".into()];
+    env.start(0, true).await;
+    let (client, web1) = (env.nodes[0].pod(), env.nodes[0].pod());
+    env.nodes[0].add("client", client, "10.0.1.1", "app=client");
+    env.nodes[0].add("web-1", web1, "10.0.1.2", "app=web");
+    env.nodes[0].serve(web1, "web-1");
+    env.until_rest_endpoints(&["client", "web-1"]).await;
+    until_assigned(&env.nodes[0], 2).await;
+    env.policy("web-ingress", "other").await;
+    let client_ns = &env.nodes[0].pods[client].path();
+    assert!(
+        until_tcp(client_ns, WEB1, false).await,
+        "denied by the policy"
+    );
+    let node = &env.nodes[0];
+    let flows = |s: &Value, k: &str| s["flows"][k].as_u64().unwrap_or(0);
+    let start = Instant::now();
+    loop {
+        let s = tokio::task::block_in_place(|| node.status());
+        if flows(&s, "streams_acked") > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "flows acked before the outage: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the open stream go idle and close, then cut the node off the control plane.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = tokio::task::block_in_place(|| node.status());
+    node.ns
+        .ip(&["link", "set", "ul0", "down"])
+        .expect("link down");
+    for _ in 0..20 {
+        assert!(tokio::task::block_in_place(|| common::nodes::tcp(client_ns, WEB1)).is_err());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.ns.ip(&["link", "set", "ul0", "up"]).expect("link up");
+    // Back: the 5 newest flows go out, and the (at least 15) evicted ones as `lost`.
+    let start = Instant::now();
+    loop {
+        let s = tokio::task::block_in_place(|| node.status());
+        let lost = flows(&s, "lost_reported") - flows(&before, "lost_reported");
+        if lost >= 15 && flows(&s, "flows_acked") > flows(&before, "flows_acked") {
+            assert!(flows(&s, "streams_failed") > 0, "{s}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "lost flows reported after the outage: {s} (before: {before})\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

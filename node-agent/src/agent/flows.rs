@@ -382,7 +382,7 @@ async fn next_batch(queue: &FlowQueue, ring: &mut RingLost) -> Option<pb::FlowBa
 }
 
 /// Streams flows to the control plane for as long as the agent runs, reconnecting with
-/// backoff.
+/// backoff. Flows stay in the buffer (newest kept) until a connection is up.
 pub async fn export(
     endpoint: Endpoint,
     auth: Auth,
@@ -398,13 +398,29 @@ pub async fn export(
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
-        // Something to send first: a stream is opened only for data.
-        let first = loop {
-            if let Some(b) = next_batch(&queue, &mut ring).await {
-                break b;
+        // A stream is opened only when there is something to send.
+        loop {
+            {
+                let buf = queue.lock();
+                if !buf.is_empty() || buf.pending_lost() > 0 {
+                    break;
+                }
             }
+            tokio::select! {
+                () = queue.notify.notified() => {}
+                () = tokio::time::sleep(BATCH_WAIT) => {
+                    let d = ring.delta();
+                    if d > 0 {
+                        queue.add_lost(d);
+                    }
+                }
+            }
+        }
+        let res = match endpoint.connect().await {
+            Ok(channel) => one_stream(channel, &auth, &queue, &mut ring, &stats).await,
+            Err(e) => Err(e.into()),
         };
-        match one_stream(&endpoint, &auth, first, &queue, &mut ring, &stats).await {
+        match res {
             Ok(()) => backoff.reset(),
             Err(e) => {
                 add(&stats.streams_failed, 1);
@@ -415,24 +431,20 @@ pub async fn export(
     }
 }
 
-/// One `ReportFlows` stream: `first`, then batches until the stream's budget is spent.
-/// When it fails, everything it carried is counted as lost (reported with the next batch).
+/// One `ReportFlows` stream: batches until the stream's budget is spent or nothing comes
+/// for a batch interval. When it fails, everything it carried is counted as lost
+/// (reported with the next batch).
 async fn one_stream(
-    endpoint: &Endpoint,
+    channel: tonic::transport::Channel,
     auth: &Auth,
-    first: pb::FlowBatch,
     queue: &FlowQueue,
     ring: &mut RingLost,
     stats: &FlowStats,
 ) -> Result<(), RunError> {
-    let (mut flows, mut lost) = (first.flows.len() as u64, first.lost);
-    let channel = match endpoint.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            queue.add_lost(flows.saturating_add(lost));
-            return Err(e.into());
-        }
+    let Some(first) = next_batch(queue, ring).await else {
+        return Ok(());
     };
+    let (mut flows, mut lost) = (first.flows.len() as u64, first.lost);
     let mut client = AgentClient::with_interceptor(channel, auth.clone());
     // One batch in flight: a slow control plane slows the producer, and the queue absorbs.
     let (tx, rx) = mpsc::channel::<pb::FlowBatch>(1);

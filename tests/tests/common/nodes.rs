@@ -96,6 +96,8 @@ pub struct Node {
     /// Underlay address.
     pub address: Ipv4Addr,
     pub socket: PathBuf,
+    /// Extra `node-agent run` arguments.
+    pub run_args: Vec<String>,
 }
 
 impl Drop for Node {
@@ -161,6 +163,7 @@ impl Node {
             name: format!("node-{index}"),
             address,
             socket,
+            run_args: Vec::new(),
         }
     }
 
@@ -187,6 +190,7 @@ impl Node {
             .arg("--api-socket")
             .arg(&self.socket)
             .args(["--health-interval-secs", "1"])
+            .args(&self.run_args)
             .env("RUST_LOG", "node_agent=info")
             .stdout(Stdio::null())
             .stderr(log);
