@@ -169,6 +169,11 @@ pub async fn login(target: &Target, a: LoginArgs) -> Result<()> {
         .name
         .or_else(|| tenant.clone())
         .unwrap_or_else(|| "default".to_string());
+    // Access tokens need not carry an e-mail: the ID token's is the next best name.
+    let signed_in_as = match &credential {
+        Credential::Oidc(o) => o.subject.clone(),
+        Credential::ApiToken { .. } => None,
+    };
     cfg.contexts.insert(
         name.clone(),
         Context {
@@ -182,6 +187,7 @@ pub async fn login(target: &Target, a: LoginArgs) -> Result<()> {
     let who = me["user"]["email"]
         .as_str()
         .map(str::to_string)
+        .or(signed_in_as)
         .unwrap_or_else(|| me["kind"].as_str().unwrap_or("caller").replace('_', " "));
     println!("Logged in to {api_url} as {who}.");
     match &tenant {
