@@ -2,9 +2,10 @@
 //! about the flows contract lives here, so a change of the API touches one module:
 //!
 //! - `GET /v1/tenants/{t}/flows?<filters>&limit&cursor` → `{"items": [Flow…],
-//!   "next_cursor"}`, newest first;
+//!   "next_cursor"}`, newest first; with `last=N`, the newest N and no cursor;
 //! - `GET /v1/tenants/{t}/flows/stream?<filters>`: Server-Sent Events, `event: flow`,
-//!   data one Flow.
+//!   data one Flow (`last=N` first sends the newest N stored, oldest first); `event:
+//!   skipped` when the server dropped some for a slow reader.
 //!
 //! Filters are query parameters: a repeated one is OR, different ones AND, and each has a
 //! `not_` form.
@@ -109,7 +110,7 @@ pub const FILTERS: &[FilterDef] = &[
         "not_protocol",
         "protocol",
         "not-protocol",
-        "L4 protocol: TCP, UDP, ICMPv4, ICMPv6…",
+        "L4 protocol: tcp, udp or icmp",
     ),
     (
         "verdict",
@@ -123,7 +124,7 @@ pub const FILTERS: &[FilterDef] = &[
         "not_drop_reason",
         "drop-reason",
         "not-drop-reason",
-        "Why a packet was dropped (e.g. policy-denied)",
+        "Why it was dropped: POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, …",
     ),
     ("node", "not_node", "node", "not-node", "Node name"),
     (
@@ -145,7 +146,7 @@ pub const FILTERS: &[FilterDef] = &[
         "not_tcp_flags",
         "tcp-flags",
         "not-tcp-flags",
-        "TCP flag set on the packet (SYN, ACK, FIN, RST…)",
+        "TCP flags that must all be set, comma-separated (SYN,ACK; FIN, RST, PSH, URG)",
     ),
 ];
 
@@ -235,13 +236,12 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<String> {
     Ok((now - d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// The query string of a flows request.
+/// The query string of a flows request; `last` asks for the newest N.
 pub fn query(
     filters: &FlowFilters,
     since: Option<&str>,
     until: Option<&str>,
-    limit: Option<usize>,
-    cursor: Option<&str>,
+    last: Option<usize>,
 ) -> String {
     let mut q: Vec<(&str, String)> = filters
         .pairs
@@ -254,11 +254,8 @@ pub fn query(
     if let Some(u) = until {
         q.push(("until", u.to_string()));
     }
-    if let Some(l) = limit {
-        q.push(("limit", l.to_string()));
-    }
-    if let Some(c) = cursor {
-        q.push(("cursor", c.to_string()));
+    if let Some(n) = last {
+        q.push(("last", n.to_string()));
     }
     encode_query(&q)
 }
@@ -353,10 +350,13 @@ fn time(t: &str) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-/// What happened, as hubble words it: the drop reason for drops, else where it was seen.
+/// What happened, as hubble words it: the drop reason for drops (`POLICY_DENIED` reads
+/// `policy-denied`), else where it was seen.
 fn kind(f: &Flow) -> String {
     match (&f.drop_reason, &f.observation_point) {
-        (Some(r), _) if f.verdict == "DROPPED" && !r.is_empty() => r.clone(),
+        (Some(r), _) if f.verdict == "DROPPED" && !r.is_empty() => {
+            r.to_ascii_lowercase().replace('_', "-")
+        }
         (_, Some(o)) => o.clone(),
         _ => f.direction.clone().unwrap_or_default(),
     }
@@ -455,7 +455,7 @@ impl SseParser {
     }
 }
 
-/// The last `limit` flows matching, oldest first.
+/// The newest flows matching (the query says how many), oldest first.
 pub async fn recent(client: &Client, q: &str) -> Result<Vec<Flow>> {
     let path = format!("{}?{q}", client.tpath("/flows")?);
     let page = client.get(&path).await?.body;
@@ -465,7 +465,8 @@ pub async fn recent(client: &Client, q: &str) -> Result<Vec<Flow>> {
     Ok(flows)
 }
 
-/// Follows the stream, calling `each` per flow until the server closes it.
+/// Follows the stream, calling `each` per flow until the server closes it; skipped
+/// flows are told on stderr.
 pub async fn follow(
     client: &Client,
     q: &str,
@@ -503,14 +504,29 @@ pub async fn follow(
         let text = String::from_utf8_lossy(&pending[..upto]).into_owned();
         pending.drain(..upto);
         for (event, data) in parser.push(&text) {
-            if event == "flow" {
-                let flow: Flow = serde_json::from_str(&data)
-                    .with_context(|| format!("a streamed flow is not a Flow: {data}"))?;
-                each(flow)?;
+            match event.as_str() {
+                "flow" => {
+                    let flow: Flow = serde_json::from_str(&data)
+                        .with_context(|| format!("a streamed flow is not a Flow: {data}"))?;
+                    each(flow)?;
+                }
+                "skipped" => eprintln!("{}", skipped_notice(&data)),
+                _ => {}
             }
         }
     }
     Ok(())
+}
+
+/// `{"skipped": n}` (or `null` when unknown) as a line for people.
+pub fn skipped_notice(data: &str) -> String {
+    let n = serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|v| v["skipped"].as_u64());
+    match n {
+        Some(n) => format!("… {n} flows skipped (reading too slowly; narrow the filters)"),
+        None => "… some flows skipped (reading too slowly; narrow the filters)".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -549,9 +565,9 @@ mod tests {
             "80",
         ]);
         assert_eq!(
-            query(&f, Some("2026-11-26T14:00:00+00:00"), None, Some(20), None),
+            query(&f, Some("2026-11-26T14:00:00+00:00"), None, Some(20)),
             "from_label=app%3Dweb&verdict=DROPPED&verdict=ERROR&not_to_ip=10.0.0.0%2F8\
-             &tcp_flags=SYN&to_port=80&since=2026-11-26T14%3A00%3A00%2B00%3A00&limit=20"
+             &tcp_flags=SYN&to_port=80&since=2026-11-26T14%3A00%3A00%2B00%3A00&last=20"
         );
         assert_eq!(parse(&[]).pairs, vec![]);
         let bad = <T as clap::CommandFactory>::command().try_get_matches_from([
@@ -599,7 +615,7 @@ mod tests {
             "Nov 26 14:20:01.123: 10.0.1.5:43122 (web) -> 10.0.2.7:80 (api) to-endpoint FORWARDED (TCP Flags: SYN)"
         );
         let d = flow(json!({
-            "time": "2026-11-26T14:20:02Z", "verdict": "DROPPED", "drop_reason": "policy-denied",
+            "time": "2026-11-26T14:20:02Z", "verdict": "DROPPED", "drop_reason": "POLICY_DENIED",
             "source": {"identity": 2, "ip": "fd00::1", "port": 5353},
             "destination": {"ip": "10.0.2.7", "port": 53}, "protocol": "UDP",
             "observation_point": "to-endpoint", "count": 3, "future_field": true
@@ -631,6 +647,11 @@ mod tests {
 
     #[test]
     fn sse_events_split_across_chunks() {
+        assert_eq!(
+            skipped_notice("{\"skipped\": 7}"),
+            "… 7 flows skipped (reading too slowly; narrow the filters)"
+        );
+        assert!(skipped_notice("{\"skipped\": null}").starts_with("… some flows"));
         let mut p = SseParser::default();
         assert!(p.push(": keep-alive\n\nevent: fl").is_empty());
         assert!(p.push("ow\ndata: {\"a\":").is_empty());

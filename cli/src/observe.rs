@@ -17,7 +17,7 @@ use crate::output;
 pub struct ObserveArgs {
     #[command(flatten)]
     filters: FlowFilters,
-    /// Show the last N matching flows (default 20; with --follow, none unless given).
+    /// Show the newest N matching flows (default 20; with --follow, none unless given).
     #[arg(short = 'n', long)]
     last: Option<usize>,
     /// Keep streaming new flows.
@@ -35,15 +35,14 @@ pub struct ObserveArgs {
 
 struct Printer {
     format: FlowFormat,
-    rows: Vec<Vec<String>>,
 }
 
 impl Printer {
+    /// One flow as a line: compact or JSON Lines.
     fn flow(&mut self, f: Flow) -> Result<()> {
         match self.format {
-            FlowFormat::Compact => println!("{}", flows::compact(&f)),
             FlowFormat::Jsonl => println!("{}", serde_json::to_string(&f)?),
-            FlowFormat::Json | FlowFormat::Table => self.rows.push(flows::table_row(&f)),
+            _ => println!("{}", flows::compact(&f)),
         }
         Ok(())
     }
@@ -62,55 +61,43 @@ pub async fn run(target: &Target, a: ObserveArgs) -> Result<()> {
         .as_deref()
         .map(|s| flows::parse_time(s, now))
         .transpose()?;
+    // Without --follow, the newest 20 unless told; with it, only new flows unless told.
     let last = match (a.last, a.follow) {
         (Some(n), _) => Some(n),
         (None, false) => Some(20),
         (None, true) => None,
     };
-    let mut printer = Printer {
-        format: a.output,
-        rows: Vec::new(),
-    };
-    if let Some(n) = last.filter(|n| *n > 0) {
-        let q = flows::query(
-            &a.filters,
-            since.as_deref(),
-            until.as_deref(),
-            Some(n),
-            None,
-        );
+    let q = flows::query(&a.filters, since.as_deref(), until.as_deref(), last);
+    let mut printer = Printer { format: a.output };
+    if !a.follow {
         let recent = flows::recent(&client, &q).await?;
-        if a.output == FlowFormat::Json && !a.follow {
-            println!("{}", serde_json::to_string_pretty(&recent)?);
-            return Ok(());
-        }
-        for f in recent {
-            if a.output == FlowFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&f)?);
-            } else {
-                printer.flow(f)?;
-            }
-        }
-    }
-    if a.output == FlowFormat::Table && !printer.rows.is_empty() {
-        print!("{}", output::table(&flows::TABLE_HEADERS, &printer.rows));
-        printer.rows.clear();
-    }
-    if a.follow {
-        let q = flows::query(&a.filters, since.as_deref(), until.as_deref(), None, None);
-        flows::follow(&client, &q, |f| match a.output {
-            FlowFormat::Json => {
-                println!("{}", serde_json::to_string_pretty(&f)?);
-                Ok(())
-            }
-            // A live table cannot align columns ahead of time: one row per flow.
+        match a.output {
+            FlowFormat::Json => println!("{}", serde_json::to_string_pretty(&recent)?),
             FlowFormat::Table => {
-                println!("{}", flows::table_row(&f).join("   "));
-                Ok(())
+                let rows: Vec<_> = recent.iter().map(flows::table_row).collect();
+                print!("{}", output::table(&flows::TABLE_HEADERS, &rows));
             }
-            _ => printer.flow(f),
-        })
-        .await?;
+            _ => {
+                for f in recent {
+                    printer.flow(f)?;
+                }
+            }
+        }
+        return Ok(());
     }
+    // The stream sends the newest `last` stored flows first, then follows.
+    flows::follow(&client, &q, |f| match a.output {
+        FlowFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&f)?);
+            Ok(())
+        }
+        // A live table cannot align columns ahead of time: one row per flow.
+        FlowFormat::Table => {
+            println!("{}", flows::table_row(&f).join("   "));
+            Ok(())
+        }
+        _ => printer.flow(f),
+    })
+    .await?;
     Ok(())
 }
