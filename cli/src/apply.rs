@@ -41,7 +41,7 @@ pub enum PolicyCmd {
     /// documents), by name.
     #[command(after_help = "Examples:\n  \
         weft policy apply -f web.yaml\n  \
-        kubectl get cnp -A -o yaml | yq '.items[]' -o yaml -s | weft policy apply -f -\n  \
+        weft policy apply -f - < cnps.yaml\n  \
         weft policy apply -f cnps.yaml --dry-run\n\n\
         Every document is checked first; a bad one applies nothing. Each object prints\n\
         `policy/NAME created|configured|unchanged`. --dry-run checks locally and shows what\n\
@@ -52,6 +52,7 @@ pub enum PolicyCmd {
         /// Show what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
@@ -70,6 +71,7 @@ pub enum PolicyCmd {
         /// Label selector, e.g. `team=web,env!=dev`.
         #[arg(short = 'l', long)]
         selector: Option<String>,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -77,6 +79,7 @@ pub enum PolicyCmd {
     #[command(after_help = "Example:\n  weft policy get web-from-frontend -o yaml")]
     Get {
         name: String,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },

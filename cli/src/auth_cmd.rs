@@ -52,6 +52,7 @@ pub enum ContextCmd {
     /// List contexts (credentials are never shown).
     #[command(after_help = "Example:\n  weft context list -o json")]
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -69,6 +70,7 @@ pub enum TenantCmd {
     /// List the tenants the caller can see.
     #[command(after_help = "Example:\n  weft tenant list")]
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },

@@ -201,7 +201,7 @@ impl clap::Args for FlowFilters {
                 .long(*not_flag)
                 .action(ArgAction::Append)
                 .value_name("VALUE")
-                .help(format!("Exclude: {}", help.to_lowercase()))
+                .help(format!("Exclude flows that --{flag} would match"))
                 .help_heading("Filters (repeat = OR, different = AND)");
             if *param == "verdict" {
                 a = a.value_parser(VERDICTS).ignore_case(true);

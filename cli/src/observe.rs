@@ -29,6 +29,8 @@ pub struct ObserveArgs {
     /// Only flows until this time: RFC 3339, or a duration ago.
     #[arg(long)]
     until: Option<String>,
+    /// Output format: compact (like `hubble observe --compact`), table, json, or
+    /// jsonl (one flow per line).
     #[arg(short, long, value_enum, default_value = "compact")]
     output: FlowFormat,
 }

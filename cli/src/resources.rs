@@ -24,6 +24,7 @@ pub enum ServiceCmd {
     List {
         #[command(flatten)]
         cluster: ClusterArg,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -33,6 +34,7 @@ pub enum ServiceCmd {
         name: String,
         #[command(flatten)]
         cluster: ClusterArg,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -51,6 +53,7 @@ pub enum ServiceCmd {
         /// Show what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
@@ -70,6 +73,7 @@ pub enum ClusterCmd {
     /// List clusters.
     #[command(after_help = "Example:\n  weft cluster list -o json")]
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -77,6 +81,7 @@ pub enum ClusterCmd {
     #[command(after_help = "Example:\n  weft cluster get edge")]
     Get {
         name: String,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -91,6 +96,7 @@ pub enum ClusterCmd {
         labels: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
@@ -119,6 +125,7 @@ pub enum JoinTokenCmd {
         /// Nodes that may register with it (server default 1; 0 = no limit).
         #[arg(long)]
         max_uses: Option<i32>,
+        /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
@@ -130,6 +137,7 @@ pub enum TokenCmd {
     /// List API tokens (secrets are never returned).
     #[command(after_help = "Example:\n  weft token list")]
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -145,6 +153,7 @@ pub enum TokenCmd {
         /// Lifetime in seconds (default: no expiry).
         #[arg(long)]
         expires_in: Option<i64>,
+        /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },

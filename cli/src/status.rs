@@ -26,6 +26,7 @@ pub struct StatusArgs {
     /// How long --wait waits: `90s`, `5m`, `1h`, or seconds.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
+    /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
 }
