@@ -114,10 +114,11 @@ impl Config {
             .with_context(|| format!("making {} private", dir.display()))?;
         let tmp = dir.join(format!(".config.yaml.{}", std::process::id()));
         let text = serde_yaml::to_string(self)?;
+        // A leftover from a crashed run could have other permissions: start afresh.
+        let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;

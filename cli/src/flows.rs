@@ -332,10 +332,32 @@ fn addr(p: &Peer) -> String {
     }
 }
 
+/// The name of a reserved identity (`world`, `host`, …), as hubble shows it.
+fn reserved_name(id: u64) -> Option<&'static str> {
+    use weft_model::identity as i;
+    let id = u32::try_from(id).ok()?;
+    Some(match id {
+        i::HOST => "host",
+        i::WORLD => "world",
+        i::UNMANAGED => "unmanaged",
+        i::HEALTH => "health",
+        i::INIT => "init",
+        i::REMOTE_NODE => "remote-node",
+        i::KUBE_APISERVER => "kube-apiserver",
+        i::INGRESS => "ingress",
+        _ => return None,
+    })
+}
+
+/// Who a peer is: its endpoint, else its reserved identity's name, else `ID:n`.
 fn who(p: &Peer) -> String {
     match (&p.endpoint, p.identity) {
         (Some(e), _) if !e.is_empty() => format!(" ({e})"),
-        (_, Some(id)) => format!(" (ID:{id})"),
+        (_, Some(id)) => match reserved_name(id) {
+            Some(name) => format!(" ({name})"),
+            None if id == 0 => String::new(),
+            None => format!(" (ID:{id})"),
+        },
         _ => String::new(),
     }
 }
@@ -616,19 +638,19 @@ mod tests {
         );
         let d = flow(json!({
             "time": "2026-11-26T14:20:02Z", "verdict": "DROPPED", "drop_reason": "POLICY_DENIED",
-            "source": {"identity": 2, "ip": "fd00::1", "port": 5353},
+            "source": {"identity": 70000, "ip": "fd00::1", "port": 5353},
             "destination": {"ip": "10.0.2.7", "port": 53}, "protocol": "UDP",
             "observation_point": "to-endpoint", "count": 3, "future_field": true
         }));
         assert_eq!(
             compact(&d),
-            "Nov 26 14:20:02.000: [fd00::1]:5353 (ID:2) -> 10.0.2.7:53 policy-denied DROPPED (UDP) ×3"
+            "Nov 26 14:20:02.000: [fd00::1]:5353 (ID:70000) -> 10.0.2.7:53 policy-denied DROPPED (UDP) ×3"
         );
         assert_eq!(
             table_row(&d),
             vec![
                 "Nov 26 14:20:02.000",
-                "[fd00::1]:5353 (ID:2)",
+                "[fd00::1]:5353 (ID:70000)",
                 "10.0.2.7:53",
                 "policy-denied",
                 "DROPPED",
