@@ -11,7 +11,7 @@
 //     "resources": { "<audience>": { "scope": "weft", "access_token_ttl": 600 } },
 //     "default_resource": "<audience>",
 //     "users": [ { "email": "...", "password": "...", "name": "..." } ],
-//     "clients": [ { "client_id": "...", "client_secret": "...",
+//     "clients": [ { "client_id": "...", "client_secret": "...", "public": false,
 //                    "redirect_uris": [...], "post_logout_redirect_uris": [...],
 //                    "grant_types": [...], "access_token_ttl": 1 } ]
 //   }
@@ -61,12 +61,14 @@ const signingKey = {
 const provider = new Provider(config.issuer, {
   clients: config.clients.map((c) => ({
     client_id: c.client_id,
-    client_secret: c.client_secret,
+    // A public client (the `weft` CLI) has no secret; as a native application its loopback
+    // redirect URIs match on any port (RFC 8252 section 7.3).
+    ...(c.public ? { application_type: 'native' } : { client_secret: c.client_secret }),
     redirect_uris: c.redirect_uris ?? [],
     post_logout_redirect_uris: c.post_logout_redirect_uris ?? [],
     grant_types: c.grant_types ?? ['authorization_code'],
     response_types: (c.grant_types ?? ['authorization_code']).includes('authorization_code') ? ['code'] : [],
-    token_endpoint_auth_method: 'client_secret_basic',
+    token_endpoint_auth_method: c.public ? 'none' : 'client_secret_basic',
   })),
   jwks: { keys: [signingKey] },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },

@@ -89,13 +89,17 @@ pub fn demo(detach: bool) -> Result<()> {
             password: demo_password.clone(),
             email_verified: true,
         }],
-        &[oidc::Client {
-            id: "weft-console".into(),
-            secret: console_secret.clone(),
-            redirect_uris: vec![format!("{api_url}/auth/callback")],
-            grant_types: vec!["authorization_code"],
-            access_token_ttl: None,
-        }],
+        &[
+            oidc::Client {
+                id: "weft-console".into(),
+                secret: console_secret.clone(),
+                redirect_uris: vec![format!("{api_url}/auth/callback")],
+                grant_types: vec!["authorization_code"],
+                access_token_ttl: None,
+                public: false,
+            },
+            oidc::cli_client(None),
+        ],
         detach,
     )?;
 

@@ -32,6 +32,8 @@ pub struct Client {
     pub grant_types: Vec<&'static str>,
     /// Lifetime of this client's access tokens in seconds (default 10 minutes).
     pub access_token_ttl: Option<u32>,
+    /// A public client (the `weft` CLI): no secret, PKCE, loopback redirects on any port.
+    pub public: bool,
 }
 
 /// A running provider. Dropping it stops the process.
@@ -96,6 +98,7 @@ impl Provider {
                 "redirect_uris": c.redirect_uris,
                 "grant_types": c.grant_types,
                 "access_token_ttl": c.access_token_ttl,
+                "public": c.public,
             })).collect::<Vec<_>>(),
         });
         // Secrets go in a private file, not on a command line or in the environment.
@@ -180,6 +183,22 @@ impl Drop for Provider {
     }
 }
 
+/// The client id of the `weft` CLI at the dev provider.
+pub const CLI_CLIENT_ID: &str = "weft-cli";
+
+/// The `weft` CLI as a public client: code flow with PKCE through a loopback redirect
+/// (any port), and refresh tokens.
+pub fn cli_client(access_token_ttl: Option<u32>) -> Client {
+    Client {
+        id: CLI_CLIENT_ID.into(),
+        secret: String::new(),
+        redirect_uris: vec!["http://127.0.0.1/callback".into()],
+        grant_types: vec!["authorization_code", "refresh_token"],
+        access_token_ttl,
+        public: true,
+    }
+}
+
 /// A random secret, hex-encoded.
 pub fn secret(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
@@ -195,7 +214,8 @@ pub fn secret(bytes: usize) -> Result<String> {
 /// (unverified), all with the password in `WEFT_TEST_OIDC_PASSWORD`; clients
 /// `weft-test-console` (code flow), `weft-test-machine` (client credentials) and
 /// `weft-test-short` (client credentials, 1-second tokens), all with the secret in
-/// `WEFT_TEST_OIDC_CLIENT_SECRET`.
+/// `WEFT_TEST_OIDC_CLIENT_SECRET`; and the public client `weft-cli`
+/// (`WEFT_TEST_OIDC_CLI_CLIENT_ID`) for `weft login`.
 pub fn start_for_tests(dir: &Path) -> Result<(Provider, Vec<(&'static str, String)>)> {
     const REDIRECT: &str = "http://127.0.0.1:8080/auth/callback";
     let password = secret(12)?;
@@ -223,11 +243,15 @@ pub fn start_for_tests(dir: &Path) -> Result<(Provider, Vec<(&'static str, Strin
         },
         grant_types: grants,
         access_token_ttl: ttl,
+        public: false,
     };
     let clients = [
         client("weft-test-console", vec!["authorization_code"], None),
         client("weft-test-machine", vec!["client_credentials"], None),
         client("weft-test-short", vec!["client_credentials"], Some(1)),
+        // `weft login`: a public client with refresh tokens, whose access tokens live 1 s
+        // so that every CLI call after the first exercises the refresh.
+        cli_client(Some(1)),
     ];
     let provider = Provider::start(dir, &users, &clients, false)?;
     let env = vec![
@@ -238,6 +262,7 @@ pub fn start_for_tests(dir: &Path) -> Result<(Provider, Vec<(&'static str, Strin
         ("WEFT_TEST_OIDC_CLIENT_SECRET", client_secret),
         ("WEFT_TEST_OIDC_REDIRECT_URL", REDIRECT.to_string()),
         ("WEFT_TEST_OIDC_PASSWORD", password),
+        ("WEFT_TEST_OIDC_CLI_CLIENT_ID", CLI_CLIENT_ID.to_string()),
     ];
     Ok((provider, env))
 }

@@ -1,0 +1,244 @@
+//! The harness of the CLI tests: a real control-api (REST on a loopback port, the agent
+//! service on another) over a fresh database on the private PostgreSQL that
+//! `cargo xtask test` starts, and the real `weft` binary run against it with its own
+//! configuration directory.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use control_api::state::AppState;
+use serde_json::{json, Value};
+
+pub const OPERATOR: &str = "operator-token-for-cli-tests-0123456789abcdef";
+
+pub struct Api {
+    pub url: String,
+    pub state: AppState,
+    /// The CLI's `$XDG_CONFIG_HOME`.
+    pub home: tempfile::TempDir,
+}
+
+/// What one `weft` run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "weft failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `cargo xtask test`, which starts PostgreSQL and the OIDC provider")
+    })
+}
+
+/// The dev OIDC provider's issuer, API audience, test password and CLI client id.
+pub fn idp() -> (String, String, String, String) {
+    (
+        env("WEFT_TEST_OIDC_ISSUER"),
+        env("WEFT_TEST_OIDC_AUDIENCE"),
+        env("WEFT_TEST_OIDC_PASSWORD"),
+        env("WEFT_TEST_OIDC_CLI_CLIENT_ID"),
+    )
+}
+
+impl Api {
+    pub async fn start() -> Api {
+        Self::start_with(None).await
+    }
+
+    /// The API configured to take access tokens from the dev provider.
+    pub async fn with_oidc() -> Api {
+        let cfg = control_api::config::OidcConfig {
+            oidc_issuer: Some(env("WEFT_TEST_OIDC_ISSUER")),
+            oidc_client_id: Some(env("WEFT_TEST_OIDC_CLIENT_ID")),
+            oidc_client_secret: Some(env("WEFT_TEST_OIDC_CLIENT_SECRET")),
+            oidc_redirect_url: Some(env("WEFT_TEST_OIDC_REDIRECT_URL")),
+            oidc_audience: Some(env("WEFT_TEST_OIDC_AUDIENCE")),
+            session_ttl_seconds: 3600,
+        };
+        let oidc = control_api::oidc::Oidc::from_config(&cfg)
+            .expect("OIDC config")
+            .expect("issuer");
+        Self::start_with(Some(Arc::new(oidc))).await
+    }
+
+    async fn start_with(oidc: Option<Arc<control_api::oidc::Oidc>>) -> Api {
+        let url = env("WEFT_TEST_DATABASE_URL");
+        let name = format!("cli_{}", uuid_like());
+        let db_url = control_api::db::create_database(&url, &name)
+            .await
+            .expect("create the test database");
+        control_api::db::migrate(&db_url).await.expect("migrate");
+        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        let state = AppState::new(
+            pool,
+            Some(control_api::auth::hash_token(OPERATOR)),
+            oidc,
+            control_api::ratelimit::FailureLimiter::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = control_api::app::app(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Api {
+            url: format!("http://{addr}"),
+            state,
+            home: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.home.path().join("weft")
+    }
+
+    /// Runs `weft` with only the environment given (no WEFT_* leaks in from the test's).
+    pub async fn weft_env(&self, args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Run {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("XDG_CONFIG_HOME", self.home.path())
+            .env("HOME", self.home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("weft runs");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).await.expect("write stdin");
+        }
+        drop(input);
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            child.wait_with_output(),
+        )
+        .await
+        .expect("weft finishes within 2 minutes")
+        .expect("weft output");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub async fn weft(&self, args: &[&str]) -> Run {
+        self.weft_env(args, &[], None).await
+    }
+
+    /// A REST call as the test itself (setting the scene, checking what the CLI did).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.url),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a tenant and returns an API token of `role` for it.
+    pub async fn tenant(&self, name: &str, role: &str) -> String {
+        let (s, b) = self
+            .call("POST", "/v1/tenants", OPERATOR, Some(json!({"name": name})))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        self.token(name, role).await
+    }
+
+    pub async fn token(&self, tenant: &str, role: &str) -> String {
+        let (s, b) = self
+            .call(
+                "POST",
+                &format!("/v1/tenants/{tenant}/api-tokens"),
+                OPERATOR,
+                Some(json!({"name": format!("cli-{role}-{}", uuid_like()), "role": role})),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b["token"].as_str().expect("token").to_string()
+    }
+
+    /// The global desired-state revision.
+    pub async fn revision(&self) -> i64 {
+        sqlx::query_scalar("SELECT revision FROM desired_state")
+            .fetch_one(&self.state.pool)
+            .await
+            .expect("revision")
+    }
+
+    /// Serves the agent service (plain gRPC) on a loopback port; returns a client.
+    pub async fn agent(
+        &self,
+    ) -> weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let svc = control_api::agent::AgentService::new(self.state.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        weft_proto::v1::agent_client::AgentClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+    }
+}
+
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Writes `text` to `dir/name` and returns its path as a string.
+pub fn file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.to_string_lossy().into_owned()
+}
