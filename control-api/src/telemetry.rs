@@ -4,5 +4,12 @@
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) -> weft_telemetry::Guard {
-    weft_telemetry::init("control-api", matches!(format, LogFormat::Json))
+    weft_telemetry::init(
+        "control-api",
+        weft_telemetry::Logs {
+            json: matches!(format, LogFormat::Json),
+            stderr: false,
+            default_filter: "info",
+        },
+    )
 }

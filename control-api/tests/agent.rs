@@ -828,51 +828,18 @@ async fn the_agent_service_speaks_tls() {
     assert_eq!(t.count("nodes").await, 1);
 }
 
-/// An OTLP/gRPC trace receiver: what a collector would get.
-#[derive(Default, Clone)]
-struct Receiver(std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
-
-#[tonic::async_trait]
-impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
-    for Receiver
-{
-    async fn export(
-        &self,
-        req: Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
-    ) -> Result<
-        tonic::Response<
-            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
-        >,
-        tonic::Status,
-    > {
-        let mut got = self.0.lock().expect("lock");
-        for rs in req.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    got.push((
-                        s.name,
-                        hex::encode(s.trace_id),
-                        hex::encode(s.parent_span_id),
-                    ));
-                }
-            }
-        }
-        Ok(tonic::Response::new(Default::default()))
-    }
-}
-
 /// One trace from the REST request to the agent's ack: the request's `traceparent` is
 /// joined by the HTTP span, the change's NOTIFY carries it to the replica that pushes the
 /// delta, the delta carries it to the agent, and the agent's ack comes back in it. The
 /// spans reach a real OTLP receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
-    let receiver = Receiver::default();
+    let receiver = weft_telemetry::receiver::Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let otlp = listener.local_addr().expect("addr");
-    let svc = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(receiver.clone());
+    let svc = receiver.service();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
@@ -939,12 +906,8 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
     b.ack(ack).await.expect("ack");
 
     let _ = provider.force_flush();
-    let spans = receiver.0.lock().expect("lock").clone();
-    let in_trace: Vec<&str> = spans
-        .iter()
-        .filter(|(_, tid, _)| tid == trace_id)
-        .map(|(name, _, _)| name.as_str())
-        .collect();
+    let spans = receiver.trace(trace_id);
+    let in_trace: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
     for want in [
         "http",
         "db.record_change",
@@ -954,15 +917,16 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
     ] {
         assert!(
             in_trace.contains(&want),
-            "{want} not in the trace: {in_trace:?} (all: {spans:?})"
+            "{want} not in the trace: {in_trace:?} (all: {:?})",
+            receiver.spans()
         );
     }
-    let (_, _, push_parent) = spans
+    let push = spans
         .iter()
-        .find(|(n, tid, _)| n == "desired_state.push" && tid == trace_id)
+        .find(|s| s.name == "desired_state.push")
         .expect("push span");
     assert!(
-        !push_parent.is_empty(),
+        !push.parent_span_id.is_empty(),
         "the push has a parent in the request's trace"
     );
 }

@@ -210,15 +210,24 @@ enum MaglevCmd {
     Get { service: u32 },
 }
 
+const LOGS: weft_telemetry::Logs = weft_telemetry::Logs {
+    json: false,
+    stderr: true,
+    default_filter: "node_agent=info",
+};
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "node_agent=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run(_)) {
+        // Short-lived commands: logs only (trace export needs the agent's runtime).
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| LOGS.default_filter.into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.cmd {
         Cmd::Run(mut args) => {
             args.pin_path = cli.pin_path.clone();
@@ -226,7 +235,11 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(node_agent::agent::run::run(args, shutdown_signal()))?;
+            rt.block_on(async {
+                // Traces go to OTEL_EXPORTER_OTLP_ENDPOINT when set; flushed on return.
+                let _traces = weft_telemetry::init("node-agent", LOGS);
+                node_agent::agent::run::run(args, shutdown_signal()).await
+            })?;
         }
         Cmd::Endpoint { api_socket, cmd } => endpoint_cmd(api_socket, cmd)?,
         Cmd::Status { api_socket } => {

@@ -19,6 +19,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt as tfmt, EnvFilter, Layer};
 
+#[cfg(feature = "receiver")]
+pub mod receiver;
+
 /// The metadata key / header name of W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -72,16 +75,40 @@ where
     tracing_opentelemetry::layer().with_tracer(provider.tracer(service))
 }
 
-/// Installs the process's subscriber: logs (JSON or text) and, when configured, trace
-/// export. Call from within a tokio runtime when export may be on.
-pub fn init(service: &'static str, json: bool) -> Guard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// How a process logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Logs {
+    pub json: bool,
+    /// Logs to stderr (a CLI whose stdout is its output) instead of stdout.
+    pub stderr: bool,
+    /// The filter when `RUST_LOG` is unset.
+    pub default_filter: &'static str,
+}
+
+/// Installs the process's subscriber: logs and, when configured, trace export. Call from
+/// within a tokio runtime when export may be on (the OTLP/gRPC client needs one).
+pub fn init(service: &'static str, logs: Logs) -> Guard {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(logs.default_filter));
     // Colours only on a terminal: a log file or collector gets plain text.
-    let ansi = std::io::stdout().is_terminal();
-    let logs = if json {
-        tfmt::layer().json().with_target(false).boxed()
+    let ansi = if logs.stderr {
+        std::io::stderr().is_terminal()
     } else {
-        tfmt::layer().with_target(false).with_ansi(ansi).boxed()
+        std::io::stdout().is_terminal()
+    };
+    let fmt_layer = match (logs.json, logs.stderr) {
+        (true, false) => tfmt::layer().json().with_target(false).boxed(),
+        (true, true) => tfmt::layer()
+            .json()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (false, false) => tfmt::layer().with_target(false).with_ansi(ansi).boxed(),
+        (false, true) => tfmt::layer()
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     let (otel, provider) = if export_configured() {
         match provider(service) {
@@ -96,7 +123,7 @@ pub fn init(service: &'static str, json: bool) -> Guard {
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(logs)
+        .with(fmt_layer)
         .with(otel)
         .init();
     Guard(provider)

@@ -473,3 +473,130 @@ async fn flows_seen_while_the_control_plane_is_unreachable_are_kept_newest_first
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// One trace from a REST request to the BPF map writes on every node: the policy's
+/// `traceparent` is joined by the HTTP span, rides the change's NOTIFY to the pushes, the
+/// deltas to both agents (real processes exporting to the same OTLP receiver), whose
+/// `agent.apply` spans program the datapath, and comes back with their acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_is_one_trace_from_the_request_to_the_apply_on_every_node() {
+    if !bpf_available("a_policy_change_is_one_trace_from_the_request_to_the_apply_on_every_node") {
+        return;
+    }
+    let receiver = weft_telemetry::receiver::Receiver::default();
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = local.local_addr().expect("addr");
+    let svc = receiver.service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(local)),
+    );
+    // SAFETY: set before any other thread of this test process reads the environment.
+    unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")) };
+    let provider = weft_telemetry::provider("control-api").expect("provider");
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(weft_telemetry::layer(&provider, "control-api"));
+        tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    }
+
+    let mut env = Env::new(2).await;
+    // The agents reach the receiver on the underlay, and export without delay.
+    let underlay = env._underlay.listen();
+    underlay.set_nonblocking(true).expect("non-blocking");
+    let on_underlay = underlay.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(receiver.service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                tokio::net::TcpListener::from_std(underlay).expect("listener"),
+            )),
+    );
+    for node in &mut env.nodes {
+        node.run_env = vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{on_underlay}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ];
+    }
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (a, b) = (env.nodes[0].pod(), env.nodes[1].pod());
+    env.nodes[0].add("web-1", a, "10.0.1.2", "app=web");
+    env.nodes[1].add("web-2", b, "10.0.2.2", "app=web");
+    env.until_rest_endpoints(&["web-1", "web-2"]).await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/policies")
+        .header("authorization", format!("Bearer {}", env.owner))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .body(axum::body::Body::from(
+            json!({"name": "web-deny-all", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})
+            .to_string(),
+        ))
+        .expect("request");
+    let resp = tower::ServiceExt::oneshot(env.cp.app.clone(), req)
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // The request's span ends with its body.
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+
+    let start = Instant::now();
+    loop {
+        let _ = provider.force_flush();
+        let spans = receiver.trace(trace_id);
+        let count = |service: &str, name: &str| {
+            spans
+                .iter()
+                .filter(|s| s.service == service && s.name == name)
+                .count()
+        };
+        if count("node-agent", "agent.apply") >= 2 && count("control-api", "agent.ack") >= 2 {
+            assert!(count("control-api", "http") == 1, "{spans:?}");
+            assert!(count("control-api", "desired_state.push") >= 2, "{spans:?}");
+            // Each apply hangs off a push, each ack off an apply.
+            let ids = |name: &str| -> Vec<String> {
+                spans
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .map(|s| s.span_id.clone())
+                    .collect()
+            };
+            let (pushes, applies) = (ids("desired_state.push"), ids("agent.apply"));
+            for s in spans.iter().filter(|s| s.name == "agent.apply") {
+                assert!(
+                    pushes.contains(&s.parent_span_id),
+                    "apply's parent is a push: {spans:?}"
+                );
+            }
+            for s in spans.iter().filter(|s| s.name == "agent.ack") {
+                assert!(
+                    applies.contains(&s.parent_span_id),
+                    "ack's parent is an apply: {spans:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "the trace reached both agents: {spans:?}\nnode-1: {}\nnode-2: {}",
+            env.nodes[0].log(),
+            env.nodes[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

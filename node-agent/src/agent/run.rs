@@ -456,9 +456,14 @@ impl Session<'_> {
                 msg = stream.message() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     let revision = msg.revision;
+                    // The apply joins the trace of the change that caused it, and the ack
+                    // carries the apply's context back.
+                    let span = tracing::info_span!("agent.apply", revision, errors = tracing::field::Empty);
+                    weft_telemetry::TraceParent::adopt_str(&msg.traceparent, &span);
                     // Fail closed: an invalid message changes nothing.
                     let msg = SyncMessage::try_from(msg)?;
-                    let errors = self.programmed.apply(&mut *lock(&self.dp), msg);
+                    let errors = span.in_scope(|| self.programmed.apply(&mut *lock(&self.dp), msg));
+                    span.record("errors", errors.len());
                     self.names.send_replace(self.programmed.names());
                     for e in &errors {
                         tracing::warn!(item = %e.item, error = %e.message, "could not program");
@@ -472,12 +477,16 @@ impl Session<'_> {
                         .first()
                         .map(|e| format!("{}: {}", e.item, e.message))
                         .unwrap_or_default();
-                    client
-                        .ack(pb::AckRequest {
-                            revision,
-                            errors: errors.into_iter().map(Into::into).collect(),
-                        })
-                        .await?;
+                    let mut ack = tonic::Request::new(pb::AckRequest {
+                        revision,
+                        errors: errors.into_iter().map(Into::into).collect(),
+                    });
+                    if let Some(tp) = weft_telemetry::TraceParent::of(&span) {
+                        if let Ok(v) = tp.to_string().parse() {
+                            ack.metadata_mut().insert(weft_telemetry::TRACEPARENT, v);
+                        }
+                    }
+                    client.ack(ack).await?;
                     self.synced = true;
                 }
                 changed = self.endpoints_changed.changed() => {

@@ -98,6 +98,8 @@ pub struct Node {
     pub socket: PathBuf,
     /// Extra `node-agent run` arguments.
     pub run_args: Vec<String>,
+    /// Extra environment of `node-agent run`.
+    pub run_env: Vec<(String, String)>,
 }
 
 impl Drop for Node {
@@ -164,6 +166,7 @@ impl Node {
             address,
             socket,
             run_args: Vec::new(),
+            run_env: Vec::new(),
         }
     }
 
@@ -192,6 +195,7 @@ impl Node {
             .args(["--health-interval-secs", "1"])
             .args(&self.run_args)
             .env("RUST_LOG", "node_agent=info")
+            .envs(self.run_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(t) = join_token {
