@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::nodes::{until_tcp, Node, Run, TempDir, Underlay, WITHIN};
 use common::{bpf_available, ControlPlane};
+use node_agent::netns::Cgroup;
+use node_agent::tools;
 use serde_json::{json, Value};
 
 struct Env {
@@ -598,5 +600,95 @@ async fn a_policy_change_is_one_trace_from_the_request_to_the_apply_on_every_nod
             env.nodes[1].log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A service made over REST with one backend on each node: clients on either node reach
+/// both backends through the VIP (socket LB in each node's cgroup; the backend on the other
+/// node over the underlay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_vip_balances_across_backends_on_both_nodes() {
+    if !bpf_available("a_service_vip_balances_across_backends_on_both_nodes") {
+        return;
+    }
+    let mut env = Env::new(2).await;
+    // Each node's socket LB serves the processes of its own cgroup (never the root one).
+    let cgroups: Vec<Cgroup> = (0..2)
+        .map(|_| Cgroup::create("e2e").expect("cgroup"))
+        .collect();
+    for (node, cg) in env.nodes.iter_mut().zip(&cgroups) {
+        node.run_args = vec!["--cgroup".into(), cg.path().to_str().expect("path").into()];
+    }
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (c1, w1) = (env.nodes[0].pod(), env.nodes[0].pod());
+    let (c2, w2) = (env.nodes[1].pod(), env.nodes[1].pod());
+    env.nodes[0].add("client-1", c1, "10.0.1.1", "app=client");
+    env.nodes[0].add("web-1", w1, "10.0.1.2", "app=web");
+    env.nodes[1].add("client-2", c2, "10.0.2.1", "app=client");
+    env.nodes[1].add("web-2", w2, "10.0.2.2", "app=web");
+    env.nodes[0].serve(w1, "web-1");
+    env.nodes[1].serve(w2, "web-2");
+    env.until_rest_endpoints(&["client-1", "client-2", "web-1", "web-2"])
+        .await;
+
+    let r = env
+        .cp
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/services",
+            &env.owner,
+            Some(json!({
+                "name": "web", "algorithm": "random",
+                "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
+                "backends": [{"address": "10.0.1.2", "port": 8080},
+                             {"address": "10.0.2.2", "port": 8080}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+    for (node, pod, cg) in [(0, c1, &cgroups[0]), (1, c2, &cgroups[1])] {
+        let start = Instant::now();
+        loop {
+            let report = tokio::task::block_in_place(|| {
+                tools::spawn_client(
+                    &common::nodes::agent_bin(),
+                    Some(cg.path()),
+                    &env.nodes[node].pods[pod],
+                    &tools::ClientOptions {
+                        target: vip,
+                        udp: false,
+                        count: 30,
+                        duration: None,
+                        verbose: true,
+                        parallel: 1,
+                    },
+                )
+            })
+            .expect("client ran");
+            let answers: std::collections::BTreeSet<&str> =
+                report.answers.iter().map(|(a, _)| a.as_str()).collect();
+            if report.errors.is_empty() && answers == ["web-1", "web-2"].into() {
+                // The client saw the VIP, not the backend (getpeername is translated back).
+                assert!(
+                    report
+                        .answers
+                        .iter()
+                        .all(|(_, peer)| peer == "10.96.0.10:80"),
+                    "{:?}",
+                    report.answers
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "node-{}: VIP answers {answers:?}, errors {:?}\n{}",
+                node + 1,
+                report.errors,
+                env.nodes[node].log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
