@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::nodes::{until_tcp, Node, Run, TempDir, Underlay, WITHIN};
+use common::nodes::{until_tcp, ApiProcess, Node, Run, TempDir, Underlay, WITHIN};
 use common::{bpf_available, ControlPlane};
 use node_agent::netns::Cgroup;
 use node_agent::tools;
@@ -23,11 +23,23 @@ struct Env {
     _tls: TempDir,
     ca: std::path::PathBuf,
     nodes: Vec<Node>,
+    /// control-api as a process, when the test restarts it.
+    api: Option<ApiProcess>,
     _underlay: Underlay,
 }
 
 impl Env {
+    /// `n` nodes; the agent service in this process.
     async fn new(n: u8) -> Env {
+        Env::build(n, false).await
+    }
+
+    /// `n` nodes; the agent service in a control-api process (see [`ApiProcess`]).
+    async fn with_api_process(n: u8) -> Env {
+        Env::build(n, true).await
+    }
+
+    async fn build(n: u8, process: bool) -> Env {
         let cp = ControlPlane::new().await;
         let owner = cp.tenant("acme").await;
         let r = cp
@@ -41,7 +53,14 @@ impl Env {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         let underlay = Underlay::new();
         let tls = TempDir::new("tls");
-        let (url, ca) = cp.serve_agents_on(&tls.0, underlay.listen()).await;
+        let (url, ca, api) = if process {
+            let (mut api, url, ca) = ApiProcess::new(&underlay, &cp.db_url, &tls.0);
+            tokio::task::block_in_place(|| api.start());
+            (url, ca, Some(api))
+        } else {
+            let (url, ca) = cp.serve_agents_on(&tls.0, underlay.listen()).await;
+            (url, ca, None)
+        };
         let nodes = (1..=n).map(|i| Node::new(&underlay, i, n)).collect();
         Env {
             cp,
@@ -50,6 +69,7 @@ impl Env {
             _tls: tls,
             ca,
             nodes,
+            api,
             _underlay: underlay,
         }
     }
@@ -687,6 +707,76 @@ async fn a_service_vip_balances_across_backends_on_both_nodes() {
                 node + 1,
                 report.errors,
                 env.nodes[node].log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// control-api crashes (SIGKILL) and comes back: enforcement never stops meanwhile, a
+/// policy change made while it was down (through another replica, on the same database)
+/// reaches both agents once they have reconnected, and both report it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reconnect_to_a_restarted_control_api_and_converge() {
+    if !bpf_available("agents_reconnect_to_a_restarted_control_api_and_converge") {
+        return;
+    }
+    let mut env = Env::with_api_process(2).await;
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (web1, client2) = (env.nodes[0].pod(), env.nodes[1].pod());
+    env.nodes[0].add("web-1", web1, "10.0.1.2", "app=web");
+    env.nodes[1].add("client-2", client2, "10.0.2.1", "app=client");
+    env.nodes[0].serve(web1, "web-1");
+    env.until_rest_endpoints(&["client-2", "web-1"]).await;
+    until_assigned(&env.nodes[0], 1).await;
+    until_assigned(&env.nodes[1], 1).await;
+    env.policy("web-from-client", "client").await;
+    let client = env.nodes[1].pods[client2].path();
+    assert!(until_tcp(&client, WEB1, true).await, "allowed across nodes");
+
+    let api = env.api.as_mut().expect("control-api process");
+    api.kill();
+    // While it is down: enforcement goes on, and the policy changes through another replica.
+    assert!(
+        tokio::task::block_in_place(|| common::nodes::tcp(&client, WEB1)).is_ok(),
+        "allowed traffic keeps flowing without the control plane"
+    );
+    env.delete_policy("web-from-client").await;
+    env.policy("web-from-other", "other").await;
+    let wanted = sqlx::query_scalar::<_, i64>("SELECT revision FROM desired_state")
+        .fetch_one(&env.cp.state.pool)
+        .await
+        .expect("revision");
+
+    tokio::task::block_in_place(|| env.api.as_mut().expect("control-api process").start());
+    assert!(
+        until_tcp(&client, WEB1, false).await,
+        "the change made while control-api was down is enforced after it returns"
+    );
+    let start = Instant::now();
+    for name in ["node-1", "node-2"] {
+        loop {
+            let r = env
+                .cp
+                .call(
+                    "GET",
+                    &format!("/v1/tenants/acme/clusters/prod/nodes/{name}"),
+                    &env.owner,
+                    None,
+                )
+                .await;
+            let status = &r.body["status"];
+            if status["connected"] == true
+                && status["applied_revision"]
+                    .as_i64()
+                    .is_some_and(|r| r >= wanted)
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < WITHIN * 3,
+                "{name} reconnected and applied {wanted}: {status}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

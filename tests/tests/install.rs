@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use common::nodes::agent_bin;
 use common::{bpf_available, ControlPlane};
 use control_api::api::install::InstallConfig;
 use node_agent::netns::{ensure_bpffs, PinDir, Topology};
@@ -38,22 +39,6 @@ impl Drop for Machine {
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The node-agent binary cargo built beside this test (`target/<profile>/node-agent`).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("node-agent"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the workspace (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
 }
 
 struct Env {
@@ -95,7 +80,7 @@ impl Env {
         let (agent_url, ca) = cp.serve_agents_on(&tls.0, agents).await;
         let rest_addr: SocketAddr = rest.local_addr().expect("addr");
         let install = InstallConfig::new(
-            Some(agent_binary()),
+            Some(agent_bin()),
             None,
             Some(agent_url),
             0,
@@ -210,7 +195,7 @@ async fn the_install_one_liner_registers_a_node_from_a_fresh_namespace() {
     let bin = machine.0.join("usr/bin/node-agent");
     assert_eq!(mode(&bin), 0o755);
     assert!(
-        std::fs::read(&bin).expect("installed") == std::fs::read(agent_binary()).expect("built"),
+        std::fs::read(&bin).expect("installed") == std::fs::read(agent_bin()).expect("built"),
         "the installed agent is the served one"
     );
     let env_file = machine.0.join("etc/agent.env");

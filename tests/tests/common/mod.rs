@@ -20,6 +20,8 @@ pub const OPERATOR: &str = "operator-token-for-e2e-tests-0123456789abcdef";
 pub struct ControlPlane {
     pub app: Router,
     pub state: AppState,
+    /// The test database (for a control-api process on it).
+    pub db_url: String,
 }
 
 pub struct Reply {
@@ -53,6 +55,7 @@ impl ControlPlane {
         ControlPlane {
             app: control_api::app::app(state.clone()),
             state,
+            db_url,
         }
     }
 
@@ -72,30 +75,7 @@ impl ControlPlane {
         listener: std::net::TcpListener,
     ) -> (String, std::path::PathBuf) {
         let addr: SocketAddr = listener.local_addr().expect("addr");
-        let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=weft-e2e"])
-            .args(["-addext", &format!("subjectAltName=IP:{}", addr.ip())])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(
-            made.success(),
-            "openssl made the agent service's certificate"
-        );
+        let (cert, key) = agent_cert(dir, addr.ip());
         let tls = control_api::agent::Tls::load(&cert, &key).expect("certificate");
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         listener.set_nonblocking(true).expect("nonblocking");
@@ -155,6 +135,39 @@ impl ControlPlane {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         r.body["token"].as_str().expect("token").to_string()
     }
+}
+
+/// A self-signed certificate for the agent service at `ip`, made in `dir` with openssl;
+/// returns (certificate, key).
+pub fn agent_cert(
+    dir: &std::path::Path,
+    ip: std::net::IpAddr,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=weft-e2e"])
+        .args(["-addext", &format!("subjectAltName=IP:{ip}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(
+        made.success(),
+        "openssl made the agent service's certificate"
+    );
+    (cert, key)
 }
 
 /// Whether this machine can run the datapath; with `WEFT_REQUIRE_BPF=1` (set by

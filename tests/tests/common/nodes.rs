@@ -16,20 +16,26 @@ use serde_json::Value;
 /// How long a change may take to show.
 pub const WITHIN: Duration = Duration::from_secs(10);
 
-/// The `node-agent` binary of this build (nextest builds it for node-agent's own tests).
-pub fn agent_bin() -> PathBuf {
+/// A binary of this workspace's build, beside the test executable's `deps/` (nextest
+/// builds every binary of the workspace).
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("node-agent");
+        .join(name);
     assert!(
         bin.exists(),
         "{} is missing: run the tests with `cargo xtask test` (it builds every binary)",
         bin.display()
     );
     bin
+}
+
+/// The `node-agent` binary of this build.
+pub fn agent_bin() -> PathBuf {
+    workspace_bin("node-agent")
 }
 
 /// A temporary directory, removed on drop.
@@ -330,5 +336,93 @@ pub async fn until_tcp(from: &Path, target: SocketAddrV4, allowed: bool) -> bool
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// control-api as a real process (on the test's PostgreSQL, in this namespace), its agent
+/// service reached from the nodes through a forwarder on the underlay; killed with SIGKILL
+/// on drop. (REST can go through the test's in-process app: same database, and the process
+/// LISTENs for its changes.)
+pub struct ApiProcess {
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+    agent_addr: std::net::SocketAddr,
+}
+
+impl ApiProcess {
+    /// Picks free ports, makes the certificate in `dir` and starts the forwarder; returns
+    /// the process (not started), the agent URL on the underlay and the certificate.
+    pub fn new(underlay: &Underlay, db_url: &str, dir: &Path) -> (ApiProcess, String, PathBuf) {
+        let agent_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let on_underlay = underlay.listen().local_addr().expect("free port");
+        let (cert, key) = super::agent_cert(dir, on_underlay.ip());
+        let ns = underlay.ns.path();
+        // Lives as long as the test process; each connection ends with either side.
+        std::thread::spawn(move || tools::forward(&ns, on_underlay, agent_addr));
+        let args = vec![
+            "--database-url".into(),
+            db_url.into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--agent-listen".into(),
+            agent_addr.to_string(),
+            "--agent-tls-cert".into(),
+            cert.display().to_string(),
+            "--agent-tls-key".into(),
+            key.display().to_string(),
+        ];
+        let api = ApiProcess {
+            child: None,
+            args,
+            log: dir.join("control-api.log"),
+            agent_addr,
+        };
+        (api, format!("https://{on_underlay}"), cert)
+    }
+
+    /// Starts it and waits until the agent service accepts connections.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "control-api already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("control-api log");
+        let child = Command::new(workspace_bin("control-api"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start control-api");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect_timeout(&self.agent_addr, Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < WITHIN,
+                "control-api agent service up: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
