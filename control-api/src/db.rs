@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("../../db/migrations/0004_agents.sql"),
     ),
+    (
+        5,
+        "flows",
+        include_str!("../../db/migrations/0005_flows.sql"),
+    ),
 ];
 
 #[derive(Debug)]
