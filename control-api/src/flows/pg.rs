@@ -129,19 +129,21 @@ pub fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &FlowFilter) {
         qb.push(" AND time < ").push_bind(u);
     }
     for c in &f.include {
-        qb.push(" AND ");
+        // NULL rejects the row like false here; left bare, the condition can use indexes.
+        qb.push(" AND (");
         push_criterion(qb, c);
+        qb.push(")");
     }
     for c in &f.exclude {
-        qb.push(" AND NOT ");
+        // Under NOT, NULL must count as "did not match" (as in memory).
+        qb.push(" AND NOT coalesce((");
         push_criterion(qb, c);
+        qb.push("), false)");
     }
 }
 
-/// One criterion as a boolean that is never NULL (so `NOT` excludes exactly what the
-/// criterion matches, as in memory).
+/// One criterion as a boolean (NULL where a column is NULL: the caller decides).
 fn push_criterion(qb: &mut QueryBuilder<'_, Postgres>, c: &Criterion) {
-    qb.push("coalesce((");
     match c {
         Criterion::Label(side, sels) => per_side(qb, *side, |qb, p| {
             qb.push("(false");
@@ -158,9 +160,7 @@ fn push_criterion(qb: &mut QueryBuilder<'_, Postgres>, c: &Criterion) {
                 .push(")");
         }),
         Criterion::Endpoint(side, names) => per_side(qb, *side, |qb, p| {
-            qb.push(format!("{p}_endpoint_name = ANY("))
-                .push_bind(names.clone())
-                .push(")");
+            push_in(qb, &format!("{p}_endpoint_name"), names);
         }),
         Criterion::Ip(side, nets) => per_side(qb, *side, |qb, p| {
             let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
@@ -180,7 +180,7 @@ fn push_criterion(qb: &mut QueryBuilder<'_, Postgres>, c: &Criterion) {
         }
         Criterion::Verdict(vs) => {
             let vs: Vec<String> = vs.iter().map(|v| v.as_str().to_string()).collect();
-            qb.push("verdict = ANY(").push_bind(vs).push(")");
+            push_in(qb, "verdict", &vs);
         }
         Criterion::DropReason(rs) => {
             let rs: Vec<String> = rs.iter().map(|r| r.as_str().to_string()).collect();
@@ -211,7 +211,20 @@ fn push_criterion(qb: &mut QueryBuilder<'_, Postgres>, c: &Criterion) {
             qb.push(")");
         }
     }
-    qb.push("), false)");
+}
+
+/// `column = $1` for one value (an index walks it in time order), `= ANY($1)` for more.
+fn push_in(qb: &mut QueryBuilder<'_, Postgres>, column: &str, values: &[String]) {
+    match values {
+        [one] => {
+            qb.push(format!("{column} = ")).push_bind(one.clone());
+        }
+        many => {
+            qb.push(format!("{column} = ANY("))
+                .push_bind(many.to_vec())
+                .push(")");
+        }
+    }
 }
 
 fn per_side(
