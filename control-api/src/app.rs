@@ -110,6 +110,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Duration::from_secs(cfg.identity_gc_grace_seconds),
         Duration::from_secs(60),
     );
+    crate::flows::spawn_maintenance(
+        state.pool.clone(),
+        cfg.flow_retention_days,
+        Duration::from_secs(3600),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

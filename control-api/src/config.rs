@@ -71,6 +71,14 @@ pub struct ServeConfig {
         global = true
     )]
     pub identity_gc_grace_seconds: u64,
+    /// Days of flows kept: older daily partitions are dropped whole.
+    #[arg(
+        long,
+        env = "WEFT_FLOW_RETENTION_DAYS",
+        default_value_t = 7,
+        global = true
+    )]
+    pub flow_retention_days: u32,
     /// Operator bootstrap token (at least 32 characters): may create tenants and act as
     /// owner in every tenant. Unset: no operator access.
     #[arg(

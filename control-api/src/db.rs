@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../db/migrations/0004_agents.sql"),
     ),
     (
+        5,
+        "flows",
+        include_str!("../../db/migrations/0005_flows.sql"),
+    ),
+    (
         6,
         "node_sync_state",
         include_str!("../../db/migrations/0006_node_sync_state.sql"),

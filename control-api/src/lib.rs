@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod etag;
 pub mod extract;
+pub mod flows;
 pub mod identities;
 pub mod metrics;
 pub mod oidc;

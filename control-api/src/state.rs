@@ -24,6 +24,10 @@ pub struct AppState {
     pub changes: tokio::sync::broadcast::Sender<Change>,
     /// What `/install.sh` and `/downloads` serve.
     pub install: Arc<InstallConfig>,
+    /// Where flows are stored and read.
+    pub flows: crate::flows::SharedFlowStore,
+    /// Stored flow batches of every replica, from this replica's LISTEN (live streams).
+    pub flow_notices: tokio::sync::broadcast::Sender<crate::flows::Notice>,
 }
 
 impl AppState {
@@ -37,6 +41,8 @@ impl AppState {
     ) -> AppState {
         AppState {
             changes: crate::changes::spawn_listener(pool.clone()),
+            flows: Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone())),
+            flow_notices: crate::flows::spawn_notice_listener(pool.clone()),
             pool,
             operator_token_hash,
             metrics: Arc::new(Metrics::new()),

@@ -8,11 +8,14 @@
 //! - [`desired`]: the desired-state compiler (tenant state → one node's programmable state)
 //!   and the deltas between consecutive states.
 //! - [`identity`]: reserved, allocated and CIDR security identities.
+//! - [`flow`]: flow records as the API shows them, and the `hubble observe`-style filter
+//!   over them (parsed from query parameters, matched in memory).
 //! - [`error::FieldError`]: the `{field, message}` every validator returns.
 
 pub mod cnp;
 pub mod desired;
 pub mod error;
+pub mod flow;
 pub mod identity;
 pub mod labels;
 pub mod maglev;

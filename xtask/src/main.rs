@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: Weft's developer and CI entry points.
 
 mod bench_datapath;
+mod bench_flows;
 mod demo;
 mod ebpf;
 mod http;
@@ -27,7 +28,10 @@ commands:
   ebpf              install the eBPF toolchain if missing, build the datapath object
   bench datapath [--quick]
                     datapath benchmark: policy/LB ns per packet, connect rates vs
-                    iptables and no LB; writes target/bench/datapath.json";
+                    iptables and no LB; writes target/bench/datapath.json
+  bench flows [--quick]
+                    flow ingest (gRPC -> PostgreSQL) and query latency over 10M
+                    stored flows (300k with --quick); writes <target dir>/bench/flows.json";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +59,9 @@ fn run(args: &[String]) -> Result<()> {
         }
         "bench" if rest.first().map(String::as_str) == Some("datapath") => {
             bench_datapath::run(&sh::root(), &rest[1..])
+        }
+        "bench" if rest.first().map(String::as_str) == Some("flows") => {
+            bench_flows::run(&rest[1..])
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -9,14 +9,14 @@ use anyhow::Result;
 
 use crate::{oidc, pg, sh};
 
-/// A throw-away Postgres cluster for one test run.
-struct TestPostgres {
-    cluster: Option<pg::Cluster>,
-    dir: PathBuf,
+/// A throw-away Postgres cluster for one test (or benchmark) run.
+pub struct TestPostgres {
+    pub cluster: Option<pg::Cluster>,
+    pub dir: PathBuf,
 }
 
 impl TestPostgres {
-    fn start() -> Result<Self> {
+    pub fn start() -> Result<Self> {
         // Under /tmp, not the checkout: the postgres user must reach the folder, and a
         // clone may live somewhere it cannot (a home directory with mode 0700).
         let dir = std::env::temp_dir().join(format!("weft-test-pg-{}", std::process::id()));

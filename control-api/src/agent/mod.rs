@@ -173,13 +173,14 @@ impl Agent for AgentService {
     ) -> Result<Response<ReportResponse>, Status> {
         let node = self.node(&req).await?;
         let mut stream = req.into_inner();
-        let (mut flows, mut lost) = (0u64, 0u64);
-        // Stored by the observability issue; until then flows are accepted and counted.
+        let (origin, tenant_name) = crate::flows::ingest::origin(&self.st.pool, &node)
+            .await
+            .map_err(status)?;
         while let Some(batch) = stream.message().await? {
-            flows += batch.flows.len() as u64;
-            lost += batch.lost;
+            reports::flows(&self.st, &node, &origin, &tenant_name, &batch)
+                .await
+                .map_err(status)?;
         }
-        tracing::debug!(node = %node.name, flows, lost, "flow batches received");
         Ok(Response::new(ReportResponse {}))
     }
 }

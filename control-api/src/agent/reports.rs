@@ -7,7 +7,7 @@ use uuid::Uuid;
 use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
-use weft_proto::v1::{AckRequest, EndpointReport, HealthReport};
+use weft_proto::v1::{AckRequest, EndpointReport, FlowBatch, HealthReport};
 
 use super::NodeCtx;
 use crate::auth;
@@ -38,6 +38,67 @@ pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
     Ok(())
 }
 
+/// Stores one batch of flows, counts it, and accumulates what the agent lost (in
+/// `weft_flows_lost_total` and the node's `health.flows_lost`).
+pub async fn flows(
+    st: &AppState,
+    node: &NodeCtx,
+    origin: &crate::flows::Origin,
+    tenant_name: &str,
+    batch: &FlowBatch,
+) -> Result<()> {
+    use crate::metrics::{DropLabels, FlowLabels, LostLabels};
+    let enriched = crate::flows::ingest::enrich(&st.pool, node.tenant_id, batch).await?;
+    if enriched.invalid > 0 {
+        tracing::warn!(node = %node.name, records = enriched.invalid,
+            "flow records with unparseable addresses or ids; counted as lost");
+    }
+    st.flows.insert_batch(origin, &enriched.flows).await?;
+    for f in &enriched.flows {
+        let protocol = weft_model::flow::Protocol::from_number(u32::from(f.protocol)).name();
+        st.metrics
+            .flows_processed
+            .get_or_create(&FlowLabels {
+                tenant: tenant_name.to_string(),
+                verdict: f.verdict.as_str().to_string(),
+                protocol: protocol.clone(),
+            })
+            .inc();
+        if let Some(r) = f.drop_reason {
+            st.metrics
+                .drops
+                .get_or_create(&DropLabels {
+                    tenant: tenant_name.to_string(),
+                    reason: r.as_str().to_string(),
+                    protocol,
+                })
+                .inc();
+        }
+    }
+    let lost = batch.lost.saturating_add(enriched.invalid);
+    if lost > 0 {
+        st.metrics
+            .flows_lost
+            .get_or_create(&LostLabels {
+                tenant: tenant_name.to_string(),
+                node: node.name.clone(),
+            })
+            .inc_by(lost);
+        let mut tx = st.pool.begin().await?;
+        auth::set_tenant(&mut tx, node.tenant_id).await?;
+        sqlx::query(
+            "UPDATE nodes SET health = jsonb_set(health, '{flows_lost}', \
+               to_jsonb(coalesce((health->>'flows_lost')::bigint, 0) + $2)) WHERE id = $1",
+        )
+        .bind(node.id)
+        .bind(i64::try_from(lost).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<()> {
     let health = serde_json::json!({
         "datapath_status": req.datapath_status,
@@ -49,7 +110,8 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
     auth::set_tenant(&mut tx, node.tenant_id).await?;
     sqlx::query(
         "UPDATE nodes SET agent_version = $2, kernel_version = $3, last_seen = now(), \
-         health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb)) \
+         health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb), \
+                                           'flows_lost', coalesce(health->'flows_lost', '0'::jsonb)) \
          WHERE id = $1",
     )
     .bind(node.id)

@@ -27,6 +27,8 @@ pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
     // Subscribe before the first snapshot, so no change between the two is missed.
     let changes = st.changes.subscribe();
     tokio::spawn(async move {
+        st.metrics.agents_connected.inc();
+        let _connected = Connected(&st);
         if let Err(e) = produce(&st, &node, resume_from, changes, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
@@ -99,6 +101,16 @@ async fn produce(
         if !pushed {
             return Ok(());
         }
+    }
+}
+
+/// Counts an open stream in `weft_agents_connected` until dropped (the task may end
+/// by error or cancellation).
+struct Connected<'a>(&'a AppState);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.agents_connected.dec();
     }
 }
 

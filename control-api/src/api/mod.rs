@@ -4,6 +4,7 @@ pub mod api_tokens;
 pub mod audit_log;
 pub mod clusters;
 pub mod common;
+pub mod flows;
 pub mod health;
 pub mod install;
 pub mod inventory;
@@ -45,6 +46,7 @@ use crate::state::AppState;
         (name = "policies", description = "Network policies (CiliumNetworkPolicy-compatible)"),
         (name = "inventory", description = "Read-only: nodes, endpoints, identities"),
         (name = "audit", description = "Who changed what, when"),
+        (name = "flows", description = "Observed network flows: stored, live, and as a service map"),
         (name = "install", description = "Installing node agents: the install script and agent downloads"),
     )
 )]
@@ -119,6 +121,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(policies::router())
         .merge(inventory::router())
         .merge(audit_log::router())
+        .merge(flows::router())
         .merge(join_tokens::router())
         .merge(install::router());
     sessions_accepted_wherever_bearer_is(router.get_openapi_mut());

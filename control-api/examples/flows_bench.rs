@@ -1,0 +1,559 @@
+//! Flow ingest and query benchmark, driven by `cargo xtask bench flows [--quick]` (which
+//! starts a private PostgreSQL and passes `--database-url`). Everything is real: the
+//! control plane's REST app and agent gRPC service run in-process, agents are gRPC clients
+//! over loopback, flows land in PostgreSQL.
+//!
+//! 1. Ingest: several concurrent `ReportFlows` streams of 1,000-flow batches; sustained
+//!    flows/s through gRPC, enrichment and the multi-row insert. Baselines in the same run:
+//!    the store's insert alone (no gRPC, no enrichment) and a raw `COPY` of the same rows.
+//! 2. Query: the table is filled to the target size with one server-side
+//!    `INSERT … SELECT generate_series` (bulk load, not through gRPC), then a fixed set of
+//!    filtered queries runs through the filter translation; baseline: the same queries
+//!    written by hand.
+//!
+//! Writes `{"ingest_flows_per_s", "stored_flows", "query_p50_ms", "query_p99_ms"}` to
+//! `--out`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use axum::body::Body;
+use axum::http::{header, Request};
+use chrono::Utc;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tower::ServiceExt;
+use uuid::Uuid;
+use weft_model::flow::FlowFilter;
+use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::{EndpointReport, Flow, FlowBatch, RegisterRequest, ReportedEndpoint};
+
+const OPERATOR: &str = "operator-token-for-the-flows-benchmark-0123456789";
+
+struct Args {
+    database_url: String,
+    out: std::path::PathBuf,
+    quick: bool,
+}
+
+fn args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let (mut url, mut out, mut quick) = (None, None, false);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--database-url" => url = it.next(),
+            "--out" => out = it.next().map(Into::into),
+            "--quick" => quick = true,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(Args {
+        database_url: url.context("--database-url is required")?,
+        out: out.context("--out is required")?,
+        quick,
+    })
+}
+
+struct Sizes {
+    agents: usize,
+    batches_per_agent: usize,
+    batch: usize,
+    stored: i64,
+    query_runs: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = args()?;
+    let sz = if a.quick {
+        Sizes {
+            agents: 4,
+            batches_per_agent: 25,
+            batch: 1000,
+            stored: 300_000,
+            query_runs: 10,
+        }
+    } else {
+        Sizes {
+            agents: 4,
+            batches_per_agent: 150,
+            batch: 1000,
+            stored: 10_000_000,
+            query_runs: 30,
+        }
+    };
+    let name = format!("bench_{}", Uuid::new_v4().simple());
+    let url = control_api::db::create_database(&a.database_url, &name).await?;
+    control_api::db::migrate(&url).await?;
+    let app_pool = control_api::db::connect(&url, 32).await?;
+    let owner = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    let state = control_api::state::AppState::new(
+        app_pool.clone(),
+        Some(control_api::auth::hash_token(OPERATOR)),
+        None,
+        control_api::ratelimit::FailureLimiter::default(),
+    );
+    let app = control_api::app::app(state.clone());
+
+    // A tenant, a cluster, nodes and their endpoints, through the real API.
+    call(&app, "POST", "/v1/tenants", json!({"name": "bench"})).await?;
+    call(
+        &app,
+        "POST",
+        "/v1/tenants/bench/clusters",
+        json!({"name": "prod"}),
+    )
+    .await?;
+    let jt = call(
+        &app,
+        "POST",
+        "/v1/tenants/bench/clusters/prod/join-tokens",
+        json!({"name": "fleet", "max_uses": 0}),
+    )
+    .await?["token"]
+        .as_str()
+        .context("join token")?
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let svc = control_api::agent::AgentService::new(state.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let endpoint = format!("http://{addr}");
+    let mut creds = Vec::new();
+    for n in 0..sz.agents {
+        let mut c = AgentClient::connect(endpoint.clone()).await?;
+        let r = c
+            .register(RegisterRequest {
+                join_token: jt.clone(),
+                node_name: format!("node-{n}"),
+                capability_version: weft_proto::CAPABILITY_VERSION,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let eps = (0..50)
+            .map(|i| ReportedEndpoint {
+                name: format!("ep-{n}-{i}"),
+                labels: [("app".to_string(), format!("app-{}", i % 10))].into(),
+                ips: vec![format!("10.{n}.{}.{}", i / 200, i % 200 + 1)],
+            })
+            .collect();
+        c.report_endpoints(authed(
+            EndpointReport { endpoints: eps },
+            &r.node_credential,
+        ))
+        .await?;
+        creds.push(r.node_credential);
+    }
+
+    // 1. Ingest through gRPC.
+    println!(
+        "ingest: {} agents x {} batches x {} flows over gRPC",
+        sz.agents, sz.batches_per_agent, sz.batch
+    );
+    let batches: Arc<Vec<FlowBatch>> = Arc::new(
+        (0..sz.batches_per_agent)
+            .map(|b| FlowBatch {
+                flows: (0..sz.batch).map(|i| synthetic(b * sz.batch + i)).collect(),
+                lost: 0,
+            })
+            .collect(),
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (n, cred) in creds.iter().enumerate() {
+        let (endpoint, cred, batches) = (endpoint.clone(), cred.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = AgentClient::connect(endpoint).await?;
+            let own: Vec<FlowBatch> = batches
+                .iter()
+                .map(|b| FlowBatch {
+                    flows: b
+                        .flows
+                        .iter()
+                        .map(|f| Flow {
+                            src_ip: f.src_ip.replacen("10.0.", &format!("10.{n}."), 1),
+                            ..f.clone()
+                        })
+                        .collect(),
+                    lost: 0,
+                })
+                .collect();
+            c.report_flows(authed(tokio_stream::iter(own), &cred))
+                .await?;
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let grpc_secs = started.elapsed().as_secs_f64();
+    let ingested = (sz.agents * sz.batches_per_agent * sz.batch) as f64;
+    let ingest_rate = ingested / grpc_secs;
+    let stored_now: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
+        .fetch_one(&owner)
+        .await?;
+    if stored_now as f64 != ingested {
+        bail!("ingested {ingested} flows but {stored_now} are stored");
+    }
+
+    // Baselines: the store's insert alone, and raw COPY of the same rows.
+    let (tenant_id, node_id, cluster_id): (Uuid, Uuid, Uuid) = sqlx::query_as(
+        "SELECT n.tenant_id, n.id, n.cluster_id FROM nodes n WHERE n.name = 'node-0'",
+    )
+    .fetch_one(&owner)
+    .await?;
+    let origin = control_api::flows::Origin {
+        tenant_id,
+        node_id,
+        node_name: "node-0".into(),
+        cluster_id,
+        cluster_name: "prod".into(),
+    };
+    let enriched = control_api::flows::ingest::enrich(&app_pool, tenant_id, &batches[0]).await?;
+    let store_batches = sz.batches_per_agent.min(50);
+    let started = Instant::now();
+    let mut store_tasks = Vec::new();
+    for _ in 0..sz.agents {
+        let (store, origin, flows) = (state.flows.clone(), origin.clone(), enriched.flows.clone());
+        store_tasks.push(tokio::spawn(async move {
+            for _ in 0..store_batches {
+                store.insert_batch(&origin, &flows).await?;
+            }
+            Ok::<_, control_api::error::ApiError>(())
+        }));
+    }
+    for t in store_tasks {
+        t.await??;
+    }
+    let store_rate =
+        (sz.agents * store_batches * sz.batch) as f64 / started.elapsed().as_secs_f64();
+    let copy_rate = copy_baseline(&url, sz.agents, store_batches, &origin, &enriched.flows).await?;
+    println!(
+        "  through gRPC + enrichment + insert: {ingest_rate:>10.0} flows/s ({ingested} flows in {grpc_secs:.1} s)"
+    );
+    println!("  store insert alone (unnest):        {store_rate:>10.0} flows/s");
+    println!("  raw COPY of the same rows:          {copy_rate:>10.0} flows/s");
+    println!(
+        "  ratios: ingest / COPY {:.2}, store insert / COPY {:.2}",
+        ingest_rate / copy_rate,
+        store_rate / copy_rate
+    );
+
+    // 2. Fill to the target size, server-side.
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
+        .fetch_one(&owner)
+        .await?;
+    let fill = (sz.stored - have).max(0);
+    println!(
+        "fill: bulk-loading {fill} more flows server-side (INSERT ... SELECT generate_series)"
+    );
+    let started = Instant::now();
+    let chunk = 1_000_000i64;
+    let mut done = 0;
+    while done < fill {
+        let n = chunk.min(fill - done);
+        sqlx::query(FILL)
+            .bind(tenant_id)
+            .bind(node_id)
+            .bind(cluster_id)
+            .bind(n)
+            .bind(done)
+            .execute(&owner)
+            .await?;
+        done += n;
+    }
+    sqlx::query("ANALYZE flows").execute(&owner).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
+        .fetch_one(&owner)
+        .await?;
+    println!(
+        "  {stored} flows stored ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 3. Queries: ours vs hand-written, same page size, same tenant transaction.
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    println!(
+        "query: {} filtered queries x {} runs (limit 100, newest first)",
+        QUERIES.len(),
+        sz.query_runs
+    );
+    println!("  {:<52} {:>9} {:>9}", "filter", "ours ms", "hand ms");
+    for (q, hand) in QUERIES {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)?;
+        let filter = FlowFilter::parse(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            Utc::now(),
+        )
+        .map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
+        let (mut o, mut h) = (Vec::new(), Vec::new());
+        for _ in 0..sz.query_runs {
+            let t = Instant::now();
+            let rows = state.flows.query(tenant_id, &filter, None, 100).await?;
+            o.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let n = hand_query(&app_pool, tenant_id, hand).await?;
+            h.push(t.elapsed().as_secs_f64() * 1e3);
+            if n != rows.len() {
+                bail!("{q}: ours returned {} rows, hand-written {n}", rows.len());
+            }
+        }
+        println!(
+            "  {:<52} {:>9.2} {:>9.2}",
+            q,
+            median(&mut o),
+            median(&mut h)
+        );
+        ours.extend(o);
+        theirs.extend(h);
+    }
+    let (p50, p99) = (percentile(&mut ours, 0.50), percentile(&mut ours, 0.99));
+    let (b50, b99) = (percentile(&mut theirs, 0.50), percentile(&mut theirs, 0.99));
+    println!(
+        "  ours p50 {p50:.2} ms, p99 {p99:.2} ms; hand-written p50 {b50:.2} ms, p99 {b99:.2} ms"
+    );
+    println!(
+        "  ratios: p50 ours / hand {:.2}, p99 ours / hand {:.2}",
+        p50 / b50,
+        p99 / b99
+    );
+
+    let out = json!({
+        "ingest_flows_per_s": ingest_rate.round(),
+        "stored_flows": stored,
+        "query_p50_ms": (p50 * 100.0).round() / 100.0,
+        "query_p99_ms": (p99 * 100.0).round() / 100.0,
+    });
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
+    println!("wrote {}", a.out.display());
+    app_pool.close().await;
+    owner.close().await;
+    Ok(())
+}
+
+/// Filter (as a query string) and the same query written by hand.
+const QUERIES: &[(&str, &str)] = &[
+    ("", "true"),
+    ("verdict=DROPPED", "verdict = 'DROPPED'"),
+    ("from_endpoint=ep-1-7", "src_endpoint_name = 'ep-1-7'"),
+    (
+        "to_port=5432&protocol=tcp",
+        "dst_port = 5432 AND protocol = 6",
+    ),
+    ("from_label=app%3Dapp-3", "src_labels->>'app' = 'app-3'"),
+    (
+        "to_ip=10.2.0.0/16&not_verdict=FORWARDED",
+        "dst_ip <<= '10.2.0.0/16' AND verdict <> 'FORWARDED'",
+    ),
+    (
+        "since=1h&drop_reason=POLICY_DENIED",
+        "time >= now() - interval '1 hour' AND drop_reason = 'POLICY_DENIED'",
+    ),
+    (
+        "tcp_flags=SYN,ACK&node=node-1",
+        "tcp_flags & 18 = 18 AND node_name = 'node-1'",
+    ),
+];
+
+async fn hand_query(pool: &PgPool, tenant: Uuid, cond: &str) -> Result<usize> {
+    let mut tx = pool.begin().await?;
+    control_api::auth::set_tenant(&mut tx, tenant).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT time, id, verdict, drop_reason, host(src_ip), src_port, src_endpoint_name, \
+         src_identity, src_labels, host(dst_ip), dst_port, dst_endpoint_name, dst_identity, \
+         dst_labels, protocol, node_name, cluster_name, service_name, direction, \
+         observation_point, tcp_flags, bytes, packets, count FROM flows \
+         WHERE tenant_id = $1 AND {cond} ORDER BY time DESC, id DESC LIMIT 101"
+    ))
+    .bind(tenant)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+/// Synthetic rows spread over the last 20 hours: 50 endpoints per node, 10 apps, mostly
+/// forwarded, some drops, a spread of ports and addresses.
+const FILL: &str = "INSERT INTO flows (time, batch, tenant_id, node_id, node_name, cluster_id, \
+    cluster_name, src_ip, src_port, src_endpoint_name, src_identity, src_labels, dst_ip, \
+    dst_port, dst_endpoint_name, dst_identity, dst_labels, protocol, verdict, drop_reason, \
+    direction, observation_point, tcp_flags, bytes, packets, count) \
+  SELECT now() - (random() * interval '20 hours'), 0, $1, $2, \
+    'node-' || (g % 4), $3, 'prod', \
+    ('10.' || (g % 4) || '.0.' || (g % 50 + 1))::inet, 30000 + g % 30000, \
+    'ep-' || (g % 4) || '-' || (g % 50), 256 + g % 10, jsonb_build_object('app', 'app-' || (g % 10)), \
+    ('10.' || ((g / 7) % 4) || '.0.' || ((g / 7) % 50 + 1))::inet, \
+    (ARRAY[80, 443, 5432, 53, 8080])[1 + (g / 3) % 5], \
+    'ep-' || ((g / 7) % 4) || '-' || ((g / 7) % 50), 256 + (g / 7) % 10, \
+    jsonb_build_object('app', 'app-' || ((g / 7) % 10)), \
+    CASE WHEN g % 5 = 3 THEN 17 ELSE 6 END, \
+    CASE WHEN g % 50 = 0 THEN 'DROPPED' WHEN g % 97 = 0 THEN 'TRANSLATED' ELSE 'FORWARDED' END, \
+    CASE WHEN g % 50 = 0 THEN (CASE WHEN g % 100 = 0 THEN 'POLICY_DENIED' ELSE 'CT_FULL' END) END, \
+    'egress', 'endpoint-egress', (ARRAY[2, 18, 16, 17, 4])[1 + g % 5], 100 + g % 1400, 1, 1 \
+  FROM generate_series($5::bigint + 1, $5::bigint + $4) g";
+
+fn synthetic(i: usize) -> Flow {
+    let now = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    Flow {
+        time_unix_nanos: now - (i as i64 % 60_000) * 1_000_000,
+        src_ip: format!("10.0.0.{}", i % 50 + 1),
+        dst_ip: format!("10.{}.0.{}", (i / 7) % 4, (i / 7) % 50 + 1),
+        src_port: 30000 + (i % 30000) as u32,
+        dst_port: [80, 443, 5432, 53, 8080][(i / 3) % 5],
+        proto: if i % 5 == 3 { 17 } else { 6 },
+        verdict: if i.is_multiple_of(50) {
+            "DROPPED"
+        } else {
+            "FORWARDED"
+        }
+        .into(),
+        drop_reason: if i.is_multiple_of(50) {
+            "POLICY_DENIED"
+        } else {
+            ""
+        }
+        .into(),
+        direction: "egress".into(),
+        tcp_flags: [2, 18, 16, 17, 4][i % 5],
+        bytes: 100 + (i % 1400) as u64,
+        packets: 1,
+        observation_point: "endpoint-egress".into(),
+        count: 1,
+        ..Default::default()
+    }
+}
+
+/// Raw COPY (text format) of the same enriched rows, `agents` connections in parallel.
+async fn copy_baseline(
+    url: &str,
+    agents: usize,
+    batches: usize,
+    o: &control_api::flows::Origin,
+    flows: &[control_api::flows::NewFlow],
+) -> Result<f64> {
+    let mut text = String::new();
+    for f in flows {
+        let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "\\N".into());
+        let optu = |u: &Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_else(|| "\\N".into());
+        let labels = |l: &weft_model::labels::Labels| serde_json::to_string(l).unwrap_or_default();
+        let row = [
+            f.time.to_rfc3339(),
+            "0".into(),
+            o.tenant_id.to_string(),
+            o.node_id.to_string(),
+            o.node_name.clone(),
+            o.cluster_id.to_string(),
+            o.cluster_name.clone(),
+            f.src.ip.to_string(),
+            f.src.port.to_string(),
+            optu(&f.src.endpoint_id),
+            opt(&f.src.endpoint_name),
+            f.src.identity.to_string(),
+            labels(&f.src.labels),
+            f.dst.ip.to_string(),
+            f.dst.port.to_string(),
+            optu(&f.dst.endpoint_id),
+            opt(&f.dst.endpoint_name),
+            f.dst.identity.to_string(),
+            labels(&f.dst.labels),
+            optu(&f.service_id),
+            opt(&f.service_name),
+            f.protocol.to_string(),
+            f.verdict.as_str().into(),
+            f.drop_reason
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_else(|| "\\N".into()),
+            f.direction.clone(),
+            f.observation_point.clone(),
+            f.tcp_flags.to_string(),
+            f.bytes.to_string(),
+            f.packets.to_string(),
+            f.count.to_string(),
+        ];
+        text.push_str(&row.join("\t"));
+        text.push('\n');
+    }
+    let text = Arc::new(text);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..agents {
+        let (url, text) = (url.to_string(), text.clone());
+        tasks.push(tokio::spawn(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            for _ in 0..batches {
+                let mut copy = conn
+                    .copy_in_raw(
+                        "COPY flows (time, batch, tenant_id, node_id, node_name, cluster_id, \
+                         cluster_name, src_ip, src_port, src_endpoint_id, src_endpoint_name, \
+                         src_identity, src_labels, dst_ip, dst_port, dst_endpoint_id, \
+                         dst_endpoint_name, dst_identity, dst_labels, service_id, service_name, \
+                         protocol, verdict, drop_reason, direction, observation_point, \
+                         tcp_flags, bytes, packets, count) FROM STDIN",
+                    )
+                    .await?;
+                copy.send(text.as_bytes()).await?;
+                copy.finish().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((agents * batches * flows.len()) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {credential}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> Result<Value> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))?;
+    let resp = app.clone().oneshot(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{method} {path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx.min(v.len() - 1)]
+}

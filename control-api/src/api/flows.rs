@@ -1,0 +1,328 @@
+//! Flows: `GET …/flows` (stored, newest first, paged), `GET …/flows/stream` (live, Server-
+//! Sent Events, fed by every replica's ingest) and `GET …/service-map`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use chrono::Utc;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use weft_model::flow::{FlowFilter, FlowRecord};
+
+use super::common::ReadErrors;
+use crate::auth::{need, Tenant};
+use crate::error::{ApiError, Result};
+use crate::flows::{Cursor, Notice, ServiceMap};
+use crate::pagination::{Page, Query, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_flows))
+        .routes(routes!(stream_flows))
+        .routes(routes!(service_map))
+}
+
+/// The filter parameters, for the documentation only: they are parsed by
+/// [`FlowFilter::parse`] from the raw pairs, since one may repeat. Every filter also has a
+/// `not_<name>` form that excludes what it matches (`not_verdict=FORWARDED`); the same
+/// parameter repeated is OR, different parameters AND.
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FlowFilterParams {
+    /// Source labels, Kubernetes selector syntax (`app=web,env in (prod)`). Repeatable.
+    from_label: Option<String>,
+    /// Destination labels, Kubernetes selector syntax. Repeatable.
+    to_label: Option<String>,
+    /// Source security identity number. Repeatable.
+    from_identity: Option<u32>,
+    /// Destination security identity number. Repeatable.
+    to_identity: Option<u32>,
+    /// Source endpoint name. Repeatable.
+    from_endpoint: Option<String>,
+    /// Destination endpoint name. Repeatable.
+    to_endpoint: Option<String>,
+    /// Source IP address or CIDR. Repeatable.
+    from_ip: Option<String>,
+    /// Destination IP address or CIDR. Repeatable.
+    to_ip: Option<String>,
+    /// Source or destination port. Repeatable.
+    port: Option<u16>,
+    /// Source port. Repeatable.
+    from_port: Option<u16>,
+    /// Destination port. Repeatable.
+    to_port: Option<u16>,
+    /// `tcp`, `udp` or `icmp`. Repeatable.
+    protocol: Option<String>,
+    /// `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED` or `ERROR`. Repeatable.
+    verdict: Option<String>,
+    /// `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
+    /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+    drop_reason: Option<String>,
+    /// Node name. Repeatable.
+    node: Option<String>,
+    /// Cluster name. Repeatable.
+    cluster: Option<String>,
+    /// Service name. Repeatable.
+    service: Option<String>,
+    /// Comma-separated TCP flags (`SYN,ACK`; also FIN, RST, PSH, URG): a flow matches when
+    /// it has all of them. Repeatable.
+    tcp_flags: Option<String>,
+    /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
+    since: Option<String>,
+    /// Only flows before this time: RFC 3339 or a duration ago.
+    until: Option<String>,
+    /// Only the newest N (1 to 1000) flows; the stream sends them first, then follows.
+    last: Option<u32>,
+}
+
+#[allow(dead_code)]
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FlowPageParams {
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Raw query pairs (repeats kept, in order).
+fn pairs(query: &Option<String>) -> Result<Vec<(String, String)>> {
+    serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid_field("query", e.to_string()))
+}
+
+fn filter_from<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<FlowFilter> {
+    FlowFilter::parse(pairs, Utc::now()).map_err(|e| ApiError::invalid_field(e.param, e.message))
+}
+
+/// List stored flows, newest first (viewer).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/flows", tag = "flows",
+    params(("tenant" = String, Path, description = "Tenant id or name"), FlowFilterParams,
+           FlowPageParams),
+    responses((status = 200, body = Page<FlowRecord>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_flows(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Page<FlowRecord>>> {
+    let pairs = pairs(&query)?;
+    let (mut limit, mut cursor) = (None, None);
+    let mut rest = Vec::new();
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "limit" => {
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| ApiError::invalid_field("limit", "not a number"))?;
+                if !(1..=MAX_LIMIT).contains(&n) {
+                    return Err(ApiError::invalid_field(
+                        "limit",
+                        format!("must be between 1 and {MAX_LIMIT}"),
+                    ));
+                }
+                limit = Some(n);
+            }
+            "cursor" => {
+                cursor = Some(Cursor::decode(v).ok_or_else(|| {
+                    ApiError::invalid_field("cursor", "not a cursor this API issued")
+                })?);
+            }
+            _ => rest.push((k.as_str(), v.as_str())),
+        }
+    }
+    let filter = filter_from(rest)?;
+    // `last=N`: the newest N, one page.
+    let (limit, more) = match filter.last {
+        Some(n) => (n.min(limit.unwrap_or(n)), false),
+        None => (limit.unwrap_or(DEFAULT_LIMIT), true),
+    };
+    let mut rows = st.flows.query(t.id, &filter, cursor, limit).await?;
+    let next_cursor = if more && rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|(_, c)| c.encode())
+    } else {
+        rows.truncate(limit as usize);
+        None
+    };
+    Ok(axum::Json(Page {
+        items: rows.into_iter().map(|(f, _)| f).collect(),
+        next_cursor,
+    }))
+}
+
+/// Events buffered per live stream: past that, events are skipped (and the client told)
+/// rather than slowing anyone down.
+const STREAM_BUFFER: usize = 256;
+
+/// Follow flows as they arrive on any replica, as Server-Sent Events (viewer).
+///
+/// Each matching flow is an `event: flow` whose data is the flow's JSON. When the client
+/// reads too slowly, flows are skipped and an `event: skipped` says how many
+/// (`{"skipped": n}`, or `null` when unknown). `last=N` first sends the newest N stored flows
+/// (oldest first). Comments keep the connection alive every 15 s.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/flows/stream", tag = "flows",
+    params(("tenant" = String, Path, description = "Tenant id or name"), FlowFilterParams),
+    responses((status = 200, content_type = "text/event-stream",
+               description = "`event: flow` per matching flow; `event: skipped` when some were dropped for a slow reader"),
+              ReadErrors),
+    security(("bearer" = [])))]
+async fn stream_flows(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::response::Response> {
+    let pairs = pairs(&query)?;
+    let filter = filter_from(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    // Subscribe before reading `last`, so nothing between the two is missed.
+    let notices = st.flow_notices.subscribe();
+    let backlog = match filter.last {
+        Some(n) => {
+            let mut rows = st.flows.query(t.id, &filter, None, n).await?;
+            rows.truncate(n as usize);
+            rows.into_iter().rev().map(|(f, _)| f).collect()
+        }
+        None => Vec::new(),
+    };
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(follow(st, t.id, filter, backlog, notices, tx));
+    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+type Tx = mpsc::Sender<std::result::Result<Event, Infallible>>;
+
+/// Hands events to one client without ever waiting for it.
+struct Outbox {
+    tx: Tx,
+    /// Skipped since the last `skipped` event; `None` inside means "unknown how many".
+    skipped: Option<Option<u64>>,
+}
+
+impl Outbox {
+    /// False once the client is gone.
+    fn send(&mut self, f: &FlowRecord) -> bool {
+        if let Some(n) = self.skipped {
+            let data = serde_json::json!({ "skipped": n }).to_string();
+            match self
+                .tx
+                .try_send(Ok(Event::default().event("skipped").data(data)))
+            {
+                Ok(()) => self.skipped = None,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.skip(Some(1));
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        let event = match Event::default().event("flow").json_data(f) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "flow not serializable");
+                return true;
+            }
+        };
+        match self.tx.try_send(Ok(event)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.skip(Some(1));
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn skip(&mut self, n: Option<u64>) {
+        self.skipped = Some(match (self.skipped, n) {
+            (None, n) => n,
+            (Some(Some(a)), Some(b)) => Some(a + b),
+            _ => None,
+        });
+    }
+}
+
+async fn follow(
+    st: AppState,
+    tenant: uuid::Uuid,
+    filter: FlowFilter,
+    backlog: Vec<FlowRecord>,
+    mut notices: broadcast::Receiver<Notice>,
+    tx: Tx,
+) {
+    let mut out = Outbox { tx, skipped: None };
+    for f in &backlog {
+        if !out.send(f) {
+            return;
+        }
+    }
+    loop {
+        let notice = tokio::select! {
+            () = out.tx.closed() => return,
+            n = notices.recv() => n,
+        };
+        let notice = match notice {
+            Ok(n) if n.tenant == tenant => n,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                out.skip(None);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if filter.until.is_some_and(|u| notice.min_time >= u)
+            || filter.since.is_some_and(|s| notice.max_time < s)
+        {
+            continue;
+        }
+        // Read back under the tenant's row-level security, then match in memory.
+        match st.flows.read_batch(&notice).await {
+            Ok(flows) => {
+                for f in flows.iter().filter(|f| filter.matches(f)) {
+                    if !out.send(f) {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = notice.batch, "reading a flow batch failed");
+                out.skip(None);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ServiceMapParams {
+    /// Window start: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`); default `1h`.
+    pub since: Option<String>,
+}
+
+/// Workloads, services and the traffic between them over a window (viewer).
+///
+/// Vertices: `workload` (per security identity), `service` (flows through a load-balanced
+/// service end at the service), `world`, `host`. `connections` counts flow records
+/// (datapath events); `forwarded` counts forwarded, redirected and translated ones.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/service-map", tag = "flows",
+    params(("tenant" = String, Path, description = "Tenant id or name"), ServiceMapParams),
+    responses((status = 200, body = ServiceMap), ReadErrors),
+    security(("bearer" = [])))]
+async fn service_map(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Query(p): Query<ServiceMapParams>,
+) -> Result<axum::Json<ServiceMap>> {
+    let since = weft_model::flow::parse_time(p.since.as_deref().unwrap_or("1h"), Utc::now())
+        .map_err(|m| ApiError::invalid_field("since", m))?;
+    Ok(axum::Json(st.flows.service_map(t.id, since).await?))
+}

@@ -1,0 +1,730 @@
+//! Flow records as the API shows them, and the filter over them in the spirit of
+//! `hubble observe`: parsed from query parameters, matched in memory (the live stream) and
+//! translated to SQL by the control plane (stored flows). Both must agree; the control
+//! plane's tests check them against each other on a table of cases.
+//!
+//! Filter semantics: the same parameter repeated is OR, different parameters AND, and every
+//! filter parameter has a `not_` twin that excludes what it would match.
+//!
+//! Stable names. Verdicts: `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED`, `ERROR`.
+//! Drop reasons (datapath-bpf `DROP_*` codes): 1 `POLICY_DENIED`, 2 `DENY_RULE`,
+//! 3 `NO_BACKEND`, 4 `CT_FULL`, 5 `INVALID_PACKET`, 6 `FRAGMENT`, 7 `UNSUPPORTED_L3`,
+//! 8 `INTERNAL`, 9 `UNKNOWN_ENDPOINT`, anything else `UNKNOWN`. Agents may send the name,
+//! node-agent's human form (`policy denied`, `CT full`, `internal error`) or the number;
+//! [`DropReason::from_agent`] maps all of them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+use crate::selector::LabelSelector;
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            /// Case-insensitive.
+            fn from_str(s: &str) -> Result<Self, String> {
+                $(if s.eq_ignore_ascii_case($text) { return Ok($name::$variant); })+
+                let all: Vec<&str> = vec![$($text),+];
+                Err(format!("{s:?} is not one of {}", all.join(", ")))
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+named_enum!(
+    /// What the datapath did with a flow.
+    Verdict {
+        Forwarded = "FORWARDED",
+        Dropped = "DROPPED",
+        Redirected = "REDIRECTED",
+        Translated = "TRANSLATED",
+        Error = "ERROR",
+    }
+);
+
+named_enum!(
+    /// Why a flow was dropped (datapath-bpf `DROP_*`, see the module documentation).
+    DropReason {
+        PolicyDenied = "POLICY_DENIED",
+        DenyRule = "DENY_RULE",
+        NoBackend = "NO_BACKEND",
+        CtFull = "CT_FULL",
+        InvalidPacket = "INVALID_PACKET",
+        Fragment = "FRAGMENT",
+        UnsupportedL3 = "UNSUPPORTED_L3",
+        Internal = "INTERNAL",
+        UnknownEndpoint = "UNKNOWN_ENDPOINT",
+        Unknown = "UNKNOWN",
+    }
+);
+
+impl Verdict {
+    /// What an agent sent, in any case; unrecognised verdicts are `ERROR`.
+    pub fn from_agent(s: &str) -> Verdict {
+        s.trim().parse().unwrap_or(Verdict::Error)
+    }
+}
+
+impl DropReason {
+    /// The datapath's numeric code.
+    pub fn from_code(code: u32) -> DropReason {
+        match code {
+            1 => DropReason::PolicyDenied,
+            2 => DropReason::DenyRule,
+            3 => DropReason::NoBackend,
+            4 => DropReason::CtFull,
+            5 => DropReason::InvalidPacket,
+            6 => DropReason::Fragment,
+            7 => DropReason::UnsupportedL3,
+            8 => DropReason::Internal,
+            9 => DropReason::UnknownEndpoint,
+            _ => DropReason::Unknown,
+        }
+    }
+
+    /// What an agent sent: the stable name, node-agent's human form, or the code. `None`
+    /// for "no reason" (empty or code 0).
+    pub fn from_agent(s: &str) -> Option<DropReason> {
+        let s = s.trim();
+        if s.is_empty() || s == "0" {
+            return None;
+        }
+        if let Ok(code) = s.parse::<u32>() {
+            return Some(DropReason::from_code(code));
+        }
+        let norm = s.to_ascii_uppercase().replace([' ', '-'], "_");
+        Some(match norm.as_str() {
+            "INTERNAL_ERROR" => DropReason::Internal,
+            other => other.parse().unwrap_or(DropReason::Unknown),
+        })
+    }
+}
+
+/// IP protocol; ICMPv6 counts as ICMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Other(u8),
+}
+
+impl Protocol {
+    pub fn from_number(n: u32) -> Protocol {
+        match n {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            1 | 58 => Protocol::Icmp,
+            n => Protocol::Other(u8::try_from(n).unwrap_or(u8::MAX)),
+        }
+    }
+
+    /// The number stored (ICMP as 1 whatever the family).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Icmp => 1,
+            Protocol::Other(n) => n,
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Protocol::Tcp => "TCP".into(),
+            Protocol::Udp => "UDP".into(),
+            Protocol::Icmp => "ICMP".into(),
+            Protocol::Other(n) => format!("IP-{n}"),
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "icmp" | "icmpv6" => Ok(Protocol::Icmp),
+            _ => Err(format!("{s:?} is not one of tcp, udp, icmp")),
+        }
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(n) = s.strip_prefix("IP-") {
+            return n
+                .parse::<u8>()
+                .map(Protocol::Other)
+                .map_err(serde::de::Error::custom);
+        }
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// TCP flag bits as the datapath reports them (the TCP header's order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const NAMES: [(&'static str, u8); 6] = [
+        ("FIN", 0x01),
+        ("SYN", 0x02),
+        ("RST", 0x04),
+        ("PSH", 0x08),
+        ("ACK", 0x10),
+        ("URG", 0x20),
+    ];
+
+    /// A comma-separated list such as `SYN,ACK`.
+    pub fn parse_list(s: &str) -> Result<TcpFlags, String> {
+        let mut bits = 0u8;
+        for name in s.split(',').map(str::trim) {
+            let bit = Self::NAMES
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, b)| *b)
+                .ok_or_else(|| format!("{name:?} is not one of SYN, ACK, FIN, RST, PSH, URG"))?;
+            bits |= bit;
+        }
+        Ok(TcpFlags(bits))
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .filter(|(_, b)| self.0 & b != 0)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// True when every flag of `wanted` is set here.
+    pub fn contains(self, wanted: TcpFlags) -> bool {
+        self.0 & wanted.0 == wanted.0
+    }
+}
+
+impl Serialize for TcpFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpFlags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        if names.is_empty() {
+            return Ok(TcpFlags(0));
+        }
+        TcpFlags::parse_list(&names.join(",")).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One side of a flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Peer {
+    /// The endpoint's name, when the address belongs to a known endpoint.
+    pub endpoint: Option<String>,
+    /// Security identity (numbers below 256 are reserved: 1 host, 2 world, ...).
+    pub identity: u32,
+    /// The identity's labels.
+    #[schema(value_type = Object)]
+    pub labels: Labels,
+    #[schema(value_type = String)]
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// A flow as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FlowRecord {
+    pub time: DateTime<Utc>,
+    pub verdict: Verdict,
+    /// Set only for dropped flows.
+    pub drop_reason: Option<DropReason>,
+    pub source: Peer,
+    pub destination: Peer,
+    /// `TCP`, `UDP`, `ICMP` or `IP-<number>`.
+    #[schema(value_type = String)]
+    pub protocol: Protocol,
+    pub node: String,
+    pub cluster: String,
+    /// The load-balanced service's name for translated flows.
+    pub service: Option<String>,
+    /// As the agent reports it (`ingress`, `egress`).
+    pub direction: String,
+    /// Where the datapath saw it: `endpoint-ingress`, `endpoint-egress`, `socket-lb`, `uplink`.
+    pub observation_point: String,
+    #[schema(value_type = Vec<String>, example = json!(["SYN", "ACK"]))]
+    pub tcp_flags: TcpFlags,
+    pub bytes: u64,
+    pub packets: u64,
+    /// Datapath events this record aggregates (at least 1).
+    pub count: u64,
+}
+
+/// Which side of a flow a criterion looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+    /// Either side (`port`).
+    Either,
+}
+
+/// One filter parameter with all its values (OR).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Criterion {
+    Label(Side, Vec<LabelSelector>),
+    Identity(Side, Vec<u32>),
+    Endpoint(Side, Vec<String>),
+    Ip(Side, Vec<IpNet>),
+    Port(Side, Vec<u16>),
+    Protocol(Vec<Protocol>),
+    Verdict(Vec<Verdict>),
+    DropReason(Vec<DropReason>),
+    Node(Vec<String>),
+    Cluster(Vec<String>),
+    Service(Vec<String>),
+    /// Each entry matches a flow that has all its flags.
+    TcpFlags(Vec<TcpFlags>),
+}
+
+impl Criterion {
+    /// True when any of the values matches.
+    pub fn matches(&self, f: &FlowRecord) -> bool {
+        fn sides(side: Side, f: &FlowRecord) -> Vec<&Peer> {
+            match side {
+                Side::Source => vec![&f.source],
+                Side::Destination => vec![&f.destination],
+                Side::Either => vec![&f.source, &f.destination],
+            }
+        }
+        match self {
+            Criterion::Label(side, sels) => sides(*side, f)
+                .iter()
+                .any(|p| sels.iter().any(|s| s.matches(&p.labels))),
+            Criterion::Identity(side, ids) => {
+                sides(*side, f).iter().any(|p| ids.contains(&p.identity))
+            }
+            Criterion::Endpoint(side, names) => sides(*side, f)
+                .iter()
+                .any(|p| p.endpoint.as_ref().is_some_and(|e| names.contains(e))),
+            Criterion::Ip(side, nets) => sides(*side, f)
+                .iter()
+                .any(|p| nets.iter().any(|n| n.contains(&p.ip))),
+            Criterion::Port(side, ports) => sides(*side, f).iter().any(|p| ports.contains(&p.port)),
+            Criterion::Protocol(ps) => ps.contains(&f.protocol),
+            Criterion::Verdict(vs) => vs.contains(&f.verdict),
+            Criterion::DropReason(rs) => f.drop_reason.is_some_and(|r| rs.contains(&r)),
+            Criterion::Node(ns) => ns.contains(&f.node),
+            Criterion::Cluster(cs) => cs.contains(&f.cluster),
+            Criterion::Service(ss) => f.service.as_ref().is_some_and(|s| ss.contains(s)),
+            Criterion::TcpFlags(fs) => fs.iter().any(|w| f.tcp_flags.contains(*w)),
+        }
+    }
+}
+
+/// A parsed flow query: criteria that must all match, criteria none of which may match,
+/// a time window and an optional "newest N".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowFilter {
+    pub include: Vec<Criterion>,
+    pub exclude: Vec<Criterion>,
+    /// Inclusive.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub until: Option<DateTime<Utc>>,
+    pub last: Option<u32>,
+}
+
+/// A bad filter parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct FilterError {
+    pub param: String,
+    pub message: String,
+}
+
+/// Largest `last`.
+pub const MAX_LAST: u32 = 1000;
+
+/// Every filter parameter (each also as `not_<name>`), for documentation and errors.
+pub const FILTER_PARAMS: &[&str] = &[
+    "from_label",
+    "to_label",
+    "from_identity",
+    "to_identity",
+    "from_endpoint",
+    "to_endpoint",
+    "from_ip",
+    "to_ip",
+    "port",
+    "from_port",
+    "to_port",
+    "protocol",
+    "verdict",
+    "drop_reason",
+    "node",
+    "cluster",
+    "service",
+    "tcp_flags",
+];
+
+impl FlowFilter {
+    /// Parses query parameters (name, value) in order. `now` resolves relative times
+    /// (`since=5m`). Unknown parameters are errors naming them.
+    pub fn parse<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        now: DateTime<Utc>,
+    ) -> Result<FlowFilter, FilterError> {
+        let mut f = FlowFilter::default();
+        for (name, value) in pairs {
+            let err = |message: String| FilterError {
+                param: name.to_string(),
+                message,
+            };
+            match name {
+                "since" => f.since = Some(parse_time(value, now).map_err(err)?),
+                "until" => f.until = Some(parse_time(value, now).map_err(err)?),
+                "last" => {
+                    let n: u32 = value
+                        .parse()
+                        .map_err(|_| err(format!("{value:?} is not a number")))?;
+                    if !(1..=MAX_LAST).contains(&n) {
+                        return Err(err(format!("must be between 1 and {MAX_LAST}")));
+                    }
+                    f.last = Some(n);
+                }
+                _ => {
+                    let (negated, base) = match name.strip_prefix("not_") {
+                        Some(b) => (true, b),
+                        None => (false, name),
+                    };
+                    let c =
+                        parse_criterion(base, value)
+                            .map_err(err)?
+                            .ok_or_else(|| FilterError {
+                                param: name.to_string(),
+                                message: format!(
+                                    "unknown parameter; filters are {} (each also as not_<name>), \
+                                 since, until, last",
+                                    FILTER_PARAMS.join(", ")
+                                ),
+                            })?;
+                    let list = if negated {
+                        &mut f.exclude
+                    } else {
+                        &mut f.include
+                    };
+                    merge(list, c);
+                }
+            }
+        }
+        if let (Some(s), Some(u)) = (f.since, f.until) {
+            if s >= u {
+                return Err(FilterError {
+                    param: "until".into(),
+                    message: "must be after since".into(),
+                });
+            }
+        }
+        Ok(f)
+    }
+
+    /// True when the flow passes every criterion and no excluded one, and lies in the
+    /// time window (`last` is a property of a query, not of one flow).
+    pub fn matches(&self, f: &FlowRecord) -> bool {
+        self.since.is_none_or(|s| f.time >= s)
+            && self.until.is_none_or(|u| f.time < u)
+            && self.include.iter().all(|c| c.matches(f))
+            && !self.exclude.iter().any(|c| c.matches(f))
+    }
+}
+
+/// Adds a value to the criterion of the same parameter, if any (repeats are OR).
+fn merge(list: &mut Vec<Criterion>, c: Criterion) {
+    use Criterion as C;
+    for existing in list.iter_mut() {
+        match (existing, &c) {
+            (C::Label(a, x), C::Label(b, y)) if a == b => return x.extend(y.iter().cloned()),
+            (C::Identity(a, x), C::Identity(b, y)) if a == b => return x.extend(y),
+            (C::Endpoint(a, x), C::Endpoint(b, y)) if a == b => return x.extend(y.iter().cloned()),
+            (C::Ip(a, x), C::Ip(b, y)) if a == b => return x.extend(y),
+            (C::Port(a, x), C::Port(b, y)) if a == b => return x.extend(y),
+            (C::Protocol(x), C::Protocol(y)) => return x.extend(y),
+            (C::Verdict(x), C::Verdict(y)) => return x.extend(y),
+            (C::DropReason(x), C::DropReason(y)) => return x.extend(y),
+            (C::Node(x), C::Node(y)) => return x.extend(y.iter().cloned()),
+            (C::Cluster(x), C::Cluster(y)) => return x.extend(y.iter().cloned()),
+            (C::Service(x), C::Service(y)) => return x.extend(y.iter().cloned()),
+            (C::TcpFlags(x), C::TcpFlags(y)) => return x.extend(y),
+            _ => {}
+        }
+    }
+    list.push(c);
+}
+
+fn side_of(name: &str) -> Option<(Side, &str)> {
+    if let Some(rest) = name.strip_prefix("from_") {
+        Some((Side::Source, rest))
+    } else if let Some(rest) = name.strip_prefix("to_") {
+        Some((Side::Destination, rest))
+    } else {
+        None
+    }
+}
+
+/// `Ok(None)`: not a filter parameter.
+fn parse_criterion(name: &str, value: &str) -> Result<Option<Criterion>, String> {
+    let non_empty = || {
+        if value.is_empty() {
+            Err("must not be empty".to_string())
+        } else {
+            Ok(value.to_string())
+        }
+    };
+    if let Some((side, what)) = side_of(name) {
+        return Ok(Some(match what {
+            "label" => Criterion::Label(
+                side,
+                vec![LabelSelector::parse_query(value).map_err(|e| e.message)?],
+            ),
+            "identity" => Criterion::Identity(
+                side,
+                vec![value
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not an identity number"))?],
+            ),
+            "endpoint" => Criterion::Endpoint(side, vec![non_empty()?]),
+            "ip" => Criterion::Ip(side, vec![parse_net(value)?]),
+            "port" => Criterion::Port(side, vec![parse_port(value)?]),
+            _ => return Ok(None),
+        }));
+    }
+    Ok(Some(match name {
+        "port" => Criterion::Port(Side::Either, vec![parse_port(value)?]),
+        "protocol" => Criterion::Protocol(vec![value.parse()?]),
+        "verdict" => Criterion::Verdict(vec![value.parse()?]),
+        "drop_reason" => Criterion::DropReason(vec![value.parse()?]),
+        "node" => Criterion::Node(vec![non_empty()?]),
+        "cluster" => Criterion::Cluster(vec![non_empty()?]),
+        "service" => Criterion::Service(vec![non_empty()?]),
+        "tcp_flags" => Criterion::TcpFlags(vec![TcpFlags::parse_list(value)?]),
+        _ => return Ok(None),
+    }))
+}
+
+fn parse_port(v: &str) -> Result<u16, String> {
+    v.parse()
+        .map_err(|_| format!("{v:?} is not a port (0-65535)"))
+}
+
+/// An address (a /32 or /128) or a CIDR.
+fn parse_net(v: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    v.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{v:?} is not an IP address or CIDR"))
+}
+
+/// RFC 3339, or a duration before `now`: `30s`, `5m`, `2h`, `7d`.
+pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let bad = || format!("{v:?} is neither an RFC 3339 time nor a duration like 30s, 5m, 2h, 7d");
+    let unit_at = v.len().checked_sub(1).ok_or_else(bad)?;
+    let (num, unit) = v.split_at(unit_at);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    if n < 0 {
+        return Err(bad());
+    }
+    let d = match unit {
+        "s" => Duration::try_seconds(n),
+        "m" => Duration::try_minutes(n),
+        "h" => Duration::try_hours(n),
+        "d" => Duration::try_days(n),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    now.checked_sub_signed(d).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn flow() -> FlowRecord {
+        FlowRecord {
+            time: now() - Duration::minutes(1),
+            verdict: Verdict::Dropped,
+            drop_reason: Some(DropReason::PolicyDenied),
+            source: Peer {
+                endpoint: Some("web-1".into()),
+                identity: 300,
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ip: "10.0.1.5".parse().unwrap(),
+                port: 40000,
+            },
+            destination: Peer {
+                endpoint: Some("db-1".into()),
+                identity: 301,
+                labels: [("app".to_string(), "db".to_string())].into(),
+                ip: "10.0.2.7".parse().unwrap(),
+                port: 5432,
+            },
+            protocol: Protocol::Tcp,
+            node: "node-1".into(),
+            cluster: "prod".into(),
+            service: None,
+            direction: "egress".into(),
+            observation_point: "endpoint-egress".into(),
+            tcp_flags: TcpFlags(0x02),
+            bytes: 60,
+            packets: 1,
+            count: 1,
+        }
+    }
+
+    fn filter(q: &[(&str, &str)]) -> FlowFilter {
+        FlowFilter::parse(q.iter().copied(), now()).unwrap()
+    }
+
+    #[test]
+    fn filters_match_like_hubble_observe() {
+        let f = flow();
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], true),
+            (&[("from_label", "app=web")], true),
+            (&[("from_label", "app=db")], false),
+            (&[("to_label", "app in (db,cache)")], true),
+            (&[("from_identity", "300")], true),
+            (&[("to_identity", "300")], false),
+            (&[("from_endpoint", "web-1")], true),
+            (&[("to_ip", "10.0.2.0/24")], true),
+            (&[("to_ip", "10.0.2.8")], false),
+            (&[("port", "5432")], true),
+            (&[("port", "40000")], true),
+            (&[("from_port", "5432")], false),
+            (&[("protocol", "tcp")], true),
+            (&[("protocol", "udp"), ("protocol", "TCP")], true),
+            (&[("verdict", "FORWARDED")], false),
+            (&[("not_verdict", "FORWARDED")], true),
+            (&[("not_verdict", "dropped")], false),
+            (&[("drop_reason", "POLICY_DENIED")], true),
+            (&[("drop_reason", "CT_FULL")], false),
+            (&[("node", "node-1"), ("cluster", "prod")], true),
+            (&[("node", "node-1"), ("cluster", "staging")], false),
+            (&[("service", "api")], false),
+            (&[("not_service", "api")], true),
+            (&[("tcp_flags", "SYN")], true),
+            (&[("tcp_flags", "SYN,ACK")], false),
+            (&[("tcp_flags", "SYN,ACK"), ("tcp_flags", "SYN")], true),
+            (&[("since", "5m")], true),
+            (&[("since", "30s")], false),
+            (&[("until", "30s")], true),
+            (&[("since", "2026-11-26T11:59:30Z")], false),
+        ];
+        for (q, want) in cases {
+            assert_eq!(filter(q).matches(&f), *want, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let cases: &[(&str, &str)] = &[
+            ("verdict", "MAYBE"),
+            ("from_ip", "10.0.0.300"),
+            ("port", "70000"),
+            ("protocol", "sctp"),
+            ("tcp_flags", "SYN,XMAS"),
+            ("since", "yesterday"),
+            ("last", "0"),
+            ("from_label", "app in (a"),
+            ("not_since", "5m"),
+            ("colour", "red"),
+            ("not_colour", "red"),
+            ("from_endpoint", ""),
+            ("drop_reason", "policy denied"),
+        ];
+        for (name, value) in cases {
+            let e = FlowFilter::parse([(*name, *value)], now()).unwrap_err();
+            assert_eq!(e.param, *name, "{e}");
+        }
+        let e = FlowFilter::parse([("since", "1m"), ("until", "2m")], now()).unwrap_err();
+        assert_eq!(e.param, "until");
+    }
+
+    #[test]
+    fn agent_names_map_to_stable_names() {
+        assert_eq!(
+            DropReason::from_agent("policy denied"),
+            Some(DropReason::PolicyDenied)
+        );
+        assert_eq!(DropReason::from_agent("CT full"), Some(DropReason::CtFull));
+        assert_eq!(
+            DropReason::from_agent("internal error"),
+            Some(DropReason::Internal)
+        );
+        assert_eq!(DropReason::from_agent("3"), Some(DropReason::NoBackend));
+        assert_eq!(
+            DropReason::from_agent("DENY_RULE"),
+            Some(DropReason::DenyRule)
+        );
+        assert_eq!(DropReason::from_agent("what"), Some(DropReason::Unknown));
+        assert_eq!(DropReason::from_agent(""), None);
+        assert_eq!(Verdict::from_agent("forwarded"), Verdict::Forwarded);
+        assert_eq!(Verdict::from_agent("nonsense"), Verdict::Error);
+        assert_eq!(Protocol::from_number(58), Protocol::Icmp);
+    }
+
+    #[test]
+    fn records_serialize_as_documented() {
+        let v = serde_json::to_value(flow()).unwrap();
+        assert_eq!(v["tcp_flags"], serde_json::json!(["SYN"]));
+        assert_eq!(v["protocol"], "TCP");
+        assert_eq!(v["drop_reason"], "POLICY_DENIED");
+        assert_eq!(v["source"]["endpoint"], "web-1");
+        assert_eq!(v["service"], serde_json::Value::Null);
+        let back: FlowRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, flow());
+    }
+}
