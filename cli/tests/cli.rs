@@ -834,7 +834,6 @@ async fn observe_until(api: &Api, args: &[&str], done: impl Fn(&str) -> bool) ->
 }
 
 #[tokio::test]
-#[ignore = "needs the flows API (GET …/flows and …/flows/stream): enable when it is merged"]
 async fn observe_shows_reported_flows() {
     let api = Api::start().await;
     let owner = api.tenant("acme", "owner").await;
