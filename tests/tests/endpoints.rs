@@ -361,6 +361,44 @@ async fn endpoints_from_the_cli_get_identities_and_policy_on_both_nodes_and_flow
         }
     }
 
+    // And they are stored: the tenant's flow API shows the policy drops on each node, with
+    // source and destination endpoints resolved, and the forwarded connections.
+    for (node, web) in [("node-1", "web-1"), ("node-2", "web-2")] {
+        let path = format!(
+            "/v1/tenants/acme/flows?verdict=DROPPED&drop_reason=POLICY_DENIED&node={node}\
+             &from_endpoint=client&to_endpoint={web}&to_port=8080&protocol=tcp&last=5"
+        );
+        let start = Instant::now();
+        loop {
+            let r = env.cp.call("GET", &path, &env.owner, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let items = r.body["items"].as_array().cloned().unwrap_or_default();
+            if let Some(f) = items.first() {
+                assert_eq!(f["source"]["ip"], "10.0.1.1", "{f}");
+                assert_eq!(f["source"]["labels"]["app"], "client", "{f}");
+                assert_eq!(f["destination"]["labels"]["app"], "web", "{f}");
+                assert_eq!(f["cluster"], "prod", "{f}");
+                break;
+            }
+            assert!(start.elapsed() < WITHIN, "{node}: no stored drop at {path}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let r = env
+        .cp
+        .call(
+            "GET",
+            "/v1/tenants/acme/flows?verdict=FORWARDED&from_endpoint=client&to_endpoint=web-2",
+            &env.owner,
+            None,
+        )
+        .await;
+    assert!(
+        r.body["items"].as_array().is_some_and(|v| !v.is_empty()),
+        "forwarded client -> web-2 stored: {}",
+        r.body
+    );
+
     // `endpoint del` removes the veth and the endpoint leaves the control plane; a second
     // del is harmless.
     let out = env.nodes[1].cli(&["del", "web-2"]);
