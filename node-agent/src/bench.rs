@@ -354,11 +354,22 @@ fn crr(
             parallel,
         },
     )?;
-    if !r.errors.is_empty() {
+    // A rare lost SYN (1 s retransmit > the client's timeout) under concurrent load is
+    // noise; more than 0.1% failed requests means the path is broken.
+    let ok = r.answers.len();
+    if r.errors.len() * 1000 > ok.max(1) {
         bail!(
-            "CRR to {target}: {} failed requests ({:?})",
+            "CRR to {target}: {} of {} requests failed ({:?})",
             r.errors.len(),
+            ok + r.errors.len(),
             r.errors.first()
+        );
+    }
+    if !r.errors.is_empty() {
+        eprintln!(
+            "CRR to {target}: {} of {} requests timed out (counted as not done)",
+            r.errors.len(),
+            ok + r.errors.len()
         );
     }
     Ok((r.rate, r.p50_us() as f64))

@@ -16,7 +16,7 @@ use node_agent::agent::wire::Programmed;
 use node_agent::datapath::{Datapath, DatapathConfig};
 use node_agent::netns::{ensure_bpffs, PinDir, Topology};
 use node_agent::tools::{self, Server};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Request;
@@ -97,26 +97,8 @@ struct Env {
 impl Env {
     async fn new() -> Env {
         let cp = ControlPlane::new().await;
-        let owner = cp.tenant("acme").await;
-        let r = cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters",
-                &owner,
-                Some(json!({"name": "prod"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        let r = cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters/prod/join-tokens",
-                &owner,
-                Some(json!({"name": "e2e"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        let token = r.body["token"].as_str().expect("token").to_string();
+        let owner = cp.acme_prod().await;
+        let token = cp.join_token(&owner).await;
         let tls_dir = TempDir(std::env::temp_dir().join(format!(
             "weft-e2e-tls-{}-{}",
             std::process::id(),
@@ -247,32 +229,11 @@ impl Env {
 
     /// Creates a policy on the server's ingress TCP 8080 from endpoints labelled `app=from`.
     async fn allow_server_from(&self, name: &str, from: &str) {
-        let r = self
-            .cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/policies",
-                &self.owner,
-                Some(json!({"name": name, "spec": {
-                    "endpointSelector": {"matchLabels": {"app": "server"}},
-                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": from}}],
-                                 "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        self.cp.allow(&self.owner, name, "server", from).await;
     }
 
     async fn delete_policy(&self, name: &str) {
-        let r = self
-            .cp
-            .call(
-                "DELETE",
-                &format!("/v1/tenants/acme/policies/{name}"),
-                &self.owner,
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        self.cp.delete_policy(&self.owner, name).await;
     }
 
     async fn node_status(&self) -> Value {

@@ -41,16 +41,7 @@ impl Env {
 
     async fn build(n: u8, process: bool) -> Env {
         let cp = ControlPlane::new().await;
-        let owner = cp.tenant("acme").await;
-        let r = cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters",
-                &owner,
-                Some(json!({"name": "prod"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let owner = cp.acme_prod().await;
         let underlay = Underlay::new();
         let tls = TempDir::new("tls");
         let (url, ca, api) = if process {
@@ -75,17 +66,7 @@ impl Env {
     }
 
     async fn join_token(&self) -> String {
-        let r = self
-            .cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters/prod/join-tokens",
-                &self.owner,
-                Some(json!({"name": format!("e2e-{}", uuid::Uuid::new_v4().simple())})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().expect("token").to_string()
+        self.cp.join_token(&self.owner).await
     }
 
     async fn start(&mut self, node: usize, register: bool) {
@@ -145,32 +126,11 @@ impl Env {
     }
 
     async fn policy(&self, name: &str, from: &str) {
-        let r = self
-            .cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/policies",
-                &self.owner,
-                Some(json!({"name": name, "spec": {
-                    "endpointSelector": {"matchLabels": {"app": "web"}},
-                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": from}}],
-                                 "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        self.cp.allow(&self.owner, name, "web", from).await;
     }
 
     async fn delete_policy(&self, name: &str) {
-        let r = self
-            .cp
-            .call(
-                "DELETE",
-                &format!("/v1/tenants/acme/policies/{name}"),
-                &self.owner,
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        self.cp.delete_policy(&self.owner, name).await;
     }
 }
 

@@ -15,7 +15,7 @@ use common::nodes::agent_bin;
 use common::{bpf_available, ControlPlane};
 use control_api::api::install::InstallConfig;
 use node_agent::netns::{ensure_bpffs, PinDir, Topology};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The API's address inside the "provider" namespace, reachable from the pods.
 const API_IP: &str = "10.0.9.1";
@@ -52,16 +52,7 @@ struct Env {
 impl Env {
     async fn new() -> Env {
         let cp = ControlPlane::new().await;
-        let owner = cp.tenant("acme").await;
-        let r = cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters",
-                &owner,
-                Some(json!({"name": "prod"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let owner = cp.acme_prod().await;
 
         // The provider's namespace holds the API; the pod namespace is the new machine.
         let topo = Topology::new(1).expect("topology");
@@ -107,17 +98,7 @@ impl Env {
     }
 
     async fn join_token(&self) -> String {
-        let r = self
-            .cp
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters/prod/join-tokens",
-                &self.owner,
-                Some(json!({"name": "install"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().expect("token").to_string()
+        self.cp.join_token(&self.owner).await
     }
 
     /// Runs the install one-liner on the new machine. `nsenter --net` changes only the

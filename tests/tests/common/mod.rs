@@ -118,6 +118,63 @@ impl ControlPlane {
         Reply { status, body }
     }
 
+    /// Tenant `acme` with cluster `prod`; returns an owner API token.
+    pub async fn acme_prod(&self) -> String {
+        let owner = self.tenant("acme").await;
+        let r = self
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters",
+                &owner,
+                Some(json!({"name": "prod"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        owner
+    }
+
+    /// A new single-use join token for `acme/prod`.
+    pub async fn join_token(&self, owner: &str) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters/prod/join-tokens",
+                owner,
+                Some(json!({"name": format!("e2e-{}", uuid::Uuid::new_v4().simple())})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Policy `name`: endpoints labelled `app=to` admit TCP 8080 from `app=from`.
+    pub async fn allow(&self, owner: &str, name: &str, to: &str, from: &str) {
+        let r = self
+            .call(
+                "POST",
+                "/v1/tenants/acme/policies",
+                owner,
+                Some(json!({"name": name, "spec": {
+                    "endpointSelector": {"matchLabels": {"app": to}},
+                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": from}}],
+                                 "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+
+    pub async fn delete_policy(&self, owner: &str, name: &str) {
+        let r = self
+            .call(
+                "DELETE",
+                &format!("/v1/tenants/acme/policies/{name}"),
+                owner,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+
     /// Creates a tenant and returns an owner API token for it.
     pub async fn tenant(&self, name: &str) -> String {
         let r = self
