@@ -4,10 +4,10 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::TestApp;
+use common::{agent_on, authed, TestApp};
 use serde_json::json;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::sync_response::Kind;
 use weft_proto::v1::{
@@ -18,23 +18,6 @@ use weft_proto::v1::{
 /// Serves the agent service on a free loopback port and connects a client to it.
 async fn agent(t: &TestApp) -> AgentClient<Channel> {
     agent_on(t.state.clone()).await
-}
-
-async fn agent_on(state: control_api::state::AppState) -> AgentClient<Channel> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let svc = control_api::agent::AgentService::new(state);
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    AgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
 }
 
 async fn join_token(t: &TestApp, owner: &str, cluster: &str, body: serde_json::Value) -> String {
@@ -105,15 +88,6 @@ async fn node_with(
         .await
         .unwrap();
     (owner, client, node)
-}
-
-fn authed<T>(msg: T, credential: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().expect("header"),
-    );
-    req
 }
 
 #[tokio::test]

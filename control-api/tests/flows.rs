@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::TestApp;
+use common::{agent_on, authed, TestApp};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -18,32 +18,6 @@ use uuid::Uuid;
 use weft_model::flow::{FlowFilter, FlowRecord};
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{EndpointReport, Flow, FlowBatch, RegisterRequest, ReportedEndpoint};
-
-async fn agent_on(state: control_api::state::AppState) -> AgentClient<Channel> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let svc = control_api::agent::AgentService::new(state);
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    AgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
-}
-
-fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().expect("header"),
-    );
-    req
-}
 
 /// A registered node: its credential.
 struct Node {

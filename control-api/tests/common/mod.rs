@@ -222,3 +222,34 @@ impl TestApp {
             .expect("count")
     }
 }
+
+/// Serves the agent service of `state` (a replica) on a free loopback port and connects a
+/// client to it.
+pub async fn agent_on(
+    state: AppState,
+) -> weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let svc = control_api::agent::AgentService::new(state);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    weft_proto::v1::agent_client::AgentClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+/// A request carrying a node credential.
+pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().expect("header"),
+    );
+    req
+}
