@@ -10,6 +10,8 @@
 //! - [`identity`]: reserved, allocated and CIDR security identities.
 //! - [`flow`]: flow records as the API shows them, and the `hubble observe`-style filter
 //!   over them (parsed from query parameters, matched in memory).
+//! - [`workload`]: test workloads and probes (`weft connectivity test`), address allocation
+//!   and the echo protocol.
 //! - [`error::FieldError`]: the `{field, message}` every validator returns.
 
 pub mod cnp;
@@ -23,3 +25,4 @@ pub mod names;
 pub mod policy;
 pub mod selector;
 pub mod service;
+pub mod workload;

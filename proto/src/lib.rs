@@ -5,7 +5,10 @@
 
 /// Capability version this build speaks. Agents send theirs; the control plane answers
 /// within the lower of the two.
-pub const CAPABILITY_VERSION: u32 = 1;
+pub const CAPABILITY_VERSION: u32 = 2;
+
+/// The first capability version with test workloads and probes.
+pub const CAPABILITY_PROBES: u32 = 2;
 
 /// `weft.agent.v1`.
 #[allow(clippy::all, missing_docs)]

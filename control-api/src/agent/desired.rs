@@ -14,6 +14,7 @@ use weft_model::labels::Labels;
 use weft_model::policy::eval::Direction;
 use weft_model::policy::PolicySpec;
 use weft_model::service::{Algorithm, ServiceSpec};
+use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 use weft_proto::v1 as pb;
 
 use super::NodeCtx;
@@ -108,6 +109,9 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
                 },
             })
             .collect(),
+        // Filled by the test-workload store (connectivity tests).
+        workloads: Vec::new(),
+        probes: Vec::new(),
     })
 }
 
@@ -215,6 +219,29 @@ fn service(s: &DesiredService) -> pb::Service {
     }
 }
 
+fn workload(w: &DesiredWorkload) -> pb::Workload {
+    pb::Workload {
+        name: w.name.clone(),
+        kind: match w.kind {
+            WorkloadKind::Pod => pb::WorkloadKind::Pod,
+            WorkloadKind::World => pb::WorkloadKind::World,
+        } as i32,
+        ip: w.ip.to_string(),
+        labels: w.labels.clone().into_iter().collect(),
+        echo_ports: w.echo_ports.iter().map(|p| u32::from(*p)).collect(),
+    }
+}
+
+fn probe(p: &DesiredProbe) -> pb::Probe {
+    pb::Probe {
+        id: p.id.clone(),
+        from_workload: p.from_workload.clone().unwrap_or_default(),
+        target_ip: p.target.ip().to_string(),
+        target_port: u32::from(p.target.port()),
+        timeout_ms: p.timeout_ms,
+    }
+}
+
 pub fn snapshot(revision: i64, s: &NodeDesiredState) -> pb::SyncResponse {
     pb::SyncResponse {
         revision: revision.unsigned_abs(),
@@ -223,6 +250,8 @@ pub fn snapshot(revision: i64, s: &NodeDesiredState) -> pb::SyncResponse {
             ipcache: s.ipcache.iter().map(ipcache).collect(),
             policies: s.policy.iter().map(|(id, r)| policy(id, r)).collect(),
             services: s.services.iter().map(service).collect(),
+            workloads: s.workloads.iter().map(workload).collect(),
+            probes: s.probes.iter().map(probe).collect(),
         })),
         traceparent: String::new(),
     }
@@ -244,6 +273,10 @@ pub fn delta(revision: i64, d: &Delta) -> pb::SyncResponse {
             remove_policies: d.policy_remove.clone(),
             upsert_services: d.services_upsert.iter().map(service).collect(),
             remove_services: d.services_remove.clone(),
+            upsert_workloads: d.workloads_upsert.iter().map(workload).collect(),
+            remove_workloads: d.workloads_remove.clone(),
+            upsert_probes: d.probes_upsert.iter().map(probe).collect(),
+            remove_probes: d.probes_remove.clone(),
         })),
         traceparent: String::new(),
     }

@@ -167,6 +167,14 @@ impl Agent for AgentService {
             .map_err(status)
     }
 
+    async fn report_probes(
+        &self,
+        req: Request<weft_proto::v1::ProbeReport>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let _node = self.node(&req).await?;
+        Err(Status::unimplemented("probe results are not stored yet"))
+    }
+
     async fn report_flows(
         &self,
         req: Request<Streaming<FlowBatch>>,

@@ -47,6 +47,7 @@ use crate::policy::{
 };
 use crate::selector::LabelSelector;
 use crate::service::{Algorithm, BackendState, Frontend, L4Protocol, ServiceSpec};
+use crate::workload::{DesiredProbe, DesiredWorkload};
 
 /// Endpoint id of the node's host endpoint in [`NodeDesiredState`] (its policy comes from
 /// `nodeSelector` policies). Endpoint ids in a [`TenantView`] must not use it.
@@ -72,6 +73,24 @@ pub struct TenantView {
     pub endpoints: Vec<EndpointView>,
     pub policies: Vec<PolicyView>,
     pub services: Vec<ServiceView>,
+    /// Test workloads, each with the node that runs it.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadView>,
+    /// Probes without a result yet, each with the node that runs it.
+    #[serde(default)]
+    pub probes: Vec<ProbeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadView {
+    pub node_id: String,
+    pub workload: DesiredWorkload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeView {
+    pub node_id: String,
+    pub probe: DesiredProbe,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +150,12 @@ pub struct NodeDesiredState {
     /// Parts of policies applying on this node that could not be compiled, as
     /// `policy-name specs[i].egress[j]...: why`.
     pub unsupported: Vec<String>,
+    /// Test workloads the agent runs, by name (states stored before they existed lack them).
+    #[serde(default)]
+    pub workloads: Vec<DesiredWorkload>,
+    /// Probes the agent runs once, by id.
+    #[serde(default)]
+    pub probes: Vec<DesiredProbe>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +428,22 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
         .collect();
     out.services.sort_by(|a, b| a.id.cmp(&b.id));
     out.unsupported = unsupported.into_iter().collect();
+    out.workloads = view
+        .workloads
+        .iter()
+        .filter(|w| w.node_id == node.id)
+        .map(|w| w.workload.clone())
+        .collect();
+    out.workloads.sort_by(|a, b| a.name.cmp(&b.name));
+    out.workloads.dedup_by(|a, b| a.name == b.name);
+    out.probes = view
+        .probes
+        .iter()
+        .filter(|p| p.node_id == node.id)
+        .map(|p| p.probe.clone())
+        .collect();
+    out.probes.sort_by(|a, b| a.id.cmp(&b.id));
+    out.probes.dedup_by(|a, b| a.id == b.id);
     Ok(out)
 }
 
@@ -970,6 +1011,14 @@ pub struct Delta {
     pub services_remove: Vec<String>,
     /// The new list when it changed.
     pub unsupported: Option<Vec<String>>,
+    #[serde(default)]
+    pub workloads_upsert: Vec<DesiredWorkload>,
+    #[serde(default)]
+    pub workloads_remove: Vec<String>,
+    #[serde(default)]
+    pub probes_upsert: Vec<DesiredProbe>,
+    #[serde(default)]
+    pub probes_remove: Vec<String>,
 }
 
 impl Delta {
@@ -985,6 +1034,9 @@ pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
     let (ipcache_upsert, ipcache_remove) = diff_keyed(&old.ipcache, &new.ipcache, |e| e.prefix);
     let (services_upsert, services_remove) =
         diff_keyed(&old.services, &new.services, |s| s.id.clone());
+    let (workloads_upsert, workloads_remove) =
+        diff_keyed(&old.workloads, &new.workloads, |w| w.name.clone());
+    let (probes_upsert, probes_remove) = diff_keyed(&old.probes, &new.probes, |p| p.id.clone());
     let policy_upsert = new
         .policy
         .iter()
@@ -1007,6 +1059,10 @@ pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
         services_upsert,
         services_remove,
         unsupported: (old.unsupported != new.unsupported).then(|| new.unsupported.clone()),
+        workloads_upsert,
+        workloads_remove,
+        probes_upsert,
+        probes_remove,
     }
 }
 
@@ -1041,6 +1097,18 @@ pub fn apply(state: &NodeDesiredState, delta: &Delta) -> NodeDesiredState {
             .unsupported
             .clone()
             .unwrap_or_else(|| state.unsupported.clone()),
+        workloads: apply_keyed(
+            &state.workloads,
+            &delta.workloads_upsert,
+            &delta.workloads_remove,
+            |w| w.name.clone(),
+        ),
+        probes: apply_keyed(
+            &state.probes,
+            &delta.probes_upsert,
+            &delta.probes_remove,
+            |p| p.id.clone(),
+        ),
     }
 }
 

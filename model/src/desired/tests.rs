@@ -8,6 +8,7 @@ use crate::identity::{
     CIDR_BASE, HEALTH, HOST, INGRESS, INIT, KUBE_APISERVER, REMOTE_NODE, UNMANAGED, WORLD,
 };
 use crate::policy::{evaluate, FlowProtocol, Peer, Subject, Traffic, Verdict};
+use crate::workload::WorkloadKind;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -86,6 +87,8 @@ fn base() -> TenantView {
         ],
         policies: vec![],
         services: vec![],
+        workloads: vec![],
+        probes: vec![],
     }
 }
 
@@ -987,6 +990,41 @@ fn realistic() -> TenantView {
             }))
             .expect("service spec"),
         }],
+        workloads: vec![
+            workload("n1", "ct-client", WorkloadKind::Pod, "10.1.0.250", &[]),
+            workload("n2", "ct-echo", WorkloadKind::Pod, "10.1.0.251", &[8080, 9090]),
+            workload("n1", "ct-world", WorkloadKind::World, "198.51.100.1", &[8080]),
+        ],
+        probes: vec![
+            probe("n1", "p1", Some("ct-client"), "10.1.0.251:8080"),
+            probe("n1", "p2", None, "10.1.0.251:9090"),
+            probe("n2", "p3", None, "10.1.0.250:80"),
+        ],
+    }
+}
+
+fn workload(node: &str, name: &str, kind: WorkloadKind, ip: &str, ports: &[u16]) -> WorkloadView {
+    WorkloadView {
+        node_id: node.into(),
+        workload: DesiredWorkload {
+            name: name.into(),
+            kind,
+            ip: ip.parse().expect("ip"),
+            labels: [("weft-ct".to_string(), name.to_string())].into(),
+            echo_ports: ports.to_vec(),
+        },
+    }
+}
+
+fn probe(node: &str, id: &str, from: Option<&str>, target: &str) -> ProbeView {
+    ProbeView {
+        node_id: node.into(),
+        probe: DesiredProbe {
+            id: id.into(),
+            from_workload: from.map(str::to_string),
+            target: target.parse().expect("target"),
+            timeout_ms: 1000,
+        },
     }
 }
 
@@ -1358,6 +1396,17 @@ fn mutate(rng: &mut Rng, base: &TenantView) -> TenantView {
     if rng.chance(20) {
         v.services.clear();
     }
+    v.workloads.retain(|_| rng.chance(70));
+    for w in &mut v.workloads {
+        if rng.chance(20) {
+            w.workload.echo_ports.push(7000 + rng.below(10) as u16);
+        }
+    }
+    v.probes.retain(|_| rng.chance(60));
+    if rng.chance(30) {
+        v.probes
+            .push(probe("n1", "p9", Some("ct-client"), "198.51.100.1:8080"));
+    }
     v
 }
 
@@ -1647,4 +1696,41 @@ fn random_policies_decide_every_flow_as_the_reference_evaluator() {
         total += cases;
     }
     assert!(total > 200_000, "{total}");
+}
+
+#[test]
+fn workloads_and_probes_go_to_their_own_node_only_and_diff_item_by_item() {
+    let view = realistic();
+    let n1 = compile_ok(&view, "n1");
+    let names = |s: &NodeDesiredState| {
+        s.workloads
+            .iter()
+            .map(|w| w.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let ids = |s: &NodeDesiredState| s.probes.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&n1), ["ct-client", "ct-world"]);
+    assert_eq!(ids(&n1), ["p1", "p2"]);
+    let n2 = compile_ok(&view, "n2");
+    assert_eq!(names(&n2), ["ct-echo"]);
+    assert_eq!(ids(&n2), ["p3"]);
+    assert!(compile_ok(&view, "m1").workloads.is_empty());
+
+    // A probe gets its result (leaves the view): only that probe is removed.
+    let mut done = view.clone();
+    done.probes.retain(|p| p.probe.id != "p1");
+    let d = diff(&n1, &compile_ok(&done, "n1"));
+    assert_eq!(d.probes_remove, ["p1"]);
+    assert!(d.probes_upsert.is_empty() && d.workloads_upsert.is_empty());
+    assert!(d.endpoints_upsert.is_empty() && d.policy_upsert.is_empty());
+}
+
+#[test]
+fn states_stored_before_workloads_existed_still_load() {
+    let mut json = serde_json::to_value(compile_ok(&realistic(), "n2")).expect("json");
+    let obj = json.as_object_mut().expect("object");
+    obj.remove("workloads");
+    obj.remove("probes");
+    let old: NodeDesiredState = serde_json::from_value(json).expect("old state loads");
+    assert!(old.workloads.is_empty() && old.probes.is_empty());
 }

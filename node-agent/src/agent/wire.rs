@@ -8,7 +8,7 @@
 //! what is programmed, so whatever is no longer desired is removed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use weft_model::desired::{
 };
 use weft_model::policy::eval::Direction;
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
+use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 use weft_proto::v1 as pb;
 
 use crate::datapath::{self as dp, Datapath, DatapathError, PolicyEntry};
@@ -265,6 +266,59 @@ fn service(s: pb::Service) -> Result<DesiredService, WireError> {
     })
 }
 
+fn ipv4(item: impl Fn() -> String, s: &str) -> Result<Ipv4Addr, WireError> {
+    s.parse().map_err(|_| WireError::Address {
+        item: item(),
+        value: s.to_string(),
+    })
+}
+
+fn workload(w: pb::Workload) -> Result<DesiredWorkload, WireError> {
+    if w.name.is_empty() {
+        return Err(WireError::EmptyId { item: "workload" });
+    }
+    let item = || format!("workload/{}", w.name);
+    let kind = match pb::WorkloadKind::try_from(w.kind) {
+        Ok(pb::WorkloadKind::Pod) => WorkloadKind::Pod,
+        Ok(pb::WorkloadKind::World) => WorkloadKind::World,
+        _ => {
+            return Err(WireError::Enum {
+                item: item(),
+                field: "kind",
+                value: w.kind,
+            })
+        }
+    };
+    Ok(DesiredWorkload {
+        kind,
+        ip: ipv4(item, &w.ip)?,
+        labels: w.labels.into_iter().collect(),
+        echo_ports: w
+            .echo_ports
+            .iter()
+            .map(|p| u16_of(item, "echo port", *p))
+            .collect::<Result<_, _>>()?,
+        name: w.name,
+    })
+}
+
+fn probe(p: pb::Probe) -> Result<DesiredProbe, WireError> {
+    if p.id.is_empty() {
+        return Err(WireError::EmptyId { item: "probe" });
+    }
+    let item = || format!("probe/{}", p.id);
+    let target = SocketAddrV4::new(
+        ipv4(item, &p.target_ip)?,
+        u16_of(item, "target port", p.target_port)?,
+    );
+    Ok(DesiredProbe {
+        from_workload: (!p.from_workload.is_empty()).then_some(p.from_workload),
+        target,
+        timeout_ms: p.timeout_ms,
+        id: p.id,
+    })
+}
+
 /// Decodes a keyed list, refusing duplicate keys.
 fn keyed<P, T, K: Ord + ToString>(
     items: Vec<P>,
@@ -312,12 +366,18 @@ fn snapshot(s: pb::Snapshot) -> Result<NodeDesiredState, WireError> {
     endpoints.sort_by(|a, b| a.id.cmp(&b.id));
     ipcache.sort_by_key(|a| a.prefix);
     services.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut workloads = keyed(s.workloads, workload, |w| w.name.clone(), "workload")?;
+    workloads.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut probes = keyed(s.probes, probe, |p| p.id.clone(), "probe")?;
+    probes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(NodeDesiredState {
         endpoints,
         ipcache,
         policy: policies(s.policies)?,
         services,
         unsupported: Vec::new(),
+        workloads,
+        probes,
     })
 }
 
@@ -336,6 +396,10 @@ fn delta(d: pb::Delta) -> Result<Delta, WireError> {
         services_upsert: keyed(d.upsert_services, service, |s| s.id.clone(), "service")?,
         services_remove: d.remove_services,
         unsupported: None,
+        workloads_upsert: keyed(d.upsert_workloads, workload, |w| w.name.clone(), "workload")?,
+        workloads_remove: d.remove_workloads,
+        probes_upsert: keyed(d.upsert_probes, probe, |p| p.id.clone(), "probe")?,
+        probes_remove: d.remove_probes,
     })
 }
 

@@ -83,6 +83,11 @@ pub struct Snapshot {
     pub policies: ::prost::alloc::vec::Vec<EndpointPolicy>,
     #[prost(message, repeated, tag = "4")]
     pub services: ::prost::alloc::vec::Vec<Service>,
+    /// Capability 2: test workloads and probes of `weft connectivity test`.
+    #[prost(message, repeated, tag = "5")]
+    pub workloads: ::prost::alloc::vec::Vec<Workload>,
+    #[prost(message, repeated, tag = "6")]
+    pub probes: ::prost::alloc::vec::Vec<Probe>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -105,6 +110,54 @@ pub struct Delta {
     pub upsert_services: ::prost::alloc::vec::Vec<Service>,
     #[prost(string, repeated, tag = "8")]
     pub remove_services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "9")]
+    pub upsert_workloads: ::prost::alloc::vec::Vec<Workload>,
+    /// Workload names.
+    #[prost(string, repeated, tag = "10")]
+    pub remove_workloads: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "11")]
+    pub upsert_probes: ::prost::alloc::vec::Vec<Probe>,
+    /// Probe ids: withdrawn (a probe with a result is removed too).
+    #[prost(string, repeated, tag = "12")]
+    pub remove_probes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// An echo server the agent runs in a network namespace it creates. A line sent to it is
+/// answered with "weft-echo <name> <line>".
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Workload {
+    /// Unique on the node; a pod's endpoint has this name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(enumeration = "WorkloadKind", tag = "2")]
+    pub kind: i32,
+    /// IPv4 address (no prefix length).
+    #[prost(string, tag = "3")]
+    pub ip: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "4")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(uint32, repeated, tag = "5")]
+    pub echo_ports: ::prost::alloc::vec::Vec<u32>,
+}
+/// One TCP connection to make once and report: from a workload's namespace (in the node's
+/// socket-LB cgroup, like a pod's process) or from the node itself.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Probe {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Empty: from the node.
+    #[prost(string, tag = "2")]
+    pub from_workload: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub target_ip: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub target_port: u32,
+    #[prost(uint32, tag = "5")]
+    pub timeout_ms: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -316,6 +369,28 @@ pub struct Flow {
     pub count: u32,
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProbeResult {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(enumeration = "ProbeOutcome", tag = "2")]
+    pub outcome: i32,
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
+    /// Connect to reply.
+    #[prost(uint64, tag = "4")]
+    pub latency_us: u64,
+    /// The echo server's workload name, when it answered.
+    #[prost(string, tag = "5")]
+    pub reply_from: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProbeReport {
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<ProbeResult>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FlowBatch {
     #[prost(message, repeated, tag = "1")]
@@ -323,6 +398,38 @@ pub struct FlowBatch {
     /// Events the agent could not keep (ring buffer overrun or full local buffer).
     #[prost(uint64, tag = "2")]
     pub lost: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum WorkloadKind {
+    Unspecified = 0,
+    /// One of the node's endpoints: it reports it with its labels.
+    Pod = 1,
+    /// Not an endpoint: outside the cluster as the datapath sees it.
+    World = 2,
+}
+impl WorkloadKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "WORKLOAD_KIND_UNSPECIFIED",
+            Self::Pod => "WORKLOAD_KIND_POD",
+            Self::World => "WORKLOAD_KIND_WORLD",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "WORKLOAD_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "WORKLOAD_KIND_POD" => Some(Self::Pod),
+            "WORKLOAD_KIND_WORLD" => Some(Self::World),
+            _ => None,
+        }
+    }
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -440,6 +547,46 @@ impl Algorithm {
             "ALGORITHM_UNSPECIFIED" => Some(Self::Unspecified),
             "ALGORITHM_RANDOM" => Some(Self::Random),
             "ALGORITHM_MAGLEV" => Some(Self::Maglev),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ProbeOutcome {
+    Unspecified = 0,
+    /// Connected and the echo answered.
+    Connected = 1,
+    /// Refused (RST or an ICMP error).
+    Refused = 2,
+    /// No answer within the timeout.
+    Timeout = 3,
+    /// Anything else; `detail` says what.
+    Error = 4,
+}
+impl ProbeOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PROBE_OUTCOME_UNSPECIFIED",
+            Self::Connected => "PROBE_OUTCOME_CONNECTED",
+            Self::Refused => "PROBE_OUTCOME_REFUSED",
+            Self::Timeout => "PROBE_OUTCOME_TIMEOUT",
+            Self::Error => "PROBE_OUTCOME_ERROR",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PROBE_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "PROBE_OUTCOME_CONNECTED" => Some(Self::Connected),
+            "PROBE_OUTCOME_REFUSED" => Some(Self::Refused),
+            "PROBE_OUTCOME_TIMEOUT" => Some(Self::Timeout),
+            "PROBE_OUTCOME_ERROR" => Some(Self::Error),
             _ => None,
         }
     }
@@ -665,6 +812,28 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("weft.agent.v1.Agent", "ReportFlows"));
             self.inner.client_streaming(req, path, codec).await
         }
+        /// Results of probes (capability 2), each reported once.
+        pub async fn report_probes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ProbeReport>,
+        ) -> std::result::Result<tonic::Response<super::ReportResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/weft.agent.v1.Agent/ReportProbes",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("weft.agent.v1.Agent", "ReportProbes"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -716,6 +885,11 @@ pub mod agent_server {
         async fn report_flows(
             &self,
             request: tonic::Request<tonic::Streaming<super::FlowBatch>>,
+        ) -> std::result::Result<tonic::Response<super::ReportResponse>, tonic::Status>;
+        /// Results of probes (capability 2), each reported once.
+        async fn report_probes(
+            &self,
+            request: tonic::Request<super::ProbeReport>,
         ) -> std::result::Result<tonic::Response<super::ReportResponse>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -1053,6 +1227,49 @@ pub mod agent_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/weft.agent.v1.Agent/ReportProbes" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportProbesSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::ProbeReport>
+                    for ReportProbesSvc<T> {
+                        type Response = super::ReportResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ProbeReport>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::report_probes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportProbesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -158,6 +158,7 @@ fn base_snapshot() -> pb::Snapshot {
             rules: vec![pb_allow_tcp(1002, 80)],
         }],
         services: vec![pb_service("s1", "10.96.0.1", &["10.0.0.2", "10.0.0.3"])],
+        ..Default::default()
     }
 }
 
@@ -199,6 +200,7 @@ fn snapshot_reconciles_by_removing_what_is_no_longer_desired() {
         ipcache: vec![],
         policies: vec![],
         services: vec![pb_service("s1", "10.96.0.1", &["10.0.0.2"])],
+        ..Default::default()
     };
     let errors = p.apply(&mut fake, snapshot_msg(2, s));
     assert!(errors.is_empty(), "{errors:?}");
@@ -397,4 +399,43 @@ fn state_survives_a_restart_with_the_same_ids() {
         None
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn workloads_and_probes_decode_and_bad_ones_name_the_item() {
+    let mut s = base_snapshot();
+    s.workloads = vec![pb::Workload {
+        name: "ct-echo".into(),
+        kind: pb::WorkloadKind::Pod as i32,
+        ip: "10.0.1.254".into(),
+        labels: [("app".to_string(), "echo".to_string())].into(),
+        echo_ports: vec![8080, 9090],
+    }];
+    s.probes = vec![pb::Probe {
+        id: "p1".into(),
+        from_workload: String::new(),
+        target_ip: "10.0.1.254".into(),
+        target_port: 8080,
+        timeout_ms: 500,
+    }];
+    let msg = snapshot_msg(3, s.clone());
+    let Update::Snapshot(state) = msg.update else {
+        panic!("a snapshot decodes to a snapshot")
+    };
+    assert_eq!(state.workloads[0].echo_ports, [8080, 9090]);
+    assert_eq!(state.workloads[0].kind, WorkloadKind::Pod);
+    assert_eq!(state.probes[0].from_workload, None);
+    assert_eq!(state.probes[0].target.to_string(), "10.0.1.254:8080");
+
+    s.probes[0].target_port = 70000;
+    let err = SyncMessage::try_from(pb::SyncResponse {
+        revision: 4,
+        kind: Some(pb::sync_response::Kind::Snapshot(s)),
+        ..Default::default()
+    })
+    .expect_err("port out of range");
+    assert_eq!(
+        err.to_string(),
+        "probe/p1: target port 70000 is out of range"
+    );
 }

@@ -1,0 +1,254 @@
+//! Test workloads and probes: what `weft connectivity test` asks the agents to run.
+//!
+//! A test workload is an echo server the agent itself runs in a network namespace it
+//! creates: a `pod` becomes one of the node's endpoints (labels, identity, policy, like any
+//! other); a `world` workload is deliberately not an endpoint, with an address outside the
+//! cluster's, so the datapath sees it as the outside world. A probe is one TCP connection
+//! the agent makes once, from a workload's namespace (and the node's socket-LB cgroup) or
+//! from the node itself, and reports.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+
+/// Where the addresses of `world` workloads come from: TEST-NET-2 (RFC 5737), never routed
+/// on the internet, so a node's route to one of them shadows nothing real.
+pub const WORLD_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0), 24) {
+    Ok(n) => n,
+    Err(_) => panic!("a /24 is a valid prefix"),
+};
+
+/// The echo protocol: the client sends one line, the server answers
+/// `<ECHO_GREETING> <workload name> <the line>` and closes.
+pub const ECHO_GREETING: &str = "weft-echo";
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// An endpoint of the node, with the workload's labels.
+    Pod,
+    /// Outside the cluster: no endpoint, an address in [`WORLD_NET`].
+    World,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "pod",
+            WorkloadKind::World => "world",
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WorkloadKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pod" => Ok(WorkloadKind::Pod),
+            "world" => Ok(WorkloadKind::World),
+            other => Err(format!(
+                "unknown workload kind {other:?}: expected pod or world"
+            )),
+        }
+    }
+}
+
+/// A test workload one node's agent runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredWorkload {
+    /// Unique on the node; a pod's endpoint has this name.
+    pub name: String,
+    pub kind: WorkloadKind,
+    pub ip: Ipv4Addr,
+    pub labels: Labels,
+    /// TCP ports the echo server listens on.
+    pub echo_ports: Vec<u16>,
+}
+
+/// A probe one node's agent runs once and reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredProbe {
+    pub id: String,
+    /// The workload (on this node) it connects from; `None`: the node itself.
+    pub from_workload: Option<String>,
+    pub target: SocketAddrV4,
+    pub timeout_ms: u32,
+}
+
+/// How a probe ended.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeOutcome {
+    /// Connected and the echo answered.
+    Connected,
+    /// Actively refused (RST or an ICMP error).
+    Refused,
+    /// No answer in time: what a policy drop looks like from the client.
+    Timeout,
+    /// Anything else (the workload is missing, a local error); `detail` says what.
+    Error,
+}
+
+impl ProbeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeOutcome::Connected => "connected",
+            ProbeOutcome::Refused => "refused",
+            ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProbeOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            ProbeOutcome::Connected,
+            ProbeOutcome::Refused,
+            ProbeOutcome::Timeout,
+            ProbeOutcome::Error,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+        .ok_or_else(|| format!("unknown probe outcome {s:?}"))
+    }
+}
+
+/// What the echo server answers to `line` (see [`ECHO_GREETING`]).
+pub fn echo_reply(workload: &str, line: &str) -> String {
+    format!("{ECHO_GREETING} {workload} {}\n", line.trim_end())
+}
+
+/// The workload name in an echo reply to `line`, if `reply` is one.
+pub fn parse_echo_reply<'a>(reply: &'a str, line: &str) -> Option<&'a str> {
+    let rest = reply
+        .trim_end()
+        .strip_prefix(ECHO_GREETING)?
+        .strip_prefix(' ')?;
+    let (name, echoed) = rest.split_once(' ')?;
+    (echoed == line.trim_end() && !name.is_empty()).then_some(name)
+}
+
+/// A free address for a new workload in `net`, from the top down (hand-made endpoints are
+/// usually numbered from the bottom), skipping the network and broadcast addresses of
+/// prefixes shorter than /31 and everything in `taken`.
+pub fn allocate(net: Ipv4Net, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let (first, last) = if net.prefix_len() >= 31 {
+        (u32::from(net.network()), u32::from(net.broadcast()))
+    } else {
+        (u32::from(net.network()) + 1, u32::from(net.broadcast()) - 1)
+    };
+    (first..=last)
+        .rev()
+        .map(Ipv4Addr::from)
+        .find(|ip| !taken.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("prefix")
+    }
+
+    #[test]
+    fn allocation_goes_top_down_and_skips_taken_network_and_broadcast() {
+        let taken = BTreeSet::new();
+        assert_eq!(
+            allocate(net("10.0.1.0/24"), &taken),
+            Some(Ipv4Addr::new(10, 0, 1, 254))
+        );
+        let taken: BTreeSet<Ipv4Addr> =
+            [Ipv4Addr::new(10, 0, 1, 254), Ipv4Addr::new(10, 0, 1, 253)]
+                .into_iter()
+                .collect();
+        assert_eq!(
+            allocate(net("10.0.1.0/24"), &taken),
+            Some(Ipv4Addr::new(10, 0, 1, 252))
+        );
+        // /30: two usable addresses; both taken means none.
+        let taken: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]
+            .into_iter()
+            .collect();
+        assert_eq!(allocate(net("10.0.0.0/30"), &taken), None);
+        // /32: the one address.
+        assert_eq!(
+            allocate(net("10.9.9.9/32"), &BTreeSet::new()),
+            Some(Ipv4Addr::new(10, 9, 9, 9))
+        );
+    }
+
+    #[test]
+    fn echo_replies_round_trip_and_reject_foreign_answers() {
+        let r = echo_reply("echo-same", "probe 42\n");
+        assert_eq!(r, "weft-echo echo-same probe 42\n");
+        assert_eq!(parse_echo_reply(&r, "probe 42"), Some("echo-same"));
+        assert_eq!(parse_echo_reply(&r, "probe 43"), None);
+        assert_eq!(
+            parse_echo_reply("HTTP/1.0 400 Bad Request\r\n", "probe 42"),
+            None
+        );
+        assert_eq!(parse_echo_reply("weft-echo  probe 42", "probe 42"), None);
+    }
+
+    #[test]
+    fn kinds_and_outcomes_parse_what_they_print() {
+        for k in [WorkloadKind::Pod, WorkloadKind::World] {
+            assert_eq!(k.as_str().parse::<WorkloadKind>(), Ok(k));
+        }
+        assert!("vm".parse::<WorkloadKind>().is_err());
+        for o in [
+            ProbeOutcome::Connected,
+            ProbeOutcome::Refused,
+            ProbeOutcome::Timeout,
+            ProbeOutcome::Error,
+        ] {
+            assert_eq!(o.as_str().parse::<ProbeOutcome>(), Ok(o));
+        }
+        assert!(WORLD_NET.contains(&Ipv4Addr::new(198, 51, 100, 7)));
+    }
+}
