@@ -4,6 +4,7 @@ mod apply;
 mod auth_cmd;
 mod client;
 mod config;
+mod connectivity;
 mod diff;
 mod flows;
 mod manifest;
@@ -42,10 +43,11 @@ impl std::error::Error for Exit {}
     about = "Weft: identity-based network security and load balancing, as a service",
     long_about = "The tenant CLI over Weft's REST API: sign in, see the health of your clusters, \
                   apply policies (native or CiliumNetworkPolicy), manage services, clusters and \
-                  tokens, and observe flows.",
+                  tokens, observe flows, and test connectivity end to end.",
     after_help = "Examples:\n  weft login --api-url https://weft.example.com --token weft_…\n  \
                   weft status --wait --timeout 5m\n  weft policy apply -f policies.yaml\n  \
-                  weft observe --verdict DROPPED --last 20\n\n\
+                  weft observe --verdict DROPPED --last 20\n  \
+                  weft connectivity test\n\n\
                   Exit status: 0 ok, 1 error, 2 usage, 3 not ready / differences found.\n\
                   Environment: WEFT_API_URL, WEFT_TOKEN, WEFT_TENANT override the context."
 )]
@@ -80,6 +82,8 @@ enum Cmd {
     #[command(subcommand)]
     Token(resources::TokenCmd),
     Observe(observe::ObserveArgs),
+    #[command(subcommand)]
+    Connectivity(connectivity::ConnectivityCmd),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -98,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Cluster(c) => resources::cluster(&target, c).await,
         Cmd::Token(c) => resources::token(&target, c).await,
         Cmd::Observe(a) => observe::run(&target, a).await,
+        Cmd::Connectivity(c) => connectivity::connectivity(&target, c).await,
     }
 }
 
