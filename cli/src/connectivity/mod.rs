@@ -88,23 +88,49 @@ pub async fn connectivity(target: &Target, cmd: ConnectivityCmd) -> Result<()> {
     }
 }
 
+/// The given cluster; else the tenant's only cluster, or its only one with connected nodes.
 async fn pick_cluster(client: &Client, given: Option<String>) -> Result<String> {
     if let Some(c) = given {
         return Ok(c);
     }
     let clusters = client.list_all(&client.tpath("/clusters")?, &[]).await?;
-    match clusters.as_slice() {
-        [one] => Ok(output::cell(&one["name"])),
+    let names: Vec<String> = clusters.iter().map(|c| output::cell(&c["name"])).collect();
+    match names.as_slice() {
+        [one] => return Ok(one.clone()),
         [] => bail!("the tenant has no cluster: create one with `weft cluster create NAME`"),
-        many => bail!(
-            "the tenant has {} clusters ({}): choose one with --cluster",
-            many.len(),
-            many.iter()
-                .map(|c| output::cell(&c["name"]))
-                .collect::<Vec<_>>()
-                .join(", ")
+        _ => {}
+    }
+    let mut with_nodes = Vec::new();
+    for name in &names {
+        if !connected_nodes(client, name).await?.is_empty() {
+            with_nodes.push(name.clone());
+        }
+    }
+    match with_nodes.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "the tenant has {} clusters ({}), {} of them with connected nodes: choose one with \
+             --cluster",
+            names.len(),
+            names.join(", "),
+            with_nodes.len()
         ),
     }
+}
+
+/// Names of the cluster's connected nodes, sorted.
+async fn connected_nodes(client: &Client, cluster: &str) -> Result<Vec<String>> {
+    let path = client.tpath(&format!("/clusters/{}/nodes", seg(cluster)))?;
+    let mut connected: Vec<String> = client
+        .list_all(&path, &[])
+        .await
+        .with_context(|| format!("listing the nodes of cluster {cluster}"))?
+        .iter()
+        .filter(|n| n["status"]["connected"].as_bool() == Some(true))
+        .map(|n| output::cell(&n["name"]))
+        .collect();
+    connected.sort();
+    Ok(connected)
 }
 
 /// One run's context.
@@ -131,18 +157,7 @@ struct Outcome {
 async fn test(client: &Client, a: TestArgs) -> Result<()> {
     let cluster = pick_cluster(client, a.cluster.clone()).await?;
     let base = client.tpath(&format!("/clusters/{}", seg(&cluster)))?;
-    let nodes: Vec<String> = {
-        let mut connected: Vec<String> = client
-            .list_all(&format!("{base}/nodes"), &[])
-            .await
-            .with_context(|| format!("listing the nodes of cluster {cluster}"))?
-            .iter()
-            .filter(|n| n["status"]["connected"].as_bool() == Some(true))
-            .map(|n| output::cell(&n["name"]))
-            .collect();
-        connected.sort();
-        connected
-    };
+    let nodes = connected_nodes(client, &cluster).await?;
     if nodes.is_empty() {
         bail!(
             "cluster {cluster} has no connected node: install an agent (`weft cluster \
