@@ -3,6 +3,7 @@
 mod bench_datapath;
 mod bench_flows;
 mod demo;
+mod demo_check;
 mod ebpf;
 mod http;
 mod nodes;
@@ -21,8 +22,10 @@ commands:
   demo [--detach]   run the whole system (Postgres, control-api, sample tenants);
                     --detach returns once it is ready and writes .weft/demo.env
   down              stop everything `demo` started
-  test [--no-lint] [nextest args...]
-                    fmt + clippy + every test, against a private Postgres
+  test [--no-lint] [--demo] [nextest args...]
+                    fmt + clippy + every test, against a private Postgres; then
+                    (without nextest args, or with --demo) the demo check: `demo
+                    --detach`, `weft status`, `weft connectivity test`, `down`
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object

@@ -110,16 +110,25 @@ pub fn test(args: &[String]) -> Result<()> {
         .unwrap_or_default();
     let (provider, oidc_env) = oidc::start_for_tests(&pg.dir.join("oidc"))?;
     eprintln!("xtask: cargo nextest run --workspace");
-    let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
-    sh::run(
+    let passthrough: Vec<&String> = args
+        .iter()
+        .filter(|a| *a != "--no-lint" && *a != "--demo")
+        .collect();
+    // The demo check runs in a full run (no test filter), or when asked for.
+    let demo = passthrough.is_empty() || args.iter().any(|a| a == "--demo");
+    let nextest = sh::run(
         cargo()
             .current_dir(&root)
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .args(passthrough)
             .env("WEFT_TEST_DATABASE_URL", url)
             .envs(oidc_env),
-    )?;
+    );
     drop(provider);
     drop(pg);
+    nextest?;
+    if demo {
+        crate::demo_check::check()?;
+    }
     Ok(())
 }

@@ -1,0 +1,116 @@
+//! The demo as a user meets it, checked at the end of `cargo xtask test`: `demo --detach`,
+//! then the real `weft` binary with the settings the demo prints — `weft status` healthy,
+//! `weft connectivity test` with every scenario passing, and drop flows from `weft observe`
+//! — then `down`, whatever happened.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{demo, sh};
+
+/// The fewest checks `weft connectivity test` must run against the two demo nodes.
+const MIN_CHECKS: u64 = 12;
+
+pub fn check() -> Result<()> {
+    eprintln!("xtask: demo check: cargo xtask demo --detach");
+    sh::run(Command::new(env!("CARGO")).args(["build", "-q", "-p", "weft-cli"]))?;
+    demo::demo(true).context("starting the demo")?;
+    let result = checks();
+    let down = demo::down();
+    if result.is_err() {
+        eprintln!("xtask: demo check failed; logs were under .weft/ (removed by down)");
+    }
+    result?;
+    down
+}
+
+/// The demo's settings (`.weft/demo.env`).
+fn settings() -> Result<BTreeMap<String, String>> {
+    let path = sh::root().join(".weft/demo.env");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Runs `weft` with the demo's settings; returns its stdout, failing on a non-zero exit.
+fn weft(env: &BTreeMap<String, String>, args: &[&str]) -> Result<String> {
+    let bin = sh::target_dir().join("debug/weft");
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .env_remove("WEFT_CONTEXT")
+        .env("HOME", sh::root().join(".weft"))
+        .env("WEFT_API_URL", &env["WEFT_API_URL"])
+        .env("WEFT_TOKEN", &env["WEFT_TOKEN"])
+        .env("WEFT_TENANT", "acme");
+    eprintln!("xtask: demo check: weft {}", args.join(" "));
+    sh::output(&mut cmd)
+}
+
+fn checks() -> Result<()> {
+    let env = settings()?;
+    for key in ["WEFT_API_URL", "WEFT_TOKEN"] {
+        ensure!(env.contains_key(key), "demo.env has no {key}");
+    }
+    let status: Value = serde_json::from_str(&weft(
+        &env,
+        &["status", "--wait", "--timeout", "90s", "-o", "json"],
+    )?)
+    .context("weft status -o json is not JSON")?;
+    ensure!(
+        status["ready"] == true,
+        "weft status is not ready: {status}"
+    );
+    ensure!(
+        status["nodes"]["connected"].as_u64() >= Some(2),
+        "the demo's two nodes are not connected: {status}"
+    );
+
+    let report = weft(&env, &["connectivity", "test", "-o", "json"])?;
+    let report: Value =
+        serde_json::from_str(&report).context("weft connectivity test -o json is not JSON")?;
+    let (passed, failed) = (
+        report["passed"].as_u64().unwrap_or(0),
+        report["failed"].as_u64().unwrap_or(u64::MAX),
+    );
+    ensure!(
+        failed == 0 && passed >= MIN_CHECKS,
+        "weft connectivity test: {passed} passed, {failed} failed (want ≥ {MIN_CHECKS}, none failed): {report:#}"
+    );
+    eprintln!("xtask: demo check: connectivity test passed {passed} checks");
+
+    let drops: Value = serde_json::from_str(&weft(
+        &env,
+        &[
+            "observe",
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "20",
+            "-o",
+            "json",
+        ],
+    )?)
+    .context("weft observe -o json is not JSON")?;
+    let Some(drops) = drops.as_array() else {
+        bail!("weft observe -o json did not print a list: {drops}");
+    };
+    ensure!(!drops.is_empty(), "weft observe found no drop flows");
+    ensure!(
+        drops.iter().all(|f| f["verdict"] == "DROPPED"),
+        "weft observe --verdict DROPPED printed other verdicts: {drops:?}"
+    );
+    // The connectivity test removed everything it made.
+    let left = weft(&env, &["policy", "list", "-o", "json"])?;
+    ensure!(
+        !left.contains("weft-ct-run"),
+        "the connectivity test left policies behind: {left}"
+    );
+    Ok(())
+}
