@@ -13,7 +13,6 @@
 //! node-agent's human form (`policy denied`, `CT full`, `internal error`) or the number;
 //! [`DropReason::from_agent`] maps all of them.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -23,34 +22,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::Labels;
 use crate::selector::LabelSelector;
-
-macro_rules! named_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
-        }
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-        impl FromStr for $name {
-            type Err = String;
-            /// Case-insensitive.
-            fn from_str(s: &str) -> Result<Self, String> {
-                $(if s.eq_ignore_ascii_case($text) { return Ok($name::$variant); })+
-                let all: Vec<&str> = vec![$($text),+];
-                Err(format!("{s:?} is not one of {}", all.join(", ")))
-            }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-    };
-}
 
 named_enum!(
     /// What the datapath did with a flow.

@@ -14,6 +14,9 @@
 //!   and the echo protocol.
 //! - [`error::FieldError`]: the `{field, message}` every validator returns.
 
+#[macro_use]
+mod named_enum;
+
 pub mod cnp;
 pub mod desired;
 pub mod error;

@@ -8,9 +8,7 @@
 //! from the node itself, and reports.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -28,54 +26,15 @@ pub const WORLD_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0)
 /// `<ECHO_GREETING> <workload name> <the line>` and closes.
 pub const ECHO_GREETING: &str = "weft-echo";
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkloadKind {
-    /// An endpoint of the node, with the workload's labels.
-    Pod,
-    /// Outside the cluster: no endpoint, an address in [`WORLD_NET`].
-    World,
-}
-
-impl WorkloadKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::Pod => "pod",
-            WorkloadKind::World => "world",
-        }
+named_enum!(
+    /// What kind of test workload.
+    WorkloadKind {
+        /// An endpoint of the node, with the workload's labels.
+        Pod = "pod",
+        /// Outside the cluster: no endpoint, an address in [`WORLD_NET`].
+        World = "world",
     }
-}
-
-impl fmt::Display for WorkloadKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for WorkloadKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pod" => Ok(WorkloadKind::Pod),
-            "world" => Ok(WorkloadKind::World),
-            other => Err(format!(
-                "unknown workload kind {other:?}: expected pod or world"
-            )),
-        }
-    }
-}
+);
 
 /// A test workload one node's agent runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,63 +58,19 @@ pub struct DesiredProbe {
     pub timeout_ms: u32,
 }
 
-/// How a probe ended.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeOutcome {
-    /// Connected and the echo answered.
-    Connected,
-    /// Actively refused (RST or an ICMP error).
-    Refused,
-    /// No answer in time: what a policy drop looks like from the client.
-    Timeout,
-    /// Anything else (the workload is missing, a local error); `detail` says what.
-    Error,
-}
-
-impl ProbeOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeOutcome::Connected => "connected",
-            ProbeOutcome::Refused => "refused",
-            ProbeOutcome::Timeout => "timeout",
-            ProbeOutcome::Error => "error",
-        }
+named_enum!(
+    /// How a probe ended.
+    ProbeOutcome {
+        /// Connected and the echo answered.
+        Connected = "connected",
+        /// Actively refused (RST or an ICMP error).
+        Refused = "refused",
+        /// No answer in time: what a policy drop looks like from the client.
+        Timeout = "timeout",
+        /// Anything else (the workload is missing, a local error); `detail` says what.
+        Error = "error",
     }
-}
-
-impl fmt::Display for ProbeOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ProbeOutcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [
-            ProbeOutcome::Connected,
-            ProbeOutcome::Refused,
-            ProbeOutcome::Timeout,
-            ProbeOutcome::Error,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
-        .ok_or_else(|| format!("unknown probe outcome {s:?}"))
-    }
-}
+);
 
 /// What the echo server answers to `line` (see [`ECHO_GREETING`]).
 pub fn echo_reply(workload: &str, line: &str) -> String {
@@ -237,16 +152,11 @@ mod tests {
 
     #[test]
     fn kinds_and_outcomes_parse_what_they_print() {
-        for k in [WorkloadKind::Pod, WorkloadKind::World] {
+        for &k in WorkloadKind::ALL {
             assert_eq!(k.as_str().parse::<WorkloadKind>(), Ok(k));
         }
         assert!("vm".parse::<WorkloadKind>().is_err());
-        for o in [
-            ProbeOutcome::Connected,
-            ProbeOutcome::Refused,
-            ProbeOutcome::Timeout,
-            ProbeOutcome::Error,
-        ] {
+        for &o in ProbeOutcome::ALL {
             assert_eq!(o.as_str().parse::<ProbeOutcome>(), Ok(o));
         }
         assert!(WORLD_NET.contains(&Ipv4Addr::new(198, 51, 100, 7)));

@@ -209,7 +209,7 @@ impl Counters {
 // | field | values |
 // |---|---|
 // | verdict | FORWARDED, DROPPED, REDIRECTED, TRANSLATED; ERROR for a number we do not know |
-// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL_ERROR, UNKNOWN_ENDPOINT; UNKNOWN otherwise |
+// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL, UNKNOWN_ENDPOINT; UNKNOWN otherwise (`weft_model::flow::DropReason`) |
 // | direction (seen from the endpoint) | INGRESS, EGRESS; UNKNOWN otherwise |
 // | observation point | endpoint-egress (tc on the host-side veth, packets from the pod), endpoint-ingress (packets to the pod), socket-lb (connect/sendmsg hooks), uplink (north-south LB); unknown otherwise |
 
@@ -223,20 +223,13 @@ pub fn verdict_name(v: u8) -> &'static str {
     }
 }
 
+/// The model's table (`weft_model::flow::DropReason`), so the agent, the API and the debug
+/// CLI spell every reason the same way.
 pub fn drop_reason_name(r: u8) -> &'static str {
-    match r {
-        c::DROP_NONE => "",
-        c::DROP_POLICY_DENIED => "POLICY_DENIED",
-        c::DROP_DENY_RULE => "DENY_RULE",
-        c::DROP_NO_BACKEND => "NO_BACKEND",
-        c::DROP_CT_FULL => "CT_FULL",
-        c::DROP_INVALID_PACKET => "INVALID_PACKET",
-        c::DROP_FRAGMENT => "FRAGMENT",
-        c::DROP_UNSUPPORTED_L3 => "UNSUPPORTED_L3",
-        c::DROP_INTERNAL => "INTERNAL_ERROR",
-        c::DROP_UNKNOWN_ENDPOINT => "UNKNOWN_ENDPOINT",
-        _ => "UNKNOWN",
+    if r == c::DROP_NONE {
+        return "";
     }
+    weft_model::flow::DropReason::from_code(u32::from(r)).as_str()
 }
 
 pub fn direction_name(d: u8) -> &'static str {
@@ -1460,6 +1453,26 @@ pub fn ifindex(ifname: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_reason_names_follow_the_datapath_codes() {
+        let named = [
+            (c::DROP_NONE, ""),
+            (c::DROP_POLICY_DENIED, "POLICY_DENIED"),
+            (c::DROP_DENY_RULE, "DENY_RULE"),
+            (c::DROP_NO_BACKEND, "NO_BACKEND"),
+            (c::DROP_CT_FULL, "CT_FULL"),
+            (c::DROP_INVALID_PACKET, "INVALID_PACKET"),
+            (c::DROP_FRAGMENT, "FRAGMENT"),
+            (c::DROP_UNSUPPORTED_L3, "UNSUPPORTED_L3"),
+            (c::DROP_INTERNAL, "INTERNAL"),
+            (c::DROP_UNKNOWN_ENDPOINT, "UNKNOWN_ENDPOINT"),
+            (200, "UNKNOWN"),
+        ];
+        for (code, name) in named {
+            assert_eq!(drop_reason_name(code), name, "code {code}");
+        }
+    }
 
     #[test]
     fn link_pins_are_matched_by_interface_name() {
