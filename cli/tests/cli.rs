@@ -937,3 +937,37 @@ async fn observe_shows_reported_flows() {
     );
     follow.kill().await.ok();
 }
+
+#[tokio::test]
+async fn connectivity_test_says_what_it_needs_before_creating_anything() {
+    let api = Api::start().await;
+    let owner = api.tenant("acme", "owner").await;
+    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
+        .await
+        .ok();
+    let r = api.weft(&["connectivity", "test"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("has no cluster"), "{}", r.stderr);
+    for c in ["edge", "core"] {
+        api.weft(&["cluster", "create", c]).await.ok();
+    }
+    // Two clusters, neither with a connected node: nothing to pick.
+    let r = api.weft(&["connectivity", "test"]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("2 clusters (core, edge), 0 of them with connected nodes"),
+        "{}",
+        r.stderr
+    );
+    let r = api.weft(&["connectivity", "test", "--cluster", "edge"]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("cluster edge has no connected node")
+            && r.stderr.contains("join-token create edge"),
+        "{}",
+        r.stderr
+    );
+    // Nothing was created on the way.
+    let r = api.weft(&["policy", "list", "-o", "json"]).await;
+    assert_eq!(r.ok().json(), json!([]));
+}
