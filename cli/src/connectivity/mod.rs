@@ -94,7 +94,8 @@ async fn pick_cluster(client: &Client, given: Option<String>) -> Result<String> 
         return Ok(c);
     }
     let clusters = client.list_all(&client.tpath("/clusters")?, &[]).await?;
-    let names: Vec<String> = clusters.iter().map(|c| output::cell(&c["name"])).collect();
+    let mut names: Vec<String> = clusters.iter().map(|c| output::cell(&c["name"])).collect();
+    names.sort();
     match names.as_slice() {
         [one] => return Ok(one.clone()),
         [] => bail!("the tenant has no cluster: create one with `weft cluster create NAME`"),
