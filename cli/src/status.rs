@@ -1,7 +1,6 @@
 //! `weft status`: the tenant's clusters, nodes, and how far policies and services are
 //! realized; non-zero exit when something is not ready, `--wait` until it is.
 
-use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -310,17 +309,19 @@ fn progress_line(r: &Value, elapsed: Duration) -> String {
 pub async fn run(target: &Target, a: StatusArgs) -> Result<()> {
     let client = Client::new(target).await?;
     let start = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let spinner = ['|', '/', '-', '\\'];
+    // A spinner on a terminal; without one (hidden bar), one line per change of state.
+    let bar = if a.wait {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
     let mut last_line = String::new();
-    let mut tick = 0usize;
     loop {
         let r = evaluate(&gather(&client).await?);
         let ready = r["ready"] == true;
         if ready || !a.wait || start.elapsed() >= a.timeout {
-            if a.wait && tty {
-                eprint!("\r\x1b[2K");
-            }
+            bar.finish_and_clear();
             show(a.output, &r)?;
             if ready {
                 return Ok(());
@@ -331,22 +332,19 @@ pub async fn run(target: &Target, a: StatusArgs) -> Result<()> {
             return Err(Exit(EXIT_NOT_READY).into());
         }
         let line = progress_line(&r, start.elapsed());
-        if tty {
-            eprint!("\r\x1b[2K{} {line}", spinner[tick % spinner.len()]);
-            let _ = std::io::stderr().flush();
-        } else {
-            // Without a terminal, one line per change of state.
-            let key = line
-                .split_once(": ")
-                .map(|x| x.1)
-                .unwrap_or(&line)
-                .to_string();
+        let key = line
+            .split_once(": ")
+            .map(|x| x.1)
+            .unwrap_or(&line)
+            .to_string();
+        if bar.is_hidden() {
             if key != last_line {
                 eprintln!("{line}");
-                last_line = key;
             }
+        } else {
+            bar.set_message(line);
         }
-        tick += 1;
+        last_line = key;
         let left = a.timeout.saturating_sub(start.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }

@@ -955,11 +955,14 @@ async fn connectivity_test_says_what_it_needs_before_creating_anything() {
     let r = api.weft(&["connectivity", "test"]).await;
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("2 clusters (core, edge), 0 of them with connected nodes"),
+        r.stderr
+            .contains("2 clusters (core, edge), 0 of them with connected nodes"),
         "{}",
         r.stderr
     );
-    let r = api.weft(&["connectivity", "test", "--cluster", "edge"]).await;
+    let r = api
+        .weft(&["connectivity", "test", "--cluster", "edge"])
+        .await;
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("cluster edge has no connected node")
