@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node_sync_state",
         include_str!("../../db/migrations/0006_node_sync_state.sql"),
     ),
+    (
+        8,
+        "test_workloads",
+        include_str!("../../db/migrations/0008_test_workloads.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -54,6 +54,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     PreconditionFailed(String),
+    /// Well-formed, but what a field refers to cannot be used (e.g. a node without a pod
+    /// CIDR).
+    #[error("{detail}")]
+    Unprocessable { detail: String, field: String },
     #[error(
         "too many failed authentication attempts from this address; retry in {retry_after_secs} s"
     )]
@@ -75,6 +79,13 @@ impl ApiError {
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn unprocessable(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        ApiError::Unprocessable {
+            detail: detail.into(),
+            field: field.into(),
+        }
     }
 
     pub fn not_found(what: &str, key: &str) -> Self {
@@ -119,6 +130,11 @@ impl ApiError {
                 "precondition-failed",
                 "Precondition failed",
             ),
+            Unprocessable { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "Unprocessable request",
+            ),
             TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",
@@ -145,6 +161,9 @@ impl ApiError {
                 field: Some(field),
                 detail,
             } => vec![FieldError::new(field.clone(), detail.clone())],
+            ApiError::Unprocessable { field, detail } => {
+                vec![FieldError::new(field.clone(), detail.clone())]
+            }
             _ => Vec::new(),
         };
         let detail = match self {
@@ -228,6 +247,8 @@ fn conflict_for_constraint(constraint: &str) -> Option<ApiError> {
         "api_tokens_tenant_name_key" => ("name", "an API token with this name already exists in the tenant"),
         "join_tokens_cluster_name_key" => ("name", "a join token with this name already exists in the cluster"),
         "nodes_cluster_name_key" => ("name", "a node with this name already exists in the cluster"),
+        "test_workloads_cluster_name_key" => ("name", "a test workload with this name already exists in the cluster"),
+        "test_workloads_cluster_ip_key" => ("ip", "another test workload of the cluster has this address"),
         "invitations_tenant_email_key" => ("email", "this e-mail is already invited to the tenant"),
         "memberships_tenant_user_key" => ("email", "this person already belongs to the tenant"),
         _ => return None,

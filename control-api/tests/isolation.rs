@@ -27,6 +27,8 @@ async fn fingerprint(t: &TestApp) -> Vec<i64> {
         "invitations",
         "audit_log",
         "desired_state_changes",
+        "test_workloads",
+        "probes",
     ] {
         out.push(t.count(table).await);
     }
@@ -41,6 +43,7 @@ async fn fingerprint(t: &TestApp) -> Vec<i64> {
 
 struct Fixture {
     endpoint: String,
+    probe: String,
     viewer: String,
     revoked: String,
     foreign_owner: String,
@@ -120,6 +123,27 @@ async fn fixture(t: &TestApp) -> Fixture {
     .execute(&t.pool)
     .await
     .unwrap();
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/test-workloads",
+            Some(&owner),
+            Some(
+                json!({"name": "echo-w", "node": "node-1", "kind": "world", "echo_ports": [8080]}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/probes",
+            Some(&owner),
+            Some(json!({"from": "echo-w", "target": "10.0.1.5:80"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let probe = r.body["id"].as_str().unwrap().to_string();
     let revoked_name: String =
         sqlx::query_scalar("SELECT name FROM api_tokens WHERE token_hash = $1")
             .bind(control_api::auth::hash_token(&revoked))
@@ -137,6 +161,7 @@ async fn fixture(t: &TestApp) -> Fixture {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     Fixture {
         endpoint: endpoint.to_string(),
+        probe,
         viewer,
         revoked,
         foreign_owner,
@@ -168,6 +193,8 @@ async fn isolation_matrix_from_the_route_table() {
             .replace("{policy}", "p")
             .replace("{node}", "node-1")
             .replace("{endpoint}", &f.endpoint)
+            .replace("{workload}", "echo-w")
+            .replace("{probe}", &f.probe)
             .replace("{member}", "ada@example.com")
             .replace(
                 "{token}",

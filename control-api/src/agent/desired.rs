@@ -18,7 +18,7 @@ use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 use weft_proto::v1 as pb;
 
 use super::NodeCtx;
-use crate::api::services;
+use crate::api::{connectivity, services};
 use crate::auth;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
@@ -59,6 +59,8 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
             .fetch_all(&mut *conn)
             .await?;
     let services = services::all_of_tenant(conn, tenant).await?;
+    let workloads = connectivity::workloads::views_of_tenant(conn, tenant).await?;
+    let probes = connectivity::probes::pending_of_tenant(conn, tenant).await?;
     let ip = |s: &str| s.parse::<IpAddr>().ok();
     Ok(TenantView {
         nodes: nodes
@@ -109,9 +111,8 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
                 },
             })
             .collect(),
-        // Filled by the test-workload store (connectivity tests).
-        workloads: Vec::new(),
-        probes: Vec::new(),
+        workloads,
+        probes,
     })
 }
 
@@ -129,8 +130,13 @@ pub async fn compute(st: &AppState, node: &NodeCtx) -> Result<(i64, NodeDesiredS
         .await?;
     let view = load_view(&mut tx, node.tenant_id).await?;
     tx.commit().await?;
-    let state = desired::compile(&view, &node.id.to_string())
+    let mut state = desired::compile(&view, &node.id.to_string())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("compiling node {}: {e}", node.name)))?;
+    // An agent that does not speak them would misread or drop the whole message.
+    if node.capability_version < weft_proto::CAPABILITY_PROBES {
+        state.workloads.clear();
+        state.probes.clear();
+    }
     Ok((revision, state))
 }
 

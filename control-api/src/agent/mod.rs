@@ -28,6 +28,9 @@ pub struct NodeCtx {
     pub tenant_id: Uuid,
     pub cluster_id: Uuid,
     pub name: String,
+    /// The capability version the agent announced in its `Sync` request; 0 in other calls,
+    /// which announce none.
+    pub capability_version: u32,
 }
 
 pub struct AgentService {
@@ -72,6 +75,7 @@ impl AgentService {
                 tenant_id,
                 cluster_id,
                 name,
+                capability_version: 0,
             }),
             None => {
                 self.st.auth_failures.record_failure(source, now);
@@ -93,7 +97,9 @@ pub fn status(e: ApiError) -> Status {
         ApiError::Forbidden(_) => Status::permission_denied(e.to_string()),
         ApiError::NotFound(_) => Status::not_found(e.to_string()),
         ApiError::Conflict { .. } => Status::already_exists(e.to_string()),
-        ApiError::PreconditionFailed(_) => Status::failed_precondition(e.to_string()),
+        ApiError::PreconditionFailed(_) | ApiError::Unprocessable { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         ApiError::TooManyRequests { .. } => Status::resource_exhausted(e.to_string()),
         ApiError::Unavailable(_) => Status::unavailable(e.to_string()),
         _ => {
@@ -118,7 +124,8 @@ impl Agent for AgentService {
     type SyncStream = sync::Stream;
 
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        let node = self.node(&req).await?;
+        let mut node = self.node(&req).await?;
+        node.capability_version = req.get_ref().capability_version;
         let resume_from = req.get_ref().resume_from_revision;
         Ok(Response::new(sync::start(
             self.st.clone(),
@@ -171,8 +178,11 @@ impl Agent for AgentService {
         &self,
         req: Request<weft_proto::v1::ProbeReport>,
     ) -> Result<Response<ReportResponse>, Status> {
-        let _node = self.node(&req).await?;
-        Err(Status::unimplemented("probe results are not stored yet"))
+        let node = self.node(&req).await?;
+        reports::probes(&self.st, &node, req.into_inner())
+            .await
+            .map(|()| Response::new(ReportResponse {}))
+            .map_err(status)
     }
 
     async fn report_flows(

@@ -1,4 +1,4 @@
-//! What agents report: applied revisions, health, and the endpoints they run.
+//! What agents report: applied revisions, health, the endpoints they run, probe results.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,7 +7,10 @@ use uuid::Uuid;
 use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
-use weft_proto::v1::{AckRequest, EndpointReport, FlowBatch, HealthReport};
+use weft_model::workload::ProbeOutcome;
+use weft_proto::v1::{
+    self as pb, AckRequest, EndpointReport, FlowBatch, HealthReport, ProbeReport,
+};
 
 use super::NodeCtx;
 use crate::auth;
@@ -280,6 +283,69 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
     tx.commit().await?;
     if changed {
         tracing::info!(node = %node.name, endpoints = reported.len(), "endpoints reported");
+    }
+    Ok(())
+}
+
+/// Longest probe `detail` / `reply_from` kept (an agent's text, stored as given otherwise).
+const MAX_PROBE_TEXT: usize = 1024;
+
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(MAX_PROBE_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Stores the results of the node's own pending probes; each leaves the node's desired
+/// state (one change each). Unknown ids, other nodes' probes and repeated results are
+/// ignored, never refused: an agent must not retry a report forever.
+pub async fn probes(st: &AppState, node: &NodeCtx, report: ProbeReport) -> Result<()> {
+    let mut tx = st.pool.begin().await?;
+    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    let mut stored = 0usize;
+    for r in &report.results {
+        let Ok(id) = Uuid::parse_str(&r.id) else {
+            tracing::debug!(node = %node.name, id = %r.id, "probe result for a malformed id ignored");
+            continue;
+        };
+        let (outcome, detail) = match pb::ProbeOutcome::try_from(r.outcome) {
+            Ok(pb::ProbeOutcome::Connected) => (ProbeOutcome::Connected, clip(&r.detail)),
+            Ok(pb::ProbeOutcome::Refused) => (ProbeOutcome::Refused, clip(&r.detail)),
+            Ok(pb::ProbeOutcome::Timeout) => (ProbeOutcome::Timeout, clip(&r.detail)),
+            Ok(pb::ProbeOutcome::Error) => (ProbeOutcome::Error, clip(&r.detail)),
+            Ok(pb::ProbeOutcome::Unspecified) | Err(_) => (
+                ProbeOutcome::Error,
+                format!("the agent reported no known outcome ({})", r.outcome),
+            ),
+        };
+        let updated: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE probes SET outcome = $3, detail = $4, latency_us = $5,              reply_from = nullif($6, ''), finished_at = now()              WHERE id = $1 AND node_id = $2 AND outcome IS NULL RETURNING id",
+        )
+        .bind(id)
+        .bind(node.id)
+        .bind(outcome.as_str())
+        .bind(detail)
+        .bind(i64::try_from(r.latency_us).unwrap_or(i64::MAX))
+        .bind(clip(&r.reply_from))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if updated.is_none() {
+            tracing::debug!(node = %node.name, %id, "result for no pending probe of this node ignored");
+            continue;
+        }
+        let rev = db::bump_revision(&mut tx, node.tenant_id, "probe", id, Op::Update).await?;
+        sqlx::query("UPDATE probes SET revision = $2 WHERE id = $1")
+            .bind(id)
+            .bind(rev)
+            .execute(&mut *tx)
+            .await?;
+        stored += 1;
+    }
+    tx.commit().await?;
+    if stored > 0 {
+        tracing::info!(node = %node.name, stored, reported = report.results.len(), "probe results stored");
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod api_tokens;
 pub mod audit_log;
 pub mod clusters;
 pub mod common;
+pub mod connectivity;
 pub mod flows;
 pub mod health;
 pub mod install;
@@ -47,6 +48,7 @@ use crate::state::AppState;
         (name = "inventory", description = "Read-only: nodes, endpoints, identities"),
         (name = "audit", description = "Who changed what, when"),
         (name = "flows", description = "Observed network flows: stored, live, and as a service map"),
+        (name = "connectivity", description = "Connectivity tests: echo-server test workloads the agents run, and probes between them"),
         (name = "install", description = "Installing node agents: the install script and agent downloads"),
     )
 )]
@@ -119,6 +121,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(clusters::router())
         .merge(services::router())
         .merge(policies::router())
+        .merge(connectivity::router())
         .merge(inventory::router())
         .merge(audit_log::router())
         .merge(flows::router())

@@ -1,0 +1,473 @@
+//! `/v1/tenants/{tenant}/clusters/{cluster}/probes`: one TCP connection each, made once by
+//! a node's agent (from one of its test workloads or from the node itself) and reported.
+
+use std::net::SocketAddrV4;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgConnection, QueryBuilder};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weft_model::desired::ProbeView;
+use weft_model::error::FieldError;
+use weft_model::labels::{validate_labels, Labels};
+use weft_model::workload::{DesiredProbe, ProbeOutcome};
+
+use super::{node_in_cluster, scope, CreateErrors, DeleteParams, Deleted, SelectorListParams};
+use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
+use crate::audit::{self, Subject};
+use crate::auth::{need, Tenant, TenantCtx};
+use crate::db::{self, Op};
+use crate::error::{ApiError, Result};
+use crate::extract::Json;
+use crate::pagination::{Page, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_probes, create_probe, delete_probes))
+        .routes(routes!(get_probe, delete_probe))
+}
+
+pub const DEFAULT_TIMEOUT_MS: u32 = 2000;
+pub const MIN_TIMEOUT_MS: u32 = 100;
+pub const MAX_TIMEOUT_MS: u32 = 30_000;
+
+fn default_timeout() -> u32 {
+    DEFAULT_TIMEOUT_MS
+}
+
+/// A probe to run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeInput {
+    /// The test workload (name) it connects from; null: from the node itself.
+    #[serde(default)]
+    #[schema(example = "echo-a")]
+    pub from: Option<String>,
+    /// The node (name or id) that runs it: required when `from` is null; otherwise it
+    /// defaults to, and must be, the workload's node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// IPv4 address and TCP port.
+    #[schema(example = "10.0.1.5:8080")]
+    pub target: String,
+    /// How long to wait for the connection and the echo, 100 to 30000 (default 2000).
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u32,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+impl ProbeInput {
+    /// Checks the fields that need no lookup; returns the parsed target.
+    fn validate(&self) -> Result<SocketAddrV4> {
+        let mut errs = Vec::new();
+        let target = match self.target.parse::<SocketAddrV4>() {
+            Ok(t) if t.port() != 0 => Some(t),
+            Ok(_) => {
+                errs.push(FieldError::new(
+                    "target",
+                    "port must be between 1 and 65535",
+                ));
+                None
+            }
+            Err(_) => {
+                errs.push(FieldError::new(
+                    "target",
+                    format!(
+                        "{:?} is not an IPv4 address and port, e.g. 10.0.1.5:8080",
+                        self.target
+                    ),
+                ));
+                None
+            }
+        };
+        if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            errs.push(FieldError::new(
+                "timeout_ms",
+                format!("must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        match (&self.from, &self.node) {
+            (Some(f), _) if f.is_empty() => {
+                errs.push(FieldError::new(
+                    "from",
+                    "must be a test workload name or null",
+                ));
+            }
+            (None, None) => errs.push(FieldError::new(
+                "node",
+                "required when `from` is null (a probe from the node itself)",
+            )),
+            _ => {}
+        }
+        if let Err(mut e) = validate_labels(&self.labels) {
+            errs.append(&mut e);
+        }
+        common::finish(errs)?;
+        target.ok_or_else(|| ApiError::invalid_field("target", "invalid"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeStatus {
+    /// Not reported yet: it is in its node's desired state.
+    Pending,
+    /// The agent reported `result`.
+    Done,
+}
+
+/// What the agent reported.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProbeResult {
+    pub outcome: ProbeOutcome,
+    /// What happened, in words (empty when connected).
+    pub detail: String,
+    /// From connecting to the echo's reply, in microseconds.
+    pub latency_us: i64,
+    /// The workload whose echo server answered, when one did.
+    pub reply_from: Option<String>,
+    pub finished_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Probe {
+    pub id: Uuid,
+    /// Name of the node that runs it.
+    pub node: String,
+    /// The test workload it connects from; null: the node itself.
+    pub from: Option<String>,
+    #[schema(example = "10.0.1.5:8080")]
+    pub target: String,
+    pub timeout_ms: u32,
+    pub labels: Labels,
+    pub created_at: DateTime<Utc>,
+    pub status: ProbeStatus,
+    /// Null while pending.
+    pub result: Option<ProbeResult>,
+    #[serde(skip)]
+    revision: i64,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: Uuid,
+    node: String,
+    from_workload: Option<String>,
+    target_ip: String,
+    target_port: i32,
+    timeout_ms: i32,
+    #[sqlx(json)]
+    labels: Labels,
+    created_at: DateTime<Utc>,
+    revision: i64,
+    outcome: Option<String>,
+    detail: Option<String>,
+    latency_us: Option<i64>,
+    reply_from: Option<String>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<Row> for Probe {
+    fn from(r: Row) -> Self {
+        let result = match (r.outcome, r.finished_at) {
+            (Some(o), Some(finished_at)) => Some(ProbeResult {
+                // The column's CHECK allows only the four outcomes.
+                outcome: o.parse().unwrap_or(ProbeOutcome::Error),
+                detail: r.detail.unwrap_or_default(),
+                latency_us: r.latency_us.unwrap_or(0),
+                reply_from: r.reply_from,
+                finished_at,
+            }),
+            _ => None,
+        };
+        Probe {
+            id: r.id,
+            node: r.node,
+            from: r.from_workload,
+            target: format!("{}:{}", r.target_ip, r.target_port),
+            timeout_ms: r.timeout_ms.unsigned_abs(),
+            labels: r.labels,
+            created_at: r.created_at,
+            status: if result.is_some() {
+                ProbeStatus::Done
+            } else {
+                ProbeStatus::Pending
+            },
+            result,
+            revision: r.revision,
+        }
+    }
+}
+
+const SELECT: &str =
+    "SELECT p.id, n.name AS node, p.from_workload, host(p.target_ip) AS target_ip, \
+    p.target_port, p.timeout_ms, p.labels, p.created_at, p.revision, p.outcome, p.detail, \
+    p.latency_us, p.reply_from, p.finished_at \
+    FROM probes p JOIN nodes n ON n.id = p.node_id";
+
+async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Probe> {
+    let row: Row = sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok(row.into())
+}
+
+/// The tenant's probes without a result, with their nodes, for the desired-state compiler.
+pub async fn pending_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<Vec<ProbeView>> {
+    type ViewRow = (Uuid, Uuid, Option<String>, String, i32, i32);
+    let rows: Vec<ViewRow> = sqlx::query_as(
+        "SELECT id, node_id, from_workload, host(target_ip), target_port, timeout_ms \
+         FROM probes WHERE tenant_id = $1 AND outcome IS NULL ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, node, from, ip, port, timeout)| {
+            Some(ProbeView {
+                node_id: node.to_string(),
+                probe: DesiredProbe {
+                    id: id.to_string(),
+                    from_workload: from,
+                    target: SocketAddrV4::new(ip.parse().ok()?, u16::try_from(port).ok()?),
+                    timeout_ms: timeout.unsigned_abs(),
+                },
+            })
+        })
+        .collect())
+}
+
+/// The probe `key` of the scope's cluster, or 404.
+async fn require(conn: &mut PgConnection, scope: Scope, key: &str, lock: bool) -> Result<Uuid> {
+    let missing = || ApiError::not_found("probe", key);
+    let id = Uuid::parse_str(key).map_err(|_| missing())?;
+    let sql = format!(
+        "SELECT id FROM probes WHERE tenant_id = $1 AND cluster_id = $2 AND id = $3{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query_scalar(&sql)
+        .bind(scope.tenant)
+        .bind(scope.cluster)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(missing)
+}
+
+/// A probe has no name: the audit log names it by its id.
+fn subject<'a>(p: &Probe, name: &'a str) -> Subject<'a> {
+    Subject {
+        kind: "probe",
+        id: p.id,
+        name,
+    }
+}
+
+/// List a cluster's probes, pending and done (viewer).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/probes", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"), SelectorListParams),
+    responses((status = 200, body = Page<Probe>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_probes(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Query(params): Query<SelectorListParams>,
+) -> Result<axum::Json<Page<Probe>>> {
+    let mut conn = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut conn).await?;
+    let list = params.resolve()?;
+    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
+    qb.push_bind(sc.tenant)
+        .push(" AND p.cluster_id = ")
+        .push_bind(sc.cluster);
+    list.push_tail(&mut qb, "p");
+    let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = rows.into_iter().map(Probe::from).collect();
+    Ok(axum::Json(list.page(rows, |p: &Probe| p.id)))
+}
+
+/// Get a probe and, once reported, its result (viewer).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/probes/{probe}", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("probe" = String, Path, description = "Probe id")),
+    responses((status = 200, body = Probe, headers(("ETag" = String))), ReadErrors),
+    security(("bearer" = [])))]
+async fn get_probe(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster, probe)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let mut conn = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut conn).await?;
+    let id = require(&mut conn, sc, &probe, false).await?;
+    let p = load(&mut conn, id).await?;
+    Ok(common::ok(p.revision, p))
+}
+
+/// Create a probe (editor): the node's agent makes the connection once and reports how it
+/// went; `GET` it until `status` is `done`.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/clusters/{cluster}/probes", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name")),
+    request_body = ProbeInput,
+    responses((status = 201, body = Probe, headers(("ETag" = String), ("Location" = String))),
+              WriteErrors, CreateErrors),
+    security(("bearer" = [])))]
+async fn create_probe(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Json(input): Json<ProbeInput>,
+) -> Result<Response> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
+    let target = input.validate()?;
+    let node = match (&input.from, &input.node) {
+        (Some(from), node) => {
+            let runs_on: Option<(Uuid, String)> = sqlx::query_as(
+                "SELECT n.id, n.name FROM test_workloads w JOIN nodes n ON n.id = w.node_id \
+                 WHERE w.tenant_id = $1 AND w.cluster_id = $2 AND w.name = $3",
+            )
+            .bind(sc.tenant)
+            .bind(sc.cluster)
+            .bind(from)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (id, name) = runs_on.ok_or_else(|| {
+                ApiError::unprocessable(
+                    "from",
+                    format!("{from:?} is not a test workload of this cluster"),
+                )
+            })?;
+            if let Some(key) = node {
+                let (given, _) = node_in_cluster(&mut tx, sc, "node", key).await?;
+                if given != id {
+                    return Err(ApiError::invalid_field(
+                        "node",
+                        format!("test workload {from} runs on node {name}: omit `node` or name that one"),
+                    ));
+                }
+            }
+            id
+        }
+        (None, Some(key)) => node_in_cluster(&mut tx, sc, "node", key).await?.0,
+        // `validate` refused this.
+        (None, None) => return Err(ApiError::invalid_field("node", "required")),
+    };
+    let id = Uuid::now_v7();
+    let rev = db::bump_revision(&mut tx, sc.tenant, "probe", id, Op::Create).await?;
+    sqlx::query(
+        "INSERT INTO probes (id, tenant_id, cluster_id, node_id, from_workload, target_ip, \
+         target_port, timeout_ms, labels, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6::inet, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(sc.tenant)
+    .bind(sc.cluster)
+    .bind(node)
+    .bind(&input.from)
+    .bind(target.ip().to_string())
+    .bind(i32::from(target.port()))
+    .bind(i32::try_from(input.timeout_ms).unwrap_or(i32::MAX))
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(rev)
+    .execute(&mut *tx)
+    .await?;
+    let p = load(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "create",
+        subject(&p, &p.id.to_string()),
+        None,
+        audit::snapshot(&p),
+    )
+    .await?;
+    tx.commit().await?;
+    let location = format!(
+        "/v1/tenants/{}/clusters/{}/probes/{}",
+        t.name, cluster, p.id
+    );
+    Ok(common::created(rev, location, p))
+}
+
+/// Removes probes (already locked) in the caller's transaction: one change (a pending
+/// probe leaves its node's desired state) and one audit entry each.
+async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u64> {
+    for id in ids {
+        let before = load(tx, *id).await?;
+        db::bump_revision(tx, t.id, "probe", *id, Op::Delete).await?;
+        sqlx::query("DELETE FROM probes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            tx,
+            t,
+            "delete",
+            subject(&before, &before.id.to_string()),
+            audit::snapshot(&before),
+            None,
+        )
+        .await?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// Delete a probe (editor); a pending one is withdrawn from its node.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}/probes/{probe}", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("probe" = String, Path, description = "Probe id")),
+    responses((status = 204, description = "Deleted"), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_probe(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster, probe)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
+    let id = require(&mut tx, sc, &probe, true).await?;
+    remove(&mut tx, &t, &[id]).await?;
+    tx.commit().await?;
+    Ok(common::no_content())
+}
+
+/// Delete the probes a label selector matches (editor); the selector is required.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}/probes", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"), DeleteParams),
+    responses((status = 200, body = Deleted), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_probes(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Query(params): Query<DeleteParams>,
+) -> Result<axum::Json<Deleted>> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
+    let selector = params.resolve()?;
+    let mut qb = QueryBuilder::new("SELECT p.id FROM probes p WHERE p.tenant_id = ");
+    qb.push_bind(sc.tenant)
+        .push(" AND p.cluster_id = ")
+        .push_bind(sc.cluster);
+    crate::pagination::push_label_filter(&mut qb, "p.labels", &selector);
+    qb.push(" ORDER BY p.id FOR UPDATE");
+    let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+    let deleted = remove(&mut tx, &t, &ids).await?;
+    tx.commit().await?;
+    Ok(axum::Json(Deleted { deleted }))
+}

@@ -1,0 +1,485 @@
+//! `/v1/tenants/{tenant}/clusters/{cluster}/test-workloads`: echo servers an agent runs
+//! for connectivity tests. A `pod` gets an address from its node's pod CIDR and becomes
+//! one of the node's endpoints; a `world` one gets an address in `WORLD_NET`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgConnection, QueryBuilder};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weft_model::desired::WorkloadView;
+use weft_model::error::FieldError;
+use weft_model::labels::Labels;
+use weft_model::workload::{self, DesiredWorkload, WorkloadKind, WORLD_NET};
+
+use super::{node_in_cluster, scope, CreateErrors, DeleteParams, Deleted, SelectorListParams};
+use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
+use crate::audit::{self, Subject};
+use crate::auth::{need, Tenant, TenantCtx};
+use crate::db::{self, Op};
+use crate::error::{ApiError, Result};
+use crate::extract::Json;
+use crate::pagination::{Page, Query};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            list_test_workloads,
+            create_test_workload,
+            delete_test_workloads
+        ))
+        .routes(routes!(get_test_workload, delete_test_workload))
+}
+
+/// Most echo ports one workload may listen on.
+pub const MAX_ECHO_PORTS: usize = 8;
+
+/// A test workload to create.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestWorkloadInput {
+    /// Unique in the cluster; a pod's endpoint has this name.
+    #[schema(example = "echo-same-node")]
+    pub name: String,
+    /// The node (name or id) whose agent runs it.
+    #[schema(example = "node-1")]
+    pub node: String,
+    pub kind: WorkloadKind,
+    /// A pod's endpoint labels (policies select it by them).
+    #[serde(default)]
+    pub labels: Labels,
+    /// 1 to 8 distinct TCP ports the echo server listens on.
+    #[serde(default)]
+    #[schema(example = json!([8080]))]
+    pub echo_ports: Vec<u16>,
+}
+
+impl TestWorkloadInput {
+    fn validate(&self) -> Result<()> {
+        let mut errs = Vec::new();
+        common::check_common(&mut errs, &self.name, &self.labels, "");
+        if self.node.is_empty() {
+            errs.push(FieldError::new("node", "must not be empty"));
+        }
+        errs.extend(check_ports(&self.echo_ports));
+        common::finish(errs)
+    }
+}
+
+fn check_ports(ports: &[u16]) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if ports.is_empty() || ports.len() > MAX_ECHO_PORTS {
+        errs.push(FieldError::new(
+            "echo_ports",
+            format!("must list 1 to {MAX_ECHO_PORTS} ports, got {}", ports.len()),
+        ));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if *p == 0 {
+            errs.push(FieldError::new(
+                format!("echo_ports[{i}]"),
+                "must be between 1 and 65535",
+            ));
+        } else if ports[..i].contains(p) {
+            errs.push(FieldError::new(
+                format!("echo_ports[{i}]"),
+                format!("port {p} is listed twice"),
+            ));
+        }
+    }
+    errs
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TestWorkload {
+    pub name: String,
+    /// Name of the node that runs it.
+    pub node: String,
+    pub kind: WorkloadKind,
+    #[schema(value_type = String, example = "10.0.1.254")]
+    pub ip: Ipv4Addr,
+    pub labels: Labels,
+    pub echo_ports: Vec<u16>,
+    pub created_at: DateTime<Utc>,
+    /// The node's agent has applied the revision that created it and, for a pod, reported
+    /// its endpoint and got an identity for it.
+    pub ready: bool,
+    #[serde(skip)]
+    id: Uuid,
+    #[serde(skip)]
+    revision: i64,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    node: String,
+    kind: String,
+    ip: String,
+    #[sqlx(json)]
+    labels: Labels,
+    echo_ports: Vec<i32>,
+    created_at: DateTime<Utc>,
+    revision: i64,
+    ready: bool,
+}
+
+impl From<Row> for TestWorkload {
+    fn from(r: Row) -> Self {
+        TestWorkload {
+            name: r.name,
+            node: r.node,
+            // The column's CHECK allows only the two kinds, and `ip` is always IPv4.
+            kind: r.kind.parse().unwrap_or(WorkloadKind::Pod),
+            ip: r.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            labels: r.labels,
+            echo_ports: r
+                .echo_ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .collect(),
+            created_at: r.created_at,
+            ready: r.ready,
+            id: r.id,
+            revision: r.revision,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT w.id, w.name, n.name AS node, w.kind, host(w.ip) AS ip, w.labels, \
+    w.echo_ports, w.created_at, w.revision, \
+    (n.applied_revision >= w.revision AND (w.kind = 'world' OR EXISTS ( \
+        SELECT 1 FROM endpoints e WHERE e.tenant_id = w.tenant_id AND e.node_id = w.node_id \
+        AND e.name = w.name AND e.identity IS NOT NULL))) AS ready \
+    FROM test_workloads w JOIN nodes n ON n.id = w.node_id";
+
+async fn load(conn: &mut PgConnection, id: Uuid) -> Result<TestWorkload> {
+    let row: Row = sqlx::query_as(&format!("{SELECT} WHERE w.id = $1"))
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok(row.into())
+}
+
+/// Every test workload of a tenant, with its node, for the desired-state compiler.
+pub async fn views_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<Vec<WorkloadView>> {
+    type ViewRow = (
+        Uuid,
+        String,
+        String,
+        String,
+        sqlx::types::Json<Labels>,
+        Vec<i32>,
+    );
+    let rows: Vec<ViewRow> = sqlx::query_as(
+        "SELECT node_id, name, kind, host(ip), labels, echo_ports FROM test_workloads \
+         WHERE tenant_id = $1 ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(node, name, kind, ip, labels, ports)| {
+            Some(WorkloadView {
+                node_id: node.to_string(),
+                workload: DesiredWorkload {
+                    name,
+                    kind: kind.parse().ok()?,
+                    ip: ip.parse().ok()?,
+                    labels: labels.0,
+                    echo_ports: ports
+                        .iter()
+                        .filter_map(|p| u16::try_from(*p).ok())
+                        .collect(),
+                },
+            })
+        })
+        .collect())
+}
+
+fn subject(w: &TestWorkload) -> Subject<'_> {
+    Subject {
+        kind: "test_workload",
+        id: w.id,
+        name: &w.name,
+    }
+}
+
+/// A free address for a new workload of `kind` on `node`. Callers hold the cluster's
+/// allocation lock, so what they read here is what the next allocation will see.
+async fn allocate(
+    conn: &mut PgConnection,
+    scope: Scope,
+    node: (Uuid, &str),
+    kind: WorkloadKind,
+) -> Result<Ipv4Addr> {
+    let net = match kind {
+        WorkloadKind::World => WORLD_NET,
+        WorkloadKind::Pod => {
+            let cidrs: Vec<String> = sqlx::query_scalar(
+                "SELECT c::text FROM nodes, unnest(pod_cidrs) WITH ORDINALITY AS u(c, pos) \
+                 WHERE id = $1 ORDER BY pos",
+            )
+            .bind(node.0)
+            .fetch_all(&mut *conn)
+            .await?;
+            cidrs
+                .iter()
+                .find_map(|c| c.parse::<Ipv4Net>().ok())
+                .ok_or_else(|| {
+                    ApiError::unprocessable(
+                        "node",
+                        format!(
+                            "node {} has no IPv4 pod CIDR; start its agent with --pod-cidr",
+                            node.1
+                        ),
+                    )
+                })?
+        }
+    };
+    let taken: Vec<String> = sqlx::query_scalar(
+        "SELECT host(ipv4) FROM endpoints WHERE tenant_id = $1 AND cluster_id = $2 \
+           AND ipv4 IS NOT NULL \
+         UNION SELECT host(ip) FROM test_workloads WHERE tenant_id = $1 AND cluster_id = $2",
+    )
+    .bind(scope.tenant)
+    .bind(scope.cluster)
+    .fetch_all(&mut *conn)
+    .await?;
+    let taken: BTreeSet<Ipv4Addr> = taken.iter().filter_map(|a| a.parse().ok()).collect();
+    workload::allocate(net, &taken).ok_or_else(|| ApiError::Conflict {
+        detail: match kind {
+            WorkloadKind::Pod => format!("node {}'s pod CIDR {net} has no free address", node.1),
+            WorkloadKind::World => format!("the world range {net} has no free address"),
+        },
+        field: Some(match kind {
+            WorkloadKind::Pod => "node".to_string(),
+            WorkloadKind::World => "kind".to_string(),
+        }),
+    })
+}
+
+/// List a cluster's test workloads (viewer).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/test-workloads", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"), SelectorListParams),
+    responses((status = 200, body = Page<TestWorkload>), ReadErrors),
+    security(("bearer" = [])))]
+async fn list_test_workloads(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Query(params): Query<SelectorListParams>,
+) -> Result<axum::Json<Page<TestWorkload>>> {
+    let mut conn = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut conn).await?;
+    let list = params.resolve()?;
+    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE w.tenant_id = "));
+    qb.push_bind(sc.tenant)
+        .push(" AND w.cluster_id = ")
+        .push_bind(sc.cluster);
+    list.push_tail(&mut qb, "w");
+    let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = rows.into_iter().map(TestWorkload::from).collect();
+    Ok(axum::Json(list.page(rows, |w: &TestWorkload| w.id)))
+}
+
+/// Get a test workload by name (viewer).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/test-workloads/{workload}", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("workload" = String, Path, description = "Test workload name")),
+    responses((status = 200, body = TestWorkload, headers(("ETag" = String))), ReadErrors),
+    security(("bearer" = [])))]
+async fn get_test_workload(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    Path((_tenant, cluster, workload)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let mut conn = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut conn).await?;
+    let id =
+        common::require_id(&mut conn, "test_workloads", "test workload", sc, &workload).await?;
+    let w = load(&mut conn, id).await?;
+    Ok(common::ok(w.revision, w))
+}
+
+/// Create a test workload (editor): an echo server the node's agent starts, with an
+/// address the control plane allocates (a pod's from the node's first IPv4 pod CIDR, top
+/// down, avoiding the cluster's endpoints and other test workloads; a world workload's
+/// from 198.51.100.0/24).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/clusters/{cluster}/test-workloads", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name")),
+    request_body = TestWorkloadInput,
+    responses((status = 201, body = TestWorkload, headers(("ETag" = String), ("Location" = String))),
+              WriteErrors, CreateErrors),
+    security(("bearer" = [])))]
+async fn create_test_workload(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Json(input): Json<TestWorkloadInput>,
+) -> Result<Response> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
+    input.validate()?;
+    let (node, node_name) = node_in_cluster(&mut tx, sc, "node", &input.node).await?;
+    if input.kind == WorkloadKind::Pod {
+        // The agent reports the pod as an endpoint of this name: it must be free.
+        let clash: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM endpoints e WHERE e.node_id = $1 AND e.name = $2 \
+             AND NOT EXISTS (SELECT 1 FROM test_workloads w WHERE w.node_id = e.node_id \
+                             AND w.name = e.name))",
+        )
+        .bind(node)
+        .bind(&input.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if clash {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "an endpoint named {:?} already runs on node {node_name}",
+                    input.name
+                ),
+                field: Some("name".into()),
+            });
+        }
+    }
+    // One allocation at a time per cluster: two creates never pick the same address (the
+    // unique index on (tenant, cluster, ip) is the backstop).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('test_workloads:' || $1::text, 0))")
+        .bind(sc.cluster)
+        .execute(&mut *tx)
+        .await?;
+    let ip = allocate(&mut tx, sc, (node, &node_name), input.kind).await?;
+    let id = Uuid::now_v7();
+    let rev = db::bump_revision(&mut tx, sc.tenant, "test_workload", id, Op::Create).await?;
+    sqlx::query(
+        "INSERT INTO test_workloads (id, tenant_id, cluster_id, node_id, name, kind, ip, labels, \
+         echo_ports, revision) VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(sc.tenant)
+    .bind(sc.cluster)
+    .bind(node)
+    .bind(&input.name)
+    .bind(input.kind.as_str())
+    .bind(ip.to_string())
+    .bind(sqlx::types::Json(&input.labels))
+    .bind(
+        input
+            .echo_ports
+            .iter()
+            .map(|p| i32::from(*p))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rev)
+    .execute(&mut *tx)
+    .await?;
+    let w = load(&mut tx, id).await?;
+    audit::record(
+        &mut tx,
+        &t,
+        "create",
+        subject(&w),
+        None,
+        audit::snapshot(&w),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(workload = %w.name, node = %w.node, ip = %w.ip, "test workload created");
+    let location = format!(
+        "/v1/tenants/{}/clusters/{}/test-workloads/{}",
+        t.name, cluster, w.name
+    );
+    Ok(common::created(rev, location, w))
+}
+
+/// Removes workloads (already locked) in the caller's transaction: one change and one
+/// audit entry each.
+async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u64> {
+    for id in ids {
+        let before = load(tx, *id).await?;
+        db::bump_revision(tx, t.id, "test_workload", *id, Op::Delete).await?;
+        sqlx::query("DELETE FROM test_workloads WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            tx,
+            t,
+            "delete",
+            subject(&before),
+            audit::snapshot(&before),
+            None,
+        )
+        .await?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// Delete a test workload (editor); its agent stops it.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}/test-workloads/{workload}", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("workload" = String, Path, description = "Test workload name")),
+    responses((status = 204, description = "Deleted"), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_test_workload(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster, workload)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
+    let id = common::lock_for_write(
+        &mut tx,
+        "test_workloads",
+        "test workload",
+        sc,
+        &workload,
+        None,
+    )
+    .await?;
+    remove(&mut tx, &t, &[id]).await?;
+    tx.commit().await?;
+    Ok(common::no_content())
+}
+
+/// Delete the test workloads a label selector matches (editor); the selector is required.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}/test-workloads", tag = "connectivity",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"), DeleteParams),
+    responses((status = 200, body = Deleted), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_test_workloads(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Editor>,
+    Path((_tenant, cluster)): Path<(String, String)>,
+    Query(params): Query<DeleteParams>,
+) -> Result<axum::Json<Deleted>> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = scope(&t, &cluster, &mut tx).await?;
+    let selector = params.resolve()?;
+    let mut qb = QueryBuilder::new("SELECT w.id FROM test_workloads w WHERE w.tenant_id = ");
+    qb.push_bind(sc.tenant)
+        .push(" AND w.cluster_id = ")
+        .push_bind(sc.cluster);
+    crate::pagination::push_label_filter(&mut qb, "w.labels", &selector);
+    qb.push(" ORDER BY w.id FOR UPDATE");
+    let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+    let deleted = remove(&mut tx, &t, &ids).await?;
+    tx.commit().await?;
+    Ok(axum::Json(Deleted { deleted }))
+}

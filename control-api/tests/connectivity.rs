@@ -1,0 +1,897 @@
+//! Connectivity tests' control-plane side: test workloads and probes over REST, what
+//! agents are sent over real gRPC, and the results they report.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use common::{agent_on, authed, Reply, TestApp};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::sync_response::Kind;
+use weft_proto::v1::{
+    AckRequest, EndpointReport, ProbeOutcome, ProbeReport, ProbeResult, RegisterRequest,
+    RegisterResponse, ReportedEndpoint, SyncRequest, SyncResponse,
+};
+
+const WL: &str = "/v1/tenants/acme/clusters/prod/test-workloads";
+const PROBES: &str = "/v1/tenants/acme/clusters/prod/probes";
+
+/// Tenant `acme`, cluster `prod`, and an agent service to register nodes with.
+struct Setup {
+    t: TestApp,
+    owner: String,
+    client: AgentClient<Channel>,
+    join: String,
+}
+
+async fn setup() -> Setup {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&owner),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters/prod/join-tokens",
+            Some(&owner),
+            Some(json!({"name": "fleet", "max_uses": 0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let join = r.body["token"].as_str().expect("token").to_string();
+    let client = agent_on(t.state.clone()).await;
+    Setup {
+        t,
+        owner,
+        client,
+        join,
+    }
+}
+
+impl Setup {
+    /// Registers node `name` with these pod CIDRs and reports `endpoints` (name, ip).
+    async fn node(
+        &mut self,
+        name: &str,
+        pod_cidrs: &[&str],
+        endpoints: &[(&str, &str)],
+    ) -> RegisterResponse {
+        // Each node its own address (the compiler refuses one claimed twice).
+        let address = format!("192.0.2.{}", 10 + self.t.count("nodes").await);
+        let node = self
+            .client
+            .register(RegisterRequest {
+                join_token: self.join.clone(),
+                node_name: name.into(),
+                addresses: vec![address],
+                capability_version: weft_proto::CAPABILITY_VERSION,
+                agent_version: "0.1.0-test".into(),
+                kernel_version: "6.18".into(),
+                pod_cidrs: pod_cidrs.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        self.report(&node, endpoints).await;
+        node
+    }
+
+    async fn report(&mut self, node: &RegisterResponse, endpoints: &[(&str, &str)]) {
+        let endpoints = endpoints
+            .iter()
+            .map(|(name, ip)| ReportedEndpoint {
+                name: name.to_string(),
+                labels: [("app".to_string(), name.to_string())].into(),
+                ips: vec![ip.to_string()],
+            })
+            .collect();
+        self.client
+            .report_endpoints(authed(EndpointReport { endpoints }, &node.node_credential))
+            .await
+            .expect("report endpoints");
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Reply {
+        self.t
+            .call("POST", path, Some(&self.owner), Some(body))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.t.call("GET", path, Some(&self.owner), None).await
+    }
+
+    /// Creates a test workload; returns its address.
+    async fn workload(&self, name: &str, node: &str, kind: &str) -> String {
+        let r = self
+            .post(
+                WL,
+                json!({"name": name, "node": node, "kind": kind,
+                       "labels": {"test": "conn", "name": name}, "echo_ports": [8080]}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["ip"].as_str().expect("ip").to_string()
+    }
+
+    async fn probe(&self, body: Value) -> String {
+        let r = self.post(PROBES, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+
+    async fn sync(
+        &mut self,
+        node: &RegisterResponse,
+        capability_version: u32,
+    ) -> tonic::Streaming<SyncResponse> {
+        self.client
+            .sync(authed(
+                SyncRequest {
+                    resume_from_revision: 0,
+                    capability_version,
+                },
+                &node.node_credential,
+            ))
+            .await
+            .expect("sync")
+            .into_inner()
+    }
+}
+
+async fn next(stream: &mut tonic::Streaming<SyncResponse>) -> SyncResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("a sync message within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().expect("an object").keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn test_workloads_are_allocated_top_down_around_endpoints_and_each_other() {
+    let mut s = setup().await;
+    s.node("node-1", &["10.0.1.0/24"], &[("web-1", "10.0.1.254")])
+        .await;
+    s.node("node-2", &[], &[]).await;
+    let rev = s.t.revision().await;
+
+    let r = s
+        .post(
+            WL,
+            json!({"name": "echo-a", "node": "node-1", "kind": "pod",
+                   "labels": {"test": "conn"}, "echo_ports": [8080, 9090]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        keys(&r.body),
+        [
+            "name",
+            "node",
+            "kind",
+            "ip",
+            "labels",
+            "echo_ports",
+            "created_at",
+            "ready"
+        ]
+        .map(String::from)
+        .into(),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["ip"], "10.0.1.253", "top down, around web-1");
+    assert_eq!(r.body["node"], "node-1");
+    assert_eq!(r.body["kind"], "pod");
+    assert_eq!(r.body["echo_ports"], json!([8080, 9090]));
+    assert_eq!(r.body["ready"], false, "no agent has applied it yet");
+    assert!(
+        s.t.revision().await > rev,
+        "a create is a desired-state change"
+    );
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        "/v1/tenants/acme/clusters/prod/test-workloads/echo-a"
+    );
+    assert_eq!(s.workload("echo-b", "node-1", "pod").await, "10.0.1.252");
+    assert_eq!(
+        s.workload("out-1", "node-1", "world").await,
+        "198.51.100.254"
+    );
+    assert_eq!(
+        s.workload("out-2", "node-2", "world").await,
+        "198.51.100.253"
+    );
+
+    // The name is unique in the cluster; a node without a pod CIDR cannot run a pod.
+    let r = s
+        .post(
+            WL,
+            json!({"name": "echo-a", "node": "node-1", "kind": "world", "echo_ports": [1]}),
+        )
+        .await;
+    assert!(r.is_problem(409, "conflict"), "{}", r.body);
+    assert_eq!(r.fields(), ["name"]);
+    let r = s
+        .post(
+            WL,
+            json!({"name": "web-1", "node": "node-1", "kind": "pod", "echo_ports": [1]}),
+        )
+        .await;
+    assert!(
+        r.is_problem(409, "conflict"),
+        "an endpoint's name: {}",
+        r.body
+    );
+    assert_eq!(r.fields(), ["name"]);
+    let r = s
+        .post(
+            WL,
+            json!({"name": "echo-c", "node": "node-2", "kind": "pod", "echo_ports": [1]}),
+        )
+        .await;
+    assert!(r.is_problem(422, "unprocessable"), "{}", r.body);
+    assert_eq!(r.fields(), ["node"]);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node node-2 has no IPv4 pod CIDR; start its agent with --pod-cidr"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .post(
+            WL,
+            json!({"name": "echo-c", "node": "node-9", "kind": "pod", "echo_ports": [1]}),
+        )
+        .await;
+    assert!(r.is_problem(422, "unprocessable"), "{}", r.body);
+    assert_eq!(r.fields(), ["node"]);
+
+    // Read: one, all, by selector.
+    let r = s.get(&format!("{WL}/echo-b")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["ip"], "10.0.1.252");
+    assert!(!r.etag().is_empty());
+    let r = s.get(WL).await;
+    let names: Vec<_> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo-a", "echo-b", "out-1", "out-2"]);
+    let r = s.get(&format!("{WL}?selector=name%3Dout-2")).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1, "{}", r.body);
+    assert_eq!(r.body["items"][0]["name"], "out-2");
+    let r = s.get(&format!("{WL}?limit=3")).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 3);
+    assert!(r.body["next_cursor"].is_string());
+    let r = s.get(&format!("{WL}?selector=%3D%3D%3D")).await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), ["selector"]);
+
+    // A freed address is handed out again.
+    let r =
+        s.t.call("DELETE", &format!("{WL}/echo-a"), Some(&s.owner), None)
+            .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = s.get(&format!("{WL}/echo-a")).await;
+    assert!(r.is_problem(404, "not-found"));
+    assert_eq!(s.workload("echo-d", "node-1", "pod").await, "10.0.1.253");
+
+    // Deleting a collection needs a selector.
+    let r = s.t.call("DELETE", WL, Some(&s.owner), None).await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), ["selector"]);
+    let r =
+        s.t.call(
+            "DELETE",
+            &format!("{WL}?selector=name%20in%20(out-1,out-2)"),
+            Some(&s.owner),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, json!({"deleted": 2}));
+    assert_eq!(s.t.count("test_workloads").await, 2);
+
+    // Every write is audited.
+    let r = s
+        .get("/v1/tenants/acme/audit-log?resource_kind=test_workload")
+        .await;
+    let actions: Vec<_> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "create", "create", "create", "delete", "create", "delete", "delete"]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_creates_get_distinct_addresses() {
+    let mut s = setup().await;
+    s.node("node-1", &["10.0.1.0/24"], &[]).await;
+    let s = Arc::new(s);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let kind = if i % 3 == 0 { "world" } else { "pod" };
+            let r = s
+                .post(
+                    WL,
+                    json!({"name": format!("echo-{i}"), "node": "node-1", "kind": kind,
+                           "echo_ports": [8080]}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["ip"].as_str().unwrap().to_string()
+        });
+    }
+    let ips: Vec<String> = tasks.join_all().await;
+    let distinct: BTreeSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), 12, "{ips:?}");
+    // Still top down: exactly the 8 highest pod and the 4 highest world addresses.
+    let mut want: BTreeSet<String> = (247..=254).map(|i| format!("10.0.1.{i}")).collect();
+    want.extend((251..=254).map(|i| format!("198.51.100.{i}")));
+    assert_eq!(distinct, want.iter().collect(), "{ips:?}");
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let mut s = setup().await;
+    s.node("node-1", &["10.0.1.0/24"], &[]).await;
+    s.node("node-2", &["10.0.2.0/24"], &[]).await;
+    let cases = [
+        (
+            json!({"name": "Echo_A", "node": "node-1", "kind": "pod", "echo_ports": [80]}),
+            "name",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod", "echo_ports": []}),
+            "echo_ports",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod"}),
+            "echo_ports",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod",
+                   "echo_ports": [1, 2, 3, 4, 5, 6, 7, 8, 9]}),
+            "echo_ports",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod", "echo_ports": [80, 0]}),
+            "echo_ports[1]",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod", "echo_ports": [80, 443, 80]}),
+            "echo_ports[2]",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod", "echo_ports": [70000]}),
+            "echo_ports[0]",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "vm", "echo_ports": [80]}),
+            "kind",
+        ),
+        (
+            json!({"name": "echo", "node": "node-1", "kind": "pod", "echo_ports": [80],
+                   "labels": {"bad key!": "x"}}),
+            "labels",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = s.post(WL, body.clone()).await;
+        assert!(r.is_problem(400, "validation"), "{body}: {}", r.body);
+        assert!(
+            r.fields().iter().any(|f| f.starts_with(field)),
+            "{body}: {field} in {:?}",
+            r.fields()
+        );
+    }
+    assert_eq!(s.t.count("test_workloads").await, 0);
+
+    s.workload("echo-a", "node-1", "pod").await;
+    let cases = [
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5"}),
+            400,
+            "target",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:0"}),
+            400,
+            "target",
+        ),
+        (
+            json!({"from": "echo-a", "target": "[::1]:80"}),
+            400,
+            "target",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80", "timeout_ms": 50}),
+            400,
+            "timeout_ms",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80", "timeout_ms": 30001}),
+            400,
+            "timeout_ms",
+        ),
+        (json!({"from": null, "target": "10.0.1.5:80"}), 400, "node"),
+        (
+            json!({"from": "echo-zz", "target": "10.0.1.5:80"}),
+            422,
+            "from",
+        ),
+        (
+            json!({"from": null, "node": "node-9", "target": "10.0.1.5:80"}),
+            422,
+            "node",
+        ),
+        (
+            json!({"from": "echo-a", "node": "node-2", "target": "10.0.1.5:80"}),
+            400,
+            "node",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80", "extra": 1}),
+            400,
+            "",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let r = s.post(PROBES, body.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {}", r.body);
+        assert!(
+            r.fields().iter().any(|f| f.starts_with(field)),
+            "{body}: {field} in {}",
+            r.body
+        );
+    }
+    assert_eq!(s.t.count("probes").await, 0);
+
+    // `node` may repeat the workload's own node; the default timeout is 2 s.
+    let r = s
+        .post(
+            PROBES,
+            json!({"from": "echo-a", "node": "node-1", "target": "10.0.1.5:80",
+                   "labels": {"run": "r1"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        keys(&r.body),
+        [
+            "id",
+            "node",
+            "from",
+            "target",
+            "timeout_ms",
+            "labels",
+            "created_at",
+            "status",
+            "result"
+        ]
+        .map(String::from)
+        .into()
+    );
+    assert_eq!(r.body["timeout_ms"], 2000);
+    assert_eq!(r.body["status"], "pending");
+    assert!(r.body["result"].is_null());
+    assert_eq!(r.body["target"], "10.0.1.5:80");
+    assert_eq!(r.body["node"], "node-1");
+    assert_eq!(r.body["from"], "echo-a");
+    let r = s
+        .post(
+            PROBES,
+            json!({"from": null, "node": "node-2", "target": "10.0.1.253:8080"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.body["from"].is_null());
+    assert_eq!(r.body["node"], "node-2");
+    let r = s.get(&format!("{PROBES}/not-a-uuid")).await;
+    assert!(r.is_problem(404, "not-found"));
+}
+
+#[tokio::test]
+async fn other_tenants_see_and_delete_nothing() {
+    let mut s = setup().await;
+    s.node("node-1", &["10.0.1.0/24"], &[]).await;
+    s.workload("echo-a", "node-1", "pod").await;
+    let id = s
+        .probe(json!({"from": "echo-a", "target": "10.0.1.5:80"}))
+        .await;
+    let globex = s.t.tenant("globex").await;
+    let r =
+        s.t.call(
+            "POST",
+            "/v1/tenants/globex/clusters",
+            Some(&globex),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let g_wl = "/v1/tenants/globex/clusters/prod/test-workloads";
+    let g_probes = "/v1/tenants/globex/clusters/prod/probes";
+    for path in [g_wl, g_probes] {
+        let r = s.t.call("GET", path, Some(&globex), None).await;
+        assert_eq!(r.body["items"], json!([]), "{path}: {}", r.body);
+        let r =
+            s.t.call("DELETE", &format!("{path}?selector="), Some(&globex), None)
+                .await;
+        assert_eq!(r.body, json!({"deleted": 0}), "{path}");
+    }
+    for path in [format!("{g_wl}/echo-a"), format!("{g_probes}/{id}")] {
+        let r = s.t.call("GET", &path, Some(&globex), None).await;
+        assert!(r.is_problem(404, "not-found"), "{path}");
+        let r = s.t.call("DELETE", &path, Some(&globex), None).await;
+        assert!(r.is_problem(404, "not-found"), "{path}");
+    }
+    // Nor through acme's URLs.
+    for path in [WL.to_string(), format!("{PROBES}/{id}")] {
+        let r = s.t.call("GET", &path, Some(&globex), None).await;
+        assert!(r.is_problem(404, "not-found"), "{path}");
+    }
+    // globex's node cannot be named in acme's cluster.
+    let r =
+        s.t.call(
+            "POST",
+            "/v1/tenants/globex/clusters/prod/join-tokens",
+            Some(&globex),
+            Some(json!({"name": "g"})),
+        )
+        .await;
+    let tok = r.body["token"].as_str().unwrap().to_string();
+    s.client
+        .register(RegisterRequest {
+            join_token: tok,
+            node_name: "node-g".into(),
+            pod_cidrs: vec!["10.9.0.0/24".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let r = s
+        .post(
+            WL,
+            json!({"name": "echo-g", "node": "node-g", "kind": "pod", "echo_ports": [1]}),
+        )
+        .await;
+    assert!(r.is_problem(422, "unprocessable"), "{}", r.body);
+    assert_eq!(s.t.count("test_workloads").await, 1);
+    assert_eq!(s.t.count("probes").await, 1);
+}
+
+#[tokio::test]
+async fn agents_get_their_own_workloads_and_probes_and_report_results() {
+    let mut s = setup().await;
+    let n1 = s.node("node-1", &["10.0.1.0/24"], &[]).await;
+    let n2 = s.node("node-2", &["10.0.2.0/24"], &[]).await;
+    let pod_ip = s.workload("echo-a", "node-1", "pod").await;
+    let world_ip = s.workload("out-1", "node-2", "world").await;
+    let p1 = s
+        .probe(json!({"from": "echo-a", "target": format!("{world_ip}:8080"), "timeout_ms": 500}))
+        .await;
+    let p2 = s
+        .probe(json!({"from": null, "node": "node-2", "target": format!("{pod_ip}:8080")}))
+        .await;
+
+    let mut st1 = s.sync(&n1, weft_proto::CAPABILITY_VERSION).await;
+    let msg = next(&mut st1).await;
+    let Some(Kind::Snapshot(snap)) = msg.kind else {
+        panic!("a snapshot first")
+    };
+    assert_eq!(snap.workloads.len(), 1, "{:?}", snap.workloads);
+    let w = &snap.workloads[0];
+    assert_eq!(
+        (w.name.as_str(), w.ip.as_str(), &w.echo_ports),
+        ("echo-a", pod_ip.as_str(), &vec![8080])
+    );
+    assert_eq!(w.kind, weft_proto::v1::WorkloadKind::Pod as i32);
+    assert_eq!(w.labels.get("test").map(String::as_str), Some("conn"));
+    assert_eq!(snap.probes.len(), 1, "{:?}", snap.probes);
+    let p = &snap.probes[0];
+    assert_eq!(
+        (
+            p.id.as_str(),
+            p.from_workload.as_str(),
+            p.target_ip.as_str(),
+            p.target_port,
+            p.timeout_ms
+        ),
+        (p1.as_str(), "echo-a", world_ip.as_str(), 8080, 500)
+    );
+
+    let mut st2 = s.sync(&n2, weft_proto::CAPABILITY_VERSION).await;
+    let Some(Kind::Snapshot(snap2)) = next(&mut st2).await.kind else {
+        panic!("a snapshot first")
+    };
+    assert_eq!(
+        snap2
+            .workloads
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>(),
+        ["out-1"]
+    );
+    assert_eq!(
+        snap2.workloads[0].kind,
+        weft_proto::v1::WorkloadKind::World as i32
+    );
+    assert_eq!(snap2.probes.len(), 1);
+    assert_eq!(snap2.probes[0].id, p2);
+    assert_eq!(snap2.probes[0].from_workload, "", "from the node itself");
+
+    // A new probe reaches its node as a delta.
+    let p3 = s
+        .probe(json!({"from": "echo-a", "target": format!("{pod_ip}:8080")}))
+        .await;
+    let Some(Kind::Delta(d)) = next(&mut st1).await.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(
+        d.upsert_probes
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        [p3.as_str()]
+    );
+    assert!(d.upsert_workloads.is_empty() && d.remove_probes.is_empty());
+
+    // node-2 cannot report node-1's probe; unknown and malformed ids are ignored too.
+    let result = |id: &str| ProbeResult {
+        id: id.into(),
+        outcome: ProbeOutcome::Connected as i32,
+        detail: String::new(),
+        latency_us: 420,
+        reply_from: "out-1".into(),
+    };
+    s.client
+        .report_probes(authed(
+            ProbeReport {
+                results: vec![
+                    result(&p1),
+                    result(&uuid::Uuid::now_v7().to_string()),
+                    result("nonsense"),
+                ],
+            },
+            &n2.node_credential,
+        ))
+        .await
+        .expect("ignored, not refused");
+    let r = s.get(&format!("{PROBES}/{p1}")).await;
+    assert_eq!(r.body["status"], "pending", "{}", r.body);
+
+    // node-1 reports it: stored, and the probe leaves node-1's desired state.
+    s.client
+        .report_probes(authed(
+            ProbeReport {
+                results: vec![result(&p1)],
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("report");
+    let r = s.get(&format!("{PROBES}/{p1}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "done", "{}", r.body);
+    let res = &r.body["result"];
+    assert_eq!(
+        keys(res),
+        [
+            "outcome",
+            "detail",
+            "latency_us",
+            "reply_from",
+            "finished_at"
+        ]
+        .map(String::from)
+        .into()
+    );
+    assert_eq!(res["outcome"], "connected");
+    assert_eq!(res["latency_us"], 420);
+    assert_eq!(res["reply_from"], "out-1");
+    let msg = next(&mut st1).await;
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(d.remove_probes, [p1.as_str()]);
+    assert!(d.upsert_probes.is_empty());
+
+    // A second report of the same probe changes nothing.
+    let rev = s.t.revision().await;
+    s.client
+        .report_probes(authed(
+            ProbeReport {
+                results: vec![ProbeResult {
+                    outcome: ProbeOutcome::Timeout as i32,
+                    ..result(&p1)
+                }],
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("report");
+    assert_eq!(s.t.revision().await, rev);
+    let r = s.get(&format!("{PROBES}/{p1}")).await;
+    assert_eq!(r.body["result"]["outcome"], "connected");
+
+    // Lists show both states; a refused one from node-2 is stored with its detail.
+    s.client
+        .report_probes(authed(
+            ProbeReport {
+                results: vec![ProbeResult {
+                    id: p2.clone(),
+                    outcome: ProbeOutcome::Refused as i32,
+                    detail: "connection refused".into(),
+                    latency_us: 0,
+                    reply_from: String::new(),
+                }],
+            },
+            &n2.node_credential,
+        ))
+        .await
+        .expect("report");
+    let r = s.get(PROBES).await;
+    let status: Vec<_> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["status"].as_str().unwrap().to_string(),
+                p["result"]["outcome"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        [
+            (p1.clone(), "done".into(), "connected".into()),
+            (p2.clone(), "done".into(), "refused".into()),
+            (p3.clone(), "pending".into(), "-".into()),
+        ]
+    );
+    let r = s.get(&format!("{PROBES}/{p2}")).await;
+    assert_eq!(r.body["result"]["detail"], "connection refused");
+    assert!(r.body["result"]["reply_from"].is_null());
+
+    // Deleting a pending probe withdraws it; deleting the workload stops it.
+    let r =
+        s.t.call("DELETE", &format!("{PROBES}/{p3}"), Some(&s.owner), None)
+            .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let Some(Kind::Delta(d)) = next(&mut st1).await.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(d.remove_probes, [p3]);
+    let r =
+        s.t.call("DELETE", &format!("{WL}/echo-a"), Some(&s.owner), None)
+            .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let Some(Kind::Delta(d)) = next(&mut st1).await.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(d.remove_workloads, ["echo-a"]);
+    let r =
+        s.t.call(
+            "DELETE",
+            &format!("{PROBES}?selector="),
+            Some(&s.owner),
+            None,
+        )
+        .await;
+    assert_eq!(r.body, json!({"deleted": 2}));
+}
+
+#[tokio::test]
+async fn ready_once_the_agent_applied_it_and_reported_the_endpoint() {
+    let mut s = setup().await;
+    let n1 = s.node("node-1", &["10.0.1.0/24"], &[]).await;
+    let ip = s.workload("echo-a", "node-1", "pod").await;
+    s.workload("out-1", "node-1", "world").await;
+    let ready = |r: &Reply| r.body["ready"].as_bool().expect("ready");
+    assert!(!ready(&s.get(&format!("{WL}/echo-a")).await));
+    assert!(!ready(&s.get(&format!("{WL}/out-1")).await));
+
+    let mut st = s.sync(&n1, weft_proto::CAPABILITY_VERSION).await;
+    let rev = next(&mut st).await.revision;
+    s.client
+        .ack(authed(
+            AckRequest {
+                revision: rev,
+                ..Default::default()
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("ack");
+    assert!(
+        ready(&s.get(&format!("{WL}/out-1")).await),
+        "a world workload is ready once applied"
+    );
+    assert!(
+        !ready(&s.get(&format!("{WL}/echo-a")).await),
+        "a pod also needs its endpoint"
+    );
+    s.report(&n1, &[("echo-a", ip.as_str())]).await;
+    let r = s.get(&format!("{WL}/echo-a")).await;
+    assert!(ready(&r), "{}", r.body);
+    let r = s.get(WL).await;
+    assert!(r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["ready"] == true));
+}
+
+#[tokio::test]
+async fn agents_of_capability_1_get_no_workloads_or_probes() {
+    let mut s = setup().await;
+    let n1 = s.node("node-1", &["10.0.1.0/24"], &[]).await;
+    s.workload("echo-a", "node-1", "pod").await;
+    s.probe(json!({"from": "echo-a", "target": "10.0.1.5:80"}))
+        .await;
+    let mut st = s.sync(&n1, 1).await;
+    let Some(Kind::Snapshot(snap)) = next(&mut st).await.kind else {
+        panic!("a snapshot first")
+    };
+    assert!(
+        snap.workloads.is_empty() && snap.probes.is_empty(),
+        "{snap:?}"
+    );
+    // A new probe is no change for it; the next change it sees carries none either.
+    s.probe(json!({"from": "echo-a", "target": "10.0.1.6:80"}))
+        .await;
+    let r = s
+        .post(
+            "/v1/tenants/acme/clusters/prod/services",
+            json!({"name": "web", "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
+                   "backends": [{"address": "10.0.1.5", "port": 8080}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let Some(Kind::Delta(d)) = next(&mut st).await.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(d.upsert_services.len(), 1);
+    assert!(
+        d.upsert_probes.is_empty() && d.upsert_workloads.is_empty(),
+        "{d:?}"
+    );
+    // The same node speaking capability 2 gets them.
+    drop(st);
+    let mut st = s.sync(&n1, weft_proto::CAPABILITY_PROBES).await;
+    let Some(Kind::Snapshot(snap)) = next(&mut st).await.kind else {
+        panic!("a snapshot first")
+    };
+    assert_eq!(snap.workloads.len(), 1);
+    assert_eq!(snap.probes.len(), 2);
+}
