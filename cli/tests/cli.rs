@@ -974,3 +974,78 @@ async fn connectivity_test_says_what_it_needs_before_creating_anything() {
     let r = api.weft(&["policy", "list", "-o", "json"]).await;
     assert_eq!(r.ok().json(), json!([]));
 }
+
+#[tokio::test]
+async fn connectivity_cleanup_removes_what_a_killed_run_left_and_nothing_else() {
+    let api = Api::start().await;
+    let owner = api.tenant("acme", "owner").await;
+    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
+        .await
+        .ok();
+    api.weft(&["cluster", "create", "edge"]).await.ok();
+    let join = api
+        .weft(&["cluster", "join-token", "create", "edge", "--name", "n1"])
+        .await;
+    let join = join.ok().stdout.trim().to_string();
+    let mut agent = api.agent().await;
+    agent
+        .register(register(&join, "node-1"))
+        .await
+        .expect("register");
+    // What a run killed with SIGKILL leaves: a workload, a probe, a policy, a service.
+    let base = "/v1/tenants/acme/clusters/edge";
+    let run = json!({"weft-ct-run": "dead01"});
+    let made = [
+        (
+            format!("{base}/test-workloads"),
+            json!({"name": "ct-dead01-world", "node": "node-1", "kind": "world",
+                   "labels": run, "echo_ports": [8080]}),
+        ),
+        (
+            format!("{base}/probes"),
+            json!({"from": null, "node": "node-1", "target": "198.51.100.254:8080", "labels": run}),
+        ),
+        (
+            "/v1/tenants/acme/policies".to_string(),
+            json!({"name": "ct-dead01-default-deny", "labels": run, "clusters": ["edge"],
+                   "spec": {"endpointSelector": {"matchLabels": run}, "enableDefaultDeny": {"ingress": true}}}),
+        ),
+        (
+            format!("{base}/services"),
+            json!({"name": "ct-dead01-echo", "labels": run,
+                   "frontends": [{"vip": "10.96.255.254", "port": 80, "protocol": "TCP"}]}),
+        ),
+    ];
+    for (path, body) in made {
+        let (s, b) = api.call("POST", &path, &owner, Some(body)).await;
+        assert_eq!(s, 201, "{path}: {b}");
+    }
+    // The tenant's own policy stays.
+    api.weft(&[
+        "policy",
+        "apply",
+        "-f",
+        &file(tempfile::tempdir().unwrap().path(), "p.yaml", NATIVE),
+    ])
+    .await
+    .ok();
+
+    let r = api
+        .weft(&["connectivity", "cleanup", "--cluster", "edge"])
+        .await;
+    assert!(
+        r.ok().stderr.contains("removed 4 object(s)"),
+        "{}",
+        r.stderr
+    );
+    for path in [
+        format!("{base}/test-workloads"),
+        format!("{base}/probes"),
+        format!("{base}/services"),
+    ] {
+        let (s, b) = api.call("GET", &path, &owner, None).await;
+        assert_eq!((s, &b["items"]), (200, &json!([])), "{path}");
+    }
+    let r = api.weft(&["policy", "list", "-o", "json"]).await;
+    assert_eq!(names(&r.ok().json()), ["web-from-frontend"]);
+}

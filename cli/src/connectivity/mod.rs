@@ -413,7 +413,7 @@ async fn list_run(run: &Run<'_>, collection: &str, extra: &str) -> Result<Vec<Va
     run.client
         .list_all(
             &format!("{}/{collection}", run.base),
-            &[("selector", selector)],
+            &[("labels", selector)],
         )
         .await
 }
@@ -576,7 +576,7 @@ async fn cleanup(client: &Client, cluster: &str, selector: &str) -> Result<usize
     ];
     for (coll, kind) in named {
         let items = match client
-            .list_all(&coll, &[("selector", selector.to_string())])
+            .list_all(&coll, &[("labels", selector.to_string())])
             .await
         {
             Ok(items) => items,
