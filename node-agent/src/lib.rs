@@ -1,5 +1,6 @@
 //! Weft node agent library: the eBPF datapath API, namespace/cgroup helpers for tests and the
-//! benchmark, and the node-local debug commands.
+//! benchmark, the node-local debug commands, and the test workloads and probes of
+//! `weft connectivity test`.
 
 pub mod agent;
 pub mod datapath;
@@ -7,3 +8,4 @@ pub mod debug;
 pub mod endpoint;
 pub mod netns;
 pub mod tools;
+pub mod workload;

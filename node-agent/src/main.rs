@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Register with the control plane (once), then keep the datapath at its desired state.
-    Run(node_agent::agent::run::RunArgs),
+    Run(Box<node_agent::agent::run::RunArgs>),
     /// Endpoints on this node (CNI-like), through the running agent's node-local API.
     Endpoint {
         /// The agent's API socket (`node-agent run --api-socket`).
@@ -87,6 +87,21 @@ enum Cmd {
         listen: std::net::SocketAddr,
         #[arg(long)]
         to: std::net::SocketAddr,
+    },
+    /// (agent helper) One probe of `weft connectivity test`: enters `--netns`, connects to
+    /// `--target`, sends `--line`, reads the echo, prints the result as JSON. The agent puts
+    /// it in the socket-LB cgroup before it starts.
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        target: SocketAddrV4,
+        #[arg(long)]
+        timeout_ms: u64,
+        /// The line sent (the probe id).
+        #[arg(long)]
+        line: String,
+        #[arg(long)]
+        netns: Option<PathBuf>,
     },
     /// (test helper) TCP/UDP client running inside a cgroup and network namespace.
     #[command(hide = true)]
@@ -218,6 +233,23 @@ const LOGS: weft_telemetry::Logs = weft_telemetry::Logs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Probe {
+        target,
+        timeout_ms,
+        line,
+        netns,
+    } = &cli.cmd
+    {
+        // Before anything else: the namespace is entered while this is the only thread.
+        let r = node_agent::workload::probe::child_main(
+            line,
+            *target,
+            Duration::from_millis(*timeout_ms),
+            netns.as_deref(),
+        );
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
     if !matches!(cli.cmd, Cmd::Run(_)) {
         // Short-lived commands: logs only (trace export needs the agent's runtime).
         tracing_subscriber::fmt()
@@ -238,7 +270,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 // Traces go to OTEL_EXPORTER_OTLP_ENDPOINT when set; flushed on return.
                 let _traces = weft_telemetry::init("node-agent", LOGS);
-                node_agent::agent::run::run(args, shutdown_signal()).await
+                node_agent::agent::run::run(*args, shutdown_signal()).await
             })?;
         }
         Cmd::Endpoint { api_socket, cmd } => endpoint_cmd(api_socket, cmd)?,
@@ -297,6 +329,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
         Cmd::Forward { netns, listen, to } => tools::forward(&netns, listen, to)?,
+        Cmd::Probe { .. } => unreachable!("handled first"),
         Cmd::DebugClient {
             cgroup,
             netns,

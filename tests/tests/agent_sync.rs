@@ -160,6 +160,9 @@ impl Env {
             pin_path: self.pins.path().to_path_buf(),
             api_socket: None,
             flow_buffer: 1000,
+            pod_cidrs: Vec::new(),
+            workload_netns_prefix: node_agent::workload::DEFAULT_NETNS_PREFIX.into(),
+            concurrent_probes: 1,
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run(args, async {

@@ -3,7 +3,10 @@
 //! CIDR), each running `node-agent run`, with labelled workloads made by
 //! `node-agent endpoint add` and a small HTTP server in the web pods. Nothing is created in
 //! the machine's own namespace: the agents reach the agent service on its loopback through
-//! a forwarder listening inside the underlay namespace.
+//! a forwarder listening inside the underlay namespace. Each agent gets its pod CIDR
+//! (`10.0.<i>.0/24`: the control plane allocates `weft connectivity test` workloads from
+//! it), a socket-LB cgroup of its own (`<cgroup2>/weft-demo-n<i>`, never the root) and the
+//! demo's prefix for the namespaces of test workloads, so `cleanup` finds them all.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -27,6 +30,25 @@ const WORKLOADS: [(u8, &str, &str, &str, bool); 4] = [
     (2, "web-2", "10.0.2.10", "app=web,tier=front", true),
     (2, "db", "10.0.2.20", "app=db", false),
 ];
+
+/// The cgroup v2 mount point (hybrid hosts mount it at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+}
+
+/// Node `node`'s socket-LB cgroup.
+fn node_cgroup(node: &str) -> Result<PathBuf> {
+    let root = cgroup2_root().context("no cgroup v2 mount (the socket LB needs one)")?;
+    Ok(root.join(ns(node)))
+}
 
 fn ip(args: &[&str]) -> Result<()> {
     sh::output(Command::new("ip").args(args)).map(|_| ())
@@ -156,6 +178,9 @@ pub fn start(
         let node = format!("n{i}");
         let state = agents.join(&node);
         fs::create_dir_all(&state)?;
+        let cgroup = node_cgroup(&node)?;
+        fs::create_dir_all(&cgroup)
+            .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let pid = spawn_detached(
             in_ns(&node, agent_bin)
                 .arg("--pin-path")
@@ -172,6 +197,10 @@ pub fn start(
                 .arg(&state)
                 .args(["--node-name", &format!("demo-{node}")])
                 .args(["--address", &format!("192.168.100.{i}")])
+                .args(["--pod-cidr", &format!("10.0.{i}.0/24")])
+                .args(["--workload-netns-prefix", PREFIX])
+                .arg("--cgroup")
+                .arg(&cgroup)
                 .arg("--api-socket")
                 .arg(state.join("agent.sock")),
             &agents.join(format!("{node}.log")),
@@ -216,9 +245,23 @@ pub fn hints(dir: &Path) -> String {
     )
 }
 
-/// Removes the namespaces (and with them every veth), pins and agent state of the demo,
-/// whether or not its processes are still alive (they are stopped first by the caller).
+/// Removes the namespaces (and with them every veth), pins, cgroups and agent state of the
+/// demo, whether or not its processes are still alive (they are stopped first by the
+/// caller; a process left in a demo cgroup, e.g. a probe, is killed).
 pub fn cleanup(dir: &Path) {
+    if let Some(root) = cgroup2_root() {
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(PREFIX) && e.path().is_dir() {
+                    let _ = fs::write(e.path().join("cgroup.kill"), "1");
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while fs::remove_dir(e.path()).is_err() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
     if let Ok(entries) = fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -13,6 +13,9 @@
 //!   connect and whenever it changes. Recorded endpoints are restored at start, before the
 //!   control plane is reached.
 //! - Flows: ring-buffer events are exported with `ReportFlows` ([`super::flows`]).
+//! - Test workloads and probes of the desired state are run by [`crate::workload`], off
+//!   the sync path (it follows the applied state through a `watch`); results go out with
+//!   `ReportProbes`.
 //! - On any failure: reconnect with capped exponential backoff and jitter. Nothing is ever
 //!   flushed: the pinned maps keep enforcing the last applied state while the control plane
 //!   is away.
@@ -36,6 +39,9 @@ use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream};
 use crate::endpoint::api::{self as endpoint_api, ApiState};
 use crate::endpoint::manager::{lock, Manager, SharedDatapath};
 use crate::endpoint::EndpointError;
+use crate::workload::probe::Spawner;
+use crate::workload::report::{self, SharedOutbox};
+use crate::workload::{self, Desired, WorkloadError, Workloads};
 
 /// Options of `node-agent run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -78,6 +84,16 @@ pub struct RunArgs {
     /// as lost).
     #[arg(long, default_value_t = flows::DEFAULT_BUFFER)]
     pub flow_buffer: usize,
+    /// The node's pod CIDR(s), reported at registration: the control plane allocates test
+    /// workload addresses from them.
+    #[arg(long = "pod-cidr", env = "WEFT_POD_CIDRS", value_delimiter = ',')]
+    pub pod_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Prefix of the network namespaces of test workloads (`<prefix><node>.<workload>`).
+    #[arg(long, env = "WEFT_WORKLOAD_NETNS_PREFIX", default_value = crate::workload::DEFAULT_NETNS_PREFIX)]
+    pub workload_netns_prefix: String,
+    /// Probes of `weft connectivity test` running at once.
+    #[arg(long, default_value_t = crate::workload::DEFAULT_CONCURRENT_PROBES)]
+    pub concurrent_probes: usize,
     /// bpffs directory of the pinned maps (the global `--pin-path`).
     #[arg(skip)]
     pub pin_path: PathBuf,
@@ -122,6 +138,8 @@ pub enum RunError {
     Wire(#[from] WireError),
     #[error("endpoints: {0}")]
     Endpoint(#[from] EndpointError),
+    #[error("test workloads: {0}")]
+    Workload(#[from] WorkloadError),
 }
 
 /// Adds the node credential to every call.
@@ -238,7 +256,7 @@ async fn ensure_registered(
                     capability_version: weft_proto::CAPABILITY_VERSION,
                     agent_version: env!("CARGO_PKG_VERSION").to_string(),
                     kernel_version: kernel,
-                    pod_cidrs: Vec::new(),
+                    pod_cidrs: args.pod_cidrs.iter().map(|c| c.to_string()).collect(),
                 })
                 .await
                 .map_err(|s| match s.code() {
@@ -331,6 +349,25 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         }
         None => None,
     };
+    // Test workloads: what the applied state lists is (re)started now, before the control
+    // plane is reached (after a restart the resumed stream may bring no snapshot).
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Desired::of(&programmed.applied));
+    let outbox = SharedOutbox::load(&args.state_dir);
+    let workloads = Workloads::new(
+        workload::Config {
+            netns_prefix: args.workload_netns_prefix.clone(),
+            node_name: args.node_name.clone().unwrap_or_else(|| uname().1),
+            state_dir: args.state_dir.clone(),
+            probes: Spawner {
+                exe: std::env::current_exe().map_err(io("locating the node-agent executable"))?,
+                cgroup: args.cgroup.clone(),
+            },
+            concurrent_probes: args.concurrent_probes,
+        },
+        manager.clone(),
+        outbox.clone(),
+    )?;
+    tasks.0.push(tokio::spawn(workloads.run(desired_rx)));
     let endpoint = Endpoint::from_shared(args.control_plane.clone())
         .map_err(|source| RunError::Url {
             url: args.control_plane.clone(),
@@ -368,6 +405,11 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         Arc::new(move || lock(&ring_dp).counters().ok().map(|c| c.lost_events)),
         flow_stats,
     )));
+    tasks.0.push(tokio::spawn(report::report(
+        endpoint.clone(),
+        Auth(auth.clone()),
+        outbox,
+    )));
     let mut session = Session {
         dp,
         programmed: &mut programmed,
@@ -379,6 +421,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         endpoints_changed,
         report_pending: false,
         names: names_tx,
+        desired: desired_tx,
     };
     loop {
         session.synced = false;
@@ -427,6 +470,8 @@ struct Session<'a> {
     report_pending: bool,
     /// Publishes what the datapath numbers mean after every apply.
     names: tokio::sync::watch::Sender<Names>,
+    /// Publishes the test workloads and probes after every apply.
+    desired: tokio::sync::watch::Sender<Desired>,
 }
 
 type Client = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
@@ -465,6 +510,12 @@ impl Session<'_> {
                     let errors = span.in_scope(|| self.programmed.apply(&mut *lock(&self.dp), msg));
                     span.record("errors", errors.len());
                     self.names.send_replace(self.programmed.names());
+                    let desired = Desired::of(&self.programmed.applied);
+                    self.desired.send_if_modified(|d| {
+                        let changed = *d != desired;
+                        *d = desired;
+                        changed
+                    });
                     for e in &errors {
                         tracing::warn!(item = %e.item, error = %e.message, "could not program");
                     }

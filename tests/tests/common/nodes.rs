@@ -106,11 +106,14 @@ pub struct Node {
     pub run_args: Vec<String>,
     /// Extra environment of `node-agent run`.
     pub run_env: Vec<(String, String)>,
+    /// Prefix of the namespaces of the agent's test workloads (`--workload-netns-prefix`).
+    pub workload_prefix: String,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill_agent();
+        node_agent::workload::remove_namespaces_with_prefix(&self.workload_prefix);
     }
 }
 
@@ -173,6 +176,8 @@ impl Node {
             socket,
             run_args: Vec::new(),
             run_env: Vec::new(),
+            // `wf<tag><pid>x<n>-`: swept by `sweep_stale` should the test die.
+            workload_prefix: format!("{}-", node_agent::netns::unique("w")),
         }
     }
 
@@ -196,6 +201,11 @@ impl Node {
             .arg(&self.state.0)
             .args(["--node-name", &self.name])
             .args(["--address", &self.address.to_string()])
+            .args([
+                "--pod-cidr",
+                &format!("10.0.{}.0/24", self.address.octets()[3]),
+            ])
+            .args(["--workload-netns-prefix", &self.workload_prefix])
             .arg("--api-socket")
             .arg(&self.socket)
             .args(["--health-interval-secs", "1"])
