@@ -370,11 +370,11 @@ async fn validation_errors_name_the_field() {
             "name",
         ),
         (
-            json!({"name": "echo", "node": "node-1", "kind": "pod", "echo_ports": []}),
+            json!({"name": "echo", "node": "node-1", "kind": "world", "echo_ports": []}),
             "echo_ports",
         ),
         (
-            json!({"name": "echo", "node": "node-1", "kind": "pod"}),
+            json!({"name": "echo", "node": "node-1", "kind": "world"}),
             "echo_ports",
         ),
         (

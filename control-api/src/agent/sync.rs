@@ -57,6 +57,7 @@ async fn produce(
         return Ok(());
     }
     remember(st, node, revision, &last).await;
+    let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut trace;
@@ -84,14 +85,24 @@ async fn produce(
         let pushed = async {
             let (revision, next) = state::compute(st, node).await.map_err(status)?;
             tracing::Span::current().record("revision", revision);
-            if let Some(mut msg) = changed(revision, &last, &next) {
+            // Every new revision goes out, an empty delta when the node's state did not
+            // change: its ack is what says the node is current at that revision (policy
+            // and service realization count on it).
+            if revision > sent_revision {
+                let d = desired::diff(&last, &next);
+                let mut msg = state::delta(revision, &d);
                 if let Some(tp) = TraceParent::current() {
                     msg.traceparent = tp.to_string();
                 }
                 if tx.send(Ok(msg)).await.is_err() {
                     return Ok(false);
                 }
-                remember(st, node, revision, &next).await;
+                if d.is_empty() {
+                    remember_revision(st, node, revision).await;
+                } else {
+                    remember(st, node, revision, &next).await;
+                }
+                sent_revision = revision;
             }
             last = next;
             Ok::<_, Status>(true)
@@ -112,12 +123,6 @@ impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.0.metrics.agents_connected.dec();
     }
-}
-
-/// The delta message between two states, if anything changed.
-fn changed(revision: i64, old: &NodeDesiredState, new: &NodeDesiredState) -> Option<SyncResponse> {
-    let d = desired::diff(old, new);
-    (!d.is_empty()).then(|| state::delta(revision, &d))
 }
 
 /// A transaction confined to the node's tenant (RLS).
@@ -148,6 +153,26 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
         tracing::warn!(node = %node.name, error = %e, "could not read the last sent state");
         None
     })
+}
+
+/// The state last sent is also the state at `revision` (nothing changed for the node).
+async fn remember_revision(st: &AppState, node: &NodeCtx, revision: i64) {
+    let res = async {
+        let mut tx = node_tx(st, node).await?;
+        sqlx::query(
+            "UPDATE node_sync_state SET revision = $2, updated_at = now() WHERE node_id = $1",
+        )
+        .bind(node.id)
+        .bind(revision)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::ApiError>(())
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::warn!(node = %node.name, error = %e, "could not record the sent revision");
+    }
 }
 
 /// Records what the node was just sent, for its next reconnect.

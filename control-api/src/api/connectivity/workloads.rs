@@ -56,7 +56,8 @@ pub struct TestWorkloadInput {
     /// A pod's endpoint labels (policies select it by them).
     #[serde(default)]
     pub labels: Labels,
-    /// 1 to 8 distinct TCP ports the echo server listens on.
+    /// Up to 8 distinct TCP ports the echo server listens on (a world workload: at least
+    /// one; a pod without ports is a client only).
     #[serde(default)]
     #[schema(example = json!([8080]))]
     pub echo_ports: Vec<u16>,
@@ -69,17 +70,22 @@ impl TestWorkloadInput {
         if self.node.is_empty() {
             errs.push(FieldError::new("node", "must not be empty"));
         }
-        errs.extend(check_ports(&self.echo_ports));
+        errs.extend(check_ports(self.kind, &self.echo_ports));
         common::finish(errs)
     }
 }
 
-fn check_ports(ports: &[u16]) -> Vec<FieldError> {
+/// A pod may be a client only (no port); a world workload exists to answer.
+fn check_ports(kind: WorkloadKind, ports: &[u16]) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    if ports.is_empty() || ports.len() > MAX_ECHO_PORTS {
+    let least = usize::from(kind == WorkloadKind::World);
+    if ports.len() < least || ports.len() > MAX_ECHO_PORTS {
         errs.push(FieldError::new(
             "echo_ports",
-            format!("must list 1 to {MAX_ECHO_PORTS} ports, got {}", ports.len()),
+            format!(
+                "a {kind} workload lists {least} to {MAX_ECHO_PORTS} ports, got {}",
+                ports.len()
+            ),
         ));
     }
     for (i, p) in ports.iter().enumerate() {
