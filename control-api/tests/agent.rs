@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{agent_on, authed, TestApp};
+use common::{agent_on, authed, next_sync, TestApp};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -12,7 +12,7 @@ use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::sync_response::Kind;
 use weft_proto::v1::{
     AckRequest, EndpointReport, HealthReport, ItemError, RegisterRequest, ReportedEndpoint,
-    SyncRequest, SyncResponse,
+    SyncRequest,
 };
 
 /// Serves the agent service on a free loopback port and connects a client to it.
@@ -352,14 +352,6 @@ async fn reports_show_up_in_node_status_and_inventory() {
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
-async fn next(stream: &mut tonic::Streaming<SyncResponse>) -> SyncResponse {
-    tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
-        .await
-        .expect("a sync message within 5 s")
-        .expect("stream ok")
-        .expect("stream open")
-}
-
 #[tokio::test]
 async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     let t = TestApp::new().await;
@@ -425,7 +417,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await
         .expect("sync")
         .into_inner();
-    let first = next(&mut stream).await;
+    let first = next_sync(&mut stream).await;
     let r0 = first.revision;
     assert_eq!(r0, t.revision().await as u64);
     let Some(Kind::Snapshot(snap)) = first.kind else {
@@ -465,7 +457,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let msg = next(&mut stream).await;
+    let msg = next_sync(&mut stream).await;
     assert!(msg.revision > r0);
     let Some(Kind::Delta(d)) = msg.kind else {
         panic!("then deltas")
@@ -506,7 +498,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
                     "backends": [{"address": "10.0.1.5", "port": 8080}]})),
     )
     .await;
-    let msg = next(&mut stream).await;
+    let msg = next_sync(&mut stream).await;
     let Some(Kind::Delta(d)) = msg.kind else {
         panic!("delta")
     };
@@ -530,7 +522,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await
         .unwrap()
         .into_inner();
-    let msg = next(&mut again).await;
+    let msg = next_sync(&mut again).await;
     assert_eq!(msg.revision, current);
     let Some(Kind::Delta(d)) = msg.kind else {
         panic!("an empty delta")
@@ -619,7 +611,7 @@ async fn a_reconnecting_agent_resumes_by_delta() {
         )
     };
     let mut stream = a.sync(sync(0)).await.expect("sync").into_inner();
-    let first = next(&mut stream).await;
+    let first = next_sync(&mut stream).await;
     assert!(matches!(first.kind, Some(Kind::Snapshot(_))));
     let applied = first.revision;
     drop(stream);
@@ -638,7 +630,7 @@ async fn a_reconnecting_agent_resumes_by_delta() {
 
     let mut b = agent_on(t.replica().await).await;
     let mut again = b.sync(sync(applied)).await.expect("sync").into_inner();
-    let msg = next(&mut again).await;
+    let msg = next_sync(&mut again).await;
     assert!(msg.revision > applied);
     let Some(Kind::Delta(d)) = msg.kind else {
         panic!("resuming from {applied} gives a delta, got {:?}", msg.kind)
@@ -655,9 +647,68 @@ async fn a_reconnecting_agent_resumes_by_delta() {
     // An agent that lost its state (or never saw this revision) gets a snapshot.
     let mut lost = b.sync(sync(applied - 1)).await.expect("sync").into_inner();
     assert!(matches!(
-        next(&mut lost).await.kind,
+        next_sync(&mut lost).await.kind,
         Some(Kind::Snapshot(_))
     ));
+}
+
+#[tokio::test]
+async fn a_change_that_leaves_a_node_unchanged_still_brings_it_current() {
+    let t = TestApp::new().await;
+    let (owner, mut a, n1) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
+    let mut stream = a
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: weft_proto::CAPABILITY_VERSION,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    let first = next_sync(&mut stream).await;
+    // A policy selecting nothing on this node: its state is the same.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "db-only", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "db"}}, "ingress": [{}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let msg = next_sync(&mut stream).await;
+    assert!(msg.revision > first.revision);
+    assert_eq!(
+        msg.kind,
+        Some(Kind::Delta(weft_proto::v1::Delta::default())),
+        "nothing changes for this node"
+    );
+    // Its ack of that revision is what makes the policy realized here.
+    let realized = async |t: &TestApp| {
+        let r = t
+            .call(
+                "GET",
+                "/v1/tenants/acme/policies/db-only",
+                Some(&owner),
+                None,
+            )
+            .await;
+        r.body["status"]["realized_nodes"].as_i64()
+    };
+    assert_eq!(realized(&t).await, Some(0));
+    a.ack(authed(
+        AckRequest {
+            revision: msg.revision,
+            errors: vec![],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .expect("ack");
+    assert_eq!(realized(&t).await, Some(1));
 }
 
 #[tokio::test]
@@ -846,7 +897,7 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
         .await
         .expect("sync")
         .into_inner();
-    next(&mut stream).await;
+    next_sync(&mut stream).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let req = axum::http::Request::builder()
@@ -862,7 +913,7 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
         ))
         .expect("request");
     assert_eq!(t.send(req).await.status, StatusCode::CREATED);
-    let msg = next(&mut stream).await;
+    let msg = next_sync(&mut stream).await;
     assert!(
         msg.traceparent.starts_with(&format!("00-{trace_id}-")),
         "the delta carries the request's trace: {:?}",

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use common::{agent_on, authed, Reply, TestApp};
+use common::{agent_on, authed, next_change, Reply, TestApp};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use weft_proto::v1::agent_client::AgentClient;
@@ -149,14 +149,6 @@ impl Setup {
             .expect("sync")
             .into_inner()
     }
-}
-
-async fn next(stream: &mut tonic::Streaming<SyncResponse>) -> SyncResponse {
-    tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
-        .await
-        .expect("a sync message within 5 s")
-        .expect("stream ok")
-        .expect("stream open")
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
@@ -603,7 +595,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
         .await;
 
     let mut st1 = s.sync(&n1, weft_proto::CAPABILITY_VERSION).await;
-    let msg = next(&mut st1).await;
+    let msg = next_change(&mut st1).await;
     let Some(Kind::Snapshot(snap)) = msg.kind else {
         panic!("a snapshot first")
     };
@@ -629,7 +621,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     );
 
     let mut st2 = s.sync(&n2, weft_proto::CAPABILITY_VERSION).await;
-    let Some(Kind::Snapshot(snap2)) = next(&mut st2).await.kind else {
+    let Some(Kind::Snapshot(snap2)) = next_change(&mut st2).await.kind else {
         panic!("a snapshot first")
     };
     assert_eq!(
@@ -652,7 +644,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     let p3 = s
         .probe(json!({"from": "echo-a", "target": format!("{pod_ip}:8080")}))
         .await;
-    let Some(Kind::Delta(d)) = next(&mut st1).await.kind else {
+    let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
     };
     assert_eq!(
@@ -717,7 +709,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     assert_eq!(res["outcome"], "connected");
     assert_eq!(res["latency_us"], 420);
     assert_eq!(res["reply_from"], "out-1");
-    let msg = next(&mut st1).await;
+    let msg = next_change(&mut st1).await;
     let Some(Kind::Delta(d)) = msg.kind else {
         panic!("a delta")
     };
@@ -788,7 +780,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
         s.t.call("DELETE", &format!("{PROBES}/{p3}"), Some(&s.owner), None)
             .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let Some(Kind::Delta(d)) = next(&mut st1).await.kind else {
+    let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
     };
     assert_eq!(d.remove_probes, [p3]);
@@ -796,7 +788,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
         s.t.call("DELETE", &format!("{WL}/echo-a"), Some(&s.owner), None)
             .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let Some(Kind::Delta(d)) = next(&mut st1).await.kind else {
+    let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
     };
     assert_eq!(d.remove_workloads, ["echo-a"]);
@@ -822,7 +814,7 @@ async fn ready_once_the_agent_applied_it_and_reported_the_endpoint() {
     assert!(!ready(&s.get(&format!("{WL}/out-1")).await));
 
     let mut st = s.sync(&n1, weft_proto::CAPABILITY_VERSION).await;
-    let rev = next(&mut st).await.revision;
+    let rev = next_change(&mut st).await.revision;
     s.client
         .ack(authed(
             AckRequest {
@@ -860,7 +852,7 @@ async fn agents_of_capability_1_get_no_workloads_or_probes() {
     s.probe(json!({"from": "echo-a", "target": "10.0.1.5:80"}))
         .await;
     let mut st = s.sync(&n1, 1).await;
-    let Some(Kind::Snapshot(snap)) = next(&mut st).await.kind else {
+    let Some(Kind::Snapshot(snap)) = next_change(&mut st).await.kind else {
         panic!("a snapshot first")
     };
     assert!(
@@ -878,7 +870,7 @@ async fn agents_of_capability_1_get_no_workloads_or_probes() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let Some(Kind::Delta(d)) = next(&mut st).await.kind else {
+    let Some(Kind::Delta(d)) = next_change(&mut st).await.kind else {
         panic!("a delta")
     };
     assert_eq!(d.upsert_services.len(), 1);
@@ -889,7 +881,7 @@ async fn agents_of_capability_1_get_no_workloads_or_probes() {
     // The same node speaking capability 2 gets them.
     drop(st);
     let mut st = s.sync(&n1, weft_proto::CAPABILITY_PROBES).await;
-    let Some(Kind::Snapshot(snap)) = next(&mut st).await.kind else {
+    let Some(Kind::Snapshot(snap)) = next_change(&mut st).await.kind else {
         panic!("a snapshot first")
     };
     assert_eq!(snap.workloads.len(), 1);

@@ -253,3 +253,29 @@ pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
     );
     req
 }
+
+/// The next message of a sync stream (within 5 s).
+pub async fn next_sync(
+    stream: &mut tonic::Streaming<weft_proto::v1::SyncResponse>,
+) -> weft_proto::v1::SyncResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("a sync message within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// The next message that changes something for the node: empty deltas (a revision that
+/// changed nothing here, sent so the node can say it is current) are skipped.
+pub async fn next_change(
+    stream: &mut tonic::Streaming<weft_proto::v1::SyncResponse>,
+) -> weft_proto::v1::SyncResponse {
+    loop {
+        let m = next_sync(stream).await;
+        match &m.kind {
+            Some(weft_proto::v1::sync_response::Kind::Delta(d))
+                if *d == weft_proto::v1::Delta::default() => {}
+            _ => return m,
+        }
+    }
+}
