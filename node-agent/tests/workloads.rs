@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use node_agent::netns::{unique, Cgroup, NetNs, PinDir};
 use node_agent::workload::probe::{ProbeResult, Spawner};
 use node_agent::workload::report::SharedOutbox;
 use node_agent::workload::{self, Desired, Workloads};
+use weft_model::desired::DesiredEndpoint;
 use weft_model::labels::Labels;
 use weft_model::workload::{DesiredProbe, DesiredWorkload, ProbeOutcome, WorkloadKind};
 
@@ -115,6 +116,8 @@ struct Ctx {
 /// The agent's parts as `node-agent run` assembles them.
 struct Agent {
     dp: SharedDatapath,
+    /// What the applied desired state says (the endpoints' identities).
+    names: tokio::sync::watch::Sender<Names>,
     endpoints: Arc<Manager>,
     workloads: Workloads,
     outbox: SharedOutbox,
@@ -129,7 +132,7 @@ impl Ctx {
         .expect("load datapath");
         dp.attach_cgroup(&self.cgroup).expect("attach cgroup");
         let dp: SharedDatapath = Arc::new(Mutex::new(dp));
-        let (_names, names_rx) = tokio::sync::watch::channel(Names::default());
+        let (names, names_rx) = tokio::sync::watch::channel(Names::default());
         let (endpoints, _changed) =
             Manager::new(&self.state, dp.clone(), names_rx).expect("endpoint manager");
         endpoints.restore().await;
@@ -151,6 +154,7 @@ impl Ctx {
         .expect("workloads");
         Agent {
             dp,
+            names,
             endpoints,
             workloads,
             outbox,
@@ -172,6 +176,16 @@ impl Agent {
                 enforce_egress: false,
             })
             .expect("apply endpoint");
+        self.names.send_modify(|n| {
+            n.endpoints.retain(|e| e.ips != [IpAddr::V4(ip)]);
+            n.endpoints.push(DesiredEndpoint {
+                id: format!("ep-{id}"),
+                ips: vec![IpAddr::V4(ip)],
+                identity,
+                enforce_ingress,
+                enforce_egress: false,
+            });
+        });
     }
 
     async fn apply(&mut self, d: &Desired) {
@@ -329,9 +343,22 @@ fn pod_probes_reach_pods_world_and_service_vips_through_the_socket_lb_cgroup() {
                 wl("ct-echo", WorkloadKind::Pod, ECHO_IP, &[("app", "echo")]),
                 wl("ct-world", WorkloadKind::World, WORLD_IP, &[]),
             ],
-            probes: vec![],
+            // Asked at once with the pods: it waits until the client pod is programmed.
+            probes: vec![probe("early", Some("ct-client"), WORLD_IP, 8080, 2000)],
         };
+        let t0 = Instant::now();
         a.apply(&d).await;
+        eprintln!(
+            "3 workloads (2 pods, 1 world) serving {:?} after the desired state",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.apply(&d).await;
+        assert!(
+            a.workloads.waiting(),
+            "the probe waits for its pod's endpoint"
+        );
+        assert!(a.outbox.pending().is_empty(), "{:?}", a.outbox.pending());
         // The pods are the node's endpoints, with their labels, in the agent's namespaces.
         let eps = a.endpoints.list().await;
         let names: Vec<&str> = eps.iter().map(|e| e.name.as_str()).collect();
@@ -361,6 +388,10 @@ fn pod_probes_reach_pods_world_and_service_vips_through_the_socket_lb_cgroup() {
                 }],
             })
             .expect("service");
+        a.apply(&d).await;
+        let r = a.results(&["early"]).await;
+        assert_eq!(outcome(&r, "early"), ProbeOutcome::Connected, "{r:?}");
+        assert!(!a.workloads.waiting());
         d.probes = vec![
             probe("pod-to-pod", Some("ct-client"), ECHO_IP, 9090, 2000),
             probe("pod-to-vip", Some("ct-client"), VIP, 80, 2000),

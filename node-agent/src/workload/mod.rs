@@ -15,7 +15,8 @@
 //!   is removed.
 //! - Probes ([`probe`]) run once per id, concurrently (bounded), as child processes in the
 //!   workload's namespace (or the node's) and the node's socket-LB cgroup; results go out
-//!   through [`report`].
+//!   through [`report`]. A probe from a pod waits (up to [`POD_READY_WAIT`]) until the
+//!   applied state has the pod's endpoint: before that the datapath drops its traffic.
 
 pub mod echo;
 pub mod probe;
@@ -24,7 +25,7 @@ pub mod report;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
@@ -46,6 +47,11 @@ pub const DEFAULT_CONCURRENT_PROBES: usize = 16;
 /// Longer namespace names are hashed (they stay readable in `ip netns` otherwise).
 const MAX_NETNS_NAME: usize = 64;
 const RECORDS: &str = "workloads.json";
+/// How long a probe from a pod waits for the pod's endpoint to be programmed (its identity
+/// known) before it runs anyway.
+pub const POD_READY_WAIT: Duration = Duration::from_secs(30);
+/// How often waiting probes are looked at again.
+const WAIT_TICK: Duration = Duration::from_millis(200);
 
 /// The namespace of `workload` on `node`: `<prefix><node>.<workload>` (`.` appears in
 /// neither name, so two pairs never collide), or `<prefix>` + a hash of both when longer
@@ -178,6 +184,8 @@ pub struct Workloads {
     outbox: SharedOutbox,
     /// Probe ids started by this process (running or done), while desired.
     started: BTreeSet<String>,
+    /// Probes from a pod whose endpoint is not programmed yet: since when.
+    waiting: BTreeMap<String, Instant>,
     slots: Arc<Semaphore>,
 }
 
@@ -247,6 +255,7 @@ impl Workloads {
             failed: BTreeMap::new(),
             outbox,
             started: BTreeSet::new(),
+            waiting: BTreeMap::new(),
             slots,
         })
     }
@@ -289,8 +298,15 @@ impl Workloads {
             }
             if errors.is_empty() {
                 backoff.reset();
-                if desired.changed().await.is_err() {
-                    return;
+                if self.waiting.is_empty() {
+                    if desired.changed().await.is_err() {
+                        return;
+                    }
+                } else {
+                    tokio::select! {
+                        r = desired.changed() => if r.is_err() { return },
+                        () = tokio::time::sleep(WAIT_TICK) => {}
+                    }
                 }
             } else {
                 tokio::select! {
@@ -337,7 +353,7 @@ impl Workloads {
         }
         self.failed
             .retain(|n, _| desired.workloads.iter().any(|w| &w.name == n));
-        self.start_probes(&desired.probes);
+        self.start_probes(&desired.probes).await;
         errors
     }
 
@@ -417,19 +433,52 @@ impl Workloads {
         self.save()
     }
 
+    /// Whether probes wait for their pod's endpoint.
+    pub fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Starts every desired probe that has not run (nor has a result); forgets ids that
     /// left the desired state.
-    fn start_probes(&mut self, probes: &[DesiredProbe]) {
+    async fn start_probes(&mut self, probes: &[DesiredProbe]) {
         let ids: BTreeSet<String> = probes.iter().map(|p| p.id.clone()).collect();
         self.outbox.with(|o| {
             let changed = o.retain_desired(&ids);
             ((), changed)
         });
         self.started.retain(|id| ids.contains(id));
+        self.waiting.retain(|id, _| ids.contains(id));
+        // Pods whose endpoint the applied state has (with its identity).
+        let programmed: BTreeSet<String> = self
+            .endpoints
+            .list()
+            .await
+            .into_iter()
+            .filter(|e| e.identity.is_some())
+            .map(|e| e.name)
+            .collect();
         for p in probes {
             if self.started.contains(&p.id) || self.outbox.knows(&p.id) {
                 continue;
             }
+            if let Some(w) = &p.from_workload {
+                let unprogrammed_pod = self.records.get(w).is_some_and(|r| {
+                    r.spec.kind == WorkloadKind::Pod
+                        && self.serving.contains_key(w)
+                        && !programmed.contains(w)
+                });
+                let since = *self
+                    .waiting
+                    .entry(p.id.clone())
+                    .or_insert_with(Instant::now);
+                if unprogrammed_pod && since.elapsed() < POD_READY_WAIT {
+                    continue;
+                }
+                if unprogrammed_pod {
+                    tracing::warn!(probe = %p.id, workload = %w, "the pod's endpoint is still not programmed; probing anyway");
+                }
+            }
+            self.waiting.remove(&p.id);
             self.started.insert(p.id.clone());
             let netns = match &p.from_workload {
                 None => Ok(None),
