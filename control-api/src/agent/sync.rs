@@ -56,7 +56,7 @@ async fn produce(
     if tx.send(Ok(first)).await.is_err() {
         return Ok(());
     }
-    remember(st, node, revision, &last).await;
+    remember(st, node, revision, Some(&last)).await;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -97,11 +97,7 @@ async fn produce(
                 if tx.send(Ok(msg)).await.is_err() {
                     return Ok(false);
                 }
-                if d.is_empty() {
-                    remember_revision(st, node, revision).await;
-                } else {
-                    remember(st, node, revision, &next).await;
-                }
+                remember(st, node, revision, (!d.is_empty()).then_some(&next)).await;
                 sent_revision = revision;
             }
             last = next;
@@ -155,41 +151,28 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
     })
 }
 
-/// The state last sent is also the state at `revision` (nothing changed for the node).
-async fn remember_revision(st: &AppState, node: &NodeCtx, revision: i64) {
+/// Records what the node was just sent, for its next reconnect; `None`: the state sent
+/// before, unchanged, now stands for `revision` too.
+async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: Option<&NodeDesiredState>) {
     let res = async {
         let mut tx = node_tx(st, node).await?;
-        sqlx::query(
-            "UPDATE node_sync_state SET revision = $2, updated_at = now() WHERE node_id = $1",
-        )
-        .bind(node.id)
-        .bind(revision)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(())
-    }
-    .await;
-    if let Err(e) = res {
-        tracing::warn!(node = %node.name, error = %e, "could not record the sent revision");
-    }
-}
-
-/// Records what the node was just sent, for its next reconnect.
-async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: &NodeDesiredState) {
-    let res = async {
-        let mut tx = node_tx(st, node).await?;
-        sqlx::query(
-            "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
-             SET revision = excluded.revision, state = excluded.state, updated_at = now()",
-        )
-        .bind(node.id)
-        .bind(node.tenant_id)
-        .bind(revision)
-        .bind(sqlx::types::Json(state))
-        .execute(&mut *tx)
-        .await?;
+        let q = match state {
+            Some(state) => sqlx::query(
+                "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
+                 SET revision = excluded.revision, state = excluded.state, updated_at = now()",
+            )
+            .bind(node.id)
+            .bind(node.tenant_id)
+            .bind(revision)
+            .bind(sqlx::types::Json(state)),
+            None => sqlx::query(
+                "UPDATE node_sync_state SET revision = $2, updated_at = now() WHERE node_id = $1",
+            )
+            .bind(node.id)
+            .bind(revision),
+        };
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok::<_, crate::error::ApiError>(())
     }
