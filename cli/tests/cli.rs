@@ -447,10 +447,7 @@ fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
 #[tokio::test]
 async fn status_exit_codes_follow_nodes_and_realization() {
     let api = Api::start().await;
-    let owner = api.tenant("acme", "owner").await;
-    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
-        .await
-        .ok();
+    api.owner_logged_in("acme").await;
     api.weft(&["cluster", "create", "edge", "--label", "env=prod"])
         .await
         .ok();
@@ -561,11 +558,8 @@ async fn status_exit_codes_follow_nodes_and_realization() {
 #[tokio::test]
 async fn clusters_services_and_tokens() {
     let api = Api::start().await;
-    let owner = api.tenant("acme", "owner").await;
+    api.owner_logged_in("acme").await;
     let dir = tempfile::tempdir().unwrap();
-    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
-        .await
-        .ok();
 
     api.weft(&[
         "cluster",
@@ -836,10 +830,7 @@ async fn observe_until(api: &Api, args: &[&str], done: impl Fn(&str) -> bool) ->
 #[tokio::test]
 async fn observe_shows_reported_flows() {
     let api = Api::start().await;
-    let owner = api.tenant("acme", "owner").await;
-    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
-        .await
-        .ok();
+    api.owner_logged_in("acme").await;
     api.weft(&["cluster", "create", "edge"]).await.ok();
     let r = api.weft(&["cluster", "join-token", "create", "edge"]).await;
     let join = r.ok().stdout.trim().to_string();
@@ -941,10 +932,7 @@ async fn observe_shows_reported_flows() {
 #[tokio::test]
 async fn connectivity_test_says_what_it_needs_before_creating_anything() {
     let api = Api::start().await;
-    let owner = api.tenant("acme", "owner").await;
-    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
-        .await
-        .ok();
+    api.owner_logged_in("acme").await;
     let r = api.weft(&["connectivity", "test"]).await;
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("has no cluster"), "{}", r.stderr);
@@ -978,10 +966,7 @@ async fn connectivity_test_says_what_it_needs_before_creating_anything() {
 #[tokio::test]
 async fn connectivity_cleanup_removes_what_a_killed_run_left_and_nothing_else() {
     let api = Api::start().await;
-    let owner = api.tenant("acme", "owner").await;
-    api.weft(&["login", "--api-url", &api.url, "--token", &owner])
-        .await
-        .ok();
+    let owner = api.owner_logged_in("acme").await;
     api.weft(&["cluster", "create", "edge"]).await.ok();
     let join = api
         .weft(&["cluster", "join-token", "create", "edge", "--name", "n1"])

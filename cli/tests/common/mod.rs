@@ -190,6 +190,15 @@ impl Api {
         self.token(name, role).await
     }
 
+    /// Creates a tenant, logs the CLI in as its owner (API token); returns the token.
+    pub async fn owner_logged_in(&self, tenant: &str) -> String {
+        let owner = self.tenant(tenant, "owner").await;
+        self.weft(&["login", "--api-url", &self.url, "--token", &owner])
+            .await
+            .ok();
+        owner
+    }
+
     pub async fn token(&self, tenant: &str, role: &str) -> String {
         let (s, b) = self
             .call(
