@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::client::{encode_query, seg, status_of, Client, Target};
+use crate::flows;
 use crate::output::{self, Format};
 use crate::Exit;
 use plan::{Check, Expect, FlowsSeen, From, ProbeSeen, Role, To, RUN_LABEL};
@@ -525,14 +526,11 @@ async fn find_flows(
             q.push(("to_port", plan::ECHO_PORT.to_string()));
         }
     }
-    let path = format!("{}?{}", run.client.tpath("/flows")?, encode_query(&q));
+    let q = encode_query(&q);
     // Agents send flows in batches: give them a few seconds.
     let deadline = Instant::now() + run.wait.min(Duration::from_secs(15));
     loop {
-        let items = run.client.get(&path).await?.body["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let items = flows::recent(run.client, &q).await?;
         if items.iter().any(|f| plan::flow_matches(c.expect, f)) {
             return Ok(FlowsSeen::Matching);
         }

@@ -8,6 +8,8 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::flows::Flow;
+
 /// The label every object of a run carries; its value is the run id.
 pub const RUN_LABEL: &str = "weft-ct-run";
 /// The label naming a workload's role in the run.
@@ -501,19 +503,21 @@ fn seen_list(seen: &[String]) -> String {
     }
 }
 
-/// Whether a flow (as the API returns it) shows the expected verdict.
-pub fn flow_matches(expect: Expect, flow: &Value) -> bool {
+/// Whether a flow shows the expected verdict.
+pub fn flow_matches(expect: Expect, flow: &Flow) -> bool {
     match expect {
-        Expect::Allowed => flow["verdict"] == "FORWARDED",
-        Expect::Denied(reason) => flow["verdict"] == "DROPPED" && flow["drop_reason"] == reason,
+        Expect::Allowed => flow.verdict == "FORWARDED",
+        Expect::Denied(reason) => {
+            flow.verdict == "DROPPED" && flow.drop_reason.as_deref() == Some(reason)
+        }
     }
 }
 
 /// A flow's verdict (and drop reason) for "seen instead" lists.
-pub fn flow_summary(flow: &Value) -> String {
-    match flow["drop_reason"].as_str() {
-        Some(r) if !r.is_empty() => format!("{} {r}", flow["verdict"].as_str().unwrap_or("?")),
-        _ => flow["verdict"].as_str().unwrap_or("?").to_string(),
+pub fn flow_summary(flow: &Flow) -> String {
+    match flow.drop_reason.as_deref() {
+        Some(r) if !r.is_empty() => format!("{} {r}", flow.verdict),
+        _ => flow.verdict.clone(),
     }
 }
 
@@ -698,8 +702,9 @@ mod tests {
 
     #[test]
     fn flows_match_on_verdict_and_drop_reason() {
-        let fwd = json!({"verdict": "FORWARDED"});
-        let drop = json!({"verdict": "DROPPED", "drop_reason": "POLICY_DENIED"});
+        let flow = |v: Value| -> Flow { serde_json::from_value(v).expect("a flow") };
+        let fwd = flow(json!({"verdict": "FORWARDED"}));
+        let drop = flow(json!({"verdict": "DROPPED", "drop_reason": "POLICY_DENIED"}));
         assert!(flow_matches(Expect::Allowed, &fwd));
         assert!(!flow_matches(Expect::Allowed, &drop));
         assert!(flow_matches(Expect::Denied(POLICY_DENIED), &drop));
