@@ -115,6 +115,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.flow_retention_days,
         Duration::from_secs(3600),
     );
+    crate::flows::spawn_summarizer(state.pool.clone(), crate::flows::SUMMARIZE_EVERY);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node_sync_state",
         include_str!("../../db/migrations/0006_node_sync_state.sql"),
     ),
+    (
+        7,
+        "flows_ingest",
+        include_str!("../../db/migrations/0007_flows_ingest.sql"),
+    ),
 ];
 
 #[derive(Debug)]

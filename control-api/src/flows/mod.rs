@@ -5,6 +5,7 @@
 
 pub mod ingest;
 pub mod pg;
+pub mod writer;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,7 +33,8 @@ pub struct NewPeer {
     pub endpoint_id: Option<Uuid>,
     pub endpoint_name: Option<String>,
     pub identity: u32,
-    pub labels: Labels,
+    /// Shared with the enrichment cache: the same few label sets recur in every batch.
+    pub labels: Arc<Labels>,
 }
 
 /// A flow ready to store.
@@ -170,6 +172,9 @@ pub struct ServiceMap {
 pub trait FlowStore: Send + Sync {
     /// Stores one batch of a node's flows and announces it to every replica.
     async fn insert_batch(&self, origin: &Origin, flows: &[NewFlow]) -> Result<Option<Notice>>;
+    /// Stores several nodes' batches in one transaction (the ingest writers coalesce what
+    /// is waiting): one batch number and one notice per tenant, in order of appearance.
+    async fn insert_batches(&self, batches: &[(&Origin, &[NewFlow])]) -> Result<Vec<Notice>>;
     /// One page, newest first, strictly older than `after`; `limit + 1` rows at most are
     /// read so the caller can tell whether there is more.
     async fn query(
@@ -252,6 +257,32 @@ pub fn spawn_maintenance(pool: PgPool, retention_days: u32, every: Duration) {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "flow partition maintenance failed"),
+            }
+        }
+    });
+}
+
+/// How often the BRIN indexes of `flows` summarize the block ranges written since.
+pub const SUMMARIZE_EVERY: Duration = Duration::from_secs(5);
+
+/// Summarizes the block ranges of `flows` written since the last call (BRIN), so scans
+/// skip them by time; returns how many ranges were summarized.
+pub async fn summarize(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT weft_summarize_flows()")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Runs [`summarize`] every `every`, on every replica (concurrent runs wait for each
+/// other and find nothing left to do).
+pub fn spawn_summarizer(pool: PgPool, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = summarize(&pool).await {
+                tracing::warn!(error = %e, "summarizing flow block ranges failed");
             }
         }
     });

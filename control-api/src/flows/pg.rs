@@ -120,6 +120,60 @@ impl Row {
     }
 }
 
+/// The first window a list reads: the newest second before its start.
+const FIRST_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+/// Each next window is this many times as long as the one before.
+const WINDOW_GROWTH: i32 = 4;
+/// Windows longer than this end the walk: the last one is open towards the past.
+const LAST_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(2);
+
+/// The time windows a list walks, newest first: `[lo, hi)`, `None` meaning unbounded.
+/// The first is open towards the future (agents' clocks may run ahead), the last towards
+/// the past, so together they cover every row exactly once; the filter's own `since` and
+/// `until` still apply inside each. With only BRIN indexes on `flows`, a window costs the
+/// rows stored in it: starting small and growing geometrically reads at most a few times
+/// the rows a page needs for common filters, and ends in about ten windows for rare ones.
+#[derive(Debug)]
+pub struct Windows {
+    hi: Option<Option<DateTime<Utc>>>,
+    lo: DateTime<Utc>,
+    width: chrono::TimeDelta,
+    since: Option<DateTime<Utc>>,
+}
+
+impl Windows {
+    pub fn new(now: DateTime<Utc>, filter: &FlowFilter, after: Option<Cursor>) -> Windows {
+        let start = [Some(now), filter.until, after.map(|c| c.time)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
+        Windows {
+            hi: Some(None),
+            lo: start - FIRST_WINDOW,
+            width: FIRST_WINDOW,
+            since: filter.since,
+        }
+    }
+}
+
+impl Iterator for Windows {
+    type Item = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let hi = self.hi.take()?;
+        let last = self.width > LAST_WINDOW || self.since.is_some_and(|s| self.lo <= s);
+        if last {
+            return Some((None, hi));
+        }
+        let lo = self.lo;
+        self.hi = Some(Some(lo));
+        self.width = self.width * WINDOW_GROWTH;
+        self.lo = lo - self.width;
+        Some((Some(lo), hi))
+    }
+}
+
 /// Appends ` AND <filter>` for every part of the filter. Values are always bound.
 pub fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &FlowFilter) {
     if let Some(s) = f.since {
@@ -285,31 +339,63 @@ fn push_selector(qb: &mut QueryBuilder<'_, Postgres>, column: &str, sel: &LabelS
 #[tonic::async_trait]
 impl FlowStore for PgFlowStore {
     async fn insert_batch(&self, o: &Origin, flows: &[NewFlow]) -> Result<Option<Notice>> {
-        let (Some(min_time), Some(max_time)) = (
-            flows.iter().map(|f| f.time).min(),
-            flows.iter().map(|f| f.time).max(),
-        ) else {
-            return Ok(None);
-        };
+        Ok(self.insert_batches(&[(o, flows)]).await?.pop())
+    }
+
+    async fn insert_batches(&self, batches: &[(&Origin, &[NewFlow])]) -> Result<Vec<Notice>> {
+        // Tenants in order of first appearance; each gets one batch number and one notice.
+        let mut tenants: Vec<Uuid> = Vec::new();
+        for (o, flows) in batches {
+            if !flows.is_empty() && !tenants.contains(&o.tenant_id) {
+                tenants.push(o.tenant_id);
+            }
+        }
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        set_tenant(&mut tx, o.tenant_id).await?;
-        let batch: i64 = sqlx::query_scalar("SELECT nextval('flow_batches_seq')")
-            .fetch_one(&mut *tx)
-            .await?;
-        insert_rows(&mut tx, o, batch, flows).await?;
-        let notice = Notice {
-            tenant: o.tenant_id,
-            batch,
-            min_time,
-            max_time,
-        };
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::NOTICE_CHANNEL)
-            .bind(notice.payload())
+        // Flows are telemetry: a crash may lose the last few hundred milliseconds of
+        // committed batches (never a torn one), and in exchange a commit does not wait for
+        // the WAL flush. Only this transaction is relaxed: tenant configuration, audit and
+        // everything else commit synchronously.
+        sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
+        let mut notices = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            set_tenant(&mut tx, tenant).await?;
+            let batch: i64 = sqlx::query_scalar("SELECT nextval('flow_batches_seq')")
+                .fetch_one(&mut *tx)
+                .await?;
+            let (mut min_time, mut max_time) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
+            for (o, flows) in batches.iter().filter(|(o, _)| o.tenant_id == tenant) {
+                if flows.is_empty() {
+                    continue;
+                }
+                for f in flows.iter() {
+                    min_time = Some(min_time.map_or(f.time, |m| m.min(f.time)));
+                    max_time = Some(max_time.map_or(f.time, |m| m.max(f.time)));
+                }
+                insert_rows(&mut tx, o, batch, flows).await?;
+            }
+            let (Some(min_time), Some(max_time)) = (min_time, max_time) else {
+                continue;
+            };
+            let notice = Notice {
+                tenant,
+                batch,
+                min_time,
+                max_time,
+            };
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::NOTICE_CHANNEL)
+                .bind(notice.payload())
+                .execute(&mut *tx)
+                .await?;
+            notices.push(notice);
+        }
         tx.commit().await?;
-        Ok(Some(notice))
+        Ok(notices)
     }
 
     async fn query(
@@ -319,23 +405,42 @@ impl FlowStore for PgFlowStore {
         after: Option<Cursor>,
         limit: u32,
     ) -> Result<Vec<(FlowRecord, Cursor)>> {
-        let mut qb = QueryBuilder::new(SELECT);
-        qb.push(" WHERE tenant_id = ").push_bind(tenant);
-        push_filter(&mut qb, filter);
-        if let Some(c) = after {
-            qb.push(" AND (time, id) < (")
-                .push_bind(c.time)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
-        }
-        qb.push(" ORDER BY time DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
+        let want = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let windows = Windows::new(Utc::now(), filter, after);
+        let mut out = Vec::new();
         let mut tx = self.pool.begin().await?;
         set_tenant(&mut tx, tenant).await?;
-        let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *tx).await?;
+        // Newest first, one window at a time: each window is older than the one before,
+        // so pages concatenate in order and a window's rows are read only once.
+        for (lo, hi) in windows {
+            let mut qb = QueryBuilder::new(SELECT);
+            qb.push(" WHERE tenant_id = ").push_bind(tenant);
+            if let Some(lo) = lo {
+                qb.push(" AND time >= ").push_bind(lo);
+            }
+            if let Some(hi) = hi {
+                qb.push(" AND time < ").push_bind(hi);
+            }
+            push_filter(&mut qb, filter);
+            if let Some(c) = after {
+                qb.push(" AND (time, id) < (")
+                    .push_bind(c.time)
+                    .push(", ")
+                    .push_bind(c.id)
+                    .push(")");
+            }
+            qb.push(" ORDER BY time DESC, id DESC LIMIT ")
+                .push_bind(i64::try_from(want - out.len()).unwrap_or(i64::MAX));
+            let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            out.extend(rows);
+            if out.len() >= want {
+                break;
+            }
+        }
         tx.commit().await?;
-        rows.into_iter().map(Row::into_record).collect()
+        out.into_iter().map(Row::into_record).collect()
     }
 
     async fn read_batch(&self, n: &Notice) -> Result<Vec<FlowRecord>> {
@@ -496,13 +601,13 @@ async fn insert_rows(
     let src_ep = col!(|f| f.src.endpoint_id);
     let src_name = col!(|f| f.src.endpoint_name.clone());
     let src_id = col!(|f| i64::from(f.src.identity));
-    let src_labels = col!(|f| Json(&f.src.labels));
+    let src_labels = col!(|f| Json(&*f.src.labels));
     let dst_ip = col!(|f| f.dst.ip.to_string());
     let dst_port = col!(|f| i32::from(f.dst.port));
     let dst_ep = col!(|f| f.dst.endpoint_id);
     let dst_name = col!(|f| f.dst.endpoint_name.clone());
     let dst_id = col!(|f| i64::from(f.dst.identity));
-    let dst_labels = col!(|f| Json(&f.dst.labels));
+    let dst_labels = col!(|f| Json(&*f.dst.labels));
     let svc_id = col!(|f| f.service_id);
     let svc_name = col!(|f| f.service_name.clone());
     let proto = col!(|f| i16::from(f.protocol));
@@ -567,4 +672,51 @@ async fn insert_rows(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn windows_cover_all_time_once_newest_first() {
+        let now = at("2026-11-26T12:00:00Z");
+        let w: Vec<_> = Windows::new(now, &FlowFilter::default(), None).collect();
+        assert_eq!(w[0], (Some(now - FIRST_WINDOW), None), "open to the future");
+        for pair in w.windows(2) {
+            assert_eq!(
+                pair[1].1, pair[0].0,
+                "each window ends where the last began"
+            );
+            assert!(pair[1].0 < pair[1].1 || pair[1].0.is_none());
+        }
+        assert_eq!(w.last().unwrap().0, None, "open to the past");
+        assert!(w.len() < 14, "{} windows", w.len());
+        let width = |i: usize| w[i].1.unwrap() - w[i].0.unwrap();
+        assert_eq!(width(2), width(1) * WINDOW_GROWTH);
+    }
+
+    #[test]
+    fn windows_start_at_the_cursor_or_until_and_stop_at_since() {
+        let now = at("2026-11-26T12:00:00Z");
+        let filter = FlowFilter {
+            since: Some(at("2026-11-26T11:59:00Z")),
+            until: Some(at("2026-11-26T11:59:50Z")),
+            ..Default::default()
+        };
+        let cursor = Cursor {
+            time: at("2026-11-26T11:59:40Z"),
+            id: 7,
+        };
+        let w: Vec<_> = Windows::new(now, &filter, Some(cursor)).collect();
+        assert_eq!(w[0], (Some(at("2026-11-26T11:59:39Z")), None));
+        let last = *w.last().unwrap();
+        assert_eq!(last.0, None, "since is applied by the filter itself");
+        assert!(last.1.unwrap() > at("2026-11-26T11:59:00Z"));
+        assert!(w.len() <= 4, "{w:?}");
+    }
 }
