@@ -4,12 +4,15 @@
 //! over loopback, flows land in PostgreSQL.
 //!
 //! 1. Ingest: several concurrent `ReportFlows` streams of 1,000-flow batches; sustained
-//!    flows/s through gRPC, enrichment and the multi-row insert. Baselines in the same run:
-//!    the store's insert alone (no gRPC, no enrichment) and a raw `COPY` of the same rows.
-//! 2. Query: the table is filled to the target size with one server-side
-//!    `INSERT … SELECT generate_series` (bulk load, not through gRPC), then a fixed set of
-//!    filtered queries runs through the filter translation; baseline: the same queries
-//!    written by hand.
+//!    flows/s through gRPC, enrichment, the writer queue and the block store. Baselines in
+//!    the same run: the store's insert alone (no gRPC, no enrichment), and a raw `COPY` of
+//!    the same flows into a row-per-flow table with its indexes (the design blocks
+//!    replaced: `flows_rows`, as migration 0005 had it).
+//! 2. Query: both are filled to the target size with the same synthetic flows, oldest
+//!    first as agents send them (blocks through the store, 1,000 flows per node's batch;
+//!    rows with one server-side `INSERT … SELECT generate_series`), then a fixed set of
+//!    filtered queries runs through the store; baseline: the same queries written by hand
+//!    over `flows_rows`.
 //!
 //! Writes `{"ingest_flows_per_s", "stored_flows", "query_p50_ms", "query_p99_ms"}` to
 //! `--out`.
@@ -27,7 +30,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
-use weft_model::flow::FlowFilter;
+use weft_model::flow::{DropReason, FlowFilter, Verdict};
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{EndpointReport, Flow, FlowBatch, RegisterRequest, ReportedEndpoint};
 
@@ -93,6 +96,9 @@ async fn main() -> Result<()> {
         .max_connections(4)
         .connect(&url)
         .await?;
+    for ddl in ROWS_TABLE {
+        sqlx::query(ddl).execute(&owner).await?;
+    }
     let state = control_api::state::AppState::new(
         app_pool.clone(),
         Some(control_api::auth::hash_token(OPERATOR)),
@@ -201,7 +207,7 @@ async fn main() -> Result<()> {
     let grpc_secs = started.elapsed().as_secs_f64();
     let ingested = (sz.agents * sz.batches_per_agent * sz.batch) as f64;
     let ingest_rate = ingested / grpc_secs;
-    let stored_now: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
+    let stored_now: i64 = sqlx::query_scalar(STORED)
         .fetch_one(&owner)
         .await?;
     if stored_now as f64 != ingested {
@@ -221,7 +227,9 @@ async fn main() -> Result<()> {
         cluster_id,
         cluster_name: "prod".into(),
     };
-    let enriched = control_api::flows::ingest::enrich(&app_pool, tenant_id, &batches[0]).await?;
+    let enriched =
+        control_api::flows::ingest::enrich(&app_pool, &state.enrich_cache, tenant_id, &batches[0])
+            .await?;
     let store_batches = sz.batches_per_agent.min(50);
     let started = Instant::now();
     let mut store_tasks = Vec::new();
@@ -240,47 +248,89 @@ async fn main() -> Result<()> {
     let store_rate =
         (sz.agents * store_batches * sz.batch) as f64 / started.elapsed().as_secs_f64();
     let copy_rate = copy_baseline(&url, sz.agents, store_batches, &origin, &enriched.flows).await?;
+    // Where the CPU goes outside PostgreSQL, per flow, on one core: the agent's encode,
+    // the server's decode, and enrichment with a warm cache.
+    let runs = 200;
+    let t = Instant::now();
+    let mut bytes = Vec::new();
+    for _ in 0..runs {
+        bytes = prost::Message::encode_to_vec(&batches[0]);
+    }
+    let encode_us = t.elapsed().as_secs_f64() * 1e6 / (runs * sz.batch) as f64;
+    let t = Instant::now();
+    for _ in 0..runs {
+        let b: FlowBatch = prost::Message::decode(bytes.as_slice())?;
+        std::hint::black_box(b);
+    }
+    let decode_us = t.elapsed().as_secs_f64() * 1e6 / (runs * sz.batch) as f64;
+    let t = Instant::now();
+    for _ in 0..runs {
+        let e = control_api::flows::ingest::enrich(
+            &app_pool,
+            &state.enrich_cache,
+            tenant_id,
+            &batches[0],
+        )
+        .await?;
+        std::hint::black_box(e);
+    }
+    let enrich_us = t.elapsed().as_secs_f64() * 1e6 / (runs * sz.batch) as f64;
+    let t = Instant::now();
+    for _ in 0..runs {
+        std::hint::black_box(control_api::flows::block::encode(&enriched.flows));
+    }
+    let pack_us = t.elapsed().as_secs_f64() * 1e6 / (runs * sz.batch) as f64;
+    let packed = control_api::flows::block::encode(&enriched.flows).context("empty batch")?;
     println!(
         "  through gRPC + enrichment + insert: {ingest_rate:>10.0} flows/s ({ingested} flows in {grpc_secs:.1} s)"
     );
-    println!("  store insert alone (unnest):        {store_rate:>10.0} flows/s");
-    println!("  raw COPY of the same rows:          {copy_rate:>10.0} flows/s");
+    println!("  store insert alone (blocks):        {store_rate:>10.0} flows/s");
+    println!("  baseline, raw COPY into flows_rows: {copy_rate:>10.0} flows/s");
     println!(
-        "  ratios: ingest / COPY {:.2}, store insert / COPY {:.2}",
+        "  ratios: ingest / rows COPY {:.2}, store insert / rows COPY {:.2}",
         ingest_rate / copy_rate,
         store_rate / copy_rate
     );
-
-    // 2. Fill to the target size, server-side.
-    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
-        .fetch_one(&owner)
-        .await?;
-    let fill = (sz.stored - have).max(0);
     println!(
-        "fill: bulk-loading {fill} more flows server-side (INSERT ... SELECT generate_series)"
+        "  per flow, one core: protobuf encode {encode_us:.2} us, decode {decode_us:.2} us, \
+         enrichment (warm cache) {enrich_us:.2} us, block packing {pack_us:.2} us \
+         ({:.1} bytes/flow before lz4)",
+        packed.data.len() as f64 / packed.flows as f64
     );
+
+    // 2. Fill both to the target size with the same flows.
+    let have: i64 = sqlx::query_scalar(STORED).fetch_one(&owner).await?;
+    let fill = (sz.stored - have).max(0);
+    println!("fill: {fill} more flows into blocks (through the store) and rows (server-side)");
+    let started = Instant::now();
+    let blocks_rate = fill_blocks(&state, &owner, tenant_id, fill).await?;
+    let blocks_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let chunk = 1_000_000i64;
     let mut done = 0;
     while done < fill {
         let n = chunk.min(fill - done);
-        sqlx::query(FILL)
+        sqlx::query(FILL_ROWS)
             .bind(tenant_id)
             .bind(node_id)
             .bind(cluster_id)
             .bind(n)
             .bind(done)
+            .bind(fill)
             .execute(&owner)
             .await?;
         done += n;
     }
-    sqlx::query("ANALYZE flows").execute(&owner).await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
+    let rows_secs = started.elapsed().as_secs_f64();
+    sqlx::query("ANALYZE flows_rows").execute(&owner).await?;
+    sqlx::query("ANALYZE flow_blocks").execute(&owner).await?;
+    let stored: i64 = sqlx::query_scalar(STORED).fetch_one(&owner).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM flows_rows")
         .fetch_one(&owner)
         .await?;
     println!(
-        "  {stored} flows stored ({:.0} s)",
-        started.elapsed().as_secs_f64()
+        "  {stored} flows in blocks ({blocks_secs:.0} s, {blocks_rate:.0} flows/s into the store), \
+         {rows} in rows ({rows_secs:.0} s, server-side generate_series)"
     );
 
     // 3. Queries: ours vs hand-written, same page size, same tenant transaction.
@@ -334,6 +384,11 @@ async fn main() -> Result<()> {
     let out = json!({
         "ingest_flows_per_s": ingest_rate.round(),
         "stored_flows": stored,
+        "store_insert_flows_per_s": store_rate.round(),
+        "rows_copy_flows_per_s": copy_rate.round(),
+        "ingest_over_rows_copy": (ingest_rate / copy_rate * 100.0).round() / 100.0,
+        "hand_rows_query_p50_ms": (b50 * 100.0).round() / 100.0,
+        "hand_rows_query_p99_ms": (b99 * 100.0).round() / 100.0,
         "query_p50_ms": (p50 * 100.0).round() / 100.0,
         "query_p99_ms": (p99 * 100.0).round() / 100.0,
     });
@@ -371,6 +426,7 @@ const QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The same query written by hand over the row-per-flow table.
 async fn hand_query(pool: &PgPool, tenant: Uuid, cond: &str) -> Result<usize> {
     let mut tx = pool.begin().await?;
     control_api::auth::set_tenant(&mut tx, tenant).await?;
@@ -378,7 +434,7 @@ async fn hand_query(pool: &PgPool, tenant: Uuid, cond: &str) -> Result<usize> {
         "SELECT time, id, verdict, drop_reason, host(src_ip), src_port, src_endpoint_name, \
          src_identity, src_labels, host(dst_ip), dst_port, dst_endpoint_name, dst_identity, \
          dst_labels, protocol, node_name, cluster_name, service_name, direction, \
-         observation_point, tcp_flags, bytes, packets, count FROM flows \
+         observation_point, tcp_flags, bytes, packets, count FROM flows_rows \
          WHERE tenant_id = $1 AND {cond} ORDER BY time DESC, id DESC LIMIT 101"
     ))
     .bind(tenant)
@@ -388,13 +444,146 @@ async fn hand_query(pool: &PgPool, tenant: Uuid, cond: &str) -> Result<usize> {
     Ok(rows.len())
 }
 
-/// Synthetic rows spread over the last 20 hours: 50 endpoints per node, 10 apps, mostly
-/// forwarded, some drops, a spread of ports and addresses.
-const FILL: &str = "INSERT INTO flows (time, batch, tenant_id, node_id, node_name, cluster_id, \
+/// Flows stored in blocks.
+const STORED: &str = "SELECT coalesce(sum(flows), 0)::int8 FROM flow_blocks";
+
+/// The baseline: one row per flow, with the indexes its queries needed (migration 0005),
+/// walled per tenant like the blocks. Not partitioned: one table is the best case for it.
+const ROWS_TABLE: &[&str] = &[
+    "CREATE TABLE flows_rows (time timestamptz NOT NULL, \
+       id bigint GENERATED ALWAYS AS IDENTITY, batch bigint NOT NULL, tenant_id uuid NOT NULL, \
+       node_id uuid NOT NULL, node_name text NOT NULL, cluster_id uuid NOT NULL, \
+       cluster_name text NOT NULL, src_ip inet NOT NULL, src_port integer NOT NULL, \
+       src_endpoint_id uuid, src_endpoint_name text, src_identity bigint NOT NULL, \
+       src_labels jsonb NOT NULL DEFAULT '{}', dst_ip inet NOT NULL, dst_port integer NOT NULL, \
+       dst_endpoint_id uuid, dst_endpoint_name text, dst_identity bigint NOT NULL, \
+       dst_labels jsonb NOT NULL DEFAULT '{}', service_id uuid, service_name text, \
+       protocol smallint NOT NULL, verdict text NOT NULL, drop_reason text, \
+       direction text NOT NULL, observation_point text NOT NULL, tcp_flags smallint NOT NULL, \
+       bytes bigint NOT NULL, packets bigint NOT NULL, count bigint NOT NULL)",
+    "CREATE INDEX ON flows_rows (tenant_id, time DESC, id DESC)",
+    "CREATE INDEX ON flows_rows (tenant_id, verdict, time DESC)",
+    "CREATE INDEX ON flows_rows (tenant_id, src_endpoint_name, time DESC)",
+    "CREATE INDEX ON flows_rows (tenant_id, dst_endpoint_name, time DESC)",
+    "ALTER TABLE flows_rows ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY tenant_isolation ON flows_rows USING (tenant_id = weft_tenant())",
+    "GRANT SELECT ON flows_rows TO weft_app",
+];
+
+/// Fills the block store with `fill` flows of [`FILL_ROWS`]'s distribution, oldest first,
+/// as agents send them: each node's flows in batches of 1,000, 20 batches per write.
+/// Returns the store's rate.
+async fn fill_blocks(
+    state: &control_api::state::AppState,
+    owner: &PgPool,
+    tenant: Uuid,
+    fill: i64,
+) -> Result<f64> {
+    use control_api::flows::{NewFlow, NewPeer, Origin};
+    let nodes: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+        "SELECT id, name, cluster_id FROM nodes WHERE tenant_id = $1 ORDER BY name",
+    )
+    .bind(tenant)
+    .fetch_all(owner)
+    .await?;
+    if nodes.len() != 4 {
+        bail!("expected 4 nodes, found {}", nodes.len());
+    }
+    let origins: Vec<Origin> = nodes
+        .into_iter()
+        .map(|(node_id, node_name, cluster_id)| Origin {
+            tenant_id: tenant,
+            node_id,
+            node_name,
+            cluster_id,
+            cluster_name: "prod".into(),
+        })
+        .collect();
+    let apps: Vec<Arc<weft_model::labels::Labels>> = (0..10)
+        .map(|a| Arc::new([("app".to_string(), format!("app-{a}"))].into()))
+        .collect();
+    let now = Utc::now();
+    let span = chrono::Duration::hours(20);
+    let flow = |g: i64| -> Result<NewFlow> {
+        let d = g / 7;
+        let dropped = g % 50 == 0;
+        Ok(NewFlow {
+            time: now - span + span * i32::try_from(g * 1000 / fill.max(1))? / 1000,
+            src: NewPeer {
+                ip: format!("10.{}.0.{}", g % 4, g % 50 + 1).parse()?,
+                port: u16::try_from(30000 + g % 30000)?,
+                endpoint_id: None,
+                endpoint_name: Some(format!("ep-{}-{}", g % 4, g % 50)),
+                identity: u32::try_from(256 + g % 10)?,
+                labels: apps[(g % 10) as usize].clone(),
+            },
+            dst: NewPeer {
+                ip: format!("10.{}.0.{}", d % 4, d % 50 + 1).parse()?,
+                port: [80, 443, 5432, 53, 8080][((g / 3) % 5) as usize],
+                endpoint_id: None,
+                endpoint_name: Some(format!("ep-{}-{}", d % 4, d % 50)),
+                identity: u32::try_from(256 + d % 10)?,
+                labels: apps[(d % 10) as usize].clone(),
+            },
+            service_id: None,
+            service_name: None,
+            protocol: if g % 5 == 3 { 17 } else { 6 },
+            verdict: if dropped {
+                Verdict::Dropped
+            } else if g % 97 == 0 {
+                Verdict::Translated
+            } else {
+                Verdict::Forwarded
+            },
+            drop_reason: dropped.then(|| {
+                if g % 100 == 0 {
+                    DropReason::PolicyDenied
+                } else {
+                    DropReason::CtFull
+                }
+            }),
+            direction: "egress".into(),
+            observation_point: "endpoint-egress".into(),
+            tcp_flags: [2, 18, 16, 17, 4][(g % 5) as usize],
+            bytes: 100 + g % 1400,
+            packets: 1,
+            count: 1,
+        })
+    };
+    let mut pending: Vec<Vec<NewFlow>> = vec![Vec::new(); 4];
+    let mut ready: Vec<(usize, Vec<NewFlow>)> = Vec::new();
+    let mut spent = std::time::Duration::ZERO;
+    for g in 1..=fill {
+        let n = (g % 4) as usize;
+        pending[n].push(flow(g)?);
+        if pending[n].len() == 1000 || g == fill {
+            for (i, p) in pending.iter_mut().enumerate() {
+                if p.len() == 1000 || (g == fill && !p.is_empty()) {
+                    ready.push((i, std::mem::take(p)));
+                }
+            }
+        }
+        if ready.len() >= 20 || (g == fill && !ready.is_empty()) {
+            let batches: Vec<(&Origin, &[NewFlow])> = ready
+                .iter()
+                .map(|(i, f)| (&origins[*i], f.as_slice()))
+                .collect();
+            let t = Instant::now();
+            state.flows.insert_batches(&batches).await?;
+            spent += t.elapsed();
+            ready.clear();
+        }
+    }
+    Ok(fill as f64 / spent.as_secs_f64().max(1e-9))
+}
+
+/// Synthetic rows spread evenly over the last 20 hours, oldest first: 50 endpoints per
+/// node, 10 apps, mostly forwarded, some drops, a spread of ports and addresses.
+const FILL_ROWS: &str = "INSERT INTO flows_rows (time, batch, tenant_id, node_id, node_name, cluster_id, \
     cluster_name, src_ip, src_port, src_endpoint_name, src_identity, src_labels, dst_ip, \
     dst_port, dst_endpoint_name, dst_identity, dst_labels, protocol, verdict, drop_reason, \
     direction, observation_point, tcp_flags, bytes, packets, count) \
-  SELECT now() - (random() * interval '20 hours'), 0, $1, $2, \
+  SELECT now() - interval '20 hours' * (1 - g::float8 / $6), 0, $1, $2, \
     'node-' || (g % 4), $3, 'prod', \
     ('10.' || (g % 4) || '.0.' || (g % 50 + 1))::inet, 30000 + g % 30000, \
     'ep-' || (g % 4) || '-' || (g % 50), 256 + g % 10, jsonb_build_object('app', 'app-' || (g % 10)), \
@@ -451,7 +640,9 @@ async fn copy_baseline(
     for f in flows {
         let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "\\N".into());
         let optu = |u: &Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_else(|| "\\N".into());
-        let labels = |l: &weft_model::labels::Labels| serde_json::to_string(l).unwrap_or_default();
+        let labels = |l: &std::sync::Arc<weft_model::labels::Labels>| {
+            serde_json::to_string(&**l).unwrap_or_default()
+        };
         let row = [
             f.time.to_rfc3339(),
             "0".into(),
@@ -500,7 +691,7 @@ async fn copy_baseline(
             for _ in 0..batches {
                 let mut copy = conn
                     .copy_in_raw(
-                        "COPY flows (time, batch, tenant_id, node_id, node_name, cluster_id, \
+                        "COPY flows_rows (time, batch, tenant_id, node_id, node_name, cluster_id, \
                          cluster_name, src_ip, src_port, src_endpoint_id, src_endpoint_name, \
                          src_identity, src_labels, dst_ip, dst_port, dst_endpoint_id, \
                          dst_endpoint_name, dst_identity, dst_labels, service_id, service_name, \

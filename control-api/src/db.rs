@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "test_workloads",
         include_str!("../../db/migrations/0008_test_workloads.sql"),
     ),
+    (
+        9,
+        "flow_blocks",
+        include_str!("../../db/migrations/0009_flow_blocks.sql"),
+    ),
 ];
 
 #[derive(Debug)]

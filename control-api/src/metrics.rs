@@ -1,5 +1,8 @@
 //! Prometheus metrics of the control plane, served as text at `/metrics`.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -51,6 +54,99 @@ pub struct LostLabels {
     pub node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+/// What each open `Sync` stream of this replica sent and its node has not acknowledged
+/// yet: the sync lag. Pushes are recorded by the stream, acks by `Ack` (agents ack on the
+/// channel they sync on, so normally on this replica) and by the stream's heartbeat,
+/// which reads the node's acknowledged revision from the database (an ack that went to
+/// another replica).
+#[derive(Default)]
+pub struct SyncLag {
+    streams: Mutex<HashMap<u64, StreamLag>>,
+    next: AtomicU64,
+}
+
+struct StreamLag {
+    node: uuid::Uuid,
+    tenant: String,
+    acked: i64,
+    /// Revisions sent and not acknowledged, oldest first, with when they were sent.
+    unacked: VecDeque<(i64, Instant)>,
+}
+
+/// Keeps a stream in [`SyncLag`] until dropped.
+pub struct SyncLagStream<'a> {
+    lag: &'a SyncLag,
+    id: u64,
+}
+
+impl SyncLagStream<'_> {
+    /// A state at `revision` was sent to the node.
+    pub fn sent(&self, revision: i64) {
+        let mut m = self.lag.lock();
+        if let Some(s) = m.get_mut(&self.id) {
+            if revision > s.acked && s.unacked.back().is_none_or(|(r, _)| *r < revision) {
+                s.unacked.push_back((revision, Instant::now()));
+            }
+        }
+    }
+}
+
+impl Drop for SyncLagStream<'_> {
+    fn drop(&mut self) {
+        self.lag.lock().remove(&self.id);
+    }
+}
+
+impl SyncLag {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamLag>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts tracking a stream to `node`, which has acknowledged `acked` so far.
+    pub fn open(&self, node: uuid::Uuid, tenant: String, acked: i64) -> SyncLagStream<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            id,
+            StreamLag {
+                node,
+                tenant,
+                acked,
+                unacked: VecDeque::new(),
+            },
+        );
+        SyncLagStream { lag: self, id }
+    }
+
+    /// `node` has applied everything up to `revision`.
+    pub fn acked(&self, node: uuid::Uuid, revision: i64) {
+        for s in self.lock().values_mut().filter(|s| s.node == node) {
+            s.acked = s.acked.max(revision);
+            while s.unacked.front().is_some_and(|(r, _)| *r <= s.acked) {
+                s.unacked.pop_front();
+            }
+        }
+    }
+
+    /// Per tenant with a connected node: the age in seconds of the oldest state sent and
+    /// not acknowledged (0 when every node is current), and how many nodes are behind.
+    pub fn by_tenant(&self, now: Instant) -> BTreeMap<String, (f64, i64)> {
+        let mut out: BTreeMap<String, (f64, i64)> = BTreeMap::new();
+        for s in self.lock().values() {
+            let e = out.entry(s.tenant.clone()).or_default();
+            if let Some((_, at)) = s.unacked.front() {
+                e.0 = e.0.max(now.saturating_duration_since(*at).as_secs_f64());
+                e.1 += 1;
+            }
+        }
+        out
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -63,6 +159,10 @@ pub struct Metrics {
     pub flows_lost: Family<LostLabels, Counter>,
     /// Agents with an open `Sync` stream to this replica.
     pub agents_connected: Gauge,
+    /// What connected agents were sent and have not acknowledged.
+    pub sync_lag: SyncLag,
+    sync_lag_seconds: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    agents_behind: Family<TenantLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -113,6 +213,19 @@ impl Metrics {
             "Agents with an open desired-state stream to this replica",
             agents_connected.clone(),
         );
+        let sync_lag_seconds = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "weft_agent_sync_lag_seconds",
+            "Age of the oldest desired state sent to a connected agent of the tenant and not \
+             yet acknowledged (0: every connected agent is current)",
+            sync_lag_seconds.clone(),
+        );
+        let agents_behind = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "weft_agents_behind",
+            "Connected agents of the tenant with desired state not yet acknowledged",
+            agents_behind.clone(),
+        );
         Self {
             registry,
             requests,
@@ -121,10 +234,22 @@ impl Metrics {
             drops,
             flows_lost,
             agents_connected,
+            sync_lag: SyncLag::default(),
+            sync_lag_seconds,
+            agents_behind,
         }
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        // The lag gauges are computed at scrape time; tenants without a connected agent
+        // drop out.
+        self.sync_lag_seconds.clear();
+        self.agents_behind.clear();
+        for (tenant, (secs, behind)) in self.sync_lag.by_tenant(Instant::now()) {
+            let l = TenantLabels { tenant };
+            self.sync_lag_seconds.get_or_create(&l).set(secs);
+            self.agents_behind.get_or_create(&l).set(behind);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -28,6 +28,10 @@ pub struct AppState {
     pub flows: crate::flows::SharedFlowStore,
     /// Stored flow batches of every replica, from this replica's LISTEN (live streams).
     pub flow_notices: tokio::sync::broadcast::Sender<crate::flows::Notice>,
+    /// The ingest queue in front of `flows`, drained by a few writer tasks.
+    pub flow_writer: crate::flows::writer::FlowWriter,
+    /// Ingest's endpoint/identity/service lookups, cleared on each change of a tenant.
+    pub enrich_cache: Arc<crate::flows::ingest::EnrichCache>,
 }
 
 impl AppState {
@@ -39,9 +43,21 @@ impl AppState {
         oidc: Option<Arc<crate::oidc::Oidc>>,
         auth_failures: FailureLimiter,
     ) -> AppState {
+        let changes = crate::changes::spawn_listener(pool.clone());
+        let flows: crate::flows::SharedFlowStore =
+            Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone()));
+        let enrich_cache = Arc::new(crate::flows::ingest::EnrichCache::default());
+        enrich_cache.spawn_invalidation(changes.subscribe());
+        use crate::flows::writer;
         AppState {
-            changes: crate::changes::spawn_listener(pool.clone()),
-            flows: Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone())),
+            flow_writer: writer::FlowWriter::spawn(
+                flows.clone(),
+                writer::WRITERS,
+                writer::QUEUE_BATCHES,
+            ),
+            enrich_cache,
+            changes,
+            flows,
             flow_notices: crate::flows::spawn_notice_listener(pool.clone()),
             pool,
             operator_token_hash,

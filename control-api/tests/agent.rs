@@ -955,3 +955,109 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
         "the push has a parent in the request's trace"
     );
 }
+
+/// The value of a tenant's gauge in `/metrics`, if the tenant has one.
+async fn tenant_gauge(t: &TestApp, name: &str, tenant: &str) -> Option<f64> {
+    let m = t.call("GET", "/metrics", None, None).await;
+    let text = m.body.as_str().expect("metrics are text").to_string();
+    let prefix = format!("{name}{{tenant=\"{tenant}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
+    let t = TestApp::new().await;
+    let (owner, mut client, node) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
+    let cred = node.node_credential.clone();
+    let lag = "weft_agent_sync_lag_seconds";
+    let behind = "weft_agents_behind";
+    assert_eq!(
+        tenant_gauge(&t, lag, "acme").await,
+        None,
+        "no agent connected"
+    );
+
+    let mut stream = client
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: 1,
+            },
+            &cred,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    let snap = next_sync(&mut stream).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let l = tenant_gauge(&t, lag, "acme").await.expect("a lag gauge");
+    assert!(l >= 0.3, "the snapshot is unacknowledged for 300 ms: {l}");
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
+
+    client
+        .ack(authed(
+            AckRequest {
+                revision: snap.revision,
+                errors: vec![],
+            },
+            &cred,
+        ))
+        .await
+        .expect("ack");
+    assert_eq!(tenant_gauge(&t, lag, "acme").await, Some(0.0));
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
+
+    // A change pushed and not yet acknowledged is lag again; its ack clears it.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "web-closed", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let delta = next_sync(&mut stream).await;
+    assert!(delta.revision > snap.revision);
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
+    assert!(tenant_gauge(&t, lag, "acme").await.expect("gauge") >= 0.0);
+    // An ack of an older revision does not clear a newer push.
+    client
+        .ack(authed(
+            AckRequest {
+                revision: snap.revision,
+                errors: vec![],
+            },
+            &cred,
+        ))
+        .await
+        .expect("ack");
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
+    client
+        .ack(authed(
+            AckRequest {
+                revision: delta.revision,
+                errors: vec![],
+            },
+            &cred,
+        ))
+        .await
+        .expect("ack");
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
+    assert_eq!(tenant_gauge(&t, lag, "acme").await, Some(0.0));
+
+    // A disconnected agent is no longer counted.
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tenant_gauge(&t, lag, "acme").await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauge gone within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

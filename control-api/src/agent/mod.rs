@@ -21,6 +21,10 @@ use weft_proto::v1::{
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Batches of one `ReportFlows` stream queued but not yet stored before the handler waits
+/// for the oldest (and so stops reading the stream).
+const FLOW_BATCHES_IN_FLIGHT: usize = 4;
+
 /// An authenticated node.
 #[derive(Debug, Clone)]
 pub struct NodeCtx {
@@ -194,10 +198,25 @@ impl Agent for AgentService {
         let (origin, tenant_name) = crate::flows::ingest::origin(&self.st.pool, &node)
             .await
             .map_err(status)?;
+        let origin = std::sync::Arc::new(origin);
+        // Batches are pipelined: the next one is read and enriched while earlier ones wait
+        // for the writers. The stream answers OK only once every batch is stored, which
+        // is what the agent takes as delivered.
+        let mut queued = std::collections::VecDeque::new();
         while let Some(batch) = stream.message().await? {
-            reports::flows(&self.st, &node, &origin, &tenant_name, &batch)
-                .await
-                .map_err(status)?;
+            queued.push_back(
+                reports::flows(&self.st, &node, &origin, &tenant_name, &batch)
+                    .await
+                    .map_err(status)?,
+            );
+            if queued.len() > FLOW_BATCHES_IN_FLIGHT {
+                if let Some(q) = queued.pop_front() {
+                    q.stored(&self.st, &tenant_name).await.map_err(status)?;
+                }
+            }
+        }
+        for q in queued {
+            q.stored(&self.st, &tenant_name).await.map_err(status)?;
         }
         Ok(Response::new(ReportResponse {}))
     }

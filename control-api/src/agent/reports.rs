@@ -1,7 +1,8 @@
 //! What agents report: applied revisions, health, the endpoints they run, probe results.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use uuid::Uuid;
 use weft_model::error::FieldError;
@@ -38,46 +39,105 @@ pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    st.metrics.sync_lag.acked(node.id, revision);
     Ok(())
 }
 
-/// Stores one batch of flows, counts it, and accumulates what the agent lost (in
-/// `weft_flows_lost_total` and the node's `health.flows_lost`).
-pub async fn flows(
-    st: &AppState,
+/// Starts counting a `Sync` stream's unacknowledged pushes in the sync-lag metrics, from
+/// what the node has acknowledged so far.
+pub async fn sync_lag_stream<'a>(
+    st: &'a AppState,
     node: &NodeCtx,
-    origin: &crate::flows::Origin,
-    tenant_name: &str,
-    batch: &FlowBatch,
-) -> Result<()> {
-    use crate::metrics::{DropLabels, FlowLabels, LostLabels};
-    let enriched = crate::flows::ingest::enrich(&st.pool, node.tenant_id, batch).await?;
-    if enriched.invalid > 0 {
-        tracing::warn!(node = %node.name, records = enriched.invalid,
-            "flow records with unparseable addresses or ids; counted as lost");
+) -> crate::metrics::SyncLagStream<'a> {
+    let res = async {
+        let mut tx = st.pool.begin().await?;
+        auth::set_tenant(&mut tx, node.tenant_id).await?;
+        let row: (String, i64) = sqlx::query_as(
+            "SELECT t.name, n.applied_revision FROM nodes n JOIN tenants t ON t.id = n.tenant_id \
+             WHERE n.id = $1",
+        )
+        .bind(node.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, ApiError>(row)
     }
-    st.flows.insert_batch(origin, &enriched.flows).await?;
-    for f in &enriched.flows {
-        let protocol = weft_model::flow::Protocol::from_number(u32::from(f.protocol)).name();
-        st.metrics
-            .flows_processed
-            .get_or_create(&FlowLabels {
-                tenant: tenant_name.to_string(),
-                verdict: f.verdict.as_str().to_string(),
-                protocol: protocol.clone(),
-            })
-            .inc();
-        if let Some(r) = f.drop_reason {
+    .await;
+    let (tenant, acked) = res.unwrap_or_else(|e| {
+        // Only the metric's label suffers: the tenant id stands in for its name.
+        tracing::warn!(node = %node.name, error = %e, "could not read the node's tenant name");
+        (node.tenant_id.to_string(), 0)
+    });
+    st.metrics.sync_lag.open(node.id, tenant, acked)
+}
+
+/// A batch handed to the flow writer, with what to count once it is stored.
+pub struct QueuedFlows {
+    pending: crate::flows::writer::Pending,
+    processed: HashMap<(&'static str, String), u64>,
+    drops: HashMap<(&'static str, String), u64>,
+}
+
+impl QueuedFlows {
+    /// Waits until the batch is committed, then counts it.
+    pub async fn stored(self, st: &AppState, tenant_name: &str) -> Result<()> {
+        use crate::metrics::{DropLabels, FlowLabels};
+        self.pending.stored().await?;
+        for ((verdict, protocol), n) in self.processed {
+            st.metrics
+                .flows_processed
+                .get_or_create(&FlowLabels {
+                    tenant: tenant_name.to_string(),
+                    verdict: verdict.to_string(),
+                    protocol,
+                })
+                .inc_by(n);
+        }
+        for ((reason, protocol), n) in self.drops {
             st.metrics
                 .drops
                 .get_or_create(&DropLabels {
                     tenant: tenant_name.to_string(),
-                    reason: r.as_str().to_string(),
+                    reason: reason.to_string(),
                     protocol,
                 })
-                .inc();
+                .inc_by(n);
         }
+        Ok(())
     }
+}
+
+/// Enriches one batch of flows and queues it for storage (waiting while the queue is
+/// full), and accumulates what the agent lost (in `weft_flows_lost_total` and the node's
+/// `health.flows_lost`).
+pub async fn flows(
+    st: &AppState,
+    node: &NodeCtx,
+    origin: &Arc<crate::flows::Origin>,
+    tenant_name: &str,
+    batch: &FlowBatch,
+) -> Result<QueuedFlows> {
+    use crate::metrics::LostLabels;
+    let enriched =
+        crate::flows::ingest::enrich(&st.pool, &st.enrich_cache, node.tenant_id, batch).await?;
+    if enriched.invalid > 0 {
+        tracing::warn!(node = %node.name, records = enriched.invalid,
+            "flow records with unparseable addresses or ids; counted as lost");
+    }
+    // Counted per batch, not per flow: one label set per (verdict, protocol) seen.
+    let mut processed: HashMap<(&'static str, String), u64> = HashMap::new();
+    let mut drops: HashMap<(&'static str, String), u64> = HashMap::new();
+    for f in &enriched.flows {
+        let protocol = weft_model::flow::Protocol::from_number(u32::from(f.protocol)).name();
+        if let Some(r) = f.drop_reason {
+            *drops.entry((r.as_str(), protocol.clone())).or_default() += 1;
+        }
+        *processed.entry((f.verdict.as_str(), protocol)).or_default() += 1;
+    }
+    let pending = st
+        .flow_writer
+        .submit(origin.clone(), enriched.flows)
+        .await?;
     let lost = batch.lost.saturating_add(enriched.invalid);
     if lost > 0 {
         st.metrics
@@ -99,7 +159,11 @@ pub async fn flows(
         .await?;
         tx.commit().await?;
     }
-    Ok(())
+    Ok(QueuedFlows {
+        pending,
+        processed,
+        drops,
+    })
 }
 
 pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<()> {

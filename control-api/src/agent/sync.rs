@@ -29,7 +29,8 @@ pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
     tokio::spawn(async move {
         st.metrics.agents_connected.inc();
         let _connected = Connected(&st);
-        if let Err(e) = produce(&st, &node, resume_from, changes, &tx).await {
+        let lag = super::reports::sync_lag_stream(&st, &node).await;
+        if let Err(e) = produce(&st, &node, resume_from, changes, &tx, &lag).await {
             let _ = tx.send(Err(e)).await;
         }
         tracing::info!(node = %node.name, "sync stream closed");
@@ -43,6 +44,7 @@ async fn produce(
     resume_from: u64,
     mut changes: broadcast::Receiver<Change>,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+    lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
     let (revision, mut last) = state::compute(st, node).await.map_err(status)?;
     // An agent resuming from what this node was last sent gets only the difference (empty
@@ -56,6 +58,7 @@ async fn produce(
     if tx.send(Ok(first)).await.is_err() {
         return Ok(());
     }
+    lag.sent(revision);
     remember(st, node, revision, Some(&last)).await;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
@@ -97,6 +100,7 @@ async fn produce(
                 if tx.send(Ok(msg)).await.is_err() {
                     return Ok(false);
                 }
+                lag.sent(revision);
                 remember(st, node, revision, (!d.is_empty()).then_some(&next)).await;
                 sent_revision = revision;
             }
@@ -186,11 +190,15 @@ async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: Option<&N
 async fn touch(st: &AppState, node: &NodeCtx) {
     let res = async {
         let mut tx = node_tx(st, node).await?;
-        sqlx::query("UPDATE nodes SET last_seen = now() WHERE id = $1")
-            .bind(node.id)
-            .execute(&mut *tx)
-            .await?;
+        // Also learns of acks that went to another replica (sync lag).
+        let acked: i64 = sqlx::query_scalar(
+            "UPDATE nodes SET last_seen = now() WHERE id = $1 RETURNING applied_revision",
+        )
+        .bind(node.id)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
+        st.metrics.sync_lag.acked(node.id, acked);
         Ok::<_, crate::error::ApiError>(())
     }
     .await;

@@ -4,6 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use sqlx::types::Json;
@@ -50,13 +53,199 @@ struct Endpoint {
     identity: Option<u32>,
 }
 
-/// What one batch refers to, looked up once: the cache for the batch.
+/// What one batch refers to, from the cache and the database.
 #[derive(Default)]
 struct Lookup {
     by_id: HashMap<Uuid, Endpoint>,
     by_ip: HashMap<IpAddr, Endpoint>,
-    identities: HashMap<u32, Labels>,
+    identities: HashMap<u32, Arc<Labels>>,
     services: HashMap<Uuid, String>,
+}
+
+/// The keys a batch refers to.
+#[derive(Default)]
+struct Keys {
+    ids: HashSet<Uuid>,
+    ips: HashSet<IpAddr>,
+    identities: HashSet<u32>,
+    services: HashSet<Uuid>,
+}
+
+impl Keys {
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.ips.is_empty()
+            && self.identities.is_empty()
+            && self.services.is_empty()
+    }
+}
+
+/// How long a tenant's cached lookups are trusted without any change being announced.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Entries per tenant (addresses of the world included) before its cache starts over.
+const CACHE_MAX_ENTRIES: usize = 100_000;
+
+/// Endpoints (by id and by address), identities' labels and services' names as ingest
+/// last read them, per tenant, absent ones included (most addresses a node sees are the
+/// world's). Without it every batch costs three lookups; with it, a steady stream of
+/// flows costs none. Every desired-state change of a tenant clears the tenant's entry
+/// ([`EnrichCache::spawn_invalidation`]: endpoint reports, services and identities all
+/// bump the revision), and entries older than [`CACHE_TTL`] are read again anyway.
+#[derive(Default)]
+pub struct EnrichCache {
+    tenants: Mutex<HashMap<Uuid, TenantCache>>,
+    /// Bumped by every invalidation: a lookup that raced one is used once, not kept.
+    epoch: AtomicU64,
+}
+
+struct TenantCache {
+    born: Instant,
+    by_id: HashMap<Uuid, Option<Endpoint>>,
+    by_ip: HashMap<IpAddr, Option<Endpoint>>,
+    identities: HashMap<u32, Option<Arc<Labels>>>,
+    services: HashMap<Uuid, Option<String>>,
+}
+
+impl TenantCache {
+    fn new() -> Self {
+        TenantCache {
+            born: Instant::now(),
+            by_id: HashMap::new(),
+            by_ip: HashMap::new(),
+            identities: HashMap::new(),
+            services: HashMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len() + self.by_ip.len() + self.identities.len() + self.services.len()
+    }
+
+    /// Copies what is cached into `out` and returns what is not.
+    fn fill(&self, want: Keys, out: &mut Lookup) -> Keys {
+        let mut missing = Keys::default();
+        let mut identities = want.identities;
+        let hit = |ep: &Endpoint, identities: &mut HashSet<u32>| {
+            if let Some(n) = ep.identity.filter(|&n| identity::is_allocated(n)) {
+                identities.insert(n);
+            }
+        };
+        for id in want.ids {
+            match self.by_id.get(&id) {
+                Some(Some(ep)) => {
+                    hit(ep, &mut identities);
+                    out.by_id.insert(id, ep.clone());
+                }
+                Some(None) => {}
+                None => {
+                    missing.ids.insert(id);
+                }
+            }
+        }
+        for ip in want.ips {
+            match self.by_ip.get(&ip) {
+                Some(Some(ep)) => {
+                    hit(ep, &mut identities);
+                    out.by_ip.insert(ip, ep.clone());
+                }
+                Some(None) => {}
+                None => {
+                    missing.ips.insert(ip);
+                }
+            }
+        }
+        for n in identities {
+            match self.identities.get(&n) {
+                Some(Some(l)) => {
+                    out.identities.insert(n, l.clone());
+                }
+                Some(None) => {}
+                None => {
+                    missing.identities.insert(n);
+                }
+            }
+        }
+        for s in want.services {
+            match self.services.get(&s) {
+                Some(Some(name)) => {
+                    out.services.insert(s, name.clone());
+                }
+                Some(None) => {}
+                None => {
+                    missing.services.insert(s);
+                }
+            }
+        }
+        missing
+    }
+
+    /// Remembers what the database answered for `asked`, absences included.
+    fn record(&mut self, asked: &Keys, found: &Lookup) {
+        for (id, ep) in &found.by_id {
+            self.by_id.insert(*id, Some(ep.clone()));
+        }
+        for (ip, ep) in &found.by_ip {
+            self.by_ip.insert(*ip, Some(ep.clone()));
+        }
+        for (n, l) in &found.identities {
+            self.identities.insert(*n, Some(l.clone()));
+        }
+        for (s, name) in &found.services {
+            self.services.insert(*s, Some(name.clone()));
+        }
+        for id in &asked.ids {
+            self.by_id.entry(*id).or_insert(None);
+        }
+        for ip in &asked.ips {
+            self.by_ip.entry(*ip).or_insert(None);
+        }
+        for n in &asked.identities {
+            self.identities.entry(*n).or_insert(None);
+        }
+        for s in &asked.services {
+            self.services.entry(*s).or_insert(None);
+        }
+    }
+}
+
+impl EnrichCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, TenantCache>> {
+        // A panic while holding it leaves plain maps behind: still usable.
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets one tenant's lookups (`None`: every tenant's).
+    pub fn invalidate(&self, tenant: Option<Uuid>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut map = self.lock();
+        match tenant {
+            Some(t) => {
+                map.remove(&t);
+            }
+            None => map.clear(),
+        }
+    }
+
+    /// Clears a tenant's entry on each of its committed changes, and everything when
+    /// changes may have been missed (a lagging receiver, a reconnected listener).
+    pub fn spawn_invalidation(
+        self: &Arc<Self>,
+        mut changes: tokio::sync::broadcast::Receiver<crate::changes::Change>,
+    ) {
+        let cache = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let tenant = match changes.recv().await {
+                    Ok(c) => c.tenant,
+                    Err(RecvError::Lagged(_)) => None,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(cache) = cache.upgrade() else { return };
+                cache.invalidate(tenant);
+            }
+        });
+    }
 }
 
 /// A flow as received, its fields parsed.
@@ -92,7 +281,7 @@ fn parse(f: &Flow) -> Option<Parsed<'_>> {
 }
 
 /// Labels shown for a reserved identity (Cilium's `reserved:` source).
-fn reserved_labels(n: u32) -> Labels {
+fn reserved_labels(n: u32) -> Arc<Labels> {
     let name = match n {
         identity::HOST => "host",
         identity::WORLD => "world",
@@ -102,9 +291,9 @@ fn reserved_labels(n: u32) -> Labels {
         identity::REMOTE_NODE => "remote-node",
         identity::KUBE_APISERVER => "kube-apiserver",
         identity::INGRESS => "ingress",
-        _ => return Labels::new(),
+        _ => return Arc::default(),
     };
-    [(format!("reserved:{name}"), String::new())].into()
+    Arc::new([(format!("reserved:{name}"), String::new())].into())
 }
 
 /// The enriched flows of a batch, and how many records were unusable (bad addresses or
@@ -117,10 +306,15 @@ pub struct Enriched {
 /// Parses and enriches a batch within the node's tenant. Agent clocks are trusted within
 /// a day back and an hour ahead; outside that (no partition may exist) the receive time
 /// is used.
-pub async fn enrich(pool: &PgPool, tenant: Uuid, batch: &FlowBatch) -> Result<Enriched> {
+pub async fn enrich(
+    pool: &PgPool,
+    cache: &EnrichCache,
+    tenant: Uuid,
+    batch: &FlowBatch,
+) -> Result<Enriched> {
     let parsed: Vec<Parsed<'_>> = batch.flows.iter().filter_map(parse).collect();
     let invalid = (batch.flows.len() - parsed.len()) as u64;
-    let lookup = look_up(pool, tenant, &parsed).await?;
+    let lookup = look_up_cached(pool, cache, tenant, &parsed).await?;
     let now = Utc::now();
     let flows = parsed
         .iter()
@@ -185,40 +379,76 @@ fn peer(l: &Lookup, ip: IpAddr, port: u16, ep: Option<Uuid>, identity: u32) -> N
 
 type EndpointRow = (Uuid, String, Option<String>, Option<String>, Option<i64>);
 
-async fn look_up(pool: &PgPool, tenant: Uuid, flows: &[Parsed<'_>]) -> Result<Lookup> {
-    let mut ids = HashSet::new();
-    let mut ips = HashSet::new();
-    let mut services = HashSet::new();
-    let mut identities: HashSet<i64> = HashSet::new();
+/// The batch's lookups: from the tenant's cache, the rest from the database (and then
+/// cached, unless an invalidation raced the read).
+async fn look_up_cached(
+    pool: &PgPool,
+    cache: &EnrichCache,
+    tenant: Uuid,
+    flows: &[Parsed<'_>],
+) -> Result<Lookup> {
+    let mut keys = Keys::default();
     for p in flows {
-        ids.extend(p.src_ep);
-        ids.extend(p.dst_ep);
-        ips.insert(p.src_ip);
-        ips.insert(p.dst_ip);
-        services.extend(p.service);
+        keys.ids.extend(p.src_ep);
+        keys.ids.extend(p.dst_ep);
+        keys.ips.insert(p.src_ip);
+        keys.ips.insert(p.dst_ip);
+        keys.services.extend(p.service);
         for n in [p.raw.src_identity, p.raw.dst_identity] {
             if identity::is_allocated(n) {
-                identities.insert(i64::from(n));
+                keys.identities.insert(n);
             }
         }
     }
     let mut out = Lookup::default();
-    if flows.is_empty() {
+    let (epoch, missing) = {
+        let epoch = cache.epoch.load(Ordering::SeqCst);
+        let mut map = cache.lock();
+        let tc = map.entry(tenant).or_insert_with(TenantCache::new);
+        if tc.born.elapsed() > CACHE_TTL || tc.len() > CACHE_MAX_ENTRIES {
+            *tc = TenantCache::new();
+        }
+        (epoch, tc.fill(keys, &mut out))
+    };
+    if missing.is_empty() {
         return Ok(out);
     }
+    let found = look_up(pool, tenant, &missing).await?;
+    {
+        let mut map = cache.lock();
+        if cache.epoch.load(Ordering::SeqCst) == epoch {
+            map.entry(tenant)
+                .or_insert_with(TenantCache::new)
+                .record(&missing, &found);
+        }
+    }
+    out.by_id.extend(found.by_id);
+    out.by_ip.extend(found.by_ip);
+    out.identities.extend(found.identities);
+    out.services.extend(found.services);
+    Ok(out)
+}
+
+async fn look_up(pool: &PgPool, tenant: Uuid, keys: &Keys) -> Result<Lookup> {
+    let mut identities: HashSet<i64> = keys.identities.iter().map(|&n| i64::from(n)).collect();
+    let mut out = Lookup::default();
     let mut tx = pool.begin().await?;
     set_tenant(&mut tx, tenant).await?;
-    let ids: Vec<Uuid> = ids.into_iter().collect();
-    let ips: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-    let rows: Vec<EndpointRow> = sqlx::query_as(
-        "SELECT id, name, host(ipv4), host(ipv6), identity FROM endpoints \
-         WHERE tenant_id = $1 AND (id = ANY($2) OR ipv4 = ANY($3::inet[]) OR ipv6 = ANY($3::inet[]))",
-    )
-    .bind(tenant)
-    .bind(&ids)
-    .bind(&ips)
-    .fetch_all(&mut *tx)
-    .await?;
+    let ids: Vec<Uuid> = keys.ids.iter().copied().collect();
+    let ips: Vec<String> = keys.ips.iter().map(IpAddr::to_string).collect();
+    let rows: Vec<EndpointRow> = if ids.is_empty() && ips.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT id, name, host(ipv4), host(ipv6), identity FROM endpoints \
+             WHERE tenant_id = $1 AND (id = ANY($2) OR ipv4 = ANY($3::inet[]) OR ipv6 = ANY($3::inet[]))",
+        )
+        .bind(tenant)
+        .bind(&ids)
+        .bind(&ips)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     for (id, name, v4, v6, ident) in rows {
         let ep = Endpoint {
             id,
@@ -246,11 +476,11 @@ async fn look_up(pool: &PgPool, tenant: Uuid, flows: &[Parsed<'_>]) -> Result<Lo
         .await?;
         for (n, labels) in rows {
             if let Ok(n) = u32::try_from(n) {
-                out.identities.insert(n, labels.0);
+                out.identities.insert(n, Arc::new(labels.0));
             }
         }
     }
-    let services: Vec<Uuid> = services.into_iter().collect();
+    let services: Vec<Uuid> = keys.services.iter().copied().collect();
     if !services.is_empty() {
         let rows: Vec<(Uuid, String)> =
             sqlx::query_as("SELECT id, name FROM services WHERE tenant_id = $1 AND id = ANY($2)")

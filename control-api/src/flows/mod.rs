@@ -1,10 +1,13 @@
-//! Flow visibility: what agents report is enriched ([`ingest`]), stored behind
-//! [`FlowStore`] (Postgres today, [`pg`]), announced to every replica (NOTIFY on
+//! Flow visibility: what agents report is enriched ([`ingest`]), queued for a few
+//! writers ([`writer`]), stored behind [`FlowStore`] (Postgres today, [`pg`], in packed
+//! [`block`]s), announced to every replica (NOTIFY on
 //! [`NOTICE_CHANNEL`], [`spawn_notice_listener`]) for live streams, and aged out by
 //! dropping daily partitions ([`spawn_maintenance`]).
 
+pub mod block;
 pub mod ingest;
 pub mod pg;
+pub mod writer;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,7 +35,8 @@ pub struct NewPeer {
     pub endpoint_id: Option<Uuid>,
     pub endpoint_name: Option<String>,
     pub identity: u32,
-    pub labels: Labels,
+    /// Shared with the enrichment cache: the same few label sets recur in every batch.
+    pub labels: Arc<Labels>,
 }
 
 /// A flow ready to store.
@@ -170,6 +174,9 @@ pub struct ServiceMap {
 pub trait FlowStore: Send + Sync {
     /// Stores one batch of a node's flows and announces it to every replica.
     async fn insert_batch(&self, origin: &Origin, flows: &[NewFlow]) -> Result<Option<Notice>>;
+    /// Stores several nodes' batches in one transaction (the ingest writers coalesce what
+    /// is waiting): one batch number and one notice per tenant, in order of appearance.
+    async fn insert_batches(&self, batches: &[(&Origin, &[NewFlow])]) -> Result<Vec<Notice>>;
     /// One page, newest first, strictly older than `after`; `limit + 1` rows at most are
     /// read so the caller can tell whether there is more.
     async fn query(

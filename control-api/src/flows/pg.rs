@@ -1,17 +1,19 @@
-//! The Postgres flow store: one multi-row `INSERT … SELECT FROM unnest(…)` per batch
-//! (arrays bound per column), queries translated from [`FlowFilter`] with bind parameters
-//! only, and the service map aggregated in SQL.
+//! The Postgres flow store: flows are kept in [`block`](super::block)s, one row per
+//! node's batch, in the daily partitions of `flow_blocks`. A list walks the tenant's
+//! blocks newest first (by their newest flow), skips those whose keys rule the filter
+//! out, unpacks the rest and merges their flows into one newest-first page; the service
+//! map sums the edges each block carries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
+use sqlx::{FromRow, PgPool, QueryBuilder};
 use uuid::Uuid;
-use weft_model::flow::{Criterion, FlowFilter, FlowRecord, Peer, Protocol, Side, TcpFlags};
+use weft_model::flow::{Criterion, FlowFilter, FlowRecord};
 use weft_model::labels::Labels;
-use weft_model::selector::{normalize_selector_key, LabelSelector, SelectorOperator};
 
+use super::block::{self, Decoded, EdgeAgg, EdgeMap};
 use super::{Cursor, FlowStore, MapEdge, MapNode, NewFlow, Notice, Origin, ServiceMap};
 use crate::auth::set_tenant;
 use crate::error::{ApiError, Result};
@@ -27,289 +29,150 @@ impl PgFlowStore {
     }
 }
 
-/// Columns read back into a [`FlowRecord`].
-const SELECT: &str = "SELECT time, id, verdict, drop_reason, \
-    host(src_ip) AS src_ip, src_port, src_endpoint_name, src_identity, src_labels, \
-    host(dst_ip) AS dst_ip, dst_port, dst_endpoint_name, dst_identity, dst_labels, \
-    protocol, node_name, cluster_name, service_name, direction, observation_point, \
-    tcp_flags, bytes, packets, count FROM flows";
+/// Blocks a list reads per round trip: few first (a page of recent flows usually needs one
+/// or two blocks), more while a selective filter keeps finding little.
+const FIRST_FETCH: i64 = 2;
+const MAX_FETCH: i64 = 64;
 
 #[derive(FromRow)]
-struct Row {
-    time: DateTime<Utc>,
+struct BlockRow {
     id: i64,
-    verdict: String,
-    drop_reason: Option<String>,
-    src_ip: String,
-    src_port: i32,
-    src_endpoint_name: Option<String>,
-    src_identity: i64,
-    src_labels: Json<Labels>,
-    dst_ip: String,
-    dst_port: i32,
-    dst_endpoint_name: Option<String>,
-    dst_identity: i64,
-    dst_labels: Json<Labels>,
-    protocol: i16,
+    max_time: DateTime<Utc>,
     node_name: String,
     cluster_name: String,
-    service_name: Option<String>,
-    direction: String,
-    observation_point: String,
-    tcp_flags: i16,
-    bytes: i64,
-    packets: i64,
-    count: i64,
+    data: Vec<u8>,
 }
 
-impl Row {
-    fn into_record(self) -> Result<(FlowRecord, Cursor)> {
-        let bad =
-            |what: &str| ApiError::Internal(anyhow::anyhow!("stored flow {}: {what}", self.id));
-        let peer =
-            |ip: &str, port: i32, endpoint: Option<String>, identity: i64, labels: Labels| {
-                Ok::<_, ApiError>(Peer {
-                    endpoint,
-                    identity: u32::try_from(identity).map_err(|_| bad("identity"))?,
-                    labels,
-                    ip: ip.parse().map_err(|_| bad("ip"))?,
-                    port: u16::try_from(port).map_err(|_| bad("port"))?,
-                })
-            };
-        let record = FlowRecord {
-            time: self.time,
-            verdict: self.verdict.parse().map_err(|_| bad("verdict"))?,
-            drop_reason: self
-                .drop_reason
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|_| bad("drop_reason"))?,
-            source: peer(
-                &self.src_ip,
-                self.src_port,
-                self.src_endpoint_name.clone(),
-                self.src_identity,
-                self.src_labels.0.clone(),
-            )?,
-            destination: peer(
-                &self.dst_ip,
-                self.dst_port,
-                self.dst_endpoint_name.clone(),
-                self.dst_identity,
-                self.dst_labels.0.clone(),
-            )?,
-            protocol: Protocol::from_number(u32::from(self.protocol as u8)),
-            node: self.node_name.clone(),
-            cluster: self.cluster_name.clone(),
-            service: self.service_name.clone(),
-            direction: self.direction.clone(),
-            observation_point: self.observation_point.clone(),
-            tcp_flags: TcpFlags(self.tcp_flags as u8),
-            bytes: self.bytes.unsigned_abs(),
-            packets: self.packets.unsigned_abs(),
-            count: self.count.unsigned_abs(),
-        };
-        Ok((
-            record,
-            Cursor {
-                time: self.time,
-                id: self.id,
-            },
-        ))
+impl BlockRow {
+    fn decode(&self, keep: impl FnMut(&FlowRecord, i64) -> bool) -> Result<Vec<Decoded>> {
+        block::decode(self.id, &self.node_name, &self.cluster_name, &self.data, keep)
+            .map_err(|e| ApiError::Internal(e.into()))
     }
 }
 
-/// Appends ` AND <filter>` for every part of the filter. Values are always bound.
-pub fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &FlowFilter) {
+/// Appends the block-level part of a filter: time bounds, node and cluster (a block is
+/// one node's), and for each keyed criterion "has at least one of its keys".
+fn push_block_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, f: &FlowFilter) {
     if let Some(s) = f.since {
-        qb.push(" AND time >= ").push_bind(s);
+        qb.push(" AND max_time >= ").push_bind(s);
     }
     if let Some(u) = f.until {
-        qb.push(" AND time < ").push_bind(u);
+        qb.push(" AND min_time < ").push_bind(u);
     }
     for c in &f.include {
-        // NULL rejects the row like false here; left bare, the condition can use indexes.
-        qb.push(" AND (");
-        push_criterion(qb, c);
-        qb.push(")");
+        match c {
+            Criterion::Node(ns) => {
+                qb.push(" AND node_name = ANY(").push_bind(ns.clone()).push(")");
+            }
+            Criterion::Cluster(cs) => {
+                qb.push(" AND cluster_name = ANY(")
+                    .push_bind(cs.clone())
+                    .push(")");
+            }
+            _ => {}
+        }
     }
     for c in &f.exclude {
-        // Under NOT, NULL must count as "did not match" (as in memory).
-        qb.push(" AND NOT coalesce((");
-        push_criterion(qb, c);
-        qb.push("), false)");
+        match c {
+            Criterion::Node(ns) => {
+                qb.push(" AND NOT node_name = ANY(")
+                    .push_bind(ns.clone())
+                    .push(")");
+            }
+            Criterion::Cluster(cs) => {
+                qb.push(" AND NOT cluster_name = ANY(")
+                    .push_bind(cs.clone())
+                    .push(")");
+            }
+            _ => {}
+        }
+    }
+    for any in block::required_keys(&f.include) {
+        qb.push(" AND keys && ").push_bind(any).push("::text[]");
     }
 }
 
-/// One criterion as a boolean (NULL where a column is NULL: the caller decides).
-fn push_criterion(qb: &mut QueryBuilder<'_, Postgres>, c: &Criterion) {
-    match c {
-        Criterion::Label(side, sels) => per_side(qb, *side, |qb, p| {
-            qb.push("(false");
-            for s in sels {
-                qb.push(" OR ");
-                push_selector(qb, &format!("{p}_labels"), s);
-            }
-            qb.push(")");
-        }),
-        Criterion::Identity(side, ids) => per_side(qb, *side, |qb, p| {
-            let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-            qb.push(format!("{p}_identity = ANY("))
-                .push_bind(ids)
-                .push(")");
-        }),
-        Criterion::Endpoint(side, names) => per_side(qb, *side, |qb, p| {
-            push_in(qb, &format!("{p}_endpoint_name"), names);
-        }),
-        Criterion::Ip(side, nets) => per_side(qb, *side, |qb, p| {
-            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-            qb.push(format!("{p}_ip <<= ANY("))
-                .push_bind(nets)
-                .push("::inet[])");
-        }),
-        Criterion::Port(side, ports) => per_side(qb, *side, |qb, p| {
-            let ports: Vec<i32> = ports.iter().map(|&p| i32::from(p)).collect();
-            qb.push(format!("{p}_port = ANY("))
-                .push_bind(ports)
-                .push(")");
-        }),
-        Criterion::Protocol(ps) => {
-            let ps: Vec<i16> = ps.iter().map(|p| i16::from(p.number())).collect();
-            qb.push("protocol = ANY(").push_bind(ps).push(")");
-        }
-        Criterion::Verdict(vs) => {
-            let vs: Vec<String> = vs.iter().map(|v| v.as_str().to_string()).collect();
-            push_in(qb, "verdict", &vs);
-        }
-        Criterion::DropReason(rs) => {
-            let rs: Vec<String> = rs.iter().map(|r| r.as_str().to_string()).collect();
-            qb.push("drop_reason = ANY(").push_bind(rs).push(")");
-        }
-        Criterion::Node(ns) => {
-            qb.push("node_name = ANY(").push_bind(ns.clone()).push(")");
-        }
-        Criterion::Cluster(cs) => {
-            qb.push("cluster_name = ANY(")
-                .push_bind(cs.clone())
-                .push(")");
-        }
-        Criterion::Service(ss) => {
-            qb.push("service_name = ANY(")
-                .push_bind(ss.clone())
-                .push(")");
-        }
-        Criterion::TcpFlags(fs) => {
-            qb.push("(false");
-            for f in fs {
-                let m = i16::from(f.0);
-                qb.push(" OR tcp_flags & ")
-                    .push_bind(m)
-                    .push(" = ")
-                    .push_bind(m);
-            }
-            qb.push(")");
-        }
-    }
-}
-
-/// `column = $1` for one value (an index walks it in time order), `= ANY($1)` for more.
-fn push_in(qb: &mut QueryBuilder<'_, Postgres>, column: &str, values: &[String]) {
-    match values {
-        [one] => {
-            qb.push(format!("{column} = ")).push_bind(one.clone());
-        }
-        many => {
-            qb.push(format!("{column} = ANY("))
-                .push_bind(many.to_vec())
-                .push(")");
-        }
-    }
-}
-
-fn per_side(
-    qb: &mut QueryBuilder<'_, Postgres>,
-    side: Side,
-    mut one: impl FnMut(&mut QueryBuilder<'_, Postgres>, &str),
-) {
-    match side {
-        Side::Source => one(qb, "src"),
-        Side::Destination => one(qb, "dst"),
-        Side::Either => {
-            qb.push("(");
-            one(qb, "src");
-            qb.push(" OR ");
-            one(qb, "dst");
-            qb.push(")");
-        }
-    }
-}
-
-/// A label selector over a jsonb column, with the same key normalisation as in memory.
-fn push_selector(qb: &mut QueryBuilder<'_, Postgres>, column: &str, sel: &LabelSelector) {
-    qb.push("(true");
-    for (k, v) in &sel.match_labels {
-        qb.push(format!(" AND {column}->>"))
-            .push_bind(normalize_selector_key(k).to_string())
-            .push(" = ")
-            .push_bind(v.clone());
-    }
-    for r in &sel.match_expressions {
-        let key = normalize_selector_key(&r.key).to_string();
-        match r.operator {
-            SelectorOperator::In => {
-                qb.push(format!(" AND coalesce({column}->>"))
-                    .push_bind(key)
-                    .push(" = ANY(")
-                    .push_bind(r.values.clone())
-                    .push("), false)");
-            }
-            SelectorOperator::NotIn => {
-                qb.push(format!(" AND NOT coalesce({column}->>"))
-                    .push_bind(key)
-                    .push(" = ANY(")
-                    .push_bind(r.values.clone())
-                    .push("), false)");
-            }
-            SelectorOperator::Exists => {
-                qb.push(format!(" AND {column} ? ")).push_bind(key);
-            }
-            SelectorOperator::DoesNotExist => {
-                qb.push(format!(" AND NOT {column} ? ")).push_bind(key);
-            }
-        }
-    }
-    qb.push(")");
+/// Newest first: by time, then id.
+fn newer(a: &Decoded, b: &Decoded) -> std::cmp::Ordering {
+    (b.record.time, b.id).cmp(&(a.record.time, a.id))
 }
 
 #[tonic::async_trait]
 impl FlowStore for PgFlowStore {
     async fn insert_batch(&self, o: &Origin, flows: &[NewFlow]) -> Result<Option<Notice>> {
-        let (Some(min_time), Some(max_time)) = (
-            flows.iter().map(|f| f.time).min(),
-            flows.iter().map(|f| f.time).max(),
-        ) else {
-            return Ok(None);
-        };
+        Ok(self.insert_batches(&[(o, flows)]).await?.pop())
+    }
+
+    async fn insert_batches(&self, batches: &[(&Origin, &[NewFlow])]) -> Result<Vec<Notice>> {
+        // Packed before the transaction: the connection is held for the writes only.
+        let mut blocks: Vec<(&Origin, block::Encoded)> = Vec::new();
+        for (o, flows) in batches {
+            for chunk in flows.chunks(block::MAX_FLOWS) {
+                blocks.extend(block::encode(chunk).map(|b| (*o, b)));
+            }
+        }
+        // Tenants in order of first appearance; each gets one batch number and one notice.
+        let mut tenants: Vec<Uuid> = Vec::new();
+        for (o, _) in &blocks {
+            if !tenants.contains(&o.tenant_id) {
+                tenants.push(o.tenant_id);
+            }
+        }
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        set_tenant(&mut tx, o.tenant_id).await?;
-        let batch: i64 = sqlx::query_scalar("SELECT nextval('flow_batches_seq')")
-            .fetch_one(&mut *tx)
-            .await?;
-        insert_rows(&mut tx, o, batch, flows).await?;
-        let notice = Notice {
-            tenant: o.tenant_id,
-            batch,
-            min_time,
-            max_time,
-        };
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::NOTICE_CHANNEL)
-            .bind(notice.payload())
+        // Flows are telemetry: a crash may lose the last few hundred milliseconds of
+        // committed batches (never a torn one), and in exchange a commit does not wait for
+        // the WAL flush. Only this transaction is relaxed: tenant configuration, audit and
+        // everything else commit synchronously.
+        sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
+        let mut notices = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            set_tenant(&mut tx, tenant).await?;
+            let batch: i64 = sqlx::query_scalar("SELECT nextval('flow_batches_seq')")
+                .fetch_one(&mut *tx)
+                .await?;
+            let mine: Vec<&(&Origin, block::Encoded)> = blocks
+                .iter()
+                .filter(|(o, _)| o.tenant_id == tenant)
+                .collect();
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO flow_blocks (tenant_id, batch, min_time, max_time, node_id, \
+                 node_name, cluster_id, cluster_name, flows, keys, edges, data) ",
+            );
+            qb.push_values(&mine, |mut row, (o, b)| {
+                row.push_bind(tenant)
+                    .push_bind(batch)
+                    .push_bind(b.min_time)
+                    .push_bind(b.max_time)
+                    .push_bind(o.node_id)
+                    .push_bind(&o.node_name)
+                    .push_bind(o.cluster_id)
+                    .push_bind(&o.cluster_name)
+                    .push_bind(i32::try_from(b.flows).unwrap_or(i32::MAX))
+                    .push_bind(&b.keys)
+                    .push_bind(Json(&b.edges))
+                    .push_bind(&b.data);
+            });
+            qb.build().execute(&mut *tx).await?;
+            let notice = Notice {
+                tenant,
+                batch,
+                min_time: mine.iter().map(|(_, b)| b.min_time).min().unwrap_or_default(),
+                max_time: mine.iter().map(|(_, b)| b.max_time).max().unwrap_or_default(),
+            };
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::NOTICE_CHANNEL)
+                .bind(notice.payload())
+                .execute(&mut *tx)
+                .await?;
+            notices.push(notice);
+        }
         tx.commit().await?;
-        Ok(Some(notice))
+        Ok(notices)
     }
 
     async fn query(
@@ -319,32 +182,85 @@ impl FlowStore for PgFlowStore {
         after: Option<Cursor>,
         limit: u32,
     ) -> Result<Vec<(FlowRecord, Cursor)>> {
-        let mut qb = QueryBuilder::new(SELECT);
-        qb.push(" WHERE tenant_id = ").push_bind(tenant);
-        push_filter(&mut qb, filter);
-        if let Some(c) = after {
-            qb.push(" AND (time, id) < (")
-                .push_bind(c.time)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
-        }
-        qb.push(" ORDER BY time DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
+        let want = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let keep = |r: &FlowRecord, id: i64| {
+            after.is_none_or(|c| (r.time, id) < (c.time, c.id)) && filter.matches(r)
+        };
+        let mut out: Vec<Decoded> = Vec::new();
+        // Flows of blocks read so far that may still be in the page, newest first: only
+        // the `want - out.len()` newest can ever be, so it never holds more than a page.
+        let mut pending: Vec<Decoded> = Vec::new();
+        let mut ahead: VecDeque<BlockRow> = VecDeque::new();
+        let mut last: Option<(DateTime<Utc>, i64)> = None;
+        let mut fetch = FIRST_FETCH;
+        let mut exhausted = false;
         let mut tx = self.pool.begin().await?;
         set_tenant(&mut tx, tenant).await?;
-        let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *tx).await?;
+        loop {
+            if ahead.is_empty() && !exhausted {
+                let mut qb = QueryBuilder::new(
+                    "SELECT id, max_time, node_name, cluster_name, data FROM flow_blocks \
+                     WHERE tenant_id = ",
+                );
+                qb.push_bind(tenant);
+                push_block_filter(&mut qb, filter);
+                if let Some(c) = after {
+                    qb.push(" AND min_time <= ").push_bind(c.time);
+                }
+                if let Some((t, id)) = last {
+                    qb.push(" AND (max_time, id) < (")
+                        .push_bind(t)
+                        .push(", ")
+                        .push_bind(id)
+                        .push(")");
+                }
+                qb.push(" ORDER BY max_time DESC, id DESC LIMIT ")
+                    .push_bind(fetch);
+                let rows: Vec<BlockRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                exhausted = (rows.len() as i64) < fetch;
+                fetch = (fetch * 2).min(MAX_FETCH);
+                last = rows.last().map(|b| (b.max_time, b.id));
+                ahead.extend(rows);
+            }
+            // Unread blocks hold nothing newer than the next one's newest flow: what is
+            // newer than that is final.
+            let bound = ahead.front().map(|b| b.max_time);
+            let ready = pending
+                .iter()
+                .take_while(|d| bound.is_none_or(|m| d.record.time > m))
+                .count();
+            out.extend(pending.drain(..ready.min(want - out.len())));
+            if out.len() >= want {
+                break;
+            }
+            let Some(b) = ahead.pop_front() else { break };
+            pending.extend(b.decode(&keep)?);
+            pending.sort_by(newer);
+            pending.truncate(want - out.len());
+        }
         tx.commit().await?;
-        rows.into_iter().map(Row::into_record).collect()
+        Ok(out
+            .into_iter()
+            .map(|d| {
+                let cursor = Cursor {
+                    time: d.record.time,
+                    id: d.id,
+                };
+                (d.record, cursor)
+            })
+            .collect())
     }
 
     async fn read_batch(&self, n: &Notice) -> Result<Vec<FlowRecord>> {
         let mut tx = self.pool.begin().await?;
         set_tenant(&mut tx, n.tenant).await?;
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE tenant_id = $1 AND time >= $2 AND time <= $3 AND batch = $4 \
-             ORDER BY time, id"
-        ))
+        let rows: Vec<BlockRow> = sqlx::query_as(
+            "SELECT id, max_time, node_name, cluster_name, data FROM flow_blocks \
+             WHERE tenant_id = $1 AND max_time >= $2 AND min_time <= $3 AND batch = $4 \
+             ORDER BY id",
+        )
         .bind(n.tenant)
         .bind(n.min_time)
         .bind(n.max_time)
@@ -352,81 +268,60 @@ impl FlowStore for PgFlowStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.into_iter()
-            .map(|r| r.into_record().map(|(f, _)| f))
-            .collect()
+        let mut flows = Vec::new();
+        for b in &rows {
+            flows.extend(b.decode(|_, _| true)?);
+        }
+        flows.sort_by(|a, b| newer(b, a));
+        Ok(flows.into_iter().map(|d| d.record).collect())
     }
 
     async fn service_map(&self, tenant: Uuid, since: DateTime<Utc>) -> Result<ServiceMap> {
         let mut tx = self.pool.begin().await?;
         set_tenant(&mut tx, tenant).await?;
-        let rows: Vec<EdgeRow> = sqlx::query_as(SERVICE_MAP)
-            .bind(tenant)
-            .bind(since)
-            .fetch_all(&mut *tx)
-            .await?;
+        // Blocks wholly inside the window contribute the edges computed at ingest; one
+        // that straddles its start is unpacked to count only its flows since then.
+        type MapRow = (
+            i64,
+            String,
+            String,
+            Option<Json<Vec<EdgeAgg>>>,
+            Option<Vec<u8>>,
+        );
+        let rows: Vec<MapRow> = sqlx::query_as(
+            "SELECT id, node_name, cluster_name, \
+                CASE WHEN min_time >= $2 THEN edges END, \
+                CASE WHEN min_time < $2 THEN data END \
+             FROM flow_blocks WHERE tenant_id = $1 AND max_time >= $2",
+        )
+        .bind(tenant)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(build_map(rows))
+        let mut map = EdgeMap::default();
+        for (id, node, cluster, edges, data) in rows {
+            if let Some(Json(edges)) = edges {
+                map.merge(edges);
+            } else if let Some(data) = data {
+                let flows = block::decode(id, &node, &cluster, &data, |r, _| r.time >= since)
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+                for f in &flows {
+                    map.add_decoded(f);
+                }
+            }
+        }
+        Ok(build_map(map.into_edges()))
     }
 }
 
-/// Every flow becomes an edge from its source vertex to its destination vertex; a flow
-/// through a load-balanced service goes to the service's vertex. Workloads are keyed by
-/// identity (same labels, same vertex, across endpoints), reserved identities collapse to
-/// `host` (1) and `world` (everything else below 256).
-const SERVICE_MAP: &str = "WITH f AS (
-    SELECT
-        CASE WHEN src_identity >= 256 THEN 'identity:' || src_identity
-             WHEN src_identity = 1 THEN 'host' ELSE 'world' END AS s,
-        CASE WHEN service_id IS NOT NULL THEN 'service:' || service_id
-             WHEN dst_identity >= 256 THEN 'identity:' || dst_identity
-             WHEN dst_identity = 1 THEN 'host' ELSE 'world' END AS d,
-        src_identity, src_labels, src_endpoint_name,
-        dst_identity, dst_labels, dst_endpoint_name, service_name,
-        service_id IS NOT NULL AS via_service,
-        verdict, dst_port, count, bytes
-    FROM flows WHERE tenant_id = $1 AND time >= $2
-)
-SELECT s, d,
-    sum(count)::bigint AS connections,
-    sum(bytes)::bigint AS bytes,
-    coalesce(sum(count) FILTER (WHERE verdict IN ('FORWARDED', 'REDIRECTED', 'TRANSLATED')), 0)::bigint AS forwarded,
-    coalesce(sum(count) FILTER (WHERE verdict = 'DROPPED'), 0)::bigint AS dropped,
-    array_agg(DISTINCT dst_port ORDER BY dst_port) AS ports,
-    min(src_identity) AS src_identity,
-    (array_agg(src_labels))[1] AS src_labels,
-    min(src_endpoint_name) AS src_name,
-    bool_or(via_service) AS via_service,
-    min(dst_identity) AS dst_identity,
-    (array_agg(dst_labels))[1] AS dst_labels,
-    min(coalesce(service_name, dst_endpoint_name)) AS dst_name
-FROM f GROUP BY s, d ORDER BY s, d";
-
-#[derive(FromRow)]
-struct EdgeRow {
-    s: String,
-    d: String,
-    connections: i64,
-    bytes: i64,
-    forwarded: i64,
-    dropped: i64,
-    ports: Vec<i32>,
-    src_identity: i64,
-    src_labels: Json<Labels>,
-    src_name: Option<String>,
-    via_service: bool,
-    dst_identity: i64,
-    dst_labels: Json<Labels>,
-    dst_name: Option<String>,
-}
-
-fn vertex(id: &str, identity: i64, labels: Labels, name: Option<String>, service: bool) -> MapNode {
+fn vertex(id: &str, identity: u32, labels: Labels, name: Option<String>, service: bool) -> MapNode {
     let (kind, identity, labels) = if service {
         ("service", None, Labels::new())
     } else if id == "host" || id == "world" {
         (id, None, Labels::new())
     } else {
-        ("workload", u32::try_from(identity).ok(), labels)
+        ("workload", Some(identity), labels)
     };
     MapNode {
         id: id.to_string(),
@@ -440,131 +335,37 @@ fn vertex(id: &str, identity: i64, labels: Labels, name: Option<String>, service
     }
 }
 
-fn build_map(rows: Vec<EdgeRow>) -> ServiceMap {
+fn build_map(edges: Vec<EdgeAgg>) -> ServiceMap {
     let mut nodes: BTreeMap<String, MapNode> = BTreeMap::new();
-    let mut edges = Vec::with_capacity(rows.len());
-    for r in rows {
-        nodes
-            .entry(r.s.clone())
-            .or_insert_with(|| vertex(&r.s, r.src_identity, r.src_labels.0, r.src_name, false));
-        nodes.entry(r.d.clone()).or_insert_with(|| {
-            vertex(
-                &r.d,
-                r.dst_identity,
-                r.dst_labels.0,
-                r.dst_name,
-                r.via_service,
-            )
-        });
-        edges.push(MapEdge {
-            source: r.s,
-            destination: r.d,
-            connections: r.connections,
-            bytes: r.bytes,
-            forwarded: r.forwarded,
-            dropped: r.dropped,
-            ports: r
-                .ports
-                .into_iter()
-                .filter_map(|p| u16::try_from(p).ok())
-                .collect(),
-        });
-    }
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let edges = edges
+        .into_iter()
+        .map(|e| {
+            nodes.entry(e.s.clone()).or_insert_with(|| {
+                vertex(&e.s, e.src_identity, e.src_labels, e.src_name, false)
+            });
+            nodes.entry(e.d.clone()).or_insert_with(|| {
+                vertex(
+                    &e.d,
+                    e.dst_identity,
+                    e.dst_labels,
+                    e.dst_name,
+                    e.via_service,
+                )
+            });
+            MapEdge {
+                source: e.s,
+                destination: e.d,
+                connections: count(e.connections),
+                bytes: count(e.bytes),
+                forwarded: count(e.forwarded),
+                dropped: count(e.dropped),
+                ports: e.ports.into_iter().collect(),
+            }
+        })
+        .collect();
     ServiceMap {
         nodes: nodes.into_values().collect(),
         edges,
     }
-}
-
-/// The multi-row insert: one array per column, expanded by `unnest` (node and cluster
-/// are the same for the whole batch and bound once).
-async fn insert_rows(
-    tx: &mut sqlx::PgConnection,
-    o: &Origin,
-    batch: i64,
-    flows: &[NewFlow],
-) -> Result<()> {
-    let n = flows.len();
-    macro_rules! col {
-        ($e:expr) => {
-            flows.iter().map($e).collect::<Vec<_>>()
-        };
-    }
-    let time = col!(|f| f.time);
-    let src_ip = col!(|f| f.src.ip.to_string());
-    let src_port = col!(|f| i32::from(f.src.port));
-    let src_ep = col!(|f| f.src.endpoint_id);
-    let src_name = col!(|f| f.src.endpoint_name.clone());
-    let src_id = col!(|f| i64::from(f.src.identity));
-    let src_labels = col!(|f| Json(&f.src.labels));
-    let dst_ip = col!(|f| f.dst.ip.to_string());
-    let dst_port = col!(|f| i32::from(f.dst.port));
-    let dst_ep = col!(|f| f.dst.endpoint_id);
-    let dst_name = col!(|f| f.dst.endpoint_name.clone());
-    let dst_id = col!(|f| i64::from(f.dst.identity));
-    let dst_labels = col!(|f| Json(&f.dst.labels));
-    let svc_id = col!(|f| f.service_id);
-    let svc_name = col!(|f| f.service_name.clone());
-    let proto = col!(|f| i16::from(f.protocol));
-    let verdict = col!(|f| f.verdict.as_str());
-    let reason = col!(|f| f.drop_reason.map(|r| r.as_str()));
-    let direction = col!(|f| f.direction.as_str());
-    let point = col!(|f| f.observation_point.as_str());
-    let flags = col!(|f| i16::from(f.tcp_flags));
-    let bytes = col!(|f| f.bytes);
-    let packets = col!(|f| f.packets);
-    let count = col!(|f| f.count);
-    debug_assert_eq!(time.len(), n);
-    sqlx::query(
-        "INSERT INTO flows (time, batch, tenant_id, node_id, node_name, cluster_id, cluster_name, \
-           src_ip, src_port, src_endpoint_id, src_endpoint_name, src_identity, src_labels, \
-           dst_ip, dst_port, dst_endpoint_id, dst_endpoint_name, dst_identity, dst_labels, \
-           service_id, service_name, protocol, verdict, drop_reason, direction, \
-           observation_point, tcp_flags, bytes, packets, count) \
-         SELECT u.time, $1, $2, $3, $4, $5, $6, \
-           u.src_ip::inet, u.src_port, u.src_ep, u.src_name, u.src_id, u.src_labels, \
-           u.dst_ip::inet, u.dst_port, u.dst_ep, u.dst_name, u.dst_id, u.dst_labels, \
-           u.svc_id, u.svc_name, u.proto, u.verdict, u.reason, u.direction, u.point, \
-           u.flags, u.bytes, u.packets, u.count \
-         FROM unnest($7::timestamptz[], $8::text[], $9::int4[], $10::uuid[], $11::text[], \
-           $12::int8[], $13::jsonb[], $14::text[], $15::int4[], $16::uuid[], $17::text[], \
-           $18::int8[], $19::jsonb[], $20::uuid[], $21::text[], $22::int2[], $23::text[], \
-           $24::text[], $25::text[], $26::text[], $27::int2[], $28::int8[], $29::int8[], \
-           $30::int8[]) AS u(time, src_ip, src_port, src_ep, src_name, src_id, src_labels, \
-           dst_ip, dst_port, dst_ep, dst_name, dst_id, dst_labels, svc_id, svc_name, proto, \
-           verdict, reason, direction, point, flags, bytes, packets, count)",
-    )
-    .bind(batch)
-    .bind(o.tenant_id)
-    .bind(o.node_id)
-    .bind(&o.node_name)
-    .bind(o.cluster_id)
-    .bind(&o.cluster_name)
-    .bind(time)
-    .bind(src_ip)
-    .bind(src_port)
-    .bind(src_ep)
-    .bind(src_name)
-    .bind(src_id)
-    .bind(src_labels)
-    .bind(dst_ip)
-    .bind(dst_port)
-    .bind(dst_ep)
-    .bind(dst_name)
-    .bind(dst_id)
-    .bind(dst_labels)
-    .bind(svc_id)
-    .bind(svc_name)
-    .bind(proto)
-    .bind(verdict)
-    .bind(reason)
-    .bind(direction)
-    .bind(point)
-    .bind(flags)
-    .bind(bytes)
-    .bind(packets)
-    .bind(count)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
