@@ -207,9 +207,7 @@ async fn main() -> Result<()> {
     let grpc_secs = started.elapsed().as_secs_f64();
     let ingested = (sz.agents * sz.batches_per_agent * sz.batch) as f64;
     let ingest_rate = ingested / grpc_secs;
-    let stored_now: i64 = sqlx::query_scalar(STORED)
-        .fetch_one(&owner)
-        .await?;
+    let stored_now: i64 = sqlx::query_scalar(STORED).fetch_one(&owner).await?;
     if stored_now as f64 != ingested {
         bail!("ingested {ingested} flows but {stored_now} are stored");
     }
@@ -480,12 +478,11 @@ async fn fill_blocks(
     fill: i64,
 ) -> Result<f64> {
     use control_api::flows::{NewFlow, NewPeer, Origin};
-    let nodes: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
-        "SELECT id, name, cluster_id FROM nodes WHERE tenant_id = $1 ORDER BY name",
-    )
-    .bind(tenant)
-    .fetch_all(owner)
-    .await?;
+    let nodes: Vec<(Uuid, String, Uuid)> =
+        sqlx::query_as("SELECT id, name, cluster_id FROM nodes WHERE tenant_id = $1 ORDER BY name")
+            .bind(tenant)
+            .fetch_all(owner)
+            .await?;
     if nodes.len() != 4 {
         bail!("expected 4 nodes, found {}", nodes.len());
     }

@@ -977,10 +977,10 @@ async fn tenants_never_see_each_others_flows() {
         .unwrap();
     let mut found = Vec::new();
     for (tenant, id, node, cluster, keys, data) in &blocks {
-        let flows = control_api::flows::block::decode(*id, node, cluster, data, |f, _| {
-            f.source.port == 42000
-        })
-        .unwrap();
+        let filter = FlowFilter::parse([("from_port", "42000")], Utc::now()).unwrap();
+        let flows =
+            control_api::flows::block::decode(*id, node, cluster, data, &filter, |_, _| true)
+                .unwrap();
         if !flows.is_empty() {
             found.push((*tenant, flows[0].record.destination.endpoint.clone(), keys));
         }

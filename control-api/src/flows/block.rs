@@ -15,7 +15,9 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use weft_model::flow::{Criterion, FlowRecord, Peer, Protocol, Side, TcpFlags, Verdict};
+use weft_model::flow::{
+    Criterion, DropReason, FlowFilter, FlowRecord, Peer, Protocol, Side, TcpFlags, Verdict,
+};
 use weft_model::labels::Labels;
 
 use super::NewFlow;
@@ -213,134 +215,335 @@ pub struct CorruptBlock {
     pub what: String,
 }
 
-/// Unpacks block `block` of `node` in `cluster`, keeping the flows `keep` accepts (given
-/// each flow and its id).
+/// Unpacks block `block` of `node` in `cluster`: the flows `filter` accepts and `admit`
+/// (given each flow's time and id) lets through. Both are decided on the packed columns,
+/// so only flows that pass are built into records: the filter is evaluated once per
+/// distinct value of the block (label set, endpoint, address, ...), not once per flow.
 pub fn decode(
     block: i64,
     node: &str,
     cluster: &str,
     data: &[u8],
-    mut keep: impl FnMut(&FlowRecord, i64) -> bool,
+    filter: &FlowFilter,
+    mut admit: impl FnMut(DateTime<Utc>, i64) -> bool,
 ) -> Result<Vec<Decoded>, CorruptBlock> {
-    let bad = |what: String| CorruptBlock { block, what };
-    let p: Packed = prost::Message::decode(data).map_err(|e| bad(e.to_string()))?;
-    let n = p.time_us.len();
-    let columns = [
-        p.src_ip.len(),
-        p.src_port.len(),
-        p.src_endpoint_id.len(),
-        p.src_endpoint.len(),
-        p.src_identity.len(),
-        p.src_labels.len(),
-        p.dst_ip.len(),
-        p.dst_port.len(),
-        p.dst_endpoint_id.len(),
-        p.dst_endpoint.len(),
-        p.dst_identity.len(),
-        p.dst_labels.len(),
-        p.service_id.len(),
-        p.service.len(),
-        p.protocol.len(),
-        p.verdict.len(),
-        p.drop_reason.len(),
-        p.direction.len(),
-        p.observation_point.len(),
-        p.tcp_flags.len(),
-        p.bytes.len(),
-        p.packets.len(),
-        p.count.len(),
-    ];
-    if n > MAX_FLOWS || columns.iter().any(|&c| c != n) {
-        return Err(bad(format!("columns of unequal length ({n} times)")));
-    }
-    // Parsed once per dictionary entry, on first use.
-    let mut ips: HashMap<u32, IpAddr> = HashMap::new();
-    let mut label_sets: HashMap<u32, Labels> = HashMap::new();
-    let dict = |i: u32| {
-        p.dict
-            .get(i as usize)
-            .ok_or_else(|| bad(format!("dictionary index {i} out of range")))
+    let p: Packed = prost::Message::decode(data).map_err(|e| CorruptBlock {
+        block,
+        what: e.to_string(),
+    })?;
+    let mut b = Unpacked {
+        block,
+        node,
+        cluster,
+        p: &p,
+        ips: HashMap::new(),
+        labels: HashMap::new(),
+        memo: HashMap::new(),
     };
-    let opt = |i: u32| -> Result<Option<&String>, CorruptBlock> {
+    b.check()?;
+    let mut out = Vec::new();
+    for i in 0..p.time_us.len() {
+        let time = b.time(i)?;
+        let id = record_id(block, i);
+        if filter.since.is_some_and(|s| time < s) || filter.until.is_some_and(|u| time >= u) {
+            continue;
+        }
+        if !admit(time, id) {
+            continue;
+        }
+        let mut pass = true;
+        for (n, c) in filter.include.iter().enumerate() {
+            if !b.matches(n, c, i)? {
+                pass = false;
+                break;
+            }
+        }
+        if !pass {
+            continue;
+        }
+        for (n, c) in filter.exclude.iter().enumerate() {
+            if b.matches(filter.include.len() + n, c, i)? {
+                pass = false;
+                break;
+            }
+        }
+        if pass {
+            out.push(b.record(i, time, id)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Which column of a side a memoized answer is about.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Col {
+    Labels,
+    Endpoint,
+    Ip,
+    Verdict,
+    Reason,
+    Service,
+}
+
+/// A block being read: its columns, and what was parsed or decided per dictionary entry.
+struct Unpacked<'a> {
+    block: i64,
+    node: &'a str,
+    cluster: &'a str,
+    p: &'a Packed,
+    ips: HashMap<u32, IpAddr>,
+    labels: HashMap<u32, Labels>,
+    /// (criterion, column, dictionary index) -> does the value match.
+    memo: HashMap<(usize, Col, u32), bool>,
+}
+
+impl Unpacked<'_> {
+    fn bad(&self, what: impl Into<String>) -> CorruptBlock {
+        CorruptBlock {
+            block: self.block,
+            what: what.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), CorruptBlock> {
+        let p = self.p;
+        let n = p.time_us.len();
+        let columns = [
+            p.src_ip.len(),
+            p.src_port.len(),
+            p.src_endpoint_id.len(),
+            p.src_endpoint.len(),
+            p.src_identity.len(),
+            p.src_labels.len(),
+            p.dst_ip.len(),
+            p.dst_port.len(),
+            p.dst_endpoint_id.len(),
+            p.dst_endpoint.len(),
+            p.dst_identity.len(),
+            p.dst_labels.len(),
+            p.service_id.len(),
+            p.service.len(),
+            p.protocol.len(),
+            p.verdict.len(),
+            p.drop_reason.len(),
+            p.direction.len(),
+            p.observation_point.len(),
+            p.tcp_flags.len(),
+            p.bytes.len(),
+            p.packets.len(),
+            p.count.len(),
+        ];
+        if n > MAX_FLOWS || columns.iter().any(|&c| c != n) {
+            return Err(self.bad(format!("columns of unequal length ({n} times)")));
+        }
+        Ok(())
+    }
+
+    fn time(&self, i: usize) -> Result<DateTime<Utc>, CorruptBlock> {
+        DateTime::from_timestamp_micros(self.p.base_us.saturating_add(self.p.time_us[i]))
+            .ok_or_else(|| self.bad("time out of range"))
+    }
+
+    fn dict(&self, i: u32) -> Result<&str, CorruptBlock> {
+        self.p
+            .dict
+            .get(i as usize)
+            .map(String::as_str)
+            .ok_or_else(|| self.bad(format!("dictionary index {i} out of range")))
+    }
+
+    /// An optional string (index + 1, 0 for none).
+    fn opt(&self, i: u32) -> Result<Option<&str>, CorruptBlock> {
         if i == 0 {
             Ok(None)
         } else {
-            dict(i - 1).map(Some)
+            self.dict(i - 1).map(Some)
         }
-    };
-    let mut ip = |i: u32| -> Result<IpAddr, CorruptBlock> {
-        if let Some(a) = ips.get(&i) {
+    }
+
+    fn ip(&mut self, i: u32) -> Result<IpAddr, CorruptBlock> {
+        if let Some(a) = self.ips.get(&i) {
             return Ok(*a);
         }
-        let a: IpAddr = dict(i)?
-            .parse()
-            .map_err(|_| bad(format!("address {:?}", p.dict[i as usize])))?;
-        ips.insert(i, a);
+        let s = self.dict(i)?;
+        let a: IpAddr = s.parse().map_err(|_| self.bad(format!("address {s:?}")))?;
+        self.ips.insert(i, a);
         Ok(a)
-    };
-    let mut labels = |i: u32| -> Result<Labels, CorruptBlock> {
-        if let Some(l) = label_sets.get(&i) {
-            return Ok(l.clone());
+    }
+
+    fn labels(&mut self, i: u32) -> Result<&Labels, CorruptBlock> {
+        if !self.labels.contains_key(&i) {
+            let l: Labels = serde_json::from_str(self.dict(i)?)
+                .map_err(|e| self.bad(format!("labels: {e}")))?;
+            self.labels.insert(i, l);
         }
-        let l: Labels =
-            serde_json::from_str(dict(i)?).map_err(|e| bad(format!("labels: {e}")))?;
-        label_sets.insert(i, l.clone());
-        Ok(l)
-    };
-    let port = |v: u32| u16::try_from(v).map_err(|_| bad(format!("port {v}")));
-    let mut out = Vec::new();
-    for i in 0..n {
-        let time = DateTime::from_timestamp_micros(p.base_us.saturating_add(p.time_us[i]))
-            .ok_or_else(|| bad("time out of range".into()))?;
+        self.labels
+            .get(&i)
+            .ok_or_else(|| self.bad("labels vanished"))
+    }
+
+    /// Whether criterion `c` (number `n` of the filter) matches flow `i`, with the same
+    /// meaning as [`Criterion::matches`] on the record.
+    fn matches(&mut self, n: usize, c: &Criterion, i: usize) -> Result<bool, CorruptBlock> {
+        let p = self.p;
+        let sides = |side: Side| -> &'static [bool] {
+            // true: source.
+            match side {
+                Side::Source => &[true],
+                Side::Destination => &[false],
+                Side::Either => &[true, false],
+            }
+        };
+        Ok(match c {
+            Criterion::Label(side, sels) => {
+                let mut any = false;
+                for &src in sides(*side) {
+                    let d = if src {
+                        p.src_labels[i]
+                    } else {
+                        p.dst_labels[i]
+                    };
+                    any |= self.memo_of(n, Col::Labels, d, |b| {
+                        let l = b.labels(d)?;
+                        Ok(sels.iter().any(|s| s.matches(l)))
+                    })?;
+                }
+                any
+            }
+            Criterion::Identity(side, ids) => sides(*side).iter().any(|&src| {
+                ids.contains(&if src {
+                    p.src_identity[i]
+                } else {
+                    p.dst_identity[i]
+                })
+            }),
+            Criterion::Endpoint(side, names) => {
+                let mut any = false;
+                for &src in sides(*side) {
+                    let d = if src {
+                        p.src_endpoint[i]
+                    } else {
+                        p.dst_endpoint[i]
+                    };
+                    any |= self.memo_of(n, Col::Endpoint, d, |b| {
+                        Ok(b.opt(d)?.is_some_and(|e| names.iter().any(|x| x == e)))
+                    })?;
+                }
+                any
+            }
+            Criterion::Ip(side, nets) => {
+                let mut any = false;
+                for &src in sides(*side) {
+                    let d = if src { p.src_ip[i] } else { p.dst_ip[i] };
+                    any |= self.memo_of(n, Col::Ip, d, |b| {
+                        let a = b.ip(d)?;
+                        Ok(nets.iter().any(|net| net.contains(&a)))
+                    })?;
+                }
+                any
+            }
+            Criterion::Port(side, ports) => sides(*side).iter().any(|&src| {
+                let port = if src { p.src_port[i] } else { p.dst_port[i] };
+                u16::try_from(port).is_ok_and(|port| ports.contains(&port))
+            }),
+            Criterion::Protocol(ps) => ps.contains(&Protocol::from_number(p.protocol[i])),
+            Criterion::Verdict(vs) => {
+                let d = p.verdict[i];
+                self.memo_of(n, Col::Verdict, d, |b| {
+                    Ok(b.dict(d)?.parse::<Verdict>().is_ok_and(|v| vs.contains(&v)))
+                })?
+            }
+            Criterion::DropReason(rs) => {
+                let d = p.drop_reason[i];
+                self.memo_of(n, Col::Reason, d, |b| {
+                    Ok(b.opt(d)?
+                        .and_then(|r| r.parse::<DropReason>().ok())
+                        .is_some_and(|r| rs.contains(&r)))
+                })?
+            }
+            Criterion::Node(ns) => ns.iter().any(|x| x == self.node),
+            Criterion::Cluster(cs) => cs.iter().any(|x| x == self.cluster),
+            Criterion::Service(ss) => {
+                let d = p.service[i];
+                self.memo_of(n, Col::Service, d, |b| {
+                    Ok(b.opt(d)?.is_some_and(|s| ss.iter().any(|x| x == s)))
+                })?
+            }
+            Criterion::TcpFlags(fs) => {
+                let flags = TcpFlags(p.tcp_flags[i] as u8);
+                fs.iter().any(|w| flags.contains(*w))
+            }
+        })
+    }
+
+    fn memo_of(
+        &mut self,
+        n: usize,
+        col: Col,
+        d: u32,
+        decide: impl FnOnce(&mut Self) -> Result<bool, CorruptBlock>,
+    ) -> Result<bool, CorruptBlock> {
+        if let Some(&m) = self.memo.get(&(n, col, d)) {
+            return Ok(m);
+        }
+        let m = decide(self)?;
+        self.memo.insert((n, col, d), m);
+        Ok(m)
+    }
+
+    fn record(&mut self, i: usize, time: DateTime<Utc>, id: i64) -> Result<Decoded, CorruptBlock> {
+        let p = self.p;
+        let port = |v: u32| u16::try_from(v).map_err(|_| self.bad(format!("port {v}")));
+        let (src_port, dst_port) = (port(p.src_port[i])?, port(p.dst_port[i])?);
+        let source = Peer {
+            endpoint: self.opt(p.src_endpoint[i])?.map(str::to_string),
+            identity: p.src_identity[i],
+            labels: self.labels(p.src_labels[i])?.clone(),
+            ip: self.ip(p.src_ip[i])?,
+            port: src_port,
+        };
+        let destination = Peer {
+            endpoint: self.opt(p.dst_endpoint[i])?.map(str::to_string),
+            identity: p.dst_identity[i],
+            labels: self.labels(p.dst_labels[i])?.clone(),
+            ip: self.ip(p.dst_ip[i])?,
+            port: dst_port,
+        };
         let record = FlowRecord {
             time,
-            verdict: dict(p.verdict[i])?
+            verdict: self
+                .dict(p.verdict[i])?
                 .parse()
-                .map_err(|_| bad("verdict".into()))?,
-            drop_reason: opt(p.drop_reason[i])?
-                .map(|r| r.parse())
+                .map_err(|_| self.bad("verdict"))?,
+            drop_reason: self
+                .opt(p.drop_reason[i])?
+                .map(str::parse)
                 .transpose()
-                .map_err(|_| bad("drop reason".into()))?,
-            source: Peer {
-                endpoint: opt(p.src_endpoint[i])?.cloned(),
-                identity: p.src_identity[i],
-                labels: labels(p.src_labels[i])?,
-                ip: ip(p.src_ip[i])?,
-                port: port(p.src_port[i])?,
-            },
-            destination: Peer {
-                endpoint: opt(p.dst_endpoint[i])?.cloned(),
-                identity: p.dst_identity[i],
-                labels: labels(p.dst_labels[i])?,
-                ip: ip(p.dst_ip[i])?,
-                port: port(p.dst_port[i])?,
-            },
+                .map_err(|_| self.bad("drop reason"))?,
+            source,
+            destination,
             protocol: Protocol::from_number(p.protocol[i]),
-            node: node.to_string(),
-            cluster: cluster.to_string(),
-            service: opt(p.service[i])?.cloned(),
-            direction: dict(p.direction[i])?.clone(),
-            observation_point: dict(p.observation_point[i])?.clone(),
+            node: self.node.to_string(),
+            cluster: self.cluster.to_string(),
+            service: self.opt(p.service[i])?.map(str::to_string),
+            direction: self.dict(p.direction[i])?.to_string(),
+            observation_point: self.dict(p.observation_point[i])?.to_string(),
             tcp_flags: TcpFlags(p.tcp_flags[i] as u8),
             bytes: p.bytes[i],
             packets: p.packets[i],
             count: p.count[i],
         };
-        let id = record_id(block, i);
-        if !keep(&record, id) {
-            continue;
-        }
-        let service_id = opt(p.service_id[i])?
-            .map(|s| s.parse::<Uuid>())
+        let service_id = self
+            .opt(p.service_id[i])?
+            .map(str::parse::<Uuid>)
             .transpose()
-            .map_err(|_| bad("service id".into()))?;
-        out.push(Decoded {
+            .map_err(|_| self.bad("service id"))?;
+        Ok(Decoded {
             record,
             id,
             service_id,
-        });
+        })
     }
-    Ok(out)
 }
 
 /// Distinct values of one kind a block lists before it gives up and lists the kind's
@@ -442,10 +645,9 @@ pub fn required_keys(include: &[Criterion]) -> Vec<Vec<String>> {
                 &sided(*side, "si", "di"),
                 ids.iter().map(u32::to_string).collect(),
             )),
-            Criterion::Port(Side::Destination, ports) => Some(list(
-                &["dp"],
-                ports.iter().map(u16::to_string).collect(),
-            )),
+            Criterion::Port(Side::Destination, ports) => {
+                Some(list(&["dp"], ports.iter().map(u16::to_string).collect()))
+            }
             Criterion::Service(ss) => Some(list(&["svc"], strings(ss))),
             _ => None,
         })
@@ -523,22 +725,25 @@ impl EdgeMap {
             Some((_, name)) => name,
             None => f.dst_name,
         };
-        let e = self.edges.entry((s, d)).or_insert_with_key(|(s, d)| EdgeAgg {
-            s: s.clone(),
-            d: d.clone(),
-            connections: 0,
-            bytes: 0,
-            forwarded: 0,
-            dropped: 0,
-            ports: BTreeSet::new(),
-            src_identity: f.src_identity,
-            src_labels: f.src_labels.clone(),
-            src_name: None,
-            via_service: false,
-            dst_identity: f.dst_identity,
-            dst_labels: f.dst_labels.clone(),
-            dst_name: None,
-        });
+        let e = self
+            .edges
+            .entry((s, d))
+            .or_insert_with_key(|(s, d)| EdgeAgg {
+                s: s.clone(),
+                d: d.clone(),
+                connections: 0,
+                bytes: 0,
+                forwarded: 0,
+                dropped: 0,
+                ports: BTreeSet::new(),
+                src_identity: f.src_identity,
+                src_labels: f.src_labels.clone(),
+                src_name: None,
+                via_service: false,
+                dst_identity: f.dst_identity,
+                dst_labels: f.dst_labels.clone(),
+                dst_name: None,
+            });
         e.connections += f.count;
         e.bytes += f.bytes;
         match f.verdict {
@@ -608,8 +813,6 @@ impl EdgeMap {
 mod tests {
     use std::sync::Arc;
 
-    use weft_model::flow::{DropReason, FlowFilter};
-
     use super::*;
     use crate::flows::NewPeer;
 
@@ -618,8 +821,7 @@ mod tests {
         let client: Arc<Labels> = Arc::new([("app".into(), "client".into())].into());
         let dropped = i % 3 == 0;
         NewFlow {
-            time: DateTime::from_timestamp_micros(1_764_158_400_000_000 + i as i64 * 1000)
-                .unwrap(),
+            time: DateTime::from_timestamp_micros(1_764_158_400_000_000 + i as i64 * 1000).unwrap(),
             src: NewPeer {
                 ip: format!("10.0.0.{}", i % 4 + 1).parse().unwrap(),
                 port: 40000 + i as u16,
@@ -689,8 +891,19 @@ mod tests {
     fn a_block_unpacks_to_exactly_the_flows_packed() {
         let flows: Vec<NewFlow> = (0..10).map(flow).collect();
         let b = encode(&flows).unwrap();
-        assert_eq!((b.flows, b.min_time, b.max_time), (10, flows[0].time, flows[9].time));
-        let back = decode(7, "node-1", "prod", &b.data, |_, _| true).unwrap();
+        assert_eq!(
+            (b.flows, b.min_time, b.max_time),
+            (10, flows[0].time, flows[9].time)
+        );
+        let back = decode(
+            7,
+            "node-1",
+            "prod",
+            &b.data,
+            &FlowFilter::default(),
+            |_, _| true,
+        )
+        .unwrap();
         assert_eq!(back.len(), 10);
         for (i, (d, f)) in back.iter().zip(&flows).enumerate() {
             assert_eq!(d.record, expected(f), "flow {i}");
@@ -708,20 +921,91 @@ mod tests {
         let b = encode(&flows).unwrap();
         let filter =
             FlowFilter::parse([("verdict", "DROPPED")], Utc::now()).expect("filter parses");
-        let back = decode(1, "n", "c", &b.data, |r, _| filter.matches(r)).unwrap();
+        let back = decode(1, "n", "c", &b.data, &filter, |_, _| true).unwrap();
         assert_eq!(
             back.iter().map(|d| d.id).collect::<Vec<_>>(),
             vec![record_id(1, 0), record_id(1, 3), record_id(1, 6)]
         );
-        let err = decode(1, "n", "c", &b.data[..b.data.len() / 2], |_, _| true).unwrap_err();
+        let err = decode(1, "n", "c", &b.data[..b.data.len() / 2], &filter, |_, _| {
+            true
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("flow block 1:"), "{err}");
+    }
+
+    #[test]
+    fn filters_on_packed_columns_mean_what_they_mean_on_records() {
+        let flows: Vec<NewFlow> = (0..12).map(flow).collect();
+        let b = encode(&flows).unwrap();
+        let all = decode(
+            3,
+            "node-1",
+            "prod",
+            &b.data,
+            &FlowFilter::default(),
+            |_, _| true,
+        )
+        .unwrap();
+        for q in [
+            "verdict=DROPPED",
+            "not_verdict=DROPPED&protocol=tcp",
+            "from_endpoint=client-1&from_endpoint=client-2",
+            "to_endpoint=web&not_from_endpoint=client-0",
+            "from_label=app%3Dclient&to_label=app%3Dweb",
+            "to_label=app",
+            "from_ip=10.0.0.0/30&to_ip=10.0.1.0/24",
+            "to_ip=2001:db8::/32",
+            "port=8080&from_port=40003",
+            "to_identity=2",
+            "drop_reason=POLICY_DENIED",
+            "service=web-svc",
+            "node=node-1&cluster=prod",
+            "node=node-2",
+            "tcp_flags=SYN",
+            "tcp_flags=ACK",
+        ] {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
+            let f = FlowFilter::parse(
+                pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                Utc::now(),
+            )
+            .unwrap();
+            let want: Vec<i64> = all
+                .iter()
+                .filter(|d| f.matches(&d.record))
+                .map(|d| d.id)
+                .collect();
+            let got: Vec<i64> = decode(3, "node-1", "prod", &b.data, &f, |_, _| true)
+                .unwrap()
+                .iter()
+                .map(|d| d.id)
+                .collect();
+            assert_eq!(got, want, "{q}");
+        }
+        // `admit` sees each flow's time and id before it is built.
+        let some = decode(
+            3,
+            "node-1",
+            "prod",
+            &b.data,
+            &FlowFilter::default(),
+            |_, id| id % 2 == 0,
+        )
+        .unwrap();
+        assert_eq!(some.len(), 6);
     }
 
     #[test]
     fn keys_list_what_the_flows_contain_and_skip_only_blocks_that_cannot_match() {
         let flows: Vec<NewFlow> = (0..6).map(flow).collect();
         let keys = encode(&flows).unwrap().keys;
-        for k in ["v:DROPPED", "v:FORWARDED", "r:POLICY_DENIED", "p:6", "se:client-3"] {
+        for k in [
+            "v:DROPPED",
+            "v:FORWARDED",
+            "r:POLICY_DENIED",
+            "p:6",
+            "se:client-3",
+        ] {
             assert!(keys.contains(&k.to_string()), "{k} in {keys:?}");
         }
         for k in ["de:web", "di:301", "di:2", "dp:8080", "svc:web-svc"] {
@@ -772,7 +1056,10 @@ mod tests {
             .collect();
         let keys = encode(&flows).unwrap().keys;
         assert!(keys.contains(&"dp:*".to_string()));
-        assert!(!keys.iter().any(|k| k.starts_with("dp:1")), "no single ports");
+        assert!(
+            !keys.iter().any(|k| k.starts_with("dp:1")),
+            "no single ports"
+        );
         let f = FlowFilter::parse([("to_port", "5")], Utc::now()).unwrap();
         let need = required_keys(&f.include);
         assert!(need[0].iter().any(|k| keys.contains(k)));
@@ -783,13 +1070,16 @@ mod tests {
         let flows: Vec<NewFlow> = (0..10).map(flow).collect();
         let b = encode(&flows).unwrap();
         let mut from_flows = EdgeMap::default();
-        for d in decode(1, "n", "c", &b.data, |_, _| true).unwrap() {
+        for d in decode(1, "n", "c", &b.data, &FlowFilter::default(), |_, _| true).unwrap() {
             from_flows.add_decoded(&d);
         }
         let from_flows = from_flows.into_edges();
         assert_eq!(b.edges, from_flows);
-        let names: Vec<(&str, &str)> =
-            b.edges.iter().map(|e| (e.s.as_str(), e.d.as_str())).collect();
+        let names: Vec<(&str, &str)> = b
+            .edges
+            .iter()
+            .map(|e| (e.s.as_str(), e.d.as_str()))
+            .collect();
         let svc = format!("service:{}", Uuid::from_u128(99));
         assert_eq!(
             names,

@@ -44,9 +44,20 @@ struct BlockRow {
 }
 
 impl BlockRow {
-    fn decode(&self, keep: impl FnMut(&FlowRecord, i64) -> bool) -> Result<Vec<Decoded>> {
-        block::decode(self.id, &self.node_name, &self.cluster_name, &self.data, keep)
-            .map_err(|e| ApiError::Internal(e.into()))
+    fn decode(
+        &self,
+        filter: &FlowFilter,
+        admit: impl FnMut(DateTime<Utc>, i64) -> bool,
+    ) -> Result<Vec<Decoded>> {
+        block::decode(
+            self.id,
+            &self.node_name,
+            &self.cluster_name,
+            &self.data,
+            filter,
+            admit,
+        )
+        .map_err(|e| ApiError::Internal(e.into()))
     }
 }
 
@@ -62,7 +73,9 @@ fn push_block_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, f: &FlowFilter) 
     for c in &f.include {
         match c {
             Criterion::Node(ns) => {
-                qb.push(" AND node_name = ANY(").push_bind(ns.clone()).push(")");
+                qb.push(" AND node_name = ANY(")
+                    .push_bind(ns.clone())
+                    .push(")");
             }
             Criterion::Cluster(cs) => {
                 qb.push(" AND cluster_name = ANY(")
@@ -161,8 +174,16 @@ impl FlowStore for PgFlowStore {
             let notice = Notice {
                 tenant,
                 batch,
-                min_time: mine.iter().map(|(_, b)| b.min_time).min().unwrap_or_default(),
-                max_time: mine.iter().map(|(_, b)| b.max_time).max().unwrap_or_default(),
+                min_time: mine
+                    .iter()
+                    .map(|(_, b)| b.min_time)
+                    .min()
+                    .unwrap_or_default(),
+                max_time: mine
+                    .iter()
+                    .map(|(_, b)| b.max_time)
+                    .max()
+                    .unwrap_or_default(),
             };
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(super::NOTICE_CHANNEL)
@@ -185,9 +206,6 @@ impl FlowStore for PgFlowStore {
         let want = usize::try_from(limit)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
-        let keep = |r: &FlowRecord, id: i64| {
-            after.is_none_or(|c| (r.time, id) < (c.time, c.id)) && filter.matches(r)
-        };
         let mut out: Vec<Decoded> = Vec::new();
         // Flows of blocks read so far that may still be in the page, newest first: only
         // the `want - out.len()` newest can ever be, so it never holds more than a page.
@@ -236,9 +254,18 @@ impl FlowStore for PgFlowStore {
                 break;
             }
             let Some(b) = ahead.pop_front() else { break };
-            pending.extend(b.decode(&keep)?);
+            // Once the page's remainder is full, only flows newer than its oldest can
+            // still make it: the rest are not even built.
+            let need = want - out.len();
+            let floor = (pending.len() >= need)
+                .then(|| pending.last().map(|d| (d.record.time, d.id)))
+                .flatten();
+            pending.extend(b.decode(filter, |time, id| {
+                after.is_none_or(|c| (time, id) < (c.time, c.id))
+                    && floor.is_none_or(|f| (time, id) > f)
+            })?);
             pending.sort_by(newer);
-            pending.truncate(want - out.len());
+            pending.truncate(need);
         }
         tx.commit().await?;
         Ok(out
@@ -270,7 +297,7 @@ impl FlowStore for PgFlowStore {
         tx.commit().await?;
         let mut flows = Vec::new();
         for b in &rows {
-            flows.extend(b.decode(|_, _| true)?);
+            flows.extend(b.decode(&FlowFilter::default(), |_, _| true)?);
         }
         flows.sort_by(|a, b| newer(b, a));
         Ok(flows.into_iter().map(|d| d.record).collect())
@@ -304,7 +331,11 @@ impl FlowStore for PgFlowStore {
             if let Some(Json(edges)) = edges {
                 map.merge(edges);
             } else if let Some(data) = data {
-                let flows = block::decode(id, &node, &cluster, &data, |r, _| r.time >= since)
+                let window = FlowFilter {
+                    since: Some(since),
+                    ..Default::default()
+                };
+                let flows = block::decode(id, &node, &cluster, &data, &window, |_, _| true)
                     .map_err(|e| ApiError::Internal(e.into()))?;
                 for f in &flows {
                     map.add_decoded(f);
@@ -341,9 +372,9 @@ fn build_map(edges: Vec<EdgeAgg>) -> ServiceMap {
     let edges = edges
         .into_iter()
         .map(|e| {
-            nodes.entry(e.s.clone()).or_insert_with(|| {
-                vertex(&e.s, e.src_identity, e.src_labels, e.src_name, false)
-            });
+            nodes
+                .entry(e.s.clone())
+                .or_insert_with(|| vertex(&e.s, e.src_identity, e.src_labels, e.src_name, false));
             nodes.entry(e.d.clone()).or_insert_with(|| {
                 vertex(
                     &e.d,
