@@ -111,6 +111,20 @@ impl Dict {
     fn opt(&mut self, s: Option<&str>) -> u32 {
         s.map_or(0, |s| self.put(s) + 1)
     }
+
+    /// Interns a value by its display form, formatting it once per block.
+    fn put_display<T: std::hash::Hash + Eq + Copy + ToString>(
+        &mut self,
+        seen: &mut HashMap<T, u32>,
+        v: T,
+    ) -> u32 {
+        if let Some(&i) = seen.get(&v) {
+            return i;
+        }
+        let i = self.put(&v.to_string());
+        seen.insert(v, i);
+        i
+    }
 }
 
 /// A block ready to store.
@@ -131,6 +145,10 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
     let max_time = flows.iter().map(|f| f.time).max()?;
     let base_us = min_time.timestamp_micros();
     let mut d = Dict::default();
+    let mut ips: HashMap<IpAddr, u32> = HashMap::new();
+    let mut uuids: HashMap<Uuid, u32> = HashMap::new();
+    let mut uuid =
+        |d: &mut Dict, u: Option<Uuid>| u.map_or(0, |u| d.put_display(&mut uuids, u) + 1);
     let mut labels_idx: HashMap<*const Labels, u32> = HashMap::new();
     let mut labels = |d: &mut Dict, l: &std::sync::Arc<Labels>| -> u32 {
         // The enrichment cache shares label sets: serialize each once per block.
@@ -146,22 +164,19 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
     let mut edges = EdgeMap::default();
     for f in flows {
         p.time_us.push(f.time.timestamp_micros() - base_us);
-        p.src_ip.push(d.put(&f.src.ip.to_string()));
+        p.src_ip.push(d.put_display(&mut ips, f.src.ip));
         p.src_port.push(u32::from(f.src.port));
-        p.src_endpoint_id
-            .push(d.opt(f.src.endpoint_id.map(|u| u.to_string()).as_deref()));
+        p.src_endpoint_id.push(uuid(&mut d, f.src.endpoint_id));
         p.src_endpoint.push(d.opt(f.src.endpoint_name.as_deref()));
         p.src_identity.push(f.src.identity);
         p.src_labels.push(labels(&mut d, &f.src.labels));
-        p.dst_ip.push(d.put(&f.dst.ip.to_string()));
+        p.dst_ip.push(d.put_display(&mut ips, f.dst.ip));
         p.dst_port.push(u32::from(f.dst.port));
-        p.dst_endpoint_id
-            .push(d.opt(f.dst.endpoint_id.map(|u| u.to_string()).as_deref()));
+        p.dst_endpoint_id.push(uuid(&mut d, f.dst.endpoint_id));
         p.dst_endpoint.push(d.opt(f.dst.endpoint_name.as_deref()));
         p.dst_identity.push(f.dst.identity);
         p.dst_labels.push(labels(&mut d, &f.dst.labels));
-        p.service_id
-            .push(d.opt(f.service_id.map(|u| u.to_string()).as_deref()));
+        p.service_id.push(uuid(&mut d, f.service_id));
         p.service.push(d.opt(f.service_name.as_deref()));
         p.protocol.push(u32::from(f.protocol));
         p.verdict.push(d.put(f.verdict.as_str()));
@@ -553,48 +568,66 @@ const MAX_KEYS_PER_KIND: usize = 256;
 /// What a block's flows contain, for skipping blocks a filter cannot match: keys
 /// `<kind>:<value>`, kinds `v` verdict, `r` drop reason, `p` protocol number, `se`/`de`
 /// source/destination endpoint, `si`/`di` identities, `dp` destination port, `svc` service.
+/// Values are collected typed and formatted once per block.
 #[derive(Default)]
-struct KeySet {
-    kinds: BTreeMap<&'static str, BTreeSet<String>>,
+struct KeySet<'a> {
+    v: BTreeSet<&'static str>,
+    r: BTreeSet<&'static str>,
+    p: BTreeSet<u8>,
+    se: BTreeSet<&'a str>,
+    de: BTreeSet<&'a str>,
+    si: BTreeSet<u32>,
+    di: BTreeSet<u32>,
+    dp: BTreeSet<u16>,
+    svc: BTreeSet<&'a str>,
 }
 
-impl KeySet {
-    fn add(&mut self, kind: &'static str, value: impl ToString) {
-        let set = self.kinds.entry(kind).or_default();
-        if set.len() <= MAX_KEYS_PER_KIND {
-            set.insert(value.to_string());
-        }
+/// Inserts unless the set is already past the limit (it then stands for its wildcard).
+fn add_capped<T: Ord>(set: &mut BTreeSet<T>, v: T) {
+    if set.len() <= MAX_KEYS_PER_KIND {
+        set.insert(v);
     }
+}
 
-    fn add_new(&mut self, f: &NewFlow) {
-        self.add("v", f.verdict.as_str());
+impl<'a> KeySet<'a> {
+    fn add_new(&mut self, f: &'a NewFlow) {
+        add_capped(&mut self.v, f.verdict.as_str());
         if let Some(r) = f.drop_reason {
-            self.add("r", r.as_str());
+            add_capped(&mut self.r, r.as_str());
         }
-        self.add("p", f.protocol);
+        add_capped(&mut self.p, f.protocol);
         if let Some(e) = &f.src.endpoint_name {
-            self.add("se", e);
+            add_capped(&mut self.se, e.as_str());
         }
         if let Some(e) = &f.dst.endpoint_name {
-            self.add("de", e);
+            add_capped(&mut self.de, e.as_str());
         }
-        self.add("si", f.src.identity);
-        self.add("di", f.dst.identity);
-        self.add("dp", f.dst.port);
+        add_capped(&mut self.si, f.src.identity);
+        add_capped(&mut self.di, f.dst.identity);
+        add_capped(&mut self.dp, f.dst.port);
         if let Some(s) = &f.service_name {
-            self.add("svc", s);
+            add_capped(&mut self.svc, s.as_str());
         }
     }
 
     fn into_keys(self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (kind, values) in self.kinds {
-            if values.len() > MAX_KEYS_PER_KIND {
+        fn kind<T: ToString>(out: &mut Vec<String>, kind: &str, set: BTreeSet<T>) {
+            if set.len() > MAX_KEYS_PER_KIND {
                 out.push(wildcard(kind));
             } else {
-                out.extend(values.into_iter().map(|v| format!("{kind}:{v}")));
+                out.extend(set.into_iter().map(|v| format!("{kind}:{}", v.to_string())));
             }
         }
+        let mut out = Vec::new();
+        kind(&mut out, "v", self.v);
+        kind(&mut out, "r", self.r);
+        kind(&mut out, "p", self.p);
+        kind(&mut out, "se", self.se);
+        kind(&mut out, "de", self.de);
+        kind(&mut out, "si", self.si);
+        kind(&mut out, "di", self.di);
+        kind(&mut out, "dp", self.dp);
+        kind(&mut out, "svc", self.svc);
         out
     }
 }
@@ -703,6 +736,9 @@ fn vertex_id(identity: u32) -> String {
 #[derive(Default)]
 pub struct EdgeMap {
     edges: BTreeMap<(String, String), EdgeAgg>,
+    /// (source identity, destination identity, service) -> the edge's key, so a flow
+    /// costs a lookup, not two formatted strings.
+    keys: HashMap<(u32, u32, Option<Uuid>), (String, String)>,
 }
 
 /// The smaller of two optional names (a vertex is named after its first endpoint).
@@ -716,34 +752,44 @@ fn min_name(a: &mut Option<String>, b: Option<&str>) {
 
 impl EdgeMap {
     pub fn add(&mut self, f: &EdgeInput<'_>) {
-        let s = vertex_id(f.src_identity);
-        let d = match f.service {
-            Some((id, _)) => format!("service:{id}"),
-            None => vertex_id(f.dst_identity),
-        };
+        let key = self
+            .keys
+            .entry((f.src_identity, f.dst_identity, f.service.map(|s| s.0)))
+            .or_insert_with(|| {
+                let d = match f.service {
+                    Some((id, _)) => format!("service:{id}"),
+                    None => vertex_id(f.dst_identity),
+                };
+                (vertex_id(f.src_identity), d)
+            });
         let dst_name = match f.service {
             Some((_, name)) => name,
             None => f.dst_name,
         };
-        let e = self
-            .edges
-            .entry((s, d))
-            .or_insert_with_key(|(s, d)| EdgeAgg {
-                s: s.clone(),
-                d: d.clone(),
-                connections: 0,
-                bytes: 0,
-                forwarded: 0,
-                dropped: 0,
-                ports: BTreeSet::new(),
-                src_identity: f.src_identity,
-                src_labels: f.src_labels.clone(),
-                src_name: None,
-                via_service: false,
-                dst_identity: f.dst_identity,
-                dst_labels: f.dst_labels.clone(),
-                dst_name: None,
-            });
+        if !self.edges.contains_key(key) {
+            self.edges.insert(
+                key.clone(),
+                EdgeAgg {
+                    s: key.0.clone(),
+                    d: key.1.clone(),
+                    connections: 0,
+                    bytes: 0,
+                    forwarded: 0,
+                    dropped: 0,
+                    ports: BTreeSet::new(),
+                    src_identity: f.src_identity,
+                    src_labels: f.src_labels.clone(),
+                    src_name: None,
+                    via_service: false,
+                    dst_identity: f.dst_identity,
+                    dst_labels: f.dst_labels.clone(),
+                    dst_name: None,
+                },
+            );
+        }
+        let Some(e) = self.edges.get_mut(key) else {
+            return;
+        };
         e.connections += f.count;
         e.bytes += f.bytes;
         match f.verdict {
