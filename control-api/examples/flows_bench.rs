@@ -550,12 +550,10 @@ async fn fill_blocks(
             } else {
                 Verdict::Forwarded
             },
-            drop_reason: dropped.then(|| {
-                if g % 100 == 0 {
-                    DropReason::PolicyDenied
-                } else {
-                    DropReason::CtFull
-                }
+            drop_reason: dropped.then_some(if g % 100 == 0 {
+                DropReason::PolicyDenied
+            } else {
+                DropReason::CtFull
             }),
             direction: "egress".into(),
             observation_point: "endpoint-egress".into(),

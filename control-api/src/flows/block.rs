@@ -865,7 +865,7 @@ mod tests {
     fn flow(i: usize) -> NewFlow {
         let web: Arc<Labels> = Arc::new([("app".into(), "web".into())].into());
         let client: Arc<Labels> = Arc::new([("app".into(), "client".into())].into());
-        let dropped = i % 3 == 0;
+        let dropped = i.is_multiple_of(3);
         NewFlow {
             time: DateTime::from_timestamp_micros(1_764_158_400_000_000 + i as i64 * 1000).unwrap(),
             src: NewPeer {
