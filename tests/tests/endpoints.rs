@@ -10,153 +10,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::nodes::{until_tcp, ApiProcess, Node, Run, TempDir, Underlay, WITHIN};
-use common::{bpf_available, ControlPlane};
+use common::bpf_available;
+use common::env::{until_assigned, Env};
+use common::nodes::{until_tcp, WITHIN};
 use node_agent::netns::Cgroup;
 use node_agent::tools;
 use serde_json::{json, Value};
-
-struct Env {
-    cp: ControlPlane,
-    owner: String,
-    url: String,
-    _tls: TempDir,
-    ca: std::path::PathBuf,
-    nodes: Vec<Node>,
-    /// control-api as a process, when the test restarts it.
-    api: Option<ApiProcess>,
-    _underlay: Underlay,
-}
-
-impl Env {
-    /// `n` nodes; the agent service in this process.
-    async fn new(n: u8) -> Env {
-        Env::build(n, false).await
-    }
-
-    /// `n` nodes; the agent service in a control-api process (see [`ApiProcess`]).
-    async fn with_api_process(n: u8) -> Env {
-        Env::build(n, true).await
-    }
-
-    async fn build(n: u8, process: bool) -> Env {
-        let cp = ControlPlane::new().await;
-        let owner = cp.acme_prod().await;
-        let underlay = Underlay::new();
-        let tls = TempDir::new("tls");
-        let (url, ca, api) = if process {
-            let (mut api, url, ca) = ApiProcess::new(&underlay, &cp.db_url, &tls.0);
-            tokio::task::block_in_place(|| api.start());
-            (url, ca, Some(api))
-        } else {
-            let (url, ca) = cp.serve_agents_on(&tls.0, underlay.listen()).await;
-            (url, ca, None)
-        };
-        let nodes = (1..=n).map(|i| Node::new(&underlay, i, n)).collect();
-        Env {
-            cp,
-            owner,
-            url,
-            _tls: tls,
-            ca,
-            nodes,
-            api,
-            _underlay: underlay,
-        }
-    }
-
-    async fn join_token(&self) -> String {
-        self.cp.join_token(&self.owner).await
-    }
-
-    async fn start(&mut self, node: usize, register: bool) {
-        let token = if register {
-            Some(self.join_token().await)
-        } else {
-            None
-        };
-        let run = Run {
-            url: &self.url,
-            ca: &self.ca,
-        };
-        let n = &mut self.nodes[node];
-        tokio::task::block_in_place(|| n.start_agent(&run, token.as_deref()));
-    }
-
-    /// The tenant's endpoints over REST: name -> (ipv4, identity).
-    async fn rest_endpoints(&self) -> Vec<(String, String, Option<i64>)> {
-        let r = self
-            .cp
-            .call("GET", "/v1/tenants/acme/endpoints", &self.owner, None)
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        let mut out: Vec<_> = r.body["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|e| {
-                (
-                    e["name"].as_str().unwrap_or_default().to_string(),
-                    e["ipv4"].as_str().unwrap_or_default().to_string(),
-                    e["identity"].as_i64(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Waits until REST lists exactly these endpoint names.
-    async fn until_rest_endpoints(&self, names: &[&str]) {
-        let start = Instant::now();
-        loop {
-            let eps = self.rest_endpoints().await;
-            let got: Vec<&str> = eps.iter().map(|e| e.0.as_str()).collect();
-            if got == names && eps.iter().all(|e| e.2.is_some()) {
-                return;
-            }
-            assert!(
-                start.elapsed() < WITHIN,
-                "REST endpoints {got:?}, want {names:?}\nnode-1: {}\nnode-2: {}",
-                self.nodes[0].log(),
-                self.nodes.get(1).map(Node::log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn policy(&self, name: &str, from: &str) {
-        self.cp.allow(&self.owner, name, "web", from).await;
-    }
-
-    async fn delete_policy(&self, name: &str) {
-        self.cp.delete_policy(&self.owner, name).await;
-    }
-}
-
-/// Waits until `endpoint list` on the node shows an identity and a desired-state id for
-/// every endpoint; returns the list.
-async fn until_assigned(node: &Node, n: usize) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let list = tokio::task::block_in_place(|| node.list());
-        let pods: Vec<&Value> = list.iter().filter(|e| e["name"] != "host").collect();
-        if pods.len() == n
-            && pods
-                .iter()
-                .all(|e| e["identity"].is_u64() && e["endpoint_id"].is_string())
-        {
-            return list;
-        }
-        assert!(
-            start.elapsed() < WITHIN,
-            "{}: identities assigned: {list:?}\n{}",
-            node.name,
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 const WEB1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 8080);
 const WEB2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 1), 8080);
@@ -527,7 +386,7 @@ async fn a_policy_change_is_one_trace_from_the_request_to_the_apply_on_every_nod
 
     let mut env = Env::new(2).await;
     // The agents reach the receiver on the underlay, and export without delay.
-    let underlay = env._underlay.listen();
+    let underlay = env.underlay.listen();
     underlay.set_nonblocking(true).expect("non-blocking");
     let on_underlay = underlay.local_addr().expect("addr");
     tokio::spawn(

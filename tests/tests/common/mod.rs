@@ -3,7 +3,9 @@
 //! loopback port. (Trimmed from control-api's own test harness.)
 #![allow(dead_code)]
 
+pub mod env;
 pub mod nodes;
+pub mod sse;
 
 use std::net::SocketAddr;
 
