@@ -211,6 +211,11 @@ impl FlowBuffer {
         self.q.is_empty()
     }
 
+    /// When the oldest queued flow was seen (unix nanoseconds).
+    pub fn oldest_time(&self) -> Option<i64> {
+        self.q.front().map(|f| f.time_unix_nanos)
+    }
+
     /// Counts flows lost elsewhere (a failed stream) to be reported with the next batch.
     pub fn add_lost(&mut self, n: u64) {
         self.lost = self.lost.saturating_add(n);
@@ -360,11 +365,37 @@ impl RingLost {
     }
 }
 
-/// The next batch: waits until [`BATCH_MAX`] flows are queued or [`BATCH_WAIT`] passed;
-/// `None` when there is nothing to send (no flow, nothing lost).
+fn unix_nanos_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The next batch: waits until [`BATCH_MAX`] flows are queued or the oldest queued flow
+/// has waited [`BATCH_WAIT`] since it was seen (so a flow after a quiet spell does not
+/// wait a whole interval on top of the time it already spent); with nothing queued, waits
+/// [`BATCH_WAIT`]. `None` when there is nothing to send (no flow, nothing lost).
 async fn next_batch(queue: &FlowQueue, ring: &mut RingLost) -> Option<pb::FlowBatch> {
-    let deadline = tokio::time::Instant::now() + BATCH_WAIT;
-    while queue.lock().len() < BATCH_MAX {
+    let idle = tokio::time::Instant::now() + BATCH_WAIT;
+    loop {
+        let (len, oldest) = {
+            let b = queue.lock();
+            (b.len(), b.oldest_time())
+        };
+        if len >= BATCH_MAX {
+            break;
+        }
+        let deadline = match oldest {
+            Some(t) => {
+                let now = unix_nanos_now();
+                let age = Duration::from_nanos(u64::try_from(now.saturating_sub(t)).unwrap_or(0));
+                tokio::time::Instant::now() + BATCH_WAIT.saturating_sub(age)
+            }
+            None => idle,
+        };
+        if deadline <= tokio::time::Instant::now() {
+            break;
+        }
         tokio::select! {
             () = queue.notify.notified() => {}
             () = tokio::time::sleep_until(deadline) => break,
@@ -492,6 +523,40 @@ async fn one_stream(
 mod tests {
     use super::*;
     use weft_model::desired::DesiredEndpoint;
+
+    // Real time (the flows' own times are wall-clock): which deadline applies is told apart
+    // by margins of half an interval.
+    #[tokio::test]
+    async fn a_batch_waits_from_when_its_oldest_flow_was_seen() {
+        let queue = FlowQueue::new(100);
+        let mut ring = RingLost {
+            read: Arc::new(|| Some(0)),
+            last: 0,
+        };
+        let now = unix_nanos_now();
+        // Seen 2 s ago (the exporter was connecting): sent at once.
+        queue.push(pb::Flow {
+            time_unix_nanos: now - 2_000_000_000,
+            ..Default::default()
+        });
+        let t = tokio::time::Instant::now();
+        let b = next_batch(&queue, &mut ring).await.expect("a batch");
+        assert_eq!(b.flows.len(), 1);
+        assert!(t.elapsed() < BATCH_WAIT / 2, "{:?}", t.elapsed());
+        // Seen just now: waits out the interval for company.
+        queue.push(pb::Flow {
+            time_unix_nanos: unix_nanos_now(),
+            ..Default::default()
+        });
+        let t = tokio::time::Instant::now();
+        assert!(next_batch(&queue, &mut ring).await.is_some());
+        let waited = t.elapsed();
+        assert!(waited > BATCH_WAIT / 2, "{waited:?}");
+        // Nothing queued: an idle interval, then nothing to send.
+        let t = tokio::time::Instant::now();
+        assert!(next_batch(&queue, &mut ring).await.is_none());
+        assert!(t.elapsed() >= BATCH_WAIT, "{:?}", t.elapsed());
+    }
 
     fn event() -> c::FlowEvent {
         c::FlowEvent {
