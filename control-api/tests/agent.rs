@@ -548,15 +548,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         "{}",
         r.body
     );
-    b.ack(authed(
-        AckRequest {
-            revision: current,
-            errors: vec![],
-        },
-        &n1.node_credential,
-    ))
-    .await
-    .unwrap();
+    common::ack(&mut b, &n1.node_credential, current).await;
     let r = t
         .call(
             "GET",
@@ -699,15 +691,7 @@ async fn a_change_that_leaves_a_node_unchanged_still_brings_it_current() {
         r.body["status"]["realized_nodes"].as_i64()
     };
     assert_eq!(realized(&t).await, Some(0));
-    a.ack(authed(
-        AckRequest {
-            revision: msg.revision,
-            errors: vec![],
-        },
-        &n1.node_credential,
-    ))
-    .await
-    .expect("ack");
+    common::ack(&mut a, &n1.node_credential, msg.revision).await;
     assert_eq!(realized(&t).await, Some(1));
 }
 
@@ -996,16 +980,7 @@ async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
     assert!(l >= 0.3, "the snapshot is unacknowledged for 300 ms: {l}");
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
 
-    client
-        .ack(authed(
-            AckRequest {
-                revision: snap.revision,
-                errors: vec![],
-            },
-            &cred,
-        ))
-        .await
-        .expect("ack");
+    common::ack(&mut client, &cred, snap.revision).await;
     assert_eq!(tenant_gauge(&t, lag, "acme").await, Some(0.0));
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
 
@@ -1026,27 +1001,9 @@ async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
     assert!(tenant_gauge(&t, lag, "acme").await.expect("gauge") >= 0.0);
     // An ack of an older revision does not clear a newer push.
-    client
-        .ack(authed(
-            AckRequest {
-                revision: snap.revision,
-                errors: vec![],
-            },
-            &cred,
-        ))
-        .await
-        .expect("ack");
+    common::ack(&mut client, &cred, snap.revision).await;
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
-    client
-        .ack(authed(
-            AckRequest {
-                revision: delta.revision,
-                errors: vec![],
-            },
-            &cred,
-        ))
-        .await
-        .expect("ack");
+    common::ack(&mut client, &cred, delta.revision).await;
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
     assert_eq!(tenant_gauge(&t, lag, "acme").await, Some(0.0));
 

@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::sync_response::Kind;
 use weft_proto::v1::{
-    AckRequest, EndpointReport, ProbeOutcome, ProbeReport, ProbeResult, RegisterRequest,
-    RegisterResponse, ReportedEndpoint, SyncRequest, SyncResponse,
+    EndpointReport, ProbeOutcome, ProbeReport, ProbeResult, RegisterRequest, RegisterResponse,
+    ReportedEndpoint, SyncRequest, SyncResponse,
 };
 
 const WL: &str = "/v1/tenants/acme/clusters/prod/test-workloads";
@@ -815,16 +815,7 @@ async fn ready_once_the_agent_applied_it_and_reported_the_endpoint() {
 
     let mut st = s.sync(&n1, weft_proto::CAPABILITY_VERSION).await;
     let rev = next_change(&mut st).await.revision;
-    s.client
-        .ack(authed(
-            AckRequest {
-                revision: rev,
-                ..Default::default()
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .expect("ack");
+    common::ack(&mut s.client, &n1.node_credential, rev).await;
     assert!(
         ready(&s.get(&format!("{WL}/out-1")).await),
         "a world workload is ready once applied"

@@ -254,6 +254,19 @@ pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
     req
 }
 
+/// Acknowledges `revision` as applied without errors.
+pub async fn ack(
+    client: &mut weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    credential: &str,
+    revision: u64,
+) {
+    let req = weft_proto::v1::AckRequest {
+        revision,
+        errors: vec![],
+    };
+    client.ack(authed(req, credential)).await.expect("ack");
+}
+
 /// The next message of a sync stream (within 5 s).
 pub async fn next_sync(
     stream: &mut tonic::Streaming<weft_proto::v1::SyncResponse>,
