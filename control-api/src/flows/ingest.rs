@@ -3,6 +3,7 @@
 //! written in one statement.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,88 +124,67 @@ impl TenantCache {
 
     /// Copies what is cached into `out` and returns what is not.
     fn fill(&self, want: Keys, out: &mut Lookup) -> Keys {
-        let mut missing = Keys::default();
+        let ids = cached(&self.by_id, want.ids, &mut out.by_id);
+        let ips = cached(&self.by_ip, want.ips, &mut out.by_ip);
+        // The identities of the endpoints found are needed too.
         let mut identities = want.identities;
-        let hit = |ep: &Endpoint, identities: &mut HashSet<u32>| {
-            if let Some(n) = ep.identity.filter(|&n| identity::is_allocated(n)) {
-                identities.insert(n);
-            }
-        };
-        for id in want.ids {
-            match self.by_id.get(&id) {
-                Some(Some(ep)) => {
-                    hit(ep, &mut identities);
-                    out.by_id.insert(id, ep.clone());
-                }
-                Some(None) => {}
-                None => {
-                    missing.ids.insert(id);
-                }
-            }
+        identities.extend(
+            out.by_id
+                .values()
+                .chain(out.by_ip.values())
+                .filter_map(|ep| ep.identity.filter(|&n| identity::is_allocated(n))),
+        );
+        Keys {
+            ids,
+            ips,
+            identities: cached(&self.identities, identities, &mut out.identities),
+            services: cached(&self.services, want.services, &mut out.services),
         }
-        for ip in want.ips {
-            match self.by_ip.get(&ip) {
-                Some(Some(ep)) => {
-                    hit(ep, &mut identities);
-                    out.by_ip.insert(ip, ep.clone());
-                }
-                Some(None) => {}
-                None => {
-                    missing.ips.insert(ip);
-                }
-            }
-        }
-        for n in identities {
-            match self.identities.get(&n) {
-                Some(Some(l)) => {
-                    out.identities.insert(n, l.clone());
-                }
-                Some(None) => {}
-                None => {
-                    missing.identities.insert(n);
-                }
-            }
-        }
-        for s in want.services {
-            match self.services.get(&s) {
-                Some(Some(name)) => {
-                    out.services.insert(s, name.clone());
-                }
-                Some(None) => {}
-                None => {
-                    missing.services.insert(s);
-                }
-            }
-        }
-        missing
     }
 
     /// Remembers what the database answered for `asked`, absences included.
     fn record(&mut self, asked: &Keys, found: &Lookup) {
-        for (id, ep) in &found.by_id {
-            self.by_id.insert(*id, Some(ep.clone()));
+        remember(&mut self.by_id, &asked.ids, &found.by_id);
+        remember(&mut self.by_ip, &asked.ips, &found.by_ip);
+        remember(&mut self.identities, &asked.identities, &found.identities);
+        remember(&mut self.services, &asked.services, &found.services);
+    }
+}
+
+/// Copies `cache`'s answers for `want` into `out` (a cached absence adds nothing) and
+/// returns the keys it has no answer for.
+fn cached<K: Hash + Eq + Copy, V: Clone>(
+    cache: &HashMap<K, Option<V>>,
+    want: HashSet<K>,
+    out: &mut HashMap<K, V>,
+) -> HashSet<K> {
+    let mut missing = HashSet::new();
+    for k in want {
+        match cache.get(&k) {
+            Some(Some(v)) => {
+                out.insert(k, v.clone());
+            }
+            Some(None) => {}
+            None => {
+                missing.insert(k);
+            }
         }
-        for (ip, ep) in &found.by_ip {
-            self.by_ip.insert(*ip, Some(ep.clone()));
-        }
-        for (n, l) in &found.identities {
-            self.identities.insert(*n, Some(l.clone()));
-        }
-        for (s, name) in &found.services {
-            self.services.insert(*s, Some(name.clone()));
-        }
-        for id in &asked.ids {
-            self.by_id.entry(*id).or_insert(None);
-        }
-        for ip in &asked.ips {
-            self.by_ip.entry(*ip).or_insert(None);
-        }
-        for n in &asked.identities {
-            self.identities.entry(*n).or_insert(None);
-        }
-        for s in &asked.services {
-            self.services.entry(*s).or_insert(None);
-        }
+    }
+    missing
+}
+
+/// Remembers what was found (found identities may go beyond those asked for: an
+/// endpoint's identity comes with it) and that the rest of `asked` does not exist.
+fn remember<K: Hash + Eq + Copy, V: Clone>(
+    cache: &mut HashMap<K, Option<V>>,
+    asked: &HashSet<K>,
+    found: &HashMap<K, V>,
+) {
+    for (k, v) in found {
+        cache.insert(*k, Some(v.clone()));
+    }
+    for k in asked {
+        cache.entry(*k).or_insert(None);
     }
 }
 
