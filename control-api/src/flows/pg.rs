@@ -43,6 +43,12 @@ struct BlockRow {
     data: Vec<u8>,
 }
 
+impl From<block::CorruptBlock> for ApiError {
+    fn from(e: block::CorruptBlock) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
 impl BlockRow {
     fn decode(
         &self,
@@ -57,7 +63,7 @@ impl BlockRow {
             filter,
             admit,
         )
-        .map_err(|e| ApiError::Internal(e.into()))
+        .map_err(Into::into)
     }
 }
 
@@ -70,34 +76,16 @@ fn push_block_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, f: &FlowFilter) 
     if let Some(u) = f.until {
         qb.push(" AND min_time < ").push_bind(u);
     }
-    for c in &f.include {
-        match c {
-            Criterion::Node(ns) => {
-                qb.push(" AND node_name = ANY(")
-                    .push_bind(ns.clone())
-                    .push(")");
-            }
-            Criterion::Cluster(cs) => {
-                qb.push(" AND cluster_name = ANY(")
-                    .push_bind(cs.clone())
-                    .push(")");
-            }
-            _ => {}
-        }
-    }
-    for c in &f.exclude {
-        match c {
-            Criterion::Node(ns) => {
-                qb.push(" AND NOT node_name = ANY(")
-                    .push_bind(ns.clone())
-                    .push(")");
-            }
-            Criterion::Cluster(cs) => {
-                qb.push(" AND NOT cluster_name = ANY(")
-                    .push_bind(cs.clone())
-                    .push(")");
-            }
-            _ => {}
+    for (criteria, not) in [(&f.include, ""), (&f.exclude, "NOT ")] {
+        for c in criteria {
+            let (column, names) = match c {
+                Criterion::Node(ns) => ("node_name", ns),
+                Criterion::Cluster(cs) => ("cluster_name", cs),
+                _ => continue,
+            };
+            qb.push(format!(" AND {not}{column} = ANY("))
+                .push_bind(names.clone())
+                .push(")");
         }
     }
     for any in block::required_keys(&f.include) {
@@ -335,8 +323,7 @@ impl FlowStore for PgFlowStore {
                     since: Some(since),
                     ..Default::default()
                 };
-                let flows = block::decode(id, &node, &cluster, &data, &window, |_, _| true)
-                    .map_err(|e| ApiError::Internal(e.into()))?;
+                let flows = block::decode(id, &node, &cluster, &data, &window, |_, _| true)?;
                 for f in &flows {
                     map.add_decoded(f);
                 }
