@@ -174,6 +174,7 @@ fn rule(r: &PolicyRule) -> pb::PolicyRule {
         action: match r.action {
             Action::Allow => pb::Action::Allow,
             Action::Deny => pb::Action::Deny,
+            Action::Unsupported => pb::Action::Unsupported,
         } as i32,
         l7: r.l7,
         origin: r.origin.clone(),

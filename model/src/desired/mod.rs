@@ -21,9 +21,13 @@
 //!   addresses have /32 (/128) entries and so never take a CIDR identity: CIDR rules match
 //!   only outside peers, as in the evaluator.
 //!
-//! L7: allow rules whose port rule carries HTTP or DNS rules compile with `l7: true` (the
-//! future proxy redirect); deny rules decide at L4. An L7 allow wholly covered by a plain allow
-//! is dropped, since the evaluator allows those flows without L7.
+//! Not enforced (see [`crate::policy::not_enforced`]): allow rules whose port rule carries
+//! HTTP or DNS rules, `toFQDNs` peers (every outside identity stands in for them) and the
+//! `unmanaged` / `kube-apiserver` entities (world, and host and remote-node for the API
+//! server) compile to [`Action::Unsupported`]: nothing is allowed, and the datapath reports
+//! such drops as `UNSUPPORTED_RULE`. Deny rules decide at L4, and deny the stand-in peers.
+//! An unsupported entry wholly covered by a plain allow is dropped, since the evaluator allows
+//! those flows without L7. `health`, `init` and `ingress` select no peer: nothing carries them.
 //!
 //! The node's host is an endpoint too ([`HOST_ENDPOINT_ID`], identity `host`): `nodeSelector`
 //! policies that select the node's labels give its rules.
@@ -42,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity;
 use crate::labels::Labels;
 use crate::policy::{
-    parse_cidr, CidrRule, Direction, EgressRule, Entity, FqdnSelector, IcmpFamily, IcmpRule,
+    items, parse_cidr, CidrRule, Direction, EgressRule, Entity, FqdnSelector, IcmpFamily, IcmpRule,
     IngressRule, PolicySpec, PortRule, PortValue, Protocol, SubjectKind,
 };
 use crate::selector::LabelSelector;
@@ -178,6 +182,10 @@ pub struct IpcacheEntry {
 pub enum Action {
     Allow,
     Deny,
+    /// What a rule Weft does not enforce (L7 rules, `toFQDNs`, entities nothing carries)
+    /// would have allowed: not allowed, and dropped with `UNSUPPORTED_RULE` rather than
+    /// `POLICY_DENIED` when no other rule allows it (fail closed, visibly).
+    Unsupported,
 }
 
 /// One datapath policy entry of an endpoint (maps 1:1 onto the agent's `PolicyEntry`).
@@ -561,16 +569,17 @@ fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
 }
 
 /// One endpoint's rules in canonical form: sorted, one rule per key (origins of rules that
-/// compile to the same entry are joined), and no L7 allow that a plain allow covers (the
-/// evaluator allows such flows without L7, and the datapath would otherwise pick the more
-/// specific redirect).
+/// compile to the same entry are joined), and no L7 or unsupported entry that a plain allow
+/// covers (the evaluator allows such flows without L7, and the datapath would otherwise pick
+/// the more specific entry).
 fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
     let covered: Vec<bool> = rules
         .iter()
         .map(|r| {
-            r.l7 && rules
-                .iter()
-                .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
+            (r.l7 || r.action == Action::Unsupported)
+                && rules
+                    .iter()
+                    .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
         })
         .collect();
     let mut covered = covered.into_iter();
@@ -633,6 +642,7 @@ fn collect_cidrs(spec: &PolicySpec, out: &mut BTreeSet<IpNet>) {
 
 /// The L3 part of a rule, whatever its direction.
 struct Peers<'a> {
+    present: bool,
     endpoints: &'a [LabelSelector],
     cidrs: &'a [String],
     cidr_sets: &'a [CidrRule],
@@ -647,10 +657,11 @@ struct Peers<'a> {
 impl<'a> Peers<'a> {
     fn ingress(r: &'a IngressRule) -> Self {
         Peers {
-            endpoints: &r.from_endpoints,
-            cidrs: &r.from_cidr,
-            cidr_sets: &r.from_cidr_set,
-            entities: &r.from_entities,
+            present: r.has_peer_fields(),
+            endpoints: items(&r.from_endpoints),
+            cidrs: items(&r.from_cidr),
+            cidr_sets: items(&r.from_cidr_set),
+            entities: items(&r.from_entities),
             fqdns: &[],
             to_ports: &r.to_ports,
             icmps: &r.icmps,
@@ -659,22 +670,20 @@ impl<'a> Peers<'a> {
     }
     fn egress(r: &'a EgressRule) -> Self {
         Peers {
-            endpoints: &r.to_endpoints,
-            cidrs: &r.to_cidr,
-            cidr_sets: &r.to_cidr_set,
-            entities: &r.to_entities,
-            fqdns: &r.to_fqdns,
+            present: r.has_peer_fields(),
+            endpoints: items(&r.to_endpoints),
+            cidrs: items(&r.to_cidr),
+            cidr_sets: items(&r.to_cidr_set),
+            entities: items(&r.to_entities),
+            fqdns: items(&r.to_fqdns),
             to_ports: &r.to_ports,
             icmps: &r.icmps,
             names: ["toCIDR", "toCIDRSet", "toEntities"],
         }
     }
+    /// Some peer field is present; one given as `[]` selects no peer (never a wildcard).
     fn has_peers(&self) -> bool {
-        !(self.endpoints.is_empty()
-            && self.cidrs.is_empty()
-            && self.cidr_sets.is_empty()
-            && self.entities.is_empty()
-            && self.fqdns.is_empty())
+        self.present
     }
 }
 
@@ -749,22 +758,28 @@ fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) -> CompiledSp
     for (section, direction, action, rules) in sections {
         for (i, rule) in rules.iter().enumerate() {
             let path = format!("{origin}.{section}[{i}]");
-            let peers = resolve_peers(rule, action, &path, u, &mut c.unsupported);
+            let (peers, not_enforced) = resolve_peers(rule, action, &path, u, &mut c.unsupported);
             let l4 = resolve_l4(rule, action, &path, &mut c.unsupported);
-            let peer_list: Vec<Option<u32>> = match peers {
-                PeerSet::Any => vec![None],
-                PeerSet::Ids(ids) => ids.into_iter().map(Some).collect(),
+            let peer_list: Vec<(Option<u32>, bool)> = match peers {
+                PeerSet::Any => vec![(None, false)],
+                PeerSet::Ids(ids) => ids.into_iter().map(|id| (Some(id), false)).collect(),
             };
-            for peer in &peer_list {
+            let not_enforced = not_enforced.into_iter().map(|id| (Some(id), true));
+            for (peer, peer_unsupported) in peer_list.into_iter().chain(not_enforced) {
                 for &(proto, ports, l7) in &l4 {
+                    // Deny rules decide at L4 whatever L7 rules they carry; allows that need
+                    // the L7 proxy or an unenforced peer fail closed.
+                    let action = match action {
+                        Action::Allow if l7 || peer_unsupported => Action::Unsupported,
+                        other => other,
+                    };
                     c.rules.push(PolicyRule {
                         direction,
-                        peer_identity: *peer,
+                        peer_identity: peer,
                         proto,
                         ports,
                         action,
-                        // Deny rules decide at L4 whatever L7 rules they carry.
-                        l7: l7 && action == Action::Allow,
+                        l7: false,
                         origin: path.clone(),
                     });
                 }
@@ -780,15 +795,19 @@ fn resolve_peers(
     path: &str,
     u: &Universe<'_>,
     unsupported: &mut Vec<String>,
-) -> PeerSet {
+) -> (PeerSet, BTreeSet<u32>) {
     let has_l4 = !rule.to_ports.is_empty() || !rule.icmps.is_empty();
+    // Peers an allow rule names but Weft cannot enforce: they get `Action::Unsupported`.
+    let mut not_enforced = BTreeSet::new();
     if !rule.has_peers() {
-        // Only ports: any peer. Nothing at all (`{}`): matches nothing.
-        return if has_l4 {
+        // Only ports: any peer. Nothing at all (`{}`): matches nothing. Peer fields given
+        // as `[]` fall through below and resolve to no identity.
+        let peers = if has_l4 {
             PeerSet::Any
         } else {
             PeerSet::Ids(BTreeSet::new())
         };
+        return (peers, not_enforced);
     }
     let [cidr_field, set_field, entity_field] = rule.names;
     let mut ids = BTreeSet::new();
@@ -807,8 +826,24 @@ fn resolve_peers(
             ));
             continue;
         };
+        // Entities nothing in Weft carries: see `policy::not_enforced`.
+        let stand_in: Vec<u32> = match entity {
+            Entity::Unmanaged => u.world().collect(),
+            Entity::KubeApiserver => u
+                .world()
+                .chain([identity::HOST, identity::REMOTE_NODE])
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !stand_in.is_empty() {
+            match action {
+                Action::Deny => ids.extend(stand_in),
+                _ => not_enforced.extend(stand_in),
+            }
+            continue;
+        }
         match entity {
-            Entity::All => return PeerSet::Any,
+            Entity::All => return (PeerSet::Any, BTreeSet::new()),
             Entity::Cluster => ids.extend(u.cluster()),
             Entity::World => ids.extend(u.world()),
             Entity::WorldIpv4 => {
@@ -846,7 +881,7 @@ fn resolve_peers(
                     bad_except = true;
                     // Ignoring it (as the evaluator) would widen an allow rule.
                     let effect = match action {
-                        Action::Allow => "the set allows nothing",
+                        Action::Allow | Action::Unsupported => "the set allows nothing",
                         Action::Deny => "ignored",
                     };
                     unsupported.push(format!("{at}.except[{k}]: {why}, {effect}"));
@@ -860,8 +895,11 @@ fn resolve_peers(
     for (j, _) in rule.fqdns.iter().enumerate() {
         let at = format!("{path}.toFQDNs[{j}]");
         match action {
-            Action::Allow => {
-                unsupported.push(format!("{at}: toFQDNs is not compiled yet; allows nothing"))
+            Action::Allow | Action::Unsupported => {
+                unsupported.push(format!(
+                    "{at}: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE"
+                ));
+                not_enforced.extend(u.world());
             }
             Action::Deny => {
                 unsupported.push(format!(
@@ -871,7 +909,7 @@ fn resolve_peers(
             }
         }
     }
-    PeerSet::Ids(ids)
+    (PeerSet::Ids(ids), not_enforced)
 }
 
 type L4 = (Option<u8>, Option<(u16, u16)>, bool);
@@ -915,7 +953,7 @@ fn resolve_l4(
                     Some((start, end))
                 }
                 Ok(PortValue::Named(name)) => match action {
-                    Action::Allow => {
+                    Action::Allow | Action::Unsupported => {
                         unsupported.push(format!(
                             "{at}: named port {name:?} is not compiled yet; allows nothing"
                         ));

@@ -7,7 +7,7 @@ use super::*;
 use crate::identity::{
     CIDR_BASE, HEALTH, HOST, INGRESS, INIT, KUBE_APISERVER, REMOTE_NODE, UNMANAGED, WORLD,
 };
-use crate::policy::{evaluate, FlowProtocol, Peer, Subject, Traffic, Verdict};
+use crate::policy::{evaluate, Decision, FlowProtocol, Peer, Subject, Traffic, Verdict};
 use crate::workload::WorkloadKind;
 
 // ---------------------------------------------------------------------------------------
@@ -204,8 +204,9 @@ fn entities_table() {
         ("remote-node", Some(vec![REMOTE_NODE])),
         ("health", Some(vec![HEALTH])),
         ("init", Some(vec![INIT])),
-        ("unmanaged", Some(vec![UNMANAGED])),
-        ("kube-apiserver", Some(vec![KUBE_APISERVER])),
+        // Nothing in Weft carries these: their stand-ins, as unsupported entries.
+        ("unmanaged", Some(vec![WORLD])),
+        ("kube-apiserver", Some(vec![HOST, WORLD, REMOTE_NODE])),
         ("ingress", Some(vec![INGRESS])),
         ("world", Some(vec![WORLD])),
         ("cluster", Some(cluster_sorted)),
@@ -438,7 +439,15 @@ fn deny_rules_and_l7() {
         bare(&s, "web-1"),
         vec![
             (Ingress, Some(DB), TCP, Some((22, 22)), Deny, false),
-            (Egress, None, TCP, Some((80, 80)), Allow, true),
+            // No L7 proxy: fails closed, as UNSUPPORTED_RULE.
+            (
+                Egress,
+                None,
+                TCP,
+                Some((80, 80)),
+                Action::Unsupported,
+                false
+            ),
         ]
     );
     let web = endpoint(&s, "web-1");
@@ -474,27 +483,38 @@ fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
         ),
     ]);
     let s = compile_ok(&view, "n1");
-    type Row<'a> = (Option<u32>, Option<(u16, u16)>, bool, &'a str);
+    type Row<'a> = (Option<u32>, Option<(u16, u16)>, Action, &'a str);
     let rules: Vec<Row> = s.policy["web-1"]
         .iter()
-        .map(|r| (r.peer_identity, r.ports, r.l7, r.origin.as_str()))
+        .map(|r| (r.peer_identity, r.ports, r.action, r.origin.as_str()))
         .collect();
+    use Action::Unsupported;
     assert_eq!(
         rules,
         vec![
-            // Any peer on 9000 stays L7: no plain allow covers it.
-            (None, Some((9000, 9000)), true, "a specs[0].ingress[2]"),
             (
                 Some(DB),
                 Some((80, 80)),
-                false,
+                Allow,
                 "a specs[0].ingress[0], b specs[0].ingress[0]"
             ),
             // The L7 rule on 8080 is gone: b allows db on 8000-8100 without L7.
-            (Some(DB), Some((8000, 8100)), false, "b specs[0].ingress[1]"),
-            // Only partly covered: kept (for 8050-8100 the datapath's most-specific choice may
-            // then differ from the evaluator; splitting ranges is left to the L7 proxy work).
-            (Some(DB), Some((8050, 8200)), true, "a specs[0].ingress[3]"),
+            (Some(DB), Some((8000, 8100)), Allow, "b specs[0].ingress[1]"),
+            // Any peer on 9000 stays unsupported: no plain allow covers it.
+            (
+                None,
+                Some((9000, 9000)),
+                Unsupported,
+                "a specs[0].ingress[2]"
+            ),
+            // Only partly covered: kept (the datapath never lets an unsupported entry hide
+            // an allow: it only names the drop reason when nothing allows).
+            (
+                Some(DB),
+                Some((8050, 8200)),
+                Unsupported,
+                "a specs[0].ingress[3]"
+            ),
         ]
     );
 }
@@ -619,6 +639,15 @@ fn unsupported_parts_are_reported_and_never_widen() {
             // Deny rules fail closed: the named port's protocol on every port, every outside peer.
             (Egress, Some(HOST), TCP, None, Deny, false),
             (Egress, Some(WORLD), None, None, Deny, false),
+            // The FQDN allow fails closed, as UNSUPPORTED_RULE, on its ports.
+            (
+                Egress,
+                Some(WORLD),
+                TCP,
+                Some((443, 443)),
+                Action::Unsupported,
+                false
+            ),
         ]
     );
     assert_eq!(
@@ -626,7 +655,7 @@ fn unsupported_parts_are_reported_and_never_widen() {
         vec![
             "p specs[0].egressDeny[0].toPorts[0].ports[0]: named port \"ssh\" is not compiled yet; denies every port",
             "p specs[0].egressDeny[1].toFQDNs[0]: toFQDNs is not compiled yet; denies every outside peer",
-            "p specs[0].egress[0].toFQDNs[0]: toFQDNs is not compiled yet; allows nothing",
+            "p specs[0].egress[0].toFQDNs[0]: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE",
             "p specs[0].egress[1].toPorts[0].ports[0]: named port \"postgres\" is not compiled yet; allows nothing",
         ]
     );
@@ -1070,6 +1099,9 @@ fn matcher(
     let (synthetic, hits): (Vec<&PolicyRule>, Vec<&PolicyRule>) = hits
         .into_iter()
         .partition(|r| r.origin == DEFAULT_ALLOW_ORIGIN);
+    let (unsupported, hits): (Vec<&PolicyRule>, Vec<&PolicyRule>) = hits
+        .into_iter()
+        .partition(|r| r.action == Action::Unsupported);
     if !hits.is_empty() {
         return (Verdict::Allowed, hits.iter().all(|r| r.l7));
     }
@@ -1080,6 +1112,10 @@ fn matcher(
         Ingress => ep.enforce_ingress,
         Egress => ep.enforce_egress,
     };
+    if enforce && !unsupported.is_empty() {
+        // Dropped as UNSUPPORTED_RULE.
+        return (Verdict::Denied, true);
+    }
     (
         if enforce {
             Verdict::Denied
@@ -1088,6 +1124,26 @@ fn matcher(
         },
         false,
     )
+}
+
+/// Whether a deny rule applying to `subject` in `dir` names `unmanaged` or `kube-apiserver`,
+/// which Weft denies through their stand-ins (world; host and remote-node for the API server).
+fn denies_stand_in(specs: &[PolicySpec], subject: &Subject, dir: Direction) -> bool {
+    let names = |list: &Option<Vec<String>>| {
+        crate::policy::items(list)
+            .iter()
+            .any(|e| e == "unmanaged" || e == "kube-apiserver")
+    };
+    specs
+        .iter()
+        .filter(|p| {
+            p.subject_selector()
+                .is_some_and(|(k, sel)| k == subject.kind && sel.matches(&subject.labels))
+        })
+        .any(|p| match dir {
+            Ingress => p.ingress_deny.iter().any(|r| names(&r.from_entities)),
+            Egress => p.egress_deny.iter().any(|r| names(&r.to_entities)),
+        })
 }
 
 fn flow_protocol(proto: u8) -> FlowProtocol {
@@ -1108,7 +1164,7 @@ fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
     assert!(cases > 10_000, "{cases} cases");
     for outcome in [
         "Allowed/false",
-        "Allowed/true",
+        "Denied/true",
         "Denied/false",
         "DefaultAllowed/false",
     ] {
@@ -1253,6 +1309,32 @@ fn assert_equivalent(view: &TenantView, nodes: &[&str]) -> (usize, BTreeMap<Stri
                             crate::policy::Reason::AllowedBy { l7: true, .. }
                         );
                         let got = matcher(&state, ep, dir, *peer_id, proto, port);
+                        // Weft's one difference from the reference (Cilium's semantics): what
+                        // needs the L7 proxy, or names a peer nothing in Weft carries, is
+                        // dropped (as UNSUPPORTED_RULE where the compiler knows it), never allowed.
+                        let unenforced_peer = peer.entities.iter().any(|e| {
+                            crate::policy::not_enforced::entity_not_enforced(*e).is_some()
+                        });
+                        let stand_in_peer = [WORLD, HOST, REMOTE_NODE].contains(peer_id)
+                            || *peer_id >= crate::identity::CIDR_BASE;
+                        let stand_in_denied = stand_in_peer
+                            && got == (Verdict::Denied, false)
+                            && denies_stand_in(&in_scope, &subject, dir);
+                        let fail_closed = stand_in_denied
+                            || (want_l7 && got == (Verdict::Denied, true))
+                            || (got == (Verdict::Denied, true) && want.verdict == Verdict::Denied)
+                            || (unenforced_peer
+                                && want.verdict == Verdict::Allowed
+                                && got.0 == Verdict::Denied);
+                        let want = if fail_closed {
+                            Decision {
+                                verdict: got.0,
+                                reason: want.reason,
+                            }
+                        } else {
+                            want
+                        };
+                        let want_l7 = if fail_closed { got.1 } else { want_l7 };
                         assert_eq!(
                             got,
                             (want.verdict, want_l7),
@@ -1733,4 +1815,49 @@ fn states_stored_before_workloads_existed_still_load() {
     obj.remove("probes");
     let old: NodeDesiredState = serde_json::from_value(json).expect("old state loads");
     assert!(old.workloads.is_empty() && old.probes.is_empty());
+}
+
+#[test]
+fn explicit_empty_peer_lists_compile_to_no_entry() {
+    for (section, field) in [
+        ("ingress", "fromEndpoints"),
+        ("ingress", "fromCIDR"),
+        ("ingress", "fromCIDRSet"),
+        ("ingress", "fromEntities"),
+        ("ingressDeny", "fromEndpoints"),
+        ("egress", "toEndpoints"),
+        ("egress", "toCIDR"),
+        ("egress", "toCIDRSet"),
+        ("egress", "toEntities"),
+        ("egress", "toFQDNs"),
+    ] {
+        let view = with_policies(vec![policy(
+            "p",
+            &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+                section: [{field: [], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]})],
+            None,
+        )]);
+        let s = compile_ok(&view, "n1");
+        let rules = bare(&s, "web-1");
+        assert!(
+            rules.is_empty(),
+            "{section}.{field}: [] must select nobody: {rules:?}"
+        );
+        let ep = endpoint(&s, "web-1");
+        assert!(
+            ep.enforce_ingress || ep.enforce_egress,
+            "{section}.{field}: still enforces"
+        );
+    }
+    // Absent: any peer on the port.
+    let view = with_policies(vec![policy(
+        "p",
+        &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEndpoints": null, "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]})],
+        None,
+    )]);
+    assert_eq!(
+        bare(&compile_ok(&view, "n1"), "web-1"),
+        vec![(Ingress, None, TCP, Some((80, 80)), Allow, false)]
+    );
 }

@@ -468,6 +468,9 @@ pub enum Action {
     Unspecified = 0,
     Allow = 1,
     Deny = 2,
+    /// A rule Weft does not enforce (L7, toFQDNs, entities nothing carries): allows nothing;
+    /// traffic it would have allowed is dropped with UNSUPPORTED_RULE unless another rule allows it.
+    Unsupported = 3,
 }
 impl Action {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -479,6 +482,7 @@ impl Action {
             Self::Unspecified => "ACTION_UNSPECIFIED",
             Self::Allow => "ACTION_ALLOW",
             Self::Deny => "ACTION_DENY",
+            Self::Unsupported => "ACTION_UNSUPPORTED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -487,6 +491,7 @@ impl Action {
             "ACTION_UNSPECIFIED" => Some(Self::Unspecified),
             "ACTION_ALLOW" => Some(Self::Allow),
             "ACTION_DENY" => Some(Self::Deny),
+            "ACTION_UNSUPPORTED" => Some(Self::Unsupported),
             _ => None,
         }
     }
