@@ -50,6 +50,7 @@ fn register(token: &str, name: &str, replace: bool) -> RegisterRequest {
 /// An endpoint as an agent reports it: one `app` label, one address.
 fn endpoint(name: &str, app: &str, ip: &str) -> ReportedEndpoint {
     ReportedEndpoint {
+        named_ports: Vec::new(),
         name: name.into(),
         labels: [("app".to_string(), app.to_string())].into(),
         ips: vec![ip.into()],

@@ -41,6 +41,7 @@ fn view(topo: &Topology, specs: &[serde_json::Value]) -> TenantView {
             labels: labels(app),
             ips: vec![IpAddr::V4(topo.pods[i].ip)],
             identity: 1000 + i as u32,
+            named_ports: vec![],
         })
         .collect();
     TenantView {
@@ -183,4 +184,54 @@ fn rules_weft_does_not_enforce_fail_closed_as_unsupported_rule() {
     let _other = Server::tcp(&topo.pods[1].ns, 9090, "b").unwrap();
     assert!(tcp_from(&topo, 0, SocketAddrV4::new(topo.pods[1].ip, 9090)).is_err());
     assert_eq!(unsupported(&dp), before);
+}
+
+#[test]
+fn named_ports_resolve_to_the_declared_port_on_the_wire() {
+    if !bpf_available("named_ports_resolve_to_the_declared_port_on_the_wire") {
+        return;
+    }
+    let topo = Topology::new(3).unwrap();
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    attach_all(&dp, &topo);
+    let mut state = Programmed::default();
+    let _http = Server::tcp(&topo.pods[1].ns, 8080, "b").unwrap();
+    let _other = Server::tcp(&topo.pods[1].ns, 9090, "b").unwrap();
+    let spec = serde_json::json!({
+        "endpointSelector": {"matchLabels": {"app": "b"}},
+        "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "a"}}],
+                     "toPorts": [{"ports": [{"port": "http", "protocol": "TCP"}]}]},
+                    {"fromEndpoints": [{"matchLabels": {"app": "c"}}],
+                     "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}, {"port": "9090", "protocol": "TCP"}]}]}],
+        // `ssh` is declared nowhere: the deny must not widen to every TCP port.
+        "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "c"}}],
+                         "toPorts": [{"ports": [{"port": "ssh", "protocol": "TCP"}]}]}]
+    });
+    let mut v = view(&topo, &[spec]);
+    v.endpoints[1].named_ports = vec!["http=8080/TCP".parse().unwrap()];
+    program(&mut dp, &mut state, &v);
+    let b = |port| SocketAddrV4::new(topo.pods[1].ip, port);
+    assert_eq!(tcp_from(&topo, 0, b(8080)).expect("a -> b:http"), "b");
+    assert!(
+        tcp_from(&topo, 0, b(9090)).is_err(),
+        "a -> b:9090 is not http"
+    );
+    assert_eq!(
+        tcp_from(&topo, 2, b(8080)).expect("c -> b:8080, undeclared deny"),
+        "b"
+    );
+    assert_eq!(tcp_from(&topo, 2, b(9090)).expect("c -> b:9090"), "b");
+
+    // b re-declares http on 9090: the same rule now admits 9090, not 8080.
+    v.endpoints[1].named_ports = vec!["http=9090/TCP".parse().unwrap()];
+    program(&mut dp, &mut state, &v);
+    assert!(
+        tcp_from(&topo, 0, b(8080)).is_err(),
+        "a -> b:8080 after the change"
+    );
+    assert_eq!(
+        tcp_from(&topo, 0, b(9090)).expect("a -> b:9090 is http now"),
+        "b"
+    );
 }

@@ -43,6 +43,7 @@ fn node(id: &str, cluster: &str, addrs: &[&str], l: &str) -> NodeView {
 
 fn ep(id: &str, cluster: &str, node: &str, l: &str, addrs: &[&str], identity: u32) -> EndpointView {
     EndpointView {
+        named_ports: vec![],
         id: id.into(),
         cluster_id: cluster.into(),
         node_id: node.into(),
@@ -89,6 +90,7 @@ fn base() -> TenantView {
         services: vec![],
         workloads: vec![],
         probes: vec![],
+        clusters: vec![],
     }
 }
 
@@ -622,7 +624,7 @@ fn unsupported_parts_are_reported_and_never_widen() {
            // Only an FQDN peer: must not become "any peer".
            {"toFQDNs": [{"matchName": "example.com"}],
             "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
-           // Only a named port: must not become "any port".
+           // Only a named port nobody declares: must not become "any port".
            {"toEndpoints": [{"matchLabels": {"app": "db"}}],
             "toPorts": [{"ports": [{"port": "postgres", "protocol": "TCP"}]}]}
         ],
@@ -636,8 +638,8 @@ fn unsupported_parts_are_reported_and_never_widen() {
     assert_eq!(
         bare(&s, "web-1"),
         vec![
-            // Deny rules fail closed: the named port's protocol on every port, every outside peer.
-            (Egress, Some(HOST), TCP, None, Deny, false),
+            // A deny on an undeclared named port denies nothing (never every port); an
+            // FQDN deny (refused by validation) denies every outside peer.
             (Egress, Some(WORLD), None, None, Deny, false),
             // The FQDN allow fails closed, as UNSUPPORTED_RULE, on its ports.
             (
@@ -653,10 +655,8 @@ fn unsupported_parts_are_reported_and_never_widen() {
     assert_eq!(
         s.unsupported,
         vec![
-            "p specs[0].egressDeny[0].toPorts[0].ports[0]: named port \"ssh\" is not compiled yet; denies every port",
             "p specs[0].egressDeny[1].toFQDNs[0]: toFQDNs is not compiled yet; denies every outside peer",
             "p specs[0].egress[0].toFQDNs[0]: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE",
-            "p specs[0].egress[1].toPorts[0].ports[0]: named port \"postgres\" is not compiled yet; allows nothing",
         ]
     );
     // Reported only where the policy applies.
@@ -1029,6 +1029,7 @@ fn realistic() -> TenantView {
             probe("n1", "p2", None, "10.1.0.251:9090"),
             probe("n2", "p3", None, "10.1.0.250:80"),
         ],
+        clusters: vec![],
     }
 }
 
@@ -1860,4 +1861,120 @@ fn explicit_empty_peer_lists_compile_to_no_entry() {
         bare(&compile_ok(&view, "n1"), "web-1"),
         vec![(Ingress, None, TCP, Some((80, 80)), Allow, false)]
     );
+}
+
+#[test]
+fn allow_host_to_local_pods_is_a_cluster_setting() {
+    let spec = json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}],
+        "ingressDeny": [{"fromEntities": ["host"], "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]}]});
+    let mut view = with_policies(vec![policy("p", &[spec], None)]);
+    let host_allow = (Ingress, Some(HOST), None, None, Allow, false);
+    // Off (or a cluster without settings): the host is a peer like any other.
+    for setting in [None, Some(false)] {
+        view.clusters = setting
+            .map(|on| {
+                vec![ClusterView {
+                    id: "c1".into(),
+                    allow_host_to_local_pods: on,
+                }]
+            })
+            .unwrap_or_default();
+        let s = compile_ok(&view, "n1");
+        assert!(!bare(&s, "web-1").contains(&host_allow), "{setting:?}");
+    }
+    view.clusters = vec![ClusterView {
+        id: "c1".into(),
+        allow_host_to_local_pods: true,
+    }];
+    let s = compile_ok(&view, "n1");
+    let web = bare(&s, "web-1");
+    assert!(web.contains(&host_allow), "{web:?}");
+    // Deny rules still win, the host endpoint and non-enforcing endpoints get nothing.
+    assert!(web.contains(&(Ingress, Some(HOST), TCP, Some((22, 22)), Deny, false)));
+    assert!(bare(&s, "db-1").is_empty());
+    assert!(bare(&s, HOST_ENDPOINT_ID).is_empty());
+    let origin = &s.policy["web-1"]
+        .iter()
+        .find(|r| r.peer_identity == Some(HOST) && r.action == Allow)
+        .expect("host allow")
+        .origin;
+    assert_eq!(origin, HOST_TO_LOCAL_PODS_ORIGIN);
+    // Only in its own cluster.
+    view.clusters[0].id = "c2".into();
+    assert!(!bare(&compile_ok(&view, "n1"), "web-1").contains(&host_allow));
+}
+
+#[test]
+fn named_ports_resolve_per_destination_endpoint() {
+    let np = |s: &str| s.parse::<NamedPort>().expect("named port");
+    let mut view = base();
+    for e in &mut view.endpoints {
+        e.named_ports = match e.id.as_str() {
+            "web-1" => vec![np("http=8080/TCP"), np("dns=53/UDP")],
+            "web-2" => vec![np("http=8081/TCP")],
+            "db-1" => vec![np("postgres=5432/TCP")],
+            _ => vec![],
+        };
+    }
+    view.policies = vec![policy(
+        "p",
+        &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                         "toPorts": [{"ports": [{"port": "http"}, {"port": "dns", "protocol": "TCP"}]}]}],
+            "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "db"}}],
+                             "toPorts": [{"ports": [{"port": "http", "protocol": "TCP"}, {"port": "ssh", "protocol": "TCP"}]}]}],
+            "egress": [{"toEndpoints": [{"matchLabels": {"app": "db"}}],
+                        "toPorts": [{"ports": [{"port": "postgres", "protocol": "TCP"}, {"port": "http"}]}]},
+                       {"toEndpoints": [{"matchLabels": {"app": "web"}}],
+                        "toPorts": [{"ports": [{"port": "http", "protocol": "TCP"}]}]}]})],
+        None,
+    )];
+    let s = compile_ok(&view, "n1");
+    assert_eq!(
+        bare(&s, "web-1"),
+        vec![
+            // Ingress: web-1's own `http`; `dns` is UDP there, so the TCP rule matches nothing.
+            (
+                Ingress,
+                Some(FRONTEND),
+                TCP,
+                Some((8080, 8080)),
+                Allow,
+                false
+            ),
+            // The deny resolves too: exactly web-1's http port, and `ssh` (undeclared)
+            // denies nothing rather than every TCP port.
+            (Ingress, Some(DB), TCP, Some((8080, 8080)), Deny, false),
+            // Egress: the peer's declared ports; db declares no `http`.
+            (Egress, Some(WEB), TCP, Some((8080, 8080)), Allow, false),
+            (Egress, Some(WEB), TCP, Some((8081, 8081)), Allow, false),
+            (Egress, Some(DB), TCP, Some((5432, 5432)), Allow, false),
+        ]
+    );
+    // On n2, web-2 declares http=8081: its ingress rule is on 8081.
+    let s2 = compile_ok(&view, "n2");
+    assert!(bare(&s2, "web-2").contains(&(
+        Ingress,
+        Some(FRONTEND),
+        TCP,
+        Some((8081, 8081)),
+        Allow,
+        false
+    )));
+    // Nothing declared anywhere: matches nothing, allow or deny.
+    let mut bare_view = view.clone();
+    for e in &mut bare_view.endpoints {
+        e.named_ports.clear();
+    }
+    let s = compile_ok(&bare_view, "n1");
+    assert!(bare(&s, "web-1").is_empty(), "{:?}", bare(&s, "web-1"));
+    // And the evaluator agrees flow by flow where it can say (ingress to web-1).
+    let specs = &view.policies[0].specs;
+    let subject = Subject::endpoint(labels("app=web"));
+    let fe = Peer::endpoint(labels("app=frontend"));
+    let t = Traffic::ingress(fe.clone(), FlowProtocol::Tcp, 8080).with_named_port("http", 8080);
+    assert_eq!(evaluate(specs, &subject, &t).verdict, Verdict::Allowed);
+    let t = Traffic::ingress(fe, FlowProtocol::Tcp, 8081).with_named_port("http", 8080);
+    assert_eq!(evaluate(specs, &subject, &t).verdict, Verdict::Denied);
 }

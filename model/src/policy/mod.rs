@@ -275,6 +275,60 @@ impl Port {
     }
 }
 
+/// A port an endpoint declares under a name (`http=8080/TCP`), which named-port rules
+/// (`port: "http"`) resolve against, per destination endpoint, as in Cilium.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: Protocol,
+}
+
+impl FromStr for NamedPort {
+    type Err = String;
+    /// `name=port[/PROTO]`, protocol TCP by default.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("named port {s:?}: expected name=port[/TCP|UDP|SCTP]"))?;
+        validate_port_name(name)?;
+        let (port, proto) = rest.split_once('/').unwrap_or((rest, "TCP"));
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("named port {s:?}: port must be 1..65535")),
+        };
+        let protocol = match proto.to_ascii_uppercase().as_str() {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            other => {
+                return Err(format!(
+                    "named port {s:?}: protocol {other} is not TCP, UDP or SCTP"
+                ))
+            }
+        };
+        Ok(NamedPort {
+            name: name.to_string(),
+            port,
+            protocol,
+        })
+    }
+}
+
+impl fmt::Display for NamedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            _ => "TCP",
+        };
+        write!(f, "{}={}/{proto}", self.name, self.port)
+    }
+}
+
 /// IANA service name: 1-15 lowercase alphanumerics and '-', at least one letter, no leading,
 /// trailing or doubled '-' (the Kubernetes rule for named container ports).
 fn validate_port_name(s: &str) -> Result<(), String> {
@@ -331,7 +385,18 @@ impl<'de> Deserialize<'de> for Port {
 
 /// L4 protocol of a port rule. `ANY` (the default) means TCP, UDP and SCTP, as in Cilium.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 pub enum Protocol {
     #[default]

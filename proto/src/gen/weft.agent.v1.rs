@@ -313,6 +313,21 @@ pub struct ReportedEndpoint {
     >,
     #[prost(string, repeated, tag = "3")]
     pub ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Ports the endpoint declares by name; named-port policy rules resolve against them.
+    #[prost(message, repeated, tag = "4")]
+    pub named_ports: ::prost::alloc::vec::Vec<NamedPort>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NamedPort {
+    /// IANA service name, e.g. "http".
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// 6 TCP, 17 UDP, 132 SCTP.
+    #[prost(uint32, tag = "3")]
+    pub proto: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
