@@ -545,7 +545,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await;
     assert_eq!(
         r.body["status"],
-        json!({"realized_nodes": 0, "total_nodes": 2}),
+        json!({"realized_nodes": 0, "total_nodes": 2, "conditions": []}),
         "{}",
         r.body
     );
@@ -560,7 +560,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await;
     assert_eq!(
         r.body["status"],
-        json!({"realized_nodes": 1, "total_nodes": 2}),
+        json!({"realized_nodes": 1, "total_nodes": 2, "conditions": []}),
         "{}",
         r.body
     );
@@ -574,7 +574,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await;
     assert_eq!(
         r.body["status"],
-        json!({"realized_nodes": 1, "total_nodes": 2}),
+        json!({"realized_nodes": 1, "total_nodes": 2, "conditions": []}),
         "{}",
         r.body
     );
