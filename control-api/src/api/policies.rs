@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection, QueryBuilder};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::cnp;
@@ -170,6 +170,27 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Policy> {
     Ok(row.into())
 }
 
+/// Query parameters of policy writes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WriteParams {
+    /// `true`: make every check of the write (the policy's fields, its clusters, a taken
+    /// name, `If-Match`) and answer 200 with the policy as it would be, writing nothing: no
+    /// revision, no audit entry. Its `revision` and, on create, `id` are the ones the write
+    /// would have had.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A dry run's answer: the write's transaction is rolled back (before its audit entry),
+/// and the policy it would have written comes back with 200 and no ETag (that revision
+/// does not exist).
+async fn dry_run_answer(tx: sqlx::Transaction<'_, sqlx::Postgres>, p: Policy) -> Result<Response> {
+    tx.rollback().await?;
+    Ok(axum::response::IntoResponse::into_response(axum::Json(p)))
+}
+
 /// Resolves the `clusters` scope to ids; an unknown cluster is a field error.
 async fn cluster_ids(
     conn: &mut PgConnection,
@@ -291,15 +312,18 @@ async fn rewrite(
     Ok(rev)
 }
 
-/// Create a policy (editor).
+/// Create a policy (editor). With `dry_run=true`: 200 with the policy it would create.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policies", tag = "policies",
-    params(("tenant" = String, Path, description = "Tenant id or name")),
+    params(("tenant" = String, Path, description = "Tenant id or name"), WriteParams),
     request_body = PolicyInput,
-    responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String))), WriteErrors),
+    responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String))),
+              (status = 200, body = Policy, description = "Dry run: the policy as it would be created; nothing written"),
+              WriteErrors),
     security(("bearer" = [])))]
 async fn create_policy(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Editor>,
+    Query(params): Query<WriteParams>,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
     let specs = input.rules()?;
@@ -307,6 +331,9 @@ async fn create_policy(
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let (rev, id) = insert(&mut tx, t.id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    if params.dry_run {
+        return dry_run_answer(tx, p).await;
+    }
     audit::record(
         &mut tx,
         &t,
@@ -335,6 +362,7 @@ async fn update(
     t: &TenantCtx,
     key: &str,
     expected: Option<i64>,
+    dry_run: bool,
     change: impl FnOnce(PolicyInput) -> Result<PolicyInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
@@ -353,6 +381,9 @@ async fn update(
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let rev = rewrite(&mut tx, t.id, id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    if dry_run {
+        return dry_run_answer(tx, p).await;
+    }
     audit::record(
         &mut tx,
         t,
@@ -366,11 +397,13 @@ async fn update(
     Ok(common::ok(rev, p))
 }
 
-/// Replace a policy (editor).
+/// Replace a policy (editor). With `dry_run=true`: 200 with the policy as it
+/// would be, nothing written.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read"),
+           WriteParams),
     request_body = PolicyInput,
     responses((status = 200, body = Policy, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -379,16 +412,19 @@ async fn put_policy(
     Tenant(t, _): Tenant<need::Editor>,
     Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
+    Query(params): Query<WriteParams>,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
-    update(&st, &t, &policy, expected, |_| Ok(input)).await
+    update(&st, &t, &policy, expected, params.dry_run, |_| Ok(input)).await
 }
 
-/// Change some fields of a policy with a JSON merge patch (editor).
+/// Change some fields of a policy with a JSON merge patch (editor). With `dry_run=true`: 200 with the policy as it
+/// would be, nothing written.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<String>, Header, description = "ETag from a previous read"),
+           WriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Policy, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -397,9 +433,10 @@ async fn patch_policy(
     Tenant(t, _): Tenant<need::Editor>,
     Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
+    Query(params): Query<WriteParams>,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &t, &policy, expected, |cur| {
+    update(&st, &t, &policy, expected, params.dry_run, |cur| {
         common::patched(&cur, &patch)
     })
     .await
