@@ -1,3 +1,4 @@
+import { useState } from "react";
 import { NavLink, Outlet, useNavigate, useParams, useLocation } from "react-router";
 import { api, ok } from "../api/client";
 import { useRole, useSession } from "./Root";
@@ -16,10 +17,21 @@ export function Shell() {
   const { role } = useRole(tenant);
   const navigate = useNavigate();
   const location = useLocation();
+  const [signedOut, setSignedOut] = useState(false);
   const signOut = async () => {
     ok(await api.POST("/auth/logout"));
-    window.location.assign("/auth/login?return_to=" + encodeURIComponent("/console/"));
+    setSignedOut(true);
   };
+  if (signedOut) {
+    return (
+      <main className="page narrow">
+        <h1>You are signed out</h1>
+        <p>
+          <a href={`/auth/login?return_to=${encodeURIComponent(`/console/t/${tenant}`)}`}>Sign in again</a>
+        </p>
+      </main>
+    );
+  }
   const known = me.tenants.some((t) => t.name === tenant || t.id === tenant);
   return (
     <div className="shell">

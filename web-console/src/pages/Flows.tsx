@@ -83,7 +83,7 @@ export function Flows() {
       <h1>Flows</h1>
       <FilterBar filters={filters} onChange={setFilters} />
       <div className="toolbar">
-        <FollowControl tenant={tenant} query={query} follow={follow} setFollow={setFollow} onFlows={(fresh) => setRows((r) => [...fresh, ...r].slice(0, MAX_ROWS))} />
+        <FollowControl tenant={tenant} query={query} follow={follow} setFollow={setFollow} onFlows={(fresh) => setRows((r) => [...fresh, ...r].slice(0, MAX_ROWS))} onStart={() => (setRows([]), setCursor(null))} />
         <details className="columns">
           <summary>Columns</summary>
           {COLUMNS.map((c) => (
@@ -184,7 +184,7 @@ function FilterBar({ filters, onChange }: { filters: Filter[]; onChange: (f: Fil
   );
 }
 
-function FollowControl({ tenant, query, follow, setFollow, onFlows }: { tenant: string; query: string; follow: boolean; setFollow: (b: boolean) => void; onFlows: (f: Flow[]) => void }) {
+function FollowControl({ tenant, query, follow, setFollow, onFlows, onStart }: { tenant: string; query: string; follow: boolean; setFollow: (b: boolean) => void; onFlows: (f: Flow[]) => void; onStart: () => void }) {
   const [paused, setPaused] = useState(false);
   const [skipped, setSkipped] = useState(0);
   const [status, setStatus] = useState("");
@@ -253,6 +253,8 @@ function FollowControl({ tenant, query, follow, setFollow, onFlows }: { tenant: 
     <span className="follow">
       <button
         onClick={() => {
+          // The stream starts with the newest 100 stored flows: start from them alone.
+          if (!follow) onStart();
           setFollow(!follow);
           setPaused(false);
           setSkipped(0);
