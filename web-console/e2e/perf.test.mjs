@@ -1,0 +1,117 @@
+// Console performance, measured in Chromium against the demo; the numbers go to
+// target/console-e2e/perf.json. Assertions fail only at twice the target.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { eventually, launch, newPage, recordPerf, rest, settings, shot, signIn } from "./harness.mjs";
+
+const env = settings();
+const API = env.WEFT_API_URL;
+const owner = rest(API, env.WEFT_TOKEN);
+const FLOWS = 10_000;
+
+/**
+ * Real traffic until the tenant has at least FLOWS stored flows to web-2:8080: TCP
+ * connections from the frontend pod, each seen by the datapath of both nodes and reported
+ * by the agents over ReportFlows.
+ */
+async function seed() {
+  const stored = async () => {
+    let n = 0;
+    let cursor = null;
+    do {
+      const q = new URLSearchParams({ to_ip: "10.0.2.10", since: "1h", limit: "1000" });
+      if (cursor) q.set("cursor", cursor);
+      const r = await owner("GET", `/v1/tenants/acme/flows?${q}`);
+      n += r.body.items.length;
+      cursor = r.body.next_cursor;
+    } while (cursor && n < FLOWS);
+    return n;
+  };
+  for (let round = 0; round < 6 && (await stored()) < FLOWS; round++) {
+    execFileSync(
+      "nsenter",
+      [
+        "--net=/run/netns/weft-demo-frontend",
+        "python3",
+        "-c",
+        `import socket
+for i in range(2500):
+    s = socket.create_connection(("10.0.2.10", 8080), timeout=2)
+    s.close()`,
+      ],
+      { stdio: "inherit", timeout: 120_000 },
+    );
+    await new Promise((r) => setTimeout(r, 2500)); // the agents' batches (≤ 1 s) and the writers
+  }
+  const n = await stored();
+  assert.ok(n >= FLOWS, `only ${n} flows stored`);
+}
+
+let browser;
+describe("console performance", { concurrency: false }, () => {
+  before(async () => {
+    browser = await launch();
+  });
+  after(async () => browser?.close());
+
+  test("10,000 flows: 10 pages of 1,000, ≤ 100 rows in the DOM, smooth scrolling", async () => {
+    await seed();
+    const { page } = await newPage(browser);
+    await signIn(page, API, env.WEFT_DEMO_USER_EMAIL, env.WEFT_DEMO_USER_PASSWORD, "/console/t/acme/flows?to_ip=10.0.2.10&since=1h");
+    await page.locator("[data-verdict]").first().waitFor();
+    const count = async () => Number((await page.getByTestId("row-count").innerText()).replace(/\D/g, ""));
+    let pages = 1;
+    const t0 = Date.now();
+    while ((await count()) < FLOWS) {
+      const before = await count();
+      await page.getByTestId("older").click();
+      await eventually("the next page", async () => (await count()) > before, 15_000);
+      pages++;
+    }
+    const loadMs = Date.now() - t0;
+    assert.equal(pages, 10, `${pages} pages`);
+    const domRows = await page.locator("[role=row][data-verdict]").count();
+    assert.ok(domRows <= 100, `${domRows} row elements in the DOM`);
+
+    // Scroll top to bottom under a performance trace.
+    await browser.startTracing(page, { categories: ["devtools.timeline", "disabled-by-default-devtools.timeline.frame"] });
+    const frames = await page.evaluate(async () => {
+      const el = document.querySelector('[data-testid="flow-scroll"]');
+      const times = [];
+      let last = performance.now();
+      await new Promise((done) => {
+        const step = (now) => {
+          times.push(now - last);
+          last = now;
+          el.scrollTop += 400;
+          if (el.scrollTop + el.clientHeight >= el.scrollHeight - 1) done();
+          else requestAnimationFrame(step);
+        };
+        requestAnimationFrame(step);
+      });
+      return times.slice(1);
+    });
+    const trace = JSON.parse((await browser.stopTracing()).toString("utf8"));
+    const events = trace.traceEvents ?? trace;
+    const tasks = events.filter((e) => e.name === "RunTask" && e.ph === "X" && e.dur).map((e) => e.dur / 1000);
+    const longest = Math.max(0, ...tasks);
+    const sorted = [...frames].sort((a, b) => a - b);
+    const q = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+    const result = {
+      flows: await count(),
+      pages,
+      load_10_pages_ms: loadMs,
+      dom_rows: domRows,
+      frames: frames.length,
+      frame_median_ms: Number(q(0.5).toFixed(2)),
+      frame_p95_ms: Number(q(0.95).toFixed(2)),
+      longest_task_ms: Number(longest.toFixed(2)),
+    };
+    recordPerf("flows_10k", result);
+    await shot(page, "9-perf-flows", "10,000 flows");
+    assert.ok(result.frame_median_ms <= 34, JSON.stringify(result));
+    assert.ok(result.frame_p95_ms <= 66, JSON.stringify(result));
+    assert.ok(result.longest_task_ms <= 100, JSON.stringify(result));
+  });
+});
