@@ -24,12 +24,17 @@ export function Shell() {
   };
   if (signedOut) {
     return (
-      <main className="page narrow">
+      <div className="shell">
+        <header className="top">
+          <span className="brand">Weft</span>
+        </header>
+        <main className="page narrow">
         <h1>You are signed out</h1>
         <p>
           <a href={`/auth/login?return_to=${encodeURIComponent(`/console/t/${tenant}`)}`}>Sign in again</a>
         </p>
-      </main>
+        </main>
+      </div>
     );
   }
   const known = me.tenants.some((t) => t.name === tenant || t.id === tenant);

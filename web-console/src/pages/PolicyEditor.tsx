@@ -3,7 +3,7 @@ import { useEffect, useMemo, useRef, useState } from "react";
 import { useNavigate, useParams } from "react-router";
 import { basicSetup, EditorView } from "codemirror";
 import { EditorState, Compartment } from "@codemirror/state";
-import { forceLinting, linter, lintGutter, type Diagnostic } from "@codemirror/lint";
+import { linter, lintGutter, setDiagnostics, type Diagnostic } from "@codemirror/lint";
 import { yaml as yamlLang } from "@codemirror/lang-yaml";
 import { json as jsonLang } from "@codemirror/lang-json";
 import { parseDocument, stringify } from "yaml";
@@ -91,7 +91,9 @@ export default function PolicyEditor() {
 
   useEffect(() => {
     serverDiags.current = mapped.filter((m) => m.range).map((m) => ({ from: m.range!.from, to: m.range!.to, severity: "error" as const, message: `${m.field}: ${m.message}`, source: "server" }));
-    if (view.current) forceLinting(view.current);
+    // The linter runs on edits; the server's answer comes between them: show it now.
+    const v = view.current;
+    if (v) v.dispatch(setDiagnostics(v.state, [...parse(v.state.doc.toString()).errors, ...serverDiags.current]));
   }, [mapped]);
 
   useEffect(() => {
