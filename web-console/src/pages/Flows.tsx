@@ -284,10 +284,12 @@ function FollowControl({ tenant, query, follow, setFollow, onFlows, onStart }: {
   );
 }
 
+const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3, hour12: false });
+
 function cell(f: Flow, c: Column) {
   switch (c) {
     case "time":
-      return new Date(f.time).toLocaleTimeString(undefined, { hour12: false }) + "." + String(new Date(f.time).getMilliseconds()).padStart(3, "0");
+      return TIME.format(new Date(f.time));
     case "source":
       return peerText(f.source);
     case "destination":
@@ -313,7 +315,8 @@ function cell(f: Flow, c: Column) {
 
 function FlowTable({ rows, columns, onSelect, selected }: { rows: Flow[]; columns: Column[]; onSelect: (f: Flow) => void; selected: Flow | null }) {
   const parent = useRef<HTMLDivElement>(null);
-  const v = useVirtualizer({ count: rows.length, getScrollElement: () => parent.current, estimateSize: () => ROW_HEIGHT, overscan: 10 });
+  // No flushSync in scroll events: React batches the re-render instead of blocking the event.
+  const v = useVirtualizer({ count: rows.length, getScrollElement: () => parent.current, estimateSize: () => ROW_HEIGHT, overscan: 10, useFlushSync: false });
   const template = columns.map((c) => (c === "source" || c === "destination" ? "minmax(180px, 2fr)" : c === "reason" ? "minmax(160px, 1.5fr)" : "minmax(70px, 1fr)")).join(" ");
   return (
     <div className="flow-table" role="table">
