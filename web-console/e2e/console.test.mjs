@@ -129,8 +129,10 @@ describe("web console", { concurrency: false }, () => {
 
   test("5. service map: frontend→web is drawn; clicking it opens its flows", async () => {
     await page.goto(`${API}/console/t/acme/map`);
+    // An edge is attached, not necessarily "visible" to playwright: a vertical line has a
+    // zero-width box.
     const edge = page.locator('[data-edge^="frontend>web"]').first();
-    await edge.waitFor();
+    await edge.waitFor({ state: "attached" });
     const drawn = await page.getByTestId("map-draw-ms").innerText();
     recordPerf("service_map_draw_ms_demo", Number(drawn.match(/(\d+) ms/)[1]));
     await shot(page, "5-service-map", page.locator('[data-vertex="frontend"]'));
