@@ -62,9 +62,19 @@ describe("web console", { concurrency: false }, () => {
       assert.match(await rows.nth(i).locator(".agent-version").innerText(), /\d/);
     }
     await shot(page, "2-nodes", "demo-n2");
+
+    // Its services, with backends and realization.
+    await page.getByRole("link", { name: "Services" }).click();
+    const web = page.locator('tr[data-service="web"]');
+    await web.waitFor();
+    assert.equal(await web.locator(".backend").count(), 3);
+    assert.match(await web.innerText(), /10\.96\.0\.10:80\/TCP/);
+    assert.match(await web.innerText(), /maglev/);
+    await shot(page, "2-services", "10.96.0.10:80/TCP");
   });
 
   test("3. add a node: a curl | sh command with a join token; /install.sh answers; revoke", async () => {
+    await page.getByRole("link", { name: "Nodes", exact: true }).click();
     await page.getByTestId("add-node").click();
     const name = `e2e-${Date.now() % 100000}`;
     await page.getByLabel("Token name").fill(name);

@@ -9,6 +9,7 @@ import { Nodes } from "./pages/Nodes";
 import { Flows } from "./pages/Flows";
 import { ServiceMapPage } from "./pages/ServiceMap";
 import { Policies } from "./pages/Policies";
+import { Services } from "./pages/Services";
 import { Loading } from "./app/ui";
 
 // CodeMirror and the editor load only on the policy page.
@@ -29,6 +30,7 @@ const router = createBrowserRouter(
             { path: "nodes", element: <Nodes /> },
             { path: "flows", element: <Flows /> },
             { path: "map", element: <ServiceMapPage /> },
+            { path: "services", element: <Services /> },
             { path: "policies", element: <Policies /> },
             {
               path: "policies/:policy",

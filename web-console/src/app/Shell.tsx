@@ -8,6 +8,7 @@ const NAV = [
   ["nodes", "Nodes"],
   ["flows", "Flows"],
   ["map", "Service map"],
+  ["services", "Services"],
   ["policies", "Policies"],
 ] as const;
 
