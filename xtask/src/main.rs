@@ -2,6 +2,7 @@
 
 mod bench_datapath;
 mod bench_flows;
+mod console;
 mod demo;
 mod demo_check;
 mod ebpf;
@@ -26,6 +27,8 @@ commands:
                     fmt + clippy + every test, against a private Postgres; then
                     (without nextest args, or with --demo) the demo check: `demo
                     --detach`, `weft status`, `weft connectivity test`, `down`
+  console-test      the web console's checks (npm ci, tsc, vitest, build + size
+                    budget), then its browser tests against `demo --detach`
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object
@@ -54,6 +57,7 @@ fn run(args: &[String]) -> Result<()> {
         "demo" => demo::demo(rest.iter().any(|a| a == "--detach")),
         "down" => demo::down(),
         "test" => test::test(rest),
+        "console-test" => console::console_test(),
         "openapi" => openapi(),
         "proto" => proto(),
         "ebpf" => {

@@ -128,6 +128,7 @@ pub fn test(args: &[String]) -> Result<()> {
     drop(pg);
     nextest?;
     if demo {
+        crate::console::checks()?;
         crate::demo_check::check()?;
     }
     Ok(())

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection, QueryBuilder};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::cnp;
@@ -111,12 +111,13 @@ pub struct PolicyStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// `?strict=true`: refuse what would only be accepted with a `NotEnforced` condition.
+/// `?strict=true` on an import: refuse what would only be accepted with a `NotEnforced`
+/// condition. (An import has no dry run: `dry_run` there is an unknown parameter, refused.)
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct WriteParams {
-    /// Refuse (422) fields Weft accepts but does not enforce, instead of warning.
+pub struct ImportParams {
+    /// Refuse fields Weft accepts but does not enforce, instead of warning.
     #[serde(default)]
     pub strict: bool,
 }
@@ -224,6 +225,37 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Policy> {
         .fetch_one(conn)
         .await?;
     Ok(row.into())
+}
+
+/// Query parameters of policy writes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WriteParams {
+    /// `true`: make every check of the write (the policy's fields, its clusters, a taken
+    /// name, `If-Match`) and answer 200 with the policy as it would be, writing nothing: no
+    /// revision, no audit entry. Its `revision` and, on create, `id` are the ones the write
+    /// would have had.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Refuse fields Weft accepts but does not enforce, instead of warning.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// A dry run's answer: the write's transaction is rolled back (before its audit entry),
+/// and the policy it would have written comes back with 200 and no ETag (that revision
+/// does not exist).
+async fn dry_run_answer(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    p: Policy,
+    conditions: &[Condition],
+) -> Result<Response> {
+    tx.rollback().await?;
+    Ok(with_warnings(
+        axum::response::IntoResponse::into_response(axum::Json(p)),
+        conditions,
+    ))
 }
 
 /// Resolves the `clusters` scope to ids; an unknown cluster is a field error.
@@ -347,12 +379,14 @@ async fn rewrite(
     Ok(rev)
 }
 
-/// Create a policy (editor).
+/// Create a policy (editor). With `dry_run=true`: 200 with the policy it would create.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policies", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"), WriteParams),
     request_body = PolicyInput,
     responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String),
-        ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
+        ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))),
+              (status = 200, body = Policy, description = "Dry run: the policy as it would be created; nothing written"),
+              WriteErrors),
     security(("bearer" = [])))]
 async fn create_policy(
     State(st): State<AppState>,
@@ -367,6 +401,9 @@ async fn create_policy(
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let (rev, id) = insert(&mut tx, t.id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    if params.dry_run {
+        return dry_run_answer(tx, p, &conditions).await;
+    }
     audit::record(
         &mut tx,
         &t,
@@ -398,7 +435,7 @@ async fn update(
     t: &TenantCtx,
     key: &str,
     expected: Option<i64>,
-    strict: bool,
+    params: &WriteParams,
     change: impl FnOnce(PolicyInput) -> Result<PolicyInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
@@ -415,10 +452,13 @@ async fn update(
     let input = change(before.clone().into())?;
     let specs = input.rules()?;
     let conditions = policy::conditions(&specs);
-    check_strict(strict, &conditions)?;
+    check_strict(params.strict, &conditions)?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let rev = rewrite(&mut tx, t.id, id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    if params.dry_run {
+        return dry_run_answer(tx, p, &conditions).await;
+    }
     audit::record(
         &mut tx,
         t,
@@ -432,7 +472,8 @@ async fn update(
     Ok(with_warnings(common::ok(rev, p), &conditions))
 }
 
-/// Replace a policy (editor).
+/// Replace a policy (editor). With `dry_run=true`: 200 with the policy as it
+/// would be, nothing written.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
@@ -449,10 +490,11 @@ async fn put_policy(
     Query(params): Query<WriteParams>,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
-    update(&st, &t, &policy, expected, params.strict, |_| Ok(input)).await
+    update(&st, &t, &policy, expected, &params, |_| Ok(input)).await
 }
 
-/// Change some fields of a policy with a JSON merge patch (editor).
+/// Change some fields of a policy with a JSON merge patch (editor). With `dry_run=true`: 200 with the policy as it
+/// would be, nothing written.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
@@ -469,7 +511,7 @@ async fn patch_policy(
     Query(params): Query<WriteParams>,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &t, &policy, expected, params.strict, |cur| {
+    update(&st, &t, &policy, expected, &params, |cur| {
         common::patched(&cur, &patch)
     })
     .await
@@ -530,7 +572,7 @@ pub struct ImportResult {
 /// nothing: one bad document fails the import and each bad document's errors are listed
 /// with field paths like `documents[2].spec.ingress[0].fromCIDR[0]`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/import", tag = "policies",
-    params(("tenant" = String, Path, description = "Tenant id or name"), WriteParams),
+    params(("tenant" = String, Path, description = "Tenant id or name"), ImportParams),
     request_body(content = String, content_type = "application/yaml",
         description = "CiliumNetworkPolicy YAML, one or more documents"),
     responses((status = 200, body = ImportResult, headers(
@@ -539,7 +581,7 @@ pub struct ImportResult {
 async fn import_policies(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Editor>,
-    Query(params): Query<WriteParams>,
+    Query(params): Query<ImportParams>,
     YamlBody(yaml): YamlBody,
 ) -> Result<Response> {
     let imported = cnp::parse_cnp_documents(&yaml).map_err(|docs| {
