@@ -15,6 +15,27 @@ use crate::error::ApiError;
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
+/// The `limit` of a page, as [`ListParams::resolve`] accepts it.
+pub fn limit_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(
+        1,
+        i64::from(MAX_LIMIT),
+        "Page size, 1 to 1000 (default 100).",
+    )
+    .build()
+}
+
+/// [`decode_cursor`] as a regular expression: 16 bytes in unpadded base64url (the last
+/// character carries 2 bits).
+pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]{21}[AQgw]$";
+
+/// A list's `cursor`, as [`decode_cursor`] accepts it.
+pub fn cursor_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::string("`next_cursor` of the previous page.")
+        .pattern(Some(CURSOR_PATTERN))
+        .build()
+}
+
 /// Query string parsed strictly: an unknown parameter is an error, not silently ignored.
 pub struct Query<T>(pub T);
 
@@ -35,8 +56,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = limit_schema)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(schema_with = cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`.
     pub labels: Option<String>,

@@ -530,6 +530,31 @@ fn parse_net(v: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{v:?} is not an IP address or CIDR"))
 }
 
+/// The duration form of [`parse_time`] as a regular expression.
+pub const DURATION_PATTERN: &str = "^[0-9]{1,6}[smhd]$";
+
+crate::contract_schema! {
+    /// A time as [`parse_time`] accepts it.
+    TimeOrDuration => utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::DateTime,
+                ))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(DURATION_PATTERN)),
+        )
+        .description(Some(
+            "An RFC 3339 time, or a duration ago: 1 to 6 digits and s, m, h or d (`30s`, \
+             `5m`, `2h`, `7d`).",
+        ))
+        .examples(["5m"])
+}
+
 /// RFC 3339, or a duration before `now`: `30s`, `5m`, `2h`, `7d`.
 pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
@@ -538,10 +563,10 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
     let bad = || format!("{v:?} is neither an RFC 3339 time nor a duration like 30s, 5m, 2h, 7d");
     let unit_at = v.len().checked_sub(1).ok_or_else(bad)?;
     let (num, unit) = v.split_at(unit_at);
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    if n < 0 {
+    if num.is_empty() || num.len() > 6 || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
+    let n: i64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
         "s" => Duration::try_seconds(n),
         "m" => Duration::try_minutes(n),

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::common::{self, ReadErrors, WriteErrors};
+use super::common::{self, Name, ReadErrors, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{self, need, Role, Tenant};
 use crate::error::{ApiError, Result};
@@ -27,13 +27,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Longest lifetime a token may be given: two years.
 const MAX_TTL_SECONDS: u64 = 2 * 365 * 24 * 3600;
 
+fn token_ttl_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::optional_integer(
+        1,
+        MAX_TTL_SECONDS as i64,
+        "Lifetime in seconds, at most two years; absent: the token does not expire.",
+    )
+    .build()
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
-    #[schema(example = "terraform-ci")]
+    #[schema(value_type = Name, example = "terraform-ci")]
     pub name: String,
     pub role: Role,
-    /// Lifetime in seconds; absent: the token does not expire.
+    /// Lifetime in seconds (1 to 63,072,000: two years); absent: the token does not expire.
+    #[schema(schema_with = token_ttl_schema)]
     pub expires_in_seconds: Option<u64>,
 }
 

@@ -55,7 +55,9 @@ pub struct AuditParams {
     pub since: Option<DateTime<Utc>>,
     /// Only changes before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    #[param(schema_with = crate::pagination::limit_schema)]
     pub limit: Option<u32>,
+    #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
 }
 

@@ -15,8 +15,17 @@ use weft_model::names::validate_name;
 use crate::error::{ApiError, Problem, Result};
 use crate::etag;
 
-/// Longest free-text description a resource may carry.
+/// Longest free-text description a resource may carry, in characters.
 pub const MAX_DESCRIPTION: usize = 1024;
+
+pub use weft_model::labels::LabelMap;
+pub use weft_model::names::Name;
+
+weft_model::contract_schema! {
+    /// A resource's description, as `check_common` accepts it.
+    Description => weft_model::contract::string("Free text of at most 1024 characters.")
+        .max_length(Some(MAX_DESCRIPTION))
+}
 
 /// Where a child resource lives: always a tenant, sometimes also a cluster.
 #[derive(Debug, Clone, Copy)]
@@ -144,10 +153,10 @@ pub fn check_common(errs: &mut Vec<FieldError>, name: &str, labels: &Labels, des
     if let Err(mut e) = validate_labels(labels) {
         errs.append(&mut e);
     }
-    if description.len() > MAX_DESCRIPTION {
+    if description.chars().count() > MAX_DESCRIPTION {
         errs.push(FieldError::new(
             "description",
-            format!("must be at most {MAX_DESCRIPTION} bytes"),
+            format!("must be at most {MAX_DESCRIPTION} characters"),
         ));
     }
 }

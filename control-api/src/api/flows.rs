@@ -20,6 +20,7 @@ use crate::error::{ApiError, Result};
 use crate::flows::{Cursor, Notice, ServiceMap};
 use crate::pagination::{Page, Query, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::state::AppState;
+use weft_model::flow::TimeOrDuration;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -45,8 +46,10 @@ pub struct FlowFilterParams {
     /// Destination security identity number. Repeatable.
     to_identity: Option<u32>,
     /// Source endpoint name. Repeatable.
+    #[param(min_length = 1)]
     from_endpoint: Option<String>,
     /// Destination endpoint name. Repeatable.
+    #[param(min_length = 1)]
     to_endpoint: Option<String>,
     /// Source IP address or CIDR. Repeatable.
     from_ip: Option<String>,
@@ -66,19 +69,25 @@ pub struct FlowFilterParams {
     /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
     drop_reason: Option<String>,
     /// Node name. Repeatable.
+    #[param(min_length = 1)]
     node: Option<String>,
     /// Cluster name. Repeatable.
+    #[param(min_length = 1)]
     cluster: Option<String>,
     /// Service name. Repeatable.
+    #[param(min_length = 1)]
     service: Option<String>,
     /// Comma-separated TCP flags (`SYN,ACK`; also FIN, RST, PSH, URG): a flow matches when
     /// it has all of them. Repeatable.
     tcp_flags: Option<String>,
     /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
+    #[param(value_type = Option<TimeOrDuration>)]
     since: Option<String>,
-    /// Only flows before this time: RFC 3339 or a duration ago.
+    /// Only flows before this time (after `since`): RFC 3339 or a duration ago.
+    #[param(value_type = Option<TimeOrDuration>)]
     until: Option<String>,
     /// Only the newest N (1 to 1000) flows; the stream sends them first, then follows.
+    #[param(schema_with = last_schema)]
     last: Option<u32>,
 }
 
@@ -87,9 +96,21 @@ pub struct FlowFilterParams {
 #[into_params(parameter_in = Query)]
 pub struct FlowPageParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = crate::pagination::limit_schema)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: only a cursor this API issued (anything else
+    /// is answered 400 naming `cursor`).
+    #[param(min_length = 1)]
     cursor: Option<String>,
+}
+
+fn last_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(
+        1,
+        i64::from(weft_model::flow::MAX_LAST),
+        "Only the newest N flows; the stream sends them first, then follows.",
+    )
+    .build()
 }
 
 /// Raw query pairs (repeats kept, in order).
@@ -305,6 +326,7 @@ async fn follow(
 #[into_params(parameter_in = Query)]
 pub struct ServiceMapParams {
     /// Window start: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`); default `1h`.
+    #[param(value_type = Option<TimeOrDuration>)]
     pub since: Option<String>,
 }
 
