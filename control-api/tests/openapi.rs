@@ -95,3 +95,75 @@ async fn served_spec_and_docs() {
         r.body
     );
 }
+
+/// Every string enum in the spec documents exactly what serde reads and writes: each value
+/// in the spec round-trips through the Rust type unchanged, and for `named_enum!` types the
+/// spec lists exactly the texts of `ALL`. A new enum in the spec must be added here.
+#[test]
+fn every_enum_in_the_spec_is_what_serde_writes() {
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+    use serde_json::Value;
+
+    fn round_trips<T: Serialize + DeserializeOwned>(documented: &[Value]) -> Vec<Value> {
+        documented
+            .iter()
+            .map(|v| match serde_json::from_value::<T>(v.clone()) {
+                Ok(t) => serde_json::to_value(t).expect("serialises"),
+                Err(e) => panic!("documented value {v} is refused by serde: {e}"),
+            })
+            .collect()
+    }
+    fn written<T: Serialize>(all: &[T]) -> Vec<Value> {
+        all.iter()
+            .map(|t| serde_json::to_value(t).expect("serialises"))
+            .collect()
+    }
+
+    let spec = serde_json::to_value(control_api::api::openapi()).expect("spec as JSON");
+    let schemas = spec["components"]["schemas"].as_object().expect("schemas");
+    let mut seen = 0;
+    for (name, schema) in schemas {
+        let Some(documented) = schema.get("enum").and_then(Value::as_array) else {
+            continue;
+        };
+        seen += 1;
+        use weft_model::{flow, policy, selector, service, workload};
+        // named_enum! types: the spec must equal `ALL` exactly, in order.
+        let all = match name.as_str() {
+            "Verdict" => Some(written(flow::Verdict::ALL)),
+            "DropReason" => Some(written(flow::DropReason::ALL)),
+            "WorkloadKind" => Some(written(workload::WorkloadKind::ALL)),
+            "ProbeOutcome" => Some(written(workload::ProbeOutcome::ALL)),
+            _ => None,
+        };
+        if let Some(all) = all {
+            assert_eq!(
+                documented, &all,
+                "{name}: the spec differs from serde's texts"
+            );
+        }
+        let back = match name.as_str() {
+            "Verdict" => round_trips::<flow::Verdict>(documented),
+            "DropReason" => round_trips::<flow::DropReason>(documented),
+            "WorkloadKind" => round_trips::<workload::WorkloadKind>(documented),
+            "ProbeOutcome" => round_trips::<workload::ProbeOutcome>(documented),
+            "Algorithm" => round_trips::<service::Algorithm>(documented),
+            "BackendState" => round_trips::<service::BackendState>(documented),
+            "L4Protocol" => round_trips::<service::L4Protocol>(documented),
+            "Entity" => round_trips::<policy::Entity>(documented),
+            "IcmpFamily" => round_trips::<policy::IcmpFamily>(documented),
+            "Protocol" => round_trips::<policy::Protocol>(documented),
+            "SelectorOperator" => round_trips::<selector::SelectorOperator>(documented),
+            "CallerKind" => round_trips::<control_api::api::me::CallerKind>(documented),
+            "MemberStatus" => round_trips::<control_api::api::members::MemberStatus>(documented),
+            "ProbeStatus" => {
+                round_trips::<control_api::api::connectivity::probes::ProbeStatus>(documented)
+            }
+            "Role" => round_trips::<control_api::auth::Role>(documented),
+            other => panic!("enum schema {other} has no Rust type in this test: add it"),
+        };
+        assert_eq!(documented, &back, "{name}: serde writes other texts");
+    }
+    assert!(seen >= 15, "only {seen} enums in the spec");
+}

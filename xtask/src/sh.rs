@@ -73,9 +73,15 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The repository root (xtask lives one level below it).
+/// The repository root (xtask lives one level below it). `cargo run` (the `cargo xtask`
+/// alias) sets `CARGO_MANIFEST_DIR` for the running binary too: prefer it, because a binary
+/// built in a build directory shared by several checkouts carries the compile-time path of
+/// whichever checkout built it.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
