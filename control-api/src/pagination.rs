@@ -44,9 +44,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(q)
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de)
             .map(Query)
-            .map_err(|e| ApiError::invalid_field("query", e.to_string()))
+            .map_err(|e| {
+                // The parameter that was wrong, when serde knows it.
+                let field = match e.path().to_string() {
+                    p if p == "." => "query".to_string(),
+                    p => p,
+                };
+                ApiError::invalid_field(field, e.into_inner().to_string())
+            })
     }
 }
 

@@ -16,23 +16,49 @@ macro_rules! label_name {
         "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
     };
 }
-/// One part of a DNS subdomain.
-macro_rules! dns_label {
-    () => {
-        "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-    };
-}
 /// [`validate_label_key`] as a regular expression (the prefix's length limit of 253 is
 /// stated in words: a regular expression without look-ahead cannot say it).
-pub const LABEL_KEY_PATTERN: &str = concat!(
-    "^(",
-    dns_label!(),
-    "(\\.",
-    dns_label!(),
-    ")*/)?",
-    label_name!(),
-    "$"
-);
+#[macro_export]
+#[doc(hidden)]
+macro_rules! label_key_body {
+    () => {
+        concat!(
+            "(",
+            "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+            "(\\.",
+            "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+            ")*/)?",
+            "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+        )
+    };
+}
+pub const LABEL_KEY_PATTERN: &str = concat!("^", label_key_body!(), "$");
+
+/// A label map's schema: keys matching `key_pattern`, values label values.
+pub fn label_map_schema(
+    key_pattern: &str,
+    description: &str,
+) -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property_names(Some(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .pattern(Some(key_pattern))
+                .build(),
+        )))
+        .additional_properties(Some(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_LABEL_NAME_LEN))
+                .pattern(Some(LABEL_VALUE_PATTERN))
+                .build(),
+        )))
+        .examples([serde_json::json!({"app": "web"})])
+}
 /// [`validate_label_value`] as a regular expression.
 pub const LABEL_VALUE_PATTERN: &str = concat!("^(", label_name!(), ")?$");
 
@@ -62,25 +88,11 @@ crate::contract_schema! {
 
 crate::contract_schema! {
     /// Labels, as [`validate_labels`] accepts them.
-    LabelMap => utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::Object)
-        .description(Some("Labels: Kubernetes label keys to label values."))
-        .property_names(Some(utoipa::openapi::schema::Schema::Object(
-            utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .min_length(Some(1))
-                .max_length(Some(MAX_LABEL_PREFIX_LEN + 1 + MAX_LABEL_NAME_LEN))
-                .pattern(Some(LABEL_KEY_PATTERN))
-                .build(),
-        )))
-        .additional_properties(Some(utoipa::openapi::schema::Schema::Object(
-            utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .max_length(Some(MAX_LABEL_NAME_LEN))
-                .pattern(Some(LABEL_VALUE_PATTERN))
-                .build(),
-        )))
-        .examples([serde_json::json!({"app": "web"})])
+    LabelMap => label_map_schema(
+        LABEL_KEY_PATTERN,
+        "Labels: Kubernetes label keys (a key's prefix is at most 253 characters) to label \
+         values.",
+    )
 }
 
 /// Checks every label; the field paths are `labels.<key>`.

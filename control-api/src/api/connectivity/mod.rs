@@ -29,8 +29,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct SelectorListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = crate::pagination::limit_schema)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`.
     pub selector: Option<String>,
