@@ -70,7 +70,32 @@ pub struct ListParams {
     #[param(schema_with = cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
+}
+
+/// Parameters of a list without labels (tokens, members).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = limit_schema)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = cursor_schema)]
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn resolve(&self) -> Result<ListQuery, ApiError> {
+        ListParams {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+            labels: None,
+        }
+        .resolve()
+    }
 }
 
 /// One page of a collection.

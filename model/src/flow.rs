@@ -530,6 +530,33 @@ fn parse_net(v: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{v:?} is not an IP address or CIDR"))
 }
 
+/// An IPv4 CIDR as `parse_net` accepts it.
+pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
+
+crate::contract_schema! {
+    /// An address or CIDR, as `parse_net` accepts it.
+    IpOrCidr => utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv4".into()))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv6".into()))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(IPV4_CIDR_PATTERN)),
+        )
+        .description(Some(
+            "An IP address or an IPv4 CIDR (an IPv6 CIDR such as 2001:db8::/32 is accepted too).",
+        ))
+        .examples(["10.0.0.0/8"])
+}
+
 /// The duration form of [`parse_time`] as a regular expression.
 pub const DURATION_PATTERN: &str = "^[0-9]{1,6}[smhd]$";
 

@@ -80,6 +80,54 @@ crate::contract_schema! {
     )
 }
 
+macro_rules! selector_key {
+    () => {
+        concat!("((k8s|any):)?", crate::label_key_body!())
+    };
+}
+macro_rules! set_value {
+    () => {
+        "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+    };
+}
+macro_rules! requirement {
+    () => {
+        concat!(
+            "(!\\s*",
+            selector_key!(),
+            "|",
+            selector_key!(),
+            "(\\s*(==|=|!=)\\s*(",
+            set_value!(),
+            ")?|\\s+(in|notin)\\s*\\(\\s*",
+            set_value!(),
+            "\\s*(,\\s*",
+            set_value!(),
+            "\\s*)*\\))?)"
+        )
+    };
+}
+
+/// [`LabelSelector::parse_query`] as a regular expression.
+pub const SELECTOR_QUERY_PATTERN: &str = concat!(
+    "^\\s*(",
+    requirement!(),
+    "\\s*(,\\s*",
+    requirement!(),
+    "\\s*)*)?$"
+);
+
+/// A label selector in query syntax, as [`LabelSelector::parse_query`] accepts it.
+pub fn selector_query_schema() -> utoipa::openapi::schema::Object {
+    crate::contract::string(
+        "Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging),!legacy` \
+         (keys may carry the source `k8s:` or `any:`).",
+    )
+    .pattern(Some(SELECTOR_QUERY_PATTERN))
+    .examples(["app=web"])
+    .build()
+}
+
 fn validate_selector_key(key: &str) -> Result<(), String> {
     if let Some((source, _)) = key.split_once(':') {
         if !IGNORED_SOURCES.contains(&source) {

@@ -182,6 +182,8 @@ pub fn run(cluster: &pg::Cluster, dir: &Path) -> Result<()> {
         .arg(&out)
         .args(["--no-color", "--warnings", "off"])
         .env("NO_COLOR", "1")
+        // Its example database (`.schemathesis/`) goes under the target dir.
+        .current_dir(sh::target_dir())
         .stdin(Stdio::null())
         .status()
         .context("running schemathesis")?;

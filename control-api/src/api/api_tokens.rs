@@ -15,7 +15,7 @@ use crate::audit::{self, Subject};
 use crate::auth::{self, need, Role, Tenant};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
-use crate::pagination::{ListParams, Page, Query};
+use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -72,21 +72,15 @@ const COLUMNS: &str = "id, name, role, created_at, expires_at, last_used_at, rev
 
 /// List API tokens (admin). Secrets are never returned.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/api-tokens", tag = "api-tokens",
-    params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
+    params(("tenant" = String, Path, description = "Tenant id or name"), PageParams),
     responses((status = 200, body = Page<ApiToken>), ReadErrors),
     security(("bearer" = [])))]
 async fn list_tokens(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Admin>,
-    Query(params): Query<ListParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<ApiToken>>> {
     let list = params.resolve()?;
-    if list.selector.is_some() {
-        return Err(ApiError::invalid_field(
-            "labels",
-            "API tokens have no labels",
-        ));
-    }
     let mut qb = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM api_tokens WHERE tenant_id = "
     ));

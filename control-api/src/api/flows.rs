@@ -38,8 +38,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct FlowFilterParams {
     /// Source labels, Kubernetes selector syntax (`app=web,env in (prod)`). Repeatable.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     from_label: Option<String>,
     /// Destination labels, Kubernetes selector syntax. Repeatable.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     to_label: Option<String>,
     /// Source security identity number. Repeatable.
     from_identity: Option<u32>,
@@ -52,8 +54,10 @@ pub struct FlowFilterParams {
     #[param(min_length = 1)]
     to_endpoint: Option<String>,
     /// Source IP address or CIDR. Repeatable.
+    #[param(value_type = Option<weft_model::flow::IpOrCidr>)]
     from_ip: Option<String>,
     /// Destination IP address or CIDR. Repeatable.
+    #[param(value_type = Option<weft_model::flow::IpOrCidr>)]
     to_ip: Option<String>,
     /// Source or destination port. Repeatable.
     port: Option<u16>,

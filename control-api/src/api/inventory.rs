@@ -210,6 +210,7 @@ pub struct EndpointParams {
     #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
 }
 
@@ -296,6 +297,7 @@ pub struct IdentityParams {
     #[param(pattern = "^[+-]?[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
 }
 

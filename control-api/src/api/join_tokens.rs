@@ -15,9 +15,9 @@ use weft_model::error::FieldError;
 use super::common::{self, Name, ReadErrors, Scope, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{self, need, Tenant};
-use crate::error::{ApiError, Result};
+use crate::error::Result;
 use crate::extract::Json;
-use crate::pagination::{ListParams, Page, Query};
+use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -96,22 +96,16 @@ const COLUMNS: &str = "id, cluster_id, name, max_uses, uses, expires_at, revoked
 /// List a cluster's join tokens (admin). Secrets are never returned.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("cluster" = String, Path, description = "Cluster id or name"), ListParams),
+           ("cluster" = String, Path, description = "Cluster id or name"), PageParams),
     responses((status = 200, body = Page<JoinToken>), ReadErrors),
     security(("bearer" = [])))]
 async fn list_join_tokens(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Admin>,
     Path((_tenant, cluster)): Path<(String, String)>,
-    Query(params): Query<ListParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<JoinToken>>> {
     let list = params.resolve()?;
-    if list.selector.is_some() {
-        return Err(ApiError::invalid_field(
-            "labels",
-            "join tokens have no labels",
-        ));
-    }
     let mut tx = t.begin(&st.pool).await?;
     let c = common::require_id(
         &mut tx,

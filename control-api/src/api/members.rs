@@ -20,7 +20,7 @@ use crate::audit::{self, Subject};
 use crate::auth::{need, Principal, Role, Tenant as Authorized, TenantCtx};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
-use crate::pagination::{ListParams, Page, Query};
+use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -200,18 +200,15 @@ fn last_owner() -> ApiError {
 
 /// List members and pending invites (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/members", tag = "members",
-    params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
+    params(("tenant" = String, Path, description = "Tenant id or name"), PageParams),
     responses((status = 200, body = Page<Member>), ReadErrors),
     security(("bearer" = []), ("session" = [])))]
 async fn list_members(
     State(st): State<AppState>,
     Authorized(t, _): Authorized<need::Viewer>,
-    Query(params): Query<ListParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<Member>>> {
     let list = params.resolve()?;
-    if list.selector.is_some() {
-        return Err(ApiError::invalid_field("labels", "members have no labels"));
-    }
     let mut qb = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM {MEMBERS} WHERE members.tenant_id = "
     ));

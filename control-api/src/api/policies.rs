@@ -52,7 +52,7 @@ pub struct PolicyInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<PolicySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_items = 64)]
+    #[schema(min_items = 1, max_items = 64)]
     pub specs: Option<Vec<PolicySpec>>,
     /// Clusters (names or ids) the policy applies to; absent: every cluster of the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]

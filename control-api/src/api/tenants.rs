@@ -46,8 +46,9 @@ pub struct TenantInput {
 
 weft_model::contract_schema! {
     /// A tenant's display name, as `TenantInput::validate` accepts it.
-    DisplayName => weft_model::contract::string("Free text of at most 200 characters.")
+    DisplayName => weft_model::contract::string("Free text of at most 200 characters, without NUL.")
         .max_length(Some(MAX_DISPLAY_NAME))
+        .pattern(Some(common::NO_NUL_PATTERN))
         .examples(["Acme Corp"])
 }
 
@@ -55,6 +56,12 @@ impl TenantInput {
     fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         common::check_common(&mut errs, &self.name, &self.labels, "");
+        if self.display_name.contains('\0') {
+            errs.push(weft_model::error::FieldError::new(
+                "display_name",
+                "must not contain NUL",
+            ));
+        }
         if self.display_name.chars().count() > MAX_DISPLAY_NAME {
             errs.push(weft_model::error::FieldError::new(
                 "display_name",

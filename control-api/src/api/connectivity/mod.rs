@@ -35,8 +35,10 @@ pub struct SelectorListParams {
     #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub selector: Option<String>,
     /// The same as `selector` (the name the other collections use).
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
 }
 
@@ -63,6 +65,7 @@ impl SelectorListParams {
 #[into_params(parameter_in = Query)]
 pub struct DeleteParams {
     /// Label selector in Kubernetes syntax; required. The empty selector matches all.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub selector: Option<String>,
 }
 
