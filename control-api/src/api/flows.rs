@@ -44,8 +44,10 @@ pub struct FlowFilterParams {
     #[param(schema_with = weft_model::selector::selector_query_schema)]
     to_label: Option<String>,
     /// Source security identity number. Repeatable.
+    #[param(schema_with = identity_schema)]
     from_identity: Option<u32>,
     /// Destination security identity number. Repeatable.
+    #[param(schema_with = identity_schema)]
     to_identity: Option<u32>,
     /// Source endpoint name. Repeatable.
     #[param(min_length = 1)]
@@ -106,6 +108,10 @@ pub struct FlowPageParams {
     /// is answered 400 naming `cursor`).
     #[param(min_length = 1)]
     cursor: Option<String>,
+}
+
+fn identity_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(0, i64::from(u32::MAX), "A security identity number.").build()
 }
 
 fn last_schema() -> utoipa::openapi::schema::Object {

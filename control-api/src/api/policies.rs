@@ -79,7 +79,11 @@ impl utoipa::PartialSchema for PolicyDocument {
                     .item(given("specs", Type::Array)),
             )
             .description(Some(
-                "A policy: exactly one of `spec` (one rule) or `specs` (at most 64 rules).",
+                "A policy: exactly one of `spec` (one rule) or `specs` (1 to 64 rules). Each \
+                 rule follows Cilium's semantics across its fields, which a schema cannot state: \
+                 exactly one of `endpointSelector` or `nodeSelector`, one kind of peer \
+                 (endpoints, CIDRs or entities) per ingress/egress rule, L7 rules only with \
+                 ports; a violation is answered 400 naming the field.",
             ))
             .into()
     }
