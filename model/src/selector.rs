@@ -117,6 +117,11 @@ pub const SELECTOR_QUERY_PATTERN: &str = concat!(
     "\\s*)*)?$"
 );
 
+crate::contract_schema! {
+    /// A label selector in query syntax, as [`LabelSelector::parse_query`] accepts it.
+    SelectorQuery => selector_query_schema()
+}
+
 /// A label selector in query syntax, as [`LabelSelector::parse_query`] accepts it.
 pub fn selector_query_schema() -> utoipa::openapi::schema::Object {
     crate::contract::string(

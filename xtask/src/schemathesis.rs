@@ -189,6 +189,10 @@ pub fn run(cluster: &pg::Cluster, dir: &Path) -> Result<()> {
         .context("running schemathesis")?;
     drop(api);
     drop(provider);
+    match summary(&out) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("xtask: no schemathesis summary: {e:#}"),
+    }
     let _ = cluster.psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
     eprintln!(
         "xtask: schemathesis finished in {} s; the API's log is {}",
@@ -199,6 +203,29 @@ pub fn run(cluster: &pg::Cluster, dir: &Path) -> Result<()> {
         bail!("schemathesis found failures not in {BASELINE} ({status})");
     }
     Ok(())
+}
+
+/// One line from the newest JSON report: operations, test cases, failures.
+fn summary(dir: &Path) -> Result<String> {
+    let newest = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .context("no JSON report")?;
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&newest)?)?;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    Ok(format!(
+        "schemathesis: {} operations tested of {} selected; {} test cases generated; \
+         {} failures ({} new, {} known from the baseline); {} errors; {:.0} s",
+        n(&r["operations"]["tested"]),
+        n(&r["operations"]["selected"]),
+        n(&r["test_cases"]["generated"]),
+        n(&r["baseline"]["new"]) + n(&r["baseline"]["known"]),
+        n(&r["baseline"]["new"]),
+        n(&r["baseline"]["known"]),
+        r["errors"].as_array().map_or(0, Vec::len),
+        r["running_time"].as_f64().unwrap_or(0.0),
+    ))
 }
 
 fn wait_ready(api_url: &str, child: &mut Child) -> Result<()> {

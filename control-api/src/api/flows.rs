@@ -67,12 +67,15 @@ pub struct FlowFilterParams {
     from_port: Option<u16>,
     /// Destination port. Repeatable.
     to_port: Option<u16>,
-    /// `tcp`, `udp` or `icmp`. Repeatable.
+    /// `tcp`, `udp` or `icmp` (any case; `icmpv6` is `icmp`). Repeatable.
+    #[param(pattern = "^([tT][cC][pP]|[uU][dD][pP]|[iI][cC][mM][pP]([vV]6)?)$")]
     protocol: Option<String>,
     /// `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED` or `ERROR`. Repeatable.
+    #[param(value_type = Option<weft_model::flow::Verdict>)]
     verdict: Option<String>,
     /// `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
     /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+    #[param(value_type = Option<weft_model::flow::DropReason>)]
     drop_reason: Option<String>,
     /// Node name. Repeatable.
     #[param(min_length = 1)]
@@ -85,6 +88,9 @@ pub struct FlowFilterParams {
     service: Option<String>,
     /// Comma-separated TCP flags (`SYN,ACK`; also FIN, RST, PSH, URG): a flow matches when
     /// it has all of them. Repeatable.
+    #[param(
+        pattern = "^\\s*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])\\s*(,\\s*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])\\s*)*$"
+    )]
     tcp_flags: Option<String>,
     /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
     #[param(value_type = Option<TimeOrDuration>)]

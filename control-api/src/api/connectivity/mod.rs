@@ -65,7 +65,7 @@ impl SelectorListParams {
 #[into_params(parameter_in = Query)]
 pub struct DeleteParams {
     /// Label selector in Kubernetes syntax; required. The empty selector matches all.
-    #[param(schema_with = weft_model::selector::selector_query_schema, required = true)]
+    #[param(value_type = weft_model::selector::SelectorQuery, required = true)]
     pub selector: Option<String>,
 }
 
