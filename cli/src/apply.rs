@@ -45,13 +45,19 @@ pub enum PolicyCmd {
         weft policy apply -f cnps.yaml --dry-run\n\n\
         Every document is checked first; a bad one applies nothing. Each object prints\n\
         `policy/NAME created|configured|unchanged`. --dry-run checks locally and shows what\n\
-        would change without writing (the API has no server-side dry run).")]
+        would change without writing (the API has no server-side dry run).\n\
+        Fields Weft accepts but does not enforce (toFQDNs, HTTP/DNS rules, host policies,\n\
+        some entities) print `Warning: <field>: …` on standard error; their traffic is\n\
+        dropped, never allowed. --strict refuses them instead (exit 1, nothing applied).")]
     Apply {
         #[command(flatten)]
         file: FileArg,
         /// Show what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse fields Weft accepts but does not enforce, instead of warning.
+        #[arg(long)]
+        strict: bool,
         /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
@@ -129,38 +135,88 @@ async fn live(
     }
 }
 
-/// Applies objects to the collection at `coll`, printing one line each.
+/// The `NotEnforced` conditions of a policy object, as `field: reason` (the API answers the
+/// same as `Warning` headers; this is for what is not sent: dry runs and unchanged objects).
+pub fn not_enforced(kind: Kind, o: &Object) -> Vec<String> {
+    if kind != Kind::Policy {
+        return Vec::new();
+    }
+    let specs: Vec<weft_model::policy::PolicySpec> = match (o.body.get("specs"), o.body.get("spec"))
+    {
+        (Some(v), _) if !v.is_null() => serde_json::from_value(v.clone()).unwrap_or_default(),
+        (_, Some(v)) if !v.is_null() => serde_json::from_value(v.clone())
+            .map(|s| vec![s])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    weft_model::policy::conditions(&specs)
+        .into_iter()
+        .map(|c| format!("{}: not enforced: {}", c.field, c.reason))
+        .collect()
+}
+
+/// Applies objects to the collection at `coll`, printing one line each. Warnings go to
+/// standard error as `Warning: …`; with `strict` any makes the whole apply fail first.
 pub async fn apply(
     client: &Client,
     kind: Kind,
     coll: &str,
     objects: &[Object],
     dry_run: bool,
+    strict: bool,
     output: Option<Format>,
 ) -> Result<()> {
+    if strict {
+        let refused: Vec<String> = objects
+            .iter()
+            .flat_map(|o| {
+                not_enforced(kind, o)
+                    .into_iter()
+                    .map(move |w| format!("{}/{}: {w}", kind.as_str(), o.name))
+            })
+            .collect();
+        if !refused.is_empty() {
+            for r in &refused {
+                eprintln!("error: {r}");
+            }
+            anyhow::bail!(
+                "--strict: {} field(s) Weft accepts but does not enforce; nothing applied",
+                refused.len()
+            );
+        }
+    }
+    let query = if strict { "?strict=true" } else { "" };
     let mut report = Vec::new();
     for o in objects {
+        let mut warnings = None;
         let outcome = match live(client, kind, coll, &o.name).await? {
             None => {
                 if !dry_run {
-                    client.post(coll, o.body.clone()).await?;
+                    let r = client
+                        .post(&format!("{coll}{query}"), o.body.clone())
+                        .await?;
+                    warnings = Some(r.warnings);
                 }
                 Outcome::Created
             }
             Some((current, _)) if current == o.body => Outcome::Unchanged,
             Some((_, etag)) => {
                 if !dry_run {
-                    client
+                    let r = client
                         .put(
-                            &format!("{coll}/{}", seg(&o.name)),
+                            &format!("{coll}/{}{query}", seg(&o.name)),
                             o.body.clone(),
                             etag.as_deref(),
                         )
                         .await?;
+                    warnings = Some(r.warnings);
                 }
                 Outcome::Configured
             }
         };
+        for w in warnings.unwrap_or_else(|| not_enforced(kind, o)) {
+            eprintln!("Warning: {}/{}: {w}", kind.as_str(), o.name);
+        }
         let suffix = if dry_run { " (dry run)" } else { "" };
         if output.is_none() {
             println!("{}/{} {}{suffix}", kind.as_str(), o.name, outcome.as_str());
@@ -245,10 +301,20 @@ pub async fn policy(target: &Target, cmd: PolicyCmd) -> Result<()> {
         PolicyCmd::Apply {
             file,
             dry_run,
+            strict,
             output,
         } => {
             let objects = manifest::policies(&file.read()?)?;
-            apply(&client, Kind::Policy, &coll, &objects, dry_run, output).await
+            apply(
+                &client,
+                Kind::Policy,
+                &coll,
+                &objects,
+                dry_run,
+                strict,
+                output,
+            )
+            .await
         }
         PolicyCmd::Diff { file } => {
             let objects = manifest::policies(&file.read()?)?;

@@ -24,6 +24,22 @@ pub struct Target {
 pub struct Reply {
     pub etag: Option<String>,
     pub body: Value,
+    /// The texts of the answer's `Warning: 299 - "…"` headers.
+    pub warnings: Vec<String>,
+}
+
+/// The text of a `Warning` header value (`299 - "text"`), or the value as is.
+pub fn warning_text(v: &str) -> String {
+    let mut parts = v.splitn(3, ' ');
+    let (code, _agent, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    match code {
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()) => rest
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .unwrap_or(rest)
+            .to_string(),
+        _ => v.to_string(),
+    }
 }
 
 /// RFC 7807 problem, as the API answers errors.
@@ -300,6 +316,13 @@ impl Client {
                 .get(reqwest::header::ETAG)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let warnings = resp
+                .headers()
+                .get_all(reqwest::header::WARNING)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(warning_text)
+                .collect();
             let bytes = resp.bytes().await.context("reading the answer")?;
             let what = format!("{method} {path}");
             if !status.is_success() {
@@ -320,7 +343,11 @@ impl Client {
                 serde_json::from_slice(&bytes)
                     .with_context(|| format!("{what}: the answer is not JSON"))?
             };
-            return Ok(Reply { etag, body });
+            return Ok(Reply {
+                etag,
+                body,
+                warnings,
+            });
         }
     }
 

@@ -246,6 +246,7 @@ pub async fn service(target: &Target, cmd: ServiceCmd) -> Result<()> {
                 &coll(&cluster)?,
                 &objects,
                 dry_run,
+                false,
                 output,
             )
             .await

@@ -1034,3 +1034,51 @@ async fn connectivity_cleanup_removes_what_a_killed_run_left_and_nothing_else() 
     let r = api.weft(&["policy", "list", "-o", "json"]).await;
     assert_eq!(names(&r.ok().json()), ["web-from-frontend"]);
 }
+
+/// Fields Weft accepts but does not enforce: `policy apply` prints the API's warnings (and
+/// the local ones on a dry run); `--strict` refuses them and applies nothing.
+#[tokio::test]
+async fn policy_apply_warns_on_not_enforced_fields_and_strict_refuses() {
+    let api = Api::start().await;
+    let editor = api.tenant("acme", "editor").await;
+    let dir = tempfile::tempdir().unwrap();
+    api.weft(&["login", "--api-url", &api.url, "--token", &editor])
+        .await
+        .ok();
+    let fqdn = "name: to-github\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toFQDNs: [{matchName: api.github.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n";
+    let path = file(dir.path(), "fqdn.yaml", fqdn);
+    let rev = api.revision().await;
+    let r = api
+        .weft(&["policy", "apply", "-f", &path, "--strict"])
+        .await;
+    assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("policy/to-github: spec.egress[0].toFQDNs: not enforced"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(api.revision().await, rev, "strict applies nothing");
+
+    let r = api
+        .weft(&["policy", "apply", "-f", &path, "--dry-run"])
+        .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("Warning: policy/to-github: spec.egress[0].toFQDNs: not enforced"),
+        "{}",
+        r.stderr
+    );
+    let r = api.weft(&["policy", "apply", "-f", &path]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "policy/to-github created\n");
+    assert_eq!(
+        r.stderr
+            .matches("Warning: policy/to-github: spec.egress[0].toFQDNs: not enforced")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}

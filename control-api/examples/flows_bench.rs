@@ -150,6 +150,7 @@ async fn main() -> Result<()> {
             .into_inner();
         let eps = (0..50)
             .map(|i| ReportedEndpoint {
+                named_ports: Vec::new(),
                 name: format!("ep-{n}-{i}"),
                 labels: [("app".to_string(), format!("app-{}", i % 10))].into(),
                 ips: vec![format!("10.{n}.{}.{}", i / 200, i % 200 + 1)],

@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
 use crate::state::AppState;
-use crate::{api, auth, db};
+use crate::{api, auth, console, db};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -29,6 +29,7 @@ pub fn app(state: AppState) -> Router {
     let (router, spec) = api::routes().split_for_parts();
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .merge(console::router(state.console_dir.as_deref()))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())
@@ -73,6 +74,13 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         None => None,
     };
     let oidc = Oidc::from_config(&cfg.oidc)?.map(Arc::new);
+    if let Some(dir) = &cfg.console_dir {
+        anyhow::ensure!(
+            dir.join("index.html").is_file(),
+            "--console-dir {}: no index.html there (build the console: `npm run build` in web-console/)",
+            dir.display()
+        );
+    }
     db::migrate(url).await?;
     let pool = db::connect(url, cfg.db_max_connections).await?;
     let agent_ca_pem = match &cfg.agent_tls_cert {
@@ -97,7 +105,8 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         oidc,
         FailureLimiter::new(cfg.auth_failure_limit, crate::ratelimit::WINDOW),
     )
-    .with_install(install))
+    .with_install(install)
+    .with_console(cfg.console_dir.clone()))
 }
 
 /// Serves REST and the agent service until SIGTERM or Ctrl-C, then lets requests in

@@ -127,6 +127,10 @@ pub struct ServeConfig {
     /// of `--agent-listen`, https when the agent service has a certificate.
     #[arg(long, env = "WEFT_PUBLIC_AGENT_URL", global = true)]
     pub public_agent_url: Option<String>,
+    /// The built web console (`web-console/dist`), served at `/console/`; `GET /` redirects
+    /// there. Unset: no console (those paths answer 404).
+    #[arg(long, env = "WEFT_CONSOLE_DIR", global = true)]
+    pub console_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub oidc: OidcConfig,
 }

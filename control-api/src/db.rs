@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "flow_blocks",
         include_str!("../../db/migrations/0009_flow_blocks.sql"),
     ),
+    (
+        10,
+        "policy_fields",
+        include_str!("../../db/migrations/0010_policy_fields.sql"),
+    ),
 ];
 
 #[derive(Debug)]

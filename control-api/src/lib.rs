@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod changes;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod etag;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub flow_writer: crate::flows::writer::FlowWriter,
     /// Ingest's endpoint/identity/service lookups, cleared on each change of a tenant.
     pub enrich_cache: Arc<crate::flows::ingest::EnrichCache>,
+    /// The built web console served at `/console/`, if any.
+    pub console_dir: Option<Arc<std::path::Path>>,
 }
 
 impl AppState {
@@ -65,7 +67,14 @@ impl AppState {
             oidc,
             auth_failures: Arc::new(auth_failures),
             install: Arc::default(),
+            console_dir: None,
         }
+    }
+
+    /// The same state serving the built console in `dir` at `/console/`.
+    pub fn with_console(mut self, dir: Option<std::path::PathBuf>) -> AppState {
+        self.console_dir = dir.map(Arc::from);
+        self
     }
 
     /// The same state serving this installer configuration.

@@ -50,6 +50,7 @@ fn register(token: &str, name: &str, replace: bool) -> RegisterRequest {
 /// An endpoint as an agent reports it: one `app` label, one address.
 fn endpoint(name: &str, app: &str, ip: &str) -> ReportedEndpoint {
     ReportedEndpoint {
+        named_ports: Vec::new(),
         name: name.into(),
         labels: [("app".to_string(), app.to_string())].into(),
         ips: vec![ip.into()],
@@ -544,7 +545,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await;
     assert_eq!(
         r.body["status"],
-        json!({"realized_nodes": 0, "total_nodes": 2}),
+        json!({"realized_nodes": 0, "total_nodes": 2, "conditions": []}),
         "{}",
         r.body
     );
@@ -559,7 +560,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         .await;
     assert_eq!(
         r.body["status"],
-        json!({"realized_nodes": 1, "total_nodes": 2}),
+        json!({"realized_nodes": 1, "total_nodes": 2, "conditions": []}),
         "{}",
         r.body
     );

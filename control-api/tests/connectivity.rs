@@ -92,6 +92,7 @@ impl Setup {
         let endpoints = endpoints
             .iter()
             .map(|(name, ip)| ReportedEndpoint {
+                named_ports: Vec::new(),
                 name: name.to_string(),
                 labels: [("app".to_string(), name.to_string())].into(),
                 ips: vec![ip.to_string()],

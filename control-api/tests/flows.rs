@@ -80,6 +80,7 @@ async fn endpoints(client: &mut AgentClient<Channel>, n: &Node, eps: &[(&str, &s
     let endpoints = eps
         .iter()
         .map(|(name, app, ip)| ReportedEndpoint {
+            named_ports: Vec::new(),
             name: (*name).into(),
             labels: [("app".to_string(), (*app).to_string())].into(),
             ips: vec![(*ip).into()],

@@ -297,3 +297,138 @@ async fn cnp_yaml_imports_all_or_nothing() {
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
 }
+
+fn warnings(r: &common::Reply) -> Vec<String> {
+    r.headers
+        .get_all(header::WARNING)
+        .iter()
+        .map(|v| v.to_str().expect("ASCII warning").to_string())
+        .collect()
+}
+
+/// Fields Weft accepts but does not enforce: one `Warning: 299` per field path on the write,
+/// `NotEnforced` conditions on the policy, and `?strict=true` refuses them by name.
+#[tokio::test]
+async fn not_enforced_fields_warn_and_strict_refuses_them() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let body = json!({
+        "name": "egress-l7",
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEntities": ["health", "world"]}],
+            "egress": [
+                {"toFQDNs": [{"matchName": "api.example.com"}],
+                 "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
+                {"toEndpoints": [{}],
+                 "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
+                              "rules": {"http": [{"method": "GET"}]}}]}
+            ]
+        }
+    });
+    let fields = [
+        "spec.ingress[0].fromEntities[0]",
+        "spec.egress[0].toFQDNs",
+        "spec.egress[1].toPorts[0].rules.http",
+    ];
+
+    // Strict: refused, each field named, nothing written.
+    let rev = t.revision().await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies?strict=true",
+            Some(&tok),
+            Some(body.clone()),
+        )
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), fields, "{}", r.body);
+    assert_eq!(t.revision().await, rev);
+
+    // Default: accepted, with one warning per field and the conditions in the status.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&tok),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let w = warnings(&r);
+    assert_eq!(w.len(), fields.len(), "{w:?}");
+    for (w, f) in w.iter().zip(fields) {
+        assert!(
+            w.starts_with(&format!("299 - \"{f}: not enforced: ")),
+            "{w}"
+        );
+        assert!(w.ends_with('"'), "{w}");
+    }
+    let conditions = r.body["status"]["conditions"].as_array().unwrap().clone();
+    assert_eq!(conditions.len(), fields.len(), "{}", r.body);
+    for (c, f) in conditions.iter().zip(fields) {
+        assert_eq!(c["type"], "NotEnforced");
+        assert_eq!(c["field"], f);
+        assert!(!c["reason"].as_str().unwrap().is_empty());
+    }
+    // Read back: the same conditions; an enforced policy has none.
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/egress-l7",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["status"]["conditions"].as_array().unwrap().len(), 3);
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&tok),
+            Some(web_policy()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(warnings(&r).is_empty());
+    assert_eq!(r.body["status"]["conditions"], json!([]));
+
+    // Updates warn too; strict refuses an update that keeps them.
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/policies/egress-l7?strict=true",
+            Some(&tok),
+            Some(json!({"description": "x"})),
+        )
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    let r = t
+        .call(
+            "PUT",
+            "/v1/tenants/acme/policies/egress-l7",
+            Some(&tok),
+            Some(body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(warnings(&r).len(), 3);
+
+    // CNP import: per document path.
+    let cnp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: dns}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEndpoints: [{}]\n    toPorts:\n    - ports: [{port: '53', protocol: UDP}]\n      rules: {dns: [{matchPattern: '*'}]}\n";
+    let mut req = yaml(&tok, cnp);
+    *req.uri_mut() = "/v1/tenants/acme/policies/import?strict=true"
+        .parse()
+        .unwrap();
+    let r = t.send(req).await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(
+        r.fields(),
+        ["documents[0].spec.egress[0].toPorts[0].rules.dns"]
+    );
+    let r = t.send(yaml(&tok, cnp)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(warnings(&r).len(), 1, "{:?}", warnings(&r));
+    assert!(warnings(&r)[0].contains("documents[0].spec.egress[0].toPorts[0].rules.dns"));
+}

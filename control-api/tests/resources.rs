@@ -637,3 +637,46 @@ async fn inventory_lists_nodes_endpoints_and_identities() {
         .await;
     assert!(r.is_problem(404, "not-found"));
 }
+
+#[tokio::test]
+async fn clusters_allow_host_to_local_pods_by_default() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&tok),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["allow_host_to_local_pods"], true, "Cilium's default");
+    let r = t
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/prod",
+            Some(&tok),
+            Some(json!({"allow_host_to_local_pods": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["allow_host_to_local_pods"], false);
+    let r = t
+        .call("GET", "/v1/tenants/acme/clusters/prod", Some(&tok), None)
+        .await;
+    assert_eq!(r.body["allow_host_to_local_pods"], false);
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/clusters",
+            Some(&tok),
+            Some(json!({"name": "edge", "allow_host_to_local_pods": "yes"})),
+        )
+        .await;
+    assert!(
+        r.is_problem(400, "validation") || r.status.is_client_error(),
+        "{}",
+        r.body
+    );
+}

@@ -123,11 +123,17 @@ const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ({
   '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;',
 }[c]));
 
+// The login form's POST ends in redirects back to the clients (browsers apply
+// `form-action` to each redirect of a form submission): allow their redirect origins, and
+// loopback on any port for native clients such as the CLI.
+const formTargets = [...new Set(config.clients.flatMap((c) => (c.redirect_uris ?? []).map((u) => new URL(u).origin)))];
+const FORM_ACTION = ["'self'", ...formTargets, 'http://127.0.0.1:*'].join(' ');
+
 function loginPage(res, uid, { status = 200, error = '', email = '' } = {}) {
   res.writeHead(status, {
     'content-type': 'text/html; charset=utf-8',
     'cache-control': 'no-store',
-    'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    'content-security-policy': `default-src 'none'; style-src 'unsafe-inline'; form-action ${FORM_ACTION}`,
   });
   res.end(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Sign in to Weft (dev identity provider)</title>

@@ -299,12 +299,12 @@ pub fn scope_to_namespace(mut spec: PolicySpec, namespace: &str) -> PolicySpec {
         .ingress
         .iter_mut()
         .chain(spec.ingress_deny.iter_mut())
-        .flat_map(|r| r.from_endpoints.iter_mut())
+        .flat_map(|r| r.from_endpoints.iter_mut().flatten())
         .chain(
             spec.egress
                 .iter_mut()
                 .chain(spec.egress_deny.iter_mut())
-                .flat_map(|r| r.to_endpoints.iter_mut()),
+                .flat_map(|r| r.to_endpoints.iter_mut().flatten()),
         );
     for sel in peer_selectors {
         if !mentions_namespace(sel) {
@@ -343,7 +343,7 @@ fn yaml_error(err: &serde_yaml::Error) -> FieldError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{evaluate, FlowProtocol, Peer, Subject, Traffic, Verdict};
+    use crate::policy::{evaluate, items, FlowProtocol, Peer, Subject, Traffic, Verdict};
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -412,17 +412,22 @@ specs:
         );
         // `{}` becomes "this namespace"; selectors naming a namespace keep theirs.
         assert_eq!(
-            ns(&spec.ingress[0].from_endpoints[0]).as_deref(),
+            ns(&items(&spec.ingress[0].from_endpoints)[0]).as_deref(),
             Some("prod")
         );
         assert_eq!(
-            ns(&spec.ingress[0].from_endpoints[1]).as_deref(),
+            ns(&items(&spec.ingress[0].from_endpoints)[1]).as_deref(),
             Some("observability")
         );
-        assert!(spec.ingress[1].from_endpoints[0].match_labels.is_empty());
-        assert_eq!(spec.ingress[1].from_endpoints[1].match_labels.len(), 1);
+        assert!(items(&spec.ingress[1].from_endpoints)[0]
+            .match_labels
+            .is_empty());
         assert_eq!(
-            ns(&spec.egress_deny[0].to_endpoints[0]).as_deref(),
+            items(&spec.ingress[1].from_endpoints)[1].match_labels.len(),
+            1
+        );
+        assert_eq!(
+            ns(&items(&spec.egress_deny[0].to_endpoints)[0]).as_deref(),
             Some("prod")
         );
 
@@ -574,7 +579,7 @@ spec: {endpointSelector: {}}
         );
         assert_eq!(
             policies[0].specs[0].ingress[0].from_endpoints,
-            vec![LabelSelector::default()]
+            Some(vec![LabelSelector::default()])
         );
     }
 }

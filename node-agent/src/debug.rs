@@ -159,6 +159,7 @@ pub fn policy_get(maps: &Maps, ep_id: u32) -> Result<String, DatapathError> {
                 c::ACTION_ALLOW => "allow".to_string(),
                 c::ACTION_DENY => "deny".to_string(),
                 c::ACTION_REDIRECT => format!("redirect:{}", v.proxy_port),
+                c::ACTION_UNSUPPORTED => "unsupported".to_string(),
                 _ => "?".to_string(),
             };
             vec![

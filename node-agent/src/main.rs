@@ -144,6 +144,10 @@ enum EndpointCmd {
         /// Labels, `key=value,key2=value2`.
         #[arg(long, default_value = "")]
         labels: String,
+        /// A port the endpoint declares by name, `name=port[/TCP|UDP|SCTP]` (repeatable);
+        /// policy rules with `port: "name"` resolve against it.
+        #[arg(long = "port", value_name = "NAME=PORT/PROTO")]
+        ports: Vec<weft_model::policy::NamedPort>,
     },
     /// Remove an endpoint (its veth pair and datapath attachment); nothing to do if absent.
     Del {
@@ -373,12 +377,14 @@ fn endpoint_cmd(socket: PathBuf, cmd: EndpointCmd) -> anyhow::Result<()> {
             netns,
             ip,
             labels,
+            ports,
         } => {
             let spec = endpoint::EndpointSpec {
                 name,
                 netns,
                 ip,
                 labels: endpoint::parse_labels(&labels)?,
+                named_ports: ports,
             };
             let v = rt.block_on(client.add(&spec))?;
             println!(

@@ -210,6 +210,7 @@ impl Env {
     async fn report_endpoints(&self, credential: &str) {
         let mut client = self.agent_client().await;
         let ep = |name: &str, app: &str, ip: &str| ReportedEndpoint {
+            named_ports: Vec::new(),
             name: name.into(),
             labels: [("app".to_string(), app.to_string())].into(),
             ips: vec![ip.into()],

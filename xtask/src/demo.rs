@@ -14,6 +14,8 @@ use crate::{http, nodes, oidc, pg, sh};
 
 /// The demo's person: signs in to the console at the demo identity provider.
 const DEMO_USER: &str = "demo@weft.local";
+/// A viewer of acme (same password), to see the console without edit controls.
+const DEMO_VIEWER: &str = "viewer@weft.local";
 
 fn state_dir() -> PathBuf {
     sh::root().join(".weft")
@@ -68,6 +70,7 @@ pub fn demo(detach: bool) -> Result<()> {
         }
     }
     let (api_bin, agent_bin) = build()?;
+    let console_dir = crate::console::ensure_built()?;
     let dir = state_dir();
     fs::create_dir_all(&dir)?;
     let cluster = postgres(&dir.join("pg"))?;
@@ -84,11 +87,18 @@ pub fn demo(detach: bool) -> Result<()> {
     let console_secret = pg::random_hex(24)?;
     let provider = oidc::Provider::start(
         &dir,
-        &[oidc::User {
-            email: DEMO_USER.into(),
-            password: demo_password.clone(),
-            email_verified: true,
-        }],
+        &[
+            oidc::User {
+                email: DEMO_USER.into(),
+                password: demo_password.clone(),
+                email_verified: true,
+            },
+            oidc::User {
+                email: DEMO_VIEWER.into(),
+                password: demo_password.clone(),
+                email_verified: true,
+            },
+        ],
         &[
             oidc::Client {
                 id: "weft-console".into(),
@@ -115,6 +125,7 @@ pub fn demo(detach: bool) -> Result<()> {
         .env("WEFT_OIDC_CLIENT_SECRET", &console_secret)
         .env("WEFT_OIDC_REDIRECT_URL", format!("{api_url}/auth/callback"))
         .env("WEFT_OIDC_AUDIENCE", oidc::AUDIENCE)
+        .env("WEFT_CONSOLE_DIR", &console_dir)
         .stdin(Stdio::null());
     if detach {
         let log = fs::File::create(dir.join("control-api.log"))?;
@@ -153,17 +164,20 @@ pub fn demo(detach: bool) -> Result<()> {
             return Err(e.context("seeding the demo tenants"));
         }
     };
-    // The demo person owns acme once they sign in (the invite binds then).
-    if let Err(e) = http::json(
-        &api_url,
-        "POST",
-        "/v1/tenants/acme/members",
-        &operator_token,
-        &json!({"email": DEMO_USER, "role": "owner"}),
-        201,
-    ) {
-        let _ = down();
-        return Err(e.context("inviting the demo user"));
+    // The demo person owns acme once they sign in (the invite binds then); the viewer
+    // only reads.
+    for (email, role) in [(DEMO_USER, "owner"), (DEMO_VIEWER, "viewer")] {
+        if let Err(e) = http::json(
+            &api_url,
+            "POST",
+            "/v1/tenants/acme/members",
+            &operator_token,
+            &json!({"email": email, "role": role}),
+            201,
+        ) {
+            let _ = down();
+            return Err(e.context(format!("inviting {email}")));
+        }
     }
     // Two nodes with workloads, enforcing the sample policies.
     let mut node_hints = String::new();
@@ -191,7 +205,7 @@ pub fn demo(detach: bool) -> Result<()> {
     }
     let agent_ca = agent_cert.display();
     let env = format!(
-        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=https://127.0.0.1:{agent_port}\nWEFT_AGENT_CA={agent_ca}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\n",
+        "WEFT_API_URL={api_url}\nWEFT_AGENT_URL=https://127.0.0.1:{agent_port}\nWEFT_AGENT_CA={agent_ca}\nWEFT_TENANT={}\nWEFT_TOKEN={}\nWEFT_OTHER_TENANT={}\nWEFT_OTHER_TOKEN={}\nWEFT_OPERATOR_TOKEN={operator_token}\nDATABASE_URL={database_url}\nWEFT_OIDC_ISSUER={issuer}\nWEFT_DEMO_USER_EMAIL={DEMO_USER}\nWEFT_DEMO_USER_PASSWORD={demo_password}\nWEFT_DEMO_VIEWER_EMAIL={DEMO_VIEWER}\n",
         seeded.tenant, seeded.token, seeded.other_tenant, seeded.other_token
     );
     let env_file = dir.join("demo.env");
@@ -201,7 +215,7 @@ pub fn demo(detach: bool) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     println!(
-        "\nWeft is running.\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n  Sign in:  open {api_url}/auth/login?return_to=/v1/me in a browser, as {DEMO_USER}\n            with the password {demo_password} (identity provider: {issuer})\n{node_hints}",
+        "\nWeft is running.\n  Console:  {api_url}/console/\n  API:      {api_url}  (docs: {api_url}/docs)\n  Tenant:   acme ({})\n  Settings: {}  (source it: `set -a; . {}; set +a`)\n  Try:      curl -s -H \"Authorization: Bearer $WEFT_TOKEN\" $WEFT_API_URL/v1/tenants/acme/clusters\n  Sign in:  open {api_url}/console/ in a browser, as {DEMO_USER} (or the viewer\n            {DEMO_VIEWER}) with the password {demo_password} (identity provider: {issuer})\n{node_hints}",
         seeded.tenant,
         env_file.display(),
         env_file.display()

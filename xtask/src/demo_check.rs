@@ -112,5 +112,6 @@ fn checks() -> Result<()> {
         !left.contains("weft-ct-run"),
         "the connectivity test left policies behind: {left}"
     );
+    crate::console::e2e()?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench_datapath;
 mod bench_flows;
+mod console;
 mod demo;
 mod demo_check;
 mod ebpf;
@@ -29,6 +30,8 @@ commands:
                     --detach`, `weft status`, `weft connectivity test`, `down`
   schemathesis      the OpenAPI fuzzer against a control-api on a private Postgres
                     (a full `test` runs it too, or `test --schemathesis`)
+  console-test      the web console's checks (npm ci, tsc, vitest, build + size
+                    budget), then its browser tests against `demo --detach`
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object
@@ -58,6 +61,7 @@ fn run(args: &[String]) -> Result<()> {
         "down" => demo::down(),
         "test" => test::test(rest),
         "schemathesis" => schemathesis::main(rest),
+        "console-test" => console::console_test(),
         "openapi" => openapi(),
         "proto" => proto(),
         "ebpf" => {

@@ -135,6 +135,7 @@ pub fn test(args: &[String]) -> Result<()> {
     nextest?;
     fuzz?;
     if demo {
+        crate::console::checks()?;
         crate::demo_check::check()?;
     }
     Ok(())

@@ -7,12 +7,12 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 use weft_model::desired::{
-    self, Action, Delta, DesiredEndpoint, DesiredService, EndpointView, IpcacheEntry,
+    self, Action, ClusterView, Delta, DesiredEndpoint, DesiredService, EndpointView, IpcacheEntry,
     NodeDesiredState, NodeView, PolicyRule, PolicyView, ServiceView, TenantView,
 };
 use weft_model::labels::Labels;
 use weft_model::policy::eval::Direction;
-use weft_model::policy::PolicySpec;
+use weft_model::policy::{NamedPort, PolicySpec};
 use weft_model::service::{Algorithm, ServiceSpec};
 use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 use weft_proto::v1 as pb;
@@ -33,6 +33,7 @@ type EndpointRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Json<Vec<NamedPort>>,
 );
 type PolicyRow = (Uuid, String, Json<Vec<PolicySpec>>, Option<Vec<Uuid>>);
 
@@ -47,14 +48,19 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
     .fetch_all(&mut *conn)
     .await?;
     let endpoints: Vec<EndpointRow> = sqlx::query_as(
-        "SELECT id, cluster_id, node_id, name, labels, host(ipv4), host(ipv6), identity \
-         FROM endpoints WHERE tenant_id = $1",
+        "SELECT id, cluster_id, node_id, name, labels, host(ipv4), host(ipv6), identity, \
+         named_ports FROM endpoints WHERE tenant_id = $1",
     )
     .bind(tenant)
     .fetch_all(&mut *conn)
     .await?;
     let policies: Vec<PolicyRow> =
         sqlx::query_as("SELECT id, name, specs, cluster_ids FROM policies WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await?;
+    let clusters: Vec<(Uuid, bool)> =
+        sqlx::query_as("SELECT id, allow_host_to_local_pods FROM clusters WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_all(&mut *conn)
             .await?;
@@ -76,17 +82,20 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
         endpoints: endpoints
             .into_iter()
             // An endpoint without an identity yet is not programmed anywhere.
-            .filter_map(|(id, cluster, node, name, labels, v4, v6, identity)| {
-                Some(EndpointView {
-                    id: id.to_string(),
-                    cluster_id: cluster.to_string(),
-                    node_id: node.to_string(),
-                    name,
-                    labels: labels.0,
-                    ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
-                    identity: u32::try_from(identity?).ok()?,
-                })
-            })
+            .filter_map(
+                |(id, cluster, node, name, labels, v4, v6, identity, ports)| {
+                    Some(EndpointView {
+                        id: id.to_string(),
+                        cluster_id: cluster.to_string(),
+                        node_id: node.to_string(),
+                        name,
+                        labels: labels.0,
+                        ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
+                        identity: u32::try_from(identity?).ok()?,
+                        named_ports: ports.0,
+                    })
+                },
+            )
             .collect(),
         policies: policies
             .into_iter()
@@ -113,6 +122,13 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
             .collect(),
         workloads,
         probes,
+        clusters: clusters
+            .into_iter()
+            .map(|(id, allow_host_to_local_pods)| ClusterView {
+                id: id.to_string(),
+                allow_host_to_local_pods,
+            })
+            .collect(),
     })
 }
 
@@ -174,6 +190,7 @@ fn rule(r: &PolicyRule) -> pb::PolicyRule {
         action: match r.action {
             Action::Allow => pb::Action::Allow,
             Action::Deny => pb::Action::Deny,
+            Action::Unsupported => pb::Action::Unsupported,
         } as i32,
         l7: r.l7,
         origin: r.origin.clone(),

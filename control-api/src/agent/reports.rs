@@ -8,6 +8,7 @@ use uuid::Uuid;
 use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
+use weft_model::policy::NamedPort;
 use weft_model::workload::ProbeOutcome;
 use weft_proto::v1::{
     self as pb, AckRequest, EndpointReport, FlowBatch, HealthReport, ProbeReport,
@@ -191,13 +192,14 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
     Ok(())
 }
 
-/// An endpoint row as stored: id, name, labels, IPv4, IPv6.
+/// An endpoint row as stored: id, name, labels, IPv4, IPv6, named ports.
 type StoredEndpoint = (
     Uuid,
     String,
     sqlx::types::Json<Labels>,
     Option<String>,
     Option<String>,
+    sqlx::types::Json<Vec<NamedPort>>,
 );
 
 struct Reported {
@@ -205,6 +207,7 @@ struct Reported {
     labels: Labels,
     ipv4: Option<IpAddr>,
     ipv6: Option<IpAddr>,
+    named_ports: Vec<NamedPort>,
 }
 
 fn check(report: &EndpointReport) -> Result<Vec<Reported>> {
@@ -236,11 +239,30 @@ fn check(report: &EndpointReport) -> Result<Vec<Reported>> {
                 )),
             }
         }
+        let mut named_ports = Vec::new();
+        for (j, p) in e.named_ports.iter().enumerate() {
+            let proto = match p.proto {
+                6 => "TCP",
+                17 => "UDP",
+                132 => "SCTP",
+                _ => "?",
+            };
+            match format!("{}={}/{proto}", p.name, p.port).parse::<NamedPort>() {
+                Ok(np) => named_ports.push(np),
+                Err(why) => errs.push(FieldError::new(
+                    format!("endpoints[{i}].named_ports[{j}]"),
+                    why,
+                )),
+            }
+        }
+        named_ports.sort();
+        named_ports.dedup();
         out.push(Reported {
             name: e.name.clone(),
             labels,
             ipv4,
             ipv6,
+            named_ports,
         });
     }
     if errs.is_empty() {
@@ -281,16 +303,17 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
     auth::set_tenant(&mut tx, node.tenant_id).await?;
     let current: Vec<StoredEndpoint> =
         sqlx::query_as(
-            "SELECT id, name, labels, host(ipv4), host(ipv6) FROM endpoints WHERE node_id = $1 FOR UPDATE",
+            "SELECT id, name, labels, host(ipv4), host(ipv6), named_ports FROM endpoints WHERE node_id = $1 FOR UPDATE",
         )
         .bind(node.id)
         .fetch_all(&mut *tx)
         .await?;
     let mut changed = false;
     for r in &reported {
-        let same = current.iter().any(|(_, name, labels, v4, v6)| {
+        let same = current.iter().any(|(_, name, labels, v4, v6, ports)| {
             *name == r.name
                 && labels.0 == r.labels
+                && ports.0 == r.named_ports
                 && v4.as_deref() == r.ipv4.map(|i| i.to_string()).as_deref()
                 && v6.as_deref() == r.ipv6.map(|i| i.to_string()).as_deref()
         });
@@ -311,10 +334,10 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
         };
         let rev = db::bump_revision(&mut tx, node.tenant_id, "endpoint", id, op).await?;
         sqlx::query(
-            "INSERT INTO endpoints (id, tenant_id, cluster_id, node_id, name, labels, ipv4, ipv6, identity, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8::inet, $9, $10) \
+            "INSERT INTO endpoints (id, tenant_id, cluster_id, node_id, name, labels, ipv4, ipv6, identity, revision, named_ports) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8::inet, $9, $10, $11) \
              ON CONFLICT (id) DO UPDATE SET labels = $6, ipv4 = $7::inet, ipv6 = $8::inet, \
-               identity = $9, revision = $10, updated_at = now()",
+               identity = $9, revision = $10, named_ports = $11, updated_at = now()",
         )
         .bind(id)
         .bind(node.tenant_id)
@@ -326,6 +349,7 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
         .bind(r.ipv6.map(|i| i.to_string()))
         .bind(identity)
         .bind(rev)
+        .bind(sqlx::types::Json(&r.named_ports))
         .execute(&mut *tx)
         .await?;
     }

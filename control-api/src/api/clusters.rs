@@ -44,6 +44,15 @@ pub struct ClusterInput {
     #[serde(default)]
     #[schema(value_type = Description)]
     pub description: String,
+    /// Let each node's own host reach the endpoints on that node whatever their ingress
+    /// policy (kubelet probes), as Cilium does on Kubernetes; deny rules still win.
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub allow_host_to_local_pods: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ClusterInput {
@@ -61,6 +70,8 @@ pub struct Cluster {
     pub description: String,
     #[sqlx(json)]
     pub labels: Labels,
+    /// See [`ClusterInput::allow_host_to_local_pods`].
+    pub allow_host_to_local_pods: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Revision of the last change; also the ETag.
@@ -73,11 +84,13 @@ impl From<Cluster> for ClusterInput {
             name: c.name,
             labels: c.labels,
             description: c.description,
+            allow_host_to_local_pods: c.allow_host_to_local_pods,
         }
     }
 }
 
-const COLUMNS: &str = "id, name, description, labels, created_at, updated_at, revision";
+const COLUMNS: &str =
+    "id, name, description, labels, allow_host_to_local_pods, created_at, updated_at, revision";
 
 fn subject(c: &Cluster) -> Subject<'_> {
     Subject {
@@ -155,8 +168,8 @@ async fn create_cluster(
     let id = Uuid::now_v7();
     let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
     let c: Cluster = sqlx::query_as(&format!(
-        "INSERT INTO clusters (id, tenant_id, name, description, labels, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+        "INSERT INTO clusters (id, tenant_id, name, description, labels, revision, \
+         allow_host_to_local_pods) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(t.id)
@@ -164,6 +177,7 @@ async fn create_cluster(
     .bind(&input.description)
     .bind(sqlx::types::Json(&input.labels))
     .bind(rev)
+    .bind(input.allow_host_to_local_pods)
     .fetch_one(&mut *tx)
     .await?;
     audit::record(
@@ -204,13 +218,14 @@ async fn update(
     let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
     let c: Cluster = sqlx::query_as(&format!(
         "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
-         updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+         allow_host_to_local_pods = $6, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&input.name)
     .bind(&input.description)
     .bind(sqlx::types::Json(&input.labels))
     .bind(rev)
+    .bind(input.allow_host_to_local_pods)
     .fetch_one(&mut *tx)
     .await?;
     audit::record(

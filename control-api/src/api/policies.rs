@@ -4,18 +4,19 @@
 use std::collections::HashSet;
 
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection, QueryBuilder};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::cnp;
 use weft_model::error::FieldError;
 use weft_model::labels::Labels;
-use weft_model::policy::{self, PolicySpec};
+use weft_model::policy::{self, Condition, PolicySpec};
 
 use super::common::{self, Description, LabelMap, Name, ReadErrors, Scope, WriteErrors};
 use crate::audit::{self, Subject};
@@ -142,8 +143,62 @@ pub struct Policy {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revision: i64,
-    /// "Realized on 41 of 42 nodes".
-    pub status: common::Realization,
+    /// "Realized on 41 of 42 nodes", and the fields Weft accepts but does not enforce.
+    pub status: PolicyStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyStatus {
+    /// Nodes whose agent has applied this revision (or a later one) to its maps.
+    pub realized_nodes: i64,
+    /// Nodes the policy applies to.
+    pub total_nodes: i64,
+    /// One `NotEnforced` condition per accepted field Weft does not enforce: the traffic
+    /// such a field would need is dropped (`UNSUPPORTED_RULE`), never allowed.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// `?strict=true` on an import: refuse what would only be accepted with a `NotEnforced`
+/// condition. (An import has no dry run: `dry_run` there is an unknown parameter, refused.)
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportParams {
+    /// Refuse fields Weft accepts but does not enforce, instead of warning.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// Under `strict`, the conditions become field errors.
+fn check_strict(strict: bool, conditions: &[Condition]) -> Result<()> {
+    if !strict {
+        return Ok(());
+    }
+    common::finish(
+        conditions
+            .iter()
+            .map(|c| {
+                FieldError::new(
+                    c.field.clone(),
+                    format!("not enforced by Weft (refused by strict): {}", c.reason),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// One `Warning: 299 - "<field>: <reason>"` header per condition, as Kubernetes does.
+fn with_warnings(mut resp: Response, conditions: &[Condition]) -> Response {
+    for c in conditions {
+        let text = format!("{}: not enforced: {}", c.field, c.reason)
+            .replace(['"', '\\'], "'")
+            .replace(|ch: char| !(ch == ' ' || ch.is_ascii_graphic()), "?");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            resp.headers_mut().append(axum::http::header::WARNING, v);
+        }
+    }
+    resp
 }
 
 #[derive(FromRow)]
@@ -165,6 +220,7 @@ struct Row {
 
 impl From<Row> for Policy {
     fn from(r: Row) -> Self {
+        let conditions = policy::conditions(&r.specs);
         Policy {
             id: r.id,
             name: r.name,
@@ -175,9 +231,10 @@ impl From<Row> for Policy {
             created_at: r.created_at,
             updated_at: r.updated_at,
             revision: r.revision,
-            status: common::Realization {
+            status: PolicyStatus {
                 realized_nodes: r.realized_nodes,
                 total_nodes: r.total_nodes,
+                conditions,
             },
         }
     }
@@ -216,6 +273,37 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Policy> {
         .fetch_one(conn)
         .await?;
     Ok(row.into())
+}
+
+/// Query parameters of policy writes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WriteParams {
+    /// `true`: make every check of the write (the policy's fields, its clusters, a taken
+    /// name, `If-Match`) and answer 200 with the policy as it would be, writing nothing: no
+    /// revision, no audit entry. Its `revision` and, on create, `id` are the ones the write
+    /// would have had.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Refuse fields Weft accepts but does not enforce, instead of warning.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// A dry run's answer: the write's transaction is rolled back (before its audit entry),
+/// and the policy it would have written comes back with 200 and no ETag (that revision
+/// does not exist).
+async fn dry_run_answer(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    p: Policy,
+    conditions: &[Condition],
+) -> Result<Response> {
+    tx.rollback().await?;
+    Ok(with_warnings(
+        axum::response::IntoResponse::into_response(axum::Json(p)),
+        conditions,
+    ))
 }
 
 /// Resolves the `clusters` scope to ids; an unknown cluster is a field error.
@@ -339,22 +427,31 @@ async fn rewrite(
     Ok(rev)
 }
 
-/// Create a policy (editor).
+/// Create a policy (editor). With `dry_run=true`: 200 with the policy it would create.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policies", tag = "policies",
-    params(("tenant" = String, Path, description = "Tenant id or name")),
+    params(("tenant" = String, Path, description = "Tenant id or name"), WriteParams),
     request_body = PolicyDocument,
-    responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String))), WriteErrors),
+    responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String),
+        ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))),
+              (status = 200, body = Policy, description = "Dry run: the policy as it would be created; nothing written"),
+              WriteErrors),
     security(("bearer" = [])))]
 async fn create_policy(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Editor>,
+    Query(params): Query<WriteParams>,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
     let specs = input.rules()?;
+    let conditions = policy::conditions(&specs);
+    check_strict(params.strict, &conditions)?;
     let mut tx = t.begin(&st.pool).await?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let (rev, id) = insert(&mut tx, t.id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    if params.dry_run {
+        return dry_run_answer(tx, p, &conditions).await;
+    }
     audit::record(
         &mut tx,
         &t,
@@ -367,7 +464,10 @@ async fn create_policy(
     tx.commit().await?;
     tracing::info!(tenant = %t.name, policy = %p.name, revision = rev, "policy created");
     let location = format!("/v1/tenants/{}/policies/{}", t.id, p.id);
-    Ok(common::created(rev, location, p))
+    Ok(with_warnings(
+        common::created(rev, location, p),
+        &conditions,
+    ))
 }
 
 fn subject(p: &Policy) -> Subject<'_> {
@@ -383,6 +483,7 @@ async fn update(
     t: &TenantCtx,
     key: &str,
     expected: Option<i64>,
+    params: &WriteParams,
     change: impl FnOnce(PolicyInput) -> Result<PolicyInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
@@ -398,9 +499,14 @@ async fn update(
     let before = load(&mut tx, id).await?;
     let input = change(before.clone().into())?;
     let specs = input.rules()?;
+    let conditions = policy::conditions(&specs);
+    check_strict(params.strict, &conditions)?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let rev = rewrite(&mut tx, t.id, id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
+    if params.dry_run {
+        return dry_run_answer(tx, p, &conditions).await;
+    }
     audit::record(
         &mut tx,
         t,
@@ -411,43 +517,49 @@ async fn update(
     )
     .await?;
     tx.commit().await?;
-    Ok(common::ok(rev, p))
+    Ok(with_warnings(common::ok(rev, p), &conditions))
 }
 
-/// Replace a policy (editor).
+/// Replace a policy (editor). With `dry_run=true`: 200 with the policy as it
+/// would be, nothing written.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read"), WriteParams),
     request_body = PolicyDocument,
-    responses((status = 200, body = Policy, headers(("ETag" = String))), WriteErrors),
+    responses((status = 200, body = Policy, headers(("ETag" = String),
+        ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
     security(("bearer" = [])))]
 async fn put_policy(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Editor>,
     Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
+    Query(params): Query<WriteParams>,
     Json(input): Json<PolicyInput>,
 ) -> Result<Response> {
-    update(&st, &t, &policy, expected, |_| Ok(input)).await
+    update(&st, &t, &policy, expected, &params, |_| Ok(input)).await
 }
 
-/// Change some fields of a policy with a JSON merge patch (editor).
+/// Change some fields of a policy with a JSON merge patch (editor). With `dry_run=true`: 200 with the policy as it
+/// would be, nothing written.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read"), WriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
-    responses((status = 200, body = Policy, headers(("ETag" = String))), WriteErrors),
+    responses((status = 200, body = Policy, headers(("ETag" = String),
+        ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
     security(("bearer" = [])))]
 async fn patch_policy(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Editor>,
     Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
+    Query(params): Query<WriteParams>,
     Json(patch): Json<Value>,
 ) -> Result<Response> {
-    update(&st, &t, &policy, expected, |cur| {
+    update(&st, &t, &policy, expected, &params, |cur| {
         common::patched(&cur, &patch)
     })
     .await
@@ -508,16 +620,18 @@ pub struct ImportResult {
 /// nothing: one bad document fails the import and each bad document's errors are listed
 /// with field paths like `documents[2].spec.ingress[0].fromCIDR[0]`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/import", tag = "policies",
-    params(("tenant" = String, Path, description = "Tenant id or name")),
+    params(("tenant" = String, Path, description = "Tenant id or name"), ImportParams),
     request_body(content = String, content_type = "application/yaml",
         description = "CiliumNetworkPolicy YAML, one or more documents"),
-    responses((status = 200, body = ImportResult), WriteErrors),
+    responses((status = 200, body = ImportResult, headers(
+        ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
     security(("bearer" = [])))]
 async fn import_policies(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Editor>,
+    Query(params): Query<ImportParams>,
     YamlBody(yaml): YamlBody,
-) -> Result<axum::Json<ImportResult>> {
+) -> Result<Response> {
     let imported = cnp::parse_cnp_documents(&yaml).map_err(|docs| {
         ApiError::validation(
             docs.into_iter()
@@ -543,6 +657,17 @@ async fn import_policies(
         })
         .collect();
     common::finish(dups)?;
+    // Conditions per document, with paths as the document wrote them (`spec` or `specs[i]`).
+    let mut conditions = Vec::new();
+    for (i, p) in imported.iter().enumerate() {
+        for c in policy::conditions(&p.specs) {
+            conditions.push(Condition {
+                field: format!("documents[{i}].{}", c.field),
+                ..c
+            });
+        }
+    }
+    check_strict(params.strict, &conditions)?;
 
     let mut tx = t.begin(&st.pool).await?;
     let mut result = ImportResult {
@@ -603,5 +728,8 @@ async fn import_policies(
     }
     tx.commit().await?;
     tracing::info!(tenant = %t.name, created = result.created.len(), updated = result.updated.len(), "policies imported");
-    Ok(axum::Json(result))
+    Ok(with_warnings(
+        axum::Json(result).into_response(),
+        &conditions,
+    ))
 }

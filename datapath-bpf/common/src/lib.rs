@@ -189,6 +189,9 @@ pub const POLICY_PREFIX_FULL_BITS: u32 = 96;
 pub const ACTION_ALLOW: u8 = 1;
 pub const ACTION_REDIRECT: u8 = 2;
 pub const ACTION_DENY: u8 = 3;
+/// Allow-map entry that allows nothing: the endpoint has a rule Weft does not enforce for this
+/// peer/port, so a drop here is `DROP_UNSUPPORTED_RULE` instead of `DROP_POLICY_DENIED`.
+pub const ACTION_UNSUPPORTED: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,6 +316,10 @@ pub const DROP_UNSUPPORTED_L3: u8 = 7;
 pub const DROP_INTERNAL: u8 = 8;
 /// Packet on an endpoint interface whose endpoint address is not in the endpoint map.
 pub const DROP_UNKNOWN_ENDPOINT: u8 = 9;
+/// Nothing allowed the flow, and a rule Weft accepts but does not enforce (L7, `toFQDNs`,
+/// entities nothing carries) would have: fail closed, visibly. High value on purpose, so that
+/// reasons added in the meantime keep their numbers.
+pub const DROP_UNSUPPORTED_RULE: u8 = 15;
 pub const DROP_REASON_COUNT: u32 = 16;
 
 /// Metrics array index for (verdict, reason).

@@ -379,6 +379,8 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
         };
     }
     let mut allow: Option<PolicyValue> = None;
+    // An entry of a rule Weft does not enforce matched: allows nothing, names the drop.
+    let mut unsupported = false;
     // One key on the stack, rewritten for each of the six candidates (stack is scarce).
     let mut k = hash_key(ep.ep_id, peer_identity, dir, p.proto, p.policy_port, 0);
     for i in 0..6u32 {
@@ -404,7 +406,9 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
             if v.action == ACTION_DENY {
                 return DENIED_BY_RULE;
             }
-            if allow.is_none() {
+            if v.action == ACTION_UNSUPPORTED {
+                unsupported = true;
+            } else if allow.is_none() {
                 allow = Some(*v);
             }
         }
@@ -432,7 +436,11 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
         None => Decision {
             action: ACTION_DENY,
             proxy_port: 0,
-            reason: DROP_POLICY_DENIED,
+            reason: if unsupported {
+                DROP_UNSUPPORTED_RULE
+            } else {
+                DROP_POLICY_DENIED
+            },
         },
     }
 }

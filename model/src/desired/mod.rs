@@ -21,17 +21,25 @@
 //!   addresses have /32 (/128) entries and so never take a CIDR identity: CIDR rules match
 //!   only outside peers, as in the evaluator.
 //!
-//! L7: allow rules whose port rule carries HTTP or DNS rules compile with `l7: true` (the
-//! future proxy redirect); deny rules decide at L4. An L7 allow wholly covered by a plain allow
-//! is dropped, since the evaluator allows those flows without L7.
+//! Not enforced (see [`crate::policy::not_enforced`]): allow rules whose port rule carries
+//! HTTP or DNS rules, `toFQDNs` peers (every outside identity stands in for them) and the
+//! `unmanaged` / `kube-apiserver` entities (world, and host and remote-node for the API
+//! server) compile to [`Action::Unsupported`]: nothing is allowed, and the datapath reports
+//! such drops as `UNSUPPORTED_RULE`. Deny rules decide at L4, and deny the stand-in peers.
+//! An unsupported entry wholly covered by a plain allow is dropped, since the evaluator allows
+//! those flows without L7. `health`, `init` and `ingress` select no peer: nothing carries them.
 //!
 //! The node's host is an endpoint too ([`HOST_ENDPOINT_ID`], identity `host`): `nodeSelector`
 //! policies that select the node's labels give its rules.
 //!
-//! Not compiled yet, listed in [`NodeDesiredState::unsupported`] instead of being dropped
-//! silently: named ports and `toFQDNs`. On allow rules they allow nothing (never wider than
-//! declared); on deny rules, which validation normally refuses for FQDNs, they deny more
-//! (the named port's protocol on every port; every outside peer) so that nothing leaks.
+//! Named ports resolve per destination endpoint, as in Cilium: on ingress against the ports
+//! the subject endpoint declares ([`EndpointView::named_ports`]), on egress against those the
+//! peer identity's endpoints declare (every endpoint's for an any-peer rule). A name the
+//! destination does not declare, or declares for another protocol, matches nothing there:
+//! an allow allows nothing and a deny never widens to other ports.
+//!
+//! Listed in [`NodeDesiredState::unsupported`] as well as compiled fail-closed: `toFQDNs`
+//! (on deny rules, which validation refuses, every outside peer is denied).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -42,8 +50,8 @@ use serde::{Deserialize, Serialize};
 use crate::identity;
 use crate::labels::Labels;
 use crate::policy::{
-    parse_cidr, CidrRule, Direction, EgressRule, Entity, FqdnSelector, IcmpFamily, IcmpRule,
-    IngressRule, PolicySpec, PortRule, PortValue, Protocol, SubjectKind,
+    items, parse_cidr, CidrRule, Direction, EgressRule, Entity, FqdnSelector, IcmpFamily, IcmpRule,
+    IngressRule, NamedPort, PolicySpec, PortRule, PortValue, Protocol, SubjectKind,
 };
 use crate::selector::LabelSelector;
 use crate::service::{Algorithm, BackendState, Frontend, L4Protocol, ServiceSpec};
@@ -79,7 +87,22 @@ pub struct TenantView {
     /// Probes without a result yet, each with the node that runs it.
     #[serde(default)]
     pub probes: Vec<ProbeView>,
+    /// Per-cluster settings. A cluster missing here has every setting off (the API stores
+    /// a row per cluster, with Cilium's defaults).
+    #[serde(default)]
+    pub clusters: Vec<ClusterView>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub id: String,
+    /// The node's own host may reach the node's endpoints whatever their ingress policy
+    /// (Cilium's allow-localhost, on by default there: kubelet probes). Deny rules still win.
+    pub allow_host_to_local_pods: bool,
+}
+
+/// Origin of the allow rule that [`ClusterView::allow_host_to_local_pods`] adds.
+pub const HOST_TO_LOCAL_PODS_ORIGIN: &str = "cluster setting allow_host_to_local_pods";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadView {
@@ -112,6 +135,9 @@ pub struct EndpointView {
     pub ips: Vec<IpAddr>,
     /// Allocated by the control plane from the label set (≥ [`identity::FIRST_ALLOCATED`]).
     pub identity: u32,
+    /// Ports the endpoint declares by name; named-port rules resolve against them.
+    #[serde(default)]
+    pub named_ports: Vec<NamedPort>,
 }
 
 /// `PolicySpec` is not `Eq` (it keeps raw JSON of refused fields), hence only `PartialEq`.
@@ -178,6 +204,10 @@ pub struct IpcacheEntry {
 pub enum Action {
     Allow,
     Deny,
+    /// What a rule Weft does not enforce (L7 rules, `toFQDNs`, entities nothing carries)
+    /// would have allowed: not allowed, and dropped with `UNSUPPORTED_RULE` rather than
+    /// `POLICY_DENIED` when no other rule allows it (fail closed, visibly).
+    Unsupported,
 }
 
 /// One datapath policy entry of an endpoint (maps 1:1 onto the agent's `PolicyEntry`).
@@ -359,12 +389,21 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
         .collect();
     ipcache.sort_by_key(|e| e.prefix);
 
+    let mut named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>> = BTreeMap::new();
+    for e in &cluster_endpoints {
+        named_by_identity
+            .entry(e.identity)
+            .or_default()
+            .extend(e.named_ports.iter().cloned());
+    }
     let universe = Universe {
         labels_by_identity: &labels_by_identity,
         cidr_ids: &cidr_ids,
+        named_by_identity: &named_by_identity,
     };
     // Subjects: the host endpoint and the node's workload endpoints.
-    let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels)> = vec![(
+    let no_ports: &[NamedPort] = &[];
+    let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels, &[NamedPort])> = vec![(
         DesiredEndpoint {
             id: HOST_ENDPOINT_ID.to_string(),
             ips: sorted(node.addresses.iter().copied()),
@@ -374,6 +413,7 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
         },
         SubjectKind::Node,
         &node.labels,
+        no_ports,
     )];
     for e in cluster_endpoints.iter().filter(|e| e.node_id == node.id) {
         if e.id == HOST_ENDPOINT_ID {
@@ -389,14 +429,19 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
             },
             SubjectKind::Endpoint,
             &e.labels,
+            &e.named_ports,
         ));
     }
 
+    let allow_host = view
+        .clusters
+        .iter()
+        .any(|c| c.id == cluster && c.allow_host_to_local_pods);
     let mut out = NodeDesiredState::default();
     let mut unsupported = BTreeSet::new();
     // Rules do not depend on the subject: each applying spec is compiled once, on first use.
     let mut compiled: Vec<Option<CompiledSpec>> = specs.iter().map(|_| None).collect();
-    for (mut ep, kind, labels) in subjects {
+    for (mut ep, kind, labels, own_ports) in subjects {
         let mut rules = Vec::new();
         for ((origin, spec), slot) in specs.iter().zip(&mut compiled) {
             let applies = spec
@@ -409,7 +454,19 @@ pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, Com
             ep.enforce_ingress |= crate::policy::enforces_default_deny(spec, Direction::Ingress);
             ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
             rules.extend(c.rules.iter().cloned());
+            rules.extend(c.named.iter().flat_map(|n| n.resolve(own_ports, &universe)));
             unsupported.extend(c.unsupported.iter().cloned());
+        }
+        if kind == SubjectKind::Endpoint && ep.enforce_ingress && allow_host {
+            rules.push(PolicyRule {
+                direction: Direction::Ingress,
+                peer_identity: Some(identity::HOST),
+                proto: None,
+                ports: None,
+                action: Action::Allow,
+                l7: false,
+                origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
+            });
         }
         keep_denies_without_default_deny(&mut ep, &mut rules);
         let rules = normalize(rules);
@@ -561,16 +618,17 @@ fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
 }
 
 /// One endpoint's rules in canonical form: sorted, one rule per key (origins of rules that
-/// compile to the same entry are joined), and no L7 allow that a plain allow covers (the
-/// evaluator allows such flows without L7, and the datapath would otherwise pick the more
-/// specific redirect).
+/// compile to the same entry are joined), and no L7 or unsupported entry that a plain allow
+/// covers (the evaluator allows such flows without L7, and the datapath would otherwise pick
+/// the more specific entry).
 fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
     let covered: Vec<bool> = rules
         .iter()
         .map(|r| {
-            r.l7 && rules
-                .iter()
-                .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
+            (r.l7 || r.action == Action::Unsupported)
+                && rules
+                    .iter()
+                    .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
         })
         .collect();
     let mut covered = covered.into_iter();
@@ -633,6 +691,7 @@ fn collect_cidrs(spec: &PolicySpec, out: &mut BTreeSet<IpNet>) {
 
 /// The L3 part of a rule, whatever its direction.
 struct Peers<'a> {
+    present: bool,
     endpoints: &'a [LabelSelector],
     cidrs: &'a [String],
     cidr_sets: &'a [CidrRule],
@@ -647,10 +706,11 @@ struct Peers<'a> {
 impl<'a> Peers<'a> {
     fn ingress(r: &'a IngressRule) -> Self {
         Peers {
-            endpoints: &r.from_endpoints,
-            cidrs: &r.from_cidr,
-            cidr_sets: &r.from_cidr_set,
-            entities: &r.from_entities,
+            present: r.has_peer_fields(),
+            endpoints: items(&r.from_endpoints),
+            cidrs: items(&r.from_cidr),
+            cidr_sets: items(&r.from_cidr_set),
+            entities: items(&r.from_entities),
             fqdns: &[],
             to_ports: &r.to_ports,
             icmps: &r.icmps,
@@ -659,22 +719,20 @@ impl<'a> Peers<'a> {
     }
     fn egress(r: &'a EgressRule) -> Self {
         Peers {
-            endpoints: &r.to_endpoints,
-            cidrs: &r.to_cidr,
-            cidr_sets: &r.to_cidr_set,
-            entities: &r.to_entities,
-            fqdns: &r.to_fqdns,
+            present: r.has_peer_fields(),
+            endpoints: items(&r.to_endpoints),
+            cidrs: items(&r.to_cidr),
+            cidr_sets: items(&r.to_cidr_set),
+            entities: items(&r.to_entities),
+            fqdns: items(&r.to_fqdns),
             to_ports: &r.to_ports,
             icmps: &r.icmps,
             names: ["toCIDR", "toCIDRSet", "toEntities"],
         }
     }
+    /// Some peer field is present; one given as `[]` selects no peer (never a wildcard).
     fn has_peers(&self) -> bool {
-        !(self.endpoints.is_empty()
-            && self.cidrs.is_empty()
-            && self.cidr_sets.is_empty()
-            && self.entities.is_empty()
-            && self.fqdns.is_empty())
+        self.present
     }
 }
 
@@ -682,6 +740,8 @@ impl<'a> Peers<'a> {
 struct Universe<'a> {
     labels_by_identity: &'a BTreeMap<u32, (&'a Labels, &'a str)>,
     cidr_ids: &'a BTreeMap<IpNet, u32>,
+    /// Named ports declared by the endpoints of each identity (of the node's cluster).
+    named_by_identity: &'a BTreeMap<u32, BTreeSet<NamedPort>>,
 }
 
 impl Universe<'_> {
@@ -711,13 +771,71 @@ enum PeerSet {
 
 struct CompiledSpec {
     rules: Vec<PolicyRule>,
+    /// Rules on named ports: resolved per subject (ingress) or per peer (egress).
+    named: Vec<NamedRule>,
     unsupported: Vec<String>,
+}
+
+/// A rule entry on a named port, before resolution. As Cilium: the name resolves against
+/// the destination endpoint's declared ports (the subject on ingress, the peer on egress);
+/// where the destination does not declare it, the entry matches nothing there (an allow
+/// allows nothing, a deny never widens to other ports).
+struct NamedRule {
+    direction: Direction,
+    peers: Vec<(Option<u32>, bool)>,
+    name: String,
+    protos: &'static [u8],
+    action: Action,
+    l7: bool,
+    origin: String,
+}
+
+impl NamedRule {
+    fn resolve(&self, own: &[NamedPort], u: &Universe<'_>) -> Vec<PolicyRule> {
+        let matching = |ports: &mut dyn Iterator<Item = &NamedPort>| -> BTreeSet<(u8, u16)> {
+            ports
+                .filter(|p| p.name == self.name)
+                .filter_map(|p| {
+                    let proto = protocols(p.protocol).first().copied()?;
+                    self.protos.contains(&proto).then_some((proto, p.port))
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for &(peer, peer_unsupported) in &self.peers {
+            let ports = match self.direction {
+                Direction::Ingress => matching(&mut own.iter()),
+                // Egress: the ports the peer declares; any peer: every endpoint's.
+                Direction::Egress => match peer {
+                    Some(id) => matching(&mut u.named_by_identity.get(&id).into_iter().flatten()),
+                    None => matching(&mut u.named_by_identity.values().flatten()),
+                },
+            };
+            for (proto, port) in ports {
+                let action = match self.action {
+                    Action::Allow if self.l7 || peer_unsupported => Action::Unsupported,
+                    other => other,
+                };
+                out.push(PolicyRule {
+                    direction: self.direction,
+                    peer_identity: peer,
+                    proto: Some(proto),
+                    ports: Some((port, port)),
+                    action,
+                    l7: false,
+                    origin: self.origin.clone(),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Compiles a spec's rules, resolved against the node's cluster.
 fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) -> CompiledSpec {
     let mut c = CompiledSpec {
         rules: Vec::new(),
+        named: Vec::new(),
         unsupported: Vec::new(),
     };
     let sections: [(&str, Direction, Action, Vec<Peers<'_>>); 4] = [
@@ -749,22 +867,41 @@ fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) -> CompiledSp
     for (section, direction, action, rules) in sections {
         for (i, rule) in rules.iter().enumerate() {
             let path = format!("{origin}.{section}[{i}]");
-            let peers = resolve_peers(rule, action, &path, u, &mut c.unsupported);
-            let l4 = resolve_l4(rule, action, &path, &mut c.unsupported);
-            let peer_list: Vec<Option<u32>> = match peers {
-                PeerSet::Any => vec![None],
-                PeerSet::Ids(ids) => ids.into_iter().map(Some).collect(),
+            let (peers, not_enforced) = resolve_peers(rule, action, &path, u, &mut c.unsupported);
+            let (l4, named) = resolve_l4(rule, &path, &mut c.unsupported);
+            let peer_list: Vec<(Option<u32>, bool)> = match peers {
+                PeerSet::Any => vec![(None, false)],
+                PeerSet::Ids(ids) => ids.into_iter().map(|id| (Some(id), false)).collect(),
             };
-            for peer in &peer_list {
+            let not_enforced = not_enforced.into_iter().map(|id| (Some(id), true));
+            let peer_list: Vec<(Option<u32>, bool)> =
+                peer_list.into_iter().chain(not_enforced).collect();
+            for (name, protos, l7) in named {
+                c.named.push(NamedRule {
+                    direction,
+                    peers: peer_list.clone(),
+                    name,
+                    protos,
+                    action,
+                    l7: l7 && action == Action::Allow,
+                    origin: path.clone(),
+                });
+            }
+            for (peer, peer_unsupported) in peer_list {
                 for &(proto, ports, l7) in &l4 {
+                    // Deny rules decide at L4 whatever L7 rules they carry; allows that need
+                    // the L7 proxy or an unenforced peer fail closed.
+                    let action = match action {
+                        Action::Allow if l7 || peer_unsupported => Action::Unsupported,
+                        other => other,
+                    };
                     c.rules.push(PolicyRule {
                         direction,
-                        peer_identity: *peer,
+                        peer_identity: peer,
                         proto,
                         ports,
                         action,
-                        // Deny rules decide at L4 whatever L7 rules they carry.
-                        l7: l7 && action == Action::Allow,
+                        l7: false,
                         origin: path.clone(),
                     });
                 }
@@ -780,15 +917,19 @@ fn resolve_peers(
     path: &str,
     u: &Universe<'_>,
     unsupported: &mut Vec<String>,
-) -> PeerSet {
+) -> (PeerSet, BTreeSet<u32>) {
     let has_l4 = !rule.to_ports.is_empty() || !rule.icmps.is_empty();
+    // Peers an allow rule names but Weft cannot enforce: they get `Action::Unsupported`.
+    let mut not_enforced = BTreeSet::new();
     if !rule.has_peers() {
-        // Only ports: any peer. Nothing at all (`{}`): matches nothing.
-        return if has_l4 {
+        // Only ports: any peer. Nothing at all (`{}`): matches nothing. Peer fields given
+        // as `[]` fall through below and resolve to no identity.
+        let peers = if has_l4 {
             PeerSet::Any
         } else {
             PeerSet::Ids(BTreeSet::new())
         };
+        return (peers, not_enforced);
     }
     let [cidr_field, set_field, entity_field] = rule.names;
     let mut ids = BTreeSet::new();
@@ -807,8 +948,24 @@ fn resolve_peers(
             ));
             continue;
         };
+        // Entities nothing in Weft carries: see `policy::not_enforced`.
+        let stand_in: Vec<u32> = match entity {
+            Entity::Unmanaged => u.world().collect(),
+            Entity::KubeApiserver => u
+                .world()
+                .chain([identity::HOST, identity::REMOTE_NODE])
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !stand_in.is_empty() {
+            match action {
+                Action::Deny => ids.extend(stand_in),
+                _ => not_enforced.extend(stand_in),
+            }
+            continue;
+        }
         match entity {
-            Entity::All => return PeerSet::Any,
+            Entity::All => return (PeerSet::Any, BTreeSet::new()),
             Entity::Cluster => ids.extend(u.cluster()),
             Entity::World => ids.extend(u.world()),
             Entity::WorldIpv4 => {
@@ -846,7 +1003,7 @@ fn resolve_peers(
                     bad_except = true;
                     // Ignoring it (as the evaluator) would widen an allow rule.
                     let effect = match action {
-                        Action::Allow => "the set allows nothing",
+                        Action::Allow | Action::Unsupported => "the set allows nothing",
                         Action::Deny => "ignored",
                     };
                     unsupported.push(format!("{at}.except[{k}]: {why}, {effect}"));
@@ -860,8 +1017,11 @@ fn resolve_peers(
     for (j, _) in rule.fqdns.iter().enumerate() {
         let at = format!("{path}.toFQDNs[{j}]");
         match action {
-            Action::Allow => {
-                unsupported.push(format!("{at}: toFQDNs is not compiled yet; allows nothing"))
+            Action::Allow | Action::Unsupported => {
+                unsupported.push(format!(
+                    "{at}: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE"
+                ));
+                not_enforced.extend(u.world());
             }
             Action::Deny => {
                 unsupported.push(format!(
@@ -871,20 +1031,22 @@ fn resolve_peers(
             }
         }
     }
-    PeerSet::Ids(ids)
+    (PeerSet::Ids(ids), not_enforced)
 }
 
 type L4 = (Option<u8>, Option<(u16, u16)>, bool);
 
-/// The protocol/port entries of a rule; a rule without `toPorts` and `icmps` is any.
+/// The protocol/port entries of a rule (a rule without `toPorts` and `icmps` is any), and
+/// its named ports (name, protocols, l7), resolved later per destination endpoint.
+#[allow(clippy::type_complexity)]
 fn resolve_l4(
     rule: &Peers<'_>,
-    action: Action,
     path: &str,
     unsupported: &mut Vec<String>,
-) -> Vec<L4> {
+) -> (Vec<L4>, Vec<(String, &'static [u8], bool)>) {
+    let mut named = Vec::new();
     if rule.to_ports.is_empty() && rule.icmps.is_empty() {
-        return vec![(None, None, false)];
+        return (vec![(None, None, false)], named);
     }
     let mut out = Vec::new();
     for (k, pr) in rule.to_ports.iter().enumerate() {
@@ -914,20 +1076,10 @@ fn resolve_l4(
                         .unwrap_or(start);
                     Some((start, end))
                 }
-                Ok(PortValue::Named(name)) => match action {
-                    Action::Allow => {
-                        unsupported.push(format!(
-                            "{at}: named port {name:?} is not compiled yet; allows nothing"
-                        ));
-                        continue;
-                    }
-                    Action::Deny => {
-                        unsupported.push(format!(
-                            "{at}: named port {name:?} is not compiled yet; denies every port"
-                        ));
-                        None
-                    }
-                },
+                Ok(PortValue::Named(name)) => {
+                    named.push((name, protos, l7));
+                    continue;
+                }
                 Err(why) => {
                     unsupported.push(format!("{at}: {why}, matches nothing"));
                     continue;
@@ -952,7 +1104,7 @@ fn resolve_l4(
             }
         }
     }
-    out
+    (out, named)
 }
 
 /// `ANY` is TCP, UDP and SCTP (not ICMP), as in the evaluator and Cilium.

@@ -7,7 +7,7 @@ use super::*;
 use crate::identity::{
     CIDR_BASE, HEALTH, HOST, INGRESS, INIT, KUBE_APISERVER, REMOTE_NODE, UNMANAGED, WORLD,
 };
-use crate::policy::{evaluate, FlowProtocol, Peer, Subject, Traffic, Verdict};
+use crate::policy::{evaluate, Decision, FlowProtocol, Peer, Subject, Traffic, Verdict};
 use crate::workload::WorkloadKind;
 
 // ---------------------------------------------------------------------------------------
@@ -43,6 +43,7 @@ fn node(id: &str, cluster: &str, addrs: &[&str], l: &str) -> NodeView {
 
 fn ep(id: &str, cluster: &str, node: &str, l: &str, addrs: &[&str], identity: u32) -> EndpointView {
     EndpointView {
+        named_ports: vec![],
         id: id.into(),
         cluster_id: cluster.into(),
         node_id: node.into(),
@@ -89,6 +90,7 @@ fn base() -> TenantView {
         services: vec![],
         workloads: vec![],
         probes: vec![],
+        clusters: vec![],
     }
 }
 
@@ -204,8 +206,9 @@ fn entities_table() {
         ("remote-node", Some(vec![REMOTE_NODE])),
         ("health", Some(vec![HEALTH])),
         ("init", Some(vec![INIT])),
-        ("unmanaged", Some(vec![UNMANAGED])),
-        ("kube-apiserver", Some(vec![KUBE_APISERVER])),
+        // Nothing in Weft carries these: their stand-ins, as unsupported entries.
+        ("unmanaged", Some(vec![WORLD])),
+        ("kube-apiserver", Some(vec![HOST, WORLD, REMOTE_NODE])),
         ("ingress", Some(vec![INGRESS])),
         ("world", Some(vec![WORLD])),
         ("cluster", Some(cluster_sorted)),
@@ -438,7 +441,15 @@ fn deny_rules_and_l7() {
         bare(&s, "web-1"),
         vec![
             (Ingress, Some(DB), TCP, Some((22, 22)), Deny, false),
-            (Egress, None, TCP, Some((80, 80)), Allow, true),
+            // No L7 proxy: fails closed, as UNSUPPORTED_RULE.
+            (
+                Egress,
+                None,
+                TCP,
+                Some((80, 80)),
+                Action::Unsupported,
+                false
+            ),
         ]
     );
     let web = endpoint(&s, "web-1");
@@ -474,27 +485,38 @@ fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
         ),
     ]);
     let s = compile_ok(&view, "n1");
-    type Row<'a> = (Option<u32>, Option<(u16, u16)>, bool, &'a str);
+    type Row<'a> = (Option<u32>, Option<(u16, u16)>, Action, &'a str);
     let rules: Vec<Row> = s.policy["web-1"]
         .iter()
-        .map(|r| (r.peer_identity, r.ports, r.l7, r.origin.as_str()))
+        .map(|r| (r.peer_identity, r.ports, r.action, r.origin.as_str()))
         .collect();
+    use Action::Unsupported;
     assert_eq!(
         rules,
         vec![
-            // Any peer on 9000 stays L7: no plain allow covers it.
-            (None, Some((9000, 9000)), true, "a specs[0].ingress[2]"),
             (
                 Some(DB),
                 Some((80, 80)),
-                false,
+                Allow,
                 "a specs[0].ingress[0], b specs[0].ingress[0]"
             ),
             // The L7 rule on 8080 is gone: b allows db on 8000-8100 without L7.
-            (Some(DB), Some((8000, 8100)), false, "b specs[0].ingress[1]"),
-            // Only partly covered: kept (for 8050-8100 the datapath's most-specific choice may
-            // then differ from the evaluator; splitting ranges is left to the L7 proxy work).
-            (Some(DB), Some((8050, 8200)), true, "a specs[0].ingress[3]"),
+            (Some(DB), Some((8000, 8100)), Allow, "b specs[0].ingress[1]"),
+            // Any peer on 9000 stays unsupported: no plain allow covers it.
+            (
+                None,
+                Some((9000, 9000)),
+                Unsupported,
+                "a specs[0].ingress[2]"
+            ),
+            // Only partly covered: kept (the datapath never lets an unsupported entry hide
+            // an allow: it only names the drop reason when nothing allows).
+            (
+                Some(DB),
+                Some((8050, 8200)),
+                Unsupported,
+                "a specs[0].ingress[3]"
+            ),
         ]
     );
 }
@@ -602,7 +624,7 @@ fn unsupported_parts_are_reported_and_never_widen() {
            // Only an FQDN peer: must not become "any peer".
            {"toFQDNs": [{"matchName": "example.com"}],
             "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
-           // Only a named port: must not become "any port".
+           // Only a named port nobody declares: must not become "any port".
            {"toEndpoints": [{"matchLabels": {"app": "db"}}],
             "toPorts": [{"ports": [{"port": "postgres", "protocol": "TCP"}]}]}
         ],
@@ -616,18 +638,25 @@ fn unsupported_parts_are_reported_and_never_widen() {
     assert_eq!(
         bare(&s, "web-1"),
         vec![
-            // Deny rules fail closed: the named port's protocol on every port, every outside peer.
-            (Egress, Some(HOST), TCP, None, Deny, false),
+            // A deny on an undeclared named port denies nothing (never every port); an
+            // FQDN deny (refused by validation) denies every outside peer.
             (Egress, Some(WORLD), None, None, Deny, false),
+            // The FQDN allow fails closed, as UNSUPPORTED_RULE, on its ports.
+            (
+                Egress,
+                Some(WORLD),
+                TCP,
+                Some((443, 443)),
+                Action::Unsupported,
+                false
+            ),
         ]
     );
     assert_eq!(
         s.unsupported,
         vec![
-            "p specs[0].egressDeny[0].toPorts[0].ports[0]: named port \"ssh\" is not compiled yet; denies every port",
             "p specs[0].egressDeny[1].toFQDNs[0]: toFQDNs is not compiled yet; denies every outside peer",
-            "p specs[0].egress[0].toFQDNs[0]: toFQDNs is not compiled yet; allows nothing",
-            "p specs[0].egress[1].toPorts[0].ports[0]: named port \"postgres\" is not compiled yet; allows nothing",
+            "p specs[0].egress[0].toFQDNs[0]: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE",
         ]
     );
     // Reported only where the policy applies.
@@ -1000,6 +1029,7 @@ fn realistic() -> TenantView {
             probe("n1", "p2", None, "10.1.0.251:9090"),
             probe("n2", "p3", None, "10.1.0.250:80"),
         ],
+        clusters: vec![],
     }
 }
 
@@ -1070,6 +1100,9 @@ fn matcher(
     let (synthetic, hits): (Vec<&PolicyRule>, Vec<&PolicyRule>) = hits
         .into_iter()
         .partition(|r| r.origin == DEFAULT_ALLOW_ORIGIN);
+    let (unsupported, hits): (Vec<&PolicyRule>, Vec<&PolicyRule>) = hits
+        .into_iter()
+        .partition(|r| r.action == Action::Unsupported);
     if !hits.is_empty() {
         return (Verdict::Allowed, hits.iter().all(|r| r.l7));
     }
@@ -1080,6 +1113,10 @@ fn matcher(
         Ingress => ep.enforce_ingress,
         Egress => ep.enforce_egress,
     };
+    if enforce && !unsupported.is_empty() {
+        // Dropped as UNSUPPORTED_RULE.
+        return (Verdict::Denied, true);
+    }
     (
         if enforce {
             Verdict::Denied
@@ -1088,6 +1125,26 @@ fn matcher(
         },
         false,
     )
+}
+
+/// Whether a deny rule applying to `subject` in `dir` names `unmanaged` or `kube-apiserver`,
+/// which Weft denies through their stand-ins (world; host and remote-node for the API server).
+fn denies_stand_in(specs: &[PolicySpec], subject: &Subject, dir: Direction) -> bool {
+    let names = |list: &Option<Vec<String>>| {
+        crate::policy::items(list)
+            .iter()
+            .any(|e| e == "unmanaged" || e == "kube-apiserver")
+    };
+    specs
+        .iter()
+        .filter(|p| {
+            p.subject_selector()
+                .is_some_and(|(k, sel)| k == subject.kind && sel.matches(&subject.labels))
+        })
+        .any(|p| match dir {
+            Ingress => p.ingress_deny.iter().any(|r| names(&r.from_entities)),
+            Egress => p.egress_deny.iter().any(|r| names(&r.to_entities)),
+        })
 }
 
 fn flow_protocol(proto: u8) -> FlowProtocol {
@@ -1108,7 +1165,7 @@ fn compiled_rules_decide_every_flow_as_the_reference_evaluator() {
     assert!(cases > 10_000, "{cases} cases");
     for outcome in [
         "Allowed/false",
-        "Allowed/true",
+        "Denied/true",
         "Denied/false",
         "DefaultAllowed/false",
     ] {
@@ -1253,6 +1310,32 @@ fn assert_equivalent(view: &TenantView, nodes: &[&str]) -> (usize, BTreeMap<Stri
                             crate::policy::Reason::AllowedBy { l7: true, .. }
                         );
                         let got = matcher(&state, ep, dir, *peer_id, proto, port);
+                        // Weft's one difference from the reference (Cilium's semantics): what
+                        // needs the L7 proxy, or names a peer nothing in Weft carries, is
+                        // dropped (as UNSUPPORTED_RULE where the compiler knows it), never allowed.
+                        let unenforced_peer = peer.entities.iter().any(|e| {
+                            crate::policy::not_enforced::entity_not_enforced(*e).is_some()
+                        });
+                        let stand_in_peer = [WORLD, HOST, REMOTE_NODE].contains(peer_id)
+                            || *peer_id >= crate::identity::CIDR_BASE;
+                        let stand_in_denied = stand_in_peer
+                            && got == (Verdict::Denied, false)
+                            && denies_stand_in(&in_scope, &subject, dir);
+                        let fail_closed = stand_in_denied
+                            || (want_l7 && got == (Verdict::Denied, true))
+                            || (got == (Verdict::Denied, true) && want.verdict == Verdict::Denied)
+                            || (unenforced_peer
+                                && want.verdict == Verdict::Allowed
+                                && got.0 == Verdict::Denied);
+                        let want = if fail_closed {
+                            Decision {
+                                verdict: got.0,
+                                reason: want.reason,
+                            }
+                        } else {
+                            want
+                        };
+                        let want_l7 = if fail_closed { got.1 } else { want_l7 };
                         assert_eq!(
                             got,
                             (want.verdict, want_l7),
@@ -1733,4 +1816,165 @@ fn states_stored_before_workloads_existed_still_load() {
     obj.remove("probes");
     let old: NodeDesiredState = serde_json::from_value(json).expect("old state loads");
     assert!(old.workloads.is_empty() && old.probes.is_empty());
+}
+
+#[test]
+fn explicit_empty_peer_lists_compile_to_no_entry() {
+    for (section, field) in [
+        ("ingress", "fromEndpoints"),
+        ("ingress", "fromCIDR"),
+        ("ingress", "fromCIDRSet"),
+        ("ingress", "fromEntities"),
+        ("ingressDeny", "fromEndpoints"),
+        ("egress", "toEndpoints"),
+        ("egress", "toCIDR"),
+        ("egress", "toCIDRSet"),
+        ("egress", "toEntities"),
+        ("egress", "toFQDNs"),
+    ] {
+        let view = with_policies(vec![policy(
+            "p",
+            &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+                section: [{field: [], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]})],
+            None,
+        )]);
+        let s = compile_ok(&view, "n1");
+        let rules = bare(&s, "web-1");
+        assert!(
+            rules.is_empty(),
+            "{section}.{field}: [] must select nobody: {rules:?}"
+        );
+        let ep = endpoint(&s, "web-1");
+        assert!(
+            ep.enforce_ingress || ep.enforce_egress,
+            "{section}.{field}: still enforces"
+        );
+    }
+    // Absent: any peer on the port.
+    let view = with_policies(vec![policy(
+        "p",
+        &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEndpoints": null, "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]})],
+        None,
+    )]);
+    assert_eq!(
+        bare(&compile_ok(&view, "n1"), "web-1"),
+        vec![(Ingress, None, TCP, Some((80, 80)), Allow, false)]
+    );
+}
+
+#[test]
+fn allow_host_to_local_pods_is_a_cluster_setting() {
+    let spec = json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}],
+        "ingressDeny": [{"fromEntities": ["host"], "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]}]});
+    let mut view = with_policies(vec![policy("p", &[spec], None)]);
+    let host_allow = (Ingress, Some(HOST), None, None, Allow, false);
+    // Off (or a cluster without settings): the host is a peer like any other.
+    for setting in [None, Some(false)] {
+        view.clusters = setting
+            .map(|on| {
+                vec![ClusterView {
+                    id: "c1".into(),
+                    allow_host_to_local_pods: on,
+                }]
+            })
+            .unwrap_or_default();
+        let s = compile_ok(&view, "n1");
+        assert!(!bare(&s, "web-1").contains(&host_allow), "{setting:?}");
+    }
+    view.clusters = vec![ClusterView {
+        id: "c1".into(),
+        allow_host_to_local_pods: true,
+    }];
+    let s = compile_ok(&view, "n1");
+    let web = bare(&s, "web-1");
+    assert!(web.contains(&host_allow), "{web:?}");
+    // Deny rules still win, the host endpoint and non-enforcing endpoints get nothing.
+    assert!(web.contains(&(Ingress, Some(HOST), TCP, Some((22, 22)), Deny, false)));
+    assert!(bare(&s, "db-1").is_empty());
+    assert!(bare(&s, HOST_ENDPOINT_ID).is_empty());
+    let origin = &s.policy["web-1"]
+        .iter()
+        .find(|r| r.peer_identity == Some(HOST) && r.action == Allow)
+        .expect("host allow")
+        .origin;
+    assert_eq!(origin, HOST_TO_LOCAL_PODS_ORIGIN);
+    // Only in its own cluster.
+    view.clusters[0].id = "c2".into();
+    assert!(!bare(&compile_ok(&view, "n1"), "web-1").contains(&host_allow));
+}
+
+#[test]
+fn named_ports_resolve_per_destination_endpoint() {
+    let np = |s: &str| s.parse::<NamedPort>().expect("named port");
+    let mut view = base();
+    for e in &mut view.endpoints {
+        e.named_ports = match e.id.as_str() {
+            "web-1" => vec![np("http=8080/TCP"), np("dns=53/UDP")],
+            "web-2" => vec![np("http=8081/TCP")],
+            "db-1" => vec![np("postgres=5432/TCP")],
+            _ => vec![],
+        };
+    }
+    view.policies = vec![policy(
+        "p",
+        &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                         "toPorts": [{"ports": [{"port": "http"}, {"port": "dns", "protocol": "TCP"}]}]}],
+            "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "db"}}],
+                             "toPorts": [{"ports": [{"port": "http", "protocol": "TCP"}, {"port": "ssh", "protocol": "TCP"}]}]}],
+            "egress": [{"toEndpoints": [{"matchLabels": {"app": "db"}}],
+                        "toPorts": [{"ports": [{"port": "postgres", "protocol": "TCP"}, {"port": "http"}]}]},
+                       {"toEndpoints": [{"matchLabels": {"app": "web"}}],
+                        "toPorts": [{"ports": [{"port": "http", "protocol": "TCP"}]}]}]})],
+        None,
+    )];
+    let s = compile_ok(&view, "n1");
+    assert_eq!(
+        bare(&s, "web-1"),
+        vec![
+            // Ingress: web-1's own `http`; `dns` is UDP there, so the TCP rule matches nothing.
+            (
+                Ingress,
+                Some(FRONTEND),
+                TCP,
+                Some((8080, 8080)),
+                Allow,
+                false
+            ),
+            // The deny resolves too: exactly web-1's http port, and `ssh` (undeclared)
+            // denies nothing rather than every TCP port.
+            (Ingress, Some(DB), TCP, Some((8080, 8080)), Deny, false),
+            // Egress: the peer's declared ports; db declares no `http`.
+            (Egress, Some(WEB), TCP, Some((8080, 8080)), Allow, false),
+            (Egress, Some(WEB), TCP, Some((8081, 8081)), Allow, false),
+            (Egress, Some(DB), TCP, Some((5432, 5432)), Allow, false),
+        ]
+    );
+    // On n2, web-2 declares http=8081: its ingress rule is on 8081.
+    let s2 = compile_ok(&view, "n2");
+    assert!(bare(&s2, "web-2").contains(&(
+        Ingress,
+        Some(FRONTEND),
+        TCP,
+        Some((8081, 8081)),
+        Allow,
+        false
+    )));
+    // Nothing declared anywhere: matches nothing, allow or deny.
+    let mut bare_view = view.clone();
+    for e in &mut bare_view.endpoints {
+        e.named_ports.clear();
+    }
+    let s = compile_ok(&bare_view, "n1");
+    assert!(bare(&s, "web-1").is_empty(), "{:?}", bare(&s, "web-1"));
+    // And the evaluator agrees flow by flow where it can say (ingress to web-1).
+    let specs = &view.policies[0].specs;
+    let subject = Subject::endpoint(labels("app=web"));
+    let fe = Peer::endpoint(labels("app=frontend"));
+    let t = Traffic::ingress(fe.clone(), FlowProtocol::Tcp, 8080).with_named_port("http", 8080);
+    assert_eq!(evaluate(specs, &subject, &t).verdict, Verdict::Allowed);
+    let t = Traffic::ingress(fe, FlowProtocol::Tcp, 8081).with_named_port("http", 8080);
+    assert_eq!(evaluate(specs, &subject, &t).verdict, Verdict::Denied);
 }

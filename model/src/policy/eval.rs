@@ -13,7 +13,8 @@
 //!    and allowed by default if none does.
 //!
 //! A rule matches when the peer matches (any of its L3 peer fields; a rule with only
-//! `toPorts`/`icmps` matches any peer; an empty rule `{}` matches nothing) and the L4 part
+//! `toPorts`/`icmps` matches any peer; an empty rule `{}` matches nothing; a peer field given
+//! as `[]` selects no peer, as in Cilium, so it is never a wildcard) and the L4 part
 //! matches (no `toPorts` and no `icmps` means every port and protocol).
 //!
 //! Peers: endpoint selectors match only peers with labels (Weft workload endpoints). CIDR and
@@ -309,10 +310,11 @@ pub fn enforces_default_deny(policy: &PolicySpec, direction: Direction) -> bool 
 /// all carry L7 rules.
 fn ingress_rule_matches(rule: &IngressRule, t: &Traffic) -> Option<bool> {
     let peer = Peers {
-        endpoints: &rule.from_endpoints,
-        cidrs: &rule.from_cidr,
-        cidr_sets: &rule.from_cidr_set,
-        entities: &rule.from_entities,
+        present: rule.has_peer_fields(),
+        endpoints: items(&rule.from_endpoints),
+        cidrs: items(&rule.from_cidr),
+        cidr_sets: items(&rule.from_cidr_set),
+        entities: items(&rule.from_entities),
         fqdns: &[],
     };
     rule_matches(&peer, &rule.to_ports, &rule.icmps, t)
@@ -320,17 +322,20 @@ fn ingress_rule_matches(rule: &IngressRule, t: &Traffic) -> Option<bool> {
 
 fn egress_rule_matches(rule: &EgressRule, t: &Traffic) -> Option<bool> {
     let peer = Peers {
-        endpoints: &rule.to_endpoints,
-        cidrs: &rule.to_cidr,
-        cidr_sets: &rule.to_cidr_set,
-        entities: &rule.to_entities,
-        fqdns: &rule.to_fqdns,
+        present: rule.has_peer_fields(),
+        endpoints: items(&rule.to_endpoints),
+        cidrs: items(&rule.to_cidr),
+        cidr_sets: items(&rule.to_cidr_set),
+        entities: items(&rule.to_entities),
+        fqdns: items(&rule.to_fqdns),
     };
     rule_matches(&peer, &rule.to_ports, &rule.icmps, t)
 }
 
 /// The L3 part of a rule, the same for both directions.
 struct Peers<'a> {
+    /// Some peer field is present, possibly as `[]` (which selects no peer).
+    present: bool,
     endpoints: &'a [LabelSelector],
     cidrs: &'a [String],
     cidr_sets: &'a [CidrRule],
@@ -339,14 +344,6 @@ struct Peers<'a> {
 }
 
 impl Peers<'_> {
-    fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
-            && self.cidrs.is_empty()
-            && self.cidr_sets.is_empty()
-            && self.entities.is_empty()
-            && self.fqdns.is_empty()
-    }
-
     fn matches(&self, peer: &Peer) -> bool {
         let by_labels = self
             .endpoints
@@ -387,7 +384,7 @@ fn rule_matches(
     t: &Traffic,
 ) -> Option<bool> {
     let has_l4 = !to_ports.is_empty() || !icmps.is_empty();
-    let peer_ok = if peers.is_empty() {
+    let peer_ok = if !peers.present {
         has_l4
     } else {
         peers.matches(&t.peer)

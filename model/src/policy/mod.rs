@@ -9,6 +9,7 @@
 //! schema.
 
 pub mod eval;
+pub mod not_enforced;
 mod validate;
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub use eval::{
     enforces_default_deny, evaluate, Decision, Direction, FlowProtocol, Peer, Reason, RuleRef,
     Subject, SubjectKind, Traffic, Verdict,
 };
+pub use not_enforced::{conditions, Condition, NOT_ENFORCED};
 pub use validate::parse_cidr;
 
 /// Holder of a Cilium field Weft refuses; kept as raw JSON only to report it.
@@ -73,20 +75,29 @@ pub struct DefaultDeny {
 }
 
 /// An ingress rule; also used for `ingressDeny`, where L7 rules are refused by validation.
+///
+/// Peer fields (`fromEndpoints`, `fromCIDR`, `fromCIDRSet`, `fromEntities`) distinguish
+/// absent (`null` or missing: no constraint from that field) from explicitly empty (`[]`:
+/// selects no peer), as Cilium does: an empty, non-nil selector list is not a wildcard, so a
+/// rule whose only peer field is `[]` matches nothing even with `toPorts`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressRule {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub from_endpoints: Vec<LabelSelector>,
-    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Vec::is_empty")]
-    pub from_cidr: Vec<String>,
-    #[serde(rename = "fromCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
-    pub from_cidr_set: Vec<CidrRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_endpoints: Option<Vec<LabelSelector>>,
+    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub from_cidr: Option<Vec<String>>,
+    #[serde(
+        rename = "fromCIDRSet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub from_cidr_set: Option<Vec<CidrRule>>,
     /// Entity names (see [`Entity`]); kept as strings so an unknown one is a validation error
     /// with its path rather than a parse failure.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Entity>)]
-    pub from_entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Entity>>)]
+    pub from_entities: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to_ports: Vec<PortRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -112,20 +123,22 @@ pub type EgressDenyRule = EgressRule;
 
 /// An egress rule; also used for `egressDeny`, where L7 rules and `toFQDNs` are refused by
 /// validation (Cilium has neither on deny rules).
+///
+/// Peer fields keep absent and `[]` apart exactly as in [`IngressRule`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressRule {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to_endpoints: Vec<LabelSelector>,
-    #[serde(rename = "toCIDR", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_cidr: Vec<String>,
-    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_cidr_set: Vec<CidrRule>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Entity>)]
-    pub to_entities: Vec<String>,
-    #[serde(rename = "toFQDNs", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_fqdns: Vec<FqdnSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_endpoints: Option<Vec<LabelSelector>>,
+    #[serde(rename = "toCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub to_cidr: Option<Vec<String>>,
+    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Option::is_none")]
+    pub to_cidr_set: Option<Vec<CidrRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Entity>>)]
+    pub to_entities: Option<Vec<String>>,
+    #[serde(rename = "toFQDNs", default, skip_serializing_if = "Option::is_none")]
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to_ports: Vec<PortRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -262,6 +275,60 @@ impl Port {
     }
 }
 
+/// A port an endpoint declares under a name (`http=8080/TCP`), which named-port rules
+/// (`port: "http"`) resolve against, per destination endpoint, as in Cilium.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: Protocol,
+}
+
+impl FromStr for NamedPort {
+    type Err = String;
+    /// `name=port[/PROTO]`, protocol TCP by default.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("named port {s:?}: expected name=port[/TCP|UDP|SCTP]"))?;
+        validate_port_name(name)?;
+        let (port, proto) = rest.split_once('/').unwrap_or((rest, "TCP"));
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("named port {s:?}: port must be 1..65535")),
+        };
+        let protocol = match proto.to_ascii_uppercase().as_str() {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            other => {
+                return Err(format!(
+                    "named port {s:?}: protocol {other} is not TCP, UDP or SCTP"
+                ))
+            }
+        };
+        Ok(NamedPort {
+            name: name.to_string(),
+            port,
+            protocol,
+        })
+    }
+}
+
+impl fmt::Display for NamedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            _ => "TCP",
+        };
+        write!(f, "{}={}/{proto}", self.name, self.port)
+    }
+}
+
 /// IANA service name: 1-15 lowercase alphanumerics and '-', at least one letter, no leading,
 /// trailing or doubled '-' (the Kubernetes rule for named container ports).
 fn validate_port_name(s: &str) -> Result<(), String> {
@@ -318,7 +385,18 @@ impl<'de> Deserialize<'de> for Port {
 
 /// L4 protocol of a port rule. `ANY` (the default) means TCP, UDP and SCTP, as in Cilium.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 pub enum Protocol {
     #[default]
@@ -632,6 +710,33 @@ fn rule_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             }
         })
         .collect())
+}
+
+impl IngressRule {
+    /// Whether any peer field is present (even as `[]`); a rule without one selects every
+    /// peer when it has `toPorts`/`icmps`, and nothing otherwise.
+    pub fn has_peer_fields(&self) -> bool {
+        self.from_endpoints.is_some()
+            || self.from_cidr.is_some()
+            || self.from_cidr_set.is_some()
+            || self.from_entities.is_some()
+    }
+}
+
+impl EgressRule {
+    /// See [`IngressRule::has_peer_fields`].
+    pub fn has_peer_fields(&self) -> bool {
+        self.to_endpoints.is_some()
+            || self.to_cidr.is_some()
+            || self.to_cidr_set.is_some()
+            || self.to_entities.is_some()
+            || self.to_fqdns.is_some()
+    }
+}
+
+/// The items of an optional list (`None` and `[]` alike give none).
+pub(crate) fn items<T>(list: &Option<Vec<T>>) -> &[T] {
+    list.as_deref().unwrap_or_default()
 }
 
 impl PolicySpec {

@@ -1026,3 +1026,322 @@ fn fqdn_pattern_table() {
         assert_eq!(eval::fqdn_matches(&sel, name), *want, "{pattern} vs {name}");
     }
 }
+
+/// Cilium: an explicitly empty (non-nil) peer list selects no peer; only an absent one leaves
+/// the rule to its ports. Each `[]` form, with `toPorts`, must admit nobody.
+#[test]
+fn explicit_empty_peer_lists_select_no_peer() {
+    let world = || Peer::world(ip("192.0.2.9"));
+    let ingress_fields = ["fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"];
+    for field in ingress_fields {
+        let p = format!(
+            "endpointSelector: {{matchLabels: {{app: web}}}}\ningress: [{{{field}: [], toPorts: [{{ports: [{{port: '80', protocol: TCP}}]}}]}}]"
+        );
+        check(
+            &[&p],
+            vec![
+                (field, web(), Traffic::ingress(pod("x"), Tcp, 80), Denied),
+                (field, web(), Traffic::ingress(world(), Tcp, 80), Denied),
+                (
+                    field,
+                    web(),
+                    Traffic::ingress(Peer::entity(Entity::Host), Tcp, 80),
+                    Denied,
+                ),
+            ],
+        );
+        // The `[]` survives a round trip (storage keeps it).
+        let s = spec(&p);
+        let json = serde_json::to_string(&s).expect("serialize");
+        assert!(json.contains(&format!("\"{field}\":[]")), "{json}");
+        assert_eq!(serde_json::from_str::<PolicySpec>(&json).expect("parse"), s);
+    }
+    let egress_fields = [
+        "toEndpoints",
+        "toCIDR",
+        "toCIDRSet",
+        "toEntities",
+        "toFQDNs",
+    ];
+    for field in egress_fields {
+        let p = format!(
+            "endpointSelector: {{matchLabels: {{app: web}}}}\negress: [{{{field}: [], toPorts: [{{ports: [{{port: '443', protocol: TCP}}]}}]}}]"
+        );
+        check(
+            &[&p],
+            vec![
+                (field, web(), Traffic::egress(pod("x"), Tcp, 443), Denied),
+                (
+                    field,
+                    web(),
+                    Traffic::egress(world().with_dns_name("a.io"), Tcp, 443),
+                    Denied,
+                ),
+            ],
+        );
+    }
+    // An empty deny list denies nobody.
+    check(
+        &[
+            "endpointSelector: {matchLabels: {app: web}}\ningress: [{toPorts: [{ports: [{port: '80'}]}]}]\ningressDeny: [{fromEndpoints: []}]",
+        ],
+        vec![(
+            "empty deny",
+            web(),
+            Traffic::ingress(pod("x"), Tcp, 80),
+            Allowed,
+        )],
+    );
+    // Absent and null keep their meaning: only ports, any peer.
+    for p in [
+        "endpointSelector: {matchLabels: {app: web}}\ningress: [{toPorts: [{ports: [{port: '80', protocol: TCP}]}]}]",
+        "endpointSelector: {matchLabels: {app: web}}\ningress: [{fromEndpoints: null, toPorts: [{ports: [{port: '80', protocol: TCP}]}]}]",
+    ] {
+        check(
+            &[p],
+            vec![
+                ("absent", web(), Traffic::ingress(pod("x"), Tcp, 80), Allowed),
+                ("absent", web(), Traffic::ingress(world(), Tcp, 80), Allowed),
+                ("absent", web(), Traffic::ingress(pod("x"), Tcp, 81), Denied),
+            ],
+        );
+        assert_eq!(spec(p).ingress[0].from_endpoints, None);
+    }
+    // `[]` beside a non-empty list of another kind is no combination of kinds.
+    check(
+        &["endpointSelector: {matchLabels: {app: web}}\ningress: [{fromEndpoints: [], fromCIDR: [192.0.2.0/24]}]"],
+        vec![
+            ("mixed", web(), Traffic::ingress(world(), Tcp, 1), Allowed),
+            ("mixed", web(), Traffic::ingress(pod("x"), Tcp, 1), Denied),
+        ],
+    );
+}
+
+/// The README's policy field table, walked against the parser, the validator and the
+/// `NotEnforced` conditions, so it cannot drift: every field of every spec type has a row,
+/// `refused` rows are refused at their path, `accepted, not enforced` rows validate and
+/// carry a condition, `enforced` rows validate without one.
+#[test]
+fn readme_policy_table_matches_the_validator() {
+    use serde_json::{json, Value};
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("<!-- policy-fields:start -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- policy-fields:end -->").next())
+        .expect("policy table markers in README.md");
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for line in table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| field"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (keys, status) = (cells[1], cells[2]);
+        let entity = keys.starts_with("entity ");
+        for key in keys.split('`').skip(1).step_by(2) {
+            let key = if entity {
+                format!("entity {key}")
+            } else {
+                key.to_string()
+            };
+            rows.push((key, status.to_string()));
+        }
+    }
+
+    // Completeness: serde lists a type's fields when it meets an unknown one.
+    fn fields_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let err = serde_json::from_str::<T>(r#"{"zzz-unknown": 1}"#)
+            .err()
+            .expect("unknown field refused")
+            .to_string();
+        let list = err.split(", expected ").nth(1).unwrap_or(&err);
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    }
+    let types: Vec<(&str, Vec<String>)> = vec![
+        ("", fields_of::<PolicySpec>()),
+        ("ingress[].", fields_of::<IngressRule>()),
+        ("egress[].", fields_of::<EgressRule>()),
+        ("CIDRSet.", fields_of::<CidrRule>()),
+        ("FQDN.", fields_of::<FqdnSelector>()),
+        ("toPorts[].", fields_of::<PortRule>()),
+        ("ports[].", fields_of::<PortProtocol>()),
+        ("rules.", fields_of::<L7Rules>()),
+        ("http[].", fields_of::<HttpRule>()),
+        ("icmps[].", fields_of::<IcmpRule>()),
+        ("fields[].", fields_of::<IcmpField>()),
+        ("enableDefaultDeny.", fields_of::<DefaultDeny>()),
+    ];
+    let mut expected: Vec<String> = types
+        .iter()
+        .flat_map(|(prefix, fields)| fields.iter().map(move |f| format!("{prefix}{f}")))
+        .collect();
+    // The four rule lists share one row.
+    expected.retain(|k| {
+        !matches!(
+            k.as_str(),
+            "ingress" | "ingressDeny" | "egress" | "egressDeny"
+        )
+    });
+    expected.extend(["ingress", "ingressDeny", "egress", "egressDeny"].map(String::from));
+    expected.extend(Entity::ALL.iter().map(|e| format!("entity {e}")));
+    let mut listed: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "README policy table rows vs the spec types' fields"
+    );
+
+    // A spec using the field, and the path of the field in it.
+    let under = |prefix: &str, f: &str, v: Value| -> (Value, String) {
+        let tcp80 = json!([{"port": "80", "protocol": "TCP"}]);
+        match prefix {
+            "" => {
+                let mut spec = json!({"endpointSelector": {}});
+                if f == "nodeSelector" {
+                    spec = json!({});
+                }
+                spec[f] = v;
+                (spec, format!("spec.{f}"))
+            }
+            "ingress[]." => (
+                json!({"endpointSelector": {}, "ingress": [{f: v}]}),
+                format!("spec.ingress[0].{f}"),
+            ),
+            "egress[]." => (
+                json!({"endpointSelector": {}, "egress": [{f: v}]}),
+                format!("spec.egress[0].{f}"),
+            ),
+            "CIDRSet." => {
+                let mut set = json!({"cidr": "10.0.0.0/8"});
+                set[f] = v;
+                (
+                    json!({"endpointSelector": {}, "egress": [{"toCIDRSet": [set]}]}),
+                    format!("spec.egress[0].toCIDRSet[0].{f}"),
+                )
+            }
+            "FQDN." => (
+                json!({"endpointSelector": {}, "egress": [{"toFQDNs": [{f: v}]}]}),
+                format!("spec.egress[0].toFQDNs[0].{f}"),
+            ),
+            "toPorts[]." => (
+                json!({"endpointSelector": {}, "ingress": [{"toPorts": [{f: v}]}]}),
+                format!("spec.ingress[0].toPorts[0].{f}"),
+            ),
+            "ports[]." => {
+                let mut pp = json!({"port": "80"});
+                pp[f] = v;
+                (
+                    json!({"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [pp]}]}]}),
+                    format!("spec.ingress[0].toPorts[0].ports[0].{f}"),
+                )
+            }
+            "rules." => (
+                json!({"endpointSelector": {}, "egress": [{"toPorts": [{"ports": tcp80, "rules": {f: v}}]}]}),
+                format!("spec.egress[0].toPorts[0].rules.{f}"),
+            ),
+            "http[]." => (
+                json!({"endpointSelector": {}, "egress": [{"toPorts": [{"ports": tcp80, "rules": {"http": [{f: v}]}}]}]}),
+                format!("spec.egress[0].toPorts[0].rules.http[0].{f}"),
+            ),
+            "icmps[]." => (
+                json!({"endpointSelector": {}, "ingress": [{"icmps": [{f: v}]}]}),
+                format!("spec.ingress[0].icmps[0].{f}"),
+            ),
+            "fields[]." => {
+                let mut field = json!({"type": 8});
+                field[f] = v;
+                (
+                    json!({"endpointSelector": {}, "ingress": [{"icmps": [{"fields": [field]}]}]}),
+                    format!("spec.ingress[0].icmps[0].fields[0].{f}"),
+                )
+            }
+            "enableDefaultDeny." => (
+                json!({"endpointSelector": {}, "enableDefaultDeny": {f: v}}),
+                format!("spec.enableDefaultDeny.{f}"),
+            ),
+            other => panic!("no prefix {other}"),
+        }
+    };
+    let value = |f: &str| -> Value {
+        match f {
+            "endpointSelector" | "nodeSelector" | "rules" | "authentication" => json!({}),
+            "ingress" | "ingressDeny" | "egress" | "egressDeny" => json!([{}]),
+            "description" | "cidrGroupRef" | "l7proto" | "host" => json!("x"),
+            "labels" => json!(["a"]),
+            "enableDefaultDeny" => json!({"ingress": true}),
+            "fromEndpoints" | "toEndpoints" => json!([{}]),
+            "fromCIDR" | "toCIDR" => json!(["10.0.0.0/8"]),
+            "fromCIDRSet" | "toCIDRSet" => json!([{"cidr": "10.0.0.0/8"}]),
+            "fromEntities" | "toEntities" => json!(["world"]),
+            "toPorts" | "ports" => json!([{"ports": [{"port": "80"}]}]),
+            "icmps" => json!([{"fields": [{"type": 8}]}]),
+            "fields" => json!([{"type": 8}]),
+            "toFQDNs" => json!([{"matchName": "a.io"}]),
+            "cidr" => json!("10.0.0.0/8"),
+            "except" => json!(["10.1.0.0/16"]),
+            "matchName" => json!("a.io"),
+            "matchPattern" => json!("*.a.io"),
+            "http" => json!([{"method": "GET"}]),
+            "dns" => json!([{"matchPattern": "*"}]),
+            "port" => json!("80"),
+            "endPort" => json!(90),
+            "protocol" => json!("TCP"),
+            "method" => json!("GET"),
+            "path" => json!("/"),
+            "headers" => json!(["X-A"]),
+            "family" => json!("IPv4"),
+            "type" => json!(8),
+            "ingress." | "egress." => json!(true),
+            _ => json!([{}]),
+        }
+    };
+    for (key, status) in &rows {
+        let (spec, path) = if let Some(e) = key.strip_prefix("entity ") {
+            (
+                json!({"endpointSelector": {}, "ingress": [{"fromEntities": [e]}]}),
+                "spec.ingress[0].fromEntities[0]".to_string(),
+            )
+        } else {
+            let (prefix, f) = match key.rfind(['.']) {
+                Some(i) => (&key[..=i], &key[i + 1..]),
+                None => ("", key.as_str()),
+            };
+            let v = match (prefix, f) {
+                ("ports[].", "port") => json!("80"),
+                ("toPorts[].", "ports") => json!([{"port": "80"}]),
+                ("enableDefaultDeny.", _) => json!(true),
+                ("icmps[].", "fields") => json!([{"type": 8}]),
+                _ => value(f),
+            };
+            under(prefix, f, v)
+        };
+        let parsed: PolicySpec = match serde_json::from_value(spec.clone()) {
+            Ok(p) => p,
+            Err(e) => panic!("{key}: sample {spec} does not parse: {e}"),
+        };
+        let errors = parsed.validate().err().unwrap_or_default();
+        let conditions = parsed.not_enforced_at("spec");
+        let covered = conditions.iter().any(|c| path.starts_with(&c.field));
+        match status.as_str() {
+            "refused" => assert!(
+                errors.iter().any(|e| e.field == path),
+                "{key}: README says refused, but {spec} gives {errors:?}"
+            ),
+            "accepted, not enforced" => assert!(
+                errors.is_empty() && covered,
+                "{key}: README says accepted, not enforced; {spec}: errors {errors:?}, conditions {conditions:?}"
+            ),
+            "enforced" | "enforced with difference" => assert!(
+                errors.is_empty() && !covered,
+                "{key}: README says {status}; {spec}: errors {errors:?}, conditions {conditions:?}"
+            ),
+            other => panic!("{key}: unknown status {other:?}"),
+        }
+    }
+}

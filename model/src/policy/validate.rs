@@ -84,10 +84,10 @@ fn ingress(e: &mut Errors, rule: &IngressRule, path: &str, deny: bool) {
         e,
         path,
         &[
-            ("fromEndpoints", !rule.from_endpoints.is_empty()),
-            ("fromCIDR", !rule.from_cidr.is_empty()),
-            ("fromCIDRSet", !rule.from_cidr_set.is_empty()),
-            ("fromEntities", !rule.from_entities.is_empty()),
+            ("fromEndpoints", !items(&rule.from_endpoints).is_empty()),
+            ("fromCIDR", !items(&rule.from_cidr).is_empty()),
+            ("fromCIDRSet", !items(&rule.from_cidr_set).is_empty()),
+            ("fromEntities", !items(&rule.from_entities).is_empty()),
         ],
     );
     for (i, pr) in rule.to_ports.iter().enumerate() {
@@ -102,10 +102,10 @@ fn ingress(e: &mut Errors, rule: &IngressRule, path: &str, deny: bool) {
         e,
         path,
         "from",
-        &rule.from_endpoints,
-        &rule.from_cidr,
-        &rule.from_cidr_set,
-        &rule.from_entities,
+        items(&rule.from_endpoints),
+        items(&rule.from_cidr),
+        items(&rule.from_cidr_set),
+        items(&rule.from_entities),
     );
     ports(e, path, &rule.to_ports, &rule.icmps, deny);
     e.unsupported(
@@ -131,29 +131,29 @@ fn egress(e: &mut Errors, rule: &EgressRule, path: &str, deny: bool) {
         e,
         path,
         &[
-            ("toEndpoints", !rule.to_endpoints.is_empty()),
-            ("toCIDR", !rule.to_cidr.is_empty()),
-            ("toCIDRSet", !rule.to_cidr_set.is_empty()),
-            ("toEntities", !rule.to_entities.is_empty()),
-            ("toFQDNs", !rule.to_fqdns.is_empty()),
+            ("toEndpoints", !items(&rule.to_endpoints).is_empty()),
+            ("toCIDR", !items(&rule.to_cidr).is_empty()),
+            ("toCIDRSet", !items(&rule.to_cidr_set).is_empty()),
+            ("toEntities", !items(&rule.to_entities).is_empty()),
+            ("toFQDNs", !items(&rule.to_fqdns).is_empty()),
         ],
     );
     peers(
         e,
         path,
         "to",
-        &rule.to_endpoints,
-        &rule.to_cidr,
-        &rule.to_cidr_set,
-        &rule.to_entities,
+        items(&rule.to_endpoints),
+        items(&rule.to_cidr),
+        items(&rule.to_cidr_set),
+        items(&rule.to_entities),
     );
-    if deny && !rule.to_fqdns.is_empty() {
+    if deny && rule.to_fqdns.is_some() {
         e.push(
             format!("{path}.toFQDNs"),
             "toFQDNs is not allowed on deny rules (as in Cilium)",
         );
     }
-    for (i, fqdn) in rule.to_fqdns.iter().enumerate() {
+    for (i, fqdn) in items(&rule.to_fqdns).iter().enumerate() {
         fqdn_selector(e, fqdn, &format!("{path}.toFQDNs[{i}]"));
     }
     ports(e, path, &rule.to_ports, &rule.icmps, deny);

@@ -156,6 +156,7 @@ fn rule(endpoint: &str, i: usize, r: pb::PolicyRule) -> Result<PolicyRule, WireE
     let action = match pb::Action::try_from(r.action) {
         Ok(pb::Action::Allow) => Action::Allow,
         Ok(pb::Action::Deny) => Action::Deny,
+        Ok(pb::Action::Unsupported) => Action::Unsupported,
         _ => {
             return Err(WireError::Enum {
                 item: item(),
@@ -956,6 +957,7 @@ fn entries(rules: &[PolicyRule]) -> (Vec<PolicyEntry>, usize) {
             action: match r.action {
                 Action::Allow => dp::Action::Allow,
                 Action::Deny => dp::Action::Deny,
+                Action::Unsupported => dp::Action::Unsupported,
             },
             rule_id: u32::try_from(i).unwrap_or(u32::MAX),
         });

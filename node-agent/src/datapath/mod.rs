@@ -209,7 +209,7 @@ impl Counters {
 // | field | values |
 // |---|---|
 // | verdict | FORWARDED, DROPPED, REDIRECTED, TRANSLATED; ERROR for a number we do not know |
-// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL, UNKNOWN_ENDPOINT; UNKNOWN otherwise (`weft_model::flow::DropReason`) |
+// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL, UNKNOWN_ENDPOINT, UNSUPPORTED_RULE (15); UNKNOWN otherwise (`weft_model::flow::DropReason`) |
 // | direction (seen from the endpoint) | INGRESS, EGRESS; UNKNOWN otherwise |
 // | observation point | endpoint-egress (tc on the host-side veth, packets from the pod), endpoint-ingress (packets to the pod), socket-lb (connect/sendmsg hooks), uplink (north-south LB); unknown otherwise |
 
@@ -967,10 +967,12 @@ impl Datapath {
             let (slots, value) = policy::expand(ep_id, e)
                 .map_err(|source| DatapathError::Policy { ep: ep_id, source })?;
             for slot in slots {
-                // Two entries on one hash key: deny beats redirect beats allow.
+                // Two entries on one hash key: deny beats redirect beats allow beats
+                // unsupported (which allows nothing).
                 let rank = |a: u8| match a {
-                    c::ACTION_DENY => 2,
-                    c::ACTION_REDIRECT => 1,
+                    c::ACTION_DENY => 3,
+                    c::ACTION_REDIRECT => 2,
+                    c::ACTION_ALLOW => 1,
                     _ => 0,
                 };
                 let keep = desired
@@ -1467,6 +1469,7 @@ mod tests {
             (c::DROP_UNSUPPORTED_L3, "UNSUPPORTED_L3"),
             (c::DROP_INTERNAL, "INTERNAL"),
             (c::DROP_UNKNOWN_ENDPOINT, "UNKNOWN_ENDPOINT"),
+            (c::DROP_UNSUPPORTED_RULE, "UNSUPPORTED_RULE"),
             (200, "UNKNOWN"),
         ];
         for (code, name) in named {

@@ -2,8 +2,9 @@
 //! Pure: no I/O, unit-tested.
 
 use weft_datapath_common::{
-    PolicyHashKey, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, ACTION_REDIRECT, DIR_EGRESS,
-    DIR_INGRESS, IDENTITY_ANY, POLICY_ANY_PORT, POLICY_ANY_PROTO, POLICY_PREFIX_PROTO_BITS,
+    PolicyHashKey, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, ACTION_REDIRECT,
+    ACTION_UNSUPPORTED, DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, POLICY_ANY_PORT, POLICY_ANY_PROTO,
+    POLICY_PREFIX_PROTO_BITS,
 };
 
 /// Direction, seen from the endpoint.
@@ -31,6 +32,11 @@ pub enum Action {
     Redirect {
         proxy_port: u16,
     },
+    /// Allows nothing: names the drop reason (`UNSUPPORTED_RULE`) of traffic that a rule Weft
+    /// does not enforce would have allowed, when no allow matches. Only single ports and
+    /// wildcards are written (hash map): a port range could hide an allow range in the LPM map,
+    /// so ranges are left out and their traffic drops as `POLICY_DENIED`.
+    Unsupported,
 }
 
 /// One policy entry of an endpoint.
@@ -133,6 +139,7 @@ pub fn expand(
         Action::Deny => (true, ACTION_DENY, 0),
         Action::Redirect { proxy_port: 0 } => return Err(PolicyEntryError::ZeroProxyPort),
         Action::Redirect { proxy_port } => (false, ACTION_REDIRECT, proxy_port),
+        Action::Unsupported => (false, ACTION_UNSUPPORTED, 0),
     };
     let value = PolicyValue {
         action,
@@ -161,6 +168,8 @@ pub fn expand(
         }
         (Some(_), Some((lo, hi))) if lo > hi => return Err(PolicyEntryError::EmptyRange(lo, hi)),
         (Some(proto), Some((lo, hi))) if lo == hi => vec![hash(proto, lo, 0)],
+        // See `Action::Unsupported`: never in the LPM map.
+        (Some(_), Some(_)) if e.action == Action::Unsupported => Vec::new(),
         (Some(proto), Some((lo, hi))) => port_range_prefixes(lo, hi)
             .into_iter()
             .map(|(port, bits)| {
@@ -192,6 +201,25 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn unsupported_entries_use_the_hash_map_only() {
+        let e = |ports| PolicyEntry {
+            direction: Direction::Egress,
+            peer_identity: Some(2),
+            proto: Some(6),
+            ports,
+            action: Action::Unsupported,
+            rule_id: 1,
+        };
+        let (slots, v) = expand(7, &e(Some((443, 443)))).unwrap();
+        assert_eq!(v.action, ACTION_UNSUPPORTED);
+        assert!(matches!(slots[..], [PolicySlot::Hash(_)]));
+        let (slots, _) = expand(7, &e(None)).unwrap();
+        assert!(matches!(slots[..], [PolicySlot::Hash(_)]));
+        let (slots, _) = expand(7, &e(Some((8000, 8100)))).unwrap();
+        assert!(slots.is_empty());
     }
 
     #[test]

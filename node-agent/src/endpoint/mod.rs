@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
+use weft_model::policy::NamedPort;
 
 /// The gateway address endpoints route through (link-local; never on the wire).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -94,6 +95,9 @@ pub struct EndpointSpec {
     pub ip: String,
     #[serde(default)]
     pub labels: Labels,
+    /// Ports declared by name (`http=8080/TCP`), for named-port policy rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
 }
 
 /// A validated spec, as recorded.
@@ -105,6 +109,9 @@ pub struct Record {
     pub labels: Labels,
     /// Host-side veth.
     pub interface: String,
+    /// Ports declared by name (records written before they existed have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<NamedPort>,
 }
 
 impl Record {
@@ -221,6 +228,7 @@ impl EndpointSpec {
             ip: parse_ip(&self.ip)?,
             labels: self.labels.clone(),
             interface: host_ifname(&self.name),
+            named_ports: self.named_ports.clone(),
         })
     }
 }
@@ -334,6 +342,19 @@ impl Store {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     ips: vec![r.ip.to_string()],
+                    named_ports: r
+                        .named_ports
+                        .iter()
+                        .map(|p| weft_proto::v1::NamedPort {
+                            name: p.name.clone(),
+                            port: u32::from(p.port),
+                            proto: match p.protocol {
+                                weft_model::policy::Protocol::Udp => 17,
+                                weft_model::policy::Protocol::Sctp => 132,
+                                _ => 6,
+                            },
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -350,6 +371,7 @@ mod tests {
             netns: netns.into(),
             ip: ip.into(),
             labels: parse_labels("app=web,tier=front").expect("labels"),
+            named_ports: vec![],
         }
     }
 

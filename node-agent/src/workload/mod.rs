@@ -168,6 +168,7 @@ impl Record {
             ip: self.spec.ip,
             labels: Labels::new(),
             interface: world_ifname(&self.spec.name),
+            named_ports: vec![],
         }
     }
 }
@@ -377,6 +378,7 @@ impl Workloads {
                         netns: rec.netns.clone(),
                         ip: w.ip.to_string(),
                         labels: w.labels.clone(),
+                        named_ports: Vec::new(),
                     })
                     .await?;
             }

@@ -313,6 +313,21 @@ pub struct ReportedEndpoint {
     >,
     #[prost(string, repeated, tag = "3")]
     pub ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Ports the endpoint declares by name; named-port policy rules resolve against them.
+    #[prost(message, repeated, tag = "4")]
+    pub named_ports: ::prost::alloc::vec::Vec<NamedPort>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NamedPort {
+    /// IANA service name, e.g. "http".
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// 6 TCP, 17 UDP, 132 SCTP.
+    #[prost(uint32, tag = "3")]
+    pub proto: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -468,6 +483,9 @@ pub enum Action {
     Unspecified = 0,
     Allow = 1,
     Deny = 2,
+    /// A rule Weft does not enforce (L7, toFQDNs, entities nothing carries): allows nothing;
+    /// traffic it would have allowed is dropped with UNSUPPORTED_RULE unless another rule allows it.
+    Unsupported = 3,
 }
 impl Action {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -479,6 +497,7 @@ impl Action {
             Self::Unspecified => "ACTION_UNSPECIFIED",
             Self::Allow => "ACTION_ALLOW",
             Self::Deny => "ACTION_DENY",
+            Self::Unsupported => "ACTION_UNSUPPORTED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -487,6 +506,7 @@ impl Action {
             "ACTION_UNSPECIFIED" => Some(Self::Unspecified),
             "ACTION_ALLOW" => Some(Self::Allow),
             "ACTION_DENY" => Some(Self::Deny),
+            "ACTION_UNSUPPORTED" => Some(Self::Unsupported),
             _ => None,
         }
     }

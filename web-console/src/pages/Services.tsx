@@ -1,0 +1,96 @@
+import { useParams, useSearchParams } from "react-router";
+import { api, ok } from "../api/client";
+import { Chip, Labels, States, useLoad } from "../app/ui";
+
+/** A cluster's load-balanced services: frontends, backends, algorithm, affinity, realization. */
+export function Services() {
+  const { tenant = "" } = useParams();
+  const [search, setSearch] = useSearchParams();
+  const clusters = useLoad(
+    async () => ok(await api.GET("/v1/tenants/{tenant}/clusters", { params: { path: { tenant }, query: { limit: 1000 } } })).items,
+    [tenant],
+  );
+  const cluster = search.get("cluster") ?? clusters.data?.[0]?.name ?? "";
+  const services = useLoad(async () => {
+    if (!cluster) return undefined;
+    return ok(
+      await api.GET("/v1/tenants/{tenant}/clusters/{cluster}/services", {
+        params: { path: { tenant, cluster }, query: { limit: 1000 } },
+      }),
+    ).items;
+  }, [tenant, cluster]);
+  return (
+    <div>
+      <h1>Services</h1>
+      <div className="toolbar">
+        <label>
+          Cluster{" "}
+          <select aria-label="Cluster" value={cluster} onChange={(e) => setSearch({ cluster: e.target.value })}>
+            {(clusters.data ?? []).map((c) => (
+              <option key={c.id} value={c.name}>
+                {c.name}
+              </option>
+            ))}
+          </select>
+        </label>
+      </div>
+      <States what="services" {...services} data={services.data} empty={<>No services in {cluster || "this cluster"}.</>}>
+        {(list) => (
+          <table>
+            <thead>
+              <tr>
+                <th>Name</th>
+                <th>Frontends</th>
+                <th>Backends (weight, state)</th>
+                <th>Algorithm</th>
+                <th>Affinity</th>
+                <th>Realized</th>
+              </tr>
+            </thead>
+            <tbody>
+              {list.map((s) => (
+                <tr key={s.id} data-service={s.name}>
+                  <td>
+                    <strong>{s.name}</strong>
+                    <div>
+                      <Labels labels={s.labels} />
+                    </div>
+                  </td>
+                  <td>
+                    {s.frontends.map((f) => (
+                      <div key={`${f.vip}:${f.port}/${f.protocol}`}>
+                        <code>
+                          {f.vip}:{f.port}/{f.protocol}
+                        </code>
+                      </div>
+                    ))}
+                  </td>
+                  <td>
+                    {s.backends.map((b) => (
+                      <div key={`${b.address}:${b.port}`} className="backend">
+                        <code>
+                          {b.address}:{b.port}
+                        </code>{" "}
+                        <span className="muted">
+                          weight {b.weight ?? 1}
+                          {(b.weight ?? 1) === 0 ? " (draining)" : ""}, {b.state ?? "active"}
+                        </span>
+                      </div>
+                    ))}
+                  </td>
+                  <td>{s.algorithm}</td>
+                  <td>{s.session_affinity ? `client IP, ${s.session_affinity.timeout_seconds} s` : "none"}</td>
+                  <td>
+                    <Chip ok={s.status.realized_nodes >= s.status.total_nodes}>
+                      {s.status.realized_nodes}/{s.status.total_nodes}
+                    </Chip>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </States>
+    </div>
+  );
+}
