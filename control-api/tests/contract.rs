@@ -580,6 +580,15 @@ fn concrete(path: &str) -> String {
 #[tokio::test]
 async fn spec_and_validators_agree_at_every_boundary() {
     let spec = serde_json::to_value(control_api::api::openapi()).expect("spec");
+    // Every reference resolves: a dangling one would hide its rules from clients and here.
+    let text = spec.to_string();
+    for r in text.split("\"#/components/schemas/").skip(1) {
+        let name = &r[..r.find('"').expect("end of reference")];
+        assert!(
+            spec["components"]["schemas"][name].is_object(),
+            "#/components/schemas/{name} is referred to but not in the spec"
+        );
+    }
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
     let r = t
