@@ -108,7 +108,7 @@ impl ApiError {
             409 => Some("it already exists or is in use: pick another name, or update it instead"),
             412 => Some("it changed since you read it: read it again and retry"),
             422 | 400 => Some("fix the fields above and retry"),
-            429 => Some("too many failed attempts from here: wait a minute and retry"),
+            429 => Some("too many failed attempts with this credential or from here: check the token, wait a minute and retry"),
             _ => None,
         }
     }

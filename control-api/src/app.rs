@@ -99,11 +99,14 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         cfg.agent_tls_cert.is_some(),
         agent_ca_pem,
     );
-    Ok(
-        AppState::new(pool, operator_token_hash, oidc, FailureLimiter::default())
-            .with_install(install)
-            .with_console(cfg.console_dir.clone()),
+    Ok(AppState::new(
+        pool,
+        operator_token_hash,
+        oidc,
+        FailureLimiter::new(cfg.auth_failure_limit, crate::ratelimit::WINDOW),
     )
+    .with_install(install)
+    .with_console(cfg.console_dir.clone()))
 }
 
 /// Serves REST and the agent service until SIGTERM or Ctrl-C, then lets requests in

@@ -121,19 +121,26 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let source = source_address(parts);
-        let now = Instant::now();
-        if let Err(wait) = state.auth_failures.check(source, now) {
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: wait.as_secs().max(1),
-            });
-        }
         let result = authenticate(parts, state).await;
         // A wrong credential (token or session cookie) counts; none at all is not a guess.
-        let presented = parts.headers.contains_key(header::AUTHORIZATION)
-            || session::cookie(&parts.headers, session::SESSION_COOKIE).is_some();
-        if presented && matches!(result, Err(ApiError::Unauthenticated(_))) {
-            state.auth_failures.record_failure(source, now);
+        // The limiter is asked only after a credential failed: a valid one always passes,
+        // whatever others sent from the same address.
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .or_else(|| {
+                session::cookie(&parts.headers, session::SESSION_COOKIE).map(str::as_bytes)
+            });
+        if let (Some(credential), Err(ApiError::Unauthenticated(_))) = (presented, &result) {
+            let source = source_address(parts);
+            let hash = Sha256::digest(credential);
+            if let Err(wait) = state.auth_failures.failed(source, &hash, Instant::now()) {
+                tracing::info!(%source, "failed authentication, limited");
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: wait.as_secs().max(1),
+                });
+            }
             tracing::info!(%source, "failed authentication");
         }
         result

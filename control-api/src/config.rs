@@ -105,6 +105,16 @@ pub struct ServeConfig {
         global = true
     )]
     pub db_max_connections: u32,
+    /// Failed authentication attempts a source address (or one credential) may make per
+    /// minute before further failures are answered 429. Valid credentials are never
+    /// limited.
+    #[arg(
+        long,
+        env = "WEFT_AUTH_FAILURE_LIMIT",
+        default_value_t = crate::ratelimit::MAX_FAILURES,
+        global = true
+    )]
+    pub auth_failure_limit: u32,
     /// The node-agent binary served at `/downloads/node-agent/linux-amd64` for
     /// `/install.sh`. Default: `node-agent` beside this executable, if there is one.
     #[arg(long, env = "WEFT_AGENT_BINARY", global = true)]

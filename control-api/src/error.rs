@@ -59,7 +59,8 @@ pub enum ApiError {
     #[error("{detail}")]
     Unprocessable { detail: String, field: String },
     #[error(
-        "too many failed authentication attempts from this address; retry in {retry_after_secs} s"
+        "too many failed authentication attempts from this address or with this credential; \
+         retry in {retry_after_secs} s (a valid credential is not limited)"
     )]
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]

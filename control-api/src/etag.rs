@@ -11,7 +11,27 @@ pub fn format(revision: i64) -> String {
 /// the revision identifies the representation exactly.
 pub fn parse(text: &str) -> Option<i64> {
     let text = text.strip_prefix("W/").unwrap_or(text);
-    text.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+    let digits = text.strip_prefix('"')?.strip_suffix('"')?;
+    if digits.is_empty() || digits.len() > MAX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Most digits of a revision we issue (any 18 digits fit an `i64`).
+const MAX_DIGITS: usize = 18;
+
+/// [`parse`] as a regular expression.
+pub const ETAG_PATTERN: &str = r#"^(W/)?"[0-9]{1,18}"$"#;
+
+weft_model::contract_schema! {
+    /// An ETag as this API issues them, for `If-Match`.
+    ETag => weft_model::contract::string(
+        "An ETag from a previous read of the resource, e.g. \"42\" (a revision).",
+    )
+    .pattern(Some(ETAG_PATTERN))
+    .examples(["\"1\""])
 }
 
 /// Adds the `ETag` header to a response.
@@ -31,5 +51,8 @@ mod tests {
         assert_eq!(super::parse("W/\"7\""), Some(7));
         assert_eq!(super::parse("42"), None);
         assert_eq!(super::parse("\"x\""), None);
+        assert_eq!(super::parse("\"+1\""), None);
+        assert_eq!(super::parse("\"\""), None);
+        assert_eq!(super::parse(&format!("\"{}\"", "9".repeat(19))), None);
     }
 }

@@ -91,8 +91,10 @@ fn require_content_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), Ap
 
 /// Parses JSON into `T`; syntax errors carry line and column, type errors the field path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadBody(format!("invalid JSON: {e}")))?;
+    integral_floats(&mut doc);
+    serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -106,6 +108,25 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::invalid_field(field, strip_position(&inner.to_string()))
         }
     })
+}
+
+/// JSON Schema's `integer` includes numbers with a zero fraction (`3.0`, `1e3`); serde's
+/// integers do not. Makes such numbers integers (where exact), so what the spec calls an
+/// integer is read as one.
+fn integral_floats(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^53: beyond it an f64 no longer holds every integer exactly.
+            if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats),
+        Value::Object(o) => o.values_mut().for_each(integral_floats),
+        _ => {}
+    }
 }
 
 /// serde_json appends " at line 1 column 42" to data errors; the field path says more.

@@ -15,6 +15,27 @@ use crate::error::ApiError;
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
+/// The `limit` of a page, as [`ListParams::resolve`] accepts it.
+pub fn limit_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(
+        1,
+        i64::from(MAX_LIMIT),
+        "Page size, 1 to 1000 (default 100).",
+    )
+    .build()
+}
+
+/// [`decode_cursor`] as a regular expression: 16 bytes in unpadded base64url (the last
+/// character carries 2 bits).
+pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]{21}[AQgw]$";
+
+/// A list's `cursor`, as [`decode_cursor`] accepts it.
+pub fn cursor_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::string("`next_cursor` of the previous page.")
+        .pattern(Some(CURSOR_PATTERN))
+        .build()
+}
+
 /// Query string parsed strictly: an unknown parameter is an error, not silently ignored.
 pub struct Query<T>(pub T);
 
@@ -23,9 +44,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(q)
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de)
             .map(Query)
-            .map_err(|e| ApiError::invalid_field("query", e.to_string()))
+            .map_err(|e| {
+                // The parameter that was wrong, when serde knows it.
+                let field = match e.path().to_string() {
+                    p if p == "." => "query".to_string(),
+                    p => p,
+                };
+                ApiError::invalid_field(field, e.into_inner().to_string())
+            })
     }
 }
 
@@ -35,11 +64,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = limit_schema)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(schema_with = cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
+}
+
+/// Parameters of a list without labels (tokens, members).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = limit_schema)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = cursor_schema)]
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn resolve(&self) -> Result<ListQuery, ApiError> {
+        ListParams {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+            labels: None,
+        }
+        .resolve()
+    }
 }
 
 /// One page of a collection.

@@ -201,7 +201,7 @@ async fn another_tenant_is_invisible() {
 }
 
 #[tokio::test]
-async fn failed_attempts_are_rate_limited_per_source() {
+async fn failed_attempts_are_limited_but_never_lock_out_a_valid_credential() {
     use axum::body::Body;
     use axum::extract::ConnectInfo;
     use axum::http::{header, Request};
@@ -220,17 +220,45 @@ async fn failed_attempts_are_rate_limited_per_source() {
         req
     };
     let limit = control_api::ratelimit::MAX_FAILURES;
-    for i in 0..limit {
+    // 100 bad tokens from one address: the first `limit` are answered 401, the rest are
+    // slowed with 429 and Retry-After.
+    for i in 0..100 {
         let r = t
             .send(from("192.0.2.7:4000", &format!("weft_guess{i}")))
             .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        if i < limit {
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+        } else {
+            assert!(
+                r.is_problem(429, "too-many-requests"),
+                "attempt {i}: {}",
+                r.body
+            );
+            let after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&after), "Retry-After {after}");
+        }
     }
-    // Now even a valid token from that source is refused until the window passes...
+    // A valid token from that same address still gets through...
     let r = t.send(from("192.0.2.7:4001", &owner)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // ...while the address's bad ones are still slowed.
+    let r = t.send(from("192.0.2.7:4002", "weft_guess-again")).await;
+    assert!(r.is_problem(429, "too-many-requests"), "{}", r.body);
+    // Another source's bad token is answered 401, not 429.
+    let r = t.send(from("192.0.2.8:4000", "weft_typo")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // One stale credential retried from many addresses is limited as a credential.
+    for i in 0..limit {
+        let r = t
+            .send(from(&format!("198.51.100.{i}:4000"), "weft_stale"))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let r = t.send(from("198.51.100.200:4000", "weft_stale")).await;
     assert!(r.is_problem(429, "too-many-requests"), "{}", r.body);
     assert!(r.headers.get("retry-after").is_some());
-    // ...while other sources are unaffected.
-    let r = t.send(from("192.0.2.8:4000", &owner)).await;
+    // The addresses it came from are not locked for valid credentials either.
+    let r = t.send(from("198.51.100.3:4000", &owner)).await;
     assert_eq!(r.status, StatusCode::OK);
 }

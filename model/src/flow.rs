@@ -533,6 +533,58 @@ fn parse_net(v: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{v:?} is not an IP address or CIDR"))
 }
 
+/// An IPv4 CIDR as `parse_net` accepts it.
+pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
+
+crate::contract_schema! {
+    /// An address or CIDR, as `parse_net` accepts it.
+    IpOrCidr => utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv4".into()))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv6".into()))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(IPV4_CIDR_PATTERN)),
+        )
+        .description(Some(
+            "An IP address or an IPv4 CIDR (an IPv6 CIDR such as 2001:db8::/32 is accepted too).",
+        ))
+        .examples(["10.0.0.0/8"])
+}
+
+/// The duration form of [`parse_time`] as a regular expression.
+pub const DURATION_PATTERN: &str = "^[0-9]{1,6}[smhd]$";
+
+crate::contract_schema! {
+    /// A time as [`parse_time`] accepts it.
+    TimeOrDuration => utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::DateTime,
+                ))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(DURATION_PATTERN)),
+        )
+        .description(Some(
+            "An RFC 3339 time, or a duration ago: 1 to 6 digits and s, m, h or d (`30s`, \
+             `5m`, `2h`, `7d`).",
+        ))
+        .examples(["5m"])
+}
+
 /// RFC 3339, or a duration before `now`: `30s`, `5m`, `2h`, `7d`.
 pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
@@ -541,10 +593,10 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
     let bad = || format!("{v:?} is neither an RFC 3339 time nor a duration like 30s, 5m, 2h, 7d");
     let unit_at = v.len().checked_sub(1).ok_or_else(bad)?;
     let (num, unit) = v.split_at(unit_at);
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    if n < 0 {
+    if num.is_empty() || num.len() > 6 || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
+    let n: i64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
         "s" => Duration::try_seconds(n),
         "m" => Duration::try_minutes(n),

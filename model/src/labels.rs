@@ -10,6 +10,91 @@ pub const MAX_LABEL_NAME_LEN: usize = 63;
 /// Longest label key prefix, a DNS subdomain (Kubernetes).
 pub const MAX_LABEL_PREFIX_LEN: usize = 253;
 
+/// A label name or value: [`check_name_part`] as a regular expression.
+macro_rules! label_name {
+    () => {
+        "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+    };
+}
+/// [`validate_label_key`] as a regular expression (the prefix's length limit of 253 is
+/// stated in words: a regular expression without look-ahead cannot say it).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! label_key_body {
+    () => {
+        concat!(
+            "(",
+            "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+            "(\\.",
+            "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+            ")*/)?",
+            "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+        )
+    };
+}
+pub const LABEL_KEY_PATTERN: &str = concat!("^", label_key_body!(), "$");
+
+/// A label map's schema: keys matching `key_pattern`, values label values.
+pub fn label_map_schema(
+    key_pattern: &str,
+    description: &str,
+) -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property_names(Some(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .pattern(Some(key_pattern))
+                .build(),
+        )))
+        .additional_properties(Some(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_LABEL_NAME_LEN))
+                .pattern(Some(LABEL_VALUE_PATTERN))
+                .build(),
+        )))
+        .examples([serde_json::json!({"app": "web"})])
+}
+/// [`validate_label_value`] as a regular expression.
+pub const LABEL_VALUE_PATTERN: &str = concat!("^(", label_name!(), ")?$");
+
+crate::contract_schema! {
+    /// A label key, as [`validate_label_key`] accepts it.
+    LabelKey => crate::contract::string(
+        "A Kubernetes label key: an optional DNS-subdomain prefix of at most 253 characters \
+         and '/', then a name of 1 to 63 alphanumerics, '-', '_' or '.' that starts and ends \
+         with an alphanumeric.",
+    )
+    .min_length(Some(1))
+    .max_length(Some(MAX_LABEL_PREFIX_LEN + 1 + MAX_LABEL_NAME_LEN))
+    .pattern(Some(LABEL_KEY_PATTERN))
+    .examples(["app"])
+}
+
+crate::contract_schema! {
+    /// A label value, as [`validate_label_value`] accepts it.
+    LabelValue => crate::contract::string(
+        "A Kubernetes label value: empty, or 1 to 63 alphanumerics, '-', '_' or '.' that \
+         starts and ends with an alphanumeric.",
+    )
+    .max_length(Some(MAX_LABEL_NAME_LEN))
+    .pattern(Some(LABEL_VALUE_PATTERN))
+    .examples(["web"])
+}
+
+crate::contract_schema! {
+    /// Labels, as [`validate_labels`] accepts them.
+    LabelMap => label_map_schema(
+        LABEL_KEY_PATTERN,
+        "Labels: Kubernetes label keys (a key's prefix is at most 253 characters) to label \
+         values.",
+    )
+}
+
 /// Checks every label; the field paths are `labels.<key>`.
 pub fn validate_labels(labels: &Labels) -> Result<(), Vec<FieldError>> {
     let errors = validate_labels_at(labels, "labels");

@@ -18,6 +18,7 @@
 mod named_enum;
 
 pub mod cnp;
+pub mod contract;
 pub mod desired;
 pub mod error;
 pub mod flow;

@@ -3,6 +3,21 @@
 /// Longest name a resource may have (DNS label length, as Kubernetes).
 pub const MAX_NAME_LEN: usize = 63;
 
+/// [`validate_name`] as a regular expression (with `MAX_NAME_LEN`).
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+crate::contract_schema! {
+    /// A resource name, as [`validate_name`] accepts it.
+    Name => crate::contract::string(
+        "A DNS label: 1 to 63 lowercase letters, digits and '-', starting and ending with \
+         a letter or digit.",
+    )
+    .min_length(Some(1))
+    .max_length(Some(MAX_NAME_LEN))
+    .pattern(Some(NAME_PATTERN))
+    .examples(["web"])
+}
+
 /// Why a resource name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

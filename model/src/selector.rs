@@ -21,6 +21,7 @@ pub const QUERY_FIELD: &str = "labelSelector";
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[schema(value_type = SelectorLabels)]
     pub match_labels: Labels,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
@@ -29,9 +30,12 @@ pub struct LabelSelector {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
+    #[schema(value_type = SelectorKey)]
     pub key: String,
     pub operator: SelectorOperator,
+    /// At least one for `In` and `NotIn`, none for `Exists` and `DoesNotExist`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::labels::LabelValue>)]
     pub values: Vec<String>,
 }
 
@@ -53,6 +57,80 @@ pub fn normalize_selector_key(key: &str) -> &str {
         Some((source, rest)) if IGNORED_SOURCES.contains(&source) => rest,
         _ => key,
     }
+}
+
+/// [`validate_selector_key`] as a regular expression.
+pub const SELECTOR_KEY_PATTERN: &str = concat!("^((k8s|any):)?", crate::label_key_body!(), "$");
+
+crate::contract_schema! {
+    /// A selector's label key, as [`validate_selector_key`] accepts it.
+    SelectorKey => crate::contract::string(
+        "A Kubernetes label key, optionally with the Cilium source `k8s:` or `any:`.",
+    )
+    .min_length(Some(1))
+    .pattern(Some(SELECTOR_KEY_PATTERN))
+    .examples(["app"])
+}
+
+crate::contract_schema! {
+    /// A selector's `matchLabels`.
+    SelectorLabels => crate::labels::label_map_schema(
+        SELECTOR_KEY_PATTERN,
+        "Label keys (optionally with the source `k8s:` or `any:`) to label values.",
+    )
+}
+
+macro_rules! selector_key {
+    () => {
+        concat!("((k8s|any):)?", crate::label_key_body!())
+    };
+}
+macro_rules! set_value {
+    () => {
+        "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+    };
+}
+macro_rules! requirement {
+    () => {
+        concat!(
+            "(!\\s*",
+            selector_key!(),
+            "|",
+            selector_key!(),
+            "(\\s*(==|=|!=)\\s*(",
+            set_value!(),
+            ")?|\\s+(in|notin)\\s*\\(\\s*",
+            set_value!(),
+            "\\s*(,\\s*",
+            set_value!(),
+            "\\s*)*\\))?)"
+        )
+    };
+}
+
+/// [`LabelSelector::parse_query`] as a regular expression.
+pub const SELECTOR_QUERY_PATTERN: &str = concat!(
+    "^\\s*(",
+    requirement!(),
+    "\\s*(,\\s*",
+    requirement!(),
+    "\\s*)*)?$"
+);
+
+crate::contract_schema! {
+    /// A label selector in query syntax, as [`LabelSelector::parse_query`] accepts it.
+    SelectorQuery => selector_query_schema()
+}
+
+/// A label selector in query syntax, as [`LabelSelector::parse_query`] accepts it.
+pub fn selector_query_schema() -> utoipa::openapi::schema::Object {
+    crate::contract::string(
+        "Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging),!legacy` \
+         (keys may carry the source `k8s:` or `any:`).",
+    )
+    .pattern(Some(SELECTOR_QUERY_PATTERN))
+    .examples(["app=web"])
+    .build()
 }
 
 fn validate_selector_key(key: &str) -> Result<(), String> {

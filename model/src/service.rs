@@ -94,11 +94,58 @@ impl std::str::FromStr for BackendState {
     }
 }
 
+crate::contract_schema! {
+    /// An IPv4 or IPv6 address, as `IpAddr` parses it.
+    IpAddress => utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv4".into()))),
+        )
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv6".into()))),
+        )
+        .description(Some(
+            "An IPv4 or IPv6 address. A service's addresses may not be unspecified \
+             (0.0.0.0, ::), multicast or broadcast.",
+        ))
+        .examples(["10.96.0.10"])
+}
+
+/// The `frontends` of a service: at least one, at most [`MAX_FRONTENDS`], no two alike.
+pub fn frontends_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("Frontend"))
+        .min_items(Some(1))
+        .max_items(Some(MAX_FRONTENDS))
+        .unique_items(true)
+        .description(Some(
+            "At least one frontend, all of one address family, no two with the same VIP, \
+             port and protocol.",
+        ))
+        .build()
+}
+
+/// The `backends` of a service: at most [`MAX_BACKENDS`], no two alike.
+pub fn backends_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("Backend"))
+        .max_items(Some(MAX_BACKENDS))
+        .unique_items(true)
+        .description(Some(
+            "Of the frontends' address family, none at a frontend's VIP, no two with the \
+             same address and port.",
+        ))
+        .build()
+}
+
 /// A virtual address clients connect to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Frontend {
-    #[schema(value_type = String, example = "10.96.0.10")]
+    #[schema(value_type = IpAddress, example = "10.96.0.10")]
     pub vip: IpAddr,
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
@@ -109,7 +156,7 @@ pub struct Frontend {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
-    #[schema(value_type = String, example = "10.0.1.5")]
+    #[schema(value_type = IpAddress, example = "10.0.1.5")]
     pub address: IpAddr,
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,

@@ -10,6 +10,7 @@ mod http;
 mod nodes;
 mod oidc;
 mod pg;
+mod schemathesis;
 mod sh;
 mod test;
 
@@ -23,10 +24,12 @@ commands:
   demo [--detach]   run the whole system (Postgres, control-api, sample tenants);
                     --detach returns once it is ready and writes .weft/demo.env
   down              stop everything `demo` started
-  test [--no-lint] [--demo] [nextest args...]
+  test [--no-lint] [--demo] [--schemathesis] [nextest args...]
                     fmt + clippy + every test, against a private Postgres; then
                     (without nextest args, or with --demo) the demo check: `demo
                     --detach`, `weft status`, `weft connectivity test`, `down`
+  schemathesis      the OpenAPI fuzzer against a control-api on a private Postgres
+                    (a full `test` runs it too, or `test --schemathesis`)
   console-test      the web console's checks (npm ci, tsc, vitest, build + size
                     budget), then its browser tests against `demo --detach`
   openapi           regenerate openapi/openapi.json from the code
@@ -57,6 +60,7 @@ fn run(args: &[String]) -> Result<()> {
         "demo" => demo::demo(rest.iter().any(|a| a == "--detach")),
         "down" => demo::down(),
         "test" => test::test(rest),
+        "schemathesis" => schemathesis::main(rest),
         "console-test" => console::console_test(),
         "openapi" => openapi(),
         "proto" => proto(),

@@ -112,10 +112,11 @@ pub fn test(args: &[String]) -> Result<()> {
     eprintln!("xtask: cargo nextest run --workspace");
     let passthrough: Vec<&String> = args
         .iter()
-        .filter(|a| *a != "--no-lint" && *a != "--demo")
+        .filter(|a| !["--no-lint", "--demo", "--schemathesis"].contains(&a.as_str()))
         .collect();
     // The demo check runs in a full run (no test filter), or when asked for.
     let demo = passthrough.is_empty() || args.iter().any(|a| a == "--demo");
+    let fuzz = passthrough.is_empty() || args.iter().any(|a| a == "--schemathesis");
     let nextest = sh::run(
         cargo()
             .current_dir(&root)
@@ -124,9 +125,15 @@ pub fn test(args: &[String]) -> Result<()> {
             .env("WEFT_TEST_DATABASE_URL", url)
             .envs(oidc_env),
     );
+    // The API fuzzer runs in a full run, or when asked for.
+    let fuzz = match &pg.cluster {
+        Some(c) if fuzz => crate::schemathesis::run(c, &pg.dir),
+        _ => Ok(()),
+    };
     drop(provider);
     drop(pg);
     nextest?;
+    fuzz?;
     if demo {
         crate::console::checks()?;
         crate::demo_check::check()?;

@@ -52,12 +52,6 @@ impl AgentService {
             .remote_addr()
             .map(|a| a.ip())
             .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-        let now = std::time::Instant::now();
-        if self.st.auth_failures.check(source, now).is_err() {
-            return Err(Status::resource_exhausted(
-                "too many failed authentication attempts from this address",
-            ));
-        }
         let credential = req
             .metadata()
             .get("authorization")
@@ -81,12 +75,19 @@ impl AgentService {
                 name,
                 capability_version: 0,
             }),
-            None => {
-                self.st.auth_failures.record_failure(source, now);
-                Err(Status::unauthenticated(
+            // Only failures are limited: a valid node credential always connects.
+            None => match self
+                .st
+                .auth_failures
+                .failed(source, &hash, std::time::Instant::now())
+            {
+                Ok(()) => Err(Status::unauthenticated(
                     "unknown or replaced node credential",
-                ))
-            }
+                )),
+                Err(_) => Err(Status::resource_exhausted(
+                    "too many failed authentication attempts from this address or with this credential",
+                )),
+            },
         }
     }
 }

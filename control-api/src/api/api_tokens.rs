@@ -10,12 +10,12 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::common::{self, ReadErrors, WriteErrors};
+use super::common::{self, Name, ReadErrors, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{self, need, Role, Tenant};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
-use crate::pagination::{ListParams, Page, Query};
+use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -27,13 +27,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Longest lifetime a token may be given: two years.
 const MAX_TTL_SECONDS: u64 = 2 * 365 * 24 * 3600;
 
+fn token_ttl_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::optional_integer(
+        1,
+        MAX_TTL_SECONDS as i64,
+        "Lifetime in seconds, at most two years; absent: the token does not expire.",
+    )
+    .build()
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
-    #[schema(example = "terraform-ci")]
+    #[schema(value_type = Name, example = "terraform-ci")]
     pub name: String,
     pub role: Role,
-    /// Lifetime in seconds; absent: the token does not expire.
+    /// Lifetime in seconds (1 to 63,072,000: two years); absent: the token does not expire.
+    #[schema(schema_with = token_ttl_schema)]
     pub expires_in_seconds: Option<u64>,
 }
 
@@ -62,21 +72,15 @@ const COLUMNS: &str = "id, name, role, created_at, expires_at, last_used_at, rev
 
 /// List API tokens (admin). Secrets are never returned.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/api-tokens", tag = "api-tokens",
-    params(("tenant" = String, Path, description = "Tenant id or name"), ListParams),
+    params(("tenant" = String, Path, description = "Tenant id or name"), PageParams),
     responses((status = 200, body = Page<ApiToken>), ReadErrors),
     security(("bearer" = [])))]
 async fn list_tokens(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Admin>,
-    Query(params): Query<ListParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<ApiToken>>> {
     let list = params.resolve()?;
-    if list.selector.is_some() {
-        return Err(ApiError::invalid_field(
-            "labels",
-            "API tokens have no labels",
-        ));
-    }
     let mut qb = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM api_tokens WHERE tenant_id = "
     ));

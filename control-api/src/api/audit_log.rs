@@ -44,18 +44,23 @@ pub struct AuditEntry {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Only this kind of resource (`cluster`, `service`, `policy`, `api_token`, `tenant`).
+    #[param(pattern = "^[^\\x00]*$")]
     pub resource_kind: Option<String>,
     /// Only this resource.
     pub resource_id: Option<Uuid>,
     /// Only this action.
+    #[param(pattern = "^[^\\x00]*$")]
     pub action: Option<String>,
     /// Only changes by this actor (token or user name).
+    #[param(pattern = "^[^\\x00]*$")]
     pub actor: Option<String>,
     /// Only changes at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Only changes before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    #[param(schema_with = crate::pagination::limit_schema)]
     pub limit: Option<u32>,
+    #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -75,6 +80,19 @@ async fn list_audit_log(
         labels: None,
     }
     .resolve()?;
+    // PostgreSQL text cannot hold NUL: such a filter is a bad request, not a lookup.
+    for (field, v) in [
+        ("resource_kind", &p.resource_kind),
+        ("action", &p.action),
+        ("actor", &p.actor),
+    ] {
+        if v.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(crate::error::ApiError::invalid_field(
+                field,
+                "must not contain NUL",
+            ));
+        }
+    }
     let mut qb = QueryBuilder::new(
         "SELECT id, at, actor_kind, actor_id, actor_name, action, resource_kind, resource_id, \
          resource_name, request_id, before, after FROM audit_log WHERE tenant_id = ",

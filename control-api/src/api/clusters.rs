@@ -11,7 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 
-use super::common::{self, ReadErrors, Scope, WriteErrors};
+use super::common::{self, Description, LabelMap, Name, ReadErrors, Scope, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
 use crate::db::{self, Op};
@@ -36,11 +36,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct ClusterInput {
     /// Unique in the tenant; a DNS label.
-    #[schema(example = "prod-eu")]
+    #[schema(value_type = Name, example = "prod-eu")]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = LabelMap)]
     pub labels: Labels,
     #[serde(default)]
+    #[schema(value_type = Description)]
     pub description: String,
     /// Let each node's own host reach the endpoints on that node whatever their ingress
     /// policy (kubelet probes), as Cilium does on Kubernetes; deny rules still win.
@@ -243,7 +245,7 @@ async fn update(
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     request_body = ClusterInput,
     responses((status = 200, body = Cluster, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -261,7 +263,7 @@ async fn put_cluster(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Cluster, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -282,7 +284,7 @@ async fn patch_cluster(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_cluster(

@@ -15,8 +15,21 @@ use weft_model::names::validate_name;
 use crate::error::{ApiError, Problem, Result};
 use crate::etag;
 
-/// Longest free-text description a resource may carry.
+/// Longest free-text description a resource may carry, in characters.
 pub const MAX_DESCRIPTION: usize = 1024;
+
+/// Free text PostgreSQL can store: anything but NUL.
+pub const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
+
+pub use weft_model::labels::LabelMap;
+pub use weft_model::names::Name;
+
+weft_model::contract_schema! {
+    /// A resource's description, as `check_common` accepts it.
+    Description => weft_model::contract::string("Free text of at most 1024 characters, without NUL.")
+        .max_length(Some(MAX_DESCRIPTION))
+        .pattern(Some(NO_NUL_PATTERN))
+}
 
 /// Where a child resource lives: always a tenant, sometimes also a cluster.
 #[derive(Debug, Clone, Copy)]
@@ -144,10 +157,13 @@ pub fn check_common(errs: &mut Vec<FieldError>, name: &str, labels: &Labels, des
     if let Err(mut e) = validate_labels(labels) {
         errs.append(&mut e);
     }
-    if description.len() > MAX_DESCRIPTION {
+    if description.contains('\0') {
+        errs.push(FieldError::new("description", "must not contain NUL"));
+    }
+    if description.chars().count() > MAX_DESCRIPTION {
         errs.push(FieldError::new(
             "description",
-            format!("must be at most {MAX_DESCRIPTION} bytes"),
+            format!("must be at most {MAX_DESCRIPTION} characters"),
         ));
     }
 }

@@ -20,6 +20,7 @@ use crate::error::{ApiError, Result};
 use crate::flows::{Cursor, Notice, ServiceMap};
 use crate::pagination::{Page, Query, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::state::AppState;
+use weft_model::flow::TimeOrDuration;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,20 +38,28 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct FlowFilterParams {
     /// Source labels, Kubernetes selector syntax (`app=web,env in (prod)`). Repeatable.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     from_label: Option<String>,
     /// Destination labels, Kubernetes selector syntax. Repeatable.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     to_label: Option<String>,
     /// Source security identity number. Repeatable.
+    #[param(schema_with = identity_schema)]
     from_identity: Option<u32>,
     /// Destination security identity number. Repeatable.
+    #[param(schema_with = identity_schema)]
     to_identity: Option<u32>,
     /// Source endpoint name. Repeatable.
+    #[param(min_length = 1)]
     from_endpoint: Option<String>,
     /// Destination endpoint name. Repeatable.
+    #[param(min_length = 1)]
     to_endpoint: Option<String>,
     /// Source IP address or CIDR. Repeatable.
+    #[param(value_type = Option<weft_model::flow::IpOrCidr>)]
     from_ip: Option<String>,
     /// Destination IP address or CIDR. Repeatable.
+    #[param(value_type = Option<weft_model::flow::IpOrCidr>)]
     to_ip: Option<String>,
     /// Source or destination port. Repeatable.
     port: Option<u16>,
@@ -58,27 +67,39 @@ pub struct FlowFilterParams {
     from_port: Option<u16>,
     /// Destination port. Repeatable.
     to_port: Option<u16>,
-    /// `tcp`, `udp` or `icmp`. Repeatable.
+    /// `tcp`, `udp` or `icmp` (any case; `icmpv6` is `icmp`). Repeatable.
+    #[param(pattern = "^([tT][cC][pP]|[uU][dD][pP]|[iI][cC][mM][pP]([vV]6)?)$")]
     protocol: Option<String>,
     /// `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED` or `ERROR`. Repeatable.
+    #[param(value_type = Option<weft_model::flow::Verdict>)]
     verdict: Option<String>,
     /// `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
     /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+    #[param(value_type = Option<weft_model::flow::DropReason>)]
     drop_reason: Option<String>,
     /// Node name. Repeatable.
+    #[param(min_length = 1)]
     node: Option<String>,
     /// Cluster name. Repeatable.
+    #[param(min_length = 1)]
     cluster: Option<String>,
     /// Service name. Repeatable.
+    #[param(min_length = 1)]
     service: Option<String>,
     /// Comma-separated TCP flags (`SYN,ACK`; also FIN, RST, PSH, URG): a flow matches when
     /// it has all of them. Repeatable.
+    #[param(
+        pattern = "^\\s*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])\\s*(,\\s*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])\\s*)*$"
+    )]
     tcp_flags: Option<String>,
     /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
+    #[param(value_type = Option<TimeOrDuration>)]
     since: Option<String>,
-    /// Only flows before this time: RFC 3339 or a duration ago.
+    /// Only flows before this time (after `since`): RFC 3339 or a duration ago.
+    #[param(value_type = Option<TimeOrDuration>)]
     until: Option<String>,
     /// Only the newest N (1 to 1000) flows; the stream sends them first, then follows.
+    #[param(schema_with = last_schema)]
     last: Option<u32>,
 }
 
@@ -87,9 +108,25 @@ pub struct FlowFilterParams {
 #[into_params(parameter_in = Query)]
 pub struct FlowPageParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = crate::pagination::limit_schema)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: only a cursor this API issued (anything else
+    /// is answered 400 naming `cursor`).
+    #[param(min_length = 1)]
     cursor: Option<String>,
+}
+
+fn identity_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(0, i64::from(u32::MAX), "A security identity number.").build()
+}
+
+fn last_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(
+        1,
+        i64::from(weft_model::flow::MAX_LAST),
+        "Only the newest N flows; the stream sends them first, then follows.",
+    )
+    .build()
 }
 
 /// Raw query pairs (repeats kept, in order).
@@ -305,6 +342,7 @@ async fn follow(
 #[into_params(parameter_in = Query)]
 pub struct ServiceMapParams {
     /// Window start: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`); default `1h`.
+    #[param(value_type = Option<TimeOrDuration>)]
     pub since: Option<String>,
 }
 

@@ -205,9 +205,12 @@ pub struct EndpointParams {
     pub cluster: Option<String>,
     /// Only endpoints with this identity.
     pub identity: Option<i64>,
+    #[param(schema_with = crate::pagination::limit_schema)]
     pub limit: Option<u32>,
+    #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
 }
 
@@ -288,10 +291,13 @@ pub struct Identity {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct IdentityParams {
+    #[param(schema_with = crate::pagination::limit_schema)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (an identity number).
+    #[param(pattern = "^[+-]?[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
 }
 
@@ -317,9 +323,12 @@ async fn list_identities(
     qb.push_bind(t.id);
     // Identities are ordered by number, which is also their cursor.
     if let Some(c) = &p.cursor {
-        let after: i64 = c
-            .parse()
-            .map_err(|_| ApiError::invalid_field("cursor", "not a cursor this API issued"))?;
+        let bad = || ApiError::invalid_field("cursor", "not a cursor this API issued");
+        let digits = c.strip_prefix(['+', '-']).unwrap_or(c);
+        if digits.is_empty() || digits.len() > 18 {
+            return Err(bad());
+        }
+        let after: i64 = c.parse().map_err(|_| bad())?;
         qb.push(" AND number > ").push_bind(after);
     }
     if let Some(sel) = &list.selector {

@@ -12,12 +12,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::error::FieldError;
 
-use super::common::{self, ReadErrors, Scope, WriteErrors};
+use super::common::{self, Name, ReadErrors, Scope, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{self, need, Tenant};
-use crate::error::{ApiError, Result};
+use crate::error::Result;
 use crate::extract::Json;
-use crate::pagination::{ListParams, Page, Query};
+use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -29,15 +29,37 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Default and longest lifetime of a join token.
 const DEFAULT_TTL_SECONDS: u64 = 3600;
 const MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// Most registrations one token may allow (what the database column holds).
+const MAX_USES: u32 = i32::MAX as u32;
+
+fn ttl_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::optional_integer(
+        1,
+        MAX_TTL_SECONDS as i64,
+        "Lifetime in seconds, at most 30 days (default 3600).",
+    )
+    .build()
+}
+
+fn max_uses_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::optional_integer(
+        0,
+        i64::from(MAX_USES),
+        "How many nodes may register with it (default 1); `0` for no limit.",
+    )
+    .build()
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenInput {
-    #[schema(example = "rack-12")]
+    #[schema(value_type = Name, example = "rack-12")]
     pub name: String,
     /// Lifetime in seconds (default 3600, at most 30 days).
+    #[schema(schema_with = ttl_schema)]
     pub expires_in_seconds: Option<u64>,
     /// How many nodes may register with it (default 1); `0` for no limit.
+    #[schema(schema_with = max_uses_schema)]
     pub max_uses: Option<u32>,
 }
 
@@ -74,22 +96,16 @@ const COLUMNS: &str = "id, cluster_id, name, max_uses, uses, expires_at, revoked
 /// List a cluster's join tokens (admin). Secrets are never returned.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("cluster" = String, Path, description = "Cluster id or name"), ListParams),
+           ("cluster" = String, Path, description = "Cluster id or name"), PageParams),
     responses((status = 200, body = Page<JoinToken>), ReadErrors),
     security(("bearer" = [])))]
 async fn list_join_tokens(
     State(st): State<AppState>,
     Tenant(t, _): Tenant<need::Admin>,
     Path((_tenant, cluster)): Path<(String, String)>,
-    Query(params): Query<ListParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<JoinToken>>> {
     let list = params.resolve()?;
-    if list.selector.is_some() {
-        return Err(ApiError::invalid_field(
-            "labels",
-            "join tokens have no labels",
-        ));
-    }
     let mut tx = t.begin(&st.pool).await?;
     let c = common::require_id(
         &mut tx,
@@ -133,13 +149,14 @@ async fn create_join_token(
     }
     let max_uses = match input.max_uses.unwrap_or(1) {
         0 => None,
-        n => match i32::try_from(n) {
-            Ok(n) => Some(n),
-            Err(_) => {
-                errs.push(FieldError::new("max_uses", "too large"));
-                None
-            }
-        },
+        n if n > MAX_USES => {
+            errs.push(FieldError::new(
+                "max_uses",
+                format!("must be at most {MAX_USES}"),
+            ));
+            None
+        }
+        n => Some(n as i32),
     };
     common::finish(errs)?;
     let mut tx = t.begin(&st.pool).await?;

@@ -35,6 +35,13 @@ use crate::state::AppState;
                        `application/problem+json` documents with a stable `type`.",
     ),
     modifiers(&BearerAuth),
+    // Schemas only parameters refer to (utoipa collects those of bodies by itself).
+    components(schemas(
+        crate::etag::ETag,
+        weft_model::flow::TimeOrDuration,
+        weft_model::flow::IpOrCidr,
+        weft_model::selector::SelectorQuery,
+    )),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "auth", description = "Console sign-in with OpenID Connect, and sign-out"),

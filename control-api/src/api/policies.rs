@@ -18,7 +18,7 @@ use weft_model::error::FieldError;
 use weft_model::labels::Labels;
 use weft_model::policy::{self, Condition, PolicySpec};
 
-use super::common::{self, ReadErrors, Scope, WriteErrors};
+use super::common::{self, Description, LabelMap, Name, ReadErrors, Scope, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
 use crate::db::{self, Op};
@@ -42,19 +42,67 @@ const MAX_SPECS: usize = 64;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyInput {
-    #[schema(example = "web-from-frontend")]
+    #[schema(value_type = Name, example = "web-from-frontend")]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = LabelMap)]
     pub labels: Labels,
     #[serde(default)]
+    #[schema(value_type = Description)]
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<PolicySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 64)]
     pub specs: Option<Vec<PolicySpec>>,
     /// Clusters (names or ids) the policy applies to; absent: every cluster of the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<Vec<String>>,
+}
+
+/// A [`PolicyInput`] as the spec states it: its fields, and exactly one of `spec` (an
+/// object) or `specs` (an array), which `PolicyInput::rules` checks.
+pub struct PolicyDocument;
+
+impl utoipa::PartialSchema for PolicyDocument {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let given = |field: &str, ty: Type| {
+            ObjectBuilder::new()
+                .property(field, ObjectBuilder::new().schema_type(ty))
+                .required(field)
+        };
+        AllOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("PolicyInput"))
+            .item(
+                OneOfBuilder::new()
+                    .item(given("spec", Type::Object))
+                    .item(given("specs", Type::Array)),
+            )
+            .description(Some(
+                "A policy: exactly one of `spec` (one rule) or `specs` (1 to 64 rules). Each \
+                 rule follows Cilium's semantics across its fields, which a schema cannot state: \
+                 exactly one of `endpointSelector` or `nodeSelector`, one kind of peer \
+                 (endpoints, CIDRs or entities) per ingress/egress rule, L7 rules only with \
+                 ports; a violation is answered 400 naming the field.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PolicyDocument {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            <PolicyInput as utoipa::ToSchema>::name().into(),
+            <PolicyInput as utoipa::PartialSchema>::schema(),
+        ));
+        <PolicyInput as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 impl PolicyInput {
@@ -382,7 +430,7 @@ async fn rewrite(
 /// Create a policy (editor). With `dry_run=true`: 200 with the policy it would create.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policies", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"), WriteParams),
-    request_body = PolicyInput,
+    request_body = PolicyDocument,
     responses((status = 201, body = Policy, headers(("ETag" = String), ("Location" = String),
         ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))),
               (status = 200, body = Policy, description = "Dry run: the policy as it would be created; nothing written"),
@@ -477,8 +525,8 @@ async fn update(
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read"), WriteParams),
-    request_body = PolicyInput,
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read"), WriteParams),
+    request_body = PolicyDocument,
     responses((status = 200, body = Policy, headers(("ETag" = String),
         ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
     security(("bearer" = [])))]
@@ -498,7 +546,7 @@ async fn put_policy(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read"), WriteParams),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read"), WriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Policy, headers(("ETag" = String),
         ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
@@ -521,7 +569,7 @@ async fn patch_policy(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_policy(

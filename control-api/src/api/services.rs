@@ -12,7 +12,7 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::service::{Algorithm, Backend, Frontend, ServiceSpec, SessionAffinity};
 
-use super::common::{self, ReadErrors, Scope, WriteErrors};
+use super::common::{self, LabelMap, Name, ReadErrors, Scope, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
 use crate::db::{self, Op};
@@ -36,12 +36,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceInput {
-    #[schema(example = "web")]
+    #[schema(value_type = Name, example = "web")]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = LabelMap)]
     pub labels: Labels,
+    #[schema(schema_with = weft_model::service::frontends_schema)]
     pub frontends: Vec<Frontend>,
     #[serde(default)]
+    #[schema(schema_with = weft_model::service::backends_schema)]
     pub backends: Vec<Backend>,
     #[serde(default)]
     pub algorithm: Algorithm,
@@ -400,7 +403,7 @@ async fn update(
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
            ("service" = String, Path, description = "Service id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     request_body = ServiceInput,
     responses((status = 200, body = Service, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -420,7 +423,7 @@ async fn put_service(
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
            ("service" = String, Path, description = "Service id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Service, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -439,7 +442,7 @@ async fn patch_service(
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
            ("service" = String, Path, description = "Service id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_service(

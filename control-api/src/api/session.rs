@@ -40,16 +40,31 @@ const MAX_RETURN_TO: usize = 2048;
 #[into_params(parameter_in = Query)]
 pub struct LoginParams {
     /// Where to send the browser after sign-in: a path on this server (default `/`).
+    #[param(schema_with = return_to_schema)]
     pub return_to: Option<String>,
 }
 
-/// A path on this server, never another site (`//evil.example` or `/\evil` are refused).
+/// [`valid_return_to`] as a regular expression.
+const RETURN_TO_PATTERN: &str = r"^/([!-.0-\[\]-~][!-\[\]-~]*)?$";
+
+fn return_to_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::string(
+        "Where to send the browser after sign-in: a path on this server (default `/`), \
+         printable ASCII without spaces or backslashes, not starting with `//`.",
+    )
+    .pattern(Some(RETURN_TO_PATTERN))
+    .max_length(Some(MAX_RETURN_TO))
+    .examples(["/console"])
+    .build()
+}
+
+/// A path on this server, never another site (`//evil.example` or `/\evil` are refused),
+/// and a valid `Location` header value.
 fn valid_return_to(p: &str) -> bool {
     p.starts_with('/')
         && !p.starts_with("//")
-        && !p.contains('\\')
         && p.len() <= MAX_RETURN_TO
-        && !p.chars().any(char::is_control)
+        && p.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'\\')
 }
 
 fn redirect(to: &str) -> Result<Response> {

@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 
-use super::common::{self, ReadErrors, WriteErrors};
+use super::common::{self, LabelMap, Name, ReadErrors, WriteErrors};
 use crate::audit::{self, Subject};
 use crate::auth::{self as authz, need, Principal, Tenant as Authorized, TenantCtx};
 use crate::db::{self, Op};
@@ -34,18 +34,34 @@ const MAX_DISPLAY_NAME: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct TenantInput {
     /// Unique across Weft; a DNS label. Usable in paths instead of the id.
-    #[schema(example = "acme")]
+    #[schema(value_type = Name, example = "acme")]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = DisplayName)]
     pub display_name: String,
     #[serde(default)]
+    #[schema(value_type = LabelMap)]
     pub labels: Labels,
+}
+
+weft_model::contract_schema! {
+    /// A tenant's display name, as `TenantInput::validate` accepts it.
+    DisplayName => weft_model::contract::string("Free text of at most 200 characters, without NUL.")
+        .max_length(Some(MAX_DISPLAY_NAME))
+        .pattern(Some(common::NO_NUL_PATTERN))
+        .examples(["Acme Corp"])
 }
 
 impl TenantInput {
     fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         common::check_common(&mut errs, &self.name, &self.labels, "");
+        if self.display_name.contains('\0') {
+            errs.push(weft_model::error::FieldError::new(
+                "display_name",
+                "must not contain NUL",
+            ));
+        }
         if self.display_name.chars().count() > MAX_DISPLAY_NAME {
             errs.push(weft_model::error::FieldError::new(
                 "display_name",
@@ -266,7 +282,7 @@ async fn update(
 /// Replace a tenant's name, display name and labels (admin).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     request_body = TenantInput,
     responses((status = 200, body = Tenant, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -282,7 +298,7 @@ async fn put_tenant(
 /// Change some fields of a tenant with a JSON merge patch (admin).
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Tenant, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -298,7 +314,7 @@ async fn patch_tenant(
 /// Delete a tenant and everything it owns (owner).
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_tenant(

@@ -29,12 +29,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct SelectorListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(schema_with = crate::pagination::limit_schema)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(schema_with = crate::pagination::cursor_schema)]
     pub cursor: Option<String>,
     /// Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`.
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub selector: Option<String>,
     /// The same as `selector` (the name the other collections use).
+    #[param(schema_with = weft_model::selector::selector_query_schema)]
     pub labels: Option<String>,
 }
 
@@ -61,6 +65,7 @@ impl SelectorListParams {
 #[into_params(parameter_in = Query)]
 pub struct DeleteParams {
     /// Label selector in Kubernetes syntax; required. The empty selector matches all.
+    #[param(value_type = weft_model::selector::SelectorQuery, required = true)]
     pub selector: Option<String>,
 }
 

@@ -46,20 +46,44 @@ fn default_timeout() -> u32 {
 pub struct ProbeInput {
     /// The test workload (name) it connects from; null: from the node itself.
     #[serde(default)]
-    #[schema(example = "echo-a")]
+    #[schema(example = "echo-a", min_length = 1)]
     pub from: Option<String>,
     /// The node (name or id) that runs it: required when `from` is null; otherwise it
     /// defaults to, and must be, the workload's node.
     #[serde(default)]
     pub node: Option<String>,
     /// IPv4 address and TCP port.
-    #[schema(example = "10.0.1.5:8080")]
+    #[schema(schema_with = target_schema)]
     pub target: String,
     /// How long to wait for the connection and the echo, 100 to 30000 (default 2000).
     #[serde(default = "default_timeout")]
+    #[schema(schema_with = timeout_schema)]
     pub timeout_ms: u32,
     #[serde(default)]
+    #[schema(value_type = weft_model::labels::LabelMap)]
     pub labels: Labels,
+}
+
+/// The IPv4 address and port `ProbeInput::validate` accepts, as a regular expression.
+const TARGET_PATTERN: &str = concat!(
+    "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    ":0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+);
+
+fn target_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::string("IPv4 address and TCP port (1 to 65535).")
+        .pattern(Some(TARGET_PATTERN))
+        .examples(["10.0.1.5:8080"])
+        .build()
+}
+
+fn timeout_schema() -> utoipa::openapi::schema::Object {
+    weft_model::contract::integer(
+        i64::from(MIN_TIMEOUT_MS),
+        i64::from(MAX_TIMEOUT_MS),
+        "How long to wait for the connection and the echo, in ms (default 2000).",
+    )
+    .build()
 }
 
 impl ProbeInput {

@@ -47,20 +47,34 @@ pub const MAX_ECHO_PORTS: usize = 8;
 #[serde(deny_unknown_fields)]
 pub struct TestWorkloadInput {
     /// Unique in the cluster; a pod's endpoint has this name.
-    #[schema(example = "echo-same-node")]
+    #[schema(value_type = weft_model::names::Name, example = "echo-same-node")]
     pub name: String,
     /// The node (name or id) whose agent runs it.
-    #[schema(example = "node-1")]
+    #[schema(example = "node-1", min_length = 1)]
     pub node: String,
     pub kind: WorkloadKind,
     /// A pod's endpoint labels (policies select it by them).
     #[serde(default)]
+    #[schema(value_type = weft_model::labels::LabelMap)]
     pub labels: Labels,
     /// Up to 8 distinct TCP ports the echo server listens on (a world workload: at least
     /// one; a pod without ports is a client only).
     #[serde(default)]
-    #[schema(example = json!([8080]))]
+    #[schema(schema_with = echo_ports_schema)]
     pub echo_ports: Vec<u16>,
+}
+
+fn echo_ports_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(weft_model::contract::integer(1, 65535, "A TCP port."))
+        .max_items(Some(MAX_ECHO_PORTS))
+        .unique_items(true)
+        .description(Some(
+            "Up to 8 distinct TCP ports the echo server listens on (a world workload: at \
+             least one; a pod without ports is a client only).",
+        ))
+        .examples([serde_json::json!([8080])])
+        .build()
 }
 
 impl TestWorkloadInput {

@@ -1,0 +1,50 @@
+//! The validators' rules as OpenAPI schemas. Each rule's limits are the constants its
+//! validator uses; a pattern is the validator's rule written as a regular expression (no
+//! look-around, so every JSON Schema tool can generate from it), and
+//! `control-api/tests/contract.rs` checks at every boundary that the two agree.
+
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+/// A string schema.
+pub fn string(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+}
+
+/// An integer schema bounded on both sides.
+pub fn integer(min: i64, max: i64, description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int64,
+        )))
+        .minimum(Some(min as f64))
+        .maximum(Some(max as f64))
+        .description(Some(description))
+}
+
+/// Like [`integer`], also allowing `null` (an optional field).
+pub fn optional_integer(min: i64, max: i64, description: &str) -> ObjectBuilder {
+    integer(min, max, description).schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+        Type::Integer,
+        Type::Null,
+    ]))
+}
+
+/// Declares a unit type whose OpenAPI schema (a named component) is built by `$build`,
+/// for `#[schema(value_type = ...)]` / `#[param(value_type = ...)]` on the fields the
+/// rule applies to.
+#[macro_export]
+macro_rules! contract_schema {
+    ($(#[$m:meta])* $ty:ident => $build:expr) => {
+        $(#[$m])*
+        pub struct $ty;
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                ($build).into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {}
+    };
+}
