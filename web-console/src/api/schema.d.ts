@@ -787,8 +787,7 @@ export interface components {
         };
         /** @description A real address that serves a frontend's connections. */
         Backend: {
-            /** @example 10.0.1.5 */
-            address: string;
+            address: components["schemas"]["IpAddress"];
             /** Format: int32 */
             port: number;
             /**
@@ -819,6 +818,8 @@ export interface components {
             name: string;
             description: string;
             labels: components["schemas"]["BTreeMap"];
+            /** @description See [`ClusterInput::allow_host_to_local_pods`]. */
+            allow_host_to_local_pods: boolean;
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
@@ -831,13 +832,31 @@ export interface components {
         };
         /** @description The writable part of a cluster. */
         ClusterInput: {
+            /** @description Unique in the tenant; a DNS label. */
+            name: components["schemas"]["Name"];
+            labels?: components["schemas"]["LabelMap"];
+            description?: components["schemas"]["Description"];
             /**
-             * @description Unique in the tenant; a DNS label.
-             * @example prod-eu
+             * @description Let each node's own host reach the endpoints on that node whatever their ingress
+             *     policy (kubelet probes), as Cilium does on Kubernetes; deny rules still win.
+             * @default true
              */
-            name: string;
-            labels?: components["schemas"]["BTreeMap"];
-            description?: string;
+            allow_host_to_local_pods: boolean;
+        };
+        /**
+         * @description One accepted but not enforced field: `{type: "NotEnforced", field, reason}` in a policy's
+         *     `status.conditions`.
+         */
+        Condition: {
+            /**
+             * @description Always `NotEnforced`.
+             * @example NotEnforced
+             */
+            type: string;
+            /** @description Path of the field, as in validation errors (`spec.egress[0].toFQDNs`). */
+            field: string;
+            /** @description What Weft does instead. */
+            reason: string;
         };
         CreatedJoinToken: components["schemas"]["JoinToken"] & {
             /** @description The secret for `node-agent run --join-token`. Shown only now. */
@@ -868,24 +887,43 @@ export interface components {
             /** Format: int64 */
             deleted: number;
         };
+        /** @description Free text of at most 1024 characters, without NUL. */
+        Description: string;
+        /**
+         * @description Free text of at most 200 characters, without NUL.
+         * @example Acme Corp
+         */
+        DisplayName: string;
         /**
          * @description Why a flow was dropped (datapath-bpf `DROP_*`, see the module documentation).
          * @enum {string}
          */
-        DropReason: "POLICY_DENIED" | "DENY_RULE" | "NO_BACKEND" | "CT_FULL" | "INVALID_PACKET" | "FRAGMENT" | "UNSUPPORTED_L3" | "INTERNAL" | "UNKNOWN_ENDPOINT" | "UNKNOWN";
+        DropReason: "POLICY_DENIED" | "DENY_RULE" | "NO_BACKEND" | "CT_FULL" | "INVALID_PACKET" | "FRAGMENT" | "UNSUPPORTED_L3" | "INTERNAL" | "UNKNOWN_ENDPOINT" | "UNSUPPORTED_RULE" | "UNKNOWN";
+        /**
+         * @description An ETag from a previous read of the resource, e.g. "42" (a revision).
+         * @example "1"
+         */
+        ETag: string;
         /**
          * @description An egress rule; also used for `egressDeny`, where L7 rules and `toFQDNs` are refused by
          *     validation (Cilium has neither on deny rules).
+         *
+         *     Peer fields keep absent and `[]` apart exactly as in [`IngressRule`].
          */
         EgressRule: {
-            toEndpoints?: components["schemas"]["LabelSelector"][];
-            toCIDR?: string[];
-            toCIDRSet?: components["schemas"]["CidrRule"][];
-            toEntities?: components["schemas"]["Entity"][];
-            toFQDNs?: components["schemas"]["FqdnSelector"][];
+            toEndpoints?: components["schemas"]["LabelSelector"][] | null;
+            toCIDR?: string[] | null;
+            toCIDRSet?: components["schemas"]["CidrRule"][] | null;
+            toEntities?: components["schemas"]["Entity"][] | null;
+            toFQDNs?: components["schemas"]["FqdnSelector"][] | null;
             toPorts?: components["schemas"]["PortRule"][];
             icmps?: components["schemas"]["IcmpRule"][];
         };
+        /**
+         * @description An e-mail address (printable ASCII, at most 254 characters); stored lowercased.
+         * @example ada@example.com
+         */
+        Email: string;
         Endpoint: {
             /** Format: uuid */
             id: string;
@@ -965,8 +1003,7 @@ export interface components {
         };
         /** @description A virtual address clients connect to. */
         Frontend: {
-            /** @example 10.96.0.10 */
-            vip: string;
+            vip: components["schemas"]["IpAddress"];
             /** Format: int32 */
             port: number;
             protocol: components["schemas"]["L4Protocol"];
@@ -1014,26 +1051,42 @@ export interface components {
             updated: string[];
             policies: components["schemas"]["Policy"][];
         };
-        /** @description An ingress rule; also used for `ingressDeny`, where L7 rules are refused by validation. */
+        /**
+         * @description An ingress rule; also used for `ingressDeny`, where L7 rules are refused by validation.
+         *
+         *     Peer fields (`fromEndpoints`, `fromCIDR`, `fromCIDRSet`, `fromEntities`) distinguish
+         *     absent (`null` or missing: no constraint from that field) from explicitly empty (`[]`:
+         *     selects no peer), as Cilium does: an empty, non-nil selector list is not a wildcard, so a
+         *     rule whose only peer field is `[]` matches nothing even with `toPorts`.
+         */
         IngressRule: {
-            fromEndpoints?: components["schemas"]["LabelSelector"][];
-            fromCIDR?: string[];
-            fromCIDRSet?: components["schemas"]["CidrRule"][];
+            fromEndpoints?: components["schemas"]["LabelSelector"][] | null;
+            fromCIDR?: string[] | null;
+            fromCIDRSet?: components["schemas"]["CidrRule"][] | null;
             /**
              * @description Entity names (see [`Entity`]); kept as strings so an unknown one is a validation error
              *     with its path rather than a parse failure.
              */
-            fromEntities?: components["schemas"]["Entity"][];
+            fromEntities?: components["schemas"]["Entity"][] | null;
             toPorts?: components["schemas"]["PortRule"][];
             icmps?: components["schemas"]["IcmpRule"][];
         };
         /** @description Kubernetes `IntOrString`, kept as written. */
         IntOrString: number | string;
         InviteInput: {
-            /** @example ada@example.com */
-            email: string;
+            email: components["schemas"]["Email"];
             role: components["schemas"]["Role"];
         };
+        /**
+         * @description An IPv4 or IPv6 address. A service's addresses may not be unspecified (0.0.0.0, ::), multicast or broadcast.
+         * @example 10.96.0.10
+         */
+        IpAddress: string;
+        /**
+         * @description An IP address or an IPv4 CIDR (an IPv6 CIDR such as 2001:db8::/32 is accepted too).
+         * @example 10.0.0.0/8
+         */
+        IpOrCidr: string;
         JoinToken: {
             /** Format: uuid */
             id: string;
@@ -1052,15 +1105,14 @@ export interface components {
             created_at: string;
         };
         JoinTokenInput: {
-            /** @example rack-12 */
-            name: string;
+            name: components["schemas"]["Name"];
             /**
              * Format: int64
-             * @description Lifetime in seconds (default 3600, at most 30 days).
+             * @description Lifetime in seconds, at most 30 days (default 3600).
              */
             expires_in_seconds?: number | null;
             /**
-             * Format: int32
+             * Format: int64
              * @description How many nodes may register with it (default 1); `0` for no limit.
              */
             max_uses?: number | null;
@@ -1077,6 +1129,15 @@ export interface components {
             dns?: components["schemas"]["FqdnSelector"][];
         };
         /**
+         * @description Labels: Kubernetes label keys (a key's prefix is at most 253 characters) to label values.
+         * @example {
+         *       "app": "web"
+         *     }
+         */
+        LabelMap: {
+            [key: string]: string;
+        };
+        /**
          * @description Selects resources by their labels. All conditions must hold; an empty selector selects
          *     everything (as Cilium's `endpointSelector: {}`).
          *
@@ -1085,14 +1146,20 @@ export interface components {
          *     by [`LabelSelector::validate`]: Weft selects those peers with entities and CIDRs instead.
          */
         LabelSelector: {
-            matchLabels?: components["schemas"]["BTreeMap"];
+            matchLabels?: components["schemas"]["SelectorLabels"];
             matchExpressions?: components["schemas"]["LabelSelectorRequirement"][];
         };
         LabelSelectorRequirement: {
-            key: string;
+            key: components["schemas"]["SelectorKey"];
             operator: components["schemas"]["SelectorOperator"];
-            values?: string[];
+            /** @description At least one for `In` and `NotIn`, none for `Exists` and `DoesNotExist`. */
+            values?: components["schemas"]["LabelValue"][];
         };
+        /**
+         * @description A Kubernetes label value: empty, or 1 to 63 alphanumerics, '-', '_' or '.' that starts and ends with an alphanumeric.
+         * @example web
+         */
+        LabelValue: string;
         /** @description Traffic from one vertex to another over the window. */
         MapEdge: {
             source: string;
@@ -1169,6 +1236,11 @@ export interface components {
             display_name: string;
             role: components["schemas"]["Role"];
         };
+        /**
+         * @description A DNS label: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit.
+         * @example web
+         */
+        Name: string;
         Node: {
             /** Format: uuid */
             id: string;
@@ -1252,6 +1324,8 @@ export interface components {
                 name: string;
                 description: string;
                 labels: components["schemas"]["BTreeMap"];
+                /** @description See [`ClusterInput::allow_host_to_local_pods`]. */
+                allow_host_to_local_pods: boolean;
                 /** Format: date-time */
                 created_at: string;
                 /** Format: date-time */
@@ -1438,8 +1512,8 @@ export interface components {
                 updated_at: string;
                 /** Format: int64 */
                 revision: number;
-                /** @description "Realized on 41 of 42 nodes". */
-                status: components["schemas"]["Realization"];
+                /** @description "Realized on 41 of 42 nodes", and the fields Weft accepts but does not enforce. */
+                status: components["schemas"]["PolicyStatus"];
             }[];
             /** @description Pass as `cursor` to get the next page; absent on the last page. */
             next_cursor?: string | null;
@@ -1562,18 +1636,23 @@ export interface components {
             updated_at: string;
             /** Format: int64 */
             revision: number;
-            /** @description "Realized on 41 of 42 nodes". */
-            status: components["schemas"]["Realization"];
+            /** @description "Realized on 41 of 42 nodes", and the fields Weft accepts but does not enforce. */
+            status: components["schemas"]["PolicyStatus"];
         };
+        /** @description A policy: exactly one of `spec` (one rule) or `specs` (1 to 64 rules). Each rule follows Cilium's semantics across its fields, which a schema cannot state: exactly one of `endpointSelector` or `nodeSelector`, one kind of peer (endpoints, CIDRs or entities) per ingress/egress rule, L7 rules only with ports; a violation is answered 400 naming the field. */
+        PolicyDocument: components["schemas"]["PolicyInput"] & ({
+            spec: Record<string, never>;
+        } | {
+            specs: unknown[];
+        });
         /**
          * @description The writable part of a policy. Give either `spec` (one rule) or `specs` (several),
          *     as in CiliumNetworkPolicy.
          */
         PolicyInput: {
-            /** @example web-from-frontend */
-            name: string;
-            labels?: components["schemas"]["BTreeMap"];
-            description?: string;
+            name: components["schemas"]["Name"];
+            labels?: components["schemas"]["LabelMap"];
+            description?: components["schemas"]["Description"];
             spec?: null | components["schemas"]["PolicySpec"];
             specs?: components["schemas"]["PolicySpec"][] | null;
             /** @description Clusters (names or ids) the policy applies to; absent: every cluster of the tenant. */
@@ -1594,6 +1673,23 @@ export interface components {
              */
             labels?: string[];
             enableDefaultDeny?: null | components["schemas"]["DefaultDeny"];
+        };
+        PolicyStatus: {
+            /**
+             * Format: int64
+             * @description Nodes whose agent has applied this revision (or a later one) to its maps.
+             */
+            realized_nodes: number;
+            /**
+             * Format: int64
+             * @description Nodes the policy applies to.
+             */
+            total_nodes: number;
+            /**
+             * @description One `NotEnforced` condition per accepted field Weft does not enforce: the traffic
+             *     such a field would need is dropped (`UNSUPPORTED_RULE`), never allowed.
+             */
+            conditions?: components["schemas"]["Condition"][];
         };
         /**
          * @description A port as Cilium writes it: a string holding a number or a port name. Input may also be
@@ -1647,16 +1743,16 @@ export interface components {
              */
             node?: string | null;
             /**
-             * @description IPv4 address and TCP port.
+             * @description IPv4 address and TCP port (1 to 65535).
              * @example 10.0.1.5:8080
              */
             target: string;
             /**
-             * Format: int32
-             * @description How long to wait for the connection and the echo, 100 to 30000 (default 2000).
+             * Format: int64
+             * @description How long to wait for the connection and the echo, in ms (default 2000).
              */
             timeout_ms?: number;
-            labels?: components["schemas"]["BTreeMap"];
+            labels?: components["schemas"]["LabelMap"];
         };
         /**
          * @description How a probe ended.
@@ -1715,10 +1811,29 @@ export interface components {
          */
         Role: "viewer" | "editor" | "admin" | "owner";
         /**
+         * @description A Kubernetes label key, optionally with the Cilium source `k8s:` or `any:`.
+         * @example app
+         */
+        SelectorKey: string;
+        /**
+         * @description Label keys (optionally with the source `k8s:` or `any:`) to label values.
+         * @example {
+         *       "app": "web"
+         *     }
+         */
+        SelectorLabels: {
+            [key: string]: string;
+        };
+        /**
          * @description Spelled exactly as Kubernetes.
          * @enum {string}
          */
         SelectorOperator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+        /**
+         * @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging),!legacy` (keys may carry the source `k8s:` or `any:`).
+         * @example app=web
+         */
+        SelectorQuery: string;
         Service: {
             /** Format: uuid */
             id: string;
@@ -1741,10 +1856,11 @@ export interface components {
         };
         /** @description The writable part of a service. */
         ServiceInput: {
-            /** @example web */
-            name: string;
-            labels?: components["schemas"]["BTreeMap"];
+            name: components["schemas"]["Name"];
+            labels?: components["schemas"]["LabelMap"];
+            /** @description At least one frontend, all of one address family, no two with the same VIP, port and protocol. */
             frontends: components["schemas"]["Frontend"][];
+            /** @description Of the frontends' address family, none at a frontend's VIP, no two with the same address and port. */
             backends?: components["schemas"]["Backend"][];
             algorithm?: components["schemas"]["Algorithm"];
             session_affinity?: null | components["schemas"]["SessionAffinity"];
@@ -1772,13 +1888,10 @@ export interface components {
             revision: number;
         };
         TenantInput: {
-            /**
-             * @description Unique across Weft; a DNS label. Usable in paths instead of the id.
-             * @example acme
-             */
-            name: string;
-            display_name?: string;
-            labels?: components["schemas"]["BTreeMap"];
+            /** @description Unique across Weft; a DNS label. Usable in paths instead of the id. */
+            name: components["schemas"]["Name"];
+            display_name?: components["schemas"]["DisplayName"];
+            labels?: components["schemas"]["LabelMap"];
         };
         TestWorkload: {
             name: string;
@@ -1799,11 +1912,8 @@ export interface components {
         };
         /** @description A test workload to create. */
         TestWorkloadInput: {
-            /**
-             * @description Unique in the cluster; a pod's endpoint has this name.
-             * @example echo-same-node
-             */
-            name: string;
+            /** @description Unique in the cluster; a pod's endpoint has this name. */
+            name: components["schemas"]["Name"];
             /**
              * @description The node (name or id) whose agent runs it.
              * @example node-1
@@ -1811,23 +1921,26 @@ export interface components {
             node: string;
             kind: components["schemas"]["WorkloadKind"];
             /** @description A pod's endpoint labels (policies select it by them). */
-            labels?: components["schemas"]["BTreeMap"];
+            labels?: components["schemas"]["LabelMap"];
             /**
-             * @description Up to 8 distinct TCP ports the echo server listens on (a world workload: at least
-             *     one; a pod without ports is a client only).
+             * @description Up to 8 distinct TCP ports the echo server listens on (a world workload: at least one; a pod without ports is a client only).
              * @example [
              *       8080
              *     ]
              */
             echo_ports?: number[];
         };
+        /**
+         * @description An RFC 3339 time, or a duration ago: 1 to 6 digits and s, m, h or d (`30s`, `5m`, `2h`, `7d`).
+         * @example 5m
+         */
+        TimeOrDuration: string;
         TokenInput: {
-            /** @example terraform-ci */
-            name: string;
+            name: components["schemas"]["Name"];
             role: components["schemas"]["Role"];
             /**
              * Format: int64
-             * @description Lifetime in seconds; absent: the token does not expire.
+             * @description Lifetime in seconds, at most two years; absent: the token does not expire.
              */
             expires_in_seconds?: number | null;
         };
@@ -1929,7 +2042,6 @@ export interface operations {
     login: {
         parameters: {
             query?: {
-                /** @description Where to send the browser after sign-in: a path on this server (default `/`). */
                 return_to?: string;
             };
             header?: never;
@@ -2204,11 +2316,8 @@ export interface operations {
     list_tenants: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 labels?: string;
             };
             header?: never;
@@ -2433,7 +2542,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2544,7 +2653,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2649,7 +2758,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2758,12 +2867,8 @@ export interface operations {
     list_members: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
-                labels?: string;
             };
             header?: never;
             path: {
@@ -3144,12 +3249,8 @@ export interface operations {
     list_tokens: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
-                labels?: string;
             };
             header?: never;
             path: {
@@ -3420,11 +3521,8 @@ export interface operations {
     list_clusters: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 labels?: string;
             };
             header?: never;
@@ -3657,7 +3755,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3770,7 +3868,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3877,7 +3975,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3988,11 +4086,8 @@ export interface operations {
     list_services: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 labels?: string;
             };
             header?: never;
@@ -4231,7 +4326,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4346,7 +4441,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4455,7 +4550,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4568,11 +4663,8 @@ export interface operations {
     list_policies: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 labels?: string;
             };
             header?: never;
@@ -4640,6 +4732,8 @@ export interface operations {
                  *     would have had.
                  */
                 dry_run?: boolean;
+                /** @description Refuse fields Weft accepts but does not enforce, instead of warning. */
+                strict?: boolean;
             };
             header?: never;
             path: {
@@ -4650,7 +4744,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["PolicyInput"];
+                "application/json": components["schemas"]["PolicyDocument"];
             };
         };
         responses: {
@@ -4667,6 +4761,8 @@ export interface operations {
                 headers: {
                     ETag?: string;
                     Location?: string;
+                    /** @description One `299 - "…"` per field Weft accepts but does not enforce */
+                    Warning?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4827,10 +4923,12 @@ export interface operations {
                  *     would have had.
                  */
                 dry_run?: boolean;
+                /** @description Refuse fields Weft accepts but does not enforce, instead of warning. */
+                strict?: boolean;
             };
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4842,13 +4940,15 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["PolicyInput"];
+                "application/json": components["schemas"]["PolicyDocument"];
             };
         };
         responses: {
             200: {
                 headers: {
                     ETag?: string;
+                    /** @description One `299 - "…"` per field Weft accepts but does not enforce */
+                    Warning?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4943,7 +5043,7 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -5055,10 +5155,12 @@ export interface operations {
                  *     would have had.
                  */
                 dry_run?: boolean;
+                /** @description Refuse fields Weft accepts but does not enforce, instead of warning. */
+                strict?: boolean;
             };
             header?: {
                 /** @description ETag from a previous read */
-                "If-Match"?: string | null;
+                "If-Match"?: null | components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -5077,6 +5179,8 @@ export interface operations {
             200: {
                 headers: {
                     ETag?: string;
+                    /** @description One `299 - "…"` per field Weft accepts but does not enforce */
+                    Warning?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5168,7 +5272,10 @@ export interface operations {
     };
     import_policies: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Refuse fields Weft accepts but does not enforce, instead of warning. */
+                strict?: boolean;
+            };
             header?: never;
             path: {
                 /** @description Tenant id or name */
@@ -5185,6 +5292,8 @@ export interface operations {
         responses: {
             200: {
                 headers: {
+                    /** @description One `299 - "…"` per field Weft accepts but does not enforce */
+                    Warning?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5277,13 +5386,9 @@ export interface operations {
     list_test_workloads: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 selector?: string;
-                /** @description The same as `selector` (the name the other collections use). */
                 labels?: string;
             };
             header?: never;
@@ -5468,9 +5573,9 @@ export interface operations {
     };
     delete_test_workloads: {
         parameters: {
-            query?: {
+            query: {
                 /** @description Label selector in Kubernetes syntax; required. The empty selector matches all. */
-                selector?: string;
+                selector: components["schemas"]["SelectorQuery"];
             };
             header?: never;
             path: {
@@ -5746,13 +5851,9 @@ export interface operations {
     list_probes: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 selector?: string;
-                /** @description The same as `selector` (the name the other collections use). */
                 labels?: string;
             };
             header?: never;
@@ -5937,9 +6038,9 @@ export interface operations {
     };
     delete_probes: {
         parameters: {
-            query?: {
+            query: {
                 /** @description Label selector in Kubernetes syntax; required. The empty selector matches all. */
-                selector?: string;
+                selector: components["schemas"]["SelectorQuery"];
             };
             header?: never;
             path: {
@@ -6215,11 +6316,8 @@ export interface operations {
     list_nodes: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
                 labels?: string;
             };
             header?: never;
@@ -6351,7 +6449,6 @@ export interface operations {
                 identity?: number;
                 limit?: number;
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax. */
                 labels?: string;
             };
             header?: never;
@@ -6474,9 +6571,8 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
+                /** @description `next_cursor` of the previous page (an identity number). */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax. */
                 labels?: string;
             };
             header?: never;
@@ -6610,37 +6706,33 @@ export interface operations {
     list_flows: {
         parameters: {
             query?: {
-                /** @description Source labels, Kubernetes selector syntax (`app=web,env in (prod)`). Repeatable. */
                 from_label?: string;
-                /** @description Destination labels, Kubernetes selector syntax. Repeatable. */
                 to_label?: string;
-                /** @description Source security identity number. Repeatable. */
                 from_identity?: number;
-                /** @description Destination security identity number. Repeatable. */
                 to_identity?: number;
                 /** @description Source endpoint name. Repeatable. */
                 from_endpoint?: string;
                 /** @description Destination endpoint name. Repeatable. */
                 to_endpoint?: string;
                 /** @description Source IP address or CIDR. Repeatable. */
-                from_ip?: string;
+                from_ip?: components["schemas"]["IpOrCidr"];
                 /** @description Destination IP address or CIDR. Repeatable. */
-                to_ip?: string;
+                to_ip?: components["schemas"]["IpOrCidr"];
                 /** @description Source or destination port. Repeatable. */
                 port?: number;
                 /** @description Source port. Repeatable. */
                 from_port?: number;
                 /** @description Destination port. Repeatable. */
                 to_port?: number;
-                /** @description `tcp`, `udp` or `icmp`. Repeatable. */
+                /** @description `tcp`, `udp` or `icmp` (any case; `icmpv6` is `icmp`). Repeatable. */
                 protocol?: string;
                 /** @description `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED` or `ERROR`. Repeatable. */
-                verdict?: string;
+                verdict?: components["schemas"]["Verdict"];
                 /**
                  * @description `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
                  *     `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
                  */
-                drop_reason?: string;
+                drop_reason?: components["schemas"]["DropReason"];
                 /** @description Node name. Repeatable. */
                 node?: string;
                 /** @description Cluster name. Repeatable. */
@@ -6653,14 +6745,15 @@ export interface operations {
                  */
                 tcp_flags?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
-                since?: string;
-                /** @description Only flows before this time: RFC 3339 or a duration ago. */
-                until?: string;
-                /** @description Only the newest N (1 to 1000) flows; the stream sends them first, then follows. */
+                since?: components["schemas"]["TimeOrDuration"];
+                /** @description Only flows before this time (after `since`): RFC 3339 or a duration ago. */
+                until?: components["schemas"]["TimeOrDuration"];
                 last?: number;
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
+                /**
+                 * @description `next_cursor` of the previous page: only a cursor this API issued (anything else
+                 *     is answered 400 naming `cursor`).
+                 */
                 cursor?: string;
             };
             header?: never;
@@ -6721,37 +6814,33 @@ export interface operations {
     stream_flows: {
         parameters: {
             query?: {
-                /** @description Source labels, Kubernetes selector syntax (`app=web,env in (prod)`). Repeatable. */
                 from_label?: string;
-                /** @description Destination labels, Kubernetes selector syntax. Repeatable. */
                 to_label?: string;
-                /** @description Source security identity number. Repeatable. */
                 from_identity?: number;
-                /** @description Destination security identity number. Repeatable. */
                 to_identity?: number;
                 /** @description Source endpoint name. Repeatable. */
                 from_endpoint?: string;
                 /** @description Destination endpoint name. Repeatable. */
                 to_endpoint?: string;
                 /** @description Source IP address or CIDR. Repeatable. */
-                from_ip?: string;
+                from_ip?: components["schemas"]["IpOrCidr"];
                 /** @description Destination IP address or CIDR. Repeatable. */
-                to_ip?: string;
+                to_ip?: components["schemas"]["IpOrCidr"];
                 /** @description Source or destination port. Repeatable. */
                 port?: number;
                 /** @description Source port. Repeatable. */
                 from_port?: number;
                 /** @description Destination port. Repeatable. */
                 to_port?: number;
-                /** @description `tcp`, `udp` or `icmp`. Repeatable. */
+                /** @description `tcp`, `udp` or `icmp` (any case; `icmpv6` is `icmp`). Repeatable. */
                 protocol?: string;
                 /** @description `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED` or `ERROR`. Repeatable. */
-                verdict?: string;
+                verdict?: components["schemas"]["Verdict"];
                 /**
                  * @description `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
                  *     `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
                  */
-                drop_reason?: string;
+                drop_reason?: components["schemas"]["DropReason"];
                 /** @description Node name. Repeatable. */
                 node?: string;
                 /** @description Cluster name. Repeatable. */
@@ -6764,10 +6853,9 @@ export interface operations {
                  */
                 tcp_flags?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
-                since?: string;
-                /** @description Only flows before this time: RFC 3339 or a duration ago. */
-                until?: string;
-                /** @description Only the newest N (1 to 1000) flows; the stream sends them first, then follows. */
+                since?: components["schemas"]["TimeOrDuration"];
+                /** @description Only flows before this time (after `since`): RFC 3339 or a duration ago. */
+                until?: components["schemas"]["TimeOrDuration"];
                 last?: number;
             };
             header?: never;
@@ -6830,7 +6918,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description Window start: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`); default `1h`. */
-                since?: string;
+                since?: components["schemas"]["TimeOrDuration"];
             };
             header?: never;
             path: {
@@ -6890,12 +6978,8 @@ export interface operations {
     list_join_tokens: {
         parameters: {
             query?: {
-                /** @description Page size, 1 to 1000 (default 100). */
                 limit?: number;
-                /** @description `next_cursor` of the previous page. */
                 cursor?: string;
-                /** @description Label selector in Kubernetes syntax, e.g. `app=web,tier!=db,env in (prod,staging)`. */
-                labels?: string;
             };
             header?: never;
             path: {

@@ -14,6 +14,7 @@ const DROP_WORDS: Record<DropReason, string> = {
   UNSUPPORTED_L3: "not IPv4 (unsupported network protocol)",
   INTERNAL: "an internal datapath error",
   UNKNOWN_ENDPOINT: "the endpoint is unknown to this node",
+  UNSUPPORTED_RULE: "a rule Weft accepts but does not enforce yet (fail closed)",
   UNKNOWN: "an unknown reason",
 };
 
