@@ -591,7 +591,8 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
         return Ok(t.with_timezone(&Utc));
     }
     let bad = || format!("{v:?} is neither an RFC 3339 time nor a duration like 30s, 5m, 2h, 7d");
-    let unit_at = v.len().checked_sub(1).ok_or_else(bad)?;
+    // Split off the last character, not the last byte: input may be any UTF-8.
+    let (unit_at, _) = v.char_indices().last().ok_or_else(bad)?;
     let (num, unit) = v.split_at(unit_at);
     if num.is_empty() || num.len() > 6 || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -611,6 +612,17 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_time_refuses_non_ascii_without_panicking() {
+        for v in ["é", "5é", "éééééé", "\u{1F600}m", "5\u{1F600}"] {
+            assert!(parse_time(v, now()).is_err(), "{v:?}");
+        }
+        assert_eq!(
+            parse_time("5m", now()).ok(),
+            now().checked_sub_signed(Duration::minutes(5))
+        );
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
