@@ -591,7 +591,8 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
         return Ok(t.with_timezone(&Utc));
     }
     let bad = || format!("{v:?} is neither an RFC 3339 time nor a duration like 30s, 5m, 2h, 7d");
-    let unit_at = v.len().checked_sub(1).ok_or_else(bad)?;
+    // The unit is the last character, whatever its width (`"5é"` must not panic).
+    let (unit_at, _) = v.char_indices().last().ok_or_else(bad)?;
     let (num, unit) = v.split_at(unit_at);
     if num.is_empty() || num.len() > 6 || !num.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -611,6 +612,13 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_ending_in_a_wide_character_is_refused_not_a_panic() {
+        assert!(parse_time("5é", now()).is_err());
+        assert!(parse_time("é", now()).is_err());
+        assert!(parse_time("", now()).is_err());
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
