@@ -591,7 +591,7 @@ pub fn parse_time(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
         return Ok(t.with_timezone(&Utc));
     }
     let bad = || format!("{v:?} is neither an RFC 3339 time nor a duration like 30s, 5m, 2h, 7d");
-    // Split off the last character, not the last byte: input may be any UTF-8.
+    // The unit is the last character, whatever its width (`"5é"` must not panic).
     let (unit_at, _) = v.char_indices().last().ok_or_else(bad)?;
     let (num, unit) = v.split_at(unit_at);
     if num.is_empty() || num.len() > 6 || !num.bytes().all(|b| b.is_ascii_digit()) {
@@ -614,14 +614,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_time_refuses_non_ascii_without_panicking() {
-        for v in ["é", "5é", "éééééé", "\u{1F600}m", "5\u{1F600}"] {
-            assert!(parse_time(v, now()).is_err(), "{v:?}");
-        }
-        assert_eq!(
-            parse_time("5m", now()).ok(),
-            now().checked_sub_signed(Duration::minutes(5))
-        );
+    fn a_time_ending_in_a_wide_character_is_refused_not_a_panic() {
+        assert!(parse_time("5é", now()).is_err());
+        assert!(parse_time("é", now()).is_err());
+        assert!(parse_time("", now()).is_err());
     }
 
     fn now() -> DateTime<Utc> {
