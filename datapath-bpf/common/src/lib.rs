@@ -13,6 +13,7 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 pub const PROTO_ICMPV6: u8 = 58;
 
 /// Reserved security identities (Cilium-compatible numbering).

@@ -256,7 +256,8 @@ fn parse_l4(ctx: &TcContext, p: &mut Pkt, l4: usize) -> Result<(), u8> {
             p.policy_port = u16::from_be_bytes([t[2], t[3]]);
             p.tcp_flags = t[13];
         }
-        PROTO_UDP => {
+        PROTO_UDP | PROTO_SCTP => {
+            // SCTP's common header starts with the two ports, as UDP's.
             let u: [u8; 8] = read(ctx, l4)?;
             p.sport = u16::from_ne_bytes([u[0], u[1]]);
             p.dport = u16::from_ne_bytes([u[2], u[3]]);

@@ -949,6 +949,18 @@ impl Datapath {
         self.remove_ipcache_family(c::FAMILY_IPV4, addr, prefix)
     }
 
+    /// Removes an IPv4 or IPv6 CIDR.
+    pub fn remove_ipcache_ip(&mut self, ip: std::net::IpAddr, prefix: u8) -> Result<()> {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                self.remove_ipcache_family(c::FAMILY_IPV4, ipv4_addr(v4), prefix)
+            }
+            std::net::IpAddr::V6(v6) => {
+                self.remove_ipcache_family(c::FAMILY_IPV6, v6.octets(), prefix)
+            }
+        }
+    }
+
     fn remove_ipcache_family(&mut self, family: u8, addr: c::Addr, prefix: u8) -> Result<()> {
         let key = ipcache_key(family, addr, prefix);
         ignore_missing(self.maps.ipcache.remove(&key)).map_err(map_err(m::IPCACHE))
