@@ -9,7 +9,7 @@
 //! Stable names. Verdicts: `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED`, `ERROR`.
 //! Drop reasons (datapath-bpf `DROP_*` codes): 1 `POLICY_DENIED`, 2 `DENY_RULE`,
 //! 3 `NO_BACKEND`, 4 `CT_FULL`, 5 `INVALID_PACKET`, 6 `FRAGMENT`, 7 `UNSUPPORTED_L3`,
-//! 8 `INTERNAL`, 9 `UNKNOWN_ENDPOINT`, anything else `UNKNOWN`. Agents may send the name,
+//! 8 `INTERNAL`, 9 `UNKNOWN_ENDPOINT`, 11 `SPOOFED_SOURCE`, anything else `UNKNOWN`. Agents may send the name,
 //! node-agent's human form (`policy denied`, `CT full`, `internal error`) or the number;
 //! [`DropReason::from_agent`] maps all of them.
 
@@ -46,6 +46,7 @@ named_enum!(
         UnsupportedL3 = "UNSUPPORTED_L3",
         Internal = "INTERNAL",
         UnknownEndpoint = "UNKNOWN_ENDPOINT",
+        SpoofedSource = "SPOOFED_SOURCE",
         Unknown = "UNKNOWN",
     }
 );
@@ -70,6 +71,7 @@ impl DropReason {
             7 => DropReason::UnsupportedL3,
             8 => DropReason::Internal,
             9 => DropReason::UnknownEndpoint,
+            11 => DropReason::SpoofedSource,
             _ => DropReason::Unknown,
         }
     }

@@ -63,7 +63,7 @@ pub struct FlowFilterParams {
     /// `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED` or `ERROR`. Repeatable.
     verdict: Option<String>,
     /// `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
-    /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+    /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `SPOOFED_SOURCE`, `UNKNOWN`. Repeatable.
     drop_reason: Option<String>,
     /// Node name. Repeatable.
     node: Option<String>,
