@@ -335,10 +335,32 @@ async fn reports_show_up_in_node_status_and_inventory() {
     let status = &r.body["status"];
     assert_eq!(status["connected"], true, "{}", r.body);
     assert_eq!(status["agent_version"], "0.2.0");
+    // An ack with errors does not realize the revision.
+    assert_eq!(status["applied_revision"], 0, "{}", r.body);
+    assert_eq!(status["health"]["apply_errors"][0]["item"], "service/x");
+    client
+        .ack(authed(
+            AckRequest {
+                revision: applied,
+                errors: vec![],
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .unwrap();
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/nodes/node-1",
+            Some(&owner),
+            None,
+        )
+        .await;
+    let status = &r.body["status"];
     assert_eq!(status["applied_revision"], applied);
     assert_eq!(status["health"]["datapath_status"], "ok");
     assert_eq!(status["health"]["lost_events"], 3);
-    assert_eq!(status["health"]["apply_errors"][0]["item"], "service/x");
+    assert_eq!(status["health"]["apply_errors"], serde_json::json!([]));
 
     // Without a credential nothing is accepted.
     let e = client

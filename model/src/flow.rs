@@ -9,7 +9,7 @@
 //! Stable names. Verdicts: `FORWARDED`, `DROPPED`, `REDIRECTED`, `TRANSLATED`, `ERROR`.
 //! Drop reasons (datapath-bpf `DROP_*` codes): 1 `POLICY_DENIED`, 2 `DENY_RULE`,
 //! 3 `NO_BACKEND`, 4 `CT_FULL`, 5 `INVALID_PACKET`, 6 `FRAGMENT`, 7 `UNSUPPORTED_L3`,
-//! 8 `INTERNAL`, 9 `UNKNOWN_ENDPOINT`, 15 `UNSUPPORTED_RULE` (nothing allowed the flow and a
+//! 8 `INTERNAL`, 9 `UNKNOWN_ENDPOINT`, 11 `SPOOFED_SOURCE`, 15 `UNSUPPORTED_RULE` (nothing allowed the flow and a
 //! rule Weft does not enforce would have), anything else `UNKNOWN`. Agents may send the name,
 //! node-agent's human form (`policy denied`, `CT full`, `internal error`) or the number;
 //! [`DropReason::from_agent`] maps all of them.
@@ -48,6 +48,7 @@ named_enum!(
         Internal = "INTERNAL",
         UnknownEndpoint = "UNKNOWN_ENDPOINT",
         UnsupportedRule = "UNSUPPORTED_RULE",
+        SpoofedSource = "SPOOFED_SOURCE",
         Unknown = "UNKNOWN",
     }
 );
@@ -73,6 +74,7 @@ impl DropReason {
             8 => DropReason::Internal,
             9 => DropReason::UnknownEndpoint,
             15 => DropReason::UnsupportedRule,
+            11 => DropReason::SpoofedSource,
             _ => DropReason::Unknown,
         }
     }

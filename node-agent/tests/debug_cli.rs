@@ -40,7 +40,9 @@ fn bpf_subcommands_print_the_maps() {
         ip: ep,
         ip6: None,
         identity: 1001,
-        ifindex: 7,
+        // BPF_PROG_TEST_RUN runs packets as if from loopback (ifindex 1): the endpoint's
+        // interface for source validation.
+        ifindex: 1,
         enforce_ingress: true,
         enforce_egress: true,
     })

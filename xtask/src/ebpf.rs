@@ -166,6 +166,9 @@ pub fn prepare(root: &Path) -> Result<PathBuf> {
                 "build-std=core",
             ])
             .env("CARGO_TARGET_DIR", &target_dir)
+            // Never a build dir shared between checkouts: cargo hashes path crates by their
+            // workspace-relative path, so two worktrees would reuse each other's eBPF object.
+            .env("CARGO_BUILD_BUILD_DIR", &target_dir)
             .env("PATH", path)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("RUSTFLAGS")

@@ -6,6 +6,7 @@ mod console;
 mod demo;
 mod demo_check;
 mod ebpf;
+mod fuzz;
 mod http;
 mod nodes;
 mod oidc;
@@ -35,6 +36,9 @@ commands:
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object
+  fuzz policy [--minutes N] [--seed S]
+                    kernel-vs-model policy differential test for N minutes (default
+                    10): random tenants and packets; prints cases run and mismatches
   bench datapath [--quick]
                     datapath benchmark: policy/LB ns per packet, connect rates vs
                     iptables and no LB; writes target/bench/datapath.json
@@ -68,6 +72,7 @@ fn run(args: &[String]) -> Result<()> {
             println!("{}", ebpf::prepare(&sh::root())?.display());
             Ok(())
         }
+        "fuzz" => fuzz::run(rest),
         "bench" if rest.first().map(String::as_str) == Some("datapath") => {
             bench_datapath::run(&sh::root(), &rest[1..])
         }

@@ -78,11 +78,13 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
 /// built in a build directory shared by several checkouts carries the compile-time path of
 /// whichever checkout built it.
 pub fn root() -> PathBuf {
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+    // `cargo run` gives the running binary its manifest dir: prefer it to the one baked in at
+    // build time, which belongs to whichever checkout compiled the binary first when several
+    // checkouts share a build dir (cargo hashes path crates by workspace-relative path).
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest_dir
-        .parent()
+    dir.parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }

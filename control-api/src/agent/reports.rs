@@ -28,19 +28,26 @@ pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
         .iter()
         .map(|e| serde_json::json!({"item": e.item, "message": e.message}))
         .collect();
+    // A revision with items the node could not program is not realized there: the errors
+    // are recorded, the applied revision stays where it was (the node retries them).
+    let complete = errors.is_empty();
     let mut tx = st.pool.begin().await?;
     auth::set_tenant(&mut tx, node.tenant_id).await?;
     sqlx::query(
-        "UPDATE nodes SET applied_revision = greatest(applied_revision, $2), last_seen = now(), \
+        "UPDATE nodes SET applied_revision = CASE WHEN $4 THEN greatest(applied_revision, $2) \
+         ELSE applied_revision END, last_seen = now(), \
          health = jsonb_set(health, '{apply_errors}', $3) WHERE id = $1",
     )
     .bind(node.id)
     .bind(revision)
     .bind(serde_json::Value::Array(errors))
+    .bind(complete)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    st.metrics.sync_lag.acked(node.id, revision);
+    if complete {
+        st.metrics.sync_lag.acked(node.id, revision);
+    }
     Ok(())
 }
 

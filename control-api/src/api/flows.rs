@@ -74,7 +74,7 @@ pub struct FlowFilterParams {
     #[param(value_type = Option<weft_model::flow::Verdict>)]
     verdict: Option<String>,
     /// `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
-    /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+    /// `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `SPOOFED_SOURCE`, `UNSUPPORTED_RULE`, `UNKNOWN`. Repeatable.
     #[param(value_type = Option<weft_model::flow::DropReason>)]
     drop_reason: Option<String>,
     /// Node name. Repeatable.

@@ -13,6 +13,7 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 pub const PROTO_ICMPV6: u8 = 58;
 
 /// Reserved security identities (Cilium-compatible numbering).
@@ -47,8 +48,9 @@ pub mod maps {
     pub const AFFINITY: &str = "WEFT_AFFINITY";
     pub const SOCK_REVNAT: &str = "WEFT_SOCK_REVNAT";
     pub const LB_CT: &str = "WEFT_LB_CT";
+    pub const FRAGS: &str = "WEFT_FRAGS";
     /// Every map, for pinning/cleanup.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ENDPOINTS,
         IPCACHE,
         POLICY,
@@ -65,6 +67,7 @@ pub mod maps {
         AFFINITY,
         SOCK_REVNAT,
         LB_CT,
+        FRAGS,
     ];
 }
 
@@ -248,6 +251,33 @@ pub struct CtValue {
     pub peer_identity: u32,
 }
 
+/// Key of the fragment map: the datagram a fragment belongs to (RFC 791/8200 reassembly key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    /// `DIR_*` of the endpoint whose program saw the first fragment: a verdict at the
+    /// sender's interface must not open the receiver's.
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+/// Value of the fragment map: the first fragment passed (later fragments follow it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub created_ns: u64,
+    /// Network byte order, from the first fragment.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+
 /// Datapath configuration, the only element of the config array map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,6 +350,8 @@ pub const DROP_UNKNOWN_ENDPOINT: u8 = 9;
 /// entities nothing carries) would have: fail closed, visibly. High value on purpose, so that
 /// reasons added in the meantime keep their numbers.
 pub const DROP_UNSUPPORTED_RULE: u8 = 15;
+/// A packet from an endpoint's interface whose source address is not that endpoint's.
+pub const DROP_SPOOFED_SOURCE: u8 = 11;
 pub const DROP_REASON_COUNT: u32 = 16;
 
 /// Metrics array index for (verdict, reason).
@@ -524,7 +556,9 @@ mod pod {
         AffinityValue,
         SockRevNatKey,
         SockRevNatValue,
-        LbCtValue
+        LbCtValue,
+        FragKey,
+        FragValue
     );
 }
 
@@ -554,6 +588,8 @@ mod tests {
         assert_eq!(size_of::<SockRevNatKey>(), 32);
         assert_eq!(size_of::<SockRevNatValue>(), 24);
         assert_eq!(size_of::<LbCtValue>(), 40);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_MAX_M);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, 8 * size_of::<PolicyKey>());
     }

@@ -54,6 +54,9 @@ static WEFT_MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(1024, 1);
 static WEFT_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65536, 0);
 #[map]
 static WEFT_LB_CT: LruHashMap<CtKey, LbCtValue> = LruHashMap::pinned(262144, 0);
+/// First fragments that passed, so that the later fragments of their datagram follow them.
+#[map]
+static WEFT_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(8192, 0);
 #[map]
 static WEFT_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(262144, 0);
 
@@ -63,6 +66,7 @@ static WEFT_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap
 struct CtScratch {
     fwd: CtKey,
     rev: CtKey,
+    frag: FragKey,
 }
 
 #[map]
@@ -72,6 +76,7 @@ const NS_PER_S: u64 = 1_000_000_000;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -126,15 +131,30 @@ struct Pkt {
     bytes: u32,
     /// Offset of the L4 header.
     l4_off: u32,
+    /// `FRAG_*`.
+    frag: u8,
+    /// IP identification of a fragment.
+    frag_id: u32,
 }
+
+/// Not a fragment.
+#[allow(dead_code)]
+const FRAG_NONE: u8 = 0;
+/// First fragment of a datagram (offset 0, more to come): carries the L4 header.
+const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header; follows the verdict of its first fragment.
+const FRAG_LATER: u8 = 2;
 
 /// What `parse` found.
 #[derive(PartialEq, Eq)]
 enum Parsed {
     /// IPv4/IPv6: the `Pkt` was filled in.
     Ip,
-    /// Not IP (ARP, ...) or IPv6 neighbour discovery: not subject to L3/L4 policy.
-    NotIp,
+    /// ARP, or IPv6 neighbour discovery / multicast listener messages: link-local control
+    /// traffic, not subject to L3/L4 policy, passed explicitly.
+    LinkControl,
+    /// Any other frame (VLAN, MPLS, PPPoE...): dropped when an endpoint sends it.
+    Other,
 }
 
 /// Reads `N` bytes at `off`: direct packet access when the bytes are in the linear part,
@@ -167,17 +187,42 @@ fn read_linear<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], u
     Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
 }
 
-/// A separate BPF function: its temporaries do not add to the callers' frames (the callers
-/// are close to the 512-byte stack limit).
-#[inline(never)]
+/// Parses the frame into `p`.
+#[inline(always)]
 fn parse(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
+    match parse_code(ctx, p) {
+        0 => Ok(Parsed::Ip),
+        1 => Ok(Parsed::LinkControl),
+        2 => Ok(Parsed::Other),
+        code => Err(code as u8),
+    }
+}
+
+/// A separate BPF function: its temporaries do not add to the callers' frames (the callers
+/// are close to the 512-byte stack limit). Returns a plain scalar (0 IP, 1 link control,
+/// 2 other, else `0x100 | drop reason`): the verifier refuses a returned pointer.
+#[inline(never)]
+fn parse_code(ctx: &TcContext, p: &mut Pkt) -> u32 {
+    match parse_frame(ctx, p) {
+        Ok(Parsed::Ip) => 0,
+        Ok(Parsed::LinkControl) => 1,
+        Ok(Parsed::Other) => 2,
+        Err(reason) => 0x100 | reason as u32,
+    }
+}
+
+#[inline(always)]
+fn parse_frame(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
     let eth: [u8; 2] = read(ctx, 12)?;
     let ethertype = u16::from_be_bytes(eth);
     if ethertype == ETH_P_IPV6 {
         return parse_v6(ctx, p);
     }
+    if ethertype == ETH_P_ARP {
+        return Ok(Parsed::LinkControl);
+    }
     if ethertype != ETH_P_IP {
-        return Ok(Parsed::NotIp);
+        return Ok(Parsed::Other);
     }
     let ip: [u8; 20] = read(ctx, ETH_HLEN)?;
     if ip[0] >> 4 != 4 {
@@ -187,9 +232,6 @@ fn parse(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
     if ihl < 20 {
         return Err(DROP_INVALID_PACKET);
     }
-    if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
-        return Err(DROP_FRAGMENT);
-    }
     let l4 = ETH_HLEN + (ihl & 0x3c);
     p.family = FAMILY_IPV4;
     p.saddr = addr_v4([ip[12], ip[13], ip[14], ip[15]]);
@@ -197,6 +239,15 @@ fn parse(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
     p.proto = ip[9];
     p.bytes = ctx.len();
     p.l4_off = l4 as u32;
+    p.frag_id = u16::from_ne_bytes([ip[4], ip[5]]) as u32;
+    if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
+        // A later fragment: no L4 header here.
+        p.frag = FRAG_LATER;
+        return Ok(Parsed::Ip);
+    }
+    if ip[6] & 0x20 != 0 {
+        p.frag = FRAG_FIRST;
+    }
     parse_l4(ctx, p, l4)?;
     Ok(Parsed::Ip)
 }
@@ -207,33 +258,90 @@ const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Multicast listener query/report/done (MLDv1) and MLDv2 report.
+const ICMPV6_MLD_QUERY: u8 = 130;
+const ICMPV6_MLD_DONE: u8 = 132;
+const ICMPV6_MLD2_REPORT: u8 = 143;
+const IPV6_NH_HOP: u8 = 0;
+const IPV6_NH_ROUTING: u8 = 43;
 const IPV6_NH_FRAGMENT: u8 = 44;
+const IPV6_NH_AUTH: u8 = 51;
+const IPV6_NH_DSTOPTS: u8 = 60;
+/// Extension headers walked before giving up (fail closed).
+const IPV6_MAX_EXT: usize = 8;
+/// Furthest L4 offset accepted (keeps offsets bounded for the verifier).
+const IPV6_MAX_L4_OFF: usize = 512;
 
-/// IPv6: fixed header only. A next header other than TCP/UDP/ICMPv6 (extension headers
-/// included) is classified by its number with no ports; fragments are dropped like IPv4's.
+/// IPv6: the extension headers (hop-by-hop, routing, destination options, fragment,
+/// authentication) are walked to the L4 header, so none of them hides the ports from a port
+/// rule. Too many or too long extension headers: dropped as invalid.
 #[inline(always)]
 fn parse_v6(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
     let head: [u8; 8] = read(ctx, ETH_HLEN)?;
     if head[0] >> 4 != 6 {
         return Err(DROP_INVALID_PACKET);
     }
-    let nh = head[6];
-    if nh == IPV6_NH_FRAGMENT {
-        return Err(DROP_FRAGMENT);
-    }
-    let l4 = ETH_HLEN + 40;
+    let mut nh = head[6];
+    let mut l4 = ETH_HLEN + 40;
     p.family = FAMILY_IPV6;
     // Direct access only (pulling the bytes into the linear part if needed): a helper
     // fallback would double the stack use.
     p.saddr = read_linear(ctx, ETH_HLEN + 8)?;
     p.daddr = read_linear(ctx, ETH_HLEN + 24)?;
-    p.proto = nh;
     p.bytes = ctx.len();
+    for _ in 0..IPV6_MAX_EXT {
+        if nh == IPV6_NH_FRAGMENT {
+            let f: [u8; 8] = read(ctx, l4)?;
+            nh = f[0];
+            l4 += 8;
+            p.frag_id = u32::from_ne_bytes([f[4], f[5], f[6], f[7]]);
+            if u16::from_be_bytes([f[2], f[3]]) & 0xfff8 != 0 {
+                p.frag = FRAG_LATER;
+                p.proto = nh;
+                p.l4_off = l4 as u32;
+                return Ok(Parsed::Ip);
+            }
+            if f[3] & 1 != 0 {
+                p.frag = FRAG_FIRST;
+            }
+        } else if nh == IPV6_NH_HOP
+            || nh == IPV6_NH_ROUTING
+            || nh == IPV6_NH_DSTOPTS
+            || nh == IPV6_NH_AUTH
+        {
+            let h: [u8; 2] = read(ctx, l4)?;
+            let len = if nh == IPV6_NH_AUTH {
+                (h[1] as usize + 2) * 4
+            } else {
+                (h[1] as usize + 1) * 8
+            };
+            nh = h[0];
+            l4 += len;
+        } else {
+            break;
+        }
+        if l4 > IPV6_MAX_L4_OFF {
+            return Err(DROP_INVALID_PACKET);
+        }
+    }
+    if nh == IPV6_NH_HOP
+        || nh == IPV6_NH_ROUTING
+        || nh == IPV6_NH_DSTOPTS
+        || nh == IPV6_NH_AUTH
+        || nh == IPV6_NH_FRAGMENT
+    {
+        return Err(DROP_INVALID_PACKET);
+    }
+    let l4 = l4 & 0x3ff;
+    p.proto = nh;
     p.l4_off = l4 as u32;
     if nh == PROTO_ICMPV6 {
         let i: [u8; 8] = read(ctx, l4)?;
-        if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&i[0]) {
-            return Ok(Parsed::NotIp);
+        if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&i[0])
+            || (ICMPV6_MLD_QUERY..=ICMPV6_MLD_DONE).contains(&i[0])
+            || i[0] == ICMPV6_MLD2_REPORT
+        {
+            return Ok(Parsed::LinkControl);
         }
         if i[0] == ICMPV6_ECHO_REQUEST || i[0] == ICMPV6_ECHO_REPLY {
             p.sport = u16::from_ne_bytes([i[4], i[5]]);
@@ -248,30 +356,27 @@ fn parse_v6(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
 
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, p: &mut Pkt, l4: usize) -> Result<(), u8> {
-    match p.proto {
-        PROTO_TCP => {
-            let t: [u8; 14] = read(ctx, l4)?;
-            p.sport = u16::from_ne_bytes([t[0], t[1]]);
-            p.dport = u16::from_ne_bytes([t[2], t[3]]);
-            p.policy_port = u16::from_be_bytes([t[2], t[3]]);
-            p.tcp_flags = t[13];
+    let proto = p.proto;
+    if proto == PROTO_TCP {
+        let t: [u8; 14] = read(ctx, l4)?;
+        p.sport = u16::from_ne_bytes([t[0], t[1]]);
+        p.dport = u16::from_ne_bytes([t[2], t[3]]);
+        p.policy_port = u16::from_be_bytes([t[2], t[3]]);
+        p.tcp_flags = t[13];
+    } else if proto == PROTO_UDP || proto == PROTO_SCTP {
+        // SCTP's common header starts with the two ports, as UDP's.
+        let u: [u8; 8] = read(ctx, l4)?;
+        p.sport = u16::from_ne_bytes([u[0], u[1]]);
+        p.dport = u16::from_ne_bytes([u[2], u[3]]);
+        p.policy_port = u16::from_be_bytes([u[2], u[3]]);
+    } else if proto == PROTO_ICMP {
+        let i: [u8; 8] = read(ctx, l4)?;
+        // Echo request/reply: the identifier stands for both ports so replies match.
+        if i[0] == 8 || i[0] == 0 {
+            p.sport = u16::from_ne_bytes([i[4], i[5]]);
+            p.dport = p.sport;
         }
-        PROTO_UDP => {
-            let u: [u8; 8] = read(ctx, l4)?;
-            p.sport = u16::from_ne_bytes([u[0], u[1]]);
-            p.dport = u16::from_ne_bytes([u[2], u[3]]);
-            p.policy_port = u16::from_be_bytes([u[2], u[3]]);
-        }
-        PROTO_ICMP => {
-            let i: [u8; 8] = read(ctx, l4)?;
-            // Echo request/reply: the identifier stands for both ports so replies match.
-            if i[0] == 8 || i[0] == 0 {
-                p.sport = u16::from_ne_bytes([i[4], i[5]]);
-                p.dport = p.sport;
-            }
-            p.policy_port = i[0] as u16;
-        }
-        _ => {}
+        p.policy_port = i[0] as u16;
     }
     Ok(())
 }
@@ -487,8 +592,36 @@ fn drop_pkt(p: &Pkt, cfg: &Config, info: &EventInfo) -> i32 {
     TC_ACT_SHOT
 }
 
+/// The fragment-map key of `p`, built in per-CPU scratch space.
 #[inline(always)]
-fn pass_pkt(ctx: &mut TcContext, p: &Pkt, proxy_port: u16) -> i32 {
+fn frag_key(p: &Pkt, dir: u8) -> Option<&'static FragKey> {
+    let scratch = WEFT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value, only this program invocation uses it.
+    let k = unsafe { &mut (*scratch).frag };
+    k.saddr = p.saddr;
+    k.daddr = p.daddr;
+    k.id = p.frag_id;
+    k.proto = p.proto;
+    k.family = p.family;
+    k.dir = dir;
+    k._pad = 0;
+    Some(k)
+}
+
+#[inline(always)]
+fn pass_pkt(ctx: &mut TcContext, p: &Pkt, dir: u8, proxy_port: u16) -> i32 {
+    if p.frag == FRAG_FIRST {
+        // The later fragments of this datagram follow this verdict.
+        if let Some(k) = frag_key(p, dir) {
+            let v = FragValue {
+                created_ns: unsafe { bpf_ktime_get_ns() },
+                sport: p.sport,
+                dport: p.dport,
+                _pad: 0,
+            };
+            let _ = WEFT_FRAGS.insert(k, &v, 0);
+        }
+    }
     if proxy_port != 0 {
         ctx.set_mark(MARK_PROXY | ((proxy_port as u32) << 16));
         count(VERDICT_REDIRECTED, DROP_NONE, p.bytes as u64);
@@ -520,9 +653,25 @@ fn peer_identity_of(family: u8, addr: &Addr) -> u32 {
 fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     let cfg = config();
     let mut p = Pkt::default();
-    match parse(ctx, &mut p) {
+    // A VLAN tag the kernel already took out of the frame (skb metadata) counts as VLAN.
+    // SAFETY: the context of a tc program is a valid __sk_buff.
+    let vlan = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::__sk_buff)).vlan_present };
+    let parsed = if vlan != 0 {
+        Ok(Parsed::Other)
+    } else {
+        parse(ctx, &mut p)
+    };
+    match parsed {
         Ok(Parsed::Ip) => {}
-        Ok(Parsed::NotIp) => return TC_ACT_OK,
+        Ok(Parsed::LinkControl) => return TC_ACT_OK,
+        Ok(Parsed::Other) => {
+            if obs == OBS_FROM_ENDPOINT {
+                // VLAN, MPLS, ... from an endpoint: nothing to judge them by, fail closed.
+                count(VERDICT_DROPPED, DROP_UNSUPPORTED_L3, ctx.len() as u64);
+                return TC_ACT_SHOT;
+            }
+            return TC_ACT_OK;
+        }
         Err(reason) => {
             let len = ctx.len() as u64;
             count(VERDICT_DROPPED, reason, len);
@@ -561,6 +710,33 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         }
     };
     info.ep_id = ep.ep_id;
+    // Source validation: what an endpoint sends carries its own address (the endpoint map
+    // records the endpoint's interface; 0 = not known to the agent, not checked).
+    if dir == DIR_EGRESS && ep.ifindex != 0 {
+        // SAFETY: the context of a tc program is a valid __sk_buff.
+        let ifindex = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::__sk_buff)).ifindex };
+        if ifindex != ep.ifindex {
+            info.reason = DROP_SPOOFED_SOURCE;
+            return drop_pkt(&p, &cfg, &info);
+        }
+    }
+    // Later fragments have no L4 header: they follow their first fragment's verdict. An
+    // endpoint that does not enforce this direction is never affected.
+    if p.frag == FRAG_LATER {
+        let enforce = if dir == DIR_INGRESS {
+            EP_ENFORCE_INGRESS
+        } else {
+            EP_ENFORCE_EGRESS
+        };
+        let followed = ep.flags & enforce == 0
+            || frag_key(&p, dir).is_some_and(|k| unsafe { WEFT_FRAGS.get(k) }.is_some());
+        if !followed {
+            info.reason = DROP_FRAGMENT;
+            return drop_pkt(&p, &cfg, &info);
+        }
+        count(VERDICT_FORWARDED, DROP_NONE, p.bytes as u64);
+        return TC_ACT_OK;
+    }
     // Identities for events: the endpoint's own is known; the peer's comes from conntrack
     // (established) or the ipcache (new connections, re-checks).
     let set_ids = |info: &mut EventInfo, peer_identity: u32| {
@@ -624,7 +800,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             {
                 emit(&p, &info);
             }
-            return pass_pkt(ctx, &p, proxy_port);
+            return pass_pkt(ctx, &p, dir, proxy_port);
         }
         let _ = WEFT_CT.remove(fwd);
     }
@@ -655,7 +831,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             {
                 emit(&p, &info);
             }
-            return pass_pkt(ctx, &p, 0);
+            return pass_pkt(ctx, &p, dir, 0);
         }
         let _ = WEFT_CT.remove(rev);
     }
@@ -695,7 +871,7 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     if cfg.event_flags & (EVENTS_ON_START | EVENTS_ALL) != 0 {
         emit(&p, &info);
     }
-    pass_pkt(ctx, &p, d.proxy_port)
+    pass_pkt(ctx, &p, dir, d.proxy_port)
 }
 
 #[classifier]
@@ -1033,14 +1209,17 @@ fn lb_ingress(ctx: &mut TcContext) -> i32 {
     let mut p = Pkt::default();
     match parse(ctx, &mut p) {
         Ok(Parsed::Ip) => {}
-        Ok(Parsed::NotIp) => return TC_ACT_OK,
+        Ok(_) => return TC_ACT_OK,
         Err(reason) => {
             count(VERDICT_DROPPED, reason, ctx.len() as u64);
             return TC_ACT_SHOT;
         }
     };
-    // North-south LB is IPv4 only for now.
-    if p.family != FAMILY_IPV4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
+    // North-south LB is IPv4 only for now (and later fragments carry no ports).
+    if p.family != FAMILY_IPV4
+        || p.frag == FRAG_LATER
+        || (p.proto != PROTO_TCP && p.proto != PROTO_UDP)
+    {
         return TC_ACT_OK;
     }
     let key = ServiceKey {
@@ -1171,7 +1350,7 @@ fn lb_ingress(ctx: &mut TcContext) -> i32 {
 #[inline(always)]
 fn lb_egress(ctx: &mut TcContext) -> i32 {
     let mut p = Pkt::default();
-    if parse(ctx, &mut p) != Ok(Parsed::Ip) || p.family != FAMILY_IPV4 {
+    if parse(ctx, &mut p) != Ok(Parsed::Ip) || p.family != FAMILY_IPV4 || p.frag == FRAG_LATER {
         return TC_ACT_OK;
     }
     let rev = CtKey {

@@ -412,13 +412,10 @@ fn delta(d: pb::Delta) -> Result<Delta, WireError> {
 pub trait DatapathOps {
     fn apply_endpoint(&mut self, ep: &dp::Endpoint) -> Result<(), DatapathError>;
     fn remove_endpoint(&mut self, ep_id: u32, ip: Ipv4Addr) -> Result<(), DatapathError>;
-    fn apply_ipcache(
-        &mut self,
-        ip: Ipv4Addr,
-        prefix: u8,
-        identity: u32,
-    ) -> Result<(), DatapathError>;
-    fn remove_ipcache(&mut self, ip: Ipv4Addr, prefix: u8) -> Result<(), DatapathError>;
+    /// IPv4 and IPv6: a peer of either family must get its real identity, never `world`.
+    fn apply_ipcache(&mut self, ip: IpAddr, prefix: u8, identity: u32)
+        -> Result<(), DatapathError>;
+    fn remove_ipcache(&mut self, ip: IpAddr, prefix: u8) -> Result<(), DatapathError>;
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError>;
     fn apply_service(&mut self, svc: &dp::Service) -> Result<(), DatapathError>;
     fn remove_service(&mut self, svc_id: u32) -> Result<(), DatapathError>;
@@ -433,14 +430,14 @@ impl DatapathOps for Datapath {
     }
     fn apply_ipcache(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix: u8,
         identity: u32,
     ) -> Result<(), DatapathError> {
-        Datapath::apply_ipcache_v4(self, ip, prefix, identity)
+        Datapath::apply_ipcache_ip(self, ip, prefix, identity)
     }
-    fn remove_ipcache(&mut self, ip: Ipv4Addr, prefix: u8) -> Result<(), DatapathError> {
-        Datapath::remove_ipcache(self, weft_datapath_common::addr_v4(ip.octets()), prefix)
+    fn remove_ipcache(&mut self, ip: IpAddr, prefix: u8) -> Result<(), DatapathError> {
+        Datapath::remove_ipcache_ip(self, ip, prefix)
     }
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError> {
         Datapath::apply_policy(self, ep_id, entries)
@@ -756,8 +753,9 @@ impl Programmed {
             let mut res = Ok(());
             for ip in v4s(&o.ips) {
                 res = res.and(dp.remove_endpoint(id, ip));
-                removed_ips.push(ip);
             }
+            // `remove_endpoint` drops the /32 and /128 entries of all its addresses.
+            removed_ips.extend(o.ips.iter().copied());
             match res {
                 Ok(()) => {
                     if !next.policy.contains_key(ep) {
@@ -774,24 +772,24 @@ impl Programmed {
         // An ipcache entry for a removed endpoint address that is still desired (the
         // address moved to a remote endpoint) is written again.
         for e in &next.ipcache {
-            if let IpNet::V4(n) = e.prefix {
-                if n.prefix_len() == 32 && removed_ips.contains(&n.addr()) {
-                    if let Err(e2) = apply_ipcache(dp, e) {
-                        errors.push(err(format!("ipcache/{}", e.prefix), e2));
-                    }
+            let host = e.prefix.prefix_len() == e.prefix.max_prefix_len();
+            if host && removed_ips.contains(&e.prefix.addr()) {
+                if let Err(e2) = apply_ipcache(dp, e) {
+                    errors.push(err(format!("ipcache/{}", e.prefix), e2));
                 }
             }
         }
         // 7. ipcache removals, except the /32 of a local endpoint (its endpoint owns it).
-        let local: BTreeSet<Ipv4Addr> = next.endpoints.iter().flat_map(|e| v4s(&e.ips)).collect();
+        let local: BTreeSet<IpAddr> = next
+            .endpoints
+            .iter()
+            .flat_map(|e| e.ips.iter().copied())
+            .collect();
         for p in &d.ipcache_remove {
-            let IpNet::V4(n) = p else {
-                continue;
-            };
-            if n.prefix_len() == 32 && local.contains(&n.addr()) {
+            if p.prefix_len() == p.max_prefix_len() && local.contains(&p.addr()) {
                 continue;
             }
-            if let Err(e2) = dp.remove_ipcache(n.network(), n.prefix_len()) {
+            if let Err(e2) = dp.remove_ipcache(p.network(), p.prefix_len()) {
                 errors.push(err(format!("ipcache/{p}"), e2));
                 if let Some(o) = old.ipcache.iter().find(|o| o.prefix == *p) {
                     next.ipcache.push(o.clone());
@@ -930,11 +928,7 @@ impl Programmed {
 }
 
 fn apply_ipcache(dp: &mut impl DatapathOps, e: &IpcacheEntry) -> Result<(), DatapathError> {
-    match e.prefix {
-        IpNet::V4(n) => dp.apply_ipcache(n.network(), n.prefix_len(), e.identity),
-        // The datapath is IPv4 only for now: IPv6 entries are not needed to enforce it.
-        IpNet::V6(_) => Ok(()),
-    }
+    dp.apply_ipcache(e.prefix.network(), e.prefix.prefix_len(), e.identity)
 }
 
 /// The datapath entries of an endpoint's rules, and how many L7 rules were left out.

@@ -209,7 +209,7 @@ impl Counters {
 // | field | values |
 // |---|---|
 // | verdict | FORWARDED, DROPPED, REDIRECTED, TRANSLATED; ERROR for a number we do not know |
-// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL, UNKNOWN_ENDPOINT, UNSUPPORTED_RULE (15); UNKNOWN otherwise (`weft_model::flow::DropReason`) |
+// | drop reason | "" (none), POLICY_DENIED, DENY_RULE, NO_BACKEND, CT_FULL, INVALID_PACKET, FRAGMENT, UNSUPPORTED_L3, INTERNAL, UNKNOWN_ENDPOINT, SPOOFED_SOURCE (11), UNSUPPORTED_RULE (15); UNKNOWN otherwise (`weft_model::flow::DropReason`) |
 // | direction (seen from the endpoint) | INGRESS, EGRESS; UNKNOWN otherwise |
 // | observation point | endpoint-egress (tc on the host-side veth, packets from the pod), endpoint-ingress (packets to the pod), socket-lb (connect/sendmsg hooks), uplink (north-south LB); unknown otherwise |
 
@@ -495,6 +495,8 @@ struct Cache {
     endpoints: StdHashMap<u32, Vec<c::EndpointKey>>,
     /// svc_id -> (key, backend ids, slot count).
     services: StdHashMap<u32, (c::ServiceKey, BTreeSet<u32>, u32)>,
+    /// Endpoint address -> host-side interface it is attached behind (source validation).
+    interfaces: StdHashMap<c::EndpointKey, u32>,
 }
 
 /// Where the programs are attached, for link pin names.
@@ -659,6 +661,9 @@ impl Datapath {
             }
         }
         for (k, v) in self.maps.list_endpoints()? {
+            if v.ifindex != 0 {
+                cache.interfaces.insert(k, v.ifindex);
+            }
             let keys = cache.endpoints.entry(v.ep_id).or_default();
             keys.push(k);
             keys.sort_by_key(|k| k.family);
@@ -874,10 +879,15 @@ impl Datapath {
             _pad: 0,
         };
         for key in &keys {
+            // The interface: given, else the one the address was bound to at attach time.
+            let ifindex = match ep.ifindex {
+                0 => self.cache.interfaces.get(key).copied().unwrap_or(0),
+                i => i,
+            };
             self.apply_ipcache_family(key.family, key.addr, host_prefix(key.family), ep.identity)?;
             self.maps
                 .endpoints
-                .insert(key, value, 0)
+                .insert(key, c::EndpointValue { ifindex, ..value }, 0)
                 .map_err(map_err(m::ENDPOINTS))?;
         }
         // The endpoint moved to other addresses: its old entries go.
@@ -885,6 +895,27 @@ impl Datapath {
             for key in old.iter().filter(|k| !keys.contains(k)) {
                 ignore_missing(self.maps.endpoints.remove(key)).map_err(map_err(m::ENDPOINTS))?;
                 self.remove_ipcache_family(key.family, key.addr, host_prefix(key.family))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the endpoint owning `ip` sits behind interface `ifindex` (where its
+    /// packets enter the node): packets from that address arriving on another interface are
+    /// dropped as spoofed. Updates the endpoint entry if it exists already.
+    pub fn bind_endpoint_interface(&mut self, ip: std::net::IpAddr, ifindex: u32) -> Result<()> {
+        let key = match ip {
+            std::net::IpAddr::V4(v4) => endpoint_key(c::FAMILY_IPV4, ipv4_addr(v4)),
+            std::net::IpAddr::V6(v6) => endpoint_key(c::FAMILY_IPV6, v6.octets()),
+        };
+        self.cache.interfaces.insert(key, ifindex);
+        if let Ok(mut v) = self.maps.endpoints.get(&key, 0) {
+            if v.ifindex != ifindex {
+                v.ifindex = ifindex;
+                self.maps
+                    .endpoints
+                    .insert(key, v, 0)
+                    .map_err(map_err(m::ENDPOINTS))?;
             }
         }
         Ok(())
@@ -947,6 +978,18 @@ impl Datapath {
 
     pub fn remove_ipcache(&mut self, addr: c::Addr, prefix: u8) -> Result<()> {
         self.remove_ipcache_family(c::FAMILY_IPV4, addr, prefix)
+    }
+
+    /// Removes an IPv4 or IPv6 CIDR.
+    pub fn remove_ipcache_ip(&mut self, ip: std::net::IpAddr, prefix: u8) -> Result<()> {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                self.remove_ipcache_family(c::FAMILY_IPV4, ipv4_addr(v4), prefix)
+            }
+            std::net::IpAddr::V6(v6) => {
+                self.remove_ipcache_family(c::FAMILY_IPV6, v6.octets(), prefix)
+            }
+        }
     }
 
     fn remove_ipcache_family(&mut self, family: u8, addr: c::Addr, prefix: u8) -> Result<()> {
@@ -1470,6 +1513,7 @@ mod tests {
             (c::DROP_INTERNAL, "INTERNAL"),
             (c::DROP_UNKNOWN_ENDPOINT, "UNKNOWN_ENDPOINT"),
             (c::DROP_UNSUPPORTED_RULE, "UNSUPPORTED_RULE"),
+            (c::DROP_SPOOFED_SOURCE, "SPOOFED_SOURCE"),
             (200, "UNKNOWN"),
         ];
         for (code, name) in named {

@@ -43,7 +43,7 @@ pub struct Manager {
 }
 
 fn attach(dp: &SharedDatapath, rec: &Record, fresh_link: bool) -> Result<(), EndpointError> {
-    let dp = lock(dp);
+    let mut dp = lock(dp);
     let err = |e: crate::datapath::DatapathError| EndpointError::Datapath {
         ifname: rec.interface.clone(),
         message: e.to_string(),
@@ -52,8 +52,9 @@ fn attach(dp: &SharedDatapath, rec: &Record, fresh_link: bool) -> Result<(), End
         // Pins of an earlier interface of that name point at a dead ifindex.
         dp.detach_endpoint_interface(&rec.interface).map_err(err)?;
     }
-    dp.attach_endpoint_interface(&rec.interface)
-        .map(|_| ())
+    let ifindex = dp.attach_endpoint_interface(&rec.interface).map_err(err)?;
+    // Source validation: the endpoint's packets come from this interface only.
+    dp.bind_endpoint_interface(std::net::IpAddr::V4(rec.ip), ifindex)
         .map_err(err)
 }
 

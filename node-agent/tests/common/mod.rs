@@ -41,7 +41,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_FIN: u8 = 0x01;
 
-/// Builds an Ethernet + IPv4 + TCP/UDP/ICMP frame.
+/// Builds an Ethernet + IPv4 + TCP/UDP/SCTP/ICMP frame.
 pub fn packet(
     proto: u8,
     src: Ipv4Addr,
@@ -66,6 +66,15 @@ pub fn packet(
             u[2..4].copy_from_slice(&dport.to_be_bytes());
             u[4..6].copy_from_slice(&8u16.to_be_bytes());
             u
+        }
+        132 => {
+            // SCTP common header (ports, verification tag, checksum) + an INIT chunk header.
+            let mut s = vec![0u8; 16];
+            s[0..2].copy_from_slice(&sport.to_be_bytes());
+            s[2..4].copy_from_slice(&dport.to_be_bytes());
+            s[12] = 1;
+            s[14..16].copy_from_slice(&4u16.to_be_bytes());
+            s
         }
         _ => {
             // ICMP: type = dport, echo id = sport

@@ -35,13 +35,13 @@ impl DatapathOps for Fake {
     }
     fn apply_ipcache(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix: u8,
         identity: u32,
     ) -> Result<(), DatapathError> {
         self.record(format!("ipc+ {ip}/{prefix} {identity}"))
     }
-    fn remove_ipcache(&mut self, ip: Ipv4Addr, prefix: u8) -> Result<(), DatapathError> {
+    fn remove_ipcache(&mut self, ip: IpAddr, prefix: u8) -> Result<(), DatapathError> {
         self.record(format!("ipc- {ip}/{prefix}"))
     }
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError> {

@@ -1,0 +1,52 @@
+//! `cargo xtask fuzz policy [--minutes N] [--seed S]`: the kernel-vs-model differential test
+//! (`node-agent/tests/policy_diff.rs`) for as long as asked, instead of CI's 10,000 cases.
+//! Prints the cases run and every mismatch with a shrunk reproducer.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::sh;
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut minutes = "10".to_string();
+    let mut seed = None;
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("policy") => {}
+        other => bail!("usage: cargo xtask fuzz policy [--minutes N] [--seed S] (got {other:?})"),
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--minutes" => minutes = it.next().context("--minutes needs a value")?.clone(),
+            "--seed" => seed = Some(it.next().context("--seed needs a value")?.clone()),
+            other => bail!("unknown option {other:?}"),
+        }
+    }
+    minutes
+        .parse::<f64>()
+        .ok()
+        .filter(|m| *m > 0.0)
+        .context("--minutes: a positive number")?;
+    let root = sh::root();
+    let bpf_obj = crate::ebpf::prepare(&root)?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&root)
+        .args([
+            "test",
+            "-p",
+            "node-agent",
+            "--test",
+            "policy_diff",
+            "kernel_agrees_with_the_model",
+            "--",
+            "--nocapture",
+        ])
+        .env("WEFT_BPF_OBJ", &bpf_obj)
+        .env("WEFT_REQUIRE_BPF", "1")
+        .env("WEFT_FUZZ_MINUTES", &minutes);
+    if let Some(s) = seed {
+        cmd.env("WEFT_DIFF_SEED", s);
+    }
+    sh::run(&mut cmd)
+}
