@@ -898,7 +898,7 @@ export interface components {
          * @description Why a flow was dropped (datapath-bpf `DROP_*`, see the module documentation).
          * @enum {string}
          */
-        DropReason: "POLICY_DENIED" | "DENY_RULE" | "NO_BACKEND" | "CT_FULL" | "INVALID_PACKET" | "FRAGMENT" | "UNSUPPORTED_L3" | "INTERNAL" | "UNKNOWN_ENDPOINT" | "UNSUPPORTED_RULE" | "UNKNOWN";
+        DropReason: "POLICY_DENIED" | "DENY_RULE" | "NO_BACKEND" | "CT_FULL" | "INVALID_PACKET" | "FRAGMENT" | "UNSUPPORTED_L3" | "INTERNAL" | "UNKNOWN_ENDPOINT" | "UNSUPPORTED_RULE" | "SPOOFED_SOURCE" | "UNKNOWN";
         /**
          * @description An ETag from a previous read of the resource, e.g. "42" (a revision).
          * @example "1"
@@ -6730,7 +6730,7 @@ export interface operations {
                 verdict?: components["schemas"]["Verdict"];
                 /**
                  * @description `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
-                 *     `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+                 *     `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `SPOOFED_SOURCE`, `UNSUPPORTED_RULE`, `UNKNOWN`. Repeatable.
                  */
                 drop_reason?: components["schemas"]["DropReason"];
                 /** @description Node name. Repeatable. */
@@ -6838,7 +6838,7 @@ export interface operations {
                 verdict?: components["schemas"]["Verdict"];
                 /**
                  * @description `POLICY_DENIED`, `DENY_RULE`, `NO_BACKEND`, `CT_FULL`, `INVALID_PACKET`, `FRAGMENT`,
-                 *     `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `UNKNOWN`. Repeatable.
+                 *     `UNSUPPORTED_L3`, `INTERNAL`, `UNKNOWN_ENDPOINT`, `SPOOFED_SOURCE`, `UNSUPPORTED_RULE`, `UNKNOWN`. Repeatable.
                  */
                 drop_reason?: components["schemas"]["DropReason"];
                 /** @description Node name. Repeatable. */

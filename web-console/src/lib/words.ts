@@ -11,9 +11,10 @@ const DROP_WORDS: Record<DropReason, string> = {
   CT_FULL: "the connection table is full",
   INVALID_PACKET: "the packet is malformed",
   FRAGMENT: "IP fragments are not handled",
-  UNSUPPORTED_L3: "not IPv4 (unsupported network protocol)",
+  UNSUPPORTED_L3: "a network protocol the datapath does not handle",
   INTERNAL: "an internal datapath error",
   UNKNOWN_ENDPOINT: "the endpoint is unknown to this node",
+  SPOOFED_SOURCE: "the source address is not the sending endpoint's",
   UNSUPPORTED_RULE: "a rule Weft accepts but does not enforce yet (fail closed)",
   UNKNOWN: "an unknown reason",
 };
