@@ -30,7 +30,7 @@ commands:
                     (without nextest args, or with --demo) the demo check: `demo
                     --detach`, `weft status`, `weft connectivity test`, `down`
   schemathesis      the OpenAPI fuzzer against a control-api on a private Postgres
-                    (a full `test` runs it too, or `test --schemathesis`)
+                    (also `test --schemathesis`; not yet in a full run)
   console-test      the web console's checks (npm ci, tsc, vitest, build + size
                     budget), then its browser tests against `demo --detach`
   openapi           regenerate openapi/openapi.json from the code
