@@ -126,6 +126,8 @@ impl Tenant {
                         .chain(e.ip6.map(IpAddr::V6))
                         .collect(),
                     identity,
+                    // Named ports are covered by policy_fields.rs; the generator writes numbers.
+                    named_ports: Vec::new(),
                 }
             })
             .collect();
