@@ -32,6 +32,19 @@ pub fn optional_integer(min: i64, max: i64, description: &str) -> ObjectBuilder 
     ]))
 }
 
+/// An IPv4 or IPv6 address (`format: ipv4` or `ipv6`), to which callers add their other
+/// forms, description and examples.
+pub fn ip_address_any_of() -> utoipa::openapi::schema::AnyOfBuilder {
+    let format = |f: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::Custom(f.into())))
+    };
+    utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(format("ipv4"))
+        .item(format("ipv6"))
+}
+
 /// Declares a unit type whose OpenAPI schema (a named component) is built by `$build`,
 /// for `#[schema(value_type = ...)]` / `#[param(value_type = ...)]` on the fields the
 /// rule applies to.

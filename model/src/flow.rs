@@ -540,17 +540,7 @@ pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0
 
 crate::contract_schema! {
     /// An address or CIDR, as `parse_net` accepts it.
-    IpOrCidr => utoipa::openapi::schema::AnyOfBuilder::new()
-        .item(
-            utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv4".into()))),
-        )
-        .item(
-            utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv6".into()))),
-        )
+    IpOrCidr => crate::contract::ip_address_any_of()
         .item(
             utoipa::openapi::schema::ObjectBuilder::new()
                 .schema_type(utoipa::openapi::schema::Type::String)

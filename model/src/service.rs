@@ -96,17 +96,7 @@ impl std::str::FromStr for BackendState {
 
 crate::contract_schema! {
     /// An IPv4 or IPv6 address, as `IpAddr` parses it.
-    IpAddress => utoipa::openapi::schema::AnyOfBuilder::new()
-        .item(
-            utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv4".into()))),
-        )
-        .item(
-            utoipa::openapi::schema::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .format(Some(utoipa::openapi::SchemaFormat::Custom("ipv6".into()))),
-        )
+    IpAddress => crate::contract::ip_address_any_of()
         .description(Some(
             "An IPv4 or IPv6 address. A service's addresses may not be unspecified \
              (0.0.0.0, ::), multicast or broadcast.",
