@@ -10,6 +10,8 @@ import { Flows } from "./pages/Flows";
 import { ServiceMapPage } from "./pages/ServiceMap";
 import { Policies } from "./pages/Policies";
 import { Services } from "./pages/Services";
+import { Settings } from "./pages/Settings";
+import { Connectivity } from "./pages/Connectivity";
 import { Loading } from "./app/ui";
 
 // CodeMirror and the editor load only on the policy page.
@@ -32,6 +34,9 @@ const router = createBrowserRouter(
             { path: "map", element: <ServiceMapPage /> },
             { path: "services", element: <Services /> },
             { path: "policies", element: <Policies /> },
+            { path: "connectivity", element: <Connectivity /> },
+            { path: "settings", element: <Settings /> },
+            { path: "settings/:tab", element: <Settings /> },
             {
               path: "policies/:policy",
               element: (

@@ -1,6 +1,6 @@
-import { createContext, useContext, useState, type FormEvent } from "react";
+import { createContext, useContext, useEffect, useState, type FormEvent } from "react";
 import { Navigate, Outlet, useNavigate } from "react-router";
-import { api, ApiFailure, describe, ok, type Schemas } from "../api/client";
+import { api, ApiFailure, describe, MAX_TRIES, ok, onRateLimit, type RateLimitWait, type Schemas } from "../api/client";
 import { ErrorBox, Loading, useLoad } from "./ui";
 
 export type Role = Schemas["Role"];
@@ -32,15 +32,45 @@ export function useRole(tenant: string | undefined) {
   return { role, can: (need: Role) => role !== undefined && RANK[role] >= RANK[need] };
 }
 
+/** "Too many requests": shown while a 429's `Retry-After` is waited out, with a countdown. */
+export function RateLimitNotice() {
+  const [wait, setWait] = useState<RateLimitWait | null>(null);
+  const [now, setNow] = useState(Date.now());
+  useEffect(() => onRateLimit(setWait), []);
+  useEffect(() => {
+    if (!wait) return;
+    const id = setInterval(() => setNow(Date.now()), 500);
+    return () => clearInterval(id);
+  }, [wait]);
+  if (!wait) return null;
+  const left = Math.max(0, Math.ceil((wait.until - now) / 1000));
+  return (
+    <div className="banner" role="status" data-testid="rate-limited">
+      Too many requests: the server asked to wait {wait.seconds} s (Retry-After). Trying again in {left} s (try {wait.attempt} of {MAX_TRIES}).
+    </div>
+  );
+}
+
 export function Root() {
   const me = useLoad(async () => ok(await api.GET("/v1/me")), []);
   const [banner, setBanner] = useState<string | null>(null);
   if (me.error && !me.data) {
     // A 401 already sent the browser to sign in.
     if (me.error instanceof ApiFailure && me.error.status === 401) return <Loading what="sign-in" />;
-    return <ErrorBox error={me.error} retry={me.reload} />;
+    return (
+      <>
+        <RateLimitNotice />
+        <ErrorBox error={me.error} retry={me.reload} />
+      </>
+    );
   }
-  if (!me.data) return <Loading what="your account" />;
+  if (!me.data)
+    return (
+      <>
+        <RateLimitNotice />
+        <Loading what="your account" />
+      </>
+    );
   const fail = (e: unknown) => {
     const text = describe(e);
     if (e instanceof ApiFailure && (e.status === 403 || e.status === 429 || e.status >= 500)) setBanner(text);
@@ -48,6 +78,7 @@ export function Root() {
   };
   return (
     <SessionContext.Provider value={{ me: me.data, reload: me.reload, banner, setBanner, fail }}>
+      <RateLimitNotice />
       <Outlet />
     </SessionContext.Provider>
   );

@@ -10,6 +10,8 @@ const NAV = [
   ["map", "Service map"],
   ["services", "Services"],
   ["policies", "Policies"],
+  ["connectivity", "Connectivity"],
+  ["settings", "Settings"],
 ] as const;
 
 export function Shell() {

@@ -92,3 +92,27 @@ export function Labels({ labels }: { labels: Record<string, unknown> | undefined
     </span>
   );
 }
+
+/** A policy's `status.conditions`: accepted fields Weft does not enforce (traffic they need is dropped). */
+export function Conditions({ conditions, compact }: { conditions?: { type: string; field: string; reason: string }[] | null; compact?: boolean }) {
+  const list = conditions ?? [];
+  if (list.length === 0) return null;
+  if (compact)
+    return (
+      <span className="chip warn" title={list.map((c) => `${c.field}: ${c.reason}`).join("\n")} data-testid="conditions-chip">
+        ⚠ {list.length} not enforced
+      </span>
+    );
+  return (
+    <div className="message warn" role="status" data-testid="conditions">
+      <strong>Not enforced</strong> — accepted, but Weft drops the traffic these fields would need (fail closed):
+      <ul>
+        {list.map((c) => (
+          <li key={c.field}>
+            {c.type} <code>{c.field}</code>: {c.reason}
+          </li>
+        ))}
+      </ul>
+    </div>
+  );
+}

@@ -2,7 +2,7 @@ import { useState } from "react";
 import { Link, useParams } from "react-router";
 import { api, ok, describe, ApiFailure } from "../api/client";
 import { useRole } from "../app/Root";
-import { Chip, Labels, States, useLoad } from "../app/ui";
+import { Chip, Conditions, Labels, States, useLoad } from "../app/ui";
 
 export function Policies() {
   const { tenant = "" } = useParams();
@@ -47,7 +47,8 @@ export function Policies() {
                   <td>
                     <Chip ok={p.status.realized_nodes >= p.status.total_nodes}>
                       {p.status.realized_nodes}/{p.status.total_nodes}
-                    </Chip>
+                    </Chip>{" "}
+                    <Conditions conditions={p.status.conditions} compact />
                   </td>
                   <td>
                     <Labels labels={p.labels} />

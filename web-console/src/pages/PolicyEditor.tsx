@@ -9,7 +9,7 @@ import { json as jsonLang } from "@codemirror/lang-json";
 import { parseDocument, stringify } from "yaml";
 import { api, ApiFailure, ok, type Schemas } from "../api/client";
 import { useRole, useSession } from "../app/Root";
-import { Chip, ErrorBox, Loading, useInterval, useLoad } from "../app/ui";
+import { Chip, Conditions, ErrorBox, Loading, useInterval, useLoad } from "../app/ui";
 import { lineOf, rangeOfField } from "../lib/yamlPath";
 
 type Policy = Schemas["Policy"];
@@ -64,6 +64,8 @@ export default function PolicyEditor() {
   const [conflict, setConflict] = useState<{ theirs: Policy; etag: string } | null>(null);
   const [deleting, setDeleting] = useState(false);
   const [busy, setBusy] = useState(false);
+  /** The conditions of the last check (dry run); a save's come with `saved`. */
+  const [checked, setChecked] = useState<Policy["status"]["conditions"] | null>(null);
 
   const loaded = useLoad(async () => {
     if (isNew) return null;
@@ -160,6 +162,7 @@ export default function PolicyEditor() {
             body: body as never,
           });
       const p = ok(r) as Policy;
+      setChecked(dryRun ? (p.status?.conditions ?? []) : null);
       if (dryRun) {
         setMessage({ ok: true, text: `Valid: the server accepts it (${p.specs.length} rule${p.specs.length === 1 ? "" : "s"}, ${p.clusters ? p.clusters.join(", ") : "all clusters"}). Nothing was saved.` });
       } else {
@@ -231,6 +234,7 @@ export default function PolicyEditor() {
           {message.text}
         </div>
       )}
+      <Conditions conditions={checked ?? saved?.status.conditions} />
       <div className="editor" ref={host} data-testid="editor" />
       {mapped.length > 0 && (
         <ul className="errors" data-testid="errors">

@@ -1,6 +1,9 @@
+import { useState } from "react";
 import { useParams, useSearchParams } from "react-router";
-import { api, ok } from "../api/client";
+import { api, ok, type Schemas } from "../api/client";
+import { useRole, useSession } from "../app/Root";
 import { Chip, Labels, States, useLoad } from "../app/ui";
+import { ServiceForm } from "./ServiceForm";
 
 /** A cluster's load-balanced services: frontends, backends, algorithm, affinity, realization. */
 export function Services() {
@@ -19,6 +22,17 @@ export function Services() {
       }),
     ).items;
   }, [tenant, cluster]);
+  const { can } = useRole(tenant);
+  const { fail } = useSession();
+  const [editing, setEditing] = useState<{ service: Schemas["Service"]; etag: string | null } | null | "new">(null);
+  const edit = async (name: string) => {
+    try {
+      const r = await api.GET("/v1/tenants/{tenant}/clusters/{cluster}/services/{service}", { params: { path: { tenant, cluster, service: name } } });
+      setEditing({ service: ok(r), etag: r.response.headers.get("ETag") });
+    } catch (e) {
+      fail(e);
+    }
+  };
   return (
     <div>
       <h1>Services</h1>
@@ -33,7 +47,22 @@ export function Services() {
             ))}
           </select>
         </label>
+        {can("editor") && cluster && (
+          <button onClick={() => setEditing("new")} data-testid="new-service">
+            New service
+          </button>
+        )}
       </div>
+      {editing && (
+        <ServiceForm
+          key={editing === "new" ? "new" : editing.service.id}
+          tenant={tenant}
+          cluster={cluster}
+          existing={editing === "new" ? null : editing}
+          onClose={() => setEditing(null)}
+          onSaved={services.reload}
+        />
+      )}
       <States what="services" {...services} data={services.data} empty={<>No services in {cluster || "this cluster"}.</>}>
         {(list) => (
           <table>
@@ -45,6 +74,7 @@ export function Services() {
                 <th>Algorithm</th>
                 <th>Affinity</th>
                 <th>Realized</th>
+                {can("editor") && <th />}
               </tr>
             </thead>
             <tbody>
@@ -85,6 +115,13 @@ export function Services() {
                       {s.status.realized_nodes}/{s.status.total_nodes}
                     </Chip>
                   </td>
+                  {can("editor") && (
+                    <td>
+                      <button className="secondary" onClick={() => edit(s.name)}>
+                        Edit
+                      </button>
+                    </td>
+                  )}
                 </tr>
               ))}
             </tbody>
