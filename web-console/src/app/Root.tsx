@@ -43,7 +43,7 @@ export function RateLimitNotice() {
     return () => clearInterval(id);
   }, [wait]);
   if (!wait) return null;
-  const left = Math.max(0, Math.ceil((wait.until - now) / 1000));
+  const left = Math.min(wait.seconds, Math.max(0, Math.ceil((wait.until - now) / 1000)));
   return (
     <div className="banner" role="status" data-testid="rate-limited">
       Too many requests: the server asked to wait {wait.seconds} s (Retry-After). Trying again in {left} s (try {wait.attempt} of {MAX_TRIES}).

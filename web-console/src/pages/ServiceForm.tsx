@@ -145,6 +145,41 @@ export function ServiceForm({
   return (
     <div className="dialog wide" role="dialog" aria-label={existing ? `Edit ${key}` : "New service"}>
       <h2>{existing ? `Edit service ${key}` : `New service in ${cluster}`}</h2>
+      {conflict && (
+        <div className="conflict" role="alertdialog" aria-label="Conflict">
+          <h3>Changed by someone else since you opened it</h3>
+          <p>
+            Nothing was overwritten. Theirs is revision {conflict.theirs.revision}; yours is still in the form.
+          </p>
+          <div className="side-by-side">
+            <pre data-testid="service-theirs">{JSON.stringify(formToInput(serviceToForm(conflict.theirs)).input, null, 2)}</pre>
+            <pre data-testid="service-yours">{JSON.stringify(formToInput(form).input ?? form, null, 2)}</pre>
+          </div>
+          <div className="buttons">
+            <button
+              type="button"
+              onClick={() => {
+                setForm(serviceToForm(conflict.theirs));
+                setEtag(conflict.etag);
+                setConflict(null);
+                setMessage(null);
+              }}
+            >
+              Reload theirs (drop my changes)
+            </button>
+            <button
+              type="button"
+              className="danger"
+              onClick={() => {
+                setEtag(conflict.etag);
+                void save(undefined, conflict.etag);
+              }}
+            >
+              Overwrite with mine
+            </button>
+          </div>
+        </div>
+      )}
       <form onSubmit={save} className="form service-form">
         <div className="row">
           <Field label="Name" path="name" errors={errors}>
@@ -307,41 +342,6 @@ export function ServiceForm({
         </div>
       )}
 
-      {conflict && (
-        <div className="conflict" role="alertdialog" aria-label="Conflict">
-          <h3>Changed by someone else since you opened it</h3>
-          <p>
-            Nothing was overwritten. Theirs is revision {conflict.theirs.revision}; yours is still in the form.
-          </p>
-          <div className="side-by-side">
-            <pre data-testid="service-theirs">{JSON.stringify(formToInput(serviceToForm(conflict.theirs)).input, null, 2)}</pre>
-            <pre data-testid="service-yours">{JSON.stringify(formToInput(form).input ?? form, null, 2)}</pre>
-          </div>
-          <div className="buttons">
-            <button
-              type="button"
-              onClick={() => {
-                setForm(serviceToForm(conflict.theirs));
-                setEtag(conflict.etag);
-                setConflict(null);
-                setMessage(null);
-              }}
-            >
-              Reload theirs (drop my changes)
-            </button>
-            <button
-              type="button"
-              className="danger"
-              onClick={() => {
-                setEtag(conflict.etag);
-                void save(undefined, conflict.etag);
-              }}
-            >
-              Overwrite with mine
-            </button>
-          </div>
-        </div>
-      )}
     </div>
   );
 }

@@ -2,7 +2,7 @@ import { useState } from "react";
 import { useParams, useSearchParams } from "react-router";
 import { api, ok, type Schemas } from "../api/client";
 import { useRole, useSession } from "../app/Root";
-import { Chip, Labels, States, useLoad } from "../app/ui";
+import { Chip, Labels, States, useInterval, useLoad } from "../app/ui";
 import { ServiceForm } from "./ServiceForm";
 
 /** A cluster's load-balanced services: frontends, backends, algorithm, affinity, realization. */
@@ -22,6 +22,9 @@ export function Services() {
       }),
     ).items;
   }, [tenant, cluster]);
+  // Until every service is realized on every node, check again every 2 s.
+  const behind = (services.data ?? []).some((s) => s.status.realized_nodes < s.status.total_nodes);
+  useInterval(services.reload, behind ? 2000 : null);
   const { can } = useRole(tenant);
   const { fail } = useSession();
   const [editing, setEditing] = useState<{ service: Schemas["Service"]; etag: string | null } | null | "new">(null);

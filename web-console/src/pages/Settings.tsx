@@ -486,6 +486,8 @@ function TenantSettings({ tenant }: { tenant: string }) {
   const { can } = useRole(tenant);
   const navigate = useNavigate();
   const [etag, setEtag] = useState<string | null>(null);
+  // Kept here: a save reloads the tenant, which remounts the form.
+  const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
   const t = useLoad(async () => {
     const r = await api.GET("/v1/tenants/{tenant}", { params: { path: { tenant } } });
     setEtag(r.response.headers.get("ETag"));
@@ -493,7 +495,20 @@ function TenantSettings({ tenant }: { tenant: string }) {
   }, [tenant]);
   if (t.error && !t.data) return <ErrorBox error={t.error} retry={t.reload} />;
   if (!t.data) return <Loading what="the tenant" />;
-  return <TenantForm key={t.data.revision} t={t.data} etag={etag} admin={can("admin")} owner={can("owner")} onSaved={() => (t.reload(), reloadMe())} fail={fail} onDeleted={() => (reloadMe(), navigate("/"))} />;
+  return (
+    <TenantForm
+      key={t.data.revision}
+      t={t.data}
+      etag={etag}
+      admin={can("admin")}
+      owner={can("owner")}
+      message={message}
+      setMessage={setMessage}
+      onSaved={() => (t.reload(), reloadMe())}
+      fail={fail}
+      onDeleted={() => (reloadMe(), navigate("/"))}
+    />
+  );
 }
 
 function TenantForm({
@@ -504,7 +519,11 @@ function TenantForm({
   onSaved,
   onDeleted,
   fail,
+  message,
+  setMessage,
 }: {
+  message: { ok: boolean; text: string } | null;
+  setMessage: (m: { ok: boolean; text: string } | null) => void;
   t: Schemas["Tenant"];
   etag: string | null;
   admin: boolean;
@@ -516,7 +535,6 @@ function TenantForm({
   const [display, setDisplay] = useState(t.display_name);
   const [labels, setLabels] = useState(formatLabels(t.labels));
   const [errors, setErrors] = useState<FieldError[]>([]);
-  const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
   const [typed, setTyped] = useState("");
   const save = async (e: FormEvent) => {
     e.preventDefault();
