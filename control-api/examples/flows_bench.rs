@@ -68,8 +68,86 @@ struct Sizes {
     query_runs: usize,
 }
 
+/// `flows_bench seed --agent-url URL --ca-cert PEM --join-token T --node NAME --flows N
+/// --endpoints E`: the same generator against a running control plane (the console's perf
+/// test): registers one node with the join token, reports E endpoints with distinct labels
+/// (`app=perf-<i>`, 10.250.x.y) and sends N flows between them over `ReportFlows`, in
+/// batches of 1,000 as an agent does.
+async fn seed(mut it: impl Iterator<Item = String>) -> Result<()> {
+    let (mut url, mut ca, mut jt, mut node) = (None, None, None, None);
+    let (mut flows, mut eps): (usize, usize) = (10_000, 50);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--agent-url" => url = it.next(),
+            "--ca-cert" => ca = it.next(),
+            "--join-token" => jt = it.next(),
+            "--node" => node = it.next(),
+            "--flows" => flows = it.next().context("--flows N")?.parse()?,
+            "--endpoints" => eps = it.next().context("--endpoints N")?.parse()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let url = url.context("--agent-url is required")?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?;
+    if let Some(ca) = ca {
+        let pem = std::fs::read(&ca).with_context(|| format!("reading {ca}"))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let eps: usize = eps.clamp(1, 250);
+    let ip = |i: usize| format!("10.250.{}.{}", i / 250, i % 250 + 1);
+    let mut c = AgentClient::new(
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {url}"))?,
+    );
+    let r = c
+        .register(RegisterRequest {
+            join_token: jt.context("--join-token is required")?,
+            node_name: node.unwrap_or_else(|| "perf-node".into()),
+            capability_version: weft_proto::CAPABILITY_VERSION,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let endpoints = (0..eps)
+        .map(|i| ReportedEndpoint {
+            named_ports: Vec::new(),
+            name: format!("perf-{i}"),
+            labels: [("app".to_string(), format!("perf-{i}"))].into(),
+            ips: vec![ip(i)],
+        })
+        .collect();
+    c.report_endpoints(authed(EndpointReport { endpoints }, &r.node_credential))
+        .await?;
+    let batches: Vec<FlowBatch> = (0..flows.div_ceil(1000))
+        .map(|b| FlowBatch {
+            flows: (b * 1000..((b + 1) * 1000).min(flows))
+                .map(|i| Flow {
+                    src_ip: ip(i % eps),
+                    dst_ip: ip((i / 7 + 1 + i % eps) % eps),
+                    ..synthetic(i, flows)
+                })
+                .collect(),
+            lost: 0,
+        })
+        .collect();
+    c.report_flows(authed(tokio_stream::iter(batches), &r.node_credential))
+        .await?;
+    println!("seeded {flows} flows between {eps} endpoints");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let mut it = std::env::args().skip(1).peekable();
+    if it.peek().map(String::as_str) == Some("seed") {
+        it.next();
+        return seed(it).await;
+    }
     let a = args()?;
     let sz = if a.quick {
         Sizes {

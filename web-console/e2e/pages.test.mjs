@@ -242,6 +242,23 @@ describe("console pages that write", { concurrency: false }, () => {
       assert.equal(await ownerRow.getByRole("combobox").isDisabled(), true, "an admin cannot touch an owner");
       assert.equal(await ownerRow.getByRole("button").count(), 0, "nor remove one");
       await shot(a.page, "p5-admin-members", env.WEFT_DEMO_USER_EMAIL);
+
+      // Back to viewer: the same pages show no edit controls (the console reads the role anew).
+      await setRole("viewer");
+      await a.page.goto(`${API}/console/t/acme/settings/members`);
+      await a.page.locator(`tr[data-member="${env.WEFT_DEMO_USER_EMAIL}"]`).waitFor();
+      assert.equal(await a.page.getByRole("button", { name: "Invite" }).count(), 0);
+      assert.equal(await a.page.getByRole("link", { name: "API tokens" }).count(), 0);
+      assert.equal(await a.page.getByRole("link", { name: "Audit log" }).count(), 0);
+      await a.page.goto(`${API}/console/t/acme/services`);
+      await a.page.locator('tr[data-service="web"]').waitFor();
+      assert.equal(await a.page.getByTestId("new-service").count(), 0);
+      assert.equal(await a.page.getByRole("button", { name: "Edit" }).count(), 0);
+      await a.page.goto(`${API}/console/t/acme/connectivity`);
+      await a.page.getByRole("heading", { name: "Probes" }).waitFor();
+      assert.equal(await a.page.getByTestId("run-probe").count(), 0);
+      assert.equal(await a.page.getByRole("button", { name: "New test workload" }).count(), 0);
+      await shot(a.page, "p5-viewer-connectivity", "Probes");
     } finally {
       await setRole("viewer");
       await a.context.close();

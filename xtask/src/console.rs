@@ -5,7 +5,8 @@
 //! - [`checks`]: `npm ci`, `tsc --noEmit`, vitest, the build and its size budget.
 //! - [`e2e`]: against a running demo, the browser tests (`web-console/e2e/`, node's test
 //!   runner + playwright-core driving Debian's Chromium, installed here when missing);
-//!   screenshots and `perf.json` go to `<target dir>/console-e2e/`.
+//!   screenshots and `perf.json` go to `<target dir>/console-e2e/`. The perf test seeds
+//!   cluster `perf` with `control-api/examples/flows_bench.rs`'s generator (built here).
 //! - `cargo xtask console-test`: all of it on its own (checks, demo, e2e, down).
 
 use std::path::{Path, PathBuf};
@@ -91,9 +92,24 @@ pub fn ensure_chromium() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The flows benchmark's generator, which the perf test runs to seed cluster `perf` through
+/// the real `ReportFlows` path (`flows_bench seed …`).
+fn flows_seeder() -> Result<PathBuf> {
+    sh::run(Command::new(env!("CARGO")).current_dir(sh::root()).args([
+        "build",
+        "-p",
+        "control-api",
+        "--example",
+        "flows_bench",
+    ]))
+    .context("building the flows generator (control-api/examples/flows_bench.rs)")?;
+    Ok(sh::target_dir().join("debug/examples/flows_bench"))
+}
+
 /// The browser tests against the running demo (its `.weft/demo.env`).
 pub fn e2e() -> Result<()> {
     let chromium = ensure_chromium()?;
+    let seeder = flows_seeder()?;
     let out = sh::target_dir().join("console-e2e");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
@@ -112,6 +128,7 @@ pub fn e2e() -> Result<()> {
             ])
             .env("WEFT_DEMO_ENV", sh::root().join(".weft/demo.env"))
             .env("WEFT_CHROMIUM", chromium)
+            .env("WEFT_FLOWS_SEEDER", seeder)
             .env("WEFT_E2E_OUT", &out),
     )
     .context("console browser tests")
