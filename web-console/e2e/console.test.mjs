@@ -100,9 +100,15 @@ describe("web console", { concurrency: false }, () => {
     await page.getByLabel("Value").selectOption("DROPPED");
     await page.getByRole("button", { name: "Add filter" }).click();
     await page.waitForURL(/verdict=DROPPED/);
-    await page.locator('[data-verdict]').first().waitFor();
-    const verdicts = await page.locator("[data-verdict]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-verdict")));
-    assert.ok(verdicts.length > 0);
+    // The unfiltered rows may still be on screen for a moment: wait for the filtered list.
+    const verdicts = await eventually(
+      "only DROPPED rows",
+      async () => {
+        const v = await page.locator("[data-verdict]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-verdict")));
+        return v.length > 0 && v.every((x) => x === "DROPPED") ? v : null;
+      },
+      15_000,
+    );
     assert.ok(verdicts.every((v) => v === "DROPPED"), verdicts.join(","));
     const reasons = await page.locator("[data-verdict] .c-reason").allInnerTexts();
     assert.ok(reasons.every((r) => r.length > 3 && !/[A-Z_]{5,}/.test(r)), reasons.join(" | "));

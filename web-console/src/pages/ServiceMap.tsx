@@ -17,9 +17,21 @@ function place(nodes: MapNode[], known: Map<string, Pos>): Map<string, Pos> {
   const byKind = new Map<string, MapNode[]>();
   for (const n of nodes) byKind.set(n.kind, [...(byKind.get(n.kind) ?? []), n]);
   const out = new Map(known);
+  // Rows that fit without overlapping (a circle and its name); more vertices of a kind than
+  // two columns hold spread over a grid between the outer columns.
+  const rows = Math.floor((H - 40) / (2 * R + 26));
   for (const [kind, list] of byKind) {
+    const cols = Math.ceil(list.length / rows);
     list.forEach((n, i) => {
       if (out.has(n.id)) return;
+      if (kind === "workload" && cols > 2) {
+        const c = Math.floor(i / rows);
+        const inCol = Math.min(rows, list.length - c * rows);
+        const x = (0.22 + (0.5 * (c + 0.5)) / cols) * W;
+        const y = (((i % rows) + 1) / (inCol + 1)) * H;
+        out.set(n.id, { x, y });
+        return;
+      }
       const x = (col[kind] ?? 0.6) * W + (kind === "workload" ? (i % 2) * 120 : 0);
       const y = ((i + 1) / (list.length + 1)) * H + (kind === "host" ? 40 : 0);
       out.set(n.id, { x, y });
@@ -118,7 +130,9 @@ export function ServiceMapPage() {
               const dy = b.y - a.y;
               const len = Math.max(1, Math.hypot(dx, dy));
               const [x1, y1, x2, y2] = [a.x + (dx / len) * R, a.y + (dy / len) * R, b.x - (dx / len) * (R + 2), b.y - (dy / len) * (R + 2)];
-              const width = 1.5 + 6 * (Math.log1p(e.connections) / Math.log1p(maxConn));
+              // Many edges: thinner and translucent, so the vertices stay readable.
+              const dense = edges.length > 60;
+              const width = (dense ? 0.8 : 1.5) + (dense ? 2.5 : 6) * (Math.log1p(e.connections) / Math.log1p(maxConn));
               const red = e.dropped > 0;
               const name = `${byId.get(e.source)?.name ?? e.source}>${byId.get(e.destination)?.name ?? e.destination}`;
               return (
@@ -132,7 +146,7 @@ export function ServiceMapPage() {
                     {name}: {e.connections} flows, {e.forwarded} forwarded, {e.dropped} dropped; ports {e.ports.join(", ") || "—"}
                   </title>
                   <line x1={x1} y1={y1} x2={x2} y2={y2} stroke="transparent" strokeWidth={14} />
-                  <line x1={x1} y1={y1} x2={x2} y2={y2} stroke={red ? "#d1242f" : "#8792a2"} strokeWidth={width} markerEnd={red ? "url(#arrow-red)" : "url(#arrow)"} />
+                  <line x1={x1} y1={y1} x2={x2} y2={y2} stroke={red ? "#d1242f" : "#8792a2"} strokeWidth={width} strokeOpacity={dense ? 0.45 : 1} markerEnd={red ? "url(#arrow-red)" : "url(#arrow)"} />
                 </g>
               );
             })}
