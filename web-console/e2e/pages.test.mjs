@@ -227,6 +227,29 @@ describe("console pages that write", { concurrency: false }, () => {
     assert.equal(restored.status, 200, JSON.stringify(restored.body));
   });
 
+  test("tenant: an owner deletes one after typing its name", async () => {
+    const name = `e2e-doomed-${Date.now() % 100000}`;
+    assert.equal((await operator("POST", "/v1/tenants", { name })).status, 201);
+    const inv = await operator("POST", `/v1/tenants/${name}/members`, { email: env.WEFT_DEMO_USER_EMAIL, role: "owner" });
+    assert.equal(inv.status, 201, JSON.stringify(inv.body));
+    // The invite becomes a membership at the next sign-in.
+    const o = await newPage(browser);
+    try {
+      await signIn(o.page, API, env.WEFT_DEMO_USER_EMAIL, PASSWORD, `/console/t/${name}/settings/tenant`);
+      await o.page.getByText("Delete this tenant").waitFor();
+      const button = o.page.getByRole("button", { name: `Delete ${name}` });
+      assert.equal(await button.isDisabled(), true, "disabled until the name is typed");
+      await o.page.getByLabel("Type the tenant name").fill(name);
+      await shot(o.page, "p4-tenant-delete", "Delete this tenant");
+      await button.click();
+      await o.page.waitForURL(/\/console\/t\/acme\/?$/);
+      assert.equal((await operator("GET", `/v1/tenants/${name}`)).status, 404, "deleted");
+    } finally {
+      await operator("DELETE", `/v1/tenants/${name}`);
+      await o.context.close();
+    }
+  });
+
   test("roles above one's own are disabled for an admin", async () => {
     const email = env.WEFT_DEMO_VIEWER_EMAIL;
     const setRole = async (role) => assert.equal((await operator("PATCH", `${T}/members/${encodeURIComponent(email)}`, { role })).status, 200);

@@ -482,7 +482,7 @@ function AuditRow({ a, open, toggle }: { a: Schemas["AuditEntry"]; open: boolean
 }
 
 function TenantSettings({ tenant }: { tenant: string }) {
-  const { fail, reload: reloadMe } = useSession();
+  const { me, fail, reload: reloadMe } = useSession();
   const { can } = useRole(tenant);
   const navigate = useNavigate();
   const [etag, setEtag] = useState<string | null>(null);
@@ -506,7 +506,12 @@ function TenantSettings({ tenant }: { tenant: string }) {
       setMessage={setMessage}
       onSaved={() => (t.reload(), reloadMe())}
       fail={fail}
-      onDeleted={() => (reloadMe(), navigate("/"))}
+      onDeleted={() => {
+        // To another tenant of the person's, or to creating one.
+        const next = me.tenants.find((x) => x.name !== t.data?.name && x.id !== t.data?.id);
+        reloadMe();
+        navigate(next ? `/t/${next.name}` : "/");
+      }}
     />
   );
 }
