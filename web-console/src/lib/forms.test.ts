@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { latency } from "./words";
 import { diffKeys, emptyService, errorsAt, formToInput, grantable, parseLabels, retryAfterMs, serviceToForm, unplaced } from "./forms";
 
 describe("server errors at the field", () => {
@@ -81,5 +82,13 @@ describe("audit diff", () => {
       { key: "d", before: undefined, after: "true", changed: true },
     ]);
     expect(diffKeys(null, { a: 1 })).toEqual([{ key: "a", before: undefined, after: "1", changed: true }]);
+  });
+});
+
+describe("probe latency in words", () => {
+  it("µs below a millisecond, ms with one decimal above", () => {
+    expect(latency(850)).toBe("850 µs");
+    expect(latency(4900)).toBe("4.9 ms");
+    expect(latency(1000)).toBe("1.0 ms");
   });
 });

@@ -37,3 +37,8 @@ export function ago(iso: string | null | undefined, now: number = Date.now()): s
   if (s < 86400) return `${Math.round(s / 3600)} h ago`;
   return `${Math.round(s / 86400)} d ago`;
 }
+
+/** A probe's latency: "850 µs", "4.9 ms". */
+export function latency(us: number): string {
+  return us >= 1000 ? `${(us / 1000).toFixed(1)} ms` : `${us} µs`;
+}

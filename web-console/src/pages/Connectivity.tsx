@@ -6,7 +6,7 @@ import { api, ApiFailure, describe, ok, type Schemas } from "../api/client";
 import { useRole, useSession } from "../app/Root";
 import { Chip, Labels, States, useInterval, useLoad } from "../app/ui";
 import { errorsAt, parseLabels, type FieldError } from "../lib/forms";
-import { ago } from "../lib/words";
+import { ago, latency } from "../lib/words";
 
 type Probe = Schemas["Probe"];
 
@@ -23,10 +23,6 @@ function Errs({ errors, field }: { errors: FieldError[]; field: string }) {
       {m.join("; ")}
     </span>
   ) : null;
-}
-
-export function latency(us: number): string {
-  return us >= 1000 ? `${(us / 1000).toFixed(1)} ms` : `${us} µs`;
 }
 
 export function Connectivity() {
