@@ -115,9 +115,8 @@ impl RawIcmp {
                 break;
             }
             // SAFETY: valid fd and buffer.
-            let n = unsafe {
-                libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n <= 0 {
                 continue;
             }
@@ -168,7 +167,8 @@ fn sink(ns: &NetNs, port: u16) {
             });
         }
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("sink started");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("sink started");
 }
 
 #[test]
@@ -198,7 +198,9 @@ fn icmp_errors_of_tracked_connections_pass_as_related() {
             s.connect(SocketAddrV4::new(b, 9999)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             s.send(b"?").unwrap();
-            let err = s.recv(&mut [0u8; 16]).expect_err("nothing listens on b:9999");
+            let err = s
+                .recv(&mut [0u8; 16])
+                .expect_err("nothing listens on b:9999");
             assert_eq!(
                 err.kind(),
                 std::io::ErrorKind::ConnectionRefused,
@@ -214,7 +216,13 @@ fn icmp_errors_of_tracked_connections_pass_as_related() {
     // node's "fragmentation needed" (from an address a's policy knows nothing of) must reach
     // a, or the transfer stalls.
     topo.node
-        .ip(&["addr", "add", "169.254.1.1/32", "dev", &topo.pods[0].host_if])
+        .ip(&[
+            "addr",
+            "add",
+            "169.254.1.1/32",
+            "dev",
+            &topo.pods[0].host_if,
+        ])
         .unwrap();
     topo.node
         .ip(&["link", "set", &topo.pods[1].host_if, "mtu", "1280"])
@@ -272,7 +280,10 @@ fn icmp_errors_of_tracked_connections_pass_as_related() {
     go_tx.send(()).unwrap();
     let seen = watcher.join().unwrap().unwrap();
     assert!(seen.contains(&9999), "related error reached a: {seen:?}");
-    assert!(!seen.contains(&9998), "unrelated error was dropped: {seen:?}");
+    assert!(
+        !seen.contains(&9998),
+        "unrelated error was dropped: {seen:?}"
+    );
     let after = dp.counters().unwrap();
     assert!(
         after.packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED)
@@ -337,7 +348,8 @@ fn hold_server(ns: &NetNs, port: u16) {
             kept.push(s);
         }
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("server started");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server started");
 }
 
 /// A sink whose connections stay half-closed until released: reads to EOF, then waits.
@@ -354,7 +366,8 @@ fn holding_sink(ns: &NetNs, port: u16) -> mpsc::Sender<()> {
         drop(s);
         drop(l);
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("sink started");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("sink started");
     rel_tx
 }
 
@@ -412,7 +425,11 @@ fn conntrack_lifecycle_fin_rst_sweep_and_full_table() {
     assert_eq!(e.len(), 2, "one entry per endpoint side: {e:?}");
     for v in &e {
         assert_ne!(v.flags & c::CT_F_FIN_FWD, 0, "{v:?}");
-        assert_eq!(v.flags & c::CT_F_CLOSING, 0, "half-closed is not closing: {v:?}");
+        assert_eq!(
+            v.flags & c::CT_F_CLOSING,
+            0,
+            "half-closed is not closing: {v:?}"
+        );
     }
     release.send(()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -464,10 +481,16 @@ fn conntrack_lifecycle_fin_rst_sweep_and_full_table() {
     assert!(k.packets(c::VERDICT_DROPPED, c::DROP_CT_FULL) >= 1, "{k:?}");
     let fill = dp.map_fill().unwrap();
     assert_eq!(fill.get("WEFT_CT"), Some(&1.0), "{fill:?}");
-    assert_eq!(fill.get("WEFT_ENDPOINTS"), Some(&(2.0 / 4096.0)), "{fill:?}");
+    assert_eq!(
+        fill.get("WEFT_ENDPOINTS"),
+        Some(&(2.0 / 4096.0)),
+        "{fill:?}"
+    );
     for name in c::maps::ALL {
         if !matches!(name, "WEFT_CONFIG" | "WEFT_METRICS" | "WEFT_EVENTS") {
-            let f = fill.get(name).unwrap_or_else(|| panic!("{name} in {fill:?}"));
+            let f = fill
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} in {fill:?}"));
             assert!((0.0..=1.0).contains(f), "{name}: {f}");
         }
     }
@@ -538,8 +561,11 @@ fn policy_change_drops_established_connection_within_a_second() {
         .unwrap();
     dp.apply_endpoint(&endpoint(2, &topo, 200, true, true))
         .unwrap();
-    dp.apply_policy(2, &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7200)])
-        .unwrap();
+    dp.apply_policy(
+        2,
+        &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7200)],
+    )
+    .unwrap();
     let lines = line_server(&topo.pods[1].ns, 7200);
     let b = topo.pods[1].ip;
     let mut s = topo.pods[0]
@@ -561,8 +587,11 @@ fn policy_change_drops_established_connection_within_a_second() {
         .counters()
         .unwrap()
         .packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED);
-    dp.apply_policy(2, &[rule(Direction::Ingress, Some(300), c::PROTO_TCP, 7200)])
-        .unwrap();
+    dp.apply_policy(
+        2,
+        &[rule(Direction::Ingress, Some(300), c::PROTO_TCP, 7200)],
+    )
+    .unwrap();
     let changed = Instant::now();
     s.write_all(b"two\n").unwrap();
     // The connection's next packet in the original direction is dropped (target: within
@@ -600,8 +629,11 @@ fn policy_change_drops_established_connection_within_a_second() {
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert_ne!(revoked[0].1.flags & c::CT_F_REVOKED, 0);
     // A later change that allows it again lets the connection resume (TCP retransmits).
-    dp.apply_policy(2, &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7200)])
-        .unwrap();
+    dp.apply_policy(
+        2,
+        &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7200)],
+    )
+    .unwrap();
     let mut got = String::new();
     while !got.contains("two") {
         got.push_str(
@@ -685,10 +717,16 @@ fn no_intermediate_state_is_more_permissive_or_drops_what_both_allow() {
                 sport = if sport >= 1536 { 1024 } else { sport + 1 };
                 let from_y = packet(6, y, ep, sport, port, TCP_SYN);
                 let r = runner.test_run(c::progs::TO_ENDPOINT, &from_y, 1).unwrap();
-                assert_eq!(r.retval, TC_ACT_SHOT, "y:{port} passed mid-change (run {runs})");
+                assert_eq!(
+                    r.retval, TC_ACT_SHOT,
+                    "y:{port} passed mid-change (run {runs})"
+                );
                 let from_x = packet(6, x, ep, sport, port, TCP_SYN);
                 let r = runner.test_run(c::progs::TO_ENDPOINT, &from_x, 1).unwrap();
-                assert_eq!(r.retval, TC_ACT_OK, "x:{port} dropped mid-change (run {runs})");
+                assert_eq!(
+                    r.retval, TC_ACT_OK,
+                    "x:{port} dropped mid-change (run {runs})"
+                );
                 runs += 1;
             }
         }
@@ -704,7 +742,10 @@ fn no_intermediate_state_is_more_permissive_or_drops_what_both_allow() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = checker.join().expect("no permissive or collateral verdict");
     println!("{switches} policy switches, {runs} packet pairs checked");
-    assert!(switches > 10 && runs > 100, "{switches} switches, {runs} runs");
+    assert!(
+        switches > 10 && runs > 100,
+        "{switches} switches, {runs} runs"
+    );
 }
 
 /// A map write that fails (full policy map) fails the apply, which the agent reports as an
