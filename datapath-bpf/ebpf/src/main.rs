@@ -614,14 +614,16 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
                 k.flags = POLICY_ANY_PORT | POLICY_ANY_PROTO;
             }
         }
-        if let Some(v) = unsafe { WEFT_POLICY.get(&k) } {
+        // Copied at once: a hash element deleted meanwhile may be reused for another key
+        // (the kernel recycles hash-map elements without waiting for readers).
+        if let Some(v) = unsafe { WEFT_POLICY.get(&k) }.copied() {
             if v.action == ACTION_DENY {
                 return DENIED_BY_RULE;
             }
             if v.action == ACTION_UNSUPPORTED {
                 unsupported = true;
             } else if allow.is_none() {
-                allow = Some(*v);
+                allow = Some(v);
             }
         }
     }
