@@ -3,9 +3,9 @@
 //! 1. ns/packet of the tc programs with `BPF_PROG_TEST_RUN` (the kernel's own average over
 //!    `repeat` runs): policy with 10 / 10,000 / 100,000 entries, the pass-through floor.
 //! 2. TCP connect-request-response rate from a client pod to service VIPs with 10 / 1,000 /
-//!    5,000 services: Weft's socket LB vs iptables rules of kube-proxy's shape (legacy
-//!    iptables, inside the node namespace) vs straight to a backend; interleaved rounds in
-//!    one topology, median of the rounds.
+//!    5,000 / 20,000 services: Weft's socket LB vs iptables rules of kube-proxy's shape in
+//!    both iptables backends (legacy and nft, inside the node namespace) vs straight to a
+//!    backend; interleaved rounds in one topology, median of the rounds.
 //!
 //! Everything runs in namespaces, a cgroup and a pin directory created here and removed at
 //! the end.
@@ -293,15 +293,34 @@ fn iptables_rules(n: u32, backends: &[Ipv4Addr]) -> String {
     s
 }
 
-fn iptables_restore(topo: &Topology, rules: &str) -> Result<()> {
+/// The two iptables backends kube-proxy runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Iptables {
+    /// x_tables (`iptables-legacy`): rules are walked linearly per packet.
+    Legacy,
+    /// nf_tables (`iptables-nft`): the same rules translated to nftables.
+    Nft,
+}
+
+impl Iptables {
+    fn cmd(self) -> &'static str {
+        match self {
+            Iptables::Legacy => "iptables-legacy",
+            Iptables::Nft => "iptables-nft",
+        }
+    }
+}
+
+fn iptables_restore(topo: &Topology, backend: Iptables, rules: &str) -> Result<()> {
+    let restore = format!("{}-restore", backend.cmd());
     let mut child = topo
         .node
-        .command("iptables-legacy-restore")
+        .command(&restore)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running iptables-legacy-restore (apt-get install iptables)")?;
+        .with_context(|| format!("running {restore} (apt-get install iptables)"))?;
     child
         .stdin
         .take()
@@ -309,19 +328,16 @@ fn iptables_restore(topo: &Topology, rules: &str) -> Result<()> {
         .write_all(rules.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "iptables-legacy-restore failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{restore} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
 
-fn iptables_jump(topo: &Topology, on: bool) -> Result<()> {
+fn iptables_jump(topo: &Topology, backend: Iptables, on: bool) -> Result<()> {
     let op = if on { "-I" } else { "-D" };
     topo.node
         .exec(&[
-            "iptables-legacy",
+            backend.cmd(),
             "-t",
             "nat",
             op,
@@ -395,14 +411,19 @@ pub struct BenchResults {
     /// Pass-through timed with single runs (the floor of the LB figures).
     pub passthrough_single_ns: f64,
     pub crr_weft: BTreeMap<u32, f64>,
+    /// Legacy iptables (x_tables).
     pub crr_iptables: BTreeMap<u32, f64>,
+    /// iptables-nft (nf_tables).
+    pub crr_iptables_nft: BTreeMap<u32, f64>,
     pub crr_direct: f64,
     pub crr_p50_us_weft: BTreeMap<u32, f64>,
     pub crr_p50_us_iptables: BTreeMap<u32, f64>,
+    pub crr_p50_us_iptables_nft: BTreeMap<u32, f64>,
     pub crr_p50_us_direct: f64,
     /// One client loop (latency-bound): connections per second.
     pub crr_serial_weft: BTreeMap<u32, f64>,
     pub crr_serial_iptables: BTreeMap<u32, f64>,
+    pub crr_serial_iptables_nft: BTreeMap<u32, f64>,
     pub crr_serial_direct: f64,
 }
 
@@ -518,11 +539,21 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
             })?;
         }
         have = have.max(n);
-        iptables_restore(&topo, &iptables_rules(n, &backends))?;
+        let rules = iptables_rules(n, &backends);
+        for backend in [Iptables::Legacy, Iptables::Nft] {
+            let t = std::time::Instant::now();
+            iptables_restore(&topo, backend, &rules)?;
+            eprintln!(
+                "{} rules for {n} services loaded in {:.1} s",
+                backend.cmd(),
+                t.elapsed().as_secs_f64()
+            );
+        }
         // The last service: the far end of kube-proxy's linear services chain.
         let target = SocketAddrV4::new(vip(n - 1), 80);
         let (mut w, mut w50, mut ipt, mut ipt50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut ws, mut ipts) = (Vec::new(), Vec::new());
+        let (mut nft, mut nft50, mut nfts) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..opts.crr_rounds {
             // Serial windows give the latency; parallel windows the rate the node sustains.
             for parallel in [1, opts.crr_parallel] {
@@ -533,15 +564,25 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
                 } else {
                     w.push(r);
                 }
-                iptables_jump(&topo, true)?;
+                iptables_jump(&topo, Iptables::Legacy, true)?;
                 let m = crr(opts, &topo, None, target, parallel);
-                iptables_jump(&topo, false)?;
+                iptables_jump(&topo, Iptables::Legacy, false)?;
                 let (r, p) = m?;
                 if parallel == 1 {
                     ipts.push(r);
                     ipt50.push(p);
                 } else {
                     ipt.push(r);
+                }
+                iptables_jump(&topo, Iptables::Nft, true)?;
+                let m = crr(opts, &topo, None, target, parallel);
+                iptables_jump(&topo, Iptables::Nft, false)?;
+                let (r, p) = m?;
+                if parallel == 1 {
+                    nfts.push(r);
+                    nft50.push(p);
+                } else {
+                    nft.push(r);
                 }
                 let (r, p) = crr(opts, &topo, None, direct_target, parallel)?;
                 if parallel == 1 {
@@ -555,10 +596,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         let (w, ipt) = (median(w), median(ipt));
         let (w50, ipt50) = (median(w50), median(ipt50));
         let (ws, ipts) = (median(ws), median(ipts));
+        let (nft, nft50, nfts) = (median(nft), median(nft50), median(nfts));
         eprintln!(
-            "CRR {n:>5} services: weft {w:.0}/s, iptables {ipt:.0}/s ({} loops); one loop: weft {ws:.0}/s (p50 {w50:.0} us), iptables {ipts:.0}/s (p50 {ipt50:.0} us)",
+            "CRR {n:>5} services: weft {w:.0}/s, iptables-legacy {ipt:.0}/s, iptables-nft {nft:.0}/s ({} loops); one loop: weft {ws:.0}/s (p50 {w50:.0} us), legacy {ipts:.0}/s (p50 {ipt50:.0} us), nft {nfts:.0}/s (p50 {nft50:.0} us)",
             opts.crr_parallel
         );
+        res.crr_iptables_nft.insert(n, nft);
+        res.crr_p50_us_iptables_nft.insert(n, nft50);
+        res.crr_serial_iptables_nft.insert(n, nfts);
         res.crr_weft.insert(n, w);
         res.crr_iptables.insert(n, ipt);
         res.crr_p50_us_weft.insert(n, w50);

@@ -442,7 +442,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         crr_sizes: if quick {
             vec![10, 1_000]
         } else {
-            vec![10, 1_000, 5_000]
+            vec![10, 1_000, 5_000, 20_000]
         },
         crr_window: Duration::from_millis(if quick { 300 } else { 700 }),
         crr_rounds: if quick { 1 } else { 7 },
@@ -475,27 +475,38 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         "crr_per_s": {
             "weft": map(&r.crr_weft),
             "iptables": map(&r.crr_iptables),
+            "iptables_nft": map(&r.crr_iptables_nft),
             "direct": (r.crr_direct * 10.0).round() / 10.0,
         },
         "crr_parallel": opts.crr_parallel,
         "crr_serial_per_s": {
             "weft": map(&r.crr_serial_weft),
             "iptables": map(&r.crr_serial_iptables),
+            "iptables_nft": map(&r.crr_serial_iptables_nft),
             "direct": (r.crr_serial_direct * 10.0).round() / 10.0,
         },
         "crr_p50_us": {
             "weft": map(&r.crr_p50_us_weft),
             "iptables": map(&r.crr_p50_us_iptables),
+            "iptables_nft": map(&r.crr_p50_us_iptables_nft),
             "direct": r.crr_p50_us_direct,
         },
         "ratios": {
             "policy_100000_vs_10": ratio(largest(&r.policy_ns).as_ref(), smallest(&r.policy_ns).as_ref()),
             "lb_10000_vs_10": ratio(largest(&r.lb_ns).as_ref(), smallest(&r.lb_ns).as_ref()),
             "policy_vs_passthrough": ratio(largest(&r.policy_ns).as_ref(), Some(&r.passthrough_ns)),
-            "crr_weft_vs_iptables_5000": ratio(largest(&r.crr_weft).as_ref(), largest(&r.crr_iptables).as_ref()),
-            "crr_weft_vs_direct_5000": ratio(largest(&r.crr_weft).as_ref(), Some(&r.crr_direct)),
-            "crr_serial_weft_vs_iptables_5000": ratio(largest(&r.crr_serial_weft).as_ref(), largest(&r.crr_serial_iptables).as_ref()),
-            "crr_p50_iptables_vs_weft_5000": ratio(largest(&r.crr_p50_us_iptables).as_ref(), largest(&r.crr_p50_us_weft).as_ref()),
+            "crr_weft_vs_iptables_5000": ratio(r.crr_weft.get(&5000), r.crr_iptables.get(&5000)),
+            "crr_weft_vs_iptables_nft_5000": ratio(r.crr_weft.get(&5000), r.crr_iptables_nft.get(&5000)),
+            "crr_weft_vs_iptables_nft_20000": ratio(r.crr_weft.get(&20000), r.crr_iptables_nft.get(&20000)),
+            "crr_weft_vs_iptables_legacy_20000": ratio(r.crr_weft.get(&20000), r.crr_iptables.get(&20000)),
+            "crr_weft_vs_direct_5000": ratio(r.crr_weft.get(&5000), Some(&r.crr_direct)),
+            "crr_weft_vs_direct_20000": ratio(r.crr_weft.get(&20000), Some(&r.crr_direct)),
+            "crr_weft_vs_direct_min": r.crr_weft.values().copied().reduce(f64::min).map_or(serde_json::Value::Null, |m| ratio(Some(&m), Some(&r.crr_direct))),
+            "crr_serial_weft_vs_iptables_5000": ratio(r.crr_serial_weft.get(&5000), r.crr_serial_iptables.get(&5000)),
+            "crr_serial_weft_vs_iptables_nft_5000": ratio(r.crr_serial_weft.get(&5000), r.crr_serial_iptables_nft.get(&5000)),
+            "crr_p50_iptables_vs_weft_5000": ratio(r.crr_p50_us_iptables.get(&5000), r.crr_p50_us_weft.get(&5000)),
+            "crr_p50_iptables_nft_vs_weft_5000": ratio(r.crr_p50_us_iptables_nft.get(&5000), r.crr_p50_us_weft.get(&5000)),
+            "crr_p50_iptables_nft_vs_weft_20000": ratio(r.crr_p50_us_iptables_nft.get(&20000), r.crr_p50_us_weft.get(&20000)),
         },
         "notes": {
             "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (expired conntrack entry removed, reply lookup, six policy hash lookups: exact/any identity x port/any port/any protocol, ipcache LPM lookup, conntrack insert), events off; N entries = N peer identities allowed on TCP 80",
@@ -503,7 +514,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "policy_method": "minimum over 20 trials of BPF_PROG_TEST_RUN with repeat/20 runs each (1M runs in total) after one warm-up trial; the three sizes and the pass-through interleaved trial by trial",
             "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls, sizes interleaved in chunks (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
             "lb_established_ns": "same with the LB conntrack hit",
-            "crr": "TCP connect+request+response+RST from one client pod to the last-created service VIP; crr_per_s = crr_parallel concurrent loops (2 per core: the rate the node sustains), crr_serial_per_s = one loop (latency-bound); weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) in the node namespace, jump present only during its windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
+            "crr": "TCP connect+request+response+RST from one client pod to the last-created service VIP; crr_per_s = crr_parallel concurrent loops (2 per core: the rate the node sustains), crr_serial_per_s = one loop (latency-bound); weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables (x_tables), iptables_nft = iptables-nft (nf_tables), the same kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) loaded in both in the node namespace, each one's PREROUTING jump present only during its own windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
             "quick": quick,
         },
     });
@@ -531,11 +542,16 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             format!("{:.1}", r.passthrough_single_ns),
         ],
         vec!["CRR/s weft".into(), fmt_map(&r.crr_weft)],
-        vec!["CRR/s iptables".into(), fmt_map(&r.crr_iptables)],
+        vec!["CRR/s iptables-legacy".into(), fmt_map(&r.crr_iptables)],
+        vec!["CRR/s iptables-nft".into(), fmt_map(&r.crr_iptables_nft)],
         vec!["CRR p50 us weft".into(), fmt_map(&r.crr_p50_us_weft)],
         vec![
-            "CRR p50 us iptables".into(),
+            "CRR p50 us iptables-legacy".into(),
             fmt_map(&r.crr_p50_us_iptables),
+        ],
+        vec![
+            "CRR p50 us iptables-nft".into(),
+            fmt_map(&r.crr_p50_us_iptables_nft),
         ],
         vec![
             "CRR p50 us direct".into(),

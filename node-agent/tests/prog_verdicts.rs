@@ -485,9 +485,14 @@ fn policy_change_revokes_or_keeps_established_connections() {
         run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
         TC_ACT_SHOT
     );
-    assert!(
-        dp.maps.list_ct().unwrap().is_empty(),
-        "revoked entry removed"
+    // The entry stays, revoked: the connection's replies drop too.
+    let ct = dp.maps.list_ct().unwrap();
+    assert_eq!(ct.len(), 1, "{ct:?}");
+    assert_ne!(ct[0].1.flags & c::CT_F_REVOKED, 0, "revoked: {ct:?}");
+    assert_eq!(
+        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40000, TCP_ACK)),
+        TC_ACT_SHOT,
+        "a reply of a revoked connection"
     );
 }
 

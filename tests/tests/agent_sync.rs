@@ -320,6 +320,28 @@ async fn policy_over_rest_is_enforced_on_real_traffic_and_acked() {
     // The node shows the revision it applied.
     let status = env.until_applied(1).await;
     assert!(status["agent_version"].is_string(), "{status}");
+    // Its health reports every keyed map's fill (the conntrack table holds the test's
+    // connections; the endpoint map its two pods).
+    let start = Instant::now();
+    loop {
+        let status = env.node_status().await;
+        let fill = &status["health"]["map_fill"];
+        if fill["WEFT_CT"].as_f64().is_some_and(|f| f > 0.0) {
+            for map in [
+                "WEFT_ENDPOINTS",
+                "WEFT_IPCACHE",
+                "WEFT_POLICY",
+                "WEFT_SERVICES",
+            ] {
+                let f = fill[map].as_f64().unwrap_or(-1.0);
+                assert!((0.0..=1.0).contains(&f), "{map}: {fill}");
+            }
+            assert!(fill["WEFT_ENDPOINTS"].as_f64().unwrap() > 0.0, "{fill}");
+            break;
+        }
+        assert!(start.elapsed() < WITHIN, "health.map_fill: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     agent.stop().await;
 }
 

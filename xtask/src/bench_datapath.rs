@@ -11,10 +11,15 @@ use anyhow::{bail, Context as _, Result};
 use crate::ebpf;
 
 fn ensure_iptables() -> Result<()> {
-    let present = Command::new("iptables-legacy-restore")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // Both backends (Debian's `iptables` ships both).
+    let present = ["iptables-legacy-restore", "iptables-nft-restore"]
+        .iter()
+        .all(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     if present {
         return Ok(());
     }

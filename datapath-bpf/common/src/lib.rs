@@ -228,9 +228,40 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
-/// Conntrack flags.
+/// Conntrack flags. `CLOSING`: an RST was seen, or a FIN in each direction; the entry then
+/// lives `ct_close_timeout_s` after its last packet.
 pub const CT_F_CLOSING: u8 = 1;
 pub const CT_F_SEEN_REPLY: u8 = 2;
+/// A FIN went in the entry's own direction.
+pub const CT_F_FIN_FWD: u8 = 4;
+/// A FIN came back (reply direction).
+pub const CT_F_FIN_REV: u8 = 8;
+/// A policy change denied the connection: its packets (both ways) drop; the entry lives the
+/// close timeout after its last packet, or resumes if a later change allows it again.
+pub const CT_F_REVOKED: u8 = 16;
+
+/// How long (seconds) a conntrack entry lives after its last packet: closing (RST, or FIN
+/// both ways) < SYN not answered < established TCP; UDP and the rest have their own timeout.
+/// Shared by the kernel program (lazy expiry) and the agent's sweep (collection).
+#[inline(always)]
+pub fn ct_timeout_s(cfg: &Config, e: &CtValue) -> u32 {
+    const SYN: u8 = 0x02;
+    if e.flags & (CT_F_CLOSING | CT_F_REVOKED) != 0 {
+        cfg.ct_close_timeout_s
+    } else if e.tcp_flags & SYN != 0 && e.flags & CT_F_SEEN_REPLY == 0 {
+        cfg.ct_syn_timeout_s
+    } else if e.tcp_flags != 0 {
+        cfg.ct_tcp_timeout_s
+    } else {
+        cfg.ct_udp_timeout_s
+    }
+}
+
+/// Whether the entry has expired at `now_ns` (`bpf_ktime_get_ns`, i.e. `CLOCK_MONOTONIC`).
+#[inline(always)]
+pub fn ct_expired(cfg: &Config, e: &CtValue, now_ns: u64) -> bool {
+    now_ns.saturating_sub(e.last_seen_ns) > ct_timeout_s(cfg, e) as u64 * 1_000_000_000
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -334,7 +365,8 @@ pub const DROP_POLICY_DENIED: u8 = 1;
 pub const DROP_DENY_RULE: u8 = 2;
 /// Service with no ready backend.
 pub const DROP_NO_BACKEND: u8 = 3;
-/// Conntrack entry could not be created.
+/// Conntrack entry could not be created: the conntrack table is full (a plain hash, not
+/// an LRU: live connections are never evicted; the agent sweeps expired entries).
 pub const DROP_CT_FULL: u8 = 4;
 /// Truncated or malformed headers.
 pub const DROP_INVALID_PACKET: u8 = 5;

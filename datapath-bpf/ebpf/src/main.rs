@@ -34,7 +34,9 @@ static WEFT_POLICY_ALLOW: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(6553
 #[map]
 static WEFT_POLICY_DENY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(65536, 0);
 #[map]
-static WEFT_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+/// A plain hash (not LRU): a live connection is never evicted to make room; when full, new
+/// connections drop with `CT_FULL` until the agent's sweep collects expired entries.
+static WEFT_CT: HashMap<CtKey, CtValue> = HashMap::pinned(262144, 0);
 #[map]
 static WEFT_CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map]
@@ -67,6 +69,8 @@ struct CtScratch {
     fwd: CtKey,
     rev: CtKey,
     frag: FragKey,
+    /// The tuple quoted by an ICMP error (filled by `parse`).
+    inner: CtKey,
 }
 
 #[map]
@@ -78,7 +82,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
 const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
 #[panic_handler]
@@ -135,6 +138,8 @@ struct Pkt {
     frag: u8,
     /// IP identification of a fragment.
     frag_id: u32,
+    /// 1: an ICMP/ICMPv6 error quoting a packet whose tuple is in `CtScratch::inner`.
+    icmp_err: u8,
 }
 
 /// Not a fragment.
@@ -347,6 +352,10 @@ fn parse_v6(ctx: &TcContext, p: &mut Pkt) -> Result<Parsed, u8> {
             p.sport = u16::from_ne_bytes([i[4], i[5]]);
             p.dport = p.sport;
         }
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        if (1..=4).contains(&i[0]) {
+            icmp_inner_v6(ctx, p, (l4 + 8) & 0x7ff);
+        }
         p.policy_port = i[0] as u16;
         return Ok(Parsed::Ip);
     }
@@ -376,9 +385,107 @@ fn parse_l4(ctx: &TcContext, p: &mut Pkt, l4: usize) -> Result<(), u8> {
             p.sport = u16::from_ne_bytes([i[4], i[5]]);
             p.dport = p.sport;
         }
+        // Destination unreachable (incl. fragmentation needed), time exceeded, parameter
+        // problem.
+        if i[0] == 3 || i[0] == 11 || i[0] == 12 {
+            icmp_inner_v4(ctx, p, (l4 + 8) & 0xff);
+        }
         p.policy_port = i[0] as u16;
     }
     Ok(())
+}
+
+/// Fills the quoted tuple's ports from the first 8 bytes of the quoted L4 header; false when
+/// the quoted protocol is not one conntrack tracks.
+#[inline(always)]
+fn inner_ports(k: &mut CtKey, proto: u8, l4: &[u8; 8], echo_request: u8) -> bool {
+    if proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_SCTP {
+        k.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+        k.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+        true
+    } else if l4[0] == echo_request {
+        k.sport = u16::from_ne_bytes([l4[4], l4[5]]);
+        k.dport = k.sport;
+        true
+    } else {
+        false
+    }
+}
+
+/// An ICMPv4 error: the quoted IPv4 header + 8 bytes of its L4 header become the tuple to look
+/// up (`CtScratch::inner`). Anything unreadable leaves the packet an ordinary ICMP message.
+#[inline(always)]
+fn icmp_inner_v4(ctx: &TcContext, p: &mut Pkt, off: usize) {
+    let Ok(ip) = read::<20>(ctx, off) else {
+        return;
+    };
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 {
+        return;
+    }
+    let proto = ip[9];
+    let Ok(l4) = read::<8>(ctx, off + (ihl & 0x3c)) else {
+        return;
+    };
+    let Some(s) = WEFT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, only this program invocation uses it.
+    let k = unsafe { &mut (*s).inner };
+    if proto == PROTO_ICMP {
+        if !inner_ports(k, 0xff, &l4, 8) {
+            return;
+        }
+    } else if !inner_ports(k, proto, &l4, 0xff) {
+        return;
+    }
+    k.saddr = addr_v4([ip[12], ip[13], ip[14], ip[15]]);
+    k.daddr = addr_v4([ip[16], ip[17], ip[18], ip[19]]);
+    k.proto = proto;
+    k.family = FAMILY_IPV4;
+    k.dir = 0;
+    k._pad = 0;
+    p.icmp_err = 1;
+}
+
+/// An ICMPv6 error: the quoted IPv6 header (no extension headers) + 8 bytes of L4.
+#[inline(always)]
+fn icmp_inner_v6(ctx: &TcContext, p: &mut Pkt, off: usize) {
+    let Ok(h) = read::<8>(ctx, off) else {
+        return;
+    };
+    if h[0] >> 4 != 6 {
+        return;
+    }
+    let proto = h[6];
+    let Ok(l4) = read::<8>(ctx, off + 40) else {
+        return;
+    };
+    let Some(s) = WEFT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, only this program invocation uses it.
+    let k = unsafe { &mut (*s).inner };
+    if proto == PROTO_ICMPV6 {
+        if !inner_ports(k, 0xff, &l4, ICMPV6_ECHO_REQUEST) {
+            return;
+        }
+    } else if !inner_ports(k, proto, &l4, 0xff) {
+        return;
+    }
+    let Ok(sa) = read_linear::<16>(ctx, off + 8) else {
+        return;
+    };
+    k.saddr = sa;
+    let Ok(da) = read_linear::<16>(ctx, off + 24) else {
+        return;
+    };
+    k.daddr = da;
+    k.proto = proto;
+    k.family = FAMILY_IPV6;
+    k.dir = 0;
+    k._pad = 0;
+    p.icmp_err = 1;
 }
 
 struct EventInfo {
@@ -507,14 +614,16 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
                 k.flags = POLICY_ANY_PORT | POLICY_ANY_PROTO;
             }
         }
-        if let Some(v) = unsafe { WEFT_POLICY.get(&k) } {
+        // Copied at once: a hash element deleted meanwhile may be reused for another key
+        // (the kernel recycles hash-map elements without waiting for readers).
+        if let Some(v) = unsafe { WEFT_POLICY.get(&k) }.copied() {
             if v.action == ACTION_DENY {
                 return DENIED_BY_RULE;
             }
             if v.action == ACTION_UNSUPPORTED {
                 unsupported = true;
             } else if allow.is_none() {
-                allow = Some(*v);
+                allow = Some(v);
             }
         }
     }
@@ -550,20 +659,6 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
     }
 }
 
-#[inline(always)]
-fn ct_expired(cfg: &Config, e: &CtValue, now: u64) -> bool {
-    let timeout = if e.flags & CT_F_CLOSING != 0 {
-        cfg.ct_close_timeout_s
-    } else if e.tcp_flags & TCP_SYN != 0 && e.flags & CT_F_SEEN_REPLY == 0 {
-        cfg.ct_syn_timeout_s
-    } else if e.tcp_flags != 0 {
-        cfg.ct_tcp_timeout_s
-    } else {
-        cfg.ct_udp_timeout_s
-    };
-    now.saturating_sub(e.last_seen_ns) > timeout as u64 * NS_PER_S
-}
-
 /// Updates a live entry; returns true when FIN/RST appear for the first time.
 #[inline(always)]
 fn ct_touch(e: *mut CtValue, p: &Pkt, now: u64, reply: bool) -> bool {
@@ -576,7 +671,13 @@ fn ct_touch(e: *mut CtValue, p: &Pkt, now: u64, reply: bool) -> bool {
         if reply {
             (*e).flags |= CT_F_SEEN_REPLY;
         }
-        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if p.tcp_flags & TCP_FIN != 0 {
+            (*e).flags |= if reply { CT_F_FIN_REV } else { CT_F_FIN_FWD };
+        }
+        // RST, or FIN both ways: the connection is over, the entry lives the close timeout.
+        if p.tcp_flags & TCP_RST != 0
+            || (*e).flags & (CT_F_FIN_FWD | CT_F_FIN_REV) == CT_F_FIN_FWD | CT_F_FIN_REV
+        {
             (*e).flags |= CT_F_CLOSING;
         }
         new_flags & (TCP_FIN | TCP_RST) != 0
@@ -754,6 +855,53 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         info.reason = DROP_INTERNAL;
         return drop_pkt(&p, &cfg, &info);
     };
+    // ICMP errors (destination unreachable incl. fragmentation needed / packet too big, time
+    // exceeded, parameter problem) quoting a tracked connection pass as related, whatever
+    // the policy: PMTU discovery works under default deny. Unrelated ones face the policy
+    // as ICMP of their type, and open no connection.
+    if p.icmp_err != 0 {
+        // SAFETY: per-CPU map value, only this program invocation uses it.
+        let inner = unsafe { &mut (*scratch).inner };
+        let rev = unsafe { &mut (*scratch).rev };
+        // The quoted packet went the other way through this endpoint: its connection is the
+        // quoted tuple admitted by the other direction, or the reversed tuple admitted by
+        // this one.
+        inner.dir = if dir == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        };
+        rev.saddr = inner.daddr;
+        rev.daddr = inner.saddr;
+        rev.sport = inner.dport;
+        rev.dport = inner.sport;
+        rev.proto = inner.proto;
+        rev.family = inner.family;
+        rev.dir = dir;
+        rev._pad = 0;
+        let related = match unsafe { WEFT_CT.get(&*inner) } {
+            Some(e) => Some(*e),
+            None => unsafe { WEFT_CT.get(&*rev) }.copied(),
+        };
+        if let Some(e) = related {
+            if !ct_expired(&cfg, &e, now) && e.flags & CT_F_REVOKED == 0 {
+                set_ids(&mut info, e.peer_identity);
+                info.verdict = VERDICT_FORWARDED;
+                if cfg.event_flags & EVENTS_ALL != 0 {
+                    emit(&p, &info);
+                }
+                return pass_pkt(ctx, &p, dir, 0);
+            }
+        }
+        let peer_identity = peer_identity_of(p.family, &peer_addr);
+        set_ids(&mut info, peer_identity);
+        let d = decide(&ep, dir, peer_identity, &p);
+        if d.action == ACTION_DENY {
+            info.reason = d.reason;
+            return drop_pkt(&p, &cfg, &info);
+        }
+        return pass_pkt(ctx, &p, dir, d.proxy_port);
+    }
     // SAFETY: per-CPU map value, only this program invocation uses it (no preemption
     // within a BPF program on this CPU).
     let fwd = unsafe { &mut (*scratch).fwd };
@@ -772,19 +920,28 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         if !ct_expired(&cfg, &entry, now) {
             let mut proxy_port = entry.proxy_port;
             set_ids(&mut info, entry.peer_identity);
-            if entry.policy_rev != ep.policy_rev {
+            if entry.policy_rev != ep.policy_rev || entry.flags & CT_F_REVOKED != 0 {
                 let peer_identity = peer_identity_of(p.family, &peer_addr);
                 set_ids(&mut info, peer_identity);
-                // Policy changed since this connection was admitted: re-check once.
+                // Policy changed since this connection was admitted: re-check. Denied now:
+                // the connection is revoked, its packets both ways drop from here on (the
+                // entry stays, so that a reply cannot open it again from the other side,
+                // and lives the close timeout after its last packet). A later change that
+                // allows it again lets it resume.
                 let d = decide(&ep, dir, peer_identity, &p);
                 if d.action == ACTION_DENY {
-                    let _ = WEFT_CT.remove(fwd);
+                    unsafe {
+                        (*e).policy_rev = ep.policy_rev;
+                        (*e).flags |= CT_F_REVOKED;
+                        (*e).last_seen_ns = now;
+                    }
                     info.reason = d.reason;
                     return drop_pkt(&p, &cfg, &info);
                 }
                 proxy_port = d.proxy_port;
                 unsafe {
                     (*e).policy_rev = ep.policy_rev;
+                    (*e).flags &= !CT_F_REVOKED;
                     (*e).proxy_port = d.proxy_port;
                     (*e).peer_identity = peer_identity;
                 }
@@ -824,6 +981,12 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         let entry = unsafe { *e };
         if !ct_expired(&cfg, &entry, now) {
             set_ids(&mut info, entry.peer_identity);
+            if entry.flags & CT_F_REVOKED != 0 {
+                // Reply of a connection a policy change revoked.
+                unsafe { (*e).last_seen_ns = now };
+                info.reason = DROP_POLICY_DENIED;
+                return drop_pkt(&p, &cfg, &info);
+            }
             let closing = ct_touch(e, &p, now, true);
             info.verdict = VERDICT_FORWARDED;
             if cfg.event_flags & EVENTS_ALL != 0
@@ -851,8 +1014,10 @@ fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         ep_id: ep.ep_id,
         policy_rev: ep.policy_rev,
         tcp_flags: p.tcp_flags,
-        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flags: if p.tcp_flags & TCP_RST != 0 {
             CT_F_CLOSING
+        } else if p.tcp_flags & TCP_FIN != 0 {
+            CT_F_FIN_FWD
         } else {
             0
         },

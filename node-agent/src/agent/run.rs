@@ -546,6 +546,12 @@ impl Session<'_> {
                     }
                 }
                 _ = health.tick() => {
+                    // Conntrack is not an LRU: expired entries are collected here.
+                    match lock(&self.dp).ct_gc() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(removed = n, "conntrack entries collected"),
+                        Err(e) => tracing::warn!(error = %e, "conntrack sweep failed"),
+                    }
                     if self.report_pending {
                         self.report_endpoints(&mut client).await?;
                     }
@@ -589,7 +595,15 @@ impl Session<'_> {
 
     fn health(&self) -> pb::HealthReport {
         let (kernel, _) = uname();
-        let (status, lost) = match lock(&self.dp).counters() {
+        let dp = lock(&self.dp);
+        let map_fill = match dp.map_fill() {
+            Ok(f) => f.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not measure map fill");
+                Default::default()
+            }
+        };
+        let (status, lost) = match dp.counters() {
             Ok(c) if self.last_error.is_empty() => ("ok", c.lost_events),
             Ok(c) => ("degraded", c.lost_events),
             Err(_) => ("error", 0),
@@ -598,7 +612,7 @@ impl Session<'_> {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_version: kernel,
             datapath_status: status.to_string(),
-            map_fill: Default::default(),
+            map_fill,
             lost_events: lost,
             last_error: self.last_error.clone(),
         }

@@ -316,7 +316,7 @@ impl Maps {
             let data = MapData::from_pin(pin_path.join(name)).map_err(map_err(name))?;
             Ok(match name {
                 m::IPCACHE | m::POLICY_ALLOW | m::POLICY_DENY => Map::LpmTrie(data),
-                m::CT | m::AFFINITY | m::SOCK_REVNAT | m::LB_CT => Map::LruHashMap(data),
+                m::AFFINITY | m::SOCK_REVNAT | m::LB_CT => Map::LruHashMap(data),
                 m::CONFIG => Map::Array(data),
                 m::METRICS => Map::PerCpuArray(data),
                 m::EVENTS => Map::RingBuf(data),
@@ -475,6 +475,34 @@ impl Maps {
         sys::map_delete(self.maglev.fd().as_fd(), &svc_id.to_ne_bytes()).map_err(io_err(format!(
             "removing the Maglev table of service {svc_id}"
         )))
+    }
+
+    /// Removes the conntrack entries that have expired (the kernel drops an expired entry only
+    /// when a packet of its flow comes by; the table is not an LRU, so the rest is collected
+    /// here). Each candidate is read again just before it goes, so an entry that a packet
+    /// refreshed meanwhile stays. Returns how many were removed.
+    pub fn ct_gc(&mut self) -> Result<usize> {
+        let cfg = self.config.get(&0, 0).map_err(map_err(m::CONFIG))?;
+        let now = monotonic_ns();
+        let expired: Vec<c::CtKey> = self
+            .ct
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(_, v)| c::ct_expired(&cfg, v, now))
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for k in &expired {
+            let still = self
+                .ct
+                .get(k, 0)
+                .is_ok_and(|v| c::ct_expired(&cfg, &v, monotonic_ns()));
+            if still {
+                ignore_missing(self.ct.remove(k)).map_err(map_err(m::CT))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     pub fn list_ct(&self) -> Result<Vec<(c::CtKey, c::CtValue)>> {
@@ -1335,6 +1363,16 @@ impl Datapath {
         self.maps.counters()
     }
 
+    /// Collects expired conntrack entries (see [`Maps::ct_gc`]).
+    pub fn ct_gc(&mut self) -> Result<usize> {
+        self.maps.ct_gc()
+    }
+
+    /// Fill of every map (see [`map_fill`]).
+    pub fn map_fill(&self) -> Result<BTreeMap<String, f64>> {
+        map_fill(&self.cfg.pin_path)
+    }
+
     /// Takes the flow-event reader (one consumer per ring buffer).
     pub fn flow_events(&mut self) -> Option<FlowEvents> {
         match self.maps.flow_events() {
@@ -1354,6 +1392,36 @@ impl Datapath {
             _ => Ok(()),
         }
     }
+}
+
+/// `bpf_ktime_get_ns`'s clock (`CLOCK_MONOTONIC`), in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The fill (entries / max entries, 0..=1) of every keyed map pinned under `pin_path`, by map
+/// name (`WEFT_CT`, ...): what the agent's health report carries as `map_fill`. Arrays (config,
+/// metrics) and the event ring buffer have no fill.
+pub fn map_fill(pin_path: &Path) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for name in m::ALL {
+        if matches!(name, m::CONFIG | m::METRICS | m::EVENTS) {
+            continue;
+        }
+        let data = MapData::from_pin(pin_path.join(name)).map_err(map_err(name))?;
+        let info = data.info().map_err(map_err(name))?;
+        let n = sys::map_count(data.fd().as_fd(), info.key_size() as usize)
+            .map_err(io_err(format!("counting the entries of {name}")))?;
+        let max = info.max_entries().max(1) as f64;
+        out.insert(name.to_string(), n as f64 / max);
+    }
+    Ok(out)
 }
 
 /// The Maglev permutation key of a backend: the same string on every node.

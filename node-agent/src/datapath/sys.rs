@@ -154,6 +154,32 @@ pub fn prog_test_run_skb(prog: BorrowedFd<'_>, packet: &[u8], repeat: u32) -> io
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// Counts the entries of a map (hash, LRU or LPM trie) by walking its keys with
+/// `BPF_MAP_GET_NEXT_KEY`; `key_size` from the map's info.
+pub fn map_count(map: BorrowedFd<'_>, key_size: usize) -> io::Result<u64> {
+    let mut cur = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let mut a = Attr::new();
+        a.put_u32(0, map.as_raw_fd() as u32);
+        // A NULL key asks for the first key.
+        a.put_u64(8, if first { 0 } else { cur.as_ptr() as u64 });
+        a.put_u64(16, next.as_mut_ptr() as u64);
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => {
+                n += 1;
+                first = false;
+                std::mem::swap(&mut cur, &mut next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// `BPF_MAP_UPDATE_ELEM` with raw key/value buffers (for values too large for the stack).
 pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
