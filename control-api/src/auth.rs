@@ -25,6 +25,10 @@ use crate::state::AppState;
 /// Prefix of Weft API tokens; lets secret scanners recognise a leaked one.
 pub const TOKEN_PREFIX: &str = "weft_";
 
+/// Prefix of join tokens: a node's one-time registration secret, never a bearer token.
+/// It still starts with `weft_`, so scanners that know Weft secrets find it too.
+pub const JOIN_TOKEN_PREFIX: &str = "weft_join_";
+
 /// A role in a tenant. Ordered: each role can do what the ones below it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

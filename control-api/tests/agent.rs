@@ -104,6 +104,17 @@ async fn join_tokens_register_nodes_once() {
     .await;
     let mut client = agent(&t).await;
     let single = join_token(&t, &owner, "prod", json!({"name": "once"})).await;
+    assert!(single.starts_with("weft_join_"), "{single}");
+    // A join token registers a node; it is not a bearer token for the REST API.
+    let as_bearer = t
+        .call("GET", "/v1/tenants/acme/clusters", Some(&single), None)
+        .await;
+    assert_eq!(
+        as_bearer.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        as_bearer.body
+    );
 
     let r = client
         .register(register(&single, "node-1", false))

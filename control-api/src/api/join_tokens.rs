@@ -168,7 +168,8 @@ async fn create_join_token(
         &cluster,
     )
     .await?;
-    let (secret, hash) = auth::new_token();
+    let secret = auth::random_secret(auth::JOIN_TOKEN_PREFIX);
+    let hash = auth::hash_token(&secret);
     let meta: JoinToken = sqlx::query_as(&format!(
         "INSERT INTO join_tokens (id, tenant_id, cluster_id, name, token_hash, max_uses, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7)) RETURNING {COLUMNS}"
