@@ -866,3 +866,66 @@ fn failed_map_write_fails_the_apply_and_never_widens() {
         .unwrap();
     assert_eq!(r.retval, TC_ACT_OK, "the old allow is still in place");
 }
+
+/// A peer whose identity changes (relabelled: its ipcache entry now names another
+/// identity) is judged again on its established connections, as after a policy change.
+#[test]
+fn peer_identity_change_drops_established_connection() {
+    if !bpf_available("peer_identity_change_drops_established_connection") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = load(&pins);
+    attach_all(&dp, &topo);
+    dp.apply_endpoint(&endpoint(1, &topo, 100, false, false))
+        .unwrap();
+    dp.apply_endpoint(&endpoint(2, &topo, 200, true, true))
+        .unwrap();
+    dp.apply_policy(
+        2,
+        &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7201)],
+    )
+    .unwrap();
+    dp.recheck_connections().unwrap();
+    let lines = line_server(&topo.pods[1].ns, 7201);
+    let b = topo.pods[1].ip;
+    let mut s = topo.pods[0]
+        .ns
+        .spawn(move || TcpStream::connect_timeout(&SocketAddrV4::new(b, 7201).into(), T))
+        .join()
+        .unwrap()
+        .unwrap()
+        .expect("connect");
+    s.write_all(b"one\n").unwrap();
+    assert_eq!(lines.recv_timeout(T).unwrap(), "one\n");
+
+    // Re-applying the same identity changes nothing: the connection keeps working.
+    dp.apply_endpoint(&endpoint(1, &topo, 100, false, false))
+        .unwrap();
+    dp.recheck_connections().unwrap();
+    s.write_all(b"two\n").unwrap();
+    assert_eq!(lines.recv_timeout(T).unwrap(), "two\n");
+
+    // a is relabelled: identity 300, which b's policy does not allow.
+    let before = dp
+        .counters()
+        .unwrap()
+        .packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED);
+    dp.apply_endpoint(&endpoint(1, &topo, 300, false, false))
+        .unwrap();
+    dp.recheck_connections().unwrap();
+    s.write_all(b"three\n").unwrap();
+    assert!(
+        lines.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "nothing from the relabelled peer reaches b"
+    );
+    let after = dp
+        .counters()
+        .unwrap()
+        .packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED);
+    assert!(
+        after > before,
+        "the relabelled peer's packet is dropped by policy"
+    );
+}

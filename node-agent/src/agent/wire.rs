@@ -419,6 +419,11 @@ pub trait DatapathOps {
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError>;
     fn apply_service(&mut self, svc: &dp::Service) -> Result<(), DatapathError>;
     fn remove_service(&mut self, svc_id: u32) -> Result<(), DatapathError>;
+    /// Re-checks established connections if peers' identities changed (see
+    /// [`Datapath::recheck_connections`]).
+    fn recheck_connections(&mut self) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }
 
 impl DatapathOps for Datapath {
@@ -447,6 +452,9 @@ impl DatapathOps for Datapath {
     }
     fn remove_service(&mut self, svc_id: u32) -> Result<(), DatapathError> {
         Datapath::remove_service(self, svc_id)
+    }
+    fn recheck_connections(&mut self) -> Result<(), DatapathError> {
+        Datapath::recheck_connections(self)
     }
 }
 
@@ -826,6 +834,10 @@ impl Programmed {
             if d.policy_upsert.contains_key(ep) {
                 next.policy.remove(ep);
             }
+        }
+        // 9. Peers whose identity changed: established connections are judged again.
+        if let Err(e2) = dp.recheck_connections() {
+            errors.push(err("endpoints/recheck".to_string(), e2));
         }
         self.applied = next;
         errors

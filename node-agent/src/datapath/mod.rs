@@ -525,6 +525,9 @@ struct Cache {
     services: StdHashMap<u32, (c::ServiceKey, BTreeSet<u32>, u32)>,
     /// Endpoint address -> host-side interface it is attached behind (source validation).
     interfaces: StdHashMap<c::EndpointKey, u32>,
+    /// An address may have changed identity (ipcache written or removed) since established
+    /// connections were last re-checked; see [`Datapath::recheck_connections`].
+    identities_changed: bool,
 }
 
 /// Where the programs are attached, for link pin names.
@@ -998,6 +1001,15 @@ impl Datapath {
         identity: u32,
     ) -> Result<()> {
         let key = ipcache_key(family, addr, prefix);
+        let unchanged = self
+            .maps
+            .ipcache
+            .get(&key, 0)
+            .is_ok_and(|v| v.identity == identity);
+        if !unchanged {
+            // A new prefix or a new identity can change what an established peer is.
+            self.cache.identities_changed = true;
+        }
         self.maps
             .ipcache
             .insert(&key, c::IpcacheValue { identity, flags: 0 }, 0)
@@ -1022,7 +1034,28 @@ impl Datapath {
 
     fn remove_ipcache_family(&mut self, family: u8, addr: c::Addr, prefix: u8) -> Result<()> {
         let key = ipcache_key(family, addr, prefix);
+        if self.maps.ipcache.get(&key, 0).is_ok() {
+            self.cache.identities_changed = true;
+        }
         ignore_missing(self.maps.ipcache.remove(&key)).map_err(map_err(m::IPCACHE))
+    }
+
+    /// After ipcache changes (a peer relabelled, added or gone), bumps every local endpoint's
+    /// policy revision once, so the kernel re-checks each established connection against the
+    /// peer's current identity on its next packet, as it does after a policy change. One map
+    /// write per endpoint per batch of changes, not per ipcache entry.
+    pub fn recheck_connections(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.cache.identities_changed) {
+            return Ok(());
+        }
+        let ids: Vec<u32> = self.cache.endpoints.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.update_endpoint_policy_meta(id, None, true) {
+                self.cache.identities_changed = true;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     // ---- policy ----
