@@ -169,6 +169,64 @@ async fn cluster_crud_with_etags() {
         etag
     );
 
+    // If-Match is an ETag this API issued (or `*`): anything else is a problem naming the
+    // header. An invalid body is 400 whatever the precondition (the new state is checked
+    // before the revision), and a merge patch must be an object.
+    let send = |method: &str, if_match: &str, ctype: &str, body: String| {
+        Request::builder()
+            .method(method)
+            .uri("/v1/tenants/acme/clusters/prod")
+            .header(header::AUTHORIZATION, format!("Bearer {tok}"))
+            .header(header::CONTENT_TYPE, ctype)
+            .header(header::IF_MATCH, if_match)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for bad in ["null", "42", "\"x\"", "\"1\", \"2\""] {
+        let r = t
+            .send(send(
+                "PUT",
+                bad,
+                "application/json",
+                json!({"name": "prod"}).to_string(),
+            ))
+            .await;
+        assert!(
+            r.is_problem(400, "validation"),
+            "If-Match {bad}: {}",
+            r.body
+        );
+        assert_eq!(r.body["errors"][0]["field"], "If-Match", "{}", r.body);
+    }
+    let r = t
+        .send(send(
+            "PUT",
+            "\"1\"",
+            "application/json",
+            json!({"name": "-"}).to_string(),
+        ))
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.body["errors"][0]["field"], "name", "{}", r.body);
+    let r = t
+        .send(send(
+            "PATCH",
+            "\"1\"",
+            "application/merge-patch+json",
+            "-5.5e16".into(),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = t
+        .send(send(
+            "PATCH",
+            "\"1\"",
+            "application/merge-patch+json",
+            json!({"name": "-"}).to_string(),
+        ))
+        .await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+
     // Current If-Match: replaced.
     let ok = Request::builder()
         .method("PUT")
