@@ -12,6 +12,7 @@ use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
 
+use crate::db;
 use crate::error::{ApiError, Problem, Result};
 use crate::etag;
 
@@ -118,6 +119,7 @@ pub async fn lock_row(
     key: &str,
 ) -> Result<(Uuid, i64)> {
     let id = require_id(conn, table, what, scope, key).await?;
+    db::lock_revisions(&mut *conn).await?;
     let sql = format!("SELECT revision FROM {table} WHERE id = $1 FOR UPDATE");
     let current: i64 = sqlx::query_scalar(&sql)
         .bind(id)

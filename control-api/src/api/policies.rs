@@ -682,6 +682,7 @@ async fn import_policies(
         let existing = common::find_id(&mut tx, "policies", Scope::tenant(t.id), &p.name).await?;
         let before = match existing {
             Some(id) => {
+                db::lock_revisions(&mut tx).await?;
                 sqlx::query("SELECT 1 FROM policies WHERE id = $1 FOR UPDATE")
                     .bind(id)
                     .execute(&mut *tx)

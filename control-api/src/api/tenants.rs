@@ -246,6 +246,7 @@ async fn update(
     change: impl FnOnce(TenantInput) -> Result<TenantInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
+    db::lock_revisions(&mut tx).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)
@@ -323,6 +324,7 @@ async fn delete_tenant(
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
+    db::lock_revisions(&mut tx).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)
