@@ -588,7 +588,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List stored flows, newest first (viewer). */
+        /**
+         * List stored flows, newest first (viewer).
+         * @description Rules a schema cannot state: with both `since` and `until`, `until` must be the later
+         *     time (otherwise 400 naming `until`); `cursor` must be a `next_cursor` this API issued
+         *     (otherwise 400 naming `cursor`).
+         */
         get: operations["list_flows"];
         put?: never;
         post?: never;
@@ -611,6 +616,9 @@ export interface paths {
          *     reads too slowly, flows are skipped and an `event: skipped` says how many
          *     (`{"skipped": n}`, or `null` when unknown). `last=N` first sends the newest N stored flows
          *     (oldest first). Comments keep the connection alive every 15 s.
+         *
+         *     A rule a schema cannot state: with both `since` and `until`, `until` must be the later
+         *     time (otherwise 400 naming `until`).
          */
         get: operations["stream_flows"];
         put?: never;
@@ -900,7 +908,7 @@ export interface components {
          */
         DropReason: "POLICY_DENIED" | "DENY_RULE" | "NO_BACKEND" | "CT_FULL" | "INVALID_PACKET" | "FRAGMENT" | "UNSUPPORTED_L3" | "INTERNAL" | "UNKNOWN_ENDPOINT" | "UNSUPPORTED_RULE" | "SPOOFED_SOURCE" | "UNKNOWN";
         /**
-         * @description An ETag from a previous read of the resource, e.g. "42" (a revision).
+         * @description An ETag from a previous read of the resource, e.g. "42" (a revision), or `*`.
          * @example "1"
          */
         ETag: string;
@@ -2541,8 +2549,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2652,8 +2660,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2757,8 +2765,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3754,8 +3762,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3867,8 +3875,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3974,8 +3982,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4325,8 +4333,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4440,8 +4448,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4549,8 +4557,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4927,8 +4935,8 @@ export interface operations {
                 strict?: boolean;
             };
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -5042,8 +5050,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -5159,8 +5167,8 @@ export interface operations {
                 strict?: boolean;
             };
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -6746,7 +6754,10 @@ export interface operations {
                 tcp_flags?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
-                /** @description Only flows before this time (after `since`): RFC 3339 or a duration ago. */
+                /**
+                 * @description Only flows before this time: RFC 3339 or a duration ago. With `since`, it must be
+                 *     later than `since` (a rule across two parameters: otherwise 400 naming `until`).
+                 */
                 until?: components["schemas"]["TimeOrDuration"];
                 last?: number;
                 limit?: number;
@@ -6854,7 +6865,10 @@ export interface operations {
                 tcp_flags?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
-                /** @description Only flows before this time (after `since`): RFC 3339 or a duration ago. */
+                /**
+                 * @description Only flows before this time: RFC 3339 or a duration ago. With `since`, it must be
+                 *     later than `since` (a rule across two parameters: otherwise 400 naming `until`).
+                 */
                 until?: components["schemas"]["TimeOrDuration"];
                 last?: number;
             };
