@@ -86,6 +86,7 @@ pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_endpoints: Option<Vec<LabelSelector>>,
     #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::flow::IpOrCidr>>)]
     pub from_cidr: Option<Vec<String>>,
     #[serde(
         rename = "fromCIDRSet",
@@ -131,6 +132,7 @@ pub struct EgressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_endpoints: Option<Vec<LabelSelector>>,
     #[serde(rename = "toCIDR", default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::flow::IpOrCidr>>)]
     pub to_cidr: Option<Vec<String>>,
     #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Option::is_none")]
     pub to_cidr_set: Option<Vec<CidrRule>>,
@@ -165,10 +167,14 @@ pub struct EgressRule {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CidrRule {
-    /// Required; optional in the type only so a missing one is reported with its path.
+    // Required (so the schema says); `default` in the type only, so that a missing one is
+    // reported with its path.
     #[serde(default)]
+    #[schema(value_type = crate::flow::IpOrCidr, required = true)]
     pub cidr: String,
+    /// Carve-outs: each must lie inside `cidr` (answered 400 naming the entry otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::flow::IpOrCidr>)]
     pub except: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]

@@ -816,9 +816,9 @@ export interface components {
         CallerKind: "session" | "access_token" | "api_token" | "operator";
         /** @description A CIDR with carve-outs (`fromCIDRSet` / `toCIDRSet`). */
         CidrRule: {
-            /** @description Required; optional in the type only so a missing one is reported with its path. */
-            cidr?: string;
-            except?: string[];
+            cidr: components["schemas"]["IpOrCidr"];
+            /** @description Carve-outs: each must lie inside `cidr` (answered 400 naming the entry otherwise). */
+            except?: components["schemas"]["IpOrCidr"][];
         };
         Cluster: {
             /** Format: uuid */
@@ -920,7 +920,7 @@ export interface components {
          */
         EgressRule: {
             toEndpoints?: components["schemas"]["LabelSelector"][] | null;
-            toCIDR?: string[] | null;
+            toCIDR?: components["schemas"]["IpOrCidr"][] | null;
             toCIDRSet?: components["schemas"]["CidrRule"][] | null;
             toEntities?: components["schemas"]["Entity"][] | null;
             toFQDNs?: components["schemas"]["FqdnSelector"][] | null;
@@ -1069,7 +1069,7 @@ export interface components {
          */
         IngressRule: {
             fromEndpoints?: components["schemas"]["LabelSelector"][] | null;
-            fromCIDR?: string[] | null;
+            fromCIDR?: components["schemas"]["IpOrCidr"][] | null;
             fromCIDRSet?: components["schemas"]["CidrRule"][] | null;
             /**
              * @description Entity names (see [`Entity`]); kept as strings so an unknown one is a validation error
