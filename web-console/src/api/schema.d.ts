@@ -1700,11 +1700,10 @@ export interface components {
             conditions?: components["schemas"]["Condition"][];
         };
         /**
-         * @description A port as Cilium writes it: a string holding a number or a port name. Input may also be
-         *     a JSON/YAML number; it is kept as its decimal string, which is Cilium's own form.
+         * @description A port as Cilium writes it: a number 0 to 65535 (`0`: any port), as a string or a JSON number (kept as its decimal string, Cilium's own form), or a port name (IANA service name syntax: 1 to 15 lowercase letters, digits and single `-` between them, with a letter).
          * @example 443
          */
-        Port: string;
+        Port: number | string | (string);
         /** @description One port or port range. */
         PortProtocol: {
             port?: null | components["schemas"]["Port"];
