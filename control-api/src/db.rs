@@ -183,6 +183,17 @@ pub async fn bump_revision(
     Ok(revision)
 }
 
+/// Takes the global revision's row lock without taking a revision: every write takes it
+/// before locking any resource row. Creates take it (with their revision) before inserting,
+/// and an insert locks its parent rows (foreign keys), so a write that locked a row first and
+/// the revision second could deadlock with a create under that row.
+pub async fn lock_revisions(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT 1 FROM desired_state FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .map(drop)
+}
+
 /// Takes the next global revision. The row lock it takes is held to commit, so
 /// revisions become visible in order.
 pub async fn next_revision(tx: &mut PgConnection) -> sqlx::Result<i64> {

@@ -22,13 +22,19 @@ pub fn parse(text: &str) -> Option<i64> {
 /// Most digits of a revision we issue (any 18 digits fit an `i64`).
 const MAX_DIGITS: usize = 18;
 
-/// [`parse`] as a regular expression.
-pub const ETAG_PATTERN: &str = r#"^(W/)?"[0-9]{1,18}"$"#;
+/// What `If-Match` takes, as a regular expression: [`parse`], or `*`.
+pub const ETAG_PATTERN: &str = r#"^(\*|(W/)?"[0-9]{1,18}")$"#;
+
+/// The `If-Match` parameter's description, the same on every write.
+pub const IF_MATCH_DOC: &str = "An ETag this API issued for this resource (the `ETag` header \
+    of a previous read or write, e.g. `\"42\"`): the change is made only if the resource is \
+    still at that revision, else 412. Absent or `*`: unconditional. Any other value is \
+    answered 400 with a problem naming `If-Match`.";
 
 weft_model::contract_schema! {
     /// An ETag as this API issues them, for `If-Match`.
     ETag => weft_model::contract::string(
-        "An ETag from a previous read of the resource, e.g. \"42\" (a revision).",
+        "An ETag from a previous read of the resource, e.g. \"42\" (a revision), or `*`.",
     )
     .pattern(Some(ETAG_PATTERN))
     .examples(["\"1\""])

@@ -149,15 +149,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         };
         let text = value
             .to_str()
-            .map_err(|_| ApiError::BadRequest("If-Match is not valid ASCII".into()))?
+            .map_err(|_| ApiError::invalid_field("If-Match", "not an ETag this API issued"))?
             .trim();
         if text == "*" {
             return Ok(IfMatch(None));
         }
         crate::etag::parse(text).map(|r| IfMatch(Some(r))).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "If-Match {text:?} is not an ETag this API issued (expected a value like \"\\\"42\\\"\")"
-            ))
+            ApiError::invalid_field(
+                "If-Match",
+                format!("{text:?} is not an ETag this API issued (expected a value like \"\\\"42\\\"\")"),
+            )
         })
     }
 }

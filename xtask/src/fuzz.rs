@@ -1,6 +1,10 @@
 //! `cargo xtask fuzz policy [--minutes N] [--seed S]`: the kernel-vs-model differential test
 //! (`node-agent/tests/policy_diff.rs`) for as long as asked, instead of CI's 10,000 cases.
 //! Prints the cases run and every mismatch with a shrunk reproducer.
+//!
+//! `cargo xtask fuzz api [--minutes N] [--seed S]`: Schemathesis against the API as in CI
+//! (same checks and baseline) for N minutes (default 10) instead of CI's ~3, with a new seed
+//! each run unless given.
 
 use std::process::Command;
 
@@ -12,10 +16,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut minutes = "10".to_string();
     let mut seed = None;
     let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        Some("policy") => {}
-        other => bail!("usage: cargo xtask fuzz policy [--minutes N] [--seed S] (got {other:?})"),
-    }
+    let target = match it.next().map(String::as_str) {
+        Some(t @ ("policy" | "api")) => t,
+        other => {
+            bail!("usage: cargo xtask fuzz policy|api [--minutes N] [--seed S] (got {other:?})")
+        }
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--minutes" => minutes = it.next().context("--minutes needs a value")?.clone(),
@@ -23,11 +29,23 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other:?}"),
         }
     }
-    minutes
+    let m = minutes
         .parse::<f64>()
         .ok()
         .filter(|m| *m > 0.0)
         .context("--minutes: a positive number")?;
+    if target == "api" {
+        let seed = match seed {
+            Some(s) => s.parse().context("--seed: a number")?,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
+        };
+        return crate::schemathesis::standalone(crate::schemathesis::Budget {
+            seconds: (m * 60.0).round().max(1.0) as u32,
+            seed,
+        });
+    }
     let root = sh::root();
     let bpf_obj = crate::ebpf::prepare(&root)?;
     let mut cmd = Command::new(env!("CARGO"));

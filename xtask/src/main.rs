@@ -29,8 +29,9 @@ commands:
                     fmt + clippy + every test, against a private Postgres; then
                     (without nextest args, or with --demo) the demo check: `demo
                     --detach`, `weft status`, `weft connectivity test`, `down`
-  schemathesis      the OpenAPI fuzzer against a control-api on a private Postgres
-                    (also `test --schemathesis`; not yet in a full run)
+  schemathesis      the OpenAPI fuzzer against a control-api on a private Postgres,
+                    about 3 minutes, seed 21 (a full `test` runs it too, or
+                    `test --schemathesis`)
   console-test      the web console's checks (npm ci, tsc, vitest, build + size
                     budget), then its browser tests against `demo --detach`
   openapi           regenerate openapi/openapi.json from the code
@@ -39,6 +40,9 @@ commands:
   fuzz policy [--minutes N] [--seed S]
                     kernel-vs-model policy differential test for N minutes (default
                     10): random tenants and packets; prints cases run and mismatches
+  fuzz api [--minutes N] [--seed S]
+                    the OpenAPI fuzzer (as `schemathesis`) for N minutes (default 10),
+                    a new seed each run unless given
   bench datapath [--quick]
                     datapath benchmark: policy/LB ns per packet, connect rates vs
                     iptables and no LB; writes target/bench/datapath.json

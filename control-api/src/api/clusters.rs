@@ -203,18 +203,12 @@ async fn update(
     change: impl FnOnce(ClusterInput) -> Result<ClusterInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let id = common::lock_for_write(
-        &mut tx,
-        "clusters",
-        "cluster",
-        Scope::tenant(t.id),
-        key,
-        expected,
-    )
-    .await?;
+    let (id, current) =
+        common::lock_row(&mut tx, "clusters", "cluster", Scope::tenant(t.id), key).await?;
     let before = load(&mut tx, id).await?;
     let input = change(before.clone().into())?;
     input.validate()?;
+    common::check_precondition(expected, current)?;
     let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
     let c: Cluster = sqlx::query_as(&format!(
         "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
@@ -245,7 +239,7 @@ async fn update(
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     request_body = ClusterInput,
     responses((status = 200, body = Cluster, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -263,7 +257,7 @@ async fn put_cluster(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Cluster, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -272,7 +266,7 @@ async fn patch_cluster(
     Tenant(t, _): Tenant<need::Editor>,
     Path((_tenant, cluster)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
-    Json(patch): Json<Value>,
+    Json(patch): Json<serde_json::Map<String, Value>>,
 ) -> Result<Response> {
     update(&st, &t, &cluster, expected, |cur| {
         common::patched(&cur, &patch)
@@ -284,7 +278,7 @@ async fn patch_cluster(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}", tag = "clusters",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_cluster(

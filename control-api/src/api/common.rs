@@ -12,6 +12,7 @@ use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
 
+use crate::db;
 use crate::error::{ApiError, Problem, Result};
 use crate::etag;
 
@@ -102,14 +103,29 @@ pub async fn lock_for_write(
     key: &str,
     expected: Option<i64>,
 ) -> Result<Uuid> {
+    let (id, current) = lock_row(conn, table, what, scope, key).await?;
+    check_precondition(expected, current)?;
+    Ok(id)
+}
+
+/// Locks a row for the rest of the transaction: its id and current revision. Updates
+/// check `If-Match` against the revision only once the new state is validated, so an
+/// invalid request is answered 400 whatever its precondition.
+pub async fn lock_row(
+    conn: &mut PgConnection,
+    table: &'static str,
+    what: &str,
+    scope: Scope,
+    key: &str,
+) -> Result<(Uuid, i64)> {
     let id = require_id(conn, table, what, scope, key).await?;
+    db::lock_revisions(&mut *conn).await?;
     let sql = format!("SELECT revision FROM {table} WHERE id = $1 FOR UPDATE");
     let current: i64 = sqlx::query_scalar(&sql)
         .bind(id)
         .fetch_one(&mut *conn)
         .await?;
-    check_precondition(expected, current)?;
-    Ok(id)
+    Ok((id, current))
 }
 
 pub fn check_precondition(expected: Option<i64>, current: i64) -> Result<()> {
@@ -140,12 +156,14 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// Applies a merge patch to a resource's writable document and parses the result,
 /// so a PATCH is validated exactly like a PUT.
+/// The patch is an object (the extractor refuses anything else before any precondition is
+/// checked: a patch that is not an object could only replace the whole resource).
 pub fn patched<T: Serialize + serde::de::DeserializeOwned>(
     current: &T,
-    patch: &Value,
+    patch: &serde_json::Map<String, Value>,
 ) -> Result<T> {
     let mut doc = serde_json::to_value(current).map_err(anyhow::Error::from)?;
-    merge_patch(&mut doc, patch);
+    merge_patch(&mut doc, &Value::Object(patch.clone()));
     crate::extract::parse_json(&serde_json::to_vec(&doc).map_err(anyhow::Error::from)?)
 }
 

@@ -95,7 +95,8 @@ pub struct FlowFilterParams {
     /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
     #[param(value_type = Option<TimeOrDuration>)]
     since: Option<String>,
-    /// Only flows before this time (after `since`): RFC 3339 or a duration ago.
+    /// Only flows before this time: RFC 3339 or a duration ago. With `since`, it must be
+    /// later than `since` (a rule across two parameters: otherwise 400 naming `until`).
     #[param(value_type = Option<TimeOrDuration>)]
     until: Option<String>,
     /// Only the newest N (1 to 1000) flows; the stream sends them first, then follows.
@@ -140,6 +141,10 @@ fn filter_from<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Resul
 }
 
 /// List stored flows, newest first (viewer).
+///
+/// Rules a schema cannot state: with both `since` and `until`, `until` must be the later
+/// time (otherwise 400 naming `until`); `cursor` must be a `next_cursor` this API issued
+/// (otherwise 400 naming `cursor`).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/flows", tag = "flows",
     params(("tenant" = String, Path, description = "Tenant id or name"), FlowFilterParams,
            FlowPageParams),
@@ -205,6 +210,9 @@ const STREAM_BUFFER: usize = 256;
 /// reads too slowly, flows are skipped and an `event: skipped` says how many
 /// (`{"skipped": n}`, or `null` when unknown). `last=N` first sends the newest N stored flows
 /// (oldest first). Comments keep the connection alive every 15 s.
+///
+/// A rule a schema cannot state: with both `since` and `until`, `until` must be the later
+/// time (otherwise 400 naming `until`).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/flows/stream", tag = "flows",
     params(("tenant" = String, Path, description = "Tenant id or name"), FlowFilterParams),
     responses((status = 200, content_type = "text/event-stream",

@@ -487,20 +487,14 @@ async fn update(
     change: impl FnOnce(PolicyInput) -> Result<PolicyInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let id = common::lock_for_write(
-        &mut tx,
-        "policies",
-        "policy",
-        Scope::tenant(t.id),
-        key,
-        expected,
-    )
-    .await?;
+    let (id, current) =
+        common::lock_row(&mut tx, "policies", "policy", Scope::tenant(t.id), key).await?;
     let before = load(&mut tx, id).await?;
     let input = change(before.clone().into())?;
     let specs = input.rules()?;
     let conditions = policy::conditions(&specs);
     check_strict(params.strict, &conditions)?;
+    common::check_precondition(expected, current)?;
     let clusters = cluster_ids(&mut tx, t.id, &input.clusters).await?;
     let rev = rewrite(&mut tx, t.id, id, &input, &specs, clusters).await?;
     let p = load(&mut tx, id).await?;
@@ -525,7 +519,7 @@ async fn update(
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read"), WriteParams),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC), WriteParams),
     request_body = PolicyDocument,
     responses((status = 200, body = Policy, headers(("ETag" = String),
         ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
@@ -546,7 +540,7 @@ async fn put_policy(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read"), WriteParams),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC), WriteParams),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Policy, headers(("ETag" = String),
         ("Warning" = String, description = "One `299 - \"…\"` per field Weft accepts but does not enforce"))), WriteErrors),
@@ -557,7 +551,7 @@ async fn patch_policy(
     Path((_tenant, policy)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     Query(params): Query<WriteParams>,
-    Json(patch): Json<Value>,
+    Json(patch): Json<serde_json::Map<String, Value>>,
 ) -> Result<Response> {
     update(&st, &t, &policy, expected, &params, |cur| {
         common::patched(&cur, &patch)
@@ -569,7 +563,7 @@ async fn patch_policy(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/policies/{policy}", tag = "policies",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("policy" = String, Path, description = "Policy id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_policy(
@@ -688,6 +682,7 @@ async fn import_policies(
         let existing = common::find_id(&mut tx, "policies", Scope::tenant(t.id), &p.name).await?;
         let before = match existing {
             Some(id) => {
+                db::lock_revisions(&mut tx).await?;
                 sqlx::query("SELECT 1 FROM policies WHERE id = $1 FOR UPDATE")
                     .bind(id)
                     .execute(&mut *tx)

@@ -366,10 +366,11 @@ async fn update(
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
     let sc = scope(t, &cluster, &mut tx).await?;
-    let id = common::lock_for_write(&mut tx, "services", "service", sc, &service, expected).await?;
+    let (id, current) = common::lock_row(&mut tx, "services", "service", sc, &service).await?;
     let before = load(&mut tx, id).await?;
     let input = change(before.clone().into())?;
     input.validate()?;
+    common::check_precondition(expected, current)?;
     let rev = db::bump_revision(&mut tx, sc.tenant, "service", id, Op::Update).await?;
     sqlx::query(
         "UPDATE services SET name = $2, labels = $3, algorithm = $4, affinity_timeout = $5, \
@@ -403,7 +404,7 @@ async fn update(
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
            ("service" = String, Path, description = "Service id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     request_body = ServiceInput,
     responses((status = 200, body = Service, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -423,7 +424,7 @@ async fn put_service(
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
            ("service" = String, Path, description = "Service id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Service, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -432,7 +433,7 @@ async fn patch_service(
     Tenant(t, _): Tenant<need::Editor>,
     Path(path): Path<(String, String, String)>,
     IfMatch(expected): IfMatch,
-    Json(patch): Json<Value>,
+    Json(patch): Json<serde_json::Map<String, Value>>,
 ) -> Result<Response> {
     update(&st, &t, path, expected, |cur| common::patched(&cur, &patch)).await
 }
@@ -442,7 +443,7 @@ async fn patch_service(
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name"),
            ("service" = String, Path, description = "Service id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_service(

@@ -246,14 +246,15 @@ async fn update(
     change: impl FnOnce(TenantInput) -> Result<TenantInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
+    db::lock_revisions(&mut tx).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)
         .await?;
-    common::check_precondition(expected, current)?;
     let before = load(&mut tx, t.id).await?;
     let input = change(before.clone().into())?;
     input.validate()?;
+    common::check_precondition(expected, current)?;
     let rev = db::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
     let row: Tenant = sqlx::query_as(&format!(
         "UPDATE tenants SET name = $2, display_name = $3, labels = $4, revision = $5, \
@@ -282,7 +283,7 @@ async fn update(
 /// Replace a tenant's name, display name and labels (admin).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     request_body = TenantInput,
     responses((status = 200, body = Tenant, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -298,7 +299,7 @@ async fn put_tenant(
 /// Change some fields of a tenant with a JSON merge patch (admin).
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Tenant, headers(("ETag" = String))), WriteErrors),
     security(("bearer" = [])))]
@@ -306,7 +307,7 @@ async fn patch_tenant(
     State(st): State<AppState>,
     Authorized(t, _): Authorized<need::Admin>,
     IfMatch(expected): IfMatch,
-    Json(patch): Json<Value>,
+    Json(patch): Json<serde_json::Map<String, Value>>,
 ) -> Result<Response> {
     update(&st, &t, expected, |cur| common::patched(&cur, &patch)).await
 }
@@ -314,7 +315,7 @@ async fn patch_tenant(
 /// Delete a tenant and everything it owns (owner).
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant id or name"),
-           ("If-Match" = Option<crate::etag::ETag>, Header, description = "ETag from a previous read")),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
     responses((status = 204, description = "Deleted"), WriteErrors),
     security(("bearer" = [])))]
 async fn delete_tenant(
@@ -323,6 +324,7 @@ async fn delete_tenant(
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
+    db::lock_revisions(&mut tx).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)

@@ -86,6 +86,7 @@ pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_endpoints: Option<Vec<LabelSelector>>,
     #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::flow::IpOrCidr>>)]
     pub from_cidr: Option<Vec<String>>,
     #[serde(
         rename = "fromCIDRSet",
@@ -131,6 +132,7 @@ pub struct EgressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_endpoints: Option<Vec<LabelSelector>>,
     #[serde(rename = "toCIDR", default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::flow::IpOrCidr>>)]
     pub to_cidr: Option<Vec<String>>,
     #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Option::is_none")]
     pub to_cidr_set: Option<Vec<CidrRule>>,
@@ -165,10 +167,14 @@ pub struct EgressRule {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CidrRule {
-    /// Required; optional in the type only so a missing one is reported with its path.
+    // Required (so the schema says); `default` in the type only, so that a missing one is
+    // reported with its path.
     #[serde(default)]
+    #[schema(value_type = crate::flow::IpOrCidr, required = true)]
     pub cidr: String,
+    /// Carve-outs: each must lie inside `cidr` (answered 400 naming the entry otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::flow::IpOrCidr>)]
     pub except: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
@@ -237,9 +243,48 @@ pub struct PortProtocol {
 
 /// A port as Cilium writes it: a string holding a number or a port name. Input may also be
 /// a JSON/YAML number; it is kept as its decimal string, which is Cilium's own form.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
-#[schema(value_type = String, example = "443")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Port(pub String);
+
+/// [`Port::value`]'s numbers as a regular expression: 0 to 65535 (leading zeros allowed),
+/// or `-0`.
+pub const PORT_NUMBER_PATTERN: &str =
+    "^(0*([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|-0+)$";
+/// [`validate_port_name`] as regular expressions (all must match) and a length: lowercase
+/// letters, digits and single `-` between them, with a letter, at most 15.
+pub const PORT_NAME_PATTERNS: [&str; 2] = ["^[a-z0-9]+(-[a-z0-9]+)*$", "[a-z]"];
+
+impl utoipa::PartialSchema for Port {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let name = PORT_NAME_PATTERNS
+            .iter()
+            .fold(AllOfBuilder::new(), |b, p| {
+                b.item(string().pattern(Some(*p)))
+            })
+            .item(string().max_length(Some(15)));
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(65535)),
+            )
+            .item(string().pattern(Some(PORT_NUMBER_PATTERN)))
+            .item(name)
+            .description(Some(
+                "A port as Cilium writes it: a number 0 to 65535 (`0`: any port), as a string \
+                 or a JSON number (kept as its decimal string, Cilium's own form), or a port \
+                 name (IANA service name syntax: 1 to 15 lowercase letters, digits and single \
+                 `-` between them, with a letter).",
+            ))
+            .examples(["443"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Port {}
 
 /// What a [`Port`] means once checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -588,7 +588,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List stored flows, newest first (viewer). */
+        /**
+         * List stored flows, newest first (viewer).
+         * @description Rules a schema cannot state: with both `since` and `until`, `until` must be the later
+         *     time (otherwise 400 naming `until`); `cursor` must be a `next_cursor` this API issued
+         *     (otherwise 400 naming `cursor`).
+         */
         get: operations["list_flows"];
         put?: never;
         post?: never;
@@ -611,6 +616,9 @@ export interface paths {
          *     reads too slowly, flows are skipped and an `event: skipped` says how many
          *     (`{"skipped": n}`, or `null` when unknown). `last=N` first sends the newest N stored flows
          *     (oldest first). Comments keep the connection alive every 15 s.
+         *
+         *     A rule a schema cannot state: with both `since` and `until`, `until` must be the later
+         *     time (otherwise 400 naming `until`).
          */
         get: operations["stream_flows"];
         put?: never;
@@ -808,9 +816,9 @@ export interface components {
         CallerKind: "session" | "access_token" | "api_token" | "operator";
         /** @description A CIDR with carve-outs (`fromCIDRSet` / `toCIDRSet`). */
         CidrRule: {
-            /** @description Required; optional in the type only so a missing one is reported with its path. */
-            cidr?: string;
-            except?: string[];
+            cidr: components["schemas"]["IpOrCidr"];
+            /** @description Carve-outs: each must lie inside `cidr` (answered 400 naming the entry otherwise). */
+            except?: components["schemas"]["IpOrCidr"][];
         };
         Cluster: {
             /** Format: uuid */
@@ -900,7 +908,7 @@ export interface components {
          */
         DropReason: "POLICY_DENIED" | "DENY_RULE" | "NO_BACKEND" | "CT_FULL" | "INVALID_PACKET" | "FRAGMENT" | "UNSUPPORTED_L3" | "INTERNAL" | "UNKNOWN_ENDPOINT" | "UNSUPPORTED_RULE" | "SPOOFED_SOURCE" | "UNKNOWN";
         /**
-         * @description An ETag from a previous read of the resource, e.g. "42" (a revision).
+         * @description An ETag from a previous read of the resource, e.g. "42" (a revision), or `*`.
          * @example "1"
          */
         ETag: string;
@@ -912,7 +920,7 @@ export interface components {
          */
         EgressRule: {
             toEndpoints?: components["schemas"]["LabelSelector"][] | null;
-            toCIDR?: string[] | null;
+            toCIDR?: components["schemas"]["IpOrCidr"][] | null;
             toCIDRSet?: components["schemas"]["CidrRule"][] | null;
             toEntities?: components["schemas"]["Entity"][] | null;
             toFQDNs?: components["schemas"]["FqdnSelector"][] | null;
@@ -1061,7 +1069,7 @@ export interface components {
          */
         IngressRule: {
             fromEndpoints?: components["schemas"]["LabelSelector"][] | null;
-            fromCIDR?: string[] | null;
+            fromCIDR?: components["schemas"]["IpOrCidr"][] | null;
             fromCIDRSet?: components["schemas"]["CidrRule"][] | null;
             /**
              * @description Entity names (see [`Entity`]); kept as strings so an unknown one is a validation error
@@ -1692,11 +1700,10 @@ export interface components {
             conditions?: components["schemas"]["Condition"][];
         };
         /**
-         * @description A port as Cilium writes it: a string holding a number or a port name. Input may also be
-         *     a JSON/YAML number; it is kept as its decimal string, which is Cilium's own form.
+         * @description A port as Cilium writes it: a number 0 to 65535 (`0`: any port), as a string or a JSON number (kept as its decimal string, Cilium's own form), or a port name (IANA service name syntax: 1 to 15 lowercase letters, digits and single `-` between them, with a letter).
          * @example 443
          */
-        Port: string;
+        Port: number | string | (string);
         /** @description One port or port range. */
         PortProtocol: {
             port?: null | components["schemas"]["Port"];
@@ -2541,8 +2548,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2652,8 +2659,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -2757,8 +2764,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3754,8 +3761,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3867,8 +3874,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -3974,8 +3981,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4325,8 +4332,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4440,8 +4447,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4549,8 +4556,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -4927,8 +4934,8 @@ export interface operations {
                 strict?: boolean;
             };
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -5042,8 +5049,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -5159,8 +5166,8 @@ export interface operations {
                 strict?: boolean;
             };
             header?: {
-                /** @description ETag from a previous read */
-                "If-Match"?: null | components["schemas"]["ETag"];
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
             };
             path: {
                 /** @description Tenant id or name */
@@ -6746,7 +6753,10 @@ export interface operations {
                 tcp_flags?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
-                /** @description Only flows before this time (after `since`): RFC 3339 or a duration ago. */
+                /**
+                 * @description Only flows before this time: RFC 3339 or a duration ago. With `since`, it must be
+                 *     later than `since` (a rule across two parameters: otherwise 400 naming `until`).
+                 */
                 until?: components["schemas"]["TimeOrDuration"];
                 last?: number;
                 limit?: number;
@@ -6854,7 +6864,10 @@ export interface operations {
                 tcp_flags?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
-                /** @description Only flows before this time (after `since`): RFC 3339 or a duration ago. */
+                /**
+                 * @description Only flows before this time: RFC 3339 or a duration ago. With `since`, it must be
+                 *     later than `since` (a rule across two parameters: otherwise 400 naming `until`).
+                 */
                 until?: components["schemas"]["TimeOrDuration"];
                 last?: number;
             };

@@ -273,6 +273,9 @@ pub async fn pending_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<
 async fn require(conn: &mut PgConnection, scope: Scope, key: &str, lock: bool) -> Result<Uuid> {
     let missing = || ApiError::not_found("probe", key);
     let id = Uuid::parse_str(key).map_err(|_| missing())?;
+    if lock {
+        db::lock_revisions(&mut *conn).await?;
+    }
     let sql = format!(
         "SELECT id FROM probes WHERE tenant_id = $1 AND cluster_id = $2 AND id = $3{}",
         if lock { " FOR UPDATE" } else { "" }
@@ -490,6 +493,7 @@ async fn delete_probes(
         .push_bind(sc.cluster);
     crate::pagination::push_label_filter(&mut qb, "p.labels", &selector);
     qb.push(" ORDER BY p.id FOR UPDATE");
+    db::lock_revisions(&mut tx).await?;
     let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
     tx.commit().await?;

@@ -498,6 +498,7 @@ async fn delete_test_workloads(
         .push_bind(sc.cluster);
     crate::pagination::push_label_filter(&mut qb, "w.labels", &selector);
     qb.push(" ORDER BY w.id FOR UPDATE");
+    db::lock_revisions(&mut tx).await?;
     let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
     tx.commit().await?;
