@@ -536,7 +536,32 @@ fn parse_net(v: &str) -> Result<IpNet, String> {
 }
 
 /// An IPv4 CIDR as `parse_net` accepts it.
-pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
+pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/0*(3[0-2]|[12]?[0-9])$";
+
+/// An IPv6 CIDR that `parse_net` accepts: the RFC 4291 text forms (full, `::`-compressed,
+/// with an embedded IPv4 address in the common forms) and a prefix of 0–128 (leading zeros
+/// allowed, as the parser allows them). Composed from its parts, since one literal would be unreadable.
+pub fn ipv6_cidr_pattern() -> String {
+    const H: &str = "[0-9a-fA-F]{1,4}";
+    const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    let v4 = format!("{OCTET}(\\.{OCTET}){{3}}");
+    let forms = [
+        format!("({H}:){{7}}{H}"),
+        format!("({H}:){{1,7}}:"),
+        format!("({H}:){{1,6}}:{H}"),
+        format!("({H}:){{1,5}}(:{H}){{1,2}}"),
+        format!("({H}:){{1,4}}(:{H}){{1,3}}"),
+        format!("({H}:){{1,3}}(:{H}){{1,4}}"),
+        format!("({H}:){{1,2}}(:{H}){{1,5}}"),
+        format!("{H}:(:{H}){{1,6}}"),
+        format!(":((:{H}){{1,7}}|:)"),
+        format!("({H}:){{6}}{v4}"),
+        format!("({H}:){{1,5}}:{v4}"),
+        format!("({H}:){{1,4}}:{H}:{v4}"),
+        format!("::({H}:){{0,5}}{v4}"),
+    ];
+    format!("^({})/0*(12[0-8]|1[01][0-9]|[1-9]?[0-9])$", forms.join("|"))
+}
 
 crate::contract_schema! {
     /// An address or CIDR, as `parse_net` accepts it.
@@ -546,10 +571,51 @@ crate::contract_schema! {
                 .schema_type(utoipa::openapi::schema::Type::String)
                 .pattern(Some(IPV4_CIDR_PATTERN)),
         )
-        .description(Some(
-            "An IP address or an IPv4 CIDR (an IPv6 CIDR such as 2001:db8::/32 is accepted too).",
-        ))
-        .examples(["10.0.0.0/8"])
+        .item(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(ipv6_cidr_pattern())),
+        )
+        .description(Some("An IPv4 or IPv6 address or CIDR."))
+        .examples(["10.0.0.0/8", "2001:db8::/32"])
+}
+
+#[cfg(test)]
+mod cidr_pattern_tests {
+    use super::*;
+
+    /// The IPv6 CIDR pattern accepts only what `parse_net` accepts.
+    #[test]
+    fn ipv6_cidr_pattern_agrees_with_the_parser() {
+        let re = regex::Regex::new(&ipv6_cidr_pattern()).expect("pattern compiles");
+        let cases = [
+            ("2001:db8::/32", true),
+            ("::/0", true),
+            ("::1/128", true),
+            ("fe80::1/64", true),
+            ("1:2:3:4:5:6:7:8/128", true),
+            ("1:2:3:4:5:6:7::/64", true),
+            ("::2:3:4:5:6:7:8/64", true),
+            ("::ffff:10.0.0.0/104", true),
+            ("1:2:3:4:5:6:1.2.3.4/96", true),
+            ("1::2:1.2.3.4/120", true),
+            ("2001:db8::/129", false),
+            ("2001:db8::/064", true),
+            ("1:2:3:4:5:6:7:8:9/128", false),
+            ("1::2::3/64", false),
+            ("fe80::1%eth0/64", false),
+            (":/0", false),
+            ("2001:db8::", false),
+            ("10.0.0.0/8", false),
+            ("::ffff:256.0.0.0/104", false),
+        ];
+        for (text, want) in cases {
+            assert_eq!(re.is_match(text), want, "pattern on {text}");
+            if want {
+                assert!(parse_net(text).is_ok(), "parse_net refuses {text}");
+            }
+        }
+    }
 }
 
 /// The duration form of [`parse_time`] as a regular expression.

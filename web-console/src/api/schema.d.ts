@@ -1091,8 +1091,9 @@ export interface components {
          */
         IpAddress: string;
         /**
-         * @description An IP address or an IPv4 CIDR (an IPv6 CIDR such as 2001:db8::/32 is accepted too).
+         * @description An IPv4 or IPv6 address or CIDR.
          * @example 10.0.0.0/8
+         * @example 2001:db8::/32
          */
         IpOrCidr: string;
         JoinToken: {
