@@ -2,6 +2,10 @@
 
 mod client;
 mod cluster;
+mod policy;
+mod rest;
+mod service;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -68,7 +72,9 @@ impl Provider for WeftProvider {
         Some(Schema {
             version: 1,
             block: Block {
-                description: Description::plain("Weft: a tenant's clusters and policies"),
+                description: Description::plain(
+                    "Weft: a tenant's clusters, policies, services, tokens and members",
+                ),
                 attributes: map! {
                     "api_url" => string(Optional, "API base URL (or WEFT_API_URL)", false),
                     "token" => string(Optional, "API token or OIDC access token (or WEFT_TOKEN)", true),
@@ -109,7 +115,16 @@ impl Provider for WeftProvider {
             return None;
         }
         if me.status != 200 {
-            client::report(diags, "GET /v1/me", &me);
+            client::report(
+                diags,
+                &client::Context {
+                    doing: "GET /v1/me".into(),
+                    role: "viewer",
+                    sent_revision: None,
+                    nested: &[],
+                },
+                &me,
+            );
             return None;
         }
         let seen: Vec<String> = me.body["tenants"]
@@ -148,7 +163,12 @@ impl Provider for WeftProvider {
         _diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
         Some(map! {
-            "cluster" => cluster::ClusterResource(self.0.clone()),
+            "cluster" => rest::Rest(self.0.clone(), cluster::Cluster),
+            "policy" => rest::Rest(self.0.clone(), policy::Policy),
+            "service" => rest::Rest(self.0.clone(), service::Service),
+            "join_token" => rest::Rest(self.0.clone(), tokens::JoinToken),
+            "api_token" => rest::Rest(self.0.clone(), tokens::ApiToken),
+            "member" => rest::Rest(self.0.clone(), tokens::Member),
         })
     }
 
