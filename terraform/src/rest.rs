@@ -407,13 +407,23 @@ impl<K: Kind> Resource for Rest<K> {
                     "" => str_of(&planned, "email"),
                     n => n,
                 };
-                diags.error(
+                let summary = if self.1.update() == Update::Local {
+                    // Tokens cannot be imported, and a revoked one keeps its name.
+                    format!(
+                        "{} {name:?} already exists in tenant {} (a revoked token keeps its name): give this one another name",
+                        self.1.noun(),
+                        client.tenant,
+                    )
+                } else {
                     format!(
                         "{} {name:?} already exists in tenant {}: import it with terraform import {}.{name} {key}",
                         self.1.noun(),
                         client.tenant,
                         self.1.type_name(),
-                    ),
+                    )
+                };
+                diags.error(
+                    summary,
                     format!(
                         "{} (x-request-id {})",
                         str_of(&a.body, "detail"),
