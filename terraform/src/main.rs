@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod data;
 mod policy;
 mod rest;
 mod service;
@@ -176,7 +177,15 @@ impl Provider for WeftProvider {
         &self,
         _diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
-        Some(map! {})
+        use data::{Data, DataSourceOf};
+        let d = |k: Data| DataSourceOf(self.0.clone(), k);
+        Some(map! {
+            "tenant" => d(Data::Tenant),
+            "cluster" => d(Data::Cluster),
+            "nodes" => d(Data::Nodes),
+            "endpoints" => d(Data::Endpoints),
+            "identities" => d(Data::Identities),
+        })
     }
 }
 
