@@ -205,3 +205,79 @@ resource "weft_join_token" "node" {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_six_in_one_apply_each_audited_once_then_destroyed() {
+    let api = Api::start().await;
+    let token = api.tenant("acme", "admin").await;
+    let ws = Workspace::new(&api, &token);
+    let six = format!(
+        "{}{}",
+        config("node-1", 1, "editor"),
+        r#"
+resource "weft_policy" "web" {
+  name = "web"
+  spec = jsonencode({ endpointSelector = { matchLabels = { app = "web" } } })
+}
+resource "weft_service" "api" {
+  cluster   = weft_cluster.prod.id
+  name      = "api"
+  frontends = [{ vip = "10.96.0.10", port = 80, protocol = "TCP" }]
+}
+"#
+    );
+    ws.config(&six);
+    ws.apply().await.ok();
+    let audit = list(&api, "/audit-log?limit=1000").await;
+    for (action, kind, name) in [
+        ("create", "cluster", "prod"),
+        ("create", "policy", "web"),
+        ("create", "service", "api"),
+        ("create", "join_token", "node-1"),
+        ("create", "api_token", "ci"),
+        ("invite", "member", "alice@example.com"),
+    ] {
+        let n = audit
+            .iter()
+            .filter(|e| {
+                e["action"] == action && e["resource_kind"] == kind && e["resource_name"] == name
+            })
+            .count();
+        assert_eq!(n, 1, "one audit {action} of {kind} {name}: {audit:#?}");
+    }
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+
+    // The member imported by e-mail in another working directory plans clean.
+    let other = Workspace::new(&api, &token);
+    other.config(
+        "resource \"weft_member\" \"alice\" {\n  email = \"alice@example.com\"\n  role  = \"editor\"\n}\n",
+    );
+    other
+        .terraform(&[
+            "import",
+            "-input=false",
+            "-no-color",
+            "weft_member.alice",
+            "alice@example.com",
+        ])
+        .await
+        .ok();
+    let plan = other.plan().await;
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+
+    ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"])
+        .await
+        .ok();
+    let (s, _) = api
+        .call("GET", "/v1/tenants/acme/policies/web", &token, None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call("GET", "/v1/tenants/acme/clusters/prod", &token, None)
+        .await;
+    assert_eq!(s, 404, "the cluster (and its service) gone");
+    let tokens = list(&api, "/api-tokens").await;
+    assert!(!named(&tokens, "name", "ci")[0]["revoked_at"].is_null());
+    assert!(named(&list(&api, "/members").await, "email", "alice@example.com").is_empty());
+}
