@@ -1,6 +1,6 @@
-# Quickstart: against the demo (`cargo xtask demo --detach`), with
-#   export WEFT_API_URL=http://127.0.0.1:8080 WEFT_TOKEN=<acme owner token> WEFT_TENANT=acme
-# then `terraform init && terraform apply`.
+# Quickstart: against the demo (`cargo xtask demo --detach`): source the settings file it
+# prints (`set -a; . <file>; set +a`: WEFT_API_URL, WEFT_TOKEN), install the provider (README,
+# "Terraform"), then `terraform init && terraform apply`.
 terraform {
   required_providers {
     weft = {
