@@ -20,7 +20,12 @@ async fn find(
     path: &str,
     pick: impl Fn(&J) -> bool + Send,
 ) -> Result<Option<(J, Option<i64>)>, Answer> {
-    let items = client.list(&client.tenant_path(path)).await?;
+    let items = match client.list(&client.tenant_path(path)).await {
+        Ok(items) => items,
+        // The cluster is gone, and its tokens with it.
+        Err(a) if a.status == 404 => return Ok(None),
+        Err(a) => return Err(a),
+    };
     Ok(items.into_iter().find(|i| pick(i)).map(|i| (i, None)))
 }
 

@@ -133,3 +133,26 @@ async fn revoked_token_is_named_at_configure() {
         plan.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_the_token_does_not_see_is_named_with_those_it_sees() {
+    let api = Api::start().await;
+    let token = api.tenant("acme", "editor").await;
+    api.tenant("globex", "editor").await;
+    let mut ws = Workspace::new(&api, &token);
+    ws.tenant = Some("globex".into());
+    ws.config(ONE);
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stderr
+            .contains("tenant \"globex\" is not one this token sees"),
+        "{}",
+        plan.stderr
+    );
+    assert!(
+        plan.stderr.contains("the token sees: acme"),
+        "{}",
+        plan.stderr
+    );
+}

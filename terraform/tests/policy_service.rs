@@ -450,3 +450,31 @@ async fn bad_input_fails_at_plan_on_its_attribute_and_writes_nothing() {
     }
     assert_eq!(audit(&api, &token).await.len(), before, "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_an_existing_policy_says_how_to_import_it() {
+    let api = Api::start().await;
+    let token = api.tenant("acme", "editor").await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            &token,
+            Some(json!({"name": "web", "spec": {"endpointSelector": {}}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let ws = Workspace::new(&api, &token);
+    ws.config(
+        "resource \"weft_policy\" \"web\" {\n  name = \"web\"\n  spec = jsonencode({ endpointSelector = {} })\n}\n",
+    );
+    let run = ws.apply().await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(
+            "policy \"web\" already exists in tenant acme: import it with terraform import weft_policy.web web"
+        ),
+        "{}",
+        run.stderr
+    );
+}

@@ -118,6 +118,8 @@ pub struct Workspace {
     pub dir: tempfile::TempDir,
     api_url: String,
     token: String,
+    /// `WEFT_TENANT`, when set.
+    pub tenant: Option<String>,
 }
 
 impl Workspace {
@@ -133,6 +135,7 @@ impl Workspace {
             dir,
             api_url: api.url.clone(),
             token: token.to_string(),
+            tenant: None,
         }
     }
 
@@ -145,8 +148,8 @@ impl Workspace {
     }
 
     pub async fn terraform(&self, args: &[&str]) -> Run {
-        let out = tokio::process::Command::new(env("WEFT_TERRAFORM"))
-            .args(args)
+        let mut cmd = tokio::process::Command::new(env("WEFT_TERRAFORM"));
+        cmd.args(args)
             .current_dir(self.dir.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -157,8 +160,11 @@ impl Workspace {
             .env("WEFT_API_URL", &self.api_url)
             .env("WEFT_TOKEN", &self.token)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
+            .kill_on_drop(true);
+        if let Some(t) = &self.tenant {
+            cmd.env("WEFT_TENANT", t);
+        }
+        let out = cmd.output();
         let out = tokio::time::timeout(std::time::Duration::from_secs(300), out)
             .await
             .expect("terraform finishes within 5 minutes")
