@@ -221,14 +221,16 @@ impl<K: Kind> Rest<K> {
                 return Some(());
             }
             if Instant::now() > deadline {
+                let revision = body["revision"].as_i64().unwrap_or(0);
+                let behind = nodes_behind(client, state, &body, revision).await;
                 diags.root_error(
                     format!(
                         "{} is not realized after 5m: {realized} of {total} nodes",
                         self.what(state)
                     ),
                     format!(
-                        "revision {} is written; the nodes behind have not applied it (see GET /v1/tenants/{}/clusters/{{c}}/nodes, applied_revision)",
-                        body["revision"], client.tenant
+                        "revision {revision} is written; nodes behind (applied_revision < {revision}): {}",
+                        if behind.is_empty() { "unknown".to_string() } else { behind.join(", ") }
                     ),
                 );
                 return None;
@@ -236,6 +238,39 @@ impl<K: Kind> Rest<K> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// The nodes (`cluster/node`) that have not applied `revision`: those of a service's
+/// cluster, or of a policy's clusters (every cluster when it has none).
+async fn nodes_behind(client: &Client, state: &J, body: &J, revision: i64) -> Vec<String> {
+    let clusters: Vec<String> = if let Some(c) = state["cluster"].as_str() {
+        vec![c.to_string()]
+    } else if let Some(list) = body["clusters"].as_array() {
+        list.iter()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect()
+    } else {
+        client
+            .list(&client.tenant_path("/clusters"))
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let mut behind = Vec::new();
+    for c in clusters {
+        let nodes = client
+            .list(&client.tenant_path(&format!("/clusters/{c}/nodes")))
+            .await
+            .unwrap_or_default();
+        for n in nodes {
+            if n["status"]["applied_revision"].as_i64().unwrap_or(0) < revision {
+                behind.push(format!("{c}/{}", str_of(&n, "name")));
+            }
+        }
+    }
+    behind
 }
 
 /// The revision (ETag) of what state holds.
