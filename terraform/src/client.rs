@@ -187,8 +187,10 @@ pub struct Context<'a> {
     pub nested: &'a [&'a str],
 }
 
-/// Turns a `field` such as `frontends[0].vip` into an attribute path: into nested
-/// attributes (`nested`), else the top-level attribute (with its index, if any).
+/// Turns a `field` such as `frontends[0].vip` into an attribute path: into nested blocks
+/// (`nested`), else the top-level attribute (with its index, if any). A block listed as
+/// `name[0]` is an at-most-one block (a list in Terraform) for the API's single object:
+/// `session_affinity.timeout_seconds` is `session_affinity[0].timeout_seconds`.
 pub fn field_path(field: &str, nested: &[&str]) -> AttributePath {
     let mut path = AttributePath::root();
     let mut first = true;
@@ -198,12 +200,17 @@ pub fn field_path(field: &str, nested: &[&str]) -> AttributePath {
             break;
         }
         path.add_attribute(Cow::Owned(name.to_string()));
-        for idx in rest.split('[') {
-            if let Ok(i) = idx.trim_end_matches(']').parse::<i64>() {
-                path.add_index(i);
+        let one = first && nested.iter().any(|n| n.strip_suffix("[0]") == Some(name));
+        if one {
+            path.add_index(0);
+        } else {
+            for idx in rest.split('[') {
+                if let Ok(i) = idx.trim_end_matches(']').parse::<i64>() {
+                    path.add_index(i);
+                }
             }
         }
-        if first && !nested.contains(&name) {
+        if first && !one && !nested.contains(&name) {
             break;
         }
         first = false;
@@ -255,5 +262,37 @@ pub fn report(diags: &mut Diagnostics, cx: &Context<'_>, a: &Answer) {
             format!("{detail}\n{field}: {message}{suffix}"),
             field_path(&field, cx.nested),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_fields_are_block_paths() {
+        let nested = &["frontends", "backends", "session_affinity[0]"];
+        let p = |f: &str| field_path(f, nested);
+        assert_eq!(
+            p("frontends[0].vip"),
+            AttributePath::new("frontends").index(0).attribute("vip")
+        );
+        assert_eq!(
+            p("backends[2].port"),
+            AttributePath::new("backends").index(2).attribute("port")
+        );
+        assert_eq!(
+            p("session_affinity.timeout_seconds"),
+            AttributePath::new("session_affinity")
+                .index(0)
+                .attribute("timeout_seconds")
+        );
+        assert_eq!(
+            p("session_affinity"),
+            AttributePath::new("session_affinity").index(0)
+        );
+        assert_eq!(p("frontends"), AttributePath::new("frontends"));
+        // Not nested: the top-level attribute only.
+        assert_eq!(p("labels.x"), AttributePath::new("labels"));
     }
 }

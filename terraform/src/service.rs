@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde_json::{json, Value as J};
-use tf_provider::schema::{Attribute, AttributeConstraint::*, AttributeType};
+use tf_provider::schema::{Attribute, AttributeConstraint::*, AttributeType, Block, NestedBlock};
 use tf_provider::{map, AttributePath, Diagnostics};
 use weft_model::service::ServiceSpec;
 
@@ -14,7 +14,17 @@ use crate::rest::{attr, labels_of, str_of, string_map, validate_name_labels, Kin
 
 pub struct Service;
 
-const NESTED: &[&str] = &["frontends", "backends", "session_affinity"];
+/// The blocks; `session_affinity` is at most one block (a list of 0 or 1 in Terraform, an
+/// object or null in the API).
+const NESTED: &[&str] = &["frontends", "backends", "session_affinity[0]"];
+
+fn block(description: &str, attributes: HashMap<String, Attribute>) -> Block {
+    Block {
+        description: description.into(),
+        attributes,
+        ..Default::default()
+    }
+}
 
 impl Kind for Service {
     fn type_name(&self) -> &'static str {
@@ -36,28 +46,35 @@ impl Kind for Service {
         true
     }
     fn attributes(&self) -> HashMap<String, Attribute> {
-        use AttributeType::{Number, String as Str};
+        use AttributeType::String as Str;
         map! {
             "cluster" => attr(Str, Required, "the cluster (name or id); a change replaces the service"),
             "name" => attr(Str, Required, "unique in the cluster; a DNS label"),
             "labels" => attr(string_map(), Optional, "labels"),
-            "frontends" => attr(AttributeType::AttributeList(map! {
+            "algorithm" => attr(Str, Optional, "random (default) or maglev"),
+            "wait_for_realization" => attr(AttributeType::Bool, Optional,
+                "after a write, wait (5m) until every node applies it"),
+        }
+    }
+    fn blocks(&self) -> HashMap<String, NestedBlock> {
+        use AttributeType::{Number, String as Str};
+        // tf-provider 0.2.2 sets no min_items on a list block: "at least one frontend" is
+        // checked in `validate` (weft-model's rule, on the `frontends` line).
+        map! {
+            "frontends" => NestedBlock::List(block("a virtual address clients connect to (one or more)", map! {
                 "vip" => attr(Str, Required, "virtual IP"),
                 "port" => attr(Number, Required, "1 to 65535"),
                 "protocol" => attr(Str, Required, "TCP or UDP"),
-            }), Required, "virtual addresses clients connect to"),
-            "backends" => attr(AttributeType::AttributeList(map! {
+            })),
+            "backends" => NestedBlock::List(block("a real address serving the frontends (order kept)", map! {
                 "address" => attr(Str, Required, "backend IP"),
                 "port" => attr(Number, Required, "1 to 65535"),
                 "weight" => attr(Number, Optional, "relative share of new connections (default 1; 0 drains)"),
                 "state" => attr(Str, Optional, "active (default), terminating, quarantined, maintenance"),
-            }), Optional, "real addresses serving the frontends (order kept)"),
-            "algorithm" => attr(Str, Optional, "random (default) or maglev"),
-            "session_affinity" => attr(AttributeType::AttributeSingle(map! {
+            })),
+            "session_affinity" => NestedBlock::Optional(block("client-IP affinity (at most one)", map! {
                 "timeout_seconds" => attr(Number, Required, "1 to 86400"),
-            }), Optional, "client-IP affinity"),
-            "wait_for_realization" => attr(AttributeType::Bool, Optional,
-                "after a write, wait (5m) until every node applies it"),
+            })),
         }
     }
     fn validate(&self, config: &BTreeMap<String, Option<J>>, diags: &mut Diagnostics) {
@@ -79,6 +96,14 @@ impl Kind for Service {
                     }
                 }
             }
+        }
+        if matches!(get("frontends"), Some(J::Array(f)) if f.is_empty()) {
+            bad = true;
+            diags.error(
+                "Invalid service",
+                "frontends: a service needs at least one frontends block",
+                AttributePath::new("frontends"),
+            );
         }
         if bad {
             return;
@@ -158,11 +183,6 @@ impl Kind for Service {
                 })
             })
             .collect();
-        let backends = if backends.is_empty() && prior.is_none_or(|p| p["backends"].is_null()) {
-            J::Null
-        } else {
-            J::Array(backends)
-        };
         let algorithm =
             if api["algorithm"] == "random" && prior.is_none_or(|p| p["algorithm"].is_null()) {
                 J::Null
@@ -184,7 +204,11 @@ impl Kind for Service {
             "frontends": frontends,
             "backends": backends,
             "algorithm": algorithm,
-            "session_affinity": api["session_affinity"],
+            // At most one block: a list of 0 or 1.
+            "session_affinity": match &api["session_affinity"] {
+                J::Null => json!([]),
+                a => json!([{"timeout_seconds": a["timeout_seconds"]}]),
+            },
             "wait_for_realization": prior.map_or(J::Null, |p| p["wait_for_realization"].clone()),
         })
     }
@@ -209,14 +233,21 @@ fn spec_doc(s: &J) -> J {
         })
         .collect();
     let mut doc = json!({
-        "frontends": s["frontends"],
+        "frontends": if s["frontends"].is_null() { json!([]) } else { s["frontends"].clone() },
         "backends": backends,
     });
     if !s["algorithm"].is_null() {
         doc["algorithm"] = s["algorithm"].clone();
     }
-    if !s["session_affinity"].is_null() {
-        doc["session_affinity"] = s["session_affinity"].clone();
+    // The at-most-one block is a list of 0 or 1 in Terraform, an object in the API.
+    match &s["session_affinity"] {
+        J::Array(a) => {
+            if let Some(one) = a.first() {
+                doc["session_affinity"] = one.clone();
+            }
+        }
+        J::Null => {}
+        one => doc["session_affinity"] = one.clone(),
     }
     doc
 }

@@ -56,13 +56,25 @@ fn service(cluster: &str) -> String {
     format!(
         r#"
 resource "weft_service" "api" {{
-  cluster   = {cluster}
-  name      = "api"
-  frontends = [{{ vip = "10.96.0.10", port = 80, protocol = "TCP" }}]
-  backends  = [
-    {{ address = "10.0.1.5", port = 8080 }},
-    {{ address = "10.0.1.6", port = 8080, weight = 3 }},
-  ]
+  cluster = {cluster}
+  name    = "api"
+  frontends {{
+    vip      = "10.96.0.10"
+    port     = 80
+    protocol = "TCP"
+  }}
+  backends {{
+    address = "10.0.1.5"
+    port    = 8080
+  }}
+  backends {{
+    address = "10.0.1.6"
+    port    = 8080
+    weight  = 3
+  }}
+  session_affinity {{
+    timeout_seconds = 300
+  }}
 }}
 "#
     )
@@ -103,6 +115,7 @@ async fn policy_and_service_create_no_diff_in_place_replace_drift_destroy() {
     let (s, svc) = get(&api, &token, "/clusters/prod/services/api").await;
     assert_eq!(s, 200, "{svc}");
     assert_eq!(svc["backends"][1]["weight"], 3);
+    assert_eq!(svc["session_affinity"], json!({"timeout_seconds": 300}));
     let creates: Vec<String> = audit(&api, &token)
         .await
         .iter()
@@ -295,10 +308,17 @@ resource "weft_policy" "web" {{
   spec = {SPEC}
 }}
 resource "weft_service" "api" {{
-  cluster   = "prod"
-  name      = "api"
-  frontends = [{{ vip = "10.96.0.10", port = 80, protocol = "TCP" }}]
-  backends  = [{{ address = "10.0.1.5", port = 8080 }}]
+  cluster = "prod"
+  name    = "api"
+  frontends {{
+    vip      = "10.96.0.10"
+    port     = 80
+    protocol = "TCP"
+  }}
+  backends {{
+    address = "10.0.1.5"
+    port    = 8080
+  }}
 }}
 "#
     ));
@@ -398,7 +418,7 @@ async fn bad_input_fails_at_plan_on_its_attribute_and_writes_nothing() {
     let token = api.tenant("acme", "editor").await;
     let ws = Workspace::new(&api, &token);
     let before = audit(&api, &token).await.len();
-    let cases: [(&str, &[&str], usize); 5] = [
+    let cases: [(&str, &[&str], usize); 7] = [
         (
             "resource \"weft_policy\" \"p\" {\n  name = \"p\"\n  spec = jsonencode({\n    endpointSelector = {}\n    ingress = [{ fromCIDR = [\"10.0.0.0/33\"] }]\n  })\n}\n",
             &["Invalid policy spec", "ingress[0].fromCIDR[0]", "10.0.0.0/33"],
@@ -420,9 +440,19 @@ async fn bad_input_fails_at_plan_on_its_attribute_and_writes_nothing() {
             3,
         ),
         (
-            "resource \"weft_service\" \"s\" {\n  cluster   = \"prod\"\n  name      = \"s\"\n  frontends = [{ vip = \"10.96.0.300\", port = 80, protocol = \"TCP\" }]\n}\n",
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends {\n    vip      = \"10.96.0.300\"\n    port     = 80\n    protocol = \"TCP\"\n  }\n}\n",
             &["frontends[0].vip", "not an IP address"],
-            4,
+            5,
+        ),
+        (
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends {\n    vip      = \"10.96.0.10\"\n    port     = 80\n    protocol = \"TCP\"\n  }\n  session_affinity {\n    timeout_seconds = 0\n  }\n}\n",
+            &["session_affinity.timeout_seconds"],
+            10,
+        ),
+        (
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n}\n",
+            &["frontends"],
+            1,
         ),
     ];
     for (config, wanted, line) in cases {

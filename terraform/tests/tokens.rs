@@ -220,9 +220,13 @@ resource "weft_policy" "web" {
   spec = jsonencode({ endpointSelector = { matchLabels = { app = "web" } } })
 }
 resource "weft_service" "api" {
-  cluster   = weft_cluster.prod.id
-  name      = "api"
-  frontends = [{ vip = "10.96.0.10", port = 80, protocol = "TCP" }]
+  cluster = weft_cluster.prod.id
+  name    = "api"
+  frontends {
+    vip      = "10.96.0.10"
+    port     = 80
+    protocol = "TCP"
+  }
 }
 "#
     );
