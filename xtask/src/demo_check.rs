@@ -112,6 +112,7 @@ fn checks() -> Result<()> {
         !left.contains("weft-ct-run"),
         "the connectivity test left policies behind: {left}"
     );
+    crate::terraform::demo_quickstart(&env["WEFT_API_URL"], &env["WEFT_TOKEN"])?;
     crate::console::e2e()?;
     Ok(())
 }

@@ -13,6 +13,7 @@ mod oidc;
 mod pg;
 mod schemathesis;
 mod sh;
+mod terraform;
 mod test;
 
 use std::process::Command;

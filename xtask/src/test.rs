@@ -67,16 +67,19 @@ pub fn ensure_nextest() -> Result<()> {
     Ok(())
 }
 
-/// protoc checks that the checked-in gRPC code matches the contract.
+/// protoc checks that the checked-in gRPC code matches the contract; the Terraform
+/// provider's tf-provider crate also compiles tfplugin6, which imports protobuf's
+/// well-known types (libprotobuf-dev).
 pub fn ensure_protoc() -> Result<()> {
     if Command::new("protoc")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+        && std::path::Path::new("/usr/include/google/protobuf/empty.proto").exists()
     {
         return Ok(());
     }
-    sh::apt_install(&["protobuf-compiler"])
+    sh::apt_install(&["protobuf-compiler", "libprotobuf-dev"])
 }
 
 pub fn test(args: &[String]) -> Result<()> {
@@ -109,6 +112,7 @@ pub fn test(args: &[String]) -> Result<()> {
         .map(|c| c.url("postgres"))
         .unwrap_or_default();
     let (provider, oidc_env) = oidc::start_for_tests(&pg.dir.join("oidc"))?;
+    crate::terraform::prepare()?; // sets WEFT_TERRAFORM for the provider's tests
     eprintln!("xtask: cargo nextest run --workspace");
     let passthrough: Vec<&String> = args
         .iter()

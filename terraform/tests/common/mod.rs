@@ -1,0 +1,193 @@
+//! The harness of the provider tests (after `cli/tests/common`): a real control-api on a
+//! loopback port over a fresh database on the private PostgreSQL of `cargo xtask test`, and
+//! the real terraform (`$WEFT_TERRAFORM`, never one on PATH) running this provider through a
+//! per-test CLI configuration with `dev_overrides`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use control_api::state::AppState;
+use serde_json::{json, Value};
+
+pub const OPERATOR: &str = "operator-token-for-terraform-tests-0123456789";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `cargo xtask test`, which starts PostgreSQL and installs terraform")
+    })
+}
+
+pub struct Api {
+    pub url: String,
+    pub state: AppState,
+}
+
+impl Api {
+    pub async fn start() -> Api {
+        let url = env("WEFT_TEST_DATABASE_URL");
+        let name = format!("tf_{}", uuid_like());
+        let db_url = control_api::db::create_database(&url, &name)
+            .await
+            .expect("create the test database");
+        control_api::db::migrate(&db_url).await.expect("migrate");
+        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        let state = AppState::new(
+            pool,
+            Some(control_api::auth::hash_token(OPERATOR)),
+            None,
+            control_api::ratelimit::FailureLimiter::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = control_api::app::app(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Api {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// A REST call as the test itself (setting the scene, checking what terraform did).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.url),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a tenant and returns an API token of `role` for it.
+    pub async fn tenant(&self, name: &str, role: &str) -> String {
+        let (s, b) = self
+            .call("POST", "/v1/tenants", OPERATOR, Some(json!({"name": name})))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = self
+            .call(
+                "POST",
+                &format!("/v1/tenants/{name}/api-tokens"),
+                OPERATOR,
+                Some(json!({"name": format!("tf-{role}"), "role": role})),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b["token"].as_str().expect("token").to_string()
+    }
+}
+
+/// What one terraform run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "terraform failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A terraform working directory whose CLI configuration points `weft/weft` at this build.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    api_url: String,
+    token: String,
+    /// `WEFT_TENANT`, when set.
+    pub tenant: Option<String>,
+}
+
+impl Workspace {
+    pub fn new(api: &Api, token: &str) -> Workspace {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = Path::new(env!("CARGO_BIN_EXE_terraform-provider-weft"));
+        let rc = format!(
+            "provider_installation {{\n  dev_overrides {{\n    \"weft/weft\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
+            bin.parent().expect("bin dir").display()
+        );
+        std::fs::write(dir.path().join("terraform.rc"), rc).expect("write terraform.rc");
+        Workspace {
+            dir,
+            api_url: api.url.clone(),
+            token: token.to_string(),
+            tenant: None,
+        }
+    }
+
+    /// Writes main.tf: the provider block (settings from the environment) plus `resources`.
+    pub fn config(&self, resources: &str) {
+        let text = format!(
+            "terraform {{\n  required_providers {{\n    weft = {{ source = \"weft/weft\" }}\n  }}\n}}\n\nprovider \"weft\" {{}}\n\n{resources}\n"
+        );
+        std::fs::write(self.dir.path().join("main.tf"), text).expect("write main.tf");
+    }
+
+    pub async fn terraform(&self, args: &[&str]) -> Run {
+        let mut cmd = tokio::process::Command::new(env("WEFT_TERRAFORM"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", self.dir.path().join("terraform.rc"))
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("WEFT_API_URL", &self.api_url)
+            .env("WEFT_TOKEN", &self.token)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(t) = &self.tenant {
+            cmd.env("WEFT_TENANT", t);
+        }
+        let out = cmd.output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(300), out)
+            .await
+            .expect("terraform finishes within 5 minutes")
+            .expect("terraform runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub async fn apply(&self) -> Run {
+        self.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"])
+            .await
+    }
+
+    /// `plan -detailed-exitcode`: 0 = no changes, 2 = changes, 1 = error.
+    pub async fn plan(&self) -> Run {
+        self.terraform(&["plan", "-detailed-exitcode", "-input=false", "-no-color"])
+            .await
+    }
+}
+
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
