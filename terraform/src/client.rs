@@ -187,10 +187,9 @@ pub struct Context<'a> {
     pub nested: &'a [&'a str],
 }
 
-/// Turns a `field` such as `frontends[0].vip` into an attribute path: into nested blocks
-/// (`nested`), else the top-level attribute (with its index, if any). A block listed as
-/// `name[0]` is an at-most-one block (a list in Terraform) for the API's single object:
-/// `session_affinity.timeout_seconds` is `session_affinity[0].timeout_seconds`.
+/// Turns a `field` such as `frontends[0].vip` into an attribute path: its steps into the
+/// attributes of `nested` (whose values are lists and objects), else the top-level attribute
+/// (with its index, if any).
 pub fn field_path(field: &str, nested: &[&str]) -> AttributePath {
     let mut path = AttributePath::root();
     let mut first = true;
@@ -200,17 +199,12 @@ pub fn field_path(field: &str, nested: &[&str]) -> AttributePath {
             break;
         }
         path.add_attribute(Cow::Owned(name.to_string()));
-        let one = first && nested.iter().any(|n| n.strip_suffix("[0]") == Some(name));
-        if one {
-            path.add_index(0);
-        } else {
-            for idx in rest.split('[') {
-                if let Ok(i) = idx.trim_end_matches(']').parse::<i64>() {
-                    path.add_index(i);
-                }
+        for idx in rest.split('[') {
+            if let Ok(i) = idx.trim_end_matches(']').parse::<i64>() {
+                path.add_index(i);
             }
         }
-        if first && !one && !nested.contains(&name) {
+        if first && !nested.contains(&name) {
             break;
         }
         first = false;
@@ -270,8 +264,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_fields_are_block_paths() {
-        let nested = &["frontends", "backends", "session_affinity[0]"];
+    fn api_fields_are_attribute_paths() {
+        let nested = &["frontends", "backends", "session_affinity"];
         let p = |f: &str| field_path(f, nested);
         assert_eq!(
             p("frontends[0].vip"),
@@ -283,13 +277,11 @@ mod tests {
         );
         assert_eq!(
             p("session_affinity.timeout_seconds"),
-            AttributePath::new("session_affinity")
-                .index(0)
-                .attribute("timeout_seconds")
+            AttributePath::new("session_affinity").attribute("timeout_seconds")
         );
         assert_eq!(
             p("session_affinity"),
-            AttributePath::new("session_affinity").index(0)
+            AttributePath::new("session_affinity")
         );
         assert_eq!(p("frontends"), AttributePath::new("frontends"));
         // Not nested: the top-level attribute only.

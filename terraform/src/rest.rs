@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Map, Value as J};
 use tf_provider::schema::{
-    Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
+    Attribute, AttributeConstraint, AttributeType, Block, Description, Schema,
 };
 use tf_provider::value::{Value as TfValue, ValueAny, ValueEmpty, ValueNumber};
 use tf_provider::{AttributePath, Diagnostics, Resource};
@@ -44,13 +44,9 @@ pub trait Kind: Send + Sync + 'static {
     fn description(&self) -> &'static str;
     /// Attributes besides the computed `id`.
     fn attributes(&self) -> HashMap<String, Attribute>;
-    /// Nested blocks (`frontends { ... }`). Not nested attributes: tf-provider 0.2.2 sends
-    /// those with both `type` and `nested_type`, which Terraform refuses.
-    fn blocks(&self) -> HashMap<String, NestedBlock> {
-        HashMap::new()
-    }
-    /// Blocks whose API field errors may point inside them; `name[0]` for an at-most-one
-    /// block (a list of 0 or 1) that is a single object in the API.
+    /// Attributes whose API field errors may point inside them (`frontends[0].vip`).
+    /// No nested attributes or blocks: tf-provider 0.2.2 sends nested attributes with both
+    /// `type` and `nested_type`, which Terraform refuses; such attributes are `dynamic`.
     fn nested(&self) -> &'static [&'static str] {
         &[]
     }
@@ -166,7 +162,6 @@ pub struct Rest<K: Kind>(pub Shared, pub K);
 impl<K: Kind> Rest<K> {
     fn names(&self) -> Vec<String> {
         let mut n: Vec<String> = self.1.attributes().into_keys().collect();
-        n.extend(self.1.blocks().into_keys());
         n.push("id".into());
         n
     }
@@ -305,7 +300,6 @@ impl<K: Kind> Resource for Rest<K> {
             block: Block {
                 description: Description::plain(self.1.description()),
                 attributes,
-                blocks: self.1.blocks(),
                 ..Default::default()
             },
         })

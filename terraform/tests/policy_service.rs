@@ -58,23 +58,12 @@ fn service(cluster: &str) -> String {
 resource "weft_service" "api" {{
   cluster = {cluster}
   name    = "api"
-  frontends {{
-    vip      = "10.96.0.10"
-    port     = 80
-    protocol = "TCP"
-  }}
-  backends {{
-    address = "10.0.1.5"
-    port    = 8080
-  }}
-  backends {{
-    address = "10.0.1.6"
-    port    = 8080
-    weight  = 3
-  }}
-  session_affinity {{
-    timeout_seconds = 300
-  }}
+  frontends = [{{ vip = "10.96.0.10", port = 80, protocol = "TCP" }}]
+  backends = [
+    {{ address = "10.0.1.5", port = 8080 }},
+    {{ address = "10.0.1.6", port = 8080, weight = 3 }},
+  ]
+  session_affinity = {{ timeout_seconds = 300 }}
 }}
 "#
     )
@@ -212,6 +201,32 @@ async fn policy_and_service_create_no_diff_in_place_replace_drift_destroy() {
     assert_ne!(moved["id"], old_service.as_str());
     assert_eq!(ws.plan().await.code, 0);
 
+    // Drift of a service's backends: the plan shows it, apply writes the config's back.
+    let (s, b) = api
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/staging/services/api",
+            &token,
+            Some(json!({"backends": [
+                {"address": "10.0.1.5", "port": 8080},
+                {"address": "10.0.1.6", "port": 8080, "weight": 5},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("0 to add, 1 to change, 0 to destroy")
+            && plan.stdout.contains("~ resource \"weft_service\" \"api\""),
+        "{}",
+        plan.stdout
+    );
+    ws.apply().await.ok();
+    let (_, svc) = get(&api, &token, "/clusters/staging/services/api").await;
+    assert_eq!(svc["backends"][1]["weight"], 3, "{svc}");
+    assert_eq!(ws.plan().await.code, 0);
+
     // Drift: a REST PATCH of the policy's spec and a deleted service show in the plan.
     let (s, b) = api
         .call(
@@ -310,15 +325,8 @@ resource "weft_policy" "web" {{
 resource "weft_service" "api" {{
   cluster = "prod"
   name    = "api"
-  frontends {{
-    vip      = "10.96.0.10"
-    port     = 80
-    protocol = "TCP"
-  }}
-  backends {{
-    address = "10.0.1.5"
-    port    = 8080
-  }}
+  frontends = [{{ vip = "10.96.0.10", port = 80, protocol = "TCP" }}]
+  backends  = [{{ address = "10.0.1.5", port = 8080 }}]
 }}
 "#
     ));
@@ -418,7 +426,7 @@ async fn bad_input_fails_at_plan_on_its_attribute_and_writes_nothing() {
     let token = api.tenant("acme", "editor").await;
     let ws = Workspace::new(&api, &token);
     let before = audit(&api, &token).await.len();
-    let cases: [(&str, &[&str], usize); 7] = [
+    let cases: [(&str, &[&str], usize); 11] = [
         (
             "resource \"weft_policy\" \"p\" {\n  name = \"p\"\n  spec = jsonencode({\n    endpointSelector = {}\n    ingress = [{ fromCIDR = [\"10.0.0.0/33\"] }]\n  })\n}\n",
             &["Invalid policy spec", "ingress[0].fromCIDR[0]", "10.0.0.0/33"],
@@ -440,14 +448,35 @@ async fn bad_input_fails_at_plan_on_its_attribute_and_writes_nothing() {
             3,
         ),
         (
-            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends {\n    vip      = \"10.96.0.300\"\n    port     = 80\n    protocol = \"TCP\"\n  }\n}\n",
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends = [{ vip = \"10.96.0.300\", port = 80, protocol = \"TCP\" }]\n}\n",
             &["frontends[0].vip", "not an IP address"],
+            4,
+        ),
+        (
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends = [{ vip = \"10.96.0.10\", port = 80, protocol = \"TCP\" }]\n  session_affinity = { timeout_seconds = 0 }\n}\n",
+            &["session_affinity.timeout_seconds", "1-86400"],
             5,
         ),
         (
-            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends {\n    vip      = \"10.96.0.10\"\n    port     = 80\n    protocol = \"TCP\"\n  }\n  session_affinity {\n    timeout_seconds = 0\n  }\n}\n",
-            &["session_affinity.timeout_seconds"],
-            10,
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends = [{ vip = \"10.96.0.10\", port = 80, protocol = \"TCP\" }]\n  backends = [\n    { address = \"10.0.1.5\", port = 8080 },\n    { address = \"10.0.1.6\", port = 70000 },\n  ]\n}\n",
+            // Terraform resolves the element steps: the second backend's line.
+            &["backends[1].port: must be a number 1-65535"],
+            7,
+        ),
+        (
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends = [{ vip = \"10.96.0.10\", port = 80 }]\n}\n",
+            &["frontends[0].protocol: required"],
+            4,
+        ),
+        (
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends = { vip = \"10.96.0.10\", port = 80, protocol = \"TCP\" }\n}\n",
+            &["frontends: must be a list of objects"],
+            4,
+        ),
+        (
+            "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n  frontends = [{ vip = \"10.96.0.10\", port = 80, protocol = \"TCP\" }]\n  backends = [{ address = \"10.96.0.10\", port = 80 }]\n}\n",
+            &["backends[0]"],
+            5,
         ),
         (
             "resource \"weft_service\" \"s\" {\n  cluster = \"prod\"\n  name    = \"s\"\n}\n",

@@ -222,11 +222,7 @@ resource "weft_policy" "web" {
 resource "weft_service" "api" {
   cluster = weft_cluster.prod.id
   name    = "api"
-  frontends {
-    vip      = "10.96.0.10"
-    port     = 80
-    protocol = "TCP"
-  }
+  frontends = [{ vip = "10.96.0.10", port = 80, protocol = "TCP" }]
 }
 "#
     );

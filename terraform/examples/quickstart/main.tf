@@ -36,20 +36,11 @@ resource "weft_service" "api" {
   cluster = data.weft_cluster.demo.id
   name    = "tf-api"
   labels  = { app = "api" }
-  frontends {
-    vip      = "10.96.0.80"
-    port     = 80
-    protocol = "TCP"
-  }
-  backends {
-    address = "10.0.1.10"
-    port    = 8080
-  }
-  backends {
-    address = "10.0.2.10"
-    port    = 8080
-    weight  = 2
-  }
+  frontends = [{ vip = "10.96.0.80", port = 80, protocol = "TCP" }]
+  backends = [
+    { address = "10.0.1.10", port = 8080 },
+    { address = "10.0.2.10", port = 8080, weight = 2 },
+  ]
   algorithm            = "maglev"
   wait_for_realization = true
 }
