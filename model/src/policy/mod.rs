@@ -234,8 +234,11 @@ pub struct PortProtocol {
     /// A number (`0` or absent: any port) or a named port of the destination endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<Port>,
-    /// Last port of a range starting at `port`.
+    /// Last port of a range starting at `port` (0–65535). Cross-field rules the schema
+    /// cannot state: it needs a non-zero numeric `port` (not a named one) and may not be
+    /// lower than it (0 with no `port` means any port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 65535)]
     pub end_port: Option<i64>,
     #[serde(default, skip_serializing_if = "Protocol::is_any")]
     pub protocol: Protocol,

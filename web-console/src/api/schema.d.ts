@@ -1710,7 +1710,9 @@ export interface components {
             port?: null | components["schemas"]["Port"];
             /**
              * Format: int64
-             * @description Last port of a range starting at `port`.
+             * @description Last port of a range starting at `port` (0–65535). Cross-field rules the schema
+             *     cannot state: it needs a non-zero numeric `port` (not a named one) and may not be
+             *     lower than it (0 with no `port` means any port).
              */
             endPort?: number | null;
             protocol?: components["schemas"]["Protocol"];
