@@ -546,6 +546,35 @@ fn line_server(ns: &NetNs, port: u16) -> mpsc::Receiver<String> {
     rx
 }
 
+/// a (identity 100) -> b (200), connected on `port`: b enforces ingress (allows a on
+/// `port`) and egress (no rule: its packets leave only as replies). Returns a's stream and
+/// what b's server reads.
+fn established_a_to_b(
+    dp: &mut Datapath,
+    topo: &Topology,
+    port: u16,
+) -> (TcpStream, mpsc::Receiver<String>) {
+    dp.apply_endpoint(&endpoint(1, topo, 100, false, false))
+        .unwrap();
+    dp.apply_endpoint(&endpoint(2, topo, 200, true, true))
+        .unwrap();
+    dp.apply_policy(
+        2,
+        &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, port)],
+    )
+    .unwrap();
+    let lines = line_server(&topo.pods[1].ns, port);
+    let b = topo.pods[1].ip;
+    let s = topo.pods[0]
+        .ns
+        .spawn(move || TcpStream::connect_timeout(&SocketAddrV4::new(b, port).into(), T))
+        .join()
+        .unwrap()
+        .unwrap()
+        .expect("connect");
+    (s, lines)
+}
+
 #[test]
 fn policy_change_drops_established_connection_within_a_second() {
     if !bpf_available("policy_change_drops_established_connection_within_a_second") {
@@ -555,26 +584,7 @@ fn policy_change_drops_established_connection_within_a_second() {
     let pins = PinDir::create("t").unwrap();
     let mut dp = load(&pins);
     attach_all(&dp, &topo);
-    // a (100) -> b (200); b enforces ingress (allows a on 7200) and egress (no rule: its
-    // packets leave only as replies).
-    dp.apply_endpoint(&endpoint(1, &topo, 100, false, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(2, &topo, 200, true, true))
-        .unwrap();
-    dp.apply_policy(
-        2,
-        &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7200)],
-    )
-    .unwrap();
-    let lines = line_server(&topo.pods[1].ns, 7200);
-    let b = topo.pods[1].ip;
-    let mut s = topo.pods[0]
-        .ns
-        .spawn(move || TcpStream::connect_timeout(&SocketAddrV4::new(b, 7200).into(), T))
-        .join()
-        .unwrap()
-        .unwrap()
-        .expect("connect");
+    let (mut s, lines) = established_a_to_b(&mut dp, &topo, 7200);
     s.set_read_timeout(Some(T)).unwrap();
     s.write_all(b"one\n").unwrap();
     assert_eq!(lines.recv_timeout(T).unwrap(), "one\n");
@@ -878,25 +888,7 @@ fn peer_identity_change_drops_established_connection() {
     let pins = PinDir::create("t").unwrap();
     let mut dp = load(&pins);
     attach_all(&dp, &topo);
-    dp.apply_endpoint(&endpoint(1, &topo, 100, false, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(2, &topo, 200, true, true))
-        .unwrap();
-    dp.apply_policy(
-        2,
-        &[rule(Direction::Ingress, Some(100), c::PROTO_TCP, 7201)],
-    )
-    .unwrap();
-    dp.recheck_connections().unwrap();
-    let lines = line_server(&topo.pods[1].ns, 7201);
-    let b = topo.pods[1].ip;
-    let mut s = topo.pods[0]
-        .ns
-        .spawn(move || TcpStream::connect_timeout(&SocketAddrV4::new(b, 7201).into(), T))
-        .join()
-        .unwrap()
-        .unwrap()
-        .expect("connect");
+    let (mut s, lines) = established_a_to_b(&mut dp, &topo, 7201);
     s.write_all(b"one\n").unwrap();
     assert_eq!(lines.recv_timeout(T).unwrap(), "one\n");
 
