@@ -45,9 +45,14 @@ impl<S: Send + Sync> FromRequest<S> for YamlBody {
             ],
         )?;
         let bytes = body_bytes(req, state).await?;
-        String::from_utf8(bytes.to_vec())
-            .map(YamlBody)
-            .map_err(|e| ApiError::BadBody(format!("body is not UTF-8: {e}")))
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|e| ApiError::BadBody(format!("body is not UTF-8: {e}")))?;
+        if text.contains('\0') {
+            return Err(ApiError::BadBody(
+                "body must not contain the NUL character (U+0000)".into(),
+            ));
+        }
+        Ok(YamlBody(text))
     }
 }
 
@@ -94,6 +99,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut doc: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadBody(format!("invalid JSON: {e}")))?;
     integral_floats(&mut doc);
+    if let Some(field) = nul_at(&doc, String::new()) {
+        return Err(ApiError::invalid_field(
+            if field.is_empty() {
+                "body".into()
+            } else {
+                field
+            },
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -129,6 +144,32 @@ fn integral_floats(v: &mut serde_json::Value) {
     }
 }
 
+/// The path of the first string (value or key) holding U+0000, which PostgreSQL text cannot
+/// store: such input is refused by name here rather than failing at the database.
+pub fn nul_at(v: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Some(path),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_at(x, format!("{path}[{i}]"))),
+        Value::Object(o) => o.iter().find_map(|(k, x)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(p)
+            } else {
+                nul_at(x, p)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// serde_json appends " at line 1 column 42" to data errors; the field path says more.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -160,5 +201,39 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
                 format!("{text:?} is not an ETag this API issued (expected a value like \"\\\"42\\\"\")"),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Doc {
+        from: Option<String>,
+        #[serde(default)]
+        rules: Vec<std::collections::BTreeMap<String, String>>,
+    }
+
+    fn field_of(body: &str) -> Option<String> {
+        match parse_json::<Doc>(body.as_bytes()) {
+            Err(ApiError::Validation { errors, .. }) => errors.first().map(|e| e.field.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_naming_where() {
+        assert_eq!(field_of(r#"{"from":"a\u0000b"}"#).as_deref(), Some("from"));
+        assert_eq!(
+            field_of(r#"{"rules":[{"k":"v"},{"k":"\u0000"}]}"#).as_deref(),
+            Some("rules[1].k")
+        );
+        assert_eq!(
+            field_of(r#"{"rules":[{"k\u0000":"v"}]}"#).as_deref(),
+            Some("rules[0].k\u{0}")
+        );
+        assert!(parse_json::<Doc>(br#"{"from":"ab","rules":[{"k":"v"}]}"#).is_ok());
     }
 }

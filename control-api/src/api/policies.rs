@@ -651,6 +651,21 @@ async fn import_policies(
         })
         .collect();
     common::finish(dups)?;
+    // YAML's "\0" escape reaches here; PostgreSQL cannot store it.
+    let nul: Vec<FieldError> = imported
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let doc = serde_json::to_value((&p.labels, &p.specs)).ok()?;
+            crate::extract::nul_at(&doc, String::new()).map(|_| {
+                FieldError::new(
+                    format!("documents[{i}]"),
+                    "must not contain the NUL character (U+0000)",
+                )
+            })
+        })
+        .collect();
+    common::finish(nul)?;
     // Conditions per document, with paths as the document wrote them (`spec` or `specs[i]`).
     let mut conditions = Vec::new();
     for (i, p) in imported.iter().enumerate() {
