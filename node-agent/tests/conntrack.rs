@@ -658,9 +658,10 @@ fn policy_change_drops_established_connection_within_a_second() {
 }
 
 /// While the agent switches an endpoint between two policies, a datagram that both deny never
-/// arrives and one that both allow is never dropped (denies are written before allows on
-/// add, allows removed before denies on removal). Real UDP from two pod namespaces, every
-/// datagram a new connection (zero conntrack timeouts), while the maps change.
+/// arrives and one that both allow is never dropped (each packet sees one whole policy: the
+/// agent writes the other generation, flips, and deletes the old one after a grace period).
+/// Real UDP from two pod namespaces, every datagram a new connection (zero conntrack
+/// timeouts), while the maps change.
 #[test]
 fn no_intermediate_state_is_more_permissive_or_drops_what_both_allow() {
     if !bpf_available("no_intermediate_state_is_more_permissive_or_drops_what_both_allow") {
@@ -858,7 +859,8 @@ fn failed_map_write_fails_the_apply_and_never_widens() {
         .collect();
     let err = dp.apply_policy(1, &big).expect_err("the map is full");
     println!("apply failed as expected: {err}");
-    // The deny went in first; the old allow is still there; y on 23 stays dropped.
+    // Nothing of the new policy is in force: the old allow is still there, y on 23 stays
+    // dropped, and the half-written generation is gone.
     let r = dp
         .test_run(
             c::progs::TO_ENDPOINT,
@@ -875,6 +877,11 @@ fn failed_map_write_fails_the_apply_and_never_widens() {
         )
         .unwrap();
     assert_eq!(r.retval, TC_ACT_OK, "the old allow is still in place");
+    assert_eq!(
+        dp.maps.policy.keys().count(),
+        1,
+        "only the old entry is left in the map"
+    );
 }
 
 /// A peer whose identity changes (relabelled: its ipcache entry now names another

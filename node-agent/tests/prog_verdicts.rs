@@ -1024,3 +1024,40 @@ fn ipv6_policy_conntrack_and_neighbour_discovery() {
     dp.remove_endpoint(1, EP1).unwrap();
     assert!(dp.maps.list_endpoints().unwrap().is_empty());
 }
+
+/// An agent stopped between a policy flip and the deletion of the old generation: the next
+/// agent keeps the generation in force, deletes the other, and enforces the newer policy.
+#[test]
+fn restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation() {
+    if !bpf_available("restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation") {
+        return;
+    }
+    let pins = PinDir::create("t").unwrap();
+    let mut dp = setup(&pins);
+    let allow = |port: u16| {
+        entry(
+            Direction::Egress,
+            None,
+            Some(6),
+            Some((port, port)),
+            Action::Allow,
+        )
+    };
+    dp.apply_policy(1, &[allow(80), allow(81)]).unwrap();
+    dp.settle_policy().unwrap();
+    dp.apply_policy(1, &[allow(443)]).unwrap();
+    // Not settled: both generations are in the map; only the one in force is listed.
+    assert_eq!(dp.maps.policy.keys().count(), 3);
+    assert_eq!(dp.maps.list_policy(1).unwrap().len(), 1);
+    drop(dp);
+
+    let dp = load(&pins);
+    assert_eq!(
+        dp.maps.policy.keys().count(),
+        1,
+        "the old generation is gone"
+    );
+    let syn = |port| run(&dp, FROM, &tcp(EP1, REMOTE, 40000, port, TCP_SYN));
+    assert_eq!(syn(443), TC_ACT_OK);
+    assert_eq!((syn(80), syn(81)), (TC_ACT_SHOT, TC_ACT_SHOT));
+}

@@ -112,6 +112,11 @@ pub const EP_ENFORCE_INGRESS: u32 = 1;
 pub const EP_ENFORCE_EGRESS: u32 = 2;
 /// The endpoint has port-range entries (in the LPM range maps): consult them too.
 pub const EP_HAS_PORT_RANGES: u32 = 4;
+/// The endpoint's policy is the generation-1 set of entries (`POLICY_DIR_GEN` set in their
+/// `direction`); clear: generation 0. The agent writes a new policy complete into the unused
+/// generation, then flips this bit in one endpoint write, so a packet is judged by one whole
+/// policy, never a mix of two (see `Datapath::apply_policy`).
+pub const EP_POLICY_GEN: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -169,6 +174,9 @@ pub struct PolicyHashKey {
 
 pub const POLICY_ANY_PORT: u8 = 1;
 pub const POLICY_ANY_PROTO: u8 = 2;
+
+/// Set in a policy key's `direction` for generation-1 entries (`EP_POLICY_GEN`).
+pub const POLICY_DIR_GEN: u8 = 0x80;
 
 /// LPM data of the port-range policy maps. Full prefix = 96 bits; `ep_id`, `identity` and `direction`
 /// (72 bits) are always matched, then `proto` (8 bits, omitted = any protocol), then `dport`

@@ -590,6 +590,13 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
             reason: DROP_NONE,
         };
     }
+    // The endpoint's current policy generation: its entries are complete before the agent
+    // flips to it, and stay untouched until no program can still be reading them.
+    let dir = if ep.flags & EP_POLICY_GEN != 0 {
+        dir | POLICY_DIR_GEN
+    } else {
+        dir
+    };
     let mut allow: Option<PolicyValue> = None;
     // An entry of a rule Weft does not enforce matched: allows nothing, names the drop.
     let mut unsupported = false;
@@ -614,8 +621,8 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
                 k.flags = POLICY_ANY_PORT | POLICY_ANY_PROTO;
             }
         }
-        // Copied at once: a hash element deleted meanwhile may be reused for another key
-        // (the kernel recycles hash-map elements without waiting for readers).
+        // Copied at once (no entry of the current generation is deleted while programs
+        // may read it, but copying keeps the value a snapshot).
         if let Some(v) = unsafe { WEFT_POLICY.get(&k) }.copied() {
             if v.action == ACTION_DENY {
                 return DENIED_BY_RULE;

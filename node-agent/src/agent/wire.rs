@@ -424,6 +424,11 @@ pub trait DatapathOps {
     fn recheck_connections(&mut self) -> Result<(), DatapathError> {
         Ok(())
     }
+    /// Deletes retired policy entries once no program reads them (see
+    /// [`Datapath::settle_policy`]).
+    fn settle_policy(&mut self) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }
 
 impl DatapathOps for Datapath {
@@ -455,6 +460,9 @@ impl DatapathOps for Datapath {
     }
     fn recheck_connections(&mut self) -> Result<(), DatapathError> {
         Datapath::recheck_connections(self)
+    }
+    fn settle_policy(&mut self) -> Result<(), DatapathError> {
+        Datapath::settle_policy(self)
     }
 }
 
@@ -838,6 +846,10 @@ impl Programmed {
         // 9. Peers whose identity changed: established connections are judged again.
         if let Err(e2) = dp.recheck_connections() {
             errors.push(err("endpoints/recheck".to_string(), e2));
+        }
+        // 10. One grace period for the batch, then the old policy generations go.
+        if let Err(e2) = dp.settle_policy() {
+            errors.push(err("policy/settle".to_string(), e2));
         }
         self.applied = next;
         errors

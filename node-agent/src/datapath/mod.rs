@@ -376,10 +376,19 @@ impl Maps {
         &self,
         ep_id: u32,
     ) -> Result<Vec<(&'static str, u32, c::PolicyKey, c::PolicyValue)>> {
+        // Only the generation in force (an endpoint not in the map: whichever there is);
+        // shown without the generation bit.
+        let gen = self
+            .list_endpoints()?
+            .into_iter()
+            .find(|(_, v)| v.ep_id == ep_id)
+            .map(|(_, v)| v.flags & c::EP_POLICY_GEN != 0);
+        let shown = |dir: u8| gen.is_none_or(|g| (dir & c::POLICY_DIR_GEN != 0) == g);
+        let plain = |dir: u8| dir & !c::POLICY_DIR_GEN;
         let mut out = Vec::new();
         for kv in self.policy.iter() {
             let (k, v) = kv.map_err(map_err(m::POLICY))?;
-            if k.ep_id != ep_id {
+            if k.ep_id != ep_id || !shown(k.direction) {
                 continue;
             }
             let prefix = if k.flags & c::POLICY_ANY_PROTO != 0 {
@@ -392,7 +401,7 @@ impl Maps {
             let key = c::PolicyKey {
                 ep_id,
                 identity: k.identity,
-                direction: k.direction,
+                direction: plain(k.direction),
                 proto: k.proto,
                 dport: k.dport.to_be_bytes(),
             };
@@ -404,8 +413,10 @@ impl Maps {
         ] {
             for kv in map.iter() {
                 let (k, v) = kv.map_err(map_err(m::POLICY_ALLOW))?;
-                if k.data().ep_id == ep_id {
-                    out.push((name, k.prefix_len(), k.data(), v));
+                let mut d = k.data();
+                if d.ep_id == ep_id && shown(d.direction) {
+                    d.direction = plain(d.direction);
+                    out.push((name, k.prefix_len(), d, v));
                 }
             }
         }
@@ -513,11 +524,28 @@ impl Maps {
     }
 }
 
+/// One endpoint's policy as written: the generation in force and its entries (slots without
+/// the generation bit).
+#[derive(Debug, Clone, Default)]
+struct EpPolicy {
+    gen: bool,
+    entries: BTreeMap<policy::PolicySlot, c::PolicyValue>,
+}
+
+impl EpPolicy {
+    fn has_ranges(&self) -> bool {
+        self.entries.keys().any(policy::PolicySlot::is_range)
+    }
+}
+
 /// What the agent last wrote, rebuilt from the maps at load (reconcile after restart).
 #[derive(Default)]
 struct Cache {
-    /// ep_id -> policy slots it owns.
-    policy: StdHashMap<u32, BTreeSet<policy::PolicySlot>>,
+    /// ep_id -> the policy in force (its generation and entries).
+    policy: StdHashMap<u32, EpPolicy>,
+    /// Entries of generations no longer in force (keys with their generation bit), deleted
+    /// by [`Datapath::settle_policy`] once no program can be reading them.
+    policy_garbage: Vec<policy::PolicySlot>,
     /// ep_id -> its endpoint map key.
     /// ep_id -> its endpoint map keys (IPv4 first, then IPv6 if any).
     endpoints: StdHashMap<u32, Vec<c::EndpointKey>>,
@@ -528,6 +556,35 @@ struct Cache {
     /// An address may have changed identity (ipcache written or removed) since established
     /// connections were last re-checked; see [`Datapath::recheck_connections`].
     identities_changed: bool,
+}
+
+/// An endpoint's entries as map slots (without the generation bit) and their values. Two
+/// entries on one hash key: deny beats redirect beats allow beats unsupported (which allows
+/// nothing).
+fn policy_entries(
+    ep_id: u32,
+    entries: &[PolicyEntry],
+) -> Result<BTreeMap<policy::PolicySlot, c::PolicyValue>> {
+    let rank = |a: u8| match a {
+        c::ACTION_DENY => 3,
+        c::ACTION_REDIRECT => 2,
+        c::ACTION_ALLOW => 1,
+        _ => 0,
+    };
+    let mut desired: BTreeMap<policy::PolicySlot, c::PolicyValue> = BTreeMap::new();
+    for e in entries {
+        let (slots, value) = policy::expand(ep_id, e)
+            .map_err(|source| DatapathError::Policy { ep: ep_id, source })?;
+        for slot in slots {
+            let keep = desired
+                .get(&slot)
+                .is_some_and(|old| rank(old.action) >= rank(value.action));
+            if !keep {
+                desired.insert(slot, value);
+            }
+        }
+    }
+    Ok(desired)
 }
 
 /// Where the programs are attached, for link pin names.
@@ -541,6 +598,8 @@ pub struct Datapath {
     pub maps: Maps,
     cfg: DatapathConfig,
     cache: Cache,
+    /// Waits out programs that may still read retired policy entries.
+    barrier: sys::RcuBarrier,
 }
 
 fn endpoint_key(family: u8, addr: c::Addr) -> c::EndpointKey {
@@ -651,6 +710,7 @@ impl Datapath {
             maps,
             cfg,
             cache: Cache::default(),
+            barrier: sys::RcuBarrier::new().map_err(io_err("creating the RCU barrier map"))?,
         };
         let runtime = dp.cfg.runtime;
         dp.maps
@@ -669,29 +729,58 @@ impl Datapath {
     /// Rebuilds the caches from pinned map contents (after an agent restart).
     fn reconcile(&mut self) -> Result<()> {
         let mut cache = Cache::default();
-        for kv in self.maps.policy.keys() {
-            let k = kv.map_err(map_err(m::POLICY))?;
-            cache
-                .policy
-                .entry(k.ep_id)
+        // Entries per endpoint and generation; an agent stopped mid-change may leave two.
+        let mut found: StdHashMap<(u32, bool), BTreeMap<policy::PolicySlot, c::PolicyValue>> =
+            StdHashMap::new();
+        for kv in self.maps.policy.iter() {
+            let (k, v) = kv.map_err(map_err(m::POLICY))?;
+            let slot = policy::PolicySlot::Hash(k);
+            found
+                .entry((k.ep_id, slot.gen()))
                 .or_default()
-                .insert(policy::PolicySlot::Hash(k));
+                .insert(slot.in_gen(false), v);
         }
         for (deny, map) in [
             (false, &self.maps.policy_allow),
             (true, &self.maps.policy_deny),
         ] {
-            for k in map.keys() {
-                let k = k.map_err(map_err(m::POLICY_ALLOW))?;
-                let d = k.data();
-                cache
-                    .policy
-                    .entry(d.ep_id)
+            for kv in map.iter() {
+                let (k, v) = kv.map_err(map_err(m::POLICY_ALLOW))?;
+                let slot = policy::range_slot(deny, k.prefix_len(), &k.data());
+                found
+                    .entry((slot.ep_id(), slot.gen()))
                     .or_default()
-                    .insert(policy::range_slot(deny, k.prefix_len(), &d));
+                    .insert(slot.in_gen(false), v);
             }
         }
-        for (k, v) in self.maps.list_endpoints()? {
+        let endpoints = self.maps.list_endpoints()?;
+        let in_force = |ep_id: u32, found: &StdHashMap<(u32, bool), _>| match endpoints
+            .iter()
+            .find(|(_, v)| v.ep_id == ep_id)
+        {
+            Some((_, v)) => v.flags & c::EP_POLICY_GEN != 0,
+            None => !found.contains_key(&(ep_id, false)),
+        };
+        let gens: Vec<(u32, bool)> = found.keys().copied().collect();
+        for (ep_id, gen) in gens {
+            let Some(entries) = found.get(&(ep_id, gen)) else {
+                continue;
+            };
+            if gen == in_force(ep_id, &found) {
+                cache.policy.insert(
+                    ep_id,
+                    EpPolicy {
+                        gen,
+                        entries: entries.clone(),
+                    },
+                );
+            } else {
+                cache
+                    .policy_garbage
+                    .extend(entries.keys().map(|s| s.in_gen(gen)));
+            }
+        }
+        for (k, v) in endpoints {
             if v.ifindex != 0 {
                 cache.interfaces.insert(k, v.ifindex);
             }
@@ -712,7 +801,7 @@ impl Datapath {
             cache.services.insert(svc.svc_id, (key, ids, n_slots));
         }
         self.cache = cache;
-        Ok(())
+        self.settle_policy()
     }
 
     fn program_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
@@ -889,12 +978,14 @@ impl Datapath {
         let rev = existing.map_or(0, |v| v.policy_rev);
         // The port-range flag follows the endpoint's policy (which may have been applied
         // before the endpoint itself), not its description.
-        let has_ranges = self.cache.policy.get(&ep.id).is_some_and(|slots| {
-            slots
-                .iter()
-                .any(|s| !matches!(s, policy::PolicySlot::Hash(_)))
-        });
-        let mut flags = if has_ranges { c::EP_HAS_PORT_RANGES } else { 0 };
+        let pol = self.cache.policy.get(&ep.id);
+        let mut flags = 0;
+        if pol.is_some_and(EpPolicy::has_ranges) {
+            flags |= c::EP_HAS_PORT_RANGES;
+        }
+        if pol.is_some_and(|p| p.gen) {
+            flags |= c::EP_POLICY_GEN;
+        }
         if ep.enforce_ingress {
             flags |= c::EP_ENFORCE_INGRESS;
         }
@@ -963,7 +1054,10 @@ impl Datapath {
             ignore_missing(self.maps.endpoints.remove(key)).map_err(map_err(m::ENDPOINTS))?;
             self.remove_ipcache_family(key.family, key.addr, host_prefix(key.family))?;
         }
-        self.apply_policy(ep_id, &[])
+        self.apply_policy(ep_id, &[])?;
+        // Its entries are gone when this returns (endpoint removals are rare: one grace
+        // period each is cheap).
+        self.settle_policy()
     }
 
     /// Maps an IPv4 CIDR to an identity (longest prefix wins; a more specific entry is how a
@@ -1050,7 +1144,9 @@ impl Datapath {
         }
         let ids: Vec<u32> = self.cache.endpoints.keys().copied().collect();
         for id in ids {
-            if let Err(e) = self.update_endpoint_policy_meta(id, None, true) {
+            if let Err(e) =
+                self.update_endpoint(id, |v| v.policy_rev = v.policy_rev.wrapping_add(1))
+            {
                 self.cache.identities_changed = true;
                 return Err(e);
             }
@@ -1060,112 +1156,120 @@ impl Datapath {
 
     // ---- policy ----
 
-    /// Sets the complete policy of an endpoint. Only differences are written, one map
-    /// operation per key: deny keys are added before allow keys and allow keys are removed
-    /// before deny keys. Then the endpoint's policy revision is bumped so established
-    /// connections are re-checked once. Idempotent: applying the same set writes nothing.
+    /// Sets the complete policy of an endpoint, atomically for the packets it judges: the
+    /// new entries are written complete into the endpoint's unused generation (keys with
+    /// the other `POLICY_DIR_GEN` bit), then one write per endpoint address flips
+    /// `EP_POLICY_GEN` and bumps the policy revision (established connections are
+    /// re-checked once). A packet is judged by the old policy or the new one, never by a
+    /// mix. Writing in place could not promise that: a program reads several keys per
+    /// packet, and a vCPU stalled between two of them sees keys from two policies; and the
+    /// kernel reuses a deleted hash element for the next insert while a program may still
+    /// be reading it. The old generation's entries are retired, and deleted by
+    /// [`Datapath::settle_policy`] after an RCU grace period (the agent calls it once per
+    /// batch of changes; the endpoint's next change calls it first). A write that fails
+    /// (a full map) removes what it wrote and leaves the old policy in force. Idempotent:
+    /// the same set writes nothing. A change needs room for both generations of the
+    /// endpoint in the maps for a moment.
     pub fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<()> {
-        use policy::PolicySlot;
-        let mut desired: BTreeMap<PolicySlot, c::PolicyValue> = BTreeMap::new();
-        for e in entries {
-            let (slots, value) = policy::expand(ep_id, e)
-                .map_err(|source| DatapathError::Policy { ep: ep_id, source })?;
-            for slot in slots {
-                // Two entries on one hash key: deny beats redirect beats allow beats
-                // unsupported (which allows nothing).
-                let rank = |a: u8| match a {
-                    c::ACTION_DENY => 3,
-                    c::ACTION_REDIRECT => 2,
-                    c::ACTION_ALLOW => 1,
-                    _ => 0,
-                };
-                let keep = desired
-                    .get(&slot)
-                    .is_some_and(|old| rank(old.action) >= rank(value.action));
-                if !keep {
-                    desired.insert(slot, value);
-                }
-            }
-        }
+        let desired = policy_entries(ep_id, entries)?;
         let current = self.cache.policy.get(&ep_id).cloned().unwrap_or_default();
-        let is_deny = |slot: &PolicySlot, v: Option<&c::PolicyValue>| match slot {
-            PolicySlot::RangeDeny(..) => true,
-            PolicySlot::RangeAllow(..) => false,
-            PolicySlot::Hash(_) => v.is_some_and(|v| v.action == c::ACTION_DENY),
+        if desired == current.entries {
+            return Ok(());
+        }
+        // The unused generation must be empty: this endpoint's last retired entries go first.
+        if self.cache.policy_garbage.iter().any(|s| s.ep_id() == ep_id) {
+            self.settle_policy()?;
+        }
+        let next = EpPolicy {
+            gen: !current.gen,
+            entries: desired,
         };
-        let has_ranges = desired.keys().any(|s| !matches!(s, PolicySlot::Hash(_)));
-        let mut changed = false;
-        // Range entries are only consulted with the endpoint flag: set it before adding them.
-        if has_ranges {
-            changed |= self.update_endpoint_policy_meta(ep_id, Some(true), false)?;
-        }
-        // Add/update: denies first, then allows.
-        for deny_pass in [true, false] {
-            for (slot, value) in desired
-                .iter()
-                .filter(|(s, v)| is_deny(s, Some(v)) == deny_pass)
-            {
-                changed |= self.write_policy_slot(slot, value, current.contains(slot))?;
-            }
-        }
-        // Remove stale: allows first, then denies.
-        for deny_pass in [false, true] {
-            for slot in current.iter().filter(|s| !desired.contains_key(s)) {
-                let v = match slot {
-                    PolicySlot::Hash(k) => self.maps.policy.get(k, 0).ok(),
-                    _ => None,
-                };
-                if is_deny(slot, v.as_ref()) != deny_pass {
-                    continue;
+        let mut written = Vec::with_capacity(next.entries.len());
+        for (slot, value) in &next.entries {
+            let slot = slot.in_gen(next.gen);
+            if let Err(e) = self.write_policy_slot(&slot, value) {
+                // No program reads this generation yet: undo at once.
+                for s in &written {
+                    let _ = self.remove_policy_slot(s);
                 }
-                self.remove_policy_slot(slot)?;
-                changed = true;
+                return Err(e);
             }
+            written.push(slot);
         }
-        if desired.is_empty() {
+        let (gen, ranges) = (next.gen, next.has_ranges());
+        let flipped = self.update_endpoint(ep_id, |v| {
+            v.flags &= !(c::EP_POLICY_GEN | c::EP_HAS_PORT_RANGES);
+            if gen {
+                v.flags |= c::EP_POLICY_GEN;
+            }
+            if ranges {
+                v.flags |= c::EP_HAS_PORT_RANGES;
+            }
+            v.policy_rev = v.policy_rev.wrapping_add(1);
+        });
+        // Even if an address failed to flip, the new generation is the one to keep: the
+        // next change retries, and a stale address meanwhile judges by the old entries until
+        // they are settled, then by none (fail closed).
+        self.cache
+            .policy_garbage
+            .extend(current.entries.keys().map(|s| s.in_gen(current.gen)));
+        if next.entries.is_empty() {
             self.cache.policy.remove(&ep_id);
         } else {
-            self.cache
-                .policy
-                .insert(ep_id, desired.keys().copied().collect());
+            self.cache.policy.insert(ep_id, next);
         }
-        if changed || !has_ranges {
-            self.update_endpoint_policy_meta(ep_id, Some(has_ranges), changed)?;
-        }
-        Ok(())
+        flipped.map(|_| ())
     }
 
-    /// Writes one slot unless it already holds `value`; returns whether it wrote.
+    /// Deletes the entries of retired policy generations, once no program can still be
+    /// reading them (one RCU grace period for the whole batch).
+    pub fn settle_policy(&mut self) -> Result<()> {
+        if self.cache.policy_garbage.is_empty() {
+            return Ok(());
+        }
+        self.barrier
+            .wait()
+            .map_err(io_err("waiting for running BPF programs"))?;
+        let garbage = std::mem::take(&mut self.cache.policy_garbage);
+        let mut failed = Vec::new();
+        let mut first_err = None;
+        for slot in garbage {
+            if let Err(e) = self.remove_policy_slot(&slot) {
+                failed.push(slot);
+                first_err.get_or_insert(e);
+            }
+        }
+        self.cache.policy_garbage = failed;
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn write_policy_slot(
         &mut self,
         slot: &policy::PolicySlot,
         value: &c::PolicyValue,
-        known: bool,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         use policy::PolicySlot;
         match slot {
-            PolicySlot::Hash(k) => {
-                if known && self.maps.policy.get(k, 0).ok().as_ref() == Some(value) {
-                    return Ok(false);
-                }
-                self.maps
-                    .policy
-                    .insert(k, value, 0)
-                    .map_err(map_err(m::POLICY))?;
-            }
-            PolicySlot::RangeAllow(prefix, b) | PolicySlot::RangeDeny(prefix, b) => {
+            PolicySlot::Hash(k) => self
+                .maps
+                .policy
+                .insert(k, value, 0)
+                .map_err(map_err(m::POLICY)),
+            PolicySlot::RangeAllow(prefix, b) => {
                 let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
-                let (map, name) = match slot {
-                    PolicySlot::RangeAllow(..) => (&mut self.maps.policy_allow, m::POLICY_ALLOW),
-                    _ => (&mut self.maps.policy_deny, m::POLICY_DENY),
-                };
-                if known && map.get(&key, 0).ok().as_ref() == Some(value) {
-                    return Ok(false);
-                }
-                map.insert(&key, value, 0).map_err(map_err(name))?;
+                self.maps
+                    .policy_allow
+                    .insert(&key, value, 0)
+                    .map_err(map_err(m::POLICY_ALLOW))
+            }
+            PolicySlot::RangeDeny(prefix, b) => {
+                let key = Key::new(*prefix, policy::lpm_key_from_bytes(b));
+                self.maps
+                    .policy_deny
+                    .insert(&key, value, 0)
+                    .map_err(map_err(m::POLICY_DENY))
             }
         }
-        Ok(true)
     }
 
     fn remove_policy_slot(&mut self, slot: &policy::PolicySlot) -> Result<()> {
@@ -1186,13 +1290,12 @@ impl Datapath {
         }
     }
 
-    /// Sets the endpoint's port-range flag and/or bumps its policy revision (one map write,
-    /// only when something changes). Returns whether it wrote.
-    fn update_endpoint_policy_meta(
+    /// Rewrites the endpoint's map values (one per address) with `change`, where it changes
+    /// something. Returns whether it wrote.
+    fn update_endpoint(
         &mut self,
         ep_id: u32,
-        has_ranges: Option<bool>,
-        bump: bool,
+        change: impl Fn(&mut c::EndpointValue),
     ) -> Result<bool> {
         let Some(keys) = self.cache.endpoints.get(&ep_id).cloned() else {
             return Ok(false);
@@ -1203,16 +1306,7 @@ impl Datapath {
                 continue;
             };
             let old = v;
-            if let Some(r) = has_ranges {
-                if r {
-                    v.flags |= c::EP_HAS_PORT_RANGES;
-                } else {
-                    v.flags &= !c::EP_HAS_PORT_RANGES;
-                }
-            }
-            if bump {
-                v.policy_rev = v.policy_rev.wrapping_add(1);
-            }
+            change(&mut v);
             if v != old {
                 self.maps
                     .endpoints

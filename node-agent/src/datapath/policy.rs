@@ -4,7 +4,7 @@
 use weft_datapath_common::{
     PolicyHashKey, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, ACTION_REDIRECT,
     ACTION_UNSUPPORTED, DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, POLICY_ANY_PORT, POLICY_ANY_PROTO,
-    POLICY_PREFIX_PROTO_BITS,
+    POLICY_DIR_GEN, POLICY_PREFIX_PROTO_BITS,
 };
 
 /// Direction, seen from the endpoint.
@@ -75,6 +75,55 @@ pub enum PolicySlot {
     RangeAllow(u32, [u8; 12]),
     /// Port-range block in the LPM deny map.
     RangeDeny(u32, [u8; 12]),
+}
+
+impl PolicySlot {
+    /// The slot's key in policy generation `gen` (`POLICY_DIR_GEN` in its direction).
+    pub fn in_gen(self, gen: bool) -> PolicySlot {
+        let dir = |d: u8| {
+            if gen {
+                d | POLICY_DIR_GEN
+            } else {
+                d & !POLICY_DIR_GEN
+            }
+        };
+        match self {
+            PolicySlot::Hash(mut k) => {
+                k.direction = dir(k.direction);
+                PolicySlot::Hash(k)
+            }
+            PolicySlot::RangeAllow(p, mut b) => {
+                b[8] = dir(b[8]);
+                PolicySlot::RangeAllow(p, b)
+            }
+            PolicySlot::RangeDeny(p, mut b) => {
+                b[8] = dir(b[8]);
+                PolicySlot::RangeDeny(p, b)
+            }
+        }
+    }
+
+    /// The generation the slot's key is in.
+    pub fn gen(&self) -> bool {
+        let d = match self {
+            PolicySlot::Hash(k) => k.direction,
+            PolicySlot::RangeAllow(_, b) | PolicySlot::RangeDeny(_, b) => b[8],
+        };
+        d & POLICY_DIR_GEN != 0
+    }
+
+    pub fn ep_id(&self) -> u32 {
+        match self {
+            PolicySlot::Hash(k) => k.ep_id,
+            PolicySlot::RangeAllow(_, b) | PolicySlot::RangeDeny(_, b) => {
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+            }
+        }
+    }
+
+    pub fn is_range(&self) -> bool {
+        !matches!(self, PolicySlot::Hash(_))
+    }
 }
 
 fn lpm_bytes(k: &PolicyKey) -> [u8; 12] {
@@ -201,6 +250,25 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn generations_differ_only_in_the_direction_bit() {
+        let e = PolicyEntry {
+            direction: Direction::Egress,
+            peer_identity: Some(7),
+            proto: Some(6),
+            ports: Some((80, 81)),
+            action: Action::Allow,
+            rule_id: 1,
+        };
+        let (slots, _) = expand(3, &e).unwrap();
+        for s in slots {
+            let g1 = s.in_gen(true);
+            assert!(!s.gen() && g1.gen() && g1 != s);
+            assert_eq!(g1.in_gen(false), s);
+            assert_eq!((g1.ep_id(), g1.is_range()), (3, s.is_range()));
+        }
     }
 
     #[test]
