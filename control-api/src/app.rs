@@ -12,10 +12,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::install::InstallConfig;
 use crate::config::{ServeConfig, MIN_OPERATOR_TOKEN_LEN};
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
+use crate::install::InstallConfig;
 use crate::metrics;
 use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
@@ -34,7 +34,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this route does not accept that method".into())
         })
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -117,15 +120,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, "control-api serving");
-    crate::identities::spawn_collector(
-        state.pool.clone(),
+    state.start_housekeeping(
         Duration::from_secs(cfg.identity_gc_grace_seconds),
-        Duration::from_secs(60),
-    );
-    crate::flows::spawn_maintenance(
-        state.pool.clone(),
         cfg.flow_retention_days,
-        Duration::from_secs(3600),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -145,6 +142,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         tls,
         stopped(stop_rx.clone()),
     );
+    let tasks = state.tasks.clone();
     let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let rest = async {
         axum::serve(listener, app)
@@ -152,7 +150,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             .await
             .context("serving HTTP")
     };
-    tokio::try_join!(rest, agent)?;
+    let served = tokio::try_join!(rest, agent);
+    // Requests are done (or failed to start): stop the background tasks and wait for them.
+    tasks.shutdown().await;
+    served?;
     tracing::info!("control-api stopped");
     Ok(())
 }

@@ -4,60 +4,37 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path};
 use axum::http::{header, request::Parts, Method};
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use utoipa::ToSchema;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::oidc::Oidc;
+use crate::ratelimit::FailureLimiter;
+pub use crate::secret::{
+    constant_time_eq, hash_token, new_token, random_secret, JOIN_TOKEN_PREFIX, TOKEN_PREFIX,
+};
 use crate::session;
-use crate::state::AppState;
+use crate::store::lookup;
+pub use crate::store::tenant::{set_tenant, set_user, Actor, Role, TenantCtx};
 
-/// Prefix of Weft API tokens; lets secret scanners recognise a leaked one.
-pub const TOKEN_PREFIX: &str = "weft_";
-
-/// Prefix of join tokens: a node's one-time registration secret, never a bearer token.
-/// It still starts with `weft_`, so scanners that know Weft secrets find it too.
-pub const JOIN_TOKEN_PREFIX: &str = "weft_join_";
-
-/// A role in a tenant. Ordered: each role can do what the ones below it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Editor,
-    Admin,
-    Owner,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Editor => "editor",
-            Role::Admin => "admin",
-            Role::Owner => "owner",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "viewer" => Some(Role::Viewer),
-            "editor" => Some(Role::Editor),
-            "admin" => Some(Role::Admin),
-            "owner" => Some(Role::Owner),
-            _ => None,
-        }
-    }
+/// What authentication needs of the application state: extractors take only this
+/// (through `FromRef`), never the whole state.
+#[derive(Clone)]
+pub struct AuthState {
+    pub pool: PgPool,
+    /// SHA-256 of the operator's bootstrap token, if one is configured.
+    pub operator_token_hash: Option<Arc<[u8]>>,
+    /// OpenID Connect (console sign-in, bearer JWTs); `None` when no issuer is configured.
+    pub oidc: Option<Arc<Oidc>>,
+    /// Failed credential attempts per source address.
+    pub failures: Arc<FailureLimiter>,
 }
 
 /// The authenticated caller.
@@ -89,42 +66,14 @@ pub enum UserAuth {
     AccessToken,
 }
 
-/// Who did something, as the audit log records it.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub kind: &'static str,
-    pub id: Option<Uuid>,
-    pub name: String,
-}
-
-/// A new random secret: `weft_` + 256 bits, and the hash we store.
-pub fn new_token() -> (String, Vec<u8>) {
-    let token = random_secret(TOKEN_PREFIX);
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-/// `prefix` + 256 random bits, base64url.
-pub fn random_secret(prefix: &str) -> String {
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw))
-}
-
-/// Tokens carry 256 bits of entropy, so a plain SHA-256 is a safe at-rest hash
-/// (no dictionary to slow down, unlike passwords).
-pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl FromRequestParts<AppState> for Principal {
+impl<S: Send + Sync> FromRequestParts<S> for Principal
+where
+    AuthState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let state = &AuthState::from_ref(state);
         let result = authenticate(parts, state).await;
         // A wrong credential (token or session cookie) counts; none at all is not a guess.
         // The limiter is asked only after a credential failed: a valid one always passes,
@@ -139,7 +88,7 @@ impl FromRequestParts<AppState> for Principal {
         if let (Some(credential), Err(ApiError::Unauthenticated(_))) = (presented, &result) {
             let source = source_address(parts);
             let hash = Sha256::digest(credential);
-            if let Err(wait) = state.auth_failures.failed(source, &hash, Instant::now()) {
+            if let Err(wait) = state.failures.failed(source, &hash, Instant::now()) {
                 tracing::info!(%source, "failed authentication, limited");
                 return Err(ApiError::TooManyRequests {
                     retry_after_secs: wait.as_secs().max(1),
@@ -160,7 +109,7 @@ fn source_address(parts: &Parts) -> IpAddr {
         .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
 }
 
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+async fn authenticate(parts: &Parts, state: &AuthState) -> Result<Principal, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return session_principal(parts, state).await;
     };
@@ -184,25 +133,17 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     if presented.starts_with(TOKEN_PREFIX) {
         // Runs before any tenant is known, so through the one narrow function that
         // may look across tenants (see migration 0002).
-        let row: Option<(Uuid, Uuid, String, String, bool)> =
-            sqlx::query_as("SELECT id, tenant_id, name, role, stale FROM weft_find_api_token($1)")
-                .bind(&hash)
-                .fetch_optional(&state.pool)
-                .await?;
-        if let Some((token_id, tenant_id, name, role, stale)) = row {
-            if stale {
+        if let Some(t) = lookup::api_token(&state.pool, &hash).await? {
+            if t.stale {
                 // Recorded at most once a minute: keeps reads from turning into writes.
-                sqlx::query("SELECT weft_touch_api_token($1)")
-                    .bind(token_id)
-                    .execute(&state.pool)
-                    .await?;
+                lookup::touch_api_token(&state.pool, t.id).await?;
             }
-            let role = Role::parse(&role)
-                .ok_or_else(|| anyhow::anyhow!("token {token_id} has unknown role {role:?}"))?;
+            let role = Role::parse(&t.role)
+                .ok_or_else(|| anyhow::anyhow!("token {} has unknown role {:?}", t.id, t.role))?;
             return Ok(Principal::ApiToken {
-                token_id,
-                tenant_id,
-                name,
+                token_id: t.id,
+                tenant_id: t.tenant_id,
+                name: t.name,
                 role,
             });
         }
@@ -223,7 +164,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
 
 /// No `Authorization` header: the console's session cookie, or nothing. A write made
 /// with the cookie must carry the session's CSRF token in `X-CSRF-Token`.
-async fn session_principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+async fn session_principal(parts: &Parts, state: &AuthState) -> Result<Principal, ApiError> {
     let Some(id) = session::cookie(&parts.headers, session::SESSION_COOKIE) else {
         return Err(ApiError::Unauthenticated(
             "missing credentials: send Authorization: Bearer <token>, or sign in at /auth/login"
@@ -255,46 +196,6 @@ async fn session_principal(parts: &Parts, state: &AppState) -> Result<Principal,
     })
 }
 
-/// The tenant a request acts on, after authorization.
-#[derive(Debug, Clone)]
-pub struct TenantCtx {
-    pub id: Uuid,
-    pub name: String,
-    pub role: Role,
-    pub actor: Actor,
-    /// The request's `x-request-id`, for the audit log.
-    pub request_id: String,
-}
-
-impl TenantCtx {
-    /// Opens a transaction confined to this tenant: row-level security shows and accepts
-    /// only this tenant's rows in it, whatever a query forgets to filter.
-    pub async fn begin(&self, pool: &PgPool) -> Result<Transaction<'static, Postgres>, ApiError> {
-        let mut tx = pool.begin().await?;
-        set_tenant(&mut tx, self.id).await?;
-        Ok(tx)
-    }
-}
-
-/// Confines the rest of a transaction to one tenant's rows.
-pub async fn set_tenant(tx: &mut PgConnection, tenant: Uuid) -> Result<(), ApiError> {
-    sqlx::query("SELECT set_config('weft.tenant_id', $1, true)")
-        .bind(tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Lets the rest of a transaction see this person's memberships in every tenant (and
-/// those tenants), for `/v1/me`, the tenant list and role checks; nothing else.
-pub async fn set_user(tx: &mut PgConnection, user: Uuid) -> Result<(), ApiError> {
-    sqlx::query("SELECT set_config('weft.user_id', $1, true)")
-        .bind(user.to_string())
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
 impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
@@ -321,15 +222,11 @@ impl Principal {
     /// exist, so existence never leaks.
     pub async fn tenant(
         &self,
-        state: &AppState,
+        pool: &PgPool,
         key: &str,
         need: Role,
     ) -> Result<TenantCtx, ApiError> {
-        let row: Option<(Uuid, String)> =
-            sqlx::query_as("SELECT id, name FROM weft_resolve_tenant($1)")
-                .bind(key)
-                .fetch_optional(&state.pool)
-                .await?;
+        let row = lookup::tenant(pool, key).await?;
         let not_found = || ApiError::not_found("tenant", key);
         let (id, name) = row.ok_or_else(not_found)?;
         let role = match self {
@@ -339,18 +236,8 @@ impl Principal {
             } if *tenant_id == id => *role,
             Principal::ApiToken { .. } => return Err(not_found()),
             Principal::User { user_id, .. } => {
-                let mut tx = state.pool.begin().await?;
-                set_tenant(&mut tx, id).await?;
-                let role: Option<String> = sqlx::query_scalar(
-                    "SELECT role FROM memberships WHERE tenant_id = $1 AND user_id = $2",
-                )
-                .bind(id)
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                role.as_deref()
-                    .and_then(Role::parse)
+                crate::store::tenant::member_role(pool, id, *user_id)
+                    .await?
                     .ok_or_else(not_found)?
             }
         };
@@ -404,10 +291,13 @@ pub mod need {
 /// sent, and nothing of the body is looked at.
 pub struct Tenant<R>(pub TenantCtx, pub PhantomData<R>);
 
-impl<R: NeedRole + Send + Sync> FromRequestParts<AppState> for Tenant<R> {
+impl<S: Send + Sync, R: NeedRole + Send + Sync> FromRequestParts<S> for Tenant<R>
+where
+    AuthState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let principal = Principal::from_request_parts(parts, state).await?;
         let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
@@ -415,7 +305,9 @@ impl<R: NeedRole + Send + Sync> FromRequestParts<AppState> for Tenant<R> {
         let key = params
             .get("tenant")
             .ok_or_else(|| anyhow::anyhow!("route has no {{tenant}} parameter"))?;
-        let mut ctx = principal.tenant(state, key, R::ROLE).await?;
+        let mut ctx = principal
+            .tenant(&AuthState::from_ref(state).pool, key, R::ROLE)
+            .await?;
         ctx.request_id = parts
             .headers
             .get("x-request-id")
@@ -423,38 +315,5 @@ impl<R: NeedRole + Send + Sync> FromRequestParts<AppState> for Tenant<R> {
             .unwrap_or("-")
             .to_string();
         Ok(Tenant(ctx, PhantomData))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_and_hashed() {
-        let (a, ha) = new_token();
-        let (b, hb) = new_token();
-        assert!(a.starts_with(TOKEN_PREFIX));
-        assert_ne!(a, b);
-        assert_ne!(ha, hb);
-        assert_eq!(hash_token(&a), ha);
-        assert_eq!(ha.len(), 32);
-    }
-
-    #[test]
-    fn roles_are_ordered() {
-        assert!(
-            Role::Viewer < Role::Editor && Role::Editor < Role::Admin && Role::Admin < Role::Owner
-        );
-        for r in [Role::Viewer, Role::Editor, Role::Admin, Role::Owner] {
-            assert_eq!(Role::parse(r.as_str()), Some(r));
-        }
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

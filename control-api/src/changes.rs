@@ -9,7 +9,8 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 use weft_telemetry::TraceParent;
 
-use crate::db::CHANGES_CHANNEL;
+use crate::store::CHANGES_CHANNEL;
+use crate::tasks::Tasks;
 
 /// A committed change. `tenant: None` means "something may have been missed; everyone
 /// recompute" (sent after the listener reconnects).
@@ -23,7 +24,7 @@ pub struct Change {
 }
 
 /// Parses a NOTIFY payload `revision:tenant:kind:id:op[:traceparent]` (see
-/// `db::record_change`).
+/// `store::record_change`).
 pub fn parse(payload: &str) -> Option<Change> {
     let mut parts = payload.split(':');
     let revision = parts.next()?.parse().ok()?;
@@ -37,10 +38,10 @@ pub fn parse(payload: &str) -> Option<Change> {
 }
 
 /// Starts the replica's listener task and returns the channel it broadcasts on.
-pub fn spawn_listener(pool: PgPool) -> broadcast::Sender<Change> {
+pub fn spawn_listener(pool: PgPool, tasks: &Tasks) -> broadcast::Sender<Change> {
     let (tx, _) = broadcast::channel(1024);
     let out = tx.clone();
-    tokio::spawn(async move {
+    tasks.spawn("change listener", async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             match listen(&pool, &tx).await {

@@ -1,4 +1,4 @@
-//! Postgres: pool, embedded migrations, and the desired-state revision.
+//! Postgres: pool and embedded migrations.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -9,7 +9,6 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
-use uuid::Uuid;
 
 /// The schema, in order. Embedded so the binary carries its own schema; a test checks this
 /// list against `db/migrations/` so a new file cannot be forgotten.
@@ -146,98 +145,6 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .connect_with(opts)
         .await
         .context("connecting to Postgres")
-}
-
-/// What happened to a resource, as recorded in the change log.
-#[derive(Debug, Clone, Copy)]
-pub enum Op {
-    Create,
-    Update,
-    Delete,
-}
-
-impl Op {
-    fn as_str(self) -> &'static str {
-        match self {
-            Op::Create => "create",
-            Op::Update => "update",
-            Op::Delete => "delete",
-        }
-    }
-}
-
-/// Channel on which every committed desired-state change is announced.
-pub const CHANGES_CHANNEL: &str = "weft_desired_state";
-
-/// Bumps the global revision inside the caller's transaction, logs the change and
-/// queues a NOTIFY that Postgres delivers only if the transaction commits.
-pub async fn bump_revision(
-    tx: &mut PgConnection,
-    tenant_id: Uuid,
-    kind: &str,
-    resource_id: Uuid,
-    op: Op,
-) -> sqlx::Result<i64> {
-    let revision = next_revision(tx).await?;
-    record_change(tx, revision, tenant_id, kind, resource_id, op).await?;
-    Ok(revision)
-}
-
-/// Takes the global revision's row lock without taking a revision: every write takes it
-/// before locking any resource row. Creates take it (with their revision) before inserting,
-/// and an insert locks its parent rows (foreign keys), so a write that locked a row first and
-/// the revision second could deadlock with a create under that row.
-pub async fn lock_revisions(tx: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT 1 FROM desired_state FOR UPDATE")
-        .execute(&mut *tx)
-        .await
-        .map(drop)
-}
-
-/// Takes the next global revision. The row lock it takes is held to commit, so
-/// revisions become visible in order.
-pub async fn next_revision(tx: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar("UPDATE desired_state SET revision = revision + 1 RETURNING revision")
-        .fetch_one(&mut *tx)
-        .await
-}
-
-/// Logs a change at `revision` and queues its NOTIFY (delivered on commit only).
-#[tracing::instrument(name = "db.record_change", skip(tx))]
-pub async fn record_change(
-    tx: &mut PgConnection,
-    revision: i64,
-    tenant_id: Uuid,
-    kind: &str,
-    resource_id: Uuid,
-    op: Op,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO desired_state_changes (revision, tenant_id, kind, resource_id, op) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(revision)
-    .bind(tenant_id)
-    .bind(kind)
-    .bind(resource_id)
-    .bind(op.as_str())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANGES_CHANNEL)
-        .bind(match weft_telemetry::TraceParent::current() {
-            Some(tp) => format!(
-                "{revision}:{tenant_id}:{kind}:{resource_id}:{}:{tp}",
-                op.as_str()
-            ),
-            None => format!(
-                "{revision}:{tenant_id}:{kind}:{resource_id}:{}",
-                op.as_str()
-            ),
-        })
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::tasks::Tasks;
+
 /// Deletes identities no endpoint uses that were last used more than `grace` ago; returns
 /// how many.
 pub async fn collect_garbage(pool: &PgPool, grace: Duration) -> sqlx::Result<i64> {
@@ -14,10 +16,10 @@ pub async fn collect_garbage(pool: &PgPool, grace: Duration) -> sqlx::Result<i64
         .await
 }
 
-/// Runs the collection every `every` for as long as the process lives. Several replicas may
+/// Runs the collection every `every` until the tasks stop. Several replicas may
 /// run it at once: deleting what is already gone is harmless.
-pub fn spawn_collector(pool: PgPool, grace: Duration, every: Duration) {
-    tokio::spawn(async move {
+pub fn spawn_collector(tasks: &Tasks, pool: PgPool, grace: Duration, every: Duration) {
+    tasks.spawn("identity collector", async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;

@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::auth::{hash_token, random_secret};
+use crate::secret::{hash_token, random_secret};
 
 /// The session id (HttpOnly: scripts never see it).
 pub const SESSION_COOKIE: &str = "weft_session";

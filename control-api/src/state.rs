@@ -1,20 +1,25 @@
 //! What every handler shares. Everything durable is in Postgres; this is only handles.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::api::install::InstallConfig;
+use axum::extract::FromRef;
+
+use crate::auth::AuthState;
 use crate::changes::Change;
+use crate::install::InstallConfig;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
+use crate::tasks::Tasks;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     /// SHA-256 of the operator's bootstrap token, if one is configured.
-    pub operator_token_hash: Option<Vec<u8>>,
+    pub operator_token_hash: Option<Arc<[u8]>>,
     pub metrics: Arc<Metrics>,
     /// OpenID Connect (console sign-in, bearer JWTs); `None` when no issuer is configured.
     pub oidc: Option<Arc<Oidc>>,
@@ -34,41 +39,66 @@ pub struct AppState {
     pub enrich_cache: Arc<crate::flows::ingest::EnrichCache>,
     /// The built web console served at `/console/`, if any.
     pub console_dir: Option<Arc<std::path::Path>>,
+    /// The replica's background tasks: stopped by [`crate::tasks::Tasks::shutdown`], or
+    /// when the last clone of this state is dropped.
+    pub tasks: Arc<Tasks>,
 }
 
 impl AppState {
     /// The state of one replica over a connected pool: fresh metrics and rate limits, and
-    /// this replica's change listener.
+    /// this replica's background tasks (the change and flow-notice listeners, the flow
+    /// writers, the enrich cache's invalidation), owned by `tasks`.
     pub fn new(
         pool: PgPool,
         operator_token_hash: Option<Vec<u8>>,
         oidc: Option<Arc<crate::oidc::Oidc>>,
         auth_failures: FailureLimiter,
     ) -> AppState {
-        let changes = crate::changes::spawn_listener(pool.clone());
+        let tasks = Arc::new(Tasks::new());
+        let changes = crate::changes::spawn_listener(pool.clone(), &tasks);
         let flows: crate::flows::SharedFlowStore =
             Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone()));
         let enrich_cache = Arc::new(crate::flows::ingest::EnrichCache::default());
-        enrich_cache.spawn_invalidation(changes.subscribe());
+        enrich_cache.spawn_invalidation(changes.subscribe(), &tasks);
         use crate::flows::writer;
         AppState {
             flow_writer: writer::FlowWriter::spawn(
                 flows.clone(),
                 writer::WRITERS,
                 writer::QUEUE_BATCHES,
+                &tasks,
             ),
             enrich_cache,
             changes,
             flows,
-            flow_notices: crate::flows::spawn_notice_listener(pool.clone()),
+            flow_notices: crate::flows::spawn_notice_listener(pool.clone(), &tasks),
             pool,
-            operator_token_hash,
+            operator_token_hash: operator_token_hash.map(Arc::from),
             metrics: Arc::new(Metrics::new()),
             oidc,
             auth_failures: Arc::new(auth_failures),
             install: Arc::default(),
             console_dir: None,
+            tasks,
         }
+    }
+
+    /// Also runs the periodic housekeeping a serving replica does: collecting unused
+    /// identities (after `identity_grace`) and keeping flow partitions (for
+    /// `flow_retention_days`). Several replicas may run it at once.
+    pub fn start_housekeeping(&self, identity_grace: Duration, flow_retention_days: u32) {
+        crate::identities::spawn_collector(
+            &self.tasks,
+            self.pool.clone(),
+            identity_grace,
+            Duration::from_secs(60),
+        );
+        crate::flows::spawn_maintenance(
+            &self.tasks,
+            self.pool.clone(),
+            flow_retention_days,
+            Duration::from_secs(3600),
+        );
     }
 
     /// The same state serving the built console in `dir` at `/console/`.
@@ -81,5 +111,22 @@ impl AppState {
     pub fn with_install(mut self, install: Arc<InstallConfig>) -> AppState {
         self.install = install;
         self
+    }
+}
+
+impl FromRef<AppState> for AuthState {
+    fn from_ref(st: &AppState) -> AuthState {
+        AuthState {
+            pool: st.pool.clone(),
+            operator_token_hash: st.operator_token_hash.clone(),
+            oidc: st.oidc.clone(),
+            failures: st.auth_failures.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<crate::metrics::Metrics> {
+    fn from_ref(st: &AppState) -> Self {
+        st.metrics.clone()
     }
 }

@@ -37,6 +37,18 @@ pub struct NodeCtx {
     pub capability_version: u32,
 }
 
+impl NodeCtx {
+    /// The node as the store knows it.
+    pub fn row(&self) -> crate::store::lookup::NodeRow {
+        crate::store::lookup::NodeRow {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            cluster_id: self.cluster_id,
+            name: self.name.clone(),
+        }
+    }
+}
+
 pub struct AgentService {
     st: AppState,
 }
@@ -60,19 +72,16 @@ impl AgentService {
             .ok_or_else(|| {
                 Status::unauthenticated("missing node credential (authorization: Bearer ...)")
             })?;
-        let hash = crate::auth::hash_token(credential);
-        let row: Option<(Uuid, Uuid, Uuid, String)> =
-            sqlx::query_as("SELECT id, tenant_id, cluster_id, name FROM weft_find_node($1)")
-                .bind(&hash)
-                .fetch_optional(&self.st.pool)
-                .await
-                .map_err(|e| status(e.into()))?;
+        let hash = crate::secret::hash_token(credential);
+        let row = crate::store::lookup::node(&self.st.pool, &hash)
+            .await
+            .map_err(|e| status(e.into()))?;
         match row {
-            Some((id, tenant_id, cluster_id, name)) => Ok(NodeCtx {
-                id,
-                tenant_id,
-                cluster_id,
-                name,
+            Some(n) => Ok(NodeCtx {
+                id: n.id,
+                tenant_id: n.tenant_id,
+                cluster_id: n.cluster_id,
+                name: n.name,
                 capability_version: 0,
             }),
             // Only failures are limited: a valid node credential always connects.
@@ -196,7 +205,7 @@ impl Agent for AgentService {
     ) -> Result<Response<ReportResponse>, Status> {
         let node = self.node(&req).await?;
         let mut stream = req.into_inner();
-        let (origin, tenant_name) = crate::flows::ingest::origin(&self.st.pool, &node)
+        let (origin, tenant_name) = crate::flows::ingest::origin(&self.st.pool, &node.row())
             .await
             .map_err(status)?;
         let origin = std::sync::Arc::new(origin);

@@ -9,11 +9,12 @@ use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
 use weft_proto::v1::{RegisterRequest, RegisterResponse};
 
-use crate::audit::{self, Subject};
-use crate::auth::{self, Actor, Role, TenantCtx};
-use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
+use crate::secret;
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
+use crate::store::tenant::{Actor, Role, TenantCtx};
+use crate::store::{self, Op};
 
 struct Checked {
     labels: Labels,
@@ -67,7 +68,7 @@ fn check(req: &RegisterRequest) -> Result<Checked> {
 
 pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterResponse> {
     let checked = check(&req)?;
-    let token_hash = auth::hash_token(&req.join_token);
+    let token_hash = secret::hash_token(&req.join_token);
     let found: Option<(Uuid, Uuid, Uuid)> =
         sqlx::query_as("SELECT id, tenant_id, cluster_id FROM weft_find_join_token($1)")
             .bind(&token_hash)
@@ -77,7 +78,7 @@ pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterRes
         ApiError::Unauthenticated("invalid, expired, used-up or revoked join token".into())
     })?;
     let mut tx = st.pool.begin().await?;
-    auth::set_tenant(&mut tx, tenant_id).await?;
+    store::set_tenant(&mut tx, tenant_id).await?;
     // Count the use under the row lock, so two nodes cannot share a single-use token.
     let token_name: Option<String> = sqlx::query_scalar(
         "UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
@@ -89,7 +90,7 @@ pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterRes
     let token_name = token_name.ok_or_else(|| {
         ApiError::Unauthenticated("invalid, expired, used-up or revoked join token".into())
     })?;
-    let (credential, credential_hash) = auth::new_token();
+    let (credential, credential_hash) = secret::new_token();
     let existing: Option<Uuid> =
         sqlx::query_scalar("SELECT id FROM nodes WHERE cluster_id = $1 AND name = $2 FOR UPDATE")
             .bind(cluster_id)
@@ -111,7 +112,7 @@ pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterRes
         Some(id) => (id, Op::Update),
         None => (Uuid::now_v7(), Op::Create),
     };
-    let rev = db::bump_revision(&mut tx, tenant_id, "node", id, op).await?;
+    let rev = store::bump_revision(&mut tx, tenant_id, "node", id, op).await?;
     // Replacing a node issues a new credential: the old one stops working at once.
     sqlx::query(
         "INSERT INTO nodes (id, tenant_id, cluster_id, name, labels, addresses, pod_cidrs, \

@@ -15,10 +15,9 @@ use weft_proto::v1::{
 };
 
 use super::NodeCtx;
-use crate::auth;
-use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
+use crate::store::{self, Op};
 
 pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
     let revision = i64::try_from(req.revision)
@@ -32,7 +31,7 @@ pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
     // are recorded, the applied revision stays where it was (the node retries them).
     let complete = errors.is_empty();
     let mut tx = st.pool.begin().await?;
-    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    store::set_tenant(&mut tx, node.tenant_id).await?;
     sqlx::query(
         "UPDATE nodes SET applied_revision = CASE WHEN $4 THEN greatest(applied_revision, $2) \
          ELSE applied_revision END, last_seen = now(), \
@@ -59,7 +58,7 @@ pub async fn sync_lag_stream<'a>(
 ) -> crate::metrics::SyncLagStream<'a> {
     let res = async {
         let mut tx = st.pool.begin().await?;
-        auth::set_tenant(&mut tx, node.tenant_id).await?;
+        store::set_tenant(&mut tx, node.tenant_id).await?;
         let row: (String, i64) = sqlx::query_as(
             "SELECT t.name, n.applied_revision FROM nodes n JOIN tenants t ON t.id = n.tenant_id \
              WHERE n.id = $1",
@@ -156,7 +155,7 @@ pub async fn flows(
             })
             .inc_by(lost);
         let mut tx = st.pool.begin().await?;
-        auth::set_tenant(&mut tx, node.tenant_id).await?;
+        store::set_tenant(&mut tx, node.tenant_id).await?;
         sqlx::query(
             "UPDATE nodes SET health = jsonb_set(health, '{flows_lost}', \
                to_jsonb(coalesce((health->>'flows_lost')::bigint, 0) + $2)) WHERE id = $1",
@@ -182,7 +181,7 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
         "last_error": req.last_error,
     });
     let mut tx = st.pool.begin().await?;
-    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    store::set_tenant(&mut tx, node.tenant_id).await?;
     sqlx::query(
         "UPDATE nodes SET agent_version = $2, kernel_version = $3, last_seen = now(), \
          health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb), \
@@ -307,7 +306,7 @@ pub async fn identity_for(
 pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) -> Result<()> {
     let reported = check(&report)?;
     let mut tx = st.pool.begin().await?;
-    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    store::set_tenant(&mut tx, node.tenant_id).await?;
     let current: Vec<StoredEndpoint> =
         sqlx::query_as(
             "SELECT id, name, labels, host(ipv4), host(ipv6), named_ports FROM endpoints WHERE node_id = $1 FOR UPDATE",
@@ -339,7 +338,7 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
         } else {
             Op::Create
         };
-        let rev = db::bump_revision(&mut tx, node.tenant_id, "endpoint", id, op).await?;
+        let rev = store::bump_revision(&mut tx, node.tenant_id, "endpoint", id, op).await?;
         sqlx::query(
             "INSERT INTO endpoints (id, tenant_id, cluster_id, node_id, name, labels, ipv4, ipv6, identity, revision, named_ports) \
              VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8::inet, $9, $10, $11) \
@@ -365,7 +364,7 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
             continue;
         }
         changed = true;
-        db::bump_revision(&mut tx, node.tenant_id, "endpoint", *id, Op::Delete).await?;
+        store::bump_revision(&mut tx, node.tenant_id, "endpoint", *id, Op::Delete).await?;
         sqlx::query("DELETE FROM endpoints WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -398,7 +397,7 @@ fn clip(s: &str) -> String {
 /// ignored, never refused: an agent must not retry a report forever.
 pub async fn probes(st: &AppState, node: &NodeCtx, report: ProbeReport) -> Result<()> {
     let mut tx = st.pool.begin().await?;
-    auth::set_tenant(&mut tx, node.tenant_id).await?;
+    store::set_tenant(&mut tx, node.tenant_id).await?;
     let mut stored = 0usize;
     for r in &report.results {
         let Ok(id) = Uuid::parse_str(&r.id) else {
@@ -430,7 +429,7 @@ pub async fn probes(st: &AppState, node: &NodeCtx, report: ProbeReport) -> Resul
             tracing::debug!(node = %node.name, %id, "result for no pending probe of this node ignored");
             continue;
         }
-        let rev = db::bump_revision(&mut tx, node.tenant_id, "probe", id, Op::Update).await?;
+        let rev = store::bump_revision(&mut tx, node.tenant_id, "probe", id, Op::Update).await?;
         sqlx::query("UPDATE probes SET revision = $2 WHERE id = $1")
             .bind(id)
             .bind(rev)

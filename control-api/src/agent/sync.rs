@@ -131,7 +131,7 @@ async fn node_tx(
     node: &NodeCtx,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, crate::error::ApiError> {
     let mut tx = st.pool.begin().await?;
-    crate::auth::set_tenant(&mut tx, node.tenant_id).await?;
+    crate::store::set_tenant(&mut tx, node.tenant_id).await?;
     Ok(tx)
 }
 

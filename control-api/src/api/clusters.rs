@@ -12,13 +12,13 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 
 use super::common::{self, Description, LabelMap, Name, ReadErrors, Scope, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
-use crate::db::{self, Op};
 use crate::error::Result;
 use crate::extract::{IfMatch, Json};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
+use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -166,7 +166,7 @@ async fn create_cluster(
     input.validate()?;
     let mut tx = t.begin(&st.pool).await?;
     let id = Uuid::now_v7();
-    let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
+    let rev = store::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
     let c: Cluster = sqlx::query_as(&format!(
         "INSERT INTO clusters (id, tenant_id, name, description, labels, revision, \
          allow_host_to_local_pods) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
@@ -209,7 +209,7 @@ async fn update(
     let input = change(before.clone().into())?;
     input.validate()?;
     common::check_precondition(expected, current)?;
-    let rev = db::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
+    let rev = store::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
     let c: Cluster = sqlx::query_as(&format!(
         "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
          allow_host_to_local_pods = $6, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
@@ -298,7 +298,7 @@ async fn delete_cluster(
     )
     .await?;
     let before = load(&mut tx, id).await?;
-    db::bump_revision(&mut tx, t.id, "cluster", id, Op::Delete).await?;
+    store::bump_revision(&mut tx, t.id, "cluster", id, Op::Delete).await?;
     sqlx::query("DELETE FROM clusters WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

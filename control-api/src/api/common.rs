@@ -12,9 +12,9 @@ use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::names::validate_name;
 
-use crate::db;
 use crate::error::{ApiError, Problem, Result};
 use crate::etag;
+use crate::store;
 
 /// Longest free-text description a resource may carry, in characters.
 pub const MAX_DESCRIPTION: usize = 1024;
@@ -119,7 +119,7 @@ pub async fn lock_row(
     key: &str,
 ) -> Result<(Uuid, i64)> {
     let id = require_id(conn, table, what, scope, key).await?;
-    db::lock_revisions(&mut *conn).await?;
+    store::lock_revisions(&mut *conn).await?;
     let sql = format!("SELECT revision FROM {table} WHERE id = $1 FOR UPDATE");
     let current: i64 = sqlx::query_scalar(&sql)
         .bind(id)

@@ -13,12 +13,12 @@ use uuid::Uuid;
 use weft_model::error::FieldError;
 
 use super::common::{self, Name, ReadErrors, Scope, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{self, need, Tenant};
 use crate::error::Result;
 use crate::extract::Json;
 use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -16,12 +16,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::common::{self, ReadErrors, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{need, Principal, Role, Tenant as Authorized, TenantCtx};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
 use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

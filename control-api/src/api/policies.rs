@@ -19,13 +19,13 @@ use weft_model::labels::Labels;
 use weft_model::policy::{self, Condition, PolicySpec};
 
 use super::common::{self, Description, LabelMap, Name, ReadErrors, Scope, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
-use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::extract::{IfMatch, Json, YamlBody};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
+use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -383,7 +383,7 @@ async fn insert(
     clusters: Option<Vec<Uuid>>,
 ) -> Result<(i64, Uuid)> {
     let id = Uuid::now_v7();
-    let rev = db::bump_revision(tx, tenant, "policy", id, Op::Create).await?;
+    let rev = store::bump_revision(tx, tenant, "policy", id, Op::Create).await?;
     sqlx::query(
         "INSERT INTO policies (id, tenant_id, name, labels, description, specs, cluster_ids, revision) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -410,7 +410,7 @@ async fn rewrite(
     specs: &[PolicySpec],
     clusters: Option<Vec<Uuid>>,
 ) -> Result<i64> {
-    let rev = db::bump_revision(tx, tenant, "policy", id, Op::Update).await?;
+    let rev = store::bump_revision(tx, tenant, "policy", id, Op::Update).await?;
     sqlx::query(
         "UPDATE policies SET name = $2, labels = $3, description = $4, specs = $5, \
          cluster_ids = $6, revision = $7, updated_at = now() WHERE id = $1",
@@ -583,7 +583,7 @@ async fn delete_policy(
     )
     .await?;
     let before = load(&mut tx, id).await?;
-    db::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
+    store::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
     sqlx::query("DELETE FROM policies WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -697,7 +697,7 @@ async fn import_policies(
         let existing = common::find_id(&mut tx, "policies", Scope::tenant(t.id), &p.name).await?;
         let before = match existing {
             Some(id) => {
-                db::lock_revisions(&mut tx).await?;
+                store::lock_revisions(&mut tx).await?;
                 sqlx::query("SELECT 1 FROM policies WHERE id = $1 FOR UPDATE")
                     .bind(id)
                     .execute(&mut *tx)

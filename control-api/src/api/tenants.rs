@@ -13,13 +13,13 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 
 use super::common::{self, LabelMap, Name, ReadErrors, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{self as authz, need, Principal, Tenant as Authorized, TenantCtx};
-use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::extract::{IfMatch, Json};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
+use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -178,7 +178,7 @@ async fn create_tenant(
     let id = Uuid::now_v7();
     // The new tenant's own transaction: RLS accepts the row only for this id.
     authz::set_tenant(&mut tx, id).await?;
-    let rev = db::next_revision(&mut tx).await?;
+    let rev = store::next_revision(&mut tx).await?;
     let t: Tenant = sqlx::query_as(&format!(
         "INSERT INTO tenants (id, name, display_name, labels, revision) \
          VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
@@ -200,7 +200,7 @@ async fn create_tenant(
         .execute(&mut *tx)
         .await?;
     }
-    db::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
+    store::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
     let ctx = TenantCtx {
         id,
         name: t.name.clone(),
@@ -246,7 +246,7 @@ async fn update(
     change: impl FnOnce(TenantInput) -> Result<TenantInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    db::lock_revisions(&mut tx).await?;
+    store::lock_revisions(&mut tx).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)
@@ -255,7 +255,7 @@ async fn update(
     let input = change(before.clone().into())?;
     input.validate()?;
     common::check_precondition(expected, current)?;
-    let rev = db::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
+    let rev = store::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
     let row: Tenant = sqlx::query_as(&format!(
         "UPDATE tenants SET name = $2, display_name = $3, labels = $4, revision = $5, \
          updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
@@ -324,7 +324,7 @@ async fn delete_tenant(
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    db::lock_revisions(&mut tx).await?;
+    store::lock_revisions(&mut tx).await?;
     let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(t.id)
         .fetch_one(&mut *tx)
@@ -332,7 +332,7 @@ async fn delete_tenant(
     common::check_precondition(expected, current)?;
     // The change log rows of the tenant go with it (cascade); bumping the revision still
     // tells agents that something changed.
-    db::next_revision(&mut tx).await?;
+    store::next_revision(&mut tx).await?;
     sqlx::query("DELETE FROM tenants WHERE id = $1")
         .bind(t.id)
         .execute(&mut *tx)

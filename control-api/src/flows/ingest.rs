@@ -19,12 +19,15 @@ use weft_model::labels::Labels;
 use weft_proto::v1::{Flow, FlowBatch};
 
 use super::{NewFlow, NewPeer, Origin};
-use crate::auth::set_tenant;
 use crate::error::Result;
+use crate::store::set_tenant;
 
 /// The node a stream comes from, with the names stored beside each flow; looked up once
 /// per `ReportFlows` stream, under the node's tenant.
-pub async fn origin(pool: &PgPool, node: &crate::agent::NodeCtx) -> Result<(Origin, String)> {
+pub async fn origin(
+    pool: &PgPool,
+    node: &crate::store::lookup::NodeRow,
+) -> Result<(Origin, String)> {
     let mut tx = pool.begin().await?;
     set_tenant(&mut tx, node.tenant_id).await?;
     let (cluster_name, tenant_name): (String, String) = sqlx::query_as(
@@ -211,9 +214,10 @@ impl EnrichCache {
     pub fn spawn_invalidation(
         self: &Arc<Self>,
         mut changes: tokio::sync::broadcast::Receiver<crate::changes::Change>,
+        tasks: &crate::tasks::Tasks,
     ) {
         let cache = Arc::downgrade(self);
-        tokio::spawn(async move {
+        tasks.spawn("enrich cache invalidation", async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 let tenant = match changes.recv().await {

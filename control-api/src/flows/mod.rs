@@ -23,6 +23,7 @@ use weft_model::flow::{DropReason, FlowFilter, FlowRecord, Verdict};
 use weft_model::labels::Labels;
 
 use crate::error::Result;
+use crate::tasks::Tasks;
 
 /// Channel on which each stored batch is announced to every replica.
 pub const NOTICE_CHANNEL: &str = "weft_flows";
@@ -195,10 +196,10 @@ pub trait FlowStore: Send + Sync {
 pub type SharedFlowStore = Arc<dyn FlowStore>;
 
 /// Starts this replica's listener for stored batches and returns its channel.
-pub fn spawn_notice_listener(pool: PgPool) -> broadcast::Sender<Notice> {
+pub fn spawn_notice_listener(pool: PgPool, tasks: &Tasks) -> broadcast::Sender<Notice> {
     let (tx, _) = broadcast::channel(4096);
     let out = tx.clone();
-    tokio::spawn(async move {
+    tasks.spawn("flow notice listener", async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             if let Err(e) = listen(&pool, &tx).await {
@@ -248,8 +249,8 @@ pub async fn maintain(pool: &PgPool, retention_days: u32) -> Result<(i32, i32)> 
 }
 
 /// Runs [`maintain`] now and then every `every`, on every replica (idempotent).
-pub fn spawn_maintenance(pool: PgPool, retention_days: u32, every: Duration) {
-    tokio::spawn(async move {
+pub fn spawn_maintenance(tasks: &Tasks, pool: PgPool, retention_days: u32, every: Duration) {
+    tasks.spawn("flow partition maintenance", async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;

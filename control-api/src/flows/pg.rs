@@ -15,8 +15,8 @@ use weft_model::labels::Labels;
 
 use super::block::{self, Decoded, EdgeAgg, EdgeMap};
 use super::{Cursor, FlowStore, MapEdge, MapNode, NewFlow, Notice, Origin, ServiceMap};
-use crate::auth::set_tenant;
 use crate::error::{ApiError, Result};
+use crate::store::set_tenant;
 
 pub struct PgFlowStore {
     pool: PgPool,

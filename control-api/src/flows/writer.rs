@@ -13,9 +13,11 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
 
 use super::{NewFlow, Origin, SharedFlowStore};
 use crate::error::{ApiError, Result};
+use crate::tasks::Tasks;
 
 /// Flows one transaction takes at most (it may exceed it by one batch).
 pub const MAX_ROWS: usize = 20_000;
@@ -52,12 +54,19 @@ impl Pending {
 }
 
 impl FlowWriter {
-    /// Starts `writers` writer tasks over `store` behind a queue of `queue` batches.
-    pub fn spawn(store: SharedFlowStore, writers: usize, queue: usize) -> FlowWriter {
+    /// Starts `writers` writer tasks over `store` behind a queue of `queue` batches. When
+    /// the tasks stop, a writer finishes the write it is in, then ends.
+    pub fn spawn(
+        store: SharedFlowStore,
+        writers: usize,
+        queue: usize,
+        tasks: &Tasks,
+    ) -> FlowWriter {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_loop(store.clone(), rx.clone()));
+            let stop = tasks.stopping();
+            tasks.spawn_until_idle("flow writer", write_loop(store.clone(), rx.clone(), stop));
         }
         FlowWriter { tx }
     }
@@ -82,11 +91,22 @@ impl FlowWriter {
     }
 }
 
-async fn write_loop(store: SharedFlowStore, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn write_loop(
+    store: SharedFlowStore,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    stop: CancellationToken,
+) {
     loop {
         let jobs = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
+            let mut rx = tokio::select! {
+                rx = rx.lock() => rx,
+                () = stop.cancelled() => return,
+            };
+            let first = tokio::select! {
+                first = rx.recv() => first,
+                () = stop.cancelled() => return,
+            };
+            let Some(first) = first else {
                 return;
             };
             let mut rows = first.flows.len();

@@ -11,20 +11,19 @@ use sqlx::{FromRow, PgConnection, QueryBuilder};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
-use weft_model::desired::ProbeView;
 use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
-use weft_model::workload::{DesiredProbe, ProbeOutcome};
+use weft_model::workload::ProbeOutcome;
 
 use super::{node_in_cluster, scope, CreateErrors, DeleteParams, Deleted, SelectorListParams};
 use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
-use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
 use crate::pagination::{Page, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
+use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -243,38 +242,12 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Probe> {
     Ok(row.into())
 }
 
-/// The tenant's probes without a result, with their nodes, for the desired-state compiler.
-pub async fn pending_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<Vec<ProbeView>> {
-    type ViewRow = (Uuid, Uuid, Option<String>, String, i32, i32);
-    let rows: Vec<ViewRow> = sqlx::query_as(
-        "SELECT id, node_id, from_workload, host(target_ip), target_port, timeout_ms \
-         FROM probes WHERE tenant_id = $1 AND outcome IS NULL ORDER BY id",
-    )
-    .bind(tenant)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, node, from, ip, port, timeout)| {
-            Some(ProbeView {
-                node_id: node.to_string(),
-                probe: DesiredProbe {
-                    id: id.to_string(),
-                    from_workload: from,
-                    target: SocketAddrV4::new(ip.parse().ok()?, u16::try_from(port).ok()?),
-                    timeout_ms: timeout.unsigned_abs(),
-                },
-            })
-        })
-        .collect())
-}
-
 /// The probe `key` of the scope's cluster, or 404.
 async fn require(conn: &mut PgConnection, scope: Scope, key: &str, lock: bool) -> Result<Uuid> {
     let missing = || ApiError::not_found("probe", key);
     let id = Uuid::parse_str(key).map_err(|_| missing())?;
     if lock {
-        db::lock_revisions(&mut *conn).await?;
+        store::lock_revisions(&mut *conn).await?;
     }
     let sql = format!(
         "SELECT id FROM probes WHERE tenant_id = $1 AND cluster_id = $2 AND id = $3{}",
@@ -393,7 +366,7 @@ async fn create_probe(
         (None, None) => return Err(ApiError::invalid_field("node", "required")),
     };
     let id = Uuid::now_v7();
-    let rev = db::bump_revision(&mut tx, sc.tenant, "probe", id, Op::Create).await?;
+    let rev = store::bump_revision(&mut tx, sc.tenant, "probe", id, Op::Create).await?;
     sqlx::query(
         "INSERT INTO probes (id, tenant_id, cluster_id, node_id, from_workload, target_ip, \
          target_port, timeout_ms, labels, revision) \
@@ -434,7 +407,7 @@ async fn create_probe(
 async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u64> {
     for id in ids {
         let before = load(tx, *id).await?;
-        db::bump_revision(tx, t.id, "probe", *id, Op::Delete).await?;
+        store::bump_revision(tx, t.id, "probe", *id, Op::Delete).await?;
         sqlx::query("DELETE FROM probes WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -493,7 +466,7 @@ async fn delete_probes(
         .push_bind(sc.cluster);
     crate::pagination::push_label_filter(&mut qb, "p.labels", &selector);
     qb.push(" ORDER BY p.id FOR UPDATE");
-    db::lock_revisions(&mut tx).await?;
+    store::lock_revisions(&mut tx).await?;
     let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
     tx.commit().await?;

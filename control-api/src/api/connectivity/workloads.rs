@@ -14,20 +14,19 @@ use sqlx::{FromRow, PgConnection, QueryBuilder};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
-use weft_model::desired::WorkloadView;
 use weft_model::error::FieldError;
 use weft_model::labels::Labels;
-use weft_model::workload::{self, DesiredWorkload, WorkloadKind, WORLD_NET};
+use weft_model::workload::{self, WorkloadKind, WORLD_NET};
 
 use super::{node_in_cluster, scope, CreateErrors, DeleteParams, Deleted, SelectorListParams};
 use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
-use crate::audit::{self, Subject};
 use crate::auth::{need, Tenant, TenantCtx};
-use crate::db::{self, Op};
 use crate::error::{ApiError, Result};
 use crate::extract::Json;
 use crate::pagination::{Page, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
+use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -190,43 +189,6 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<TestWorkload> {
     Ok(row.into())
 }
 
-/// Every test workload of a tenant, with its node, for the desired-state compiler.
-pub async fn views_of_tenant(conn: &mut PgConnection, tenant: Uuid) -> Result<Vec<WorkloadView>> {
-    type ViewRow = (
-        Uuid,
-        String,
-        String,
-        String,
-        sqlx::types::Json<Labels>,
-        Vec<i32>,
-    );
-    let rows: Vec<ViewRow> = sqlx::query_as(
-        "SELECT node_id, name, kind, host(ip), labels, echo_ports FROM test_workloads \
-         WHERE tenant_id = $1 ORDER BY id",
-    )
-    .bind(tenant)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(node, name, kind, ip, labels, ports)| {
-            Some(WorkloadView {
-                node_id: node.to_string(),
-                workload: DesiredWorkload {
-                    name,
-                    kind: kind.parse().ok()?,
-                    ip: ip.parse().ok()?,
-                    labels: labels.0,
-                    echo_ports: ports
-                        .iter()
-                        .filter_map(|p| u16::try_from(*p).ok())
-                        .collect(),
-                },
-            })
-        })
-        .collect())
-}
-
 fn subject(w: &TestWorkload) -> Subject<'_> {
     Subject {
         kind: "test_workload",
@@ -384,7 +346,7 @@ async fn create_test_workload(
         .await?;
     let ip = allocate(&mut tx, sc, (node, &node_name), input.kind).await?;
     let id = Uuid::now_v7();
-    let rev = db::bump_revision(&mut tx, sc.tenant, "test_workload", id, Op::Create).await?;
+    let rev = store::bump_revision(&mut tx, sc.tenant, "test_workload", id, Op::Create).await?;
     sqlx::query(
         "INSERT INTO test_workloads (id, tenant_id, cluster_id, node_id, name, kind, ip, labels, \
          echo_ports, revision) VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8, $9, $10)",
@@ -431,7 +393,7 @@ async fn create_test_workload(
 async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u64> {
     for id in ids {
         let before = load(tx, *id).await?;
-        db::bump_revision(tx, t.id, "test_workload", *id, Op::Delete).await?;
+        store::bump_revision(tx, t.id, "test_workload", *id, Op::Delete).await?;
         sqlx::query("DELETE FROM test_workloads WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -498,7 +460,7 @@ async fn delete_test_workloads(
         .push_bind(sc.cluster);
     crate::pagination::push_label_filter(&mut qb, "w.labels", &selector);
     qb.push(" ORDER BY w.id FOR UPDATE");
-    db::lock_revisions(&mut tx).await?;
+    store::lock_revisions(&mut tx).await?;
     let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
     tx.commit().await?;

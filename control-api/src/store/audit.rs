@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::auth::TenantCtx;
+use super::tenant::TenantCtx;
 use crate::error::Result;
 
 /// A resource as the audit log names it.

@@ -1,0 +1,22 @@
+//! The store: row types and queries on a `&mut PgConnection` (or the pool, for the few
+//! lookups made before a tenant is known). The REST handlers (`api`) and the agent
+//! service (`agent`) both stand on it; it imports neither.
+//!
+//! - [`tenant`]: the tenant transaction (`set_tenant`), roles and the acting tenant;
+//! - [`revision`]: the desired-state revision bump, change log and NOTIFY;
+//! - [`audit`]: the audit log, written in the same transaction as the change;
+//! - [`lookup`]: credential and tenant lookups across tenants;
+//! - [`view`]: the tenant's view the desired-state compiler reads;
+//! - [`services`]: load-balanced services.
+
+pub mod audit;
+pub mod lookup;
+pub mod revision;
+pub mod services;
+pub mod tenant;
+pub mod view;
+
+pub use revision::{
+    bump_revision, lock_revisions, next_revision, record_change, Op, CHANGES_CHANNEL,
+};
+pub use tenant::{set_tenant, set_user, TenantCtx};

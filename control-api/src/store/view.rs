@@ -1,0 +1,199 @@
+//! The tenant's view: everything the desired-state compiler needs of one tenant, read
+//! inside the caller's transaction (a consistent snapshot when it is REPEATABLE READ).
+
+use std::net::{IpAddr, SocketAddrV4};
+
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+use weft_model::desired::{
+    ClusterView, EndpointView, NodeView, PolicyView, ProbeView, ServiceView, TenantView,
+    WorkloadView,
+};
+use weft_model::labels::Labels;
+use weft_model::policy::{NamedPort, PolicySpec};
+use weft_model::service::ServiceSpec;
+use weft_model::workload::{DesiredProbe, DesiredWorkload};
+
+use crate::error::Result;
+
+type NodeRow = (Uuid, Uuid, String, Vec<String>, Json<Labels>);
+type EndpointRow = (
+    Uuid,
+    Uuid,
+    Uuid,
+    String,
+    Json<Labels>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Json<Vec<NamedPort>>,
+);
+type PolicyRow = (Uuid, String, Json<Vec<PolicySpec>>, Option<Vec<Uuid>>);
+
+/// Reads the tenant's view inside the caller's transaction.
+#[tracing::instrument(name = "db.load_view", skip_all, fields(%tenant))]
+pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantView> {
+    let nodes: Vec<NodeRow> = sqlx::query_as(
+        "SELECT id, cluster_id, name, array(SELECT host(a) FROM unnest(addresses) a), labels \
+         FROM nodes WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let endpoints: Vec<EndpointRow> = sqlx::query_as(
+        "SELECT id, cluster_id, node_id, name, labels, host(ipv4), host(ipv6), identity, \
+         named_ports FROM endpoints WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let policies: Vec<PolicyRow> =
+        sqlx::query_as("SELECT id, name, specs, cluster_ids FROM policies WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await?;
+    let clusters: Vec<(Uuid, bool)> =
+        sqlx::query_as("SELECT id, allow_host_to_local_pods FROM clusters WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await?;
+    let services = super::services::all_of_tenant(conn, tenant).await?;
+    let workloads = workloads_of_tenant(conn, tenant).await?;
+    let probes = pending_probes_of_tenant(conn, tenant).await?;
+    let ip = |s: &str| s.parse::<IpAddr>().ok();
+    Ok(TenantView {
+        nodes: nodes
+            .into_iter()
+            .map(|(id, cluster, name, addrs, labels)| NodeView {
+                id: id.to_string(),
+                cluster_id: cluster.to_string(),
+                name,
+                addresses: addrs.iter().filter_map(|a| ip(a)).collect(),
+                labels: labels.0,
+            })
+            .collect(),
+        endpoints: endpoints
+            .into_iter()
+            // An endpoint without an identity yet is not programmed anywhere.
+            .filter_map(
+                |(id, cluster, node, name, labels, v4, v6, identity, ports)| {
+                    Some(EndpointView {
+                        id: id.to_string(),
+                        cluster_id: cluster.to_string(),
+                        node_id: node.to_string(),
+                        name,
+                        labels: labels.0,
+                        ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
+                        identity: u32::try_from(identity?).ok()?,
+                        named_ports: ports.0,
+                    })
+                },
+            )
+            .collect(),
+        policies: policies
+            .into_iter()
+            .map(|(id, name, specs, clusters)| PolicyView {
+                id: id.to_string(),
+                name,
+                specs: specs.0,
+                clusters: clusters.map(|c| c.iter().map(Uuid::to_string).collect()),
+            })
+            .collect(),
+        services: services
+            .into_iter()
+            .map(|s| {
+                let spec = ServiceSpec {
+                    algorithm: s.algorithm(),
+                    session_affinity: s.session_affinity(),
+                    frontends: s.frontends,
+                    backends: s.backends,
+                };
+                ServiceView {
+                    id: s.id.to_string(),
+                    cluster_id: s.cluster_id.to_string(),
+                    name: s.name,
+                    spec,
+                }
+            })
+            .collect(),
+        workloads,
+        probes,
+        clusters: clusters
+            .into_iter()
+            .map(|(id, allow_host_to_local_pods)| ClusterView {
+                id: id.to_string(),
+                allow_host_to_local_pods,
+            })
+            .collect(),
+    })
+}
+
+/// Every test workload of a tenant, with its node, for the desired-state compiler.
+pub async fn workloads_of_tenant(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Vec<WorkloadView>> {
+    type ViewRow = (
+        Uuid,
+        String,
+        String,
+        String,
+        sqlx::types::Json<Labels>,
+        Vec<i32>,
+    );
+    let rows: Vec<ViewRow> = sqlx::query_as(
+        "SELECT node_id, name, kind, host(ip), labels, echo_ports FROM test_workloads \
+         WHERE tenant_id = $1 ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(node, name, kind, ip, labels, ports)| {
+            Some(WorkloadView {
+                node_id: node.to_string(),
+                workload: DesiredWorkload {
+                    name,
+                    kind: kind.parse().ok()?,
+                    ip: ip.parse().ok()?,
+                    labels: labels.0,
+                    echo_ports: ports
+                        .iter()
+                        .filter_map(|p| u16::try_from(*p).ok())
+                        .collect(),
+                },
+            })
+        })
+        .collect())
+}
+
+/// The tenant's probes without a result, with their nodes, for the desired-state compiler.
+pub async fn pending_probes_of_tenant(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Vec<ProbeView>> {
+    type ViewRow = (Uuid, Uuid, Option<String>, String, i32, i32);
+    let rows: Vec<ViewRow> = sqlx::query_as(
+        "SELECT id, node_id, from_workload, host(target_ip), target_port, timeout_ms \
+         FROM probes WHERE tenant_id = $1 AND outcome IS NULL ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, node, from, ip, port, timeout)| {
+            Some(ProbeView {
+                node_id: node.to_string(),
+                probe: DesiredProbe {
+                    id: id.to_string(),
+                    from_workload: from,
+                    target: SocketAddrV4::new(ip.parse().ok()?, u16::try_from(port).ok()?),
+                    timeout_ms: timeout.unsigned_abs(),
+                },
+            })
+        })
+        .collect())
+}
