@@ -1052,3 +1052,24 @@ async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_replicas_background_tasks_stop_on_shutdown_and_when_its_state_is_dropped() {
+    let t = TestApp::new().await;
+    // Shutdown stops every task and waits for each.
+    let replica = t.replica().await;
+    let tasks = replica.tasks.clone();
+    assert!(
+        tasks.running() >= 4,
+        "listeners, writers and invalidation run: {}",
+        tasks.running()
+    );
+    tasks.shutdown().await;
+    assert_eq!(tasks.running(), 0);
+    // Dropping the last clone of a state stops its tasks too.
+    let replica = t.replica().await;
+    let stopping = replica.tasks.stopping();
+    assert!(!stopping.is_cancelled());
+    drop(replica);
+    assert!(stopping.is_cancelled());
+}
