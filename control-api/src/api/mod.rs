@@ -135,6 +135,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(join_tokens::router())
         .merge(install::router());
     sessions_accepted_wherever_bearer_is(router.get_openapi_mut());
+    crate::extract::state_no_nul(router.get_openapi_mut());
     router
 }
 
