@@ -175,24 +175,12 @@ pub fn nul_at(v: &serde_json::Value, path: String) -> Option<String> {
 /// schemas and the component schemas they reach).
 pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
     let mut reached = std::collections::BTreeSet::new();
-    for item in spec.paths.paths.values_mut() {
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for op in ops.into_iter().flatten() {
-            if let Some(body) = op.request_body.as_mut() {
-                for content in body.content.values_mut() {
-                    if let Some(schema) = content.schema.as_mut() {
-                        no_nul_in(schema, &mut reached);
-                    }
-                }
-            }
+    crate::api::for_each_operation(spec, |op| {
+        let bodies = op.request_body.iter_mut().flat_map(|b| b.content.values_mut());
+        for schema in bodies.filter_map(|c| c.schema.as_mut()) {
+            no_nul_in(schema, &mut reached);
         }
-    }
+    });
     let Some(c) = spec.components.as_mut() else {
         return;
     };
