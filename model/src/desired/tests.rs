@@ -1,14 +1,19 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde_json::json;
 
 use super::*;
+use crate::identity;
 use crate::identity::{
     CIDR_BASE, HEALTH, HOST, INGRESS, INIT, KUBE_APISERVER, REMOTE_NODE, UNMANAGED, WORLD,
 };
+use crate::labels::Labels;
 use crate::policy::{evaluate, Decision, FlowProtocol, Peer, Subject, Traffic, Verdict};
-use crate::workload::WorkloadKind;
+use crate::policy::{Direction, Entity, NamedPort, PolicySpec};
+use crate::service::{Algorithm, ServiceSpec};
+use crate::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
