@@ -1558,53 +1558,6 @@ fn diff_is_per_item() {
     assert!(!d.is_empty());
 }
 
-#[test]
-#[ignore = "timing, run by hand: cargo test -p weft-model --release compile_scale -- --ignored --nocapture"]
-fn compile_scale() {
-    let mut view = TenantView::default();
-    for n in 0..50u32 {
-        view.nodes.push(node(
-            &format!("n{n}"),
-            "c1",
-            &[&format!("10.0.{}.{}", n / 200, n % 200 + 1)],
-            "zone=a",
-        ));
-    }
-    for e in 0..2000u32 {
-        let app = e % 100;
-        view.endpoints.push(ep(
-            &format!("ep-{e:04}"),
-            "c1",
-            &format!("n{}", e % 50),
-            &format!("app=a{app},tier=t{}", app % 5),
-            &[&format!("10.8.{}.{}", e / 250, e % 250 + 1)],
-            300 + app,
-        ));
-    }
-    for p in 0..300u32 {
-        view.policies.push(policy(&format!("p{p:03}"), &[json!({
-            "endpointSelector": {"matchLabels": {"app": format!("a{}", p % 100)}},
-            "ingress": [
-                {"fromEndpoints": [{"matchLabels": {"tier": format!("t{}", p % 5)}}], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}, {"port": "9000", "endPort": 9100}]}]},
-                {"fromEntities": ["cluster"], "toPorts": [{"ports": [{"port": "9100", "protocol": "TCP"}]}]}
-            ],
-            "egress": [
-                {"toCIDRSet": [{"cidr": format!("172.{}.0.0/16", 16 + p % 16), "except": [format!("172.{}.{}.0/24", 16 + p % 16, p % 200)]}]},
-                {"toEntities": ["world"], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}
-            ]
-        })], None));
-    }
-    let start = std::time::Instant::now();
-    let s = compile_ok(&view, "n7");
-    let took = start.elapsed();
-    let rules: usize = s.policy.values().map(Vec::len).sum();
-    println!(
-        "compile: {took:?} for {} local endpoints, {} ipcache entries, {rules} rules",
-        s.endpoints.len(),
-        s.ipcache.len()
-    );
-}
-
 fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
     &items[rng.below(items.len())]
 }
