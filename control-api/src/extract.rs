@@ -176,7 +176,10 @@ pub fn nul_at(v: &serde_json::Value, path: String) -> Option<String> {
 pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
     let mut reached = std::collections::BTreeSet::new();
     crate::api::for_each_operation(spec, |op| {
-        let bodies = op.request_body.iter_mut().flat_map(|b| b.content.values_mut());
+        let bodies = op
+            .request_body
+            .iter_mut()
+            .flat_map(|b| b.content.values_mut());
         for schema in bodies.filter_map(|c| c.schema.as_mut()) {
             no_nul_in(schema, &mut reached);
         }

@@ -231,7 +231,9 @@ pub fn run(cluster: &pg::Cluster, dir: &Path, budget: Budget) -> Result<()> {
     // recursion depth mismatch", fixed in later CPythons), which Hypothesis calls from both
     // workers: a crash of the tool, not a finding. Such a run is made once more.
     if !status.success() && tool_crashed_only(&out) {
-        eprintln!("xtask: schemathesis itself crashed (see its traceback above), running it once more");
+        eprintln!(
+            "xtask: schemathesis itself crashed (see its traceback above), running it once more"
+        );
         status = run()?;
     }
     drop(api);
@@ -271,9 +273,7 @@ fn tool_crashed_only(dir: &Path) -> bool {
     let errors = r["errors"].as_array().cloned().unwrap_or_default();
     r["baseline"]["new"].as_u64() == Some(0)
         && !errors.is_empty()
-        && errors
-            .iter()
-            .all(|e| e["title"] == "Runtime Error")
+        && errors.iter().all(|e| e["title"] == "Runtime Error")
 }
 
 /// One line from the newest JSON report: operations, test cases, failures.

@@ -108,7 +108,10 @@ fn sessions_accepted_wherever_bearer_is(spec: &mut Spec) {
 }
 
 /// Calls `f` on every operation of the spec.
-pub(crate) fn for_each_operation(spec: &mut Spec, mut f: impl FnMut(&mut utoipa::openapi::path::Operation)) {
+pub(crate) fn for_each_operation(
+    spec: &mut Spec,
+    mut f: impl FnMut(&mut utoipa::openapi::path::Operation),
+) {
     for item in spec.paths.paths.values_mut() {
         let ops = [
             &mut item.get,
