@@ -170,6 +170,82 @@ pub fn nul_at(v: &serde_json::Value, path: String) -> Option<String> {
     }
 }
 
+/// What [`nul_at`] enforces, stated in the spec: every string a request body can carry that
+/// has no pattern, format or enum of its own gets [`NO_NUL_PATTERN`] (request bodies' inline
+/// schemas and the component schemas they reach).
+pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
+    let mut reached = std::collections::BTreeSet::new();
+    crate::api::for_each_operation(spec, |op| {
+        let bodies = op
+            .request_body
+            .iter_mut()
+            .flat_map(|b| b.content.values_mut());
+        for schema in bodies.filter_map(|c| c.schema.as_mut()) {
+            no_nul_in(schema, &mut reached);
+        }
+    });
+    let Some(c) = spec.components.as_mut() else {
+        return;
+    };
+    let mut done = std::collections::BTreeSet::new();
+    while let Some(name) = reached.iter().find(|n| !done.contains(*n)).cloned() {
+        done.insert(name.clone());
+        if let Some(schema) = c.schemas.get_mut(&name) {
+            no_nul_in(schema, &mut reached);
+        }
+    }
+}
+
+/// PostgreSQL text cannot hold U+0000: no request string may contain it.
+pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
+
+/// Adds the pattern to `s` and what it holds; collects the component schemas it refers to.
+fn no_nul_in(
+    s: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    refs: &mut std::collections::BTreeSet<String>,
+) {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema, SchemaType, Type};
+    use utoipa::openapi::RefOr;
+    let schema = match s {
+        RefOr::Ref(r) => {
+            if let Some(name) = r.ref_location.strip_prefix("#/components/schemas/") {
+                refs.insert(name.to_string());
+            }
+            return;
+        }
+        RefOr::T(schema) => schema,
+    };
+    let mut each =
+        |items: &mut Vec<RefOr<Schema>>| items.iter_mut().for_each(|x| no_nul_in(x, refs));
+    match schema {
+        Schema::Object(o) => {
+            let is_string = match &o.schema_type {
+                SchemaType::Type(t) => *t == Type::String,
+                SchemaType::Array(ts) => ts.contains(&Type::String),
+                SchemaType::AnyValue => false,
+            };
+            if is_string && o.pattern.is_none() && o.format.is_none() && o.enum_values.is_none() {
+                o.pattern = Some(NO_NUL_PATTERN.to_string());
+            }
+            o.properties.values_mut().for_each(|x| no_nul_in(x, refs));
+            if let Some(ap) = o.additional_properties.as_mut() {
+                if let AdditionalProperties::RefOr(r) = ap.as_mut() {
+                    no_nul_in(r, refs);
+                }
+            }
+        }
+        Schema::Array(a) => {
+            if let ArrayItems::RefOrSchema(r) = &mut a.items {
+                no_nul_in(r, refs);
+            }
+        }
+        Schema::OneOf(x) => each(&mut x.items),
+        Schema::AllOf(x) => each(&mut x.items),
+        Schema::AnyOf(x) => each(&mut x.items),
+        _ => {}
+    }
+}
+
 /// serde_json appends " at line 1 column 42" to data errors; the field path says more.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {

@@ -1,7 +1,10 @@
 //! The agent <-> control-plane gRPC contract.
 //!
 //! The Rust code under `src/gen/` is generated from `proto/` by `cargo xtask proto` and
-//! checked in, so building needs no `protoc`; a test fails when it is stale.
+//! checked in, so building needs no `protoc`; a test fails when it is stale. [`convert`]
+//! turns the wire types into the model's desired-state types and back, for both sides.
+
+pub mod convert;
 
 /// Capability version this build speaks. Agents send theirs; the control plane answers
 /// within the lower of the two.

@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: Weft's developer and CI entry points.
 
+mod bench_compile;
 mod bench_datapath;
 mod bench_flows;
 mod console;
@@ -49,7 +50,10 @@ commands:
                     iptables and no LB; writes target/bench/datapath.json
   bench flows [--quick]
                     flow ingest (gRPC -> PostgreSQL) and query latency over 10M
-                    stored flows (300k with --quick); writes <target dir>/bench/flows.json";
+                    stored flows (300k with --quick); writes <target dir>/bench/flows.json
+  bench compile [--quick]
+                    desired-state compiler: one node's compile for tenants of growing
+                    size, as ratios to the smallest; writes <target dir>/bench/compile.json";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,6 +87,9 @@ fn run(args: &[String]) -> Result<()> {
         }
         "bench" if rest.first().map(String::as_str) == Some("flows") => {
             bench_flows::run(&rest[1..])
+        }
+        "bench" if rest.first().map(String::as_str) == Some("compile") => {
+            bench_compile::run(&rest[1..])
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

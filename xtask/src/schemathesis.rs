@@ -191,39 +191,51 @@ pub fn run(cluster: &pg::Cluster, dir: &Path, budget: Budget) -> Result<()> {
         "xtask: schemathesis {VERSION} against {api_url} (tenant {tenant_id}), at most {} s, seed {}",
         budget.seconds, budget.seed
     );
-    let status = Command::new(&bin)
-        .arg("--config-file")
-        .arg(&config)
-        .arg("run")
-        .arg(root.join("openapi/openapi.json"))
-        .args(["--url", &api_url])
-        .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--checks", "all"])
-        .args(["--header", &format!("Authorization: Bearer {token}")])
-        // Deleting the fixed tenant would leave every later case a 404: the tenant tests
-        // cover it (see the baseline's `excluded`).
-        .args(["--exclude-operation-id", "delete_tenant"])
-        .args(["--max-time", &budget.seconds.to_string()])
-        .args(["--workers", "2"])
-        .args(["--seed", &budget.seed.to_string()])
-        .arg("--baseline")
-        .arg(root.join(BASELINE))
-        .args(["--report", "json", "--report-dir"])
-        .arg(&out)
-        .args(["--no-color", "--warnings", "off"])
-        // For a closer look at one failure, e.g. `--include-operation-id delete_cluster
-        // --phases coverage --report ndjson`.
-        .args(
-            std::env::var("WEFT_SCHEMATHESIS_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env("NO_COLOR", "1")
-        // Its example database (`.schemathesis/`) goes under the target dir.
-        .current_dir(sh::target_dir())
-        .stdin(Stdio::null())
-        .status()
-        .context("running schemathesis")?;
+    let run = || -> Result<std::process::ExitStatus> {
+        Command::new(&bin)
+            .arg("--config-file")
+            .arg(&config)
+            .arg("run")
+            .arg(root.join("openapi/openapi.json"))
+            .args(["--url", &api_url])
+            .args(["--phases", "examples,coverage,fuzzing,stateful"])
+            .args(["--checks", "all"])
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            // Deleting the fixed tenant would leave every later case a 404: the tenant tests
+            // cover it (see the baseline's `excluded`).
+            .args(["--exclude-operation-id", "delete_tenant"])
+            .args(["--max-time", &budget.seconds.to_string()])
+            .args(["--workers", "2"])
+            .args(["--seed", &budget.seed.to_string()])
+            .arg("--baseline")
+            .arg(root.join(BASELINE))
+            .args(["--report", "json", "--report-dir"])
+            .arg(&out)
+            .args(["--no-color", "--warnings", "off"])
+            // For a closer look at one failure, e.g. `--include-operation-id delete_cluster
+            // --phases coverage --report ndjson`.
+            .args(
+                std::env::var("WEFT_SCHEMATHESIS_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
+            .env("NO_COLOR", "1")
+            // Its example database (`.schemathesis/`) goes under the target dir.
+            .current_dir(sh::target_dir())
+            .stdin(Stdio::null())
+            .status()
+            .context("running schemathesis")
+    };
+    let mut status = run()?;
+    // CPython 3.11.7 (the machine's) races in `ast.parse` between threads ("AST constructor
+    // recursion depth mismatch", fixed in later CPythons), which Hypothesis calls from both
+    // workers: a crash of the tool, not a finding. Such a run is made once more.
+    if !status.success() && tool_crashed_only(&out) {
+        eprintln!(
+            "xtask: schemathesis itself crashed (see its traceback above), running it once more"
+        );
+        status = run()?;
+    }
     drop(api);
     drop(provider);
     match summary(&out) {
@@ -242,14 +254,31 @@ pub fn run(cluster: &pg::Cluster, dir: &Path, budget: Budget) -> Result<()> {
     Ok(())
 }
 
-/// One line from the newest JSON report: operations, test cases, failures.
-fn summary(dir: &Path) -> Result<String> {
+/// The newest JSON report.
+fn newest_report(dir: &Path) -> Result<serde_json::Value> {
     let newest = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
         .context("no JSON report")?;
-    let r: serde_json::Value = serde_json::from_slice(&fs::read(&newest)?)?;
+    Ok(serde_json::from_slice(&fs::read(&newest)?)?)
+}
+
+/// Whether the run found nothing new and failed only on errors of the tool itself ("Runtime
+/// Error": the report keeps no more detail; a crash that is ours would come back on the rerun).
+fn tool_crashed_only(dir: &Path) -> bool {
+    let Ok(r) = newest_report(dir) else {
+        return false;
+    };
+    let errors = r["errors"].as_array().cloned().unwrap_or_default();
+    r["baseline"]["new"].as_u64() == Some(0)
+        && !errors.is_empty()
+        && errors.iter().all(|e| e["title"] == "Runtime Error")
+}
+
+/// One line from the newest JSON report: operations, test cases, failures.
+fn summary(dir: &Path) -> Result<String> {
+    let r = newest_report(dir)?;
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     Ok(format!(
         "schemathesis: {} operations tested of {} selected; {} test cases generated; \

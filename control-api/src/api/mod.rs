@@ -98,6 +98,20 @@ impl Modify for BearerAuth {
 fn sessions_accepted_wherever_bearer_is(spec: &mut Spec) {
     let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
     let session = SecurityRequirement::new("session", Vec::<String>::new());
+    for_each_operation(spec, |op| {
+        if let Some(reqs) = op.security.as_mut() {
+            if reqs.contains(&bearer) && !reqs.contains(&session) {
+                reqs.push(session.clone());
+            }
+        }
+    });
+}
+
+/// Calls `f` on every operation of the spec.
+pub(crate) fn for_each_operation(
+    spec: &mut Spec,
+    mut f: impl FnMut(&mut utoipa::openapi::path::Operation),
+) {
     for item in spec.paths.paths.values_mut() {
         let ops = [
             &mut item.get,
@@ -106,13 +120,7 @@ fn sessions_accepted_wherever_bearer_is(spec: &mut Spec) {
             &mut item.delete,
             &mut item.patch,
         ];
-        for op in ops.into_iter().flatten() {
-            if let Some(reqs) = op.security.as_mut() {
-                if reqs.contains(&bearer) && !reqs.contains(&session) {
-                    reqs.push(session.clone());
-                }
-            }
-        }
+        ops.into_iter().flatten().for_each(&mut f);
     }
 }
 
@@ -135,6 +143,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(join_tokens::router())
         .merge(install::router());
     sessions_accepted_wherever_bearer_is(router.get_openapi_mut());
+    crate::extract::state_no_nul(router.get_openapi_mut());
     router
 }
 

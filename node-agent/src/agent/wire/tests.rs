@@ -1,3 +1,5 @@
+use weft_model::workload::WorkloadKind;
+
 use super::*;
 
 /// Records datapath calls; fails calls whose rendering contains `fail_on`.

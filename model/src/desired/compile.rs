@@ -1,0 +1,402 @@
+//! The per-node compiler: scope, ipcache, subjects and their rules in canonical form.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::peers::{collect_cidrs, compile_spec, CompiledSpec, Universe};
+use super::view::*;
+use crate::identity;
+use crate::labels::Labels;
+use crate::policy::{Direction, NamedPort, PolicySpec, SubjectKind};
+use crate::service::{BackendState, L4Protocol};
+
+/// Compiles the desired state of node `node_id` (see the module documentation).
+pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, CompileError> {
+    let node = view
+        .nodes
+        .iter()
+        .find(|n| n.id == node_id)
+        .ok_or_else(|| CompileError::UnknownNode(node_id.to_string()))?;
+    let cluster = node.cluster_id.as_str();
+    check_unique("endpoint", view.endpoints.iter().map(|e| &e.id))?;
+    check_unique("service", view.services.iter().map(|s| &s.id))?;
+
+    let cluster_endpoints: Vec<&EndpointView> = view
+        .endpoints
+        .iter()
+        .filter(|e| e.cluster_id == cluster)
+        .collect();
+    if let Some(e) = view
+        .endpoints
+        .iter()
+        .find(|e| e.node_id == node.id && e.cluster_id != cluster)
+    {
+        return Err(CompileError::EndpointClusterMismatch {
+            endpoint: e.id.clone(),
+            node: node.id.clone(),
+            cluster: e.cluster_id.clone(),
+        });
+    }
+    let labels_by_identity = identity_labels(&cluster_endpoints)?;
+
+    // In-scope specs, in a canonical order so the output does not depend on input order.
+    let mut policies: Vec<&PolicyView> = view
+        .policies
+        .iter()
+        .filter(|p| {
+            p.clusters
+                .as_ref()
+                .is_none_or(|cs| cs.iter().any(|c| c == cluster))
+        })
+        .collect();
+    policies.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    let specs: Vec<(String, &PolicySpec)> = policies
+        .iter()
+        .flat_map(|p| {
+            p.specs
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (format!("{} specs[{i}]", p.name), s))
+        })
+        .collect();
+
+    // ipcache: in-cluster addresses first; they win over CIDRs of the same prefix.
+    let mut in_cluster: BTreeMap<IpNet, (u32, String)> = BTreeMap::new();
+    let mut claim = |ip: IpAddr, id: u32, owner: String| -> Result<(), CompileError> {
+        let prefix = IpNet::from(ip);
+        match in_cluster.get(&prefix) {
+            Some((other, _)) if *other == id => Ok(()),
+            Some((_, first)) => Err(CompileError::AddressConflict {
+                prefix,
+                first: first.clone(),
+                second: owner,
+            }),
+            None => {
+                in_cluster.insert(prefix, (id, owner));
+                Ok(())
+            }
+        }
+    };
+    for e in &cluster_endpoints {
+        for ip in &e.ips {
+            claim(*ip, e.identity, format!("endpoint {:?}", e.id))?;
+        }
+    }
+    for n in view.nodes.iter().filter(|n| n.cluster_id == cluster) {
+        let id = if n.id == node.id {
+            identity::HOST
+        } else {
+            identity::REMOTE_NODE
+        };
+        for ip in &n.addresses {
+            claim(*ip, id, format!("node {:?}", n.id))?;
+        }
+    }
+
+    let mut cidrs = BTreeSet::new();
+    for (_, spec) in &specs {
+        collect_cidrs(spec, &mut cidrs);
+    }
+    cidrs.retain(|c| !in_cluster.contains_key(c));
+    let cidr_ids = identity::cidr_identities(cidrs);
+
+    let mut ipcache: Vec<IpcacheEntry> = in_cluster
+        .iter()
+        .map(|(p, (id, _))| (*p, *id))
+        .chain(cidr_ids.iter().map(|(p, id)| (*p, *id)))
+        .map(|(prefix, identity)| IpcacheEntry { prefix, identity })
+        .collect();
+    ipcache.sort_by_key(|e| e.prefix);
+
+    let mut named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>> = BTreeMap::new();
+    for e in &cluster_endpoints {
+        named_by_identity
+            .entry(e.identity)
+            .or_default()
+            .extend(e.named_ports.iter().cloned());
+    }
+    let universe = Universe {
+        labels_by_identity: &labels_by_identity,
+        cidr_ids: &cidr_ids,
+        named_by_identity: &named_by_identity,
+    };
+    // Subjects: the host endpoint and the node's workload endpoints.
+    let no_ports: &[NamedPort] = &[];
+    let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels, &[NamedPort])> = vec![(
+        DesiredEndpoint {
+            id: HOST_ENDPOINT_ID.to_string(),
+            ips: sorted(node.addresses.iter().copied()),
+            identity: identity::HOST,
+            enforce_ingress: false,
+            enforce_egress: false,
+        },
+        SubjectKind::Node,
+        &node.labels,
+        no_ports,
+    )];
+    for e in cluster_endpoints.iter().filter(|e| e.node_id == node.id) {
+        if e.id == HOST_ENDPOINT_ID {
+            return Err(CompileError::ReservedEndpointId(e.id.clone()));
+        }
+        subjects.push((
+            DesiredEndpoint {
+                id: e.id.clone(),
+                ips: sorted(e.ips.iter().copied()),
+                identity: e.identity,
+                enforce_ingress: false,
+                enforce_egress: false,
+            },
+            SubjectKind::Endpoint,
+            &e.labels,
+            &e.named_ports,
+        ));
+    }
+
+    let allow_host = view
+        .clusters
+        .iter()
+        .any(|c| c.id == cluster && c.allow_host_to_local_pods);
+    let mut out = NodeDesiredState::default();
+    let mut unsupported = BTreeSet::new();
+    // Rules do not depend on the subject: each applying spec is compiled once, on first use.
+    let mut compiled: Vec<Option<CompiledSpec>> = specs.iter().map(|_| None).collect();
+    for (mut ep, kind, labels, own_ports) in subjects {
+        let mut rules = Vec::new();
+        for ((origin, spec), slot) in specs.iter().zip(&mut compiled) {
+            let applies = spec
+                .subject_selector()
+                .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
+            if !applies {
+                continue;
+            }
+            let c = slot.get_or_insert_with(|| compile_spec(spec, origin, &universe));
+            ep.enforce_ingress |= crate::policy::enforces_default_deny(spec, Direction::Ingress);
+            ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
+            rules.extend(c.rules.iter().cloned());
+            rules.extend(c.named.iter().flat_map(|n| n.resolve(own_ports, &universe)));
+            unsupported.extend(c.unsupported.iter().cloned());
+        }
+        if kind == SubjectKind::Endpoint && ep.enforce_ingress && allow_host {
+            rules.push(PolicyRule {
+                direction: Direction::Ingress,
+                peer_identity: Some(identity::HOST),
+                proto: None,
+                ports: None,
+                action: Action::Allow,
+                l7: false,
+                origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
+            });
+        }
+        keep_denies_without_default_deny(&mut ep, &mut rules);
+        let rules = normalize(rules);
+        if !rules.is_empty() {
+            out.policy.insert(ep.id.clone(), rules);
+        }
+        out.endpoints.push(ep);
+    }
+    out.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    out.ipcache = ipcache;
+    out.services = view
+        .services
+        .iter()
+        .filter(|s| s.cluster_id == cluster)
+        .map(compile_service)
+        .collect();
+    out.services.sort_by(|a, b| a.id.cmp(&b.id));
+    out.unsupported = unsupported.into_iter().collect();
+    out.workloads = view
+        .workloads
+        .iter()
+        .filter(|w| w.node_id == node.id)
+        .map(|w| w.workload.clone())
+        .collect();
+    out.workloads.sort_by(|a, b| a.name.cmp(&b.name));
+    out.workloads.dedup_by(|a, b| a.name == b.name);
+    out.probes = view
+        .probes
+        .iter()
+        .filter(|p| p.node_id == node.id)
+        .map(|p| p.probe.clone())
+        .collect();
+    out.probes.sort_by(|a, b| a.id.cmp(&b.id));
+    out.probes.dedup_by(|a, b| a.id == b.id);
+    Ok(out)
+}
+
+/// Deny rules in a direction the endpoint does not enforce (`enableDefaultDeny: false`)
+/// must still deny. The datapath skips every lookup in a direction that is not enforced, so
+/// such an endpoint is turned into an enforced one with an explicit allow-any rule: the
+/// same verdicts (default allow, denies win), expressed in a form the datapath evaluates.
+fn keep_denies_without_default_deny(ep: &mut DesiredEndpoint, rules: &mut Vec<PolicyRule>) {
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let enforced = match direction {
+            Direction::Ingress => &mut ep.enforce_ingress,
+            Direction::Egress => &mut ep.enforce_egress,
+        };
+        let has_deny = rules
+            .iter()
+            .any(|r| r.direction == direction && r.action == Action::Deny);
+        if *enforced || !has_deny {
+            continue;
+        }
+        *enforced = true;
+        rules.push(PolicyRule {
+            direction,
+            peer_identity: None,
+            proto: None,
+            ports: None,
+            action: Action::Allow,
+            l7: false,
+            origin: DEFAULT_ALLOW_ORIGIN.to_string(),
+        });
+    }
+}
+
+fn check_unique<'a>(
+    kind: &'static str,
+    ids: impl Iterator<Item = &'a String>,
+) -> Result<(), CompileError> {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(CompileError::DuplicateId {
+                kind,
+                id: id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The labels of each endpoint identity of the cluster. Selectors are resolved per
+/// identity, so two label sets behind one identity would make the result ambiguous.
+fn identity_labels<'a>(
+    endpoints: &[&'a EndpointView],
+) -> Result<BTreeMap<u32, (&'a Labels, &'a str)>, CompileError> {
+    let mut out: BTreeMap<u32, (&Labels, &str)> = BTreeMap::new();
+    for e in endpoints {
+        if !identity::is_allocated(e.identity) {
+            return Err(CompileError::IdentityOutOfRange {
+                endpoint: e.id.clone(),
+                identity: e.identity,
+            });
+        }
+        match out.get(&e.identity) {
+            Some((labels, first)) if *labels != &e.labels => {
+                return Err(CompileError::IdentityLabelsMismatch {
+                    identity: e.identity,
+                    first: first.to_string(),
+                    second: e.id.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                out.insert(e.identity, (&e.labels, &e.id));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn sorted(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let set: BTreeSet<IpAddr> = ips.collect();
+    set.into_iter().collect()
+}
+
+type RuleKey = (
+    bool,
+    Action,
+    Option<u32>,
+    Option<u8>,
+    Option<(u16, u16)>,
+    bool,
+);
+
+/// Everything of a rule but its origin; sorts ingress first, then allows before denies.
+fn rule_key(r: &PolicyRule) -> RuleKey {
+    (
+        r.direction == Direction::Egress,
+        r.action,
+        r.peer_identity,
+        r.proto,
+        r.ports,
+        r.l7,
+    )
+}
+
+/// Whether `wide` matches every flow `narrow` matches.
+fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
+    wide.direction == narrow.direction
+        && (wide.peer_identity.is_none() || wide.peer_identity == narrow.peer_identity)
+        && (wide.proto.is_none() || wide.proto == narrow.proto)
+        && match (wide.ports, narrow.ports) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((lo, hi)), Some((nlo, nhi))) => lo <= nlo && nhi <= hi,
+        }
+}
+
+/// One endpoint's rules in canonical form: sorted, one rule per key (origins of rules that
+/// compile to the same entry are joined), and no L7 or unsupported entry that a plain allow
+/// covers (the evaluator allows such flows without L7, and the datapath would otherwise pick
+/// the more specific entry).
+fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    let covered: Vec<bool> = rules
+        .iter()
+        .map(|r| {
+            (r.l7 || r.action == Action::Unsupported)
+                && rules
+                    .iter()
+                    .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
+        })
+        .collect();
+    let mut covered = covered.into_iter();
+    rules.retain(|_| !covered.next().unwrap_or(false));
+    rules.sort_by(|a, b| {
+        rule_key(a)
+            .cmp(&rule_key(b))
+            .then_with(|| a.origin.cmp(&b.origin))
+    });
+    let mut out: Vec<PolicyRule> = Vec::with_capacity(rules.len());
+    for r in rules {
+        match out.last_mut() {
+            Some(last) if rule_key(last) == rule_key(&r) => {
+                if !last.origin.split(", ").any(|o| o == r.origin) {
+                    last.origin.push_str(", ");
+                    last.origin.push_str(&r.origin);
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+fn compile_service(s: &ServiceView) -> DesiredService {
+    let mut frontends = s.spec.frontends.clone();
+    frontends.sort_by_key(|f| (f.vip, f.port, f.protocol == L4Protocol::Udp));
+    frontends.dedup();
+    let mut backends: Vec<DesiredBackend> = s
+        .spec
+        .backends
+        .iter()
+        .map(|b| DesiredBackend {
+            address: b.address,
+            port: b.port,
+            weight: b.weight,
+            active: b.state == BackendState::Active && b.weight > 0,
+        })
+        .collect();
+    backends.sort_by_key(|b| (b.address, b.port, b.weight, b.active));
+    backends.dedup();
+    DesiredService {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        frontends,
+        backends,
+        algorithm: s.spec.algorithm,
+        affinity_timeout: s.spec.session_affinity.as_ref().map(|a| a.timeout_seconds),
+    }
+}

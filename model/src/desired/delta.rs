@@ -1,0 +1,160 @@
+//! Deltas: what changes between two states of one node, and applying one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::view::*;
+use crate::workload::{DesiredProbe, DesiredWorkload};
+
+/// What changes between two states of one node. Keyed sections are replaced item by item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub endpoints_upsert: Vec<DesiredEndpoint>,
+    pub endpoints_remove: Vec<String>,
+    pub ipcache_upsert: Vec<IpcacheEntry>,
+    pub ipcache_remove: Vec<IpNet>,
+    /// Whole rule lists, replacing the endpoint's previous list.
+    pub policy_upsert: BTreeMap<String, Vec<PolicyRule>>,
+    pub policy_remove: Vec<String>,
+    pub services_upsert: Vec<DesiredService>,
+    pub services_remove: Vec<String>,
+    /// The new list when it changed.
+    pub unsupported: Option<Vec<String>>,
+    #[serde(default)]
+    pub workloads_upsert: Vec<DesiredWorkload>,
+    #[serde(default)]
+    pub workloads_remove: Vec<String>,
+    #[serde(default)]
+    pub probes_upsert: Vec<DesiredProbe>,
+    #[serde(default)]
+    pub probes_remove: Vec<String>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        *self == Delta::default()
+    }
+}
+
+/// The delta that turns `old` into `new` (see [`apply`]).
+pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
+    let (endpoints_upsert, endpoints_remove) =
+        diff_keyed(&old.endpoints, &new.endpoints, |e| e.id.clone());
+    let (ipcache_upsert, ipcache_remove) = diff_keyed(&old.ipcache, &new.ipcache, |e| e.prefix);
+    let (services_upsert, services_remove) =
+        diff_keyed(&old.services, &new.services, |s| s.id.clone());
+    let (workloads_upsert, workloads_remove) =
+        diff_keyed(&old.workloads, &new.workloads, |w| w.name.clone());
+    let (probes_upsert, probes_remove) = diff_keyed(&old.probes, &new.probes, |p| p.id.clone());
+    let policy_upsert = new
+        .policy
+        .iter()
+        .filter(|(id, rules)| old.policy.get(*id) != Some(*rules))
+        .map(|(id, rules)| (id.clone(), rules.clone()))
+        .collect();
+    let policy_remove = old
+        .policy
+        .keys()
+        .filter(|id| !new.policy.contains_key(*id))
+        .cloned()
+        .collect();
+    Delta {
+        endpoints_upsert,
+        endpoints_remove,
+        ipcache_upsert,
+        ipcache_remove,
+        policy_upsert,
+        policy_remove,
+        services_upsert,
+        services_remove,
+        unsupported: (old.unsupported != new.unsupported).then(|| new.unsupported.clone()),
+        workloads_upsert,
+        workloads_remove,
+        probes_upsert,
+        probes_remove,
+    }
+}
+
+/// `state` with `delta` applied: `apply(old, &diff(old, new)) == new`.
+pub fn apply(state: &NodeDesiredState, delta: &Delta) -> NodeDesiredState {
+    let mut policy = state.policy.clone();
+    for id in &delta.policy_remove {
+        policy.remove(id);
+    }
+    policy.extend(delta.policy_upsert.clone());
+    NodeDesiredState {
+        endpoints: apply_keyed(
+            &state.endpoints,
+            &delta.endpoints_upsert,
+            &delta.endpoints_remove,
+            |e| e.id.clone(),
+        ),
+        ipcache: apply_keyed(
+            &state.ipcache,
+            &delta.ipcache_upsert,
+            &delta.ipcache_remove,
+            |e| e.prefix,
+        ),
+        policy,
+        services: apply_keyed(
+            &state.services,
+            &delta.services_upsert,
+            &delta.services_remove,
+            |s| s.id.clone(),
+        ),
+        unsupported: delta
+            .unsupported
+            .clone()
+            .unwrap_or_else(|| state.unsupported.clone()),
+        workloads: apply_keyed(
+            &state.workloads,
+            &delta.workloads_upsert,
+            &delta.workloads_remove,
+            |w| w.name.clone(),
+        ),
+        probes: apply_keyed(
+            &state.probes,
+            &delta.probes_upsert,
+            &delta.probes_remove,
+            |p| p.id.clone(),
+        ),
+    }
+}
+
+/// Upserts (new or changed items) and removed keys between two lists sorted by `key`.
+fn diff_keyed<T: Clone + PartialEq, K: Ord + Clone>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Vec<K>) {
+    let old_by: BTreeMap<K, &T> = old.iter().map(|t| (key(t), t)).collect();
+    let new_keys: BTreeSet<K> = new.iter().map(&key).collect();
+    let upsert = new
+        .iter()
+        .filter(|t| old_by.get(&key(t)) != Some(t))
+        .cloned()
+        .collect();
+    let remove = old_by
+        .keys()
+        .filter(|k| !new_keys.contains(*k))
+        .cloned()
+        .collect();
+    (upsert, remove)
+}
+
+/// The list sorted by key, with `remove` taken out and `upsert` put in.
+fn apply_keyed<T: Clone, K: Ord + Clone>(
+    items: &[T],
+    upsert: &[T],
+    remove: &[K],
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut by: BTreeMap<K, T> = items.iter().map(|t| (key(t), t.clone())).collect();
+    for k in remove {
+        by.remove(k);
+    }
+    by.extend(upsert.iter().map(|t| (key(t), t.clone())));
+    by.into_values().collect()
+}

@@ -1,0 +1,481 @@
+//! One rule's peers and ports, resolved against the node's cluster: peer selectors,
+//! entities and CIDRs into identities, ports (named ones per destination) into entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use super::view::*;
+use crate::identity;
+use crate::labels::Labels;
+use crate::policy::{
+    items, parse_cidr, CidrRule, Direction, EgressRule, Entity, FqdnSelector, IcmpFamily, IcmpRule,
+    IngressRule, NamedPort, PolicySpec, PortRule, PortValue, Protocol,
+};
+use crate::selector::LabelSelector;
+
+/// Every CIDR (and except) the spec names, plus the catch-all prefix of a family whose
+/// `world-ipv4`/`world-ipv6` entity it uses.
+pub(super) fn collect_cidrs(spec: &PolicySpec, out: &mut BTreeSet<IpNet>) {
+    let peers = spec
+        .ingress
+        .iter()
+        .chain(&spec.ingress_deny)
+        .map(Peers::ingress)
+        .chain(
+            spec.egress
+                .iter()
+                .chain(&spec.egress_deny)
+                .map(Peers::egress),
+        );
+    for p in peers {
+        let sets = p.cidr_sets.iter().flat_map(|s| {
+            std::iter::once(&s.cidr)
+                .chain(&s.except)
+                .filter(|c| !c.is_empty())
+        });
+        out.extend(
+            p.cidrs
+                .iter()
+                .chain(sets)
+                .filter_map(|c| parse_cidr(c).ok()),
+        );
+        for e in p.entities.iter().filter_map(|e| e.parse::<Entity>().ok()) {
+            match e {
+                Entity::WorldIpv4 => out.insert(IpNet::V4(Default::default())),
+                Entity::WorldIpv6 => out.insert(IpNet::V6(Default::default())),
+                _ => false,
+            };
+        }
+    }
+}
+
+/// The L3 part of a rule, whatever its direction.
+pub(super) struct Peers<'a> {
+    present: bool,
+    endpoints: &'a [LabelSelector],
+    cidrs: &'a [String],
+    cidr_sets: &'a [CidrRule],
+    entities: &'a [String],
+    fqdns: &'a [FqdnSelector],
+    to_ports: &'a [PortRule],
+    icmps: &'a [IcmpRule],
+    /// Field names of `cidrs`, `cidr_sets` and `entities`, for messages.
+    names: [&'static str; 3],
+}
+
+impl<'a> Peers<'a> {
+    pub(super) fn ingress(r: &'a IngressRule) -> Self {
+        Peers {
+            present: r.has_peer_fields(),
+            endpoints: items(&r.from_endpoints),
+            cidrs: items(&r.from_cidr),
+            cidr_sets: items(&r.from_cidr_set),
+            entities: items(&r.from_entities),
+            fqdns: &[],
+            to_ports: &r.to_ports,
+            icmps: &r.icmps,
+            names: ["fromCIDR", "fromCIDRSet", "fromEntities"],
+        }
+    }
+    pub(super) fn egress(r: &'a EgressRule) -> Self {
+        Peers {
+            present: r.has_peer_fields(),
+            endpoints: items(&r.to_endpoints),
+            cidrs: items(&r.to_cidr),
+            cidr_sets: items(&r.to_cidr_set),
+            entities: items(&r.to_entities),
+            fqdns: items(&r.to_fqdns),
+            to_ports: &r.to_ports,
+            icmps: &r.icmps,
+            names: ["toCIDR", "toCIDRSet", "toEntities"],
+        }
+    }
+    /// Some peer field is present; one given as `[]` selects no peer (never a wildcard).
+    fn has_peers(&self) -> bool {
+        self.present
+    }
+}
+
+/// What peer fields resolve against.
+pub(super) struct Universe<'a> {
+    pub(super) labels_by_identity: &'a BTreeMap<u32, (&'a Labels, &'a str)>,
+    pub(super) cidr_ids: &'a BTreeMap<IpNet, u32>,
+    /// Named ports declared by the endpoints of each identity (of the node's cluster).
+    pub(super) named_by_identity: &'a BTreeMap<u32, BTreeSet<NamedPort>>,
+}
+
+impl Universe<'_> {
+    fn cluster(&self) -> impl Iterator<Item = u32> + '_ {
+        identity::RESERVED_IN_CLUSTER
+            .into_iter()
+            .chain(self.labels_by_identity.keys().copied())
+    }
+    fn world(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(identity::WORLD).chain(self.cidr_ids.values().copied())
+    }
+    /// Identities of the ipcache prefixes inside `net` and outside every `except`.
+    fn cidr(&self, net: IpNet, except: &[IpNet]) -> impl Iterator<Item = u32> + '_ {
+        let except = except.to_vec();
+        self.cidr_ids
+            .iter()
+            .filter(move |(p, _)| net.contains(*p) && !except.iter().any(|e| e.contains(*p)))
+            .map(|(_, id)| *id)
+    }
+}
+
+/// Resolved peers of a rule.
+enum PeerSet {
+    Any,
+    Ids(BTreeSet<u32>),
+}
+
+pub(super) struct CompiledSpec {
+    pub(super) rules: Vec<PolicyRule>,
+    /// Rules on named ports: resolved per subject (ingress) or per peer (egress).
+    pub(super) named: Vec<NamedRule>,
+    pub(super) unsupported: Vec<String>,
+}
+
+/// A rule entry on a named port, before resolution. As Cilium: the name resolves against
+/// the destination endpoint's declared ports (the subject on ingress, the peer on egress);
+/// where the destination does not declare it, the entry matches nothing there (an allow
+/// allows nothing, a deny never widens to other ports).
+pub(super) struct NamedRule {
+    direction: Direction,
+    peers: Vec<(Option<u32>, bool)>,
+    name: String,
+    protos: &'static [u8],
+    action: Action,
+    l7: bool,
+    origin: String,
+}
+
+impl NamedRule {
+    pub(super) fn resolve(&self, own: &[NamedPort], u: &Universe<'_>) -> Vec<PolicyRule> {
+        let matching = |ports: &mut dyn Iterator<Item = &NamedPort>| -> BTreeSet<(u8, u16)> {
+            ports
+                .filter(|p| p.name == self.name)
+                .filter_map(|p| {
+                    let proto = protocols(p.protocol).first().copied()?;
+                    self.protos.contains(&proto).then_some((proto, p.port))
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for &(peer, peer_unsupported) in &self.peers {
+            let ports = match self.direction {
+                Direction::Ingress => matching(&mut own.iter()),
+                // Egress: the ports the peer declares; any peer: every endpoint's.
+                Direction::Egress => match peer {
+                    Some(id) => matching(&mut u.named_by_identity.get(&id).into_iter().flatten()),
+                    None => matching(&mut u.named_by_identity.values().flatten()),
+                },
+            };
+            for (proto, port) in ports {
+                let action = match self.action {
+                    Action::Allow if self.l7 || peer_unsupported => Action::Unsupported,
+                    other => other,
+                };
+                out.push(PolicyRule {
+                    direction: self.direction,
+                    peer_identity: peer,
+                    proto: Some(proto),
+                    ports: Some((port, port)),
+                    action,
+                    l7: false,
+                    origin: self.origin.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Compiles a spec's rules, resolved against the node's cluster.
+pub(super) fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) -> CompiledSpec {
+    let mut c = CompiledSpec {
+        rules: Vec::new(),
+        named: Vec::new(),
+        unsupported: Vec::new(),
+    };
+    let sections: [(&str, Direction, Action, Vec<Peers<'_>>); 4] = [
+        (
+            "ingress",
+            Direction::Ingress,
+            Action::Allow,
+            spec.ingress.iter().map(Peers::ingress).collect(),
+        ),
+        (
+            "ingressDeny",
+            Direction::Ingress,
+            Action::Deny,
+            spec.ingress_deny.iter().map(Peers::ingress).collect(),
+        ),
+        (
+            "egress",
+            Direction::Egress,
+            Action::Allow,
+            spec.egress.iter().map(Peers::egress).collect(),
+        ),
+        (
+            "egressDeny",
+            Direction::Egress,
+            Action::Deny,
+            spec.egress_deny.iter().map(Peers::egress).collect(),
+        ),
+    ];
+    for (section, direction, action, rules) in sections {
+        for (i, rule) in rules.iter().enumerate() {
+            let path = format!("{origin}.{section}[{i}]");
+            let (peers, not_enforced) = resolve_peers(rule, action, &path, u, &mut c.unsupported);
+            let (l4, named) = resolve_l4(rule, &path, &mut c.unsupported);
+            let peer_list: Vec<(Option<u32>, bool)> = match peers {
+                PeerSet::Any => vec![(None, false)],
+                PeerSet::Ids(ids) => ids.into_iter().map(|id| (Some(id), false)).collect(),
+            };
+            let not_enforced = not_enforced.into_iter().map(|id| (Some(id), true));
+            let peer_list: Vec<(Option<u32>, bool)> =
+                peer_list.into_iter().chain(not_enforced).collect();
+            for (name, protos, l7) in named {
+                c.named.push(NamedRule {
+                    direction,
+                    peers: peer_list.clone(),
+                    name,
+                    protos,
+                    action,
+                    l7: l7 && action == Action::Allow,
+                    origin: path.clone(),
+                });
+            }
+            for (peer, peer_unsupported) in peer_list {
+                for &(proto, ports, l7) in &l4 {
+                    // Deny rules decide at L4 whatever L7 rules they carry; allows that need
+                    // the L7 proxy or an unenforced peer fail closed.
+                    let action = match action {
+                        Action::Allow if l7 || peer_unsupported => Action::Unsupported,
+                        other => other,
+                    };
+                    c.rules.push(PolicyRule {
+                        direction,
+                        peer_identity: peer,
+                        proto,
+                        ports,
+                        action,
+                        l7: false,
+                        origin: path.clone(),
+                    });
+                }
+            }
+        }
+    }
+    c
+}
+
+fn resolve_peers(
+    rule: &Peers<'_>,
+    action: Action,
+    path: &str,
+    u: &Universe<'_>,
+    unsupported: &mut Vec<String>,
+) -> (PeerSet, BTreeSet<u32>) {
+    let has_l4 = !rule.to_ports.is_empty() || !rule.icmps.is_empty();
+    // Peers an allow rule names but Weft cannot enforce: they get `Action::Unsupported`.
+    let mut not_enforced = BTreeSet::new();
+    if !rule.has_peers() {
+        // Only ports: any peer. Nothing at all (`{}`): matches nothing. Peer fields given
+        // as `[]` fall through below and resolve to no identity.
+        let peers = if has_l4 {
+            PeerSet::Any
+        } else {
+            PeerSet::Ids(BTreeSet::new())
+        };
+        return (peers, not_enforced);
+    }
+    let [cidr_field, set_field, entity_field] = rule.names;
+    let mut ids = BTreeSet::new();
+    for sel in rule.endpoints {
+        ids.extend(
+            u.labels_by_identity
+                .iter()
+                .filter(|(_, (labels, _))| sel.matches(labels))
+                .map(|(id, _)| *id),
+        );
+    }
+    for (j, name) in rule.entities.iter().enumerate() {
+        let Ok(entity) = name.parse::<Entity>() else {
+            unsupported.push(format!(
+                "{path}.{entity_field}[{j}]: unknown entity {name:?}, matches nothing"
+            ));
+            continue;
+        };
+        // Entities nothing in Weft carries: see `policy::not_enforced`.
+        let stand_in: Vec<u32> = match entity {
+            Entity::Unmanaged => u.world().collect(),
+            Entity::KubeApiserver => u
+                .world()
+                .chain([identity::HOST, identity::REMOTE_NODE])
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !stand_in.is_empty() {
+            match action {
+                Action::Deny => ids.extend(stand_in),
+                _ => not_enforced.extend(stand_in),
+            }
+            continue;
+        }
+        match entity {
+            Entity::All => return (PeerSet::Any, BTreeSet::new()),
+            Entity::Cluster => ids.extend(u.cluster()),
+            Entity::World => ids.extend(u.world()),
+            Entity::WorldIpv4 => {
+                ids.extend(u.cidr(IpNet::V4(Default::default()), &[]));
+            }
+            Entity::WorldIpv6 => {
+                ids.extend(u.cidr(IpNet::V6(Default::default()), &[]));
+            }
+            other => ids.extend(identity::reserved(other)),
+        }
+    }
+    for (j, cidr) in rule.cidrs.iter().enumerate() {
+        match parse_cidr(cidr) {
+            Ok(net) => ids.extend(u.cidr(net, &[])),
+            Err(why) => {
+                unsupported.push(format!("{path}.{cidr_field}[{j}]: {why}, matches nothing"))
+            }
+        }
+    }
+    for (j, set) in rule.cidr_sets.iter().enumerate() {
+        let at = format!("{path}.{set_field}[{j}]");
+        let net = match parse_cidr(&set.cidr) {
+            Ok(net) => net,
+            Err(why) => {
+                unsupported.push(format!("{at}.cidr: {why}, matches nothing"));
+                continue;
+            }
+        };
+        let mut except = Vec::new();
+        let mut bad_except = false;
+        for (k, e) in set.except.iter().enumerate() {
+            match parse_cidr(e) {
+                Ok(e) => except.push(e),
+                Err(why) => {
+                    bad_except = true;
+                    // Ignoring it (as the evaluator) would widen an allow rule.
+                    let effect = match action {
+                        Action::Allow | Action::Unsupported => "the set allows nothing",
+                        Action::Deny => "ignored",
+                    };
+                    unsupported.push(format!("{at}.except[{k}]: {why}, {effect}"));
+                }
+            }
+        }
+        if !(bad_except && action == Action::Allow) {
+            ids.extend(u.cidr(net, &except));
+        }
+    }
+    for (j, _) in rule.fqdns.iter().enumerate() {
+        let at = format!("{path}.toFQDNs[{j}]");
+        match action {
+            Action::Allow | Action::Unsupported => {
+                unsupported.push(format!(
+                    "{at}: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE"
+                ));
+                not_enforced.extend(u.world());
+            }
+            Action::Deny => {
+                unsupported.push(format!(
+                    "{at}: toFQDNs is not compiled yet; denies every outside peer"
+                ));
+                ids.extend(u.world());
+            }
+        }
+    }
+    (PeerSet::Ids(ids), not_enforced)
+}
+
+type L4 = (Option<u8>, Option<(u16, u16)>, bool);
+
+/// The protocol/port entries of a rule (a rule without `toPorts` and `icmps` is any), and
+/// its named ports (name, protocols, l7), resolved later per destination endpoint.
+#[allow(clippy::type_complexity)]
+fn resolve_l4(
+    rule: &Peers<'_>,
+    path: &str,
+    unsupported: &mut Vec<String>,
+) -> (Vec<L4>, Vec<(String, &'static [u8], bool)>) {
+    let mut named = Vec::new();
+    if rule.to_ports.is_empty() && rule.icmps.is_empty() {
+        return (vec![(None, None, false)], named);
+    }
+    let mut out = Vec::new();
+    for (k, pr) in rule.to_ports.iter().enumerate() {
+        let l7 = pr
+            .rules
+            .as_ref()
+            .is_some_and(|r| !r.http.is_empty() || !r.dns.is_empty());
+        if pr.ports.is_empty() {
+            out.push((None, None, l7));
+            continue;
+        }
+        for (m, pp) in pr.ports.iter().enumerate() {
+            let at = format!("{path}.toPorts[{k}].ports[{m}]");
+            let protos = protocols(pp.protocol);
+            let value = match &pp.port {
+                None => Ok(PortValue::Any),
+                Some(p) => p.value(),
+            };
+            let ports = match value {
+                Ok(PortValue::Any) => None,
+                Ok(PortValue::Number(start)) => {
+                    // As the evaluator: an unusable endPort means the single port.
+                    let end = pp
+                        .end_port
+                        .and_then(|e| u16::try_from(e).ok())
+                        .filter(|e| *e >= start)
+                        .unwrap_or(start);
+                    Some((start, end))
+                }
+                Ok(PortValue::Named(name)) => {
+                    named.push((name, protos, l7));
+                    continue;
+                }
+                Err(why) => {
+                    unsupported.push(format!("{at}: {why}, matches nothing"));
+                    continue;
+                }
+            };
+            out.extend(protos.iter().map(|p| (Some(*p), ports, l7)));
+        }
+    }
+    for (k, icmp) in rule.icmps.iter().enumerate() {
+        for (m, field) in icmp.fields.iter().enumerate() {
+            match field.resolve() {
+                Ok((family, ty)) => {
+                    let proto = match family {
+                        IcmpFamily::IPv4 => PROTO_ICMP,
+                        IcmpFamily::IPv6 => PROTO_ICMPV6,
+                    };
+                    out.push((Some(proto), Some((u16::from(ty), u16::from(ty))), false));
+                }
+                Err(why) => unsupported.push(format!(
+                    "{path}.icmps[{k}].fields[{m}]: {why}, matches nothing"
+                )),
+            }
+        }
+    }
+    (out, named)
+}
+
+/// `ANY` is TCP, UDP and SCTP (not ICMP), as in the evaluator and Cilium.
+fn protocols(p: Protocol) -> &'static [u8] {
+    match p {
+        Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_SCTP],
+        Protocol::Tcp => &[PROTO_TCP],
+        Protocol::Udp => &[PROTO_UDP],
+        Protocol::Sctp => &[PROTO_SCTP],
+        Protocol::Icmp => &[PROTO_ICMP],
+        Protocol::IcmpV6 => &[PROTO_ICMPV6],
+    }
+}

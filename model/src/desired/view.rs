@@ -1,0 +1,244 @@
+//! The compiler's input (one tenant's declared state) and output (one node's desired state).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::identity;
+use crate::labels::Labels;
+use crate::policy::{Direction, NamedPort, PolicySpec};
+use crate::service::{Algorithm, Frontend, ServiceSpec};
+use crate::workload::{DesiredProbe, DesiredWorkload};
+
+/// Endpoint id of the node's host endpoint in [`NodeDesiredState`] (its policy comes from
+/// `nodeSelector` policies). Endpoint ids in a [`TenantView`] must not use it.
+pub const HOST_ENDPOINT_ID: &str = "host";
+
+/// Origin of the allow-any rule that keeps a direction default-allow when the endpoint has
+/// deny rules there but no default deny (see `keep_denies_without_default_deny`).
+pub const DEFAULT_ALLOW_ORIGIN: &str = "default allow (deny rules without default deny)";
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+// ---------------------------------------------------------------------------------------
+// Input
+
+/// One tenant's declared state, as read from Postgres. Order does not matter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub nodes: Vec<NodeView>,
+    pub endpoints: Vec<EndpointView>,
+    pub policies: Vec<PolicyView>,
+    pub services: Vec<ServiceView>,
+    /// Test workloads, each with the node that runs it.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadView>,
+    /// Probes without a result yet, each with the node that runs it.
+    #[serde(default)]
+    pub probes: Vec<ProbeView>,
+    /// Per-cluster settings. A cluster missing here has every setting off (the API stores
+    /// a row per cluster, with Cilium's defaults).
+    #[serde(default)]
+    pub clusters: Vec<ClusterView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub id: String,
+    /// The node's own host may reach the node's endpoints whatever their ingress policy
+    /// (Cilium's allow-localhost, on by default there: kubelet probes). Deny rules still win.
+    pub allow_host_to_local_pods: bool,
+}
+
+/// Origin of the allow rule that [`ClusterView::allow_host_to_local_pods`] adds.
+pub const HOST_TO_LOCAL_PODS_ORIGIN: &str = "cluster setting allow_host_to_local_pods";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadView {
+    pub node_id: String,
+    pub workload: DesiredWorkload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeView {
+    pub node_id: String,
+    pub probe: DesiredProbe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub id: String,
+    pub cluster_id: String,
+    pub node_id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    /// Allocated by the control plane from the label set (≥ [`identity::FIRST_ALLOCATED`]).
+    pub identity: u32,
+    /// Ports the endpoint declares by name; named-port rules resolve against them.
+    #[serde(default)]
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// `PolicySpec` is not `Eq` (it keeps raw JSON of refused fields), hence only `PartialEq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub id: String,
+    pub name: String,
+    pub specs: Vec<PolicySpec>,
+    /// Cluster ids the policy applies in; `None`: every cluster.
+    pub clusters: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub spec: ServiceSpec,
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+/// What one node's agent must program. Every list is sorted and free of duplicates, so the
+/// same input always gives byte-identical output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDesiredState {
+    /// The node's endpoints, by id; the host endpoint ([`HOST_ENDPOINT_ID`]) included.
+    pub endpoints: Vec<DesiredEndpoint>,
+    /// By prefix; one identity per prefix.
+    pub ipcache: Vec<IpcacheEntry>,
+    /// Rules per endpoint id; endpoints without rules are absent.
+    pub policy: BTreeMap<String, Vec<PolicyRule>>,
+    /// The services of the node's cluster, by id.
+    pub services: Vec<DesiredService>,
+    /// Parts of policies applying on this node that could not be compiled, as
+    /// `policy-name specs[i].egress[j]...: why`.
+    pub unsupported: Vec<String>,
+    /// Test workloads the agent runs, by name (states stored before they existed lack them).
+    #[serde(default)]
+    pub workloads: Vec<DesiredWorkload>,
+    /// Probes the agent runs once, by id.
+    #[serde(default)]
+    pub probes: Vec<DesiredProbe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredEndpoint {
+    pub id: String,
+    pub ips: Vec<IpAddr>,
+    pub identity: u32,
+    pub enforce_ingress: bool,
+    pub enforce_egress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpcacheEntry {
+    pub prefix: IpNet,
+    pub identity: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+    /// What a rule Weft does not enforce (L7 rules, `toFQDNs`, entities nothing carries)
+    /// would have allowed: not allowed, and dropped with `UNSUPPORTED_RULE` rather than
+    /// `POLICY_DENIED` when no other rule allows it (fail closed, visibly).
+    Unsupported,
+}
+
+/// One datapath policy entry of an endpoint (maps 1:1 onto the agent's `PolicyEntry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRule {
+    pub direction: Direction,
+    /// `None`: any peer.
+    pub peer_identity: Option<u32>,
+    /// IP protocol number; `None`: any protocol.
+    pub proto: Option<u8>,
+    /// Inclusive port range (the ICMP type for ICMP); `None`: any port.
+    pub ports: Option<(u16, u16)>,
+    pub action: Action,
+    /// Allowed only subject to L7 rules (the proxy decides per request).
+    pub l7: bool,
+    /// Policy name and rule path, for debugging (`web specs[0].ingress[1]`); several, joined
+    /// by ", ", when rules compile to the same entry.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredService {
+    pub id: String,
+    pub name: String,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<DesiredBackend>,
+    pub algorithm: Algorithm,
+    /// Client-IP affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+}
+
+/// A backend. All of the service's backends are kept so that established connections
+/// survive; only `active` ones take new connections (state active and weight > 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredBackend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub active: bool,
+}
+
+/// Why a node's state cannot be compiled: inconsistent input that no choice would make right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("node {0:?} is not in the tenant view")]
+    UnknownNode(String),
+    #[error(
+        "endpoint {endpoint:?} has identity {identity}, outside the allocated range {}..{}",
+        identity::FIRST_ALLOCATED,
+        identity::CIDR_BASE
+    )]
+    IdentityOutOfRange { endpoint: String, identity: u32 },
+    #[error(
+        "endpoints {first:?} and {second:?} share identity {identity} but have different labels"
+    )]
+    IdentityLabelsMismatch {
+        identity: u32,
+        first: String,
+        second: String,
+    },
+    #[error("address {prefix} is claimed by {first} and {second} with different identities")]
+    AddressConflict {
+        prefix: IpNet,
+        first: String,
+        second: String,
+    },
+    #[error("endpoint id {0:?} is reserved for the host endpoint")]
+    ReservedEndpointId(String),
+    #[error("duplicate {kind} id {id:?}")]
+    DuplicateId { kind: &'static str, id: String },
+    #[error(
+        "endpoint {endpoint:?} is on node {node:?} but in cluster {cluster:?}, not the node's"
+    )]
+    EndpointClusterMismatch {
+        endpoint: String,
+        node: String,
+        cluster: String,
+    },
+}

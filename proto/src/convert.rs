@@ -1,0 +1,646 @@
+//! Conversions between the wire ([`crate::v1`]) and the model's desired-state types
+//! ([`weft_model::desired`]): `From<&model> for pb` encodes (the control plane), and
+//! `TryFrom<pb> for model` decodes (the agent). Decoding refuses a bad message as a whole,
+//! with a [`WireError`] naming the item and the field (fail closed: the agent keeps the last
+//! applied state).
+//!
+//! Model → wire → model is the identity for everything the wire carries (tested with
+//! random states below). What it does not carry: [`NodeDesiredState::unsupported`] and
+//! [`Delta::unsupported`] (control-plane diagnostics, shown over REST; they decode as
+//! empty / `None`); an affinity timeout of 0 and an empty `from_workload` mean "none" on
+//! the wire.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+
+use ipnet::IpNet;
+use weft_model::desired::{
+    Action, Delta, DesiredBackend, DesiredEndpoint, DesiredService, IpcacheEntry, NodeDesiredState,
+    PolicyRule, PROTO_TCP, PROTO_UDP,
+};
+use weft_model::policy::eval::Direction;
+use weft_model::service::{Algorithm, Frontend, L4Protocol};
+use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
+
+use crate::v1 as pb;
+
+/// Why a message from the control plane was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("sync message {0} carries neither a snapshot nor a delta")]
+    NoKind(u64),
+    #[error("{item}: invalid address {value:?}")]
+    Address { item: String, value: String },
+    #[error("{item}: invalid prefix {value:?}")]
+    Prefix { item: String, value: String },
+    #[error("{item}: {field} {value} is out of range")]
+    Range {
+        item: String,
+        field: &'static str,
+        value: u64,
+    },
+    #[error("{item}: unknown {field} {value}")]
+    Enum {
+        item: String,
+        field: &'static str,
+        value: i32,
+    },
+    #[error("{item}: empty id")]
+    EmptyId { item: &'static str },
+    #[error("{item}: listed twice")]
+    Duplicate { item: String },
+}
+
+/// What a `Sync` message asks of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The complete desired state: everything else is removed.
+    Snapshot(NodeDesiredState),
+    Delta(Delta),
+}
+
+/// A decoded `SyncResponse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncMessage {
+    pub revision: u64,
+    pub update: Update,
+}
+
+// ---------------------------------------------------------------------------------------
+// Model -> wire
+
+impl From<&DesiredEndpoint> for pb::Endpoint {
+    fn from(e: &DesiredEndpoint) -> Self {
+        pb::Endpoint {
+            id: e.id.clone(),
+            ips: e.ips.iter().map(ToString::to_string).collect(),
+            identity: e.identity,
+            enforce_ingress: e.enforce_ingress,
+            enforce_egress: e.enforce_egress,
+        }
+    }
+}
+
+impl From<&IpcacheEntry> for pb::IpcacheEntry {
+    fn from(e: &IpcacheEntry) -> Self {
+        pb::IpcacheEntry {
+            prefix: e.prefix.to_string(),
+            identity: e.identity,
+        }
+    }
+}
+
+impl From<&PolicyRule> for pb::PolicyRule {
+    fn from(r: &PolicyRule) -> Self {
+        pb::PolicyRule {
+            direction: match r.direction {
+                Direction::Ingress => pb::Direction::Ingress,
+                Direction::Egress => pb::Direction::Egress,
+            } as i32,
+            peer_identity: r.peer_identity,
+            proto: r.proto.map(u32::from),
+            ports: r.ports.map(|(first, last)| pb::PortRange {
+                first: u32::from(first),
+                last: u32::from(last),
+            }),
+            action: match r.action {
+                Action::Allow => pb::Action::Allow,
+                Action::Deny => pb::Action::Deny,
+                Action::Unsupported => pb::Action::Unsupported,
+            } as i32,
+            l7: r.l7,
+            origin: r.origin.clone(),
+        }
+    }
+}
+
+/// An endpoint's rule list, as the model keys it (`NodeDesiredState::policy` entries).
+impl From<(&String, &Vec<PolicyRule>)> for pb::EndpointPolicy {
+    fn from((endpoint_id, rules): (&String, &Vec<PolicyRule>)) -> Self {
+        pb::EndpointPolicy {
+            endpoint_id: endpoint_id.clone(),
+            rules: rules.iter().map(pb::PolicyRule::from).collect(),
+        }
+    }
+}
+
+impl From<&DesiredService> for pb::Service {
+    fn from(s: &DesiredService) -> Self {
+        pb::Service {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            frontends: s
+                .frontends
+                .iter()
+                .map(|f| pb::Frontend {
+                    vip: f.vip.to_string(),
+                    port: u32::from(f.port),
+                    proto: u32::from(match f.protocol {
+                        L4Protocol::Tcp => PROTO_TCP,
+                        L4Protocol::Udp => PROTO_UDP,
+                    }),
+                })
+                .collect(),
+            backends: s
+                .backends
+                .iter()
+                .map(|b| pb::Backend {
+                    address: b.address.to_string(),
+                    port: u32::from(b.port),
+                    weight: b.weight,
+                    state: if b.active {
+                        pb::BackendState::Active
+                    } else {
+                        pb::BackendState::Terminating
+                    } as i32,
+                })
+                .collect(),
+            algorithm: match s.algorithm {
+                Algorithm::Random => pb::Algorithm::Random,
+                Algorithm::Maglev => pb::Algorithm::Maglev,
+            } as i32,
+            affinity_timeout_seconds: s.affinity_timeout.unwrap_or(0),
+        }
+    }
+}
+
+impl From<&DesiredWorkload> for pb::Workload {
+    fn from(w: &DesiredWorkload) -> Self {
+        pb::Workload {
+            name: w.name.clone(),
+            kind: match w.kind {
+                WorkloadKind::Pod => pb::WorkloadKind::Pod,
+                WorkloadKind::World => pb::WorkloadKind::World,
+            } as i32,
+            ip: w.ip.to_string(),
+            labels: w.labels.clone().into_iter().collect(),
+            echo_ports: w.echo_ports.iter().map(|p| u32::from(*p)).collect(),
+        }
+    }
+}
+
+impl From<&DesiredProbe> for pb::Probe {
+    fn from(p: &DesiredProbe) -> Self {
+        pb::Probe {
+            id: p.id.clone(),
+            from_workload: p.from_workload.clone().unwrap_or_default(),
+            target_ip: p.target.ip().to_string(),
+            target_port: u32::from(p.target.port()),
+            timeout_ms: p.timeout_ms,
+        }
+    }
+}
+
+/// Everything but `unsupported` (not on the wire).
+impl From<&NodeDesiredState> for pb::Snapshot {
+    fn from(s: &NodeDesiredState) -> Self {
+        pb::Snapshot {
+            endpoints: s.endpoints.iter().map(Into::into).collect(),
+            ipcache: s.ipcache.iter().map(Into::into).collect(),
+            policies: s.policy.iter().map(Into::into).collect(),
+            services: s.services.iter().map(Into::into).collect(),
+            workloads: s.workloads.iter().map(Into::into).collect(),
+            probes: s.probes.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Everything but `unsupported` (not on the wire).
+impl From<&Delta> for pb::Delta {
+    fn from(d: &Delta) -> Self {
+        pb::Delta {
+            upsert_endpoints: d.endpoints_upsert.iter().map(Into::into).collect(),
+            remove_endpoints: d.endpoints_remove.clone(),
+            upsert_ipcache: d.ipcache_upsert.iter().map(Into::into).collect(),
+            remove_ipcache: d.ipcache_remove.iter().map(ToString::to_string).collect(),
+            upsert_policies: d.policy_upsert.iter().map(Into::into).collect(),
+            remove_policies: d.policy_remove.clone(),
+            upsert_services: d.services_upsert.iter().map(Into::into).collect(),
+            remove_services: d.services_remove.clone(),
+            upsert_workloads: d.workloads_upsert.iter().map(Into::into).collect(),
+            remove_workloads: d.workloads_remove.clone(),
+            upsert_probes: d.probes_upsert.iter().map(Into::into).collect(),
+            remove_probes: d.probes_remove.clone(),
+        }
+    }
+}
+
+/// Without a trace context (the sender sets `traceparent` when it has one).
+impl From<&SyncMessage> for pb::SyncResponse {
+    fn from(m: &SyncMessage) -> Self {
+        pb::SyncResponse {
+            revision: m.revision,
+            kind: Some(match &m.update {
+                Update::Snapshot(s) => pb::sync_response::Kind::Snapshot(s.into()),
+                Update::Delta(d) => pb::sync_response::Kind::Delta(d.into()),
+            }),
+            traceparent: String::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire -> model
+
+impl TryFrom<pb::SyncResponse> for SyncMessage {
+    type Error = WireError;
+
+    fn try_from(m: pb::SyncResponse) -> Result<Self, WireError> {
+        let update = match m.kind {
+            None => return Err(WireError::NoKind(m.revision)),
+            Some(pb::sync_response::Kind::Snapshot(s)) => Update::Snapshot(s.try_into()?),
+            Some(pb::sync_response::Kind::Delta(d)) => Update::Delta(d.try_into()?),
+        };
+        Ok(SyncMessage {
+            revision: m.revision,
+            update,
+        })
+    }
+}
+
+fn addr(item: impl Fn() -> String, s: &str) -> Result<IpAddr, WireError> {
+    s.parse().map_err(|_| WireError::Address {
+        item: item(),
+        value: s.to_string(),
+    })
+}
+
+fn ipv4(item: impl Fn() -> String, s: &str) -> Result<Ipv4Addr, WireError> {
+    s.parse().map_err(|_| WireError::Address {
+        item: item(),
+        value: s.to_string(),
+    })
+}
+
+fn prefix(item: impl Fn() -> String, s: &str) -> Result<IpNet, WireError> {
+    s.parse().map_err(|_| WireError::Prefix {
+        item: item(),
+        value: s.to_string(),
+    })
+}
+
+fn u16_of(item: impl Fn() -> String, field: &'static str, v: u32) -> Result<u16, WireError> {
+    u16::try_from(v).map_err(|_| WireError::Range {
+        item: item(),
+        field,
+        value: u64::from(v),
+    })
+}
+
+fn u8_of(item: impl Fn() -> String, field: &'static str, v: u32) -> Result<u8, WireError> {
+    u8::try_from(v).map_err(|_| WireError::Range {
+        item: item(),
+        field,
+        value: u64::from(v),
+    })
+}
+
+impl TryFrom<pb::Endpoint> for DesiredEndpoint {
+    type Error = WireError;
+
+    fn try_from(e: pb::Endpoint) -> Result<Self, WireError> {
+        if e.id.is_empty() {
+            return Err(WireError::EmptyId { item: "endpoint" });
+        }
+        let item = || format!("endpoint/{}", e.id);
+        let ips = e
+            .ips
+            .iter()
+            .map(|a| addr(item, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DesiredEndpoint {
+            id: e.id,
+            ips,
+            identity: e.identity,
+            enforce_ingress: e.enforce_ingress,
+            enforce_egress: e.enforce_egress,
+        })
+    }
+}
+
+impl TryFrom<pb::IpcacheEntry> for IpcacheEntry {
+    type Error = WireError;
+
+    fn try_from(e: pb::IpcacheEntry) -> Result<Self, WireError> {
+        let item = || format!("ipcache/{}", e.prefix);
+        Ok(IpcacheEntry {
+            prefix: prefix(item, &e.prefix)?,
+            identity: e.identity,
+        })
+    }
+}
+
+/// A rule on its own; inside an [`pb::EndpointPolicy`] errors name `policy/<endpoint>[i]`.
+impl TryFrom<pb::PolicyRule> for PolicyRule {
+    type Error = WireError;
+
+    fn try_from(r: pb::PolicyRule) -> Result<Self, WireError> {
+        rule(|| "policy rule".to_string(), r)
+    }
+}
+
+fn rule(item: impl Fn() -> String, r: pb::PolicyRule) -> Result<PolicyRule, WireError> {
+    let direction = match pb::Direction::try_from(r.direction) {
+        Ok(pb::Direction::Ingress) => Direction::Ingress,
+        Ok(pb::Direction::Egress) => Direction::Egress,
+        _ => {
+            return Err(WireError::Enum {
+                item: item(),
+                field: "direction",
+                value: r.direction,
+            })
+        }
+    };
+    let action = match pb::Action::try_from(r.action) {
+        Ok(pb::Action::Allow) => Action::Allow,
+        Ok(pb::Action::Deny) => Action::Deny,
+        Ok(pb::Action::Unsupported) => Action::Unsupported,
+        _ => {
+            return Err(WireError::Enum {
+                item: item(),
+                field: "action",
+                value: r.action,
+            })
+        }
+    };
+    let ports = match r.ports {
+        None => None,
+        Some(p) => Some((
+            u16_of(&item, "first port", p.first)?,
+            u16_of(&item, "last port", p.last)?,
+        )),
+    };
+    Ok(PolicyRule {
+        direction,
+        peer_identity: r.peer_identity,
+        proto: r.proto.map(|p| u8_of(&item, "protocol", p)).transpose()?,
+        ports,
+        action,
+        l7: r.l7,
+        origin: r.origin,
+    })
+}
+
+/// An endpoint's rule list, keyed as `NodeDesiredState::policy`.
+impl TryFrom<pb::EndpointPolicy> for (String, Vec<PolicyRule>) {
+    type Error = WireError;
+
+    fn try_from(p: pb::EndpointPolicy) -> Result<Self, WireError> {
+        if p.endpoint_id.is_empty() {
+            return Err(WireError::EmptyId { item: "policy" });
+        }
+        let endpoint = &p.endpoint_id;
+        let rules = p
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| rule(|| format!("policy/{endpoint}[{i}]"), r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((p.endpoint_id, rules))
+    }
+}
+
+impl TryFrom<pb::Service> for DesiredService {
+    type Error = WireError;
+
+    fn try_from(s: pb::Service) -> Result<Self, WireError> {
+        if s.id.is_empty() {
+            return Err(WireError::EmptyId { item: "service" });
+        }
+        let item = || format!("service/{}", s.id);
+        let frontends = s
+            .frontends
+            .iter()
+            .map(|f| {
+                let protocol = match u8::try_from(f.proto) {
+                    Ok(PROTO_TCP) => L4Protocol::Tcp,
+                    Ok(PROTO_UDP) => L4Protocol::Udp,
+                    _ => {
+                        return Err(WireError::Range {
+                            item: item(),
+                            field: "frontend protocol",
+                            value: u64::from(f.proto),
+                        })
+                    }
+                };
+                Ok(Frontend {
+                    vip: addr(item, &f.vip)?,
+                    port: u16_of(item, "frontend port", f.port)?,
+                    protocol,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let backends = s
+            .backends
+            .iter()
+            .map(|b| {
+                let active = match pb::BackendState::try_from(b.state) {
+                    Ok(pb::BackendState::Active) => true,
+                    Ok(pb::BackendState::Terminating) => false,
+                    _ => {
+                        return Err(WireError::Enum {
+                            item: item(),
+                            field: "backend state",
+                            value: b.state,
+                        })
+                    }
+                };
+                Ok(DesiredBackend {
+                    address: addr(item, &b.address)?,
+                    port: u16_of(item, "backend port", b.port)?,
+                    weight: b.weight,
+                    active,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let algorithm = match pb::Algorithm::try_from(s.algorithm) {
+            Ok(pb::Algorithm::Random) => Algorithm::Random,
+            Ok(pb::Algorithm::Maglev) => Algorithm::Maglev,
+            _ => {
+                return Err(WireError::Enum {
+                    item: item(),
+                    field: "algorithm",
+                    value: s.algorithm,
+                })
+            }
+        };
+        Ok(DesiredService {
+            id: s.id,
+            name: s.name,
+            frontends,
+            backends,
+            algorithm,
+            affinity_timeout: (s.affinity_timeout_seconds > 0)
+                .then_some(s.affinity_timeout_seconds),
+        })
+    }
+}
+
+impl TryFrom<pb::Workload> for DesiredWorkload {
+    type Error = WireError;
+
+    fn try_from(w: pb::Workload) -> Result<Self, WireError> {
+        if w.name.is_empty() {
+            return Err(WireError::EmptyId { item: "workload" });
+        }
+        let item = || format!("workload/{}", w.name);
+        let kind = match pb::WorkloadKind::try_from(w.kind) {
+            Ok(pb::WorkloadKind::Pod) => WorkloadKind::Pod,
+            Ok(pb::WorkloadKind::World) => WorkloadKind::World,
+            _ => {
+                return Err(WireError::Enum {
+                    item: item(),
+                    field: "kind",
+                    value: w.kind,
+                })
+            }
+        };
+        Ok(DesiredWorkload {
+            kind,
+            ip: ipv4(item, &w.ip)?,
+            labels: w.labels.into_iter().collect(),
+            echo_ports: w
+                .echo_ports
+                .iter()
+                .map(|p| u16_of(item, "echo port", *p))
+                .collect::<Result<_, _>>()?,
+            name: w.name,
+        })
+    }
+}
+
+impl TryFrom<pb::Probe> for DesiredProbe {
+    type Error = WireError;
+
+    fn try_from(p: pb::Probe) -> Result<Self, WireError> {
+        if p.id.is_empty() {
+            return Err(WireError::EmptyId { item: "probe" });
+        }
+        let item = || format!("probe/{}", p.id);
+        let target = SocketAddrV4::new(
+            ipv4(item, &p.target_ip)?,
+            u16_of(item, "target port", p.target_port)?,
+        );
+        Ok(DesiredProbe {
+            from_workload: (!p.from_workload.is_empty()).then_some(p.from_workload),
+            target,
+            timeout_ms: p.timeout_ms,
+            id: p.id,
+        })
+    }
+}
+
+/// Decodes a keyed list, refusing duplicate keys.
+fn keyed<P, T, K: Ord + ToString>(
+    items: Vec<P>,
+    key: impl Fn(&T) -> K,
+    kind: &str,
+) -> Result<Vec<T>, WireError>
+where
+    T: TryFrom<P, Error = WireError>,
+{
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for p in items {
+        let t = T::try_from(p)?;
+        let k = key(&t);
+        let name = k.to_string();
+        if !seen.insert(k) {
+            return Err(WireError::Duplicate {
+                item: format!("{kind}/{name}"),
+            });
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn policies(
+    items: Vec<pb::EndpointPolicy>,
+) -> Result<BTreeMap<String, Vec<PolicyRule>>, WireError> {
+    let mut out = BTreeMap::new();
+    for p in items {
+        let (id, rules) = <(String, Vec<PolicyRule>)>::try_from(p)?;
+        if out.contains_key(&id) {
+            return Err(WireError::Duplicate {
+                item: format!("policy/{id}"),
+            });
+        }
+        out.insert(id, rules);
+    }
+    Ok(out)
+}
+
+/// `unsupported` is not on the wire: empty.
+impl TryFrom<pb::Snapshot> for NodeDesiredState {
+    type Error = WireError;
+
+    fn try_from(s: pb::Snapshot) -> Result<Self, WireError> {
+        let mut endpoints = keyed(s.endpoints, |e: &DesiredEndpoint| e.id.clone(), "endpoint")?;
+        let mut ipcache = keyed(s.ipcache, |e: &IpcacheEntry| e.prefix, "ipcache")?;
+        let mut services = keyed(s.services, |s: &DesiredService| s.id.clone(), "service")?;
+        // The model keeps its lists sorted by key, so a diff against it is meaningful.
+        endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        ipcache.sort_by_key(|a| a.prefix);
+        services.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut workloads = keyed(
+            s.workloads,
+            |w: &DesiredWorkload| w.name.clone(),
+            "workload",
+        )?;
+        workloads.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut probes = keyed(s.probes, |p: &DesiredProbe| p.id.clone(), "probe")?;
+        probes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(NodeDesiredState {
+            endpoints,
+            ipcache,
+            policy: policies(s.policies)?,
+            services,
+            unsupported: Vec::new(),
+            workloads,
+            probes,
+        })
+    }
+}
+
+/// `unsupported` is not on the wire: `None`.
+impl TryFrom<pb::Delta> for Delta {
+    type Error = WireError;
+
+    fn try_from(d: pb::Delta) -> Result<Self, WireError> {
+        Ok(Delta {
+            endpoints_upsert: keyed(
+                d.upsert_endpoints,
+                |e: &DesiredEndpoint| e.id.clone(),
+                "endpoint",
+            )?,
+            endpoints_remove: d.remove_endpoints,
+            ipcache_upsert: keyed(d.upsert_ipcache, |e: &IpcacheEntry| e.prefix, "ipcache")?,
+            ipcache_remove: d
+                .remove_ipcache
+                .iter()
+                .map(|p| prefix(|| format!("ipcache/{p}"), p))
+                .collect::<Result<Vec<_>, _>>()?,
+            policy_upsert: policies(d.upsert_policies)?,
+            policy_remove: d.remove_policies,
+            services_upsert: keyed(
+                d.upsert_services,
+                |s: &DesiredService| s.id.clone(),
+                "service",
+            )?,
+            services_remove: d.remove_services,
+            unsupported: None,
+            workloads_upsert: keyed(
+                d.upsert_workloads,
+                |w: &DesiredWorkload| w.name.clone(),
+                "workload",
+            )?,
+            workloads_remove: d.remove_workloads,
+            probes_upsert: keyed(d.upsert_probes, |p: &DesiredProbe| p.id.clone(), "probe")?,
+            probes_remove: d.remove_probes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
