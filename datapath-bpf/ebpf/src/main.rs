@@ -533,6 +533,9 @@ fn emit(p: &Pkt, info: &EventInfo) {
     }
 }
 
+/// `EP_POLICY_GEN` shifted onto `POLICY_DIR_GEN`.
+const GEN_SHIFT: u32 = POLICY_DIR_GEN.trailing_zeros() - EP_POLICY_GEN.trailing_zeros();
+
 /// Result of a policy lookup.
 struct Decision {
     action: u8,
@@ -592,11 +595,8 @@ fn decide(ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt) -> Decision 
     }
     // The endpoint's current policy generation: its entries are complete before the agent
     // flips to it, and stay untouched until no program can still be reading them.
-    let dir = if ep.flags & EP_POLICY_GEN != 0 {
-        dir | POLICY_DIR_GEN
-    } else {
-        dir
-    };
+    // Branch-free, so the verifier does not walk the rest of the decision once per generation.
+    let dir = dir | (((ep.flags & EP_POLICY_GEN) as u8) << GEN_SHIFT);
     let mut allow: Option<PolicyValue> = None;
     // An entry of a rule Weft does not enforce matched: allows nothing, names the drop.
     let mut unsupported = false;
