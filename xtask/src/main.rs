@@ -2,6 +2,7 @@
 
 mod bench_compile;
 mod bench_datapath;
+mod bench_example;
 mod bench_flows;
 mod console;
 mod demo;
