@@ -538,6 +538,21 @@ impl EpPolicy {
     }
 }
 
+impl Cache {
+    /// Queues an endpoint's entries of generation `gen` for [`Datapath::settle_policy`].
+    fn retire(
+        &mut self,
+        ep_id: u32,
+        gen: bool,
+        entries: &BTreeMap<policy::PolicySlot, c::PolicyValue>,
+    ) {
+        if !entries.is_empty() {
+            let slots = self.policy_garbage.entry(ep_id).or_default();
+            slots.extend(entries.keys().map(|s| s.in_gen(gen)));
+        }
+    }
+}
+
 /// What the agent last wrote, rebuilt from the maps at load (reconcile after restart).
 #[derive(Default)]
 struct Cache {
@@ -545,7 +560,7 @@ struct Cache {
     policy: StdHashMap<u32, EpPolicy>,
     /// Entries of generations no longer in force (keys with their generation bit), deleted
     /// by [`Datapath::settle_policy`] once no program can be reading them.
-    policy_garbage: Vec<policy::PolicySlot>,
+    policy_garbage: StdHashMap<u32, Vec<policy::PolicySlot>>,
     /// ep_id -> its endpoint map key.
     /// ep_id -> its endpoint map keys (IPv4 first, then IPv6 if any).
     endpoints: StdHashMap<u32, Vec<c::EndpointKey>>,
@@ -775,9 +790,7 @@ impl Datapath {
                     },
                 );
             } else {
-                cache
-                    .policy_garbage
-                    .extend(entries.keys().map(|s| s.in_gen(gen)));
+                cache.retire(ep_id, gen, entries);
             }
         }
         for (k, v) in endpoints {
@@ -1177,7 +1190,7 @@ impl Datapath {
             return Ok(());
         }
         // The unused generation must be empty: this endpoint's last retired entries go first.
-        if self.cache.policy_garbage.iter().any(|s| s.ep_id() == ep_id) {
+        if self.cache.policy_garbage.contains_key(&ep_id) {
             self.settle_policy()?;
         }
         let next = EpPolicy {
@@ -1210,9 +1223,7 @@ impl Datapath {
         // Even if an address failed to flip, the new generation is the one to keep: the
         // next change retries, and a stale address meanwhile judges by the old entries until
         // they are settled, then by none (fail closed).
-        self.cache
-            .policy_garbage
-            .extend(current.entries.keys().map(|s| s.in_gen(current.gen)));
+        self.cache.retire(ep_id, current.gen, &current.entries);
         if next.entries.is_empty() {
             self.cache.policy.remove(&ep_id);
         } else {
@@ -1231,15 +1242,19 @@ impl Datapath {
             .wait()
             .map_err(io_err("waiting for running BPF programs"))?;
         let garbage = std::mem::take(&mut self.cache.policy_garbage);
-        let mut failed = Vec::new();
         let mut first_err = None;
-        for slot in garbage {
-            if let Err(e) = self.remove_policy_slot(&slot) {
-                failed.push(slot);
-                first_err.get_or_insert(e);
+        for (ep_id, slots) in garbage {
+            for slot in slots {
+                if let Err(e) = self.remove_policy_slot(&slot) {
+                    self.cache
+                        .policy_garbage
+                        .entry(ep_id)
+                        .or_default()
+                        .push(slot);
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        self.cache.policy_garbage = failed;
         first_err.map_or(Ok(()), Err)
     }
 
