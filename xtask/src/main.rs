@@ -39,8 +39,8 @@ commands:
                     budget), then its browser tests against `demo --detach`
   imports [crate...]
                     module graph check: no cycle between top-level modules, no
-                    hand-written file over 800 lines (node-agent enforced,
-                    control-api reported)
+                    hand-written file over 800 lines (crates listed in
+                    imports::ENFORCED fail, the others are reported)
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object
