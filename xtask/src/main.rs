@@ -10,6 +10,7 @@ mod demo_check;
 mod ebpf;
 mod fuzz;
 mod http;
+mod imports;
 mod nodes;
 mod oidc;
 mod pg;
@@ -37,6 +38,10 @@ commands:
                     `test --schemathesis`)
   console-test      the web console's checks (npm ci, tsc, vitest, build + size
                     budget), then its browser tests against `demo --detach`
+  imports [crate...]
+                    module graph check: no cycle between top-level modules, no
+                    hand-written file over 800 lines (crates listed in
+                    imports::ENFORCED fail, the others are reported)
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object
@@ -74,6 +79,7 @@ fn run(args: &[String]) -> Result<()> {
         "demo" => demo::demo(rest.iter().any(|a| a == "--detach")),
         "down" => demo::down(),
         "test" => test::test(rest),
+        "imports" => imports::main(rest),
         "schemathesis" => schemathesis::main(rest),
         "console-test" => console::console_test(),
         "openapi" => openapi(),

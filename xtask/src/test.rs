@@ -104,6 +104,8 @@ pub fn test(args: &[String]) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        eprintln!("xtask: import graph (cargo xtask imports)");
+        crate::imports::main(&[])?;
     }
     let pg = TestPostgres::start()?;
     let url = pg
