@@ -3,9 +3,13 @@
 //! `weft connectivity test`.
 
 pub mod agent;
+pub mod control;
 pub mod datapath;
 pub mod debug;
 pub mod endpoint;
+pub mod files;
+pub mod flows;
+pub mod names;
 pub mod netns;
 pub mod tools;
 pub mod workload;

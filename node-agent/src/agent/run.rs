@@ -25,20 +25,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
-use serde::{Deserialize, Serialize};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use weft_proto::v1 as pb;
-use weft_proto::v1::agent_client::AgentClient;
 
-use super::flows::{self, FlowQueue, FlowStats};
 use super::wire::{Names, Programmed, StateError, SyncMessage, WireError};
+use crate::control::{self, ensure_registered, uname, Backoff, Client, Control, ControlError};
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream};
 use crate::endpoint::api::{self as endpoint_api, ApiState};
 use crate::endpoint::manager::{lock, Manager, SharedDatapath};
 use crate::endpoint::EndpointError;
+use crate::flows::{self, FlowQueue, FlowStats};
 use crate::workload::probe::Spawner;
 use crate::workload::report::{self, SharedOutbox};
 use crate::workload::{self, Desired, WorkloadError, Workloads};
@@ -117,21 +113,8 @@ pub enum RunError {
         what: String,
         source: std::io::Error,
     },
-    #[error("TLS to the control plane: {0}")]
-    Tls(String),
-    #[error("invalid control-plane URL {url:?}: {source}")]
-    Url {
-        url: String,
-        source: tonic::transport::Error,
-    },
-    #[error("not registered: no credential in {0} and no join token given")]
-    NotRegistered(String),
-    #[error("registration refused: {0}")]
-    Refused(String),
-    #[error("the stored node credential is not a valid header value")]
-    BadCredential,
-    #[error("connecting: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("control plane: {0}")]
     Rpc(#[from] Status),
     #[error("refused a sync message: {0}")]
@@ -140,17 +123,6 @@ pub enum RunError {
     Endpoint(#[from] EndpointError),
     #[error("test workloads: {0}")]
     Workload(#[from] WorkloadError),
-}
-
-/// Adds the node credential to every call.
-#[derive(Clone)]
-pub struct Auth(pub MetadataValue<Ascii>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
 }
 
 /// Aborts the agent's background tasks when `run` returns.
@@ -164,127 +136,11 @@ impl Drop for Tasks {
     }
 }
 
-/// Node identity as stored in the state dir (the credential is stored apart from it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NodeInfo {
-    node_id: String,
-    cluster_id: String,
-    tenant_id: String,
-}
-
-const CREDENTIAL: &str = "credential";
-const NODE: &str = "node.json";
 const STATE: &str = "state.json";
-
-/// Capped exponential backoff with jitter: the n-th delay is drawn from
-/// `[d/2, d]` where `d = min(cap, base * 2^n)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
-        let d = self.base.saturating_mul(factor).min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = d / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-    }
-}
-
-/// `uname -r` and `uname -n`.
-fn uname() -> (String, String) {
-    // SAFETY: `utsname` is plain data; uname fills it and returns 0 on success.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return (String::new(), String::new());
-    }
-    let s = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    (s(&u.release), s(&u.nodename))
-}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Io { what, source }
-}
-
-/// The stored credential, or a new one from `Register`.
-async fn ensure_registered(
-    args: &RunArgs,
-    endpoint: &Endpoint,
-) -> Result<MetadataValue<Ascii>, RunError> {
-    let cred_path = args.state_dir.join(CREDENTIAL);
-    let credential = match std::fs::read_to_string(&cred_path) {
-        Ok(c) => c.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let Some(token) = &args.join_token else {
-                return Err(RunError::NotRegistered(
-                    args.state_dir.display().to_string(),
-                ));
-            };
-            let (kernel, hostname) = uname();
-            let mut client = AgentClient::new(endpoint.connect().await?);
-            let resp = client
-                .register(pb::RegisterRequest {
-                    join_token: token.clone(),
-                    node_name: args.node_name.clone().unwrap_or(hostname),
-                    addresses: args.addresses.clone(),
-                    labels: args.labels.iter().cloned().collect(),
-                    replace: false,
-                    capability_version: weft_proto::CAPABILITY_VERSION,
-                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                    kernel_version: kernel,
-                    pod_cidrs: args.pod_cidrs.iter().map(|c| c.to_string()).collect(),
-                })
-                .await
-                .map_err(|s| match s.code() {
-                    Code::Unavailable | Code::Unknown | Code::Internal => RunError::Rpc(s),
-                    _ => RunError::Refused(s.message().to_string()),
-                })?
-                .into_inner();
-            let info = NodeInfo {
-                node_id: resp.node_id,
-                cluster_id: resp.cluster_id,
-                tenant_id: resp.tenant_id,
-            };
-            let json = serde_json::to_vec_pretty(&info).map_err(|e| RunError::Io {
-                what: "encoding node.json".into(),
-                source: e.into(),
-            })?;
-            super::write_private(&args.state_dir.join(NODE), &json)
-                .map_err(io("writing node.json"))?;
-            super::write_private(&cred_path, resp.node_credential.as_bytes())
-                .map_err(io("writing the node credential"))?;
-            tracing::info!(node_id = %info.node_id, cluster_id = %info.cluster_id, "registered");
-            resp.node_credential
-        }
-        Err(e) => return Err(io(format!("reading {}", cred_path.display()))(e)),
-    };
-    format!("Bearer {credential}")
-        .parse()
-        .map_err(|_| RunError::BadCredential)
 }
 
 /// Runs the agent until `shutdown` completes. Errors only for what retrying cannot fix
@@ -368,28 +224,27 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         outbox.clone(),
     )?;
     tasks.0.push(tokio::spawn(workloads.run(desired_rx)));
-    let endpoint = Endpoint::from_shared(args.control_plane.clone())
-        .map_err(|source| RunError::Url {
-            url: args.control_plane.clone(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let endpoint = with_tls(endpoint, &args.control_plane, args.ca_cert.as_deref())?;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let auth = loop {
+    let channel = control::channel(&args.control_plane, args.ca_cert.as_deref())?;
+    let registration = control::Registration {
+        state_dir: args.state_dir.clone(),
+        join_token: args.join_token.clone(),
+        node_name: args.node_name.clone(),
+        addresses: args.addresses.clone(),
+        labels: args.labels.clone(),
+        pod_cidrs: args.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+    };
+    let mut backoff = Backoff::control_plane();
+    let credential = loop {
         let res = tokio::select! {
-            r = ensure_registered(&args, &endpoint) => r,
+            r = ensure_registered(&registration, &channel) => r,
             () = &mut shutdown => return Ok(()),
         };
         match res {
-            Ok(a) => break a,
-            Err(e @ (RunError::Rpc(_) | RunError::Connect(_))) => {
+            Ok(c) => break c,
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "registration failed; retrying");
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -398,18 +253,16 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     };
     backoff.reset();
     let ring_dp = dp.clone();
+    let control = Control::new(channel, credential);
     tasks.0.push(tokio::spawn(flows::export(
-        endpoint.clone(),
-        Auth(auth.clone()),
+        control.clone(),
         queue,
         Arc::new(move || lock(&ring_dp).counters().ok().map(|c| c.lost_events)),
         flow_stats,
     )));
-    tasks.0.push(tokio::spawn(report::report(
-        endpoint.clone(),
-        Auth(auth.clone()),
-        outbox,
-    )));
+    tasks
+        .0
+        .push(tokio::spawn(report::report(control.clone(), outbox)));
     let mut session = Session {
         dp,
         programmed: &mut programmed,
@@ -426,7 +279,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     loop {
         session.synced = false;
         let res = tokio::select! {
-            r = session.run(&endpoint, &auth) => r,
+            r = session.run(&control) => r,
             () = &mut shutdown => return Ok(()),
         };
         match res {
@@ -474,16 +327,9 @@ struct Session<'a> {
     desired: tokio::sync::watch::Sender<Desired>,
 }
 
-type Client = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
-
 impl Session<'_> {
-    async fn run(
-        &mut self,
-        endpoint: &Endpoint,
-        auth: &MetadataValue<Ascii>,
-    ) -> Result<(), RunError> {
-        let channel: Channel = endpoint.connect().await?;
-        let mut client: Client = AgentClient::with_interceptor(channel, Auth(auth.clone()));
+    async fn run(&mut self, control: &Control) -> Result<(), RunError> {
+        let mut client = control.client();
         let mut stream = client
             .sync(pb::SyncRequest {
                 resume_from_revision: self.programmed.revision,
@@ -619,80 +465,14 @@ impl Session<'_> {
     }
 }
 
-/// An `https://` control plane is reached over TLS, trusting `--ca-cert`; plain `http://`
-/// is for loopback and tests.
-fn with_tls(endpoint: Endpoint, url: &str, ca_cert: Option<&Path>) -> Result<Endpoint, RunError> {
-    let https = url.starts_with("https://");
-    match (ca_cert, https) {
-        (None, false) => Ok(endpoint),
-        (None, true) => Err(RunError::Tls(
-            "an https:// control plane needs --ca-cert (the agent service's certificate or CA)"
-                .into(),
-        )),
-        (Some(_), false) => Err(RunError::Tls(
-            "--ca-cert given but the control-plane URL is not https://".into(),
-        )),
-        (Some(path), true) => {
-            let pem = std::fs::read(path).map_err(|e| RunError::Io {
-                what: format!("reading {}", path.display()),
-                source: e,
-            })?;
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            endpoint
-                .tls_config(tls)
-                .map_err(|e| RunError::Tls(e.to_string()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn tls_needs_https_and_a_ca_together() {
-        let ep = |u: &str| Endpoint::from_shared(u.to_string()).expect("url");
-        assert!(with_tls(ep("http://127.0.0.1:1"), "http://127.0.0.1:1", None).is_ok());
-        let no_ca = with_tls(ep("https://127.0.0.1:1"), "https://127.0.0.1:1", None);
-        assert!(matches!(no_ca, Err(RunError::Tls(_))));
-        let ca = std::path::Path::new("/nonexistent/ca.pem");
-        let plain_with_ca = with_tls(ep("http://127.0.0.1:1"), "http://127.0.0.1:1", Some(ca));
-        assert!(matches!(plain_with_ca, Err(RunError::Tls(_))));
-        let missing = with_tls(ep("https://127.0.0.1:1"), "https://127.0.0.1:1", Some(ca));
-        assert!(matches!(missing, Err(RunError::Io { .. })));
-    }
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let d0 = b.next_delay();
-        assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
-        let d1 = b.next_delay();
-        assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
-        for _ in 0..5 {
-            b.next_delay();
-        }
-        for _ in 0..40 {
-            let d = b.next_delay();
-            assert!(
-                d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
-                "{d:?}"
-            );
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn labels_parse() {
         assert_eq!(parse_label("a=b"), Ok(("a".into(), "b".into())));
         assert!(parse_label("=b").is_err());
         assert!(parse_label("ab").is_err());
-    }
-
-    #[test]
-    fn uname_has_a_kernel_release() {
-        assert!(!uname().0.is_empty());
     }
 }

@@ -19,13 +19,15 @@ use weft_model::desired::{
 };
 use weft_model::policy::eval::Direction;
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
-use weft_proto::v1 as pb;
 
 use crate::datapath::{self as dp, Datapath, DatapathError, PolicyEntry};
 
 // Decoding a `SyncResponse` into the model's types lives with the contract, in
 // `weft_proto::convert` (used by the control plane to encode, too).
 pub use weft_proto::convert::{SyncMessage, Update, WireError};
+
+pub use crate::control::ItemError;
+pub use crate::names::Names;
 
 // ---------------------------------------------------------------------------------------
 // Programming the datapath
@@ -86,23 +88,6 @@ impl DatapathOps for Datapath {
     }
     fn settle_policy(&mut self) -> Result<(), DatapathError> {
         Datapath::settle_policy(self)
-    }
-}
-
-/// Something that could not be programmed, reported in the `Ack`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemError {
-    /// e.g. `endpoint/<id>`, `service/<id>`.
-    pub item: String,
-    pub message: String,
-}
-
-impl From<ItemError> for pb::ItemError {
-    fn from(e: ItemError) -> Self {
-        pb::ItemError {
-            item: e.item,
-            message: e.message,
-        }
     }
 }
 
@@ -205,25 +190,6 @@ fn err(item: String, e: impl std::fmt::Display) -> ItemError {
     }
 }
 
-/// What the datapath's numbers stand for in the desired state: read by the flow exporter
-/// (ep_id / svc_id -> desired-state ids) and `endpoint list` (identities and ids).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Names {
-    /// The node's endpoints as applied (the host endpoint included).
-    pub endpoints: Vec<DesiredEndpoint>,
-    /// Datapath endpoint id -> desired-state endpoint id.
-    pub endpoint_ids: BTreeMap<u32, String>,
-    /// Datapath service id (one per frontend) -> desired-state service id.
-    pub service_ids: BTreeMap<u32, String>,
-}
-
-impl Names {
-    /// The applied endpoint that owns `ip`.
-    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&DesiredEndpoint> {
-        self.endpoints.iter().find(|e| e.ips.contains(&ip))
-    }
-}
-
 impl Programmed {
     pub fn endpoint_id(&self, id: &str) -> Option<u32> {
         self.endpoint_ids.get(id)
@@ -266,9 +232,7 @@ impl Programmed {
         let p = || path.display().to_string();
         let bytes =
             serde_json::to_vec(self).map_err(|source| StateError::Json { path: p(), source })?;
-        let tmp = path.with_extension("tmp");
-        super::write_private(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, path))
+        crate::files::replace_private(path, &bytes)
             .map_err(|source| StateError::Io { path: p(), source })
     }
 

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use super::manager::{EndpointView, Manager};
 use super::{EndpointError, EndpointSpec};
-use crate::agent::flows::FlowStats;
+use crate::flows::FlowStats;
 
 /// Default path of the socket.
 pub const DEFAULT_SOCKET: &str = "/run/weft/agent.sock";

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use weft_model::labels::Labels;
 
 use super::{plumb, AddPlan, EndpointError, EndpointSpec, Record, Store};
-use crate::agent::wire::Names;
 use crate::datapath::Datapath;
+use crate::names::Names;
 
 /// The loaded datapath, shared by the sync session, the endpoint API and the flow exporter.
 pub type SharedDatapath = Arc<Mutex<Datapath>>;

@@ -285,10 +285,7 @@ impl Store {
         };
         let list: Vec<&Record> = self.endpoints.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).map_err(|e| err(e.to_string()))?;
-        let tmp = self.path.with_extension("tmp");
-        crate::agent::write_private(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| err(e.to_string()))?;
+        crate::files::replace_private(&self.path, &bytes).map_err(|e| err(e.to_string()))?;
         self.managed = true;
         Ok(())
     }

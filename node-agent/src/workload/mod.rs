@@ -33,8 +33,7 @@ use weft_model::desired::NodeDesiredState;
 use weft_model::labels::Labels;
 use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 
-use crate::agent::run::Backoff;
-use crate::agent::wire::ItemError;
+use crate::control::{Backoff, ItemError};
 use crate::endpoint::manager::Manager;
 use crate::endpoint::{self, plumb, EndpointError, EndpointSpec, Record as EndpointRecord};
 use probe::{ProbeResult, Spawner};
@@ -281,10 +280,7 @@ impl Workloads {
         };
         let list: Vec<&Record> = self.records.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).map_err(|e| err(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        crate::agent::write_private(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| err(e.to_string()))
+        crate::files::replace_private(&path, &bytes).map_err(|e| err(e.to_string()))
     }
 
     /// Follows the desired lists until the sender is gone; failures are logged and retried

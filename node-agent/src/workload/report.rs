@@ -8,16 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
 use tonic::Code;
 use weft_proto::v1 as pb;
-use weft_proto::v1::agent_client::AgentClient;
 
 use super::probe::ProbeResult;
-use crate::agent::run::{Auth, Backoff};
+use crate::control::{Backoff, Control};
 
 /// Results per `ReportProbes` call.
 pub const BATCH: usize = 100;
@@ -110,11 +107,7 @@ impl SharedOutbox {
         if changed {
             let saved = serde_json::to_vec(&*o)
                 .map_err(std::io::Error::from)
-                .and_then(|b| {
-                    let tmp = self.path.with_extension("tmp");
-                    crate::agent::write_private(&tmp, &b)?;
-                    std::fs::rename(&tmp, &*self.path)
-                });
+                .and_then(|b| crate::files::replace_private(&self.path, &b));
             if let Err(e) = saved {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not save probe results");
             }
@@ -173,31 +166,17 @@ fn retryable(code: Code) -> bool {
 /// Sends pending results in batches while the agent runs: retried with backoff (and a new
 /// connection) until accepted. A batch the control plane refuses for good (invalid) is
 /// logged with its ids and not sent again.
-pub async fn report(endpoint: Endpoint, auth: Auth, outbox: SharedOutbox) {
-    type Client = AgentClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
-    >;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut client: Option<Client> = None;
+pub async fn report(control: Control, outbox: SharedOutbox) {
+    let mut backoff = Backoff::control_plane();
+    let mut client = control.client();
     loop {
         outbox.wait().await;
         let batch = outbox.with(|o| (o.batch(BATCH), false));
         let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
-        let c = match &mut client {
-            Some(c) => c,
-            None => match endpoint.connect().await {
-                Ok(ch) => client.insert(AgentClient::with_interceptor(ch, auth.clone())),
-                Err(e) => {
-                    tracing::debug!(error = %e, "probe report: control plane unreachable");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            },
-        };
         let req = pb::ProbeReport {
             results: batch.into_iter().map(Into::into).collect(),
         };
-        match c.report_probes(req).await {
+        match client.report_probes(req).await {
             Ok(_) => {
                 tracing::info!(results = ids.len(), "probe results reported");
                 outbox.with(|o| (o.done(&ids), true));
@@ -205,7 +184,6 @@ pub async fn report(endpoint: Endpoint, auth: Auth, outbox: SharedOutbox) {
             }
             Err(s) if retryable(s.code()) => {
                 tracing::warn!(error = %s.message(), code = ?s.code(), "probe report failed; retrying");
-                client = None;
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(s) => {

@@ -1,6 +1,7 @@
 use weft_model::workload::WorkloadKind;
 
 use super::*;
+use weft_proto::v1 as pb;
 
 /// Records datapath calls; fails calls whose rendering contains `fail_on`.
 #[derive(Default)]
