@@ -1,8 +1,9 @@
 // Connectivity: a cluster's test workloads, and probes from a workload or a node to
 // ip:port (outcome, latency, which workload answered). 400/422 land at their field.
 import { useState, type FormEvent } from "react";
-import { useParams, useSearchParams } from "react-router";
+import { useParams } from "react-router";
 import { api, ApiFailure, describe, ok, type Schemas } from "../api/client";
+import { useClusterChoice } from "../app/cluster";
 import { useRole, useSession } from "../app/Root";
 import { Chip, Labels, States, useInterval, useLoad } from "../app/ui";
 import { errorsAt, parseLabels, type FieldError } from "../lib/forms";
@@ -27,14 +28,9 @@ function Errs({ errors, field }: { errors: FieldError[]; field: string }) {
 
 export function Connectivity() {
   const { tenant = "" } = useParams();
-  const [search, setSearch] = useSearchParams();
   const { can } = useRole(tenant);
   const editor = can("editor");
-  const clusters = useLoad(
-    async () => ok(await api.GET("/v1/tenants/{tenant}/clusters", { params: { path: { tenant }, query: { limit: 1000 } } })).items,
-    [tenant],
-  );
-  const cluster = search.get("cluster") ?? clusters.data?.[0]?.name ?? "";
+  const { cluster, picker } = useClusterChoice(tenant);
   const nodes = useLoad(async () => {
     if (!cluster) return [];
     return ok(await api.GET("/v1/tenants/{tenant}/clusters/{cluster}/nodes", { params: { path: { tenant, cluster }, query: { limit: 1000 } } })).items;
@@ -66,16 +62,7 @@ export function Connectivity() {
     <div>
       <h1>Connectivity</h1>
       <div className="toolbar">
-        <label>
-          Cluster{" "}
-          <select aria-label="Cluster" value={cluster} onChange={(e) => setSearch({ cluster: e.target.value })}>
-            {(clusters.data ?? []).map((c) => (
-              <option key={c.id} value={c.name}>
-                {c.name}
-              </option>
-            ))}
-          </select>
-        </label>
+        {picker}
       </div>
       {editor && cluster && <ProbeForm tenant={tenant} cluster={cluster} nodes={nodes.data ?? []} workloads={workloads.data ?? []} onProbe={probes.reload} />}
 

@@ -1,6 +1,7 @@
 import { useState, type FormEvent } from "react";
-import { useParams, useSearchParams } from "react-router";
+import { useParams } from "react-router";
 import { api, ok, type Schemas } from "../api/client";
+import { useClusterChoice } from "../app/cluster";
 import { useRole, useSession } from "../app/Root";
 import { Chip, Labels, States, useInterval, useLoad } from "../app/ui";
 import { ago } from "../lib/words";
@@ -9,15 +10,8 @@ type Node = Schemas["Node"];
 
 export function Nodes() {
   const { tenant = "" } = useParams();
-  const [search, setSearch] = useSearchParams();
   const { can } = useRole(tenant);
-  const clusters = useLoad(
-    async () =>
-      ok(await api.GET("/v1/tenants/{tenant}/clusters", { params: { path: { tenant }, query: { limit: 1000 } } }))
-        .items,
-    [tenant],
-  );
-  const cluster = search.get("cluster") ?? clusters.data?.[0]?.name ?? "";
+  const { cluster, picker } = useClusterChoice(tenant);
   const nodes = useLoad(async () => {
     if (!cluster) return undefined;
     return ok(
@@ -33,16 +27,7 @@ export function Nodes() {
     <div>
       <h1>Nodes</h1>
       <div className="toolbar">
-        <label>
-          Cluster{" "}
-          <select aria-label="Cluster" value={cluster} onChange={(e) => setSearch({ cluster: e.target.value })}>
-            {(clusters.data ?? []).map((c) => (
-              <option key={c.id} value={c.name}>
-                {c.name}
-              </option>
-            ))}
-          </select>
-        </label>
+        {picker}
         {can("admin") && cluster && (
           <button onClick={() => setAdding(true)} data-testid="add-node">
             Add a node

@@ -28,6 +28,63 @@ function Field({ label, path, errors, children }: { label: string; path: string;
   );
 }
 
+/** An editable list of rows (a service's frontends or backends): cells per row, remove, add. */
+function Rows<T>({
+  title,
+  kind,
+  columns,
+  items,
+  errors,
+  onChange,
+  blank,
+  cells,
+  actions,
+}: {
+  title: string;
+  kind: "frontend" | "backend";
+  columns: string[];
+  items: T[];
+  errors: FieldError[];
+  onChange: (items: T[]) => void;
+  blank: T;
+  cells: (item: T, i: number) => ReactNode;
+  actions?: (item: T, i: number) => ReactNode;
+}) {
+  return (
+    <>
+      <h3>{title}</h3>
+      <Errs errors={errors} path={`${kind}s`} />
+      <table className="inner">
+        <thead>
+          <tr>
+            {columns.map((c) => (
+              <th key={c}>{c}</th>
+            ))}
+            <th />
+          </tr>
+        </thead>
+        <tbody>
+          {items.map((item, i) => (
+            <tr key={i} {...{ [`data-${kind}`]: i }}>
+              {cells(item, i)}
+              <td>
+                {actions?.(item, i)}
+                {actions && " "}
+                <button type="button" className="link" onClick={() => onChange(items.filter((_, j) => j !== i))}>
+                  remove
+                </button>
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      <button type="button" className="secondary" onClick={() => onChange([...items, blank])}>
+        Add {kind}
+      </button>
+    </>
+  );
+}
+
 export function ServiceForm({
   tenant,
   cluster,
@@ -204,102 +261,77 @@ export function ServiceForm({
           )}
         </div>
 
-        <h3>Frontends</h3>
-        <Errs errors={errors} path="frontends" />
-        <table className="inner">
-          <thead>
-            <tr>
-              <th>VIP</th>
-              <th>Port</th>
-              <th>Protocol</th>
-              <th />
-            </tr>
-          </thead>
-          <tbody>
-            {form.frontends.map((f, i) => (
-              <tr key={i} data-frontend={i}>
-                <td>
-                  <input aria-label={`Frontend ${i + 1} VIP`} value={f.vip} onChange={(e) => setFrontend(i, { vip: e.target.value })} placeholder="10.96.0.20" />
-                  <Errs errors={errors} path={`frontends[${i}].vip`} />
-                  <Errs errors={errors} path={`frontends[${i}]`} />
-                </td>
-                <td>
-                  <input aria-label={`Frontend ${i + 1} port`} value={f.port} onChange={(e) => setFrontend(i, { port: e.target.value })} size={6} />
-                  <Errs errors={errors} path={`frontends[${i}].port`} />
-                </td>
-                <td>
-                  <select aria-label={`Frontend ${i + 1} protocol`} value={f.protocol} onChange={(e) => setFrontend(i, { protocol: e.target.value as "TCP" | "UDP" })}>
-                    <option>TCP</option>
-                    <option>UDP</option>
-                  </select>
-                </td>
-                <td>
-                  <button type="button" className="link" onClick={() => set({ frontends: form.frontends.filter((_, j) => j !== i) })}>
-                    remove
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-        <button type="button" className="secondary" onClick={() => set({ frontends: [...form.frontends, { vip: "", port: "80", protocol: "TCP" }] })}>
-          Add frontend
-        </button>
+        <Rows
+          title="Frontends"
+          kind="frontend"
+          columns={["VIP", "Port", "Protocol"]}
+          items={form.frontends}
+          errors={errors}
+          onChange={(frontends) => set({ frontends })}
+          blank={{ vip: "", port: "80", protocol: "TCP" } as Form["frontends"][number]}
+          cells={(f, i) => (
+            <>
+              <td>
+                <input aria-label={`Frontend ${i + 1} VIP`} value={f.vip} onChange={(e) => setFrontend(i, { vip: e.target.value })} placeholder="10.96.0.20" />
+                <Errs errors={errors} path={`frontends[${i}].vip`} />
+                <Errs errors={errors} path={`frontends[${i}]`} />
+              </td>
+              <td>
+                <input aria-label={`Frontend ${i + 1} port`} value={f.port} onChange={(e) => setFrontend(i, { port: e.target.value })} size={6} />
+                <Errs errors={errors} path={`frontends[${i}].port`} />
+              </td>
+              <td>
+                <select aria-label={`Frontend ${i + 1} protocol`} value={f.protocol} onChange={(e) => setFrontend(i, { protocol: e.target.value as "TCP" | "UDP" })}>
+                  <option>TCP</option>
+                  <option>UDP</option>
+                </select>
+              </td>
+            </>
+          )}
+        />
 
-        <h3>Backends</h3>
-        <Errs errors={errors} path="backends" />
-        <table className="inner">
-          <thead>
-            <tr>
-              <th>Address</th>
-              <th>Port</th>
-              <th>Weight</th>
-              <th>State</th>
-              <th />
-            </tr>
-          </thead>
-          <tbody>
-            {form.backends.map((b, i) => (
-              <tr key={i} data-backend={i}>
-                <td>
-                  <input aria-label={`Backend ${i + 1} address`} value={b.address} onChange={(e) => setBackend(i, { address: e.target.value })} placeholder="10.0.1.5" />
-                  <Errs errors={errors} path={`backends[${i}].address`} />
-                  <Errs errors={errors} path={`backends[${i}]`} />
-                </td>
-                <td>
-                  <input aria-label={`Backend ${i + 1} port`} value={b.port} onChange={(e) => setBackend(i, { port: e.target.value })} size={6} />
-                  <Errs errors={errors} path={`backends[${i}].port`} />
-                </td>
-                <td>
-                  <input aria-label={`Backend ${i + 1} weight`} value={b.weight} onChange={(e) => setBackend(i, { weight: e.target.value })} size={6} />
-                  {b.weight.trim() === "0" && <span className="muted"> draining</span>}
-                  <Errs errors={errors} path={`backends[${i}].weight`} />
-                </td>
-                <td>
-                  <select aria-label={`Backend ${i + 1} state`} value={b.state} onChange={(e) => setBackend(i, { state: e.target.value as Form["backends"][number]["state"] })}>
-                    {(["active", "terminating", "quarantined", "maintenance"] as const).map((s) => (
-                      <option key={s}>{s}</option>
-                    ))}
-                  </select>
-                  <Errs errors={errors} path={`backends[${i}].state`} />
-                </td>
-                <td>
-                  {b.weight.trim() !== "0" && (
-                    <button type="button" className="secondary" onClick={() => setBackend(i, { weight: "0" })} title="Weight 0: no new connections, established ones continue">
-                      Drain
-                    </button>
-                  )}{" "}
-                  <button type="button" className="link" onClick={() => set({ backends: form.backends.filter((_, j) => j !== i) })}>
-                    remove
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-        <button type="button" className="secondary" onClick={() => set({ backends: [...form.backends, { address: "", port: "8080", weight: "1", state: "active" }] })}>
-          Add backend
-        </button>
+        <Rows
+          title="Backends"
+          kind="backend"
+          columns={["Address", "Port", "Weight", "State"]}
+          items={form.backends}
+          errors={errors}
+          onChange={(backends) => set({ backends })}
+          blank={{ address: "", port: "8080", weight: "1", state: "active" } as Form["backends"][number]}
+          cells={(b, i) => (
+            <>
+              <td>
+                <input aria-label={`Backend ${i + 1} address`} value={b.address} onChange={(e) => setBackend(i, { address: e.target.value })} placeholder="10.0.1.5" />
+                <Errs errors={errors} path={`backends[${i}].address`} />
+                <Errs errors={errors} path={`backends[${i}]`} />
+              </td>
+              <td>
+                <input aria-label={`Backend ${i + 1} port`} value={b.port} onChange={(e) => setBackend(i, { port: e.target.value })} size={6} />
+                <Errs errors={errors} path={`backends[${i}].port`} />
+              </td>
+              <td>
+                <input aria-label={`Backend ${i + 1} weight`} value={b.weight} onChange={(e) => setBackend(i, { weight: e.target.value })} size={6} />
+                {b.weight.trim() === "0" && <span className="muted"> draining</span>}
+                <Errs errors={errors} path={`backends[${i}].weight`} />
+              </td>
+              <td>
+                <select aria-label={`Backend ${i + 1} state`} value={b.state} onChange={(e) => setBackend(i, { state: e.target.value as Form["backends"][number]["state"] })}>
+                  {(["active", "terminating", "quarantined", "maintenance"] as const).map((s) => (
+                    <option key={s}>{s}</option>
+                  ))}
+                </select>
+                <Errs errors={errors} path={`backends[${i}].state`} />
+              </td>
+            </>
+          )}
+          actions={(b, i) =>
+            b.weight.trim() !== "0" && (
+              <button type="button" className="secondary" onClick={() => setBackend(i, { weight: "0" })} title="Weight 0: no new connections, established ones continue">
+                Drain
+              </button>
+            )
+          }
+        />
 
         {rest.length > 0 && (
           <ul className="errors" data-testid="other-errors">

@@ -1,6 +1,7 @@
 import { useState } from "react";
-import { useParams, useSearchParams } from "react-router";
+import { useParams } from "react-router";
 import { api, ok, type Schemas } from "../api/client";
+import { useClusterChoice } from "../app/cluster";
 import { useRole, useSession } from "../app/Root";
 import { Chip, Labels, States, useInterval, useLoad } from "../app/ui";
 import { ServiceForm } from "./ServiceForm";
@@ -8,12 +9,7 @@ import { ServiceForm } from "./ServiceForm";
 /** A cluster's load-balanced services: frontends, backends, algorithm, affinity, realization. */
 export function Services() {
   const { tenant = "" } = useParams();
-  const [search, setSearch] = useSearchParams();
-  const clusters = useLoad(
-    async () => ok(await api.GET("/v1/tenants/{tenant}/clusters", { params: { path: { tenant }, query: { limit: 1000 } } })).items,
-    [tenant],
-  );
-  const cluster = search.get("cluster") ?? clusters.data?.[0]?.name ?? "";
+  const { cluster, picker } = useClusterChoice(tenant);
   const services = useLoad(async () => {
     if (!cluster) return undefined;
     return ok(
@@ -40,16 +36,7 @@ export function Services() {
     <div>
       <h1>Services</h1>
       <div className="toolbar">
-        <label>
-          Cluster{" "}
-          <select aria-label="Cluster" value={cluster} onChange={(e) => setSearch({ cluster: e.target.value })}>
-            {(clusters.data ?? []).map((c) => (
-              <option key={c.id} value={c.name}>
-                {c.name}
-              </option>
-            ))}
-          </select>
-        </label>
+        {picker}
         {can("editor") && cluster && (
           <button onClick={() => setEditing("new")} data-testid="new-service">
             New service
