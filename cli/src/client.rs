@@ -259,7 +259,7 @@ impl Client {
         if !force && !expiring {
             return Ok(false);
         }
-        let fresh = crate::oidc::refresh(&self.http, &cred, &refresh)
+        let fresh = crate::oidc::refresh(&cred, &refresh)
             .await
             .context("refreshing the sign-in failed: run `weft login` again")?;
         let mut cfg = Config::load()?;
@@ -423,24 +423,12 @@ fn connect_error(e: reqwest::Error, base: &str) -> anyhow::Error {
     }
 }
 
-/// `application/x-www-form-urlencoded` query string.
+/// `application/x-www-form-urlencoded` query string (the `url` crate's encoder, as reqwest's
+/// `.query()` uses).
 pub fn encode_query(pairs: &[(&str, String)]) -> String {
-    let enc = |s: &str| {
-        let mut out = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    oauth2::url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 #[cfg(test)]

@@ -1,19 +1,28 @@
 //! `weft login` with OpenID Connect: authorization code + PKCE (S256) through a loopback
-//! redirect (RFC 8252), as a public client. The control plane takes the issuer's access
-//! tokens (JWT) as bearer credentials.
+//! redirect (RFC 8252), as a public client, on the `oauth2` crate (request building, PKCE,
+//! state, token exchange and refresh). The control plane takes the issuer's access tokens
+//! (JWT) as bearer credentials.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
+use oauth2::url::form_urlencoded;
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, EndpointNotSet, EndpointSet, ExtraTokenFields,
+    PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::client::{encode_query, now};
+use crate::client::now;
 use crate::config::OidcCredential;
 
 #[derive(Debug, Deserialize)]
@@ -23,23 +32,30 @@ pub struct Discovery {
     pub token_endpoint: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<i64>,
-    #[serde(default)]
+/// The token response's OpenID Connect field: the ID token, read only to show who signed in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     id_token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenError {
-    error: String,
-    #[serde(default)]
-    error_description: Option<String>,
-}
+impl ExtraTokenFields for IdTokenField {}
+
+type Tokens = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+/// An OAuth 2 public client with the given endpoints set (`A`: authorization, `T`: token).
+type OAuthClient<A, T> = oauth2::Client<
+    BasicErrorResponse,
+    Tokens,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    A,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    T,
+>;
 
 pub struct LoginRequest<'a> {
     pub issuer: &'a str,
@@ -47,17 +63,6 @@ pub struct LoginRequest<'a> {
     pub resource: Option<&'a str>,
     pub scopes: &'a str,
     pub timeout: Duration,
-}
-
-/// 32 random bytes, base64url: PKCE verifier, state and nonce.
-fn random() -> String {
-    let mut b = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut b);
-    URL_SAFE_NO_PAD.encode(b)
-}
-
-pub fn challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery> {
@@ -91,32 +96,48 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery>
 
 /// The value of `name` in a query string, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| decode(v))
-    })
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'+', _) => out.push(b' '),
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 2;
-            }
-            (b, _) => out.push(b),
+/// The HTTP client for the token endpoint: it must not follow redirects (OAuth 2 security
+/// best practice: a redirect could carry the code or refresh token elsewhere).
+fn token_http() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("weft-cli/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")
+}
+
+fn token_url(endpoint: &str) -> Result<TokenUrl> {
+    TokenUrl::new(endpoint.to_string())
+        .with_context(|| format!("the token endpoint {endpoint:?} is not a URL"))
+}
+
+/// Why a token request failed, in the words the CLI has always used.
+fn token_error<E: std::error::Error + 'static>(
+    endpoint: &str,
+    e: RequestTokenError<E, BasicErrorResponse>,
+) -> anyhow::Error {
+    match e {
+        RequestTokenError::ServerResponse(r) => anyhow!(
+            "the identity provider refused the token request: {} {}",
+            r.error(),
+            r.error_description()
+                .map(String::as_str)
+                .unwrap_or_default()
+        ),
+        RequestTokenError::Request(e) => {
+            anyhow!("cannot reach the token endpoint {endpoint}: {e}")
         }
-        i += 1;
+        RequestTokenError::Parse(e, _) => {
+            anyhow!("the token endpoint's answer is not a token response: {e}")
+        }
+        RequestTokenError::Other(e) => anyhow!("token request to {endpoint} failed: {e}"),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs the whole flow: prints the URL (and opens `$BROWSER` when set), waits for the
@@ -128,43 +149,49 @@ pub async fn login(http: &reqwest::Client, req: &LoginRequest<'_>) -> Result<Oid
         .context("opening a loopback port for the sign-in redirect")?;
     let port = listener.local_addr()?.port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let verifier = random();
-    let state = random();
-    let nonce = random();
-    let mut q = vec![
-        ("response_type", "code".to_string()),
-        ("client_id", req.client_id.to_string()),
-        ("redirect_uri", redirect.clone()),
-        ("scope", req.scopes.to_string()),
-        ("state", state.clone()),
-        ("nonce", nonce),
-        ("code_challenge", challenge(&verifier)),
-        ("code_challenge_method", "S256".to_string()),
-    ];
+    let client: OAuthClient<EndpointSet, EndpointSet> =
+        oauth2::Client::new(ClientId::new(req.client_id.to_string()))
+            .set_auth_uri(
+                AuthUrl::new(disc.authorization_endpoint.clone()).with_context(|| {
+                    format!(
+                        "the authorization endpoint {:?} is not a URL",
+                        disc.authorization_endpoint
+                    )
+                })?,
+            )
+            .set_token_uri(token_url(&disc.token_endpoint)?)
+            .set_redirect_uri(RedirectUrl::new(redirect).context("the loopback redirect URL")?);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let nonce = CsrfToken::new_random();
+    let mut auth = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(
+            req.scopes
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(|s| Scope::new(s.to_string())),
+        )
+        .set_pkce_challenge(challenge)
+        .add_extra_param("nonce", nonce.secret().clone());
     if req.scopes.split(' ').any(|s| s == "offline_access") {
         // Providers grant a refresh token for offline_access only with explicit consent.
-        q.push(("prompt", "consent".to_string()));
+        auth = auth.add_extra_param("prompt", "consent");
     }
     if let Some(r) = req.resource {
-        q.push(("resource", r.to_string()));
+        auth = auth.add_extra_param("resource", r.to_string());
     }
-    let sep = if disc.authorization_endpoint.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let url = format!("{}{sep}{}", disc.authorization_endpoint, encode_query(&q));
+    let (url, state) = auth.url();
     eprintln!("Open this URL in a browser to sign in:\n\n  {url}\n");
     if let Some(browser) = std::env::var_os("BROWSER").filter(|b| !b.is_empty()) {
         let _ = std::process::Command::new(browser)
-            .arg(&url)
+            .arg(url.as_str())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
     }
     eprintln!("Waiting for the sign-in to finish (Ctrl-C to cancel)…");
-    let code = tokio::time::timeout(req.timeout, wait_for_code(&listener, &state))
+    let code = tokio::time::timeout(req.timeout, wait_for_code(&listener, state.secret()))
         .await
         .map_err(|_| {
             anyhow!(
@@ -173,28 +200,37 @@ pub async fn login(http: &reqwest::Client, req: &LoginRequest<'_>) -> Result<Oid
             )
         })??;
 
-    let mut form = vec![
-        ("grant_type", "authorization_code".to_string()),
-        ("code", code),
-        ("redirect_uri", redirect),
-        ("client_id", req.client_id.to_string()),
-        ("code_verifier", verifier),
-    ];
+    let mut exchange = client
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier);
     if let Some(r) = req.resource {
-        form.push(("resource", r.to_string()));
+        exchange = exchange.add_extra_param("resource", r.to_string());
     }
-    let tokens = token_request(http, &disc.token_endpoint, &form).await?;
-    let subject = tokens.id_token.as_deref().and_then(id_token_subject);
+    let tokens = exchange
+        .request_async(&token_http()?)
+        .await
+        .map_err(|e| token_error(&disc.token_endpoint, e))?;
+    let subject = tokens
+        .extra_fields()
+        .id_token
+        .as_deref()
+        .and_then(id_token_subject);
     Ok(OidcCredential {
         issuer: req.issuer.trim_end_matches('/').to_string(),
         client_id: req.client_id.to_string(),
         token_endpoint: disc.token_endpoint,
-        access_token: tokens.access_token,
-        refresh_token: tokens.refresh_token,
-        expires_at: tokens.expires_in.map(|s| now() + s),
+        access_token: tokens.access_token().secret().clone(),
+        refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
+        expires_at: expires_at(&tokens),
         resource: req.resource.map(str::to_string),
         subject,
     })
+}
+
+fn expires_at(tokens: &Tokens) -> Option<i64> {
+    tokens
+        .expires_in()
+        .map(|d| now() + i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
 }
 
 /// Who the ID token names (e-mail, else `sub`), only for display; the API verifies
@@ -269,51 +305,27 @@ async fn wait_for_code(listener: &TcpListener, state: &str) -> Result<String> {
     }
 }
 
-async fn token_request(
-    http: &reqwest::Client,
-    endpoint: &str,
-    form: &[(&str, String)],
-) -> Result<TokenAnswer> {
-    let resp = http
-        .post(endpoint)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .body(encode_query(form))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the token endpoint {endpoint}"))?;
-    let status = resp.status();
-    let bytes = resp.bytes().await?;
-    if !status.is_success() {
-        let why = serde_json::from_slice::<TokenError>(&bytes)
-            .map(|e| format!("{} {}", e.error, e.error_description.unwrap_or_default()))
-            .unwrap_or_else(|_| status.to_string());
-        bail!("the identity provider refused the token request: {why}");
-    }
-    serde_json::from_slice(&bytes).context("the token endpoint's answer is not a token response")
-}
-
 /// New tokens from a refresh token; the provider may rotate the refresh token.
-pub async fn refresh(
-    http: &reqwest::Client,
-    cred: &OidcCredential,
-    refresh_token: &str,
-) -> Result<OidcCredential> {
-    let mut form = vec![
-        ("grant_type", "refresh_token".to_string()),
-        ("refresh_token", refresh_token.to_string()),
-        ("client_id", cred.client_id.clone()),
-    ];
+pub async fn refresh(cred: &OidcCredential, refresh_token: &str) -> Result<OidcCredential> {
+    let client: OAuthClient<EndpointNotSet, EndpointSet> =
+        oauth2::Client::new(ClientId::new(cred.client_id.clone()))
+            .set_token_uri(token_url(&cred.token_endpoint)?);
+    let token = RefreshToken::new(refresh_token.to_string());
+    let mut req = client.exchange_refresh_token(&token);
     if let Some(r) = &cred.resource {
-        form.push(("resource", r.clone()));
+        req = req.add_extra_param("resource", r.clone());
     }
-    let t = token_request(http, &cred.token_endpoint, &form).await?;
+    let t = req
+        .request_async(&token_http()?)
+        .await
+        .map_err(|e| token_error(&cred.token_endpoint, e))?;
     Ok(OidcCredential {
-        access_token: t.access_token,
-        refresh_token: t.refresh_token.or_else(|| Some(refresh_token.to_string())),
-        expires_at: t.expires_in.map(|s| now() + s),
+        access_token: t.access_token().secret().clone(),
+        refresh_token: t
+            .refresh_token()
+            .map(|r| r.secret().clone())
+            .or_else(|| Some(refresh_token.to_string())),
+        expires_at: expires_at(&t),
         ..cred.clone()
     })
 }
@@ -321,15 +333,16 @@ pub async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oauth2::PkceCodeVerifier;
 
     #[test]
     fn pkce_challenge_is_rfc7636() {
         // BASE64URL(SHA256(verifier)), as computed independently (Python hashlib).
+        let v = PkceCodeVerifier::new("dBjftJeZ4CVP-mJ92IGbeUZ8qgYTF0OdeMkw1t8yMK0".into());
         assert_eq!(
-            challenge("dBjftJeZ4CVP-mJ92IGbeUZ8qgYTF0OdeMkw1t8yMK0"),
+            PkceCodeChallenge::from_code_verifier_sha256(&v).as_str(),
             "4Q29Nd_hWuH6w5oVnYAi_jIgzjkrGFKUMRXmfxiIN-8"
         );
-        assert_ne!(random(), random());
     }
 
     #[test]
@@ -343,5 +356,18 @@ mod tests {
         );
         assert_eq!(query_param(q, "missing"), None);
         assert_eq!(query_param("x=%4", "x").as_deref(), Some("%4"));
+    }
+
+    #[test]
+    fn the_id_token_names_who_signed_in() {
+        let claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"u1","email":"ana@example.com"}"#);
+        let jwt = format!("e30.{claims}.sig");
+        assert_eq!(id_token_subject(&jwt).as_deref(), Some("ana@example.com"));
+        let tokens: Tokens = serde_json::from_str(
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":60,"id_token":"x.y.z"}"#,
+        )
+        .expect("a token response");
+        assert_eq!(tokens.extra_fields().id_token.as_deref(), Some("x.y.z"));
+        assert!(expires_at(&tokens).is_some_and(|t| t >= now() + 59));
     }
 }
