@@ -330,6 +330,22 @@ async fn flows_seen_while_the_control_plane_is_unreachable_are_kept_newest_first
     node.ns
         .ip(&["link", "set", "ul0", "down"])
         .expect("link down");
+    // The agent's one connection outlives a short blip (TCP retransmits): the outage is
+    // real for the agent once its keepalive declares the connection dead, which fails the
+    // export stream that this first flow opened.
+    assert!(tokio::task::block_in_place(|| common::nodes::tcp(client_ns, WEB1)).is_err());
+    let start = Instant::now();
+    loop {
+        let s = tokio::task::block_in_place(|| node.status());
+        if flows(&s, "streams_failed") > flows(&before, "streams_failed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the export noticed the outage: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     for _ in 0..20 {
         assert!(tokio::task::block_in_place(|| common::nodes::tcp(client_ns, WEB1)).is_err());
     }

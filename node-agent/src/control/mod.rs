@@ -18,6 +18,10 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::agent_client::AgentClient;
 
 pub use backoff::Backoff;
+
+/// HTTP/2 ping interval, and how long an unanswered ping may wait before the connection is
+/// declared dead.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub use register::{ensure_registered, uname, Registration};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +86,11 @@ pub fn channel(url: &str, ca_cert: Option<&Path>) -> Result<Channel, ControlErro
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Some(Duration::from_secs(30)))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10));
+        // The connection is long-lived and shared: a silent network partition must end it
+        // (and every stream on it) within ~10 s, so reports buffer and the agent reconnects.
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
     Ok(with_tls(endpoint, url, ca_cert)?.connect_lazy())
 }
 
