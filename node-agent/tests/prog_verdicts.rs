@@ -1,14 +1,24 @@
 //! Program-level tests: the tc policy programs run on crafted packets with BPF_PROG_TEST_RUN.
 //! `weft_from_endpoint` sees what an endpoint sends (its egress), `weft_to_endpoint` what it
 //! receives (its ingress).
+//!
+//! Every packet is a [`Step`]: the program it goes through, and what it must come to (the
+//! return code and the one counter it bumps, so a drop's reason is checked too). Cases that
+//! are only a policy and packets are rows of one table ([`verdict_table`]); scenarios that
+//! change the datapath between packets run their packets as steps.
 
 mod common;
 
 use common::*;
-use node_agent::datapath::{Action, Datapath, Direction, Endpoint, PolicyEntry};
+use node_agent::datapath::{
+    drop_reason_name, verdict_name, Action, Datapath, Direction, Endpoint, PolicyEntry,
+};
 use node_agent::netns::PinDir;
 use std::net::Ipv4Addr;
 use weft_datapath_common as c;
+use Action::{Allow, Deny};
+use Direction::{Egress, Ingress};
+use Want::{Dropped, Forward, PassUncounted};
 
 const EP1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const EP2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -19,6 +29,7 @@ const WORLD_HOST: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
 
 const FROM: &str = c::progs::FROM_ENDPOINT;
 const TO: &str = c::progs::TO_ENDPOINT;
+const PASS: &str = c::progs::PASS;
 
 /// ep 1 (identity 1001) enforces both directions; ep 2 (identity 1002) enforces nothing.
 /// ipcache: remote pod 10.0.2.5 -> 2000, 192.168.0.0/16 -> 3000 except 192.168.5.0/24 -> 3001.
@@ -77,238 +88,463 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u
     packet(6, src, dst, sport, dport, flags)
 }
 
-#[test]
-fn pass_through_program_passes() {
-    if !bpf_available("pass_through_program_passes") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let dp = load(&pins);
-    let p = tcp(
-        Ipv4Addr::new(1, 1, 1, 1),
-        Ipv4Addr::new(2, 2, 2, 2),
-        1,
-        2,
-        TCP_SYN,
-    );
-    assert_eq!(run(&dp, c::progs::PASS, &p), TC_ACT_OK);
+/// `pkt` cut to its first `len` bytes.
+fn truncated(mut pkt: Vec<u8>, len: usize) -> Vec<u8> {
+    pkt.truncate(len);
+    pkt
 }
 
-#[test]
-fn egress_allow_by_identity_and_port_else_policy_denied() {
-    if !bpf_available("egress_allow_by_identity_and_port_else_policy_denied") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            Some(1002),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EP2, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EP2, 40001, 81, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // Right port, wrong peer identity.
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40002, 80, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    let counters = dp.counters().unwrap();
-    assert_eq!(counters.packets(c::VERDICT_FORWARDED, c::DROP_NONE), 1);
-    assert_eq!(
-        counters.packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED),
-        2
-    );
+/// `pkt` with another ethertype (its header left as it is).
+fn with_ethertype(mut pkt: Vec<u8>, ethertype: u16) -> Vec<u8> {
+    pkt[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    pkt
 }
 
-#[test]
-fn deny_rule_wins_over_allow() {
-    if !bpf_available("deny_rule_wins_over_allow") {
-        return;
+/// An IPv4 `pkt` made a non-first fragment (offset 0x10 * 8 bytes, flags clear).
+fn later_fragment(mut pkt: Vec<u8>) -> Vec<u8> {
+    pkt[14 + 6] = 0x00;
+    pkt[14 + 7] = 0x10;
+    pkt
+}
+
+/// What one packet must come to.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// `TC_ACT_OK`, counted as forwarded.
+    Forward,
+    /// `TC_ACT_SHOT`, counted as dropped for this reason.
+    Dropped(u8),
+    /// `TC_ACT_OK`, counted nowhere: link-local control traffic (ARP, neighbour discovery)
+    /// and the pass-through program.
+    PassUncounted,
+}
+
+impl Want {
+    /// The return code and the counters (verdict, reason) that go up by one.
+    fn outcome(self) -> (u32, Vec<(u8, u8)>) {
+        match self {
+            Forward => (TC_ACT_OK, vec![(c::VERDICT_FORWARDED, c::DROP_NONE)]),
+            Dropped(reason) => (TC_ACT_SHOT, vec![(c::VERDICT_DROPPED, reason)]),
+            PassUncounted => (TC_ACT_OK, vec![]),
+        }
     }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[
-            entry(Direction::Egress, None, None, None, Action::Allow),
-            entry(
-                Direction::Egress,
+}
+
+/// One packet through one program.
+struct Step {
+    what: &'static str,
+    prog: &'static str,
+    pkt: Vec<u8>,
+    want: Want,
+}
+
+fn step(what: &'static str, prog: &'static str, pkt: Vec<u8>, want: Want) -> Step {
+    Step {
+        what,
+        prog,
+        pkt,
+        want,
+    }
+}
+
+/// Counters that moved, by name and by how much: "DROPPED/POLICY_DENIED +1".
+fn counted(moved: &[((u8, u8), u64)]) -> String {
+    let names: Vec<String> = moved
+        .iter()
+        .map(|&((v, r), n)| match drop_reason_name(r) {
+            "" => format!("{} +{n}", verdict_name(v)),
+            reason => format!("{}/{reason} +{n}", verdict_name(v)),
+        })
+        .collect();
+    format!("[{}]", names.join(", "))
+}
+
+fn tc_act_name(ret: u32) -> String {
+    match ret {
+        TC_ACT_OK => "TC_ACT_OK".into(),
+        TC_ACT_SHOT => "TC_ACT_SHOT".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `steps` in order; returns one line (naming `case` and the step) for each step whose
+/// return code or counters are not the expected ones.
+fn check(dp: &Datapath, case: &str, steps: &[Step]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for s in steps {
+        let before = dp.counters().unwrap().rows;
+        let got = run(dp, s.prog, &s.pkt);
+        let after = dp.counters().unwrap().rows;
+        // Every counter that moved, and by how much: exactly the expected one, by one.
+        let moved: Vec<((u8, u8), u64)> = after
+            .iter()
+            .map(|(k, (p, _))| (*k, p - before.get(k).map_or(0, |r| r.0)))
+            .filter(|(_, d)| *d != 0)
+            .collect();
+        let (want_ret, want_rows) = s.want.outcome();
+        let want_moved: Vec<((u8, u8), u64)> = want_rows.into_iter().map(|k| (k, 1)).collect();
+        if got != want_ret || moved != want_moved {
+            failures.push(format!(
+                "{case}: {}: returned {}, counted {}; want {}, {}",
+                s.what,
+                tc_act_name(got),
+                counted(&moved),
+                tc_act_name(want_ret),
+                counted(&want_moved),
+            ));
+        }
+    }
+    failures
+}
+
+/// [`check`], failing the test with every mismatch.
+fn expect(dp: &Datapath, case: &str, steps: &[Step]) {
+    let failures = check(dp, case, steps);
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The datapath a table case starts from.
+#[derive(Clone, Copy)]
+enum World {
+    /// Maps and programs only: no endpoint, no ipcache, no policy.
+    Empty,
+    /// [`setup`], then the case's policy on ep 1.
+    Pods,
+    /// The case's policy on ep 9, applied before ep 9 (EP1's address, identity 1001,
+    /// enforcing egress only) exists.
+    PolicyBeforeEndpoint,
+}
+
+/// A policy and the packets it must pass or drop.
+struct Case {
+    name: &'static str,
+    world: World,
+    policy: Vec<PolicyEntry>,
+    steps: Vec<Step>,
+}
+
+impl Case {
+    /// Runs the case on a fresh datapath; returns its mismatches.
+    fn run(&self) -> Vec<String> {
+        let pins = PinDir::create("t").unwrap();
+        let dp = match self.world {
+            World::Empty => {
+                assert!(
+                    self.policy.is_empty(),
+                    "{}: no endpoint to hold a policy",
+                    self.name
+                );
+                load(&pins)
+            }
+            World::Pods => {
+                let mut dp = setup(&pins);
+                if !self.policy.is_empty() {
+                    dp.apply_policy(1, &self.policy).unwrap();
+                }
+                dp
+            }
+            World::PolicyBeforeEndpoint => {
+                let mut dp = load(&pins);
+                dp.apply_policy(9, &self.policy).unwrap();
+                dp.apply_endpoint(&Endpoint {
+                    id: 9,
+                    ip: EP1,
+                    ip6: None,
+                    identity: 1001,
+                    ifindex: 0,
+                    enforce_ingress: false,
+                    enforce_egress: true,
+                })
+                .unwrap();
+                dp
+            }
+        };
+        check(&dp, self.name, &self.steps)
+    }
+}
+
+fn verdict_table() -> Vec<Case> {
+    vec![
+        Case {
+            name: "the pass-through program passes",
+            world: World::Empty,
+            policy: vec![],
+            steps: vec![step(
+                "any packet",
+                PASS,
+                tcp(
+                    Ipv4Addr::new(1, 1, 1, 1),
+                    Ipv4Addr::new(2, 2, 2, 2),
+                    1,
+                    2,
+                    TCP_SYN,
+                ),
+                PassUncounted,
+            )],
+        },
+        Case {
+            name: "egress allowed by identity and port, else policy denied",
+            world: World::Pods,
+            policy: vec![entry(Egress, Some(1002), Some(6), Some((80, 80)), Allow)],
+            steps: vec![
+                step("allowed", FROM, tcp(EP1, EP2, 40000, 80, TCP_SYN), Forward),
+                step(
+                    "other port",
+                    FROM,
+                    tcp(EP1, EP2, 40001, 81, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+                step(
+                    "right port, wrong peer identity",
+                    FROM,
+                    tcp(EP1, REMOTE, 40002, 80, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+            ],
+        },
+        Case {
+            name: "a deny rule wins over allows",
+            world: World::Pods,
+            policy: vec![
+                entry(Egress, None, None, None, Allow),
+                entry(Egress, Some(2000), Some(6), Some((22, 22)), Deny),
+                // A more specific allow does not beat a deny either.
+                entry(Egress, Some(2000), Some(6), Some((22, 22)), Allow),
+            ],
+            steps: vec![
+                step(
+                    "denied peer and port",
+                    FROM,
+                    tcp(EP1, REMOTE, 40000, 22, TCP_SYN),
+                    Dropped(c::DROP_DENY_RULE),
+                ),
+                step(
+                    "other port",
+                    FROM,
+                    tcp(EP1, REMOTE, 40000, 23, TCP_SYN),
+                    Forward,
+                ),
+                step(
+                    "other peer",
+                    FROM,
+                    tcp(EP1, EP2, 40000, 22, TCP_SYN),
+                    Forward,
+                ),
+            ],
+        },
+        Case {
+            name: "port ranges match exactly their range",
+            world: World::Pods,
+            policy: vec![entry(
+                Egress,
                 Some(2000),
                 Some(6),
-                Some((22, 22)),
-                Action::Deny,
-            ),
-            // A more specific allow does not beat a deny either.
-            entry(
-                Direction::Egress,
-                Some(2000),
-                Some(6),
-                Some((22, 22)),
-                Action::Allow,
-            ),
-        ],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 22, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 23, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EP2, 40000, 22, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        dp.counters()
-            .unwrap()
-            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
-        1
-    );
+                Some((8000, 8100)),
+                Allow,
+            )],
+            steps: [
+                ("below", 7999, Dropped(c::DROP_POLICY_DENIED)),
+                ("first", 8000, Forward),
+                ("inside", 8050, Forward),
+                ("last", 8100, Forward),
+                ("above", 8101, Dropped(c::DROP_POLICY_DENIED)),
+            ]
+            .into_iter()
+            .map(|(what, port, want)| {
+                step(
+                    what,
+                    FROM,
+                    tcp(EP1, REMOTE, 30000 + port, port, TCP_SYN),
+                    want,
+                )
+            })
+            .collect(),
+        },
+        Case {
+            name: "wildcard identity and protocol",
+            world: World::Pods,
+            policy: vec![entry(Egress, None, Some(17), None, Allow)],
+            steps: vec![
+                step(
+                    "UDP to the world",
+                    FROM,
+                    packet(17, EP1, WORLD_HOST, 5353, 53, 0),
+                    Forward,
+                ),
+                step(
+                    "UDP to a pod, any port",
+                    FROM,
+                    packet(17, EP1, REMOTE, 5353, 9999, 0),
+                    Forward,
+                ),
+                step(
+                    "TCP",
+                    FROM,
+                    tcp(EP1, WORLD_HOST, 5353, 53, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+                step(
+                    "ICMP echo (type 8) is its own protocol",
+                    FROM,
+                    packet(1, EP1, WORLD_HOST, 77, 8, 0),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+            ],
+        },
+        Case {
+            name: "CIDR except through the longest-prefix identity",
+            // Allow 192.168.0.0/16 (identity 3000) except 192.168.5.0/24 (identity 3001).
+            world: World::Pods,
+            policy: vec![entry(Egress, Some(3000), Some(6), Some((443, 443)), Allow)],
+            steps: vec![
+                step(
+                    "in the CIDR",
+                    FROM,
+                    tcp(EP1, CIDR_HOST, 40000, 443, TCP_SYN),
+                    Forward,
+                ),
+                step(
+                    "in the except",
+                    FROM,
+                    tcp(EP1, EXCEPT_HOST, 40000, 443, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+                step(
+                    "outside the CIDR",
+                    FROM,
+                    tcp(EP1, WORLD_HOST, 40000, 443, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+            ],
+        },
+        Case {
+            name: "directions without enforcement default-allow",
+            world: World::Pods,
+            policy: vec![],
+            steps: vec![
+                // ep 2 enforces nothing: anything in or out passes.
+                step(
+                    "into ep 2",
+                    TO,
+                    tcp(WORLD_HOST, EP2, 1234, 5678, TCP_SYN),
+                    Forward,
+                ),
+                step(
+                    "out of ep 2",
+                    FROM,
+                    tcp(EP2, WORLD_HOST, 5678, 1234, TCP_SYN),
+                    Forward,
+                ),
+                // ep 1 enforces both with no rule: default deny.
+                step(
+                    "into ep 1",
+                    TO,
+                    tcp(WORLD_HOST, EP1, 1234, 5678, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+                step(
+                    "out of ep 1",
+                    FROM,
+                    tcp(EP1, WORLD_HOST, 5678, 1234, TCP_SYN),
+                    Dropped(c::DROP_POLICY_DENIED),
+                ),
+            ],
+        },
+        Case {
+            name: "fails closed on unknown endpoints and bad packets",
+            world: World::Pods,
+            policy: vec![],
+            steps: vec![
+                step(
+                    "source is not an endpoint of this interface (spoofed)",
+                    FROM,
+                    tcp(WORLD_HOST, EP1, 1, 2, TCP_SYN),
+                    Dropped(c::DROP_UNKNOWN_ENDPOINT),
+                ),
+                step(
+                    "truncated TCP header",
+                    FROM,
+                    truncated(tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN), 40),
+                    Dropped(c::DROP_INVALID_PACKET),
+                ),
+                // From an endpoint that enforces egress (one without policy is never
+                // affected: no_bypass.rs).
+                step(
+                    "non-first fragment whose first fragment was never seen",
+                    FROM,
+                    later_fragment(tcp(EP1, WORLD_HOST, 1, 2, TCP_SYN)),
+                    Dropped(c::DROP_FRAGMENT),
+                ),
+                step(
+                    "an IPv6 ethertype over a header that is not IPv6",
+                    FROM,
+                    with_ethertype(tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN), 0x86dd),
+                    Dropped(c::DROP_INVALID_PACKET),
+                ),
+                // Other ethertypes are dropped: no_bypass.rs.
+                step(
+                    "ARP is not IP: passes",
+                    FROM,
+                    with_ethertype(tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN), 0x0806),
+                    PassUncounted,
+                ),
+            ],
+        },
+        Case {
+            name: "range rules applied before their endpoint still apply",
+            world: World::PolicyBeforeEndpoint,
+            policy: vec![
+                entry(Egress, None, None, None, Allow),
+                entry(Egress, None, Some(6), Some((6000, 6999)), Deny),
+            ],
+            steps: vec![
+                step(
+                    "range deny applies",
+                    FROM,
+                    tcp(EP1, REMOTE, 40000, 6500, TCP_SYN),
+                    Dropped(c::DROP_DENY_RULE),
+                ),
+                step(
+                    "outside the range",
+                    FROM,
+                    tcp(EP1, REMOTE, 40000, 7000, TCP_SYN),
+                    Forward,
+                ),
+            ],
+        },
+    ]
 }
 
+/// Each case on its own fresh datapath; every mismatch of every case is reported, by name.
 #[test]
-fn port_ranges_match_exactly_their_range() {
-    if !bpf_available("port_ranges_match_exactly_their_range") {
+fn policy_and_parsing_verdicts() {
+    if !bpf_available("policy_and_parsing_verdicts") {
         return;
     }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((8000, 8100)),
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    for (port, want) in [
-        (7999, TC_ACT_SHOT),
-        (8000, TC_ACT_OK),
-        (8050, TC_ACT_OK),
-        (8100, TC_ACT_OK),
-        (8101, TC_ACT_SHOT),
-    ] {
-        assert_eq!(
-            run(&dp, FROM, &tcp(EP1, REMOTE, 30000 + port, port, TCP_SYN)),
-            want,
-            "port {port}"
-        );
+    let cases = verdict_table();
+    let mut names = std::collections::BTreeSet::new();
+    for case in &cases {
+        assert!(names.insert(case.name), "two cases named {:?}", case.name);
     }
-}
-
-#[test]
-fn wildcard_identity_and_protocol() {
-    if !bpf_available("wildcard_identity_and_protocol") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            None,
-            Some(17),
-            None,
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, WORLD_HOST, 5353, 53, 0)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, REMOTE, 5353, 9999, 0)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 5353, 53, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // ICMP echo (type 8) is its own protocol.
-    assert_eq!(
-        run(&dp, FROM, &packet(1, EP1, WORLD_HOST, 77, 8, 0)),
-        TC_ACT_SHOT
-    );
-}
-
-#[test]
-fn cidr_except_through_longest_prefix_identity() {
-    if !bpf_available("cidr_except_through_longest_prefix_identity") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    // Allow 192.168.0.0/16 (identity 3000) except 192.168.5.0/24 (identity 3001).
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            Some(3000),
-            Some(6),
-            Some((443, 443)),
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, CIDR_HOST, 40000, 443, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EXCEPT_HOST, 40000, 443, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 40000, 443, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-}
-
-#[test]
-fn directions_without_enforcement_default_allow() {
-    if !bpf_available("directions_without_enforcement_default_allow") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let dp = setup(&pins);
-    // ep 2 enforces nothing: anything in or out passes.
-    assert_eq!(
-        run(&dp, TO, &tcp(WORLD_HOST, EP2, 1234, 5678, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 5678, 1234, TCP_SYN)),
-        TC_ACT_OK
-    );
-    // ep 1 enforces both with no rule: default deny.
-    assert_eq!(
-        run(&dp, TO, &tcp(WORLD_HOST, EP1, 1234, 5678, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 5678, 1234, TCP_SYN)),
-        TC_ACT_SHOT
+    // One thread per case (each loads its own datapath, as separate tests would).
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let runs: Vec<_> = cases
+            .iter()
+            .map(|case| (case.name, scope.spawn(|| case.run())))
+            .collect();
+        runs.into_iter()
+            .flat_map(|(name, run)| {
+                run.join()
+                    .unwrap_or_else(|_| vec![format!("{name}: panicked (see above)")])
+            })
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} steps failed:\n{}",
+        failures.len(),
+        cases.iter().map(|c| c.steps.len()).sum::<usize>(),
+        failures.join("\n")
     );
 }
 
@@ -321,28 +557,33 @@ fn replies_pass_through_conntrack_without_an_ingress_rule() {
     let mut dp = setup(&pins);
     dp.apply_policy(
         1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
+        &[entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow)],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
-    // The reply enters ep 1, which enforces ingress with no rule: conntrack lets it in.
-    assert_eq!(
-        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40000, TCP_SYN | TCP_ACK)),
-        TC_ACT_OK
-    );
-    // Same peer, a port pair that is not a reply: denied.
-    assert_eq!(
-        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40001, TCP_SYN | TCP_ACK)),
-        TC_ACT_SHOT
+    expect(
+        &dp,
+        "replies",
+        &[
+            step(
+                "allowed",
+                FROM,
+                tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+                Forward,
+            ),
+            // ep 1 enforces ingress with no rule: conntrack lets the reply in.
+            step(
+                "the reply",
+                TO,
+                tcp(REMOTE, EP1, 80, 40000, TCP_SYN | TCP_ACK),
+                Forward,
+            ),
+            step(
+                "same peer, a port pair that is not a reply",
+                TO,
+                tcp(REMOTE, EP1, 80, 40001, TCP_SYN | TCP_ACK),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+        ],
     );
     let ct = dp.maps.list_ct().unwrap();
     assert_eq!(ct.len(), 1, "one entry for the allowed connection: {ct:?}");
@@ -362,35 +603,33 @@ fn conntrack_entries_expire() {
         ..c::Config::default()
     })
     .unwrap();
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            None,
-            Some(17),
-            None,
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, REMOTE, 5000, 53, 0)),
-        TC_ACT_OK
+    dp.apply_policy(1, &[entry(Egress, None, Some(17), None, Allow)])
+        .unwrap();
+    let udp = |src, dst, sport, dport| packet(17, src, dst, sport, dport, 0);
+    expect(
+        &dp,
+        "zero timeout",
+        &[step("allowed", FROM, udp(EP1, REMOTE, 5000, 53), Forward)],
     );
     std::thread::sleep(std::time::Duration::from_millis(20));
-    // With a zero timeout the entry is stale: the "reply" is a new ingress flow, denied.
-    assert_eq!(
-        run(&dp, TO, &packet(17, REMOTE, EP1, 53, 5000, 0)),
-        TC_ACT_SHOT
+    expect(
+        &dp,
+        "zero timeout",
+        &[step(
+            "the entry is stale: the \"reply\" is a new ingress flow",
+            TO,
+            udp(REMOTE, EP1, 53, 5000),
+            Dropped(c::DROP_POLICY_DENIED),
+        )],
     );
     dp.set_runtime_config(c::Config::default()).unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, REMOTE, 5001, 53, 0)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, TO, &packet(17, REMOTE, EP1, 53, 5001, 0)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "default timeout",
+        &[
+            step("allowed", FROM, udp(EP1, REMOTE, 5001, 53), Forward),
+            step("the reply", TO, udp(REMOTE, EP1, 53, 5001), Forward),
+        ],
     );
 }
 
@@ -404,7 +643,7 @@ fn redirect_marks_packets_for_the_proxy() {
     dp.apply_policy(
         1,
         &[entry(
-            Direction::Ingress,
+            Ingress,
             None,
             Some(6),
             Some((80, 80)),
@@ -439,31 +678,27 @@ fn policy_change_revokes_or_keeps_established_connections() {
     }
     let pins = PinDir::create("t").unwrap();
     let mut dp = setup(&pins);
-    let allow80 = entry(
-        Direction::Egress,
-        Some(2000),
-        Some(6),
-        Some((80, 80)),
-        Action::Allow,
-    );
+    let allow80 = entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow);
     dp.apply_policy(1, std::slice::from_ref(&allow80)).unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
+    let ack = || tcp(EP1, REMOTE, 40000, 80, TCP_ACK);
+    expect(
+        &dp,
+        "allowed",
+        &[step(
+            "new",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+            Forward,
+        )],
     );
     // A reload that still allows it (an unrelated rule added): the connection survives.
-    let other = entry(
-        Direction::Egress,
-        Some(2000),
-        Some(17),
-        Some((53, 53)),
-        Action::Allow,
-    );
+    let other = entry(Egress, Some(2000), Some(17), Some((53, 53)), Allow);
     dp.apply_policy(1, &[allow80.clone(), other.clone()])
         .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "still allowed",
+        &[step("established", FROM, ack(), Forward)],
     );
     // Applying the same set again is a no-op (revision unchanged).
     let rev = |dp: &Datapath| {
@@ -481,58 +716,30 @@ fn policy_change_revokes_or_keeps_established_connections() {
     assert_eq!(rev(&dp), before);
     // A change that no longer allows it: the next packet of the connection is dropped.
     dp.apply_policy(1, &[other]).unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
-        TC_ACT_SHOT
+    expect(
+        &dp,
+        "no longer allowed",
+        &[step(
+            "established",
+            FROM,
+            ack(),
+            Dropped(c::DROP_POLICY_DENIED),
+        )],
     );
     // The entry stays, revoked: the connection's replies drop too.
     let ct = dp.maps.list_ct().unwrap();
     assert_eq!(ct.len(), 1, "{ct:?}");
     assert_ne!(ct[0].1.flags & c::CT_F_REVOKED, 0, "revoked: {ct:?}");
-    assert_eq!(
-        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40000, TCP_ACK)),
-        TC_ACT_SHOT,
-        "a reply of a revoked connection"
+    expect(
+        &dp,
+        "revoked",
+        &[step(
+            "a reply of a revoked connection",
+            TO,
+            tcp(REMOTE, EP1, 80, 40000, TCP_ACK),
+            Dropped(c::DROP_POLICY_DENIED),
+        )],
     );
-}
-
-#[test]
-fn fails_closed_on_unknown_endpoints_and_bad_packets() {
-    if !bpf_available("fails_closed_on_unknown_endpoints_and_bad_packets") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let dp = setup(&pins);
-    // Source is not an endpoint of this interface (spoofed).
-    assert_eq!(
-        run(&dp, FROM, &tcp(WORLD_HOST, EP1, 1, 2, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // Truncated TCP header.
-    let p = tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN);
-    assert_eq!(run(&dp, FROM, &p[..40]), TC_ACT_SHOT);
-    // Non-first fragment of a datagram whose first fragment was never seen, from an
-    // endpoint that enforces egress (one without policy is never affected: no_bypass.rs).
-    let mut frag = tcp(EP1, WORLD_HOST, 1, 2, TCP_SYN);
-    frag[14 + 6] = 0x00;
-    frag[14 + 7] = 0x10;
-    assert_eq!(run(&dp, FROM, &frag), TC_ACT_SHOT);
-    // An IPv6 ethertype over a header that is not IPv6: invalid.
-    let mut v6 = p.clone();
-    v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    assert_eq!(run(&dp, FROM, &v6), TC_ACT_SHOT);
-    // ARP is not IP: passes (other ethertypes are dropped: no_bypass.rs).
-    let mut arp = p.clone();
-    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(run(&dp, FROM, &arp), TC_ACT_OK);
-    let k = dp.counters().unwrap();
-    for (reason, n) in [
-        (c::DROP_UNKNOWN_ENDPOINT, 1),
-        (c::DROP_INVALID_PACKET, 2),
-        (c::DROP_FRAGMENT, 1),
-    ] {
-        assert_eq!(k.packets(c::VERDICT_DROPPED, reason), n, "reason {reason}");
-    }
 }
 
 #[test]
@@ -545,33 +752,36 @@ fn flow_events_on_start_drop_and_close_only() {
     let mut events = dp.flow_events().expect("event reader");
     dp.apply_policy(
         1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
+        &[entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow)],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
+    let mut steps = vec![step(
+        "start",
+        FROM,
+        tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+        Forward,
+    )];
     for _ in 0..5 {
-        assert_eq!(
-            run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
-            TC_ACT_OK
-        );
+        steps.push(step(
+            "established",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 80, TCP_ACK),
+            Forward,
+        ));
     }
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_FIN | TCP_ACK)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 81, TCP_SYN)),
-        TC_ACT_SHOT
-    );
+    steps.push(step(
+        "FIN",
+        FROM,
+        tcp(EP1, REMOTE, 40000, 80, TCP_FIN | TCP_ACK),
+        Forward,
+    ));
+    steps.push(step(
+        "other port",
+        FROM,
+        tcp(EP1, REMOTE, 40000, 81, TCP_SYN),
+        Dropped(c::DROP_POLICY_DENIED),
+    ));
+    expect(&dp, "events", &steps);
     let ev = events.drain();
     assert_eq!(ev.len(), 3, "start, FIN, drop; not every packet: {ev:?}");
     let start = &ev[0];
@@ -605,20 +815,8 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
     }
     let pins = PinDir::create("t").unwrap();
     let mut dp = setup(&pins);
-    let allow = entry(
-        Direction::Egress,
-        Some(2000),
-        Some(6),
-        Some((8080, 8080)),
-        Action::Allow,
-    );
-    let deny_range = entry(
-        Direction::Egress,
-        None,
-        Some(6),
-        Some((8000, 8100)),
-        Action::Deny,
-    );
+    let allow = entry(Egress, Some(2000), Some(6), Some((8080, 8080)), Allow);
+    let deny_range = entry(Egress, None, Some(6), Some((8000, 8100)), Deny);
     dp.apply_policy(1, &[allow.clone(), deny_range]).unwrap();
     let flags = |dp: &Datapath| {
         dp.maps
@@ -631,15 +829,15 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
             .flags
     };
     assert_ne!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 8080, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        dp.counters()
-            .unwrap()
-            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
-        1
+    expect(
+        &dp,
+        "range deny",
+        &[step(
+            "allowed port inside the denied range",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 8080, TCP_SYN),
+            Dropped(c::DROP_DENY_RULE),
+        )],
     );
     dp.apply_policy(1, &[allow]).unwrap();
     assert_eq!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
@@ -648,9 +846,15 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
         1,
         "only the single-port entry is left"
     );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 8080, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "range removed",
+        &[step(
+            "allowed port",
+            FROM,
+            tcp(EP1, REMOTE, 40001, 8080, TCP_SYN),
+            Forward,
+        )],
     );
     // The debug view shows the entry.
     let table = node_agent::debug::policy_get(&dp.maps, 1).unwrap();
@@ -801,26 +1005,20 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
     dp.apply_policy(
         1,
         &[
-            entry(
-                Direction::Egress,
-                None,
-                Some(6),
-                Some((80, 80)),
-                Action::Allow,
-            ),
-            entry(
-                Direction::Egress,
-                None,
-                Some(6),
-                Some((1000, 2000)),
-                Action::Allow,
-            ),
+            entry(Egress, None, Some(6), Some((80, 80)), Allow),
+            entry(Egress, None, Some(6), Some((1000, 2000)), Allow),
         ],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "endpoint",
+        &[step(
+            "allowed",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+            Forward,
+        )],
     );
     dp.remove_endpoint(1, EP1).unwrap();
     assert!(dp.maps.list_policy(1).unwrap().is_empty());
@@ -836,58 +1034,15 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
         .unwrap()
         .iter()
         .all(|(k, _)| k.data().addr[..4] != EP1.octets()));
-    // Its traffic is no longer classified as an endpoint's: dropped.
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 80, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        dp.counters()
-            .unwrap()
-            .packets(c::VERDICT_DROPPED, c::DROP_UNKNOWN_ENDPOINT),
-        1
-    );
-}
-
-#[test]
-fn range_rules_applied_before_their_endpoint_still_apply() {
-    if !bpf_available("range_rules_applied_before_their_endpoint_still_apply") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = load(&pins);
-    dp.apply_policy(
-        9,
-        &[
-            entry(Direction::Egress, None, None, None, Action::Allow),
-            entry(
-                Direction::Egress,
-                None,
-                Some(6),
-                Some((6000, 6999)),
-                Action::Deny,
-            ),
-        ],
-    )
-    .unwrap();
-    dp.apply_endpoint(&Endpoint {
-        id: 9,
-        ip: EP1,
-        ip6: None,
-        identity: 1001,
-        ifindex: 0,
-        enforce_ingress: false,
-        enforce_egress: true,
-    })
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 6500, TCP_SYN)),
-        TC_ACT_SHOT,
-        "range deny applies"
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 7000, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "endpoint removed",
+        &[step(
+            "its traffic is no longer classified as an endpoint's",
+            FROM,
+            tcp(EP1, REMOTE, 40001, 80, TCP_SYN),
+            Dropped(c::DROP_UNKNOWN_ENDPOINT),
+        )],
     );
 }
 
@@ -911,14 +1066,23 @@ fn an_endpoint_that_changes_address_leaves_nothing_behind() {
     .unwrap();
     let eps = dp.maps.list_endpoints().unwrap();
     assert_eq!(eps.iter().filter(|(_, v)| v.ep_id == 2).count(), 1);
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN)),
-        TC_ACT_SHOT,
-        "old address is no endpoint"
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(moved, WORLD_HOST, 1, 2, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "moved",
+        &[
+            step(
+                "old address is no endpoint",
+                FROM,
+                tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN),
+                Dropped(c::DROP_UNKNOWN_ENDPOINT),
+            ),
+            step(
+                "new address",
+                FROM,
+                tcp(moved, WORLD_HOST, 1, 2, TCP_SYN),
+                Forward,
+            ),
+        ],
     );
     assert!(dp
         .maps
@@ -959,53 +1123,58 @@ fn ipv6_policy_conntrack_and_neighbour_discovery() {
     .unwrap();
     dp.apply_policy(
         1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
+        &[entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow)],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet6(6, EP1_V6, PEER_V6, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &packet6(6, EP1_V6, PEER_V6, 40000, 81, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &packet6(6, EP1_V6, WORLD_V6, 40000, 80, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // The reply comes in through conntrack; a non-reply does not.
-    assert_eq!(
-        run(
-            &dp,
-            TO,
-            &packet6(6, PEER_V6, EP1_V6, 80, 40000, TCP_SYN | TCP_ACK)
-        ),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(
-            &dp,
-            TO,
-            &packet6(6, PEER_V6, EP1_V6, 80, 40001, TCP_SYN | TCP_ACK)
-        ),
-        TC_ACT_SHOT
-    );
-    // Neighbour solicitation (ICMPv6 135) passes like ARP.
-    assert_eq!(
-        run(&dp, TO, &packet6(58, WORLD_V6, EP1_V6, 0, 135, 0)),
-        TC_ACT_OK
-    );
-    // The IPv4 address of the same endpoint is unaffected by the IPv6 entries.
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1, 80, TCP_SYN)),
-        TC_ACT_SHOT
+    let tcp6 = |src, dst, sport, dport, flags| packet6(6, src, dst, sport, dport, flags);
+    expect(
+        &dp,
+        "IPv6",
+        &[
+            step(
+                "allowed",
+                FROM,
+                tcp6(EP1_V6, PEER_V6, 40000, 80, TCP_SYN),
+                Forward,
+            ),
+            step(
+                "other port",
+                FROM,
+                tcp6(EP1_V6, PEER_V6, 40000, 81, TCP_SYN),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+            step(
+                "other peer",
+                FROM,
+                tcp6(EP1_V6, WORLD_V6, 40000, 80, TCP_SYN),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+            // The reply comes in through conntrack; a non-reply does not.
+            step(
+                "the reply",
+                TO,
+                tcp6(PEER_V6, EP1_V6, 80, 40000, TCP_SYN | TCP_ACK),
+                Forward,
+            ),
+            step(
+                "not a reply",
+                TO,
+                tcp6(PEER_V6, EP1_V6, 80, 40001, TCP_SYN | TCP_ACK),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+            step(
+                "neighbour solicitation (ICMPv6 135) passes like ARP",
+                TO,
+                packet6(58, WORLD_V6, EP1_V6, 0, 135, 0),
+                PassUncounted,
+            ),
+            step(
+                "the endpoint's IPv4 address is unaffected by the IPv6 entries",
+                FROM,
+                tcp(EP1, WORLD_HOST, 1, 80, TCP_SYN),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+        ],
     );
     let ev = events.drain();
     assert_eq!(ev[0].family, c::FAMILY_IPV6);
@@ -1034,15 +1203,7 @@ fn restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation() {
     }
     let pins = PinDir::create("t").unwrap();
     let mut dp = setup(&pins);
-    let allow = |port: u16| {
-        entry(
-            Direction::Egress,
-            None,
-            Some(6),
-            Some((port, port)),
-            Action::Allow,
-        )
-    };
+    let allow = |port: u16| entry(Egress, None, Some(6), Some((port, port)), Allow);
     dp.apply_policy(1, &[allow(80), allow(81)]).unwrap();
     dp.settle_policy().unwrap();
     dp.apply_policy(1, &[allow(443)]).unwrap();
@@ -1057,7 +1218,24 @@ fn restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation() {
         1,
         "the old generation is gone"
     );
-    let syn = |port| run(&dp, FROM, &tcp(EP1, REMOTE, 40000, port, TCP_SYN));
-    assert_eq!(syn(443), TC_ACT_OK);
-    assert_eq!((syn(80), syn(81)), (TC_ACT_SHOT, TC_ACT_SHOT));
+    let syn = |port| tcp(EP1, REMOTE, 40000, port, TCP_SYN);
+    expect(
+        &dp,
+        "after the restart",
+        &[
+            step("the newer policy", FROM, syn(443), Forward),
+            step(
+                "the older policy",
+                FROM,
+                syn(80),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+            step(
+                "the older policy",
+                FROM,
+                syn(81),
+                Dropped(c::DROP_POLICY_DENIED),
+            ),
+        ],
+    );
 }
