@@ -2,23 +2,25 @@
 //! `weft_from_endpoint` sees what an endpoint sends (its egress), `weft_to_endpoint` what it
 //! receives (its ingress).
 //!
-//! Every packet is a [`Step`]: the program it goes through, and what it must come to (the
-//! return code and the one counter it bumps, so a drop's reason is checked too). Cases that
-//! are only a policy and packets are rows of one table ([`verdict_table`]); scenarios that
-//! change the datapath between packets run their packets as steps.
+//! Every packet is a step (`steps`): the program it goes through, and what it must come to
+//! (the return code and the one counter it bumps, so a drop's reason is checked too). Cases
+//! that are only a policy and packets are rows of one table (`table`); the scenarios here,
+//! which change the datapath between packets, run their packets as steps.
 
 mod common;
+#[path = "prog_verdicts/steps.rs"]
+mod steps;
+#[path = "prog_verdicts/table.rs"]
+mod table;
 
 use common::*;
-use node_agent::datapath::{
-    drop_reason_name, verdict_name, Action, Datapath, Direction, Endpoint, PolicyEntry,
-};
+use node_agent::datapath::{Action, Datapath, Direction, Endpoint, PolicyEntry};
 use node_agent::netns::PinDir;
 use std::net::Ipv4Addr;
+use steps::{expect, step, Want::*, DENIED, DENY_RULE, NOT_AN_ENDPOINT};
 use weft_datapath_common as c;
 use Action::{Allow, Deny};
 use Direction::{Egress, Ingress};
-use Want::{Dropped, Forward, PassUncounted};
 
 const EP1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const EP2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -88,466 +90,6 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u
     packet(6, src, dst, sport, dport, flags)
 }
 
-/// `pkt` cut to its first `len` bytes.
-fn truncated(mut pkt: Vec<u8>, len: usize) -> Vec<u8> {
-    pkt.truncate(len);
-    pkt
-}
-
-/// `pkt` with another ethertype (its header left as it is).
-fn with_ethertype(mut pkt: Vec<u8>, ethertype: u16) -> Vec<u8> {
-    pkt[12..14].copy_from_slice(&ethertype.to_be_bytes());
-    pkt
-}
-
-/// An IPv4 `pkt` made a non-first fragment (offset 0x10 * 8 bytes, flags clear).
-fn later_fragment(mut pkt: Vec<u8>) -> Vec<u8> {
-    pkt[14 + 6] = 0x00;
-    pkt[14 + 7] = 0x10;
-    pkt
-}
-
-/// What one packet must come to.
-#[derive(Clone, Copy, Debug)]
-enum Want {
-    /// `TC_ACT_OK`, counted as forwarded.
-    Forward,
-    /// `TC_ACT_SHOT`, counted as dropped for this reason.
-    Dropped(u8),
-    /// `TC_ACT_OK`, counted nowhere: link-local control traffic (ARP, neighbour discovery)
-    /// and the pass-through program.
-    PassUncounted,
-}
-
-impl Want {
-    /// The return code and the counters (verdict, reason) that go up by one.
-    fn outcome(self) -> (u32, Vec<(u8, u8)>) {
-        match self {
-            Forward => (TC_ACT_OK, vec![(c::VERDICT_FORWARDED, c::DROP_NONE)]),
-            Dropped(reason) => (TC_ACT_SHOT, vec![(c::VERDICT_DROPPED, reason)]),
-            PassUncounted => (TC_ACT_OK, vec![]),
-        }
-    }
-}
-
-/// One packet through one program.
-struct Step {
-    what: &'static str,
-    prog: &'static str,
-    pkt: Vec<u8>,
-    want: Want,
-}
-
-fn step(what: &'static str, prog: &'static str, pkt: Vec<u8>, want: Want) -> Step {
-    Step {
-        what,
-        prog,
-        pkt,
-        want,
-    }
-}
-
-/// Counters that moved, by name and by how much: "DROPPED/POLICY_DENIED +1".
-fn counted(moved: &[((u8, u8), u64)]) -> String {
-    let names: Vec<String> = moved
-        .iter()
-        .map(|&((v, r), n)| match drop_reason_name(r) {
-            "" => format!("{} +{n}", verdict_name(v)),
-            reason => format!("{}/{reason} +{n}", verdict_name(v)),
-        })
-        .collect();
-    format!("[{}]", names.join(", "))
-}
-
-fn tc_act_name(ret: u32) -> String {
-    match ret {
-        TC_ACT_OK => "TC_ACT_OK".into(),
-        TC_ACT_SHOT => "TC_ACT_SHOT".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Runs `steps` in order; returns one line (naming `case` and the step) for each step whose
-/// return code or counters are not the expected ones.
-fn check(dp: &Datapath, case: &str, steps: &[Step]) -> Vec<String> {
-    let mut failures = Vec::new();
-    for s in steps {
-        let before = dp.counters().unwrap().rows;
-        let got = run(dp, s.prog, &s.pkt);
-        let after = dp.counters().unwrap().rows;
-        // Every counter that moved, and by how much: exactly the expected one, by one.
-        let moved: Vec<((u8, u8), u64)> = after
-            .iter()
-            .map(|(k, (p, _))| (*k, p - before.get(k).map_or(0, |r| r.0)))
-            .filter(|(_, d)| *d != 0)
-            .collect();
-        let (want_ret, want_rows) = s.want.outcome();
-        let want_moved: Vec<((u8, u8), u64)> = want_rows.into_iter().map(|k| (k, 1)).collect();
-        if got != want_ret || moved != want_moved {
-            failures.push(format!(
-                "{case}: {}: returned {}, counted {}; want {}, {}",
-                s.what,
-                tc_act_name(got),
-                counted(&moved),
-                tc_act_name(want_ret),
-                counted(&want_moved),
-            ));
-        }
-    }
-    failures
-}
-
-/// [`check`], failing the test with every mismatch.
-fn expect(dp: &Datapath, case: &str, steps: &[Step]) {
-    let failures = check(dp, case, steps);
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-}
-
-/// The datapath a table case starts from.
-#[derive(Clone, Copy)]
-enum World {
-    /// Maps and programs only: no endpoint, no ipcache, no policy.
-    Empty,
-    /// [`setup`], then the case's policy on ep 1.
-    Pods,
-    /// The case's policy on ep 9, applied before ep 9 (EP1's address, identity 1001,
-    /// enforcing egress only) exists.
-    PolicyBeforeEndpoint,
-}
-
-/// A policy and the packets it must pass or drop.
-struct Case {
-    name: &'static str,
-    world: World,
-    policy: Vec<PolicyEntry>,
-    steps: Vec<Step>,
-}
-
-impl Case {
-    /// Runs the case on a fresh datapath; returns its mismatches.
-    fn run(&self) -> Vec<String> {
-        let pins = PinDir::create("t").unwrap();
-        let dp = match self.world {
-            World::Empty => {
-                assert!(
-                    self.policy.is_empty(),
-                    "{}: no endpoint to hold a policy",
-                    self.name
-                );
-                load(&pins)
-            }
-            World::Pods => {
-                let mut dp = setup(&pins);
-                if !self.policy.is_empty() {
-                    dp.apply_policy(1, &self.policy).unwrap();
-                }
-                dp
-            }
-            World::PolicyBeforeEndpoint => {
-                let mut dp = load(&pins);
-                dp.apply_policy(9, &self.policy).unwrap();
-                dp.apply_endpoint(&Endpoint {
-                    id: 9,
-                    ip: EP1,
-                    ip6: None,
-                    identity: 1001,
-                    ifindex: 0,
-                    enforce_ingress: false,
-                    enforce_egress: true,
-                })
-                .unwrap();
-                dp
-            }
-        };
-        check(&dp, self.name, &self.steps)
-    }
-}
-
-fn verdict_table() -> Vec<Case> {
-    vec![
-        Case {
-            name: "the pass-through program passes",
-            world: World::Empty,
-            policy: vec![],
-            steps: vec![step(
-                "any packet",
-                PASS,
-                tcp(
-                    Ipv4Addr::new(1, 1, 1, 1),
-                    Ipv4Addr::new(2, 2, 2, 2),
-                    1,
-                    2,
-                    TCP_SYN,
-                ),
-                PassUncounted,
-            )],
-        },
-        Case {
-            name: "egress allowed by identity and port, else policy denied",
-            world: World::Pods,
-            policy: vec![entry(Egress, Some(1002), Some(6), Some((80, 80)), Allow)],
-            steps: vec![
-                step("allowed", FROM, tcp(EP1, EP2, 40000, 80, TCP_SYN), Forward),
-                step(
-                    "other port",
-                    FROM,
-                    tcp(EP1, EP2, 40001, 81, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-                step(
-                    "right port, wrong peer identity",
-                    FROM,
-                    tcp(EP1, REMOTE, 40002, 80, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-            ],
-        },
-        Case {
-            name: "a deny rule wins over allows",
-            world: World::Pods,
-            policy: vec![
-                entry(Egress, None, None, None, Allow),
-                entry(Egress, Some(2000), Some(6), Some((22, 22)), Deny),
-                // A more specific allow does not beat a deny either.
-                entry(Egress, Some(2000), Some(6), Some((22, 22)), Allow),
-            ],
-            steps: vec![
-                step(
-                    "denied peer and port",
-                    FROM,
-                    tcp(EP1, REMOTE, 40000, 22, TCP_SYN),
-                    Dropped(c::DROP_DENY_RULE),
-                ),
-                step(
-                    "other port",
-                    FROM,
-                    tcp(EP1, REMOTE, 40000, 23, TCP_SYN),
-                    Forward,
-                ),
-                step(
-                    "other peer",
-                    FROM,
-                    tcp(EP1, EP2, 40000, 22, TCP_SYN),
-                    Forward,
-                ),
-            ],
-        },
-        Case {
-            name: "port ranges match exactly their range",
-            world: World::Pods,
-            policy: vec![entry(
-                Egress,
-                Some(2000),
-                Some(6),
-                Some((8000, 8100)),
-                Allow,
-            )],
-            steps: [
-                ("below", 7999, Dropped(c::DROP_POLICY_DENIED)),
-                ("first", 8000, Forward),
-                ("inside", 8050, Forward),
-                ("last", 8100, Forward),
-                ("above", 8101, Dropped(c::DROP_POLICY_DENIED)),
-            ]
-            .into_iter()
-            .map(|(what, port, want)| {
-                step(
-                    what,
-                    FROM,
-                    tcp(EP1, REMOTE, 30000 + port, port, TCP_SYN),
-                    want,
-                )
-            })
-            .collect(),
-        },
-        Case {
-            name: "wildcard identity and protocol",
-            world: World::Pods,
-            policy: vec![entry(Egress, None, Some(17), None, Allow)],
-            steps: vec![
-                step(
-                    "UDP to the world",
-                    FROM,
-                    packet(17, EP1, WORLD_HOST, 5353, 53, 0),
-                    Forward,
-                ),
-                step(
-                    "UDP to a pod, any port",
-                    FROM,
-                    packet(17, EP1, REMOTE, 5353, 9999, 0),
-                    Forward,
-                ),
-                step(
-                    "TCP",
-                    FROM,
-                    tcp(EP1, WORLD_HOST, 5353, 53, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-                step(
-                    "ICMP echo (type 8) is its own protocol",
-                    FROM,
-                    packet(1, EP1, WORLD_HOST, 77, 8, 0),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-            ],
-        },
-        Case {
-            name: "CIDR except through the longest-prefix identity",
-            // Allow 192.168.0.0/16 (identity 3000) except 192.168.5.0/24 (identity 3001).
-            world: World::Pods,
-            policy: vec![entry(Egress, Some(3000), Some(6), Some((443, 443)), Allow)],
-            steps: vec![
-                step(
-                    "in the CIDR",
-                    FROM,
-                    tcp(EP1, CIDR_HOST, 40000, 443, TCP_SYN),
-                    Forward,
-                ),
-                step(
-                    "in the except",
-                    FROM,
-                    tcp(EP1, EXCEPT_HOST, 40000, 443, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-                step(
-                    "outside the CIDR",
-                    FROM,
-                    tcp(EP1, WORLD_HOST, 40000, 443, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-            ],
-        },
-        Case {
-            name: "directions without enforcement default-allow",
-            world: World::Pods,
-            policy: vec![],
-            steps: vec![
-                // ep 2 enforces nothing: anything in or out passes.
-                step(
-                    "into ep 2",
-                    TO,
-                    tcp(WORLD_HOST, EP2, 1234, 5678, TCP_SYN),
-                    Forward,
-                ),
-                step(
-                    "out of ep 2",
-                    FROM,
-                    tcp(EP2, WORLD_HOST, 5678, 1234, TCP_SYN),
-                    Forward,
-                ),
-                // ep 1 enforces both with no rule: default deny.
-                step(
-                    "into ep 1",
-                    TO,
-                    tcp(WORLD_HOST, EP1, 1234, 5678, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-                step(
-                    "out of ep 1",
-                    FROM,
-                    tcp(EP1, WORLD_HOST, 5678, 1234, TCP_SYN),
-                    Dropped(c::DROP_POLICY_DENIED),
-                ),
-            ],
-        },
-        Case {
-            name: "fails closed on unknown endpoints and bad packets",
-            world: World::Pods,
-            policy: vec![],
-            steps: vec![
-                step(
-                    "source is not an endpoint of this interface (spoofed)",
-                    FROM,
-                    tcp(WORLD_HOST, EP1, 1, 2, TCP_SYN),
-                    Dropped(c::DROP_UNKNOWN_ENDPOINT),
-                ),
-                step(
-                    "truncated TCP header",
-                    FROM,
-                    truncated(tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN), 40),
-                    Dropped(c::DROP_INVALID_PACKET),
-                ),
-                // From an endpoint that enforces egress (one without policy is never
-                // affected: no_bypass.rs).
-                step(
-                    "non-first fragment whose first fragment was never seen",
-                    FROM,
-                    later_fragment(tcp(EP1, WORLD_HOST, 1, 2, TCP_SYN)),
-                    Dropped(c::DROP_FRAGMENT),
-                ),
-                step(
-                    "an IPv6 ethertype over a header that is not IPv6",
-                    FROM,
-                    with_ethertype(tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN), 0x86dd),
-                    Dropped(c::DROP_INVALID_PACKET),
-                ),
-                // Other ethertypes are dropped: no_bypass.rs.
-                step(
-                    "ARP is not IP: passes",
-                    FROM,
-                    with_ethertype(tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN), 0x0806),
-                    PassUncounted,
-                ),
-            ],
-        },
-        Case {
-            name: "range rules applied before their endpoint still apply",
-            world: World::PolicyBeforeEndpoint,
-            policy: vec![
-                entry(Egress, None, None, None, Allow),
-                entry(Egress, None, Some(6), Some((6000, 6999)), Deny),
-            ],
-            steps: vec![
-                step(
-                    "range deny applies",
-                    FROM,
-                    tcp(EP1, REMOTE, 40000, 6500, TCP_SYN),
-                    Dropped(c::DROP_DENY_RULE),
-                ),
-                step(
-                    "outside the range",
-                    FROM,
-                    tcp(EP1, REMOTE, 40000, 7000, TCP_SYN),
-                    Forward,
-                ),
-            ],
-        },
-    ]
-}
-
-/// Each case on its own fresh datapath; every mismatch of every case is reported, by name.
-#[test]
-fn policy_and_parsing_verdicts() {
-    if !bpf_available("policy_and_parsing_verdicts") {
-        return;
-    }
-    let cases = verdict_table();
-    let mut names = std::collections::BTreeSet::new();
-    for case in &cases {
-        assert!(names.insert(case.name), "two cases named {:?}", case.name);
-    }
-    // One thread per case (each loads its own datapath, as separate tests would).
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let runs: Vec<_> = cases
-            .iter()
-            .map(|case| (case.name, scope.spawn(|| case.run())))
-            .collect();
-        runs.into_iter()
-            .flat_map(|(name, run)| {
-                run.join()
-                    .unwrap_or_else(|_| vec![format!("{name}: panicked (see above)")])
-            })
-            .collect()
-    });
-    assert!(
-        failures.is_empty(),
-        "{} of {} steps failed:\n{}",
-        failures.len(),
-        cases.iter().map(|c| c.steps.len()).sum::<usize>(),
-        failures.join("\n")
-    );
-}
-
 #[test]
 fn replies_pass_through_conntrack_without_an_ingress_rule() {
     if !bpf_available("replies_pass_through_conntrack_without_an_ingress_rule") {
@@ -581,7 +123,7 @@ fn replies_pass_through_conntrack_without_an_ingress_rule() {
                 "same peer, a port pair that is not a reply",
                 TO,
                 tcp(REMOTE, EP1, 80, 40001, TCP_SYN | TCP_ACK),
-                Dropped(c::DROP_POLICY_DENIED),
+                DENIED,
             ),
         ],
     );
@@ -619,7 +161,7 @@ fn conntrack_entries_expire() {
             "the entry is stale: the \"reply\" is a new ingress flow",
             TO,
             udp(REMOTE, EP1, 53, 5000),
-            Dropped(c::DROP_POLICY_DENIED),
+            DENIED,
         )],
     );
     dp.set_runtime_config(c::Config::default()).unwrap();
@@ -719,12 +261,7 @@ fn policy_change_revokes_or_keeps_established_connections() {
     expect(
         &dp,
         "no longer allowed",
-        &[step(
-            "established",
-            FROM,
-            ack(),
-            Dropped(c::DROP_POLICY_DENIED),
-        )],
+        &[step("established", FROM, ack(), DENIED)],
     );
     // The entry stays, revoked: the connection's replies drop too.
     let ct = dp.maps.list_ct().unwrap();
@@ -737,7 +274,7 @@ fn policy_change_revokes_or_keeps_established_connections() {
             "a reply of a revoked connection",
             TO,
             tcp(REMOTE, EP1, 80, 40000, TCP_ACK),
-            Dropped(c::DROP_POLICY_DENIED),
+            DENIED,
         )],
     );
 }
@@ -779,7 +316,7 @@ fn flow_events_on_start_drop_and_close_only() {
         "other port",
         FROM,
         tcp(EP1, REMOTE, 40000, 81, TCP_SYN),
-        Dropped(c::DROP_POLICY_DENIED),
+        DENIED,
     ));
     expect(&dp, "events", &steps);
     let ev = events.drain();
@@ -836,7 +373,7 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
             "allowed port inside the denied range",
             FROM,
             tcp(EP1, REMOTE, 40000, 8080, TCP_SYN),
-            Dropped(c::DROP_DENY_RULE),
+            DENY_RULE,
         )],
     );
     dp.apply_policy(1, &[allow]).unwrap();
@@ -1041,7 +578,7 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
             "its traffic is no longer classified as an endpoint's",
             FROM,
             tcp(EP1, REMOTE, 40001, 80, TCP_SYN),
-            Dropped(c::DROP_UNKNOWN_ENDPOINT),
+            NOT_AN_ENDPOINT,
         )],
     );
 }
@@ -1074,7 +611,7 @@ fn an_endpoint_that_changes_address_leaves_nothing_behind() {
                 "old address is no endpoint",
                 FROM,
                 tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN),
-                Dropped(c::DROP_UNKNOWN_ENDPOINT),
+                NOT_AN_ENDPOINT,
             ),
             step(
                 "new address",
@@ -1141,13 +678,13 @@ fn ipv6_policy_conntrack_and_neighbour_discovery() {
                 "other port",
                 FROM,
                 tcp6(EP1_V6, PEER_V6, 40000, 81, TCP_SYN),
-                Dropped(c::DROP_POLICY_DENIED),
+                DENIED,
             ),
             step(
                 "other peer",
                 FROM,
                 tcp6(EP1_V6, WORLD_V6, 40000, 80, TCP_SYN),
-                Dropped(c::DROP_POLICY_DENIED),
+                DENIED,
             ),
             // The reply comes in through conntrack; a non-reply does not.
             step(
@@ -1160,7 +697,7 @@ fn ipv6_policy_conntrack_and_neighbour_discovery() {
                 "not a reply",
                 TO,
                 tcp6(PEER_V6, EP1_V6, 80, 40001, TCP_SYN | TCP_ACK),
-                Dropped(c::DROP_POLICY_DENIED),
+                DENIED,
             ),
             step(
                 "neighbour solicitation (ICMPv6 135) passes like ARP",
@@ -1172,7 +709,7 @@ fn ipv6_policy_conntrack_and_neighbour_discovery() {
                 "the endpoint's IPv4 address is unaffected by the IPv6 entries",
                 FROM,
                 tcp(EP1, WORLD_HOST, 1, 80, TCP_SYN),
-                Dropped(c::DROP_POLICY_DENIED),
+                DENIED,
             ),
         ],
     );
@@ -1224,18 +761,8 @@ fn restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation() {
         "after the restart",
         &[
             step("the newer policy", FROM, syn(443), Forward),
-            step(
-                "the older policy",
-                FROM,
-                syn(80),
-                Dropped(c::DROP_POLICY_DENIED),
-            ),
-            step(
-                "the older policy",
-                FROM,
-                syn(81),
-                Dropped(c::DROP_POLICY_DENIED),
-            ),
+            step("the older policy", FROM, syn(80), DENIED),
+            step("the older policy", FROM, syn(81), DENIED),
         ],
     );
 }
