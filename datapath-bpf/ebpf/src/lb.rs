@@ -139,6 +139,21 @@ fn rewrite(ctx: &mut TcContext, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> R
     Ok(())
 }
 
+/// The LB conntrack key of an IPv4 packet's tuple as it is on the wire.
+#[inline(always)]
+fn lb_ct_key(p: &Pkt, dir: u8) -> CtKey {
+    CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_IPV4,
+        dir,
+        _pad: 0,
+    }
+}
+
 #[inline(always)]
 fn lb_drop(p: &Pkt, cfg: &Config, reason: u8, obs: u8, svc_id: u32) -> i32 {
     count(VERDICT_DROPPED, reason, p.bytes as u64);
@@ -190,16 +205,7 @@ pub(crate) fn lb_ingress(ctx: &mut TcContext) -> i32 {
     };
     let cfg = config();
     let now = unsafe { bpf_ktime_get_ns() };
-    let fwd = CtKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        dir: LB_CT_FORWARD,
-        _pad: 0,
-    };
+    let fwd = lb_ct_key(&p, LB_CT_FORWARD);
     // Established: stay on the backend chosen at the first packet while it exists.
     let mut chosen: Option<(u32, BackendValue)> = None;
     if let Some(e) = WEFT_LB_CT.get_ptr_mut(&fwd) {
@@ -309,16 +315,7 @@ pub(crate) fn lb_egress(ctx: &mut TcContext) -> i32 {
     if parse(ctx, &mut p) != Ok(Parsed::Ip) || p.family != FAMILY_IPV4 || p.frag == FRAG_LATER {
         return TC_ACT_OK;
     }
-    let rev = CtKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        family: FAMILY_IPV4,
-        dir: LB_CT_REVERSE,
-        _pad: 0,
-    };
+    let rev = lb_ct_key(&p, LB_CT_REVERSE);
     let Some(e) = WEFT_LB_CT.get_ptr_mut(&rev) else {
         return TC_ACT_OK;
     };
