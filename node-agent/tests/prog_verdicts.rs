@@ -1,14 +1,26 @@
 //! Program-level tests: the tc policy programs run on crafted packets with BPF_PROG_TEST_RUN.
 //! `weft_from_endpoint` sees what an endpoint sends (its egress), `weft_to_endpoint` what it
 //! receives (its ingress).
+//!
+//! Every packet is a step (`steps`): the program it goes through, and what it must come to
+//! (the return code and the one counter it bumps, so a drop's reason is checked too). Cases
+//! that are only a policy and packets are rows of one table (`table`); the scenarios here,
+//! which change the datapath between packets, run their packets as steps.
 
 mod common;
+#[path = "prog_verdicts/steps.rs"]
+mod steps;
+#[path = "prog_verdicts/table.rs"]
+mod table;
 
 use common::*;
 use node_agent::datapath::{Action, Datapath, Direction, Endpoint, PolicyEntry};
 use node_agent::netns::PinDir;
 use std::net::Ipv4Addr;
+use steps::{expect, step, Want::*, DENIED, DENY_RULE, NOT_AN_ENDPOINT};
 use weft_datapath_common as c;
+use Action::{Allow, Deny};
+use Direction::{Egress, Ingress};
 
 const EP1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const EP2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -19,6 +31,7 @@ const WORLD_HOST: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
 
 const FROM: &str = c::progs::FROM_ENDPOINT;
 const TO: &str = c::progs::TO_ENDPOINT;
+const PASS: &str = c::progs::PASS;
 
 /// ep 1 (identity 1001) enforces both directions; ep 2 (identity 1002) enforces nothing.
 /// ipcache: remote pod 10.0.2.5 -> 2000, 192.168.0.0/16 -> 3000 except 192.168.5.0/24 -> 3001.
@@ -78,241 +91,6 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u
 }
 
 #[test]
-fn pass_through_program_passes() {
-    if !bpf_available("pass_through_program_passes") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let dp = load(&pins);
-    let p = tcp(
-        Ipv4Addr::new(1, 1, 1, 1),
-        Ipv4Addr::new(2, 2, 2, 2),
-        1,
-        2,
-        TCP_SYN,
-    );
-    assert_eq!(run(&dp, c::progs::PASS, &p), TC_ACT_OK);
-}
-
-#[test]
-fn egress_allow_by_identity_and_port_else_policy_denied() {
-    if !bpf_available("egress_allow_by_identity_and_port_else_policy_denied") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            Some(1002),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EP2, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EP2, 40001, 81, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // Right port, wrong peer identity.
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40002, 80, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    let counters = dp.counters().unwrap();
-    assert_eq!(counters.packets(c::VERDICT_FORWARDED, c::DROP_NONE), 1);
-    assert_eq!(
-        counters.packets(c::VERDICT_DROPPED, c::DROP_POLICY_DENIED),
-        2
-    );
-}
-
-#[test]
-fn deny_rule_wins_over_allow() {
-    if !bpf_available("deny_rule_wins_over_allow") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[
-            entry(Direction::Egress, None, None, None, Action::Allow),
-            entry(
-                Direction::Egress,
-                Some(2000),
-                Some(6),
-                Some((22, 22)),
-                Action::Deny,
-            ),
-            // A more specific allow does not beat a deny either.
-            entry(
-                Direction::Egress,
-                Some(2000),
-                Some(6),
-                Some((22, 22)),
-                Action::Allow,
-            ),
-        ],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 22, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 23, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EP2, 40000, 22, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        dp.counters()
-            .unwrap()
-            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
-        1
-    );
-}
-
-#[test]
-fn port_ranges_match_exactly_their_range() {
-    if !bpf_available("port_ranges_match_exactly_their_range") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((8000, 8100)),
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    for (port, want) in [
-        (7999, TC_ACT_SHOT),
-        (8000, TC_ACT_OK),
-        (8050, TC_ACT_OK),
-        (8100, TC_ACT_OK),
-        (8101, TC_ACT_SHOT),
-    ] {
-        assert_eq!(
-            run(&dp, FROM, &tcp(EP1, REMOTE, 30000 + port, port, TCP_SYN)),
-            want,
-            "port {port}"
-        );
-    }
-}
-
-#[test]
-fn wildcard_identity_and_protocol() {
-    if !bpf_available("wildcard_identity_and_protocol") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            None,
-            Some(17),
-            None,
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, WORLD_HOST, 5353, 53, 0)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, REMOTE, 5353, 9999, 0)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 5353, 53, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // ICMP echo (type 8) is its own protocol.
-    assert_eq!(
-        run(&dp, FROM, &packet(1, EP1, WORLD_HOST, 77, 8, 0)),
-        TC_ACT_SHOT
-    );
-}
-
-#[test]
-fn cidr_except_through_longest_prefix_identity() {
-    if !bpf_available("cidr_except_through_longest_prefix_identity") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = setup(&pins);
-    // Allow 192.168.0.0/16 (identity 3000) except 192.168.5.0/24 (identity 3001).
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            Some(3000),
-            Some(6),
-            Some((443, 443)),
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, CIDR_HOST, 40000, 443, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, EXCEPT_HOST, 40000, 443, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 40000, 443, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-}
-
-#[test]
-fn directions_without_enforcement_default_allow() {
-    if !bpf_available("directions_without_enforcement_default_allow") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let dp = setup(&pins);
-    // ep 2 enforces nothing: anything in or out passes.
-    assert_eq!(
-        run(&dp, TO, &tcp(WORLD_HOST, EP2, 1234, 5678, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 5678, 1234, TCP_SYN)),
-        TC_ACT_OK
-    );
-    // ep 1 enforces both with no rule: default deny.
-    assert_eq!(
-        run(&dp, TO, &tcp(WORLD_HOST, EP1, 1234, 5678, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 5678, 1234, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-}
-
-#[test]
 fn replies_pass_through_conntrack_without_an_ingress_rule() {
     if !bpf_available("replies_pass_through_conntrack_without_an_ingress_rule") {
         return;
@@ -321,28 +99,33 @@ fn replies_pass_through_conntrack_without_an_ingress_rule() {
     let mut dp = setup(&pins);
     dp.apply_policy(
         1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
+        &[entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow)],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
-    // The reply enters ep 1, which enforces ingress with no rule: conntrack lets it in.
-    assert_eq!(
-        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40000, TCP_SYN | TCP_ACK)),
-        TC_ACT_OK
-    );
-    // Same peer, a port pair that is not a reply: denied.
-    assert_eq!(
-        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40001, TCP_SYN | TCP_ACK)),
-        TC_ACT_SHOT
+    expect(
+        &dp,
+        "replies",
+        &[
+            step(
+                "allowed",
+                FROM,
+                tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+                Forward,
+            ),
+            // ep 1 enforces ingress with no rule: conntrack lets the reply in.
+            step(
+                "the reply",
+                TO,
+                tcp(REMOTE, EP1, 80, 40000, TCP_SYN | TCP_ACK),
+                Forward,
+            ),
+            step(
+                "same peer, a port pair that is not a reply",
+                TO,
+                tcp(REMOTE, EP1, 80, 40001, TCP_SYN | TCP_ACK),
+                DENIED,
+            ),
+        ],
     );
     let ct = dp.maps.list_ct().unwrap();
     assert_eq!(ct.len(), 1, "one entry for the allowed connection: {ct:?}");
@@ -362,35 +145,33 @@ fn conntrack_entries_expire() {
         ..c::Config::default()
     })
     .unwrap();
-    dp.apply_policy(
-        1,
-        &[entry(
-            Direction::Egress,
-            None,
-            Some(17),
-            None,
-            Action::Allow,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, REMOTE, 5000, 53, 0)),
-        TC_ACT_OK
+    dp.apply_policy(1, &[entry(Egress, None, Some(17), None, Allow)])
+        .unwrap();
+    let udp = |src, dst, sport, dport| packet(17, src, dst, sport, dport, 0);
+    expect(
+        &dp,
+        "zero timeout",
+        &[step("allowed", FROM, udp(EP1, REMOTE, 5000, 53), Forward)],
     );
     std::thread::sleep(std::time::Duration::from_millis(20));
-    // With a zero timeout the entry is stale: the "reply" is a new ingress flow, denied.
-    assert_eq!(
-        run(&dp, TO, &packet(17, REMOTE, EP1, 53, 5000, 0)),
-        TC_ACT_SHOT
+    expect(
+        &dp,
+        "zero timeout",
+        &[step(
+            "the entry is stale: the \"reply\" is a new ingress flow",
+            TO,
+            udp(REMOTE, EP1, 53, 5000),
+            DENIED,
+        )],
     );
     dp.set_runtime_config(c::Config::default()).unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet(17, EP1, REMOTE, 5001, 53, 0)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, TO, &packet(17, REMOTE, EP1, 53, 5001, 0)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "default timeout",
+        &[
+            step("allowed", FROM, udp(EP1, REMOTE, 5001, 53), Forward),
+            step("the reply", TO, udp(REMOTE, EP1, 53, 5001), Forward),
+        ],
     );
 }
 
@@ -404,7 +185,7 @@ fn redirect_marks_packets_for_the_proxy() {
     dp.apply_policy(
         1,
         &[entry(
-            Direction::Ingress,
+            Ingress,
             None,
             Some(6),
             Some((80, 80)),
@@ -439,31 +220,27 @@ fn policy_change_revokes_or_keeps_established_connections() {
     }
     let pins = PinDir::create("t").unwrap();
     let mut dp = setup(&pins);
-    let allow80 = entry(
-        Direction::Egress,
-        Some(2000),
-        Some(6),
-        Some((80, 80)),
-        Action::Allow,
-    );
+    let allow80 = entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow);
     dp.apply_policy(1, std::slice::from_ref(&allow80)).unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
+    let ack = || tcp(EP1, REMOTE, 40000, 80, TCP_ACK);
+    expect(
+        &dp,
+        "allowed",
+        &[step(
+            "new",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+            Forward,
+        )],
     );
     // A reload that still allows it (an unrelated rule added): the connection survives.
-    let other = entry(
-        Direction::Egress,
-        Some(2000),
-        Some(17),
-        Some((53, 53)),
-        Action::Allow,
-    );
+    let other = entry(Egress, Some(2000), Some(17), Some((53, 53)), Allow);
     dp.apply_policy(1, &[allow80.clone(), other.clone()])
         .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "still allowed",
+        &[step("established", FROM, ack(), Forward)],
     );
     // Applying the same set again is a no-op (revision unchanged).
     let rev = |dp: &Datapath| {
@@ -481,58 +258,25 @@ fn policy_change_revokes_or_keeps_established_connections() {
     assert_eq!(rev(&dp), before);
     // A change that no longer allows it: the next packet of the connection is dropped.
     dp.apply_policy(1, &[other]).unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
-        TC_ACT_SHOT
+    expect(
+        &dp,
+        "no longer allowed",
+        &[step("established", FROM, ack(), DENIED)],
     );
     // The entry stays, revoked: the connection's replies drop too.
     let ct = dp.maps.list_ct().unwrap();
     assert_eq!(ct.len(), 1, "{ct:?}");
     assert_ne!(ct[0].1.flags & c::CT_F_REVOKED, 0, "revoked: {ct:?}");
-    assert_eq!(
-        run(&dp, TO, &tcp(REMOTE, EP1, 80, 40000, TCP_ACK)),
-        TC_ACT_SHOT,
-        "a reply of a revoked connection"
+    expect(
+        &dp,
+        "revoked",
+        &[step(
+            "a reply of a revoked connection",
+            TO,
+            tcp(REMOTE, EP1, 80, 40000, TCP_ACK),
+            DENIED,
+        )],
     );
-}
-
-#[test]
-fn fails_closed_on_unknown_endpoints_and_bad_packets() {
-    if !bpf_available("fails_closed_on_unknown_endpoints_and_bad_packets") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let dp = setup(&pins);
-    // Source is not an endpoint of this interface (spoofed).
-    assert_eq!(
-        run(&dp, FROM, &tcp(WORLD_HOST, EP1, 1, 2, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // Truncated TCP header.
-    let p = tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN);
-    assert_eq!(run(&dp, FROM, &p[..40]), TC_ACT_SHOT);
-    // Non-first fragment of a datagram whose first fragment was never seen, from an
-    // endpoint that enforces egress (one without policy is never affected: no_bypass.rs).
-    let mut frag = tcp(EP1, WORLD_HOST, 1, 2, TCP_SYN);
-    frag[14 + 6] = 0x00;
-    frag[14 + 7] = 0x10;
-    assert_eq!(run(&dp, FROM, &frag), TC_ACT_SHOT);
-    // An IPv6 ethertype over a header that is not IPv6: invalid.
-    let mut v6 = p.clone();
-    v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    assert_eq!(run(&dp, FROM, &v6), TC_ACT_SHOT);
-    // ARP is not IP: passes (other ethertypes are dropped: no_bypass.rs).
-    let mut arp = p.clone();
-    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(run(&dp, FROM, &arp), TC_ACT_OK);
-    let k = dp.counters().unwrap();
-    for (reason, n) in [
-        (c::DROP_UNKNOWN_ENDPOINT, 1),
-        (c::DROP_INVALID_PACKET, 2),
-        (c::DROP_FRAGMENT, 1),
-    ] {
-        assert_eq!(k.packets(c::VERDICT_DROPPED, reason), n, "reason {reason}");
-    }
 }
 
 #[test]
@@ -545,33 +289,36 @@ fn flow_events_on_start_drop_and_close_only() {
     let mut events = dp.flow_events().expect("event reader");
     dp.apply_policy(
         1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
+        &[entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow)],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
+    let mut steps = vec![step(
+        "start",
+        FROM,
+        tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+        Forward,
+    )];
     for _ in 0..5 {
-        assert_eq!(
-            run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_ACK)),
-            TC_ACT_OK
-        );
+        steps.push(step(
+            "established",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 80, TCP_ACK),
+            Forward,
+        ));
     }
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_FIN | TCP_ACK)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 81, TCP_SYN)),
-        TC_ACT_SHOT
-    );
+    steps.push(step(
+        "FIN",
+        FROM,
+        tcp(EP1, REMOTE, 40000, 80, TCP_FIN | TCP_ACK),
+        Forward,
+    ));
+    steps.push(step(
+        "other port",
+        FROM,
+        tcp(EP1, REMOTE, 40000, 81, TCP_SYN),
+        DENIED,
+    ));
+    expect(&dp, "events", &steps);
     let ev = events.drain();
     assert_eq!(ev.len(), 3, "start, FIN, drop; not every packet: {ev:?}");
     let start = &ev[0];
@@ -605,20 +352,8 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
     }
     let pins = PinDir::create("t").unwrap();
     let mut dp = setup(&pins);
-    let allow = entry(
-        Direction::Egress,
-        Some(2000),
-        Some(6),
-        Some((8080, 8080)),
-        Action::Allow,
-    );
-    let deny_range = entry(
-        Direction::Egress,
-        None,
-        Some(6),
-        Some((8000, 8100)),
-        Action::Deny,
-    );
+    let allow = entry(Egress, Some(2000), Some(6), Some((8080, 8080)), Allow);
+    let deny_range = entry(Egress, None, Some(6), Some((8000, 8100)), Deny);
     dp.apply_policy(1, &[allow.clone(), deny_range]).unwrap();
     let flags = |dp: &Datapath| {
         dp.maps
@@ -631,15 +366,15 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
             .flags
     };
     assert_ne!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 8080, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        dp.counters()
-            .unwrap()
-            .packets(c::VERDICT_DROPPED, c::DROP_DENY_RULE),
-        1
+    expect(
+        &dp,
+        "range deny",
+        &[step(
+            "allowed port inside the denied range",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 8080, TCP_SYN),
+            DENY_RULE,
+        )],
     );
     dp.apply_policy(1, &[allow]).unwrap();
     assert_eq!(flags(&dp) & c::EP_HAS_PORT_RANGES, 0);
@@ -648,9 +383,15 @@ fn range_deny_beats_single_port_allow_and_ranges_are_removed_cleanly() {
         1,
         "only the single-port entry is left"
     );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 8080, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "range removed",
+        &[step(
+            "allowed port",
+            FROM,
+            tcp(EP1, REMOTE, 40001, 8080, TCP_SYN),
+            Forward,
+        )],
     );
     // The debug view shows the entry.
     let table = node_agent::debug::policy_get(&dp.maps, 1).unwrap();
@@ -801,26 +542,20 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
     dp.apply_policy(
         1,
         &[
-            entry(
-                Direction::Egress,
-                None,
-                Some(6),
-                Some((80, 80)),
-                Action::Allow,
-            ),
-            entry(
-                Direction::Egress,
-                None,
-                Some(6),
-                Some((1000, 2000)),
-                Action::Allow,
-            ),
+            entry(Egress, None, Some(6), Some((80, 80)), Allow),
+            entry(Egress, None, Some(6), Some((1000, 2000)), Allow),
         ],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "endpoint",
+        &[step(
+            "allowed",
+            FROM,
+            tcp(EP1, REMOTE, 40000, 80, TCP_SYN),
+            Forward,
+        )],
     );
     dp.remove_endpoint(1, EP1).unwrap();
     assert!(dp.maps.list_policy(1).unwrap().is_empty());
@@ -836,58 +571,15 @@ fn removing_an_endpoint_removes_its_entries_and_fails_closed() {
         .unwrap()
         .iter()
         .all(|(k, _)| k.data().addr[..4] != EP1.octets()));
-    // Its traffic is no longer classified as an endpoint's: dropped.
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40001, 80, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        dp.counters()
-            .unwrap()
-            .packets(c::VERDICT_DROPPED, c::DROP_UNKNOWN_ENDPOINT),
-        1
-    );
-}
-
-#[test]
-fn range_rules_applied_before_their_endpoint_still_apply() {
-    if !bpf_available("range_rules_applied_before_their_endpoint_still_apply") {
-        return;
-    }
-    let pins = PinDir::create("t").unwrap();
-    let mut dp = load(&pins);
-    dp.apply_policy(
-        9,
-        &[
-            entry(Direction::Egress, None, None, None, Action::Allow),
-            entry(
-                Direction::Egress,
-                None,
-                Some(6),
-                Some((6000, 6999)),
-                Action::Deny,
-            ),
-        ],
-    )
-    .unwrap();
-    dp.apply_endpoint(&Endpoint {
-        id: 9,
-        ip: EP1,
-        ip6: None,
-        identity: 1001,
-        ifindex: 0,
-        enforce_ingress: false,
-        enforce_egress: true,
-    })
-    .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 6500, TCP_SYN)),
-        TC_ACT_SHOT,
-        "range deny applies"
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, REMOTE, 40000, 7000, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "endpoint removed",
+        &[step(
+            "its traffic is no longer classified as an endpoint's",
+            FROM,
+            tcp(EP1, REMOTE, 40001, 80, TCP_SYN),
+            NOT_AN_ENDPOINT,
+        )],
     );
 }
 
@@ -911,14 +603,23 @@ fn an_endpoint_that_changes_address_leaves_nothing_behind() {
     .unwrap();
     let eps = dp.maps.list_endpoints().unwrap();
     assert_eq!(eps.iter().filter(|(_, v)| v.ep_id == 2).count(), 1);
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN)),
-        TC_ACT_SHOT,
-        "old address is no endpoint"
-    );
-    assert_eq!(
-        run(&dp, FROM, &tcp(moved, WORLD_HOST, 1, 2, TCP_SYN)),
-        TC_ACT_OK
+    expect(
+        &dp,
+        "moved",
+        &[
+            step(
+                "old address is no endpoint",
+                FROM,
+                tcp(EP2, WORLD_HOST, 1, 2, TCP_SYN),
+                NOT_AN_ENDPOINT,
+            ),
+            step(
+                "new address",
+                FROM,
+                tcp(moved, WORLD_HOST, 1, 2, TCP_SYN),
+                Forward,
+            ),
+        ],
     );
     assert!(dp
         .maps
@@ -959,53 +660,58 @@ fn ipv6_policy_conntrack_and_neighbour_discovery() {
     .unwrap();
     dp.apply_policy(
         1,
-        &[entry(
-            Direction::Egress,
-            Some(2000),
-            Some(6),
-            Some((80, 80)),
-            Action::Allow,
-        )],
+        &[entry(Egress, Some(2000), Some(6), Some((80, 80)), Allow)],
     )
     .unwrap();
-    assert_eq!(
-        run(&dp, FROM, &packet6(6, EP1_V6, PEER_V6, 40000, 80, TCP_SYN)),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(&dp, FROM, &packet6(6, EP1_V6, PEER_V6, 40000, 81, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    assert_eq!(
-        run(&dp, FROM, &packet6(6, EP1_V6, WORLD_V6, 40000, 80, TCP_SYN)),
-        TC_ACT_SHOT
-    );
-    // The reply comes in through conntrack; a non-reply does not.
-    assert_eq!(
-        run(
-            &dp,
-            TO,
-            &packet6(6, PEER_V6, EP1_V6, 80, 40000, TCP_SYN | TCP_ACK)
-        ),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(
-            &dp,
-            TO,
-            &packet6(6, PEER_V6, EP1_V6, 80, 40001, TCP_SYN | TCP_ACK)
-        ),
-        TC_ACT_SHOT
-    );
-    // Neighbour solicitation (ICMPv6 135) passes like ARP.
-    assert_eq!(
-        run(&dp, TO, &packet6(58, WORLD_V6, EP1_V6, 0, 135, 0)),
-        TC_ACT_OK
-    );
-    // The IPv4 address of the same endpoint is unaffected by the IPv6 entries.
-    assert_eq!(
-        run(&dp, FROM, &tcp(EP1, WORLD_HOST, 1, 80, TCP_SYN)),
-        TC_ACT_SHOT
+    let tcp6 = |src, dst, sport, dport, flags| packet6(6, src, dst, sport, dport, flags);
+    expect(
+        &dp,
+        "IPv6",
+        &[
+            step(
+                "allowed",
+                FROM,
+                tcp6(EP1_V6, PEER_V6, 40000, 80, TCP_SYN),
+                Forward,
+            ),
+            step(
+                "other port",
+                FROM,
+                tcp6(EP1_V6, PEER_V6, 40000, 81, TCP_SYN),
+                DENIED,
+            ),
+            step(
+                "other peer",
+                FROM,
+                tcp6(EP1_V6, WORLD_V6, 40000, 80, TCP_SYN),
+                DENIED,
+            ),
+            // The reply comes in through conntrack; a non-reply does not.
+            step(
+                "the reply",
+                TO,
+                tcp6(PEER_V6, EP1_V6, 80, 40000, TCP_SYN | TCP_ACK),
+                Forward,
+            ),
+            step(
+                "not a reply",
+                TO,
+                tcp6(PEER_V6, EP1_V6, 80, 40001, TCP_SYN | TCP_ACK),
+                DENIED,
+            ),
+            step(
+                "neighbour solicitation (ICMPv6 135) passes like ARP",
+                TO,
+                packet6(58, WORLD_V6, EP1_V6, 0, 135, 0),
+                PassUncounted,
+            ),
+            step(
+                "the endpoint's IPv4 address is unaffected by the IPv6 entries",
+                FROM,
+                tcp(EP1, WORLD_HOST, 1, 80, TCP_SYN),
+                DENIED,
+            ),
+        ],
     );
     let ev = events.drain();
     assert_eq!(ev[0].family, c::FAMILY_IPV6);
@@ -1034,15 +740,7 @@ fn restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation() {
     }
     let pins = PinDir::create("t").unwrap();
     let mut dp = setup(&pins);
-    let allow = |port: u16| {
-        entry(
-            Direction::Egress,
-            None,
-            Some(6),
-            Some((port, port)),
-            Action::Allow,
-        )
-    };
+    let allow = |port: u16| entry(Egress, None, Some(6), Some((port, port)), Allow);
     dp.apply_policy(1, &[allow(80), allow(81)]).unwrap();
     dp.settle_policy().unwrap();
     dp.apply_policy(1, &[allow(443)]).unwrap();
@@ -1057,7 +755,14 @@ fn restart_mid_change_keeps_the_policy_in_force_and_drops_the_old_generation() {
         1,
         "the old generation is gone"
     );
-    let syn = |port| run(&dp, FROM, &tcp(EP1, REMOTE, 40000, port, TCP_SYN));
-    assert_eq!(syn(443), TC_ACT_OK);
-    assert_eq!((syn(80), syn(81)), (TC_ACT_SHOT, TC_ACT_SHOT));
+    let syn = |port| tcp(EP1, REMOTE, 40000, port, TCP_SYN);
+    expect(
+        &dp,
+        "after the restart",
+        &[
+            step("the newer policy", FROM, syn(443), Forward),
+            step("the older policy", FROM, syn(80), DENIED),
+            step("the older policy", FROM, syn(81), DENIED),
+        ],
+    );
 }
