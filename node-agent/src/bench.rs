@@ -427,6 +427,43 @@ pub struct BenchResults {
     pub crr_serial_direct: f64,
 }
 
+/// Per-size figures of one sweep, and the pass-through subject's.
+struct Sweep {
+    new: BTreeMap<u32, f64>,
+    established: BTreeMap<u32, f64>,
+    /// Measured last (the established-connection round), as the report has always used.
+    passthrough: f64,
+}
+
+/// Measures each subject (one per size, and the pass-through subject last) for new and for
+/// established connections.
+fn sweep(
+    subjects: &[Subject],
+    pass: &Subject,
+    sizes: &[u32],
+    measure: impl Fn(&[&Subject]) -> Result<Vec<f64>>,
+) -> Result<Sweep> {
+    let (mut new, mut established, mut passthrough) = (BTreeMap::new(), BTreeMap::new(), 0.0);
+    for new_conn in [true, false] {
+        for s in subjects {
+            s.dp_config(bench_config(new_conn))?;
+        }
+        let mut all: Vec<&Subject> = subjects.iter().collect();
+        all.push(pass);
+        let ns = measure(&all)?;
+        let target = if new_conn { &mut new } else { &mut established };
+        for (i, &n) in sizes.iter().enumerate() {
+            target.insert(n, ns[i]);
+        }
+        passthrough = ns[ns.len() - 1];
+    }
+    Ok(Sweep {
+        new,
+        established,
+        passthrough,
+    })
+}
+
 pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
     let mut res = BenchResults::default();
     let pass = pass_subject()?;
@@ -435,23 +472,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         .iter()
         .map(|&n| policy_subject(n))
         .collect::<Result<_>>()?;
-    for new_conn in [true, false] {
-        for s in &policy {
-            s.dp_config(bench_config(new_conn))?;
-        }
-        let mut all: Vec<&Subject> = policy.iter().collect();
-        all.push(&pass);
-        let ns = averaged(&all, opts.repeat)?;
-        for (i, &n) in opts.policy_sizes.iter().enumerate() {
-            let target = if new_conn {
-                &mut res.policy_ns
-            } else {
-                &mut res.policy_established_ns
-            };
-            target.insert(n, ns[i]);
-        }
-        res.passthrough_ns = ns[ns.len() - 1];
-    }
+    let p = sweep(&policy, &pass, &opts.policy_sizes, |all| {
+        averaged(all, opts.repeat)
+    })?;
+    (res.policy_ns, res.policy_established_ns, res.passthrough_ns) =
+        (p.new, p.established, p.passthrough);
     for &n in &opts.policy_sizes {
         eprintln!(
             "policy {n:>7} entries: {:.1} ns (new connection), {:.1} ns (established)",
@@ -466,23 +491,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         .iter()
         .map(|&n| lb_subject(n))
         .collect::<Result<_>>()?;
-    for new_conn in [true, false] {
-        for s in &lb {
-            s.dp_config(bench_config(new_conn))?;
-        }
-        let mut all: Vec<&Subject> = lb.iter().collect();
-        all.push(&pass);
-        let ns = single_runs(&all, opts.repeat)?;
-        for (i, &n) in opts.lb_sizes.iter().enumerate() {
-            let target = if new_conn {
-                &mut res.lb_ns
-            } else {
-                &mut res.lb_established_ns
-            };
-            target.insert(n, ns[i]);
-        }
-        res.passthrough_single_ns = ns[ns.len() - 1];
-    }
+    let l = sweep(&lb, &pass, &opts.lb_sizes, |all| {
+        single_runs(all, opts.repeat)
+    })?;
+    (res.lb_ns, res.lb_established_ns, res.passthrough_single_ns) =
+        (l.new, l.established, l.passthrough);
     for &n in &opts.lb_sizes {
         eprintln!(
             "LB {n:>6} services: {:.1} ns (new connection), {:.1} ns (established)",

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use weft_datapath_common as c;
 
 use crate::datapath::{
-    drop_reason_name, observation_point_name, verdict_name, DatapathError, Maps,
+    drop_reason_name, monotonic_ns, observation_point_name, verdict_name, DatapathError, Maps,
 };
 
 fn v4(a: &c::Addr) -> Ipv4Addr {
@@ -363,17 +363,6 @@ pub fn format_event(e: &c::FlowEvent) -> String {
         e.tcp_flags,
         e.bytes
     )
-}
-
-/// CLOCK_MONOTONIC in ns (the clock `bpf_ktime_get_ns` reads).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -187,7 +187,7 @@ fn a_full_buffer_keeps_the_newest_and_counts_what_it_evicted() {
 
 #[test]
 fn the_monotonic_offset_gives_the_current_time() {
-    let mono = crate::debug::monotonic_ns();
+    let mono = crate::datapath::monotonic_ns();
     let unix = i64::try_from(mono).expect("mono") + monotonic_to_unix_offset();
     let now = unix_nanos_now();
     assert!((now - unix).abs() < 1_000_000_000, "{now} vs {unix}");
