@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 /// Crates whose graph must be acyclic and whose files must be under [`MAX_LINES`].
 /// node-agent joins once its agent <-> endpoint <-> workload circle is broken (issue #16,
 /// the `control` module); control-api once its restructuring lands.
-pub const ENFORCED: &[&str] = &[];
+pub const ENFORCED: &[&str] = &["control-api"];
 /// Crates checked and reported, but not failed on (yet).
-pub const REPORTED: &[&str] = &["node-agent", "control-api"];
+pub const REPORTED: &[&str] = &["node-agent"];
 /// Most lines in one hand-written source file.
 pub const MAX_LINES: usize = 800;
 
