@@ -6,12 +6,14 @@
 //! - [`revision`]: the desired-state revision bump, change log and NOTIFY;
 //! - [`audit`]: the audit log, written in the same transaction as the change;
 //! - [`lookup`]: credential and tenant lookups across tenants;
+//! - [`rows`]: any resource's row by id or name, and its lock for a guarded write;
 //! - [`view`]: the tenant's view the desired-state compiler reads;
 //! - [`services`]: load-balanced services.
 
 pub mod audit;
 pub mod lookup;
 pub mod revision;
+pub mod rows;
 pub mod services;
 pub mod tenant;
 pub mod view;
