@@ -5,12 +5,14 @@
 //! - [`tenant`]: the tenant transaction (`set_tenant`), roles and the acting tenant;
 //! - [`revision`]: the desired-state revision bump, change log and NOTIFY;
 //! - [`audit`]: the audit log, written in the same transaction as the change;
+//! - [`clusters`], [`policies`], …: each resource's rows and queries;
 //! - [`lookup`]: credential and tenant lookups across tenants;
 //! - [`rows`]: any resource's row by id or name, and its lock for a guarded write;
 //! - [`view`]: the tenant's view the desired-state compiler reads;
 //! - [`services`]: load-balanced services.
 
 pub mod audit;
+pub mod clusters;
 pub mod lookup;
 pub mod revision;
 pub mod rows;
