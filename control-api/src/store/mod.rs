@@ -19,6 +19,7 @@ pub mod rows;
 pub mod services;
 pub mod tenant;
 pub mod view;
+pub mod workloads;
 
 pub use revision::{
     bump_revision, lock_revisions, next_revision, record_change, Op, CHANGES_CHANNEL,
