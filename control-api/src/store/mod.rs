@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod clusters;
 pub mod lookup;
+pub mod probes;
 pub mod revision;
 pub mod rows;
 pub mod services;
