@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod clusters;
+pub mod inventory;
 pub mod lookup;
 pub mod probes;
 pub mod revision;
