@@ -15,6 +15,7 @@ pub mod audit;
 pub mod clusters;
 pub mod inventory;
 pub mod lookup;
+pub mod policies;
 pub mod probes;
 pub mod revision;
 pub mod rows;
