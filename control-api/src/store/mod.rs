@@ -21,6 +21,7 @@ pub mod revision;
 pub mod rows;
 pub mod services;
 pub mod tenant;
+pub mod tenants;
 pub mod view;
 pub mod workloads;
 
