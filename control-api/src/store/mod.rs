@@ -15,6 +15,7 @@ pub mod audit;
 pub mod clusters;
 pub mod inventory;
 pub mod lookup;
+pub mod members;
 pub mod policies;
 pub mod probes;
 pub mod revision;
