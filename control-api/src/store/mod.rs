@@ -11,6 +11,7 @@
 //! - [`view`]: the tenant's view the desired-state compiler reads;
 //! - [`services`]: load-balanced services.
 
+pub mod api_tokens;
 pub mod audit;
 pub mod clusters;
 pub mod inventory;
