@@ -15,6 +15,7 @@ pub mod api_tokens;
 pub mod audit;
 pub mod clusters;
 pub mod inventory;
+pub mod join_tokens;
 pub mod lookup;
 pub mod members;
 pub mod policies;
