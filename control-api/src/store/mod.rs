@@ -17,6 +17,7 @@ pub mod clusters;
 pub mod inventory;
 pub mod join_tokens;
 pub mod lookup;
+pub mod me;
 pub mod members;
 pub mod policies;
 pub mod probes;
