@@ -16,6 +16,7 @@ pub mod audit;
 pub mod clusters;
 pub mod inventory;
 pub mod join_tokens;
+pub mod logins;
 pub mod lookup;
 pub mod me;
 pub mod members;
@@ -33,3 +34,8 @@ pub use revision::{
     bump_revision, lock_revisions, next_revision, record_change, Op, CHANGES_CHANNEL,
 };
 pub use tenant::{set_tenant, set_user, TenantCtx};
+
+/// Whether Postgres answers (readiness).
+pub async fn ping(pool: &sqlx::PgPool) -> sqlx::Result<()> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
