@@ -154,3 +154,46 @@ pub async fn lock_matching(
     super::lock_revisions(&mut *conn).await?;
     Ok(qb.build_query_scalar().fetch_all(conn).await?)
 }
+
+/// A probe's result as its node reports it.
+pub struct ProbeResult<'a> {
+    pub outcome: &'a str,
+    pub detail: String,
+    pub latency_us: i64,
+    /// Empty: no reply.
+    pub reply_from: String,
+}
+
+/// Stores the result of one of the node's own pending probes; `false` when the probe is
+/// unknown, another node's, or already done.
+pub async fn record_result(
+    conn: &mut PgConnection,
+    node: Uuid,
+    id: Uuid,
+    r: ProbeResult<'_>,
+) -> Result<bool> {
+    let updated: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE probes SET outcome = $3, detail = $4, latency_us = $5, \
+         reply_from = nullif($6, ''), finished_at = now() \
+         WHERE id = $1 AND node_id = $2 AND outcome IS NULL RETURNING id",
+    )
+    .bind(id)
+    .bind(node)
+    .bind(r.outcome)
+    .bind(r.detail)
+    .bind(r.latency_us)
+    .bind(r.reply_from)
+    .fetch_optional(conn)
+    .await?;
+    Ok(updated.is_some())
+}
+
+/// Sets a probe's revision (the change its result made).
+pub async fn set_revision(conn: &mut PgConnection, id: Uuid, revision: i64) -> Result<()> {
+    sqlx::query("UPDATE probes SET revision = $2 WHERE id = $1")
+        .bind(id)
+        .bind(revision)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
