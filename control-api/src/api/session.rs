@@ -18,7 +18,7 @@ use crate::pagination::Query;
 use crate::session::{self, CSRF_COOKIE, LOGIN_COOKIE, LOGIN_TTL, SESSION_COOKIE};
 use crate::state::AppState;
 use crate::store::logins::{self, Login};
-use crate::users;
+use crate::store::users::{self, Person};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -213,7 +213,14 @@ async fn callback(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    let user_id = users::signed_in(&st.pool, &identity, request_id).await?;
+    let person = Person {
+        issuer: &identity.issuer,
+        subject: &identity.subject,
+        email: identity.email.as_deref(),
+        email_verified: identity.email_verified,
+        name: identity.name.as_deref(),
+    };
+    let user_id = users::signed_in(&st.pool, &person, request_id).await?;
     let new = session::create(&st.pool, user_id, oidc.session_ttl).await?;
     tracing::info!(user = %user_id, "signed in");
     let mut resp = redirect(&return_to)?;

@@ -1,6 +1,6 @@
 //! Endpoints as a node reports them, and the identities their label sets get.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::policy::NamedPort;
@@ -91,4 +91,13 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Deletes identities no endpoint uses that were last used more than `grace_secs` ago
+/// (through the one function that may do so across tenants); how many.
+pub async fn collect_unused_identities(pool: &PgPool, grace_secs: f64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT weft_gc_identities(make_interval(secs => $1))")
+        .bind(grace_secs)
+        .fetch_one(pool)
+        .await
 }

@@ -11,7 +11,8 @@
 //! - one module per resource, its rows and queries: [`tenants`], [`members`],
 //!   [`api_tokens`], [`clusters`], [`join_tokens`], [`policies`], [`services`],
 //!   [`workloads`], [`probes`], [`inventory`] (nodes, endpoints, identities as the API
-//!   shows them), [`me`], [`logins`];
+//!   shows them), [`me`], [`logins`], [`users`] and [`sessions`] (people and their
+//!   console sessions);
 //! - what agents write: [`nodes`] (registration, sync state, acks, health) and
 //!   [`endpoints`] (reported endpoints and their identities).
 
@@ -31,8 +32,10 @@ pub mod probes;
 pub mod revision;
 pub mod rows;
 pub mod services;
+pub mod sessions;
 pub mod tenant;
 pub mod tenants;
+pub mod users;
 pub mod view;
 pub mod workloads;
 
