@@ -150,7 +150,8 @@ async fn authenticate(parts: &Parts, state: &AuthState) -> Result<Principal, Api
     } else if let (Some(oidc), 2) = (&state.oidc, presented.matches('.').count()) {
         // A JWT: an access token from our issuer, or nothing.
         let subject = oidc.verify_access_token(presented).await?;
-        let (user_id, name) = crate::users::for_token(&state.pool, &subject).await?;
+        let (user_id, name) =
+            crate::store::users::for_token(&state.pool, &subject.issuer, &subject.subject).await?;
         return Ok(Principal::User {
             user_id,
             name,

@@ -1,88 +1,16 @@
 //! Postgres: pool and embedded migrations.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_core::future::BoxFuture;
-use sqlx::error::BoxDynError;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
-/// The schema, in order. Embedded so the binary carries its own schema; a test checks this
-/// list against `db/migrations/` so a new file cannot be forgotten.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../../db/migrations/0001_init.sql")),
-    (
-        2,
-        "rls_audit",
-        include_str!("../../db/migrations/0002_rls_audit.sql"),
-    ),
-    (
-        3,
-        "users_sessions",
-        include_str!("../../db/migrations/0003_users_sessions.sql"),
-    ),
-    (
-        4,
-        "agents",
-        include_str!("../../db/migrations/0004_agents.sql"),
-    ),
-    (
-        5,
-        "flows",
-        include_str!("../../db/migrations/0005_flows.sql"),
-    ),
-    (
-        6,
-        "node_sync_state",
-        include_str!("../../db/migrations/0006_node_sync_state.sql"),
-    ),
-    (
-        8,
-        "test_workloads",
-        include_str!("../../db/migrations/0008_test_workloads.sql"),
-    ),
-    (
-        9,
-        "flow_blocks",
-        include_str!("../../db/migrations/0009_flow_blocks.sql"),
-    ),
-    (
-        10,
-        "policy_fields",
-        include_str!("../../db/migrations/0010_policy_fields.sql"),
-    ),
-];
-
-#[derive(Debug)]
-struct Embedded;
-
-impl<'s> MigrationSource<'s> for Embedded {
-    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, desc, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*desc),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
-
-pub async fn migrator() -> anyhow::Result<Migrator> {
-    Migrator::new(Embedded)
-        .await
-        .context("loading embedded migrations")
-}
+/// The schema, in order: `db/migrations/NNNN_name.sql`, embedded at build time so the binary
+/// carries its own schema (`build.rs` rebuilds when the folder changes; a test checks the
+/// embedded list against the folder so a stale build cannot go unnoticed).
+pub static MIGRATOR: Migrator = sqlx::migrate!("../db/migrations");
 
 /// Creates a new, empty database `name` on the server of `admin_url` and returns its URL
 /// (tests and tools: each test gets its own database).
@@ -116,8 +44,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
         .await
         .context("connecting to Postgres: timed out after 5 s")?
         .context("connecting to Postgres")?;
-    migrator()
-        .await?
+    MIGRATOR
         .run(&mut conn)
         .await
         .context("applying database migrations")?;
@@ -159,10 +86,13 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let embedded: Vec<String> = super::MIGRATIONS
+        let embedded: Vec<String> = super::MIGRATOR
             .iter()
-            .map(|(v, d, _)| format!("{v:04}_{d}.sql"))
+            .map(|m| format!("{:04}_{}.sql", m.version, m.description.replace(' ', "_")))
             .collect();
-        assert_eq!(files, embedded, "add new migration files to db::MIGRATIONS");
+        assert_eq!(
+            files, embedded,
+            "the embedded migrations are stale: rebuild control-api (build.rs watches db/migrations)"
+        );
     }
 }

@@ -175,7 +175,7 @@ pub fn nul_at(v: &serde_json::Value, path: String) -> Option<String> {
 /// schemas and the component schemas they reach).
 pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
     let mut reached = std::collections::BTreeSet::new();
-    crate::api::for_each_operation(spec, |op| {
+    for_each_operation(spec, |op| {
         let bodies = op
             .request_body
             .iter_mut()
@@ -193,6 +193,23 @@ pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
         if let Some(schema) = c.schemas.get_mut(&name) {
             no_nul_in(schema, &mut reached);
         }
+    }
+}
+
+/// Calls `f` on every operation of the spec.
+pub(crate) fn for_each_operation(
+    spec: &mut utoipa::openapi::OpenApi,
+    mut f: impl FnMut(&mut utoipa::openapi::path::Operation),
+) {
+    for item in spec.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        ops.into_iter().flatten().for_each(&mut f);
     }
 }
 

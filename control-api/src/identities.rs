@@ -10,10 +10,7 @@ use crate::tasks::Tasks;
 /// Deletes identities no endpoint uses that were last used more than `grace` ago; returns
 /// how many.
 pub async fn collect_garbage(pool: &PgPool, grace: Duration) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT weft_gc_identities(make_interval(secs => $1))")
-        .bind(grace.as_secs_f64())
-        .fetch_one(pool)
-        .await
+    crate::store::endpoints::collect_unused_identities(pool, grace.as_secs_f64()).await
 }
 
 /// Runs the collection every `every` until the tasks stop. Several replicas may

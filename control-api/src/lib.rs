@@ -25,4 +25,3 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
-pub mod users;

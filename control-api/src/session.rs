@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::secret::{hash_token, random_secret};
+use crate::store::sessions;
 
 /// The session id (HttpOnly: scripts never see it).
 pub const SESSION_COOKIE: &str = "weft_session";
@@ -62,20 +63,13 @@ pub async fn create(pool: &PgPool, user_id: Uuid, ttl: Duration) -> sqlx::Result
     let id = random_secret("ws_");
     let csrf = random_secret("");
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
-    // Expired sessions of this person go on the way.
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at < now()")
-        .bind(user_id)
-        .execute(pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO sessions (id_hash, user_id, csrf_hash, expires_at) \
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+    sessions::create(
+        pool,
+        &hash_token(&id),
+        user_id,
+        &hash_token(&csrf),
+        ttl_secs as f64,
     )
-    .bind(hash_token(&id))
-    .bind(user_id)
-    .bind(hash_token(&csrf))
-    .bind(ttl_secs as f64)
-    .execute(pool)
     .await?;
     Ok(NewSession { id, csrf })
 }
@@ -88,14 +82,7 @@ pub struct Live {
 }
 
 pub async fn lookup(pool: &PgPool, id: &str) -> sqlx::Result<Option<Live>> {
-    let row: Option<(Uuid, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT s.user_id, coalesce(u.email, u.subject), s.csrf_hash \
-         FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.id_hash = $1 AND s.expires_at > now()",
-    )
-    .bind(hash_token(id))
-    .fetch_optional(pool)
-    .await?;
+    let row = sessions::lookup(pool, &hash_token(id)).await?;
     Ok(row.map(|(user_id, name, csrf_hash)| Live {
         user_id,
         name,
@@ -104,11 +91,7 @@ pub async fn lookup(pool: &PgPool, id: &str) -> sqlx::Result<Option<Live>> {
 }
 
 pub async fn delete(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
-        .bind(hash_token(id))
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    sessions::delete(pool, &hash_token(id)).await
 }
 
 #[cfg(test)]

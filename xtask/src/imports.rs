@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// Crates whose graph must be acyclic and whose files must be under [`MAX_LINES`].
-pub const ENFORCED: &[&str] = &["node-agent"];
-/// Crates checked and reported, but not failed on (yet): control-api joins once its
-/// handlers' queries are in `store/`.
-pub const REPORTED: &[&str] = &["control-api"];
+pub const ENFORCED: &[&str] = &["control-api", "node-agent"];
+/// Crates checked and reported, but not failed on (yet).
+pub const REPORTED: &[&str] = &[];
 /// Most lines in one hand-written source file.
 pub const MAX_LINES: usize = 800;
 

@@ -14,9 +14,7 @@ use crate::store::{tenant, view};
 #[tracing::instrument(name = "desired_state.compute", skip_all, fields(node = %node.name))]
 pub async fn compute(st: &AppState, node: &NodeCtx) -> Result<(i64, NodeDesiredState)> {
     let mut tx = st.pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    view::snapshot(&mut tx).await?;
     tenant::set_tenant(&mut tx, node.tenant_id).await?;
     let revision = crate::store::revision::current(&mut tx).await?;
     let view = view::load_view(&mut tx, node.tenant_id).await?;

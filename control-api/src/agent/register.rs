@@ -13,6 +13,7 @@ use crate::error::{ApiError, Result};
 use crate::secret;
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+use crate::store::nodes::{self, Registration};
 use crate::store::tenant::{Actor, Role, TenantCtx};
 use crate::store::{self, Op};
 
@@ -69,34 +70,19 @@ fn check(req: &RegisterRequest) -> Result<Checked> {
 pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterResponse> {
     let checked = check(&req)?;
     let token_hash = secret::hash_token(&req.join_token);
-    let found: Option<(Uuid, Uuid, Uuid)> =
-        sqlx::query_as("SELECT id, tenant_id, cluster_id FROM weft_find_join_token($1)")
-            .bind(&token_hash)
-            .fetch_optional(&st.pool)
-            .await?;
+    let found = nodes::find_join_token(&st.pool, &token_hash).await?;
     let (token_id, tenant_id, cluster_id) = found.ok_or_else(|| {
         ApiError::Unauthenticated("invalid, expired, used-up or revoked join token".into())
     })?;
     let mut tx = st.pool.begin().await?;
     store::set_tenant(&mut tx, tenant_id).await?;
     // Count the use under the row lock, so two nodes cannot share a single-use token.
-    let token_name: Option<String> = sqlx::query_scalar(
-        "UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
-         AND expires_at > now() AND (max_uses IS NULL OR uses < max_uses) RETURNING name",
-    )
-    .bind(token_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let token_name = nodes::use_join_token(&mut tx, token_id).await?;
     let token_name = token_name.ok_or_else(|| {
         ApiError::Unauthenticated("invalid, expired, used-up or revoked join token".into())
     })?;
     let (credential, credential_hash) = secret::new_token();
-    let existing: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM nodes WHERE cluster_id = $1 AND name = $2 FOR UPDATE")
-            .bind(cluster_id)
-            .bind(&req.node_name)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let existing = nodes::lock_by_name(&mut tx, cluster_id, &req.node_name).await?;
     let addresses: Vec<String> = checked.addresses.iter().map(ToString::to_string).collect();
     let pod_cidrs: Vec<String> = checked.pod_cidrs.iter().map(ToString::to_string).collect();
     let (id, op) = match existing {
@@ -114,26 +100,22 @@ pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterRes
     };
     let rev = store::bump_revision(&mut tx, tenant_id, "node", id, op).await?;
     // Replacing a node issues a new credential: the old one stops working at once.
-    sqlx::query(
-        "INSERT INTO nodes (id, tenant_id, cluster_id, name, labels, addresses, pod_cidrs, \
-           credential_hash, agent_version, kernel_version, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6::text[]::inet[], $7::text[]::cidr[], $8, $9, $10, $11) \
-         ON CONFLICT (id) DO UPDATE SET labels = $5, addresses = $6::text[]::inet[], \
-           pod_cidrs = $7::text[]::cidr[], credential_hash = $8, agent_version = $9, \
-           kernel_version = $10, revision = $11, applied_revision = 0, updated_at = now()",
+    nodes::register(
+        &mut tx,
+        Registration {
+            id,
+            tenant: tenant_id,
+            cluster: cluster_id,
+            name: &req.node_name,
+            labels: &checked.labels,
+            addresses: &addresses,
+            pod_cidrs: &pod_cidrs,
+            credential_hash: &credential_hash,
+            agent_version: &req.agent_version,
+            kernel_version: &req.kernel_version,
+            revision: rev,
+        },
     )
-    .bind(id)
-    .bind(tenant_id)
-    .bind(cluster_id)
-    .bind(&req.node_name)
-    .bind(sqlx::types::Json(&checked.labels))
-    .bind(&addresses)
-    .bind(&pod_cidrs)
-    .bind(&credential_hash)
-    .bind(&req.agent_version)
-    .bind(&req.kernel_version)
-    .bind(rev)
-    .execute(&mut *tx)
     .await?;
     let ctx = TenantCtx {
         id: tenant_id,

@@ -17,6 +17,9 @@ use weft_proto::v1::{
 use super::NodeCtx;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
+use crate::store::endpoints::{self, EndpointWrite};
+use crate::store::nodes;
+use crate::store::probes::{self, ProbeResult};
 use crate::store::{self, Op};
 
 pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
@@ -32,16 +35,13 @@ pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
     let complete = errors.is_empty();
     let mut tx = st.pool.begin().await?;
     store::set_tenant(&mut tx, node.tenant_id).await?;
-    sqlx::query(
-        "UPDATE nodes SET applied_revision = CASE WHEN $4 THEN greatest(applied_revision, $2) \
-         ELSE applied_revision END, last_seen = now(), \
-         health = jsonb_set(health, '{apply_errors}', $3) WHERE id = $1",
+    nodes::ack(
+        &mut tx,
+        node.id,
+        revision,
+        serde_json::Value::Array(errors),
+        complete,
     )
-    .bind(node.id)
-    .bind(revision)
-    .bind(serde_json::Value::Array(errors))
-    .bind(complete)
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     if complete {
@@ -59,13 +59,7 @@ pub async fn sync_lag_stream<'a>(
     let res = async {
         let mut tx = st.pool.begin().await?;
         store::set_tenant(&mut tx, node.tenant_id).await?;
-        let row: (String, i64) = sqlx::query_as(
-            "SELECT t.name, n.applied_revision FROM nodes n JOIN tenants t ON t.id = n.tenant_id \
-             WHERE n.id = $1",
-        )
-        .bind(node.id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = nodes::tenant_name_and_applied(&mut tx, node.id).await?;
         tx.commit().await?;
         Ok::<_, ApiError>(row)
     }
@@ -156,14 +150,7 @@ pub async fn flows(
             .inc_by(lost);
         let mut tx = st.pool.begin().await?;
         store::set_tenant(&mut tx, node.tenant_id).await?;
-        sqlx::query(
-            "UPDATE nodes SET health = jsonb_set(health, '{flows_lost}', \
-               to_jsonb(coalesce((health->>'flows_lost')::bigint, 0) + $2)) WHERE id = $1",
-        )
-        .bind(node.id)
-        .bind(i64::try_from(lost).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+        nodes::add_flows_lost(&mut tx, node.id, i64::try_from(lost).unwrap_or(i64::MAX)).await?;
         tx.commit().await?;
     }
     Ok(QueuedFlows {
@@ -182,32 +169,19 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
     });
     let mut tx = st.pool.begin().await?;
     store::set_tenant(&mut tx, node.tenant_id).await?;
-    sqlx::query(
-        "UPDATE nodes SET agent_version = $2, kernel_version = $3, last_seen = now(), \
-         health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb), \
-                                           'flows_lost', coalesce(health->'flows_lost', '0'::jsonb)) \
-         WHERE id = $1",
+    nodes::health(
+        &mut tx,
+        node.id,
+        &req.agent_version,
+        &req.kernel_version,
+        health,
     )
-    .bind(node.id)
-    .bind(&req.agent_version)
-    .bind(&req.kernel_version)
-    .bind(health)
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// An endpoint row as stored: id, name, labels, IPv4, IPv6, named ports.
-type StoredEndpoint = (
-    Uuid,
-    String,
-    sqlx::types::Json<Labels>,
-    Option<String>,
-    Option<String>,
-    sqlx::types::Json<Vec<NamedPort>>,
-);
-
 struct Reported {
     name: String,
     labels: Labels,
@@ -278,42 +252,13 @@ fn check(report: &EndpointReport) -> Result<Vec<Reported>> {
     }
 }
 
-/// Same label set, same number, across every cluster of the tenant. Numbers start at
-/// 256 (below are reserved); allocation is serialised per tenant by an advisory lock.
-pub async fn identity_for(
-    tx: &mut sqlx::PgConnection,
-    tenant: Uuid,
-    labels: &Labels,
-) -> Result<i64> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 42))")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-    let number: i64 = sqlx::query_scalar(
-        "INSERT INTO identities (tenant_id, number, labels) \
-         SELECT $1, coalesce(max(number), 255) + 1, $2 FROM identities WHERE tenant_id = $1 \
-         ON CONFLICT (tenant_id, labels) DO UPDATE SET last_used_at = now() RETURNING number",
-    )
-    .bind(tenant)
-    .bind(sqlx::types::Json(labels))
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(number)
-}
-
 /// The node's complete set of endpoints: new ones are added (with identities), changed
 /// ones updated, absent ones removed. One revision bump when anything changed.
 pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) -> Result<()> {
     let reported = check(&report)?;
     let mut tx = st.pool.begin().await?;
     store::set_tenant(&mut tx, node.tenant_id).await?;
-    let current: Vec<StoredEndpoint> =
-        sqlx::query_as(
-            "SELECT id, name, labels, host(ipv4), host(ipv6), named_ports FROM endpoints WHERE node_id = $1 FOR UPDATE",
-        )
-        .bind(node.id)
-        .fetch_all(&mut *tx)
-        .await?;
+    let current = endpoints::lock_of_node(&mut tx, node.id).await?;
     let mut changed = false;
     for r in &reported {
         let same = current.iter().any(|(_, name, labels, v4, v6, ports)| {
@@ -327,7 +272,7 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
             continue;
         }
         changed = true;
-        let identity = identity_for(&mut tx, node.tenant_id, &r.labels).await?;
+        let identity = endpoints::identity_for(&mut tx, node.tenant_id, &r.labels).await?;
         let id = current
             .iter()
             .find(|(_, name, ..)| *name == r.name)
@@ -339,24 +284,22 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
             Op::Create
         };
         let rev = store::bump_revision(&mut tx, node.tenant_id, "endpoint", id, op).await?;
-        sqlx::query(
-            "INSERT INTO endpoints (id, tenant_id, cluster_id, node_id, name, labels, ipv4, ipv6, identity, revision, named_ports) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8::inet, $9, $10, $11) \
-             ON CONFLICT (id) DO UPDATE SET labels = $6, ipv4 = $7::inet, ipv6 = $8::inet, \
-               identity = $9, revision = $10, named_ports = $11, updated_at = now()",
+        endpoints::upsert(
+            &mut tx,
+            EndpointWrite {
+                id,
+                tenant: node.tenant_id,
+                cluster: node.cluster_id,
+                node: node.id,
+                name: &r.name,
+                labels: &r.labels,
+                ipv4: r.ipv4.map(|i| i.to_string()),
+                ipv6: r.ipv6.map(|i| i.to_string()),
+                identity,
+                named_ports: &r.named_ports,
+                revision: rev,
+            },
         )
-        .bind(id)
-        .bind(node.tenant_id)
-        .bind(node.cluster_id)
-        .bind(node.id)
-        .bind(&r.name)
-        .bind(sqlx::types::Json(&r.labels))
-        .bind(r.ipv4.map(|i| i.to_string()))
-        .bind(r.ipv6.map(|i| i.to_string()))
-        .bind(identity)
-        .bind(rev)
-        .bind(sqlx::types::Json(&r.named_ports))
-        .execute(&mut *tx)
         .await?;
     }
     for (id, name, ..) in &current {
@@ -365,15 +308,9 @@ pub async fn endpoints(st: &AppState, node: &NodeCtx, report: EndpointReport) ->
         }
         changed = true;
         store::bump_revision(&mut tx, node.tenant_id, "endpoint", *id, Op::Delete).await?;
-        sqlx::query("DELETE FROM endpoints WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        endpoints::delete(&mut tx, *id).await?;
     }
-    sqlx::query("UPDATE nodes SET last_seen = now() WHERE id = $1")
-        .bind(node.id)
-        .execute(&mut *tx)
-        .await?;
+    nodes::touch(&mut tx, node.id).await?;
     tx.commit().await?;
     if changed {
         tracing::info!(node = %node.name, endpoints = reported.len(), "endpoints reported");
@@ -414,27 +351,24 @@ pub async fn probes(st: &AppState, node: &NodeCtx, report: ProbeReport) -> Resul
                 format!("the agent reported no known outcome ({})", r.outcome),
             ),
         };
-        let updated: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE probes SET outcome = $3, detail = $4, latency_us = $5,              reply_from = nullif($6, ''), finished_at = now()              WHERE id = $1 AND node_id = $2 AND outcome IS NULL RETURNING id",
+        let updated = probes::record_result(
+            &mut tx,
+            node.id,
+            id,
+            ProbeResult {
+                outcome: outcome.as_str(),
+                detail,
+                latency_us: i64::try_from(r.latency_us).unwrap_or(i64::MAX),
+                reply_from: clip(&r.reply_from),
+            },
         )
-        .bind(id)
-        .bind(node.id)
-        .bind(outcome.as_str())
-        .bind(detail)
-        .bind(i64::try_from(r.latency_us).unwrap_or(i64::MAX))
-        .bind(clip(&r.reply_from))
-        .fetch_optional(&mut *tx)
         .await?;
-        if updated.is_none() {
+        if !updated {
             tracing::debug!(node = %node.name, %id, "result for no pending probe of this node ignored");
             continue;
         }
         let rev = store::bump_revision(&mut tx, node.tenant_id, "probe", id, Op::Update).await?;
-        sqlx::query("UPDATE probes SET revision = $2 WHERE id = $1")
-            .bind(id)
-            .bind(rev)
-            .execute(&mut *tx)
-            .await?;
+        probes::set_revision(&mut tx, id, rev).await?;
         stored += 1;
     }
     tx.commit().await?;

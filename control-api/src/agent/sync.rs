@@ -13,6 +13,7 @@ use weft_telemetry::TraceParent;
 use super::{desired as state, status, NodeCtx};
 use crate::changes::Change;
 use crate::state::AppState;
+use crate::store::nodes;
 
 /// How often a connected agent's `last_seen` is refreshed while its stream is open.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -139,13 +140,9 @@ async fn node_tx(
 async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> {
     let res = async {
         let mut tx = node_tx(st, node).await?;
-        let row: Option<(i64, sqlx::types::Json<NodeDesiredState>)> =
-            sqlx::query_as("SELECT revision, state FROM node_sync_state WHERE node_id = $1")
-                .bind(node.id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row = nodes::sent_state(&mut tx, node.id).await?;
         tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(row.map(|(r, s)| (r, s.0)))
+        Ok::<_, crate::error::ApiError>(row)
     }
     .await;
     res.unwrap_or_else(|e| {
@@ -160,23 +157,7 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
 async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: Option<&NodeDesiredState>) {
     let res = async {
         let mut tx = node_tx(st, node).await?;
-        let q = match state {
-            Some(state) => sqlx::query(
-                "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
-                 SET revision = excluded.revision, state = excluded.state, updated_at = now()",
-            )
-            .bind(node.id)
-            .bind(node.tenant_id)
-            .bind(revision)
-            .bind(sqlx::types::Json(state)),
-            None => sqlx::query(
-                "UPDATE node_sync_state SET revision = $2, updated_at = now() WHERE node_id = $1",
-            )
-            .bind(node.id)
-            .bind(revision),
-        };
-        q.execute(&mut *tx).await?;
+        nodes::record_sent(&mut tx, node.id, node.tenant_id, revision, state).await?;
         tx.commit().await?;
         Ok::<_, crate::error::ApiError>(())
     }
@@ -191,12 +172,7 @@ async fn touch(st: &AppState, node: &NodeCtx) {
     let res = async {
         let mut tx = node_tx(st, node).await?;
         // Also learns of acks that went to another replica (sync lag).
-        let acked: i64 = sqlx::query_scalar(
-            "UPDATE nodes SET last_seen = now() WHERE id = $1 RETURNING applied_revision",
-        )
-        .bind(node.id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let acked = nodes::heartbeat(&mut tx, node.id).await?;
         tx.commit().await?;
         st.metrics.sync_lag.acked(node.id, acked);
         Ok::<_, crate::error::ApiError>(())

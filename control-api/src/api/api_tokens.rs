@@ -3,12 +3,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, QueryBuilder};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
 use super::common::{self, Name, ReadErrors, WriteErrors};
 use crate::auth::{self, need, Role, Tenant};
@@ -16,6 +13,8 @@ use crate::error::{ApiError, Result};
 use crate::extract::Json;
 use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
+use crate::store::api_tokens;
+pub use crate::store::api_tokens::ApiToken;
 use crate::store::audit::{self, Subject};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -47,18 +46,6 @@ pub struct TokenInput {
     pub expires_in_seconds: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct ApiToken {
-    pub id: Uuid,
-    pub name: String,
-    #[schema(value_type = Role)]
-    pub role: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
 /// A new token: the only time its secret is shown.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
@@ -67,8 +54,6 @@ pub struct CreatedToken {
     /// The secret. Store it now: Weft keeps only its hash.
     pub token: String,
 }
-
-const COLUMNS: &str = "id, name, role, created_at, expires_at, last_used_at, revoked_at";
 
 /// List API tokens (admin). Secrets are never returned.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/api-tokens", tag = "api-tokens",
@@ -81,13 +66,8 @@ async fn list_tokens(
     Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<ApiToken>>> {
     let list = params.resolve()?;
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE tenant_id = "
-    ));
-    qb.push_bind(t.id);
-    list.push_tail(&mut qb, "api_tokens");
     let mut tx = t.begin(&st.pool).await?;
-    let rows: Vec<ApiToken> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let rows = api_tokens::list(&mut tx, t.id, &list).await?;
     Ok(axum::Json(list.page(rows, |t| t.id)))
 }
 
@@ -124,18 +104,7 @@ async fn create_token(
     let (secret, hash) = auth::new_token();
     let mut tx = t.begin(&st.pool).await?;
     let ttl = input.expires_in_seconds.map(|s| s as f64);
-    let meta: ApiToken = sqlx::query_as(&format!(
-        "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(t.id)
-    .bind(&input.name)
-    .bind(input.role.as_str())
-    .bind(&hash)
-    .bind(ttl)
-    .fetch_one(&mut *tx)
-    .await?;
+    let meta = api_tokens::insert(&mut tx, t.id, &input.name, input.role, &hash, ttl).await?;
     let subject = Subject {
         kind: "api_token",
         id: meta.id,
@@ -165,16 +134,8 @@ async fn revoke_token(
     Tenant(t, _): Tenant<need::Admin>,
     Path((_tenant, token)): Path<(String, String)>,
 ) -> Result<Response> {
-    let by_id = Uuid::parse_str(&token).ok();
     let mut tx = t.begin(&st.pool).await?;
-    let row: Option<ApiToken> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE tenant_id = $1 AND (id = $2 OR name = $3) FOR UPDATE"
-    ))
-    .bind(t.id)
-    .bind(by_id)
-    .bind(&token)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row = api_tokens::lock(&mut tx, t.id, &token).await?;
     let before = row.ok_or_else(|| ApiError::not_found("API token", &token))?;
     if Role::parse(&before.role).is_some_and(|r| r > t.role) {
         return Err(ApiError::Forbidden(format!(
@@ -183,12 +144,7 @@ async fn revoke_token(
             before.role
         )));
     }
-    let after: ApiToken = sqlx::query_as(&format!(
-        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(before.id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let after = api_tokens::revoke(&mut tx, before.id).await?;
     let subject = Subject {
         kind: "api_token",
         id: after.id,

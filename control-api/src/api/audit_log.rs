@@ -2,10 +2,8 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sqlx::{FromRow, QueryBuilder};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -14,29 +12,11 @@ use crate::auth::{need, Tenant};
 use crate::error::Result;
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
+pub use crate::store::audit::AuditEntry;
+use crate::store::audit::{self, AuditFilter};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit_log))
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct AuditEntry {
-    pub id: Uuid,
-    pub at: DateTime<Utc>,
-    /// `operator`, `api_token` or `user`.
-    pub actor_kind: String,
-    pub actor_id: Option<Uuid>,
-    pub actor_name: String,
-    /// `create`, `update`, `delete`, `revoke`, `import-create`, `import-update`.
-    pub action: String,
-    pub resource_kind: String,
-    pub resource_id: Uuid,
-    pub resource_name: String,
-    pub request_id: String,
-    #[schema(value_type = Option<Object>)]
-    pub before: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub after: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -93,31 +73,15 @@ async fn list_audit_log(
             ));
         }
     }
-    let mut qb = QueryBuilder::new(
-        "SELECT id, at, actor_kind, actor_id, actor_name, action, resource_kind, resource_id, \
-         resource_name, request_id, before, after FROM audit_log WHERE tenant_id = ",
-    );
-    qb.push_bind(t.id);
-    if let Some(k) = p.resource_kind {
-        qb.push(" AND resource_kind = ").push_bind(k);
-    }
-    if let Some(id) = p.resource_id {
-        qb.push(" AND resource_id = ").push_bind(id);
-    }
-    if let Some(a) = p.action {
-        qb.push(" AND action = ").push_bind(a);
-    }
-    if let Some(a) = p.actor {
-        qb.push(" AND actor_name = ").push_bind(a);
-    }
-    if let Some(s) = p.since {
-        qb.push(" AND at >= ").push_bind(s);
-    }
-    if let Some(u) = p.until {
-        qb.push(" AND at < ").push_bind(u);
-    }
-    list.push_tail(&mut qb, "audit_log");
+    let filter = AuditFilter {
+        resource_kind: p.resource_kind,
+        resource_id: p.resource_id,
+        action: p.action,
+        actor: p.actor,
+        since: p.since,
+        until: p.until,
+    };
     let mut tx = t.begin(&st.pool).await?;
-    let rows: Vec<AuditEntry> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let rows = audit::list(&mut tx, t.id, filter, &list).await?;
     Ok(axum::Json(list.page(rows, |e| e.id)))
 }

@@ -2,10 +2,8 @@
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{FromRow, QueryBuilder};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -18,6 +16,8 @@ use crate::extract::{IfMatch, Json};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+pub use crate::store::clusters::Cluster;
+use crate::store::clusters::{self, ClusterWrite};
 use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -63,21 +63,6 @@ impl ClusterInput {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct Cluster {
-    pub id: Uuid,
-    pub name: String,
-    pub description: String,
-    #[sqlx(json)]
-    pub labels: Labels,
-    /// See [`ClusterInput::allow_host_to_local_pods`].
-    pub allow_host_to_local_pods: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// Revision of the last change; also the ETag.
-    pub revision: i64,
-}
-
 impl From<Cluster> for ClusterInput {
     fn from(c: Cluster) -> Self {
         ClusterInput {
@@ -88,9 +73,6 @@ impl From<Cluster> for ClusterInput {
         }
     }
 }
-
-const COLUMNS: &str =
-    "id, name, description, labels, allow_host_to_local_pods, created_at, updated_at, revision";
 
 fn subject(c: &Cluster) -> Subject<'_> {
     Subject {
@@ -112,20 +94,19 @@ async fn list_clusters(
 ) -> Result<axum::Json<Page<Cluster>>> {
     let list = params.resolve()?;
     let mut tx = t.begin(&st.pool).await?;
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM clusters WHERE tenant_id = "));
-    qb.push_bind(t.id);
-    list.push_tail(&mut qb, "clusters");
-    let rows: Vec<Cluster> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let rows = clusters::list(&mut tx, t.id, &list).await?;
     Ok(axum::Json(list.page(rows, |c| c.id)))
 }
 
-async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Cluster> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM clusters WHERE id = $1"))
-            .bind(id)
-            .fetch_one(conn)
-            .await?,
-    )
+impl ClusterInput {
+    fn row(&self) -> ClusterWrite<'_> {
+        ClusterWrite {
+            name: &self.name,
+            description: &self.description,
+            labels: &self.labels,
+            allow_host_to_local_pods: self.allow_host_to_local_pods,
+        }
+    }
 }
 
 /// Get a cluster by id or name (viewer).
@@ -148,7 +129,7 @@ async fn get_cluster(
         &cluster,
     )
     .await?;
-    let c = load(&mut tx, id).await?;
+    let c = clusters::load(&mut tx, id).await?;
     Ok(common::ok(c.revision, c))
 }
 
@@ -167,19 +148,7 @@ async fn create_cluster(
     let mut tx = t.begin(&st.pool).await?;
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
-    let c: Cluster = sqlx::query_as(&format!(
-        "INSERT INTO clusters (id, tenant_id, name, description, labels, revision, \
-         allow_host_to_local_pods) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(t.id)
-    .bind(&input.name)
-    .bind(&input.description)
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(rev)
-    .bind(input.allow_host_to_local_pods)
-    .fetch_one(&mut *tx)
-    .await?;
+    let c = clusters::insert(&mut tx, t.id, id, rev, &input.row()).await?;
     audit::record(
         &mut tx,
         &t,
@@ -205,23 +174,12 @@ async fn update(
     let mut tx = t.begin(&st.pool).await?;
     let (id, current) =
         common::lock_row(&mut tx, "clusters", "cluster", Scope::tenant(t.id), key).await?;
-    let before = load(&mut tx, id).await?;
+    let before = clusters::load(&mut tx, id).await?;
     let input = change(before.clone().into())?;
     input.validate()?;
     common::check_precondition(expected, current)?;
     let rev = store::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
-    let c: Cluster = sqlx::query_as(&format!(
-        "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
-         allow_host_to_local_pods = $6, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&input.name)
-    .bind(&input.description)
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(rev)
-    .bind(input.allow_host_to_local_pods)
-    .fetch_one(&mut *tx)
-    .await?;
+    let c = clusters::update(&mut tx, id, rev, &input.row()).await?;
     audit::record(
         &mut tx,
         t,
@@ -297,12 +255,9 @@ async fn delete_cluster(
         expected,
     )
     .await?;
-    let before = load(&mut tx, id).await?;
+    let before = clusters::load(&mut tx, id).await?;
     store::bump_revision(&mut tx, t.id, "cluster", id, Op::Delete).await?;
-    sqlx::query("DELETE FROM clusters WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    clusters::delete(&mut tx, id).await?;
     audit::record(
         &mut tx,
         &t,

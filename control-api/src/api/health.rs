@@ -33,8 +33,7 @@ async fn healthz() -> axum::Json<Health> {
     responses((status = 200, body = Health),
               (status = 503, body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn readyz(State(st): State<AppState>) -> Result<axum::Json<Health>> {
-    sqlx::query("SELECT 1")
-        .execute(&st.pool)
+    crate::store::ping(&st.pool)
         .await
         .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
     Ok(axum::Json(Health { status: "ready" }))

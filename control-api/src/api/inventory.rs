@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -18,6 +17,8 @@ use crate::auth::{need, Tenant};
 use crate::error::{ApiError, Result};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
+use crate::store::inventory::{self, NodeRow};
+pub use crate::store::inventory::{Endpoint, Identity, CONNECTED_WITHIN_SECONDS};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -27,9 +28,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_endpoint))
         .routes(routes!(list_identities))
 }
-
-/// A node is connected when it reported within this many seconds.
-pub const CONNECTED_WITHIN_SECONDS: i64 = 30;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NodeStatus {
@@ -59,26 +57,6 @@ pub struct Node {
     pub revision: i64,
 }
 
-#[derive(FromRow)]
-struct NodeRow {
-    id: Uuid,
-    cluster_id: Uuid,
-    name: String,
-    #[sqlx(json)]
-    labels: Labels,
-    addresses: Vec<String>,
-    pod_cidrs: Vec<String>,
-    agent_version: Option<String>,
-    kernel_version: Option<String>,
-    last_seen: Option<DateTime<Utc>>,
-    connected: bool,
-    applied_revision: i64,
-    health: serde_json::Value,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    revision: i64,
-}
-
 impl From<NodeRow> for Node {
     fn from(r: NodeRow) -> Self {
         Node {
@@ -103,17 +81,6 @@ impl From<NodeRow> for Node {
     }
 }
 
-fn node_select() -> String {
-    format!(
-        "SELECT n.id, n.cluster_id, n.name, n.labels, \
-         array(SELECT host(a) FROM unnest(n.addresses) a) AS addresses, \
-         array(SELECT c::text FROM unnest(n.pod_cidrs) c) AS pod_cidrs, \
-         n.agent_version, n.kernel_version, n.last_seen, \
-         coalesce(n.last_seen > now() - interval '{CONNECTED_WITHIN_SECONDS} seconds', false) AS connected, \
-         n.applied_revision, n.health, n.created_at, n.updated_at, n.revision FROM nodes n"
-    )
-}
-
 /// List a cluster's nodes with their agent status (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/nodes", tag = "inventory",
     params(("tenant" = String, Path, description = "Tenant id or name"),
@@ -136,10 +103,7 @@ async fn list_nodes(
     )
     .await?;
     let list = params.resolve()?;
-    let mut qb = QueryBuilder::new(format!("{} WHERE n.tenant_id = ", node_select()));
-    qb.push_bind(t.id).push(" AND n.cluster_id = ").push_bind(c);
-    list.push_tail(&mut qb, "n");
-    let rows: Vec<NodeRow> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = inventory::nodes(&mut conn, Scope::cluster(t.id, c), &list).await?;
     let rows = rows.into_iter().map(Node::from).collect();
     Ok(axum::Json(list.page(rows, |n: &Node| n.id)))
 }
@@ -166,35 +130,10 @@ async fn get_node(
     )
     .await?;
     let id = common::require_id(&mut conn, "nodes", "node", Scope::cluster(t.id, c), &node).await?;
-    let row: NodeRow = sqlx::query_as(&format!("{} WHERE n.id = $1", node_select()))
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = inventory::node(&mut conn, id).await?;
     let n = Node::from(row);
     Ok(common::ok(n.revision, n))
 }
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct Endpoint {
-    pub id: Uuid,
-    pub cluster_id: Uuid,
-    pub node_id: Uuid,
-    pub name: String,
-    #[sqlx(json)]
-    pub labels: Labels,
-    pub ipv4: Option<String>,
-    pub ipv6: Option<String>,
-    /// Security identity derived from the labels.
-    pub identity: Option<i64>,
-    pub state: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub revision: i64,
-}
-
-const ENDPOINT_SELECT: &str = "SELECT e.id, e.cluster_id, e.node_id, e.name, e.labels, \
-    host(e.ipv4) AS ipv4, host(e.ipv6) AS ipv6, e.identity, e.state, e.created_at, \
-    e.updated_at, e.revision FROM endpoints e";
 
 /// Endpoint filters beyond the common ones.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -231,8 +170,7 @@ async fn list_endpoints(
         labels: p.labels,
     }
     .resolve()?;
-    let mut qb = QueryBuilder::new(format!("{ENDPOINT_SELECT} WHERE e.tenant_id = "));
-    qb.push_bind(t.id);
+    let mut in_cluster = None;
     if let Some(cluster) = &p.cluster {
         let c = common::require_id(
             &mut conn,
@@ -242,13 +180,9 @@ async fn list_endpoints(
             cluster,
         )
         .await?;
-        qb.push(" AND e.cluster_id = ").push_bind(c);
+        in_cluster = Some(c);
     }
-    if let Some(identity) = p.identity {
-        qb.push(" AND e.identity = ").push_bind(identity);
-    }
-    list.push_tail(&mut qb, "e");
-    let rows: Vec<Endpoint> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = inventory::endpoints(&mut conn, t.id, in_cluster, p.identity, &list).await?;
     Ok(axum::Json(list.page(rows, |e| e.id)))
 }
 
@@ -264,26 +198,10 @@ async fn get_endpoint(
     Path((_tenant, endpoint)): Path<(String, String)>,
 ) -> Result<Response> {
     let id = Uuid::parse_str(&endpoint).map_err(|_| ApiError::not_found("endpoint", &endpoint))?;
-    let e: Endpoint = sqlx::query_as(&format!(
-        "{ENDPOINT_SELECT} WHERE e.tenant_id = $1 AND e.id = $2"
-    ))
-    .bind(t.id)
-    .bind(id)
-    .fetch_optional(&mut *t.begin(&st.pool).await?)
-    .await?
-    .ok_or_else(|| ApiError::not_found("endpoint", &endpoint))?;
+    let e = inventory::endpoint(&mut *t.begin(&st.pool).await?, t.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint", &endpoint))?;
     Ok(common::ok(e.revision, e))
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct Identity {
-    /// The number the datapath uses; the same label set has the same number in every
-    /// cluster of the tenant.
-    pub number: i64,
-    #[sqlx(json)]
-    pub labels: Labels,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: DateTime<Utc>,
 }
 
 /// Identity filters.
@@ -317,10 +235,7 @@ async fn list_identities(
         labels: p.labels,
     }
     .resolve()?;
-    let mut qb = QueryBuilder::new(
-        "SELECT number, labels, created_at, last_used_at FROM identities WHERE tenant_id = ",
-    );
-    qb.push_bind(t.id);
+    let mut after = None;
     // Identities are ordered by number, which is also their cursor.
     if let Some(c) = &p.cursor {
         let bad = || ApiError::invalid_field("cursor", "not a cursor this API issued");
@@ -328,16 +243,12 @@ async fn list_identities(
         if digits.is_empty() || digits.len() > 18 {
             return Err(bad());
         }
-        let after: i64 = c.parse().map_err(|_| bad())?;
-        qb.push(" AND number > ").push_bind(after);
+        after = Some(c.parse::<i64>().map_err(|_| bad())?);
     }
-    if let Some(sel) = &list.selector {
-        crate::pagination::push_label_filter(&mut qb, "labels", sel);
-    }
-    qb.push(" ORDER BY number LIMIT ")
-        .push_bind(i64::from(list.limit) + 1);
     let mut tx = t.begin(&st.pool).await?;
-    let mut items: Vec<Identity> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let limit = i64::from(list.limit) + 1;
+    let mut items =
+        inventory::identities(&mut tx, t.id, after, list.selector.as_ref(), limit).await?;
     let next_cursor = if items.len() > list.limit as usize {
         items.truncate(list.limit as usize);
         items.last().map(|i| i.number.to_string())

@@ -4,12 +4,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, QueryBuilder};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 use weft_model::error::FieldError;
 
 use super::common::{self, Name, ReadErrors, Scope, WriteErrors};
@@ -19,6 +16,8 @@ use crate::extract::Json;
 use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+pub use crate::store::join_tokens::JoinToken;
+use crate::store::join_tokens::{self, NewJoinToken};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -63,18 +62,6 @@ pub struct JoinTokenInput {
     pub max_uses: Option<u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct JoinToken {
-    pub id: Uuid,
-    pub cluster_id: Uuid,
-    pub name: String,
-    pub max_uses: Option<i32>,
-    pub uses: i32,
-    pub expires_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-}
-
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedJoinToken {
     #[serde(flatten)]
@@ -90,8 +77,6 @@ pub struct CreatedJoinToken {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub install_command: Option<String>,
 }
-
-const COLUMNS: &str = "id, cluster_id, name, max_uses, uses, expires_at, revoked_at, created_at";
 
 /// List a cluster's join tokens (admin). Secrets are never returned.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens", tag = "clusters",
@@ -115,12 +100,7 @@ async fn list_join_tokens(
         &cluster,
     )
     .await?;
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM join_tokens WHERE tenant_id = "
-    ));
-    qb.push_bind(t.id).push(" AND cluster_id = ").push_bind(c);
-    list.push_tail(&mut qb, "join_tokens");
-    let rows: Vec<JoinToken> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let rows = join_tokens::list(&mut tx, Scope::cluster(t.id, c), &list).await?;
     Ok(axum::Json(list.page(rows, |j| j.id)))
 }
 
@@ -170,18 +150,16 @@ async fn create_join_token(
     .await?;
     let secret = auth::random_secret(auth::JOIN_TOKEN_PREFIX);
     let hash = auth::hash_token(&secret);
-    let meta: JoinToken = sqlx::query_as(&format!(
-        "INSERT INTO join_tokens (id, tenant_id, cluster_id, name, token_hash, max_uses, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7)) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(t.id)
-    .bind(c)
-    .bind(&input.name)
-    .bind(&hash)
-    .bind(max_uses)
-    .bind(ttl as f64)
-    .fetch_one(&mut *tx)
+    let meta = join_tokens::insert(
+        &mut tx,
+        Scope::cluster(t.id, c),
+        NewJoinToken {
+            name: &input.name,
+            hash: &hash,
+            max_uses,
+            ttl_seconds: ttl as f64,
+        },
+    )
     .await?;
     let subject = Subject {
         kind: "join_token",
@@ -230,12 +208,7 @@ async fn revoke_join_token(
         &token,
     )
     .await?;
-    let after: JoinToken = sqlx::query_as(&format!(
-        "UPDATE join_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let after = join_tokens::revoke(&mut tx, id).await?;
     let subject = Subject {
         kind: "join_token",
         id,

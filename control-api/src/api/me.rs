@@ -1,17 +1,17 @@
 //! `GET /v1/me`: who is calling, and the tenants they can act in, with their roles.
 
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::FromRow;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::common::ReadErrors;
-use crate::auth::{self, Principal, Role, UserAuth};
+use crate::auth::{Principal, UserAuth};
 use crate::error::Result;
 use crate::state::AppState;
+use crate::store::me;
+pub use crate::store::me::{MyTenant, UserInfo};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(me))
@@ -28,25 +28,6 @@ pub enum CallerKind {
     ApiToken,
     /// The operator's bootstrap token.
     Operator,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct UserInfo {
-    pub id: Uuid,
-    pub email: Option<String>,
-    pub email_verified: bool,
-    pub name: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub last_login_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct MyTenant {
-    pub id: Uuid,
-    pub name: String,
-    pub display_name: String,
-    #[schema(value_type = Role)]
-    pub role: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -80,14 +61,7 @@ async fn me(State(st): State<AppState>, who: Principal) -> Result<axum::Json<Me>
             ..
         } => {
             let mut tx = st.pool.begin().await?;
-            auth::set_tenant(&mut tx, tenant_id).await?;
-            let tenants: Vec<MyTenant> = sqlx::query_as(
-                "SELECT id, name, display_name, $2 AS role FROM tenants WHERE id = $1",
-            )
-            .bind(tenant_id)
-            .bind(role.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+            let tenants = me::token_tenant(&mut tx, tenant_id, role).await?;
             tx.commit().await?;
             Me {
                 kind: CallerKind::ApiToken,
@@ -98,22 +72,7 @@ async fn me(State(st): State<AppState>, who: Principal) -> Result<axum::Json<Me>
         }
         Principal::User { user_id, via, .. } => {
             let mut tx = st.pool.begin().await?;
-            auth::set_user(&mut tx, user_id).await?;
-            let user: UserInfo = sqlx::query_as(
-                "SELECT id, email, email_verified, name, created_at, last_login_at \
-                 FROM users WHERE id = $1",
-            )
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let tenants: Vec<MyTenant> = sqlx::query_as(
-                "SELECT t.id, t.name, t.display_name, m.role \
-                 FROM memberships m JOIN tenants t ON t.id = m.tenant_id \
-                 WHERE m.user_id = $1 ORDER BY t.name",
-            )
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await?;
+            let (user, tenants) = me::person(&mut tx, user_id).await?;
             tx.commit().await?;
             Me {
                 kind: match via {

@@ -8,9 +8,8 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use serde::Deserialize;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -22,6 +21,8 @@ use crate::extract::Json;
 use crate::pagination::{Page, PageParams, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+use crate::store::members;
+pub use crate::store::members::{Member, MemberStatus};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -45,41 +46,6 @@ pub struct InviteInput {
 pub struct MemberUpdate {
     pub role: Role,
 }
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberStatus {
-    /// A person who has signed in.
-    Active,
-    /// An invite waiting for the person's first sign-in with this e-mail.
-    Invited,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct Member {
-    /// The membership's id, or the invite's while it is pending.
-    pub id: Uuid,
-    #[schema(value_type = MemberStatus)]
-    pub status: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    /// The person, once they have signed in.
-    pub user_id: Option<Uuid>,
-    #[schema(value_type = Role)]
-    pub role: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Memberships and pending invites as one relation.
-const MEMBERS: &str = "(SELECT m.id, 'active'::text AS status, u.email, u.name, \
-         m.user_id, m.role, m.created_at, m.updated_at, m.tenant_id \
-     FROM memberships m JOIN users u ON u.id = m.user_id \
-     UNION ALL \
-     SELECT i.id, 'invited'::text, i.email, NULL::text, NULL::uuid, i.role, \
-         i.created_at, i.updated_at, i.tenant_id \
-     FROM invitations i) AS members";
-const COLUMNS: &str = "id, status, email, name, user_id, role, created_at, updated_at";
 
 /// [`validate_email`] as a regular expression: printable ASCII without spaces, one `@`
 /// after a non-empty local part, a `.` in the domain.
@@ -140,42 +106,17 @@ fn check_grant(t: &TenantCtx, role: Role, what: &str) -> Result<()> {
     Ok(())
 }
 
-async fn load(conn: &mut PgConnection, tenant: Uuid, id: Uuid) -> Result<Member> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM {MEMBERS} WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant)
-    .bind(id)
-    .fetch_one(conn)
-    .await?)
-}
-
 /// Finds a member by id or e-mail (a person before a pending invite).
 async fn locate(conn: &mut PgConnection, tenant: Uuid, key: &str) -> Result<Member> {
-    let by_id = Uuid::parse_str(key).ok();
-    let found: Option<Member> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM {MEMBERS} \
-         WHERE tenant_id = $1 AND (id = $2 OR lower(email) = lower($3)) \
-         ORDER BY status LIMIT 1"
-    ))
-    .bind(tenant)
-    .bind(by_id)
-    .bind(key)
-    .fetch_optional(conn)
-    .await?;
-    found.ok_or_else(|| ApiError::not_found("member", key))
+    members::find(conn, tenant, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member", key))
 }
 
 /// Locks the tenant's owner memberships for the rest of the transaction and counts them,
 /// so two concurrent demotions cannot leave the tenant without an owner.
 async fn lock_owners(conn: &mut PgConnection, tenant: Uuid) -> Result<usize> {
-    let owners: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM memberships WHERE tenant_id = $1 AND role = 'owner' FOR UPDATE",
-    )
-    .bind(tenant)
-    .fetch_all(conn)
-    .await?;
-    Ok(owners.len())
+    members::lock_owners(conn, tenant).await
 }
 
 fn role_of(m: &Member) -> Result<Role> {
@@ -209,13 +150,8 @@ async fn list_members(
     Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<Member>>> {
     let list = params.resolve()?;
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM {MEMBERS} WHERE members.tenant_id = "
-    ));
-    qb.push_bind(t.id);
-    list.push_tail(&mut qb, "members");
     let mut tx = t.begin(&st.pool).await?;
-    let rows: Vec<Member> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let rows = members::list(&mut tx, t.id, &list).await?;
     Ok(axum::Json(list.page(rows, |m| m.id)))
 }
 
@@ -234,29 +170,16 @@ async fn invite_member(
     let email = validate_email(&input.email)?;
     check_grant(&t, input.role, "invite")?;
     let mut tx = t.begin(&st.pool).await?;
-    let member: Option<Uuid> = sqlx::query_scalar(
-        "SELECT m.id FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE m.tenant_id = $1 AND lower(u.email) = $2",
-    )
-    .bind(t.id)
-    .bind(&email)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if member.is_some() {
+    let member = members::has_member_with_email(&mut tx, t.id, &email).await?;
+    if member {
         return Err(ApiError::Conflict {
             detail: "a member with this e-mail already belongs to the tenant".into(),
             field: Some("email".into()),
         });
     }
     let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO invitations (id, tenant_id, email, role) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(t.id)
-        .bind(&email)
-        .bind(input.role.as_str())
-        .execute(&mut *tx)
-        .await?;
-    let row = load(&mut tx, t.id, id).await?;
+    members::invite(&mut tx, t.id, id, &email, input.role).await?;
+    let row = members::load(&mut tx, t.id, id).await?;
     audit::record(
         &mut tx,
         &t,
@@ -297,22 +220,11 @@ async fn update_member(
     let m = locate(&mut tx, t.id, &key).await?;
     let current = role_of(&m)?;
     check_grant(&t, current, "change")?;
-    let table = if m.status == "active" {
-        if current == Role::Owner && input.role != Role::Owner && owners <= 1 {
-            return Err(last_owner());
-        }
-        "memberships"
-    } else {
-        "invitations"
-    };
-    sqlx::query(&format!(
-        "UPDATE {table} SET role = $2, updated_at = now() WHERE id = $1"
-    ))
-    .bind(m.id)
-    .bind(input.role.as_str())
-    .execute(&mut *tx)
-    .await?;
-    let row = load(&mut tx, t.id, m.id).await?;
+    if m.status == "active" && current == Role::Owner && input.role != Role::Owner && owners <= 1 {
+        return Err(last_owner());
+    }
+    members::set_role(&mut tx, &m, input.role).await?;
+    let row = members::load(&mut tx, t.id, m.id).await?;
     audit::record(
         &mut tx,
         &t,
@@ -348,18 +260,10 @@ async fn remove_member(
         require(&t, Role::Admin)?;
         check_grant(&t, current, "remove")?;
     }
-    let table = if m.status == "active" {
-        if current == Role::Owner && owners <= 1 {
-            return Err(last_owner());
-        }
-        "memberships"
-    } else {
-        "invitations"
-    };
-    sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
-        .bind(m.id)
-        .execute(&mut *tx)
-        .await?;
+    if m.status == "active" && current == Role::Owner && owners <= 1 {
+        return Err(last_owner());
+    }
+    members::remove(&mut tx, &m).await?;
     audit::record(
         &mut tx,
         &t,

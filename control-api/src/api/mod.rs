@@ -98,30 +98,13 @@ impl Modify for BearerAuth {
 fn sessions_accepted_wherever_bearer_is(spec: &mut Spec) {
     let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
     let session = SecurityRequirement::new("session", Vec::<String>::new());
-    for_each_operation(spec, |op| {
+    crate::extract::for_each_operation(spec, |op| {
         if let Some(reqs) = op.security.as_mut() {
             if reqs.contains(&bearer) && !reqs.contains(&session) {
                 reqs.push(session.clone());
             }
         }
     });
-}
-
-/// Calls `f` on every operation of the spec.
-pub(crate) fn for_each_operation(
-    spec: &mut Spec,
-    mut f: impl FnMut(&mut utoipa::openapi::path::Operation),
-) {
-    for item in spec.paths.paths.values_mut() {
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        ops.into_iter().flatten().for_each(&mut f);
-    }
 }
 
 /// Every API route with its OpenAPI description.

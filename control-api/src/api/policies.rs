@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -25,6 +25,7 @@ use crate::extract::{IfMatch, Json, YamlBody};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+use crate::store::policies::{self, PolicyRow, PolicyWrite};
 use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -201,25 +202,8 @@ fn with_warnings(mut resp: Response, conditions: &[Condition]) -> Response {
     resp
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: Uuid,
-    name: String,
-    #[sqlx(json)]
-    labels: Labels,
-    description: String,
-    #[sqlx(json)]
-    specs: Vec<PolicySpec>,
-    clusters: Option<Vec<String>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    revision: i64,
-    realized_nodes: i64,
-    total_nodes: i64,
-}
-
-impl From<Row> for Policy {
-    fn from(r: Row) -> Self {
+impl From<PolicyRow> for Policy {
+    fn from(r: PolicyRow) -> Self {
         let conditions = policy::conditions(&r.specs);
         Policy {
             id: r.id,
@@ -259,20 +243,8 @@ impl From<Policy> for PolicyInput {
     }
 }
 
-const SELECT: &str = "SELECT p.id, p.name, p.labels, p.description, p.specs, \
-    CASE WHEN p.cluster_ids IS NULL THEN NULL ELSE \
-      array(SELECT c.name FROM clusters c WHERE c.id = ANY(p.cluster_ids) ORDER BY c.name) END AS clusters, \
-    p.created_at, p.updated_at, p.revision, \
-    (SELECT count(*) FROM nodes n WHERE n.tenant_id = p.tenant_id AND (p.cluster_ids IS NULL OR n.cluster_id = ANY(p.cluster_ids))) AS total_nodes, \
-    (SELECT count(*) FROM nodes n WHERE n.tenant_id = p.tenant_id AND (p.cluster_ids IS NULL OR n.cluster_id = ANY(p.cluster_ids)) AND n.applied_revision >= p.revision) AS realized_nodes \
-    FROM policies p";
-
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Policy> {
-    let row: Row = sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?;
-    Ok(row.into())
+    Ok(policies::load(conn, id).await?.into())
 }
 
 /// Query parameters of policy writes.
@@ -342,10 +314,7 @@ async fn list_policies(
 ) -> Result<axum::Json<Page<Policy>>> {
     let list = params.resolve()?;
     let mut tx = t.begin(&st.pool).await?;
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
-    qb.push_bind(t.id);
-    list.push_tail(&mut qb, "p");
-    let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let rows = policies::list(&mut tx, t.id, &list).await?;
     let rows = rows.into_iter().map(Policy::from).collect();
     Ok(axum::Json(list.page(rows, |p: &Policy| p.id)))
 }
@@ -384,19 +353,19 @@ async fn insert(
 ) -> Result<(i64, Uuid)> {
     let id = Uuid::now_v7();
     let rev = store::bump_revision(tx, tenant, "policy", id, Op::Create).await?;
-    sqlx::query(
-        "INSERT INTO policies (id, tenant_id, name, labels, description, specs, cluster_ids, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    policies::insert(
+        tx,
+        tenant,
+        id,
+        rev,
+        PolicyWrite {
+            name: &input.name,
+            labels: &input.labels,
+            description: &input.description,
+            specs,
+            clusters,
+        },
     )
-    .bind(id)
-    .bind(tenant)
-    .bind(&input.name)
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(&input.description)
-    .bind(sqlx::types::Json(specs))
-    .bind(clusters)
-    .bind(rev)
-    .execute(&mut *tx)
     .await?;
     Ok((rev, id))
 }
@@ -411,18 +380,18 @@ async fn rewrite(
     clusters: Option<Vec<Uuid>>,
 ) -> Result<i64> {
     let rev = store::bump_revision(tx, tenant, "policy", id, Op::Update).await?;
-    sqlx::query(
-        "UPDATE policies SET name = $2, labels = $3, description = $4, specs = $5, \
-         cluster_ids = $6, revision = $7, updated_at = now() WHERE id = $1",
+    policies::update(
+        tx,
+        id,
+        rev,
+        PolicyWrite {
+            name: &input.name,
+            labels: &input.labels,
+            description: &input.description,
+            specs,
+            clusters,
+        },
     )
-    .bind(id)
-    .bind(&input.name)
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(&input.description)
-    .bind(sqlx::types::Json(specs))
-    .bind(clusters)
-    .bind(rev)
-    .execute(&mut *tx)
     .await?;
     Ok(rev)
 }
@@ -584,10 +553,7 @@ async fn delete_policy(
     .await?;
     let before = load(&mut tx, id).await?;
     store::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
-    sqlx::query("DELETE FROM policies WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    policies::delete(&mut tx, id).await?;
     audit::record(
         &mut tx,
         &t,
@@ -697,11 +663,7 @@ async fn import_policies(
         let existing = common::find_id(&mut tx, "policies", Scope::tenant(t.id), &p.name).await?;
         let before = match existing {
             Some(id) => {
-                store::lock_revisions(&mut tx).await?;
-                sqlx::query("SELECT 1 FROM policies WHERE id = $1 FOR UPDATE")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                store::rows::lock(&mut tx, "policies", id).await?;
                 Some(load(&mut tx, id).await?)
             }
             None => None,

@@ -17,7 +17,8 @@ use crate::oidc::Oidc;
 use crate::pagination::Query;
 use crate::session::{self, CSRF_COOKIE, LOGIN_COOKIE, LOGIN_TTL, SESSION_COOKIE};
 use crate::state::AppState;
-use crate::users;
+use crate::store::logins::{self, Login};
+use crate::store::users::{self, Person};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -115,19 +116,14 @@ async fn login(State(st): State<AppState>, Query(p): Query<LoginParams>) -> Resu
         ));
     }
     let start = oidc.begin_login().await?;
-    sqlx::query("DELETE FROM oidc_logins WHERE expires_at < now()")
-        .execute(&st.pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO oidc_logins (state_hash, pkce_verifier, nonce, return_to, expires_at) \
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    logins::begin(
+        &st.pool,
+        &hash_token(&start.state),
+        &start.pkce_verifier,
+        &start.nonce,
+        &return_to,
+        LOGIN_TTL,
     )
-    .bind(hash_token(&start.state))
-    .bind(&start.pkce_verifier)
-    .bind(&start.nonce)
-    .bind(&return_to)
-    .bind(LOGIN_TTL.as_secs_f64())
-    .execute(&st.pool)
     .await?;
     let mut resp = redirect(&start.url)?;
     resp.headers_mut().append(
@@ -200,14 +196,14 @@ async fn callback(
             "the response comes from another issuer".into(),
         ));
     }
-    let row: Option<(String, String, String, bool)> = sqlx::query_as(
-        "DELETE FROM oidc_logins WHERE state_hash = $1 \
-         RETURNING pkce_verifier, nonce, return_to, expires_at > now()",
-    )
-    .bind(hash_token(&state))
-    .fetch_optional(&st.pool)
-    .await?;
-    let Some((verifier, nonce, return_to, true)) = row else {
+    let row = logins::take(&st.pool, &hash_token(&state)).await?;
+    let Some(Login {
+        pkce_verifier: verifier,
+        nonce,
+        return_to,
+        live: true,
+    }) = row
+    else {
         return Err(ApiError::BadRequest(
             "this sign-in expired or was already used: start again at /auth/login".into(),
         ));
@@ -217,7 +213,14 @@ async fn callback(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    let user_id = users::signed_in(&st.pool, &identity, request_id).await?;
+    let person = Person {
+        issuer: &identity.issuer,
+        subject: &identity.subject,
+        email: identity.email.as_deref(),
+        email_verified: identity.email_verified,
+        name: identity.name.as_deref(),
+    };
+    let user_id = users::signed_in(&st.pool, &person, request_id).await?;
     let new = session::create(&st.pool, user_id, oidc.session_ttl).await?;
     tracing::info!(user = %user_id, "signed in");
     let mut resp = redirect(&return_to)?;

@@ -3,10 +3,8 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{FromRow, QueryBuilder};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -19,6 +17,8 @@ use crate::extract::{IfMatch, Json};
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+pub use crate::store::tenants::Tenant;
+use crate::store::tenants::{self, TenantWrite, Visible};
 use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -72,18 +72,6 @@ impl TenantInput {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, FromRow)]
-pub struct Tenant {
-    pub id: Uuid,
-    pub name: String,
-    pub display_name: String,
-    #[sqlx(json)]
-    pub labels: Labels,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub revision: i64,
-}
-
 impl From<Tenant> for TenantInput {
     fn from(t: Tenant) -> Self {
         TenantInput {
@@ -94,15 +82,14 @@ impl From<Tenant> for TenantInput {
     }
 }
 
-const COLUMNS: &str = "id, name, display_name, labels, created_at, updated_at, revision";
-
-async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Tenant> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE id = $1"))
-            .bind(id)
-            .fetch_one(conn)
-            .await?,
-    )
+impl TenantInput {
+    fn row(&self) -> TenantWrite<'_> {
+        TenantWrite {
+            name: &self.name,
+            display_name: &self.display_name,
+            labels: &self.labels,
+        }
+    }
 }
 
 /// List the tenants the caller can see (any caller; the operator sees all).
@@ -116,27 +103,12 @@ async fn list_tenants(
 ) -> Result<axum::Json<Page<Tenant>>> {
     let list = params.resolve()?;
     let mut tx = st.pool.begin().await?;
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM tenants WHERE true"));
-    match &who {
-        Principal::ApiToken { tenant_id, .. } => {
-            authz::set_tenant(&mut tx, *tenant_id).await?;
-            qb.push(" AND id = ").push_bind(*tenant_id);
-        }
-        // The one cross-tenant read: the operator's list of every tenant.
-        Principal::Operator => {
-            sqlx::query("SELECT set_config('weft.all_tenants', 'on', true)")
-                .execute(&mut *tx)
-                .await?;
-        }
-        Principal::User { user_id, .. } => {
-            authz::set_user(&mut tx, *user_id).await?;
-            qb.push(" AND id IN (SELECT tenant_id FROM memberships WHERE user_id = ")
-                .push_bind(*user_id)
-                .push(")");
-        }
-    }
-    list.push_tail(&mut qb, "tenants");
-    let rows: Vec<Tenant> = qb.build_query_as().fetch_all(&mut *tx).await?;
+    let visible = match &who {
+        Principal::ApiToken { tenant_id, .. } => Visible::One(*tenant_id),
+        Principal::Operator => Visible::All,
+        Principal::User { user_id, .. } => Visible::MemberOf(*user_id),
+    };
+    let rows = tenants::list(&mut tx, visible, &list).await?;
     Ok(axum::Json(list.page(rows, |t| t.id)))
 }
 
@@ -150,7 +122,7 @@ async fn get_tenant(
     Authorized(t, _): Authorized<need::Viewer>,
 ) -> Result<Response> {
     let mut conn = t.begin(&st.pool).await?;
-    let row = load(&mut conn, t.id).await?;
+    let row = tenants::load(&mut conn, t.id).await?;
     Ok(common::ok(row.revision, row))
 }
 
@@ -179,27 +151,7 @@ async fn create_tenant(
     // The new tenant's own transaction: RLS accepts the row only for this id.
     authz::set_tenant(&mut tx, id).await?;
     let rev = store::next_revision(&mut tx).await?;
-    let t: Tenant = sqlx::query_as(&format!(
-        "INSERT INTO tenants (id, name, display_name, labels, revision) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&input.name)
-    .bind(&input.display_name)
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(rev)
-    .fetch_one(&mut *tx)
-    .await?;
-    if let Some(user_id) = owner {
-        sqlx::query(
-            "INSERT INTO memberships (id, tenant_id, user_id, role) VALUES ($1, $2, $3, 'owner')",
-        )
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let t = tenants::insert(&mut tx, id, rev, input.row(), owner).await?;
     store::record_change(&mut tx, rev, id, "tenant", id, Op::Create).await?;
     let ctx = TenantCtx {
         id,
@@ -246,27 +198,13 @@ async fn update(
     change: impl FnOnce(TenantInput) -> Result<TenantInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    store::lock_revisions(&mut tx).await?;
-    let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
-        .bind(t.id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let before = load(&mut tx, t.id).await?;
+    let current = store::rows::lock(&mut tx, "tenants", t.id).await?;
+    let before = tenants::load(&mut tx, t.id).await?;
     let input = change(before.clone().into())?;
     input.validate()?;
     common::check_precondition(expected, current)?;
     let rev = store::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
-    let row: Tenant = sqlx::query_as(&format!(
-        "UPDATE tenants SET name = $2, display_name = $3, labels = $4, revision = $5, \
-         updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(t.id)
-    .bind(&input.name)
-    .bind(&input.display_name)
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(rev)
-    .fetch_one(&mut *tx)
-    .await?;
+    let row = tenants::update(&mut tx, t.id, rev, input.row()).await?;
     audit::record(
         &mut tx,
         t,
@@ -324,19 +262,12 @@ async fn delete_tenant(
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    store::lock_revisions(&mut tx).await?;
-    let current: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR UPDATE")
-        .bind(t.id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let current = store::rows::lock(&mut tx, "tenants", t.id).await?;
     common::check_precondition(expected, current)?;
     // The change log rows of the tenant go with it (cascade); bumping the revision still
     // tells agents that something changed.
     store::next_revision(&mut tx).await?;
-    sqlx::query("DELETE FROM tenants WHERE id = $1")
-        .bind(t.id)
-        .execute(&mut *tx)
-        .await?;
+    tenants::delete(&mut tx, t.id).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, "tenant deleted");
     Ok(common::no_content())

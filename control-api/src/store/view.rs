@@ -31,6 +31,15 @@ type EndpointRow = (
 );
 type PolicyRow = (Uuid, String, Json<Vec<PolicySpec>>, Option<Vec<Uuid>>);
 
+/// Makes the rest of a fresh transaction one read-only snapshot (call first): the
+/// revision and the view it reads agree.
+pub async fn snapshot(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Reads the tenant's view inside the caller's transaction.
 #[tracing::instrument(name = "db.load_view", skip_all, fields(%tenant))]
 pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantView> {

@@ -105,12 +105,7 @@ async fn node_in_cluster(
     key: &str,
 ) -> Result<(Uuid, String)> {
     let found: Option<(Uuid, String)> = match common::find_id(conn, "nodes", scope, key).await? {
-        Some(id) => {
-            sqlx::query_as("SELECT id, name FROM nodes WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-        }
+        Some(id) => crate::store::inventory::node_name(conn, id).await?,
         None => None,
     };
     found.ok_or_else(|| {

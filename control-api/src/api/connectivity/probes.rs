@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -23,6 +23,7 @@ use crate::extract::Json;
 use crate::pagination::{Page, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+use crate::store::probes::{self, NewProbe, ProbeRow};
 use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -177,27 +178,8 @@ pub struct Probe {
     revision: i64,
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: Uuid,
-    node: String,
-    from_workload: Option<String>,
-    target_ip: String,
-    target_port: i32,
-    timeout_ms: i32,
-    #[sqlx(json)]
-    labels: Labels,
-    created_at: DateTime<Utc>,
-    revision: i64,
-    outcome: Option<String>,
-    detail: Option<String>,
-    latency_us: Option<i64>,
-    reply_from: Option<String>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-impl From<Row> for Probe {
-    fn from(r: Row) -> Self {
+impl From<ProbeRow> for Probe {
+    fn from(r: ProbeRow) -> Self {
         let result = match (r.outcome, r.finished_at) {
             (Some(o), Some(finished_at)) => Some(ProbeResult {
                 // The column's CHECK allows only the four outcomes.
@@ -228,36 +210,15 @@ impl From<Row> for Probe {
     }
 }
 
-const SELECT: &str =
-    "SELECT p.id, n.name AS node, p.from_workload, host(p.target_ip) AS target_ip, \
-    p.target_port, p.timeout_ms, p.labels, p.created_at, p.revision, p.outcome, p.detail, \
-    p.latency_us, p.reply_from, p.finished_at \
-    FROM probes p JOIN nodes n ON n.id = p.node_id";
-
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Probe> {
-    let row: Row = sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?;
-    Ok(row.into())
+    Ok(probes::load(conn, id).await?.into())
 }
 
 /// The probe `key` of the scope's cluster, or 404.
 async fn require(conn: &mut PgConnection, scope: Scope, key: &str, lock: bool) -> Result<Uuid> {
     let missing = || ApiError::not_found("probe", key);
     let id = Uuid::parse_str(key).map_err(|_| missing())?;
-    if lock {
-        store::lock_revisions(&mut *conn).await?;
-    }
-    let sql = format!(
-        "SELECT id FROM probes WHERE tenant_id = $1 AND cluster_id = $2 AND id = $3{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    sqlx::query_scalar(&sql)
-        .bind(scope.tenant)
-        .bind(scope.cluster)
-        .bind(id)
-        .fetch_optional(&mut *conn)
+    probes::find(conn, scope, id, lock)
         .await?
         .ok_or_else(missing)
 }
@@ -286,12 +247,7 @@ async fn list_probes(
     let mut conn = t.begin(&st.pool).await?;
     let sc = scope(&t, &cluster, &mut conn).await?;
     let list = params.resolve()?;
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
-    qb.push_bind(sc.tenant)
-        .push(" AND p.cluster_id = ")
-        .push_bind(sc.cluster);
-    list.push_tail(&mut qb, "p");
-    let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = probes::list(&mut conn, sc, &list).await?;
     let rows = rows.into_iter().map(Probe::from).collect();
     Ok(axum::Json(list.page(rows, |p: &Probe| p.id)))
 }
@@ -335,15 +291,7 @@ async fn create_probe(
     let target = input.validate()?;
     let node = match (&input.from, &input.node) {
         (Some(from), node) => {
-            let runs_on: Option<(Uuid, String)> = sqlx::query_as(
-                "SELECT n.id, n.name FROM test_workloads w JOIN nodes n ON n.id = w.node_id \
-                 WHERE w.tenant_id = $1 AND w.cluster_id = $2 AND w.name = $3",
-            )
-            .bind(sc.tenant)
-            .bind(sc.cluster)
-            .bind(from)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let runs_on = probes::workload_node(&mut tx, sc, from).await?;
             let (id, name) = runs_on.ok_or_else(|| {
                 ApiError::unprocessable(
                     "from",
@@ -367,22 +315,20 @@ async fn create_probe(
     };
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, sc.tenant, "probe", id, Op::Create).await?;
-    sqlx::query(
-        "INSERT INTO probes (id, tenant_id, cluster_id, node_id, from_workload, target_ip, \
-         target_port, timeout_ms, labels, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6::inet, $7, $8, $9, $10)",
+    probes::insert(
+        &mut tx,
+        sc,
+        NewProbe {
+            id,
+            node,
+            from_workload: input.from.as_deref(),
+            target_ip: target.ip().to_string(),
+            target_port: i32::from(target.port()),
+            timeout_ms: i32::try_from(input.timeout_ms).unwrap_or(i32::MAX),
+            labels: &input.labels,
+            revision: rev,
+        },
     )
-    .bind(id)
-    .bind(sc.tenant)
-    .bind(sc.cluster)
-    .bind(node)
-    .bind(&input.from)
-    .bind(target.ip().to_string())
-    .bind(i32::from(target.port()))
-    .bind(i32::try_from(input.timeout_ms).unwrap_or(i32::MAX))
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(rev)
-    .execute(&mut *tx)
     .await?;
     let p = load(&mut tx, id).await?;
     audit::record(
@@ -408,10 +354,7 @@ async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u6
     for id in ids {
         let before = load(tx, *id).await?;
         store::bump_revision(tx, t.id, "probe", *id, Op::Delete).await?;
-        sqlx::query("DELETE FROM probes WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        probes::delete(tx, *id).await?;
         audit::record(
             tx,
             t,
@@ -460,14 +403,7 @@ async fn delete_probes(
     let mut tx = t.begin(&st.pool).await?;
     let sc = scope(&t, &cluster, &mut tx).await?;
     let selector = params.resolve()?;
-    let mut qb = QueryBuilder::new("SELECT p.id FROM probes p WHERE p.tenant_id = ");
-    qb.push_bind(sc.tenant)
-        .push(" AND p.cluster_id = ")
-        .push_bind(sc.cluster);
-    crate::pagination::push_label_filter(&mut qb, "p.labels", &selector);
-    qb.push(" ORDER BY p.id FOR UPDATE");
-    store::lock_revisions(&mut tx).await?;
-    let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+    let ids = probes::lock_matching(&mut tx, sc, &selector).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
     tx.commit().await?;
     Ok(axum::Json(Deleted { deleted }))

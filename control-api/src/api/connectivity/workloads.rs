@@ -10,7 +10,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -26,6 +26,7 @@ use crate::extract::Json;
 use crate::pagination::{Page, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
+use crate::store::workloads::{self, NewWorkload, WorkloadRow};
 use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -137,23 +138,8 @@ pub struct TestWorkload {
     revision: i64,
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: Uuid,
-    name: String,
-    node: String,
-    kind: String,
-    ip: String,
-    #[sqlx(json)]
-    labels: Labels,
-    echo_ports: Vec<i32>,
-    created_at: DateTime<Utc>,
-    revision: i64,
-    ready: bool,
-}
-
-impl From<Row> for TestWorkload {
-    fn from(r: Row) -> Self {
+impl From<WorkloadRow> for TestWorkload {
+    fn from(r: WorkloadRow) -> Self {
         TestWorkload {
             name: r.name,
             node: r.node,
@@ -174,19 +160,8 @@ impl From<Row> for TestWorkload {
     }
 }
 
-const SELECT: &str = "SELECT w.id, w.name, n.name AS node, w.kind, host(w.ip) AS ip, w.labels, \
-    w.echo_ports, w.created_at, w.revision, \
-    (n.applied_revision >= w.revision AND (w.kind = 'world' OR EXISTS ( \
-        SELECT 1 FROM endpoints e WHERE e.tenant_id = w.tenant_id AND e.node_id = w.node_id \
-        AND e.name = w.name AND e.identity IS NOT NULL))) AS ready \
-    FROM test_workloads w JOIN nodes n ON n.id = w.node_id";
-
 async fn load(conn: &mut PgConnection, id: Uuid) -> Result<TestWorkload> {
-    let row: Row = sqlx::query_as(&format!("{SELECT} WHERE w.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?;
-    Ok(row.into())
+    Ok(workloads::load(conn, id).await?.into())
 }
 
 fn subject(w: &TestWorkload) -> Subject<'_> {
@@ -208,13 +183,7 @@ async fn allocate(
     let net = match kind {
         WorkloadKind::World => WORLD_NET,
         WorkloadKind::Pod => {
-            let cidrs: Vec<String> = sqlx::query_scalar(
-                "SELECT c::text FROM nodes, unnest(pod_cidrs) WITH ORDINALITY AS u(c, pos) \
-                 WHERE id = $1 ORDER BY pos",
-            )
-            .bind(node.0)
-            .fetch_all(&mut *conn)
-            .await?;
+            let cidrs = workloads::pod_cidrs(conn, node.0).await?;
             cidrs
                 .iter()
                 .find_map(|c| c.parse::<Ipv4Net>().ok())
@@ -229,15 +198,7 @@ async fn allocate(
                 })?
         }
     };
-    let taken: Vec<String> = sqlx::query_scalar(
-        "SELECT host(ipv4) FROM endpoints WHERE tenant_id = $1 AND cluster_id = $2 \
-           AND ipv4 IS NOT NULL \
-         UNION SELECT host(ip) FROM test_workloads WHERE tenant_id = $1 AND cluster_id = $2",
-    )
-    .bind(scope.tenant)
-    .bind(scope.cluster)
-    .fetch_all(&mut *conn)
-    .await?;
+    let taken = workloads::taken_addresses(conn, scope).await?;
     let taken: BTreeSet<Ipv4Addr> = taken.iter().filter_map(|a| a.parse().ok()).collect();
     workload::allocate(net, &taken).ok_or_else(|| ApiError::Conflict {
         detail: match kind {
@@ -266,12 +227,7 @@ async fn list_test_workloads(
     let mut conn = t.begin(&st.pool).await?;
     let sc = scope(&t, &cluster, &mut conn).await?;
     let list = params.resolve()?;
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE w.tenant_id = "));
-    qb.push_bind(sc.tenant)
-        .push(" AND w.cluster_id = ")
-        .push_bind(sc.cluster);
-    list.push_tail(&mut qb, "w");
-    let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = workloads::list(&mut conn, sc, &list).await?;
     let rows = rows.into_iter().map(TestWorkload::from).collect();
     Ok(axum::Json(list.page(rows, |w: &TestWorkload| w.id)))
 }
@@ -319,15 +275,7 @@ async fn create_test_workload(
     let (node, node_name) = node_in_cluster(&mut tx, sc, "node", &input.node).await?;
     if input.kind == WorkloadKind::Pod {
         // The agent reports the pod as an endpoint of this name: it must be free.
-        let clash: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM endpoints e WHERE e.node_id = $1 AND e.name = $2 \
-             AND NOT EXISTS (SELECT 1 FROM test_workloads w WHERE w.node_id = e.node_id \
-                             AND w.name = e.name))",
-        )
-        .bind(node)
-        .bind(&input.name)
-        .fetch_one(&mut *tx)
-        .await?;
+        let clash = workloads::endpoint_name_taken(&mut tx, node, &input.name).await?;
         if clash {
             return Err(ApiError::Conflict {
                 detail: format!(
@@ -340,34 +288,24 @@ async fn create_test_workload(
     }
     // One allocation at a time per cluster: two creates never pick the same address (the
     // unique index on (tenant, cluster, ip) is the backstop).
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('test_workloads:' || $1::text, 0))")
-        .bind(sc.cluster)
-        .execute(&mut *tx)
-        .await?;
+    workloads::lock_allocation(&mut tx, sc.cluster).await?;
     let ip = allocate(&mut tx, sc, (node, &node_name), input.kind).await?;
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, sc.tenant, "test_workload", id, Op::Create).await?;
-    sqlx::query(
-        "INSERT INTO test_workloads (id, tenant_id, cluster_id, node_id, name, kind, ip, labels, \
-         echo_ports, revision) VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8, $9, $10)",
+    workloads::insert(
+        &mut tx,
+        sc,
+        NewWorkload {
+            id,
+            node,
+            name: &input.name,
+            kind: input.kind.as_str(),
+            ip: ip.to_string(),
+            labels: &input.labels,
+            echo_ports: input.echo_ports.iter().map(|p| i32::from(*p)).collect(),
+            revision: rev,
+        },
     )
-    .bind(id)
-    .bind(sc.tenant)
-    .bind(sc.cluster)
-    .bind(node)
-    .bind(&input.name)
-    .bind(input.kind.as_str())
-    .bind(ip.to_string())
-    .bind(sqlx::types::Json(&input.labels))
-    .bind(
-        input
-            .echo_ports
-            .iter()
-            .map(|p| i32::from(*p))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rev)
-    .execute(&mut *tx)
     .await?;
     let w = load(&mut tx, id).await?;
     audit::record(
@@ -394,10 +332,7 @@ async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u6
     for id in ids {
         let before = load(tx, *id).await?;
         store::bump_revision(tx, t.id, "test_workload", *id, Op::Delete).await?;
-        sqlx::query("DELETE FROM test_workloads WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        workloads::delete(tx, *id).await?;
         audit::record(
             tx,
             t,
@@ -454,14 +389,7 @@ async fn delete_test_workloads(
     let mut tx = t.begin(&st.pool).await?;
     let sc = scope(&t, &cluster, &mut tx).await?;
     let selector = params.resolve()?;
-    let mut qb = QueryBuilder::new("SELECT w.id FROM test_workloads w WHERE w.tenant_id = ");
-    qb.push_bind(sc.tenant)
-        .push(" AND w.cluster_id = ")
-        .push_bind(sc.cluster);
-    crate::pagination::push_label_filter(&mut qb, "w.labels", &selector);
-    qb.push(" ORDER BY w.id FOR UPDATE");
-    store::lock_revisions(&mut tx).await?;
-    let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+    let ids = workloads::lock_matching(&mut tx, sc, &selector).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
     tx.commit().await?;
     Ok(axum::Json(Deleted { deleted }))

@@ -1,0 +1,105 @@
+//! Clusters: the row (also the REST resource) and its reads and writes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgConnection, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+use weft_model::labels::Labels;
+
+use crate::error::Result;
+use crate::pagination::ListQuery;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, FromRow)]
+pub struct Cluster {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    #[sqlx(json)]
+    pub labels: Labels,
+    /// See [`ClusterInput::allow_host_to_local_pods`].
+    pub allow_host_to_local_pods: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Revision of the last change; also the ETag.
+    pub revision: i64,
+}
+
+/// The writable part of a cluster, as stored.
+pub struct ClusterWrite<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub labels: &'a Labels,
+    pub allow_host_to_local_pods: bool,
+}
+
+const COLUMNS: &str =
+    "id, name, description, labels, allow_host_to_local_pods, created_at, updated_at, revision";
+
+/// One page of the tenant's clusters.
+pub async fn list(conn: &mut PgConnection, tenant: Uuid, list: &ListQuery) -> Result<Vec<Cluster>> {
+    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM clusters WHERE tenant_id = "));
+    qb.push_bind(tenant);
+    list.push_tail(&mut qb, "clusters");
+    Ok(qb.build_query_as().fetch_all(conn).await?)
+}
+
+pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Cluster> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM clusters WHERE id = $1"))
+            .bind(id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    id: Uuid,
+    revision: i64,
+    c: &ClusterWrite<'_>,
+) -> Result<Cluster> {
+    Ok(sqlx::query_as(&format!(
+        "INSERT INTO clusters (id, tenant_id, name, description, labels, revision, \
+         allow_host_to_local_pods) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .bind(c.name)
+    .bind(c.description)
+    .bind(sqlx::types::Json(c.labels))
+    .bind(revision)
+    .bind(c.allow_host_to_local_pods)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn update(
+    conn: &mut PgConnection,
+    id: Uuid,
+    revision: i64,
+    c: &ClusterWrite<'_>,
+) -> Result<Cluster> {
+    Ok(sqlx::query_as(&format!(
+        "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
+         allow_host_to_local_pods = $6, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(c.name)
+    .bind(c.description)
+    .bind(sqlx::types::Json(c.labels))
+    .bind(revision)
+    .bind(c.allow_host_to_local_pods)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Deletes a cluster and, through the foreign keys, everything in it.
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<()> {
+    sqlx::query("DELETE FROM clusters WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Nodes as their agents see them: registration with a join token, what each node was
+//! last sent, and what it reports back (acks, heartbeats, health).
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+use weft_model::desired::NodeDesiredState;
+use weft_model::labels::Labels;
+
+use crate::error::Result;
+
+/// A live join token found by the hash of its secret: its id, tenant and cluster.
+pub async fn find_join_token(pool: &PgPool, hash: &[u8]) -> Result<Option<(Uuid, Uuid, Uuid)>> {
+    Ok(
+        sqlx::query_as("SELECT id, tenant_id, cluster_id FROM weft_find_join_token($1)")
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Counts one use of a join token under its row lock, so two nodes cannot share a
+/// single-use token; its name, or `None` when it is revoked, expired or used up.
+pub async fn use_join_token(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
+         AND expires_at > now() AND (max_uses IS NULL OR uses < max_uses) RETURNING name",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The node of this name in a cluster, locked for the rest of the transaction.
+pub async fn lock_by_name(
+    conn: &mut PgConnection,
+    cluster: Uuid,
+    name: &str,
+) -> Result<Option<Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM nodes WHERE cluster_id = $1 AND name = $2 FOR UPDATE")
+            .bind(cluster)
+            .bind(name)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// A node as it registers.
+pub struct Registration<'a> {
+    pub id: Uuid,
+    pub tenant: Uuid,
+    pub cluster: Uuid,
+    pub name: &'a str,
+    pub labels: &'a Labels,
+    pub addresses: &'a [String],
+    pub pod_cidrs: &'a [String],
+    pub credential_hash: &'a [u8],
+    pub agent_version: &'a str,
+    pub kernel_version: &'a str,
+    pub revision: i64,
+}
+
+/// Inserts a node or replaces one (a new credential: the old one stops working at once;
+/// nothing applied yet).
+pub async fn register(conn: &mut PgConnection, n: Registration<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO nodes (id, tenant_id, cluster_id, name, labels, addresses, pod_cidrs, \
+           credential_hash, agent_version, kernel_version, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6::text[]::inet[], $7::text[]::cidr[], $8, $9, $10, $11) \
+         ON CONFLICT (id) DO UPDATE SET labels = $5, addresses = $6::text[]::inet[], \
+           pod_cidrs = $7::text[]::cidr[], credential_hash = $8, agent_version = $9, \
+           kernel_version = $10, revision = $11, applied_revision = 0, updated_at = now()",
+    )
+    .bind(n.id)
+    .bind(n.tenant)
+    .bind(n.cluster)
+    .bind(n.name)
+    .bind(sqlx::types::Json(n.labels))
+    .bind(n.addresses)
+    .bind(n.pod_cidrs)
+    .bind(n.credential_hash)
+    .bind(n.agent_version)
+    .bind(n.kernel_version)
+    .bind(n.revision)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What the node was last sent, and at which revision.
+pub async fn sent_state(
+    conn: &mut PgConnection,
+    node: Uuid,
+) -> Result<Option<(i64, NodeDesiredState)>> {
+    let row: Option<(i64, sqlx::types::Json<NodeDesiredState>)> =
+        sqlx::query_as("SELECT revision, state FROM node_sync_state WHERE node_id = $1")
+            .bind(node)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(r, s)| (r, s.0)))
+}
+
+/// Records what the node was sent at `revision`; `state` `None` keeps the stored state
+/// and moves only its revision (nothing changed for this node).
+pub async fn record_sent(
+    conn: &mut PgConnection,
+    node: Uuid,
+    tenant: Uuid,
+    revision: i64,
+    state: Option<&NodeDesiredState>,
+) -> Result<()> {
+    let q = match state {
+        Some(state) => sqlx::query(
+            "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
+             SET revision = excluded.revision, state = excluded.state, updated_at = now()",
+        )
+        .bind(node)
+        .bind(tenant)
+        .bind(revision)
+        .bind(sqlx::types::Json(state)),
+        None => sqlx::query(
+            "UPDATE node_sync_state SET revision = $2, updated_at = now() WHERE node_id = $1",
+        )
+        .bind(node)
+        .bind(revision),
+    };
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// Marks the node seen now; the revision it has applied.
+pub async fn heartbeat(conn: &mut PgConnection, node: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "UPDATE nodes SET last_seen = now() WHERE id = $1 RETURNING applied_revision",
+    )
+    .bind(node)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Marks the node seen now.
+pub async fn touch(conn: &mut PgConnection, node: Uuid) -> Result<()> {
+    sqlx::query("UPDATE nodes SET last_seen = now() WHERE id = $1")
+        .bind(node)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records an ack: the applied revision moves only when `complete` (no item failed);
+/// the errors are kept in the node's health either way.
+pub async fn ack(
+    conn: &mut PgConnection,
+    node: Uuid,
+    revision: i64,
+    errors: serde_json::Value,
+    complete: bool,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE nodes SET applied_revision = CASE WHEN $4 THEN greatest(applied_revision, $2) \
+         ELSE applied_revision END, last_seen = now(), \
+         health = jsonb_set(health, '{apply_errors}', $3) WHERE id = $1",
+    )
+    .bind(node)
+    .bind(revision)
+    .bind(errors)
+    .bind(complete)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The node's tenant's name and the revision the node has applied.
+pub async fn tenant_name_and_applied(conn: &mut PgConnection, node: Uuid) -> Result<(String, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT t.name, n.applied_revision FROM nodes n JOIN tenants t ON t.id = n.tenant_id \
+         WHERE n.id = $1",
+    )
+    .bind(node)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Adds to the count of flow records the node lost (kept in its health).
+pub async fn add_flows_lost(conn: &mut PgConnection, node: Uuid, lost: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE nodes SET health = jsonb_set(health, '{flows_lost}', \
+           to_jsonb(coalesce((health->>'flows_lost')::bigint, 0) + $2)) WHERE id = $1",
+    )
+    .bind(node)
+    .bind(lost)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a health report, keeping the apply errors and lost-flow count the control
+/// plane tracks itself.
+pub async fn health(
+    conn: &mut PgConnection,
+    node: Uuid,
+    agent_version: &str,
+    kernel_version: &str,
+    health: serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE nodes SET agent_version = $2, kernel_version = $3, last_seen = now(), \
+         health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb), \
+                                           'flows_lost', coalesce(health->'flows_lost', '0'::jsonb)) \
+         WHERE id = $1",
+    )
+    .bind(node)
+    .bind(agent_version)
+    .bind(kernel_version)
+    .bind(health)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

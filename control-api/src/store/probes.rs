@@ -1,0 +1,199 @@
+//! Probes (one connection attempt an agent makes for a connectivity test): rows, the
+//! workload a probe starts from, and writes.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, QueryBuilder};
+use uuid::Uuid;
+use weft_model::labels::Labels;
+use weft_model::selector::LabelSelector;
+
+use super::rows::Scope;
+use crate::error::Result;
+use crate::pagination::{push_label_filter, ListQuery};
+
+/// A probe as stored, with its node's name and, once reported, its result.
+#[derive(FromRow)]
+pub struct ProbeRow {
+    pub id: Uuid,
+    pub node: String,
+    pub from_workload: Option<String>,
+    pub target_ip: String,
+    pub target_port: i32,
+    pub timeout_ms: i32,
+    #[sqlx(json)]
+    pub labels: Labels,
+    pub created_at: DateTime<Utc>,
+    pub revision: i64,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+    pub latency_us: Option<i64>,
+    pub reply_from: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A new probe, its node resolved.
+pub struct NewProbe<'a> {
+    pub id: Uuid,
+    pub node: Uuid,
+    pub from_workload: Option<&'a str>,
+    pub target_ip: String,
+    pub target_port: i32,
+    pub timeout_ms: i32,
+    pub labels: &'a Labels,
+    pub revision: i64,
+}
+
+const SELECT: &str =
+    "SELECT p.id, n.name AS node, p.from_workload, host(p.target_ip) AS target_ip, \
+    p.target_port, p.timeout_ms, p.labels, p.created_at, p.revision, p.outcome, p.detail, \
+    p.latency_us, p.reply_from, p.finished_at \
+    FROM probes p JOIN nodes n ON n.id = p.node_id";
+
+/// One page of a cluster's probes (`scope` names the cluster).
+pub async fn list(
+    conn: &mut PgConnection,
+    scope: Scope,
+    list: &ListQuery,
+) -> Result<Vec<ProbeRow>> {
+    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
+    qb.push_bind(scope.tenant)
+        .push(" AND p.cluster_id = ")
+        .push_bind(scope.cluster);
+    list.push_tail(&mut qb, "p");
+    Ok(qb.build_query_as().fetch_all(conn).await?)
+}
+
+pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<ProbeRow> {
+    Ok(sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
+        .bind(id)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// The probe `id` of the scope's cluster, if there is one; with `lock`, locked for the
+/// rest of the transaction (after the revision lock).
+pub async fn find(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<Uuid>> {
+    if lock {
+        super::lock_revisions(&mut *conn).await?;
+    }
+    let sql = format!(
+        "SELECT id FROM probes WHERE tenant_id = $1 AND cluster_id = $2 AND id = $3{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(scope.tenant)
+        .bind(scope.cluster)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// The node (id and name) a cluster's test workload runs on.
+pub async fn workload_node(
+    conn: &mut PgConnection,
+    scope: Scope,
+    workload: &str,
+) -> Result<Option<(Uuid, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT n.id, n.name FROM test_workloads w JOIN nodes n ON n.id = w.node_id \
+         WHERE w.tenant_id = $1 AND w.cluster_id = $2 AND w.name = $3",
+    )
+    .bind(scope.tenant)
+    .bind(scope.cluster)
+    .bind(workload)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn insert(conn: &mut PgConnection, scope: Scope, p: NewProbe<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO probes (id, tenant_id, cluster_id, node_id, from_workload, target_ip, \
+         target_port, timeout_ms, labels, revision) \
+         VALUES ($1, $2, $3, $4, $5, $6::inet, $7, $8, $9, $10)",
+    )
+    .bind(p.id)
+    .bind(scope.tenant)
+    .bind(scope.cluster)
+    .bind(p.node)
+    .bind(p.from_workload)
+    .bind(p.target_ip)
+    .bind(p.target_port)
+    .bind(p.timeout_ms)
+    .bind(sqlx::types::Json(p.labels))
+    .bind(p.revision)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<()> {
+    sqlx::query("DELETE FROM probes WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks the cluster's probes a selector matches (after the revision lock); their ids.
+pub async fn lock_matching(
+    conn: &mut PgConnection,
+    scope: Scope,
+    selector: &LabelSelector,
+) -> Result<Vec<Uuid>> {
+    let mut qb = QueryBuilder::new("SELECT p.id FROM probes p WHERE p.tenant_id = ");
+    qb.push_bind(scope.tenant)
+        .push(" AND p.cluster_id = ")
+        .push_bind(scope.cluster);
+    push_label_filter(&mut qb, "p.labels", selector);
+    qb.push(" ORDER BY p.id FOR UPDATE");
+    super::lock_revisions(&mut *conn).await?;
+    Ok(qb.build_query_scalar().fetch_all(conn).await?)
+}
+
+/// A probe's result as its node reports it.
+pub struct ProbeResult<'a> {
+    pub outcome: &'a str,
+    pub detail: String,
+    pub latency_us: i64,
+    /// Empty: no reply.
+    pub reply_from: String,
+}
+
+/// Stores the result of one of the node's own pending probes; `false` when the probe is
+/// unknown, another node's, or already done.
+pub async fn record_result(
+    conn: &mut PgConnection,
+    node: Uuid,
+    id: Uuid,
+    r: ProbeResult<'_>,
+) -> Result<bool> {
+    let updated: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE probes SET outcome = $3, detail = $4, latency_us = $5, \
+         reply_from = nullif($6, ''), finished_at = now() \
+         WHERE id = $1 AND node_id = $2 AND outcome IS NULL RETURNING id",
+    )
+    .bind(id)
+    .bind(node)
+    .bind(r.outcome)
+    .bind(r.detail)
+    .bind(r.latency_us)
+    .bind(r.reply_from)
+    .fetch_optional(conn)
+    .await?;
+    Ok(updated.is_some())
+}
+
+/// Sets a probe's revision (the change its result made).
+pub async fn set_revision(conn: &mut PgConnection, id: Uuid, revision: i64) -> Result<()> {
+    sqlx::query("UPDATE probes SET revision = $2 WHERE id = $1")
+        .bind(id)
+        .bind(revision)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
