@@ -208,7 +208,15 @@ describe("console pages that write", { concurrency: false }, () => {
     await page.waitForURL(/resource_kind=api_token.*action=revoke|action=revoke.*resource_kind=api_token/);
     const entry = page.locator(`tr[data-audit="revoke:api_token:${tokenName}"]`);
     await entry.waitFor();
-    const kinds = await page.locator("tr[data-audit]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-audit")));
+    // The unfiltered page stays on screen while the filtered one loads: wait for the
+    // filtered answer (or time out and show what is listed).
+    const onlyRevocations = () =>
+      page.locator("tr[data-audit]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-audit")));
+    let kinds = await onlyRevocations();
+    for (let i = 0; i < 50 && !kinds.every((k) => k.startsWith("revoke:api_token:")); i++) {
+      await page.waitForTimeout(100);
+      kinds = await onlyRevocations();
+    }
     assert.ok(kinds.every((k) => k.startsWith("revoke:api_token:")), kinds.join(","));
     await entry.click();
     const diff = page.getByTestId("audit-diff");
