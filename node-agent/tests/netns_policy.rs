@@ -5,29 +5,13 @@ mod common;
 use common::*;
 use node_agent::datapath::Direction;
 use node_agent::netns::{PinDir, Topology};
-use node_agent::tools::{self, Server};
+use node_agent::tools::Server;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::Duration;
 use weft_datapath_common as c;
 
 const T: Duration = Duration::from_millis(700);
-
-fn tcp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
-    topo.pods[pod]
-        .ns
-        .spawn(move || tools::tcp_request(target, T).map(|(a, _)| a))
-        .join()
-        .expect("client thread")?
-}
-
-fn udp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
-    topo.pods[pod]
-        .ns
-        .spawn(move || tools::udp_request(target, T).map(|(a, _)| a))
-        .join()
-        .expect("client thread")?
-}
 
 #[test]
 fn pods_allowed_denied_replies_and_policy_changes() {

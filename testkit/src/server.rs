@@ -1,0 +1,254 @@
+//! control-api for a test: its state over a database, served on loopback (REST, the agent
+//! service) or driven in-process, and the [`Reply`] every call answers with.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use control_api::ratelimit::FailureLimiter;
+use control_api::state::AppState;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use weft_proto::v1::agent_client::AgentClient;
+
+/// The application's state on `db_url` (the restricted role's pool, as the API connects),
+/// with `operator` as the operator token.
+pub async fn state(
+    db_url: &str,
+    operator: &str,
+    oidc: Option<Arc<control_api::oidc::Oidc>>,
+    limiter: FailureLimiter,
+) -> AppState {
+    let pool = control_api::db::connect(db_url, 8).await.expect("connect");
+    AppState::new(
+        pool,
+        Some(control_api::auth::hash_token(operator)),
+        oidc,
+        limiter,
+    )
+}
+
+/// A fresh database (`prefix_…`) and the application's state on it, with neither OIDC nor a
+/// custom failure limiter.
+pub async fn fresh_state(prefix: &str, operator: &str) -> (AppState, String) {
+    let db_url = crate::db::fresh(prefix).await;
+    let state = state(&db_url, operator, None, FailureLimiter::default()).await;
+    (state, db_url)
+}
+
+/// Serves the REST API of `state` on a free loopback port; returns its base URL.
+pub async fn serve_rest(state: AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = control_api::app::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// Serves the agent service of `state` (plain gRPC) on a free loopback port and connects a
+/// client to it.
+pub async fn serve_agents(state: AppState) -> AgentClient<tonic::transport::Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let svc = control_api::agent::AgentService::new(state);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    AgentClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+/// What a REST call answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The JSON body; `Null` when empty (or a live event stream), a string when not JSON.
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn etag(&self) -> String {
+        self.headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The `field`s of a problem document's `errors`.
+    pub fn fields(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["field"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An `application/problem+json` answer with this status and `urn:weft:problem:{kind}`.
+    pub fn is_problem(&self, status: u16, kind: &str) -> bool {
+        self.status.as_u16() == status
+            && self
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                == Some("application/problem+json")
+            && self.body["type"] == format!("urn:weft:problem:{kind}")
+            && self.body["status"] == status
+            && self.body["detail"].as_str().is_some_and(|d| !d.is_empty())
+    }
+
+    fn parse(status: StatusCode, headers: HeaderMap, bytes: &[u8]) -> Reply {
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// The REST app driven without a socket.
+#[derive(Clone)]
+pub struct InProcess {
+    pub app: Router,
+}
+
+impl InProcess {
+    pub fn new(state: AppState) -> InProcess {
+        InProcess {
+            app: control_api::app::app(state),
+        }
+    }
+
+    /// Sends `req` through the app. A live event stream never ends: it answers with its
+    /// headers only.
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.app.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        {
+            return Reply::parse(status, headers, b"");
+        }
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply::parse(status, headers, &bytes)
+    }
+}
+
+/// A request with an optional bearer token and an optional JSON body.
+pub fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("method"))
+        .uri(path);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(b) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    req.body(body).expect("request")
+}
+
+/// The REST API over HTTP at `url` (see [`serve_rest`]).
+#[derive(Clone)]
+pub struct Http {
+    pub url: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new(url: &str) -> Http {
+        Http {
+            url: url.to_string(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.client.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.url),
+        );
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("API answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        Reply::parse(status, headers, &bytes)
+    }
+}
+
+/// A self-signed certificate for a server at `ip` (a leaf, not a CA: rustls refuses a CA
+/// certificate as the server's own), made in `dir` with openssl as the demo makes one;
+/// returns (certificate, key).
+pub fn self_signed(
+    dir: &std::path::Path,
+    ip: std::net::IpAddr,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=weft-test"])
+        .args(["-addext", &format!("subjectAltName=IP:{ip}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "openssl made the certificate");
+    (cert, key)
+}
