@@ -3,7 +3,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{TestApp, OPERATOR};
+use common::{Rest, TestApp, OPERATOR};
 use serde_json::json;
 
 #[tokio::test]

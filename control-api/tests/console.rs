@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::TestApp;
+use common::{Rest, TestApp};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 

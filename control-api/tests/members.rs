@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::oidc::user;
+use common::{oidc::user, Rest};
 use common::{TestApp, OPERATOR};
 use serde_json::json;
 

@@ -1,25 +1,58 @@
 //! Tenants, API tokens, clusters and join tokens: the scene most tests set before they
 //! start, over any way of calling the REST API.
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use serde_json::{json, Value};
 
-use crate::server::{request, Http, InProcess, Reply};
+use axum::Router;
+
+use crate::server::{request, send, Http, Reply};
+
+/// How a harness reaches the REST API.
+pub enum Via<'a> {
+    /// The app in this process, without a socket.
+    App(&'a Router),
+    /// Over HTTP (see [`crate::server::serve_rest`]).
+    Http(&'a Http),
+}
 
 /// A way to call the REST API; the fixtures come with it.
 #[allow(async_fn_in_trait)] // test code: every caller is a concrete type
 pub trait Rest {
-    async fn rest(
+    fn via(&self) -> Via<'_>;
+
+    /// Sends a request as `token` (none: anonymous); `body` is sent as JSON when given.
+    async fn call(
         &self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> Reply;
+    ) -> Reply {
+        match self.via() {
+            Via::App(app) => send(app, request(method, path, token, body)).await,
+            Via::Http(http) => {
+                let url = format!("{}{path}", http.url);
+                let mut req = http.client.request(method.parse().expect("method"), url);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                if let Some(b) = body {
+                    req = req
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(b.to_string());
+                }
+                let resp = req.send().await.expect("API answers");
+                let (status, headers) = (resp.status(), resp.headers().clone());
+                let bytes = resp.bytes().await.expect("body");
+                Reply::parse(status, headers, &bytes)
+            }
+        }
+    }
 
     /// POSTs `body` to `path` as `token`, asserts 201 Created, returns the body.
     async fn created(&self, path: &str, token: &str, body: Value) -> Value {
-        let r = self.rest("POST", path, Some(token), Some(body)).await;
+        let r = self.call("POST", path, Some(token), Some(body)).await;
         assert_eq!(r.status, StatusCode::CREATED, "POST {path}: {}", r.body);
         r.body
     }
@@ -73,26 +106,8 @@ pub trait Rest {
     }
 }
 
-impl Rest for InProcess {
-    async fn rest(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        self.send(request(method, path, token, body)).await
-    }
-}
-
 impl Rest for Http {
-    async fn rest(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        self.send(method, path, token, body).await
+    fn via(&self) -> Via<'_> {
+        Via::Http(self)
     }
 }

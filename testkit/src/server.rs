@@ -112,7 +112,7 @@ impl Reply {
             && self.body["detail"].as_str().is_some_and(|d| !d.is_empty())
     }
 
-    fn parse(status: StatusCode, headers: HeaderMap, bytes: &[u8]) -> Reply {
+    pub(crate) fn parse(status: StatusCode, headers: HeaderMap, bytes: &[u8]) -> Reply {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
@@ -127,34 +127,20 @@ impl Reply {
     }
 }
 
-/// The REST app driven without a socket.
-#[derive(Clone)]
-pub struct InProcess {
-    pub app: Router,
-}
-
-impl InProcess {
-    pub fn new(state: AppState) -> InProcess {
-        InProcess {
-            app: control_api::app::app(state),
-        }
+/// Sends `req` through the REST app, without a socket. A live event stream never ends: it
+/// answers with its headers only.
+pub async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return Reply::parse(status, headers, b"");
     }
-
-    /// Sends `req` through the app. A live event stream never ends: it answers with its
-    /// headers only.
-    pub async fn send(&self, req: Request<Body>) -> Reply {
-        let resp = self.app.clone().oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-        {
-            return Reply::parse(status, headers, b"");
-        }
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        Reply::parse(status, headers, &bytes)
-    }
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply::parse(status, headers, &bytes)
 }
 
 /// A request with an optional bearer token and an optional JSON body.
@@ -184,7 +170,7 @@ pub fn request(
 #[derive(Clone)]
 pub struct Http {
     pub url: String,
-    client: reqwest::Client,
+    pub client: reqwest::Client,
 }
 
 impl Http {
@@ -193,32 +179,6 @@ impl Http {
             url: url.to_string(),
             client: reqwest::Client::new(),
         }
-    }
-
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut req = self.client.request(
-            method.parse().expect("method"),
-            format!("{}{path}", self.url),
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("API answers");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.expect("body");
-        Reply::parse(status, headers, &bytes)
     }
 }
 

@@ -11,12 +11,11 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use control_api::state::AppState;
-use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 pub use weft_testkit::fixtures::Rest;
+use weft_testkit::fixtures::Via;
 pub use weft_testkit::server::Reply;
-use weft_testkit::server::{request, InProcess};
 
 pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
 
@@ -30,14 +29,8 @@ pub struct TestApp {
 }
 
 impl Rest for TestApp {
-    async fn rest(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        self.call(method, path, token, body).await
+    fn via(&self) -> Via<'_> {
+        Via::App(&self.app)
     }
 }
 
@@ -85,23 +78,8 @@ impl TestApp {
         .await
     }
 
-    /// Sends a request; `body` is sent as JSON when given.
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        self.send(request(method, path, token, body)).await
-    }
-
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        InProcess {
-            app: self.app.clone(),
-        }
-        .send(req)
-        .await
+        weft_testkit::server::send(&self.app, req).await
     }
 
     /// Creates a tenant as the operator and returns an owner token for it.

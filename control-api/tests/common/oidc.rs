@@ -9,7 +9,7 @@ use control_api::config::OidcConfig;
 use control_api::oidc::Oidc;
 use serde_json::Value;
 
-use super::{Reply, TestApp};
+use super::{Reply, Rest, TestApp};
 
 /// The provider's settings, from the environment `cargo xtask test` exports.
 pub struct Idp {

@@ -9,8 +9,8 @@ use std::path::Path;
 use control_api::state::AppState;
 use serde_json::Value;
 use weft_testkit::db::env;
-use weft_testkit::fixtures::Rest;
-use weft_testkit::server::{Http, Reply};
+use weft_testkit::fixtures::{Rest, Via};
+use weft_testkit::server::Http;
 
 pub const OPERATOR: &str = "operator-token-for-terraform-tests-0123456789";
 
@@ -21,14 +21,8 @@ pub struct Api {
 }
 
 impl Rest for Api {
-    async fn rest(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        self.http.rest(method, path, token, body).await
+    fn via(&self) -> Via<'_> {
+        Via::Http(&self.http)
     }
 }
 
@@ -51,7 +45,7 @@ impl Api {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let r = self.rest(method, path, Some(token), body).await;
+        let r = Rest::call(self, method, path, Some(token), body).await;
         (r.status.as_u16(), r.body)
     }
 

@@ -13,8 +13,7 @@ use axum::Router;
 use control_api::state::AppState;
 use serde_json::{json, Value};
 pub use weft_testkit::bpf::bpf_available;
-use weft_testkit::fixtures::Rest;
-use weft_testkit::server::InProcess;
+use weft_testkit::fixtures::{Rest, Via};
 pub use weft_testkit::server::{self_signed as agent_cert, Reply};
 
 pub const OPERATOR: &str = "operator-token-for-e2e-tests-0123456789abcdef";
@@ -27,18 +26,8 @@ pub struct ControlPlane {
 }
 
 impl Rest for ControlPlane {
-    async fn rest(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        InProcess {
-            app: self.app.clone(),
-        }
-        .rest(method, path, token, body)
-        .await
+    fn via(&self) -> Via<'_> {
+        Via::App(&self.app)
     }
 }
 
@@ -90,7 +79,7 @@ impl ControlPlane {
     }
 
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
-        self.rest(method, path, Some(token), body).await
+        Rest::call(self, method, path, Some(token), body).await
     }
 
     /// Tenant `acme` with cluster `prod`; returns an owner API token.
