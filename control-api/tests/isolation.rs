@@ -64,15 +64,8 @@ async fn fixture(t: &TestApp) -> Fixture {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    let cluster: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let r = t.cluster("acme", "prod", &owner).await;
+    let cluster: Uuid = r["id"].as_str().unwrap().parse().unwrap();
     let r = t
         .call(
             "POST",
@@ -357,15 +350,8 @@ async fn audit_log_records_every_change() {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
     let viewer = t.token("acme", "viewer", &owner).await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    let cluster_id = r.body["id"].as_str().unwrap().to_string();
+    let r = t.cluster("acme", "prod", &owner).await;
+    let cluster_id = r["id"].as_str().unwrap().to_string();
     t.call(
         "PATCH",
         "/v1/tenants/acme/clusters/prod",
