@@ -212,3 +212,62 @@ pub fn self_signed(
     assert!(made.success(), "openssl made the certificate");
     (cert, key)
 }
+
+/// control-api served on loopback over a fresh database, called over HTTP: what the tests
+/// of the CLI and of the terraform provider drive their binaries against.
+pub struct Loopback {
+    /// The REST API's base URL.
+    pub url: String,
+    pub state: AppState,
+    operator: String,
+    http: Http,
+}
+
+impl crate::fixtures::Rest for Loopback {
+    fn via(&self) -> crate::fixtures::Via<'_> {
+        crate::fixtures::Via::Http(&self.http)
+    }
+}
+
+impl Loopback {
+    /// A fresh database (`prefix_…`) and the API on it, with `operator` as the operator
+    /// token and OIDC as given.
+    pub async fn start(
+        prefix: &str,
+        operator: &str,
+        oidc: Option<Arc<control_api::oidc::Oidc>>,
+    ) -> Loopback {
+        let db_url = crate::db::fresh(prefix).await;
+        let state = state(&db_url, operator, oidc, FailureLimiter::default()).await;
+        let url = serve_rest(state.clone()).await;
+        Loopback {
+            http: Http::new(&url),
+            url,
+            state,
+            operator: operator.to_string(),
+        }
+    }
+
+    /// A REST call as the test itself (setting the scene, checking what the binary did):
+    /// the status and the JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let r = crate::fixtures::Rest::call(self, method, path, Some(token), body).await;
+        (r.status.as_u16(), r.body)
+    }
+
+    /// Creates a tenant as the operator and returns an API token of `role` for it.
+    pub async fn tenant(&self, name: &str, role: &str) -> String {
+        crate::fixtures::Rest::tenant_with(self, name, role, &self.operator).await
+    }
+
+    /// An API token of `role` in `tenant`, made by the operator.
+    pub async fn token(&self, tenant: &str, role: &str) -> String {
+        crate::fixtures::Rest::api_token(self, tenant, role, &self.operator).await
+    }
+}

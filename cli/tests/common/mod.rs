@@ -7,25 +7,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use control_api::state::AppState;
 use serde_json::Value;
 use weft_testkit::db::env;
-use weft_testkit::fixtures::{Rest, Via};
-use weft_testkit::server::Http;
+use weft_testkit::server::Loopback;
 
 pub const OPERATOR: &str = "operator-token-for-cli-tests-0123456789abcdef";
 
 pub struct Api {
-    pub url: String,
-    pub state: AppState,
+    /// control-api on loopback (`url`, `state`, `call`, `tenant`, `token`).
+    pub api: Loopback,
     /// The CLI's `$XDG_CONFIG_HOME`.
     pub home: weft_testkit::tmp::TempDir,
-    http: Http,
 }
 
-impl Rest for Api {
-    fn via(&self) -> Via<'_> {
-        Via::Http(&self.http)
+impl std::ops::Deref for Api {
+    type Target = Loopback;
+    fn deref(&self) -> &Loopback {
+        &self.api
     }
 }
 
@@ -89,19 +87,8 @@ impl Api {
     }
 
     async fn start_with(oidc: Option<Arc<control_api::oidc::Oidc>>) -> Api {
-        let db_url = weft_testkit::db::fresh("cli").await;
-        let state = weft_testkit::server::state(
-            &db_url,
-            OPERATOR,
-            oidc,
-            control_api::ratelimit::FailureLimiter::default(),
-        )
-        .await;
-        let url = weft_testkit::server::serve_rest(state.clone()).await;
         Api {
-            http: Http::new(&url),
-            url,
-            state,
+            api: Loopback::start("cli", OPERATOR, oidc).await,
             home: weft_testkit::tmp::dir("cli-home"),
         }
     }
@@ -150,23 +137,6 @@ impl Api {
         self.weft_env(args, &[], None).await
     }
 
-    /// A REST call as the test itself (setting the scene, checking what the CLI did).
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let r = Rest::call(self, method, path, Some(token), body).await;
-        (r.status.as_u16(), r.body)
-    }
-
-    /// Creates a tenant and returns an API token of `role` for it.
-    pub async fn tenant(&self, name: &str, role: &str) -> String {
-        self.tenant_with(name, role, OPERATOR).await
-    }
-
     /// Creates a tenant, logs the CLI in as its owner (API token); returns the token.
     pub async fn owner_logged_in(&self, tenant: &str) -> String {
         let owner = self.tenant(tenant, "owner").await;
@@ -174,10 +144,6 @@ impl Api {
             .await
             .ok();
         owner
-    }
-
-    pub async fn token(&self, tenant: &str, role: &str) -> String {
-        self.api_token(tenant, role, OPERATOR).await
     }
 
     /// The global desired-state revision.

@@ -6,52 +6,24 @@
 
 use std::path::Path;
 
-use control_api::state::AppState;
-use serde_json::Value;
 use weft_testkit::db::env;
-use weft_testkit::fixtures::{Rest, Via};
-use weft_testkit::server::Http;
+use weft_testkit::server::Loopback;
 
 pub const OPERATOR: &str = "operator-token-for-terraform-tests-0123456789";
 
-pub struct Api {
-    pub url: String,
-    pub state: AppState,
-    http: Http,
-}
+/// control-api on loopback (`url`, `state`, `call`, `tenant`).
+pub struct Api(Loopback);
 
-impl Rest for Api {
-    fn via(&self) -> Via<'_> {
-        Via::Http(&self.http)
+impl std::ops::Deref for Api {
+    type Target = Loopback;
+    fn deref(&self) -> &Loopback {
+        &self.0
     }
 }
 
 impl Api {
     pub async fn start() -> Api {
-        let (state, _) = weft_testkit::server::fresh_state("tf", OPERATOR).await;
-        let url = weft_testkit::server::serve_rest(state.clone()).await;
-        Api {
-            http: Http::new(&url),
-            url,
-            state,
-        }
-    }
-
-    /// A REST call as the test itself (setting the scene, checking what terraform did).
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let r = Rest::call(self, method, path, Some(token), body).await;
-        (r.status.as_u16(), r.body)
-    }
-
-    /// Creates a tenant and returns an API token of `role` for it.
-    pub async fn tenant(&self, name: &str, role: &str) -> String {
-        self.tenant_with(name, role, OPERATOR).await
+        Api(Loopback::start("tf", OPERATOR, None).await)
     }
 }
 
