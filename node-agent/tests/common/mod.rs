@@ -160,6 +160,15 @@ pub fn endpoint(
     }
 }
 
+/// Pod `i + 1` of `topo` as endpoint `i + 1`, with `(identity, enforce_ingress,
+/// enforce_egress)` from `pods[i]`.
+pub fn apply_endpoints(dp: &mut Datapath, topo: &Topology, pods: &[(u32, bool, bool)]) {
+    for (i, &(identity, ingress, egress)) in pods.iter().enumerate() {
+        dp.apply_endpoint(&endpoint(i as u32 + 1, topo, identity, ingress, egress))
+            .expect("apply endpoint");
+    }
+}
+
 pub fn rule(
     direction: node_agent::datapath::Direction,
     peer: Option<u32>,
