@@ -12,6 +12,7 @@ use common::{file, idp, Api};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use weft_proto::v1::{AckRequest, HealthReport, RegisterRequest};
+use weft_testkit::fixtures::Rest;
 
 const NATIVE: &str = r#"
 name: web-from-frontend
@@ -62,13 +63,7 @@ async fn login_with_a_token_contexts_and_environment_overrides() {
     let api = Api::start().await;
     let acme = api.tenant("acme", "owner").await;
     let globex = api.tenant("globex", "owner").await;
-    api.call(
-        "POST",
-        "/v1/tenants/globex/clusters",
-        &globex,
-        Some(json!({"name": "g-edge"})),
-    )
-    .await;
+    api.cluster("globex", "g-edge", &globex).await;
 
     // Nothing configured yet: the error says what to do.
     let r = api.weft(&["cluster", "list"]).await;
@@ -231,7 +226,7 @@ async fn login_with_a_token_contexts_and_environment_overrides() {
 async fn policy_apply_diff_list_get_delete() {
     let api = Api::start().await;
     let editor = api.tenant("acme", "editor").await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = weft_testkit::tmp::dir("cli");
     api.weft(&["login", "--api-url", &api.url, "--token", &editor])
         .await
         .ok();
@@ -559,7 +554,7 @@ async fn status_exit_codes_follow_nodes_and_realization() {
 async fn clusters_services_and_tokens() {
     let api = Api::start().await;
     api.owner_logged_in("acme").await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = weft_testkit::tmp::dir("cli");
 
     api.weft(&[
         "cluster",
@@ -1010,7 +1005,7 @@ async fn connectivity_cleanup_removes_what_a_killed_run_left_and_nothing_else() 
         "policy",
         "apply",
         "-f",
-        &file(tempfile::tempdir().unwrap().path(), "p.yaml", NATIVE),
+        &file(weft_testkit::tmp::dir("cli").path(), "p.yaml", NATIVE),
     ])
     .await
     .ok();
@@ -1041,7 +1036,7 @@ async fn connectivity_cleanup_removes_what_a_killed_run_left_and_nothing_else() 
 async fn policy_apply_warns_on_not_enforced_fields_and_strict_refuses() {
     let api = Api::start().await;
     let editor = api.tenant("acme", "editor").await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = weft_testkit::tmp::dir("cli");
     api.weft(&["login", "--api-url", &api.url, "--token", &editor])
         .await
         .ok();

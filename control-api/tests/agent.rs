@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{agent_on, authed, next_sync, TestApp};
+use common::{agent_on, authed, next_sync, Rest, TestApp};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -21,16 +21,7 @@ async fn agent(t: &TestApp) -> AgentClient<Channel> {
 }
 
 async fn join_token(t: &TestApp, owner: &str, cluster: &str, body: serde_json::Value) -> String {
-    let r = t
-        .call(
-            "POST",
-            &format!("/v1/tenants/acme/clusters/{cluster}/join-tokens"),
-            Some(owner),
-            Some(body),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    r.body["token"].as_str().expect("token").to_string()
+    t.join_token("acme", cluster, owner, body).await
 }
 
 fn register(token: &str, name: &str, replace: bool) -> RegisterRequest {
@@ -68,15 +59,7 @@ async fn node_with(
     weft_proto::v1::RegisterResponse,
 ) {
     let owner = t.tenant("acme").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.cluster("acme", "prod", &owner).await;
     let mut client = agent(t).await;
     let tok = join_token(t, &owner, "prod", json!({"name": "n"})).await;
     let node = client
@@ -95,13 +78,7 @@ async fn node_with(
 async fn join_tokens_register_nodes_once() {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&owner),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
+    t.cluster("acme", "prod", &owner).await;
     let mut client = agent(&t).await;
     let single = join_token(&t, &owner, "prod", json!({"name": "once"})).await;
     assert!(single.starts_with("weft_join_"), "{single}");
@@ -208,13 +185,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
     for c in ["prod", "staging"] {
-        t.call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": c})),
-        )
-        .await;
+        t.cluster("acme", c, &owner).await;
     }
     let mut client = agent(&t).await;
     let tok_prod = join_token(&t, &owner, "prod", json!({"name": "p"})).await;
@@ -390,13 +361,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
 async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&owner),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
+    t.cluster("acme", "prod", &owner).await;
     let mut a = agent(&t).await;
     let tok = join_token(&t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
     let n1 = a
@@ -775,52 +740,16 @@ async fn the_agent_service_speaks_tls() {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&owner),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
+    t.cluster("acme", "prod", &owner).await;
     let tok = join_token(&t, &owner, "prod", json!({"name": "p", "max_uses": 0})).await;
 
     // A self-signed certificate for 127.0.0.1, as the demo makes one.
-    let dir = std::env::temp_dir().join(format!("weft-tls-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=weft-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            // A leaf, not a CA: rustls refuses a CA certificate as the server's own.
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(ok.success());
+    let dir = weft_testkit::tmp::dir("tls");
+    let (cert, key) = weft_testkit::server::self_signed(dir.path(), [127, 0, 0, 1].into());
     let tls = control_api::agent::Tls::load(&cert, &key).unwrap();
     let state = t.state.clone();
     let ca = std::fs::read(&cert).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -857,17 +786,37 @@ async fn the_agent_service_speaks_tls() {
         .expect("register over TLS");
     assert!(r.into_inner().node_credential.starts_with("weft_"));
 
-    // A plaintext client gets nowhere.
+    // A plaintext client gets nowhere: TCP connects (HTTP/2 starts lazily), then the TLS
+    // listener hangs up on the HTTP/2 preface, so the call fails in transport, with no
+    // status of the service's own.
     let plain = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect()
-        .await;
-    if let Ok(channel) = plain {
-        let e = AgentClient::new(channel)
-            .register(register(&tok, "node-2", false))
-            .await;
-        assert!(e.is_err(), "plaintext must not be served");
-    }
+        .await
+        .expect("the TCP connection is accepted");
+    let e = AgentClient::new(plain)
+        .register(register(&tok, "node-2", false))
+        .await
+        .expect_err("plaintext must not be served");
+    assert_eq!(e.code(), tonic::Code::Unknown, "{e:?}");
+    assert_eq!(e.message(), "transport error", "{e:?}");
+    let mut cause = std::error::Error::source(&e);
+    let io = loop {
+        match cause {
+            Some(c) => match c.downcast_ref::<std::io::Error>() {
+                Some(io) => break Some(io.kind()),
+                None => cause = c.source(),
+            },
+            None => break None,
+        }
+    };
+    assert!(
+        matches!(
+            io,
+            Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+        ),
+        "the server hung up: {e:?}"
+    );
     assert_eq!(t.count("nodes").await, 1);
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{TestApp, OPERATOR};
+use common::{Rest, TestApp, OPERATOR};
 use serde_json::json;
 
 #[tokio::test]
@@ -151,15 +151,8 @@ async fn another_tenant_is_invisible() {
     let t = TestApp::new().await;
     let acme = t.tenant("acme").await;
     let globex = t.tenant("globex").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&acme),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    let cluster_id = r.body["id"].as_str().unwrap().to_string();
+    let r = t.cluster("acme", "prod", &acme).await;
+    let cluster_id = r["id"].as_str().unwrap().to_string();
     let acme_id = t
         .call("GET", "/v1/tenants/acme", Some(&acme), None)
         .await

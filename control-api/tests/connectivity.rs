@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use common::{agent_on, authed, next_change, Reply, TestApp};
+use common::{agent_on, authed, next_change, Reply, Rest, TestApp};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use weft_proto::v1::agent_client::AgentClient;
@@ -31,15 +31,7 @@ struct Setup {
 async fn setup() -> Setup {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.cluster("acme", "prod", &owner).await;
     let r = t
         .call(
             "POST",
@@ -521,15 +513,7 @@ async fn other_tenants_see_and_delete_nothing() {
         .probe(json!({"from": "echo-a", "target": "10.0.1.5:80"}))
         .await;
     let globex = s.t.tenant("globex").await;
-    let r =
-        s.t.call(
-            "POST",
-            "/v1/tenants/globex/clusters",
-            Some(&globex),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    s.t.cluster("globex", "prod", &globex).await;
     let g_wl = "/v1/tenants/globex/clusters/prod/test-workloads";
     let g_probes = "/v1/tenants/globex/clusters/prod/probes";
     for path in [g_wl, g_probes] {

@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::TestApp;
+use common::{Rest, TestApp};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -13,13 +13,14 @@ const INDEX: &str = "<!doctype html><title>Weft</title><div id=root></div>";
 const SCRIPT: &str = "console.log('weft')";
 
 /// A built console in a fresh directory: `index.html` and one hashed asset.
-fn dist() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-console-{}", uuid::Uuid::new_v4()));
+fn dist() -> weft_testkit::tmp::TempDir {
+    let tmp = weft_testkit::tmp::dir("console");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("assets")).expect("mkdir");
     std::fs::write(dir.join("index.html"), INDEX).expect("index");
     std::fs::write(dir.join("assets/index-Bx3f9a1c.js"), SCRIPT).expect("asset");
     std::fs::write(dir.join("favicon.svg"), "<svg/>").expect("favicon");
-    dir
+    tmp
 }
 
 struct Got {
@@ -55,7 +56,7 @@ fn header(g: &Got, name: header::HeaderName) -> &str {
 async fn serves_the_built_console() {
     let t = TestApp::new().await;
     let dir = dist();
-    let app = control_api::app::app(t.state.clone().with_console(Some(dir.clone())));
+    let app = control_api::app::app(t.state.clone().with_console(Some(dir.path().to_path_buf())));
 
     let g = get(&app, "/").await;
     assert_eq!(g.status, StatusCode::SEE_OTHER);
@@ -106,7 +107,7 @@ async fn serves_the_built_console() {
     assert_eq!(g.status, StatusCode::UNAUTHORIZED);
     assert!(header(&g, header::CONTENT_SECURITY_POLICY).is_empty());
 
-    std::fs::remove_dir_all(dir).expect("cleanup");
+    drop(dir);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use axum::http::StatusCode;
-use common::{TestApp, OPERATOR};
+use common::{Rest, TestApp, OPERATOR};
 use serde_json::{json, Value};
 
 /// A spec schema with its `$ref`s resolved against the document.
@@ -607,15 +607,7 @@ async fn spec_and_validators_agree_at_every_boundary() {
     }
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.cluster("acme", "prod", &owner).await;
 
     let mut disagreements = Vec::new();
     let mut checked = 0usize;

@@ -7,7 +7,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use common::TestApp;
+use common::{Rest, TestApp};
 use control_api::api::install::InstallConfig;
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -51,7 +51,8 @@ async fn the_script_is_valid_sh_with_this_apis_urls() {
     assert!(script.contains("CONTROL_PLANE='https://api.weft.test:7443'"));
     assert!(!script.contains("@API_URL@") && !script.contains("@AGENT_URL@"));
 
-    let dir = tempdir();
+    let tmp = weft_testkit::tmp::dir("install");
+    let dir = tmp.path().to_path_buf();
     let path = dir.join("install.sh");
     std::fs::write(&path, &script).expect("write");
     let syntax = std::process::Command::new("sh")
@@ -83,7 +84,6 @@ async fn the_script_is_valid_sh_with_this_apis_urls() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--label 'a b'"));
     let unknown = run(&["--join-token", "x", "--frobnicate", "1"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown option --frobnicate"));
-    let _ = std::fs::remove_dir_all(&dir);
 
     // A Host that would break out of the script's quoting is refused.
     let (status, _, _) = get(&app, "/install.sh", Some("evil'$(id)")).await;
@@ -106,16 +106,11 @@ async fn the_script_is_valid_sh_with_this_apis_urls() {
     assert!(script.contains("CONTROL_PLANE='https://weft.example:7443'"));
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("weft-install-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 #[tokio::test]
 async fn the_agent_binary_is_served_with_a_matching_checksum() {
     let t = TestApp::new().await;
-    let dir = tempdir();
+    let tmp = weft_testkit::tmp::dir("install");
+    let dir = tmp.path().to_path_buf();
     let bin = dir.join("node-agent");
     let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&bin, &bytes).expect("write");
@@ -152,7 +147,6 @@ async fn the_agent_binary_is_served_with_a_matching_checksum() {
         (status, ctype.as_str(), pem.as_slice()),
         (StatusCode::OK, "application/x-pem-file", &b"PEM"[..])
     );
-    let _ = std::fs::remove_dir_all(&dir);
 
     // Nothing configured: clear 404s, not an empty file.
     let app = app_with(&t, InstallConfig::new(None, None, None, 7443, false, None));
@@ -167,15 +161,7 @@ async fn the_agent_binary_is_served_with_a_matching_checksum() {
 async fn a_join_token_comes_with_its_install_command() {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&owner),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.cluster("acme", "prod", &owner).await;
     let req = Request::builder()
         .method("POST")
         .uri("/v1/tenants/acme/clusters/prod/join-tokens")

@@ -96,7 +96,8 @@ fn kid(jwt: &str) -> String {
 
 #[tokio::test]
 async fn cached_keys_outlive_the_issuer_and_new_keys_are_fetched() {
-    let dir = tempdir();
+    let tmp = weft_testkit::tmp::dir("jwks");
+    let dir = tmp.path().to_path_buf();
     let port = free_port();
     let oidc = Oidc::from_config(&OidcConfig {
         oidc_issuer: Some(format!("http://127.0.0.1:{port}")),
@@ -139,11 +140,4 @@ async fn cached_keys_outlive_the_issuer_and_new_keys_are_fetched() {
     oidc.verify_access_token(&new)
         .await
         .expect("the new key is fetched when a token names it");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-jwks-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

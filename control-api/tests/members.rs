@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::oidc::user;
+use common::{oidc::user, Rest};
 use common::{TestApp, OPERATOR};
 use serde_json::json;
 
@@ -359,9 +359,11 @@ async fn memberships_are_behind_row_level_security() {
     .bind(alice_id)
     .execute(&mut *tx)
     .await;
-    assert!(
-        sneak.is_err(),
-        "RLS refuses a membership outside the transaction's tenant"
+    // RLS refuses a membership outside the transaction's tenant.
+    weft_testkit::db::assert_refused(
+        sneak,
+        "42501",
+        "new row violates row-level security policy for table \"memberships\"",
     );
     tx.rollback().await.unwrap();
     let r = t

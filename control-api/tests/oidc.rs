@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use common::oidc::{client_credentials, idp, set_cookie, user};
-use common::{TestApp, OPERATOR};
+use common::{Rest, TestApp, OPERATOR};
 use serde_json::{json, Value};
 
 #[tokio::test]

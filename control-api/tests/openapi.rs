@@ -3,7 +3,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::TestApp;
+use common::{Rest, TestApp};
 
 #[test]
 fn checked_in_spec_is_current() {

@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::TestApp;
+use common::{Rest, TestApp};
 use serde_json::json;
 
 fn web_policy() -> serde_json::Value {
@@ -163,13 +163,7 @@ async fn policies_can_be_scoped_to_clusters() {
     let t = TestApp::new().await;
     let tok = t.tenant("acme").await;
     for c in ["prod", "staging"] {
-        t.call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({"name": c})),
-        )
-        .await;
+        t.cluster("acme", c, &tok).await;
     }
     let mut p = web_policy();
     p["clusters"] = json!(["staging", "prod"]);

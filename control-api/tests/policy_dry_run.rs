@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::TestApp;
+use common::{Rest, TestApp};
 use serde_json::{json, Value};
 
 fn policy(name: &str, cidr: &str) -> Value {

@@ -4,7 +4,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::{TestApp, OPERATOR};
+use common::{Rest, TestApp, OPERATOR};
 use serde_json::json;
 
 #[tokio::test]
@@ -444,13 +444,7 @@ async fn bad_input_gets_its_own_answer_and_writes_nothing() {
 async fn services_with_frontends_and_backends() {
     let t = TestApp::new().await;
     let tok = t.tenant("acme").await;
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&tok),
-        Some(json!({"name": "prod"})),
-    )
-    .await;
+    t.cluster("acme", "prod", &tok).await;
     let svc = json!({
         "name": "web",
         "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
@@ -553,15 +547,8 @@ async fn inventory_lists_nodes_endpoints_and_identities() {
     let t = TestApp::new().await;
     let tok = t.tenant("acme").await;
     let other = t.tenant("globex").await;
-    let c = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    let cluster: uuid::Uuid = c.body["id"].as_str().unwrap().parse().unwrap();
+    let c = t.cluster("acme", "prod", &tok).await;
+    let cluster: uuid::Uuid = c["id"].as_str().unwrap().parse().unwrap();
     let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
         .fetch_one(&t.pool)
         .await
@@ -700,16 +687,8 @@ async fn inventory_lists_nodes_endpoints_and_identities() {
 async fn clusters_allow_host_to_local_pods_by_default() {
     let t = TestApp::new().await;
     let tok = t.tenant("acme").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(r.body["allow_host_to_local_pods"], true, "Cilium's default");
+    let c = t.cluster("acme", "prod", &tok).await;
+    assert_eq!(c["allow_host_to_local_pods"], true, "Cilium's default");
     let r = t
         .call(
             "PATCH",
@@ -747,15 +726,7 @@ async fn clusters_allow_host_to_local_pods_by_default() {
 async fn concurrent_writes_under_one_row_never_deadlock() {
     let t = TestApp::new().await;
     let tok = t.tenant("acme").await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({"name": "prod"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.cluster("acme", "prod", &tok).await;
     for i in 0..25 {
         let (a, b, c, d) = tokio::join!(
             t.call(

@@ -182,12 +182,11 @@ fn icmp_errors_of_tracked_connections_pass_as_related() {
     attach_all(&dp, &topo);
     // a (pod 1) enforces ingress with no rule at all: nothing may open a connection to it, and
     // an ICMP error reaches it only as related to a connection it made. b, c: no policy.
-    dp.apply_endpoint(&endpoint(1, &topo, 100, true, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(2, &topo, 200, false, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(3, &topo, 300, false, false))
-        .unwrap();
+    apply_endpoints(
+        &mut dp,
+        &topo,
+        &[(100, true, false), (200, false, false), (300, false, false)],
+    );
     let (a, b) = (topo.pods[0].ip, topo.pods[1].ip);
 
     // 1. UDP to a closed port of b: b's port unreachable reaches a's connected socket.
@@ -684,12 +683,11 @@ fn no_intermediate_state_is_more_permissive_or_drops_what_both_allow() {
     let mut dp = load_with(&pins, MapSizes::default(), zero);
     attach_all(&dp, &topo);
     // ep = pod 1 (enforces ingress), x = pod 2 (identity 300), y = pod 3 (identity 400).
-    dp.apply_endpoint(&endpoint(1, &topo, 100, true, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(2, &topo, 300, false, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(3, &topo, 400, false, false))
-        .unwrap();
+    apply_endpoints(
+        &mut dp,
+        &topo,
+        &[(100, true, false), (300, false, false), (400, false, false)],
+    );
     let (ep, x, y) = (topo.pods[0].ip, topo.pods[1].ip, topo.pods[2].ip);
     let entry = |peer: Option<u32>, ports: (u16, u16), action: Action| PolicyEntry {
         direction: Direction::Ingress,

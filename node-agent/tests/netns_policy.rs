@@ -5,29 +5,13 @@ mod common;
 use common::*;
 use node_agent::datapath::Direction;
 use node_agent::netns::{PinDir, Topology};
-use node_agent::tools::{self, Server};
+use node_agent::tools::Server;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::Duration;
 use weft_datapath_common as c;
 
 const T: Duration = Duration::from_millis(700);
-
-fn tcp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
-    topo.pods[pod]
-        .ns
-        .spawn(move || tools::tcp_request(target, T).map(|(a, _)| a))
-        .join()
-        .expect("client thread")?
-}
-
-fn udp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
-    topo.pods[pod]
-        .ns
-        .spawn(move || tools::udp_request(target, T).map(|(a, _)| a))
-        .join()
-        .expect("client thread")?
-}
 
 #[test]
 fn pods_allowed_denied_replies_and_policy_changes() {
@@ -39,12 +23,11 @@ fn pods_allowed_denied_replies_and_policy_changes() {
     let mut dp = load(&pins);
     attach_all(&dp, &topo);
     // a = pod 1 (identity 100), b = pod 2 (200, enforcing both ways), c = pod 3 (300).
-    dp.apply_endpoint(&endpoint(1, &topo, 100, false, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(2, &topo, 200, true, true))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(3, &topo, 300, false, false))
-        .unwrap();
+    apply_endpoints(
+        &mut dp,
+        &topo,
+        &[(100, false, false), (200, true, true), (300, false, false)],
+    );
     // b accepts TCP 8080 and UDP 5353 from a only, and has no egress rule at all: its
     // replies can only leave through conntrack.
     dp.apply_policy(

@@ -7,22 +7,11 @@ mod common;
 use common::*;
 use node_agent::agent::wire::{Programmed, SyncMessage, Update};
 use node_agent::netns::{PinDir, Topology};
-use node_agent::tools::{self, Server};
+use node_agent::tools::Server;
 use std::net::{IpAddr, SocketAddrV4};
-use std::time::Duration;
 use weft_datapath_common as c;
 use weft_model::desired::{compile, EndpointView, NodeView, PolicyView, TenantView};
 use weft_model::labels::Labels;
-
-const T: Duration = Duration::from_millis(700);
-
-fn tcp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
-    topo.pods[pod]
-        .ns
-        .spawn(move || tools::tcp_request(target, T).map(|(a, _)| a))
-        .join()
-        .expect("client thread")?
-}
 
 fn labels(app: &str) -> Labels {
     [("app".to_string(), app.to_string())].into_iter().collect()

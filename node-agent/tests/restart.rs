@@ -41,12 +41,11 @@ fn restart_drops_no_allowed_connection_and_reuses_state() {
     let mut dp = load(&pins);
     attach_all(&dp, &topo);
     dp.attach_cgroup(cg.path()).unwrap();
-    dp.apply_endpoint(&endpoint(1, &topo, 100, false, false))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(2, &topo, 200, true, true))
-        .unwrap();
-    dp.apply_endpoint(&endpoint(3, &topo, 300, false, false))
-        .unwrap();
+    apply_endpoints(
+        &mut dp,
+        &topo,
+        &[(100, false, false), (200, true, true), (300, false, false)],
+    );
     dp.apply_policy(2, &policy).unwrap();
     dp.apply_service(&svc).unwrap();
     let _server = Server::tcp(&topo.pods[1].ns, 8080, "b").unwrap();

@@ -36,7 +36,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// What one test owns; removed on drop (namespaces by prefix, then pins, cgroup, node).
 struct Fixture {
     prefix: String,
-    state: PathBuf,
+    state: weft_testkit::tmp::TempDir,
     pins: PinDir,
     cgroup: Cgroup,
     node: NetNs,
@@ -48,8 +48,7 @@ impl Fixture {
         // The node's own address (a real node has its uplink's): the source of its probes.
         node.ip(&["addr", "add", "192.168.100.1/32", "dev", "lo"])
             .expect("node address");
-        let state = std::env::temp_dir().join(unique("wlstate"));
-        std::fs::create_dir_all(&state).expect("state dir");
+        let state = weft_testkit::tmp::dir("wlstate");
         Fixture {
             // `wf<tag><pid>x<n>`: swept by `sweep_stale` should this run die.
             prefix: format!("{}-", unique("w")),
@@ -80,7 +79,7 @@ impl Fixture {
     {
         let ctx = Ctx {
             prefix: self.prefix.clone(),
-            state: self.state.clone(),
+            state: self.state.path().to_path_buf(),
             pins: self.pins.path().to_path_buf(),
             cgroup: self.cgroup.path().to_path_buf(),
         };
@@ -101,7 +100,6 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         workload::remove_namespaces_with_prefix(&self.prefix);
-        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 

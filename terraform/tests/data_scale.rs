@@ -7,20 +7,19 @@ use std::time::Instant;
 
 use common::{Api, Workspace};
 use serde_json::{json, Value};
+use weft_testkit::fixtures::Rest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_sources_read_the_tenant() {
     let api = Api::start().await;
     let token = api.tenant("acme", "editor").await;
-    let (s, c) = api
-        .call(
-            "POST",
+    let c = api
+        .created(
             "/v1/tenants/acme/clusters",
             &token,
-            Some(json!({"name": "prod", "labels": {"env": "prod"}})),
+            json!({"name": "prod", "labels": {"env": "prod"}}),
         )
         .await;
-    assert_eq!(s, 201, "{c}");
     let ws = Workspace::new(&api, &token);
     ws.config(
         r#"

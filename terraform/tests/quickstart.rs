@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{Api, Workspace};
-use serde_json::{json, Value};
+use serde_json::Value;
+use weft_testkit::fixtures::Rest;
 
 const PLATFORM: &str = if cfg!(target_arch = "aarch64") {
     "linux_arm64"
@@ -18,15 +19,7 @@ const PLATFORM: &str = if cfg!(target_arch = "aarch64") {
 async fn quickstart_through_a_filesystem_mirror_and_init() {
     let api = Api::start().await;
     let token = api.tenant("acme", "admin").await;
-    let (s, b) = api
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            &token,
-            Some(json!({"name": "prod-eu"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    api.cluster("acme", "prod-eu", &token).await;
 
     let ws = Workspace::new(&api, &token);
     let dir = ws.dir.path();

@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -50,14 +49,7 @@ async fn until_tcp(topo: &Topology, from: usize, target: SocketAddrV4, allowed: 
     }
 }
 
-/// A temporary state directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use weft_testkit::tmp::TempDir;
 
 /// A running agent task and the means to stop it.
 struct Agent {
@@ -99,13 +91,8 @@ impl Env {
         let cp = ControlPlane::new().await;
         let owner = cp.acme_prod().await;
         let token = cp.join_token(&owner).await;
-        let tls_dir = TempDir(std::env::temp_dir().join(format!(
-            "weft-e2e-tls-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        )));
-        std::fs::create_dir_all(&tls_dir.0).expect("TLS dir");
-        let (url, ca) = cp.serve_agents(&tls_dir.0).await;
+        let tls_dir = weft_testkit::tmp::dir("e2e-tls");
+        let (url, ca) = cp.serve_agents(tls_dir.path()).await;
 
         ensure_bpffs().expect("bpffs");
         let topo = Topology::new(2).expect("topology");
@@ -124,11 +111,7 @@ impl Env {
         }
         let server = SocketAddrV4::new(topo.pods[1].ip, 8080);
         let srv = Server::tcp(&topo.pods[1].ns, 8080, "server").expect("server");
-        let state_dir = TempDir(std::env::temp_dir().join(format!(
-            "weft-e2e-agent-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        )));
+        let state_dir = weft_testkit::tmp::dir("e2e-agent");
         Env {
             cp,
             owner,
@@ -149,7 +132,7 @@ impl Env {
         let args = RunArgs {
             control_plane: self.url.clone(),
             join_token,
-            state_dir: self.state_dir.0.clone(),
+            state_dir: self.state_dir.path().to_path_buf(),
             node_name: Some("node-1".into()),
             addresses: vec!["192.0.2.10".into()],
             labels: Vec::new(),
@@ -173,7 +156,7 @@ impl Env {
 
     /// Waits for the agent's credential, checks it is private, and returns it.
     async fn credential(&self) -> String {
-        let path = self.state_dir.0.join("credential");
+        let path = self.state_dir.path().join("credential");
         let start = Instant::now();
         while !path.exists() {
             assert!(start.elapsed() < WITHIN, "agent registered");
@@ -275,7 +258,7 @@ impl Env {
     }
 
     fn applied_revision_on_disk(&self) -> u64 {
-        Programmed::load(&self.state_dir.0.join("state.json"))
+        Programmed::load(&self.state_dir.path().join("state.json"))
             .expect("state file")
             .expect("state file present")
             .revision

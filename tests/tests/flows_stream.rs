@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use common::bpf_available;
 use common::env::{until_assigned, Env};
 use common::nodes::{until_tcp, WITHIN};
-use common::sse::{EventStream, Read};
 use serde_json::Value;
+use weft_testkit::sse::{EventStream, Read, Stamped};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const WEB1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 8080);
@@ -92,7 +92,7 @@ async fn attempt(
 
 /// A stream under test: what its filter admits, and which attempts it must show.
 struct Watch {
-    stream: EventStream,
+    stream: Stamped,
     admits: fn(&Value) -> bool,
     wants: fn(&Attempt) -> bool,
 }
@@ -138,32 +138,41 @@ async fn the_live_stream_shows_forwarded_and_dropped_flows_within_2s_filtered_an
     let acme = |q: &str| format!("/v1/tenants/acme/flows/stream{q}");
     let mut watches = vec![
         Watch {
-            stream: EventStream::open(&env.cp, &acme(""), &env.owner).await,
+            stream: EventStream::open(&env.cp.app, &acme(""), &env.owner)
+                .await
+                .in_background(),
             admits: |_| true,
             wants: |_| true,
         },
         Watch {
-            stream: EventStream::open(&env.cp, &acme("?to_endpoint=web-1"), &env.owner).await,
+            stream: EventStream::open(&env.cp.app, &acme("?to_endpoint=web-1"), &env.owner)
+                .await
+                .in_background(),
             admits: |f| f["destination"]["endpoint"] == "web-1",
             wants: |a| a.to == "web-1",
         },
         Watch {
-            stream: EventStream::open(&env.cp, &acme("?verdict=DROPPED"), &env.owner).await,
+            stream: EventStream::open(&env.cp.app, &acme("?verdict=DROPPED"), &env.owner)
+                .await
+                .in_background(),
             admits: |f| f["verdict"] == "DROPPED",
             wants: |a| a.verdict == "DROPPED",
         },
         Watch {
             stream: EventStream::open(
-                &env.cp,
+                &env.cp.app,
                 &acme("?to_endpoint=web-2&verdict=DROPPED"),
                 &env.owner,
             )
-            .await,
+            .await
+            .in_background(),
             admits: |f| f["verdict"] == "DROPPED" && f["destination"]["endpoint"] == "web-2",
             wants: |a| a.to == "web-2" && a.verdict == "DROPPED",
         },
         Watch {
-            stream: EventStream::open(&env.cp, "/v1/tenants/globex/flows/stream", &globex).await,
+            stream: EventStream::open(&env.cp.app, "/v1/tenants/globex/flows/stream", &globex)
+                .await
+                .in_background(),
             admits: |_| false,
             wants: |_| false,
         },

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -21,11 +21,11 @@ use serde_json::Value;
 const API_IP: &str = "10.0.9.1";
 
 /// A directory removed on drop; also stops an agent the script started in it.
-struct Machine(PathBuf);
+struct Machine(weft_testkit::tmp::TempDir);
 
 impl Drop for Machine {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.0.join("state/agent.pid")) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.path().join("state/agent.pid")) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 // SAFETY: plain syscalls on a pid our install started.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -37,7 +37,7 @@ impl Drop for Machine {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let _ = std::fs::remove_dir_all(&self.0);
+        // The directory itself goes with the TempDir.
     }
 }
 
@@ -67,8 +67,8 @@ impl Env {
                 std::net::TcpListener::bind(format!("{API_IP}:0")).expect("bind agents"),
             )
         };
-        let tls = Machine(temp("tls"));
-        let (agent_url, ca) = cp.serve_agents_on(&tls.0, agents).await;
+        let tls = Machine(weft_testkit::tmp::dir("e2e-tls"));
+        let (agent_url, ca) = cp.serve_agents_on(tls.0.path(), agents).await;
         let rest_addr: SocketAddr = rest.local_addr().expect("addr");
         let install = InstallConfig::new(
             Some(agent_bin()),
@@ -104,7 +104,7 @@ impl Env {
     /// Runs the install one-liner on the new machine. `nsenter --net` changes only the
     /// network namespace (`ip netns exec` would remount /sys and hide bpffs).
     async fn install(&self, machine: &Machine, pins: &PinDir, token: &str) -> Output {
-        let d = machine.0.display();
+        let d = machine.0.path().display();
         let line = format!(
             "curl -fsSL {api}/install.sh | sh -s -- --join-token {token} --no-systemd \
              --node-name installed-1 --address 10.0.1.1 --label rack=r1 --prefix {d}/usr \
@@ -139,16 +139,6 @@ impl Env {
     }
 }
 
-fn temp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "weft-e2e-{tag}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 fn mode(p: &Path) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("meta").permissions())
         & 0o777
@@ -161,7 +151,7 @@ async fn the_install_one_liner_registers_a_node_from_a_fresh_namespace() {
     }
     ensure_bpffs().expect("bpffs");
     let env = Env::new().await;
-    let machine = Machine(temp("machine"));
+    let machine = Machine(weft_testkit::tmp::dir("e2e-machine"));
     let pins = PinDir::create("inst").expect("pin dir");
     let token = env.join_token().await;
 
@@ -173,13 +163,13 @@ async fn the_install_one_liner_registers_a_node_from_a_fresh_namespace() {
     assert!(out.status.success(), "install failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("registered as node"), "{stdout}");
 
-    let bin = machine.0.join("usr/bin/node-agent");
+    let bin = machine.0.path().join("usr/bin/node-agent");
     assert_eq!(mode(&bin), 0o755);
     assert!(
         std::fs::read(&bin).expect("installed") == std::fs::read(agent_bin()).expect("built"),
         "the installed agent is the served one"
     );
-    let env_file = machine.0.join("etc/agent.env");
+    let env_file = machine.0.path().join("etc/agent.env");
     assert_eq!(mode(&env_file), 0o600);
     let config = std::fs::read_to_string(&env_file).expect("config");
     assert!(
@@ -187,7 +177,7 @@ async fn the_install_one_liner_registers_a_node_from_a_fresh_namespace() {
         "the used join token is not kept: {config}"
     );
     assert!(config.contains("WEFT_AGENT_CA="), "{config}");
-    assert_eq!(mode(&machine.0.join("state/credential")), 0o600);
+    assert_eq!(mode(&machine.0.path().join("state/credential")), 0o600);
 
     let start = Instant::now();
     loop {
@@ -211,7 +201,7 @@ async fn an_install_with_a_bad_join_token_fails_with_the_reason() {
     }
     ensure_bpffs().expect("bpffs");
     let env = Env::new().await;
-    let machine = Machine(temp("machine"));
+    let machine = Machine(weft_testkit::tmp::dir("e2e-machine"));
     let pins = PinDir::create("inst").expect("pin dir");
 
     let out = env
@@ -224,7 +214,7 @@ async fn an_install_with_a_bad_join_token_fails_with_the_reason() {
         stderr.contains("join token"),
         "the agent's reason is shown: {stderr}"
     );
-    assert!(!machine.0.join("state/credential").exists());
+    assert!(!machine.0.path().join("state/credential").exists());
     let (status, _) = env.node("installed-1").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -4,20 +4,27 @@
 //! configuration directory.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use control_api::state::AppState;
-use serde_json::{json, Value};
+use serde_json::Value;
+use weft_testkit::db::env;
+use weft_testkit::server::Loopback;
 
 pub const OPERATOR: &str = "operator-token-for-cli-tests-0123456789abcdef";
 
 pub struct Api {
-    pub url: String,
-    pub state: AppState,
+    /// control-api on loopback (`url`, `state`, `call`, `tenant`, `token`).
+    pub api: Loopback,
     /// The CLI's `$XDG_CONFIG_HOME`.
-    pub home: tempfile::TempDir,
+    pub home: weft_testkit::tmp::TempDir,
+}
+
+impl std::ops::Deref for Api {
+    type Target = Loopback;
+    fn deref(&self) -> &Loopback {
+        &self.api
+    }
 }
 
 /// What one `weft` run did.
@@ -46,12 +53,6 @@ impl Run {
             )
         })
     }
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `cargo xtask test`, which starts PostgreSQL and the OIDC provider")
-    })
 }
 
 /// The dev OIDC provider's issuer, API audience, test password and CLI client id.
@@ -86,30 +87,9 @@ impl Api {
     }
 
     async fn start_with(oidc: Option<Arc<control_api::oidc::Oidc>>) -> Api {
-        let url = env("WEFT_TEST_DATABASE_URL");
-        let name = format!("cli_{}", uuid_like());
-        let db_url = control_api::db::create_database(&url, &name)
-            .await
-            .expect("create the test database");
-        control_api::db::migrate(&db_url).await.expect("migrate");
-        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
-        let state = AppState::new(
-            pool,
-            Some(control_api::auth::hash_token(OPERATOR)),
-            oidc,
-            control_api::ratelimit::FailureLimiter::default(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = control_api::app::app(state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
         Api {
-            url: format!("http://{addr}"),
-            state,
-            home: tempfile::tempdir().expect("temp dir"),
+            api: Loopback::start("cli", OPERATOR, oidc).await,
+            home: weft_testkit::tmp::dir("cli-home"),
         }
     }
 
@@ -157,39 +137,6 @@ impl Api {
         self.weft_env(args, &[], None).await
     }
 
-    /// A REST call as the test itself (setting the scene, checking what the CLI did).
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client
-            .request(
-                method.parse().expect("method"),
-                format!("{}{path}", self.url),
-            )
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("API answers");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Creates a tenant and returns an API token of `role` for it.
-    pub async fn tenant(&self, name: &str, role: &str) -> String {
-        let (s, b) = self
-            .call("POST", "/v1/tenants", OPERATOR, Some(json!({"name": name})))
-            .await;
-        assert_eq!(s, 201, "{b}");
-        self.token(name, role).await
-    }
-
     /// Creates a tenant, logs the CLI in as its owner (API token); returns the token.
     pub async fn owner_logged_in(&self, tenant: &str) -> String {
         let owner = self.tenant(tenant, "owner").await;
@@ -197,19 +144,6 @@ impl Api {
             .await
             .ok();
         owner
-    }
-
-    pub async fn token(&self, tenant: &str, role: &str) -> String {
-        let (s, b) = self
-            .call(
-                "POST",
-                &format!("/v1/tenants/{tenant}/api-tokens"),
-                OPERATOR,
-                Some(json!({"name": format!("cli-{role}-{}", uuid_like()), "role": role})),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
-        b["token"].as_str().expect("token").to_string()
     }
 
     /// The global desired-state revision.
@@ -224,25 +158,8 @@ impl Api {
     pub async fn agent(
         &self,
     ) -> weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let svc = control_api::agent::AgentService::new(self.state.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-        });
-        weft_proto::v1::agent_client::AgentClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect")
+        weft_testkit::server::serve_agents(self.state.clone()).await
     }
-}
-
-fn uuid_like() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Writes `text` to `dir/name` and returns its path as a string.

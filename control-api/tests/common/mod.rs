@@ -1,5 +1,6 @@
 //! Test harness: a fresh database per test on the private Postgres that
-//! `cargo xtask test` starts, and the real application driven without a socket.
+//! `cargo xtask test` starts, and the real application driven without a socket (all from
+//! `weft-testkit`; what is here is control-api's own view: counts, revisions, replicas).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod oidc;
@@ -7,14 +8,14 @@ pub mod oidc;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::http::Request;
 use axum::Router;
 use control_api::state::AppState;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tower::ServiceExt;
+pub use weft_testkit::fixtures::Rest;
+use weft_testkit::fixtures::Via;
+pub use weft_testkit::server::Reply;
 
 pub const OPERATOR: &str = "operator-token-for-tests-0123456789abcdef";
 
@@ -27,43 +28,9 @@ pub struct TestApp {
     pub url: String,
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
-impl Reply {
-    pub fn etag(&self) -> String {
-        self.headers
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// The `field`s of a problem document's `errors`.
-    pub fn fields(&self) -> Vec<String> {
-        self.body["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["field"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn is_problem(&self, status: u16, kind: &str) -> bool {
-        self.status.as_u16() == status
-            && self
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                == Some("application/problem+json")
-            && self.body["type"] == format!("urn:weft:problem:{kind}")
-            && self.body["status"] == status
-            && self.body["detail"].as_str().is_some_and(|d| !d.is_empty())
+impl Rest for TestApp {
+    fn via(&self) -> Via<'_> {
+        Via::App(&self.app)
     }
 }
 
@@ -82,29 +49,16 @@ impl TestApp {
         oidc: Option<Arc<control_api::oidc::Oidc>>,
         limiter: control_api::ratelimit::FailureLimiter,
     ) -> TestApp {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("warn,control_api=debug")
-            .with_test_writer()
-            .try_init();
-        let url = std::env::var("WEFT_TEST_DATABASE_URL").expect(
-            "WEFT_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`, \
-             which starts a private PostgreSQL",
-        );
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let db_url = control_api::db::create_database(&url, &name)
-            .await
-            .expect("create the test database");
-        control_api::db::migrate(&db_url).await.expect("migrate");
+        weft_testkit::db::init_tracing("warn,control_api=debug");
+        let db_url = weft_testkit::db::fresh("t").await;
         // The app runs as the restricted role; the test's own pool is the schema owner,
         // so fixtures and checks see every tenant's rows.
-        let app_pool = control_api::db::connect(&db_url, 8).await.expect("connect");
+        let state = weft_testkit::server::state(&db_url, OPERATOR, oidc, limiter).await;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect(&db_url)
             .await
             .expect("owner pool");
-        let operator = Some(control_api::auth::hash_token(OPERATOR));
-        let state = AppState::new(app_pool, operator, oidc, limiter);
         TestApp {
             app: control_api::app::app(state.clone()),
             state,
@@ -115,97 +69,27 @@ impl TestApp {
 
     /// Another control-api replica on the same database: its own pool and listener.
     pub async fn replica(&self) -> AppState {
-        let pool = control_api::db::connect(&self.url, 8)
-            .await
-            .expect("connect");
-        AppState::new(
-            pool,
-            Some(control_api::auth::hash_token(OPERATOR)),
+        weft_testkit::server::state(
+            &self.url,
+            OPERATOR,
             self.state.oidc.clone(),
             control_api::ratelimit::FailureLimiter::default(),
         )
-    }
-
-    /// Sends a request; `body` is sent as JSON when given.
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut req = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(path);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(b) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(req.body(body).expect("request")).await
+        .await
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        let resp = self.app.clone().oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        // A live event stream never ends: answer with its headers only.
-        if headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-        {
-            return Reply {
-                status,
-                headers,
-                body: Value::Null,
-            };
-        }
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        weft_testkit::server::send(&self.app, req).await
     }
 
     /// Creates a tenant as the operator and returns an owner token for it.
     pub async fn tenant(&self, name: &str) -> String {
-        let r = self
-            .call(
-                "POST",
-                "/v1/tenants",
-                Some(OPERATOR),
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        self.token(name, "owner", OPERATOR).await
+        self.tenant_with(name, "owner", OPERATOR).await
     }
 
     /// Creates an API token with `role` in `tenant`, as `by`.
     pub async fn token(&self, tenant: &str, role: &str, by: &str) -> String {
-        let name = format!("{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let r = self
-            .call(
-                "POST",
-                &format!("/v1/tenants/{tenant}/api-tokens"),
-                Some(by),
-                Some(json!({"name": name, "role": role})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().expect("token").to_string()
+        self.api_token(tenant, role, by).await
     }
 
     pub async fn revision(&self) -> i64 {
@@ -228,20 +112,7 @@ impl TestApp {
 pub async fn agent_on(
     state: AppState,
 ) -> weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let svc = control_api::agent::AgentService::new(state);
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    weft_proto::v1::agent_client::AgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
+    weft_testkit::server::serve_agents(state).await
 }
 
 /// A request carrying a node credential.

@@ -9,7 +9,7 @@ use control_api::config::OidcConfig;
 use control_api::oidc::Oidc;
 use serde_json::Value;
 
-use super::{Reply, TestApp};
+use super::{Reply, Rest, TestApp};
 
 /// The provider's settings, from the environment `cargo xtask test` exports.
 pub struct Idp {
@@ -22,11 +22,7 @@ pub struct Idp {
     pub password: String,
 }
 
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `cargo xtask test`, which starts the OIDC provider")
-    })
-}
+use weft_testkit::db::env as var;
 
 pub fn idp() -> Idp {
     Idp {
@@ -178,21 +174,18 @@ impl TestApp {
         csrf: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut req = Request::builder().method(method).uri(path).header(
+        let mut req = weft_testkit::server::request(method, path, None, body);
+        let headers = req.headers_mut();
+        headers.insert(
             header::COOKIE,
-            format!("weft_csrf=x; weft_session={session}"),
+            format!("weft_csrf=x; weft_session={session}")
+                .parse()
+                .expect("cookie"),
         );
         if let Some(c) = csrf {
-            req = req.header("x-csrf-token", c);
+            headers.insert("x-csrf-token", c.parse().expect("CSRF token"));
         }
-        let body = match body {
-            Some(b) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(req.body(body).expect("request")).await
+        self.send(req).await
     }
 
     /// As the signed-in person, with the CSRF token, like the console.

@@ -1,32 +1,13 @@
 //! Shared helpers of the datapath integration tests.
 #![allow(dead_code)]
 
-use node_agent::datapath::{Datapath, DatapathConfig, EMBEDDED_OBJECT};
+use node_agent::datapath::{Datapath, DatapathConfig};
 use node_agent::netns::PinDir;
 use std::net::Ipv4Addr;
 
-/// Returns false (after printing why) when the datapath cannot run here. With
-/// `WEFT_REQUIRE_BPF=1` (set by `cargo xtask test`) a missing object or privilege is a failure.
-pub fn bpf_available(test: &str) -> bool {
-    let required = std::env::var("WEFT_REQUIRE_BPF").is_ok_and(|v| v == "1");
-    let problem = if EMBEDDED_OBJECT.is_empty() {
-        Some("node-agent was built without WEFT_BPF_OBJ (run `cargo xtask test`)".to_string())
-    } else if unsafe { libc::geteuid() } != 0 {
-        Some("not running as root".to_string())
-    } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        Some("kernel without BTF".to_string())
-    } else {
-        None
-    };
-    match problem {
-        None => true,
-        Some(p) if required => panic!("{test}: WEFT_REQUIRE_BPF=1 but {p}"),
-        Some(p) => {
-            eprintln!("SKIPPED {test}: {p}");
-            false
-        }
-    }
-}
+pub use weft_testkit::bpf::bpf_available;
+#[allow(unused_imports)] // only the pod-to-pod tests use them
+pub use weft_testkit::netns::{tcp_from, udp_from};
 
 /// Loads the datapath with its maps pinned under a fresh per-run directory.
 pub fn load(pins: &PinDir) -> Datapath {
@@ -176,6 +157,15 @@ pub fn endpoint(
         ifindex: 0,
         enforce_ingress,
         enforce_egress,
+    }
+}
+
+/// Pod `i + 1` of `topo` as endpoint `i + 1`, with `(identity, enforce_ingress,
+/// enforce_egress)` from `pods[i]`.
+pub fn apply_endpoints(dp: &mut Datapath, topo: &Topology, pods: &[(u32, bool, bool)]) {
+    for (i, &(identity, ingress, egress)) in pods.iter().enumerate() {
+        dp.apply_endpoint(&endpoint(i as u32 + 1, topo, identity, ingress, egress))
+            .expect("apply endpoint");
     }
 }
 

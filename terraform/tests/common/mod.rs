@@ -4,93 +4,26 @@
 //! per-test CLI configuration with `dev_overrides`.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use control_api::state::AppState;
-use serde_json::{json, Value};
+use weft_testkit::db::env;
+use weft_testkit::server::Loopback;
 
 pub const OPERATOR: &str = "operator-token-for-terraform-tests-0123456789";
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `cargo xtask test`, which starts PostgreSQL and installs terraform")
-    })
-}
+/// control-api on loopback (`url`, `state`, `call`, `tenant`).
+pub struct Api(Loopback);
 
-pub struct Api {
-    pub url: String,
-    pub state: AppState,
+impl std::ops::Deref for Api {
+    type Target = Loopback;
+    fn deref(&self) -> &Loopback {
+        &self.0
+    }
 }
 
 impl Api {
     pub async fn start() -> Api {
-        let url = env("WEFT_TEST_DATABASE_URL");
-        let name = format!("tf_{}", uuid_like());
-        let db_url = control_api::db::create_database(&url, &name)
-            .await
-            .expect("create the test database");
-        control_api::db::migrate(&db_url).await.expect("migrate");
-        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
-        let state = AppState::new(
-            pool,
-            Some(control_api::auth::hash_token(OPERATOR)),
-            None,
-            control_api::ratelimit::FailureLimiter::default(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = control_api::app::app(state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Api {
-            url: format!("http://{addr}"),
-            state,
-        }
-    }
-
-    /// A REST call as the test itself (setting the scene, checking what terraform did).
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client
-            .request(
-                method.parse().expect("method"),
-                format!("{}{path}", self.url),
-            )
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("API answers");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Creates a tenant and returns an API token of `role` for it.
-    pub async fn tenant(&self, name: &str, role: &str) -> String {
-        let (s, b) = self
-            .call("POST", "/v1/tenants", OPERATOR, Some(json!({"name": name})))
-            .await;
-        assert_eq!(s, 201, "{b}");
-        let (s, b) = self
-            .call(
-                "POST",
-                &format!("/v1/tenants/{name}/api-tokens"),
-                OPERATOR,
-                Some(json!({"name": format!("tf-{role}"), "role": role})),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
-        b["token"].as_str().expect("token").to_string()
+        Api(Loopback::start("tf", OPERATOR, None).await)
     }
 }
 
@@ -115,7 +48,7 @@ impl Run {
 
 /// A terraform working directory whose CLI configuration points `weft/weft` at this build.
 pub struct Workspace {
-    pub dir: tempfile::TempDir,
+    pub dir: weft_testkit::tmp::TempDir,
     api_url: String,
     token: String,
     /// `WEFT_TENANT`, when set.
@@ -124,7 +57,7 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(api: &Api, token: &str) -> Workspace {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = weft_testkit::tmp::dir("tf");
         let bin = Path::new(env!("CARGO_BIN_EXE_terraform-provider-weft"));
         let rc = format!(
             "provider_installation {{\n  dev_overrides {{\n    \"weft/weft\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
@@ -186,8 +119,4 @@ impl Workspace {
         self.terraform(&["plan", "-detailed-exitcode", "-input=false", "-no-color"])
             .await
     }
-}
-
-fn uuid_like() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }

@@ -37,13 +37,13 @@ impl Env {
         let cp = ControlPlane::new().await;
         let owner = cp.acme_prod().await;
         let underlay = Underlay::new();
-        let tls = TempDir::new("tls");
+        let tls = weft_testkit::tmp::dir("e2e-tls");
         let (url, ca, api) = if process {
-            let (mut api, url, ca) = ApiProcess::new(&underlay, &cp.db_url, &tls.0);
+            let (mut api, url, ca) = ApiProcess::new(&underlay, &cp.db_url, tls.path());
             tokio::task::block_in_place(|| api.start());
             (url, ca, Some(api))
         } else {
-            let (url, ca) = cp.serve_agents_on(&tls.0, underlay.listen()).await;
+            let (url, ca) = cp.serve_agents_on(tls.path(), underlay.listen()).await;
             (url, ca, None)
         };
         let nodes = (1..=n).map(|i| Node::new(&underlay, i, n)).collect();

@@ -1,21 +1,20 @@
 //! The minimal control-plane harness: a fresh database on the private Postgres that
 //! `cargo xtask test` starts, the REST app driven without a socket, the agent service on a
-//! loopback port. (Trimmed from control-api's own test harness.)
+//! loopback port (all from `weft-testkit`).
 #![allow(dead_code)]
 
 pub mod env;
 pub mod nodes;
-pub mod sse;
 
 use std::net::SocketAddr;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use control_api::state::AppState;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
+pub use weft_testkit::bpf::bpf_available;
+use weft_testkit::fixtures::{Rest, Via};
+pub use weft_testkit::server::{self_signed as agent_cert, Reply};
 
 pub const OPERATOR: &str = "operator-token-for-e2e-tests-0123456789abcdef";
 
@@ -26,34 +25,17 @@ pub struct ControlPlane {
     pub db_url: String,
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
+impl Rest for ControlPlane {
+    fn via(&self) -> Via<'_> {
+        Via::App(&self.app)
+    }
 }
 
 impl ControlPlane {
     /// A fresh database and the application on it.
     pub async fn new() -> ControlPlane {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("warn,control_api=info,node_agent=info")
-            .with_test_writer()
-            .try_init();
-        let url = std::env::var("WEFT_TEST_DATABASE_URL").expect(
-            "WEFT_TEST_DATABASE_URL is not set: run the tests with `cargo xtask test`, \
-             which starts a private PostgreSQL",
-        );
-        let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-        let db_url = control_api::db::create_database(&url, &name)
-            .await
-            .expect("create the test database");
-        control_api::db::migrate(&db_url).await.expect("migrate");
-        let pool = control_api::db::connect(&db_url, 8).await.expect("connect");
-        let state = AppState::new(
-            pool,
-            Some(control_api::auth::hash_token(OPERATOR)),
-            None,
-            control_api::ratelimit::FailureLimiter::default(),
-        );
+        weft_testkit::db::init_tracing("warn,control_api=info,node_agent=info");
+        let (state, db_url) = weft_testkit::server::fresh_state("e2e", OPERATOR).await;
         ControlPlane {
             app: control_api::app::app(state.clone()),
             state,
@@ -97,56 +79,26 @@ impl ControlPlane {
     }
 
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
-        let mut req = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"));
-        let body = match body {
-            Some(b) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(b.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .app
-            .clone()
-            .oneshot(req.body(body).expect("request"))
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, body }
+        Rest::call(self, method, path, Some(token), body).await
     }
 
     /// Tenant `acme` with cluster `prod`; returns an owner API token.
     pub async fn acme_prod(&self) -> String {
         let owner = self.tenant("acme").await;
-        let r = self
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters",
-                &owner,
-                Some(json!({"name": "prod"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        self.cluster("acme", "prod", &owner).await;
         owner
     }
 
     /// A new single-use join token for `acme/prod`.
     pub async fn join_token(&self, owner: &str) -> String {
-        let r = self
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters/prod/join-tokens",
-                owner,
-                Some(json!({"name": format!("e2e-{}", uuid::Uuid::new_v4().simple())})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().expect("token").to_string()
+        Rest::join_token(
+            self,
+            "acme",
+            "prod",
+            owner,
+            json!({"name": format!("e2e-{}", uuid::Uuid::new_v4().simple())}),
+        )
+        .await
     }
 
     /// Policy `name`: endpoints labelled `app=to` admit TCP 8080 from `app=from`.
@@ -179,73 +131,6 @@ impl ControlPlane {
 
     /// Creates a tenant and returns an owner API token for it.
     pub async fn tenant(&self, name: &str) -> String {
-        let r = self
-            .call("POST", "/v1/tenants", OPERATOR, Some(json!({"name": name})))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        let r = self
-            .call(
-                "POST",
-                &format!("/v1/tenants/{name}/api-tokens"),
-                OPERATOR,
-                Some(json!({"name": "e2e-owner", "role": "owner"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().expect("token").to_string()
-    }
-}
-
-/// A self-signed certificate for the agent service at `ip`, made in `dir` with openssl;
-/// returns (certificate, key).
-pub fn agent_cert(
-    dir: &std::path::Path,
-    ip: std::net::IpAddr,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=weft-e2e"])
-        .args(["-addext", &format!("subjectAltName=IP:{ip}")])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(
-        made.success(),
-        "openssl made the agent service's certificate"
-    );
-    (cert, key)
-}
-
-/// Whether this machine can run the datapath; with `WEFT_REQUIRE_BPF=1` (set by
-/// `cargo xtask test`) it must.
-pub fn bpf_available(test: &str) -> bool {
-    let required = std::env::var("WEFT_REQUIRE_BPF").is_ok_and(|v| v == "1");
-    let problem = if node_agent::datapath::EMBEDDED_OBJECT.is_empty() {
-        Some("node-agent was built without WEFT_BPF_OBJ (run `cargo xtask test`)")
-    } else if unsafe { libc::geteuid() } != 0 {
-        Some("not running as root")
-    } else {
-        None
-    };
-    match problem {
-        None => true,
-        Some(p) if required => panic!("{test}: WEFT_REQUIRE_BPF=1 but {p}"),
-        Some(p) => {
-            eprintln!("SKIPPED {test}: {p}");
-            false
-        }
+        self.tenant_with(name, "owner", OPERATOR).await
     }
 }

@@ -38,26 +38,7 @@ pub fn agent_bin() -> PathBuf {
     workspace_bin("node-agent")
 }
 
-/// A temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "weft-e2e-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use weft_testkit::tmp::TempDir;
 
 /// The underlay: a namespace with a bridge (`192.168.100.254/24`) the nodes hang off.
 pub struct Underlay {
@@ -162,8 +143,8 @@ impl Node {
             ])
             .expect("route to the other node's pods");
         }
-        let state = TempDir::new("node");
-        let socket = state.0.join("agent.sock");
+        let state = weft_testkit::tmp::dir("e2e-node");
+        let socket = state.path().join("agent.sock");
         Node {
             agent: None,
             pods: Vec::new(),
@@ -188,7 +169,7 @@ impl Node {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.state.0.join("agent.log"))
+            .open(self.state.path().join("agent.log"))
             .expect("agent log");
         let mut cmd = self.ns.command(agent_bin().to_str().expect("path"));
         cmd.arg("--pin-path")
@@ -198,7 +179,7 @@ impl Node {
             .arg("--ca-cert")
             .arg(run.ca)
             .arg("--state-dir")
-            .arg(&self.state.0)
+            .arg(self.state.path())
             .args(["--node-name", &self.name])
             .args(["--address", &self.address.to_string()])
             .args([
@@ -242,7 +223,7 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.state.0.join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
     }
 
     /// An empty pod namespace (what a container runtime would make).
