@@ -1,5 +1,5 @@
 //! `cargo xtask bench flows [--quick]`: starts a private PostgreSQL (as `xtask test` does),
-//! builds the release benchmark (`control-api/examples/flows_bench.rs`) and runs it: ingest
+//! builds the release benchmark (`control-api/examples/flows_bench/`) and runs it: ingest
 //! over real gRPC from several agent connections, then query latency over a table filled to
 //! 10 million flows (300,000 with `--quick`). Prints ratios against baselines measured in
 //! the same run and writes `<cargo target dir>/bench/flows.json`.

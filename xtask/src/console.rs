@@ -6,7 +6,7 @@
 //! - [`e2e`]: against a running demo, the browser tests (`web-console/e2e/`, node's test
 //!   runner + playwright-core driving Debian's Chromium, installed here when missing);
 //!   screenshots and `perf.json` go to `<target dir>/console-e2e/`. The perf test seeds
-//!   cluster `perf` with `control-api/examples/flows_bench.rs`'s generator (built here).
+//!   cluster `perf` with `control-api/examples/flows_bench/`'s generator (built here).
 //! - `cargo xtask console-test`: all of it on its own (checks, demo, e2e, down).
 
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ fn flows_seeder() -> Result<PathBuf> {
         "--example",
         "flows_bench",
     ]))
-    .context("building the flows generator (control-api/examples/flows_bench.rs)")?;
+    .context("building the flows generator (control-api/examples/flows_bench/)")?;
     Ok(sh::target_dir().join("debug/examples/flows_bench"))
 }
 

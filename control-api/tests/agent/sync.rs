@@ -1,0 +1,585 @@
+//! Desired-state sync: snapshots, deltas from any replica, resume, identity collection,
+//! lag, tracing, and the background tasks that serve it.
+
+use super::*;
+
+#[tokio::test]
+async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.cluster("acme", "prod", &owner).await;
+    let mut a = agent(&t).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
+    let n1 = a
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r2 = register(&tok, "node-2", false);
+    r2.addresses = vec!["192.0.2.11".into()];
+    let n2 = a.register(r2).await.unwrap().into_inner();
+    a.report_endpoints(authed(
+        EndpointReport {
+            endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
+        },
+        &n1.node_credential,
+    ))
+    .await
+    .unwrap();
+    a.report_endpoints(authed(
+        EndpointReport {
+            endpoints: vec![endpoint("fe-1", "frontend", "10.0.2.5")],
+        },
+        &n2.node_credential,
+    ))
+    .await
+    .unwrap();
+    let idents = t
+        .call("GET", "/v1/tenants/acme/endpoints", Some(&owner), None)
+        .await;
+    let identity = |name: &str| {
+        idents.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["identity"]
+            .as_u64()
+            .unwrap() as u32
+    };
+    let (web, fe) = (identity("web-1"), identity("fe-1"));
+
+    // The agent of node-1 syncs through a second replica.
+    let mut b = agent_on(t.replica().await).await;
+    let mut stream = b
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    let first = next_sync(&mut stream).await;
+    let r0 = first.revision;
+    assert_eq!(r0, t.revision().await as u64);
+    let Some(Kind::Snapshot(snap)) = first.kind else {
+        panic!("first message is a snapshot")
+    };
+    let local: Vec<_> = snap
+        .endpoints
+        .iter()
+        .map(|e| (e.ips.clone(), e.identity))
+        .collect();
+    assert!(
+        local.contains(&(vec!["10.0.1.5".to_string()], web)),
+        "{local:?}"
+    );
+    assert!(
+        snap.ipcache
+            .iter()
+            .any(|e| e.prefix == "10.0.2.5/32" && e.identity == fe),
+        "remote endpoint in ipcache"
+    );
+    assert!(
+        snap.ipcache.iter().any(|e| e.prefix == "192.0.2.11/32"),
+        "the other node in ipcache"
+    );
+    assert!(snap.policies.iter().all(|p| p.rules.is_empty()) || snap.policies.is_empty());
+
+    // A policy made through replica A reaches the agent on replica B as a delta.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "web-from-fe", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let msg = next_sync(&mut stream).await;
+    assert!(msg.revision > r0);
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("then deltas")
+    };
+    let web_ep = d
+        .upsert_endpoints
+        .iter()
+        .find(|e| e.identity == web)
+        .expect("web endpoint updated");
+    assert!(web_ep.enforce_ingress && !web_ep.enforce_egress);
+    let rules = &d
+        .upsert_policies
+        .iter()
+        .find(|p| p.endpoint_id == web_ep.id)
+        .expect("web rules")
+        .rules;
+    assert!(
+        rules.iter().any(|r| r.peer_identity == Some(fe)
+            && r.proto == Some(6)
+            && r.ports
+                .as_ref()
+                .is_some_and(|p| p.first == 8080 && p.last == 8080)
+            && r.action == weft_proto::v1::Action::Allow as i32),
+        "{rules:?}"
+    );
+    assert!(
+        d.upsert_ipcache.is_empty() && d.upsert_services.is_empty(),
+        "only what changed"
+    );
+
+    // A service of the cluster.
+    t.call(
+        "POST",
+        "/v1/tenants/acme/clusters/prod/services",
+        Some(&owner),
+        Some(json!({"name": "web", "algorithm": "maglev",
+                    "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
+                    "backends": [{"address": "10.0.1.5", "port": 8080}]})),
+    )
+    .await;
+    let msg = next_sync(&mut stream).await;
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("delta")
+    };
+    assert_eq!(d.upsert_services.len(), 1);
+    assert_eq!(
+        d.upsert_services[0].algorithm,
+        weft_proto::v1::Algorithm::Maglev as i32
+    );
+    let current = msg.revision;
+
+    // Reconnecting at the current revision: told it is current, no snapshot.
+    drop(stream);
+    let mut again = b
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: current,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = next_sync(&mut again).await;
+    assert_eq!(msg.revision, current);
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("an empty delta")
+    };
+    assert!(
+        d.upsert_endpoints.is_empty()
+            && d.upsert_policies.is_empty()
+            && d.upsert_services.is_empty()
+    );
+
+    // Acks make realization visible: node-1 applied it, node-2 has not.
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/web-from-fe",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 0, "total_nodes": 2, "conditions": []}),
+        "{}",
+        r.body
+    );
+    common::ack(&mut b, &n1.node_credential, current).await;
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/policies/web-from-fe",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 1, "total_nodes": 2, "conditions": []}),
+        "{}",
+        r.body
+    );
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/services/web",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["status"],
+        json!({"realized_nodes": 1, "total_nodes": 2}),
+        "{}",
+        r.body
+    );
+
+    // Without a credential there is no stream.
+    let e = b.sync(SyncRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+/// A reconnecting agent that applied revision R gets the difference since R, not a
+/// snapshot, from any replica; an agent at an unknown revision gets a snapshot.
+#[tokio::test]
+async fn a_reconnecting_agent_resumes_by_delta() {
+    let t = TestApp::new().await;
+    let eps = vec![
+        endpoint("web-1", "web", "10.0.1.5"),
+        endpoint("db-1", "db", "10.0.1.6"),
+    ];
+    let (owner, mut a, n1) = node_with(&t, eps).await;
+    let sync = |from: u64| {
+        authed(
+            SyncRequest {
+                resume_from_revision: from,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        )
+    };
+    let mut stream = a.sync(sync(0)).await.expect("sync").into_inner();
+    let first = next_sync(&mut stream).await;
+    assert!(matches!(first.kind, Some(Kind::Snapshot(_))));
+    let applied = first.revision;
+    drop(stream);
+
+    // While the agent is away, a policy selects web-1.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "web-deny-all", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let mut b = agent_on(t.replica().await).await;
+    let mut again = b.sync(sync(applied)).await.expect("sync").into_inner();
+    let msg = next_sync(&mut again).await;
+    assert!(msg.revision > applied);
+    let Some(Kind::Delta(d)) = msg.kind else {
+        panic!("resuming from {applied} gives a delta, got {:?}", msg.kind)
+    };
+    assert_eq!(
+        d.upsert_endpoints.len(),
+        1,
+        "only web-1 changed (now enforcing): {d:?}"
+    );
+    assert!(d.upsert_endpoints[0].enforce_ingress);
+    assert!(d.remove_endpoints.is_empty() && d.upsert_services.is_empty());
+    drop(again);
+
+    // An agent that lost its state (or never saw this revision) gets a snapshot.
+    let mut lost = b.sync(sync(applied - 1)).await.expect("sync").into_inner();
+    assert!(matches!(
+        next_sync(&mut lost).await.kind,
+        Some(Kind::Snapshot(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_change_that_leaves_a_node_unchanged_still_brings_it_current() {
+    let t = TestApp::new().await;
+    let (owner, mut a, n1) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
+    let mut stream = a
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: weft_proto::CAPABILITY_VERSION,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    let first = next_sync(&mut stream).await;
+    // A policy selecting nothing on this node: its state is the same.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "db-only", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "db"}}, "ingress": [{}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let msg = next_sync(&mut stream).await;
+    assert!(msg.revision > first.revision);
+    assert_eq!(
+        msg.kind,
+        Some(Kind::Delta(weft_proto::v1::Delta::default())),
+        "nothing changes for this node"
+    );
+    // Its ack of that revision is what makes the policy realized here.
+    let realized = async |t: &TestApp| {
+        let r = t
+            .call(
+                "GET",
+                "/v1/tenants/acme/policies/db-only",
+                Some(&owner),
+                None,
+            )
+            .await;
+        r.body["status"]["realized_nodes"].as_i64()
+    };
+    assert_eq!(realized(&t).await, Some(0));
+    common::ack(&mut a, &n1.node_credential, msg.revision).await;
+    assert_eq!(realized(&t).await, Some(1));
+}
+
+#[tokio::test]
+async fn unused_identities_are_collected_after_the_grace_period() {
+    let t = TestApp::new().await;
+    let eps = vec![
+        endpoint("web-1", "web", "10.0.1.5"),
+        endpoint("db-1", "db", "10.0.1.6"),
+    ];
+    let (_owner, mut client, n) = node_with(&t, eps).await;
+    // db-1 goes away; its identity is now unused.
+    client
+        .report_endpoints(authed(
+            EndpointReport {
+                endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
+            },
+            &n.node_credential,
+        ))
+        .await
+        .unwrap();
+    let grace = std::time::Duration::from_secs(3600);
+    let gc = || control_api::identities::collect_garbage(&t.state.pool, grace);
+    assert_eq!(
+        gc().await.unwrap(),
+        0,
+        "within the grace period nothing goes"
+    );
+    sqlx::query("UPDATE identities SET last_used_at = now() - interval '2 hours'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(gc().await.unwrap(), 1, "only the unused one goes");
+    let left: Vec<serde_json::Value> = sqlx::query_scalar("SELECT labels FROM identities")
+        .fetch_all(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![json!({"app": "web"})],
+        "the identity in use stays"
+    );
+}
+
+/// One trace from the REST request to the agent's ack: the request's `traceparent` is
+/// joined by the HTTP span, the change's NOTIFY carries it to the replica that pushes the
+/// delta, the delta carries it to the agent, and the agent's ack comes back in it. The
+/// spans reach a real OTLP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
+    let receiver = weft_telemetry::receiver::Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let svc = receiver.service();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    // SAFETY: set before any other thread of this test process reads the environment.
+    unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")) };
+    let provider = weft_telemetry::provider("control-api").expect("provider");
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(weft_telemetry::layer(&provider, "control-api"));
+        tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    }
+
+    let t = TestApp::new().await;
+    let (owner, _a, n1) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
+    // The agent syncs through another replica.
+    let mut b = agent_on(t.replica().await).await;
+    let mut stream = b
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: 1,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    next_sync(&mut stream).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/policies")
+        .header("authorization", format!("Bearer {owner}"))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body(axum::body::Body::from(
+            json!({"name": "web-default-deny", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})
+            .to_string(),
+        ))
+        .expect("request");
+    assert_eq!(t.send(req).await.status, StatusCode::CREATED);
+    let msg = next_sync(&mut stream).await;
+    assert!(
+        msg.traceparent.starts_with(&format!("00-{trace_id}-")),
+        "the delta carries the request's trace: {:?}",
+        msg.traceparent
+    );
+    let mut ack = authed(
+        AckRequest {
+            revision: msg.revision,
+            errors: vec![],
+        },
+        &n1.node_credential,
+    );
+    ack.metadata_mut()
+        .insert("traceparent", msg.traceparent.parse().expect("metadata"));
+    b.ack(ack).await.expect("ack");
+
+    let _ = provider.force_flush();
+    let spans = receiver.trace(trace_id);
+    let in_trace: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "http",
+        "db.record_change",
+        "desired_state.push",
+        "desired_state.compute",
+        "agent.ack",
+    ] {
+        assert!(
+            in_trace.contains(&want),
+            "{want} not in the trace: {in_trace:?} (all: {:?})",
+            receiver.spans()
+        );
+    }
+    let push = spans
+        .iter()
+        .find(|s| s.name == "desired_state.push")
+        .expect("push span");
+    assert!(
+        !push.parent_span_id.is_empty(),
+        "the push has a parent in the request's trace"
+    );
+}
+
+/// The value of a tenant's gauge in `/metrics`, if the tenant has one.
+async fn tenant_gauge(t: &TestApp, name: &str, tenant: &str) -> Option<f64> {
+    let m = t.call("GET", "/metrics", None, None).await;
+    let text = m.body.as_str().expect("metrics are text").to_string();
+    let prefix = format!("{name}{{tenant=\"{tenant}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
+    let t = TestApp::new().await;
+    let (owner, mut client, node) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
+    let cred = node.node_credential.clone();
+    let lag = "weft_agent_sync_lag_seconds";
+    let behind = "weft_agents_behind";
+    assert_eq!(
+        tenant_gauge(&t, lag, "acme").await,
+        None,
+        "no agent connected"
+    );
+
+    let mut stream = client
+        .sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version: 1,
+            },
+            &cred,
+        ))
+        .await
+        .expect("sync")
+        .into_inner();
+    let snap = next_sync(&mut stream).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let l = tenant_gauge(&t, lag, "acme").await.expect("a lag gauge");
+    assert!(l >= 0.3, "the snapshot is unacknowledged for 300 ms: {l}");
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
+
+    common::ack(&mut client, &cred, snap.revision).await;
+    assert_eq!(tenant_gauge(&t, lag, "acme").await, Some(0.0));
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
+
+    // A change pushed and not yet acknowledged is lag again; its ack clears it.
+    let r = t
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            Some(&owner),
+            Some(json!({"name": "web-closed", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let delta = next_sync(&mut stream).await;
+    assert!(delta.revision > snap.revision);
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
+    assert!(tenant_gauge(&t, lag, "acme").await.expect("gauge") >= 0.0);
+    // An ack of an older revision does not clear a newer push.
+    common::ack(&mut client, &cred, snap.revision).await;
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
+    common::ack(&mut client, &cred, delta.revision).await;
+    assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
+    assert_eq!(tenant_gauge(&t, lag, "acme").await, Some(0.0));
+
+    // A disconnected agent is no longer counted.
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tenant_gauge(&t, lag, "acme").await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauge gone within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replicas_background_tasks_stop_on_shutdown_and_when_its_state_is_dropped() {
+    let t = TestApp::new().await;
+    // Shutdown stops every task and waits for each.
+    let replica = t.replica().await;
+    let tasks = replica.tasks.clone();
+    assert!(
+        tasks.running() >= 4,
+        "listeners, writers and invalidation run: {}",
+        tasks.running()
+    );
+    tasks.shutdown().await;
+    assert_eq!(tasks.running(), 0);
+    // Dropping the last clone of a state stops its tasks too.
+    let replica = t.replica().await;
+    let stopping = replica.tasks.stopping();
+    assert!(!stopping.is_cancelled());
+    drop(replica);
+    assert!(stopping.is_cancelled());
+}

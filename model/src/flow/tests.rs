@@ -1,0 +1,152 @@
+//! Parsing and matching of flow filters, and the time forms.
+
+use super::*;
+
+#[test]
+fn a_time_ending_in_a_wide_character_is_refused_not_a_panic() {
+    assert!(parse_time("5é", now()).is_err());
+    assert!(parse_time("é", now()).is_err());
+    assert!(parse_time("", now()).is_err());
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn flow() -> FlowRecord {
+    FlowRecord {
+        time: now() - Duration::minutes(1),
+        verdict: Verdict::Dropped,
+        drop_reason: Some(DropReason::PolicyDenied),
+        source: Peer {
+            endpoint: Some("web-1".into()),
+            identity: 300,
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ip: "10.0.1.5".parse().unwrap(),
+            port: 40000,
+        },
+        destination: Peer {
+            endpoint: Some("db-1".into()),
+            identity: 301,
+            labels: [("app".to_string(), "db".to_string())].into(),
+            ip: "10.0.2.7".parse().unwrap(),
+            port: 5432,
+        },
+        protocol: Protocol::Tcp,
+        node: "node-1".into(),
+        cluster: "prod".into(),
+        service: None,
+        direction: "egress".into(),
+        observation_point: "endpoint-egress".into(),
+        tcp_flags: TcpFlags(0x02),
+        bytes: 60,
+        packets: 1,
+        count: 1,
+    }
+}
+
+fn filter(q: &[(&str, &str)]) -> FlowFilter {
+    FlowFilter::parse(q.iter().copied(), now()).unwrap()
+}
+
+#[test]
+fn filters_match_like_hubble_observe() {
+    let f = flow();
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[], true),
+        (&[("from_label", "app=web")], true),
+        (&[("from_label", "app=db")], false),
+        (&[("to_label", "app in (db,cache)")], true),
+        (&[("from_identity", "300")], true),
+        (&[("to_identity", "300")], false),
+        (&[("from_endpoint", "web-1")], true),
+        (&[("to_ip", "10.0.2.0/24")], true),
+        (&[("to_ip", "10.0.2.8")], false),
+        (&[("port", "5432")], true),
+        (&[("port", "40000")], true),
+        (&[("from_port", "5432")], false),
+        (&[("protocol", "tcp")], true),
+        (&[("protocol", "udp"), ("protocol", "TCP")], true),
+        (&[("verdict", "FORWARDED")], false),
+        (&[("not_verdict", "FORWARDED")], true),
+        (&[("not_verdict", "dropped")], false),
+        (&[("drop_reason", "POLICY_DENIED")], true),
+        (&[("drop_reason", "CT_FULL")], false),
+        (&[("node", "node-1"), ("cluster", "prod")], true),
+        (&[("node", "node-1"), ("cluster", "staging")], false),
+        (&[("service", "api")], false),
+        (&[("not_service", "api")], true),
+        (&[("tcp_flags", "SYN")], true),
+        (&[("tcp_flags", "SYN,ACK")], false),
+        (&[("tcp_flags", "SYN,ACK"), ("tcp_flags", "SYN")], true),
+        (&[("since", "5m")], true),
+        (&[("since", "30s")], false),
+        (&[("until", "30s")], true),
+        (&[("since", "2026-11-26T11:59:30Z")], false),
+    ];
+    for (q, want) in cases {
+        assert_eq!(filter(q).matches(&f), *want, "{q:?}");
+    }
+}
+
+#[test]
+fn bad_parameters_are_named() {
+    let cases: &[(&str, &str)] = &[
+        ("verdict", "MAYBE"),
+        ("from_ip", "10.0.0.300"),
+        ("port", "70000"),
+        ("protocol", "sctp"),
+        ("tcp_flags", "SYN,XMAS"),
+        ("since", "yesterday"),
+        ("last", "0"),
+        ("from_label", "app in (a"),
+        ("not_since", "5m"),
+        ("colour", "red"),
+        ("not_colour", "red"),
+        ("from_endpoint", ""),
+        ("drop_reason", "policy denied"),
+    ];
+    for (name, value) in cases {
+        let e = FlowFilter::parse([(*name, *value)], now()).unwrap_err();
+        assert_eq!(e.param, *name, "{e}");
+    }
+    let e = FlowFilter::parse([("since", "1m"), ("until", "2m")], now()).unwrap_err();
+    assert_eq!(e.param, "until");
+}
+
+#[test]
+fn agent_names_map_to_stable_names() {
+    assert_eq!(
+        DropReason::from_agent("policy denied"),
+        Some(DropReason::PolicyDenied)
+    );
+    assert_eq!(DropReason::from_agent("CT full"), Some(DropReason::CtFull));
+    assert_eq!(
+        DropReason::from_agent("internal error"),
+        Some(DropReason::Internal)
+    );
+    assert_eq!(DropReason::from_agent("3"), Some(DropReason::NoBackend));
+    assert_eq!(
+        DropReason::from_agent("DENY_RULE"),
+        Some(DropReason::DenyRule)
+    );
+    assert_eq!(DropReason::from_agent("what"), Some(DropReason::Unknown));
+    assert_eq!(DropReason::from_agent(""), None);
+    assert_eq!(Verdict::from_agent("forwarded"), Verdict::Forwarded);
+    assert_eq!(Verdict::from_agent("nonsense"), Verdict::Error);
+    assert_eq!(Protocol::from_number(58), Protocol::Icmp);
+}
+
+#[test]
+fn records_serialize_as_documented() {
+    let v = serde_json::to_value(flow()).unwrap();
+    assert_eq!(v["tcp_flags"], serde_json::json!(["SYN"]));
+    assert_eq!(v["protocol"], "TCP");
+    assert_eq!(v["drop_reason"], "POLICY_DENIED");
+    assert_eq!(v["source"]["endpoint"], "web-1");
+    assert_eq!(v["service"], serde_json::Value::Null);
+    let back: FlowRecord = serde_json::from_value(v).unwrap();
+    assert_eq!(back, flow());
+}
