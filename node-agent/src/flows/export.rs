@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use weft_proto::v1 as pb;
 
 use super::queue::{add, FlowQueue, FlowStats};
@@ -127,28 +127,33 @@ pub async fn export(
 }
 
 /// One `ReportFlows` stream: batches until the stream's budget is spent or nothing comes
-/// for a batch interval. When it fails, everything it carried is counted as lost
-/// (reported with the next batch).
-async fn one_stream(
+/// for a batch interval. Nothing leaves the queue before the transport asks for the first
+/// message, so a connection that cannot be made (the control plane is away) leaves every
+/// flow buffered. When a stream fails after that, everything it carried is counted as lost
+/// (reported with the next batch): the control plane may have stored part of it, and a
+/// flow is never sent twice.
+pub(super) async fn one_stream(
     control: &Control,
     queue: &FlowQueue,
     ring: &mut RingLost,
     stats: &FlowStats,
 ) -> Result<(), FlowError> {
-    let Some(first) = next_batch(queue, ring).await else {
-        return Ok(());
-    };
-    let (mut flows, mut lost) = (first.flows.len() as u64, first.lost);
     let mut client = control.client();
     // One batch in flight: a slow control plane slows the producer, and the queue absorbs.
     let (tx, rx) = mpsc::channel::<pb::FlowBatch>(1);
+    let (pulled_tx, pulled_rx) = oneshot::channel();
+    let (mut flows, mut lost) = (0u64, 0u64);
     let producer = async {
+        if pulled_rx.await.is_err() {
+            return; // the call ended before the connection was up
+        }
         let started = tokio::time::Instant::now();
         let mut batches = 0u32;
-        let mut next = Some(first);
         // An idle interval (no next batch) ends the stream too.
-        while let Some(batch) = next.take() {
+        while let Some(batch) = next_batch(queue, ring).await {
             let n = batch.flows.len() as u64;
+            flows += n;
+            lost += batch.lost;
             if tx.send(batch).await.is_err() {
                 break;
             }
@@ -158,16 +163,14 @@ async fn one_stream(
             if batches >= STREAM_BATCHES || started.elapsed() >= STREAM_TIME {
                 break;
             }
-            next = next_batch(queue, ring).await;
-            if let Some(b) = &next {
-                flows += b.flows.len() as u64;
-                lost += b.lost;
-            }
         }
         drop(tx);
     };
-    let call = client.report_flows(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let (res, ()) = tokio::join!(call, producer);
+    let body = FirstPull {
+        batches: tokio_stream::wrappers::ReceiverStream::new(rx),
+        pulled: Some(pulled_tx),
+    };
+    let (res, ()) = tokio::join!(client.report_flows(body), producer);
     match res {
         Ok(_) => {
             add(&stats.flows_acked, flows);
@@ -179,5 +182,27 @@ async fn one_stream(
             queue.add_lost(flows.saturating_add(lost));
             Err(status.into())
         }
+    }
+}
+
+/// A stream's body that says when the transport first asks for a message, which it does
+/// only once the connection is up and the call's stream is open.
+struct FirstPull {
+    batches: tokio_stream::wrappers::ReceiverStream<pb::FlowBatch>,
+    pulled: Option<oneshot::Sender<()>>,
+}
+
+impl tokio_stream::Stream for FirstPull {
+    type Item = pb::FlowBatch;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<pb::FlowBatch>> {
+        let this = self.get_mut();
+        if let Some(pulled) = this.pulled.take() {
+            let _ = pulled.send(());
+        }
+        std::pin::Pin::new(&mut this.batches).poll_next(cx)
     }
 }

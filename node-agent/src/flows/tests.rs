@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use weft_model::desired::HOST_ENDPOINT_ID;
 
-use super::export::{next_batch, unix_nanos_now, RingLost};
+use super::export::{next_batch, one_stream, unix_nanos_now, RingLost};
 use super::*;
 use crate::names::Names;
 use weft_datapath_common as c;
@@ -43,6 +43,38 @@ async fn a_batch_waits_from_when_its_oldest_flow_was_seen() {
     let t = tokio::time::Instant::now();
     assert!(next_batch(&queue, &mut ring).await.is_none());
     assert!(t.elapsed() >= BATCH_WAIT, "{:?}", t.elapsed());
+}
+
+/// A control plane that cannot be reached (a refused connection on loopback): the stream
+/// fails, and every queued flow stays queued for the next one, nothing counted as lost.
+#[tokio::test]
+async fn a_connection_that_cannot_be_made_leaves_the_flows_queued() {
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", refused.local_addr().expect("addr"));
+    drop(refused);
+    let channel = crate::control::channel(&url, None).expect("channel");
+    let credential = "weft_node_test".parse().expect("credential");
+    let control = crate::control::Control::new(channel, credential);
+    let queue = FlowQueue::new(100);
+    for i in 0..3 {
+        queue.push(pb::Flow {
+            time_unix_nanos: unix_nanos_now() - 2_000_000_000 + i,
+            ..Default::default()
+        });
+    }
+    queue.add_lost(2);
+    let mut ring = RingLost {
+        read: Arc::new(|| Some(0)),
+        last: 0,
+    };
+    let stats = FlowStats::default();
+    let res = one_stream(&control, &queue, &mut ring, &stats).await;
+    assert!(res.is_err(), "nothing listens there");
+    let buf = queue.lock();
+    assert_eq!((buf.len(), buf.pending_lost()), (3, 2));
+    drop(buf);
+    let v = stats.view();
+    assert_eq!((v.batches_sent, v.flows_sent, v.flows_acked), (0, 0, 0));
 }
 
 fn event() -> c::FlowEvent {
