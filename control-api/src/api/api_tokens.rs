@@ -110,7 +110,7 @@ async fn create_token(
         id: meta.id,
         name: &meta.name,
     };
-    audit::record(&mut tx, &t, "create", subject, None, audit::snapshot(&meta)).await?;
+    audit::created(&mut tx, &t, subject, &meta).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, token = %meta.name, role = %meta.role, "API token created");
     Ok((

@@ -149,15 +149,7 @@ async fn create_cluster(
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, t.id, "cluster", id, Op::Create).await?;
     let c = clusters::insert(&mut tx, t.id, id, rev, &input.row()).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "create",
-        subject(&c),
-        None,
-        audit::snapshot(&c),
-    )
-    .await?;
+    audit::created(&mut tx, &t, subject(&c), &c).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, cluster = %c.name, revision = rev, "cluster created");
     let location = format!("/v1/tenants/{}/clusters/{}", t.id, c.id);
@@ -180,15 +172,7 @@ async fn update(
     common::check_precondition(expected, current)?;
     let rev = store::bump_revision(&mut tx, t.id, "cluster", id, Op::Update).await?;
     let c = clusters::update(&mut tx, id, rev, &input.row()).await?;
-    audit::record(
-        &mut tx,
-        t,
-        "update",
-        subject(&c),
-        audit::snapshot(&before),
-        audit::snapshot(&c),
-    )
-    .await?;
+    audit::updated(&mut tx, t, subject(&c), &before, &c).await?;
     tx.commit().await?;
     Ok(common::ok(rev, c))
 }
@@ -258,15 +242,7 @@ async fn delete_cluster(
     let before = clusters::load(&mut tx, id).await?;
     store::bump_revision(&mut tx, t.id, "cluster", id, Op::Delete).await?;
     clusters::delete(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "delete",
-        subject(&before),
-        audit::snapshot(&before),
-        None,
-    )
-    .await?;
+    audit::deleted(&mut tx, &t, subject(&before), &before).await?;
     tx.commit().await?;
     Ok(common::no_content())
 }

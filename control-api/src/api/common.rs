@@ -47,6 +47,17 @@ pub async fn require_id(
         .ok_or_else(|| ApiError::not_found(what, key))
 }
 
+/// The scope of the path's `{cluster}` (id or name) within the authorized tenant; 404 when
+/// the tenant has no such cluster.
+pub async fn cluster_scope(
+    conn: &mut PgConnection,
+    t: &store::TenantCtx,
+    cluster: &str,
+) -> Result<Scope> {
+    let c = require_id(conn, "clusters", "cluster", Scope::tenant(t.id), cluster).await?;
+    Ok(Scope::cluster(t.id, c))
+}
+
 /// Locks a row for the rest of the transaction and checks `If-Match` against it.
 pub async fn lock_for_write(
     conn: &mut PgConnection,

@@ -94,16 +94,9 @@ async fn list_nodes(
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Node>>> {
     let mut conn = t.begin(&st.pool).await?;
-    let c = common::require_id(
-        &mut conn,
-        "clusters",
-        "cluster",
-        Scope::tenant(t.id),
-        &cluster,
-    )
-    .await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let list = params.resolve()?;
-    let rows = inventory::nodes(&mut conn, Scope::cluster(t.id, c), &list).await?;
+    let rows = inventory::nodes(&mut conn, sc, &list).await?;
     let rows = rows.into_iter().map(Node::from).collect();
     Ok(axum::Json(list.page(rows, |n: &Node| n.id)))
 }
@@ -121,15 +114,8 @@ async fn get_node(
     Path((_tenant, cluster, node)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut conn = t.begin(&st.pool).await?;
-    let c = common::require_id(
-        &mut conn,
-        "clusters",
-        "cluster",
-        Scope::tenant(t.id),
-        &cluster,
-    )
-    .await?;
-    let id = common::require_id(&mut conn, "nodes", "node", Scope::cluster(t.id, c), &node).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
+    let id = common::require_id(&mut conn, "nodes", "node", sc, &node).await?;
     let row = inventory::node(&mut conn, id).await?;
     let n = Node::from(row);
     Ok(common::ok(n.revision, n))

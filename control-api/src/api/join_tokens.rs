@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use weft_model::error::FieldError;
 
-use super::common::{self, Name, ReadErrors, Scope, WriteErrors};
+use super::common::{self, Name, ReadErrors, WriteErrors};
 use crate::auth::{self, need, Tenant};
 use crate::error::Result;
 use crate::extract::Json;
@@ -92,15 +92,8 @@ async fn list_join_tokens(
 ) -> Result<axum::Json<Page<JoinToken>>> {
     let list = params.resolve()?;
     let mut tx = t.begin(&st.pool).await?;
-    let c = common::require_id(
-        &mut tx,
-        "clusters",
-        "cluster",
-        Scope::tenant(t.id),
-        &cluster,
-    )
-    .await?;
-    let rows = join_tokens::list(&mut tx, Scope::cluster(t.id, c), &list).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
+    let rows = join_tokens::list(&mut tx, sc, &list).await?;
     Ok(axum::Json(list.page(rows, |j| j.id)))
 }
 
@@ -140,19 +133,12 @@ async fn create_join_token(
     };
     common::finish(errs)?;
     let mut tx = t.begin(&st.pool).await?;
-    let c = common::require_id(
-        &mut tx,
-        "clusters",
-        "cluster",
-        Scope::tenant(t.id),
-        &cluster,
-    )
-    .await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let secret = auth::random_secret(auth::JOIN_TOKEN_PREFIX);
     let hash = auth::hash_token(&secret);
     let meta = join_tokens::insert(
         &mut tx,
-        Scope::cluster(t.id, c),
+        sc,
         NewJoinToken {
             name: &input.name,
             hash: &hash,
@@ -166,7 +152,7 @@ async fn create_join_token(
         id: meta.id,
         name: &meta.name,
     };
-    audit::record(&mut tx, &t, "create", subject, None, audit::snapshot(&meta)).await?;
+    audit::created(&mut tx, &t, subject, &meta).await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -192,22 +178,8 @@ async fn revoke_join_token(
     Path((_tenant, cluster, token)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let c = common::require_id(
-        &mut tx,
-        "clusters",
-        "cluster",
-        Scope::tenant(t.id),
-        &cluster,
-    )
-    .await?;
-    let id = common::require_id(
-        &mut tx,
-        "join_tokens",
-        "join token",
-        Scope::cluster(t.id, c),
-        &token,
-    )
-    .await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
+    let id = common::require_id(&mut tx, "join_tokens", "join token", sc, &token).await?;
     let after = join_tokens::revoke(&mut tx, id).await?;
     let subject = Subject {
         kind: "join_token",

@@ -225,15 +225,7 @@ async fn update_member(
     }
     members::set_role(&mut tx, &m, input.role).await?;
     let row = members::load(&mut tx, t.id, m.id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "update",
-        subject(&row),
-        audit::snapshot(&m),
-        audit::snapshot(&row),
-    )
-    .await?;
+    audit::updated(&mut tx, &t, subject(&row), &m, &row).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, member = %m.id, role = input.role.as_str(), "member role changed");
     Ok(axum::Json(row))
@@ -264,15 +256,7 @@ async fn remove_member(
         return Err(last_owner());
     }
     members::remove(&mut tx, &m).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "delete",
-        subject(&m),
-        audit::snapshot(&m),
-        None,
-    )
-    .await?;
+    audit::deleted(&mut tx, &t, subject(&m), &m).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, member = %m.id, "member removed");
     Ok(common::no_content())

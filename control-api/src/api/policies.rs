@@ -421,15 +421,7 @@ async fn create_policy(
     if params.dry_run {
         return dry_run_answer(tx, p, &conditions).await;
     }
-    audit::record(
-        &mut tx,
-        &t,
-        "create",
-        subject(&p),
-        None,
-        audit::snapshot(&p),
-    )
-    .await?;
+    audit::created(&mut tx, &t, subject(&p), &p).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, policy = %p.name, revision = rev, "policy created");
     let location = format!("/v1/tenants/{}/policies/{}", t.id, p.id);
@@ -470,15 +462,7 @@ async fn update(
     if params.dry_run {
         return dry_run_answer(tx, p, &conditions).await;
     }
-    audit::record(
-        &mut tx,
-        t,
-        "update",
-        subject(&p),
-        audit::snapshot(&before),
-        audit::snapshot(&p),
-    )
-    .await?;
+    audit::updated(&mut tx, t, subject(&p), &before, &p).await?;
     tx.commit().await?;
     Ok(with_warnings(common::ok(rev, p), &conditions))
 }
@@ -554,15 +538,7 @@ async fn delete_policy(
     let before = load(&mut tx, id).await?;
     store::bump_revision(&mut tx, t.id, "policy", id, Op::Delete).await?;
     policies::delete(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "delete",
-        subject(&before),
-        audit::snapshot(&before),
-        None,
-    )
-    .await?;
+    audit::deleted(&mut tx, &t, subject(&before), &before).await?;
     tx.commit().await?;
     Ok(common::no_content())
 }

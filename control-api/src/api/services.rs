@@ -12,7 +12,7 @@ use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::service::{Algorithm, Backend, Frontend, ServiceSpec, SessionAffinity};
 
-use super::common::{self, LabelMap, Name, ReadErrors, Scope, WriteErrors};
+use super::common::{self, LabelMap, Name, ReadErrors, WriteErrors};
 use crate::auth::{need, Tenant, TenantCtx};
 use crate::error::Result;
 use crate::extract::{IfMatch, Json};
@@ -141,12 +141,6 @@ async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Service> {
     Ok(store::services::load(conn, id).await?.into())
 }
 
-/// Resolves the `{cluster}` within the authorized tenant.
-async fn scope(t: &TenantCtx, cluster: &str, conn: &mut PgConnection) -> Result<Scope> {
-    let c = common::require_id(conn, "clusters", "cluster", Scope::tenant(t.id), cluster).await?;
-    Ok(Scope::cluster(t.id, c))
-}
-
 /// List a cluster's services (viewer).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/clusters/{cluster}/services", tag = "services",
     params(("tenant" = String, Path, description = "Tenant id or name"),
@@ -160,7 +154,7 @@ async fn list_services(
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Page<Service>>> {
     let mut conn = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut conn).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let list = params.resolve()?;
     let rows = store::services::list(&mut conn, sc.tenant, sc.cluster, &list).await?;
     let rows = rows.into_iter().map(Service::from).collect();
@@ -180,7 +174,7 @@ async fn get_service(
     Path((_tenant, cluster, service)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut conn = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut conn).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let id = common::require_id(&mut conn, "services", "service", sc, &service).await?;
     let s = load(&mut conn, id).await?;
     Ok(common::ok(s.revision, s))
@@ -200,21 +194,13 @@ async fn create_service(
     Json(input): Json<ServiceInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     input.validate()?;
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, sc.tenant, "service", id, Op::Create).await?;
     store::services::insert(&mut tx, (sc.tenant, sc.cluster), id, rev, &input.write()).await?;
     let s = load(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "create",
-        subject(&s),
-        None,
-        audit::snapshot(&s),
-    )
-    .await?;
+    audit::created(&mut tx, &t, subject(&s), &s).await?;
     tx.commit().await?;
     let location = format!(
         "/v1/tenants/{}/clusters/{}/services/{}",
@@ -239,7 +225,7 @@ async fn update(
     change: impl FnOnce(ServiceInput) -> Result<ServiceInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, t, &cluster).await?;
     let (id, current) = common::lock_row(&mut tx, "services", "service", sc, &service).await?;
     let before = load(&mut tx, id).await?;
     let input = change(before.clone().into())?;
@@ -248,15 +234,7 @@ async fn update(
     let rev = store::bump_revision(&mut tx, sc.tenant, "service", id, Op::Update).await?;
     store::services::update(&mut tx, (sc.tenant, sc.cluster), id, rev, &input.write()).await?;
     let s = load(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        t,
-        "update",
-        subject(&s),
-        audit::snapshot(&before),
-        audit::snapshot(&s),
-    )
-    .await?;
+    audit::updated(&mut tx, t, subject(&s), &before, &s).await?;
     tx.commit().await?;
     Ok(common::ok(rev, s))
 }
@@ -315,20 +293,12 @@ async fn delete_service(
     IfMatch(expected): IfMatch,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let id = common::lock_for_write(&mut tx, "services", "service", sc, &service, expected).await?;
     let before = load(&mut tx, id).await?;
     store::bump_revision(&mut tx, sc.tenant, "service", id, Op::Delete).await?;
     store::services::delete(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "delete",
-        subject(&before),
-        audit::snapshot(&before),
-        None,
-    )
-    .await?;
+    audit::deleted(&mut tx, &t, subject(&before), &before).await?;
     tx.commit().await?;
     Ok(common::no_content())
 }

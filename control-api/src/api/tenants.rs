@@ -160,15 +160,7 @@ async fn create_tenant(
         actor: who.actor(),
         request_id: request_id(&headers),
     };
-    audit::record(
-        &mut tx,
-        &ctx,
-        "create",
-        subject(&t),
-        None,
-        audit::snapshot(&t),
-    )
-    .await?;
+    audit::created(&mut tx, &ctx, subject(&t), &t).await?;
     tx.commit().await?;
     tracing::info!(tenant = %t.name, "tenant created");
     let location = format!("/v1/tenants/{}", t.id);
@@ -205,15 +197,7 @@ async fn update(
     common::check_precondition(expected, current)?;
     let rev = store::bump_revision(&mut tx, t.id, "tenant", t.id, Op::Update).await?;
     let row = tenants::update(&mut tx, t.id, rev, input.row()).await?;
-    audit::record(
-        &mut tx,
-        t,
-        "update",
-        subject(&row),
-        audit::snapshot(&before),
-        audit::snapshot(&row),
-    )
-    .await?;
+    audit::updated(&mut tx, t, subject(&row), &before, &row).await?;
     tx.commit().await?;
     Ok(common::ok(rev, row))
 }

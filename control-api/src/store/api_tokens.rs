@@ -2,10 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::rows::Scope;
 use super::tenant::Role;
 use crate::error::Result;
 use crate::pagination::ListQuery;
@@ -30,12 +31,8 @@ pub async fn list(
     tenant: Uuid,
     list: &ListQuery,
 ) -> Result<Vec<ApiToken>> {
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE tenant_id = "
-    ));
-    qb.push_bind(tenant);
-    list.push_tail(&mut qb, "api_tokens");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    let select = format!("SELECT {COLUMNS} FROM api_tokens");
+    super::rows::page(conn, &select, "api_tokens", Scope::tenant(tenant), list).await
 }
 
 /// Stores a new token by the hash of its secret; `ttl_seconds`: `None` never expires.

@@ -54,6 +54,45 @@ pub async fn record(
     Ok(())
 }
 
+/// Records a `create`: the resource as it now is.
+pub async fn created<T: Serialize>(
+    tx: &mut PgConnection,
+    ctx: &TenantCtx,
+    subject: Subject<'_>,
+    after: &T,
+) -> Result<()> {
+    record(tx, ctx, "create", subject, None, snapshot(after)).await
+}
+
+/// Records an `update`: the resource before and after.
+pub async fn updated<B: Serialize, A: Serialize>(
+    tx: &mut PgConnection,
+    ctx: &TenantCtx,
+    subject: Subject<'_>,
+    before: &B,
+    after: &A,
+) -> Result<()> {
+    record(
+        tx,
+        ctx,
+        "update",
+        subject,
+        snapshot(before),
+        snapshot(after),
+    )
+    .await
+}
+
+/// Records a `delete`: the resource as it was.
+pub async fn deleted<T: Serialize>(
+    tx: &mut PgConnection,
+    ctx: &TenantCtx,
+    subject: Subject<'_>,
+    before: &T,
+) -> Result<()> {
+    record(tx, ctx, "delete", subject, snapshot(before), None).await
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema, FromRow)]
 pub struct AuditEntry {
     pub id: Uuid,

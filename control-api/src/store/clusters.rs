@@ -2,11 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 use weft_model::labels::Labels;
 
+use super::rows::Scope;
 use crate::error::Result;
 use crate::pagination::ListQuery;
 
@@ -38,10 +39,8 @@ const COLUMNS: &str =
 
 /// One page of the tenant's clusters.
 pub async fn list(conn: &mut PgConnection, tenant: Uuid, list: &ListQuery) -> Result<Vec<Cluster>> {
-    let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM clusters WHERE tenant_id = "));
-    qb.push_bind(tenant);
-    list.push_tail(&mut qb, "clusters");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    let select = format!("SELECT {COLUMNS} FROM clusters");
+    super::rows::page(conn, &select, "clusters", Scope::tenant(tenant), list).await
 }
 
 pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Cluster> {

@@ -53,12 +53,7 @@ pub async fn nodes(
     scope: Scope,
     list: &ListQuery,
 ) -> Result<Vec<NodeRow>> {
-    let mut qb = QueryBuilder::new(format!("{} WHERE n.tenant_id = ", node_select()));
-    qb.push_bind(scope.tenant)
-        .push(" AND n.cluster_id = ")
-        .push_bind(scope.cluster);
-    list.push_tail(&mut qb, "n");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    super::rows::page(conn, &node_select(), "n", scope, list).await
 }
 
 pub async fn node(conn: &mut PgConnection, id: Uuid) -> Result<NodeRow> {

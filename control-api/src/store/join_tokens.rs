@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -40,14 +40,8 @@ pub async fn list(
     scope: Scope,
     list: &ListQuery,
 ) -> Result<Vec<JoinToken>> {
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM join_tokens WHERE tenant_id = "
-    ));
-    qb.push_bind(scope.tenant)
-        .push(" AND cluster_id = ")
-        .push_bind(scope.cluster);
-    list.push_tail(&mut qb, "join_tokens");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    let select = format!("SELECT {COLUMNS} FROM join_tokens");
+    super::rows::page(conn, &select, "join_tokens", scope, list).await
 }
 
 pub async fn insert(

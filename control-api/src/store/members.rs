@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::rows::Scope;
 use super::tenant::Role;
 use crate::error::Result;
 use crate::pagination::ListQuery;
@@ -59,12 +60,8 @@ const COLUMNS: &str = "id, status, email, name, user_id, role, created_at, updat
 
 /// One page of the tenant's members and invites.
 pub async fn list(conn: &mut PgConnection, tenant: Uuid, list: &ListQuery) -> Result<Vec<Member>> {
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM {MEMBERS} WHERE members.tenant_id = "
-    ));
-    qb.push_bind(tenant);
-    list.push_tail(&mut qb, "members");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    let select = format!("SELECT {COLUMNS} FROM {MEMBERS}");
+    super::rows::page(conn, &select, "members", Scope::tenant(tenant), list).await
 }
 
 pub async fn load(conn: &mut PgConnection, tenant: Uuid, id: Uuid) -> Result<Member> {

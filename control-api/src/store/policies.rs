@@ -1,11 +1,12 @@
 //! Network policies: rows with how many nodes have applied them, and the writes.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::policy::PolicySpec;
 
+use super::rows::Scope;
 use crate::error::Result;
 use crate::pagination::ListQuery;
 
@@ -51,17 +52,11 @@ pub async fn list(
     tenant: Uuid,
     list: &ListQuery,
 ) -> Result<Vec<PolicyRow>> {
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
-    qb.push_bind(tenant);
-    list.push_tail(&mut qb, "p");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    super::rows::page(conn, SELECT, "p", Scope::tenant(tenant), list).await
 }
 
 pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<PolicyRow> {
-    Ok(sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?)
+    super::rows::by_id(conn, SELECT, "p", id).await
 }
 
 pub async fn insert(

@@ -2,14 +2,14 @@
 //! workload a probe starts from, and writes.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::selector::LabelSelector;
 
 use super::rows::Scope;
 use crate::error::Result;
-use crate::pagination::{push_label_filter, ListQuery};
+use crate::pagination::ListQuery;
 
 /// A probe as stored, with its node's name and, once reported, its result.
 #[derive(FromRow)]
@@ -55,19 +55,11 @@ pub async fn list(
     scope: Scope,
     list: &ListQuery,
 ) -> Result<Vec<ProbeRow>> {
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE p.tenant_id = "));
-    qb.push_bind(scope.tenant)
-        .push(" AND p.cluster_id = ")
-        .push_bind(scope.cluster);
-    list.push_tail(&mut qb, "p");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    super::rows::page(conn, SELECT, "p", scope, list).await
 }
 
 pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<ProbeRow> {
-    Ok(sqlx::query_as(&format!("{SELECT} WHERE p.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?)
+    super::rows::by_id(conn, SELECT, "p", id).await
 }
 
 /// The probe `id` of the scope's cluster, if there is one; with `lock`, locked for the
@@ -145,14 +137,7 @@ pub async fn lock_matching(
     scope: Scope,
     selector: &LabelSelector,
 ) -> Result<Vec<Uuid>> {
-    let mut qb = QueryBuilder::new("SELECT p.id FROM probes p WHERE p.tenant_id = ");
-    qb.push_bind(scope.tenant)
-        .push(" AND p.cluster_id = ")
-        .push_bind(scope.cluster);
-    push_label_filter(&mut qb, "p.labels", selector);
-    qb.push(" ORDER BY p.id FOR UPDATE");
-    super::lock_revisions(&mut *conn).await?;
-    Ok(qb.build_query_scalar().fetch_all(conn).await?)
+    super::rows::lock_matching(conn, "probes", scope, selector).await
 }
 
 /// A probe's result as its node reports it.

@@ -1,10 +1,13 @@
 //! Rows every resource shares: finding one by id or name within a tenant (and cluster),
-//! and locking one for a guarded write.
+//! a page of a scope's rows, one row by id, and locking rows for a guarded write.
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, QueryBuilder};
 use uuid::Uuid;
+use weft_model::selector::LabelSelector;
 
 use crate::error::Result;
+use crate::pagination::{push_label_filter, ListQuery};
 
 /// Where a child resource lives: always a tenant, sometimes also a cluster.
 #[derive(Debug, Clone, Copy)]
@@ -64,4 +67,57 @@ pub async fn lock(conn: &mut PgConnection, table: &'static str, id: Uuid) -> Res
         .bind(id)
         .fetch_one(&mut *conn)
         .await?)
+}
+
+/// One page of a scope's rows. `select` is a `SELECT … FROM <table> [<alias>]` from our
+/// code and `alias` names that table: its `tenant_id`, `cluster_id` (when the scope names a
+/// cluster), `id` and `labels` filter and order the page.
+pub async fn page<T>(
+    conn: &mut PgConnection,
+    select: &str,
+    alias: &str,
+    scope: Scope,
+    list: &ListQuery,
+) -> Result<Vec<T>>
+where
+    T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+{
+    let mut qb = QueryBuilder::new(format!("{select} WHERE {alias}.tenant_id = "));
+    qb.push_bind(scope.tenant);
+    if let Some(cluster) = scope.cluster {
+        qb.push(format!(" AND {alias}.cluster_id = "))
+            .push_bind(cluster);
+    }
+    list.push_tail(&mut qb, alias);
+    Ok(qb.build_query_as().fetch_all(conn).await?)
+}
+
+/// One row by id (`select` and `alias` as for [`page`]).
+pub async fn by_id<T>(conn: &mut PgConnection, select: &str, alias: &str, id: Uuid) -> Result<T>
+where
+    T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(&format!("{select} WHERE {alias}.id = $1"))
+        .bind(id)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Locks the scope's rows of `table` that a label selector matches (after the revision
+/// lock, as [`lock`]) and returns their ids. `table` is always a literal from our code.
+pub async fn lock_matching(
+    conn: &mut PgConnection,
+    table: &'static str,
+    scope: Scope,
+    selector: &LabelSelector,
+) -> Result<Vec<Uuid>> {
+    let mut qb = QueryBuilder::new(format!("SELECT t.id FROM {table} t WHERE t.tenant_id = "));
+    qb.push_bind(scope.tenant);
+    if let Some(cluster) = scope.cluster {
+        qb.push(" AND t.cluster_id = ").push_bind(cluster);
+    }
+    push_label_filter(&mut qb, "t.labels", selector);
+    qb.push(" ORDER BY t.id FOR UPDATE");
+    super::lock_revisions(&mut *conn).await?;
+    Ok(qb.build_query_scalar().fetch_all(conn).await?)
 }

@@ -1,11 +1,12 @@
 //! Load-balanced services: rows with their frontends and backends, and the writes.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::service::{Algorithm, Backend, Frontend, SessionAffinity};
 
+use super::rows::Scope;
 use crate::error::Result;
 use crate::pagination::ListQuery;
 
@@ -95,20 +96,12 @@ pub async fn list(
     cluster: Option<Uuid>,
     list: &ListQuery,
 ) -> Result<Vec<ServiceRow>> {
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE s.tenant_id = "));
-    qb.push_bind(tenant)
-        .push(" AND s.cluster_id = ")
-        .push_bind(cluster);
-    list.push_tail(&mut qb, "s");
-    Ok(qb.build_query_as().fetch_all(&mut *conn).await?)
+    let scope = Scope { tenant, cluster };
+    super::rows::page(conn, SELECT, "s", scope, list).await
 }
 
 pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<ServiceRow> {
-    let row: ServiceRow = sqlx::query_as(&format!("{SELECT} WHERE s.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?;
-    Ok(row)
+    super::rows::by_id(conn, SELECT, "s", id).await
 }
 
 pub async fn insert(

@@ -2,14 +2,14 @@
 //! bookkeeping and writes.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection, QueryBuilder};
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::selector::LabelSelector;
 
 use super::rows::Scope;
 use crate::error::Result;
-use crate::pagination::{push_label_filter, ListQuery};
+use crate::pagination::ListQuery;
 
 /// A test workload as stored, with its node's name and whether it is ready.
 #[derive(FromRow)]
@@ -52,19 +52,11 @@ pub async fn list(
     scope: Scope,
     list: &ListQuery,
 ) -> Result<Vec<WorkloadRow>> {
-    let mut qb = QueryBuilder::new(format!("{SELECT} WHERE w.tenant_id = "));
-    qb.push_bind(scope.tenant)
-        .push(" AND w.cluster_id = ")
-        .push_bind(scope.cluster);
-    list.push_tail(&mut qb, "w");
-    Ok(qb.build_query_as().fetch_all(conn).await?)
+    super::rows::page(conn, SELECT, "w", scope, list).await
 }
 
 pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<WorkloadRow> {
-    Ok(sqlx::query_as(&format!("{SELECT} WHERE w.id = $1"))
-        .bind(id)
-        .fetch_one(conn)
-        .await?)
+    super::rows::by_id(conn, SELECT, "w", id).await
 }
 
 /// A node's pod CIDRs, in their given order.
@@ -147,12 +139,5 @@ pub async fn lock_matching(
     scope: Scope,
     selector: &LabelSelector,
 ) -> Result<Vec<Uuid>> {
-    let mut qb = QueryBuilder::new("SELECT w.id FROM test_workloads w WHERE w.tenant_id = ");
-    qb.push_bind(scope.tenant)
-        .push(" AND w.cluster_id = ")
-        .push_bind(scope.cluster);
-    push_label_filter(&mut qb, "w.labels", selector);
-    qb.push(" ORDER BY w.id FOR UPDATE");
-    super::lock_revisions(&mut *conn).await?;
-    Ok(qb.build_query_scalar().fetch_all(conn).await?)
+    super::rows::lock_matching(conn, "test_workloads", scope, selector).await
 }

@@ -12,7 +12,6 @@ use uuid::Uuid;
 use weft_model::selector::LabelSelector;
 
 use super::common::{self, Scope};
-use crate::auth::TenantCtx;
 use crate::error::{ApiError, Problem, Result};
 use crate::pagination::{ListParams, ListQuery};
 use crate::state::AppState;
@@ -89,12 +88,6 @@ fn parse_selector(field: &str, query: &str) -> Result<LabelSelector> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     pub deleted: u64,
-}
-
-/// Resolves the `{cluster}` within the authorized tenant.
-async fn scope(t: &TenantCtx, cluster: &str, conn: &mut PgConnection) -> Result<Scope> {
-    let c = common::require_id(conn, "clusters", "cluster", Scope::tenant(t.id), cluster).await?;
-    Ok(Scope::cluster(t.id, c))
 }
 
 /// A node of the scope's cluster named in a body field; a name that is not one is 422.

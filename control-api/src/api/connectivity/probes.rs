@@ -15,7 +15,7 @@ use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
 use weft_model::workload::ProbeOutcome;
 
-use super::{node_in_cluster, scope, CreateErrors, DeleteParams, Deleted, SelectorListParams};
+use super::{node_in_cluster, CreateErrors, DeleteParams, Deleted, SelectorListParams};
 use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
 use crate::auth::{need, Tenant, TenantCtx};
 use crate::error::{ApiError, Result};
@@ -245,7 +245,7 @@ async fn list_probes(
     Query(params): Query<SelectorListParams>,
 ) -> Result<axum::Json<Page<Probe>>> {
     let mut conn = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut conn).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let list = params.resolve()?;
     let rows = probes::list(&mut conn, sc, &list).await?;
     let rows = rows.into_iter().map(Probe::from).collect();
@@ -265,7 +265,7 @@ async fn get_probe(
     Path((_tenant, cluster, probe)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut conn = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut conn).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let id = require(&mut conn, sc, &probe, false).await?;
     let p = load(&mut conn, id).await?;
     Ok(common::ok(p.revision, p))
@@ -287,7 +287,7 @@ async fn create_probe(
     Json(input): Json<ProbeInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let target = input.validate()?;
     let node = match (&input.from, &input.node) {
         (Some(from), node) => {
@@ -331,15 +331,7 @@ async fn create_probe(
     )
     .await?;
     let p = load(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "create",
-        subject(&p, &p.id.to_string()),
-        None,
-        audit::snapshot(&p),
-    )
-    .await?;
+    audit::created(&mut tx, &t, subject(&p, &p.id.to_string()), &p).await?;
     tx.commit().await?;
     let location = format!(
         "/v1/tenants/{}/clusters/{}/probes/{}",
@@ -355,15 +347,7 @@ async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u6
         let before = load(tx, *id).await?;
         store::bump_revision(tx, t.id, "probe", *id, Op::Delete).await?;
         probes::delete(tx, *id).await?;
-        audit::record(
-            tx,
-            t,
-            "delete",
-            subject(&before, &before.id.to_string()),
-            audit::snapshot(&before),
-            None,
-        )
-        .await?;
+        audit::deleted(tx, t, subject(&before, &before.id.to_string()), &before).await?;
     }
     Ok(ids.len() as u64)
 }
@@ -381,7 +365,7 @@ async fn delete_probe(
     Path((_tenant, cluster, probe)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let id = require(&mut tx, sc, &probe, true).await?;
     remove(&mut tx, &t, &[id]).await?;
     tx.commit().await?;
@@ -401,7 +385,7 @@ async fn delete_probes(
     Query(params): Query<DeleteParams>,
 ) -> Result<axum::Json<Deleted>> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let selector = params.resolve()?;
     let ids = probes::lock_matching(&mut tx, sc, &selector).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;

@@ -18,7 +18,7 @@ use weft_model::error::FieldError;
 use weft_model::labels::Labels;
 use weft_model::workload::{self, WorkloadKind, WORLD_NET};
 
-use super::{node_in_cluster, scope, CreateErrors, DeleteParams, Deleted, SelectorListParams};
+use super::{node_in_cluster, CreateErrors, DeleteParams, Deleted, SelectorListParams};
 use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
 use crate::auth::{need, Tenant, TenantCtx};
 use crate::error::{ApiError, Result};
@@ -225,7 +225,7 @@ async fn list_test_workloads(
     Query(params): Query<SelectorListParams>,
 ) -> Result<axum::Json<Page<TestWorkload>>> {
     let mut conn = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut conn).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let list = params.resolve()?;
     let rows = workloads::list(&mut conn, sc, &list).await?;
     let rows = rows.into_iter().map(TestWorkload::from).collect();
@@ -245,7 +245,7 @@ async fn get_test_workload(
     Path((_tenant, cluster, workload)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut conn = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut conn).await?;
+    let sc = common::cluster_scope(&mut conn, &t, &cluster).await?;
     let id =
         common::require_id(&mut conn, "test_workloads", "test workload", sc, &workload).await?;
     let w = load(&mut conn, id).await?;
@@ -270,7 +270,7 @@ async fn create_test_workload(
     Json(input): Json<TestWorkloadInput>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     input.validate()?;
     let (node, node_name) = node_in_cluster(&mut tx, sc, "node", &input.node).await?;
     if input.kind == WorkloadKind::Pod {
@@ -308,15 +308,7 @@ async fn create_test_workload(
     )
     .await?;
     let w = load(&mut tx, id).await?;
-    audit::record(
-        &mut tx,
-        &t,
-        "create",
-        subject(&w),
-        None,
-        audit::snapshot(&w),
-    )
-    .await?;
+    audit::created(&mut tx, &t, subject(&w), &w).await?;
     tx.commit().await?;
     tracing::info!(workload = %w.name, node = %w.node, ip = %w.ip, "test workload created");
     let location = format!(
@@ -333,15 +325,7 @@ async fn remove(tx: &mut PgConnection, t: &TenantCtx, ids: &[Uuid]) -> Result<u6
         let before = load(tx, *id).await?;
         store::bump_revision(tx, t.id, "test_workload", *id, Op::Delete).await?;
         workloads::delete(tx, *id).await?;
-        audit::record(
-            tx,
-            t,
-            "delete",
-            subject(&before),
-            audit::snapshot(&before),
-            None,
-        )
-        .await?;
+        audit::deleted(tx, t, subject(&before), &before).await?;
     }
     Ok(ids.len() as u64)
 }
@@ -359,7 +343,7 @@ async fn delete_test_workload(
     Path((_tenant, cluster, workload)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let id = common::lock_for_write(
         &mut tx,
         "test_workloads",
@@ -387,7 +371,7 @@ async fn delete_test_workloads(
     Query(params): Query<DeleteParams>,
 ) -> Result<axum::Json<Deleted>> {
     let mut tx = t.begin(&st.pool).await?;
-    let sc = scope(&t, &cluster, &mut tx).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
     let selector = params.resolve()?;
     let ids = workloads::lock_matching(&mut tx, sc, &selector).await?;
     let deleted = remove(&mut tx, &t, &ids).await?;
