@@ -11,15 +11,13 @@ async fn tokens_are_shown_once_hashed_and_revocable() {
     let t = TestApp::new().await;
     let owner = t.tenant("acme").await;
     let r = t
-        .call(
-            "POST",
+        .created(
             "/v1/tenants/acme/api-tokens",
-            Some(&owner),
-            Some(json!({"name": "ci", "role": "editor"})),
+            &owner,
+            json!({"name": "ci", "role": "editor"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let secret = r.body["token"].as_str().unwrap().to_string();
+    let secret = r["token"].as_str().unwrap().to_string();
     assert!(secret.starts_with("weft_"));
     // The secret is not stored, only its SHA-256.
     let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
@@ -111,15 +109,8 @@ async fn roles_limit_what_a_token_may_do() {
             .status,
         StatusCode::OK
     );
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&editor),
-            Some(cluster),
-        )
+    t.created("/v1/tenants/acme/clusters", &editor, cluster)
         .await;
-    assert_eq!(r.status, StatusCode::CREATED);
     // Editors cannot manage tokens; admins cannot mint owners; nobody below owner deletes the tenant.
     let r = t
         .call(

@@ -35,15 +35,13 @@ async fn setup() -> Setup {
     let owner = t.tenant("acme").await;
     t.cluster("acme", "prod", &owner).await;
     let r = t
-        .call(
-            "POST",
+        .created(
             "/v1/tenants/acme/clusters/prod/join-tokens",
-            Some(&owner),
-            Some(json!({"name": "fleet", "max_uses": 0})),
+            &owner,
+            json!({"name": "fleet", "max_uses": 0}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let join = r.body["token"].as_str().expect("token").to_string();
+    let join = r["token"].as_str().expect("token").to_string();
     let client = agent_on(t.state.clone()).await;
     Setup {
         t,

@@ -55,44 +55,32 @@ async fn fixture(t: &TestApp) -> Fixture {
     let foreign_owner = t.tenant("globex").await;
     let viewer = t.token("acme", "viewer", &owner).await;
     let revoked = t.token("acme", "owner", OPERATOR).await;
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/api-tokens",
-            Some(&owner),
-            Some(json!({"name": "ci", "role": "editor"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    t.created(
+        "/v1/tenants/acme/api-tokens",
+        &owner,
+        json!({"name": "ci", "role": "editor"}),
+    )
+    .await;
     let r = t.cluster("acme", "prod", &owner).await;
     let cluster: Uuid = r["id"].as_str().unwrap().parse().unwrap();
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/services",
-            Some(&owner),
-            Some(json!({"name": "web", "frontends": [{"vip": "10.96.0.1", "port": 80, "protocol": "TCP"}]})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&owner),
-            Some(json!({"name": "p", "spec": {"endpointSelector": {}}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/members",
-            Some(&owner),
-            Some(json!({"email": "ada@example.com", "role": "editor"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.created(
+        "/v1/tenants/acme/clusters/prod/services",
+        &owner,
+        json!({"name": "web", "frontends": [{"vip": "10.96.0.1", "port": 80, "protocol": "TCP"}]}),
+    )
+    .await;
+    t.created(
+        "/v1/tenants/acme/policies",
+        &owner,
+        json!({"name": "p", "spec": {"endpointSelector": {}}}),
+    )
+    .await;
+    t.created(
+        "/v1/tenants/acme/members",
+        &owner,
+        json!({"email": "ada@example.com", "role": "editor"}),
+    )
+    .await;
     let tenant: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'acme'")
         .fetch_one(&t.pool)
         .await
@@ -116,27 +104,20 @@ async fn fixture(t: &TestApp) -> Fixture {
     .execute(&t.pool)
     .await
     .unwrap();
+    t.created(
+        "/v1/tenants/acme/clusters/prod/test-workloads",
+        &owner,
+        json!({"name": "echo-w", "node": "node-1", "kind": "world", "echo_ports": [8080]}),
+    )
+    .await;
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/test-workloads",
-            Some(&owner),
-            Some(
-                json!({"name": "echo-w", "node": "node-1", "kind": "world", "echo_ports": [8080]}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = t
-        .call(
-            "POST",
+        .created(
             "/v1/tenants/acme/clusters/prod/probes",
-            Some(&owner),
-            Some(json!({"from": "echo-w", "target": "10.0.1.5:80"})),
+            &owner,
+            json!({"from": "echo-w", "target": "10.0.1.5:80"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let probe = r.body["id"].as_str().unwrap().to_string();
+    let probe = r["id"].as_str().unwrap().to_string();
     let revoked_name: String =
         sqlx::query_scalar("SELECT name FROM api_tokens WHERE token_hash = $1")
             .bind(control_api::auth::hash_token(&revoked))

@@ -29,26 +29,20 @@ async fn policy_crud_keeps_the_cilium_spec() {
     let tok = t.tenant("acme").await;
     let rev = t.revision().await;
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&tok),
-            Some(web_policy()),
-        )
+        .created("/v1/tenants/acme/policies", &tok, web_policy())
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(r.body["revision"], rev + 1);
-    assert_eq!(r.body["specs"].as_array().unwrap().len(), 1);
+    assert_eq!(r["revision"], rev + 1);
+    assert_eq!(r["specs"].as_array().unwrap().len(), 1);
     assert_eq!(
-        r.body["specs"][0]["ingress"][0]["toPorts"][0]["ports"][0]["port"],
+        r["specs"][0]["ingress"][0]["toPorts"][0]["ports"][0]["port"],
         "8080"
     );
     assert_eq!(
-        r.body["specs"][0]["egressDeny"][0]["toCIDRSet"][0]["except"][0],
+        r["specs"][0]["egressDeny"][0]["toCIDRSet"][0]["except"][0],
         "10.0.0.0/8"
     );
     assert!(
-        r.body.get("clusters").is_none(),
+        r.get("clusters").is_none(),
         "unscoped policies apply everywhere"
     );
 
@@ -167,11 +161,8 @@ async fn policies_can_be_scoped_to_clusters() {
     }
     let mut p = web_policy();
     p["clusters"] = json!(["staging", "prod"]);
-    let r = t
-        .call("POST", "/v1/tenants/acme/policies", Some(&tok), Some(p))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(r.body["clusters"], json!(["prod", "staging"]));
+    let r = t.created("/v1/tenants/acme/policies", &tok, p).await;
+    assert_eq!(r["clusters"], json!(["prod", "staging"]));
 }
 
 const CNP_YAML: &str = r#"

@@ -80,15 +80,12 @@ async fn dry_run_create_checks_and_writes_nothing() {
     assert_eq!(written(&t).await, before);
 
     // ... and a taken name.
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&tok),
-            Some(policy("web", "10.0.0.0/8")),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.created(
+        "/v1/tenants/acme/policies",
+        &tok,
+        policy("web", "10.0.0.0/8"),
+    )
+    .await;
     let after_create = written(&t).await;
     let r = t
         .call(
@@ -102,15 +99,12 @@ async fn dry_run_create_checks_and_writes_nothing() {
     assert_eq!(written(&t).await, after_create);
 
     // `dry_run=false` is an ordinary write; an unknown parameter is refused.
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies?dry_run=false",
-            Some(&tok),
-            Some(policy("web2", "10.0.0.0/8")),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.created(
+        "/v1/tenants/acme/policies?dry_run=false",
+        &tok,
+        policy("web2", "10.0.0.0/8"),
+    )
+    .await;
     let r = t
         .call(
             "POST",

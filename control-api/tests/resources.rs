@@ -300,15 +300,12 @@ async fn pagination_and_label_filters() {
         .iter()
         .enumerate()
     {
-        let r = t
-            .call(
-                "POST",
-                "/v1/tenants/acme/clusters",
-                Some(&tok),
-                Some(json!({"name": format!("c{i}"), "labels": {"env": env}})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED);
+        t.created(
+            "/v1/tenants/acme/clusters",
+            &tok,
+            json!({"name": format!("c{i}"), "labels": {"env": env}}),
+        )
+        .await;
     }
     let mut seen = Vec::new();
     let mut path = "/v1/tenants/acme/clusters?limit=2".to_string();
@@ -453,20 +450,14 @@ async fn services_with_frontends_and_backends() {
         "session_affinity": {"timeout_seconds": 60}
     });
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/services",
-            Some(&tok),
-            Some(svc),
-        )
+        .created("/v1/tenants/acme/clusters/prod/services", &tok, svc)
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(
-        r.body["backends"][1],
+        r["backends"][1],
         json!({"address": "10.0.1.6", "port": 8080, "weight": 3, "state": "active"})
     );
-    assert_eq!(r.body["algorithm"], "maglev");
-    assert_eq!(r.body["session_affinity"]["timeout_seconds"], 60);
+    assert_eq!(r["algorithm"], "maglev");
+    assert_eq!(r["session_affinity"]["timeout_seconds"], 60);
 
     // The same VIP:port/proto in another service of the cluster conflicts.
     let r = t

@@ -254,16 +254,13 @@ async fn a_reconnecting_agent_resumes_by_delta() {
     drop(stream);
 
     // While the agent is away, a policy selects web-1.
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&owner),
-            Some(json!({"name": "web-deny-all", "spec": {
-                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.created(
+        "/v1/tenants/acme/policies",
+        &owner,
+        json!({"name": "web-deny-all", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}}),
+    )
+    .await;
 
     let mut b = agent_on(t.replica().await).await;
     let mut again = b.sync(sync(applied)).await.expect("sync").into_inner();
@@ -306,16 +303,13 @@ async fn a_change_that_leaves_a_node_unchanged_still_brings_it_current() {
         .into_inner();
     let first = next_sync(&mut stream).await;
     // A policy selecting nothing on this node: its state is the same.
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&owner),
-            Some(json!({"name": "db-only", "spec": {
-                "endpointSelector": {"matchLabels": {"app": "db"}}, "ingress": [{}]}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    t.created(
+        "/v1/tenants/acme/policies",
+        &owner,
+        json!({"name": "db-only", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "db"}}, "ingress": [{}]}}),
+    )
+    .await;
     let msg = next_sync(&mut stream).await;
     assert!(msg.revision > first.revision);
     assert_eq!(
@@ -529,17 +523,14 @@ async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(0.0));
 
     // A change pushed and not yet acknowledged is lag again; its ack clears it.
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&owner),
-            Some(json!({"name": "web-closed", "spec": {
+    t.created(
+        "/v1/tenants/acme/policies",
+        &owner,
+        json!({"name": "web-closed", "spec": {
                 "endpointSelector": {"matchLabels": {"app": "web"}},
-                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}]}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}]}}),
+    )
+    .await;
     let delta = next_sync(&mut stream).await;
     assert!(delta.revision > snap.revision);
     assert_eq!(tenant_gauge(&t, behind, "acme").await, Some(1.0));
