@@ -751,3 +751,83 @@ async fn concurrent_writes_under_one_row_never_deadlock() {
         }
     }
 }
+
+/// Every collection under a cluster lists that cluster's items only, page by page, and an
+/// item of another cluster or an unknown cluster is 404 naming what was not found.
+#[tokio::test]
+async fn cluster_collections_hold_their_own_cluster_only() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    for c in ["prod", "staging"] {
+        t.cluster("acme", c, &tok).await;
+        for i in 0..3 {
+            let base = format!("/v1/tenants/acme/clusters/{c}");
+            let vip = format!("10.96.{}.{i}", if c == "prod" { 1 } else { 2 });
+            t.created(
+                &format!("{base}/services"),
+                &tok,
+                json!({"name": format!("{c}-svc-{i}"), "frontends": [{"vip": vip, "port": 80, "protocol": "TCP"}]}),
+            )
+            .await;
+            t.created(
+                &format!("{base}/join-tokens"),
+                &tok,
+                json!({"name": format!("{c}-tok-{i}")}),
+            )
+            .await;
+        }
+    }
+    for (collection, kind) in [("services", "svc"), ("join-tokens", "tok")] {
+        let mut seen = Vec::new();
+        let mut path = format!("/v1/tenants/acme/clusters/prod/{collection}?limit=2");
+        loop {
+            let r = t.call("GET", &path, Some(&tok), None).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+            for i in r.body["items"].as_array().expect("items") {
+                seen.push(i["name"].as_str().expect("name").to_string());
+            }
+            match r.body["next_cursor"].as_str() {
+                Some(c) => {
+                    path = format!("/v1/tenants/acme/clusters/prod/{collection}?limit=2&cursor={c}")
+                }
+                None => break,
+            }
+        }
+        seen.sort();
+        let want: Vec<String> = (0..3).map(|i| format!("prod-{kind}-{i}")).collect();
+        assert_eq!(seen, want, "{collection}");
+    }
+    let r = t
+        .call(
+            "GET",
+            "/v1/tenants/acme/clusters/prod/services/staging-svc-0",
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert!(r.is_problem(404, "not-found"), "{}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("staging-svc-0"),
+        "{}",
+        r.body
+    );
+    for collection in [
+        "services",
+        "join-tokens",
+        "nodes",
+        "test-workloads",
+        "probes",
+    ] {
+        let path = format!("/v1/tenants/acme/clusters/nope/{collection}");
+        let r = t.call("GET", &path, Some(&tok), None).await;
+        assert!(r.is_problem(404, "not-found"), "{path}: {}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap_or("").contains("nope"),
+            "{path}: {}",
+            r.body
+        );
+    }
+}
