@@ -85,9 +85,7 @@ async fn join_tokens_register_nodes_once() {
     let single = join_token(&t, &owner, "prod", json!({"name": "once"})).await;
     assert!(single.starts_with("weft_join_"), "{single}");
     // A join token registers a node; it is not a bearer token for the REST API.
-    let as_bearer = t
-        .call("GET", "/v1/tenants/acme/clusters", Some(&single), None)
-        .await;
+    let as_bearer = t.get("/v1/tenants/acme/clusters", &single).await;
     assert_eq!(
         as_bearer.status,
         StatusCode::UNAUTHORIZED,
@@ -156,22 +154,12 @@ async fn join_tokens_register_nodes_once() {
 
     // Listing never shows secrets; a revoked token registers nothing.
     let list = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/join-tokens",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/clusters/prod/join-tokens", &owner)
         .await;
     assert!(!list.body.to_string().contains(&multi));
     assert_eq!(list.body["items"][1]["uses"], 1);
     let r = t
-        .call(
-            "DELETE",
-            "/v1/tenants/acme/clusters/prod/join-tokens/fleet",
-            Some(&owner),
-            None,
-        )
+        .delete("/v1/tenants/acme/clusters/prod/join-tokens/fleet", &owner)
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let e = client
@@ -227,9 +215,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .expect("report");
     assert!(t.revision().await > rev0, "new endpoints bump the revision");
 
-    let r = t
-        .call("GET", "/v1/tenants/acme/endpoints", Some(&owner), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/endpoints", &owner).await;
     let items = r.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
     let identity = |name: &str| {
@@ -270,12 +256,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .await
         .unwrap();
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/endpoints?cluster=prod",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/endpoints?cluster=prod", &owner)
         .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
 
@@ -309,12 +290,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .await
         .unwrap();
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/nodes/node-1",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/clusters/prod/nodes/node-1", &owner)
         .await;
     let status = &r.body["status"];
     assert_eq!(status["connected"], true, "{}", r.body);
@@ -333,12 +309,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .await
         .unwrap();
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/nodes/node-1",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/clusters/prod/nodes/node-1", &owner)
         .await;
     let status = &r.body["status"];
     assert_eq!(status["applied_revision"], applied);

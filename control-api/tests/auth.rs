@@ -29,9 +29,7 @@ async fn tokens_are_shown_once_hashed_and_revocable() {
         .all(|h| h.len() == 32 && h.as_slice() != secret.as_bytes()));
     assert!(stored.contains(&control_api::auth::hash_token(&secret)));
     // Listing never shows secrets.
-    let list = t
-        .call("GET", "/v1/tenants/acme/api-tokens", Some(&owner), None)
-        .await;
+    let list = t.get("/v1/tenants/acme/api-tokens", &owner).await;
     assert!(!list.body.to_string().contains(&secret));
     assert!(list.body["items"]
         .as_array()
@@ -40,23 +38,12 @@ async fn tokens_are_shown_once_hashed_and_revocable() {
         .all(|i| i.get("token").is_none()));
     // It works, then is revoked, then fails with 401.
     assert_eq!(
-        t.call("GET", "/v1/tenants/acme/clusters", Some(&secret), None)
-            .await
-            .status,
+        t.get("/v1/tenants/acme/clusters", &secret).await.status,
         StatusCode::OK
     );
-    let r = t
-        .call(
-            "DELETE",
-            "/v1/tenants/acme/api-tokens/ci",
-            Some(&owner),
-            None,
-        )
-        .await;
+    let r = t.delete("/v1/tenants/acme/api-tokens/ci", &owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = t
-        .call("GET", "/v1/tenants/acme/clusters", Some(&secret), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/clusters", &secret).await;
     assert!(r.is_problem(401, "unauthenticated"));
     assert!(
         !r.body.to_string().contains(&secret),
@@ -90,12 +77,7 @@ async fn roles_limit_what_a_token_may_do() {
     let admin = t.token("acme", "admin", &owner).await;
     let cluster = json!({"name": "prod"});
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters",
-            Some(&viewer),
-            Some(cluster.clone()),
-        )
+        .post("/v1/tenants/acme/clusters", &viewer, cluster.clone())
         .await;
     assert!(r.is_problem(403, "forbidden"), "{}", r.body);
     assert_eq!(
@@ -104,35 +86,29 @@ async fn roles_limit_what_a_token_may_do() {
         "a refused write writes nothing"
     );
     assert_eq!(
-        t.call("GET", "/v1/tenants/acme/clusters", Some(&viewer), None)
-            .await
-            .status,
+        t.get("/v1/tenants/acme/clusters", &viewer).await.status,
         StatusCode::OK
     );
     t.created("/v1/tenants/acme/clusters", &editor, cluster)
         .await;
     // Editors cannot manage tokens; admins cannot mint owners; nobody below owner deletes the tenant.
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/api-tokens",
-            Some(&editor),
-            Some(json!({"name": "x", "role": "viewer"})),
+            &editor,
+            json!({"name": "x", "role": "viewer"}),
         )
         .await;
     assert!(r.is_problem(403, "forbidden"));
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/api-tokens",
-            Some(&admin),
-            Some(json!({"name": "y", "role": "owner"})),
+            &admin,
+            json!({"name": "y", "role": "owner"}),
         )
         .await;
     assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-    let r = t
-        .call("DELETE", "/v1/tenants/acme", Some(&admin), None)
-        .await;
+    let r = t.delete("/v1/tenants/acme", &admin).await;
     assert!(r.is_problem(403, "forbidden"));
     assert_eq!(t.count("tenants").await, 1);
 }
@@ -144,10 +120,7 @@ async fn another_tenant_is_invisible() {
     let globex = t.tenant("globex").await;
     let r = t.cluster("acme", "prod", &acme).await;
     let cluster_id = r["id"].as_str().unwrap().to_string();
-    let acme_id = t
-        .call("GET", "/v1/tenants/acme", Some(&acme), None)
-        .await
-        .body["id"]
+    let acme_id = t.get("/v1/tenants/acme", &acme).await.body["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -169,18 +142,14 @@ async fn another_tenant_is_invisible() {
     }
     // Not even by addressing acme's cluster id under globex's own tenant.
     let r = t
-        .call(
-            "GET",
+        .get(
             &format!("/v1/tenants/globex/clusters/{cluster_id}"),
-            Some(&globex),
-            None,
+            &globex,
         )
         .await;
     assert!(r.is_problem(404, "not-found"));
     assert_eq!(t.count("clusters").await, 1);
-    let r = t
-        .call("GET", "/v1/tenants/acme", Some(OPERATOR), None)
-        .await;
+    let r = t.get("/v1/tenants/acme", OPERATOR).await;
     assert_eq!(r.body["display_name"], "");
 }
 

@@ -97,13 +97,11 @@ impl Setup {
     }
 
     async fn post(&self, path: &str, body: Value) -> Reply {
-        self.t
-            .call("POST", path, Some(&self.owner), Some(body))
-            .await
+        self.t.post(path, &self.owner, body).await
     }
 
     async fn get(&self, path: &str) -> Reply {
-        self.t.call("GET", path, Some(&self.owner), None).await
+        self.t.get(path, &self.owner).await
     }
 
     /// Creates a test workload; returns its address.
@@ -274,24 +272,20 @@ async fn test_workloads_are_allocated_top_down_around_endpoints_and_each_other()
     assert_eq!(r.fields(), ["selector"]);
 
     // A freed address is handed out again.
-    let r =
-        s.t.call("DELETE", &format!("{WL}/echo-a"), Some(&s.owner), None)
-            .await;
+    let r = s.t.delete(&format!("{WL}/echo-a"), &s.owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = s.get(&format!("{WL}/echo-a")).await;
     assert!(r.is_problem(404, "not-found"));
     assert_eq!(s.workload("echo-d", "node-1", "pod").await, "10.0.1.253");
 
     // Deleting a collection needs a selector.
-    let r = s.t.call("DELETE", WL, Some(&s.owner), None).await;
+    let r = s.t.delete(WL, &s.owner).await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["selector"]);
     let r =
-        s.t.call(
-            "DELETE",
+        s.t.delete(
             &format!("{WL}?selector=name%20in%20(out-1,out-2)"),
-            Some(&s.owner),
-            None,
+            &s.owner,
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -517,31 +511,28 @@ async fn other_tenants_see_and_delete_nothing() {
     let g_wl = "/v1/tenants/globex/clusters/prod/test-workloads";
     let g_probes = "/v1/tenants/globex/clusters/prod/probes";
     for path in [g_wl, g_probes] {
-        let r = s.t.call("GET", path, Some(&globex), None).await;
+        let r = s.t.get(path, &globex).await;
         assert_eq!(r.body["items"], json!([]), "{path}: {}", r.body);
-        let r =
-            s.t.call("DELETE", &format!("{path}?selector="), Some(&globex), None)
-                .await;
+        let r = s.t.delete(&format!("{path}?selector="), &globex).await;
         assert_eq!(r.body, json!({"deleted": 0}), "{path}");
     }
     for path in [format!("{g_wl}/echo-a"), format!("{g_probes}/{id}")] {
-        let r = s.t.call("GET", &path, Some(&globex), None).await;
+        let r = s.t.get(&path, &globex).await;
         assert!(r.is_problem(404, "not-found"), "{path}");
-        let r = s.t.call("DELETE", &path, Some(&globex), None).await;
+        let r = s.t.delete(&path, &globex).await;
         assert!(r.is_problem(404, "not-found"), "{path}");
     }
     // Nor through acme's URLs.
     for path in [WL.to_string(), format!("{PROBES}/{id}")] {
-        let r = s.t.call("GET", &path, Some(&globex), None).await;
+        let r = s.t.get(&path, &globex).await;
         assert!(r.is_problem(404, "not-found"), "{path}");
     }
     // globex's node cannot be named in acme's cluster.
     let r =
-        s.t.call(
-            "POST",
+        s.t.post(
             "/v1/tenants/globex/clusters/prod/join-tokens",
-            Some(&globex),
-            Some(json!({"name": "g"})),
+            &globex,
+            json!({"name": "g"}),
         )
         .await;
     let tok = r.body["token"].as_str().unwrap().to_string();

@@ -40,11 +40,10 @@ async fn node(
     name: &str,
 ) -> Node {
     let r = t
-        .call(
-            "POST",
+        .post(
             &format!("/v1/tenants/{tenant}/clusters"),
-            Some(owner),
-            Some(json!({"name": cluster})),
+            owner,
+            json!({"name": cluster}),
         )
         .await;
     assert!(r.status == StatusCode::CREATED || r.status == StatusCode::CONFLICT);
@@ -312,11 +311,9 @@ fn query_string(params: &[(&str, String)]) -> String {
 }
 
 async fn list(t: &TestApp, token: &str, params: &[(&str, String)]) -> common::Reply {
-    t.call(
-        "GET",
+    t.get(
         &format!("/v1/tenants/acme/flows?{}", query_string(params)),
-        Some(token),
-        None,
+        token,
     )
     .await
 }
@@ -580,14 +577,12 @@ async fn bad_filters_are_rejected_naming_the_parameter() {
         assert!(r.is_problem(400, "validation"), "{k}={v}: {}", r.body);
         assert_eq!(r.fields(), vec![k.to_string()], "{k}={v}");
         let r =
-            w.t.call(
-                "GET",
+            w.t.get(
                 &format!(
                     "/v1/tenants/acme/flows/stream?{}",
                     query_string(&[(k, v.to_string())])
                 ),
-                Some(&w.owner),
-                None,
+                &w.owner,
             )
             .await;
         if !matches!(*k, "limit" | "cursor") {
@@ -595,22 +590,12 @@ async fn bad_filters_are_rejected_naming_the_parameter() {
         }
     }
     let r =
-        w.t.call(
-            "GET",
-            "/v1/tenants/acme/service-map?since=soon",
-            Some(&w.owner),
-            None,
-        )
-        .await;
+        w.t.get("/v1/tenants/acme/service-map?since=soon", &w.owner)
+            .await;
     assert_eq!(r.fields(), vec!["since".to_string()]);
     let r =
-        w.t.call(
-            "GET",
-            "/v1/tenants/acme/service-map?window=1h",
-            Some(&w.owner),
-            None,
-        )
-        .await;
+        w.t.get("/v1/tenants/acme/service-map?window=1h", &w.owner)
+            .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -618,13 +603,8 @@ async fn bad_filters_are_rejected_naming_the_parameter() {
 async fn the_service_map_aggregates_traffic_between_workloads() {
     let w = world().await;
     let r =
-        w.t.call(
-            "GET",
-            "/v1/tenants/acme/service-map?since=1h",
-            Some(&w.owner),
-            None,
-        )
-        .await;
+        w.t.get("/v1/tenants/acme/service-map?since=1h", &w.owner)
+            .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let web = format!("identity:{}", w.web);
     let db = format!("identity:{}", w.db);
@@ -667,12 +647,7 @@ async fn the_service_map_aggregates_traffic_between_workloads() {
     assert_eq!(node("world")["kind"], "world");
     // A window after everything: empty.
     let r =
-        w.t.call(
-            "GET",
-            "/v1/tenants/acme/service-map?since=1s",
-            Some(&w.owner),
-            None,
-        )
-        .await;
+        w.t.get("/v1/tenants/acme/service-map?since=1s", &w.owner)
+            .await;
     assert_eq!(r.body["edges"], json!([]));
 }

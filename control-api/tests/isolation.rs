@@ -125,11 +125,9 @@ async fn fixture(t: &TestApp) -> Fixture {
             .await
             .unwrap();
     let r = t
-        .call(
-            "DELETE",
+        .delete(
             &format!("/v1/tenants/acme/api-tokens/{revoked_name}"),
-            Some(&owner),
-            None,
+            &owner,
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -333,52 +331,28 @@ async fn audit_log_records_every_change() {
     let viewer = t.token("acme", "viewer", &owner).await;
     let r = t.cluster("acme", "prod", &owner).await;
     let cluster_id = r["id"].as_str().unwrap().to_string();
-    t.call(
-        "PATCH",
+    t.patch(
         "/v1/tenants/acme/clusters/prod",
-        Some(&owner),
-        Some(json!({"labels": {"env": "prod"}})),
+        &owner,
+        json!({"labels": {"env": "prod"}}),
     )
     .await;
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/api-tokens",
-            Some(&owner),
-            Some(json!({"name": "ci", "role": "editor"})),
+            &owner,
+            json!({"name": "ci", "role": "editor"}),
         )
         .await;
     let secret = r.body["token"].as_str().unwrap().to_string();
-    t.call(
-        "DELETE",
-        "/v1/tenants/acme/api-tokens/ci",
-        Some(&owner),
-        None,
-    )
-    .await;
-    t.call(
-        "DELETE",
-        "/v1/tenants/acme/clusters/prod",
-        Some(&owner),
-        None,
-    )
-    .await;
+    t.delete("/v1/tenants/acme/api-tokens/ci", &owner).await;
+    t.delete("/v1/tenants/acme/clusters/prod", &owner).await;
     // Refused: no entry.
-    t.call(
-        "POST",
-        "/v1/tenants/acme/clusters",
-        Some(&viewer),
-        Some(json!({"name": "x"})),
-    )
-    .await;
+    t.post("/v1/tenants/acme/clusters", &viewer, json!({"name": "x"}))
+        .await;
 
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/audit-log?resource_kind=cluster",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/audit-log?resource_kind=cluster", &owner)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let items = r.body["items"].as_array().unwrap();
@@ -399,12 +373,7 @@ async fn audit_log_records_every_change() {
     assert!(items[2]["after"].is_null());
 
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/audit-log?resource_kind=api_token",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/audit-log?resource_kind=api_token", &owner)
         .await;
     let actions: Vec<_> = r.body["items"]
         .as_array()
@@ -413,33 +382,17 @@ async fn audit_log_records_every_change() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert!(actions.ends_with(&["create", "revoke"]), "{actions:?}");
-    let all = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/audit-log?limit=1000",
-            Some(&owner),
-            None,
-        )
-        .await;
+    let all = t.get("/v1/tenants/acme/audit-log?limit=1000", &owner).await;
     assert!(
         !all.body.to_string().contains(&secret),
         "secrets never reach the audit log"
     );
     let total = all.body["items"].as_array().unwrap().len();
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/audit-log?limit=2",
-            Some(&owner),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/audit-log?limit=2", &owner).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
     assert!(r.body["next_cursor"].is_string());
     assert_eq!(total, t.count("audit_log").await as usize);
 
-    let r = t
-        .call("GET", "/v1/tenants/acme/audit-log", Some(&viewer), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/audit-log", &viewer).await;
     assert!(r.is_problem(403, "forbidden"));
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{oidc::user, Rest};
+use common::oidc::{user, Session};
+use common::Rest;
 use common::{TestApp, OPERATOR};
 use serde_json::json;
 
@@ -16,15 +17,7 @@ async fn invites_bind_on_first_sign_in_with_a_verified_email() {
     let invite = |email: String, role: &str| {
         let body = json!({"email": email, "role": role});
         let t = &t;
-        async move {
-            t.call(
-                "POST",
-                "/v1/tenants/acme/members",
-                Some(OPERATOR),
-                Some(body),
-            )
-            .await
-        }
+        async move { t.post("/v1/tenants/acme/members", OPERATOR, body).await }
     };
     let r = invite("Bob@Weft.Test".into(), "editor").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -72,9 +65,7 @@ async fn invites_bind_on_first_sign_in_with_a_verified_email() {
         .await;
     assert!(r.is_problem(404, "not-found"), "{}", r.body);
 
-    let list = t
-        .call("GET", "/v1/tenants/acme/members", Some(OPERATOR), None)
-        .await;
+    let list = t.get("/v1/tenants/acme/members", OPERATOR).await;
     let items = list.body["items"].as_array().unwrap();
     let status = |email: String| {
         items
@@ -120,113 +111,57 @@ async fn role_rules_for_members() {
     let carol = t.sign_in(&user("carol")).await;
     let path = |who: &str| format!("/v1/tenants/acme/members/{}", user(who));
 
-    // An admin can neither make nor touch an owner, nor grant above their role.
-    let r = t
-        .as_user(
-            &bob,
-            "POST",
-            "/v1/tenants/acme/members",
-            Some(json!({"email": user("dave"), "role": "owner"})),
-        )
-        .await;
-    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-    let r = t
-        .as_user(
-            &bob,
-            "PATCH",
-            &path("carol"),
-            Some(json!({"role": "owner"})),
-        )
-        .await;
-    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-    let r = t
-        .as_user(
-            &bob,
-            "PATCH",
-            &path("alice"),
-            Some(json!({"role": "viewer"})),
-        )
-        .await;
-    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-    let r = t.as_user(&bob, "DELETE", &path("alice"), None).await;
-    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-    // ... but manages the rest.
-    let r = t
-        .as_user(
-            &bob,
-            "POST",
-            "/v1/tenants/acme/members",
-            Some(json!({"email": user("dave"), "role": "editor"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = t
-        .as_user(
-            &bob,
-            "PATCH",
-            &path("carol"),
-            Some(json!({"role": "viewer"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["role"], "viewer");
-    let r = t.as_user(&bob, "DELETE", &path("dave"), None).await;
-    assert_eq!(
-        r.status,
-        StatusCode::NO_CONTENT,
-        "withdraws an invite: {}",
-        r.body
-    );
-
-    // A viewer reads members but manages none.
-    let r = t
-        .as_user(&carol, "GET", "/v1/tenants/acme/members", None)
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(3));
-    let r = t
-        .as_user(
-            &carol,
-            "POST",
-            "/v1/tenants/acme/members",
-            Some(json!({"email": user("dave"), "role": "viewer"})),
-        )
-        .await;
-    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-    let r = t.as_user(&carol, "DELETE", &path("bob"), None).await;
-    assert!(r.is_problem(403, "forbidden"), "{}", r.body);
-
-    // The last owner can be neither demoted nor removed, even by themselves.
-    let r = t
-        .as_user(
-            &alice,
-            "PATCH",
-            &path("alice"),
-            Some(json!({"role": "admin"})),
-        )
-        .await;
-    assert!(r.is_problem(409, "conflict"), "{}", r.body);
-    let r = t.as_user(&alice, "DELETE", &path("alice"), None).await;
-    assert!(r.is_problem(409, "conflict"), "{}", r.body);
-    // With a second owner, the first may step down.
-    let r = t
-        .as_user(
-            &alice,
-            "PATCH",
-            &path("bob"),
-            Some(json!({"role": "owner"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = t.as_user(&alice, "DELETE", &path("alice"), None).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    let r = t
-        .as_user(&alice, "GET", "/v1/tenants/acme/members", None)
-        .await;
-    assert!(r.is_problem(404, "not-found"), "alice left: {}", r.body);
-    // A viewer may leave on their own.
-    let r = t.as_user(&carol, "DELETE", &path("carol"), None).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let members = "/v1/tenants/acme/members";
+    let invite = |who: &str, role: &str| Some(json!({"email": user(who), "role": role}));
+    let role = |role: &str| Some(json!({"role": role}));
+    use Want::{Conflict, Forbidden, NotFound, Status};
+    #[rustfmt::skip]
+    let steps: Vec<Step> = vec![
+        // An admin can neither make nor touch an owner, nor grant above their role ...
+        ("admin invites an owner", &bob, "POST", members.into(), invite("dave", "owner"), Forbidden),
+        ("admin grants owner", &bob, "PATCH", path("carol"), role("owner"), Forbidden),
+        ("admin demotes the owner", &bob, "PATCH", path("alice"), role("viewer"), Forbidden),
+        ("admin removes the owner", &bob, "DELETE", path("alice"), None, Forbidden),
+        // ... but manages the rest.
+        ("admin invites an editor", &bob, "POST", members.into(), invite("dave", "editor"), Status(StatusCode::CREATED)),
+        ("admin demotes an editor", &bob, "PATCH", path("carol"), role("viewer"), Status(StatusCode::OK)),
+        ("admin withdraws an invite", &bob, "DELETE", path("dave"), None, Status(StatusCode::NO_CONTENT)),
+        // A viewer reads members but manages none.
+        ("viewer reads members", &carol, "GET", members.into(), None, Status(StatusCode::OK)),
+        ("viewer invites", &carol, "POST", members.into(), invite("dave", "viewer"), Forbidden),
+        ("viewer removes an admin", &carol, "DELETE", path("bob"), None, Forbidden),
+        // The last owner can be neither demoted nor removed, even by themselves.
+        ("last owner steps down", &alice, "PATCH", path("alice"), role("admin"), Conflict),
+        ("last owner leaves", &alice, "DELETE", path("alice"), None, Conflict),
+        // With a second owner, the first may step down.
+        ("owner makes a second owner", &alice, "PATCH", path("bob"), role("owner"), Status(StatusCode::OK)),
+        ("first owner leaves", &alice, "DELETE", path("alice"), None, Status(StatusCode::NO_CONTENT)),
+        ("who left reads nothing", &alice, "GET", members.into(), None, NotFound),
+        // A viewer may leave on their own.
+        ("viewer leaves", &carol, "DELETE", path("carol"), None, Status(StatusCode::NO_CONTENT)),
+    ];
+    for (why, who, method, path, body, want) in steps {
+        let r = t.as_user(who, method, &path, body).await;
+        assert!(
+            want.holds(&r),
+            "{why}: {method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let r = t.as_user(&bob, "GET", members, None).await;
+    let roles: Vec<(String, String)> = r.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| {
+            (
+                m["email"].as_str().unwrap_or("").to_string(),
+                m["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(roles, [(user("bob"), "owner".to_string())], "{}", r.body);
     let owners: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE role = 'owner'")
         .fetch_one(&t.pool)
         .await
@@ -235,9 +170,7 @@ async fn role_rules_for_members() {
 
     // Another tenant's people see nothing of these members.
     let other = t.tenant("globex").await;
-    let r = t
-        .call("GET", "/v1/tenants/acme/members", Some(&other), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/members", &other).await;
     assert!(r.is_problem(404, "not-found"), "{}", r.body);
 }
 
@@ -370,4 +303,33 @@ async fn memberships_are_behind_row_level_security() {
         .as_user(&alice, "GET", "/v1/tenants/globex/members", None)
         .await;
     assert!(r.is_problem(404, "not-found"), "{}", r.body);
+}
+
+/// A step of a role table: why, who, method, path, body, and what it must answer.
+type Step<'a> = (
+    &'a str,
+    &'a Session,
+    &'a str,
+    String,
+    Option<serde_json::Value>,
+    Want,
+);
+
+/// What a step of a role table must answer.
+enum Want {
+    Status(StatusCode),
+    Forbidden,
+    Conflict,
+    NotFound,
+}
+
+impl Want {
+    fn holds(&self, r: &common::Reply) -> bool {
+        match self {
+            Want::Status(s) => r.status == *s,
+            Want::Forbidden => r.is_problem(403, "forbidden"),
+            Want::Conflict => r.is_problem(409, "conflict"),
+            Want::NotFound => r.is_problem(404, "not-found"),
+        }
+    }
 }

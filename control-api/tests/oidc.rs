@@ -197,30 +197,21 @@ async fn the_callback_is_bound_to_the_browser_and_used_once() {
 async fn provider_access_tokens_work_as_bearer() {
     let t = TestApp::with_oidc().await;
     let jwt = client_credentials("weft-test-machine", None).await;
-    let r = t.call("GET", "/v1/me", Some(&jwt), None).await;
+    let r = t.get("/v1/me", &jwt).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["kind"], "access_token");
-    let r = t
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(&jwt),
-            Some(json!({"name": "robots"})),
-        )
-        .await;
+    let r = t.post("/v1/tenants", &jwt, json!({"name": "robots"})).await;
     assert_eq!(
         r.status,
         StatusCode::CREATED,
         "bearer writes need no CSRF token: {}",
         r.body
     );
-    let r = t
-        .call("GET", "/v1/tenants/robots/clusters", Some(&jwt), None)
-        .await;
+    let r = t.get("/v1/tenants/robots/clusters", &jwt).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // The same person on the next request, not a new one.
     let jwt2 = client_credentials("weft-test-machine", None).await;
-    let r = t.call("GET", "/v1/me", Some(&jwt2), None).await;
+    let r = t.get("/v1/me", &jwt2).await;
     assert_eq!(r.body["tenants"][0]["name"], "robots");
     assert_eq!(t.count("users").await, 1);
 }
@@ -266,23 +257,23 @@ async fn tampered_foreign_and_expired_tokens_get_401() {
         ("wrong audience", foreign),
         ("garbage", "a.b.c".to_string()),
     ] {
-        let r = t.call("GET", "/v1/me", Some(&token), None).await;
+        let r = t.get("/v1/me", &token).await;
         assert!(r.is_problem(401, "unauthenticated"), "{what}: {}", r.body);
         assert!(
             !r.body.to_string().contains(&token),
             "{what}: the token is echoed"
         );
     }
-    let r = t.call("GET", "/v1/me", Some(&jwt), None).await;
+    let r = t.get("/v1/me", &jwt).await;
     assert_eq!(r.status, StatusCode::OK, "the untouched token still works");
 
     // A 1-second token, once past the 5-second leeway.
     let short = client_credentials("weft-test-short", None).await;
-    let r = t.call("GET", "/v1/me", Some(&short), None).await;
+    let r = t.get("/v1/me", &short).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     tokio::time::sleep(Duration::from_secs(1) + control_api::oidc::LEEWAY + Duration::from_secs(1))
         .await;
-    let r = t.call("GET", "/v1/me", Some(&short), None).await;
+    let r = t.get("/v1/me", &short).await;
     assert!(r.is_problem(401, "unauthenticated"), "{}", r.body);
     assert!(
         r.body["detail"].as_str().unwrap().contains("expired"),
@@ -299,13 +290,13 @@ async fn without_an_issuer_there_is_no_sign_in_and_no_jwt() {
         assert!(r.is_problem(404, "not-found"), "{path}: {}", r.body);
     }
     let jwt = client_credentials("weft-test-machine", None).await;
-    let r = t.call("GET", "/v1/me", Some(&jwt), None).await;
+    let r = t.get("/v1/me", &jwt).await;
     assert!(r.is_problem(401, "unauthenticated"), "{}", r.body);
     // The operator and API tokens are unaffected.
     let owner = t.tenant("acme").await;
-    let r = t.call("GET", "/v1/me", Some(&owner), None).await;
+    let r = t.get("/v1/me", &owner).await;
     assert_eq!(r.body["kind"], "api_token");
     assert_eq!(r.body["tenants"][0]["role"], "owner");
-    let r = t.call("GET", "/v1/me", Some(OPERATOR), None).await;
+    let r = t.get("/v1/me", OPERATOR).await;
     assert_eq!(r.body["kind"], "operator");
 }

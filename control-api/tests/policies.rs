@@ -48,13 +48,8 @@ async fn policy_crud_keeps_the_cilium_spec() {
 
     // Patch the rule's ports through `spec`, as read back.
     let r = t
-        .call(
-            "PATCH",
-            "/v1/tenants/acme/policies/web-from-frontend",
-            Some(&tok),
-            Some(json!({"spec": {"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
-                                             "toPorts": [{"ports": [{"port": "9090", "protocol": "TCP"}]}]}]}})),
-        )
+        .patch("/v1/tenants/acme/policies/web-from-frontend", &tok, json!({"spec": {"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                                             "toPorts": [{"ports": [{"port": "9090", "protocol": "TCP"}]}]}]}}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(
@@ -67,21 +62,11 @@ async fn policy_crud_keeps_the_cilium_spec() {
     );
 
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/policies?labels=team%3Dweb",
-            Some(&tok),
-            None,
-        )
+        .get("/v1/tenants/acme/policies?labels=team%3Dweb", &tok)
         .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
     let r = t
-        .call(
-            "DELETE",
-            "/v1/tenants/acme/policies/web-from-frontend",
-            Some(&tok),
-            None,
-        )
+        .delete("/v1/tenants/acme/policies/web-from-frontend", &tok)
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(t.count("policies").await, 0);
@@ -116,12 +101,7 @@ async fn invalid_policies_name_the_field_and_write_nothing() {
     ];
     for (body, field) in cases {
         let r = t
-            .call(
-                "POST",
-                "/v1/tenants/acme/policies",
-                Some(&tok),
-                Some(body.clone()),
-            )
+            .post("/v1/tenants/acme/policies", &tok, body.clone())
             .await;
         assert!(r.is_problem(400, "validation"), "{body}: {}", r.body);
         assert!(
@@ -132,11 +112,10 @@ async fn invalid_policies_name_the_field_and_write_nothing() {
     }
     // An unknown field inside the spec is rejected with its path, not ignored.
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies",
-            Some(&tok),
-            Some(json!({"name": "p", "spec": {"endpointSelector": {}, "ingres": []}})),
+            &tok,
+            json!({"name": "p", "spec": {"endpointSelector": {}, "ingres": []}}),
         )
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
@@ -228,12 +207,7 @@ async fn cnp_yaml_imports_all_or_nothing() {
     );
     assert_eq!(r.body["policies"][1]["specs"].as_array().unwrap().len(), 2);
     let p = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/policies/allow-frontend",
-            Some(&tok),
-            None,
-        )
+        .get("/v1/tenants/acme/policies/allow-frontend", &tok)
         .await;
     assert_eq!(
         p.body["specs"][0]["ingress"][0]["toPorts"][0]["rules"]["http"][0]["path"],
@@ -266,9 +240,7 @@ async fn cnp_yaml_imports_all_or_nothing() {
     );
     assert_eq!(t.count("policies").await, 2);
     assert_eq!(t.revision().await, rev);
-    let r = t
-        .call("GET", "/v1/tenants/acme/policies/fresh", Some(&tok), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/policies/fresh", &tok).await;
     assert!(r.is_problem(404, "not-found"));
 
     // Not YAML at all, or not a Cilium policy.
@@ -320,12 +292,7 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
     // Strict: refused, each field named, nothing written.
     let rev = t.revision().await;
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies?strict=true",
-            Some(&tok),
-            Some(body.clone()),
-        )
+        .post("/v1/tenants/acme/policies?strict=true", &tok, body.clone())
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), fields, "{}", r.body);
@@ -333,12 +300,7 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
 
     // Default: accepted, with one warning per field and the conditions in the status.
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&tok),
-            Some(body.clone()),
-        )
+        .post("/v1/tenants/acme/policies", &tok, body.clone())
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let w = warnings(&r);
@@ -358,22 +320,10 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
         assert!(!c["reason"].as_str().unwrap().is_empty());
     }
     // Read back: the same conditions; an enforced policy has none.
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/policies/egress-l7",
-            Some(&tok),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/policies/egress-l7", &tok).await;
     assert_eq!(r.body["status"]["conditions"].as_array().unwrap().len(), 3);
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            Some(&tok),
-            Some(web_policy()),
-        )
+        .post("/v1/tenants/acme/policies", &tok, web_policy())
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert!(warnings(&r).is_empty());
@@ -381,21 +331,15 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
 
     // Updates warn too; strict refuses an update that keeps them.
     let r = t
-        .call(
-            "PATCH",
+        .patch(
             "/v1/tenants/acme/policies/egress-l7?strict=true",
-            Some(&tok),
-            Some(json!({"description": "x"})),
+            &tok,
+            json!({"description": "x"}),
         )
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     let r = t
-        .call(
-            "PUT",
-            "/v1/tenants/acme/policies/egress-l7",
-            Some(&tok),
-            Some(body),
-        )
+        .put("/v1/tenants/acme/policies/egress-l7", &tok, body)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(warnings(&r).len(), 3);

@@ -36,11 +36,10 @@ async fn dry_run_create_checks_and_writes_nothing() {
     let before = written(&t).await;
 
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies?dry_run=true",
-            Some(&tok),
-            Some(policy("web", "10.0.0.0/8")),
+            &tok,
+            policy("web", "10.0.0.0/8"),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -55,11 +54,10 @@ async fn dry_run_create_checks_and_writes_nothing() {
 
     // The same checks as the write: fields ...
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies?dry_run=true",
-            Some(&tok),
-            Some(policy("web", "10.0.0.0/33")),
+            &tok,
+            policy("web", "10.0.0.0/33"),
         )
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
@@ -68,12 +66,7 @@ async fn dry_run_create_checks_and_writes_nothing() {
     let mut scoped = policy("web", "10.0.0.0/8");
     scoped["clusters"] = json!(["nope"]);
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies?dry_run=true",
-            Some(&tok),
-            Some(scoped),
-        )
+        .post("/v1/tenants/acme/policies?dry_run=true", &tok, scoped)
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["clusters[0]"]);
@@ -88,11 +81,10 @@ async fn dry_run_create_checks_and_writes_nothing() {
     .await;
     let after_create = written(&t).await;
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies?dry_run=true",
-            Some(&tok),
-            Some(policy("web", "10.0.0.0/8")),
+            &tok,
+            policy("web", "10.0.0.0/8"),
         )
         .await;
     assert!(r.is_problem(409, "conflict"), "{}", r.body);
@@ -106,11 +98,10 @@ async fn dry_run_create_checks_and_writes_nothing() {
     )
     .await;
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies?dryrun=true",
-            Some(&tok),
-            Some(policy("web3", "10.0.0.0/8")),
+            &tok,
+            policy("web3", "10.0.0.0/8"),
         )
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
@@ -121,11 +112,10 @@ async fn dry_run_put_and_patch_show_the_result_and_keep_the_policy() {
     let t = TestApp::new().await;
     let tok = t.tenant("acme").await;
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies",
-            Some(&tok),
-            Some(policy("web", "10.0.0.0/8")),
+            &tok,
+            policy("web", "10.0.0.0/8"),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -134,11 +124,10 @@ async fn dry_run_put_and_patch_show_the_result_and_keep_the_policy() {
     let before = written(&t).await;
 
     let r = t
-        .call(
-            "PUT",
+        .put(
             "/v1/tenants/acme/policies/web?dry_run=true",
-            Some(&tok),
-            Some(policy("web", "192.168.0.0/16")),
+            &tok,
+            policy("web", "192.168.0.0/16"),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -180,31 +169,27 @@ async fn dry_run_put_and_patch_show_the_result_and_keep_the_policy() {
 
     // A bad field is reported at its path.
     let r = t
-        .call(
-            "PUT",
+        .put(
             "/v1/tenants/acme/policies/web?dry_run=true",
-            Some(&tok),
-            Some(policy("web", "10.0.0.0/33")),
+            &tok,
+            policy("web", "10.0.0.0/33"),
         )
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["spec.ingress[0].fromCIDR[0]"]);
 
     assert_eq!(written(&t).await, before, "dry runs write nothing");
-    let r = t
-        .call("GET", "/v1/tenants/acme/policies/web", Some(&tok), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/policies/web", &tok).await;
     assert_eq!(r.body, original, "the policy is as it was");
     assert_eq!(r.etag(), etag);
 
     // Viewers may not even dry-run a write.
     let viewer = t.token("acme", "viewer", &tok).await;
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies?dry_run=true",
-            Some(&viewer),
-            Some(policy("other", "10.0.0.0/8")),
+            &viewer,
+            policy("other", "10.0.0.0/8"),
         )
         .await;
     assert!(r.is_problem(403, "forbidden"), "{}", r.body);

@@ -35,40 +35,25 @@ async fn tenant_lifecycle_and_rules() {
     let owner = t.tenant("acme").await;
     // Duplicate name: 409 naming the field, nothing written.
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(OPERATOR),
-            Some(json!({"name": "acme"})),
-        )
+        .post("/v1/tenants", OPERATOR, json!({"name": "acme"}))
         .await;
     assert!(r.is_problem(409, "conflict"), "{}", r.body);
     assert_eq!(r.fields(), ["name"]);
     assert_eq!(t.count("tenants").await, 1);
     // Bad name.
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(OPERATOR),
-            Some(json!({"name": "Acme Corp"})),
-        )
+        .post("/v1/tenants", OPERATOR, json!({"name": "Acme Corp"}))
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["name"]);
     // Only the operator creates tenants.
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(&owner),
-            Some(json!({"name": "other"})),
-        )
+        .post("/v1/tenants", &owner, json!({"name": "other"}))
         .await;
     assert!(r.is_problem(403, "forbidden"), "{}", r.body);
     // A token sees only its tenant.
     t.tenant("globex").await;
-    let r = t.call("GET", "/v1/tenants", Some(&owner), None).await;
+    let r = t.get("/v1/tenants", &owner).await;
     let names: Vec<_> = r.body["items"]
         .as_array()
         .unwrap()
@@ -76,34 +61,27 @@ async fn tenant_lifecycle_and_rules() {
         .map(|i| i["name"].clone())
         .collect();
     assert_eq!(names, [json!("acme")]);
-    let r = t.call("GET", "/v1/tenants", Some(OPERATOR), None).await;
+    let r = t.get("/v1/tenants", OPERATOR).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
     // Get by id and by name give the same tenant.
-    let by_name = t.call("GET", "/v1/tenants/acme", Some(&owner), None).await;
+    let by_name = t.get("/v1/tenants/acme", &owner).await;
     let id = by_name.body["id"].as_str().unwrap().to_string();
-    let by_id = t
-        .call("GET", &format!("/v1/tenants/{id}"), Some(&owner), None)
-        .await;
+    let by_id = t.get(&format!("/v1/tenants/{id}"), &owner).await;
     assert_eq!(by_name.body, by_id.body);
     // Patch the display name; delete as owner.
     let r = t
-        .call(
-            "PATCH",
+        .patch(
             "/v1/tenants/acme",
-            Some(&owner),
-            Some(json!({"display_name": "Acme Corp"})),
+            &owner,
+            json!({"display_name": "Acme Corp"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["display_name"], "Acme Corp");
     assert_eq!(r.body["name"], "acme");
-    let r = t
-        .call("DELETE", "/v1/tenants/acme", Some(&owner), None)
-        .await;
+    let r = t.delete("/v1/tenants/acme", &owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = t
-        .call("GET", "/v1/tenants/acme", Some(OPERATOR), None)
-        .await;
+    let r = t.get("/v1/tenants/acme", OPERATOR).await;
     assert!(r.is_problem(404, "not-found"));
 }
 
@@ -113,11 +91,10 @@ async fn cluster_crud_with_etags() {
     let tok = t.tenant("acme").await;
     let rev0 = t.revision().await;
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({"name": "prod", "labels": {"env": "prod"}, "description": "main"})),
+            &tok,
+            json!({"name": "prod", "labels": {"env": "prod"}, "description": "main"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -138,9 +115,7 @@ async fn cluster_crud_with_etags() {
     assert!(loc.ends_with(&id), "{loc}");
     let etag = r.etag();
 
-    let got = t
-        .call("GET", "/v1/tenants/acme/clusters/prod", Some(&tok), None)
-        .await;
+    let got = t.get("/v1/tenants/acme/clusters/prod", &tok).await;
     assert_eq!(got.etag(), etag);
     assert_eq!(got.body["labels"]["env"], "prod");
 
@@ -158,14 +133,9 @@ async fn cluster_crud_with_etags() {
     let r = t.send(stale).await;
     assert!(r.is_problem(412, "precondition-failed"), "{}", r.body);
     assert_eq!(
-        t.call(
-            "GET",
-            &format!("/v1/tenants/acme/clusters/{id}"),
-            Some(&tok),
-            None
-        )
-        .await
-        .etag(),
+        t.get(&format!("/v1/tenants/acme/clusters/{id}"), &tok)
+            .await
+            .etag(),
         etag
     );
 
@@ -249,11 +219,10 @@ async fn cluster_crud_with_etags() {
 
     // Merge patch: remove one label, keep the rest.
     let r = t
-        .call(
-            "PATCH",
+        .patch(
             "/v1/tenants/acme/clusters/production",
-            Some(&tok),
-            Some(json!({"labels": {"tier": null}, "description": "patched"})),
+            &tok,
+            json!({"labels": {"tier": null}, "description": "patched"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -261,32 +230,19 @@ async fn cluster_crud_with_etags() {
     assert_eq!(r.body["description"], "patched");
     // A patch that makes the resource invalid is refused like a PUT would be.
     let r = t
-        .call(
-            "PATCH",
+        .patch(
             "/v1/tenants/acme/clusters/production",
-            Some(&tok),
-            Some(json!({"name": "Bad_Name"})),
+            &tok,
+            json!({"name": "Bad_Name"}),
         )
         .await;
     assert!(r.is_problem(400, "validation"));
     assert_eq!(r.fields(), ["name"]);
 
-    let r = t
-        .call(
-            "DELETE",
-            "/v1/tenants/acme/clusters/production",
-            Some(&tok),
-            None,
-        )
-        .await;
+    let r = t.delete("/v1/tenants/acme/clusters/production", &tok).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = t
-        .call(
-            "GET",
-            &format!("/v1/tenants/acme/clusters/{id}"),
-            Some(&tok),
-            None,
-        )
+        .get(&format!("/v1/tenants/acme/clusters/{id}"), &tok)
         .await;
     assert!(r.is_problem(404, "not-found"));
     assert_eq!(t.count("clusters").await, 0);
@@ -311,7 +267,7 @@ async fn pagination_and_label_filters() {
     let mut path = "/v1/tenants/acme/clusters?limit=2".to_string();
     let mut pages = 0;
     loop {
-        let r = t.call("GET", &path, Some(&tok), None).await;
+        let r = t.get(&path, &tok).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         pages += 1;
         for i in r.body["items"].as_array().unwrap() {
@@ -342,24 +298,14 @@ async fn pagination_and_label_filters() {
     ];
     for (q, want) in cases {
         let r = t
-            .call(
-                "GET",
-                &format!("/v1/tenants/acme/clusters?labels={q}"),
-                Some(&tok),
-                None,
-            )
+            .get(&format!("/v1/tenants/acme/clusters?labels={q}"), &tok)
             .await;
         assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
         assert_eq!(names(&r), want, "selector {q}");
     }
     for bad in ["limit=0", "limit=5000", "cursor=nope", "colour=blue"] {
         let r = t
-            .call(
-                "GET",
-                &format!("/v1/tenants/acme/clusters?{bad}"),
-                Some(&tok),
-                None,
-            )
+            .get(&format!("/v1/tenants/acme/clusters?{bad}"), &tok)
             .await;
         assert!(r.is_problem(400, "validation"), "{bad}: {}", r.body);
     }
@@ -418,20 +364,11 @@ async fn bad_input_gets_its_own_answer_and_writes_nothing() {
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["name"]);
-    let r = t
-        .call("GET", "/v1/tenants/acme/clusters/nope", Some(&tok), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/clusters/nope", &tok).await;
     assert!(r.is_problem(404, "not-found"));
-    let r = t.call("GET", "/v1/nothing-here", Some(&tok), None).await;
+    let r = t.get("/v1/nothing-here", &tok).await;
     assert!(r.is_problem(404, "not-found"));
-    let r = t
-        .call(
-            "PUT",
-            "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({})),
-        )
-        .await;
+    let r = t.put("/v1/tenants/acme/clusters", &tok, json!({})).await;
     assert!(r.is_problem(405, "method-not-allowed"), "{}", r.body);
     assert_eq!(t.count("clusters").await, 0);
     assert_eq!(t.revision().await, rev, "refused requests bump no revision");
@@ -461,12 +398,7 @@ async fn services_with_frontends_and_backends() {
 
     // The same VIP:port/proto in another service of the cluster conflicts.
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/services",
-            Some(&tok),
-            Some(json!({"name": "web2", "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}]})),
-        )
+        .post("/v1/tenants/acme/clusters/prod/services", &tok, json!({"name": "web2", "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}]}))
         .await;
     assert!(r.is_problem(409, "conflict"), "{}", r.body);
     assert_eq!(r.fields(), ["frontends"]);
@@ -478,33 +410,22 @@ async fn services_with_frontends_and_backends() {
 
     // Validation names the exact field.
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/services",
-            Some(&tok),
-            Some(json!({"name": "web3", "frontends": [{"vip": "10.96.0.11", "port": 80, "protocol": "TCP"}],
-                        "backends": [{"address": "not-an-ip", "port": 80}]})),
-        )
+        .post("/v1/tenants/acme/clusters/prod/services", &tok, json!({"name": "web3", "frontends": [{"vip": "10.96.0.11", "port": 80, "protocol": "TCP"}],
+                        "backends": [{"address": "not-an-ip", "port": 80}]}))
         .await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["backends[0].address"]);
     let r = t
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/services",
-            Some(&tok),
-            Some(json!({"name": "web3", "frontends": [{"vip": "10.96.0.11", "port": 80, "protocol": "SCTP"}]})),
-        )
+        .post("/v1/tenants/acme/clusters/prod/services", &tok, json!({"name": "web3", "frontends": [{"vip": "10.96.0.11", "port": 80, "protocol": "SCTP"}]}))
         .await;
     assert_eq!(r.fields(), ["frontends[0].protocol"], "{}", r.body);
 
     // Patch: drain one backend, mark it terminating.
     let r = t
-        .call(
-            "PATCH",
+        .patch(
             "/v1/tenants/acme/clusters/prod/services/web",
-            Some(&tok),
-            Some(json!({"backends": [{"address": "10.0.1.5", "port": 8080, "state": "terminating"}]})),
+            &tok,
+            json!({"backends": [{"address": "10.0.1.5", "port": 8080, "state": "terminating"}]}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -515,19 +436,12 @@ async fn services_with_frontends_and_backends() {
         "untouched fields stay"
     );
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/services?labels=app",
-            Some(&tok),
-            None,
-        )
+        .get("/v1/tenants/acme/clusters/prod/services?labels=app", &tok)
         .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
 
     // Deleting the cluster removes its services.
-    let r = t
-        .call("DELETE", "/v1/tenants/acme/clusters/prod", Some(&tok), None)
-        .await;
+    let r = t.delete("/v1/tenants/acme/clusters/prod", &tok).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(t.count("services").await, 0);
     assert_eq!(t.count("service_backends").await, 0);
@@ -573,14 +487,7 @@ async fn inventory_lists_nodes_endpoints_and_identities() {
     .await
     .unwrap();
 
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/nodes",
-            Some(&tok),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/clusters/prod/nodes", &tok).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let n = &r.body["items"][0];
     assert_eq!(n["name"], "node-1");
@@ -589,61 +496,30 @@ async fn inventory_lists_nodes_endpoints_and_identities() {
     assert_eq!(n["status"]["connected"], true);
     assert_eq!(n["status"]["applied_revision"], 7);
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/nodes/node-1",
-            Some(&tok),
-            None,
-        )
+        .get("/v1/tenants/acme/clusters/prod/nodes/node-1", &tok)
         .await;
     assert_eq!(r.status, StatusCode::OK);
 
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/endpoints?cluster=prod&identity=256",
-            Some(&tok),
-            None,
-        )
+        .get("/v1/tenants/acme/endpoints?cluster=prod&identity=256", &tok)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["items"][0]["ipv4"], "10.0.1.5");
     let id = r.body["items"][0]["id"].as_str().unwrap().to_string();
     let r = t
-        .call(
-            "GET",
-            &format!("/v1/tenants/acme/endpoints/{id}"),
-            Some(&tok),
-            None,
-        )
+        .get(&format!("/v1/tenants/acme/endpoints/{id}"), &tok)
         .await;
     assert_eq!(r.body["name"], "web-1");
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/endpoints?identity=257",
-            Some(&tok),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/endpoints?identity=257", &tok).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
 
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/identities?limit=1",
-            Some(&tok),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/identities?limit=1", &tok).await;
     assert_eq!(r.body["items"][0]["number"], 256);
     let cursor = r.body["next_cursor"].as_str().unwrap().to_string();
     let r = t
-        .call(
-            "GET",
+        .get(
             &format!("/v1/tenants/acme/identities?limit=1&cursor={cursor}"),
-            Some(&tok),
-            None,
+            &tok,
         )
         .await;
     assert_eq!(r.body["items"][0]["number"], 257);
@@ -651,25 +527,13 @@ async fn inventory_lists_nodes_endpoints_and_identities() {
 
     // None of it is visible to another tenant.
     let r = t
-        .call(
-            "GET",
-            &format!("/v1/tenants/acme/endpoints/{id}"),
-            Some(&other),
-            None,
-        )
+        .get(&format!("/v1/tenants/acme/endpoints/{id}"), &other)
         .await;
     assert!(r.is_problem(404, "not-found"));
-    let r = t
-        .call("GET", "/v1/tenants/globex/identities", Some(&other), None)
-        .await;
+    let r = t.get("/v1/tenants/globex/identities", &other).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
     let r = t
-        .call(
-            "GET",
-            &format!("/v1/tenants/globex/endpoints/{id}"),
-            Some(&other),
-            None,
-        )
+        .get(&format!("/v1/tenants/globex/endpoints/{id}"), &other)
         .await;
     assert!(r.is_problem(404, "not-found"));
 }
@@ -681,25 +545,21 @@ async fn clusters_allow_host_to_local_pods_by_default() {
     let c = t.cluster("acme", "prod", &tok).await;
     assert_eq!(c["allow_host_to_local_pods"], true, "Cilium's default");
     let r = t
-        .call(
-            "PATCH",
+        .patch(
             "/v1/tenants/acme/clusters/prod",
-            Some(&tok),
-            Some(json!({"allow_host_to_local_pods": false})),
+            &tok,
+            json!({"allow_host_to_local_pods": false}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["allow_host_to_local_pods"], false);
-    let r = t
-        .call("GET", "/v1/tenants/acme/clusters/prod", Some(&tok), None)
-        .await;
+    let r = t.get("/v1/tenants/acme/clusters/prod", &tok).await;
     assert_eq!(r.body["allow_host_to_local_pods"], false);
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/clusters",
-            Some(&tok),
-            Some(json!({"name": "edge", "allow_host_to_local_pods": "yes"})),
+            &tok,
+            json!({"name": "edge", "allow_host_to_local_pods": "yes"}),
         )
         .await;
     assert!(
@@ -720,31 +580,11 @@ async fn concurrent_writes_under_one_row_never_deadlock() {
     t.cluster("acme", "prod", &tok).await;
     for i in 0..25 {
         let (a, b, c, d) = tokio::join!(
-            t.call(
-                "PUT",
-                "/v1/tenants/acme",
-                Some(&tok),
-                Some(json!({"name": "acme", "display_name": format!("Acme {i}")})),
-            ),
-            t.call(
-                "POST",
-                "/v1/tenants/acme/clusters",
-                Some(&tok),
-                Some(json!({"name": format!("c{i}")})),
-            ),
-            t.call(
-                "PUT",
-                "/v1/tenants/acme/clusters/prod",
-                Some(&tok),
-                Some(json!({"name": "prod", "description": format!("round {i}")})),
-            ),
-            t.call(
-                "POST",
-                "/v1/tenants/acme/clusters/prod/services",
-                Some(&tok),
-                Some(json!({"name": format!("s{i}"),
+            t.put("/v1/tenants/acme", &tok, json!({"name": "acme", "display_name": format!("Acme {i}")})),
+            t.post("/v1/tenants/acme/clusters", &tok, json!({"name": format!("c{i}")})),
+            t.put("/v1/tenants/acme/clusters/prod", &tok, json!({"name": "prod", "description": format!("round {i}")})),
+            t.post("/v1/tenants/acme/clusters/prod/services", &tok, json!({"name": format!("s{i}"),
                     "frontends": [{"vip": format!("10.96.0.{}", i + 1), "port": 80, "protocol": "TCP"}]})),
-            ),
         );
         for r in [a, b, c, d] {
             assert!(r.status.is_success(), "round {i}: {} {}", r.status, r.body);
@@ -781,7 +621,7 @@ async fn cluster_collections_hold_their_own_cluster_only() {
         let mut seen = Vec::new();
         let mut path = format!("/v1/tenants/acme/clusters/prod/{collection}?limit=2");
         loop {
-            let r = t.call("GET", &path, Some(&tok), None).await;
+            let r = t.get(&path, &tok).await;
             assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
             for i in r.body["items"].as_array().expect("items") {
                 seen.push(i["name"].as_str().expect("name").to_string());
@@ -798,11 +638,9 @@ async fn cluster_collections_hold_their_own_cluster_only() {
         assert_eq!(seen, want, "{collection}");
     }
     let r = t
-        .call(
-            "GET",
+        .get(
             "/v1/tenants/acme/clusters/prod/services/staging-svc-0",
-            Some(&tok),
-            None,
+            &tok,
         )
         .await;
     assert!(r.is_problem(404, "not-found"), "{}", r.body);
@@ -822,7 +660,7 @@ async fn cluster_collections_hold_their_own_cluster_only() {
         "probes",
     ] {
         let path = format!("/v1/tenants/acme/clusters/nope/{collection}");
-        let r = t.call("GET", &path, Some(&tok), None).await;
+        let r = t.get(&path, &tok).await;
         assert!(r.is_problem(404, "not-found"), "{path}: {}", r.body);
         assert!(
             r.body["detail"].as_str().unwrap_or("").contains("nope"),

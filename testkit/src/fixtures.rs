@@ -50,6 +50,31 @@ pub trait Rest {
         }
     }
 
+    /// `GET path` as `token`.
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    /// `POST path` with a JSON `body` as `token`.
+    async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(token), Some(body)).await
+    }
+
+    /// `PUT path` with a JSON `body` as `token`.
+    async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("PUT", path, Some(token), Some(body)).await
+    }
+
+    /// `PATCH path` with a JSON `body` as `token`.
+    async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("PATCH", path, Some(token), Some(body)).await
+    }
+
+    /// `DELETE path` as `token`.
+    async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call("DELETE", path, Some(token), None).await
+    }
+
     /// POSTs `body` to `path` as `token`, asserts 201 Created, returns the body.
     async fn created(&self, path: &str, token: &str, body: Value) -> Value {
         let r = self.call("POST", path, Some(token), Some(body)).await;

@@ -34,9 +34,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     ))
     .await
     .unwrap();
-    let idents = t
-        .call("GET", "/v1/tenants/acme/endpoints", Some(&owner), None)
-        .await;
+    let idents = t.get("/v1/tenants/acme/endpoints", &owner).await;
     let identity = |name: &str| {
         idents.body["items"]
             .as_array()
@@ -91,14 +89,13 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
 
     // A policy made through replica A reaches the agent on replica B as a delta.
     let r = t
-        .call(
-            "POST",
+        .post(
             "/v1/tenants/acme/policies",
-            Some(&owner),
-            Some(json!({"name": "web-from-fe", "spec": {
+            &owner,
+            json!({"name": "web-from-fe", "spec": {
                 "endpointSelector": {"matchLabels": {"app": "web"}},
                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
-                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}})),
+                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}}),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
@@ -134,13 +131,12 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     );
 
     // A service of the cluster.
-    t.call(
-        "POST",
+    t.post(
         "/v1/tenants/acme/clusters/prod/services",
-        Some(&owner),
-        Some(json!({"name": "web", "algorithm": "maglev",
+        &owner,
+        json!({"name": "web", "algorithm": "maglev",
                     "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
-                    "backends": [{"address": "10.0.1.5", "port": 8080}]})),
+                    "backends": [{"address": "10.0.1.5", "port": 8080}]}),
     )
     .await;
     let msg = next_sync(&mut stream).await;
@@ -179,14 +175,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     );
 
     // Acks make realization visible: node-1 applied it, node-2 has not.
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/policies/web-from-fe",
-            Some(&owner),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/policies/web-from-fe", &owner).await;
     assert_eq!(
         r.body["status"],
         json!({"realized_nodes": 0, "total_nodes": 2, "conditions": []}),
@@ -194,14 +183,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         r.body
     );
     common::ack(&mut b, &n1.node_credential, current).await;
-    let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/policies/web-from-fe",
-            Some(&owner),
-            None,
-        )
-        .await;
+    let r = t.get("/v1/tenants/acme/policies/web-from-fe", &owner).await;
     assert_eq!(
         r.body["status"],
         json!({"realized_nodes": 1, "total_nodes": 2, "conditions": []}),
@@ -209,12 +191,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         r.body
     );
     let r = t
-        .call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/services/web",
-            Some(&owner),
-            None,
-        )
+        .get("/v1/tenants/acme/clusters/prod/services/web", &owner)
         .await;
     assert_eq!(
         r.body["status"],
@@ -319,14 +296,7 @@ async fn a_change_that_leaves_a_node_unchanged_still_brings_it_current() {
     );
     // Its ack of that revision is what makes the policy realized here.
     let realized = async |t: &TestApp| {
-        let r = t
-            .call(
-                "GET",
-                "/v1/tenants/acme/policies/db-only",
-                Some(&owner),
-                None,
-            )
-            .await;
+        let r = t.get("/v1/tenants/acme/policies/db-only", &owner).await;
         r.body["status"]["realized_nodes"].as_i64()
     };
     assert_eq!(realized(&t).await, Some(0));

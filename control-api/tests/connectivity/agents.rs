@@ -199,30 +199,19 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     assert!(r.body["result"]["reply_from"].is_null());
 
     // Deleting a pending probe withdraws it; deleting the workload stops it.
-    let r =
-        s.t.call("DELETE", &format!("{PROBES}/{p3}"), Some(&s.owner), None)
-            .await;
+    let r = s.t.delete(&format!("{PROBES}/{p3}"), &s.owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
     };
     assert_eq!(d.remove_probes, [p3]);
-    let r =
-        s.t.call("DELETE", &format!("{WL}/echo-a"), Some(&s.owner), None)
-            .await;
+    let r = s.t.delete(&format!("{WL}/echo-a"), &s.owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
     };
     assert_eq!(d.remove_workloads, ["echo-a"]);
-    let r =
-        s.t.call(
-            "DELETE",
-            &format!("{PROBES}?selector="),
-            Some(&s.owner),
-            None,
-        )
-        .await;
+    let r = s.t.delete(&format!("{PROBES}?selector="), &s.owner).await;
     assert_eq!(r.body, json!({"deleted": 2}));
 }
 

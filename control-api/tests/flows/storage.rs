@@ -74,21 +74,17 @@ async fn tenants_never_see_each_others_flows() {
     );
 
     // globex sees none of acme's flows, by its own tenant or by acme's.
-    let r =
-        w.t.call("GET", "/v1/tenants/globex/flows", Some(&other), None)
-            .await;
+    let r = w.t.get("/v1/tenants/globex/flows", &other).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["items"], json!([]));
-    let r =
-        w.t.call("GET", "/v1/tenants/globex/service-map", Some(&other), None)
-            .await;
+    let r = w.t.get("/v1/tenants/globex/service-map", &other).await;
     assert_eq!(r.body, json!({"nodes": [], "edges": []}));
     for path in [
         "/v1/tenants/acme/flows",
         "/v1/tenants/acme/flows/stream",
         "/v1/tenants/acme/service-map",
     ] {
-        let r = w.t.call("GET", path, Some(&other), None).await;
+        let r = w.t.get(path, &other).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         let r = w.t.call("GET", path, None, None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
@@ -145,13 +141,8 @@ async fn lost_events_are_counted_per_node() {
         "{text}"
     );
     let r =
-        w.t.call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/nodes/node-1",
-            Some(&w.owner),
-            None,
-        )
-        .await;
+        w.t.get("/v1/tenants/acme/clusters/prod/nodes/node-1", &w.owner)
+            .await;
     assert_eq!(r.body["status"]["health"]["flows_lost"], 8, "{}", r.body);
     // A health report keeps the count.
     w.client
@@ -162,13 +153,8 @@ async fn lost_events_are_counted_per_node() {
         .await
         .unwrap();
     let r =
-        w.t.call(
-            "GET",
-            "/v1/tenants/acme/clusters/prod/nodes/node-1",
-            Some(&w.owner),
-            None,
-        )
-        .await;
+        w.t.get("/v1/tenants/acme/clusters/prod/nodes/node-1", &w.owner)
+            .await;
     assert_eq!(r.body["status"]["health"]["flows_lost"], 8, "{}", r.body);
 }
 
