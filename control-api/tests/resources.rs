@@ -669,3 +669,78 @@ async fn cluster_collections_hold_their_own_cluster_only() {
         );
     }
 }
+
+/// Each resource's create, update and delete leave one audit entry each, of its kind and
+/// id, with no `before` on create, both sides on update, and no `after` on delete.
+#[tokio::test]
+async fn every_resource_change_is_audited_with_before_and_after() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    t.cluster("acme", "prod", &tok).await;
+    let base = "/v1/tenants/acme";
+    let svc =
+        json!({"name": "web", "frontends": [{"vip": "10.96.0.1", "port": 80, "protocol": "TCP"}]});
+    let policy = json!({"name": "p", "spec": {"endpointSelector": {}}});
+    // kind, collection, body, item path, merge patch
+    let cases = [
+        (
+            "policy",
+            format!("{base}/policies"),
+            policy,
+            format!("{base}/policies/p"),
+            json!({"labels": {"a": "b"}}),
+        ),
+        (
+            "service",
+            format!("{base}/clusters/prod/services"),
+            svc,
+            format!("{base}/clusters/prod/services/web"),
+            json!({"labels": {"a": "b"}}),
+        ),
+        (
+            "cluster",
+            format!("{base}/clusters"),
+            json!({"name": "edge"}),
+            format!("{base}/clusters/edge"),
+            json!({"description": "d"}),
+        ),
+    ];
+    for (kind, collection, body, item, patch) in cases {
+        let id = t.created(&collection, &tok, body).await["id"].clone();
+        let r = t.patch(&item, &tok, patch).await;
+        assert_eq!(r.status, StatusCode::OK, "{kind}: {}", r.body);
+        let r = t.delete(&item, &tok).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{kind}: {}", r.body);
+        let log = t
+            .get(&format!("{base}/audit-log?resource_kind={kind}"), &tok)
+            .await;
+        let entries: Vec<_> = log.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["resource_id"] == id)
+            .collect();
+        let shape: Vec<(&str, bool, bool)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap_or(""),
+                    e["before"].is_null(),
+                    e["after"].is_null(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("create", true, false),
+                ("update", false, false),
+                ("delete", false, true)
+            ],
+            "{kind}: {}",
+            log.body
+        );
+        assert_eq!(entries[1]["after"]["id"], id, "{kind}");
+        assert_eq!(entries[2]["before"]["id"], id, "{kind}");
+    }
+}
