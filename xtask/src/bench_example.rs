@@ -1,5 +1,6 @@
-//! What the release-example benchmarks (`bench compile`, `bench flows`) share: their one
-//! flag, building the example, and running it with its JSON output under the target dir.
+//! What the release-example benchmarks (`bench compile`, `bench flows`, `bench propagation`)
+//! share: their one flag, building the example, a private PostgreSQL for those that need
+//! one, and running it with its JSON output under the target dir.
 
 use std::ffi::OsStr;
 use std::process::Command;
@@ -7,6 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 
 use crate::sh;
+use crate::test::TestPostgres;
 
 /// `--quick` or nothing: the only argument these benchmarks take.
 pub fn quick(args: &[String]) -> Result<bool> {
@@ -49,4 +51,21 @@ pub fn run<S: AsRef<OsStr>>(name: &str, out: &str, args: &[S], quick: bool) -> R
         bail!("the {out} benchmark failed");
     }
     Ok(())
+}
+
+/// `bench flows` and `bench propagation`: builds the release example `name` of
+/// control-api, starts a private PostgreSQL (as `xtask test` does) and runs the example
+/// with `--database-url`; its figures go to `<target dir>/bench/<out>.json`.
+pub fn with_postgres(name: &str, out: &str, args: &[String]) -> Result<()> {
+    let quick = quick(args)?;
+    build("control-api", name)?;
+    let pg = TestPostgres::start()?;
+    let url = pg
+        .cluster
+        .as_ref()
+        .map(|c| c.url("postgres"))
+        .context("no PostgreSQL cluster")?;
+    let result = run(name, out, &["--database-url", &url], quick);
+    drop(pg);
+    result
 }

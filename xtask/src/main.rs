@@ -3,7 +3,6 @@
 mod bench_compile;
 mod bench_datapath;
 mod bench_example;
-mod bench_flows;
 mod console;
 mod demo;
 mod demo_check;
@@ -57,6 +56,10 @@ commands:
   bench flows [--quick]
                     flow ingest (gRPC -> PostgreSQL) and query latency over 10M
                     stored flows (300k with --quick); writes <target dir>/bench/flows.json
+  bench propagation [--quick]
+                    a policy change reaching 300 simulated agents (100 with --quick):
+                    p50/p99 and rows read per change, as ratios to one agent; writes
+                    <target dir>/bench/propagation.json
   bench compile [--quick]
                     desired-state compiler: one node's compile for tenants of growing
                     size, as ratios to the smallest; writes <target dir>/bench/compile.json";
@@ -93,7 +96,10 @@ fn run(args: &[String]) -> Result<()> {
             bench_datapath::run(&sh::root(), &rest[1..])
         }
         "bench" if rest.first().map(String::as_str) == Some("flows") => {
-            bench_flows::run(&rest[1..])
+            bench_example::with_postgres("flows_bench", "flows", &rest[1..])
+        }
+        "bench" if rest.first().map(String::as_str) == Some("propagation") => {
+            bench_example::with_postgres("propagation_bench", "propagation", &rest[1..])
         }
         "bench" if rest.first().map(String::as_str) == Some("compile") => {
             bench_compile::run(&rest[1..])

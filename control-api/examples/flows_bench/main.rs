@@ -17,52 +17,25 @@
 //! Writes `{"ingest_flows_per_s", "stored_flows", "query_p50_ms", "query_p99_ms"}` to
 //! `--out`.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod support;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use axum::body::Body;
-use axum::http::{header, Request};
 use chrono::Utc;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use uuid::Uuid;
 use weft_model::flow::{DropReason, FlowFilter, Verdict};
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{EndpointReport, Flow, FlowBatch, RegisterRequest, ReportedEndpoint};
 
+use common::*;
 use support::*;
-
-const OPERATOR: &str = "operator-token-for-the-flows-benchmark-0123456789";
-
-struct Args {
-    database_url: String,
-    out: std::path::PathBuf,
-    quick: bool,
-}
-
-fn args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
-    let (mut url, mut out, mut quick) = (None, None, false);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--database-url" => url = it.next(),
-            "--out" => out = it.next().map(Into::into),
-            "--quick" => quick = true,
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    Ok(Args {
-        database_url: url.context("--database-url is required")?,
-        out: out.context("--out is required")?,
-        quick,
-    })
-}
 
 struct Sizes {
     agents: usize,
@@ -208,16 +181,7 @@ async fn main() -> Result<()> {
         .as_str()
         .context("join token")?
         .to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let svc = control_api::agent::AgentService::new(state.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    let endpoint = format!("http://{addr}");
+    let endpoint = serve_agents(state.clone()).await?;
     let mut creds = Vec::new();
     for n in 0..sz.agents {
         let mut c = AgentClient::connect(endpoint.clone()).await?;

@@ -1,0 +1,111 @@
+//! What the control plane's benchmark examples share: their arguments, an in-process
+//! control plane with an operator token, calls to its REST app, node credentials on agent
+//! calls, and percentiles. Each example includes it with `#[path = "../common/mod.rs"]`.
+
+#![allow(dead_code)] // each example uses its own part
+
+use anyhow::{bail, Context, Result};
+use axum::body::Body;
+use axum::http::{header, Request};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// The operator token the benchmarks' control plane accepts.
+pub const OPERATOR: &str = "operator-token-for-the-control-plane-benchmarks-0123456789";
+
+pub struct Args {
+    pub database_url: String,
+    pub out: std::path::PathBuf,
+    pub quick: bool,
+}
+
+/// `--database-url URL --out FILE [--quick]`.
+pub fn args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let (mut url, mut out, mut quick) = (None, None, false);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--database-url" => url = it.next(),
+            "--out" => out = it.next().map(Into::into),
+            "--quick" => quick = true,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(Args {
+        database_url: url.context("--database-url is required")?,
+        out: out.context("--out is required")?,
+        quick,
+    })
+}
+
+/// A fresh database on the cluster at `admin_url`, migrated, and the control plane's state
+/// on it (operator token [`OPERATOR`]).
+pub async fn control_plane(
+    admin_url: &str,
+    prefix: &str,
+) -> Result<(control_api::state::AppState, String)> {
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let url = control_api::db::create_database(admin_url, &name).await?;
+    control_api::db::migrate(&url).await?;
+    let pool = control_api::db::connect(&url, 32).await?;
+    let state = control_api::state::AppState::new(
+        pool,
+        Some(control_api::auth::hash_token(OPERATOR)),
+        None,
+        control_api::ratelimit::FailureLimiter::default(),
+    );
+    Ok((state, url))
+}
+
+/// Serves the agent service on a free loopback port (plaintext); its URL.
+pub async fn serve_agents(state: control_api::state::AppState) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let svc = control_api::agent::AgentService::new(state);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    Ok(format!("http://{addr}"))
+}
+
+pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {credential}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+pub async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> Result<Value> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))?;
+    let resp = app.clone().oneshot(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{method} {path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
