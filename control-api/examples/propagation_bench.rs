@@ -294,7 +294,7 @@ async fn main() -> Result<()> {
         .connect(&url)
         .await?;
     let app = control_api::app::app(state.clone());
-    let agents_url = serve_agents(state).await?;
+    let agents_url = weft_testkit::server::agent_url(state).await;
 
     let solo = fleet(&app, &agents_url, "solo", 1, sz.endpoints_per_agent).await?;
     let base = measure(&app, &pool, &solo, sz.changes).await?;

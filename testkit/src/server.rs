@@ -50,9 +50,8 @@ pub async fn serve_rest(state: AppState) -> String {
     format!("http://{addr}")
 }
 
-/// Serves the agent service of `state` (plain gRPC) on a free loopback port and connects a
-/// client to it.
-pub async fn serve_agents(state: AppState) -> AgentClient<tonic::transport::Channel> {
+/// Serves the agent service of `state` (plain gRPC) on a free loopback port; its URL.
+pub async fn agent_url(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -64,7 +63,13 @@ pub async fn serve_agents(state: AppState) -> AgentClient<tonic::transport::Chan
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
-    AgentClient::connect(format!("http://{addr}"))
+    format!("http://{addr}")
+}
+
+/// Serves the agent service of `state` (plain gRPC) on a free loopback port and connects a
+/// client to it.
+pub async fn serve_agents(state: AppState) -> AgentClient<tonic::transport::Channel> {
+    AgentClient::connect(agent_url(state).await)
         .await
         .expect("connect")
 }

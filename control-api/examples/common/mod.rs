@@ -58,20 +58,6 @@ pub async fn control_plane(
     Ok((state, url))
 }
 
-/// Serves the agent service on a free loopback port (plaintext); its URL.
-pub async fn serve_agents(state: control_api::state::AppState) -> Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let svc = control_api::agent::AgentService::new(state);
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
-    Ok(format!("http://{addr}"))
-}
-
 pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Ok(v) = format!("Bearer {credential}").parse() {

@@ -181,7 +181,7 @@ async fn main() -> Result<()> {
         .as_str()
         .context("join token")?
         .to_string();
-    let endpoint = serve_agents(state.clone()).await?;
+    let endpoint = weft_testkit::server::agent_url(state.clone()).await;
     let mut creds = Vec::new();
     for n in 0..sz.agents {
         let mut c = AgentClient::connect(endpoint.clone()).await?;
