@@ -6,15 +6,14 @@ mod common;
 mod sync;
 
 use axum::http::StatusCode;
-use common::{agent_on, authed, next_sync, Rest, TestApp};
+use common::{agent_on, authed, next_sync, report_endpoints, Rest, TestApp};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Code;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::sync_response::Kind;
 use weft_proto::v1::{
-    AckRequest, EndpointReport, HealthReport, ItemError, RegisterRequest, ReportedEndpoint,
-    SyncRequest,
+    AckRequest, HealthReport, ItemError, RegisterRequest, ReportedEndpoint, SyncRequest,
 };
 
 /// Serves the agent service on a free loopback port and connects a client to it.
@@ -69,10 +68,7 @@ async fn node_with(
         .await
         .unwrap()
         .into_inner();
-    client
-        .report_endpoints(authed(EndpointReport { endpoints }, &node.node_credential))
-        .await
-        .unwrap();
+    report_endpoints(&mut client, &node.node_credential, endpoints).await;
     (owner, client, node)
 }
 
@@ -192,27 +188,21 @@ async fn reports_show_up_in_node_status_and_inventory() {
         .into_inner();
 
     let rev0 = t.revision().await;
-    client
-        .report_endpoints(authed(
-            EndpointReport {
-                endpoints: vec![
-                    endpoint("web-1", "web", "10.0.1.5"),
-                    endpoint("db-1", "db", "10.0.1.6"),
-                ],
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .expect("report");
-    client
-        .report_endpoints(authed(
-            EndpointReport {
-                endpoints: vec![endpoint("web-9", "web", "10.0.2.5")],
-            },
-            &n2.node_credential,
-        ))
-        .await
-        .expect("report");
+    report_endpoints(
+        &mut client,
+        &n1.node_credential,
+        vec![
+            endpoint("web-1", "web", "10.0.1.5"),
+            endpoint("db-1", "db", "10.0.1.6"),
+        ],
+    )
+    .await;
+    report_endpoints(
+        &mut client,
+        &n2.node_credential,
+        vec![endpoint("web-9", "web", "10.0.2.5")],
+    )
+    .await;
     assert!(t.revision().await > rev0, "new endpoints bump the revision");
 
     let r = t.get("/v1/tenants/acme/endpoints", &owner).await;
@@ -233,28 +223,22 @@ async fn reports_show_up_in_node_status_and_inventory() {
 
     // Reporting the same set again changes nothing; dropping one removes it.
     let rev1 = t.revision().await;
-    client
-        .report_endpoints(authed(
-            EndpointReport {
-                endpoints: vec![
-                    endpoint("web-1", "web", "10.0.1.5"),
-                    endpoint("db-1", "db", "10.0.1.6"),
-                ],
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .unwrap();
+    report_endpoints(
+        &mut client,
+        &n1.node_credential,
+        vec![
+            endpoint("web-1", "web", "10.0.1.5"),
+            endpoint("db-1", "db", "10.0.1.6"),
+        ],
+    )
+    .await;
     assert_eq!(t.revision().await, rev1);
-    client
-        .report_endpoints(authed(
-            EndpointReport {
-                endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .unwrap();
+    report_endpoints(
+        &mut client,
+        &n1.node_credential,
+        vec![endpoint("web-1", "web", "10.0.1.5")],
+    )
+    .await;
     let r = t
         .get("/v1/tenants/acme/endpoints?cluster=prod", &owner)
         .await;

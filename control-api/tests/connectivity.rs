@@ -270,6 +270,22 @@ async fn test_workloads_are_allocated_top_down_around_endpoints_and_each_other()
     let r = s.get(&format!("{WL}?selector=%3D%3D%3D")).await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
     assert_eq!(r.fields(), ["selector"]);
+    // `selector` and `labels` together: both are checked, and an item must match both.
+    let r = s
+        .get(&format!(
+            "{WL}?selector=name%20in%20(out-1,out-2)&labels=name%3Dout-2"
+        ))
+        .await;
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["items"][0]["name"], "out-2");
+    let r = s.get(&format!("{WL}?selector=&labels=%3D%3D%3D")).await;
+    assert!(r.is_problem(400, "validation"), "{}", r.body);
+    assert_eq!(r.fields(), ["labels"]);
 
     // A freed address is handed out again.
     let r = s.t.delete(&format!("{WL}/echo-a"), &s.owner).await;

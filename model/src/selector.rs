@@ -157,6 +157,19 @@ impl LabelSelector {
         self.match_labels.is_empty() && self.match_expressions.is_empty()
     }
 
+    /// The selector of what both select. `other`'s exact labels become `In [value]`
+    /// requirements, so two different values for one key select nothing, as they should.
+    pub fn and(mut self, other: LabelSelector) -> LabelSelector {
+        self.match_expressions.extend(
+            other
+                .match_labels
+                .into_iter()
+                .map(|(k, v)| req(k, SelectorOperator::In, vec![v])),
+        );
+        self.match_expressions.extend(other.match_expressions);
+        self
+    }
+
     /// Every problem, with fields under `path` (e.g. `spec.endpointSelector`).
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -435,6 +448,29 @@ mod tests {
             operator,
             values.iter().map(|v| v.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn and_selects_what_both_select() {
+        let q = |s: &str| LabelSelector::parse_query(s).expect("query");
+        let both = q("app=web,tier notin (db)").and(q("env=prod,app"));
+        let cases = [
+            (&[("app", "web"), ("env", "prod")][..], true),
+            (&[("app", "web"), ("env", "dev")][..], false),
+            (
+                &[("app", "web"), ("env", "prod"), ("tier", "db")][..],
+                false,
+            ),
+            (&[("env", "prod")][..], false),
+        ];
+        for (l, want) in cases {
+            assert_eq!(both.matches(&labels(l)), want, "{l:?}");
+        }
+        // One key, two values: nothing.
+        assert!(!q("app=web")
+            .and(q("app=db"))
+            .matches(&labels(&[("app", "web")])));
+        assert!(q("").and(q("")).is_empty());
     }
 
     #[test]

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
 use weft_testkit::db::env;
 use weft_testkit::server::Loopback;
 
@@ -27,33 +26,7 @@ impl std::ops::Deref for Api {
     }
 }
 
-/// What one `weft` run did.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn ok(&self) -> &Self {
-        assert_eq!(
-            self.code, 0,
-            "weft failed:\n{}\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-}
+pub use weft_testkit::run::Run;
 
 /// The dev OIDC provider's issuer, API audience, test password and CLI client id.
 pub fn idp() -> (String, String, String, String) {
@@ -126,11 +99,7 @@ impl Api {
         .await
         .expect("weft finishes within 2 minutes")
         .expect("weft output");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::of("weft", &out)
     }
 
     pub async fn weft(&self, args: &[&str]) -> Run {

@@ -18,22 +18,18 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
     let mut r2 = register(&tok, "node-2", false);
     r2.addresses = vec!["192.0.2.11".into()];
     let n2 = a.register(r2).await.unwrap().into_inner();
-    a.report_endpoints(authed(
-        EndpointReport {
-            endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
-        },
+    report_endpoints(
+        &mut a,
         &n1.node_credential,
-    ))
-    .await
-    .unwrap();
-    a.report_endpoints(authed(
-        EndpointReport {
-            endpoints: vec![endpoint("fe-1", "frontend", "10.0.2.5")],
-        },
+        vec![endpoint("web-1", "web", "10.0.1.5")],
+    )
+    .await;
+    report_endpoints(
+        &mut a,
         &n2.node_credential,
-    ))
-    .await
-    .unwrap();
+        vec![endpoint("fe-1", "frontend", "10.0.2.5")],
+    )
+    .await;
     let idents = t.get("/v1/tenants/acme/endpoints", &owner).await;
     let identity = |name: &str| {
         idents.body["items"]
@@ -313,15 +309,12 @@ async fn unused_identities_are_collected_after_the_grace_period() {
     ];
     let (_owner, mut client, n) = node_with(&t, eps).await;
     // db-1 goes away; its identity is now unused.
-    client
-        .report_endpoints(authed(
-            EndpointReport {
-                endpoints: vec![endpoint("web-1", "web", "10.0.1.5")],
-            },
-            &n.node_credential,
-        ))
-        .await
-        .unwrap();
+    report_endpoints(
+        &mut client,
+        &n.node_credential,
+        vec![endpoint("web-1", "web", "10.0.1.5")],
+    )
+    .await;
     let grace = std::time::Duration::from_secs(3600);
     let gc = || control_api::identities::collect_garbage(&t.state.pool, grace);
     assert_eq!(

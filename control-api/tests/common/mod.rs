@@ -125,6 +125,19 @@ pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
     req
 }
 
+/// Reports the node's endpoints (all of them: the report replaces what it had).
+pub async fn report_endpoints(
+    client: &mut weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    credential: &str,
+    endpoints: Vec<weft_proto::v1::ReportedEndpoint>,
+) {
+    let report = weft_proto::v1::EndpointReport { endpoints };
+    client
+        .report_endpoints(authed(report, credential))
+        .await
+        .expect("report endpoints");
+}
+
 /// Acknowledges `revision` as applied without errors.
 pub async fn ack(
     client: &mut weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,

@@ -27,24 +27,7 @@ impl Api {
     }
 }
 
-/// What one terraform run did.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn ok(&self) -> &Self {
-        assert_eq!(
-            self.code, 0,
-            "terraform failed:\n{}\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
+pub use weft_testkit::run::Run;
 
 /// A terraform working directory whose CLI configuration points `weft/weft` at this build.
 pub struct Workspace {
@@ -102,11 +85,7 @@ impl Workspace {
             .await
             .expect("terraform finishes within 5 minutes")
             .expect("terraform runs");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::of("terraform", &out)
     }
 
     pub async fn apply(&self) -> Run {

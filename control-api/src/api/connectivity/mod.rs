@@ -49,10 +49,15 @@ impl SelectorListParams {
             labels: None,
         }
         .resolve()?;
-        list.selector = match (&self.selector, &self.labels) {
-            (Some(s), _) => Some(parse_selector("selector", s)?),
-            (None, Some(l)) => Some(parse_selector("labels", l)?),
-            (None, None) => None,
+        // Both are checked; given both, an item must match both.
+        let selector = self
+            .selector
+            .as_deref()
+            .map(|s| parse_selector("selector", s));
+        let labels = self.labels.as_deref().map(|l| parse_selector("labels", l));
+        list.selector = match (selector.transpose()?, labels.transpose()?) {
+            (Some(s), Some(l)) => Some(s.and(l)),
+            (s, l) => s.or(l),
         };
         Ok(list)
     }
