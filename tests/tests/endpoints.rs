@@ -427,6 +427,9 @@ async fn a_policy_change_is_one_trace_from_the_request_to_the_apply_on_every_nod
     env.nodes[0].add("web-1", a, "10.0.1.2", "app=web");
     env.nodes[1].add("web-2", b, "10.0.2.2", "app=web");
     env.until_rest_endpoints(&["web-1", "web-2"]).await;
+    // Let the endpoint reports' changes reach both agents first: a change still on its way
+    // would carry the policy's revision to an agent under its own, untraced push.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let req = axum::http::Request::builder()
