@@ -49,35 +49,25 @@ impl Datapath {
             .set_max_entries(m::LB_CT, s.conntrack)
             .set_max_entries(m::EVENTS, s.events_bytes)
             .load(object)?;
-        for name in [
+        let tc = [
             c::progs::FROM_ENDPOINT,
             c::progs::TO_ENDPOINT,
             c::progs::PASS,
             c::progs::LB_INGRESS,
             c::progs::LB_EGRESS,
-        ] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            p.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-        }
-        for name in [
+        ];
+        load_programs(&mut ebpf, &tc, |p| {
+            <&mut SchedClassifier>::try_from(p)?.load()
+        })?;
+        let sock = [
             c::progs::CONNECT4,
             c::progs::SENDMSG4,
             c::progs::RECVMSG4,
             c::progs::GETPEERNAME4,
-        ] {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            p.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-        }
+        ];
+        load_programs(&mut ebpf, &sock, |p| {
+            <&mut CgroupSockAddr>::try_from(p)?.load()
+        })?;
         let maps =
             Maps::from_source(|name| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name)))?;
         let mut dp = Datapath {
@@ -350,4 +340,19 @@ impl Datapath {
             _ => Ok(()),
         }
     }
+}
+
+/// Loads the named programs of the object into the kernel, each as its type (`load`).
+fn load_programs(
+    ebpf: &mut Ebpf,
+    names: &[&'static str],
+    load: impl Fn(&mut aya::programs::Program) -> Result<(), ProgramError>,
+) -> Result<(), DatapathError> {
+    for &name in names {
+        let p = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        load(p).map_err(|source| DatapathError::Program { name, source })?;
+    }
+    Ok(())
 }
