@@ -111,7 +111,8 @@ async fn fleet(
         .as_str()
         .context("join token")?
         .to_string();
-    put_policy(app, tenant, 8000).await?;
+    let path = format!("{base}/policies");
+    call(app, "POST", &path, policy(8000)).await?;
 
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let changed = Arc::new(Notify::new());
@@ -201,8 +202,8 @@ async fn fleet(
 }
 
 /// The policy every change rewrites: app-0 admits app-1 on one TCP port.
-async fn put_policy(app: &axum::Router, tenant: &str, port: u16) -> Result<u64> {
-    let body = json!({
+fn policy(port: u16) -> Value {
+    json!({
         "name": "bench",
         "spec": {
             "endpointSelector": {"matchLabels": {"app": "app-0"}},
@@ -211,20 +212,14 @@ async fn put_policy(app: &axum::Router, tenant: &str, port: u16) -> Result<u64> 
                 "toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}]}]
             }]
         }
-    });
-    let r = call(
-        app,
-        "PUT",
-        &format!("/v1/tenants/{tenant}/policies/bench"),
-        body.clone(),
-    )
-    .await;
-    let policy = match r {
-        Ok(p) => p,
-        // The first write creates it.
-        Err(_) => call(app, "POST", &format!("/v1/tenants/{tenant}/policies"), body).await?,
-    };
-    policy["revision"].as_u64().context("policy revision")
+    })
+}
+
+/// Rewrites the policy with `port`; the revision of the change.
+async fn put_policy(app: &axum::Router, tenant: &str, port: u16) -> Result<u64> {
+    let path = format!("/v1/tenants/{tenant}/policies/bench");
+    let p = call(app, "PUT", &path, policy(port)).await?;
+    p["revision"].as_u64().context("policy revision")
 }
 
 /// Rows PostgreSQL has read in this database so far (its statistics, flushed first), and

@@ -143,10 +143,8 @@ async fn main() -> Result<()> {
             query_runs: 30,
         }
     };
-    let name = format!("bench_{}", Uuid::new_v4().simple());
-    let url = control_api::db::create_database(&a.database_url, &name).await?;
-    control_api::db::migrate(&url).await?;
-    let app_pool = control_api::db::connect(&url, 32).await?;
+    let (state, url) = control_plane(&a.database_url, "bench").await?;
+    let app_pool = state.pool.clone();
     let owner = PgPoolOptions::new()
         .max_connections(4)
         .connect(&url)
@@ -154,12 +152,6 @@ async fn main() -> Result<()> {
     for ddl in ROWS_TABLE {
         sqlx::query(ddl).execute(&owner).await?;
     }
-    let state = control_api::state::AppState::new(
-        app_pool.clone(),
-        Some(control_api::auth::hash_token(OPERATOR)),
-        None,
-        control_api::ratelimit::FailureLimiter::default(),
-    );
     let app = control_api::app::app(state.clone());
 
     // A tenant, a cluster, nodes and their endpoints, through the real API.
