@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod files;
 pub mod flows;
 pub mod names;
+pub mod netlink;
 pub mod netns;
 pub mod tools;
 pub mod workload;

@@ -58,11 +58,27 @@ fn attach(dp: &SharedDatapath, rec: &Record, fresh_link: bool) -> Result<(), End
         .map_err(err)
 }
 
-/// Creates what is missing of `rec` and attaches the datapath (blocking: runs `ip`).
-fn ensure(dp: &SharedDatapath, rec: &Record) -> Result<(), EndpointError> {
+/// Creates what is missing of `rec` and attaches the datapath.
+async fn ensure(dp: &SharedDatapath, rec: &Record) -> Result<(), EndpointError> {
     let fresh = !plumb::link_exists(&rec.interface);
-    plumb::ensure(rec)?;
-    attach(dp, rec, fresh)
+    plumb::ensure(rec).await?;
+    let (dp, rec) = (dp.clone(), rec.clone());
+    blocking(move || attach(&dp, &rec, fresh)).await
+}
+
+/// Detaches the datapath from `rec`'s interface and deletes the veth pair.
+async fn teardown(dp: &SharedDatapath, rec: &Record) -> Result<(), EndpointError> {
+    let (dp, r) = (dp.clone(), rec.clone());
+    blocking(move || {
+        lock(&dp)
+            .detach_endpoint_interface(&r.interface)
+            .map_err(|e| EndpointError::Datapath {
+                ifname: r.interface.clone(),
+                message: e.to_string(),
+            })
+    })
+    .await?;
+    plumb::remove(rec).await
 }
 
 async fn blocking<T: Send + 'static>(
@@ -110,9 +126,8 @@ impl Manager {
             .cloned()
             .collect();
         for rec in records {
-            let dp = self.dp.clone();
             let name = rec.name.clone();
-            match blocking(move || ensure(&dp, &rec)).await {
+            match ensure(&self.dp, &rec).await {
                 Ok(()) => tracing::info!(endpoint = %name, "endpoint restored"),
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "could not restore endpoint")
@@ -132,17 +147,17 @@ impl Manager {
                 name: rec.name.clone(),
             });
         }
-        let (dp, r) = (self.dp.clone(), rec.clone());
-        let res = blocking(move || ensure(&dp, &r)).await;
-        if let Err(e) = res {
+        if let Err(e) = ensure(&self.dp, &rec).await {
             if plan == AddPlan::Create {
-                // Leave nothing half-made behind.
-                let (dp, r) = (self.dp.clone(), rec.clone());
+                // Leave nothing half-made behind (whatever the detach says).
+                let dp = self.dp.clone();
+                let ifname = rec.interface.clone();
                 let _ = blocking(move || {
-                    let _ = lock(&dp).detach_endpoint_interface(&r.interface);
-                    plumb::remove(&r)
+                    let _ = lock(&dp).detach_endpoint_interface(&ifname);
+                    Ok(())
                 })
                 .await;
+                let _ = plumb::remove(&rec).await;
             }
             return Err(e);
         }
@@ -164,18 +179,7 @@ impl Manager {
         let Some(rec) = store.endpoints.get(name).cloned() else {
             return Ok(false);
         };
-        let dp = self.dp.clone();
-        let r = rec.clone();
-        blocking(move || {
-            lock(&dp)
-                .detach_endpoint_interface(&r.interface)
-                .map_err(|e| EndpointError::Datapath {
-                    ifname: r.interface.clone(),
-                    message: e.to_string(),
-                })?;
-            plumb::remove(&r)
-        })
-        .await?;
+        teardown(&self.dp, &rec).await?;
         store.endpoints.remove(name);
         store.save()?;
         drop(store);

@@ -16,7 +16,7 @@
 //! What was added is recorded in `endpoints.json` in the state directory, so a restarted
 //! agent re-creates what is missing, re-attaches, and reports the same set.
 //! [`manager::Manager`] does the work, [`api`] serves it on a unix socket and is the CLI's
-//! client, [`plumb`] runs the `ip` commands.
+//! client, [`plumb`] makes the veth pair, addresses, routes and neighbours over rtnetlink.
 
 pub mod api;
 pub mod manager;

@@ -197,29 +197,22 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(WorkloadError::Worker(e.to_string())))
 }
 
-fn ensure_netns(name: &str) -> Result<(), WorkloadError> {
+async fn ensure_netns(name: &str) -> Result<(), WorkloadError> {
     let err = |source| WorkloadError::Netns {
         netns: name.to_string(),
         source,
     };
     if !endpoint::netns_path(name).exists() {
-        crate::netns::ip(&["netns", "add", name]).map_err(err)?;
+        crate::netlink::add_named_netns(name).await.map_err(err)?;
     }
-    crate::netns::ip_in(&endpoint::netns_path(name), &["link", "set", "lo", "up"])
-        .map(|_| ())
-        .map_err(err)
+    Ok(())
 }
 
 fn delete_netns(name: &str) -> Result<(), WorkloadError> {
-    if !endpoint::netns_path(name).exists() {
-        return Ok(());
-    }
-    crate::netns::ip(&["netns", "del", name])
-        .map(|_| ())
-        .map_err(|source| WorkloadError::Netns {
-            netns: name.to_string(),
-            source,
-        })
+    crate::netlink::delete_named_netns(name).map_err(|source| WorkloadError::Netns {
+        netns: name.to_string(),
+        source,
+    })
 }
 
 impl Workloads {
@@ -365,7 +358,7 @@ impl Workloads {
             self.save()?;
         }
         let ns = rec.netns.clone();
-        blocking(move || ensure_netns(&ns)).await?;
+        ensure_netns(&ns).await?;
         match w.kind {
             WorkloadKind::Pod => {
                 self.endpoints
@@ -379,8 +372,7 @@ impl Workloads {
                     .await?;
             }
             WorkloadKind::World => {
-                let plumbing = rec.world();
-                blocking(move || plumb::ensure(&plumbing).map_err(Into::into)).await?;
+                plumb::ensure(&rec.world()).await?;
             }
         }
         self.serving.remove(&w.name);
@@ -421,8 +413,7 @@ impl Workloads {
                 }
             }
             WorkloadKind::World => {
-                let plumbing = rec.world();
-                blocking(move || plumb::remove(&plumbing).map_err(Into::into)).await?;
+                plumb::remove(&rec.world()).await?;
             }
         }
         let ns = rec.netns.clone();
@@ -526,7 +517,7 @@ pub fn remove_namespaces_with_prefix(prefix: &str) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(prefix) {
-                let _ = crate::netns::ip(&["netns", "del", &name]);
+                let _ = crate::netlink::delete_named_netns(&name);
             }
         }
     }
