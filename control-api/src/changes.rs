@@ -1,6 +1,8 @@
 //! Every replica LISTENs for committed desired-state changes, so agents connected to any
 //! replica learn of a change made through any other.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -37,21 +39,77 @@ pub fn parse(payload: &str) -> Option<Change> {
     })
 }
 
-/// Starts the replica's listener task and returns the channel it broadcasts on.
-pub fn spawn_listener(pool: PgPool, tasks: &Tasks) -> broadcast::Sender<Change> {
-    let (tx, _) = broadcast::channel(1024);
-    let out = tx.clone();
+/// What this replica has heard of a tenant's changes: the latest revision announced for it,
+/// and how many times the listener has had to reconnect (after which anything may have
+/// been missed). A view loaded at or after both is current as far as this replica knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Heard {
+    pub revision: i64,
+    pub resets: u64,
+}
+
+/// The replica's change feed: the broadcast every agent stream subscribes to, and the
+/// latest revision heard per tenant (updated before each broadcast, so a stream that
+/// subscribes and then reads [`Changes::heard`] misses nothing).
+#[derive(Clone)]
+pub struct Changes {
+    tx: broadcast::Sender<Change>,
+    heard: Arc<Mutex<(HashMap<Uuid, i64>, u64)>>,
+}
+
+impl Changes {
+    fn new() -> Changes {
+        Changes {
+            tx: broadcast::channel(1024).0,
+            heard: Arc::default(),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
+    /// What has been heard of `tenant`'s changes so far.
+    pub fn heard(&self, tenant: Uuid) -> Heard {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        Heard {
+            revision: heard.0.get(&tenant).copied().unwrap_or(0),
+            resets: heard.1,
+        }
+    }
+
+    /// Records and broadcasts a change (no receivers is fine: no agent is connected to
+    /// this replica right now).
+    fn publish(&self, change: Change) {
+        {
+            let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            match change.tenant {
+                Some(t) => {
+                    let rev = heard.0.entry(t).or_default();
+                    *rev = (*rev).max(change.revision);
+                }
+                None => heard.1 += 1,
+            }
+        }
+        let _ = self.tx.send(change);
+    }
+}
+
+/// Starts the replica's listener task and returns the feed it publishes on.
+pub fn spawn_listener(pool: PgPool, tasks: &Tasks) -> Changes {
+    let feed = Changes::new();
+    let out = feed.clone();
     tasks.spawn("change listener", async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match listen(&pool, &tx).await {
+            match listen(&pool, &feed).await {
                 Ok(never) => match never {},
                 Err(e) => {
                     tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     // Notifications may have been missed meanwhile.
-                    let _ = tx.send(Change {
+                    feed.publish(Change {
                         revision: 0,
                         tenant: None,
                         trace: None,
@@ -63,10 +121,7 @@ pub fn spawn_listener(pool: PgPool, tasks: &Tasks) -> broadcast::Sender<Change> 
     out
 }
 
-async fn listen(
-    pool: &PgPool,
-    tx: &broadcast::Sender<Change>,
-) -> Result<std::convert::Infallible, sqlx::Error> {
+async fn listen(pool: &PgPool, feed: &Changes) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANGES_CHANNEL).await?;
     loop {
@@ -75,10 +130,7 @@ async fn listen(
             return Err(sqlx::Error::Protocol("listener connection closed".into()));
         };
         match parse(n.payload()) {
-            Some(change) => {
-                // No receivers is fine: no agent is connected to this replica right now.
-                let _ = tx.send(change);
-            }
+            Some(change) => feed.publish(change),
             None => tracing::warn!(payload = n.payload(), "unparseable change notification"),
         }
     }
@@ -86,6 +138,44 @@ async fn listen(
 
 #[cfg(test)]
 mod tests {
+    use super::{Change, Changes, Heard};
+
+    #[test]
+    fn heard_keeps_the_latest_revision_per_tenant_and_counts_resets() {
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let feed = Changes::new();
+        let mut rx = feed.subscribe();
+        let change = |revision, tenant| Change {
+            revision,
+            tenant,
+            trace: None,
+        };
+        feed.publish(change(5, Some(a)));
+        feed.publish(change(3, Some(a)));
+        feed.publish(change(4, Some(b)));
+        assert_eq!(
+            feed.heard(a),
+            Heard {
+                revision: 5,
+                resets: 0
+            }
+        );
+        assert_eq!(feed.heard(b).revision, 4);
+        feed.publish(change(0, None));
+        assert_eq!(
+            feed.heard(a),
+            Heard {
+                revision: 5,
+                resets: 1
+            }
+        );
+        assert_eq!(
+            rx.try_recv().map(|c| c.revision),
+            Ok(5),
+            "broadcast as well"
+        );
+    }
+
     #[test]
     fn parses_notify_payloads() {
         let t = uuid::Uuid::now_v7();

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use axum::extract::FromRef;
 
 use crate::auth::AuthState;
-use crate::changes::Change;
+use crate::changes::Changes;
 use crate::install::InstallConfig;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
@@ -26,7 +26,11 @@ pub struct AppState {
     /// Failed credential attempts per source address.
     pub auth_failures: Arc<FailureLimiter>,
     /// Committed desired-state changes, from this replica's LISTEN.
-    pub changes: tokio::sync::broadcast::Sender<Change>,
+    pub changes: Changes,
+    /// Tenant views shared by this replica's agent streams: one load per change.
+    pub views: Arc<crate::views::Views>,
+    /// What nodes were sent and acked, written in batches (one transaction per batch).
+    pub node_writes: Arc<crate::group_commit::NodeWrites>,
     /// What `/install.sh` and `/downloads` serve.
     pub install: Arc<InstallConfig>,
     /// Where flows are stored and read.
@@ -69,6 +73,8 @@ impl AppState {
                 &tasks,
             ),
             enrich_cache,
+            views: Arc::new(crate::views::Views::new(pool.clone(), changes.clone())),
+            node_writes: Arc::new(crate::group_commit::NodeWrites::spawn(pool.clone(), &tasks)),
             changes,
             flows,
             flow_notices: crate::flows::spawn_notice_listener(pool.clone(), &tasks),

@@ -33,17 +33,15 @@ pub async fn ack(st: &AppState, node: &NodeCtx, req: AckRequest) -> Result<()> {
     // A revision with items the node could not program is not realized there: the errors
     // are recorded, the applied revision stays where it was (the node retries them).
     let complete = errors.is_empty();
-    let mut tx = st.pool.begin().await?;
-    store::set_tenant(&mut tx, node.tenant_id).await?;
-    nodes::ack(
-        &mut tx,
-        node.id,
-        revision,
-        serde_json::Value::Array(errors),
-        complete,
-    )
-    .await?;
-    tx.commit().await?;
+    st.node_writes
+        .acked
+        .submit(nodes::Acked {
+            node: node.id,
+            tenant: node.tenant_id,
+            applied: complete.then_some(revision),
+            errors: serde_json::Value::Array(errors),
+        })
+        .await?;
     if complete {
         st.metrics.sync_lag.acked(node.id, revision);
     }

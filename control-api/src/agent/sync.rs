@@ -47,7 +47,8 @@ async fn produce(
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
     lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
-    let (revision, mut last) = state::compute(st, node).await.map_err(status)?;
+    let loaded = st.views.committed(node.tenant_id).await.map_err(status)?;
+    let (revision, mut last) = state::compile(node, &loaded).map_err(status)?;
     // An agent resuming from what this node was last sent gets only the difference (empty
     // if nothing changed: "you are current"); any other revision gets a snapshot.
     let first = match sent(st, node).await {
@@ -87,12 +88,17 @@ async fn produce(
             tp.adopt(&span);
         }
         let pushed = async {
-            let (revision, next) = state::compute(st, node).await.map_err(status)?;
+            let loaded = st.views.heard(node.tenant_id).await.map_err(status)?;
+            if loaded.revision <= sent_revision {
+                // Already sent (this stream shared a view loaded for a later change).
+                return Ok(true);
+            }
+            let (revision, next) = state::compile(node, &loaded).map_err(status)?;
             tracing::Span::current().record("revision", revision);
             // Every new revision goes out, an empty delta when the node's state did not
             // change: its ack is what says the node is current at that revision (policy
             // and service realization count on it).
-            if revision > sent_revision {
+            {
                 let d = desired::diff(&last, &next);
                 let mut msg = state::delta(revision, &d);
                 if let Some(tp) = TraceParent::current() {
@@ -156,10 +162,18 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
 /// before, unchanged, now stands for `revision` too.
 async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: Option<&NodeDesiredState>) {
     let res = async {
-        let mut tx = node_tx(st, node).await?;
-        nodes::record_sent(&mut tx, node.id, node.tenant_id, revision, state).await?;
-        tx.commit().await?;
-        Ok::<_, crate::error::ApiError>(())
+        let state = state.map(serde_json::to_value).transpose().map_err(|e| {
+            crate::error::ApiError::Internal(anyhow::anyhow!("encoding the sent state: {e}"))
+        })?;
+        st.node_writes
+            .sent
+            .submit(nodes::Sent {
+                node: node.id,
+                tenant: node.tenant_id,
+                revision,
+                state,
+            })
+            .await
     }
     .await;
     if let Err(e) = res {

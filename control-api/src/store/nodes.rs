@@ -100,32 +100,44 @@ pub async fn sent_state(
     Ok(row.map(|(r, s)| (r, s.0)))
 }
 
-/// Records what the node was sent at `revision`; `state` `None` keeps the stored state
-/// and moves only its revision (nothing changed for this node).
-pub async fn record_sent(
-    conn: &mut PgConnection,
-    node: Uuid,
-    tenant: Uuid,
-    revision: i64,
-    state: Option<&NodeDesiredState>,
-) -> Result<()> {
-    let q = match state {
-        Some(state) => sqlx::query(
+/// What a node was just sent: at `revision`, `state` (the full state), or `None` when the
+/// state sent before, unchanged, now stands for `revision` too.
+#[derive(Debug)]
+pub struct Sent {
+    pub node: Uuid,
+    pub tenant: Uuid,
+    pub revision: i64,
+    pub state: Option<serde_json::Value>,
+}
+
+/// Records what each node was sent (one tenant's nodes, at most one row each), for their
+/// next reconnect: two statements whatever the count.
+pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -> Result<()> {
+    let (full, bare): (Vec<&Sent>, Vec<&Sent>) = rows.iter().partition(|r| r.state.is_some());
+    if !full.is_empty() {
+        sqlx::query(
             "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE \
+             SELECT n, $2, r, s FROM unnest($1::uuid[], $3::bigint[], $4::jsonb[]) AS u(n, r, s) \
+             ON CONFLICT (node_id) DO UPDATE \
              SET revision = excluded.revision, state = excluded.state, updated_at = now()",
         )
-        .bind(node)
+        .bind(full.iter().map(|r| r.node).collect::<Vec<_>>())
         .bind(tenant)
-        .bind(revision)
-        .bind(sqlx::types::Json(state)),
-        None => sqlx::query(
-            "UPDATE node_sync_state SET revision = $2, updated_at = now() WHERE node_id = $1",
+        .bind(full.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .bind(full.iter().map(|r| r.state.clone()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !bare.is_empty() {
+        sqlx::query(
+            "UPDATE node_sync_state s SET revision = u.r, updated_at = now() \
+             FROM unnest($1::uuid[], $2::bigint[]) AS u(n, r) WHERE s.node_id = u.n",
         )
-        .bind(node)
-        .bind(revision),
-    };
-    q.execute(conn).await?;
+        .bind(bare.iter().map(|r| r.node).collect::<Vec<_>>())
+        .bind(bare.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -148,24 +160,30 @@ pub async fn touch(conn: &mut PgConnection, node: Uuid) -> Result<()> {
     Ok(())
 }
 
-/// Records an ack: the applied revision moves only when `complete` (no item failed);
-/// the errors are kept in the node's health either way.
-pub async fn ack(
-    conn: &mut PgConnection,
-    node: Uuid,
-    revision: i64,
-    errors: serde_json::Value,
-    complete: bool,
-) -> Result<()> {
+/// A node's acknowledgement: the revision it now has applied in full (`None`: it could not
+/// program every item of what it was sent), and the items it could not program.
+#[derive(Debug)]
+pub struct Acked {
+    pub node: Uuid,
+    pub tenant: Uuid,
+    pub applied: Option<i64>,
+    pub errors: serde_json::Value,
+}
+
+/// Records acknowledgements (one tenant's nodes, at most one row each) in one statement:
+/// the applied revision only moves forward; the errors are the latest ack's.
+pub async fn ack(conn: &mut PgConnection, rows: &[Acked]) -> Result<()> {
     sqlx::query(
-        "UPDATE nodes SET applied_revision = CASE WHEN $4 THEN greatest(applied_revision, $2) \
-         ELSE applied_revision END, last_seen = now(), \
-         health = jsonb_set(health, '{apply_errors}', $3) WHERE id = $1",
+        "UPDATE nodes n SET \
+           applied_revision = \
+             greatest(n.applied_revision, coalesce(a.applied, n.applied_revision)), \
+           last_seen = now(), health = jsonb_set(n.health, '{apply_errors}', a.errors) \
+         FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS a(id, applied, errors) \
+         WHERE n.id = a.id",
     )
-    .bind(node)
-    .bind(revision)
-    .bind(errors)
-    .bind(complete)
+    .bind(rows.iter().map(|r| r.node).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.applied).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.errors.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -102,3 +102,13 @@ pub async fn current(tx: &mut PgConnection) -> sqlx::Result<i64> {
         .fetch_one(&mut *tx)
         .await
 }
+
+/// The latest revision of a change to `tenant` the caller's transaction sees (0: none).
+pub async fn latest_of_tenant(tx: &mut PgConnection, tenant: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(revision), 0) FROM desired_state_changes WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *tx)
+    .await
+}

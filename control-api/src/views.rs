@@ -1,0 +1,110 @@
+//! Tenant views shared by a replica's agent streams. A change wakes every stream of its
+//! tenant; the first to ask loads the view (one consistent snapshot) and the others wait for
+//! it and share it, so a change costs one load per replica, not one per connected node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+use weft_model::desired::TenantView;
+
+use crate::changes::{Changes, Heard};
+use crate::error::Result;
+use crate::store::{revision, tenant, view};
+
+/// A tenant's view and the revision it reflects: every change up to it is in, none after.
+#[derive(Clone)]
+pub struct Loaded {
+    pub revision: i64,
+    pub view: Arc<TenantView>,
+    /// The listener resets known when it was loaded.
+    resets: u64,
+}
+
+impl Loaded {
+    fn covers(&self, want: Heard) -> bool {
+        self.revision >= want.revision && self.resets == want.resets
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Loaded>>>;
+
+pub struct Views {
+    pool: PgPool,
+    changes: Changes,
+    tenants: Mutex<HashMap<Uuid, Slot>>,
+    /// Views loaded from PostgreSQL by this replica.
+    loads: AtomicU64,
+}
+
+impl Views {
+    pub fn new(pool: PgPool, changes: Changes) -> Views {
+        Views {
+            pool,
+            changes,
+            tenants: Mutex::default(),
+            loads: AtomicU64::new(0),
+        }
+    }
+
+    /// How many views this replica has loaded from PostgreSQL.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// The tenant's view as of every change this replica has heard of (a stream woken by a
+    /// change calls this).
+    pub async fn heard(&self, tenant: Uuid) -> Result<Loaded> {
+        let want = self.changes.heard(tenant);
+        self.at_least(tenant, want).await
+    }
+
+    /// The tenant's view as of every change committed before the call (a stream that just
+    /// opened calls this: the change that made its node may not have been heard yet).
+    pub async fn committed(&self, tenant: Uuid) -> Result<Loaded> {
+        let mut want = self.changes.heard(tenant);
+        let mut tx = self.pool.begin().await?;
+        tenant::set_tenant(&mut tx, tenant).await?;
+        want.revision = want
+            .revision
+            .max(revision::latest_of_tenant(&mut tx, tenant).await?);
+        tx.commit().await?;
+        self.at_least(tenant, want).await
+    }
+
+    async fn at_least(&self, tenant: Uuid, want: Heard) -> Result<Loaded> {
+        let slot: Slot = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant)
+            .or_default()
+            .clone();
+        // One load at a time per tenant: those who wait find it done.
+        let mut cached = slot.lock().await;
+        if let Some(l) = cached.as_ref().filter(|l| l.covers(want)) {
+            return Ok(l.clone());
+        }
+        let (revision, view) = self.load(tenant).await?;
+        let loaded = Loaded {
+            revision,
+            view: Arc::new(view),
+            resets: want.resets,
+        };
+        *cached = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn load(&self, tenant: Uuid) -> Result<(i64, TenantView)> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let mut tx = self.pool.begin().await?;
+        view::snapshot(&mut tx).await?;
+        tenant::set_tenant(&mut tx, tenant).await?;
+        let revision = revision::current(&mut tx).await?;
+        let view = view::load_view(&mut tx, tenant).await?;
+        tx.commit().await?;
+        Ok((revision, view))
+    }
+}
