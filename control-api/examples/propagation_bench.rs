@@ -4,16 +4,18 @@
 //! with a join token, report their endpoints, hold a `Sync` stream and acknowledge every
 //! revision they receive (they program nothing: this measures the control plane).
 //!
-//! For a fleet of N agents in one tenant and, as the baseline in the same run, a tenant
-//! with one agent: a policy is changed C times through REST (a `PUT` each, one after the
+//! For fleets of N agents, each its own tenant (100 and 1,000 with `--quick`, then 3,000),
+//! and, as the baseline in the same run, a tenant with one agent: a policy is changed C times through REST (a `PUT` each, one after the
 //! other); each change's propagation time runs from the `PUT`'s answer until every agent of
 //! the tenant has received that revision. PostgreSQL's own counters
-//! (`pg_stat_database.tup_returned + tup_fetched`) give the rows read per change.
+//! (`pg_stat_database`: `tup_returned + tup_fetched`, `tup_inserted + tup_updated +
+//! tup_deleted`) give the rows read and written per change.
 //!
-//! The one-agent tenant is measured twice: alone, and again once the fleet is connected
+//! The one-agent tenant is measured twice: alone, and again once the fleets are connected
 //! (a change in one tenant should cost nothing for another tenant's agents). Prints p50/p99
-//! propagation and rows read per change for each, as ratios to the first; writes them to
-//! `--out` as JSON.
+//! propagation and rows read and written per change for each, as ratios to the first, and
+//! the process's RSS (control plane and simulated agents together); writes them to `--out`
+//! as JSON.
 
 mod common;
 
@@ -38,7 +40,7 @@ const AGENTS_PER_CONNECTION: usize = 50;
 const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
 
 struct Sizes {
-    agents: usize,
+    agents: Vec<usize>,
     endpoints_per_agent: usize,
     changes: usize,
 }
@@ -222,64 +224,67 @@ async fn put_policy(app: &axum::Router, tenant: &str, port: u16) -> Result<u64> 
     p["revision"].as_u64().context("policy revision")
 }
 
-/// Rows PostgreSQL has read in this database so far (its statistics, flushed first), and
-/// when they were read.
-async fn rows_read(pool: &PgPool) -> Result<(i64, Instant)> {
+/// Rows PostgreSQL has read and written in this database so far (its statistics, flushed
+/// first), and when.
+async fn rows(pool: &PgPool) -> Result<(f64, f64, Instant)> {
     // Backends flush their counters at least once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sqlx::query("SELECT pg_stat_clear_snapshot()")
         .execute(pool)
         .await?;
-    let rows = sqlx::query_scalar(
-        "SELECT (tup_returned + tup_fetched)::bigint FROM pg_stat_database \
-         WHERE datname = current_database()",
+    let (read, written): (i64, i64) = sqlx::query_as(
+        "SELECT (tup_returned + tup_fetched)::bigint,                 (tup_inserted + tup_updated + tup_deleted)::bigint          FROM pg_stat_database WHERE datname = current_database()",
     )
     .fetch_one(pool)
     .await?;
-    Ok((rows, Instant::now()))
+    Ok((read as f64, written as f64, Instant::now()))
 }
 
-/// Runs the changes on one fleet; its figures. Rows read per change leave out what the
-/// control plane reads while idle (heartbeats, background tasks), measured just before.
+/// Runs the changes on one fleet; its figures. Rows per change leave out what the control
+/// plane reads and writes while idle (heartbeats, background tasks), measured just before.
 async fn measure(app: &axum::Router, pool: &PgPool, f: &Fleet, changes: usize) -> Result<Value> {
     // Fresh statistics, so no autovacuum or autoanalyze reads into the counts.
     sqlx::query("VACUUM ANALYZE").execute(pool).await?;
-    let (r0, t0) = rows_read(pool).await?;
-    let (r1, t1) = rows_read(pool).await?;
-    let idle_per_s = (r1 - r0) as f64 / (t1 - t0).as_secs_f64();
+    let (r0, w0, t0) = rows(pool).await?;
+    let (r1, w1, t1) = rows(pool).await?;
+    let idle_s = (t1 - t0).as_secs_f64();
+    let (idle_r, idle_w) = ((r1 - r0) / idle_s, (w1 - w0) / idle_s);
     let mut times = Vec::with_capacity(changes);
     for c in 0..changes {
         let revision = put_policy(app, &f.tenant, 8001 + c as u16).await?;
         times.push(f.reached(revision, Instant::now()).await?.as_secs_f64() * 1e3);
     }
-    let (r2, t2) = rows_read(pool).await?;
-    let busy = (r2 - r1) as f64 - idle_per_s * (t2 - t1).as_secs_f64();
+    let (r2, w2, t2) = rows(pool).await?;
+    let busy_s = (t2 - t1).as_secs_f64();
+    let per_change =
+        |total: f64, idle: f64| ((total - idle * busy_s) / changes as f64).max(0.0).round();
     Ok(json!({
         "agents": f.seen.len(),
         "changes": changes,
         "p50_ms": percentile(&mut times.clone(), 0.5),
         "p99_ms": percentile(&mut times, 0.99),
-        "rows_read_per_change": (busy / changes as f64).max(0.0).round(),
-        "idle_rows_read_per_s": idle_per_s.round(),
+        "rows_read_per_change": per_change(r2 - r1, idle_r),
+        "rows_written_per_change": per_change(w2 - w1, idle_w),
+        "idle_rows_read_per_s": idle_r.round(),
     }))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
+    // Fleets of these sizes, each its own tenant, measured one after the other (the smaller
+    // ones stay connected: other tenants' agents). 10 endpoints per node as in issue #17.
     let sz = if a.quick {
         Sizes {
-            agents: 100,
-            endpoints_per_agent: 5,
+            agents: vec![100, 1000],
+            endpoints_per_agent: 10,
             changes: 10,
         }
     } else {
-        // 1,000 agents do not converge within CONVERGE_LIMIT on a 2-core machine today
-        // (issue #17): this size is what the current design brings current.
         Sizes {
-            agents: 300,
-            endpoints_per_agent: 5,
-            changes: 10,
+            agents: vec![100, 1000, 3000],
+            endpoints_per_agent: 10,
+            changes: 20,
         }
     };
     let (state, url) = control_plane(&a.database_url, "propagation").await?;
@@ -289,69 +294,93 @@ async fn main() -> Result<()> {
         .connect(&url)
         .await?;
     let app = control_api::app::app(state.clone());
-    let agents_url = weft_testkit::server::agent_url(state).await;
+    let agents_url = weft_testkit::server::agent_url(state.clone()).await;
 
     let solo = fleet(&app, &agents_url, "solo", 1, sz.endpoints_per_agent).await?;
     let base = measure(&app, &pool, &solo, sz.changes).await?;
-    let started = Instant::now();
-    let many = fleet(
-        &app,
-        &agents_url,
-        "fleet",
-        sz.agents,
-        sz.endpoints_per_agent,
-    )
-    .await?;
-    println!(
-        "{} agents x {} endpoints registered and synced in {:.1} s",
-        sz.agents,
-        sz.endpoints_per_agent,
-        started.elapsed().as_secs_f64()
-    );
-    let fleet = measure(&app, &pool, &many, sz.changes).await?;
-    // The one-agent tenant again, now beside the fleet: what other tenants' agents cost it.
+    let mut fleets = Vec::new();
+    for &n in &sz.agents {
+        let started = Instant::now();
+        let loads = state.views.loads();
+        let many = match fleet(
+            &app,
+            &agents_url,
+            &format!("fleet-{n}"),
+            n,
+            sz.endpoints_per_agent,
+        )
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                println!("{n} agents: {e:#}");
+                fleets.push(json!({"agents": n, "error": format!("{e:#}")}));
+                break;
+            }
+        };
+        println!(
+            "{n} agents x {} endpoints registered and synced in {:.1} s",
+            sz.endpoints_per_agent,
+            started.elapsed().as_secs_f64()
+        );
+        let loads = state.views.loads() - loads;
+        match measure(&app, &pool, &many, sz.changes).await {
+            Ok(mut v) => {
+                v["view_loads_while_joining"] = json!(loads);
+                v["rss_mib"] = json!(rss_mib());
+                print_row(&format!("fleet of {n}"), &v, &base);
+                fleets.push(v);
+            }
+            Err(e) => {
+                println!("{n} agents: {e:#}");
+                fleets.push(json!({"agents": n, "error": format!("{e:#}")}));
+                break;
+            }
+        }
+    }
+    // The one-agent tenant again, now beside the fleets: what other tenants' agents cost it.
     let beside = measure(&app, &pool, &solo, sz.changes).await?;
-    let ratio = |v: &Value, k: &str| {
-        v[k].as_f64().unwrap_or(0.0) / base[k].as_f64().unwrap_or(1.0).max(1e-9)
-    };
-    for (name, v) in [
-        ("1 agent (baseline)", &base),
-        ("fleet", &fleet),
-        ("1 agent beside it", &beside),
-    ] {
-        println!(
-            "{name:>20}: {:>5} agents  p50 {:>8.1} ms  p99 {:>8.1} ms  rows read per change {:>10}  (idle {} rows/s)",
-            v["agents"],
-            v["p50_ms"].as_f64().unwrap_or(0.0),
-            v["p99_ms"].as_f64().unwrap_or(0.0),
-            v["rows_read_per_change"],
-            v["idle_rows_read_per_s"]
-        );
-    }
-    for (name, v) in [("fleet", &fleet), ("1 agent beside it", &beside)] {
-        println!(
-            "{name} / baseline: p50 {:.1}x, p99 {:.1}x, rows read per change {:.1}x",
-            ratio(v, "p50_ms"),
-            ratio(v, "p99_ms"),
-            ratio(v, "rows_read_per_change"),
-        );
-    }
-    let ratios = |v: &Value| {
-        json!({
-            "p50": ratio(v, "p50_ms"),
-            "p99": ratio(v, "p99_ms"),
-            "rows_read_per_change": ratio(v, "rows_read_per_change"),
-        })
-    };
+    print_row("1 agent (baseline)", &base, &base);
+    print_row("1 agent beside them", &beside, &base);
     let out = json!({
         "baseline": base,
-        "fleet": fleet,
-        "beside_fleet": beside,
-        "ratio": {"fleet": ratios(&fleet), "beside_fleet": ratios(&beside)},
+        "fleets": fleets,
+        "beside_fleets": beside,
     });
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
     Ok(())
+}
+
+/// One line of figures, with the ratios to the baseline.
+fn print_row(name: &str, v: &Value, base: &Value) {
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let ratio = |k: &str| f(v, k) / f(base, k).max(1e-9);
+    println!(
+        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x)  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>9} ({:.1}x)  written {:>7} ({:.1}x)  rss {} MiB",
+        v["agents"],
+        f(v, "p50_ms"),
+        ratio("p50_ms"),
+        f(v, "p99_ms"),
+        ratio("p99_ms"),
+        v["rows_read_per_change"],
+        ratio("rows_read_per_change"),
+        v["rows_written_per_change"],
+        ratio("rows_written_per_change"),
+        v["rss_mib"],
+    );
+}
+
+/// This process's resident memory (control plane and simulated agents together).
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::PgPool;
 use uuid::Uuid;
-use weft_model::desired::TenantView;
+use weft_model::desired::{ClusterPlan, NodeView, TenantView};
 
 use crate::changes::{Changes, Heard};
 use crate::error::Result;
@@ -21,9 +21,50 @@ pub struct Loaded {
     pub view: Arc<TenantView>,
     /// The listener resets known when it was loaded.
     resets: u64,
+    /// What the view's nodes share when compiled, built on first use.
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    nodes: OnceLock<HashMap<String, usize>>,
+    plans: Mutex<HashMap<String, Arc<OnceLock<Arc<ClusterPlan>>>>>,
 }
 
 impl Loaded {
+    fn new(revision: i64, view: TenantView, resets: u64) -> Loaded {
+        Loaded {
+            revision,
+            view: Arc::new(view),
+            resets,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Node `id` of the view.
+    pub fn node(&self, id: &str) -> Option<&NodeView> {
+        let index = self.shared.nodes.get_or_init(|| {
+            let nodes = self.view.nodes.iter().enumerate();
+            nodes.map(|(i, n)| (n.id.clone(), i)).collect()
+        });
+        index.get(id).map(|&i| &self.view.nodes[i])
+    }
+
+    /// The compile plan of `cluster`, shared by every node of it that compiles from this
+    /// view (the first to ask builds it; the others wait for it).
+    pub fn plan(&self, cluster: &str) -> Arc<ClusterPlan> {
+        let slot = self
+            .shared
+            .plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cluster.to_string())
+            .or_default()
+            .clone();
+        slot.get_or_init(|| Arc::new(ClusterPlan::new(&self.view, cluster)))
+            .clone()
+    }
+
     fn covers(&self, want: Heard) -> bool {
         self.revision >= want.revision && self.resets == want.resets
     }
@@ -88,11 +129,7 @@ impl Views {
             return Ok(l.clone());
         }
         let (revision, view) = self.load(tenant).await?;
-        let loaded = Loaded {
-            revision,
-            view: Arc::new(view),
-            resets: want.resets,
-        };
+        let loaded = Loaded::new(revision, view, want.resets);
         *cached = Some(loaded.clone());
         Ok(loaded)
     }

@@ -12,8 +12,15 @@ use crate::views::Loaded;
 /// reflects: every change up to that revision is in it, none after.
 #[tracing::instrument(name = "desired_state.compute", skip_all, fields(node = %node.name, revision = loaded.revision))]
 pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<(i64, NodeDesiredState)> {
-    let mut state = desired::compile(&loaded.view, &node.id.to_string())
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("compiling node {}: {e}", node.name)))?;
+    let failed = |e: desired::CompileError| {
+        ApiError::Internal(anyhow::anyhow!("compiling node {}: {e}", node.name))
+    };
+    let id = node.id.to_string();
+    let in_view = loaded
+        .node(&id)
+        .ok_or_else(|| failed(desired::CompileError::UnknownNode(id.clone())))?;
+    let plan = loaded.plan(&in_view.cluster_id);
+    let mut state = plan.compile(&loaded.view, in_view).map_err(failed)?;
     // An agent that does not speak them would misread or drop the whole message.
     if node.capability_version < weft_proto::CAPABILITY_PROBES {
         state.workloads.clear();

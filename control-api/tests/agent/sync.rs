@@ -415,16 +415,26 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
         .insert("traceparent", msg.traceparent.parse().expect("metadata"));
     b.ack(ack).await.expect("ack");
 
-    let _ = provider.force_flush();
-    let spans = receiver.trace(trace_id);
-    let in_trace: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    for want in [
+    let wanted = [
         "http",
         "db.record_change",
         "desired_state.push",
         "desired_state.compute",
         "agent.ack",
-    ] {
+    ];
+    // The push's span ends once what was sent is recorded, which may be after the ack.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spans = loop {
+        let _ = provider.force_flush();
+        let spans = receiver.trace(trace_id);
+        let complete = wanted.iter().all(|w| spans.iter().any(|s| s.name == *w));
+        if complete || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let in_trace: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for want in wanted {
         assert!(
             in_trace.contains(&want),
             "{want} not in the trace: {in_trace:?} (all: {:?})",

@@ -1,7 +1,8 @@
 //! The per-node compiler: scope, ipcache, subjects and their rules in canonical form.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use ipnet::IpNet;
 
@@ -14,215 +15,360 @@ use crate::service::{BackendState, L4Protocol};
 
 /// Compiles the desired state of node `node_id` (see the module documentation).
 pub fn compile(view: &TenantView, node_id: &str) -> Result<NodeDesiredState, CompileError> {
-    let node = view
-        .nodes
+    let node = find_node(view, node_id)?;
+    ClusterPlan::new(view, &node.cluster_id).compile(view, node)
+}
+
+/// The node `node_id` of the view.
+pub fn find_node<'v>(view: &'v TenantView, node_id: &str) -> Result<&'v NodeView, CompileError> {
+    view.nodes
         .iter()
         .find(|n| n.id == node_id)
-        .ok_or_else(|| CompileError::UnknownNode(node_id.to_string()))?;
-    let cluster = node.cluster_id.as_str();
-    check_unique("endpoint", view.endpoints.iter().map(|e| &e.id))?;
-    check_unique("service", view.services.iter().map(|s| &s.id))?;
+        .ok_or_else(|| CompileError::UnknownNode(node_id.to_string()))
+}
 
-    let cluster_endpoints: Vec<&EndpointView> = view
-        .endpoints
-        .iter()
-        .filter(|e| e.cluster_id == cluster)
-        .collect();
-    if let Some(e) = view
-        .endpoints
-        .iter()
-        .find(|e| e.node_id == node.id && e.cluster_id != cluster)
-    {
-        return Err(CompileError::EndpointClusterMismatch {
-            endpoint: e.id.clone(),
-            node: node.id.clone(),
-            cluster: e.cluster_id.clone(),
-        });
-    }
-    let labels_by_identity = identity_labels(&cluster_endpoints)?;
+/// An in-cluster address's claim: the identity it resolves to and who holds it.
+struct Claim {
+    identity: u32,
+    owner: String,
+    /// The node whose address it is, for node addresses.
+    node: Option<String>,
+}
 
-    // In-scope specs, in a canonical order so the output does not depend on input order.
-    let mut policies: Vec<&PolicyView> = view
-        .policies
-        .iter()
-        .filter(|p| {
-            p.clusters
-                .as_ref()
-                .is_none_or(|cs| cs.iter().any(|c| c == cluster))
-        })
-        .collect();
-    policies.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    let specs: Vec<(String, &PolicySpec)> = policies
-        .iter()
-        .flat_map(|p| {
-            p.specs
-                .iter()
-                .enumerate()
-                .map(move |(i, s)| (format!("{} specs[{i}]", p.name), s))
-        })
-        .collect();
+/// What every node of one cluster shares when compiling from one view: the ipcache (with
+/// every node's addresses as `remote-node`), the peers' identities, the in-scope specs and
+/// each spec's compiled rules (compiled on first use, by whichever node needs it first),
+/// the services. Built once per view and cluster, [`ClusterPlan::compile`] then costs a
+/// node its own endpoints' rules and a copy of the ipcache, not a pass over the tenant.
+pub struct ClusterPlan {
+    cluster: String,
+    /// A conflict that fails every node's compile: found before the endpoint-cluster
+    /// check (duplicate ids), and after it (identities, addresses).
+    early: Option<CompileError>,
+    late: Option<CompileError>,
+    /// Per node of the cluster: an endpoint of it that belongs to another cluster, and
+    /// that cluster.
+    mismatched: HashMap<String, (String, String)>,
+    /// Two nodes claiming one address: fails those two nodes' compiles.
+    node_conflicts: Vec<(IpNet, String, String, [String; 2])>,
+    /// The cluster's endpoints, by node.
+    local: HashMap<String, Vec<EndpointView>>,
+    labels_by_identity: BTreeMap<u32, (Labels, String)>,
+    named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>>,
+    cidr_ids: BTreeMap<IpNet, u32>,
+    specs: Vec<(String, PolicySpec)>,
+    compiled: Vec<OnceLock<CompiledSpec>>,
+    /// Sorted by prefix; node addresses as `remote-node`.
+    ipcache: Vec<IpcacheEntry>,
+    services: Vec<DesiredService>,
+    allow_host: bool,
+}
 
-    // ipcache: in-cluster addresses first; they win over CIDRs of the same prefix.
-    let mut in_cluster: BTreeMap<IpNet, (u32, String)> = BTreeMap::new();
-    let mut claim = |ip: IpAddr, id: u32, owner: String| -> Result<(), CompileError> {
-        let prefix = IpNet::from(ip);
-        match in_cluster.get(&prefix) {
-            Some((other, _)) if *other == id => Ok(()),
-            Some((_, first)) => Err(CompileError::AddressConflict {
-                prefix,
-                first: first.clone(),
-                second: owner,
-            }),
-            None => {
-                in_cluster.insert(prefix, (id, owner));
-                Ok(())
+impl ClusterPlan {
+    pub fn new(view: &TenantView, cluster: &str) -> ClusterPlan {
+        let early = check_unique("endpoint", view.endpoints.iter().map(|e| &e.id))
+            .and_then(|()| check_unique("service", view.services.iter().map(|s| &s.id)))
+            .err();
+        let cluster_nodes: HashMap<&str, ()> = view
+            .nodes
+            .iter()
+            .filter(|n| n.cluster_id == cluster)
+            .map(|n| (n.id.as_str(), ()))
+            .collect();
+        let mut mismatched = HashMap::new();
+        let mut local: HashMap<String, Vec<EndpointView>> = HashMap::new();
+        for e in &view.endpoints {
+            if e.cluster_id == cluster {
+                local.entry(e.node_id.clone()).or_default().push(e.clone());
+            } else if cluster_nodes.contains_key(e.node_id.as_str()) {
+                mismatched
+                    .entry(e.node_id.clone())
+                    .or_insert_with(|| (e.id.clone(), e.cluster_id.clone()));
             }
         }
-    };
-    for e in &cluster_endpoints {
-        for ip in &e.ips {
-            claim(*ip, e.identity, format!("endpoint {:?}", e.id))?;
-        }
-    }
-    for n in view.nodes.iter().filter(|n| n.cluster_id == cluster) {
-        let id = if n.id == node.id {
-            identity::HOST
-        } else {
-            identity::REMOTE_NODE
+        let cluster_endpoints: Vec<&EndpointView> = view
+            .endpoints
+            .iter()
+            .filter(|e| e.cluster_id == cluster)
+            .collect();
+        let mut late = None;
+        let labels_by_identity = identity_labels(&cluster_endpoints).unwrap_or_else(|e| {
+            late.get_or_insert(e);
+            BTreeMap::new()
+        });
+
+        // In-scope specs, in a canonical order so the output does not depend on input order.
+        let mut policies: Vec<&PolicyView> = view
+            .policies
+            .iter()
+            .filter(|p| {
+                p.clusters
+                    .as_ref()
+                    .is_none_or(|cs| cs.iter().any(|c| c == cluster))
+            })
+            .collect();
+        policies.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        let specs: Vec<(String, PolicySpec)> = policies
+            .iter()
+            .flat_map(|p| {
+                p.specs
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| (format!("{} specs[{i}]", p.name), s.clone()))
+            })
+            .collect();
+
+        // ipcache: in-cluster addresses first; they win over CIDRs of the same prefix.
+        let mut claims: BTreeMap<IpNet, Claim> = BTreeMap::new();
+        let mut node_conflicts = Vec::new();
+        let mut claim = |ip: IpAddr, new: Claim| {
+            let prefix = IpNet::from(ip);
+            match claims.get(&prefix) {
+                None => {
+                    claims.insert(prefix, new);
+                }
+                Some(old) if old.identity == new.identity && old.node == new.node => {}
+                // Two nodes: the host on each of them, a remote node on the others.
+                Some(Claim {
+                    node: Some(first),
+                    owner,
+                    ..
+                }) if new.node.is_some() => {
+                    if Some(first) != new.node.as_ref() {
+                        let second = new.node.clone().unwrap_or_default();
+                        node_conflicts.push((
+                            prefix,
+                            owner.clone(),
+                            new.owner,
+                            [first.clone(), second],
+                        ));
+                    }
+                }
+                Some(old) if old.identity == new.identity => {}
+                Some(old) => {
+                    late.get_or_insert(CompileError::AddressConflict {
+                        prefix,
+                        first: old.owner.clone(),
+                        second: new.owner,
+                    });
+                }
+            }
         };
-        for ip in &n.addresses {
-            claim(*ip, id, format!("node {:?}", n.id))?;
+        for e in &cluster_endpoints {
+            for ip in &e.ips {
+                claim(
+                    *ip,
+                    Claim {
+                        identity: e.identity,
+                        owner: format!("endpoint {:?}", e.id),
+                        node: None,
+                    },
+                );
+            }
+        }
+        for n in view.nodes.iter().filter(|n| n.cluster_id == cluster) {
+            for ip in &n.addresses {
+                claim(
+                    *ip,
+                    Claim {
+                        identity: identity::REMOTE_NODE,
+                        owner: format!("node {:?}", n.id),
+                        node: Some(n.id.clone()),
+                    },
+                );
+            }
+        }
+
+        let mut cidrs = BTreeSet::new();
+        for (_, spec) in &specs {
+            collect_cidrs(spec, &mut cidrs);
+        }
+        cidrs.retain(|c| !claims.contains_key(c));
+        let cidr_ids = identity::cidr_identities(cidrs);
+        let mut ipcache: Vec<IpcacheEntry> = claims
+            .iter()
+            .map(|(p, c)| (*p, c.identity))
+            .chain(cidr_ids.iter().map(|(p, id)| (*p, *id)))
+            .map(|(prefix, identity)| IpcacheEntry { prefix, identity })
+            .collect();
+        ipcache.sort_by_key(|e| e.prefix);
+
+        let mut named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>> = BTreeMap::new();
+        for e in &cluster_endpoints {
+            named_by_identity
+                .entry(e.identity)
+                .or_default()
+                .extend(e.named_ports.iter().cloned());
+        }
+        let mut services: Vec<DesiredService> = view
+            .services
+            .iter()
+            .filter(|s| s.cluster_id == cluster)
+            .map(compile_service)
+            .collect();
+        services.sort_by(|a, b| a.id.cmp(&b.id));
+        ClusterPlan {
+            cluster: cluster.to_string(),
+            early,
+            late,
+            mismatched,
+            node_conflicts,
+            local,
+            labels_by_identity: labels_by_identity
+                .into_iter()
+                .map(|(id, (labels, owner))| (id, (labels.clone(), owner.to_string())))
+                .collect(),
+            named_by_identity,
+            cidr_ids,
+            compiled: specs.iter().map(|_| OnceLock::new()).collect(),
+            specs,
+            ipcache,
+            services,
+            allow_host: view
+                .clusters
+                .iter()
+                .any(|c| c.id == cluster && c.allow_host_to_local_pods),
         }
     }
 
-    let mut cidrs = BTreeSet::new();
-    for (_, spec) in &specs {
-        collect_cidrs(spec, &mut cidrs);
-    }
-    cidrs.retain(|c| !in_cluster.contains_key(c));
-    let cidr_ids = identity::cidr_identities(cidrs);
-
-    let mut ipcache: Vec<IpcacheEntry> = in_cluster
-        .iter()
-        .map(|(p, (id, _))| (*p, *id))
-        .chain(cidr_ids.iter().map(|(p, id)| (*p, *id)))
-        .map(|(prefix, identity)| IpcacheEntry { prefix, identity })
-        .collect();
-    ipcache.sort_by_key(|e| e.prefix);
-
-    let mut named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>> = BTreeMap::new();
-    for e in &cluster_endpoints {
-        named_by_identity
-            .entry(e.identity)
-            .or_default()
-            .extend(e.named_ports.iter().cloned());
-    }
-    let universe = Universe {
-        labels_by_identity: &labels_by_identity,
-        cidr_ids: &cidr_ids,
-        named_by_identity: &named_by_identity,
-    };
-    // Subjects: the host endpoint and the node's workload endpoints.
-    let no_ports: &[NamedPort] = &[];
-    let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels, &[NamedPort])> = vec![(
-        DesiredEndpoint {
-            id: HOST_ENDPOINT_ID.to_string(),
-            ips: sorted(node.addresses.iter().copied()),
-            identity: identity::HOST,
-            enforce_ingress: false,
-            enforce_egress: false,
-        },
-        SubjectKind::Node,
-        &node.labels,
-        no_ports,
-    )];
-    for e in cluster_endpoints.iter().filter(|e| e.node_id == node.id) {
-        if e.id == HOST_ENDPOINT_ID {
-            return Err(CompileError::ReservedEndpointId(e.id.clone()));
+    /// Compiles the desired state of `node`, a node of this plan's cluster in `view` (the
+    /// view the plan was made from: its workloads and probes are read from it).
+    pub fn compile(
+        &self,
+        view: &TenantView,
+        node: &NodeView,
+    ) -> Result<NodeDesiredState, CompileError> {
+        if node.cluster_id != self.cluster {
+            return Err(CompileError::UnknownNode(node.id.clone()));
         }
-        subjects.push((
+        if let Some(e) = &self.early {
+            return Err(e.clone());
+        }
+        if let Some((endpoint, cluster)) = self.mismatched.get(&node.id) {
+            return Err(CompileError::EndpointClusterMismatch {
+                endpoint: endpoint.clone(),
+                node: node.id.clone(),
+                cluster: cluster.clone(),
+            });
+        }
+        if let Some(e) = &self.late {
+            return Err(e.clone());
+        }
+        if let Some((prefix, first, second, _)) = self
+            .node_conflicts
+            .iter()
+            .find(|(.., nodes)| nodes.contains(&node.id))
+        {
+            return Err(CompileError::AddressConflict {
+                prefix: *prefix,
+                first: first.clone(),
+                second: second.clone(),
+            });
+        }
+        let universe = Universe {
+            labels_by_identity: &self.labels_by_identity,
+            cidr_ids: &self.cidr_ids,
+            named_by_identity: &self.named_by_identity,
+        };
+        // Subjects: the host endpoint and the node's workload endpoints.
+        let no_ports: &[NamedPort] = &[];
+        let mut subjects: Vec<(DesiredEndpoint, SubjectKind, &Labels, &[NamedPort])> = vec![(
             DesiredEndpoint {
-                id: e.id.clone(),
-                ips: sorted(e.ips.iter().copied()),
-                identity: e.identity,
+                id: HOST_ENDPOINT_ID.to_string(),
+                ips: sorted(node.addresses.iter().copied()),
+                identity: identity::HOST,
                 enforce_ingress: false,
                 enforce_egress: false,
             },
-            SubjectKind::Endpoint,
-            &e.labels,
-            &e.named_ports,
-        ));
-    }
-
-    let allow_host = view
-        .clusters
-        .iter()
-        .any(|c| c.id == cluster && c.allow_host_to_local_pods);
-    let mut out = NodeDesiredState::default();
-    let mut unsupported = BTreeSet::new();
-    // Rules do not depend on the subject: each applying spec is compiled once, on first use.
-    let mut compiled: Vec<Option<CompiledSpec>> = specs.iter().map(|_| None).collect();
-    for (mut ep, kind, labels, own_ports) in subjects {
-        let mut rules = Vec::new();
-        for ((origin, spec), slot) in specs.iter().zip(&mut compiled) {
-            let applies = spec
-                .subject_selector()
-                .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
-            if !applies {
-                continue;
+            SubjectKind::Node,
+            &node.labels,
+            no_ports,
+        )];
+        for e in self.local.get(&node.id).into_iter().flatten() {
+            if e.id == HOST_ENDPOINT_ID {
+                return Err(CompileError::ReservedEndpointId(e.id.clone()));
             }
-            let c = slot.get_or_insert_with(|| compile_spec(spec, origin, &universe));
-            ep.enforce_ingress |= crate::policy::enforces_default_deny(spec, Direction::Ingress);
-            ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
-            rules.extend(c.rules.iter().cloned());
-            rules.extend(c.named.iter().flat_map(|n| n.resolve(own_ports, &universe)));
-            unsupported.extend(c.unsupported.iter().cloned());
+            subjects.push((
+                DesiredEndpoint {
+                    id: e.id.clone(),
+                    ips: sorted(e.ips.iter().copied()),
+                    identity: e.identity,
+                    enforce_ingress: false,
+                    enforce_egress: false,
+                },
+                SubjectKind::Endpoint,
+                &e.labels,
+                &e.named_ports,
+            ));
         }
-        if kind == SubjectKind::Endpoint && ep.enforce_ingress && allow_host {
-            rules.push(PolicyRule {
-                direction: Direction::Ingress,
-                peer_identity: Some(identity::HOST),
-                proto: None,
-                ports: None,
-                action: Action::Allow,
-                l7: false,
-                origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
-            });
+
+        let mut out = NodeDesiredState::default();
+        let mut unsupported = BTreeSet::new();
+        for (mut ep, kind, labels, own_ports) in subjects {
+            let mut rules = Vec::new();
+            for ((origin, spec), slot) in self.specs.iter().zip(&self.compiled) {
+                let applies = spec
+                    .subject_selector()
+                    .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
+                if !applies {
+                    continue;
+                }
+                // Rules do not depend on the subject: each spec is compiled once per plan.
+                let c = slot.get_or_init(|| compile_spec(spec, origin, &universe));
+                ep.enforce_ingress |=
+                    crate::policy::enforces_default_deny(spec, Direction::Ingress);
+                ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
+                rules.extend(c.rules.iter().cloned());
+                rules.extend(c.named.iter().flat_map(|n| n.resolve(own_ports, &universe)));
+                unsupported.extend(c.unsupported.iter().cloned());
+            }
+            if kind == SubjectKind::Endpoint && ep.enforce_ingress && self.allow_host {
+                rules.push(PolicyRule {
+                    direction: Direction::Ingress,
+                    peer_identity: Some(identity::HOST),
+                    proto: None,
+                    ports: None,
+                    action: Action::Allow,
+                    l7: false,
+                    origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
+                });
+            }
+            keep_denies_without_default_deny(&mut ep, &mut rules);
+            let rules = normalize(rules);
+            if !rules.is_empty() {
+                out.policy.insert(ep.id.clone(), rules);
+            }
+            out.endpoints.push(ep);
         }
-        keep_denies_without_default_deny(&mut ep, &mut rules);
-        let rules = normalize(rules);
-        if !rules.is_empty() {
-            out.policy.insert(ep.id.clone(), rules);
+        out.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        // The node's own addresses are its host.
+        out.ipcache = self.ipcache.clone();
+        for ip in &node.addresses {
+            let prefix = IpNet::from(*ip);
+            if let Ok(i) = out.ipcache.binary_search_by_key(&prefix, |e| e.prefix) {
+                out.ipcache[i].identity = identity::HOST;
+            }
         }
-        out.endpoints.push(ep);
+        out.services = self.services.clone();
+        out.unsupported = unsupported.into_iter().collect();
+        out.workloads = view
+            .workloads
+            .iter()
+            .filter(|w| w.node_id == node.id)
+            .map(|w| w.workload.clone())
+            .collect();
+        out.workloads.sort_by(|a, b| a.name.cmp(&b.name));
+        out.workloads.dedup_by(|a, b| a.name == b.name);
+        out.probes = view
+            .probes
+            .iter()
+            .filter(|p| p.node_id == node.id)
+            .map(|p| p.probe.clone())
+            .collect();
+        out.probes.sort_by(|a, b| a.id.cmp(&b.id));
+        out.probes.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
     }
-    out.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-    out.ipcache = ipcache;
-    out.services = view
-        .services
-        .iter()
-        .filter(|s| s.cluster_id == cluster)
-        .map(compile_service)
-        .collect();
-    out.services.sort_by(|a, b| a.id.cmp(&b.id));
-    out.unsupported = unsupported.into_iter().collect();
-    out.workloads = view
-        .workloads
-        .iter()
-        .filter(|w| w.node_id == node.id)
-        .map(|w| w.workload.clone())
-        .collect();
-    out.workloads.sort_by(|a, b| a.name.cmp(&b.name));
-    out.workloads.dedup_by(|a, b| a.name == b.name);
-    out.probes = view
-        .probes
-        .iter()
-        .filter(|p| p.node_id == node.id)
-        .map(|p| p.probe.clone())
-        .collect();
-    out.probes.sort_by(|a, b| a.id.cmp(&b.id));
-    out.probes.dedup_by(|a, b| a.id == b.id);
-    Ok(out)
 }
 
 /// Deny rules in a direction the endpoint does not enforce (`enableDefaultDeny: false`)

@@ -50,7 +50,7 @@ mod delta;
 mod peers;
 mod view;
 
-pub use compile::compile;
+pub use compile::{compile, find_node, ClusterPlan};
 pub use delta::{apply, diff, Delta};
 pub use view::*;
 

@@ -99,7 +99,7 @@ impl<'a> Peers<'a> {
 
 /// What peer fields resolve against.
 pub(super) struct Universe<'a> {
-    pub(super) labels_by_identity: &'a BTreeMap<u32, (&'a Labels, &'a str)>,
+    pub(super) labels_by_identity: &'a BTreeMap<u32, (Labels, String)>,
     pub(super) cidr_ids: &'a BTreeMap<IpNet, u32>,
     /// Named ports declared by the endpoints of each identity (of the node's cluster).
     pub(super) named_by_identity: &'a BTreeMap<u32, BTreeSet<NamedPort>>,

@@ -342,3 +342,51 @@ fn named_ports_resolve_per_destination_endpoint() {
     let t = Traffic::ingress(fe, FlowProtocol::Tcp, 8081).with_named_port("http", 8080);
     assert_eq!(evaluate(specs, &subject, &t).verdict, Verdict::Denied);
 }
+
+#[test]
+fn one_plan_compiles_every_node_of_its_cluster_as_compile_does() {
+    let view = realistic();
+    let mut clusters: Vec<&str> = view.nodes.iter().map(|n| n.cluster_id.as_str()).collect();
+    clusters.dedup();
+    for cluster in clusters {
+        let plan = ClusterPlan::new(&view, cluster);
+        for node in view.nodes.iter().filter(|n| n.cluster_id == cluster) {
+            assert_eq!(
+                plan.compile(&view, node),
+                compile(&view, &node.id),
+                "node {}",
+                node.id
+            );
+        }
+    }
+    // A node of another cluster is not this plan's to compile.
+    let plan = ClusterPlan::new(&base(), "c1");
+    assert!(plan.compile(&base(), &base().nodes[2]).is_err());
+}
+
+#[test]
+fn two_nodes_on_one_address_fail_those_two_nodes_only() {
+    let mut view = base();
+    view.nodes.push(node("n3", "c1", &["10.0.0.3"], "zone=c"));
+    view.nodes[1].addresses = ips(&["10.0.0.1"]);
+    let plan = ClusterPlan::new(&view, "c1");
+    for n in ["n1", "n2"] {
+        let node = find_node(&view, n).expect("node");
+        match plan.compile(&view, node) {
+            Err(CompileError::AddressConflict { first, second, .. }) => {
+                assert_eq!((first.as_str(), second.as_str()), ("node \"n1\"", "node \"n2\""))
+            }
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+    let n3 = plan
+        .compile(&view, find_node(&view, "n3").expect("node"))
+        .expect("a third node is not affected");
+    let remote: Vec<u32> = n3
+        .ipcache
+        .iter()
+        .filter(|e| e.prefix == net("10.0.0.1/32"))
+        .map(|e| e.identity)
+        .collect();
+    assert_eq!(remote, [crate::identity::REMOTE_NODE]);
+}
