@@ -12,6 +12,7 @@ use weft_model::desired::{ClusterPlan, NodeView, TenantView};
 
 use crate::changes::{Changes, Heard};
 use crate::error::Result;
+use crate::store::nodes::SentIpcache;
 use crate::store::{revision, tenant, view};
 
 /// A tenant's view and the revision it reflects: every change up to it is in, none after.
@@ -28,7 +29,13 @@ pub struct Loaded {
 #[derive(Default)]
 struct Shared {
     nodes: OnceLock<HashMap<String, usize>>,
-    plans: Mutex<HashMap<String, Arc<OnceLock<Arc<ClusterPlan>>>>>,
+    plans: Mutex<HashMap<String, Arc<OnceLock<Arc<Planned>>>>>,
+}
+
+/// A cluster's compile plan, and its shared ipcache as recorded with what nodes are sent.
+pub struct Planned {
+    pub plan: ClusterPlan,
+    pub ipcache: serde_json::Result<Arc<SentIpcache>>,
 }
 
 impl Loaded {
@@ -52,7 +59,7 @@ impl Loaded {
 
     /// The compile plan of `cluster`, shared by every node of it that compiles from this
     /// view (the first to ask builds it; the others wait for it).
-    pub fn plan(&self, cluster: &str) -> Arc<ClusterPlan> {
+    pub fn plan(&self, cluster: &str) -> Arc<Planned> {
         let slot = self
             .shared
             .plans
@@ -61,8 +68,12 @@ impl Loaded {
             .entry(cluster.to_string())
             .or_default()
             .clone();
-        slot.get_or_init(|| Arc::new(ClusterPlan::new(&self.view, cluster)))
-            .clone()
+        slot.get_or_init(|| {
+            let plan = ClusterPlan::new(&self.view, cluster);
+            let ipcache = SentIpcache::new(plan.shared_ipcache()).map(Arc::new);
+            Arc::new(Planned { plan, ipcache })
+        })
+        .clone()
     }
 
     fn covers(&self, want: Heard) -> bool {

@@ -1,6 +1,7 @@
 //! `Sync`: a snapshot on connect, then a delta whenever the tenant's desired state
 //! changes, each stamped with the revision it reflects.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -48,20 +49,25 @@ async fn produce(
     lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
     let loaded = st.views.committed(node.tenant_id).await.map_err(status)?;
-    let (revision, mut last) = state::compile(node, &loaded).map_err(status)?;
+    let state::Compiled {
+        revision,
+        state: mut last,
+        ipcache,
+    } = state::compile(node, &loaded).map_err(status)?;
     // An agent resuming from what this node was last sent gets only the difference (empty
     // if nothing changed: "you are current"); any other revision gets a snapshot.
-    let first = match sent(st, node).await {
+    let (first, unchanged) = match sent(st, node).await {
         Some((rev, before)) if rev > 0 && rev.unsigned_abs() == resume_from => {
-            state::delta(revision, &desired::diff(&before, &last))
+            let d = desired::diff(&before, &last);
+            (state::delta(revision, &d), d.is_empty())
         }
-        _ => state::snapshot(revision, &last),
+        _ => (state::snapshot(revision, &last), false),
     };
     if tx.send(Ok(first)).await.is_err() {
         return Ok(());
     }
     lag.sent(revision);
-    remember(st, node, revision, Some(&last)).await;
+    remember(st, node, revision, (!unchanged).then_some((&last, ipcache))).await;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -93,7 +99,11 @@ async fn produce(
                 // Already sent (this stream shared a view loaded for a later change).
                 return Ok(true);
             }
-            let (revision, next) = state::compile(node, &loaded).map_err(status)?;
+            let state::Compiled {
+                revision,
+                state: next,
+                ipcache,
+            } = state::compile(node, &loaded).map_err(status)?;
             tracing::Span::current().record("revision", revision);
             // Every new revision goes out, an empty delta when the node's state did not
             // change: its ack is what says the node is current at that revision (policy
@@ -108,7 +118,13 @@ async fn produce(
                     return Ok(false);
                 }
                 lag.sent(revision);
-                remember(st, node, revision, (!d.is_empty()).then_some(&next)).await;
+                remember(
+                    st,
+                    node,
+                    revision,
+                    (!d.is_empty()).then_some((&next, ipcache)),
+                )
+                .await;
                 sent_revision = revision;
             }
             last = next;
@@ -160,11 +176,19 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
 
 /// Records what the node was just sent, for its next reconnect; `None`: the state sent
 /// before, unchanged, now stands for `revision` too.
-async fn remember(st: &AppState, node: &NodeCtx, revision: i64, state: Option<&NodeDesiredState>) {
+async fn remember(
+    st: &AppState,
+    node: &NodeCtx,
+    revision: i64,
+    state: Option<(&NodeDesiredState, Arc<nodes::SentIpcache>)>,
+) {
     let res = async {
-        let state = state.map(serde_json::to_value).transpose().map_err(|e| {
-            crate::error::ApiError::Internal(anyhow::anyhow!("encoding the sent state: {e}"))
-        })?;
+        let state = state
+            .map(|(s, ipcache)| nodes::SentState::new(s, ipcache))
+            .transpose()
+            .map_err(|e| {
+                crate::error::ApiError::Internal(anyhow::anyhow!("encoding the sent state: {e}"))
+            })?;
         st.node_writes
             .sent
             .submit(nodes::Sent {

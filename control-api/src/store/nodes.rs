@@ -1,9 +1,11 @@
 //! Nodes as their agents see them: registration with a join token, what each node was
 //! last sent, and what it reports back (acks, heartbeats, health).
 
+use std::sync::Arc;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
-use weft_model::desired::NodeDesiredState;
+use weft_model::desired::{node_ipcache, IpcacheEntry, NodeDesiredState};
 use weft_model::labels::Labels;
 
 use crate::error::Result;
@@ -87,17 +89,81 @@ pub async fn register(conn: &mut PgConnection, n: Registration<'_>) -> Result<()
     Ok(())
 }
 
-/// What the node was last sent, and at which revision.
+/// What the node was last sent, and at which revision; `None` also when the shared ipcache
+/// it was sent is no longer kept (the node then gets a snapshot).
 pub async fn sent_state(
     conn: &mut PgConnection,
     node: Uuid,
 ) -> Result<Option<(i64, NodeDesiredState)>> {
-    let row: Option<(i64, sqlx::types::Json<NodeDesiredState>)> =
-        sqlx::query_as("SELECT revision, state FROM node_sync_state WHERE node_id = $1")
-            .bind(node)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|(r, s)| (r, s.0)))
+    type Row = (
+        i64,
+        sqlx::types::Json<NodeDesiredState>,
+        Option<Vec<u8>>,
+        Option<sqlx::types::Json<Vec<IpcacheEntry>>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT s.revision, s.state, s.ipcache_digest, i.entries FROM node_sync_state s \
+         LEFT JOIN sent_ipcache i ON i.tenant_id = s.tenant_id AND i.digest = s.ipcache_digest \
+         WHERE s.node_id = $1",
+    )
+    .bind(node)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(revision, state, digest, shared)| {
+        let mut state = state.0;
+        match (digest, shared) {
+            (None, _) => {}
+            (Some(_), Some(shared)) => state.ipcache = node_ipcache(&shared.0, state.host_ips()),
+            (Some(_), None) => return None,
+        }
+        Some((revision, state))
+    }))
+}
+
+/// A cluster's shared ipcache as sent (see [`node_ipcache`]), by content.
+#[derive(Debug)]
+pub struct SentIpcache {
+    pub digest: Vec<u8>,
+    /// The entries as JSON.
+    pub entries: String,
+}
+
+impl SentIpcache {
+    pub fn new(shared: &[IpcacheEntry]) -> serde_json::Result<SentIpcache> {
+        use sha2::Digest;
+        let entries = serde_json::to_string(shared)?;
+        Ok(SentIpcache {
+            digest: sha2::Sha256::digest(entries.as_bytes()).to_vec(),
+            entries,
+        })
+    }
+}
+
+/// A node's full desired state as recorded: all of it as JSON but the ipcache, which is
+/// its cluster's shared one (kept once, by content) with the node's own addresses as `host`.
+#[derive(Debug)]
+pub struct SentState {
+    pub json: String,
+    pub ipcache: Arc<SentIpcache>,
+}
+
+impl SentState {
+    /// `state`, whose ipcache is `node_ipcache(shared, state.host_ips())`.
+    pub fn new(state: &NodeDesiredState, ipcache: Arc<SentIpcache>) -> serde_json::Result<Self> {
+        let rest = NodeDesiredState {
+            endpoints: state.endpoints.clone(),
+            ipcache: Vec::new(),
+            policy: state.policy.clone(),
+            services: state.services.clone(),
+            unsupported: state.unsupported.clone(),
+            workloads: state.workloads.clone(),
+            probes: state.probes.clone(),
+        };
+        Ok(SentState {
+            json: serde_json::to_string(&rest)?,
+            ipcache,
+        })
+    }
 }
 
 /// What a node was just sent: at `revision`, `state` (the full state), or `None` when the
@@ -107,24 +173,63 @@ pub struct Sent {
     pub node: Uuid,
     pub tenant: Uuid,
     pub revision: i64,
-    pub state: Option<serde_json::Value>,
+    pub state: Option<SentState>,
 }
 
 /// Records what each node was sent (one tenant's nodes, at most one row each), for their
-/// next reconnect: two statements whatever the count.
+/// next reconnect: a few statements whatever the count. Shared ipcaches no node refers to
+/// any more go.
 pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -> Result<()> {
     let (full, bare): (Vec<&Sent>, Vec<&Sent>) = rows.iter().partition(|r| r.state.is_some());
-    if !full.is_empty() {
+    let states: Vec<&SentState> = full.iter().filter_map(|r| r.state.as_ref()).collect();
+    if !states.is_empty() {
+        let mut shared: Vec<&SentIpcache> = Vec::new();
+        for s in &states {
+            if !shared.iter().any(|i| i.digest == s.ipcache.digest) {
+                shared.push(&s.ipcache);
+            }
+        }
         sqlx::query(
-            "INSERT INTO node_sync_state (node_id, tenant_id, revision, state) \
-             SELECT n, $2, r, s FROM unnest($1::uuid[], $3::bigint[], $4::jsonb[]) AS u(n, r, s) \
+            "INSERT INTO sent_ipcache (tenant_id, digest, entries) \
+             SELECT $1, d, e::jsonb FROM unnest($2::bytea[], $3::text[]) AS u(d, e) \
+             ON CONFLICT (tenant_id, digest) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(shared.iter().map(|i| i.digest.clone()).collect::<Vec<_>>())
+        .bind(
+            shared
+                .iter()
+                .map(|i| i.entries.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO node_sync_state (node_id, tenant_id, revision, state, ipcache_digest) \
+             SELECT n, $2, r, s::jsonb, d \
+             FROM unnest($1::uuid[], $3::bigint[], $4::text[], $5::bytea[]) AS u(n, r, s, d) \
              ON CONFLICT (node_id) DO UPDATE \
-             SET revision = excluded.revision, state = excluded.state, updated_at = now()",
+             SET revision = excluded.revision, state = excluded.state, \
+                 ipcache_digest = excluded.ipcache_digest, updated_at = now()",
         )
         .bind(full.iter().map(|r| r.node).collect::<Vec<_>>())
         .bind(tenant)
         .bind(full.iter().map(|r| r.revision).collect::<Vec<_>>())
-        .bind(full.iter().map(|r| r.state.clone()).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.json.as_str()).collect::<Vec<_>>())
+        .bind(
+            states
+                .iter()
+                .map(|s| s.ipcache.digest.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "DELETE FROM sent_ipcache i WHERE i.tenant_id = $1 AND NOT EXISTS \
+             (SELECT 1 FROM node_sync_state s \
+              WHERE s.tenant_id = i.tenant_id AND s.ipcache_digest = i.digest)",
+        )
+        .bind(tenant)
         .execute(&mut *conn)
         .await?;
     }

@@ -249,7 +249,20 @@ async fn a_reconnecting_agent_resumes_by_delta() {
     );
     assert!(d.upsert_endpoints[0].enforce_ingress);
     assert!(d.remove_endpoints.is_empty() && d.upsert_services.is_empty());
+    assert!(
+        d.upsert_ipcache.is_empty() && d.remove_ipcache.is_empty(),
+        "the ipcache the node was sent is rebuilt from the shared copy: {d:?}"
+    );
     drop(again);
+    // What nodes were sent keeps the ipcache once per content, not in each node's row.
+    let inline: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM node_sync_state WHERE jsonb_array_length(state->'ipcache') > 0",
+    )
+    .fetch_one(&t.pool)
+    .await
+    .expect("count");
+    assert_eq!(inline, 0);
+    assert_eq!(t.count("sent_ipcache").await, 1, "one ipcache, still referenced");
 
     // An agent that lost its state (or never saw this revision) gets a snapshot.
     let mut lost = b.sync(sync(applied - 1)).await.expect("sync").into_inner();

@@ -231,6 +231,12 @@ impl ClusterPlan {
         }
     }
 
+    /// The ipcache every node of the cluster shares, sorted by prefix: each node's gets its
+    /// own addresses as `host` ([`node_ipcache`]).
+    pub fn shared_ipcache(&self) -> &[IpcacheEntry] {
+        &self.ipcache
+    }
+
     /// Compiles the desired state of `node`, a node of this plan's cluster in `view` (the
     /// view the plan was made from: its workloads and probes are read from it).
     pub fn compile(
@@ -341,14 +347,7 @@ impl ClusterPlan {
             out.endpoints.push(ep);
         }
         out.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-        // The node's own addresses are its host.
-        out.ipcache = self.ipcache.clone();
-        for ip in &node.addresses {
-            let prefix = IpNet::from(*ip);
-            if let Ok(i) = out.ipcache.binary_search_by_key(&prefix, |e| e.prefix) {
-                out.ipcache[i].identity = identity::HOST;
-            }
-        }
+        out.ipcache = node_ipcache(&self.ipcache, &node.addresses);
         out.services = self.services.clone();
         out.unsupported = unsupported.into_iter().collect();
         out.workloads = view

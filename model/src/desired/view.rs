@@ -139,6 +139,29 @@ pub struct NodeDesiredState {
     pub probes: Vec<DesiredProbe>,
 }
 
+impl NodeDesiredState {
+    /// The node's own addresses: its host endpoint's.
+    pub fn host_ips(&self) -> &[IpAddr] {
+        self.endpoints
+            .iter()
+            .find(|e| e.id == HOST_ENDPOINT_ID)
+            .map_or(&[], |e| e.ips.as_slice())
+    }
+}
+
+/// A node's ipcache from its cluster's shared one (where every node's addresses are
+/// `remote-node`): its own addresses are `host` there.
+pub fn node_ipcache(shared: &[IpcacheEntry], own: &[IpAddr]) -> Vec<IpcacheEntry> {
+    let mut out = shared.to_vec();
+    for ip in own {
+        let prefix = IpNet::from(*ip);
+        if let Ok(i) = out.binary_search_by_key(&prefix, |e| e.prefix) {
+            out[i].identity = crate::identity::HOST;
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredEndpoint {
     pub id: String,
