@@ -129,6 +129,12 @@ fn diff_keyed<T: Clone + PartialEq, K: Ord + Clone>(
     new: &[T],
     key: impl Fn(&T) -> K,
 ) -> (Vec<T>, Vec<K>) {
+    // The compiler's lists are sorted by key: one merge pass, no maps (a node's ipcache is
+    // the size of its cluster, and every node is diffed on every change).
+    let sorted = |v: &[T]| v.windows(2).all(|w| key(&w[0]) < key(&w[1]));
+    if sorted(old) && sorted(new) {
+        return merge_keyed(old, new, key);
+    }
     let old_by: BTreeMap<K, &T> = old.iter().map(|t| (key(t), t)).collect();
     let new_keys: BTreeSet<K> = new.iter().map(&key).collect();
     let upsert = new
@@ -141,6 +147,47 @@ fn diff_keyed<T: Clone + PartialEq, K: Ord + Clone>(
         .filter(|k| !new_keys.contains(*k))
         .cloned()
         .collect();
+    (upsert, remove)
+}
+
+/// [`diff_keyed`] of two lists sorted by unique keys.
+fn merge_keyed<T: Clone + PartialEq, K: Ord>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Vec<K>) {
+    let (mut upsert, mut remove) = (Vec::new(), Vec::new());
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(a), None) => {
+                remove.push(key(a));
+                o.next();
+            }
+            (None, Some(b)) => {
+                upsert.push((*b).clone());
+                n.next();
+            }
+            (Some(a), Some(b)) => match key(a).cmp(&key(b)) {
+                std::cmp::Ordering::Less => {
+                    remove.push(key(a));
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    upsert.push((*b).clone());
+                    n.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if a != b {
+                        upsert.push((*b).clone());
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
     (upsert, remove)
 }
 
@@ -157,4 +204,39 @@ fn apply_keyed<T: Clone, K: Ord + Clone>(
     }
     by.extend(upsert.iter().map(|t| (key(t), t.clone())));
     by.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff_keyed;
+
+    /// The merge pass (sorted lists) and the map path (any order) give the same delta.
+    #[test]
+    fn sorted_lists_diff_as_unsorted_ones_do() {
+        let mut seed = 7u64;
+        let mut next = move |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        for _ in 0..200 {
+            let mut list = || {
+                let n = next(30);
+                let mut v: Vec<(u64, u64)> = (0..n).map(|_| (next(40), next(3))).collect();
+                v.sort();
+                v.dedup_by_key(|e| e.0);
+                v
+            };
+            let (old, new) = (list(), list());
+            let merged = diff_keyed(&old, &new, |e| e.0);
+            // Reversed, the lists are not sorted: the map path.
+            let (mut old_r, mut new_r) = (old.clone(), new.clone());
+            old_r.reverse();
+            new_r.reverse();
+            let (mut upsert, remove) = diff_keyed(&old_r, &new_r, |e| e.0);
+            upsert.reverse();
+            assert_eq!(merged, (upsert, remove), "{old:?} -> {new:?}");
+        }
+    }
 }

@@ -374,7 +374,10 @@ fn two_nodes_on_one_address_fail_those_two_nodes_only() {
         let node = find_node(&view, n).expect("node");
         match plan.compile(&view, node) {
             Err(CompileError::AddressConflict { first, second, .. }) => {
-                assert_eq!((first.as_str(), second.as_str()), ("node \"n1\"", "node \"n2\""))
+                assert_eq!(
+                    (first.as_str(), second.as_str()),
+                    ("node \"n1\"", "node \"n2\"")
+                )
             }
             other => panic!("{n}: {other:?}"),
         }
