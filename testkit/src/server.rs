@@ -60,7 +60,11 @@ pub async fn agent_url(state: AppState) -> String {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            // As `serve` does (tonic's default): without it, small messages wait for delayed
+            // ACKs (a steady 40 ms a round trip on loopback).
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
     });
     format!("http://{addr}")

@@ -262,7 +262,11 @@ async fn a_reconnecting_agent_resumes_by_delta() {
     .await
     .expect("count");
     assert_eq!(inline, 0);
-    assert_eq!(t.count("sent_ipcache").await, 1, "one ipcache, still referenced");
+    assert_eq!(
+        t.count("sent_ipcache").await,
+        1,
+        "one ipcache, still referenced"
+    );
 
     // An agent that lost its state (or never saw this revision) gets a snapshot.
     let mut lost = b.sync(sync(applied - 1)).await.expect("sync").into_inner();
@@ -366,7 +370,9 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
     });
     // SAFETY: set before any other thread of this test process reads the environment.

@@ -72,7 +72,9 @@ impl ControlPlane {
             let mut server = server;
             server
                 .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                )
                 .await
         });
         (format!("https://{addr}"), cert)
