@@ -1,15 +1,18 @@
 //! Policy propagation benchmark, driven by `cargo xtask bench propagation [--quick]` (which
-//! starts a private PostgreSQL and passes `--database-url`). The control plane's REST app
-//! and agent service run in-process; agents are gRPC clients over loopback that register
-//! with a join token, report their endpoints, hold a `Sync` stream and acknowledge every
-//! revision they receive (they program nothing: this measures the control plane).
+//! starts a private PostgreSQL and passes `--database-url`). Two control-api replicas (REST
+//! app and agent service each, with their own pools, change listeners, shared views and
+//! writers) run in-process on one database; agents are gRPC clients over loopback, their
+//! connections alternating between the replicas, that register with a join token, report
+//! their endpoints, hold a `Sync` stream and acknowledge every revision they receive (they
+//! program nothing: this measures the control plane).
 //!
 //! For fleets of N agents, each its own tenant (100 and 1,000 with `--quick`, then 3,000),
-//! and, as the baseline in the same run, a tenant with one agent: a policy is changed C times through REST (a `PUT` each, one after the
-//! other); each change's propagation time runs from the `PUT`'s answer until every agent of
-//! the tenant has received that revision. PostgreSQL's own counters
-//! (`pg_stat_database`: `tup_returned + tup_fetched`, `tup_inserted + tup_updated +
-//! tup_deleted`) give the rows read and written per change.
+//! then 1,000 more agents spread over 100 tenants of 10, and, as the baseline in the same
+//! run, a tenant with one agent: a policy is changed C times through REST (a `PUT` each, one
+//! after the other, alternating replicas); each change's propagation time runs from the
+//! `PUT`'s answer until every agent of the tenant has received that revision. PostgreSQL's
+//! own counters (`pg_stat_database`: `tup_returned + tup_fetched`, `tup_inserted +
+//! tup_updated + tup_deleted`) give the rows read and written per change.
 //!
 //! The one-agent tenant is measured twice: alone, and again once the fleets are connected
 //! (a change in one tenant should cost nothing for another tenant's agents). Prints p50/p99
@@ -86,25 +89,26 @@ impl Fleet {
     }
 }
 
-/// A tenant with one cluster and `n` agents, each with its endpoints, all synced.
-async fn fleet(
-    app: &axum::Router,
-    agents_url: &str,
-    tenant: &str,
-    n: usize,
-    endpoints: usize,
-) -> Result<Fleet> {
-    call(app, "POST", "/v1/tenants", json!({"name": tenant})).await?;
+/// Two control-api replicas on one database: their REST apps and agent service URLs.
+struct Replicas {
+    apps: [axum::Router; 2],
+    agent_urls: [String; 2],
+}
+
+/// A tenant with one cluster and `n` agents, each with its endpoints, all synced; the
+/// agents' connections alternate between the replicas.
+async fn fleet(rep: &Replicas, tenant: &str, n: usize, endpoints: usize) -> Result<Fleet> {
+    call(&rep.apps[0], "POST", "/v1/tenants", json!({"name": tenant})).await?;
     let base = format!("/v1/tenants/{tenant}");
     call(
-        app,
+        &rep.apps[0],
         "POST",
         &format!("{base}/clusters"),
         json!({"name": "prod"}),
     )
     .await?;
     let token = call(
-        app,
+        &rep.apps[0],
         "POST",
         &format!("{base}/clusters/prod/join-tokens"),
         json!({"name": "fleet", "max_uses": 0}),
@@ -114,7 +118,7 @@ async fn fleet(
         .context("join token")?
         .to_string();
     let path = format!("{base}/policies");
-    call(app, "POST", &path, policy(8000)).await?;
+    call(&rep.apps[0], "POST", &path, policy(8000)).await?;
 
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let changed = Arc::new(Notify::new());
@@ -123,7 +127,7 @@ async fn fleet(
     for i in 0..n {
         if i % AGENTS_PER_CONNECTION == 0 {
             channel = Some(
-                Endpoint::from_shared(agents_url.to_string())?
+                Endpoint::from_shared(rep.agent_urls[(i / AGENTS_PER_CONNECTION) % 2].clone())?
                     .connect()
                     .await?,
             );
@@ -198,7 +202,7 @@ async fn fleet(
         changed,
     };
     // A change after the last registration: its revision is the newest.
-    let revision = put_policy(app, tenant, 7999).await?;
+    let revision = put_policy(rep, 0, tenant, 7999).await?;
     f.reached(revision, Instant::now()).await?;
     Ok(f)
 }
@@ -217,10 +221,10 @@ fn policy(port: u16) -> Value {
     })
 }
 
-/// Rewrites the policy with `port`; the revision of the change.
-async fn put_policy(app: &axum::Router, tenant: &str, port: u16) -> Result<u64> {
+/// Rewrites the policy with `port` through replica `via` (0 or 1); the revision of the change.
+async fn put_policy(rep: &Replicas, via: usize, tenant: &str, port: u16) -> Result<u64> {
     let path = format!("/v1/tenants/{tenant}/policies/bench");
-    let p = call(app, "PUT", &path, policy(port)).await?;
+    let p = call(&rep.apps[via % 2], "PUT", &path, policy(port)).await?;
     p["revision"].as_u64().context("policy revision")
 }
 
@@ -242,7 +246,7 @@ async fn rows(pool: &PgPool) -> Result<(f64, f64, Instant)> {
 
 /// Runs the changes on one fleet; its figures. Rows per change leave out what the control
 /// plane reads and writes while idle (heartbeats, background tasks), measured just before.
-async fn measure(app: &axum::Router, pool: &PgPool, f: &Fleet, changes: usize) -> Result<Value> {
+async fn measure(rep: &Replicas, pool: &PgPool, fleets: &[Fleet], changes: usize) -> Result<Value> {
     // Fresh statistics, so no autovacuum or autoanalyze reads into the counts.
     sqlx::query("VACUUM ANALYZE").execute(pool).await?;
     let (r0, w0, t0) = rows(pool).await?;
@@ -251,7 +255,9 @@ async fn measure(app: &axum::Router, pool: &PgPool, f: &Fleet, changes: usize) -
     let (idle_r, idle_w) = ((r1 - r0) / idle_s, (w1 - w0) / idle_s);
     let mut times = Vec::with_capacity(changes);
     for c in 0..changes {
-        let revision = put_policy(app, &f.tenant, 8001 + c as u16).await?;
+        // Changes alternate between the replicas (and between the fleets, when several).
+        let f = &fleets[c % fleets.len()];
+        let revision = put_policy(rep, c, &f.tenant, 8001 + c as u16).await?;
         times.push(f.reached(revision, Instant::now()).await?.as_secs_f64() * 1e3);
     }
     let (r2, w2, t2) = rows(pool).await?;
@@ -259,7 +265,8 @@ async fn measure(app: &axum::Router, pool: &PgPool, f: &Fleet, changes: usize) -
     let per_change =
         |total: f64, idle: f64| ((total - idle * busy_s) / changes as f64).max(0.0).round();
     Ok(json!({
-        "agents": f.seen.len(),
+        "agents": fleets.iter().map(|f| f.seen.len()).sum::<usize>(),
+        "tenants": fleets.len(),
         "changes": changes,
         "p50_ms": percentile(&mut times.clone(), 0.5),
         "p99_ms": percentile(&mut times, 0.99),
@@ -288,30 +295,32 @@ async fn main() -> Result<()> {
         }
     };
     let (state, url) = control_plane(&a.database_url, "propagation").await?;
+    let other = replica(&url).await?;
     // The database's owner: reads its statistics and vacuums.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&url)
         .await?;
-    let app = control_api::app::app(state.clone());
-    let agents_url = weft_testkit::server::agent_url(state.clone()).await;
+    let rep = Replicas {
+        apps: [
+            control_api::app::app(state.clone()),
+            control_api::app::app(other.clone()),
+        ],
+        agent_urls: [
+            weft_testkit::server::agent_url(state.clone()).await,
+            weft_testkit::server::agent_url(other.clone()).await,
+        ],
+    };
+    let loads = || state.views.loads() + other.views.loads();
 
-    let solo = fleet(&app, &agents_url, "solo", 1, sz.endpoints_per_agent).await?;
-    let base = measure(&app, &pool, &solo, sz.changes).await?;
+    let solo = vec![fleet(&rep, "solo", 1, sz.endpoints_per_agent).await?];
+    let base = measure(&rep, &pool, &solo, sz.changes).await?;
     let mut fleets = Vec::new();
     for &n in &sz.agents {
         let started = Instant::now();
-        let loads = state.views.loads();
-        let many = match fleet(
-            &app,
-            &agents_url,
-            &format!("fleet-{n}"),
-            n,
-            sz.endpoints_per_agent,
-        )
-        .await
-        {
-            Ok(f) => f,
+        let loads_before = loads();
+        let many = match fleet(&rep, &format!("fleet-{n}"), n, sz.endpoints_per_agent).await {
+            Ok(f) => vec![f],
             Err(e) => {
                 println!("{n} agents: {e:#}");
                 fleets.push(json!({"agents": n, "error": format!("{e:#}")}));
@@ -323,10 +332,13 @@ async fn main() -> Result<()> {
             sz.endpoints_per_agent,
             started.elapsed().as_secs_f64()
         );
-        let loads = state.views.loads() - loads;
-        match measure(&app, &pool, &many, sz.changes).await {
+        let joined_loads = loads() - loads_before;
+        let loads_before = loads();
+        match measure(&rep, &pool, &many, sz.changes).await {
             Ok(mut v) => {
-                v["view_loads_while_joining"] = json!(loads);
+                v["view_loads_while_joining"] = json!(joined_loads);
+                v["view_loads_per_change"] =
+                    json!((loads() - loads_before) as f64 / sz.changes as f64);
                 v["rss_mib"] = json!(rss_mib());
                 print_row(&format!("fleet of {n}"), &v, &base);
                 fleets.push(v);
@@ -338,13 +350,24 @@ async fn main() -> Result<()> {
             }
         }
     }
+    // As many agents again, spread over 100 tenants of 10: each change is one tenant's.
+    let (tenants, per) = (100, 10);
+    let mut spread = Vec::with_capacity(tenants);
+    for t in 0..tenants {
+        spread.push(fleet(&rep, &format!("spread-{t}"), per, sz.endpoints_per_agent).await?);
+    }
+    let mut spread_v = measure(&rep, &pool, &spread, sz.changes).await?;
+    spread_v["agents"] = json!(per);
+    spread_v["rss_mib"] = json!(rss_mib());
+    print_row("1 of 100 tenants", &spread_v, &base);
     // The one-agent tenant again, now beside the fleets: what other tenants' agents cost it.
-    let beside = measure(&app, &pool, &solo, sz.changes).await?;
+    let beside = measure(&rep, &pool, &solo, sz.changes).await?;
     print_row("1 agent (baseline)", &base, &base);
     print_row("1 agent beside them", &beside, &base);
     let out = json!({
         "baseline": base,
         "fleets": fleets,
+        "one_of_100_tenants": spread_v,
         "beside_fleets": beside,
     });
     if let Some(dir) = a.out.parent() {

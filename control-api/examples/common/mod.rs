@@ -48,14 +48,19 @@ pub async fn control_plane(
     let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
     let url = control_api::db::create_database(admin_url, &name).await?;
     control_api::db::migrate(&url).await?;
-    let pool = control_api::db::connect(&url, 32).await?;
-    let state = control_api::state::AppState::new(
+    Ok((replica(&url).await?, url))
+}
+
+/// Another control-api replica on the database at `url`: its own pool, change listener,
+/// shared views and writers, as a separate process would have.
+pub async fn replica(url: &str) -> Result<control_api::state::AppState> {
+    let pool = control_api::db::connect(url, 32).await?;
+    Ok(control_api::state::AppState::new(
         pool,
         Some(control_api::auth::hash_token(OPERATOR)),
         None,
         control_api::ratelimit::FailureLimiter::default(),
-    );
-    Ok((state, url))
+    ))
 }
 
 pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
