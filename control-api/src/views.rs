@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use ipnet::IpNet;
 use sqlx::PgPool;
 use uuid::Uuid;
-use weft_model::desired::{ClusterPlan, NodeView, TenantView};
+use weft_model::desired::{ClusterPlan, IpcacheEntry, NodeView, TenantView};
 
 use crate::changes::{Changes, Heard};
 use crate::error::Result;
@@ -36,6 +37,46 @@ struct Shared {
 pub struct Planned {
     pub plan: ClusterPlan,
     pub ipcache: serde_json::Result<Arc<SentIpcache>>,
+    /// The delta to this plan's shared ipcache from earlier ones, by their digests: worked
+    /// out by the first stream that needs it, for all.
+    deltas: Mutex<HashMap<Vec<u8>, SharedDelta>>,
+}
+
+/// Upserts and removals between two shared ipcaches.
+pub type SharedDelta = Arc<(Vec<IpcacheEntry>, Vec<IpNet>)>;
+
+impl Planned {
+    fn new(plan: ClusterPlan) -> Planned {
+        let ipcache = SentIpcache::new(plan.shared_ipcache()).map(Arc::new);
+        Planned {
+            plan,
+            ipcache,
+            deltas: Mutex::default(),
+        }
+    }
+
+    /// The content digest of the shared ipcache (empty if it could not be encoded).
+    pub fn digest(&self) -> &[u8] {
+        self.ipcache.as_ref().map_or(&[], |i| i.digest.as_slice())
+    }
+
+    /// The delta from `old`'s shared ipcache to this one's.
+    pub fn shared_delta(&self, old: &Planned) -> SharedDelta {
+        let mut deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
+        // Few streams lag by more than a change or two: keep what is asked for now.
+        if deltas.len() > 8 {
+            deltas.clear();
+        }
+        deltas
+            .entry(old.digest().to_vec())
+            .or_insert_with(|| {
+                Arc::new(weft_model::desired::ipcache_diff(
+                    old.plan.shared_ipcache(),
+                    self.plan.shared_ipcache(),
+                ))
+            })
+            .clone()
+    }
 }
 
 impl Loaded {
@@ -68,12 +109,8 @@ impl Loaded {
             .entry(cluster.to_string())
             .or_default()
             .clone();
-        slot.get_or_init(|| {
-            let plan = ClusterPlan::new(&self.view, cluster);
-            let ipcache = SentIpcache::new(plan.shared_ipcache()).map(Arc::new);
-            Arc::new(Planned { plan, ipcache })
-        })
-        .clone()
+        slot.get_or_init(|| Arc::new(Planned::new(ClusterPlan::new(&self.view, cluster))))
+            .clone()
     }
 
     fn covers(&self, want: Heard) -> bool {

@@ -9,7 +9,7 @@ use weft_proto::v1 as pb;
 use super::NodeCtx;
 use crate::error::{ApiError, Result};
 use crate::store::nodes::SentIpcache;
-use crate::views::Loaded;
+use crate::views::{Loaded, Planned};
 
 /// The node's desired state compiled from its tenant's shared view, and the revision it
 /// reflects: every change up to that revision is in it, none after.
@@ -23,34 +23,73 @@ pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<Compiled> {
         .node(&id)
         .ok_or_else(|| failed(desired::CompileError::UnknownNode(id.clone())))?;
     let planned = loaded.plan(&in_view.cluster_id);
-    let mut state = planned
+    let mut local = planned
         .plan
-        .compile(&loaded.view, in_view)
+        .compile_local(&loaded.view, in_view)
         .map_err(failed)?;
-    let ipcache = planned.ipcache.as_ref().map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!(
+    if let Err(e) = &planned.ipcache {
+        return Err(ApiError::Internal(anyhow::anyhow!(
             "encoding the ipcache of node {}: {e}",
             node.name
-        ))
-    })?;
+        )));
+    }
     // An agent that does not speak them would misread or drop the whole message.
     if node.capability_version < weft_proto::CAPABILITY_PROBES {
-        state.workloads.clear();
-        state.probes.clear();
+        local.workloads.clear();
+        local.probes.clear();
     }
     Ok(Compiled {
         revision: loaded.revision,
-        state,
-        ipcache: ipcache.clone(),
+        local,
+        planned,
     })
 }
 
-/// A node's desired state at a revision, and its cluster's shared ipcache (what the state's
-/// ipcache is made from) for recording what was sent.
+/// A node's desired state at a revision, kept as its own part and its cluster's shared plan:
+/// the node's ipcache (its cluster's, with its own addresses as `host`) is never copied per
+/// node but to encode a snapshot, and the ipcache part of a delta is worked out once per
+/// replica and change ([`Planned::shared_delta`]).
 pub struct Compiled {
     pub revision: i64,
-    pub state: NodeDesiredState,
-    pub ipcache: Arc<SentIpcache>,
+    /// The state without its ipcache.
+    pub local: NodeDesiredState,
+    pub planned: Arc<Planned>,
+}
+
+impl Compiled {
+    /// The whole state, ipcache included.
+    pub fn full(&self) -> NodeDesiredState {
+        let mut s = self.local.clone();
+        s.ipcache = desired::node_ipcache(self.planned.plan.shared_ipcache(), s.host_ips());
+        s
+    }
+
+    /// The shared ipcache as recorded with what the node is sent.
+    pub fn sent_ipcache(&self) -> Option<Arc<SentIpcache>> {
+        self.planned.ipcache.as_ref().ok().cloned()
+    }
+
+    /// The delta from `self` (what the node has) to `next`.
+    pub fn delta_to(&self, next: &Compiled) -> Delta {
+        let mut d = desired::diff(&self.local, &next.local);
+        let (old, new) = (&self.planned, &next.planned);
+        if Arc::ptr_eq(old, new) || old.digest() == new.digest() {
+            return d;
+        }
+        let (upsert, remove) = if self.local.host_ips() == next.local.host_ips() {
+            desired::node_ipcache_delta(
+                old.plan.shared_ipcache(),
+                &new.shared_delta(old),
+                next.local.host_ips(),
+            )
+        } else {
+            // The node's own addresses changed (rare): its whole ipcache, compared.
+            desired::ipcache_diff(&self.full().ipcache, &next.full().ipcache)
+        };
+        d.ipcache_upsert = upsert;
+        d.ipcache_remove = remove;
+        d
+    }
 }
 
 // Wire encoding (`weft_proto::convert`): the domain never sees protobuf types beyond this point.

@@ -1,7 +1,6 @@
 //! `Sync`: a snapshot on connect, then a delta whenever the tenant's desired state
 //! changes, each stamped with the revision it reflects.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -49,25 +48,22 @@ async fn produce(
     lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
     let loaded = st.views.committed(node.tenant_id).await.map_err(status)?;
-    let state::Compiled {
-        revision,
-        state: mut last,
-        ipcache,
-    } = state::compile(node, &loaded).map_err(status)?;
+    let mut last = state::compile(node, &loaded).map_err(status)?;
+    let revision = last.revision;
     // An agent resuming from what this node was last sent gets only the difference (empty
     // if nothing changed: "you are current"); any other revision gets a snapshot.
     let (first, unchanged) = match sent(st, node).await {
         Some((rev, before)) if rev > 0 && rev.unsigned_abs() == resume_from => {
-            let d = desired::diff(&before, &last);
+            let d = desired::diff(&before, &last.full());
             (state::delta(revision, &d), d.is_empty())
         }
-        _ => (state::snapshot(revision, &last), false),
+        _ => (state::snapshot(revision, &last.full()), false),
     };
     if tx.send(Ok(first)).await.is_err() {
         return Ok(());
     }
     lag.sent(revision);
-    remember(st, node, revision, (!unchanged).then_some((&last, ipcache))).await;
+    remember(st, node, &last, !unchanged).await;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -99,17 +95,14 @@ async fn produce(
                 // Already sent (this stream shared a view loaded for a later change).
                 return Ok(true);
             }
-            let state::Compiled {
-                revision,
-                state: next,
-                ipcache,
-            } = state::compile(node, &loaded).map_err(status)?;
+            let next = state::compile(node, &loaded).map_err(status)?;
+            let revision = next.revision;
             tracing::Span::current().record("revision", revision);
             // Every new revision goes out, an empty delta when the node's state did not
             // change: its ack is what says the node is current at that revision (policy
             // and service realization count on it).
             {
-                let d = desired::diff(&last, &next);
+                let d = last.delta_to(&next);
                 let mut msg = state::delta(revision, &d);
                 if let Some(tp) = TraceParent::current() {
                     msg.traceparent = tp.to_string();
@@ -118,13 +111,7 @@ async fn produce(
                     return Ok(false);
                 }
                 lag.sent(revision);
-                remember(
-                    st,
-                    node,
-                    revision,
-                    (!d.is_empty()).then_some((&next, ipcache)),
-                )
-                .await;
+                remember(st, node, &next, !d.is_empty()).await;
                 sent_revision = revision;
             }
             last = next;
@@ -174,27 +161,31 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
     })
 }
 
-/// Records what the node was just sent, for its next reconnect; `None`: the state sent
-/// before, unchanged, now stands for `revision` too.
-async fn remember(
-    st: &AppState,
-    node: &NodeCtx,
-    revision: i64,
-    state: Option<(&NodeDesiredState, Arc<nodes::SentIpcache>)>,
-) {
+/// Records what the node was just sent, for its next reconnect; when not `changed`, the
+/// state sent before, unchanged, now stands for the new revision too.
+async fn remember(st: &AppState, node: &NodeCtx, sent: &state::Compiled, changed: bool) {
     let res = async {
-        let state = state
-            .map(|(s, ipcache)| nodes::SentState::new(s, ipcache))
-            .transpose()
-            .map_err(|e| {
-                crate::error::ApiError::Internal(anyhow::anyhow!("encoding the sent state: {e}"))
-            })?;
+        let state = match (changed, sent.sent_ipcache()) {
+            (false, _) => None,
+            (true, Some(ipcache)) => {
+                Some(nodes::SentState::new(&sent.local, ipcache).map_err(|e| {
+                    crate::error::ApiError::Internal(anyhow::anyhow!(
+                        "encoding the sent state: {e}"
+                    ))
+                })?)
+            }
+            (true, None) => {
+                return Err(crate::error::ApiError::Internal(anyhow::anyhow!(
+                    "the shared ipcache could not be encoded"
+                )))
+            }
+        };
         st.node_writes
             .sent
             .submit(nodes::Sent {
                 node: node.id,
                 tenant: node.tenant_id,
-                revision,
+                revision: sent.revision,
                 state,
             })
             .await

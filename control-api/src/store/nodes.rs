@@ -148,21 +148,18 @@ pub struct SentState {
 }
 
 impl SentState {
-    /// `state`, whose ipcache is `node_ipcache(shared, state.host_ips())`.
-    pub fn new(state: &NodeDesiredState, ipcache: Arc<SentIpcache>) -> serde_json::Result<Self> {
-        let rest = NodeDesiredState {
-            endpoints: state.endpoints.clone(),
-            ipcache: Vec::new(),
-            policy: state.policy.clone(),
-            services: state.services.clone(),
-            unsupported: state.unsupported.clone(),
-            workloads: state.workloads.clone(),
-            probes: state.probes.clone(),
+    /// `local`: the node's state without its ipcache (which is
+    /// `node_ipcache(shared, local.host_ips())`); an ipcache left in it is not recorded.
+    pub fn new(local: &NodeDesiredState, ipcache: Arc<SentIpcache>) -> serde_json::Result<Self> {
+        let json = if local.ipcache.is_empty() {
+            serde_json::to_string(local)?
+        } else {
+            serde_json::to_string(&NodeDesiredState {
+                ipcache: Vec::new(),
+                ..local.clone()
+            })?
         };
-        Ok(SentState {
-            json: serde_json::to_string(&rest)?,
-            ipcache,
-        })
+        Ok(SentState { json, ipcache })
     }
 }
 

@@ -244,6 +244,18 @@ impl ClusterPlan {
         view: &TenantView,
         node: &NodeView,
     ) -> Result<NodeDesiredState, CompileError> {
+        let mut out = self.compile_local(view, node)?;
+        out.ipcache = node_ipcache(&self.ipcache, &node.addresses);
+        Ok(out)
+    }
+
+    /// [`ClusterPlan::compile`] without the ipcache (left empty): what is the node's own.
+    /// Its ipcache is `node_ipcache(self.shared_ipcache(), state.host_ips())`.
+    pub fn compile_local(
+        &self,
+        view: &TenantView,
+        node: &NodeView,
+    ) -> Result<NodeDesiredState, CompileError> {
         if node.cluster_id != self.cluster {
             return Err(CompileError::UnknownNode(node.id.clone()));
         }
@@ -347,7 +359,6 @@ impl ClusterPlan {
             out.endpoints.push(ep);
         }
         out.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-        out.ipcache = node_ipcache(&self.ipcache, &node.addresses);
         out.services = self.services.clone();
         out.unsupported = unsupported.into_iter().collect();
         out.workloads = view

@@ -77,6 +77,41 @@ pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
     }
 }
 
+/// The ipcache part of the delta between two nodes' ipcaches: `old_shared` and
+/// `new_shared` are their clusters' shared ipcaches, `shared_delta` the delta between those
+/// (computed once for every node), and `own` the node's addresses, the same in both.
+/// Equals the ipcache part of `diff` over `node_ipcache(old_shared, own)` and
+/// `node_ipcache(new_shared, own)`.
+pub fn node_ipcache_delta(
+    old_shared: &[IpcacheEntry],
+    shared_delta: &(Vec<IpcacheEntry>, Vec<IpNet>),
+    own: &[std::net::IpAddr],
+) -> (Vec<IpcacheEntry>, Vec<IpNet>) {
+    let own: Vec<IpNet> = own.iter().map(|ip| IpNet::from(*ip)).collect();
+    let had = |p: &IpNet| old_shared.binary_search_by_key(p, |e| e.prefix).is_ok();
+    let upsert = shared_delta
+        .0
+        .iter()
+        .filter_map(|e| {
+            if !own.contains(&e.prefix) {
+                return Some(*e);
+            }
+            // The node's own address is `host` there whatever the cluster says; only its
+            // coming into the ipcache is a change.
+            (!had(&e.prefix)).then_some(IpcacheEntry {
+                prefix: e.prefix,
+                identity: crate::identity::HOST,
+            })
+        })
+        .collect();
+    (upsert, shared_delta.1.clone())
+}
+
+/// The delta between two shared ipcaches (both sorted by prefix).
+pub fn ipcache_diff(old: &[IpcacheEntry], new: &[IpcacheEntry]) -> (Vec<IpcacheEntry>, Vec<IpNet>) {
+    diff_keyed(old, new, |e| e.prefix)
+}
+
 /// `state` with `delta` applied: `apply(old, &diff(old, new)) == new`.
 pub fn apply(state: &NodeDesiredState, delta: &Delta) -> NodeDesiredState {
     let mut policy = state.policy.clone();
@@ -208,7 +243,39 @@ fn apply_keyed<T: Clone, K: Ord + Clone>(
 
 #[cfg(test)]
 mod tests {
-    use super::diff_keyed;
+    use super::{diff_keyed, ipcache_diff, node_ipcache_delta};
+    use crate::desired::{node_ipcache, IpcacheEntry};
+
+    /// A node's ipcache delta made from the shared delta equals the diff of its ipcaches.
+    #[test]
+    fn a_nodes_ipcache_delta_follows_from_the_shared_one() {
+        let mut seed = 11u64;
+        let mut next = move |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let ip = |i: u64| std::net::IpAddr::from([10, 0, 0, i as u8]);
+        for _ in 0..300 {
+            let mut shared = || {
+                let mut v: Vec<IpcacheEntry> = (0..next(12))
+                    .map(|_| IpcacheEntry {
+                        prefix: ipnet::IpNet::from(ip(next(16))),
+                        identity: [crate::identity::REMOTE_NODE, 300, 301][next(3) as usize],
+                    })
+                    .collect();
+                v.sort_by_key(|e| e.prefix);
+                v.dedup_by_key(|e| e.prefix);
+                v
+            };
+            let (old, new) = (shared(), shared());
+            let own: Vec<std::net::IpAddr> = (0..next(3)).map(|_| ip(next(16))).collect();
+            let want = ipcache_diff(&node_ipcache(&old, &own), &node_ipcache(&new, &own));
+            let got = node_ipcache_delta(&old, &ipcache_diff(&old, &new), &own);
+            assert_eq!(got, want, "{old:?} -> {new:?}, own {own:?}");
+        }
+    }
 
     /// The merge pass (sorted lists) and the map path (any order) give the same delta.
     #[test]

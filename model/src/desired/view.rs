@@ -171,7 +171,7 @@ pub struct DesiredEndpoint {
     pub enforce_egress: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpcacheEntry {
     pub prefix: IpNet,
     pub identity: u32,

@@ -395,7 +395,7 @@ impl Programmed {
             if let Err(e2) = dp.remove_ipcache(p.network(), p.prefix_len()) {
                 errors.push(err(format!("ipcache/{p}"), e2));
                 if let Some(o) = old.ipcache.iter().find(|o| o.prefix == *p) {
-                    next.ipcache.push(o.clone());
+                    next.ipcache.push(*o);
                     next.ipcache.sort_by_key(|a| a.prefix);
                 }
             }
