@@ -246,16 +246,20 @@ mod tests {
     use super::{diff_keyed, ipcache_diff, node_ipcache_delta};
     use crate::desired::{node_ipcache, IpcacheEntry};
 
-    /// A node's ipcache delta made from the shared delta equals the diff of its ipcaches.
-    #[test]
-    fn a_nodes_ipcache_delta_follows_from_the_shared_one() {
-        let mut seed = 11u64;
-        let mut next = move |m: u64| {
+    /// A repeatable pseudo-random source: `next(m)` is below `m`.
+    fn below(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |m| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) % m
-        };
+        }
+    }
+
+    /// A node's ipcache delta made from the shared delta equals the diff of its ipcaches.
+    #[test]
+    fn a_nodes_ipcache_delta_follows_from_the_shared_one() {
+        let mut next = below(11);
         let ip = |i: u64| std::net::IpAddr::from([10, 0, 0, i as u8]);
         for _ in 0..300 {
             let mut shared = || {
@@ -280,13 +284,7 @@ mod tests {
     /// The merge pass (sorted lists) and the map path (any order) give the same delta.
     #[test]
     fn sorted_lists_diff_as_unsorted_ones_do() {
-        let mut seed = 7u64;
-        let mut next = move |m: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % m
-        };
+        let mut next = below(7);
         for _ in 0..200 {
             let mut list = || {
                 let n = next(30);
