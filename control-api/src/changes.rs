@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 use weft_telemetry::TraceParent;
 
@@ -48,48 +48,86 @@ pub struct Heard {
     pub resets: u64,
 }
 
-/// The replica's change feed: the broadcast every agent stream subscribes to, and the
-/// latest revision heard per tenant (updated before each broadcast, so a stream that
-/// subscribes and then reads [`Changes::heard`] misses nothing).
+/// The latest change heard for one tenant: what its agent streams watch. A watch, not a
+/// queue: a stream that wakes late sees only the newest change (it loads the newest view
+/// anyway), and a change wakes only its own tenant's streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latest {
+    pub revision: i64,
+    pub trace: Option<TraceParent>,
+}
+
+/// The replica's change feed: a watch per tenant for the agent streams, one for listener
+/// resets, and a broadcast of every change for whole-replica caches. Each watch is updated
+/// before the broadcast, so a stream that subscribes and then reads [`Changes::heard`]
+/// misses nothing.
 #[derive(Clone)]
 pub struct Changes {
     tx: broadcast::Sender<Change>,
-    heard: Arc<Mutex<(HashMap<Uuid, i64>, u64)>>,
+    tenants: Arc<Mutex<HashMap<Uuid, watch::Sender<Latest>>>>,
+    resets: Arc<watch::Sender<u64>>,
 }
 
 impl Changes {
     fn new() -> Changes {
         Changes {
             tx: broadcast::channel(1024).0,
-            heard: Arc::default(),
+            tenants: Arc::default(),
+            resets: Arc::new(watch::channel(0).0),
         }
     }
 
+    /// Every change of every tenant (and resets, as `tenant: None`).
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.tx.subscribe()
     }
 
+    /// The latest change of `tenant`; `changed()` wakes on the next one.
+    pub fn watch(&self, tenant: Uuid) -> watch::Receiver<Latest> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .entry(tenant)
+            .or_insert_with(|| watch::channel(Latest::default()).0)
+            .subscribe()
+    }
+
+    /// The count of listener reconnects (after each, anything may have been missed);
+    /// `changed()` wakes on the next one.
+    pub fn resets(&self) -> watch::Receiver<u64> {
+        self.resets.subscribe()
+    }
+
     /// What has been heard of `tenant`'s changes so far.
     pub fn heard(&self, tenant: Uuid) -> Heard {
-        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let revision = {
+            let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            tenants.get(&tenant).map_or(0, |w| w.borrow().revision)
+        };
         Heard {
-            revision: heard.0.get(&tenant).copied().unwrap_or(0),
-            resets: heard.1,
+            revision,
+            resets: *self.resets.borrow(),
         }
     }
 
-    /// Records and broadcasts a change (no receivers is fine: no agent is connected to
+    /// Records and announces a change (no receivers is fine: no agent is connected to
     /// this replica right now).
     fn publish(&self, change: Change) {
-        {
-            let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-            match change.tenant {
-                Some(t) => {
-                    let rev = heard.0.entry(t).or_default();
-                    *rev = (*rev).max(change.revision);
-                }
-                None => heard.1 += 1,
+        match change.tenant {
+            Some(t) => {
+                let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+                let w = tenants
+                    .entry(t)
+                    .or_insert_with(|| watch::channel(Latest::default()).0);
+                w.send_modify(|l| {
+                    if change.revision >= l.revision {
+                        *l = Latest {
+                            revision: change.revision,
+                            trace: change.trace,
+                        };
+                    }
+                });
             }
+            None => self.resets.send_modify(|r| *r += 1),
         }
         let _ = self.tx.send(change);
     }

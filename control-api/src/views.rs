@@ -118,12 +118,26 @@ impl Loaded {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Loaded>>>;
+/// A tenant's latest view: read under a plain mutex (a clone of two `Arc`s, so the streams
+/// woken by a change do not queue behind each other), loaded under the async one (one load
+/// at a time; those who wait find it done).
+#[derive(Default)]
+struct Slot {
+    latest: Mutex<Option<Loaded>>,
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn current(&self, want: Heard) -> Option<Loaded> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.as_ref().filter(|l| l.covers(want)).cloned()
+    }
+}
 
 pub struct Views {
     pool: PgPool,
     changes: Changes,
-    tenants: Mutex<HashMap<Uuid, Slot>>,
+    tenants: Mutex<HashMap<Uuid, Arc<Slot>>>,
     /// Views loaded from PostgreSQL by this replica.
     loads: AtomicU64,
 }
@@ -164,21 +178,23 @@ impl Views {
     }
 
     async fn at_least(&self, tenant: Uuid, want: Heard) -> Result<Loaded> {
-        let slot: Slot = self
+        let slot: Arc<Slot> = self
             .tenants
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(tenant)
             .or_default()
             .clone();
-        // One load at a time per tenant: those who wait find it done.
-        let mut cached = slot.lock().await;
-        if let Some(l) = cached.as_ref().filter(|l| l.covers(want)) {
-            return Ok(l.clone());
+        if let Some(l) = slot.current(want) {
+            return Ok(l);
+        }
+        let _loading = slot.loading.lock().await;
+        if let Some(l) = slot.current(want) {
+            return Ok(l);
         }
         let (revision, view) = self.load(tenant).await?;
         let loaded = Loaded::new(revision, view, want.resets);
-        *cached = Some(loaded.clone());
+        *slot.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
         Ok(loaded)
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tracing::Instrument;
 use weft_model::desired::{self, NodeDesiredState};
@@ -11,7 +11,7 @@ use weft_proto::v1::SyncResponse;
 use weft_telemetry::TraceParent;
 
 use super::{desired as state, status, NodeCtx};
-use crate::changes::Change;
+use crate::changes::Latest;
 use crate::state::AppState;
 use crate::store::nodes;
 
@@ -26,7 +26,7 @@ pub type Stream = tokio_stream::wrappers::ReceiverStream<Result<SyncResponse, St
 pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
     let (tx, rx) = mpsc::channel(BUFFER);
     // Subscribe before the first snapshot, so no change between the two is missed.
-    let changes = st.changes.subscribe();
+    let changes = (st.changes.watch(node.tenant_id), st.changes.resets());
     tokio::spawn(async move {
         st.metrics.agents_connected.inc();
         let _connected = Connected(&st);
@@ -43,7 +43,7 @@ async fn produce(
     st: &AppState,
     node: &NodeCtx,
     resume_from: u64,
-    mut changes: broadcast::Receiver<Change>,
+    (mut mine, mut resets): (watch::Receiver<Latest>, watch::Receiver<u64>),
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
     lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
@@ -75,13 +75,13 @@ async fn produce(
                 touch(st, node).await;
                 continue;
             }
-            msg = changes.recv() => match msg {
-                Ok(Change { tenant: Some(t), .. }) if t != node.tenant_id => continue,
-                Ok(change) => trace = change.trace,
-                Err(broadcast::error::RecvError::Lagged(_)) => trace = None,
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(Status::unavailable("control plane shutting down"));
-                }
+            changed = mine.changed() => match changed {
+                Ok(()) => trace = mine.borrow_and_update().trace,
+                Err(_) => return Err(Status::unavailable("control plane shutting down")),
+            },
+            changed = resets.changed() => match changed {
+                Ok(()) => trace = None,
+                Err(_) => return Err(Status::unavailable("control plane shutting down")),
             },
         }
         // The push joins the trace of the change that caused it (the REST request's).
