@@ -48,34 +48,35 @@ struct Sizes {
     changes: usize,
 }
 
-/// The last revision each agent of a tenant received.
+/// The last revision each agent of a tenant acknowledged (the ack answered), and received.
 struct Fleet {
     tenant: String,
     seen: Arc<Vec<AtomicU64>>,
+    received: Arc<Vec<AtomicU64>>,
     changed: Arc<Notify>,
 }
 
 impl Fleet {
-    /// Waits until every agent has received `revision`; how long that took.
+    /// Waits until every agent has acknowledged `revision`; how long that took.
     async fn reached(&self, revision: u64, since: Instant) -> Result<Duration> {
+        self.all(&self.seen, revision, since).await
+    }
+
+    /// Waits until every agent of `slots` (`seen` or `received`) has `revision`.
+    async fn all(&self, slots: &[AtomicU64], revision: u64, since: Instant) -> Result<Duration> {
         let deadline = since + CONVERGE_LIMIT;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self
-                .seen
-                .iter()
-                .all(|s| s.load(Ordering::Acquire) >= revision)
-            {
+            if slots.iter().all(|s| s.load(Ordering::Acquire) >= revision) {
                 return Ok(since.elapsed());
             }
             if tokio::time::timeout_at(deadline.into(), notified)
                 .await
                 .is_err()
             {
-                let behind = self
-                    .seen
+                let behind = slots
                     .iter()
                     .filter(|s| s.load(Ordering::Acquire) < revision)
                     .count();
@@ -120,7 +121,8 @@ async fn fleet(rep: &Replicas, tenant: &str, n: usize, endpoints: usize) -> Resu
     let path = format!("{base}/policies");
     call(&rep.apps[0], "POST", &path, policy(8000)).await?;
 
-    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let slots = || -> Arc<Vec<AtomicU64>> { Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()) };
+    let (seen, received) = (slots(), slots());
     let changed = Arc::new(Notify::new());
     let mut channel: Option<Channel> = None;
     let mut agents = Vec::with_capacity(n);
@@ -181,9 +183,11 @@ async fn fleet(rep: &Replicas, tenant: &str, n: usize, endpoints: usize) -> Resu
             ))
             .await?
             .into_inner();
-        let (seen, changed) = (seen.clone(), changed.clone());
+        let (seen, received, changed) = (seen.clone(), received.clone(), changed.clone());
         tokio::spawn(async move {
             while let Ok(Some(m)) = stream.message().await {
+                received[i].store(m.revision, Ordering::Release);
+                changed.notify_waiters();
                 let ack = AckRequest {
                     revision: m.revision,
                     errors: Vec::new(),
@@ -199,6 +203,7 @@ async fn fleet(rep: &Replicas, tenant: &str, n: usize, endpoints: usize) -> Resu
     let f = Fleet {
         tenant: tenant.to_string(),
         seen,
+        received,
         changed,
     };
     // A change after the last registration: its revision is the newest.
@@ -253,12 +258,14 @@ async fn measure(rep: &Replicas, pool: &PgPool, fleets: &[Fleet], changes: usize
     let (r1, w1, t1) = rows(pool).await?;
     let idle_s = (t1 - t0).as_secs_f64();
     let (idle_r, idle_w) = ((r1 - r0) / idle_s, (w1 - w0) / idle_s);
-    let mut times = Vec::with_capacity(changes);
+    let (mut times, mut sent) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
     for c in 0..changes {
         // Changes alternate between the replicas (and between the fleets, when several).
         let f = &fleets[c % fleets.len()];
         let revision = put_policy(rep, c, &f.tenant, 8001 + c as u16).await?;
-        times.push(f.reached(revision, Instant::now()).await?.as_secs_f64() * 1e3);
+        let since = Instant::now();
+        sent.push(f.all(&f.received, revision, since).await?.as_secs_f64() * 1e3);
+        times.push(f.reached(revision, since).await?.as_secs_f64() * 1e3);
     }
     let (r2, w2, t2) = rows(pool).await?;
     let busy_s = (t2 - t1).as_secs_f64();
@@ -270,6 +277,8 @@ async fn measure(rep: &Replicas, pool: &PgPool, fleets: &[Fleet], changes: usize
         "changes": changes,
         "p50_ms": percentile(&mut times.clone(), 0.5),
         "p99_ms": percentile(&mut times, 0.99),
+        // Until every agent had the revision, before its ack was answered.
+        "received_p50_ms": percentile(&mut sent, 0.5),
         "rows_read_per_change": per_change(r2 - r1, idle_r),
         "rows_written_per_change": per_change(w2 - w1, idle_w),
         "idle_rows_read_per_s": idle_r.round(),
@@ -382,10 +391,11 @@ fn print_row(name: &str, v: &Value, base: &Value) {
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let ratio = |k: &str| f(v, k) / f(base, k).max(1e-9);
     println!(
-        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x)  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>9} ({:.1}x)  written {:>7} ({:.1}x)  rss {} MiB",
+        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x; received {:.1} ms)  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>9} ({:.1}x)  written {:>7} ({:.1}x)  rss {} MiB",
         v["agents"],
         f(v, "p50_ms"),
         ratio("p50_ms"),
+        f(v, "received_p50_ms"),
         f(v, "p99_ms"),
         ratio("p99_ms"),
         v["rows_read_per_change"],
