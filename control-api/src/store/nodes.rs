@@ -233,7 +233,8 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
     if !bare.is_empty() {
         sqlx::query(
             "UPDATE node_sync_state s SET revision = u.r, updated_at = now() \
-             FROM unnest($1::uuid[], $2::bigint[]) AS u(n, r) WHERE s.node_id = u.n",
+             FROM unnest($1::uuid[], $2::bigint[]) AS u(n, r) \
+             WHERE s.node_id = ANY($1) AND s.node_id = u.n",
         )
         .bind(bare.iter().map(|r| r.node).collect::<Vec<_>>())
         .bind(bare.iter().map(|r| r.revision).collect::<Vec<_>>())
@@ -281,7 +282,7 @@ pub async fn ack(conn: &mut PgConnection, rows: &[Acked]) -> Result<()> {
              greatest(n.applied_revision, coalesce(a.applied, n.applied_revision)), \
            last_seen = now(), health = jsonb_set(n.health, '{apply_errors}', a.errors) \
          FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) AS a(id, applied, errors) \
-         WHERE n.id = a.id",
+         WHERE n.id = ANY($1) AND n.id = a.id",
     )
     .bind(rows.iter().map(|r| r.node).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.applied).collect::<Vec<_>>())
