@@ -389,6 +389,10 @@ impl FlowFilter {
                 param: name.to_string(),
                 message,
             };
+            // Names and values are matched against stored text, which cannot hold NUL.
+            if value.contains('\0') {
+                return Err(err("contains a NUL character".to_string()));
+            }
             match name {
                 "since" => f.since = Some(parse_time(value, now).map_err(err)?),
                 "until" => f.until = Some(parse_time(value, now).map_err(err)?),

@@ -50,10 +50,10 @@ pub struct FlowFilterParams {
     #[param(schema_with = identity_schema)]
     to_identity: Option<u32>,
     /// Source endpoint name. Repeatable.
-    #[param(min_length = 1)]
+    #[param(min_length = 1, pattern = "^[^\\x00]*$")]
     from_endpoint: Option<String>,
     /// Destination endpoint name. Repeatable.
-    #[param(min_length = 1)]
+    #[param(min_length = 1, pattern = "^[^\\x00]*$")]
     to_endpoint: Option<String>,
     /// Source IP address or CIDR. Repeatable.
     #[param(value_type = Option<weft_model::flow::IpOrCidr>)]
@@ -78,13 +78,13 @@ pub struct FlowFilterParams {
     #[param(value_type = Option<weft_model::flow::DropReason>)]
     drop_reason: Option<String>,
     /// Node name. Repeatable.
-    #[param(min_length = 1)]
+    #[param(min_length = 1, pattern = "^[^\\x00]*$")]
     node: Option<String>,
     /// Cluster name. Repeatable.
-    #[param(min_length = 1)]
+    #[param(min_length = 1, pattern = "^[^\\x00]*$")]
     cluster: Option<String>,
     /// Service name. Repeatable.
-    #[param(min_length = 1)]
+    #[param(min_length = 1, pattern = "^[^\\x00]*$")]
     service: Option<String>,
     /// Comma-separated TCP flags (`SYN,ACK`; also FIN, RST, PSH, URG): a flow matches when
     /// it has all of them. Repeatable.
