@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::{ApiError, Result};
 use crate::store::{self, nodes};
@@ -22,12 +22,19 @@ const QUEUE: usize = 4096;
 /// Writes in one batch at most (one statement's arrays).
 const BATCH: usize = 1024;
 
-/// One write of one node, and the merge of two writes of the same node in a batch.
-pub trait NodeWrite: Send + 'static {
+/// One write of one node, the merge of two writes of the same node in a batch, and the
+/// statements that write one tenant's part of a batch.
+pub trait NodeWrite: Send + Sync + Sized + 'static {
     fn node(&self) -> Uuid;
     fn tenant(&self) -> Uuid;
     /// `self` then `later` as one write.
     fn merge(self, later: Self) -> Self;
+    /// Writes `rows` (one tenant's, at most one per node) in the caller's transaction.
+    fn write(
+        conn: &mut PgConnection,
+        tenant: Uuid,
+        rows: &[Self],
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 type Reply = oneshot::Sender<std::result::Result<(), String>>;
@@ -37,19 +44,17 @@ pub struct GroupCommit<W> {
 }
 
 impl<W: NodeWrite> GroupCommit<W> {
-    /// Starts the writer task; `write` commits one batch (at most one write per node,
-    /// grouped by tenant).
-    pub fn spawn<F, Fut>(tasks: &Tasks, name: &'static str, write: F) -> Arc<GroupCommit<W>>
-    where
-        F: Fn(Vec<(Uuid, Vec<W>)>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<()>> + Send,
-    {
+    /// Starts the writer task: each batch is one transaction, each tenant's part of it
+    /// written under that tenant (RLS) by [`NodeWrite::write`].
+    pub fn spawn(pool: PgPool, tasks: &Tasks, name: &'static str) -> Arc<GroupCommit<W>> {
         let (queue, mut rx) = mpsc::channel::<(W, Reply)>(QUEUE);
         tasks.spawn(name, async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 let (writes, replies): (Vec<W>, Vec<Reply>) = batch.drain(..).unzip();
-                let res = write(by_tenant(writes)).await.map_err(|e| e.to_string());
+                let res = commit(&pool, by_tenant(writes))
+                    .await
+                    .map_err(|e| e.to_string());
                 if let Err(e) = &res {
                     tracing::warn!(task = name, error = %e, "group commit failed");
                 }
@@ -73,6 +78,17 @@ impl<W: NodeWrite> GroupCommit<W> {
             .map_err(|_| stopped())?
             .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
     }
+}
+
+/// One batch in one transaction.
+async fn commit<W: NodeWrite>(pool: &PgPool, groups: Vec<(Uuid, Vec<W>)>) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for (tenant, rows) in groups {
+        store::set_tenant(&mut tx, tenant).await?;
+        W::write(&mut tx, tenant, &rows).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The writes grouped by tenant (RLS: each group is written under its tenant), at most one
@@ -119,6 +135,9 @@ impl NodeWrite for nodes::Sent {
             ..later
         }
     }
+    async fn write(conn: &mut PgConnection, tenant: Uuid, rows: &[Self]) -> Result<()> {
+        nodes::record_sent(conn, tenant, rows).await
+    }
 }
 
 impl NodeWrite for nodes::Acked {
@@ -134,6 +153,9 @@ impl NodeWrite for nodes::Acked {
             ..later
         }
     }
+    async fn write(conn: &mut PgConnection, _tenant: Uuid, rows: &[Self]) -> Result<()> {
+        nodes::ack(conn, rows).await
+    }
 }
 
 /// The replica's group commits of per-node sync writes.
@@ -144,32 +166,10 @@ pub struct NodeWrites {
 
 impl NodeWrites {
     pub fn spawn(pool: PgPool, tasks: &Tasks) -> NodeWrites {
-        let p = pool.clone();
-        let sent = GroupCommit::spawn(tasks, "sent-state writer", move |groups| {
-            let pool = p.clone();
-            async move {
-                let mut tx = pool.begin().await?;
-                for (tenant, rows) in groups {
-                    store::set_tenant(&mut tx, tenant).await?;
-                    nodes::record_sent(&mut tx, tenant, &rows).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-        });
-        let acked = GroupCommit::spawn(tasks, "ack writer", move |groups| {
-            let pool = pool.clone();
-            async move {
-                let mut tx = pool.begin().await?;
-                for (tenant, rows) in groups {
-                    store::set_tenant(&mut tx, tenant).await?;
-                    nodes::ack(&mut tx, &rows).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-        });
-        NodeWrites { sent, acked }
+        NodeWrites {
+            sent: GroupCommit::spawn(pool.clone(), tasks, "sent-state writer"),
+            acked: GroupCommit::spawn(pool, tasks, "ack writer"),
+        }
     }
 }
 
@@ -191,6 +191,14 @@ mod tests {
         fn merge(mut self, later: W) -> W {
             self.2.extend(later.2);
             self
+        }
+        // Only the grouping is under test here.
+        async fn write(
+            _: &mut sqlx::PgConnection,
+            _: Uuid,
+            _: &[Self],
+        ) -> crate::error::Result<()> {
+            Ok(())
         }
     }
 
