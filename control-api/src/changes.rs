@@ -82,13 +82,17 @@ impl Changes {
         self.tx.subscribe()
     }
 
+    /// Calls `f` with `tenant`'s watch, made on first use.
+    fn with_tenant<R>(&self, tenant: Uuid, f: impl FnOnce(&watch::Sender<Latest>) -> R) -> R {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        f(tenants
+            .entry(tenant)
+            .or_insert_with(|| watch::channel(Latest::default()).0))
+    }
+
     /// The latest change of `tenant`; `changed()` wakes on the next one.
     pub fn watch(&self, tenant: Uuid) -> watch::Receiver<Latest> {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        tenants
-            .entry(tenant)
-            .or_insert_with(|| watch::channel(Latest::default()).0)
-            .subscribe()
+        self.with_tenant(tenant, watch::Sender::subscribe)
     }
 
     /// The count of listener reconnects (after each, anything may have been missed);
@@ -113,11 +117,7 @@ impl Changes {
     /// this replica right now).
     fn publish(&self, change: Change) {
         match change.tenant {
-            Some(t) => {
-                let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-                let w = tenants
-                    .entry(t)
-                    .or_insert_with(|| watch::channel(Latest::default()).0);
+            Some(t) => self.with_tenant(t, |w| {
                 w.send_modify(|l| {
                     if change.revision >= l.revision {
                         *l = Latest {
@@ -125,8 +125,8 @@ impl Changes {
                             trace: change.trace,
                         };
                     }
-                });
-            }
+                })
+            }),
             None => self.resets.send_modify(|r| *r += 1),
         }
         let _ = self.tx.send(change);

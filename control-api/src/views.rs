@@ -56,7 +56,7 @@ impl Planned {
     }
 
     /// The content digest of the shared ipcache (empty if it could not be encoded).
-    pub fn digest(&self) -> &[u8] {
+    fn digest(&self) -> &[u8] {
         self.ipcache.as_ref().map_or(&[], |i| i.digest.as_slice())
     }
 

@@ -27,12 +27,12 @@ pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<Compiled> {
         .plan
         .compile_local(&loaded.view, in_view)
         .map_err(failed)?;
-    if let Err(e) = &planned.ipcache {
-        return Err(ApiError::Internal(anyhow::anyhow!(
+    let ipcache = planned.ipcache.as_ref().cloned().map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
             "encoding the ipcache of node {}: {e}",
             node.name
-        )));
-    }
+        ))
+    })?;
     // An agent that does not speak them would misread or drop the whole message.
     if node.capability_version < weft_proto::CAPABILITY_PROBES {
         local.workloads.clear();
@@ -42,6 +42,7 @@ pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<Compiled> {
         revision: loaded.revision,
         local,
         planned,
+        ipcache,
     })
 }
 
@@ -54,6 +55,8 @@ pub struct Compiled {
     /// The state without its ipcache.
     pub local: NodeDesiredState,
     pub planned: Arc<Planned>,
+    /// The plan's shared ipcache as recorded with what the node is sent.
+    pub ipcache: Arc<SentIpcache>,
 }
 
 impl Compiled {
@@ -64,16 +67,11 @@ impl Compiled {
         s
     }
 
-    /// The shared ipcache as recorded with what the node is sent.
-    pub fn sent_ipcache(&self) -> Option<Arc<SentIpcache>> {
-        self.planned.ipcache.as_ref().ok().cloned()
-    }
-
     /// The delta from `self` (what the node has) to `next`.
     pub fn delta_to(&self, next: &Compiled) -> Delta {
         let mut d = desired::diff(&self.local, &next.local);
         let (old, new) = (&self.planned, &next.planned);
-        if Arc::ptr_eq(old, new) || old.digest() == new.digest() {
+        if Arc::ptr_eq(old, new) || self.ipcache.digest == next.ipcache.digest {
             return d;
         }
         let (upsert, remove) = if self.local.host_ips() == next.local.host_ips() {

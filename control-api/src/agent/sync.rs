@@ -101,19 +101,17 @@ async fn produce(
             // Every new revision goes out, an empty delta when the node's state did not
             // change: its ack is what says the node is current at that revision (policy
             // and service realization count on it).
-            {
-                let d = last.delta_to(&next);
-                let mut msg = state::delta(revision, &d);
-                if let Some(tp) = TraceParent::current() {
-                    msg.traceparent = tp.to_string();
-                }
-                if tx.send(Ok(msg)).await.is_err() {
-                    return Ok(false);
-                }
-                lag.sent(revision);
-                remember(st, node, &next, !d.is_empty()).await;
-                sent_revision = revision;
+            let d = last.delta_to(&next);
+            let mut msg = state::delta(revision, &d);
+            if let Some(tp) = TraceParent::current() {
+                msg.traceparent = tp.to_string();
             }
+            if tx.send(Ok(msg)).await.is_err() {
+                return Ok(false);
+            }
+            lag.sent(revision);
+            remember(st, node, &next, !d.is_empty()).await;
+            sent_revision = revision;
             last = next;
             Ok::<_, Status>(true)
         }
@@ -165,21 +163,12 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
 /// state sent before, unchanged, now stands for the new revision too.
 async fn remember(st: &AppState, node: &NodeCtx, sent: &state::Compiled, changed: bool) {
     let res = async {
-        let state = match (changed, sent.sent_ipcache()) {
-            (false, _) => None,
-            (true, Some(ipcache)) => {
-                Some(nodes::SentState::new(&sent.local, ipcache).map_err(|e| {
-                    crate::error::ApiError::Internal(anyhow::anyhow!(
-                        "encoding the sent state: {e}"
-                    ))
-                })?)
-            }
-            (true, None) => {
-                return Err(crate::error::ApiError::Internal(anyhow::anyhow!(
-                    "the shared ipcache could not be encoded"
-                )))
-            }
-        };
+        let state = changed
+            .then(|| nodes::SentState::new(&sent.local, sent.ipcache.clone()))
+            .transpose()
+            .map_err(|e| {
+                crate::error::ApiError::Internal(anyhow::anyhow!("encoding the sent state: {e}"))
+            })?;
         st.node_writes
             .sent
             .submit(nodes::Sent {

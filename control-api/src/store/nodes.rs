@@ -149,17 +149,12 @@ pub struct SentState {
 
 impl SentState {
     /// `local`: the node's state without its ipcache (which is
-    /// `node_ipcache(shared, local.host_ips())`); an ipcache left in it is not recorded.
+    /// `node_ipcache(shared, local.host_ips())`, rebuilt from `ipcache` on resume).
     pub fn new(local: &NodeDesiredState, ipcache: Arc<SentIpcache>) -> serde_json::Result<Self> {
-        let json = if local.ipcache.is_empty() {
-            serde_json::to_string(local)?
-        } else {
-            serde_json::to_string(&NodeDesiredState {
-                ipcache: Vec::new(),
-                ..local.clone()
-            })?
-        };
-        Ok(SentState { json, ipcache })
+        Ok(SentState {
+            json: serde_json::to_string(local)?,
+            ipcache,
+        })
     }
 }
 
