@@ -12,5 +12,6 @@ pub mod flows;
 pub mod names;
 pub mod netlink;
 pub mod netns;
+pub mod sim;
 pub mod tools;
 pub mod workload;

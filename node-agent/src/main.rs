@@ -68,6 +68,9 @@ enum Cmd {
         #[arg(long)]
         uplink: Option<String>,
     },
+    /// Simulated agents (no datapath) that speak the real protocol to the control plane;
+    /// prints each fleet's progress as JSON lines (the propagation benchmark runs this).
+    Sim(node_agent::sim::SimArgs),
     /// (benchmark) `cargo xtask bench datapath` runs this; writes the JSON report.
     #[command(hide = true)]
     BenchDatapath {
@@ -330,6 +333,18 @@ fn main() -> anyhow::Result<()> {
                 dp.attach_uplink(&ifname)
                     .with_context(|| format!("attaching to uplink {ifname}"))?;
             }
+        }
+        Cmd::Sim(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(node_agent::sim::run(
+                args,
+                std::io::stdout().lock(),
+                shutdown_signal(),
+            ))
+            .context("writing the progress")?;
         }
         Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
         Cmd::Forward { netns, listen, to } => tools::forward(&netns, listen, to)?,

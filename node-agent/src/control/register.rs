@@ -71,25 +71,7 @@ pub async fn ensure_registered(
                     reg.state_dir.display().to_string(),
                 ));
             };
-            let (kernel, hostname) = uname();
-            let resp = AgentClient::new(channel.clone())
-                .register(pb::RegisterRequest {
-                    join_token: token.clone(),
-                    node_name: reg.node_name.clone().unwrap_or(hostname),
-                    addresses: reg.addresses.clone(),
-                    labels: reg.labels.iter().cloned().collect(),
-                    replace: false,
-                    capability_version: weft_proto::CAPABILITY_VERSION,
-                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                    kernel_version: kernel,
-                    pod_cidrs: reg.pod_cidrs.clone(),
-                })
-                .await
-                .map_err(|s| match s.code() {
-                    Code::Unavailable | Code::Unknown | Code::Internal => ControlError::Rpc(s),
-                    _ => ControlError::Refused(s.message().to_string()),
-                })?
-                .into_inner();
+            let resp = register(reg, token, channel).await?;
             let info = NodeInfo {
                 node_id: resp.node_id,
                 cluster_id: resp.cluster_id,
@@ -107,9 +89,42 @@ pub async fn ensure_registered(
         }
         Err(e) => return Err(io(format!("reading {}", cred_path.display()))(e)),
     };
+    bearer(&credential)
+}
+
+/// The `authorization` value of a node credential.
+pub fn bearer(credential: &str) -> Result<MetadataValue<Ascii>, ControlError> {
     format!("Bearer {credential}")
         .parse()
         .map_err(|_| ControlError::BadCredential)
+}
+
+/// One `Register` call with `token`: the node's ids and credential. A control plane that is
+/// away is [`ControlError::is_transient`]; a refused token is not.
+pub async fn register(
+    reg: &Registration,
+    token: &str,
+    channel: &Channel,
+) -> Result<pb::RegisterResponse, ControlError> {
+    let (kernel, hostname) = uname();
+    let resp = AgentClient::new(channel.clone())
+        .register(pb::RegisterRequest {
+            join_token: token.to_string(),
+            node_name: reg.node_name.clone().unwrap_or(hostname),
+            addresses: reg.addresses.clone(),
+            labels: reg.labels.iter().cloned().collect(),
+            replace: false,
+            capability_version: weft_proto::CAPABILITY_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_version: kernel,
+            pod_cidrs: reg.pod_cidrs.clone(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            Code::Unavailable | Code::Unknown | Code::Internal => ControlError::Rpc(s),
+            _ => ControlError::Refused(s.message().to_string()),
+        })?;
+    Ok(resp.into_inner())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The minimal control-plane harness: a fresh database on the private Postgres that
 //! `cargo xtask test` starts, the REST app driven without a socket, the agent service on a
 //! loopback port (all from `weft-testkit`).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test binary uses its own part
 
 pub mod env;
 pub mod nodes;
@@ -78,6 +78,23 @@ impl ControlPlane {
                 .await
         });
         (format!("https://{addr}"), cert)
+    }
+
+    /// Another replica on the same database: its own pool, change listener and shared
+    /// views, as a second control-api process has.
+    pub async fn replica(&self) -> ControlPlane {
+        let state = weft_testkit::server::state(
+            &self.db_url,
+            OPERATOR,
+            None,
+            control_api::ratelimit::FailureLimiter::default(),
+        )
+        .await;
+        ControlPlane {
+            app: control_api::app::app(state.clone()),
+            state,
+            db_url: self.db_url.clone(),
+        }
     }
 
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {

@@ -1,0 +1,290 @@
+//! Fleet behaviour of the agent service, with simulated agents (`node_agent::sim`: the
+//! real protocol and the agent's own decode and diff, no datapath) on two control-api
+//! replicas over one database.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{ControlPlane, OPERATOR};
+use node_agent::agent::wire::{Programmed, SyncMessage};
+use node_agent::sim::{self, Fleet, Progress, Recorder, SimArgs};
+use serde_json::{json, Value};
+use weft_proto::v1::agent_client::AgentClient;
+use weft_proto::v1::{self as pb, SyncRequest};
+use weft_testkit::fixtures::Rest;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn policy(name: &str, port: u16) -> Value {
+    json!({"name": name, "spec": {
+        "endpointSelector": {"matchLabels": {"app": "app-0"}},
+        "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "app-1"}}],
+                     "toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}]}]}]}})
+}
+
+/// Tenant `name` with cluster `prod`, policy `p`; an owner token and an unlimited join token.
+async fn tenant(cp: &ControlPlane, name: &str) -> (String, String) {
+    let owner = cp.tenant_with(name, "owner", OPERATOR).await;
+    cp.cluster(name, "prod", &owner).await;
+    let join = Rest::join_token(
+        cp,
+        name,
+        "prod",
+        &owner,
+        json!({"name": "fleet", "max_uses": 0}),
+    )
+    .await;
+    let r = cp
+        .post(
+            &format!("/v1/tenants/{name}/policies"),
+            &owner,
+            policy("p", 8000),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    (owner, join)
+}
+
+/// Rewrites policy `p` of `tenant` through `cp`; the change's revision.
+async fn change(cp: &ControlPlane, tenant: &str, owner: &str, port: u16) -> u64 {
+    let r = cp
+        .put(
+            &format!("/v1/tenants/{tenant}/policies/p"),
+            owner,
+            policy("p", port),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["revision"].as_u64().expect("revision")
+}
+
+fn fleet(urls: &[String], token: &str, agents: usize, prefix: &str) -> Fleet {
+    let mut fleets = sim::start(&SimArgs {
+        control_planes: urls.to_vec(),
+        join_tokens: vec![token.to_string()],
+        agents,
+        endpoints_per_node: 2,
+        ca_cert: None,
+        concurrency: 16,
+        // No health reports during the test: they would be work the assertions count.
+        health_interval_secs: 3600,
+        name_prefix: prefix.to_string(),
+    });
+    fleets.pop().expect("one fleet")
+}
+
+async fn acked(f: &mut Fleet, revision: u64, what: &str) -> Progress {
+    match f.wait_for(WITHIN, |p| p.acked >= revision).await {
+        Ok(p) => p,
+        Err(p) => panic!("{what}: not every agent acked {revision} within {WITHIN:?}: {p:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_agents_on_two_replicas_converge_with_one_view_load_per_change_and_replica() {
+    let cp = ControlPlane::new().await;
+    let other = cp.replica().await;
+    let urls = [
+        weft_testkit::server::agent_url(cp.state.clone()).await,
+        weft_testkit::server::agent_url(other.state.clone()).await,
+    ];
+    let (owner_a, join_a) = tenant(&cp, "acme").await;
+    let (owner_b, join_b) = tenant(&cp, "globex").await;
+    let mut a = fleet(&urls, &join_a, 200, "a");
+    let mut b = fleet(&urls, &join_b, 20, "b");
+    for (f, n) in [(&mut a, 200), (&mut b, 20)] {
+        let joined = f.wait_for(WITHIN, |p| p.registered == n).await;
+        assert!(joined.is_ok(), "{joined:?}");
+    }
+    // Once everyone is in, one change per tenant: every agent has its current state.
+    let r = change(&other, "acme", &owner_a, 8001).await;
+    acked(&mut a, r, "acme").await;
+    let r = change(&cp, "globex", &owner_b, 8001).await;
+    let before_b = acked(&mut b, r, "globex").await;
+    assert_eq!(before_b.refused + before_b.item_errors, 0, "{before_b:?}");
+
+    for (i, via) in [&cp, &other, &cp].into_iter().enumerate() {
+        let loads = [cp.state.views.loads(), other.state.views.loads()];
+        let r = change(via, "acme", &owner_a, 8002 + i as u16).await;
+        let p = acked(&mut a, r, "acme").await;
+        assert_eq!(p.refused + p.item_errors, 0, "{p:?}");
+        assert_eq!(p.removals, 0, "no agent removed anything: {p:?}");
+        // Both replicas serve acme's agents: each loaded the tenant's view once for them
+        // all, not once per agent.
+        let after = [cp.state.views.loads(), other.state.views.loads()];
+        assert_eq!(
+            [after[0] - loads[0], after[1] - loads[1]],
+            [1, 1],
+            "view loads per replica for change {i}"
+        );
+    }
+    // Tenant globex's agents were sent nothing for acme's changes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now_b = b.progress.borrow().clone();
+    assert_eq!(
+        (now_b.snapshots, now_b.deltas, now_b.acked),
+        (before_b.snapshots, before_b.deltas, before_b.acked),
+        "{now_b:?}"
+    );
+    let p = a.progress.borrow().clone();
+    assert_eq!(
+        p.snapshots, 200,
+        "one snapshot per agent, deltas after: {p:?}"
+    );
+    assert_eq!(p.reconnects, 0, "{p:?}");
+}
+
+fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().expect("header"),
+    );
+    req
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::SyncResponse>) -> SyncMessage {
+    let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a sync message within 10 s")
+        .expect("stream ok")
+        .expect("stream open");
+    SyncMessage::try_from(m).expect("a valid message")
+}
+
+/// Registers node `name` with `ips` as its endpoints (labels `app=app-<i mod 3>`).
+async fn node(
+    client: &mut AgentClient<tonic::transport::Channel>,
+    token: &str,
+    name: &str,
+    ips: &[String],
+) -> String {
+    let n = client
+        .register(pb::RegisterRequest {
+            join_token: token.to_string(),
+            node_name: name.to_string(),
+            capability_version: weft_proto::CAPABILITY_VERSION,
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    report(client, &n.node_credential, ips).await;
+    n.node_credential
+}
+
+async fn report(client: &mut AgentClient<tonic::transport::Channel>, cred: &str, ips: &[String]) {
+    let endpoints = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| pb::ReportedEndpoint {
+            name: format!("ep-{}", ip.replace('.', "-")),
+            labels: [("app".to_string(), format!("app-{}", i % 3))].into(),
+            ips: vec![ip.clone()],
+            named_ports: Vec::new(),
+        })
+        .collect();
+    client
+        .report_endpoints(authed(pb::EndpointReport { endpoints }, cred))
+        .await
+        .expect("report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_after_fifty_changes_gets_one_delta_equal_to_the_snapshot_diff() {
+    let cp = ControlPlane::new().await;
+    let other = cp.replica().await;
+    let (owner, join) = tenant(&cp, "acme").await;
+    let mut c0 = AgentClient::connect(weft_testkit::server::agent_url(cp.state.clone()).await)
+        .await
+        .expect("connect");
+    let mut c1 = AgentClient::connect(weft_testkit::server::agent_url(other.state.clone()).await)
+        .await
+        .expect("connect");
+    let me = node(
+        &mut c0,
+        &join,
+        "me",
+        &["10.0.0.1".into(), "10.0.0.2".into()],
+    )
+    .await;
+    let peer = node(&mut c0, &join, "peer", &["10.0.1.1".into()]).await;
+    let sync = |from: u64| {
+        authed(
+            SyncRequest {
+                resume_from_revision: from,
+                capability_version: weft_proto::CAPABILITY_VERSION,
+            },
+            &me,
+        )
+    };
+    let mut programmed = Programmed::default();
+    let mut dp = Recorder::default();
+    let mut stream = c0.sync(sync(0)).await.expect("sync").into_inner();
+    let first = next(&mut stream).await;
+    assert!(programmed.apply(&mut dp, first).is_empty());
+    let left_at = programmed.revision;
+    drop(stream);
+
+    // 50 changes while the agent is away, through either replica: policies added, changed
+    // and removed, the peer's endpoints coming and going (ipcache).
+    let mut peer_ips = vec!["10.0.1.1".to_string()];
+    for i in 0..50u16 {
+        let via = if i % 2 == 0 { &cp } else { &other };
+        match i % 5 {
+            0 => {
+                let r = via
+                    .post(
+                        "/v1/tenants/acme/policies",
+                        &owner,
+                        policy(&format!("extra-{i}"), 9000 + i),
+                    )
+                    .await;
+                assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            }
+            1 | 2 => {
+                change(via, "acme", &owner, 8100 + i).await;
+            }
+            3 => {
+                peer_ips.push(format!("10.0.1.{}", 2 + i));
+                report(&mut c1, &peer, &peer_ips).await;
+            }
+            _ => {
+                if i % 10 == 4 {
+                    peer_ips.remove(0);
+                    report(&mut c1, &peer, &peer_ips).await;
+                }
+                let r = via
+                    .delete(
+                        &format!("/v1/tenants/acme/policies/extra-{}", i - 4),
+                        &owner,
+                    )
+                    .await;
+                assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+            }
+        }
+    }
+
+    // Back, on the other replica: one delta, nothing after it.
+    let mut back = c1.sync(sync(left_at)).await.expect("sync").into_inner();
+    let msg = next(&mut back).await;
+    assert!(
+        matches!(msg.update, weft_proto::convert::Update::Delta(_)),
+        "resuming gives a delta: {msg:?}"
+    );
+    let resumed_at = msg.revision;
+    assert!(programmed.apply(&mut dp, msg).is_empty());
+    let more = tokio::time::timeout(Duration::from_millis(500), back.message()).await;
+    assert!(more.is_err(), "one message only, got {more:?}");
+
+    // The delta took the agent exactly where a snapshot of now would.
+    let mut fresh = c0.sync(sync(0)).await.expect("sync").into_inner();
+    let snapshot = next(&mut fresh).await;
+    assert_eq!(snapshot.revision, resumed_at);
+    let weft_proto::convert::Update::Snapshot(now) = snapshot.update else {
+        panic!("resuming from 0 gives a snapshot")
+    };
+    assert_eq!(programmed.applied, now);
+}
