@@ -288,3 +288,46 @@ async fn an_agent_back_after_fifty_changes_gets_one_delta_equal_to_the_snapshot_
     };
     assert_eq!(programmed.applied, now);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_retried_after_a_lost_answer_takes_its_own_place() {
+    use node_agent::control::{self, register, ControlError, Registration};
+    let cp = ControlPlane::new().await;
+    let (_, join) = tenant(&cp, "acme").await;
+    let url = weft_testkit::server::agent_url(cp.state.clone()).await;
+    let channel = control::channel(&url, None).expect("channel");
+    let reg = Registration {
+        state_dir: std::path::PathBuf::new(),
+        join_token: None,
+        node_name: Some("n1".into()),
+        addresses: vec!["192.0.2.1".into()],
+        labels: Vec::new(),
+        pod_cidrs: Vec::new(),
+    };
+    // The first attempt registered the node, but say its answer was lost.
+    let lost = register::register(&reg, &join, &channel, false)
+        .await
+        .expect("registered");
+    // A plain second attempt is refused on the name; the retry takes the node's place.
+    let again = register::register(&reg, &join, &channel, false).await;
+    assert!(matches!(again, Err(ControlError::Refused(_))), "{again:?}");
+    let retried = register::register(&reg, &join, &channel, true)
+        .await
+        .expect("retry");
+    assert_eq!(retried.node_id, lost.node_id, "the same node");
+    let mut client = AgentClient::new(channel);
+    let old = client
+        .report_health(authed(pb::HealthReport::default(), &lost.node_credential))
+        .await;
+    assert_eq!(
+        old.expect_err("revoked").code(),
+        tonic::Code::Unauthenticated
+    );
+    client
+        .report_health(authed(
+            pb::HealthReport::default(),
+            &retried.node_credential,
+        ))
+        .await
+        .expect("the new credential works");
+}

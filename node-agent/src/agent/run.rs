@@ -234,15 +234,17 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         pod_cidrs: args.pod_cidrs.iter().map(|c| c.to_string()).collect(),
     };
     let mut backoff = Backoff::control_plane();
+    let mut retry = false;
     let credential = loop {
         let res = tokio::select! {
-            r = ensure_registered(&registration, &channel) => r,
+            r = ensure_registered(&registration, &channel, retry) => r,
             () = &mut shutdown => return Ok(()),
         };
         match res {
             Ok(c) => break c,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "registration failed; retrying");
+                retry = true;
             }
             Err(e) => return Err(e.into()),
         }

@@ -58,9 +58,13 @@ pub fn uname() -> (String, String) {
 
 /// The stored credential as an `authorization` value, or a new one from `Register`.
 /// A control plane that is away is [`ControlError::is_transient`]; a refused token is not.
+/// `retry`: an earlier attempt failed without an answer, so it may have registered the
+/// node (the answer lost on the way): this one takes that registration's place instead
+/// of failing on the name.
 pub async fn ensure_registered(
     reg: &Registration,
     channel: &Channel,
+    retry: bool,
 ) -> Result<MetadataValue<Ascii>, ControlError> {
     let cred_path = reg.state_dir.join(CREDENTIAL);
     let credential = match std::fs::read_to_string(&cred_path) {
@@ -71,7 +75,7 @@ pub async fn ensure_registered(
                     reg.state_dir.display().to_string(),
                 ));
             };
-            let resp = register(reg, token, channel).await?;
+            let resp = register(reg, token, channel, retry).await?;
             let info = NodeInfo {
                 node_id: resp.node_id,
                 cluster_id: resp.cluster_id,
@@ -100,11 +104,14 @@ pub fn bearer(credential: &str) -> Result<MetadataValue<Ascii>, ControlError> {
 }
 
 /// One `Register` call with `token`: the node's ids and credential. A control plane that is
-/// away is [`ControlError::is_transient`]; a refused token is not.
+/// away is [`ControlError::is_transient`]; a refused token is not. `replace` takes the
+/// place of a node of the same name (and revokes its credential): for a retry after an
+/// attempt whose answer was lost.
 pub async fn register(
     reg: &Registration,
     token: &str,
     channel: &Channel,
+    replace: bool,
 ) -> Result<pb::RegisterResponse, ControlError> {
     let (kernel, hostname) = uname();
     let resp = AgentClient::new(channel.clone())
@@ -113,7 +120,7 @@ pub async fn register(
             node_name: reg.node_name.clone().unwrap_or(hostname),
             addresses: reg.addresses.clone(),
             labels: reg.labels.iter().cloned().collect(),
-            replace: false,
+            replace,
             capability_version: weft_proto::CAPABILITY_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_version: kernel,

@@ -66,7 +66,7 @@ pub(super) struct Shared {
     pub health_interval: Duration,
     pub tracker: Tracker,
     /// Registrations (and first endpoint reports) at once.
-    pub registering: tokio::sync::Semaphore,
+    pub registering: Arc<tokio::sync::Semaphore>,
     /// Streams open once every agent of the fleet is registered, so that the joins do not
     /// fan out to the fleet one by one.
     pub all_registered: tokio::sync::watch::Receiver<bool>,
@@ -96,14 +96,19 @@ pub(super) async fn run(shared: Arc<Shared>, node: Node) {
         Ok(c) => c,
         Err(e) => return shared.tracker.failed(e.to_string()),
     };
+    let mut retry = false;
     let credential = loop {
         let registered = {
             let _permit = shared.registering.acquire().await;
-            register(&node, &shared.join_token, &channel).await
+            register(&node, &shared.join_token, &channel, retry).await
         };
         match registered {
             Ok(c) => break c,
-            Err(e) if e.is_transient() => shared.tracker.failed(e.to_string()),
+            Err(e) if e.is_transient() => {
+                // As the agent: the lost attempt may have registered the node.
+                retry = true;
+                shared.tracker.failed(e.to_string());
+            }
             Err(e) => return shared.tracker.failed(e.to_string()),
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -164,8 +169,9 @@ async fn register(
     node: &Node,
     token: &str,
     channel: &Channel,
+    retry: bool,
 ) -> Result<MetadataValue<Ascii>, ControlError> {
-    let resp = control::register::register(&node.registration, token, channel).await?;
+    let resp = control::register::register(&node.registration, token, channel, retry).await?;
     let credential = control::register::bearer(&resp.node_credential)?;
     Control::new(channel.clone(), credential.clone())
         .client()

@@ -45,7 +45,7 @@ pub struct SimArgs {
     /// PEM certificate of the agent service (or its CA), for `https://` URLs.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// Registrations in flight at once, per fleet.
+    /// Registrations in flight at once, over all fleets.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Seconds between each agent's health reports.
@@ -133,6 +133,7 @@ fn node(args: &SimArgs, i: usize) -> agent::Node {
 
 /// Starts one fleet per join token (in the calling runtime).
 pub fn start(args: &SimArgs) -> Vec<Fleet> {
+    let registering = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     args.join_tokens
         .iter()
         .map(|token| {
@@ -144,7 +145,7 @@ pub fn start(args: &SimArgs) -> Vec<Fleet> {
                 join_token: token.clone(),
                 health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
                 tracker,
-                registering: tokio::sync::Semaphore::new(args.concurrency.max(1)),
+                registering: registering.clone(),
                 all_registered: all_rx,
             });
             let mut tasks: Vec<_> = (0..args.agents)
