@@ -162,25 +162,14 @@ async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> 
 /// Records what the node was just sent, for its next reconnect; when not `changed`, the
 /// state sent before, unchanged, now stands for the new revision too.
 async fn remember(st: &AppState, node: &NodeCtx, sent: &state::Compiled, changed: bool) {
-    let res = async {
-        let state = changed
-            .then(|| nodes::SentState::new(&sent.local, sent.ipcache.clone()))
-            .transpose()
-            .map_err(|e| {
-                crate::error::ApiError::Internal(anyhow::anyhow!("encoding the sent state: {e}"))
-            })?;
-        st.node_writes
-            .sent
-            .submit(nodes::Sent {
-                node: node.id,
-                tenant: node.tenant_id,
-                revision: sent.revision,
-                state,
-            })
-            .await
-    }
-    .await;
-    if let Err(e) = res {
+    let state = changed.then(|| nodes::SentState::new(&sent.local, sent.ipcache.clone()));
+    let row = nodes::Sent {
+        node: node.id,
+        tenant: node.tenant_id,
+        revision: sent.revision,
+        state,
+    };
+    if let Err(e) = st.node_writes.sent.submit(row).await {
         // Not fatal: the next reconnect gets a snapshot.
         tracing::warn!(node = %node.name, error = %e, "could not record the sent state");
     }

@@ -97,20 +97,28 @@ pub async fn sent_state(
 ) -> Result<Option<(i64, NodeDesiredState)>> {
     type Row = (
         i64,
-        sqlx::types::Json<NodeDesiredState>,
+        Option<Vec<u8>>,
+        Option<sqlx::types::Json<NodeDesiredState>>,
         Option<Vec<u8>>,
         Option<sqlx::types::Json<Vec<IpcacheEntry>>>,
     );
     let row: Option<Row> = sqlx::query_as(
-        "SELECT s.revision, s.state, s.ipcache_digest, i.entries FROM node_sync_state s \
+        "SELECT s.revision, s.local_pb, s.state, s.ipcache_digest, i.entries \
+         FROM node_sync_state s \
          LEFT JOIN sent_ipcache i ON i.tenant_id = s.tenant_id AND i.digest = s.ipcache_digest \
          WHERE s.node_id = $1",
     )
     .bind(node)
     .fetch_optional(conn)
     .await?;
-    Ok(row.and_then(|(revision, state, digest, shared)| {
-        let mut state = state.0;
+    Ok(row.and_then(|(revision, pb, json, digest, shared)| {
+        // A state that no longer decodes (written by another version) is as good as none:
+        // the node gets a snapshot.
+        let mut state = match (pb, json) {
+            (Some(pb), _) => decode_local(&pb)?,
+            (None, Some(json)) => json.0,
+            (None, None) => return None,
+        };
         match (digest, shared) {
             (None, _) => {}
             (Some(_), Some(shared)) => state.ipcache = node_ipcache(&shared.0, state.host_ips()),
@@ -139,23 +147,30 @@ impl SentIpcache {
     }
 }
 
-/// A node's full desired state as recorded: all of it as JSON but the ipcache, which is
-/// its cluster's shared one (kept once, by content) with the node's own addresses as `host`.
+/// A node's full desired state as recorded: all of it in the wire's encoding but the
+/// ipcache, which is its cluster's shared one (kept once, by content) with the node's own
+/// addresses as `host`.
 #[derive(Debug)]
 pub struct SentState {
-    pub json: String,
+    /// The protobuf `Snapshot` of the node's state without its ipcache.
+    pub local_pb: Vec<u8>,
     pub ipcache: Arc<SentIpcache>,
 }
 
 impl SentState {
     /// `local`: the node's state without its ipcache (which is
     /// `node_ipcache(shared, local.host_ips())`, rebuilt from `ipcache` on resume).
-    pub fn new(local: &NodeDesiredState, ipcache: Arc<SentIpcache>) -> serde_json::Result<Self> {
-        Ok(SentState {
-            json: serde_json::to_string(local)?,
+    pub fn new(local: &NodeDesiredState, ipcache: Arc<SentIpcache>) -> SentState {
+        SentState {
+            local_pb: prost::Message::encode_to_vec(&weft_proto::v1::Snapshot::from(local)),
             ipcache,
-        })
+        }
     }
+}
+
+fn decode_local(pb: &[u8]) -> Option<NodeDesiredState> {
+    let snapshot = <weft_proto::v1::Snapshot as prost::Message>::decode(pb).ok()?;
+    NodeDesiredState::try_from(snapshot).ok()
 }
 
 /// What a node was just sent: at `revision`, `state` (the full state), or `None` when the
@@ -181,7 +196,7 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
                 shared.push(&s.ipcache);
             }
         }
-        sqlx::query(
+        let added = sqlx::query(
             "INSERT INTO sent_ipcache (tenant_id, digest, entries) \
              SELECT $1, d, e::jsonb FROM unnest($2::bytea[], $3::text[]) AS u(d, e) \
              ON CONFLICT (tenant_id, digest) DO NOTHING",
@@ -195,19 +210,25 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
         sqlx::query(
-            "INSERT INTO node_sync_state (node_id, tenant_id, revision, state, ipcache_digest) \
-             SELECT n, $2, r, s::jsonb, d \
-             FROM unnest($1::uuid[], $3::bigint[], $4::text[], $5::bytea[]) AS u(n, r, s, d) \
+            "INSERT INTO node_sync_state (node_id, tenant_id, revision, local_pb, ipcache_digest) \
+             SELECT n, $2, r, s, d \
+             FROM unnest($1::uuid[], $3::bigint[], $4::bytea[], $5::bytea[]) AS u(n, r, s, d) \
              ON CONFLICT (node_id) DO UPDATE \
-             SET revision = excluded.revision, state = excluded.state, \
+             SET revision = excluded.revision, local_pb = excluded.local_pb, state = NULL, \
                  ipcache_digest = excluded.ipcache_digest, updated_at = now()",
         )
         .bind(full.iter().map(|r| r.node).collect::<Vec<_>>())
         .bind(tenant)
         .bind(full.iter().map(|r| r.revision).collect::<Vec<_>>())
-        .bind(states.iter().map(|s| s.json.as_str()).collect::<Vec<_>>())
+        .bind(
+            states
+                .iter()
+                .map(|s| s.local_pb.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .bind(
             states
                 .iter()
@@ -216,14 +237,19 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
         )
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
-            "DELETE FROM sent_ipcache i WHERE i.tenant_id = $1 AND NOT EXISTS \
-             (SELECT 1 FROM node_sync_state s \
-              WHERE s.tenant_id = i.tenant_id AND s.ipcache_digest = i.digest)",
-        )
-        .bind(tenant)
-        .execute(&mut *conn)
-        .await?;
+        // An ipcache stops being referenced only when nodes move to a new one: pruned when
+        // one comes (what the last nodes to move left behind goes with the next one), not
+        // on every batch.
+        if added > 0 {
+            sqlx::query(
+                "DELETE FROM sent_ipcache i WHERE i.tenant_id = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM node_sync_state s \
+                  WHERE s.tenant_id = i.tenant_id AND s.ipcache_digest = i.digest)",
+            )
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     if !bare.is_empty() {
         sqlx::query(
