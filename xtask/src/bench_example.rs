@@ -57,6 +57,11 @@ pub fn run<S: AsRef<OsStr>>(name: &str, out: &str, args: &[S], quick: bool) -> R
 /// control-api, starts a private PostgreSQL (as `xtask test` does) and runs the example
 /// with `--database-url`; its figures go to `<target dir>/bench/<out>.json`.
 pub fn with_postgres(name: &str, out: &str, args: &[String]) -> Result<()> {
+    with_postgres_and(name, out, args, &[])
+}
+
+/// As [`with_postgres`], passing `extra` arguments too.
+fn with_postgres_and(name: &str, out: &str, args: &[String], extra: &[String]) -> Result<()> {
     let quick = quick(args)?;
     build("control-api", name)?;
     let pg = TestPostgres::start()?;
@@ -65,7 +70,48 @@ pub fn with_postgres(name: &str, out: &str, args: &[String]) -> Result<()> {
         .as_ref()
         .map(|c| c.url("postgres"))
         .context("no PostgreSQL cluster")?;
-    let result = run(name, out, &["--database-url", &url], quick);
+    let mut all = vec!["--database-url".to_string(), url];
+    all.extend_from_slice(extra);
+    let result = run(name, out, &all, quick);
     drop(pg);
     result
+}
+
+/// `bench propagation`: also builds the release `control-api` and `node-agent` (with the
+/// eBPF object it embeds), which the benchmark runs as processes: the replicas and the
+/// simulated agents (`node-agent sim`).
+pub fn propagation(args: &[String]) -> Result<()> {
+    let obj = crate::ebpf::prepare(&sh::root())?;
+    let ok = Command::new(env!("CARGO"))
+        .current_dir(sh::root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "control-api",
+            "-p",
+            "node-agent",
+            "--bins",
+        ])
+        .env("WEFT_BPF_OBJ", &obj)
+        .status()
+        .context("building control-api and node-agent")?
+        .success();
+    if !ok {
+        bail!("cargo build --release -p control-api -p node-agent failed");
+    }
+    let bin = |n: &str| {
+        sh::target_dir()
+            .join("release")
+            .join(n)
+            .display()
+            .to_string()
+    };
+    let extra = [
+        "--control-api".to_string(),
+        bin("control-api"),
+        "--node-agent".to_string(),
+        bin("node-agent"),
+    ];
+    with_postgres_and("propagation_bench", "propagation", args, &extra)
 }

@@ -57,9 +57,11 @@ commands:
                     flow ingest (gRPC -> PostgreSQL) and query latency over 10M
                     stored flows (300k with --quick); writes <target dir>/bench/flows.json
   bench propagation [--quick]
-                    a policy change reaching 300 simulated agents (100 with --quick):
-                    p50/p99 and rows read per change, as ratios to one agent; writes
-                    <target dir>/bench/propagation.json
+                    a policy change reaching 100 .. 10,000 simulated agents
+                    (`node-agent sim`; up to 1,000 with --quick) over 2 control-api
+                    processes: p50/p99, rows and CPU per change, RSS per agent, REST
+                    p99 beside the fan-out, re-homing after a replica's SIGKILL, as
+                    ratios to one agent; writes <target dir>/bench/propagation.json
   bench compile [--quick]
                     desired-state compiler: one node's compile for tenants of growing
                     size, as ratios to the smallest; writes <target dir>/bench/compile.json";
@@ -99,7 +101,7 @@ fn run(args: &[String]) -> Result<()> {
             bench_example::with_postgres("flows_bench", "flows", &rest[1..])
         }
         "bench" if rest.first().map(String::as_str) == Some("propagation") => {
-            bench_example::with_postgres("propagation_bench", "propagation", &rest[1..])
+            bench_example::propagation(&rest[1..])
         }
         "bench" if rest.first().map(String::as_str) == Some("compile") => {
             bench_compile::run(&rest[1..])

@@ -18,17 +18,24 @@ pub struct Args {
     pub database_url: String,
     pub out: std::path::PathBuf,
     pub quick: bool,
+    /// `--control-api BIN` and `--node-agent BIN`: the release binaries, for benchmarks
+    /// that run them as processes.
+    pub control_api: Option<std::path::PathBuf>,
+    pub node_agent: Option<std::path::PathBuf>,
 }
 
-/// `--database-url URL --out FILE [--quick]`.
+/// `--database-url URL --out FILE [--quick] [--control-api BIN] [--node-agent BIN]`.
 pub fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let (mut url, mut out, mut quick) = (None, None, false);
+    let (mut control_api, mut node_agent) = (None, None);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--database-url" => url = it.next(),
             "--out" => out = it.next().map(Into::into),
             "--quick" => quick = true,
+            "--control-api" => control_api = it.next().map(Into::into),
+            "--node-agent" => node_agent = it.next().map(Into::into),
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -36,6 +43,8 @@ pub fn args() -> Result<Args> {
         database_url: url.context("--database-url is required")?,
         out: out.context("--out is required")?,
         quick,
+        control_api,
+        node_agent,
     })
 }
 

@@ -1,389 +1,620 @@
 //! Policy propagation benchmark, driven by `cargo xtask bench propagation [--quick]` (which
-//! starts a private PostgreSQL and passes `--database-url`). Two control-api replicas (REST
-//! app and agent service each, with their own pools, change listeners, shared views and
-//! writers) run in-process on one database; agents are gRPC clients over loopback, their
-//! connections alternating between the replicas, that register with a join token, report
-//! their endpoints, hold a `Sync` stream and acknowledge every revision they receive (they
-//! program nothing: this measures the control plane).
+//! builds the release `control-api` and `node-agent`, starts a private PostgreSQL and passes
+//! `--database-url`, `--control-api`, `--node-agent`).
 //!
-//! For fleets of N agents, each its own tenant (100 and 1,000 with `--quick`, then 3,000),
-//! then 1,000 more agents spread over 100 tenants of 10, and, as the baseline in the same
-//! run, a tenant with one agent: a policy is changed C times through REST (a `PUT` each, one
-//! after the other, alternating replicas); each change's propagation time runs from the
-//! `PUT`'s answer until every agent of the tenant has received that revision. PostgreSQL's
-//! own counters (`pg_stat_database`: `tup_returned + tup_fetched`, `tup_inserted +
-//! tup_updated + tup_deleted`) give the rows read and written per change.
+//! Everything runs as the processes users run: two control-api replicas on one database
+//! (the agent service over TLS), and simulated agents in `node-agent sim` processes (the
+//! real protocol and the agent's own decode and diff of every message; no datapath), each
+//! agent on its own connection, agent `i` on replica `i mod 2`.
 //!
-//! The one-agent tenant is measured twice: alone, and again once the fleets are connected
-//! (a change in one tenant should cost nothing for another tenant's agents). Prints p50/p99
-//! propagation and rows read and written per change for each, as ratios to the first, and
-//! the process's RSS (control plane and simulated agents together); writes them to `--out`
-//! as JSON.
+//! For fleets of N agents in one tenant (100 and 1,000 with `--quick`, then 5,000 and
+//! 10,000), 10 endpoints a node and 200 policies: a policy is changed C times through REST
+//! (a `PUT` each, alternating replicas); a change's propagation time runs from the `PUT`'s
+//! answer (the commit) until every agent has acked that revision ("received": until every
+//! agent had it, before its ack was answered). Per fleet also: PostgreSQL's rows read and
+//! written per change (`pg_stat_database`, idle rate subtracted), control-api CPU per
+//! change and RSS per connected agent (both replicas, from `/proc`), and a second pass with
+//! REST probes running beside the fan-out (`GET …/nodes?limit=100` on the fleet's cluster
+//! and a policy `PUT` in another tenant): their p50/p99. After the largest fleet, one
+//! replica is SIGKILLed and a change made through the other: the time until every agent
+//! has re-homed and acked it, and whether any agent removed anything (a flush).
+//! Then 1,000 agents over 100 tenants of 10 (each change is one tenant's), and the baseline
+//! (a tenant with one agent, measured first) again beside them.
+//!
+//! A fleet whose simulated agents would not fit in memory is skipped with the measured
+//! reason: every agent keeps its cluster's whole ipcache (N × 10 entries), so the agents'
+//! memory grows with N².
 
+#[path = "../common/mod.rs"]
 mod common;
+mod procs;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
-use weft_proto::v1::agent_client::AgentClient;
-use weft_proto::v1::{AckRequest, EndpointReport, RegisterRequest, ReportedEndpoint, SyncRequest};
 
-use common::*;
+use common::{percentile, OPERATOR};
+use procs::{cpu_ms, mem_available_kib, postgres_cpu_ms, rss_kib, Replica, Sim, SimSpec};
 
-/// Agents that share one HTTP/2 connection (as agents behind one NAT would not, but
-/// thousands of sockets on one loopback would only measure the kernel).
-const AGENTS_PER_CONNECTION: usize = 50;
 /// Longest a change may take to reach every agent before the run is declared failed.
-const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
+const CONVERGE: Duration = Duration::from_secs(180);
+/// Longest registration of a fleet may take.
+const JOIN: Duration = Duration::from_secs(600);
+const ENDPOINTS: usize = 10;
+const POLICIES: usize = 200;
 
-struct Sizes {
-    agents: Vec<usize>,
-    endpoints_per_agent: usize,
-    changes: usize,
+struct Bench {
+    http: reqwest::Client,
+    replicas: [Replica; 2],
+    pool: PgPool,
+    node_agent: PathBuf,
+    ca: PathBuf,
 }
 
-/// The last revision each agent of a tenant acknowledged (the ack answered), and received.
-struct Fleet {
-    tenant: String,
-    seen: Arc<Vec<AtomicU64>>,
-    received: Arc<Vec<AtomicU64>>,
-    changed: Arc<Notify>,
-}
-
-impl Fleet {
-    /// Waits until every agent has acknowledged `revision`; how long that took.
-    async fn reached(&self, revision: u64, since: Instant) -> Result<Duration> {
-        self.all(&self.seen, revision, since).await
+impl Bench {
+    async fn call(
+        &self,
+        via: usize,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        call(&self.http, &self.replicas[via % 2].rest, method, path, body).await
     }
 
-    /// Waits until every agent of `slots` (`seen` or `received`) has `revision`.
-    async fn all(&self, slots: &[AtomicU64], revision: u64, since: Instant) -> Result<Duration> {
-        let deadline = since + CONVERGE_LIMIT;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if slots.iter().all(|s| s.load(Ordering::Acquire) >= revision) {
-                return Ok(since.elapsed());
-            }
-            if tokio::time::timeout_at(deadline.into(), notified)
-                .await
-                .is_err()
-            {
-                let behind = slots
-                    .iter()
-                    .filter(|s| s.load(Ordering::Acquire) < revision)
-                    .count();
-                bail!(
-                    "{behind} of {} agents of {} lack revision {revision} after {CONVERGE_LIMIT:?}",
-                    self.seen.len(),
-                    self.tenant
-                );
-            }
-        }
+    fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.agent.clone()).collect()
     }
-}
 
-/// Two control-api replicas on one database: their REST apps and agent service URLs.
-struct Replicas {
-    apps: [axum::Router; 2],
-    agent_urls: [String; 2],
-}
-
-/// A tenant with one cluster and `n` agents, each with its endpoints, all synced; the
-/// agents' connections alternate between the replicas.
-async fn fleet(rep: &Replicas, tenant: &str, n: usize, endpoints: usize) -> Result<Fleet> {
-    call(&rep.apps[0], "POST", "/v1/tenants", json!({"name": tenant})).await?;
-    let base = format!("/v1/tenants/{tenant}");
-    call(
-        &rep.apps[0],
-        "POST",
-        &format!("{base}/clusters"),
-        json!({"name": "prod"}),
-    )
-    .await?;
-    let token = call(
-        &rep.apps[0],
-        "POST",
-        &format!("{base}/clusters/prod/join-tokens"),
-        json!({"name": "fleet", "max_uses": 0}),
-    )
-    .await?["token"]
-        .as_str()
-        .context("join token")?
-        .to_string();
-    let path = format!("{base}/policies");
-    call(&rep.apps[0], "POST", &path, policy(8000)).await?;
-
-    let slots = || -> Arc<Vec<AtomicU64>> { Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()) };
-    let (seen, received) = (slots(), slots());
-    let changed = Arc::new(Notify::new());
-    let mut channel: Option<Channel> = None;
-    let mut agents = Vec::with_capacity(n);
-    for i in 0..n {
-        if i % AGENTS_PER_CONNECTION == 0 {
-            channel = Some(
-                Endpoint::from_shared(rep.agent_urls[(i / AGENTS_PER_CONNECTION) % 2].clone())?
-                    .connect()
-                    .await?,
-            );
-        }
-        let mut client = AgentClient::new(channel.clone().context("channel")?);
-        let node = client
-            .register(RegisterRequest {
-                join_token: token.clone(),
-                node_name: format!("node-{i}"),
-                capability_version: weft_proto::CAPABILITY_VERSION,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let credential = node.node_credential;
-        let reported = (0..endpoints)
-            .map(|e| {
-                let k = i * endpoints + e;
-                ReportedEndpoint {
-                    name: format!("ep-{i}-{e}"),
-                    labels: [("app".to_string(), format!("app-{}", k % 10))].into(),
-                    ips: vec![format!(
-                        "10.{}.{}.{}",
-                        k / 62_500,
-                        (k / 250) % 250,
-                        k % 250 + 1
-                    )],
-                    named_ports: Vec::new(),
-                }
-            })
-            .collect();
-        client
-            .report_endpoints(authed(
-                EndpointReport {
-                    endpoints: reported,
-                },
-                &credential,
-            ))
+    /// A tenant with cluster `prod` and `policies` policies (`bench`, which the changes
+    /// rewrite, and fillers); its unlimited join token.
+    async fn tenant(&self, name: &str, policies: usize) -> Result<String> {
+        self.call(0, "POST", "/v1/tenants", Some(json!({"name": name})))
             .await?;
-        agents.push((client, credential));
+        let base = format!("/v1/tenants/{name}");
+        self.call(
+            0,
+            "POST",
+            &format!("{base}/clusters"),
+            Some(json!({"name": "prod"})),
+        )
+        .await?;
+        let token = self
+            .call(
+                0,
+                "POST",
+                &format!("{base}/clusters/prod/join-tokens"),
+                Some(json!({"name": "fleet", "max_uses": 0})),
+            )
+            .await?["token"]
+            .as_str()
+            .context("join token")?
+            .to_string();
+        let path = format!("{base}/policies");
+        self.call(0, "POST", &path, Some(policy("bench", 0, 1, 8000)))
+            .await?;
+        for i in 1..policies {
+            let p = policy(
+                &format!("filler-{i}"),
+                i % 10,
+                (i + 3) % 10,
+                10_000 + i as u16,
+            );
+            self.call(i, "POST", &path, Some(p)).await?;
+        }
+        Ok(token)
     }
-    // Streams open once every node is in: registrations do not fan out to the fleet.
-    for (i, (mut client, credential)) in agents.into_iter().enumerate() {
-        let mut stream = client
-            .sync(authed(
-                SyncRequest {
-                    resume_from_revision: 0,
-                    capability_version: weft_proto::CAPABILITY_VERSION,
-                },
-                &credential,
-            ))
-            .await?
-            .into_inner();
-        let (seen, received, changed) = (seen.clone(), received.clone(), changed.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = stream.message().await {
-                received[i].store(m.revision, Ordering::Release);
-                changed.notify_waiters();
-                let ack = AckRequest {
-                    revision: m.revision,
-                    errors: Vec::new(),
-                };
-                if client.ack(authed(ack, &credential)).await.is_err() {
-                    break;
-                }
-                seen[i].store(m.revision, Ordering::Release);
-                changed.notify_waiters();
-            }
-        });
+
+    /// Rewrites `bench` with `port` through replica `via`; the change's revision.
+    async fn change(&self, via: usize, tenant: &str, port: u16) -> Result<u64> {
+        let path = format!("/v1/tenants/{tenant}/policies/bench");
+        let p = self
+            .call(via, "PUT", &path, Some(policy("bench", 0, 1, port)))
+            .await?;
+        p["revision"].as_u64().context("policy revision")
     }
-    let f = Fleet {
-        tenant: tenant.to_string(),
-        seen,
-        received,
-        changed,
-    };
-    // A change after the last registration: its revision is the newest.
-    let revision = put_policy(rep, 0, tenant, 7999).await?;
-    f.reached(revision, Instant::now()).await?;
-    Ok(f)
+
+    fn sim(&self, tokens: &[String], agents: usize) -> Result<Sim> {
+        Sim::start(SimSpec {
+            bin: &self.node_agent,
+            urls: &self.urls(),
+            ca: &self.ca,
+            tokens,
+            agents,
+            endpoints: ENDPOINTS,
+        })
+    }
+
+    /// Waits until every fleet of `sim` is registered, then makes one change per tenant
+    /// and waits for it: every agent is current.
+    async fn join(&self, sim: &Sim, tenants: &[String], agents: usize) -> Result<()> {
+        for (f, t) in tenants.iter().enumerate() {
+            sim.wait(f, JOIN, |v| v["registered"].as_u64() >= Some(agents as u64))
+                .await
+                .with_context(|| format!("registering {t}"))?;
+        }
+        for (f, t) in tenants.iter().enumerate() {
+            let r = self.change(f, t, 7999).await?;
+            sim.acked(f, r, JOIN)
+                .await
+                .with_context(|| format!("first sync of {t}"))?;
+        }
+        Ok(())
+    }
+
+    fn server_rss_kib(&self) -> u64 {
+        self.replicas.iter().map(|r| rss_kib(r.pid())).sum()
+    }
+
+    fn server_cpu_ms(&self) -> f64 {
+        self.replicas.iter().map(|r| cpu_ms(r.pid())).sum()
+    }
 }
 
-/// The policy every change rewrites: app-0 admits app-1 on one TCP port.
-fn policy(port: u16) -> Value {
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let m = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut rq = http
+        .request(m, format!("{base}{path}"))
+        .bearer_auth(OPERATOR);
+    if let Some(b) = body {
+        rq = rq
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = rq
+        .send()
+        .await
+        .with_context(|| format!("{method} {path}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        bail!("{method} {path}: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Endpoints labelled `app=app-<to>` admit `app=app-<from>` on one TCP port.
+fn policy(name: &str, to: usize, from: usize, port: u16) -> Value {
     json!({
-        "name": "bench",
+        "name": name,
         "spec": {
-            "endpointSelector": {"matchLabels": {"app": "app-0"}},
+            "endpointSelector": {"matchLabels": {"app": format!("app-{to}")}},
             "ingress": [{
-                "fromEndpoints": [{"matchLabels": {"app": "app-1"}}],
+                "fromEndpoints": [{"matchLabels": {"app": format!("app-{from}")}}],
                 "toPorts": [{"ports": [{"port": port.to_string(), "protocol": "TCP"}]}]
             }]
         }
     })
 }
 
-/// Rewrites the policy with `port` through replica `via` (0 or 1); the revision of the change.
-async fn put_policy(rep: &Replicas, via: usize, tenant: &str, port: u16) -> Result<u64> {
-    let path = format!("/v1/tenants/{tenant}/policies/bench");
-    let p = call(&rep.apps[via % 2], "PUT", &path, policy(port)).await?;
-    p["revision"].as_u64().context("policy revision")
-}
-
 /// Rows PostgreSQL has read and written in this database so far (its statistics, flushed
-/// first), and when.
-async fn rows(pool: &PgPool) -> Result<(f64, f64, Instant)> {
+/// first), the replicas' and PostgreSQL's CPU time, and when.
+async fn sample(b: &Bench) -> Result<(f64, f64, [f64; 2], Instant)> {
     // Backends flush their counters at least once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(pool)
+        .execute(&b.pool)
         .await?;
     let (read, written): (i64, i64) = sqlx::query_as(
-        "SELECT (tup_returned + tup_fetched)::bigint,                 (tup_inserted + tup_updated + tup_deleted)::bigint          FROM pg_stat_database WHERE datname = current_database()",
+        "SELECT (tup_returned + tup_fetched)::bigint, \
+                (tup_inserted + tup_updated + tup_deleted)::bigint \
+         FROM pg_stat_database WHERE datname = current_database()",
     )
-    .fetch_one(pool)
+    .fetch_one(&b.pool)
     .await?;
-    Ok((read as f64, written as f64, Instant::now()))
+    let cpu = [b.server_cpu_ms(), postgres_cpu_ms()];
+    Ok((read as f64, written as f64, cpu, Instant::now()))
 }
 
-/// Runs the changes on one fleet; its figures. Rows per change leave out what the control
-/// plane reads and writes while idle (heartbeats, background tasks), measured just before.
-async fn measure(rep: &Replicas, pool: &PgPool, fleets: &[Fleet], changes: usize) -> Result<Value> {
+/// Rows written and read per table so far (`pg_stat_user_tables`).
+async fn tables(b: &Bench) -> Result<std::collections::BTreeMap<String, (i64, i64)>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, (n_tup_ins + n_tup_upd + n_tup_del)::bigint, \
+                (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::bigint \
+         FROM pg_stat_user_tables",
+    )
+    .fetch_all(&b.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(t, w, r)| (t, (w, r))).collect())
+}
+
+/// The tables with the most rows written per change between two [`tables`] samples
+/// (idle time included): `{"table": [written, read]}`.
+fn per_table(
+    before: &std::collections::BTreeMap<String, (i64, i64)>,
+    after: &std::collections::BTreeMap<String, (i64, i64)>,
+    changes: usize,
+) -> Value {
+    let mut d: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(t, (w, r))| {
+            let (w0, r0) = before.get(t).copied().unwrap_or((0, 0));
+            let n = changes as f64;
+            (
+                t.clone(),
+                ((w - w0) as f64 / n).round(),
+                ((r - r0) as f64 / n).round(),
+            )
+        })
+        .filter(|(_, w, r)| *w > 0.0 || *r > 0.0)
+        .collect();
+    d.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    d.truncate(6);
+    d.into_iter()
+        .map(|(t, w, r)| (t, json!([w, r])))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A fleet to change: its tenant and where its progress is.
+struct Target<'a> {
+    tenant: String,
+    sim: &'a Sim,
+    fleet: usize,
+}
+
+/// REST calls beside the fan-out: `GET …/nodes?limit=100` of the fleet's cluster and a
+/// policy `PUT` in the baseline tenant, alternating replicas; their latencies in ms.
+fn probe(
+    b: &Bench,
+    fleet_tenant: &str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<[Vec<f64>; 2]> {
+    let http = b.http.clone();
+    let bases: Vec<String> = b.replicas.iter().map(|r| r.rest.clone()).collect();
+    let nodes = format!("/v1/tenants/{fleet_tenant}/clusters/prod/nodes?limit=100");
+    tokio::spawn(async move {
+        let (mut gets, mut puts) = (Vec::new(), Vec::new());
+        let mut i = 0usize;
+        while !stop.load(Ordering::Acquire) {
+            let base = &bases[i % 2];
+            let t = Instant::now();
+            if call(&http, base, "GET", &nodes, None).await.is_ok() {
+                gets.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let t = Instant::now();
+            let p = policy("probe", 2, 3, 20_000 + (i % 1000) as u16);
+            if call(
+                &http,
+                base,
+                "PUT",
+                "/v1/tenants/solo/policies/probe",
+                Some(p),
+            )
+            .await
+            .is_ok()
+            {
+                puts.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        [gets, puts]
+    })
+}
+
+/// Runs `changes` changes over the targets (alternating targets and replicas); their
+/// figures. With `with_probe`, REST probes run beside them and their latencies are added
+/// (rows and CPU then include the probes' work, so the clean pass is the one to read).
+async fn measure(
+    b: &Bench,
+    targets: &[Target<'_>],
+    changes: usize,
+    with_probe: bool,
+) -> Result<Value> {
     // Fresh statistics, so no autovacuum or autoanalyze reads into the counts.
-    sqlx::query("VACUUM ANALYZE").execute(pool).await?;
-    let (r0, w0, t0) = rows(pool).await?;
-    let (r1, w1, t1) = rows(pool).await?;
+    sqlx::query("VACUUM ANALYZE").execute(&b.pool).await?;
+    let (r0, w0, c0, t0) = sample(b).await?;
+    let (r1, w1, c1, t1) = sample(b).await?;
+    let tables_before = tables(b).await?;
     let idle_s = (t1 - t0).as_secs_f64();
-    let (idle_r, idle_w) = ((r1 - r0) / idle_s, (w1 - w0) / idle_s);
-    let (mut times, mut sent) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
+    let idle = [
+        (r1 - r0) / idle_s,
+        (w1 - w0) / idle_s,
+        (c1[0] - c0[0]) / idle_s,
+        (c1[1] - c0[1]) / idle_s,
+    ];
+    let before: Vec<Value> = targets.iter().map(|t| t.sim.progress(t.fleet)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let probes = with_probe.then(|| probe(b, &targets[0].tenant, stop.clone()));
+    let (mut acked, mut received) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
     for c in 0..changes {
-        // Changes alternate between the replicas (and between the fleets, when several).
-        let f = &fleets[c % fleets.len()];
-        let revision = put_policy(rep, c, &f.tenant, 8001 + c as u16).await?;
+        let t = &targets[c % targets.len()];
+        let revision = b.change(c, &t.tenant, 8001 + c as u16).await?;
         let since = Instant::now();
-        sent.push(f.all(&f.received, revision, since).await?.as_secs_f64() * 1e3);
-        times.push(f.reached(revision, since).await?.as_secs_f64() * 1e3);
+        t.sim
+            .wait(t.fleet, CONVERGE, |v| {
+                v["received"].as_u64() >= Some(revision)
+            })
+            .await
+            .with_context(|| format!("change {c} of {}", t.tenant))?;
+        received.push(since.elapsed().as_secs_f64() * 1e3);
+        t.sim.acked(t.fleet, revision, CONVERGE).await?;
+        acked.push(since.elapsed().as_secs_f64() * 1e3);
     }
-    let (r2, w2, t2) = rows(pool).await?;
+    stop.store(true, Ordering::Release);
+    let rest = match probes {
+        Some(p) => Some(p.await?),
+        None => None,
+    };
+    let (r2, w2, c2, t2) = sample(b).await?;
+    let by_table = per_table(&tables_before, &tables(b).await?, changes);
     let busy_s = (t2 - t1).as_secs_f64();
-    let per_change =
-        |total: f64, idle: f64| ((total - idle * busy_s) / changes as f64).max(0.0).round();
-    Ok(json!({
-        "agents": fleets.iter().map(|f| f.seen.len()).sum::<usize>(),
-        "tenants": fleets.len(),
+    let per_change = |total: f64, idle: f64| ((total - idle * busy_s) / changes as f64).max(0.0);
+    let sum =
+        |k: &str, vs: &[Value]| -> u64 { vs.iter().map(|v| v[k].as_u64().unwrap_or(0)).sum() };
+    let after: Vec<Value> = targets.iter().map(|t| t.sim.progress(t.fleet)).collect();
+    let delta = |k: &str| sum(k, &after) - sum(k, &before);
+    let mut v = json!({
+        "agents": sum("agents", &after) / targets.len() as u64,
+        "tenants": targets.len(),
         "changes": changes,
-        "p50_ms": percentile(&mut times.clone(), 0.5),
-        "p99_ms": percentile(&mut times, 0.99),
-        // Until every agent had the revision, before its ack was answered.
-        "received_p50_ms": percentile(&mut sent, 0.5),
-        "rows_read_per_change": per_change(r2 - r1, idle_r),
-        "rows_written_per_change": per_change(w2 - w1, idle_w),
-        "idle_rows_read_per_s": idle_r.round(),
+        "p50_ms": percentile(&mut acked.clone(), 0.5),
+        "p99_ms": percentile(&mut acked, 0.99),
+        "received_p50_ms": percentile(&mut received.clone(), 0.5),
+        "received_p99_ms": percentile(&mut received, 0.99),
+        "rows_read_per_change": per_change(r2 - r1, idle[0]).round(),
+        "rows_written_per_change": per_change(w2 - w1, idle[1]).round(),
+        "control_api_cpu_ms_per_change": (per_change(c2[0] - c1[0], idle[2]) * 10.0).round() / 10.0,
+        "postgres_cpu_ms_per_change": (per_change(c2[1] - c1[1], idle[3]) * 10.0).round() / 10.0,
+        "idle_rows_read_per_s": idle[0].round(),
+        "rows_per_change_by_table": by_table,
+        "messages": delta("snapshots") + delta("deltas"),
+        "removals": delta("removals"),
+        "reconnects": delta("reconnects"),
+        "refused": delta("refused"),
+    });
+    if let Some([mut gets, mut puts]) = rest {
+        v["rest"] = json!({
+            "get_nodes_p50_ms": percentile(&mut gets.clone(), 0.5),
+            "get_nodes_p99_ms": percentile(&mut gets, 0.99),
+            "put_policy_p50_ms": percentile(&mut puts.clone(), 0.5),
+            "put_policy_p99_ms": percentile(&mut puts, 0.99),
+            "calls": gets.len() + puts.len(),
+        });
+    }
+    Ok(v)
+}
+
+/// SIGKILLs replica 1 and makes a change through replica 0: how long until every agent
+/// (half of them on the dead replica) has re-homed and acked it, and what the agents did.
+async fn rehome(b: &mut Bench, sim: &Sim, tenant: &str) -> Result<Value> {
+    let before = sim.progress(0);
+    b.replicas[1].kill().await?;
+    let since = Instant::now();
+    let revision = b.change(0, tenant, 9999).await?;
+    sim.acked(0, revision, CONVERGE).await?;
+    let s = since.elapsed().as_secs_f64();
+    let after = sim.progress(0);
+    let d = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    b.replicas[1].restart(&b.http).await?;
+    Ok(json!({
+        "agents": after["agents"],
+        "seconds": (s * 100.0).round() / 100.0,
+        "reconnects": d("reconnects"),
+        "snapshots": d("snapshots"),
+        // A removal would be an agent flushing what is still desired.
+        "removals": d("removals"),
     }))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let a = args()?;
-    // Fleets of these sizes, each its own tenant, measured one after the other (the smaller
-    // ones stay connected: other tenants' agents). 10 endpoints per node as in issue #17.
-    let sz = if a.quick {
-        Sizes {
-            agents: vec![100, 1000],
-            endpoints_per_agent: 10,
-            changes: 10,
-        }
+    let a = common::args()?;
+    let sizes: &[usize] = if a.quick {
+        &[100, 1000]
     } else {
-        Sizes {
-            agents: vec![100, 1000, 3000],
-            endpoints_per_agent: 10,
-            changes: 20,
-        }
+        &[100, 1000, 5000, 10_000]
     };
-    let (state, url) = control_plane(&a.database_url, "propagation").await?;
-    let other = replica(&url).await?;
-    // The database's owner: reads its statistics and vacuums.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await?;
-    let rep = Replicas {
-        apps: [
-            control_api::app::app(state.clone()),
-            control_api::app::app(other.clone()),
-        ],
-        agent_urls: [
-            weft_testkit::server::agent_url(state.clone()).await,
-            weft_testkit::server::agent_url(other.clone()).await,
-        ],
+    let changes = if a.quick { 10 } else { 20 };
+    let name = format!("propagation_{}", uuid::Uuid::new_v4().simple());
+    let db_url = control_api::db::create_database(&a.database_url, &name).await?;
+    let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tls = weft_testkit::server::self_signed(&dir, [127, 0, 0, 1].into());
+    let http = reqwest::Client::new();
+    let control_api = a.control_api.context("--control-api is required")?;
+    let replicas = [
+        Replica::start(&control_api, &db_url, &tls, &http).await?,
+        Replica::start(&control_api, &db_url, &tls, &http).await?,
+    ];
+    let mut b = Bench {
+        http,
+        replicas,
+        // The database's owner: reads its statistics and vacuums.
+        pool: sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db_url)
+            .await?,
+        node_agent: a.node_agent.context("--node-agent is required")?,
+        ca: tls.0.clone(),
     };
-    let loads = || state.views.loads() + other.views.loads();
+    let result = run(&mut b, sizes, changes).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = result?;
+    if let Some(parent) = a.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
 
-    let solo = vec![fleet(&rep, "solo", 1, sz.endpoints_per_agent).await?];
-    let base = measure(&rep, &pool, &solo, sz.changes).await?;
-    let mut fleets = Vec::new();
-    for &n in &sz.agents {
+async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
+    let solo_token = b.tenant("solo", POLICIES).await?;
+    b.call(
+        0,
+        "POST",
+        "/v1/tenants/solo/policies",
+        Some(policy("probe", 2, 3, 20_000)),
+    )
+    .await?;
+    let solo = b.sim(&[solo_token], 1)?;
+    b.join(&solo, &["solo".into()], 1).await?;
+    let solo_t = [Target {
+        tenant: "solo".into(),
+        sim: &solo,
+        fleet: 0,
+    }];
+    let base = measure(b, &solo_t, changes, false).await?;
+    print_row("1 agent (baseline)", &base, &base);
+    let rss_base = b.server_rss_kib();
+
+    let mut by_agents = serde_json::Map::new();
+    let mut largest: Option<(usize, Value)> = None;
+    let mut rehomed = Value::Null;
+    // (agents, the sim process's RSS in KiB) of the last fleet: what the next one needs.
+    let mut last_sim: Option<(usize, u64)> = None;
+    for (k, &n) in sizes.iter().enumerate() {
+        if let Some((m, sim_kib)) = last_sim {
+            // Each agent keeps the cluster's ipcache (n × 10 entries): memory grows with n².
+            let need = sim_kib as f64 * (n as f64 / m as f64).powi(2);
+            let have = mem_available_kib() as f64 * 0.8;
+            if need > have || !rehomed.is_null() {
+                let why = format!(
+                    "the simulated agents' state would need ~{:.1} GiB (the {m}-agent sim used {:.1} GiB; \
+                     each agent keeps the cluster's {}-entry ipcache, so it grows with N²), {:.1} GiB available",
+                    need / 1048576.0,
+                    sim_kib as f64 / 1048576.0,
+                    n * ENDPOINTS,
+                    have / 0.8 / 1048576.0
+                );
+                println!("{n} agents: skipped: {why}");
+                by_agents.insert(n.to_string(), json!({"agents": n, "skipped": why}));
+                continue;
+            }
+        }
+        let tenant = format!("fleet-{n}");
+        let token = b.tenant(&tenant, POLICIES).await?;
         let started = Instant::now();
-        let loads_before = loads();
-        let many = match fleet(&rep, &format!("fleet-{n}"), n, sz.endpoints_per_agent).await {
-            Ok(f) => vec![f],
+        let sim = b.sim(&[token], n)?;
+        if let Err(e) = b.join(&sim, std::slice::from_ref(&tenant), n).await {
+            println!("{n} agents: {e:#}");
+            by_agents.insert(
+                n.to_string(),
+                json!({"agents": n, "error": format!("{e:#}")}),
+            );
+            break;
+        }
+        let joined_s = started.elapsed().as_secs_f64();
+        println!("{n} agents x {ENDPOINTS} endpoints registered and synced in {joined_s:.1} s");
+        let t = [Target {
+            tenant: tenant.clone(),
+            sim: &sim,
+            fleet: 0,
+        }];
+        let mut v = match measure(b, &t, changes, false).await {
+            Ok(v) => v,
             Err(e) => {
                 println!("{n} agents: {e:#}");
-                fleets.push(json!({"agents": n, "error": format!("{e:#}")}));
+                by_agents.insert(
+                    n.to_string(),
+                    json!({"agents": n, "error": format!("{e:#}")}),
+                );
                 break;
             }
         };
+        let server = b.server_rss_kib();
+        let sim_kib = rss_kib(sim.pid());
+        v["join_s"] = json!((joined_s * 10.0).round() / 10.0);
+        v["rss_per_agent_kib"] = json!((server.saturating_sub(rss_base)) / n as u64);
+        v["control_api_rss_mib"] = json!(server / 1024);
+        v["sim_rss_mib"] = json!(sim_kib / 1024);
+        print_row(&format!("fleet of {n}"), &v, &base);
+        let probed = measure(b, &t, changes, true).await?;
         println!(
-            "{n} agents x {} endpoints registered and synced in {:.1} s",
-            sz.endpoints_per_agent,
-            started.elapsed().as_secs_f64()
+            "{:>20}  beside the fan-out: GET nodes?limit=100 p99 {} ms, policy PUT p99 {} ms (propagation p50 {} ms then)",
+            "",
+            probed["rest"]["get_nodes_p99_ms"],
+            probed["rest"]["put_policy_p99_ms"],
+            probed["p50_ms"]
         );
-        let joined_loads = loads() - loads_before;
-        let loads_before = loads();
-        match measure(&rep, &pool, &many, sz.changes).await {
-            Ok(mut v) => {
-                v["view_loads_while_joining"] = json!(joined_loads);
-                v["view_loads_per_change"] =
-                    json!((loads() - loads_before) as f64 / sz.changes as f64);
-                v["rss_mib"] = json!(rss_mib());
-                print_row(&format!("fleet of {n}"), &v, &base);
-                fleets.push(v);
-            }
-            Err(e) => {
-                println!("{n} agents: {e:#}");
-                fleets.push(json!({"agents": n, "error": format!("{e:#}")}));
-                break;
-            }
+        v["rest_during_fanout"] = probed["rest"].clone();
+        v["rest_during_fanout"]["propagation_p50_ms"] = probed["p50_ms"].clone();
+        by_agents.insert(n.to_string(), v.clone());
+        largest = Some((n, v));
+        last_sim = Some((n, sim_kib));
+        // Re-homing is measured on the largest fleet that runs: this one, if the next
+        // does not fit.
+        let next_fits = sizes.get(k + 1).is_some_and(|&next| {
+            sim_kib as f64 * (next as f64 / n as f64).powi(2) <= mem_available_kib() as f64 * 0.8
+        });
+        if !next_fits {
+            rehomed = rehome(b, &sim, &tenant).await?;
         }
+        sim.stop().await;
     }
-    // As many agents again, spread over 100 tenants of 10: each change is one tenant's.
+    if !rehomed.is_null() {
+        println!(
+            "re-homing {} agents after SIGKILL of a replica: {} s, {} agents' removals, {} snapshots",
+            rehomed["agents"], rehomed["seconds"], rehomed["removals"], rehomed["snapshots"]
+        );
+    }
+
+    // 1,000 agents over 100 tenants of 10: each change is one tenant's.
     let (tenants, per) = (100, 10);
-    let mut spread = Vec::with_capacity(tenants);
+    let mut names = Vec::with_capacity(tenants);
+    let mut tokens = Vec::with_capacity(tenants);
     for t in 0..tenants {
-        spread.push(fleet(&rep, &format!("spread-{t}"), per, sz.endpoints_per_agent).await?);
+        let name = format!("spread-{t}");
+        tokens.push(b.tenant(&name, 20).await?);
+        names.push(name);
     }
-    let mut spread_v = measure(&rep, &pool, &spread, sz.changes).await?;
-    spread_v["agents"] = json!(per);
-    spread_v["rss_mib"] = json!(rss_mib());
-    print_row("1 of 100 tenants", &spread_v, &base);
-    // The one-agent tenant again, now beside the fleets: what other tenants' agents cost it.
-    let beside = measure(&rep, &pool, &solo, sz.changes).await?;
-    print_row("1 agent (baseline)", &base, &base);
+    let spread = b.sim(&tokens, per)?;
+    b.join(&spread, &names, per).await?;
+    let targets: Vec<Target<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(f, n)| Target {
+            tenant: n.clone(),
+            sim: &spread,
+            fleet: f,
+        })
+        .collect();
+    let multi = measure(b, &targets, changes, false).await?;
+    print_row("1 of 100 tenants", &multi, &base);
+    // The one-agent tenant again, beside 1,000 agents of other tenants.
+    let beside = measure(b, &solo_t, changes, false).await?;
     print_row("1 agent beside them", &beside, &base);
-    let out = json!({
+    spread.stop().await;
+
+    let (max_n, top) = largest.context("no fleet ran")?;
+    let rest_p99 = top["rest_during_fanout"]["get_nodes_p99_ms"]
+        .as_f64()
+        .unwrap_or(0.0)
+        .max(
+            top["rest_during_fanout"]["put_policy_p99_ms"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+    let mut out = json!({
+        "agents": max_n,
+        "changes": changes,
+        "p50_ms": top["p50_ms"],
+        "p99_ms": top["p99_ms"],
+        "by_agents": by_agents,
+        "multi_tenant_1000": multi,
         "baseline": base,
-        "fleets": fleets,
-        "one_of_100_tenants": spread_v,
-        "beside_fleets": beside,
+        "baseline_beside_other_tenants": beside,
+        "rest_p99_ms_during_fanout": rest_p99,
+        "rehome": rehomed,
     });
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(n) = rehomed["agents"].as_u64() {
+        out[format!("rehome_{n}_s")] = rehomed["seconds"].clone();
     }
-    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
-    Ok(())
+    drop(solo);
+    Ok(out)
 }
 
 /// One line of figures, with the ratios to the baseline.
@@ -391,7 +622,7 @@ fn print_row(name: &str, v: &Value, base: &Value) {
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let ratio = |k: &str| f(v, k) / f(base, k).max(1e-9);
     println!(
-        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x; received {:.1} ms)  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>9} ({:.1}x)  written {:>7} ({:.1}x)  rss {} MiB",
+        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x; received {:.1})  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>8} ({:.1}x)  written {:>6} ({:.1}x)  cpu/change {:>7.1} ms ({:.1}x) + postgres {:.1} ms  rss/agent {} KiB",
         v["agents"],
         f(v, "p50_ms"),
         ratio("p50_ms"),
@@ -402,18 +633,9 @@ fn print_row(name: &str, v: &Value, base: &Value) {
         ratio("rows_read_per_change"),
         v["rows_written_per_change"],
         ratio("rows_written_per_change"),
-        v["rss_mib"],
+        f(v, "control_api_cpu_ms_per_change"),
+        ratio("control_api_cpu_ms_per_change"),
+        f(v, "postgres_cpu_ms_per_change"),
+        v["rss_per_agent_kib"],
     );
-}
-
-/// This process's resident memory (control plane and simulated agents together).
-fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
 }
