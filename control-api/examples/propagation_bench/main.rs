@@ -119,14 +119,14 @@ impl Bench {
         p["revision"].as_u64().context("policy revision")
     }
 
-    fn sim(&self, tokens: &[String], agents: usize) -> Result<Sim> {
+    fn sim(&self, tokens: &[String], agents: usize, endpoints: usize) -> Result<Sim> {
         Sim::start(SimSpec {
             bin: &self.node_agent,
             urls: &self.urls(),
             ca: &self.ca,
             tokens,
             agents,
-            endpoints: ENDPOINTS,
+            endpoints,
         })
     }
 
@@ -217,6 +217,54 @@ async fn sample(b: &Bench) -> Result<(f64, f64, [f64; 2], Instant)> {
     Ok((read as f64, written as f64, cpu, Instant::now()))
 }
 
+/// What the fleets so far used, to tell whether the next fits: the simulated agents grow
+/// as `a·N + c·N²·E` (each of N agents keeps its cluster's N·E-entry ipcache), the
+/// replicas linearly.
+#[derive(Default)]
+struct Memory {
+    /// (agents, endpoints per node, sim RSS KiB, replicas' RSS KiB).
+    points: Vec<(usize, usize, f64, f64)>,
+}
+
+impl Memory {
+    fn need_kib(&self, n: usize, e: usize) -> Option<(f64, f64)> {
+        let &(m, f, sim, server) = self.points.last()?;
+        let (n, e, m, f) = (n as f64, e as f64, m as f64, f as f64);
+        // Two points give both terms; one, the quadratic one alone (an overestimate).
+        let fit = self
+            .points
+            .iter()
+            .rev()
+            .nth(1)
+            .and_then(|&(m0, f0, sim0, _)| {
+                let (m0, f0) = (m0 as f64, f0 as f64);
+                let c = (sim / m - sim0 / m0) / (m * f - m0 * f0);
+                let a = sim / m - c * m * f;
+                (a >= 0.0 && c >= 0.0 && m != m0).then_some(a * n + c * n * n * e)
+            });
+        let sim_need = fit.unwrap_or(sim * (n * n * e) / (m * m * f));
+        Some((sim_need, server / m * n))
+    }
+
+    /// Why a fleet of `n` agents with `e` endpoints each would not fit, if it would not.
+    fn wont_fit(&self, n: usize, e: usize) -> Option<String> {
+        let (sim, server) = self.need_kib(n, e)?;
+        let have = mem_available_kib() as f64;
+        let gib = |k: f64| k / 1_048_576.0;
+        (sim + server > have * 0.8).then(|| {
+            format!(
+                "the simulated agents would need ~{:.1} GiB and the replicas ~{:.1} GiB \
+                 (extrapolated from the fleets that ran: each agent keeps its cluster's \
+                 {}-entry ipcache, so the agents' memory grows with N²); {:.1} GiB available",
+                gib(sim),
+                gib(server),
+                n * e,
+                gib(have)
+            )
+        })
+    }
+}
+
 /// Rows written and read per table so far (`pg_stat_user_tables`).
 async fn tables(b: &Bench) -> Result<std::collections::BTreeMap<String, (i64, i64)>> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -264,24 +312,30 @@ struct Target<'a> {
     fleet: usize,
 }
 
-/// REST calls beside the fan-out: `GET …/nodes?limit=100` of the fleet's cluster and a
-/// policy `PUT` in the baseline tenant, alternating replicas; their latencies in ms.
+/// REST calls beside the fan-out: `GET …/nodes?limit=100` of the fleet's cluster and
+/// `GET …/policies?limit=100` (both with status), and a policy `PUT` in the baseline
+/// tenant, alternating replicas; their latencies in ms.
 fn probe(
     b: &Bench,
     fleet_tenant: &str,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<[Vec<f64>; 2]> {
+) -> tokio::task::JoinHandle<[Vec<f64>; 3]> {
     let http = b.http.clone();
     let bases: Vec<String> = b.replicas.iter().map(|r| r.rest.clone()).collect();
     let nodes = format!("/v1/tenants/{fleet_tenant}/clusters/prod/nodes?limit=100");
+    let policies = format!("/v1/tenants/{fleet_tenant}/policies?limit=100");
     tokio::spawn(async move {
-        let (mut gets, mut puts) = (Vec::new(), Vec::new());
+        let (mut gets, mut lists, mut puts) = (Vec::new(), Vec::new(), Vec::new());
         let mut i = 0usize;
         while !stop.load(Ordering::Acquire) {
             let base = &bases[i % 2];
             let t = Instant::now();
             if call(&http, base, "GET", &nodes, None).await.is_ok() {
                 gets.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let t = Instant::now();
+            if call(&http, base, "GET", &policies, None).await.is_ok() {
+                lists.push(t.elapsed().as_secs_f64() * 1e3);
             }
             let t = Instant::now();
             let p = policy("probe", 2, 3, 20_000 + (i % 1000) as u16);
@@ -300,7 +354,7 @@ fn probe(
             i += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        [gets, puts]
+        [gets, lists, puts]
     })
 }
 
@@ -375,13 +429,15 @@ async fn measure(
         "reconnects": delta("reconnects"),
         "refused": delta("refused"),
     });
-    if let Some([mut gets, mut puts]) = rest {
+    if let Some([mut gets, mut lists, mut puts]) = rest {
         v["rest"] = json!({
             "get_nodes_p50_ms": percentile(&mut gets.clone(), 0.5),
             "get_nodes_p99_ms": percentile(&mut gets, 0.99),
+            "get_policies_p50_ms": percentile(&mut lists.clone(), 0.5),
+            "get_policies_p99_ms": percentile(&mut lists, 0.99),
             "put_policy_p50_ms": percentile(&mut puts.clone(), 0.5),
             "put_policy_p99_ms": percentile(&mut puts, 0.99),
-            "calls": gets.len() + puts.len(),
+            "calls": gets.len() + lists.len() + puts.len(),
         });
     }
     Ok(v)
@@ -412,10 +468,18 @@ async fn rehome(b: &mut Bench, sim: &Sim, tenant: &str) -> Result<Value> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = common::args()?;
-    let sizes: &[usize] = if a.quick {
-        &[100, 1000]
+    // (agents, endpoints per node).
+    let sizes: &[(usize, usize)] = if a.quick {
+        &[(100, ENDPOINTS), (1000, ENDPOINTS)]
     } else {
-        &[100, 1000, 5000, 10_000]
+        // 10,000 agents again with one endpoint each, should 10 not fit.
+        &[
+            (100, ENDPOINTS),
+            (1000, ENDPOINTS),
+            (5000, ENDPOINTS),
+            (10_000, ENDPOINTS),
+            (10_000, 1),
+        ]
     };
     let changes = if a.quick { 10 } else { 20 };
     let name = format!("propagation_{}", uuid::Uuid::new_v4().simple());
@@ -451,7 +515,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
+async fn run(b: &mut Bench, sizes: &[(usize, usize)], changes: usize) -> Result<Value> {
     let solo_token = b.tenant("solo", POLICIES).await?;
     b.call(
         0,
@@ -460,7 +524,7 @@ async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
         Some(policy("probe", 2, 3, 20_000)),
     )
     .await?;
-    let solo = b.sim(&[solo_token], 1)?;
+    let solo = b.sim(&[solo_token], 1, ENDPOINTS)?;
     b.join(&solo, &["solo".into()], 1).await?;
     let solo_t = [Target {
         tenant: "solo".into(),
@@ -473,42 +537,33 @@ async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
 
     let mut by_agents = serde_json::Map::new();
     let mut largest: Option<(usize, Value)> = None;
-    let mut rehomed = Value::Null;
-    // (agents, the sim process's RSS in KiB) of the last fleet: what the next one needs.
-    let mut last_sim: Option<(usize, u64)> = None;
-    for (k, &n) in sizes.iter().enumerate() {
-        if let Some((m, sim_kib)) = last_sim {
-            // Each agent keeps the cluster's ipcache (n × 10 entries): memory grows with n².
-            let need = sim_kib as f64 * (n as f64 / m as f64).powi(2);
-            let have = mem_available_kib() as f64 * 0.8;
-            if need > have || !rehomed.is_null() {
-                let why = format!(
-                    "the simulated agents' state would need ~{:.1} GiB (the {m}-agent sim used {:.1} GiB; \
-                     each agent keeps the cluster's {}-entry ipcache, so it grows with N²), {:.1} GiB available",
-                    need / 1048576.0,
-                    sim_kib as f64 / 1048576.0,
-                    n * ENDPOINTS,
-                    have / 0.8 / 1048576.0
-                );
-                println!("{n} agents: skipped: {why}");
-                by_agents.insert(n.to_string(), json!({"agents": n, "skipped": why}));
-                continue;
-            }
+    let mut rehomed = serde_json::Map::new();
+    let mut memory = Memory::default();
+    for (k, &(n, e)) in sizes.iter().enumerate() {
+        let label = if e == ENDPOINTS {
+            n.to_string()
+        } else {
+            format!("{n}x{e}")
+        };
+        if let Some(why) = memory.wont_fit(n, e) {
+            println!("{label} agents: skipped: {why}");
+            by_agents.insert(
+                label,
+                json!({"agents": n, "endpoints_per_node": e, "skipped": why}),
+            );
+            continue;
         }
-        let tenant = format!("fleet-{n}");
+        let tenant = format!("fleet-{label}");
         let token = b.tenant(&tenant, POLICIES).await?;
         let started = Instant::now();
-        let sim = b.sim(&[token], n)?;
-        if let Err(e) = b.join(&sim, std::slice::from_ref(&tenant), n).await {
-            println!("{n} agents: {e:#}");
-            by_agents.insert(
-                n.to_string(),
-                json!({"agents": n, "error": format!("{e:#}")}),
-            );
+        let sim = b.sim(&[token], n, e)?;
+        if let Err(err) = b.join(&sim, std::slice::from_ref(&tenant), n).await {
+            println!("{label} agents: {err:#}");
+            by_agents.insert(label, json!({"agents": n, "error": format!("{err:#}")}));
             break;
         }
         let joined_s = started.elapsed().as_secs_f64();
-        println!("{n} agents x {ENDPOINTS} endpoints registered and synced in {joined_s:.1} s");
+        println!("{n} agents x {e} endpoints registered and synced in {joined_s:.1} s");
         let t = [Target {
             tenant: tenant.clone(),
             sim: &sim,
@@ -516,52 +571,50 @@ async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
         }];
         let mut v = match measure(b, &t, changes, false).await {
             Ok(v) => v,
-            Err(e) => {
-                println!("{n} agents: {e:#}");
-                by_agents.insert(
-                    n.to_string(),
-                    json!({"agents": n, "error": format!("{e:#}")}),
-                );
+            Err(err) => {
+                println!("{label} agents: {err:#}");
+                by_agents.insert(label, json!({"agents": n, "error": format!("{err:#}")}));
                 break;
             }
         };
         let server = b.server_rss_kib();
         let sim_kib = rss_kib(sim.pid());
+        v["endpoints_per_node"] = json!(e);
         v["join_s"] = json!((joined_s * 10.0).round() / 10.0);
         v["rss_per_agent_kib"] = json!((server.saturating_sub(rss_base)) / n as u64);
         v["control_api_rss_mib"] = json!(server / 1024);
         v["sim_rss_mib"] = json!(sim_kib / 1024);
-        print_row(&format!("fleet of {n}"), &v, &base);
+        print_row(&format!("fleet of {label}"), &v, &base);
         let probed = measure(b, &t, changes, true).await?;
         println!(
-            "{:>20}  beside the fan-out: GET nodes?limit=100 p99 {} ms, policy PUT p99 {} ms (propagation p50 {} ms then)",
+            "{:>20}  beside the fan-out: GET nodes?limit=100 p99 {:.1} ms, GET policies?limit=100 p99 {:.1} ms, policy PUT p99 {:.1} ms (propagation p50 {:.1} ms then)",
             "",
-            probed["rest"]["get_nodes_p99_ms"],
-            probed["rest"]["put_policy_p99_ms"],
-            probed["p50_ms"]
+            probed["rest"]["get_nodes_p99_ms"].as_f64().unwrap_or(0.0),
+            probed["rest"]["get_policies_p99_ms"].as_f64().unwrap_or(0.0),
+            probed["rest"]["put_policy_p99_ms"].as_f64().unwrap_or(0.0),
+            probed["p50_ms"].as_f64().unwrap_or(0.0)
         );
         v["rest_during_fanout"] = probed["rest"].clone();
         v["rest_during_fanout"]["propagation_p50_ms"] = probed["p50_ms"].clone();
-        by_agents.insert(n.to_string(), v.clone());
-        largest = Some((n, v));
-        last_sim = Some((n, sim_kib));
-        // Re-homing is measured on the largest fleet that runs: this one, if the next
-        // does not fit.
-        let next_fits = sizes.get(k + 1).is_some_and(|&next| {
-            sim_kib as f64 * (next as f64 / n as f64).powi(2) <= mem_available_kib() as f64 * 0.8
-        });
-        if !next_fits {
-            rehomed = rehome(b, &sim, &tenant).await?;
+        memory.points.push((n, e, sim_kib as f64, server as f64));
+        // Re-homing is measured on each fleet after which none larger runs.
+        let next_runs = sizes
+            .get(k + 1)
+            .is_some_and(|&(m, f)| memory.wont_fit(m, f).is_none());
+        if !next_runs {
+            let r = rehome(b, &sim, &tenant).await?;
+            println!(
+                "re-homing {n} agents after SIGKILL of a replica: {} s, {} removals, {} snapshots",
+                r["seconds"], r["removals"], r["snapshots"]
+            );
+            rehomed.insert(label.clone(), r);
         }
+        if e == ENDPOINTS {
+            largest = Some((n, v.clone()));
+        }
+        by_agents.insert(label, v);
         sim.stop().await;
     }
-    if !rehomed.is_null() {
-        println!(
-            "re-homing {} agents after SIGKILL of a replica: {} s, {} agents' removals, {} snapshots",
-            rehomed["agents"], rehomed["seconds"], rehomed["removals"], rehomed["snapshots"]
-        );
-    }
-
     // 1,000 agents over 100 tenants of 10: each change is one tenant's.
     let (tenants, per) = (100, 10);
     let mut names = Vec::with_capacity(tenants);
@@ -571,7 +624,7 @@ async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
         tokens.push(b.tenant(&name, 20).await?);
         names.push(name);
     }
-    let spread = b.sim(&tokens, per)?;
+    let spread = b.sim(&tokens, per, ENDPOINTS)?;
     b.join(&spread, &names, per).await?;
     let targets: Vec<Target<'_>> = names
         .iter()
@@ -590,14 +643,15 @@ async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
     spread.stop().await;
 
     let (max_n, top) = largest.context("no fleet ran")?;
-    let rest_p99 = top["rest_during_fanout"]["get_nodes_p99_ms"]
-        .as_f64()
-        .unwrap_or(0.0)
-        .max(
-            top["rest_during_fanout"]["put_policy_p99_ms"]
-                .as_f64()
-                .unwrap_or(0.0),
-        );
+    // The slowest of the probed calls.
+    let rest_p99 = [
+        "get_nodes_p99_ms",
+        "get_policies_p99_ms",
+        "put_policy_p99_ms",
+    ]
+    .iter()
+    .filter_map(|k| top["rest_during_fanout"][k].as_f64())
+    .fold(0.0, f64::max);
     let mut out = json!({
         "agents": max_n,
         "changes": changes,
@@ -608,11 +662,13 @@ async fn run(b: &mut Bench, sizes: &[usize], changes: usize) -> Result<Value> {
         "baseline": base,
         "baseline_beside_other_tenants": beside,
         "rest_p99_ms_during_fanout": rest_p99,
-        "rehome": rehomed,
     });
-    if let Some(n) = rehomed["agents"].as_u64() {
-        out[format!("rehome_{n}_s")] = rehomed["seconds"].clone();
+    for r in rehomed.values() {
+        if let Some(n) = r["agents"].as_u64() {
+            out[format!("rehome_{n}_s")] = r["seconds"].clone();
+        }
     }
+    out["rehome"] = rehomed.into();
     drop(solo);
     Ok(out)
 }

@@ -38,13 +38,20 @@ pub struct PolicyWrite<'a> {
     pub clusters: Option<Vec<Uuid>>,
 }
 
-const SELECT: &str = "SELECT p.id, p.name, p.labels, p.description, p.specs, \
+// Status counts come from the tenant's nodes grouped once per query by (cluster, applied
+// revision) — a handful of rows once agents converge — not from a pass over the nodes per
+// policy (a page of 100 policies at 10,000 nodes was 2 million rows).
+const SELECT: &str = "WITH node_counts AS MATERIALIZED ( \
+      SELECT cluster_id, applied_revision, count(*) AS n FROM nodes \
+      WHERE tenant_id = weft_tenant() GROUP BY cluster_id, applied_revision) \
+    SELECT p.id, p.name, p.labels, p.description, p.specs, \
     CASE WHEN p.cluster_ids IS NULL THEN NULL ELSE \
       array(SELECT c.name FROM clusters c WHERE c.id = ANY(p.cluster_ids) ORDER BY c.name) END AS clusters, \
-    p.created_at, p.updated_at, p.revision, \
-    (SELECT count(*) FROM nodes n WHERE n.tenant_id = p.tenant_id AND (p.cluster_ids IS NULL OR n.cluster_id = ANY(p.cluster_ids))) AS total_nodes, \
-    (SELECT count(*) FROM nodes n WHERE n.tenant_id = p.tenant_id AND (p.cluster_ids IS NULL OR n.cluster_id = ANY(p.cluster_ids)) AND n.applied_revision >= p.revision) AS realized_nodes \
-    FROM policies p";
+    p.created_at, p.updated_at, p.revision, s.total_nodes, s.realized_nodes \
+    FROM policies p CROSS JOIN LATERAL ( \
+      SELECT coalesce(sum(c.n), 0)::bigint AS total_nodes, \
+             coalesce(sum(c.n) FILTER (WHERE c.applied_revision >= p.revision), 0)::bigint AS realized_nodes \
+      FROM node_counts c WHERE p.cluster_ids IS NULL OR c.cluster_id = ANY(p.cluster_ids)) s";
 
 /// One page of the tenant's policies.
 pub async fn list(
