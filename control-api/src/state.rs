@@ -15,6 +15,9 @@ use crate::oidc::Oidc;
 use crate::ratelimit::FailureLimiter;
 use crate::tasks::Tasks;
 
+/// Agent streams a replica opens at once (see [`AppState::stream_opens`]).
+pub const STREAM_OPENS: usize = 16;
+
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
@@ -31,6 +34,9 @@ pub struct AppState {
     pub views: Arc<crate::views::Views>,
     /// What nodes were sent and acked, written in batches (one transaction per batch).
     pub node_writes: Arc<crate::group_commit::NodeWrites>,
+    /// Agent streams opening at once (each reads the node's state and sends a snapshot):
+    /// a reconnect storm queues here instead of exhausting the database pool.
+    pub stream_opens: Arc<tokio::sync::Semaphore>,
     /// What `/install.sh` and `/downloads` serve.
     pub install: Arc<InstallConfig>,
     /// Where flows are stored and read.
@@ -75,6 +81,7 @@ impl AppState {
             enrich_cache,
             views: Arc::new(crate::views::Views::new(pool.clone(), changes.clone())),
             node_writes: Arc::new(crate::group_commit::NodeWrites::spawn(pool.clone(), &tasks)),
+            stream_opens: Arc::new(tokio::sync::Semaphore::new(STREAM_OPENS)),
             changes,
             flows,
             flow_notices: crate::flows::spawn_notice_listener(pool.clone(), &tasks),

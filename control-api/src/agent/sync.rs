@@ -19,6 +19,9 @@ use crate::store::nodes;
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Messages buffered per stream: the bound is the backpressure on a slow agent.
 const BUFFER: usize = 16;
+/// After the database was briefly unavailable, an open stream tries its push again this
+/// much later, instead of ending (and making its agent reconnect: a storm at scale).
+const RETRY: Duration = Duration::from_secs(1);
 
 pub type Stream = tokio_stream::wrappers::ReceiverStream<Result<SyncResponse, Status>>;
 
@@ -30,8 +33,17 @@ pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
     tokio::spawn(async move {
         st.metrics.agents_connected.inc();
         let _connected = Connected(&st);
+        // Held until the first message is out.
+        let Ok(opening) = st.stream_opens.clone().acquire_owned().await else {
+            return;
+        };
         let lag = super::reports::sync_lag_stream(&st, &node).await;
-        if let Err(e) = produce(&st, &node, resume_from, changes, &tx, &lag).await {
+        let open = Opening {
+            resume_from,
+            changes,
+            permit: opening,
+        };
+        if let Err(e) = produce(&st, &node, open, &tx, &lag).await {
             let _ = tx.send(Err(e)).await;
         }
         tracing::info!(node = %node.name, "sync stream closed");
@@ -39,20 +51,32 @@ pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// How a stream opens: where the agent resumes from, the change feeds it watches
+/// (subscribed before the first snapshot), and its place among the streams opening.
+struct Opening {
+    resume_from: u64,
+    changes: (watch::Receiver<Latest>, watch::Receiver<u64>),
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 async fn produce(
     st: &AppState,
     node: &NodeCtx,
-    resume_from: u64,
-    (mut mine, mut resets): (watch::Receiver<Latest>, watch::Receiver<u64>),
+    open: Opening,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
     lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
+    let Opening {
+        resume_from,
+        changes: (mut mine, mut resets),
+        permit,
+    } = open;
     let loaded = st.views.committed(node.tenant_id).await.map_err(status)?;
     let mut last = state::compile(node, &loaded).map_err(status)?;
     let revision = last.revision;
     // An agent resuming from what this node was last sent gets only the difference (empty
     // if nothing changed: "you are current"); any other revision gets a snapshot.
-    let (first, unchanged) = match sent(st, node).await {
+    let (first, unchanged) = match sent(st, node, &last).await {
         Some((rev, before)) if rev > 0 && rev.unsigned_abs() == resume_from => {
             let d = desired::diff(&before, &last.full());
             (state::delta(revision, &d), d.is_empty())
@@ -62,12 +86,14 @@ async fn produce(
     if tx.send(Ok(first)).await.is_err() {
         return Ok(());
     }
+    drop(permit);
     lag.sent(revision);
     remember(st, node, &last, !unchanged).await;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    let mut trace;
+    let mut trace = None;
+    let mut retry = false;
     loop {
         tokio::select! {
             () = tx.closed() => return Ok(()),
@@ -75,6 +101,7 @@ async fn produce(
                 touch(st, node).await;
                 continue;
             }
+            () = tokio::time::sleep(RETRY), if retry => {}
             changed = mine.changed() => match changed {
                 Ok(()) => trace = mine.borrow_and_update().trace,
                 Err(_) => return Err(Status::unavailable("control plane shutting down")),
@@ -116,9 +143,15 @@ async fn produce(
             Ok::<_, Status>(true)
         }
         .instrument(span)
-        .await?;
-        if !pushed {
-            return Ok(());
+        .await;
+        match pushed {
+            Ok(true) => retry = false,
+            Ok(false) => return Ok(()),
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                tracing::warn!(node = %node.name, error = %e.message(), "push failed; retrying");
+                retry = true;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -143,11 +176,20 @@ async fn node_tx(
     Ok(tx)
 }
 
-/// What the node was last sent, and at which revision.
-async fn sent(st: &AppState, node: &NodeCtx) -> Option<(i64, NodeDesiredState)> {
+/// What the node was last sent, and at which revision (`now`: what it is to get now, whose
+/// shared ipcache is most likely the one it was sent).
+async fn sent(
+    st: &AppState,
+    node: &NodeCtx,
+    now: &state::Compiled,
+) -> Option<(i64, NodeDesiredState)> {
     let res = async {
         let mut tx = node_tx(st, node).await?;
-        let row = nodes::sent_state(&mut tx, node.id).await?;
+        let known = (
+            now.ipcache.digest.as_slice(),
+            now.planned.plan.shared_ipcache(),
+        );
+        let row = nodes::sent_state(&mut tx, node.id, known).await?;
         tx.commit().await?;
         Ok::<_, crate::error::ApiError>(row)
     }
