@@ -70,6 +70,7 @@ fn fleet(urls: &[String], token: &str, agents: usize, prefix: &str) -> Fleet {
         concurrency: 16,
         // No health reports during the test: they would be work the assertions count.
         health_interval_secs: 3600,
+        keepalive_secs: 60,
         name_prefix: prefix.to_string(),
     });
     fleets.pop().expect("one fleet")

@@ -44,7 +44,7 @@ use procs::{cpu_ms, mem_available_kib, postgres_cpu_ms, rss_kib, Replica, Sim, S
 /// Longest a change may take to reach every agent before the run is declared failed.
 const CONVERGE: Duration = Duration::from_secs(180);
 /// Longest registration of a fleet may take.
-const JOIN: Duration = Duration::from_secs(600);
+const JOIN: Duration = Duration::from_secs(1500);
 const ENDPOINTS: usize = 10;
 const POLICIES: usize = 200;
 
@@ -560,7 +560,8 @@ async fn run(b: &mut Bench, sizes: &[(usize, usize)], changes: usize) -> Result<
         if let Err(err) = b.join(&sim, std::slice::from_ref(&tenant), n).await {
             println!("{label} agents: {err:#}");
             by_agents.insert(label, json!({"agents": n, "error": format!("{err:#}")}));
-            break;
+            sim.stop().await;
+            continue;
         }
         let joined_s = started.elapsed().as_secs_f64();
         println!("{n} agents x {e} endpoints registered and synced in {joined_s:.1} s");
@@ -612,6 +613,8 @@ async fn run(b: &mut Bench, sizes: &[(usize, usize)], changes: usize) -> Result<
         if e == ENDPOINTS {
             largest = Some((n, v.clone()));
         }
+        // Each fleet's figures as they come, should a later one not finish.
+        println!("{label}: {v}");
         by_agents.insert(label, v);
         sim.stop().await;
     }

@@ -79,6 +79,16 @@ pub type Client = AgentClient<InterceptedService<Channel, Auth>>;
 /// failure). `https://` needs `ca_cert` (the agent service's certificate or its CA); plain
 /// `http://` is for loopback and tests.
 pub fn channel(url: &str, ca_cert: Option<&Path>) -> Result<Channel, ControlError> {
+    channel_with(url, ca_cert, KEEPALIVE)
+}
+
+/// [`channel`] with another HTTP/2 keepalive (interval and timeout): the simulator's
+/// thousands of agents share a few cores, where a 5 s answer is not a sign of a partition.
+pub fn channel_with(
+    url: &str,
+    ca_cert: Option<&Path>,
+    keepalive: Duration,
+) -> Result<Channel, ControlError> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|source| ControlError::Url {
             url: url.to_string(),
@@ -88,8 +98,8 @@ pub fn channel(url: &str, ca_cert: Option<&Path>) -> Result<Channel, ControlErro
         .tcp_keepalive(Some(Duration::from_secs(30)))
         // The connection is long-lived and shared: a silent network partition must end it
         // (and every stream on it) within ~10 s, so reports buffer and the agent reconnects.
-        .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE)
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive)
         .keep_alive_while_idle(true);
     Ok(with_tls(endpoint, url, ca_cert)?.connect_lazy())
 }

@@ -64,6 +64,7 @@ pub(super) struct Shared {
     pub ca_cert: Option<std::path::PathBuf>,
     pub join_token: String,
     pub health_interval: Duration,
+    pub keepalive: Duration,
     pub tracker: Tracker,
     /// Registrations (and first endpoint reports) at once.
     pub registering: Arc<tokio::sync::Semaphore>,
@@ -160,7 +161,7 @@ pub(super) async fn run(shared: Arc<Shared>, node: Node) {
 
 fn connect(shared: &Shared, at: usize) -> Result<Channel, ControlError> {
     let url = shared.urls.get(at).map(String::as_str).unwrap_or_default();
-    control::channel(url, shared.ca_cert.as_deref())
+    control::channel_with(url, shared.ca_cert.as_deref(), shared.keepalive)
 }
 
 /// Registers, then reports the endpoints once (so the node's endpoints are in before any

@@ -51,6 +51,11 @@ pub struct SimArgs {
     /// Seconds between each agent's health reports.
     #[arg(long, default_value_t = 30)]
     pub health_interval_secs: u64,
+    /// HTTP/2 keepalive interval and timeout of each agent's connection, seconds (the
+    /// agent's own is 5: thousands of simulated agents on a few shared cores answer pings
+    /// late without any partition).
+    #[arg(long, default_value_t = 60)]
+    pub keepalive_secs: u64,
     /// Node names are `<prefix>-<i>`.
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
@@ -144,6 +149,7 @@ pub fn start(args: &SimArgs) -> Vec<Fleet> {
                 ca_cert: args.ca_cert.clone(),
                 join_token: token.clone(),
                 health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
+                keepalive: Duration::from_secs(args.keepalive_secs.max(1)),
                 tracker,
                 registering: registering.clone(),
                 all_registered: all_rx,
