@@ -217,6 +217,21 @@ async fn sample(b: &Bench) -> Result<(f64, f64, [f64; 2], Instant)> {
     Ok((read as f64, written as f64, cpu, Instant::now()))
 }
 
+fn fleets_from_env() -> Result<Option<Vec<(usize, usize)>>> {
+    let Ok(spec) = std::env::var("WEFT_BENCH_FLEETS") else {
+        return Ok(None);
+    };
+    let parse = |f: &str| -> Result<(usize, usize)> {
+        let (n, e) = f.split_once('x').unwrap_or((f, "10"));
+        Ok((n.trim().parse()?, e.trim().parse()?))
+    };
+    let fleets = spec
+        .split(',')
+        .map(|f| parse(f).with_context(|| format!("WEFT_BENCH_FLEETS: {f:?} is not N or NxE")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(fleets))
+}
+
 /// What the fleets so far used, to tell whether the next fits: the simulated agents grow
 /// as `a·N + c·N²·E` (each of N agents keeps its cluster's N·E-entry ipcache), the
 /// replicas linearly.
@@ -481,6 +496,9 @@ async fn main() -> Result<()> {
             (10_000, 1),
         ]
     };
+    // `WEFT_BENCH_FLEETS=5000,10000x1`: other fleets (agents, or agents x endpoints).
+    let chosen = fleets_from_env()?;
+    let sizes = chosen.as_deref().unwrap_or(sizes);
     let changes = if a.quick { 10 } else { 20 };
     let name = format!("propagation_{}", uuid::Uuid::new_v4().simple());
     let db_url = control_api::db::create_database(&a.database_url, &name).await?;
@@ -575,7 +593,8 @@ async fn run(b: &mut Bench, sizes: &[(usize, usize)], changes: usize) -> Result<
             Err(err) => {
                 println!("{label} agents: {err:#}");
                 by_agents.insert(label, json!({"agents": n, "error": format!("{err:#}")}));
-                break;
+                sim.stop().await;
+                continue;
             }
         };
         let server = b.server_rss_kib();
