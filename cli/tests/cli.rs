@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use weft_proto::v1::{AckRequest, HealthReport, RegisterRequest};
 use weft_testkit::fixtures::Rest;
+use weft_testkit::server::authed;
 
 const NATIVE: &str = r#"
 name: web-from-frontend
@@ -432,15 +433,6 @@ fn register(token: &str, name: &str) -> RegisterRequest {
         kernel_version: "6.18".into(),
         ..Default::default()
     }
-}
-
-fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().expect("header"),
-    );
-    req
 }
 
 #[tokio::test]

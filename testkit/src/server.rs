@@ -70,6 +70,16 @@ pub async fn agent_url(state: AppState) -> String {
     format!("http://{addr}")
 }
 
+/// An agent-service request carrying a node credential.
+pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().expect("header"),
+    );
+    req
+}
+
 /// Serves the agent service of `state` (plain gRPC) on a free loopback port and connects a
 /// client to it.
 pub async fn serve_agents(state: AppState) -> AgentClient<tonic::transport::Channel> {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{self as pb, SyncRequest};
 use weft_testkit::fixtures::Rest;
+use weft_testkit::server::authed;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -135,15 +136,6 @@ async fn two_hundred_agents_on_two_replicas_converge_with_one_view_load_per_chan
         "one snapshot per agent, deltas after: {p:?}"
     );
     assert_eq!(p.reconnects, 0, "{p:?}");
-}
-
-fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().expect("header"),
-    );
-    req
 }
 
 async fn next(stream: &mut tonic::Streaming<pb::SyncResponse>) -> SyncMessage {

@@ -116,14 +116,7 @@ pub async fn agent_on(
 }
 
 /// A request carrying a node credential.
-pub fn authed<T>(msg: T, credential: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}").parse().expect("header"),
-    );
-    req
-}
+pub use weft_testkit::server::authed;
 
 /// Reports the node's endpoints (all of them: the report replaces what it had).
 pub async fn report_endpoints(
