@@ -55,18 +55,8 @@ fn target_dir(root: &Path) -> PathBuf {
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
-    let obj = ebpf::prepare(root)?;
     ensure_iptables()?;
-    let ok = Command::new("cargo")
-        .current_dir(root)
-        .args(["build", "--release", "-p", "node-agent"])
-        .env("WEFT_BPF_OBJ", &obj)
-        .status()
-        .context("building node-agent")?
-        .success();
-    if !ok {
-        bail!("cargo build --release -p node-agent failed");
-    }
+    ebpf::build_release(root, &["node-agent"], &[])?;
     let exe = target_dir(root).join("release").join("node-agent");
     let out = root.join("target").join("bench").join("datapath.json");
     let mut cmd = Command::new(&exe);

@@ -81,25 +81,7 @@ fn with_postgres_and(name: &str, out: &str, args: &[String], extra: &[String]) -
 /// eBPF object it embeds), which the benchmark runs as processes: the replicas and the
 /// simulated agents (`node-agent sim`).
 pub fn propagation(args: &[String]) -> Result<()> {
-    let obj = crate::ebpf::prepare(&sh::root())?;
-    let ok = Command::new(env!("CARGO"))
-        .current_dir(sh::root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "control-api",
-            "-p",
-            "node-agent",
-            "--bins",
-        ])
-        .env("WEFT_BPF_OBJ", &obj)
-        .status()
-        .context("building control-api and node-agent")?
-        .success();
-    if !ok {
-        bail!("cargo build --release -p control-api -p node-agent failed");
-    }
+    crate::ebpf::build_release(&sh::root(), &["control-api", "node-agent"], &["--bins"])?;
     let bin = |n: &str| {
         sh::target_dir()
             .join("release")

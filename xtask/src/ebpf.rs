@@ -181,3 +181,24 @@ pub fn prepare(root: &Path) -> Result<PathBuf> {
     }
     Ok(obj)
 }
+
+/// Builds `packages` in release with the eBPF object prepared and embedded (node-agent's
+/// build reads `WEFT_BPF_OBJ`).
+pub fn build_release(root: &Path, packages: &[&str], what: &[&str]) -> Result<()> {
+    let obj = prepare(root)?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root).args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let ok = cmd
+        .args(what)
+        .env("WEFT_BPF_OBJ", &obj)
+        .status()
+        .with_context(|| format!("building {}", packages.join(", ")))?
+        .success();
+    if !ok {
+        bail!("cargo build --release -p {} failed", packages.join(" -p "));
+    }
+    Ok(())
+}
