@@ -23,6 +23,9 @@ pub struct Change {
     /// Trace context of the request that made the change, when it was traced: the pushes
     /// it causes on every replica join that trace.
     pub trace: Option<TraceParent>,
+    /// A node was registered or replaced, or a cluster or the tenant changed: node
+    /// credentials of the tenant may have been revoked.
+    pub may_revoke_nodes: bool,
 }
 
 /// Parses a NOTIFY payload `revision:tenant:kind:id:op[:traceparent]` (see
@@ -31,11 +34,13 @@ pub fn parse(payload: &str) -> Option<Change> {
     let mut parts = payload.split(':');
     let revision = parts.next()?.parse().ok()?;
     let tenant = parts.next()?.parse().ok()?;
-    let trace = parts.nth(3).and_then(|t| t.parse().ok());
+    let kind = parts.next()?;
+    let trace = parts.nth(2).and_then(|t| t.parse().ok());
     Some(Change {
         revision,
         tenant: Some(tenant),
         trace,
+        may_revoke_nodes: matches!(kind, "node" | "cluster" | "tenant"),
     })
 }
 
@@ -151,6 +156,7 @@ pub fn spawn_listener(pool: PgPool, tasks: &Tasks) -> Changes {
                         revision: 0,
                         tenant: None,
                         trace: None,
+                        may_revoke_nodes: true,
                     });
                 }
             }
@@ -187,6 +193,7 @@ mod tests {
             revision,
             tenant,
             trace: None,
+            may_revoke_nodes: false,
         };
         feed.publish(change(5, Some(a)));
         feed.publish(change(3, Some(a)));
@@ -221,9 +228,14 @@ mod tests {
         assert_eq!(c.revision, 42);
         assert_eq!(c.tenant, Some(t));
         assert_eq!(c.trace, None);
+        assert!(!c.may_revoke_nodes);
         assert_eq!(super::parse("x:y"), None);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let c = super::parse(&format!("42:{t}:policy:{t}:update:{tp}")).expect("parses");
         assert_eq!(c.trace.map(|t| t.to_string()).as_deref(), Some(tp));
+        for kind in ["node", "cluster", "tenant"] {
+            let c = super::parse(&format!("42:{t}:{kind}:{t}:delete")).expect("parses");
+            assert!(c.may_revoke_nodes, "{kind}");
+        }
     }
 }

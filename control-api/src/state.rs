@@ -34,6 +34,8 @@ pub struct AppState {
     pub views: Arc<crate::views::Views>,
     /// What nodes were sent and acked, written in batches (one transaction per batch).
     pub node_writes: Arc<crate::group_commit::NodeWrites>,
+    /// Node credentials this replica has checked, until a change may revoke them.
+    pub node_credentials: Arc<crate::agent::credentials::NodeCredentials>,
     /// Agent streams opening at once (each reads the node's state and sends a snapshot):
     /// a reconnect storm queues here instead of exhausting the database pool.
     pub stream_opens: Arc<tokio::sync::Semaphore>,
@@ -57,7 +59,7 @@ pub struct AppState {
 impl AppState {
     /// The state of one replica over a connected pool: fresh metrics and rate limits, and
     /// this replica's background tasks (the change and flow-notice listeners, the flow
-    /// writers, the enrich cache's invalidation), owned by `tasks`.
+    /// writers, the enrich cache's and node credentials' invalidation), owned by `tasks`.
     pub fn new(
         pool: PgPool,
         operator_token_hash: Option<Vec<u8>>,
@@ -70,6 +72,8 @@ impl AppState {
             Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone()));
         let enrich_cache = Arc::new(crate::flows::ingest::EnrichCache::default());
         enrich_cache.spawn_invalidation(changes.subscribe(), &tasks);
+        let node_credentials = Arc::new(crate::agent::credentials::NodeCredentials::default());
+        node_credentials.spawn_invalidation(changes.subscribe(), &tasks);
         use crate::flows::writer;
         AppState {
             flow_writer: writer::FlowWriter::spawn(
@@ -81,6 +85,7 @@ impl AppState {
             enrich_cache,
             views: Arc::new(crate::views::Views::new(pool.clone(), changes.clone())),
             node_writes: Arc::new(crate::group_commit::NodeWrites::spawn(pool.clone(), &tasks)),
+            node_credentials,
             stream_opens: Arc::new(tokio::sync::Semaphore::new(STREAM_OPENS)),
             changes,
             flows,

@@ -128,6 +128,11 @@ async fn join_tokens_register_nodes_once() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Used before it is replaced: the replica has it cached.
+    client
+        .report_health(authed(HealthReport::default(), &resp.node_credential))
+        .await
+        .expect("the credential works");
     let replaced = client
         .register(register(&multi, "node-1", true))
         .await
@@ -164,6 +169,19 @@ async fn join_tokens_register_nodes_once() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert_eq!(t.count("nodes").await, 1);
+
+    // Deleting the cluster takes its nodes' credentials with it.
+    let r = t.delete("/v1/tenants/acme/clusters/prod", &owner).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let e = client
+        .report_health(authed(HealthReport::default(), &replaced.node_credential))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Unauthenticated,
+        "a deleted cluster's node credential no longer works"
+    );
 }
 
 #[tokio::test]

@@ -324,3 +324,52 @@ async fn a_registration_retried_after_a_lost_answer_takes_its_own_place() {
         .await
         .expect("the new credential works");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_replaced_through_one_replica_stops_working_on_the_other() {
+    use node_agent::control::{self, register, Registration};
+    let cp = ControlPlane::new().await;
+    let other = cp.replica().await;
+    let (_, join) = tenant(&cp, "acme").await;
+    let channel = |st| async move {
+        let url = weft_testkit::server::agent_url(st).await;
+        control::channel(&url, None).expect("channel")
+    };
+    let (via_a, via_b) = (
+        channel(cp.state.clone()).await,
+        channel(other.state.clone()).await,
+    );
+    let reg = Registration {
+        state_dir: std::path::PathBuf::new(),
+        join_token: None,
+        node_name: Some("n1".into()),
+        addresses: vec!["192.0.2.1".into()],
+        labels: Vec::new(),
+        pod_cidrs: Vec::new(),
+    };
+    let first = register::register(&reg, &join, &via_a, false)
+        .await
+        .expect("registered");
+    // Replica B checks the credential (and keeps it) ...
+    let mut b = AgentClient::new(via_b);
+    b.report_health(authed(pb::HealthReport::default(), &first.node_credential))
+        .await
+        .expect("the credential works on B");
+    // ... then the node is replaced through A: B forgets it once it hears the change.
+    register::register(&reg, &join, &via_a, true)
+        .await
+        .expect("replaced");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let old = b
+            .report_health(authed(pb::HealthReport::default(), &first.node_credential))
+            .await;
+        match old {
+            Err(e) if e.code() == tonic::Code::Unauthenticated => break,
+            other if std::time::Instant::now() > deadline => {
+                panic!("replica B still takes the replaced credential: {other:?}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}

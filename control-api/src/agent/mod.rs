@@ -2,6 +2,7 @@
 //! It runs beside the REST API on its own port and shares its Postgres pool; node
 //! credentials are checked on every call.
 
+pub mod credentials;
 pub mod desired;
 mod register;
 mod reports;
@@ -73,9 +74,18 @@ impl AgentService {
                 Status::unauthenticated("missing node credential (authorization: Bearer ...)")
             })?;
         let hash = crate::secret::hash_token(credential);
-        let row = crate::store::lookup::node(&self.st.pool, &hash)
-            .await
-            .map_err(|e| status(e.into()))?;
+        let row = match self.st.node_credentials.get(&hash) {
+            Ok(row) => Some(row),
+            Err(epoch) => {
+                let row = crate::store::lookup::node(&self.st.pool, &hash)
+                    .await
+                    .map_err(|e| status(e.into()))?;
+                if let Some(r) = &row {
+                    self.st.node_credentials.insert(epoch, hash.clone(), r.clone());
+                }
+                row
+            }
+        };
         match row {
             Some(n) => Ok(NodeCtx {
                 id: n.id,

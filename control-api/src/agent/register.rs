@@ -144,6 +144,11 @@ pub async fn register(st: &AppState, req: RegisterRequest) -> Result<RegisterRes
     };
     audit::record(&mut tx, &ctx, action, subject, None, Some(after)).await?;
     tx.commit().await?;
+    if matches!(op, Op::Update) {
+        // The replaced credential stops working here at once; other replicas forget it
+        // when they hear the change.
+        st.node_credentials.invalidate(Some(tenant_id));
+    }
     tracing::info!(node = %req.node_name, %cluster_id, revision = rev, "node registered");
     Ok(RegisterResponse {
         node_id: id.to_string(),

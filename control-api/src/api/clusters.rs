@@ -244,5 +244,7 @@ async fn delete_cluster(
     clusters::delete(&mut tx, id).await?;
     audit::deleted(&mut tx, &t, subject(&before), &before).await?;
     tx.commit().await?;
+    // Its nodes' credentials stop working here at once (other replicas: on the change).
+    st.node_credentials.invalidate(Some(t.id));
     Ok(common::no_content())
 }

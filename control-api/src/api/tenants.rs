@@ -248,11 +248,13 @@ async fn delete_tenant(
     let mut tx = t.begin(&st.pool).await?;
     let current = store::rows::lock(&mut tx, "tenants", t.id).await?;
     common::check_precondition(expected, current)?;
-    // The change log rows of the tenant go with it (cascade); bumping the revision still
-    // tells agents that something changed.
-    store::next_revision(&mut tx).await?;
+    // The change log rows of the tenant go with it (cascade); the change is still announced,
+    // so every replica forgets the tenant's node credentials and its agents' streams wake.
+    let rev = store::next_revision(&mut tx).await?;
     tenants::delete(&mut tx, t.id).await?;
+    store::announce(&mut tx, rev, t.id, "tenant", t.id, Op::Delete).await?;
     tx.commit().await?;
+    st.node_credentials.invalidate(Some(t.id));
     tracing::info!(tenant = %t.name, "tenant deleted");
     Ok(common::no_content())
 }

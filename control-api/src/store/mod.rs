@@ -40,7 +40,7 @@ pub mod view;
 pub mod workloads;
 
 pub use revision::{
-    bump_revision, lock_revisions, next_revision, record_change, Op, CHANGES_CHANNEL,
+    announce, bump_revision, lock_revisions, next_revision, record_change, Op, CHANGES_CHANNEL,
 };
 pub use tenant::{set_tenant, set_user, TenantCtx};
 

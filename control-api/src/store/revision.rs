@@ -79,6 +79,19 @@ pub async fn record_change(
     .bind(op.as_str())
     .execute(&mut *tx)
     .await?;
+    announce(tx, revision, tenant_id, kind, resource_id, op).await
+}
+
+/// Queues the NOTIFY of a change (delivered on commit only) without logging it: for a
+/// change whose log goes with it (a tenant's deletion cascades to its change log).
+pub async fn announce(
+    tx: &mut PgConnection,
+    revision: i64,
+    tenant_id: Uuid,
+    kind: &str,
+    resource_id: Uuid,
+    op: Op,
+) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANGES_CHANNEL)
         .bind(match weft_telemetry::TraceParent::current() {
@@ -92,8 +105,8 @@ pub async fn record_change(
             ),
         })
         .execute(&mut *tx)
-        .await?;
-    Ok(())
+        .await
+        .map(drop)
 }
 
 /// The revision the caller's transaction sees.
