@@ -226,8 +226,64 @@ fn merge_keyed<T: Clone + PartialEq, K: Ord>(
     (upsert, remove)
 }
 
-/// The list sorted by key, with `remove` taken out and `upsert` put in.
+/// The list sorted by key, with `remove` taken out and `upsert` put in (an upsert wins
+/// over a removal of its key; of two upserts of one key, the later).
 fn apply_keyed<T: Clone, K: Ord + Clone>(
+    items: &[T],
+    upsert: &[T],
+    remove: &[K],
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    // The applied lists are sorted by unique keys and a delta is small next to them: one
+    // merge pass (an agent applies a delta to its cluster-sized ipcache on every change).
+    if !items.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+        return apply_by_map(items, upsert, remove, key);
+    }
+    let mut upsert: Vec<&T> = upsert.iter().collect();
+    // Stable: of equal keys the later stays last, and is the one kept.
+    upsert.sort_by_key(|t| key(t));
+    let mut remove: Vec<&K> = remove.iter().collect();
+    remove.sort();
+    let mut out = Vec::with_capacity(items.len() + upsert.len());
+    let (mut u, mut r) = (upsert.iter().peekable(), remove.iter().peekable());
+    let put = |out: &mut Vec<T>, u: &mut std::iter::Peekable<std::slice::Iter<'_, &T>>| {
+        // The last upsert of the key at the front.
+        let mut last = u.next();
+        while let (Some(a), Some(b)) = (last, u.peek()) {
+            if key(a) != key(b) {
+                break;
+            }
+            last = u.next();
+        }
+        if let Some(t) = last {
+            out.push((*t).clone());
+        }
+    };
+    for item in items {
+        let k = key(item);
+        while u.peek().is_some_and(|t| key(t) < k) {
+            put(&mut out, &mut u);
+        }
+        if u.peek().is_some_and(|t| key(t) == k) {
+            put(&mut out, &mut u);
+            continue;
+        }
+        while r.peek().is_some_and(|x| ***x < k) {
+            r.next();
+        }
+        if r.peek().is_some_and(|x| ***x == k) {
+            continue;
+        }
+        out.push(item.clone());
+    }
+    while u.peek().is_some() {
+        put(&mut out, &mut u);
+    }
+    out
+}
+
+/// [`apply_keyed`] for a list in any order.
+fn apply_by_map<T: Clone, K: Ord + Clone>(
     items: &[T],
     upsert: &[T],
     remove: &[K],
@@ -243,7 +299,7 @@ fn apply_keyed<T: Clone, K: Ord + Clone>(
 
 #[cfg(test)]
 mod tests {
-    use super::{diff_keyed, ipcache_diff, node_ipcache_delta};
+    use super::{apply_by_map, apply_keyed, diff_keyed, ipcache_diff, node_ipcache_delta};
     use crate::desired::{node_ipcache, IpcacheEntry};
 
     /// A repeatable pseudo-random source: `next(m)` is below `m`.
@@ -302,6 +358,25 @@ mod tests {
             let (mut upsert, remove) = diff_keyed(&old_r, &new_r, |e| e.0);
             upsert.reverse();
             assert_eq!(merged, (upsert, remove), "{old:?} -> {new:?}");
+        }
+    }
+
+    /// Applying to a sorted list by merge gives what the map path gives, whatever the
+    /// order of the delta's upserts and removals (repeated keys included).
+    #[test]
+    fn a_delta_applies_by_merge_as_by_map() {
+        let mut next = below(5);
+        for _ in 0..500 {
+            let mut items: Vec<(u64, u64)> = (0..next(30)).map(|_| (next(40), next(3))).collect();
+            items.sort();
+            items.dedup_by_key(|e| e.0);
+            let upsert: Vec<(u64, u64)> = (0..next(6)).map(|_| (next(40), 10 + next(3))).collect();
+            let remove: Vec<u64> = (0..next(6)).map(|_| next(40)).collect();
+            assert_eq!(
+                apply_keyed(&items, &upsert, &remove, |e| e.0),
+                apply_by_map(&items, &upsert, &remove, |e| e.0),
+                "{items:?} + {upsert:?} - {remove:?}"
+            );
         }
     }
 }

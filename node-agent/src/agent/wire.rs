@@ -249,7 +249,8 @@ impl Programmed {
     }
 
     fn apply_delta(&mut self, dp: &mut impl DatapathOps, d: &Delta) -> Vec<ItemError> {
-        let old = self.applied.clone();
+        // Taken, not cloned: the state is as large as the cluster, a delta usually small.
+        let old = std::mem::take(&mut self.applied);
         let mut next = desired::apply(&old, d);
         let mut errors = Vec::new();
         let old_ep: BTreeMap<&str, &DesiredEndpoint> =
