@@ -81,7 +81,9 @@ impl AgentService {
                     .await
                     .map_err(|e| status(e.into()))?;
                 if let Some(r) = &row {
-                    self.st.node_credentials.insert(epoch, hash.clone(), r.clone());
+                    self.st
+                        .node_credentials
+                        .insert(epoch, hash.clone(), r.clone());
                 }
                 row
             }
