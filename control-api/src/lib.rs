@@ -17,6 +17,7 @@ pub mod group_commit;
 pub mod identities;
 pub mod install;
 pub mod metrics;
+pub mod node_credentials;
 pub mod oidc;
 pub mod pagination;
 pub mod ratelimit;

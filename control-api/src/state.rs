@@ -35,7 +35,7 @@ pub struct AppState {
     /// What nodes were sent and acked, written in batches (one transaction per batch).
     pub node_writes: Arc<crate::group_commit::NodeWrites>,
     /// Node credentials this replica has checked, until a change may revoke them.
-    pub node_credentials: Arc<crate::agent::credentials::NodeCredentials>,
+    pub node_credentials: Arc<crate::node_credentials::NodeCredentials>,
     /// Agent streams opening at once (each reads the node's state and sends a snapshot):
     /// a reconnect storm queues here instead of exhausting the database pool.
     pub stream_opens: Arc<tokio::sync::Semaphore>,
@@ -72,7 +72,7 @@ impl AppState {
             Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone()));
         let enrich_cache = Arc::new(crate::flows::ingest::EnrichCache::default());
         enrich_cache.spawn_invalidation(changes.subscribe(), &tasks);
-        let node_credentials = Arc::new(crate::agent::credentials::NodeCredentials::default());
+        let node_credentials = Arc::new(crate::node_credentials::NodeCredentials::default());
         node_credentials.spawn_invalidation(changes.subscribe(), &tasks);
         use crate::flows::writer;
         AppState {

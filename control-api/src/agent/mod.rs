@@ -2,7 +2,6 @@
 //! It runs beside the REST API on its own port and shares its Postgres pool; node
 //! credentials are checked on every call.
 
-pub mod credentials;
 pub mod desired;
 mod register;
 mod reports;
