@@ -8,6 +8,7 @@ mod connectivity;
 mod diff;
 mod flows;
 mod manifest;
+mod nodes;
 mod observe;
 mod oidc;
 mod output;
@@ -80,6 +81,8 @@ enum Cmd {
     #[command(subcommand)]
     Cluster(resources::ClusterCmd),
     #[command(subcommand)]
+    Node(nodes::NodeCmd),
+    #[command(subcommand)]
     Token(resources::TokenCmd),
     Observe(observe::ObserveArgs),
     #[command(subcommand)]
@@ -100,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Policy(c) => apply::policy(&target, c).await,
         Cmd::Service(c) => resources::service(&target, c).await,
         Cmd::Cluster(c) => resources::cluster(&target, c).await,
+        Cmd::Node(c) => nodes::node(&target, c).await,
         Cmd::Token(c) => resources::token(&target, c).await,
         Cmd::Observe(a) => observe::run(&target, a).await,
         Cmd::Connectivity(c) => connectivity::connectivity(&target, c).await,

@@ -13,7 +13,7 @@ use crate::output::{self, Format};
 pub struct ClusterArg {
     /// The cluster (name or id).
     #[arg(short, long)]
-    cluster: String,
+    pub cluster: String,
 }
 
 /// Load-balanced services of a cluster.

@@ -251,3 +251,54 @@ async fn connectivity_cleanup_removes_what_a_killed_run_left_and_nothing_else() 
     let r = api.weft(&["policy", "list", "-o", "json"]).await;
     assert_eq!(names(&r.ok().json()), ["web-from-frontend"]);
 }
+
+#[tokio::test]
+async fn node_list_shows_registered_nodes_and_delete_removes_one() {
+    let api = Api::start().await;
+    api.owner_logged_in("acme").await;
+    api.weft(&["cluster", "create", "edge"]).await.ok();
+    let join = api
+        .weft(&[
+            "cluster",
+            "join-token",
+            "create",
+            "edge",
+            "--name",
+            "n",
+            "--max-uses",
+            "0",
+        ])
+        .await;
+    let join = join.ok().stdout.trim().to_string();
+    let mut agent = api.agent().await;
+    for name in ["node-1", "node-2"] {
+        agent
+            .register(register(&join, name))
+            .await
+            .expect("register");
+    }
+    let r = api.weft(&["node", "list", "--cluster", "edge"]).await;
+    let out = &r.ok().stdout;
+    assert!(
+        out.contains("node-1") && out.contains("192.0.2.10"),
+        "{out}"
+    );
+    let r = api
+        .weft(&["node", "get", "node-2", "--cluster", "edge", "-o", "json"])
+        .await;
+    assert_eq!(r.ok().json()["status"]["connected"], json!(false));
+
+    let r = api
+        .weft(&["node", "delete", "node-1", "--cluster", "edge"])
+        .await;
+    assert!(r.ok().stdout.contains("node/node-1 deleted"));
+    let r = api
+        .weft(&["node", "list", "--cluster", "edge", "-o", "json"])
+        .await;
+    assert_eq!(names(&r.ok().json()), ["node-2"]);
+    // A node that is not there is named in the error.
+    let r = api
+        .weft(&["node", "delete", "node-1", "--cluster", "edge"])
+        .await;
+    assert!(r.code != 0 && r.stderr.contains("node-1"), "{}", r.stderr);
+}

@@ -19,9 +19,13 @@ pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<Compiled> {
         ApiError::Internal(anyhow::anyhow!("compiling node {}: {e}", node.name))
     };
     let id = node.id.to_string();
-    let in_view = loaded
-        .node(&id)
-        .ok_or_else(|| failed(desired::CompileError::UnknownNode(id.clone())))?;
+    // A node not in the view was deleted (its credential was checked before).
+    let in_view = loaded.node(&id).ok_or_else(|| {
+        ApiError::Unauthenticated(format!(
+            "node {} was deleted; register it again to rejoin",
+            node.name
+        ))
+    })?;
     let planned = loaded.plan(&in_view.cluster_id);
     let mut local = planned
         .plan

@@ -1,5 +1,5 @@
-//! Read-only views of what agents report and the control plane derives: nodes per
-//! cluster, endpoints and identities per tenant.
+//! Views of what agents report and the control plane derives: nodes per cluster,
+//! endpoints and identities per tenant; and a node's removal.
 
 use std::net::IpAddr;
 
@@ -12,18 +12,21 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 
-use super::common::{self, ReadErrors, Scope};
+use super::common::{self, ReadErrors, Scope, WriteErrors};
 use crate::auth::{need, Tenant};
 use crate::error::{ApiError, Result};
+use crate::extract::IfMatch;
 use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
+use crate::store::audit::{self, Subject};
 use crate::store::inventory::{self, NodeRow};
 pub use crate::store::inventory::{Endpoint, Identity, CONNECTED_WITHIN_SECONDS};
+use crate::store::{self as db, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_nodes))
-        .routes(routes!(get_node))
+        .routes(routes!(get_node, delete_node))
         .routes(routes!(list_endpoints))
         .routes(routes!(get_endpoint))
         .routes(routes!(list_identities))
@@ -119,6 +122,41 @@ async fn get_node(
     let row = inventory::node(&mut conn, id).await?;
     let n = Node::from(row);
     Ok(common::ok(n.revision, n))
+}
+
+/// Delete a node (admin): its credential stops working, and its endpoints leave every
+/// other node's state (ipcache, policy peers) with the next change. An agent still running
+/// with it keeps what it enforces and is refused until registered again.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/clusters/{cluster}/nodes/{node}", tag = "inventory",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("cluster" = String, Path, description = "Cluster id or name"),
+           ("node" = String, Path, description = "Node id or name"),
+           ("If-Match" = Option<crate::etag::ETag>, Header, nullable = false, description = crate::etag::IF_MATCH_DOC)),
+    responses((status = 204, description = "Deleted"), WriteErrors),
+    security(("bearer" = [])))]
+async fn delete_node(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Admin>,
+    Path((_tenant, cluster, node)): Path<(String, String, String)>,
+    IfMatch(expected): IfMatch,
+) -> Result<Response> {
+    let mut tx = t.begin(&st.pool).await?;
+    let sc = common::cluster_scope(&mut tx, &t, &cluster).await?;
+    let id = common::lock_for_write(&mut tx, "nodes", "node", sc, &node, expected).await?;
+    let before = Node::from(inventory::node(&mut tx, id).await?);
+    db::bump_revision(&mut tx, t.id, "node", id, Op::Delete).await?;
+    db::nodes::delete(&mut tx, id).await?;
+    let subject = Subject {
+        kind: "node",
+        id,
+        name: &before.name,
+    };
+    audit::deleted(&mut tx, &t, subject, &before).await?;
+    tx.commit().await?;
+    // Its credential stops working here at once (other replicas: on the change).
+    st.node_credentials.invalidate(Some(t.id));
+    tracing::info!(node = %before.name, "node deleted");
+    Ok(common::no_content())
 }
 
 /// Endpoint filters beyond the common ones.

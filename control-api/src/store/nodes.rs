@@ -33,6 +33,15 @@ pub async fn use_join_token(conn: &mut PgConnection, id: Uuid) -> Result<Option<
 }
 
 /// The node of this name in a cluster, locked for the rest of the transaction.
+/// Deletes a node; its endpoints, sync state and test workloads go with it (cascade).
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<()> {
+    sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn lock_by_name(
     conn: &mut PgConnection,
     cluster: Uuid,

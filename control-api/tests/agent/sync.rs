@@ -2,6 +2,7 @@
 //! lag, tracing, and the background tasks that serve it.
 
 use super::*;
+use common::next_change;
 
 #[tokio::test]
 async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
@@ -566,4 +567,109 @@ async fn a_replicas_background_tasks_stop_on_shutdown_and_when_its_state_is_drop
     assert!(!stopping.is_cancelled());
     drop(replica);
     assert!(stopping.is_cancelled());
+}
+
+#[tokio::test]
+async fn a_deleted_node_leaves_every_other_node_and_its_credential_stops_working() {
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.cluster("acme", "prod", &owner).await;
+    let mut a = agent(&t).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
+    let n1 = a
+        .register(register(&tok, "node-1", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r2 = register(&tok, "node-2", false);
+    r2.addresses = vec!["192.0.2.11".into()];
+    let n2 = a.register(r2).await.unwrap().into_inner();
+    report_endpoints(
+        &mut a,
+        &n1.node_credential,
+        vec![endpoint("web-1", "web", "10.0.1.5")],
+    )
+    .await;
+    let sync = |cred: String| {
+        let mut c = a.clone();
+        async move {
+            c.sync(authed(
+                SyncRequest {
+                    resume_from_revision: 0,
+                    capability_version: weft_proto::CAPABILITY_VERSION,
+                },
+                &cred,
+            ))
+            .await
+            .expect("sync")
+            .into_inner()
+        }
+    };
+    let mut s1 = sync(n1.node_credential.clone()).await;
+    let mut s2 = sync(n2.node_credential.clone()).await;
+    next_sync(&mut s1).await;
+    let Some(Kind::Snapshot(snap)) = next_sync(&mut s2).await.kind else {
+        panic!("first message is a snapshot")
+    };
+    let prefixes = |v: &[weft_proto::v1::IpcacheEntry]| -> Vec<String> {
+        v.iter().map(|e| e.prefix.clone()).collect()
+    };
+    let before = prefixes(&snap.ipcache);
+    assert!(before.contains(&"10.0.1.5/32".to_string()), "{before:?}");
+    assert!(before.contains(&"192.0.2.10/32".to_string()), "{before:?}");
+
+    // Deleting a node takes an admin.
+    let editor = t.token("acme", "editor", &owner).await;
+    let r = t
+        .delete("/v1/tenants/acme/clusters/prod/nodes/node-1", &editor)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = t
+        .delete("/v1/tenants/acme/clusters/prod/nodes/node-1", &owner)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = t
+        .get("/v1/tenants/acme/clusters/prod/nodes/node-1", &owner)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = t.get("/v1/tenants/acme/endpoints", &owner).await;
+    assert_eq!(r.body["items"], json!([]), "its endpoints went with it");
+
+    // Node-2 is told: the node's address and its endpoint leave its ipcache.
+    let Some(Kind::Delta(d)) = next_change(&mut s2).await.kind else {
+        panic!("a delta")
+    };
+    for gone in ["10.0.1.5/32", "192.0.2.10/32"] {
+        assert!(d.remove_ipcache.contains(&gone.to_string()), "{d:?}");
+    }
+    // Node-1's stream ends, and its credential is refused from now on.
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match s1.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the deleted node's stream ends");
+    assert_eq!(
+        end.expect_err("ends with an error").code(),
+        Code::Unauthenticated
+    );
+    let e = a
+        .report_health(authed(HealthReport::default(), &n1.node_credential))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let audit = t
+        .get("/v1/tenants/acme/audit-log?resource_kind=node", &owner)
+        .await;
+    let actions: Vec<_> = audit.body["items"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(actions.last(), Some(&"delete"), "{}", audit.body);
 }
