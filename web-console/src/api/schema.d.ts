@@ -507,7 +507,12 @@ export interface paths {
         get: operations["get_node"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a node (admin): its credential stops working, and its endpoints leave every
+         *     other node's state (ipcache, policy peers) with the next change. An agent still running
+         *     with it keeps what it enforces and is refused until registered again.
+         */
+        delete: operations["delete_node"];
         options?: never;
         head?: never;
         patch?: never;
@@ -6432,6 +6437,115 @@ export interface operations {
             };
             /** @description No such resource in a tenant the caller can see. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many failed credential attempts from this address; see `Retry-After`. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    delete_node: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An ETag this API issued for this resource (the `ETag` header of a previous read or write, e.g. `"42"`): the change is made only if the resource is still at that revision, else 412. Absent or `*`: unconditional. Any other value is answered 400 with a problem naming `If-Match`. */
+                "If-Match"?: components["schemas"]["ETag"];
+            };
+            path: {
+                /** @description Tenant id or name */
+                tenant: string;
+                /** @description Cluster id or name */
+                cluster: string;
+                /** @description Node id or name */
+                node: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid body or field; `errors` names each field. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The caller's role in the tenant is too small. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource in a tenant the caller can see. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The name (or VIP) is already taken. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `If-Match` names a revision that is no longer current. */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is over 1 MiB. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not JSON (or YAML where accepted). */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
