@@ -118,6 +118,34 @@ impl Changes {
         }
     }
 
+    /// Starts a task that calls `invalidate` on `cache` with the tenant of each change
+    /// `wanted` accepts, and with `None` (everything) when changes may have been missed (a
+    /// lagging receiver, a reconnected listener); it ends when the cache is dropped.
+    pub fn spawn_invalidation<C: Send + Sync + 'static>(
+        &self,
+        tasks: &Tasks,
+        name: &'static str,
+        cache: &Arc<C>,
+        wanted: fn(&Change) -> bool,
+        invalidate: fn(&C, Option<Uuid>),
+    ) {
+        let mut changes = self.subscribe();
+        let cache = Arc::downgrade(cache);
+        tasks.spawn(name, async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let tenant = match changes.recv().await {
+                    Ok(c) if !wanted(&c) => continue,
+                    Ok(c) => c.tenant,
+                    Err(RecvError::Lagged(_)) => None,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(cache) = cache.upgrade() else { return };
+                invalidate(&cache, tenant);
+            }
+        });
+    }
+
     /// Records and announces a change (no receivers is fine: no agent is connected to
     /// this replica right now).
     fn publish(&self, change: Change) {

@@ -5,7 +5,7 @@
 //! cluster or the tenant deleted), or until changes may have been missed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use uuid::Uuid;
 
@@ -64,29 +64,6 @@ impl NodeCredentials {
             Some(t) => inner.by_hash.retain(|_, n| n.tenant_id != t),
             None => inner.by_hash.clear(),
         }
-    }
-
-    /// Forgets a tenant's credentials on each change that may revoke one, and everything
-    /// when changes may have been missed (a lagging receiver, a reconnected listener).
-    pub fn spawn_invalidation(
-        self: &Arc<Self>,
-        mut changes: tokio::sync::broadcast::Receiver<crate::changes::Change>,
-        tasks: &crate::tasks::Tasks,
-    ) {
-        let cache = Arc::downgrade(self);
-        tasks.spawn("node credential invalidation", async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let tenant = match changes.recv().await {
-                    Ok(c) if !c.may_revoke_nodes => continue,
-                    Ok(c) => c.tenant,
-                    Err(RecvError::Lagged(_)) => None,
-                    Err(RecvError::Closed) => return,
-                };
-                let Some(cache) = cache.upgrade() else { return };
-                cache.invalidate(tenant);
-            }
-        });
     }
 }
 

@@ -71,9 +71,22 @@ impl AppState {
         let flows: crate::flows::SharedFlowStore =
             Arc::new(crate::flows::pg::PgFlowStore::new(pool.clone()));
         let enrich_cache = Arc::new(crate::flows::ingest::EnrichCache::default());
-        enrich_cache.spawn_invalidation(changes.subscribe(), &tasks);
+        // Every change of a tenant may change what ingest looked up for it.
+        changes.spawn_invalidation(
+            &tasks,
+            "enrich cache invalidation",
+            &enrich_cache,
+            |_| true,
+            crate::flows::ingest::EnrichCache::invalidate,
+        );
         let node_credentials = Arc::new(crate::node_credentials::NodeCredentials::default());
-        node_credentials.spawn_invalidation(changes.subscribe(), &tasks);
+        changes.spawn_invalidation(
+            &tasks,
+            "node credential invalidation",
+            &node_credentials,
+            |c| c.may_revoke_nodes,
+            crate::node_credentials::NodeCredentials::invalidate,
+        );
         use crate::flows::writer;
         AppState {
             flow_writer: writer::FlowWriter::spawn(

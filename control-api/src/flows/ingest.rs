@@ -93,8 +93,9 @@ const CACHE_MAX_ENTRIES: usize = 100_000;
 /// last read them, per tenant, absent ones included (most addresses a node sees are the
 /// world's). Without it every batch costs three lookups; with it, a steady stream of
 /// flows costs none. Every desired-state change of a tenant clears the tenant's entry
-/// ([`EnrichCache::spawn_invalidation`]: endpoint reports, services and identities all
-/// bump the revision), and entries older than [`CACHE_TTL`] are read again anyway.
+/// ([`crate::changes::Changes::spawn_invalidation`]: endpoint reports, services and
+/// identities all bump the revision), and entries older than [`CACHE_TTL`] are read again
+/// anyway.
 #[derive(Default)]
 pub struct EnrichCache {
     tenants: Mutex<HashMap<Uuid, TenantCache>>,
@@ -207,28 +208,6 @@ impl EnrichCache {
             }
             None => map.clear(),
         }
-    }
-
-    /// Clears a tenant's entry on each of its committed changes, and everything when
-    /// changes may have been missed (a lagging receiver, a reconnected listener).
-    pub fn spawn_invalidation(
-        self: &Arc<Self>,
-        mut changes: tokio::sync::broadcast::Receiver<crate::changes::Change>,
-        tasks: &crate::tasks::Tasks,
-    ) {
-        let cache = Arc::downgrade(self);
-        tasks.spawn("enrich cache invalidation", async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let tenant = match changes.recv().await {
-                    Ok(c) => c.tenant,
-                    Err(RecvError::Lagged(_)) => None,
-                    Err(RecvError::Closed) => return,
-                };
-                let Some(cache) = cache.upgrade() else { return };
-                cache.invalidate(tenant);
-            }
-        });
     }
 }
 
