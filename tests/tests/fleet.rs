@@ -282,21 +282,26 @@ async fn an_agent_back_after_fifty_changes_gets_one_delta_equal_to_the_snapshot_
     assert_eq!(programmed.applied, now);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registration_retried_after_a_lost_answer_takes_its_own_place() {
-    use node_agent::control::{self, register, ControlError, Registration};
-    let cp = ControlPlane::new().await;
-    let (_, join) = tenant(&cp, "acme").await;
-    let url = weft_testkit::server::agent_url(cp.state.clone()).await;
-    let channel = control::channel(&url, None).expect("channel");
-    let reg = Registration {
+/// What an agent registers as node `n1` (no state dir: the test calls `register` itself).
+fn node_n1() -> node_agent::control::Registration {
+    node_agent::control::Registration {
         state_dir: std::path::PathBuf::new(),
         join_token: None,
         node_name: Some("n1".into()),
         addresses: vec!["192.0.2.1".into()],
         labels: Vec::new(),
         pod_cidrs: Vec::new(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_retried_after_a_lost_answer_takes_its_own_place() {
+    use node_agent::control::{self, register, ControlError};
+    let cp = ControlPlane::new().await;
+    let (_, join) = tenant(&cp, "acme").await;
+    let url = weft_testkit::server::agent_url(cp.state.clone()).await;
+    let channel = control::channel(&url, None).expect("channel");
+    let reg = node_n1();
     // The first attempt registered the node, but say its answer was lost.
     let lost = register::register(&reg, &join, &channel, false)
         .await
@@ -327,7 +332,7 @@ async fn a_registration_retried_after_a_lost_answer_takes_its_own_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_replaced_through_one_replica_stops_working_on_the_other() {
-    use node_agent::control::{self, register, Registration};
+    use node_agent::control::{self, register};
     let cp = ControlPlane::new().await;
     let other = cp.replica().await;
     let (_, join) = tenant(&cp, "acme").await;
@@ -339,14 +344,7 @@ async fn a_credential_replaced_through_one_replica_stops_working_on_the_other() 
         channel(cp.state.clone()).await,
         channel(other.state.clone()).await,
     );
-    let reg = Registration {
-        state_dir: std::path::PathBuf::new(),
-        join_token: None,
-        node_name: Some("n1".into()),
-        addresses: vec!["192.0.2.1".into()],
-        labels: Vec::new(),
-        pod_cidrs: Vec::new(),
-    };
+    let reg = node_n1();
     let first = register::register(&reg, &join, &via_a, false)
         .await
         .expect("registered");

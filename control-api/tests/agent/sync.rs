@@ -4,13 +4,20 @@
 use super::*;
 use common::next_change;
 
-#[tokio::test]
-async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
-    let t = TestApp::new().await;
+/// Tenant `acme`, cluster `prod`, nodes `node-1` (192.0.2.10, running endpoint `web-1`
+/// app=web at 10.0.1.5) and `node-2` (192.0.2.11): the owner token, the client, the nodes.
+async fn two_nodes(
+    t: &TestApp,
+) -> (
+    String,
+    AgentClient<Channel>,
+    weft_proto::v1::RegisterResponse,
+    weft_proto::v1::RegisterResponse,
+) {
     let owner = t.tenant("acme").await;
     t.cluster("acme", "prod", &owner).await;
-    let mut a = agent(&t).await;
-    let tok = join_token(&t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
+    let mut a = agent(t).await;
+    let tok = join_token(t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
     let n1 = a
         .register(register(&tok, "node-1", false))
         .await
@@ -25,6 +32,13 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
         vec![endpoint("web-1", "web", "10.0.1.5")],
     )
     .await;
+    (owner, a, n1, n2)
+}
+
+#[tokio::test]
+async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
+    let t = TestApp::new().await;
+    let (owner, mut a, n1, n2) = two_nodes(&t).await;
     report_endpoints(
         &mut a,
         &n2.node_credential,
@@ -572,24 +586,7 @@ async fn a_replicas_background_tasks_stop_on_shutdown_and_when_its_state_is_drop
 #[tokio::test]
 async fn a_deleted_node_leaves_every_other_node_and_its_credential_stops_working() {
     let t = TestApp::new().await;
-    let owner = t.tenant("acme").await;
-    t.cluster("acme", "prod", &owner).await;
-    let mut a = agent(&t).await;
-    let tok = join_token(&t, &owner, "prod", json!({"name": "fleet", "max_uses": 0})).await;
-    let n1 = a
-        .register(register(&tok, "node-1", false))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut r2 = register(&tok, "node-2", false);
-    r2.addresses = vec!["192.0.2.11".into()];
-    let n2 = a.register(r2).await.unwrap().into_inner();
-    report_endpoints(
-        &mut a,
-        &n1.node_credential,
-        vec![endpoint("web-1", "web", "10.0.1.5")],
-    )
-    .await;
+    let (owner, mut a, n1, n2) = two_nodes(&t).await;
     let sync = |cred: String| {
         let mut c = a.clone();
         async move {
