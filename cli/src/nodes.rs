@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::client::{seg, Client, Target};
 use crate::output::{self, Format};
-use crate::resources::ClusterArg;
+use crate::resources::{delete_each, ClusterArg, Columns};
 
 /// The nodes of a cluster (registered by their agents).
 #[derive(Subcommand)]
@@ -41,14 +41,17 @@ pub enum NodeCmd {
     },
 }
 
-const HEADERS: [&str; 6] = [
-    "name",
-    "addresses",
-    "pod cidrs",
-    "connected",
-    "applied revision",
-    "age",
-];
+const NODES: Columns = Columns {
+    headers: &[
+        "name",
+        "addresses",
+        "pod cidrs",
+        "connected",
+        "applied revision",
+        "age",
+    ],
+    row,
+};
 
 fn row(n: &Value) -> Vec<String> {
     let list = |v: &Value| {
@@ -70,31 +73,17 @@ pub async fn node(target: &Target, cmd: NodeCmd) -> Result<()> {
     let client = Client::new(target).await?;
     let coll = |c: &ClusterArg| client.tpath(&format!("/clusters/{}/nodes", seg(&c.cluster)));
     match cmd {
-        NodeCmd::List { cluster, output } => {
-            let items = client.list_all(&coll(&cluster)?, &[]).await?;
-            output::print(output, &Value::Array(items.clone()), &HEADERS, || {
-                items.iter().map(row).collect()
-            })
-        }
+        NodeCmd::List { cluster, output } => NODES.list(&client, &coll(&cluster)?, output).await,
         NodeCmd::Get {
             name,
             cluster,
             output,
         } => {
-            let n = client
-                .get(&format!("{}/{}", coll(&cluster)?, seg(&name)))
-                .await?
-                .body;
-            output::print(output, &n, &HEADERS, || vec![row(&n)])
+            let path = format!("{}/{}", coll(&cluster)?, seg(&name));
+            NODES.get(&client, &path, output).await
         }
         NodeCmd::Delete { names, cluster } => {
-            for n in names {
-                client
-                    .delete(&format!("{}/{}", coll(&cluster)?, seg(&n)))
-                    .await?;
-                println!("node/{n} deleted");
-            }
-            Ok(())
+            delete_each(&client, &coll(&cluster)?, "node", &names).await
         }
     }
 }

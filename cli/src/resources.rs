@@ -16,6 +16,47 @@ pub struct ClusterArg {
     pub cluster: String,
 }
 
+/// How one kind of object prints: table headers and the row of one object.
+pub struct Columns {
+    pub headers: &'static [&'static str],
+    pub row: fn(&Value) -> Vec<String>,
+}
+
+impl Columns {
+    /// Prints every object of the collection at `coll`.
+    pub async fn list(&self, client: &Client, coll: &str, output: Format) -> Result<()> {
+        let items = Value::Array(client.list_all(coll, &[]).await?);
+        output::print(output, &items, self.headers, || {
+            items
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(self.row)
+                .collect()
+        })
+    }
+
+    /// Prints the object at `path`.
+    pub async fn get(&self, client: &Client, path: &str, output: Format) -> Result<()> {
+        let v = client.get(path).await?.body;
+        self.print(output, &v)
+    }
+
+    /// Prints one object.
+    pub fn print(&self, output: Format, v: &Value) -> Result<()> {
+        output::print(output, v, self.headers, || vec![(self.row)(v)])
+    }
+}
+
+/// Deletes each named object of the collection at `coll`, saying `kind/name deleted`.
+pub async fn delete_each(client: &Client, coll: &str, kind: &str, names: &[String]) -> Result<()> {
+    for n in names {
+        client.delete(&format!("{coll}/{}", seg(n))).await?;
+        println!("{kind}/{n} deleted");
+    }
+    Ok(())
+}
+
 /// Load-balanced services of a cluster.
 #[derive(Subcommand)]
 pub enum ServiceCmd {
@@ -200,38 +241,32 @@ fn service_row(s: &Value) -> Vec<String> {
     ]
 }
 
-const SERVICE_HEADERS: [&str; 6] = [
-    "name",
-    "frontends",
-    "backends",
-    "algorithm",
-    "realized",
-    "age",
-];
+const SERVICES: Columns = Columns {
+    headers: &[
+        "name",
+        "frontends",
+        "backends",
+        "algorithm",
+        "realized",
+        "age",
+    ],
+    row: service_row,
+};
 
 pub async fn service(target: &Target, cmd: ServiceCmd) -> Result<()> {
     let client = Client::new(target).await?;
     let coll = |c: &ClusterArg| client.tpath(&format!("/clusters/{}/services", seg(&c.cluster)));
     match cmd {
         ServiceCmd::List { cluster, output } => {
-            let items = client.list_all(&coll(&cluster)?, &[]).await?;
-            output::print(
-                output,
-                &Value::Array(items.clone()),
-                &SERVICE_HEADERS,
-                || items.iter().map(service_row).collect(),
-            )
+            SERVICES.list(&client, &coll(&cluster)?, output).await
         }
         ServiceCmd::Get {
             name,
             cluster,
             output,
         } => {
-            let s = client
-                .get(&format!("{}/{}", coll(&cluster)?, seg(&name)))
-                .await?
-                .body;
-            output::print(output, &s, &SERVICE_HEADERS, || vec![service_row(&s)])
+            let path = format!("{}/{}", coll(&cluster)?, seg(&name));
+            SERVICES.get(&client, &path, output).await
         }
         ServiceCmd::Apply {
             file,
@@ -252,13 +287,7 @@ pub async fn service(target: &Target, cmd: ServiceCmd) -> Result<()> {
             .await
         }
         ServiceCmd::Delete { names, cluster } => {
-            for n in names {
-                client
-                    .delete(&format!("{}/{}", coll(&cluster)?, seg(&n)))
-                    .await?;
-                println!("service/{n} deleted");
-            }
-            Ok(())
+            delete_each(&client, &coll(&cluster)?, "service", &names).await
         }
     }
 }
@@ -272,24 +301,20 @@ fn cluster_row(c: &Value) -> Vec<String> {
     ]
 }
 
-const CLUSTER_HEADERS: [&str; 4] = ["name", "labels", "description", "age"];
+const CLUSTERS: Columns = Columns {
+    headers: &["name", "labels", "description", "age"],
+    row: cluster_row,
+};
 
 pub async fn cluster(target: &Target, cmd: ClusterCmd) -> Result<()> {
     let client = Client::new(target).await?;
     let coll = client.tpath("/clusters")?;
     match cmd {
-        ClusterCmd::List { output } => {
-            let items = client.list_all(&coll, &[]).await?;
-            output::print(
-                output,
-                &Value::Array(items.clone()),
-                &CLUSTER_HEADERS,
-                || items.iter().map(cluster_row).collect(),
-            )
-        }
+        ClusterCmd::List { output } => CLUSTERS.list(&client, &coll, output).await,
         ClusterCmd::Get { name, output } => {
-            let c = client.get(&format!("{coll}/{}", seg(&name))).await?.body;
-            output::print(output, &c, &CLUSTER_HEADERS, || vec![cluster_row(&c)])
+            CLUSTERS
+                .get(&client, &format!("{coll}/{}", seg(&name)), output)
+                .await
         }
         ClusterCmd::Create {
             name,
@@ -301,18 +326,14 @@ pub async fn cluster(target: &Target, cmd: ClusterCmd) -> Result<()> {
                 json!({"name": name, "labels": parse_labels(&labels)?, "description": description});
             let c = client.post(&coll, body).await?.body;
             match output {
-                Some(f) => output::print(f, &c, &CLUSTER_HEADERS, || vec![cluster_row(&c)]),
+                Some(f) => CLUSTERS.print(f, &c),
                 None => {
                     println!("cluster/{name} created");
                     Ok(())
                 }
             }
         }
-        ClusterCmd::Delete { name } => {
-            client.delete(&format!("{coll}/{}", seg(&name))).await?;
-            println!("cluster/{name} deleted");
-            Ok(())
-        }
+        ClusterCmd::Delete { name } => delete_each(&client, &coll, "cluster", &[name]).await,
         ClusterCmd::JoinToken(JoinTokenCmd::Create {
             cluster,
             name,
@@ -378,13 +399,11 @@ pub async fn token(target: &Target, cmd: TokenCmd) -> Result<()> {
     let coll = client.tpath("/api-tokens")?;
     match cmd {
         TokenCmd::List { output } => {
-            let items = client.list_all(&coll, &[]).await?;
-            output::print(
-                output,
-                &Value::Array(items.clone()),
-                &["name", "role", "state", "expires", "last used", "id"],
-                || items.iter().map(token_row).collect(),
-            )
+            let tokens = Columns {
+                headers: &["name", "role", "state", "expires", "last used", "id"],
+                row: token_row,
+            };
+            tokens.list(&client, &coll, output).await
         }
         TokenCmd::Create {
             name,
