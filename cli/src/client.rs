@@ -374,6 +374,12 @@ impl Client {
             .await
     }
 
+    /// A JSON merge patch: only the fields given change.
+    pub async fn patch(&self, path: &str, body: Value) -> Result<Reply> {
+        self.send(Method::PATCH, path, Some(Body::Json(body)), None)
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Reply> {
         self.send(Method::DELETE, path, None, None).await
     }

@@ -8,6 +8,7 @@ use crate::apply::{self, realized, FileArg};
 use crate::client::{seg, Client, Target};
 use crate::manifest::{self, Kind};
 use crate::output::{self, Format};
+use weft_model::routing::RoutingMode;
 
 #[derive(Args)]
 pub struct ClusterArg {
@@ -137,6 +138,23 @@ pub enum ClusterCmd {
         labels: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// How the nodes reach each other's pods: `tunnel` (VXLAN, the default) or `native`
+        /// (routes per node pod CIDR; the network must carry pod addresses).
+        #[arg(long, value_parser = parse_routing)]
+        routing: Option<RoutingMode>,
+        /// Output format.
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
+    /// Change a cluster's routing mode or description (other fields stay).
+    #[command(after_help = "Example:\n  weft cluster update edge --routing native")]
+    Update {
+        name: String,
+        /// `tunnel` or `native`; every node of the cluster reconfigures.
+        #[arg(long, value_parser = parse_routing)]
+        routing: Option<RoutingMode>,
+        #[arg(long)]
+        description: Option<String>,
         /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Format>,
@@ -292,9 +310,14 @@ pub async fn service(target: &Target, cmd: ServiceCmd) -> Result<()> {
     }
 }
 
+fn parse_routing(s: &str) -> std::result::Result<RoutingMode, String> {
+    s.parse()
+}
+
 fn cluster_row(c: &Value) -> Vec<String> {
     vec![
         output::cell(&c["name"]),
+        output::cell(&c["routing"]["mode"]),
         output::labels(&c["labels"]),
         output::cell(&c["description"]),
         output::age(&c["created_at"]),
@@ -302,7 +325,7 @@ fn cluster_row(c: &Value) -> Vec<String> {
 }
 
 const CLUSTERS: Columns = Columns {
-    headers: &["name", "labels", "description", "age"],
+    headers: &["name", "routing", "labels", "description", "age"],
     row: cluster_row,
 };
 
@@ -320,15 +343,47 @@ pub async fn cluster(target: &Target, cmd: ClusterCmd) -> Result<()> {
             name,
             labels,
             description,
+            routing,
             output,
         } => {
-            let body =
+            let mut body =
                 json!({"name": name, "labels": parse_labels(&labels)?, "description": description});
+            if let Some(mode) = routing {
+                body["routing"] = json!({ "mode": mode });
+            }
             let c = client.post(&coll, body).await?.body;
             match output {
                 Some(f) => CLUSTERS.print(f, &c),
                 None => {
                     println!("cluster/{name} created");
+                    Ok(())
+                }
+            }
+        }
+        ClusterCmd::Update {
+            name,
+            routing,
+            description,
+            output,
+        } => {
+            let mut patch = json!({});
+            if let Some(mode) = routing {
+                patch["routing"] = json!({ "mode": mode });
+            }
+            if let Some(d) = description {
+                patch["description"] = json!(d);
+            }
+            if patch.as_object().is_some_and(|p| p.is_empty()) {
+                bail!("nothing to change: give --routing or --description");
+            }
+            let c = client
+                .patch(&format!("{coll}/{}", seg(&name)), patch)
+                .await?
+                .body;
+            match output {
+                Some(f) => CLUSTERS.print(f, &c),
+                None => {
+                    println!("cluster/{name} updated");
                     Ok(())
                 }
             }

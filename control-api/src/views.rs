@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ipnet::IpNet;
 use sqlx::PgPool;
 use uuid::Uuid;
-use weft_model::desired::{ClusterPlan, IpcacheEntry, NodeView, TenantView};
+use weft_model::desired::{self, ClusterPlan, IpcacheEntry, NodeView, TenantView};
+use weft_model::routing::ClusterNode;
 
 use crate::changes::{Changes, Heard};
 use crate::error::Result;
@@ -39,15 +40,19 @@ pub struct Planned {
     pub ipcache: serde_json::Result<Arc<SentIpcache>>,
     /// The delta to this plan's shared ipcache from earlier ones, by their digests: worked
     /// out by the first stream that needs it, for all.
-    deltas: Mutex<HashMap<Vec<u8>, SharedDelta>>,
+    deltas: Mutex<HashMap<Vec<u8>, Arc<SharedDelta>>>,
 }
 
-/// Upserts and removals between two shared ipcaches.
-pub type SharedDelta = Arc<(Vec<IpcacheEntry>, Vec<IpNet>)>;
+/// Upserts and removals between two shared ipcaches, and between two lists of the
+/// cluster's nodes (by name).
+pub struct SharedDelta {
+    pub ipcache: (Vec<IpcacheEntry>, Vec<IpNet>),
+    pub nodes: (Vec<ClusterNode>, Vec<String>),
+}
 
 impl Planned {
     fn new(plan: ClusterPlan) -> Planned {
-        let ipcache = SentIpcache::new(plan.shared_ipcache()).map(Arc::new);
+        let ipcache = SentIpcache::new(plan.shared_ipcache(), plan.shared_nodes()).map(Arc::new);
         Planned {
             plan,
             ipcache,
@@ -60,8 +65,8 @@ impl Planned {
         self.ipcache.as_ref().map_or(&[], |i| i.digest.as_slice())
     }
 
-    /// The delta from `old`'s shared ipcache to this one's.
-    pub fn shared_delta(&self, old: &Planned) -> SharedDelta {
+    /// The delta from `old`'s shared ipcache and nodes to this one's.
+    pub fn shared_delta(&self, old: &Planned) -> Arc<SharedDelta> {
         let mut deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
         // Few streams lag by more than a change or two: keep what is asked for now.
         if deltas.len() > 8 {
@@ -70,10 +75,11 @@ impl Planned {
         deltas
             .entry(old.digest().to_vec())
             .or_insert_with(|| {
-                Arc::new(weft_model::desired::ipcache_diff(
-                    old.plan.shared_ipcache(),
-                    self.plan.shared_ipcache(),
-                ))
+                let (old, new) = (&old.plan, &self.plan);
+                Arc::new(SharedDelta {
+                    ipcache: desired::ipcache_diff(old.shared_ipcache(), new.shared_ipcache()),
+                    nodes: desired::nodes_diff(old.shared_nodes(), new.shared_nodes()),
+                })
             })
             .clone()
     }

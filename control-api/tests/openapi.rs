@@ -128,13 +128,14 @@ fn every_enum_in_the_spec_is_what_serde_writes() {
             continue;
         };
         seen += 1;
-        use weft_model::{flow, policy, selector, service, workload};
+        use weft_model::{flow, policy, routing, selector, service, workload};
         // named_enum! types: the spec must equal `ALL` exactly, in order.
         let all = match name.as_str() {
             "Verdict" => Some(written(flow::Verdict::ALL)),
             "DropReason" => Some(written(flow::DropReason::ALL)),
             "WorkloadKind" => Some(written(workload::WorkloadKind::ALL)),
             "ProbeOutcome" => Some(written(workload::ProbeOutcome::ALL)),
+            "RoutingMode" => Some(written(routing::RoutingMode::ALL)),
             _ => None,
         };
         if let Some(all) = all {
@@ -148,6 +149,7 @@ fn every_enum_in_the_spec_is_what_serde_writes() {
             "DropReason" => round_trips::<flow::DropReason>(documented),
             "WorkloadKind" => round_trips::<workload::WorkloadKind>(documented),
             "ProbeOutcome" => round_trips::<workload::ProbeOutcome>(documented),
+            "RoutingMode" => round_trips::<routing::RoutingMode>(documented),
             "Algorithm" => round_trips::<service::Algorithm>(documented),
             "BackendState" => round_trips::<service::BackendState>(documented),
             "L4Protocol" => round_trips::<service::L4Protocol>(documented),

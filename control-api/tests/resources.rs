@@ -569,6 +569,40 @@ async fn clusters_allow_host_to_local_pods_by_default() {
     );
 }
 
+#[tokio::test]
+async fn cluster_routing_is_tunnel_by_default_and_a_mode_weft_lacks_is_refused_by_name() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let c = t.cluster("acme", "prod", &tok).await;
+    assert_eq!(c["routing"], json!({"mode": "tunnel"}), "Cilium's default");
+    let r = t
+        .patch(
+            "/v1/tenants/acme/clusters/prod",
+            &tok,
+            json!({"routing": {"mode": "native"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = t.get("/v1/tenants/acme/clusters/prod", &tok).await;
+    assert_eq!(r.body["routing"], json!({"mode": "native"}));
+    for bad in [
+        json!({"mode": "geneve"}),
+        json!({"mode": "native", "mtu": 9000}),
+    ] {
+        let r = t
+            .post(
+                "/v1/tenants/acme/clusters",
+                &tok,
+                json!({"name": "edge", "routing": bad}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body.to_string().contains("routing"), "{}", r.body);
+    }
+    let r = t.get("/v1/tenants/acme/clusters/edge", &tok).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "nothing was created");
+}
+
 /// Writes that lock a row (an update or delete) and creates under that row (whose insert
 /// locks it through its foreign key) run at once: every answer is a decision, never a 500.
 /// Found by Schemathesis' two workers: a tenant update locked the tenant and then the global

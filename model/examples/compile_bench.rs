@@ -66,6 +66,7 @@ fn tenant(k: u32) -> TenantView {
             name: format!("node-{n}"),
             addresses: vec![v4(0, n / 200, n % 200 + 1)],
             labels: labels(&[("zone", "a".into())]),
+            pod_cidrs: vec![],
         });
     }
     view.endpoints = (0..endpoints).map(|e| endpoint(e, nodes, apps)).collect();

@@ -12,6 +12,8 @@
 //!   over them (parsed from query parameters, matched in memory).
 //! - [`workload`]: test workloads and probes (`weft connectivity test`), address allocation
 //!   and the echo protocol.
+//! - [`routing`]: how a cluster's nodes carry pod traffic to each other (tunnel or native
+//!   routes), the routes and MTU that follow.
 //! - [`error::FieldError`]: the `{field, message}` every validator returns.
 
 #[macro_use]
@@ -27,6 +29,7 @@ pub mod labels;
 pub mod maglev;
 pub mod names;
 pub mod policy;
+pub mod routing;
 pub mod selector;
 pub mod service;
 pub mod workload;

@@ -155,6 +155,7 @@ impl Tenant {
                     name: id.to_string(),
                     addresses: vec![IpAddr::V4(*ip), IpAddr::V6(ip6)],
                     labels: Labels::new(),
+                    pod_cidrs: vec![],
                 })
                 .collect(),
             endpoints,

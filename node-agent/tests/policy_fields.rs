@@ -40,6 +40,7 @@ fn view(topo: &Topology, specs: &[serde_json::Value]) -> TenantView {
             name: "n1".into(),
             addresses: vec!["10.0.9.1".parse().unwrap()],
             labels: Labels::default(),
+            pod_cidrs: vec![],
         }],
         endpoints,
         policies: vec![PolicyView {

@@ -19,6 +19,7 @@ use weft_model::desired::{
     PolicyRule, PROTO_TCP, PROTO_UDP,
 };
 use weft_model::policy::eval::Direction;
+use weft_model::routing::{ClusterNode, RoutingMode};
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
 use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
 
@@ -191,6 +192,24 @@ impl From<&DesiredProbe> for pb::Probe {
     }
 }
 
+impl From<&ClusterNode> for pb::ClusterNode {
+    fn from(n: &ClusterNode) -> Self {
+        pb::ClusterNode {
+            name: n.name.clone(),
+            addresses: n.addresses.iter().map(ToString::to_string).collect(),
+            pod_cidrs: n.pod_cidrs.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+fn routing_mode(m: RoutingMode) -> i32 {
+    let m = match m {
+        RoutingMode::Tunnel => pb::RoutingMode::Tunnel,
+        RoutingMode::Native => pb::RoutingMode::Native,
+    };
+    m as i32
+}
+
 /// Everything but `unsupported` (not on the wire).
 impl From<&NodeDesiredState> for pb::Snapshot {
     fn from(s: &NodeDesiredState) -> Self {
@@ -201,6 +220,8 @@ impl From<&NodeDesiredState> for pb::Snapshot {
             services: s.services.iter().map(Into::into).collect(),
             workloads: s.workloads.iter().map(Into::into).collect(),
             probes: s.probes.iter().map(Into::into).collect(),
+            routing_mode: routing_mode(s.routing),
+            nodes: s.nodes.iter().map(Into::into).collect(),
         }
     }
 }
@@ -221,6 +242,9 @@ impl From<&Delta> for pb::Delta {
             remove_workloads: d.workloads_remove.clone(),
             upsert_probes: d.probes_upsert.iter().map(Into::into).collect(),
             remove_probes: d.probes_remove.clone(),
+            routing_mode: d.routing.map_or(0, routing_mode),
+            upsert_nodes: d.nodes_upsert.iter().map(Into::into).collect(),
+            remove_nodes: d.nodes_remove.clone(),
         }
     }
 }
@@ -530,6 +554,44 @@ impl TryFrom<pb::Probe> for DesiredProbe {
     }
 }
 
+impl TryFrom<pb::ClusterNode> for ClusterNode {
+    type Error = WireError;
+
+    fn try_from(n: pb::ClusterNode) -> Result<Self, WireError> {
+        if n.name.is_empty() {
+            return Err(WireError::EmptyId { item: "node" });
+        }
+        let item = || format!("node/{}", n.name);
+        Ok(ClusterNode {
+            addresses: n
+                .addresses
+                .iter()
+                .map(|a| addr(item, a))
+                .collect::<Result<_, _>>()?,
+            pod_cidrs: n
+                .pod_cidrs
+                .iter()
+                .map(|p| prefix(item, p))
+                .collect::<Result<_, _>>()?,
+            name: n.name,
+        })
+    }
+}
+
+/// The routing mode of a message; `None` when unspecified (a delta leaving it unchanged).
+fn routing_of(item: &str, v: i32) -> Result<Option<RoutingMode>, WireError> {
+    match pb::RoutingMode::try_from(v) {
+        Ok(pb::RoutingMode::Unspecified) => Ok(None),
+        Ok(pb::RoutingMode::Tunnel) => Ok(Some(RoutingMode::Tunnel)),
+        Ok(pb::RoutingMode::Native) => Ok(Some(RoutingMode::Native)),
+        Err(_) => Err(WireError::Enum {
+            item: item.to_string(),
+            field: "routing_mode",
+            value: v,
+        }),
+    }
+}
+
 /// Decodes a keyed list, refusing duplicate keys.
 fn keyed<P, T, K: Ord + ToString>(
     items: Vec<P>,
@@ -591,7 +653,12 @@ impl TryFrom<pb::Snapshot> for NodeDesiredState {
         workloads.sort_by(|a, b| a.name.cmp(&b.name));
         let mut probes = keyed(s.probes, |p: &DesiredProbe| p.id.clone(), "probe")?;
         probes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut nodes = keyed(s.nodes, |n: &ClusterNode| n.name.clone(), "node")?;
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(NodeDesiredState {
+            // A control plane that predates routing modes: the default.
+            routing: routing_of("snapshot", s.routing_mode)?.unwrap_or_default(),
+            nodes,
             endpoints,
             ipcache,
             policy: policies(s.policies)?,
@@ -638,6 +705,9 @@ impl TryFrom<pb::Delta> for Delta {
             workloads_remove: d.remove_workloads,
             probes_upsert: keyed(d.upsert_probes, |p: &DesiredProbe| p.id.clone(), "probe")?,
             probes_remove: d.remove_probes,
+            routing: routing_of("delta", d.routing_mode)?,
+            nodes_upsert: keyed(d.upsert_nodes, |n: &ClusterNode| n.name.clone(), "node")?,
+            nodes_remove: d.remove_nodes,
         })
     }
 }

@@ -7,8 +7,9 @@
 pub mod convert;
 
 /// Capability version this build speaks. Agents send theirs; the control plane answers
-/// within the lower of the two.
-pub const CAPABILITY_VERSION: u32 = 2;
+/// within the lower of the two. 3: the routing mode and the cluster's nodes in the desired
+/// state (older agents ignore those fields).
+pub const CAPABILITY_VERSION: u32 = 3;
 
 /// The first capability version with test workloads and probes.
 pub const CAPABILITY_PROBES: u32 = 2;

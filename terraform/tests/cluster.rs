@@ -99,6 +99,61 @@ async fn cluster_lifecycle_create_rename_drift_destroy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_mode_is_set_changed_and_refused_by_name_when_unknown() {
+    let api = Api::start().await;
+    let token = api.tenant("acme", "editor").await;
+    let ws = Workspace::new(&api, &token);
+    let (api_ref, token_ref) = (&api, &token);
+    let routing = |mode: &'static str| async move {
+        let (s, c) = api_ref
+            .call("GET", "/v1/tenants/acme/clusters/prod", token_ref, None)
+            .await;
+        assert_eq!(s, 200, "{c}");
+        c["routing"]["mode"].as_str().unwrap_or_default() == mode
+    };
+
+    // Unset: the server's default, and no diff after.
+    ws.config("resource \"weft_cluster\" \"c\" {\n  name = \"prod\"\n}\n");
+    ws.apply().await.ok();
+    assert!(routing("tunnel").await);
+    assert_eq!(ws.plan().await.code, 0);
+
+    // Set: native over REST; a change made by hand is drift the next apply undoes.
+    let native =
+        "resource \"weft_cluster\" \"c\" {\n  name = \"prod\"\n  routing_mode = \"native\"\n}\n";
+    ws.config(native);
+    ws.apply().await.ok();
+    assert!(routing("native").await);
+    assert_eq!(ws.plan().await.code, 0);
+    let (s, b) = api
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/prod",
+            &token,
+            Some(json!({"routing": {"mode": "tunnel"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(plan.stdout.contains("routing_mode"), "{}", plan.stdout);
+    ws.apply().await.ok();
+    assert!(routing("native").await);
+
+    // Unknown: refused at plan, naming the attribute and the modes.
+    ws.config(&native.replace("native", "overlay"));
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stderr.contains("Invalid routing mode"),
+        "{}",
+        plan.stderr
+    );
+    assert!(plan.stderr.contains("tunnel, native"), "{}", plan.stderr);
+    assert!(routing("native").await, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_name_fails_at_plan_naming_the_attribute() {
     let api = Api::start().await;
     let token = api.tenant("acme", "editor").await;

@@ -1,6 +1,6 @@
 //! The demo's nodes: two network namespaces (`weft-demo-n1`, `weft-demo-n2`) hanging off an
-//! underlay bridge (`weft-demo-ul`, 192.168.100.0/24, direct routes to each other's pod
-//! CIDR), each running `node-agent run`, with labelled workloads made by
+//! underlay bridge (`weft-demo-ul`, 192.168.100.0/24: node addresses only; the agents
+//! tunnel pod traffic to each other, the cluster's default routing), each running `node-agent run`, with labelled workloads made by
 //! `node-agent endpoint add` and a small HTTP server in the web pods. Nothing is created in
 //! the machine's own namespace: the agents reach the agent service on its loopback through
 //! a forwarder listening inside the underlay namespace. Each agent gets its pod CIDR
@@ -122,14 +122,6 @@ fn topology() -> Result<()> {
         ul(&["link", "set", &port, "master", "br0", "up"])?;
         n(&["addr", "add", &format!("192.168.100.{i}/24"), "dev", "ul0"])?;
         n(&["link", "set", "ul0", "up"])?;
-        let other = 3 - i;
-        n(&[
-            "route",
-            "add",
-            &format!("10.0.{other}.0/24"),
-            "via",
-            &format!("192.168.100.{other}"),
-        ])?;
     }
     for (_, name, ..) in WORKLOADS {
         ip(&["netns", "add", &ns(name)])?;

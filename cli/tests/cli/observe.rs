@@ -302,3 +302,52 @@ async fn node_list_shows_registered_nodes_and_delete_removes_one() {
         .await;
     assert!(r.code != 0 && r.stderr.contains("node-1"), "{}", r.stderr);
 }
+
+#[tokio::test]
+async fn cluster_routing_is_set_at_create_changed_by_update_and_refused_when_unknown() {
+    let api = Api::start().await;
+    api.owner_logged_in("acme").await;
+    let r = api
+        .weft(&[
+            "cluster",
+            "create",
+            "edge",
+            "--routing",
+            "native",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(r.ok().json()["routing"], json!({"mode": "native"}));
+    api.weft(&["cluster", "create", "core"]).await.ok();
+    let r = api.weft(&["cluster", "list"]).await;
+    let table = r.ok().stdout.clone();
+    assert!(table.contains("ROUTING"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("core") && l.contains("tunnel")),
+        "the default: {table}"
+    );
+    let r = api
+        .weft(&[
+            "cluster",
+            "update",
+            "edge",
+            "--routing",
+            "tunnel",
+            "-o",
+            "json",
+        ])
+        .await;
+    let c = r.ok().json();
+    assert_eq!(c["routing"], json!({"mode": "tunnel"}));
+    let r = api
+        .weft(&["cluster", "update", "edge", "--routing", "geneve"])
+        .await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("tunnel, native"), "{}", r.stderr);
+    let r = api.weft(&["cluster", "update", "edge"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("nothing to change"), "{}", r.stderr);
+}

@@ -51,9 +51,9 @@ pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<Compiled> {
 }
 
 /// A node's desired state at a revision, kept as its own part and its cluster's shared plan:
-/// the node's ipcache (its cluster's, with its own addresses as `host`) is never copied per
-/// node but to encode a snapshot, and the ipcache part of a delta is worked out once per
-/// replica and change ([`Planned::shared_delta`]).
+/// the node's ipcache (its cluster's, with its own addresses as `host`) and the cluster's
+/// nodes are never copied per node but to encode a snapshot, and their part of a delta is
+/// worked out once per replica and change ([`Planned::shared_delta`]).
 pub struct Compiled {
     pub revision: i64,
     /// The state without its ipcache.
@@ -68,6 +68,7 @@ impl Compiled {
     pub fn full(&self) -> NodeDesiredState {
         let mut s = self.local.clone();
         s.ipcache = desired::node_ipcache(self.planned.plan.shared_ipcache(), s.host_ips());
+        s.nodes = self.planned.plan.shared_nodes().to_vec();
         s
     }
 
@@ -78,10 +79,13 @@ impl Compiled {
         if Arc::ptr_eq(old, new) || self.ipcache.digest == next.ipcache.digest {
             return d;
         }
+        let shared = new.shared_delta(old);
+        d.nodes_upsert = shared.nodes.0.clone();
+        d.nodes_remove = shared.nodes.1.clone();
         let (upsert, remove) = if self.local.host_ips() == next.local.host_ips() {
             desired::node_ipcache_delta(
                 old.plan.shared_ipcache(),
-                &new.shared_delta(old),
+                &shared.ipcache,
                 next.local.host_ips(),
             )
         } else {

@@ -188,6 +188,7 @@ async fn sent(
         let known = (
             now.ipcache.digest.as_slice(),
             now.planned.plan.shared_ipcache(),
+            now.planned.plan.shared_nodes(),
         );
         let row = nodes::sent_state(&mut tx, node.id, known).await?;
         tx.commit().await?;

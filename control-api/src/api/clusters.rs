@@ -17,7 +17,7 @@ use crate::pagination::{ListParams, Page, Query};
 use crate::state::AppState;
 use crate::store::audit::{self, Subject};
 pub use crate::store::clusters::Cluster;
-use crate::store::clusters::{self, ClusterWrite};
+use crate::store::clusters::{self, ClusterWrite, Routing};
 use crate::store::{self, Op};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -49,6 +49,10 @@ pub struct ClusterInput {
     #[serde(default = "yes")]
     #[schema(default = true)]
     pub allow_host_to_local_pods: bool,
+    /// How the cluster's nodes carry pod traffic to each other; changing it reconfigures
+    /// every node (connections between nodes' pods break while they switch).
+    #[serde(default)]
+    pub routing: Routing,
 }
 
 fn yes() -> bool {
@@ -70,6 +74,7 @@ impl From<Cluster> for ClusterInput {
             labels: c.labels,
             description: c.description,
             allow_host_to_local_pods: c.allow_host_to_local_pods,
+            routing: c.routing,
         }
     }
 }
@@ -105,6 +110,7 @@ impl ClusterInput {
             description: &self.description,
             labels: &self.labels,
             allow_host_to_local_pods: self.allow_host_to_local_pods,
+            routing: self.routing,
         }
     }
 }

@@ -6,6 +6,7 @@ use sqlx::{FromRow, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 use weft_model::labels::Labels;
+use weft_model::routing::RoutingMode;
 
 use super::rows::Scope;
 use crate::error::Result;
@@ -20,10 +21,34 @@ pub struct Cluster {
     pub labels: Labels,
     /// See [`ClusterInput::allow_host_to_local_pods`].
     pub allow_host_to_local_pods: bool,
+    #[sqlx(try_from = "String", rename = "routing_mode")]
+    pub routing: Routing,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Revision of the last change; also the ETag.
     pub revision: i64,
+}
+
+/// How the cluster's nodes carry pod traffic to each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// `tunnel` (the default, as in Cilium): each agent encapsulates traffic to another
+    /// node's pods in VXLAN (UDP 8472) to that node's IPv4 address, so the network between
+    /// nodes only has to carry node addresses. `native`: each agent routes every other
+    /// node's pod CIDR via that node's address, so the network must carry pod addresses.
+    #[serde(default)]
+    pub mode: RoutingMode,
+}
+
+impl TryFrom<String> for Routing {
+    type Error = String;
+
+    fn try_from(mode: String) -> std::result::Result<Self, String> {
+        Ok(Routing {
+            mode: mode.parse()?,
+        })
+    }
 }
 
 /// The writable part of a cluster, as stored.
@@ -32,10 +57,11 @@ pub struct ClusterWrite<'a> {
     pub description: &'a str,
     pub labels: &'a Labels,
     pub allow_host_to_local_pods: bool,
+    pub routing: Routing,
 }
 
-const COLUMNS: &str =
-    "id, name, description, labels, allow_host_to_local_pods, created_at, updated_at, revision";
+const COLUMNS: &str = "id, name, description, labels, allow_host_to_local_pods, routing_mode, \
+                       created_at, updated_at, revision";
 
 /// One page of the tenant's clusters.
 pub async fn list(conn: &mut PgConnection, tenant: Uuid, list: &ListQuery) -> Result<Vec<Cluster>> {
@@ -61,7 +87,8 @@ pub async fn insert(
 ) -> Result<Cluster> {
     Ok(sqlx::query_as(&format!(
         "INSERT INTO clusters (id, tenant_id, name, description, labels, revision, \
-         allow_host_to_local_pods) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+         allow_host_to_local_pods, routing_mode) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(tenant)
@@ -70,6 +97,7 @@ pub async fn insert(
     .bind(sqlx::types::Json(c.labels))
     .bind(revision)
     .bind(c.allow_host_to_local_pods)
+    .bind(c.routing.mode.as_str())
     .fetch_one(conn)
     .await?)
 }
@@ -82,7 +110,8 @@ pub async fn update(
 ) -> Result<Cluster> {
     Ok(sqlx::query_as(&format!(
         "UPDATE clusters SET name = $2, description = $3, labels = $4, revision = $5, \
-         allow_host_to_local_pods = $6, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+         allow_host_to_local_pods = $6, routing_mode = $7, updated_at = now() \
+         WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(c.name)
@@ -90,6 +119,7 @@ pub async fn update(
     .bind(sqlx::types::Json(c.labels))
     .bind(revision)
     .bind(c.allow_host_to_local_pods)
+    .bind(c.routing.mode.as_str())
     .fetch_one(conn)
     .await?)
 }

@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 use weft_model::desired::{node_ipcache, IpcacheEntry, NodeDesiredState};
 use weft_model::labels::Labels;
+use weft_model::routing::ClusterNode;
 
 use crate::error::Result;
 
@@ -106,7 +107,7 @@ pub async fn register(conn: &mut PgConnection, n: Registration<'_>) -> Result<()
 pub async fn sent_state(
     conn: &mut PgConnection,
     node: Uuid,
-    known: (&[u8], &[IpcacheEntry]),
+    known: (&[u8], &[IpcacheEntry], &[ClusterNode]),
 ) -> Result<Option<(i64, NodeDesiredState)>> {
     type Row = (
         i64,
@@ -136,15 +137,26 @@ pub async fn sent_state(
     match digest {
         // Rows written before shared ipcaches keep their own.
         None => {}
-        Some(d) if d == known.0 => state.ipcache = node_ipcache(known.1, state.host_ips()),
+        Some(d) if d == known.0 => {
+            state.ipcache = node_ipcache(known.1, state.host_ips());
+            state.nodes = known.2.to_vec();
+        }
         Some(d) => {
-            let shared: Option<sqlx::types::Json<Vec<IpcacheEntry>>> =
-                sqlx::query_scalar("SELECT entries FROM sent_ipcache WHERE digest = $1")
+            type Shared = (
+                sqlx::types::Json<Vec<IpcacheEntry>>,
+                Option<sqlx::types::Json<Vec<ClusterNode>>>,
+            );
+            let shared: Option<Shared> =
+                sqlx::query_as("SELECT entries, nodes FROM sent_ipcache WHERE digest = $1")
                     .bind(d)
                     .fetch_optional(&mut *conn)
                     .await?;
             match shared {
-                Some(shared) => state.ipcache = node_ipcache(&shared.0, state.host_ips()),
+                Some((entries, nodes)) => {
+                    state.ipcache = node_ipcache(&entries.0, state.host_ips());
+                    // Kept before nodes were sent: none were.
+                    state.nodes = nodes.map(|n| n.0).unwrap_or_default();
+                }
                 None => return Ok(None),
             }
         }
@@ -152,21 +164,31 @@ pub async fn sent_state(
     Ok(Some((revision, state)))
 }
 
-/// A cluster's shared ipcache as sent (see [`node_ipcache`]), by content.
+/// What every node of a cluster is sent alike, by content: the shared ipcache (see
+/// [`node_ipcache`]) and the cluster's nodes.
 #[derive(Debug)]
 pub struct SentIpcache {
+    /// Of both.
     pub digest: Vec<u8>,
     /// The entries as JSON.
     pub entries: String,
+    /// The nodes as JSON.
+    pub nodes: String,
 }
 
 impl SentIpcache {
-    pub fn new(shared: &[IpcacheEntry]) -> serde_json::Result<SentIpcache> {
+    pub fn new(shared: &[IpcacheEntry], nodes: &[ClusterNode]) -> serde_json::Result<SentIpcache> {
         use sha2::Digest;
         let entries = serde_json::to_string(shared)?;
+        let nodes = serde_json::to_string(nodes)?;
+        let mut digest = sha2::Sha256::new();
+        digest.update(entries.as_bytes());
+        digest.update(b"\n");
+        digest.update(nodes.as_bytes());
         Ok(SentIpcache {
-            digest: sha2::Sha256::digest(entries.as_bytes()).to_vec(),
+            digest: digest.finalize().to_vec(),
             entries,
+            nodes,
         })
     }
 }
@@ -221,8 +243,9 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
             }
         }
         let added = sqlx::query(
-            "INSERT INTO sent_ipcache (tenant_id, digest, entries) \
-             SELECT $1, d, e::jsonb FROM unnest($2::bytea[], $3::text[]) AS u(d, e) \
+            "INSERT INTO sent_ipcache (tenant_id, digest, entries, nodes) \
+             SELECT $1, d, e::jsonb, n::jsonb \
+             FROM unnest($2::bytea[], $3::text[], $4::text[]) AS u(d, e, n) \
              ON CONFLICT (tenant_id, digest) DO NOTHING",
         )
         .bind(tenant)
@@ -233,6 +256,7 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
                 .map(|i| i.entries.as_str())
                 .collect::<Vec<_>>(),
         )
+        .bind(shared.iter().map(|i| i.nodes.as_str()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?
         .rows_affected();

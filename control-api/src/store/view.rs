@@ -17,7 +17,7 @@ use weft_model::workload::{DesiredProbe, DesiredWorkload};
 
 use crate::error::Result;
 
-type NodeRow = (Uuid, Uuid, String, Vec<String>, Json<Labels>);
+type NodeRow = (Uuid, Uuid, String, Vec<String>, Json<Labels>, Vec<String>);
 type EndpointRow = (
     Uuid,
     Uuid,
@@ -44,8 +44,8 @@ pub async fn snapshot(conn: &mut PgConnection) -> Result<()> {
 #[tracing::instrument(name = "db.load_view", skip_all, fields(%tenant))]
 pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantView> {
     let nodes: Vec<NodeRow> = sqlx::query_as(
-        "SELECT id, cluster_id, name, array(SELECT host(a) FROM unnest(addresses) a), labels \
-         FROM nodes WHERE tenant_id = $1",
+        "SELECT id, cluster_id, name, array(SELECT host(a) FROM unnest(addresses) a), labels, \
+         array(SELECT text(c) FROM unnest(pod_cidrs) c) FROM nodes WHERE tenant_id = $1",
     )
     .bind(tenant)
     .fetch_all(&mut *conn)
@@ -62,11 +62,12 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
             .bind(tenant)
             .fetch_all(&mut *conn)
             .await?;
-    let clusters: Vec<(Uuid, bool)> =
-        sqlx::query_as("SELECT id, allow_host_to_local_pods FROM clusters WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(&mut *conn)
-            .await?;
+    let clusters: Vec<(Uuid, bool, String)> = sqlx::query_as(
+        "SELECT id, allow_host_to_local_pods, routing_mode FROM clusters WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
     let services = super::services::all_of_tenant(conn, tenant).await?;
     let workloads = workloads_of_tenant(conn, tenant).await?;
     let probes = pending_probes_of_tenant(conn, tenant).await?;
@@ -74,12 +75,13 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
     Ok(TenantView {
         nodes: nodes
             .into_iter()
-            .map(|(id, cluster, name, addrs, labels)| NodeView {
+            .map(|(id, cluster, name, addrs, labels, cidrs)| NodeView {
                 id: id.to_string(),
                 cluster_id: cluster.to_string(),
                 name,
                 addresses: addrs.iter().filter_map(|a| ip(a)).collect(),
                 labels: labels.0,
+                pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             })
             .collect(),
         endpoints: endpoints
@@ -130,9 +132,11 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
         probes,
         clusters: clusters
             .into_iter()
-            .map(|(id, allow_host_to_local_pods)| ClusterView {
+            .map(|(id, allow_host_to_local_pods, routing)| ClusterView {
                 id: id.to_string(),
                 allow_host_to_local_pods,
+                // The column's check constraint admits only the mode names.
+                routing: routing.parse().unwrap_or_default(),
             })
             .collect(),
     })

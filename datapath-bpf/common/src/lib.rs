@@ -87,6 +87,10 @@ pub mod progs {
     pub const LB_INGRESS: &str = "weft_lb_ingress";
     /// tc on the node's uplink, egress: reverse translation of backend replies.
     pub const LB_EGRESS: &str = "weft_lb_egress";
+    /// tc on the VXLAN device, ingress: the identity a node's packet carries in its VNI.
+    pub const FROM_TUNNEL: &str = "weft_from_tunnel";
+    /// tc on the VXLAN device, egress: the source endpoint's identity into the VNI.
+    pub const TO_TUNNEL: &str = "weft_to_tunnel";
 }
 
 /// A 16-byte address in network byte order; IPv4 lives in `addr[0..4]`.
@@ -568,6 +572,34 @@ pub const OBS_UPLINK_EGRESS: u8 = 6;
 /// Mark set on packets redirected to the L7 proxy: `MARK_PROXY | proxy_port << 16`.
 pub const MARK_PROXY: u32 = 0x0a00;
 
+/// The bits of a mark that say what it carries.
+pub const MARK_MAGIC_MASK: u32 = 0x0f00;
+
+/// Mark carrying a security identity within a node: set by `weft_from_endpoint` on what an
+/// endpoint sends (read by `weft_to_tunnel` into the VNI) and by `weft_from_tunnel` on what
+/// arrives from another node (read by `weft_to_endpoint` instead of the ipcache). The
+/// 24-bit identity: bits 0-15 in the mark's 16-31, bits 16-23 in its 0-7.
+pub const MARK_IDENTITY: u32 = 0x0b00;
+
+/// Allocated identities fit 24 bits (a VXLAN VNI); anything else is not carried.
+pub const IDENTITY_FIRST_ALLOCATED: u32 = 256;
+pub const IDENTITY_CIDR_BASE: u32 = 1 << 24;
+
+/// The mark carrying identity `id` (an allocated one; see [`MARK_IDENTITY`]).
+#[inline(always)]
+pub fn identity_mark(id: u32) -> u32 {
+    MARK_IDENTITY | ((id & 0xffff) << 16) | ((id >> 16) & 0xff)
+}
+
+/// The identity a mark carries, if it carries one.
+#[inline(always)]
+pub fn identity_of_mark(mark: u32) -> Option<u32> {
+    if mark & MARK_MAGIC_MASK != MARK_IDENTITY {
+        return None;
+    }
+    Some((mark >> 16) | ((mark & 0xff) << 16))
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -632,5 +664,20 @@ mod tests {
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_MAX_M);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, 8 * size_of::<PolicyKey>());
+    }
+
+    #[test]
+    fn an_identity_mark_carries_any_allocated_identity_and_nothing_else_reads_as_one() {
+        for id in [
+            IDENTITY_FIRST_ALLOCATED,
+            300,
+            0xffff,
+            0x1_0000,
+            IDENTITY_CIDR_BASE - 1,
+        ] {
+            assert_eq!(identity_of_mark(identity_mark(id)), Some(id), "{id:#x}");
+        }
+        assert_eq!(identity_of_mark(0), None);
+        assert_eq!(identity_of_mark(MARK_PROXY | (8080 << 16)), None);
     }
 }

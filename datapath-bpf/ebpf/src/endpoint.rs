@@ -109,6 +109,19 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
         }
     };
     info.ep_id = ep.ep_id;
+    // SAFETY: the context of a tc program is a valid __sk_buff.
+    let mark = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::__sk_buff)).mark };
+    // The peer's identity: what the packet carries from another node's endpoint (the
+    // tunnel's VNI, see `tunnel`), else its address's in the ipcache.
+    let wire_identity = if dir == DIR_INGRESS {
+        identity_of_mark(mark)
+    } else {
+        // What this endpoint sends carries its identity to the tunnel.
+        ctx.set_mark(identity_mark(ep.identity));
+        None
+    };
+    let peer_identity_of =
+        |family: u8, addr: &Addr| wire_identity.unwrap_or_else(|| peer_identity_of(family, addr));
     // Source validation: what an endpoint sends carries its own address (the endpoint map
     // records the endpoint's interface; 0 = not known to the agent, not checked).
     if dir == DIR_EGRESS && ep.ifindex != 0 {

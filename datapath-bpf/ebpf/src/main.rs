@@ -6,6 +6,8 @@
 //! - `weft_connect4` / `weft_sendmsg4` / `weft_recvmsg4` / `weft_getpeername4`: socket-level
 //!   east-west load balancing on a cgroup v2 (VIP:port -> backend at connect time).
 //! - `weft_lb_ingress` / `weft_lb_egress`: north-south load balancing on the node's uplink.
+//! - `weft_to_tunnel` / `weft_from_tunnel`: tc programs on the node's VXLAN device that
+//!   carry the source endpoint's identity in the VNI (identity on the wire).
 //! - `weft_pass`: tc pass-through (benchmark floor).
 //!
 //! Fail closed: any classification error drops the packet and counts the drop.
@@ -13,7 +15,7 @@
 //! The entry points live here; the modules hold what they share: `maps` (every map, named as
 //! the agent looks them up), `parse`, `policy`, `conntrack`, `events` (config, counters, flow
 //! events), `endpoint` (the endpoint programs' packet path), `lb` (backend selection and the
-//! uplink LB), `sock` (socket-level LB).
+//! uplink LB), `sock` (socket-level LB), `tunnel` (identity on the wire).
 #![no_std]
 #![no_main]
 
@@ -25,6 +27,7 @@ mod maps;
 mod parse;
 mod policy;
 mod sock;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -50,6 +53,18 @@ pub fn weft_from_endpoint(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weft_to_endpoint(mut ctx: TcContext) -> i32 {
     endpoint::handle(&mut ctx, OBS_TO_ENDPOINT)
+}
+
+// ---- identity on the wire (tc on the node's VXLAN device) ----
+
+#[classifier]
+pub fn weft_to_tunnel(mut ctx: TcContext) -> i32 {
+    tunnel::to_tunnel(&mut ctx)
+}
+
+#[classifier]
+pub fn weft_from_tunnel(mut ctx: TcContext) -> i32 {
+    tunnel::from_tunnel(&mut ctx)
 }
 
 #[classifier]

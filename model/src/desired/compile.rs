@@ -11,6 +11,7 @@ use super::view::*;
 use crate::identity;
 use crate::labels::Labels;
 use crate::policy::{Direction, NamedPort, PolicySpec, SubjectKind};
+use crate::routing::{ClusterNode, RoutingMode};
 use crate::service::{BackendState, L4Protocol};
 
 /// Compiles the desired state of node `node_id` (see the module documentation).
@@ -62,6 +63,9 @@ pub struct ClusterPlan {
     ipcache: Vec<IpcacheEntry>,
     services: Vec<DesiredService>,
     allow_host: bool,
+    routing: RoutingMode,
+    /// Every node of the cluster, sorted by name.
+    nodes: Vec<ClusterNode>,
 }
 
 impl ClusterPlan {
@@ -207,6 +211,18 @@ impl ClusterPlan {
             .map(compile_service)
             .collect();
         services.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut nodes: Vec<ClusterNode> = view
+            .nodes
+            .iter()
+            .filter(|n| n.cluster_id == cluster)
+            .map(|n| ClusterNode {
+                name: n.name.clone(),
+                addresses: sorted(n.addresses.iter().copied()),
+                pod_cidrs: sorted(n.pod_cidrs.iter().copied()),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let settings = view.clusters.iter().find(|c| c.id == cluster);
         ClusterPlan {
             cluster: cluster.to_string(),
             early,
@@ -224,10 +240,9 @@ impl ClusterPlan {
             specs,
             ipcache,
             services,
-            allow_host: view
-                .clusters
-                .iter()
-                .any(|c| c.id == cluster && c.allow_host_to_local_pods),
+            allow_host: settings.is_some_and(|c| c.allow_host_to_local_pods),
+            routing: settings.map(|c| c.routing).unwrap_or_default(),
+            nodes,
         }
     }
 
@@ -235,6 +250,11 @@ impl ClusterPlan {
     /// own addresses as `host` ([`node_ipcache`]).
     pub fn shared_ipcache(&self) -> &[IpcacheEntry] {
         &self.ipcache
+    }
+
+    /// The cluster's nodes, by name: the same list for every node of it.
+    pub fn shared_nodes(&self) -> &[ClusterNode] {
+        &self.nodes
     }
 
     /// Compiles the desired state of `node`, a node of this plan's cluster in `view` (the
@@ -246,11 +266,13 @@ impl ClusterPlan {
     ) -> Result<NodeDesiredState, CompileError> {
         let mut out = self.compile_local(view, node)?;
         out.ipcache = node_ipcache(&self.ipcache, &node.addresses);
+        out.nodes = self.nodes.clone();
         Ok(out)
     }
 
-    /// [`ClusterPlan::compile`] without the ipcache (left empty): what is the node's own.
-    /// Its ipcache is `node_ipcache(self.shared_ipcache(), state.host_ips())`.
+    /// [`ClusterPlan::compile`] without the ipcache and the nodes (left empty): what is the
+    /// node's own. Its ipcache is `node_ipcache(self.shared_ipcache(), state.host_ips())`,
+    /// its nodes `self.shared_nodes()`.
     pub fn compile_local(
         &self,
         view: &TenantView,
@@ -320,7 +342,10 @@ impl ClusterPlan {
             ));
         }
 
-        let mut out = NodeDesiredState::default();
+        let mut out = NodeDesiredState {
+            routing: self.routing,
+            ..NodeDesiredState::default()
+        };
         let mut unsupported = BTreeSet::new();
         for (mut ep, kind, labels, own_ports) in subjects {
             let mut rules = Vec::new();
@@ -456,8 +481,8 @@ fn identity_labels<'a>(
     Ok(out)
 }
 
-fn sorted(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
-    let set: BTreeSet<IpAddr> = ips.collect();
+fn sorted<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let set: BTreeSet<T> = items.collect();
     set.into_iter().collect()
 }
 

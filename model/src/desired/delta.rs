@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::view::*;
+use crate::routing::{ClusterNode, RoutingMode};
 use crate::workload::{DesiredProbe, DesiredWorkload};
 
 /// What changes between two states of one node. Keyed sections are replaced item by item.
@@ -30,6 +31,14 @@ pub struct Delta {
     pub probes_upsert: Vec<DesiredProbe>,
     #[serde(default)]
     pub probes_remove: Vec<String>,
+    /// The new routing mode when it changed.
+    #[serde(default)]
+    pub routing: Option<RoutingMode>,
+    #[serde(default)]
+    pub nodes_upsert: Vec<ClusterNode>,
+    /// Node names.
+    #[serde(default)]
+    pub nodes_remove: Vec<String>,
 }
 
 impl Delta {
@@ -48,6 +57,7 @@ pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
     let (workloads_upsert, workloads_remove) =
         diff_keyed(&old.workloads, &new.workloads, |w| w.name.clone());
     let (probes_upsert, probes_remove) = diff_keyed(&old.probes, &new.probes, |p| p.id.clone());
+    let (nodes_upsert, nodes_remove) = nodes_diff(&old.nodes, &new.nodes);
     let policy_upsert = new
         .policy
         .iter()
@@ -74,7 +84,16 @@ pub fn diff(old: &NodeDesiredState, new: &NodeDesiredState) -> Delta {
         workloads_remove,
         probes_upsert,
         probes_remove,
+        routing: (old.routing != new.routing).then_some(new.routing),
+        nodes_upsert,
+        nodes_remove,
     }
+}
+
+/// The delta between two lists of a cluster's nodes (sorted by name): worked out once per
+/// cluster and change, since every node of the cluster has the same list.
+pub fn nodes_diff(old: &[ClusterNode], new: &[ClusterNode]) -> (Vec<ClusterNode>, Vec<String>) {
+    diff_keyed(old, new, |n| n.name.clone())
 }
 
 /// The ipcache part of the delta between two nodes' ipcaches: `old_shared` and
@@ -154,6 +173,13 @@ pub fn apply(state: &NodeDesiredState, delta: &Delta) -> NodeDesiredState {
             &delta.probes_upsert,
             &delta.probes_remove,
             |p| p.id.clone(),
+        ),
+        routing: delta.routing.unwrap_or(state.routing),
+        nodes: apply_keyed(
+            &state.nodes,
+            &delta.nodes_upsert,
+            &delta.nodes_remove,
+            |n| n.name.clone(),
         ),
     }
 }

@@ -51,7 +51,7 @@ mod peers;
 mod view;
 
 pub use compile::{compile, find_node, ClusterPlan};
-pub use delta::{apply, diff, ipcache_diff, node_ipcache_delta, Delta};
+pub use delta::{apply, diff, ipcache_diff, node_ipcache_delta, nodes_diff, Delta};
 pub use view::*;
 
 #[cfg(test)]

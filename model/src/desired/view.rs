@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity;
 use crate::labels::Labels;
 use crate::policy::{Direction, NamedPort, PolicySpec};
+use crate::routing::{ClusterNode, RoutingMode};
 use crate::service::{Algorithm, Frontend, ServiceSpec};
 use crate::workload::{DesiredProbe, DesiredWorkload};
 
@@ -54,6 +55,9 @@ pub struct ClusterView {
     /// The node's own host may reach the node's endpoints whatever their ingress policy
     /// (Cilium's allow-localhost, on by default there: kubelet probes). Deny rules still win.
     pub allow_host_to_local_pods: bool,
+    /// How the cluster's nodes reach each other's pods.
+    #[serde(default)]
+    pub routing: RoutingMode,
 }
 
 /// Origin of the allow rule that [`ClusterView::allow_host_to_local_pods`] adds.
@@ -78,6 +82,9 @@ pub struct NodeView {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub labels: Labels,
+    /// The pod address ranges the node routes to (its endpoints' addresses lie in them).
+    #[serde(default)]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +144,13 @@ pub struct NodeDesiredState {
     /// Probes the agent runs once, by id.
     #[serde(default)]
     pub probes: Vec<DesiredProbe>,
+    /// The cluster's routing mode.
+    #[serde(default)]
+    pub routing: RoutingMode,
+    /// Every node of the cluster, this one included, by name: shared by all of them like
+    /// the ipcache, so the agent skips itself (by its addresses).
+    #[serde(default)]
+    pub nodes: Vec<ClusterNode>,
 }
 
 impl NodeDesiredState {

@@ -26,15 +26,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::{Code, Status};
+use tracing::Instrument;
 use weft_proto::v1 as pb;
 
 use super::wire::{Names, Programmed, StateError, SyncMessage, WireError};
-use crate::control::{self, ensure_registered, uname, Backoff, Client, Control, ControlError};
+use crate::control::{
+    self, ensure_registered, uname, Backoff, Client, Control, ControlError, ItemError,
+};
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream};
 use crate::endpoint::api::{self as endpoint_api, ApiState};
 use crate::endpoint::manager::{lock, Manager, SharedDatapath};
 use crate::endpoint::EndpointError;
 use crate::flows::{self, FlowQueue, FlowStats};
+use crate::routing::Router;
 use crate::workload::probe::Spawner;
 use crate::workload::report::{self, SharedOutbox};
 use crate::workload::{self, Desired, WorkloadError, Workloads};
@@ -205,6 +209,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         }
         None => None,
     };
+    // Routes to other nodes' pods: the applied state's, before the control plane is reached.
+    let mut router = Router::default();
+    apply_routing(&mut router, &manager, &dp, &programmed.applied).await;
     // Test workloads: what the applied state lists is (re)started now, before the control
     // plane is reached (after a restart the resumed stream may bring no snapshot).
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Desired::of(&programmed.applied));
@@ -277,6 +284,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         report_pending: false,
         names: names_tx,
         desired: desired_tx,
+        router,
     };
     loop {
         session.synced = false;
@@ -327,6 +335,45 @@ struct Session<'a> {
     names: tokio::sync::watch::Sender<Names>,
     /// Publishes the test workloads and probes after every apply.
     desired: tokio::sync::watch::Sender<Desired>,
+    router: Router,
+}
+
+/// Routes (and the pod MTU that goes with them) to what `state` asks, when that changed;
+/// returns what could not be done, also logged.
+async fn apply_routing(
+    router: &mut Router,
+    manager: &Manager,
+    dp: &SharedDatapath,
+    state: &weft_model::desired::NodeDesiredState,
+) -> Vec<ItemError> {
+    if !router.changed(state) {
+        return Vec::new();
+    }
+    let (mut errors, applied) = router.apply(state).await;
+    if applied.tunnel {
+        if let Err(e) = lock(dp).attach_tunnel(crate::routing::TUNNEL_DEVICE) {
+            errors.push(ItemError {
+                item: "routing".to_string(),
+                message: format!("identity on the wire: {e}"),
+            });
+        }
+    }
+    if let Some(mtu) = applied.pod_mtu.filter(|m| *m > 0) {
+        errors.extend(
+            manager
+                .set_pod_mtu(mtu)
+                .await
+                .into_iter()
+                .map(|e| ItemError {
+                    item: "routing".to_string(),
+                    message: format!("pod MTU {mtu}: {e}"),
+                }),
+        );
+    }
+    for e in &errors {
+        tracing::warn!(item = %e.item, error = %e.message, "could not route");
+    }
+    errors
 }
 
 impl Session<'_> {
@@ -355,7 +402,12 @@ impl Session<'_> {
                     weft_telemetry::TraceParent::adopt_str(&msg.traceparent, &span);
                     // Fail closed: an invalid message changes nothing.
                     let msg = SyncMessage::try_from(msg)?;
-                    let errors = span.in_scope(|| self.programmed.apply(&mut *lock(&self.dp), msg));
+                    let mut errors = span.in_scope(|| self.programmed.apply(&mut *lock(&self.dp), msg));
+                    errors.extend(
+                        apply_routing(&mut self.router, &self.manager, &self.dp, &self.programmed.applied)
+                            .instrument(span.clone())
+                            .await,
+                    );
                     span.record("errors", errors.len());
                     self.names.send_replace(self.programmed.names());
                     let desired = Desired::of(&self.programmed.applied);

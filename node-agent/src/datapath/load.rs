@@ -55,6 +55,8 @@ impl Datapath {
             c::progs::PASS,
             c::progs::LB_INGRESS,
             c::progs::LB_EGRESS,
+            c::progs::FROM_TUNNEL,
+            c::progs::TO_TUNNEL,
         ];
         load_programs(&mut ebpf, &tc, |p| {
             <&mut SchedClassifier>::try_from(p)?.load()
@@ -233,6 +235,26 @@ impl Datapath {
                 attach,
             )?;
         }
+        Ok(ifindex)
+    }
+
+    /// Attaches the identity-on-the-wire programs to the node's VXLAN device (tcx ingress:
+    /// the VNI's identity to the packet, egress: the source endpoint's identity into the
+    /// VNI). Resolved in the calling thread's network namespace.
+    pub fn attach_tunnel(&self, ifname: &str) -> Result<u32> {
+        let ifindex = ifindex(ifname)?;
+        self.attach_pinned(
+            c::progs::FROM_TUNNEL,
+            &format!("tunnel-{ifindex}-{ifname}-ingress"),
+            ifindex,
+            sys::BPF_TCX_INGRESS,
+        )?;
+        self.attach_pinned(
+            c::progs::TO_TUNNEL,
+            &format!("tunnel-{ifindex}-{ifname}-egress"),
+            ifindex,
+            sys::BPF_TCX_EGRESS,
+        )?;
         Ok(ifindex)
     }
 

@@ -1,6 +1,7 @@
 //! Adds and removes endpoints: plumbing, datapath attachment, the state file, and the signal
 //! that makes the agent report the new set to the control plane.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,8 @@ pub struct Manager {
     dp: SharedDatapath,
     changed: watch::Sender<u64>,
     names: watch::Receiver<Names>,
+    /// The MTU of endpoint interfaces (0: as the kernel makes them), set by routing.
+    pod_mtu: AtomicU32,
 }
 
 fn attach(dp: &SharedDatapath, rec: &Record, fresh_link: bool) -> Result<(), EndpointError> {
@@ -59,9 +62,9 @@ fn attach(dp: &SharedDatapath, rec: &Record, fresh_link: bool) -> Result<(), End
 }
 
 /// Creates what is missing of `rec` and attaches the datapath.
-async fn ensure(dp: &SharedDatapath, rec: &Record) -> Result<(), EndpointError> {
+async fn ensure(dp: &SharedDatapath, rec: &Record, mtu: u32) -> Result<(), EndpointError> {
     let fresh = !plumb::link_exists(&rec.interface);
-    plumb::ensure(rec).await?;
+    plumb::ensure(rec, mtu).await?;
     let (dp, rec) = (dp.clone(), rec.clone());
     blocking(move || attach(&dp, &rec, fresh)).await
 }
@@ -108,6 +111,7 @@ impl Manager {
                 dp,
                 changed,
                 names,
+                pod_mtu: AtomicU32::new(0),
             }),
             rx,
         ))
@@ -127,7 +131,7 @@ impl Manager {
             .collect();
         for rec in records {
             let name = rec.name.clone();
-            match ensure(&self.dp, &rec).await {
+            match ensure(&self.dp, &rec, self.pod_mtu.load(Ordering::Relaxed)).await {
                 Ok(()) => tracing::info!(endpoint = %name, "endpoint restored"),
                 Err(e) => {
                     tracing::warn!(endpoint = %name, error = %e, "could not restore endpoint")
@@ -147,7 +151,7 @@ impl Manager {
                 name: rec.name.clone(),
             });
         }
-        if let Err(e) = ensure(&self.dp, &rec).await {
+        if let Err(e) = ensure(&self.dp, &rec, self.pod_mtu.load(Ordering::Relaxed)).await {
             if plan == AddPlan::Create {
                 // Leave nothing half-made behind (whatever the detach says).
                 let dp = self.dp.clone();
@@ -235,6 +239,28 @@ impl Manager {
     pub async fn report(&self) -> Option<weft_proto::v1::EndpointReport> {
         let store = self.store.lock().await;
         store.managed.then(|| store.report())
+    }
+
+    /// Sets the MTU of every endpoint's interfaces, and of those made from now on; returns
+    /// the endpoints it could not be set on.
+    pub async fn set_pod_mtu(&self, mtu: u32) -> Vec<EndpointError> {
+        if self.pod_mtu.swap(mtu, Ordering::Relaxed) == mtu {
+            return Vec::new();
+        }
+        let store = self.store.lock().await;
+        let mut failed = Vec::new();
+        for rec in store.endpoints.values() {
+            if let Err(e) = plumb::set_mtu(rec, mtu).await {
+                failed.push(e);
+            }
+        }
+        if failed.is_empty() {
+            tracing::info!(mtu, "endpoint MTU set");
+        } else {
+            // Tried again with the next change.
+            self.pod_mtu.store(0, Ordering::Relaxed);
+        }
+        failed
     }
 
     pub async fn count(&self) -> usize {

@@ -21,16 +21,29 @@ pub fn link_exists(ifname: &str) -> bool {
     crate::datapath::ifindex(ifname).is_ok()
 }
 
-/// Creates (or repairs) the endpoint's veth pair, addresses, routes and neighbours.
-pub async fn ensure(rec: &Record) -> Result<(), EndpointError> {
+/// Creates (or repairs) the endpoint's veth pair, addresses, routes and neighbours; `mtu`:
+/// of both ends of the pair (0: as the kernel made them).
+pub async fn ensure(rec: &Record, mtu: u32) -> Result<(), EndpointError> {
     let ns = rec.netns_path();
     if !ns.exists() {
         return Err(EndpointError::NamespaceMissing(ns.display().to_string()));
     }
-    plumb(rec, &ns).await.map_err(|e| fail(rec, e))
+    plumb(rec, &ns, mtu).await.map_err(|e| fail(rec, e))
 }
 
-async fn plumb(rec: &Record, ns: &std::path::Path) -> Result<(), std::io::Error> {
+/// Sets the MTU of both ends of the endpoint's veth pair.
+pub async fn set_mtu(rec: &Record, mtu: u32) -> Result<(), EndpointError> {
+    let set = async {
+        let host = Rtnl::current()?;
+        let pod = Rtnl::in_netns(&rec.netns_path())?;
+        host.set_mtu(host.require(&rec.interface).await?, mtu)
+            .await?;
+        pod.set_mtu(pod.require(POD_IFNAME).await?, mtu).await
+    };
+    set.await.map_err(|e| fail(rec, e))
+}
+
+async fn plumb(rec: &Record, ns: &std::path::Path, mtu: u32) -> Result<(), std::io::Error> {
     let host = Rtnl::current()?;
     let pod = Rtnl::in_netns(ns)?;
     let host_if = rec.interface.as_str();
@@ -47,6 +60,12 @@ async fn plumb(rec: &Record, ns: &std::path::Path) -> Result<(), std::io::Error>
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     let host_idx = host.require(host_if).await?;
     let pod_idx = pod.require(POD_IFNAME).await?;
+    if mtu > 0 {
+        // The pod's packets must fit what the node forwards them over (the tunnel's
+        // headers included): a computed MTU, not path MTU discovery after a drop.
+        host.set_mtu(host_idx, mtu).await?;
+        pod.set_mtu(pod_idx, mtu).await?;
+    }
     host.set_up(host_idx).await?;
     pod.set_up(pod.require("lo").await?).await?;
     pod.set_up(pod_idx).await?;

@@ -372,7 +372,7 @@ impl Workloads {
                     .await?;
             }
             WorkloadKind::World => {
-                plumb::ensure(&rec.world()).await?;
+                plumb::ensure(&rec.world(), 0).await?;
             }
         }
         self.serving.remove(&w.name);

@@ -169,6 +169,22 @@ fn policy_map(rng: &mut StdRng) -> BTreeMap<String, Vec<PolicyRule>> {
         .collect()
 }
 
+fn cluster_node(rng: &mut StdRng) -> ClusterNode {
+    ClusterNode {
+        name: id(rng, "node"),
+        addresses: list(rng, 2, ip),
+        pod_cidrs: list(rng, 2, net),
+    }
+}
+
+fn mode(rng: &mut StdRng) -> RoutingMode {
+    if rng.gen() {
+        RoutingMode::Tunnel
+    } else {
+        RoutingMode::Native
+    }
+}
+
 fn state(rng: &mut StdRng) -> NodeDesiredState {
     NodeDesiredState {
         endpoints: keyed_list(rng, 5, endpoint, |e| e.id.clone()),
@@ -179,6 +195,8 @@ fn state(rng: &mut StdRng) -> NodeDesiredState {
         unsupported: Vec::new(),
         workloads: keyed_list(rng, 3, workload, |w| w.name.clone()),
         probes: keyed_list(rng, 3, probe, |p| p.id.clone()),
+        routing: mode(rng),
+        nodes: keyed_list(rng, 4, cluster_node, |n| n.name.clone()),
     }
 }
 
@@ -199,6 +217,9 @@ fn delta(rng: &mut StdRng) -> Delta {
         workloads_remove: list(rng, 3, |r| id(r, "wl")),
         probes_upsert: keyed_list(rng, 3, probe, |p| p.id.clone()),
         probes_remove: list(rng, 3, |r| id(r, "probe")),
+        routing: rng.gen::<bool>().then(|| mode(rng)),
+        nodes_upsert: keyed_list(rng, 3, cluster_node, |n| n.name.clone()),
+        nodes_remove: list(rng, 3, |r| id(r, "node")),
     };
     if rng.gen() {
         d.endpoints_upsert.reverse();
@@ -252,6 +273,11 @@ fn services_round_trip() {
 #[test]
 fn workloads_round_trip() {
     for_each_seed(workload, |w| pb::Workload::from(w).try_into());
+}
+
+#[test]
+fn cluster_nodes_round_trip() {
+    for_each_seed(cluster_node, |n| pb::ClusterNode::from(n).try_into());
 }
 
 #[test]

@@ -88,6 +88,12 @@ pub struct Snapshot {
     pub workloads: ::prost::alloc::vec::Vec<Workload>,
     #[prost(message, repeated, tag = "6")]
     pub probes: ::prost::alloc::vec::Vec<Probe>,
+    /// Capability 3: how the agent routes to the other nodes' pods, and every node of the
+    /// cluster (the agent's own included: it skips the node with its addresses).
+    #[prost(enumeration = "RoutingMode", tag = "7")]
+    pub routing_mode: i32,
+    #[prost(message, repeated, tag = "8")]
+    pub nodes: ::prost::alloc::vec::Vec<ClusterNode>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -120,6 +126,26 @@ pub struct Delta {
     /// Probe ids: withdrawn (a probe with a result is removed too).
     #[prost(string, repeated, tag = "12")]
     pub remove_probes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Unspecified: unchanged.
+    #[prost(enumeration = "RoutingMode", tag = "13")]
+    pub routing_mode: i32,
+    #[prost(message, repeated, tag = "14")]
+    pub upsert_nodes: ::prost::alloc::vec::Vec<ClusterNode>,
+    /// Node names.
+    #[prost(string, repeated, tag = "15")]
+    pub remove_nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterNode {
+    /// Unique in the cluster.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// e.g. "10.0.2.0/24".
+    #[prost(string, repeated, tag = "3")]
+    pub pod_cidrs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// An echo server the agent runs in a network namespace it creates. A line sent to it is
 /// answered with "weft-echo <name> <line>".
@@ -413,6 +439,38 @@ pub struct FlowBatch {
     /// Events the agent could not keep (ring buffer overrun or full local buffer).
     #[prost(uint64, tag = "2")]
     pub lost: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RoutingMode {
+    Unspecified = 0,
+    /// VXLAN to the other nodes' IPv4 addresses.
+    Tunnel = 1,
+    /// A route per other node's pod CIDR via its address.
+    Native = 2,
+}
+impl RoutingMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ROUTING_MODE_UNSPECIFIED",
+            Self::Tunnel => "ROUTING_MODE_TUNNEL",
+            Self::Native => "ROUTING_MODE_NATIVE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ROUTING_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "ROUTING_MODE_TUNNEL" => Some(Self::Tunnel),
+            "ROUTING_MODE_NATIVE" => Some(Self::Native),
+            _ => None,
+        }
+    }
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -46,7 +46,7 @@ impl Env {
             let (url, ca) = cp.serve_agents_on(tls.path(), underlay.listen()).await;
             (url, ca, None)
         };
-        let nodes = (1..=n).map(|i| Node::new(&underlay, i, n)).collect();
+        let nodes = (1..=n).map(|i| Node::new(&underlay, i)).collect();
         Env {
             cp,
             owner,

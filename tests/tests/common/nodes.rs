@@ -1,6 +1,6 @@
 //! Several "nodes" on one machine: a control-plane namespace with a bridge, one network
-//! namespace per node joined to it (direct routing between nodes, each node routes the
-//! others' pod CIDRs through their underlay address), the real `node-agent run` binary
+//! namespace per node joined to it (one L2 segment: node addresses only; the agents route
+//! to each other's pods themselves), the real `node-agent run` binary
 //! inside each node namespace, and empty pod namespaces for `node-agent endpoint add`.
 //! Everything is created by the test, uniquely named, and removed on drop.
 
@@ -105,8 +105,9 @@ pub struct Run<'a> {
 
 impl Node {
     /// Node `index` (1-based): underlay address `192.168.100.<index>`, pod CIDR
-    /// `10.0.<index>.0/24`; routes to the other nodes' pod CIDRs via their addresses.
-    pub fn new(underlay: &Underlay, index: u8, nodes: u8) -> Node {
+    /// `10.0.<index>.0/24`. The underlay carries node addresses only: the agents route to
+    /// each other's pods themselves (tunnel or native, as the cluster says).
+    pub fn new(underlay: &Underlay, index: u8) -> Node {
         ensure_bpffs().expect("bpffs");
         let ns = NetNs::create("n").expect("node namespace");
         let address = Ipv4Addr::new(192, 168, 100, index);
@@ -133,16 +134,6 @@ impl Node {
         ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "ul0"])
             .expect("node address");
         ns.ip(&["link", "set", "ul0", "up"]).expect("ul0 up");
-        for other in (1..=nodes).filter(|o| *o != index) {
-            ns.ip(&[
-                "route",
-                "add",
-                &format!("10.0.{other}.0/24"),
-                "via",
-                &format!("192.168.100.{other}"),
-            ])
-            .expect("route to the other node's pods");
-        }
         let state = weft_testkit::tmp::dir("e2e-node");
         let socket = state.path().join("agent.sock");
         Node {

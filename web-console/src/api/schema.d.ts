@@ -833,6 +833,7 @@ export interface components {
             labels: components["schemas"]["BTreeMap"];
             /** @description See [`ClusterInput::allow_host_to_local_pods`]. */
             allow_host_to_local_pods: boolean;
+            routing: components["schemas"]["Routing"];
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
@@ -855,6 +856,11 @@ export interface components {
              * @default true
              */
             allow_host_to_local_pods: boolean;
+            /**
+             * @description How the cluster's nodes carry pod traffic to each other; changing it reconfigures
+             *     every node (connections between nodes' pods break while they switch).
+             */
+            routing?: components["schemas"]["Routing"];
         };
         /**
          * @description One accepted but not enforced field: `{type: "NotEnforced", field, reason}` in a policy's
@@ -1340,6 +1346,7 @@ export interface components {
                 labels: components["schemas"]["BTreeMap"];
                 /** @description See [`ClusterInput::allow_host_to_local_pods`]. */
                 allow_host_to_local_pods: boolean;
+                routing: components["schemas"]["Routing"];
                 /** Format: date-time */
                 created_at: string;
                 /** Format: date-time */
@@ -1825,6 +1832,21 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "editor" | "admin" | "owner";
+        /** @description How the cluster's nodes carry pod traffic to each other. */
+        Routing: {
+            /**
+             * @description `tunnel` (the default, as in Cilium): each agent encapsulates traffic to another
+             *     node's pods in VXLAN (UDP 8472) to that node's IPv4 address, so the network between
+             *     nodes only has to carry node addresses. `native`: each agent routes every other
+             *     node's pod CIDR via that node's address, so the network must carry pod addresses.
+             */
+            mode?: components["schemas"]["RoutingMode"];
+        };
+        /**
+         * @description How the nodes of a cluster carry pod traffic to each other.
+         * @enum {string}
+         */
+        RoutingMode: "tunnel" | "native";
         /**
          * @description A Kubernetes label key, optionally with the Cilium source `k8s:` or `any:`.
          * @example app

@@ -241,6 +241,7 @@ fn allow_host_to_local_pods_is_a_cluster_setting() {
                 vec![ClusterView {
                     id: "c1".into(),
                     allow_host_to_local_pods: on,
+                    routing: Default::default(),
                 }]
             })
             .unwrap_or_default();
@@ -250,6 +251,7 @@ fn allow_host_to_local_pods_is_a_cluster_setting() {
     view.clusters = vec![ClusterView {
         id: "c1".into(),
         allow_host_to_local_pods: true,
+        routing: Default::default(),
     }];
     let s = compile_ok(&view, "n1");
     let web = bare(&s, "web-1");

@@ -39,6 +39,21 @@ fn mutate(rng: &mut Rng, base: &TenantView) -> TenantView {
     if rng.chance(30) {
         v.nodes[1].addresses.push(IpAddr::from([10, 0, 1, 2]));
     }
+    for (i, n) in v.nodes.iter_mut().enumerate() {
+        if rng.chance(50) {
+            n.pod_cidrs = vec![net(&format!("10.{}.{i}.0/24", 100 + rng.below(3)))];
+        }
+    }
+    if rng.chance(20) {
+        v.nodes.retain(|n| n.id != "n3" || rng.chance(50));
+    }
+    if rng.chance(30) {
+        v.clusters = vec![ClusterView {
+            id: "c1".into(),
+            allow_host_to_local_pods: rng.chance(50),
+            routing: weft_routing_mode(rng.chance(50)),
+        }];
+    }
     if rng.chance(30) {
         v.policies.push(policy(
             "random",
@@ -66,6 +81,14 @@ fn mutate(rng: &mut Rng, base: &TenantView) -> TenantView {
             .push(probe("n1", "p9", Some("ct-client"), "198.51.100.1:8080"));
     }
     v
+}
+
+fn weft_routing_mode(native: bool) -> crate::routing::RoutingMode {
+    if native {
+        crate::routing::RoutingMode::Native
+    } else {
+        crate::routing::RoutingMode::Tunnel
+    }
 }
 
 #[test]
@@ -125,5 +148,40 @@ fn diff_is_per_item() {
     assert_eq!(d.ipcache_remove, vec![net("10.1.0.1/32")]);
     assert!(d.policy_upsert.is_empty() && d.policy_remove.is_empty());
     assert!(d.services_upsert.is_empty() && d.unsupported.is_none());
+    assert!(d.nodes_upsert.is_empty() && d.nodes_remove.is_empty() && d.routing.is_none());
     assert!(!d.is_empty());
+}
+
+#[test]
+fn every_node_of_the_cluster_gets_the_cluster_nodes_and_routing_mode() {
+    use crate::routing::{ClusterNode, RoutingMode};
+    let mut view = realistic();
+    view.nodes[0].pod_cidrs = vec![net("10.100.1.0/24")];
+    view.nodes[1].pod_cidrs = vec![net("10.100.2.0/24"), net("fd00:2::/64")];
+    view.clusters = vec![ClusterView {
+        id: "c1".into(),
+        allow_host_to_local_pods: true,
+        routing: RoutingMode::Native,
+    }];
+    let n1 = compile_ok(&view, "n1");
+    assert_eq!(n1.routing, RoutingMode::Native);
+    let in_c1: Vec<&NodeView> = view.nodes.iter().filter(|n| n.cluster_id == "c1").collect();
+    assert_eq!(n1.nodes.len(), in_c1.len(), "the node itself included");
+    assert!(n1.nodes.windows(2).all(|w| w[0].name < w[1].name));
+    let n2 = &view.nodes[1];
+    assert!(n1.nodes.contains(&ClusterNode {
+        name: n2.name.clone(),
+        addresses: n2.addresses.clone(),
+        pod_cidrs: vec![net("10.100.2.0/24"), net("fd00:2::/64")],
+    }));
+    // A node leaving is one removal by name on every other node.
+    let mut gone = view.clone();
+    gone.nodes.retain(|n| n.id != n2.id);
+    gone.endpoints.retain(|e| e.node_id != n2.id);
+    let d = diff(&n1, &compile_ok(&gone, "n1"));
+    assert_eq!(d.nodes_remove, vec![n2.name.clone()]);
+    assert!(d.nodes_upsert.is_empty() && d.routing.is_none());
+    // Without a cluster row, the default: tunnel.
+    view.clusters.clear();
+    assert_eq!(compile_ok(&view, "n1").routing, RoutingMode::Tunnel);
 }

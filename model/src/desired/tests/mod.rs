@@ -48,6 +48,7 @@ fn node(id: &str, cluster: &str, addrs: &[&str], l: &str) -> NodeView {
         name: format!("{id}-name"),
         addresses: ips(addrs),
         labels: labels(l),
+        pod_cidrs: vec![],
     }
 }
 
