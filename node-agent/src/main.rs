@@ -141,9 +141,9 @@ enum EndpointCmd {
         /// Network namespace: a name under /run/netns, or a path.
         #[arg(long)]
         netns: String,
-        /// The endpoint's address, A.B.C.D/32.
-        #[arg(long)]
-        ip: String,
+        /// The endpoint's address, A.B.C.D/32; repeat with X::Y/128 for dual stack.
+        #[arg(long = "ip", required = true)]
+        ips: Vec<String>,
         /// Labels, `key=value,key2=value2`.
         #[arg(long, default_value = "")]
         labels: String,
@@ -390,14 +390,16 @@ fn endpoint_cmd(socket: PathBuf, cmd: EndpointCmd) -> anyhow::Result<()> {
         EndpointCmd::Add {
             name,
             netns,
-            ip,
+            ips,
             labels,
             ports,
         } => {
+            let (ip, ip6) = endpoint::split_ips(&ips)?;
             let spec = endpoint::EndpointSpec {
                 name,
                 netns,
                 ip,
+                ip6,
                 labels: endpoint::parse_labels(&labels)?,
                 named_ports: ports,
             };

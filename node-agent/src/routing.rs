@@ -14,7 +14,7 @@
 //! Routes stay when the agent stops or the control plane is away: nothing is flushed.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use weft_model::desired::NodeDesiredState;
 use weft_model::routing::{pod_mtu, pod_routes, ClusterNode, RoutingMode, VXLAN_PORT};
@@ -35,6 +35,23 @@ pub const VNI_NO_IDENTITY: u32 = 0;
 pub fn tunnel_mac(ip: Ipv4Addr) -> Mac {
     let o = ip.octets();
     [0x0a, 0x57, o[0], o[1], o[2], o[3]]
+}
+
+/// The IPv6 next hop of IPv6 pod CIDRs through the tunnel to the node with IPv4 address
+/// `ip`: a link-local address made from the same bytes (IPv6 routes cannot name an IPv4
+/// gateway), resolved by a permanent neighbour entry to [`tunnel_mac`].
+pub fn tunnel_gateway6(ip: Ipv4Addr) -> Ipv6Addr {
+    let o = ip.octets();
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        0,
+        0x0a57,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+    )
 }
 
 /// What routing follows from: the mode, the node's own addresses and the cluster's nodes.
@@ -155,17 +172,14 @@ impl Router {
                 let mut remotes = BTreeSet::new();
                 for r in &routes {
                     let IpAddr::V4(remote) = r.via else { continue };
-                    if r.cidr.addr().is_ipv6() {
-                        errors.push(item(format!(
-                            "{}: IPv6 pod CIDRs are not carried over the tunnel yet",
-                            r.cidr
-                        )));
-                        continue;
-                    }
                     remotes.insert(remote);
+                    let gateway = match r.cidr {
+                        ipnet::IpNet::V4(_) => r.via,
+                        ipnet::IpNet::V6(_) => IpAddr::V6(tunnel_gateway6(remote)),
+                    };
                     wanted.push(WantedRoute {
                         dst: r.cidr,
-                        gateway: r.via,
+                        gateway,
                         oif: Some(index),
                         encap: Some((VNI_NO_IDENTITY, remote)),
                     });
@@ -200,8 +214,8 @@ async fn ensure_tunnel(
     Ok(index)
 }
 
-/// One permanent neighbour per remote node on the tunnel device (its MAC from its
-/// address), and no other: every neighbour there is the agent's.
+/// Per remote node two permanent neighbours on the tunnel device, its IPv4 address and its
+/// IPv6 link-local next hop, both to its MAC; no other: every neighbour there is the agent's.
 async fn sync_neighbours(
     rtnl: &Rtnl,
     index: u32,
@@ -209,17 +223,18 @@ async fn sync_neighbours(
     errors: &mut Vec<ItemError>,
 ) -> std::io::Result<()> {
     for (ip, msg) in rtnl.permanent_neighbours(index).await? {
-        let keep = matches!(ip, IpAddr::V4(v4) if remotes.contains(&v4));
+        let keep = remotes
+            .iter()
+            .any(|r| ip == IpAddr::V4(*r) || ip == IpAddr::V6(tunnel_gateway6(*r)));
         if !keep {
             rtnl.delete_neighbour(ip, msg).await?;
         }
     }
     for remote in remotes {
-        if let Err(e) = rtnl
-            .replace_neighbour(index, IpAddr::V4(*remote), tunnel_mac(*remote))
-            .await
-        {
-            errors.push(item(e.to_string()));
+        for ip in [IpAddr::V4(*remote), IpAddr::V6(tunnel_gateway6(*remote))] {
+            if let Err(e) = rtnl.replace_neighbour(index, ip, tunnel_mac(*remote)).await {
+                errors.push(item(e.to_string()));
+            }
         }
     }
     Ok(())
@@ -271,5 +286,9 @@ mod tests {
         assert_eq!(mac, [0x0a, 0x57, 192, 168, 100, 2]);
         assert_eq!(mac[0] & 0b10, 0b10, "locally administered");
         assert_eq!(mac[0] & 0b01, 0, "unicast");
+        assert_eq!(
+            tunnel_gateway6(Ipv4Addr::new(192, 168, 100, 2)).to_string(),
+            "fe80::a57:c0a8:6402"
+        );
     }
 }

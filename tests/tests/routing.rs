@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ const BULK: usize = 16 << 20;
 
 /// Accepts one connection on `addr` inside `ns`, reads it to the end and answers with the
 /// byte count.
-fn sink(ns: &NetNs, addr: SocketAddrV4) -> std::thread::JoinHandle<std::io::Result<usize>> {
+fn sink(ns: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<std::io::Result<usize>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = ns.spawn(move || -> std::io::Result<usize> {
         let listener = TcpListener::bind(addr);
@@ -49,12 +49,13 @@ fn sink(ns: &NetNs, addr: SocketAddrV4) -> std::thread::JoinHandle<std::io::Resu
 
 /// Sends [`BULK`] bytes from the pod at `from` to a sink at `to`; returns what the sink
 /// says it received.
-fn bulk(from: &Path, sink_ns: &NetNs, to: SocketAddrV4) -> usize {
+fn bulk(from: &Path, sink_ns: &NetNs, to: impl Into<SocketAddr>) -> usize {
+    let to = to.into();
     let server = sink(sink_ns, to);
     let from = from.to_path_buf();
     let sent = std::thread::spawn(move || -> std::io::Result<String> {
         let _in = node_agent::netns::enter_netns(&from)?;
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let chunk = vec![0x5au8; 1 << 16];
         for _ in 0..BULK / chunk.len() {
@@ -86,9 +87,10 @@ fn mtu(ns: &NetNs, ifname: &str) -> String {
 async fn until_route(env: &Env, node: usize, cidr: &str, want: &[&str]) {
     let start = Instant::now();
     loop {
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
         let shown = env.nodes[node]
             .ns
-            .ip(&["route", "show", cidr])
+            .ip(&[family, "route", "show", cidr])
             .unwrap_or_default();
         let ok = if want.is_empty() {
             shown.trim().is_empty()
@@ -343,4 +345,77 @@ async fn a_node_joins_and_leaves_while_traffic_runs_between_the_others() {
         failed.len(),
         ok as usize + failed.len()
     );
+}
+
+/// Dual stack: nodes with an IPv6 address and an IPv6 pod CIDR as well, pods with both
+/// families; IPv6 between pods on the two nodes through the tunnel (IPv6 inside IPv4 VXLAN,
+/// a link-local next hop per node) and then natively (via the nodes' IPv6 addresses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_pods_on_two_nodes_talk_through_the_tunnel_and_natively() {
+    if !bpf_available("ipv6_pods_on_two_nodes_talk_through_the_tunnel_and_natively") {
+        return;
+    }
+    let mut env = Env::new(2).await;
+    for (i, n) in env.nodes.iter_mut().enumerate() {
+        let i = i + 1;
+        n.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:100::{i}/64"),
+            "dev",
+            "ul0",
+            "nodad",
+        ])
+        .expect("node IPv6 address");
+        n.run_args.extend([
+            "--address".to_string(),
+            format!("fd00:100::{i}"),
+            "--pod-cidr".to_string(),
+            format!("fd00:10:{i}::/64"),
+        ]);
+    }
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (a, b) = (env.nodes[0].pod(), env.nodes[1].pod());
+    let out = env.nodes[0].add("a", a, "10.0.1.5/32,fd00:10:1::5/128", "app=a");
+    assert!(out.contains("10.0.1.5/32,fd00:10:1::5/128"), "{out}");
+    env.nodes[1].add("b", b, "10.0.2.5/32,fd00:10:2::5/128", "app=b");
+    let a_ns = env.nodes[0].pods[a].path();
+    let b6: SocketAddr = "[fd00:10:2::5]:9000".parse().expect("address");
+
+    until_route(
+        &env,
+        0,
+        "fd00:10:2::/64",
+        &[
+            "encap ip",
+            "dst 192.168.100.2",
+            "via fe80::a57:c0a8:6402 dev weft_vxlan",
+            "proto 87",
+        ],
+    )
+    .await;
+    let received = tokio::task::block_in_place(|| bulk(&a_ns, &env.nodes[1].pods[b], b6));
+    assert_eq!(received, BULK, "every byte over IPv6 through the tunnel");
+
+    let r = env
+        .cp
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/prod",
+            &env.owner,
+            Some(json!({"routing": {"mode": "native"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    until_route(
+        &env,
+        0,
+        "fd00:10:2::/64",
+        &["via fd00:100::2 dev ul0", "proto 87"],
+    )
+    .await;
+    let received = tokio::task::block_in_place(|| bulk(&a_ns, &env.nodes[1].pods[b], b6));
+    assert_eq!(received, BULK, "every byte over IPv6 natively");
 }

@@ -84,10 +84,11 @@ pub struct RunArgs {
     /// as lost).
     #[arg(long, default_value_t = flows::DEFAULT_BUFFER)]
     pub flow_buffer: usize,
-    /// The node's pod CIDR(s), reported at registration: the control plane allocates test
-    /// workload addresses from them.
+    /// The node's pod CIDR(s), IPv4 and IPv6, reported at registration: the other nodes
+    /// route them to this one, and the control plane allocates test workload addresses from
+    /// the first IPv4 one.
     #[arg(long = "pod-cidr", env = "WEFT_POD_CIDRS", value_delimiter = ',')]
-    pub pod_cidrs: Vec<ipnet::Ipv4Net>,
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Prefix of the network namespaces of test workloads (`<prefix><node>.<workload>`).
     #[arg(long, env = "WEFT_WORKLOAD_NETNS_PREFIX", default_value = crate::workload::DEFAULT_NETNS_PREFIX)]
     pub workload_netns_prefix: String,

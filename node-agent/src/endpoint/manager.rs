@@ -57,8 +57,10 @@ fn attach(dp: &SharedDatapath, rec: &Record, fresh_link: bool) -> Result<(), End
     }
     let ifindex = dp.attach_endpoint_interface(&rec.interface).map_err(err)?;
     // Source validation: the endpoint's packets come from this interface only.
-    dp.bind_endpoint_interface(std::net::IpAddr::V4(rec.ip), ifindex)
-        .map_err(err)
+    for ip in rec.ips() {
+        dp.bind_endpoint_interface(ip, ifindex).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Creates what is missing of `rec` and attaches the datapath.
@@ -172,7 +174,7 @@ impl Manager {
         store.save()?;
         drop(store);
         self.changed.send_modify(|v| *v += 1);
-        tracing::info!(endpoint = %rec.name, ip = %rec.ip, interface = %rec.interface, "endpoint added");
+        tracing::info!(endpoint = %rec.name, ip = %rec.addresses(), interface = %rec.interface, "endpoint added");
         Ok(self.view(&rec))
     }
 
@@ -197,7 +199,7 @@ impl Manager {
         let desired = names.endpoint_by_ip(std::net::IpAddr::V4(rec.ip));
         EndpointView {
             name: rec.name.clone(),
-            ip: format!("{}/32", rec.ip),
+            ip: rec.addresses(),
             labels: rec.labels.clone(),
             netns: rec.netns.clone(),
             interface: rec.interface.clone(),

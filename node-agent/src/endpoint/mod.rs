@@ -7,10 +7,12 @@
 //!   network namespace; the namespace side is `eth0`;
 //! - the endpoint gets its address as a /32, a link route to the gateway `169.254.1.1` and a
 //!   default route through it, with a permanent neighbour entry mapping the gateway to the
-//!   host side's MAC (nothing answers ARP for it: none is needed);
-//! - the node gets a /32 route to the endpoint through the host side and a permanent
-//!   neighbour entry for it, and forwards (`net.ipv4.ip_forward=1`). Traffic between nodes
-//!   is routed by whatever connects them (direct routes between nodes in the tests);
+//!   host side's MAC (nothing answers ARP for it: none is needed); with an IPv6 address as
+//!   well, the same as a /128 with the gateway `fe80::1` (no duplicate address detection:
+//!   the address is the endpoint's alone);
+//! - the node gets a /32 (/128) route to the endpoint through the host side and a permanent
+//!   neighbour entry for it, and forwards (`ip_forward`, IPv6 `forwarding`). Traffic between
+//!   nodes is routed by the agent ([`crate::routing`]);
 //! - the datapath's endpoint programs are attached to the host side (pinned links).
 //!
 //! What was added is recorded in `endpoints.json` in the state directory, so a restarted
@@ -23,7 +25,7 @@ pub mod manager;
 pub mod plumb;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,8 @@ use weft_model::policy::NamedPort;
 
 /// The gateway address endpoints route through (link-local; never on the wire).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 gateway of dual-stack endpoints (link-local).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The endpoint side of the veth pair.
 pub const POD_IFNAME: &str = "eth0";
 /// The state file of the endpoints this agent created.
@@ -50,7 +54,7 @@ pub enum EndpointError {
     #[error("network namespace {0} does not exist")]
     NamespaceMissing(String),
     #[error("ip {ip} is already used by endpoint {other:?}")]
-    IpInUse { ip: Ipv4Addr, other: String },
+    IpInUse { ip: IpAddr, other: String },
     #[error("endpoint {name:?} already exists with other settings ({existing}); delete it first")]
     Exists { name: String, existing: String },
     #[error("network namespace {netns} already holds endpoint {other:?}")]
@@ -93,6 +97,9 @@ pub struct EndpointSpec {
     pub netns: String,
     /// `A.B.C.D` or `A.B.C.D/32`.
     pub ip: String,
+    /// An IPv6 address as well (dual stack): `X::Y` or `X::Y/128`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     #[serde(default)]
     pub labels: Labels,
     /// Ports declared by name (`http=8080/TCP`), for named-port policy rules.
@@ -106,6 +113,9 @@ pub struct Record {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Dual stack: the IPv6 address as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub labels: Labels,
     /// Host-side veth.
     pub interface: String,
@@ -121,11 +131,24 @@ impl Record {
 
     fn describe(&self) -> String {
         format!(
-            "netns {}, ip {}/32, labels {}",
+            "netns {}, ip {}, labels {}",
             self.netns,
-            self.ip,
+            self.addresses(),
             format_labels(&self.labels)
         )
+    }
+
+    /// Its addresses as shown: `10.0.1.5/32` or `10.0.1.5/32,fd00:1::5/128`.
+    pub fn addresses(&self) -> String {
+        match self.ip6 {
+            Some(v6) => format!("{}/32,{v6}/128", self.ip),
+            None => format!("{}/32", self.ip),
+        }
+    }
+
+    /// Its addresses.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ip6.map(IpAddr::V6))
     }
 }
 
@@ -176,7 +199,55 @@ fn check_labels(labels: &Labels) -> Result<(), EndpointError> {
     })
 }
 
-/// `A.B.C.D` or `A.B.C.D/32`: an endpoint has one IPv4 address (IPv6 comes later).
+/// The `--ip` values of `endpoint add`: one IPv4 address and at most one IPv6 address, in
+/// any order.
+pub fn split_ips(ips: &[String]) -> Result<(String, Option<String>), EndpointError> {
+    let (v6, v4): (Vec<&String>, Vec<&String>) = ips.iter().partition(|s| s.contains(':'));
+    let bad = |value: String, reason: &str| EndpointError::BadIp {
+        value,
+        reason: reason.to_string(),
+    };
+    match (v4.as_slice(), v6.as_slice()) {
+        ([a], []) => Ok(((*a).clone(), None)),
+        ([a], [b]) => Ok(((*a).clone(), Some((*b).clone()))),
+        ([], _) => Err(bad(
+            ips.join(" "),
+            "an endpoint needs an IPv4 address (and may have one IPv6 address)",
+        )),
+        _ => Err(bad(
+            ips.join(" "),
+            "at most one address of each family (one IPv4, one IPv6)",
+        )),
+    }
+}
+
+/// `X::Y` or `X::Y/128`: an endpoint's IPv6 address (global or unique local).
+pub fn parse_ip6(s: &str) -> Result<Ipv6Addr, EndpointError> {
+    let bad = |reason: &str| EndpointError::BadIp {
+        value: s.to_string(),
+        reason: reason.to_string(),
+    };
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    if prefix.is_some_and(|p| p != "128") {
+        return Err(bad("an endpoint IPv6 address is a /128"));
+    }
+    let ip: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| bad("not an IPv6 address (X::Y/128)"))?;
+    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || link_local {
+        return Err(bad("not a global or unique-local unicast address"));
+    }
+    if ip.to_ipv4_mapped().is_some() {
+        return Err(bad("an IPv4-mapped address; give the IPv4 address as such"));
+    }
+    Ok(ip)
+}
+
+/// `A.B.C.D` or `A.B.C.D/32`: an endpoint's IPv4 address.
 pub fn parse_ip(s: &str) -> Result<Ipv4Addr, EndpointError> {
     let bad = |reason: &str| EndpointError::BadIp {
         value: s.to_string(),
@@ -226,6 +297,7 @@ impl EndpointSpec {
             name: self.name.clone(),
             netns: self.netns.clone(),
             ip: parse_ip(&self.ip)?,
+            ip6: self.ip6.as_deref().map(parse_ip6).transpose()?,
             labels: self.labels.clone(),
             interface: host_ifname(&self.name),
             named_ports: self.named_ports.clone(),
@@ -303,9 +375,9 @@ impl Store {
             };
         }
         for other in self.endpoints.values() {
-            if other.ip == rec.ip {
+            if let Some(ip) = rec.ips().find(|ip| other.ips().any(|o| o == *ip)) {
                 return Err(EndpointError::IpInUse {
-                    ip: rec.ip,
+                    ip,
                     other: other.name.clone(),
                 });
             }
@@ -338,7 +410,7 @@ impl Store {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
-                    ips: vec![r.ip.to_string()],
+                    ips: r.ips().map(|ip| ip.to_string()).collect(),
                     named_ports: r
                         .named_ports
                         .iter()
@@ -367,9 +439,51 @@ mod tests {
             name: name.into(),
             netns: netns.into(),
             ip: ip.into(),
+            ip6: None,
             labels: parse_labels("app=web,tier=front").expect("labels"),
             named_ports: vec![],
         }
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_has_one_address_of_each_family() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            split_ips(&s(&["fd00:1::5/128", "10.0.1.5/32"])).expect("dual"),
+            ("10.0.1.5/32".to_string(), Some("fd00:1::5/128".to_string()))
+        );
+        for bad in [&["fd00:1::5"][..], &["10.0.1.5", "10.0.1.6"], &[]] {
+            assert!(split_ips(&s(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_ip6("fd00:1::5/128").expect("ula"),
+            "fd00:1::5".parse::<Ipv6Addr>().unwrap()
+        );
+        for bad in [
+            "fe80::1",
+            "::1",
+            "ff02::1",
+            "fd00::5/64",
+            "::ffff:10.0.0.1",
+            "10.0.0.1",
+        ] {
+            assert!(parse_ip6(bad).is_err(), "{bad}");
+        }
+        let mut rec = spec("web-1", "ns1", "10.0.1.5").validate().expect("valid");
+        rec.ip6 = Some("fd00:1::5".parse().unwrap());
+        assert_eq!(rec.addresses(), "10.0.1.5/32,fd00:1::5/128");
+        let mut store = Store::default();
+        store.endpoints.insert(rec.name.clone(), rec);
+        let mut other = spec("web-2", "ns2", "10.0.1.6").validate().expect("valid");
+        other.ip6 = Some("fd00:1::5".parse().unwrap());
+        let e = store
+            .plan_add(&other)
+            .expect_err("the IPv6 address is taken");
+        assert!(
+            e.to_string()
+                .contains("fd00:1::5 is already used by endpoint \"web-1\""),
+            "{e}"
+        );
     }
 
     #[test]

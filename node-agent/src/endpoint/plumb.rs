@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use super::{EndpointError, Record, GATEWAY, POD_IFNAME};
+use super::{EndpointError, Record, GATEWAY, GATEWAY6, POD_IFNAME};
 use crate::netlink::Rtnl;
 
 fn fail(rec: &Record, e: std::io::Error) -> EndpointError {
@@ -73,13 +73,45 @@ async fn plumb(rec: &Record, ns: &std::path::Path, mtu: u32) -> Result<(), std::
     let pod_mac = pod.mac(pod_idx).await?;
     let ip = IpAddr::V4(rec.ip);
     pod.replace_address(pod_idx, ip, 32).await?;
-    pod.replace_route_v4(GATEWAY, 32, None, pod_idx).await?;
-    pod.replace_route_v4(std::net::Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY), pod_idx)
+    pod.replace_route(IpAddr::V4(GATEWAY), 32, None, pod_idx)
         .await?;
+    pod.replace_route(
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        0,
+        Some(IpAddr::V4(GATEWAY)),
+        pod_idx,
+    )
+    .await?;
     pod.replace_neighbour(pod_idx, IpAddr::V4(GATEWAY), host_mac)
         .await?;
-    host.replace_route_v4(rec.ip, 32, None, host_idx).await?;
+    host.replace_route(ip, 32, None, host_idx).await?;
     host.replace_neighbour(host_idx, ip, pod_mac).await?;
+    if let Some(ip6) = rec.ip6 {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        {
+            // The address is the endpoint's alone: no duplicate address detection (it
+            // would keep the address tentative, unusable, for a second or more).
+            let _in = crate::netns::enter_netns(ns)?;
+            std::fs::write(
+                format!("/proc/sys/net/ipv6/conf/{POD_IFNAME}/accept_dad"),
+                "0",
+            )?;
+        }
+        let ip6 = IpAddr::V6(ip6);
+        pod.replace_address(pod_idx, ip6, 128).await?;
+        pod.replace_neighbour(pod_idx, IpAddr::V6(GATEWAY6), host_mac)
+            .await?;
+        // A link-local gateway is on-link: no route to it needed.
+        pod.replace_route(
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            0,
+            Some(IpAddr::V6(GATEWAY6)),
+            pod_idx,
+        )
+        .await?;
+        host.replace_route(ip6, 128, None, host_idx).await?;
+        host.replace_neighbour(host_idx, ip6, pod_mac).await?;
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::fmt::Display;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -89,15 +89,27 @@ impl Rtnl {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}")))
     }
 
+    /// Interface `index`'s attributes; `None` when there is no such interface.
+    async fn link(&self, index: u32) -> io::Result<Option<Vec<LinkAttribute>>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link.map(|l| l.attributes)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(fail(format_args!("reading interface {index}"), e)),
+        }
+    }
+
+    /// Interface `index`'s attributes, which must exist.
+    async fn require_link(&self, index: u32) -> io::Result<Vec<LinkAttribute>> {
+        self.link(index)
+            .await?
+            .ok_or_else(|| io::Error::other(format!("no interface with index {index}")))
+    }
+
     /// The hardware address of interface `index`.
     pub async fn mac(&self, index: u32) -> io::Result<Mac> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let link = links
-            .try_next()
-            .await
-            .map_err(|e| fail(format_args!("reading interface {index}"), e))?
-            .ok_or_else(|| io::Error::other(format!("no interface with index {index}")))?;
-        link.attributes
+        self.require_link(index)
+            .await?
             .iter()
             .find_map(|a| match a {
                 LinkAttribute::Address(bytes) => Mac::try_from(bytes.as_slice()).ok(),
@@ -155,20 +167,24 @@ impl Rtnl {
             .map_err(|e| fail(format_args!("adding address {addr}/{prefix}"), e))
     }
 
-    /// `ip route replace <dst>/<prefix> [via <gateway>] dev <index>`; without a gateway the
-    /// route is on-link (scope link).
-    pub async fn replace_route_v4(
+    /// `ip route replace <dst>/<prefix> [via <gateway>] dev <index>`, either family (the
+    /// gateway of the destination's); without a gateway the route is on-link.
+    pub async fn replace_route(
         &self,
-        dst: Ipv4Addr,
+        dst: IpAddr,
         prefix: u8,
-        gateway: Option<Ipv4Addr>,
+        gateway: Option<IpAddr>,
         index: u32,
     ) -> io::Result<()> {
-        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+        let what = || format!("adding route {dst}/{prefix}");
+        let mut route = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst, prefix)
+            .map_err(|e| io::Error::other(format!("{}: {e}", what())))?
             .output_interface(index);
         route = match gateway {
-            Some(gw) => route.gateway(gw),
+            Some(gw) => route
+                .gateway(gw)
+                .map_err(|e| io::Error::other(format!("{}: {e}", what())))?,
             None => route.scope(RouteScope::Link),
         };
         self.handle
@@ -177,7 +193,7 @@ impl Rtnl {
             .replace()
             .execute()
             .await
-            .map_err(|e| fail(format_args!("adding route {dst}/{prefix}"), e))
+            .map_err(|e| fail(what(), e))
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.

@@ -175,13 +175,8 @@ impl Rtnl {
 
     /// The MTU of interface `index`.
     pub async fn mtu(&self, index: u32) -> io::Result<u32> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let link = links
-            .try_next()
-            .await
-            .map_err(|e| fail(format_args!("reading interface {index}"), e))?
-            .ok_or_else(|| io::Error::other(format!("no interface with index {index}")))?;
-        link.attributes
+        self.require_link(index)
+            .await?
             .iter()
             .find_map(|a| match a {
                 LinkAttribute::Mtu(m) => Some(*m),
@@ -224,15 +219,10 @@ impl Rtnl {
 
     /// Whether interface `index` is a VXLAN device in external mode on `port`.
     pub async fn is_external_vxlan(&self, index: u32, port: u16) -> io::Result<bool> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let Some(link) = links
-            .try_next()
-            .await
-            .map_err(|e| fail(format_args!("reading interface {index}"), e))?
-        else {
+        let Some(attributes) = self.link(index).await? else {
             return Ok(false);
         };
-        let info = link.attributes.iter().find_map(|a| match a {
+        let info = attributes.iter().find_map(|a| match a {
             LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
                 rtnetlink::packet_route::link::LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
                 _ => None,

@@ -165,6 +165,7 @@ impl Record {
             name: self.spec.name.clone(),
             netns: self.netns.clone(),
             ip: self.spec.ip,
+            ip6: None,
             labels: Labels::new(),
             interface: world_ifname(&self.spec.name),
             named_ports: vec![],
@@ -366,6 +367,7 @@ impl Workloads {
                         name: w.name.clone(),
                         netns: rec.netns.clone(),
                         ip: w.ip.to_string(),
+                        ip6: None,
                         labels: w.labels.clone(),
                         named_ports: Vec::new(),
                     })

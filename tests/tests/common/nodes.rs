@@ -234,19 +234,14 @@ impl Node {
             .expect("run node-agent endpoint")
     }
 
-    /// `endpoint add`, which must succeed.
-    pub fn add(&self, name: &str, pod: usize, ip: &str, labels: &str) -> String {
-        let out = self.cli(&[
-            "add",
-            "--name",
-            name,
-            "--netns",
-            self.pods[pod].name(),
-            "--ip",
-            ip,
-            "--labels",
-            labels,
-        ]);
+    /// `endpoint add`, which must succeed; `ips`: one address, or `v4,v6` (dual stack).
+    pub fn add(&self, name: &str, pod: usize, ips: &str, labels: &str) -> String {
+        let mut args = vec!["add", "--name", name, "--netns", self.pods[pod].name()];
+        for ip in ips.split(',') {
+            args.extend(["--ip", ip]);
+        }
+        args.extend(["--labels", labels]);
+        let out = self.cli(&args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
