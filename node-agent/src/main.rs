@@ -524,6 +524,17 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "crr_p50_iptables_vs_weft_5000": ratio(r.crr_p50_us_iptables.get(&5000), r.crr_p50_us_weft.get(&5000)),
             "crr_p50_iptables_nft_vs_weft_5000": ratio(r.crr_p50_us_iptables_nft.get(&5000), r.crr_p50_us_weft.get(&5000)),
             "crr_p50_iptables_nft_vs_weft_20000": ratio(r.crr_p50_us_iptables_nft.get(&20000), r.crr_p50_us_weft.get(&20000)),
+            "cross_node_tunnel_vs_native_gbps": ratio(r.cross_node.gbps.get("tunnel"), r.cross_node.gbps.get("native")),
+            "cross_node_native_vs_bare_gbps": ratio(r.cross_node.gbps.get("native"), r.cross_node.gbps.get("bare")),
+            "cross_node_tunnel_vs_native_crr": ratio(r.cross_node.crr.get("tunnel"), r.cross_node.crr.get("native")),
+            "cross_node_vxlan_vs_bare_gbps": ratio(r.cross_node.gbps.get("vxlan"), r.cross_node.gbps.get("bare")),
+            "cross_node_tunnel_vs_vxlan_gbps": ratio(r.cross_node.gbps.get("tunnel"), r.cross_node.gbps.get("vxlan")),
+            "cross_node_native_vs_bare_crr": ratio(r.cross_node.crr.get("native"), r.cross_node.crr.get("bare")),
+        },
+        "cross_node": {
+            "gbps": r.cross_node.gbps.iter().map(|(k, v)| (k.to_string(), serde_json::json!((v * 100.0).round() / 100.0))).collect::<serde_json::Map<_, _>>(),
+            "crr_per_s": r.cross_node.crr.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v.round()))).collect::<serde_json::Map<_, _>>(),
+            "tunnel_pod_mtu": r.cross_node.tunnel_mtu,
         },
         "notes": {
             "policy_ns": "BPF_PROG_TEST_RUN average of weft_from_endpoint for a new allowed TCP connection (expired conntrack entry removed, reply lookup, six policy hash lookups: exact/any identity x port/any port/any protocol, ipcache LPM lookup, conntrack insert), events off; N entries = N peer identities allowed on TCP 80",
@@ -532,6 +543,7 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "lb_ns": "weft_lb_ingress (north-south tc LB) on a packet to the last of N services (3 backends, random): new connection = LB conntrack miss, backend choice, 2 conntrack inserts, DNAT; median of 1M single BPF_PROG_TEST_RUN calls, sizes interleaved in chunks (the program rewrites the packet, so repetitions within one call would not hit the service); includes the kernel's per-call timing overhead, see passthrough_single_run_ns",
             "lb_established_ns": "same with the LB conntrack hit",
             "crr": "TCP connect+request+response+RST from one client pod to the last-created service VIP; crr_per_s = crr_parallel concurrent loops (2 per core: the rate the node sustains), crr_serial_per_s = one loop (latency-bound); weft, iptables and direct windows interleaved round by round in one topology, median over rounds; iptables = legacy iptables (x_tables), iptables_nft = iptables-nft (nf_tables), the same kube-proxy-shaped chains (KUBE-SERVICES -> KUBE-SVC statistic -> KUBE-SEP DNAT) loaded in both in the node namespace, each one's PREROUTING jump present only during its own windows; crr_p50_us = median per-request latency (robust to interference on a shared machine)",
+            "cross_node": "pod to pod across two node namespaces joined by a veth underlay (MTU 1500); bare = native routes without eBPF, native = the same routes with the policy programs on both pods' veths (ingress enforced, the peer identity allowed on TCP), vxlan = the tunnel's routes and MTU without any eBPF (the kernel's VXLAN floor), tunnel = the agent's VXLAN routes, policy programs and identity-on-the-wire programs, pods at the computed MTU; routes made by the agent's routing code; gbps = one TCP stream for 3 CRR windows, crr_per_s = crr_parallel loops; modes interleaved round by round (at least 3 rounds), medians",
             "quick": quick,
         },
     });
@@ -578,11 +590,26 @@ fn bench_datapath(out: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "CRR/s direct (no LB)".into(),
             format!("{:.0}", r.crr_direct),
         ],
+        vec![
+            "pod to pod across nodes, Gbit/s".into(),
+            fmt_named(&r.cross_node.gbps, 2),
+        ],
+        vec![
+            "pod to pod across nodes, CRR/s".into(),
+            fmt_named(&r.cross_node.crr, 0),
+        ],
     ];
     print!("{}", debug::table(&["MEASURE", "BY SIZE"], &rows));
     println!("ratios: {}", json["ratios"]);
     println!("wrote {}", out.display());
     Ok(())
+}
+
+fn fmt_named(m: &std::collections::BTreeMap<&str, f64>, decimals: usize) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 fn fmt_map(m: &std::collections::BTreeMap<u32, f64>) -> String {

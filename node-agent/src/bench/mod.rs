@@ -7,8 +7,13 @@
 //!    both iptables backends (legacy and nft, inside the node namespace) vs straight to a
 //!    backend; interleaved rounds in one topology, median of the rounds.
 //!
+//! 3. Pod to pod across two nodes ([`nodes`]): TCP throughput and CRR through the VXLAN
+//!    tunnel vs native routing vs the bare underlay.
+//!
 //! Everything runs in namespaces, a cgroup and a pin directory created here and removed at
 //! the end.
+
+mod nodes;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -425,6 +430,7 @@ pub struct BenchResults {
     pub crr_serial_iptables: BTreeMap<u32, f64>,
     pub crr_serial_iptables_nft: BTreeMap<u32, f64>,
     pub crr_serial_direct: f64,
+    pub cross_node: nodes::CrossNode,
 }
 
 /// Per-size figures of one sweep, and the pass-through subject's.
@@ -631,5 +637,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         "CRR direct: {:.0}/s; one loop {:.0}/s (p50 {:.0} us)",
         res.crr_direct, res.crr_serial_direct, res.crr_p50_us_direct
     );
+    drop(topo);
+    res.cross_node = nodes::run(opts)?;
     Ok(res)
 }
