@@ -209,8 +209,11 @@ async fn ensure_tunnel(
             rtnl.require(TUNNEL_DEVICE).await?
         }
     };
-    rtnl.configure_tunnel_link(index, tunnel_mac(own), mtu)
-        .await?;
+    // Only what differs: a MAC set again, even to itself, is a change event to the stack.
+    let mac = tunnel_mac(own);
+    if rtnl.mac(index).await? != mac || rtnl.mtu(index).await? != mtu {
+        rtnl.configure_tunnel_link(index, mac, mtu).await?;
+    }
     Ok(index)
 }
 

@@ -109,6 +109,21 @@ async fn until_route(env: &Env, node: usize, cidr: &str, want: &[&str]) {
     }
 }
 
+/// Switches cluster `prod` to routing `mode` over REST.
+async fn set_routing(env: &Env, mode: &str) {
+    let r = env
+        .cp
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/clusters/prod",
+            &env.owner,
+            Some(json!({"routing": {"mode": mode}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["routing"], json!({ "mode": mode }));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_two_nodes_talk_through_the_tunnel_then_natively_and_a_deleted_node_is_unrouted() {
     if !bpf_available(
@@ -166,17 +181,7 @@ async fn pods_on_two_nodes_talk_through_the_tunnel_then_natively_and_a_deleted_n
     assert_eq!(received, BULK, "every byte across the tunnel");
 
     // Native: a route per pod CIDR via the node's address, no tunnel, full MTU.
-    let r = env
-        .cp
-        .call(
-            "PATCH",
-            "/v1/tenants/acme/clusters/prod",
-            &env.owner,
-            Some(json!({"routing": {"mode": "native"}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["routing"], json!({"mode": "native"}));
+    set_routing(&env, "native").await;
     until_route(
         &env,
         0,
@@ -295,7 +300,18 @@ async fn a_node_joins_and_leaves_while_traffic_runs_between_the_others() {
     let traffic = std::thread::spawn(move || {
         let (mut ok, mut failed) = (0u32, Vec::new());
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            match common::nodes::tcp(&loop_ns, B) {
+            // A connection may wait for a retransmitted SYN on a loaded machine; one that
+            // fails outright (refused, or nothing within 3 s) is what must not happen.
+            let attempt = {
+                let ns = loop_ns.clone();
+                std::thread::spawn(move || {
+                    let _in = node_agent::netns::enter_netns(&ns)?;
+                    node_agent::tools::tcp_request(B, Duration::from_secs(3))
+                })
+                .join()
+                .expect("client thread")
+            };
+            match attempt {
                 Ok(_) => ok += 1,
                 Err(e) => failed.push(e.to_string()),
             }
@@ -399,16 +415,7 @@ async fn ipv6_pods_on_two_nodes_talk_through_the_tunnel_and_natively() {
     let received = tokio::task::block_in_place(|| bulk(&a_ns, &env.nodes[1].pods[b], b6));
     assert_eq!(received, BULK, "every byte over IPv6 through the tunnel");
 
-    let r = env
-        .cp
-        .call(
-            "PATCH",
-            "/v1/tenants/acme/clusters/prod",
-            &env.owner,
-            Some(json!({"routing": {"mode": "native"}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    set_routing(&env, "native").await;
     until_route(
         &env,
         0,

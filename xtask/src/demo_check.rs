@@ -39,6 +39,43 @@ fn settings() -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
+/// The frontend fetches web-2's page over IPv6 (other node, through the tunnel; the sample
+/// policy admits it), retried while the agents converge.
+fn ipv6_across_nodes() -> Result<()> {
+    let (from, url) = crate::nodes::IPV6_CHECK;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/weft-demo-{from}"))
+            .args([
+                "curl",
+                "-s",
+                "-g",
+                "-m",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                url,
+            ])
+            .output()
+            .context("running curl in the demo's frontend namespace")?;
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "200" {
+            eprintln!("xtask: demo check: {from} -> {url} over IPv6: 200");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{from} -> {url} over IPv6: no 200 within 30 s (curl said {code:?}, {})",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Runs `weft` with the demo's settings; returns its stdout, failing on a non-zero exit.
 fn weft(env: &BTreeMap<String, String>, args: &[&str]) -> Result<String> {
     let bin = sh::target_dir().join("debug/weft");
@@ -71,6 +108,8 @@ fn checks() -> Result<()> {
         status["nodes"]["connected"].as_u64() >= Some(2),
         "the demo's two nodes are not connected: {status}"
     );
+
+    ipv6_across_nodes()?;
 
     let report = weft(&env, &["connectivity", "test", "-o", "json"])?;
     let report: Value =

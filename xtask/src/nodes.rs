@@ -6,7 +6,9 @@
 //! a forwarder listening inside the underlay namespace. Each agent gets its pod CIDR
 //! (`10.0.<i>.0/24`: the control plane allocates `weft connectivity test` workloads from
 //! it), a socket-LB cgroup of its own (`<cgroup2>/weft-demo-n<i>`, never the root) and the
-//! demo's prefix for the namespaces of test workloads, so `cleanup` finds them all.
+//! demo's prefix for the namespaces of test workloads, so `cleanup` finds them all. Dual
+//! stack: the nodes also have `fd00:100::<i>` and the pod CIDR `fd00:10:<i>::/64`, and
+//! every workload an IPv6 address in it.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -23,13 +25,37 @@ const UNDERLAY: &str = "weft-demo-ul";
 /// The agent service as the nodes see it (the forwarder's address).
 pub const AGENT_SERVICE_IP: &str = "192.168.100.254";
 
-/// A workload: node, name, address, labels, whether it serves HTTP on 8080.
-const WORKLOADS: [(u8, &str, &str, &str, bool); 4] = [
-    (1, "frontend", "10.0.1.10", "app=frontend", false),
-    (1, "web-1", "10.0.1.11", "app=web,tier=front", true),
-    (2, "web-2", "10.0.2.10", "app=web,tier=front", true),
-    (2, "db", "10.0.2.20", "app=db", false),
+/// A workload: node, name, IPv4 and IPv6 address, labels, whether it serves HTTP on 8080.
+const WORKLOADS: [(u8, &str, &str, &str, &str, bool); 4] = [
+    (
+        1,
+        "frontend",
+        "10.0.1.10",
+        "fd00:10:1::10",
+        "app=frontend",
+        false,
+    ),
+    (
+        1,
+        "web-1",
+        "10.0.1.11",
+        "fd00:10:1::11",
+        "app=web,tier=front",
+        true,
+    ),
+    (
+        2,
+        "web-2",
+        "10.0.2.10",
+        "fd00:10:2::10",
+        "app=web,tier=front",
+        true,
+    ),
+    (2, "db", "10.0.2.20", "fd00:10:2::20", "app=db", false),
 ];
+
+/// What the demo check fetches over IPv6 from the frontend: web-2, on the other node.
+pub const IPV6_CHECK: (&str, &str) = ("frontend", "http://[fd00:10:2::10]:8080/");
 
 /// The cgroup v2 mount point (hybrid hosts mount it at /sys/fs/cgroup/unified).
 fn cgroup2_root() -> Option<PathBuf> {
@@ -122,6 +148,15 @@ fn topology() -> Result<()> {
         ul(&["link", "set", &port, "master", "br0", "up"])?;
         n(&["addr", "add", &format!("192.168.100.{i}/24"), "dev", "ul0"])?;
         n(&["link", "set", "ul0", "up"])?;
+        n(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:100::{i}/64"),
+            "dev",
+            "ul0",
+            "nodad",
+        ])?;
     }
     for (_, name, ..) in WORKLOADS {
         ip(&["netns", "add", &ns(name)])?;
@@ -189,7 +224,9 @@ pub fn start(
                 .arg(&state)
                 .args(["--node-name", &format!("demo-{node}")])
                 .args(["--address", &format!("192.168.100.{i}")])
+                .args(["--address", &format!("fd00:100::{i}")])
                 .args(["--pod-cidr", &format!("10.0.{i}.0/24")])
+                .args(["--pod-cidr", &format!("fd00:10:{i}::/64")])
                 .args(["--workload-netns-prefix", PREFIX])
                 .arg("--cgroup")
                 .arg(&cgroup)
@@ -199,7 +236,7 @@ pub fn start(
         )?;
         pids.push((format!("node-agent-{node}"), pid));
     }
-    for (i, name, addr, labels, serves) in WORKLOADS {
+    for (i, name, addr, addr6, labels, serves) in WORKLOADS {
         let socket = agents.join(format!("n{i}")).join("agent.sock");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
@@ -213,12 +250,19 @@ pub fn start(
                 .args(["endpoint", "--api-socket"])
                 .arg(&socket)
                 .args(["add", "--name", name, "--netns", &ns(name)])
-                .args(["--ip", &format!("{addr}/32"), "--labels", labels]),
+                .args([
+                    "--ip",
+                    &format!("{addr}/32"),
+                    "--ip",
+                    &format!("{addr6}/128"),
+                ])
+                .args(["--labels", labels]),
         )?;
         if serves {
             let pid = spawn_detached(
                 in_ns(name, Path::new("python3"))
-                    .args(["-m", "http.server", "8080", "--bind", "0.0.0.0"])
+                    // `::` takes IPv4 too (a dual-stack socket).
+                    .args(["-m", "http.server", "8080", "--bind", "::"])
                     .current_dir(&agents),
                 &agents.join(format!("{name}-http.log")),
             )?;
@@ -232,7 +276,7 @@ pub fn start(
 pub fn hints(dir: &Path) -> String {
     let n1 = dir.join("agents/n1/agent.sock");
     format!(
-        "  Nodes:    demo-n1, demo-n2 (namespaces weft-demo-n1/-n2); workloads frontend, web-1 on n1,\n            web-2, db on n2 (namespaces weft-demo-<name>); policy web-from-frontend applies.\n  Try:      nsenter --net=/run/netns/weft-demo-frontend curl -s http://10.0.2.10:8080/ >/dev/null && echo allowed\n            nsenter --net=/run/netns/weft-demo-db curl -s -m 2 http://10.0.1.11:8080/ || echo denied\n            node-agent endpoint --api-socket {} list\n",
+        "  Nodes:    demo-n1, demo-n2 (namespaces weft-demo-n1/-n2); workloads frontend, web-1 on n1,\n            web-2, db on n2 (namespaces weft-demo-<name>); policy web-from-frontend applies.\n  Try:      nsenter --net=/run/netns/weft-demo-frontend curl -s http://10.0.2.10:8080/ >/dev/null && echo allowed\n            nsenter --net=/run/netns/weft-demo-frontend curl -s -g 'http://[fd00:10:2::10]:8080/' >/dev/null && echo allowed over IPv6\n            nsenter --net=/run/netns/weft-demo-db curl -s -m 2 http://10.0.1.11:8080/ || echo denied\n            node-agent endpoint --api-socket {} list\n",
         n1.display()
     )
 }

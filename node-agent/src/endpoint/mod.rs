@@ -221,22 +221,30 @@ pub fn split_ips(ips: &[String]) -> Result<(String, Option<String>), EndpointErr
     }
 }
 
+/// A host address `A` or `A/<bits>` of one family: the address, or why not (`bad`).
+fn parse_host<T: std::str::FromStr>(s: &str, bits: &str, family: &str) -> Result<T, EndpointError> {
+    let bad = |reason: String| EndpointError::BadIp {
+        value: s.to_string(),
+        reason,
+    };
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    if prefix.is_some_and(|p| p != bits) {
+        return Err(bad(format!("an endpoint {family} address is a /{bits}")));
+    }
+    addr.parse()
+        .map_err(|_| bad(format!("not an {family} address (…/{bits})")))
+}
+
 /// `X::Y` or `X::Y/128`: an endpoint's IPv6 address (global or unique local).
 pub fn parse_ip6(s: &str) -> Result<Ipv6Addr, EndpointError> {
     let bad = |reason: &str| EndpointError::BadIp {
         value: s.to_string(),
         reason: reason.to_string(),
     };
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    if prefix.is_some_and(|p| p != "128") {
-        return Err(bad("an endpoint IPv6 address is a /128"));
-    }
-    let ip: Ipv6Addr = addr
-        .parse()
-        .map_err(|_| bad("not an IPv6 address (X::Y/128)"))?;
+    let ip: Ipv6Addr = parse_host(s, "128", "IPv6")?;
     let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || link_local {
         return Err(bad("not a global or unique-local unicast address"));
@@ -253,16 +261,7 @@ pub fn parse_ip(s: &str) -> Result<Ipv4Addr, EndpointError> {
         value: s.to_string(),
         reason: reason.to_string(),
     };
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    if prefix.is_some_and(|p| p != "32") {
-        return Err(bad("an endpoint address is a /32"));
-    }
-    let ip: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| bad("not an IPv4 address (A.B.C.D/32)"))?;
+    let ip: Ipv4Addr = parse_host(s, "32", "IPv4")?;
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
         return Err(bad("not a unicast address"));
     }
