@@ -61,6 +61,9 @@ describe("web console", { concurrency: false }, () => {
       assert.match(await rows.nth(i).innerText(), /connected/);
       assert.match(await rows.nth(i).locator(".agent-version").innerText(), /\d/);
     }
+    // The cluster's routing mode, as REST has it.
+    const routing = (await owner("GET", `${T}/clusters/prod-eu`)).body.routing.mode;
+    assert.match(await page.getByTestId("routing").innerText(), new RegExp(`Routing: ${routing} `));
     await shot(page, "2-nodes", "demo-n2");
 
     // Its services, with backends and realization.

@@ -20,6 +20,10 @@ export function Nodes() {
       }),
     ).items;
   }, [tenant, cluster]);
+  const settings = useLoad(async () => {
+    if (!cluster) return undefined;
+    return ok(await api.GET("/v1/tenants/{tenant}/clusters/{cluster}", { params: { path: { tenant, cluster } } }));
+  }, [tenant, cluster]);
   const [adding, setAdding] = useState(false);
   const [open, setOpen] = useState<string | null>(null);
 
@@ -34,6 +38,7 @@ export function Nodes() {
           </button>
         )}
       </div>
+      {settings.data && <Routing mode={settings.data.routing.mode ?? "tunnel"} />}
       {adding && (
         <AddNode tenant={tenant} cluster={cluster} known={nodes.data ?? []} onDone={() => setAdding(false)} onNode={nodes.reload} />
       )}
@@ -62,6 +67,20 @@ export function Nodes() {
       </States>
       {can("admin") && cluster && <JoinTokens tenant={tenant} cluster={cluster} />}
     </div>
+  );
+}
+
+/** How the cluster's nodes reach each other's pods (changed over REST, `weft cluster update
+ * --routing`, or Terraform's `routing_mode`). */
+function Routing({ mode }: { mode: Schemas["RoutingMode"] }) {
+  const what =
+    mode === "tunnel"
+      ? "VXLAN between node addresses; the source pod's identity travels in the VNI"
+      : "a route per node pod CIDR via its address; the network between nodes carries pod addresses";
+  return (
+    <p className="routing" data-testid="routing">
+      Routing: <strong>{mode}</strong> — {what}
+    </p>
   );
 }
 
