@@ -77,7 +77,8 @@ pub struct Router {
     last: Option<Inputs>,
 }
 
-fn item(message: impl Into<String>) -> ItemError {
+/// A routing problem as the ack reports it (item `routing`).
+pub fn item(message: impl Into<String>) -> ItemError {
     ItemError {
         item: "routing".to_string(),
         message: message.into(),

@@ -203,6 +203,83 @@ pub fn tcp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<(Strin
     Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), peer))
 }
 
+/// What a [`sink`] received: bytes, and the time from the first byte to the end.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// A TCP sink in `ns`: accepts one connection on `addr`, reads it to the end, answers the
+/// byte count (`<n>\n`) and returns what it received. Returns once it listens.
+pub fn sink(
+    ns: &NetNs,
+    addr: SocketAddr,
+) -> io::Result<std::thread::JoinHandle<io::Result<Received>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn(move || -> io::Result<Received> {
+        let listener = TcpListener::bind(addr);
+        let _ = ready_tx.send(());
+        let (mut conn, _) = listener?.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut buf = vec![0u8; 1 << 18];
+        let (mut bytes, mut start) = (0u64, None);
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            start.get_or_insert_with(Instant::now);
+            bytes += n as u64;
+        }
+        conn.write_all(format!("{bytes}\n").as_bytes())?;
+        Ok(Received {
+            bytes,
+            took: start.map_or(Duration::ZERO, |s| s.elapsed()),
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| io::Error::other(format!("the sink on {addr} did not start")))?;
+    Ok(std::thread::spawn(move || {
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("sink thread panicked")))
+            .and_then(|r| r)
+    }))
+}
+
+/// Sends 128 KiB chunks from the network namespace at `from` to a [`sink`] at `to` while
+/// `more(bytes sent so far)` says so; returns the byte count the sink answered.
+pub fn send_to_sink(
+    from: &Path,
+    to: SocketAddr,
+    more: impl FnMut(u64) -> bool + Send + 'static,
+) -> io::Result<u64> {
+    let from = from.to_path_buf();
+    let mut more = more;
+    std::thread::spawn(move || -> io::Result<u64> {
+        let _in = crate::netns::enter_netns(&from)?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let chunk = vec![0x5au8; 1 << 17];
+        let mut sent = 0u64;
+        while more(sent) {
+            s.write_all(&chunk)?;
+            sent += chunk.len() as u64;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        answer
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::other(format!("the sink answered {answer:?}")))
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("sender thread panicked")))
+}
+
 /// One UDP request on an unconnected socket; returns (answer, source address of the answer).
 pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<(String, SocketAddr)> {
     let s = UdpSocket::bind("0.0.0.0:0")?;

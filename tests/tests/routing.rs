@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use common::bpf_available;
 use common::env::Env;
 use common::nodes::{until_tcp, WITHIN};
 use node_agent::netns::NetNs;
+use node_agent::tools;
 use serde_json::json;
 
 const A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 5), 8080);
@@ -23,55 +23,15 @@ const B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 5), 8080);
 /// Bytes of the bulk transfer: thousands of full-size segments.
 const BULK: usize = 16 << 20;
 
-/// Accepts one connection on `addr` inside `ns`, reads it to the end and answers with the
-/// byte count.
-fn sink(ns: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<std::io::Result<usize>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = ns.spawn(move || -> std::io::Result<usize> {
-        let listener = TcpListener::bind(addr);
-        let _ = tx.send(());
-        let (mut conn, _) = listener?.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
-        loop {
-            match conn.read(&mut buf)? {
-                0 => break,
-                n => total += n,
-            }
-        }
-        conn.write_all(format!("{total}\n").as_bytes())?;
-        Ok(total)
-    });
-    let _ = rx.recv_timeout(Duration::from_secs(5));
-    std::thread::spawn(move || handle.join().expect("sink thread").and_then(|r| r))
-}
-
 /// Sends [`BULK`] bytes from the pod at `from` to a sink at `to`; returns what the sink
 /// says it received.
 fn bulk(from: &Path, sink_ns: &NetNs, to: impl Into<SocketAddr>) -> usize {
     let to = to.into();
-    let server = sink(sink_ns, to);
-    let from = from.to_path_buf();
-    let sent = std::thread::spawn(move || -> std::io::Result<String> {
-        let _in = node_agent::netns::enter_netns(&from)?;
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let chunk = vec![0x5au8; 1 << 16];
-        for _ in 0..BULK / chunk.len() {
-            s.write_all(&chunk)?;
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-    .join()
-    .expect("client thread")
-    .expect("bulk transfer");
-    let received = server.join().expect("sink").expect("sink result");
-    assert_eq!(sent.trim(), received.to_string());
-    received
+    let server = tools::sink(sink_ns, to).expect("sink");
+    let answered = tools::send_to_sink(from, to, |sent| sent < BULK as u64).expect("bulk transfer");
+    let received = server.join().expect("sink").expect("sink result").bytes;
+    assert_eq!(answered, received);
+    received as usize
 }
 
 fn mtu(ns: &NetNs, ifname: &str) -> String {
@@ -302,15 +262,7 @@ async fn a_node_joins_and_leaves_while_traffic_runs_between_the_others() {
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             // A connection may wait for a retransmitted SYN on a loaded machine; one that
             // fails outright (refused, or nothing within 3 s) is what must not happen.
-            let attempt = {
-                let ns = loop_ns.clone();
-                std::thread::spawn(move || {
-                    let _in = node_agent::netns::enter_netns(&ns)?;
-                    node_agent::tools::tcp_request(B, Duration::from_secs(3))
-                })
-                .join()
-                .expect("client thread")
-            };
+            let attempt = common::nodes::tcp_within(&loop_ns, B, Duration::from_secs(3));
             match attempt {
                 Ok(_) => ok += 1,
                 Err(e) => failed.push(e.to_string()),

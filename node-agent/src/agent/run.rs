@@ -38,7 +38,7 @@ use crate::endpoint::api::{self as endpoint_api, ApiState};
 use crate::endpoint::manager::{lock, Manager, SharedDatapath};
 use crate::endpoint::EndpointError;
 use crate::flows::{self, FlowQueue, FlowStats};
-use crate::routing::Router;
+use crate::routing::{self, Router};
 use crate::workload::probe::Spawner;
 use crate::workload::report::{self, SharedOutbox};
 use crate::workload::{self, Desired, WorkloadError, Workloads};
@@ -352,11 +352,8 @@ async fn apply_routing(
     }
     let (mut errors, applied) = router.apply(state).await;
     if applied.tunnel {
-        if let Err(e) = lock(dp).attach_tunnel(crate::routing::TUNNEL_DEVICE) {
-            errors.push(ItemError {
-                item: "routing".to_string(),
-                message: format!("identity on the wire: {e}"),
-            });
+        if let Err(e) = lock(dp).attach_tunnel(routing::TUNNEL_DEVICE) {
+            errors.push(routing::item(format!("identity on the wire: {e}")));
         }
     }
     if let Some(mtu) = applied.pod_mtu.filter(|m| *m > 0) {
@@ -365,10 +362,7 @@ async fn apply_routing(
                 .set_pod_mtu(mtu)
                 .await
                 .into_iter()
-                .map(|e| ItemError {
-                    item: "routing".to_string(),
-                    message: format!("pod MTU {mtu}: {e}"),
-                }),
+                .map(|e| routing::item(format!("pod MTU {mtu}: {e}"))),
         );
     }
     for e in &errors {

@@ -396,6 +396,20 @@ fn crr(
     Ok((r.rate, r.p50_us() as f64))
 }
 
+/// The datapath with default map sizes pinned in `pins`, flow events for drops only (as a
+/// node runs it, without the cost of an event per forwarded packet).
+fn drop_events_datapath(pins: &PinDir) -> Result<Datapath> {
+    let mut dp = Datapath::load(DatapathConfig {
+        pin_path: pins.path().to_path_buf(),
+        ..DatapathConfig::default()
+    })?;
+    dp.set_runtime_config(c::Config {
+        event_flags: c::EVENTS_ON_DROP,
+        ..c::Config::default()
+    })?;
+    Ok(dp)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -523,14 +537,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
     topo.pods[0].ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     let pins = PinDir::create("b")?;
     let cg = Cgroup::create("b")?;
-    let mut dp = Datapath::load(DatapathConfig {
-        pin_path: pins.path().to_path_buf(),
-        ..DatapathConfig::default()
-    })?;
-    dp.set_runtime_config(c::Config {
-        event_flags: c::EVENTS_ON_DROP,
-        ..c::Config::default()
-    })?;
+    let mut dp = drop_events_datapath(&pins)?;
     dp.attach_cgroup(cg.path())?;
     let direct_target = SocketAddrV4::new(backends[0], 8080);
     let (mut direct, mut direct_p50, mut direct_serial) = (Vec::new(), Vec::new(), Vec::new());

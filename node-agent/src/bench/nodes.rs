@@ -12,8 +12,7 @@
 //! - tunnel: VXLAN routes, the policy programs plus the identity-on-the-wire programs on
 //!   the tunnel device, pods at the MTU the agent computes.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -21,12 +20,12 @@ use weft_datapath_common as c;
 use weft_model::desired::{DesiredEndpoint, NodeDesiredState, HOST_ENDPOINT_ID};
 use weft_model::routing::{ClusterNode, RoutingMode};
 
-use node_agent::datapath::{Action, Datapath, DatapathConfig, Direction, Endpoint, PolicyEntry};
+use node_agent::datapath::{Action, Datapath, Direction, Endpoint, PolicyEntry};
 use node_agent::netns::{NetNs, PinDir, Topology};
 use node_agent::routing::{Router, TUNNEL_DEVICE};
-use node_agent::tools::Server;
+use node_agent::tools::{self, Server};
 
-use super::{crr, median, BenchOptions};
+use super::{crr, drop_events_datapath, median, BenchOptions};
 
 /// The modes, in the order measured within a round (native before vxlan: it removes the
 /// tunnel device, so vxlan starts from one without programs).
@@ -85,14 +84,7 @@ fn node(i: usize) -> Result<Node> {
     let mut topo = Topology::new(0)?;
     topo.add_pod(pod_ip(i))?;
     let pins = PinDir::create("x")?;
-    let mut dp = Datapath::load(DatapathConfig {
-        pin_path: pins.path().to_path_buf(),
-        ..DatapathConfig::default()
-    })?;
-    dp.set_runtime_config(c::Config {
-        event_flags: c::EVENTS_ON_DROP,
-        ..c::Config::default()
-    })?;
+    let mut dp = drop_events_datapath(&pins)?;
     dp.apply_endpoint(&Endpoint {
         id: 1,
         ip: pod_ip(i),
@@ -176,42 +168,13 @@ fn switch(nodes: &[Node; 2], mode: &str) -> Result<u32> {
 
 /// Bytes from the pod of `from` to a sink in `to` for `window`: Gbit/s as the sink saw it.
 fn throughput(from: &NetNs, to: &NetNs, target: SocketAddrV4, window: Duration) -> Result<f64> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let sink = to.spawn(move || -> std::io::Result<(u64, Duration)> {
-        let listener = TcpListener::bind(target);
-        let _ = ready_tx.send(());
-        let (mut conn, _) = listener?.accept()?;
-        let mut buf = vec![0u8; 1 << 18];
-        let (mut total, mut start) = (0u64, None);
-        loop {
-            let n = conn.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            start.get_or_insert_with(Instant::now);
-            total += n as u64;
-        }
-        Ok((total, start.map_or(Duration::ZERO, |s| s.elapsed())))
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .context("sink did not start")?;
-    let sender = from.spawn(move || -> std::io::Result<()> {
-        let mut s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
-        let chunk = vec![0x5au8; 1 << 17];
-        let end = Instant::now() + window;
-        while Instant::now() < end {
-            s.write_all(&chunk)?;
-        }
-        s.shutdown(std::net::Shutdown::Write)
-    });
-    sender
+    let sink = tools::sink(to, target.into())?;
+    let end = Instant::now() + window;
+    tools::send_to_sink(&from.path(), target.into(), move |_| Instant::now() < end)?;
+    let got = sink
         .join()
-        .map_err(|_| anyhow::anyhow!("sender panicked"))???;
-    let (bytes, took) = sink
-        .join()
-        .map_err(|_| anyhow::anyhow!("sink panicked"))???;
-    Ok(bytes as f64 * 8.0 / took.as_secs_f64().max(1e-9) / 1e9)
+        .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    Ok(got.bytes as f64 * 8.0 / got.took.as_secs_f64().max(1e-9) / 1e9)
 }
 
 pub fn run(opts: &BenchOptions) -> Result<CrossNode> {

@@ -293,10 +293,15 @@ impl Node {
 
 /// TCP from a pod (its namespace path) to `target`: the server's answer, or the error.
 pub fn tcp(from: &Path, target: SocketAddrV4) -> std::io::Result<String> {
+    tcp_within(from, target, Duration::from_millis(500))
+}
+
+/// [`tcp`] with its own timeout for the connect and the answer.
+pub fn tcp_within(from: &Path, target: SocketAddrV4, timeout: Duration) -> std::io::Result<String> {
     let from = from.to_path_buf();
     std::thread::spawn(move || {
         let _in = node_agent::netns::enter_netns(&from)?;
-        tools::tcp_request(target, Duration::from_millis(500)).map(|(a, _)| a)
+        tools::tcp_request(target, timeout).map(|(a, _)| a)
     })
     .join()
     .expect("client thread")
