@@ -220,6 +220,12 @@ fn corpus() -> Vec<String> {
         "1000000d",
         "+5m",
         "a\u{0}b",
+        // Whitespace that one regex dialect's `\s` has and another's lacks (U+0085, U+00A0).
+        "\u{85}",
+        "app=web\u{85}",
+        "\u{a0}app",
+        "SYN,\u{85}ACK",
+        "\tSYN ,ACK\r\n",
         "app=web",
         "app in (a,b)",
         "!app",
@@ -753,5 +759,42 @@ async fn spec_and_validators_agree_at_every_boundary() {
         "{} of {checked} values where spec and server disagree:\n{}",
         disagreements.len(),
         disagreements.join("\n")
+    );
+}
+
+/// Every pattern means the same in every regex dialect a client may use: JSON Schema's
+/// (ECMAScript), Python's (schemathesis), Go's (Terraform), Rust's (ours). Shorthand classes
+/// do not: `\s` includes U+0085 in Rust and Python but not in ECMAScript, `\d` and `\w` are
+/// Unicode-wide in some and ASCII in others. Patterns spell their classes out.
+#[test]
+fn patterns_use_no_dialect_dependent_classes() {
+    fn walk(v: &Value, at: &str, bad: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if let ("pattern", Value::String(p)) = (k.as_str(), child) {
+                        let shorthand = ["\\s", "\\S", "\\d", "\\D", "\\w", "\\W", "\\b", "\\B"];
+                        if shorthand.iter().any(|s| p.contains(s)) {
+                            bad.push(format!("{at}: {p}"));
+                        }
+                    }
+                    walk(child, &format!("{at}/{k}"), bad);
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    walk(child, &format!("{at}/{i}"), bad);
+                }
+            }
+            _ => {}
+        }
+    }
+    let spec = serde_json::to_value(control_api::api::openapi()).expect("spec");
+    let mut bad = Vec::new();
+    walk(&spec, "", &mut bad);
+    assert!(
+        bad.is_empty(),
+        "patterns with shorthand classes:\n{}",
+        bad.join("\n")
     );
 }

@@ -45,6 +45,23 @@ pub fn ip_address_any_of() -> utoipa::openapi::schema::AnyOfBuilder {
         .item(format("ipv6"))
 }
 
+/// The whitespace the query syntaxes allow between tokens, as a regex class. ASCII only and
+/// spelled out: `\s` means a different set in every regex dialect (ECMAScript's, which JSON
+/// Schema uses, leaves out U+0085; Python's and Rust's include it), so a pattern written with
+/// `\s` and a parser trimming with `str::trim` disagree on what is valid.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! query_ws {
+    () => {
+        "[ \\t\\n\\r]"
+    };
+}
+
+/// Whether `c` is whitespace in a query syntax (the set [`query_ws!`] names).
+pub fn is_query_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
 /// Declares a unit type whose OpenAPI schema (a named component) is built by `$build`,
 /// for `#[schema(value_type = ...)]` / `#[param(value_type = ...)]` on the fields the
 /// rule applies to.

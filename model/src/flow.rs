@@ -184,7 +184,10 @@ impl TcpFlags {
     /// A comma-separated list such as `SYN,ACK`.
     pub fn parse_list(s: &str) -> Result<TcpFlags, String> {
         let mut bits = 0u8;
-        for name in s.split(',').map(str::trim) {
+        for name in s
+            .split(',')
+            .map(|n| n.trim_matches(crate::contract::is_query_ws))
+        {
             let bit = Self::NAMES
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))

@@ -93,28 +93,50 @@ macro_rules! set_value {
 macro_rules! requirement {
     () => {
         concat!(
-            "(!\\s*",
+            "(!",
+            crate::query_ws!(),
+            "*",
             selector_key!(),
             "|",
             selector_key!(),
-            "(\\s*(==|=|!=)\\s*(",
+            "(",
+            crate::query_ws!(),
+            "*(==|=|!=)",
+            crate::query_ws!(),
+            "*(",
             set_value!(),
-            ")?|\\s+(in|notin)\\s*\\(\\s*",
+            ")?|",
+            crate::query_ws!(),
+            "+(in|notin)",
+            crate::query_ws!(),
+            "*\\(",
+            crate::query_ws!(),
+            "*",
             set_value!(),
-            "\\s*(,\\s*",
+            crate::query_ws!(),
+            "*(,",
+            crate::query_ws!(),
+            "*",
             set_value!(),
-            "\\s*)*\\))?)"
+            crate::query_ws!(),
+            "*)*\\))?)"
         )
     };
 }
 
 /// [`LabelSelector::parse_query`] as a regular expression.
 pub const SELECTOR_QUERY_PATTERN: &str = concat!(
-    "^\\s*(",
+    "^",
+    crate::query_ws!(),
+    "*(",
     requirement!(),
-    "\\s*(,\\s*",
+    crate::query_ws!(),
+    "*(,",
+    crate::query_ws!(),
+    "*",
     requirement!(),
-    "\\s*)*)?$"
+    crate::query_ws!(),
+    "*)*)?$"
 );
 
 crate::contract_schema! {
@@ -372,7 +394,7 @@ impl QueryParser<'_> {
         let start = self.pos;
         let rest = &self.src[start..];
         let len = rest
-            .find(|c: char| c.is_whitespace() || "=!,()".contains(c))
+            .find(|c: char| crate::contract::is_query_ws(c) || "=!,()".contains(c))
             .unwrap_or(rest.len());
         self.pos += len;
         &self.src[start..start + len]
@@ -410,7 +432,7 @@ impl QueryParser<'_> {
 
     fn skip_ws(&mut self) {
         let rest = &self.src[self.pos..];
-        self.pos += rest.len() - rest.trim_start().len();
+        self.pos += rest.len() - rest.trim_start_matches(crate::contract::is_query_ws).len();
     }
 
     fn rest_preview(&self, from: usize) -> String {

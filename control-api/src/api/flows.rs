@@ -89,7 +89,7 @@ pub struct FlowFilterParams {
     /// Comma-separated TCP flags (`SYN,ACK`; also FIN, RST, PSH, URG): a flow matches when
     /// it has all of them. Repeatable.
     #[param(
-        pattern = "^\\s*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])\\s*(,\\s*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])\\s*)*$"
+        pattern = "^[ \\t\\n\\r]*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])[ \\t\\n\\r]*(,[ \\t\\n\\r]*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])[ \\t\\n\\r]*)*$"
     )]
     tcp_flags: Option<String>,
     /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
