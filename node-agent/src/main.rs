@@ -5,7 +5,7 @@
 //! (`node-agent bpf ...`), `datapath` to load/attach the datapath on given interfaces and
 //! cgroup, and hidden helpers for tests and the benchmark.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ enum Cmd {
     #[command(hide = true)]
     Probe {
         #[arg(long)]
-        target: SocketAddrV4,
+        target: SocketAddr,
         #[arg(long)]
         timeout_ms: u64,
         /// The line sent (the probe id).
@@ -114,7 +114,7 @@ enum Cmd {
         #[arg(long)]
         netns: Option<PathBuf>,
         #[arg(long)]
-        target: SocketAddrV4,
+        target: SocketAddr,
         #[arg(long, default_value_t = 1)]
         count: u64,
         #[arg(long)]

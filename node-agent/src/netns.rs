@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -298,6 +298,8 @@ impl Drop for PinDir {
 pub struct Pod {
     pub ns: NetNs,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack topology.
+    pub ip6: Option<Ipv6Addr>,
     pub host_if: String,
 }
 
@@ -319,6 +321,8 @@ fn link_mac(ns: &NetNs, ifname: &str) -> io::Result<String> {
 }
 
 const GATEWAY: &str = "169.254.1.1";
+/// The pods' IPv6 next hop: link-local, so no address has to be set aside for it.
+const GATEWAY6: &str = "fe80::1";
 
 impl Topology {
     /// Creates a node namespace and `n` pods with addresses `10.0.1.1..=10.0.1.n`.
@@ -334,6 +338,74 @@ impl Topology {
             topo.add_pod(Ipv4Addr::new(10, 0, 1, i as u8))?;
         }
         Ok(topo)
+    }
+
+    /// Like [`Topology::new`], with each pod also at `fd00:1::n` (dual stack).
+    pub fn dual_stack(n: usize) -> io::Result<Self> {
+        let mut topo = Topology::new(0)?;
+        topo.node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for i in 1..=n {
+            let idx = topo.add_pod(Ipv4Addr::new(10, 0, 1, i as u8))?;
+            topo.add_ip6(idx, Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, i as u16))?;
+        }
+        Ok(topo)
+    }
+
+    /// Gives pod `idx` an IPv6 address too, routed like its IPv4 one (a /128 on the node).
+    pub fn add_ip6(&mut self, idx: usize, addr: Ipv6Addr) -> io::Result<()> {
+        let pod = &self.pods[idx];
+        let (host_mac, pod_mac) = (
+            link_mac(&self.node, &pod.host_if)?,
+            link_mac(&pod.ns, "eth0")?,
+        );
+        let a = addr.to_string();
+        pod.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        // A link-local gateway is on-link: no route to it needed.
+        pod.ns.ip(&[
+            "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0",
+        ])?;
+        pod.ns.ip(&[
+            "-6",
+            "neigh",
+            "add",
+            GATEWAY6,
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        self.node.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{a}/128"),
+            "dev",
+            &pod.host_if,
+        ])?;
+        self.node.ip(&[
+            "-6",
+            "neigh",
+            "add",
+            &a,
+            "lladdr",
+            &pod_mac,
+            "dev",
+            &pod.host_if,
+            "nud",
+            "permanent",
+        ])?;
+        self.pods[idx].ip6 = Some(addr);
+        Ok(())
     }
 
     /// Adds a pod with the given address; returns its index.
@@ -387,6 +459,7 @@ impl Topology {
         self.pods.push(Pod {
             ns,
             ip: addr,
+            ip6: None,
             host_if,
         });
         Ok(idx)

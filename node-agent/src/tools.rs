@@ -3,7 +3,7 @@
 //! namespace, so socket hooks apply to it).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +31,7 @@ fn readable(fd: i32, timeout_ms: i32) -> bool {
 }
 
 impl Server {
-    /// TCP: per connection, reads the request (up to EOF or the first bytes), answers
+    /// TCP on `[::]` (both families): per connection, reads the request (up to EOF or the first bytes), answers
     /// `name\n` and waits for the client to close. A small pool of worker threads accepts on
     /// the same listener (a held connection does not block the others; no thread is spawned
     /// per connection, which would dominate connection-rate measurements).
@@ -42,7 +42,7 @@ impl Server {
         let name = format!("{name}\n");
         let stop2 = stop.clone();
         let handle = ns.spawn(move || -> io::Result<()> {
-            let l = match TcpListener::bind(("0.0.0.0", port)).and_then(|l| {
+            let l = match TcpListener::bind(("::", port)).and_then(|l| {
                 set_recv_timeout(&l, Duration::from_millis(100))?;
                 Ok(l)
             }) {
@@ -87,14 +87,14 @@ impl Server {
         })
     }
 
-    /// UDP: answers every datagram with `name\n`.
+    /// UDP on `[::]` (both families): answers every datagram with `name\n`.
     pub fn udp(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let name = format!("{name}\n");
         let stop2 = stop.clone();
         let handle = ns.spawn(move || -> io::Result<()> {
-            let s = match UdpSocket::bind(("0.0.0.0", port)) {
+            let s = match UdpSocket::bind(("::", port)) {
                 Ok(s) => {
                     let _ = tx.send(Ok(()));
                     s
@@ -181,8 +181,8 @@ fn linger_zero(s: &TcpStream) {
 }
 
 /// One TCP connect-request-response; returns (answer, peer address as getpeername sees it).
-pub fn tcp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<(String, SocketAddr)> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)?;
+pub fn tcp_request(target: SocketAddr, timeout: Duration) -> io::Result<(String, SocketAddr)> {
+    let mut s = TcpStream::connect_timeout(&target, timeout)?;
     linger_zero(&s);
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;
@@ -281,8 +281,12 @@ pub fn send_to_sink(
 }
 
 /// One UDP request on an unconnected socket; returns (answer, source address of the answer).
-pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<(String, SocketAddr)> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<(String, SocketAddr)> {
+    let s = UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
     s.set_read_timeout(Some(timeout))?;
     s.send_to(b"?", target)?;
     let mut buf = [0u8; 128];
@@ -315,7 +319,7 @@ pub fn netns_cookie() -> io::Result<u64> {
 /// Options of `node-agent debug-client`.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub udp: bool,
     /// Number of requests (stops earlier when `duration` elapses).
     pub count: u64,

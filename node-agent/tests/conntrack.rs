@@ -443,7 +443,7 @@ fn conntrack_lifecycle_fin_rst_sweep_and_full_table() {
     let _srv = Server::tcp(&topo.pods[1].ns, 8080, "b").unwrap();
     topo.pods[0]
         .ns
-        .spawn(move || tools::tcp_request(SocketAddrV4::new(b, 8080), T))
+        .spawn(move || tools::tcp_request(SocketAddrV4::new(b, 8080).into(), T))
         .join()
         .unwrap()
         .unwrap()
@@ -511,7 +511,7 @@ fn conntrack_lifecycle_fin_rst_sweep_and_full_table() {
     assert_eq!(
         topo.pods[0]
             .ns
-            .spawn(move || tools::tcp_request(SocketAddrV4::new(b, 8080), T))
+            .spawn(move || tools::tcp_request(SocketAddrV4::new(b, 8080).into(), T))
             .join()
             .unwrap()
             .unwrap()

@@ -63,14 +63,14 @@ fn bpf_subcommands_print_the_maps() {
     .unwrap();
     dp.apply_service(&Service {
         id: 5,
-        vip: Ipv4Addr::new(10, 96, 0, 10),
+        vip: Ipv4Addr::new(10, 96, 0, 10).into(),
         port: 80,
         proto: c::PROTO_TCP,
         algorithm: LbAlgorithm::Maglev { m: 251 },
         affinity: None,
         backends: vec![Backend {
             id: 50,
-            ip: Ipv4Addr::new(10, 0, 1, 9),
+            ip: Ipv4Addr::new(10, 0, 1, 9).into(),
             port: 8080,
             weight: 1,
             state: BackendState::Active,

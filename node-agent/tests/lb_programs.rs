@@ -21,7 +21,7 @@ fn svc(
 ) -> Service {
     Service {
         id,
-        vip: VIP,
+        vip: VIP.into(),
         port,
         proto,
         algorithm,
@@ -30,7 +30,7 @@ fn svc(
             .iter()
             .map(|&(id, ip)| Backend {
                 id,
-                ip,
+                ip: ip.into(),
                 port: 8080,
                 weight: 1,
                 state: BackendState::Active,

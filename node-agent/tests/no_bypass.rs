@@ -460,7 +460,7 @@ fn non_ip_frames_dropped_and_arp_works_between_namespaces() {
     let target = SocketAddrV4::new(topo.pods[2].ip, 8080);
     let got = topo.pods[1]
         .ns
-        .spawn(move || tools::tcp_request(target, T).map(|(a, _)| a))
+        .spawn(move || tools::tcp_request(target.into(), T).map(|(a, _)| a))
         .join()
         .unwrap()
         .expect("enter pod namespace")

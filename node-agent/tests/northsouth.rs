@@ -57,7 +57,7 @@ fn external_client_reaches_pods_through_the_vip() {
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut svc = Service {
         id: 1,
-        vip,
+        vip: vip.into(),
         port: 80,
         proto: c::PROTO_TCP,
         algorithm: LbAlgorithm::Random,
@@ -65,7 +65,7 @@ fn external_client_reaches_pods_through_the_vip() {
         backends: (0..2)
             .map(|i| Backend {
                 id: 1 + i as u32,
-                ip: topo.pods[i].ip,
+                ip: topo.pods[i].ip.into(),
                 port: 8080,
                 weight: 1,
                 state: BackendState::Active,
@@ -73,7 +73,7 @@ fn external_client_reaches_pods_through_the_vip() {
             .collect(),
     };
     dp.apply_service(&svc).unwrap();
-    let target = SocketAddrV4::new(vip, 80);
+    let target = SocketAddrV4::new(vip, 80).into();
     let results = ext
         .spawn(move || {
             (0..30)

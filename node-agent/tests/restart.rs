@@ -25,14 +25,14 @@ fn restart_drops_no_allowed_connection_and_reuses_state() {
     let policy = [rule(Direction::Ingress, Some(100), c::PROTO_TCP, 8080)];
     let svc = Service {
         id: 1,
-        vip: Ipv4Addr::new(10, 96, 0, 1),
+        vip: Ipv4Addr::new(10, 96, 0, 1).into(),
         port: 80,
         proto: c::PROTO_TCP,
         algorithm: LbAlgorithm::Maglev { m: 251 },
         affinity: None,
         backends: vec![Backend {
             id: 9,
-            ip: topo.pods[1].ip,
+            ip: topo.pods[1].ip.into(),
             port: 8080,
             weight: 1,
             state: BackendState::Active,
@@ -64,7 +64,7 @@ fn restart_drops_no_allowed_connection_and_reuses_state() {
     let (stop2, ok2, failed2) = (stop.clone(), ok.clone(), failed.clone());
     let looper = topo.pods[0].ns.spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
-            match tools::tcp_request(target, Duration::from_secs(1)) {
+            match tools::tcp_request(target.into(), Duration::from_secs(1)) {
                 Ok((a, _)) if a == "b" => ok2.fetch_add(1, Ordering::Relaxed),
                 _ => failed2.fetch_add(1, Ordering::Relaxed),
             };
@@ -88,7 +88,7 @@ fn restart_drops_no_allowed_connection_and_reuses_state() {
     // Policy is still enforced with no agent: pod 3 is denied.
     let denied = topo.pods[2]
         .ns
-        .spawn(move || tools::tcp_request(target, Duration::from_millis(300)))
+        .spawn(move || tools::tcp_request(target.into(), Duration::from_millis(300)))
         .join()
         .unwrap()
         .unwrap();
@@ -142,7 +142,7 @@ fn restart_drops_no_allowed_connection_and_reuses_state() {
         Some(cg.path()),
         &topo.pods[0].ns,
         &tools::ClientOptions {
-            target: SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 1), 80),
+            target: SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 1), 80).into(),
             udp: false,
             count: 5,
             duration: None,

@@ -1,5 +1,5 @@
-//! East-west load balancing at the socket (cgroup connect4/sendmsg4/recvmsg4/getpeername4)
-//! with real clients in a cgroup and network namespaces the test creates.
+//! East-west load balancing at the socket (cgroup connect/sendmsg/recvmsg/getpeername, IPv4
+//! and IPv6) with real clients in a cgroup and network namespaces the test creates.
 
 mod common;
 
@@ -8,7 +8,7 @@ use node_agent::datapath::{Backend, BackendState, LbAlgorithm, Service};
 use node_agent::netns::{Cgroup, PinDir, Topology};
 use node_agent::tools::{spawn_client, ClientOptions, ClientReport, Server};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 use weft_datapath_common as c;
 
@@ -21,7 +21,7 @@ fn exe() -> &'static Path {
 fn backend(topo: &Topology, pod: usize, id: u32, port: u16) -> Backend {
     Backend {
         id,
-        ip: topo.pods[pod].ip,
+        ip: topo.pods[pod].ip.into(),
         port,
         weight: 1,
         state: BackendState::Active,
@@ -32,7 +32,7 @@ fn client(
     topo: &Topology,
     cg: &Cgroup,
     pod: usize,
-    target: SocketAddrV4,
+    target: impl Into<SocketAddr>,
     udp: bool,
     count: u64,
 ) -> ClientReport {
@@ -41,7 +41,7 @@ fn client(
         Some(cg.path()),
         &topo.pods[pod].ns,
         &ClientOptions {
-            target,
+            target: target.into(),
             udp,
             count,
             duration: None,
@@ -83,7 +83,7 @@ fn vip_spreads_connections_translates_back_and_drops_without_backend() {
     };
     let mut tcp_svc = Service {
         id: 1,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
         proto: c::PROTO_TCP,
         algorithm: LbAlgorithm::Random,
@@ -163,7 +163,7 @@ fn vip_spreads_connections_translates_back_and_drops_without_backend() {
         .ns
         .spawn(|| {
             node_agent::tools::tcp_request(
-                SocketAddrV4::new(VIP, 80),
+                SocketAddrV4::new(VIP, 80).into(),
                 std::time::Duration::from_millis(300),
             )
         })
@@ -190,7 +190,7 @@ fn maglev_keeps_clients_on_their_backend_when_another_is_removed() {
     let m = 16381;
     let mut svc = Service {
         id: 7,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
         proto: c::PROTO_TCP,
         algorithm: LbAlgorithm::Maglev { m },
@@ -270,7 +270,7 @@ fn client_affinity_keeps_a_client_on_one_backend_until_it_terminates() {
         .collect();
     let mut svc = Service {
         id: 3,
-        vip: VIP,
+        vip: VIP.into(),
         port: 80,
         proto: c::PROTO_TCP,
         algorithm: LbAlgorithm::Random,
@@ -313,5 +313,136 @@ fn client_affinity_keeps_a_client_on_one_backend_until_it_terminates() {
     assert!(
         !s.contains_key(&first),
         "moved off the terminating backend: {s:?}"
+    );
+}
+
+#[test]
+fn ipv6_vip_spreads_over_ipv6_backends_and_answers_as_the_vip() {
+    if !bpf_available("ipv6_vip_spreads_over_ipv6_backends_and_answers_as_the_vip") {
+        return;
+    }
+    // pod 0 is the client; pods 1 and 2 serve TCP 8080 and UDP 5353 as b1, b2; all dual stack.
+    let topo = Topology::dual_stack(3).unwrap();
+    let pins = PinDir::create("t").unwrap();
+    let cg = Cgroup::create("cg").unwrap();
+    let mut dp = load(&pins);
+    dp.attach_cgroup(cg.path()).unwrap();
+    let mut servers = Vec::new();
+    for i in 1..=2 {
+        servers.push(Server::tcp(&topo.pods[i].ns, 8080, &format!("b{i}")).unwrap());
+        servers.push(Server::udp(&topo.pods[i].ns, 5353, &format!("b{i}")).unwrap());
+    }
+    let vip6: Ipv6Addr = "fd00:96::10".parse().unwrap();
+    let ip6 = |i: usize| topo.pods[i].ip6.expect("dual-stack pod");
+    let backends = |port: u16| {
+        (1..=2)
+            .map(|i| Backend {
+                id: 20 + i as u32 + u32::from(port),
+                ip: ip6(i).into(),
+                port,
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut tcp_svc = Service {
+        id: 1,
+        vip: vip6.into(),
+        port: 80,
+        proto: c::PROTO_TCP,
+        algorithm: LbAlgorithm::Random,
+        affinity: None,
+        backends: backends(8080),
+    };
+    dp.apply_service(&tcp_svc).unwrap();
+    dp.apply_service(&Service {
+        id: 2,
+        port: 53,
+        proto: c::PROTO_UDP,
+        backends: backends(5353),
+        ..tcp_svc.clone()
+    })
+    .unwrap();
+
+    let mut events = dp.flow_events().unwrap();
+    let r = client(&topo, &cg, 0, SocketAddrV6::new(vip6, 80, 0, 0), false, 40);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let s = spread(&r);
+    assert_eq!(
+        s.keys().cloned().collect::<Vec<_>>(),
+        vec!["b1", "b2"],
+        "{s:?}"
+    );
+    assert!(
+        r.answers.iter().all(|(_, peer)| peer == "[fd00:96::10]:80"),
+        "getpeername shows the VIP: {:?}",
+        r.answers[0]
+    );
+    let translated: Vec<_> = events
+        .drain()
+        .into_iter()
+        .filter(|e| e.verdict == c::VERDICT_TRANSLATED)
+        .collect();
+    assert_eq!(translated.len(), 40, "one translation event per connect");
+    let backend_addrs = [ip6(1).octets(), ip6(2).octets()];
+    assert!(
+        translated.iter().all(|e| e.family == c::FAMILY_IPV6
+            && e.svc_id == 1
+            && e.dport == 8080
+            && backend_addrs.contains(&e.daddr)),
+        "{:?}",
+        translated[0]
+    );
+
+    let r = client(&topo, &cg, 0, SocketAddrV6::new(vip6, 53, 0, 0), true, 30);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(spread(&r).len(), 2, "UDP spread: {:?}", spread(&r));
+    assert!(
+        r.answers.iter().all(|(_, from)| from == "[fd00:96::10]:53"),
+        "recvmsg shows the VIP: {:?}",
+        r.answers[0]
+    );
+
+    // The IPv4 VIP of the same number is another service: nothing listens behind it.
+    let r = client(&topo, &cg, 0, SocketAddrV4::new(VIP, 80), false, 1);
+    assert_eq!(r.errors.len(), 1, "{r:?}");
+
+    // A backend of the other family is refused, naming it; the service stays as it was.
+    let mut mixed = tcp_svc.clone();
+    mixed.backends[0].ip = IpAddr::V4(topo.pods[1].ip);
+    let err = dp.apply_service(&mixed).unwrap_err().to_string();
+    assert!(
+        err.contains("10.0.1.2") && err.contains("address family"),
+        "{err}"
+    );
+    assert_eq!(
+        spread(&client(
+            &topo,
+            &cg,
+            0,
+            SocketAddrV6::new(vip6, 80, 0, 0),
+            false,
+            10
+        ))
+        .len(),
+        2
+    );
+
+    // No backend: connect is refused and the drop is an IPv6 event.
+    tcp_svc.backends.clear();
+    dp.apply_service(&tcp_svc).unwrap();
+    let r = client(&topo, &cg, 0, SocketAddrV6::new(vip6, 80, 0, 0), false, 3);
+    assert_eq!(r.errors.len(), 3, "{r:?}");
+    let dropped: Vec<_> = events
+        .drain()
+        .into_iter()
+        .filter(|e| e.verdict == c::VERDICT_DROPPED)
+        .collect();
+    assert!(
+        !dropped.is_empty()
+            && dropped.iter().all(|e| e.family == c::FAMILY_IPV6
+                && e.drop_reason == c::DROP_NO_BACKEND
+                && e.daddr == vip6.octets()),
+        "{dropped:?}"
     );
 }

@@ -372,14 +372,14 @@ fn pod_probes_reach_pods_world_and_service_vips_through_the_socket_lb_cgroup() {
         lock(&a.dp)
             .apply_service(&Service {
                 id: 1,
-                vip: VIP,
+                vip: VIP.into(),
                 port: 80,
                 proto: 6,
                 algorithm: LbAlgorithm::Random,
                 affinity: None,
                 backends: vec![Backend {
                     id: 1,
-                    ip: ECHO_IP,
+                    ip: ECHO_IP.into(),
                     port: 8080,
                     weight: 1,
                     state: BackendState::Active,

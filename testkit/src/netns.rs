@@ -1,7 +1,7 @@
 //! Clients run inside a pod's network namespace of a test topology: the namespace is
 //! entered on a thread of its own, so the test's thread stays where it is.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use node_agent::netns::Topology;
@@ -11,7 +11,12 @@ use node_agent::tools;
 pub const WAIT: Duration = Duration::from_millis(700);
 
 /// A TCP request to `target` from pod `pod` of `topo`; returns who answered.
-pub fn tcp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
+pub fn tcp_from(
+    topo: &Topology,
+    pod: usize,
+    target: impl Into<SocketAddr>,
+) -> std::io::Result<String> {
+    let target = target.into();
     topo.pods[pod]
         .ns
         .spawn(move || tools::tcp_request(target, WAIT).map(|(a, _)| a))
@@ -20,7 +25,12 @@ pub fn tcp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::R
 }
 
 /// A UDP request to `target` from pod `pod` of `topo`; returns who answered.
-pub fn udp_from(topo: &Topology, pod: usize, target: SocketAddrV4) -> std::io::Result<String> {
+pub fn udp_from(
+    topo: &Topology,
+    pod: usize,
+    target: impl Into<SocketAddr>,
+) -> std::io::Result<String> {
+    let target = target.into();
     topo.pods[pod]
         .ns
         .spawn(move || tools::udp_request(target, WAIT).map(|(a, _)| a))

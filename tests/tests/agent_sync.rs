@@ -29,7 +29,7 @@ const WITHIN: Duration = Duration::from_secs(5);
 fn tcp(topo: &Topology, from: usize, target: SocketAddrV4) -> std::io::Result<String> {
     topo.pods[from]
         .ns
-        .spawn(move || tools::tcp_request(target, CONNECT).map(|(a, _)| a))
+        .spawn(move || tools::tcp_request(target.into(), CONNECT).map(|(a, _)| a))
         .join()
         .expect("client thread")?
 }

@@ -553,7 +553,7 @@ async fn a_service_vip_balances_across_backends_on_both_nodes() {
                     Some(cg.path()),
                     &env.nodes[node].pods[pod],
                     &tools::ClientOptions {
-                        target: vip,
+                        target: vip.into(),
                         udp: false,
                         count: 30,
                         duration: None,

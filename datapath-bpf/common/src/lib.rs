@@ -83,6 +83,10 @@ pub mod progs {
     pub const SENDMSG4: &str = "weft_sendmsg4";
     pub const RECVMSG4: &str = "weft_recvmsg4";
     pub const GETPEERNAME4: &str = "weft_getpeername4";
+    pub const CONNECT6: &str = "weft_connect6";
+    pub const SENDMSG6: &str = "weft_sendmsg6";
+    pub const RECVMSG6: &str = "weft_recvmsg6";
+    pub const GETPEERNAME6: &str = "weft_getpeername6";
     /// tc on the node's uplink, ingress: north-south VIP DNAT to a backend.
     pub const LB_INGRESS: &str = "weft_lb_ingress";
     /// tc on the node's uplink, egress: reverse translation of backend replies.

@@ -3,8 +3,9 @@
 //! - `weft_from_endpoint` / `weft_to_endpoint`: tc programs on an endpoint's host-side veth
 //!   (ingress hook = packets the endpoint sends, egress hook = packets it receives): identity
 //!   policy with conntrack, flow events and per-CPU counters.
-//! - `weft_connect4` / `weft_sendmsg4` / `weft_recvmsg4` / `weft_getpeername4`: socket-level
-//!   east-west load balancing on a cgroup v2 (VIP:port -> backend at connect time).
+//! - `weft_connect4` / `weft_sendmsg4` / `weft_recvmsg4` / `weft_getpeername4` and their `6`
+//!   twins: socket-level east-west load balancing on a cgroup v2 (VIP:port -> backend at
+//!   connect time), IPv4 and IPv6.
 //! - `weft_lb_ingress` / `weft_lb_egress`: north-south load balancing on the node's uplink.
 //! - `weft_to_tunnel` / `weft_from_tunnel`: tc programs on the node's VXLAN device that
 //!   carry the source endpoint's identity in the VNI (identity on the wire).
@@ -35,7 +36,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext},
 };
 use weft_datapath_common::{
-    OBS_FROM_ENDPOINT, OBS_SOCK_CONNECT, OBS_SOCK_SENDMSG, OBS_TO_ENDPOINT,
+    FAMILY_IPV4, FAMILY_IPV6, OBS_FROM_ENDPOINT, OBS_SOCK_CONNECT, OBS_SOCK_SENDMSG,
+    OBS_TO_ENDPOINT,
 };
 
 #[panic_handler]
@@ -76,22 +78,42 @@ pub fn weft_pass(_ctx: TcContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
-    sock::sock_translate(&ctx, OBS_SOCK_CONNECT)
+    sock::sock_translate(&ctx, FAMILY_IPV4, OBS_SOCK_CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::sock_translate(&ctx, OBS_SOCK_SENDMSG)
+    sock::sock_translate(&ctx, FAMILY_IPV4, OBS_SOCK_SENDMSG)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn weft_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::sock_reverse(&ctx)
+    sock::sock_reverse(&ctx, FAMILY_IPV4)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::sock_reverse(&ctx)
+    sock::sock_reverse(&ctx, FAMILY_IPV4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
+    sock::sock_translate(&ctx, FAMILY_IPV6, OBS_SOCK_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn weft_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sock_translate(&ctx, FAMILY_IPV6, OBS_SOCK_SENDMSG)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn weft_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sock_reverse(&ctx, FAMILY_IPV6)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn weft_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::sock_reverse(&ctx, FAMILY_IPV6)
 }
 
 // ---- north-south load balancing on the uplink (tc) ----

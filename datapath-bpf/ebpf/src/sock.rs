@@ -1,7 +1,10 @@
 //! Socket-level (east-west) load balancing on a cgroup v2: VIP:port -> backend at
 //! connect/sendmsg, and the VIP shown back to recvmsg/getpeername of translated sockets.
+//! One code path for both families: the `4` and `6` hooks differ only in where the
+//! address sits in `bpf_sock_addr` (`user_ip4` or the four words of `user_ip6`).
 
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockAddrContext,
     EbpfContext,
@@ -12,9 +15,39 @@ use crate::events::{config, count, lost_event};
 use crate::lb::select_backend;
 use crate::maps::{WEFT_BACKENDS, WEFT_EVENTS, WEFT_SERVICES, WEFT_SOCK_REVNAT};
 
+/// The address the socket call names, in the family of the hook.
+#[inline(always)]
+fn user_addr(sa: &bpf_sock_addr, family: u8) -> Addr {
+    if family == FAMILY_IPV6 {
+        // Word by word: the context allows 4-byte accesses to `user_ip6`.
+        let w = |i: usize| unsafe { core::ptr::read_volatile(&sa.user_ip6[i]) }.to_ne_bytes();
+        let (a, b, c, d) = (w(0), w(1), w(2), w(3));
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    } else {
+        addr_v4(sa.user_ip4.to_ne_bytes())
+    }
+}
+
+/// Rewrites the address the socket call names.
+#[inline(always)]
+fn set_user_addr(sa: &mut bpf_sock_addr, family: u8, a: &Addr) {
+    if family == FAMILY_IPV6 {
+        for i in 0..4 {
+            let w = u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]]);
+            unsafe { core::ptr::write_volatile(&mut sa.user_ip6[i], w) };
+        }
+    } else {
+        sa.user_ip4 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+    }
+}
+
 #[inline(always)]
 fn sock_event(
-    sa: &aya_ebpf::bindings::bpf_sock_addr,
+    sa: &bpf_sock_addr,
+    family: u8,
     verdict: u8,
     reason: u8,
     obs: u8,
@@ -23,13 +56,12 @@ fn sock_event(
 ) {
     match WEFT_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
-            let ip = sa.user_ip4.to_ne_bytes();
             entry.write(FlowEvent {
                 ts_ns: unsafe { bpf_ktime_get_ns() },
                 bytes: 0,
                 saddr: [0; 16],
                 daddr: if verdict == VERDICT_TRANSLATED {
-                    addr_v4(ip)
+                    user_addr(sa, family)
                 } else {
                     orig.0
                 },
@@ -40,7 +72,7 @@ fn sock_event(
                     u16::from_be(orig.1)
                 },
                 proto: sa.protocol as u8,
-                family: FAMILY_IPV4,
+                family,
                 verdict,
                 drop_reason: reason,
                 direction: DIR_EGRESS,
@@ -59,18 +91,19 @@ fn sock_event(
     }
 }
 
-/// VIP -> backend translation for connect4/sendmsg4. Returns 1 (continue) or 0 (reject).
+/// VIP -> backend translation for connect/sendmsg of `family`. Returns 1 (continue) or 0
+/// (reject).
 #[inline(always)]
-pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
+pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
-    let vip = addr_v4(sa.user_ip4.to_ne_bytes());
+    let vip = user_addr(sa, family);
     let vport = sa.user_port as u16;
     let proto = sa.protocol as u8;
     let key = ServiceKey {
         vip,
         port: vport,
         proto,
-        family: FAMILY_IPV4,
+        family,
     };
     let svc = match unsafe { WEFT_SERVICES.get(&key) } {
         Some(s) => *s,
@@ -82,6 +115,7 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
         if cfg.event_flags & EVENTS_ON_DROP != 0 {
             sock_event(
                 sa,
+                family,
                 VERDICT_DROPPED,
                 DROP_NO_BACKEND,
                 obs,
@@ -104,6 +138,7 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
             if cfg.event_flags & EVENTS_ON_DROP != 0 {
                 sock_event(
                     sa,
+                    family,
                     VERDICT_DROPPED,
                     DROP_NO_BACKEND,
                     obs,
@@ -114,7 +149,12 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
             return 0;
         }
     };
-    sa.user_ip4 = u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
+    if b.family != family {
+        // The agent writes one family per service; a mix would be its bug, never a rewrite.
+        count(VERDICT_DROPPED, DROP_INTERNAL, 0);
+        return 0;
+    }
+    set_user_addr(sa, family, &b.addr);
     sa.user_port = b.port as u32;
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = WEFT_SOCK_REVNAT.insert(
@@ -122,7 +162,7 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
             cookie,
             addr: b.addr,
             port: b.port,
-            family: FAMILY_IPV4,
+            family,
             _pad: [0; 5],
         },
         &SockRevNatValue {
@@ -137,6 +177,7 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
     if cfg.event_flags & EVENTS_ON_TRANSLATE != 0 {
         sock_event(
             sa,
+            family,
             VERDICT_TRANSLATED,
             DROP_NONE,
             obs,
@@ -147,20 +188,21 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, obs: u8) -> i32 {
     1
 }
 
-/// Backend -> VIP for recvmsg4/getpeername4 of sockets we translated.
+/// Backend -> VIP for recvmsg/getpeername of `family` on sockets we translated.
 #[inline(always)]
-pub(crate) fn sock_reverse(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn sock_reverse(ctx: &SockAddrContext, family: u8) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let key = SockRevNatKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        addr: addr_v4(sa.user_ip4.to_ne_bytes()),
+        addr: user_addr(sa, family),
         port: sa.user_port as u16,
-        family: FAMILY_IPV4,
+        family,
         _pad: [0; 5],
     };
     if let Some(v) = unsafe { WEFT_SOCK_REVNAT.get(&key) } {
-        sa.user_ip4 = u32::from_ne_bytes([v.vip[0], v.vip[1], v.vip[2], v.vip[3]]);
-        sa.user_port = v.port as u32;
+        let (vip, port) = (v.vip, v.port);
+        set_user_addr(sa, family, &vip);
+        sa.user_port = port as u32;
     }
     1
 }

@@ -452,10 +452,7 @@ impl Programmed {
         let item = || format!("service/{}", s.id);
         let mut first_err: Option<String> = None;
         for f in &s.frontends {
-            let IpAddr::V4(vip) = f.vip else {
-                first_err.get_or_insert_with(|| format!("IPv6 frontend {} not supported", f.vip));
-                continue;
-            };
+            let vip = f.vip;
             let key = frontend_key(&s.id, f);
             let Some(id) = self.service_ids.get_or_alloc(&key) else {
                 first_err.get_or_insert_with(|| "service ids exhausted".to_string());
@@ -465,11 +462,14 @@ impl Programmed {
             let mut backends = Vec::new();
             let mut keep = BTreeSet::new();
             for b in &s.backends {
-                let IpAddr::V4(ip) = b.address else {
-                    first_err
-                        .get_or_insert_with(|| format!("IPv6 backend {} not supported", b.address));
+                let ip = b.address;
+                if ip.is_ipv4() != vip.is_ipv4() {
+                    // The control plane refuses mixed families; skip rather than mistranslate.
+                    first_err.get_or_insert_with(|| {
+                        format!("backend {ip} is not of the frontend {vip}'s address family")
+                    });
                     continue;
-                };
+                }
                 let bkey = format!("{key}|{ip}:{}", b.port);
                 let Some(bid) = self.backend_ids.get_or_alloc(&bkey) else {
                     first_err.get_or_insert_with(|| "backend ids exhausted".to_string());

@@ -171,7 +171,7 @@ fn lb_subject(n: u32) -> Result<Subject> {
     for i in 0..n {
         dp.apply_service(&Service {
             id: i + 1,
-            vip: vip(i),
+            vip: vip(i).into(),
             port: 80,
             proto: c::PROTO_TCP,
             algorithm: LbAlgorithm::Random,
@@ -179,7 +179,7 @@ fn lb_subject(n: u32) -> Result<Subject> {
             backends: (0..3)
                 .map(|j| Backend {
                     id: (i + 1) * 4 + j,
-                    ip: Ipv4Addr::new(10, 0, 1, 2 + j as u8),
+                    ip: Ipv4Addr::new(10, 0, 1, 2 + j as u8).into(),
                     port: 8080,
                     weight: 1,
                     state: BackendState::Active,
@@ -367,7 +367,7 @@ fn crr(
         cgroup,
         &topo.pods[0].ns,
         &ClientOptions {
-            target,
+            target: target.into(),
             udp: false,
             count: u64::MAX,
             duration: Some(opts.crr_window),
@@ -546,7 +546,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
         for i in have..n {
             dp.apply_service(&Service {
                 id: i + 1,
-                vip: vip(i),
+                vip: vip(i).into(),
                 port: 80,
                 proto: c::PROTO_TCP,
                 algorithm: LbAlgorithm::Random,
@@ -556,7 +556,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults> {
                     .enumerate()
                     .map(|(j, ip)| Backend {
                         id: (i + 1) * 8 + j as u32,
-                        ip: *ip,
+                        ip: (*ip).into(),
                         port: 8080,
                         weight: 1,
                         state: BackendState::Active,

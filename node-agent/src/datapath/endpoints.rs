@@ -34,6 +34,14 @@ pub(super) fn ipv4_addr(ip: Ipv4Addr) -> c::Addr {
     c::addr_v4(ip.octets())
 }
 
+/// An address of either family as the maps hold it: (family, 16-byte address).
+pub(super) fn family_addr(ip: std::net::IpAddr) -> (u8, c::Addr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => (c::FAMILY_IPV4, ipv4_addr(v4)),
+        std::net::IpAddr::V6(v6) => (c::FAMILY_IPV6, v6.octets()),
+    }
+}
+
 impl Datapath {
     /// Creates or updates an endpoint (endpoint map + its /32 in the ipcache). Idempotent;
     /// keeps the endpoint's policy revision.

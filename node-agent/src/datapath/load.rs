@@ -15,6 +15,34 @@ pub(super) enum TcHook {
     Egress,
 }
 
+/// The socket load balancer's programs: program, cgroup attach type, pin name suffix.
+const SOCK_HOOKS: [(&str, u32, &str); 8] = [
+    (
+        c::progs::CONNECT4,
+        sys::BPF_CGROUP_INET4_CONNECT,
+        "connect4",
+    ),
+    (c::progs::SENDMSG4, sys::BPF_CGROUP_UDP4_SENDMSG, "sendmsg4"),
+    (c::progs::RECVMSG4, sys::BPF_CGROUP_UDP4_RECVMSG, "recvmsg4"),
+    (
+        c::progs::GETPEERNAME4,
+        sys::BPF_CGROUP_INET4_GETPEERNAME,
+        "getpeername4",
+    ),
+    (
+        c::progs::CONNECT6,
+        sys::BPF_CGROUP_INET6_CONNECT,
+        "connect6",
+    ),
+    (c::progs::SENDMSG6, sys::BPF_CGROUP_UDP6_SENDMSG, "sendmsg6"),
+    (c::progs::RECVMSG6, sys::BPF_CGROUP_UDP6_RECVMSG, "recvmsg6"),
+    (
+        c::progs::GETPEERNAME6,
+        sys::BPF_CGROUP_INET6_GETPEERNAME,
+        "getpeername6",
+    ),
+];
+
 impl Datapath {
     /// Loads the programs, creating or reusing the pinned maps under `cfg.pin_path`.
     pub fn load(cfg: DatapathConfig) -> Result<Self> {
@@ -61,12 +89,7 @@ impl Datapath {
         load_programs(&mut ebpf, &tc, |p| {
             <&mut SchedClassifier>::try_from(p)?.load()
         })?;
-        let sock = [
-            c::progs::CONNECT4,
-            c::progs::SENDMSG4,
-            c::progs::RECVMSG4,
-            c::progs::GETPEERNAME4,
-        ];
+        let sock: Vec<&'static str> = SOCK_HOOKS.iter().map(|(prog, _, _)| *prog).collect();
         load_programs(&mut ebpf, &sock, |p| {
             <&mut CgroupSockAddr>::try_from(p)?.load()
         })?;
@@ -309,20 +332,7 @@ impl Datapath {
             .chars()
             .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
             .collect();
-        for (prog, attach, hook) in [
-            (
-                c::progs::CONNECT4,
-                sys::BPF_CGROUP_INET4_CONNECT,
-                "connect4",
-            ),
-            (c::progs::SENDMSG4, sys::BPF_CGROUP_UDP4_SENDMSG, "sendmsg4"),
-            (c::progs::RECVMSG4, sys::BPF_CGROUP_UDP4_RECVMSG, "recvmsg4"),
-            (
-                c::progs::GETPEERNAME4,
-                sys::BPF_CGROUP_INET4_GETPEERNAME,
-                "getpeername4",
-            ),
-        ] {
+        for (prog, attach, hook) in SOCK_HOOKS {
             self.attach_pinned(
                 prog,
                 &format!("cg-{tag}-{hook}"),

@@ -17,7 +17,7 @@ mod services;
 pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -178,7 +178,8 @@ pub enum BackendState {
 pub struct Backend {
     /// Node-wide unique backend id.
     pub id: u32,
-    pub ip: Ipv4Addr,
+    /// Of the service's VIP's family.
+    pub ip: IpAddr,
     pub port: u16,
     pub weight: u32,
     pub state: BackendState,
@@ -188,7 +189,7 @@ pub struct Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub id: u32,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
     pub algorithm: LbAlgorithm,

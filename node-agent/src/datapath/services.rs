@@ -11,25 +11,32 @@ impl Datapath {
             svc: svc.id,
             reason,
         };
+        let (family, vip) = family_addr(svc.vip);
         let key = c::ServiceKey {
-            vip: ipv4_addr(svc.vip),
+            vip,
             port: svc.port.to_be(),
             proto: svc.proto,
-            family: c::FAMILY_IPV4,
+            family,
         };
         let mut ids = HashSet::new();
         for b in &svc.backends {
             if !ids.insert(b.id) {
                 return Err(svc_err(format!("duplicate backend id {}", b.id)));
             }
+            if b.ip.is_ipv4() != svc.vip.is_ipv4() {
+                return Err(svc_err(format!(
+                    "backend {} is not of the frontend {}'s address family",
+                    b.ip, svc.vip
+                )));
+            }
         }
         // 1. Backends.
         for b in &svc.backends {
             let v = c::BackendValue {
-                addr: ipv4_addr(b.ip),
+                addr: family_addr(b.ip).1,
                 port: b.port.to_be(),
                 proto: svc.proto,
-                family: c::FAMILY_IPV4,
+                family,
                 state: match b.state {
                     BackendState::Active => c::BACKEND_ACTIVE,
                     BackendState::Terminating => c::BACKEND_TERMINATING,

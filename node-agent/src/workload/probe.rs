@@ -7,7 +7,7 @@
 //! one [`ProbeResult`] as JSON on stdout.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -102,14 +102,14 @@ pub fn classify(e: &io::Error) -> ProbeOutcome {
 
 /// The client: connects to `target`, sends `line`, reads the echo (until it closes or a
 /// newline), all within `timeout`. Runs in the caller's namespace and cgroup.
-pub fn probe(id: &str, target: SocketAddrV4, timeout: Duration, line: &str) -> ProbeResult {
+pub fn probe(id: &str, target: SocketAddr, timeout: Duration, line: &str) -> ProbeResult {
     let start = Instant::now();
     let failed = |stage: &str, e: io::Error| ProbeResult {
         outcome: classify(&e),
         detail: format!("{stage} {target}: {e}"),
         ..ProbeResult::error(id, "")
     };
-    let mut s = match TcpStream::connect_timeout(&SocketAddr::V4(target), timeout) {
+    let mut s = match TcpStream::connect_timeout(&target, timeout) {
         Ok(s) => s,
         Err(e) => return failed("connecting to", e),
     };
@@ -282,7 +282,7 @@ pub fn parse_child_output(id: &str, success: bool, stdout: &[u8], stderr: &[u8])
 /// returns the result for printing.
 pub fn child_main(
     id: &str,
-    target: SocketAddrV4,
+    target: SocketAddr,
     timeout: Duration,
     netns: Option<&Path>,
 ) -> ProbeResult {
@@ -394,12 +394,12 @@ mod tests {
             s.write_all(weft_model::workload::echo_reply("echo-a", &line).as_bytes())
                 .expect("write");
         });
-        let r = probe("p1", addr, Duration::from_secs(2), "p1");
+        let r = probe("p1", addr.into(), Duration::from_secs(2), "p1");
         server.join().expect("server");
         assert_eq!(r.outcome, ProbeOutcome::Connected, "{r:?}");
         assert_eq!(r.reply_from, "echo-a");
         // The listener is gone: nothing listens on that port any more.
-        let r = probe("p2", addr, Duration::from_secs(2), "p2");
+        let r = probe("p2", addr.into(), Duration::from_secs(2), "p2");
         assert_eq!(r.outcome, ProbeOutcome::Refused, "{r:?}");
         assert!(r.detail.contains(&addr.to_string()), "{}", r.detail);
     }

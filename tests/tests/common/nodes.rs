@@ -4,7 +4,7 @@
 //! inside each node namespace, and empty pod namespaces for `node-agent endpoint add`.
 //! Everything is created by the test, uniquely named, and removed on drop.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -292,13 +292,17 @@ impl Node {
 }
 
 /// TCP from a pod (its namespace path) to `target`: the server's answer, or the error.
-pub fn tcp(from: &Path, target: SocketAddrV4) -> std::io::Result<String> {
+pub fn tcp(from: &Path, target: impl Into<SocketAddr>) -> std::io::Result<String> {
     tcp_within(from, target, Duration::from_millis(500))
 }
 
 /// [`tcp`] with its own timeout for the connect and the answer.
-pub fn tcp_within(from: &Path, target: SocketAddrV4, timeout: Duration) -> std::io::Result<String> {
-    let from = from.to_path_buf();
+pub fn tcp_within(
+    from: &Path,
+    target: impl Into<SocketAddr>,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let (from, target) = (from.to_path_buf(), target.into());
     std::thread::spawn(move || {
         let _in = node_agent::netns::enter_netns(&from)?;
         tools::tcp_request(target, timeout).map(|(a, _)| a)
