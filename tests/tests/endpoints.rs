@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -499,92 +499,97 @@ async fn a_policy_change_is_one_trace_from_the_request_to_the_apply_on_every_nod
     }
 }
 
-/// A service made over REST with one backend on each node: clients on either node reach
-/// both backends through the VIP (socket LB in each node's cgroup; the backend on the other
-/// node over the underlay).
+/// Services made over REST with one backend on each node, one with IPv4 addresses and one
+/// with IPv6: clients on either node reach both backends through each VIP (socket LB in
+/// each node's cgroup; the backend on the other node through the tunnel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_vip_balances_across_backends_on_both_nodes() {
-    if !bpf_available("a_service_vip_balances_across_backends_on_both_nodes") {
+async fn service_vips_of_both_families_balance_across_backends_on_both_nodes() {
+    if !bpf_available("service_vips_of_both_families_balance_across_backends_on_both_nodes") {
         return;
     }
     let mut env = Env::new(2).await;
+    env.dual_stack();
     // Each node's socket LB serves the processes of its own cgroup (never the root one).
     let cgroups: Vec<Cgroup> = (0..2)
         .map(|_| Cgroup::create("e2e").expect("cgroup"))
         .collect();
     for (node, cg) in env.nodes.iter_mut().zip(&cgroups) {
-        node.run_args = vec!["--cgroup".into(), cg.path().to_str().expect("path").into()];
+        node.run_args
+            .extend(["--cgroup".into(), cg.path().to_str().expect("path").into()]);
     }
     env.start(0, true).await;
     env.start(1, true).await;
     let (c1, w1) = (env.nodes[0].pod(), env.nodes[0].pod());
     let (c2, w2) = (env.nodes[1].pod(), env.nodes[1].pod());
-    env.nodes[0].add("client-1", c1, "10.0.1.1", "app=client");
-    env.nodes[0].add("web-1", w1, "10.0.1.2", "app=web");
-    env.nodes[1].add("client-2", c2, "10.0.2.1", "app=client");
-    env.nodes[1].add("web-2", w2, "10.0.2.2", "app=web");
+    env.nodes[0].add("client-1", c1, "10.0.1.1,fd00:10:1::1", "app=client");
+    env.nodes[0].add("web-1", w1, "10.0.1.2,fd00:10:1::2", "app=web");
+    env.nodes[1].add("client-2", c2, "10.0.2.1,fd00:10:2::1", "app=client");
+    env.nodes[1].add("web-2", w2, "10.0.2.2,fd00:10:2::2", "app=web");
     env.nodes[0].serve(w1, "web-1");
     env.nodes[1].serve(w2, "web-2");
     env.until_rest_endpoints(&["client-1", "client-2", "web-1", "web-2"])
         .await;
 
-    let r = env
-        .cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/clusters/prod/services",
-            &env.owner,
-            Some(json!({
-                "name": "web", "algorithm": "random",
-                "frontends": [{"vip": "10.96.0.10", "port": 80, "protocol": "TCP"}],
-                "backends": [{"address": "10.0.1.2", "port": 8080},
-                             {"address": "10.0.2.2", "port": 8080}]})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (name, vip, b1, b2) in [
+        ("web", "10.96.0.10", "10.0.1.2", "10.0.2.2"),
+        ("web6", "fd00:96::10", "fd00:10:1::2", "fd00:10:2::2"),
+    ] {
+        let r = env
+            .cp
+            .call(
+                "POST",
+                "/v1/tenants/acme/clusters/prod/services",
+                &env.owner,
+                Some(json!({
+                    "name": name, "algorithm": "random",
+                    "frontends": [{"vip": vip, "port": 80, "protocol": "TCP"}],
+                    "backends": [{"address": b1, "port": 8080}, {"address": b2, "port": 8080}]})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
 
-    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
-    for (node, pod, cg) in [(0, c1, &cgroups[0]), (1, c2, &cgroups[1])] {
-        let start = Instant::now();
-        loop {
-            let report = tokio::task::block_in_place(|| {
-                tools::spawn_client(
-                    &common::nodes::agent_bin(),
-                    Some(cg.path()),
-                    &env.nodes[node].pods[pod],
-                    &tools::ClientOptions {
-                        target: vip.into(),
-                        udp: false,
-                        count: 30,
-                        duration: None,
-                        verbose: true,
-                        parallel: 1,
-                    },
-                )
-            })
-            .expect("client ran");
-            let answers: std::collections::BTreeSet<&str> =
-                report.answers.iter().map(|(a, _)| a.as_str()).collect();
-            if report.errors.is_empty() && answers == ["web-1", "web-2"].into() {
-                // The client saw the VIP, not the backend (getpeername is translated back).
+    for vip in ["10.96.0.10:80", "[fd00:96::10]:80"] {
+        let target: SocketAddr = vip.parse().expect("VIP");
+        for (node, pod, cg) in [(0, c1, &cgroups[0]), (1, c2, &cgroups[1])] {
+            let start = Instant::now();
+            loop {
+                let report = tokio::task::block_in_place(|| {
+                    tools::spawn_client(
+                        &common::nodes::agent_bin(),
+                        Some(cg.path()),
+                        &env.nodes[node].pods[pod],
+                        &tools::ClientOptions {
+                            target,
+                            udp: false,
+                            count: 30,
+                            duration: None,
+                            verbose: true,
+                            parallel: 1,
+                        },
+                    )
+                })
+                .expect("client ran");
+                let answers: std::collections::BTreeSet<&str> =
+                    report.answers.iter().map(|(a, _)| a.as_str()).collect();
+                if report.errors.is_empty() && answers == ["web-1", "web-2"].into() {
+                    // The client saw the VIP, not the backend (getpeername is translated back).
+                    assert!(
+                        report.answers.iter().all(|(_, peer)| peer == vip),
+                        "{:?}",
+                        report.answers
+                    );
+                    break;
+                }
                 assert!(
-                    report
-                        .answers
-                        .iter()
-                        .all(|(_, peer)| peer == "10.96.0.10:80"),
-                    "{:?}",
-                    report.answers
+                    start.elapsed() < WITHIN,
+                    "node-{}: {vip} answers {answers:?}, errors {:?}\n{}",
+                    node + 1,
+                    report.errors,
+                    env.nodes[node].log()
                 );
-                break;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(
-                start.elapsed() < WITHIN,
-                "node-{}: VIP answers {answers:?}, errors {:?}\n{}",
-                node + 1,
-                report.errors,
-                env.nodes[node].log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

@@ -324,25 +324,7 @@ async fn ipv6_pods_on_two_nodes_talk_through_the_tunnel_and_natively() {
         return;
     }
     let mut env = Env::new(2).await;
-    for (i, n) in env.nodes.iter_mut().enumerate() {
-        let i = i + 1;
-        n.ns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("fd00:100::{i}/64"),
-            "dev",
-            "ul0",
-            "nodad",
-        ])
-        .expect("node IPv6 address");
-        n.run_args.extend([
-            "--address".to_string(),
-            format!("fd00:100::{i}"),
-            "--pod-cidr".to_string(),
-            format!("fd00:10:{i}::/64"),
-        ]);
-    }
+    env.dual_stack();
     env.start(0, true).await;
     env.start(1, true).await;
     let (a, b) = (env.nodes[0].pod(), env.nodes[1].pod());

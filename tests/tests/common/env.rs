@@ -59,6 +59,31 @@ impl Env {
         }
     }
 
+    /// Dual stack, before the agents start: node `i` (from 1) also at `fd00:100::i` on the
+    /// underlay, with the IPv6 pod CIDR `fd00:10:i::/64`.
+    pub fn dual_stack(&mut self) {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let i = i + 1;
+            let addr = format!("fd00:100::{i}");
+            n.ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "ul0",
+                "nodad",
+            ])
+            .expect("node IPv6 address");
+            n.run_args.extend([
+                "--address".to_string(),
+                addr,
+                "--pod-cidr".to_string(),
+                format!("fd00:10:{i}::/64"),
+            ]);
+        }
+    }
+
     pub async fn join_token(&self) -> String {
         self.cp.join_token(&self.owner).await
     }
