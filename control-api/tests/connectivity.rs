@@ -169,6 +169,7 @@ async fn test_workloads_are_allocated_top_down_around_endpoints_and_each_other()
             "node",
             "kind",
             "ip",
+            "ip6",
             "labels",
             "echo_ports",
             "created_at",
@@ -180,6 +181,7 @@ async fn test_workloads_are_allocated_top_down_around_endpoints_and_each_other()
         r.body
     );
     assert_eq!(r.body["ip"], "10.0.1.253", "top down, around web-1");
+    assert_eq!(r.body["ip6"], Value::Null, "node-1 has no IPv6 pod CIDR");
     assert_eq!(r.body["node"], "node-1");
     assert_eq!(r.body["kind"], "pod");
     assert_eq!(r.body["echo_ports"], json!([8080, 9090]));
@@ -324,6 +326,52 @@ async fn test_workloads_are_allocated_top_down_around_endpoints_and_each_other()
     );
 }
 
+/// Dual stack: on a node with an IPv6 pod CIDR as well, a pod gets an address of each
+/// family (top down, around the endpoints of each), a world workload one in WORLD_NET6.
+#[tokio::test]
+async fn dual_stack_nodes_give_test_workloads_an_ipv6_address_too() {
+    let mut s = setup().await;
+    s.node(
+        "node-3",
+        &["10.0.3.0/24", "fd00:10:3::/64"],
+        &[("web-3", "fd00:10:3::ffff:ffff:ffff:ffff")],
+    )
+    .await;
+    let r = s
+        .post(
+            WL,
+            json!({"name": "echo-v6", "node": "node-3", "kind": "pod", "echo_ports": [8080]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (&r.body["ip"], &r.body["ip6"]),
+        (
+            &json!("10.0.3.254"),
+            &json!("fd00:10:3:0:ffff:ffff:ffff:fffe")
+        ),
+        "{}",
+        r.body
+    );
+    let r = s
+        .post(
+            WL,
+            json!({"name": "out-v6", "node": "node-3", "kind": "world", "echo_ports": [8080]}),
+        )
+        .await;
+    assert_eq!(
+        r.body["ip6"], "2001:db8:5100:0:ffff:ffff:ffff:ffff",
+        "{}",
+        r.body
+    );
+    let r = s.get(&format!("{WL}/echo-v6")).await;
+    assert_eq!(
+        r.body["ip6"], "fd00:10:3:0:ffff:ffff:ffff:fffe",
+        "{}",
+        r.body
+    );
+}
+
 #[tokio::test]
 async fn concurrent_creates_get_distinct_addresses() {
     let mut s = setup().await;
@@ -423,7 +471,12 @@ async fn validation_errors_name_the_field() {
             "target",
         ),
         (
-            json!({"from": "echo-a", "target": "[::1]:80"}),
+            json!({"from": "echo-a", "target": "[fe80::1%2]:80"}),
+            400,
+            "target",
+        ),
+        (
+            json!({"from": "echo-a", "target": "fd00::1:80"}),
             400,
             "target",
         ),
@@ -510,6 +563,15 @@ async fn validation_errors_name_the_field() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert!(r.body["from"].is_null());
     assert_eq!(r.body["node"], "node-2");
+    // An IPv6 target, shown back in brackets (compressed, as the address is stored).
+    let r = s
+        .post(
+            PROBES,
+            json!({"from": null, "node": "node-2", "target": "[fd00:10:0001::5]:08080"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["target"], "[fd00:10:1::5]:8080");
     let r = s.get(&format!("{PROBES}/not-a-uuid")).await;
     assert!(r.is_problem(404, "not-found"));
 }

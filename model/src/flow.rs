@@ -549,6 +549,15 @@ pub const IPV4_CIDR_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0
 /// with an embedded IPv4 address in the common forms) and a prefix of 0–128 (leading zeros
 /// allowed, as the parser allows them). Composed from its parts, since one literal would be unreadable.
 pub fn ipv6_cidr_pattern() -> String {
+    format!(
+        "^({})/0*(12[0-8]|1[01][0-9]|[1-9]?[0-9])$",
+        ipv6_address_body()
+    )
+}
+
+/// An IPv6 address in the RFC 4291 text forms `Ipv6Addr` parses, unanchored, for patterns
+/// that embed one.
+pub fn ipv6_address_body() -> String {
     const H: &str = "[0-9a-fA-F]{1,4}";
     const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
     let v4 = format!("{OCTET}(\\.{OCTET}){{3}}");
@@ -567,7 +576,7 @@ pub fn ipv6_cidr_pattern() -> String {
         format!("({H}:){{1,4}}:{H}:{v4}"),
         format!("::({H}:){{0,5}}{v4}"),
     ];
-    format!("^({})/0*(12[0-8]|1[01][0-9]|[1-9]?[0-9])$", forms.join("|"))
+    forms.join("|")
 }
 
 crate::contract_schema! {

@@ -8,9 +8,9 @@
 //! from the node itself, and reports.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::labels::Labels;
@@ -21,6 +21,14 @@ pub const WORLD_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0)
     Ok(n) => n,
     Err(_) => panic!("a /24 is a valid prefix"),
 };
+
+/// The IPv6 addresses of `world` workloads: in the documentation prefix (RFC 3849), never
+/// routed on the internet either.
+pub const WORLD_NET6: Ipv6Net =
+    match Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0), 64) {
+        Ok(n) => n,
+        Err(_) => panic!("a /64 is a valid prefix"),
+    };
 
 /// The echo protocol: the client sends one line, the server answers
 /// `<ECHO_GREETING> <workload name> <the line>` and closes.
@@ -43,6 +51,9 @@ pub struct DesiredWorkload {
     pub name: String,
     pub kind: WorkloadKind,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address as well (dual stack), when its node has an IPv6 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub labels: Labels,
     /// TCP ports the echo server listens on.
     pub echo_ports: Vec<u16>,
@@ -54,7 +65,7 @@ pub struct DesiredProbe {
     pub id: String,
     /// The workload (on this node) it connects from; `None`: the node itself.
     pub from_workload: Option<String>,
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub timeout_ms: u32,
 }
 
@@ -102,12 +113,53 @@ pub fn allocate(net: Ipv4Net, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         .find(|ip| !taken.contains(ip))
 }
 
+/// [`allocate`] for IPv6: a free address in `net` from the top down (no broadcast in IPv6,
+/// but the all-zeros subnet-router anycast address is skipped), none of `taken`.
+pub fn allocate6(net: Ipv6Net, taken: &BTreeSet<Ipv6Addr>) -> Option<Ipv6Addr> {
+    let first = u128::from(net.network()) + u128::from(net.prefix_len() < 127);
+    let last = u128::from(net.broadcast());
+    // Bounded: at most `taken.len() + 1` candidates are looked at, however big the prefix.
+    (first..=last)
+        .rev()
+        .map(Ipv6Addr::from)
+        .find(|ip| !taken.contains(ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("prefix")
+    }
+
+    #[test]
+    fn ipv6_allocation_goes_top_down_skipping_taken_and_the_subnet_router_address() {
+        let net: Ipv6Net = "fd00:10:1::/64".parse().expect("prefix");
+        let top: Ipv6Addr = "fd00:10:1::ffff:ffff:ffff:ffff".parse().expect("address");
+        assert_eq!(allocate6(net, &BTreeSet::new()), Some(top));
+        let taken = [top].into_iter().collect();
+        assert_eq!(
+            allocate6(net, &taken),
+            Some("fd00:10:1::ffff:ffff:ffff:fffe".parse().expect("address"))
+        );
+        let small: Ipv6Net = "fd00::/127".parse().expect("prefix");
+        let taken = ["fd00::1".parse().expect("address")].into_iter().collect();
+        assert_eq!(
+            allocate6(small, &taken),
+            Some("fd00::".parse().expect("address"))
+        );
+        let tiny: Ipv6Net = "fd00::/126".parse().expect("prefix");
+        let taken = ["fd00::1", "fd00::2", "fd00::3"]
+            .into_iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        assert_eq!(
+            allocate6(tiny, &taken),
+            None,
+            "fd00:: is the subnet-router address"
+        );
+        assert!(WORLD_NET6.contains(&allocate6(WORLD_NET6, &BTreeSet::new()).expect("free")));
     }
 
     #[test]

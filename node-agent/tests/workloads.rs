@@ -233,6 +233,7 @@ fn wl(name: &str, kind: WorkloadKind, ip: Ipv4Addr, labels: &[(&str, &str)]) -> 
         name: name.into(),
         kind,
         ip,
+        ip6: None,
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -245,7 +246,7 @@ fn probe(id: &str, from: Option<&str>, ip: Ipv4Addr, port: u16, timeout_ms: u32)
     DesiredProbe {
         id: id.into(),
         from_workload: from.map(str::to_string),
-        target: SocketAddrV4::new(ip, port),
+        target: SocketAddrV4::new(ip, port).into(),
         timeout_ms,
     }
 }

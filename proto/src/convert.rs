@@ -11,7 +11,7 @@
 //! the wire.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use weft_model::desired::{
@@ -174,6 +174,7 @@ impl From<&DesiredWorkload> for pb::Workload {
                 WorkloadKind::World => pb::WorkloadKind::World,
             } as i32,
             ip: w.ip.to_string(),
+            ip6: w.ip6.map(|a| a.to_string()).unwrap_or_default(),
             labels: w.labels.clone().into_iter().collect(),
             echo_ports: w.echo_ports.iter().map(|p| u32::from(*p)).collect(),
         }
@@ -289,7 +290,8 @@ fn addr(item: impl Fn() -> String, s: &str) -> Result<IpAddr, WireError> {
     })
 }
 
-fn ipv4(item: impl Fn() -> String, s: &str) -> Result<Ipv4Addr, WireError> {
+/// An address of the type the caller needs (IPv4, IPv6 or either).
+fn address<A: std::str::FromStr>(item: impl Fn() -> String, s: &str) -> Result<A, WireError> {
     s.parse().map_err(|_| WireError::Address {
         item: item(),
         value: s.to_string(),
@@ -521,7 +523,12 @@ impl TryFrom<pb::Workload> for DesiredWorkload {
         };
         Ok(DesiredWorkload {
             kind,
-            ip: ipv4(item, &w.ip)?,
+            ip: address(item, &w.ip)?,
+            ip6: if w.ip6.is_empty() {
+                None
+            } else {
+                Some(address(item, &w.ip6)?)
+            },
             labels: w.labels.into_iter().collect(),
             echo_ports: w
                 .echo_ports
@@ -541,8 +548,8 @@ impl TryFrom<pb::Probe> for DesiredProbe {
             return Err(WireError::EmptyId { item: "probe" });
         }
         let item = || format!("probe/{}", p.id);
-        let target = SocketAddrV4::new(
-            ipv4(item, &p.target_ip)?,
+        let target = SocketAddr::new(
+            address(item, &p.target_ip)?,
             u16_of(item, "target port", p.target_port)?,
         );
         Ok(DesiredProbe {

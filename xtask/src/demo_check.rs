@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{demo, sh};
 
 /// The fewest checks `weft connectivity test` must run against the two demo nodes.
-const MIN_CHECKS: u64 = 12;
+const MIN_CHECKS: u64 = 24;
 
 pub fn check() -> Result<()> {
     eprintln!("xtask: demo check: cargo xtask demo --detach");
@@ -122,7 +122,18 @@ fn checks() -> Result<()> {
         failed == 0 && passed >= MIN_CHECKS,
         "weft connectivity test: {passed} passed, {failed} failed (want ≥ {MIN_CHECKS}, none failed): {report:#}"
     );
-    eprintln!("xtask: demo check: connectivity test passed {passed} checks");
+    // The demo is dual stack: every check runs over IPv6 too.
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    let ipv6 = names.iter().filter(|n| n.contains("ipv6")).count();
+    ensure!(
+        ipv6 * 2 == names.len() && ipv6 > 0,
+        "weft connectivity test ran {ipv6} IPv6 checks of {}: {names:?}",
+        names.len()
+    );
+    eprintln!("xtask: demo check: connectivity test passed {passed} checks ({ipv6} over IPv6)");
 
     let drops: Value = serde_json::from_str(&weft(
         &env,

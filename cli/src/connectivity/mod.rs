@@ -6,6 +6,7 @@
 mod plan;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -17,7 +18,7 @@ use crate::client::{encode_query, seg, status_of, Client, Target};
 use crate::flows;
 use crate::output::{self, Format};
 use crate::Exit;
-use plan::{Check, Expect, FlowsSeen, From, ProbeSeen, Role, To, RUN_LABEL};
+use plan::{Check, Expect, FlowsSeen, From, ProbeSeen, Role, Scenario, To, RUN_LABEL};
 
 /// Test that the network behaves as the policies say, on real nodes.
 #[derive(Subcommand)]
@@ -29,15 +30,16 @@ pub enum ConnectivityCmd {
 /// Create test workloads on two nodes, run ≥ 12 scenarios (pod to pod on the same and
 /// another node, pod to service, host to pod, pod to world; default deny, allow by label,
 /// deny rule, port range, CIDR), check each connection and its flow records, then remove
-/// everything it created.
+/// everything it created. On dual-stack nodes every check runs over IPv6 too (`…/ipv6`).
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     weft connectivity test\n  \
     weft connectivity test --cluster prod-eu -o json\n  \
     weft connectivity test --service-vip 10.96.200.1 --wait 2m\n\n\
     Needs two connected nodes for the cross-node scenarios (with one, those are left out),\n\
-    agents started with --pod-cidr (test workloads get addresses from it), and, for the\n\
-    service scenario, agents with a socket-LB cgroup (--cgroup).\n\
+    agents started with --pod-cidr (test workloads get addresses from it; with an IPv6 pod\n\
+    CIDR as well, every check is repeated over IPv6), and, for the service scenario,\n\
+    agents with a socket-LB cgroup (--cgroup).\n\
     Exit status: 0 all passed, 1 a check failed or the test could not run.")]
 pub struct TestArgs {
     /// Cluster to test (default: the tenant's only cluster).
@@ -46,6 +48,9 @@ pub struct TestArgs {
     /// Virtual IP of the test service; must not be in use in the cluster.
     #[arg(long, default_value = "10.96.255.254")]
     service_vip: std::net::Ipv4Addr,
+    /// IPv6 virtual IP of the dual-stack test service (when the nodes have IPv6 pod CIDRs).
+    #[arg(long, default_value = "fd00:96::fffe")]
+    service_vip6: std::net::Ipv6Addr,
     /// How long to wait for workloads, policies and flows at each step.
     #[arg(long, default_value = "60s", value_parser = crate::status::parse_duration)]
     wait: Duration,
@@ -225,15 +230,25 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
             &nodes[0]
         }
     };
+    let only = |scenarios: &mut Vec<Scenario>| {
+        if let Some(f) = &a.test {
+            for s in scenarios.iter_mut() {
+                s.checks.retain(|c| c.name.contains(f.as_str()));
+            }
+            scenarios.retain(|s| !s.checks.is_empty());
+        }
+    };
     let mut scenarios = plan::scenarios(&run.id, &run.cluster, two_nodes);
-    if let Some(f) = &a.test {
-        for s in &mut scenarios {
-            s.checks.retain(|c| c.name.contains(f.as_str()));
-        }
-        scenarios.retain(|s| !s.checks.is_empty());
-        if scenarios.is_empty() {
-            bail!("no check name contains {f:?}");
-        }
+    // Whether the IPv6 checks run is known once the workloads have their addresses; a
+    // filter that matches nothing in either family fails before anything is made.
+    let mut both = scenarios.clone();
+    plan::add_ipv6(&mut both);
+    only(&mut both);
+    if both.is_empty() {
+        bail!(
+            "no check name contains {:?}",
+            a.test.as_deref().unwrap_or_default()
+        );
     }
     if !two_nodes {
         note(
@@ -245,6 +260,7 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
     // Workloads.
     run.bar.set_message("creating test workloads");
     let mut ips: BTreeMap<Role, String> = BTreeMap::new();
+    let mut ips6: BTreeMap<Role, String> = BTreeMap::new();
     let mut names: BTreeMap<Role, String> = BTreeMap::new();
     for w in plan::workloads(&run.id, two_nodes) {
         let body = json!({
@@ -261,8 +277,29 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
             .as_str()
             .ok_or_else(|| anyhow!("the API gave test workload {} no ip", w.name))?;
         ips.insert(w.role, ip.to_string());
+        if let Some(ip6) = created["ip6"].as_str() {
+            ips6.insert(w.role, ip6.to_string());
+        }
         names.insert(w.role, w.name);
     }
+    // Dual stack when every workload got an IPv6 address (its node has an IPv6 pod CIDR).
+    let dual = ips6.len() == ips.len();
+    if dual {
+        plan::add_ipv6(&mut scenarios);
+    } else {
+        note(
+            &run.bar,
+            "the nodes have no IPv6 pod CIDR (agent --pod-cidr): the IPv6 checks are left out",
+        );
+    }
+    only(&mut scenarios);
+    if scenarios.is_empty() {
+        bail!(
+            "no check name contains {:?} without IPv6 (the IPv6 checks need dual-stack nodes)",
+            a.test.as_deref().unwrap_or_default()
+        );
+    }
+    let ips_of = |ipv6: bool| if ipv6 { &ips6 } else { &ips };
     run.bar
         .set_message(format!("waiting for the workloads on {}", nodes.join(", ")));
     wait_workloads_ready(run).await?;
@@ -272,26 +309,37 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
         .into_iter()
         .filter(|r| ips.contains_key(r))
         .collect();
-    let service = plan::service_name(&run.id);
-    run.client
-        .post(
-            &format!("{}/services", run.base),
-            json!({
-                "name": service,
-                "labels": {RUN_LABEL: run.id},
-                "frontends": [{"vip": a.service_vip.to_string(), "port": plan::SERVICE_PORT, "protocol": "TCP"}],
-                "backends": backends.iter().map(|r| json!({"address": ips[r], "port": plan::ECHO_PORT})).collect::<Vec<_>>(),
-            }),
-        )
-        .await
-        .with_context(|| format!("creating test service {service} on {}", a.service_vip))?;
+    let mut vips = vec![(plan::service_name(&run.id), IpAddr::V4(a.service_vip), &ips)];
+    if dual {
+        vips.push((
+            format!("{}6", plan::service_name(&run.id)),
+            IpAddr::V6(a.service_vip6),
+            &ips6,
+        ));
+    }
+    for (service, vip, addrs) in &vips {
+        run.client
+            .post(
+                &format!("{}/services", run.base),
+                json!({
+                    "name": service,
+                    "labels": {RUN_LABEL: run.id},
+                    "frontends": [{"vip": vip.to_string(), "port": plan::SERVICE_PORT, "protocol": "TCP"}],
+                    "backends": backends.iter().map(|r| json!({"address": addrs[r], "port": plan::ECHO_PORT})).collect::<Vec<_>>(),
+                }),
+            )
+            .await
+            .with_context(|| format!("creating test service {service} on {vip}"))?;
+    }
     run.bar.set_message("waiting for the service on every node");
-    wait_realized(
-        run,
-        &format!("{}/services/{}", run.base, seg(&service)),
-        "service",
-    )
-    .await?;
+    for (service, _, _) in &vips {
+        wait_realized(
+            run,
+            &format!("{}/services/{}", run.base, seg(service)),
+            "service",
+        )
+        .await?;
+    }
     let backend_names: Vec<String> = backends.iter().map(|r| names[r].clone()).collect();
 
     let total: usize = scenarios.iter().map(|s| s.checks.len()).sum();
@@ -342,9 +390,11 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
                     },
                 ),
             };
-            let target = match c.to {
-                To::Workload(r, port) => format!("{}:{port}", ips[&r]),
-                To::Service => format!("{}:{}", a.service_vip, plan::SERVICE_PORT),
+            let target = match (c.to, c.ipv6) {
+                (To::Workload(r, port), false) => format!("{}:{port}", ips[&r]),
+                (To::Workload(r, port), true) => format!("[{}]:{port}", ips6[&r]),
+                (To::Service, false) => format!("{}:{}", a.service_vip, plan::SERVICE_PORT),
+                (To::Service, true) => format!("[{}]:{}", a.service_vip6, plan::SERVICE_PORT),
             };
             let p = run
                 .client
@@ -375,7 +425,7 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
             };
-            let flows = find_flows(run, c, &seen, &ips, &names, &since).await?;
+            let flows = find_flows(run, c, &seen, ips_of(c.ipv6), &names, &since).await?;
             let j = plan::judge(c, &seen, &flows, &backend_names);
             note(
                 &run.bar,

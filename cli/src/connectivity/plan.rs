@@ -142,7 +142,9 @@ pub enum Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
+    /// Over IPv6 (the workloads' and the service's IPv6 addresses); its name ends in `/ipv6`.
+    pub ipv6: bool,
     pub from: From,
     pub to: To,
     pub expect: Expect,
@@ -162,9 +164,10 @@ pub struct Scenario {
 pub const POLICY_DENIED: &str = "POLICY_DENIED";
 pub const DENY_RULE: &str = "DENY_RULE";
 
-fn check(name: &'static str, from: From, to: To, expect: Expect) -> Check {
+fn check(name: &str, from: From, to: To, expect: Expect) -> Check {
     Check {
-        name,
+        name: name.to_string(),
+        ipv6: false,
         from,
         to,
         expect,
@@ -347,12 +350,17 @@ pub fn scenarios(run: &str, cluster: &str, two_nodes: bool) -> Vec<Scenario> {
         },
         Scenario {
             name: "cidr",
-            description: "the client may reach 198.51.100.0/24 (outside the cluster) only",
+            description:
+                "the client may reach 198.51.100.0/24 and 2001:db8:5100::/64 (outside the \
+                          cluster) only",
             policies: vec![policy(
                 "egress-cidr",
                 json!({
                     "endpointSelector": sel("client"),
-                    "egress": [{"toCIDR": [weft_model::workload::WORLD_NET.to_string()]}],
+                    "egress": [{"toCIDR": [
+                        weft_model::workload::WORLD_NET.to_string(),
+                        weft_model::workload::WORLD_NET6.to_string(),
+                    ]}],
                 }),
             )],
             checks: vec![
@@ -378,6 +386,22 @@ pub fn scenarios(run: &str, cluster: &str, two_nodes: bool) -> Vec<Scenario> {
         })
         .filter(|s| !s.checks.is_empty())
         .collect()
+}
+
+/// Dual stack: every scenario's checks once more over IPv6, each named `<check>/ipv6`.
+pub fn add_ipv6(scenarios: &mut [Scenario]) {
+    for s in scenarios {
+        let v6: Vec<Check> = s
+            .checks
+            .iter()
+            .map(|c| Check {
+                name: format!("{}/ipv6", c.name),
+                ipv6: true,
+                ..c.clone()
+            })
+            .collect();
+        s.checks.extend(v6);
+    }
 }
 
 fn needs_two_nodes(c: &Check) -> bool {
@@ -531,14 +555,14 @@ mod tests {
         let two = scenarios("abc123", "prod", true);
         let names: Vec<&str> = two
             .iter()
-            .flat_map(|s| s.checks.iter().map(|c| c.name))
+            .flat_map(|s| s.checks.iter().map(|c| c.name.as_str()))
             .collect();
         assert!(names.len() >= 12, "{names:?}");
         assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), names.len());
         let one = scenarios("abc123", "prod", false);
         let one_names: Vec<&str> = one
             .iter()
-            .flat_map(|s| s.checks.iter().map(|c| c.name))
+            .flat_map(|s| s.checks.iter().map(|c| c.name.as_str()))
             .collect();
         assert!(one_names.len() < names.len());
         assert!(!one_names.contains(&"pod-to-pod/other-node"));
@@ -550,6 +574,44 @@ mod tests {
         assert!(!workloads("abc123", false)
             .iter()
             .any(|w| w.role == Role::EchoOther));
+    }
+
+    #[test]
+    fn dual_stack_repeats_every_check_over_ipv6_with_ipv6_in_its_name() {
+        let v4 = scenarios("abc123", "prod", true);
+        let mut dual = v4.clone();
+        add_ipv6(&mut dual);
+        for (a, b) in v4.iter().zip(&dual) {
+            assert_eq!(b.checks.len(), 2 * a.checks.len(), "{}", a.name);
+            assert_eq!(
+                a.policies, b.policies,
+                "the same policies judge both families"
+            );
+            for c in &a.checks {
+                let v6 = b
+                    .checks
+                    .iter()
+                    .find(|d| d.name == format!("{}/ipv6", c.name))
+                    .unwrap_or_else(|| panic!("{} has no IPv6 twin", c.name));
+                assert!(v6.ipv6 && !c.ipv6);
+                assert_eq!((v6.from, v6.to, v6.expect), (c.from, c.to, c.expect));
+            }
+        }
+        let names: BTreeSet<&str> = dual
+            .iter()
+            .flat_map(|s| s.checks.iter().map(|c| c.name.as_str()))
+            .collect();
+        assert_eq!(
+            names.len(),
+            dual.iter().map(|s| s.checks.len()).sum::<usize>()
+        );
+        // The CIDR scenario allows the world range of each family.
+        let cidr = dual
+            .iter()
+            .find(|s| s.name == "cidr")
+            .expect("cidr scenario");
+        let to = &cidr.policies[0]["spec"]["egress"][0]["toCIDR"];
+        assert_eq!(to, &json!(["198.51.100.0/24", "2001:db8:5100::/64"]));
     }
 
     #[test]

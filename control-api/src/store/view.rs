@@ -1,7 +1,7 @@
 //! The tenant's view: everything the desired-state compiler needs of one tenant, read
 //! inside the caller's transaction (a consistent snapshot when it is REPEATABLE READ).
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -154,9 +154,10 @@ pub async fn workloads_of_tenant(
         String,
         sqlx::types::Json<Labels>,
         Vec<i32>,
+        Option<String>,
     );
     let rows: Vec<ViewRow> = sqlx::query_as(
-        "SELECT node_id, name, kind, host(ip), labels, echo_ports FROM test_workloads \
+        "SELECT node_id, name, kind, host(ip), labels, echo_ports, host(ip6) FROM test_workloads \
          WHERE tenant_id = $1 ORDER BY id",
     )
     .bind(tenant)
@@ -164,13 +165,14 @@ pub async fn workloads_of_tenant(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(node, name, kind, ip, labels, ports)| {
+        .filter_map(|(node, name, kind, ip, labels, ports, ip6)| {
             Some(WorkloadView {
                 node_id: node.to_string(),
                 workload: DesiredWorkload {
                     name,
                     kind: kind.parse().ok()?,
                     ip: ip.parse().ok()?,
+                    ip6: ip6.and_then(|a| a.parse().ok()),
                     labels: labels.0,
                     echo_ports: ports
                         .iter()
@@ -203,7 +205,7 @@ pub async fn pending_probes_of_tenant(
                 probe: DesiredProbe {
                     id: id.to_string(),
                     from_workload: from,
-                    target: SocketAddrV4::new(ip.parse().ok()?, u16::try_from(port).ok()?),
+                    target: SocketAddr::new(ip.parse().ok()?, u16::try_from(port).ok()?),
                     timeout_ms: timeout.unsigned_abs(),
                 },
             })

@@ -19,6 +19,7 @@ pub struct WorkloadRow {
     pub node: String,
     pub kind: String,
     pub ip: String,
+    pub ip6: Option<String>,
     #[sqlx(json)]
     pub labels: Labels,
     pub echo_ports: Vec<i32>,
@@ -34,12 +35,15 @@ pub struct NewWorkload<'a> {
     pub name: &'a str,
     pub kind: &'a str,
     pub ip: String,
+    pub ip6: Option<String>,
     pub labels: &'a Labels,
     pub echo_ports: Vec<i32>,
     pub revision: i64,
 }
 
-const SELECT: &str = "SELECT w.id, w.name, n.name AS node, w.kind, host(w.ip) AS ip, w.labels, \
+const SELECT: &str =
+    "SELECT w.id, w.name, n.name AS node, w.kind, host(w.ip) AS ip, host(w.ip6) AS ip6, \
+    w.labels, \
     w.echo_ports, w.created_at, w.revision, \
     (n.applied_revision >= w.revision AND (w.kind = 'world' OR EXISTS ( \
         SELECT 1 FROM endpoints e WHERE e.tenant_id = w.tenant_id AND e.node_id = w.node_id \
@@ -83,6 +87,20 @@ pub async fn taken_addresses(conn: &mut PgConnection, scope: Scope) -> Result<Ve
     .await?)
 }
 
+/// The IPv6 addresses a cluster's endpoints and test workloads hold.
+pub async fn taken_addresses6(conn: &mut PgConnection, scope: Scope) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT host(ipv6) FROM endpoints WHERE tenant_id = $1 AND cluster_id = $2 \
+           AND ipv6 IS NOT NULL \
+         UNION SELECT host(ip6) FROM test_workloads WHERE tenant_id = $1 AND cluster_id = $2 \
+           AND ip6 IS NOT NULL",
+    )
+    .bind(scope.tenant)
+    .bind(scope.cluster)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Whether an endpoint that is not a test workload already has this name on the node.
 pub async fn endpoint_name_taken(conn: &mut PgConnection, node: Uuid, name: &str) -> Result<bool> {
     Ok(sqlx::query_scalar(
@@ -108,7 +126,8 @@ pub async fn lock_allocation(conn: &mut PgConnection, cluster: Option<Uuid>) -> 
 pub async fn insert(conn: &mut PgConnection, scope: Scope, w: NewWorkload<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO test_workloads (id, tenant_id, cluster_id, node_id, name, kind, ip, labels, \
-         echo_ports, revision) VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8, $9, $10)",
+         echo_ports, revision, ip6) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8, $9, $10, $11::inet)",
     )
     .bind(w.id)
     .bind(scope.tenant)
@@ -120,6 +139,7 @@ pub async fn insert(conn: &mut PgConnection, scope: Scope, w: NewWorkload<'_>) -
     .bind(sqlx::types::Json(w.labels))
     .bind(w.echo_ports)
     .bind(w.revision)
+    .bind(w.ip6)
     .execute(conn)
     .await?;
     Ok(())

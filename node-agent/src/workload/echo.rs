@@ -3,7 +3,7 @@
 //! runtime. Each connection gets one answer, [`echo_reply`], to the first line it sends.
 
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,13 +16,13 @@ const MAX_LINE: usize = 1024;
 /// A client that sends nothing is closed after this.
 const IDLE: Duration = Duration::from_secs(10);
 
-/// Binds `0.0.0.0:port` inside the namespace at `netns`, on a short-lived thread that
+/// Binds `[::]:port` (both families: a dual-stack workload answers on either) inside the namespace at `netns`, on a short-lived thread that
 /// entered it (the calling thread and the runtime stay where they are).
 pub fn bind_in(netns: &Path, port: u16) -> io::Result<TcpListener> {
     let path: PathBuf = netns.to_path_buf();
     std::thread::spawn(move || {
         let _in = crate::netns::enter_netns(&path)?;
-        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+        let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
         l.set_nonblocking(true)?;
         Ok(l)
     })

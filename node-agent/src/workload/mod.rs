@@ -165,7 +165,7 @@ impl Record {
             name: self.spec.name.clone(),
             netns: self.netns.clone(),
             ip: self.spec.ip,
-            ip6: None,
+            ip6: self.spec.ip6,
             labels: Labels::new(),
             interface: world_ifname(&self.spec.name),
             named_ports: vec![],
@@ -367,7 +367,7 @@ impl Workloads {
                         name: w.name.clone(),
                         netns: rec.netns.clone(),
                         ip: w.ip.to_string(),
-                        ip6: None,
+                        ip6: w.ip6.map(|a| a.to_string()),
                         labels: w.labels.clone(),
                         named_ports: Vec::new(),
                     })
@@ -535,6 +535,7 @@ mod tests {
             name: name.into(),
             kind,
             ip: Ipv4Addr::from(ip),
+            ip6: None,
             labels: Labels::new(),
             echo_ports: ports.to_vec(),
         }

@@ -132,6 +132,7 @@ fn workload(rng: &mut StdRng) -> DesiredWorkload {
             WorkloadKind::World
         },
         ip: v4(rng),
+        ip6: opt(rng, |r| Ipv6Addr::from(r.gen::<u128>())),
         labels: list(rng, 3, |r| (id(r, "k"), text(r)))
             .into_iter()
             .collect(),
@@ -144,7 +145,7 @@ fn probe(rng: &mut StdRng) -> DesiredProbe {
         id: id(rng, "probe"),
         // An empty name means "none" on the wire.
         from_workload: opt(rng, |r| id(r, "wl")),
-        target: SocketAddrV4::new(v4(rng), rng.gen()),
+        target: SocketAddr::new(ip(rng), rng.gen()),
         timeout_ms: rng.gen(),
     }
 }

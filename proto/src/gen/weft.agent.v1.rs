@@ -167,6 +167,9 @@ pub struct Workload {
     >,
     #[prost(uint32, repeated, tag = "5")]
     pub echo_ports: ::prost::alloc::vec::Vec<u32>,
+    /// Its IPv6 address as well (dual stack); empty: none.
+    #[prost(string, tag = "6")]
+    pub ip6: ::prost::alloc::string::String,
 }
 /// One TCP connection to make once and report: from a workload's namespace (in the node's
 /// socket-LB cgroup, like a pod's process) or from the node itself.
@@ -178,6 +181,7 @@ pub struct Probe {
     /// Empty: from the node.
     #[prost(string, tag = "2")]
     pub from_workload: ::prost::alloc::string::String,
+    /// IPv4 or IPv6.
     #[prost(string, tag = "3")]
     pub target_ip: ::prost::alloc::string::String,
     #[prost(uint32, tag = "4")]

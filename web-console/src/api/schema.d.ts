@@ -411,7 +411,8 @@ export interface paths {
          * Create a test workload (editor): an echo server the node's agent starts, with an
          *     address the control plane allocates (a pod's from the node's first IPv4 pod CIDR, top
          *     down, avoiding the cluster's endpoints and other test workloads; a world workload's
-         *     from 198.51.100.0/24).
+         *     from 198.51.100.0/24), and an IPv6 one too when the node has an IPv6 pod CIDR (a pod's
+         *     from it, a world workload's from 2001:db8:5100::/64).
          */
         post: operations["create_test_workload"];
         /** Delete the test workloads a label selector matches (editor); the selector is required. */
@@ -1613,6 +1614,11 @@ export interface components {
                 kind: components["schemas"]["WorkloadKind"];
                 /** @example 10.0.1.254 */
                 ip: string;
+                /**
+                 * @description Its IPv6 address when its node has an IPv6 pod CIDR (dual stack); null otherwise.
+                 * @example fd00:10:1::ffff:ffff:ffff:ffff
+                 */
+                ip6?: string | null;
                 labels: components["schemas"]["BTreeMap"];
                 echo_ports: number[];
                 /** Format: date-time */
@@ -1765,8 +1771,9 @@ export interface components {
              */
             node?: string | null;
             /**
-             * @description IPv4 address and TCP port (1 to 65535).
+             * @description IPv4 address or bracketed IPv6 address, and TCP port (1 to 65535).
              * @example 10.0.1.5:8080
+             * @example [fd00:10:1::5]:8080
              */
             target: string;
             /**
@@ -1937,6 +1944,11 @@ export interface components {
             kind: components["schemas"]["WorkloadKind"];
             /** @example 10.0.1.254 */
             ip: string;
+            /**
+             * @description Its IPv6 address when its node has an IPv6 pod CIDR (dual stack); null otherwise.
+             * @example fd00:10:1::ffff:ffff:ffff:ffff
+             */
+            ip6?: string | null;
             labels: components["schemas"]["BTreeMap"];
             echo_ports: number[];
             /** Format: date-time */

@@ -1,7 +1,7 @@
 //! `/v1/tenants/{tenant}/clusters/{cluster}/probes`: one TCP connection each, made once by
 //! a node's agent (from one of its test workloads or from the node itself) and reported.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -52,7 +52,7 @@ pub struct ProbeInput {
     /// defaults to, and must be, the workload's node.
     #[serde(default)]
     pub node: Option<String>,
-    /// IPv4 address and TCP port.
+    /// IPv4 or bracketed IPv6 address and TCP port.
     #[schema(schema_with = target_schema)]
     pub target: String,
     /// How long to wait for the connection and the echo, 100 to 30000 (default 2000).
@@ -64,17 +64,23 @@ pub struct ProbeInput {
     pub labels: Labels,
 }
 
-/// The IPv4 address and port `ProbeInput::validate` accepts, as a regular expression.
-const TARGET_PATTERN: &str = concat!(
-    "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
-    ":0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
-);
+/// The address and port `ProbeInput::validate` accepts, as a regular expression:
+/// `10.0.1.5:8080` or `[fd00:10:1::5]:8080` (no zone index).
+fn target_pattern() -> String {
+    format!(
+        "^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){{3}}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\
+         |\\[({})\\]):0*([1-9][0-9]{{0,3}}|[1-5][0-9]{{4}}|6[0-4][0-9]{{3}}|65[0-4][0-9]{{2}}|655[0-2][0-9]|6553[0-5])$",
+        weft_model::flow::ipv6_address_body()
+    )
+}
 
 fn target_schema() -> utoipa::openapi::schema::Object {
-    weft_model::contract::string("IPv4 address and TCP port (1 to 65535).")
-        .pattern(Some(TARGET_PATTERN))
-        .examples(["10.0.1.5:8080"])
-        .build()
+    weft_model::contract::string(
+        "IPv4 address or bracketed IPv6 address, and TCP port (1 to 65535).",
+    )
+    .pattern(Some(target_pattern()))
+    .examples(["10.0.1.5:8080", "[fd00:10:1::5]:8080"])
+    .build()
 }
 
 fn timeout_schema() -> utoipa::openapi::schema::Object {
@@ -88,9 +94,17 @@ fn timeout_schema() -> utoipa::openapi::schema::Object {
 
 impl ProbeInput {
     /// Checks the fields that need no lookup; returns the parsed target.
-    fn validate(&self) -> Result<SocketAddrV4> {
+    fn validate(&self) -> Result<SocketAddr> {
         let mut errs = Vec::new();
-        let target = match self.target.parse::<SocketAddrV4>() {
+        // A zone index (`%2`) names an interface of one machine: meaningless to the agent.
+        let target = match self.target.parse::<SocketAddr>() {
+            Ok(_) if self.target.contains('%') => {
+                errs.push(FieldError::new(
+                    "target",
+                    "an IPv6 zone index is not allowed",
+                ));
+                None
+            }
             Ok(t) if t.port() != 0 => Some(t),
             Ok(_) => {
                 errs.push(FieldError::new(
@@ -103,7 +117,7 @@ impl ProbeInput {
                 errs.push(FieldError::new(
                     "target",
                     format!(
-                        "{:?} is not an IPv4 address and port, e.g. 10.0.1.5:8080",
+                        "{:?} is not an address and port, e.g. 10.0.1.5:8080 or [fd00:10:1::5]:8080",
                         self.target
                     ),
                 ));
@@ -195,7 +209,13 @@ impl From<ProbeRow> for Probe {
             id: r.id,
             node: r.node,
             from: r.from_workload,
-            target: format!("{}:{}", r.target_ip, r.target_port),
+            // IPv6 in brackets, as the input took it (the column is `inet`, the port 1-65535).
+            target: match r.target_ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    SocketAddr::new(ip, u16::try_from(r.target_port).unwrap_or(0)).to_string()
+                }
+                Err(_) => format!("{}:{}", r.target_ip, r.target_port),
+            },
             timeout_ms: r.timeout_ms.unsigned_abs(),
             labels: r.labels,
             created_at: r.created_at,

@@ -1,14 +1,15 @@
 //! `/v1/tenants/{tenant}/clusters/{cluster}/test-workloads`: echo servers an agent runs
 //! for connectivity tests. A `pod` gets an address from its node's pod CIDR and becomes
-//! one of the node's endpoints; a `world` one gets an address in `WORLD_NET`.
+//! one of the node's endpoints; a `world` one gets an address in `WORLD_NET`. On a node
+//! with an IPv6 pod CIDR, both get an IPv6 address as well (dual stack).
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use axum::extract::{Path, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
@@ -16,7 +17,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::error::FieldError;
 use weft_model::labels::Labels;
-use weft_model::workload::{self, WorkloadKind, WORLD_NET};
+use weft_model::workload::{self, WorkloadKind, WORLD_NET, WORLD_NET6};
 
 use super::{node_in_cluster, CreateErrors, DeleteParams, Deleted, SelectorListParams};
 use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
@@ -126,6 +127,9 @@ pub struct TestWorkload {
     pub kind: WorkloadKind,
     #[schema(value_type = String, example = "10.0.1.254")]
     pub ip: Ipv4Addr,
+    /// Its IPv6 address when its node has an IPv6 pod CIDR (dual stack); null otherwise.
+    #[schema(value_type = Option<String>, example = "fd00:10:1::ffff:ffff:ffff:ffff")]
+    pub ip6: Option<Ipv6Addr>,
     pub labels: Labels,
     pub echo_ports: Vec<u16>,
     pub created_at: DateTime<Utc>,
@@ -146,6 +150,8 @@ impl From<WorkloadRow> for TestWorkload {
             // The column's CHECK allows only the two kinds, and `ip` is always IPv4.
             kind: r.kind.parse().unwrap_or(WorkloadKind::Pod),
             ip: r.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            // The column's CHECK allows only IPv6.
+            ip6: r.ip6.and_then(|a| a.parse().ok()),
             labels: r.labels,
             echo_ports: r
                 .echo_ports
@@ -172,35 +178,44 @@ fn subject(w: &TestWorkload) -> Subject<'_> {
     }
 }
 
-/// A free address for a new workload of `kind` on `node`. Callers hold the cluster's
-/// allocation lock, so what they read here is what the next allocation will see.
+/// Free addresses for a new workload of `kind` on `node`: IPv4, and IPv6 when the node has
+/// an IPv6 pod CIDR. Callers hold the cluster's allocation lock, so what they read here is
+/// what the next allocation will see.
 async fn allocate(
     conn: &mut PgConnection,
     scope: Scope,
     node: (Uuid, &str),
     kind: WorkloadKind,
-) -> Result<Ipv4Addr> {
+) -> Result<(Ipv4Addr, Option<Ipv6Addr>)> {
+    let cidrs: Vec<IpNet> = workloads::pod_cidrs(conn, node.0)
+        .await?
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let net6 = cidrs.iter().find_map(|c| match c {
+        IpNet::V6(n) if kind == WorkloadKind::Pod => Some(*n),
+        IpNet::V6(_) => Some(WORLD_NET6),
+        IpNet::V4(_) => None,
+    });
     let net = match kind {
         WorkloadKind::World => WORLD_NET,
-        WorkloadKind::Pod => {
-            let cidrs = workloads::pod_cidrs(conn, node.0).await?;
-            cidrs
-                .iter()
-                .find_map(|c| c.parse::<Ipv4Net>().ok())
-                .ok_or_else(|| {
-                    ApiError::unprocessable(
-                        "node",
-                        format!(
-                            "node {} has no IPv4 pod CIDR; start its agent with --pod-cidr",
-                            node.1
-                        ),
-                    )
-                })?
-        }
+        WorkloadKind::Pod => cidrs
+            .iter()
+            .find_map(|c| match c {
+                IpNet::V4(n) => Some(*n),
+                IpNet::V6(_) => None,
+            })
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "node",
+                    format!(
+                        "node {} has no IPv4 pod CIDR; start its agent with --pod-cidr",
+                        node.1
+                    ),
+                )
+            })?,
     };
-    let taken = workloads::taken_addresses(conn, scope).await?;
-    let taken: BTreeSet<Ipv4Addr> = taken.iter().filter_map(|a| a.parse().ok()).collect();
-    workload::allocate(net, &taken).ok_or_else(|| ApiError::Conflict {
+    let exhausted = |net: String| ApiError::Conflict {
         detail: match kind {
             WorkloadKind::Pod => format!("node {}'s pod CIDR {net} has no free address", node.1),
             WorkloadKind::World => format!("the world range {net} has no free address"),
@@ -209,7 +224,19 @@ async fn allocate(
             WorkloadKind::Pod => "node".to_string(),
             WorkloadKind::World => "kind".to_string(),
         }),
-    })
+    };
+    let taken = workloads::taken_addresses(conn, scope).await?;
+    let taken: BTreeSet<Ipv4Addr> = taken.iter().filter_map(|a| a.parse().ok()).collect();
+    let ip = workload::allocate(net, &taken).ok_or_else(|| exhausted(net.to_string()))?;
+    let ip6 = match net6 {
+        Some(net6) => {
+            let taken = workloads::taken_addresses6(conn, scope).await?;
+            let taken: BTreeSet<Ipv6Addr> = taken.iter().filter_map(|a| a.parse().ok()).collect();
+            Some(workload::allocate6(net6, &taken).ok_or_else(|| exhausted(net6.to_string()))?)
+        }
+        None => None,
+    };
+    Ok((ip, ip6))
 }
 
 /// List a cluster's test workloads (viewer).
@@ -255,7 +282,8 @@ async fn get_test_workload(
 /// Create a test workload (editor): an echo server the node's agent starts, with an
 /// address the control plane allocates (a pod's from the node's first IPv4 pod CIDR, top
 /// down, avoiding the cluster's endpoints and other test workloads; a world workload's
-/// from 198.51.100.0/24).
+/// from 198.51.100.0/24), and an IPv6 one too when the node has an IPv6 pod CIDR (a pod's
+/// from it, a world workload's from 2001:db8:5100::/64).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/clusters/{cluster}/test-workloads", tag = "connectivity",
     params(("tenant" = String, Path, description = "Tenant id or name"),
            ("cluster" = String, Path, description = "Cluster id or name")),
@@ -289,7 +317,7 @@ async fn create_test_workload(
     // One allocation at a time per cluster: two creates never pick the same address (the
     // unique index on (tenant, cluster, ip) is the backstop).
     workloads::lock_allocation(&mut tx, sc.cluster).await?;
-    let ip = allocate(&mut tx, sc, (node, &node_name), input.kind).await?;
+    let (ip, ip6) = allocate(&mut tx, sc, (node, &node_name), input.kind).await?;
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, sc.tenant, "test_workload", id, Op::Create).await?;
     workloads::insert(
@@ -301,6 +329,7 @@ async fn create_test_workload(
             name: &input.name,
             kind: input.kind.as_str(),
             ip: ip.to_string(),
+            ip6: ip6.map(|a| a.to_string()),
             labels: &input.labels,
             echo_ports: input.echo_ports.iter().map(|p| i32::from(*p)).collect(),
             revision: rev,

@@ -140,6 +140,7 @@ fn workload(node: &str, name: &str, kind: WorkloadKind, ip: &str, ports: &[u16])
             name: name.into(),
             kind,
             ip: ip.parse().expect("ip"),
+            ip6: None,
             labels: [("weft-ct".to_string(), name.to_string())].into(),
             echo_ports: ports.to_vec(),
         },

@@ -411,6 +411,7 @@ fn workloads_and_probes_decode_and_bad_ones_name_the_item() {
         name: "ct-echo".into(),
         kind: pb::WorkloadKind::Pod as i32,
         ip: "10.0.1.254".into(),
+        ip6: "fd00:10:1::fe".into(),
         labels: [("app".to_string(), "echo".to_string())].into(),
         echo_ports: vec![8080, 9090],
     }];
@@ -429,6 +430,26 @@ fn workloads_and_probes_decode_and_bad_ones_name_the_item() {
     assert_eq!(state.workloads[0].kind, WorkloadKind::Pod);
     assert_eq!(state.probes[0].from_workload, None);
     assert_eq!(state.probes[0].target.to_string(), "10.0.1.254:8080");
+    assert_eq!(
+        state.workloads[0].ip6,
+        Some("fd00:10:1::fe".parse().expect("address"))
+    );
+
+    // IPv6 targets decode; a workload's IPv6 field that is not one is an error naming it.
+    let mut v6 = s.clone();
+    v6.probes[0].target_ip = "fd00:10:1::fe".into();
+    let Update::Snapshot(state) = snapshot_msg(3, v6.clone()).update else {
+        panic!("a snapshot decodes to a snapshot")
+    };
+    assert_eq!(state.probes[0].target.to_string(), "[fd00:10:1::fe]:8080");
+    v6.workloads[0].ip6 = "10.0.1.1".into();
+    let err = SyncMessage::try_from(pb::SyncResponse {
+        revision: 4,
+        kind: Some(pb::sync_response::Kind::Snapshot(v6)),
+        ..Default::default()
+    })
+    .expect_err("an IPv4 address where IPv6 belongs");
+    assert!(err.to_string().contains("workload/ct-echo"), "{err}");
 
     s.probes[0].target_port = 70000;
     let err = SyncMessage::try_from(pb::SyncResponse {
