@@ -3,7 +3,7 @@
 //! through an LB conntrack).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -95,22 +95,41 @@ pub(crate) fn select_backend(
     Some(id)
 }
 
+/// An address folded to 32 bits (an IPv4 address is itself: its other words are zero).
+#[inline(always)]
+fn fold(a: &Addr) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    w(0) ^ w(4) ^ w(8) ^ w(12)
+}
+
+/// The 4-byte word `i` of an address, as it sits in the packet.
+#[inline(always)]
+fn word(a: &Addr, i: usize) -> u32 {
+    u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]])
+}
+
 /// Flow hash of a north-south connection (Maglev slot choice).
 #[inline(always)]
 fn tuple_hash(seed: u32, p: &Pkt) -> u64 {
-    let s = u32::from_ne_bytes([p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]]) as u64;
-    let d = u32::from_ne_bytes([p.daddr[0], p.daddr[1], p.daddr[2], p.daddr[3]]) as u64;
+    let s = fold(&p.saddr) as u64;
+    let d = fold(&p.daddr) as u64;
     let ports = ((p.sport as u64) << 16) | p.dport as u64;
     mix64((s << 32 | d) ^ mix64(ports << 8 | p.proto as u64 ^ (seed as u64) << 40))
 }
 
-/// Rewrites the destination (ingress) or source (egress) address and port, fixing the IPv4
-/// and L4 checksums.
+/// Rewrites the destination (ingress) or source (egress) address and port, fixing the L4
+/// checksum (its pseudo-header has the addresses) and, for IPv4, the header checksum.
 #[inline(always)]
 fn rewrite(ctx: &mut TcContext, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> Result<(), u8> {
+    if p.family == FAMILY_IPV6 {
+        return match rewrite6(ctx.skb.skb, p, dst, addr, port) {
+            DROP_NONE => Ok(()),
+            reason => Err(reason),
+        };
+    }
     let old_addr = if dst { p.daddr } else { p.saddr };
-    let old = u32::from_ne_bytes([old_addr[0], old_addr[1], old_addr[2], old_addr[3]]);
-    let new = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let old = word(&old_addr, 0);
+    let new = word(addr, 0);
     let old_port = if dst { p.dport } else { p.sport };
     let l4 = p.l4_off as usize;
     let (csum_off, pseudo) = match p.proto {
@@ -139,7 +158,53 @@ fn rewrite(ctx: &mut TcContext, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> R
     Ok(())
 }
 
-/// The LB conntrack key of an IPv4 packet's tuple as it is on the wire.
+/// [`rewrite`] for IPv6: no header checksum; the L4 checksum is fixed one address word at
+/// a time (each a pseudo-header change), then the port. Not inlined: its own stack frame
+/// keeps `lb_ingress` within the verifier's combined stack limit; it gets the socket
+/// buffer itself (a register the verifier still knows as the context) rather than a
+/// pointer to the caller's `TcContext`.
+#[inline(never)]
+fn rewrite6(skb: *mut __sk_buff, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> u8 {
+    // A plain byte back (0: done, else the drop reason): a `Result` would be returned
+    // through memory, a sixth argument BPF calls cannot take.
+    match rewrite6_in(&mut TcContext::new(skb), p, dst, addr, port) {
+        Ok(()) => DROP_NONE,
+        Err(reason) => reason,
+    }
+}
+
+#[inline(always)]
+fn rewrite6_in(ctx: &mut TcContext, p: &Pkt, dst: bool, addr: &Addr, port: u16) -> Result<(), u8> {
+    let old_addr = if dst { &p.daddr } else { &p.saddr };
+    let old_port = if dst { p.dport } else { p.sport };
+    let l4 = p.l4_off as usize;
+    let csum_off = match p.proto {
+        PROTO_TCP => l4 + 16,
+        PROTO_UDP => l4 + 6,
+        _ => return Err(DROP_INVALID_PACKET),
+    };
+    // IPv6 header: source at 8, destination at 24.
+    let addr_off = ETH_HLEN + if dst { 24 } else { 8 };
+    let port_off = l4 + if dst { 2 } else { 0 };
+    for i in 0..4 {
+        ctx.l4_csum_replace(
+            csum_off,
+            word(old_addr, i) as u64,
+            word(addr, i) as u64,
+            0x10 | 4,
+        )
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    }
+    ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, 2)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    ctx.store(addr_off, addr, 0)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    ctx.store(port_off, &port, 0)
+        .map_err(|_| DROP_INVALID_PACKET)?;
+    Ok(())
+}
+
+/// The LB conntrack key of a packet's tuple as it is on the wire.
 #[inline(always)]
 fn lb_ct_key(p: &Pkt, dir: u8) -> CtKey {
     CtKey {
@@ -148,7 +213,7 @@ fn lb_ct_key(p: &Pkt, dir: u8) -> CtKey {
         sport: p.sport,
         dport: p.dport,
         proto: p.proto,
-        family: FAMILY_IPV4,
+        family: p.family,
         dir,
         _pad: 0,
     }
@@ -186,9 +251,8 @@ pub(crate) fn lb_ingress(ctx: &mut TcContext) -> i32 {
             return TC_ACT_SHOT;
         }
     };
-    // North-south LB is IPv4 only for now (and later fragments carry no ports).
-    if p.family != FAMILY_IPV4
-        || p.frag == FRAG_LATER
+    // Later fragments carry no ports.
+    if p.frag == FRAG_LATER
         || (p.proto != PROTO_TCP && p.proto != PROTO_UDP)
     {
         return TC_ACT_OK;
@@ -197,7 +261,7 @@ pub(crate) fn lb_ingress(ctx: &mut TcContext) -> i32 {
         vip: p.daddr,
         port: p.dport,
         proto: p.proto,
-        family: FAMILY_IPV4,
+        family: p.family,
     };
     let svc = match unsafe { WEFT_SERVICES.get(&key) } {
         Some(s) => *s,
@@ -228,8 +292,7 @@ pub(crate) fn lb_ingress(ctx: &mut TcContext) -> i32 {
             if svc.count == 0 {
                 return lb_drop(&p, &cfg, DROP_NO_BACKEND, OBS_UPLINK_INGRESS, svc.svc_id);
             }
-            let client =
-                u32::from_ne_bytes([p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]]) as u64;
+            let client = fold(&p.saddr) as u64;
             let id = if svc.flags & SVC_F_AFFINITY != 0 {
                 select_backend(&svc, client, &cfg, now)
             } else if svc.flags & SVC_F_MAGLEV != 0 {
@@ -270,7 +333,7 @@ pub(crate) fn lb_ingress(ctx: &mut TcContext) -> i32 {
                 sport: b.port,
                 dport: p.sport,
                 proto: p.proto,
-                family: FAMILY_IPV4,
+                family: p.family,
                 dir: LB_CT_REVERSE,
                 _pad: 0,
             };
@@ -312,7 +375,7 @@ pub(crate) fn lb_ingress(ctx: &mut TcContext) -> i32 {
 #[inline(always)]
 pub(crate) fn lb_egress(ctx: &mut TcContext) -> i32 {
     let mut p = Pkt::default();
-    if parse(ctx, &mut p) != Ok(Parsed::Ip) || p.family != FAMILY_IPV4 || p.frag == FRAG_LATER {
+    if parse(ctx, &mut p) != Ok(Parsed::Ip) || p.frag == FRAG_LATER {
         return TC_ACT_OK;
     }
     let rev = lb_ct_key(&p, LB_CT_REVERSE);
