@@ -136,6 +136,20 @@ fn vip_spreads_connections_translates_back_and_drops_without_backend() {
         r.answers[0]
     );
 
+    // An IPv6 socket naming the VIP as an IPv4-mapped address reaches the same service
+    // and sees the VIP in that form.
+    let mapped = SocketAddrV6::new(VIP.to_ipv6_mapped(), 80, 0, 0);
+    let r = client(&topo, &cg, 0, mapped, false, 30);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(spread(&r).len() >= 2, "mapped spread: {:?}", spread(&r));
+    assert!(
+        r.answers
+            .iter()
+            .all(|(_, peer)| peer == "[::ffff:10.96.0.10]:80"),
+        "{:?}",
+        r.answers[0]
+    );
+
     // A terminating backend gets no new connections.
     tcp_svc.backends[2].state = BackendState::Terminating;
     dp.apply_service(&tcp_svc).unwrap();

@@ -44,6 +44,19 @@ fn set_user_addr(sa: &mut bpf_sock_addr, family: u8, a: &Addr) {
     }
 }
 
+/// An IPv4 address in IPv6 form (`::ffff:a.b.c.d`), as a dual-stack IPv6 socket names it.
+#[inline(always)]
+fn v4_mapped(a: &Addr) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &Addr) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
 #[inline(always)]
 fn sock_event(
     sa: &bpf_sock_addr,
@@ -96,14 +109,24 @@ fn sock_event(
 #[inline(always)]
 pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
-    let vip = user_addr(sa, family);
+    let named = user_addr(sa, family);
+    // An IPv6 socket naming an IPv4 address (`::ffff:10.96.0.10`) reaches the IPv4 service.
+    let mapped = family == FAMILY_IPV6 && is_v4_mapped(&named);
+    let (svc_family, vip) = if mapped {
+        (
+            FAMILY_IPV4,
+            addr_v4([named[12], named[13], named[14], named[15]]),
+        )
+    } else {
+        (family, named)
+    };
     let vport = sa.user_port as u16;
     let proto = sa.protocol as u8;
     let key = ServiceKey {
         vip,
         port: vport,
         proto,
-        family,
+        family: svc_family,
     };
     let svc = match unsafe { WEFT_SERVICES.get(&key) } {
         Some(s) => *s,
@@ -120,7 +143,7 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 
                 DROP_NO_BACKEND,
                 obs,
                 svc.svc_id,
-                (vip, vport),
+                (named, vport),
             );
         }
         return 0;
@@ -143,30 +166,31 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 
                     DROP_NO_BACKEND,
                     obs,
                     svc.svc_id,
-                    (vip, vport),
+                    (named, vport),
                 );
             }
             return 0;
         }
     };
-    if b.family != family {
+    if b.family != svc_family {
         // The agent writes one family per service; a mix would be its bug, never a rewrite.
         count(VERDICT_DROPPED, DROP_INTERNAL, 0);
         return 0;
     }
-    set_user_addr(sa, family, &b.addr);
+    let to = if mapped { v4_mapped(&b.addr) } else { b.addr };
+    set_user_addr(sa, family, &to);
     sa.user_port = b.port as u32;
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = WEFT_SOCK_REVNAT.insert(
         &SockRevNatKey {
             cookie,
-            addr: b.addr,
+            addr: to,
             port: b.port,
             family,
             _pad: [0; 5],
         },
         &SockRevNatValue {
-            vip,
+            vip: named,
             port: vport,
             _pad: [0; 2],
             svc_id: svc.svc_id,
@@ -182,7 +206,7 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 
             DROP_NONE,
             obs,
             svc.svc_id,
-            (vip, vport),
+            (named, vport),
         );
     }
     1
