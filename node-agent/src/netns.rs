@@ -320,6 +320,23 @@ fn link_mac(ns: &NetNs, ifname: &str) -> io::Result<String> {
         .ok_or_else(|| io::Error::other(format!("no MAC for {ifname}")))
 }
 
+/// A permanent neighbour entry (`ip neigh add ADDR lladdr MAC dev DEV nud permanent`), of
+/// either family (`ip` tells them apart by the address).
+fn permanent_neighbour(ns: &NetNs, addr: &str, mac: &str, dev: &str) -> io::Result<()> {
+    ns.ip(&[
+        "neigh",
+        "add",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
+    .map(|_| ())
+}
+
 const GATEWAY: &str = "169.254.1.1";
 /// The pods' IPv6 next hop: link-local, so no address has to be set aside for it.
 const GATEWAY6: &str = "fe80::1";
@@ -372,18 +389,7 @@ impl Topology {
         pod.ns.ip(&[
             "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0",
         ])?;
-        pod.ns.ip(&[
-            "-6",
-            "neigh",
-            "add",
-            GATEWAY6,
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        permanent_neighbour(&pod.ns, GATEWAY6, &host_mac, "eth0")?;
         self.node.ip(&[
             "-6",
             "route",
@@ -392,18 +398,7 @@ impl Topology {
             "dev",
             &pod.host_if,
         ])?;
-        self.node.ip(&[
-            "-6",
-            "neigh",
-            "add",
-            &a,
-            "lladdr",
-            &pod_mac,
-            "dev",
-            &pod.host_if,
-            "nud",
-            "permanent",
-        ])?;
+        permanent_neighbour(&self.node, &a, &pod_mac, &pod.host_if)?;
         self.pods[idx].ip6 = Some(addr);
         Ok(())
     }
@@ -432,30 +427,10 @@ impl Topology {
         ns.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
         let host_mac = link_mac(&self.node, &host_if)?;
         let pod_mac = link_mac(&ns, "eth0")?;
-        ns.ip(&[
-            "neigh",
-            "add",
-            GATEWAY,
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        permanent_neighbour(&ns, GATEWAY, &host_mac, "eth0")?;
         self.node
             .ip(&["route", "add", &format!("{addr}/32"), "dev", &host_if])?;
-        self.node.ip(&[
-            "neigh",
-            "add",
-            &addr.to_string(),
-            "lladdr",
-            &pod_mac,
-            "dev",
-            &host_if,
-            "nud",
-            "permanent",
-        ])?;
+        permanent_neighbour(&self.node, &addr.to_string(), &pod_mac, &host_if)?;
         self.pods.push(Pod {
             ns,
             ip: addr,

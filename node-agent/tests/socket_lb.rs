@@ -52,6 +52,34 @@ fn client(
     .expect("client ran")
 }
 
+/// Service 1 (TCP 80 -> 8080) and service 2 (UDP 53 -> 5353) on `vip`, random choice; the
+/// TCP one is returned for changes.
+fn tcp_and_udp(
+    dp: &mut node_agent::datapath::Datapath,
+    vip: IpAddr,
+    backends: impl Fn(u16) -> Vec<Backend>,
+) -> Service {
+    let tcp = Service {
+        id: 1,
+        vip,
+        port: 80,
+        proto: c::PROTO_TCP,
+        algorithm: LbAlgorithm::Random,
+        affinity: None,
+        backends: backends(8080),
+    };
+    dp.apply_service(&tcp).unwrap();
+    dp.apply_service(&Service {
+        id: 2,
+        port: 53,
+        proto: c::PROTO_UDP,
+        backends: backends(5353),
+        ..tcp.clone()
+    })
+    .unwrap();
+    tcp
+}
+
 fn spread(r: &ClientReport) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (a, _) in &r.answers {
@@ -81,24 +109,7 @@ fn vip_spreads_connections_translates_back_and_drops_without_backend() {
             .map(|i| backend(&topo, i, 10 + i as u32 + port as u32, port))
             .collect::<Vec<_>>()
     };
-    let mut tcp_svc = Service {
-        id: 1,
-        vip: VIP.into(),
-        port: 80,
-        proto: c::PROTO_TCP,
-        algorithm: LbAlgorithm::Random,
-        affinity: None,
-        backends: backends(8080),
-    };
-    dp.apply_service(&tcp_svc).unwrap();
-    dp.apply_service(&Service {
-        id: 2,
-        port: 53,
-        proto: c::PROTO_UDP,
-        backends: backends(5353),
-        ..tcp_svc.clone()
-    })
-    .unwrap();
+    let mut tcp_svc = tcp_and_udp(&mut dp, VIP.into(), backends);
 
     let mut events = dp.flow_events().unwrap();
     let r = client(&topo, &cg, 0, SocketAddrV4::new(VIP, 80), false, 60);
@@ -359,24 +370,7 @@ fn ipv6_vip_spreads_over_ipv6_backends_and_answers_as_the_vip() {
             })
             .collect::<Vec<_>>()
     };
-    let mut tcp_svc = Service {
-        id: 1,
-        vip: vip6.into(),
-        port: 80,
-        proto: c::PROTO_TCP,
-        algorithm: LbAlgorithm::Random,
-        affinity: None,
-        backends: backends(8080),
-    };
-    dp.apply_service(&tcp_svc).unwrap();
-    dp.apply_service(&Service {
-        id: 2,
-        port: 53,
-        proto: c::PROTO_UDP,
-        backends: backends(5353),
-        ..tcp_svc.clone()
-    })
-    .unwrap();
+    let mut tcp_svc = tcp_and_udp(&mut dp, vip6.into(), backends);
 
     let mut events = dp.flow_events().unwrap();
     let r = client(&topo, &cg, 0, SocketAddrV6::new(vip6, 80, 0, 0), false, 40);
