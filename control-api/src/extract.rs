@@ -170,9 +170,9 @@ pub fn nul_at(v: &serde_json::Value, path: String) -> Option<String> {
     }
 }
 
-/// What [`nul_at`] enforces, stated in the spec: every string a request body can carry that
-/// has no pattern, format or enum of its own gets [`NO_NUL_PATTERN`] (request bodies' inline
-/// schemas and the component schemas they reach).
+/// What [`nul_at`] and `pagination::Query` enforce, stated in the spec: every string a
+/// request body or a query parameter can carry that has no pattern, format or enum of its
+/// own gets [`NO_NUL_PATTERN`] (inline schemas and the component schemas they reach).
 pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
     let mut reached = std::collections::BTreeSet::new();
     for_each_operation(spec, |op| {
@@ -181,6 +181,15 @@ pub fn state_no_nul(spec: &mut utoipa::openapi::OpenApi) {
             .iter_mut()
             .flat_map(|b| b.content.values_mut());
         for schema in bodies.filter_map(|c| c.schema.as_mut()) {
+            no_nul_in(schema, &mut reached);
+        }
+        // Query parameters too: `pagination::Query` refuses NUL in any of them.
+        let query = op
+            .parameters
+            .iter_mut()
+            .flatten()
+            .filter(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Query);
+        for schema in query.filter_map(|p| p.schema.as_mut()) {
             no_nul_in(schema, &mut reached);
         }
     });

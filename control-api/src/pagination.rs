@@ -44,6 +44,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or("");
+        // PostgreSQL text cannot hold NUL: refused here, by name, for every parameter (a
+        // lookup by such a value would otherwise fail in the database, as a 500).
+        if let Some((name, _)) =
+            form_urlencoded::parse(q.as_bytes()).find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(ApiError::invalid_field(
+                name.replace('\0', "\\0"),
+                "must not contain the NUL character (U+0000)",
+            ));
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(Query)
