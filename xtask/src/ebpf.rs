@@ -43,7 +43,7 @@ fn cargo_home_bin() -> PathBuf {
         .join("bin")
 }
 
-fn ensure_nightly() -> Result<()> {
+pub fn ensure_nightly() -> Result<()> {
     let toolchains =
         output_ok(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if toolchains.lines().any(|l| l.starts_with("nightly")) {

@@ -1,3 +1,6 @@
+//! `cargo xtask fuzz --list` and `cargo xtask fuzz <target> [--seconds N]`: the cargo-fuzz
+//! targets (see `libfuzz`).
+//!
 //! `cargo xtask fuzz policy [--minutes N] [--seed S]`: the kernel-vs-model differential test
 //! (`node-agent/tests/policy_diff.rs`) for as long as asked, instead of CI's 10,000 cases.
 //! Prints the cases run and every mismatch with a shrunk reproducer.
@@ -18,9 +21,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     let target = match it.next().map(String::as_str) {
         Some(t @ ("policy" | "api")) => t,
-        other => {
-            bail!("usage: cargo xtask fuzz policy|api [--minutes N] [--seed S] (got {other:?})")
+        Some("--list") => {
+            for (t, what) in crate::libfuzz::TARGETS {
+                println!("{t}\t{what}");
+            }
+            return Ok(());
         }
+        Some(t) => return crate::libfuzz::main(t, &args[1..]),
+        None => bail!(
+            "usage: cargo xtask fuzz --list | <target> [--seconds N] | policy|api [--minutes N] [--seed S]"
+        ),
     };
     while let Some(a) = it.next() {
         match a.as_str() {

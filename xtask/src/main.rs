@@ -10,6 +10,7 @@ mod ebpf;
 mod fuzz;
 mod http;
 mod imports;
+mod libfuzz;
 mod nodes;
 mod oidc;
 mod pg;
@@ -44,6 +45,11 @@ commands:
   openapi           regenerate openapi/openapi.json from the code
   proto             regenerate proto/src/gen from proto/*.proto (needs protoc)
   ebpf              install the eBPF toolchain if missing, build the datapath object
+  fuzz --list       the cargo-fuzz targets, one a line (target, what it checks)
+  fuzz <target> [--seconds N]
+                    one cargo-fuzz target (nightly, libFuzzer + ASan) from its seeds in
+                    fuzz/seeds/<target> for N seconds (default 60); `cargo xtask test` runs
+                    each for 30 s
   fuzz policy [--minutes N] [--seed S]
                     kernel-vs-model policy differential test for N minutes (default
                     10): random tenants and packets; prints cases run and mismatches

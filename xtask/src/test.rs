@@ -118,12 +118,14 @@ pub fn test(args: &[String]) -> Result<()> {
     eprintln!("xtask: cargo nextest run --workspace");
     let passthrough: Vec<&String> = args
         .iter()
-        .filter(|a| !["--no-lint", "--demo", "--schemathesis"].contains(&a.as_str()))
+        .filter(|a| !["--no-lint", "--demo", "--schemathesis", "--fuzz"].contains(&a.as_str()))
         .collect();
     // The demo check runs in a full run (no test filter), or when asked for.
     let demo = passthrough.is_empty() || args.iter().any(|a| a == "--demo");
     // The API fuzzer (about 3 minutes) runs in a full run, or when asked for.
     let fuzz = passthrough.is_empty() || args.iter().any(|a| a == "--schemathesis");
+    // The cargo-fuzz targets (30 s each) too.
+    let libfuzz = passthrough.is_empty() || args.iter().any(|a| a == "--fuzz");
     let nextest = sh::run(
         cargo()
             .current_dir(&root)
@@ -140,6 +142,9 @@ pub fn test(args: &[String]) -> Result<()> {
     drop(pg);
     nextest?;
     fuzz?;
+    if libfuzz {
+        crate::libfuzz::ci()?;
+    }
     if demo {
         crate::console::checks()?;
         crate::demo_check::check()?;
