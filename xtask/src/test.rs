@@ -106,6 +106,7 @@ pub fn test(args: &[String]) -> Result<()> {
         ]))?;
         eprintln!("xtask: import graph (cargo xtask imports)");
         crate::imports::main(&[])?;
+        shellcheck(&root)?;
     }
     let pg = TestPostgres::start()?;
     let url = pg
@@ -150,4 +151,23 @@ pub fn test(args: &[String]) -> Result<()> {
         crate::demo_check::check()?;
     }
     Ok(())
+}
+
+/// The shell we ship (the install script users pipe into `sh`) and CI's entry point, checked
+/// with ShellCheck (installed from the distribution when missing).
+fn shellcheck(root: &std::path::Path) -> Result<()> {
+    let present = Command::new("shellcheck")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        sh::apt_install(&["shellcheck"])?;
+    }
+    eprintln!("xtask: shellcheck");
+    sh::run(Command::new("shellcheck").current_dir(root).args([
+        "-s",
+        "sh",
+        "control-api/src/api/install/install.sh",
+    ]))?;
+    sh::run(Command::new("shellcheck").current_dir(root).arg(".ci/run"))
 }

@@ -190,7 +190,8 @@ else
         i=0
         while kill -0 "$(cat "$PID_FILE")" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
     fi
-    # shellcheck disable=SC2086 # LABELS is a list of checked --label KEY=VALUE words
+    # LABELS is a list of checked --label KEY=VALUE words; ENV_FILE is the file written above.
+    # shellcheck disable=SC2086,SC1090
     (set -a && . "$ENV_FILE" && exec "$PREFIX/bin/node-agent" run $LABELS) </dev/null >>"$LOG" 2>&1 &
     echo $! >"$PID_FILE"
 fi
@@ -199,7 +200,7 @@ agent_stopped() {
     if [ "$SYSTEMD" = 1 ]; then
         systemctl is-failed --quiet weft-agent.service
     else
-        ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+        if kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then return 1; fi
     fi
 }
 agent_log() {
