@@ -54,9 +54,53 @@ pub fn standalone(budget: Budget) -> Result<()> {
     run(cluster, &pg.dir, budget)
 }
 
+/// The Python the venv is made with, and a short name for it: 3.12 or 3.13 when the
+/// machine has one (pyenv installs them beside its default), since CPython 3.11 up to
+/// 3.11.7 races in `ast.parse` between threads and Schemathesis's two workers hit it (a
+/// crash of the tool, not a finding); else `python3`.
+fn python() -> (PathBuf, String) {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        let versions = PathBuf::from(home).join(".pyenv/versions");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&versions)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                        n.is_some_and(|n| n.starts_with("3.12.") || n.starts_with("3.13."))
+                    })
+                    .map(|p| p.join("bin/python3"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        candidates.extend(found);
+    }
+    candidates.extend(["python3.12", "python3.13"].map(PathBuf::from));
+    let works = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import venv"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let chosen = candidates
+        .into_iter()
+        .find(works)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let version = Command::new(&chosen)
+        .args(["-c", "import sys; print('py%d.%d' % sys.version_info[:2])"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "py3".to_string());
+    (chosen, version)
+}
+
 /// Installs Schemathesis into a venv under the target dir, unless that version is there.
 fn ensure_installed() -> Result<PathBuf> {
-    let venv = sh::target_dir().join(format!("schemathesis-{VERSION}"));
+    let (python, py) = python();
+    let venv = sh::target_dir().join(format!("schemathesis-{VERSION}-{py}"));
     let bin = venv.join("bin/schemathesis");
     let have = Command::new(&bin)
         .arg("--version")
@@ -67,14 +111,14 @@ fn ensure_installed() -> Result<PathBuf> {
             "xtask: installing schemathesis {VERSION} into {}",
             venv.display()
         );
-        if Command::new("python3")
+        if Command::new(&python)
             .args(["-m", "venv", "--help"])
             .output()
             .map_or(true, |o| !o.status.success())
         {
             sh::apt_install(&["python3-venv"])?;
         }
-        sh::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        sh::run(Command::new(&python).arg("-m").arg("venv").arg(&venv))?;
         sh::run(Command::new(venv.join("bin/pip")).args([
             "install",
             "-q",
@@ -227,9 +271,10 @@ pub fn run(cluster: &pg::Cluster, dir: &Path, budget: Budget) -> Result<()> {
             .context("running schemathesis")
     };
     let mut status = run()?;
-    // CPython 3.11.7 (the machine's) races in `ast.parse` between threads ("AST constructor
-    // recursion depth mismatch", fixed in later CPythons), which Hypothesis calls from both
-    // workers: a crash of the tool, not a finding. Such a run is made once more.
+    // CPython 3.11.7 (the machine's default) races in `ast.parse` between threads ("AST
+    // constructor recursion depth mismatch"), which Hypothesis calls from both workers: a
+    // crash of the tool, not a finding. The venv avoids it where a newer Python exists
+    // (`python`); where not, such a run is made once more.
     if !status.success() && tool_crashed_only(&out) {
         eprintln!(
             "xtask: schemathesis itself crashed (see its traceback above), running it once more"
