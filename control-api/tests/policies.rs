@@ -278,15 +278,15 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
                 {"toFQDNs": [{"matchName": "api.example.com"}],
                  "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
                 {"toEndpoints": [{}],
-                 "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
-                              "rules": {"http": [{"method": "GET"}]}}]}
+                 "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}],
+                              "rules": {"dns": [{"matchPattern": "*.example.com"}]}}]}
             ]
         }
     });
     let fields = [
         "spec.ingress[0].fromEntities[0]",
         "spec.egress[0].toFQDNs",
-        "spec.egress[1].toPorts[0].rules.http",
+        "spec.egress[1].toPorts[0].rules.dns",
     ];
 
     // Strict: refused, each field named, nothing written.

@@ -12,6 +12,7 @@ pub mod flows;
 pub mod names;
 pub mod netlink;
 pub mod netns;
+pub mod proxy;
 pub mod routing;
 pub mod sim;
 pub mod tools;

@@ -145,15 +145,13 @@ fn rules_weft_does_not_enforce_fail_closed_as_unsupported_rule() {
     let mut state = Programmed::default();
     let b = SocketAddrV4::new(topo.pods[1].ip, 8080);
     let _srv = Server::tcp(&topo.pods[1].ns, 8080, "b").unwrap();
-    // b: HTTP rules for a (needs the L7 proxy Weft lacks), plain L4 allow for c.
+    // a: DNS rules towards b (needs the DNS proxy Weft lacks); c has no egress policy.
     let spec = serde_json::json!({
-        "endpointSelector": {"matchLabels": {"app": "b"}},
-        "ingress": [
-            {"fromEndpoints": [{"matchLabels": {"app": "a"}}],
+        "endpointSelector": {"matchLabels": {"app": "a"}},
+        "egress": [
+            {"toEndpoints": [{"matchLabels": {"app": "b"}}],
              "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
-                          "rules": {"http": [{"method": "GET", "path": "/"}]}}]},
-            {"fromEndpoints": [{"matchLabels": {"app": "c"}}],
-             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}
+                          "rules": {"dns": [{"matchPattern": "*"}]}}]}
         ]
     });
     program(&mut dp, &mut state, &view(&topo, &[spec]));
@@ -165,10 +163,10 @@ fn rules_weft_does_not_enforce_fail_closed_as_unsupported_rule() {
     assert_eq!(unsupported(&dp), 0);
     assert!(
         tcp_from(&topo, 0, b).is_err(),
-        "a -> b: L7 rule must not allow"
+        "a -> b: an unenforced DNS rule must not allow"
     );
     assert!(unsupported(&dp) > 0, "dropped as UNSUPPORTED_RULE");
-    assert_eq!(tcp_from(&topo, 2, b).expect("c -> b: plain allow"), "b");
+    assert_eq!(tcp_from(&topo, 2, b).expect("c -> b: no policy"), "b");
     // Elsewhere the drop stays POLICY_DENIED.
     let before = unsupported(&dp);
     let _other = Server::tcp(&topo.pods[1].ns, 9090, "b").unwrap();

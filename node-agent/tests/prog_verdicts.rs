@@ -193,10 +193,27 @@ fn redirect_marks_packets_for_the_proxy() {
         )],
     )
     .unwrap();
+    // No proxy device on the node: nothing to hand the connection to, fail closed.
     let r = dp
         .test_run(TO, &tcp(REMOTE, EP1, 40000, 80, TCP_SYN), 1)
         .unwrap();
-    assert_eq!(r.retval, TC_ACT_OK);
+    assert_eq!(r.retval, TC_ACT_SHOT);
+    assert_eq!(
+        dp.counters()
+            .unwrap()
+            .packets(c::VERDICT_DROPPED, c::DROP_INTERNAL),
+        1
+    );
+    // With one: redirected into its ingress (TC_ACT_REDIRECT), marked with the port.
+    dp.set_runtime_config(c::Config {
+        proxy_ifindex: 1,
+        ..c::Config::default()
+    })
+    .unwrap();
+    let r = dp
+        .test_run(TO, &tcp(REMOTE, EP1, 40000, 80, TCP_SYN), 1)
+        .unwrap();
+    assert_eq!(r.retval, 7, "TC_ACT_REDIRECT");
     let mark = u32::from_ne_bytes([r.ctx_out[8], r.ctx_out[9], r.ctx_out[10], r.ctx_out[11]]);
     assert_eq!(mark, c::MARK_PROXY | (15001 << 16));
     assert_eq!(

@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use weft_model::desired::{
-    Action, Delta, DesiredBackend, DesiredEndpoint, DesiredService, IpcacheEntry, NodeDesiredState,
-    PolicyRule, PROTO_TCP, PROTO_UDP,
+    Action, Delta, DesiredBackend, DesiredEndpoint, DesiredService, HttpMatch, IpcacheEntry,
+    NodeDesiredState, PolicyRule, PROTO_TCP, PROTO_UDP,
 };
 use weft_model::policy::eval::Direction;
 use weft_model::routing::{ClusterNode, RoutingMode};
@@ -50,6 +50,12 @@ pub enum WireError {
     EmptyId { item: &'static str },
     #[error("{item}: listed twice")]
     Duplicate { item: String },
+    #[error("{item}: {field}: {reason}")]
+    Invalid {
+        item: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 /// What a `Sync` message asks of the node.
@@ -111,6 +117,29 @@ impl From<&PolicyRule> for pb::PolicyRule {
             } as i32,
             l7: r.l7,
             origin: r.origin.clone(),
+            http: r.http.iter().map(pb::HttpMatch::from).collect(),
+        }
+    }
+}
+
+impl From<&HttpMatch> for pb::HttpMatch {
+    fn from(h: &HttpMatch) -> Self {
+        pb::HttpMatch {
+            method: h.method.clone(),
+            path: h.path.clone(),
+            host: h.host.clone(),
+            headers: h.headers.clone(),
+        }
+    }
+}
+
+impl From<pb::HttpMatch> for HttpMatch {
+    fn from(h: pb::HttpMatch) -> Self {
+        HttpMatch {
+            method: h.method,
+            path: h.path,
+            host: h.host,
+            headers: h.headers,
         }
     }
 }
@@ -396,6 +425,15 @@ fn rule(item: impl Fn() -> String, r: pb::PolicyRule) -> Result<PolicyRule, Wire
             u16_of(&item, "last port", p.last)?,
         )),
     };
+    // HTTP rules go with L7 allows and only with them: an L7 entry without rules would be
+    // read as allowing nothing or everything, neither of which was sent.
+    if r.l7 == r.http.is_empty() || (r.l7 && action != Action::Allow) {
+        return Err(WireError::Invalid {
+            item: item(),
+            field: "http",
+            reason: "HTTP rules go with L7 allow rules, and every L7 allow rule has some".into(),
+        });
+    }
     Ok(PolicyRule {
         direction,
         peer_identity: r.peer_identity,
@@ -403,6 +441,7 @@ fn rule(item: impl Fn() -> String, r: pb::PolicyRule) -> Result<PolicyRule, Wire
         ports,
         action,
         l7: r.l7,
+        http: r.http.into_iter().map(HttpMatch::from).collect(),
         origin: r.origin,
     })
 }

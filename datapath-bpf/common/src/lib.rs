@@ -95,6 +95,8 @@ pub mod progs {
     pub const FROM_TUNNEL: &str = "weft_from_tunnel";
     /// tc on the VXLAN device, egress: the source endpoint's identity into the VNI.
     pub const TO_TUNNEL: &str = "weft_to_tunnel";
+    /// tc on the node's L7 proxy device, ingress: hands redirected connections to the proxy.
+    pub const TO_PROXY: &str = "weft_to_proxy";
 }
 
 /// A 16-byte address in network byte order; IPv4 lives in `addr[0..4]`.
@@ -337,6 +339,9 @@ pub struct Config {
     pub event_flags: u32,
     /// Seed for the in-kernel flow hash (Maglev slot choice).
     pub hash_seed: u32,
+    /// The node namespace's L7 proxy device (`weftpx`): connections an endpoint's ingress
+    /// rules send to the proxy are redirected into it (0: no proxy; such packets drop).
+    pub proxy_ifindex: u32,
 }
 
 impl Default for Config {
@@ -351,6 +356,7 @@ impl Default for Config {
                 | EVENTS_ON_TCP_FLAGS
                 | EVENTS_ON_TRANSLATE,
             hash_seed: 0x5eed_4e57,
+            proxy_ifindex: 0,
         }
     }
 }
@@ -595,13 +601,34 @@ pub fn identity_mark(id: u32) -> u32 {
     MARK_IDENTITY | ((id & 0xffff) << 16) | ((id >> 16) & 0xff)
 }
 
+/// Mark the L7 proxy sets on what it forwards to an endpoint after checking the request
+/// against that endpoint's ingress L7 rules: carries the client's identity (as
+/// [`MARK_IDENTITY`]) and tells `weft_to_endpoint` not to redirect it again.
+pub const MARK_PROXIED: u32 = 0x0c00;
+
+/// The mark the L7 proxy forwards an ingress-checked request with (see [`MARK_PROXIED`]).
+#[inline(always)]
+pub fn proxied_mark(id: u32) -> u32 {
+    MARK_PROXIED | (identity_mark(id) & !MARK_MAGIC_MASK)
+}
+
 /// The identity a mark carries, if it carries one.
 #[inline(always)]
 pub fn identity_of_mark(mark: u32) -> Option<u32> {
-    if mark & MARK_MAGIC_MASK != MARK_IDENTITY {
+    let magic = mark & MARK_MAGIC_MASK;
+    if magic != MARK_IDENTITY && magic != MARK_PROXIED {
         return None;
     }
     Some((mark >> 16) | ((mark & 0xff) << 16))
+}
+
+/// The proxy port a packet redirected to the L7 proxy carries in its mark.
+#[inline(always)]
+pub fn proxy_port_of_mark(mark: u32) -> Option<u16> {
+    if mark & MARK_MAGIC_MASK != MARK_PROXY {
+        return None;
+    }
+    Some((mark >> 16) as u16)
 }
 
 #[cfg(feature = "user")]
@@ -683,5 +710,17 @@ mod tests {
         }
         assert_eq!(identity_of_mark(0), None);
         assert_eq!(identity_of_mark(MARK_PROXY | (8080 << 16)), None);
+    }
+
+    #[test]
+    fn proxied_marks_carry_the_identity_and_proxy_marks_the_port() {
+        for id in [256, 0xfffe, 0x10000, 0xabcdef] {
+            let m = proxied_mark(id);
+            assert_eq!(m & MARK_MAGIC_MASK, MARK_PROXIED);
+            assert_eq!(identity_of_mark(m), Some(id), "{id:#x}");
+            assert_eq!(proxy_port_of_mark(m), None);
+        }
+        assert_eq!(proxy_port_of_mark(MARK_PROXY | (15001 << 16)), Some(15001));
+        assert_eq!(proxy_port_of_mark(identity_mark(15001)), None);
     }
 }

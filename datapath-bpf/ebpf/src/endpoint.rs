@@ -25,7 +25,7 @@ fn drop_pkt(p: &Pkt, cfg: &Config, info: &EventInfo) -> i32 {
 }
 
 #[inline(always)]
-fn pass_pkt(ctx: &mut TcContext, p: &Pkt, dir: u8, proxy_port: u16) -> i32 {
+fn pass_pkt(ctx: &mut TcContext, p: &Pkt, dir: u8, proxy_port: u16, cfg: &Config) -> i32 {
     if p.frag == FRAG_FIRST {
         // The later fragments of this datagram follow this verdict.
         if let Some(k) = frag_key(p, dir) {
@@ -39,11 +39,9 @@ fn pass_pkt(ctx: &mut TcContext, p: &Pkt, dir: u8, proxy_port: u16) -> i32 {
         }
     }
     if proxy_port != 0 {
-        ctx.set_mark(MARK_PROXY | ((proxy_port as u32) << 16));
-        count(VERDICT_REDIRECTED, DROP_NONE, p.bytes as u64);
-    } else {
-        count(VERDICT_FORWARDED, DROP_NONE, p.bytes as u64);
+        return crate::proxy::redirect(ctx, p, dir, proxy_port, cfg);
     }
+    count(VERDICT_FORWARDED, DROP_NONE, p.bytes as u64);
     TC_ACT_OK
 }
 
@@ -122,6 +120,16 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     };
     let peer_identity_of =
         |family: u8, addr: &Addr| wire_identity.unwrap_or_else(|| peer_identity_of(family, addr));
+    // Forwarded by the L7 proxy after it checked the request against this endpoint's
+    // ingress L7 rules: allowed at L3/L4 as usual, but not redirected again.
+    let proxied = dir == DIR_INGRESS && mark & MARK_MAGIC_MASK == MARK_PROXIED;
+    let decide = |ep: &EndpointValue, dir: u8, peer_identity: u32, p: &Pkt| {
+        let mut d = decide(ep, dir, peer_identity, p);
+        if proxied {
+            d.proxy_port = 0;
+        }
+        d
+    };
     // Source validation: what an endpoint sends carries its own address (the endpoint map
     // records the endpoint's interface; 0 = not known to the agent, not checked).
     if dir == DIR_EGRESS && ep.ifindex != 0 {
@@ -201,7 +209,7 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
                 if cfg.event_flags & EVENTS_ALL != 0 {
                     emit(&p, &info);
                 }
-                return pass_pkt(ctx, &p, dir, 0);
+                return pass_pkt(ctx, &p, dir, 0, &cfg);
             }
         }
         let peer_identity = peer_identity_of(p.family, &peer_addr);
@@ -211,7 +219,8 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             info.reason = d.reason;
             return drop_pkt(&p, &cfg, &info);
         }
-        return pass_pkt(ctx, &p, dir, d.proxy_port);
+        // ICMP errors never go to the L7 proxy.
+        return pass_pkt(ctx, &p, dir, 0, &cfg);
     }
     // SAFETY: per-CPU map value, only this program invocation uses it (no preemption
     // within a BPF program on this CPU).
@@ -268,7 +277,7 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             {
                 emit(&p, &info);
             }
-            return pass_pkt(ctx, &p, dir, proxy_port);
+            return pass_pkt(ctx, &p, dir, proxy_port, &cfg);
         }
         let _ = WEFT_CT.remove(fwd);
     }
@@ -305,7 +314,7 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
             {
                 emit(&p, &info);
             }
-            return pass_pkt(ctx, &p, dir, 0);
+            return pass_pkt(ctx, &p, dir, 0, &cfg);
         }
         let _ = WEFT_CT.remove(rev);
     }
@@ -347,5 +356,5 @@ pub(crate) fn handle(ctx: &mut TcContext, obs: u8) -> i32 {
     if cfg.event_flags & (EVENTS_ON_START | EVENTS_ALL) != 0 {
         emit(&p, &info);
     }
-    pass_pkt(ctx, &p, dir, d.proxy_port)
+    pass_pkt(ctx, &p, dir, d.proxy_port, &cfg)
 }

@@ -9,6 +9,8 @@
 //! - `weft_lb_ingress` / `weft_lb_egress`: north-south load balancing on the node's uplink.
 //! - `weft_to_tunnel` / `weft_from_tunnel`: tc programs on the node's VXLAN device that
 //!   carry the source endpoint's identity in the VNI (identity on the wire).
+//! - `weft_to_proxy`: tc ingress on the node's L7 proxy device: hands connections that
+//!   endpoints' ingress L7 rules redirect to the agent's proxy socket (see `proxy`).
 //! - `weft_pass`: tc pass-through (benchmark floor).
 //!
 //! Fail closed: any classification error drops the packet and counts the drop.
@@ -27,6 +29,7 @@ mod lb;
 mod maps;
 mod parse;
 mod policy;
+mod proxy;
 mod sock;
 mod tunnel;
 
@@ -67,6 +70,13 @@ pub fn weft_to_tunnel(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weft_from_tunnel(mut ctx: TcContext) -> i32 {
     tunnel::from_tunnel(&mut ctx)
+}
+
+// ---- L7 proxy hand-off (tc ingress on the node's proxy device) ----
+
+#[classifier]
+pub fn weft_to_proxy(mut ctx: TcContext) -> i32 {
+    proxy::to_proxy(&mut ctx)
 }
 
 #[classifier]

@@ -373,6 +373,7 @@ impl ClusterPlan {
                     ports: None,
                     action: Action::Allow,
                     l7: false,
+                    http: Vec::new(),
                     origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
                 });
             }
@@ -430,6 +431,7 @@ fn keep_denies_without_default_deny(ep: &mut DesiredEndpoint, rules: &mut Vec<Po
             ports: None,
             action: Action::Allow,
             l7: false,
+            http: Vec::new(),
             origin: DEFAULT_ALLOW_ORIGIN.to_string(),
         });
     }
@@ -519,22 +521,87 @@ fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
         }
 }
 
+/// Splits L7 entries on port ranges where another allow's range of the same direction starts
+/// or ends inside them, so that each piece lies wholly inside or wholly outside every allow:
+/// the datapath picks one entry per port (longest prefix), and the pieces let `normalize`
+/// drop what a plain allow covers and give each piece exactly the HTTP rules that apply.
+fn split_l7_ranges(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    let bounds: Vec<(Direction, u16, u16)> = rules
+        .iter()
+        .filter(|p| p.action == Action::Allow)
+        .filter_map(|p| p.ports.map(|(lo, hi)| (p.direction, lo, hi)))
+        .collect();
+    let mut out = Vec::with_capacity(rules.len());
+    for r in rules {
+        let (true, Some((lo, hi))) = (r.l7, r.ports) else {
+            out.push(r);
+            continue;
+        };
+        let mut starts = BTreeSet::from([lo]);
+        for &(d, plo, phi) in &bounds {
+            if d != r.direction {
+                continue;
+            }
+            if plo > lo && plo <= hi {
+                starts.insert(plo);
+            }
+            if phi >= lo && phi < hi {
+                starts.insert(phi + 1);
+            }
+        }
+        let starts: Vec<u16> = starts.into_iter().collect();
+        for (k, &start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).map_or(hi, |next| next - 1);
+            out.push(PolicyRule {
+                ports: Some((start, end)),
+                ..r.clone()
+            });
+        }
+    }
+    out
+}
+
 /// One endpoint's rules in canonical form: sorted, one rule per key (origins of rules that
 /// compile to the same entry are joined), and no L7 or unsupported entry that a plain allow
 /// covers (the evaluator allows such flows without L7, and the datapath would otherwise pick
 /// the more specific entry).
-fn normalize(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+fn normalize(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    let mut rules = split_l7_ranges(rules);
+    // An unsupported entry under an L7 allow goes too: its flows are allowed (subject to
+    // the HTTP rules), and two entries of one datapath key must not compete.
     let covered: Vec<bool> = rules
         .iter()
         .map(|r| {
             (r.l7 || r.action == Action::Unsupported)
-                && rules
-                    .iter()
-                    .any(|p| p.action == Action::Allow && !p.l7 && covers(p, r))
+                && rules.iter().any(|p| {
+                    p.action == Action::Allow
+                        && (!p.l7 || r.action == Action::Unsupported)
+                        && covers(p, r)
+                })
         })
         .collect();
     let mut covered = covered.into_iter();
     rules.retain(|_| !covered.next().unwrap_or(false));
+    // HTTP rules are alternatives: a request on a narrower L7 entry (the one the datapath
+    // picks) is allowed by the rules of every L7 entry that covers it too.
+    let wider: Vec<Vec<HttpMatch>> = rules
+        .iter()
+        .map(|r| {
+            if !r.l7 {
+                return Vec::new();
+            }
+            rules
+                .iter()
+                .filter(|p| p.l7 && p.action == Action::Allow && covers(p, r))
+                .flat_map(|p| p.http.iter().cloned())
+                .collect()
+        })
+        .collect();
+    for (r, extra) in rules.iter_mut().zip(wider) {
+        r.http.extend(extra);
+        r.http.sort();
+        r.http.dedup();
+    }
     rules.sort_by(|a, b| {
         rule_key(a)
             .cmp(&rule_key(b))

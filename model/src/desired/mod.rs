@@ -21,8 +21,12 @@
 //!   addresses have /32 (/128) entries and so never take a CIDR identity: CIDR rules match
 //!   only outside peers, as in the evaluator.
 //!
+//! HTTP rules (`toPorts[].rules.http`) compile to allow entries marked `l7` with the rules
+//! ([`PolicyRule::http`]): the agent redirects their TCP connections to its L7 proxy, which
+//! checks every request. Other protocols of such a port rule allow nothing.
+//!
 //! Not enforced (see [`crate::policy::not_enforced`]): allow rules whose port rule carries
-//! HTTP or DNS rules, `toFQDNs` peers (every outside identity stands in for them) and the
+//! DNS rules, `toFQDNs` peers (every outside identity stands in for them) and the
 //! `unmanaged` / `kube-apiserver` entities (world, and host and remote-node for the API
 //! server) compile to [`Action::Unsupported`]: nothing is allowed, and the datapath reports
 //! such drops as `UNSUPPORTED_RULE`. Deny rules decide at L4, and deny the stand-in peers.

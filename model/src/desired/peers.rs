@@ -147,7 +147,7 @@ pub(super) struct NamedRule {
     name: String,
     protos: &'static [u8],
     action: Action,
-    l7: bool,
+    l7: L7,
     origin: String,
 }
 
@@ -173,17 +173,16 @@ impl NamedRule {
                 },
             };
             for (proto, port) in ports {
-                let action = match self.action {
-                    Action::Allow if self.l7 || peer_unsupported => Action::Unsupported,
-                    other => other,
-                };
+                let (action, l7, http) =
+                    entry_action(self.action, peer_unsupported, Some(proto), &self.l7);
                 out.push(PolicyRule {
                     direction: self.direction,
                     peer_identity: peer,
                     proto: Some(proto),
                     ports: Some((port, port)),
                     action,
-                    l7: false,
+                    l7,
+                    http,
                     origin: self.origin.clone(),
                 });
             }
@@ -244,25 +243,25 @@ pub(super) fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) ->
                     name,
                     protos,
                     action,
-                    l7: l7 && action == Action::Allow,
+                    l7: if action == Action::Allow {
+                        l7
+                    } else {
+                        L7::None
+                    },
                     origin: path.clone(),
                 });
             }
             for (peer, peer_unsupported) in peer_list {
-                for &(proto, ports, l7) in &l4 {
-                    // Deny rules decide at L4 whatever L7 rules they carry; allows that need
-                    // the L7 proxy or an unenforced peer fail closed.
-                    let action = match action {
-                        Action::Allow if l7 || peer_unsupported => Action::Unsupported,
-                        other => other,
-                    };
+                for (proto, ports, l7) in &l4 {
+                    let (action, l7, http) = entry_action(action, peer_unsupported, *proto, l7);
                     c.rules.push(PolicyRule {
                         direction,
                         peer_identity: peer,
-                        proto,
-                        ports,
+                        proto: *proto,
+                        ports: *ports,
                         action,
-                        l7: false,
+                        l7,
+                        http,
                         origin: path.clone(),
                     });
                 }
@@ -395,7 +394,47 @@ fn resolve_peers(
     (PeerSet::Ids(ids), not_enforced)
 }
 
-type L4 = (Option<u8>, Option<(u16, u16)>, bool);
+type L4 = (Option<u8>, Option<(u16, u16)>, L7);
+
+/// What a port rule's L7 rules ask of the traffic its allows admit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum L7 {
+    /// No L7 rules: allowed at L4.
+    None,
+    /// HTTP rules: the agent's proxy checks every request (TCP only).
+    Http(Vec<HttpMatch>),
+    /// L7 rules Weft does not enforce (DNS): allows nothing (fail closed).
+    Unenforced,
+}
+
+fn l7_of(pr: &PortRule) -> L7 {
+    match &pr.rules {
+        Some(r) if !r.dns.is_empty() => L7::Unenforced,
+        Some(r) if !r.http.is_empty() => L7::Http(r.http.iter().map(HttpMatch::from).collect()),
+        _ => L7::None,
+    }
+}
+
+/// The entry one protocol of a rule gets: (action, l7, HTTP rules). Deny rules decide at L4
+/// whatever L7 rules they carry; allows with HTTP rules go through the proxy (TCP only: no
+/// other protocol speaks HTTP, so those allow nothing); allows that need an L7 Weft does not
+/// enforce, or name an unenforced peer, fail closed.
+fn entry_action(
+    action: Action,
+    peer_unsupported: bool,
+    proto: Option<u8>,
+    l7: &L7,
+) -> (Action, bool, Vec<HttpMatch>) {
+    match (action, l7) {
+        (Action::Allow, _) if peer_unsupported => (Action::Unsupported, false, Vec::new()),
+        (Action::Allow, L7::None) => (Action::Allow, false, Vec::new()),
+        (Action::Allow, L7::Http(h)) if proto == Some(PROTO_TCP) => {
+            (Action::Allow, true, h.clone())
+        }
+        (Action::Allow, _) => (Action::Unsupported, false, Vec::new()),
+        (other, _) => (other, false, Vec::new()),
+    }
+}
 
 /// The protocol/port entries of a rule (a rule without `toPorts` and `icmps` is any), and
 /// its named ports (name, protocols, l7), resolved later per destination endpoint.
@@ -404,19 +443,16 @@ fn resolve_l4(
     rule: &Peers<'_>,
     path: &str,
     unsupported: &mut Vec<String>,
-) -> (Vec<L4>, Vec<(String, &'static [u8], bool)>) {
+) -> (Vec<L4>, Vec<(String, &'static [u8], L7)>) {
     let mut named = Vec::new();
     if rule.to_ports.is_empty() && rule.icmps.is_empty() {
-        return (vec![(None, None, false)], named);
+        return (vec![(None, None, L7::None)], named);
     }
     let mut out = Vec::new();
     for (k, pr) in rule.to_ports.iter().enumerate() {
-        let l7 = pr
-            .rules
-            .as_ref()
-            .is_some_and(|r| !r.http.is_empty() || !r.dns.is_empty());
+        let l7 = l7_of(pr);
         if pr.ports.is_empty() {
-            out.push((None, None, l7));
+            out.push((None, None, l7.clone()));
             continue;
         }
         for (m, pp) in pr.ports.iter().enumerate() {
@@ -438,7 +474,7 @@ fn resolve_l4(
                     Some((start, end))
                 }
                 Ok(PortValue::Named(name)) => {
-                    named.push((name, protos, l7));
+                    named.push((name, protos, l7.clone()));
                     continue;
                 }
                 Err(why) => {
@@ -446,7 +482,7 @@ fn resolve_l4(
                     continue;
                 }
             };
-            out.extend(protos.iter().map(|p| (Some(*p), ports, l7)));
+            out.extend(protos.iter().map(|p| (Some(*p), ports, l7.clone())));
         }
     }
     for (k, icmp) in rule.icmps.iter().enumerate() {
@@ -457,7 +493,7 @@ fn resolve_l4(
                         IcmpFamily::IPv4 => PROTO_ICMP,
                         IcmpFamily::IPv6 => PROTO_ICMPV6,
                     };
-                    out.push((Some(proto), Some((u16::from(ty), u16::from(ty))), false));
+                    out.push((Some(proto), Some((u16::from(ty), u16::from(ty))), L7::None));
                 }
                 Err(why) => unsupported.push(format!(
                     "{path}.icmps[{k}].fields[{m}]: {why}, matches nothing"

@@ -215,9 +215,40 @@ pub struct PolicyRule {
     pub action: Action,
     /// Allowed only subject to L7 rules (the proxy decides per request).
     pub l7: bool,
+    /// With `l7`: the HTTP rules a request must match one of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpMatch>,
     /// Policy name and rule path, for debugging (`web specs[0].ingress[1]`); several, joined
     /// by ", ", when rules compile to the same entry.
     pub origin: String,
+}
+
+/// One HTTP rule of an L7 allow entry (Cilium's `PortRuleHTTP`): a request matches when every
+/// field given matches — `method`, `path` (with the query, as Envoy's `:path`) and `host`
+/// are regular expressions matched whole; `headers` are `Name` (present) or `Name: value`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HttpMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+}
+
+impl From<&crate::policy::HttpRule> for HttpMatch {
+    fn from(r: &crate::policy::HttpRule) -> Self {
+        // An empty field restricts nothing (as in Cilium).
+        let some = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        HttpMatch {
+            method: some(&r.method),
+            path: some(&r.path),
+            host: some(&r.host),
+            headers: r.headers.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,7 +44,6 @@ pub fn entity_not_enforced(entity: Entity) -> Option<&'static str> {
 
 const HOST_POLICY: &str = "host policies are not enforced: Weft does not filter the node's own traffic yet (the policy is stored and compiled, but no node interface is filtered)";
 const FQDN: &str = "Weft has no DNS proxy: traffic to outside peers on this rule's ports is dropped (UNSUPPORTED_RULE) unless another rule allows it";
-const HTTP: &str = "Weft has no L7 proxy: the rule allows nothing; its peers and ports are dropped (UNSUPPORTED_RULE) unless another rule allows them";
 const DNS: &str = "Weft has no DNS proxy: the rule allows nothing; its peers and ports are dropped (UNSUPPORTED_RULE) unless another rule allows them";
 
 fn condition(field: String, reason: &str) -> Condition {
@@ -100,10 +99,8 @@ fn entities(out: &mut Vec<Condition>, at: &str, field: &str, list: &[String]) {
 
 fn port_rules(out: &mut Vec<Condition>, at: &str, rules: &[PortRule]) {
     for (j, pr) in rules.iter().enumerate() {
+        // HTTP rules are enforced by the node agent's L7 proxy.
         let Some(l7) = &pr.rules else { continue };
-        if !l7.http.is_empty() {
-            out.push(condition(format!("{at}.toPorts[{j}].rules.http"), HTTP));
-        }
         if !l7.dns.is_empty() {
             out.push(condition(format!("{at}.toPorts[{j}].rules.dns"), DNS));
         }

@@ -148,6 +148,20 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
+/// The L7 proxy in the agent's (the node's) namespace: its device and policy routing, the
+/// datapath's hand-off program on the device, and the listeners' registry.
+async fn setup_l7_proxy(dp: &mut Datapath, pin_path: &Path) -> Result<(), String> {
+    let rtnl = crate::netlink::Rtnl::current().map_err(|e| e.to_string())?;
+    rtnl.ensure_proxy_routing()
+        .await
+        .map_err(|e| e.to_string())?;
+    dp.attach_proxy_device(crate::netlink::proxy::PROXY_DEVICE)
+        .map_err(|e| e.to_string())?;
+    let proxies = crate::proxy::Proxies::new(pin_path, crate::proxy::DEFAULT_BASE_PORT)?;
+    dp.set_l7_proxy(Box::new(proxies));
+    Ok(())
+}
+
 /// Runs the agent until `shutdown` completes. Errors only for what retrying cannot fix
 /// (datapath load, state dir, refused registration); the control plane being away is not
 /// one of them.
@@ -169,6 +183,10 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     if let Some(cg) = &args.cgroup {
         dp.attach_cgroup(cg)?;
+    }
+    if let Err(e) = setup_l7_proxy(&mut dp, &args.pin_path).await {
+        // Fail closed: L7 rules then allow nothing, and their acks say why.
+        tracing::warn!(error = %e, "no L7 proxy on this node: L7 rules are not programmed");
     }
     let events = dp.flow_events();
     let dp: SharedDatapath = Arc::new(Mutex::new(dp));

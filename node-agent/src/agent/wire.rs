@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weft_model::desired::{
-    self, Action, Delta, DesiredEndpoint, DesiredService, IpcacheEntry, NodeDesiredState,
-    PolicyRule,
+    self, Action, Delta, DesiredEndpoint, DesiredService, HttpMatch, IpcacheEntry,
+    NodeDesiredState, PolicyRule,
 };
 use weft_model::policy::eval::Direction;
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
@@ -54,6 +54,14 @@ pub trait DatapathOps {
     fn settle_policy(&mut self) -> Result<(), DatapathError> {
         Ok(())
     }
+    /// The L7 proxy port for an L7 allow entry (see [`Datapath::l7_proxy_port`]).
+    fn l7_proxy_port(
+        &mut self,
+        _direction: dp::Direction,
+        _http: &[HttpMatch],
+    ) -> Result<u16, DatapathError> {
+        Err(DatapathError::L7Proxy("no L7 proxy".into()))
+    }
 }
 
 impl DatapathOps for Datapath {
@@ -73,6 +81,13 @@ impl DatapathOps for Datapath {
     }
     fn remove_ipcache(&mut self, ip: IpAddr, prefix: u8) -> Result<(), DatapathError> {
         Datapath::remove_ipcache_ip(self, ip, prefix)
+    }
+    fn l7_proxy_port(
+        &mut self,
+        direction: dp::Direction,
+        http: &[HttpMatch],
+    ) -> Result<u16, DatapathError> {
+        Datapath::l7_proxy_port(self, direction, http)
     }
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError> {
         Datapath::apply_policy(self, ep_id, entries)
@@ -312,16 +327,16 @@ impl Programmed {
                 next.policy.remove(ep);
                 continue;
             };
-            let (entries, l7) = entries(&rules);
+            let (entries, l7_errors) = entries(dp, &rules);
             let res = dp.apply_policy(id, &entries);
             if let Err(e2) = res {
                 errors.push(err(item, e2));
                 next.policy.remove(ep);
-            } else if l7 > 0 {
-                // Fail closed: without the L7 proxy such rules allow nothing.
+            } else if let Some(first) = l7_errors.first() {
+                // Fail closed: an L7 rule without its proxy allows nothing.
                 errors.push(err(
                     item,
-                    format!("{l7} L7 rule(s) not programmed: no L7 proxy on this node yet"),
+                    format!("{} L7 rule(s) not programmed: {first}", l7_errors.len()),
                 ));
             }
         }
@@ -543,32 +558,39 @@ fn apply_ipcache(dp: &mut impl DatapathOps, e: &IpcacheEntry) -> Result<(), Data
     dp.apply_ipcache(e.prefix.network(), e.prefix.prefix_len(), e.identity)
 }
 
-/// The datapath entries of an endpoint's rules, and how many L7 rules were left out.
-fn entries(rules: &[PolicyRule]) -> (Vec<PolicyEntry>, usize) {
+/// The datapath entries of an endpoint's rules: L7 allows redirect to the proxy listener of
+/// their HTTP rules. An L7 rule whose listener cannot be had is left out (it allows
+/// nothing), with the reason.
+fn entries(dp: &mut impl DatapathOps, rules: &[PolicyRule]) -> (Vec<PolicyEntry>, Vec<String>) {
     let mut out = Vec::with_capacity(rules.len());
-    let mut l7 = 0;
+    let mut l7_errors = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        if r.l7 && r.action == Action::Allow {
-            l7 += 1;
-            continue;
-        }
-        out.push(PolicyEntry {
-            direction: match r.direction {
-                Direction::Ingress => dp::Direction::Ingress,
-                Direction::Egress => dp::Direction::Egress,
+        let direction = match r.direction {
+            Direction::Ingress => dp::Direction::Ingress,
+            Direction::Egress => dp::Direction::Egress,
+        };
+        let action = match r.action {
+            Action::Allow if r.l7 => match dp.l7_proxy_port(direction, &r.http) {
+                Ok(proxy_port) => dp::Action::Redirect { proxy_port },
+                Err(e) => {
+                    l7_errors.push(e.to_string());
+                    continue;
+                }
             },
+            Action::Allow => dp::Action::Allow,
+            Action::Deny => dp::Action::Deny,
+            Action::Unsupported => dp::Action::Unsupported,
+        };
+        out.push(PolicyEntry {
+            direction,
             peer_identity: r.peer_identity,
             proto: r.proto,
             ports: r.ports,
-            action: match r.action {
-                Action::Allow => dp::Action::Allow,
-                Action::Deny => dp::Action::Deny,
-                Action::Unsupported => dp::Action::Unsupported,
-            },
+            action,
             rule_id: u32::try_from(i).unwrap_or(u32::MAX),
         });
     }
-    (out, l7)
+    (out, l7_errors)
 }
 
 #[cfg(test)]

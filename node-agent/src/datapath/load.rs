@@ -85,6 +85,7 @@ impl Datapath {
             c::progs::LB_EGRESS,
             c::progs::FROM_TUNNEL,
             c::progs::TO_TUNNEL,
+            c::progs::TO_PROXY,
         ];
         load_programs(&mut ebpf, &tc, |p| {
             <&mut SchedClassifier>::try_from(p)?.load()
@@ -101,6 +102,7 @@ impl Datapath {
             cfg,
             cache: Cache::default(),
             barrier: sys::RcuBarrier::new().map_err(io_err("creating the RCU barrier map"))?,
+            l7: None,
         };
         let runtime = dp.cfg.runtime;
         dp.maps
@@ -279,6 +281,44 @@ impl Datapath {
             sys::BPF_TCX_EGRESS,
         )?;
         Ok(ifindex)
+    }
+
+    /// Attaches the L7 proxy hand-off to the node's proxy device (tcx ingress) and points
+    /// the endpoint programs' ingress redirects at it. Resolved in the calling thread's
+    /// network namespace.
+    pub fn attach_proxy_device(&mut self, ifname: &str) -> Result<u32> {
+        let ifindex = ifindex(ifname)?;
+        self.attach_pinned(
+            c::progs::TO_PROXY,
+            &format!("proxy-{ifindex}-{ifname}-ingress"),
+            ifindex,
+            sys::BPF_TCX_INGRESS,
+        )?;
+        let runtime = c::Config {
+            proxy_ifindex: ifindex,
+            ..self.cfg.runtime
+        };
+        self.set_runtime_config(runtime)?;
+        Ok(ifindex)
+    }
+
+    /// Installs the L7 proxy that redirect entries point at.
+    pub fn set_l7_proxy(&mut self, proxy: Box<dyn L7Proxy>) {
+        self.l7 = Some(proxy);
+    }
+
+    /// The proxy port enforcing `http` for `direction` (see [`L7Proxy`]).
+    pub fn l7_proxy_port(
+        &mut self,
+        direction: Direction,
+        http: &[weft_model::desired::HttpMatch],
+    ) -> Result<u16> {
+        match &mut self.l7 {
+            Some(p) => p.port_for(direction, http).map_err(DatapathError::L7Proxy),
+            None => Err(DatapathError::L7Proxy(
+                "no L7 proxy on this node: L7 rules are not programmed (fail closed)".into(),
+            )),
+        }
     }
 
     /// Attaches the north-south load balancer to the node's uplink (tcx ingress: VIP DNAT,

@@ -116,6 +116,45 @@ impl Maps {
         Ok(v)
     }
 
+    /// The identity the datapath gives `ip`: its longest ipcache prefix's, else world.
+    pub fn identity_of(&self, ip: IpAddr) -> u32 {
+        let key = match ip.to_canonical() {
+            IpAddr::V4(v4) => ipcache_key(c::FAMILY_IPV4, ipv4_addr(v4), 32),
+            IpAddr::V6(v6) => ipcache_key(c::FAMILY_IPV6, v6.octets(), 128),
+        };
+        self.ipcache
+            .get(&key, 0)
+            .map_or(c::IDENTITY_WORLD, |v| v.identity)
+    }
+
+    /// The peer identity conntrack recorded for the TCP connection `client -> server` that
+    /// the policy of direction `dir` (`DIR_*`) admitted: the identity the packets carried
+    /// (the tunnel's or a proxy's), which an address alone may not tell.
+    pub fn ct_peer_identity(
+        &self,
+        client: std::net::SocketAddr,
+        server: std::net::SocketAddr,
+        dir: u8,
+    ) -> Option<u32> {
+        let (family, saddr, daddr) = match (client.ip().to_canonical(), server.ip().to_canonical())
+        {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (c::FAMILY_IPV4, ipv4_addr(a), ipv4_addr(b)),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (c::FAMILY_IPV6, a.octets(), b.octets()),
+            _ => return None,
+        };
+        let key = c::CtKey {
+            saddr,
+            daddr,
+            sport: client.port().to_be(),
+            dport: server.port().to_be(),
+            proto: 6,
+            family,
+            dir,
+            _pad: 0,
+        };
+        self.ct.get(&key, 0).ok().map(|v| v.peer_identity)
+    }
+
     pub fn list_ipcache(&self) -> Result<Vec<(Key<c::IpcacheKey>, c::IpcacheValue)>> {
         self.ipcache
             .iter()

@@ -71,6 +71,18 @@ pub enum DatapathError {
     Policy { ep: u32, source: PolicyEntryError },
     #[error("service {svc}: {reason}")]
     Service { svc: u32, reason: String },
+    #[error("L7 proxy: {0}")]
+    L7Proxy(String),
+}
+
+/// The agent's L7 proxy as the datapath sees it: the port of the listener that enforces a
+/// set of HTTP rules for one direction (redirect entries carry it).
+pub trait L7Proxy: Send {
+    fn port_for(
+        &mut self,
+        direction: crate::datapath::Direction,
+        http: &[weft_model::desired::HttpMatch],
+    ) -> std::result::Result<u16, String>;
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -220,6 +232,8 @@ pub struct Datapath {
     cache: Cache,
     /// Waits out programs that may still read retired policy entries.
     barrier: sys::RcuBarrier,
+    /// Where L7 redirect entries point (none: such entries cannot be programmed).
+    l7: Option<Box<dyn L7Proxy>>,
 }
 
 impl Cache {

@@ -21,6 +21,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 /// A MAC address.
 pub type Mac = [u8; 6];
 
+pub mod proxy;
 pub mod routes;
 
 /// A rtnetlink socket in one network namespace; its connection task stops on drop.

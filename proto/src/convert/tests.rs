@@ -79,6 +79,23 @@ fn ipcache(rng: &mut StdRng) -> IpcacheEntry {
 }
 
 fn rule(rng: &mut StdRng) -> PolicyRule {
+    let action = [Action::Allow, Action::Deny, Action::Unsupported][rng.gen_range(0..3)];
+    // HTTP rules come with L7 allows, and only with them (decoding refuses anything else).
+    let l7 = action == Action::Allow && rng.gen();
+    let http = if l7 {
+        let mut h = list(rng, 3, |r| HttpMatch {
+            method: opt(r, text),
+            path: opt(r, text),
+            host: opt(r, text),
+            headers: list(r, 2, text),
+        });
+        if h.is_empty() {
+            h.push(HttpMatch::default());
+        }
+        h
+    } else {
+        Vec::new()
+    };
     PolicyRule {
         direction: if rng.gen() {
             Direction::Ingress
@@ -88,8 +105,9 @@ fn rule(rng: &mut StdRng) -> PolicyRule {
         peer_identity: opt(rng, |r| r.gen()),
         proto: opt(rng, |r| r.gen()),
         ports: opt(rng, |r| (r.gen(), r.gen())),
-        action: [Action::Allow, Action::Deny, Action::Unsupported][rng.gen_range(0..3)],
-        l7: rng.gen(),
+        action,
+        l7,
+        http,
         origin: text(rng),
     }
 }

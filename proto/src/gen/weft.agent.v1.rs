@@ -212,7 +212,7 @@ pub struct IpcacheEntry {
     pub identity: u32,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PolicyRule {
     #[prost(enumeration = "Direction", tag = "1")]
     pub direction: i32,
@@ -227,12 +227,30 @@ pub struct PolicyRule {
     pub ports: ::core::option::Option<PortRange>,
     #[prost(enumeration = "Action", tag = "5")]
     pub action: i32,
-    /// Allowed only together with L7 rules (the future proxy redirect).
+    /// Allowed subject to L7 rules: the agent's proxy checks every request against `http`.
     #[prost(bool, tag = "6")]
     pub l7: bool,
     /// Policy name and rule path, for debugging.
     #[prost(string, tag = "7")]
     pub origin: ::prost::alloc::string::String,
+    /// With l7 (and only then): the HTTP rules, one of which a request must match.
+    #[prost(message, repeated, tag = "8")]
+    pub http: ::prost::alloc::vec::Vec<HttpMatch>,
+}
+/// One HTTP rule (Cilium's PortRuleHTTP): every field given must match. method, path (with
+/// the query) and host are regular expressions matched whole; headers are "Name" (present)
+/// or "Name: value".
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HttpMatch {
+    #[prost(string, optional, tag = "1")]
+    pub method: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "2")]
+    pub path: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "3")]
+    pub host: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "4")]
+    pub headers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

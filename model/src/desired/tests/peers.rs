@@ -293,16 +293,17 @@ fn deny_rules_and_l7() {
         bare(&s, "web-1"),
         vec![
             (Ingress, Some(DB), TCP, Some((22, 22)), Deny, false),
-            // No L7 proxy: fails closed, as UNSUPPORTED_RULE.
-            (
-                Egress,
-                None,
-                TCP,
-                Some((80, 80)),
-                Action::Unsupported,
-                false
-            ),
+            // Through the L7 proxy, with the rule's HTTP rules.
+            (Egress, None, TCP, Some((80, 80)), Allow, true),
         ]
+    );
+    let http = &s.policy["web-1"][1].http;
+    assert_eq!(
+        http,
+        &vec![HttpMatch {
+            method: Some("GET".into()),
+            ..HttpMatch::default()
+        }]
     );
     let web = endpoint(&s, "web-1");
     assert!(web.enforce_ingress && web.enforce_egress);
@@ -337,36 +338,44 @@ fn one_entry_per_key_and_no_l7_under_a_plain_allow() {
         ),
     ]);
     let s = compile_ok(&view, "n1");
-    type Row<'a> = (Option<u32>, Option<(u16, u16)>, Action, &'a str);
+    type Row<'a> = (Option<u32>, Option<(u16, u16)>, Action, bool, &'a str);
     let rules: Vec<Row> = s.policy["web-1"]
         .iter()
-        .map(|r| (r.peer_identity, r.ports, r.action, r.origin.as_str()))
+        .map(|r| (r.peer_identity, r.ports, r.action, r.l7, r.origin.as_str()))
         .collect();
-    use Action::Unsupported;
     assert_eq!(
         rules,
         vec![
+            // Any peer on 9000: through the proxy, no plain allow covers it.
+            (
+                None,
+                Some((9000, 9000)),
+                Allow,
+                true,
+                "a specs[0].ingress[2]"
+            ),
             (
                 Some(DB),
                 Some((80, 80)),
                 Allow,
+                false,
                 "a specs[0].ingress[0], b specs[0].ingress[0]"
             ),
             // The L7 rule on 8080 is gone: b allows db on 8000-8100 without L7.
-            (Some(DB), Some((8000, 8100)), Allow, "b specs[0].ingress[1]"),
-            // Any peer on 9000 stays unsupported: no plain allow covers it.
-            (
-                None,
-                Some((9000, 9000)),
-                Unsupported,
-                "a specs[0].ingress[2]"
-            ),
-            // Only partly covered: kept (the datapath never lets an unsupported entry hide
-            // an allow: it only names the drop reason when nothing allows).
             (
                 Some(DB),
-                Some((8050, 8200)),
-                Unsupported,
+                Some((8000, 8100)),
+                Allow,
+                false,
+                "b specs[0].ingress[1]"
+            ),
+            // Only partly covered: the covered part goes, the rest keeps its L7 rules (the
+            // datapath would otherwise pick one range for the ports both hold).
+            (
+                Some(DB),
+                Some((8101, 8200)),
+                Allow,
+                true,
                 "a specs[0].ingress[3]"
             ),
         ]

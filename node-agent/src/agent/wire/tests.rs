@@ -102,6 +102,7 @@ fn pb_allow_tcp(peer: u32, port: u32) -> pb::PolicyRule {
         action: pb::Action::Allow as i32,
         l7: false,
         origin: "p specs[0].ingress[0]".into(),
+        http: Vec::new(),
     }
 }
 
@@ -323,6 +324,10 @@ fn l7_rules_fail_closed_and_are_reported() {
     let mut s = base_snapshot();
     let mut l7 = pb_allow_tcp(1002, 8080);
     l7.l7 = true;
+    l7.http = vec![pb::HttpMatch {
+        method: Some("GET".into()),
+        ..Default::default()
+    }];
     s.policies[0].rules.push(l7);
     let errors = p.apply(&mut fake, snapshot_msg(1, s));
     assert_eq!(errors.len(), 1);

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
 
+pub mod http;
+
 /// A server thread inside a namespace that answers every TCP connection (or UDP datagram)
 /// with `name\n`. Stops on drop.
 pub struct Server {

@@ -1,0 +1,303 @@
+//! The L7 proxy: HTTP rules (`toPorts[].rules.http`) enforced per request, in the agent.
+//!
+//! The datapath hands each connection that hits an L7 allow entry to the listener of that
+//! entry's rule set (one transparent listener per direction and rule set, on a port the
+//! entry carries; see `datapath-bpf/ebpf/src/proxy.rs`). The accepted socket's local address
+//! is the original destination. Each request is checked against the rules: a denied one is
+//! answered `403 Forbidden` with `Access denied`, an allowed one is forwarded to the original
+//! destination over one upstream connection per client connection (HTTP/1.1, keep-alive;
+//! pipelined requests are answered in order).
+//!
+//! Upstream connections leave from the node's own address, marked so the datapath still
+//! judges them as the client: on ingress with the client's identity and "already checked"
+//! (`MARK_PROXIED`: the destination's program does not redirect them again), on egress with
+//! the client's identity only (the destination's own ingress L7 rules still apply).
+
+pub mod rules;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use weft_datapath_common as c;
+use weft_model::desired::HttpMatch;
+
+use crate::datapath::{Direction, L7Proxy, Maps};
+use rules::{RequestView, RuleSet};
+
+/// The body a 403 carries (as Cilium's proxy).
+pub const ACCESS_DENIED: &str = "Access denied\r\n";
+
+/// First port the listeners take (the next free one per new rule set).
+pub const DEFAULT_BASE_PORT: u16 = 15001;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The identities the datapath gives addresses (the pinned ipcache).
+struct Identities(Mutex<Maps>);
+
+impl Identities {
+    /// The client's identity: on ingress the one the datapath admitted the connection with
+    /// (conntrack: it may have come in the tunnel's VNI, or from another proxy on this
+    /// node), on egress the local endpoint's (its address).
+    fn of_client(&self, direction: Direction, client: SocketAddr, original: SocketAddr) -> u32 {
+        let maps = match self.0.lock() {
+            Ok(maps) => maps,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let admitted = match direction {
+            Direction::Ingress => maps.ct_peer_identity(client, original, c::DIR_INGRESS),
+            Direction::Egress => None,
+        };
+        admitted.unwrap_or_else(|| maps.identity_of(client.ip()))
+    }
+}
+
+/// The node's L7 proxy: a listener per (direction, rule set), started on first use.
+pub struct Proxies {
+    identities: Arc<Identities>,
+    listeners: HashMap<(Direction, Vec<HttpMatch>), Listening>,
+    next_port: u16,
+}
+
+struct Listening {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        for l in self.listeners.values() {
+            l.task.abort();
+        }
+    }
+}
+
+impl Proxies {
+    /// A proxy reading identities from the maps pinned under `pin_path`. Listeners are
+    /// spawned on the current tokio runtime.
+    pub fn new(pin_path: &std::path::Path, base_port: u16) -> Result<Self, String> {
+        let maps = Maps::open_pinned(pin_path).map_err(|e| format!("opening the maps: {e}"))?;
+        Ok(Proxies {
+            identities: Arc::new(Identities(Mutex::new(maps))),
+            listeners: HashMap::new(),
+            next_port: base_port,
+        })
+    }
+
+    /// Ports of the running listeners.
+    pub fn ports(&self) -> Vec<u16> {
+        self.listeners.values().map(|l| l.port).collect()
+    }
+}
+
+impl L7Proxy for Proxies {
+    fn port_for(&mut self, direction: Direction, http: &[HttpMatch]) -> Result<u16, String> {
+        let key = (direction, http.to_vec());
+        if let Some(l) = self.listeners.get(&key) {
+            if !l.task.is_finished() {
+                return Ok(l.port);
+            }
+        }
+        let rules = Arc::new(RuleSet::compile(http)?);
+        let (listener, port) = loop {
+            let port = self.next_port;
+            if port == u16::MAX {
+                return Err("no free port left for an L7 proxy listener".into());
+            }
+            self.next_port += 1;
+            match transparent_listener(port) {
+                Ok(l) => break (l, port),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(format!("listening on port {port}: {e}")),
+            }
+        };
+        let shared = Arc::new(Shared {
+            direction,
+            rules,
+            identities: self.identities.clone(),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared));
+        tracing::info!(port, ?direction, rules = http.len(), "L7 proxy listening");
+        self.listeners.insert(key, Listening { port, task });
+        Ok(port)
+    }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    direction: Direction,
+    rules: Arc<RuleSet>,
+    identities: Arc<Identities>,
+}
+
+fn setsockopt(fd: i32, level: i32, name: i32, value: u32) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to a u32 of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A dual-stack listener on `port` that accepts connections to any address
+/// (`IP_TRANSPARENT`: the datapath assigns it connections to other hosts' addresses).
+fn transparent_listener(port: u16) -> io::Result<TcpListener> {
+    let sock = TcpSocket::new_v6()?;
+    let fd = sock.as_raw_fd();
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    setsockopt(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
+    setsockopt(fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))?;
+    sock.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                tokio::spawn(serve(conn, shared.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "L7 proxy accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One client connection: its requests checked one by one, the allowed ones forwarded.
+async fn serve(conn: TcpStream, shared: Arc<Shared>) {
+    let (Ok(client), Ok(original)) = (conn.peer_addr(), conn.local_addr()) else {
+        return;
+    };
+    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+    let original = SocketAddr::new(original.ip().to_canonical(), original.port());
+    let identity = shared
+        .identities
+        .of_client(shared.direction, client, original);
+    tracing::debug!(%client, %original, identity, "L7 proxy connection");
+    let mark = match shared.direction {
+        Direction::Ingress => c::proxied_mark(identity),
+        Direction::Egress => c::identity_mark(identity),
+    };
+    let upstream = Arc::new(tokio::sync::Mutex::new(None::<SendRequest<Incoming>>));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(handle(req, &shared, &upstream, original, mark).await) }
+    });
+    let res = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(conn), service)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(%client, %original, error = %e, "L7 proxy connection ended");
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    upstream: &tokio::sync::Mutex<Option<SendRequest<Incoming>>>,
+    original: SocketAddr,
+    mark: u32,
+) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |p| p.as_str());
+    let view = RequestView {
+        method: req.method().as_str(),
+        path,
+        host,
+        headers: req.headers(),
+    };
+    if !shared.rules.allows(&view) {
+        tracing::debug!(method = %req.method(), path, %original, "L7 request denied");
+        return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
+    }
+    let mut slot = upstream.lock().await;
+    let ready = match slot.as_mut() {
+        Some(s) => s.ready().await.is_ok(),
+        None => false,
+    };
+    if !ready {
+        match connect(original, mark).await {
+            Ok(s) => *slot = Some(s),
+            Err(e) => {
+                tracing::warn!(%original, error = %e, "L7 proxy cannot reach the destination");
+                return plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+            }
+        }
+    }
+    let Some(sender) = slot.as_mut() else {
+        return plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+    };
+    match sender.send_request(req).await {
+        Ok(resp) => resp.map(|b| b.boxed()),
+        Err(e) => {
+            tracing::warn!(%original, error = %e, "L7 proxy upstream request failed");
+            *slot = None;
+            plain(StatusCode::BAD_GATEWAY, "upstream request failed\r\n")
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to the original destination, its packets marked with `mark`.
+async fn connect(original: SocketAddr, mark: u32) -> io::Result<SendRequest<Incoming>> {
+    let sock = match original {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark)?;
+    let stream = sock.connect(original).await?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "L7 proxy upstream connection ended");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,215 @@
+//! HTTP rules as Cilium reads them (`PortRuleHTTP`): a request is allowed when one rule of
+//! the set matches it, and a rule matches when every field it gives matches — `method`,
+//! `path` and `host` are regular expressions matched against the whole value (the path with
+//! its query, as Envoy's `:path`), `headers` are `Name` (present) or `Name: value` (equal).
+
+use hyper::header::{HeaderMap, HeaderName};
+use regex::Regex;
+use weft_model::desired::HttpMatch;
+
+/// One compiled rule.
+#[derive(Debug)]
+struct Rule {
+    method: Option<Regex>,
+    path: Option<Regex>,
+    host: Option<Regex>,
+    headers: Vec<(HeaderName, Option<String>)>,
+}
+
+/// The HTTP rules of one redirect entry, compiled.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+/// What the rules look at in a request.
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// Path and query, as sent (`/a/b?x=1`).
+    pub path: &'a str,
+    /// The `Host` header (or the request target's authority).
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+fn whole(field: &str, re: &Option<String>) -> Result<Option<Regex>, String> {
+    re.as_ref()
+        .map(|re| {
+            Regex::new(&format!("^(?:{re})$"))
+                .map_err(|e| format!("{field} {re:?} is not a regular expression: {e}"))
+        })
+        .transpose()
+}
+
+impl RuleSet {
+    /// Compiles the rules; an invalid one refuses the whole set (validation already
+    /// refuses such policies, so this is a control plane that sent something else).
+    pub fn compile(http: &[HttpMatch]) -> Result<RuleSet, String> {
+        let mut rules = Vec::with_capacity(http.len());
+        for h in http {
+            let mut headers = Vec::with_capacity(h.headers.len());
+            for spec in &h.headers {
+                let (name, value) = match spec.split_once(':') {
+                    Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
+                    None => (spec.trim(), None),
+                };
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("header {spec:?} does not name a header"))?;
+                headers.push((name, value));
+            }
+            rules.push(Rule {
+                method: whole("method", &h.method)?,
+                path: whole("path", &h.path)?,
+                host: whole("host", &h.host)?,
+                headers,
+            });
+        }
+        Ok(RuleSet { rules })
+    }
+
+    /// Whether one of the rules allows the request.
+    pub fn allows(&self, r: &RequestView<'_>) -> bool {
+        self.rules.iter().any(|rule| rule.matches(r))
+    }
+}
+
+impl Rule {
+    fn matches(&self, r: &RequestView<'_>) -> bool {
+        let re = |re: &Option<Regex>, v: Option<&str>| match re {
+            None => true,
+            Some(re) => v.is_some_and(|v| re.is_match(v)),
+        };
+        re(&self.method, Some(r.method))
+            && re(&self.path, Some(r.path))
+            && re(&self.host, r.host)
+            && self.headers.iter().all(|(name, want)| {
+                let mut values = r.headers.get_all(name).iter();
+                match want {
+                    None => values.next().is_some(),
+                    Some(want) => values.any(|v| v.to_str().is_ok_and(|v| v.trim() == want)),
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(
+        method: Option<&str>,
+        path: Option<&str>,
+        host: Option<&str>,
+        headers: &[&str],
+    ) -> HttpMatch {
+        HttpMatch {
+            method: method.map(Into::into),
+            path: path.map(Into::into),
+            host: host.map(Into::into),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    fn allows(
+        set: &RuleSet,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> bool {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        set.allows(&RequestView {
+            method,
+            path,
+            host,
+            headers: &map,
+        })
+    }
+
+    #[test]
+    fn fields_are_anded_rules_ored_and_regexes_match_whole() {
+        let set = RuleSet::compile(&[
+            m(Some("GET"), Some("/public/.*"), None, &[]),
+            m(
+                Some("POST|PUT"),
+                Some("/upload"),
+                Some("api\\.example\\.com"),
+                &["X-Token"],
+            ),
+        ])
+        .expect("valid");
+        assert!(allows(&set, "GET", "/public/a", None, &[]));
+        assert!(
+            !allows(&set, "GET", "/public", None, &[]),
+            "path regex is anchored"
+        );
+        assert!(!allows(&set, "GET", "/private/public/a", None, &[]));
+        assert!(
+            !allows(&set, "GETX", "/public/a", None, &[]),
+            "method regex is anchored"
+        );
+        assert!(!allows(&set, "DELETE", "/public/a", None, &[]));
+        assert!(allows(
+            &set,
+            "PUT",
+            "/upload",
+            Some("api.example.com"),
+            &[("x-token", "1")]
+        ));
+        assert!(
+            !allows(&set, "PUT", "/upload", Some("api.example.com"), &[]),
+            "header missing"
+        );
+        assert!(!allows(
+            &set,
+            "PUT",
+            "/upload",
+            Some("apixexample.com"),
+            &[("x-token", "1")]
+        ));
+        assert!(
+            !allows(&set, "PUT", "/upload", None, &[("x-token", "1")]),
+            "no host"
+        );
+        // The query is part of the path, as Envoy's `:path`.
+        assert!(!allows(
+            &set,
+            "POST",
+            "/upload?x=1",
+            Some("api.example.com"),
+            &[("x-token", "")]
+        ));
+    }
+
+    #[test]
+    fn header_values_compare_exactly_and_empty_rules_allow_all() {
+        let set = RuleSet::compile(&[m(None, None, None, &["X-Env: prod"])]).expect("valid");
+        assert!(allows(&set, "GET", "/", None, &[("X-Env", "prod")]));
+        assert!(allows(
+            &set,
+            "GET",
+            "/",
+            None,
+            &[("X-Env", "dev"), ("x-env", "prod")]
+        ));
+        assert!(!allows(&set, "GET", "/", None, &[("X-Env", "production")]));
+        let all = RuleSet::compile(&[m(None, None, None, &[])]).expect("valid");
+        assert!(allows(&all, "PATCH", "/anything?at=all", None, &[]));
+        let none = RuleSet::compile(&[]).expect("valid");
+        assert!(!allows(&none, "GET", "/", None, &[]));
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_by_name() {
+        let e = RuleSet::compile(&[m(Some("("), None, None, &[])]).expect_err("invalid");
+        assert!(e.starts_with("method \"(\""), "{e}");
+        let e = RuleSet::compile(&[m(None, None, None, &["bad name: x"])]).expect_err("invalid");
+        assert!(e.contains("bad name"), "{e}");
+    }
+}

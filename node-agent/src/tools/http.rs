@@ -1,0 +1,162 @@
+//! A small HTTP/1.1 server and client for L7 tests and probes: the server answers every
+//! request `200` with `<name> <METHOD> <path>` (keep-alive, pipelined requests in order);
+//! the client sends requests one after the other on one connection.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{flatten, set_recv_timeout, Server};
+use crate::netns::NetNs;
+
+fn find(buf: &[u8], pat: &[u8]) -> Option<usize> {
+    buf.windows(pat.len()).position(|w| w == pat)
+}
+
+/// The `Content-Length` of a message head (0 when absent).
+fn content_length(head: &str) -> usize {
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Serves one connection until the client closes it.
+fn serve_connection(mut s: TcpStream, name: &str) -> io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len = content_length(&head);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            buf.drain(..end + 4 + len);
+            let mut line = head.split("\r\n").next().unwrap_or_default().split(' ');
+            let (method, path) = (line.next().unwrap_or("?"), line.next().unwrap_or("?"));
+            let body = format!("{name} {method} {path}\n");
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl Server {
+    /// HTTP/1.1 on `[::]:port` in `ns` (both families), a thread per connection.
+    pub fn http(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = name.to_string();
+        let stop2 = stop.clone();
+        let handle = ns.spawn(move || -> io::Result<()> {
+            let l = match TcpListener::bind(("::", port))
+                .and_then(|l| set_recv_timeout(&l, Duration::from_millis(100)).map(|()| l))
+            {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((s, _)) = l.accept() else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let name = name.clone();
+                std::thread::spawn(move || serve_connection(s, &name));
+            }
+            Ok(())
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| io::Error::other("server did not start"))??;
+        Ok(Server {
+            stop,
+            handle: Some(flatten(handle)),
+        })
+    }
+}
+
+/// One HTTP response: status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Sends `requests` (each a whole message: head and body) on one connection to `target`,
+/// waiting for each response before the next, and returns the responses. A connection the
+/// far end closes early ends the list.
+pub fn http_exchange(
+    target: SocketAddr,
+    requests: &[String],
+    timeout: Duration,
+) -> io::Result<Vec<HttpReply>> {
+    let mut s = TcpStream::connect_timeout(&target, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut out = Vec::with_capacity(requests.len());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for req in requests {
+        s.write_all(req.as_bytes())?;
+        let reply = loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let len = content_length(&head);
+                if buf.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                    buf.drain(..end + 4 + len);
+                    let status = head
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|c| c.parse().ok())
+                        .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
+                    break HttpReply { status, body };
+                }
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        out.push(reply);
+    }
+    Ok(out)
+}
+
+/// A request message: `method path` with a Host header, the extra headers, and a body.
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: weft.test\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_give_their_content_length() {
+        assert_eq!(content_length("POST / HTTP/1.1\r\ncontent-length: 12"), 12);
+        assert_eq!(content_length("GET / HTTP/1.1\r\nHost: x"), 0);
+        assert_eq!(find(b"ab\r\n\r\ncd", b"\r\n\r\n"), Some(2));
+    }
+}

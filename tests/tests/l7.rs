@@ -1,0 +1,224 @@
+//! HTTP rules enforced by the agents' L7 proxies on real connections: two nodes, a client
+//! pod and web pods serving HTTP; an ingress policy with HTTP rules is checked per request
+//! on the same node and across nodes (allowed requests reach the server, denied ones get
+//! `403 Access denied`, on one keep-alive connection too), and an egress policy with HTTP
+//! rules on the client narrows it further.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::bpf_available;
+use common::env::{until_assigned, Env};
+use common::nodes::WITHIN;
+use node_agent::tools::http::{http_exchange, request, HttpReply};
+use node_agent::tools::Server;
+use serde_json::json;
+
+const WEB1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 8080);
+const WEB2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 1), 8080);
+
+/// The requests sent on one connection from the pod at `from`, and the replies.
+fn exchange(
+    from: &Path,
+    target: SocketAddrV4,
+    requests: &[String],
+) -> std::io::Result<Vec<HttpReply>> {
+    let (from, requests) = (from.to_path_buf(), requests.to_vec());
+    std::thread::spawn(move || {
+        let _in = node_agent::netns::enter_netns(&from)?;
+        http_exchange(SocketAddr::V4(target), &requests, Duration::from_secs(2))
+    })
+    .join()
+    .expect("client thread")
+}
+
+fn ok(name: &str, method: &str, path: &str) -> HttpReply {
+    HttpReply {
+        status: 200,
+        body: format!("{name} {method} {path}\n"),
+    }
+}
+
+fn denied() -> HttpReply {
+    HttpReply {
+        status: 403,
+        body: "Access denied\r\n".into(),
+    }
+}
+
+/// `node-agent bpf <args>` on node `i`'s datapath (for failure messages).
+fn bpf(env: &Env, i: usize, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::nodes::agent_bin())
+        .arg("--pin-path")
+        .arg(env.nodes[i].pins.path())
+        .arg("bpf")
+        .args(args)
+        .output()
+        .expect("node-agent bpf");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Waits until a GET of `path` from `from` to `target` answers `want`.
+async fn until_reply(env: &Env, from: &Path, target: SocketAddrV4, path: &str, want: &HttpReply) {
+    let start = Instant::now();
+    loop {
+        let got = tokio::task::block_in_place(|| {
+            exchange(from, target, &[request("GET", path, &[], "")])
+        });
+        if matches!(&got, Ok(r) if r.first() == Some(want)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "GET {path} to {target}: {got:?}, want {want:?}\n{}\n{}\n{}",
+            env.nodes[0].log(),
+            env.nodes[1].log(),
+            bpf(env, 0, &["metrics"]) + &bpf(env, 0, &["ct", "list"])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rules_are_enforced_per_request_on_both_nodes() {
+    if !bpf_available("http_rules_are_enforced_per_request_on_both_nodes") {
+        return;
+    }
+    let mut env = Env::new(2).await;
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (client, web1, other) = (env.nodes[0].pod(), env.nodes[0].pod(), env.nodes[0].pod());
+    let web2 = env.nodes[1].pod();
+    env.nodes[0].add("client", client, "10.0.1.1/32", "app=client");
+    env.nodes[0].add("web-1", web1, "10.0.1.2/32", "app=web");
+    env.nodes[0].add("other", other, "10.0.1.3/32", "app=other");
+    env.nodes[1].add("web-2", web2, "10.0.2.1/32", "app=web");
+    let srv1 = Server::http(&env.nodes[0].pods[web1], 8080, "web-1").expect("server");
+    let srv2 = Server::http(&env.nodes[1].pods[web2], 8080, "web-2").expect("server");
+    until_assigned(&env.nodes[0], 3).await;
+    until_assigned(&env.nodes[1], 1).await;
+
+    let r = env
+        .cp
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            &env.owner,
+            Some(json!({"name": "web-http", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
+                                          "rules": {"http": [
+                                              {"method": "GET", "path": "/public/.*"},
+                                              {"method": "POST", "path": "/submit",
+                                               "headers": ["X-Token: s3cret"]}]}}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body["status"]["conditions"],
+        json!([]),
+        "HTTP rules are enforced: no NotEnforced condition"
+    );
+
+    let client_ns = env.nodes[0].pods[client].path();
+    for (name, web) in [("web-1", WEB1), ("web-2", WEB2)] {
+        // The policy is in place once a denied request gets the proxy's answer.
+        until_reply(&env, &client_ns, web, "/private", &denied()).await;
+        until_reply(
+            &env,
+            &client_ns,
+            web,
+            "/public/a",
+            &ok(name, "GET", "/public/a"),
+        )
+        .await;
+        let replies = tokio::task::block_in_place(|| {
+            exchange(
+                &client_ns,
+                web,
+                &[
+                    request("GET", "/public/x", &[], ""),
+                    request("GET", "/private", &[], ""),
+                    request("DELETE", "/public/x", &[], ""),
+                    request("POST", "/submit", &[("X-Token", "s3cret")], "data"),
+                    request("POST", "/submit", &[("X-Token", "guess")], "data"),
+                    request("GET", "/public/y?q=1", &[], ""),
+                ],
+            )
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "exchange with {name}: {e}\n{}\n{}",
+                env.nodes[0].log(),
+                env.nodes[1].log()
+            )
+        });
+        assert_eq!(
+            replies,
+            vec![
+                ok(name, "GET", "/public/x"),
+                denied(),
+                denied(),
+                ok(name, "POST", "/submit"),
+                denied(),
+                ok(name, "GET", "/public/y?q=1"),
+            ],
+            "one keep-alive connection to {name}: each request judged on its own"
+        );
+    }
+    // A peer the rule does not name is refused at L3/L4 (no proxy involved).
+    let other_ns = env.nodes[0].pods[other].path();
+    let got = tokio::task::block_in_place(|| {
+        exchange(&other_ns, WEB1, &[request("GET", "/public/a", &[], "")])
+    });
+    assert!(got.is_err(), "app=other must not connect: {got:?}");
+
+    // Egress HTTP rules on the client narrow what it may send, before the server's own.
+    let r = env
+        .cp
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            &env.owner,
+            Some(json!({"name": "client-http", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "client"}},
+                "egress": [{"toEndpoints": [{"matchLabels": {"app": "web"}}],
+                            "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
+                                         "rules": {"http": [{"method": "GET"}]}}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (name, web) in [("web-1", WEB1), ("web-2", WEB2)] {
+        let start = Instant::now();
+        loop {
+            let replies = tokio::task::block_in_place(|| {
+                exchange(
+                    &client_ns,
+                    web,
+                    &[
+                        request("POST", "/submit", &[("X-Token", "s3cret")], "data"),
+                        request("GET", "/public/z", &[], ""),
+                        request("GET", "/private", &[], ""),
+                    ],
+                )
+            });
+            let want = vec![denied(), ok(name, "GET", "/public/z"), denied()];
+            if matches!(&replies, Ok(r) if *r == want) {
+                break;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "client egress to {name}: {replies:?}\n{}\n{}",
+                env.nodes[0].log(),
+                bpf(&env, 0, &["metrics"]) + &bpf(&env, 0, &["ct", "list"])
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop((srv1, srv2));
+}
