@@ -148,6 +148,34 @@ pub const FILTERS: &[FilterDef] = &[
         "not-tcp-flags",
         "TCP flags that must all be set, comma-separated (SYN,ACK; FIN, RST, PSH, URG)",
     ),
+    (
+        "type",
+        "not_type",
+        "type",
+        "not-type",
+        "L3_L4 (the datapath's) or L7 (HTTP requests the L7 proxy judged)",
+    ),
+    (
+        "http_method",
+        "not_http_method",
+        "http-method",
+        "not-http-method",
+        "HTTP method of L7 records",
+    ),
+    (
+        "http_path",
+        "not_http_path",
+        "http-path",
+        "not-http-path",
+        "Regular expression found in the URL path of L7 records",
+    ),
+    (
+        "http_status",
+        "not_http_status",
+        "http-status",
+        "not-http-status",
+        "HTTP status of L7 records: a code (403) or a class (5+)",
+    ),
 ];
 
 const VERDICTS: [&str; 5] = ["FORWARDED", "DROPPED", "REDIRECTED", "TRANSLATED", "ERROR"];
@@ -372,9 +400,17 @@ fn time(t: &str) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-/// What happened, as hubble words it: the drop reason for drops (`POLICY_DENIED` reads
-/// `policy-denied`), else where it was seen.
+/// The HTTP request of an L7 record.
+fn http(f: &Flow) -> Option<&serde_json::Map<String, Value>> {
+    f.other.get("l7")?.get("http")?.as_object()
+}
+
+/// What happened, as hubble words it: `http-request` for L7 records, the drop reason for
+/// drops (`POLICY_DENIED` reads `policy-denied`), else where it was seen.
 fn kind(f: &Flow) -> String {
+    if http(f).is_some() {
+        return "http-request".into();
+    }
     match (&f.drop_reason, &f.observation_point) {
         (Some(r), _) if f.verdict == "DROPPED" && !r.is_empty() => {
             r.to_ascii_lowercase().replace('_', "-")
@@ -385,6 +421,17 @@ fn kind(f: &Flow) -> String {
 }
 
 fn summary(f: &Flow) -> String {
+    if let Some(h) = http(f) {
+        let s = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("?");
+        let code = h.get("code").and_then(Value::as_u64).unwrap_or(0);
+        let ms = h.get("latency_ms").and_then(Value::as_f64).unwrap_or(0.0);
+        return format!(
+            "{} {} {} => {code} {ms:.1}ms",
+            s("protocol"),
+            s("method"),
+            s("url")
+        );
+    }
     if !f.tcp_flags.is_empty() {
         format!("TCP Flags: {}", f.tcp_flags.join(", "))
     } else {
@@ -664,6 +711,18 @@ mod tests {
         assert_eq!(
             compact(&icmp),
             "x: 10.0.0.1 -> 10.0.0.2  FORWARDED (ICMPv4)"
+        );
+        let l7 = flow(json!({
+            "time": "2026-11-26T14:20:03Z", "verdict": "DROPPED", "drop_reason": "POLICY_DENIED",
+            "type": "L7", "observation_point": "l7-proxy", "protocol": "TCP",
+            "source": {"endpoint": "client", "ip": "10.0.1.1", "port": 40000},
+            "destination": {"endpoint": "web", "ip": "10.0.1.2", "port": 8080},
+            "l7": {"http": {"method": "DELETE", "url": "http://web/items/1", "protocol": "HTTP/1.1",
+                            "code": 403, "latency_ms": 0.04}}
+        }));
+        assert_eq!(
+            compact(&l7),
+            "Nov 26 14:20:03.000: 10.0.1.1:40000 (client) -> 10.0.1.2:8080 (web) http-request DROPPED (HTTP/1.1 DELETE http://web/items/1 => 403 0.0ms)"
         );
     }
 

@@ -133,6 +133,7 @@ fn every_enum_in_the_spec_is_what_serde_writes() {
         let all = match name.as_str() {
             "Verdict" => Some(written(flow::Verdict::ALL)),
             "DropReason" => Some(written(flow::DropReason::ALL)),
+            "FlowType" => Some(written(flow::FlowType::ALL)),
             "WorkloadKind" => Some(written(workload::WorkloadKind::ALL)),
             "ProbeOutcome" => Some(written(workload::ProbeOutcome::ALL)),
             "RoutingMode" => Some(written(routing::RoutingMode::ALL)),
@@ -147,6 +148,7 @@ fn every_enum_in_the_spec_is_what_serde_writes() {
         let back = match name.as_str() {
             "Verdict" => round_trips::<flow::Verdict>(documented),
             "DropReason" => round_trips::<flow::DropReason>(documented),
+            "FlowType" => round_trips::<flow::FlowType>(documented),
             "WorkloadKind" => round_trips::<workload::WorkloadKind>(documented),
             "ProbeOutcome" => round_trips::<workload::ProbeOutcome>(documented),
             "RoutingMode" => round_trips::<routing::RoutingMode>(documented),

@@ -48,7 +48,10 @@ fn sample() -> FlowRecord {
         "tcp_flags": ["SYN"],
         "bytes": 60,
         "packets": 1,
-        "count": 1
+        "count": 1,
+        "type": "L7",
+        "l7": {"http": {"method": "GET", "url": "http://weft.test/a/b?c=d", "protocol": "HTTP/1.1",
+                        "code": 403, "latency_ms": 0.25}}
     }))
     .expect("the sample flow parses")
 }

@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::labels::Labels;
 use crate::selector::LabelSelector;
 
+mod l7;
+pub use l7::*;
+
 named_enum!(
     /// What the datapath did with a flow.
     Verdict {
@@ -269,6 +272,12 @@ pub struct FlowRecord {
     pub packets: u64,
     /// Datapath events this record aggregates (at least 1).
     pub count: u64,
+    /// `L3_L4` (the datapath's) or `L7` (one request the L7 proxy judged).
+    #[serde(rename = "type", default)]
+    pub kind: FlowType,
+    /// Set on `L7` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Info>,
 }
 
 /// Which side of a flow a criterion looks at.
@@ -296,6 +305,12 @@ pub enum Criterion {
     Service(Vec<String>),
     /// Each entry matches a flow that has all its flags.
     TcpFlags(Vec<TcpFlags>),
+    Type(Vec<FlowType>),
+    /// Case-insensitive.
+    HttpMethod(Vec<String>),
+    /// Regular expressions, found anywhere in the URL's path (as Hubble's `--http-path`).
+    HttpPath(Vec<PathPattern>),
+    HttpStatus(Vec<StatusMatch>),
 }
 
 impl Criterion {
@@ -329,6 +344,20 @@ impl Criterion {
             Criterion::Cluster(cs) => cs.contains(&f.cluster),
             Criterion::Service(ss) => f.service.as_ref().is_some_and(|s| ss.contains(s)),
             Criterion::TcpFlags(fs) => fs.iter().any(|w| f.tcp_flags.contains(*w)),
+            Criterion::Type(ts) => ts.contains(&f.kind),
+            Criterion::HttpMethod(_) | Criterion::HttpPath(_) | Criterion::HttpStatus(_) => {
+                f.l7.as_ref().is_some_and(|l7| self.matches_http(&l7.http))
+            }
+        }
+    }
+
+    /// For the HTTP criteria: whether one of the values matches the request.
+    pub fn matches_http(&self, h: &HttpInfo) -> bool {
+        match self {
+            Criterion::HttpMethod(ms) => ms.iter().any(|m| m.eq_ignore_ascii_case(&h.method)),
+            Criterion::HttpPath(ps) => ps.iter().any(|p| p.0.is_match(h.path())),
+            Criterion::HttpStatus(ss) => ss.iter().any(|s| s.matches(h.code)),
+            _ => false,
         }
     }
 }
@@ -377,6 +406,10 @@ pub const FILTER_PARAMS: &[&str] = &[
     "cluster",
     "service",
     "tcp_flags",
+    "type",
+    "http_method",
+    "http_path",
+    "http_status",
 ];
 
 impl FlowFilter {
@@ -471,6 +504,10 @@ fn merge(list: &mut Vec<Criterion>, c: Criterion) {
             (C::Cluster(x), C::Cluster(y)) => return x.extend(y.iter().cloned()),
             (C::Service(x), C::Service(y)) => return x.extend(y.iter().cloned()),
             (C::TcpFlags(x), C::TcpFlags(y)) => return x.extend(y),
+            (C::Type(x), C::Type(y)) => return x.extend(y),
+            (C::HttpMethod(x), C::HttpMethod(y)) => return x.extend(y.iter().cloned()),
+            (C::HttpPath(x), C::HttpPath(y)) => return x.extend(y.iter().cloned()),
+            (C::HttpStatus(x), C::HttpStatus(y)) => return x.extend(y),
             _ => {}
         }
     }
@@ -523,6 +560,23 @@ fn parse_criterion(name: &str, value: &str) -> Result<Option<Criterion>, String>
         "cluster" => Criterion::Cluster(vec![non_empty()?]),
         "service" => Criterion::Service(vec![non_empty()?]),
         "tcp_flags" => Criterion::TcpFlags(vec![TcpFlags::parse_list(value)?]),
+        "type" => Criterion::Type(vec![value.parse()?]),
+        "http_method" => {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(format!("{value:?} is not an HTTP method"));
+            }
+            Criterion::HttpMethod(vec![value.to_string()])
+        }
+        // Text that is no regular expression (or too large a one) matches literally: the
+        // contract cannot tell regular expressions apart, so none is refused.
+        "http_path" => Criterion::HttpPath(vec![PathPattern(
+            regex::RegexBuilder::new(&non_empty()?)
+                .size_limit(1 << 20)
+                .build()
+                .or_else(|_| regex::Regex::new(&regex::escape(value)))
+                .map_err(|e| format!("{value:?}: {e}"))?,
+        )]),
+        "http_status" => Criterion::HttpStatus(vec![StatusMatch::parse(value)?]),
         _ => return Ok(None),
     }))
 }

@@ -171,6 +171,56 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
             "one keep-alive connection to {name}: each request judged on its own"
         );
     }
+    // Every request is an L7 flow record, stored and filterable as in `hubble observe`.
+    for (node, web) in [("node-1", "web-1"), ("node-2", "web-2")] {
+        let path = format!(
+            "/v1/tenants/acme/flows?type=L7&node={node}&to_endpoint={web}&http_status=4%2B\
+             &http_method=delete&http_path=%5E/public/&last=5"
+        );
+        let start = Instant::now();
+        loop {
+            let r = env.cp.call("GET", &path, &env.owner, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let items = r.body["items"].as_array().cloned().unwrap_or_default();
+            if let Some(f) = items.first() {
+                assert_eq!(f["type"], "L7", "{f}");
+                assert_eq!(f["verdict"], "DROPPED", "{f}");
+                assert_eq!(f["drop_reason"], "POLICY_DENIED", "{f}");
+                assert_eq!(f["observation_point"], "l7-proxy", "{f}");
+                assert_eq!(f["direction"], "ingress", "{f}");
+                assert_eq!(f["source"]["endpoint"], "client", "{f}");
+                assert_eq!(f["source"]["labels"]["app"], "client", "{f}");
+                let http = &f["l7"]["http"];
+                assert_eq!(http["method"], "DELETE", "{f}");
+                assert_eq!(http["url"], "http://weft.test/public/x", "{f}");
+                assert_eq!(http["protocol"], "HTTP/1.1", "{f}");
+                assert_eq!(http["code"], 403, "{f}");
+                break;
+            }
+            assert!(start.elapsed() < WITHIN, "{node}: no L7 record at {path}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = env
+            .cp
+            .call(
+                "GET",
+                &format!("/v1/tenants/acme/flows?type=l7&node={node}&http_status=200&last=50"),
+                &env.owner,
+                None,
+            )
+            .await;
+        let items = r.body["items"].as_array().cloned().unwrap_or_default();
+        assert!(
+            items.iter().any(|f| f["verdict"] == "FORWARDED"
+                && f["l7"]["http"]["url"] == "http://weft.test/public/y?q=1"
+                && f["l7"]["http"]["latency_ms"]
+                    .as_f64()
+                    .is_some_and(|l| l > 0.0)),
+            "{node}: forwarded requests with their latency: {}",
+            r.body
+        );
+    }
+
     // A peer the rule does not name is refused at L3/L4 (no proxy involved).
     let other_ns = env.nodes[0].pods[other].path();
     let got = tokio::task::block_in_place(|| {

@@ -96,6 +96,7 @@ pub(crate) async fn fill_blocks(
             bytes: 100 + g % 1400,
             packets: 1,
             count: 1,
+            l7: None,
         })
     };
     let mut pending: Vec<Vec<NewFlow>> = vec![Vec::new(); 4];

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
-use weft_model::flow::{DropReason, Protocol, Verdict};
+use weft_model::flow::{DropReason, HttpInfo, L7Info, Protocol, Verdict};
 use weft_model::identity;
 use weft_model::labels::Labels;
 use weft_proto::v1::{Flow, FlowBatch};
@@ -310,6 +310,15 @@ pub async fn enrich(
                 bytes: i64::try_from(f.bytes).unwrap_or(i64::MAX),
                 packets: i64::try_from(f.packets).unwrap_or(i64::MAX),
                 count: i64::from(f.count.max(1)),
+                l7: f.http.as_ref().map(|h| L7Info {
+                    http: HttpInfo {
+                        method: h.method.clone(),
+                        url: h.url.clone(),
+                        protocol: h.protocol.clone(),
+                        code: u16::try_from(h.code).unwrap_or(0),
+                        latency_ms: h.latency_us as f64 / 1000.0,
+                    },
+                }),
             }
         })
         .collect();

@@ -57,6 +57,8 @@ pub struct NewFlow {
     pub bytes: i64,
     pub packets: i64,
     pub count: i64,
+    /// One HTTP request the agent's L7 proxy judged (an `L7` record).
+    pub l7: Option<weft_model::flow::L7Info>,
 }
 
 /// The node a batch came from (authenticated), with names for denormalized storage.

@@ -44,7 +44,84 @@ fn flow() -> FlowRecord {
         bytes: 60,
         packets: 1,
         count: 1,
+        kind: FlowType::L3L4,
+        l7: None,
     }
+}
+
+fn l7_flow(method: &str, url: &str, code: u16) -> FlowRecord {
+    FlowRecord {
+        kind: FlowType::L7,
+        l7: Some(L7Info {
+            http: HttpInfo {
+                method: method.into(),
+                url: url.into(),
+                protocol: "HTTP/1.1".into(),
+                code,
+                latency_ms: 1.5,
+            },
+        }),
+        observation_point: "l7-proxy".into(),
+        ..flow()
+    }
+}
+
+#[test]
+fn l7_filters_match_requests_as_hubble_does() {
+    let denied = l7_flow("POST", "http://weft.test/admin/users?x=1", 403);
+    let ok = l7_flow("get", "http://weft.test/public/a", 200);
+    type Case<'a> = (&'a [(&'a str, &'a str)], [bool; 3]);
+    let cases: &[Case] = &[
+        // (filter, [denied, ok, an L3/L4 flow])
+        (&[("type", "l7")], [true, true, false]),
+        (&[("type", "L3_L4")], [false, false, true]),
+        (&[("http_method", "GET")], [false, true, false]),
+        (
+            &[("http_method", "post"), ("http_method", "GET")],
+            [true, true, false],
+        ),
+        (&[("http_path", "^/admin/")], [true, false, false]),
+        // The path alone: no host, no query.
+        (&[("http_path", "weft\\.test")], [false, false, false]),
+        (&[("http_path", "x=1")], [false, false, false]),
+        // Not a regular expression: matched literally.
+        (&[("http_path", "/admin/(")], [false, false, false]),
+        (&[("http_path", "/admin/users(")], [false, false, false]),
+        (&[("http_status", "403")], [true, false, false]),
+        (&[("http_status", "4+")], [true, false, false]),
+        (
+            &[("http_status", "2+"), ("http_status", "403")],
+            [true, true, false],
+        ),
+        (&[("not_http_status", "4+")], [false, true, true]),
+        (
+            &[("type", "l7"), ("not_http_method", "GET")],
+            [true, false, false],
+        ),
+    ];
+    for (q, want) in cases {
+        let f = filter(q);
+        let got = [f.matches(&denied), f.matches(&ok), f.matches(&flow())];
+        assert_eq!(&got, want, "{q:?}");
+    }
+    for (name, bad) in [
+        ("http_status", "4xx"),
+        ("http_status", "600"),
+        ("http_status", "40"),
+        ("http_status", "45+"),
+        ("http_method", "GE T"),
+        ("type", "l4"),
+    ] {
+        let e = FlowFilter::parse([(name, bad)], now()).expect_err(bad);
+        assert_eq!(e.param, name);
+    }
+    // The JSON shape: `type` and, for L7 records, `l7.http`.
+    let v = serde_json::to_value(&denied).unwrap();
+    assert_eq!(v["type"], "L7");
+    assert_eq!(v["l7"]["http"]["code"], 403);
+    let v = serde_json::to_value(flow()).unwrap();
+    assert_eq!(v["type"], "L3_L4");
+    assert!(v.get("l7").is_none());
 }
 
 fn filter(q: &[(&str, &str)]) -> FlowFilter {

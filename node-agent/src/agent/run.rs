@@ -150,14 +150,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 
 /// The L7 proxy in the agent's (the node's) namespace: its device and policy routing, the
 /// datapath's hand-off program on the device, and the listeners' registry.
-async fn setup_l7_proxy(dp: &mut Datapath, pin_path: &Path) -> Result<(), String> {
+async fn setup_l7_proxy(
+    dp: &mut Datapath,
+    pin_path: &Path,
+    flows: Arc<FlowQueue>,
+) -> Result<(), String> {
     let rtnl = crate::netlink::Rtnl::current().map_err(|e| e.to_string())?;
     rtnl.ensure_proxy_routing()
         .await
         .map_err(|e| e.to_string())?;
     dp.attach_proxy_device(crate::netlink::proxy::PROXY_DEVICE)
         .map_err(|e| e.to_string())?;
-    let proxies = crate::proxy::Proxies::new(pin_path, crate::proxy::DEFAULT_BASE_PORT)?;
+    let proxies = crate::proxy::Proxies::new(pin_path, crate::proxy::DEFAULT_BASE_PORT, flows)?;
     dp.set_l7_proxy(Box::new(proxies));
     Ok(())
 }
@@ -184,7 +188,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if let Some(cg) = &args.cgroup {
         dp.attach_cgroup(cg)?;
     }
-    if let Err(e) = setup_l7_proxy(&mut dp, &args.pin_path).await {
+    // Flows: read from now on; exported once registered.
+    let queue = FlowQueue::new(args.flow_buffer);
+    if let Err(e) = setup_l7_proxy(&mut dp, &args.pin_path, queue.clone()).await {
         // Fail closed: L7 rules then allow nothing, and their acks say why.
         tracing::warn!(error = %e, "no L7 proxy on this node: L7 rules are not programmed");
     }
@@ -196,8 +202,6 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let (names_tx, names_rx) = tokio::sync::watch::channel(programmed.names());
     let mut tasks = Tasks(Vec::new());
 
-    // Flows: read from now on; exported once registered.
-    let queue = FlowQueue::new(args.flow_buffer);
     let flow_stats = Arc::new(FlowStats::default());
     match events.map(FlowEventStream::new) {
         Some(Ok(stream)) => tasks.0.push(tokio::spawn(flows::read_events(

@@ -90,6 +90,7 @@ pub fn to_flow(e: &c::FlowEvent, unix_offset_ns: i64, names: &Names) -> pb::Flow
         },
         observation_point: observation_point_name(e.obs_point).to_string(),
         count: 1,
+        http: None,
     }
 }
 
@@ -99,6 +100,11 @@ pub fn aggregate(flows: Vec<pb::Flow>) -> Vec<pb::Flow> {
     let mut out: Vec<pb::Flow> = Vec::with_capacity(flows.len());
     let mut index: HashMap<FlowKey, usize> = HashMap::new();
     for f in flows {
+        // Each L7 record is one request of its own.
+        if f.http.is_some() {
+            out.push(f);
+            continue;
+        }
         match index.get(&flow_key(&f)) {
             Some(&i) => {
                 let o = &mut out[i];

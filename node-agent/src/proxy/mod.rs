@@ -8,6 +8,10 @@
 //! destination over one upstream connection per client connection (HTTP/1.1, keep-alive;
 //! pipelined requests are answered in order).
 //!
+//! Every request becomes an L7 flow record (`http`: method, URL, protocol, status, latency;
+//! verdict `FORWARDED`, or `DROPPED` / `POLICY_DENIED` for a denied one) in the agent's
+//! flow export, beside the datapath's.
+//!
 //! Upstream connections leave from the node's own address, marked so the datapath still
 //! judges them as the client: on ingress with the client's identity and "already checked"
 //! (`MARK_PROXIED`: the destination's program does not redirect them again), on egress with
@@ -33,7 +37,9 @@ use weft_datapath_common as c;
 use weft_model::desired::HttpMatch;
 
 use crate::datapath::{Direction, L7Proxy, Maps};
+use crate::flows::FlowQueue;
 use rules::{RequestView, RuleSet};
+use weft_proto::v1 as pb;
 
 /// The body a 403 carries (as Cilium's proxy).
 pub const ACCESS_DENIED: &str = "Access denied\r\n";
@@ -61,11 +67,19 @@ impl Identities {
         };
         admitted.unwrap_or_else(|| maps.identity_of(client.ip()))
     }
+
+    fn of(&self, ip: IpAddr) -> u32 {
+        match self.0.lock() {
+            Ok(maps) => maps.identity_of(ip),
+            Err(poisoned) => poisoned.into_inner().identity_of(ip),
+        }
+    }
 }
 
 /// The node's L7 proxy: a listener per (direction, rule set), started on first use.
 pub struct Proxies {
     identities: Arc<Identities>,
+    flows: Arc<FlowQueue>,
     listeners: HashMap<(Direction, Vec<HttpMatch>), Listening>,
     next_port: u16,
 }
@@ -86,10 +100,15 @@ impl Drop for Proxies {
 impl Proxies {
     /// A proxy reading identities from the maps pinned under `pin_path`. Listeners are
     /// spawned on the current tokio runtime.
-    pub fn new(pin_path: &std::path::Path, base_port: u16) -> Result<Self, String> {
+    pub fn new(
+        pin_path: &std::path::Path,
+        base_port: u16,
+        flows: Arc<FlowQueue>,
+    ) -> Result<Self, String> {
         let maps = Maps::open_pinned(pin_path).map_err(|e| format!("opening the maps: {e}"))?;
         Ok(Proxies {
             identities: Arc::new(Identities(Mutex::new(maps))),
+            flows,
             listeners: HashMap::new(),
             next_port: base_port,
         })
@@ -126,6 +145,7 @@ impl L7Proxy for Proxies {
             direction,
             rules,
             identities: self.identities.clone(),
+            flows: self.flows.clone(),
         });
         let task = tokio::spawn(accept_loop(listener, shared));
         tracing::info!(port, ?direction, rules = http.len(), "L7 proxy listening");
@@ -139,6 +159,48 @@ struct Shared {
     direction: Direction,
     rules: Arc<RuleSet>,
     identities: Arc<Identities>,
+    flows: Arc<FlowQueue>,
+}
+
+/// One client connection, as its flow records name it.
+#[derive(Clone, Copy)]
+struct Conn {
+    client: SocketAddr,
+    original: SocketAddr,
+    client_identity: u32,
+    server_identity: u32,
+    /// What upstream packets carry (see the module doc).
+    mark: u32,
+}
+
+impl Conn {
+    /// The L7 record of one request (`denied`: answered by the policy, not upstream).
+    fn flow(&self, direction: Direction, denied: bool, http: pb::HttpFlow) -> pb::Flow {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        pb::Flow {
+            time_unix_nanos: now,
+            src_ip: self.client.ip().to_string(),
+            dst_ip: self.original.ip().to_string(),
+            src_port: u32::from(self.client.port()),
+            dst_port: u32::from(self.original.port()),
+            proto: 6,
+            src_identity: self.client_identity,
+            dst_identity: self.server_identity,
+            verdict: if denied { "DROPPED" } else { "FORWARDED" }.into(),
+            drop_reason: if denied { "POLICY_DENIED" } else { "" }.into(),
+            direction: match direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            }
+            .into(),
+            observation_point: "l7-proxy".into(),
+            count: 1,
+            http: Some(http),
+            ..Default::default()
+        }
+    }
 }
 
 fn setsockopt(fd: i32, level: i32, name: i32, value: u32) -> io::Result<()> {
@@ -197,15 +259,44 @@ async fn serve(conn: TcpStream, shared: Arc<Shared>) {
         .identities
         .of_client(shared.direction, client, original);
     tracing::debug!(%client, %original, identity, "L7 proxy connection");
-    let mark = match shared.direction {
-        Direction::Ingress => c::proxied_mark(identity),
-        Direction::Egress => c::identity_mark(identity),
+    let conn_info = Conn {
+        client,
+        original,
+        client_identity: identity,
+        server_identity: shared.identities.of(original.ip()),
+        mark: match shared.direction {
+            Direction::Ingress => c::proxied_mark(identity),
+            Direction::Egress => c::identity_mark(identity),
+        },
     };
     let upstream = Arc::new(tokio::sync::Mutex::new(None::<SendRequest<Incoming>>));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let upstream = upstream.clone();
-        async move { Ok::<_, Infallible>(handle(req, &shared, &upstream, original, mark).await) }
+        async move {
+            let started = std::time::Instant::now();
+            let method = req.method().to_string();
+            let protocol = format!("{:?}", req.version());
+            let url = format!(
+                "http://{}{}",
+                host_of(&req).unwrap_or_default(),
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            let (resp, forwarded) = handle(req, &shared, &upstream, conn_info).await;
+            let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            shared.flows.push(conn_info.flow(
+                shared.direction,
+                !forwarded,
+                pb::HttpFlow {
+                    method,
+                    url,
+                    protocol,
+                    code: u32::from(resp.status().as_u16()),
+                    latency_us,
+                },
+            ));
+            Ok::<_, Infallible>(resp)
+        }
     });
     let res = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(conn), service)
@@ -229,18 +320,24 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
+/// The request's host: its `Host` header, else the target's authority.
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// Checks one request; forwards it when allowed. Returns the response and whether the
+/// request was allowed (and so went upstream).
 async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     upstream: &tokio::sync::Mutex<Option<SendRequest<Incoming>>>,
-    original: SocketAddr,
-    mark: u32,
-) -> Response<Body> {
-    let host = req
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    conn: Conn,
+) -> (Response<Body>, bool) {
+    let original = conn.original;
+    let host = host_of(&req);
     let path = req
         .uri()
         .path_and_query()
@@ -253,7 +350,7 @@ async fn handle(
     };
     if !shared.rules.allows(&view) {
         tracing::debug!(method = %req.method(), path, %original, "L7 request denied");
-        return plain(StatusCode::FORBIDDEN, ACCESS_DENIED);
+        return (plain(StatusCode::FORBIDDEN, ACCESS_DENIED), false);
     }
     let mut slot = upstream.lock().await;
     let ready = match slot.as_mut() {
@@ -261,23 +358,26 @@ async fn handle(
         None => false,
     };
     if !ready {
-        match connect(original, mark).await {
+        match connect(original, conn.mark).await {
             Ok(s) => *slot = Some(s),
             Err(e) => {
                 tracing::warn!(%original, error = %e, "L7 proxy cannot reach the destination");
-                return plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+                let resp = plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+                return (resp, true);
             }
         }
     }
     let Some(sender) = slot.as_mut() else {
-        return plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+        let resp = plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+        return (resp, true);
     };
     match sender.send_request(req).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
+        Ok(resp) => (resp.map(|b| b.boxed()), true),
         Err(e) => {
             tracing::warn!(%original, error = %e, "L7 proxy upstream request failed");
             *slot = None;
-            plain(StatusCode::BAD_GATEWAY, "upstream request failed\r\n")
+            let resp = plain(StatusCode::BAD_GATEWAY, "upstream request failed\r\n");
+            (resp, true)
         }
     }
 }

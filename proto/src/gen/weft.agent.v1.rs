@@ -430,6 +430,28 @@ pub struct Flow {
     /// Datapath events this record stands for (aggregation); at least 1.
     #[prost(uint32, tag = "19")]
     pub count: u32,
+    /// Set on an L7 record: one HTTP request the agent's L7 proxy judged (observation point
+    /// "l7-proxy"; verdict FORWARDED, or DROPPED with POLICY_DENIED for a denied request).
+    #[prost(message, optional, tag = "20")]
+    pub http: ::core::option::Option<HttpFlow>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HttpFlow {
+    #[prost(string, tag = "1")]
+    pub method: ::prost::alloc::string::String,
+    /// <http://<host><path> and query>, as the client asked.
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    /// "HTTP/1.1", "HTTP/2".
+    #[prost(string, tag = "3")]
+    pub protocol: ::prost::alloc::string::String,
+    /// Response status; 0 when no response came.
+    #[prost(uint32, tag = "4")]
+    pub code: u32,
+    /// Request head to response head.
+    #[prost(uint64, tag = "5")]
+    pub latency_us: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

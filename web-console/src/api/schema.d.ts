@@ -1012,7 +1012,16 @@ export interface components {
              * @description Datapath events this record aggregates (at least 1).
              */
             count: number;
+            /** @description `L3_L4` (the datapath's) or `L7` (one request the L7 proxy judged). */
+            type?: components["schemas"]["FlowType"];
+            l7?: null | components["schemas"]["L7Info"];
         };
+        /**
+         * @description What a flow record describes: packets the datapath saw (`L3_L4`), or one request the
+         *     agent's L7 proxy judged (`L7`, with `l7`).
+         * @enum {string}
+         */
+        FlowType: "L3_L4" | "L7";
         /**
          * @description `toFQDNs` entry: exactly one of `matchName` (exact name) or `matchPattern` (`*` matches
          *     any run of DNS name characters within one label; a lone `*` matches every name).
@@ -1030,6 +1039,26 @@ export interface components {
         };
         Health: {
             status: string;
+        };
+        /** @description An HTTP request the L7 proxy judged (Hubble's `l7.http`). */
+        HttpInfo: {
+            /** @description The request method (`GET`). */
+            method: string;
+            /** @description `http://<host><path>`, as the client asked. */
+            url: string;
+            /** @description `HTTP/1.1` or `HTTP/2`. */
+            protocol: string;
+            /**
+             * Format: int32
+             * @description The response's status: `403` for a request the policy denied; 0 when no response
+             *     came.
+             */
+            code: number;
+            /**
+             * Format: double
+             * @description From the request's head to the response's head.
+             */
+            latency_ms: number;
         };
         /**
          * @description An HTTP rule. `method`, `path` and `host` are regular expressions (as in Cilium); every
@@ -1143,6 +1172,10 @@ export interface components {
          * @enum {string}
          */
         L4Protocol: "TCP" | "UDP";
+        /** @description The L7 part of an `L7` record. */
+        L7Info: {
+            http: components["schemas"]["HttpInfo"];
+        };
         /** @description L7 rules of a port rule. Only allowed on allow rules. */
         L7Rules: {
             http?: components["schemas"]["HttpRule"][];
@@ -1425,6 +1458,9 @@ export interface components {
                  * @description Datapath events this record aggregates (at least 1).
                  */
                 count: number;
+                /** @description `L3_L4` (the datapath's) or `L7` (one request the L7 proxy judged). */
+                type?: components["schemas"]["FlowType"];
+                l7?: null | components["schemas"]["L7Info"];
             }[];
             /** @description Pass as `cursor` to get the next page; absent on the last page. */
             next_cursor?: string | null;
@@ -6902,6 +6938,17 @@ export interface operations {
                  *     it has all of them. Repeatable.
                  */
                 tcp_flags?: string;
+                /** @description `L3_L4` (what the datapath saw) or `L7` (requests the L7 proxy judged). Repeatable. */
+                type?: components["schemas"]["FlowType"];
+                /** @description HTTP request method of L7 records (any case). Repeatable. */
+                http_method?: string;
+                /**
+                 * @description A regular expression found in the URL path of L7 records (`^/api/v[0-9]+/`); text
+                 *     that is not a regular expression matches literally. Repeatable.
+                 */
+                http_path?: string;
+                /** @description HTTP response status of L7 records: a code (`403`) or a class (`5+`). Repeatable. */
+                http_status?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
                 /**
@@ -7013,6 +7060,17 @@ export interface operations {
                  *     it has all of them. Repeatable.
                  */
                 tcp_flags?: string;
+                /** @description `L3_L4` (what the datapath saw) or `L7` (requests the L7 proxy judged). Repeatable. */
+                type?: components["schemas"]["FlowType"];
+                /** @description HTTP request method of L7 records (any case). Repeatable. */
+                http_method?: string;
+                /**
+                 * @description A regular expression found in the URL path of L7 records (`^/api/v[0-9]+/`); text
+                 *     that is not a regular expression matches literally. Repeatable.
+                 */
+                http_path?: string;
+                /** @description HTTP response status of L7 records: a code (`403`) or a class (`5+`). Repeatable. */
+                http_status?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
                 /**

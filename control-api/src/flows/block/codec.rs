@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use weft_model::flow::{
-    Criterion, DropReason, FlowFilter, FlowRecord, Peer, Protocol, Side, TcpFlags, Verdict,
+    Criterion, DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer, Protocol,
+    Side, TcpFlags, Verdict,
 };
 use weft_model::labels::Labels;
 
@@ -72,6 +73,18 @@ struct Packed {
     packets: Vec<u64>,
     #[prost(uint64, repeated, tag = "26")]
     count: Vec<u64>,
+    /// L7 columns: empty when no flow of the block is an L7 record (and in blocks written
+    /// before they existed); else one per flow, `l7_method` 0 for an L3/L4 record.
+    #[prost(uint32, repeated, tag = "27")]
+    l7_method: Vec<u32>,
+    #[prost(uint32, repeated, tag = "28")]
+    l7_url: Vec<u32>,
+    #[prost(uint32, repeated, tag = "29")]
+    l7_protocol: Vec<u32>,
+    #[prost(uint32, repeated, tag = "30")]
+    l7_code: Vec<u32>,
+    #[prost(uint64, repeated, tag = "31")]
+    l7_latency_us: Vec<u64>,
 }
 
 /// Interns strings into a block's dictionary.
@@ -146,7 +159,28 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
     };
     let mut keys = KeySet::default();
     let mut edges = EdgeMap::default();
+    let any_l7 = flows.iter().any(|f| f.l7.is_some());
     for f in flows {
+        if any_l7 {
+            match &f.l7 {
+                Some(l7) => {
+                    let h = &l7.http;
+                    p.l7_method.push(d.put(&h.method) + 1);
+                    p.l7_url.push(d.put(&h.url));
+                    p.l7_protocol.push(d.put(&h.protocol));
+                    p.l7_code.push(u32::from(h.code));
+                    p.l7_latency_us
+                        .push((h.latency_ms * 1000.0).round().max(0.0) as u64);
+                }
+                None => {
+                    p.l7_method.push(0);
+                    p.l7_url.push(0);
+                    p.l7_protocol.push(0);
+                    p.l7_code.push(0);
+                    p.l7_latency_us.push(0);
+                }
+            }
+        }
         p.time_us.push(f.time.timestamp_micros() - base_us);
         p.src_ip.push(d.put_display(&mut ips, f.src.ip));
         p.src_port.push(u32::from(f.src.port));
@@ -335,7 +369,32 @@ impl Unpacked<'_> {
         if n > MAX_FLOWS || columns.iter().any(|&c| c != n) {
             return Err(self.bad(format!("columns of unequal length ({n} times)")));
         }
+        let l7 = [
+            p.l7_method.len(),
+            p.l7_url.len(),
+            p.l7_protocol.len(),
+            p.l7_code.len(),
+            p.l7_latency_us.len(),
+        ];
+        if l7.iter().any(|&c| c != l7[0]) || (l7[0] != 0 && l7[0] != n) {
+            return Err(self.bad(format!("L7 columns of unequal length ({n} times)")));
+        }
         Ok(())
+    }
+
+    /// The HTTP request of flow `i`, if it is an L7 record.
+    fn http(&self, i: usize) -> Result<Option<HttpInfo>, CorruptBlock> {
+        let p = self.p;
+        let Some(method) = self.opt(p.l7_method.get(i).copied().unwrap_or(0))? else {
+            return Ok(None);
+        };
+        Ok(Some(HttpInfo {
+            method: method.to_string(),
+            url: self.dict(p.l7_url[i])?.to_string(),
+            protocol: self.dict(p.l7_protocol[i])?.to_string(),
+            code: u16::try_from(p.l7_code[i]).map_err(|_| self.bad("HTTP status"))?,
+            latency_ms: p.l7_latency_us[i] as f64 / 1000.0,
+        }))
     }
 
     fn time(&self, i: usize) -> Result<DateTime<Utc>, CorruptBlock> {
@@ -472,6 +531,13 @@ impl Unpacked<'_> {
                 let flags = TcpFlags(p.tcp_flags[i] as u8);
                 fs.iter().any(|w| flags.contains(*w))
             }
+            Criterion::Type(ts) => {
+                let l7 = p.l7_method.get(i).is_some_and(|&m| m != 0);
+                ts.contains(if l7 { &FlowType::L7 } else { &FlowType::L3L4 })
+            }
+            Criterion::HttpMethod(_) | Criterion::HttpPath(_) | Criterion::HttpStatus(_) => {
+                self.http(i)?.is_some_and(|h| c.matches_http(&h))
+            }
         })
     }
 
@@ -531,7 +597,14 @@ impl Unpacked<'_> {
             bytes: p.bytes[i],
             packets: p.packets[i],
             count: p.count[i],
+            kind: FlowType::L3L4,
+            l7: None,
         };
+        let mut record = record;
+        if let Some(http) = self.http(i)? {
+            record.kind = FlowType::L7;
+            record.l7 = Some(L7Info { http });
+        }
         let service_id = self
             .opt(p.service_id[i])?
             .map(str::parse::<Uuid>)

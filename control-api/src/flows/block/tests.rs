@@ -2,7 +2,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use weft_model::flow::{DropReason, FlowFilter, FlowRecord, Peer, Protocol, TcpFlags, Verdict};
+use weft_model::flow::{
+    DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer, Protocol, TcpFlags,
+    Verdict,
+};
 use weft_model::labels::Labels;
 
 use super::*;
@@ -50,6 +53,16 @@ fn flow(i: usize) -> NewFlow {
         bytes: 60 + i as i64,
         packets: 1,
         count: 1 + (i % 2) as i64,
+        // Every third flow (from the second) is a request the L7 proxy judged.
+        l7: (i % 3 == 1).then(|| L7Info {
+            http: HttpInfo {
+                method: if i.is_multiple_of(2) { "GET" } else { "POST" }.into(),
+                url: format!("http://web/items/{i}?q=1"),
+                protocol: "HTTP/1.1".into(),
+                code: if i % 4 == 1 { 403 } else { 200 },
+                latency_ms: 1.25 + i as f64,
+            },
+        }),
     }
 }
 
@@ -77,6 +90,12 @@ fn expected(f: &NewFlow) -> FlowRecord {
         bytes: f.bytes as u64,
         packets: f.packets as u64,
         count: f.count as u64,
+        kind: if f.l7.is_some() {
+            FlowType::L7
+        } else {
+            FlowType::L3L4
+        },
+        l7: f.l7.clone(),
     }
 }
 
@@ -155,6 +174,12 @@ fn filters_on_packed_columns_mean_what_they_mean_on_records() {
         "node=node-2",
         "tcp_flags=SYN",
         "tcp_flags=ACK",
+        "type=L7",
+        "not_type=l7",
+        "http_method=post",
+        "http_status=4%2B&type=l7",
+        "not_http_status=403",
+        "http_path=%5E/items/1",
     ] {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
         let f = FlowFilter::parse(

@@ -1,0 +1,95 @@
+//! The L7 side of flow records: what the agent's L7 proxy reports of each HTTP request,
+//! and the filters over it (`type`, `http_method`, `http_path`, `http_status`).
+
+use serde::{Deserialize, Serialize};
+
+named_enum!(
+    /// What a flow record describes: packets the datapath saw (`L3_L4`), or one request the
+    /// agent's L7 proxy judged (`L7`, with `l7`).
+    FlowType {
+        L3L4 = "L3_L4",
+        L7 = "L7",
+    }
+);
+
+#[allow(clippy::derivable_impls)] // the enum comes from `named_enum!`
+impl Default for FlowType {
+    fn default() -> Self {
+        FlowType::L3L4
+    }
+}
+
+/// An HTTP request the L7 proxy judged (Hubble's `l7.http`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HttpInfo {
+    /// The request method (`GET`).
+    pub method: String,
+    /// `http://<host><path>`, as the client asked.
+    pub url: String,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
+    /// The response's status: `403` for a request the policy denied; 0 when no response
+    /// came.
+    pub code: u16,
+    /// From the request's head to the response's head.
+    pub latency_ms: f64,
+}
+
+impl HttpInfo {
+    /// The path of `url` (without scheme, host and query).
+    pub fn path(&self) -> &str {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        path.split_once('?').map_or(path, |(p, _)| p)
+    }
+}
+
+/// The L7 part of an `L7` record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct L7Info {
+    pub http: HttpInfo,
+}
+
+/// A regular expression over HTTP paths (`http_path=`), compared by its text.
+#[derive(Debug, Clone)]
+pub struct PathPattern(pub regex::Regex);
+
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// An HTTP status filter (`http_status=`): one code (`403`) or a class (`5+`), as Hubble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Code(u16),
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn parse(v: &str) -> Result<StatusMatch, String> {
+        let bad = || format!("{v:?} is not an HTTP status (`403`) or class (`4+`)");
+        match v.strip_suffix('+') {
+            Some(c) if c.len() == 1 => match c.parse::<u16>() {
+                Ok(c @ 1..=5) => Ok(StatusMatch::Class(c)),
+                _ => Err(bad()),
+            },
+            Some(_) => Err(bad()),
+            None => match v.parse::<u16>() {
+                Ok(code @ 100..=599) if v.len() == 3 => Ok(StatusMatch::Code(code)),
+                _ => Err(bad()),
+            },
+        }
+    }
+
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == code,
+            StatusMatch::Class(c) => code / 100 == c,
+        }
+    }
+}
