@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use common::bpf_available;
 use common::env::{until_assigned, Env};
 use common::nodes::WITHIN;
-use node_agent::tools::http::{http_exchange, request, HttpReply};
+use node_agent::tools::http::{h2_exchange, http_exchange, request, HttpReply};
 use node_agent::tools::Server;
 use serde_json::json;
 
@@ -99,6 +99,8 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
     env.nodes[1].add("web-2", web2, "10.0.2.1/32", "app=web");
     let srv1 = Server::http(&env.nodes[0].pods[web1], 8080, "web-1").expect("server");
     let srv2 = Server::http(&env.nodes[1].pods[web2], 8080, "web-2").expect("server");
+    // What a gRPC server is on the wire: HTTP/2 with prior knowledge.
+    let grpc = Server::h2(&env.nodes[0].pods[web1], 9090, "grpc-1").expect("h2 server");
     until_assigned(&env.nodes[0], 3).await;
     until_assigned(&env.nodes[1], 1).await;
 
@@ -115,7 +117,10 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
                                           "rules": {"http": [
                                               {"method": "GET", "path": "/public/.*"},
                                               {"method": "POST", "path": "/submit",
-                                               "headers": ["X-Token: s3cret"]}]}}]}]}})),
+                                               "headers": ["X-Token: s3cret"]}]}},
+                                         {"ports": [{"port": "9090", "protocol": "TCP"}],
+                                          "rules": {"http": [
+                                              {"method": "POST", "path": "/weft\\.Echo/Say"}]}}]}]}})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -171,6 +176,45 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
             "one keep-alive connection to {name}: each request judged on its own"
         );
     }
+    // HTTP/2 (h2c, as gRPC): rules on the method and `:path`, per stream.
+    let grpc_target = SocketAddr::V4(SocketAddrV4::new(*WEB1.ip(), 9090));
+    let (ns, start) = (client_ns.clone(), Instant::now());
+    loop {
+        let ns = ns.clone();
+        let replies = tokio::task::block_in_place(|| {
+            std::thread::spawn(move || {
+                let _in = node_agent::netns::enter_netns(&ns)?;
+                h2_exchange(
+                    grpc_target,
+                    &[
+                        ("POST", "/weft.Echo/Say"),
+                        ("POST", "/weft.Echo/Shout"),
+                        ("GET", "/weft.Echo/Say"),
+                        ("POST", "/weft.Echo/Say"),
+                    ],
+                    Duration::from_secs(2),
+                )
+            })
+            .join()
+            .expect("h2 client thread")
+        });
+        let want = vec![
+            ok("grpc-1", "POST", "/weft.Echo/Say"),
+            denied(),
+            denied(),
+            ok("grpc-1", "POST", "/weft.Echo/Say"),
+        ];
+        if matches!(&replies, Ok(r) if *r == want) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "h2c through the proxy: {replies:?}\n{}",
+            env.nodes[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Every request is an L7 flow record, stored and filterable as in `hubble observe`.
     for (node, web) in [("node-1", "web-1"), ("node-2", "web-2")] {
         let path = format!(
@@ -270,5 +314,5 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    drop((srv1, srv2));
+    drop((srv1, srv2, grpc));
 }

@@ -5,8 +5,9 @@
 //! entry carries; see `datapath-bpf/ebpf/src/proxy.rs`). The accepted socket's local address
 //! is the original destination. Each request is checked against the rules: a denied one is
 //! answered `403 Forbidden` with `Access denied`, an allowed one is forwarded to the original
-//! destination over one upstream connection per client connection (HTTP/1.1, keep-alive;
-//! pipelined requests are answered in order).
+//! destination over one upstream connection per client connection: HTTP/1.1 (keep-alive;
+//! pipelined requests are answered in order) or HTTP/2 with prior knowledge (h2c, so gRPC:
+//! rules on `:path`), as the client speaks.
 //!
 //! Every request becomes an L7 flow record (`http`: method, URL, protocol, status, latency;
 //! verdict `FORWARDED`, or `DROPPED` / `POLICY_DENIED` for a denied one) in the agent's
@@ -29,9 +30,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use weft_datapath_common as c;
 use weft_model::desired::HttpMatch;
@@ -269,7 +269,7 @@ async fn serve(conn: TcpStream, shared: Arc<Shared>) {
             Direction::Egress => c::identity_mark(identity),
         },
     };
-    let upstream = Arc::new(tokio::sync::Mutex::new(None::<SendRequest<Incoming>>));
+    let upstream = Arc::new(tokio::sync::Mutex::new(None::<Upstream>));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let upstream = upstream.clone();
@@ -298,7 +298,8 @@ async fn serve(conn: TcpStream, shared: Arc<Shared>) {
             Ok::<_, Infallible>(resp)
         }
     });
-    let res = hyper::server::conn::http1::Builder::new()
+    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c: gRPC), told apart by the preface.
+    let res = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(conn), service)
         .await;
     if let Err(e) = res {
@@ -333,7 +334,7 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
 async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
-    upstream: &tokio::sync::Mutex<Option<SendRequest<Incoming>>>,
+    upstream: &tokio::sync::Mutex<Option<Upstream>>,
     conn: Conn,
 ) -> (Response<Body>, bool) {
     let original = conn.original;
@@ -352,13 +353,14 @@ async fn handle(
         tracing::debug!(method = %req.method(), path, %original, "L7 request denied");
         return (plain(StatusCode::FORBIDDEN, ACCESS_DENIED), false);
     }
+    let h2 = req.version() == hyper::Version::HTTP_2;
     let mut slot = upstream.lock().await;
     let ready = match slot.as_mut() {
-        Some(s) => s.ready().await.is_ok(),
+        Some(s) => s.is_h2() == h2 && s.ready().await,
         None => false,
     };
     if !ready {
-        match connect(original, conn.mark).await {
+        match connect(original, conn.mark, h2).await {
             Ok(s) => *slot = Some(s),
             Err(e) => {
                 tracing::warn!(%original, error = %e, "L7 proxy cannot reach the destination");
@@ -367,23 +369,52 @@ async fn handle(
             }
         }
     }
-    let Some(sender) = slot.as_mut() else {
-        let resp = plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
-        return (resp, true);
+    let sent = match slot.as_mut() {
+        // HTTP/2 multiplexes: the lock is not held while the response comes.
+        Some(Upstream::H2(s)) => {
+            let mut s = s.clone();
+            drop(slot);
+            s.send_request(req).await
+        }
+        Some(Upstream::H1(s)) => s.send_request(req).await,
+        None => {
+            let resp = plain(StatusCode::BAD_GATEWAY, "upstream unreachable\r\n");
+            return (resp, true);
+        }
     };
-    match sender.send_request(req).await {
+    match sent {
         Ok(resp) => (resp.map(|b| b.boxed()), true),
         Err(e) => {
             tracing::warn!(%original, error = %e, "L7 proxy upstream request failed");
-            *slot = None;
+            *upstream.lock().await = None;
             let resp = plain(StatusCode::BAD_GATEWAY, "upstream request failed\r\n");
             (resp, true)
         }
     }
 }
 
-/// An HTTP/1.1 connection to the original destination, its packets marked with `mark`.
-async fn connect(original: SocketAddr, mark: u32) -> io::Result<SendRequest<Incoming>> {
+/// The upstream connection of one client connection, in the client's protocol.
+enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Upstream {
+    fn is_h2(&self) -> bool {
+        matches!(self, Upstream::H2(_))
+    }
+
+    async fn ready(&mut self) -> bool {
+        match self {
+            Upstream::H1(s) => s.ready().await.is_ok(),
+            Upstream::H2(s) => s.ready().await.is_ok(),
+        }
+    }
+}
+
+/// A connection to the original destination (HTTP/2 with prior knowledge when the client
+/// spoke it, else HTTP/1.1), its packets marked with `mark`.
+async fn connect(original: SocketAddr, mark: u32, h2: bool) -> io::Result<Upstream> {
     let sock = match original {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -391,7 +422,19 @@ async fn connect(original: SocketAddr, mark: u32) -> io::Result<SendRequest<Inco
     setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark)?;
     let stream = sock.connect(original).await?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let io = TokioIo::new(stream);
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "L7 proxy upstream connection ended");
+            }
+        });
+        return Ok(Upstream::H2(sender));
+    }
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
@@ -399,5 +442,5 @@ async fn connect(original: SocketAddr, mark: u32) -> io::Result<SendRequest<Inco
             tracing::debug!(error = %e, "L7 proxy upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok(Upstream::H1(sender))
 }

@@ -149,6 +149,122 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -
     r
 }
 
+/// Runs `f` on a current-thread tokio runtime of its own (the test servers and clients
+/// live on plain threads inside a namespace).
+fn block_on<T>(f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+impl Server {
+    /// HTTP/2 with prior knowledge (h2c, as gRPC speaks it) on `[::]:port` in `ns`: answers
+    /// every request `200` with `<name> <METHOD> <path>`.
+    pub fn h2(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
+        use http_body_util::Full;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = name.to_string();
+        let stop2 = stop.clone();
+        let handle = ns.spawn(move || -> io::Result<()> {
+            let l = match TcpListener::bind(("::", port)).and_then(|l| {
+                l.set_nonblocking(true)?;
+                Ok(l)
+            }) {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l)?;
+                while !stop2.load(Ordering::Relaxed) {
+                    let accepted =
+                        tokio::time::timeout(Duration::from_millis(100), l.accept()).await;
+                    let Ok(Ok((s, _))) = accepted else { continue };
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                            let body = format!("{name} {} {}\n", req.method(), req.uri().path());
+                            async move {
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                    bytes::Bytes::from(body),
+                                )))
+                            }
+                        });
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                    });
+                }
+                Ok(())
+            })
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| io::Error::other("server did not start"))??;
+        Ok(Server {
+            stop,
+            handle: Some(flatten(handle)),
+        })
+    }
+}
+
+/// Sends `requests` (method, path) as HTTP/2 with prior knowledge on one connection to
+/// `target`, one after the other, and returns the responses.
+pub fn h2_exchange(
+    target: SocketAddr,
+    requests: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<Vec<HttpReply>> {
+    use http_body_util::{BodyExt, Empty};
+    block_on(async move {
+        let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(s),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        tokio::spawn(conn);
+        let mut out = Vec::with_capacity(requests.len());
+        for (method, path) in requests {
+            let req = hyper::Request::builder()
+                .method(*method)
+                .uri(format!("http://weft.test{path}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .map_err(io::Error::other)?;
+            let exchange = async {
+                let resp = sender.send_request(req).await.map_err(io::Error::other)?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(io::Error::other)?
+                    .to_bytes();
+                Ok::<_, io::Error>(HttpReply {
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                })
+            };
+            let reply = tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            out.push(reply);
+        }
+        Ok(out)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
