@@ -314,5 +314,32 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // With no rule left that needs them, the agents stop their proxy listeners.
+    env.delete_policy("web-http").await;
+    env.delete_policy("client-http").await;
+    let node_ns = env.nodes[0].ns.path().to_path_buf();
+    let start = Instant::now();
+    loop {
+        let ns = node_ns.clone();
+        let listening = tokio::task::block_in_place(|| {
+            std::thread::spawn(move || {
+                let _in = node_agent::netns::enter_netns(&ns).expect("node namespace");
+                (15001..15004).any(|port| {
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddr::from(([127, 0, 0, 1], port)),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+                })
+            })
+            .join()
+            .expect("probe thread")
+        });
+        if !listening {
+            break;
+        }
+        assert!(start.elapsed() < WITHIN, "proxy listeners still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop((srv1, srv2, grpc));
 }

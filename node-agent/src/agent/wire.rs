@@ -54,6 +54,8 @@ pub trait DatapathOps {
     fn settle_policy(&mut self) -> Result<(), DatapathError> {
         Ok(())
     }
+    /// Stops the L7 proxy listeners of rule sets not in `in_use`.
+    fn retain_l7_proxies(&mut self, _in_use: &BTreeSet<(dp::Direction, &[HttpMatch])>) {}
     /// The L7 proxy port for an L7 allow entry (see [`Datapath::l7_proxy_port`]).
     fn l7_proxy_port(
         &mut self,
@@ -88,6 +90,9 @@ impl DatapathOps for Datapath {
         http: &[HttpMatch],
     ) -> Result<u16, DatapathError> {
         Datapath::l7_proxy_port(self, direction, http)
+    }
+    fn retain_l7_proxies(&mut self, in_use: &BTreeSet<(dp::Direction, &[HttpMatch])>) {
+        Datapath::retain_l7_proxies(self, in_use)
     }
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError> {
         Datapath::apply_policy(self, ep_id, entries)
@@ -454,6 +459,15 @@ impl Programmed {
         if let Err(e2) = dp.settle_policy() {
             errors.push(err("policy/settle".to_string(), e2));
         }
+        // 11. L7 proxy listeners no programmed rule points at any more stop.
+        let in_use: BTreeSet<(dp::Direction, &[HttpMatch])> = next
+            .policy
+            .values()
+            .flatten()
+            .filter(|r| r.l7 && r.action == Action::Allow)
+            .map(|r| (l7_direction(r.direction), r.http.as_slice()))
+            .collect();
+        dp.retain_l7_proxies(&in_use);
         self.applied = next;
         errors
     }
@@ -558,6 +572,13 @@ fn apply_ipcache(dp: &mut impl DatapathOps, e: &IpcacheEntry) -> Result<(), Data
     dp.apply_ipcache(e.prefix.network(), e.prefix.prefix_len(), e.identity)
 }
 
+fn l7_direction(d: Direction) -> dp::Direction {
+    match d {
+        Direction::Ingress => dp::Direction::Ingress,
+        Direction::Egress => dp::Direction::Egress,
+    }
+}
+
 /// The datapath entries of an endpoint's rules: L7 allows redirect to the proxy listener of
 /// their HTTP rules. An L7 rule whose listener cannot be had is left out (it allows
 /// nothing), with the reason.
@@ -565,10 +586,7 @@ fn entries(dp: &mut impl DatapathOps, rules: &[PolicyRule]) -> (Vec<PolicyEntry>
     let mut out = Vec::with_capacity(rules.len());
     let mut l7_errors = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        let direction = match r.direction {
-            Direction::Ingress => dp::Direction::Ingress,
-            Direction::Egress => dp::Direction::Egress,
-        };
+        let direction = l7_direction(r.direction);
         let action = match r.action {
             Action::Allow if r.l7 => match dp.l7_proxy_port(direction, &r.http) {
                 Ok(proxy_port) => dp::Action::Redirect { proxy_port },

@@ -307,6 +307,16 @@ impl Datapath {
         self.l7 = Some(proxy);
     }
 
+    /// Stops the L7 proxy listeners of rule sets not in `in_use` (see [`L7Proxy::retain`]).
+    pub fn retain_l7_proxies(
+        &mut self,
+        in_use: &BTreeSet<(Direction, &[weft_model::desired::HttpMatch])>,
+    ) {
+        if let Some(p) = &mut self.l7 {
+            p.retain(in_use);
+        }
+    }
+
     /// The proxy port enforcing `http` for `direction` (see [`L7Proxy`]).
     pub fn l7_proxy_port(
         &mut self,

@@ -83,6 +83,14 @@ pub trait L7Proxy: Send {
         direction: crate::datapath::Direction,
         http: &[weft_model::desired::HttpMatch],
     ) -> std::result::Result<u16, String>;
+    /// Stops the listeners of rule sets not in `in_use`.
+    fn retain(
+        &mut self,
+        in_use: &BTreeSet<(
+            crate::datapath::Direction,
+            &[weft_model::desired::HttpMatch],
+        )>,
+    );
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;

@@ -81,7 +81,7 @@ pub struct Proxies {
     identities: Arc<Identities>,
     flows: Arc<FlowQueue>,
     listeners: HashMap<(Direction, Vec<HttpMatch>), Listening>,
-    next_port: u16,
+    base_port: u16,
 }
 
 struct Listening {
@@ -110,7 +110,7 @@ impl Proxies {
             identities: Arc::new(Identities(Mutex::new(maps))),
             flows,
             listeners: HashMap::new(),
-            next_port: base_port,
+            base_port,
         })
     }
 
@@ -121,6 +121,18 @@ impl Proxies {
 }
 
 impl L7Proxy for Proxies {
+    fn retain(&mut self, in_use: &std::collections::BTreeSet<(Direction, &[HttpMatch])>) {
+        self.listeners.retain(|(direction, http), l| {
+            let keep = in_use.contains(&(*direction, http.as_slice()));
+            if !keep {
+                // Connections already accepted carry on; new ones have no entry here.
+                l.task.abort();
+                tracing::info!(port = l.port, "L7 proxy listener stopped: no rule uses it");
+            }
+            keep
+        });
+    }
+
     fn port_for(&mut self, direction: Direction, http: &[HttpMatch]) -> Result<u16, String> {
         let key = (direction, http.to_vec());
         if let Some(l) = self.listeners.get(&key) {
@@ -129,12 +141,14 @@ impl L7Proxy for Proxies {
             }
         }
         let rules = Arc::new(RuleSet::compile(http)?);
+        // The lowest free port from the base (stopped listeners' ports are taken again).
+        let taken: std::collections::HashSet<u16> =
+            self.listeners.values().map(|l| l.port).collect();
+        let mut candidates = (self.base_port..u16::MAX).filter(|p| !taken.contains(p));
         let (listener, port) = loop {
-            let port = self.next_port;
-            if port == u16::MAX {
+            let Some(port) = candidates.next() else {
                 return Err("no free port left for an L7 proxy listener".into());
-            }
-            self.next_port += 1;
+            };
             match transparent_listener(port) {
                 Ok(l) => break (l, port),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
