@@ -62,6 +62,13 @@ fn bpf(env: &Env, i: usize, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// `POST …/policies`; the reply.
+async fn create_policy(env: &Env, body: serde_json::Value) -> weft_testkit::server::Reply {
+    env.cp
+        .call("POST", "/v1/tenants/acme/policies", &env.owner, Some(body))
+        .await
+}
+
 /// Waits until a GET of `path` from `from` to `target` answers `want`.
 async fn until_reply(env: &Env, from: &Path, target: SocketAddrV4, path: &str, want: &HttpReply) {
     let start = Instant::now();
@@ -104,13 +111,9 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
     until_assigned(&env.nodes[0], 3).await;
     until_assigned(&env.nodes[1], 1).await;
 
-    let r = env
-        .cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            &env.owner,
-            Some(json!({"name": "web-http", "spec": {
+    let r = create_policy(
+        &env,
+        json!({"name": "web-http", "spec": {
                 "endpointSelector": {"matchLabels": {"app": "web"}},
                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
                              "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
@@ -120,9 +123,9 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
                                                "headers": ["X-Token: s3cret"]}]}},
                                          {"ports": [{"port": "9090", "protocol": "TCP"}],
                                           "rules": {"http": [
-                                              {"method": "POST", "path": "/weft\\.Echo/Say"}]}}]}]}})),
-        )
-        .await;
+                                              {"method": "POST", "path": "/weft\\.Echo/Say"}]}}]}]}}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(
         r.body["status"]["conditions"],
@@ -273,19 +276,15 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
     assert!(got.is_err(), "app=other must not connect: {got:?}");
 
     // Egress HTTP rules on the client narrow what it may send, before the server's own.
-    let r = env
-        .cp
-        .call(
-            "POST",
-            "/v1/tenants/acme/policies",
-            &env.owner,
-            Some(json!({"name": "client-http", "spec": {
+    let r = create_policy(
+        &env,
+        json!({"name": "client-http", "spec": {
                 "endpointSelector": {"matchLabels": {"app": "client"}},
                 "egress": [{"toEndpoints": [{"matchLabels": {"app": "web"}}],
                             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
-                                         "rules": {"http": [{"method": "GET"}]}}]}]}})),
-        )
-        .await;
+                                         "rules": {"http": [{"method": "GET"}]}}]}]}}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     for (name, web) in [("web-1", WEB1), ("web-2", WEB2)] {
         let start = Instant::now();

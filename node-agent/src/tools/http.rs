@@ -4,11 +4,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{flatten, set_recv_timeout, Server};
+use super::{set_recv_timeout, Server};
 use crate::netns::NetNs;
 
 fn find(buf: &[u8], pat: &[u8]) -> Option<usize> {
@@ -56,36 +55,20 @@ fn serve_connection(mut s: TcpStream, name: &str) -> io::Result<()> {
 impl Server {
     /// HTTP/1.1 on `[::]:port` in `ns` (both families), a thread per connection.
     pub fn http(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
         let name = name.to_string();
-        let stop2 = stop.clone();
-        let handle = ns.spawn(move || -> io::Result<()> {
-            let l = match TcpListener::bind(("::", port))
-                .and_then(|l| set_recv_timeout(&l, Duration::from_millis(100)).map(|()| l))
-            {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return Ok(());
-                }
-            };
-            while !stop2.load(Ordering::Relaxed) {
+        let bind = move || {
+            let l = TcpListener::bind(("::", port))?;
+            set_recv_timeout(&l, Duration::from_millis(100))?;
+            Ok(l)
+        };
+        Server::start(ns, bind, move |l, stop| {
+            while !stop.load(Ordering::Relaxed) {
                 let Ok((s, _)) = l.accept() else { continue };
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let name = name.clone();
                 std::thread::spawn(move || serve_connection(s, &name));
             }
             Ok(())
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::other("server did not start"))??;
-        Ok(Server {
-            stop,
-            handle: Some(flatten(handle)),
         })
     }
 }
@@ -163,27 +146,16 @@ impl Server {
     /// every request `200` with `<name> <METHOD> <path>`.
     pub fn h2(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
         use http_body_util::Full;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
         let name = name.to_string();
-        let stop2 = stop.clone();
-        let handle = ns.spawn(move || -> io::Result<()> {
-            let l = match TcpListener::bind(("::", port)).and_then(|l| {
-                l.set_nonblocking(true)?;
-                Ok(l)
-            }) {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return Ok(());
-                }
-            };
+        let bind = move || {
+            let l = TcpListener::bind(("::", port))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        Server::start(ns, bind, move |l, stop| {
             block_on(async move {
                 let l = tokio::net::TcpListener::from_std(l)?;
-                while !stop2.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let accepted =
                         tokio::time::timeout(Duration::from_millis(100), l.accept()).await;
                     let Ok(Ok((s, _))) = accepted else { continue };
@@ -206,12 +178,6 @@ impl Server {
                 }
                 Ok(())
             })
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::other("server did not start"))??;
-        Ok(Server {
-            stop,
-            handle: Some(flatten(handle)),
         })
     }
 }

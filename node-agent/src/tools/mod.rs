@@ -39,27 +39,16 @@ impl Server {
     /// per connection, which would dominate connection-rate measurements).
     pub fn tcp(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
         const WORKERS: usize = 4;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
         let name = format!("{name}\n");
-        let stop2 = stop.clone();
-        let handle = ns.spawn(move || -> io::Result<()> {
-            let l = match TcpListener::bind(("::", port)).and_then(|l| {
-                set_recv_timeout(&l, Duration::from_millis(100))?;
-                Ok(l)
-            }) {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    Arc::new(l)
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return Ok(());
-                }
-            };
+        let bind = move || {
+            let l = TcpListener::bind(("::", port))?;
+            set_recv_timeout(&l, Duration::from_millis(100))?;
+            Ok(Arc::new(l))
+        };
+        Server::start(ns, bind, move |l, stop| {
             let workers: Vec<_> = (0..WORKERS)
                 .map(|_| {
-                    let (l, stop, name) = (l.clone(), stop2.clone(), name.clone());
+                    let (l, stop, name) = (l.clone(), stop.clone(), name.clone());
                     std::thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             // Blocking accept wakes one worker per connection (no thundering
@@ -80,23 +69,42 @@ impl Server {
                 let _ = w.join();
             }
             Ok(())
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::other("server did not start"))??;
-        Ok(Server {
-            stop,
-            handle: Some(flatten(handle)),
         })
     }
 
     /// UDP on `[::]` (both families): answers every datagram with `name\n`.
     pub fn udp(ns: &NetNs, port: u16, name: &str) -> io::Result<Server> {
+        let name = format!("{name}\n");
+        Server::start(
+            ns,
+            move || UdpSocket::bind(("::", port)),
+            move |s, stop| {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if !readable(s.as_raw_fd(), 50) {
+                        continue;
+                    }
+                    if let Ok((_, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(name.as_bytes(), from);
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Runs a server in `ns` on a thread of its own: `bind` makes its socket (its error is
+    /// returned from here, once), then `serve` runs until the stop flag is set.
+    fn start<S: 'static>(
+        ns: &NetNs,
+        bind: impl FnOnce() -> io::Result<S> + Send + 'static,
+        serve: impl FnOnce(S, Arc<AtomicBool>) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
-        let name = format!("{name}\n");
         let stop2 = stop.clone();
         let handle = ns.spawn(move || -> io::Result<()> {
-            let s = match UdpSocket::bind(("::", port)) {
+            let s = match bind() {
                 Ok(s) => {
                     let _ = tx.send(Ok(()));
                     s
@@ -106,16 +114,7 @@ impl Server {
                     return Ok(());
                 }
             };
-            let mut buf = [0u8; 512];
-            while !stop2.load(Ordering::Relaxed) {
-                if !readable(s.as_raw_fd(), 50) {
-                    continue;
-                }
-                if let Ok((_, from)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(name.as_bytes(), from);
-                }
-            }
-            Ok(())
+            serve(s, stop2)
         });
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|_| io::Error::other("server did not start"))??;
