@@ -80,6 +80,15 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// (benchmark) `cargo xtask bench l7` runs this; writes the JSON report.
+    #[command(hide = true)]
+    BenchL7 {
+        #[arg(long)]
+        out: PathBuf,
+        /// Shorter windows, one round (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// (demo helper) Forwards TCP from a listener inside a network namespace to an address
     /// reached from this one.
     #[command(hide = true)]
@@ -347,6 +356,21 @@ fn main() -> anyhow::Result<()> {
             .context("writing the progress")?;
         }
         Cmd::BenchDatapath { out, quick } => bench_datapath(&out, quick)?,
+        Cmd::BenchL7 { out, quick } => {
+            let report = bench::l7::run(&bench::l7::L7Options {
+                window: Duration::from_millis(if quick { 700 } else { 2000 }),
+                rounds: if quick { 1 } else { 5 },
+                conns: 4,
+            })?;
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&out, format!("{text}\n"))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{text}");
+        }
         Cmd::Forward { netns, listen, to } => tools::forward(&netns, listen, to)?,
         Cmd::Probe { .. } => unreachable!("handled first"),
         Cmd::DebugClient {

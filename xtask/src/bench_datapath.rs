@@ -53,6 +53,28 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
+/// `cargo xtask bench l7 [--quick]`: the L7 proxy against an L3/L4 allow (see
+/// node-agent's `bench/l7.rs`); writes `target/bench/l7.json`.
+pub fn run_l7(root: &Path, args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    ebpf::build_release(root, &["node-agent"], &[])?;
+    let exe = target_dir(root).join("release").join("node-agent");
+    let out = root.join("target").join("bench").join("l7.json");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("bench-l7").arg("--out").arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if !cmd
+        .status()
+        .with_context(|| format!("running {}", exe.display()))?
+        .success()
+    {
+        bail!("node-agent bench-l7 failed");
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     ensure_iptables()?;

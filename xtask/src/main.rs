@@ -59,6 +59,9 @@ commands:
   bench datapath [--quick]
                     datapath benchmark: policy/LB ns per packet, connect rates vs
                     iptables and no LB; writes target/bench/datapath.json
+  bench l7 [--quick]
+                    HTTP through the L7 proxy (1/10/100 rules) vs an L3/L4 allow:
+                    requests/s, p50/p99, new connections/s; writes target/bench/l7.json
   bench flows [--quick]
                     flow ingest (gRPC -> PostgreSQL) and query latency over 10M
                     stored flows (300k with --quick); writes <target dir>/bench/flows.json
@@ -102,6 +105,9 @@ fn run(args: &[String]) -> Result<()> {
         "fuzz" => fuzz::run(rest),
         "bench" if rest.first().map(String::as_str) == Some("datapath") => {
             bench_datapath::run(&sh::root(), &rest[1..])
+        }
+        "bench" if rest.first().map(String::as_str) == Some("l7") => {
+            bench_datapath::run_l7(&sh::root(), &rest[1..])
         }
         "bench" if rest.first().map(String::as_str) == Some("flows") => {
             bench_example::with_postgres("flows_bench", "flows", &rest[1..])

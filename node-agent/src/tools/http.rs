@@ -93,33 +93,41 @@ pub fn http_exchange(
     s.set_read_timeout(Some(timeout))?;
     let mut out = Vec::with_capacity(requests.len());
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     for req in requests {
         s.write_all(req.as_bytes())?;
-        let reply = loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                let len = content_length(&head);
-                if buf.len() >= end + 4 + len {
-                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                    buf.drain(..end + 4 + len);
-                    let status = head
-                        .split(' ')
-                        .nth(1)
-                        .and_then(|c| c.parse().ok())
-                        .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
-                    break HttpReply { status, body };
-                }
-            }
-            let n = s.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(out);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        out.push(reply);
+        match read_reply(&mut s, &mut buf)? {
+            Some(reply) => out.push(reply),
+            None => return Ok(out),
+        }
     }
     Ok(out)
+}
+
+/// Reads one response from `s` (`buf` keeps what came beyond it); `None` when the far end
+/// closed first.
+pub fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<HttpReply>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len = content_length(&head);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                buf.drain(..end + 4 + len);
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
+                return Ok(Some(HttpReply { status, body }));
+            }
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// A request message: `method path` with a Host header, the extra headers, and a body.

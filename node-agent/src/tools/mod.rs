@@ -164,7 +164,7 @@ fn set_recv_timeout(l: &TcpListener, d: Duration) -> io::Result<()> {
 }
 
 /// Closes with RST (SO_LINGER 0) so request loops leave no TIME_WAIT behind.
-fn linger_zero(s: &TcpStream) {
+pub fn linger_zero(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,

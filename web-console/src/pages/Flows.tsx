@@ -295,7 +295,8 @@ function cell(f: Flow, c: Column) {
     case "destination":
       return peerText(f.destination);
     case "protocol":
-      return f.protocol;
+      // An L7 record: the request the proxy judged, and its answer.
+      return f.l7 ? `${f.l7.http.method} ${f.l7.http.url} → ${f.l7.http.code}` : f.protocol;
     case "verdict":
       return <span className={`verdict ${f.verdict}`}>{f.verdict}</span>;
     case "reason":
