@@ -184,6 +184,10 @@ fn figures_json(f: &Figures) -> Value {
 /// Runs the benchmark; returns the report (see the module doc).
 pub fn run(opts: &L7Options) -> Result<Value> {
     let topo = Topology::new(2)?;
+    // The proxy's upstream connections leave from the node's address: this node has none
+    // of its own (a real node has its uplink's).
+    topo.node
+        .ip(&["addr", "add", "10.0.0.254/32", "dev", "lo"])?;
     let (client, server) = (&topo.pods[0], &topo.pods[1]);
     let _server = Server::http(&server.ns, PORT, "s")?;
     let pins = PinDir::create("l7")?;
@@ -275,7 +279,8 @@ async fn measure(
             let ns = client_ns.clone();
             let measure_crr = n == 1;
             let (f, r) = tokio::task::spawn_blocking(move || -> Result<(Figures, f64)> {
-                let f = keepalive(&ns, target, c, w)?;
+                let f = keepalive(&ns, target, c, w)
+                    .with_context(|| format!("through the L7 proxy, {n} rules"))?;
                 let r = if measure_crr {
                     new_connections(&ns, target, c, w)?
                 } else {

@@ -160,6 +160,7 @@ impl L7Proxy for Proxies {
             rules,
             identities: self.identities.clone(),
             flows: self.flows.clone(),
+            idle: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(accept_loop(listener, shared));
         tracing::info!(port, ?direction, rules = http.len(), "L7 proxy listening");
@@ -174,6 +175,37 @@ struct Shared {
     rules: Arc<RuleSet>,
     identities: Arc<Identities>,
     flows: Arc<FlowQueue>,
+    /// Idle upstream HTTP/1.1 connections by (destination, mark), reused by the listener's
+    /// next client connections: a client that opens a connection per request must not cost
+    /// an upstream connection (and a TIME_WAIT port of the node's) per request.
+    idle: Mutex<HashMap<(SocketAddr, u32), Vec<Upstream>>>,
+}
+
+/// Idle upstream connections kept per destination and mark.
+const IDLE_PER_UPSTREAM: usize = 64;
+
+impl Shared {
+    fn take_idle(&self, original: SocketAddr, mark: u32) -> Option<Upstream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&(original, mark))?;
+        while let Some(u) = list.pop() {
+            if u.is_open() {
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, original: SocketAddr, mark: u32, u: Upstream) {
+        if !u.is_open() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry((original, mark)).or_default();
+        if list.len() < IDLE_PER_UPSTREAM {
+            list.push(u);
+        }
+    }
 }
 
 /// One client connection, as its flow records name it.
@@ -284,6 +316,7 @@ async fn serve(conn: TcpStream, shared: Arc<Shared>) {
         },
     };
     let upstream = Arc::new(tokio::sync::Mutex::new(None::<Upstream>));
+    let (pool, last) = (shared.clone(), upstream.clone());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let upstream = upstream.clone();
@@ -318,6 +351,11 @@ async fn serve(conn: TcpStream, shared: Arc<Shared>) {
         .await;
     if let Err(e) = res {
         tracing::debug!(%client, %original, error = %e, "L7 proxy connection ended");
+    }
+    // The upstream connection outlives its client: the next client may use it.
+    let kept = last.lock().await.take();
+    if let Some(u) = kept {
+        pool.put_idle(original, conn_info.mark, u);
     }
 }
 
@@ -373,6 +411,16 @@ async fn handle(
         Some(s) => s.is_h2() == h2 && s.ready().await,
         None => false,
     };
+    if !ready && !h2 {
+        if let Some(u) = shared.take_idle(original, conn.mark) {
+            *slot = Some(u);
+        }
+    }
+    let ready = ready
+        || match slot.as_mut() {
+            Some(s) => s.is_h2() == h2 && s.ready().await,
+            None => false,
+        };
     if !ready {
         match connect(original, conn.mark, h2).await {
             Ok(s) => *slot = Some(s),
@@ -416,6 +464,14 @@ enum Upstream {
 impl Upstream {
     fn is_h2(&self) -> bool {
         matches!(self, Upstream::H2(_))
+    }
+
+    /// Whether it may still carry requests (HTTP/1.1 only: HTTP/2 ones are not pooled).
+    fn is_open(&self) -> bool {
+        match self {
+            Upstream::H1(s) => !s.is_closed(),
+            Upstream::H2(_) => false,
+        }
     }
 
     async fn ready(&mut self) -> bool {

@@ -38,11 +38,12 @@ fn serve_connection(mut s: TcpStream, name: &str) -> io::Result<()> {
             let mut line = head.split("\r\n").next().unwrap_or_default().split(' ');
             let (method, path) = (line.next().unwrap_or("?"), line.next().unwrap_or("?"));
             let body = format!("{name} {method} {path}\n");
-            write!(
-                s,
+            // One write: pieces would wait on Nagle for the client's delayed ACK.
+            let reply = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
-            )?;
+            );
+            s.write_all(reply.as_bytes())?;
         }
         let n = s.read(&mut chunk)?;
         if n == 0 {
@@ -64,6 +65,7 @@ impl Server {
         Server::start(ns, bind, move |l, stop| {
             while !stop.load(Ordering::Relaxed) {
                 let Ok((s, _)) = l.accept() else { continue };
+                let _ = s.set_nodelay(true);
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let name = name.clone();
                 std::thread::spawn(move || serve_connection(s, &name));
