@@ -56,33 +56,23 @@ fn target_dir(root: &Path) -> PathBuf {
 /// `cargo xtask bench l7 [--quick]`: the L7 proxy against an L3/L4 allow (see
 /// node-agent's `bench/l7.rs`); writes `target/bench/l7.json`.
 pub fn run_l7(root: &Path, args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    ebpf::build_release(root, &["node-agent"], &[])?;
-    let exe = target_dir(root).join("release").join("node-agent");
-    let out = root.join("target").join("bench").join("l7.json");
-    let mut cmd = Command::new(&exe);
-    cmd.arg("bench-l7").arg("--out").arg(&out);
-    if quick {
-        cmd.arg("--quick");
-    }
-    if !cmd
-        .status()
-        .with_context(|| format!("running {}", exe.display()))?
-        .success()
-    {
-        bail!("node-agent bench-l7 failed");
-    }
-    Ok(())
+    bench_node_agent(root, "bench-l7", "l7.json", args)
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
     ensure_iptables()?;
+    bench_node_agent(root, "bench-datapath", "datapath.json", args)
+}
+
+/// Builds a release node-agent with the eBPF object and runs its benchmark `command`, which
+/// writes `target/bench/<report>`.
+fn bench_node_agent(root: &Path, command: &str, report: &str, args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
     ebpf::build_release(root, &["node-agent"], &[])?;
     let exe = target_dir(root).join("release").join("node-agent");
-    let out = root.join("target").join("bench").join("datapath.json");
+    let out = root.join("target").join("bench").join(report);
     let mut cmd = Command::new(&exe);
-    cmd.arg("bench-datapath").arg("--out").arg(&out);
+    cmd.arg(command).arg("--out").arg(&out);
     if quick {
         cmd.arg("--quick");
     }
@@ -91,7 +81,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .with_context(|| format!("running {}", exe.display()))?
         .success()
     {
-        bail!("node-agent bench-datapath failed");
+        bail!("node-agent {command} failed");
     }
     Ok(())
 }
