@@ -12,8 +12,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A name unique to this process and call: `wf<tag><pid>x<n>`.
+/// A name unique to this process and call: `wf<tag><pid>x<n>`. The tag is letters only:
+/// a digit in it would read as part of the pid, and another run's sweep would take the name
+/// for a dead process's and remove it while in use.
 pub fn unique(tag: &str) -> String {
+    debug_assert!(
+        tag.chars().all(|c| c.is_ascii_alphabetic()),
+        "unique() tags are letters only: {tag:?}"
+    );
     format!(
         "wf{tag}{}x{}",
         std::process::id(),

@@ -462,7 +462,7 @@ fn fixed_reproducers_agree_with_the_model() {
     }
     let cases: Vec<Reproducer> =
         serde_json::from_str(include_str!("policy_diff/fixed.json")).expect("fixed.json");
-    let pins = PinDir::create("diff-fixed").unwrap();
+    let pins = PinDir::create("difffixed").unwrap();
     let mut k = new_kernel(&pins);
     let mut bad = Vec::new();
     for r in &cases {

@@ -96,7 +96,7 @@ impl Env {
 
         ensure_bpffs().expect("bpffs");
         let topo = Topology::new(2).expect("topology");
-        let pins = PinDir::create("e2e").expect("pin dir");
+        let pins = PinDir::create("ee").expect("pin dir");
         {
             let dp = Datapath::load(DatapathConfig {
                 pin_path: pins.path().to_path_buf(),

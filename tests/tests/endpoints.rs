@@ -511,7 +511,7 @@ async fn service_vips_of_both_families_balance_across_backends_on_both_nodes() {
     env.dual_stack();
     // Each node's socket LB serves the processes of its own cgroup (never the root one).
     let cgroups: Vec<Cgroup> = (0..2)
-        .map(|_| Cgroup::create("e2e").expect("cgroup"))
+        .map(|_| Cgroup::create("ee").expect("cgroup"))
         .collect();
     for (node, cg) in env.nodes.iter_mut().zip(&cgroups) {
         node.run_args

@@ -342,3 +342,67 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
     }
     drop((srv1, srv2, grpc));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rules_hold_over_ipv6_same_node_and_across_nodes() {
+    if !bpf_available("http_rules_hold_over_ipv6_same_node_and_across_nodes") {
+        return;
+    }
+    let mut env = Env::new(2).await;
+    env.dual_stack();
+    env.start(0, true).await;
+    env.start(1, true).await;
+    let (client, web1) = (env.nodes[0].pod(), env.nodes[0].pod());
+    let web2 = env.nodes[1].pod();
+    env.nodes[0].add("client", client, "10.0.1.1,fd00:10:1::1", "app=client");
+    env.nodes[0].add("web-1", web1, "10.0.1.2,fd00:10:1::2", "app=web");
+    env.nodes[1].add("web-2", web2, "10.0.2.1,fd00:10:2::1", "app=web");
+    let srv1 = Server::http(&env.nodes[0].pods[web1], 8080, "web-1").expect("server");
+    let srv2 = Server::http(&env.nodes[1].pods[web2], 8080, "web-2").expect("server");
+    env.until_rest_endpoints(&["client", "web-1", "web-2"])
+        .await;
+    let r = create_policy(
+        &env,
+        json!({"name": "web-http", "spec": {
+            "endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                         "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
+                                      "rules": {"http": [{"method": "GET", "path": "/public/.*"}]}}]}]}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let client_ns = env.nodes[0].pods[client].path();
+    for (name, ip) in [("web-1", "fd00:10:1::2"), ("web-2", "fd00:10:2::1")] {
+        let target: SocketAddr = format!("[{ip}]:8080").parse().expect("address");
+        let start = Instant::now();
+        loop {
+            let ns = client_ns.clone();
+            let replies = tokio::task::block_in_place(|| {
+                std::thread::spawn(move || {
+                    let _in = node_agent::netns::enter_netns(&ns)?;
+                    http_exchange(
+                        target,
+                        &[
+                            request("GET", "/private", &[], ""),
+                            request("GET", "/public/a", &[], ""),
+                        ],
+                        Duration::from_secs(2),
+                    )
+                })
+                .join()
+                .expect("client thread")
+            });
+            if matches!(&replies, Ok(r) if *r == [denied(), ok(name, "GET", "/public/a")]) {
+                break;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "IPv6 to {name}: {replies:?}\n{}\n{}",
+                env.nodes[0].log(),
+                env.nodes[1].log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop((srv1, srv2));
+}

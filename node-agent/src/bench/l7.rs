@@ -190,7 +190,7 @@ pub fn run(opts: &L7Options) -> Result<Value> {
         .ip(&["addr", "add", "10.0.0.254/32", "dev", "lo"])?;
     let (client, server) = (&topo.pods[0], &topo.pods[1]);
     let _server = Server::http(&server.ns, PORT, "s")?;
-    let pins = PinDir::create("l7")?;
+    let pins = PinDir::create("lseven")?;
     let node = topo.node.path();
     let client_ns = client.ns.path();
     let target = SocketAddr::V4(SocketAddrV4::new(server.ip, PORT));

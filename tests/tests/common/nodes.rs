@@ -140,7 +140,7 @@ impl Node {
             agent: None,
             pods: Vec::new(),
             servers: Vec::new(),
-            pins: PinDir::create("e2e").expect("pin dir"),
+            pins: PinDir::create("ee").expect("pin dir"),
             ns,
             state,
             name: format!("node-{index}"),
