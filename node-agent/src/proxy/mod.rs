@@ -284,6 +284,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
+                let _ = conn.set_nodelay(true);
                 tokio::spawn(serve(conn, shared.clone()));
             }
             Err(e) => {
