@@ -22,6 +22,8 @@ use node_agent::netns::{enter_netns, PinDir, Topology};
 use node_agent::tools::http::read_reply;
 use node_agent::tools::Server;
 
+use super::median;
+
 const CLIENT_ID: u32 = 300;
 const SERVER_ID: u32 = 301;
 const PORT: u16 = 8080;
@@ -154,11 +156,6 @@ fn new_connections(from: &Path, target: SocketAddr, conns: usize, window: Durati
             .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     Ok(total as f64 / window.as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn median_figures(v: &[Figures]) -> Figures {

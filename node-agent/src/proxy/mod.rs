@@ -408,20 +408,16 @@ async fn handle(
     }
     let h2 = req.version() == hyper::Version::HTTP_2;
     let mut slot = upstream.lock().await;
-    let ready = match slot.as_mut() {
+    let mut ready = match slot.as_mut() {
         Some(s) => s.is_h2() == h2 && s.ready().await,
         None => false,
     };
     if !ready && !h2 {
-        if let Some(u) = shared.take_idle(original, conn.mark) {
-            *slot = Some(u);
+        if let Some(mut idle) = shared.take_idle(original, conn.mark) {
+            ready = idle.ready().await;
+            *slot = Some(idle);
         }
     }
-    let ready = ready
-        || match slot.as_mut() {
-            Some(s) => s.is_h2() == h2 && s.ready().await,
-            None => false,
-        };
     if !ready {
         match connect(original, conn.mark, h2).await {
             Ok(s) => *slot = Some(s),

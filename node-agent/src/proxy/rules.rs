@@ -11,7 +11,8 @@ use weft_model::desired::HttpMatch;
 #[derive(Debug)]
 struct Rule {
     method: Option<Regex>,
-    path: Option<Regex>,
+    /// Whether the rule has a path (matched by the set's `paths`).
+    has_path: bool,
     host: Option<Regex>,
     headers: Vec<(HeaderName, Option<String>)>,
 }
@@ -69,7 +70,8 @@ impl RuleSet {
             }
             rules.push(Rule {
                 method: whole("method", &h.method)?,
-                path: whole("path", &h.path)?,
+                // Compiled alone too, for an error naming the field.
+                has_path: whole("path", &h.path)?.is_some(),
                 host: whole("host", &h.host)?,
                 headers,
             });
@@ -92,7 +94,7 @@ impl RuleSet {
         self.rules
             .iter()
             .zip(path_ok)
-            .any(|(rule, path_ok)| (rule.path.is_none() || path_ok) && rule.matches_but_path(r))
+            .any(|(rule, path_ok)| (!rule.has_path || path_ok) && rule.matches_but_path(r))
     }
 }
 
