@@ -42,6 +42,23 @@ pub const CIDR_BASE: u32 = 1 << 24;
 /// Number of CIDR identities.
 pub const CIDR_RANGE: u32 = 1 << 24;
 
+/// The peer identity of a `toFQDNs` entry (its [`PolicyRule::fqdn`] says which names): no
+/// address has it, so an agent that knows nothing of FQDN entries allows nothing by them.
+///
+/// [`PolicyRule::fqdn`]: crate::desired::PolicyRule::fqdn
+pub const FQDN_PEER: u32 = u32::MAX;
+/// First identity a node agent gives addresses learned from DNS answers (one per set of
+/// `toFQDNs` selectors and the identity the address has otherwise): node-local, like CIDR
+/// identities, and never sent on the wire.
+pub const FQDN_BASE: u32 = 2 << 24;
+/// Number of FQDN identities.
+pub const FQDN_RANGE: u32 = 1 << 24;
+
+/// True for identities of addresses learned from DNS.
+pub fn is_fqdn(id: u32) -> bool {
+    id >= FQDN_BASE && id - FQDN_BASE < FQDN_RANGE
+}
+
 /// The reserved identity of an entity that has one; `None` for the entities that are sets
 /// (`cluster`, `all`, `world-ipv4`, `world-ipv6`).
 pub fn reserved(entity: Entity) -> Option<u32> {

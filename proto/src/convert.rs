@@ -18,7 +18,9 @@ use weft_model::desired::{
     Action, Delta, DesiredBackend, DesiredEndpoint, DesiredService, HttpMatch, IpcacheEntry,
     NodeDesiredState, PolicyRule, PROTO_TCP, PROTO_UDP,
 };
+use weft_model::identity;
 use weft_model::policy::eval::Direction;
+use weft_model::policy::FqdnSelector;
 use weft_model::routing::{ClusterNode, RoutingMode};
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
 use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
@@ -118,8 +120,39 @@ impl From<&PolicyRule> for pb::PolicyRule {
             l7: r.l7,
             origin: r.origin.clone(),
             http: r.http.iter().map(pb::HttpMatch::from).collect(),
+            dns: r.dns.iter().map(pb::FqdnSelector::from).collect(),
+            fqdn: r.fqdn.as_ref().map(pb::FqdnSelector::from),
         }
     }
+}
+
+impl From<&FqdnSelector> for pb::FqdnSelector {
+    fn from(s: &FqdnSelector) -> Self {
+        pb::FqdnSelector {
+            match_name: s.match_name.clone(),
+            match_pattern: s.match_pattern.clone(),
+        }
+    }
+}
+
+/// A selector from the wire: exactly one of name and pattern (anything else could be read
+/// as matching nothing or everything, neither of which was sent).
+fn fqdn_selector(
+    item: &impl Fn() -> String,
+    field: &'static str,
+    s: pb::FqdnSelector,
+) -> Result<FqdnSelector, WireError> {
+    if s.match_name.is_some() == s.match_pattern.is_some() {
+        return Err(WireError::Invalid {
+            item: item(),
+            field,
+            reason: "a selector has exactly one of match_name and match_pattern".into(),
+        });
+    }
+    Ok(FqdnSelector {
+        match_name: s.match_name,
+        match_pattern: s.match_pattern,
+    })
 }
 
 impl From<&HttpMatch> for pb::HttpMatch {
@@ -425,15 +458,39 @@ fn rule(item: impl Fn() -> String, r: pb::PolicyRule) -> Result<PolicyRule, Wire
             u16_of(&item, "last port", p.last)?,
         )),
     };
-    // HTTP rules go with L7 allows and only with them: an L7 entry without rules would be
-    // read as allowing nothing or everything, neither of which was sent.
-    if r.l7 == r.http.is_empty() || (r.l7 && action != Action::Allow) {
+    // HTTP or DNS rules go with L7 allows and only with them: an L7 entry without rules
+    // would be read as allowing nothing or everything, neither of which was sent.
+    let kinds = usize::from(!r.http.is_empty()) + usize::from(!r.dns.is_empty());
+    let valid = if r.l7 {
+        kinds == 1 && action == Action::Allow
+    } else {
+        kinds == 0
+    };
+    if !valid {
         return Err(WireError::Invalid {
             item: item(),
             field: "http",
-            reason: "HTTP rules go with L7 allow rules, and every L7 allow rule has some".into(),
+            reason: "HTTP or DNS rules go with L7 allow rules, and every L7 allow rule has one kind of them".into(),
         });
     }
+    // An FQDN entry's peer is FQDN_PEER and only that: any other identity (none: any peer)
+    // would widen it.
+    if r.fqdn.is_some() != (r.peer_identity == Some(identity::FQDN_PEER)) {
+        return Err(WireError::Invalid {
+            item: item(),
+            field: "fqdn",
+            reason: "an FQDN selector goes with the FQDN peer identity, and only with it".into(),
+        });
+    }
+    let dns = r
+        .dns
+        .into_iter()
+        .map(|s| fqdn_selector(&item, "dns", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fqdn = r
+        .fqdn
+        .map(|s| fqdn_selector(&item, "fqdn", s))
+        .transpose()?;
     Ok(PolicyRule {
         direction,
         peer_identity: r.peer_identity,
@@ -442,6 +499,8 @@ fn rule(item: impl Fn() -> String, r: pb::PolicyRule) -> Result<PolicyRule, Wire
         action,
         l7: r.l7,
         http: r.http.into_iter().map(HttpMatch::from).collect(),
+        dns,
+        fqdn,
         origin: r.origin,
     })
 }

@@ -10,7 +10,7 @@ use super::peers::{collect_cidrs, compile_spec, CompiledSpec, Universe};
 use super::view::*;
 use crate::identity;
 use crate::labels::Labels;
-use crate::policy::{Direction, NamedPort, PolicySpec, SubjectKind};
+use crate::policy::{Direction, FqdnSelector, NamedPort, PolicySpec, SubjectKind};
 use crate::routing::{ClusterNode, RoutingMode};
 use crate::service::{BackendState, L4Protocol};
 
@@ -374,6 +374,8 @@ impl ClusterPlan {
                     action: Action::Allow,
                     l7: false,
                     http: Vec::new(),
+                    dns: Vec::new(),
+                    fqdn: None,
                     origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
                 });
             }
@@ -432,6 +434,8 @@ fn keep_denies_without_default_deny(ep: &mut DesiredEndpoint, rules: &mut Vec<Po
             action: Action::Allow,
             l7: false,
             http: Vec::new(),
+            dns: Vec::new(),
+            fqdn: None,
             origin: DEFAULT_ALLOW_ORIGIN.to_string(),
         });
     }
@@ -488,21 +492,24 @@ fn sorted<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
     set.into_iter().collect()
 }
 
-type RuleKey = (
+type RuleKey<'a> = (
     bool,
     Action,
     Option<u32>,
+    Option<&'a FqdnSelector>,
     Option<u8>,
     Option<(u16, u16)>,
     bool,
 );
 
-/// Everything of a rule but its origin; sorts ingress first, then allows before denies.
-fn rule_key(r: &PolicyRule) -> RuleKey {
+/// Everything of a rule but its origin (and its L7 rules, merged per entry); sorts ingress
+/// first, then allows before denies.
+fn rule_key(r: &PolicyRule) -> RuleKey<'_> {
     (
         r.direction == Direction::Egress,
         r.action,
         r.peer_identity,
+        r.fqdn.as_ref(),
         r.proto,
         r.ports,
         r.l7,
@@ -512,7 +519,8 @@ fn rule_key(r: &PolicyRule) -> RuleKey {
 /// Whether `wide` matches every flow `narrow` matches.
 fn covers(wide: &PolicyRule, narrow: &PolicyRule) -> bool {
     wide.direction == narrow.direction
-        && (wide.peer_identity.is_none() || wide.peer_identity == narrow.peer_identity)
+        && (wide.peer_identity.is_none()
+            || (wide.peer_identity == narrow.peer_identity && wide.fqdn == narrow.fqdn))
         && (wide.proto.is_none() || wide.proto == narrow.proto)
         && match (wide.ports, narrow.ports) {
             (None, _) => true,
@@ -568,7 +576,10 @@ fn split_l7_ranges(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
 fn normalize(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
     let mut rules = split_l7_ranges(rules);
     // An unsupported entry under an L7 allow goes too: its flows are allowed (subject to
-    // the HTTP rules), and two entries of one datapath key must not compete.
+    // the HTTP rules), and two entries of one datapath key must not compete. A DNS entry
+    // under a plain allow stays, allowing every name: the DNS proxy must still see the
+    // answers, or `toFQDNs` would learn nothing (as in Cilium, where an L4 allow on a
+    // redirected port adds a wildcard L7 rule).
     let covered: Vec<bool> = rules
         .iter()
         .map(|r| {
@@ -581,26 +592,49 @@ fn normalize(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
         })
         .collect();
     let mut covered = covered.into_iter();
-    rules.retain(|_| !covered.next().unwrap_or(false));
-    // HTTP rules are alternatives: a request on a narrower L7 entry (the one the datapath
+    rules.retain_mut(|r| {
+        if !covered.next().unwrap_or(false) {
+            return true;
+        }
+        if r.l7 && !r.dns.is_empty() {
+            r.dns = vec![FqdnSelector {
+                match_name: None,
+                match_pattern: Some("*".into()),
+            }];
+            return true;
+        }
+        false
+    });
+    // L7 rules are alternatives: a request on a narrower L7 entry (the one the datapath
     // picks) is allowed by the rules of every L7 entry that covers it too.
-    let wider: Vec<Vec<HttpMatch>> = rules
+    let wider: Vec<(Vec<HttpMatch>, Vec<FqdnSelector>)> = rules
         .iter()
         .map(|r| {
             if !r.l7 {
-                return Vec::new();
+                return Default::default();
             }
-            rules
-                .iter()
-                .filter(|p| p.l7 && p.action == Action::Allow && covers(p, r))
-                .flat_map(|p| p.http.iter().cloned())
-                .collect()
+            let covering = || {
+                rules
+                    .iter()
+                    .filter(|p| p.l7 && p.action == Action::Allow && covers(p, r))
+            };
+            (
+                covering().flat_map(|p| p.http.iter().cloned()).collect(),
+                covering().flat_map(|p| p.dns.iter().cloned()).collect(),
+            )
         })
         .collect();
-    for (r, extra) in rules.iter_mut().zip(wider) {
-        r.http.extend(extra);
+    for (r, (http, dns)) in rules.iter_mut().zip(wider) {
+        // One proxy per entry: a DNS entry takes DNS rules only, an HTTP entry HTTP ones.
+        if r.dns.is_empty() {
+            r.http.extend(http);
+        } else {
+            r.dns.extend(dns);
+        }
         r.http.sort();
         r.http.dedup();
+        r.dns.sort();
+        r.dns.dedup();
     }
     rules.sort_by(|a, b| {
         rule_key(a)

@@ -23,15 +23,21 @@
 //!
 //! HTTP rules (`toPorts[].rules.http`) compile to allow entries marked `l7` with the rules
 //! ([`PolicyRule::http`]): the agent redirects their TCP connections to its L7 proxy, which
-//! checks every request. Other protocols of such a port rule allow nothing.
+//! checks every request. Other protocols of such a port rule allow nothing. DNS rules
+//! (`rules.dns`, egress) compile the same way for UDP and TCP ([`PolicyRule::dns`]), to the
+//! agent's DNS proxy.
 //!
-//! Not enforced (see [`crate::policy::not_enforced`]): allow rules whose port rule carries
-//! DNS rules, `toFQDNs` peers (every outside identity stands in for them) and the
-//! `unmanaged` / `kube-apiserver` entities (world, and host and remote-node for the API
-//! server) compile to [`Action::Unsupported`]: nothing is allowed, and the datapath reports
-//! such drops as `UNSUPPORTED_RULE`. Deny rules decide at L4, and deny the stand-in peers.
-//! An unsupported entry wholly covered by a plain allow is dropped, since the evaluator allows
-//! those flows without L7. `health`, `init` and `ingress` select no peer: nothing carries them.
+//! `toFQDNs` selectors are peers of their own: entries with peer [`crate::identity::FQDN_PEER`]
+//! (which no address has) and the selector ([`PolicyRule::fqdn`]). The agent learns the
+//! addresses of matching names from the answers its DNS proxy passes and gives them
+//! node-local identities that these entries then allow.
+//!
+//! Not enforced (see [`crate::policy::not_enforced`]): the `unmanaged` / `kube-apiserver`
+//! entities (world, and host and remote-node for the API server) compile to
+//! [`Action::Unsupported`]: nothing is allowed, and the datapath reports such drops as
+//! `UNSUPPORTED_RULE`. Deny rules decide at L4, and deny the stand-in peers. An unsupported
+//! entry wholly covered by a plain allow is dropped, since the evaluator allows those flows
+//! without L7. `health`, `init` and `ingress` select no peer: nothing carries them.
 //!
 //! The node's host is an endpoint too ([`HOST_ENDPOINT_ID`], identity `host`): `nodeSelector`
 //! policies that select the node's labels give its rules.
@@ -42,8 +48,8 @@
 //! destination does not declare, or declares for another protocol, matches nothing there:
 //! an allow allows nothing and a deny never widens to other ports.
 //!
-//! Listed in [`NodeDesiredState::unsupported`] as well as compiled fail-closed: `toFQDNs`
-//! (on deny rules, which validation refuses, every outside peer is denied).
+//! Listed in [`NodeDesiredState::unsupported`] as well as compiled fail-closed: `toFQDNs` on
+//! deny rules (which validation refuses): every outside peer is denied.
 //!
 //! The code is laid out by concern: `view` holds the input and output types, `compile`
 //! the per-node compiler, `peers` the resolution of one rule's peers and ports into

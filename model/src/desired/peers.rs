@@ -130,6 +130,27 @@ enum PeerSet {
     Ids(BTreeSet<u32>),
 }
 
+/// One peer of a rule's entries.
+#[derive(Clone)]
+struct Peer {
+    /// `None`: any peer.
+    identity: Option<u32>,
+    /// Weft cannot enforce the rule for this peer: its entries allow nothing.
+    unsupported: bool,
+    /// A `toFQDNs` selector (`identity` is then [`identity::FQDN_PEER`]).
+    fqdn: Option<FqdnSelector>,
+}
+
+impl Peer {
+    fn of(identity: Option<u32>, unsupported: bool) -> Self {
+        Peer {
+            identity,
+            unsupported,
+            fqdn: None,
+        }
+    }
+}
+
 pub(super) struct CompiledSpec {
     pub(super) rules: Vec<PolicyRule>,
     /// Rules on named ports: resolved per subject (ingress) or per peer (egress).
@@ -143,7 +164,7 @@ pub(super) struct CompiledSpec {
 /// allows nothing, a deny never widens to other ports).
 pub(super) struct NamedRule {
     direction: Direction,
-    peers: Vec<(Option<u32>, bool)>,
+    peers: Vec<Peer>,
     name: String,
     protos: &'static [u8],
     action: Action,
@@ -163,28 +184,26 @@ impl NamedRule {
                 .collect()
         };
         let mut out = Vec::new();
-        for &(peer, peer_unsupported) in &self.peers {
+        for peer in &self.peers {
             let ports = match self.direction {
                 Direction::Ingress => matching(&mut own.iter()),
-                // Egress: the ports the peer declares; any peer: every endpoint's.
-                Direction::Egress => match peer {
+                // Egress: the ports the peer declares (an outside peer declares none); any
+                // peer: every endpoint's.
+                Direction::Egress => match peer.identity {
                     Some(id) => matching(&mut u.named_by_identity.get(&id).into_iter().flatten()),
                     None => matching(&mut u.named_by_identity.values().flatten()),
                 },
             };
             for (proto, port) in ports {
-                let (action, l7, http) =
-                    entry_action(self.action, peer_unsupported, Some(proto), &self.l7);
-                out.push(PolicyRule {
-                    direction: self.direction,
-                    peer_identity: peer,
-                    proto: Some(proto),
-                    ports: Some((port, port)),
-                    action,
-                    l7,
-                    http,
-                    origin: self.origin.clone(),
-                });
+                out.push(entry(
+                    self.direction,
+                    self.action,
+                    peer,
+                    Some(proto),
+                    Some((port, port)),
+                    &self.l7,
+                    &self.origin,
+                ));
             }
         }
         out
@@ -229,13 +248,26 @@ pub(super) fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) ->
             let path = format!("{origin}.{section}[{i}]");
             let (peers, not_enforced) = resolve_peers(rule, action, &path, u, &mut c.unsupported);
             let (l4, named) = resolve_l4(rule, &path, &mut c.unsupported);
-            let peer_list: Vec<(Option<u32>, bool)> = match peers {
-                PeerSet::Any => vec![(None, false)],
-                PeerSet::Ids(ids) => ids.into_iter().map(|id| (Some(id), false)).collect(),
+            let mut peer_list: Vec<Peer> = match peers {
+                PeerSet::Any => vec![Peer::of(None, false)],
+                PeerSet::Ids(ids) => ids
+                    .into_iter()
+                    .map(|id| Peer::of(Some(id), false))
+                    .collect(),
             };
-            let not_enforced = not_enforced.into_iter().map(|id| (Some(id), true));
-            let peer_list: Vec<(Option<u32>, bool)> =
-                peer_list.into_iter().chain(not_enforced).collect();
+            peer_list.extend(not_enforced.into_iter().map(|id| Peer::of(Some(id), true)));
+            if action == Action::Allow {
+                // Deny rules cannot name FQDNs (validation): see `resolve_peers`.
+                let mut fqdns: Vec<FqdnSelector> =
+                    rule.fqdns.iter().map(FqdnSelector::normalized).collect();
+                fqdns.sort();
+                fqdns.dedup();
+                peer_list.extend(fqdns.into_iter().map(|f| Peer {
+                    identity: Some(identity::FQDN_PEER),
+                    unsupported: false,
+                    fqdn: Some(f),
+                }));
+            }
             for (name, protos, l7) in named {
                 c.named.push(NamedRule {
                     direction,
@@ -251,19 +283,10 @@ pub(super) fn compile_spec(spec: &PolicySpec, origin: &str, u: &Universe<'_>) ->
                     origin: path.clone(),
                 });
             }
-            for (peer, peer_unsupported) in peer_list {
+            for peer in &peer_list {
                 for (proto, ports, l7) in &l4 {
-                    let (action, l7, http) = entry_action(action, peer_unsupported, *proto, l7);
-                    c.rules.push(PolicyRule {
-                        direction,
-                        peer_identity: peer,
-                        proto: *proto,
-                        ports: *ports,
-                        action,
-                        l7,
-                        http,
-                        origin: path.clone(),
-                    });
+                    c.rules
+                        .push(entry(direction, action, peer, *proto, *ports, l7, &path));
                 }
             }
         }
@@ -374,21 +397,15 @@ fn resolve_peers(
             ids.extend(u.cidr(net, &except));
         }
     }
-    for (j, _) in rule.fqdns.iter().enumerate() {
-        let at = format!("{path}.toFQDNs[{j}]");
-        match action {
-            Action::Allow | Action::Unsupported => {
-                unsupported.push(format!(
-                    "{at}: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE"
-                ));
-                not_enforced.extend(u.world());
-            }
-            Action::Deny => {
-                unsupported.push(format!(
-                    "{at}: toFQDNs is not compiled yet; denies every outside peer"
-                ));
-                ids.extend(u.world());
-            }
+    // Allow rules' `toFQDNs` become peers of their own (see `compile_spec`). Validation
+    // refuses them on deny rules; should one get here, it denies every outside peer rather
+    // than nothing.
+    if action == Action::Deny {
+        for (j, _) in rule.fqdns.iter().enumerate() {
+            unsupported.push(format!(
+                "{path}.toFQDNs[{j}]: toFQDNs on a deny rule denies every outside peer"
+            ));
+            ids.extend(u.world());
         }
     }
     (PeerSet::Ids(ids), not_enforced)
@@ -403,36 +420,62 @@ pub(super) enum L7 {
     None,
     /// HTTP rules: the agent's proxy checks every request (TCP only).
     Http(Vec<HttpMatch>),
-    /// L7 rules Weft does not enforce (DNS): allows nothing (fail closed).
-    Unenforced,
+    /// DNS rules: the agent's DNS proxy checks every query (UDP and TCP).
+    Dns(Vec<FqdnSelector>),
 }
 
 fn l7_of(pr: &PortRule) -> L7 {
     match &pr.rules {
-        Some(r) if !r.dns.is_empty() => L7::Unenforced,
+        Some(r) if !r.dns.is_empty() => {
+            let mut dns: Vec<FqdnSelector> = r.dns.iter().map(FqdnSelector::normalized).collect();
+            dns.sort();
+            dns.dedup();
+            L7::Dns(dns)
+        }
         Some(r) if !r.http.is_empty() => L7::Http(r.http.iter().map(HttpMatch::from).collect()),
         _ => L7::None,
     }
 }
 
-/// The entry one protocol of a rule gets: (action, l7, HTTP rules). Deny rules decide at L4
-/// whatever L7 rules they carry; allows with HTTP rules go through the proxy (TCP only: no
-/// other protocol speaks HTTP, so those allow nothing); allows that need an L7 Weft does not
-/// enforce, or name an unenforced peer, fail closed.
-fn entry_action(
+/// The entry one protocol of a rule gets. Deny rules decide at L4 whatever L7 rules they
+/// carry; allows with HTTP rules go through the proxy (TCP only: no other protocol speaks
+/// HTTP, so those allow nothing), allows with DNS rules through the DNS proxy (UDP and TCP);
+/// allows that name an unenforced peer fail closed.
+fn entry(
+    direction: Direction,
     action: Action,
-    peer_unsupported: bool,
+    peer: &Peer,
     proto: Option<u8>,
+    ports: Option<(u16, u16)>,
     l7: &L7,
-) -> (Action, bool, Vec<HttpMatch>) {
-    match (action, l7) {
-        (Action::Allow, _) if peer_unsupported => (Action::Unsupported, false, Vec::new()),
-        (Action::Allow, L7::None) => (Action::Allow, false, Vec::new()),
+    origin: &str,
+) -> PolicyRule {
+    let (mut http, mut dns) = (Vec::new(), Vec::new());
+    let (action, l7) = match (action, l7) {
+        (Action::Allow, _) if peer.unsupported => (Action::Unsupported, false),
+        (Action::Allow, L7::None) => (Action::Allow, false),
         (Action::Allow, L7::Http(h)) if proto == Some(PROTO_TCP) => {
-            (Action::Allow, true, h.clone())
+            http = h.clone();
+            (Action::Allow, true)
         }
-        (Action::Allow, _) => (Action::Unsupported, false, Vec::new()),
-        (other, _) => (other, false, Vec::new()),
+        (Action::Allow, L7::Dns(d)) if matches!(proto, Some(PROTO_UDP | PROTO_TCP)) => {
+            dns = d.clone();
+            (Action::Allow, true)
+        }
+        (Action::Allow, _) => (Action::Unsupported, false),
+        (other, _) => (other, false),
+    };
+    PolicyRule {
+        direction,
+        peer_identity: peer.identity,
+        proto,
+        ports,
+        action,
+        l7,
+        http,
+        dns,
+        fqdn: peer.fqdn.clone(),
+        origin: origin.to_string(),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity;
 use crate::labels::Labels;
-use crate::policy::{Direction, NamedPort, PolicySpec};
+use crate::policy::{Direction, FqdnSelector, NamedPort, PolicySpec};
 use crate::routing::{ClusterNode, RoutingMode};
 use crate::service::{Algorithm, Frontend, ServiceSpec};
 use crate::workload::{DesiredProbe, DesiredWorkload};
@@ -206,7 +206,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRule {
     pub direction: Direction,
-    /// `None`: any peer.
+    /// `None`: any peer. [`identity::FQDN_PEER`] with [`PolicyRule::fqdn`].
     pub peer_identity: Option<u32>,
     /// IP protocol number; `None`: any protocol.
     pub proto: Option<u8>,
@@ -218,6 +218,15 @@ pub struct PolicyRule {
     /// With `l7`: the HTTP rules a request must match one of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpMatch>,
+    /// With `l7`: the DNS rules a query must match one of (the agent's DNS proxy answers
+    /// the others `REFUSED`, and learns the addresses of the answers it passes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<FqdnSelector>,
+    /// A `toFQDNs` entry: the peers are the addresses that DNS answers seen by the node's
+    /// DNS proxy gave for names the selector matches (`peer_identity` is
+    /// [`identity::FQDN_PEER`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<FqdnSelector>,
     /// Policy name and rule path, for debugging (`web specs[0].ingress[1]`); several, joined
     /// by ", ", when rules compile to the same entry.
     pub origin: String,

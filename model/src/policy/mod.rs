@@ -188,13 +188,57 @@ pub struct CidrRule {
 
 /// `toFQDNs` entry: exactly one of `matchName` (exact name) or `matchPattern` (`*` matches
 /// any run of DNS name characters within one label; a lone `*` matches every name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FqdnSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_pattern: Option<String>,
+}
+
+impl FqdnSelector {
+    /// Whether a DNS name matches: names compare case-insensitively, ignoring a final dot;
+    /// in patterns `*` matches any run of name characters within one label, and a lone `*`
+    /// matches every name.
+    pub fn matches(&self, name: &str) -> bool {
+        eval::fqdn_matches(self, name)
+    }
+
+    /// The same selector spelled canonically (lower case, no final dot), so equal
+    /// selectors compare equal.
+    pub fn normalized(&self) -> Self {
+        let norm = |s: &Option<String>| {
+            s.as_ref()
+                .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
+        };
+        FqdnSelector {
+            match_name: norm(&self.match_name),
+            match_pattern: norm(&self.match_pattern),
+        }
+    }
+}
+
+impl fmt::Display for FqdnSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.match_name, &self.match_pattern) {
+            (Some(n), _) => write!(f, "matchName: {n}"),
+            (None, Some(p)) => write!(f, "matchPattern: {p}"),
+            (None, None) => f.write_str("(nothing)"),
+        }
+    }
 }
 
 /// `toPorts` entry: L4 ports, optionally with L7 rules.

@@ -588,6 +588,10 @@ fn entries(dp: &mut impl DatapathOps, rules: &[PolicyRule]) -> (Vec<PolicyEntry>
     for (i, r) in rules.iter().enumerate() {
         let direction = l7_direction(r.direction);
         let action = match r.action {
+            Action::Allow if r.l7 && !r.dns.is_empty() => {
+                l7_errors.push("no DNS proxy yet".to_string());
+                continue;
+            }
             Action::Allow if r.l7 => match dp.l7_proxy_port(direction, &r.http) {
                 Ok(proxy_port) => dp::Action::Redirect { proxy_port },
                 Err(e) => {

@@ -80,9 +80,34 @@ fn ipcache(rng: &mut StdRng) -> IpcacheEntry {
 
 fn rule(rng: &mut StdRng) -> PolicyRule {
     let action = [Action::Allow, Action::Deny, Action::Unsupported][rng.gen_range(0..3)];
-    // HTTP rules come with L7 allows, and only with them (decoding refuses anything else).
+    // HTTP or DNS rules come with L7 allows, and only with them (decoding refuses anything
+    // else).
     let l7 = action == Action::Allow && rng.gen();
-    let http = if l7 {
+    let dns_l7 = l7 && rng.gen();
+    let selector = |r: &mut StdRng| {
+        if r.gen() {
+            FqdnSelector {
+                match_name: Some(text(r)),
+                match_pattern: None,
+            }
+        } else {
+            FqdnSelector {
+                match_name: None,
+                match_pattern: Some(text(r)),
+            }
+        }
+    };
+    let dns = if dns_l7 {
+        let mut d = list(rng, 3, selector);
+        if d.is_empty() {
+            d.push(selector(rng));
+        }
+        d
+    } else {
+        Vec::new()
+    };
+    let fqdn = opt(rng, selector);
+    let http = if l7 && !dns_l7 {
         let mut h = list(rng, 3, |r| HttpMatch {
             method: opt(r, text),
             path: opt(r, text),
@@ -102,12 +127,18 @@ fn rule(rng: &mut StdRng) -> PolicyRule {
         } else {
             Direction::Egress
         },
-        peer_identity: opt(rng, |r| r.gen()),
+        peer_identity: if fqdn.is_some() {
+            Some(weft_model::identity::FQDN_PEER)
+        } else {
+            opt(rng, |r| r.gen::<u32>()).filter(|id| *id != weft_model::identity::FQDN_PEER)
+        },
         proto: opt(rng, |r| r.gen()),
         ports: opt(rng, |r| (r.gen(), r.gen())),
         action,
         l7,
         http,
+        dns,
+        fqdn,
         origin: text(rng),
     }
 }
@@ -396,6 +427,36 @@ fn a_bad_item_refuses_the_whole_message_naming_item_and_field() {
         })),
         "policy/web[1]: last port 70000 is out of range"
     );
+    // An FQDN entry is FQDN_PEER with one selector of exactly one kind, or refused: read
+    // otherwise, it could allow any peer.
+    let fqdn_rule = |peer: Option<u32>, name: Option<&str>, pattern: Option<&str>| {
+        let mut m = good.clone();
+        m.policies.push(pb::EndpointPolicy {
+            endpoint_id: "web".into(),
+            rules: vec![pb::PolicyRule {
+                direction: pb::Direction::Egress as i32,
+                action: pb::Action::Allow as i32,
+                peer_identity: peer,
+                fqdn: Some(pb::FqdnSelector {
+                    match_name: name.map(Into::into),
+                    match_pattern: pattern.map(Into::into),
+                }),
+                ..Default::default()
+            }],
+        });
+        NodeDesiredState::try_from(m).map_err(|e| e.to_string())
+    };
+    let fqdn_peer = Some(weft_model::identity::FQDN_PEER);
+    assert!(fqdn_rule(fqdn_peer, Some("a.test"), None).is_ok());
+    for (peer, name, pattern) in [
+        (None, Some("a.test"), None),
+        (Some(2), Some("a.test"), None),
+        (fqdn_peer, None, None),
+        (fqdn_peer, Some("a.test"), Some("*.test")),
+    ] {
+        let e = fqdn_rule(peer, name, pattern).expect_err("refused");
+        assert!(e.starts_with("policy/web[0]: "), "{e}");
+    }
     assert_eq!(
         refuse(&|m| m.services.push(pb::Service {
             id: "dns".into(),

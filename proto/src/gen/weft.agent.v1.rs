@@ -236,6 +236,24 @@ pub struct PolicyRule {
     /// With l7 (and only then): the HTTP rules, one of which a request must match.
     #[prost(message, repeated, tag = "8")]
     pub http: ::prost::alloc::vec::Vec<HttpMatch>,
+    /// With l7 (and only then, instead of http): the DNS rules, one of which a query's name
+    /// must match (the agent's DNS proxy answers the others REFUSED).
+    #[prost(message, repeated, tag = "9")]
+    pub dns: ::prost::alloc::vec::Vec<FqdnSelector>,
+    /// A toFQDNs entry: peer_identity is then FQDN_PEER (4294967295, which no address has),
+    /// and the peers are the addresses DNS answers gave for names this selector matches.
+    #[prost(message, optional, tag = "10")]
+    pub fqdn: ::core::option::Option<FqdnSelector>,
+}
+/// Cilium's FQDNSelector: exactly one of an exact name or a pattern ('*' matches within one
+/// label; a lone '*' matches every name), lower case, without a final dot.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FqdnSelector {
+    #[prost(string, optional, tag = "1")]
+    pub match_name: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "2")]
+    pub match_pattern: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// One HTTP rule (Cilium's PortRuleHTTP): every field given must match. method, path (with
 /// the query) and host are regular expressions matched whole; headers are "Name" (present)

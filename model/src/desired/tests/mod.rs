@@ -1,5 +1,5 @@
 //! The compiler's tests, by concern: `peers` (peers, ports, actions), `compile` (ipcache,
-//! endpoints, services, errors, workloads, settings), `realistic` (a realistic tenant checked
+//! endpoints, services, errors, workloads, settings), `fqdn` (DNS rules and `toFQDNs`), `realistic` (a realistic tenant checked
 //! flow by flow against the reference evaluator, determinism), `delta` and `random`
 //! (random policies against the evaluator). Shared fixtures here.
 
@@ -178,6 +178,7 @@ impl Rng {
 
 mod compile;
 mod delta;
+mod fqdn;
 mod peers;
 mod random;
 mod realistic;

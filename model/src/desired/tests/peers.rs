@@ -499,25 +499,24 @@ fn unsupported_parts_are_reported_and_never_widen() {
     assert_eq!(
         bare(&s, "web-1"),
         vec![
+            // The FQDN allow is an entry of its own peer (never any peer), on its ports.
+            (
+                Egress,
+                Some(identity::FQDN_PEER),
+                TCP,
+                Some((443, 443)),
+                Action::Allow,
+                false
+            ),
             // A deny on an undeclared named port denies nothing (never every port); an
             // FQDN deny (refused by validation) denies every outside peer.
             (Egress, Some(WORLD), None, None, Deny, false),
-            // The FQDN allow fails closed, as UNSUPPORTED_RULE, on its ports.
-            (
-                Egress,
-                Some(WORLD),
-                TCP,
-                Some((443, 443)),
-                Action::Unsupported,
-                false
-            ),
         ]
     );
     assert_eq!(
         s.unsupported,
         vec![
-            "p specs[0].egressDeny[1].toFQDNs[0]: toFQDNs is not compiled yet; denies every outside peer",
-            "p specs[0].egress[0].toFQDNs[0]: toFQDNs is not enforced; outside peers on its ports are dropped as UNSUPPORTED_RULE",
+            "p specs[0].egressDeny[1].toFQDNs[0]: toFQDNs on a deny rule denies every outside peer",
         ]
     );
     // Reported only where the policy applies.

@@ -102,7 +102,7 @@ fn pb_allow_tcp(peer: u32, port: u32) -> pb::PolicyRule {
         action: pb::Action::Allow as i32,
         l7: false,
         origin: "p specs[0].ingress[0]".into(),
-        http: Vec::new(),
+        ..Default::default()
     }
 }
 
