@@ -46,8 +46,8 @@ pub enum PolicyCmd {
         Every document is checked first; a bad one applies nothing. Each object prints\n\
         `policy/NAME created|configured|unchanged`. --dry-run checks locally and shows what\n\
         would change without writing (the API has no server-side dry run).\n\
-        Fields Weft accepts but does not enforce (toFQDNs, HTTP/DNS rules, host policies,\n\
-        some entities) print `Warning: <field>: …` on standard error; their traffic is\n\
+        Fields Weft accepts but does not enforce (host policies, entities nothing carries)\n\
+        print `Warning: <field>: …` on standard error; their traffic is\n\
         dropped, never allowed. --strict refuses them instead (exit 1, nothing applied).")]
     Apply {
         #[command(flatten)]

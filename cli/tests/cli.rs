@@ -649,7 +649,7 @@ async fn policy_apply_warns_on_not_enforced_fields_and_strict_refuses() {
     api.weft(&["login", "--api-url", &api.url, "--token", &editor])
         .await
         .ok();
-    let fqdn = "name: to-github\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toFQDNs: [{matchName: api.github.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n";
+    let fqdn = "name: to-github\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEntities: [kube-apiserver]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n";
     let path = file(dir.path(), "fqdn.yaml", fqdn);
     let rev = api.revision().await;
     let r = api
@@ -658,7 +658,7 @@ async fn policy_apply_warns_on_not_enforced_fields_and_strict_refuses() {
     assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
     assert!(
         r.stderr
-            .contains("policy/to-github: spec.egress[0].toFQDNs: not enforced"),
+            .contains("policy/to-github: spec.egress[0].toEntities[0]: not enforced"),
         "{}",
         r.stderr
     );
@@ -670,7 +670,7 @@ async fn policy_apply_warns_on_not_enforced_fields_and_strict_refuses() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr
-            .contains("Warning: policy/to-github: spec.egress[0].toFQDNs: not enforced"),
+            .contains("Warning: policy/to-github: spec.egress[0].toEntities[0]: not enforced"),
         "{}",
         r.stderr
     );
@@ -679,7 +679,7 @@ async fn policy_apply_warns_on_not_enforced_fields_and_strict_refuses() {
     assert_eq!(r.stdout, "policy/to-github created\n");
     assert_eq!(
         r.stderr
-            .matches("Warning: policy/to-github: spec.egress[0].toFQDNs: not enforced")
+            .matches("Warning: policy/to-github: spec.egress[0].toEntities[0]: not enforced")
             .count(),
         1,
         "{}",

@@ -275,9 +275,9 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
             "endpointSelector": {"matchLabels": {"app": "web"}},
             "ingress": [{"fromEntities": ["health", "world"]}],
             "egress": [
-                {"toFQDNs": [{"matchName": "api.example.com"}],
+                {"toEntities": ["kube-apiserver"],
                  "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
-                {"toEndpoints": [{}],
+                {"toEntities": ["world", "unmanaged"],
                  "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}],
                               "rules": {"dns": [{"matchPattern": "*.example.com"}]}}]}
             ]
@@ -285,8 +285,8 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
     });
     let fields = [
         "spec.ingress[0].fromEntities[0]",
-        "spec.egress[0].toFQDNs",
-        "spec.egress[1].toPorts[0].rules.dns",
+        "spec.egress[0].toEntities[0]",
+        "spec.egress[1].toEntities[1]",
     ];
 
     // Strict: refused, each field named, nothing written.
@@ -345,19 +345,16 @@ async fn not_enforced_fields_warn_and_strict_refuses_them() {
     assert_eq!(warnings(&r).len(), 3);
 
     // CNP import: per document path.
-    let cnp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: dns}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEndpoints: [{}]\n    toPorts:\n    - ports: [{port: '53', protocol: UDP}]\n      rules: {dns: [{matchPattern: '*'}]}\n";
+    let cnp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: dns}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEntities: [kube-apiserver]\n    toPorts:\n    - ports: [{port: '443', protocol: TCP}]\n";
     let mut req = yaml(&tok, cnp);
     *req.uri_mut() = "/v1/tenants/acme/policies/import?strict=true"
         .parse()
         .unwrap();
     let r = t.send(req).await;
     assert!(r.is_problem(400, "validation"), "{}", r.body);
-    assert_eq!(
-        r.fields(),
-        ["documents[0].spec.egress[0].toPorts[0].rules.dns"]
-    );
+    assert_eq!(r.fields(), ["documents[0].spec.egress[0].toEntities[0]"]);
     let r = t.send(yaml(&tok, cnp)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(warnings(&r).len(), 1, "{:?}", warnings(&r));
-    assert!(warnings(&r)[0].contains("documents[0].spec.egress[0].toPorts[0].rules.dns"));
+    assert!(warnings(&r)[0].contains("documents[0].spec.egress[0].toEntities[0]"));
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod control;
 pub mod datapath;
 pub mod debug;
+pub mod dns;
 pub mod endpoint;
 pub mod files;
 pub mod flows;

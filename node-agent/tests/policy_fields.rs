@@ -144,14 +144,15 @@ fn rules_weft_does_not_enforce_fail_closed_as_unsupported_rule() {
     attach_all(&dp, &topo);
     let mut state = Programmed::default();
     let b = SocketAddrV4::new(topo.pods[1].ip, 8080);
-    let _srv = Server::tcp(&topo.pods[1].ns, 8080, "b").unwrap();
-    // a: DNS rules towards b (needs the DNS proxy Weft lacks); c has no egress policy.
+    let _srv = Server::udp(&topo.pods[1].ns, 8080, "b").unwrap();
+    // a: HTTP rules on a UDP port towards b (nothing speaks HTTP over UDP: the rule allows
+    // nothing); c has no egress policy.
     let spec = serde_json::json!({
         "endpointSelector": {"matchLabels": {"app": "a"}},
         "egress": [
             {"toEndpoints": [{"matchLabels": {"app": "b"}}],
-             "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
-                          "rules": {"dns": [{"matchPattern": "*"}]}}]}
+             "toPorts": [{"ports": [{"port": "8080", "protocol": "UDP"}],
+                          "rules": {"http": [{"method": "GET"}]}}]}
         ]
     });
     program(&mut dp, &mut state, &view(&topo, &[spec]));
@@ -162,15 +163,15 @@ fn rules_weft_does_not_enforce_fail_closed_as_unsupported_rule() {
     };
     assert_eq!(unsupported(&dp), 0);
     assert!(
-        tcp_from(&topo, 0, b).is_err(),
-        "a -> b: an unenforced DNS rule must not allow"
+        udp_from(&topo, 0, b).is_err(),
+        "a -> b: an unenforceable HTTP rule on UDP must not allow"
     );
     assert!(unsupported(&dp) > 0, "dropped as UNSUPPORTED_RULE");
-    assert_eq!(tcp_from(&topo, 2, b).expect("c -> b: no policy"), "b");
+    assert_eq!(udp_from(&topo, 2, b).expect("c -> b: no policy"), "b");
     // Elsewhere the drop stays POLICY_DENIED.
     let before = unsupported(&dp);
-    let _other = Server::tcp(&topo.pods[1].ns, 9090, "b").unwrap();
-    assert!(tcp_from(&topo, 0, SocketAddrV4::new(topo.pods[1].ip, 9090)).is_err());
+    let _other = Server::udp(&topo.pods[1].ns, 9090, "b").unwrap();
+    assert!(udp_from(&topo, 0, SocketAddrV4::new(topo.pods[1].ip, 9090)).is_err());
     assert_eq!(unsupported(&dp), before);
 }
 

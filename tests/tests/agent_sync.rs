@@ -146,6 +146,7 @@ impl Env {
             pod_cidrs: Vec::new(),
             workload_netns_prefix: node_agent::workload::DEFAULT_NETNS_PREFIX.into(),
             concurrent_probes: 1,
+            fqdn: Default::default(),
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run(args, async {

@@ -3,7 +3,7 @@
 //! A connection that hits a policy entry with L7 rules is delivered to the proxy socket of
 //! that entry's rule set (`proxy_port`) with its addresses unchanged: the proxy's listener
 //! is transparent (`IP_TRANSPARENT`), so the accepted socket's local address is the
-//! original destination. The packet keeps `MARK_PROXY | port << 16`, which the agent's
+//! original destination (UDP: the DNS proxy reads it with `IP_ORIGDSTADDR`). The packet keeps `MARK_PROXY | port << 16`, which the agent's
 //! policy routing rule in the node namespace routes to the local table (a socket assigned
 //! to a packet only takes it when the packet is delivered locally).
 //! - Egress rules: `weft_from_endpoint` runs at tc ingress and assigns the socket itself.
@@ -16,7 +16,10 @@ use aya_ebpf::{
         bpf_sock, bpf_sock_tuple, BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_TCP_LISTEN,
         BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect, bpf_sk_assign, bpf_sk_release, bpf_skb_change_type, bpf_skc_lookup_tcp},
+    helpers::{
+        bpf_redirect, bpf_sk_assign, bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_change_type,
+        bpf_skc_lookup_tcp,
+    },
     programs::TcContext,
     EbpfContext,
 };
@@ -26,6 +29,7 @@ use crate::events::count;
 use crate::parse::{parse, Parsed, Pkt};
 
 const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
 /// `PACKET_HOST`: a packet redirected into the proxy device was addressed to an endpoint's
 /// MAC; without this the IP layer would discard it as meant for another host.
 const PACKET_HOST: u32 = 0;
@@ -35,11 +39,9 @@ fn fail(p: &Pkt) -> i32 {
     TC_ACT_SHOT
 }
 
-/// Looks up the socket for `p` in this namespace: the tuple as it is (`dport` = the
-/// original destination's) finds an established proxy connection; with `dport` = the
-/// proxy port, the listener (a new connection). The caller releases what it gets.
+/// The lookup tuple of `p` with destination port `dport`, and its size.
 #[inline(always)]
-fn lookup(ctx: &TcContext, p: &Pkt, dport: u16, established: bool) -> Option<*mut bpf_sock> {
+fn tuple(p: &Pkt, dport: u16) -> (bpf_sock_tuple, u32) {
     // SAFETY: a zeroed tuple is valid for both of the union's members.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if p.family == FAMILY_IPV6 {
@@ -63,6 +65,15 @@ fn lookup(ctx: &TcContext, p: &Pkt, dport: u16, established: bool) -> Option<*mu
             core::mem::size_of_val(v4) as u32
         }
     };
+    (t, size)
+}
+
+/// Looks up the socket for `p` in this namespace: the tuple as it is (`dport` = the
+/// original destination's) finds an established proxy connection; with `dport` = the
+/// proxy port, the listener (a new connection). The caller releases what it gets.
+#[inline(always)]
+fn lookup(ctx: &TcContext, p: &Pkt, dport: u16, established: bool) -> Option<*mut bpf_sock> {
+    let (mut t, size) = tuple(p, dport);
     // SAFETY: a valid tuple of the size given; the context is a valid __sk_buff.
     let sk = unsafe {
         bpf_skc_lookup_tcp(ctx.as_ptr(), &mut t, size, BPF_F_CURRENT_NETNS as u64, 0)
@@ -85,21 +96,40 @@ fn lookup(ctx: &TcContext, p: &Pkt, dport: u16, established: bool) -> Option<*mu
     Some(sk)
 }
 
-/// Assigns the proxy's socket for this packet (its connection's, else the listener on
-/// `proxy_port`) and marks it for local delivery. Only at tc ingress.
+/// The UDP socket bound to `proxy_port` (the DNS proxy's: every datagram goes to it,
+/// which reads the original destination from the packet). The caller releases it.
+#[inline(always)]
+fn lookup_udp(ctx: &TcContext, p: &Pkt, proxy_port: u16) -> Option<*mut bpf_sock> {
+    let (mut t, size) = tuple(p, proxy_port.to_be());
+    // SAFETY: a valid tuple of the size given; the context is a valid __sk_buff.
+    let sk = unsafe {
+        bpf_sk_lookup_udp(ctx.as_ptr(), &mut t, size, BPF_F_CURRENT_NETNS as u64, 0)
+    };
+    if sk.is_null() {
+        None
+    } else {
+        Some(sk)
+    }
+}
+
+/// Assigns the proxy's socket for this packet (TCP: its connection's, else the listener on
+/// `proxy_port`; UDP: the socket on `proxy_port`) and marks it for local delivery. Only at
+/// tc ingress.
 #[inline(always)]
 fn assign(ctx: &mut TcContext, p: &Pkt, proxy_port: u16) -> i32 {
-    if p.proto != PROTO_TCP {
-        // L7 rules are TCP-only (validation); nothing else is ever redirected.
-        return fail(p);
-    }
-    let sk = match lookup(ctx, p, p.dport, true) {
-        Some(sk) => sk,
-        None => match lookup(ctx, p, proxy_port.to_be(), false) {
-            Some(sk) => sk,
-            // No proxy listening: fail closed.
-            None => return fail(p),
+    let found = match p.proto {
+        PROTO_TCP => match lookup(ctx, p, p.dport, true) {
+            Some(sk) => Some(sk),
+            None => lookup(ctx, p, proxy_port.to_be(), false),
         },
+        // DNS rules (UDP is only ever redirected for them).
+        PROTO_UDP => lookup_udp(ctx, p, proxy_port),
+        // Nothing else is ever redirected.
+        _ => None,
+    };
+    let Some(sk) = found else {
+        // No proxy listening: fail closed.
+        return fail(p);
     };
     // SAFETY: a socket reference from the lookup, released right after.
     let ret = unsafe {

@@ -15,7 +15,7 @@ pub struct Condition {
     #[serde(rename = "type")]
     #[schema(example = "NotEnforced")]
     pub kind: String,
-    /// Path of the field, as in validation errors (`spec.egress[0].toFQDNs`).
+    /// Path of the field, as in validation errors (`spec.egress[0].toEntities[1]`).
     pub field: String,
     /// What Weft does instead.
     pub reason: String,
@@ -43,8 +43,6 @@ pub fn entity_not_enforced(entity: Entity) -> Option<&'static str> {
 }
 
 const HOST_POLICY: &str = "host policies are not enforced: Weft does not filter the node's own traffic yet (the policy is stored and compiled, but no node interface is filtered)";
-const FQDN: &str = "Weft has no DNS proxy: traffic to outside peers on this rule's ports is dropped (UNSUPPORTED_RULE) unless another rule allows it";
-const DNS: &str = "Weft has no DNS proxy: the rule allows nothing; its peers and ports are dropped (UNSUPPORTED_RULE) unless another rule allows them";
 
 fn condition(field: String, reason: &str) -> Condition {
     Condition {
@@ -70,18 +68,13 @@ impl PolicySpec {
             for (i, r) in rules.iter().enumerate() {
                 let at = format!("{path}.{section}[{i}]");
                 entities(&mut out, &at, "fromEntities", items(&r.from_entities));
-                port_rules(&mut out, &at, &r.to_ports);
             }
         }
         let egress = [("egress", &self.egress), ("egressDeny", &self.egress_deny)];
         for (section, rules) in egress {
             for (i, r) in rules.iter().enumerate() {
                 let at = format!("{path}.{section}[{i}]");
-                if !items(&r.to_fqdns).is_empty() {
-                    out.push(condition(format!("{at}.toFQDNs"), FQDN));
-                }
                 entities(&mut out, &at, "toEntities", items(&r.to_entities));
-                port_rules(&mut out, &at, &r.to_ports);
             }
         }
         out
@@ -93,16 +86,6 @@ fn entities(out: &mut Vec<Condition>, at: &str, field: &str, list: &[String]) {
         let reason = name.parse::<Entity>().ok().and_then(entity_not_enforced);
         if let Some(reason) = reason {
             out.push(condition(format!("{at}.{field}[{k}]"), reason));
-        }
-    }
-}
-
-fn port_rules(out: &mut Vec<Condition>, at: &str, rules: &[PortRule]) {
-    for (j, pr) in rules.iter().enumerate() {
-        // HTTP rules are enforced by the node agent's L7 proxy.
-        let Some(l7) = &pr.rules else { continue };
-        if !l7.dns.is_empty() {
-            out.push(condition(format!("{at}.toPorts[{j}].rules.dns"), DNS));
         }
     }
 }

@@ -29,10 +29,12 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 use weft_proto::v1 as pb;
 
+use super::fqdn;
 use super::wire::{Names, Programmed, StateError, SyncMessage, WireError};
 use crate::control::{
     self, ensure_registered, uname, Backoff, Client, Control, ControlError, ItemError,
 };
+use crate::datapath::fqdn::Ttl;
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream};
 use crate::endpoint::api::{self as endpoint_api, ApiState};
 use crate::endpoint::manager::{lock, Manager, SharedDatapath};
@@ -95,9 +97,48 @@ pub struct RunArgs {
     /// Probes of `weft connectivity test` running at once.
     #[arg(long, default_value_t = crate::workload::DEFAULT_CONCURRENT_PROBES)]
     pub concurrent_probes: usize,
+    /// How long addresses learned from DNS stay allowed by `toFQDNs`.
+    #[command(flatten)]
+    pub fqdn: FqdnArgs,
     /// bpffs directory of the pinned maps (the global `--pin-path`).
     #[arg(skip)]
     pub pin_path: PathBuf,
+}
+
+/// How long addresses learned from DNS are kept (see [`Ttl`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FqdnArgs {
+    /// Least seconds an address learned from a DNS answer stays allowed by `toFQDNs`,
+    /// whatever the answer's TTL (Cilium's `tofqdns-min-ttl`).
+    #[arg(long = "fqdn-min-ttl-secs", env = "WEFT_FQDN_MIN_TTL", default_value_t = Ttl::default().min_secs)]
+    pub min_ttl_secs: u32,
+    /// Seconds a learned address stays past its TTL, for connections in flight.
+    #[arg(long = "fqdn-grace-secs", env = "WEFT_FQDN_GRACE", default_value_t = Ttl::default().grace_secs)]
+    pub grace_secs: u32,
+    /// Addresses kept per DNS name (those expiring last).
+    #[arg(long = "fqdn-max-ips-per-name", default_value_t = Ttl::default().max_ips_per_name)]
+    pub max_ips_per_name: usize,
+}
+
+impl Default for FqdnArgs {
+    fn default() -> Self {
+        let t = Ttl::default();
+        FqdnArgs {
+            min_ttl_secs: t.min_secs,
+            grace_secs: t.grace_secs,
+            max_ips_per_name: t.max_ips_per_name,
+        }
+    }
+}
+
+impl From<&FqdnArgs> for Ttl {
+    fn from(a: &FqdnArgs) -> Self {
+        Ttl {
+            min_secs: a.min_ttl_secs,
+            grace_secs: a.grace_secs,
+            max_ips_per_name: a.max_ips_per_name,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -154,7 +195,7 @@ async fn setup_l7_proxy(
     dp: &mut Datapath,
     pin_path: &Path,
     flows: Arc<FlowQueue>,
-) -> Result<(), String> {
+) -> Result<Arc<std::sync::OnceLock<crate::proxy::dns::Learner>>, String> {
     let rtnl = crate::netlink::Rtnl::current().map_err(|e| e.to_string())?;
     rtnl.ensure_proxy_routing()
         .await
@@ -162,8 +203,9 @@ async fn setup_l7_proxy(
     dp.attach_proxy_device(crate::netlink::proxy::PROXY_DEVICE)
         .map_err(|e| e.to_string())?;
     let proxies = crate::proxy::Proxies::new(pin_path, crate::proxy::DEFAULT_BASE_PORT, flows)?;
+    let learner = proxies.learner_slot();
     dp.set_l7_proxy(Box::new(proxies));
-    Ok(())
+    Ok(learner)
 }
 
 /// Runs the agent until `shutdown` completes. Errors only for what retrying cannot fix
@@ -190,17 +232,35 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     // Flows: read from now on; exported once registered.
     let queue = FlowQueue::new(args.flow_buffer);
-    if let Err(e) = setup_l7_proxy(&mut dp, &args.pin_path, queue.clone()).await {
-        // Fail closed: L7 rules then allow nothing, and their acks say why.
-        tracing::warn!(error = %e, "no L7 proxy on this node: L7 rules are not programmed");
-    }
-    let events = dp.flow_events();
-    let dp: SharedDatapath = Arc::new(Mutex::new(dp));
+    let learner_slot = match setup_l7_proxy(&mut dp, &args.pin_path, queue.clone()).await {
+        Ok(slot) => Some(slot),
+        Err(e) => {
+            // Fail closed: L7 rules then allow nothing, and their acks say why.
+            tracing::warn!(error = %e, "no L7 proxy on this node: L7 rules are not programmed");
+            None
+        }
+    };
+    dp.set_fqdn_ttl(Ttl::from(&args.fqdn));
+    fqdn::restore(&mut dp, &args.state_dir);
     let state_path = args.state_dir.join(STATE);
     let mut programmed = Programmed::load(&state_path)?.unwrap_or_default();
     tracing::info!(revision = programmed.revision, "applied state loaded");
+    // The policy as applied, through this run's proxies and FQDN expansion (idempotent:
+    // what the maps hold already is not written again).
+    for e in programmed.reprogram_policy(&mut dp) {
+        tracing::warn!(item = %e.item, error = %e.message, "could not program");
+    }
+    let events = dp.flow_events();
+    let dp: SharedDatapath = Arc::new(Mutex::new(dp));
+    if let Some(slot) = learner_slot {
+        let _ = slot.set(fqdn::learner(&dp));
+    }
     let (names_tx, names_rx) = tokio::sync::watch::channel(programmed.names());
     let mut tasks = Tasks(Vec::new());
+    tasks.0.push(tokio::spawn(fqdn::maintain(
+        dp.clone(),
+        args.state_dir.clone(),
+    )));
 
     let flow_stats = Arc::new(FlowStats::default());
     match events.map(FlowEventStream::new) {

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weft_model::desired::{
-    self, Action, Delta, DesiredEndpoint, DesiredService, HttpMatch, IpcacheEntry,
-    NodeDesiredState, PolicyRule,
+    self, Action, Delta, DesiredEndpoint, DesiredService, IpcacheEntry, NodeDesiredState,
+    PolicyRule,
 };
 use weft_model::policy::eval::Direction;
+use weft_model::policy::FqdnSelector;
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
 
 use crate::datapath::{self as dp, Datapath, DatapathError, PolicyEntry};
@@ -55,14 +56,19 @@ pub trait DatapathOps {
         Ok(())
     }
     /// Stops the L7 proxy listeners of rule sets not in `in_use`.
-    fn retain_l7_proxies(&mut self, _in_use: &BTreeSet<(dp::Direction, &[HttpMatch])>) {}
+    fn retain_l7_proxies(&mut self, _in_use: &BTreeSet<dp::L7Rules<'_>>) {}
     /// The L7 proxy port for an L7 allow entry (see [`Datapath::l7_proxy_port`]).
-    fn l7_proxy_port(
-        &mut self,
-        _direction: dp::Direction,
-        _http: &[HttpMatch],
-    ) -> Result<u16, DatapathError> {
+    fn l7_proxy_port(&mut self, _rules: dp::L7Rules<'_>) -> Result<u16, DatapathError> {
         Err(DatapathError::L7Proxy("no L7 proxy".into()))
+    }
+    /// The peer id of a `toFQDNs` entry's selector (see [`Datapath::fqdn_selector_id`]);
+    /// `None`: FQDN entries cannot be programmed (they allow nothing).
+    fn fqdn_selector_id(&mut self, _sel: &FqdnSelector) -> Option<u32> {
+        None
+    }
+    /// Brings the addresses learned from DNS in line with the selectors in force.
+    fn refresh_fqdn(&mut self) -> Result<(), DatapathError> {
+        Ok(())
     }
 }
 
@@ -84,15 +90,17 @@ impl DatapathOps for Datapath {
     fn remove_ipcache(&mut self, ip: IpAddr, prefix: u8) -> Result<(), DatapathError> {
         Datapath::remove_ipcache_ip(self, ip, prefix)
     }
-    fn l7_proxy_port(
-        &mut self,
-        direction: dp::Direction,
-        http: &[HttpMatch],
-    ) -> Result<u16, DatapathError> {
-        Datapath::l7_proxy_port(self, direction, http)
+    fn l7_proxy_port(&mut self, rules: dp::L7Rules<'_>) -> Result<u16, DatapathError> {
+        Datapath::l7_proxy_port(self, rules)
     }
-    fn retain_l7_proxies(&mut self, in_use: &BTreeSet<(dp::Direction, &[HttpMatch])>) {
+    fn retain_l7_proxies(&mut self, in_use: &BTreeSet<dp::L7Rules<'_>>) {
         Datapath::retain_l7_proxies(self, in_use)
+    }
+    fn fqdn_selector_id(&mut self, sel: &FqdnSelector) -> Option<u32> {
+        Some(Datapath::fqdn_selector_id(self, sel))
+    }
+    fn refresh_fqdn(&mut self) -> Result<(), DatapathError> {
+        Datapath::refresh_fqdn(self)
     }
     fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<(), DatapathError> {
         Datapath::apply_policy(self, ep_id, entries)
@@ -332,17 +340,12 @@ impl Programmed {
                 next.policy.remove(ep);
                 continue;
             };
-            let (entries, l7_errors) = entries(dp, &rules);
-            let res = dp.apply_policy(id, &entries);
-            if let Err(e2) = res {
-                errors.push(err(item, e2));
-                next.policy.remove(ep);
-            } else if let Some(first) = l7_errors.first() {
-                // Fail closed: an L7 rule without its proxy allows nothing.
-                errors.push(err(
-                    item,
-                    format!("{} L7 rule(s) not programmed: {first}", l7_errors.len()),
-                ));
+            match program_policy(dp, id, &item, &rules) {
+                Ok(l7_error) => errors.extend(l7_error),
+                Err(e2) => {
+                    errors.push(e2);
+                    next.policy.remove(ep);
+                }
             }
         }
         // 4. service upserts.
@@ -451,24 +454,52 @@ impl Programmed {
                 next.policy.remove(ep);
             }
         }
-        // 9. Peers whose identity changed: established connections are judged again.
+        // 9. Addresses learned from DNS: the selectors in force may have changed, and so may
+        // what an address is without DNS.
+        if let Err(e2) = dp.refresh_fqdn() {
+            errors.push(err("fqdn/refresh".to_string(), e2));
+        }
+        // 10. Peers whose identity changed: established connections are judged again.
         if let Err(e2) = dp.recheck_connections() {
             errors.push(err("endpoints/recheck".to_string(), e2));
         }
-        // 10. One grace period for the batch, then the old policy generations go.
+        // 11. One grace period for the batch, then the old policy generations go.
         if let Err(e2) = dp.settle_policy() {
             errors.push(err("policy/settle".to_string(), e2));
         }
-        // 11. L7 proxy listeners no programmed rule points at any more stop.
-        let in_use: BTreeSet<(dp::Direction, &[HttpMatch])> = next
+        // 12. L7 proxy listeners no programmed rule points at any more stop.
+        let in_use: BTreeSet<dp::L7Rules<'_>> = next
             .policy
             .values()
             .flatten()
             .filter(|r| r.l7 && r.action == Action::Allow)
-            .map(|r| (l7_direction(r.direction), r.http.as_slice()))
+            .map(l7_rules)
             .collect();
         dp.retain_l7_proxies(&in_use);
         self.applied = next;
+        errors
+    }
+
+    /// Writes the applied policy again (after a restart: the L7 proxy's listeners and the
+    /// FQDN expansion are this run's; what the maps already hold is not rewritten).
+    /// Returns what could not be programmed.
+    pub fn reprogram_policy(&mut self, dp: &mut impl DatapathOps) -> Vec<ItemError> {
+        let mut errors = Vec::new();
+        for (ep, rules) in &self.applied.policy {
+            let Some(id) = self.endpoint_ids.get(ep) else {
+                continue;
+            };
+            match program_policy(dp, id, &format!("policy/{ep}"), rules) {
+                Ok(l7_error) => errors.extend(l7_error),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Err(e) = dp.refresh_fqdn() {
+            errors.push(err("fqdn/refresh".to_string(), e));
+        }
+        if let Err(e) = dp.settle_policy() {
+            errors.push(err("policy/settle".to_string(), e));
+        }
         errors
     }
 
@@ -579,20 +610,54 @@ fn l7_direction(d: Direction) -> dp::Direction {
     }
 }
 
+/// Writes one endpoint's rules. `Err`: nothing changed; `Ok(Some)`: written, but L7 or
+/// FQDN rules that could not be had were left out (they allow nothing: fail closed).
+fn program_policy(
+    dp: &mut impl DatapathOps,
+    id: u32,
+    item: &str,
+    rules: &[PolicyRule],
+) -> Result<Option<ItemError>, ItemError> {
+    let (entries, l7_errors) = entries(dp, rules);
+    dp.apply_policy(id, &entries)
+        .map_err(|e| err(item.to_string(), e))?;
+    Ok(l7_errors.first().map(|first| {
+        err(
+            item.to_string(),
+            format!("{} L7 rule(s) not programmed: {first}", l7_errors.len()),
+        )
+    }))
+}
+
+/// The listener an L7 allow rule redirects to: its DNS rules', else its HTTP rules'.
+fn l7_rules(r: &PolicyRule) -> dp::L7Rules<'_> {
+    if r.dns.is_empty() {
+        dp::L7Rules::Http(l7_direction(r.direction), &r.http)
+    } else {
+        dp::L7Rules::Dns(&r.dns)
+    }
+}
+
 /// The datapath entries of an endpoint's rules: L7 allows redirect to the proxy listener of
-/// their HTTP rules. An L7 rule whose listener cannot be had is left out (it allows
-/// nothing), with the reason.
+/// their HTTP or DNS rules, `toFQDNs` entries name their selector's id. An L7 or FQDN rule
+/// that cannot be programmed is left out (it allows nothing), with the reason.
 fn entries(dp: &mut impl DatapathOps, rules: &[PolicyRule]) -> (Vec<PolicyEntry>, Vec<String>) {
     let mut out = Vec::with_capacity(rules.len());
     let mut l7_errors = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         let direction = l7_direction(r.direction);
+        let peer_identity = match &r.fqdn {
+            None => r.peer_identity,
+            Some(sel) => match dp.fqdn_selector_id(sel) {
+                Some(id) => Some(id),
+                None => {
+                    l7_errors.push(format!("toFQDNs {sel}: no DNS proxy on this node"));
+                    continue;
+                }
+            },
+        };
         let action = match r.action {
-            Action::Allow if r.l7 && !r.dns.is_empty() => {
-                l7_errors.push("no DNS proxy yet".to_string());
-                continue;
-            }
-            Action::Allow if r.l7 => match dp.l7_proxy_port(direction, &r.http) {
+            Action::Allow if r.l7 => match dp.l7_proxy_port(l7_rules(r)) {
                 Ok(proxy_port) => dp::Action::Redirect { proxy_port },
                 Err(e) => {
                     l7_errors.push(e.to_string());
@@ -605,7 +670,7 @@ fn entries(dp: &mut impl DatapathOps, rules: &[PolicyRule]) -> (Vec<PolicyEntry>
         };
         out.push(PolicyEntry {
             direction,
-            peer_identity: r.peer_identity,
+            peer_identity,
             proto: r.proto,
             ports: r.ports,
             action,

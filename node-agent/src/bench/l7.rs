@@ -17,7 +17,9 @@ use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 use weft_model::desired::HttpMatch;
 
-use node_agent::datapath::{Action, Datapath, DatapathConfig, Direction, Endpoint, PolicyEntry};
+use node_agent::datapath::{
+    Action, Datapath, DatapathConfig, Direction, Endpoint, L7Rules, PolicyEntry,
+};
 use node_agent::netns::{enter_netns, PinDir, Topology};
 use node_agent::tools::http::read_reply;
 use node_agent::tools::Server;
@@ -245,7 +247,10 @@ async fn measure(
     ));
     let mut ports = BTreeMap::new();
     for n in RULE_COUNTS {
-        ports.insert(n, dp.l7_proxy_port(Direction::Ingress, &rules(n))?);
+        ports.insert(
+            n,
+            dp.l7_proxy_port(L7Rules::Http(Direction::Ingress, &rules(n)))?,
+        );
     }
     let (mut l4, mut l7): (Vec<Figures>, BTreeMap<usize, Vec<Figures>>) = Default::default();
     let (mut crr_l4, mut crr_l7) = (Vec::new(), Vec::new());

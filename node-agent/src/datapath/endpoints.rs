@@ -170,6 +170,20 @@ impl Datapath {
         prefix: u8,
         identity: u32,
     ) -> Result<()> {
+        if !self.mirror_ipcache(family, addr, prefix, Some(identity)) {
+            return Ok(());
+        }
+        self.write_ipcache(family, addr, prefix, identity)
+    }
+
+    /// Writes one ipcache entry as it is (no mirror: see `fqdn`).
+    pub(super) fn write_ipcache(
+        &mut self,
+        family: u8,
+        addr: c::Addr,
+        prefix: u8,
+        identity: u32,
+    ) -> Result<()> {
         let key = ipcache_key(family, addr, prefix);
         let unchanged = self
             .maps
@@ -208,6 +222,14 @@ impl Datapath {
         addr: c::Addr,
         prefix: u8,
     ) -> Result<()> {
+        if !self.mirror_ipcache(family, addr, prefix, None) {
+            return Ok(());
+        }
+        self.delete_ipcache(family, addr, prefix)
+    }
+
+    /// Deletes one ipcache entry as it is (no mirror: see `fqdn`).
+    pub(super) fn delete_ipcache(&mut self, family: u8, addr: c::Addr, prefix: u8) -> Result<()> {
         let key = ipcache_key(family, addr, prefix);
         if self.maps.ipcache.get(&key, 0).is_ok() {
             self.cache.identities_changed = true;

@@ -103,6 +103,7 @@ impl Datapath {
             cache: Cache::default(),
             barrier: sys::RcuBarrier::new().map_err(io_err("creating the RCU barrier map"))?,
             l7: None,
+            fqdn: Default::default(),
         };
         let runtime = dp.cfg.runtime;
         dp.maps
@@ -191,6 +192,7 @@ impl Datapath {
             cache.services.insert(svc.svc_id, (key, ids, n_slots));
         }
         self.cache = cache;
+        self.rebuild_mirror()?;
         self.settle_policy()
     }
 
@@ -308,23 +310,16 @@ impl Datapath {
     }
 
     /// Stops the L7 proxy listeners of rule sets not in `in_use` (see [`L7Proxy::retain`]).
-    pub fn retain_l7_proxies(
-        &mut self,
-        in_use: &BTreeSet<(Direction, &[weft_model::desired::HttpMatch])>,
-    ) {
+    pub fn retain_l7_proxies(&mut self, in_use: &BTreeSet<L7Rules<'_>>) {
         if let Some(p) = &mut self.l7 {
             p.retain(in_use);
         }
     }
 
-    /// The proxy port enforcing `http` for `direction` (see [`L7Proxy`]).
-    pub fn l7_proxy_port(
-        &mut self,
-        direction: Direction,
-        http: &[weft_model::desired::HttpMatch],
-    ) -> Result<u16> {
+    /// The proxy port enforcing `rules` (see [`L7Proxy`]).
+    pub fn l7_proxy_port(&mut self, rules: L7Rules<'_>) -> Result<u16> {
         match &mut self.l7 {
-            Some(p) => p.port_for(direction, http).map_err(DatapathError::L7Proxy),
+            Some(p) => p.port_for(rules).map_err(DatapathError::L7Proxy),
             None => Err(DatapathError::L7Proxy(
                 "no L7 proxy on this node: L7 rules are not programmed (fail closed)".into(),
             )),

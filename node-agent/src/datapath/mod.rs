@@ -8,6 +8,7 @@
 
 mod endpoints;
 mod events;
+pub mod fqdn;
 mod load;
 mod maps;
 pub mod policy;
@@ -75,22 +76,20 @@ pub enum DatapathError {
     L7Proxy(String),
 }
 
+/// A set of L7 rules a proxy listener enforces: HTTP rules of one direction, or DNS rules
+/// (egress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L7Rules<'a> {
+    Http(Direction, &'a [weft_model::desired::HttpMatch]),
+    Dns(&'a [weft_model::policy::FqdnSelector]),
+}
+
 /// The agent's L7 proxy as the datapath sees it: the port of the listener that enforces a
-/// set of HTTP rules for one direction (redirect entries carry it).
+/// set of L7 rules (redirect entries carry it).
 pub trait L7Proxy: Send {
-    fn port_for(
-        &mut self,
-        direction: crate::datapath::Direction,
-        http: &[weft_model::desired::HttpMatch],
-    ) -> std::result::Result<u16, String>;
+    fn port_for(&mut self, rules: L7Rules<'_>) -> std::result::Result<u16, String>;
     /// Stops the listeners of rule sets not in `in_use`.
-    fn retain(
-        &mut self,
-        in_use: &BTreeSet<(
-            crate::datapath::Direction,
-            &[weft_model::desired::HttpMatch],
-        )>,
-    );
+    fn retain(&mut self, in_use: &BTreeSet<L7Rules<'_>>);
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -242,6 +241,8 @@ pub struct Datapath {
     barrier: sys::RcuBarrier,
     /// Where L7 redirect entries point (none: such entries cannot be programmed).
     l7: Option<Box<dyn L7Proxy>>,
+    /// Addresses learned from DNS, and the entries `toFQDNs` expands to.
+    fqdn: fqdn::Fqdn,
 }
 
 impl Cache {

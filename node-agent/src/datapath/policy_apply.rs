@@ -48,7 +48,7 @@ impl Datapath {
     /// (a full map) removes what it wrote and leaves the old policy in force. Idempotent:
     /// the same set writes nothing. A change needs room for both generations of the
     /// endpoint in the maps for a moment.
-    pub fn apply_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<()> {
+    pub(super) fn write_policy(&mut self, ep_id: u32, entries: &[PolicyEntry]) -> Result<()> {
         let desired = policy_entries(ep_id, entries)?;
         let current = self.cache.policy.get(&ep_id).cloned().unwrap_or_default();
         if desired == current.entries {

@@ -106,6 +106,7 @@ impl Rtnl {
         // them and drops them for carrying a socket: every packet must reach the endpoint's
         // program, which redirects it.
         sysctl("net/ipv4/tcp_early_demux", "0")?;
+        sysctl("net/ipv4/udp_early_demux", "0")?;
         Ok(index)
     }
 }

@@ -18,6 +18,7 @@
 //! (`MARK_PROXIED`: the destination's program does not redirect them again), on egress with
 //! the client's identity only (the destination's own ingress L7 rules still apply).
 
+pub mod dns;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -35,8 +36,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use weft_datapath_common as c;
 use weft_model::desired::HttpMatch;
+use weft_model::policy::FqdnSelector;
 
-use crate::datapath::{Direction, L7Proxy, Maps};
+use crate::datapath::{Direction, L7Proxy, L7Rules, Maps};
 use crate::flows::FlowQueue;
 use rules::{RequestView, RuleSet};
 use weft_proto::v1 as pb;
@@ -76,23 +78,59 @@ impl Identities {
     }
 }
 
-/// The node's L7 proxy: a listener per (direction, rule set), started on first use.
+/// A rule set a listener enforces (owned [`L7Rules`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RulesKey {
+    Http(Direction, Vec<HttpMatch>),
+    Dns(Vec<FqdnSelector>),
+}
+
+impl RulesKey {
+    fn of(rules: L7Rules<'_>) -> Self {
+        match rules {
+            L7Rules::Http(d, h) => RulesKey::Http(d, h.to_vec()),
+            L7Rules::Dns(d) => RulesKey::Dns(d.to_vec()),
+        }
+    }
+    fn borrowed(&self) -> L7Rules<'_> {
+        match self {
+            RulesKey::Http(d, h) => L7Rules::Http(*d, h),
+            RulesKey::Dns(d) => L7Rules::Dns(d),
+        }
+    }
+}
+
+/// The node's L7 proxy: listeners per rule set (HTTP: per direction too), started on first
+/// use.
 pub struct Proxies {
     identities: Arc<Identities>,
     flows: Arc<FlowQueue>,
-    listeners: HashMap<(Direction, Vec<HttpMatch>), Listening>,
+    listeners: HashMap<RulesKey, Listening>,
     base_port: u16,
+    /// Where the DNS proxy writes what answers teach (set once the datapath is shared).
+    learner: Arc<std::sync::OnceLock<dns::Learner>>,
 }
 
 struct Listening {
     port: u16,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listening {
+    fn running(&self) -> bool {
+        self.tasks.iter().all(|t| !t.is_finished())
+    }
+    fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Drop for Proxies {
     fn drop(&mut self) {
         for l in self.listeners.values() {
-            l.task.abort();
+            l.stop();
         }
     }
 }
@@ -111,7 +149,13 @@ impl Proxies {
             flows,
             listeners: HashMap::new(),
             base_port,
+            learner: Arc::new(std::sync::OnceLock::new()),
         })
+    }
+
+    /// Where the DNS proxy's learner is to be set (see [`dns::Learner`]).
+    pub fn learner_slot(&self) -> Arc<std::sync::OnceLock<dns::Learner>> {
+        self.learner.clone()
     }
 
     /// Ports of the running listeners.
@@ -121,51 +165,87 @@ impl Proxies {
 }
 
 impl L7Proxy for Proxies {
-    fn retain(&mut self, in_use: &std::collections::BTreeSet<(Direction, &[HttpMatch])>) {
-        self.listeners.retain(|(direction, http), l| {
-            let keep = in_use.contains(&(*direction, http.as_slice()));
+    fn retain(&mut self, in_use: &std::collections::BTreeSet<L7Rules<'_>>) {
+        self.listeners.retain(|key, l| {
+            let keep = in_use.contains(&key.borrowed());
             if !keep {
                 // Connections already accepted carry on; new ones have no entry here.
-                l.task.abort();
+                l.stop();
                 tracing::info!(port = l.port, "L7 proxy listener stopped: no rule uses it");
             }
             keep
         });
     }
 
-    fn port_for(&mut self, direction: Direction, http: &[HttpMatch]) -> Result<u16, String> {
-        let key = (direction, http.to_vec());
+    fn port_for(&mut self, rules: L7Rules<'_>) -> Result<u16, String> {
+        let key = RulesKey::of(rules);
         if let Some(l) = self.listeners.get(&key) {
-            if !l.task.is_finished() {
+            if l.running() {
                 return Ok(l.port);
             }
+            l.stop();
         }
-        let rules = Arc::new(RuleSet::compile(http)?);
         // The lowest free port from the base (stopped listeners' ports are taken again).
-        let taken: std::collections::HashSet<u16> =
-            self.listeners.values().map(|l| l.port).collect();
+        let taken: std::collections::HashSet<u16> = self
+            .listeners
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .map(|(_, l)| l.port)
+            .collect();
         let mut candidates = (self.base_port..u16::MAX).filter(|p| !taken.contains(p));
-        let (listener, port) = loop {
+        let (port, tasks) = loop {
             let Some(port) = candidates.next() else {
                 return Err("no free port left for an L7 proxy listener".into());
             };
-            match transparent_listener(port) {
-                Ok(l) => break (l, port),
+            match self.start(&key, port) {
+                Ok(tasks) => break (port, tasks),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(format!("listening on port {port}: {e}")),
             }
         };
-        let shared = Arc::new(Shared {
-            direction,
-            rules,
-            identities: self.identities.clone(),
-            flows: self.flows.clone(),
-            idle: Mutex::new(HashMap::new()),
-        });
-        let task = tokio::spawn(accept_loop(listener, shared));
-        tracing::info!(port, ?direction, rules = http.len(), "L7 proxy listening");
-        self.listeners.insert(key, Listening { port, task });
+        match &key {
+            RulesKey::Http(direction, http) => {
+                tracing::info!(port, ?direction, rules = http.len(), "L7 proxy listening")
+            }
+            RulesKey::Dns(dns) => tracing::info!(port, rules = dns.len(), "DNS proxy listening"),
+        }
+        self.listeners.insert(key, Listening { port, tasks });
         Ok(port)
+    }
+}
+
+impl Proxies {
+    /// Binds the listeners of `key` on `port` and starts serving them.
+    fn start(&self, key: &RulesKey, port: u16) -> io::Result<Vec<tokio::task::JoinHandle<()>>> {
+        match key {
+            RulesKey::Http(direction, http) => {
+                let rules = Arc::new(RuleSet::compile(http).map_err(io::Error::other)?);
+                let listener = transparent_listener(port)?;
+                let shared = Arc::new(Shared {
+                    direction: *direction,
+                    rules,
+                    identities: self.identities.clone(),
+                    flows: self.flows.clone(),
+                    idle: Mutex::new(HashMap::new()),
+                });
+                Ok(vec![tokio::spawn(accept_loop(listener, shared))])
+            }
+            RulesKey::Dns(rules) => {
+                // UDP and TCP on one port number: both must be free.
+                let [v4, v6] = dns::udp_listeners(port)?;
+                let tcp = transparent_listener(port)?;
+                let shared = Arc::new(dns::Dns {
+                    rules: rules.clone(),
+                    identities: self.identities.clone(),
+                    learner: self.learner.clone(),
+                });
+                Ok(vec![
+                    tokio::spawn(dns::serve_udp(v4, shared.clone())),
+                    tokio::spawn(dns::serve_udp(v6, shared.clone())),
+                    tokio::spawn(dns::serve_tcp(tcp, shared)),
+                ])
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
 
+pub mod dns;
 pub mod http;
 
 /// A server thread inside a namespace that answers every TCP connection (or UDP datagram)

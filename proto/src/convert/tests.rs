@@ -11,6 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use weft_model::desired::{Action, HttpMatch};
+use weft_model::policy::eval::Direction;
+use weft_model::policy::FqdnSelector;
 
 const CASES: u64 = 300;
 

@@ -873,7 +873,7 @@ export interface components {
              * @example NotEnforced
              */
             type: string;
-            /** @description Path of the field, as in validation errors (`spec.egress[0].toFQDNs`). */
+            /** @description Path of the field, as in validation errors (`spec.egress[0].toEntities[1]`). */
             field: string;
             /** @description What Weft does instead. */
             reason: string;
