@@ -153,7 +153,7 @@ pub const FILTERS: &[FilterDef] = &[
         "not_type",
         "type",
         "not-type",
-        "L3_L4 (the datapath's) or L7 (HTTP requests the L7 proxy judged)",
+        "L3_L4 (the datapath's) or L7 (HTTP requests and DNS queries the proxies judged)",
     ),
     (
         "http_method",
@@ -175,6 +175,13 @@ pub const FILTERS: &[FilterDef] = &[
         "http-status",
         "not-http-status",
         "HTTP status of L7 records: a code (403) or a class (5+)",
+    ),
+    (
+        "dns_query",
+        "not_dns_query",
+        "dns-query",
+        "not-dns-query",
+        "Regular expression found in the query name of DNS records (names end with '.')",
     ),
 ];
 
@@ -405,11 +412,26 @@ fn http(f: &Flow) -> Option<&serde_json::Map<String, Value>> {
     f.other.get("l7")?.get("http")?.as_object()
 }
 
-/// What happened, as hubble words it: `http-request` for L7 records, the drop reason for
-/// drops (`POLICY_DENIED` reads `policy-denied`), else where it was seen.
+/// The DNS query of an L7 record.
+fn dns(f: &Flow) -> Option<&serde_json::Map<String, Value>> {
+    f.other.get("l7")?.get("dns")?.as_object()
+}
+
+/// What happened, as hubble words it: `http-request` for HTTP records, `dns-response` for
+/// answered DNS queries (`dns-request` for refused ones), the drop reason for drops
+/// (`POLICY_DENIED` reads `policy-denied`), else where it was seen.
 fn kind(f: &Flow) -> String {
     if http(f).is_some() {
         return "http-request".into();
+    }
+    if dns(f).is_some() {
+        let refused = f.verdict == "DROPPED";
+        return if refused {
+            "dns-request"
+        } else {
+            "dns-response"
+        }
+        .into();
     }
     match (&f.drop_reason, &f.observation_point) {
         (Some(r), _) if f.verdict == "DROPPED" && !r.is_empty() => {
@@ -432,10 +454,46 @@ fn summary(f: &Flow) -> String {
             s("url")
         );
     }
+    if let Some(d) = dns(f) {
+        let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("?");
+        let list = |k: &str| -> Vec<String> {
+            d.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let qtypes = list("qtypes").join(",");
+        return match d.get("rcode").and_then(Value::as_u64).unwrap_or(0) {
+            0 => format!(
+                "DNS Answer \"{}\" TTL: {} (Proxy {} {qtypes})",
+                list("ips").join(","),
+                d.get("ttl").and_then(Value::as_u64).unwrap_or(0),
+                s("query")
+            ),
+            rcode => format!("DNS Query {} {qtypes} => {}", s("query"), rcode_name(rcode)),
+        };
+    }
     if !f.tcp_flags.is_empty() {
         format!("TCP Flags: {}", f.tcp_flags.join(", "))
     } else {
         f.protocol.clone().unwrap_or_default()
+    }
+}
+
+/// A DNS response code as resolvers name it.
+fn rcode_name(rcode: u64) -> String {
+    match rcode {
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        other => format!("RCODE {other}"),
     }
 }
 
@@ -723,6 +781,23 @@ mod tests {
         assert_eq!(
             compact(&l7),
             "Nov 26 14:20:03.000: 10.0.1.1:40000 (client) -> 10.0.1.2:8080 (web) http-request DROPPED (HTTP/1.1 DELETE http://web/items/1 => 403 0.0ms)"
+        );
+        let dns = |verdict: &str, rcode: u32, ips: Value| {
+            flow(json!({
+                "time": "x", "verdict": verdict, "type": "L7", "protocol": "UDP",
+                "source": {"endpoint": "client", "ip": "10.0.1.1", "port": 5353},
+                "destination": {"ip": "10.96.0.10", "port": 53},
+                "l7": {"dns": {"query": "api.example.test.", "qtypes": ["A"], "rcode": rcode,
+                               "ips": ips, "ttl": 60}}
+            }))
+        };
+        assert_eq!(
+            compact(&dns("FORWARDED", 0, json!(["192.0.2.1", "192.0.2.2"]))),
+            "x: 10.0.1.1:5353 (client) -> 10.96.0.10:53 dns-response FORWARDED (DNS Answer \"192.0.2.1,192.0.2.2\" TTL: 60 (Proxy api.example.test. A))"
+        );
+        assert_eq!(
+            compact(&dns("DROPPED", 5, json!([]))),
+            "x: 10.0.1.1:5353 (client) -> 10.96.0.10:53 dns-request DROPPED (DNS Query api.example.test. A => REFUSED)"
         );
     }
 

@@ -311,6 +311,8 @@ pub enum Criterion {
     /// Regular expressions, found anywhere in the URL's path (as Hubble's `--http-path`).
     HttpPath(Vec<PathPattern>),
     HttpStatus(Vec<StatusMatch>),
+    /// Regular expressions, found anywhere in the query's name (`dns_query`).
+    DnsQuery(Vec<PathPattern>),
 }
 
 impl Criterion {
@@ -346,7 +348,14 @@ impl Criterion {
             Criterion::TcpFlags(fs) => fs.iter().any(|w| f.tcp_flags.contains(*w)),
             Criterion::Type(ts) => ts.contains(&f.kind),
             Criterion::HttpMethod(_) | Criterion::HttpPath(_) | Criterion::HttpStatus(_) => {
-                f.l7.as_ref().is_some_and(|l7| self.matches_http(&l7.http))
+                f.l7.as_ref()
+                    .and_then(|l7| l7.http.as_ref())
+                    .is_some_and(|h| self.matches_http(h))
+            }
+            Criterion::DnsQuery(_) => {
+                f.l7.as_ref()
+                    .and_then(|l7| l7.dns.as_ref())
+                    .is_some_and(|d| self.matches_dns(d))
             }
         }
     }
@@ -357,6 +366,14 @@ impl Criterion {
             Criterion::HttpMethod(ms) => ms.iter().any(|m| m.eq_ignore_ascii_case(&h.method)),
             Criterion::HttpPath(ps) => ps.iter().any(|p| p.0.is_match(h.path())),
             Criterion::HttpStatus(ss) => ss.iter().any(|s| s.matches(h.code)),
+            _ => false,
+        }
+    }
+
+    /// For the DNS criterion: whether one of the patterns matches the query.
+    pub fn matches_dns(&self, d: &DnsInfo) -> bool {
+        match self {
+            Criterion::DnsQuery(ps) => ps.iter().any(|p| p.0.is_match(&d.query)),
             _ => false,
         }
     }
@@ -410,6 +427,7 @@ pub const FILTER_PARAMS: &[&str] = &[
     "http_method",
     "http_path",
     "http_status",
+    "dns_query",
 ];
 
 impl FlowFilter {
@@ -508,6 +526,7 @@ fn merge(list: &mut Vec<Criterion>, c: Criterion) {
             (C::HttpMethod(x), C::HttpMethod(y)) => return x.extend(y.iter().cloned()),
             (C::HttpPath(x), C::HttpPath(y)) => return x.extend(y.iter().cloned()),
             (C::HttpStatus(x), C::HttpStatus(y)) => return x.extend(y),
+            (C::DnsQuery(x), C::DnsQuery(y)) => return x.extend(y.iter().cloned()),
             _ => {}
         }
     }
@@ -567,18 +586,23 @@ fn parse_criterion(name: &str, value: &str) -> Result<Option<Criterion>, String>
             }
             Criterion::HttpMethod(vec![value.to_string()])
         }
-        // Text that is no regular expression (or too large a one) matches literally: the
-        // contract cannot tell regular expressions apart, so none is refused.
-        "http_path" => Criterion::HttpPath(vec![PathPattern(
-            regex::RegexBuilder::new(&non_empty()?)
-                .size_limit(1 << 20)
-                .build()
-                .or_else(|_| regex::Regex::new(&regex::escape(value)))
-                .map_err(|e| format!("{value:?}: {e}"))?,
-        )]),
+        "http_path" => Criterion::HttpPath(vec![pattern(&non_empty()?)?]),
         "http_status" => Criterion::HttpStatus(vec![StatusMatch::parse(value)?]),
+        "dns_query" => Criterion::DnsQuery(vec![pattern(&non_empty()?)?]),
         _ => return Ok(None),
     }))
+}
+
+/// A regular expression filter. Text that is no regular expression (or too large a one)
+/// matches literally: the contract cannot tell regular expressions apart, so none is
+/// refused.
+fn pattern(value: &str) -> Result<PathPattern, String> {
+    regex::RegexBuilder::new(value)
+        .size_limit(1 << 20)
+        .build()
+        .or_else(|_| regex::Regex::new(&regex::escape(value)))
+        .map(PathPattern)
+        .map_err(|e| format!("{value:?}: {e}"))
 }
 
 fn parse_port(v: &str) -> Result<u16, String> {

@@ -168,6 +168,38 @@ async fn fqdn_rules_allow_what_allowed_names_resolved_to_and_nothing_else() {
         env.nodes[0].log()
     );
 
+    // Every query is an L7 flow record, filterable by its name (as `hubble observe
+    // --dns-query`).
+    for (query, verdict, rcode, ips) in [
+        ("c.refused.test.", "DROPPED", 5, json!([])),
+        ("a.allowed.test.", "FORWARDED", 0, json!([A.to_string()])),
+    ] {
+        let path = format!(
+            "/v1/tenants/acme/flows?type=L7&dns_query=%5E{}%24&last=1",
+            query.replace('.', "%5C.")
+        );
+        let start = Instant::now();
+        loop {
+            let r = env.cp.call("GET", &path, &env.owner, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            if let Some(f) = r.body["items"].as_array().and_then(|a| a.first()) {
+                assert_eq!(f["type"], "L7", "{f}");
+                assert_eq!(f["verdict"], verdict, "{f}");
+                assert_eq!(f["observation_point"], "l7-proxy", "{f}");
+                assert_eq!(f["source"]["endpoint"], "client", "{f}");
+                assert_eq!(f["destination"]["port"], 53, "{f}");
+                let dns = &f["l7"]["dns"];
+                assert_eq!(dns["query"], query, "{f}");
+                assert_eq!(dns["qtypes"], json!(["A"]), "{f}");
+                assert_eq!(dns["rcode"], rcode, "{f}");
+                assert_eq!(dns["ips"], ips, "{f}");
+                break;
+            }
+            assert!(start.elapsed() < WITHIN, "no DNS record at {path}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // a.allowed.test's TTL (2 s) and grace (1 s) pass: its address is no longer allowed.
     assert!(
         until_tcp(&pod, echo(A), false).await,

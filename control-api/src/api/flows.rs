@@ -92,7 +92,8 @@ pub struct FlowFilterParams {
         pattern = "^[ \\t\\n\\r]*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])[ \\t\\n\\r]*(,[ \\t\\n\\r]*([sS][yY][nN]|[aA][cC][kK]|[fF][iI][nN]|[rR][sS][tT]|[pP][sS][hH]|[uU][rR][gG])[ \\t\\n\\r]*)*$"
     )]
     tcp_flags: Option<String>,
-    /// `L3_L4` (what the datapath saw) or `L7` (requests the L7 proxy judged). Repeatable.
+    /// `L3_L4` (what the datapath saw) or `L7` (HTTP requests and DNS queries the agent's
+    /// proxies judged). Repeatable.
     #[param(value_type = Option<weft_model::flow::FlowType>, rename = "type")]
     flow_type: Option<String>,
     /// HTTP request method of L7 records (any case). Repeatable.
@@ -105,6 +106,11 @@ pub struct FlowFilterParams {
     /// HTTP response status of L7 records: a code (`403`) or a class (`5+`). Repeatable.
     #[param(pattern = "^([1-5][0-9][0-9]|[1-5][+])$")]
     http_status: Option<String>,
+    /// A regular expression found in the query name of DNS records
+    /// (`allowed\.test\.$`; names end with a dot); text that is not a regular expression
+    /// matches literally. Repeatable.
+    #[param(min_length = 1, pattern = "^[^\\x00]*$")]
+    dns_query: Option<String>,
     /// Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`).
     #[param(value_type = Option<TimeOrDuration>)]
     since: Option<String>,

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
-use weft_model::flow::{DropReason, HttpInfo, L7Info, Protocol, Verdict};
+use weft_model::flow::{DnsInfo, DropReason, HttpInfo, L7Info, Protocol, Verdict};
 use weft_model::identity;
 use weft_model::labels::Labels;
 use weft_proto::v1::{Flow, FlowBatch};
@@ -310,19 +310,30 @@ pub async fn enrich(
                 bytes: i64::try_from(f.bytes).unwrap_or(i64::MAX),
                 packets: i64::try_from(f.packets).unwrap_or(i64::MAX),
                 count: i64::from(f.count.max(1)),
-                l7: f.http.as_ref().map(|h| L7Info {
-                    http: HttpInfo {
-                        method: h.method.clone(),
-                        url: h.url.clone(),
-                        protocol: h.protocol.clone(),
-                        code: u16::try_from(h.code).unwrap_or(0),
-                        latency_ms: h.latency_us as f64 / 1000.0,
-                    },
-                }),
+                l7: l7_of(f),
             }
         })
         .collect();
     Ok(Enriched { flows, invalid })
+}
+
+/// The L7 part of a record: its HTTP request or DNS query.
+fn l7_of(f: &Flow) -> Option<L7Info> {
+    let http = f.http.as_ref().map(|h| HttpInfo {
+        method: h.method.clone(),
+        url: h.url.clone(),
+        protocol: h.protocol.clone(),
+        code: u16::try_from(h.code).unwrap_or(0),
+        latency_ms: h.latency_us as f64 / 1000.0,
+    });
+    let dns = f.dns.as_ref().map(|d| DnsInfo {
+        query: d.query.clone(),
+        qtypes: d.qtypes.clone(),
+        rcode: u16::try_from(d.rcode).unwrap_or(u16::MAX),
+        ips: d.ips.clone(),
+        ttl: d.ttl,
+    });
+    (http.is_some() || dns.is_some()).then_some(L7Info { http, dns })
 }
 
 fn peer(l: &Lookup, ip: IpAddr, port: u16, ep: Option<Uuid>, identity: u32) -> NewPeer {

@@ -1,5 +1,6 @@
-//! The L7 side of flow records: what the agent's L7 proxy reports of each HTTP request,
-//! and the filters over it (`type`, `http_method`, `http_path`, `http_status`).
+//! The L7 side of flow records: what the agent's proxies report of each HTTP request and
+//! DNS query, and the filters over it (`type`, `http_method`, `http_path`, `http_status`,
+//! `dns_query`).
 
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +48,29 @@ impl HttpInfo {
     }
 }
 
-/// The L7 part of an `L7` record.
+/// A DNS query the DNS proxy judged (Hubble's `l7.dns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DnsInfo {
+    /// The name asked, with its final dot (`api.example.com.`), as Hubble writes it.
+    pub query: String,
+    /// The question's record types (`A`, `AAAA`, or the type's number).
+    pub qtypes: Vec<String>,
+    /// The answer's response code: 0 NOERROR, 3 NXDOMAIN, 5 REFUSED (a name no DNS rule
+    /// allows is answered so by the proxy).
+    pub rcode: u16,
+    /// The addresses the answer gave.
+    pub ips: Vec<String>,
+    /// The least TTL of those addresses, in seconds (0 without addresses).
+    pub ttl: u32,
+}
+
+/// The L7 part of an `L7` record: one HTTP request or one DNS query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct L7Info {
-    pub http: HttpInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsInfo>,
 }
 
 /// A regular expression over HTTP paths (`http_path=`), compared by its text.

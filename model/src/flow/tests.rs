@@ -53,17 +53,57 @@ fn l7_flow(method: &str, url: &str, code: u16) -> FlowRecord {
     FlowRecord {
         kind: FlowType::L7,
         l7: Some(L7Info {
-            http: HttpInfo {
+            http: Some(HttpInfo {
                 method: method.into(),
                 url: url.into(),
                 protocol: "HTTP/1.1".into(),
                 code,
                 latency_ms: 1.5,
-            },
+            }),
+            dns: None,
         }),
         observation_point: "l7-proxy".into(),
         ..flow()
     }
+}
+
+#[test]
+fn dns_records_are_l7_and_filtered_by_query() {
+    let dns = FlowRecord {
+        kind: FlowType::L7,
+        l7: Some(L7Info {
+            http: None,
+            dns: Some(DnsInfo {
+                query: "api.allowed.test.".into(),
+                qtypes: vec!["A".into()],
+                rcode: 0,
+                ips: vec!["192.0.2.1".into()],
+                ttl: 60,
+            }),
+        }),
+        protocol: Protocol::Udp,
+        observation_point: "l7-proxy".into(),
+        ..flow()
+    };
+    let http = l7_flow("GET", "http://weft.test/", 200);
+    type Case<'a> = (&'a [(&'a str, &'a str)], [bool; 3]);
+    let cases: &[Case] = &[
+        // (filter, [dns, http, an L3/L4 flow])
+        (&[("type", "L7")], [true, true, false]),
+        (&[("dns_query", "allowed\\.test\\.$")], [true, false, false]),
+        (&[("dns_query", "^other")], [false, false, false]),
+        (&[("not_dns_query", "allowed")], [false, true, true]),
+        // HTTP criteria never match a DNS record.
+        (&[("http_status", "2+")], [false, true, false]),
+    ];
+    for (q, want) in cases {
+        let f = filter(q);
+        let got = [f.matches(&dns), f.matches(&http), f.matches(&flow())];
+        assert_eq!(&got, want, "{q:?}");
+    }
+    let v = serde_json::to_value(&dns).unwrap();
+    assert_eq!(v["l7"]["dns"]["query"], "api.allowed.test.");
+    assert!(v["l7"].get("http").is_none(), "{v}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `node-agent bench-l7`, behind `cargo xtask bench l7`: HTTP/1.1 between two pods of one
 //! node through the L7 proxy (1, 10 and 100 HTTP rules) against an L3/L4 allow of the same
 //! traffic, in the same run: keep-alive requests/s with p50/p99 latency, and new
-//! connections/s. Modes are interleaved round by round and the median round kept.
+//! connections/s; and DNS queries/s through the DNS proxy against straight to the resolver
+//! (`dns`). Modes are interleaved round by round and the median round kept.
 //!
 //! Everything runs in namespaces and a pin directory made here: the datapath, the proxy
 //! device and routing, and the proxy's listeners live in the benchmark's node namespace (a
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -20,11 +22,12 @@ use weft_model::desired::HttpMatch;
 use node_agent::datapath::{
     Action, Datapath, DatapathConfig, Direction, Endpoint, L7Rules, PolicyEntry,
 };
+use node_agent::endpoint::manager::{lock, SharedDatapath};
 use node_agent::netns::{enter_netns, PinDir, Topology};
 use node_agent::tools::http::read_reply;
 use node_agent::tools::Server;
 
-use super::median;
+use super::{dns, median};
 
 const CLIENT_ID: u32 = 300;
 const SERVER_ID: u32 = 301;
@@ -44,10 +47,10 @@ pub struct L7Options {
 
 /// One mode's figures.
 #[derive(Debug, Clone, Copy, Default)]
-struct Figures {
-    requests_per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(super) struct Figures {
+    pub(super) requests_per_s: f64,
+    pub(super) p50_us: f64,
+    pub(super) p99_us: f64,
 }
 
 /// `n` HTTP rules; only the last matches the benchmark's requests (so every rule is tried).
@@ -76,7 +79,7 @@ fn entry(action: Action) -> PolicyEntry {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -189,6 +192,12 @@ pub fn run(opts: &L7Options) -> Result<Value> {
         .ip(&["addr", "add", "10.0.0.254/32", "dev", "lo"])?;
     let (client, server) = (&topo.pods[0], &topo.pods[1]);
     let _server = Server::http(&server.ns, PORT, "s")?;
+    let resolver = SocketAddr::V4(SocketAddrV4::new(server.ip, 53));
+    let records = BTreeMap::from([(
+        dns::NAME.to_string(),
+        (vec![std::net::IpAddr::from([192, 0, 2, 1])], 300),
+    )]);
+    let _resolver = Server::dns(&server.ns, resolver, records)?;
     let pins = PinDir::create("lseven")?;
     let node = topo.node.path();
     let client_ns = client.ns.path();
@@ -203,7 +212,9 @@ pub fn run(opts: &L7Options) -> Result<Value> {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        rt.block_on(measure(opts, pin_path, host_ifs, ips, client_ns, target))
+        rt.block_on(measure(
+            opts, pin_path, host_ifs, ips, client_ns, target, resolver,
+        ))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
@@ -216,6 +227,7 @@ async fn measure(
     ips: Vec<Ipv4Addr>,
     client_ns: PathBuf,
     target: SocketAddr,
+    resolver: SocketAddr,
 ) -> Result<Value> {
     let mut dp = Datapath::load(DatapathConfig {
         pin_path: pin_path.clone(),
@@ -232,7 +244,7 @@ async fn measure(
             identity,
             ifindex: 0,
             enforce_ingress: identity == SERVER_ID,
-            enforce_egress: false,
+            enforce_egress: identity == CLIENT_ID,
         })?;
         dp.apply_ipcache_v4(*ip, 32, identity)?;
     }
@@ -241,10 +253,11 @@ async fn measure(
         .await?;
     dp.attach_proxy_device(node_agent::netlink::proxy::PROXY_DEVICE)?;
     let flows = node_agent::flows::FlowQueue::new(100_000);
-    dp.set_l7_proxy(Box::new(
+    let proxies =
         node_agent::proxy::Proxies::new(&pin_path, node_agent::proxy::DEFAULT_BASE_PORT, flows)
-            .map_err(anyhow::Error::msg)?,
-    ));
+            .map_err(anyhow::Error::msg)?;
+    let learner = proxies.learner_slot();
+    dp.set_l7_proxy(Box::new(proxies));
     let mut ports = BTreeMap::new();
     for n in RULE_COUNTS {
         ports.insert(
@@ -252,11 +265,22 @@ async fn measure(
             dp.l7_proxy_port(L7Rules::Http(Direction::Ingress, &rules(n)))?,
         );
     }
+    let dns_rules = dns::rules();
+    let dns_proxy = (
+        dp.l7_proxy_port(L7Rules::Dns(&dns_rules))?,
+        dp.fqdn_selector_id(&dns::selector()),
+    );
+    dp.apply_policy(1, &dns::client_entries(None))?;
+    // Shared, as in the agent: the DNS proxy learns answers into it.
+    let dp: SharedDatapath = Arc::new(Mutex::new(dp));
+    let _ = learner.set(node_agent::agent::fqdn::learner(&dp));
+    let server_in = |e: PolicyEntry| [e, dns::server_entry(CLIENT_ID)];
+    let (mut dns_direct, mut dns_proxied) = (Vec::new(), Vec::new());
     let (mut l4, mut l7): (Vec<Figures>, BTreeMap<usize, Vec<Figures>>) = Default::default();
     let (mut crr_l4, mut crr_l7) = (Vec::new(), Vec::new());
     for round in 0..opts.rounds {
         let (w, c) = (opts.window, opts.conns);
-        dp.apply_policy(2, &[entry(Action::Allow)])?;
+        lock(&dp).apply_policy(2, &server_in(entry(Action::Allow)))?;
         let ns = client_ns.clone();
         let (f, r) = tokio::task::spawn_blocking(move || -> Result<(Figures, f64)> {
             Ok((
@@ -272,11 +296,11 @@ async fn measure(
         l4.push(f);
         crr_l4.push(r);
         for n in RULE_COUNTS {
-            dp.apply_policy(
+            lock(&dp).apply_policy(
                 2,
-                &[entry(Action::Redirect {
+                &server_in(entry(Action::Redirect {
                     proxy_port: ports[&n],
-                })],
+                })),
             )?;
             let ns = client_ns.clone();
             let measure_crr = n == 1;
@@ -306,7 +330,32 @@ async fn measure(
                 crr_l7.push(r);
             }
         }
+        for proxied in [false, true] {
+            let entries = dns::client_entries(proxied.then_some(dns_proxy));
+            lock(&dp).apply_policy(1, &entries)?;
+            let ns = client_ns.clone();
+            let f = tokio::task::spawn_blocking(move || dns::queries(&ns, resolver, c, w))
+                .await?
+                .with_context(|| format!("DNS queries, proxied: {proxied}"))?;
+            eprintln!(
+                "round {round}: DNS {}: {:.0} queries/s, p50 {:.1} µs",
+                if proxied {
+                    "through the proxy"
+                } else {
+                    "direct"
+                },
+                f.requests_per_s,
+                f.p50_us
+            );
+            if proxied {
+                dns_proxied.push(f);
+            } else {
+                dns_direct.push(f);
+            }
+        }
+        lock(&dp).apply_policy(1, &dns::client_entries(None))?;
     }
+    let (dns_direct, dns_proxied) = (median_figures(&dns_direct), median_figures(&dns_proxied));
     let l4 = median_figures(&l4);
     let l7: BTreeMap<usize, Figures> = l7.iter().map(|(n, v)| (*n, median_figures(v))).collect();
     let (crr_l4, crr_l7) = (median(crr_l4), median(crr_l7));
@@ -317,12 +366,12 @@ async fn measure(
         "l4": figures_json(&l4),
         "l7": l7.iter().map(|(n, f)| (n.to_string(), figures_json(f))).collect::<serde_json::Map<_, _>>(),
         "new_connections_per_s": {"l4": crr_l4.round(), "l7": crr_l7.round()},
+        "dns": {"direct": figures_json(&dns_direct), "proxy": figures_json(&dns_proxied)},
         "ratios": {
             "l7_vs_l4_throughput": ratio(one.requests_per_s, l4.requests_per_s),
             "l7_100_rules_vs_1": ratio(one.requests_per_s, hundred.requests_per_s),
             "l7_vs_l4_new_connections": ratio(crr_l7, crr_l4),
-            // No DNS proxy yet.
-            "dns_proxy_vs_direct": Value::Null,
+            "dns_proxy_vs_direct": ratio(dns_proxied.requests_per_s, dns_direct.requests_per_s),
         },
         "p50_added_us": round3(one.p50_us - l4.p50_us),
         "connections": opts.conns,

@@ -13,6 +13,7 @@
 //! Everything runs in namespaces, a cgroup and a pin directory created here and removed at
 //! the end.
 
+mod dns;
 pub mod l7;
 mod nodes;
 

@@ -91,6 +91,7 @@ pub fn to_flow(e: &c::FlowEvent, unix_offset_ns: i64, names: &Names) -> pb::Flow
         observation_point: observation_point_name(e.obs_point).to_string(),
         count: 1,
         http: None,
+        dns: None,
     }
 }
 
@@ -101,7 +102,7 @@ pub fn aggregate(flows: Vec<pb::Flow>) -> Vec<pb::Flow> {
     let mut index: HashMap<FlowKey, usize> = HashMap::new();
     for f in flows {
         // Each L7 record is one request of its own.
-        if f.http.is_some() {
+        if f.http.is_some() || f.dns.is_some() {
             out.push(f);
             continue;
         }

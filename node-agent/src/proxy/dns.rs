@@ -23,8 +23,11 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use weft_datapath_common as c;
 use weft_model::policy::FqdnSelector;
 
-use super::{setsockopt, Identities};
+use super::{setsockopt, Conn, Identities};
+use crate::datapath::Direction;
 use crate::dns::message;
+use crate::flows::FlowQueue;
+use weft_proto::v1 as pb;
 
 /// How long the proxy waits for the resolver.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +44,17 @@ pub(super) struct Dns {
     pub(super) rules: Vec<FqdnSelector>,
     pub(super) identities: Arc<Identities>,
     pub(super) learner: Arc<OnceLock<Learner>>,
+    pub(super) flows: Arc<FlowQueue>,
+}
+
+/// A question type as DNS names it.
+fn qtype_name(t: u16) -> String {
+    match t {
+        message::TYPE_A => "A".into(),
+        message::TYPE_AAAA => "AAAA".into(),
+        message::TYPE_CNAME => "CNAME".into(),
+        other => other.to_string(),
+    }
 }
 
 impl Dns {
@@ -48,12 +62,39 @@ impl Dns {
         self.rules.iter().any(|r| r.matches(name))
     }
 
+    /// Records one query as an L7 flow: refused by the policy (`answer` none), or answered.
+    fn record(
+        &self,
+        conn: &Conn,
+        tcp: bool,
+        q: &message::Question,
+        answer: Option<&message::Answer>,
+    ) {
+        let ips: Vec<String> = answer
+            .map(|a| a.addresses.iter().map(|x| x.ip.to_string()).collect())
+            .unwrap_or_default();
+        let dns = pb::DnsFlow {
+            query: format!("{}.", q.name),
+            qtypes: vec![qtype_name(q.qtype)],
+            rcode: answer.map_or(u32::from(message::RCODE_REFUSED), |a| u32::from(a.rcode)),
+            ips,
+            ttl: answer
+                .and_then(|a| a.addresses.iter().map(|x| x.ttl).min())
+                .unwrap_or(0),
+        };
+        self.flows.push(pb::Flow {
+            dns: Some(dns),
+            ..conn.flow(
+                Direction::Egress,
+                answer.is_none(),
+                if tcp { 6 } else { 17 },
+            )
+        });
+    }
+
     /// Learns an answer's addresses; a failure is logged (the answer still goes: what it
     /// names then stays refused by the datapath, never wrongly allowed).
-    fn learn(&self, answer: &[u8]) {
-        let Ok(a) = message::answer(answer) else {
-            return;
-        };
+    fn learn(&self, a: &message::Answer) {
         if a.addresses.is_empty() {
             return;
         }
@@ -81,19 +122,30 @@ impl Dns {
         tcp: Option<&mut Option<TcpStream>>,
     ) -> Option<Vec<u8>> {
         let q = message::question(query).ok()?;
+        let identity = self.identities.of(client.ip());
+        let conn = Conn {
+            client,
+            original,
+            client_identity: identity,
+            server_identity: self.identities.of(original.ip()),
+            mark: c::identity_mark(identity),
+        };
+        let over_tcp = tcp.is_some();
         if !self.allows(&q.name) {
             tracing::debug!(name = %q.name, %client, "DNS query refused");
+            self.record(&conn, over_tcp, &q, None);
             return message::refused(query).ok();
         }
-        let identity = self.identities.of(client.ip());
-        let mark = c::identity_mark(identity);
         let answer = match tcp {
-            None => udp_exchange(query, original, mark).await,
-            Some(conn) => tcp_exchange(query, original, mark, conn).await,
+            None => udp_exchange(query, original, conn.mark).await,
+            Some(upstream) => tcp_exchange(query, original, conn.mark, upstream).await,
         };
         match answer {
             Ok(a) => {
-                self.learn(&a);
+                if let Ok(parsed) = message::answer(&a) {
+                    self.learn(&parsed);
+                    self.record(&conn, over_tcp, &q, Some(&parsed));
+                }
                 Some(a)
             }
             Err(e) => {

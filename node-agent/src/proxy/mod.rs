@@ -238,6 +238,7 @@ impl Proxies {
                     rules: rules.clone(),
                     identities: self.identities.clone(),
                     learner: self.learner.clone(),
+                    flows: self.flows.clone(),
                 });
                 Ok(vec![
                     tokio::spawn(dns::serve_udp(v4, shared.clone())),
@@ -300,8 +301,9 @@ struct Conn {
 }
 
 impl Conn {
-    /// The L7 record of one request (`denied`: answered by the policy, not upstream).
-    fn flow(&self, direction: Direction, denied: bool, http: pb::HttpFlow) -> pb::Flow {
+    /// The L7 record of one request or query (`denied`: answered by the policy, not
+    /// upstream), without its HTTP or DNS part.
+    fn flow(&self, direction: Direction, denied: bool, proto: u32) -> pb::Flow {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -311,7 +313,7 @@ impl Conn {
             dst_ip: self.original.ip().to_string(),
             src_port: u32::from(self.client.port()),
             dst_port: u32::from(self.original.port()),
-            proto: 6,
+            proto,
             src_identity: self.client_identity,
             dst_identity: self.server_identity,
             verdict: if denied { "DROPPED" } else { "FORWARDED" }.into(),
@@ -323,7 +325,6 @@ impl Conn {
             .into(),
             observation_point: "l7-proxy".into(),
             count: 1,
-            http: Some(http),
             ..Default::default()
         }
     }
@@ -412,17 +413,16 @@ async fn serve(conn: TcpStream, shared: Arc<Shared>) {
             );
             let (resp, forwarded) = handle(req, &shared, &upstream, conn_info).await;
             let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            shared.flows.push(conn_info.flow(
-                shared.direction,
-                !forwarded,
-                pb::HttpFlow {
+            shared.flows.push(pb::Flow {
+                http: Some(pb::HttpFlow {
                     method,
                     url,
                     protocol,
                     code: u32::from(resp.status().as_u16()),
                     latency_us,
-                },
-            ));
+                }),
+                ..conn_info.flow(shared.direction, !forwarded, 6)
+            });
             Ok::<_, Infallible>(resp)
         }
     });

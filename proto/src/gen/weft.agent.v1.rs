@@ -452,6 +452,28 @@ pub struct Flow {
     /// "l7-proxy"; verdict FORWARDED, or DROPPED with POLICY_DENIED for a denied request).
     #[prost(message, optional, tag = "20")]
     pub http: ::core::option::Option<HttpFlow>,
+    /// Set on an L7 record of the DNS proxy: one query (verdict FORWARDED, or DROPPED with
+    /// POLICY_DENIED for a name no DNS rule allows, answered REFUSED).
+    #[prost(message, optional, tag = "21")]
+    pub dns: ::core::option::Option<DnsFlow>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsFlow {
+    /// The name asked, with its final dot.
+    #[prost(string, tag = "1")]
+    pub query: ::prost::alloc::string::String,
+    /// "A", "AAAA", or the type's number.
+    #[prost(string, repeated, tag = "2")]
+    pub qtypes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "3")]
+    pub rcode: u32,
+    /// The addresses of the answer.
+    #[prost(string, repeated, tag = "4")]
+    pub ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The least TTL of those addresses, in seconds.
+    #[prost(uint32, tag = "5")]
+    pub ttl: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -914,6 +914,26 @@ export interface components {
          * @example Acme Corp
          */
         DisplayName: string;
+        /** @description A DNS query the DNS proxy judged (Hubble's `l7.dns`). */
+        DnsInfo: {
+            /** @description The name asked, with its final dot (`api.example.com.`), as Hubble writes it. */
+            query: string;
+            /** @description The question's record types (`A`, `AAAA`, or the type's number). */
+            qtypes: string[];
+            /**
+             * Format: int32
+             * @description The answer's response code: 0 NOERROR, 3 NXDOMAIN, 5 REFUSED (a name no DNS rule
+             *     allows is answered so by the proxy).
+             */
+            rcode: number;
+            /** @description The addresses the answer gave. */
+            ips: string[];
+            /**
+             * Format: int32
+             * @description The least TTL of those addresses, in seconds (0 without addresses).
+             */
+            ttl: number;
+        };
         /**
          * @description Why a flow was dropped (datapath-bpf `DROP_*`, see the module documentation).
          * @enum {string}
@@ -1172,9 +1192,10 @@ export interface components {
          * @enum {string}
          */
         L4Protocol: "TCP" | "UDP";
-        /** @description The L7 part of an `L7` record. */
+        /** @description The L7 part of an `L7` record: one HTTP request or one DNS query. */
         L7Info: {
-            http: components["schemas"]["HttpInfo"];
+            http?: null | components["schemas"]["HttpInfo"];
+            dns?: null | components["schemas"]["DnsInfo"];
         };
         /** @description L7 rules of a port rule. Only allowed on allow rules. */
         L7Rules: {
@@ -6938,7 +6959,10 @@ export interface operations {
                  *     it has all of them. Repeatable.
                  */
                 tcp_flags?: string;
-                /** @description `L3_L4` (what the datapath saw) or `L7` (requests the L7 proxy judged). Repeatable. */
+                /**
+                 * @description `L3_L4` (what the datapath saw) or `L7` (HTTP requests and DNS queries the agent's
+                 *     proxies judged). Repeatable.
+                 */
                 type?: components["schemas"]["FlowType"];
                 /** @description HTTP request method of L7 records (any case). Repeatable. */
                 http_method?: string;
@@ -6949,6 +6973,12 @@ export interface operations {
                 http_path?: string;
                 /** @description HTTP response status of L7 records: a code (`403`) or a class (`5+`). Repeatable. */
                 http_status?: string;
+                /**
+                 * @description A regular expression found in the query name of DNS records
+                 *     (`allowed\.test\.$`; names end with a dot); text that is not a regular expression
+                 *     matches literally. Repeatable.
+                 */
+                dns_query?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
                 /**
@@ -7060,7 +7090,10 @@ export interface operations {
                  *     it has all of them. Repeatable.
                  */
                 tcp_flags?: string;
-                /** @description `L3_L4` (what the datapath saw) or `L7` (requests the L7 proxy judged). Repeatable. */
+                /**
+                 * @description `L3_L4` (what the datapath saw) or `L7` (HTTP requests and DNS queries the agent's
+                 *     proxies judged). Repeatable.
+                 */
                 type?: components["schemas"]["FlowType"];
                 /** @description HTTP request method of L7 records (any case). Repeatable. */
                 http_method?: string;
@@ -7071,6 +7104,12 @@ export interface operations {
                 http_path?: string;
                 /** @description HTTP response status of L7 records: a code (`403`) or a class (`5+`). Repeatable. */
                 http_status?: string;
+                /**
+                 * @description A regular expression found in the query name of DNS records
+                 *     (`allowed\.test\.$`; names end with a dot); text that is not a regular expression
+                 *     matches literally. Repeatable.
+                 */
+                dns_query?: string;
                 /** @description Only flows at or after this time: RFC 3339 or a duration ago (`30s`, `5m`, `2h`, `7d`). */
                 since?: components["schemas"]["TimeOrDuration"];
                 /**

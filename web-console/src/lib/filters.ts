@@ -6,7 +6,7 @@ export const FILTER_KEYS = [
   "from_label", "to_label", "from_identity", "to_identity", "from_endpoint", "to_endpoint",
   "from_ip", "to_ip", "port", "from_port", "to_port", "protocol", "verdict", "drop_reason",
   "node", "cluster", "service", "tcp_flags", "type", "http_method", "http_path", "http_status",
-  "since", "until",
+  "dns_query", "since", "until",
 ] as const;
 
 export type FilterKey = (typeof FILTER_KEYS)[number];

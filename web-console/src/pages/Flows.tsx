@@ -295,8 +295,13 @@ function cell(f: Flow, c: Column) {
     case "destination":
       return peerText(f.destination);
     case "protocol":
-      // An L7 record: the request the proxy judged, and its answer.
-      return f.l7 ? `${f.l7.http.method} ${f.l7.http.url} → ${f.l7.http.code}` : f.protocol;
+      // An L7 record: the request or query the proxy judged, and its answer.
+      if (f.l7?.http) return `${f.l7.http.method} ${f.l7.http.url} → ${f.l7.http.code}`;
+      if (f.l7?.dns) {
+        const d = f.l7.dns;
+        return `DNS ${d.query} ${d.qtypes.join(",")} → ${d.rcode === 0 ? d.ips.join(", ") || "no address" : `rcode ${d.rcode}`}`;
+      }
+      return f.protocol;
     case "verdict":
       return <span className={`verdict ${f.verdict}`}>{f.verdict}</span>;
     case "reason":

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use weft_model::flow::{
-    Criterion, DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer, Protocol,
-    Side, TcpFlags, Verdict,
+    Criterion, DnsInfo, DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer,
+    Protocol, Side, TcpFlags, Verdict,
 };
 use weft_model::labels::Labels;
 
@@ -85,6 +85,18 @@ struct Packed {
     l7_code: Vec<u32>,
     #[prost(uint64, repeated, tag = "31")]
     l7_latency_us: Vec<u64>,
+    /// DNS columns: empty when no flow of the block is a DNS record; else one per flow,
+    /// `dns_query` 0 for any other record. Lists are stored joined by ','.
+    #[prost(uint32, repeated, tag = "32")]
+    dns_query: Vec<u32>,
+    #[prost(uint32, repeated, tag = "33")]
+    dns_qtypes: Vec<u32>,
+    #[prost(uint32, repeated, tag = "34")]
+    dns_rcode: Vec<u32>,
+    #[prost(uint32, repeated, tag = "35")]
+    dns_ips: Vec<u32>,
+    #[prost(uint32, repeated, tag = "36")]
+    dns_ttl: Vec<u32>,
 }
 
 /// Interns strings into a block's dictionary.
@@ -159,12 +171,35 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
     };
     let mut keys = KeySet::default();
     let mut edges = EdgeMap::default();
-    let any_l7 = flows.iter().any(|f| f.l7.is_some());
+    let any = |kind: fn(&L7Info) -> bool| flows.iter().any(|f| f.l7.as_ref().is_some_and(kind));
+    let any_http = any(|l| l.http.is_some());
+    let any_dns = any(|l| l.dns.is_some());
     for f in flows {
-        if any_l7 {
-            match &f.l7 {
-                Some(l7) => {
-                    let h = &l7.http;
+        if any_dns {
+            match f.l7.as_ref().and_then(|l| l.dns.as_ref()) {
+                Some(q) => {
+                    p.dns_query.push(d.put(&q.query) + 1);
+                    p.dns_qtypes.push(d.put(&q.qtypes.join(",")));
+                    p.dns_rcode.push(u32::from(q.rcode));
+                    p.dns_ips.push(d.put(&q.ips.join(",")));
+                    p.dns_ttl.push(q.ttl);
+                }
+                None => {
+                    for col in [
+                        &mut p.dns_query,
+                        &mut p.dns_qtypes,
+                        &mut p.dns_rcode,
+                        &mut p.dns_ips,
+                        &mut p.dns_ttl,
+                    ] {
+                        col.push(0);
+                    }
+                }
+            }
+        }
+        if any_http {
+            match f.l7.as_ref().and_then(|l| l.http.as_ref()) {
+                Some(h) => {
                     p.l7_method.push(d.put(&h.method) + 1);
                     p.l7_url.push(d.put(&h.url));
                     p.l7_protocol.push(d.put(&h.protocol));
@@ -379,7 +414,38 @@ impl Unpacked<'_> {
         if l7.iter().any(|&c| c != l7[0]) || (l7[0] != 0 && l7[0] != n) {
             return Err(self.bad(format!("L7 columns of unequal length ({n} times)")));
         }
+        let dns = [
+            p.dns_query.len(),
+            p.dns_qtypes.len(),
+            p.dns_rcode.len(),
+            p.dns_ips.len(),
+            p.dns_ttl.len(),
+        ];
+        if dns.iter().any(|&c| c != dns[0]) || (dns[0] != 0 && dns[0] != n) {
+            return Err(self.bad(format!("DNS columns of unequal length ({n} times)")));
+        }
         Ok(())
+    }
+
+    /// The DNS query of flow `i`, if it is a DNS record.
+    fn dns(&self, i: usize) -> Result<Option<DnsInfo>, CorruptBlock> {
+        let p = self.p;
+        let Some(query) = self.opt(p.dns_query.get(i).copied().unwrap_or(0))? else {
+            return Ok(None);
+        };
+        let list = |s: &str| -> Vec<String> {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        Ok(Some(DnsInfo {
+            query: query.to_string(),
+            qtypes: list(self.dict(p.dns_qtypes[i])?),
+            rcode: u16::try_from(p.dns_rcode[i]).map_err(|_| self.bad("DNS rcode"))?,
+            ips: list(self.dict(p.dns_ips[i])?),
+            ttl: p.dns_ttl[i],
+        }))
     }
 
     /// The HTTP request of flow `i`, if it is an L7 record.
@@ -532,12 +598,14 @@ impl Unpacked<'_> {
                 fs.iter().any(|w| flags.contains(*w))
             }
             Criterion::Type(ts) => {
-                let l7 = p.l7_method.get(i).is_some_and(|&m| m != 0);
+                let l7 = p.l7_method.get(i).is_some_and(|&m| m != 0)
+                    || p.dns_query.get(i).is_some_and(|&q| q != 0);
                 ts.contains(if l7 { &FlowType::L7 } else { &FlowType::L3L4 })
             }
             Criterion::HttpMethod(_) | Criterion::HttpPath(_) | Criterion::HttpStatus(_) => {
                 self.http(i)?.is_some_and(|h| c.matches_http(&h))
             }
+            Criterion::DnsQuery(_) => self.dns(i)?.is_some_and(|d| c.matches_dns(&d)),
         })
     }
 
@@ -601,9 +669,10 @@ impl Unpacked<'_> {
             l7: None,
         };
         let mut record = record;
-        if let Some(http) = self.http(i)? {
+        let (http, dns) = (self.http(i)?, self.dns(i)?);
+        if http.is_some() || dns.is_some() {
             record.kind = FlowType::L7;
-            record.l7 = Some(L7Info { http });
+            record.l7 = Some(L7Info { http, dns });
         }
         let service_id = self
             .opt(p.service_id[i])?

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use weft_model::flow::{
-    DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer, Protocol, TcpFlags,
-    Verdict,
+    DnsInfo, DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer, Protocol,
+    TcpFlags, Verdict,
 };
 use weft_model::labels::Labels;
 
@@ -53,16 +53,31 @@ fn flow(i: usize) -> NewFlow {
         bytes: 60 + i as i64,
         packets: 1,
         count: 1 + (i % 2) as i64,
-        // Every third flow (from the second) is a request the L7 proxy judged.
-        l7: (i % 3 == 1).then(|| L7Info {
-            http: HttpInfo {
-                method: if i.is_multiple_of(2) { "GET" } else { "POST" }.into(),
-                url: format!("http://web/items/{i}?q=1"),
-                protocol: "HTTP/1.1".into(),
-                code: if i % 4 == 1 { 403 } else { 200 },
-                latency_ms: 1.25 + i as f64,
-            },
-        }),
+        // Every third flow (from the second) is a request the L7 proxy judged, every third
+        // from the third a query the DNS proxy judged.
+        l7: match i % 3 {
+            1 => Some(L7Info {
+                http: Some(HttpInfo {
+                    method: if i.is_multiple_of(2) { "GET" } else { "POST" }.into(),
+                    url: format!("http://web/items/{i}?q=1"),
+                    protocol: "HTTP/1.1".into(),
+                    code: if i % 4 == 1 { 403 } else { 200 },
+                    latency_ms: 1.25 + i as f64,
+                }),
+                dns: None,
+            }),
+            2 => Some(L7Info {
+                http: None,
+                dns: Some(DnsInfo {
+                    query: format!("host-{i}.example.test."),
+                    qtypes: vec!["A".into()],
+                    rcode: if i == 5 { 5 } else { 0 },
+                    ips: (0..i % 4).map(|k| format!("192.0.2.{k}")).collect(),
+                    ttl: 30 * i as u32,
+                }),
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -180,6 +195,8 @@ fn filters_on_packed_columns_mean_what_they_mean_on_records() {
         "http_status=4%2B&type=l7",
         "not_http_status=403",
         "http_path=%5E/items/1",
+        "dns_query=host-5",
+        "not_dns_query=example&type=L7",
     ] {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
         let f = FlowFilter::parse(
