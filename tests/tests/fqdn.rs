@@ -200,6 +200,52 @@ async fn fqdn_rules_allow_what_allowed_names_resolved_to_and_nothing_else() {
         }
     }
 
+    // The control plane shows what the endpoint resolved, from those records.
+    let r = env
+        .cp
+        .call(
+            "GET",
+            "/v1/tenants/acme/endpoints?labels=app%3Dclient",
+            &env.owner,
+            None,
+        )
+        .await;
+    let id = r.body["items"][0]["id"]
+        .as_str()
+        .expect("client endpoint")
+        .to_string();
+    let path = format!("/v1/tenants/acme/endpoints/{id}/fqdn-cache");
+    let start = Instant::now();
+    loop {
+        let r = env.cp.call("GET", &path, &env.owner, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let names: Vec<&str> = r.body["items"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["name"].as_str()).collect())
+            .unwrap_or_default();
+        if names.contains(&"long.allowed.test") && names.contains(&"b.denied.test") {
+            let long = r.body["items"]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == "long.allowed.test"))
+                .expect("long.allowed.test");
+            assert_eq!(long["ips"][0]["ip"], LONG.to_string(), "{}", r.body);
+            assert!(!names.contains(&"c.refused.test"), "{}", r.body);
+            break;
+        }
+        assert!(start.elapsed() < WITHIN, "{path}: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = env
+        .cp
+        .call(
+            "GET",
+            "/v1/tenants/acme/endpoints/00000000-0000-0000-0000-000000000000/fqdn-cache",
+            &env.owner,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
     // a.allowed.test's TTL (2 s) and grace (1 s) pass: its address is no longer allowed.
     assert!(
         until_tcp(&pod, echo(A), false).await,

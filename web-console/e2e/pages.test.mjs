@@ -24,7 +24,7 @@ describe("console pages that write", { concurrency: false }, () => {
     ({ page } = await newPage(browser));
     // Leftovers of an interrupted run.
     await owner("DELETE", `${C}/services/e2e-svc`);
-    await owner("DELETE", `${T}/policies/e2e-fqdn`);
+    await owner("DELETE", `${T}/policies/e2e-apiserver`);
     await owner("DELETE", `${C}/test-workloads/e2e-echo`);
     await owner("DELETE", `${T}/members/e2e-invite@example.com`);
     await signIn(page, API, env.WEFT_DEMO_USER_EMAIL, PASSWORD, "/console/t/acme/services");
@@ -105,27 +105,27 @@ describe("console pages that write", { concurrency: false }, () => {
 
   test("policies: NotEnforced conditions shown in the list and the editor", async () => {
     const r = await owner("POST", `${T}/policies`, {
-      name: "e2e-fqdn",
+      name: "e2e-apiserver",
       spec: {
         endpointSelector: { matchLabels: { app: "e2e-nobody" } },
-        egress: [{ toFQDNs: [{ matchName: "example.com" }], toPorts: [{ ports: [{ port: "443", protocol: "TCP" }] }] }],
+        egress: [{ toEntities: ["kube-apiserver"], toPorts: [{ ports: [{ port: "443", protocol: "TCP" }] }] }],
       },
     });
     assert.equal(r.status, 201, JSON.stringify(r.body));
     assert.ok(r.body.status.conditions?.length > 0, "the server reports a condition");
     try {
       await page.goto(`${API}/console/t/acme/policies`);
-      const chip = page.locator('tr[data-policy="e2e-fqdn"]').getByTestId("conditions-chip");
+      const chip = page.locator('tr[data-policy="e2e-apiserver"]').getByTestId("conditions-chip");
       await chip.waitFor();
       assert.match(await chip.innerText(), /not enforced/);
-      await page.goto(`${API}/console/t/acme/policies/e2e-fqdn`);
+      await page.goto(`${API}/console/t/acme/policies/e2e-apiserver`);
       const box = page.getByTestId("conditions");
       await box.waitFor();
-      assert.match(await box.innerText(), /spec\.egress\[0\]\.toFQDNs/);
+      assert.match(await box.innerText(), /spec\.egress\[0\]\.toEntities\[0\]/);
       assert.match(await box.innerText(), /NotEnforced/);
       await shot(page, "p2-policy-not-enforced", "Not enforced");
     } finally {
-      await owner("DELETE", `${T}/policies/e2e-fqdn`);
+      await owner("DELETE", `${T}/policies/e2e-apiserver`);
     }
   });
 

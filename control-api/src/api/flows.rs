@@ -1,5 +1,6 @@
 //! Flows: `GET …/flows` (stored, newest first, paged), `GET …/flows/stream` (live, Server-
-//! Sent Events, fed by every replica's ingest) and `GET …/service-map`.
+//! Sent Events, fed by every replica's ingest), `GET …/service-map`, and what the DNS
+//! records say per endpoint, `GET …/endpoints/{e}/fqdn-cache`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use weft_model::flow::{FlowFilter, FlowRecord};
+use weft_model::flow::{FlowFilter, FlowRecord, FqdnCache};
 
 use super::common::ReadErrors;
 use crate::auth::{need, Tenant};
@@ -27,6 +28,52 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_flows))
         .routes(routes!(stream_flows))
         .routes(routes!(service_map))
+        .routes(routes!(fqdn_cache))
+}
+
+/// DNS records read for an endpoint's cache: the newest this many, of the last day.
+const FQDN_CACHE_RECORDS: u32 = 1000;
+
+/// The names an endpoint resolved through its node's DNS proxy, with the addresses the
+/// answers gave and when they expire (viewer).
+///
+/// Read from the endpoint's DNS flow records of the last day (the newest 1,000): a name
+/// resolved while flows were lost is missing here, never in the agent's enforcement.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{endpoint}/fqdn-cache", tag = "flows",
+    params(("tenant" = String, Path, description = "Tenant id or name"),
+           ("endpoint" = Uuid, Path, description = "Endpoint id")),
+    responses((status = 200, body = FqdnCache), ReadErrors),
+    security(("bearer" = [])))]
+async fn fqdn_cache(
+    State(st): State<AppState>,
+    Tenant(t, _): Tenant<need::Viewer>,
+    axum::extract::Path((_tenant, endpoint)): axum::extract::Path<(String, String)>,
+) -> Result<axum::Json<FqdnCache>> {
+    let id =
+        uuid::Uuid::parse_str(&endpoint).map_err(|_| ApiError::not_found("endpoint", &endpoint))?;
+    let e = crate::store::inventory::endpoint(&mut *t.begin(&st.pool).await?, t.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint", &endpoint))?;
+    let mut pairs = vec![
+        ("type", "L7".to_string()),
+        ("dns_query", ".".to_string()),
+        ("since", "1d".to_string()),
+        ("from_endpoint", e.name.clone()),
+    ];
+    // Endpoint names repeat across clusters: its address tells it apart.
+    if let Some(ip) = &e.ipv4 {
+        pairs.push(("from_ip", ip.clone()));
+    }
+    let filter = filter_from(pairs.iter().map(|(k, v)| (*k, v.as_str())))?;
+    let rows = st
+        .flows
+        .query(t.id, &filter, None, FQDN_CACHE_RECORDS)
+        .await?;
+    let now = Utc::now();
+    Ok(axum::Json(weft_model::flow::fqdn_cache(
+        rows.iter().map(|(f, _)| f),
+        now,
+    )))
 }
 
 /// The filter parameters, for the documentation only: they are parsed by

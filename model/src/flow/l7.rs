@@ -113,3 +113,77 @@ impl StatusMatch {
         }
     }
 }
+
+/// The names an endpoint resolved through its node's DNS proxy, with the addresses the
+/// answers gave (`GET …/endpoints/{e}/fqdn-cache`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FqdnCache {
+    /// By name.
+    pub items: Vec<FqdnCacheEntry>,
+}
+
+/// One resolved name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FqdnCacheEntry {
+    /// The name, without its final dot.
+    pub name: String,
+    /// When the endpoint last got an answer for it.
+    pub last_lookup: chrono::DateTime<chrono::Utc>,
+    /// The addresses not yet expired, by address.
+    pub ips: Vec<FqdnCacheIp>,
+}
+
+/// An address a name resolved to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FqdnCacheIp {
+    pub ip: String,
+    /// The latest answer's time plus its TTL (the agent keeps it allowed for
+    /// `toFQDNs` at least its `--fqdn-min-ttl-secs`, plus a grace).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The cache from DNS flow records (any order): answered queries' addresses, the latest
+/// expiry per name and address, without what expired before `now`.
+pub fn fqdn_cache<'a>(
+    records: impl IntoIterator<Item = &'a super::FlowRecord>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> FqdnCache {
+    use std::collections::BTreeMap;
+    type Name = (
+        chrono::DateTime<chrono::Utc>,
+        BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    );
+    let mut names: BTreeMap<String, Name> = BTreeMap::new();
+    for f in records {
+        let Some(d) = f.l7.as_ref().and_then(|l| l.dns.as_ref()) else {
+            continue;
+        };
+        if d.rcode != 0 || d.ips.is_empty() {
+            continue;
+        }
+        let expires = f.time + chrono::Duration::seconds(i64::from(d.ttl));
+        let name = d.query.trim_end_matches('.').to_string();
+        let (last, ips) = names.entry(name).or_insert((f.time, BTreeMap::new()));
+        *last = (*last).max(f.time);
+        for ip in &d.ips {
+            let e = ips.entry(ip.clone()).or_insert(expires);
+            *e = (*e).max(expires);
+        }
+    }
+    let items = names
+        .into_iter()
+        .filter_map(|(name, (last_lookup, ips))| {
+            let ips: Vec<FqdnCacheIp> = ips
+                .into_iter()
+                .filter(|(_, e)| *e > now)
+                .map(|(ip, expires_at)| FqdnCacheIp { ip, expires_at })
+                .collect();
+            (!ips.is_empty()).then_some(FqdnCacheEntry {
+                name,
+                last_lookup,
+                ips,
+            })
+        })
+        .collect();
+    FqdnCache { items }
+}

@@ -107,6 +107,55 @@ fn dns_records_are_l7_and_filtered_by_query() {
 }
 
 #[test]
+fn the_fqdn_cache_keeps_answered_names_until_their_ttl() {
+    let at = |secs: i64, query: &str, rcode: u16, ips: &[&str], ttl: u32| FlowRecord {
+        time: now() + chrono::Duration::seconds(secs),
+        kind: FlowType::L7,
+        l7: Some(L7Info {
+            http: None,
+            dns: Some(DnsInfo {
+                query: query.into(),
+                qtypes: vec!["A".into()],
+                rcode,
+                ips: ips.iter().map(|s| s.to_string()).collect(),
+                ttl,
+            }),
+        }),
+        ..flow()
+    };
+    let records = [
+        at(0, "a.test.", 0, &["192.0.2.1"], 60),
+        at(30, "a.test.", 0, &["192.0.2.1", "192.0.2.2"], 10),
+        at(0, "gone.test.", 0, &["192.0.2.9"], 5),
+        at(0, "refused.test.", 5, &[], 0),
+        flow(),
+    ];
+    let c = fqdn_cache(&records, now() + chrono::Duration::seconds(20));
+    let got: Vec<(&str, Vec<(&str, i64)>)> = c
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.ips
+                    .iter()
+                    .map(|i| (i.ip.as_str(), (i.expires_at - now()).num_seconds()))
+                    .collect(),
+            )
+        })
+        .collect();
+    // The latest expiry per address; expired names and refused queries are left out.
+    assert_eq!(
+        got,
+        vec![("a.test", vec![("192.0.2.1", 60), ("192.0.2.2", 40)])]
+    );
+    assert_eq!(
+        c.items[0].last_lookup,
+        now() + chrono::Duration::seconds(30)
+    );
+}
+
+#[test]
 fn l7_filters_match_requests_as_hubble_does() {
     let denied = l7_flow("POST", "http://weft.test/admin/users?x=1", 403);
     let ok = l7_flow("get", "http://weft.test/public/a", 200);

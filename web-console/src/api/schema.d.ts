@@ -657,6 +657,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/tenants/{tenant}/endpoints/{endpoint}/fqdn-cache": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The names an endpoint resolved through its node's DNS proxy, with the addresses the
+         *     answers gave and when they expire (viewer).
+         * @description Read from the endpoint's DNS flow records of the last day (the newest 1,000): a name
+         *     resolved while flows were lost is missing here, never in the agent's enforcement.
+         */
+        get: operations["fqdn_cache"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/tenants/{tenant}/clusters/{cluster}/join-tokens": {
         parameters: {
             query?: never;
@@ -1042,6 +1064,36 @@ export interface components {
          * @enum {string}
          */
         FlowType: "L3_L4" | "L7";
+        /**
+         * @description The names an endpoint resolved through its node's DNS proxy, with the addresses the
+         *     answers gave (`GET …/endpoints/{e}/fqdn-cache`).
+         */
+        FqdnCache: {
+            /** @description By name. */
+            items: components["schemas"]["FqdnCacheEntry"][];
+        };
+        /** @description One resolved name. */
+        FqdnCacheEntry: {
+            /** @description The name, without its final dot. */
+            name: string;
+            /**
+             * Format: date-time
+             * @description When the endpoint last got an answer for it.
+             */
+            last_lookup: string;
+            /** @description The addresses not yet expired, by address. */
+            ips: components["schemas"]["FqdnCacheIp"][];
+        };
+        /** @description An address a name resolved to. */
+        FqdnCacheIp: {
+            ip: string;
+            /**
+             * Format: date-time
+             * @description The latest answer's time plus its TTL (the agent keeps it allowed for
+             *     `toFQDNs` at least its `--fqdn-min-ttl-secs`, plus a grace).
+             */
+            expires_at: string;
+        };
         /**
          * @description `toFQDNs` entry: exactly one of `matchName` (exact name) or `matchPattern` (`*` matches
          *     any run of DNS name characters within one label; a lone `*` matches every name).
@@ -7196,6 +7248,66 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ServiceMap"];
+                };
+            };
+            /** @description A query parameter is invalid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credentials. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource in a tenant the caller can see. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too many failed credential attempts from this address; see `Retry-After`. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    fqdn_cache: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Tenant id or name */
+                tenant: string;
+                /** @description Endpoint id */
+                endpoint: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FqdnCache"];
                 };
             };
             /** @description A query parameter is invalid. */
