@@ -254,6 +254,8 @@ fn reserved_labels(n: u32) -> Arc<Labels> {
         identity::REMOTE_NODE => "remote-node",
         identity::KUBE_APISERVER => "kube-apiserver",
         identity::INGRESS => "ingress",
+        // An address a node learned from DNS (`toFQDNs`): outside the cluster.
+        n if identity::is_fqdn(n) => "world",
         _ => return Arc::default(),
     };
     Arc::new([(format!("reserved:{name}"), String::new())].into())
