@@ -31,9 +31,12 @@ use weft_proto::v1 as pb;
 
 /// How long the proxy waits for the resolver.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest DNS message over UDP the proxy takes (EDNS0 allows up to 64 KiB; 4 KiB is
-/// what resolvers send in practice).
+/// The largest DNS query over UDP the proxy takes (queries are small; answers are read
+/// whole, up to 64 KiB).
 const UDP_MAX: usize = 4096;
+/// Queries in flight per UDP listener: past that, new ones are dropped (the client asks
+/// again) rather than queued without bound.
+const IN_FLIGHT: usize = 512;
 
 /// Writes what an answer teaches (names, addresses with TTLs) where the datapath reads it;
 /// set once the datapath is shared (see `agent::run`).
@@ -344,6 +347,7 @@ fn send_as(from: SocketAddr, to: SocketAddr, data: &[u8]) -> io::Result<()> {
 /// Serves the queries arriving on one UDP listener, each in its own task.
 pub(super) async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
     let mut buf = vec![0u8; UDP_MAX];
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let got = sock
             .async_io(tokio::io::Interest::READABLE, || {
@@ -357,9 +361,14 @@ pub(super) async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
                 continue;
             }
         };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            tracing::debug!(%client, "DNS proxy busy: query dropped");
+            continue;
+        };
         let query = buf[..n].to_vec();
         let dns = dns.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let client = canonical(client);
             let original = canonical(original);
             if let Some(answer) = dns.answer(&query, client, original, None).await {
@@ -389,8 +398,10 @@ async fn udp_exchange(query: &[u8], original: SocketAddr, mark: u32) -> io::Resu
     let sock = marked_udp(original, mark)?;
     sock.connect(original).await?;
     sock.send(query).await?;
-    let mut buf = vec![0u8; UDP_MAX];
-    let id = &query[..2];
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    let id = query
+        .get(..2)
+        .ok_or_else(|| io::Error::other("query too short"))?;
     // Answers to other ids (stale, spoofed) are skipped until the timeout.
     let wait = async {
         loop {
