@@ -48,7 +48,13 @@ pub(super) struct Dns {
     pub(super) identities: Arc<Identities>,
     pub(super) learner: Arc<OnceLock<Learner>>,
     pub(super) flows: Arc<FlowQueue>,
+    /// Sockets answers leave from, per resolver address (a handful: kept, not made per
+    /// answer).
+    pub(super) replies: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<OwnedFd>>>,
 }
+
+/// Reply sockets kept per listener at most (then the cache starts over).
+const REPLY_SOCKETS: usize = 64;
 
 /// A question type as DNS names it.
 fn qtype_name(t: u16) -> String {
@@ -61,6 +67,27 @@ fn qtype_name(t: u16) -> String {
 }
 
 impl Dns {
+    /// Sends an answer to `to` as if from the resolver at `from`.
+    fn send_as(&self, from: SocketAddr, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        let cached = {
+            let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+            replies.get(&from).cloned()
+        };
+        let fd = match cached {
+            Some(fd) => fd,
+            None => {
+                let fd = Arc::new(bound_as(from)?);
+                let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+                if replies.len() >= REPLY_SOCKETS {
+                    replies.clear();
+                }
+                replies.insert(from, fd.clone());
+                fd
+            }
+        };
+        send_to(&fd, to, data)
+    }
+
     fn allows(&self, name: &str) -> bool {
         self.rules.iter().any(|r| r.matches(name))
     }
@@ -308,9 +335,8 @@ fn recv_orig(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAd
     Ok((n as usize, src, dst))
 }
 
-/// Sends `data` to `to` from `from`, an address of another host (the resolver's):
-/// a transparent socket bound to it.
-fn send_as(from: SocketAddr, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+/// A transparent socket bound to `from`, an address of another host (the resolver's).
+fn bound_as(from: SocketAddr) -> io::Result<OwnedFd> {
     let fd = match from {
         SocketAddr::V4(_) => {
             let fd = socket(libc::AF_INET, libc::SOCK_DGRAM)?;
@@ -326,6 +352,11 @@ fn send_as(from: SocketAddr, to: SocketAddr, data: &[u8]) -> io::Result<()> {
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     bind(&fd, from)?;
+    Ok(fd)
+}
+
+/// Sends `data` to `to` on `fd`.
+fn send_to(fd: &OwnedFd, to: SocketAddr, data: &[u8]) -> io::Result<()> {
     let (ss, len) = sockaddr(to);
     // SAFETY: a valid fd, buffer and sockaddr of the lengths given.
     let n = unsafe {
@@ -372,7 +403,7 @@ pub(super) async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
             let client = canonical(client);
             let original = canonical(original);
             if let Some(answer) = dns.answer(&query, client, original, None).await {
-                if let Err(e) = send_as(original, client, &answer) {
+                if let Err(e) = dns.send_as(original, client, &answer) {
                     tracing::debug!(%client, %original, error = %e, "DNS answer not delivered");
                 }
             }

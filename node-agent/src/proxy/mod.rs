@@ -239,6 +239,7 @@ impl Proxies {
                     identities: self.identities.clone(),
                     learner: self.learner.clone(),
                     flows: self.flows.clone(),
+                    replies: Default::default(),
                 });
                 Ok(vec![
                     tokio::spawn(dns::serve_udp(v4, shared.clone())),

@@ -49,19 +49,16 @@ impl Server {
                 Ok((udp, tcp))
             },
             move |(udp, tcp), stop| {
-                let mut buf = [0u8; 4096];
-                while !stop.load(Ordering::Relaxed) {
-                    if readable(udp.as_raw_fd(), 20) {
-                        if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                            if let Some(a) = respond(&buf[..n], &records) {
-                                let _ = udp.send_to(&a, from);
-                            }
-                        }
-                    }
-                    if let Ok((mut s, _)) = tcp.accept() {
+                // TCP on a thread of its own: a connection must not hold up UDP.
+                let (tcp_stop, tcp_records) = (stop.clone(), records.clone());
+                let tcp_thread = std::thread::spawn(move || {
+                    while !tcp_stop.load(Ordering::Relaxed) {
+                        let Ok((mut s, _)) = tcp.accept() else {
+                            continue;
+                        };
                         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                         while let Ok(q) = read_framed(&mut s) {
-                            let Some(a) = respond(&q, &records) else {
+                            let Some(a) = respond(&q, &tcp_records) else {
                                 break;
                             };
                             if write_framed(&mut s, &a).is_err() {
@@ -69,7 +66,19 @@ impl Server {
                             }
                         }
                     }
+                });
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    if !readable(udp.as_raw_fd(), 50) {
+                        continue;
+                    }
+                    if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                        if let Some(a) = respond(&buf[..n], &records) {
+                            let _ = udp.send_to(&a, from);
+                        }
+                    }
                 }
+                let _ = tcp_thread.join();
                 Ok(())
             },
         )

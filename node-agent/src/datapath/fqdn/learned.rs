@@ -101,14 +101,18 @@ impl Learned {
     }
 
     /// Records an answer's addresses for each of its names. Returns the names that hit the
-    /// per-name cap (their earliest-expiring addresses were dropped).
-    pub fn learn(&mut self, a: Learn<'_>, ttl: Ttl) -> Vec<String> {
-        let mut capped = Vec::new();
+    /// per-name cap (their earliest-expiring addresses were dropped), and whether a name
+    /// got an address it did not have (else only expiries moved: nothing to refresh).
+    pub fn learn(&mut self, a: Learn<'_>, ttl: Ttl) -> (Vec<String>, bool) {
+        let (mut capped, mut new) = (Vec::new(), false);
         for name in a.names {
             let ips = self.names.entry(name.clone()).or_default();
             for &(ip, t) in a.addresses {
                 let expires = a.now + u64::from(t.max(ttl.min_secs)) + u64::from(ttl.grace_secs);
-                let e = ips.entry(ip).or_insert(0);
+                let e = ips.entry(ip).or_insert_with(|| {
+                    new = true;
+                    0
+                });
                 *e = (*e).max(expires);
             }
             if ips.len() > ttl.max_ips_per_name {
@@ -120,7 +124,7 @@ impl Learned {
                 capped.push(name.clone());
             }
         }
-        capped
+        (capped, new)
     }
 
     /// Forgets what expired before `now`.
@@ -334,6 +338,7 @@ mod tests {
             },
             TTL,
         )
+        .0
     }
 
     #[test]

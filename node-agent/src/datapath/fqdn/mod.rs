@@ -73,7 +73,7 @@ impl Datapath {
     ) -> Result<Vec<String>> {
         let now = unix_now();
         let ttl = self.fqdn.ttl;
-        let capped = self.fqdn.learned.learn(
+        let (capped, new) = self.fqdn.learned.learn(
             Learn {
                 names,
                 addresses,
@@ -81,7 +81,10 @@ impl Datapath {
             },
             ttl,
         );
-        self.refresh_fqdn()?;
+        // An address already learned keeps its identity: only its expiry moved.
+        if new || !capped.is_empty() {
+            self.refresh_fqdn()?;
+        }
         Ok(capped)
     }
 
