@@ -228,6 +228,17 @@ impl Learned {
         out
     }
 
+    /// What the ipcache holds of the learned addresses, as far as known: kept before a
+    /// refresh, and put back with [`rewind`](Self::rewind) if writing it failed, so the
+    /// next refresh writes the difference again.
+    pub fn written(&self) -> BTreeMap<IpAddr, u32> {
+        self.assigned.clone()
+    }
+
+    pub fn rewind(&mut self, written: BTreeMap<IpAddr, u32>) {
+        self.assigned = written;
+    }
+
     /// Forgets the identities [`refresh`](Self::refresh) gave up; true if there were any.
     pub fn drop_retired(&mut self) -> bool {
         let any = !self.retired.is_empty();

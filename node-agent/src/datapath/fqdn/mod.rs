@@ -26,6 +26,8 @@ pub(super) struct Fqdn {
     base: StdHashMap<u32, Vec<PolicyEntry>>,
     /// (family, prefix, masked address) -> identity, as written without DNS.
     mirror: BTreeMap<(u8, u8, c::Addr), u32>,
+    /// A refresh failed half-way: the next one writes every endpoint's policy again.
+    failed: bool,
 }
 
 /// The identity `ip` has without DNS: its longest prefix in the mirror, else `world`.
@@ -102,12 +104,24 @@ impl Datapath {
             .values()
             .flat_map(|e| Learned::selectors_in(e).collect::<Vec<_>>())
             .collect();
+        let before = self.fqdn.learned.written();
         let mirror = &self.fqdn.mirror;
         let r = self
             .fqdn
             .learned
             .refresh(&in_force, |ip| shadow_of(mirror, ip));
-        if r.identities_changed {
+        let res = self.write_refresh(&r);
+        if res.is_err() {
+            // Retried by the next refresh (every second), from what was written before.
+            self.fqdn.learned.rewind(before);
+            self.fqdn.failed = true;
+        }
+        res
+    }
+
+    /// Writes what a refresh changed (see the module doc for the order).
+    fn write_refresh(&mut self, r: &learned::Refresh) -> Result<()> {
+        if r.identities_changed || std::mem::take(&mut self.fqdn.failed) {
             self.write_expanded()?;
         }
         for (ip, id) in &r.upserts {
