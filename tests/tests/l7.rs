@@ -313,6 +313,20 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // An agent restart keeps the rules enforced: the new run starts the listeners the
+    // programmed entries point at (the resumed stream may bring no change to do it).
+    env.nodes[0].kill_agent();
+    env.start(0, false).await;
+    until_reply(
+        &env,
+        &client_ns,
+        WEB1,
+        "/public/after-restart",
+        &ok("web-1", "GET", "/public/after-restart"),
+    )
+    .await;
+    until_reply(&env, &client_ns, WEB1, "/private", &denied()).await;
+
     // With no rule left that needs them, the agents stop their proxy listeners.
     env.delete_policy("web-http").await;
     env.delete_policy("client-http").await;
