@@ -319,7 +319,8 @@ fn recv_orig(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAd
                 || (level == libc::SOL_IPV6 && ty == libc::IPV6_ORIGDSTADDR)
             {
                 let mut ss: libc::sockaddr_storage = zeroed();
-                let len = ((*cm).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                let len = ((*cm).cmsg_len as usize)
+                    .saturating_sub(libc::CMSG_LEN(0) as usize)
                     .min(size_of::<libc::sockaddr_storage>());
                 std::ptr::copy_nonoverlapping(
                     libc::CMSG_DATA(cm),
