@@ -33,7 +33,8 @@ impl RingLost {
     }
 }
 
-pub(super) fn unix_nanos_now() -> i64 {
+/// Now, as flow records carry it.
+pub fn unix_nanos_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

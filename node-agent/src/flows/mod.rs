@@ -22,6 +22,7 @@ mod export;
 mod queue;
 mod record;
 
+pub use export::unix_nanos_now;
 pub use export::{export, LostCounter};
 pub use queue::{read_events, FlowBuffer, FlowQueue, FlowStats, FlowStatsView};
 pub use record::{aggregate, event_ip, monotonic_to_unix_offset, to_flow};

@@ -19,11 +19,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use weft_datapath_common as c;
 use weft_model::policy::FqdnSelector;
 
-use super::{setsockopt, Conn, Identities};
+use super::{canonical, setsockopt, Conn, Identities};
 use crate::datapath::Direction;
 use crate::dns::message;
 use crate::flows::FlowQueue;
@@ -336,20 +336,21 @@ fn recv_orig(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAd
     Ok((n as usize, src, dst))
 }
 
+/// A UDP socket of `addr`'s family.
+fn udp_socket_for(addr: SocketAddr) -> io::Result<OwnedFd> {
+    match addr {
+        SocketAddr::V4(_) => socket(libc::AF_INET, libc::SOCK_DGRAM),
+        SocketAddr::V6(_) => socket(libc::AF_INET6, libc::SOCK_DGRAM),
+    }
+}
+
 /// A transparent socket bound to `from`, an address of another host (the resolver's).
 fn bound_as(from: SocketAddr) -> io::Result<OwnedFd> {
-    let fd = match from {
-        SocketAddr::V4(_) => {
-            let fd = socket(libc::AF_INET, libc::SOCK_DGRAM)?;
-            setsockopt(fd.as_raw_fd(), libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
-            fd
-        }
-        SocketAddr::V6(_) => {
-            let fd = socket(libc::AF_INET6, libc::SOCK_DGRAM)?;
-            setsockopt(fd.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
-            fd
-        }
-    };
+    let fd = udp_socket_for(from)?;
+    match from {
+        SocketAddr::V4(_) => setsockopt(fd.as_raw_fd(), libc::SOL_IP, libc::IP_TRANSPARENT, 1)?,
+        SocketAddr::V6(_) => setsockopt(fd.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?,
+    }
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     bind(&fd, from)?;
@@ -412,16 +413,9 @@ pub(super) async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
     }
 }
 
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
-}
-
 /// A socket to the resolver marked with the client's identity.
 fn marked_udp(original: SocketAddr, mark: u32) -> io::Result<UdpSocket> {
-    let fd = match original {
-        SocketAddr::V4(_) => socket(libc::AF_INET, libc::SOCK_DGRAM)?,
-        SocketAddr::V6(_) => socket(libc::AF_INET6, libc::SOCK_DGRAM)?,
-    };
+    let fd = udp_socket_for(original)?;
     setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark)?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
@@ -430,16 +424,18 @@ async fn udp_exchange(query: &[u8], original: SocketAddr, mark: u32) -> io::Resu
     let sock = marked_udp(original, mark)?;
     sock.connect(original).await?;
     sock.send(query).await?;
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    // Room for any datagram, not filled in first (this runs per query).
+    let mut buf = Vec::with_capacity(usize::from(u16::MAX));
     let id = query
         .get(..2)
         .ok_or_else(|| io::Error::other("query too short"))?;
     // Answers to other ids (stale, spoofed) are skipped until the timeout.
     let wait = async {
         loop {
-            let n = sock.recv(&mut buf).await?;
+            buf.clear();
+            let n = sock.recv_buf(&mut buf).await?;
             if n >= 2 && &buf[..2] == id {
-                return Ok::<_, io::Error>(buf[..n].to_vec());
+                return Ok::<_, io::Error>(buf);
             }
         }
     };
@@ -506,36 +502,23 @@ async fn write_framed(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
     s.write_all(&out).await
 }
 
-/// Serves DNS over TCP: each accepted connection's queries, in order.
-pub(super) async fn serve_tcp(listener: TcpListener, dns: Arc<Dns>) {
-    loop {
-        let conn = match listener.accept().await {
-            Ok((conn, _)) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "DNS proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+/// Serves one DNS-over-TCP connection: its queries, in order.
+pub(super) async fn serve_tcp(
+    mut conn: TcpStream,
+    client: SocketAddr,
+    original: SocketAddr,
+    dns: Arc<Dns>,
+) {
+    let mut upstream = None;
+    while let Ok(Some(query)) = read_framed(&mut conn).await {
+        let Some(answer) = dns
+            .answer(&query, client, original, Some(&mut upstream))
+            .await
+        else {
+            return;
         };
-        let dns = dns.clone();
-        tokio::spawn(async move {
-            let (Ok(client), Ok(original)) = (conn.peer_addr(), conn.local_addr()) else {
-                return;
-            };
-            let (client, original) = (canonical(client), canonical(original));
-            let mut conn = conn;
-            let mut upstream = None;
-            while let Ok(Some(query)) = read_framed(&mut conn).await {
-                let Some(answer) = dns
-                    .answer(&query, client, original, Some(&mut upstream))
-                    .await
-                else {
-                    return;
-                };
-                if write_framed(&mut conn, &answer).await.is_err() {
-                    return;
-                }
-            }
-        });
+        if write_framed(&mut conn, &answer).await.is_err() {
+            return;
+        }
     }
 }

@@ -228,7 +228,11 @@ impl Proxies {
                     flows: self.flows.clone(),
                     idle: Mutex::new(HashMap::new()),
                 });
-                Ok(vec![tokio::spawn(accept_loop(listener, shared))])
+                Ok(vec![tokio::spawn(accept_each(
+                    listener,
+                    "L7 proxy",
+                    move |conn, client, original| serve(conn, client, original, shared.clone()),
+                ))])
             }
             RulesKey::Dns(rules) => {
                 // UDP and TCP on one port number: both must be free.
@@ -244,7 +248,13 @@ impl Proxies {
                 Ok(vec![
                     tokio::spawn(dns::serve_udp(v4, shared.clone())),
                     tokio::spawn(dns::serve_udp(v6, shared.clone())),
-                    tokio::spawn(dns::serve_tcp(tcp, shared)),
+                    tokio::spawn(accept_each(
+                        tcp,
+                        "DNS proxy",
+                        move |conn, client, original| {
+                            dns::serve_tcp(conn, client, original, shared.clone())
+                        },
+                    )),
                 ])
             }
         }
@@ -305,11 +315,8 @@ impl Conn {
     /// The L7 record of one request or query (`denied`: answered by the policy, not
     /// upstream), without its HTTP or DNS part.
     fn flow(&self, direction: Direction, denied: bool, proto: u32) -> pb::Flow {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         pb::Flow {
-            time_unix_nanos: now,
+            time_unix_nanos: crate::flows::unix_nanos_now(),
             src_ip: self.client.ip().to_string(),
             dst_ip: self.original.ip().to_string(),
             src_port: u32::from(self.client.port()),
@@ -362,15 +369,29 @@ fn transparent_listener(port: u16) -> io::Result<TcpListener> {
     sock.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// An address with an IPv4-mapped IPv6 address as the IPv4 one (dual-stack sockets).
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// Accepts a transparent listener's connections; each is served in a task of its own with
+/// its client and original destination (the accepted socket's local address).
+async fn accept_each<F, Fut>(listener: TcpListener, what: &'static str, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
+                let (Ok(client), Ok(original)) = (conn.peer_addr(), conn.local_addr()) else {
+                    continue;
+                };
                 let _ = conn.set_nodelay(true);
-                tokio::spawn(serve(conn, shared.clone()));
+                tokio::spawn(serve(conn, canonical(client), canonical(original)));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "L7 proxy accept failed");
+                tracing::warn!(error = %e, "{what} accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -378,12 +399,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// One client connection: its requests checked one by one, the allowed ones forwarded.
-async fn serve(conn: TcpStream, shared: Arc<Shared>) {
-    let (Ok(client), Ok(original)) = (conn.peer_addr(), conn.local_addr()) else {
-        return;
-    };
-    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-    let original = SocketAddr::new(original.ip().to_canonical(), original.port());
+async fn serve(conn: TcpStream, client: SocketAddr, original: SocketAddr, shared: Arc<Shared>) {
     let identity = shared
         .identities
         .of_client(shared.direction, client, original);
