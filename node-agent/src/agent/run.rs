@@ -99,46 +99,10 @@ pub struct RunArgs {
     pub concurrent_probes: usize,
     /// How long addresses learned from DNS stay allowed by `toFQDNs`.
     #[command(flatten)]
-    pub fqdn: FqdnArgs,
+    pub fqdn: Ttl,
     /// bpffs directory of the pinned maps (the global `--pin-path`).
     #[arg(skip)]
     pub pin_path: PathBuf,
-}
-
-/// How long addresses learned from DNS are kept (see [`Ttl`]).
-#[derive(Debug, Clone, clap::Args)]
-pub struct FqdnArgs {
-    /// Least seconds an address learned from a DNS answer stays allowed by `toFQDNs`,
-    /// whatever the answer's TTL (Cilium's `tofqdns-min-ttl`).
-    #[arg(long = "fqdn-min-ttl-secs", env = "WEFT_FQDN_MIN_TTL", default_value_t = Ttl::default().min_secs)]
-    pub min_ttl_secs: u32,
-    /// Seconds a learned address stays past its TTL, for connections in flight.
-    #[arg(long = "fqdn-grace-secs", env = "WEFT_FQDN_GRACE", default_value_t = Ttl::default().grace_secs)]
-    pub grace_secs: u32,
-    /// Addresses kept per DNS name (those expiring last).
-    #[arg(long = "fqdn-max-ips-per-name", default_value_t = Ttl::default().max_ips_per_name)]
-    pub max_ips_per_name: usize,
-}
-
-impl Default for FqdnArgs {
-    fn default() -> Self {
-        let t = Ttl::default();
-        FqdnArgs {
-            min_ttl_secs: t.min_secs,
-            grace_secs: t.grace_secs,
-            max_ips_per_name: t.max_ips_per_name,
-        }
-    }
-}
-
-impl From<&FqdnArgs> for Ttl {
-    fn from(a: &FqdnArgs) -> Self {
-        Ttl {
-            min_secs: a.min_ttl_secs,
-            grace_secs: a.grace_secs,
-            max_ips_per_name: a.max_ips_per_name,
-        }
-    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -240,7 +204,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             None
         }
     };
-    dp.set_fqdn_ttl(Ttl::from(&args.fqdn));
+    dp.set_fqdn_ttl(args.fqdn);
     fqdn::restore(&mut dp, &args.state_dir);
     let state_path = args.state_dir.join(STATE);
     let mut programmed = Programmed::load(&state_path)?.unwrap_or_default();

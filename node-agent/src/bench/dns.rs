@@ -11,9 +11,8 @@ use weft_model::policy::FqdnSelector;
 
 use node_agent::datapath::{Action, Direction, PolicyEntry};
 use node_agent::dns::message::{self, build};
-use node_agent::netns::enter_netns;
 
-use super::l7::{percentile, Figures};
+use super::l7::{clients, Figures};
 
 /// The name the benchmark asks for (the resolver answers one address).
 pub const NAME: &str = "bench.weft.test";
@@ -92,50 +91,30 @@ pub fn queries(
     conns: usize,
     window: Duration,
 ) -> Result<Figures> {
-    let threads: Vec<_> = (0..conns)
-        .map(|_| {
-            let from = from.to_path_buf();
-            std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
-                let _in = enter_netns(&from)?;
-                let s = UdpSocket::bind("0.0.0.0:0")?;
-                s.connect(resolver)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let (mut buf, mut lat) = ([0u8; 512], Vec::new());
-                let end = Instant::now() + window;
-                let mut id: u16 = 0;
-                while Instant::now() < end {
-                    id = id.wrapping_add(1);
-                    let q = build::query(id, NAME, message::TYPE_A);
-                    let t = Instant::now();
-                    s.send(&q)?;
-                    loop {
-                        let n = s.recv(&mut buf)?;
-                        let a = message::answer(&buf[..n]).map_err(std::io::Error::other)?;
-                        if a.question.id != id {
-                            continue;
-                        }
-                        if a.rcode != 0 || a.addresses.is_empty() {
-                            return Err(std::io::Error::other(format!("answer {a:?}")));
-                        }
-                        lat.push(t.elapsed());
-                        break;
-                    }
+    clients(from, conns, window, move |end| {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(resolver)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let (mut buf, mut lat) = ([0u8; 512], Vec::new());
+        let mut id: u16 = 0;
+        while Instant::now() < end {
+            id = id.wrapping_add(1);
+            let q = build::query(id, NAME, message::TYPE_A);
+            let t = Instant::now();
+            s.send(&q)?;
+            loop {
+                let n = s.recv(&mut buf)?;
+                let a = message::answer(&buf[..n]).map_err(std::io::Error::other)?;
+                if a.question.id != id {
+                    continue;
                 }
-                Ok(lat)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in threads {
-        all.extend(
-            t.join()
-                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
-        );
-    }
-    all.sort();
-    Ok(Figures {
-        requests_per_s: all.len() as f64 / window.as_secs_f64(),
-        p50_us: percentile(&all, 0.5),
-        p99_us: percentile(&all, 0.99),
+                if a.rcode != 0 || a.addresses.is_empty() {
+                    return Err(std::io::Error::other(format!("answer {a:?}")));
+                }
+                lat.push(t.elapsed());
+                break;
+            }
+        }
+        Ok(lat)
     })
 }

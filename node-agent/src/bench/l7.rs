@@ -79,7 +79,7 @@ fn entry(action: Action) -> PolicyEntry {
     }
 }
 
-pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -87,30 +87,18 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-/// Keep-alive GETs on `conns` connections from the pod namespace `from` for `window`.
-fn keepalive(from: &Path, target: SocketAddr, conns: usize, window: Duration) -> Result<Figures> {
+/// Runs `client` on `conns` threads in the pod namespace `from`, each until `window` has
+/// passed, and returns the figures of the latencies they measured together.
+pub(super) fn clients<F>(from: &Path, conns: usize, window: Duration, client: F) -> Result<Figures>
+where
+    F: Fn(Instant) -> std::io::Result<Vec<Duration>> + Clone + Send + 'static,
+{
     let threads: Vec<_> = (0..conns)
         .map(|_| {
-            let from = from.to_path_buf();
+            let (from, client) = (from.to_path_buf(), client.clone());
             std::thread::spawn(move || -> std::io::Result<Vec<Duration>> {
                 let _in = enter_netns(&from)?;
-                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let req = b"GET /bench/x HTTP/1.1\r\nHost: bench\r\n\r\n";
-                let (mut buf, mut lat) = (Vec::new(), Vec::new());
-                let end = Instant::now() + window;
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    s.write_all(req)?;
-                    match read_reply(&mut s, &mut buf)? {
-                        Some(r) if r.status == 200 => lat.push(t.elapsed()),
-                        other => {
-                            return Err(std::io::Error::other(format!("reply {other:?}")));
-                        }
-                    }
-                }
-                Ok(lat)
+                client(Instant::now() + window)
             })
         })
         .collect();
@@ -126,6 +114,26 @@ fn keepalive(from: &Path, target: SocketAddr, conns: usize, window: Duration) ->
         requests_per_s: all.len() as f64 / window.as_secs_f64(),
         p50_us: percentile(&all, 0.5),
         p99_us: percentile(&all, 0.99),
+    })
+}
+
+/// Keep-alive GETs on `conns` connections from the pod namespace `from` for `window`.
+fn keepalive(from: &Path, target: SocketAddr, conns: usize, window: Duration) -> Result<Figures> {
+    clients(from, conns, window, move |end| {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let req = b"GET /bench/x HTTP/1.1\r\nHost: bench\r\n\r\n";
+        let (mut buf, mut lat) = (Vec::new(), Vec::new());
+        while Instant::now() < end {
+            let t = Instant::now();
+            s.write_all(req)?;
+            match read_reply(&mut s, &mut buf)? {
+                Some(r) if r.status == 200 => lat.push(t.elapsed()),
+                other => return Err(std::io::Error::other(format!("reply {other:?}"))),
+            }
+        }
+        Ok(lat)
     })
 }
 

@@ -34,6 +34,15 @@ pub(super) fn ipv4_addr(ip: Ipv4Addr) -> c::Addr {
     c::addr_v4(ip.octets())
 }
 
+/// The address the maps hold as (family, 16-byte address) (see [`family_addr`]).
+pub fn addr_ip(family: u8, a: &c::Addr) -> std::net::IpAddr {
+    if family == c::FAMILY_IPV6 {
+        std::net::IpAddr::from(*a)
+    } else {
+        std::net::IpAddr::from([a[0], a[1], a[2], a[3]])
+    }
+}
+
 /// An address of either family as the maps hold it: (family, 16-byte address).
 pub(super) fn family_addr(ip: std::net::IpAddr) -> (u8, c::Addr) {
     match ip {

@@ -30,6 +30,7 @@ use aya::{Ebpf, EbpfLoader};
 use weft_datapath_common as c;
 use weft_datapath_common::maps as m;
 
+pub use endpoints::addr_ip;
 use endpoints::*;
 pub use events::*;
 pub use maps::*;

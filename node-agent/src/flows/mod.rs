@@ -25,7 +25,7 @@ mod record;
 pub use export::unix_nanos_now;
 pub use export::{export, LostCounter};
 pub use queue::{read_events, FlowBuffer, FlowQueue, FlowStats, FlowStatsView};
-pub use record::{aggregate, event_ip, monotonic_to_unix_offset, to_flow};
+pub use record::{aggregate, monotonic_to_unix_offset, to_flow};
 
 /// Most flows in one batch.
 pub const BATCH_MAX: usize = 500;

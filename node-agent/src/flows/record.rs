@@ -1,13 +1,15 @@
 //! A datapath flow event as a `weft_proto::v1::Flow` record, and aggregation of repeats.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use weft_datapath_common as c;
 use weft_model::desired::HOST_ENDPOINT_ID;
 use weft_proto::v1 as pb;
 
-use crate::datapath::{direction_name, drop_reason_name, observation_point_name, verdict_name};
+use crate::datapath::{
+    addr_ip, direction_name, drop_reason_name, observation_point_name, verdict_name,
+};
 use crate::names::Names;
 
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC` in nanoseconds: what turns an event's
@@ -27,15 +29,6 @@ pub fn monotonic_to_unix_offset() -> i64 {
     real - mono
 }
 
-/// An address of a flow event.
-pub fn event_ip(family: u8, a: &c::Addr) -> IpAddr {
-    if family == c::FAMILY_IPV6 {
-        IpAddr::V6(Ipv6Addr::from(*a))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    }
-}
-
 /// The desired-state id of the node's endpoint at `ip`, or of datapath endpoint `ep_id`
 /// when the event was seen on that endpoint's side. The host endpoint is left out: its
 /// identity (`host`) already says it, and its id is not an endpoint of the tenant's.
@@ -50,8 +43,8 @@ fn endpoint_of(names: &Names, ip: IpAddr, ep_id: Option<u32>) -> String {
 
 /// One ring-buffer event as a flow record (`count` 1, `packets` 1).
 pub fn to_flow(e: &c::FlowEvent, unix_offset_ns: i64, names: &Names) -> pb::Flow {
-    let src = event_ip(e.family, &e.saddr);
-    let dst = event_ip(e.family, &e.daddr);
+    let src = addr_ip(e.family, &e.saddr);
+    let dst = addr_ip(e.family, &e.daddr);
     // The event's endpoint is the source of what it sends (egress) and the destination of
     // what it receives (ingress).
     let ep = (e.ep_id != 0).then_some(e.ep_id);

@@ -25,23 +25,44 @@ use crate::datapath::PolicyEntry;
 /// Selector ids: not identities any address has (the agent swaps them out before writing).
 pub const SELECTOR_BASE: u32 = 3 << 24;
 
-/// How long learned addresses are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a peer identity is a selector id.
+fn is_selector_id(id: u32) -> bool {
+    (SELECTOR_BASE..SELECTOR_BASE + (1 << 24)).contains(&id)
+}
+
+const DEFAULT_MIN_TTL_SECS: u32 = 60;
+const DEFAULT_GRACE_SECS: u32 = 10;
+const DEFAULT_MAX_IPS_PER_NAME: usize = 50;
+
+/// How long learned addresses are kept (also `node-agent run`'s options for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct Ttl {
-    /// The least TTL an answer is held for (Cilium's `tofqdns-min-ttl`).
+    /// Least seconds an address learned from a DNS answer stays allowed by `toFQDNs`,
+    /// whatever the answer's TTL (Cilium's `tofqdns-min-ttl`).
+    #[arg(
+        long = "fqdn-min-ttl-secs",
+        env = "WEFT_FQDN_MIN_TTL",
+        default_value_t = DEFAULT_MIN_TTL_SECS
+    )]
     pub min_secs: u32,
-    /// Kept this long past the TTL, for connections in flight.
+    /// Seconds a learned address stays past its TTL, for connections in flight.
+    #[arg(
+        long = "fqdn-grace-secs",
+        env = "WEFT_FQDN_GRACE",
+        default_value_t = DEFAULT_GRACE_SECS
+    )]
     pub grace_secs: u32,
-    /// At most this many addresses per name (the ones expiring last are kept).
+    /// Addresses kept per DNS name (those expiring last).
+    #[arg(long = "fqdn-max-ips-per-name", default_value_t = DEFAULT_MAX_IPS_PER_NAME)]
     pub max_ips_per_name: usize,
 }
 
 impl Default for Ttl {
     fn default() -> Self {
         Ttl {
-            min_secs: 60,
-            grace_secs: 10,
-            max_ips_per_name: 50,
+            min_secs: DEFAULT_MIN_TTL_SECS,
+            grace_secs: DEFAULT_GRACE_SECS,
+            max_ips_per_name: DEFAULT_MAX_IPS_PER_NAME,
         }
     }
 }
@@ -127,15 +148,20 @@ impl Learned {
         (capped, new)
     }
 
-    /// Forgets what expired before `now`.
-    pub fn expire(&mut self, now: u64) {
+    /// Forgets what expired before `now`; true if anything did.
+    pub fn expire(&mut self, now: u64) -> bool {
+        let mut any = false;
         for ips in self.names.values_mut() {
+            let before = ips.len();
             ips.retain(|_, e| *e >= now);
+            any |= ips.len() != before;
         }
         self.names.retain(|_, ips| !ips.is_empty());
+        any
     }
 
     /// Names learned, each with its addresses and when they expire (Unix seconds).
+    #[cfg(test)]
     pub fn names(&self) -> impl Iterator<Item = (&String, &BTreeMap<IpAddr, u64>)> {
         self.names.iter()
     }
@@ -252,6 +278,7 @@ impl Learned {
     }
 
     /// The identity an FQDN identity stands in for.
+    #[cfg(test)]
     pub fn shadow_of(&self, id: u32) -> Option<u32> {
         self.identities
             .get(&id)
@@ -264,7 +291,7 @@ impl Learned {
         entries
             .iter()
             .filter_map(|e| e.peer_identity)
-            .filter(|id| *id >= SELECTOR_BASE && *id < SELECTOR_BASE + (1 << 24))
+            .filter(|id| is_selector_id(*id))
     }
 
     /// An endpoint's entries for the datapath: selector entries become entries for the FQDN
@@ -278,7 +305,7 @@ impl Learned {
                 out.push(e.clone());
                 continue;
             };
-            if (SELECTOR_BASE..SELECTOR_BASE + (1 << 24)).contains(&peer) {
+            if is_selector_id(peer) {
                 let Some(sel) = self.selector_of(peer) else {
                     continue;
                 };

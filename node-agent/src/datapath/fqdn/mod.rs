@@ -13,7 +13,7 @@ mod learned;
 
 pub use learned::{Learned, Ttl};
 
-use super::endpoints::{family_addr, host_prefix};
+use super::endpoints::{addr_ip, family_addr, host_prefix};
 use super::*;
 use learned::Learn;
 
@@ -26,8 +26,10 @@ pub(super) struct Fqdn {
     base: StdHashMap<u32, Vec<PolicyEntry>>,
     /// (family, prefix, masked address) -> identity, as written without DNS.
     mirror: BTreeMap<(u8, u8, c::Addr), u32>,
-    /// A refresh failed half-way: the next one writes every endpoint's policy again.
-    failed: bool,
+    /// The maps may differ from what a refresh would write (one failed half-way, or a host
+    /// entry was held for a learned address): the next tick refreshes, writing every
+    /// endpoint's policy again.
+    stale: bool,
 }
 
 /// The identity `ip` has without DNS: its longest prefix in the mirror, else `world`.
@@ -60,11 +62,6 @@ impl Datapath {
         self.fqdn.learned = learned;
     }
 
-    /// The identity an FQDN identity stands in for (flows report that one).
-    pub fn fqdn_shadow(&self, id: u32) -> Option<u32> {
-        self.fqdn.learned.shadow_of(id)
-    }
-
     /// Records an answer the DNS proxy passes and writes what it changes before the caller
     /// releases the answer: a connection the answer leads to is then allowed. Returns the
     /// names whose addresses hit the per-name cap.
@@ -90,10 +87,13 @@ impl Datapath {
         Ok(capped)
     }
 
-    /// Forgets addresses past their TTL and grace (the agent calls it every second).
+    /// Forgets addresses past their TTL and grace (the agent calls it every second); the
+    /// maps change only when something expired, or a refresh is to be retried.
     pub fn expire_fqdn(&mut self) -> Result<()> {
-        self.fqdn.learned.expire(unix_now());
-        self.refresh_fqdn()
+        if self.fqdn.learned.expire(unix_now()) || self.fqdn.stale {
+            self.refresh_fqdn()?;
+        }
+        Ok(())
     }
 
     /// Brings the maps in line with what was learned and the selectors entries use.
@@ -114,14 +114,14 @@ impl Datapath {
         if res.is_err() {
             // Retried by the next refresh (every second), from what was written before.
             self.fqdn.learned.rewind(before);
-            self.fqdn.failed = true;
+            self.fqdn.stale = true;
         }
         res
     }
 
     /// Writes what a refresh changed (see the module doc for the order).
     fn write_refresh(&mut self, r: &learned::Refresh) -> Result<()> {
-        if r.identities_changed || std::mem::take(&mut self.fqdn.failed) {
+        if r.identities_changed || std::mem::take(&mut self.fqdn.stale) {
             self.write_expanded()?;
         }
         for (ip, id) in &r.upserts {
@@ -191,14 +191,13 @@ impl Datapath {
             Some(id) => self.fqdn.mirror.insert(key, id),
             None => self.fqdn.mirror.remove(&key),
         };
-        let learned = prefix == host_prefix(family) && {
-            let ip = if family == c::FAMILY_IPV6 {
-                IpAddr::from(addr)
-            } else {
-                IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
-            };
-            self.fqdn.learned.identity_of(ip).is_some()
-        };
+        let learned = prefix == host_prefix(family)
+            && self
+                .fqdn
+                .learned
+                .identity_of(addr_ip(family, &addr))
+                .is_some();
+        self.fqdn.stale |= learned;
         !learned
     }
 
