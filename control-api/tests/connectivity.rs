@@ -511,6 +511,30 @@ async fn validation_errors_name_the_field() {
             400,
             "",
         ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80",
+                   "http": {"method": "get", "path": "/"}}),
+            400,
+            "http.method",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80",
+                   "http": {"method": "GET", "path": "/a\r\nHost: evil"}}),
+            400,
+            "http.path",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80",
+                   "resolve": {"name": "a..test", "server": "10.0.0.53"}}),
+            400,
+            "resolve.name",
+        ),
+        (
+            json!({"from": "echo-a", "target": "10.0.1.5:80",
+                   "resolve": {"name": "a.test", "server": "resolver"}}),
+            400,
+            "resolve.server",
+        ),
     ];
     for (body, status, field) in cases {
         let r = s.post(PROBES, body.clone()).await;
@@ -540,6 +564,8 @@ async fn validation_errors_name_the_field() {
             "from",
             "target",
             "timeout_ms",
+            "http",
+            "resolve",
             "labels",
             "created_at",
             "status",
@@ -572,6 +598,15 @@ async fn validation_errors_name_the_field() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["target"], "[fd00:10:1::5]:8080");
+    assert!(r.body["http"].is_null() && r.body["resolve"].is_null());
+    // An L7 probe: an HTTP request after a DNS lookup, shown back as given.
+    let l7 = json!({"from": "echo-a", "target": "10.0.1.5:80",
+                    "http": {"method": "POST", "path": "/api/v1?x=1"},
+                    "resolve": {"name": "echo.allowed.test", "server": "198.51.100.53"}});
+    let r = s.post(PROBES, l7.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["http"], l7["http"]);
+    assert_eq!(r.body["resolve"], l7["resolve"]);
     let r = s.get(&format!("{PROBES}/not-a-uuid")).await;
     assert!(r.is_problem(404, "not-found"));
 }

@@ -8,7 +8,7 @@
 //! from the node itself, and reports.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,79 @@ pub struct DesiredProbe {
     pub from_workload: Option<String>,
     pub target: SocketAddr,
     pub timeout_ms: u32,
+    /// Speak HTTP over the connection instead of the echo line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    /// Resolve a name first (the way a pod finds an FQDN's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<ResolveProbe>,
+}
+
+/// An HTTP/1.1 request a probe sends (`Connection: close`): its status is the result, and a
+/// 200 from an echo server names the workload that answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    pub method: String,
+    pub path: String,
+}
+
+/// A DNS query (UDP, port 53 of `server`) a probe makes before it connects: A for an IPv4
+/// target, AAAA for an IPv6 one. The target's address must be in the answer; a name the
+/// server refuses or does not know ends the probe there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveProbe {
+    pub name: String,
+    pub server: IpAddr,
+}
+
+/// Why an HTTP method is not one a probe can send (a token of 1 to 16 upper-case letters).
+pub fn check_http_method(m: &str) -> Result<(), String> {
+    if m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{m:?} is not an HTTP method: 1 to 16 upper-case letters, e.g. GET"
+        ));
+    }
+    Ok(())
+}
+
+/// Why a path is not one a probe can send: it starts with `/`, has at most 256 characters,
+/// all printable ASCII without blanks (anything else is percent-encoded in a request line).
+pub fn check_http_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    if p.len() > 256 {
+        return Err("must be at most 256 characters".into());
+    }
+    if !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{p:?} may hold printable ASCII only, no blanks (percent-encode the rest)"
+        ));
+    }
+    Ok(())
+}
+
+/// The echo server's answer to an HTTP request for `path`: 200, the echo line of `path`
+/// as the body, then close.
+pub fn http_echo_response(workload: &str, path: &str) -> String {
+    let body = echo_reply(workload, path);
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The status code and body of an HTTP/1.x response read whole (head and body).
+pub fn parse_http_response(raw: &str) -> Option<(u16, &str)> {
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?;
+    let mut parts = status.split(' ');
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?.parse().ok()?;
+    Some((code, body))
 }
 
 named_enum!(
@@ -200,6 +273,35 @@ mod tests {
             None
         );
         assert_eq!(parse_echo_reply("weft-echo  probe 42", "probe 42"), None);
+    }
+
+    #[test]
+    fn http_probes_check_their_request_and_read_the_echo_response() {
+        assert!(check_http_method("GET").is_ok());
+        for bad in ["", "get", "GE T", "GET\r\n", "ABCDEFGHIJKLMNOPQ"] {
+            assert!(check_http_method(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_http_path("/public/a?x=1").is_ok());
+        for bad in [
+            "public",
+            "/a b",
+            "/a\r\nHost: x",
+            &format!("/{}", "a".repeat(256)),
+        ] {
+            assert!(check_http_path(bad).is_err(), "{bad:?}");
+        }
+        let r = http_echo_response("echo-same", "/public");
+        let (code, body) = parse_http_response(&r).expect("a response");
+        assert_eq!(code, 200);
+        assert_eq!(parse_echo_reply(body, "/public"), Some("echo-same"));
+        assert_eq!(
+            parse_http_response(
+                "HTTP/1.1 403 Forbidden\r\ncontent-length: 13\r\n\r\nAccess denied"
+            ),
+            Some((403, "Access denied"))
+        );
+        assert_eq!(parse_http_response("weft-echo a b\n"), None);
+        assert_eq!(parse_http_response("SSH-2.0 x\r\n\r\n"), None);
     }
 
     #[test]

@@ -114,6 +114,16 @@ enum Cmd {
         line: String,
         #[arg(long)]
         netns: Option<PathBuf>,
+        /// Send an HTTP request with this method (and `--http-path`) instead of the line.
+        #[arg(long, requires = "http_path")]
+        http_method: Option<String>,
+        #[arg(long, requires = "http_method")]
+        http_path: Option<String>,
+        /// Resolve this name at `--resolver` (UDP port 53) before connecting.
+        #[arg(long, requires = "resolver")]
+        resolve: Option<String>,
+        #[arg(long, requires = "resolve")]
+        resolver: Option<std::net::IpAddr>,
     },
     /// (test helper) TCP/UDP client running inside a cgroup and network namespace.
     #[command(hide = true)]
@@ -254,15 +264,28 @@ fn main() -> anyhow::Result<()> {
         timeout_ms,
         line,
         netns,
+        http_method,
+        http_path,
+        resolve,
+        resolver,
     } = &cli.cmd
     {
+        use weft_model::workload::{HttpProbe, ResolveProbe};
+        let req = node_agent::workload::probe::Request {
+            id: line.clone(),
+            target: *target,
+            timeout: Duration::from_millis(*timeout_ms),
+            http: http_method
+                .clone()
+                .zip(http_path.clone())
+                .map(|(method, path)| HttpProbe { method, path }),
+            resolve: resolve
+                .clone()
+                .zip(*resolver)
+                .map(|(name, server)| ResolveProbe { name, server }),
+        };
         // Before anything else: the namespace is entered while this is the only thread.
-        let r = node_agent::workload::probe::child_main(
-            line,
-            *target,
-            Duration::from_millis(*timeout_ms),
-            netns.as_deref(),
-        );
+        let r = node_agent::workload::probe::child_main(&req, netns.as_deref());
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }

@@ -25,7 +25,9 @@ use node_agent::workload::report::SharedOutbox;
 use node_agent::workload::{self, Desired, Workloads};
 use weft_model::desired::DesiredEndpoint;
 use weft_model::labels::Labels;
-use weft_model::workload::{DesiredProbe, DesiredWorkload, ProbeOutcome, WorkloadKind};
+use weft_model::workload::{
+    DesiredProbe, DesiredWorkload, HttpProbe, ProbeOutcome, ResolveProbe, WorkloadKind,
+};
 
 const NODE: &str = "n1";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 254);
@@ -248,6 +250,8 @@ fn probe(id: &str, from: Option<&str>, ip: Ipv4Addr, port: u16, timeout_ms: u32)
         from_workload: from.map(str::to_string),
         target: SocketAddrV4::new(ip, port).into(),
         timeout_ms,
+        http: None,
+        resolve: None,
     }
 }
 
@@ -294,13 +298,48 @@ fn world_echo_answers_the_node_closed_ports_are_refused_blackholes_time_out() {
                 probe("p-closed", None, WORLD_IP, 81, 2000),
                 probe("p-blackhole", None, blackhole, 8080, 300),
                 probe("p-nowhere", Some("not-here"), WORLD_IP, 8080, 2000),
+                // HTTP to the same echo server; a lookup at the world's own resolver.
+                DesiredProbe {
+                    http: Some(HttpProbe {
+                        method: "GET".into(),
+                        path: "/public".into(),
+                    }),
+                    ..probe("p-http", None, WORLD_IP, 8080, 2000)
+                },
+                DesiredProbe {
+                    resolve: Some(ResolveProbe {
+                        name: "echo.allowed.test".into(),
+                        server: WORLD_IP.into(),
+                    }),
+                    ..probe("p-resolve", None, WORLD_IP, 8080, 2000)
+                },
             ],
         };
         a.apply(&d).await;
         assert!(a.workloads.serving("ct-world"));
         let r = a
-            .results(&["p-echo", "p-closed", "p-blackhole", "p-nowhere"])
+            .results(&[
+                "p-echo",
+                "p-closed",
+                "p-blackhole",
+                "p-nowhere",
+                "p-http",
+                "p-resolve",
+            ])
             .await;
+        assert_eq!(outcome(&r, "p-http"), ProbeOutcome::Connected, "{r:?}");
+        assert_eq!(
+            (r["p-http"].http_status, r["p-http"].reply_from.as_str()),
+            (200, "ct-world")
+        );
+        assert_eq!(outcome(&r, "p-resolve"), ProbeOutcome::Connected, "{r:?}");
+        assert_eq!(
+            (
+                r["p-resolve"].dns_rcode.as_str(),
+                r["p-resolve"].reply_from.as_str()
+            ),
+            ("NOERROR", "ct-world")
+        );
         assert_eq!(outcome(&r, "p-echo"), ProbeOutcome::Connected, "{r:?}");
         assert_eq!(r["p-echo"].reply_from, "ct-world");
         assert!(r["p-echo"].latency_us > 0);
@@ -319,7 +358,7 @@ fn world_echo_answers_the_node_closed_ports_are_refused_blackholes_time_out() {
         // Each probe ran once: applying the same state again starts nothing new.
         a.apply(&d).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(a.outbox.pending().len(), 4);
+        assert_eq!(a.outbox.pending().len(), 6);
     });
 }
 

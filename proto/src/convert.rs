@@ -20,7 +20,10 @@ use weft_model::desired::{
 };
 use weft_model::routing::{ClusterNode, RoutingMode};
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
-use weft_model::workload::{DesiredProbe, DesiredWorkload, WorkloadKind};
+use weft_model::workload::{
+    check_http_method, check_http_path, DesiredProbe, DesiredWorkload, HttpProbe, ResolveProbe,
+    WorkloadKind,
+};
 
 use crate::v1 as pb;
 
@@ -160,6 +163,22 @@ impl From<&DesiredProbe> for pb::Probe {
             target_ip: p.target.ip().to_string(),
             target_port: u32::from(p.target.port()),
             timeout_ms: p.timeout_ms,
+            http_method: p
+                .http
+                .as_ref()
+                .map(|h| h.method.clone())
+                .unwrap_or_default(),
+            http_path: p.http.as_ref().map(|h| h.path.clone()).unwrap_or_default(),
+            resolve_name: p
+                .resolve
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            resolver: p
+                .resolve
+                .as_ref()
+                .map(|r| r.server.to_string())
+                .unwrap_or_default(),
         }
     }
 }
@@ -453,10 +472,49 @@ impl TryFrom<pb::Probe> for DesiredProbe {
             address(item, &p.target_ip)?,
             u16_of(item, "target port", p.target_port)?,
         );
+        let invalid = |field: &'static str, reason: String| WireError::Invalid {
+            item: item(),
+            field,
+            reason,
+        };
+        // The method and path come together and are what the API accepts: the agent writes
+        // them into a request line.
+        let http = match (p.http_method.is_empty(), p.http_path.is_empty()) {
+            (true, true) => None,
+            (false, false) => {
+                check_http_method(&p.http_method).map_err(|r| invalid("http method", r))?;
+                check_http_path(&p.http_path).map_err(|r| invalid("http path", r))?;
+                Some(HttpProbe {
+                    method: p.http_method,
+                    path: p.http_path,
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    "http",
+                    "a method without a path or a path without a method".into(),
+                ))
+            }
+        };
+        let resolve = match (p.resolve_name.is_empty(), p.resolver.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(ResolveProbe {
+                server: address(item, &p.resolver)?,
+                name: p.resolve_name,
+            }),
+            _ => {
+                return Err(invalid(
+                    "resolve",
+                    "a name without a resolver or a resolver without a name".into(),
+                ))
+            }
+        };
         Ok(DesiredProbe {
             from_workload: (!p.from_workload.is_empty()).then_some(p.from_workload),
             target,
             timeout_ms: p.timeout_ms,
+            http,
+            resolve,
             id: p.id,
         })
     }

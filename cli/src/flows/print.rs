@@ -126,25 +126,17 @@ fn summary(f: &Flow) -> String {
                 d.get("ttl").and_then(Value::as_u64).unwrap_or(0),
                 s("query")
             ),
-            rcode => format!("DNS Query {} {qtypes} => {}", s("query"), rcode_name(rcode)),
+            rcode => format!(
+                "DNS Query {} {qtypes} => {}",
+                s("query"),
+                weft_model::flow::rcode_name(u16::try_from(rcode).unwrap_or(u16::MAX))
+            ),
         };
     }
     if !f.tcp_flags.is_empty() {
         format!("TCP Flags: {}", f.tcp_flags.join(", "))
     } else {
         f.protocol.clone().unwrap_or_default()
-    }
-}
-
-/// A DNS response code as resolvers name it.
-fn rcode_name(rcode: u64) -> String {
-    match rcode {
-        1 => "FORMERR".into(),
-        2 => "SERVFAIL".into(),
-        3 => "NXDOMAIN".into(),
-        4 => "NOTIMP".into(),
-        5 => "REFUSED".into(),
-        other => format!("RCODE {other}"),
     }
 }
 

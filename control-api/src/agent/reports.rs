@@ -358,6 +358,8 @@ pub async fn probes(st: &AppState, node: &NodeCtx, report: ProbeReport) -> Resul
                 detail,
                 latency_us: i64::try_from(r.latency_us).unwrap_or(i64::MAX),
                 reply_from: clip(&r.reply_from),
+                http_status: r.http_status,
+                dns_rcode: clip(&r.dns_rcode),
             },
         )
         .await?;

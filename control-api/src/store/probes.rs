@@ -6,6 +6,7 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 use weft_model::labels::Labels;
 use weft_model::selector::LabelSelector;
+use weft_model::workload::{HttpProbe, ResolveProbe};
 
 use super::rows::Scope;
 use crate::error::Result;
@@ -29,6 +30,12 @@ pub struct ProbeRow {
     pub latency_us: Option<i64>,
     pub reply_from: Option<String>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub http_method: Option<String>,
+    pub http_path: Option<String>,
+    pub resolve_name: Option<String>,
+    pub resolver: Option<String>,
+    pub http_status: Option<i32>,
+    pub dns_rcode: Option<String>,
 }
 
 /// A new probe, its node resolved.
@@ -41,12 +48,15 @@ pub struct NewProbe<'a> {
     pub timeout_ms: i32,
     pub labels: &'a Labels,
     pub revision: i64,
+    pub http: Option<&'a HttpProbe>,
+    pub resolve: Option<&'a ResolveProbe>,
 }
 
 const SELECT: &str =
     "SELECT p.id, n.name AS node, p.from_workload, host(p.target_ip) AS target_ip, \
     p.target_port, p.timeout_ms, p.labels, p.created_at, p.revision, p.outcome, p.detail, \
-    p.latency_us, p.reply_from, p.finished_at \
+    p.latency_us, p.reply_from, p.finished_at, p.http_method, p.http_path, p.resolve_name, \
+    host(p.resolver) AS resolver, p.http_status, p.dns_rcode \
     FROM probes p JOIN nodes n ON n.id = p.node_id";
 
 /// One page of a cluster's probes (`scope` names the cluster).
@@ -105,8 +115,9 @@ pub async fn workload_node(
 pub async fn insert(conn: &mut PgConnection, scope: Scope, p: NewProbe<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO probes (id, tenant_id, cluster_id, node_id, from_workload, target_ip, \
-         target_port, timeout_ms, labels, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6::inet, $7, $8, $9, $10)",
+         target_port, timeout_ms, labels, revision, http_method, http_path, resolve_name, \
+         resolver) \
+         VALUES ($1, $2, $3, $4, $5, $6::inet, $7, $8, $9, $10, $11, $12, $13, $14::inet)",
     )
     .bind(p.id)
     .bind(scope.tenant)
@@ -118,6 +129,10 @@ pub async fn insert(conn: &mut PgConnection, scope: Scope, p: NewProbe<'_>) -> R
     .bind(p.timeout_ms)
     .bind(sqlx::types::Json(p.labels))
     .bind(p.revision)
+    .bind(p.http.map(|h| h.method.as_str()))
+    .bind(p.http.map(|h| h.path.as_str()))
+    .bind(p.resolve.map(|r| r.name.as_str()))
+    .bind(p.resolve.map(|r| r.server.to_string()))
     .execute(conn)
     .await?;
     Ok(())
@@ -147,6 +162,10 @@ pub struct ProbeResult<'a> {
     pub latency_us: i64,
     /// Empty: no reply.
     pub reply_from: String,
+    /// 0: no HTTP answer.
+    pub http_status: u32,
+    /// Empty: no DNS answer.
+    pub dns_rcode: String,
 }
 
 /// Stores the result of one of the node's own pending probes; `false` when the probe is
@@ -159,7 +178,8 @@ pub async fn record_result(
 ) -> Result<bool> {
     let updated: Option<Uuid> = sqlx::query_scalar(
         "UPDATE probes SET outcome = $3, detail = $4, latency_us = $5, \
-         reply_from = nullif($6, ''), finished_at = now() \
+         reply_from = nullif($6, ''), http_status = $7, dns_rcode = nullif($8, ''), \
+         finished_at = now() \
          WHERE id = $1 AND node_id = $2 AND outcome IS NULL RETURNING id",
     )
     .bind(id)
@@ -168,6 +188,13 @@ pub async fn record_result(
     .bind(r.detail)
     .bind(r.latency_us)
     .bind(r.reply_from)
+    // A status outside 100-999 is no HTTP status: none.
+    .bind(
+        i32::try_from(r.http_status)
+            .ok()
+            .filter(|s| (100..=999).contains(s)),
+    )
+    .bind(r.dns_rcode)
     .fetch_optional(conn)
     .await?;
     Ok(updated.is_some())

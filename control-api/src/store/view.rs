@@ -13,7 +13,7 @@ use weft_model::desired::{
 use weft_model::labels::Labels;
 use weft_model::policy::{NamedPort, PolicySpec};
 use weft_model::service::ServiceSpec;
-use weft_model::workload::{DesiredProbe, DesiredWorkload};
+use weft_model::workload::{DesiredProbe, DesiredWorkload, HttpProbe, ResolveProbe};
 
 use crate::error::Result;
 
@@ -189,9 +189,22 @@ pub async fn pending_probes_of_tenant(
     conn: &mut PgConnection,
     tenant: Uuid,
 ) -> Result<Vec<ProbeView>> {
-    type ViewRow = (Uuid, Uuid, Option<String>, String, i32, i32);
-    let rows: Vec<ViewRow> = sqlx::query_as(
-        "SELECT id, node_id, from_workload, host(target_ip), target_port, timeout_ms \
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: Uuid,
+        node_id: Uuid,
+        from_workload: Option<String>,
+        target_ip: String,
+        target_port: i32,
+        timeout_ms: i32,
+        http_method: Option<String>,
+        http_path: Option<String>,
+        resolve_name: Option<String>,
+        resolver: Option<String>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, node_id, from_workload, host(target_ip) AS target_ip, target_port, \
+         timeout_ms, http_method, http_path, resolve_name, host(resolver) AS resolver \
          FROM probes WHERE tenant_id = $1 AND outcome IS NULL ORDER BY id",
     )
     .bind(tenant)
@@ -199,14 +212,29 @@ pub async fn pending_probes_of_tenant(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, node, from, ip, port, timeout)| {
+        .filter_map(|r| {
             Some(ProbeView {
-                node_id: node.to_string(),
+                node_id: r.node_id.to_string(),
                 probe: DesiredProbe {
-                    id: id.to_string(),
-                    from_workload: from,
-                    target: SocketAddr::new(ip.parse().ok()?, u16::try_from(port).ok()?),
-                    timeout_ms: timeout.unsigned_abs(),
+                    id: r.id.to_string(),
+                    from_workload: r.from_workload,
+                    target: SocketAddr::new(
+                        r.target_ip.parse().ok()?,
+                        u16::try_from(r.target_port).ok()?,
+                    ),
+                    timeout_ms: r.timeout_ms.unsigned_abs(),
+                    // The columns' CHECKs keep each pair together.
+                    http: r
+                        .http_method
+                        .zip(r.http_path)
+                        .map(|(method, path)| HttpProbe { method, path }),
+                    resolve: match (r.resolve_name, r.resolver) {
+                        (Some(name), Some(server)) => Some(ResolveProbe {
+                            name,
+                            server: server.parse().ok()?,
+                        }),
+                        _ => None,
+                    },
                 },
             })
         })

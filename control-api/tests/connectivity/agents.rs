@@ -65,7 +65,9 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
 
     // A new probe reaches its node as a delta.
     let p3 = s
-        .probe(json!({"from": "echo-a", "target": format!("{pod_ip}:8080")}))
+        .probe(json!({"from": "echo-a", "target": format!("{pod_ip}:8080"),
+                      "http": {"method": "GET", "path": "/public"},
+                      "resolve": {"name": "echo.allowed.test", "server": "198.51.100.53"}}))
         .await;
     let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
@@ -77,6 +79,16 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
             .collect::<Vec<_>>(),
         [p3.as_str()]
     );
+    let l7 = &d.upsert_probes[0];
+    assert_eq!(
+        (
+            l7.http_method.as_str(),
+            l7.http_path.as_str(),
+            l7.resolve_name.as_str(),
+            l7.resolver.as_str()
+        ),
+        ("GET", "/public", "echo.allowed.test", "198.51.100.53")
+    );
     assert!(d.upsert_workloads.is_empty() && d.remove_probes.is_empty());
 
     // node-2 cannot report node-1's probe; unknown and malformed ids are ignored too.
@@ -86,6 +98,8 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
         detail: String::new(),
         latency_us: 420,
         reply_from: "out-1".into(),
+        http_status: 0,
+        dns_rcode: String::new(),
     };
     s.client
         .report_probes(authed(
@@ -124,6 +138,8 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
             "detail",
             "latency_us",
             "reply_from",
+            "http_status",
+            "dns_rcode",
             "finished_at"
         ]
         .map(String::from)
@@ -132,6 +148,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     assert_eq!(res["outcome"], "connected");
     assert_eq!(res["latency_us"], 420);
     assert_eq!(res["reply_from"], "out-1");
+    assert!(res["http_status"].is_null() && res["dns_rcode"].is_null());
     let msg = next_change(&mut st1).await;
     let Some(Kind::Delta(d)) = msg.kind else {
         panic!("a delta")
@@ -167,6 +184,8 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
                     detail: "connection refused".into(),
                     latency_us: 0,
                     reply_from: String::new(),
+                    http_status: 0,
+                    dns_rcode: String::new(),
                 }],
             },
             &n2.node_credential,
@@ -198,13 +217,42 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     assert_eq!(r.body["result"]["detail"], "connection refused");
     assert!(r.body["result"]["reply_from"].is_null());
 
+    // An L7 probe's answer: the HTTP status and the DNS response code.
+    s.client
+        .report_probes(authed(
+            ProbeReport {
+                results: vec![ProbeResult {
+                    http_status: 403,
+                    dns_rcode: "NOERROR".into(),
+                    ..result(&p3)
+                }],
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("report");
+    let r = s.get(&format!("{PROBES}/{p3}")).await;
+    assert_eq!(r.body["result"]["http_status"], 403, "{}", r.body);
+    assert_eq!(r.body["result"]["dns_rcode"], "NOERROR");
+    let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(d.remove_probes, [p3.as_str()]);
+
     // Deleting a pending probe withdraws it; deleting the workload stops it.
-    let r = s.t.delete(&format!("{PROBES}/{p3}"), &s.owner).await;
+    let p4 = s
+        .probe(json!({"from": "echo-a", "target": format!("{pod_ip}:8080")}))
+        .await;
+    let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
+        panic!("a delta")
+    };
+    assert_eq!(d.upsert_probes.len(), 1);
+    let r = s.t.delete(&format!("{PROBES}/{p4}"), &s.owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
         panic!("a delta")
     };
-    assert_eq!(d.remove_probes, [p3]);
+    assert_eq!(d.remove_probes, [p4]);
     let r = s.t.delete(&format!("{WL}/echo-a"), &s.owner).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let Some(Kind::Delta(d)) = next_change(&mut st1).await.kind else {
@@ -212,7 +260,7 @@ async fn agents_get_their_own_workloads_and_probes_and_report_results() {
     };
     assert_eq!(d.remove_workloads, ["echo-a"]);
     let r = s.t.delete(&format!("{PROBES}?selector="), &s.owner).await;
-    assert_eq!(r.body, json!({"deleted": 2}));
+    assert_eq!(r.body, json!({"deleted": 3}));
 }
 
 #[tokio::test]

@@ -187,3 +187,16 @@ pub fn fqdn_cache<'a>(
         .collect();
     FqdnCache { items }
 }
+
+/// A DNS response code as resolvers name it (`NOERROR`, `NXDOMAIN`, `REFUSED`, …).
+pub fn rcode_name(rcode: u16) -> String {
+    match rcode {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        other => format!("RCODE {other}"),
+    }
+}

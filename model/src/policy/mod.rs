@@ -27,7 +27,7 @@ pub use eval::{
 };
 pub use icmp::{IcmpFamily, IcmpField, IcmpRule, IntOrString};
 pub use not_enforced::{conditions, Condition, NOT_ENFORCED};
-pub use validate::parse_cidr;
+pub use validate::{check_dns, parse_cidr};
 
 /// Holder of a Cilium field Weft refuses; kept as raw JSON only to report it.
 pub type Unsupported = Option<serde_json::Value>;

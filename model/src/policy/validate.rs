@@ -401,7 +401,7 @@ fn fqdn_selector(e: &mut Errors, sel: &FqdnSelector, path: &str) {
 
 /// DNS names as Cilium accepts them: letters, digits, '-', '_' and '.', an optional final
 /// dot, at most 255 characters; patterns may also use '*'.
-fn check_dns(s: &str, pattern: bool) -> Result<(), String> {
+pub fn check_dns(s: &str, pattern: bool) -> Result<(), String> {
     if pattern && s == "*" {
         return Ok(());
     }

@@ -391,6 +391,17 @@ impl Workloads {
                 echo::serve(&w.name, l).map_err(|source| WorkloadError::Echo { port, source })?,
             );
         }
+        if w.kind == WorkloadKind::World {
+            let p = path.clone();
+            let sock = blocking(move || {
+                echo::bind_dns_in(&p).map_err(|source| WorkloadError::Echo { port: 53, source })
+            })
+            .await?;
+            echos.push(
+                echo::serve_dns(&w.name, sock, w.ip, w.ip6)
+                    .map_err(|source| WorkloadError::Echo { port: 53, source })?,
+            );
+        }
         self.serving.insert(w.name.clone(), echos);
         Ok(())
     }

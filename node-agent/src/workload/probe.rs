@@ -7,22 +7,27 @@
 //! one [`ProbeResult`] as JSON on stdout.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use weft_model::workload::{parse_echo_reply, DesiredProbe, ProbeOutcome};
+use weft_model::flow::rcode_name;
+use weft_model::workload::{
+    parse_echo_reply, parse_http_response, DesiredProbe, HttpProbe, ProbeOutcome, ResolveProbe,
+};
 use weft_proto::v1 as pb;
+
+use crate::dns::message::{self, Answer};
 
 /// Used when a probe asks for no timeout (0).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest timeout honoured (a probe never holds a slot longer).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest echo reply read.
-const MAX_REPLY: usize = 1024;
+/// Longest reply read (an echo line, or an HTTP answer: head and body).
+const MAX_REPLY: usize = 4096;
 
 /// How one probe ended, as reported to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +42,12 @@ pub struct ProbeResult {
     /// The echo server's workload name, when it answered.
     #[serde(default)]
     pub reply_from: String,
+    /// The HTTP answer's status; 0: none (an echo probe, or no answer).
+    #[serde(default)]
+    pub http_status: u32,
+    /// The DNS answer's response code; empty: none.
+    #[serde(default)]
+    pub dns_rcode: String,
 }
 
 impl ProbeResult {
@@ -47,6 +58,8 @@ impl ProbeResult {
             detail: detail.into(),
             latency_us: 0,
             reply_from: String::new(),
+            http_status: 0,
+            dns_rcode: String::new(),
         }
     }
 }
@@ -65,6 +78,8 @@ impl From<ProbeResult> for pb::ProbeResult {
             detail: r.detail,
             latency_us: r.latency_us,
             reply_from: r.reply_from,
+            http_status: r.http_status,
+            dns_rcode: r.dns_rcode,
         }
     }
 }
@@ -100,28 +115,111 @@ pub fn classify(e: &io::Error) -> ProbeOutcome {
     }
 }
 
-/// The client: connects to `target`, sends `line`, reads the echo (until it closes or a
-/// newline), all within `timeout`. Runs in the caller's namespace and cgroup.
-pub fn probe(id: &str, target: SocketAddr, timeout: Duration, line: &str) -> ProbeResult {
+/// What one probe does, as the child process gets it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: String,
+    pub target: SocketAddr,
+    pub timeout: Duration,
+    /// An HTTP request instead of the echo line (the probe id).
+    pub http: Option<HttpProbe>,
+    /// A DNS lookup before connecting.
+    pub resolve: Option<ResolveProbe>,
+}
+
+impl Request {
+    pub fn of(p: &DesiredProbe) -> Request {
+        Request {
+            id: p.id.clone(),
+            target: p.target,
+            timeout: timeout_of(p),
+            http: p.http.clone(),
+            resolve: p.resolve.clone(),
+        }
+    }
+}
+
+/// The client: resolves the name (when asked), connects to the target, sends the echo line
+/// (or the HTTP request) and reads the reply (until it closes, or a newline for the echo),
+/// all within the timeout. Runs in the caller's namespace and cgroup.
+pub fn probe(r: &Request) -> ProbeResult {
+    let (id, target, timeout) = (r.id.as_str(), r.target, r.timeout);
     let start = Instant::now();
     let failed = |stage: &str, e: io::Error| ProbeResult {
         outcome: classify(&e),
         detail: format!("{stage} {target}: {e}"),
         ..ProbeResult::error(id, "")
     };
-    let mut s = match TcpStream::connect_timeout(&target, timeout) {
-        Ok(s) => s,
-        Err(e) => return failed("connecting to", e),
+    let mut dns_rcode = String::new();
+    if let Some(q) = &r.resolve {
+        let server = SocketAddr::new(q.server, 53);
+        let answer = match lookup(server, &q.name, target.is_ipv6(), timeout) {
+            Ok(a) => a,
+            Err(e) => {
+                return ProbeResult {
+                    outcome: classify(&e),
+                    detail: format!("resolving {} at {server}: {e}", q.name),
+                    ..ProbeResult::error(id, "")
+                }
+            }
+        };
+        dns_rcode = rcode_name(u16::from(answer.rcode));
+        if answer.rcode != 0 {
+            // What a pod sees when a DNS rule refuses the name: the lookup fails.
+            return ProbeResult {
+                outcome: ProbeOutcome::Refused,
+                detail: format!("{server} answered {dns_rcode} for {}", q.name),
+                dns_rcode,
+                ..ProbeResult::error(id, "")
+            };
+        }
+        if !answer.addresses.iter().any(|a| a.ip == target.ip()) {
+            let got: Vec<String> = answer.addresses.iter().map(|a| a.ip.to_string()).collect();
+            return ProbeResult {
+                detail: format!(
+                    "{} resolved to [{}], not the target {}",
+                    q.name,
+                    got.join(", "),
+                    target.ip()
+                ),
+                dns_rcode,
+                ..ProbeResult::error(id, "")
+            };
+        }
+    }
+    let left = |start: Instant| {
+        timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1))
     };
-    let left = timeout
-        .saturating_sub(start.elapsed())
-        .max(Duration::from_millis(1));
+    let mut s = match TcpStream::connect_timeout(&target, left(start)) {
+        Ok(s) => s,
+        Err(e) => {
+            return ProbeResult {
+                dns_rcode,
+                ..failed("connecting to", e)
+            }
+        }
+    };
+    let (request, line) = match &r.http {
+        Some(h) => (
+            format!(
+                "{} {} HTTP/1.1\r\nhost: {target}\r\nuser-agent: weft-probe\r\nconnection: close\r\n\r\n",
+                h.method, h.path
+            ),
+            h.path.as_str(),
+        ),
+        None => (format!("{id}\n"), id),
+    };
     let exchange = s
-        .set_read_timeout(Some(left))
-        .and_then(|()| s.set_write_timeout(Some(left)))
-        .and_then(|()| s.write_all(format!("{line}\n").as_bytes()));
+        .set_read_timeout(Some(left(start)))
+        .and_then(|()| s.set_write_timeout(Some(left(start))))
+        .and_then(|()| s.write_all(request.as_bytes()));
     if let Err(e) = exchange {
-        return failed("sending to", e);
+        return ProbeResult {
+            dns_rcode,
+            ..failed("sending to", e)
+        };
     }
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 256];
@@ -130,36 +228,69 @@ pub fn probe(id: &str, target: SocketAddr, timeout: Duration, line: &str) -> Pro
             Ok(0) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') || buf.len() >= MAX_REPLY {
+                // An HTTP answer is read to its end (`connection: close`); an echo to its line.
+                if (r.http.is_none() && buf.contains(&b'\n')) || buf.len() >= MAX_REPLY {
                     break;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                let mut r = failed("reading the reply from", e);
-                if r.outcome == ProbeOutcome::Timeout {
-                    r.detail = format!("connected to {target} but no reply within {timeout:?}");
+                let mut f = failed("reading the reply from", e);
+                if f.outcome == ProbeOutcome::Timeout {
+                    f.detail = format!("connected to {target} but no reply within {timeout:?}");
                 }
-                return r;
+                return ProbeResult { dns_rcode, ..f };
             }
         }
     }
     let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let reply = String::from_utf8_lossy(&buf[..buf.len().min(MAX_REPLY)]).into_owned();
-    match parse_echo_reply(&reply, line) {
-        Some(name) => ProbeResult {
-            id: id.to_string(),
-            outcome: ProbeOutcome::Connected,
-            detail: String::new(),
-            latency_us,
-            reply_from: name.to_string(),
+    let (http_status, body) = match &r.http {
+        None => (0, reply.as_str()),
+        Some(_) => match parse_http_response(&reply) {
+            Some((code, body)) => (u32::from(code), body),
+            None => {
+                return ProbeResult {
+                    latency_us,
+                    dns_rcode,
+                    ..ProbeResult::error(
+                        id,
+                        format!(
+                            "{target} answered no HTTP response: {:?}",
+                            reply.chars().take(80).collect::<String>()
+                        ),
+                    )
+                }
+            }
         },
+    };
+    let done = |reply_from: String, detail: String| ProbeResult {
+        id: id.to_string(),
+        outcome: ProbeOutcome::Connected,
+        detail,
+        latency_us,
+        reply_from,
+        http_status,
+        dns_rcode: dns_rcode.clone(),
+    };
+    match parse_echo_reply(body, line) {
+        Some(name) => done(name.to_string(), String::new()),
+        // Any other HTTP answer (a policy's 403) is the result: its status says what it was.
+        None if http_status != 0 => done(
+            String::new(),
+            format!(
+                "HTTP {http_status}: {:?}",
+                body.trim().chars().take(80).collect::<String>()
+            ),
+        ),
         None if reply.is_empty() => ProbeResult {
             latency_us,
+            dns_rcode: dns_rcode.clone(),
             ..ProbeResult::error(id, format!("{target} closed without an echo reply"))
         },
         None => ProbeResult {
             latency_us,
+            dns_rcode: dns_rcode.clone(),
             ..ProbeResult::error(
                 id,
                 format!(
@@ -168,6 +299,35 @@ pub fn probe(id: &str, target: SocketAddr, timeout: Duration, line: &str) -> Pro
                 ),
             )
         },
+    }
+}
+
+/// Asks `server` (UDP) for the A (or AAAA) records of `name`.
+fn lookup(server: SocketAddr, name: &str, v6: bool, timeout: Duration) -> io::Result<Answer> {
+    let id = rand::random::<u16>();
+    let qtype = if v6 {
+        message::TYPE_AAAA
+    } else {
+        message::TYPE_A
+    };
+    let query = message::build::query(id, name, qtype);
+    let any: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(any)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.connect(server)?;
+    s.send(&query)?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let n = s.recv(&mut buf)?;
+        // Anything but the answer to this query (a stray datagram) is skipped.
+        match message::answer(&buf[..n]) {
+            Ok(a) if a.question.id == id => return Ok(a),
+            _ => continue,
+        }
     }
 }
 
@@ -190,6 +350,12 @@ impl Spawner {
             .args(["--target", &p.target.to_string()])
             .args(["--timeout-ms", &timeout.as_millis().to_string()])
             .args(["--line", &p.id]);
+        if let Some(h) = &p.http {
+            cmd.args(["--http-method", &h.method, "--http-path", &h.path]);
+        }
+        if let Some(r) = &p.resolve {
+            cmd.args(["--resolve", &r.name, "--resolver", &r.server.to_string()]);
+        }
         if let Some(ns) = netns {
             cmd.arg("--netns").arg(ns);
         }
@@ -280,17 +446,12 @@ pub fn parse_child_output(id: &str, success: bool, stdout: &[u8], stderr: &[u8])
 
 /// `node-agent probe`: enters `netns` (before any thread or socket exists), probes, and
 /// returns the result for printing.
-pub fn child_main(
-    id: &str,
-    target: SocketAddr,
-    timeout: Duration,
-    netns: Option<&Path>,
-) -> ProbeResult {
+pub fn child_main(r: &Request, netns: Option<&Path>) -> ProbeResult {
     let _in_ns = match netns.map(crate::netns::enter_netns).transpose() {
         Ok(g) => g,
         Err(e) => {
             return ProbeResult::error(
-                id,
+                &r.id,
                 format!(
                     "entering network namespace {}: {e}",
                     netns.unwrap_or(Path::new("")).display()
@@ -298,7 +459,7 @@ pub fn child_main(
             )
         }
     };
-    probe(id, target, timeout, id)
+    probe(r)
 }
 
 #[cfg(test)]
@@ -329,9 +490,12 @@ mod tests {
             detail: String::new(),
             latency_us: 420,
             reply_from: "echo-a".into(),
+            http_status: 403,
+            dns_rcode: "NOERROR".into(),
         };
         let w: pb::ProbeResult = r.clone().into();
         assert_eq!(w.id, "p1");
+        assert_eq!((w.http_status, w.dns_rcode.as_str()), (403, "NOERROR"));
         assert_eq!(w.outcome, pb::ProbeOutcome::Connected as i32);
         assert_eq!((w.latency_us, w.reply_from.as_str()), (420, "echo-a"));
         for (o, want) in [
@@ -373,6 +537,8 @@ mod tests {
             from_workload: None,
             target: "10.0.0.1:80".parse().expect("addr"),
             timeout_ms: ms,
+            http: None,
+            resolve: None,
         };
         assert_eq!(timeout_of(&p(0)), DEFAULT_TIMEOUT);
         assert_eq!(timeout_of(&p(250)), Duration::from_millis(250));
@@ -394,13 +560,109 @@ mod tests {
             s.write_all(weft_model::workload::echo_reply("echo-a", &line).as_bytes())
                 .expect("write");
         });
-        let r = probe("p1", addr.into(), Duration::from_secs(2), "p1");
+        let r = probe(&req("p1", addr.into()));
         server.join().expect("server");
         assert_eq!(r.outcome, ProbeOutcome::Connected, "{r:?}");
         assert_eq!(r.reply_from, "echo-a");
+        assert_eq!((r.http_status, r.dns_rcode.as_str()), (0, ""));
         // The listener is gone: nothing listens on that port any more.
-        let r = probe("p2", addr.into(), Duration::from_secs(2), "p2");
+        let r = probe(&req("p2", addr.into()));
         assert_eq!(r.outcome, ProbeOutcome::Refused, "{r:?}");
         assert!(r.detail.contains(&addr.to_string()), "{}", r.detail);
+    }
+
+    fn req(id: &str, target: SocketAddr) -> Request {
+        Request {
+            id: id.into(),
+            target,
+            timeout: Duration::from_secs(2),
+            http: None,
+            resolve: None,
+        }
+    }
+
+    /// One connection: reads the request head, answers `reply(head)`.
+    fn http_server(reply: fn(&str) -> String) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut b = [0u8; 256];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).expect("read");
+                assert!(n > 0, "closed before the head ended");
+                head.extend_from_slice(&b[..n]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            s.write_all(reply(&head).as_bytes()).expect("write");
+            head
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn an_http_probe_reports_the_status_and_who_answered() {
+        let http = Some(HttpProbe {
+            method: "GET".into(),
+            path: "/public".into(),
+        });
+        let (addr, t) = http_server(|head| {
+            let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+            weft_model::workload::http_echo_response("echo-a", &path)
+        });
+        let r = probe(&Request {
+            http: http.clone(),
+            ..req("p1", addr)
+        });
+        let head = t.join().expect("server");
+        assert!(head.starts_with("GET /public HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert_eq!(r.outcome, ProbeOutcome::Connected, "{r:?}");
+        assert_eq!((r.http_status, r.reply_from.as_str()), (200, "echo-a"));
+
+        // A proxy's refusal is an answer too: connected, 403, nobody's echo.
+        let (addr, t) = http_server(|_| {
+            "HTTP/1.1 403 Forbidden\r\ncontent-length: 13\r\nconnection: close\r\n\r\nAccess denied"
+                .into()
+        });
+        let r = probe(&Request {
+            http: http.clone(),
+            ..req("p2", addr)
+        });
+        t.join().expect("server");
+        assert_eq!(r.outcome, ProbeOutcome::Connected, "{r:?}");
+        assert_eq!((r.http_status, r.reply_from.as_str()), (403, ""));
+        assert!(r.detail.contains("Access denied"), "{}", r.detail);
+
+        // Something that is not HTTP is an error naming what came.
+        let (addr, t) = http_server(|_| "SSH-2.0-x\r\n\r\n".into());
+        let r = probe(&Request {
+            http,
+            ..req("p3", addr)
+        });
+        t.join().expect("server");
+        assert_eq!(r.outcome, ProbeOutcome::Error, "{r:?}");
+        assert!(r.detail.contains("no HTTP response"), "{}", r.detail);
+    }
+
+    #[test]
+    fn a_lookup_reads_the_answer_to_its_own_query() {
+        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let ip = std::net::Ipv4Addr::new(198, 51, 100, 7);
+        let t = std::thread::spawn(move || {
+            let mut b = [0u8; 512];
+            let (n, from) = server.recv_from(&mut b).expect("query");
+            // A stray datagram first: skipped.
+            server.send_to(b"junk", from).expect("send");
+            let a = crate::workload::echo::dns_answer(&b[..n], ip, None).expect("answer");
+            server.send_to(&a, from).expect("send");
+        });
+        let a = lookup(addr, "echo.allowed.test", false, Duration::from_secs(2)).expect("answer");
+        t.join().expect("server");
+        assert_eq!(a.rcode, 0);
+        assert_eq!(a.question.name, "echo.allowed.test");
+        assert_eq!(a.addresses[0].ip, std::net::IpAddr::from(ip));
     }
 }

@@ -199,6 +199,14 @@ fn probe(rng: &mut StdRng) -> DesiredProbe {
         from_workload: opt(rng, |r| id(r, "wl")),
         target: SocketAddr::new(ip(rng), rng.gen()),
         timeout_ms: rng.gen(),
+        http: opt(rng, |r| HttpProbe {
+            method: ["GET", "POST", "DELETE"][r.gen_range(0..3)].to_string(),
+            path: format!("/{}", id(r, "p")),
+        }),
+        resolve: opt(rng, |r| ResolveProbe {
+            name: format!("{}.example.test", id(r, "n")),
+            server: ip(r),
+        }),
     }
 }
 
@@ -430,6 +438,38 @@ fn a_bad_item_refuses_the_whole_message_naming_item_and_field() {
         })),
         "policy/web[1]: last port 70000 is out of range"
     );
+    // A probe's HTTP request line is checked: the agent writes it onto the wire.
+    let probe = |method: &str, path: &str, name: &str, resolver: &str| pb::Probe {
+        id: "p1".into(),
+        target_ip: "10.0.0.1".into(),
+        target_port: 80,
+        http_method: method.into(),
+        http_path: path.into(),
+        resolve_name: name.into(),
+        resolver: resolver.into(),
+        ..Default::default()
+    };
+    assert!(DesiredProbe::try_from(probe("GET", "/a", "a.test", "10.0.0.53")).is_ok());
+    for (bad, want) in [
+        (
+            probe("GET", "/a\r\nHost: x", "", ""),
+            "probe/p1: http path: \"/a\\r\\nHost: x\" may hold printable ASCII only, no blanks (percent-encode the rest)",
+        ),
+        (
+            probe("GET", "", "", ""),
+            "probe/p1: http: a method without a path or a path without a method",
+        ),
+        (
+            probe("", "", "a.test", ""),
+            "probe/p1: resolve: a name without a resolver or a resolver without a name",
+        ),
+        (
+            probe("", "", "a.test", "x"),
+            "probe/p1: invalid address \"x\"",
+        ),
+    ] {
+        assert_eq!(refuse(&|m| m.probes.push(bad.clone())), want);
+    }
     // An FQDN entry is FQDN_PEER with one selector of exactly one kind, or refused: read
     // otherwise, it could allow any peer.
     let fqdn_rule = |peer: Option<u32>, name: Option<&str>, pattern: Option<&str>| {

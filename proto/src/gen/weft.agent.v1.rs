@@ -188,6 +188,17 @@ pub struct Probe {
     pub target_port: u32,
     #[prost(uint32, tag = "5")]
     pub timeout_ms: u32,
+    /// Both empty: the echo line. Otherwise an HTTP/1.1 request with this method and path.
+    #[prost(string, tag = "6")]
+    pub http_method: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub http_path: ::prost::alloc::string::String,
+    /// Not empty: first resolve this name at `resolver` (UDP port 53), A or AAAA by the
+    /// target's family; the target's address must be in the answer.
+    #[prost(string, tag = "8")]
+    pub resolve_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub resolver: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -508,6 +519,13 @@ pub struct ProbeResult {
     /// The echo server's workload name, when it answered.
     #[prost(string, tag = "5")]
     pub reply_from: ::prost::alloc::string::String,
+    /// The HTTP status of the answer to an HTTP probe; 0: none came.
+    #[prost(uint32, tag = "6")]
+    pub http_status: u32,
+    /// The response code of the DNS answer of a resolving probe (`NOERROR`, `REFUSED`, …);
+    /// empty: none came, or the probe resolves nothing.
+    #[prost(string, tag = "7")]
+    pub dns_rcode: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

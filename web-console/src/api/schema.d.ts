@@ -1132,6 +1132,19 @@ export interface components {
              */
             latency_ms: number;
         };
+        /** @description An HTTP request a probe sends (`Connection: close`). */
+        HttpRequest: {
+            /**
+             * @description Upper-case letters, e.g. `GET`.
+             * @example GET
+             */
+            method: string;
+            /**
+             * @description Starts with `/`; printable ASCII without blanks; at most 256 characters.
+             * @example /public
+             */
+            path: string;
+        };
         /**
          * @description An HTTP rule. `method`, `path` and `host` are regular expressions (as in Cilium); every
          *     header (`"Name"` or `"Name: value"`) must be present.
@@ -1662,6 +1675,8 @@ export interface components {
                 target: string;
                 /** Format: int32 */
                 timeout_ms: number;
+                http?: null | components["schemas"]["HttpRequest"];
+                resolve?: null | components["schemas"]["Resolve"];
                 labels: components["schemas"]["BTreeMap"];
                 /** Format: date-time */
                 created_at: string;
@@ -1861,6 +1876,8 @@ export interface components {
             target: string;
             /** Format: int32 */
             timeout_ms: number;
+            http?: null | components["schemas"]["HttpRequest"];
+            resolve?: null | components["schemas"]["Resolve"];
             labels: components["schemas"]["BTreeMap"];
             /** Format: date-time */
             created_at: string;
@@ -1890,6 +1907,8 @@ export interface components {
              * @description How long to wait for the connection and the echo, in ms (default 2000).
              */
             timeout_ms?: number;
+            http?: null | components["schemas"]["HttpRequest"];
+            resolve?: null | components["schemas"]["Resolve"];
             labels?: components["schemas"]["LabelMap"];
         };
         /**
@@ -1909,6 +1928,17 @@ export interface components {
             latency_us: number;
             /** @description The workload whose echo server answered, when one did. */
             reply_from?: string | null;
+            /**
+             * Format: int32
+             * @description The status of the answer to an HTTP probe (a policy's refusal is 403); null: no
+             *     HTTP answer.
+             */
+            http_status?: number | null;
+            /**
+             * @description The response code of the DNS answer of a resolving probe (`NOERROR`, `REFUSED`,
+             *     `NXDOMAIN`, …); null: no answer came, or the probe resolves nothing.
+             */
+            dns_rcode?: string | null;
             /** Format: date-time */
             finished_at: string;
         };
@@ -1942,6 +1972,19 @@ export interface components {
              * @description Nodes the resource applies to.
              */
             total_nodes: number;
+        };
+        /** @description A DNS lookup a probe makes before it connects. */
+        Resolve: {
+            /**
+             * @description The name asked for: A for an IPv4 target, AAAA for an IPv6 one.
+             * @example api.example.com
+             */
+            name: string;
+            /**
+             * @description The resolver's IPv4 or IPv6 address.
+             * @example 10.96.0.10
+             */
+            server: string;
         };
         /**
          * @description A role in a tenant. Ordered: each role can do what the ones below it can.

@@ -1,7 +1,7 @@
 //! `/v1/tenants/{tenant}/clusters/{cluster}/probes`: one TCP connection each, made once by
 //! a node's agent (from one of its test workloads or from the node itself) and reported.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -13,7 +13,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weft_model::error::FieldError;
 use weft_model::labels::{validate_labels, Labels};
-use weft_model::workload::ProbeOutcome;
+use weft_model::workload::{
+    check_http_method, check_http_path, HttpProbe, ProbeOutcome, ResolveProbe,
+};
 
 use super::{node_in_cluster, CreateErrors, DeleteParams, Deleted, SelectorListParams};
 use crate::api::common::{self, ReadErrors, Scope, WriteErrors};
@@ -59,9 +61,43 @@ pub struct ProbeInput {
     #[serde(default = "default_timeout")]
     #[schema(schema_with = timeout_schema)]
     pub timeout_ms: u32,
+    /// Send this HTTP/1.1 request instead of the echo line; the result has its status.
+    #[serde(default)]
+    pub http: Option<HttpRequest>,
+    /// Resolve this name first (UDP port 53 of `server`), as a pod does before it
+    /// connects to an FQDN; the target's address must be in the answer.
+    #[serde(default)]
+    pub resolve: Option<Resolve>,
     #[serde(default)]
     #[schema(value_type = weft_model::labels::LabelMap)]
     pub labels: Labels,
+}
+
+/// An HTTP request a probe sends (`Connection: close`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequest {
+    /// Upper-case letters, e.g. `GET`.
+    #[schema(example = "GET", pattern = "^[A-Z]{1,16}$")]
+    pub method: String,
+    /// Starts with `/`; printable ASCII without blanks; at most 256 characters.
+    #[schema(example = "/public", pattern = "^/[!-~]{0,255}$")]
+    pub path: String,
+}
+
+/// A DNS lookup a probe makes before it connects.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resolve {
+    /// The name asked for: A for an IPv4 target, AAAA for an IPv6 one.
+    #[schema(
+        example = "api.example.com",
+        max_length = 255,
+        pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*\\.?$"
+    )]
+    pub name: String,
+    #[schema(schema_with = resolver_schema)]
+    pub server: String,
 }
 
 /// The address and port `ProbeInput::validate` accepts, as a regular expression:
@@ -81,6 +117,15 @@ fn target_schema() -> utoipa::openapi::schema::Object {
     .pattern(Some(target_pattern()))
     .examples(["10.0.1.5:8080", "[fd00:10:1::5]:8080"])
     .build()
+}
+
+fn resolver_schema() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::Schema::AnyOf(
+        weft_model::contract::ip_address_any_of()
+            .description(Some("The resolver's IPv4 or IPv6 address."))
+            .examples(["10.96.0.10"])
+            .build(),
+    )
 }
 
 fn timeout_schema() -> utoipa::openapi::schema::Object {
@@ -143,6 +188,28 @@ impl ProbeInput {
             )),
             _ => {}
         }
+        if let Some(h) = &self.http {
+            if let Err(m) = check_http_method(&h.method) {
+                errs.push(FieldError::new("http.method", m));
+            }
+            if let Err(m) = check_http_path(&h.path) {
+                errs.push(FieldError::new("http.path", m));
+            }
+        }
+        if let Some(r) = &self.resolve {
+            if let Err(m) = weft_model::policy::check_dns(&r.name, false) {
+                errs.push(FieldError::new(
+                    "resolve.name",
+                    format!("invalid DNS name {:?}: {m}", r.name),
+                ));
+            }
+            if r.server.parse::<IpAddr>().is_err() {
+                errs.push(FieldError::new(
+                    "resolve.server",
+                    format!("{:?} is not an IPv4 or IPv6 address", r.server),
+                ));
+            }
+        }
         if let Err(mut e) = validate_labels(&self.labels) {
             errs.append(&mut e);
         }
@@ -170,6 +237,13 @@ pub struct ProbeResult {
     pub latency_us: i64,
     /// The workload whose echo server answered, when one did.
     pub reply_from: Option<String>,
+    /// The status of the answer to an HTTP probe (a policy's refusal is 403); null: no
+    /// HTTP answer.
+    #[schema(minimum = 100, maximum = 999)]
+    pub http_status: Option<u16>,
+    /// The response code of the DNS answer of a resolving probe (`NOERROR`, `REFUSED`,
+    /// `NXDOMAIN`, …); null: no answer came, or the probe resolves nothing.
+    pub dns_rcode: Option<String>,
     pub finished_at: DateTime<Utc>,
 }
 
@@ -183,6 +257,10 @@ pub struct Probe {
     #[schema(example = "10.0.1.5:8080")]
     pub target: String,
     pub timeout_ms: u32,
+    /// The HTTP request it sends; null: the echo line.
+    pub http: Option<HttpRequest>,
+    /// The lookup it makes first; null: none.
+    pub resolve: Option<Resolve>,
     pub labels: Labels,
     pub created_at: DateTime<Utc>,
     pub status: ProbeStatus,
@@ -201,6 +279,8 @@ impl From<ProbeRow> for Probe {
                 detail: r.detail.unwrap_or_default(),
                 latency_us: r.latency_us.unwrap_or(0),
                 reply_from: r.reply_from,
+                http_status: r.http_status.and_then(|c| u16::try_from(c).ok()),
+                dns_rcode: r.dns_rcode,
                 finished_at,
             }),
             _ => None,
@@ -217,6 +297,14 @@ impl From<ProbeRow> for Probe {
                 Err(_) => format!("{}:{}", r.target_ip, r.target_port),
             },
             timeout_ms: r.timeout_ms.unsigned_abs(),
+            http: r
+                .http_method
+                .zip(r.http_path)
+                .map(|(method, path)| HttpRequest { method, path }),
+            resolve: r
+                .resolve_name
+                .zip(r.resolver)
+                .map(|(name, server)| Resolve { name, server }),
             labels: r.labels,
             created_at: r.created_at,
             status: if result.is_some() {
@@ -333,6 +421,21 @@ async fn create_probe(
         // `validate` refused this.
         (None, None) => return Err(ApiError::invalid_field("node", "required")),
     };
+    let http = input.http.as_ref().map(|h| HttpProbe {
+        method: h.method.clone(),
+        path: h.path.clone(),
+    });
+    let resolve = match &input.resolve {
+        Some(r) => Some(ResolveProbe {
+            name: r.name.clone(),
+            // `validate` parsed it.
+            server: r
+                .server
+                .parse()
+                .map_err(|_| ApiError::invalid_field("resolve.server", "invalid"))?,
+        }),
+        None => None,
+    };
     let id = Uuid::now_v7();
     let rev = store::bump_revision(&mut tx, sc.tenant, "probe", id, Op::Create).await?;
     probes::insert(
@@ -347,6 +450,8 @@ async fn create_probe(
             timeout_ms: i32::try_from(input.timeout_ms).unwrap_or(i32::MAX),
             labels: &input.labels,
             revision: rev,
+            http: http.as_ref(),
+            resolve: resolve.as_ref(),
         },
     )
     .await?;

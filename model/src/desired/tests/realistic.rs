@@ -155,6 +155,8 @@ pub(super) fn probe(node: &str, id: &str, from: Option<&str>, target: &str) -> P
             from_workload: from.map(str::to_string),
             target: target.parse().expect("target"),
             timeout_ms: 1000,
+            http: None,
+            resolve: None,
         },
     }
 }

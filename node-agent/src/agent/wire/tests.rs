@@ -426,6 +426,7 @@ fn workloads_and_probes_decode_and_bad_ones_name_the_item() {
         target_ip: "10.0.1.254".into(),
         target_port: 8080,
         timeout_ms: 500,
+        ..Default::default()
     }];
     let msg = snapshot_msg(3, s.clone());
     let Update::Snapshot(state) = msg.update else {
