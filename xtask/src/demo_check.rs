@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{demo, sh};
 
 /// The fewest checks `weft connectivity test` must run against the two demo nodes.
-const MIN_CHECKS: u64 = 24;
+const MIN_CHECKS: u64 = 50;
 
 pub fn check() -> Result<()> {
     eprintln!("xtask: demo check: cargo xtask demo --detach");
@@ -133,6 +133,18 @@ fn checks() -> Result<()> {
         "weft connectivity test ran {ipv6} IPv6 checks of {}: {names:?}",
         names.len()
     );
+    // HTTP rules and DNS/toFQDNs are checked through the agents' proxies, both families.
+    for want in [
+        "http/denied-path",
+        "http/allowed-path/other-node",
+        "fqdn/other-name-denied",
+        "fqdn/dns-refused/ipv6",
+    ] {
+        ensure!(
+            names.contains(&want),
+            "weft connectivity test has no check {want}: {names:?}"
+        );
+    }
     eprintln!("xtask: demo check: connectivity test passed {passed} checks ({ipv6} over IPv6)");
 
     let drops: Value = serde_json::from_str(&weft(

@@ -3,6 +3,7 @@
 //! probes — and checks both the traffic and the flow records it left. Everything it creates
 //! carries the run's label and is removed at the end, also after an error or Ctrl-C.
 
+mod judge;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use crate::client::{encode_query, seg, status_of, Client, Target};
 use crate::flows;
 use crate::output::{self, Format};
 use crate::Exit;
-use plan::{Check, Expect, FlowsSeen, From, ProbeSeen, Role, Scenario, To, RUN_LABEL};
+use judge::{FlowsSeen, ProbeSeen};
+use plan::{Check, Expect, From, Role, Scenario, To, L7, RUN_LABEL};
 
 /// Test that the network behaves as the policies say, on real nodes.
 #[derive(Subcommand)]
@@ -29,8 +31,10 @@ pub enum ConnectivityCmd {
 
 /// Create test workloads on two nodes, run ≥ 12 scenarios (pod to pod on the same and
 /// another node, pod to service, host to pod, pod to world; default deny, allow by label,
-/// deny rule, port range, CIDR), check each connection and its flow records, then remove
-/// everything it created. On dual-stack nodes every check runs over IPv6 too (`…/ipv6`).
+/// deny rule, port range, CIDR; HTTP rules: an allowed and a denied path and method;
+/// DNS rules and toFQDNs: an allowed name, another name, a refused lookup), check each
+/// connection and its flow records, then remove everything it created. On dual-stack nodes
+/// every check runs over IPv6 too (`…/ipv6`).
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     weft connectivity test\n  \
@@ -396,16 +400,25 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
                 (To::Service, false) => format!("{}:{}", a.service_vip, plan::SERVICE_PORT),
                 (To::Service, true) => format!("[{}]:{}", a.service_vip6, plan::SERVICE_PORT),
             };
+            let mut body = json!({
+                "from": from, "node": node, "target": target,
+                "timeout_ms": a.probe_timeout_ms,
+                "labels": {RUN_LABEL: run.id, plan::SCENARIO_LABEL: s.name},
+            });
+            match (c.l7, c.to) {
+                (Some(L7::Http { method, path }), _) => {
+                    body["http"] = json!({"method": method, "path": path});
+                }
+                // The target's own resolver (a world workload's answers every name with
+                // its address).
+                (Some(L7::Resolve { name }), To::Workload(r, _)) => {
+                    body["resolve"] = json!({"name": name, "server": ips_of(c.ipv6)[&r]});
+                }
+                _ => {}
+            }
             let p = run
                 .client
-                .post(
-                    &format!("{}/probes", run.base),
-                    json!({
-                        "from": from, "node": node, "target": target,
-                        "timeout_ms": a.probe_timeout_ms,
-                        "labels": {RUN_LABEL: run.id, plan::SCENARIO_LABEL: s.name},
-                    }),
-                )
+                .post(&format!("{}/probes", run.base), body)
                 .await
                 .with_context(|| format!("creating the probe of {}", c.name))?
                 .body;
@@ -424,9 +437,13 @@ async fn execute(run: &Run<'_>, nodes: &[String], a: &TestArgs) -> Result<Vec<Ou
                     .as_str()
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
+                http_status: r["http_status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok()),
+                dns_rcode: r["dns_rcode"].as_str().map(str::to_string),
             };
             let flows = find_flows(run, c, &seen, ips_of(c.ipv6), &names, &since).await?;
-            let j = plan::judge(c, &seen, &flows, &backend_names);
+            let j = judge::judge(c, &seen, &flows, &backend_names);
             note(
                 &run.bar,
                 &format!(
@@ -560,6 +577,22 @@ async fn find_flows(
         From::Workload(r) => q.push(("from_ip", ips[&r].clone())),
         From::Host { .. } => q.push(("not_from_label", RUN_LABEL.to_string())),
     }
+    // HTTP checks are judged by the proxy's records of their requests; a refused lookup by
+    // the DNS proxy's record of the query.
+    match (c.l7, c.expect, c.to) {
+        (Some(L7::Http { path, .. }), ..) => {
+            q.push(("type", "L7".into()));
+            q.push(("http_path", format!("^{}$", regex_escape(path))));
+        }
+        (Some(L7::Resolve { name }), Expect::DnsRefused, To::Workload(r, _)) => {
+            q.push(("type", "L7".into()));
+            q.push(("dns_query", format!("^{}\\.$", regex_escape(name))));
+            q.push(("to_ip", ips[&r].clone()));
+            q.push(("to_port", "53".into()));
+            return poll_flows(run, c, &encode_query(&q)).await;
+        }
+        _ => {}
+    }
     match c.to {
         To::Workload(r, port) => {
             q.push(("to_ip", ips[&r].clone()));
@@ -576,16 +609,31 @@ async fn find_flows(
             q.push(("to_port", plan::ECHO_PORT.to_string()));
         }
     }
-    let q = encode_query(&q);
+    poll_flows(run, c, &encode_query(&q)).await
+}
+
+/// `s` with the characters a flow filter's regular expression would read as syntax
+/// escaped.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// Polls the flows `q` selects until one matches what the check expects.
+async fn poll_flows(run: &Run<'_>, c: &Check, q: &str) -> Result<FlowsSeen> {
     // Agents send flows in batches: give them a few seconds.
     let deadline = Instant::now() + run.wait.min(Duration::from_secs(15));
     loop {
-        let items = flows::recent(run.client, &q).await?;
-        if items.iter().any(|f| plan::flow_matches(c.expect, f)) {
+        let items = flows::recent(run.client, q).await?;
+        if items.iter().any(|f| judge::flow_matches(c.expect, f)) {
             return Ok(FlowsSeen::Matching);
         }
         if !again(deadline).await {
-            let mut kinds: Vec<String> = items.iter().map(plan::flow_summary).collect();
+            let mut kinds: Vec<String> = items.iter().map(judge::flow_summary).collect();
             kinds.sort();
             kinds.dedup();
             return Ok(FlowsSeen::Other(kinds));
@@ -656,6 +704,8 @@ fn expected(e: Expect) -> String {
     match e {
         Expect::Allowed => "allowed".into(),
         Expect::Denied(r) => format!("denied ({r})"),
+        Expect::HttpDenied => "HTTP 403".into(),
+        Expect::DnsRefused => "DNS REFUSED".into(),
     }
 }
 

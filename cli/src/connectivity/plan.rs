@@ -1,5 +1,5 @@
-//! What `weft connectivity test` creates and checks, and how a check is judged: pure, so
-//! the scenarios and the verdict rules are unit-tested without a control plane.
+//! What `weft connectivity test` creates and checks: pure, so the scenarios are unit-tested
+//! without a control plane (how a check is judged is [`super::judge`]).
 //!
 //! Every object of a run carries the label `weft-ct-run=<run id>` and every policy selects
 //! only workloads with that label, so a run never changes what the tenant's own workloads
@@ -7,8 +7,6 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-
-use crate::flows::Flow;
 
 /// The label every object of a run carries; its value is the run id.
 pub const RUN_LABEL: &str = "weft-ct-run";
@@ -35,17 +33,21 @@ pub enum Role {
     EchoSame,
     /// Echo server on the other node.
     EchoOther,
-    /// Echo server outside the cluster (node A).
+    /// Echo server outside the cluster (node A), and resolver of every name.
     World,
+    /// A second one, at another address (node A): what a name `toFQDNs` does not select
+    /// resolves to.
+    World2,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Client,
         Role::Client2,
         Role::EchoSame,
         Role::EchoOther,
         Role::World,
+        Role::World2,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,15 +57,23 @@ impl Role {
             Role::EchoSame => "echo-same",
             Role::EchoOther => "echo-other",
             Role::World => "world",
+            Role::World2 => "world2",
         }
     }
 
-    /// The role label value policies select on (both echo servers share `echo`).
+    /// The role label value policies select on (both echo servers share `echo`, both
+    /// world servers `world`).
     pub fn label(self) -> &'static str {
         match self {
             Role::EchoSame | Role::EchoOther => "echo",
+            Role::World | Role::World2 => "world",
             r => r.as_str(),
         }
+    }
+
+    /// Outside the cluster (a `world` workload).
+    pub fn is_world(self) -> bool {
+        matches!(self, Role::World | Role::World2)
     }
 
     /// On the second node (only `echo-other`).
@@ -91,11 +101,11 @@ pub fn workloads(run: &str, two_nodes: bool) -> Vec<WorkloadPlan> {
         .map(|role| WorkloadPlan {
             role,
             name: workload_name(run, role),
-            kind: if role == Role::World { "world" } else { "pod" },
+            kind: if role.is_world() { "world" } else { "pod" },
             labels: json!({RUN_LABEL: run, ROLE_LABEL: role.label()}),
             echo_ports: match role {
                 Role::Client | Role::Client2 => Vec::new(),
-                Role::World => vec![ECHO_PORT],
+                Role::World | Role::World2 => vec![ECHO_PORT],
                 Role::EchoSame | Role::EchoOther => vec![ECHO_PORT, OTHER_PORT],
             },
         })
@@ -130,14 +140,35 @@ pub enum To {
     Service,
 }
 
+/// What a probe does beyond the echo exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum L7 {
+    /// An HTTP request with this method and path instead of the echo line.
+    Http {
+        method: &'static str,
+        path: &'static str,
+    },
+    /// Resolve this name first, at the target's own resolver (a world workload answers
+    /// every name with its own address), as a pod does before it connects to an FQDN.
+    Resolve { name: &'static str },
+}
+
 /// What should happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Expect {
-    /// The echo answers and a `FORWARDED` flow is recorded.
+    /// The echo answers (an HTTP check: with 200) and a `FORWARDED` flow is recorded (an
+    /// HTTP check: an L7 one).
     Allowed,
     /// No answer and a `DROPPED` flow with this drop reason is recorded.
     Denied(&'static str),
+    /// The proxy answers `403 Forbidden` and an L7 `DROPPED` (`POLICY_DENIED`) flow is
+    /// recorded.
+    HttpDenied,
+    /// The lookup is answered `REFUSED` and a DNS `DROPPED` (`POLICY_DENIED`) flow is
+    /// recorded.
+    DnsRefused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -147,6 +178,8 @@ pub struct Check {
     pub ipv6: bool,
     pub from: From,
     pub to: To,
+    /// HTTP or a lookup first; none: the echo line.
+    pub l7: Option<L7>,
     pub expect: Expect,
 }
 
@@ -164,20 +197,34 @@ pub struct Scenario {
 pub const POLICY_DENIED: &str = "POLICY_DENIED";
 pub const DENY_RULE: &str = "DENY_RULE";
 
-fn check(name: &str, from: From, to: To, expect: Expect) -> Check {
+pub(super) fn check(name: &str, from: From, to: To, expect: Expect) -> Check {
     Check {
         name: name.to_string(),
         ipv6: false,
         from,
         to,
+        l7: None,
         expect,
     }
 }
 
+fn l7_check(name: &str, to: To, l7: L7, expect: Expect) -> Check {
+    Check {
+        l7: Some(l7),
+        ..check(name, From::Workload(Role::Client), to, expect)
+    }
+}
+
+/// Names the FQDN scenario resolves: `toFQDNs` selects the first; DNS rules allow the
+/// first two and refuse the third.
+pub const ALLOWED_NAME: &str = "echo.allowed.weft-ct.test";
+pub const OTHER_NAME: &str = "echo.other.weft-ct.test";
+pub const BLOCKED_NAME: &str = "echo.blocked.weft-ct.test";
+
 /// The scenarios, in order. Checks that need a second node are left out without one.
 pub fn scenarios(run: &str, cluster: &str, two_nodes: bool) -> Vec<Scenario> {
-    use Expect::{Allowed, Denied};
-    use Role::{Client, Client2, EchoOther, EchoSame, World};
+    use Expect::{Allowed, Denied, DnsRefused, HttpDenied};
+    use Role::{Client, Client2, EchoOther, EchoSame, World, World2};
     let sel = |role: &str| json!({"matchLabels": {RUN_LABEL: run, ROLE_LABEL: role}});
     let policy = |name: &str, spec: Value| {
         json!({
@@ -378,6 +425,113 @@ pub fn scenarios(run: &str, cluster: &str, two_nodes: bool) -> Vec<Scenario> {
                 ),
             ],
         },
+        Scenario {
+            name: "l7-http",
+            description: "the echo servers admit GET /public from the client, no other \
+                          request (HTTP rules, enforced by the agents' proxy)",
+            policies: vec![policy(
+                "l7-http",
+                json!({
+                    "endpointSelector": sel("echo"),
+                    "ingress": [{
+                        "fromEndpoints": [sel("client")],
+                        "toPorts": [{
+                            "ports": [{"port": ECHO_PORT.to_string(), "protocol": "TCP"}],
+                            "rules": {"http": [{"method": "GET", "path": "/public"}]},
+                        }],
+                    }],
+                }),
+            )],
+            checks: vec![
+                l7_check(
+                    "http/allowed-path",
+                    To::Workload(EchoSame, ECHO_PORT),
+                    L7::Http {
+                        method: "GET",
+                        path: "/public",
+                    },
+                    Allowed,
+                ),
+                l7_check(
+                    "http/denied-path",
+                    To::Workload(EchoSame, ECHO_PORT),
+                    L7::Http {
+                        method: "GET",
+                        path: "/private",
+                    },
+                    HttpDenied,
+                ),
+                l7_check(
+                    "http/allowed-path/other-node",
+                    To::Workload(EchoOther, ECHO_PORT),
+                    L7::Http {
+                        method: "GET",
+                        path: "/public",
+                    },
+                    Allowed,
+                ),
+                l7_check(
+                    "http/denied-method/other-node",
+                    To::Workload(EchoOther, ECHO_PORT),
+                    L7::Http {
+                        method: "POST",
+                        path: "/public",
+                    },
+                    HttpDenied,
+                ),
+            ],
+        },
+        Scenario {
+            name: "fqdn",
+            description: "the client may look up *.allowed.weft-ct.test and \
+                          *.other.weft-ct.test (DNS rules) and connect only to what \
+                          *.allowed.weft-ct.test resolved to (toFQDNs)",
+            policies: vec![policy(
+                "fqdn",
+                json!({
+                    "endpointSelector": sel("client"),
+                    "egress": [
+                        {
+                            "toCIDR": [
+                                weft_model::workload::WORLD_NET.to_string(),
+                                weft_model::workload::WORLD_NET6.to_string(),
+                            ],
+                            "toPorts": [{
+                                "ports": [{"port": "53", "protocol": "UDP"}],
+                                "rules": {"dns": [
+                                    {"matchPattern": "*.allowed.weft-ct.test"},
+                                    {"matchPattern": "*.other.weft-ct.test"},
+                                ]},
+                            }],
+                        },
+                        {
+                            "toFQDNs": [{"matchPattern": "*.allowed.weft-ct.test"}],
+                            "toPorts": [{"ports": [{"port": ECHO_PORT.to_string(), "protocol": "TCP"}]}],
+                        },
+                    ],
+                }),
+            )],
+            checks: vec![
+                l7_check(
+                    "fqdn/allowed-name",
+                    To::Workload(World, ECHO_PORT),
+                    L7::Resolve { name: ALLOWED_NAME },
+                    Allowed,
+                ),
+                l7_check(
+                    "fqdn/other-name-denied",
+                    To::Workload(World2, ECHO_PORT),
+                    L7::Resolve { name: OTHER_NAME },
+                    Denied(POLICY_DENIED),
+                ),
+                l7_check(
+                    "fqdn/dns-refused",
+                    To::Workload(World, ECHO_PORT),
+                    L7::Resolve { name: BLOCKED_NAME },
+                    DnsRefused,
+                ),
+            ],
+        },
     ];
     all.into_iter()
         .map(|mut s| {
@@ -407,142 +561,6 @@ pub fn add_ipv6(scenarios: &mut [Scenario]) {
 fn needs_two_nodes(c: &Check) -> bool {
     matches!(c.to, To::Workload(r, _) if r.on_other_node())
         || matches!(c.from, From::Host { other_node: true })
-}
-
-/// What a probe saw, as the API reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProbeSeen {
-    /// `connected`, `refused`, `timeout` or `error`.
-    pub outcome: String,
-    pub detail: String,
-    /// The echo server that answered.
-    pub reply_from: Option<String>,
-}
-
-/// What the flow records showed for the probe's connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowsSeen {
-    /// A flow with the expected verdict (and drop reason).
-    Matching,
-    /// None with the expected verdict; these verdicts (and reasons) were seen instead.
-    Other(Vec<String>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Judgement {
-    pub passed: bool,
-    /// Why it failed, or what happened when it passed.
-    pub why: String,
-}
-
-/// Judges a check from what the probe saw and what the flows showed. For the service, the
-/// answer must come from one of the service's backends.
-pub fn judge(
-    check: &Check,
-    probe: &ProbeSeen,
-    flows: &FlowsSeen,
-    backends: &[String],
-) -> Judgement {
-    let fail = |why: String| Judgement { passed: false, why };
-    match check.expect {
-        Expect::Allowed => {
-            if probe.outcome != "connected" {
-                return fail(format!(
-                    "expected the connection to succeed, it ended {}{}",
-                    probe.outcome,
-                    suffix(&probe.detail)
-                ));
-            }
-            if check.to == To::Service
-                && !probe
-                    .reply_from
-                    .as_ref()
-                    .is_some_and(|r| backends.contains(r))
-            {
-                return fail(format!(
-                    "the service answered from {:?}, not one of its backends",
-                    probe.reply_from.as_deref().unwrap_or("nobody")
-                ));
-            }
-            match flows {
-                FlowsSeen::Matching => Judgement {
-                    passed: true,
-                    why: format!(
-                        "connected{}; FORWARDED flow recorded",
-                        probe
-                            .reply_from
-                            .as_deref()
-                            .map(|r| format!(" to {r}"))
-                            .unwrap_or_default()
-                    ),
-                },
-                FlowsSeen::Other(seen) => fail(format!(
-                    "connected, but no FORWARDED flow was recorded (seen: {})",
-                    seen_list(seen)
-                )),
-            }
-        }
-        Expect::Denied(reason) => {
-            if probe.outcome == "connected" {
-                return fail(format!(
-                    "expected a policy drop, but the connection succeeded{}",
-                    probe
-                        .reply_from
-                        .as_deref()
-                        .map(|r| format!(" (answered by {r})"))
-                        .unwrap_or_default()
-                ));
-            }
-            if probe.outcome == "error" {
-                return fail(format!("the probe failed to run{}", suffix(&probe.detail)));
-            }
-            match flows {
-                FlowsSeen::Matching => Judgement {
-                    passed: true,
-                    why: format!("{}; DROPPED ({reason}) flow recorded", probe.outcome),
-                },
-                FlowsSeen::Other(seen) => fail(format!(
-                    "no answer ({}), but no DROPPED {reason} flow was recorded (seen: {})",
-                    probe.outcome,
-                    seen_list(seen)
-                )),
-            }
-        }
-    }
-}
-
-fn suffix(detail: &str) -> String {
-    if detail.is_empty() {
-        String::new()
-    } else {
-        format!(": {detail}")
-    }
-}
-
-fn seen_list(seen: &[String]) -> String {
-    if seen.is_empty() {
-        "no flows".to_string()
-    } else {
-        seen.join(", ")
-    }
-}
-
-/// Whether a flow shows the expected verdict.
-pub fn flow_matches(expect: Expect, flow: &Flow) -> bool {
-    match expect {
-        Expect::Allowed => flow.verdict == "FORWARDED",
-        Expect::Denied(reason) => {
-            flow.verdict == "DROPPED" && flow.drop_reason.as_deref() == Some(reason)
-        }
-    }
-}
-
-/// A flow's verdict (and drop reason) for "seen instead" lists.
-pub fn flow_summary(flow: &Flow) -> String {
-    match flow.drop_reason.as_deref() {
-        Some(r) if !r.is_empty() => format!("{} {r}", flow.verdict),
-        _ => flow.verdict.clone(),
-    }
 }
 
 #[cfg(test)]
@@ -635,7 +653,9 @@ mod tests {
 
     #[test]
     fn policies_decide_each_check_as_the_reference_evaluator_does() {
-        use weft_model::policy::{evaluate, FlowProtocol, Peer, Subject, Traffic, Verdict};
+        use weft_model::policy::{
+            evaluate, Decision, FlowProtocol, Peer, Reason, Subject, Traffic, Verdict,
+        };
         let labels = |r: Role| -> weft_model::labels::Labels {
             [
                 (RUN_LABEL.to_string(), "r1".to_string()),
@@ -643,12 +663,18 @@ mod tests {
             ]
             .into()
         };
-        let peer = |r: Role| {
-            if r == Role::World {
-                Peer::world("198.51.100.254".parse().expect("ip"))
+        // A resolving check reaches the address under the name it looked up.
+        let peer = |r: Role, name: Option<&str>| {
+            if r.is_world() {
+                let p = Peer::world("198.51.100.254".parse().expect("ip"));
+                name.map_or(p.clone(), |n| p.with_dns_name(n))
             } else {
                 Peer::endpoint(labels(r))
             }
+        };
+        // Allowed only by rules with L7 rules: the proxy decides per request or query.
+        let by_proxy = |d: &Decision| {
+            d.verdict == Verdict::Allowed && matches!(d.reason, Reason::AllowedBy { l7: true, .. })
         };
         let mut judged = 0;
         for s in scenarios("r1", "prod", true) {
@@ -662,116 +688,49 @@ mod tests {
                 let (From::Workload(src), To::Workload(dst, port)) = (c.from, c.to) else {
                     continue;
                 };
-                let egress = evaluate(
-                    &specs,
-                    &Subject::endpoint(labels(src)),
-                    &Traffic::egress(peer(dst), FlowProtocol::Tcp, port),
-                )
-                .verdict;
-                let ingress = if dst == Role::World {
-                    Verdict::DefaultAllowed
+                let name = match c.l7 {
+                    Some(L7::Resolve { name }) => Some(name),
+                    _ => None,
+                };
+                let egress_to = |peer: Peer, proto, port| {
+                    evaluate(
+                        &specs,
+                        &Subject::endpoint(labels(src)),
+                        &Traffic::egress(peer, proto, port),
+                    )
+                };
+                if name.is_some() {
+                    // The lookup goes to the DNS proxy, which answers or refuses.
+                    let lookup = egress_to(peer(Role::World, None), FlowProtocol::Udp, 53);
+                    assert!(by_proxy(&lookup), "{}: {lookup:?}", c.name);
+                }
+                if c.expect == Expect::DnsRefused {
+                    judged += 1;
+                    continue;
+                }
+                let egress = egress_to(peer(dst, name), FlowProtocol::Tcp, port);
+                let ingress = if dst.is_world() {
+                    Decision {
+                        verdict: Verdict::DefaultAllowed,
+                        reason: Reason::NotEnforced,
+                    }
                 } else {
                     evaluate(
                         &specs,
                         &Subject::endpoint(labels(dst)),
-                        &Traffic::ingress(peer(src), FlowProtocol::Tcp, port),
+                        &Traffic::ingress(peer(src, None), FlowProtocol::Tcp, port),
                     )
-                    .verdict
                 };
-                let allowed = egress != Verdict::Denied && ingress != Verdict::Denied;
-                assert_eq!(
-                    allowed,
-                    c.expect == Expect::Allowed,
-                    "{}: {}",
-                    s.name,
-                    c.name
-                );
+                let allowed =
+                    egress.verdict != Verdict::Denied && ingress.verdict != Verdict::Denied;
+                let want = matches!(c.expect, Expect::Allowed | Expect::HttpDenied);
+                assert_eq!(allowed, want, "{}: {}", s.name, c.name);
+                if matches!(c.l7, Some(L7::Http { .. })) {
+                    assert!(by_proxy(&ingress), "{}: {ingress:?}", c.name);
+                }
                 judged += 1;
             }
         }
-        assert!(judged >= 12, "{judged}");
-    }
-
-    fn seen(outcome: &str, reply_from: Option<&str>) -> ProbeSeen {
-        ProbeSeen {
-            outcome: outcome.into(),
-            detail: String::new(),
-            reply_from: reply_from.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn a_check_passes_only_when_traffic_and_flows_both_agree() {
-        let allowed = check(
-            "a",
-            From::Workload(Role::Client),
-            To::Workload(Role::EchoSame, 8080),
-            Expect::Allowed,
-        );
-        let denied = check(
-            "d",
-            From::Workload(Role::Client),
-            To::Workload(Role::EchoSame, 8080),
-            Expect::Denied(POLICY_DENIED),
-        );
-        let svc = check(
-            "s",
-            From::Workload(Role::Client),
-            To::Service,
-            Expect::Allowed,
-        );
-        let ok = FlowsSeen::Matching;
-        let none = FlowsSeen::Other(vec![]);
-        assert!(judge(&allowed, &seen("connected", Some("x")), &ok, &[]).passed);
-        assert!(!judge(&allowed, &seen("timeout", None), &ok, &[]).passed);
-        let j = judge(&allowed, &seen("connected", Some("x")), &none, &[]);
-        assert!(
-            !j.passed && j.why.contains("no FORWARDED flow"),
-            "{}",
-            j.why
-        );
-        assert!(judge(&denied, &seen("timeout", None), &ok, &[]).passed);
-        let j = judge(&denied, &seen("connected", Some("x")), &ok, &[]);
-        assert!(!j.passed && j.why.contains("succeeded"), "{}", j.why);
-        let j = judge(
-            &denied,
-            &seen("timeout", None),
-            &FlowsSeen::Other(vec!["FORWARDED".into()]),
-            &[],
-        );
-        assert!(!j.passed && j.why.contains("seen: FORWARDED"), "{}", j.why);
-        assert!(!judge(&denied, &seen("error", None), &ok, &[]).passed);
-        let backends = vec!["ct-r-echo-same".to_string()];
-        assert!(
-            judge(
-                &svc,
-                &seen("connected", Some("ct-r-echo-same")),
-                &ok,
-                &backends
-            )
-            .passed
-        );
-        assert!(
-            !judge(
-                &svc,
-                &seen("connected", Some("someone-else")),
-                &ok,
-                &backends
-            )
-            .passed
-        );
-    }
-
-    #[test]
-    fn flows_match_on_verdict_and_drop_reason() {
-        let flow = |v: Value| -> Flow { serde_json::from_value(v).expect("a flow") };
-        let fwd = flow(json!({"verdict": "FORWARDED"}));
-        let drop = flow(json!({"verdict": "DROPPED", "drop_reason": "POLICY_DENIED"}));
-        assert!(flow_matches(Expect::Allowed, &fwd));
-        assert!(!flow_matches(Expect::Allowed, &drop));
-        assert!(flow_matches(Expect::Denied(POLICY_DENIED), &drop));
-        assert!(!flow_matches(Expect::Denied(DENY_RULE), &drop));
-        assert_eq!(flow_summary(&drop), "DROPPED POLICY_DENIED");
-        assert_eq!(flow_summary(&fwd), "FORWARDED");
+        assert!(judged >= 19, "{judged}");
     }
 }
