@@ -266,6 +266,36 @@ async fn http_rules_are_enforced_per_request_on_both_nodes() {
             "{node}: forwarded requests with their latency: {}",
             r.body
         );
+        // The header a rule names is in the records, its value (a token the rule compares)
+        // never: allowed or denied, it reads [redacted]; requests without it show none.
+        let r = env
+            .cp
+            .call(
+                "GET",
+                &format!("/v1/tenants/acme/flows?type=l7&node={node}&http_path=%5E/submit&last=50"),
+                &env.owner,
+                None,
+            )
+            .await;
+        let items = r.body["items"].as_array().cloned().unwrap_or_default();
+        let verdicts: Vec<&str> = items.iter().filter_map(|f| f["verdict"].as_str()).collect();
+        assert!(
+            verdicts.contains(&"FORWARDED") && verdicts.contains(&"DROPPED"),
+            "{node}: {}",
+            r.body
+        );
+        for f in &items {
+            assert_eq!(
+                f["l7"]["http"]["headers"],
+                json!([{"key": "x-token", "value": "[redacted]"}]),
+                "{f}"
+            );
+        }
+        assert!(
+            !r.body.to_string().contains("s3cret") && !r.body.to_string().contains("guess"),
+            "{}",
+            r.body
+        );
     }
 
     // A peer the rule does not name is refused at L3/L4 (no proxy involved).

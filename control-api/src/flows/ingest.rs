@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
-use weft_model::flow::{DnsInfo, DropReason, HttpInfo, L7Info, Protocol, Verdict};
+use weft_model::flow::{DnsInfo, DropReason, HttpHeader, HttpInfo, L7Info, Protocol, Verdict};
 use weft_model::identity;
 use weft_model::labels::Labels;
 use weft_proto::v1::{Flow, FlowBatch};
@@ -327,6 +327,23 @@ fn l7_of(f: &Flow) -> Option<L7Info> {
         protocol: h.protocol.clone(),
         code: u16::try_from(h.code).unwrap_or(0),
         latency_ms: h.latency_us as f64 / 1000.0,
+        headers: h
+            .headers
+            .iter()
+            // An agent's text: stored as lines of `key: value` (see the block codec).
+            .map(|x| HttpHeader {
+                key: x
+                    .key
+                    .chars()
+                    .map(|c| if c.is_control() || c == ':' { '_' } else { c })
+                    .collect(),
+                value: x
+                    .value
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect(),
+            })
+            .collect(),
     });
     let dns = f.dns.as_ref().map(|d| DnsInfo {
         query: d.query.clone(),

@@ -34,6 +34,19 @@ pub struct HttpInfo {
     pub code: u16,
     /// From the request's head to the response's head.
     pub latency_ms: f64,
+    /// The request's headers that the port's HTTP rules name, as Hubble shows them; a value
+    /// that may be a credential (an `Authorization`, `Cookie` or `*-Token`-like name, or
+    /// one a rule compares with a value) reads `[redacted]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeader>,
+}
+
+/// One request header of an L7 record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HttpHeader {
+    /// Lower case.
+    pub key: String,
+    pub value: String,
 }
 
 impl HttpInfo {

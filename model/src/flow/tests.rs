@@ -59,6 +59,7 @@ fn l7_flow(method: &str, url: &str, code: u16) -> FlowRecord {
                 protocol: "HTTP/1.1".into(),
                 code,
                 latency_ms: 1.5,
+                headers: Vec::new(),
             }),
             dns: None,
         }),

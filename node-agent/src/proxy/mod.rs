@@ -423,6 +423,12 @@ async fn serve(conn: TcpStream, client: SocketAddr, original: SocketAddr, shared
             let started = std::time::Instant::now();
             let method = req.method().to_string();
             let protocol = format!("{:?}", req.version());
+            let headers = shared
+                .rules
+                .recorded(req.headers())
+                .into_iter()
+                .map(|(key, value)| pb::HttpHeader { key, value })
+                .collect();
             let url = format!(
                 "http://{}{}",
                 host_of(&req).unwrap_or_default(),
@@ -437,6 +443,7 @@ async fn serve(conn: TcpStream, client: SocketAddr, original: SocketAddr, shared
                     protocol,
                     code: u32::from(resp.status().as_u16()),
                     latency_us,
+                    headers,
                 }),
                 ..conn_info.flow(shared.direction, !forwarded, 6)
             });

@@ -26,6 +26,28 @@ pub struct RuleSet {
     /// The path patterns of the rules that have one, and which rule each belongs to.
     paths: regex::RegexSet,
     path_rule: Vec<usize>,
+    /// The headers the rules name, in order, each with whether its value is shown in flow
+    /// records (see [`RuleSet::recorded`]).
+    named: Vec<(HeaderName, bool)>,
+}
+
+/// What a flow record shows instead of a header value that may be a credential.
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether a header's value may be a credential by its name (`Authorization`, `Cookie`,
+/// `X-Api-Key`, `X-Auth-Token`, …).
+fn sensitive(name: &HeaderName) -> bool {
+    const WORDS: [&str; 8] = [
+        "auth",
+        "cookie",
+        "token",
+        "secret",
+        "key",
+        "pass",
+        "session",
+        "credential",
+    ];
+    WORDS.iter().any(|w| name.as_str().contains(w))
 }
 
 /// What the rules look at in a request.
@@ -78,11 +100,38 @@ impl RuleSet {
         }
         let paths = regex::RegexSet::new(&patterns)
             .map_err(|e| format!("the rules' paths do not compile together: {e}"))?;
+        // A value a rule compares against is a shared secret as often as not: hidden too.
+        let mut named: Vec<(HeaderName, bool)> = Vec::new();
+        for (name, want) in rules.iter().flat_map(|r| &r.headers) {
+            let shown = want.is_none() && !sensitive(name);
+            match named.iter_mut().find(|(n, _)| n == name) {
+                Some((_, s)) => *s &= shown,
+                None => named.push((name.clone(), shown)),
+            }
+        }
         Ok(RuleSet {
             rules,
             paths,
             path_rule,
+            named,
         })
+    }
+
+    /// The request's headers that the rules name, for its flow record (Hubble's
+    /// `l7.http.headers`): each value as sent, or [`REDACTED`] when it may be a credential
+    /// (by the header's name, or because a rule compares it with a value).
+    pub fn recorded(&self, headers: &HeaderMap) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, shown) in &self.named {
+            for v in headers.get_all(name) {
+                let value = match v.to_str() {
+                    Ok(v) if *shown => v.to_string(),
+                    _ => REDACTED.to_string(),
+                };
+                out.push((name.as_str().to_string(), value));
+            }
+        }
+        out
     }
 
     /// Whether one of the rules allows the request.
@@ -155,6 +204,43 @@ mod tests {
             host,
             headers: &map,
         })
+    }
+
+    #[test]
+    fn records_show_the_named_headers_and_hide_what_may_be_a_credential() {
+        let set = RuleSet::compile(&[
+            m(None, None, None, &["X-Request-Id", "Authorization"]),
+            m(None, None, None, &["X-Env: prod", "X-Trace"]),
+            m(None, None, None, &["x-trace: 1"]),
+        ])
+        .expect("valid");
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-request-id", "r-1"),
+            ("authorization", "Bearer s3cret"),
+            ("x-env", "prod"),
+            ("x-trace", "1"),
+            ("x-other", "not named"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        assert_eq!(
+            set.recorded(&h),
+            [
+                ("x-request-id", "r-1"),
+                ("authorization", REDACTED),
+                ("x-env", REDACTED),
+                ("x-trace", REDACTED),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(RuleSet::compile(&[m(Some("GET"), None, None, &[])])
+            .expect("valid")
+            .recorded(&h)
+            .is_empty());
     }
 
     #[test]

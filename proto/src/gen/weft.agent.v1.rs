@@ -414,7 +414,7 @@ pub struct EndpointReport {
     pub endpoints: ::prost::alloc::vec::Vec<ReportedEndpoint>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Flow {
     #[prost(int64, tag = "1")]
     pub time_unix_nanos: i64,
@@ -487,7 +487,7 @@ pub struct DnsFlow {
     pub ttl: u32,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HttpFlow {
     #[prost(string, tag = "1")]
     pub method: ::prost::alloc::string::String,
@@ -503,6 +503,18 @@ pub struct HttpFlow {
     /// Request head to response head.
     #[prost(uint64, tag = "5")]
     pub latency_us: u64,
+    /// The request's headers that the port's HTTP rules name (values that may be credentials
+    /// are "\[redacted\]").
+    #[prost(message, repeated, tag = "6")]
+    pub headers: ::prost::alloc::vec::Vec<HttpHeader>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HttpHeader {
+    #[prost(string, tag = "1")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1112,6 +1112,12 @@ export interface components {
         Health: {
             status: string;
         };
+        /** @description One request header of an L7 record. */
+        HttpHeader: {
+            /** @description Lower case. */
+            key: string;
+            value: string;
+        };
         /** @description An HTTP request the L7 proxy judged (Hubble's `l7.http`). */
         HttpInfo: {
             /** @description The request method (`GET`). */
@@ -1131,6 +1137,12 @@ export interface components {
              * @description From the request's head to the response's head.
              */
             latency_ms: number;
+            /**
+             * @description The request's headers that the port's HTTP rules name, as Hubble shows them; a value
+             *     that may be a credential (an `Authorization`, `Cookie` or `*-Token`-like name, or
+             *     one a rule compares with a value) reads `[redacted]`.
+             */
+            headers?: components["schemas"]["HttpHeader"][];
         };
         /** @description An HTTP request a probe sends (`Connection: close`). */
         HttpRequest: {

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use weft_model::flow::{
-    Criterion, DnsInfo, DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer,
-    Protocol, Side, TcpFlags, Verdict,
+    Criterion, DnsInfo, DropReason, FlowFilter, FlowRecord, FlowType, HttpHeader, HttpInfo, L7Info,
+    Peer, Protocol, Side, TcpFlags, Verdict,
 };
 use weft_model::labels::Labels;
 
@@ -97,6 +97,10 @@ struct Packed {
     dns_ips: Vec<u32>,
     #[prost(uint32, repeated, tag = "36")]
     dns_ttl: Vec<u32>,
+    /// With the L7 columns, when any request of the block has headers recorded: each
+    /// flow's as `key: value` lines (`\n`-joined; header values have no line breaks).
+    #[prost(uint32, repeated, tag = "37")]
+    l7_headers: Vec<u32>,
 }
 
 /// Interns strings into a block's dictionary.
@@ -148,6 +152,30 @@ pub struct Encoded {
 }
 
 /// Packs flows (at most [`MAX_FLOWS`]; none gives `None`).
+/// A request's headers as one dictionary string: `key: value` lines.
+fn join_headers(h: &[HttpHeader]) -> String {
+    h.iter()
+        .map(|x| format!("{}: {}", x.key, x.value))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The reverse of [`join_headers`]; a line without `": "` is a corrupt block.
+fn split_headers(s: &str) -> Result<Vec<HttpHeader>, ()> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split('\n')
+        .map(|l| {
+            let (k, v) = l.split_once(": ").ok_or(())?;
+            Ok(HttpHeader {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
+
 pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
     debug_assert!(flows.len() <= MAX_FLOWS);
     let min_time = flows.iter().map(|f| f.time).min()?;
@@ -174,6 +202,7 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
     let any = |kind: fn(&L7Info) -> bool| flows.iter().any(|f| f.l7.as_ref().is_some_and(kind));
     let any_http = any(|l| l.http.is_some());
     let any_dns = any(|l| l.dns.is_some());
+    let any_headers = any(|l| l.http.as_ref().is_some_and(|h| !h.headers.is_empty()));
     for f in flows {
         if any_dns {
             match f.l7.as_ref().and_then(|l| l.dns.as_ref()) {
@@ -206,6 +235,9 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
                     p.l7_code.push(u32::from(h.code));
                     p.l7_latency_us
                         .push((h.latency_ms * 1000.0).round().max(0.0) as u64);
+                    if any_headers {
+                        p.l7_headers.push(d.put(&join_headers(&h.headers)));
+                    }
                 }
                 None => {
                     p.l7_method.push(0);
@@ -213,6 +245,9 @@ pub fn encode(flows: &[NewFlow]) -> Option<Encoded> {
                     p.l7_protocol.push(0);
                     p.l7_code.push(0);
                     p.l7_latency_us.push(0);
+                    if any_headers {
+                        p.l7_headers.push(d.put(""));
+                    }
                 }
             }
         }
@@ -414,6 +449,9 @@ impl Unpacked<'_> {
         if l7.iter().any(|&c| c != l7[0]) || (l7[0] != 0 && l7[0] != n) {
             return Err(self.bad(format!("L7 columns of unequal length ({n} times)")));
         }
+        if !p.l7_headers.is_empty() && p.l7_headers.len() != l7[0] {
+            return Err(self.bad(format!("L7 header column of unequal length ({n} times)")));
+        }
         let dns = [
             p.dns_query.len(),
             p.dns_qtypes.len(),
@@ -460,6 +498,10 @@ impl Unpacked<'_> {
             protocol: self.dict(p.l7_protocol[i])?.to_string(),
             code: u16::try_from(p.l7_code[i]).map_err(|_| self.bad("HTTP status"))?,
             latency_ms: p.l7_latency_us[i] as f64 / 1000.0,
+            headers: match p.l7_headers.get(i) {
+                Some(&h) => split_headers(self.dict(h)?).map_err(|()| self.bad("HTTP header"))?,
+                None => Vec::new(),
+            },
         }))
     }
 

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use weft_model::flow::{
-    DnsInfo, DropReason, FlowFilter, FlowRecord, FlowType, HttpInfo, L7Info, Peer, Protocol,
-    TcpFlags, Verdict,
+    DnsInfo, DropReason, FlowFilter, FlowRecord, FlowType, HttpHeader, HttpInfo, L7Info, Peer,
+    Protocol, TcpFlags, Verdict,
 };
 use weft_model::labels::Labels;
 
@@ -63,6 +63,14 @@ fn flow(i: usize) -> NewFlow {
                     protocol: "HTTP/1.1".into(),
                     code: if i % 4 == 1 { 403 } else { 200 },
                     latency_ms: 1.25 + i as f64,
+                    // Some requests with headers the rules named (one with ": " in its
+                    // value), others without.
+                    headers: (0..(i / 3) % 3)
+                        .map(|k| HttpHeader {
+                            key: format!("x-h{k}"),
+                            value: format!("v: {i}"),
+                        })
+                        .collect(),
                 }),
                 dns: None,
             }),
