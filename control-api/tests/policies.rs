@@ -263,6 +263,39 @@ fn warnings(r: &common::Reply) -> Vec<String> {
         .collect()
 }
 
+/// `toFQDNs` in a policy without a DNS rule is enforced (it allows nothing until names are
+/// learned) but warned about, not refused even under `strict`, and has no condition.
+#[tokio::test]
+async fn to_fqdns_without_dns_rules_warns() {
+    let t = TestApp::new().await;
+    let tok = t.tenant("acme").await;
+    let body = |dns: bool| {
+        let mut egress = vec![json!({"toFQDNs": [{"matchName": "api.example.com"}],
+                                     "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]})];
+        if dns {
+            egress.push(json!({"toEntities": ["world"],
+                               "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}],
+                                            "rules": {"dns": [{"matchPattern": "*"}]}}]}));
+        }
+        json!({"name": format!("fqdn-{dns}"),
+               "spec": {"endpointSelector": {"matchLabels": {"app": "web"}}, "egress": egress}})
+    };
+    let r = t
+        .post("/v1/tenants/acme/policies?strict=true", &tok, body(false))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("299 - \"spec.egress[0].toFQDNs: names are learned only from DNS"),
+        "{w:?}"
+    );
+    assert_eq!(r.body["status"]["conditions"], json!([]));
+    let r = t.post("/v1/tenants/acme/policies", &tok, body(true)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+}
+
 /// Fields Weft accepts but does not enforce: one `Warning: 299` per field path on the write,
 /// `NotEnforced` conditions on the policy, and `?strict=true` refuses them by name.
 #[tokio::test]

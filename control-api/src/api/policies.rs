@@ -189,10 +189,23 @@ fn check_strict(strict: bool, conditions: &[Condition]) -> Result<()> {
     )
 }
 
-/// One `Warning: 299 - "<field>: <reason>"` header per condition, as Kubernetes does.
-fn with_warnings(mut resp: Response, conditions: &[Condition]) -> Response {
-    for c in conditions {
-        let text = format!("{}: not enforced: {}", c.field, c.reason)
+/// One `Warning: 299 - "<field>: <reason>"` header per condition, as Kubernetes does, and
+/// one per piece of advice (`policy::advice`: enforced, but maybe not as meant).
+fn with_warnings(
+    mut resp: Response,
+    conditions: &[Condition],
+    advice: &[(String, String)],
+) -> Response {
+    let texts = conditions
+        .iter()
+        .map(|c| format!("{}: not enforced: {}", c.field, c.reason))
+        .chain(
+            advice
+                .iter()
+                .map(|(field, text)| format!("{field}: {text}")),
+        );
+    for text in texts {
+        let text = text
             .replace(['"', '\\'], "'")
             .replace(|ch: char| !(ch == ' ' || ch.is_ascii_graphic()), "?");
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
@@ -272,9 +285,11 @@ async fn dry_run_answer(
     conditions: &[Condition],
 ) -> Result<Response> {
     tx.rollback().await?;
+    let advice = policy::advice(&p.specs);
     Ok(with_warnings(
         axum::response::IntoResponse::into_response(axum::Json(p)),
         conditions,
+        &advice,
     ))
 }
 
@@ -425,9 +440,11 @@ async fn create_policy(
     tx.commit().await?;
     tracing::info!(tenant = %t.name, policy = %p.name, revision = rev, "policy created");
     let location = format!("/v1/tenants/{}/policies/{}", t.id, p.id);
+    let advice = policy::advice(&specs);
     Ok(with_warnings(
         common::created(rev, location, p),
         &conditions,
+        &advice,
     ))
 }
 
@@ -464,7 +481,8 @@ async fn update(
     }
     audit::updated(&mut tx, t, subject(&p), &before, &p).await?;
     tx.commit().await?;
-    Ok(with_warnings(common::ok(rev, p), &conditions))
+    let advice = policy::advice(&specs);
+    Ok(with_warnings(common::ok(rev, p), &conditions, &advice))
 }
 
 /// Replace a policy (editor). With `dry_run=true`: 200 with the policy as it
@@ -609,13 +627,16 @@ async fn import_policies(
         .collect();
     common::finish(nul)?;
     // Conditions per document, with paths as the document wrote them (`spec` or `specs[i]`).
-    let mut conditions = Vec::new();
+    let (mut conditions, mut advice) = (Vec::new(), Vec::new());
     for (i, p) in imported.iter().enumerate() {
         for c in policy::conditions(&p.specs) {
             conditions.push(Condition {
                 field: format!("documents[{i}].{}", c.field),
                 ..c
             });
+        }
+        for (field, text) in policy::advice(&p.specs) {
+            advice.push((format!("documents[{i}].{field}"), text));
         }
     }
     check_strict(params.strict, &conditions)?;
@@ -679,5 +700,6 @@ async fn import_policies(
     Ok(with_warnings(
         axum::Json(result).into_response(),
         &conditions,
+        &advice,
     ))
 }

@@ -26,7 +26,7 @@ pub use eval::{
     Subject, SubjectKind, Traffic, Verdict,
 };
 pub use icmp::{IcmpFamily, IcmpField, IcmpRule, IntOrString};
-pub use not_enforced::{conditions, Condition, NOT_ENFORCED};
+pub use not_enforced::{advice, conditions, Condition, NOT_ENFORCED};
 pub use validate::{check_dns, parse_cidr};
 
 /// Holder of a Cilium field Weft refuses; kept as raw JSON only to report it.

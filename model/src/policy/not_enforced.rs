@@ -92,6 +92,45 @@ fn entities(out: &mut Vec<Condition>, at: &str, field: &str, list: &[String]) {
 
 /// The conditions of a policy's specs as stored (`spec` for one, `specs[i]` for several,
 /// matching how the policy reads back).
+/// Fields that are enforced but may not do what their author expects, each as
+/// `(field path, what to know)`; the control plane answers them as `Warning: 299` headers.
+/// Today: `toFQDNs` in a policy none of whose rules sends DNS through the proxy
+/// (`rules.dns`). Names are learned only from answers the DNS proxy sees, so unless another
+/// policy selecting the same endpoints has such a rule, the selector never matches an
+/// address: it allows nothing (fail closed, never wider).
+pub fn advice(specs: &[PolicySpec]) -> Vec<(String, String)> {
+    let single = specs.len() == 1;
+    let mut out = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let path = if single {
+            "spec".to_string()
+        } else {
+            format!("specs[{i}]")
+        };
+        let dns_visible = s.egress.iter().any(|r| {
+            r.to_ports
+                .iter()
+                .any(|p| p.rules.as_ref().is_some_and(|l7| !l7.dns.is_empty()))
+        });
+        if dns_visible {
+            continue;
+        }
+        for (j, r) in s.egress.iter().enumerate() {
+            if r.to_fqdns.as_ref().is_some_and(|f| !f.is_empty()) {
+                out.push((
+                    format!("{path}.egress[{j}].toFQDNs"),
+                    "names are learned only from DNS answers that pass the DNS proxy, and no \
+                     rule of this policy sends DNS there (toPorts with rules.dns, e.g. port 53 \
+                     of the resolver with matchPattern '*'): unless another policy selecting \
+                     the same endpoints does, this rule allows nothing"
+                        .to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
 pub fn conditions(specs: &[PolicySpec]) -> Vec<Condition> {
     let single = specs.len() == 1;
     specs

@@ -653,3 +653,33 @@ fn readme_policy_table_matches_the_validator() {
         }
     }
 }
+
+#[test]
+fn to_fqdns_without_a_dns_rule_in_the_policy_is_advised_on() {
+    let without = spec(
+        "endpointSelector: {}\n\
+         egress:\n\
+         - toFQDNs: [{matchName: api.example.com}]\n\
+         - toFQDNs: []\n",
+    );
+    let got = advice(std::slice::from_ref(&without));
+    assert_eq!(
+        got.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        ["spec.egress[0].toFQDNs"]
+    );
+    assert!(got[0].1.contains("rules.dns"), "{}", got[0].1);
+    let with = spec(
+        r"
+endpointSelector: {}
+egress:
+- toFQDNs: [{matchName: api.example.com}]
+- toEndpoints: [{}]
+  toPorts: [{ports: [{port: '53', protocol: UDP}], rules: {dns: [{matchPattern: '*'}]}}]
+",
+    );
+    assert!(advice(std::slice::from_ref(&with)).is_empty());
+    // Several specs: paths name the spec.
+    let both = advice(&[with, without]);
+    assert_eq!(both.len(), 1);
+    assert_eq!(both[0].0, "specs[1].egress[0].toFQDNs");
+}
