@@ -155,6 +155,9 @@ pub struct Metrics {
     pub drops: Family<DropLabels, Counter>,
     /// Flow events agents could not deliver (and records we could not parse).
     pub flows_lost: Family<LostLabels, Counter>,
+    /// Addresses learned from DNS that a node's per-name cap dropped since its agent
+    /// started (as its last health report said).
+    pub fqdn_evicted: Family<LostLabels, Gauge>,
     /// Agents with an open `Sync` stream to this replica.
     pub agents_connected: Gauge,
     /// What connected agents were sent and have not acknowledged.
@@ -205,6 +208,13 @@ impl Metrics {
             "Flow events a node's agent reported as lost, plus records that could not be parsed",
             flows_lost.clone(),
         );
+        let fqdn_evicted = Family::<LostLabels, Gauge>::default();
+        registry.register(
+            "weft_fqdn_addresses_evicted",
+            "Addresses learned from DNS that a node's per-name cap (--fqdn-max-ips-per-name) \
+             dropped since its agent started: toFQDNs no longer allows them",
+            fqdn_evicted.clone(),
+        );
         let agents_connected = Gauge::default();
         registry.register(
             "weft_agents_connected",
@@ -231,6 +241,7 @@ impl Metrics {
             flows_processed,
             drops,
             flows_lost,
+            fqdn_evicted,
             agents_connected,
             sync_lag: SyncLag::default(),
             sync_lag_seconds,

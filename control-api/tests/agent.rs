@@ -272,6 +272,7 @@ async fn reports_show_up_in_node_status_and_inventory() {
                 map_fill: [("WEFT_CT".to_string(), 0.25)].into(),
                 lost_events: 3,
                 last_error: String::new(),
+                fqdn_addresses_evicted: 7,
             },
             &n1.node_credential,
         ))
@@ -317,7 +318,15 @@ async fn reports_show_up_in_node_status_and_inventory() {
     assert_eq!(status["applied_revision"], applied);
     assert_eq!(status["health"]["datapath_status"], "ok");
     assert_eq!(status["health"]["lost_events"], 3);
+    assert_eq!(status["health"]["fqdn_addresses_evicted"], 7);
     assert_eq!(status["health"]["apply_errors"], serde_json::json!([]));
+    // The FQDN cap's evictions are a metric per node.
+    let m = t.call("GET", "/metrics", None, None).await;
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("weft_fqdn_addresses_evicted{tenant=\"acme\",node=\"node-1\"} 7"),
+        "{text}"
+    );
 
     // Without a credential nothing is accepted.
     let e = client

@@ -16,6 +16,7 @@ use weft_proto::v1::{
 
 use super::NodeCtx;
 use crate::error::{ApiError, Result};
+use crate::metrics::LostLabels;
 use crate::state::AppState;
 use crate::store::endpoints::{self, EndpointWrite};
 use crate::store::nodes;
@@ -116,7 +117,6 @@ pub async fn flows(
     tenant_name: &str,
     batch: &FlowBatch,
 ) -> Result<QueuedFlows> {
-    use crate::metrics::LostLabels;
     let enriched =
         crate::flows::ingest::enrich(&st.pool, &st.enrich_cache, node.tenant_id, batch).await?;
     if enriched.invalid > 0 {
@@ -164,9 +164,21 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
         "map_fill": req.map_fill.iter().collect::<BTreeMap<_, _>>(),
         "lost_events": req.lost_events,
         "last_error": req.last_error,
+        "fqdn_addresses_evicted": req.fqdn_addresses_evicted,
     });
     let mut tx = st.pool.begin().await?;
     store::set_tenant(&mut tx, node.tenant_id).await?;
+    // A series per node only once its agent evicted something (thousands of nodes that
+    // never do stay out of the scrape).
+    let evicted = i64::try_from(req.fqdn_addresses_evicted).unwrap_or(i64::MAX);
+    let (tenant, _) = nodes::tenant_name_and_applied(&mut tx, node.id).await?;
+    let labels = LostLabels {
+        tenant,
+        node: node.name.clone(),
+    };
+    if evicted > 0 || st.metrics.fqdn_evicted.get(&labels).is_some() {
+        st.metrics.fqdn_evicted.get_or_create(&labels).set(evicted);
+    }
     nodes::health(
         &mut tx,
         node.id,

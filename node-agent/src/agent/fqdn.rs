@@ -41,7 +41,7 @@ pub fn learner(dp: &SharedDatapath) -> Learner {
             .learn_fqdn(names, addrs)
             .map_err(|e| e.to_string())?;
         for name in capped {
-            tracing::warn!(%name, "more addresses than kept per DNS name: the earliest-expiring were dropped");
+            tracing::warn!(%name, "more addresses than kept per DNS name (--fqdn-max-ips-per-name): the earliest-expiring were dropped (counted in the health report's fqdn_addresses_evicted)");
         }
         Ok(())
     })

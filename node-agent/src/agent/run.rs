@@ -556,6 +556,7 @@ impl Session<'_> {
             map_fill,
             lost_events: lost,
             last_error: self.last_error.clone(),
+            fqdn_addresses_evicted: dp.fqdn_evicted(),
         }
     }
 }

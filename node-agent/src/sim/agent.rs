@@ -241,6 +241,7 @@ async fn session(
                     map_fill: Default::default(),
                     lost_events: 0,
                     last_error: String::new(),
+                    fqdn_addresses_evicted: 0,
                 }).await?;
             }
         }

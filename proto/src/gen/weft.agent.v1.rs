@@ -374,6 +374,10 @@ pub struct HealthReport {
     pub lost_events: u64,
     #[prost(string, tag = "6")]
     pub last_error: ::prost::alloc::string::String,
+    /// Addresses learned from DNS that the per-name cap (`--fqdn-max-ips-per-name`) dropped
+    /// since the agent started: connections to them are no longer allowed by `toFQDNs`.
+    #[prost(uint64, tag = "7")]
+    pub fqdn_addresses_evicted: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

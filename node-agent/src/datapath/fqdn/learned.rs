@@ -90,6 +90,9 @@ pub struct Learned {
     /// Selector ids handed out (never reused within a run).
     #[serde(skip)]
     selector_ids: BTreeMap<FqdnSelector, u32>,
+    /// Addresses dropped by the per-name cap in this run (the agent reports it).
+    #[serde(skip)]
+    evicted: u64,
 }
 
 /// What changed in the ipcache, and whether identities came or went (then every endpoint's
@@ -141,11 +144,17 @@ impl Learned {
                 by_expiry.sort();
                 for (_, ip) in &by_expiry[..by_expiry.len() - ttl.max_ips_per_name] {
                     ips.remove(ip);
+                    self.evicted += 1;
                 }
                 capped.push(name.clone());
             }
         }
         (capped, new)
+    }
+
+    /// Addresses the per-name cap dropped in this run.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Forgets what expired before `now`; true if anything did.
@@ -461,6 +470,7 @@ mod tests {
             200,
         );
         assert_eq!(capped, vec!["b.allowed.test".to_string()]);
+        assert_eq!(l.evicted(), 1);
         let kept: Vec<IpAddr> = l.names().flat_map(|(_, ips)| ips.keys().copied()).collect();
         assert_eq!(kept, vec![ip("192.0.2.5"), ip("192.0.2.7")]);
     }

@@ -52,6 +52,11 @@ impl Datapath {
         self.fqdn.ttl = ttl;
     }
 
+    /// Addresses learned from DNS that the per-name cap dropped in this run.
+    pub fn fqdn_evicted(&self) -> u64 {
+        self.fqdn.learned.evicted()
+    }
+
     /// What the node learned (to persist it).
     pub fn fqdn_learned(&self) -> &Learned {
         &self.fqdn.learned
