@@ -221,10 +221,25 @@ impl From<sqlx::Error> for ApiError {
                 }
             }
         }
-        match e {
-            sqlx::Error::PoolTimedOut => ApiError::Unavailable("database is not reachable".into()),
-            other => ApiError::Internal(other.into()),
+        if database_gone(&e) {
+            tracing::warn!(error = %e, "database not reachable");
+            return ApiError::Unavailable("the database is not reachable; retry later".into());
         }
+        ApiError::Internal(e.into())
+    }
+}
+
+/// Whether the error says the database went away (stopped, restarted, unreachable), not
+/// that the request was wrong: the client may retry later (503), nothing is a server bug.
+/// SQLSTATE class 08 is a connection exception, class 57 an operator intervention
+/// (`57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now).
+fn database_gone(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+        _ => false,
     }
 }
 
@@ -258,4 +273,28 @@ fn conflict_for_constraint(constraint: &str) -> Option<ApiError> {
         detail: detail.to_string(),
         field: Some(field.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_went_away_is_a_503_not_a_500() {
+        let gone = [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ];
+        for e in gone {
+            assert!(
+                matches!(ApiError::from(e), ApiError::Unavailable(_)),
+                "unavailable"
+            );
+        }
+        assert!(matches!(
+            ApiError::from(sqlx::Error::RowNotFound),
+            ApiError::Internal(_)
+        ));
+    }
 }

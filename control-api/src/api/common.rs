@@ -196,6 +196,10 @@ pub enum ReadErrors {
     /// Too many failed credential attempts from this address; see `Retry-After`.
     #[response(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Problem),
+    /// The database is not reachable (stopped, restarting, cut off); retry later. A write
+    /// answered so may or may not have been committed: read before retrying a create.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 /// Errors any write may answer.
@@ -229,6 +233,10 @@ pub enum WriteErrors {
     /// Too many failed credential attempts from this address; see `Retry-After`.
     #[response(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Problem),
+    /// The database is not reachable (stopped, restarting, cut off); retry later. A write
+    /// answered so may or may not have been committed: read before retrying a create.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 #[cfg(test)]

@@ -2469,6 +2469,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     me: {
@@ -2517,6 +2529,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2576,6 +2600,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2689,6 +2725,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_tenant: {
@@ -2741,6 +2789,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2859,6 +2919,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     delete_tenant: {
@@ -2957,6 +3029,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3075,6 +3159,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_members: {
@@ -3129,6 +3225,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3244,6 +3352,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     remove_member: {
@@ -3341,6 +3461,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3457,6 +3589,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_tokens: {
@@ -3511,6 +3655,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3625,6 +3781,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     revoke_token: {
@@ -3729,6 +3897,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_clusters: {
@@ -3784,6 +3964,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3900,6 +4092,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_cluster: {
@@ -3954,6 +4158,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4074,6 +4290,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     delete_cluster: {
@@ -4174,6 +4402,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4294,6 +4534,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_services: {
@@ -4351,6 +4603,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4469,6 +4733,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_service: {
@@ -4525,6 +4801,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4647,6 +4935,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     delete_service: {
@@ -4749,6 +5049,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4871,6 +5183,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_policies: {
@@ -4926,6 +5250,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5063,6 +5399,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_policy: {
@@ -5117,6 +5465,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5249,6 +5609,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     delete_policy: {
@@ -5349,6 +5721,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5481,6 +5865,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     import_policies: {
@@ -5594,6 +5990,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_test_workloads: {
@@ -5652,6 +6060,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5782,6 +6202,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     delete_test_workloads: {
@@ -5890,6 +6322,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_test_workload: {
@@ -5946,6 +6390,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6059,6 +6515,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_probes: {
@@ -6117,6 +6585,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6247,6 +6727,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     delete_probes: {
@@ -6355,6 +6847,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_probe: {
@@ -6411,6 +6915,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6524,6 +7040,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_nodes: {
@@ -6588,6 +7116,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_node: {
@@ -6644,6 +7184,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6760,6 +7312,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_endpoints: {
@@ -6819,6 +7383,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6887,6 +7463,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_identities: {
@@ -6943,6 +7531,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7016,6 +7616,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7154,6 +7766,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     stream_flows: {
@@ -7280,6 +7904,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     service_map: {
@@ -7334,6 +7970,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7401,6 +8049,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_join_tokens: {
@@ -7457,6 +8117,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7573,6 +8245,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     revoke_join_token: {
@@ -7672,6 +8356,18 @@ export interface operations {
             };
             /** @description Too many failed credential attempts from this address; see `Retry-After`. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /**
+             * @description The database is not reachable (stopped, restarting, cut off); retry later. A write
+             *     answered so may or may not have been committed: read before retrying a create.
+             */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,0 +1,238 @@
+//! Faults the control plane must survive. PostgreSQL going away: the API's pool reaches the
+//! database through a TCP relay the test cuts (every open connection reset, new ones
+//! refused, as when PostgreSQL stops or its host drops off the network) and restores.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A relay to the database that can be cut and restored.
+struct Relay {
+    port: u16,
+    /// `false`: cut (open connections are reset, new ones closed at once).
+    up: watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(to: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (up, rx) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !*rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let (to, mut rx) = (to.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&to).await else {
+                        return;
+                    };
+                    let mut client = client;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                    // Dropped: both sides see the connection end.
+                });
+            }
+        });
+        Relay { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// `url` with its host and port replaced by the relay's.
+fn through(url: &str, port: u16) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("scheme");
+    let (auth, rest) = rest.rsplit_once('@').expect("credentials in the URL");
+    let (hostport, path) = rest.split_once('/').expect("database");
+    (
+        format!("{scheme}://{auth}@127.0.0.1:{port}/{path}"),
+        hostport.to_string(),
+    )
+}
+
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let mut rq = http
+        .request(method, url)
+        .bearer_auth(common::OPERATOR)
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        rq = rq
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    match rq.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (status, v, started.elapsed())
+        }
+        Err(e) => (0, json!({"transport": e.to_string()}), started.elapsed()),
+    }
+}
+
+#[tokio::test]
+async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() {
+    let db_url = weft_testkit::db::fresh("faults").await;
+    let (_, pg) = through(&db_url, 0);
+    let relay = Relay::start(pg).await;
+    let (relayed, _) = through(&db_url, relay.port);
+    let state = weft_testkit::server::state(
+        &relayed,
+        common::OPERATOR,
+        None,
+        control_api::ratelimit::FailureLimiter::default(),
+    )
+    .await;
+    let base = weft_testkit::server::serve_rest(state).await;
+    let http = reqwest::Client::new();
+    use reqwest::Method;
+    let (s, b, _) = send(
+        &http,
+        Method::POST,
+        &format!("{base}/v1/tenants"),
+        Some(json!({"name": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+
+    // Writers create policies all along; each remembers what it was answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered: Arc<Mutex<Vec<(String, u16, Value)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (http, base, stop, answered) =
+            (http.clone(), base.clone(), stop.clone(), answered.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("w{w}-{i}");
+                let body = json!({"name": name, "spec": {
+                    "endpointSelector": {"matchLabels": {"app": "web"}},
+                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": format!("c{i}")}}]}]}});
+                let (s, v, _) = send(
+                    &http,
+                    Method::POST,
+                    &format!("{base}/v1/tenants/acme/policies"),
+                    Some(body),
+                )
+                .await;
+                answered.lock().expect("lock").push((name, s, v));
+                i += 1;
+                if s != 201 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The database goes away for 8 s.
+    relay.set(false);
+    let cut = Instant::now();
+    let (s, v, took) = send(&http, Method::GET, &format!("{base}/readyz"), None).await;
+    assert_eq!(s, 503, "/readyz fails while the database is away: {v}");
+    assert!(
+        took < Duration::from_secs(8),
+        "answered, not hung: {took:?}"
+    );
+    let (s, v, took) = send(
+        &http,
+        Method::GET,
+        &format!("{base}/v1/tenants/acme/policies"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(":unavailable")),
+        "a problem saying so: {v}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let (s, _, _) = send(&http, Method::GET, &format!("{base}/healthz"), None).await;
+    assert_eq!(s, 200, "the process itself is alive");
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut.elapsed())).await;
+
+    // Back: ready again, and writes succeed again.
+    relay.set(true);
+    let back = Instant::now();
+    loop {
+        let (s, _, _) = send(&http, Method::GET, &format!("{base}/readyz"), None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(30), "not ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = answered.lock().expect("lock").len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok_after = answered.lock().expect("lock")[before..]
+            .iter()
+            .filter(|(_, s, _)| *s == 201)
+            .count();
+        if ok_after >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes do not succeed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // Every answer was a 201 or a 503 problem, never a 500 or a hang; some of each.
+    let answered = answered.lock().expect("lock").clone();
+    let by_status = |s: u16| answered.iter().filter(|(_, st, _)| *st == s).count();
+    let odd: Vec<_> = answered
+        .iter()
+        .filter(|(_, s, _)| *s != 201 && *s != 503)
+        .collect();
+    assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
+    assert!(by_status(201) > 3 && by_status(503) > 0, "{answered:?}");
+    // Every acknowledged write is there.
+    let (s, v, _) = send(
+        &http,
+        Method::GET,
+        &format!("{base}/v1/tenants/acme/policies?limit=1000"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let stored: std::collections::BTreeSet<&str> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for (name, s, _) in &answered {
+        if *s == 201 {
+            assert!(
+                stored.contains(name.as_str()),
+                "{name} was acknowledged but is gone"
+            );
+        }
+    }
+}
