@@ -66,7 +66,7 @@ fn through(url: &str, port: u16) -> (String, String) {
 async fn send(
     http: &reqwest::Client,
     method: reqwest::Method,
-    url: &str,
+    url: String,
     body: Option<Value>,
 ) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -106,10 +106,11 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     let base = weft_testkit::server::serve_rest(state).await;
     let http = reqwest::Client::new();
     use reqwest::Method;
+    let get = |path: &str| send(&http, Method::GET, format!("{base}{path}"), None);
     let (s, b, _) = send(
         &http,
         Method::POST,
-        &format!("{base}/v1/tenants"),
+        format!("{base}/v1/tenants"),
         Some(json!({"name": "acme"})),
     )
     .await;
@@ -132,7 +133,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
                 let (s, v, _) = send(
                     &http,
                     Method::POST,
-                    &format!("{base}/v1/tenants/acme/policies"),
+                    format!("{base}/v1/tenants/acme/policies"),
                     Some(body),
                 )
                 .await;
@@ -149,19 +150,13 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     // The database goes away for 8 s.
     relay.set(false);
     let cut = Instant::now();
-    let (s, v, took) = send(&http, Method::GET, &format!("{base}/readyz"), None).await;
+    let (s, v, took) = get("/readyz").await;
     assert_eq!(s, 503, "/readyz fails while the database is away: {v}");
     assert!(
         took < Duration::from_secs(8),
         "answered, not hung: {took:?}"
     );
-    let (s, v, took) = send(
-        &http,
-        Method::GET,
-        &format!("{base}/v1/tenants/acme/policies"),
-        None,
-    )
-    .await;
+    let (s, v, took) = get("/v1/tenants/acme/policies").await;
     assert_eq!(s, 503, "{v}");
     assert!(
         v["type"]
@@ -170,7 +165,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
         "a problem saying so: {v}"
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
-    let (s, _, _) = send(&http, Method::GET, &format!("{base}/healthz"), None).await;
+    let (s, _, _) = get("/healthz").await;
     assert_eq!(s, 200, "the process itself is alive");
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut.elapsed())).await;
 
@@ -178,7 +173,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     relay.set(true);
     let back = Instant::now();
     loop {
-        let (s, _, _) = send(&http, Method::GET, &format!("{base}/readyz"), None).await;
+        let (s, _, _) = get("/readyz").await;
         if s == 200 {
             break;
         }
@@ -213,13 +208,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     assert!(odd.is_empty(), "answers other than 201 and 503: {odd:?}");
     assert!(by_status(201) > 3 && by_status(503) > 0, "{answered:?}");
     // Every acknowledged write is there.
-    let (s, v, _) = send(
-        &http,
-        Method::GET,
-        &format!("{base}/v1/tenants/acme/policies?limit=1000"),
-        None,
-    )
-    .await;
+    let (s, v, _) = get("/v1/tenants/acme/policies?limit=1000").await;
     assert_eq!(s, 200, "{v}");
     let stored: std::collections::BTreeSet<&str> = v["items"]
         .as_array()

@@ -97,6 +97,36 @@ pub async fn call(app: &axum::Router, method: &str, path: &str, body: Value) -> 
     Ok(v)
 }
 
+/// A REST call over HTTP to `base` as the operator: the JSON body, or an error with the
+/// status and body.
+pub async fn rest(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let m = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut rq = http
+        .request(m, format!("{base}{path}"))
+        .bearer_auth(OPERATOR);
+    if let Some(b) = body {
+        rq = rq
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = rq
+        .send()
+        .await
+        .with_context(|| format!("{method} {path}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        bail!("{method} {path}: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     percentile(v, 0.5)
 }

@@ -34,11 +34,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use common::{percentile, OPERATOR};
+use common::{percentile, rest};
 use procs::{cpu_ms, mem_available_kib, postgres_cpu_ms, rss_kib, Replica, Sim, SimSpec};
 
 /// Longest a change may take to reach every agent before the run is declared failed.
@@ -64,7 +64,7 @@ impl Bench {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        call(&self.http, &self.replicas[via % 2].rest, method, path, body).await
+        rest(&self.http, &self.replicas[via % 2].rest, method, path, body).await
     }
 
     fn urls(&self) -> Vec<String> {
@@ -154,34 +154,6 @@ impl Bench {
     fn server_cpu_ms(&self) -> f64 {
         self.replicas.iter().map(|r| cpu_ms(r.pid())).sum()
     }
-}
-
-async fn call(
-    http: &reqwest::Client,
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value> {
-    let m = reqwest::Method::from_bytes(method.as_bytes())?;
-    let mut rq = http
-        .request(m, format!("{base}{path}"))
-        .bearer_auth(OPERATOR);
-    if let Some(b) = body {
-        rq = rq
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = rq
-        .send()
-        .await
-        .with_context(|| format!("{method} {path}"))?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if !status.is_success() {
-        bail!("{method} {path}: {status} {text}");
-    }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Endpoints labelled `app=app-<to>` admit `app=app-<from>` on one TCP port.
@@ -345,16 +317,16 @@ fn probe(
         while !stop.load(Ordering::Acquire) {
             let base = &bases[i % 2];
             let t = Instant::now();
-            if call(&http, base, "GET", &nodes, None).await.is_ok() {
+            if rest(&http, base, "GET", &nodes, None).await.is_ok() {
                 gets.push(t.elapsed().as_secs_f64() * 1e3);
             }
             let t = Instant::now();
-            if call(&http, base, "GET", &policies, None).await.is_ok() {
+            if rest(&http, base, "GET", &policies, None).await.is_ok() {
                 lists.push(t.elapsed().as_secs_f64() * 1e3);
             }
             let t = Instant::now();
             let p = policy("probe", 2, 3, 20_000 + (i % 1000) as u16);
-            if call(
+            if rest(
                 &http,
                 base,
                 "PUT",
