@@ -143,12 +143,39 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     );
     let tasks = state.tasks.clone();
-    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let rest_tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let router = app(state);
     let rest = async {
-        axum::serve(listener, app)
+        match rest_tls {
+            Some(config) => {
+                use axum::serve::ListenerExt;
+                // Browsers that reached the API over TLS keep to it.
+                let router =
+                    router.layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+                        axum::http::header::STRICT_TRANSPORT_SECURITY,
+                        axum::http::HeaderValue::from_static("max-age=31536000"),
+                    ));
+                // `tap_io` lends the listener `ConnectInfo<SocketAddr>`, as a TCP one has.
+                let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped(stop_rx))
+                .await
+                .context("serving HTTPS")
+            }
+            None => axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
             .with_graceful_shutdown(stopped(stop_rx))
             .await
-            .context("serving HTTP")
+            .context("serving HTTP"),
+        }
     };
     let served = tokio::try_join!(rest, agent);
     // Requests are done (or failed to start): stop the background tasks and wait for them.

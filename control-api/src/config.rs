@@ -63,6 +63,14 @@ pub struct ServeConfig {
         global = true
     )]
     pub agent_tls_key: Option<std::path::PathBuf>,
+    /// PEM certificate (chain) of the REST API; with `--tls-key`, REST is served over TLS
+    /// only (HTTP/2 and HTTP/1.1) and answers carry `Strict-Transport-Security`. Unset:
+    /// plain HTTP (loopback, or behind a TLS-terminating proxy).
+    #[arg(long, env = "WEFT_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the REST API's certificate.
+    #[arg(long, env = "WEFT_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
     /// How long an identity no endpoint uses is kept before it is collected.
     #[arg(
         long,

@@ -122,3 +122,80 @@ fn refuses_to_start_without_a_database_or_with_a_weak_operator_token() {
         "the token itself is not echoed: {err}"
     );
 }
+
+/// One HTTP/1.1 GET over TLS trusting `ca` (PEM): the status line and the response head.
+async fn tls_get(port: u16, ca: &std::path::Path, path: &str) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)? {
+        roots
+            .add(c.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn serves_rest_over_tls_with_hsts_and_no_plain_http() {
+    let t = common::TestApp::new().await;
+    let dir = weft_testkit::tmp::dir("rest-tls");
+    let (cert, key) = weft_testkit::server::self_signed(dir.path(), [127, 0, 0, 1].into());
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
+        .env("DATABASE_URL", &t.url)
+        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .args(["--tls-cert".as_ref(), cert.as_os_str()])
+        .args(["--tls-key".as_ref(), key.as_os_str()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start control-api");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let head = loop {
+        match tls_get(port, &cert, "/readyz").await {
+            Ok(h) if h.starts_with("HTTP/1.1 200") => break h,
+            _ => {
+                assert!(
+                    child.try_wait().expect("wait").is_none(),
+                    "control-api exited early"
+                );
+                assert!(Instant::now() < deadline, "no TLS answer in 30 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{head}"
+    );
+    let h = tls_get(port, &cert, "/v1/tenants").await.expect("TLS GET");
+    assert!(h.starts_with("HTTP/1.1 401"), "{h}");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    assert_eq!(get(port, "/healthz"), None);
+    // A client that connects and never says hello holds up no one.
+    let _idle = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let h = tls_get(port, &cert, "/healthz").await.expect("TLS GET");
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
