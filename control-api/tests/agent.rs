@@ -341,6 +341,43 @@ async fn reports_show_up_in_node_status_and_inventory() {
     assert_eq!(e.code(), Code::Unauthenticated);
 }
 
+/// A flood of wrong join tokens is limited (per address and per token); a valid token from
+/// the same address still registers.
+#[tokio::test]
+async fn wrong_join_tokens_are_limited_and_a_valid_one_still_registers() {
+    let t = TestApp::with_limiter(control_api::ratelimit::FailureLimiter::new(
+        5,
+        std::time::Duration::from_secs(60),
+    ))
+    .await;
+    let owner = t.tenant("acme").await;
+    t.cluster("acme", "prod", &owner).await;
+    let mut client = agent(&t).await;
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let e = client
+            .register(register(&format!("weft_jt_wrong{i}"), "node-x", false))
+            .await
+            .expect_err("refused");
+        codes.push(e.code());
+    }
+    assert_eq!(
+        codes,
+        [
+            [Code::Unauthenticated; 5].as_slice(),
+            [Code::ResourceExhausted; 3].as_slice()
+        ]
+        .concat()
+    );
+    let tok = join_token(&t, &owner, "prod", json!({"name": "n"})).await;
+    let node = client
+        .register(register(&tok, "node-1", false))
+        .await
+        .expect("a valid join token is never limited")
+        .into_inner();
+    assert!(!node.node_credential.is_empty());
+}
+
 #[tokio::test]
 async fn the_agent_service_speaks_tls() {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};

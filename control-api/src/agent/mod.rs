@@ -140,10 +140,32 @@ impl Agent for AgentService {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        register::register(&self.st, req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        let source = req
+            .remote_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        let hash = crate::secret::hash_token(&req.get_ref().join_token);
+        match register::register(&self.st, req.into_inner()).await {
+            Ok(r) => Ok(Response::new(r)),
+            // Wrong join tokens are guesses: limited per address and per token, as node
+            // credentials are. A valid token always registers.
+            Err(ApiError::Unauthenticated(why)) => {
+                match self
+                    .st
+                    .auth_failures
+                    .failed(source, &hash, std::time::Instant::now())
+                {
+                    Ok(()) => Err(Status::unauthenticated(why)),
+                    Err(_) => {
+                        tracing::info!(%source, "failed registrations, limited");
+                        Err(Status::resource_exhausted(
+                        "too many failed registrations from this address or with this join token",
+                    ))
+                    }
+                }
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 
     type SyncStream = sync::Stream;
