@@ -1,6 +1,6 @@
-//! What the release-example benchmarks (`bench compile`, `bench flows`, `bench propagation`)
-//! share: their one flag, building the example, a private PostgreSQL for those that need
-//! one, and running it with its JSON output under the target dir.
+//! What the release-example benchmarks (`bench api`, `bench compile`, `bench flows`,
+//! `bench propagation`) share: their one flag, building the example, a private PostgreSQL
+//! for those that need one, and running it with its JSON output under the target dir.
 
 use std::ffi::OsStr;
 use std::process::Command;
@@ -82,13 +82,6 @@ fn with_postgres_and(name: &str, out: &str, args: &[String], extra: &[String]) -
 /// simulated agents (`node-agent sim`).
 pub fn propagation(args: &[String]) -> Result<()> {
     crate::ebpf::build_release(&sh::root(), &["control-api", "node-agent"], &["--bins"])?;
-    let bin = |n: &str| {
-        sh::target_dir()
-            .join("release")
-            .join(n)
-            .display()
-            .to_string()
-    };
     let extra = [
         "--control-api".to_string(),
         bin("control-api"),
@@ -96,4 +89,21 @@ pub fn propagation(args: &[String]) -> Result<()> {
         bin("node-agent"),
     ];
     with_postgres_and("propagation_bench", "propagation", args, &extra)
+}
+
+/// A release binary's path.
+fn bin(name: &str) -> String {
+    sh::target_dir()
+        .join("release")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `bench api`: builds the release `control-api`, which the benchmark runs as a process
+/// (its CPU is measured apart from the load generator's).
+pub fn api(args: &[String]) -> Result<()> {
+    crate::ebpf::build_release(&sh::root(), &["control-api"], &["--bins"])?;
+    let extra = ["--control-api".to_string(), bin("control-api")];
+    with_postgres_and("api_bench", "api", args, &extra)
 }

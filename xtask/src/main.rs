@@ -71,6 +71,12 @@ commands:
                     processes: p50/p99, rows and CPU per change, RSS per agent, REST
                     p99 beside the fan-out, re-homing after a replica's SIGKILL, as
                     ratios to one agent; writes <target dir>/bench/propagation.json
+  bench api [--quick]
+                    REST load on one control-api process holding 1,000 policies and
+                    10,000 flows: mixed reads and If-Match writes at 8 .. 256 clients
+                    (8 and 32 with --quick) until p99 > 250 ms or errors (the knee),
+                    beside GET /healthz at the same concurrency, with control-api and
+                    PostgreSQL CPU; writes <target dir>/bench/api.json
   bench compile [--quick]
                     desired-state compiler: one node's compile for tenants of growing
                     size, as ratios to the smallest; writes <target dir>/bench/compile.json";
@@ -114,6 +120,9 @@ fn run(args: &[String]) -> Result<()> {
         }
         "bench" if rest.first().map(String::as_str) == Some("propagation") => {
             bench_example::propagation(&rest[1..])
+        }
+        "bench" if rest.first().map(String::as_str) == Some("api") => {
+            bench_example::api(&rest[1..])
         }
         "bench" if rest.first().map(String::as_str) == Some("compile") => {
             bench_compile::run(&rest[1..])
