@@ -84,6 +84,54 @@ async fn the_script_is_valid_sh_with_this_apis_urls() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--label 'a b'"));
     let unknown = run(&["--join-token", "x", "--frobnicate", "1"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown option --frobnicate"));
+    // The token can come from a file or the environment (no command line shows it); a
+    // wrong one is refused without being echoed.
+    let file = dir.join("token");
+    std::fs::write(&file, "weft_jt_s3cret with blanks\n").expect("write");
+    let from_file = run(&["--join-token-file", file.to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&from_file.stderr);
+    assert!(!from_file.status.success());
+    assert!(
+        err.contains("the join token in") && !err.contains("s3cret"),
+        "{err}"
+    );
+    let err = run(&[
+        "--join-token-file",
+        dir.join("none").to_str().expect("path"),
+    ]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("is not a readable file"));
+    let env = std::process::Command::new("sh")
+        .arg(&path)
+        .env("WEFT_JOIN_TOKEN", "weft_jt_s3cret;id")
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&env.stderr);
+    assert!(!env.status.success());
+    assert!(
+        err.contains("WEFT_JOIN_TOKEN") && !err.contains("s3cret"),
+        "{err}"
+    );
+    // A good token from the file gets past the options (to the platform check or the
+    // download, which fail here for other reasons).
+    std::fs::write(&file, "weft_jt_AbC-123_x\n").expect("write");
+    let good = run(&[
+        "--join-token-file",
+        file.to_str().expect("path"),
+        "--state-dir",
+        dir.join("s").to_str().expect("path"),
+        "--prefix",
+        dir.join("p").to_str().expect("path"),
+        "--config-dir",
+        dir.join("c").to_str().expect("path"),
+        "--no-systemd",
+        "--wait",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&good.stderr);
+    assert!(
+        !err.contains("join token") && !err.contains("AbC-123"),
+        "{err}"
+    );
 
     // A Host that would break out of the script's quoting is refused.
     let (status, _, _) = get(&app, "/install.sh", Some("evil'$(id)")).await;

@@ -11,7 +11,9 @@ set -eu
 
 API_URL='@API_URL@'
 CONTROL_PLANE='@AGENT_URL@'
-JOIN_TOKEN=''
+# From the environment (no process's command line shows it), --join-token-file or
+# --join-token (visible in `ps` while this runs).
+JOIN_TOKEN=${WEFT_JOIN_TOKEN:-}
 PREFIX=/usr/local
 CONFIG_DIR=/etc/weft
 STATE_DIR=/var/lib/weft
@@ -32,7 +34,9 @@ Install the Weft node agent and register this machine as a node.
 Usage: sh install.sh --join-token TOKEN [options]
 
   --join-token TOKEN     from POST /v1/tenants/{tenant}/clusters/{cluster}/join-tokens
-                         (not needed when this machine is already registered)
+                         (not needed when this machine is already registered); shown by
+                         ps while this runs: prefer --join-token-file or WEFT_JOIN_TOKEN
+  --join-token-file FILE read the join token from the first line of FILE
   --control-plane URL    the agent service (default $CONTROL_PLANE)
   --node-name NAME       node name (default: the host name)
   --address A[,B...]     the node's addresses, reported at registration
@@ -55,6 +59,13 @@ die() {
     exit 1
 }
 
+# A join token is never echoed, even when it is wrong.
+token_ok() {
+    case "$1" in
+        '' | *[!A-Za-z0-9_-]*) die "the join token $2 is empty or has characters other than A-Z a-z 0-9 _ -" ;;
+    esac
+}
+
 # Values end up in an environment file and a unit file: keep them to plain characters.
 plain() {
     case "$2" in
@@ -72,7 +83,12 @@ while [ $# -gt 0 ]; do
     val=$2
     shift 2
     case "$opt" in
-        --join-token) plain "$opt" "$val"; JOIN_TOKEN=$val ;;
+        --join-token) token_ok "$val" "given with --join-token"; JOIN_TOKEN=$val ;;
+        --join-token-file)
+            [ -r "$val" ] || die "--join-token-file $val is not a readable file"
+            JOIN_TOKEN=''
+            IFS= read -r JOIN_TOKEN <"$val" || [ -n "$JOIN_TOKEN" ] || die "--join-token-file $val is empty"
+            token_ok "$JOIN_TOKEN" "in $val" ;;
         --control-plane) plain "$opt" "$val"; CONTROL_PLANE=$val ;;
         --node-name) plain "$opt" "$val"; NODE_NAME=$val ;;
         --address) plain "$opt" "$val"; ADDRESSES=${ADDRESSES:+$ADDRESSES,}$val ;;
@@ -92,6 +108,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+[ -z "$JOIN_TOKEN" ] || token_ok "$JOIN_TOKEN" "(WEFT_JOIN_TOKEN or given)"
 if [ -z "$JOIN_TOKEN" ] && [ ! -s "$STATE_DIR/credential" ]; then
     die "--join-token is required: create one with POST $API_URL/v1/tenants/{tenant}/clusters/{cluster}/join-tokens"
 fi
