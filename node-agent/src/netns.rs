@@ -187,6 +187,22 @@ pub struct NsGuard {
     orig: File,
 }
 
+/// Runs `f` on a short-lived thread inside the namespace at `path` and returns what it
+/// made (a socket keeps the namespace it was created in); the calling thread and its
+/// runtime stay where they are.
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _in = enter_netns(&path)?;
+        f()
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter_netns(path: &Path) -> io::Result<NsGuard> {
     let orig = File::open("/proc/thread-self/ns/net")?;

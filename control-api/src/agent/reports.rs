@@ -168,18 +168,7 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
     });
     let mut tx = st.pool.begin().await?;
     store::set_tenant(&mut tx, node.tenant_id).await?;
-    // A series per node only once its agent evicted something (thousands of nodes that
-    // never do stay out of the scrape).
-    let evicted = i64::try_from(req.fqdn_addresses_evicted).unwrap_or(i64::MAX);
-    let (tenant, _) = nodes::tenant_name_and_applied(&mut tx, node.id).await?;
-    let labels = LostLabels {
-        tenant,
-        node: node.name.clone(),
-    };
-    if evicted > 0 || st.metrics.fqdn_evicted.get(&labels).is_some() {
-        st.metrics.fqdn_evicted.get_or_create(&labels).set(evicted);
-    }
-    nodes::health(
+    let tenant = nodes::health(
         &mut tx,
         node.id,
         &req.agent_version,
@@ -188,6 +177,16 @@ pub async fn health(st: &AppState, node: &NodeCtx, req: HealthReport) -> Result<
     )
     .await?;
     tx.commit().await?;
+    // A series per node only once its agent evicted something (thousands of nodes that
+    // never do stay out of the scrape).
+    let evicted = i64::try_from(req.fqdn_addresses_evicted).unwrap_or(i64::MAX);
+    let labels = LostLabels {
+        tenant,
+        node: node.name.clone(),
+    };
+    if evicted > 0 || st.metrics.fqdn_evicted.get(&labels).is_some() {
+        st.metrics.fqdn_evicted.get_or_create(&labels).set(evicted);
+    }
     Ok(())
 }
 

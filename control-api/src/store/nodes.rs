@@ -386,25 +386,24 @@ pub async fn add_flows_lost(conn: &mut PgConnection, node: Uuid, lost: i64) -> R
 }
 
 /// Records a health report, keeping the apply errors and lost-flow count the control
-/// plane tracks itself.
+/// plane tracks itself; returns the node's tenant's name (for metric labels).
 pub async fn health(
     conn: &mut PgConnection,
     node: Uuid,
     agent_version: &str,
     kernel_version: &str,
     health: serde_json::Value,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE nodes SET agent_version = $2, kernel_version = $3, last_seen = now(), \
-         health = $4 || jsonb_build_object('apply_errors', coalesce(health->'apply_errors', '[]'::jsonb), \
-                                           'flows_lost', coalesce(health->'flows_lost', '0'::jsonb)) \
-         WHERE id = $1",
+) -> Result<String> {
+    Ok(sqlx::query_scalar(
+        "UPDATE nodes n SET agent_version = $2, kernel_version = $3, last_seen = now(), \
+         health = $4 || jsonb_build_object('apply_errors', coalesce(n.health->'apply_errors', '[]'::jsonb), \
+                                           'flows_lost', coalesce(n.health->'flows_lost', '0'::jsonb)) \
+         FROM tenants t WHERE n.id = $1 AND t.id = n.tenant_id RETURNING t.name",
     )
     .bind(node)
     .bind(agent_version)
     .bind(kernel_version)
     .bind(health)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(conn)
+    .await?)
 }

@@ -102,26 +102,15 @@ fn write_framed(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
 /// Asks `resolver` for the A records of `name` (over TCP if `tcp`) from the calling
 /// thread's namespace; the parsed answer.
 pub fn query(resolver: SocketAddr, name: &str, tcp: bool, timeout: Duration) -> io::Result<Answer> {
+    if !tcp {
+        return crate::dns::lookup(resolver, name, message::TYPE_A, timeout);
+    }
     let id = rand::random::<u16>();
     let q = build::query(id, name, message::TYPE_A);
-    let bytes = if tcp {
-        let mut s = TcpStream::connect_timeout(&resolver, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        write_framed(&mut s, &q)?;
-        read_framed(&mut s)?
-    } else {
-        let s = UdpSocket::bind(if resolver.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        })?;
-        s.set_read_timeout(Some(timeout))?;
-        s.connect(resolver)?;
-        s.send(&q)?;
-        let mut buf = [0u8; 4096];
-        let n = s.recv(&mut buf)?;
-        buf[..n].to_vec()
-    };
+    let mut s = TcpStream::connect_timeout(&resolver, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    write_framed(&mut s, &q)?;
+    let bytes = read_framed(&mut s)?;
     let a = message::answer(&bytes).map_err(io::Error::other)?;
     if a.question.id != id {
         return Err(io::Error::other("answer to another query"));

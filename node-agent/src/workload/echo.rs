@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,18 +23,14 @@ const MAX_HEAD: usize = 8192;
 /// A client that sends nothing is closed after this.
 const IDLE: Duration = Duration::from_secs(10);
 
-/// Binds `[::]:port` (both families: a dual-stack workload answers on either) inside the namespace at `netns`, on a short-lived thread that
-/// entered it (the calling thread and the runtime stay where they are).
+/// Binds `[::]:port` (both families: a dual-stack workload answers on either) inside the
+/// namespace at `netns`.
 pub fn bind_in(netns: &Path, port: u16) -> io::Result<TcpListener> {
-    let path: PathBuf = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let _in = crate::netns::enter_netns(&path)?;
+    crate::netns::run_in(netns, move || {
         let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
         l.set_nonblocking(true)?;
         Ok(l)
     })
-    .join()
-    .map_err(|_| io::Error::other("the bind thread panicked"))?
 }
 
 /// A running echo server; stops accepting when dropped (connections in progress finish).
@@ -121,15 +117,11 @@ fn http_path(buf: &[u8]) -> Option<String> {
 
 /// Binds UDP `[::]:53` (both families) inside the namespace at `netns`.
 pub fn bind_dns_in(netns: &Path) -> io::Result<UdpSocket> {
-    let path: PathBuf = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let _in = crate::netns::enter_netns(&path)?;
+    crate::netns::run_in(netns, || {
         let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 53))?;
         s.set_nonblocking(true)?;
         Ok(s)
     })
-    .join()
-    .map_err(|_| io::Error::other("the bind thread panicked"))?
 }
 
 /// How long the world resolver's answers may be cached.

@@ -7,7 +7,7 @@
 //! one [`ProbeResult`] as JSON on stdout.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,7 +20,7 @@ use weft_model::workload::{
 };
 use weft_proto::v1 as pb;
 
-use crate::dns::message::{self, Answer};
+use crate::dns::message;
 
 /// Used when a probe asks for no timeout (0).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -127,79 +127,84 @@ pub struct Request {
     pub resolve: Option<ResolveProbe>,
 }
 
-impl Request {
-    pub fn of(p: &DesiredProbe) -> Request {
-        Request {
-            id: p.id.clone(),
-            target: p.target,
-            timeout: timeout_of(p),
-            http: p.http.clone(),
-            resolve: p.resolve.clone(),
-        }
-    }
-}
-
 /// The client: resolves the name (when asked), connects to the target, sends the echo line
 /// (or the HTTP request) and reads the reply (until it closes, or a newline for the echo),
 /// all within the timeout. Runs in the caller's namespace and cgroup.
 pub fn probe(r: &Request) -> ProbeResult {
-    let (id, target, timeout) = (r.id.as_str(), r.target, r.timeout);
     let start = Instant::now();
+    let dns_rcode = match &r.resolve {
+        Some(q) => match resolve(r, q) {
+            Ok(rcode) => rcode,
+            Err(failed) => return failed,
+        },
+        None => String::new(),
+    };
+    // Whatever happens next, the lookup's answer is part of the result.
+    ProbeResult {
+        dns_rcode,
+        ..exchange(r, start)
+    }
+}
+
+/// The probe's lookup: the answer's response code when it names the target, else the
+/// probe's result (the lookup failed, was refused, or led elsewhere).
+fn resolve(r: &Request, q: &ResolveProbe) -> Result<String, ProbeResult> {
+    let (id, target) = (r.id.as_str(), r.target);
+    let server = SocketAddr::new(q.server, 53);
+    let qtype = if target.is_ipv6() {
+        message::TYPE_AAAA
+    } else {
+        message::TYPE_A
+    };
+    let answer =
+        crate::dns::lookup(server, &q.name, qtype, r.timeout).map_err(|e| ProbeResult {
+            outcome: classify(&e),
+            detail: format!("resolving {} at {server}: {e}", q.name),
+            ..ProbeResult::error(id, "")
+        })?;
+    let dns_rcode = rcode_name(u16::from(answer.rcode));
+    if answer.rcode != 0 {
+        // What a pod sees when a DNS rule refuses the name: the lookup fails.
+        return Err(ProbeResult {
+            outcome: ProbeOutcome::Refused,
+            detail: format!("{server} answered {dns_rcode} for {}", q.name),
+            dns_rcode,
+            ..ProbeResult::error(id, "")
+        });
+    }
+    if !answer.addresses.iter().any(|a| a.ip == target.ip()) {
+        let got: Vec<String> = answer.addresses.iter().map(|a| a.ip.to_string()).collect();
+        return Err(ProbeResult {
+            detail: format!(
+                "{} resolved to [{}], not the target {}",
+                q.name,
+                got.join(", "),
+                target.ip()
+            ),
+            dns_rcode,
+            ..ProbeResult::error(id, "")
+        });
+    }
+    Ok(dns_rcode)
+}
+
+/// Connects, sends the echo line or the HTTP request, and reads the reply, within what is
+/// left of the probe's timeout since `start`.
+fn exchange(r: &Request, start: Instant) -> ProbeResult {
+    let (id, target, timeout) = (r.id.as_str(), r.target, r.timeout);
     let failed = |stage: &str, e: io::Error| ProbeResult {
         outcome: classify(&e),
         detail: format!("{stage} {target}: {e}"),
         ..ProbeResult::error(id, "")
     };
-    let mut dns_rcode = String::new();
-    if let Some(q) = &r.resolve {
-        let server = SocketAddr::new(q.server, 53);
-        let answer = match lookup(server, &q.name, target.is_ipv6(), timeout) {
-            Ok(a) => a,
-            Err(e) => {
-                return ProbeResult {
-                    outcome: classify(&e),
-                    detail: format!("resolving {} at {server}: {e}", q.name),
-                    ..ProbeResult::error(id, "")
-                }
-            }
-        };
-        dns_rcode = rcode_name(u16::from(answer.rcode));
-        if answer.rcode != 0 {
-            // What a pod sees when a DNS rule refuses the name: the lookup fails.
-            return ProbeResult {
-                outcome: ProbeOutcome::Refused,
-                detail: format!("{server} answered {dns_rcode} for {}", q.name),
-                dns_rcode,
-                ..ProbeResult::error(id, "")
-            };
-        }
-        if !answer.addresses.iter().any(|a| a.ip == target.ip()) {
-            let got: Vec<String> = answer.addresses.iter().map(|a| a.ip.to_string()).collect();
-            return ProbeResult {
-                detail: format!(
-                    "{} resolved to [{}], not the target {}",
-                    q.name,
-                    got.join(", "),
-                    target.ip()
-                ),
-                dns_rcode,
-                ..ProbeResult::error(id, "")
-            };
-        }
-    }
-    let left = |start: Instant| {
+    let left = || {
         timeout
             .saturating_sub(start.elapsed())
             .max(Duration::from_millis(1))
     };
-    let mut s = match TcpStream::connect_timeout(&target, left(start)) {
+    let mut s = match TcpStream::connect_timeout(&target, left()) {
         Ok(s) => s,
-        Err(e) => {
-            return ProbeResult {
-                dns_rcode,
-                ..failed("connecting to", e)
-            }
-        }
+        Err(e) => return failed("connecting to", e),
     };
     let (request, line) = match &r.http {
         Some(h) => (
@@ -211,15 +216,12 @@ pub fn probe(r: &Request) -> ProbeResult {
         ),
         None => (format!("{id}\n"), id),
     };
-    let exchange = s
-        .set_read_timeout(Some(left(start)))
-        .and_then(|()| s.set_write_timeout(Some(left(start))))
+    let sent = s
+        .set_read_timeout(Some(left()))
+        .and_then(|()| s.set_write_timeout(Some(left())))
         .and_then(|()| s.write_all(request.as_bytes()));
-    if let Err(e) = exchange {
-        return ProbeResult {
-            dns_rcode,
-            ..failed("sending to", e)
-        };
+    if let Err(e) = sent {
+        return failed("sending to", e);
     }
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 256];
@@ -239,95 +241,50 @@ pub fn probe(r: &Request) -> ProbeResult {
                 if f.outcome == ProbeOutcome::Timeout {
                     f.detail = format!("connected to {target} but no reply within {timeout:?}");
                 }
-                return ProbeResult { dns_rcode, ..f };
+                return f;
             }
         }
     }
     let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let reply = String::from_utf8_lossy(&buf[..buf.len().min(MAX_REPLY)]).into_owned();
+    let error = |detail: String| ProbeResult {
+        latency_us,
+        ..ProbeResult::error(id, detail)
+    };
+    let quoted = |text: &str| format!("{:?}", text.chars().take(80).collect::<String>());
     let (http_status, body) = match &r.http {
         None => (0, reply.as_str()),
         Some(_) => match parse_http_response(&reply) {
             Some((code, body)) => (u32::from(code), body),
             None => {
-                return ProbeResult {
-                    latency_us,
-                    dns_rcode,
-                    ..ProbeResult::error(
-                        id,
-                        format!(
-                            "{target} answered no HTTP response: {:?}",
-                            reply.chars().take(80).collect::<String>()
-                        ),
-                    )
-                }
+                return error(format!(
+                    "{target} answered no HTTP response: {}",
+                    quoted(&reply)
+                ))
             }
         },
     };
-    let done = |reply_from: String, detail: String| ProbeResult {
+    let connected = |reply_from: String, detail: String| ProbeResult {
         id: id.to_string(),
         outcome: ProbeOutcome::Connected,
         detail,
         latency_us,
         reply_from,
         http_status,
-        dns_rcode: dns_rcode.clone(),
+        dns_rcode: String::new(),
     };
     match parse_echo_reply(body, line) {
-        Some(name) => done(name.to_string(), String::new()),
+        Some(name) => connected(name.to_string(), String::new()),
         // Any other HTTP answer (a policy's 403) is the result: its status says what it was.
-        None if http_status != 0 => done(
+        None if http_status != 0 => connected(
             String::new(),
-            format!(
-                "HTTP {http_status}: {:?}",
-                body.trim().chars().take(80).collect::<String>()
-            ),
+            format!("HTTP {http_status}: {}", quoted(body.trim())),
         ),
-        None if reply.is_empty() => ProbeResult {
-            latency_us,
-            dns_rcode: dns_rcode.clone(),
-            ..ProbeResult::error(id, format!("{target} closed without an echo reply"))
-        },
-        None => ProbeResult {
-            latency_us,
-            dns_rcode: dns_rcode.clone(),
-            ..ProbeResult::error(
-                id,
-                format!(
-                    "{target} answered something else than the echo: {:?}",
-                    reply.chars().take(80).collect::<String>()
-                ),
-            )
-        },
-    }
-}
-
-/// Asks `server` (UDP) for the A (or AAAA) records of `name`.
-fn lookup(server: SocketAddr, name: &str, v6: bool, timeout: Duration) -> io::Result<Answer> {
-    let id = rand::random::<u16>();
-    let qtype = if v6 {
-        message::TYPE_AAAA
-    } else {
-        message::TYPE_A
-    };
-    let query = message::build::query(id, name, qtype);
-    let any: SocketAddr = if server.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let s = UdpSocket::bind(any)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.connect(server)?;
-    s.send(&query)?;
-    let mut buf = [0u8; 1500];
-    loop {
-        let n = s.recv(&mut buf)?;
-        // Anything but the answer to this query (a stray datagram) is skipped.
-        match message::answer(&buf[..n]) {
-            Ok(a) if a.question.id == id => return Ok(a),
-            _ => continue,
-        }
+        None if reply.is_empty() => error(format!("{target} closed without an echo reply")),
+        None => error(format!(
+            "{target} answered something else than the echo: {}",
+            quoted(&reply)
+        )),
     }
 }
 
@@ -644,25 +601,5 @@ mod tests {
         t.join().expect("server");
         assert_eq!(r.outcome, ProbeOutcome::Error, "{r:?}");
         assert!(r.detail.contains("no HTTP response"), "{}", r.detail);
-    }
-
-    #[test]
-    fn a_lookup_reads_the_answer_to_its_own_query() {
-        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let addr = server.local_addr().expect("addr");
-        let ip = std::net::Ipv4Addr::new(198, 51, 100, 7);
-        let t = std::thread::spawn(move || {
-            let mut b = [0u8; 512];
-            let (n, from) = server.recv_from(&mut b).expect("query");
-            // A stray datagram first: skipped.
-            server.send_to(b"junk", from).expect("send");
-            let a = crate::workload::echo::dns_answer(&b[..n], ip, None).expect("answer");
-            server.send_to(&a, from).expect("send");
-        });
-        let a = lookup(addr, "echo.allowed.test", false, Duration::from_secs(2)).expect("answer");
-        t.join().expect("server");
-        assert_eq!(a.rcode, 0);
-        assert_eq!(a.question.name, "echo.allowed.test");
-        assert_eq!(a.addresses[0].ip, std::net::IpAddr::from(ip));
     }
 }
