@@ -71,10 +71,11 @@ impl InstallConfig {
         Ok(format!("{scheme}://{host}:{}", self.agent_port))
     }
 
-    /// The one-line install command for a join token.
+    /// The one-line install command for a join token. The token goes through the
+    /// environment, so no process's arguments (`ps`) show it while the script runs.
     pub fn command(&self, headers: &HeaderMap, join_token: &str) -> Result<String> {
         Ok(format!(
-            "curl -fsSL {}/install.sh | sudo sh -s -- --join-token {join_token}",
+            "curl -fsSL {}/install.sh | WEFT_JOIN_TOKEN={join_token} sudo --preserve-env=WEFT_JOIN_TOKEN sh -s",
             self.api_url(headers)?
         ))
     }

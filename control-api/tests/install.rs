@@ -223,6 +223,8 @@ async fn a_join_token_comes_with_its_install_command() {
     let token = r.body["token"].as_str().expect("token");
     assert_eq!(
         r.body["install_command"],
-        format!("curl -fsSL http://api.weft.test/install.sh | sudo sh -s -- --join-token {token}")
+        format!(
+            "curl -fsSL http://api.weft.test/install.sh | WEFT_JOIN_TOKEN={token} sudo --preserve-env=WEFT_JOIN_TOKEN sh -s"
+        )
     );
 }

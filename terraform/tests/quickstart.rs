@@ -72,7 +72,7 @@ async fn quickstart_through_a_filesystem_mirror_and_init() {
     assert!(
         out["install_command"]["value"]
             .as_str()
-            .is_some_and(|c| c.contains("--join-token")),
+            .is_some_and(|c| c.contains("WEFT_JOIN_TOKEN=weft_join_")),
         "{out}"
     );
     let plan = ws.plan().await;

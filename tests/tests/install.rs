@@ -1,5 +1,5 @@
 //! The one-line install, end to end: inside a fresh network namespace (a new machine on
-//! the network), `curl …/install.sh | sh -s -- --join-token T --no-systemd` downloads the
+//! the network), `curl …/install.sh | WEFT_JOIN_TOKEN=T sh -s -- --no-systemd` downloads the
 //! agent from the control plane, verifies it, configures and starts it; the node then
 //! shows in REST as connected. A bad token fails the install with the agent's reason.
 
@@ -106,7 +106,7 @@ impl Env {
     async fn install(&self, machine: &Machine, pins: &PinDir, token: &str) -> Output {
         let d = machine.0.path().display();
         let line = format!(
-            "curl -fsSL {api}/install.sh | sh -s -- --join-token {token} --no-systemd \
+            "curl -fsSL {api}/install.sh | WEFT_JOIN_TOKEN={token} sh -s -- --no-systemd \
              --node-name installed-1 --address 10.0.1.1 --label rack=r1 --prefix {d}/usr \
              --config-dir {d}/etc --state-dir {d}/state --pin-path {pins} \
              --api-socket {d}/agent.sock --wait 30",

@@ -84,7 +84,7 @@ describe("web console", { concurrency: false }, () => {
     await page.getByRole("button", { name: "Create join token" }).click();
     const cmd = (await page.getByTestId("install-command").innerText()).trim();
     assert.ok(cmd.startsWith("curl -fsSL"), cmd);
-    assert.match(cmd, /--join-token weft_join_[A-Za-z0-9_-]{43}( |$)/);
+    assert.match(cmd, / WEFT_JOIN_TOKEN=weft_join_[A-Za-z0-9_-]{43} sudo --preserve-env=WEFT_JOIN_TOKEN sh -s$/);
     await shot(page, "3-add-node", "curl -fsSL");
     const script = await fetch(`${API}/install.sh`);
     assert.equal(script.status, 200);

@@ -76,6 +76,68 @@ fn ipv6_across_nodes() -> Result<()> {
     }
 }
 
+/// No process on the machine shows one of the demo's secrets in its arguments (anyone can
+/// read `/proc/*/cmdline`): API tokens, the operator token, the demo password, join tokens
+/// and the agents' node credentials, which must be files only their owner reads.
+fn no_secret_in_arguments(env: &BTreeMap<String, String>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secrets: Vec<(String, String)> = [
+        "WEFT_TOKEN",
+        "WEFT_OTHER_TOKEN",
+        "WEFT_OPERATOR_TOKEN",
+        "WEFT_DEMO_USER_PASSWORD",
+    ]
+    .iter()
+    .filter_map(|k| Some((k.to_string(), env.get(*k)?.clone())))
+    .collect();
+    for node in ["n1", "n2"] {
+        let path = sh::root()
+            .join(".weft/agents")
+            .join(node)
+            .join("credential");
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("the node credential {}", path.display()))?
+            .permissions()
+            .mode();
+        ensure!(
+            mode & 0o077 == 0,
+            "{} is readable by others (mode {mode:o})",
+            path.display()
+        );
+        let credential = std::fs::read_to_string(&path)?.trim().to_string();
+        secrets.push((format!("the credential of {node}"), credential));
+    }
+    secrets.push(("a join token".into(), "weft_join_".into()));
+    let mut processes = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may end between listing and reading.
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        processes += 1;
+        let args = String::from_utf8_lossy(&raw).replace('\0', " ");
+        for (what, secret) in &secrets {
+            ensure!(
+                secret.len() < 8 || !args.contains(secret.as_str()),
+                "process {pid} shows {what} in its arguments: {}",
+                args.split_whitespace().next().unwrap_or("?")
+            );
+        }
+    }
+    eprintln!(
+        "xtask: demo check: no secret in the arguments of {processes} processes; node credentials 0600"
+    );
+    Ok(())
+}
+
 /// Runs `weft` with the demo's settings; returns its stdout, failing on a non-zero exit.
 fn weft(env: &BTreeMap<String, String>, args: &[&str]) -> Result<String> {
     let bin = sh::target_dir().join("debug/weft");
@@ -109,6 +171,7 @@ fn checks() -> Result<()> {
         "the demo's two nodes are not connected: {status}"
     );
 
+    no_secret_in_arguments(&env)?;
     ipv6_across_nodes()?;
 
     let report = weft(&env, &["connectivity", "test", "-o", "json"])?;

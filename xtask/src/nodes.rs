@@ -219,7 +219,6 @@ pub fn start(
                 ])
                 .arg("--ca-cert")
                 .arg(ca)
-                .args(["--join-token", &join])
                 .arg("--state-dir")
                 .arg(&state)
                 .args(["--node-name", &format!("demo-{node}")])
@@ -231,7 +230,9 @@ pub fn start(
                 .arg("--cgroup")
                 .arg(&cgroup)
                 .arg("--api-socket")
-                .arg(state.join("agent.sock")),
+                .arg(state.join("agent.sock"))
+                // Secrets go through the environment: `ps` shows every process's arguments.
+                .env("WEFT_JOIN_TOKEN", &join),
             &agents.join(format!("{node}.log")),
         )?;
         pids.push((format!("node-agent-{node}"), pid));

@@ -72,7 +72,7 @@ pub struct CreatedJoinToken {
     /// this token; absent when this API's URL is unknown (no `--public-url` and no
     /// `Host` header).
     #[schema(
-        example = "curl -fsSL https://api.weft.example/install.sh | sudo sh -s -- --join-token weft_join_…"
+        example = "curl -fsSL https://api.weft.example/install.sh | WEFT_JOIN_TOKEN=weft_join_… sudo --preserve-env=WEFT_JOIN_TOKEN sh -s"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub install_command: Option<String>,

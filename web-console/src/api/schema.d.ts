@@ -722,9 +722,10 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The node agent installer (no credentials; the join token is its argument):
-         *     `curl -fsSL <api>/install.sh | sudo sh -s -- --join-token TOKEN`. `--help` lists its
-         *     options (`--no-systemd`, `--node-name`, `--label`, …).
+         * The node agent installer (no credentials; the join token comes from the environment or
+         *     an option): `curl -fsSL <api>/install.sh | WEFT_JOIN_TOKEN=TOKEN sudo
+         *     --preserve-env=WEFT_JOIN_TOKEN sh -s`. `--help` lists its options (`--join-token-file`,
+         *     `--no-systemd`, `--node-name`, `--label`, …).
          */
         get: operations["install_script"];
         put?: never;
@@ -907,7 +908,7 @@ export interface components {
              * @description The one-line command that installs an agent on a machine and registers it with
              *     this token; absent when this API's URL is unknown (no `--public-url` and no
              *     `Host` header).
-             * @example curl -fsSL https://api.weft.example/install.sh | sudo sh -s -- --join-token weft_join_…
+             * @example curl -fsSL https://api.weft.example/install.sh | WEFT_JOIN_TOKEN=weft_join_… sudo --preserve-env=WEFT_JOIN_TOKEN sh -s
              */
             install_command?: string | null;
         };

@@ -233,7 +233,7 @@ function AddNode({ tenant, cluster, known, onDone, onNode }: { tenant: string; c
         <div>
           <p>Run this on the machine, as root. The token is shown only now.</p>
           <pre className="command" data-testid="install-command">
-            {created.install_command ?? `node-agent run --join-token ${created.token}`}
+            {created.install_command ?? `WEFT_JOIN_TOKEN=${created.token} node-agent run`}
           </pre>
           <div className="buttons">
             <button

@@ -33,9 +33,10 @@ fn sh_quote_free(s: &str) -> Result<&str> {
     Ok(s)
 }
 
-/// The node agent installer (no credentials; the join token is its argument):
-/// `curl -fsSL <api>/install.sh | sudo sh -s -- --join-token TOKEN`. `--help` lists its
-/// options (`--no-systemd`, `--node-name`, `--label`, …).
+/// The node agent installer (no credentials; the join token comes from the environment or
+/// an option): `curl -fsSL <api>/install.sh | WEFT_JOIN_TOKEN=TOKEN sudo
+/// --preserve-env=WEFT_JOIN_TOKEN sh -s`. `--help` lists its options (`--join-token-file`,
+/// `--no-systemd`, `--node-name`, `--label`, …).
 #[utoipa::path(get, path = "/install.sh", tag = "install",
     responses((status = 200, content_type = "text/x-shellscript", body = String),
               (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
