@@ -27,6 +27,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP application. Tests drive it with `oneshot`, no socket needed.
 pub fn app(state: AppState) -> Router {
     let (router, spec) = api::routes().split_for_parts();
+    let timeout = state.request_timeout;
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .merge(console::router(state.console_dir.as_deref()))
@@ -41,7 +42,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            timeout,
         ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
@@ -109,7 +110,8 @@ pub async fn state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         FailureLimiter::new(cfg.auth_failure_limit, crate::ratelimit::WINDOW),
     )
     .with_install(install)
-    .with_console(cfg.console_dir.clone()))
+    .with_console(cfg.console_dir.clone())
+    .with_request_timeout(Duration::from_secs(cfg.request_timeout_seconds)))
 }
 
 /// Serves REST and the agent service until SIGTERM or Ctrl-C, then lets requests in
@@ -151,30 +153,20 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let rest = async {
         match rest_tls {
             Some(config) => {
-                use axum::serve::ListenerExt;
                 // Browsers that reached the API over TLS keep to it.
                 let router =
                     router.layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
                         axum::http::header::STRICT_TRANSPORT_SECURITY,
                         axum::http::HeaderValue::from_static("max-age=31536000"),
                     ));
-                // `tap_io` lends the listener `ConnectInfo<SocketAddr>`, as a TCP one has.
-                let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(stopped(stop_rx))
-                .await
-                .context("serving HTTPS")
+                let listener = crate::tls::TlsListener::new(listener, config)?;
+                crate::server::serve(listener, router, stopped(stop_rx))
+                    .await
+                    .context("serving HTTPS")
             }
-            None => axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx))
-            .await
-            .context("serving HTTP"),
+            None => crate::server::serve(listener, router, stopped(stop_rx))
+                .await
+                .context("serving HTTP"),
         }
     };
     let served = tokio::try_join!(rest, agent);

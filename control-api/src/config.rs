@@ -79,6 +79,16 @@ pub struct ServeConfig {
         global = true
     )]
     pub identity_gc_grace_seconds: u64,
+    /// Seconds a request may take, reading its body included (a client sending it a byte
+    /// a second gets 408 after them); an event stream's events are not bounded by it.
+    #[arg(
+        long,
+        env = "WEFT_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        global = true
+    )]
+    pub request_timeout_seconds: u64,
     /// Days of flows kept: older daily partitions are dropped whole.
     #[arg(
         long,

@@ -22,6 +22,7 @@ pub mod oidc;
 pub mod pagination;
 pub mod ratelimit;
 pub mod secret;
+pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;

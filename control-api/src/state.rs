@@ -51,6 +51,8 @@ pub struct AppState {
     pub enrich_cache: Arc<crate::flows::ingest::EnrichCache>,
     /// The built web console served at `/console/`, if any.
     pub console_dir: Option<Arc<std::path::Path>>,
+    /// How long a request (its body included; not a stream's events) may take: 408 after.
+    pub request_timeout: Duration,
     /// The replica's background tasks: stopped by [`crate::tasks::Tasks::shutdown`], or
     /// when the last clone of this state is dropped.
     pub tasks: Arc<Tasks>,
@@ -110,6 +112,7 @@ impl AppState {
             auth_failures: Arc::new(auth_failures),
             install: Arc::default(),
             console_dir: None,
+            request_timeout: Duration::from_secs(30),
             tasks,
         }
     }
@@ -135,6 +138,12 @@ impl AppState {
     /// The same state serving the built console in `dir` at `/console/`.
     pub fn with_console(mut self, dir: Option<std::path::PathBuf>) -> AppState {
         self.console_dir = dir.map(Arc::from);
+        self
+    }
+
+    /// The same state answering 408 to requests that take longer than `timeout`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> AppState {
+        self.request_timeout = timeout;
         self
     }
 

@@ -199,3 +199,122 @@ async fn serves_rest_over_tls_with_hsts_and_no_plain_http() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Sends `head`, then one byte of `drip` a second until the server closes the connection;
+/// returns what the server answered (empty if it closed without a word).
+async fn dribble(port: u16, head: String, drip: u8) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            n = s.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if s.write_all(&[drip]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_hold_up_no_one() {
+    let t = common::TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
+        .env("DATABASE_URL", &t.url)
+        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("WEFT_REQUEST_TIMEOUT_SECONDS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start control-api");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(port, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "control-api not ready in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rss_kib(child.id());
+    // 200 clients sending a request head a byte a second (slowloris), 100 sending a
+    // policy's body a byte a second.
+    let mut slow_heads = Vec::new();
+    for _ in 0..200 {
+        let head = "GET /v1/tenants/acme/policies HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_string();
+        slow_heads.push(tokio::spawn(dribble(port, head, b'a')));
+    }
+    let mut slow_bodies = Vec::new();
+    for _ in 0..100 {
+        let head = format!(
+            "POST /v1/tenants/acme/policies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"name\": \""
+        );
+        slow_bodies.push(tokio::spawn(dribble(port, head, b'a')));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Everyone else is served meanwhile, and can write.
+    let client = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{port}/v1/tenants/acme");
+    let created = client
+        .post(format!("{api}/clusters"))
+        .bearer_auth(&owner)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "prod"}"#)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("a quick client is answered");
+    assert_eq!(created.status(), 201);
+    let listed = client
+        .get(format!("{api}/clusters"))
+        .bearer_auth(&owner)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("a quick client is answered");
+    assert_eq!(listed.status(), 200);
+    let during = rss_kib(child.id());
+    // A slow body ends in 408 after the request timeout; a slow head is closed once the
+    // header read timeout passes, unanswered.
+    for s in slow_bodies {
+        let answer = tokio::time::timeout(Duration::from_secs(20), s)
+            .await
+            .expect("a slow body is cut off")
+            .expect("task");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    }
+    for s in slow_heads {
+        let answer = tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .expect("a slow head is cut off")
+            .expect("task");
+        assert!(!answer.contains("200 OK"), "{answer:?}");
+    }
+    assert!(
+        during.saturating_sub(before) < 64 * 1024,
+        "300 slow clients took {} KiB (from {before} KiB)",
+        during - before
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
