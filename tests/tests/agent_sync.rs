@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use common::{bpf_available, ControlPlane};
 use node_agent::agent::run::{run, RunArgs, RunError};
 use node_agent::agent::wire::Programmed;
-use node_agent::datapath::{Datapath, DatapathConfig};
+use node_agent::datapath::{Datapath, DatapathConfig, MapSizes};
 use node_agent::netns::{ensure_bpffs, PinDir, Topology};
 use node_agent::tools::{self, Server};
 use serde_json::Value;
@@ -84,10 +84,24 @@ struct Env {
     topo: Topology,
     state_dir: TempDir,
     server: SocketAddrV4,
+    /// The agent's `--map-entries`, also the sizes the test creates the maps with.
+    map_entries: Vec<(String, u32)>,
 }
 
 impl Env {
     async fn new() -> Env {
+        Env::with_map_entries(&[]).await
+    }
+
+    async fn with_map_entries(map_entries: &[(&str, u32)]) -> Env {
+        let map_entries: Vec<(String, u32)> = map_entries
+            .iter()
+            .map(|(name, n)| (name.to_string(), *n))
+            .collect();
+        let mut sizes = MapSizes::default();
+        for (name, n) in &map_entries {
+            sizes.set(name, *n).expect("map size");
+        }
         let cp = ControlPlane::new().await;
         let owner = cp.acme_prod().await;
         let token = cp.join_token(&owner).await;
@@ -100,6 +114,7 @@ impl Env {
         {
             let dp = Datapath::load(DatapathConfig {
                 pin_path: pins.path().to_path_buf(),
+                sizes,
                 ..DatapathConfig::default()
             })
             .expect("load datapath");
@@ -124,6 +139,7 @@ impl Env {
             topo,
             state_dir,
             server,
+            map_entries,
         }
     }
 
@@ -147,6 +163,7 @@ impl Env {
             workload_netns_prefix: node_agent::workload::DEFAULT_NETNS_PREFIX.into(),
             concurrent_probes: 1,
             fqdn: Default::default(),
+            map_entries: self.map_entries.clone(),
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run(args, async {
@@ -373,5 +390,92 @@ async fn a_restarted_agent_resumes_from_its_revision_and_enforcement_never_stops
     // before the file is written, so wait for the ack of the new revision.
     env.until_applied(applied + 1).await;
     assert!(env.applied_revision_on_disk() > applied);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_policy_map_is_reported_by_name_and_the_enforced_policy_stays() {
+    if !bpf_available("a_full_policy_map_is_reported_by_name_and_the_enforced_policy_stays") {
+        return;
+    }
+    let env = Env::with_map_entries(&[("policy", 64)]).await;
+    let agent = env.start_agent(Some(env.token.clone()));
+    let credential = env.credential().await;
+    env.report_endpoints(&credential).await;
+    let (topo, server) = (&env.topo, env.server);
+    // Enforced: the server admits only app=other, so the client is denied.
+    env.allow_server_from("server-ingress", "other").await;
+    assert!(
+        until_tcp(topo, 0, server, false).await,
+        "client -> server denied once a policy selects the server"
+    );
+    // A policy admitting the client on 100 ports needs more entries than the map holds.
+    let ports: Vec<Value> = (8000..8100)
+        .map(|p| serde_json::json!({"port": p.to_string(), "protocol": "TCP"}))
+        .collect();
+    let r = env
+        .cp
+        .call(
+            "POST",
+            "/v1/tenants/acme/policies",
+            &env.owner,
+            Some(serde_json::json!({"name": "wide", "spec": {
+                "endpointSelector": {"matchLabels": {"app": "server"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                             "toPorts": [{"ports": ports}]}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let revision = r.body["revision"].as_u64().expect("revision");
+    // The node acks the revision with an error naming the map (its next health report
+    // says degraded), and does not count as having applied it...
+    let start = Instant::now();
+    let status = loop {
+        let status = env.node_status().await;
+        if status["health"]["apply_errors"]
+            .to_string()
+            .contains("map WEFT_POLICY is full")
+            && status["health"]["datapath_status"] == "degraded"
+        {
+            break status;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "apply_errors name the full map: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status["applied_revision"]
+            .as_u64()
+            .is_some_and(|r| r < revision),
+        "{status}"
+    );
+    // ...so the policy is not counted as realized there.
+    let p = env
+        .cp
+        .call("GET", "/v1/tenants/acme/policies/wide", &env.owner, None)
+        .await;
+    assert_eq!(p.body["status"]["total_nodes"], 1, "{}", p.body);
+    assert_eq!(p.body["status"]["realized_nodes"], 0, "{}", p.body);
+    // Nothing that was enforced stopped being enforced: the client is still denied.
+    for _ in 0..5 {
+        assert!(
+            tokio::task::block_in_place(|| tcp(topo, 0, server)).is_err(),
+            "the old policy stays in force after a write that did not fit"
+        );
+    }
+    // Once the policy that does not fit is gone, the node is clean again.
+    env.delete_policy("wide").await;
+    let start = Instant::now();
+    loop {
+        let status = env.node_status().await;
+        if status["health"]["apply_errors"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(start.elapsed() < WITHIN, "apply errors cleared: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(until_tcp(topo, 0, server, false).await, "still denied");
     agent.stop().await;
 }

@@ -35,7 +35,7 @@ use crate::control::{
     self, ensure_registered, uname, Backoff, Client, Control, ControlError, ItemError,
 };
 use crate::datapath::fqdn::Ttl;
-use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream};
+use crate::datapath::{Datapath, DatapathConfig, DatapathError, FlowEventStream, MapSizes};
 use crate::endpoint::api::{self as endpoint_api, ApiState};
 use crate::endpoint::manager::{lock, Manager, SharedDatapath};
 use crate::endpoint::EndpointError;
@@ -100,9 +100,30 @@ pub struct RunArgs {
     /// How long addresses learned from DNS stay allowed by `toFQDNs`.
     #[command(flatten)]
     pub fqdn: Ttl,
+    /// A map's size, `NAME=ENTRIES` (`policy=262144`; names: endpoints, ipcache, policy,
+    /// policy-ranges, conntrack, services, backends, maglev-services, events-bytes).
+    /// Applied when the maps are created: pinned maps keep their size until the datapath is
+    /// removed. A write that does not fit is reported naming the map, and the old state
+    /// stays in force.
+    #[arg(long = "map-entries", env = "WEFT_MAP_ENTRIES", value_delimiter = ',', value_parser = parse_map_entries)]
+    pub map_entries: Vec<(String, u32)>,
     /// bpffs directory of the pinned maps (the global `--pin-path`).
     #[arg(skip)]
     pub pin_path: PathBuf,
+}
+
+fn parse_map_entries(s: &str) -> Result<(String, u32), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("map size {s:?} is not NAME=ENTRIES"))?;
+    let n: u32 = n
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("map size {s:?}: ENTRIES must be a positive number"))?;
+    // Refuses an unknown name now, not at load.
+    MapSizes::default().set(name, n)?;
+    Ok((name.to_string(), n))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -114,6 +135,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("datapath: {0}")]
     Datapath(#[from] DatapathError),
     #[error("state: {0}")]
@@ -184,8 +207,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .map_err(io(format!("securing {}", args.state_dir.display())))?;
+    let mut sizes = MapSizes::default();
+    for (name, n) in &args.map_entries {
+        sizes.set(name, *n).map_err(RunError::Config)?;
+    }
     let mut dp = Datapath::load(DatapathConfig {
         pin_path: args.pin_path.clone(),
+        sizes,
         ..DatapathConfig::default()
     })?;
     for ifname in &args.interfaces {
@@ -570,5 +598,21 @@ mod tests {
         assert_eq!(parse_label("a=b"), Ok(("a".into(), "b".into())));
         assert!(parse_label("=b").is_err());
         assert!(parse_label("ab").is_err());
+    }
+
+    #[test]
+    fn map_entries_name_a_known_map_and_a_positive_size() {
+        assert_eq!(
+            parse_map_entries("policy-ranges=128"),
+            Ok(("policy-ranges".into(), 128))
+        );
+        let unknown = parse_map_entries("polcy=128").unwrap_err();
+        assert!(
+            unknown.contains("\"polcy\"") && unknown.contains("conntrack"),
+            "{unknown}"
+        );
+        assert!(parse_map_entries("policy=0").is_err());
+        assert!(parse_map_entries("policy=-1").is_err());
+        assert!(parse_map_entries("policy").is_err());
     }
 }

@@ -58,6 +58,9 @@ pub enum DatapathError {
         name: &'static str,
         source: MapError,
     },
+    /// A write the map had no room for (a hash map's `E2BIG`, a trie's `ENOSPC`).
+    #[error("map {name} is full: raise its size with `node-agent run --map-entries` and restart the agent")]
+    MapFull { name: &'static str },
     #[error("map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("program {0} is missing from the object")]
@@ -96,7 +99,14 @@ pub trait L7Proxy: Send {
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
+    move |source| match &source {
+        MapError::SyscallError(e)
+            if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
+        {
+            DatapathError::MapFull { name }
+        }
+        _ => DatapathError::Map { name, source },
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
@@ -118,6 +128,44 @@ pub struct MapSizes {
     pub backends: u32,
     pub maglev_services: u32,
     pub events_bytes: u32,
+}
+
+impl MapSizes {
+    /// The sizes `--map-entries` may set, by the name it takes.
+    pub const NAMES: [&'static str; 9] = [
+        "endpoints",
+        "ipcache",
+        "policy",
+        "policy-ranges",
+        "conntrack",
+        "services",
+        "backends",
+        "maglev-services",
+        "events-bytes",
+    ];
+
+    /// Sets the size named `name` (one of [`MapSizes::NAMES`]).
+    pub fn set(&mut self, name: &str, entries: u32) -> std::result::Result<(), String> {
+        let slot = match name {
+            "endpoints" => &mut self.endpoints,
+            "ipcache" => &mut self.ipcache,
+            "policy" => &mut self.policy,
+            "policy-ranges" => &mut self.policy_ranges,
+            "conntrack" => &mut self.conntrack,
+            "services" => &mut self.services,
+            "backends" => &mut self.backends,
+            "maglev-services" => &mut self.maglev_services,
+            "events-bytes" => &mut self.events_bytes,
+            _ => {
+                return Err(format!(
+                    "no map size {name:?}: one of {}",
+                    Self::NAMES.join(", ")
+                ))
+            }
+        };
+        *slot = entries;
+        Ok(())
+    }
 }
 
 impl Default for MapSizes {
