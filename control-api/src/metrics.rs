@@ -72,9 +72,15 @@ struct StreamLag {
     node: uuid::Uuid,
     tenant: String,
     acked: i64,
-    /// Revisions sent and not acknowledged, oldest first, with when they were sent.
+    /// Revisions sent and not acknowledged, oldest first, with when they were sent; at
+    /// most [`MAX_UNACKED`].
     unacked: VecDeque<(i64, Instant)>,
 }
+
+/// Past this many unacknowledged revisions (an agent that reads and never acks), the
+/// newest entry takes the next revision and keeps its earlier time: memory stays bounded
+/// and the lag it reports errs long, never short.
+const MAX_UNACKED: usize = 64;
 
 /// Keeps a stream in [`SyncLag`] until dropped.
 pub struct SyncLagStream<'a> {
@@ -88,7 +94,11 @@ impl SyncLagStream<'_> {
         let mut m = self.lag.lock();
         if let Some(s) = m.get_mut(&self.id) {
             if revision > s.acked && s.unacked.back().is_none_or(|(r, _)| *r < revision) {
-                s.unacked.push_back((revision, Instant::now()));
+                let full = s.unacked.len() >= MAX_UNACKED;
+                match s.unacked.back_mut() {
+                    Some((r, _)) if full => *r = revision,
+                    _ => s.unacked.push_back((revision, Instant::now())),
+                }
             }
         }
     }
@@ -291,4 +301,28 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         })
         .inc();
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_that_never_acks_holds_a_bounded_lag_record() {
+        let lag = SyncLag::default();
+        let node = uuid::Uuid::nil();
+        let stream = lag.open(node, "acme".into(), 0);
+        for r in 1..=10_000 {
+            stream.sent(r);
+        }
+        let held = |lag: &SyncLag| lag.lock().values().map(|s| s.unacked.len()).sum::<usize>();
+        assert_eq!(held(&lag), MAX_UNACKED);
+        assert_eq!(lag.by_tenant(Instant::now())["acme"].1, 1);
+        // Acking past the coalesced entry leaves nothing behind; short of it, still behind.
+        lag.acked(node, 9_999);
+        assert_eq!(lag.by_tenant(Instant::now())["acme"].1, 1);
+        lag.acked(node, 10_000);
+        assert_eq!(held(&lag), 0);
+        assert_eq!(lag.by_tenant(Instant::now())["acme"].1, 0);
+    }
 }

@@ -1,6 +1,8 @@
 //! The agent service over real gRPC: join tokens, registration, node credentials,
 //! reports, and what REST then shows.
 
+#[path = "agent/backpressure.rs"]
+mod backpressure;
 mod common;
 #[path = "agent/sync.rs"]
 mod sync;

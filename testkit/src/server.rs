@@ -1,7 +1,6 @@
 //! control-api for a test: its state over a database, served on loopback (REST, the agent
 //! service) or driven in-process, and the [`Reply`] every call answers with.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -45,8 +44,13 @@ pub async fn serve_rest(state: AppState) -> String {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = control_api::app::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let app = control_api::app::app(state);
+    // The binary's own server loop (timeouts, connect info).
+    tokio::spawn(control_api::server::serve(
+        listener,
+        app,
+        std::future::pending(),
+    ));
     format!("http://{addr}")
 }
 
