@@ -22,8 +22,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// leaves the old contents or the new, never half of either.
 pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    write_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    // A failed write (a full disk) leaves no partial file taking the space.
+    write_private(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 #[cfg(test)]

@@ -479,3 +479,111 @@ async fn a_full_policy_map_is_reported_by_name_and_the_enforced_policy_stays() {
     assert!(until_tcp(topo, 0, server, false).await, "still denied");
     agent.stop().await;
 }
+
+/// A small tmpfs mounted over `dir` (a directory of this test's own), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "weft-test",
+            ])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mounting a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_disk_is_reported_and_enforcement_goes_on() {
+    if !bpf_available("a_full_state_disk_is_reported_and_enforcement_goes_on") {
+        return;
+    }
+    let env = Env::new().await;
+    let _disk = Tmpfs::mount(env.state_dir.path(), "256k");
+    let agent = env.start_agent(Some(env.token.clone()));
+    let credential = env.credential().await;
+    env.report_endpoints(&credential).await;
+    let (topo, server) = (&env.topo, env.server);
+    env.allow_server_from("server-ingress", "other").await;
+    assert!(until_tcp(topo, 0, server, false).await, "client denied");
+    let status = env.until_applied(1).await;
+    let applied = status["applied_revision"].as_u64().expect("revision");
+    let start = Instant::now();
+    while env.applied_revision_on_disk() < applied {
+        assert!(start.elapsed() < WITHIN, "state saved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saved = env.applied_revision_on_disk();
+
+    // The state disk fills up.
+    let filler = env.state_dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        while f.write_all(&[0u8; 4096]).and_then(|()| f.flush()).is_ok() {}
+    }
+    // A change is still enforced, and acked: the datapath has it.
+    env.allow_server_from("server-from-client", "client").await;
+    assert!(
+        until_tcp(topo, 0, server, true).await,
+        "enforcement goes on with a full state disk"
+    );
+    // The node says why it is degraded; the saved state is the old one, whole.
+    let start = Instant::now();
+    let status = loop {
+        let status = env.node_status().await;
+        let health = &status["health"];
+        if health["datapath_status"] == "degraded"
+            && health["last_error"].as_str().is_some_and(|e| {
+                e.contains("saving the applied state") && e.contains("No space left")
+            })
+        {
+            break status;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "the full disk is reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status["applied_revision"].as_u64() > Some(saved),
+        "{status}"
+    );
+    assert_eq!(env.applied_revision_on_disk(), saved);
+    assert!(!env.state_dir.path().join("state.tmp").exists());
+
+    // Room again: a health tick saves the state and clears the error.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let start = Instant::now();
+    loop {
+        let status = env.node_status().await;
+        if status["health"]["datapath_status"] == "ok" && status["health"]["last_error"] == "" {
+            break;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "error cleared once saved: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.applied_revision_on_disk() > saved);
+    agent.stop().await;
+}

@@ -352,6 +352,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         programmed: &mut programmed,
         state_path: &state_path,
         last_error: String::new(),
+        unsaved: None,
         synced: false,
         health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
         manager,
@@ -406,6 +407,9 @@ struct Session<'a> {
     endpoints_changed: tokio::sync::watch::Receiver<u64>,
     /// The last endpoint report failed: retried with the next health report.
     report_pending: bool,
+    /// Why the applied state could not be saved (a full disk, say): reported as the node's
+    /// error, and the save retried with each health report until it succeeds.
+    unsaved: Option<String>,
     /// Publishes what the datapath numbers mean after every apply.
     names: tokio::sync::watch::Sender<Names>,
     /// Publishes the test workloads and probes after every apply.
@@ -488,14 +492,12 @@ impl Session<'_> {
                     for e in &errors {
                         tracing::warn!(item = %e.item, error = %e.message, "could not program");
                     }
-                    if let Err(e) = self.programmed.save(self.state_path) {
-                        // Only costs a replay after a restart: applying is idempotent.
-                        tracing::warn!(error = %e, "could not save the applied state");
-                    }
+                    self.save();
                     tracing::info!(revision, errors = errors.len(), "applied");
                     self.last_error = errors
                         .first()
                         .map(|e| format!("{}: {}", e.item, e.message))
+                        .or_else(|| self.unsaved.clone())
                         .unwrap_or_default();
                     let mut ack = tonic::Request::new(pb::AckRequest {
                         revision,
@@ -524,8 +526,26 @@ impl Session<'_> {
                     if self.report_pending {
                         self.report_endpoints(&mut client).await?;
                     }
+                    if let Some(was) = self.unsaved.clone() {
+                        self.save();
+                        if self.unsaved.is_none() && self.last_error == was {
+                            self.last_error.clear();
+                        }
+                    }
                     client.report_health(self.health()).await?;
                 }
+            }
+        }
+    }
+
+    /// Saves the applied state. A failure changes nothing programmed (enforcement goes on)
+    /// and only costs a replay after a restart, but the node says so until a save succeeds.
+    fn save(&mut self) {
+        match self.programmed.save(self.state_path) {
+            Ok(()) => self.unsaved = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not save the applied state");
+                self.unsaved = Some(format!("saving the applied state: {e}"));
             }
         }
     }
