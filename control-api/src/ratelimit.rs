@@ -93,7 +93,23 @@ impl FailureLimiter {
         credential_hash: &[u8],
         now: Instant,
     ) -> Result<(), Duration> {
-        let keys_of = [source_key(source), credential_key(credential_hash)];
+        self.count(&[source_key(source), credential_key(credential_hash)], now)
+    }
+
+    /// A source failed where it presented no credential (a TLS handshake that failed or
+    /// timed out): counted against the source alone, as [`FailureLimiter::failed`].
+    pub fn source_failed(&self, source: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.count(&[source_key(source)], now)
+    }
+
+    /// Whether `source` has used up its failures for the window (nothing is counted).
+    pub fn exhausted(&self, source: IpAddr, now: Instant) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.get(&source_key(source))
+            .is_some_and(|w| w.failures >= self.max && now.duration_since(w.started) < self.window)
+    }
+
+    fn count(&self, keys_of: &[Key], now: Instant) -> Result<(), Duration> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let wait = keys_of
             .iter()
@@ -109,7 +125,7 @@ impl FailureLimiter {
             keys.retain(|_, w| now.duration_since(w.started) < window);
         }
         for k in keys_of {
-            let w = keys.entry(k).or_insert(Window {
+            let w = keys.entry(*k).or_insert(Window {
                 started: now,
                 failures: 0,
             });

@@ -380,51 +380,47 @@ async fn wrong_join_tokens_are_limited_and_a_valid_one_still_registers() {
     assert!(!node.node_credential.is_empty());
 }
 
-#[tokio::test]
-async fn the_agent_service_speaks_tls() {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let t = TestApp::new().await;
-    let owner = t.tenant("acme").await;
-    t.cluster("acme", "prod", &owner).await;
-    let tok = join_token(&t, &owner, "prod", json!({"name": "p", "max_uses": 0})).await;
-
-    // A self-signed certificate for 127.0.0.1, as the demo makes one.
+/// The agent service of `t` over TLS with a self-signed certificate for 127.0.0.1 (as the
+/// demo makes one), on a free port: the port and the certificate (PEM).
+async fn tls_agent_service(t: &TestApp) -> (u16, Vec<u8>) {
     let dir = weft_testkit::tmp::dir("tls");
     let (cert, key) = weft_testkit::server::self_signed(dir.path(), [127, 0, 0, 1].into());
-    let tls = control_api::agent::Tls::load(&cert, &key).unwrap();
+    let tls = control_api::agent::Tls::load(&cert, &key).expect("certificate");
+    let ca = std::fs::read(&cert).expect("certificate");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
     let state = t.state.clone();
-    let ca = std::fs::read(&cert).unwrap();
-    drop(dir);
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     tokio::spawn(async move {
-        let served = control_api::agent::serve(state, addr, Some(tls), std::future::pending());
+        let served =
+            control_api::agent::serve_on(state, listener, Some(tls), std::future::pending());
         if let Err(e) = served.await {
             panic!("agent service: {e:#}");
         }
     });
+    (port, ca)
+}
 
+/// A client of the TLS agent service trusting `ca`.
+async fn tls_agent(port: u16, ca: &[u8]) -> AgentClient<Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
-        .unwrap();
-    let mut channel = Err(String::new());
-    for _ in 0..50 {
-        match endpoint.connect().await {
-            Ok(c) => {
-                channel = Ok(c);
-                break;
-            }
-            Err(e) => channel = Err(format!("{e:?}")),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let mut client = AgentClient::new(channel.expect("TLS connection"));
+        .expect("url")
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .expect("TLS config");
+    AgentClient::new(endpoint.connect().await.expect("TLS connection"))
+}
+
+#[tokio::test]
+async fn the_agent_service_speaks_tls() {
+    use tonic::transport::Endpoint;
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.cluster("acme", "prod", &owner).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "p", "max_uses": 0})).await;
+    let (port, ca) = tls_agent_service(&t).await;
+    let mut client = tls_agent(port, &ca).await;
     let r = client
         .register(register(&tok, "node-1", false))
         .await
@@ -463,4 +459,71 @@ async fn the_agent_service_speaks_tls() {
         "the server hung up: {e:?}"
     );
     assert_eq!(t.count("nodes").await, 1);
+}
+
+/// A TLS handshake with the agent service from `local` (any 127/8 address is this
+/// machine's), trusting only `roots`: whether it completed.
+async fn handshake_from(local: std::net::IpAddr, port: u16, roots: rustls::RootCertStore) -> bool {
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((local, 0).into()).expect("bind");
+    let Ok(tcp) = socket.connect(([127, 0, 0, 1], port).into()).await else {
+        return false;
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn failed_tls_handshakes_are_limited_per_address_and_good_agents_connect() {
+    use rustls::pki_types::pem::PemObject;
+    let t = TestApp::new().await;
+    let owner = t.tenant("acme").await;
+    t.cluster("acme", "prod", &owner).await;
+    let tok = join_token(&t, &owner, "prod", json!({"name": "p", "max_uses": 0})).await;
+    let (port, ca) = tls_agent_service(&t).await;
+    let mut trusted = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        trusted.add(c.expect("PEM")).expect("root");
+    }
+    let bad: std::net::IpAddr = [127, 0, 0, 2].into();
+    assert!(
+        handshake_from(bad, port, trusted.clone()).await,
+        "a client that trusts the certificate completes its handshake"
+    );
+    // Clients that do not trust the server's certificate abort their handshakes.
+    let limit = control_api::ratelimit::MAX_FAILURES;
+    for _ in 0..limit {
+        assert!(!handshake_from(bad, port, rustls::RootCertStore::empty()).await);
+    }
+    // Past the limit the address is hung up on before any handshake, even when it would
+    // now succeed (the last failures may still be counting: a few tries).
+    let mut refused = false;
+    for _ in 0..20 {
+        if !handshake_from(bad, port, trusted.clone()).await {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused,
+        "127.0.0.2 is hung up on after {limit} failed handshakes"
+    );
+    // An agent from another address is served as before.
+    let mut good = tls_agent(port, &ca).await;
+    let r = good
+        .register(register(&tok, "node-1", false))
+        .await
+        .expect("register over TLS");
+    assert!(r.into_inner().node_credential.starts_with("weft_"));
 }

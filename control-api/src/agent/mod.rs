@@ -7,6 +7,7 @@ mod register;
 mod reports;
 mod sync;
 
+use anyhow::Context as _;
 use std::net::SocketAddr;
 
 use tonic::{Request, Response, Status, Streaming};
@@ -273,7 +274,6 @@ pub struct Tls {
 
 impl Tls {
     pub fn load(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Tls> {
-        use anyhow::Context;
         Ok(Tls {
             cert_pem: std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
             key_pem: std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
@@ -288,17 +288,40 @@ pub async fn serve(
     tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        server = server
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| anyhow::anyhow!("agent service TLS: {e}"))?;
-    }
-    tracing::info!(%listen, tls = tls.is_some(), "agent service serving");
-    server
-        .add_service(AgentService::new(st))
-        .serve_with_shutdown(listen, shutdown)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("agent service on {listen}: {e}"))
+        .with_context(|| format!("binding the agent service to {listen}"))?;
+    serve_on(st, listener, tls, shutdown).await
+}
+
+/// [`serve`] on a bound listener. Over TLS, handshakes are ours ([`crate::tls`]): bounded,
+/// each in a task of its own, and an address whose handshakes keep failing is hung up on.
+pub async fn serve_on(
+    st: AppState,
+    listener: tokio::net::TcpListener,
+    tls: Option<Tls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = listener.local_addr()?;
+    tracing::info!(%listen, tls = tls.is_some(), "agent service serving");
+    let mut server = tonic::transport::Server::builder();
+    let router = server.add_service(AgentService::new(st));
+    let served = match tls {
+        Some(tls) => {
+            let config = crate::tls::server_config_pem(&tls.cert_pem, &tls.key_pem)
+                .context("agent service TLS")?;
+            let incoming = crate::tls::TlsListener::new(listener, config)?.into_incoming();
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
+    served.map_err(|e| anyhow::anyhow!("agent service on {listen}: {e}"))
 }

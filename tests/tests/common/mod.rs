@@ -61,22 +61,14 @@ impl ControlPlane {
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let (cert, key) = agent_cert(dir, addr.ip());
         let tls = control_api::agent::Tls::load(&cert, &key).expect("certificate");
-        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         listener.set_nonblocking(true).expect("nonblocking");
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-        let svc = control_api::agent::AgentService::new(self.state.clone());
-        let server = tonic::transport::Server::builder()
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .expect("TLS config");
-        tokio::spawn(async move {
-            let mut server = server;
-            server
-                .add_service(svc)
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                )
-                .await
-        });
+        tokio::spawn(control_api::agent::serve_on(
+            self.state.clone(),
+            listener,
+            Some(tls),
+            std::future::pending(),
+        ));
         (format!("https://{addr}"), cert)
     }
 
