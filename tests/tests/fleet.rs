@@ -371,3 +371,80 @@ async fn a_credential_replaced_through_one_replica_stops_working_on_the_other() 
         }
     }
 }
+
+/// A control-api process on loopback (plain gRPC agent service) over `db_url`, killed on
+/// drop; its agent URL once the service accepts connections.
+struct Replica(std::process::Child);
+
+impl Replica {
+    fn start(db_url: &str) -> (Replica, String) {
+        let agent = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let child = std::process::Command::new(common::nodes::workspace_bin("control-api"))
+            .args(["--database-url", db_url, "--listen", "127.0.0.1:0"])
+            .args(["--agent-listen", &agent.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start control-api");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(agent).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "control-api up in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (Replica(child), format!("http://{agent}"))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_a_fan_out_leaves_every_agent_current_via_the_other() {
+    let cp = ControlPlane::new().await;
+    let (mut doomed, doomed_url) = Replica::start(&cp.db_url);
+    let urls = [
+        doomed_url,
+        weft_testkit::server::agent_url(cp.state.clone()).await,
+    ];
+    let (owner, join) = tenant(&cp, "acme").await;
+    let mut a = fleet(&urls, &join, 200, "k");
+    let joined = a.wait_for(WITHIN, |p| p.registered == 200).await;
+    assert!(joined.is_ok(), "{joined:?}");
+    let r = change(&cp, "acme", &owner, 8001).await;
+    let before = acked(&mut a, r, "before").await;
+
+    // A change, and the replica holding half the streams dies while it goes out.
+    let r = change(&cp, "acme", &owner, 8002).await;
+    tokio::task::block_in_place(|| doomed.kill());
+    let start = std::time::Instant::now();
+    let p = match a.wait_for(Duration::from_secs(30), |p| p.acked >= r).await {
+        Ok(p) => p,
+        Err(p) => panic!("not every agent current within 30 s of the kill: {p:?}"),
+    };
+    eprintln!(
+        "every agent acked {r} {:?} after the kill ({} reconnected)",
+        start.elapsed(),
+        p.reconnects - before.reconnects
+    );
+    assert!(
+        p.reconnects >= before.reconnects + 50,
+        "half re-homed: {p:?}"
+    );
+    // Re-homed agents resumed by delta: no snapshot, nothing removed (no datapath flush).
+    assert_eq!(p.snapshots, before.snapshots, "{p:?}");
+    assert_eq!(p.removals, 0, "{p:?}");
+    assert_eq!(p.refused + p.item_errors, 0, "{p:?}");
+}
