@@ -98,6 +98,11 @@ pub async fn login(target: &Target, a: LoginArgs) -> Result<()> {
         .or_else(|| existing.as_ref().map(|(_, c)| c.api_url.clone()))
         .ok_or_else(|| anyhow!("which API? pass --api-url URL (or set WEFT_API_URL)"))?;
     let api_url = api_url.trim_end_matches('/').to_string();
+    let ca_cert = target
+        .ca_cert
+        .clone()
+        .or_else(|| existing.as_ref().and_then(|(_, c)| c.ca_cert.clone()))
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
     let token = match (a.token, a.token_stdin) {
         (Some(t), _) => Some(t),
         (None, true) => {
@@ -126,7 +131,7 @@ pub async fn login(target: &Target, a: LoginArgs) -> Result<()> {
                      OpenID Connect provider; or set WEFT_OIDC_ISSUER)"
                 );
             };
-            let http = crate::client::http()?;
+            let http = crate::client::http(ca_cert.as_deref())?;
             let cred = crate::oidc::login(
                 &http,
                 &crate::oidc::LoginRequest {
@@ -145,7 +150,7 @@ pub async fn login(target: &Target, a: LoginArgs) -> Result<()> {
         Credential::ApiToken { token } => token.clone(),
         Credential::Oidc(o) => o.access_token.clone(),
     };
-    let client = Client::with_token(&api_url, &bearer, None)?;
+    let client = Client::with_token(&api_url, &bearer, None, ca_cert.as_deref())?;
     let me = client
         .get("/v1/me")
         .await
@@ -181,6 +186,7 @@ pub async fn login(target: &Target, a: LoginArgs) -> Result<()> {
         Context {
             api_url: api_url.clone(),
             tenant: tenant.clone(),
+            ca_cert,
             credential,
         },
     );

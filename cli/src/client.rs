@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,6 +17,8 @@ pub struct Target {
     pub context: Option<String>,
     pub api_url: Option<String>,
     pub tenant: Option<String>,
+    /// Certificates (PEM) to trust for the API, overriding the context's.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// The answer to a successful request.
@@ -130,12 +132,36 @@ pub struct Client {
     auth: Mutex<Auth>,
 }
 
-pub fn http() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(concat!("weft-cli/", env!("CARGO_PKG_VERSION")))
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")
+/// The HTTP client, also trusting the certificates in `ca_cert` (PEM) if given.
+pub fn http(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client> {
+    trusting(
+        reqwest::Client::builder()
+            .user_agent(concat!("weft-cli/", env!("CARGO_PKG_VERSION")))
+            .timeout(std::time::Duration::from_secs(60)),
+        ca_cert,
+    )?
+    .build()
+    .context("building the HTTP client")
+}
+
+/// `builder` also trusting every certificate of the PEM file `ca_cert`.
+pub fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder> {
+    let Some(path) = ca_cert else {
+        return Ok(builder);
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} is not PEM certificates", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certs
+        .into_iter()
+        .fold(builder, |b, c| b.add_root_certificate(c)))
 }
 
 /// Unix seconds now.
@@ -200,8 +226,12 @@ impl Client {
             .tenant
             .clone()
             .or_else(|| ctx.as_ref().and_then(|(_, c)| c.tenant.clone()));
+        let ca_cert = target
+            .ca_cert
+            .clone()
+            .or_else(|| ctx.as_ref().and_then(|(_, c)| c.ca_cert.clone()));
         let client = Client {
-            http: http()?,
+            http: http(ca_cert.as_deref())?,
             base: api_url.trim_end_matches('/').to_string(),
             tenant,
             auth: Mutex::new(auth),
@@ -211,9 +241,14 @@ impl Client {
     }
 
     /// A client for exactly this URL and credential (used by `weft login`).
-    pub fn with_token(api_url: &str, token: &str, tenant: Option<String>) -> Result<Client> {
+    pub fn with_token(
+        api_url: &str,
+        token: &str,
+        tenant: Option<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Client> {
         Ok(Client {
-            http: http()?,
+            http: http(ca_cert)?,
             base: api_url.trim_end_matches('/').to_string(),
             tenant,
             auth: Mutex::new(Auth::Bearer(token.to_string())),
@@ -419,10 +454,24 @@ pub fn status_of(e: &anyhow::Error) -> Option<StatusCode> {
 }
 
 fn connect_error(e: reqwest::Error, base: &str) -> anyhow::Error {
-    if e.is_connect() || e.is_timeout() {
+    // reqwest says only "error sending request": the cause (refused, a certificate) is
+    // what the user needs.
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.to_lowercase().contains("certificate") {
         anyhow!(
-            "cannot reach the Weft API at {base} ({e}): check the URL (`weft context list`, \
-             WEFT_API_URL) and that the server is running"
+            "the Weft API at {base} presented a certificate this machine does not trust \
+             ({cause}): if it uses a private CA or a self-signed certificate, pass \
+             --ca-cert FILE (or set WEFT_CA_CERT; `weft login` keeps it)"
+        )
+    } else if e.is_connect() || e.is_timeout() {
+        anyhow!(
+            "cannot reach the Weft API at {base} ({e}: {cause}): check the URL (`weft context \
+             list`, WEFT_API_URL) and that the server is running"
         )
     } else {
         anyhow!("request to {base} failed: {e}")

@@ -24,6 +24,10 @@ pub struct Context {
     pub api_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// A PEM file of certificates to trust for the API beside the system's (a private CA
+    /// or a self-signed certificate), from `weft login --ca-cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<std::path::PathBuf>,
     pub credential: Credential,
 }
 
@@ -156,6 +160,7 @@ mod tests {
             Context {
                 api_url: "http://127.0.0.1:1".into(),
                 tenant: Some("acme".into()),
+                ca_cert: None,
                 credential: Credential::ApiToken {
                     token: "weft_secret".into(),
                 },

@@ -50,7 +50,8 @@ impl std::error::Error for Exit {}
                   weft observe --verdict DROPPED --last 20\n  \
                   weft connectivity test\n\n\
                   Exit status: 0 ok, 1 error, 2 usage, 3 not ready / differences found.\n\
-                  Environment: WEFT_API_URL, WEFT_TOKEN, WEFT_TENANT override the context."
+                  Environment: WEFT_API_URL, WEFT_TOKEN, WEFT_TENANT, WEFT_CA_CERT override the \
+                  context."
 )]
 struct Cli {
     /// Use this context instead of the current one.
@@ -62,6 +63,10 @@ struct Cli {
     /// Tenant (name or id), overriding the context's.
     #[arg(long, short = 't', global = true, env = "WEFT_TENANT")]
     tenant: Option<String>,
+    /// PEM certificates to trust for the API beside the system's (a private CA or a
+    /// self-signed certificate); `weft login` keeps it in the context.
+    #[arg(long, global = true, env = "WEFT_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -94,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         context: cli.context,
         api_url: cli.api_url,
         tenant: cli.tenant,
+        ca_cert: cli.ca_cert,
     };
     match cli.command {
         Cmd::Login(a) => auth_cmd::login(&target, a).await,

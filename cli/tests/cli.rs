@@ -8,6 +8,8 @@ mod common;
 mod observe;
 #[path = "cli/oidc.rs"]
 mod oidc;
+#[path = "cli/tls.rs"]
+mod tls;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

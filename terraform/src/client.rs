@@ -36,16 +36,30 @@ const MAX_RETRY_AFTER: u64 = 60;
 const MAX_THROTTLED: u32 = 20;
 
 impl Client {
-    pub fn new(api_url: &str, token: &str) -> Client {
-        Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
+    /// A client of `api_url`, also trusting the certificates of the PEM file `ca_cert`
+    /// (a private CA, a self-signed API) beside the system's.
+    pub fn new(api_url: &str, token: &str, ca_cert: Option<&str>) -> Result<Client, String> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(path) = ca_cert {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("reading ca_cert_file {path}: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca_cert_file {path} is not PEM certificates: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("ca_cert_file {path} holds no PEM certificate"));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        Ok(Client {
+            http: builder
                 .build()
-                .unwrap_or_default(),
+                .map_err(|e| format!("building the HTTP client: {e}"))?,
             api_url: api_url.trim_end_matches('/').to_string(),
             token: token.to_string(),
             tenant: String::new(),
-        }
+        })
     }
 
     /// Path under the tenant, e.g. `/clusters/x` → `/v1/tenants/acme/clusters/x`.
@@ -107,7 +121,7 @@ impl Client {
         let resp = req
             .send()
             .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+            .map_err(|e| format!("{method} {path}: {}", with_cause(&e)))?;
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -166,6 +180,24 @@ impl Client {
 }
 
 /// A transport failure as an answer (status 0), so it is reported like the others.
+/// An error with its innermost cause: reqwest says only "error sending request", the
+/// cause (refused, an untrusted certificate) is what the user needs.
+fn with_cause(e: &reqwest::Error) -> String {
+    let mut cause = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = Some(s.to_string());
+        source = s.source();
+    }
+    match cause {
+        Some(c) if c.to_lowercase().contains("certificate") => format!(
+            "{e}: {c} (a private CA or a self-signed API? set ca_cert_file or WEFT_CA_CERT)"
+        ),
+        Some(c) => format!("{e}: {c}"),
+        None => e.to_string(),
+    }
+}
+
 pub fn transport(e: String) -> Answer {
     Answer {
         status: 0,

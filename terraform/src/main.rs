@@ -41,6 +41,7 @@ pub struct Config<'a> {
     api_url: ValueString<'a>,
     token: ValueString<'a>,
     tenant: ValueString<'a>,
+    ca_cert_file: ValueString<'a>,
 }
 
 struct WeftProvider(Shared);
@@ -80,6 +81,7 @@ impl Provider for WeftProvider {
                     "api_url" => string(Optional, "API base URL (or WEFT_API_URL)", false),
                     "token" => string(Optional, "API token or OIDC access token (or WEFT_TOKEN)", true),
                     "tenant" => string(Optional, "tenant name (or WEFT_TENANT); default: the token's tenant", false),
+                    "ca_cert_file" => string(Optional, "PEM file of certificates to trust for the API beside the system's: a private CA or a self-signed certificate (or WEFT_CA_CERT)", false),
                 },
                 ..Default::default()
             },
@@ -100,7 +102,14 @@ impl Provider for WeftProvider {
             diags.root_error_short("token is not set (nor WEFT_TOKEN)");
             return None;
         };
-        let mut client = Client::new(&api_url, &token);
+        let ca_cert = setting(&config.ca_cert_file, "WEFT_CA_CERT");
+        let mut client = match Client::new(&api_url, &token, ca_cert.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                diags.root_error("ca_cert_file", e);
+                return None;
+            }
+        };
         let me = match client
             .call(reqwest::Method::GET, "/v1/me", None, None)
             .await

@@ -211,3 +211,31 @@ async fn a_tenant_the_token_does_not_see_is_named_with_those_it_sees() {
         plan.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_with_a_private_ca_is_trusted_with_ca_cert_file() {
+    let api = Api::start().await;
+    let token = api.tenant("acme", "editor").await;
+    let dir = weft_testkit::tmp::dir("tf-tls");
+    let (url, cert) = weft_testkit::server::serve_rest_tls(api.state.clone(), dir.path()).await;
+    let mut ws = Workspace::new(&api, &token);
+    ws.api_url = url;
+
+    // Not trusted: the diagnostic says it is the certificate, and what to set.
+    ws.config(ONE);
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stderr.contains("certificate") && plan.stderr.contains("ca_cert_file"),
+        "{}",
+        plan.stderr
+    );
+
+    ws.config_with_provider(&format!("  ca_cert_file = \"{}\"", cert.display()), ONE);
+    ws.apply().await.ok();
+    let (s, c) = api
+        .call("GET", "/v1/tenants/acme/clusters/prod", &token, None)
+        .await;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["description"], "production");
+}

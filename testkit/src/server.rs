@@ -54,6 +54,27 @@ pub async fn serve_rest(state: AppState) -> String {
     format!("http://{addr}")
 }
 
+/// Serves the REST API of `state` over TLS on a free loopback port, with a self-signed
+/// certificate for 127.0.0.1 made in `dir`: the `https://` base URL and the certificate.
+pub async fn serve_rest_tls(
+    state: AppState,
+    dir: &std::path::Path,
+) -> (String, std::path::PathBuf) {
+    let (cert, key) = self_signed(dir, [127, 0, 0, 1].into());
+    let config = control_api::tls::server_config(&cert, &key).expect("TLS configuration");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let listener = control_api::tls::TlsListener::new(listener, config).expect("TLS listener");
+    tokio::spawn(control_api::server::serve(
+        listener,
+        control_api::app::app(state),
+        std::future::pending(),
+    ));
+    (format!("https://127.0.0.1:{port}"), cert)
+}
+
 /// Serves the agent service of `state` (plain gRPC) on a free loopback port; its URL.
 pub async fn agent_url(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -32,7 +32,8 @@ pub use weft_testkit::run::Run;
 /// A terraform working directory whose CLI configuration points `weft/weft` at this build.
 pub struct Workspace {
     pub dir: weft_testkit::tmp::TempDir,
-    api_url: String,
+    /// `WEFT_API_URL`.
+    pub api_url: String,
     token: String,
     /// `WEFT_TENANT`, when set.
     pub tenant: Option<String>,
@@ -57,8 +58,13 @@ impl Workspace {
 
     /// Writes main.tf: the provider block (settings from the environment) plus `resources`.
     pub fn config(&self, resources: &str) {
+        self.config_with_provider("", resources);
+    }
+
+    /// Writes main.tf with `provider` as the provider block's body.
+    pub fn config_with_provider(&self, provider: &str, resources: &str) {
         let text = format!(
-            "terraform {{\n  required_providers {{\n    weft = {{ source = \"weft/weft\" }}\n  }}\n}}\n\nprovider \"weft\" {{}}\n\n{resources}\n"
+            "terraform {{\n  required_providers {{\n    weft = {{ source = \"weft/weft\" }}\n  }}\n}}\n\nprovider \"weft\" {{\n{provider}\n}}\n\n{resources}\n"
         );
         std::fs::write(self.dir.path().join("main.tf"), text).expect("write main.tf");
     }
