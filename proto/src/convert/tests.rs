@@ -17,6 +17,8 @@ use weft_model::policy::FqdnSelector;
 
 const CASES: u64 = 300;
 
+mod skew;
+
 fn id(rng: &mut StdRng, kind: &str) -> String {
     // Short alphabet so duplicates happen and key handling is exercised.
     format!("{kind}-{}", rng.gen_range(0..40))
