@@ -1,6 +1,7 @@
 //! Faults the control plane must survive. PostgreSQL going away: the API's pool reaches the
 //! database through a TCP relay the test cuts (every open connection reset, new ones
-//! refused, as when PostgreSQL stops or its host drops off the network) and restores.
+//! refused, as when PostgreSQL stops or its host drops off the network) and restores, while
+//! REST writers and an agent (a `Sync` stream, flow reports) are at work.
 
 mod common;
 
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use weft_proto::v1 as pb;
+use weft_proto::v1::agent_client::AgentClient;
+use weft_testkit::server::authed;
 
 /// A relay to the database that can be cut and restored.
 struct Relay {
@@ -103,6 +107,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
         control_api::ratelimit::FailureLimiter::default(),
     )
     .await;
+    let agent_url = weft_testkit::server::agent_url(state.clone()).await;
     let base = weft_testkit::server::serve_rest(state).await;
     let http = reqwest::Client::new();
     use reqwest::Method;
@@ -115,6 +120,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     )
     .await;
     assert_eq!(s, 201, "{b}");
+    let mut agent = Agent::join(&http, &base, &agent_url).await;
 
     // Writers create policies all along; each remembers what it was answered.
     let stop = Arc::new(AtomicBool::new(false));
@@ -147,9 +153,18 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The database goes away for 8 s.
+    // The database goes away for 10 s.
     relay.set(false);
     let cut = Instant::now();
+    // Flows reported meanwhile are refused, not taken and lost: the agent keeps counting
+    // them (as lost, with its next batch).
+    let refused = agent.report_flows(5, 0).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.code() == tonic::Code::Unavailable),
+        "{refused:?}"
+    );
     let (s, v, took) = get("/readyz").await;
     assert_eq!(s, 503, "/readyz fails while the database is away: {v}");
     assert!(
@@ -167,7 +182,7 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     assert!(took < Duration::from_secs(8), "{took:?}");
     let (s, _, _) = get("/healthz").await;
     assert_eq!(s, 200, "the process itself is alive");
-    tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
 
     // Back: ready again, and writes succeed again.
     relay.set(true);
@@ -197,6 +212,32 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
     for w in writers {
         w.await.expect("writer");
     }
+    // The agent's stream came through the outage (or the agent reconnected): a policy made
+    // now reaches it, and the flows it lost are counted.
+    let (s, v, _) = send(
+        &http,
+        Method::POST,
+        format!("{base}/v1/tenants/acme/policies"),
+        Some(json!({"name": "after", "spec": {
+            "endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    agent.until_enforcing().await;
+    agent
+        .report_flows(3, 5)
+        .await
+        .expect("flows after the outage");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v, _) = get("/v1/tenants/acme/clusters/prod/nodes/node-1").await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"]["health"]["flows_lost"] == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "flows lost counted: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Every answer was a 201 or a 503 problem, never a 500 or a hang; some of each.
     let answered = answered.lock().expect("lock").clone();
@@ -223,5 +264,139 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
                 "{name} was acknowledged but is gone"
             );
         }
+    }
+}
+
+/// An agent of node `node-1` in cluster `prod` of `acme`, with endpoint web-1 (app=web),
+/// following its `Sync` stream (reconnecting from its revision when the stream ends).
+struct Agent {
+    client: AgentClient<tonic::transport::Channel>,
+    credential: String,
+    /// Whether web-1 enforces ingress in the latest state received.
+    enforcing: watch::Receiver<bool>,
+}
+
+impl Agent {
+    async fn join(http: &reqwest::Client, base: &str, agent_url: &str) -> Agent {
+        use reqwest::Method;
+        let (s, v, _) = send(
+            http,
+            Method::POST,
+            format!("{base}/v1/tenants/acme/clusters"),
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v, _) = send(
+            http,
+            Method::POST,
+            format!("{base}/v1/tenants/acme/clusters/prod/join-tokens"),
+            Some(json!({"name": "n"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let mut client = AgentClient::connect(agent_url.to_string())
+            .await
+            .expect("connect");
+        let credential = client
+            .register(pb::RegisterRequest {
+                join_token: v["token"].as_str().expect("token").into(),
+                node_name: "node-1".into(),
+                addresses: vec!["192.0.2.10".into()],
+                capability_version: weft_proto::CAPABILITY_VERSION,
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .node_credential;
+        let report = pb::EndpointReport {
+            endpoints: vec![pb::ReportedEndpoint {
+                name: "web-1".into(),
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ips: vec!["10.0.1.5".into()],
+                named_ports: Vec::new(),
+            }],
+        };
+        client
+            .report_endpoints(authed(report, &credential))
+            .await
+            .expect("endpoints");
+        let (tx, enforcing) = watch::channel(false);
+        let (mut c, cred) = (client.clone(), credential.clone());
+        tokio::spawn(async move {
+            let mut revision = 0;
+            loop {
+                let req = pb::SyncRequest {
+                    resume_from_revision: revision,
+                    capability_version: weft_proto::CAPABILITY_VERSION,
+                };
+                if let Ok(stream) = c.sync(authed(req, &cred)).await {
+                    let mut stream = stream.into_inner();
+                    while let Ok(Some(m)) = stream.message().await {
+                        revision = m.revision;
+                        let eps = match &m.kind {
+                            Some(pb::sync_response::Kind::Snapshot(s)) => s.endpoints.clone(),
+                            Some(pb::sync_response::Kind::Delta(d)) => d.upsert_endpoints.clone(),
+                            None => Vec::new(),
+                        };
+                        if let Some(e) = eps
+                            .iter()
+                            .find(|e| e.ips.iter().any(|ip| ip.starts_with("10.0.1.5")))
+                        {
+                            let _ = tx.send(e.enforce_ingress);
+                        }
+                        let ack = pb::AckRequest {
+                            revision,
+                            errors: Vec::new(),
+                        };
+                        let _ = c.ack(authed(ack, &cred)).await;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Agent {
+            client,
+            credential,
+            enforcing,
+        }
+    }
+
+    async fn report_flows(&mut self, n: usize, lost: u64) -> Result<(), tonic::Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default();
+        let flows = (0..n)
+            .map(|i| pb::Flow {
+                time_unix_nanos: now,
+                src_ip: "10.0.1.9".into(),
+                src_port: 40_000 + i as u32,
+                dst_ip: "10.0.1.5".into(),
+                dst_port: 8080,
+                proto: 6,
+                verdict: "FORWARDED".into(),
+                direction: "ingress".into(),
+                observation_point: "endpoint-ingress".into(),
+                count: 1,
+                ..Default::default()
+            })
+            .collect();
+        let batch = pb::FlowBatch { flows, lost };
+        self.client
+            .report_flows(authed(tokio_stream::iter([batch]), &self.credential))
+            .await
+            .map(|_| ())
+    }
+
+    async fn until_enforcing(&mut self) {
+        tokio::time::timeout(Duration::from_secs(30), self.enforcing.wait_for(|e| *e))
+            .await
+            .expect("the change made after the outage reaches the agent")
+            .expect("agent task");
     }
 }
