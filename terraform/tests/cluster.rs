@@ -231,7 +231,7 @@ async fn an_api_with_a_private_ca_is_trusted_with_ca_cert_file() {
         plan.stderr
     );
 
-    ws.config_with_provider(&format!("  ca_cert_file = \"{}\"", cert.display()), ONE);
+    ws.config_with_provider(&format!(" ca_cert_file = \"{}\" ", cert.display()), ONE);
     ws.apply().await.ok();
     let (s, c) = api
         .call("GET", "/v1/tenants/acme/clusters/prod", &token, None)

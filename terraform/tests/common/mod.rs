@@ -61,10 +61,11 @@ impl Workspace {
         self.config_with_provider("", resources);
     }
 
-    /// Writes main.tf with `provider` as the provider block's body.
+    /// Writes main.tf with `provider` as the provider block's body (on one line: tests
+    /// count the lines before the resources).
     pub fn config_with_provider(&self, provider: &str, resources: &str) {
         let text = format!(
-            "terraform {{\n  required_providers {{\n    weft = {{ source = \"weft/weft\" }}\n  }}\n}}\n\nprovider \"weft\" {{\n{provider}\n}}\n\n{resources}\n"
+            "terraform {{\n  required_providers {{\n    weft = {{ source = \"weft/weft\" }}\n  }}\n}}\n\nprovider \"weft\" {{{provider}}}\n\n{resources}\n"
         );
         std::fs::write(self.dir.path().join("main.tf"), text).expect("write main.tf");
     }
