@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use crate::sh;
 
 /// The targets, each with what it checks.
-pub const TARGETS: [(&str, &str); 6] = [
+pub const TARGETS: [(&str, &str); 7] = [
     (
         "cnp_yaml",
         "CNP/CCNP YAML import (model::cnp): imported specs are valid",
@@ -36,6 +36,10 @@ pub const TARGETS: [(&str, &str); 6] = [
     (
         "desired_state",
         "the agent's decoding of desired-state messages: round trip or refusal",
+    ),
+    (
+        "flow_block",
+        "stored flow blocks: a corrupt one is an error naming it, never a panic",
     ),
 ];
 

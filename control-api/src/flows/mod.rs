@@ -9,7 +9,8 @@ pub mod ingest;
 pub mod pg;
 pub mod writer;
 
-use std::net::IpAddr;
+pub use block::{NewFlow, NewPeer};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use weft_model::flow::{DropReason, FlowFilter, FlowRecord, Verdict};
+use weft_model::flow::{FlowFilter, FlowRecord};
 use weft_model::labels::Labels;
 
 use crate::error::Result;
@@ -27,39 +28,6 @@ use crate::tasks::Tasks;
 
 /// Channel on which each stored batch is announced to every replica.
 pub const NOTICE_CHANNEL: &str = "weft_flows";
-
-/// One side of a flow, enriched.
-#[derive(Debug, Clone)]
-pub struct NewPeer {
-    pub ip: IpAddr,
-    pub port: u16,
-    pub endpoint_id: Option<Uuid>,
-    pub endpoint_name: Option<String>,
-    pub identity: u32,
-    /// Shared with the enrichment cache: the same few label sets recur in every batch.
-    pub labels: Arc<Labels>,
-}
-
-/// A flow ready to store.
-#[derive(Debug, Clone)]
-pub struct NewFlow {
-    pub time: DateTime<Utc>,
-    pub src: NewPeer,
-    pub dst: NewPeer,
-    pub service_id: Option<Uuid>,
-    pub service_name: Option<String>,
-    pub protocol: u8,
-    pub verdict: Verdict,
-    pub drop_reason: Option<DropReason>,
-    pub direction: String,
-    pub observation_point: String,
-    pub tcp_flags: u8,
-    pub bytes: i64,
-    pub packets: i64,
-    pub count: i64,
-    /// One HTTP request the agent's L7 proxy judged (an `L7` record).
-    pub l7: Option<weft_model::flow::L7Info>,
-}
 
 /// The node a batch came from (authenticated), with names for denormalized storage.
 #[derive(Debug, Clone)]

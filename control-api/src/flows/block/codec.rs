@@ -13,8 +13,8 @@ use weft_model::labels::Labels;
 
 use super::edges::{EdgeAgg, EdgeInput, EdgeMap};
 use super::keys::KeySet;
+use super::NewFlow;
 use super::{record_id, MAX_FLOWS};
-use crate::flows::NewFlow;
 
 /// The packed columns. Indexes into `dict` are plain for required strings and `+ 1` for
 /// optional ones (0 is "none").

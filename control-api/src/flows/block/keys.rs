@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use weft_model::flow::{Criterion, Side};
 
-use crate::flows::NewFlow;
+use super::NewFlow;
 
 /// Distinct values of one kind a block lists before it gives up and lists the kind's
 /// wildcard instead (then every query on that kind reads the block).

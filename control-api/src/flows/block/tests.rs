@@ -343,3 +343,26 @@ fn edges_from_a_block_equal_edges_from_its_flows_and_merge_by_summing() {
     assert_eq!(twice[0].connections, 2 * main.connections);
     assert_eq!(twice[0].ports, main.ports);
 }
+
+/// The fuzz target `flow_block` starts from blocks this codec wrote (`fuzz/seeds/flow_block`):
+/// they must stay blocks it reads. `WEFT_WRITE_FUZZ_SEEDS=1` writes them anew.
+#[test]
+fn the_fuzz_seeds_are_blocks_this_codec_reads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/flow_block");
+    if std::env::var_os("WEFT_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).expect("seed dir");
+        for n in [1usize, 9, 40] {
+            let flows: Vec<NewFlow> = (0..n).map(flow).collect();
+            let b = encode(&flows).expect("a block");
+            std::fs::write(dir.join(format!("block-{n}")), b.data).expect("write seed");
+        }
+    }
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/flow_block") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+        let back = decode(1, "n", "c", &data, &FlowFilter::default(), |_, _| true);
+        assert!(back.is_ok_and(|b| !b.is_empty()));
+        seeds += 1;
+    }
+    assert!(seeds >= 3, "{seeds} seeds");
+}
