@@ -172,6 +172,15 @@ impl Env {
         Agent { stop, task }
     }
 
+    /// Starts the agent with the join token, waits for its credential and reports the
+    /// node's endpoints: the agent and its credential.
+    async fn joined(&self) -> (Agent, String) {
+        let agent = self.start_agent(Some(self.token.clone()));
+        let credential = self.credential().await;
+        self.report_endpoints(&credential).await;
+        (agent, credential)
+    }
+
     /// Waits for the agent's credential, checks it is private, and returns it.
     async fn credential(&self) -> String {
         let path = self.state_dir.path().join("credential");
@@ -289,9 +298,7 @@ async fn policy_over_rest_is_enforced_on_real_traffic_and_acked() {
         return;
     }
     let env = Env::new().await;
-    let agent = env.start_agent(Some(env.token.clone()));
-    let credential = env.credential().await;
-    env.report_endpoints(&credential).await;
+    let (agent, _) = env.joined().await;
     let (topo, server) = (&env.topo, env.server);
 
     assert!(
@@ -352,9 +359,7 @@ async fn a_restarted_agent_resumes_from_its_revision_and_enforcement_never_stops
         return;
     }
     let env = Env::new().await;
-    let agent = env.start_agent(Some(env.token.clone()));
-    let credential = env.credential().await;
-    env.report_endpoints(&credential).await;
+    let (agent, credential) = env.joined().await;
     let (topo, server) = (&env.topo, env.server);
     env.allow_server_from("server-ingress", "other").await;
     assert!(
@@ -399,9 +404,7 @@ async fn a_full_policy_map_is_reported_by_name_and_the_enforced_policy_stays() {
         return;
     }
     let env = Env::with_map_entries(&[("policy", 64)]).await;
-    let agent = env.start_agent(Some(env.token.clone()));
-    let credential = env.credential().await;
-    env.report_endpoints(&credential).await;
+    let (agent, _) = env.joined().await;
     let (topo, server) = (&env.topo, env.server);
     // Enforced: the server admits only app=other, so the client is denied.
     env.allow_server_from("server-ingress", "other").await;
@@ -517,9 +520,7 @@ async fn a_full_state_disk_is_reported_and_enforcement_goes_on() {
     }
     let env = Env::new().await;
     let _disk = Tmpfs::mount(env.state_dir.path(), "256k");
-    let agent = env.start_agent(Some(env.token.clone()));
-    let credential = env.credential().await;
-    env.report_endpoints(&credential).await;
+    let (agent, _) = env.joined().await;
     let (topo, server) = (&env.topo, env.server);
     env.allow_server_from("server-ingress", "other").await;
     assert!(until_tcp(topo, 0, server, false).await, "client denied");
