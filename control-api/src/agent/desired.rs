@@ -41,6 +41,10 @@ pub fn compile(node: &NodeCtx, loaded: &Loaded) -> Result<Compiled> {
     if node.capability_version < weft_proto::CAPABILITY_PROBES {
         local.workloads.clear();
         local.probes.clear();
+    } else if node.capability_version < weft_proto::CAPABILITY_L7 {
+        local
+            .probes
+            .retain(|p| p.http.is_none() && p.resolve.is_none());
     }
     Ok(Compiled {
         revision: loaded.revision,

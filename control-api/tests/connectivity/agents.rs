@@ -296,7 +296,7 @@ async fn ready_once_the_agent_applied_it_and_reported_the_endpoint() {
 }
 
 #[tokio::test]
-async fn agents_of_capability_1_get_no_workloads_or_probes() {
+async fn older_agents_get_only_the_workloads_and_probes_they_speak() {
     let mut s = setup().await;
     let n1 = s.node("node-1", &["10.0.1.0/24"], &[]).await;
     s.workload("echo-a", "node-1", "pod").await;
@@ -329,12 +329,26 @@ async fn agents_of_capability_1_get_no_workloads_or_probes() {
         d.upsert_probes.is_empty() && d.upsert_workloads.is_empty(),
         "{d:?}"
     );
-    // The same node speaking capability 2 gets them.
+    // The same node speaking capability 2 gets them, but for a probe that sends HTTP: an
+    // agent without the L7 proxy would run it as a plain connect.
     drop(st);
+    s.probe(json!({"from": "echo-a", "target": "10.0.1.7:80",
+                   "http": {"method": "GET", "path": "/health"}}))
+        .await;
     let mut st = s.sync(&n1, weft_proto::CAPABILITY_PROBES).await;
     let Some(Kind::Snapshot(snap)) = next_change(&mut st).await.kind else {
         panic!("a snapshot first")
     };
     assert_eq!(snap.workloads.len(), 1);
-    assert_eq!(snap.probes.len(), 2);
+    assert_eq!(snap.probes.len(), 2, "{snap:?}");
+    assert!(
+        snap.probes.iter().all(|p| p.http_method.is_empty()),
+        "{snap:?}"
+    );
+    drop(st);
+    let mut st = s.sync(&n1, weft_proto::CAPABILITY_L7).await;
+    let Some(Kind::Snapshot(snap)) = next_change(&mut st).await.kind else {
+        panic!("a snapshot first")
+    };
+    assert_eq!(snap.probes.len(), 3, "{snap:?}");
 }
