@@ -180,6 +180,18 @@ async fn the_database_going_away_is_503_and_every_acknowledged_write_survives() 
         "a problem saying so: {v}"
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
+    let r = http
+        .get(format!("{base}/v1/tenants/acme/clusters"))
+        .bearer_auth(common::OPERATOR)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5"),
+        "a 503 says when to come back"
+    );
     let (s, _, _) = get("/healthz").await;
     assert_eq!(s, 200, "the process itself is alive");
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
