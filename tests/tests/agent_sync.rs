@@ -148,6 +148,7 @@ impl Env {
         let args = RunArgs {
             control_plane: self.url.clone(),
             join_token,
+            join_token_file: None,
             state_dir: self.state_dir.path().to_path_buf(),
             node_name: Some("node-1".into()),
             addresses: vec!["192.0.2.10".into()],

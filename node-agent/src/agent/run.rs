@@ -52,8 +52,13 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_CONTROL_PLANE")]
     pub control_plane: String,
     /// Join token for the first start; later starts use the credential in the state dir.
+    /// Prefer `WEFT_JOIN_TOKEN` or `--join-token-file`: `ps` shows every argument.
     #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file whose first line is the join token (a missing file is as no token: once
+    /// registered, the agent needs none).
+    #[arg(long, env = "WEFT_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// Directory of the node credential and the applied state (created 0700).
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     pub state_dir: PathBuf,
@@ -110,6 +115,31 @@ pub struct RunArgs {
     /// bpffs directory of the pinned maps (the global `--pin-path`).
     #[arg(skip)]
     pub pin_path: PathBuf,
+}
+
+/// `--join-token`, else the first line of `--join-token-file` if it exists.
+fn join_token(args: &RunArgs) -> Result<Option<String>, RunError> {
+    match &args.join_token_file {
+        Some(path) => token_file(path),
+        None => Ok(args.join_token.clone()),
+    }
+}
+
+fn token_file(path: &Path) -> Result<Option<String>, RunError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match text.lines().next().map(str::trim) {
+            Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+            _ => Err(RunError::Config(format!(
+                "--join-token-file {} is empty",
+                path.display()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RunError::Io {
+            what: format!("reading --join-token-file {}", path.display()),
+            source: e,
+        }),
+    }
 }
 
 fn parse_map_entries(s: &str) -> Result<(String, u32), String> {
@@ -309,7 +339,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let channel = control::channel(&args.control_plane, args.ca_cert.as_deref())?;
     let registration = control::Registration {
         state_dir: args.state_dir.clone(),
-        join_token: args.join_token.clone(),
+        join_token: join_token(&args)?,
         node_name: args.node_name.clone(),
         addresses: args.addresses.clone(),
         labels: args.labels.clone(),
@@ -618,6 +648,21 @@ mod tests {
         assert_eq!(parse_label("a=b"), Ok(("a".into(), "b".into())));
         assert!(parse_label("=b").is_err());
         assert!(parse_label("ab").is_err());
+    }
+
+    #[test]
+    fn a_join_token_file_gives_its_first_line_and_a_missing_one_none() {
+        let dir = weft_testkit::tmp::dir("join-token");
+        let file = dir.path().join("jt");
+        std::fs::write(&file, "weft_join_abc\nignored\n").expect("write");
+        assert_eq!(
+            token_file(&file).ok().flatten().as_deref(),
+            Some("weft_join_abc")
+        );
+        std::fs::write(&file, "\n").expect("write");
+        let empty = token_file(&file).expect_err("an empty file is an error");
+        assert!(empty.to_string().contains("is empty"), "{empty}");
+        assert!(matches!(token_file(&dir.path().join("gone")), Ok(None)));
     }
 
     #[test]

@@ -186,8 +186,13 @@ impl Node {
             .envs(self.run_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
+        // From a 0600 file, as an operator would keep it off the command line.
         if let Some(t) = join_token {
-            cmd.args(["--join-token", t]);
+            let file = self.state.path().join("join-token");
+            std::fs::write(&file, t).expect("join token file");
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("join token file mode");
+            cmd.arg("--join-token-file").arg(&file);
         }
         self.agent = Some(cmd.spawn().expect("start node-agent"));
         let start = Instant::now();
