@@ -96,8 +96,8 @@ impl FailureLimiter {
         self.count(&[source_key(source), credential_key(credential_hash)], now)
     }
 
-    /// A source failed where it presented no credential (a TLS handshake that failed or
-    /// timed out): counted against the source alone, as [`FailureLimiter::failed`].
+    /// A source failed where it presented no credential (a TLS handshake it made fail):
+    /// counted against the source alone, as [`FailureLimiter::failed`].
     pub fn source_failed(&self, source: IpAddr, now: Instant) -> Result<(), Duration> {
         self.count(&[source_key(source)], now)
     }

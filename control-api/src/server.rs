@@ -4,7 +4,6 @@
 //! request's head must arrive within [`HEADER_READ`] and an HTTP/2 peer must answer pings;
 //! a slow body is bounded by the router's request timeout.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -59,14 +58,7 @@ where
         let service = tower::service_fn(move |mut req: axum::http::Request<Incoming>| {
             // What `into_make_service_with_connect_info` would have lent the extractors.
             req.extensions_mut().insert(ConnectInfo(addr));
-            let router = router.clone();
-            async move {
-                let res = router.oneshot(req.map(axum::body::Body::new)).await;
-                Ok::<_, Infallible>(match res {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                })
-            }
+            router.clone().oneshot(req.map(axum::body::Body::new))
         });
         let builder = builder.clone();
         let mut stopping = stop_rx.clone();

@@ -28,24 +28,15 @@ const BACKLOG: usize = 256;
 /// The server's TLS configuration from a PEM certificate chain and key; HTTP/2 and
 /// HTTP/1.1 offered by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    server_config_pem(&cert_pem, &key_pem)
-        .with_context(|| format!("{} and {}", cert.display(), key.display()))
-}
-
-/// [`server_config`] from the PEM texts.
-pub fn server_config_pem(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
-        .context("not a PEM certificate chain")?;
+        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
     if chain.is_empty() {
-        anyhow::bail!("no certificate in the PEM text");
+        anyhow::bail!("{} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).context("not a PEM private key")?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("{} is not a PEM private key", key.display()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -66,8 +57,8 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Accepts on `listener` and handshakes with `config`; failed or slow handshakes are
-    /// dropped (logged at debug: scanners do this all day) and counted against their
-    /// address ([`FailureLimiter`]'s limit per window).
+    /// dropped (logged at debug: scanners do this all day), and those the peer made fail
+    /// are counted against its address ([`FailureLimiter`]'s limit per window).
     pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);

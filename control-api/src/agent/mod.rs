@@ -266,18 +266,13 @@ impl Agent for AgentService {
     }
 }
 
-/// The agent service's TLS identity (certificate chain and key, PEM).
-pub struct Tls {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-}
+/// The agent service's TLS configuration (as REST's, [`crate::tls::server_config`]).
+pub struct Tls(std::sync::Arc<rustls::ServerConfig>);
 
 impl Tls {
+    /// From a PEM certificate chain and key.
     pub fn load(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Tls> {
-        Ok(Tls {
-            cert_pem: std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
-            key_pem: std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
-        })
+        crate::tls::server_config(cert, key).map(Tls)
     }
 }
 
@@ -307,9 +302,7 @@ pub async fn serve_on(
     let mut server = tonic::transport::Server::builder();
     let router = server.add_service(AgentService::new(st));
     let served = match tls {
-        Some(tls) => {
-            let config = crate::tls::server_config_pem(&tls.cert_pem, &tls.key_pem)
-                .context("agent service TLS")?;
+        Some(Tls(config)) => {
             let incoming = crate::tls::TlsListener::new(listener, config)?.into_incoming();
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
