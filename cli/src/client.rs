@@ -145,7 +145,7 @@ pub fn http(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client> {
 }
 
 /// `builder` also trusting every certificate of the PEM file `ca_cert`.
-pub fn trusting(
+fn trusting(
     builder: reqwest::ClientBuilder,
     ca_cert: Option<&std::path::Path>,
 ) -> Result<reqwest::ClientBuilder> {

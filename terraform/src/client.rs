@@ -179,7 +179,6 @@ impl Client {
     }
 }
 
-/// A transport failure as an answer (status 0), so it is reported like the others.
 /// An error with its innermost cause: reqwest says only "error sending request", the
 /// cause (refused, an untrusted certificate) is what the user needs.
 fn with_cause(e: &reqwest::Error) -> String {
@@ -198,6 +197,7 @@ fn with_cause(e: &reqwest::Error) -> String {
     }
 }
 
+/// A transport failure as an answer (status 0), so it is reported like the others.
 pub fn transport(e: String) -> Answer {
     Answer {
         status: 0,
