@@ -22,6 +22,18 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
 }
 
+/// The binary on `db_url`, serving REST on `port` and agents on a free port, its output
+/// discarded.
+fn api(db_url: &str, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_control-api"));
+    cmd.env("DATABASE_URL", db_url)
+        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -39,10 +51,7 @@ async fn serves_migrates_and_stops_on_sigterm() {
         .await
         .expect("empty the database");
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
-        .env("DATABASE_URL", &url)
-        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+    let mut child = api(&url, port)
         .env("WEFT_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -159,14 +168,9 @@ async fn serves_rest_over_tls_with_hsts_and_no_plain_http() {
     let dir = weft_testkit::tmp::dir("rest-tls");
     let (cert, key) = weft_testkit::server::self_signed(dir.path(), [127, 0, 0, 1].into());
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
-        .env("DATABASE_URL", &t.url)
-        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+    let mut child = api(&t.url, port)
         .args(["--tls-cert".as_ref(), cert.as_os_str()])
         .args(["--tls-key".as_ref(), key.as_os_str()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start control-api");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -241,13 +245,8 @@ async fn slow_clients_are_cut_off_and_hold_up_no_one() {
     let t = common::TestApp::new().await;
     let owner = t.tenant("acme").await;
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_control-api"))
-        .env("DATABASE_URL", &t.url)
-        .env("WEFT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WEFT_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+    let mut child = api(&t.url, port)
         .env("WEFT_REQUEST_TIMEOUT_SECONDS", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start control-api");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -635,31 +635,7 @@ async fn agents_reconnect_to_a_restarted_control_api_and_converge() {
         until_tcp(&client, WEB1, false).await,
         "the change made while control-api was down is enforced after it returns"
     );
-    let start = Instant::now();
     for name in ["node-1", "node-2"] {
-        loop {
-            let r = env
-                .cp
-                .call(
-                    "GET",
-                    &format!("/v1/tenants/acme/clusters/prod/nodes/{name}"),
-                    &env.owner,
-                    None,
-                )
-                .await;
-            let status = &r.body["status"];
-            if status["connected"] == true
-                && status["applied_revision"]
-                    .as_i64()
-                    .is_some_and(|r| r >= wanted)
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < WITHIN * 3,
-                "{name} reconnected and applied {wanted}: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        env.until_applied(name, wanted, WITHIN * 3).await;
     }
 }

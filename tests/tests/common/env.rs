@@ -144,6 +144,36 @@ impl Env {
         }
     }
 
+    /// Waits (up to `within`) until node `name` is connected and has applied at least
+    /// `revision`; its status.
+    pub async fn until_applied(&self, name: &str, revision: i64, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let r = self
+                .cp
+                .call(
+                    "GET",
+                    &format!("/v1/tenants/acme/clusters/prod/nodes/{name}"),
+                    &self.owner,
+                    None,
+                )
+                .await;
+            let status = r.body["status"].clone();
+            if status["connected"] == true
+                && status["applied_revision"]
+                    .as_i64()
+                    .is_some_and(|r| r >= revision)
+            {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{name} connected and applied {revision}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn policy(&self, name: &str, from: &str) {
         self.cp.allow(&self.owner, name, "web", from).await;
     }
