@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+mod objects;
+
 /// Largest request body we read (1 MiB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
@@ -109,7 +111,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "must not contain the NUL character (U+0000)",
         ));
     }
-    serde_path_to_error::deserialize(doc).map_err(|e| {
+    serde_path_to_error::deserialize(objects::Objects(doc)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
