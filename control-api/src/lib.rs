@@ -14,6 +14,7 @@ pub mod etag;
 pub mod extract;
 pub mod flows;
 pub mod group_commit;
+pub mod heap;
 pub mod identities;
 pub mod install;
 pub mod metrics;

@@ -1,6 +1,9 @@
 use clap::Parser;
 use control_api::config::{Cli, Command};
 
+#[global_allocator]
+static HEAP: control_api::heap::Counting = control_api::heap::Counting;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

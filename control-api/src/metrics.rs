@@ -174,6 +174,7 @@ pub struct Metrics {
     pub sync_lag: SyncLag,
     sync_lag_seconds: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     agents_behind: Family<TenantLabels, Gauge>,
+    heap_live: Gauge,
 }
 
 impl Default for Metrics {
@@ -244,6 +245,13 @@ impl Metrics {
             "Connected agents of the tenant with desired state not yet acknowledged",
             agents_behind.clone(),
         );
+        let heap_live = Gauge::default();
+        registry.register(
+            "weft_heap_live_bytes",
+            "Heap bytes this process has allocated and not freed (less than its RSS, which \
+             also holds what the allocator kept after freeing)",
+            heap_live.clone(),
+        );
         Self {
             registry,
             requests,
@@ -256,6 +264,7 @@ impl Metrics {
             sync_lag: SyncLag::default(),
             sync_lag_seconds,
             agents_behind,
+            heap_live,
         }
     }
 
@@ -268,6 +277,9 @@ impl Metrics {
             let l = TenantLabels { tenant };
             self.sync_lag_seconds.get_or_create(&l).set(secs);
             self.agents_behind.get_or_create(&l).set(behind);
+        }
+        if let Some(bytes) = crate::heap::live_bytes() {
+            self.heap_live.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

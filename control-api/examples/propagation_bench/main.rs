@@ -151,6 +151,29 @@ impl Bench {
         self.replicas.iter().map(|r| rss_kib(r.pid())).sum()
     }
 
+    /// The replicas' live heap (`weft_heap_live_bytes`), without what the allocator keeps.
+    async fn server_heap_kib(&self) -> Result<u64> {
+        let mut sum = 0;
+        for r in &self.replicas {
+            let text = self
+                .http
+                .get(format!("{}/metrics", r.rest))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            let bytes: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("weft_heap_live_bytes "))
+                .context("no weft_heap_live_bytes in /metrics")?
+                .trim()
+                .parse()?;
+            sum += bytes / 1024;
+        }
+        Ok(sum)
+    }
+
     fn server_cpu_ms(&self) -> f64 {
         self.replicas.iter().map(|r| cpu_ms(r.pid())).sum()
     }
@@ -524,6 +547,7 @@ async fn run(b: &mut Bench, sizes: &[(usize, usize)], changes: usize) -> Result<
     let base = measure(b, &solo_t, changes, false).await?;
     print_row("1 agent (baseline)", &base, &base);
     let rss_base = b.server_rss_kib();
+    let heap_base = b.server_heap_kib().await?;
 
     let mut by_agents = serde_json::Map::new();
     let mut largest: Option<(usize, Value)> = None;
@@ -575,6 +599,8 @@ async fn run(b: &mut Bench, sizes: &[(usize, usize)], changes: usize) -> Result<
         v["join_s"] = json!((joined_s * 10.0).round() / 10.0);
         v["rss_per_agent_kib"] = json!((server.saturating_sub(rss_base)) / n as u64);
         v["control_api_rss_mib"] = json!(server / 1024);
+        let heap = b.server_heap_kib().await?;
+        v["heap_per_agent_kib"] = json!((heap.saturating_sub(heap_base)) / n as u64);
         v["sim_rss_mib"] = json!(sim_kib / 1024);
         print_row(&format!("fleet of {label}"), &v, &base);
         let probed = measure(b, &t, changes, true).await?;
@@ -677,7 +703,7 @@ fn print_row(name: &str, v: &Value, base: &Value) {
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let ratio = |k: &str| f(v, k) / f(base, k).max(1e-9);
     println!(
-        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x; received {:.1})  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>8} ({:.1}x)  written {:>6} ({:.1}x)  cpu/change {:>7.1} ms ({:.1}x) + postgres {:.1} ms  rss/agent {} KiB",
+        "{name:>20}: {:>5} agents  p50 {:>8.1} ms ({:.1}x; received {:.1})  p99 {:>8.1} ms ({:.1}x)  rows read/change {:>8} ({:.1}x)  written {:>6} ({:.1}x)  cpu/change {:>7.1} ms ({:.1}x) + postgres {:.1} ms  rss/agent {} KiB (live heap {} KiB)",
         v["agents"],
         f(v, "p50_ms"),
         ratio("p50_ms"),
@@ -692,5 +718,6 @@ fn print_row(name: &str, v: &Value, base: &Value) {
         ratio("control_api_cpu_ms_per_change"),
         f(v, "postgres_cpu_ms_per_change"),
         v["rss_per_agent_kib"],
+        v["heap_per_agent_kib"],
     );
 }
