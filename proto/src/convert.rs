@@ -32,6 +32,8 @@ use crate::v1 as pb;
 pub enum WireError {
     #[error("sync message {0} carries neither a snapshot nor a delta")]
     NoKind(u64),
+    #[error("sync message {0} is a part of its revision, not the whole (join the parts first)")]
+    Part(u64),
     #[error("{item}: invalid address {value:?}")]
     Address { item: String, value: String },
     #[error("{item}: invalid prefix {value:?}")]
@@ -250,6 +252,7 @@ impl From<&SyncMessage> for pb::SyncResponse {
                 Update::Delta(d) => pb::sync_response::Kind::Delta(d.into()),
             }),
             traceparent: String::new(),
+            continues: false,
         }
     }
 }
@@ -261,6 +264,9 @@ impl TryFrom<pb::SyncResponse> for SyncMessage {
     type Error = WireError;
 
     fn try_from(m: pb::SyncResponse) -> Result<Self, WireError> {
+        if m.continues {
+            return Err(WireError::Part(m.revision));
+        }
         let update = match m.kind {
             None => return Err(WireError::NoKind(m.revision)),
             Some(pb::sync_response::Kind::Snapshot(s)) => Update::Snapshot(s.try_into()?),

@@ -5,12 +5,13 @@
 //! turns the wire types into the model's desired-state types and back, for both sides.
 
 pub mod convert;
+pub mod parts;
 
 /// Capability version this build speaks. Agents send theirs; the control plane answers
 /// within the lower of the two. 3: the routing mode and the cluster's nodes in the desired
 /// state (older agents ignore those fields). 4: the L7 proxy — HTTP and DNS rules, `toFQDNs`
-/// entries, probes that send HTTP or resolve a name.
-pub const CAPABILITY_VERSION: u32 = 4;
+/// entries, probes that send HTTP or resolve a name. 5: a revision in parts ([`parts`]).
+pub const CAPABILITY_VERSION: u32 = 5;
 
 /// The first capability version with test workloads and probes.
 pub const CAPABILITY_PROBES: u32 = 2;
@@ -19,6 +20,9 @@ pub const CAPABILITY_PROBES: u32 = 2;
 /// closed, reported) and gives FQDN entries' peer, which no address has, nothing; but it
 /// would run an HTTP or resolving probe as a plain connect, so it is not sent those.
 pub const CAPABILITY_L7: u32 = 4;
+
+/// The first capability version that joins a revision sent in parts ([`parts`]).
+pub const CAPABILITY_PARTS: u32 = 5;
 
 /// `weft.agent.v1`.
 #[allow(clippy::all, missing_docs)]

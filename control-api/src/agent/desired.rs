@@ -109,6 +109,7 @@ pub fn snapshot(revision: i64, s: &NodeDesiredState) -> pb::SyncResponse {
         revision: revision.unsigned_abs(),
         kind: Some(pb::sync_response::Kind::Snapshot(s.into())),
         traceparent: String::new(),
+        continues: false,
     }
 }
 
@@ -117,5 +118,6 @@ pub fn delta(revision: i64, d: &Delta) -> pb::SyncResponse {
         revision: revision.unsigned_abs(),
         kind: Some(pb::sync_response::Kind::Delta(d.into())),
         traceparent: String::new(),
+        continues: false,
     }
 }

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tracing::Instrument;
 use weft_model::desired::{self, NodeDesiredState};
+use weft_proto::parts;
 use weft_proto::v1::SyncResponse;
 use weft_telemetry::TraceParent;
 
@@ -83,7 +84,7 @@ async fn produce(
         }
         _ => (state::snapshot(revision, &last.full()), false),
     };
-    if tx.send(Ok(first)).await.is_err() {
+    if !send(tx, node, first).await {
         return Ok(());
     }
     drop(permit);
@@ -133,7 +134,7 @@ async fn produce(
             if let Some(tp) = TraceParent::current() {
                 msg.traceparent = tp.to_string();
             }
-            if tx.send(Ok(msg)).await.is_err() {
+            if !send(tx, node, msg).await {
                 return Ok(false);
             }
             lag.sent(revision);
@@ -154,6 +155,27 @@ async fn produce(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Sends a revision to the agent: in parts when it is large and the agent joins parts, so
+/// the stream's encode buffer (kept for the stream's life, as large as the largest message
+/// it carried) stays near [`parts::PART_BYTES`]. False when the agent is gone.
+async fn send(
+    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+    node: &NodeCtx,
+    msg: SyncResponse,
+) -> bool {
+    let parts = if node.capability_version >= weft_proto::CAPABILITY_PARTS {
+        parts::split(msg, parts::PART_BYTES)
+    } else {
+        vec![msg]
+    };
+    for part in parts {
+        if tx.send(Ok(part)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Counts an open stream in `weft_agents_connected` until dropped (the task may end

@@ -670,3 +670,86 @@ async fn a_deleted_node_leaves_every_other_node_and_its_credential_stops_working
         .collect();
     assert_eq!(actions.last(), Some(&"delete"), "{}", audit.body);
 }
+
+/// Reads one whole revision: its parts until one does not continue.
+async fn parts_of_next(
+    stream: &mut tonic::Streaming<weft_proto::v1::SyncResponse>,
+) -> Vec<weft_proto::v1::SyncResponse> {
+    let mut parts = vec![next_sync(stream).await];
+    while parts.last().is_some_and(|p| p.continues) {
+        parts.push(next_sync(stream).await);
+    }
+    parts
+}
+
+#[tokio::test]
+async fn a_large_revision_goes_in_parts_to_agents_that_join_them_and_whole_to_older_ones() {
+    use prost::Message;
+    use weft_proto::parts::{Joiner, PART_BYTES};
+
+    let t = TestApp::new().await;
+    let endpoints = (0..1500)
+        .map(|i| {
+            endpoint(
+                &format!("web-{i}"),
+                "web",
+                &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+            )
+        })
+        .collect();
+    let (owner, mut a, n1) = node_with(&t, endpoints).await;
+    let mut open = async |capability_version| {
+        a.sync(authed(
+            SyncRequest {
+                resume_from_revision: 0,
+                capability_version,
+            },
+            &n1.node_credential,
+        ))
+        .await
+        .expect("sync")
+        .into_inner()
+    };
+    let mut new = open(weft_proto::CAPABILITY_PARTS).await;
+    let mut old = open(weft_proto::CAPABILITY_PARTS - 1).await;
+    // The snapshot, then a delta that gives all 1,500 endpoints rules.
+    for change in [false, true] {
+        if change {
+            t.created(
+                "/v1/tenants/acme/policies",
+                &owner,
+                json!({"name": "web", "spec": {
+                    "endpointSelector": {"matchLabels": {"app": "web"}},
+                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web"}}],
+                                 "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}]}}),
+            )
+            .await;
+        }
+        let whole = parts_of_next(&mut old).await;
+        assert_eq!(
+            whole.len(),
+            1,
+            "an older agent gets the revision as one message"
+        );
+        let whole = whole.into_iter().next().unwrap();
+        assert!(
+            whole.encoded_len() > PART_BYTES,
+            "{}",
+            whole.encoded_len()
+        );
+        let parts = parts_of_next(&mut new).await;
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        let mut joiner = Joiner::default();
+        let mut joined = None;
+        for p in parts {
+            assert_eq!(p.revision, whole.revision);
+            assert!(p.encoded_len() <= PART_BYTES + 64, "{}", p.encoded_len());
+            joined = joiner.push(p).expect("parts join");
+        }
+        assert_eq!(
+            joined.as_ref(),
+            Some(&whole),
+            "the parts join to what older agents get"
+        );
+    }
+}

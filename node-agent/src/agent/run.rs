@@ -182,10 +182,21 @@ pub enum RunError {
     Rpc(#[from] Status),
     #[error("refused a sync message: {0}")]
     Wire(#[from] WireError),
+    #[error("refused a sync message: {0}")]
+    Parts(#[from] weft_proto::parts::PartsError),
     #[error("endpoints: {0}")]
     Endpoint(#[from] EndpointError),
     #[error("test workloads: {0}")]
     Workload(#[from] WorkloadError),
+}
+
+impl From<weft_proto::parts::StreamError> for RunError {
+    fn from(e: weft_proto::parts::StreamError) -> Self {
+        match e {
+            weft_proto::parts::StreamError::Rpc(s) => RunError::Rpc(s),
+            weft_proto::parts::StreamError::Parts(p) => RunError::Parts(p),
+        }
+    }
 }
 
 /// Aborts the agent's background tasks when `run` returns.
@@ -482,13 +493,15 @@ async fn apply_routing(
 impl Session<'_> {
     async fn run(&mut self, control: &Control) -> Result<(), RunError> {
         let mut client = control.client();
-        let mut stream = client
-            .sync(pb::SyncRequest {
-                resume_from_revision: self.programmed.revision,
-                capability_version: weft_proto::CAPABILITY_VERSION,
-            })
-            .await?
-            .into_inner();
+        let mut stream = weft_proto::parts::Wholes::new(
+            client
+                .sync(pb::SyncRequest {
+                    resume_from_revision: self.programmed.revision,
+                    capability_version: weft_proto::CAPABILITY_VERSION,
+                })
+                .await?
+                .into_inner(),
+        );
         tracing::info!(resume_from = self.programmed.revision, "sync stream open");
         // Every (re)connect reports the complete endpoint set.
         self.endpoints_changed.borrow_and_update();
@@ -496,7 +509,7 @@ impl Session<'_> {
         let mut health = tokio::time::interval(self.health_interval);
         loop {
             tokio::select! {
-                msg = stream.message() => {
+                msg = stream.next() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     let revision = msg.revision;
                     // The apply joins the trace of the change that caused it, and the ack

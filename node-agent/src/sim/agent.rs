@@ -84,6 +84,8 @@ pub(super) struct Node {
 enum SessionError {
     #[error(transparent)]
     Rpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Stream(#[from] weft_proto::parts::StreamError),
     #[error("refused a sync message: {0}")]
     Wire(#[from] weft_proto::convert::WireError),
 }
@@ -190,13 +192,15 @@ async fn session(
     synced: &mut bool,
 ) -> Result<(), SessionError> {
     let mut client = control.client();
-    let mut stream = client
-        .sync(pb::SyncRequest {
-            resume_from_revision: programmed.revision,
-            capability_version: weft_proto::CAPABILITY_VERSION,
-        })
-        .await?
-        .into_inner();
+    let mut stream = weft_proto::parts::Wholes::new(
+        client
+            .sync(pb::SyncRequest {
+                resume_from_revision: programmed.revision,
+                capability_version: weft_proto::CAPABILITY_VERSION,
+            })
+            .await?
+            .into_inner(),
+    );
     // Every (re)connect reports the complete endpoint set, as the agent does.
     client.report_endpoints(node.endpoints.clone()).await?;
     let mut health = tokio::time::interval(shared.health_interval);
@@ -204,7 +208,7 @@ async fn session(
     let counters = &shared.tracker.counters;
     loop {
         tokio::select! {
-            msg = stream.message() => {
+            msg = stream.next() => {
                 let Some(msg) = msg? else { return Ok(()) };
                 let revision = msg.revision;
                 shared.tracker.received(node.index, revision);

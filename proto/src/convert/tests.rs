@@ -17,6 +17,7 @@ use weft_model::policy::FqdnSelector;
 
 const CASES: u64 = 300;
 
+mod parts;
 mod skew;
 
 fn id(rng: &mut StdRng, kind: &str) -> String {
@@ -548,8 +549,19 @@ fn a_bad_item_refuses_the_whole_message_naming_item_and_field() {
             revision: 5,
             kind: None,
             traceparent: String::new(),
+            continues: false,
         }),
         Err(WireError::NoKind(5))
+    );
+    // A part is joined before it is read (`parts::Joiner`), never read as the whole.
+    assert_eq!(
+        SyncMessage::try_from(pb::SyncResponse {
+            revision: 6,
+            kind: Some(pb::sync_response::Kind::Delta(pb::Delta::default())),
+            traceparent: String::new(),
+            continues: true,
+        }),
+        Err(WireError::Part(6))
     );
 }
 

@@ -58,6 +58,11 @@ pub struct SyncResponse {
     /// change that caused it. Metadata cannot carry it: it is per stream, not per message.
     #[prost(string, tag = "4")]
     pub traceparent: ::prost::alloc::string::String,
+    /// Capability 5: this revision continues in the next message. A large snapshot or delta
+    /// goes out in parts (each list split in order; the next part has the same revision and
+    /// kind); the agent joins them and applies the whole, never a part.
+    #[prost(bool, tag = "5")]
+    pub continues: bool,
     #[prost(oneof = "sync_response::Kind", tags = "2, 3")]
     pub kind: ::core::option::Option<sync_response::Kind>,
 }
