@@ -7,13 +7,23 @@
 //! enums, `flatten`) is read by serde's own buffer, beyond this wrapper's reach.
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Unexpected, Visitor};
-use serde::forward_to_deserialize_any;
 use serde_json::{Map, Value};
 
 /// A [`Value`] whose structs (at every depth) must be objects.
 pub struct Objects(pub Value);
 
 type Error = serde_json::Error;
+
+/// Methods passed to the `Value` as they are.
+macro_rules! scalars {
+    ($($method:ident)+) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                self.0.$method(visitor)
+            }
+        )+
+    };
+}
 
 impl<'de> de::Deserializer<'de> for Objects {
     type Error = Error;
@@ -28,14 +38,46 @@ impl<'de> de::Deserializer<'de> for Objects {
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
-        _fields: &'static [&'static str],
+        name: &'static str,
+        fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
         match self.0 {
+            Value::Object(f) => visitor.visit_map(Fields::new(f)),
             Value::Array(_) => Err(de::Error::invalid_type(Unexpected::Seq, &visitor)),
-            other => Objects(other).deserialize_any(visitor),
+            other => other.deserialize_struct(name, fields, visitor),
         }
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Value::Object(f) => visitor.visit_map(Fields::new(f)),
+            other => other.deserialize_map(visitor),
+        }
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.0 {
+            Value::Array(items) => visitor.visit_seq(Items(items.into_iter())),
+            other => other.deserialize_seq(visitor),
+        }
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -71,9 +113,13 @@ impl<'de> de::Deserializer<'de> for Objects {
         self.0.deserialize_unit_struct(name, visitor)
     }
 
-    forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit seq tuple tuple_struct map identifier ignored_any
+    // Scalars keep serde_json's own type checks (a map is not read from `null`, say).
+    scalars! {
+        deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
+        deserialize_u128 deserialize_f32 deserialize_f64 deserialize_char deserialize_str
+        deserialize_string deserialize_bytes deserialize_byte_buf deserialize_unit
+        deserialize_identifier deserialize_ignored_any
     }
 }
 
@@ -202,6 +248,13 @@ mod tests {
             serde_json::from_value(doc).unwrap()
         );
         let unknown = read(json!({"name": "a", "routing": {"mod": "x"}})).unwrap_err();
+        // What is not an object is no map either (serde_json's map reads `null` as empty
+        // only when asked for anything).
+        for doc in [json!(null), json!([]), json!("x")] {
+            let map = serde_json::Map::<String, serde_json::Value>::deserialize(Objects(doc));
+            assert!(map.is_err(), "{map:?}");
+        }
+        assert!(Routing::deserialize(Objects(json!(null))).is_err());
         assert!(unknown.contains("unknown field `mod`"), "{unknown}");
     }
 }

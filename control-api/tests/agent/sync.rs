@@ -732,11 +732,7 @@ async fn a_large_revision_goes_in_parts_to_agents_that_join_them_and_whole_to_ol
             "an older agent gets the revision as one message"
         );
         let whole = whole.into_iter().next().unwrap();
-        assert!(
-            whole.encoded_len() > PART_BYTES,
-            "{}",
-            whole.encoded_len()
-        );
+        assert!(whole.encoded_len() > PART_BYTES, "{}", whole.encoded_len());
         let parts = parts_of_next(&mut new).await;
         assert!(parts.len() >= 2, "{} parts", parts.len());
         let mut joiner = Joiner::default();
