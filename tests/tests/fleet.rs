@@ -73,6 +73,7 @@ fn fleet(urls: &[String], token: &str, agents: usize, prefix: &str) -> Fleet {
         health_interval_secs: 3600,
         keepalive_secs: 60,
         name_prefix: prefix.to_string(),
+        capability_version: weft_proto::CAPABILITY_VERSION,
     });
     fleets.pop().expect("one fleet")
 }

@@ -65,6 +65,7 @@ pub(super) struct Shared {
     pub join_token: String,
     pub health_interval: Duration,
     pub keepalive: Duration,
+    pub capability_version: u32,
     pub tracker: Tracker,
     /// Registrations (and first endpoint reports) at once.
     pub registering: Arc<tokio::sync::Semaphore>,
@@ -196,7 +197,7 @@ async fn session(
         client
             .sync(pb::SyncRequest {
                 resume_from_revision: programmed.revision,
-                capability_version: weft_proto::CAPABILITY_VERSION,
+                capability_version: shared.capability_version,
             })
             .await?
             .into_inner(),

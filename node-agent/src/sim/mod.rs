@@ -59,6 +59,10 @@ pub struct SimArgs {
     /// Node names are `<prefix>-<i>`.
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
+    /// The capability version the agents announce: a lower one simulates agents of an
+    /// older release (the control plane sends them only what that version reads).
+    #[arg(long, env = "WEFT_SIM_CAPABILITY_VERSION", default_value_t = weft_proto::CAPABILITY_VERSION)]
+    pub capability_version: u32,
 }
 
 /// A running fleet: its progress; the agents stop when it is dropped.
@@ -150,6 +154,7 @@ pub fn start(args: &SimArgs) -> Vec<Fleet> {
                 join_token: token.clone(),
                 health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
                 keepalive: Duration::from_secs(args.keepalive_secs.max(1)),
+                capability_version: args.capability_version,
                 tracker,
                 registering: registering.clone(),
                 all_registered: all_rx,
