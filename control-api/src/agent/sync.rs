@@ -24,7 +24,16 @@ const BUFFER: usize = 16;
 /// much later, instead of ending (and making its agent reconnect: a storm at scale).
 const RETRY: Duration = Duration::from_secs(1);
 
-pub type Stream = tokio_stream::wrappers::ReceiverStream<Result<SyncResponse, Status>>;
+/// A message to the agent, boxed in the channel: a channel allocates its slots (32 at a
+/// time) on creation, and a `SyncResponse` with its `Status` alternative is ~400 bytes, so
+/// unboxed every stream kept ~13 KB of empty slots.
+type Item = Box<Result<SyncResponse, Status>>;
+type Sender = mpsc::Sender<Item>;
+
+pub type Stream = tokio_stream::adapters::Map<
+    tokio_stream::wrappers::ReceiverStream<Item>,
+    fn(Item) -> Result<SyncResponse, Status>,
+>;
 
 /// Starts the producer task of one agent's stream.
 pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
@@ -45,11 +54,12 @@ pub fn start(st: AppState, node: NodeCtx, resume_from: u64) -> Stream {
             permit: opening,
         };
         if let Err(e) = produce(&st, &node, open, &tx, &lag).await {
-            let _ = tx.send(Err(e)).await;
+            let _ = tx.send(Box::new(Err(e))).await;
         }
         tracing::info!(node = %node.name, "sync stream closed");
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    let unbox: fn(Item) -> Result<SyncResponse, Status> = |item| *item;
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), unbox)
 }
 
 /// How a stream opens: where the agent resumes from, the change feeds it watches
@@ -64,7 +74,7 @@ async fn produce(
     st: &AppState,
     node: &NodeCtx,
     open: Opening,
-    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+    tx: &Sender,
     lag: &crate::metrics::SyncLagStream<'_>,
 ) -> Result<(), Status> {
     let Opening {
@@ -160,18 +170,14 @@ async fn produce(
 /// Sends a revision to the agent: in parts when it is large and the agent joins parts, so
 /// the stream's encode buffer (kept for the stream's life, as large as the largest message
 /// it carried) stays near [`parts::PART_BYTES`]. False when the agent is gone.
-async fn send(
-    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
-    node: &NodeCtx,
-    msg: SyncResponse,
-) -> bool {
+async fn send(tx: &Sender, node: &NodeCtx, msg: SyncResponse) -> bool {
     let parts = if node.capability_version >= weft_proto::CAPABILITY_PARTS {
         parts::split(msg, parts::PART_BYTES)
     } else {
         vec![msg]
     };
     for part in parts {
-        if tx.send(Ok(part)).await.is_err() {
+        if tx.send(Box::new(Ok(part))).await.is_err() {
             return false;
         }
     }
