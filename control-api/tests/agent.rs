@@ -8,7 +8,7 @@ mod common;
 mod sync;
 
 use axum::http::StatusCode;
-use common::{agent_on, authed, next_sync, report_endpoints, Rest, TestApp};
+use common::{agent_on, authed, next_sync, open_sync, report_endpoints, Rest, TestApp};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Code;

@@ -16,7 +16,7 @@ use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::sync_response::Kind;
 use weft_proto::v1::{
     EndpointReport, ProbeOutcome, ProbeReport, ProbeResult, RegisterRequest, RegisterResponse,
-    ReportedEndpoint, SyncRequest, SyncResponse,
+    ReportedEndpoint, SyncResponse,
 };
 
 const WL: &str = "/v1/tenants/acme/clusters/prod/test-workloads";
@@ -128,17 +128,13 @@ impl Setup {
         node: &RegisterResponse,
         capability_version: u32,
     ) -> tonic::Streaming<SyncResponse> {
-        self.client
-            .sync(authed(
-                SyncRequest {
-                    resume_from_revision: 0,
-                    capability_version,
-                },
-                &node.node_credential,
-            ))
-            .await
-            .expect("sync")
-            .into_inner()
+        common::open_sync(
+            &mut self.client,
+            &node.node_credential,
+            0,
+            capability_version,
+        )
+        .await
     }
 }
 

@@ -60,17 +60,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
 
     // The agent of node-1 syncs through a second replica.
     let mut b = agent_on(t.replica().await).await;
-    let mut stream = b
-        .sync(authed(
-            SyncRequest {
-                resume_from_revision: 0,
-                capability_version: 1,
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .expect("sync")
-        .into_inner();
+    let mut stream = open_sync(&mut b, &n1.node_credential, 0, 1).await;
     let first = next_sync(&mut stream).await;
     let r0 = first.revision;
     assert_eq!(r0, t.revision().await as u64);
@@ -163,17 +153,7 @@ async fn sync_sends_a_snapshot_then_deltas_from_any_replica() {
 
     // Reconnecting at the current revision: told it is current, no snapshot.
     drop(stream);
-    let mut again = b
-        .sync(authed(
-            SyncRequest {
-                resume_from_revision: current,
-                capability_version: 1,
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut again = open_sync(&mut b, &n1.node_credential, current, 1).await;
     let msg = next_sync(&mut again).await;
     assert_eq!(msg.revision, current);
     let Some(Kind::Delta(d)) = msg.kind else {
@@ -296,17 +276,13 @@ async fn a_reconnecting_agent_resumes_by_delta() {
 async fn a_change_that_leaves_a_node_unchanged_still_brings_it_current() {
     let t = TestApp::new().await;
     let (owner, mut a, n1) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
-    let mut stream = a
-        .sync(authed(
-            SyncRequest {
-                resume_from_revision: 0,
-                capability_version: weft_proto::CAPABILITY_VERSION,
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .expect("sync")
-        .into_inner();
+    let mut stream = open_sync(
+        &mut a,
+        &n1.node_credential,
+        0,
+        weft_proto::CAPABILITY_VERSION,
+    )
+    .await;
     let first = next_sync(&mut stream).await;
     // A policy selecting nothing on this node: its state is the same.
     t.created(
@@ -406,17 +382,7 @@ async fn a_policy_change_is_one_trace_from_request_to_agent_ack() {
     let (owner, _a, n1) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
     // The agent syncs through another replica.
     let mut b = agent_on(t.replica().await).await;
-    let mut stream = b
-        .sync(authed(
-            SyncRequest {
-                resume_from_revision: 0,
-                capability_version: 1,
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .expect("sync")
-        .into_inner();
+    let mut stream = open_sync(&mut b, &n1.node_credential, 0, 1).await;
     next_sync(&mut stream).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -509,17 +475,7 @@ async fn sync_lag_is_what_connected_agents_have_not_acknowledged() {
         "no agent connected"
     );
 
-    let mut stream = client
-        .sync(authed(
-            SyncRequest {
-                resume_from_revision: 0,
-                capability_version: 1,
-            },
-            &cred,
-        ))
-        .await
-        .expect("sync")
-        .into_inner();
+    let mut stream = open_sync(&mut client, &cred, 0, 1).await;
     let snap = next_sync(&mut stream).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let l = tenant_gauge(&t, lag, "acme").await.expect("a lag gauge");
@@ -589,18 +545,7 @@ async fn a_deleted_node_leaves_every_other_node_and_its_credential_stops_working
     let (owner, mut a, n1, n2) = two_nodes(&t).await;
     let sync = |cred: String| {
         let mut c = a.clone();
-        async move {
-            c.sync(authed(
-                SyncRequest {
-                    resume_from_revision: 0,
-                    capability_version: weft_proto::CAPABILITY_VERSION,
-                },
-                &cred,
-            ))
-            .await
-            .expect("sync")
-            .into_inner()
-        }
+        async move { open_sync(&mut c, &cred, 0, weft_proto::CAPABILITY_VERSION).await }
     };
     let mut s1 = sync(n1.node_credential.clone()).await;
     let mut s2 = sync(n2.node_credential.clone()).await;
@@ -699,16 +644,7 @@ async fn a_large_revision_goes_in_parts_to_agents_that_join_them_and_whole_to_ol
         .collect();
     let (owner, mut a, n1) = node_with(&t, endpoints).await;
     let mut open = async |capability_version| {
-        a.sync(authed(
-            SyncRequest {
-                resume_from_revision: 0,
-                capability_version,
-            },
-            &n1.node_credential,
-        ))
-        .await
-        .expect("sync")
-        .into_inner()
+        open_sync(&mut a, &n1.node_credential, 0, capability_version).await
     };
     let mut new = open(weft_proto::CAPABILITY_PARTS).await;
     let mut old = open(weft_proto::CAPABILITY_PARTS - 1).await;

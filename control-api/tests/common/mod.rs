@@ -118,6 +118,24 @@ pub async fn agent_on(
 /// A request carrying a node credential.
 pub use weft_testkit::server::authed;
 
+/// Opens a node's `Sync` stream, resuming from `resume_from`, announcing `capability`.
+pub async fn open_sync(
+    client: &mut weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    credential: &str,
+    resume_from: u64,
+    capability: u32,
+) -> tonic::Streaming<weft_proto::v1::SyncResponse> {
+    let req = weft_proto::v1::SyncRequest {
+        resume_from_revision: resume_from,
+        capability_version: capability,
+    };
+    client
+        .sync(authed(req, credential))
+        .await
+        .expect("sync")
+        .into_inner()
+}
+
 /// Reports the node's endpoints (all of them: the report replaces what it had).
 pub async fn report_endpoints(
     client: &mut weft_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
