@@ -168,6 +168,7 @@ impl<'de> de::MapAccess<'de> for Fields {
             return Ok(None);
         };
         self.value = Some(value);
+        // Keys are read as strings: no request type has keys of another type.
         seed.deserialize(key.into_deserializer()).map(Some)
     }
 
