@@ -11,7 +11,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{ApiError, Result};
 use crate::store::{self, nodes};
@@ -50,9 +51,14 @@ impl<W: NodeWrite> GroupCommit<W> {
         let (queue, mut rx) = mpsc::channel::<(W, Reply)>(QUEUE);
         tasks.spawn(name, async move {
             let mut batch = Vec::with_capacity(BATCH);
+            // A connection of the writer's own, kept while it works: a batch is one large
+            // statement, and a connection keeps a write buffer as large as the largest it
+            // sent; batches spread over the pool left one in every connection (~55 MB a
+            // replica at 1,000 agents, found with heaptrack).
+            let mut conn = None;
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 let (writes, replies): (Vec<W>, Vec<Reply>) = batch.drain(..).unzip();
-                let res = commit(&pool, by_tenant(writes))
+                let res = commit(&pool, &mut conn, by_tenant(writes))
                     .await
                     .map_err(|e| e.to_string());
                 if let Err(e) = &res {
@@ -80,14 +86,29 @@ impl<W: NodeWrite> GroupCommit<W> {
     }
 }
 
-/// One batch in one transaction.
-async fn commit<W: NodeWrite>(pool: &PgPool, groups: Vec<(Uuid, Vec<W>)>) -> Result<()> {
-    let mut tx = pool.begin().await?;
+/// One batch in one transaction, on the writer's connection (`held`, taken from the pool
+/// when there is none). A failed batch gives its connection back (it may be broken).
+async fn commit<W: NodeWrite>(
+    pool: &PgPool,
+    held: &mut Option<PoolConnection<Postgres>>,
+    groups: Vec<(Uuid, Vec<W>)>,
+) -> Result<()> {
+    // Checked as the pool checks what it hands out: a connection the server closed while
+    // idle (a restart) is replaced instead of failing the batch.
+    let mut conn = match held.take() {
+        Some(mut c) => match sqlx::Connection::ping(&mut *c).await {
+            Ok(()) => c,
+            Err(_) => pool.acquire().await?,
+        },
+        None => pool.acquire().await?,
+    };
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     for (tenant, rows) in groups {
         store::set_tenant(&mut tx, tenant).await?;
         W::write(&mut tx, tenant, &rows).await?;
     }
     tx.commit().await?;
+    *held = Some(conn);
     Ok(())
 }
 
