@@ -4,6 +4,7 @@
 //! checked in, so building needs no `protoc`; a test fails when it is stale. [`convert`]
 //! turns the wire types into the model's desired-state types and back, for both sides.
 
+pub mod codec;
 pub mod convert;
 pub mod parts;
 

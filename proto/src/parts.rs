@@ -14,7 +14,7 @@ use crate::v1::{Delta, Snapshot, SyncResponse};
 
 /// The size a part aims at (a part holds at least one item, so one larger item makes a
 /// larger part).
-pub const PART_BYTES: usize = 32 * 1024;
+pub const PART_BYTES: usize = 16 * 1024;
 
 /// The most a joined revision may hold: a control plane sending parts without end is
 /// refused rather than followed out of memory.

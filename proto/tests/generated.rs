@@ -7,6 +7,7 @@ fn generate(out: &Path) {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::LeanCodec")
         .out_dir(out)
         .compile_protos(&[file], &[include])
         .expect(
