@@ -252,15 +252,7 @@ impl Env {
     }
 
     async fn node_status(&self) -> Value {
-        let r = self
-            .cp
-            .call(
-                "GET",
-                "/v1/tenants/acme/clusters/prod/nodes/node-1",
-                &self.owner,
-                None,
-            )
-            .await;
+        let r = self.cp.node(&self.owner, "node-1").await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         r.body["status"].clone()
     }

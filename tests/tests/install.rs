@@ -126,15 +126,7 @@ impl Env {
     }
 
     async fn node(&self, name: &str) -> (StatusCode, Value) {
-        let r = self
-            .cp
-            .call(
-                "GET",
-                &format!("/v1/tenants/acme/clusters/prod/nodes/{name}"),
-                &self.owner,
-                None,
-            )
-            .await;
+        let r = self.cp.node(&self.owner, name).await;
         (r.status, r.body)
     }
 }

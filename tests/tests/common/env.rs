@@ -149,15 +149,7 @@ impl Env {
     pub async fn until_applied(&self, name: &str, revision: i64, within: Duration) -> Value {
         let start = Instant::now();
         loop {
-            let r = self
-                .cp
-                .call(
-                    "GET",
-                    &format!("/v1/tenants/acme/clusters/prod/nodes/{name}"),
-                    &self.owner,
-                    None,
-                )
-                .await;
+            let r = self.cp.node(&self.owner, name).await;
             let status = r.body["status"].clone();
             if status["connected"] == true
                 && status["applied_revision"]

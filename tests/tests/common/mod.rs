@@ -93,6 +93,12 @@ impl ControlPlane {
         Rest::call(self, method, path, Some(token), body).await
     }
 
+    /// `GET` of node `name` of `acme/prod`.
+    pub async fn node(&self, owner: &str, name: &str) -> Reply {
+        let path = format!("/v1/tenants/acme/clusters/prod/nodes/{name}");
+        self.call("GET", &path, owner, None).await
+    }
+
     /// Tenant `acme` with cluster `prod`; returns an owner API token.
     pub async fn acme_prod(&self) -> String {
         let owner = self.tenant("acme").await;
