@@ -33,7 +33,8 @@ pub enum PartsError {
 
 /// `msg` as parts of about `limit` bytes each; one part (`msg` itself) when it fits.
 pub fn split(msg: SyncResponse, limit: usize) -> Vec<SyncResponse> {
-    if msg.encoded_len() <= limit {
+    // A message without a kind has nothing to cut (and is refused whole by the agent).
+    if msg.kind.is_none() || msg.encoded_len() <= limit {
         return vec![msg];
     }
     let (revision, traceparent) = (msg.revision, msg.traceparent);
@@ -176,9 +177,13 @@ pub struct Joiner {
 impl Joiner {
     /// Takes the next message of the stream: the whole revision once its last part is in.
     pub fn push(&mut self, msg: SyncResponse) -> Result<Option<SyncResponse>, PartsError> {
-        let size = msg.encoded_len();
         let (whole, held) = match self.joining.take() {
-            None => (msg, size),
+            // A whole message (nearly every one) passes through unmeasured.
+            None if !msg.continues => return Ok(Some(msg)),
+            None => {
+                let size = msg.encoded_len();
+                (msg, size)
+            }
             Some((mut whole, held)) => {
                 if whole.revision != msg.revision {
                     return Err(PartsError::Revision {
@@ -186,7 +191,7 @@ impl Joiner {
                         got: msg.revision,
                     });
                 }
-                let held = held + size;
+                let held = held + msg.encoded_len();
                 if held > JOINED_BYTES {
                     return Err(PartsError::TooLarge(msg.revision));
                 }
