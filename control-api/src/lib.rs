@@ -15,6 +15,7 @@ pub mod extract;
 pub mod flows;
 pub mod group_commit;
 pub mod heap;
+pub mod heartbeats;
 pub mod identities;
 pub mod install;
 pub mod metrics;

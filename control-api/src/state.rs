@@ -34,6 +34,8 @@ pub struct AppState {
     pub views: Arc<crate::views::Views>,
     /// What nodes were sent and acked, written in batches (one transaction per batch).
     pub node_writes: Arc<crate::group_commit::NodeWrites>,
+    /// Connected nodes' `last_seen`, written for all of this replica's streams at once.
+    pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
     /// Node credentials this replica has checked, until a change may revoke them.
     pub node_credentials: Arc<crate::node_credentials::NodeCredentials>,
     /// Agent streams opening at once (each reads the node's state and sends a snapshot):
@@ -61,7 +63,8 @@ pub struct AppState {
 impl AppState {
     /// The state of one replica over a connected pool: fresh metrics and rate limits, and
     /// this replica's background tasks (the change and flow-notice listeners, the flow
-    /// writers, the enrich cache's and node credentials' invalidation), owned by `tasks`.
+    /// writers, the heartbeats, the enrich cache's and node credentials' invalidation), owned
+    /// by `tasks`.
     pub fn new(
         pool: PgPool,
         operator_token_hash: Option<Vec<u8>>,
@@ -89,6 +92,7 @@ impl AppState {
             |c| c.may_revoke_nodes,
             crate::node_credentials::NodeCredentials::invalidate,
         );
+        let metrics = Arc::new(Metrics::new());
         use crate::flows::writer;
         AppState {
             flow_writer: writer::FlowWriter::spawn(
@@ -100,6 +104,7 @@ impl AppState {
             enrich_cache,
             views: Arc::new(crate::views::Views::new(pool.clone(), changes.clone())),
             node_writes: Arc::new(crate::group_commit::NodeWrites::spawn(pool.clone(), &tasks)),
+            heartbeats: crate::heartbeats::Heartbeats::spawn(pool.clone(), metrics.clone(), &tasks),
             node_credentials,
             stream_opens: Arc::new(tokio::sync::Semaphore::new(STREAM_OPENS)),
             changes,
@@ -107,7 +112,7 @@ impl AppState {
             flow_notices: crate::flows::spawn_notice_listener(pool.clone(), &tasks),
             pool,
             operator_token_hash: operator_token_hash.map(Arc::from),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             oidc,
             auth_failures: Arc::new(auth_failures),
             install: Arc::default(),

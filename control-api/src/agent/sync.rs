@@ -16,8 +16,6 @@ use crate::changes::Latest;
 use crate::state::AppState;
 use crate::store::nodes;
 
-/// How often a connected agent's `last_seen` is refreshed while its stream is open.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Messages buffered per stream: the bound is the backpressure on a slow agent.
 const BUFFER: usize = 16;
 /// After the database was briefly unavailable, an open stream tries its push again this
@@ -102,16 +100,13 @@ async fn produce(
     remember(st, node, &last, !unchanged).await;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // `last_seen` while the stream is open (written for all streams at once).
+    let _present = st.heartbeats.enter(node.id, node.tenant_id);
     let mut trace = None;
     let mut retry = false;
     loop {
         tokio::select! {
             () = tx.closed() => return Ok(()),
-            _ = heartbeat.tick() => {
-                touch(st, node).await;
-                continue;
-            }
             () = tokio::time::sleep(RETRY), if retry => {}
             changed = mine.changed() => match changed {
                 Ok(()) => trace = mine.borrow_and_update().trace,
@@ -243,20 +238,5 @@ async fn remember(st: &AppState, node: &NodeCtx, sent: &state::Compiled, changed
     if let Err(e) = st.node_writes.sent.submit(row).await {
         // Not fatal: the next reconnect gets a snapshot.
         tracing::warn!(node = %node.name, error = %e, "could not record the sent state");
-    }
-}
-
-async fn touch(st: &AppState, node: &NodeCtx) {
-    let res = async {
-        let mut tx = node_tx(st, node).await?;
-        // Also learns of acks that went to another replica (sync lag).
-        let acked = nodes::heartbeat(&mut tx, node.id).await?;
-        tx.commit().await?;
-        st.metrics.sync_lag.acked(node.id, acked);
-        Ok::<_, crate::error::ApiError>(())
-    }
-    .await;
-    if let Err(e) = res {
-        tracing::warn!(node = %node.name, error = %e, "could not record heartbeat");
     }
 }

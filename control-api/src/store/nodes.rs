@@ -313,13 +313,13 @@ pub async fn record_sent(conn: &mut PgConnection, tenant: Uuid, rows: &[Sent]) -
     Ok(())
 }
 
-/// Marks the node seen now; the revision it has applied.
-pub async fn heartbeat(conn: &mut PgConnection, node: Uuid) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "UPDATE nodes SET last_seen = now() WHERE id = $1 RETURNING applied_revision",
+/// Marks `nodes` (of the transaction's tenant) seen now: the revision each has applied.
+pub async fn heartbeats(conn: &mut PgConnection, nodes: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+    Ok(sqlx::query_as(
+        "UPDATE nodes SET last_seen = now() WHERE id = ANY($1) RETURNING id, applied_revision",
     )
-    .bind(node)
-    .fetch_one(conn)
+    .bind(nodes)
+    .fetch_all(conn)
     .await?)
 }
 

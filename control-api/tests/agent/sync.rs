@@ -685,3 +685,35 @@ async fn a_large_revision_goes_in_parts_to_agents_that_join_them_and_whole_to_ol
         );
     }
 }
+
+#[tokio::test]
+async fn an_open_stream_marks_its_node_seen() {
+    let t = TestApp::new().await;
+    let (owner, mut client, node) = node_with(&t, vec![endpoint("web-1", "web", "10.0.1.5")]).await;
+    let url = "/v1/tenants/acme/clusters/prod/nodes/node-1";
+    // Seen an hour ago: not connected.
+    sqlx::query("UPDATE nodes SET last_seen = now() - interval '1 hour'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let r = t.get(url, &owner).await;
+    assert_eq!(r.body["status"]["connected"], false, "{}", r.body);
+
+    // Its stream opens: the replica's heartbeats mark it seen (within `FRESH`, batched with
+    // the other streams that opened then), not the agent's reports.
+    let mut stream = open_sync(&mut client, &node.node_credential, 0, 1).await;
+    next_sync(&mut stream).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = t.get(url, &owner).await;
+        if r.body["status"]["connected"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connected within 5 s of the stream opening: {}",
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
