@@ -150,7 +150,7 @@ fn main() {
         });
         let base = *baseline.get_or_insert(took);
         let ratio = took.as_secs_f64() / base.as_secs_f64();
-        let rules: usize = state.policy.values().map(Vec::len).sum();
+        let rules: usize = state.policy.values().map(|r| r.len()).sum();
         println!(
             "{:>4}x {:>6} {:>9} {:>8} | {:>7} {:>7} {:>6} | {:>8.2}ms {:>7.1}x {:>8.2}x",
             k,

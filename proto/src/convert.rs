@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use weft_model::desired::{
-    Delta, DesiredBackend, DesiredEndpoint, DesiredService, IpcacheEntry, NodeDesiredState,
-    PolicyRule, PROTO_TCP, PROTO_UDP,
+    Delta, DesiredBackend, DesiredEndpoint, DesiredService, IpcacheEntry, NodeDesiredState, Rules,
+    PROTO_TCP, PROTO_UDP,
 };
 use weft_model::routing::{ClusterNode, RoutingMode};
 use weft_model::service::{Algorithm, Frontend, L4Protocol};
@@ -589,12 +589,10 @@ where
     Ok(out)
 }
 
-fn policies(
-    items: Vec<pb::EndpointPolicy>,
-) -> Result<BTreeMap<String, Vec<PolicyRule>>, WireError> {
+fn policies(items: Vec<pb::EndpointPolicy>) -> Result<BTreeMap<String, Rules>, WireError> {
     let mut out = BTreeMap::new();
     for p in items {
-        let (id, rules) = <(String, Vec<PolicyRule>)>::try_from(p)?;
+        let (id, rules) = <(String, Rules)>::try_from(p)?;
         if out.contains_key(&id) {
             return Err(WireError::Duplicate {
                 item: format!("policy/{id}"),

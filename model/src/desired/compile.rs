@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ipnet::IpNet;
 
@@ -36,6 +36,24 @@ struct Claim {
     node: Option<String>,
 }
 
+/// What a subject's rules depend on besides the plan: its kind, labels and named ports.
+type SubjectKey = (SubjectKind, Labels, Vec<NamedPort>);
+
+/// A subject's compiled policy: its rules, the directions it enforces, and the parts of
+/// policies selecting it that could not be compiled.
+struct SubjectRules {
+    rules: Rules,
+    enforced: Enforced,
+    unsupported: Vec<String>,
+}
+
+/// The directions a subject enforces policy in.
+#[derive(Default, Clone, Copy)]
+struct Enforced {
+    ingress: bool,
+    egress: bool,
+}
+
 /// What every node of one cluster shares when compiling from one view: the ipcache (with
 /// every node's addresses as `remote-node`), the peers' identities, the in-scope specs and
 /// each spec's compiled rules (compiled on first use, by whichever node needs it first),
@@ -59,6 +77,9 @@ pub struct ClusterPlan {
     cidr_ids: BTreeMap<IpNet, u32>,
     specs: Vec<(String, PolicySpec)>,
     compiled: Vec<OnceLock<CompiledSpec>>,
+    /// Each subject's rules, by what they depend on: computed by the first node with such a
+    /// subject, shared with the others (see [`Rules`]).
+    subjects: Mutex<HashMap<SubjectKey, Arc<SubjectRules>>>,
     /// Sorted by prefix; node addresses as `remote-node`.
     ipcache: Vec<IpcacheEntry>,
     services: Vec<DesiredService>,
@@ -237,6 +258,7 @@ impl ClusterPlan {
             named_by_identity,
             cidr_ids,
             compiled: specs.iter().map(|_| OnceLock::new()).collect(),
+            subjects: Mutex::default(),
             specs,
             ipcache,
             services,
@@ -348,41 +370,12 @@ impl ClusterPlan {
         };
         let mut unsupported = BTreeSet::new();
         for (mut ep, kind, labels, own_ports) in subjects {
-            let mut rules = Vec::new();
-            for ((origin, spec), slot) in self.specs.iter().zip(&self.compiled) {
-                let applies = spec
-                    .subject_selector()
-                    .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
-                if !applies {
-                    continue;
-                }
-                // Rules do not depend on the subject: each spec is compiled once per plan.
-                let c = slot.get_or_init(|| compile_spec(spec, origin, &universe));
-                ep.enforce_ingress |=
-                    crate::policy::enforces_default_deny(spec, Direction::Ingress);
-                ep.enforce_egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
-                rules.extend(c.rules.iter().cloned());
-                rules.extend(c.named.iter().flat_map(|n| n.resolve(own_ports, &universe)));
-                unsupported.extend(c.unsupported.iter().cloned());
-            }
-            if kind == SubjectKind::Endpoint && ep.enforce_ingress && self.allow_host {
-                rules.push(PolicyRule {
-                    direction: Direction::Ingress,
-                    peer_identity: Some(identity::HOST),
-                    proto: None,
-                    ports: None,
-                    action: Action::Allow,
-                    l7: false,
-                    http: Vec::new(),
-                    dns: Vec::new(),
-                    fqdn: None,
-                    origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
-                });
-            }
-            keep_denies_without_default_deny(&mut ep, &mut rules);
-            let rules = normalize(rules);
-            if !rules.is_empty() {
-                out.policy.insert(ep.id.clone(), rules);
+            let subject = self.subject(kind, labels, own_ports, &universe);
+            ep.enforce_ingress = subject.enforced.ingress;
+            ep.enforce_egress = subject.enforced.egress;
+            unsupported.extend(subject.unsupported.iter().cloned());
+            if !subject.rules.is_empty() {
+                out.policy.insert(ep.id.clone(), subject.rules.clone());
             }
             out.endpoints.push(ep);
         }
@@ -407,17 +400,86 @@ impl ClusterPlan {
         out.probes.dedup_by(|a, b| a.id == b.id);
         Ok(out)
     }
+
+    /// The rules of a subject of this cluster: they depend only on the subject's kind,
+    /// labels and named ports (and on the plan), so subjects alike on any node share them.
+    fn subject(
+        &self,
+        kind: SubjectKind,
+        labels: &Labels,
+        own_ports: &[NamedPort],
+        universe: &Universe<'_>,
+    ) -> Arc<SubjectRules> {
+        let key = (kind, labels.clone(), own_ports.to_vec());
+        if let Some(known) = self.lock_subjects().get(&key) {
+            return known.clone();
+        }
+        let computed = Arc::new(self.compile_subject(kind, labels, own_ports, universe));
+        // Another node may have computed it meanwhile: every node keeps the first one.
+        self.lock_subjects().entry(key).or_insert(computed).clone()
+    }
+
+    fn lock_subjects(&self) -> std::sync::MutexGuard<'_, HashMap<SubjectKey, Arc<SubjectRules>>> {
+        self.subjects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compile_subject(
+        &self,
+        kind: SubjectKind,
+        labels: &Labels,
+        own_ports: &[NamedPort],
+        universe: &Universe<'_>,
+    ) -> SubjectRules {
+        let mut enforced = Enforced::default();
+        let mut unsupported = Vec::new();
+        let mut rules = Vec::new();
+        for ((origin, spec), slot) in self.specs.iter().zip(&self.compiled) {
+            let applies = spec
+                .subject_selector()
+                .is_some_and(|(k, sel)| k == kind && sel.matches(labels));
+            if !applies {
+                continue;
+            }
+            // Rules do not depend on the subject: each spec is compiled once per plan.
+            let c = slot.get_or_init(|| compile_spec(spec, origin, universe));
+            enforced.ingress |= crate::policy::enforces_default_deny(spec, Direction::Ingress);
+            enforced.egress |= crate::policy::enforces_default_deny(spec, Direction::Egress);
+            rules.extend(c.rules.iter().cloned());
+            rules.extend(c.named.iter().flat_map(|n| n.resolve(own_ports, universe)));
+            unsupported.extend(c.unsupported.iter().cloned());
+        }
+        if kind == SubjectKind::Endpoint && enforced.ingress && self.allow_host {
+            rules.push(PolicyRule {
+                direction: Direction::Ingress,
+                peer_identity: Some(identity::HOST),
+                proto: None,
+                ports: None,
+                action: Action::Allow,
+                l7: false,
+                http: Vec::new(),
+                dns: Vec::new(),
+                fqdn: None,
+                origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
+            });
+        }
+        keep_denies_without_default_deny(&mut enforced, &mut rules);
+        SubjectRules {
+            rules: normalize(rules).into(),
+            enforced,
+            unsupported,
+        }
+    }
 }
 
 /// Deny rules in a direction the endpoint does not enforce (`enableDefaultDeny: false`)
 /// must still deny. The datapath skips every lookup in a direction that is not enforced, so
 /// such an endpoint is turned into an enforced one with an explicit allow-any rule: the
 /// same verdicts (default allow, denies win), expressed in a form the datapath evaluates.
-fn keep_denies_without_default_deny(ep: &mut DesiredEndpoint, rules: &mut Vec<PolicyRule>) {
+fn keep_denies_without_default_deny(enforced: &mut Enforced, rules: &mut Vec<PolicyRule>) {
     for direction in [Direction::Ingress, Direction::Egress] {
         let enforced = match direction {
-            Direction::Ingress => &mut ep.enforce_ingress,
-            Direction::Egress => &mut ep.enforce_egress,
+            Direction::Ingress => &mut enforced.ingress,
+            Direction::Egress => &mut enforced.egress,
         };
         let has_deny = rules
             .iter()

@@ -17,7 +17,7 @@ pub struct Delta {
     pub ipcache_upsert: Vec<IpcacheEntry>,
     pub ipcache_remove: Vec<IpNet>,
     /// Whole rule lists, replacing the endpoint's previous list.
-    pub policy_upsert: BTreeMap<String, Vec<PolicyRule>>,
+    pub policy_upsert: BTreeMap<String, Rules>,
     pub policy_remove: Vec<String>,
     pub services_upsert: Vec<DesiredService>,
     pub services_remove: Vec<String>,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -132,7 +133,7 @@ pub struct NodeDesiredState {
     /// By prefix; one identity per prefix.
     pub ipcache: Vec<IpcacheEntry>,
     /// Rules per endpoint id; endpoints without rules are absent.
-    pub policy: BTreeMap<String, Vec<PolicyRule>>,
+    pub policy: BTreeMap<String, Rules>,
     /// The services of the node's cluster, by id.
     pub services: Vec<DesiredService>,
     /// Parts of policies applying on this node that could not be compiled, as
@@ -200,6 +201,58 @@ pub enum Action {
     /// would have allowed: not allowed, and dropped with `UNSUPPORTED_RULE` rather than
     /// `POLICY_DENIED` when no other rule allows it (fail closed, visibly).
     Unsupported,
+}
+
+/// An endpoint's rule list, immutable and shared: the compiler gives endpoints of the same
+/// labels and named ports one list per cluster plan, held by every node that has such an
+/// endpoint (at 1,000 nodes of 10 endpoints, 10 lists instead of 10,000 copies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules(Arc<[PolicyRule]>);
+
+impl Rules {
+    /// Whether `a` and `b` are one shared list (not only equal).
+    pub fn ptr_eq(a: &Rules, b: &Rules) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl std::ops::Deref for Rules {
+    type Target = [PolicyRule];
+    fn deref(&self) -> &[PolicyRule] {
+        &self.0
+    }
+}
+
+impl From<Vec<PolicyRule>> for Rules {
+    fn from(rules: Vec<PolicyRule>) -> Rules {
+        Rules(rules.into())
+    }
+}
+
+impl FromIterator<PolicyRule> for Rules {
+    fn from_iter<I: IntoIterator<Item = PolicyRule>>(rules: I) -> Rules {
+        Rules(rules.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Rules {
+    type Item = &'a PolicyRule;
+    type IntoIter = std::slice::Iter<'a, PolicyRule>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Serialize for Rules {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.as_ref().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rules {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error> {
+        Vec::<PolicyRule>::deserialize(d).map(Rules::from)
+    }
 }
 
 /// One datapath policy entry of an endpoint (maps 1:1 onto the agent's `PolicyEntry`).

@@ -1,7 +1,7 @@
 //! Policy entries on the wire: rules with their HTTP and DNS rules and `toFQDNs` selectors,
 //! per endpoint.
 
-use weft_model::desired::{Action, HttpMatch, PolicyRule};
+use weft_model::desired::{Action, HttpMatch, PolicyRule, Rules};
 use weft_model::identity;
 use weft_model::policy::eval::Direction;
 use weft_model::policy::FqdnSelector;
@@ -88,8 +88,8 @@ impl From<pb::HttpMatch> for HttpMatch {
 }
 
 /// An endpoint's rule list, as the model keys it (`NodeDesiredState::policy` entries).
-impl From<(&String, &Vec<PolicyRule>)> for pb::EndpointPolicy {
-    fn from((endpoint_id, rules): (&String, &Vec<PolicyRule>)) -> Self {
+impl From<(&String, &Rules)> for pb::EndpointPolicy {
+    fn from((endpoint_id, rules): (&String, &Rules)) -> Self {
         pb::EndpointPolicy {
             endpoint_id: endpoint_id.clone(),
             rules: rules.iter().map(pb::PolicyRule::from).collect(),
@@ -185,7 +185,7 @@ fn rule(item: impl Fn() -> String, r: pb::PolicyRule) -> Result<PolicyRule, Wire
 }
 
 /// An endpoint's rule list, keyed as `NodeDesiredState::policy`.
-impl TryFrom<pb::EndpointPolicy> for (String, Vec<PolicyRule>) {
+impl TryFrom<pb::EndpointPolicy> for (String, Rules) {
     type Error = WireError;
 
     fn try_from(p: pb::EndpointPolicy) -> Result<Self, WireError> {
@@ -199,6 +199,6 @@ impl TryFrom<pb::EndpointPolicy> for (String, Vec<PolicyRule>) {
             .enumerate()
             .map(|(i, r)| rule(|| format!("policy/{endpoint}[{i}]"), r))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((p.endpoint_id, rules))
+        Ok((p.endpoint_id, rules.into()))
     }
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use weft_model::desired::{Action, HttpMatch};
+use weft_model::desired::{Action, HttpMatch, PolicyRule};
 use weft_model::policy::eval::Direction;
 use weft_model::policy::FqdnSelector;
 
@@ -227,8 +227,8 @@ fn keyed_list<T, K: Ord>(
     by.into_values().collect()
 }
 
-fn policy_map(rng: &mut StdRng) -> BTreeMap<String, Vec<PolicyRule>> {
-    list(rng, 4, |r| (id(r, "ep"), list(r, 4, rule)))
+fn policy_map(rng: &mut StdRng) -> BTreeMap<String, Rules> {
+    list(rng, 4, |r| (id(r, "ep"), Rules::from(list(r, 4, rule))))
         .into_iter()
         .collect()
 }
@@ -324,7 +324,7 @@ fn policy_rules_round_trip() {
 #[test]
 fn endpoint_policies_round_trip() {
     for_each_seed(
-        |r| (id(r, "ep"), list(r, 5, rule)),
+        |r| (id(r, "ep"), Rules::from(list(r, 5, rule))),
         |(id, rules)| pb::EndpointPolicy::from((id, rules)).try_into(),
     );
 }

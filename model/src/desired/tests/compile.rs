@@ -367,6 +367,39 @@ fn one_plan_compiles_every_node_of_its_cluster_as_compile_does() {
 }
 
 #[test]
+fn endpoints_alike_share_one_rule_list_across_nodes() {
+    let np = |s: &str| s.parse::<NamedPort>().expect("named port");
+    let mut view = with_policies(vec![policy(
+        "p",
+        &[json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                         "toPorts": [{"ports": [{"port": "http"}]}]}]})],
+        None,
+    )]);
+    view.endpoints[0].named_ports = vec![np("http=8080/TCP")];
+    view.endpoints[1].named_ports = vec![np("http=8080/TCP")];
+    let plan = ClusterPlan::new(&view, "c1");
+    let node = |id: &str| view.nodes.iter().find(|n| n.id == id).expect("node");
+    let n1 = plan.compile_local(&view, node("n1")).expect("n1");
+    let n2 = plan.compile_local(&view, node("n2")).expect("n2");
+    // web-1 and web-2: same labels, same named ports, one list held by both nodes.
+    assert!(!n1.policy["web-1"].is_empty());
+    assert!(Rules::ptr_eq(&n1.policy["web-1"], &n2.policy["web-2"]));
+    // And the same as each node compiled on its own.
+    assert_eq!(n1.policy, compile_ok(&view, "n1").policy);
+    assert_eq!(n2.policy, compile_ok(&view, "n2").policy);
+
+    // Another named port is another list: rules resolve against the endpoint's own ports.
+    view.endpoints[1].named_ports = vec![np("http=8081/TCP")];
+    let plan = ClusterPlan::new(&view, "c1");
+    let n1 = plan.compile_local(&view, node("n1")).expect("n1");
+    let n2 = plan.compile_local(&view, node("n2")).expect("n2");
+    assert!(!Rules::ptr_eq(&n1.policy["web-1"], &n2.policy["web-2"]));
+    assert_ne!(n1.policy["web-1"], n2.policy["web-2"]);
+    assert_eq!(n2.policy, compile_ok(&view, "n2").policy);
+}
+
+#[test]
 fn two_nodes_on_one_address_fail_those_two_nodes_only() {
     let mut view = base();
     view.nodes.push(node("n3", "c1", &["10.0.0.3"], "zone=c"));

@@ -181,11 +181,7 @@ fn matcher(
     proto: u8,
     port: u16,
 ) -> (Verdict, bool) {
-    let rules = state
-        .policy
-        .get(&ep.id)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let rules = state.policy.get(&ep.id).map(|r| &r[..]).unwrap_or_default();
     let hits: Vec<&PolicyRule> = rules
         .iter()
         .filter(|r| {

@@ -17,18 +17,22 @@ fn reencode<A: Message, B: Message + Default>(m: &A) -> B {
 
 /// Takes out of the parts of a message what capability 2 did not have.
 fn cap2_parts(
-    policy: &mut BTreeMap<String, Vec<PolicyRule>>,
+    policy: &mut BTreeMap<String, Rules>,
     workloads: &mut [DesiredWorkload],
     probes: &mut [DesiredProbe],
 ) {
-    for r in policy.values_mut().flatten() {
-        r.http.clear();
-        r.dns.clear();
-        r.l7 = false;
-        r.fqdn = None;
-        if r.peer_identity == Some(weft_model::identity::FQDN_PEER) {
-            r.peer_identity = None;
+    for rules in policy.values_mut() {
+        let mut v = rules.to_vec();
+        for r in &mut v {
+            r.http.clear();
+            r.dns.clear();
+            r.l7 = false;
+            r.fqdn = None;
+            if r.peer_identity == Some(weft_model::identity::FQDN_PEER) {
+                r.peer_identity = None;
+            }
         }
+        *rules = v.into();
     }
     for w in workloads {
         w.ip6 = None;
@@ -81,12 +85,17 @@ fn an_older_agent_reads_everything_it_knows_of_what_this_control_plane_sends() {
         assert_eq!(snap.services.len(), s.services.len(), "seed {seed}");
         assert_eq!(snap.workloads.len(), s.workloads.len(), "seed {seed}");
         assert_eq!(snap.probes.len(), s.probes.len(), "seed {seed}");
-        let rules: usize = s.policy.values().map(Vec::len).sum();
+        let rules: usize = s.policy.values().map(|r| r.len()).sum();
         let old_rules: usize = snap.policies.iter().map(|p| p.rules.len()).sum();
         assert_eq!(old_rules, rules, "seed {seed}");
         // An L7 allow keeps its flag: an older agent that has no proxy refuses to program
         // it (fail closed, reported), never reads it as a plain allow.
-        let l7 = s.policy.values().flatten().filter(|r| r.l7).count();
+        let l7 = s
+            .policy
+            .values()
+            .flat_map(|r| r.iter())
+            .filter(|r| r.l7)
+            .count();
         let old_l7 = snap
             .policies
             .iter()
