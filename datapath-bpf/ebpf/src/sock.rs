@@ -133,7 +133,16 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 
         None => return 1,
     };
     let cfg = config();
-    if svc.count == 0 {
+    // A service with no backend, or none selectable now: the connect fails here.
+    let backend = if svc.count == 0 {
+        None
+    } else {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        select_backend(&svc, client, &cfg, now)
+            .and_then(|id| unsafe { WEFT_BACKENDS.get(&id) }.copied())
+    };
+    let Some(b) = backend else {
         count(VERDICT_DROPPED, DROP_NO_BACKEND, 0);
         if cfg.event_flags & EVENTS_ON_DROP != 0 {
             sock_event(
@@ -147,30 +156,6 @@ pub(crate) fn sock_translate(ctx: &SockAddrContext, family: u8, obs: u8) -> i32 
             );
         }
         return 0;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let backend = match select_backend(&svc, client, &cfg, now) {
-        Some(id) => unsafe { WEFT_BACKENDS.get(&id) }.copied(),
-        None => None,
-    };
-    let b = match backend {
-        Some(b) => b,
-        None => {
-            count(VERDICT_DROPPED, DROP_NO_BACKEND, 0);
-            if cfg.event_flags & EVENTS_ON_DROP != 0 {
-                sock_event(
-                    sa,
-                    family,
-                    VERDICT_DROPPED,
-                    DROP_NO_BACKEND,
-                    obs,
-                    svc.svc_id,
-                    (named, vport),
-                );
-            }
-            return 0;
-        }
     };
     if b.family != svc_family {
         // The agent writes one family per service; a mix would be its bug, never a rewrite.
