@@ -449,18 +449,11 @@ impl ClusterPlan {
             unsupported.extend(c.unsupported.iter().cloned());
         }
         if kind == SubjectKind::Endpoint && enforced.ingress && self.allow_host {
-            rules.push(PolicyRule {
-                direction: Direction::Ingress,
-                peer_identity: Some(identity::HOST),
-                proto: None,
-                ports: None,
-                action: Action::Allow,
-                l7: false,
-                http: Vec::new(),
-                dns: Vec::new(),
-                fqdn: None,
-                origin: HOST_TO_LOCAL_PODS_ORIGIN.to_string(),
-            });
+            rules.push(allow_all(
+                Direction::Ingress,
+                Some(identity::HOST),
+                HOST_TO_LOCAL_PODS_ORIGIN,
+            ));
         }
         keep_denies_without_default_deny(&mut enforced, &mut rules);
         SubjectRules {
@@ -488,18 +481,23 @@ fn keep_denies_without_default_deny(enforced: &mut Enforced, rules: &mut Vec<Pol
             continue;
         }
         *enforced = true;
-        rules.push(PolicyRule {
-            direction,
-            peer_identity: None,
-            proto: None,
-            ports: None,
-            action: Action::Allow,
-            l7: false,
-            http: Vec::new(),
-            dns: Vec::new(),
-            fqdn: None,
-            origin: DEFAULT_ALLOW_ORIGIN.to_string(),
-        });
+        rules.push(allow_all(direction, None, DEFAULT_ALLOW_ORIGIN));
+    }
+}
+
+/// A rule allowing every protocol and port in `direction` with `peer` (`None`: any peer).
+fn allow_all(direction: Direction, peer: Option<u32>, origin: &str) -> PolicyRule {
+    PolicyRule {
+        direction,
+        peer_identity: peer,
+        proto: None,
+        ports: None,
+        action: Action::Allow,
+        l7: false,
+        http: Vec::new(),
+        dns: Vec::new(),
+        fqdn: None,
+        origin: origin.to_string(),
     }
 }
 
