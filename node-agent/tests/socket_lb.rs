@@ -80,6 +80,18 @@ fn tcp_and_udp(
     tcp
 }
 
+/// Echo servers answering as `b<i>` on TCP 8080 and UDP 5353 in each pod `i` of `pods`.
+fn tcp_and_udp_servers(topo: &Topology, pods: std::ops::RangeInclusive<usize>) -> Vec<Server> {
+    pods.flat_map(|i| {
+        let name = format!("b{i}");
+        [
+            Server::tcp(&topo.pods[i].ns, 8080, &name).expect("TCP server"),
+            Server::udp(&topo.pods[i].ns, 5353, &name).expect("UDP server"),
+        ]
+    })
+    .collect()
+}
+
 fn spread(r: &ClientReport) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (a, _) in &r.answers {
@@ -88,22 +100,38 @@ fn spread(r: &ClientReport) -> BTreeMap<String, usize> {
     m
 }
 
+/// What every test here starts from: its pods, and the datapath loaded (pinned in a directory
+/// of its own) with the socket programs attached to the cgroup its clients run in. Tests bind
+/// them in this order (`(topo, _pins, cg, mut dp)`), so they drop in reverse: the datapath
+/// first, the pods last. `None` (the test passes as skipped, or fails under
+/// `WEFT_REQUIRE_BPF`) where BPF cannot load here.
+fn rig<E: std::fmt::Debug>(
+    test: &str,
+    pods: impl FnOnce() -> Result<Topology, E>,
+) -> Option<(Topology, PinDir, Cgroup, node_agent::datapath::Datapath)> {
+    if !bpf_available(test) {
+        return None;
+    }
+    let topo = pods().expect("test pods");
+    let pins = PinDir::create("t").expect("pin directory");
+    let cg = Cgroup::create("cg").expect("test cgroup");
+    let dp = load(&pins);
+    dp.attach_cgroup(cg.path())
+        .expect("attach to the test cgroup");
+    Some((topo, pins, cg, dp))
+}
+
 #[test]
 fn vip_spreads_connections_translates_back_and_drops_without_backend() {
-    if !bpf_available("vip_spreads_connections_translates_back_and_drops_without_backend") {
-        return;
-    }
     // pod 0 is the client; pods 1..=3 serve TCP 8080 and UDP 5353 as b1..b3.
-    let topo = Topology::new(4).unwrap();
-    let pins = PinDir::create("t").unwrap();
-    let cg = Cgroup::create("cg").unwrap();
-    let mut dp = load(&pins);
-    dp.attach_cgroup(cg.path()).unwrap();
-    let mut servers = Vec::new();
-    for i in 1..=3 {
-        servers.push(Server::tcp(&topo.pods[i].ns, 8080, &format!("b{i}")).unwrap());
-        servers.push(Server::udp(&topo.pods[i].ns, 5353, &format!("b{i}")).unwrap());
-    }
+    let rig = rig(
+        "vip_spreads_connections_translates_back_and_drops_without_backend",
+        || Topology::new(4),
+    );
+    let Some((topo, _pins, cg, mut dp)) = rig else {
+        return;
+    };
+    let _servers = tcp_and_udp_servers(&topo, 1..=3);
     let backends = |port| {
         (1..=3)
             .map(|i| backend(&topo, i, 10 + i as u32 + port as u32, port))
@@ -200,15 +228,14 @@ fn vip_spreads_connections_translates_back_and_drops_without_backend() {
 
 #[test]
 fn maglev_keeps_clients_on_their_backend_when_another_is_removed() {
-    if !bpf_available("maglev_keeps_clients_on_their_backend_when_another_is_removed") {
-        return;
-    }
     // pods 0..=3 are backends m0..m3, pods 4..=11 are clients.
-    let topo = Topology::new(12).unwrap();
-    let pins = PinDir::create("t").unwrap();
-    let cg = Cgroup::create("cg").unwrap();
-    let mut dp = load(&pins);
-    dp.attach_cgroup(cg.path()).unwrap();
+    let rig = rig(
+        "maglev_keeps_clients_on_their_backend_when_another_is_removed",
+        || Topology::new(12),
+    );
+    let Some((topo, _pins, cg, mut dp)) = rig else {
+        return;
+    };
     let _servers: Vec<Server> = (0..4)
         .map(|i| Server::tcp(&topo.pods[i].ns, 8080, &format!("m{i}")).unwrap())
         .collect();
@@ -282,14 +309,13 @@ fn maglev_keeps_clients_on_their_backend_when_another_is_removed() {
 
 #[test]
 fn client_affinity_keeps_a_client_on_one_backend_until_it_terminates() {
-    if !bpf_available("client_affinity_keeps_a_client_on_one_backend_until_it_terminates") {
+    let rig = rig(
+        "client_affinity_keeps_a_client_on_one_backend_until_it_terminates",
+        || Topology::new(4),
+    );
+    let Some((topo, _pins, cg, mut dp)) = rig else {
         return;
-    }
-    let topo = Topology::new(4).unwrap();
-    let pins = PinDir::create("t").unwrap();
-    let cg = Cgroup::create("cg").unwrap();
-    let mut dp = load(&pins);
-    dp.attach_cgroup(cg.path()).unwrap();
+    };
     let _servers: Vec<Server> = (1..=3)
         .map(|i| Server::tcp(&topo.pods[i].ns, 8080, &format!("b{i}")).unwrap())
         .collect();
@@ -343,20 +369,15 @@ fn client_affinity_keeps_a_client_on_one_backend_until_it_terminates() {
 
 #[test]
 fn ipv6_vip_spreads_over_ipv6_backends_and_answers_as_the_vip() {
-    if !bpf_available("ipv6_vip_spreads_over_ipv6_backends_and_answers_as_the_vip") {
-        return;
-    }
     // pod 0 is the client; pods 1 and 2 serve TCP 8080 and UDP 5353 as b1, b2; all dual stack.
-    let topo = Topology::dual_stack(3).unwrap();
-    let pins = PinDir::create("t").unwrap();
-    let cg = Cgroup::create("cg").unwrap();
-    let mut dp = load(&pins);
-    dp.attach_cgroup(cg.path()).unwrap();
-    let mut servers = Vec::new();
-    for i in 1..=2 {
-        servers.push(Server::tcp(&topo.pods[i].ns, 8080, &format!("b{i}")).unwrap());
-        servers.push(Server::udp(&topo.pods[i].ns, 5353, &format!("b{i}")).unwrap());
-    }
+    let rig = rig(
+        "ipv6_vip_spreads_over_ipv6_backends_and_answers_as_the_vip",
+        || Topology::dual_stack(3),
+    );
+    let Some((topo, _pins, cg, mut dp)) = rig else {
+        return;
+    };
+    let _servers = tcp_and_udp_servers(&topo, 1..=2);
     let vip6: Ipv6Addr = "fd00:96::10".parse().unwrap();
     let ip6 = |i: usize| topo.pods[i].ip6.expect("dual-stack pod");
     let backends = |port: u16| {
