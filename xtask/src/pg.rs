@@ -42,7 +42,27 @@ fn find_bindir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
+/// A loopback port free now, for a process started later to listen on. Taken below the
+/// kernel's ephemeral range: a port from `bind(0)` comes from that range, and any connection
+/// opened before the server binds it (the server's own database pool, say) may get it as its
+/// local port — a CI run's demo failed so ("binding the agent service: Address already in use").
 pub fn free_port() -> Result<u16> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_from = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(LOWEST);
+    if span > 0 {
+        // A random start: concurrent runs (CI beside a demo) rarely probe the same ports.
+        let start = u16::from_str_radix(&random_hex(2)?, 16).unwrap_or(0) % span;
+        for i in 0..span {
+            let port = LOWEST + (start + i) % span;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
