@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use control_api::config::OidcConfig;
 use control_api::oidc::Oidc;
 use serde_json::json;
+use weft_testkit::ports::free_port;
 
 const AUDIENCE: &str = "https://api.weft.local";
 const SECRET: &str = "jwks-test-client-secret-0123456789";
@@ -22,13 +23,6 @@ impl Drop for Issuer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 async fn start_issuer(port: u16, dir: &std::path::Path) -> Issuer {

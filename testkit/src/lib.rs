@@ -8,12 +8,14 @@
 //! - [`fixtures`]: tenants, API tokens and clusters, over any [`fixtures::Rest`] caller;
 //! - [`sse`]: a Server-Sent Events reader for the flow stream;
 //! - [`tmp`]: temp dirs (the `tempfile` crate), named after the test's tag;
+//! - [`ports`]: loopback ports for servers a test starts;
 //! - [`run`]: what one run of a command-line program under test did (`weft`, `terraform`);
 //! - `bpf` and `netns` (feature `datapath`): whether the datapath can run here, and clients
 //!   run inside a pod's network namespace.
 
 pub mod db;
 pub mod fixtures;
+pub mod ports;
 pub mod run;
 pub mod server;
 pub mod sse;

@@ -379,9 +379,7 @@ struct Replica(std::process::Child);
 
 impl Replica {
     fn start(db_url: &str) -> (Replica, String) {
-        let agent = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let agent = std::net::SocketAddr::from(([127, 0, 0, 1], weft_testkit::ports::free_port()));
         let child = std::process::Command::new(common::nodes::workspace_bin("control-api"))
             .args(["--database-url", db_url, "--listen", "127.0.0.1:0"])
             .args(["--agent-listen", &agent.to_string()])

@@ -10,14 +10,9 @@ use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use weft_testkit::ports::free_port;
 
 use crate::common::OPERATOR;
-
-/// A free loopback port (bound and released: the process binds it next).
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
 
 /// One control-api process.
 pub struct Replica {
@@ -36,7 +31,7 @@ impl Replica {
         tls: &(PathBuf, PathBuf),
         http: &reqwest::Client,
     ) -> Result<Replica> {
-        let (rest, agent) = (free_port()?, free_port()?);
+        let (rest, agent) = (free_port(), free_port());
         let args = vec![
             "--database-url".into(),
             db_url.to_string(),

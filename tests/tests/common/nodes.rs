@@ -345,9 +345,8 @@ impl ApiProcess {
     /// Picks free ports, makes the certificate in `dir` and starts the forwarder; returns
     /// the process (not started), the agent URL on the underlay and the certificate.
     pub fn new(underlay: &Underlay, db_url: &str, dir: &Path) -> (ApiProcess, String, PathBuf) {
-        let agent_addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let agent_addr =
+            std::net::SocketAddr::from(([127, 0, 0, 1], weft_testkit::ports::free_port()));
         let on_underlay = underlay.listen().local_addr().expect("free port");
         let (cert, key) = super::agent_cert(dir, on_underlay.ip());
         let ns = underlay.ns.path();
