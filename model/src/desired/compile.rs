@@ -56,9 +56,10 @@ struct Enforced {
 
 /// What every node of one cluster shares when compiling from one view: the ipcache (with
 /// every node's addresses as `remote-node`), the peers' identities, the in-scope specs and
-/// each spec's compiled rules (compiled on first use, by whichever node needs it first),
-/// the services. Built once per view and cluster, [`ClusterPlan::compile`] then costs a
-/// node its own endpoints' rules and a copy of the ipcache, not a pass over the tenant.
+/// each spec's compiled rules and each subject's rule list (both built on first use, by
+/// whichever node needs them first), the services. Built once per view and cluster,
+/// [`ClusterPlan::compile`] then costs a node lookups of its endpoints' rule lists and a
+/// copy of the ipcache, not a pass over the tenant.
 pub struct ClusterPlan {
     cluster: String,
     /// A conflict that fails every node's compile: found before the endpoint-cluster
