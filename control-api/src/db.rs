@@ -69,6 +69,15 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
                 Ok(())
             })
         })
+        // A connection keeps buffers as large as the largest statement it sent and the
+        // largest row it read (a tenant view, a batch of node states: megabytes at 1,000
+        // nodes); back to their default on release, an idle pool holds kilobytes.
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                conn.shrink_buffers();
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
         .context("connecting to Postgres")

@@ -44,7 +44,8 @@ fn endpoint(e: u32, nodes: u32, apps: u32) -> EndpointView {
         labels: labels(&[
             ("app", format!("a{app}")),
             ("tier", format!("t{}", app % 5)),
-        ]),
+        ])
+        .into(),
         ips: vec![v4(
             8 + u8::try_from(e / 62_500).expect("size"),
             e / 250 % 250,

@@ -124,7 +124,7 @@ impl Tenant {
                     cluster_id: CLUSTER.into(),
                     node_id: e.node.clone(),
                     name: e.id.clone(),
-                    labels: e.labels.clone(),
+                    labels: e.labels.clone().into(),
                     ips: std::iter::once(IpAddr::V4(e.ip))
                         .chain(e.ip6.map(IpAddr::V6))
                         .collect(),

@@ -27,7 +27,7 @@ fn view(topo: &Topology, specs: &[serde_json::Value]) -> TenantView {
             cluster_id: "c1".into(),
             node_id: "n1".into(),
             name: app.to_string(),
-            labels: labels(app),
+            labels: labels(app).into(),
             ips: vec![IpAddr::V4(topo.pods[i].ip)],
             identity: 1000 + i as u32,
             named_ports: vec![],

@@ -80,24 +80,11 @@ async fn produce(
         changes: (mut mine, mut resets),
         permit,
     } = open;
-    let loaded = st.views.committed(node.tenant_id).await.map_err(status)?;
-    let mut last = state::compile(node, &loaded).map_err(status)?;
-    let revision = last.revision;
-    // An agent resuming from what this node was last sent gets only the difference (empty
-    // if nothing changed: "you are current"); any other revision gets a snapshot.
-    let (first, unchanged) = match sent(st, node, &last).await {
-        Some((rev, before)) if rev > 0 && rev.unsigned_abs() == resume_from => {
-            let d = desired::diff(&before, &last.full());
-            (state::delta(revision, &d), d.is_empty())
-        }
-        _ => (state::snapshot(revision, &last.full()), false),
-    };
-    if !send(tx, node, first).await {
+    // Boxed for the reason the push is (below).
+    let Some(mut last) = Box::pin(first(st, node, resume_from, permit, tx, lag)).await? else {
         return Ok(());
-    }
-    drop(permit);
-    lag.sent(revision);
-    remember(st, node, &last, !unchanged).await;
+    };
+    let revision = last.revision;
     let mut sent_revision = revision;
     tracing::info!(node = %node.name, revision, resume_from, "sync stream open");
     // `last_seen` while the stream is open (written for all streams at once).
@@ -122,33 +109,41 @@ async fn produce(
         if let Some(tp) = trace {
             tp.adopt(&span);
         }
-        let pushed = async {
-            let loaded = st.views.heard(node.tenant_id).await.map_err(status)?;
-            if loaded.revision <= sent_revision {
-                // Already sent (this stream shared a view loaded for a later change).
-                return Ok(true);
+        // Boxed: the push is most of the stream's state machine, which an idle stream (all
+        // but a moment of its life) would otherwise carry in its task.
+        let pushed = Box::pin(
+            async {
+                // The view is let go once compiled, not held while the send and the group commit
+                // wait (the next change's view would be loaded beside it).
+                let next = {
+                    let loaded = st.views.heard(node.tenant_id).await.map_err(status)?;
+                    if loaded.revision <= sent_revision {
+                        // Already sent (this stream shared a view loaded for a later change).
+                        return Ok(true);
+                    }
+                    state::compile(node, &loaded).map_err(status)?
+                };
+                let revision = next.revision;
+                tracing::Span::current().record("revision", revision);
+                // Every new revision goes out, an empty delta when the node's state did not
+                // change: its ack is what says the node is current at that revision (policy
+                // and service realization count on it).
+                let d = last.delta_to(&next);
+                let mut msg = state::delta(revision, &d);
+                if let Some(tp) = TraceParent::current() {
+                    msg.traceparent = tp.to_string();
+                }
+                if !send(tx, node, msg).await {
+                    return Ok(false);
+                }
+                lag.sent(revision);
+                remember(st, node, &next, !d.is_empty()).await;
+                sent_revision = revision;
+                last = next;
+                Ok::<_, Status>(true)
             }
-            let next = state::compile(node, &loaded).map_err(status)?;
-            let revision = next.revision;
-            tracing::Span::current().record("revision", revision);
-            // Every new revision goes out, an empty delta when the node's state did not
-            // change: its ack is what says the node is current at that revision (policy
-            // and service realization count on it).
-            let d = last.delta_to(&next);
-            let mut msg = state::delta(revision, &d);
-            if let Some(tp) = TraceParent::current() {
-                msg.traceparent = tp.to_string();
-            }
-            if !send(tx, node, msg).await {
-                return Ok(false);
-            }
-            lag.sent(revision);
-            remember(st, node, &next, !d.is_empty()).await;
-            sent_revision = revision;
-            last = next;
-            Ok::<_, Status>(true)
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await;
         match pushed {
             Ok(true) => retry = false,
@@ -160,6 +155,42 @@ async fn produce(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The stream's first message: the difference from what the node was last sent when the
+/// agent resumes from it, else a snapshot (`opening` let go once it is out). `None` when
+/// the agent is gone.
+async fn first(
+    st: &AppState,
+    node: &NodeCtx,
+    resume_from: u64,
+    opening: tokio::sync::OwnedSemaphorePermit,
+    tx: &Sender,
+    lag: &crate::metrics::SyncLagStream<'_>,
+) -> Result<Option<state::Compiled>, Status> {
+    // The view is let go once compiled: a stream that kept the one it opened with pinned it
+    // (and its cluster plans) for its whole life, one view per revision streams opened at.
+    let last = {
+        let loaded = st.views.committed(node.tenant_id).await.map_err(status)?;
+        state::compile(node, &loaded).map_err(status)?
+    };
+    let revision = last.revision;
+    // An agent resuming from what this node was last sent gets only the difference (empty
+    // if nothing changed: "you are current"); any other revision gets a snapshot.
+    let (first, unchanged) = match sent(st, node, &last).await {
+        Some((rev, before)) if rev > 0 && rev.unsigned_abs() == resume_from => {
+            let d = desired::diff(&before, &last.full());
+            (state::delta(revision, &d), d.is_empty())
+        }
+        _ => (state::snapshot(revision, &last.full()), false),
+    };
+    if !send(tx, node, first).await {
+        return Ok(None);
+    }
+    drop(opening);
+    lag.sent(revision);
+    remember(st, node, &last, !unchanged).await;
+    Ok(Some(last))
 }
 
 /// Sends a revision to the agent: in parts when it is large and the agent joins parts, so

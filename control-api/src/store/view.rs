@@ -1,7 +1,9 @@
 //! The tenant's view: everything the desired-state compiler needs of one tenant, read
 //! inside the caller's transaction (a consistent snapshot when it is REPEATABLE READ).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -72,6 +74,16 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
     let workloads = workloads_of_tenant(conn, tenant).await?;
     let probes = pending_probes_of_tenant(conn, tenant).await?;
     let ip = |s: &str| s.parse::<IpAddr>().ok();
+    // One map per label set, shared by its endpoints.
+    let mut label_sets: HashSet<Arc<Labels>> = HashSet::new();
+    let mut shared = |labels: Labels| match label_sets.get(&labels) {
+        Some(known) => known.clone(),
+        None => {
+            let new = Arc::new(labels);
+            label_sets.insert(new.clone());
+            new
+        }
+    };
     Ok(TenantView {
         nodes: nodes
             .into_iter()
@@ -94,7 +106,7 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
                         cluster_id: cluster.to_string(),
                         node_id: node.to_string(),
                         name,
-                        labels: labels.0,
+                        labels: shared(labels.0),
                         ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
                         identity: u32::try_from(identity?).ok()?,
                         named_ports: ports.0,

@@ -717,3 +717,31 @@ async fn an_open_stream_marks_its_node_seen() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn endpoints_of_one_label_set_share_one_label_map_in_the_loaded_view() {
+    let t = TestApp::new().await;
+    node_with(
+        &t,
+        vec![
+            endpoint("web-1", "web", "10.0.1.5"),
+            endpoint("web-2", "web", "10.0.1.6"),
+            endpoint("db-1", "db", "10.0.1.7"),
+        ],
+    )
+    .await;
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id FROM nodes")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    let loaded = t.state.views.committed(tenant).await.unwrap();
+    let labels = |name: &str| {
+        let e = loaded.view.endpoints.iter().find(|e| e.name == name);
+        e.expect("endpoint in the view").labels.clone()
+    };
+    let (web1, web2, db) = (labels("web-1"), labels("web-2"), labels("db-1"));
+    assert_eq!(web1.get("app").map(String::as_str), Some("web"));
+    assert!(std::sync::Arc::ptr_eq(&web1, &web2), "one map for app=web");
+    assert_eq!(db.get("app").map(String::as_str), Some("db"));
+    assert!(!std::sync::Arc::ptr_eq(&web1, &db));
+}

@@ -1,6 +1,7 @@
 //! The per-node compiler: scope, ipcache, subjects and their rules in canonical form.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -39,6 +40,10 @@ struct Claim {
 /// What a subject's rules depend on besides the plan: its kind, labels and named ports.
 type SubjectKey = (SubjectKind, Labels, Vec<NamedPort>);
 
+/// Subjects' rules by the hash of their key, each bucket the keys that hash alike: looked
+/// up by reference, so a node's compile clones no labels to find its endpoints' rules.
+type Subjects = HashMap<u64, Vec<(SubjectKey, Arc<SubjectRules>)>>;
+
 /// A subject's compiled policy: its rules, the directions it enforces, and the parts of
 /// policies selecting it that could not be compiled.
 struct SubjectRules {
@@ -71,8 +76,9 @@ pub struct ClusterPlan {
     mismatched: HashMap<String, (String, String)>,
     /// Two nodes claiming one address: fails those two nodes' compiles.
     node_conflicts: Vec<(IpNet, String, String, [String; 2])>,
-    /// The cluster's endpoints, by node.
-    local: HashMap<String, Vec<EndpointView>>,
+    /// The cluster's endpoints, by node: indices into the view's endpoints (a copy of
+    /// them was most of a plan's memory, held once per view by every replica).
+    local: HashMap<String, Vec<usize>>,
     labels_by_identity: BTreeMap<u32, (Labels, String)>,
     named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>>,
     cidr_ids: BTreeMap<IpNet, u32>,
@@ -80,7 +86,8 @@ pub struct ClusterPlan {
     compiled: Vec<OnceLock<CompiledSpec>>,
     /// Each subject's rules, by what they depend on: computed by the first node with such a
     /// subject, shared with the others (see [`Rules`]).
-    subjects: Mutex<HashMap<SubjectKey, Arc<SubjectRules>>>,
+    subjects: Mutex<Subjects>,
+    hasher: RandomState,
     /// Sorted by prefix; node addresses as `remote-node`.
     ipcache: Vec<IpcacheEntry>,
     services: Vec<DesiredService>,
@@ -102,10 +109,10 @@ impl ClusterPlan {
             .map(|n| (n.id.as_str(), ()))
             .collect();
         let mut mismatched = HashMap::new();
-        let mut local: HashMap<String, Vec<EndpointView>> = HashMap::new();
-        for e in &view.endpoints {
+        let mut local: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in view.endpoints.iter().enumerate() {
             if e.cluster_id == cluster {
-                local.entry(e.node_id.clone()).or_default().push(e.clone());
+                local.entry(e.node_id.clone()).or_default().push(i);
             } else if cluster_nodes.contains_key(e.node_id.as_str()) {
                 mismatched
                     .entry(e.node_id.clone())
@@ -260,6 +267,7 @@ impl ClusterPlan {
             cidr_ids,
             compiled: specs.iter().map(|_| OnceLock::new()).collect(),
             subjects: Mutex::default(),
+            hasher: RandomState::new(),
             specs,
             ipcache,
             services,
@@ -347,7 +355,11 @@ impl ClusterPlan {
             &node.labels,
             no_ports,
         )];
-        for e in self.local.get(&node.id).into_iter().flatten() {
+        let endpoints = self.local.get(&node.id).into_iter().flatten();
+        // The view the plan was made from holds every index; another would be a caller's bug,
+        // caught here rather than compiling someone else's endpoints.
+        for e in endpoints.map(|&i| view.endpoints.get(i).filter(|e| e.node_id == node.id)) {
+            let e = e.ok_or_else(|| CompileError::UnknownNode(node.id.clone()))?;
             if e.id == HOST_ENDPOINT_ID {
                 return Err(CompileError::ReservedEndpointId(e.id.clone()));
             }
@@ -411,16 +423,31 @@ impl ClusterPlan {
         own_ports: &[NamedPort],
         universe: &Universe<'_>,
     ) -> Arc<SubjectRules> {
-        let key = (kind, labels.clone(), own_ports.to_vec());
-        if let Some(known) = self.lock_subjects().get(&key) {
-            return known.clone();
+        let hash = self.hasher.hash_one((kind, labels, own_ports));
+        let find = |subjects: &Subjects| {
+            let bucket = subjects.get(&hash)?;
+            let same =
+                |((k, l, p), _): &&(SubjectKey, _)| *k == kind && l == labels && p == own_ports;
+            bucket.iter().find(same).map(|(_, rules)| rules.clone())
+        };
+        if let Some(known) = find(&self.lock_subjects()) {
+            return known;
         }
         let computed = Arc::new(self.compile_subject(kind, labels, own_ports, universe));
+        let mut subjects = self.lock_subjects();
         // Another node may have computed it meanwhile: every node keeps the first one.
-        self.lock_subjects().entry(key).or_insert(computed).clone()
+        if let Some(known) = find(&subjects) {
+            return known;
+        }
+        let key = (kind, labels.clone(), own_ports.to_vec());
+        subjects
+            .entry(hash)
+            .or_default()
+            .push((key, computed.clone()));
+        computed
     }
 
-    fn lock_subjects(&self) -> std::sync::MutexGuard<'_, HashMap<SubjectKey, Arc<SubjectRules>>> {
+    fn lock_subjects(&self) -> std::sync::MutexGuard<'_, Subjects> {
         self.subjects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -532,7 +559,7 @@ fn identity_labels<'a>(
             });
         }
         match out.get(&e.identity) {
-            Some((labels, first)) if *labels != &e.labels => {
+            Some((labels, first)) if *labels != &*e.labels => {
                 return Err(CompileError::IdentityLabelsMismatch {
                     identity: e.identity,
                     first: first.to_string(),

@@ -94,13 +94,33 @@ pub struct EndpointView {
     pub cluster_id: String,
     pub node_id: String,
     pub name: String,
-    pub labels: Labels,
+    /// Shared between the view's endpoints of one label set (those of one identity): a
+    /// label map per endpoint was most of a tenant view's memory.
+    #[serde(with = "shared_labels")]
+    pub labels: Arc<Labels>,
     pub ips: Vec<IpAddr>,
     /// Allocated by the control plane from the label set (≥ [`identity::FIRST_ALLOCATED`]).
     pub identity: u32,
     /// Ports the endpoint declares by name; named-port rules resolve against them.
     #[serde(default)]
     pub named_ports: Vec<NamedPort>,
+}
+
+/// (De)serializes shared labels as the map itself.
+mod shared_labels {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::labels::Labels;
+
+    pub fn serialize<S: Serializer>(labels: &Arc<Labels>, s: S) -> Result<S::Ok, S::Error> {
+        labels.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Labels>, D::Error> {
+        Labels::deserialize(d).map(Arc::new)
+    }
 }
 
 /// `PolicySpec` is not `Eq` (it keeps raw JSON of refused fields), hence only `PartialEq`.

@@ -364,6 +364,14 @@ fn one_plan_compiles_every_node_of_its_cluster_as_compile_does() {
     // A node of another cluster is not this plan's to compile.
     let plan = ClusterPlan::new(&base(), "c1");
     assert!(plan.compile(&base(), &base().nodes[2]).is_err());
+    // The plan keeps its view's endpoints by position: with a view that lacks them it
+    // refuses, rather than compiling whatever endpoints sit there.
+    let mut other = base();
+    other.endpoints.clear();
+    assert_eq!(
+        plan.compile(&other, &base().nodes[0]),
+        Err(CompileError::UnknownNode(base().nodes[0].id.clone()))
+    );
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn ep(id: &str, cluster: &str, node: &str, l: &str, addrs: &[&str], identity: u3
         cluster_id: cluster.into(),
         node_id: node.into(),
         name: id.into(),
-        labels: labels(l),
+        labels: labels(l).into(),
         ips: ips(addrs),
         identity,
     }

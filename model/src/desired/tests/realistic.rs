@@ -339,7 +339,7 @@ pub(super) fn assert_equivalent(
             .filter(|e| e.cluster_id == n.cluster_id)
         {
             for ip in &e.ips {
-                let p = Peer::endpoint(e.labels.clone()).with_ip(*ip);
+                let p = Peer::endpoint((*e.labels).clone()).with_ip(*ip);
                 peers.push((p, lookup(&state, *ip), format!("{} {ip}", e.id)));
             }
         }
@@ -394,7 +394,7 @@ pub(super) fn assert_equivalent(
                     .iter()
                     .find(|e| e.id == ep.id)
                     .expect("endpoint");
-                Subject::endpoint(e.labels.clone())
+                Subject::endpoint((*e.labels).clone())
             };
             for (peer, peer_id, peer_name) in &peers {
                 for dir in [Ingress, Egress] {
