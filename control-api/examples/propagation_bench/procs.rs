@@ -89,9 +89,21 @@ impl Replica {
     }
 }
 
+/// `WEFT_BENCH_REPLICA_WRAP`: a command the replicas run under, for profiling (for example a
+/// script running `exec heaptrack -o <dir>/replica.$$ "$@"`; each replica needs its own file).
+/// Re-homing's SIGKILL then reaches the wrapper, not the replica: stop the run before it.
 fn spawn_replica(bin: &Path, args: &[String]) -> Result<Child> {
-    Command::new(bin)
-        .args(args)
+    let wrap = std::env::var("WEFT_BENCH_REPLICA_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(wrap).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args)
         .env("WEFT_OPERATOR_TOKEN", OPERATOR)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
