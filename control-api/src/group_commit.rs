@@ -51,10 +51,11 @@ impl<W: NodeWrite> GroupCommit<W> {
         let (queue, mut rx) = mpsc::channel::<(W, Reply)>(QUEUE);
         tasks.spawn(name, async move {
             let mut batch = Vec::with_capacity(BATCH);
-            // A connection of the writer's own, kept while it works: a batch is one large
-            // statement, and a connection keeps a write buffer as large as the largest it
-            // sent (until shrunk); batches spread over the pool left one in every connection
-            // (~55 MB a replica at 1,000 agents, found with heaptrack).
+            // A connection of the writer's own, kept while it works (no acquire per batch).
+            // A batch is one large statement and a connection keeps a write buffer as large
+            // as the largest it sent: `commit` shrinks it after each batch, as the pool does
+            // on release (before either, batches spread over the pool left one in every
+            // connection: ~55 MB a replica at 1,000 agents, found with heaptrack).
             let mut conn = None;
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 let (writes, replies): (Vec<W>, Vec<Reply>) = batch.drain(..).unzip();
