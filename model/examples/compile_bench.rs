@@ -39,7 +39,7 @@ fn endpoint(e: u32, nodes: u32, apps: u32) -> EndpointView {
     EndpointView {
         id: format!("ep-{e:05}"),
         cluster_id: "c1".into(),
-        node_id: format!("n{}", e % nodes),
+        node_id: format!("n{}", e % nodes).into(),
         name: format!("ep-{e:05}"),
         labels: labels(&[
             ("app", format!("a{app}")),
@@ -66,7 +66,7 @@ fn tenant(k: u32) -> TenantView {
             cluster_id: "c1".into(),
             name: format!("node-{n}"),
             addresses: vec![v4(0, n / 200, n % 200 + 1)],
-            labels: labels(&[("zone", "a".into())]),
+            labels: labels(&[("zone", "a".into())]).into(),
             pod_cidrs: vec![],
         });
     }

@@ -122,7 +122,7 @@ impl Tenant {
                 EndpointView {
                     id: e.id.clone(),
                     cluster_id: CLUSTER.into(),
-                    node_id: e.node.clone(),
+                    node_id: e.node.as_str().into(),
                     name: e.id.clone(),
                     labels: e.labels.clone().into(),
                     ips: std::iter::once(IpAddr::V4(e.ip))
@@ -154,7 +154,7 @@ impl Tenant {
                     cluster_id: CLUSTER.into(),
                     name: id.to_string(),
                     addresses: vec![IpAddr::V4(*ip), IpAddr::V6(ip6)],
-                    labels: Labels::new(),
+                    labels: Default::default(),
                     pod_cidrs: vec![],
                 })
                 .collect(),

@@ -39,7 +39,7 @@ fn view(topo: &Topology, specs: &[serde_json::Value]) -> TenantView {
             cluster_id: "c1".into(),
             name: "n1".into(),
             addresses: vec!["10.0.9.1".parse().unwrap()],
-            labels: Labels::default(),
+            labels: Default::default(),
             pod_cidrs: vec![],
         }],
         endpoints,

@@ -5,7 +5,8 @@
 //! Grown by doubling while prost writes, and filled with several messages before it is
 //! handed on (tonic's default), it held about twice the largest burst: ~76 KB in every
 //! `Sync` stream with 32 KiB parts. Reserved exactly and handed on per message, it holds
-//! one part ([`crate::parts::PART_BYTES`]).
+//! one part ([`crate::parts::PART_BYTES`]), which is sized to fit [`BUFFER_BYTES`]: the
+//! buffer then never grows past the capacity it starts with.
 
 use std::marker::PhantomData;
 
@@ -14,9 +15,12 @@ use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::Status;
 use tonic_prost::ProstDecoder;
 
+/// Initial capacity of a call's buffers.
+pub const BUFFER_BYTES: usize = 4 * 1024;
+
 /// Initial capacity of a call's buffers, and the size past which encoded bytes are handed
 /// on (1: every message at once).
-const SETTINGS: (usize, usize) = (4 * 1024, 1);
+const SETTINGS: (usize, usize) = (BUFFER_BYTES, 1);
 
 /// Used by the generated client and server code (`codec_path` in `tests/generated.rs`).
 pub struct LeanCodec<T, U>(PhantomData<(T, U)>);

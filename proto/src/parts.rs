@@ -13,8 +13,11 @@ use crate::v1::sync_response::Kind;
 use crate::v1::{Delta, Snapshot, SyncResponse};
 
 /// The size a part aims at (a part holds at least one item, so one larger item makes a
-/// larger part).
-pub const PART_BYTES: usize = 16 * 1024;
+/// larger part): what leaves room in the codec's buffer ([`crate::codec::BUFFER_BYTES`])
+/// for a part's envelope and gRPC's 5-byte prefix, so that a stream's encode buffer keeps
+/// its first 4 KiB (16 KiB parts grew it to ~10 KiB on average: 5 MB a replica of 500
+/// agents).
+pub const PART_BYTES: usize = crate::codec::BUFFER_BYTES - 256;
 
 /// The most a joined revision may hold: a control plane sending parts without end is
 /// refused rather than followed out of memory.

@@ -1,7 +1,7 @@
 //! The tenant's view: everything the desired-state compiler needs of one tenant, read
 //! inside the caller's transaction (a consistent snapshot when it is REPEATABLE READ).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -74,7 +74,8 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
     let workloads = workloads_of_tenant(conn, tenant).await?;
     let probes = pending_probes_of_tenant(conn, tenant).await?;
     let ip = |s: &str| s.parse::<IpAddr>().ok();
-    // One map per label set, shared by its endpoints.
+    // One map per label set and one string per cluster and node, shared by the endpoints
+    // (and nodes) that have them.
     let mut label_sets: HashSet<Arc<Labels>> = HashSet::new();
     let mut shared = |labels: Labels| match label_sets.get(&labels) {
         Some(known) => known.clone(),
@@ -84,36 +85,48 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
             new
         }
     };
+    let mut ids: HashMap<Uuid, Arc<str>> = HashMap::new();
+    let mut id = |id: Uuid| {
+        ids.entry(id)
+            .or_insert_with(|| id.to_string().into())
+            .clone()
+    };
+    let mut nodes: Vec<NodeView> = nodes
+        .into_iter()
+        .map(|(node, cluster, name, addrs, labels, cidrs)| NodeView {
+            id: node.to_string(),
+            cluster_id: cluster.to_string(),
+            name,
+            addresses: addrs.iter().filter_map(|a| ip(a)).collect(),
+            labels: shared(labels.0),
+            pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        })
+        .collect();
+    let mut endpoints: Vec<EndpointView> = endpoints
+        .into_iter()
+        // An endpoint without an identity yet is not programmed anywhere.
+        .filter_map(
+            |(ep, cluster, node, name, labels, v4, v6, identity, ports)| {
+                Some(EndpointView {
+                    id: ep.to_string(),
+                    cluster_id: id(cluster),
+                    node_id: id(node),
+                    name,
+                    labels: shared(labels.0),
+                    ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
+                    identity: u32::try_from(identity?).ok()?,
+                    named_ports: ports.0,
+                })
+            },
+        )
+        .collect();
+    // Collected in place into the rows' vectors (grown by doubling, and rows are larger):
+    // a view lives for as long as a change is being sent.
+    nodes.shrink_to_fit();
+    endpoints.shrink_to_fit();
     Ok(TenantView {
-        nodes: nodes
-            .into_iter()
-            .map(|(id, cluster, name, addrs, labels, cidrs)| NodeView {
-                id: id.to_string(),
-                cluster_id: cluster.to_string(),
-                name,
-                addresses: addrs.iter().filter_map(|a| ip(a)).collect(),
-                labels: labels.0,
-                pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
-            })
-            .collect(),
-        endpoints: endpoints
-            .into_iter()
-            // An endpoint without an identity yet is not programmed anywhere.
-            .filter_map(
-                |(id, cluster, node, name, labels, v4, v6, identity, ports)| {
-                    Some(EndpointView {
-                        id: id.to_string(),
-                        cluster_id: cluster.to_string(),
-                        node_id: node.to_string(),
-                        name,
-                        labels: shared(labels.0),
-                        ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
-                        identity: u32::try_from(identity?).ok()?,
-                        named_ports: ports.0,
-                    })
-                },
-            )
-            .collect(),
+        nodes,
+        endpoints,
         policies: policies
             .into_iter()
             .map(|(id, name, specs, clusters)| PolicyView {

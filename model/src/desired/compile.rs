@@ -73,12 +73,12 @@ pub struct ClusterPlan {
     late: Option<CompileError>,
     /// Per node of the cluster: an endpoint of it that belongs to another cluster, and
     /// that cluster.
-    mismatched: HashMap<String, (String, String)>,
+    mismatched: HashMap<Arc<str>, (String, Arc<str>)>,
     /// Two nodes claiming one address: fails those two nodes' compiles.
     node_conflicts: Vec<(IpNet, String, String, [String; 2])>,
     /// The cluster's endpoints, by node: indices into the view's endpoints (a copy of
     /// them was most of a plan's memory, held once per view by every replica).
-    local: HashMap<String, Vec<usize>>,
+    local: HashMap<Arc<str>, Vec<usize>>,
     labels_by_identity: BTreeMap<u32, (Labels, String)>,
     named_by_identity: BTreeMap<u32, BTreeSet<NamedPort>>,
     cidr_ids: BTreeMap<IpNet, u32>,
@@ -109,11 +109,11 @@ impl ClusterPlan {
             .map(|n| (n.id.as_str(), ()))
             .collect();
         let mut mismatched = HashMap::new();
-        let mut local: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut local: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
         for (i, e) in view.endpoints.iter().enumerate() {
-            if e.cluster_id == cluster {
+            if *e.cluster_id == *cluster {
                 local.entry(e.node_id.clone()).or_default().push(i);
-            } else if cluster_nodes.contains_key(e.node_id.as_str()) {
+            } else if cluster_nodes.contains_key(&*e.node_id) {
                 mismatched
                     .entry(e.node_id.clone())
                     .or_insert_with(|| (e.id.clone(), e.cluster_id.clone()));
@@ -122,7 +122,7 @@ impl ClusterPlan {
         let cluster_endpoints: Vec<&EndpointView> = view
             .endpoints
             .iter()
-            .filter(|e| e.cluster_id == cluster)
+            .filter(|e| *e.cluster_id == *cluster)
             .collect();
         let mut late = None;
         let labels_by_identity = identity_labels(&cluster_endpoints).unwrap_or_else(|e| {
@@ -315,11 +315,11 @@ impl ClusterPlan {
         if let Some(e) = &self.early {
             return Err(e.clone());
         }
-        if let Some((endpoint, cluster)) = self.mismatched.get(&node.id) {
+        if let Some((endpoint, cluster)) = self.mismatched.get(node.id.as_str()) {
             return Err(CompileError::EndpointClusterMismatch {
                 endpoint: endpoint.clone(),
                 node: node.id.clone(),
-                cluster: cluster.clone(),
+                cluster: cluster.to_string(),
             });
         }
         if let Some(e) = &self.late {
@@ -355,10 +355,10 @@ impl ClusterPlan {
             &node.labels,
             no_ports,
         )];
-        let endpoints = self.local.get(&node.id).into_iter().flatten();
+        let endpoints = self.local.get(node.id.as_str()).into_iter().flatten();
         // The view the plan was made from holds every index; another would be a caller's bug,
         // caught here rather than compiling someone else's endpoints.
-        for e in endpoints.map(|&i| view.endpoints.get(i).filter(|e| e.node_id == node.id)) {
+        for e in endpoints.map(|&i| view.endpoints.get(i).filter(|e| *e.node_id == *node.id)) {
             let e = e.ok_or_else(|| CompileError::UnknownNode(node.id.clone()))?;
             if e.id == HOST_ENDPOINT_ID {
                 return Err(CompileError::ReservedEndpointId(e.id.clone()));
@@ -381,6 +381,8 @@ impl ClusterPlan {
             routing: self.routing,
             ..NodeDesiredState::default()
         };
+        // Kept by the node's stream until the next change: no room to spare.
+        out.endpoints.reserve_exact(subjects.len());
         let mut unsupported = BTreeSet::new();
         for (mut ep, kind, labels, own_ports) in subjects {
             let subject = self.subject(kind, labels, own_ports, &universe);

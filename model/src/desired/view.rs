@@ -82,7 +82,9 @@ pub struct NodeView {
     pub cluster_id: String,
     pub name: String,
     pub addresses: Vec<IpAddr>,
-    pub labels: Labels,
+    /// Shared between the view's nodes of one label set.
+    #[serde(with = "shared")]
+    pub labels: Arc<Labels>,
     /// The pod address ranges the node routes to (its endpoints' addresses lie in them).
     #[serde(default)]
     pub pod_cidrs: Vec<IpNet>,
@@ -91,12 +93,17 @@ pub struct NodeView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointView {
     pub id: String,
-    pub cluster_id: String,
-    pub node_id: String,
+    /// Shared with the view's other endpoints of the cluster (as `node_id` with the node's):
+    /// a view holds every endpoint of the tenant, and one string each was ~1 MB a view at
+    /// 10,000 endpoints.
+    #[serde(with = "shared")]
+    pub cluster_id: Arc<str>,
+    #[serde(with = "shared")]
+    pub node_id: Arc<str>,
     pub name: String,
     /// Shared between the view's endpoints of one label set (those of one identity): a
     /// label map per endpoint was most of a tenant view's memory.
-    #[serde(with = "shared_labels")]
+    #[serde(with = "shared")]
     pub labels: Arc<Labels>,
     pub ips: Vec<IpAddr>,
     /// Allocated by the control plane from the label set (≥ [`identity::FIRST_ALLOCATED`]).
@@ -106,20 +113,27 @@ pub struct EndpointView {
     pub named_ports: Vec<NamedPort>,
 }
 
-/// (De)serializes shared labels as the map itself.
-mod shared_labels {
+/// (De)serializes a shared value as the value itself.
+mod shared {
     use std::sync::Arc;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::labels::Labels;
-
-    pub fn serialize<S: Serializer>(labels: &Arc<Labels>, s: S) -> Result<S::Ok, S::Error> {
-        labels.as_ref().serialize(s)
+    pub fn serialize<T, S>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Serialize + ?Sized,
+        S: Serializer,
+    {
+        value.as_ref().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Labels>, D::Error> {
-        Labels::deserialize(d).map(Arc::new)
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Arc<T>, D::Error>
+    where
+        T: ?Sized,
+        Box<T>: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Box::<T>::deserialize(d).map(Arc::from)
     }
 }
 

@@ -23,7 +23,7 @@ fn mutate(rng: &mut Rng, base: &TenantView) -> TenantView {
                 .retain(|ip| matches!(ip, IpAddr::V4(v4) if v4.octets()[1] == 3));
         }
         if rng.chance(10) {
-            e.node_id = ["n1", "n2", "n3"][rng.below(3)].to_string();
+            e.node_id = ["n1", "n2", "n3"][rng.below(3)].into();
         }
     }
     if rng.chance(30) {
@@ -177,7 +177,7 @@ fn every_node_of_the_cluster_gets_the_cluster_nodes_and_routing_mode() {
     // A node leaving is one removal by name on every other node.
     let mut gone = view.clone();
     gone.nodes.retain(|n| n.id != n2.id);
-    gone.endpoints.retain(|e| e.node_id != n2.id);
+    gone.endpoints.retain(|e| *e.node_id != *n2.id);
     let d = diff(&n1, &compile_ok(&gone, "n1"));
     assert_eq!(d.nodes_remove, vec![n2.name.clone()]);
     assert!(d.nodes_upsert.is_empty() && d.routing.is_none());

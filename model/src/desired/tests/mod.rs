@@ -47,7 +47,7 @@ fn node(id: &str, cluster: &str, addrs: &[&str], l: &str) -> NodeView {
         cluster_id: cluster.into(),
         name: format!("{id}-name"),
         addresses: ips(addrs),
-        labels: labels(l),
+        labels: labels(l).into(),
         pod_cidrs: vec![],
     }
 }

@@ -336,7 +336,7 @@ pub(super) fn assert_equivalent(
         for e in view
             .endpoints
             .iter()
-            .filter(|e| e.cluster_id == n.cluster_id)
+            .filter(|e| *e.cluster_id == *n.cluster_id)
         {
             for ip in &e.ips {
                 let p = Peer::endpoint((*e.labels).clone()).with_ip(*ip);
@@ -358,7 +358,7 @@ pub(super) fn assert_equivalent(
         let elsewhere = view
             .endpoints
             .iter()
-            .filter(|e| e.cluster_id != n.cluster_id)
+            .filter(|e| *e.cluster_id != *n.cluster_id)
             .flat_map(|e| e.ips.clone())
             .chain(
                 view.nodes
@@ -387,7 +387,7 @@ pub(super) fn assert_equivalent(
 
         for ep in &state.endpoints {
             let subject = if ep.id == HOST_ENDPOINT_ID {
-                Subject::node(n.labels.clone())
+                Subject::node((*n.labels).clone())
             } else {
                 let e = view
                     .endpoints

@@ -6,6 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{delta, state, CASES};
+use crate::codec::BUFFER_BYTES;
 use crate::parts::{split, Joiner, PartsError, PART_BYTES};
 use crate::v1 as pb;
 
@@ -70,6 +71,7 @@ fn a_large_snapshot_goes_out_in_parts_of_about_the_size_asked() {
             routing_mode: pb::RoutingMode::Native as i32,
             ..Default::default()
         })),
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         ..Default::default()
     };
     let whole = msg.encoded_len();
@@ -78,6 +80,8 @@ fn a_large_snapshot_goes_out_in_parts_of_about_the_size_asked() {
     assert!(parts.len() >= whole / PART_BYTES, "{} parts", parts.len());
     for p in &parts {
         assert!(p.encoded_len() <= PART_BYTES + 64, "{}", p.encoded_len());
+        // With gRPC's length prefix, a part fits the buffer a stream starts with.
+        assert!(p.encoded_len() + 5 <= BUFFER_BYTES, "{}", p.encoded_len());
         let Some(pb::sync_response::Kind::Snapshot(s)) = &p.kind else {
             panic!("a snapshot's parts are snapshots");
         };
