@@ -131,56 +131,58 @@ pub fn ipcache_diff(old: &[IpcacheEntry], new: &[IpcacheEntry]) -> (Vec<IpcacheE
     diff_keyed(old, new, |e| e.prefix)
 }
 
-/// `state` with `delta` applied: `apply(old, &diff(old, new)) == new`.
-pub fn apply(state: &NodeDesiredState, delta: &Delta) -> NodeDesiredState {
-    let mut policy = state.policy.clone();
+/// `state` with `delta` applied: `apply(old.clone(), &diff(&old, &new)) == new`.
+///
+/// Takes the state: the lists a delta does not touch move across as they are, and the
+/// others are merged by moving their items. An agent applies every change to a state as
+/// large as its cluster (the ipcache and the node list), usually with a delta of a few items.
+pub fn apply(state: NodeDesiredState, delta: &Delta) -> NodeDesiredState {
+    let NodeDesiredState {
+        endpoints,
+        ipcache,
+        mut policy,
+        services,
+        unsupported,
+        workloads,
+        probes,
+        routing,
+        nodes,
+    } = state;
     for id in &delta.policy_remove {
         policy.remove(id);
     }
     policy.extend(delta.policy_upsert.clone());
     NodeDesiredState {
         endpoints: apply_keyed(
-            &state.endpoints,
+            endpoints,
             &delta.endpoints_upsert,
             &delta.endpoints_remove,
             |e| e.id.clone(),
         ),
-        ipcache: apply_keyed(
-            &state.ipcache,
-            &delta.ipcache_upsert,
-            &delta.ipcache_remove,
-            |e| e.prefix,
-        ),
+        ipcache: apply_keyed(ipcache, &delta.ipcache_upsert, &delta.ipcache_remove, |e| {
+            e.prefix
+        }),
         policy,
         services: apply_keyed(
-            &state.services,
+            services,
             &delta.services_upsert,
             &delta.services_remove,
             |s| s.id.clone(),
         ),
-        unsupported: delta
-            .unsupported
-            .clone()
-            .unwrap_or_else(|| state.unsupported.clone()),
+        unsupported: delta.unsupported.clone().unwrap_or(unsupported),
         workloads: apply_keyed(
-            &state.workloads,
+            workloads,
             &delta.workloads_upsert,
             &delta.workloads_remove,
             |w| w.name.clone(),
         ),
-        probes: apply_keyed(
-            &state.probes,
-            &delta.probes_upsert,
-            &delta.probes_remove,
-            |p| p.id.clone(),
-        ),
-        routing: delta.routing.unwrap_or(state.routing),
-        nodes: apply_keyed(
-            &state.nodes,
-            &delta.nodes_upsert,
-            &delta.nodes_remove,
-            |n| n.name.clone(),
-        ),
+        probes: apply_keyed(probes, &delta.probes_upsert, &delta.probes_remove, |p| {
+            p.id.clone()
+        }),
+        routing: delta.routing.unwrap_or(routing),
+        nodes: apply_keyed(nodes, &delta.nodes_upsert, &delta.nodes_remove, |n| {
+            n.name.clone()
+        }),
     }
 }
 
@@ -255,13 +257,16 @@ fn merge_keyed<T: Clone + PartialEq, K: Ord>(
 /// The list sorted by key, with `remove` taken out and `upsert` put in (an upsert wins
 /// over a removal of its key; of two upserts of one key, the later).
 fn apply_keyed<T: Clone, K: Ord + Clone>(
-    items: &[T],
+    items: Vec<T>,
     upsert: &[T],
     remove: &[K],
     key: impl Fn(&T) -> K,
 ) -> Vec<T> {
+    if upsert.is_empty() && remove.is_empty() {
+        return items;
+    }
     // The applied lists are sorted by unique keys and a delta is small next to them: one
-    // merge pass (an agent applies a delta to its cluster-sized ipcache on every change).
+    // merge pass.
     if !items.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
         return apply_by_map(items, upsert, remove, key);
     }
@@ -286,7 +291,7 @@ fn apply_keyed<T: Clone, K: Ord + Clone>(
         }
     };
     for item in items {
-        let k = key(item);
+        let k = key(&item);
         while u.peek().is_some_and(|t| key(t) < k) {
             put(&mut out, &mut u);
         }
@@ -300,7 +305,7 @@ fn apply_keyed<T: Clone, K: Ord + Clone>(
         if r.peek().is_some_and(|x| ***x == k) {
             continue;
         }
-        out.push(item.clone());
+        out.push(item);
     }
     while u.peek().is_some() {
         put(&mut out, &mut u);
@@ -310,12 +315,12 @@ fn apply_keyed<T: Clone, K: Ord + Clone>(
 
 /// [`apply_keyed`] for a list in any order.
 fn apply_by_map<T: Clone, K: Ord + Clone>(
-    items: &[T],
+    items: Vec<T>,
     upsert: &[T],
     remove: &[K],
     key: impl Fn(&T) -> K,
 ) -> Vec<T> {
-    let mut by: BTreeMap<K, T> = items.iter().map(|t| (key(t), t.clone())).collect();
+    let mut by: BTreeMap<K, T> = items.into_iter().map(|t| (key(&t), t)).collect();
     for k in remove {
         by.remove(k);
     }
@@ -399,8 +404,8 @@ mod tests {
             let upsert: Vec<(u64, u64)> = (0..next(6)).map(|_| (next(40), 10 + next(3))).collect();
             let remove: Vec<u64> = (0..next(6)).map(|_| next(40)).collect();
             assert_eq!(
-                apply_keyed(&items, &upsert, &remove, |e| e.0),
-                apply_by_map(&items, &upsert, &remove, |e| e.0),
+                apply_keyed(items.clone(), &upsert, &remove, |e| e.0),
+                apply_by_map(items.clone(), &upsert, &remove, |e| e.0),
                 "{items:?} + {upsert:?} - {remove:?}"
             );
         }

@@ -200,6 +200,51 @@ fn v4s(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// Of `state`, the items `d` upserts or removes (the rest left empty).
+fn touched_by(state: &NodeDesiredState, d: &Delta) -> NodeDesiredState {
+    fn pick<T: Clone, K: Ord>(items: &[T], keys: BTreeSet<K>, key: impl Fn(&T) -> K) -> Vec<T> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        items
+            .iter()
+            .filter(|t| keys.contains(&key(t)))
+            .cloned()
+            .collect()
+    }
+    NodeDesiredState {
+        endpoints: pick(
+            &state.endpoints,
+            d.endpoints_upsert
+                .iter()
+                .map(|e| e.id.clone())
+                .chain(d.endpoints_remove.iter().cloned())
+                .collect(),
+            |e| e.id.clone(),
+        ),
+        ipcache: pick(
+            &state.ipcache,
+            d.ipcache_remove.iter().copied().collect(),
+            |e| e.prefix,
+        ),
+        policy: d
+            .policy_remove
+            .iter()
+            .filter_map(|id| Some((id.clone(), state.policy.get(id)?.clone())))
+            .collect(),
+        services: pick(
+            &state.services,
+            d.services_upsert
+                .iter()
+                .map(|s| s.id.clone())
+                .chain(d.services_remove.iter().cloned())
+                .collect(),
+            |s| s.id.clone(),
+        ),
+        ..NodeDesiredState::default()
+    }
+}
+
 fn frontend_key(svc: &str, f: &Frontend) -> String {
     format!("{svc}|{}:{}/{}", f.vip, f.port, f.protocol.as_str())
 }
@@ -277,9 +322,11 @@ impl Programmed {
     }
 
     fn apply_delta(&mut self, dp: &mut impl DatapathOps, d: &Delta) -> Vec<ItemError> {
-        // Taken, not cloned: the state is as large as the cluster, a delta usually small.
-        let old = std::mem::take(&mut self.applied);
-        let mut next = desired::apply(&old, d);
+        // The state moves into `next`, not copied: it is as large as the cluster (ipcache and
+        // nodes), a delta usually small. Kept of it: what the delta touches, for the steps
+        // that compare with it or put it back when they fail.
+        let old = touched_by(&self.applied, d);
+        let mut next = desired::apply(std::mem::take(&mut self.applied), d);
         let mut errors = Vec::new();
         let old_ep: BTreeMap<&str, &DesiredEndpoint> =
             old.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();

@@ -113,10 +113,10 @@ fn applying_the_diff_yields_the_new_state() {
     for (i, old) in states.iter().enumerate() {
         for new in states.iter().skip(i) {
             let d = diff(old, new);
-            assert_eq!(&apply(old, &d), new);
+            assert_eq!(&apply(old.clone(), &d), new);
             assert_eq!(d.is_empty(), old == new);
             let back = diff(new, old);
-            assert_eq!(&apply(new, &back), old);
+            assert_eq!(&apply(new.clone(), &back), old);
         }
         assert!(diff(old, old).is_empty());
     }
