@@ -1,6 +1,6 @@
 //! Prometheus metrics of the control plane, served as text at `/metrics`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -64,12 +64,13 @@ pub struct TenantLabels {
 /// another replica).
 #[derive(Default)]
 pub struct SyncLag {
-    streams: Mutex<HashMap<u64, StreamLag>>,
+    /// By node, then stream: an ack looks up its node's streams, not every stream (a
+    /// replica acks each of its agents on every change).
+    streams: Mutex<BTreeMap<(uuid::Uuid, u64), StreamLag>>,
     next: AtomicU64,
 }
 
 struct StreamLag {
-    node: uuid::Uuid,
     tenant: String,
     acked: i64,
     /// Revisions sent and not acknowledged, oldest first, with when they were sent; at
@@ -85,14 +86,14 @@ const MAX_UNACKED: usize = 64;
 /// Keeps a stream in [`SyncLag`] until dropped.
 pub struct SyncLagStream<'a> {
     lag: &'a SyncLag,
-    id: u64,
+    key: (uuid::Uuid, u64),
 }
 
 impl SyncLagStream<'_> {
     /// A state at `revision` was sent to the node.
     pub fn sent(&self, revision: i64) {
         let mut m = self.lag.lock();
-        if let Some(s) = m.get_mut(&self.id) {
+        if let Some(s) = m.get_mut(&self.key) {
             if revision > s.acked && s.unacked.back().is_none_or(|(r, _)| *r < revision) {
                 let full = s.unacked.len() >= MAX_UNACKED;
                 match s.unacked.back_mut() {
@@ -106,33 +107,36 @@ impl SyncLagStream<'_> {
 
 impl Drop for SyncLagStream<'_> {
     fn drop(&mut self) {
-        self.lag.lock().remove(&self.id);
+        self.lag.lock().remove(&self.key);
     }
 }
 
 impl SyncLag {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamLag>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(uuid::Uuid, u64), StreamLag>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts tracking a stream to `node`, which has acknowledged `acked` so far.
     pub fn open(&self, node: uuid::Uuid, tenant: String, acked: i64) -> SyncLagStream<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let key = (node, self.next.fetch_add(1, Ordering::Relaxed));
         self.lock().insert(
-            id,
+            key,
             StreamLag {
-                node,
                 tenant,
                 acked,
                 unacked: VecDeque::new(),
             },
         );
-        SyncLagStream { lag: self, id }
+        SyncLagStream { lag: self, key }
     }
 
     /// `node` has applied everything up to `revision`.
     pub fn acked(&self, node: uuid::Uuid, revision: i64) {
-        for s in self.lock().values_mut().filter(|s| s.node == node) {
+        for s in self
+            .lock()
+            .range_mut((node, 0)..=(node, u64::MAX))
+            .map(|(_, s)| s)
+        {
             s.acked = s.acked.max(revision);
             while s.unacked.front().is_some_and(|(r, _)| *r <= s.acked) {
                 s.unacked.pop_front();
@@ -336,5 +340,32 @@ mod tests {
         lag.acked(node, 10_000);
         assert_eq!(held(&lag), 0);
         assert_eq!(lag.by_tenant(Instant::now())["acme"].1, 0);
+    }
+
+    #[test]
+    fn an_ack_clears_every_stream_of_its_node_and_only_those() {
+        let lag = SyncLag::default();
+        let (a, b) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        // Node `a` reconnected: its old stream is still open beside the new one.
+        let streams = [
+            lag.open(a, "acme".into(), 0),
+            lag.open(b, "acme".into(), 0),
+            lag.open(a, "acme".into(), 0),
+        ];
+        for s in &streams {
+            s.sent(5);
+        }
+        lag.acked(a, 5);
+        assert_eq!(
+            lag.by_tenant(Instant::now())["acme"].1,
+            1,
+            "b is still behind"
+        );
+        lag.acked(b, 4);
+        assert_eq!(lag.by_tenant(Instant::now())["acme"].1, 1);
+        lag.acked(b, 5);
+        assert_eq!(lag.by_tenant(Instant::now())["acme"].1, 0);
+        drop(streams);
+        assert!(lag.lock().is_empty(), "closed streams leave nothing");
     }
 }
