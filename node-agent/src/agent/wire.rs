@@ -444,8 +444,14 @@ impl Programmed {
             }
         }
         // An ipcache entry for a removed endpoint address that is still desired (the
-        // address moved to a remote endpoint) is written again.
-        for e in &next.ipcache {
+        // address moved to a remote endpoint) is written again. (Looked for only when an
+        // address was removed: the ipcache is as large as the cluster.)
+        let scanned: &[IpcacheEntry] = if removed_ips.is_empty() {
+            &[]
+        } else {
+            &next.ipcache
+        };
+        for e in scanned {
             let host = e.prefix.prefix_len() == e.prefix.max_prefix_len();
             if host && removed_ips.contains(&e.prefix.addr()) {
                 if let Err(e2) = apply_ipcache(dp, e) {
