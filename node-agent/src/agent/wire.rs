@@ -202,7 +202,18 @@ fn v4s(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
 
 /// Of `state`, the items `d` upserts or removes (the rest left empty).
 fn touched_by(state: &NodeDesiredState, d: &Delta) -> NodeDesiredState {
-    fn pick<T: Clone, K: Ord>(items: &[T], keys: BTreeSet<K>, key: impl Fn(&T) -> K) -> Vec<T> {
+    /// The items whose key is upserted or removed.
+    fn pick<T: Clone, K: Ord + Clone>(
+        items: &[T],
+        upsert: &[T],
+        remove: &[K],
+        key: impl Fn(&T) -> K,
+    ) -> Vec<T> {
+        let keys: BTreeSet<K> = upsert
+            .iter()
+            .map(&key)
+            .chain(remove.iter().cloned())
+            .collect();
         if keys.is_empty() {
             return Vec::new();
         }
@@ -215,18 +226,12 @@ fn touched_by(state: &NodeDesiredState, d: &Delta) -> NodeDesiredState {
     NodeDesiredState {
         endpoints: pick(
             &state.endpoints,
-            d.endpoints_upsert
-                .iter()
-                .map(|e| e.id.clone())
-                .chain(d.endpoints_remove.iter().cloned())
-                .collect(),
+            &d.endpoints_upsert,
+            &d.endpoints_remove,
             |e| e.id.clone(),
         ),
-        ipcache: pick(
-            &state.ipcache,
-            d.ipcache_remove.iter().copied().collect(),
-            |e| e.prefix,
-        ),
+        // Upserted entries are not compared with what they replace.
+        ipcache: pick(&state.ipcache, &[], &d.ipcache_remove, |e| e.prefix),
         policy: d
             .policy_remove
             .iter()
@@ -234,11 +239,8 @@ fn touched_by(state: &NodeDesiredState, d: &Delta) -> NodeDesiredState {
             .collect(),
         services: pick(
             &state.services,
-            d.services_upsert
-                .iter()
-                .map(|s| s.id.clone())
-                .chain(d.services_remove.iter().cloned())
-                .collect(),
+            &d.services_upsert,
+            &d.services_remove,
             |s| s.id.clone(),
         ),
         ..NodeDesiredState::default()
