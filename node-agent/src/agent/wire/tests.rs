@@ -274,6 +274,45 @@ fn deltas_touch_only_what_they_name() {
 }
 
 #[test]
+fn an_address_that_moves_to_a_remote_endpoint_is_written_again_after_the_local_one_goes() {
+    let mut fake = Fake::default();
+    let mut p = Programmed::default();
+    p.apply(&mut fake, snapshot_msg(1, base_snapshot()));
+    fake.take();
+    // "db" left this node; its address now belongs to an endpoint elsewhere.
+    let d = pb::Delta {
+        remove_endpoints: vec!["db".into()],
+        upsert_ipcache: vec![pb::IpcacheEntry {
+            prefix: "10.0.0.3/32".into(),
+            identity: 1002,
+        }],
+        ..Default::default()
+    };
+    let errors = p.apply(&mut fake, delta_msg(2, d));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        fake.take(),
+        vec![
+            "ipc+ 10.0.0.3/32 1002",
+            // Removing the endpoint drops its address's entries, the remote one included...
+            "ep- 1 10.0.0.3",
+            // ...so it is written again.
+            "ipc+ 10.0.0.3/32 1002",
+        ]
+    );
+    // A delta that removes no address writes nothing more.
+    let d = pb::Delta {
+        upsert_ipcache: vec![pb::IpcacheEntry {
+            prefix: "10.0.1.7/32".into(),
+            identity: 1003,
+        }],
+        ..Default::default()
+    };
+    p.apply(&mut fake, delta_msg(3, d));
+    assert_eq!(fake.take(), vec!["ipc+ 10.0.1.7/32 1003"]);
+}
+
+#[test]
 fn an_endpoint_changing_address_keeps_its_policy() {
     let mut fake = Fake::default();
     let mut p = Programmed::default();
