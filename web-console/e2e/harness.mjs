@@ -140,6 +140,26 @@ export function rest(base, token) {
 }
 
 /** Signs `email` in through the provider's real form, from the console's own redirect. */
+/**
+ * Waits for `locator`; when it does not show, fails with what the page did show (its text,
+ * `/v1/me` as the page sees it, a screenshot `<name>-failed.png`), not only a timeout.
+ */
+export async function waitOrExplain(page, locator, name, timeout = 30_000) {
+  try {
+    await locator.waitFor({ timeout });
+  } catch (e) {
+    await page.screenshot({ path: join(OUT, `${name}-failed.png`) }).catch(() => {});
+    const me = await page
+      .evaluate(async () => {
+        const r = await fetch("/v1/me", { credentials: "include" });
+        return `${r.status} ${await r.text()}`;
+      })
+      .catch((err) => `(could not ask: ${err})`);
+    const text = await page.locator("body").innerText().catch(() => "");
+    throw new Error(`${name}: ${e.message}\n/v1/me: ${me.slice(0, 2000)}\npage text: ${text.slice(0, 2000)}`);
+  }
+}
+
 export async function signIn(page, api, email, password, path = "/console/") {
   await page.goto(api + path);
   await page.locator('input[name="email"]').waitFor({ timeout: 15_000 });

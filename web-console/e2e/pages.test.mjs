@@ -5,7 +5,7 @@
 // Every step checks what the server holds afterwards, and leaves a screenshot.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { eventually, launch, newPage, rest, settings, shot, signIn } from "./harness.mjs";
+import { eventually, launch, newPage, rest, settings, shot, signIn, waitOrExplain } from "./harness.mjs";
 
 const env = settings();
 const API = env.WEFT_API_URL;
@@ -265,7 +265,7 @@ describe("console pages that write", { concurrency: false }, () => {
     const a = await newPage(browser);
     try {
       await signIn(a.page, API, email, PASSWORD, "/console/t/acme/settings/members");
-      await a.page.getByLabel("E-mail").waitFor();
+      await waitOrExplain(a.page, a.page.getByLabel("E-mail"), "p5-admin-invite-form");
       const ownerOption = a.page.getByLabel("Role", { exact: true }).locator('option[value="owner"]');
       assert.equal(await ownerOption.isDisabled(), true, "an admin cannot invite an owner");
       assert.equal(await a.page.getByLabel("Role", { exact: true }).locator('option[value="admin"]').isDisabled(), false);
