@@ -90,6 +90,13 @@ fn pb_ep(id: &str, ip: &str, identity: u32, enforce_ingress: bool) -> pb::Endpoi
     }
 }
 
+fn pb_ipc(prefix: &str, identity: u32) -> pb::IpcacheEntry {
+    pb::IpcacheEntry {
+        prefix: prefix.into(),
+        identity,
+    }
+}
+
 fn pb_allow_tcp(peer: u32, port: u32) -> pb::PolicyRule {
     pb::PolicyRule {
         direction: pb::Direction::Ingress as i32,
@@ -153,10 +160,7 @@ fn base_snapshot() -> pb::Snapshot {
             pb_ep("web", "10.0.0.2", 1001, true),
             pb_ep("db", "10.0.0.3", 1002, false),
         ],
-        ipcache: vec![pb::IpcacheEntry {
-            prefix: "10.1.0.0/16".into(),
-            identity: 2000,
-        }],
+        ipcache: vec![pb_ipc("10.1.0.0/16", 2000)],
         policies: vec![pb::EndpointPolicy {
             endpoint_id: "web".into(),
             rules: vec![pb_allow_tcp(1002, 80)],
@@ -242,10 +246,7 @@ fn deltas_touch_only_what_they_name() {
             rules: vec![pb_allow_tcp(1001, 5432)],
         }],
         remove_policies: vec!["web".into()],
-        upsert_ipcache: vec![pb::IpcacheEntry {
-            prefix: "10.0.1.7/32".into(),
-            identity: 1003,
-        }],
+        upsert_ipcache: vec![pb_ipc("10.0.1.7/32", 1003)],
         ..Default::default()
     };
     let errors = p.apply(&mut fake, delta_msg(2, d));
@@ -265,10 +266,7 @@ fn deltas_touch_only_what_they_name() {
         endpoint_id: "db".into(),
         rules: vec![pb_allow_tcp(1001, 5432)],
     }];
-    s.ipcache.push(pb::IpcacheEntry {
-        prefix: "10.0.1.7/32".into(),
-        identity: 1003,
-    });
+    s.ipcache.push(pb_ipc("10.0.1.7/32", 1003));
     p.apply(&mut fake, snapshot_msg(3, s));
     assert_eq!(fake.take(), Vec::<String>::new());
 }
@@ -282,10 +280,7 @@ fn an_address_that_moves_to_a_remote_endpoint_is_written_again_after_the_local_o
     // "db" left this node; its address now belongs to an endpoint elsewhere.
     let d = pb::Delta {
         remove_endpoints: vec!["db".into()],
-        upsert_ipcache: vec![pb::IpcacheEntry {
-            prefix: "10.0.0.3/32".into(),
-            identity: 1002,
-        }],
+        upsert_ipcache: vec![pb_ipc("10.0.0.3/32", 1002)],
         ..Default::default()
     };
     let errors = p.apply(&mut fake, delta_msg(2, d));
@@ -302,10 +297,7 @@ fn an_address_that_moves_to_a_remote_endpoint_is_written_again_after_the_local_o
     );
     // A delta that removes no address writes nothing more.
     let d = pb::Delta {
-        upsert_ipcache: vec![pb::IpcacheEntry {
-            prefix: "10.0.1.7/32".into(),
-            identity: 1003,
-        }],
+        upsert_ipcache: vec![pb_ipc("10.0.1.7/32", 1003)],
         ..Default::default()
     };
     p.apply(&mut fake, delta_msg(3, d));
