@@ -170,6 +170,17 @@ fn base_snapshot() -> pb::Snapshot {
     }
 }
 
+/// A datapath and the agent's record after [`base_snapshot`] at revision 1, its calls
+/// cleared.
+fn with_base_snapshot() -> (Fake, Programmed) {
+    let mut fake = Fake::default();
+    let mut p = Programmed::default();
+    let errors = p.apply(&mut fake, snapshot_msg(1, base_snapshot()));
+    assert!(errors.is_empty(), "{errors:?}");
+    fake.take();
+    (fake, p)
+}
+
 #[test]
 fn snapshot_programs_everything_then_reapplying_it_is_a_no_op() {
     let mut fake = Fake::default();
@@ -198,10 +209,7 @@ fn snapshot_programs_everything_then_reapplying_it_is_a_no_op() {
 
 #[test]
 fn snapshot_reconciles_by_removing_what_is_no_longer_desired() {
-    let mut fake = Fake::default();
-    let mut p = Programmed::default();
-    p.apply(&mut fake, snapshot_msg(1, base_snapshot()));
-    fake.take();
+    let (mut fake, mut p) = with_base_snapshot();
     // "db" is gone, web's policy is gone, the service lost a backend, the CIDR is gone.
     let s = pb::Snapshot {
         endpoints: vec![pb_ep("web", "10.0.0.2", 1001, false)],
@@ -236,10 +244,7 @@ fn snapshot_reconciles_by_removing_what_is_no_longer_desired() {
 
 #[test]
 fn deltas_touch_only_what_they_name() {
-    let mut fake = Fake::default();
-    let mut p = Programmed::default();
-    p.apply(&mut fake, snapshot_msg(1, base_snapshot()));
-    fake.take();
+    let (mut fake, mut p) = with_base_snapshot();
     let d = pb::Delta {
         upsert_policies: vec![pb::EndpointPolicy {
             endpoint_id: "db".into(),
@@ -273,10 +278,7 @@ fn deltas_touch_only_what_they_name() {
 
 #[test]
 fn an_address_that_moves_to_a_remote_endpoint_is_written_again_after_the_local_one_goes() {
-    let mut fake = Fake::default();
-    let mut p = Programmed::default();
-    p.apply(&mut fake, snapshot_msg(1, base_snapshot()));
-    fake.take();
+    let (mut fake, mut p) = with_base_snapshot();
     // "db" left this node; its address now belongs to an endpoint elsewhere.
     let d = pb::Delta {
         remove_endpoints: vec!["db".into()],
@@ -306,10 +308,7 @@ fn an_address_that_moves_to_a_remote_endpoint_is_written_again_after_the_local_o
 
 #[test]
 fn an_endpoint_changing_address_keeps_its_policy() {
-    let mut fake = Fake::default();
-    let mut p = Programmed::default();
-    p.apply(&mut fake, snapshot_msg(1, base_snapshot()));
-    fake.take();
+    let (mut fake, mut p) = with_base_snapshot();
     let d = pb::Delta {
         upsert_endpoints: vec![pb_ep("web", "10.0.0.9", 1001, true)],
         ..Default::default()
