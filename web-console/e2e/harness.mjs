@@ -139,7 +139,6 @@ export function rest(base, token) {
   };
 }
 
-/** Signs `email` in through the provider's real form, from the console's own redirect. */
 /**
  * Waits for `locator`; when it does not show, fails with what the page did show (its text,
  * `/v1/me` as the page sees it, a screenshot `<name>-failed.png`), not only a timeout.
@@ -160,6 +159,7 @@ export async function waitOrExplain(page, locator, name, timeout = 30_000) {
   }
 }
 
+/** Signs `email` in through the provider's real form, from the console's own redirect. */
 export async function signIn(page, api, email, password, path = "/console/") {
   await page.goto(api + path);
   await page.locator('input[name="email"]').waitFor({ timeout: 15_000 });
