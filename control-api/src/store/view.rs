@@ -77,7 +77,7 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
     // One map per label set and one string per cluster and node, shared by the endpoints
     // (and nodes) that have them.
     let mut label_sets: HashSet<Arc<Labels>> = HashSet::new();
-    let mut shared = |labels: Labels| match label_sets.get(&labels) {
+    let mut shared_labels = |labels: Labels| match label_sets.get(&labels) {
         Some(known) => known.clone(),
         None => {
             let new = Arc::new(labels);
@@ -86,7 +86,7 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
         }
     };
     let mut ids: HashMap<Uuid, Arc<str>> = HashMap::new();
-    let mut id = |id: Uuid| {
+    let mut shared_id = |id: Uuid| {
         ids.entry(id)
             .or_insert_with(|| id.to_string().into())
             .clone()
@@ -98,7 +98,7 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
             cluster_id: cluster.to_string(),
             name,
             addresses: addrs.iter().filter_map(|a| ip(a)).collect(),
-            labels: shared(labels.0),
+            labels: shared_labels(labels.0),
             pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
         })
         .collect();
@@ -109,10 +109,10 @@ pub async fn load_view(conn: &mut PgConnection, tenant: Uuid) -> Result<TenantVi
             |(ep, cluster, node, name, labels, v4, v6, identity, ports)| {
                 Some(EndpointView {
                     id: ep.to_string(),
-                    cluster_id: id(cluster),
-                    node_id: id(node),
+                    cluster_id: shared_id(cluster),
+                    node_id: shared_id(node),
                     name,
-                    labels: shared(labels.0),
+                    labels: shared_labels(labels.0),
                     ips: [v4, v6].iter().flatten().filter_map(|a| ip(a)).collect(),
                     identity: u32::try_from(identity?).ok()?,
                     named_ports: ports.0,

@@ -255,7 +255,9 @@ fn merge_keyed<T: Clone + PartialEq, K: Ord>(
 }
 
 /// The list sorted by key, with `remove` taken out and `upsert` put in (an upsert wins
-/// over a removal of its key; of two upserts of one key, the later).
+/// over a removal of its key; of two upserts of one key, the later). A list the delta does
+/// not touch comes back as it is: an agent's applied lists are sorted by unique keys
+/// already (made by this function; the agent's roll-backs sort again).
 fn apply_keyed<T: Clone, K: Ord + Clone>(
     items: Vec<T>,
     upsert: &[T],
